@@ -1,0 +1,384 @@
+// Package imapupstream logs in to the upstream IMAP server (Dovecot) on a
+// user's behalf, after the decision in policy/ has allowed the login.
+//
+// On the path of a login it comes third: the listener in proxy/ has read the
+// client's credentials, the decision has allowed them, and Login now opens
+// a connection to the first upstream address that answers, forwards the
+// real client address (IMAP ID or a PROXY v2 header), protects the
+// connection (STARTTLS or implicit TLS, certificate verified), and logs in
+// as a master user or with the client's own credentials. The connection it
+// returns is positioned just after the upstream's tagged OK, ready for the
+// byte relay in proxy/relay.
+//
+// It speaks IMAP on the raw connection with a small reader of its own
+// (greeting, untagged and tagged lines, literals in untagged responses),
+// because go-imap's imapclient keeps its own reader goroutine on the
+// connection and cannot hand the connection over to a relay.
+//
+// It imports no other passgate package.
+package imapupstream
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strings"
+	"time"
+)
+
+// Values of Options.TLS.
+const (
+	TLSNone     = "none"
+	TLSStartTLS = "starttls"
+	TLSImplicit = "implicit"
+)
+
+// Values of Options.Login.
+const (
+	LoginMaster      = "master"
+	LoginPassthrough = "passthrough"
+)
+
+// Values of Options.MasterStyle.
+const (
+	MasterAuthzid   = "authzid"
+	MasterSeparator = "separator"
+)
+
+// Values of Options.ForwardClient.
+const (
+	ForwardID    = "id"
+	ForwardProxy = "proxy"
+	ForwardNone  = "none"
+)
+
+// DefaultDialTimeout bounds one TCP connection attempt when
+// Options.DialTimeout is zero.
+const DefaultDialTimeout = 5 * time.Second
+
+// loginTimeout bounds the whole exchange with one address after the TCP
+// connection is up: greeting, STARTTLS, ID and login.
+const loginTimeout = 15 * time.Second
+
+// configHint is appended to unavailability errors for the operator.
+const configHint = "imap.upstream.addresses in passgate.yaml; check that the IMAP server listens there and that imap.upstream.tls and ca_file match it"
+
+// ErrRefused means the upstream refused the credentials: a tagged NO or
+// BAD to LOGIN or AUTHENTICATE (other than NO [UNAVAILABLE]). The client
+// must get passgate's uniform failure, never the upstream's text.
+var ErrRefused = errors.New("imapupstream: the upstream refused the login")
+
+// Options configures an Upstream. The zero value of an optional field
+// selects its default, named on the field.
+type Options struct {
+	// Addresses are host:port pairs tried in order until one answers.
+	// Required.
+	Addresses []string
+	// TLS is how the connection to the upstream is protected: "none"
+	// (default), "starttls" or "implicit".
+	TLS string
+	// TLSConfig verifies the upstream's certificate (RootCAs from
+	// ca_file, ServerName). Nil means the system roots. When ServerName is
+	// empty, the host of each address is checked. It is cloned, never
+	// modified.
+	TLSConfig *tls.Config
+	// Login is "master" (default: log in as MasterUser on the user's
+	// behalf) or "passthrough" (the client's own credentials).
+	Login string
+	// MasterUser and MasterPassword are the master user's credentials;
+	// required when Login is "master".
+	MasterUser, MasterPassword string
+	// MasterStyle is "authzid" (default: AUTHENTICATE PLAIN with
+	// authzid = user, authcid = master) or "separator" (LOGIN
+	// "user<Separator>master").
+	MasterStyle string
+	// Separator joins user and master in the "separator" style; default "*".
+	Separator string
+	// ForwardClient is how the real client address reaches the upstream:
+	// "id" (IMAP ID x-originating-ip/port; Dovecot honours it from
+	// login_trusted_networks), "proxy" (a PROXY v2 header before the
+	// greeting) or "none" (default).
+	ForwardClient string
+	// DialTimeout bounds each TCP connection attempt; default 5s.
+	DialTimeout time.Duration
+	// Logger receives one line per failed address; nil discards. It never
+	// receives a secret.
+	Logger *slog.Logger
+}
+
+// Upstream logs in to one upstream IMAP service, which may have several
+// addresses. It is safe for concurrent use.
+type Upstream struct {
+	opts   Options
+	log    *slog.Logger
+	dialer net.Dialer
+}
+
+// New checks opts and returns an Upstream. It does not dial.
+func New(opts Options) (*Upstream, error) {
+	var errs []error
+	if len(opts.Addresses) == 0 {
+		errs = append(errs, errors.New("imap.upstream.addresses is empty; list at least one host:port of the IMAP server"))
+	}
+	for _, a := range opts.Addresses {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			errs = append(errs, fmt.Errorf("imap.upstream.addresses (%q): not host:port: %w", a, err))
+		}
+	}
+	if opts.TLS == "" {
+		opts.TLS = TLSNone
+	}
+	switch opts.TLS {
+	case TLSNone, TLSStartTLS, TLSImplicit:
+	default:
+		errs = append(errs, fmt.Errorf("imap.upstream.tls (%q): must be none, starttls or implicit", opts.TLS))
+	}
+	if opts.Login == "" {
+		opts.Login = LoginMaster
+	}
+	switch opts.Login {
+	case LoginPassthrough:
+	case LoginMaster:
+		if opts.MasterUser == "" || opts.MasterPassword == "" {
+			errs = append(errs, errors.New("imap.upstream.login (master): master_user and master_password_file must be set"))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("imap.upstream.login (%q): must be master or passthrough", opts.Login))
+	}
+	if opts.MasterStyle == "" {
+		opts.MasterStyle = MasterAuthzid
+	}
+	switch opts.MasterStyle {
+	case MasterAuthzid, MasterSeparator:
+	default:
+		errs = append(errs, fmt.Errorf("imap.upstream.master_style (%q): must be authzid or separator", opts.MasterStyle))
+	}
+	if opts.Separator == "" {
+		opts.Separator = "*"
+	}
+	if opts.ForwardClient == "" {
+		opts.ForwardClient = ForwardNone
+	}
+	switch opts.ForwardClient {
+	case ForwardID, ForwardProxy, ForwardNone:
+	default:
+		errs = append(errs, fmt.Errorf("imap.upstream.forward_client (%q): must be id, proxy or none", opts.ForwardClient))
+	}
+	if opts.DialTimeout <= 0 {
+		opts.DialTimeout = DefaultDialTimeout
+	}
+	if len(errs) > 0 {
+		return nil, fmt.Errorf("imapupstream: configuration: %w", errors.Join(errs...))
+	}
+	opts.Addresses = append([]string(nil), opts.Addresses...)
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	return &Upstream{opts: opts, log: log, dialer: net.Dialer{Timeout: opts.DialTimeout}}, nil
+}
+
+// Request is one login to perform upstream.
+type Request struct {
+	// User is the login name the upstream knows.
+	User string
+	// Password, when non-empty, makes this a passthrough login with the
+	// client's primary password, whatever Options.Login says. It is
+	// required when Options.Login is "passthrough".
+	Password string
+	// Client is the real client's address, forwarded as
+	// Options.ForwardClient says; the zero value forwards nothing.
+	Client netip.AddrPort
+	// ClientID holds the key/value pairs of the client's own ID command,
+	// if it sent one; keys starting with "x-" are never forwarded.
+	ClientID []string
+}
+
+// Attempt is one address tried by Login and why it failed.
+type Attempt struct {
+	Address string
+	Err     error
+}
+
+// UnavailableError means no upstream address answered. It lists each
+// address tried and the cause, for the operator; the client gets a
+// temporary failure (NO [UNAVAILABLE]).
+type UnavailableError struct {
+	Attempts []Attempt
+}
+
+// Error names every address and cause and the configuration key to check.
+func (e *UnavailableError) Error() string {
+	var b strings.Builder
+	b.WriteString("imapupstream: no upstream IMAP server answered")
+	for i, a := range e.Attempts {
+		if i == 0 {
+			b.WriteString(": ")
+		} else {
+			b.WriteString("; ")
+		}
+		fmt.Fprintf(&b, "%q: %v", a.Address, a.Err)
+	}
+	b.WriteString(" (")
+	b.WriteString(configHint)
+	b.WriteString(")")
+	return b.String()
+}
+
+// Unwrap returns the cause of each attempt.
+func (e *UnavailableError) Unwrap() []error {
+	errs := make([]error, 0, len(e.Attempts))
+	for _, a := range e.Attempts {
+		errs = append(errs, a.Err)
+	}
+	return errs
+}
+
+// Login opens a session on the first upstream address that answers and
+// logs in there as r.User. It blocks for at most DialTimeout plus the login
+// timeout per address, less when ctx ends.
+//
+// On success the connection is positioned after the upstream's tagged OK
+// (bytes the upstream sent after it are kept and read first), and okText
+// is the tagged line without its tag, e.g. "OK [CAPABILITY …] Logged in".
+// The caller owns the connection and must close it.
+//
+// A refusal of the credentials returns an error matching ErrRefused and
+// does not try further addresses. Any other failure is a
+// *UnavailableError listing each address tried. A bad Request (a
+// passthrough login without a password) returns a plain error.
+func (u *Upstream) Login(ctx context.Context, r Request) (net.Conn, string, error) {
+	passthrough := r.Password != "" || u.opts.Login == LoginPassthrough
+	if passthrough && r.Password == "" {
+		return nil, "", errors.New("imapupstream: login: passthrough needs the client's password, and the request has none (a bug in the caller)")
+	}
+	if !passthrough && u.opts.MasterStyle == MasterSeparator && strings.Contains(r.User, u.opts.Separator) {
+		return nil, "", fmt.Errorf("imapupstream: login: the user name contains the master separator %q: %w", u.opts.Separator, ErrRefused)
+	}
+	cmd, err := u.loginCommand(r, passthrough)
+	if err != nil {
+		return nil, "", err
+	}
+	unavail := &UnavailableError{}
+	for _, addr := range u.opts.Addresses {
+		if err := ctx.Err(); err != nil {
+			unavail.Attempts = append(unavail.Attempts, Attempt{Address: addr, Err: fmt.Errorf("not tried: %w", err)})
+			continue
+		}
+		conn, okText, err := u.loginAt(ctx, addr, r, cmd)
+		if err == nil {
+			return conn, okText, nil
+		}
+		if errors.Is(err, ErrRefused) {
+			return nil, "", err
+		}
+		u.log.LogAttrs(ctx, slog.LevelWarn, "upstream login failed",
+			slog.String("proto", "imap"), slog.String("upstream", addr), slog.String("err", err.Error()))
+		unavail.Attempts = append(unavail.Attempts, Attempt{Address: addr, Err: err})
+	}
+	return nil, "", unavail
+}
+
+// loginAt runs the whole exchange with one address.
+func (u *Upstream) loginAt(ctx context.Context, addr string, r Request, cmd *command) (_ net.Conn, _ string, err error) {
+	raw, err := u.dialer.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, "", fmt.Errorf("dial: %w", err)
+	}
+	conn := raw
+	defer func() {
+		if err != nil {
+			conn.Close()
+		}
+	}()
+	deadline := time.Now().Add(loginTimeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	if err := raw.SetDeadline(deadline); err != nil {
+		return nil, "", fmt.Errorf("set deadline: %w", err)
+	}
+	// Cancelling ctx interrupts any blocked read or write at once.
+	stop := context.AfterFunc(ctx, func() { _ = raw.SetDeadline(time.Unix(1, 0)) })
+	defer func() {
+		if !stop() && err == nil {
+			err = fmt.Errorf("login: %w", ctx.Err())
+		}
+		if err != nil && ctx.Err() != nil && !errors.Is(err, ctx.Err()) {
+			err = fmt.Errorf("%w (%w)", err, ctx.Err())
+		}
+	}()
+
+	if u.opts.ForwardClient == ForwardProxy {
+		if err := writeProxyHeader(raw, r.Client); err != nil {
+			return nil, "", err
+		}
+	}
+	if u.opts.TLS == TLSImplicit {
+		tc, err := u.handshake(ctx, raw, addr)
+		if err != nil {
+			return nil, "", err
+		}
+		conn = tc
+	}
+	s := newSession(conn)
+	if err := s.greeting(); err != nil {
+		return nil, "", err
+	}
+	if u.opts.TLS == TLSStartTLS {
+		if err := s.startTLS(); err != nil {
+			return nil, "", err
+		}
+		tc, err := u.handshake(ctx, raw, addr)
+		if err != nil {
+			return nil, "", err
+		}
+		conn = tc
+		s = newSession(conn)
+	}
+	if u.opts.ForwardClient == ForwardID {
+		s.queue(idCommand(r, raw.LocalAddr()))
+	}
+	if s.caps == nil {
+		s.queue([]byte("CAPABILITY"))
+		if err := s.flushQueue(); err != nil {
+			return nil, "", err
+		}
+	}
+	okText, err := s.login(cmd)
+	if err != nil {
+		return nil, "", err
+	}
+	if err := raw.SetDeadline(time.Time{}); err != nil {
+		return nil, "", fmt.Errorf("clear deadline: %w", err)
+	}
+	return s.handOver(), okText, nil
+}
+
+// handshake runs a TLS client handshake on raw, verifying the upstream's
+// certificate.
+func (u *Upstream) handshake(ctx context.Context, raw net.Conn, addr string) (*tls.Conn, error) {
+	var cfg *tls.Config
+	if u.opts.TLSConfig != nil {
+		cfg = u.opts.TLSConfig.Clone()
+	} else {
+		cfg = &tls.Config{}
+	}
+	if cfg.ServerName == "" {
+		host, _, _ := net.SplitHostPort(addr)
+		cfg.ServerName = host
+	}
+	if cfg.MinVersion == 0 {
+		cfg.MinVersion = tls.VersionTLS12
+	}
+	tc := tls.Client(raw, cfg)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		return nil, fmt.Errorf("TLS handshake (check imap.upstream.ca_file and server_name): %w", err)
+	}
+	return tc, nil
+}

@@ -1,0 +1,70 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+)
+
+type auditRow struct {
+	ID      int64     `db:"id"`
+	Time    time.Time `db:"time"`
+	Actor   string    `db:"actor"`
+	Action  string    `db:"action"`
+	Subject string    `db:"subject"`
+	Outcome string    `db:"outcome"`
+	Detail  string    `db:"detail"`
+}
+
+// Record appends ev to the audit trail; a zero ev.Time means now. ev must
+// not hold a secret. ev.ID is ignored.
+func (s *Store) Record(ctx context.Context, ev AuditEvent) error {
+	t := ev.Time
+	if t.IsZero() {
+		t = time.Now()
+	}
+	_, err := s.db.ExecContext(ctx, s.db.Rebind(`INSERT INTO audit_events (time, actor, action, subject, subject_key, outcome, detail)
+		VALUES (?, ?, ?, ?, ?, ?, ?)`), dbTime(t), ev.Actor, ev.Action, ev.Subject, strings.ToLower(ev.Subject), ev.Outcome, ev.Detail)
+	if err != nil {
+		return fmt.Errorf("store: record audit event %s %s: %w", ev.Action, ev.Subject, err)
+	}
+	return nil
+}
+
+// Audit returns the audit events that f selects, oldest first; with
+// f.Limit, the newest f.Limit of them. f.User matches the subject ignoring
+// case; f.Since keeps events at or after it.
+func (s *Store) Audit(ctx context.Context, f AuditFilter) ([]AuditEvent, error) {
+	var where []string
+	var args []any
+	if f.User != "" {
+		where = append(where, "subject_key = ?")
+		args = append(args, strings.ToLower(f.User))
+	}
+	if !f.Since.IsZero() {
+		where = append(where, "time >= ?")
+		args = append(args, dbTime(f.Since))
+	}
+	q := `SELECT id, time, actor, action, subject, outcome, detail FROM audit_events`
+	if len(where) > 0 {
+		q += " WHERE " + strings.Join(where, " AND ")
+	}
+	q += " ORDER BY time DESC, id DESC"
+	if f.Limit > 0 {
+		q += " LIMIT ?"
+		args = append(args, f.Limit)
+	}
+	var rows []auditRow
+	if err := s.db.SelectContext(ctx, &rows, s.db.Rebind(q), args...); err != nil {
+		return nil, fmt.Errorf("store: read audit trail: %w", err)
+	}
+	slices.Reverse(rows)
+	out := make([]AuditEvent, 0, len(rows))
+	for _, r := range rows {
+		out = append(out, AuditEvent{ID: r.ID, Time: r.Time.UTC(), Actor: r.Actor, Action: r.Action,
+			Subject: r.Subject, Outcome: r.Outcome, Detail: r.Detail})
+	}
+	return out, nil
+}

@@ -1,0 +1,186 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/jmoiron/sqlx"
+	_ "github.com/lib/pq"  // driver "postgres"
+	_ "modernc.org/sqlite" // driver "sqlite"
+
+	"github.com/passgate/passgate/backends/apppass"
+)
+
+// Drivers accepted in Options.Driver.
+const (
+	DriverSQLite   = "sqlite"
+	DriverPostgres = "postgres"
+)
+
+// DefaultMaxAppPasswords is the per-user limit when Options.MaxAppPasswords
+// is 0.
+const DefaultMaxAppPasswords = 40
+
+// postgresMaxOpenConns bounds the connections one Store opens to
+// PostgreSQL, so that several passgate instances under load leave room on
+// the server (its default max_connections is 100).
+const postgresMaxOpenConns = 20
+
+// Store is passgate's state in SQLite or PostgreSQL. It is safe for
+// concurrent use. Open connects; Migrate brings the schema up to date and
+// loads the server key, which every app-password method needs.
+type Store struct {
+	db         *sqlx.DB
+	driver     string
+	opts       Options
+	maxApp     int
+	defaultMFA MFAState
+	hasher     atomic.Pointer[apppass.Hasher]
+
+	findQuery string // the login's lookup, bound for the driver once
+}
+
+// Open connects to the store that opts names and checks that it answers.
+// It does not change the database: call Migrate before use.
+//
+// For SQLite, opts.DSN is a file name; the file is created if missing and
+// opened in WAL mode with foreign keys on, IMMEDIATE transactions (so that
+// the per-user limit holds under concurrent creation) and a 10 s busy
+// timeout. For PostgreSQL, opts.DSN is a lib/pq URL or key=value string
+// (set sslmode explicitly); at most 20 connections are opened.
+func Open(ctx context.Context, opts Options) (*Store, error) {
+	s := &Store{opts: opts, maxApp: opts.MaxAppPasswords, defaultMFA: opts.DefaultMFA}
+	switch strings.ToLower(opts.Driver) {
+	case "", DriverSQLite, "sqlite3":
+		s.driver = DriverSQLite
+	case DriverPostgres, "postgresql":
+		s.driver = DriverPostgres
+	default:
+		return nil, fail(ErrInvalid, "store: open: store.driver %q is not known: use sqlite or postgres", opts.Driver)
+	}
+	if s.maxApp == 0 {
+		s.maxApp = DefaultMaxAppPasswords
+	}
+	if s.maxApp < 0 {
+		return nil, fail(ErrInvalid, "store: open: policy.max_app_passwords is %d: use a positive number (default %d)", s.maxApp, DefaultMaxAppPasswords)
+	}
+	if s.defaultMFA == "" {
+		s.defaultMFA = MFADisabled
+	}
+	st, err := ParseMFAState(string(s.defaultMFA))
+	if err != nil {
+		return nil, fmt.Errorf("store: open: policy.default_mfa: %w: %w", err, ErrInvalid)
+	}
+	s.defaultMFA = st
+	if opts.DSN == "" {
+		return nil, fail(ErrInvalid, "store: open: store.dsn is empty: give a file name for sqlite or a postgres:// URL")
+	}
+
+	var raw *sql.DB
+	switch s.driver {
+	case DriverSQLite:
+		raw, err = sql.Open("sqlite", sqliteDSN(opts.DSN))
+	case DriverPostgres:
+		raw, err = sql.Open("postgres", opts.DSN)
+		if err == nil {
+			raw.SetMaxOpenConns(postgresMaxOpenConns)
+			raw.SetMaxIdleConns(postgresMaxOpenConns)
+			raw.SetConnMaxIdleTime(5 * time.Minute)
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("store: open %s: %w (check store.dsn)", s.driver, err)
+	}
+	if err := raw.PingContext(ctx); err != nil {
+		raw.Close()
+		return nil, fmt.Errorf("store: open %s store %s: %w (check store.dsn and that the database is reachable)", s.driver, describeDSN(s.driver, opts.DSN), err)
+	}
+	// sqlx.NewDb picks the placeholder style from the driver name without
+	// touching sqlx's global driver table: "postgres" binds $1, an unknown
+	// name (our "sqlite") keeps the ? that SQLite understands.
+	s.db = sqlx.NewDb(raw, s.driver)
+	s.findQuery = s.db.Rebind(`SELECT ` + appPasswordColumns + ` FROM app_passwords WHERE user_key = ? AND hash = ?`)
+	return s, nil
+}
+
+// sqliteDSN turns a file name into modernc.org/sqlite's URI form with the
+// settings the store relies on.
+func sqliteDSN(path string) string {
+	path = strings.TrimPrefix(path, "file:")
+	r := strings.NewReplacer("%", "%25", "?", "%3f", "#", "%23")
+	return "file:" + r.Replace(path) +
+		"?_txlock=immediate&_pragma=foreign_keys(1)&_pragma=journal_mode(WAL)&_pragma=busy_timeout(10000)&_time_format=sqlite"
+}
+
+// describeDSN names the database for an error without its password.
+func describeDSN(driver, dsn string) string {
+	if driver == DriverSQLite {
+		return fmt.Sprintf("%q", dsn)
+	}
+	if i := strings.Index(dsn, "@"); i >= 0 && strings.Contains(dsn, "://") {
+		return fmt.Sprintf("%q", dsn[:strings.Index(dsn, "://")+3]+"…"+dsn[i:])
+	}
+	return "(store.dsn)"
+}
+
+// Close closes the database connections.
+func (s *Store) Close() error {
+	if err := s.db.Close(); err != nil {
+		return fmt.Errorf("store: close: %w", err)
+	}
+	return nil
+}
+
+// Driver returns "sqlite" or "postgres".
+func (s *Store) Driver() string { return s.driver }
+
+// MaxAppPasswords returns the per-user limit on app passwords.
+func (s *Store) MaxAppPasswords() int { return s.maxApp }
+
+// key returns the hasher that Migrate loaded.
+func (s *Store) key() (*apppass.Hasher, error) {
+	h := s.hasher.Load()
+	if h == nil {
+		return nil, fail(ErrNoKey, "store: the server key is not loaded: call Migrate first (passgate serve and passgate migrate do)")
+	}
+	return h, nil
+}
+
+// forUpdate is the row-lock suffix of a SELECT inside a transaction. SQLite
+// needs none: its IMMEDIATE transactions already hold the write lock.
+func (s *Store) forUpdate() string {
+	if s.driver == DriverPostgres {
+		return " FOR UPDATE"
+	}
+	return ""
+}
+
+// now returns the current time as the store keeps it.
+func now() time.Time { return dbTime(time.Now()) }
+
+// dbTime returns t in UTC, cut to microseconds (PostgreSQL's precision), so
+// that both stores give back exactly what they were given.
+func dbTime(t time.Time) time.Time { return t.UTC().Truncate(time.Microsecond) }
+
+// opError is an error with an operator-facing message that still matches
+// its sentinel with errors.Is.
+type opError struct {
+	msg string
+	err error
+}
+
+func (e *opError) Error() string { return e.msg }
+func (e *opError) Unwrap() error { return e.err }
+
+// fail returns an error with the formatted message that wraps sentinel.
+func fail(sentinel error, format string, args ...any) error {
+	return &opError{msg: fmt.Sprintf(format, args...), err: sentinel}
+}
+
+// rollback ends tx after a failure; its own error adds nothing.
+// It is a no-op after Commit.
+func rollback(tx *sqlx.Tx) { _ = tx.Rollback() }

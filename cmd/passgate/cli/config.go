@@ -1,0 +1,154 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/passgate/passgate/backends/store"
+	"github.com/passgate/passgate/configs"
+)
+
+// defaultConfigFile is read from the working directory when neither
+// --config nor $PASSGATE_CONFIG names a file.
+const defaultConfigFile = "passgate.yaml"
+
+// loadConfig loads and validates the configuration: the file flagValue
+// names, else $PASSGATE_CONFIG, else ./passgate.yaml if it exists, else the
+// built-in defaults. It returns the path used ("" for the defaults).
+// ${NAME} references in the file are expanded with e.Getenv (an empty
+// variable counts as unset).
+func (e *env) loadConfig(flagValue string) (*configs.Config, string, error) {
+	path := flagValue
+	if path == "" {
+		path = e.Getenv("PASSGATE_CONFIG")
+	}
+	if path == "" {
+		_, err := os.Stat(defaultConfigFile)
+		switch {
+		case err == nil:
+			path = defaultConfigFile
+		case !errors.Is(err, fs.ErrNotExist):
+			return nil, "", fmt.Errorf("cli: look for ./%s: %w", defaultConfigFile, err)
+		}
+	}
+	lookup := func(name string) (string, bool) {
+		v := e.Getenv(name)
+		return v, v != ""
+	}
+	cfg, err := configs.LoadWith(path, lookup)
+	if err != nil {
+		return nil, path, err
+	}
+	return cfg, path, nil
+}
+
+// configProblem formats a configuration error for the terminal: one
+// problem per line under a heading that names the file and the command
+// that lists them.
+func configProblem(path string, err error) error {
+	var multi interface{ Unwrap() []error }
+	if !errors.As(err, &multi) {
+		return err
+	}
+	var b strings.Builder
+	name := path
+	if name == "" {
+		name = "built-in defaults"
+	}
+	probs := multi.Unwrap()
+	fmt.Fprintf(&b, "configuration %s is not valid (%d problems; run 'passgate check-config --config %s'):", name, len(probs), name)
+	for _, p := range probs {
+		b.WriteString("\n  " + p.Error())
+	}
+	return errors.New(b.String())
+}
+
+// openStore opens the store the configuration names and brings its schema
+// up to date (Open, then Migrate). The caller closes it.
+func openStore(ctx context.Context, cfg *configs.Config) (*store.Store, error) {
+	st, err := store.Open(ctx, storeOptions(cfg))
+	if err != nil {
+		return nil, err
+	}
+	if _, err := st.Migrate(ctx); err != nil {
+		st.Close()
+		return nil, err
+	}
+	return st, nil
+}
+
+// storeOptions translates the configuration into the store's Options.
+func storeOptions(cfg *configs.Config) store.Options {
+	return store.Options{
+		Driver:          cfg.Store.Driver,
+		DSN:             cfg.Store.DSN,
+		KeyFile:         cfg.KeyFile,
+		MaxAppPasswords: cfg.Policy.MaxAppPasswords,
+		DefaultMFA:      store.MFAState(cfg.Policy.DefaultMFA),
+	}
+}
+
+// openFor loads the configuration and opens the store for an admin
+// command; on failure it has printed why and returns the exit code.
+func (e *env) openFor(ctx context.Context, path, configFlag string) (*store.Store, int, bool) {
+	cfg, file, err := e.loadConfig(configFlag)
+	if err != nil {
+		return nil, e.fail(path, configProblem(file, err)), false
+	}
+	st, err := openStore(ctx, cfg)
+	if err != nil {
+		return nil, e.fail(path, err), false
+	}
+	return st, exitOK, true
+}
+
+// record writes an audit event for a change made by the command path.
+// cause is nil for a success. The write outlives a cancelled ctx (a
+// refused change is recorded even after Ctrl-C) but not by more than 5 s.
+// It reports on stderr when the event cannot be written and returns false.
+func (e *env) record(ctx context.Context, st *store.Store, path, action, subject, detail string, cause error) bool {
+	ev := store.AuditEvent{
+		Time:    e.Now(),
+		Actor:   e.actor(),
+		Action:  action,
+		Subject: subject,
+		Outcome: "success",
+		Detail:  detail,
+	}
+	if cause != nil {
+		ev.Outcome = "failure"
+		reason := cause.Error()
+		if len(reason) > 300 {
+			reason = reason[:300] + "…"
+		}
+		if ev.Detail != "" {
+			ev.Detail += " "
+		}
+		ev.Detail += "error=" + fmt.Sprintf("%q", reason)
+	}
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if err := st.Record(rctx, ev); err != nil {
+		fmt.Fprintf(e.Stderr, "passgate: %s: %v (the audit trail misses this %s)\n", path, err, ev.Outcome)
+		return false
+	}
+	return true
+}
+
+// done finishes a change: it records the audit event and returns the exit
+// code; a failed change prints cause.
+func (e *env) done(ctx context.Context, st *store.Store, path, action, subject, detail string, cause error) int {
+	recorded := e.record(ctx, st, path, action, subject, detail, cause)
+	if cause != nil {
+		return e.fail(path, cause)
+	}
+	if !recorded {
+		return exitFailure
+	}
+	return exitOK
+}

@@ -1,0 +1,47 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/passgate/passgate/backends/store"
+)
+
+// cmdMigrate runs "passgate migrate": it creates or updates the schema of
+// the store and creates the server key of a new store.
+func cmdMigrate(ctx context.Context, e *env, args []string) int {
+	f := newFlags("migrate", "[--config FILE]",
+		"Create or update the store's schema (serve does it too at start) and create the server key file of a new store.")
+	config := f.configFlag()
+	if _, code, ok := e.parse(f, args, 0, 0); !ok {
+		return code
+	}
+	cfg, file, err := e.loadConfig(*config)
+	if err != nil {
+		return e.fail(f.path, configProblem(file, err))
+	}
+	st, err := store.Open(ctx, storeOptions(cfg))
+	if err != nil {
+		return e.fail(f.path, err)
+	}
+	defer st.Close()
+	applied, err := st.Migrate(ctx)
+	where := cfg.Store.Driver + " store"
+	if cfg.Store.Driver == store.DriverSQLite {
+		where += " " + cfg.Store.DSN
+	}
+	if err != nil {
+		// A failed migration may leave no table to audit into; say so
+		// on stderr only.
+		return e.fail(f.path, err)
+	}
+	if len(applied) == 0 {
+		fmt.Fprintf(e.Stdout, "The %s is up to date.\n", where)
+		return exitOK
+	}
+	for _, v := range applied {
+		fmt.Fprintf(e.Stdout, "Applied migration %s to the %s.\n", v, where)
+	}
+	return e.done(ctx, st, f.path, "store.migrate", "", "applied="+strings.Join(applied, ","), nil)
+}

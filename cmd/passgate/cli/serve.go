@@ -1,0 +1,328 @@
+package cli
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"os/signal"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/passgate/passgate/configs"
+	"github.com/passgate/passgate/policy"
+	"github.com/passgate/passgate/proxy/relay"
+)
+
+// deps is what every protocol's wiring (serve_imap.go, serve_smtp.go,
+// serve_ldap.go) gets from serve: the loaded configuration, the logger, the
+// decision engine, the registry of live sessions and the server TLS
+// configuration (nil when no certificate is configured).
+type deps struct {
+	cfg       *configs.Config
+	log       *slog.Logger
+	engine    *policy.Engine
+	relays    *relay.Registry
+	serverTLS *tls.Config
+}
+
+// service is one listening socket and the server behind it.
+type service struct {
+	name     string // "imap", "imaps", "smtp", "submissions", "ldap", "ldaps"
+	addr     string // host:port to listen on
+	serve    func(ln net.Listener) error
+	shutdown func(ctx context.Context) error // stop accepting, drain until ctx ends
+	close    func() error                    // force-close every session
+}
+
+// Timings of serve.
+const (
+	drainTimeout   = 30 * time.Second       // SIGTERM: how long live sessions may finish
+	revokeInterval = 500 * time.Millisecond // how often deleted app passwords are looked for
+)
+
+// cmdServe runs "passgate serve": it loads and validates the configuration,
+// opens and migrates the store, starts every configured listener and runs
+// until ctx ends (SIGINT or SIGTERM), then drains.
+func cmdServe(ctx context.Context, e *env, args []string) int {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(e.Stderr)
+	cfgPath := fs.String("config", "", "configuration file (default $PASSGATE_CONFIG, then ./passgate.yaml)")
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "Usage: passgate serve [--config FILE]\n\nRuns the IMAP, SMTP and LDAP listeners of the configuration until SIGINT or SIGTERM.")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fs.SetOutput(e.Stdout)
+			fs.Usage()
+			return 0
+		}
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(e.Stderr, "passgate serve: unexpected argument %q\n", fs.Arg(0))
+		return 2
+	}
+	cfg, path, err := e.loadConfig(*cfgPath)
+	if err != nil {
+		fmt.Fprintf(e.Stderr, "passgate serve: %v\n", err)
+		return 1
+	}
+	log := newLogger(e, cfg, "json")
+	if path == "" {
+		log.Warn("no configuration file: running on the embedded defaults")
+	}
+	if err := serve(ctx, e, cfg, log, nil); err != nil {
+		log.Error("serve failed", slog.Any("err", err))
+		fmt.Fprintf(e.Stderr, "passgate serve: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+func newLogger(e *env, cfg *configs.Config, defFormat string) *slog.Logger {
+	var level slog.Level
+	switch cfg.Log.Level {
+	case "debug":
+		level = slog.LevelDebug
+	case "warn":
+		level = slog.LevelWarn
+	case "error":
+		level = slog.LevelError
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	format := cfg.Log.Format
+	if format == "" {
+		format = defFormat
+	}
+	if format == "text" {
+		return slog.New(slog.NewTextHandler(e.Stderr, opts))
+	}
+	return slog.New(slog.NewJSONHandler(e.Stderr, opts))
+}
+
+// serve runs the listeners of cfg until ctx ends. over, when not nil,
+// replaces upstreams and learns the bound addresses.
+func serve(ctx context.Context, e *env, cfg *configs.Config, log *slog.Logger, over *serveOverrides) error {
+	st, err := openStore(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+
+	trusted, err := parsePrefixes(cfg.Policy.TrustedNetworks)
+	if err != nil {
+		return err
+	}
+	engine := policy.New(policy.Options{
+		Store:           st,
+		TrustedNetworks: trusted,
+		FailureDelay:    time.Duration(cfg.Policy.FailureDelay),
+		Logger:          log,
+	})
+	certs, err := newCertReloader(cfg, log)
+	if err != nil {
+		return err
+	}
+	d := &deps{cfg: cfg, log: log, engine: engine, relays: relay.NewRegistry()}
+	if certs != nil {
+		d.serverTLS = certs.tlsConfig()
+	}
+
+	services, err := buildServices(d, over)
+	if err != nil {
+		return err
+	}
+	if len(services) == 0 {
+		return errors.New("no listener configured: set imap.listen, smtp.listen or ldap.listen (or their listen_tls) in the configuration")
+	}
+	lns := make([]net.Listener, 0, len(services))
+	for _, s := range services {
+		ln, err := net.Listen("tcp", s.addr)
+		if err != nil {
+			for _, l := range lns {
+				l.Close()
+			}
+			return fmt.Errorf("listen for %s on %s: %w (is another process using the port? change %s in the configuration)", s.name, s.addr, err, s.name)
+		}
+		lns = append(lns, ln)
+	}
+
+	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	var shuttingDown atomic.Bool
+	var wg sync.WaitGroup
+	errc := make(chan error, len(services))
+	for i, s := range services {
+		log.Info("listening", slog.String("listener", s.name), slog.String("addr", lns[i].Addr().String()))
+		wg.Add(1)
+		go func(s service, ln net.Listener) {
+			defer wg.Done()
+			err := s.serve(ln)
+			if err != nil && runCtx.Err() == nil && !shuttingDown.Load() {
+				errc <- fmt.Errorf("%s on %s: %w", s.name, ln.Addr(), err)
+			}
+		}(s, lns[i])
+	}
+	if over != nil && over.ready != nil {
+		addrs := make(map[string]string, len(services))
+		for i, s := range services {
+			addrs[s.name] = lns[i].Addr().String()
+		}
+		over.ready(addrs)
+	}
+
+	// Close live sessions of deleted app passwords, whichever instance or
+	// command deleted them.
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		d.relays.Watch(runCtx, revokeInterval, st.ExistingAppPasswords, func(err error) {
+			log.Warn("revocation check failed; live sessions kept", slog.Any("err", err))
+		})
+	}()
+	// SIGHUP reloads the certificate.
+	if certs != nil {
+		hup := make(chan os.Signal, 1)
+		signal.Notify(hup, syscall.SIGHUP)
+		defer signal.Stop(hup)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-runCtx.Done():
+					return
+				case <-hup:
+					if err := certs.reload(); err != nil {
+						log.Error("certificate reload failed; keeping the old certificate", slog.Any("err", err))
+					} else {
+						log.Info("certificate reloaded")
+					}
+				}
+			}
+		}()
+	}
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down", slog.Duration("drain", drainTimeout))
+	case runErr = <-errc:
+		log.Error("listener failed; shutting down", slog.Any("err", runErr))
+	}
+	shuttingDown.Store(true)
+	drainCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), drainTimeout)
+	defer cancel()
+	var sw sync.WaitGroup
+	for _, s := range services {
+		sw.Add(1)
+		go func(s service) {
+			defer sw.Done()
+			if err := s.shutdown(drainCtx); err != nil {
+				log.Warn("drain ended; closing sessions", slog.String("listener", s.name), slog.Any("err", err))
+				s.close()
+			}
+		}(s)
+	}
+	sw.Wait()
+	stop()
+	wg.Wait()
+	return runErr
+}
+
+// serveOverrides lets demo and tests replace upstreams and learn the bound
+// addresses.
+type serveOverrides struct {
+	imapUpstream any                     // an imapfront.Upstream, or nil to build from cfg
+	smtpUpstream any                     // an smtpfront.Upstream, or nil to build from cfg
+	ready        func(map[string]string) // listener name → bound address
+}
+
+func parsePrefixes(cidrs []string) ([]netip.Prefix, error) {
+	out := make([]netip.Prefix, 0, len(cidrs))
+	for _, c := range cidrs {
+		p, err := netip.ParsePrefix(c)
+		if err != nil {
+			a, aerr := netip.ParseAddr(c)
+			if aerr != nil {
+				return nil, fmt.Errorf("policy.trusted_networks (%q): not a CIDR: %w", c, err)
+			}
+			p = netip.PrefixFrom(a, a.BitLen())
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
+}
+
+// certReloader serves the configured certificate and reloads it on SIGHUP.
+type certReloader struct {
+	certFile, keyFile string
+	min               uint16
+	cur               atomic.Pointer[tls.Certificate]
+}
+
+func newCertReloader(cfg *configs.Config, log *slog.Logger) (*certReloader, error) {
+	if cfg.TLS.CertFile == "" && cfg.TLS.KeyFile == "" {
+		return nil, nil
+	}
+	r := &certReloader{certFile: cfg.TLS.CertFile, keyFile: cfg.TLS.KeyFile}
+	switch cfg.TLS.MinVersion {
+	case "1.0":
+		r.min = tls.VersionTLS10
+	case "1.1":
+		r.min = tls.VersionTLS11
+	case "1.3":
+		r.min = tls.VersionTLS13
+	default:
+		r.min = tls.VersionTLS12
+	}
+	if r.min < tls.VersionTLS12 {
+		log.Warn("tls.min_version allows TLS older than 1.2 for very old clients (Outlook 2010 on Windows 7); raise it to \"1.2\" once they are gone",
+			slog.String("min_version", cfg.TLS.MinVersion))
+	}
+	if err := r.reload(); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+func (r *certReloader) reload() error {
+	c, err := tls.LoadX509KeyPair(r.certFile, r.keyFile)
+	if err != nil {
+		return fmt.Errorf("load certificate (tls.cert_file %q, tls.key_file %q): %w", r.certFile, r.keyFile, err)
+	}
+	r.cur.Store(&c)
+	return nil
+}
+
+func (r *certReloader) tlsConfig() *tls.Config {
+	c := &tls.Config{
+		MinVersion: r.min,
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+			return r.cur.Load(), nil
+		},
+	}
+	if r.min < tls.VersionTLS12 {
+		// Windows 7's Schannel speaks TLS 1.0 with ECDHE-RSA or RSA
+		// AES-CBC suites; Go leaves the RSA key exchange suites out by
+		// default, so list them.
+		c.CipherSuites = []uint16{
+			tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+			tls.TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384, tls.TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+			tls.TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305, tls.TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305,
+			tls.TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA, tls.TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA,
+			tls.TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA, tls.TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA,
+			tls.TLS_RSA_WITH_AES_128_CBC_SHA, tls.TLS_RSA_WITH_AES_256_CBC_SHA,
+		}
+	}
+	return c
+}

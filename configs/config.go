@@ -1,0 +1,141 @@
+// Package configs reads passgate's YAML configuration.
+//
+// It is the first thing a login depends on: cmd/passgate loads one Config,
+// validates it and translates it into the Options of each package on the
+// path (listeners in proxy/, the decision in policy/, the store and
+// upstreams in backends/). No other package imports configs.
+//
+// The folder also holds the example configuration files, the systemd unit
+// and snippets for Dovecot, Postfix and OpenLDAP; a test loads every example.
+package configs
+
+import "time"
+
+// Config is the whole configuration file. Every key is optional except
+// where a listener needs it; Load fills in the defaults.
+type Config struct {
+	Store   Store    `yaml:"store"`
+	KeyFile string   `yaml:"key_file"`
+	TLS     TLS      `yaml:"tls"`
+	Policy  Policy   `yaml:"policy"`
+	IMAP    IMAP     `yaml:"imap"`
+	SMTP    SMTP     `yaml:"smtp"`
+	LDAP    LDAP     `yaml:"ldap"`
+	Web     Listener `yaml:"web"`
+	Metrics Listener `yaml:"metrics"`
+	Log     Log      `yaml:"log"`
+}
+
+// Store selects the database.
+type Store struct {
+	Driver string `yaml:"driver"` // sqlite (default) | postgres
+	DSN    string `yaml:"dsn"`    // a file for sqlite; a URL for postgres
+}
+
+// TLS is the server certificate shared by every listener.
+type TLS struct {
+	CertFile   string `yaml:"cert_file"`
+	KeyFile    string `yaml:"key_file"`
+	MinVersion string `yaml:"min_version"` // "1.0" | "1.1" | "1.2" (default) | "1.3"
+}
+
+// Policy configures the decision.
+type Policy struct {
+	TrustedNetworks []string      `yaml:"trusted_networks"` // CIDRs allowed plaintext auth and PROXY protocol
+	FailureDelay    Duration      `yaml:"failure_delay"`    // default 2s
+	MaxAppPasswords int           `yaml:"max_app_passwords"`
+	DefaultMFA      string        `yaml:"default_mfa"` // disabled (default) | enabled | enforced
+	Limits          ProtocolLimit `yaml:"limits"`
+}
+
+// ProtocolLimit bounds what a client may do before it has logged in.
+type ProtocolLimit struct {
+	PreLoginTimeout Duration `yaml:"pre_login_timeout"` // default 60s
+	MaxLineLength   int      `yaml:"max_line_length"`   // default 8192
+	MaxLiteral      int      `yaml:"max_literal"`       // default 8192
+	MaxCommands     int      `yaml:"max_commands"`      // before login; default 50
+	MaxAuthFailures int      `yaml:"max_auth_failures"` // per connection; default 5
+}
+
+// Listener is an address to listen on; empty means off.
+type Listener struct {
+	Listen string `yaml:"listen"`
+}
+
+// Log configures logging.
+type Log struct {
+	Level  string `yaml:"level"`  // debug | info (default) | warn | error
+	Format string `yaml:"format"` // json (default for serve) | text
+}
+
+// IMAP configures the IMAP listener and its upstream.
+type IMAP struct {
+	Listen    string       `yaml:"listen"`     // STARTTLS; empty: off
+	ListenTLS string       `yaml:"listen_tls"` // implicit TLS; empty: off
+	Upstream  IMAPUpstream `yaml:"upstream"`
+}
+
+// IMAPUpstream is the IMAP server passgate logs in to.
+type IMAPUpstream struct {
+	Addresses          []string `yaml:"addresses"`            // tried in order
+	TLS                string   `yaml:"tls"`                  // none | starttls | implicit
+	CAFile             string   `yaml:"ca_file"`              // empty: system roots
+	ServerName         string   `yaml:"server_name"`          // name checked in the certificate; default: host of the address
+	Login              string   `yaml:"login"`                // master | passthrough
+	MasterUser         string   `yaml:"master_user"`          //
+	MasterPasswordFile string   `yaml:"master_password_file"` //
+	MasterStyle        string   `yaml:"master_style"`         // authzid | separator
+	Separator          string   `yaml:"separator"`            // default "*"
+	ForwardClient      string   `yaml:"forward_client"`       // id | proxy | none
+	DialTimeout        Duration `yaml:"dial_timeout"`         // default 5s
+}
+
+// SMTP configures the SMTP submission listener and its upstream.
+type SMTP struct {
+	Listen          string       `yaml:"listen"`
+	ListenTLS       string       `yaml:"listen_tls"`
+	Hostname        string       `yaml:"hostname"`          // name in the greeting; default: system host name
+	MaxMessageBytes int64        `yaml:"max_message_bytes"` // default: upstream's SIZE, else 50 MiB
+	MaxRecipients   int          `yaml:"max_recipients"`    // default 100
+	LegacyAuthLine  bool         `yaml:"legacy_auth_line"`  // also advertise "AUTH=PLAIN LOGIN"
+	Upstream        SMTPUpstream `yaml:"upstream"`
+}
+
+// SMTPUpstream is the submission server passgate hands messages to.
+type SMTPUpstream struct {
+	Addresses          []string `yaml:"addresses"`
+	TLS                string   `yaml:"tls"` // none | starttls | implicit
+	CAFile             string   `yaml:"ca_file"`
+	ServerName         string   `yaml:"server_name"`
+	Login              string   `yaml:"login"` // master | xclient | passthrough
+	MasterUser         string   `yaml:"master_user"`
+	MasterPasswordFile string   `yaml:"master_password_file"`
+	ForwardClient      string   `yaml:"forward_client"` // xclient | proxy | none
+	DialTimeout        Duration `yaml:"dial_timeout"`
+}
+
+// LDAP configures the LDAP listener and its upstream directory.
+type LDAP struct {
+	Listen               string       `yaml:"listen"`
+	ListenTLS            string       `yaml:"listen_tls"`
+	Mode                 string       `yaml:"mode"` // relay | bind-only
+	UserDNTemplates      []string     `yaml:"user_dn_templates"`
+	UPNDomains           []string     `yaml:"upn_domains"` // domains accepted in user@domain binds; empty: any
+	AllowAnonymous       bool         `yaml:"allow_anonymous"`
+	AllowUnauthenticated bool         `yaml:"allow_unauthenticated"`
+	MaxMessageBytes      int          `yaml:"max_message_bytes"` // default 1 MiB
+	Upstream             LDAPUpstream `yaml:"upstream"`
+}
+
+// LDAPUpstream is the directory passgate binds to.
+type LDAPUpstream struct {
+	URL                 string `yaml:"url"` // ldap:// or ldaps://
+	TLS                 string `yaml:"tls"` // none | starttls (for ldap:// URLs)
+	CAFile              string `yaml:"ca_file"`
+	ServerName          string `yaml:"server_name"`
+	ServiceDN           string `yaml:"service_dn"`
+	ServicePasswordFile string `yaml:"service_password_file"`
+}
+
+// Duration is a time.Duration written as "2s" or "10m" in YAML.
+type Duration time.Duration

@@ -1,0 +1,82 @@
+package configs
+
+import "time"
+
+// The defaults of every optional key, in one place. Load starts from
+// Defaults() and lays the file on top, so a key written in the file (even
+// as zero) always wins over its default.
+const (
+	DefaultStoreDriver     = "sqlite"
+	DefaultStoreDSN        = "passgate.db"
+	DefaultKeyFile         = "passgate.key"
+	DefaultTLSMinVersion   = "1.2"
+	DefaultFailureDelay    = 2 * time.Second
+	DefaultMaxAppPasswords = 40
+	DefaultMFA             = "disabled"
+
+	DefaultPreLoginTimeout = 60 * time.Second
+	DefaultMaxLineLength   = 8192
+	DefaultMaxLiteral      = 8192
+	DefaultMaxCommands     = 50
+	DefaultMaxAuthFailures = 5
+
+	DefaultUpstreamTLS         = "starttls"
+	DefaultIMAPLogin           = "master"
+	DefaultSMTPLogin           = "xclient"
+	DefaultMasterStyle         = "authzid"
+	DefaultSeparator           = "*"
+	DefaultIMAPForwardClient   = "id"
+	DefaultSMTPForwardClient   = "xclient"
+	DefaultDialTimeout         = 5 * time.Second
+	DefaultSMTPMaxRecipients   = 100
+	DefaultLDAPMode            = "relay"
+	DefaultLDAPUpstreamTLS     = "none"
+	DefaultLDAPMaxMessageBytes = 1 << 20
+	DefaultLogLevel            = "info"
+)
+
+// Defaults returns the configuration used when no file is given: SQLite in
+// the working directory, every listener off, and the default of every
+// optional key filled in.
+func Defaults() *Config {
+	return &Config{
+		Store:   Store{Driver: DefaultStoreDriver, DSN: DefaultStoreDSN},
+		KeyFile: DefaultKeyFile,
+		TLS:     TLS{MinVersion: DefaultTLSMinVersion},
+		Policy: Policy{
+			FailureDelay:    Duration(DefaultFailureDelay),
+			MaxAppPasswords: DefaultMaxAppPasswords,
+			DefaultMFA:      DefaultMFA,
+			Limits: ProtocolLimit{
+				PreLoginTimeout: Duration(DefaultPreLoginTimeout),
+				MaxLineLength:   DefaultMaxLineLength,
+				MaxLiteral:      DefaultMaxLiteral,
+				MaxCommands:     DefaultMaxCommands,
+				MaxAuthFailures: DefaultMaxAuthFailures,
+			},
+		},
+		IMAP: IMAP{Upstream: IMAPUpstream{
+			TLS:           DefaultUpstreamTLS,
+			Login:         DefaultIMAPLogin,
+			MasterStyle:   DefaultMasterStyle,
+			Separator:     DefaultSeparator,
+			ForwardClient: DefaultIMAPForwardClient,
+			DialTimeout:   Duration(DefaultDialTimeout),
+		}},
+		SMTP: SMTP{
+			MaxRecipients: DefaultSMTPMaxRecipients,
+			Upstream: SMTPUpstream{
+				TLS:           DefaultUpstreamTLS,
+				Login:         DefaultSMTPLogin,
+				ForwardClient: DefaultSMTPForwardClient,
+				DialTimeout:   Duration(DefaultDialTimeout),
+			},
+		},
+		LDAP: LDAP{
+			Mode:            DefaultLDAPMode,
+			MaxMessageBytes: DefaultLDAPMaxMessageBytes,
+			Upstream:        LDAPUpstream{TLS: DefaultLDAPUpstreamTLS},
+		},
+		Log: Log{Level: DefaultLogLevel},
+	}
+}

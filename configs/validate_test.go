@@ -1,0 +1,165 @@
+package configs_test
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/passgate/passgate/configs"
+)
+
+// imapOn returns defaults with a working IMAP listener.
+func imapOn() *configs.Config {
+	c := configs.Defaults()
+	c.TLS.CertFile, c.TLS.KeyFile = "cert.pem", "key.pem"
+	c.IMAP.Listen = "127.0.0.1:1143"
+	c.IMAP.Upstream.Addresses = []string{"127.0.0.1:143"}
+	c.IMAP.Upstream.MasterUser = "passgate"
+	c.IMAP.Upstream.MasterPasswordFile = "master.secret"
+	return c
+}
+
+func TestValidate(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		change func(c *configs.Config)
+		want   []string
+	}{
+		{"ok/defaults", func(c *configs.Config) {}, nil},
+		{"ok/imap", func(c *configs.Config) { *c = *imapOn() }, nil},
+		{"ok/zero-failure-delay", func(c *configs.Config) { c.Policy.FailureDelay = 0 }, nil},
+		{"ok/port-zero-listen", func(c *configs.Config) { *c = *imapOn(); c.IMAP.ListenTLS = "127.0.0.1:0" }, nil},
+		{"ok/starttls-without-cert-for-trusted", func(c *configs.Config) {
+			*c = *imapOn()
+			c.TLS.CertFile, c.TLS.KeyFile = "", ""
+			c.Policy.TrustedNetworks = []string{"127.0.0.0/8"}
+		}, nil},
+		{"ok/passthrough-needs-no-master", func(c *configs.Config) {
+			*c = *imapOn()
+			c.IMAP.Upstream.Login, c.IMAP.Upstream.MasterUser, c.IMAP.Upstream.MasterPasswordFile = "passthrough", "", ""
+		}, nil},
+		{"fail/failure-delay", func(c *configs.Config) { c.Policy.FailureDelay = configs.Duration(-time.Second) }, []string{
+			`policy.failure_delay ("-1s"): must be zero or positive`}},
+		{"fail/upstream-tls", func(c *configs.Config) { c.IMAP.Upstream.TLS = "tls" }, []string{
+			`imap.upstream.tls ("tls"): must be none, starttls or implicit`}},
+		{"fail/store", func(c *configs.Config) { c.Store.Driver, c.Store.DSN, c.KeyFile = "mysql", "", "" }, []string{
+			`store.driver ("mysql"): must be sqlite or postgres`,
+			`store.dsn (""): must be set: a file name for sqlite, a postgres:// URL for postgres`,
+			`key_file (""): must be set: the server key file (created with mode 0600 when missing on a new store)`}},
+		{"fail/postgres-url-redacted", func(c *configs.Config) { c.Store.Driver, c.Store.DSN = "postgres", "mysql://u:hunter2@db/x" }, []string{
+			`store.dsn ("mysql://u:xxxxx@db/x"): must be a postgres:// URL or a key=value string such as "host=/run/postgresql dbname=passgate"`}},
+		{"fail/policy", func(c *configs.Config) {
+			c.Policy.TrustedNetworks = []string{"10.0.0.0/8", "10.0.0.1", "fe80::/200"}
+			c.Policy.MaxAppPasswords = 0
+			c.Policy.DefaultMFA = "required"
+			c.Policy.Limits = configs.ProtocolLimit{MaxLineLength: 100, MaxLiteral: 0}
+		}, []string{
+			`policy.trusted_networks[1] ("10.0.0.1"): must be a CIDR such as 10.0.0.0/8 or 2001:db8::/32 (write a single address as 192.0.2.7/32)`,
+			`policy.trusted_networks[2] ("fe80::/200"): must be a CIDR such as 10.0.0.0/8 or 2001:db8::/32 (write a single address as 192.0.2.7/32)`,
+			`policy.max_app_passwords (0): must be between 1 and 1000`,
+			`policy.default_mfa ("required"): must be disabled, enabled or enforced`,
+			`policy.limits.pre_login_timeout ("0s"): must be positive, e.g. 60s`,
+			`policy.limits.max_line_length (100): must be between 1024 and 1048576`,
+			`policy.limits.max_literal (0): must be between 1 and 1048576`,
+			`policy.limits.max_commands (0): must be at least 1`,
+			`policy.limits.max_auth_failures (0): must be at least 1`}},
+		{"fail/tls", func(c *configs.Config) { c.TLS.MinVersion, c.TLS.CertFile = "1.4", "cert.pem" }, []string{
+			`tls.min_version ("1.4"): must be 1.0, 1.1, 1.2 or 1.3`,
+			`tls.key_file (""): must be set when tls.cert_file is set`}},
+		{"fail/listener-needs-cert", func(c *configs.Config) {
+			*c = *imapOn()
+			c.TLS.CertFile, c.TLS.KeyFile = "", ""
+		}, []string{
+			`tls.cert_file (""): must be set: imap.listen offers STARTTLS and needs a certificate (and tls.key_file), or list the clients allowed plaintext logins in policy.trusted_networks`}},
+		{"fail/implicit-tls-needs-cert-even-if-trusted", func(c *configs.Config) {
+			*c = *imapOn()
+			c.TLS.CertFile, c.TLS.KeyFile = "", ""
+			c.Policy.TrustedNetworks = []string{"127.0.0.0/8"}
+			c.SMTP.ListenTLS = "127.0.0.1:1465"
+			c.SMTP.Upstream.Addresses = []string{"127.0.0.1:587"}
+		}, []string{
+			`tls.cert_file (""): must be set: smtp.listen_tls needs a certificate (and tls.key_file)`}},
+		{"fail/addresses", func(c *configs.Config) {
+			*c = *imapOn()
+			c.IMAP.Listen = "1143"
+			c.IMAP.Upstream.Addresses = []string{"127.0.0.1", "dovecot:0", "dovecot:143"}
+			c.Web.Listen = "localhost:http-alt"
+		}, []string{
+			`imap.listen ("1143"): must be host:port such as 127.0.0.1:1143 or [::1]:1143, or empty for off`,
+			`web.listen ("localhost:http-alt"): must be host:port such as 127.0.0.1:1143 or [::1]:1143, or empty for off`,
+			`imap.upstream.addresses[0] ("127.0.0.1"): must be host:port such as 127.0.0.1:143`,
+			`imap.upstream.addresses[1] ("dovecot:0"): must be host:port such as 127.0.0.1:143`}},
+		{"fail/imap-master", func(c *configs.Config) {
+			*c = *imapOn()
+			c.IMAP.Upstream.MasterUser, c.IMAP.Upstream.MasterPasswordFile = "", ""
+			c.IMAP.Upstream.MasterStyle, c.IMAP.Upstream.Separator = "separator", ""
+			c.IMAP.Upstream.ForwardClient = "xclient"
+			c.IMAP.Upstream.DialTimeout = 0
+			c.IMAP.Upstream.Addresses = nil
+		}, []string{
+			`imap.upstream.addresses (""): must list at least one host:port when the listener is on, e.g. [127.0.0.1:143]`,
+			`imap.upstream.forward_client ("xclient"): must be id, proxy or none`,
+			`imap.upstream.master_user (""): must be set: the Dovecot master user passgate logs in as (imap.upstream.login is master)`,
+			`imap.upstream.master_password_file (""): must be set: a file holding the master user's password (imap.upstream.login is master)`,
+			`imap.upstream.separator (""): must be Dovecot's auth_master_user_separator, e.g. "*" (no spaces or quotes)`,
+			`imap.upstream.dial_timeout ("0s"): must be positive, e.g. 5s`}},
+		{"fail/smtp", func(c *configs.Config) {
+			c.TLS.CertFile, c.TLS.KeyFile = "c", "k"
+			c.SMTP.Listen = "127.0.0.1:1587"
+			c.SMTP.Upstream.Addresses = []string{"127.0.0.1:587"}
+			c.SMTP.Upstream.Login = "master"
+			c.SMTP.Upstream.ForwardClient = "id"
+			c.SMTP.MaxRecipients = 0
+			c.SMTP.MaxMessageBytes = -1
+		}, []string{
+			`smtp.upstream.forward_client ("id"): must be xclient, proxy or none`,
+			`smtp.upstream.master_user (""): must be set: the submission server's master user passgate logs in as (smtp.upstream.login is master)`,
+			`smtp.upstream.master_password_file (""): must be set: a file holding the master user's password (smtp.upstream.login is master)`,
+			`smtp.max_message_bytes (-1): must be zero (the upstream's SIZE) or positive`,
+			`smtp.max_recipients (0): must be at least 1`}},
+		{"fail/ldap", func(c *configs.Config) {
+			c.TLS.CertFile, c.TLS.KeyFile = "c", "k"
+			c.LDAP.Listen = "127.0.0.1:1389"
+			c.LDAP.Mode = "proxy"
+			c.LDAP.UserDNTemplates = []string{"uid=%s,dc=example"}
+			c.LDAP.Upstream.URL = "ldaps://dir.example.test"
+			c.LDAP.Upstream.TLS = "starttls"
+			c.LDAP.Upstream.ServiceDN = "cn=passgate"
+		}, []string{
+			`ldap.mode ("proxy"): must be relay or bind-only`,
+			`ldap.user_dn_templates[0] ("uid=%s,dc=example"): must contain {user}, e.g. "uid={user},ou=people,dc=example,dc=test"`,
+			`ldap.upstream.tls ("starttls"): must be none with an ldaps:// URL (the connection is TLS already)`,
+			`ldap.upstream.service_password_file (""): must be set when ldap.upstream.service_dn is set`}},
+		{"fail/ldap-relay-needs-service", func(c *configs.Config) {
+			c.TLS.CertFile, c.TLS.KeyFile = "c", "k"
+			c.LDAP.ListenTLS = "127.0.0.1:1636"
+			c.LDAP.Upstream.URL = "http://dir"
+		}, []string{
+			`ldap.upstream.url ("http://dir"): must be an ldap:// or ldaps:// URL with a host, e.g. ldap://127.0.0.1:389`,
+			`ldap.upstream.service_dn (""): must be set in ldap.mode relay: the service account that binds with proxied authorization (and ldap.upstream.service_password_file)`}},
+		{"fail/log", func(c *configs.Config) { c.Log.Level, c.Log.Format = "verbose", "xml" }, []string{
+			`log.level ("verbose"): must be debug, info, warn or error`,
+			`log.format ("xml"): must be json or text`}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := configs.Defaults()
+			tc.change(c)
+			got := problems(c.Validate())
+			if strings.Join(got, "\n") != strings.Join(tc.want, "\n") {
+				t.Errorf("Validate:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(tc.want, "\n"))
+			}
+		})
+	}
+}
+
+func TestWarnings(t *testing.T) {
+	c := configs.Defaults()
+	if w := c.Warnings(); len(w) != 0 {
+		t.Errorf("defaults warn: %q", w)
+	}
+	c.TLS.MinVersion = "1.0"
+	c.IMAP.Upstream.TLS = "none"
+	if w := c.Warnings(); len(w) != 2 || !strings.HasPrefix(w[0], `tls.min_version ("1.0")`) {
+		t.Errorf("Warnings = %q", w)
+	}
+}

@@ -1,0 +1,240 @@
+package policy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/passgate/passgate/backends/apppass"
+	"github.com/passgate/passgate/backends/store"
+)
+
+// Store is what the decision needs of the store. *store.Store implements it.
+type Store interface {
+	UserMFA(ctx context.Context, name string) (store.MFAState, error)
+	FindAppPassword(ctx context.Context, user, secret string) (store.AppPassword, error)
+	TouchAppPassword(ctx context.Context, id int64, u store.Usage) error
+	AllowAppPasswords(ctx context.Context) (bool, error)
+	Record(ctx context.Context, ev store.AuditEvent) error
+}
+
+// Options configures an Engine.
+type Options struct {
+	Store           Store
+	TrustedNetworks []netip.Prefix
+	FailureDelay    time.Duration // default 2s; negative means none (tests only)
+	Logger          *slog.Logger  // default: discard
+	Now             func() time.Time
+}
+
+// Engine decides logins. It is safe for concurrent use.
+type Engine struct {
+	store   Store
+	trusted []netip.Prefix
+	delay   time.Duration
+	log     *slog.Logger
+	now     func() time.Time
+}
+
+// DefaultFailureDelay is the delay before any failure reply.
+const DefaultFailureDelay = 2 * time.Second
+
+// New returns an Engine. It panics if opts.Store is nil (a wiring bug).
+func New(opts Options) *Engine {
+	if opts.Store == nil {
+		panic("policy: New without a Store")
+	}
+	e := &Engine{
+		store:   opts.Store,
+		trusted: append([]netip.Prefix(nil), opts.TrustedNetworks...),
+		delay:   opts.FailureDelay,
+		log:     opts.Logger,
+		now:     opts.Now,
+	}
+	if e.delay == 0 {
+		e.delay = DefaultFailureDelay
+	}
+	if e.delay < 0 {
+		e.delay = 0
+	}
+	if e.log == nil {
+		e.log = slog.New(slog.DiscardHandler)
+	}
+	if e.now == nil {
+		e.now = time.Now
+	}
+	return e
+}
+
+// Trusted reports whether addr is in a trusted network: such clients may
+// send plaintext credentials without TLS and may send a PROXY header.
+func (e *Engine) Trusted(addr netip.Addr) bool {
+	addr = addr.Unmap()
+	for _, p := range e.trusted {
+		if p.Contains(addr) {
+			return true
+		}
+	}
+	return false
+}
+
+// PlaintextAllowed reports whether a client may send a password on a
+// connection without TLS (step 1).
+func (e *Engine) PlaintextAllowed(client netip.AddrPort, tls bool) bool {
+	return tls || e.Trusted(client.Addr())
+}
+
+// FailureDelay is the configured delay before a failure reply.
+func (e *Engine) FailureDelay() time.Duration { return e.delay }
+
+// Fail waits until a.Started + the failure delay, so that every failure
+// reaches the client after the same time whatever the reason, and returns
+// early only if ctx ends. Sleeping here blocks only the calling
+// connection's goroutine; no shared worker is held.
+func (e *Engine) Fail(ctx context.Context, a Attempt) {
+	start := a.Started
+	if start.IsZero() {
+		start = e.now()
+	}
+	wait := time.Until(start.Add(e.delay))
+	if wait <= 0 {
+		return
+	}
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+	}
+}
+
+// Decide runs the decision for one attempt. A deny is a Decision with
+// Allow false; a non-nil error means the decision could not be made (the
+// store failed) and the client should get a temporary failure.
+func (e *Engine) Decide(ctx context.Context, a Attempt) (Decision, error) {
+	if a.Started.IsZero() {
+		a.Started = e.now()
+	}
+	user := strings.TrimSpace(a.User)
+	d := Decision{User: user}
+	deny := func(reason string) (Decision, error) {
+		d.Allow, d.Kind, d.Reason = false, KindNone, reason
+		e.audit(ctx, a, d, "failure")
+		return d, nil
+	}
+	// Step 1.
+	if !e.PlaintextAllowed(a.Client, a.TLS) {
+		return deny("plaintext credentials without TLS from an untrusted network")
+	}
+	if user == "" || a.Secret == "" {
+		return deny("empty user name or secret")
+	}
+	// Step 3.
+	allowApp, err := e.store.AllowAppPasswords(ctx)
+	if err != nil {
+		return Decision{}, fmt.Errorf("policy: read allow-app-passwords: %w", err)
+	}
+	secret := string(a.Secret)
+	var appErr string
+	if _, shaped := apppass.Normalize(secret); shaped {
+		ap, err := e.store.FindAppPassword(ctx, user, secret)
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+		case err != nil:
+			return Decision{}, fmt.Errorf("policy: look up app password: %w", err)
+		case !allowApp:
+			appErr = "app password matched but app passwords are switched off"
+		case ap.Expired(e.now()):
+			appErr = "app password " + ap.Label + " expired"
+		case !ap.HasScope(a.Proto):
+			appErr = "app password " + ap.Label + " lacks scope " + a.Proto
+		default:
+			d.Allow, d.Kind = true, KindAppPassword
+			d.AppPasswordID, d.Label = ap.ID, ap.Label
+			d.MFA = "" // not needed for app passwords
+			d.Reason = "app password matched"
+			u := store.Usage{At: e.now(), Addr: a.Client.String(), Proto: a.Proto, Client: a.ClientName}
+			if err := e.store.TouchAppPassword(ctx, ap.ID, u); err != nil {
+				e.log.LogAttrs(ctx, slog.LevelWarn, "app password touch failed",
+					slog.String("user", user), slog.Any("err", err))
+			}
+			e.audit(ctx, a, d, "success")
+			return d, nil
+		}
+	}
+	if appErr != "" {
+		// The secret is an app password of this user: it is not the
+		// primary password, so it must not go to the upstream.
+		return deny(appErr)
+	}
+	// Step 4.
+	st, err := e.store.UserMFA(ctx, user)
+	if err != nil {
+		return Decision{}, fmt.Errorf("policy: read MFA state of %q: %w", user, err)
+	}
+	d.MFA = string(st)
+	if st == store.MFAEnforced {
+		return deny("no app password matched and MFA is enforced: primary password refused without contacting the upstream")
+	}
+	d.Allow, d.Kind = true, KindPrimary
+	d.Reason = "primary password, to be verified by the upstream"
+	return d, nil
+}
+
+// PrimaryResult records the upstream's verdict on a provisional primary
+// password allow. ok is true when the upstream accepted the login.
+func (e *Engine) PrimaryResult(ctx context.Context, a Attempt, d Decision, ok bool) {
+	if ok {
+		if d.MFA == string(store.MFAEnabled) {
+			d.Reason = "primary password accepted; would be refused once enforced"
+		} else {
+			d.Reason = "primary password accepted by the upstream"
+		}
+		e.audit(ctx, a, d, "success")
+		return
+	}
+	d.Allow = false
+	d.Reason = "primary password refused by the upstream"
+	e.audit(ctx, a, d, "failure")
+}
+
+func (e *Engine) audit(ctx context.Context, a Attempt, d Decision, outcome string) {
+	detail := "credential=" + d.Credential() + " tls=" + boolStr(a.TLS) + " reason=" + d.Reason
+	if a.ClientName != "" {
+		detail += " client=" + a.ClientName
+	}
+	ev := store.AuditEvent{
+		Time:    e.now(),
+		Actor:   a.Proto + ":" + a.Client.String(),
+		Action:  "login",
+		Subject: strings.TrimSpace(a.User),
+		Outcome: outcome,
+		Detail:  detail,
+	}
+	// The audit write must not be cut short by a client that hangs up.
+	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if err := e.store.Record(actx, ev); err != nil {
+		e.log.LogAttrs(ctx, slog.LevelError, "audit write failed", slog.Any("err", err))
+	}
+	level := slog.LevelInfo
+	if outcome != "success" {
+		level = slog.LevelWarn
+	}
+	e.log.LogAttrs(ctx, level, "auth decision",
+		slog.String("proto", a.Proto), slog.String("user", ev.Subject),
+		slog.String("remote_addr", a.Client.String()), slog.Bool("tls", a.TLS),
+		slog.String("decision", outcome), slog.String("credential", d.Credential()),
+		slog.String("reason", d.Reason))
+}
+
+func boolStr(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
+}

@@ -1,0 +1,279 @@
+package policy
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/passgate/passgate/backends/store"
+)
+
+// fakeStore is an in-memory Store for the decision's unit tests; the real
+// stores are tested by backends/store's contract suite and end to end in
+// integration/.
+type fakeStore struct {
+	mu       sync.Mutex
+	mfa      map[string]store.MFAState
+	def      store.MFAState
+	apps     map[string]store.AppPassword // key: user + "\x00" + secret
+	allow    bool
+	failNext error
+	touched  []store.Usage
+	events   []store.AuditEvent
+	finds    int
+}
+
+func (f *fakeStore) UserMFA(_ context.Context, name string) (store.MFAState, error) {
+	if f.failNext != nil {
+		return "", f.failNext
+	}
+	if st, ok := f.mfa[strings.ToLower(name)]; ok {
+		return st, nil
+	}
+	return f.def, nil
+}
+
+func (f *fakeStore) FindAppPassword(_ context.Context, user, secret string) (store.AppPassword, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.finds++
+	if ap, ok := f.apps[strings.ToLower(user)+"\x00"+strings.ToLower(strings.ReplaceAll(secret, " ", ""))]; ok {
+		return ap, nil
+	}
+	return store.AppPassword{}, store.ErrNotFound
+}
+
+func (f *fakeStore) TouchAppPassword(_ context.Context, id int64, u store.Usage) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.touched = append(f.touched, u)
+	return nil
+}
+
+func (f *fakeStore) AllowAppPasswords(context.Context) (bool, error) { return f.allow, nil }
+
+func (f *fakeStore) Record(_ context.Context, ev store.AuditEvent) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.events = append(f.events, ev)
+	return nil
+}
+
+const (
+	goodApp   = "abcdefghijklmnop"
+	expired   = "qqqqwwwweeeerrrr"
+	smtpOnly  = "zzzzxxxxccccvvvv"
+	primaryPW = "hunter2-primary"
+)
+
+func newFake() *fakeStore {
+	past := time.Now().Add(-time.Hour)
+	return &fakeStore{
+		mfa: map[string]store.MFAState{
+			"alice": store.MFAEnforced,
+			"erin":  store.MFAEnabled,
+			"dave":  store.MFADisabled,
+		},
+		def:   store.MFADisabled,
+		allow: true,
+		apps: map[string]store.AppPassword{
+			"alice\x00" + goodApp:  {ID: 7, User: "alice", Label: "Outlook", Scopes: store.AllScopes},
+			"alice\x00" + expired:  {ID: 8, User: "alice", Label: "old", Scopes: store.AllScopes, ExpiresAt: &past},
+			"alice\x00" + smtpOnly: {ID: 9, User: "alice", Label: "printer", Scopes: []string{store.ScopeSMTP}},
+			"erin\x00" + goodApp:   {ID: 10, User: "erin", Label: "phone", Scopes: store.AllScopes},
+		},
+	}
+}
+
+var (
+	tlsClient     = netip.MustParseAddrPort("203.0.113.9:50000")
+	trustedClient = netip.MustParseAddrPort("10.1.2.3:40000")
+)
+
+func TestDecide(t *testing.T) {
+	tests := []struct {
+		name      string
+		attempt   Attempt
+		allow     bool
+		kind      Kind
+		reason    string // substring of Decision.Reason
+		noLookups bool   // the store must not be asked for app passwords
+		setup     func(*fakeStore)
+	}{
+		{name: "ok/app-password", attempt: Attempt{Proto: IMAP, User: "alice", Secret: goodApp, TLS: true, Client: tlsClient}, allow: true, kind: KindAppPassword},
+		{name: "ok/app-password-formatted-upper", attempt: Attempt{Proto: IMAP, User: "Alice", Secret: "ABCD EFGH IJKL MNOP", TLS: true, Client: tlsClient}, allow: true, kind: KindAppPassword},
+		{name: "ok/app-password-smtp-scope", attempt: Attempt{Proto: SMTP, User: "alice", Secret: smtpOnly, TLS: true, Client: tlsClient}, allow: true, kind: KindAppPassword},
+		{name: "ok/trusted-plaintext", attempt: Attempt{Proto: IMAP, User: "alice", Secret: goodApp, TLS: false, Client: trustedClient}, allow: true, kind: KindAppPassword},
+		{name: "ok/disabled-primary", attempt: Attempt{Proto: IMAP, User: "dave", Secret: primaryPW, TLS: true, Client: tlsClient}, allow: true, kind: KindPrimary},
+		{name: "ok/no-row-default-disabled", attempt: Attempt{Proto: LDAP, User: "zed", Secret: primaryPW, TLS: true, Client: tlsClient}, allow: true, kind: KindPrimary},
+		{name: "ok/enabled-primary", attempt: Attempt{Proto: IMAP, User: "erin", Secret: primaryPW, TLS: true, Client: tlsClient}, allow: true, kind: KindPrimary},
+		{name: "ok/enabled-app-password", attempt: Attempt{Proto: IMAP, User: "erin", Secret: goodApp, TLS: true, Client: tlsClient}, allow: true, kind: KindAppPassword},
+		{name: "fail/plaintext-untrusted", attempt: Attempt{Proto: IMAP, User: "alice", Secret: goodApp, TLS: false, Client: tlsClient}, reason: "plaintext", noLookups: true},
+		{name: "fail/enforced-primary", attempt: Attempt{Proto: IMAP, User: "alice", Secret: primaryPW, TLS: true, Client: tlsClient}, reason: "enforced"},
+		{name: "fail/enforced-wrong-app-shaped", attempt: Attempt{Proto: IMAP, User: "alice", Secret: "aaaabbbbccccdddd", TLS: true, Client: tlsClient}, reason: "enforced"},
+		{name: "fail/expired", attempt: Attempt{Proto: IMAP, User: "alice", Secret: expired, TLS: true, Client: tlsClient}, reason: "expired"},
+		{name: "fail/out-of-scope", attempt: Attempt{Proto: IMAP, User: "alice", Secret: smtpOnly, TLS: true, Client: tlsClient}, reason: "scope"},
+		{name: "ok/other-users-secret-is-checked-as-primary", attempt: Attempt{Proto: IMAP, User: "bob", Secret: goodApp, TLS: true, Client: tlsClient}, allow: true, kind: KindPrimary, setup: func(f *fakeStore) {}},
+		{name: "fail/app-passwords-switched-off", attempt: Attempt{Proto: IMAP, User: "alice", Secret: goodApp, TLS: true, Client: tlsClient}, reason: "switched off", setup: func(f *fakeStore) { f.allow = false }},
+		{name: "fail/empty-secret", attempt: Attempt{Proto: IMAP, User: "dave", Secret: "", TLS: true, Client: tlsClient}, reason: "empty", noLookups: true},
+		{name: "fail/empty-user", attempt: Attempt{Proto: IMAP, User: "  ", Secret: "x", TLS: true, Client: tlsClient}, reason: "empty", noLookups: true},
+		{name: "fail/default-enforced-unknown-user", attempt: Attempt{Proto: IMAP, User: "zed", Secret: primaryPW, TLS: true, Client: tlsClient}, reason: "enforced", setup: func(f *fakeStore) { f.def = store.MFAEnforced }},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			fs := newFake()
+			if tc.setup != nil {
+				tc.setup(fs)
+			}
+			e := New(Options{Store: fs, TrustedNetworks: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}, FailureDelay: -1})
+			d, err := e.Decide(context.Background(), tc.attempt)
+			if err != nil {
+				t.Fatalf("Decide: %v", err)
+			}
+			if d.Allow != tc.allow || (tc.allow && d.Kind != tc.kind) {
+				t.Fatalf("Decide = allow %v kind %v (%s), want allow %v kind %v", d.Allow, d.Kind, d.Reason, tc.allow, tc.kind)
+			}
+			if tc.reason != "" && !strings.Contains(d.Reason, tc.reason) {
+				t.Errorf("reason %q does not mention %q", d.Reason, tc.reason)
+			}
+			if tc.noLookups && fs.finds != 0 {
+				t.Errorf("store was asked %d times for app passwords", fs.finds)
+			}
+			// Every outcome except a provisional primary allow is audited
+			// at once; the primary one is audited by PrimaryResult.
+			wantEvents := 1
+			if d.Allow && d.Kind == KindPrimary {
+				wantEvents = 0
+			}
+			if len(fs.events) != wantEvents {
+				t.Fatalf("audit events = %d, want %d", len(fs.events), wantEvents)
+			}
+			for _, ev := range fs.events {
+				if strings.Contains(ev.Detail, string(tc.attempt.Secret)) && tc.attempt.Secret != "" {
+					t.Errorf("audit event holds the secret: %+v", ev)
+				}
+			}
+			if d.Kind == KindAppPassword {
+				if len(fs.touched) != 1 || fs.touched[0].Proto != tc.attempt.Proto || fs.touched[0].Addr != tc.attempt.Client.String() {
+					t.Errorf("touch = %+v", fs.touched)
+				}
+			}
+		})
+	}
+}
+
+func TestDecideStoreError(t *testing.T) {
+	fs := newFake()
+	fs.failNext = errors.New("connection refused")
+	e := New(Options{Store: fs, FailureDelay: -1})
+	_, err := e.Decide(context.Background(), Attempt{Proto: IMAP, User: "dave", Secret: primaryPW, TLS: true, Client: tlsClient})
+	if err == nil || !strings.Contains(err.Error(), "connection refused") {
+		t.Fatalf("Decide error = %v, want the store's error", err)
+	}
+}
+
+func TestPrimaryResult(t *testing.T) {
+	tests := []struct {
+		name    string
+		user    string
+		ok      bool
+		outcome string
+		detail  string
+	}{
+		{"ok/disabled", "dave", true, "success", "accepted by the upstream"},
+		{"ok/enabled-would-be-refused", "erin", true, "success", "would be refused once enforced"},
+		{"fail/refused", "dave", false, "failure", "refused by the upstream"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			fs := newFake()
+			e := New(Options{Store: fs, FailureDelay: -1})
+			a := Attempt{Proto: SMTP, User: tc.user, Secret: primaryPW, TLS: true, Client: tlsClient}
+			d, err := e.Decide(context.Background(), a)
+			if err != nil || !d.Allow || d.Kind != KindPrimary {
+				t.Fatalf("Decide = %+v, %v", d, err)
+			}
+			e.PrimaryResult(context.Background(), a, d, tc.ok)
+			if len(fs.events) != 1 {
+				t.Fatalf("events = %d", len(fs.events))
+			}
+			ev := fs.events[0]
+			if ev.Outcome != tc.outcome || !strings.Contains(ev.Detail, tc.detail) || ev.Subject != tc.user || ev.Action != "login" {
+				t.Errorf("event = %+v", ev)
+			}
+		})
+	}
+}
+
+func TestFailWaitsFromStart(t *testing.T) {
+	e := New(Options{Store: newFake(), FailureDelay: 200 * time.Millisecond})
+	if e.FailureDelay() != 200*time.Millisecond {
+		t.Fatalf("FailureDelay = %v", e.FailureDelay())
+	}
+	start := time.Now().Add(-150 * time.Millisecond)
+	t0 := time.Now()
+	e.Fail(context.Background(), Attempt{Started: start})
+	if el := time.Since(t0); el > 150*time.Millisecond {
+		t.Errorf("Fail waited %v; the attempt had already spent 150ms of 200ms", el)
+	}
+	if time.Since(start) < 200*time.Millisecond {
+		t.Errorf("Fail returned before the delay")
+	}
+	// A cancelled context ends the wait.
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	t0 = time.Now()
+	e.Fail(ctx, Attempt{Started: time.Now()})
+	if time.Since(t0) > 100*time.Millisecond {
+		t.Errorf("Fail ignored a cancelled context")
+	}
+}
+
+func TestDefaults(t *testing.T) {
+	e := New(Options{Store: newFake()})
+	if e.FailureDelay() != DefaultFailureDelay {
+		t.Errorf("default delay = %v", e.FailureDelay())
+	}
+	if e.Trusted(netip.MustParseAddr("127.0.0.1")) {
+		t.Error("loopback trusted without configuration")
+	}
+	if !e.PlaintextAllowed(tlsClient, true) || e.PlaintextAllowed(tlsClient, false) {
+		t.Error("PlaintextAllowed")
+	}
+	defer func() {
+		if recover() == nil {
+			t.Error("New without a store did not panic")
+		}
+	}()
+	New(Options{})
+}
+
+func TestSecretNeverPrints(t *testing.T) {
+	s := Secret("hunter2")
+	var b strings.Builder
+	log := slog.New(slog.NewTextHandler(&b, nil))
+	log.Info("x", slog.Any("secret", s), slog.Any("attempt", Attempt{User: "a", Secret: s}))
+	if strings.Contains(b.String(), "hunter2") || s.String() != "REDACTED" || s.GoString() != "REDACTED" {
+		t.Errorf("secret leaked: %s", b.String())
+	}
+}
+
+func TestCredentialString(t *testing.T) {
+	for _, tc := range []struct {
+		d    Decision
+		want string
+	}{
+		{Decision{Kind: KindAppPassword, AppPasswordID: 12, Label: "Outlook"}, "app-password:12 (Outlook)"},
+		{Decision{Kind: KindPrimary}, "primary"},
+		{Decision{}, "none"},
+	} {
+		if got := tc.d.Credential(); got != tc.want {
+			t.Errorf("Credential() = %q, want %q", got, tc.want)
+		}
+	}
+}

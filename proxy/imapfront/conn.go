@@ -1,0 +1,457 @@
+package imapfront
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/passgate/passgate/policy"
+)
+
+// readBufferSize is the size of a connection's pre-login read buffer. A
+// line may be longer (MaxLineLength): it is read in pieces.
+const readBufferSize = 4096
+
+// conn is one client connection, from accept to the end of its relay.
+type conn struct {
+	srv    *Server
+	raw    net.Conn // as accepted
+	nc     net.Conn // raw, or the *tls.Conn over it
+	br     *bufio.Reader
+	client netip.AddrPort
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	start    time.Time
+	deadline time.Time // end of the pre-login phase
+	isTLS    bool
+	tlsVer   string
+	tlsSuite string
+
+	clientID   []IDField
+	clientName string
+	commands   int
+	failures   int
+
+	// For the session log line.
+	user       string
+	credential string
+	bytesIn    int64
+	bytesOut   int64
+	ended      string
+
+	mu       sync.Mutex
+	closing  bool // Shutdown or Close asked this connection to end
+	relaying bool // logged in: the relay owns the connection
+}
+
+func newConn(s *Server, nc net.Conn) *conn {
+	ctx, cancel := context.WithCancel(s.baseCtx)
+	return &conn{
+		srv:    s,
+		raw:    nc,
+		nc:     nc,
+		client: addrPort(nc.RemoteAddr()),
+		ctx:    ctx,
+		cancel: cancel,
+	}
+}
+
+// addrPort converts a net.Addr to a netip.AddrPort (IPv4-mapped addresses
+// unmapped); it returns the zero value when the address is not IP.
+func addrPort(a net.Addr) netip.AddrPort {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		ap := ta.AddrPort()
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	if a == nil {
+		return netip.AddrPort{}
+	}
+	ap, err := netip.ParseAddrPort(a.String())
+	if err != nil {
+		return netip.AddrPort{}
+	}
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+}
+
+// shutdown asks a connection that has not logged in to end: its goroutine
+// wakes up from a read, says "* BYE Server shutting down" and closes. A
+// relayed session is left alone.
+func (c *conn) shutdown() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.relaying {
+		return
+	}
+	c.closing = true
+	c.raw.SetReadDeadline(time.Now())
+	c.cancel()
+}
+
+// closeAll closes the connection (and, through the context, its relay).
+func (c *conn) closeAll() {
+	c.mu.Lock()
+	c.closing = true
+	c.mu.Unlock()
+	c.cancel()
+	c.raw.Close()
+}
+
+func (c *conn) isClosing() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.closing
+}
+
+// armDeadline sets the pre-login deadline on the connection, or an expired
+// one if Shutdown already asked the connection to end.
+func (c *conn) armDeadline() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.raw.SetDeadline(c.deadline)
+	if c.closing {
+		c.raw.SetReadDeadline(time.Now())
+	}
+}
+
+// write sends one reply in one Write.
+func (c *conn) write(b []byte) error {
+	_, err := c.nc.Write(b)
+	return err
+}
+
+// bye sends a last untagged BYE with a short write deadline of its own.
+func (c *conn) bye(text string) {
+	c.raw.SetWriteDeadline(time.Now().Add(byeTimeout))
+	_ = c.write([]byte("* BYE " + text + "\r\n"))
+}
+
+// serve runs the pre-login loop and, after a successful login, the relay.
+func (c *conn) serve() {
+	defer c.finish()
+	o := &c.srv.opts
+	c.start = time.Now()
+	c.deadline = c.start.Add(o.PreLoginTimeout)
+	c.armDeadline()
+
+	if o.ImplicitTLS {
+		if !c.handshake() {
+			return
+		}
+	}
+	c.br = bufio.NewReaderSize(c.nc, readBufferSize)
+	if err := c.write([]byte("* OK [CAPABILITY " + c.caps() + "] passgate ready\r\n")); err != nil {
+		c.ended = "client"
+		return
+	}
+	for {
+		if c.isClosing() {
+			c.bye("Server shutting down")
+			c.ended = "shutdown"
+			return
+		}
+		if !c.isTLS {
+			// Windows Mail tries implicit TLS on the STARTTLS port first:
+			// a TLS ClientHello has no line end and would hang until the
+			// pre-login timeout.
+			if b, err := c.br.Peek(1); err == nil && b[0] == 0x16 {
+				c.bye("TLS handshake on a plaintext port: use STARTTLS")
+				c.ended = "protocol_error"
+				return
+			}
+		}
+		r := reader{br: c.br, maxLine: o.MaxLineLength, maxLiteral: o.MaxLiteral, cont: c.continueLiteral}
+		cmd, err := r.readCommand()
+		if err != nil {
+			var re *replyError
+			if !errors.As(err, &re) {
+				c.readFailed(err)
+				return
+			}
+			if c.countCommand() {
+				return
+			}
+			if werr := c.write(re.wire()); werr != nil || re.fatal {
+				c.ended = re.ended
+				if werr != nil {
+					c.ended = "client"
+				}
+				return
+			}
+			continue
+		}
+		if c.countCommand() {
+			return
+		}
+		if done := c.dispatch(cmd); done {
+			return
+		}
+	}
+}
+
+// countCommand counts one pre-login command and reports whether the bound
+// was passed, in which case the client has been told and the connection
+// ends.
+func (c *conn) countCommand() bool {
+	c.commands++
+	if c.commands <= c.srv.opts.MaxCommands {
+		return false
+	}
+	c.bye("Too many commands before login")
+	c.ended = "too_many_commands"
+	return true
+}
+
+// readFailed ends the connection after a read error: the client left, the
+// pre-login time ran out, or Shutdown woke the read up.
+func (c *conn) readFailed(err error) {
+	var ne net.Error
+	switch {
+	case c.isClosing():
+		c.bye("Server shutting down")
+		c.ended = "shutdown"
+	case errors.As(err, &ne) && ne.Timeout():
+		c.bye("Autologout: no login within the time allowed")
+		c.ended = "timeout"
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed):
+		c.ended = "client"
+	default:
+		c.ended = "error"
+	}
+}
+
+// dispatch runs one command; it reports whether the connection is done.
+func (c *conn) dispatch(cmd *command) bool {
+	switch cmd.name {
+	case "CAPABILITY":
+		return c.reply("* CAPABILITY " + c.caps() + "\r\n" + cmd.tag + " OK CAPABILITY completed\r\n")
+	case "NOOP":
+		return c.reply(cmd.tag + " OK NOOP completed\r\n")
+	case "LOGOUT":
+		c.write([]byte("* BYE Logging out\r\n" + cmd.tag + " OK LOGOUT completed\r\n"))
+		c.ended = "logout"
+		return true
+	case "ID":
+		return c.handleID(cmd)
+	case "STARTTLS":
+		return c.handleStartTLS(cmd)
+	case "LOGIN":
+		return c.handleLogin(cmd)
+	case "AUTHENTICATE":
+		return c.handleAuthenticate(cmd)
+	}
+	return c.reply(cmd.tag + " BAD Command unknown or not allowed before login\r\n")
+}
+
+// reply writes s and reports whether the connection is done (the write
+// failed).
+func (c *conn) reply(s string) bool {
+	if err := c.write([]byte(s)); err != nil {
+		c.ended = "client"
+		return true
+	}
+	return false
+}
+
+// plaintextOK reports whether the client may send a password now.
+func (c *conn) plaintextOK() bool {
+	return c.isTLS || c.srv.opts.Decider.PlaintextAllowed(c.client, false)
+}
+
+// caps returns the capability list for the connection's current state.
+func (c *conn) caps() string {
+	var b strings.Builder
+	b.WriteString("IMAP4rev1 IMAP4rev2 SASL-IR ID LITERAL+")
+	if !c.isTLS && c.srv.opts.TLSConfig != nil {
+		b.WriteString(" STARTTLS")
+	}
+	if c.plaintextOK() {
+		b.WriteString(" AUTH=PLAIN AUTH=LOGIN")
+	} else {
+		b.WriteString(" LOGINDISABLED")
+	}
+	return b.String()
+}
+
+// continueLiteral is the reader's hook before a synchronising literal: it
+// refuses a LOGIN literal that would carry a secret in clear, so the
+// client never sends it, and otherwise sends "+ Ready".
+func (c *conn) continueLiteral(sofar []token) error {
+	if len(sofar) >= 2 && strings.EqualFold(string(sofar[1].val), "LOGIN") && !c.plaintextOK() {
+		return &replyError{tag: tagOf(sofar), status: "NO", text: privacyRequired}
+	}
+	return c.write([]byte("+ Ready\r\n"))
+}
+
+const privacyRequired = "[PRIVACYREQUIRED] Use STARTTLS before logging in."
+
+// handleID answers a pre-login ID (RFC 2971) and keeps the client's fields.
+func (c *conn) handleID(cmd *command) bool {
+	fields, ok := parseID(cmd.args)
+	if !ok {
+		return c.reply(cmd.tag + " BAD Invalid ID arguments\r\n")
+	}
+	c.clientID = fields
+	c.clientName = clientName(fields)
+	return c.reply("* ID (\"name\" \"passgate\")\r\n" + cmd.tag + " OK ID completed\r\n")
+}
+
+// handleStartTLS upgrades the connection. Whatever the client sent after
+// the STARTTLS line is discarded (command injection, CVE-2011-0411 and
+// kin): only bytes read through TLS are commands.
+func (c *conn) handleStartTLS(cmd *command) bool {
+	switch {
+	case len(cmd.args) > 0:
+		return c.reply(cmd.tag + " BAD STARTTLS takes no arguments\r\n")
+	case c.isTLS:
+		return c.reply(cmd.tag + " BAD TLS is already active\r\n")
+	case c.srv.opts.TLSConfig == nil:
+		return c.reply(cmd.tag + " BAD STARTTLS is not available\r\n")
+	}
+	c.br.Discard(c.br.Buffered())
+	if c.reply(cmd.tag + " OK Begin TLS negotiation now\r\n") {
+		return true
+	}
+	if !c.handshake() {
+		return true
+	}
+	c.br = bufio.NewReaderSize(c.nc, readBufferSize)
+	return false
+}
+
+// handshake runs the server side of a TLS handshake on the raw connection
+// and reports whether it succeeded.
+func (c *conn) handshake() bool {
+	tc := tls.Server(c.raw, c.srv.opts.TLSConfig)
+	d := min(time.Until(c.deadline), handshakeTimeout)
+	hctx, cancel := context.WithTimeout(c.ctx, d)
+	defer cancel()
+	if err := tc.HandshakeContext(hctx); err != nil {
+		c.ended = "tls_handshake_failed"
+		c.srv.log.LogAttrs(c.ctx, slog.LevelDebug, "tls handshake failed",
+			slog.String("proto", policy.IMAP), slog.String("remote_addr", c.client.String()),
+			slog.Any("err", err))
+		return false
+	}
+	st := tc.ConnectionState()
+	c.nc = tc
+	c.isTLS = true
+	c.tlsVer = tls.VersionName(st.Version)
+	c.tlsSuite = tls.CipherSuiteName(st.CipherSuite)
+	return true
+}
+
+// finish closes what is left and writes the session's log line.
+func (c *conn) finish() {
+	c.cancel()
+	c.raw.Close()
+	if c.ended == "" {
+		c.ended = "error"
+	}
+	c.srv.log.LogAttrs(c.srv.baseCtx, slog.LevelInfo, "imap session",
+		slog.String("proto", policy.IMAP),
+		slog.String("user", c.user),
+		slog.String("remote_addr", c.client.String()),
+		slog.String("credential", c.credential),
+		slog.String("tls_version", c.tlsVer),
+		slog.String("tls_cipher", c.tlsSuite),
+		slog.Int64("bytes_in", c.bytesIn),
+		slog.Int64("bytes_out", c.bytesOut),
+		slog.Int64("duration_ms", time.Since(c.start).Milliseconds()),
+		slog.String("ended_by", c.ended),
+	)
+}
+
+// Standard ID field names (RFC 2971) kept from a client's ID. Others, the
+// x-originating-* fields above all, are dropped: forwarded to an upstream
+// that trusts passgate, they would let a client choose its own address.
+var standardIDFields = [...]string{"name", "version", "os", "os-version", "vendor",
+	"support-url", "address", "date", "command", "arguments", "environment"}
+
+// Bounds of RFC 2971 on an ID.
+const (
+	maxIDPairs    = 30
+	maxIDKeyLen   = 30
+	maxIDValueLen = 1024
+)
+
+// parseID reads "NIL" or "(key value ...)" and returns the standard fields
+// with printable values. ok is false on a syntax error.
+func parseID(args []token) (fields []IDField, ok bool) {
+	if len(args) == 1 && args[0].kind == tokAtom && strings.EqualFold(string(args[0].val), "NIL") {
+		return nil, true
+	}
+	if len(args) < 2 || args[0].kind != tokOpen || args[len(args)-1].kind != tokClose {
+		return nil, false
+	}
+	inner := args[1 : len(args)-1]
+	if len(inner)%2 != 0 {
+		return nil, false
+	}
+	for i := 0; i < len(inner); i += 2 {
+		k, v := inner[i], inner[i+1]
+		if k.kind != tokQuoted && k.kind != tokLiteral {
+			return nil, false
+		}
+		isNil := v.kind == tokAtom && strings.EqualFold(string(v.val), "NIL")
+		if !isNil && v.kind != tokQuoted && v.kind != tokLiteral {
+			return nil, false
+		}
+		if isNil || i/2 >= maxIDPairs || len(k.val) > maxIDKeyLen || len(v.val) > maxIDValueLen || !printable(v.val) {
+			continue
+		}
+		name := strings.ToLower(string(k.val))
+		for _, std := range standardIDFields {
+			if name == std {
+				fields = append(fields, IDField{Name: name, Value: string(v.val)})
+				break
+			}
+		}
+	}
+	return fields, true
+}
+
+// clientName makes a short client name ("Thunderbird 128.0") from ID fields.
+func clientName(fields []IDField) string {
+	var name, version string
+	for _, f := range fields {
+		switch f.Name {
+		case "name":
+			name = f.Value
+		case "version":
+			version = f.Value
+		}
+	}
+	s := strings.TrimSpace(name + " " + version)
+	if len(s) > 128 {
+		s = s[:128]
+	}
+	return s
+}
+
+// printable reports whether b has no control characters.
+func printable(b []byte) bool {
+	for _, c := range b {
+		if c < 0x20 || c == 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+// sanitizeLine cuts s at its first CR or LF, so that an upstream's text
+// can never add a line of its own to the client's reply.
+func sanitizeLine(s string) string {
+	if i := strings.IndexAny(s, "\r\n"); i >= 0 {
+		s = s[:i]
+	}
+	return s
+}

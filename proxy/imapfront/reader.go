@@ -1,0 +1,349 @@
+package imapfront
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"io"
+)
+
+// tokenKind says how an argument was written on the wire.
+type tokenKind int
+
+const (
+	tokAtom    tokenKind = iota // bare atom, e.g. alice or NIL
+	tokQuoted                   // "quoted string" with \" and \\ escapes
+	tokLiteral                  // {n} or {n+} literal
+	tokOpen                     // (
+	tokClose                    // )
+)
+
+// token is one argument of a command. val holds the decoded bytes of an
+// atom, a quoted string or a literal; it is nil for parentheses.
+type token struct {
+	kind tokenKind
+	val  []byte
+}
+
+// isString reports whether t can stand for an IMAP astring (atom, quoted
+// string or literal).
+func (t token) isString() bool {
+	return t.kind == tokAtom || t.kind == tokQuoted || t.kind == tokLiteral
+}
+
+// command is one parsed pre-login command.
+type command struct {
+	tag  string  // as sent
+	name string  // upper-cased command name, e.g. "LOGIN"
+	args []token // everything after the name
+	size int     // bytes read off the wire for this command (lines and literals)
+}
+
+// replyError is a command the reader refused. It carries the reply the
+// client gets; fatal means the connection is closed after the reply.
+type replyError struct {
+	tag    string // the command's tag when known; "" otherwise
+	status string // "BAD" or "NO" for a tagged reply
+	text   string // reply text, may start with a response code
+	bye    bool   // reply with an untagged "* BYE text" instead
+	fatal  bool   // close the connection after replying
+	ended  string // ended_by value for the session log when fatal
+}
+
+func (e *replyError) Error() string {
+	return "imapfront: refused command: " + e.text
+}
+
+// wire returns the bytes the client gets for e.
+func (e *replyError) wire() []byte {
+	var b bytes.Buffer
+	if e.bye || e.tag == "" {
+		if e.fatal {
+			b.WriteString("* BYE " + e.text + "\r\n")
+		} else {
+			b.WriteString("* BAD " + e.text + "\r\n")
+		}
+		return b.Bytes()
+	}
+	b.WriteString(e.tag + " " + e.status + " " + e.text + "\r\n")
+	if e.fatal {
+		b.WriteString("* BYE Closing connection\r\n")
+	}
+	return b.Bytes()
+}
+
+// Limits on one pre-login command beyond the configured line and literal
+// lengths.
+const (
+	maxTokens   = 128 // arguments per command (ID: 30 pairs, parentheses)
+	maxLiterals = 64  // literals per command
+)
+
+// reader reads pre-login commands: lines with atoms, quoted strings,
+// parentheses and synchronising ({n}) or non-synchronising ({n+}) literals.
+// Every byte it keeps is bounded: a line by maxLine, a literal by
+// maxLiteral, a whole command by maxLine+2*maxLiteral, and nothing is
+// allocated for a literal before its length has been checked.
+type reader struct {
+	br         *bufio.Reader
+	maxLine    int
+	maxLiteral int
+	// cont is called before the reader waits for the data of a
+	// synchronising literal; it must send "+ Ready". It gets the tokens
+	// read so far (tag, name, args) and may refuse the literal by
+	// returning a *replyError: the client then never sends the data.
+	cont func(sofar []token) error
+}
+
+// errLineTooLong is returned by readLine for a line past the limit.
+var errLineTooLong = errors.New("imapfront: line too long")
+
+// readLine reads one line of at most max bytes (without its line end) and
+// returns it without the CRLF (a bare LF is accepted). The returned slice
+// is a fresh copy.
+func readLine(br *bufio.Reader, max int) ([]byte, error) {
+	var line []byte
+	for {
+		frag, err := br.ReadSlice('\n')
+		if len(line)+len(frag) > max+2 {
+			return nil, errLineTooLong
+		}
+		line = append(line, frag...)
+		if err == nil {
+			break
+		}
+		if errors.Is(err, bufio.ErrBufferFull) {
+			continue
+		}
+		if err == io.EOF && len(line) > 0 {
+			err = io.ErrUnexpectedEOF
+		}
+		return nil, err
+	}
+	line = line[:len(line)-1]
+	if n := len(line); n > 0 && line[n-1] == '\r' {
+		line = line[:n-1]
+	}
+	if len(line) > max {
+		return nil, errLineTooLong
+	}
+	return line, nil
+}
+
+// literalSpec reports whether line ends with a literal announcement "{n}"
+// or "{n+}" and returns the rest of the line before it, the declared length
+// (clamped to limit+1 so that a huge number never overflows) and whether it
+// is non-synchronising.
+func literalSpec(line []byte, limit int) (rest []byte, n int, plus, ok bool) {
+	if len(line) < 3 || line[len(line)-1] != '}' {
+		return line, 0, false, false
+	}
+	end := len(line) - 1
+	if line[end-1] == '+' {
+		plus = true
+		end--
+	}
+	i := end
+	for i > 0 && line[i-1] >= '0' && line[i-1] <= '9' {
+		i--
+	}
+	if i == end || i == 0 || line[i-1] != '{' {
+		return line, 0, false, false
+	}
+	start := i - 1
+	if start > 0 && line[start-1] != ' ' && line[start-1] != '(' {
+		return line, 0, false, false
+	}
+	for _, c := range line[i:end] {
+		n = n*10 + int(c-'0')
+		if n > limit {
+			n = limit + 1
+			break
+		}
+	}
+	return line[:start], n, plus, true
+}
+
+// readCommand reads one command, literals included.
+func (r *reader) readCommand() (*command, error) {
+	budget := r.maxLine + 2*r.maxLiteral
+	var toks []token
+	size := 0
+	literals := 0
+	for {
+		line, err := readLine(r.br, r.maxLine)
+		if errors.Is(err, errLineTooLong) {
+			return nil, &replyError{tag: tagOf(toks), status: "BAD", text: "[TOOBIG] Command line too long", bye: true, fatal: true, ended: "line_too_long"}
+		}
+		if err != nil {
+			return nil, err
+		}
+		size += len(line) + 2
+		rest, n, plus, lit := literalSpec(line, r.maxLiteral)
+		if err := tokenize(rest, &toks); err != nil {
+			e := &replyError{tag: tagOf(toks), status: "BAD", text: err.Error()}
+			if lit && plus {
+				// The literal's data follows whatever we say: we cannot
+				// tell it from the next command.
+				e.fatal, e.ended = true, "protocol_error"
+			}
+			return nil, e
+		}
+		if len(toks) > maxTokens {
+			return nil, &replyError{tag: tagOf(toks), status: "BAD", text: "Too many arguments", fatal: true, ended: "protocol_error"}
+		}
+		if !lit {
+			break
+		}
+		if len(toks) < 2 {
+			// A literal cannot be the tag or the command name.
+			e := &replyError{tag: tagOf(toks), status: "BAD", text: "Literal in place of the command name"}
+			if plus {
+				e.fatal, e.ended = true, "protocol_error"
+			}
+			return nil, e
+		}
+		literals++
+		if n > r.maxLiteral || size+n > budget || literals > maxLiterals {
+			e := &replyError{tag: tagOf(toks), status: "BAD", text: "[TOOBIG] Literal too large", fatal: true, ended: "literal_too_large"}
+			if plus {
+				e.bye = true
+			}
+			return nil, e
+		}
+		if !plus && r.cont != nil {
+			if err := r.cont(toks); err != nil {
+				return nil, err
+			}
+		}
+		data := make([]byte, n)
+		if _, err := io.ReadFull(r.br, data); err != nil {
+			return nil, err
+		}
+		if bytes.IndexByte(data, 0) >= 0 {
+			// RFC 9051: a literal carries no NUL. The rest of the command
+			// is still on the wire: close.
+			return nil, &replyError{tag: tagOf(toks), status: "BAD", text: "NUL in literal", fatal: true, ended: "protocol_error"}
+		}
+		size += n
+		toks = append(toks, token{kind: tokLiteral, val: data})
+	}
+	if len(toks) == 0 {
+		return nil, &replyError{status: "BAD", text: "Empty command line"}
+	}
+	tag := toks[0]
+	if tag.kind != tokAtom || !validTag(tag.val) {
+		return nil, &replyError{status: "BAD", text: "Invalid tag"}
+	}
+	if len(toks) < 2 || toks[1].kind != tokAtom {
+		return nil, &replyError{tag: string(tag.val), status: "BAD", text: "Missing command"}
+	}
+	return &command{
+		tag:  string(tag.val),
+		name: string(bytes.ToUpper(toks[1].val)),
+		args: toks[2:],
+		size: size,
+	}, nil
+}
+
+// tagOf returns the tag among the tokens read so far if it is a valid one.
+func tagOf(toks []token) string {
+	if len(toks) > 0 && toks[0].kind == tokAtom && validTag(toks[0].val) {
+		return string(toks[0].val)
+	}
+	return ""
+}
+
+// validTag reports whether b is a tag the client can match a reply to: an
+// atom without '+' (RFC 9051 tag) of sane length.
+func validTag(b []byte) bool {
+	if len(b) == 0 || len(b) > 64 {
+		return false
+	}
+	for _, c := range b {
+		if c == '+' || c == '*' || c == '%' || c == ']' || c == '{' || c == '\\' || c >= 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+// tokenize appends the tokens of one line fragment (without a trailing
+// literal announcement) to toks.
+func tokenize(line []byte, toks *[]token) error {
+	i := 0
+	for i < len(line) {
+		c := line[i]
+		switch {
+		case c == ' ':
+			i++
+		case c == '(':
+			*toks = append(*toks, token{kind: tokOpen})
+			i++
+		case c == ')':
+			*toks = append(*toks, token{kind: tokClose})
+			i++
+		case c == '"':
+			val, n, err := unquote(line[i:])
+			if err != nil {
+				return err
+			}
+			*toks = append(*toks, token{kind: tokQuoted, val: val})
+			i += n
+		case c < 0x20 || c == 0x7f:
+			return syntaxError("Control character in command")
+		default:
+			j := i
+			for j < len(line) && isAtomByte(line[j]) {
+				j++
+			}
+			atom := line[i:j]
+			if atom[0] == '{' {
+				if _, _, _, ok := literalSpec(atom, 0); ok {
+					return syntaxError("Literal not at the end of a line")
+				}
+			}
+			*toks = append(*toks, token{kind: tokAtom, val: bytes.Clone(atom)})
+			i = j
+		}
+	}
+	return nil
+}
+
+// syntaxError is a malformed command; its text is sent to the client.
+type syntaxError string
+
+func (e syntaxError) Error() string { return string(e) }
+
+// isAtomByte is liberal on purpose: clients such as iOS Mail send
+// passwords as bare atoms, and a password is opaque bytes. Only what ends
+// an atom in any reading of the grammar is excluded.
+func isAtomByte(c byte) bool {
+	return c > 0x20 && c != 0x7f && c != '(' && c != ')' && c != '"'
+}
+
+// unquote decodes the quoted string at the start of s (s[0] == '"') and
+// returns its value and the number of bytes consumed.
+func unquote(s []byte) ([]byte, int, error) {
+	var val []byte
+	for i := 1; i < len(s); i++ {
+		switch c := s[i]; c {
+		case '"':
+			if val == nil {
+				val = []byte{}
+			}
+			return val, i + 1, nil
+		case '\\':
+			if i+1 >= len(s) || (s[i+1] != '"' && s[i+1] != '\\') {
+				return nil, 0, syntaxError("Invalid escape in quoted string")
+			}
+			i++
+			val = append(val, s[i])
+		case 0:
+			return nil, 0, syntaxError("NUL in quoted string")
+		default:
+			val = append(val, c)
+		}
+	}
+	return nil, 0, syntaxError("Unterminated quoted string")
+}

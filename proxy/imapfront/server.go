@@ -1,0 +1,306 @@
+// Package imapfront is passgate's IMAP listener: the first stop of an IMAP
+// login.
+//
+// On the path of a login it sits at the front: a client connects here, gets
+// a greeting, may ask for CAPABILITY, ID or STARTTLS, and sends LOGIN or
+// AUTHENTICATE (PLAIN, LOGIN). imapfront reads the user name and secret off
+// the wire with its own bounded pre-login reader, asks the decision (a
+// Decider, implemented by policy.Engine), logs in to the upstream server
+// through an Upstream (implemented in cmd over backends/imapupstream), and
+// then hands both connections to proxy/relay, which copies bytes until
+// either side closes. It never copies bytes after login itself.
+//
+// It imports policy (for the Attempt and Decision types) and proxy/relay,
+// and no other protocol package; backends are reached only through the
+// interfaces declared here.
+//
+// Every failure of a login looks the same to the client: the same reply
+// after the same delay (Decider.Fail), whatever the reason. Secrets are
+// never logged.
+package imapfront
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"runtime/debug"
+	"sync"
+	"time"
+
+	"github.com/passgate/passgate/policy"
+	"github.com/passgate/passgate/proxy/relay"
+)
+
+// Decider makes the authentication decision. policy.Engine implements it.
+type Decider interface {
+	// Decide decides one attempt; an error means no decision could be made.
+	Decide(ctx context.Context, a policy.Attempt) (policy.Decision, error)
+	// PrimaryResult records the upstream's verdict on a primary-password allow.
+	PrimaryResult(ctx context.Context, a policy.Attempt, d policy.Decision, ok bool)
+	// Fail waits until every failure has taken the same time.
+	Fail(ctx context.Context, a policy.Attempt)
+	// PlaintextAllowed reports whether client may send a password without TLS.
+	PlaintextAllowed(client netip.AddrPort, tls bool) bool
+}
+
+// IDField is one field of the client's IMAP ID (RFC 2971), e.g. name or
+// version.
+type IDField struct {
+	Name  string
+	Value string
+}
+
+// LoginRequest is what the Upstream needs to log in on the user's behalf.
+type LoginRequest struct {
+	User     string         // user name to log in upstream with
+	Password policy.Secret  // the client's password for a primary-password login; empty for an app password (master login)
+	Primary  bool           // true: passthrough with Password; false: master login for User
+	Client   netip.AddrPort // the client's address, to forward where the upstream accepts it
+	ClientID []IDField      // the client's own ID fields (standard RFC 2971 names only)
+}
+
+// Upstream logs in to the upstream IMAP server.
+type Upstream interface {
+	// Login logs in and returns the connection positioned right after the
+	// upstream's tagged OK line (bytes the upstream sent after it must be
+	// readable from the returned conn) and the text of that line after its
+	// tag, e.g. "OK [CAPABILITY IMAP4rev1 ...] Logged in". A refusal of
+	// the credentials must wrap ErrUpstreamRefused; any other error is
+	// taken as the upstream being unavailable.
+	Login(ctx context.Context, req LoginRequest) (net.Conn, string, error)
+}
+
+// ErrUpstreamRefused is wrapped by an Upstream when the upstream refused
+// the login (as opposed to being unreachable). The client then gets the
+// uniform authentication failure, never the upstream's text.
+var ErrUpstreamRefused = errors.New("imapfront: upstream refused the login")
+
+// ErrServerClosed is returned by Serve after Shutdown or Close.
+var ErrServerClosed = errors.New("imapfront: server closed")
+
+// Defaults for the pre-login bounds.
+const (
+	DefaultMaxLineLength   = 8192
+	DefaultMaxLiteral      = 8192
+	DefaultMaxCommands     = 50
+	DefaultPreLoginTimeout = 60 * time.Second
+	DefaultMaxAuthFailures = 5
+)
+
+// Named deadlines of the connection states.
+const (
+	handshakeTimeout = 15 * time.Second // TLS handshake (implicit TLS and STARTTLS)
+	loginTimeout     = 30 * time.Second // decision plus upstream login
+	byeTimeout       = 2 * time.Second  // writing a last "* BYE" to a closing connection
+)
+
+// Options configures a Server. Decider and Upstream are required.
+type Options struct {
+	Decider     Decider
+	Upstream    Upstream
+	Relays      *relay.Registry // live sessions by app password; default: a private registry
+	TLSConfig   *tls.Config     // for STARTTLS, or for every connection with ImplicitTLS; nil: no TLS
+	ImplicitTLS bool            // handshake TLS right after accept (port 993)
+	Logger      *slog.Logger    // default: discard
+
+	MaxLineLength   int           // bytes per command line before login; default 8192
+	MaxLiteral      int           // bytes per literal before login; default 8192
+	MaxCommands     int           // commands before login; default 50
+	MaxAuthFailures int           // failed logins per connection; default 5
+	PreLoginTimeout time.Duration // from accept to login; default 60s
+}
+
+// Server is an IMAP listener. Create it with New.
+type Server struct {
+	opts   Options
+	log    *slog.Logger
+	relays *relay.Registry
+
+	baseCtx    context.Context // parent of every connection's context
+	cancelBase context.CancelFunc
+
+	mu        sync.Mutex
+	closing   bool
+	listeners map[net.Listener]struct{}
+	conns     map[*conn]struct{}
+	wg        sync.WaitGroup
+}
+
+// New returns a Server. It panics when Decider or Upstream is nil, or when
+// ImplicitTLS is set without a TLSConfig: these are wiring bugs.
+func New(opts Options) *Server {
+	if opts.Decider == nil || opts.Upstream == nil {
+		panic("imapfront: New without a Decider or an Upstream")
+	}
+	if opts.ImplicitTLS && opts.TLSConfig == nil {
+		panic("imapfront: New with ImplicitTLS but no TLSConfig")
+	}
+	if opts.Relays == nil {
+		opts.Relays = relay.NewRegistry()
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.MaxLineLength <= 0 {
+		opts.MaxLineLength = DefaultMaxLineLength
+	}
+	if opts.MaxLiteral <= 0 {
+		opts.MaxLiteral = DefaultMaxLiteral
+	}
+	if opts.MaxCommands <= 0 {
+		opts.MaxCommands = DefaultMaxCommands
+	}
+	if opts.MaxAuthFailures <= 0 {
+		opts.MaxAuthFailures = DefaultMaxAuthFailures
+	}
+	if opts.PreLoginTimeout <= 0 {
+		opts.PreLoginTimeout = DefaultPreLoginTimeout
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Server{
+		opts:       opts,
+		log:        opts.Logger,
+		relays:     opts.Relays,
+		baseCtx:    ctx,
+		cancelBase: cancel,
+		listeners:  make(map[net.Listener]struct{}),
+		conns:      make(map[*conn]struct{}),
+	}
+}
+
+// Serve accepts connections on ln and serves each in its own goroutine
+// until Shutdown or Close; it then returns ErrServerClosed. Any other
+// accept error is returned wrapped; ln is closed when Serve returns.
+func (s *Server) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		ln.Close()
+		return ErrServerClosed
+	}
+	s.listeners[ln] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, ln)
+		s.mu.Unlock()
+		ln.Close()
+	}()
+
+	var backoff time.Duration
+	for {
+		nc, err := ln.Accept()
+		if err != nil {
+			if s.isClosing() {
+				return ErrServerClosed
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				s.log.LogAttrs(s.baseCtx, slog.LevelWarn, "accept failed",
+					slog.String("proto", policy.IMAP), slog.Any("err", err))
+				time.Sleep(backoff)
+				continue
+			}
+			return fmt.Errorf("imapfront: accept on %s: %w", ln.Addr(), err)
+		}
+		backoff = 0
+		c := newConn(s, nc)
+		s.mu.Lock()
+		if s.closing {
+			s.mu.Unlock()
+			nc.Close()
+			return ErrServerClosed
+		}
+		s.conns[c] = struct{}{}
+		s.wg.Add(1)
+		s.mu.Unlock()
+		go s.run(c)
+	}
+}
+
+// run serves one connection; it recovers a panic so that one bad
+// connection never takes the server down.
+func (s *Server) run(c *conn) {
+	defer s.wg.Done()
+	defer func() {
+		s.mu.Lock()
+		delete(s.conns, c)
+		s.mu.Unlock()
+	}()
+	defer func() {
+		if r := recover(); r != nil {
+			s.log.LogAttrs(s.baseCtx, slog.LevelError, "connection panic",
+				slog.String("proto", policy.IMAP),
+				slog.String("remote_addr", c.client.String()),
+				slog.Any("err", r), slog.String("stack", string(debug.Stack())))
+			c.closeAll()
+		}
+	}()
+	c.serve()
+}
+
+func (s *Server) isClosing() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closing
+}
+
+// beginClose stops accepting and returns the live connections.
+func (s *Server) beginClose() []*conn {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closing = true
+	for ln := range s.listeners {
+		ln.Close()
+	}
+	conns := make([]*conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	return conns
+}
+
+// Shutdown stops accepting, says "* BYE Server shutting down" to every
+// connection that has not logged in yet and closes it, then waits for the
+// relayed sessions to end by themselves. When ctx ends first, it closes
+// the remaining sessions, waits for their goroutines and returns ctx's
+// error. It returns nil when every session ended in time.
+func (s *Server) Shutdown(ctx context.Context) error {
+	for _, c := range s.beginClose() {
+		c.shutdown()
+	}
+	done := make(chan struct{})
+	go func() {
+		s.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		s.cancelBase()
+		return nil
+	case <-ctx.Done():
+		s.cancelBase()
+		for _, c := range s.beginClose() {
+			c.closeAll()
+		}
+		<-done
+		return fmt.Errorf("imapfront: shutdown: sessions closed before they ended: %w", ctx.Err())
+	}
+}
+
+// Close stops accepting, closes every connection (relayed sessions
+// included) at once and waits for their goroutines to return.
+func (s *Server) Close() error {
+	conns := s.beginClose()
+	s.cancelBase()
+	for _, c := range conns {
+		c.closeAll()
+	}
+	s.wg.Wait()
+	return nil
+}

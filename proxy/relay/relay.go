@@ -1,0 +1,241 @@
+// Package relay copies bytes both ways between a client and its upstream
+// after the upstream has accepted the login, and keeps a registry of live
+// sessions so that deleting an app password closes every session that
+// logged in with it.
+//
+// On the path of a login it is the last stop: listener → decision →
+// upstream login → relay. It is the only place that copies bytes after
+// login; the listeners never do. It imports no other passgate package.
+package relay
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// BufferSize is the size of each direction's copy buffer.
+const BufferSize = 32 << 10
+
+// Stats is what a finished relay reports.
+type Stats struct {
+	BytesIn  int64         // client → upstream
+	BytesOut int64         // upstream → client
+	Duration time.Duration //
+	EndedBy  string        // "client", "upstream", "revoked", "shutdown"
+}
+
+// Run copies bytes between client and upstream until either side closes,
+// ctx ends, or the session is closed through the Registry. It closes both
+// connections before it returns and starts no goroutine that outlives it.
+// There is no idle timeout: an IMAP IDLE may last 29 minutes and more.
+func Run(ctx context.Context, client, upstream net.Conn) Stats {
+	start := time.Now()
+	var in, out atomic.Int64
+	type result struct{ side string }
+	done := make(chan result, 2)
+	var bufs [2][]byte
+	bufs[0] = make([]byte, BufferSize)
+	bufs[1] = make([]byte, BufferSize)
+	go func() {
+		io.CopyBuffer(countWriter{upstream, &in}, onlyReader{client}, bufs[0])
+		done <- result{"client"}
+	}()
+	go func() {
+		io.CopyBuffer(countWriter{client, &out}, onlyReader{upstream}, bufs[1])
+		done <- result{"upstream"}
+	}()
+	var ended string
+	select {
+	case r := <-done:
+		ended = r.side
+	case <-ctx.Done():
+		ended = "shutdown"
+		if c := context.Cause(ctx); c != nil && errors.Is(c, ErrRevoked) {
+			ended = "revoked"
+		}
+	}
+	client.Close()
+	upstream.Close()
+	pending := 2
+	if ended == "client" || ended == "upstream" {
+		pending = 1
+	}
+	for ; pending > 0; pending-- {
+		<-done
+	}
+	return Stats{BytesIn: in.Load(), BytesOut: out.Load(), Duration: time.Since(start), EndedBy: ended}
+}
+
+// ErrRevoked is the context cause of a session closed because its
+// credential was deleted.
+var ErrRevoked = errors.New("relay: credential revoked")
+
+type countWriter struct {
+	w io.Writer
+	n *atomic.Int64
+}
+
+func (c countWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n.Add(int64(n))
+	return n, err
+}
+
+// onlyReader hides WriteTo/ReadFrom so that CopyBuffer uses our buffer and
+// counts every byte.
+type onlyReader struct{ r io.Reader }
+
+func (o onlyReader) Read(p []byte) (int, error) { return o.r.Read(p) }
+
+// WithBuffered returns a net.Conn whose reads first drain what r has
+// already buffered from c, then read from c. Listeners use it to hand the
+// relay a connection after reading ahead with a bufio.Reader (a client may
+// pipeline commands behind its login).
+func WithBuffered(c net.Conn, r *bufio.Reader) net.Conn {
+	if r == nil || r.Buffered() == 0 {
+		return c
+	}
+	pending := make([]byte, r.Buffered())
+	_, _ = io.ReadFull(r, pending)
+	return &prefixConn{Conn: c, pending: pending}
+}
+
+type prefixConn struct {
+	net.Conn
+	pending []byte
+}
+
+func (p *prefixConn) Read(b []byte) (int, error) {
+	if len(p.pending) > 0 {
+		n := copy(b, p.pending)
+		p.pending = p.pending[n:]
+		return n, nil
+	}
+	return p.Conn.Read(b)
+}
+
+// Registry tracks live sessions by the app password they logged in with.
+// The zero value is not usable; use NewRegistry.
+type Registry struct {
+	mu       sync.Mutex
+	next     uint64
+	sessions map[int64]map[uint64]context.CancelCauseFunc
+}
+
+// NewRegistry returns an empty Registry.
+func NewRegistry() *Registry {
+	return &Registry{sessions: make(map[int64]map[uint64]context.CancelCauseFunc)}
+}
+
+// Track registers a session that logged in with app password id and
+// returns a context that is cancelled (cause ErrRevoked) when that app
+// password is revoked, and a release func to call when the session ends.
+// id 0 (primary password) is not tracked; the returned context is then
+// derived from ctx only.
+func (r *Registry) Track(ctx context.Context, id int64) (context.Context, func()) {
+	cctx, cancel := context.WithCancelCause(ctx)
+	if id == 0 {
+		return cctx, func() { cancel(nil) }
+	}
+	r.mu.Lock()
+	r.next++
+	key := r.next
+	m := r.sessions[id]
+	if m == nil {
+		m = make(map[uint64]context.CancelCauseFunc)
+		r.sessions[id] = m
+	}
+	m[key] = cancel
+	r.mu.Unlock()
+	return cctx, func() {
+		r.mu.Lock()
+		if m := r.sessions[id]; m != nil {
+			delete(m, key)
+			if len(m) == 0 {
+				delete(r.sessions, id)
+			}
+		}
+		r.mu.Unlock()
+		cancel(nil)
+	}
+}
+
+// Revoke closes every live session of app password id and returns how many
+// there were.
+func (r *Registry) Revoke(id int64) int {
+	r.mu.Lock()
+	m := r.sessions[id]
+	delete(r.sessions, id)
+	r.mu.Unlock()
+	for _, cancel := range m {
+		cancel(ErrRevoked)
+	}
+	return len(m)
+}
+
+// IDs returns the app password ids that have live sessions.
+func (r *Registry) IDs() []int64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	ids := make([]int64, 0, len(r.sessions))
+	for id := range r.sessions {
+		ids = append(ids, id)
+	}
+	return ids
+}
+
+// Len returns the number of live tracked sessions.
+func (r *Registry) Len() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for _, m := range r.sessions {
+		n += len(m)
+	}
+	return n
+}
+
+// ExistsFunc reports which of ids still exist in the store.
+type ExistsFunc func(ctx context.Context, ids []int64) (map[int64]bool, error)
+
+// Watch polls exists every interval and revokes the sessions of app
+// passwords that no longer exist, until ctx ends. It works the same for
+// every store and every passgate instance that shares one: a deletion made
+// by the command line or another instance closes the sessions here within
+// one interval. Errors are passed to onErr (which may be nil) and the
+// sessions are kept: a store outage does not cut every session.
+func (r *Registry) Watch(ctx context.Context, interval time.Duration, exists ExistsFunc, onErr func(error)) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		ids := r.IDs()
+		if len(ids) == 0 {
+			continue
+		}
+		qctx, cancel := context.WithTimeout(ctx, interval*4)
+		alive, err := exists(qctx, ids)
+		cancel()
+		if err != nil {
+			if onErr != nil {
+				onErr(err)
+			}
+			continue
+		}
+		for _, id := range ids {
+			if !alive[id] {
+				r.Revoke(id)
+			}
+		}
+	}
+}
