@@ -47,6 +47,8 @@ type Dovecot struct {
 	// "user*master").
 	MasterUser, MasterPassword string
 	// Users maps each user (alice, bob, carol, dave) to their password.
+	// erin's password holds characters that IMAP must send as a literal
+	// (quote, backslash, braces, non-ASCII).
 	Users map[string]string
 	// Messages are the bytes of the messages seeded into alice's INBOX,
 	// UID i+1 for Messages[i], CRLF line endings, one over 1 MB.
@@ -100,6 +102,7 @@ func StartDovecotWith(ctx context.Context, dir string, certs *Certs, o DovecotOp
 			"bob":   "bob-primary-pw",
 			"carol": "carol-primary-pw",
 			"dave":  "dave-primary-pw",
+			"erin":  "erin \"pw\" \\ {4} \u00fc", // needs an IMAP literal
 		},
 		done: make(chan struct{}),
 		uid:  uid,
@@ -158,7 +161,7 @@ func StartDovecotWith(ctx context.Context, dir string, certs *Certs, o DovecotOp
 
 func (d *Dovecot) writeConfig(certs *Certs, ports []int, o DovecotOptions) error {
 	var pw strings.Builder
-	for _, u := range []string{"alice", "bob", "carol", "dave"} {
+	for _, u := range []string{"alice", "bob", "carol", "dave", "erin"} {
 		fmt.Fprintf(&pw, "%s:{PLAIN}%s:%d:%d::%s::\n", u, d.Users[u], d.uid, d.gid, filepath.Join(d.Dir, "mail", u))
 	}
 	files := map[string]string{

@@ -103,7 +103,7 @@ func (e *env) usageError(path, msg string) int {
 	if path == "" {
 		fmt.Fprintf(e.Stderr, "passgate: %s\nRun 'passgate --help' for usage.\n", msg)
 	} else {
-		fmt.Fprintf(e.Stderr, "passgate: %s: %s\nRun 'passgate %s --help' for usage.\n", path, msg)
+		fmt.Fprintf(e.Stderr, "passgate: %s: %s\nRun 'passgate %s --help' for usage.\n", path, msg, path)
 	}
 	return exitUsage
 }

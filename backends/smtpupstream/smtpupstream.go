@@ -1,0 +1,584 @@
+// Package smtpupstream logs in to the organisation's submission server
+// (Postfix, Dovecot submission, Exchange) on a user's behalf and carries
+// the messages of one SMTP session to it.
+//
+// On the path of a login it comes after the decision: proxy/smtpfront has
+// read the client's AUTH, policy has allowed it, and this package opens a
+// connection to the upstream and logs in there in one of three ways:
+//
+//   - master: SASL PLAIN with authzid = the user and authcid = a master user
+//     (Dovecot master users behind Postfix's SASL);
+//   - xclient: Postfix's XCLIENT LOGIN= (and ADDR=, PORT= of the real
+//     client), after STARTTLS and EHLO, so that Postfix treats the session
+//     as the user's and logs the real client address;
+//   - passthrough: the client's own AUTH PLAIN, only for primary-password
+//     logins (the upstream then verifies the primary password).
+//
+// A primary-password login is always verified by the upstream with the
+// user's own AUTH PLAIN, whatever the mode, so the upstream remains the
+// judge of primary passwords. After login, the session is relayed command
+// by command through go-smtp's client: never as raw bytes, so a client
+// can never send its own XCLIENT to an upstream that trusts passgate.
+//
+// It imports no other passgate package.
+package smtpupstream
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+	"github.com/pires/go-proxyproto"
+)
+
+// Values of Options.TLS.
+const (
+	TLSNone     = "none"
+	TLSStartTLS = "starttls"
+	TLSImplicit = "implicit"
+)
+
+// Values of Options.Login.
+const (
+	LoginMaster      = "master"
+	LoginXClient     = "xclient"
+	LoginPassthrough = "passthrough"
+)
+
+// Values of Options.ForwardClient.
+const (
+	ForwardXClient = "xclient"
+	ForwardProxy   = "proxy"
+	ForwardNone    = "none"
+)
+
+// Defaults of Options.
+const (
+	DefaultDialTimeout    = 5 * time.Second
+	DefaultLoginTimeout   = 30 * time.Second
+	DefaultCommandTimeout = 5 * time.Minute
+	DefaultLocalName      = "passgate"
+)
+
+// maxXClientLine is Postfix's limit on an XCLIENT command line.
+const maxXClientLine = 512
+
+// ErrAuthRefused is returned (wrapped) by Login when the upstream refused
+// the credentials (535): a wrong primary password, or a master user or
+// XCLIENT login the upstream did not accept. Other errors mean that the
+// upstream could not be reached or misbehaved: a temporary failure.
+var ErrAuthRefused = errors.New("smtpupstream: the submission server refused the login")
+
+// ErrNoPassword is returned (wrapped) by Login in passthrough mode for a
+// login without the user's own password (an app-password login): that
+// mode cannot log in on the user's behalf.
+var ErrNoPassword = errors.New("smtpupstream: passthrough login needs the user's own password; app-password logins need smtp.upstream.login master or xclient")
+
+// Options configures a Client.
+type Options struct {
+	// Addresses are host:port of the submission server, tried in order.
+	Addresses []string
+	// TLS is TLSNone, TLSStartTLS (default) or TLSImplicit.
+	TLS string
+	// TLSConfig verifies the upstream's certificate (RootCAs; nil: system
+	// roots). ServerName defaults to the host of each address.
+	TLSConfig *tls.Config
+	// Login is LoginMaster, LoginXClient (default) or LoginPassthrough.
+	Login string
+	// MasterUser and MasterPassword are the master user's credentials
+	// (LoginMaster).
+	MasterUser, MasterPassword string
+	// ForwardClient is ForwardXClient (ADDR=/PORT= in XCLIENT),
+	// ForwardProxy (a PROXY v2 header) or ForwardNone.
+	ForwardClient string
+	// DialTimeout bounds each TCP connect (default 5s); LoginTimeout the
+	// whole login exchange with one address (default 30s); CommandTimeout
+	// each command and each write of a message (default 5 min).
+	DialTimeout, LoginTimeout, CommandTimeout time.Duration
+	// LocalName is passgate's EHLO name before XCLIENT or STARTTLS
+	// (default "passgate").
+	LocalName string
+}
+
+// Client logs in to the upstream. It is safe for concurrent use: every
+// Login opens its own connection.
+type Client struct {
+	o Options
+}
+
+// New checks opts and returns a Client.
+func New(o Options) (*Client, error) {
+	if len(o.Addresses) == 0 {
+		return nil, errors.New("smtpupstream: no address (set smtp.upstream.addresses)")
+	}
+	if o.TLS == "" {
+		o.TLS = TLSStartTLS
+	}
+	if o.Login == "" {
+		o.Login = LoginXClient
+	}
+	if o.ForwardClient == "" {
+		o.ForwardClient = ForwardNone
+	}
+	switch o.TLS {
+	case TLSNone, TLSStartTLS, TLSImplicit:
+	default:
+		return nil, fmt.Errorf("smtpupstream: tls %q: must be none, starttls or implicit (smtp.upstream.tls)", o.TLS)
+	}
+	switch o.Login {
+	case LoginMaster:
+		if o.MasterUser == "" || o.MasterPassword == "" {
+			return nil, errors.New("smtpupstream: master login needs a master user and password (smtp.upstream.master_user, smtp.upstream.master_password_file)")
+		}
+	case LoginXClient, LoginPassthrough:
+	default:
+		return nil, fmt.Errorf("smtpupstream: login %q: must be master, xclient or passthrough (smtp.upstream.login)", o.Login)
+	}
+	switch o.ForwardClient {
+	case ForwardXClient, ForwardProxy, ForwardNone:
+	default:
+		return nil, fmt.Errorf("smtpupstream: forward_client %q: must be xclient, proxy or none (smtp.upstream.forward_client)", o.ForwardClient)
+	}
+	if o.DialTimeout <= 0 {
+		o.DialTimeout = DefaultDialTimeout
+	}
+	if o.LoginTimeout <= 0 {
+		o.LoginTimeout = DefaultLoginTimeout
+	}
+	if o.CommandTimeout <= 0 {
+		o.CommandTimeout = DefaultCommandTimeout
+	}
+	if o.LocalName == "" {
+		o.LocalName = DefaultLocalName
+	}
+	o.Addresses = append([]string(nil), o.Addresses...)
+	return &Client{o: o}, nil
+}
+
+// Request is one login to make upstream.
+type Request struct {
+	User string
+	// Password is the user's own password, set only for primary-password
+	// logins: it is then verified by the upstream with AUTH PLAIN. Empty
+	// for app-password logins, which use the configured mode.
+	Password string
+	// Client is the real client's address, forwarded per ForwardClient.
+	Client netip.AddrPort
+	// Helo is the client's EHLO name, used as passgate's EHLO name once the
+	// session is the user's.
+	Helo string
+}
+
+// Login connects to the first address that answers and logs in. A refusal
+// of the credentials wraps ErrAuthRefused and is not retried on the next
+// address; any other failure tries the next address, and the error names
+// every address tried.
+func (c *Client) Login(ctx context.Context, req Request) (*Session, error) {
+	var errs []error
+	for _, addr := range c.o.Addresses {
+		s, err := c.loginAt(ctx, addr, req)
+		if err == nil {
+			return s, nil
+		}
+		if errors.Is(err, ErrAuthRefused) || errors.Is(err, ErrNoPassword) {
+			return nil, err
+		}
+		errs = append(errs, fmt.Errorf("%s: %w", addr, err))
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	return nil, fmt.Errorf("smtpupstream: login of %q: no submission server could be used (check smtp.upstream.addresses, smtp.upstream.tls and ca_file, and that the server listens there): %w",
+		req.User, errors.Join(errs...))
+}
+
+func (c *Client) tlsConfig(addr string) *tls.Config {
+	var cfg *tls.Config
+	if c.o.TLSConfig != nil {
+		cfg = c.o.TLSConfig.Clone()
+	} else {
+		cfg = &tls.Config{}
+	}
+	if cfg.ServerName == "" {
+		host, _, err := net.SplitHostPort(addr)
+		if err != nil {
+			host = addr
+		}
+		cfg.ServerName = host
+	}
+	return cfg
+}
+
+// dial connects to addr, sends the PROXY header if so configured (src is
+// the address to put in it) and does the implicit-TLS handshake.
+func (c *Client) dial(ctx context.Context, addr string, src netip.AddrPort) (net.Conn, error) {
+	d := net.Dialer{Timeout: c.o.DialTimeout}
+	conn, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("dial: %w", err)
+	}
+	if c.o.ForwardClient == ForwardProxy {
+		if !src.IsValid() {
+			src = netip.MustParseAddrPort(conn.LocalAddr().String())
+		}
+		dst := conn.RemoteAddr().(*net.TCPAddr)
+		srcAddr := &net.TCPAddr{IP: src.Addr().Unmap().AsSlice(), Port: int(src.Port())}
+		dstIP := dst.IP
+		if src.Addr().Unmap().Is4() {
+			if v4 := dstIP.To4(); v4 != nil {
+				dstIP = v4
+			}
+		} else if dstIP.To4() != nil {
+			dstIP = dstIP.To16()
+		}
+		h := proxyproto.HeaderProxyFromAddrs(2, srcAddr, &net.TCPAddr{IP: dstIP, Port: dst.Port})
+		_ = conn.SetWriteDeadline(time.Now().Add(c.o.LoginTimeout))
+		if _, err := h.WriteTo(conn); err != nil {
+			conn.Close()
+			return nil, fmt.Errorf("send PROXY header: %w", err)
+		}
+	}
+	if c.o.TLS == TLSImplicit {
+		tc := tls.Client(conn, c.tlsConfig(addr))
+		hctx, cancel := context.WithTimeout(ctx, c.o.LoginTimeout)
+		defer cancel()
+		if err := tc.HandshakeContext(hctx); err != nil {
+			conn.Close()
+			return nil, fmt.Errorf("TLS handshake: %w", err)
+		}
+		return tc, nil
+	}
+	return conn, nil
+}
+
+func (c *Client) loginAt(ctx context.Context, addr string, req Request) (*Session, error) {
+	conn, err := c.dial(ctx, addr, req.Client)
+	if err != nil {
+		return nil, err
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			conn.Close()
+		}
+	}()
+	_ = conn.SetDeadline(time.Now().Add(c.o.LoginTimeout))
+	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+
+	helo := c.o.LocalName
+	if validHelo(req.Helo) {
+		helo = req.Helo
+	}
+	xLogin := c.o.Login == LoginXClient && req.Password == ""
+	xAddr := c.o.ForwardClient == ForwardXClient && req.Client.IsValid()
+	var cl *smtp.Client
+	if xLogin || xAddr {
+		var attrs []string
+		if xLogin {
+			attrs = append(attrs, "LOGIN="+xtext(req.User))
+		}
+		if xAddr {
+			a := req.Client.Addr().Unmap()
+			addrText := a.String()
+			if a.Is6() {
+				addrText = "IPV6:" + addrText
+			}
+			attrs = append(attrs, "ADDR="+xtext(addrText), "PORT="+strconv.Itoa(int(req.Client.Port())))
+		}
+		nc, err := c.xclient(conn, addr, attrs)
+		if err != nil {
+			return nil, err
+		}
+		conn = nc
+		cl = smtp.NewClient(conn)
+		if err := cl.Hello(helo); err != nil {
+			return nil, fmt.Errorf("EHLO after XCLIENT: %w", err)
+		}
+	} else if c.o.TLS == TLSStartTLS {
+		cl, err = smtp.NewClientStartTLS(conn, c.tlsConfig(addr))
+		if err != nil {
+			return nil, fmt.Errorf("STARTTLS: %w", err)
+		}
+		if err := cl.Hello(helo); err != nil {
+			return nil, fmt.Errorf("EHLO after STARTTLS: %w", err)
+		}
+	} else {
+		cl = smtp.NewClient(conn)
+		if err := cl.Hello(helo); err != nil {
+			return nil, fmt.Errorf("greeting or EHLO: %w", err)
+		}
+	}
+	cl.CommandTimeout = c.o.CommandTimeout
+
+	switch {
+	case req.Password != "":
+		err = cl.Auth(sasl.NewPlainClient("", req.User, req.Password))
+	case c.o.Login == LoginMaster:
+		err = cl.Auth(sasl.NewPlainClient(req.User, c.o.MasterUser, c.o.MasterPassword))
+	case c.o.Login == LoginPassthrough:
+		return nil, ErrNoPassword
+	}
+	if err != nil {
+		var se *smtp.SMTPError
+		if errors.As(err, &se) && se.Code == 535 {
+			return nil, fmt.Errorf("%w: %s: AUTH PLAIN: %d %s", ErrAuthRefused, addr, se.Code, se.Message)
+		}
+		return nil, fmt.Errorf("AUTH PLAIN: %w", err)
+	}
+	_ = conn.SetDeadline(time.Time{})
+	s := &Session{cl: cl, conn: conn, addr: addr, timeout: c.o.CommandTimeout}
+	if n, ok := cl.MaxMessageSize(); ok {
+		s.size = int64(n)
+		s.sizeKnown = true
+	}
+	ok = true
+	return s, nil
+}
+
+// xclient runs greeting, EHLO, [STARTTLS, EHLO,] XCLIENT on the raw
+// connection, as go-smtp's client has no XCLIENT, and returns the
+// connection (TLS if upgraded) with XCLIENT's 220 replayed for go-smtp's
+// client to read as its greeting.
+func (c *Client) xclient(conn net.Conn, addr string, attrs []string) (net.Conn, error) {
+	br := bufio.NewReaderSize(conn, 4096)
+	rep, err := readReply(br)
+	if err != nil {
+		return nil, fmt.Errorf("greeting: %w", err)
+	}
+	if rep.Code != 220 {
+		return nil, fmt.Errorf("greeting: %s", rep)
+	}
+	ext, err := ehlo(conn, br, c.o.LocalName)
+	if err != nil {
+		return nil, err
+	}
+	if c.o.TLS == TLSStartTLS {
+		if _, ok := ext["STARTTLS"]; !ok {
+			return nil, errors.New("the server does not offer STARTTLS (smtp.upstream.tls is starttls)")
+		}
+		if _, err := io.WriteString(conn, "STARTTLS\r\n"); err != nil {
+			return nil, fmt.Errorf("STARTTLS: %w", err)
+		}
+		rep, err := readReply(br)
+		if err != nil {
+			return nil, fmt.Errorf("STARTTLS: %w", err)
+		}
+		if rep.Code != 220 {
+			return nil, fmt.Errorf("STARTTLS: %s", rep)
+		}
+		if br.Buffered() > 0 {
+			return nil, errors.New("STARTTLS: the server sent data before the TLS handshake")
+		}
+		tc := tls.Client(conn, c.tlsConfig(addr))
+		if err := tc.Handshake(); err != nil {
+			return nil, fmt.Errorf("TLS handshake after STARTTLS: %w", err)
+		}
+		conn = tc
+		br = bufio.NewReaderSize(conn, 4096)
+		if ext, err = ehlo(conn, br, c.o.LocalName); err != nil {
+			return nil, err
+		}
+	}
+	params, ok := ext["XCLIENT"]
+	if !ok {
+		return nil, errors.New("the server does not offer XCLIENT to passgate (Postfix: list passgate's address in smtpd_authorized_xclient_hosts)")
+	}
+	var names []string
+	for _, a := range attrs {
+		n, _, _ := strings.Cut(a, "=")
+		names = append(names, n)
+	}
+	if missing := hasAttrs(params, names...); len(missing) > 0 {
+		return nil, fmt.Errorf("the server's XCLIENT lacks %s (it offers %q)", strings.Join(missing, ", "), params)
+	}
+	line := "XCLIENT " + strings.Join(attrs, " ")
+	if len(line) > maxXClientLine {
+		return nil, fmt.Errorf("XCLIENT command longer than %d bytes (user name too long)", maxXClientLine)
+	}
+	if _, err := io.WriteString(conn, line+"\r\n"); err != nil {
+		return nil, fmt.Errorf("XCLIENT: %w", err)
+	}
+	rep, err = readReply(br)
+	if err != nil {
+		return nil, fmt.Errorf("XCLIENT: %w", err)
+	}
+	if rep.Code != 220 {
+		return nil, fmt.Errorf("XCLIENT refused: %s (Postfix: smtpd_authorized_xclient_hosts must list passgate's address)", rep)
+	}
+	// Replay the 220 (and anything already buffered) to go-smtp's client.
+	var pending []byte
+	for i, l := range rep.Lines {
+		sep := "-"
+		if i == len(rep.Lines)-1 {
+			sep = " "
+		}
+		pending = append(pending, "220"+sep+l+"\r\n"...)
+	}
+	if n := br.Buffered(); n > 0 {
+		b, _ := br.Peek(n)
+		pending = append(pending, b...)
+	}
+	return &replayConn{Conn: conn, pending: pending}, nil
+}
+
+func ehlo(w io.Writer, br *bufio.Reader, name string) (map[string]string, error) {
+	if _, err := io.WriteString(w, "EHLO "+name+"\r\n"); err != nil {
+		return nil, fmt.Errorf("EHLO: %w", err)
+	}
+	rep, err := readReply(br)
+	if err != nil {
+		return nil, fmt.Errorf("EHLO: %w", err)
+	}
+	if rep.Code != 250 {
+		return nil, fmt.Errorf("EHLO: %s", rep)
+	}
+	return extensions(rep), nil
+}
+
+// validHelo accepts a client's EHLO name for reuse upstream: printable
+// ASCII without spaces, at most 255 bytes.
+func validHelo(s string) bool {
+	if s == "" || len(s) > 255 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] <= ' ' || s[i] > '~' {
+			return false
+		}
+	}
+	return true
+}
+
+// replayConn returns pending before reading from Conn.
+type replayConn struct {
+	net.Conn
+	pending []byte
+}
+
+func (r *replayConn) Read(b []byte) (int, error) {
+	if len(r.pending) > 0 {
+		n := copy(b, r.pending)
+		r.pending = r.pending[n:]
+		return n, nil
+	}
+	return r.Conn.Read(b)
+}
+
+// ProbeSize connects to the first address that answers, reads the SIZE its
+// EHLO advertises and quits. ok is false when the server advertises none.
+func (c *Client) ProbeSize(ctx context.Context) (size int64, ok bool, err error) {
+	var errs []error
+	for _, addr := range c.o.Addresses {
+		size, ok, err := c.probeAt(ctx, addr)
+		if err == nil {
+			return size, ok, nil
+		}
+		errs = append(errs, fmt.Errorf("%s: %w", addr, err))
+	}
+	return 0, false, fmt.Errorf("smtpupstream: probe SIZE: no submission server answered (smtp.upstream.addresses): %w", errors.Join(errs...))
+}
+
+func (c *Client) probeAt(ctx context.Context, addr string) (int64, bool, error) {
+	conn, err := c.dial(ctx, addr, netip.AddrPort{})
+	if err != nil {
+		return 0, false, err
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(c.o.LoginTimeout))
+	cl := smtp.NewClient(conn)
+	if err := cl.Hello(c.o.LocalName); err != nil {
+		return 0, false, fmt.Errorf("EHLO: %w", err)
+	}
+	n, ok := cl.MaxMessageSize()
+	_ = cl.Quit()
+	return int64(n), ok, nil
+}
+
+// Session is one logged-in connection to the upstream. Its methods are
+// go-smtp's client's, called by one goroutine at a time.
+type Session struct {
+	cl        *smtp.Client
+	conn      net.Conn
+	addr      string
+	timeout   time.Duration
+	size      int64
+	sizeKnown bool
+}
+
+// Addr is the upstream address the session is connected to.
+func (s *Session) Addr() string { return s.addr }
+
+// MaxMessageSize is the SIZE the upstream advertised after login.
+func (s *Session) MaxMessageSize() (int64, bool) { return s.size, s.sizeKnown }
+
+// Mail sends MAIL FROM. An upstream refusal is an *smtp.SMTPError.
+func (s *Session) Mail(from string, opts *smtp.MailOptions) error {
+	return s.cl.Mail(from, opts)
+}
+
+// Rcpt sends RCPT TO. An upstream refusal is an *smtp.SMTPError.
+func (s *Session) Rcpt(to string, opts *smtp.RcptOptions) error {
+	return s.cl.Rcpt(to, opts)
+}
+
+// Data streams the message from r to the upstream as it is read, in
+// buffers of 32 KiB, and returns the bytes sent and the upstream's reply
+// to the end of data (an *smtp.SMTPError when refused). If r fails (the
+// client went away, or the message is too large), the upstream connection
+// is closed so that no partial message is ever committed; the session is
+// then unusable and r's error is returned.
+func (s *Session) Data(r io.Reader) (int64, error) {
+	w, err := s.cl.Data()
+	if err != nil {
+		return 0, err
+	}
+	buf := make([]byte, 32<<10)
+	var n int64
+	for {
+		m, rerr := r.Read(buf)
+		if m > 0 {
+			_ = s.conn.SetWriteDeadline(time.Now().Add(s.timeout))
+			if _, werr := w.Write(buf[:m]); werr != nil {
+				s.conn.Close()
+				return n, fmt.Errorf("smtpupstream: %s: write message: %w", s.addr, werr)
+			}
+			n += int64(m)
+		}
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			s.conn.Close()
+			return n, rerr
+		}
+	}
+	_ = s.conn.SetWriteDeadline(time.Time{})
+	return n, w.Close()
+}
+
+// Reset sends RSET.
+func (s *Session) Reset() error { return s.cl.Reset() }
+
+// Quit sends QUIT and closes the connection.
+func (s *Session) Quit() error {
+	_ = s.conn.SetDeadline(time.Now().Add(10 * time.Second))
+	if err := s.cl.Quit(); err != nil {
+		s.cl.Close()
+		return err
+	}
+	return nil
+}
+
+// Close closes the connection without QUIT.
+func (s *Session) Close() error { return s.cl.Close() }

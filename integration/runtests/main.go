@@ -1,0 +1,202 @@
+// Command runtests is the one command that runs every passgate test on a
+// fresh Debian machine that has only Go:
+//
+//	go run ./integration/runtests
+//
+// It installs what is missing with apt-get (as root): PostgreSQL, Dovecot,
+// Postfix, slapd, the LDAP tools, swaks, curl and Python. It starts one
+// throwaway PostgreSQL cluster in a temporary directory on a free loopback
+// port, runs `go test -race ./...` against it (the store's contract suite
+// runs on SQLite and on that PostgreSQL; the end-to-end tests in
+// integration/ start their own Dovecot, Postfix and slapd the same way),
+// optionally fuzzes every fuzz target for a short time, and stops the
+// cluster when done, also when tests fail or the run is interrupted.
+//
+// It sits beside the path of a login: it only prepares and runs the tests.
+//
+// Arguments after "--" go to `go test` (for example `-- -run TestIMAP ./integration/`).
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/passgate/passgate/integration/testenv"
+)
+
+// need maps a file that must exist to the Debian package that provides it.
+var need = []struct{ path, pkg string }{
+	{"/usr/lib/postgresql/*/bin/initdb", "postgresql"},
+	{"/usr/sbin/dovecot", "dovecot-imapd"},
+	{"/usr/lib/dovecot/lmtp", "dovecot-lmtpd"},
+	{"/usr/sbin/postfix", "postfix"},
+	{"/usr/sbin/slapd", "slapd"},
+	{"/usr/bin/ldapsearch", "ldap-utils"},
+	{"/usr/bin/swaks", "swaks"},
+	{"/usr/bin/curl", "curl"},
+	{"/usr/bin/python3", "python3"},
+}
+
+// services lists the init scripts of packages whose installation may start
+// the system's own instance; the tests never use those, so a fresh install
+// is stopped again. Instances that were there before are left alone.
+var services = map[string]string{
+	"postgresql":    "postgresql",
+	"dovecot-imapd": "dovecot",
+	"postfix":       "postfix",
+	"slapd":         "slapd",
+}
+
+func main() {
+	os.Exit(run())
+}
+
+func run() int {
+	fuzzTime := flag.Duration("fuzztime", 0, "also run every fuzz target for this long (0: none)")
+	noInstall := flag.Bool("no-install", false, "do not install missing packages")
+	flag.Usage = func() {
+		fmt.Fprintln(os.Stderr, "Usage: go run ./integration/runtests [-fuzztime 10s] [-no-install] [-- go test arguments]")
+		flag.PrintDefaults()
+	}
+	flag.Parse()
+	goArgs := flag.Args()
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	if !*noInstall {
+		if err := install(ctx); err != nil {
+			fmt.Fprintf(os.Stderr, "runtests: %v\n", err)
+			return 1
+		}
+	}
+
+	fmt.Println("runtests: starting a throwaway PostgreSQL cluster")
+	dsn, stopPG, err := testenv.Postgres(ctx)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "runtests: %v\n", err)
+		return 1
+	}
+	defer stopPG()
+	os.Setenv("PASSGATE_TEST_POSTGRES", dsn)
+
+	args := []string{"test", "-race", "-count=1", "-timeout", "25m"}
+	if len(goArgs) > 0 {
+		args = append(args, goArgs...)
+	} else {
+		args = append(args, "./...")
+	}
+	code := goCmd(ctx, args...)
+	if code == 0 && *fuzzTime > 0 {
+		code = fuzzAll(ctx, *fuzzTime)
+	}
+	if ctx.Err() != nil {
+		fmt.Fprintln(os.Stderr, "runtests: interrupted; servers stopped")
+		return 130
+	}
+	return code
+}
+
+func goCmd(ctx context.Context, args ...string) int {
+	cmd := exec.CommandContext(ctx, "go", args...)
+	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+	cmd.Cancel = func() error { return cmd.Process.Signal(os.Interrupt) }
+	cmd.WaitDelay = 30 * time.Second
+	fmt.Println("runtests: go " + strings.Join(args, " "))
+	if err := cmd.Run(); err != nil {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			return ee.ExitCode()
+		}
+		fmt.Fprintf(os.Stderr, "runtests: go %s: %v\n", args[0], err)
+		return 1
+	}
+	return 0
+}
+
+func install(ctx context.Context) error {
+	var missing []string
+	for _, n := range need {
+		if m, _ := filepath.Glob(n.path); len(m) == 0 {
+			missing = append(missing, n.pkg)
+		}
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	sort.Strings(missing)
+	if os.Geteuid() != 0 {
+		return fmt.Errorf("missing packages %s: run this command as root so that it can install them with apt-get, or install them yourself", strings.Join(missing, " "))
+	}
+	fmt.Printf("runtests: installing %s\n", strings.Join(missing, " "))
+	env := append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
+	for _, args := range [][]string{
+		{"apt-get", "update", "-q"},
+		append([]string{"apt-get", "install", "-y", "-q", "--no-install-recommends"}, missing...),
+	} {
+		cmd := exec.CommandContext(ctx, args[0], args[1:]...)
+		cmd.Env = env
+		cmd.Stdout, cmd.Stderr = prefixed("apt: "), prefixed("apt: ")
+		if err := cmd.Run(); err != nil {
+			return fmt.Errorf("%s: %w (is the Debian mirror reachable?)", strings.Join(args[:2], " "), err)
+		}
+	}
+	for _, pkg := range missing {
+		if svc, ok := services[pkg]; ok {
+			// Stop the system instance that the install may have started;
+			// the tests start their own on free ports.
+			exec.CommandContext(ctx, "/etc/init.d/"+svc, "stop").Run()
+		}
+	}
+	return nil
+}
+
+func prefixed(p string) io.Writer {
+	r, w := io.Pipe()
+	go func() {
+		s := bufio.NewScanner(r)
+		for s.Scan() {
+			fmt.Println(p + s.Text())
+		}
+	}()
+	return w
+}
+
+var fuzzFunc = regexp.MustCompile(`(?m)^func (Fuzz\w+)\(`)
+
+// fuzzAll runs every fuzz target of the module for d each.
+func fuzzAll(ctx context.Context, d time.Duration) int {
+	var targets [][2]string // package dir, function
+	filepath.WalkDir(".", func(path string, de os.DirEntry, err error) error {
+		if err != nil || de.IsDir() || !strings.HasSuffix(path, "_test.go") {
+			return nil
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return nil
+		}
+		for _, m := range fuzzFunc.FindAllSubmatch(b, -1) {
+			targets = append(targets, [2]string{"./" + filepath.Dir(path), string(m[1])})
+		}
+		return nil
+	})
+	for _, t := range targets {
+		if code := goCmd(ctx, "test", "-run", "^$", "-fuzz", "^"+t[1]+"$", "-fuzztime", d.String(), t[0]); code != 0 {
+			return code
+		}
+	}
+	return 0
+}

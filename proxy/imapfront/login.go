@@ -1,0 +1,288 @@
+package imapfront
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"errors"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/passgate/passgate/policy"
+	"github.com/passgate/passgate/proxy/relay"
+)
+
+// The replies of a login, fixed so that every failure looks the same.
+const (
+	replyAuthFailed  = "NO [AUTHENTICATIONFAILED] Authentication failed."
+	replyUnavailable = "NO [UNAVAILABLE] Authentication service unavailable, try again later."
+	replyUpstreamErr = "NO [UNAVAILABLE] Upstream server unavailable, try again later."
+	replyCancelled   = "BAD Authentication cancelled"
+	replyBadBase64   = "BAD Invalid base64 in SASL response"
+)
+
+// SASL LOGIN prompts: base64 of "Username:" and "Password:".
+const (
+	promptUsername = "VXNlcm5hbWU6"
+	promptPassword = "UGFzc3dvcmQ6"
+)
+
+// handleLogin runs the LOGIN command.
+func (c *conn) handleLogin(cmd *command) bool {
+	if len(cmd.args) != 2 || !cmd.args[0].isString() || !cmd.args[1].isString() {
+		return c.reply(cmd.tag + " BAD LOGIN expects a user name and a password\r\n")
+	}
+	if !c.plaintextOK() {
+		return c.reply(cmd.tag + " NO " + privacyRequired + "\r\n")
+	}
+	return c.login(cmd.tag, cmd.args[0].val, cmd.args[1].val)
+}
+
+// handleAuthenticate runs AUTHENTICATE PLAIN or LOGIN, with or without an
+// initial response (SASL-IR).
+func (c *conn) handleAuthenticate(cmd *command) bool {
+	if len(cmd.args) < 1 || len(cmd.args) > 2 || cmd.args[0].kind != tokAtom ||
+		(len(cmd.args) == 2 && cmd.args[1].kind != tokAtom) {
+		return c.reply(cmd.tag + " BAD AUTHENTICATE expects a mechanism and an optional initial response\r\n")
+	}
+	if !c.plaintextOK() {
+		// Refused before any continuation: the secret is never asked for.
+		return c.reply(cmd.tag + " NO " + privacyRequired + "\r\n")
+	}
+	mech := strings.ToUpper(string(cmd.args[0].val))
+	var ir []byte
+	hasIR := len(cmd.args) == 2
+	if hasIR {
+		ir = cmd.args[1].val
+	}
+	switch mech {
+	case "PLAIN":
+		resp, done, ok := c.saslStep(cmd.tag, ir, hasIR, "")
+		if !ok {
+			return done
+		}
+		authzid, authcid, pw, valid := decodePlain(resp)
+		if !valid {
+			return c.reply(cmd.tag + " BAD Invalid PLAIN response\r\n")
+		}
+		if len(authzid) > 0 && !bytes.Equal(authzid, authcid) {
+			// Acting as another user is not offered to clients.
+			return c.failNoDecision(cmd.tag, authcid)
+		}
+		return c.login(cmd.tag, authcid, pw)
+	case "LOGIN":
+		user, done, ok := c.saslStep(cmd.tag, ir, hasIR, promptUsername)
+		if !ok {
+			return done
+		}
+		pw, done, ok := c.saslStep(cmd.tag, nil, false, promptPassword)
+		if !ok {
+			return done
+		}
+		return c.login(cmd.tag, user, pw)
+	}
+	return c.reply(cmd.tag + " NO Unsupported authentication mechanism\r\n")
+}
+
+// saslStep returns one decoded client response: the initial response when
+// hasIR, else what the client answers to "+ prompt". ok is false when the
+// exchange ended (cancel, bad base64, read error); done then says whether
+// the connection is done.
+func (c *conn) saslStep(tag string, ir []byte, hasIR bool, prompt string) (resp []byte, done, ok bool) {
+	line := ir
+	if !hasIR {
+		if c.reply("+ " + prompt + "\r\n") {
+			return nil, true, false
+		}
+		l, err := readLine(c.br, c.srv.opts.MaxLineLength)
+		if errors.Is(err, errLineTooLong) {
+			c.write([]byte(tag + " BAD [TOOBIG] Response too long\r\n* BYE Closing connection\r\n"))
+			c.ended = "line_too_long"
+			return nil, true, false
+		}
+		if err != nil {
+			c.readFailed(err)
+			return nil, true, false
+		}
+		line = l
+	}
+	switch string(line) {
+	case "*":
+		return nil, c.reply(tag + " " + replyCancelled + "\r\n"), false
+	case "=":
+		return []byte{}, false, true
+	}
+	dec, err := decodeBase64(line)
+	if err != nil {
+		return nil, c.reply(tag + " " + replyBadBase64 + "\r\n"), false
+	}
+	return dec, false, true
+}
+
+// decodeBase64 decodes standard base64, padded or not.
+func decodeBase64(b []byte) ([]byte, error) {
+	s := string(b)
+	if dec, err := base64.StdEncoding.DecodeString(s); err == nil {
+		return dec, nil
+	}
+	return base64.RawStdEncoding.DecodeString(s)
+}
+
+// decodePlain splits a SASL PLAIN response (RFC 4616): authzid NUL authcid
+// NUL password.
+func decodePlain(b []byte) (authzid, authcid, pw []byte, ok bool) {
+	parts := bytes.Split(b, []byte{0})
+	if len(parts) != 3 {
+		return nil, nil, nil, false
+	}
+	return parts[0], parts[1], parts[2], true
+}
+
+// attempt builds the policy.Attempt for a login.
+func (c *conn) attempt(user, secret []byte) policy.Attempt {
+	return policy.Attempt{
+		Proto:      policy.IMAP,
+		User:       string(user),
+		Secret:     policy.Secret(secret),
+		Client:     c.client,
+		TLS:        c.isTLS,
+		ClientName: c.clientName,
+		Started:    time.Now(),
+	}
+}
+
+// failNoDecision denies a login that cannot be asked of the decision (a
+// user name with control characters, a foreign authzid) with the uniform
+// failure after the uniform delay.
+func (c *conn) failNoDecision(tag string, user []byte) bool {
+	a := c.attempt(user, nil)
+	c.user = sanitizeLog(a.User)
+	c.srv.opts.Decider.Fail(c.ctx, a)
+	return c.authFailed(tag, replyAuthFailed)
+}
+
+// authFailed sends a failure reply, counts it and closes the connection
+// after MaxAuthFailures. It reports whether the connection is done.
+func (c *conn) authFailed(tag, reply string) bool {
+	if c.isClosing() {
+		c.bye("Server shutting down")
+		c.ended = "shutdown"
+		return true
+	}
+	c.failures++
+	msg := tag + " " + reply + "\r\n"
+	over := c.failures >= c.srv.opts.MaxAuthFailures
+	if over {
+		msg += "* BYE Too many authentication failures\r\n"
+	}
+	// The decision and the failure delay may have used up the pre-login
+	// time: the reply still gets a short write deadline of its own, and
+	// the next read times out at once if the time is over.
+	c.raw.SetWriteDeadline(time.Now().Add(byeTimeout))
+	done := c.reply(msg)
+	c.armDeadline()
+	if done {
+		return true
+	}
+	if over {
+		c.ended = "auth_failures"
+		return true
+	}
+	return false
+}
+
+// login runs the decision and the upstream login, then the relay. It
+// reports whether the connection is done.
+func (c *conn) login(tag string, user, secret []byte) bool {
+	if !printable(user) {
+		return c.failNoDecision(tag, user)
+	}
+	a := c.attempt(user, secret)
+	c.user = a.User
+	dec := c.srv.opts.Decider
+	lctx, cancel := context.WithTimeout(c.ctx, loginTimeout)
+	defer cancel()
+
+	d, err := dec.Decide(lctx, a)
+	if err != nil {
+		c.srv.log.LogAttrs(c.ctx, slog.LevelWarn, "auth decision failed",
+			slog.String("proto", policy.IMAP), slog.String("user", a.User),
+			slog.String("remote_addr", c.client.String()), slog.Any("err", err))
+		return c.authFailed(tag, replyUnavailable)
+	}
+	if !d.Allow {
+		dec.Fail(c.ctx, a)
+		return c.authFailed(tag, replyAuthFailed)
+	}
+	primary := d.Kind == policy.KindPrimary
+	req := LoginRequest{
+		User:     d.User,
+		Primary:  primary,
+		Client:   c.client,
+		ClientID: c.clientID,
+	}
+	if req.User == "" {
+		req.User = a.User
+	}
+	if primary {
+		req.Password = a.Secret
+	}
+	up, okText, err := c.srv.opts.Upstream.Login(lctx, req)
+	if err != nil {
+		if errors.Is(err, ErrUpstreamRefused) {
+			if primary {
+				dec.PrimaryResult(c.ctx, a, d, false)
+			}
+			dec.Fail(c.ctx, a)
+			return c.authFailed(tag, replyAuthFailed)
+		}
+		c.srv.log.LogAttrs(c.ctx, slog.LevelWarn, "upstream login failed",
+			slog.String("proto", policy.IMAP), slog.String("user", a.User),
+			slog.String("remote_addr", c.client.String()), slog.Any("err", err))
+		return c.authFailed(tag, replyUpstreamErr)
+	}
+	if primary {
+		dec.PrimaryResult(c.ctx, a, d, true)
+	}
+	c.user = req.User
+	c.credential = d.Credential()
+
+	c.mu.Lock()
+	if c.closing {
+		c.mu.Unlock()
+		up.Close()
+		c.bye("Server shutting down")
+		c.ended = "shutdown"
+		return true
+	}
+	c.relaying = true
+	c.mu.Unlock()
+
+	okText = sanitizeLine(okText)
+	if okText == "" {
+		okText = "OK Logged in"
+	}
+	c.raw.SetDeadline(time.Time{})
+	c.raw.SetWriteDeadline(time.Now().Add(loginTimeout))
+	if c.reply(tag + " " + okText + "\r\n") {
+		up.Close()
+		return true
+	}
+	c.raw.SetWriteDeadline(time.Time{})
+	rctx, release := c.srv.relays.Track(c.ctx, d.AppPasswordID)
+	st := relay.Run(rctx, relay.WithBuffered(c.nc, c.br), up)
+	release()
+	c.bytesIn, c.bytesOut, c.ended = st.BytesIn, st.BytesOut, st.EndedBy
+	return true
+}
+
+// sanitizeLog keeps a user name that failed printable() readable in a log.
+func sanitizeLog(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f {
+			return '?'
+		}
+		return r
+	}, s)
+}

@@ -1,0 +1,190 @@
+package ldapfront
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/go-ldap/ldap/v3"
+)
+
+// placeholder is the user's place in a user_dn_templates entry.
+const placeholder = "{user}"
+
+// Forms of a bind name.
+const (
+	formDN     = "dn"     // uid=alice,ou=people,dc=example,dc=test
+	formUPN    = "upn"    // alice@example.test
+	formDomain = "domain" // EXAMPLE\alice
+	formPlain  = "plain"  // alice
+)
+
+// boundName is what a bind name maps to.
+type boundName struct {
+	// User is the name given to the decision: the {user} part of a DN that
+	// matches a template, the local part of a UPN, the part after the
+	// backslash of DOMAIN\user, or, for a DN that matches no template, the
+	// whole DN in lower case (an application's own account, which has no
+	// row in the store).
+	User string
+	// DN is the entry the name stands for upstream: the DN as sent, or the
+	// first template filled in with User. Empty when no template exists
+	// and the name is not a DN; the upstream then gets the name as sent.
+	DN string
+	// Templated is true when User came out of a template match or was put
+	// into a template: the user is a person of the directory.
+	Templated bool
+	Form      string
+}
+
+// dnTemplate is one parsed user_dn_templates entry.
+type dnTemplate struct {
+	raw      string
+	dn       *ldap.DN
+	rdn, atv int // where {user} stands
+}
+
+// nameMapper turns bind names into user names for the decision.
+type nameMapper struct {
+	templates  []dnTemplate
+	upnDomains []string
+	upnAsUser  bool
+}
+
+// newNameMapper parses the templates. {user} must be the whole value of one
+// attribute, e.g. "uid={user},ou=people,dc=example,dc=test".
+func newNameMapper(templates, upnDomains []string, upnAsUser bool) (*nameMapper, error) {
+	m := &nameMapper{upnAsUser: upnAsUser}
+	for i, raw := range templates {
+		dn, err := ldap.ParseDN(raw)
+		if err != nil {
+			return nil, fmt.Errorf("ldapfront: user DN template %d (%q): %w; write it as a DN such as \"uid={user},ou=people,dc=example,dc=test\"", i, raw, err)
+		}
+		t := dnTemplate{raw: raw, dn: dn, rdn: -1}
+		for ri, rdn := range dn.RDNs {
+			for ai, atv := range rdn.Attributes {
+				switch {
+				case atv.Value == placeholder && t.rdn < 0:
+					t.rdn, t.atv = ri, ai
+				case strings.Contains(atv.Value, placeholder) || atv.Value == placeholder:
+					return nil, fmt.Errorf("ldapfront: user DN template %d (%q): {user} must be the whole value of exactly one attribute", i, raw)
+				}
+			}
+		}
+		if t.rdn < 0 {
+			return nil, fmt.Errorf("ldapfront: user DN template %d (%q): no {user}; write e.g. \"uid={user},ou=people,dc=example,dc=test\"", i, raw)
+		}
+		m.templates = append(m.templates, t)
+	}
+	for _, d := range upnDomains {
+		m.upnDomains = append(m.upnDomains, strings.ToLower(strings.TrimSpace(d)))
+	}
+	return m, nil
+}
+
+// fill returns the first template with user put in, escaped for a DN.
+func (m *nameMapper) fill(user string) string {
+	if len(m.templates) == 0 {
+		return ""
+	}
+	return strings.Replace(m.templates[0].raw, placeholder, ldap.EscapeDN(user), 1)
+}
+
+// mapName maps a non-empty bind name. ok is false when the name cannot
+// stand for anyone (a DN that does not parse, a UPN of a domain that is not
+// accepted, an empty user part): the bind fails like a wrong password.
+func (m *nameMapper) mapName(name string) (boundName, bool) {
+	name = strings.TrimSpace(name)
+	if name == "" {
+		return boundName{}, false
+	}
+	if strings.Contains(name, "=") {
+		return m.mapDN(name)
+	}
+	if i := strings.LastIndexByte(name, '@'); i >= 0 && !strings.Contains(name, `\`) {
+		local, domain := name[:i], strings.ToLower(name[i+1:])
+		if local == "" || domain == "" || !m.domainOK(domain) {
+			return boundName{}, false
+		}
+		user := local
+		if m.upnAsUser {
+			user = name
+		}
+		return m.person(user, formUPN), true
+	}
+	if i := strings.IndexByte(name, '\\'); i >= 0 {
+		user := name[i+1:]
+		if user == "" || strings.ContainsAny(user, `\@`) {
+			return boundName{}, false
+		}
+		return m.person(user, formDomain), true
+	}
+	return m.person(name, formPlain), true
+}
+
+func (m *nameMapper) person(user, form string) boundName {
+	return boundName{User: user, DN: m.fill(user), Templated: len(m.templates) > 0, Form: form}
+}
+
+func (m *nameMapper) domainOK(domain string) bool {
+	if len(m.upnDomains) == 0 {
+		return true
+	}
+	for _, d := range m.upnDomains {
+		if d == domain {
+			return true
+		}
+	}
+	return false
+}
+
+// mapDN matches a DN against the templates. Attribute types and values are
+// compared case-insensitively after RFC 4514 parsing (so escapes and spaces
+// around separators do not matter).
+func (m *nameMapper) mapDN(name string) (boundName, bool) {
+	dn, err := ldap.ParseDN(name)
+	if err != nil || len(dn.RDNs) == 0 {
+		return boundName{}, false
+	}
+	for _, t := range m.templates {
+		if user, ok := t.match(dn); ok {
+			return boundName{User: user, DN: m.fillTemplate(t, user), Templated: true, Form: formDN}, true
+		}
+	}
+	return boundName{User: strings.ToLower(dn.String()), DN: name, Form: formDN}, true
+}
+
+func (m *nameMapper) fillTemplate(t dnTemplate, user string) string {
+	return strings.Replace(t.raw, placeholder, ldap.EscapeDN(user), 1)
+}
+
+// match reports whether dn has the template's shape and returns the value
+// that stands where {user} does.
+func (t dnTemplate) match(dn *ldap.DN) (string, bool) {
+	if len(dn.RDNs) != len(t.dn.RDNs) {
+		return "", false
+	}
+	user := ""
+	for ri, trdn := range t.dn.RDNs {
+		rdn := dn.RDNs[ri]
+		if len(rdn.Attributes) != len(trdn.Attributes) {
+			return "", false
+		}
+		for ai, tatv := range trdn.Attributes {
+			atv := rdn.Attributes[ai]
+			if !strings.EqualFold(strings.TrimSpace(atv.Type), strings.TrimSpace(tatv.Type)) {
+				return "", false
+			}
+			if ri == t.rdn && ai == t.atv {
+				user = atv.Value
+				continue
+			}
+			if !strings.EqualFold(atv.Value, tatv.Value) {
+				return "", false
+			}
+		}
+	}
+	if strings.TrimSpace(user) == "" {
+		return "", false
+	}
+	return user, true
+}
