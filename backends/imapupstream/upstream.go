@@ -296,11 +296,9 @@ func (u *Upstream) loginAt(ctx context.Context, addr string, r Request, cmd *com
 			conn.Close()
 		}
 	}()
-	deadline := time.Now().Add(loginTimeout)
-	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
-		deadline = d
-	}
-	if err := raw.SetDeadline(deadline); err != nil {
+	// The context's own end is enforced by the AfterFunc below, so that
+	// its error is the one reported.
+	if err := raw.SetDeadline(time.Now().Add(loginTimeout)); err != nil {
 		return nil, "", fmt.Errorf("set deadline: %w", err)
 	}
 	// Cancelling ctx interrupts any blocked read or write at once.

@@ -282,42 +282,29 @@ func (c *Client) loginAt(ctx context.Context, addr string, req Request) (*Sessio
 	}
 	xLogin := c.o.Login == LoginXClient && req.Password == ""
 	xAddr := c.o.ForwardClient == ForwardXClient && req.Client.IsValid()
-	var cl *smtp.Client
-	if xLogin || xAddr {
-		var attrs []string
-		if xLogin {
-			attrs = append(attrs, "LOGIN="+xtext(req.User))
+	var attrs []string
+	if xLogin {
+		attrs = append(attrs, "LOGIN="+xtext(req.User))
+	}
+	if xAddr {
+		a := req.Client.Addr().Unmap()
+		addrText := a.String()
+		if a.Is6() {
+			addrText = "IPV6:" + addrText
 		}
-		if xAddr {
-			a := req.Client.Addr().Unmap()
-			addrText := a.String()
-			if a.Is6() {
-				addrText = "IPV6:" + addrText
-			}
-			attrs = append(attrs, "ADDR="+xtext(addrText), "PORT="+strconv.Itoa(int(req.Client.Port())))
-		}
-		nc, err := c.xclient(conn, addr, attrs)
+		attrs = append(attrs, "ADDR="+xtext(addrText), "PORT="+strconv.Itoa(int(req.Client.Port())))
+	}
+	if len(attrs) > 0 || c.o.TLS == TLSStartTLS {
+		nc, err := c.prelude(conn, addr, attrs)
 		if err != nil {
 			return nil, err
 		}
 		conn = nc
-		cl = smtp.NewClient(conn)
-		if err := cl.Hello(helo); err != nil {
-			return nil, fmt.Errorf("EHLO after XCLIENT: %w", err)
-		}
-	} else if c.o.TLS == TLSStartTLS {
-		cl, err = smtp.NewClientStartTLS(conn, c.tlsConfig(addr))
-		if err != nil {
-			return nil, fmt.Errorf("STARTTLS: %w", err)
-		}
-		if err := cl.Hello(helo); err != nil {
-			return nil, fmt.Errorf("EHLO after STARTTLS: %w", err)
-		}
-	} else {
-		cl = smtp.NewClient(conn)
-		if err := cl.Hello(helo); err != nil {
-			return nil, fmt.Errorf("greeting or EHLO: %w", err)
-		}
+	}
+	cl := smtp.NewClient(conn)
+	cl.CommandTimeout = c.o.LoginTimeout
+	if err := cl.Hello(helo); err != nil {
+		return nil, fmt.Errorf("greeting or EHLO: %w", err)
 	}
 	cl.CommandTimeout = c.o.CommandTimeout
 
@@ -337,6 +324,7 @@ func (c *Client) loginAt(ctx context.Context, addr string, req Request) (*Sessio
 		return nil, fmt.Errorf("AUTH PLAIN: %w", err)
 	}
 	_ = conn.SetDeadline(time.Time{})
+	cl.CommandTimeout = c.o.CommandTimeout
 	s := &Session{cl: cl, conn: conn, addr: addr, timeout: c.o.CommandTimeout}
 	if n, ok := cl.MaxMessageSize(); ok {
 		s.size = int64(n)
@@ -346,11 +334,13 @@ func (c *Client) loginAt(ctx context.Context, addr string, req Request) (*Sessio
 	return s, nil
 }
 
-// xclient runs greeting, EHLO, [STARTTLS, EHLO,] XCLIENT on the raw
-// connection, as go-smtp's client has no XCLIENT, and returns the
-// connection (TLS if upgraded) with XCLIENT's 220 replayed for go-smtp's
-// client to read as its greeting.
-func (c *Client) xclient(conn net.Conn, addr string, attrs []string) (net.Conn, error) {
+// prelude runs greeting, EHLO, [STARTTLS,] and, when attrs are given,
+// [EHLO,] XCLIENT on the raw connection, as go-smtp's client has neither
+// XCLIENT nor a STARTTLS of its own with a deadline, and returns the
+// connection (TLS if upgraded) with a 220 replayed for go-smtp's client to
+// read as its greeting: XCLIENT's own 220, or after a bare STARTTLS a
+// synthetic one.
+func (c *Client) prelude(conn net.Conn, addr string, attrs []string) (net.Conn, error) {
 	br := bufio.NewReaderSize(conn, 4096)
 	rep, err := readReply(br)
 	if err != nil {
@@ -386,6 +376,9 @@ func (c *Client) xclient(conn net.Conn, addr string, attrs []string) (net.Conn, 
 		}
 		conn = tc
 		br = bufio.NewReaderSize(conn, 4096)
+		if len(attrs) == 0 {
+			return &replayConn{Conn: conn, pending: []byte("220 passgate STARTTLS done\r\n")}, nil
+		}
 		if ext, err = ehlo(conn, br, c.o.LocalName); err != nil {
 			return nil, err
 		}

@@ -315,7 +315,11 @@ func (s *Store) FindAppPassword(ctx context.Context, user, secret string) (AppPa
 	key := strings.ToLower(user)
 	want := h.Hash(key, secret)
 	var r appRow
-	err = s.db.QueryRowxContext(ctx, s.findQuery, key, want).StructScan(&r)
+	if st := s.findStmt.Load(); st != nil {
+		err = st.QueryRowxContext(ctx, key, want).StructScan(&r)
+	} else {
+		err = s.db.QueryRowxContext(ctx, s.findQuery, key, want).StructScan(&r)
+	}
 	if errors.Is(err, sql.ErrNoRows) {
 		return AppPassword{}, fail(ErrNotFound, "store: no app password of %s matches", user)
 	}

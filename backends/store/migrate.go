@@ -90,6 +90,17 @@ func (s *Store) Migrate(ctx context.Context) (applied []string, err error) {
 	if err := s.setUpKey(ctx, conn); err != nil {
 		return applied, err
 	}
+	// Prepared, the login's lookup is one round trip to PostgreSQL instead
+	// of two, and SQLite parses it once per connection.
+	if s.findStmt.Load() == nil {
+		st, err := s.db.PreparexContext(ctx, s.findQuery)
+		if err != nil {
+			return applied, fmt.Errorf("store: migrate: prepare the app-password lookup: %w", err)
+		}
+		if !s.findStmt.CompareAndSwap(nil, st) {
+			_ = st.Close()
+		}
+	}
 	return applied, nil
 }
 

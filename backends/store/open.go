@@ -41,7 +41,8 @@ type Store struct {
 	defaultMFA MFAState
 	hasher     atomic.Pointer[apppass.Hasher]
 
-	findQuery string // the login's lookup, bound for the driver once
+	findQuery string                    // the login's lookup, bound for the driver once
+	findStmt  atomic.Pointer[sqlx.Stmt] // findQuery prepared by Migrate
 }
 
 // Open connects to the store that opts names and checks that it answers.
@@ -129,6 +130,9 @@ func describeDSN(driver, dsn string) string {
 
 // Close closes the database connections.
 func (s *Store) Close() error {
+	if st := s.findStmt.Swap(nil); st != nil {
+		_ = st.Close()
+	}
 	if err := s.db.Close(); err != nil {
 		return fmt.Errorf("store: close: %w", err)
 	}

@@ -186,11 +186,11 @@ type message struct {
 // controls without copying.
 func parseMessage(raw []byte) (message, error) {
 	outer, rest, err := nextElement(raw)
-	if err != nil || len(rest) != 0 || outer.class != classUniversal || !outer.constructed || outer.tag != ber.TagSequence {
+	if err != nil || len(rest) != 0 || outer.class != classUniversal || !outer.constructed || outer.tag != int(ber.TagSequence) {
 		return message{}, errMalformed
 	}
 	idEl, body, err := nextElement(outer.content)
-	if err != nil || idEl.class != classUniversal || idEl.constructed || idEl.tag != ber.TagInteger {
+	if err != nil || idEl.class != classUniversal || idEl.constructed || idEl.tag != int(ber.TagInteger) {
 		return message{}, errMalformed
 	}
 	id, ok := parseUint31(idEl.content)
@@ -244,11 +244,11 @@ func controlOIDs(controls []byte) ([]string, error) {
 	for b := c.content; len(b) > 0; {
 		var ctl element
 		ctl, b, err = nextElement(b)
-		if err != nil || !ctl.constructed || ctl.class != classUniversal || ctl.tag != ber.TagSequence {
+		if err != nil || !ctl.constructed || ctl.class != classUniversal || ctl.tag != int(ber.TagSequence) {
 			return nil, errMalformed
 		}
 		t, _, err := nextElement(ctl.content)
-		if err != nil || t.class != classUniversal || t.tag != ber.TagOctetString {
+		if err != nil || t.class != classUniversal || t.tag != int(ber.TagOctetString) {
 			return nil, errMalformed
 		}
 		oids = append(oids, string(t.content))

@@ -239,11 +239,8 @@ func serve(ctx context.Context, e *env, cfg *configs.Config, log *slog.Logger, o
 	return runErr
 }
 
-// serveOverrides lets demo and tests replace upstreams and learn the bound
-// addresses.
+// serveOverrides lets demo and tests learn the bound addresses.
 type serveOverrides struct {
-	imapUpstream any                     // an imapfront.Upstream, or nil to build from cfg
-	smtpUpstream any                     // an smtpfront.Upstream, or nil to build from cfg
 	ready        func(map[string]string) // listener name → bound address
 }
 

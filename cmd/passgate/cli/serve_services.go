@@ -1,0 +1,102 @@
+package cli
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+
+	"github.com/passgate/passgate/backends/imapupstream"
+	"github.com/passgate/passgate/configs"
+	"github.com/passgate/passgate/proxy/imapfront"
+)
+
+// buildServices builds every configured listener with its upstream.
+func buildServices(d *deps, over *serveOverrides) ([]service, error) {
+	var all []service
+	if d.cfg.IMAP.Listen != "" || d.cfg.IMAP.ListenTLS != "" {
+		up, err := newIMAPUpstream(d)
+		if err != nil {
+			return nil, err
+		}
+		s, err := buildIMAP(d, up)
+		if err != nil {
+			return nil, err
+		}
+		all = append(all, s...)
+	}
+	return all, nil
+}
+
+// upstreamTLS builds the client TLS configuration that verifies an
+// upstream's certificate: caFile empty means the system roots.
+func upstreamTLS(caKey, caFile, serverName string) (*tls.Config, error) {
+	c := &tls.Config{ServerName: serverName, MinVersion: tls.VersionTLS12}
+	if caFile == "" {
+		return c, nil
+	}
+	pem, err := os.ReadFile(caFile)
+	if err != nil {
+		return nil, fmt.Errorf("%s (%q): %w", caKey, caFile, err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("%s (%q): no PEM certificate found in the file", caKey, caFile)
+	}
+	c.RootCAs = pool
+	return c, nil
+}
+
+// newIMAPUpstream builds the IMAP upstream from imap.upstream.
+func newIMAPUpstream(d *deps) (imapfront.Upstream, error) {
+	u := d.cfg.IMAP.Upstream
+	tc, err := upstreamTLS("imap.upstream.ca_file", u.CAFile, u.ServerName)
+	if err != nil {
+		return nil, err
+	}
+	var masterPW string
+	if u.Login == "master" {
+		if masterPW, err = configs.ReadSecretFile(u.MasterPasswordFile); err != nil {
+			return nil, fmt.Errorf("imap.upstream.master_password_file: %w", err)
+		}
+	}
+	up, err := imapupstream.New(imapupstream.Options{
+		Addresses:      u.Addresses,
+		TLS:            u.TLS,
+		TLSConfig:      tc,
+		Login:          u.Login,
+		MasterUser:     u.MasterUser,
+		MasterPassword: masterPW,
+		MasterStyle:    u.MasterStyle,
+		Separator:      u.Separator,
+		ForwardClient:  u.ForwardClient,
+		DialTimeout:    u.DialTimeout.D(),
+		Logger:         d.log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return imapAdapter{up}, nil
+}
+
+// imapAdapter adapts backends/imapupstream to imapfront.Upstream, so that
+// neither package imports the other.
+type imapAdapter struct{ up *imapupstream.Upstream }
+
+func (a imapAdapter) Login(ctx context.Context, r imapfront.LoginRequest) (net.Conn, string, error) {
+	req := imapupstream.Request{User: r.User, Client: r.Client}
+	if r.Primary {
+		req.Password = string(r.Password)
+	}
+	for _, f := range r.ClientID {
+		req.ClientID = append(req.ClientID, f.Name, f.Value)
+	}
+	conn, text, err := a.up.Login(ctx, req)
+	if errors.Is(err, imapupstream.ErrRefused) {
+		return nil, "", fmt.Errorf("%w: %w", imapfront.ErrUpstreamRefused, err)
+	}
+	return conn, text, err
+}

@@ -1,0 +1,383 @@
+package imapfront
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/big"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/passgate/passgate/policy"
+)
+
+// Credentials the fake decider knows.
+const (
+	appUser     = "alice"
+	appSecret   = "abcd efgh ijkl mnop"
+	appID       = 7
+	primaryUser = "bob"
+	primaryPass = "bob-primary-pw"
+)
+
+// fakeDecider stands in for policy.Engine.
+type fakeDecider struct {
+	delay   time.Duration
+	trusted bool
+	err     error // returned by Decide when set
+
+	mu        sync.Mutex
+	attempts  []policy.Attempt
+	primaries []bool
+	fails     int
+}
+
+func (f *fakeDecider) Decide(ctx context.Context, a policy.Attempt) (policy.Decision, error) {
+	f.mu.Lock()
+	f.attempts = append(f.attempts, a)
+	err := f.err
+	f.mu.Unlock()
+	if err != nil {
+		return policy.Decision{}, err
+	}
+	switch {
+	case a.User == appUser && string(a.Secret) == appSecret:
+		return policy.Decision{Allow: true, Kind: policy.KindAppPassword, User: a.User, AppPasswordID: appID, Label: "phone"}, nil
+	case a.User == primaryUser || a.User == "ghost":
+		return policy.Decision{Allow: true, Kind: policy.KindPrimary, User: a.User}, nil
+	}
+	return policy.Decision{Reason: "wrong"}, nil
+}
+
+func (f *fakeDecider) PrimaryResult(ctx context.Context, a policy.Attempt, d policy.Decision, ok bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.primaries = append(f.primaries, ok)
+}
+
+func (f *fakeDecider) Fail(ctx context.Context, a policy.Attempt) {
+	f.mu.Lock()
+	f.fails++
+	delay := f.delay
+	f.mu.Unlock()
+	t := time.NewTimer(time.Until(a.Started.Add(delay)))
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+	}
+}
+
+func (f *fakeDecider) PlaintextAllowed(client netip.AddrPort, tls bool) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return tls || f.trusted
+}
+
+// set changes the fake's behaviour while a server may be using it.
+func (f *fakeDecider) set(fn func(*fakeDecider)) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	fn(f)
+}
+
+// set changes the fake's behaviour while a server may be using it.
+func (f *fakeUpstream) set(fn func(*fakeUpstream)) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	fn(f)
+}
+
+func (f *fakeDecider) snapshot() (attempts []policy.Attempt, primaries []bool, fails int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]policy.Attempt(nil), f.attempts...), append([]bool(nil), f.primaries...), f.fails
+}
+
+// fakeUpstream logs in "bob" with primaryPass and anyone by master login,
+// refuses "ghost", and answers every relayed command with a tagged OK that
+// names the command.
+type fakeUpstream struct {
+	err    error  // returned by Login when set
+	okText string // default "OK [CAPABILITY IMAP4rev1 IDLE] Logged in"
+	extra  string // sent by the upstream right after its OK, before any command
+
+	mu    sync.Mutex
+	reqs  []LoginRequest
+	lines []string // commands the upstream received after login
+	wg    sync.WaitGroup
+}
+
+func (f *fakeUpstream) Login(ctx context.Context, req LoginRequest) (net.Conn, string, error) {
+	f.mu.Lock()
+	f.reqs = append(f.reqs, req)
+	err, ok, extra := f.err, f.okText, f.extra
+	f.mu.Unlock()
+	if err != nil {
+		return nil, "", err
+	}
+	if req.User == "ghost" || (req.Primary && string(req.Password) != primaryPass) {
+		return nil, "", fmt.Errorf("fake upstream: NO [AUTHORIZATIONFAILED] secret-upstream-text: %w", ErrUpstreamRefused)
+	}
+	front, back := net.Pipe()
+	f.wg.Add(1)
+	go f.serve(back, extra)
+	if ok == "" {
+		ok = "OK [CAPABILITY IMAP4rev1 IDLE] Logged in"
+	}
+	return front, ok, nil
+}
+
+func (f *fakeUpstream) serve(c net.Conn, extra string) {
+	defer f.wg.Done()
+	defer c.Close()
+	if extra != "" {
+		if _, err := c.Write([]byte(extra)); err != nil {
+			return
+		}
+	}
+	br := bufio.NewReader(c)
+	for {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			return
+		}
+		line = strings.TrimRight(line, "\r\n")
+		f.mu.Lock()
+		f.lines = append(f.lines, line)
+		f.mu.Unlock()
+		tag, rest, _ := strings.Cut(line, " ")
+		name, _, _ := strings.Cut(rest, " ")
+		name = strings.ToUpper(name)
+		reply := tag + " OK " + name + " done by upstream\r\n"
+		switch name {
+		case "LOGOUT":
+			c.Write([]byte("* BYE upstream logging out\r\n" + reply))
+			return
+		case "CAPABILITY":
+			reply = "* CAPABILITY IMAP4rev1 IDLE\r\n" + reply
+		}
+		if _, err := c.Write([]byte(reply)); err != nil {
+			return
+		}
+	}
+}
+
+func (f *fakeUpstream) snapshot() ([]LoginRequest, []string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]LoginRequest(nil), f.reqs...), append([]string(nil), f.lines...)
+}
+
+// syncBuffer is a goroutine-safe log sink.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// testCerts makes a throwaway self-signed certificate for 127.0.0.1 and
+// returns the server and client TLS configurations.
+func testCerts(t testing.TB) (server, client *tls.Config) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "127.0.0.1"},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(time.Hour),
+		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1)},
+		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(cert)
+	server = &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key, Leaf: cert}}}
+	client = &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"}
+	return server, client
+}
+
+// testServer is a running Server with its fakes.
+type testServer struct {
+	srv       *Server
+	addr      string
+	dec       *fakeDecider
+	up        *fakeUpstream
+	log       *syncBuffer
+	clientTLS *tls.Config
+	served    chan error
+}
+
+// startServer runs a Server on 127.0.0.1:0; mod may change the options.
+// Cleanup closes it and checks that Serve returned ErrServerClosed.
+func startServer(t testing.TB, mod func(*Options)) *testServer {
+	t.Helper()
+	serverTLS, clientTLS := testCerts(t)
+	ts := &testServer{dec: &fakeDecider{}, up: &fakeUpstream{}, log: &syncBuffer{}, clientTLS: clientTLS, served: make(chan error, 1)}
+	opts := Options{
+		Decider:   ts.dec,
+		Upstream:  ts.up,
+		TLSConfig: serverTLS,
+		Logger:    slog.New(slog.NewJSONHandler(ts.log, &slog.HandlerOptions{Level: slog.LevelDebug})),
+	}
+	if mod != nil {
+		mod(&opts)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts.addr = ln.Addr().String()
+	ts.srv = New(opts)
+	go func() { ts.served <- ts.srv.Serve(ln) }()
+	t.Cleanup(func() {
+		ts.srv.Close()
+		select {
+		case err := <-ts.served:
+			if !errors.Is(err, ErrServerClosed) {
+				t.Errorf("Serve returned %v, want ErrServerClosed", err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Error("Serve did not return after Close")
+		}
+		ts.up.wg.Wait()
+	})
+	return ts
+}
+
+// rawClient speaks IMAP by hand, byte for byte.
+type rawClient struct {
+	t  testing.TB
+	c  net.Conn
+	br *bufio.Reader
+}
+
+// dial connects and returns the client and the greeting line.
+func (ts *testServer) dial(t testing.TB) (*rawClient, string) {
+	t.Helper()
+	c, err := net.Dial("tcp", ts.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	rc := &rawClient{t: t, c: c, br: bufio.NewReader(c)}
+	return rc, rc.line()
+}
+
+// dialTLS connects with implicit TLS.
+func (ts *testServer) dialTLS(t testing.TB) (*rawClient, string) {
+	t.Helper()
+	c, err := tls.Dial("tcp", ts.addr, ts.clientTLS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	rc := &rawClient{t: t, c: c, br: bufio.NewReader(c)}
+	return rc, rc.line()
+}
+
+func (rc *rawClient) send(s string) {
+	rc.t.Helper()
+	if _, err := rc.c.Write([]byte(s)); err != nil {
+		rc.t.Fatalf("send %q: %v", s, err)
+	}
+}
+
+// line reads one line, without its CRLF.
+func (rc *rawClient) line() string {
+	rc.t.Helper()
+	rc.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	l, err := rc.br.ReadString('\n')
+	if err != nil {
+		rc.t.Fatalf("read line: %v (got %q)", err, l)
+	}
+	if !strings.HasSuffix(l, "\r\n") {
+		rc.t.Fatalf("line %q does not end with CRLF", l)
+	}
+	return strings.TrimSuffix(l, "\r\n")
+}
+
+// expect reads lines and fails unless they are exactly want.
+func (rc *rawClient) expect(want ...string) {
+	rc.t.Helper()
+	for _, w := range want {
+		if got := rc.line(); got != w {
+			rc.t.Fatalf("got %q, want %q", got, w)
+		}
+	}
+}
+
+// expectClosed fails unless the server closes the connection without
+// sending anything more.
+func (rc *rawClient) expectClosed() {
+	rc.t.Helper()
+	rc.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	b, err := rc.br.ReadString('\n')
+	if err == nil || b != "" {
+		rc.t.Fatalf("read %q, %v; want the connection closed", b, err)
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		rc.t.Fatal("connection still open")
+	}
+}
+
+// startTLS upgrades the client side after the server's OK.
+func (rc *rawClient) startTLS(cfg *tls.Config) {
+	rc.t.Helper()
+	tc := tls.Client(rc.c, cfg)
+	if err := tc.Handshake(); err != nil {
+		rc.t.Fatalf("client handshake: %v", err)
+	}
+	rc.c = tc
+	rc.br = bufio.NewReader(tc)
+}
+
+// waitFor polls cond for up to 5 seconds.
+func waitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}

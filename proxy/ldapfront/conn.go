@@ -1,0 +1,618 @@
+package ldapfront
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/passgate/passgate/policy"
+)
+
+// identity is who a client connection is bound as.
+type identityKind int
+
+const (
+	identAnonymous identityKind = iota
+	identPrimary                // verified by the directory; operations relayed as that account
+	identApp                    // app password; operations relayed with proxied authorization
+)
+
+type identity struct {
+	kind    identityKind
+	user    string // the decision's user name
+	dn      string // upstream DN
+	authzID string // WhoAmI answer: "dn:…" or "u:…"; "" when anonymous
+	appID   int64
+	unauth  bool // anonymous through an accepted unauthenticated bind
+}
+
+// sessState is who the upstream session is bound as.
+type sessState int
+
+const (
+	sessUnknown sessState = iota // not bound yet, or a bind of unknown outcome
+	sessAnonymous
+	sessService
+	sessAccount // the client's own account (identPrimary)
+)
+
+// request is one client message waiting for the executor.
+type request struct {
+	msg       message
+	abandoned atomic.Bool
+	barrier   chan struct{} // StartTLS: closed when nothing is in flight
+}
+
+// pending is a relayed operation waiting for upstream responses.
+type pending struct {
+	handle int64
+	sess   Session
+}
+
+// conn is one client connection. The reader goroutine (serve) reads
+// messages and acts at once on Unbind, Abandon and StartTLS; everything
+// else goes, in order, to the executor goroutine, which runs binds one at a
+// time behind the operations before them and sends relayed operations to
+// the upstream session, whose reader writes the answers back.
+type conn struct {
+	srv    *Server
+	id     uint64
+	remote netip.AddrPort
+	start  time.Time
+
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+
+	wmu sync.Mutex // serialises writes and guards nc
+	nc  net.Conn
+	br  *bufio.Reader // reader goroutine only
+
+	tls    atomic.Bool
+	authed atomic.Bool // a bind has succeeded on this connection
+	busy   atomic.Bool // the executor is working on a request
+
+	queue chan *request
+	slots chan struct{} // one token per operation in flight upstream
+
+	mu       sync.Mutex
+	queued   map[int64]*request
+	inflight map[int64]*pending
+	sess     Session
+	release  func() // ends the registry tracking of the current app password
+	user     string // for the session log line
+
+	// executor-only
+	ident     identity
+	sessState sessState
+	failures  int
+}
+
+func (s *Server) newConn(nc net.Conn) *conn {
+	ctx, cancel := context.WithCancelCause(s.ctx)
+	c := &conn{
+		srv:      s,
+		id:       s.nextID.Add(1),
+		nc:       nc,
+		start:    time.Now(),
+		ctx:      ctx,
+		cancel:   cancel,
+		queue:    make(chan *request, s.opts.MaxInFlight),
+		slots:    make(chan struct{}, s.opts.MaxInFlight),
+		queued:   make(map[int64]*request),
+		inflight: make(map[int64]*pending),
+	}
+	if ap, err := netip.ParseAddrPort(nc.RemoteAddr().String()); err == nil {
+		c.remote = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	return c
+}
+
+// serve runs the connection until the client leaves, Unbind, an error or
+// Close.
+func (c *conn) serve() {
+	defer c.srv.recoverConn(c)
+	execDone := make(chan struct{})
+	defer func() {
+		c.stop(nil)
+		<-execDone
+		c.mu.Lock()
+		sess, release := c.sess, c.release
+		c.sess, c.release = nil, nil
+		c.mu.Unlock()
+		if release != nil {
+			release()
+		}
+		if sess != nil {
+			sess.Close()
+		}
+		c.srv.log.LogAttrs(context.Background(), slog.LevelInfo, "ldap session closed",
+			slog.String("proto", policy.LDAP), slog.String("listener", c.srv.opts.Listener),
+			slog.Uint64("conn_id", c.id), slog.String("remote_addr", c.remote.String()),
+			slog.Bool("tls", c.tls.Load()), slog.String("user", c.lastUser()),
+			slog.Int64("duration_ms", time.Since(c.start).Milliseconds()))
+	}()
+	go func() {
+		defer close(execDone)
+		defer c.srv.recoverConn(c)
+		c.executor()
+	}()
+	if c.srv.opts.ImplicitTLS {
+		if !c.handshake() {
+			return
+		}
+	}
+	c.br = bufio.NewReaderSize(c.nc, 4096)
+	c.readLoop()
+}
+
+func (c *conn) lastUser() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.user
+}
+
+// stop ends the connection: the context is cancelled and the socket
+// closed, which unblocks the reader, the executor and any write.
+func (c *conn) stop(cause error) {
+	c.cancel(cause)
+	c.wmu.Lock()
+	c.nc.Close()
+	c.wmu.Unlock()
+}
+
+// idle reports whether the connection has nothing queued, running or in
+// flight (Shutdown closes such connections).
+func (c *conn) idle() bool {
+	return len(c.slots) == 0 && len(c.queue) == 0 && !c.busy.Load()
+}
+
+// disconnect sends a notice of disconnection (RFC 4511 §4.4.1) and closes.
+func (c *conn) disconnect(code int, diag string) {
+	c.write(envelope(0, extendedResponse(code, diag, oidNoticeOfDisconnect, "", false), nil))
+	c.stop(errors.New(diag))
+}
+
+// write sends one message to the client. A failed write ends the
+// connection.
+func (c *conn) write(b []byte) bool {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.ctx.Err() != nil {
+		return false
+	}
+	c.nc.SetWriteDeadline(time.Now().Add(writeTimeout))
+	if _, err := c.nc.Write(b); err != nil {
+		c.cancel(err)
+		c.nc.Close()
+		return false
+	}
+	return true
+}
+
+// respond sends an LDAPResult-shaped response with the response tag of op.
+func (c *conn) respond(id int64, reqTag, code int, diag string) {
+	tag, ok := responseTag(reqTag)
+	if !ok {
+		return
+	}
+	c.write(envelope(id, resultOp(tag, code, diag), nil))
+}
+
+func (c *conn) handshake() bool {
+	tc := tls.Server(c.nc, c.srv.opts.TLSConfig)
+	ctx, cancel := context.WithTimeout(c.ctx, handshakeTimeout)
+	defer cancel()
+	if err := tc.HandshakeContext(ctx); err != nil {
+		c.srv.log.LogAttrs(ctx, slog.LevelInfo, "ldap tls handshake failed",
+			slog.String("proto", policy.LDAP), slog.Uint64("conn_id", c.id),
+			slog.String("remote_addr", c.remote.String()), slog.Any("err", err))
+		return false
+	}
+	c.wmu.Lock()
+	c.nc = tc
+	c.wmu.Unlock()
+	c.tls.Store(true)
+	return true
+}
+
+// readLoop reads messages until the connection ends.
+func (c *conn) readLoop() {
+	for {
+		timeout := c.srv.opts.PreBindTimeout
+		if c.authed.Load() {
+			timeout = c.srv.opts.IdleTimeout
+		}
+		c.wmu.Lock()
+		nc := c.nc
+		c.wmu.Unlock()
+		nc.SetReadDeadline(time.Now().Add(timeout))
+		raw, err := readMessage(c.br, c.srv.opts.MaxMessageBytes)
+		switch {
+		case errors.Is(err, errTooLarge):
+			c.srv.log.LogAttrs(c.ctx, slog.LevelWarn, "ldap message too large",
+				slog.String("proto", policy.LDAP), slog.Uint64("conn_id", c.id), slog.String("remote_addr", c.remote.String()))
+			c.disconnect(resultProtocolError, "LDAP message exceeds passgate's size limit")
+			return
+		case errors.Is(err, errMalformed):
+			c.disconnect(resultProtocolError, "malformed LDAP message")
+			return
+		case err != nil:
+			if !errors.Is(err, io.EOF) && c.ctx.Err() == nil {
+				c.srv.log.LogAttrs(c.ctx, slog.LevelDebug, "ldap read ended",
+					slog.Uint64("conn_id", c.id), slog.Any("err", err))
+			}
+			return
+		}
+		msg, err := parseMessage(raw)
+		if err != nil || msg.id == 0 {
+			c.disconnect(resultProtocolError, "malformed LDAP message")
+			return
+		}
+		switch msg.op.tag {
+		case opUnbindRequest:
+			return
+		case opAbandonRequest:
+			target, err := decodeAbandon(msg.op)
+			if err != nil {
+				c.disconnect(resultProtocolError, "malformed LDAP message")
+				return
+			}
+			c.abandon(target)
+			continue
+		case opExtendedRequest:
+			ext, err := decodeExtended(msg.op)
+			if err != nil {
+				c.disconnect(resultProtocolError, "malformed LDAP message")
+				return
+			}
+			if ext.oid == oidStartTLS {
+				if !c.startTLS(msg.id) {
+					return
+				}
+				continue
+			}
+		case opBindRequest, opSearchRequest, opModifyRequest, opAddRequest, opDelRequest,
+			opModifyDNRequest, opCompareRequest:
+		default:
+			c.disconnect(resultProtocolError, "unknown LDAP operation")
+			return
+		}
+		r := &request{msg: msg}
+		if !c.enqueue(r) {
+			return
+		}
+	}
+}
+
+func (c *conn) enqueue(r *request) bool {
+	if r.barrier == nil {
+		c.mu.Lock()
+		c.queued[r.msg.id] = r
+		c.mu.Unlock()
+	}
+	select {
+	case c.queue <- r:
+		return true
+	case <-c.ctx.Done():
+		return false
+	}
+}
+
+// abandon acts on an AbandonRequest: a queued request is skipped, one in
+// flight is abandoned upstream and its remaining answers dropped.
+func (c *conn) abandon(target int64) {
+	c.mu.Lock()
+	if q := c.queued[target]; q != nil {
+		q.abandoned.Store(true)
+	}
+	p := c.inflight[target]
+	if p != nil {
+		delete(c.inflight, target)
+	}
+	c.mu.Unlock()
+	if p == nil {
+		return
+	}
+	if p.handle != 0 {
+		p.sess.Abandon(p.handle)
+	}
+	<-c.slots
+}
+
+// startTLS runs the StartTLS extended operation once everything before it
+// is answered. Bytes the client sent after the request, before the
+// handshake, are discarded.
+func (c *conn) startTLS(id int64) bool {
+	r := &request{barrier: make(chan struct{})}
+	if !c.enqueue(r) {
+		return false
+	}
+	select {
+	case <-r.barrier:
+	case <-c.ctx.Done():
+		return false
+	}
+	switch {
+	case c.tls.Load():
+		c.write(envelope(id, extendedResponse(resultOperationsError, "TLS is already established", oidStartTLS, "", false), nil))
+		return true
+	case c.srv.opts.TLSConfig == nil:
+		c.write(envelope(id, extendedResponse(resultUnavailable, "StartTLS is not configured on this passgate", oidStartTLS, "", false), nil))
+		return true
+	}
+	// RFC 4511 §4.14.1: nothing may follow StartTLS before the response.
+	// Whatever a client pipelined here stays in the old reader and is
+	// dropped with it, so that plaintext cannot be injected into the TLS
+	// session.
+	if !c.write(envelope(id, extendedResponse(resultSuccess, "", oidStartTLS, "", false), nil)) {
+		return false
+	}
+	if !c.handshake() {
+		return false
+	}
+	c.br = bufio.NewReaderSize(c.nc, 4096)
+	return true
+}
+
+// executor runs queued requests in order.
+func (c *conn) executor() {
+	for {
+		select {
+		case <-c.ctx.Done():
+			return
+		case r := <-c.queue:
+			c.busy.Store(true)
+			c.run(r)
+			c.busy.Store(false)
+		}
+	}
+}
+
+func (c *conn) run(r *request) {
+	if r.barrier != nil {
+		if c.waitIdle() {
+			close(r.barrier)
+		}
+		return
+	}
+	c.mu.Lock()
+	if c.queued[r.msg.id] == r {
+		delete(c.queued, r.msg.id)
+	}
+	c.mu.Unlock()
+	if r.abandoned.Load() {
+		return
+	}
+	switch r.msg.op.tag {
+	case opBindRequest:
+		if c.waitIdle() {
+			c.bind(r.msg)
+		}
+	case opExtendedRequest:
+		ext, _ := decodeExtended(r.msg.op) // checked by the reader
+		if ext.oid == oidWhoAmI {
+			c.write(envelope(r.msg.id, extendedResponse(resultSuccess, "", "", c.ident.authzID, true), nil))
+			return
+		}
+		c.operation(r.msg)
+	default:
+		c.operation(r.msg)
+	}
+}
+
+// waitIdle waits until no operation is in flight upstream.
+func (c *conn) waitIdle() bool {
+	n := cap(c.slots)
+	for i := 0; i < n; i++ {
+		select {
+		case c.slots <- struct{}{}:
+		case <-c.ctx.Done():
+			for ; i > 0; i-- {
+				<-c.slots
+			}
+			return false
+		}
+	}
+	for i := 0; i < n; i++ {
+		<-c.slots
+	}
+	return true
+}
+
+// Messages a client sees when passgate refuses an operation.
+const (
+	msgBindOnly       = "passgate is in bind-only mode: only Bind, WhoAmI and Unbind are answered"
+	msgAnonymousOps   = "passgate does not relay anonymous operations: bind first"
+	msgAppPasswordOps = "after an app-password bind passgate relays only Search and Compare"
+	msgOwnProxyAuthz  = "passgate adds the proxied authorization control itself; do not send one"
+	msgUnavailable    = "the directory cannot be reached through passgate right now; try again later"
+)
+
+// operation answers or relays everything but Bind, Unbind, Abandon,
+// StartTLS and WhoAmI.
+func (c *conn) operation(m message) {
+	tag := m.op.tag
+	if c.srv.opts.Mode == ModeBindOnly {
+		c.respond(m.id, tag, resultUnwillingToPerform, msgBindOnly)
+		return
+	}
+	switch c.ident.kind {
+	case identAnonymous:
+		if !c.srv.opts.AllowAnonymous && !(c.srv.opts.AllowUnauthenticated && c.ident.unauth) {
+			c.respond(m.id, tag, resultUnwillingToPerform, msgAnonymousOps)
+			return
+		}
+		if !c.ensureSession(m, sessAnonymous) {
+			return
+		}
+		c.relay(m, "")
+	case identPrimary:
+		if !c.ensureSession(m, sessAccount) {
+			return
+		}
+		c.relay(m, "")
+	case identApp:
+		if tag != opSearchRequest && tag != opCompareRequest {
+			c.respond(m.id, tag, resultUnwillingToPerform, msgAppPasswordOps)
+			return
+		}
+		oids, err := controlOIDs(m.controls)
+		if err != nil {
+			c.respond(m.id, tag, resultProtocolError, "malformed controls")
+			return
+		}
+		for _, o := range oids {
+			if o == oidProxiedAuthz || o == oidProxiedAuthzV1 {
+				c.respond(m.id, tag, resultUnwillingToPerform, msgOwnProxyAuthz)
+				return
+			}
+		}
+		if !c.ensureSession(m, sessService) {
+			return
+		}
+		c.relay(m, c.ident.authzID)
+	}
+}
+
+// session returns the upstream session, opening it on first use.
+func (c *conn) session() (Session, error) {
+	c.mu.Lock()
+	s := c.sess
+	c.mu.Unlock()
+	if s != nil {
+		return s, nil
+	}
+	ctx, cancel := context.WithTimeout(c.ctx, upstreamTimeout)
+	defer cancel()
+	s, err := c.srv.opts.Upstream.Open(ctx)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	c.sess = s
+	c.mu.Unlock()
+	c.sessState = sessUnknown
+	return s, nil
+}
+
+// dropSession closes the upstream session after it failed or was left in
+// a state passgate cannot vouch for.
+func (c *conn) dropSession() {
+	c.mu.Lock()
+	s := c.sess
+	c.sess = nil
+	c.mu.Unlock()
+	if s != nil {
+		s.Close()
+	}
+	c.sessState = sessUnknown
+}
+
+// ensureSession makes the upstream session bound as want, answering m with
+// unavailable when it cannot.
+func (c *conn) ensureSession(m message, want sessState) bool {
+	s, err := c.session()
+	if err != nil {
+		c.upstreamFailed(m, "open", err)
+		return false
+	}
+	if c.sessState == want {
+		return true
+	}
+	ctx, cancel := context.WithTimeout(c.ctx, upstreamTimeout)
+	defer cancel()
+	switch want {
+	case sessService:
+		err = s.BindService(ctx)
+	case sessAnonymous:
+		var ok bool
+		ok, err = s.Bind(ctx, "", nil)
+		if err == nil && !ok {
+			err = errors.New("ldapfront: the directory refused an anonymous bind")
+		}
+	case sessAccount:
+		// The account's session was lost; its password is not kept.
+		err = errors.New("ldapfront: the upstream session of a bound account was lost")
+	}
+	if err != nil {
+		c.dropSession()
+		c.upstreamFailed(m, "bind", err)
+		return false
+	}
+	c.sessState = want
+	return true
+}
+
+func (c *conn) upstreamFailed(m message, op string, err error) {
+	c.srv.log.LogAttrs(c.ctx, slog.LevelError, "ldap upstream failed",
+		slog.String("proto", policy.LDAP), slog.Uint64("conn_id", c.id),
+		slog.String("remote_addr", c.remote.String()), slog.String("upstream", op), slog.Any("err", err))
+	c.respond(m.id, m.op.tag, resultUnavailable, msgUnavailable)
+}
+
+// relay sends m upstream and arranges for the answers to reach the client
+// with m's message ID.
+func (c *conn) relay(m message, proxyAuthz string) {
+	select {
+	case c.slots <- struct{}{}:
+	case <-c.ctx.Done():
+		return
+	}
+	c.mu.Lock()
+	s := c.sess
+	if _, dup := c.inflight[m.id]; dup || s == nil {
+		c.mu.Unlock()
+		<-c.slots
+		c.respond(m.id, m.op.tag, resultOperationsError, "message ID already in use")
+		return
+	}
+	p := &pending{sess: s}
+	c.inflight[m.id] = p
+	c.mu.Unlock()
+	h, err := s.Send(m.op.raw, m.controls, proxyAuthz, func(op, controls []byte, last bool, err error) {
+		c.fromUpstream(m, p, op, controls, last, err)
+	})
+	c.mu.Lock()
+	p.handle = h
+	if err != nil && c.inflight[m.id] == p {
+		delete(c.inflight, m.id)
+		c.mu.Unlock()
+		<-c.slots
+		c.upstreamFailed(m, "send", err)
+		c.stop(err)
+		return
+	}
+	c.mu.Unlock()
+}
+
+// fromUpstream passes one upstream answer to the client.
+func (c *conn) fromUpstream(m message, p *pending, op, controls []byte, last bool, err error) {
+	c.mu.Lock()
+	if c.inflight[m.id] != p {
+		c.mu.Unlock()
+		return // abandoned
+	}
+	if last {
+		delete(c.inflight, m.id)
+	}
+	c.mu.Unlock()
+	if err != nil {
+		c.upstreamFailed(m, "relay", err)
+		<-c.slots
+		// The session is gone, and with it the identity it was bound as.
+		c.disconnect(resultUnavailable, msgUnavailable)
+		return
+	}
+	c.write(envelope(m.id, op, controls))
+	if last {
+		<-c.slots
+	}
+}

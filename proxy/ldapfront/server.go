@@ -1,0 +1,316 @@
+package ldapfront
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/passgate/passgate/policy"
+	"github.com/passgate/passgate/proxy/relay"
+)
+
+// Decider is the decision as the listener needs it; *policy.Engine
+// implements it.
+type Decider interface {
+	Decide(ctx context.Context, a policy.Attempt) (policy.Decision, error)
+	PrimaryResult(ctx context.Context, a policy.Attempt, d policy.Decision, ok bool)
+	Fail(ctx context.Context, a policy.Attempt)
+	PlaintextAllowed(client netip.AddrPort, tls bool) bool
+}
+
+// Upstream is the directory behind passgate (backends/ldapupstream wired by
+// cmd/passgate).
+type Upstream interface {
+	// Open connects a new session for one client connection (relay mode).
+	Open(ctx context.Context) (Session, error)
+	// Verify checks a primary password with a bind of its own (bind-only
+	// mode) and returns the directory's WhoAmI answer for it ("dn:…").
+	// ok is false when the directory refused the credentials; err is set
+	// when it could not be asked.
+	Verify(ctx context.Context, dn string, password []byte) (authzID string, ok bool, err error)
+}
+
+// Session is one upstream connection carrying one client connection's
+// operations. Its methods may be called from several goroutines.
+type Session interface {
+	// Bind binds the session as dn (anonymously when dn and password are
+	// empty). ok is false when the directory refused the credentials.
+	Bind(ctx context.Context, dn string, password []byte) (ok bool, err error)
+	// BindService binds the session as passgate's service account.
+	BindService(ctx context.Context) error
+	// WhoAmI asks the directory who the session is bound as.
+	WhoAmI(ctx context.Context) (string, error)
+	// Send sends one request: op is its protocolOp element and controls its
+	// [0] Controls element (nil for none), both raw BER. With proxyAuthz
+	// set ("dn:…" or "u:…"), the proxied authorization control naming it is
+	// added. fn gets every response's protocolOp and controls; last is true
+	// for the final one, and for a non-nil err (the session was lost). fn
+	// runs on the session's reader and must not block for long.
+	Send(op, controls []byte, proxyAuthz string, fn func(op, controls []byte, last bool, err error)) (handle int64, err error)
+	// Abandon abandons the request with this handle upstream; its fn is
+	// not called again.
+	Abandon(handle int64) error
+	// Close unbinds and closes the session.
+	Close() error
+}
+
+// Mode says what the listener does after a bind.
+type Mode int
+
+const (
+	// ModeRelay relays operations to the directory after a bind.
+	ModeRelay Mode = iota
+	// ModeBindOnly answers Bind, WhoAmI and Unbind only.
+	ModeBindOnly
+)
+
+// Defaults of Options.
+const (
+	DefaultMaxMessageBytes = 1 << 20
+	DefaultMaxBindFailures = 5
+	DefaultPreBindTimeout  = 60 * time.Second
+	DefaultIdleTimeout     = 30 * time.Minute
+	DefaultMaxInFlight     = 32
+	writeTimeout           = 30 * time.Second
+	handshakeTimeout       = 15 * time.Second
+	upstreamTimeout        = 30 * time.Second // one upstream bind, WhoAmI or session set-up
+	drainPoll              = 50 * time.Millisecond
+)
+
+// Options configures a Server. Decider and Upstream are required.
+type Options struct {
+	Decider  Decider
+	Upstream Upstream
+	// Registry closes the connection of a client whose app password is
+	// deleted. Optional.
+	Registry *relay.Registry
+	// TLSConfig is the server certificate for StartTLS and, with
+	// ImplicitTLS, for every connection. nil: StartTLS is answered
+	// unavailable.
+	TLSConfig *tls.Config
+	// ImplicitTLS makes every connection start with a TLS handshake (LDAPS).
+	ImplicitTLS bool
+	Mode        Mode
+	// UserDNTemplates such as "uid={user},ou=people,dc=example,dc=test".
+	// The first one also turns a UPN or DOMAIN\user bind into the DN used
+	// upstream.
+	UserDNTemplates []string
+	// UPNDomains lists the domains accepted in user@domain binds; empty:
+	// any.
+	UPNDomains []string
+	// UPNAsUser gives the whole UPN (alice@example.test) to the decision
+	// and to the templates instead of its local part (alice).
+	UPNAsUser            bool
+	AllowAnonymous       bool // accept anonymous binds and relay anonymous operations
+	AllowUnauthenticated bool // accept a name without a password as an anonymous bind
+	MaxMessageBytes      int  // per message; default 1 MiB
+	MaxBindFailures      int  // per connection, then it is closed; default 5
+	PreBindTimeout       time.Duration
+	IdleTimeout          time.Duration
+	MaxInFlight          int // operations in flight per connection; default 32
+	Listener             string
+	Logger               *slog.Logger
+}
+
+// ErrServerClosed is returned by Serve after Shutdown or Close.
+var ErrServerClosed = errors.New("ldapfront: server closed")
+
+// Server is an LDAP listener. Create it with New.
+type Server struct {
+	opts  Options
+	names *nameMapper
+	log   *slog.Logger
+
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	mu        sync.Mutex
+	listeners map[net.Listener]struct{}
+	conns     map[*conn]struct{}
+	closed    bool
+	nextID    atomic.Uint64
+	wg        sync.WaitGroup
+}
+
+// New checks opts and returns a Server. It fails when a template does not
+// parse or a required option is missing.
+func New(opts Options) (*Server, error) {
+	if opts.Decider == nil || opts.Upstream == nil {
+		return nil, errors.New("ldapfront: New needs a Decider and an Upstream")
+	}
+	if opts.ImplicitTLS && opts.TLSConfig == nil {
+		return nil, errors.New("ldapfront: an LDAPS listener needs a certificate (tls.cert_file and tls.key_file)")
+	}
+	names, err := newNameMapper(opts.UserDNTemplates, opts.UPNDomains, opts.UPNAsUser)
+	if err != nil {
+		return nil, err
+	}
+	if opts.MaxMessageBytes <= 0 {
+		opts.MaxMessageBytes = DefaultMaxMessageBytes
+	}
+	if opts.MaxBindFailures <= 0 {
+		opts.MaxBindFailures = DefaultMaxBindFailures
+	}
+	if opts.PreBindTimeout <= 0 {
+		opts.PreBindTimeout = DefaultPreBindTimeout
+	}
+	if opts.IdleTimeout <= 0 {
+		opts.IdleTimeout = DefaultIdleTimeout
+	}
+	if opts.MaxInFlight <= 0 {
+		opts.MaxInFlight = DefaultMaxInFlight
+	}
+	if opts.Listener == "" {
+		opts.Listener = "ldap"
+		if opts.ImplicitTLS {
+			opts.Listener = "ldaps"
+		}
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Server{
+		opts: opts, names: names, log: log, ctx: ctx, cancel: cancel,
+		listeners: make(map[net.Listener]struct{}),
+		conns:     make(map[*conn]struct{}),
+	}, nil
+}
+
+// Serve accepts connections on ln until Shutdown or Close, and always
+// returns a non-nil error: ErrServerClosed after Shutdown or Close.
+func (s *Server) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		ln.Close()
+		return ErrServerClosed
+	}
+	s.listeners[ln] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, ln)
+		s.mu.Unlock()
+	}()
+	var backoff time.Duration
+	for {
+		nc, err := ln.Accept()
+		if err != nil {
+			s.mu.Lock()
+			closed := s.closed
+			s.mu.Unlock()
+			if closed {
+				return ErrServerClosed
+			}
+			if isTemporary(err) {
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				time.Sleep(backoff)
+				continue
+			}
+			return fmt.Errorf("ldapfront: accept on %s: %w", ln.Addr(), err)
+		}
+		backoff = 0
+		s.mu.Lock()
+		if s.closed {
+			s.mu.Unlock()
+			nc.Close()
+			return ErrServerClosed
+		}
+		c := s.newConn(nc)
+		s.conns[c] = struct{}{}
+		s.wg.Add(1)
+		s.mu.Unlock()
+		go func() {
+			defer s.wg.Done()
+			defer func() {
+				s.mu.Lock()
+				delete(s.conns, c)
+				s.mu.Unlock()
+			}()
+			c.serve()
+		}()
+	}
+}
+
+// isTemporary reports accept errors that do not end the listener (too
+// many open files).
+func isTemporary(err error) bool {
+	var t interface{ Temporary() bool }
+	return errors.As(err, &t) && t.Temporary()
+}
+
+// Shutdown stops accepting, closes each connection as soon as it has
+// nothing in flight (with a notice of disconnection), and waits until all
+// are gone or ctx ends; then it returns ctx's error and the caller should
+// call Close.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.stopListening()
+	t := time.NewTicker(drainPoll)
+	defer t.Stop()
+	for {
+		s.mu.Lock()
+		n := len(s.conns)
+		var idle []*conn
+		for c := range s.conns {
+			if c.idle() {
+				idle = append(idle, c)
+			}
+		}
+		s.mu.Unlock()
+		if n == 0 {
+			s.wg.Wait()
+			return nil
+		}
+		for _, c := range idle {
+			c.disconnect(resultUnavailable, "passgate is shutting down")
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
+// Close closes the listeners and every connection at once and waits for
+// their goroutines.
+func (s *Server) Close() error {
+	s.stopListening()
+	s.cancel()
+	s.mu.Lock()
+	for c := range s.conns {
+		c.stop(errors.New("server closed"))
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
+	return nil
+}
+
+func (s *Server) stopListening() {
+	s.mu.Lock()
+	s.closed = true
+	for ln := range s.listeners {
+		ln.Close()
+	}
+	s.mu.Unlock()
+}
+
+// recoverConn logs a panic of a connection goroutine with its stack.
+func (s *Server) recoverConn(c *conn) {
+	if r := recover(); r != nil {
+		s.log.Error("ldap connection panic",
+			slog.String("proto", policy.LDAP), slog.Uint64("conn_id", c.id),
+			slog.Any("err", fmt.Errorf("ldapfront: panic: %v", r)), slog.String("stack", string(debug.Stack())))
+		c.stop(errors.New("panic"))
+	}
+}

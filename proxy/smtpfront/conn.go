@@ -1,0 +1,230 @@
+package smtpfront
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// errPreLoginInput is returned by a connection's Read when a client sends
+// more before AUTH than its commands could need.
+var errPreLoginInput = errors.New("smtpfront: too much input before AUTH")
+
+// trackedConn is one client connection, under any TLS layer. It enforces
+// the pre-login bounds (every read deadline is clamped to the pre-login
+// deadline, and the bytes read are budgeted, until AUTH succeeds), can
+// close itself right after the next reply, and logs one line when it
+// closes.
+type trackedConn struct {
+	net.Conn
+	s        *Server
+	id       uint64
+	remote   netip.AddrPort
+	started  time.Time
+	preUntil time.Time
+	budget   int64
+
+	authed          atomic.Bool
+	closeAfterWrite atomic.Bool
+	preBytes        atomic.Int64
+
+	mu         sync.Mutex // guards the fields below
+	tls        bool
+	tlsVersion string
+	user       string
+	credential string
+	upstream   string
+	outcome    string
+	messages   int
+	bytes      int64
+	commands   int
+	failures   int
+	release    func()
+
+	closeOnce sync.Once
+}
+
+func (s *Server) track(c net.Conn) *trackedConn {
+	now := time.Now()
+	tc := &trackedConn{
+		Conn:     c,
+		s:        s,
+		id:       s.nextID.Add(1),
+		started:  now,
+		preUntil: now.Add(s.o.PreLoginTimeout),
+		budget:   int64(s.o.MaxCommands)*int64(s.o.MaxLineLength+2)/4 + preLoginSlack,
+		outcome:  "no_auth",
+	}
+	if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
+		tc.remote = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	_ = c.SetReadDeadline(tc.preUntil)
+	s.mu.Lock()
+	s.conns[tc] = struct{}{}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	return tc
+}
+
+// unwrap finds the trackedConn under go-smtp's connection.
+func unwrap(c net.Conn) *trackedConn {
+	if t, ok := c.(*tls.Conn); ok {
+		c = t.NetConn()
+	}
+	tc, _ := c.(*trackedConn)
+	return tc
+}
+
+func (c *trackedConn) clamp(t time.Time) time.Time {
+	if c.authed.Load() {
+		return t
+	}
+	if t.IsZero() || t.After(c.preUntil) {
+		return c.preUntil
+	}
+	return t
+}
+
+func (c *trackedConn) SetReadDeadline(t time.Time) error {
+	return c.Conn.SetReadDeadline(c.clamp(t))
+}
+
+func (c *trackedConn) SetDeadline(t time.Time) error {
+	if err := c.Conn.SetWriteDeadline(t); err != nil {
+		return err
+	}
+	return c.Conn.SetReadDeadline(c.clamp(t))
+}
+
+func (c *trackedConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	if !c.authed.Load() && c.preBytes.Add(int64(n)) > c.budget {
+		return 0, errPreLoginInput
+	}
+	return n, err
+}
+
+func (c *trackedConn) Write(b []byte) (int, error) {
+	n, err := c.Conn.Write(b)
+	if c.closeAfterWrite.Load() {
+		c.Conn.Close()
+	}
+	return n, err
+}
+
+// login marks the connection logged in: the pre-login bounds no longer
+// apply.
+func (c *trackedConn) login(user, credential, upstream string) {
+	c.mu.Lock()
+	c.user, c.credential, c.upstream, c.outcome = user, credential, upstream, "relayed"
+	c.mu.Unlock()
+	c.authed.Store(true)
+}
+
+// trackRevocation closes the connection when the app password id is
+// deleted.
+func (c *trackedConn) trackRevocation(id int64) {
+	if c.s.o.Sessions == nil || id == 0 {
+		return
+	}
+	ctx, release := c.s.o.Sessions.Track(c.s.ctx, id)
+	stop := context.AfterFunc(ctx, func() {
+		if context.Cause(ctx) != context.Canceled {
+			c.Conn.Close()
+		}
+	})
+	c.mu.Lock()
+	c.release = func() { stop(); release() }
+	c.mu.Unlock()
+}
+
+func (c *trackedConn) setOutcome(o string) {
+	c.mu.Lock()
+	c.outcome = o
+	c.mu.Unlock()
+}
+
+// command counts a command before AUTH and reports whether the limit is
+// passed.
+func (c *trackedConn) command() bool {
+	if c.authed.Load() {
+		return false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.commands++
+	return c.commands > c.s.o.MaxCommands
+}
+
+// failure counts a failed AUTH and reports whether the limit is reached.
+func (c *trackedConn) failure() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.failures++
+	if c.outcome != "relayed" {
+		c.outcome = "auth_failed"
+	}
+	return c.failures >= c.s.o.MaxAuthFailures
+}
+
+func (c *trackedConn) message(n int64, ok bool) {
+	c.mu.Lock()
+	c.bytes += n
+	if ok {
+		c.messages++
+	}
+	c.mu.Unlock()
+}
+
+func (c *trackedConn) setTLS(state tls.ConnectionState) {
+	c.mu.Lock()
+	c.tls = true
+	c.tlsVersion = tls.VersionName(state.Version)
+	c.mu.Unlock()
+}
+
+// Close closes the connection once and logs the session.
+func (c *trackedConn) Close() error {
+	err := c.Conn.Close()
+	c.closeOnce.Do(func() {
+		c.mu.Lock()
+		release := c.release
+		attrs := []slog.Attr{
+			slog.String("proto", "smtp"),
+			slog.String("listener", c.s.o.Listener),
+			slog.Uint64("conn_id", c.id),
+			slog.String("remote_addr", c.remote.String()),
+			slog.Bool("tls", c.tls),
+			slog.String("user", c.user),
+			slog.String("credential", c.credential),
+			slog.String("upstream", c.upstream),
+			slog.Int("messages", c.messages),
+			slog.Int64("bytes_in", c.bytes),
+			slog.String("outcome", c.outcome),
+			slog.Int64("duration_ms", time.Since(c.started).Milliseconds()),
+		}
+		if c.tlsVersion != "" {
+			attrs = append(attrs, slog.String("tls_version", c.tlsVersion))
+		}
+		c.mu.Unlock()
+		if release != nil {
+			release()
+		}
+		c.s.log.LogAttrs(context.Background(), slog.LevelInfo, "smtp session", attrs...)
+		c.s.mu.Lock()
+		delete(c.s.conns, c)
+		c.s.mu.Unlock()
+		c.s.wg.Done()
+	})
+	return err
+}
+
+func sprintf(format string, v ...any) string { return fmt.Sprintf(format, v...) }
+func sprint(v ...any) string                 { return fmt.Sprint(v...) }

@@ -1,0 +1,139 @@
+package smtpfront
+
+import (
+	"bytes"
+	"errors"
+	"unicode/utf8"
+
+	"github.com/emersion/go-sasl"
+)
+
+// Bounds on decoded SASL fields. A user name longer than maxUserLen or a
+// password longer than maxSecretLen is refused like a wrong password.
+const (
+	maxUserLen   = 256
+	maxSecretLen = 1024
+)
+
+// The exact AUTH LOGIN prompts Outlook expects: "334 VXNlcm5hbWU6" and
+// "334 UGFzc3dvcmQ6" once base64-encoded by go-smtp.
+var (
+	loginUserPrompt = []byte("Username:")
+	loginPassPrompt = []byte("Password:")
+)
+
+// errMalformed marks SASL input that cannot be a credential. The client
+// gets the same 535 as for a wrong password.
+var errMalformed = errors.New("smtpfront: malformed SASL response")
+
+// errSASLDone is returned when a SASL exchange is driven past its end.
+var errSASLDone = errors.New("smtpfront: SASL exchange already finished")
+
+// credentials are what a SASL exchange yields. The secret never reaches a
+// log: credentials has no String method that prints it.
+type credentials struct {
+	authzid, user, pass string
+}
+
+// authFunc is called once per exchange with the decoded credentials, or
+// with a non-nil err when the input was malformed; it returns the error
+// the client is to see (an *smtp.SMTPError) or nil for success.
+type authFunc func(c credentials, err error) error
+
+// checkField refuses a field that cannot be part of a credential: a NUL
+// (it could not be passed on in PLAIN), invalid UTF-8 is allowed (printers
+// send Latin-1), but empty or oversized values are not.
+func checkField(b []byte, max int) error {
+	if len(b) == 0 || len(b) > max || bytes.IndexByte(b, 0) >= 0 {
+		return errMalformed
+	}
+	return nil
+}
+
+// decodePlain splits a SASL PLAIN response (RFC 4616):
+// [authzid] NUL authcid NUL passwd. authcid and passwd must be non-empty.
+func decodePlain(b []byte) (credentials, error) {
+	first := bytes.IndexByte(b, 0)
+	if first < 0 {
+		return credentials{}, errMalformed
+	}
+	rest := b[first+1:]
+	second := bytes.IndexByte(rest, 0)
+	if second < 0 {
+		return credentials{}, errMalformed
+	}
+	authzid, user, pass := b[:first], rest[:second], rest[second+1:]
+	if len(authzid) > maxUserLen {
+		return credentials{}, errMalformed
+	}
+	if err := checkField(user, maxUserLen); err != nil {
+		return credentials{}, err
+	}
+	if err := checkField(pass, maxSecretLen); err != nil {
+		return credentials{}, err
+	}
+	if !utf8.Valid(authzid) && len(authzid) > 0 {
+		return credentials{}, errMalformed
+	}
+	return credentials{authzid: string(authzid), user: string(user), pass: string(pass)}, nil
+}
+
+// plainServer is SASL PLAIN with or without an initial response.
+type plainServer struct {
+	auth  authFunc
+	asked bool
+	done  bool
+}
+
+var _ sasl.Server = (*plainServer)(nil)
+
+func (p *plainServer) Next(resp []byte) ([]byte, bool, error) {
+	if p.done {
+		return nil, true, errSASLDone
+	}
+	if resp == nil && !p.asked {
+		// No initial response: ask for it with an empty challenge ("334 ").
+		p.asked = true
+		return []byte{}, false, nil
+	}
+	p.done = true
+	c, err := decodePlain(resp)
+	return nil, true, p.auth(c, err)
+}
+
+// loginServer is the LOGIN mechanism (draft-murchison-sasl-login), which
+// go-sasl no longer has a server for: "Username:" then "Password:", with
+// or without the user name as initial response.
+type loginServer struct {
+	auth authFunc
+	step int // 0 start, 1 want user, 2 want password, 3 done
+	user []byte
+}
+
+var _ sasl.Server = (*loginServer)(nil)
+
+func (l *loginServer) Next(resp []byte) ([]byte, bool, error) {
+	switch l.step {
+	case 0:
+		if resp == nil {
+			l.step = 1
+			return loginUserPrompt, false, nil
+		}
+		l.step = 1
+		return l.Next(resp)
+	case 1:
+		l.user = append([]byte(nil), resp...)
+		l.step = 2
+		return loginPassPrompt, false, nil
+	case 2:
+		l.step = 3
+		if err := checkField(l.user, maxUserLen); err != nil {
+			return nil, true, l.auth(credentials{}, err)
+		}
+		if err := checkField(resp, maxSecretLen); err != nil {
+			return nil, true, l.auth(credentials{}, err)
+		}
+		return nil, true, l.auth(credentials{user: string(l.user), pass: string(resp)}, nil)
+	}
+	return nil, true, errSASLDone
+}

@@ -1,0 +1,312 @@
+// Package smtpfront is passgate's SMTP submission listener: the first step
+// on the path of an SMTP login.
+//
+// It accepts the client (STARTTLS or implicit TLS), reads AUTH PLAIN or
+// AUTH LOGIN (Outlook's mechanism), asks the decision (policy, through the
+// Decider it declares) whether the credential may log in with scope smtp,
+// and then logs in to the upstream submission server (through the Upstream
+// it declares, implemented by backends/smtpupstream and wired by
+// cmd/passgate). After login the session is relayed command by command:
+// MAIL, RCPT and DATA go to the upstream through go-smtp's client and the
+// upstream's replies come back with their codes. It never relays raw bytes,
+// so a client can never send its own XCLIENT (go-smtp's server answers
+// unknown commands itself) to an upstream that trusts passgate.
+//
+// Every failed AUTH, whatever the reason, gets
+// "535 5.7.8 Authentication credentials invalid" after the decision's
+// uniform delay; a decision or upstream that cannot answer gets
+// "454 4.7.0 Temporary authentication failure", so that clients retry.
+//
+// It imports policy for its Attempt and Decision types only, and no other
+// passgate package.
+package smtpfront
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/passgate/passgate/policy"
+)
+
+// Decider is the decision, as policy.Engine offers it.
+type Decider interface {
+	// Decide runs the decision; an error means none could be made.
+	Decide(ctx context.Context, a policy.Attempt) (policy.Decision, error)
+	// PrimaryResult records the upstream's verdict on a primary password.
+	PrimaryResult(ctx context.Context, a policy.Attempt, d policy.Decision, ok bool)
+	// Fail waits out the uniform failure delay, counted from a.Started.
+	Fail(ctx context.Context, a policy.Attempt)
+	// PlaintextAllowed reports whether a password may be sent on a
+	// connection without TLS from client.
+	PlaintextAllowed(client netip.AddrPort, tls bool) bool
+}
+
+// LoginRequest is one upstream login.
+type LoginRequest struct {
+	User string
+	// Password is the client's secret for primary-password logins only
+	// (the upstream verifies it); empty for app-password logins.
+	Password string
+	Client   netip.AddrPort // the real client
+	Helo     string         // the client's EHLO name
+}
+
+// Upstream logs in to the submission server on a user's behalf.
+type Upstream interface {
+	// Login returns a logged-in session. An error wrapping
+	// ErrLoginRefused means the upstream refused the credentials (the
+	// client gets 535); any other error is a temporary failure (454).
+	Login(ctx context.Context, req LoginRequest) (UpstreamSession, error)
+}
+
+// UpstreamSession is a logged-in upstream connection, as go-smtp's client
+// offers it. Replies the upstream refused with are *smtp.SMTPError.
+type UpstreamSession interface {
+	Mail(from string, opts *smtp.MailOptions) error
+	Rcpt(to string, opts *smtp.RcptOptions) error
+	// Data streams the message from r, as it is read, and returns the
+	// bytes sent and the upstream's reply. If r fails, the session must
+	// abort the message (never commit a partial one) and is then unusable.
+	Data(r io.Reader) (int64, error)
+	Reset() error
+	Quit() error
+	Close() error
+}
+
+// ErrLoginRefused is what an Upstream wraps when the upstream refused the
+// login's credentials.
+var ErrLoginRefused = errors.New("smtpfront: the upstream refused the login")
+
+// Sessions tracks sessions by the app password they logged in with, so
+// that deleting it closes them (proxy/relay.Registry implements it).
+type Sessions interface {
+	Track(ctx context.Context, id int64) (context.Context, func())
+}
+
+// ErrServerClosed is returned by Serve after Shutdown or Close.
+var ErrServerClosed = errors.New("smtpfront: server closed")
+
+// Defaults of Options.
+const (
+	DefaultMaxMessageBytes = 50 << 20
+	DefaultMaxRecipients   = 100
+	DefaultMaxLineLength   = 8192
+	DefaultMaxCommands     = 50
+	DefaultMaxAuthFailures = 5
+	DefaultPreLoginTimeout = 60 * time.Second
+	DefaultReadTimeout     = 5 * time.Minute
+	DefaultWriteTimeout    = time.Minute
+	DefaultHostname        = "passgate"
+)
+
+// preLoginSlack is the input a client may send before AUTH beyond its
+// command lines: the TLS handshake and record overhead.
+const preLoginSlack = 64 << 10
+
+// Options configures a Server. Decider and Upstream are required.
+type Options struct {
+	Decider  Decider
+	Upstream Upstream
+	// TLSConfig is the server certificate; nil offers no STARTTLS.
+	TLSConfig *tls.Config
+	// ImplicitTLS makes Serve wrap every connection in TLS (port 465).
+	ImplicitTLS bool
+	// Listener names the listener in logs ("smtp", "submissions").
+	Listener string
+	Hostname string // greeting name; default "passgate"
+	// MaxMessageBytes is advertised as SIZE and enforced; default 50 MiB.
+	// cmd sets it from the upstream's SIZE when the configuration does not.
+	MaxMessageBytes int64
+	MaxRecipients   int // per message; default 100
+	// MaxLineLength bounds every line, commands and message lines alike
+	// (default 8192).
+	MaxLineLength int
+	// MaxCommands bounds the commands before AUTH succeeds (default 50);
+	// MaxAuthFailures the failed AUTHs per connection (default 5).
+	MaxCommands, MaxAuthFailures int
+	// PreLoginTimeout bounds the time from connect to a successful AUTH
+	// (default 60s); ReadTimeout each command afterwards and each pause
+	// inside DATA (default 5 min); WriteTimeout each reply (default 1 min).
+	PreLoginTimeout, ReadTimeout, WriteTimeout time.Duration
+	Logger                                     *slog.Logger // default: discard
+	Sessions                                   Sessions     // optional
+}
+
+// Server is one SMTP submission listener.
+type Server struct {
+	o      Options
+	smtp   *smtp.Server
+	log    *slog.Logger
+	ctx    context.Context
+	cancel context.CancelFunc
+	closed atomic.Bool
+	nextID atomic.Uint64
+
+	mu    sync.Mutex
+	conns map[*trackedConn]struct{}
+	wg    sync.WaitGroup
+}
+
+// New returns a Server. It panics if Decider or Upstream is nil (a wiring
+// bug).
+func New(o Options) *Server {
+	if o.Decider == nil || o.Upstream == nil {
+		panic("smtpfront: New without a Decider or an Upstream")
+	}
+	if o.MaxMessageBytes <= 0 {
+		o.MaxMessageBytes = DefaultMaxMessageBytes
+	}
+	if o.MaxRecipients <= 0 {
+		o.MaxRecipients = DefaultMaxRecipients
+	}
+	if o.MaxLineLength <= 0 {
+		o.MaxLineLength = DefaultMaxLineLength
+	}
+	if o.MaxCommands <= 0 {
+		o.MaxCommands = DefaultMaxCommands
+	}
+	if o.MaxAuthFailures <= 0 {
+		o.MaxAuthFailures = DefaultMaxAuthFailures
+	}
+	if o.PreLoginTimeout <= 0 {
+		o.PreLoginTimeout = DefaultPreLoginTimeout
+	}
+	if o.ReadTimeout <= 0 {
+		o.ReadTimeout = DefaultReadTimeout
+	}
+	if o.WriteTimeout <= 0 {
+		o.WriteTimeout = DefaultWriteTimeout
+	}
+	if o.Hostname == "" {
+		o.Hostname = DefaultHostname
+	}
+	if o.Listener == "" {
+		o.Listener = "smtp"
+		if o.ImplicitTLS {
+			o.Listener = "submissions"
+		}
+	}
+	log := o.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	s := &Server{o: o, log: log, conns: make(map[*trackedConn]struct{})}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	srv := smtp.NewServer(smtp.BackendFunc(s.newSession))
+	srv.Domain = o.Hostname
+	srv.TLSConfig = o.TLSConfig
+	if o.ImplicitTLS {
+		srv.TLSConfig = nil // no STARTTLS inside TLS
+	}
+	srv.MaxMessageBytes = o.MaxMessageBytes
+	srv.MaxRecipients = o.MaxRecipients
+	srv.MaxLineLength = o.MaxLineLength
+	// Whether AUTH is offered without TLS is decided per connection
+	// (AuthMechanisms, Auth) from the client's address.
+	srv.AllowInsecureAuth = true
+	srv.ReadTimeout = o.ReadTimeout
+	srv.WriteTimeout = o.WriteTimeout
+	srv.ErrorLog = errorLog{log}
+	s.smtp = srv
+	return s
+}
+
+// Serve accepts connections on ln until Shutdown or Close, and then
+// returns ErrServerClosed; any other error is the listener's.
+func (s *Server) Serve(ln net.Listener) error {
+	if s.closed.Load() {
+		return ErrServerClosed
+	}
+	err := s.smtp.Serve(&listener{Listener: ln, s: s})
+	if s.closed.Load() || err == nil {
+		return ErrServerClosed
+	}
+	return err
+}
+
+// Shutdown stops accepting and waits until every session has ended or
+// ctx is done (then it returns ctx's error; call Close).
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.closed.Store(true)
+	err := s.smtp.Shutdown(ctx)
+	if errors.Is(err, smtp.ErrServerClosed) {
+		err = nil
+	}
+	if err != nil {
+		return err
+	}
+	return s.wait(ctx)
+}
+
+// Close closes the listeners and every session at once (the upstream
+// connections with them) and waits up to 10 s for them to end.
+func (s *Server) Close() error {
+	s.closed.Store(true)
+	err := s.smtp.Close()
+	if errors.Is(err, smtp.ErrServerClosed) {
+		err = nil
+	}
+	s.cancel()
+	s.mu.Lock()
+	for c := range s.conns {
+		c.Conn.Close()
+	}
+	s.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if werr := s.wait(ctx); werr != nil && err == nil {
+		err = werr
+	}
+	return err
+}
+
+func (s *Server) wait(ctx context.Context) error {
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// listener wraps each accepted connection in a trackedConn (and in TLS for
+// an implicit-TLS listener).
+type listener struct {
+	net.Listener
+	s *Server
+}
+
+func (l *listener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	tc := l.s.track(c)
+	if l.s.o.ImplicitTLS {
+		return tls.Server(tc, l.s.o.TLSConfig), nil
+	}
+	return tc, nil
+}
+
+// errorLog routes go-smtp's internal errors to slog.
+type errorLog struct{ log *slog.Logger }
+
+func (e errorLog) Printf(format string, v ...any) {
+	e.log.Debug("smtp server error", slog.String("err", sprintf(format, v...)))
+}
+
+func (e errorLog) Println(v ...any) {
+	e.log.Debug("smtp server error", slog.String("err", sprint(v...)))
+}
