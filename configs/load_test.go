@@ -317,7 +317,23 @@ func FuzzLoad(f *testing.F) {
 		if err := os.WriteFile(p, data, 0o600); err != nil {
 			t.Fatal(err)
 		}
-		cfg, err := configs.LoadWith(p, func(k string) (string, bool) { return "v", k == "X" })
+		type loaded struct {
+			cfg *configs.Config
+			err error
+		}
+		done := make(chan loaded, 1)
+		go func() {
+			cfg, err := configs.LoadWith(p, func(k string) (string, bool) { return "v", k == "X" })
+			done <- loaded{cfg, err}
+		}()
+		var cfg *configs.Config
+		var err error
+		select {
+		case l := <-done:
+			cfg, err = l.cfg, l.err
+		case <-time.After(5 * time.Second):
+			t.Fatalf("Load takes more than 5s on %d bytes: %q", len(data), data)
+		}
 		if err != nil {
 			if cfg != nil {
 				t.Fatal("Load returned a config and an error")

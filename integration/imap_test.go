@@ -4,22 +4,32 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapclient"
+	"github.com/emersion/go-smtp"
 
 	"github.com/passgate/passgate/backends/imapupstream"
+	"github.com/passgate/passgate/cmd/passgate/cli"
 	"github.com/passgate/passgate/integration/testenv"
 )
 
@@ -365,5 +375,622 @@ func readTagged(r *bufio.Reader, tag string) (string, error) {
 		if strings.HasPrefix(line, tag+" ") {
 			return strings.TrimRight(line, "\r\n"), nil
 		}
+	}
+}
+
+// ---------------------------------------------------------------------
+// End to end through passgate: "passgate serve" in-process (cli.Run), a
+// real Dovecot behind it, real clients in front (imapclient, curl,
+// python3 imaplib).
+
+// lockedBuffer collects passgate's output from its goroutines.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// passgateInstance is one "passgate serve" running in this process.
+type passgateInstance struct {
+	dir       string
+	config    string
+	imapAddr  string // STARTTLS
+	imapsAddr string // implicit TLS
+	out       *lockedBuffer
+	cancel    context.CancelFunc
+	done      chan int
+}
+
+// passgateConfig holds what differs between the tests' configurations.
+type passgateConfig struct {
+	upstreams    []string // default: the shared Dovecot's STARTTLS address
+	failureDelay string   // default 100ms
+}
+
+// startPassgate writes a configuration in a new directory, runs "passgate
+// serve" with it until the test ends, and waits until both IMAP listeners
+// accept connections. The upstream is Dovecot over STARTTLS, verified with
+// the test CA, logged in to as the master user (authzid), with the client
+// address forwarded by ID.
+func startPassgate(t testing.TB, pc passgateConfig) *passgateInstance {
+	t.Helper()
+	d := env.dovecot
+	if len(pc.upstreams) == 0 {
+		pc.upstreams = []string{d.IMAPAddr}
+	}
+	if pc.failureDelay == "" {
+		pc.failureDelay = "100ms"
+	}
+	dir := t.TempDir()
+	ports := make([]int, 2)
+	for i := range ports {
+		p, err := testenv.FreePort()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ports[i] = p
+	}
+	masterFile := filepath.Join(dir, "master.secret")
+	if err := os.WriteFile(masterFile, []byte(d.MasterPassword+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	quoted := make([]string, len(pc.upstreams))
+	for i, a := range pc.upstreams {
+		quoted[i] = strconv.Quote(a)
+	}
+	cfg := fmt.Sprintf(`store:
+  driver: sqlite
+  dsn: %[1]s
+key_file: %[2]s
+tls:
+  cert_file: %[3]s
+  key_file: %[4]s
+policy:
+  failure_delay: %[5]s
+imap:
+  listen: 127.0.0.1:%[6]d
+  listen_tls: 127.0.0.1:%[7]d
+  upstream:
+    addresses: [%[8]s]
+    tls: starttls
+    ca_file: %[9]s
+    server_name: 127.0.0.1
+    login: master
+    master_user: %[10]s
+    master_password_file: %[11]s
+    master_style: authzid
+    forward_client: id
+    dial_timeout: 2s
+log:
+  level: debug
+  format: json
+`, strconv.Quote(filepath.Join(dir, "passgate.db")), strconv.Quote(filepath.Join(dir, "passgate.key")),
+		strconv.Quote(env.certs.CertFile), strconv.Quote(env.certs.KeyFile), pc.failureDelay,
+		ports[0], ports[1], strings.Join(quoted, ", "), strconv.Quote(env.certs.CAFile),
+		strconv.Quote(d.MasterUser), strconv.Quote(masterFile))
+	p := &passgateInstance{
+		dir:       dir,
+		config:    filepath.Join(dir, "passgate.yaml"),
+		imapAddr:  fmt.Sprintf("127.0.0.1:%d", ports[0]),
+		imapsAddr: fmt.Sprintf("127.0.0.1:%d", ports[1]),
+		out:       &lockedBuffer{},
+		done:      make(chan int, 1),
+	}
+	if err := os.WriteFile(p.config, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// Like an operator: migrate first, then serve.
+	p.admin(t, "migrate")
+	ctx, cancel := context.WithCancel(context.Background())
+	p.cancel = cancel
+	go func() { p.done <- cli.Run(ctx, []string{"serve", "--config", p.config}, p.out, p.out) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case code := <-p.done:
+			if code != 0 {
+				t.Errorf("passgate serve exited %d after SIGTERM-like cancel, want 0", code)
+			}
+		case <-time.After(15 * time.Second):
+			t.Errorf("passgate serve did not return 15 s after its context ended")
+		}
+		if t.Failed() {
+			t.Logf("passgate output (tail):\n%s", tail(p.out.String(), 40))
+		}
+	})
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		select {
+		case code := <-p.done:
+			p.done <- code
+			t.Fatalf("passgate serve exited %d during start:\n%s", code, tail(p.out.String(), 40))
+		default:
+		}
+		if dialable(p.imapAddr) && dialable(p.imapsAddr) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("passgate serve does not listen on %s and %s after 10 s:\n%s", p.imapAddr, p.imapsAddr, tail(p.out.String(), 40))
+		}
+	}
+	return p
+}
+
+func dialable(addr string) bool {
+	c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
+	if err != nil {
+		return false
+	}
+	c.Close()
+	return true
+}
+
+// admin runs one admin command of the passgate CLI against this
+// instance's configuration and returns its standard output.
+func (p *passgateInstance) admin(t testing.TB, args ...string) string {
+	t.Helper()
+	var stdout, stderr bytes.Buffer
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if code := cli.Run(ctx, append(args, "--config", p.config), &stdout, &stderr); code != 0 {
+		t.Fatalf("passgate %s: exit %d\n%s%s", strings.Join(args, " "), code, stdout.String(), stderr.String())
+	}
+	return stdout.String()
+}
+
+// enforce adds user with MFA enforced.
+func (p *passgateInstance) enforce(t testing.TB, user string) {
+	t.Helper()
+	p.admin(t, "user", "add", user, "--mfa", "enforced")
+}
+
+// appPassword creates an app password and returns it as printed (four
+// groups of four letters).
+func (p *passgateInstance) appPassword(t testing.TB, user, label string, extra ...string) string {
+	t.Helper()
+	out := p.admin(t, append([]string{"app-password", "create", user, "--label", label, "--json"}, extra...)...)
+	var created struct {
+		ID       int64  `json:"id"`
+		Password string `json:"password"`
+	}
+	if err := json.Unmarshal([]byte(out), &created); err != nil || created.Password == "" {
+		t.Fatalf("app-password create --json printed %q: %v", out, err)
+	}
+	return created.Password
+}
+
+// dialPassgate connects imapclient to passgate over STARTTLS or implicit
+// TLS, from the local address laddr when it is not empty.
+func (p *passgateInstance) dial(t testing.TB, implicit bool, laddr string, opts *imapclient.Options) *imapclient.Client {
+	t.Helper()
+	if opts == nil {
+		opts = &imapclient.Options{}
+	}
+	opts.TLSConfig = env.certs.ClientTLS()
+	d := net.Dialer{Timeout: 5 * time.Second}
+	if laddr != "" {
+		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(laddr)}
+	}
+	var c *imapclient.Client
+	if implicit {
+		conn, err := tls.DialWithDialer(&d, "tcp", p.imapsAddr, opts.TLSConfig)
+		if err != nil {
+			t.Fatalf("TLS to passgate: %v", err)
+		}
+		c = imapclient.New(conn, opts)
+	} else {
+		conn, err := d.Dial("tcp", p.imapAddr)
+		if err != nil {
+			t.Fatalf("dial passgate: %v", err)
+		}
+		if c, err = imapclient.NewStartTLS(conn, opts); err != nil {
+			t.Fatalf("STARTTLS to passgate: %v", err)
+		}
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+const uniformFailure = "NO [AUTHENTICATIONFAILED] Authentication failed."
+
+// rawLogin logs in over implicit TLS with a raw conversation and returns
+// the exact bytes of the tagged reply to LOGIN.
+func (p *passgateInstance) rawLogin(t testing.TB, user, password string) string {
+	t.Helper()
+	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", p.imapsAddr, env.certs.ClientTLS())
+	if err != nil {
+		t.Fatalf("TLS to passgate: %v", err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(20 * time.Second))
+	r := bufio.NewReader(conn)
+	if _, err := r.ReadString('\n'); err != nil {
+		t.Fatalf("greeting: %v", err)
+	}
+	fmt.Fprintf(conn, "a LOGIN %s %s\r\n", strconv.Quote(user), strconv.Quote(password))
+	for {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			t.Fatalf("reply to LOGIN: %v", err)
+		}
+		if strings.HasPrefix(line, "a ") {
+			fmt.Fprintf(conn, "b LOGOUT\r\n")
+			return line
+		}
+	}
+}
+
+func TestIMAPPassgateMailboxSession(t *testing.T) {
+	d := env.dovecot
+	p := startPassgate(t, passgateConfig{})
+	p.enforce(t, "alice")
+	pw := p.appPassword(t, "alice", "Outlook 2010")
+	for _, tc := range []struct {
+		name     string
+		implicit bool
+	}{{"ok/starttls", false}, {"ok/implicit-tls", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := p.dial(t, tc.implicit, "", nil)
+			if err := c.Login("alice", pw).Wait(); err != nil {
+				t.Fatalf("LOGIN with the app password: %v", err)
+			}
+			boxes, err := c.List("", "*", nil).Collect()
+			if err != nil {
+				t.Fatalf("LIST: %v", err)
+			}
+			if !slices.ContainsFunc(boxes, func(b *imap.ListData) bool { return b.Mailbox == "INBOX" }) {
+				t.Errorf("LIST has no INBOX: %v", boxes)
+			}
+			sel, err := c.Select("INBOX", nil).Wait()
+			if err != nil {
+				t.Fatalf("SELECT INBOX: %v", err)
+			}
+			if int(sel.NumMessages) < len(d.Messages) {
+				t.Fatalf("INBOX holds %d messages, %d seeded", sel.NumMessages, len(d.Messages))
+			}
+			for i, want := range d.Messages {
+				if got := fetchBody(t, c, imap.UID(i+1)); !bytes.Equal(got, want) {
+					t.Errorf("FETCH UID %d through passgate: %d bytes, not the %d seeded", i+1, len(got), len(want))
+				}
+			}
+			box := "Saved-" + strings.TrimPrefix(tc.name, "ok/")
+			if err := c.Create(box, nil).Wait(); err != nil {
+				t.Fatalf("CREATE %s: %v", box, err)
+			}
+			msg := testenv.Message(900, 3000)
+			app := c.Append(box, int64(len(msg)), nil)
+			if _, err := app.Write(msg); err != nil {
+				t.Fatalf("APPEND: %v", err)
+			}
+			if err := app.Close(); err != nil {
+				t.Fatalf("APPEND: %v", err)
+			}
+			if _, err := app.Wait(); err != nil {
+				t.Fatalf("APPEND: %v", err)
+			}
+			if _, err := c.Select(box, nil).Wait(); err != nil {
+				t.Fatalf("SELECT %s: %v", box, err)
+			}
+			if got := fetchBody(t, c, 1); !bytes.Equal(got, msg) {
+				t.Errorf("the appended message comes back as %d bytes, not %d", len(got), len(msg))
+			}
+			if err := c.Logout().Wait(); err != nil {
+				t.Errorf("LOGOUT: %v", err)
+			}
+		})
+	}
+}
+
+func TestIMAPPassgateIdle(t *testing.T) {
+	d := env.dovecot
+	p := startPassgate(t, passgateConfig{})
+	p.enforce(t, "carol")
+	pw := p.appPassword(t, "carol", "phone")
+	counts := make(chan uint32, 16)
+	c := p.dial(t, false, "", &imapclient.Options{UnilateralDataHandler: &imapclient.UnilateralDataHandler{
+		Mailbox: func(m *imapclient.UnilateralDataMailbox) {
+			if m.NumMessages != nil {
+				counts <- *m.NumMessages
+			}
+		},
+	}})
+	if err := c.Login("carol", pw).Wait(); err != nil {
+		t.Fatalf("LOGIN: %v", err)
+	}
+	sel, err := c.Select("INBOX", nil).Wait()
+	if err != nil {
+		t.Fatalf("SELECT: %v", err)
+	}
+	idle, err := c.Idle()
+	if err != nil {
+		t.Fatalf("IDLE: %v", err)
+	}
+	deliverLMTP(t, d, "carol", testenv.Message(901, 500))
+	select {
+	case n := <-counts:
+		if n <= sel.NumMessages {
+			t.Errorf("EXISTS %d during IDLE, had %d", n, sel.NumMessages)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no EXISTS during IDLE 10 s after an LMTP delivery")
+	}
+	if err := idle.Close(); err != nil {
+		t.Fatalf("DONE: %v", err)
+	}
+	if err := idle.Wait(); err != nil {
+		t.Fatalf("IDLE: %v", err)
+	}
+	if err := c.Logout().Wait(); err != nil {
+		t.Errorf("LOGOUT: %v", err)
+	}
+}
+
+// deliverLMTP delivers msg to user through Dovecot's LMTP listener.
+func deliverLMTP(t testing.TB, d *testenv.Dovecot, user string, msg []byte) {
+	t.Helper()
+	conn, err := net.DialTimeout("tcp", d.LMTPAddr, 5*time.Second)
+	if err != nil {
+		t.Fatalf("LMTP: %v", err)
+	}
+	c := smtp.NewClientLMTP(conn)
+	defer c.Close()
+	if err := c.SendMail("sender@example.test", []string{user}, bytes.NewReader(msg)); err != nil {
+		t.Fatalf("LMTP delivery to %s: %v", user, err)
+	}
+}
+
+// TestIMAPPassgateUniformFailure: an enforced user's primary password gets
+// exactly what a wrong password, an unknown user and a garbage app
+// password get, and none of them reaches Dovecot.
+func TestIMAPPassgateUniformFailure(t *testing.T) {
+	d := env.dovecot
+	p := startPassgate(t, passgateConfig{})
+	p.enforce(t, "alice")
+	p.appPassword(t, "alice", "laptop")
+	before := len(d.Log())
+	replies := map[string]string{
+		"primary-password": p.rawLogin(t, "alice", d.Users["alice"]),
+		"wrong-password":   p.rawLogin(t, "alice", "wrong-pw"),
+		"wrong-app-pw":     p.rawLogin(t, "alice", "abcd efgh ijkl mnop"),
+		"unknown-user":     p.rawLogin(t, "mallory", "whatever"),
+	}
+	for name, got := range replies {
+		if got != "a "+uniformFailure+"\r\n" {
+			t.Errorf("%s: reply %q, want %q", name, got, "a "+uniformFailure+"\r\n")
+		}
+	}
+	time.Sleep(200 * time.Millisecond) // let Dovecot write anything it would
+	delta := d.Log()[before:]
+	for _, s := range []string{"user=<alice>", "passwd-file(alice", "alice*", "mallory"} {
+		if strings.Contains(delta, s) {
+			t.Errorf("Dovecot's log shows a login attempt (%q) for a refused login:\n%s", s, delta)
+		}
+	}
+}
+
+func TestIMAPPassgateRevocation(t *testing.T) {
+	p := startPassgate(t, passgateConfig{})
+	p.enforce(t, "alice")
+	pw := p.appPassword(t, "alice", "tablet")
+	c := p.dial(t, false, "", nil)
+	if err := c.Login("alice", pw).Wait(); err != nil {
+		t.Fatalf("LOGIN: %v", err)
+	}
+	if _, err := c.Select("INBOX", nil).Wait(); err != nil {
+		t.Fatalf("SELECT: %v", err)
+	}
+	p.admin(t, "app-password", "delete", "alice", "--label", "tablet")
+	start := time.Now()
+	select {
+	case <-c.Closed():
+		t.Logf("the live session closed %s after the deletion", time.Since(start).Round(time.Millisecond))
+	case <-time.After(1500 * time.Millisecond):
+		t.Errorf("the session opened with a deleted app password is still open after 1.5 s")
+	}
+	if got := p.rawLogin(t, "alice", pw); got != "a "+uniformFailure+"\r\n" {
+		t.Errorf("login with the deleted app password: %q", got)
+	}
+}
+
+func TestIMAPPassgateRefusedAppPasswords(t *testing.T) {
+	p := startPassgate(t, passgateConfig{})
+	p.enforce(t, "alice")
+	expired := p.appPassword(t, "alice", "short-lived", "--expires", "1s")
+	smtpOnly := p.appPassword(t, "alice", "printer", "--scopes", "smtp")
+	time.Sleep(1200 * time.Millisecond)
+	for name, pw := range map[string]string{"fail/expired": expired, "fail/no-imap-scope": smtpOnly} {
+		t.Run(name, func(t *testing.T) {
+			if got := p.rawLogin(t, "alice", pw); got != "a "+uniformFailure+"\r\n" {
+				t.Errorf("reply %q, want the uniform failure", got)
+			}
+		})
+	}
+}
+
+func TestIMAPPassgatePassthroughAndClientAddress(t *testing.T) {
+	d := env.dovecot
+	p := startPassgate(t, passgateConfig{})
+	// bob has no row: default_mfa disabled, so his primary password goes
+	// through to Dovecot in passthrough. The client dials from 127.0.0.55;
+	// passgate reaches Dovecot from 127.0.0.1, so Dovecot's log must show
+	// 127.0.0.55 as the remote address.
+	c := p.dial(t, false, "127.0.0.55", nil)
+	if err := c.Login("bob", d.Users["bob"]).Wait(); err != nil {
+		t.Fatalf("LOGIN bob with the primary password: %v", err)
+	}
+	if _, err := c.Select("INBOX", nil).Wait(); err != nil {
+		t.Fatalf("SELECT: %v", err)
+	}
+	if err := c.Logout().Wait(); err != nil {
+		t.Errorf("LOGOUT: %v", err)
+	}
+	waitLog(t, d, "user=<bob>, method=PLAIN, rip=127.0.0.55,")
+	// An enforced user through an app password: the same.
+	p.enforce(t, "dave")
+	pw := p.appPassword(t, "dave", "mbsync")
+	c2 := p.dial(t, true, "127.0.0.56", nil)
+	if err := c2.Login("dave", pw).Wait(); err != nil {
+		t.Fatalf("LOGIN dave with an app password: %v", err)
+	}
+	c2.Logout().Wait()
+	waitLog(t, d, "user=<dave>, method=PLAIN, rip=127.0.0.56,")
+}
+
+func TestIMAPPassgateUnavailable(t *testing.T) {
+	dir, err := os.MkdirTemp(env.dir, "dovecot-own-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	own, err := testenv.StartDovecot(ctx, dir, env.certs)
+	if err != nil {
+		t.Fatalf("start a Dovecot of this test's own: %v", err)
+	}
+	t.Cleanup(own.Stop)
+	p := startPassgate(t, passgateConfig{upstreams: []string{deadAddr(t), own.IMAPAddr}})
+	p.enforce(t, "alice")
+	pw := p.appPassword(t, "alice", "desktop")
+	okLogin := func(when string) {
+		t.Helper()
+		if got := p.rawLogin(t, "alice", pw); !strings.HasPrefix(got, "a OK") {
+			t.Fatalf("%s: reply %q, want a OK", when, got)
+		}
+	}
+	okLogin("with the second upstream up")
+	own.Stop()
+	if got := p.rawLogin(t, "alice", pw); !strings.HasPrefix(got, "a NO [UNAVAILABLE]") {
+		t.Errorf("with every upstream stopped: %q, want a NO [UNAVAILABLE]", got)
+	}
+	if !strings.Contains(p.out.String(), own.IMAPAddr) {
+		t.Errorf("passgate's log does not name the failed upstream %s", own.IMAPAddr)
+	}
+	if err := own.Start(ctx); err != nil {
+		t.Fatalf("restart Dovecot: %v", err)
+	}
+	okLogin("after an upstream came back")
+}
+
+func TestIMAPPassgateCurl(t *testing.T) {
+	d := env.dovecot
+	p := startPassgate(t, passgateConfig{})
+	p.enforce(t, "alice")
+	pw := p.appPassword(t, "alice", "curl")
+	tests := []struct {
+		name     string
+		url      string
+		password string
+		wantExit int
+		want     []byte
+	}{
+		{"ok/starttls", "imap://" + p.imapAddr + "/INBOX;UID=1", pw, 0, d.Messages[0]},
+		{"ok/implicit-1mb", "imaps://" + p.imapsAddr + "/INBOX;UID=" + strconv.Itoa(len(d.Messages)), pw, 0, d.Messages[len(d.Messages)-1]},
+		{"fail/primary-password", "imaps://" + p.imapsAddr + "/INBOX;UID=1", d.Users["alice"], 67, nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, "curl", "--silent", "--show-error", "--ssl-reqd",
+				"--cacert", env.certs.CAFile, "--user", "alice:"+tc.password, tc.url)
+			var stdout, stderr bytes.Buffer
+			cmd.Stdout, cmd.Stderr = &stdout, &stderr
+			err := cmd.Run()
+			code := 0
+			var ee *exec.ExitError
+			if errors.As(err, &ee) {
+				code = ee.ExitCode()
+			} else if err != nil {
+				t.Fatalf("curl: %v", err)
+			}
+			if code != tc.wantExit {
+				t.Fatalf("curl exit %d, want %d: %s", code, tc.wantExit, stderr.String())
+			}
+			if tc.want != nil && !bytes.Equal(stdout.Bytes(), tc.want) {
+				t.Errorf("curl fetched %d bytes, not the %d seeded", stdout.Len(), len(tc.want))
+			}
+		})
+	}
+}
+
+// pythonFetch logs in with imaplib (STARTTLS or implicit TLS), fetches
+// every seeded message of the INBOX, and prints the SHA-256 of each.
+const pythonFetch = `
+import hashlib, imaplib, ssl, sys
+host, port, mode, ca, user, pw, n = sys.argv[1:8]
+ctx = ssl.create_default_context(cafile=ca)
+if mode == "implicit":
+    m = imaplib.IMAP4_SSL(host, int(port), ssl_context=ctx)
+else:
+    m = imaplib.IMAP4(host, int(port))
+    m.starttls(ssl_context=ctx)
+try:
+    m.login(user, pw)
+except imaplib.IMAP4.error as e:
+    print("LOGIN FAILED", e)
+    sys.exit(3)
+m.select("INBOX", readonly=True)
+for uid in range(1, int(n) + 1):
+    typ, data = m.uid("FETCH", str(uid), "(BODY.PEEK[])")
+    print(hashlib.sha256(data[0][1]).hexdigest())
+m.logout()
+`
+
+func TestIMAPPassgatePython(t *testing.T) {
+	d := env.dovecot
+	p := startPassgate(t, passgateConfig{})
+	p.enforce(t, "alice")
+	pw := p.appPassword(t, "alice", "python")
+	var want strings.Builder
+	for _, m := range d.Messages {
+		fmt.Fprintf(&want, "%x\n", sha256.Sum256(m))
+	}
+	tests := []struct {
+		name, mode, addr, password string
+		wantExit                   int
+	}{
+		{"ok/starttls", "starttls", p.imapAddr, pw, 0},
+		{"ok/implicit", "implicit", p.imapsAddr, pw, 0},
+		{"fail/primary-password", "implicit", p.imapsAddr, d.Users["alice"], 3},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			host, port, _ := net.SplitHostPort(tc.addr)
+			cmd := exec.CommandContext(ctx, "python3", "-c", pythonFetch, host, port, tc.mode,
+				env.certs.CAFile, "alice", tc.password, strconv.Itoa(len(d.Messages)))
+			var stdout, stderr bytes.Buffer
+			cmd.Stdout, cmd.Stderr = &stdout, &stderr
+			err := cmd.Run()
+			code := 0
+			var ee *exec.ExitError
+			if errors.As(err, &ee) {
+				code = ee.ExitCode()
+			} else if err != nil {
+				t.Fatalf("python3: %v", err)
+			}
+			if code != tc.wantExit {
+				t.Fatalf("python3 exit %d, want %d:\n%s%s", code, tc.wantExit, stdout.String(), stderr.String())
+			}
+			if code == 0 && stdout.String() != want.String() {
+				t.Errorf("imaplib fetched other bytes:\n%s\nwant\n%s", stdout.String(), want.String())
+			}
+			if code == 3 && !strings.Contains(stdout.String(), "AUTHENTICATIONFAILED") {
+				t.Errorf("imaplib's failure does not carry [AUTHENTICATIONFAILED]: %s", stdout.String())
+			}
+		})
 	}
 }

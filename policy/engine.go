@@ -173,6 +173,9 @@ func (e *Engine) Decide(ctx context.Context, a Attempt) (Decision, error) {
 	}
 	// Step 4.
 	st, err := e.store.UserMFA(ctx, user)
+	if errors.Is(err, store.ErrInvalid) {
+		return deny("user name is not valid")
+	}
 	if err != nil {
 		return Decision{}, fmt.Errorf("policy: read MFA state of %q: %w", user, err)
 	}

@@ -3,6 +3,7 @@ package policy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/netip"
 	"strings"
@@ -29,6 +30,9 @@ type fakeStore struct {
 }
 
 func (f *fakeStore) UserMFA(_ context.Context, name string) (store.MFAState, error) {
+	if strings.ContainsRune(name, 0) {
+		return "", fmt.Errorf("user name: %w", store.ErrInvalid)
+	}
 	if f.failNext != nil {
 		return "", f.failNext
 	}
@@ -122,6 +126,7 @@ func TestDecide(t *testing.T) {
 		{name: "fail/app-passwords-switched-off", attempt: Attempt{Proto: IMAP, User: "alice", Secret: goodApp, TLS: true, Client: tlsClient}, reason: "switched off", setup: func(f *fakeStore) { f.allow = false }},
 		{name: "fail/empty-secret", attempt: Attempt{Proto: IMAP, User: "dave", Secret: "", TLS: true, Client: tlsClient}, reason: "empty", noLookups: true},
 		{name: "fail/empty-user", attempt: Attempt{Proto: IMAP, User: "  ", Secret: "x", TLS: true, Client: tlsClient}, reason: "empty", noLookups: true},
+		{name: "fail/invalid-user-name", attempt: Attempt{Proto: IMAP, User: "a\x00b", Secret: primaryPW, TLS: true, Client: tlsClient}, reason: "not valid"},
 		{name: "fail/default-enforced-unknown-user", attempt: Attempt{Proto: IMAP, User: "zed", Secret: primaryPW, TLS: true, Client: tlsClient}, reason: "enforced", setup: func(f *fakeStore) { f.def = store.MFAEnforced }},
 	}
 	for _, tc := range tests {

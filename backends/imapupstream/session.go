@@ -120,7 +120,7 @@ func literalSize(line []byte) (int64, bool) {
 func parseResponse(b []byte) (response, error) {
 	line := string(b)
 	tag, rest, _ := strings.Cut(line, " ")
-	if tag == "" {
+	if !validTag(tag) {
 		return response{}, fmt.Errorf("read response: malformed line %q", clip(line))
 	}
 	if tag == "+" {
@@ -128,6 +128,24 @@ func parseResponse(b []byte) (response, error) {
 	}
 	kind, _, _ := strings.Cut(rest, " ")
 	return response{tag: tag, kind: strings.ToUpper(kind), text: rest}, nil
+}
+
+// validTag reports whether tag is "*", "+" or an IMAP tag (atom
+// characters except "+").
+func validTag(tag string) bool {
+	if tag == "*" || tag == "+" {
+		return true
+	}
+	if tag == "" {
+		return false
+	}
+	for i := 0; i < len(tag); i++ {
+		c := tag[i]
+		if c <= 0x20 || c >= 0x7f || strings.IndexByte(`(){%*"\]+`, c) >= 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // greeting reads the server greeting and the capabilities it carries.

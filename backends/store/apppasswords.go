@@ -18,6 +18,9 @@ import (
 // MaxLabel is the longest label, in characters.
 const MaxLabel = 64
 
+// maxUsageField bounds each text field of Usage, in bytes.
+const maxUsageField = 256
+
 // existingChunk bounds the ids per query in ExistingAppPasswords.
 const existingChunk = 500
 
@@ -312,8 +315,13 @@ func (s *Store) FindAppPassword(ctx context.Context, user, secret string) (AppPa
 	if err != nil {
 		return AppPassword{}, err
 	}
-	key := strings.ToLower(user)
+	key, kerr := userKey(user)
 	want := h.Hash(key, secret)
+	if kerr != nil {
+		// No row can have this name; PostgreSQL would even refuse to
+		// look (invalid UTF-8, NUL). Hashed all the same, for timing.
+		return AppPassword{}, fail(ErrNotFound, "store: no app password of %q matches (not a valid user name)", cleanText(user, maxUserName))
+	}
 	var r appRow
 	if st := s.findStmt.Load(); st != nil {
 		err = st.QueryRowxContext(ctx, key, want).StructScan(&r)
@@ -334,13 +342,15 @@ func (s *Store) FindAppPassword(ctx context.Context, user, secret string) (AppPa
 
 // TouchAppPassword records a successful login with app password id, or
 // returns ErrNotFound if it was deleted meanwhile. A zero u.At means now.
+// The text fields, which a client may choose (the IMAP ID name), are
+// stored as valid UTF-8 without control characters, cut to 256 bytes.
 func (s *Store) TouchAppPassword(ctx context.Context, id int64, u Usage) error {
 	at := u.At
 	if at.IsZero() {
 		at = time.Now()
 	}
 	res, err := s.db.ExecContext(ctx, s.db.Rebind(`UPDATE app_passwords SET last_used_at = ?, last_used_addr = ?, last_used_proto = ?, last_used_client = ? WHERE id = ?`),
-		dbTime(at), u.Addr, u.Proto, u.Client, id)
+		dbTime(at), cleanText(u.Addr, maxUsageField), cleanText(u.Proto, maxUsageField), cleanText(u.Client, maxUsageField), id)
 	if err != nil {
 		return fmt.Errorf("store: record use of app password %d: %w", id, err)
 	}

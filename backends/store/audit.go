@@ -8,6 +8,12 @@ import (
 	"time"
 )
 
+// Bounds on audit fields, in bytes; longer values are cut.
+const (
+	maxAuditField  = 256
+	maxAuditDetail = 4096
+)
+
 type auditRow struct {
 	ID      int64     `db:"id"`
 	Time    time.Time `db:"time"`
@@ -19,14 +25,19 @@ type auditRow struct {
 }
 
 // Record appends ev to the audit trail; a zero ev.Time means now. ev must
-// not hold a secret. ev.ID is ignored.
+// not hold a secret. ev.ID is ignored. Text is stored as valid UTF-8
+// without control characters, cut to 256 bytes (4096 for Detail).
 func (s *Store) Record(ctx context.Context, ev AuditEvent) error {
 	t := ev.Time
 	if t.IsZero() {
 		t = time.Now()
 	}
+	// The subject and actor may come from a client (a user name typed at
+	// login): cleanText keeps an odd one from losing the event.
+	subject := cleanText(ev.Subject, maxUserName)
 	_, err := s.db.ExecContext(ctx, s.db.Rebind(`INSERT INTO audit_events (time, actor, action, subject, subject_key, outcome, detail)
-		VALUES (?, ?, ?, ?, ?, ?, ?)`), dbTime(t), ev.Actor, ev.Action, ev.Subject, strings.ToLower(ev.Subject), ev.Outcome, ev.Detail)
+		VALUES (?, ?, ?, ?, ?, ?, ?)`), dbTime(t), cleanText(ev.Actor, maxAuditField), cleanText(ev.Action, maxAuditField),
+		subject, strings.ToLower(subject), cleanText(ev.Outcome, maxAuditField), cleanText(ev.Detail, maxAuditDetail))
 	if err != nil {
 		return fmt.Errorf("store: record audit event %s %s: %w", ev.Action, ev.Subject, err)
 	}
@@ -41,7 +52,7 @@ func (s *Store) Audit(ctx context.Context, f AuditFilter) ([]AuditEvent, error) 
 	var args []any
 	if f.User != "" {
 		where = append(where, "subject_key = ?")
-		args = append(args, strings.ToLower(f.User))
+		args = append(args, strings.ToLower(cleanText(f.User, maxUserName)))
 	}
 	if !f.Since.IsZero() {
 		where = append(where, "time >= ?")

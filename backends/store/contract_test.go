@@ -290,6 +290,7 @@ func testOpenBadOptions(t *testing.T, f *fixture) {
 	}{
 		{"driver", func(o *store.Options) { o.Driver = "mysql" }, `store.driver "mysql" is not known`},
 		{"dsn", func(o *store.Options) { o.DSN = "" }, "store.dsn is empty"},
+		{"sqlite-memory", func(o *store.Options) { o.Driver, o.DSN = "sqlite", ":memory:" }, "in-memory SQLite database"},
 		{"limit", func(o *store.Options) { o.MaxAppPasswords = -1 }, "policy.max_app_passwords is -1"},
 		{"default-mfa", func(o *store.Options) { o.DefaultMFA = "maybe" }, "policy.default_mfa"},
 	}
@@ -689,6 +690,9 @@ func testFind(t *testing.T, f *fixture) {
 		{"fail/garbage", "alice", "x'; DROP TABLE app_passwords; --", false},
 		{"fail/empty", "alice", "", false},
 		{"fail/prefix", "alice", secret[:15], false},
+		{"fail/user-invalid-utf8", "alice\xff", secret, false},
+		{"fail/user-with-nul", "alice\x00", secret, false},
+		{"fail/user-empty", "", secret, false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -732,6 +736,15 @@ func testTouch(t *testing.T, f *fixture) {
 		t.Fatalf("Touch with zero time: LastUsedAt %v, proto %q; want now, smtp", got.LastUsedAt, got.LastUsedProto)
 	}
 	mustErr(t, s.TouchAppPassword(ctx, a.ID+1000, u), store.ErrNotFound, "no longer exists")
+	// A client chooses its ID name: odd bytes are stored cleaned, not refused.
+	odd := store.Usage{Addr: "203.0.113.9:1", Proto: "imap", Client: "bad\xff\x00name" + strings.Repeat("x", 300)}
+	if err := s.TouchAppPassword(ctx, a.ID, odd); err != nil {
+		t.Fatalf("Touch with an odd client name: %v", err)
+	}
+	got, _ = s.FindAppPassword(ctx, "alice", secret)
+	if !strings.HasPrefix(got.LastUsedClient, "bad\uFFFD?name") || len(got.LastUsedClient) > 256 {
+		t.Fatalf("odd client name stored as %q", got.LastUsedClient)
+	}
 }
 
 func testExisting(t *testing.T, f *fixture) {
@@ -784,6 +797,13 @@ func testAudit(t *testing.T, f *fixture) {
 			t.Fatal(err)
 		}
 	}
+	// A user name typed by a client may be anything: the event is kept.
+	if err := s.Record(ctx, store.AuditEvent{Time: base.Add(-time.Hour), Actor: "imap:203.0.113.9:1", Action: "login", Subject: "x\xff\x00y", Outcome: "failure"}); err != nil {
+		t.Fatalf("Record with an odd subject: %v", err)
+	}
+	if evs, err := s.Audit(ctx, store.AuditFilter{User: "X\xff\x00Y"}); err != nil || len(evs) != 1 || evs[0].Subject != "x\uFFFD?y" {
+		t.Fatalf("odd subject read back as %+v, %v", evs, err)
+	}
 	before := time.Now().Add(-time.Second)
 	if err := s.Record(ctx, store.AuditEvent{Actor: "cli:root", Action: "settings.set", Subject: "", Outcome: "success"}); err != nil {
 		t.Fatal(err)
@@ -800,7 +820,7 @@ func testAudit(t *testing.T, f *fixture) {
 		f    store.AuditFilter
 		want string
 	}{
-		{"all-newest-last", store.AuditFilter{}, "user.add/Alice login/bob login/alice app-password.delete/ALICE settings.set/"},
+		{"all-newest-last", store.AuditFilter{}, "login/x\uFFFD?y user.add/Alice login/bob login/alice app-password.delete/ALICE settings.set/"},
 		{"user-any-case", store.AuditFilter{User: "aLiCe"}, "user.add/Alice login/alice app-password.delete/ALICE"},
 		{"since", store.AuditFilter{Since: base.Add(time.Minute)}, "login/bob login/alice app-password.delete/ALICE settings.set/"},
 		{"user-and-since", store.AuditFilter{User: "alice", Since: base.Add(90 * time.Second)}, "login/alice app-password.delete/ALICE"},
@@ -819,14 +839,14 @@ func testAudit(t *testing.T, f *fixture) {
 		})
 	}
 	all, _ := s.Audit(ctx, store.AuditFilter{})
-	if len(all) != 5 {
-		t.Fatalf("%d events, want 5", len(all))
+	if len(all) != 6 {
+		t.Fatalf("%d events, want 6", len(all))
 	}
-	if e := all[1]; e.ID == 0 || !e.Time.Equal(base.Add(time.Minute)) || e.Time.Location() != time.UTC ||
+	if e := all[2]; e.ID == 0 || !e.Time.Equal(base.Add(time.Minute)) || e.Time.Location() != time.UTC ||
 		e.Actor != "imap:203.0.113.9:51234" || e.Outcome != "failure" || e.Detail != "wrong secret" {
 		t.Fatalf("event read back as %+v", e)
 	}
-	if e := all[4]; e.Time.Before(before) || e.Time.After(time.Now().Add(time.Second)) {
+	if e := all[5]; e.Time.Before(before) || e.Time.After(time.Now().Add(time.Second)) {
 		t.Fatalf("zero Time recorded as %v, want now", e.Time)
 	}
 }

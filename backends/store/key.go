@@ -23,21 +23,6 @@ const (
 	settingAllowAppPasswords = "allow_app_passwords"
 )
 
-// The key file.
-//
-// Options.KeyFile holds the server key: 32 random bytes written as 64
-// lower-case hexadecimal digits and a newline, mode 0600. (A file of exactly
-// 32 raw bytes is read too.) Every instance that shares a store needs the
-// same file. The store records only the key's fingerprint
-// (apppass.Hasher.Fingerprint), never the key.
-//
-// Migrate decides: on a store without a fingerprint it loads the key file,
-// or creates it (O_EXCL, 0600) when missing, and records the fingerprint. On
-// a store with a fingerprint the file must exist and match; otherwise
-// Migrate fails with ErrKeyMismatch and never makes a new key, since every
-// app password hashed under the old one would silently stop working.
-// ResetKey is the deliberate way out when a key is lost for good.
-
 // resetKeyHint is the way out named by ErrKeyMismatch errors.
 const resetKeyHint = `if it is lost for good, "passgate migrate --reset-key" deletes every app password and starts over with a new key`
 

@@ -51,13 +51,24 @@ func (s *Store) migrations() ([]migration, error) {
 }
 
 // Migrate applies the embedded migrations that the database lacks and then
-// sets up or checks the server key (see the package documentation of the
-// key file). It returns the versions it applied: nil when the schema was
-// already current. Several passgate instances may call it at once on one
-// PostgreSQL: a session-level advisory lock lets one migrate while the
-// others wait; on SQLite an IMMEDIATE transaction does the same.
+// sets up or checks the server key. It returns the versions it applied:
+// nil when the schema was already current. Several passgate instances may
+// call it at once on one PostgreSQL: a session-level advisory lock lets one
+// migrate while the others wait; on SQLite an IMMEDIATE transaction does
+// the same. Migrate must succeed before CreateAppPassword and
+// FindAppPassword work (they fail with ErrNoKey).
 //
-// Migrate must succeed before CreateAppPassword and FindAppPassword work.
+// The key file (Options.KeyFile) holds the server key: 32 random bytes
+// written as 64 lower-case hexadecimal digits and a newline, mode 0600 (a
+// file of exactly 32 raw bytes is read too; a file that others may read is
+// refused). Every instance sharing a store needs the same file. The store
+// records only the key's fingerprint (apppass.Hasher.Fingerprint), never
+// the key. On a store without a fingerprint Migrate loads the key file, or
+// creates it (O_EXCL, 0600) when missing, and records the fingerprint. On a
+// store with one, the file must exist and match; otherwise Migrate fails
+// with ErrKeyMismatch and never makes a new key, since every app password
+// hashed under the old one would silently stop working. ResetKey is the
+// deliberate way out when a key is lost for good.
 func (s *Store) Migrate(ctx context.Context) (applied []string, err error) {
 	ms, err := s.migrations()
 	if err != nil {

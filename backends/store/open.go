@@ -7,6 +7,8 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/jmoiron/sqlx"
 	_ "github.com/lib/pq"  // driver "postgres"
@@ -81,6 +83,10 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 		return nil, fail(ErrInvalid, "store: open: store.dsn is empty: give a file name for sqlite or a postgres:// URL")
 	}
 
+	if s.driver == DriverSQLite && (strings.Contains(opts.DSN, ":memory:") || strings.Contains(opts.DSN, "mode=memory")) {
+		// Each pooled connection would see its own empty database.
+		return nil, fail(ErrInvalid, "store: open: store.dsn %q is an in-memory SQLite database, which the store cannot share between connections: give a file name (a temporary file for a demo)", opts.DSN)
+	}
 	var raw *sql.DB
 	switch s.driver {
 	case DriverSQLite:
@@ -169,6 +175,27 @@ func now() time.Time { return dbTime(time.Now()) }
 // dbTime returns t in UTC, cut to microseconds (PostgreSQL's precision), so
 // that both stores give back exactly what they were given.
 func dbTime(t time.Time) time.Time { return t.UTC().Truncate(time.Microsecond) }
+
+// cleanText makes client-supplied text storable in both stores: valid
+// UTF-8 (PostgreSQL refuses anything else), no NUL or other control
+// characters, at most max bytes.
+func cleanText(s string, max int) string {
+	s = strings.ToValidUTF8(s, "\uFFFD")
+	s = strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) {
+			return '?'
+		}
+		return r
+	}, s)
+	if len(s) <= max {
+		return s
+	}
+	s = s[:max]
+	for len(s) > 0 && !utf8.ValidString(s) {
+		s = s[:len(s)-1]
+	}
+	return s
+}
 
 // opError is an error with an operator-facing message that still matches
 // its sentinel with errors.Is.

@@ -54,11 +54,18 @@ type Dovecot struct {
 	// UID i+1 for Messages[i], CRLF line endings, one over 1 MB.
 	Messages [][]byte
 
+	bin string
+	uid int
+	gid int
+
+	mu   sync.Mutex
+	proc *dovecotProc // the running process, nil when stopped
+}
+
+// dovecotProc is one run of the dovecot process.
+type dovecotProc struct {
 	cmd  *exec.Cmd
-	done chan struct{}
-	once sync.Once
-	uid  int
-	gid  int
+	done chan struct{} // closed when the process has exited
 }
 
 // StartDovecot starts Dovecot in dir (which must exist and be empty of a
@@ -104,9 +111,9 @@ func StartDovecotWith(ctx context.Context, dir string, certs *Certs, o DovecotOp
 			"dave":  "dave-primary-pw",
 			"erin":  "erin \"pw\" \\ {4} \u00fc", // needs an IMAP literal
 		},
-		done: make(chan struct{}),
-		uid:  uid,
-		gid:  gid,
+		bin: bin,
+		uid: uid,
+		gid: gid,
 	}
 	ports := make([]int, 4)
 	for i := range ports {
@@ -135,28 +142,43 @@ func StartDovecotWith(ctx context.Context, dir string, certs *Certs, o DovecotOp
 		return nil, err
 	}
 
-	logf, err := os.OpenFile(filepath.Join(dir, "dovecot.stderr"), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("testenv: dovecot: %w", err)
-	}
-	d.cmd = exec.Command(bin, "-F", "-c", filepath.Join(dir, "dovecot.conf"))
-	d.cmd.Stdout = logf
-	d.cmd.Stderr = logf
-	d.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := d.cmd.Start(); err != nil {
-		logf.Close()
-		return nil, fmt.Errorf("testenv: dovecot: start %s: %w", bin, err)
-	}
-	go func() {
-		_ = d.cmd.Wait()
-		logf.Close()
-		close(d.done)
-	}()
-	if err := d.waitReady(ctx); err != nil {
-		d.Stop()
+	if err := d.Start(ctx); err != nil {
 		return nil, err
 	}
 	return d, nil
+}
+
+// Start starts Dovecot again after Stop, on the same ports with the same
+// configuration and mailboxes, and returns once every port accepts.
+func (d *Dovecot) Start(ctx context.Context) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.proc != nil {
+		return errors.New("testenv: dovecot: already running")
+	}
+	logf, err := os.OpenFile(filepath.Join(d.Dir, "dovecot.stderr"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return fmt.Errorf("testenv: dovecot: %w", err)
+	}
+	p := &dovecotProc{cmd: exec.Command(d.bin, "-F", "-c", filepath.Join(d.Dir, "dovecot.conf")), done: make(chan struct{})}
+	p.cmd.Stdout = logf
+	p.cmd.Stderr = logf
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := p.cmd.Start(); err != nil {
+		logf.Close()
+		return fmt.Errorf("testenv: dovecot: start %s: %w", d.bin, err)
+	}
+	go func() {
+		_ = p.cmd.Wait()
+		logf.Close()
+		close(p.done)
+	}()
+	d.proc = p
+	if err := d.waitReady(ctx, p); err != nil {
+		d.stopLocked()
+		return err
+	}
+	return nil
 }
 
 func (d *Dovecot) writeConfig(certs *Certs, ports []int, o DovecotOptions) error {
@@ -263,7 +285,7 @@ protocol lmtp {
 
 // waitReady waits until every TCP port accepts connections and the auth
 // socket exists.
-func (d *Dovecot) waitReady(ctx context.Context) error {
+func (d *Dovecot) waitReady(ctx context.Context, p *dovecotProc) error {
 	ctx, cancel := context.WithTimeout(ctx, dovecotStartTimeout)
 	defer cancel()
 	addrs := []string{d.IMAPAddr, d.IMAPSAddr, d.IMAPProxyAddr, d.LMTPAddr}
@@ -286,7 +308,7 @@ func (d *Dovecot) waitReady(ctx context.Context) error {
 			return nil
 		}
 		select {
-		case <-d.done:
+		case <-p.done:
 			return fmt.Errorf("testenv: dovecot exited during start:\n%s\n%s", d.readFile("dovecot.stderr"), d.Log())
 		case <-ctx.Done():
 			return fmt.Errorf("testenv: dovecot did not open its ports in %s: %w\n%s", dovecotStartTimeout, ctx.Err(), d.Log())
@@ -295,20 +317,35 @@ func (d *Dovecot) waitReady(ctx context.Context) error {
 	}
 }
 
-// Stop ends Dovecot and waits for it. It is safe to call more than once.
+// Stop ends Dovecot and waits until it has exited and its ports are
+// closed. It is safe to call more than once; Start runs it again.
 func (d *Dovecot) Stop() {
-	d.once.Do(func() {
-		if d.cmd == nil || d.cmd.Process == nil {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.stopLocked()
+}
+
+func (d *Dovecot) stopLocked() {
+	p := d.proc
+	if p == nil {
+		return
+	}
+	d.proc = nil
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(10 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-p.done
+	}
+	// Login processes may outlive the master for a moment.
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		c, err := net.DialTimeout("tcp", d.IMAPAddr, 100*time.Millisecond)
+		if err != nil {
 			return
 		}
-		_ = d.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-d.done:
-		case <-time.After(10 * time.Second):
-			_ = d.cmd.Process.Kill()
-			<-d.done
-		}
-	})
+		c.Close()
+	}
 }
 
 // Log returns Dovecot's log so far.

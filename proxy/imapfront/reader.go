@@ -240,10 +240,23 @@ func (r *reader) readCommand() (*command, error) {
 	}
 	return &command{
 		tag:  string(tag.val),
-		name: string(bytes.ToUpper(toks[1].val)),
+		name: asciiUpper(toks[1].val),
 		args: toks[2:],
 		size: size,
 	}, nil
+}
+
+// asciiUpper upper-cases ASCII letters only and leaves every other byte
+// as it is (bytes.ToUpper would rewrite invalid UTF-8).
+func asciiUpper(b []byte) string {
+	out := make([]byte, len(b))
+	for i, c := range b {
+		if c >= 'a' && c <= 'z' {
+			c -= 'a' - 'A'
+		}
+		out[i] = c
+	}
+	return string(out)
 }
 
 // tagOf returns the tag among the tokens read so far if it is a valid one.

@@ -23,8 +23,8 @@ type boundName struct {
 	// User is the name given to the decision: the {user} part of a DN that
 	// matches a template, the local part of a UPN, the part after the
 	// backslash of DOMAIN\user, or, for a DN that matches no template, the
-	// whole DN in lower case (an application's own account, which has no
-	// row in the store).
+	// whole DN in lower case with spaces written \20 (an application's own
+	// account, which has no row in the store).
 	User string
 	// DN is the entry the name stands for upstream: the DN as sent, or the
 	// first template filled in with User. Empty when no template exists
@@ -150,7 +150,10 @@ func (m *nameMapper) mapDN(name string) (boundName, bool) {
 			return boundName{User: user, DN: m.fillTemplate(t, user), Templated: true, Form: formDN}, true
 		}
 	}
-	return boundName{User: strings.ToLower(dn.String()), DN: name, Form: formDN}, true
+	// The store refuses names with spaces; a space in a DN value may be
+	// written \20 (RFC 4514), so the name stays a DN of the same entry.
+	user := strings.ReplaceAll(strings.ToLower(dn.String()), " ", `\20`)
+	return boundName{User: user, DN: name, Form: formDN}, true
 }
 
 func (m *nameMapper) fillTemplate(t dnTemplate, user string) string {

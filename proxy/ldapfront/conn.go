@@ -605,8 +605,11 @@ func (c *conn) fromUpstream(m message, p *pending, op, controls []byte, last boo
 	}
 	c.mu.Unlock()
 	if err != nil {
-		c.upstreamFailed(m, "relay", err)
 		<-c.slots
+		if c.ctx.Err() != nil {
+			return // the client connection is closing and took the session with it
+		}
+		c.upstreamFailed(m, "relay", err)
 		// The session is gone, and with it the identity it was bound as.
 		c.disconnect(resultUnavailable, msgUnavailable)
 		return

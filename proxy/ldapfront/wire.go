@@ -43,15 +43,15 @@ const (
 
 // Object identifiers of the extended operations and controls passgate knows.
 const (
-	oidStartTLS             = "1.3.6.1.4.1.1466.20037"
-	oidWhoAmI               = "1.3.6.1.4.1.4203.1.11.3"
-	oidNoticeOfDisconnect   = "1.3.6.1.4.1.1466.20036"
-	oidProxiedAuthz         = "2.16.840.1.113730.3.4.18"
-	oidProxiedAuthzV1       = "2.16.840.1.113730.3.4.12"
-	maxMessageID            = 1<<31 - 1
-	classUniversal     byte = 0x00
-	classApplication   byte = 0x40
-	classContext       byte = 0x80
+	oidStartTLS                = "1.3.6.1.4.1.1466.20037"
+	oidWhoAmI                  = "1.3.6.1.4.1.4203.1.11.3"
+	oidNoticeOfDisconnect      = "1.3.6.1.4.1.1466.20036"
+	oidProxiedAuthz            = "2.16.840.1.113730.3.4.18"
+	oidProxiedAuthzV1          = "2.16.840.1.113730.3.4.12"
+	maxMessageID               = 1<<31 - 1
+	classUniversal        byte = 0x00
+	classApplication      byte = 0x40
+	classContext          byte = 0x80
 )
 
 var (

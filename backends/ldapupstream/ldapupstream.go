@@ -1,0 +1,239 @@
+// Package ldapupstream logs in to the real directory (OpenLDAP, Active
+// Directory) on behalf of passgate's LDAP listener.
+//
+// On the path of a login it comes after the decision: proxy/ldapfront has
+// read a bind and policy has allowed it. For an account without MFA the
+// directory checks the password itself (a bind with the client's own DN);
+// after an app-password bind, passgate binds as its service account and
+// relays the client's searches and compares with the RFC 4370 proxied
+// authorization control naming the user, so the directory's ACLs apply as
+// if the user had bound. It imports no other passgate package.
+//
+// Two tools are used:
+//
+//   - github.com/go-ldap/ldap/v3 for the short checks: Verify (a user bind
+//     and WhoAmI on a connection of its own, bind-only mode), Check (the
+//     service bind and WhoAmI at start-up) and WhoAmIAs (the service bind and
+//     WhoAmI with the proxied authorization control: proves that the
+//     directory lets the service account act for a user). The proxied
+//     authorization control is encoded with go-ldap's NewControlString.
+//   - Session, a small LDAP client of its own on github.com/go-asn1-ber/asn1-ber,
+//     for the relay: go-ldap has no call that sends an already-encoded
+//     request or returns a response undecoded, and re-encoding searches and
+//     their results through go-ldap's types would lose or reorder what the
+//     client and the directory said (controls, paged-results cookies,
+//     referrals, matched DNs). A Session carries one client connection's
+//     operations with message IDs of its own and hands every response back
+//     as raw BER.
+//
+// TLS to the directory is none, StartTLS, or implicit (ldaps:// URLs), with
+// the certificate verified against CAFile (or the system's roots) and
+// ServerName (or the URL's host).
+package ldapupstream
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"time"
+
+	"github.com/go-ldap/ldap/v3"
+)
+
+// TLS modes of Options.TLS.
+const (
+	TLSNone     = "none"
+	TLSStartTLS = "starttls"
+)
+
+// OIDProxiedAuthz is the RFC 4370 proxied authorization control;
+// oidProxiedAuthzV1 is its draft predecessor, which slapd still honours.
+const (
+	OIDProxiedAuthz   = "2.16.840.1.113730.3.4.18"
+	oidProxiedAuthzV1 = "2.16.840.1.113730.3.4.12"
+	oidStartTLS       = "1.3.6.1.4.1.1466.20037"
+	oidWhoAmI         = "1.3.6.1.4.1.4203.1.11.3"
+)
+
+// Defaults of Options.
+const (
+	DefaultDialTimeout     = 5 * time.Second
+	DefaultMaxMessageBytes = 16 << 20
+)
+
+// Options configures a Client.
+type Options struct {
+	URL             string // ldap://host:port or ldaps://host:port
+	TLS             string // none | starttls (ldap:// URLs only)
+	CAFile          string // PEM roots to verify the directory; empty: the system's
+	ServerName      string // name checked in the certificate; default: the URL's host
+	ServiceDN       string
+	ServicePassword string        // never logged
+	DialTimeout     time.Duration // default 5s
+	MaxMessageBytes int           // largest message accepted from the directory; default 16 MiB
+}
+
+// Client dials the directory. It is safe for concurrent use.
+type Client struct {
+	opts     Options
+	addr     string
+	implicit bool
+	tlsConf  *tls.Config // nil when TLS is none
+}
+
+var errOwnProxyAuthz = errors.New("ldapupstream: the request already carries a proxied authorization control")
+
+// New checks opts and loads the CA file. It does not dial.
+func New(opts Options) (*Client, error) {
+	u, err := url.Parse(opts.URL)
+	if err != nil || u.Host == "" || (u.Scheme != "ldap" && u.Scheme != "ldaps") {
+		return nil, fmt.Errorf("ldapupstream: url %q: must be ldap://host:port or ldaps://host:port (ldap.upstream.url)", opts.URL)
+	}
+	c := &Client{opts: opts, implicit: u.Scheme == "ldaps"}
+	if opts.TLS == "" {
+		c.opts.TLS = TLSNone
+	}
+	if c.opts.TLS != TLSNone && c.opts.TLS != TLSStartTLS {
+		return nil, fmt.Errorf("ldapupstream: tls %q: must be none or starttls (ldap.upstream.tls)", opts.TLS)
+	}
+	if c.implicit && c.opts.TLS == TLSStartTLS {
+		return nil, fmt.Errorf("ldapupstream: tls starttls with an ldaps:// URL: the connection is TLS already; set ldap.upstream.tls to none")
+	}
+	port := u.Port()
+	if port == "" {
+		port = "389"
+		if c.implicit {
+			port = "636"
+		}
+	}
+	c.addr = net.JoinHostPort(u.Hostname(), port)
+	if c.opts.DialTimeout <= 0 {
+		c.opts.DialTimeout = DefaultDialTimeout
+	}
+	if c.opts.MaxMessageBytes <= 0 {
+		c.opts.MaxMessageBytes = DefaultMaxMessageBytes
+	}
+	if c.implicit || c.opts.TLS == TLSStartTLS {
+		conf := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: opts.ServerName}
+		if conf.ServerName == "" {
+			conf.ServerName = u.Hostname()
+		}
+		if opts.CAFile != "" {
+			pem, err := os.ReadFile(opts.CAFile)
+			if err != nil {
+				return nil, fmt.Errorf("ldapupstream: read CA file (ldap.upstream.ca_file): %w", err)
+			}
+			pool := x509.NewCertPool()
+			if !pool.AppendCertsFromPEM(pem) {
+				return nil, fmt.Errorf("ldapupstream: CA file %s (ldap.upstream.ca_file) holds no PEM certificate", opts.CAFile)
+			}
+			conf.RootCAs = pool
+		}
+		c.tlsConf = conf
+	}
+	return c, nil
+}
+
+// Addr is the directory's host:port, for logs.
+func (c *Client) Addr() string { return c.addr }
+
+// refused reports whether a result code means "these credentials are not
+// accepted" rather than "the directory could not answer".
+func refused(code uint16) bool {
+	switch code {
+	case ldap.LDAPResultSuccess, ldap.LDAPResultOperationsError, ldap.LDAPResultProtocolError,
+		ldap.LDAPResultBusy, ldap.LDAPResultUnavailable, ldap.LDAPResultOther:
+		return false
+	}
+	return code < ldap.LDAPResultOther
+}
+
+// dialLDAP opens a go-ldap connection with the configured TLS. It is
+// closed when ctx ends.
+func (c *Client) dialLDAP(ctx context.Context) (*ldap.Conn, func(), error) {
+	d := &net.Dialer{Timeout: c.opts.DialTimeout}
+	if dl, ok := ctx.Deadline(); ok {
+		d.Deadline = dl
+	}
+	opts := []ldap.DialOpt{ldap.DialWithDialer(d)}
+	if c.tlsConf != nil {
+		opts = append(opts, ldap.DialWithTLSConfig(c.tlsConf.Clone()))
+	}
+	l, err := ldap.DialURL(c.opts.URL, opts...)
+	if err != nil {
+		return nil, nil, fmt.Errorf("ldapupstream: dial %s: %w (ldap.upstream.url; is the directory up?)", c.addr, err)
+	}
+	stop := context.AfterFunc(ctx, func() { l.Close() })
+	done := func() { stop(); l.Close() }
+	if dl, ok := ctx.Deadline(); ok {
+		l.SetTimeout(time.Until(dl))
+	}
+	if c.opts.TLS == TLSStartTLS {
+		if err := l.StartTLS(c.tlsConf.Clone()); err != nil {
+			done()
+			return nil, nil, fmt.Errorf("ldapupstream: StartTLS with %s: %w (ldap.upstream.tls, ldap.upstream.ca_file)", c.addr, err)
+		}
+	}
+	return l, done, nil
+}
+
+// Verify binds as dn with password on a connection of its own, asks WhoAmI
+// and closes. ok is false when the directory refused the credentials; err
+// is set when the directory could not be asked.
+func (c *Client) Verify(ctx context.Context, dn string, password []byte) (authzID string, ok bool, err error) {
+	l, done, err := c.dialLDAP(ctx)
+	if err != nil {
+		return "", false, err
+	}
+	defer done()
+	if err := l.Bind(dn, string(password)); err != nil {
+		var le *ldap.Error
+		if errors.As(err, &le) && refused(le.ResultCode) {
+			return "", false, nil
+		}
+		return "", false, fmt.Errorf("ldapupstream: bind at %s: %w", c.addr, err)
+	}
+	r, err := l.WhoAmI(nil)
+	if err != nil {
+		return "", true, fmt.Errorf("ldapupstream: WhoAmI at %s: %w", c.addr, err)
+	}
+	return r.AuthzID, true, nil
+}
+
+// Check binds as the service account and asks WhoAmI: cmd runs it at
+// start-up so that a wrong service DN, password or CA shows at once.
+func (c *Client) Check(ctx context.Context) (string, error) {
+	return c.WhoAmIAs(ctx, "")
+}
+
+// WhoAmIAs binds as the service account and asks WhoAmI with the proxied
+// authorization control naming authzID ("dn:…"; empty: no control). The
+// answer is the identity the directory applies its ACLs to; slapd answers
+// 123 when the service account may not act for that user (authzTo).
+func (c *Client) WhoAmIAs(ctx context.Context, authzID string) (string, error) {
+	if c.opts.ServiceDN == "" {
+		return "", errors.New("ldapupstream: no service account: set ldap.upstream.service_dn and ldap.upstream.service_password_file")
+	}
+	l, done, err := c.dialLDAP(ctx)
+	if err != nil {
+		return "", err
+	}
+	defer done()
+	if err := l.Bind(c.opts.ServiceDN, c.opts.ServicePassword); err != nil {
+		return "", fmt.Errorf("ldapupstream: service bind as %q at %s: %w (ldap.upstream.service_dn, ldap.upstream.service_password_file)", c.opts.ServiceDN, c.addr, err)
+	}
+	var ctls []ldap.Control
+	if authzID != "" {
+		ctls = append(ctls, ldap.NewControlString(OIDProxiedAuthz, true, authzID))
+	}
+	r, err := l.WhoAmI(ctls)
+	if err != nil {
+		return "", fmt.Errorf("ldapupstream: WhoAmI at %s: %w (for proxied authorization the service account needs authzTo and the directory authz-policy to)", c.addr, err)
+	}
+	return r.AuthzID, nil
+}

@@ -1,0 +1,366 @@
+package ldapupstream
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+
+	ber "github.com/go-asn1-ber/asn1-ber"
+	"github.com/go-ldap/ldap/v3"
+)
+
+// writeTimeout bounds one write to the directory.
+const writeTimeout = 30 * time.Second
+
+// ErrSessionClosed is the error of operations on a closed or lost Session.
+var ErrSessionClosed = errors.New("ldapupstream: session closed")
+
+// Session is one connection to the directory that carries the operations
+// of one client connection. Its reader goroutine runs until Close or until
+// the directory closes the connection. Safe for concurrent use.
+type Session struct {
+	c  *Client
+	nc net.Conn
+	br *bufio.Reader
+
+	wmu sync.Mutex
+
+	mu       sync.Mutex
+	next     int64
+	handlers map[int64]func(op, controls []byte, last bool, err error)
+	err      error
+	done     chan struct{}
+}
+
+// Open dials the directory, sets up TLS as configured and starts the
+// session's reader. The session is not bound.
+func (c *Client) Open(ctx context.Context) (*Session, error) {
+	d := &net.Dialer{Timeout: c.opts.DialTimeout}
+	nc, err := d.DialContext(ctx, "tcp", c.addr)
+	if err != nil {
+		return nil, fmt.Errorf("ldapupstream: dial %s: %w (ldap.upstream.url; is the directory up?)", c.addr, err)
+	}
+	s := &Session{c: c, nc: nc, handlers: make(map[int64]func(op, controls []byte, last bool, err error)), done: make(chan struct{})}
+	if c.opts.TLS == TLSStartTLS {
+		if err := s.startTLS(ctx); err != nil {
+			nc.Close()
+			return nil, err
+		}
+	}
+	if c.implicit || c.opts.TLS == TLSStartTLS {
+		tc := tls.Client(s.nc, c.tlsConf.Clone())
+		if err := tc.HandshakeContext(ctx); err != nil {
+			nc.Close()
+			return nil, fmt.Errorf("ldapupstream: TLS handshake with %s: %w (ldap.upstream.ca_file, ldap.upstream.server_name)", c.addr, err)
+		}
+		s.nc = tc
+	}
+	s.br = bufio.NewReaderSize(s.nc, 16<<10)
+	go s.reader()
+	return s, nil
+}
+
+// startTLS runs the StartTLS extended operation before the reader starts.
+func (s *Session) startTLS(ctx context.Context) error {
+	if dl, ok := ctx.Deadline(); ok {
+		s.nc.SetDeadline(dl)
+		defer s.nc.SetDeadline(time.Time{})
+	}
+	s.next++
+	req := envelope(s.next, extendedOp(oidStartTLS), nil)
+	if _, err := s.nc.Write(req); err != nil {
+		return fmt.Errorf("ldapupstream: StartTLS with %s: %w", s.c.addr, err)
+	}
+	// Read byte by byte: nothing after the response may be consumed, it
+	// belongs to the TLS handshake.
+	raw, err := readMessage(bufio.NewReaderSize(oneByteReader{s.nc}, 16), s.c.opts.MaxMessageBytes)
+	if err != nil {
+		return fmt.Errorf("ldapupstream: StartTLS with %s: %w", s.c.addr, err)
+	}
+	m, err := parseMessage(raw)
+	if err != nil || m.op.tag != opExtendedResponse {
+		return fmt.Errorf("ldapupstream: StartTLS with %s: unexpected answer", s.c.addr)
+	}
+	code, diag, _, err := ldapResult(m.op)
+	if err != nil {
+		return fmt.Errorf("ldapupstream: StartTLS with %s: %w", s.c.addr, err)
+	}
+	if code != 0 {
+		return fmt.Errorf("ldapupstream: StartTLS refused by %s: result %d %q (does the directory have a certificate? ldap.upstream.tls)", s.c.addr, code, diag)
+	}
+	return nil
+}
+
+// oneByteReader reads at most one byte per call, so that a bufio.Reader
+// on top of it never reads ahead.
+type oneByteReader struct{ r net.Conn }
+
+func (o oneByteReader) Read(p []byte) (int, error) {
+	if len(p) > 1 {
+		p = p[:1]
+	}
+	return o.r.Read(p)
+}
+
+// reader dispatches responses to their handlers until the connection ends.
+func (s *Session) reader() {
+	var err error
+	for {
+		var raw []byte
+		raw, err = readMessage(s.br, s.c.opts.MaxMessageBytes)
+		if err != nil {
+			break
+		}
+		var m message
+		m, err = parseMessage(raw)
+		if err != nil {
+			break
+		}
+		if m.id == 0 {
+			// Unsolicited notification: in practice the notice of
+			// disconnection. The session ends.
+			err = fmt.Errorf("ldapupstream: %s sent a notice of disconnection", s.c.addr)
+			break
+		}
+		last := true
+		switch m.op.tag {
+		case opSearchEntry, opSearchReference, opIntermediate:
+			last = false
+		}
+		s.mu.Lock()
+		h := s.handlers[m.id]
+		if last {
+			delete(s.handlers, m.id)
+		}
+		s.mu.Unlock()
+		if h != nil {
+			h(m.op.raw, m.controls, last, nil)
+		}
+	}
+	if errors.Is(err, net.ErrClosed) {
+		err = ErrSessionClosed
+	} else {
+		err = fmt.Errorf("ldapupstream: connection to %s lost: %w", s.c.addr, err)
+	}
+	s.mu.Lock()
+	s.err = err
+	hs := s.handlers
+	s.handlers = nil
+	s.mu.Unlock()
+	s.nc.Close()
+	for _, h := range hs {
+		h(nil, nil, true, err)
+	}
+	close(s.done)
+}
+
+// Send sends one request: op is its protocolOp element and controls its
+// [0] Controls element (nil for none). With proxyAuthz set ("dn:…"), the
+// RFC 4370 proxied authorization control naming it is added, and a request
+// that carries one already is refused. fn gets every response: op is its
+// protocolOp element and controls its [0] Controls element (or nil), raw
+// BER that stays valid after the call; last is true for the final
+// response, and when err is set (the session was lost). fn runs on the
+// session's reader. The returned handle names the request for Abandon.
+func (s *Session) Send(op, controls []byte, proxyAuthz string, fn func(op, controls []byte, last bool, err error)) (int64, error) {
+	if proxyAuthz != "" {
+		ctl := ldap.NewControlString(OIDProxiedAuthz, true, proxyAuthz).Encode().Bytes()
+		var err error
+		controls, err = withControl(controls, ctl, OIDProxiedAuthz, oidProxiedAuthzV1)
+		if err != nil {
+			return 0, err
+		}
+	}
+	s.mu.Lock()
+	if s.err != nil {
+		err := s.err
+		s.mu.Unlock()
+		return 0, err
+	}
+	s.next++
+	if s.next > maxMessageID {
+		s.next = 1
+	}
+	id := s.next
+	s.handlers[id] = fn
+	s.mu.Unlock()
+	if err := s.write(envelope(id, op, controls)); err != nil {
+		s.mu.Lock()
+		if s.handlers != nil {
+			delete(s.handlers, id)
+		}
+		s.mu.Unlock()
+		return 0, err
+	}
+	return id, nil
+}
+
+func (s *Session) write(b []byte) error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	s.nc.SetWriteDeadline(time.Now().Add(writeTimeout))
+	if _, err := s.nc.Write(b); err != nil {
+		s.nc.Close()
+		return fmt.Errorf("ldapupstream: write to %s: %w", s.c.addr, err)
+	}
+	return nil
+}
+
+// Abandon abandons the request with this handle at the directory; its
+// handler is not called again.
+func (s *Session) Abandon(handle int64) error {
+	s.mu.Lock()
+	if s.handlers == nil {
+		s.mu.Unlock()
+		return nil
+	}
+	delete(s.handlers, handle)
+	s.next++
+	if s.next > maxMessageID {
+		s.next = 1
+	}
+	id := s.next
+	s.mu.Unlock()
+	var op []byte
+	op = append(op, classApplication|opAbandonRequest)
+	var tmp []byte
+	tmp = appendInt(tmp, handle)
+	op = appendLength(op, len(tmp)-2)
+	op = append(op, tmp[2:]...)
+	return s.write(envelope(id, op, nil))
+}
+
+// roundTrip sends one request and waits for its final response.
+func (s *Session) roundTrip(ctx context.Context, op []byte, controls []byte) (element, error) {
+	type result struct {
+		op  []byte
+		err error
+	}
+	ch := make(chan result, 1)
+	_, err := s.Send(op, controls, "", func(op, _ []byte, last bool, err error) {
+		if last {
+			ch <- result{op, err}
+		}
+	})
+	if err != nil {
+		return element{}, err
+	}
+	select {
+	case r := <-ch:
+		if r.err != nil {
+			return element{}, r.err
+		}
+		e, _, err := nextElement(r.op)
+		return e, err
+	case <-ctx.Done():
+		// A bind cannot be abandoned: the session's state is unknown.
+		s.Close()
+		return element{}, fmt.Errorf("ldapupstream: %s did not answer in time: %w", s.c.addr, ctx.Err())
+	}
+}
+
+// Bind binds the session as dn (anonymously when dn and password are
+// empty). ok is false when the directory refused the credentials; err is
+// set when it could not be asked.
+func (s *Session) Bind(ctx context.Context, dn string, password []byte) (ok bool, err error) {
+	p := ber.Encode(ber.ClassApplication, ber.TypeConstructed, opBindRequest, nil, "")
+	p.AppendChild(ber.NewInteger(ber.ClassUniversal, ber.TypePrimitive, ber.TagInteger, int64(3), ""))
+	p.AppendChild(ber.NewString(ber.ClassUniversal, ber.TypePrimitive, ber.TagOctetString, dn, ""))
+	pw := ber.Encode(ber.ClassContext, ber.TypePrimitive, 0, nil, "")
+	pw.Data.Write(password)
+	p.AppendChild(pw)
+	resp, err := s.roundTrip(ctx, p.Bytes(), nil)
+	if err != nil {
+		return false, err
+	}
+	if resp.tag != opBindResponse {
+		return false, fmt.Errorf("ldapupstream: %s answered a bind with operation %d", s.c.addr, resp.tag)
+	}
+	code, diag, _, err := ldapResult(resp)
+	if err != nil {
+		return false, err
+	}
+	switch {
+	case code == 0:
+		return true, nil
+	case refused(uint16(code)):
+		return false, nil
+	}
+	return false, fmt.Errorf("ldapupstream: bind at %s: result %d %q", s.c.addr, code, diag)
+}
+
+// BindService binds the session as the service account. A refusal is an
+// error: the configuration is wrong.
+func (s *Session) BindService(ctx context.Context) error {
+	ok, err := s.Bind(ctx, s.c.opts.ServiceDN, []byte(s.c.opts.ServicePassword))
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return fmt.Errorf("ldapupstream: %s refused the service account %q: check ldap.upstream.service_dn and ldap.upstream.service_password_file", s.c.addr, s.c.opts.ServiceDN)
+	}
+	return nil
+}
+
+// WhoAmI asks the directory who the session is bound as (RFC 4532).
+func (s *Session) WhoAmI(ctx context.Context) (string, error) {
+	resp, err := s.roundTrip(ctx, extendedOp(oidWhoAmI), nil)
+	if err != nil {
+		return "", err
+	}
+	if resp.tag != opExtendedResponse {
+		return "", fmt.Errorf("ldapupstream: %s answered WhoAmI with operation %d", s.c.addr, resp.tag)
+	}
+	code, diag, rest, err := ldapResult(resp)
+	if err != nil {
+		return "", err
+	}
+	if code != 0 {
+		return "", fmt.Errorf("ldapupstream: WhoAmI at %s: result %d %q", s.c.addr, code, diag)
+	}
+	for len(rest) > 0 {
+		var e element
+		e, rest, err = nextElement(rest)
+		if err != nil {
+			return "", err
+		}
+		if e.class == classContext && e.tag == 11 {
+			return string(e.content), nil
+		}
+	}
+	return "", nil
+}
+
+// Close sends Unbind, closes the connection and waits for the reader.
+// Handlers of requests still in flight get ErrSessionClosed.
+func (s *Session) Close() error {
+	s.mu.Lock()
+	alive := s.err == nil
+	var id int64
+	if alive {
+		s.next++
+		id = s.next
+	}
+	s.mu.Unlock()
+	if alive {
+		s.wmu.Lock()
+		s.nc.SetWriteDeadline(time.Now().Add(time.Second))
+		s.nc.Write(envelope(id, []byte{classApplication | opUnbindRequest, 0}, nil))
+		s.wmu.Unlock()
+	}
+	s.nc.Close()
+	<-s.done
+	return nil
+}
+
+// extendedOp encodes an ExtendedRequest without a value.
+func extendedOp(oid string) []byte {
+	p := ber.Encode(ber.ClassApplication, ber.TypeConstructed, opExtendedRequest, nil, "")
+	p.AppendChild(ber.NewString(ber.ClassContext, ber.TypePrimitive, 0, oid, ""))
+	return p.Bytes()
+}

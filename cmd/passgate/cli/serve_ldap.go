@@ -1,0 +1,139 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/passgate/passgate/backends/ldapupstream"
+	"github.com/passgate/passgate/configs"
+	"github.com/passgate/passgate/proxy/ldapfront"
+)
+
+// ldapCheckTimeout bounds the start-up check of the LDAP service account.
+const ldapCheckTimeout = 10 * time.Second
+
+// buildLDAP makes one service per configured LDAP listener: ldap.listen
+// (StartTLS) and ldap.listen_tls (LDAPS). It returns no service when
+// neither is set. The directory is ldap.upstream; its service account is
+// checked in the background at start (a failure is logged, not fatal: the
+// directory may come up later).
+func buildLDAP(d *deps) ([]service, error) {
+	c := d.cfg.LDAP
+	if c.Listen == "" && c.ListenTLS == "" {
+		return nil, nil
+	}
+	if d.engine == nil || d.relays == nil {
+		return nil, errors.New("cli: build ldap listeners: missing decision engine or relay registry (a wiring bug in serve)")
+	}
+	if c.ListenTLS != "" && d.serverTLS == nil {
+		return nil, fmt.Errorf("cli: ldap.listen_tls (%q) needs a certificate: set tls.cert_file and tls.key_file in the configuration, or remove ldap.listen_tls", c.ListenTLS)
+	}
+	u := c.Upstream
+	var servicePW string
+	if u.ServicePasswordFile != "" {
+		pw, err := configs.ReadSecretFile(u.ServicePasswordFile)
+		if err != nil {
+			return nil, fmt.Errorf("ldap.upstream.service_password_file: %w", err)
+		}
+		servicePW = pw
+	}
+	up, err := ldapupstream.New(ldapupstream.Options{
+		URL:             u.URL,
+		TLS:             u.TLS,
+		CAFile:          u.CAFile,
+		ServerName:      u.ServerName,
+		ServiceDN:       u.ServiceDN,
+		ServicePassword: servicePW,
+	})
+	if err != nil {
+		return nil, err
+	}
+	mode := ldapfront.ModeRelay
+	if c.Mode == "bind-only" {
+		mode = ldapfront.ModeBindOnly
+	}
+	lim := d.cfg.Policy.Limits
+	base := ldapfront.Options{
+		Decider:              d.engine,
+		Upstream:             ldapAdapter{up},
+		Registry:             d.relays,
+		Mode:                 mode,
+		UserDNTemplates:      c.UserDNTemplates,
+		UPNDomains:           c.UPNDomains,
+		AllowAnonymous:       c.AllowAnonymous,
+		AllowUnauthenticated: c.AllowUnauthenticated,
+		MaxMessageBytes:      c.MaxMessageBytes,
+		MaxBindFailures:      lim.MaxAuthFailures,
+		PreBindTimeout:       lim.PreLoginTimeout.D(),
+	}
+	var out []service
+	if c.Listen != "" {
+		o := base
+		o.TLSConfig = d.serverTLS // nil: StartTLS answered unavailable
+		o.Listener = "ldap"
+		o.Logger = d.log.With(slog.String("listener", "ldap"))
+		if d.serverTLS == nil {
+			d.log.Warn("ldap listener without a certificate: StartTLS is not offered and only clients in policy.trusted_networks can bind with a password; set tls.cert_file and tls.key_file",
+				slog.String("listener", "ldap"))
+		}
+		srv, err := ldapfront.New(o)
+		if err != nil {
+			return nil, fmt.Errorf("ldap.user_dn_templates: %w", err)
+		}
+		out = append(out, ldapService("ldap", c.Listen, srv))
+	}
+	if c.ListenTLS != "" {
+		o := base
+		o.TLSConfig = d.serverTLS
+		o.ImplicitTLS = true
+		o.Listener = "ldaps"
+		o.Logger = d.log.With(slog.String("listener", "ldaps"))
+		srv, err := ldapfront.New(o)
+		if err != nil {
+			return nil, fmt.Errorf("ldap.user_dn_templates: %w", err)
+		}
+		out = append(out, ldapService("ldaps", c.ListenTLS, srv))
+	}
+	if u.ServiceDN != "" {
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), ldapCheckTimeout)
+			defer cancel()
+			who, err := up.Check(ctx)
+			if err != nil {
+				d.log.Error("ldap service account check failed", slog.String("upstream", up.Addr()), slog.Any("err", err))
+				return
+			}
+			d.log.Info("ldap service account check passed", slog.String("upstream", up.Addr()), slog.String("user", who))
+		}()
+	}
+	return out, nil
+}
+
+func ldapService(name, addr string, srv *ldapfront.Server) service {
+	return service{
+		name:     name,
+		addr:     addr,
+		serve:    srv.Serve,
+		shutdown: srv.Shutdown,
+		close:    srv.Close,
+	}
+}
+
+// ldapAdapter adapts backends/ldapupstream to ldapfront.Upstream, so that
+// neither package imports the other.
+type ldapAdapter struct{ up *ldapupstream.Client }
+
+func (a ldapAdapter) Open(ctx context.Context) (ldapfront.Session, error) {
+	s, err := a.up.Open(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+func (a ldapAdapter) Verify(ctx context.Context, dn string, password []byte) (string, bool, error) {
+	return a.up.Verify(ctx, dn, password)
+}

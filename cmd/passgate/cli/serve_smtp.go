@@ -1,0 +1,157 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/passgate/passgate/backends/smtpupstream"
+	"github.com/passgate/passgate/configs"
+	"github.com/passgate/passgate/proxy/smtpfront"
+)
+
+// smtpProbeTimeout bounds the start-up probe of the upstream's SIZE.
+const smtpProbeTimeout = 5 * time.Second
+
+// buildSMTP makes one service per configured SMTP listener: smtp.listen
+// (STARTTLS, service "smtp") and smtp.listen_tls (implicit TLS, service
+// "submissions"). It returns no service when neither is set. up logs in
+// to the upstream submission server on the user's behalf.
+//
+// The SIZE advertised is smtp.max_message_bytes when set; otherwise the
+// upstream's own SIZE, probed once at start, and 50 MiB when the upstream
+// cannot be asked.
+func buildSMTP(d *deps, up smtpfront.Upstream) ([]service, error) {
+	c := d.cfg.SMTP
+	if c.Listen == "" && c.ListenTLS == "" {
+		return nil, nil
+	}
+	if up == nil || d.engine == nil {
+		return nil, errors.New("cli: build smtp listeners: missing upstream or decision engine (a wiring bug in serve)")
+	}
+	if c.ListenTLS != "" && d.serverTLS == nil {
+		return nil, fmt.Errorf("cli: smtp.listen_tls (%q) needs a certificate: set tls.cert_file and tls.key_file in the configuration, or remove smtp.listen_tls", c.ListenTLS)
+	}
+	size := c.MaxMessageBytes
+	if size <= 0 {
+		size = smtpfront.DefaultMaxMessageBytes
+		if p, ok := up.(sizeProber); ok {
+			ctx, cancel := context.WithTimeout(context.Background(), smtpProbeTimeout)
+			n, known, err := p.ProbeSize(ctx)
+			cancel()
+			switch {
+			case err != nil:
+				d.log.Warn("could not read the SMTP upstream's SIZE; advertising the default (set smtp.max_message_bytes to choose)",
+					slog.Int64("size", size), slog.Any("err", err))
+			case known && n > 0:
+				size = n
+			}
+		}
+	}
+	lim := d.cfg.Policy.Limits
+	base := smtpfront.Options{
+		Decider:         d.engine,
+		Upstream:        up,
+		Hostname:        c.Hostname,
+		MaxMessageBytes: size,
+		MaxRecipients:   c.MaxRecipients,
+		MaxLineLength:   lim.MaxLineLength,
+		MaxCommands:     lim.MaxCommands,
+		MaxAuthFailures: lim.MaxAuthFailures,
+		PreLoginTimeout: lim.PreLoginTimeout.D(),
+	}
+	if d.relays != nil {
+		base.Sessions = d.relays
+	}
+	if c.LegacyAuthLine {
+		d.log.Warn("smtp.legacy_auth_line is not supported by the SMTP listener yet: only \"AUTH PLAIN LOGIN\" is advertised")
+	}
+	var out []service
+	if c.Listen != "" {
+		o := base
+		o.TLSConfig = d.serverTLS // nil: no STARTTLS
+		o.Listener = "smtp"
+		o.Logger = d.log
+		if d.serverTLS == nil {
+			d.log.Warn("smtp listener without a certificate: STARTTLS is not offered and only clients in policy.trusted_networks can log in; set tls.cert_file and tls.key_file",
+				slog.String("listener", "smtp"))
+		}
+		out = append(out, smtpService("smtp", c.Listen, smtpfront.New(o)))
+	}
+	if c.ListenTLS != "" {
+		o := base
+		o.TLSConfig = d.serverTLS
+		o.ImplicitTLS = true
+		o.Listener = "submissions"
+		o.Logger = d.log
+		out = append(out, smtpService("submissions", c.ListenTLS, smtpfront.New(o)))
+	}
+	return out, nil
+}
+
+func smtpService(name, addr string, srv *smtpfront.Server) service {
+	return service{
+		name:     name,
+		addr:     addr,
+		serve:    srv.Serve,
+		shutdown: srv.Shutdown,
+		close:    srv.Close,
+	}
+}
+
+// sizeProber is what buildSMTP asks of an upstream that can tell its SIZE.
+type sizeProber interface {
+	ProbeSize(ctx context.Context) (size int64, known bool, err error)
+}
+
+// newSMTPUpstream builds the SMTP upstream from smtp.upstream.
+func newSMTPUpstream(d *deps) (smtpfront.Upstream, error) {
+	u := d.cfg.SMTP.Upstream
+	tc, err := upstreamTLS("smtp.upstream.ca_file", u.CAFile, u.ServerName)
+	if err != nil {
+		return nil, err
+	}
+	var masterPW string
+	if u.Login == smtpupstream.LoginMaster {
+		if masterPW, err = configs.ReadSecretFile(u.MasterPasswordFile); err != nil {
+			return nil, fmt.Errorf("smtp.upstream.master_password_file: %w", err)
+		}
+	}
+	up, err := smtpupstream.New(smtpupstream.Options{
+		Addresses:      u.Addresses,
+		TLS:            u.TLS,
+		TLSConfig:      tc,
+		Login:          u.Login,
+		MasterUser:     u.MasterUser,
+		MasterPassword: masterPW,
+		ForwardClient:  u.ForwardClient,
+		DialTimeout:    u.DialTimeout.D(),
+	})
+	if err != nil {
+		return nil, err
+	}
+	return smtpAdapter{up}, nil
+}
+
+// smtpAdapter adapts backends/smtpupstream to smtpfront.Upstream, so that
+// neither package imports the other.
+type smtpAdapter struct{ up *smtpupstream.Client }
+
+func (a smtpAdapter) Login(ctx context.Context, r smtpfront.LoginRequest) (smtpfront.UpstreamSession, error) {
+	s, err := a.up.Login(ctx, smtpupstream.Request{User: r.User, Password: r.Password, Client: r.Client, Helo: r.Helo})
+	if errors.Is(err, smtpupstream.ErrAuthRefused) {
+		return nil, fmt.Errorf("%w: %w", smtpfront.ErrLoginRefused, err)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+func (a smtpAdapter) ProbeSize(ctx context.Context) (int64, bool, error) {
+	return a.up.ProbeSize(ctx)
+}
+
+var _ smtpfront.UpstreamSession = (*smtpupstream.Session)(nil)

@@ -1,0 +1,172 @@
+package integration
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/passgate/passgate/integration/testenv"
+)
+
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+)
+
+// passgateBinary builds cmd/passgate once per test binary.
+func passgateBinary(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "passgate-bin-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "passgate")
+		out, err := exec.Command("go", "build", "-o", binPath, "github.com/passgate/passgate/cmd/passgate").CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binPath
+}
+
+// syncBuffer is a bytes.Buffer safe for a writer and a reader.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// TestDemo runs the README's first command as a new user would: the built
+// binary's "demo", then the curl commands it prints, then Ctrl-C.
+func TestDemo(t *testing.T) {
+	bin := passgateBinary(t)
+	imapPort, err := testenv.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	smtpPort, err := testenv.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "demo", "--imap", fmt.Sprintf("127.0.0.1:%d", imapPort), "--smtp", fmt.Sprintf("127.0.0.1:%d", smtpPort))
+	cmd.Dir = t.TempDir()
+	var stdout, stderr syncBuffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+
+	// Wait for the instructions.
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(stdout.String(), "Loopback is a trusted network") {
+		if time.Now().After(deadline) {
+			t.Fatalf("demo printed no instructions in 30s\nstdout:\n%s\nstderr:\n%s", stdout.String(), stderr.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	out := stdout.String()
+	var curls []string
+	sc := bufio.NewScanner(strings.NewReader(out))
+	for sc.Scan() {
+		if l := strings.TrimSpace(sc.Text()); strings.HasPrefix(l, "curl ") || strings.HasPrefix(l, "printf ") {
+			curls = append(curls, l)
+		}
+	}
+	if len(curls) < 2 {
+		t.Fatalf("demo printed %d curl commands, want at least 2:\n%s", len(curls), out)
+	}
+	secret := regexp.MustCompile(`app password\s+([a-z]{4} [a-z]{4} [a-z]{4} [a-z]{4})`).FindStringSubmatch(out)
+	if secret == nil {
+		t.Fatalf("no app password in the demo's output:\n%s", out)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	sh := func(line string) (string, int) {
+		c := exec.CommandContext(ctx, "sh", "-c", line)
+		b, err := c.CombinedOutput()
+		code := 0
+		if err != nil {
+			if ee, ok := err.(*exec.ExitError); ok {
+				code = ee.ExitCode()
+			} else {
+				t.Fatalf("%s: %v", line, err)
+			}
+		}
+		return string(b), code
+	}
+	// 1: the app password lists the inbox.
+	got, code := sh(curls[0])
+	if code != 0 || !strings.Contains(got, "Welcome to passgate") || strings.Count(got, "FETCH") != 3 {
+		t.Errorf("app-password curl: exit %d, output:\n%s", code, got)
+	}
+	// 2: the primary password is refused, after the failure delay.
+	start := time.Now()
+	got, _ = sh(curls[1])
+	if !strings.Contains(got, "curl exit code 67") {
+		t.Errorf("primary-password curl was not refused with exit 67 (login denied):\n%s", got)
+	}
+	if el := time.Since(start); el < 1900*time.Millisecond {
+		t.Errorf("refusal came after %v, want the 2s failure delay", el)
+	}
+	// 3: SMTP, when offered, reaches the demo's upstream.
+	if len(curls) >= 3 {
+		got, code = sh(curls[2])
+		if code != 0 {
+			t.Errorf("smtp curl: exit %d:\n%s", code, got)
+		}
+		deadline := time.Now().Add(5 * time.Second)
+		for !strings.Contains(stdout.String(), "sent through passgate") && time.Now().Before(deadline) {
+			time.Sleep(50 * time.Millisecond)
+		}
+		if !strings.Contains(stdout.String(), "demo SMTP upstream received a message: user demo") {
+			t.Errorf("demo upstream did not print the message:\n%s", stdout.String())
+		}
+	}
+	// Ctrl-C: exit 0.
+	if err := cmd.Process.Signal(os.Interrupt); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("demo exit after Ctrl-C: %v\nstderr:\n%s", err, stderr.String())
+		}
+	case <-time.After(40 * time.Second):
+		t.Fatal("demo did not stop after Ctrl-C")
+	}
+	if strings.Contains(stderr.String(), strings.ReplaceAll(secret[1], " ", "")) {
+		t.Error("the app password appears in the demo's log")
+	}
+}

@@ -1,0 +1,210 @@
+package integration
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/passgate/passgate/backends/ldapupstream"
+	"github.com/passgate/passgate/backends/store"
+	"github.com/passgate/passgate/integration/testenv"
+	"github.com/passgate/passgate/policy"
+	"github.com/passgate/passgate/proxy/ldapfront"
+	"github.com/passgate/passgate/proxy/relay"
+)
+
+// ldapServers is the slapd the LDAP tests share, started once per test
+// binary by startLDAPEnv (from TestMain) or, failing that, by the first
+// test that calls ldapEnv.
+type ldapServers struct {
+	dir   string
+	certs *testenv.Certs
+	slapd *testenv.Slapd
+}
+
+// ldapShared is test-only state: the one slapd of this test binary.
+var ldapShared struct {
+	once sync.Once
+	env  *ldapServers
+	err  error
+	stop func()
+}
+
+// startLDAPEnv starts the slapd of the LDAP tests (once) and returns the
+// function that stops it and removes its directory.
+func startLDAPEnv() (stop func(), err error) {
+	ldapShared.once.Do(func() {
+		ldapShared.stop = func() {}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		dir, err := os.MkdirTemp("", "passgate-ldap-")
+		if err != nil {
+			ldapShared.err = err
+			return
+		}
+		ldapShared.stop = func() { os.RemoveAll(dir) }
+		certs, err := testenv.NewCerts(dir)
+		if err != nil {
+			ldapShared.err = err
+			return
+		}
+		sl, err := testenv.StartSlapd(ctx, dir, certs)
+		if err != nil {
+			ldapShared.err = err
+			return
+		}
+		ldapShared.stop = func() { sl.Stop(); os.RemoveAll(dir) }
+		ldapShared.env = &ldapServers{dir: dir, certs: certs, slapd: sl}
+	})
+	return ldapShared.stop, ldapShared.err
+}
+
+// ldapEnv returns the shared slapd, starting it on first use. A slapd
+// that cannot start fails the test.
+func ldapEnv(t testing.TB) *ldapServers {
+	t.Helper()
+	if _, err := startLDAPEnv(); err != nil {
+		t.Fatalf("start slapd for the LDAP tests: %v", err)
+	}
+	return ldapShared.env
+}
+
+// ldapGateOptions is what a test changes in the passgate it starts.
+type ldapGateOptions struct {
+	mode         ldapfront.Mode
+	trusted      []netip.Prefix
+	failureDelay time.Duration // 0: 200ms
+	allowAnon    bool
+	upstreamTLS  string // "" (none), "starttls", "ldaps"
+}
+
+// ldapGate is a passgate LDAP listener (plain with StartTLS, and LDAPS)
+// assembled in-process from the same packages serve wires: a SQLite store,
+// policy.Engine, ldapupstream and ldapfront.
+type ldapGate struct {
+	addr, tlsAddr string // host:port
+	url, ldapsURL string
+	store         *store.Store
+	relays        *relay.Registry
+	delay         time.Duration
+	apps          map[string]string // "user/label" → app password
+}
+
+func startLDAPGate(t testing.TB, o ldapGateOptions) *ldapGate {
+	t.Helper()
+	e := ldapEnv(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	dir := t.TempDir()
+	st, err := store.Open(ctx, store.Options{Driver: "sqlite", DSN: filepath.Join(dir, "passgate.db"), KeyFile: filepath.Join(dir, "passgate.key")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if o.failureDelay == 0 {
+		o.failureDelay = 200 * time.Millisecond
+	}
+	engine := policy.New(policy.Options{Store: st, TrustedNetworks: o.trusted, FailureDelay: o.failureDelay})
+	upOpts := ldapupstream.Options{
+		URL: e.slapd.URL, CAFile: e.certs.CAFile,
+		ServiceDN: e.slapd.ServiceDN, ServicePassword: e.slapd.ServicePassword,
+	}
+	switch o.upstreamTLS {
+	case "starttls":
+		upOpts.TLS = ldapupstream.TLSStartTLS
+	case "ldaps":
+		upOpts.URL = e.slapd.LDAPSURL
+	}
+	up, err := ldapupstream.New(upOpts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	serverTLS, err := e.certs.ServerTLS()
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := relay.NewRegistry()
+	g := &ldapGate{store: st, relays: reg, delay: o.failureDelay, apps: map[string]string{}}
+	base := ldapfront.Options{
+		Decider: engine, Upstream: testLDAPAdapter{up}, Registry: reg, TLSConfig: serverTLS,
+		Mode: o.mode, UserDNTemplates: []string{e.slapd.UserTemplate}, AllowAnonymous: o.allowAnon,
+	}
+	var servers []*ldapfront.Server
+	for _, implicit := range []bool{false, true} {
+		opts := base
+		opts.ImplicitTLS = implicit
+		srv, err := ldapfront.New(opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		go srv.Serve(ln)
+		servers = append(servers, srv)
+		if implicit {
+			g.tlsAddr, g.ldapsURL = ln.Addr().String(), "ldaps://"+ln.Addr().String()
+		} else {
+			g.addr, g.url = ln.Addr().String(), "ldap://"+ln.Addr().String()
+		}
+	}
+	watchDone := make(chan struct{})
+	go func() {
+		defer close(watchDone)
+		reg.Watch(ctx, 200*time.Millisecond, st.ExistingAppPasswords, nil)
+	}()
+	t.Cleanup(func() {
+		for _, s := range servers {
+			sctx, c := context.WithTimeout(context.Background(), 2*time.Second)
+			if err := s.Shutdown(sctx); err != nil {
+				s.Close()
+			}
+			c()
+		}
+		cancel()
+		<-watchDone
+		st.Close()
+	})
+	return g
+}
+
+// appPassword creates an app password for user with the given scopes (nil:
+// all) and returns it.
+func (g *ldapGate) appPassword(t testing.TB, user, label string, scopes ...string) string {
+	t.Helper()
+	_, secret, err := g.store.CreateAppPassword(context.Background(), store.NewAppPassword{User: user, Label: label, Scopes: scopes})
+	if err != nil {
+		t.Fatalf("create app password %s/%s: %v", user, label, err)
+	}
+	return strings.ReplaceAll(secret, " ", "")
+}
+
+func (g *ldapGate) setMFA(t testing.TB, user string, st store.MFAState) {
+	t.Helper()
+	if _, err := g.store.SetMFA(context.Background(), user, st); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// testLDAPAdapter is the same adapter as cmd/passgate/cli's.
+type testLDAPAdapter struct{ up *ldapupstream.Client }
+
+func (a testLDAPAdapter) Open(ctx context.Context) (ldapfront.Session, error) {
+	s, err := a.up.Open(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+func (a testLDAPAdapter) Verify(ctx context.Context, dn string, password []byte) (string, bool, error) {
+	return a.up.Verify(ctx, dn, password)
+}

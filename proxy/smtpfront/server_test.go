@@ -1,0 +1,587 @@
+package smtpfront_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+
+	"github.com/passgate/passgate/integration/testenv"
+	"github.com/passgate/passgate/policy"
+	"github.com/passgate/passgate/proxy/smtpfront"
+)
+
+// fakeDecider allows "alice" with app password "app" (id 7) or primary
+// "primary"; "down" makes Decide fail; everything else is denied.
+type fakeDecider struct {
+	mu       sync.Mutex
+	trusted  netip.Prefix
+	primary  []bool
+	fails    int
+	attempts []policy.Attempt
+}
+
+func (f *fakeDecider) Decide(_ context.Context, a policy.Attempt) (policy.Decision, error) {
+	f.mu.Lock()
+	f.attempts = append(f.attempts, a)
+	f.mu.Unlock()
+	if a.Proto != policy.SMTP {
+		return policy.Decision{}, fmt.Errorf("proto %q", a.Proto)
+	}
+	switch {
+	case a.User == "down":
+		return policy.Decision{}, errors.New("store down")
+	case a.User == "alice" && string(a.Secret) == "app":
+		return policy.Decision{Allow: true, Kind: policy.KindAppPassword, User: "alice", AppPasswordID: 7, Label: "Outlook"}, nil
+	case string(a.Secret) == "primary" || string(a.Secret) == "upstream-refuses":
+		return policy.Decision{Allow: true, Kind: policy.KindPrimary, User: a.User}, nil
+	}
+	return policy.Decision{User: a.User}, nil
+}
+
+func (f *fakeDecider) PrimaryResult(_ context.Context, _ policy.Attempt, _ policy.Decision, ok bool) {
+	f.mu.Lock()
+	f.primary = append(f.primary, ok)
+	f.mu.Unlock()
+}
+
+func (f *fakeDecider) Fail(context.Context, policy.Attempt) {
+	f.mu.Lock()
+	f.fails++
+	f.mu.Unlock()
+}
+
+func (f *fakeDecider) PlaintextAllowed(c netip.AddrPort, tls bool) bool {
+	return tls || (f.trusted.IsValid() && f.trusted.Contains(c.Addr()))
+}
+
+// fakeUpstream records what reaches the upstream.
+type fakeUpstream struct {
+	mu       sync.Mutex
+	down     bool
+	logins   []smtpfront.LoginRequest
+	log      []string
+	messages [][]byte
+}
+
+func (f *fakeUpstream) Login(_ context.Context, req smtpfront.LoginRequest) (smtpfront.UpstreamSession, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.logins = append(f.logins, req)
+	if f.down {
+		return nil, errors.New("dial tcp 127.0.0.1:1: connection refused")
+	}
+	if req.Password == "upstream-refuses" {
+		return nil, fmt.Errorf("535: %w", smtpfront.ErrLoginRefused)
+	}
+	return &fakeSession{f: f}, nil
+}
+
+func (f *fakeUpstream) record(s string) {
+	f.mu.Lock()
+	f.log = append(f.log, s)
+	f.mu.Unlock()
+}
+
+type fakeSession struct{ f *fakeUpstream }
+
+func (s *fakeSession) Mail(from string, _ *smtp.MailOptions) error {
+	s.f.record("MAIL " + from)
+	return nil
+}
+
+func (s *fakeSession) Rcpt(to string, _ *smtp.RcptOptions) error {
+	s.f.record("RCPT " + to)
+	if strings.HasPrefix(to, "unknown@") {
+		return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "<" + to + ">: Recipient address rejected: User unknown"}
+	}
+	if strings.HasPrefix(to, "later@") {
+		return &smtp.SMTPError{Code: 450, EnhancedCode: smtp.EnhancedCode{4, 2, 0}, Message: "try later"}
+	}
+	return nil
+}
+
+func (s *fakeSession) Data(r io.Reader) (int64, error) {
+	b, err := io.ReadAll(r)
+	if err != nil {
+		return int64(len(b)), err
+	}
+	s.f.mu.Lock()
+	s.f.messages = append(s.f.messages, b)
+	s.f.log = append(s.f.log, "DATA")
+	s.f.mu.Unlock()
+	return int64(len(b)), nil
+}
+
+func (s *fakeSession) Reset() error { s.f.record("RSET"); return nil }
+func (s *fakeSession) Quit() error  { s.f.record("QUIT"); return nil }
+func (s *fakeSession) Close() error { s.f.record("CLOSE"); return nil }
+
+type fixture struct {
+	srv    *smtpfront.Server
+	addr   string
+	dec    *fakeDecider
+	up     *fakeUpstream
+	client *tls.Config
+}
+
+func newFixture(t *testing.T, mod func(*smtpfront.Options)) *fixture {
+	t.Helper()
+	certs, err := testenv.NewCerts(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	stls, err := certs.ServerTLS()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &fixture{dec: &fakeDecider{}, up: &fakeUpstream{}, client: certs.ClientTLS()}
+	o := smtpfront.Options{Decider: f.dec, Upstream: f.up, TLSConfig: stls, Hostname: "mx.test"}
+	if mod != nil {
+		mod(&o)
+	}
+	f.srv = smtpfront.New(o)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.addr = ln.Addr().String()
+	served := make(chan error, 1)
+	go func() { served <- f.srv.Serve(ln) }()
+	t.Cleanup(func() {
+		if err := f.srv.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+		select {
+		case err := <-served:
+			if !errors.Is(err, smtpfront.ErrServerClosed) {
+				t.Errorf("Serve returned %v, want ErrServerClosed", err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Error("Serve did not return after Close")
+		}
+	})
+	return f
+}
+
+// raw is a line-level client for checking exact bytes on the wire.
+type raw struct {
+	t    *testing.T
+	conn net.Conn
+	r    *bufio.Reader
+}
+
+func (f *fixture) dialRaw(t *testing.T, startTLS bool) *raw {
+	t.Helper()
+	c, err := net.Dial("tcp", f.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+	r := &raw{t: t, conn: c, r: bufio.NewReader(c)}
+	r.expect("220 ")
+	if startTLS {
+		r.send("EHLO client.test")
+		r.reply()
+		r.send("STARTTLS")
+		r.expect("220 ")
+		tc := tls.Client(c, f.client)
+		if err := tc.Handshake(); err != nil {
+			t.Fatal(err)
+		}
+		r.conn, r.r = tc, bufio.NewReader(tc)
+	}
+	r.send("EHLO client.test")
+	r.reply()
+	return r
+}
+
+func (r *raw) send(line string) {
+	r.t.Helper()
+	if _, err := io.WriteString(r.conn, line+"\r\n"); err != nil {
+		r.t.Fatal(err)
+	}
+}
+
+// reply reads a whole (multi-line) reply.
+func (r *raw) reply() string {
+	r.t.Helper()
+	var all []string
+	for {
+		l, err := r.r.ReadString('\n')
+		if err != nil {
+			r.t.Fatalf("read reply: %v (so far %q)", err, all)
+		}
+		all = append(all, l)
+		if len(l) < 4 || l[3] != '-' {
+			return strings.Join(all, "")
+		}
+	}
+}
+
+func (r *raw) expect(prefix string) string {
+	r.t.Helper()
+	got := r.reply()
+	if !strings.HasPrefix(got, prefix) {
+		r.t.Fatalf("reply %q, want prefix %q", got, prefix)
+	}
+	return got
+}
+
+func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
+
+const uniform535 = "535 5.7.8 Authentication credentials invalid\r\n"
+
+func TestAuthLoginPromptsExact(t *testing.T) {
+	f := newFixture(t, nil)
+	r := f.dialRaw(t, true)
+	r.send("AUTH LOGIN")
+	if got := r.reply(); got != "334 VXNlcm5hbWU6\r\n" {
+		t.Fatalf("first prompt %q", got)
+	}
+	r.send(b64("alice"))
+	if got := r.reply(); got != "334 UGFzc3dvcmQ6\r\n" {
+		t.Fatalf("second prompt %q", got)
+	}
+	r.send(b64("app"))
+	r.expect("235 ")
+	// EHLO again after AUTH (MailKit, Outlook) keeps the session.
+	r.send("EHLO client.test")
+	r.expect("250-")
+	r.send("MAIL FROM:<alice@example.test>")
+	r.expect("250 ")
+}
+
+func TestAuthMechanismsAndWire(t *testing.T) {
+	tests := []struct {
+		name   string
+		script []string // client lines; "<" prefix: expected reply prefix
+	}{
+		{"login/initial-response", []string{"AUTH LOGIN " + b64("alice"), "<334 UGFzc3dvcmQ6", b64("app"), "<235 "}},
+		{"plain/initial-response", []string{"AUTH PLAIN " + b64("\x00alice\x00app"), "<235 "}},
+		{"plain/no-initial-response", []string{"AUTH PLAIN", "<334 ", b64("\x00alice\x00app"), "<235 "}},
+		{"plain/authzid-same", []string{"AUTH PLAIN " + b64("alice\x00alice\x00app"), "<235 "}},
+		{"mail-before-auth", []string{"MAIL FROM:<a@b>", "<530 5.7.0 Authentication required\r\n"}},
+		{"xclient-refused", []string{"XCLIENT LOGIN=bob ADDR=10.0.0.1", "<501 5.5.2 Bad command"}},
+		{"xclient-after-auth", []string{"AUTH PLAIN " + b64("\x00alice\x00app"), "<235 ", "XCLIENT LOGIN=bob", "<501 5.5.2", "MAIL FROM:<alice@example.test>", "<250 "}},
+		{"unknown-mechanism", []string{"AUTH CRAM-MD5", "<504 "}},
+		{"cancel", []string{"AUTH LOGIN", "<334 ", "*", "<501 "}},
+		{"decision-error", []string{"AUTH PLAIN " + b64("\x00down\x00x"), "<454 4.7.0 Temporary authentication failure\r\n"}},
+		{"upstream-reply-passes", []string{"AUTH PLAIN " + b64("\x00alice\x00app"), "<235 ", "MAIL FROM:<alice@example.test>", "<250 ",
+			"RCPT TO:<unknown@example.test>", "<550 5.1.1 <unknown@example.test>: Recipient address rejected: User unknown\r\n",
+			"RCPT TO:<later@example.test>", "<450 4.2.0 try later\r\n"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t, nil)
+			r := f.dialRaw(t, true)
+			for _, l := range tc.script {
+				if strings.HasPrefix(l, "<") {
+					r.expect(l[1:])
+					continue
+				}
+				r.send(l)
+			}
+			f.up.mu.Lock()
+			defer f.up.mu.Unlock()
+			for _, l := range f.up.log {
+				if strings.Contains(l, "XCLIENT") || strings.Contains(l, "bob") {
+					t.Fatalf("client command reached the upstream: %q", f.up.log)
+				}
+			}
+		})
+	}
+}
+
+func TestUniformFailure(t *testing.T) {
+	tests := []struct {
+		name  string
+		lines []string
+	}{
+		{"wrong-password", []string{"AUTH PLAIN " + b64("\x00alice\x00wrong")}},
+		{"unknown-user", []string{"AUTH PLAIN " + b64("\x00nobody\x00wrong")}},
+		{"login-wrong-password", []string{"AUTH LOGIN " + b64("alice"), b64("wrong")}},
+		{"upstream-refused-primary", []string{"AUTH PLAIN " + b64("\x00bob\x00upstream-refuses")}},
+		{"authzid-other-user", []string{"AUTH PLAIN " + b64("bob\x00alice\x00app")}},
+		{"malformed-plain", []string{"AUTH PLAIN " + b64("alice app")}},
+		{"empty-password", []string{"AUTH LOGIN " + b64("alice"), "="}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t, nil)
+			r := f.dialRaw(t, true)
+			for i, l := range tc.lines {
+				r.send(l)
+				if i < len(tc.lines)-1 {
+					r.expect("334 ")
+				}
+			}
+			if got := r.reply(); got != uniform535 {
+				t.Fatalf("reply %q, want %q", got, uniform535)
+			}
+			f.dec.mu.Lock()
+			fails := f.dec.fails
+			f.dec.mu.Unlock()
+			if fails != 1 {
+				t.Fatalf("Fail called %d times, want 1 (uniform delay)", fails)
+			}
+			// The connection is still usable: a second attempt succeeds.
+			r.send("AUTH PLAIN " + b64("\x00alice\x00app"))
+			r.expect("235 ")
+		})
+	}
+}
+
+func TestPrimaryPasswordGoesUpstream(t *testing.T) {
+	f := newFixture(t, nil)
+	r := f.dialRaw(t, true)
+	r.send("AUTH PLAIN " + b64("\x00bob\x00primary"))
+	r.expect("235 ")
+	r.send("AUTH PLAIN " + b64("\x00alice\x00app"))
+	r.expect("503 ")
+	r.send("QUIT")
+	r.expect("221 ")
+	f.up.mu.Lock()
+	defer f.up.mu.Unlock()
+	if len(f.up.logins) != 1 || f.up.logins[0].Password != "primary" || f.up.logins[0].User != "bob" {
+		t.Fatalf("logins %+v", f.up.logins)
+	}
+	f.dec.mu.Lock()
+	defer f.dec.mu.Unlock()
+	if len(f.dec.primary) != 1 || !f.dec.primary[0] {
+		t.Fatalf("PrimaryResult %v", f.dec.primary)
+	}
+}
+
+func TestAppPasswordSendsNoSecretUpstream(t *testing.T) {
+	f := newFixture(t, nil)
+	r := f.dialRaw(t, true)
+	r.send("AUTH PLAIN " + b64("\x00alice\x00app"))
+	r.expect("235 ")
+	f.up.mu.Lock()
+	defer f.up.mu.Unlock()
+	l := f.up.logins[0]
+	if l.Password != "" || l.User != "alice" || l.Helo != "client.test" || !l.Client.Addr().IsLoopback() {
+		t.Fatalf("login request %+v", l)
+	}
+}
+
+func TestUpstreamDownIsTemporary(t *testing.T) {
+	f := newFixture(t, nil)
+	f.up.down = true
+	r := f.dialRaw(t, true)
+	r.send("AUTH PLAIN " + b64("\x00alice\x00app"))
+	if got := r.reply(); got != "454 4.7.0 Temporary authentication failure\r\n" {
+		t.Fatalf("reply %q", got)
+	}
+}
+
+func TestNoAuthBeforeTLS(t *testing.T) {
+	f := newFixture(t, nil)
+	r := f.dialRaw(t, false)
+	r.send("EHLO client.test")
+	ehlo := r.reply()
+	if strings.Contains(ehlo, "AUTH") || !strings.Contains(ehlo, "STARTTLS") {
+		t.Fatalf("EHLO before TLS: %q", ehlo)
+	}
+	r.send("AUTH PLAIN " + b64("\x00alice\x00app"))
+	r.expect("538 5.7.11 ")
+	f.dec.mu.Lock()
+	defer f.dec.mu.Unlock()
+	if len(f.dec.attempts) != 0 {
+		t.Fatal("a plaintext credential reached the decision")
+	}
+}
+
+func TestTrustedPlaintext(t *testing.T) {
+	f := newFixture(t, nil)
+	f.dec.trusted = netip.MustParsePrefix("127.0.0.0/8")
+	r := f.dialRaw(t, false)
+	r.send("EHLO client.test")
+	if ehlo := r.reply(); !strings.Contains(ehlo, "AUTH PLAIN LOGIN") {
+		t.Fatalf("EHLO for a trusted client: %q", ehlo)
+	}
+	r.send("AUTH PLAIN " + b64("\x00alice\x00app"))
+	r.expect("235 ")
+}
+
+func TestImplicitTLSWithGoSMTPClient(t *testing.T) {
+	f := newFixture(t, func(o *smtpfront.Options) { o.ImplicitTLS = true })
+	c, err := smtp.DialTLS(f.addr, f.client)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Auth(sasl.NewLoginClient("alice", "app")); err != nil {
+		t.Fatal(err)
+	}
+	msg := "Subject: hi\r\n\r\n.leading dot\r\nbody\r\n"
+	if err := c.SendMail("alice@example.test", []string{"bob@example.test"}, strings.NewReader(msg)); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Quit(); err != nil {
+		t.Fatal(err)
+	}
+	f.up.mu.Lock()
+	defer f.up.mu.Unlock()
+	if len(f.up.messages) != 1 || string(f.up.messages[0]) != msg {
+		t.Fatalf("upstream got %q", f.up.messages)
+	}
+	want := "MAIL alice@example.test,RCPT bob@example.test,DATA,QUIT"
+	if got := strings.Join(f.up.log, ","); got != want {
+		t.Fatalf("upstream saw %s, want %s", got, want)
+	}
+}
+
+func TestLimits(t *testing.T) {
+	t.Run("commands-before-auth", func(t *testing.T) {
+		f := newFixture(t, func(o *smtpfront.Options) { o.MaxCommands = 5 })
+		r := f.dialRaw(t, true) // EHLO counts
+		var last string
+		for i := 0; i < 10; i++ {
+			r.send("MAIL FROM:<a@b>")
+			last = r.reply()
+			if strings.HasPrefix(last, "421 ") {
+				break
+			}
+		}
+		if !strings.HasPrefix(last, "421 4.7.0") {
+			t.Fatalf("last reply %q, want 421", last)
+		}
+		if _, err := r.r.ReadString('\n'); err == nil {
+			t.Fatal("connection still open after 421")
+		}
+	})
+	t.Run("auth-failures", func(t *testing.T) {
+		f := newFixture(t, func(o *smtpfront.Options) { o.MaxAuthFailures = 2 })
+		r := f.dialRaw(t, true)
+		for i := 0; i < 2; i++ {
+			r.send("AUTH PLAIN " + b64("\x00alice\x00bad"))
+			if got := r.reply(); got != uniform535 {
+				t.Fatalf("reply %q", got)
+			}
+		}
+		if _, err := r.r.ReadString('\n'); err == nil {
+			t.Fatal("connection still open after the last allowed failure")
+		}
+	})
+	t.Run("pre-login-time", func(t *testing.T) {
+		f := newFixture(t, func(o *smtpfront.Options) { o.PreLoginTimeout = 300 * time.Millisecond })
+		r := f.dialRaw(t, true)
+		start := time.Now()
+		got := r.reply() // nothing sent: the server gives up
+		if !strings.HasPrefix(got, "421 ") || time.Since(start) > 3*time.Second {
+			t.Fatalf("reply %q after %v", got, time.Since(start))
+		}
+	})
+	t.Run("line-length", func(t *testing.T) {
+		f := newFixture(t, func(o *smtpfront.Options) { o.MaxLineLength = 1000 })
+		r := f.dialRaw(t, true)
+		r.send("NOOP " + strings.Repeat("x", 2000))
+		r.expect("500 5.4.0 ")
+	})
+	t.Run("recipients-and-size", func(t *testing.T) {
+		f := newFixture(t, func(o *smtpfront.Options) { o.MaxRecipients = 2; o.MaxMessageBytes = 1000 })
+		r := f.dialRaw(t, true)
+		r.send("EHLO client.test")
+		if ehlo := r.reply(); !strings.Contains(ehlo, "SIZE 1000") {
+			t.Fatalf("EHLO %q lacks SIZE 1000", ehlo)
+		}
+		r.send("AUTH PLAIN " + b64("\x00alice\x00app"))
+		r.expect("235 ")
+		r.send("MAIL FROM:<alice@example.test> SIZE=5000")
+		r.expect("552 ")
+		r.send("MAIL FROM:<alice@example.test>")
+		r.expect("250 ")
+		for _, rc := range []string{"a", "b"} {
+			r.send("RCPT TO:<" + rc + "@example.test>")
+			r.expect("250 ")
+		}
+		r.send("RCPT TO:<c@example.test>")
+		r.expect("452 ")
+		r.send("DATA")
+		r.expect("354 ")
+		r.send(strings.Repeat("y", 900))
+		r.send(strings.Repeat("y", 900))
+		r.send(".")
+		r.expect("552 ")
+		f.up.mu.Lock()
+		defer f.up.mu.Unlock()
+		if len(f.up.messages) != 0 {
+			t.Fatal("an oversized message was committed upstream")
+		}
+	})
+}
+
+func TestShutdown(t *testing.T) {
+	f := newFixture(t, nil)
+	r := f.dialRaw(t, true)
+	r.send("QUIT")
+	r.expect("221 ")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := f.srv.Shutdown(ctx); err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	if _, err := net.DialTimeout("tcp", f.addr, time.Second); err == nil {
+		t.Fatal("still accepting after Shutdown")
+	}
+}
+
+func TestLogHasNoSecret(t *testing.T) {
+	var buf syncBuffer
+	f := newFixture(t, func(o *smtpfront.Options) { o.Logger = newTestLogger(&buf) })
+	r := f.dialRaw(t, true)
+	r.send("AUTH PLAIN " + b64("\x00alice\x00wrong-secret-xyz"))
+	r.expect("535 ")
+	r.send("AUTH LOGIN " + b64("alice"))
+	r.expect("334 ")
+	r.send(b64("app"))
+	r.expect("235 ")
+	r.send("QUIT")
+	r.expect("221 ")
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(buf.String(), `"msg":"smtp session"`) && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	out := buf.String()
+	if strings.Contains(out, "wrong-secret-xyz") || strings.Contains(out, `"app"`) {
+		t.Fatalf("a secret reached the log:\n%s", out)
+	}
+	for _, want := range []string{`"user":"alice"`, `"credential":"app-password:7 (Outlook)"`, `"outcome":"relayed"`, `"remote_addr":"127.0.0.1:`} {
+		if !strings.Contains(out, want) {
+			t.Errorf("session log lacks %s:\n%s", want, out)
+		}
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
