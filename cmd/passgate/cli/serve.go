@@ -241,7 +241,7 @@ func serve(ctx context.Context, e *env, cfg *configs.Config, log *slog.Logger, o
 
 // serveOverrides lets demo and tests learn the bound addresses.
 type serveOverrides struct {
-	ready        func(map[string]string) // listener name → bound address
+	ready func(map[string]string) // listener name → bound address
 }
 
 func parsePrefixes(cidrs []string) ([]netip.Prefix, error) {
