@@ -34,6 +34,7 @@ func TestMain(m *testing.M) {
 func runMain(m *testing.M) int {
 	stop, err := startServers()
 	defer stop()
+	defer stopBenchServers()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "integration: start servers:", err)
 		return 1

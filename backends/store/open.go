@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"os"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -90,6 +91,14 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 	var raw *sql.DB
 	switch s.driver {
 	case DriverSQLite:
+		// The file holds keyed hashes and the audit trail: create it
+		// readable by its owner only (SQLite gives the -wal and -shm
+		// files the same mode).
+		if !strings.HasPrefix(opts.DSN, "file:") {
+			if f, cerr := os.OpenFile(opts.DSN, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600); cerr == nil {
+				f.Close()
+			}
+		}
 		raw, err = sql.Open("sqlite", sqliteDSN(opts.DSN))
 	case DriverPostgres:
 		raw, err = sql.Open("postgres", opts.DSN)

@@ -56,6 +56,8 @@ func (f *fakeDecider) Decide(ctx context.Context, a policy.Attempt) (policy.Deci
 	switch {
 	case a.User == appUser && string(a.Secret) == appSecret:
 		return policy.Decision{Allow: true, Kind: policy.KindAppPassword, User: a.User, AppPasswordID: appID, Label: "phone"}, nil
+	case a.User == "weird":
+		return policy.Decision{Allow: true, User: a.User}, nil // a decision bug: no kind
 	case a.User == primaryUser || a.User == "ghost":
 		return policy.Decision{Allow: true, Kind: policy.KindPrimary, User: a.User}, nil
 	}
@@ -278,6 +280,12 @@ func startServer(t testing.TB, mod func(*Options)) *testServer {
 			t.Error("Serve did not return after Close")
 		}
 		ts.up.wg.Wait()
+		log := ts.log.String()
+		for _, secret := range []string{primaryPass, appSecret, "abcdefghijklmnop", "secret-cleartext", b64("\x00" + primaryUser + "\x00" + primaryPass)} {
+			if strings.Contains(log, secret) {
+				t.Errorf("a secret (%.4s…) reached the log", secret)
+			}
+		}
 	})
 	return ts
 }

@@ -215,6 +215,15 @@ func (c *conn) login(tag string, user, secret []byte) bool {
 		dec.Fail(c.ctx, a)
 		return c.authFailed(tag, replyAuthFailed)
 	}
+	if d.Kind != policy.KindAppPassword && d.Kind != policy.KindPrimary {
+		// An allow must say which credential it is for: anything else is
+		// a bug in the decision, and a bug must not open a mailbox.
+		c.srv.log.LogAttrs(c.ctx, slog.LevelError, "auth decision without a credential kind",
+			slog.String("proto", policy.IMAP), slog.String("user", a.User),
+			slog.String("remote_addr", c.client.String()), slog.String("credential", d.Credential()))
+		dec.Fail(c.ctx, a)
+		return c.authFailed(tag, replyAuthFailed)
+	}
 	primary := d.Kind == policy.KindPrimary
 	req := LoginRequest{
 		User:     d.User,

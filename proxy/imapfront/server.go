@@ -29,6 +29,7 @@ import (
 	"net/netip"
 	"runtime/debug"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/passgate/passgate/policy"
@@ -198,8 +199,7 @@ func (s *Server) Serve(ln net.Listener) error {
 			if s.isClosing() {
 				return ErrServerClosed
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
+			if retryableAccept(err) {
 				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
 				s.log.LogAttrs(s.baseCtx, slog.LevelWarn, "accept failed",
 					slog.String("proto", policy.IMAP), slog.Any("err", err))
@@ -221,6 +221,22 @@ func (s *Server) Serve(ln net.Listener) error {
 		s.mu.Unlock()
 		go s.run(c)
 	}
+}
+
+// retryableAccept reports whether an accept error is passing (out of file
+// descriptors or memory, a connection aborted before accept): Serve then
+// waits a little and goes on rather than dropping the listener.
+func retryableAccept(err error) bool {
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return true
+	}
+	for _, errno := range []syscall.Errno{syscall.EMFILE, syscall.ENFILE, syscall.ECONNABORTED, syscall.ENOBUFS, syscall.ENOMEM} {
+		if errors.Is(err, errno) {
+			return true
+		}
+	}
+	return false
 }
 
 // run serves one connection; it recovers a panic so that one bad

@@ -298,6 +298,7 @@ func TestFailureIdentical(t *testing.T) {
 		{"deny/unknown-user", `a LOGIN nobody "x"`, nil},
 		{"upstream-refused/primary", `a LOGIN bob "wrong-primary"`, []bool{false}},
 		{"upstream-refused/unknown-upstream-user", `a LOGIN ghost "pw"`, []bool{false}},
+		{"bug/allow-without-kind", `a LOGIN weird "x"`, nil},
 		{"front/foreign-authzid", "a AUTHENTICATE PLAIN " + b64("alice\x00bob\x00"+primaryPass), nil},
 		{"front/control-in-user", "a LOGIN {5}\r\nb\tob {14}\r\n" + primaryPass, nil},
 	}

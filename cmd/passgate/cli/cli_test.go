@@ -271,11 +271,11 @@ func TestLoadConfigExpandsFromEnv(t *testing.T) {
 
 func TestClean(t *testing.T) {
 	for in, want := range map[string]string{
-		"Outlook 2010":     "Outlook 2010",
-		"évier":            "évier",
-		"a\tb":             `a\tb`,
-		"\x1b[31mred":      `\x1b[31mred`,
-		"line\nbreak":      `line\nbreak`,
+		"Outlook 2010":    "Outlook 2010",
+		"évier":           "évier",
+		"a\tb":            `a\tb`,
+		"\x1b[31mred":     `\x1b[31mred`,
+		"line\nbreak":     `line\nbreak`,
 		"c1\u0085control": `c1\u0085control`,
 	} {
 		if got := clean(in); got != want {

@@ -4,8 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
-	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -35,29 +33,16 @@ var demoMessages = []string{
 // user whose MFA is enforced and one app password. It prints what to try
 // and runs until ctx ends (Ctrl-C), then exits 0.
 func cmdDemo(ctx context.Context, e *env, args []string) int {
-	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
-	fs.SetOutput(e.Stderr)
-	imapAddr := fs.String("imap", "127.0.0.1:1143", "address of the demo's IMAP listener")
-	smtpAddr := fs.String("smtp", "127.0.0.1:1587", "address of the demo's SMTP listener")
-	fs.Usage = func() {
-		fmt.Fprintln(fs.Output(), "Usage: passgate demo [--imap ADDR] [--smtp ADDR]\n\nRuns passgate on a throwaway embedded store in front of in-process IMAP and SMTP\nservers, with a demo user whose MFA is enforced, and prints what to try. Ctrl-C stops it.")
-		fs.PrintDefaults()
-	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fs.SetOutput(e.Stdout)
-			fs.Usage()
-			return 0
-		}
-		return 2
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(e.Stderr, "passgate demo: unexpected argument %q\n", fs.Arg(0))
-		return 2
+	f := newFlags("demo", "[--imap ADDR] [--smtp ADDR]",
+		"Run passgate on a throwaway embedded store in front of in-process IMAP and SMTP servers, with a\n"+
+			"demo user whose MFA is enforced, and print what to try. Ctrl-C stops it.")
+	imapAddr := f.String("imap", "127.0.0.1:1143", "`ADDR` of the demo's IMAP listener")
+	smtpAddr := f.String("smtp", "127.0.0.1:1587", "`ADDR` of the demo's SMTP listener")
+	if _, code, ok := e.parse(f, args, 0, 0); !ok {
+		return code
 	}
 	if err := runDemo(ctx, e, *imapAddr, *smtpAddr); err != nil {
-		fmt.Fprintf(e.Stderr, "passgate demo: %v\n", err)
-		return 1
+		return e.fail(f.path, err)
 	}
 	return 0
 }

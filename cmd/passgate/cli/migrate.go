@@ -11,9 +11,12 @@ import (
 // cmdMigrate runs "passgate migrate": it creates or updates the schema of
 // the store and creates the server key of a new store.
 func cmdMigrate(ctx context.Context, e *env, args []string) int {
-	f := newFlags("migrate", "[--config FILE]",
-		"Create or update the store's schema (serve does it too at start) and create the server key file of a new store.")
+	f := newFlags("migrate", "[--config FILE] [--reset-key]",
+		"Create or update the store's schema (serve does it too at start) and create the server key file of a new store.\n"+
+			"--reset-key is the way out when the key file of an existing store is lost for good: it deletes EVERY app\n"+
+			"password, moves the old key file aside and creates a new key; users must create new app passwords.")
 	config := f.configFlag()
+	resetKey := f.Bool("reset-key", false, "delete every app password and start over with a new server key")
 	if _, code, ok := e.parse(f, args, 0, 0); !ok {
 		return code
 	}
@@ -26,6 +29,14 @@ func cmdMigrate(ctx context.Context, e *env, args []string) int {
 		return e.fail(f.path, err)
 	}
 	defer st.Close()
+	if *resetKey {
+		n, err := st.ResetKey(ctx)
+		if err != nil {
+			return e.fail(f.path, err)
+		}
+		fmt.Fprintf(e.Stdout, "New server key in %s; %d app passwords deleted: users must create new ones.\n", cfg.KeyFile, n)
+		return e.done(ctx, st, f.path, "store.reset-key", "", fmt.Sprintf("deleted=%d", n), nil)
+	}
 	applied, err := st.Migrate(ctx)
 	where := cfg.Store.Driver + " store"
 	if cfg.Store.Driver == store.DriverSQLite {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
-	"flag"
 	"fmt"
 	"log/slog"
 	"net"
@@ -52,29 +51,15 @@ const (
 // opens and migrates the store, starts every configured listener and runs
 // until ctx ends (SIGINT or SIGTERM), then drains.
 func cmdServe(ctx context.Context, e *env, args []string) int {
-	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	fs.SetOutput(e.Stderr)
-	cfgPath := fs.String("config", "", "configuration file (default $PASSGATE_CONFIG, then ./passgate.yaml)")
-	fs.Usage = func() {
-		fmt.Fprintln(fs.Output(), "Usage: passgate serve [--config FILE]\n\nRuns the IMAP, SMTP and LDAP listeners of the configuration until SIGINT or SIGTERM.")
-		fs.PrintDefaults()
-	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fs.SetOutput(e.Stdout)
-			fs.Usage()
-			return 0
-		}
-		return 2
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(e.Stderr, "passgate serve: unexpected argument %q\n", fs.Arg(0))
-		return 2
+	f := newFlags("serve", "[--config FILE]",
+		"Run the IMAP, SMTP and LDAP listeners of the configuration until SIGINT or SIGTERM, then drain.\nSIGHUP reloads the TLS certificate.")
+	cfgPath := f.configFlag()
+	if _, code, ok := e.parse(f, args, 0, 0); !ok {
+		return code
 	}
 	cfg, path, err := e.loadConfig(*cfgPath)
 	if err != nil {
-		fmt.Fprintf(e.Stderr, "passgate serve: %v\n", err)
-		return 1
+		return e.fail(f.path, configProblem(path, err))
 	}
 	log := newLogger(e, cfg, "json")
 	if path == "" {
@@ -82,8 +67,7 @@ func cmdServe(ctx context.Context, e *env, args []string) int {
 	}
 	if err := serve(ctx, e, cfg, log, nil); err != nil {
 		log.Error("serve failed", slog.Any("err", err))
-		fmt.Fprintf(e.Stderr, "passgate serve: %v\n", err)
-		return 1
+		return e.fail(f.path, err)
 	}
 	return 0
 }

@@ -1,0 +1,325 @@
+package imapfront
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/passgate/passgate/backends/apppass"
+	"github.com/passgate/passgate/backends/store"
+	"github.com/passgate/passgate/policy"
+)
+
+// The real decision engine is a Decider.
+var _ Decider = (*policy.Engine)(nil)
+
+func TestNewPanicsOnWiringBugs(t *testing.T) {
+	tests := []struct {
+		name string
+		opts Options
+	}{
+		{"no-decider", Options{Upstream: &fakeUpstream{}}},
+		{"no-upstream", Options{Decider: &fakeDecider{}}},
+		{"implicit-without-tls", Options{Decider: &fakeDecider{}, Upstream: &fakeUpstream{}, ImplicitTLS: true}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			defer func() {
+				if recover() == nil {
+					t.Fatal("New did not panic")
+				}
+			}()
+			New(tc.opts)
+		})
+	}
+}
+
+func TestShutdown(t *testing.T) {
+	t.Run("bye-pre-login-drain-relay", func(t *testing.T) {
+		ts := startServer(t, nil)
+		pre, _ := ts.dial(t)
+		relayed := ts.tlsClient(t)
+		relayed.send("a LOGIN bob " + primaryPass + "\r\n")
+		relayed.expect("a OK [CAPABILITY IMAP4rev1 IDLE] Logged in")
+
+		done := make(chan error, 1)
+		go func() { done <- ts.srv.Shutdown(context.Background()) }()
+		pre.expect("* BYE Server shutting down")
+		pre.expectClosed()
+		if _, err := net.DialTimeout("tcp", ts.addr, time.Second); err == nil {
+			t.Error("listener still accepts after Shutdown")
+		}
+		// The relayed session goes on until the client leaves.
+		relayed.send("b NOOP\r\n")
+		relayed.expect("b OK NOOP done by upstream")
+		select {
+		case err := <-done:
+			t.Fatalf("Shutdown returned %v while a session was live", err)
+		case <-time.After(50 * time.Millisecond):
+		}
+		relayed.send("c LOGOUT\r\n")
+		relayed.expect("* BYE upstream logging out", "c OK LOGOUT done by upstream")
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatalf("Shutdown = %v", err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("Shutdown did not return after the last session ended")
+		}
+		select {
+		case err := <-ts.served:
+			if !errors.Is(err, ErrServerClosed) {
+				t.Fatalf("Serve = %v", err)
+			}
+			ts.served <- err // for the cleanup's check
+		case <-time.After(5 * time.Second):
+			t.Fatal("Serve did not return")
+		}
+	})
+	t.Run("deadline-closes-relays", func(t *testing.T) {
+		ts := startServer(t, nil)
+		relayed := ts.tlsClient(t)
+		relayed.send("a LOGIN bob " + primaryPass + "\r\n")
+		relayed.expect("a OK [CAPABILITY IMAP4rev1 IDLE] Logged in")
+		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+		defer cancel()
+		if err := ts.srv.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("Shutdown = %v, want DeadlineExceeded", err)
+		}
+		relayed.expectClosed()
+		waitFor(t, "session log", func() bool { return strings.Contains(ts.log.String(), `"ended_by":"shutdown"`) })
+	})
+	t.Run("during-failure-delay", func(t *testing.T) {
+		ts := startServer(t, nil)
+		ts.dec.set(func(f *fakeDecider) { f.delay = time.Minute })
+		rc := ts.tlsClient(t)
+		rc.send("a LOGIN alice wrong\r\n")
+		waitFor(t, "the attempt", func() bool { _, _, n := ts.dec.snapshot(); return n == 1 })
+		start := time.Now()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := ts.srv.Shutdown(ctx); err != nil {
+			t.Fatalf("Shutdown = %v", err)
+		}
+		rc.expect("* BYE Server shutting down")
+		rc.expectClosed()
+		if took := time.Since(start); took > 2*time.Second {
+			t.Errorf("Shutdown took %v", took)
+		}
+	})
+}
+
+// TestNoGoroutineOutlivesClose leaves connections in every state, closes
+// the server and checks that Serve returned and every goroutine is gone.
+func TestNoGoroutineOutlivesClose(t *testing.T) {
+	before := runtime.NumGoroutine()
+	func() {
+		ts := startServer(t, nil)
+		ts.dec.set(func(f *fakeDecider) { f.delay = time.Minute })
+		pre, _ := ts.dial(t)
+		_ = pre
+		half, err := net.Dial("tcp", ts.addr) // never reads the greeting
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer half.Close()
+		tlsPre := ts.tlsClient(t)
+		_ = tlsPre
+		failing := ts.tlsClient(t)
+		failing.send("a LOGIN alice wrong\r\n")
+		relayed := ts.tlsClient(t)
+		relayed.send("a LOGIN alice \"" + appSecret + "\"\r\n")
+		relayed.expect("a OK [CAPABILITY IMAP4rev1 IDLE] Logged in")
+		waitFor(t, "the failing attempt", func() bool { _, _, n := ts.dec.snapshot(); return n == 1 })
+
+		if err := ts.srv.Close(); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case err := <-ts.served:
+			if !errors.Is(err, ErrServerClosed) {
+				t.Fatalf("Serve = %v", err)
+			}
+			ts.served <- err
+		case <-time.After(5 * time.Second):
+			t.Fatal("Serve did not return after Close")
+		}
+		ts.up.wg.Wait()
+		for _, rc := range []*rawClient{pre, tlsPre, failing, relayed} {
+			rc.c.Close()
+		}
+	}()
+	waitFor(t, "goroutines to end", func() bool { return runtime.NumGoroutine() <= before })
+}
+
+// fakeStore is an in-memory policy.Store: alice has one app password,
+// every user is enforced.
+type fakeStore struct {
+	lookups atomic.Int64
+}
+
+func (s *fakeStore) UserMFA(ctx context.Context, name string) (store.MFAState, error) {
+	s.lookups.Add(1)
+	return store.MFAEnforced, nil
+}
+
+func (s *fakeStore) FindAppPassword(ctx context.Context, user, secret string) (store.AppPassword, error) {
+	norm, _ := apppass.Normalize(secret)
+	want, _ := apppass.Normalize(appSecret)
+	if user == appUser && norm == want {
+		return store.AppPassword{ID: appID, User: appUser, Label: "phone", Scopes: []string{policy.IMAP}}, nil
+	}
+	return store.AppPassword{}, store.ErrNotFound
+}
+
+func (s *fakeStore) TouchAppPassword(ctx context.Context, id int64, u store.Usage) error { return nil }
+func (s *fakeStore) AllowAppPasswords(ctx context.Context) (bool, error)                 { return true, nil }
+func (s *fakeStore) Record(ctx context.Context, ev store.AuditEvent) error               { return nil }
+
+// TestBadLoginsDoNotDelayGoodOne runs 100 failing logins (failure delay
+// 300 ms, real policy.Engine) and one good login at the same time: the
+// good one must not wait behind the failures.
+func TestBadLoginsDoNotDelayGoodOne(t *testing.T) {
+	const delay = 300 * time.Millisecond
+	st := &fakeStore{}
+	engine := policy.New(policy.Options{
+		Store:           st,
+		TrustedNetworks: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")},
+		FailureDelay:    delay,
+	})
+	ts := startServer(t, func(o *Options) {
+		o.Decider = engine
+		o.Logger = slog.New(slog.DiscardHandler)
+	})
+	good, _ := ts.dial(t)
+
+	const bad = 100
+	var wg sync.WaitGroup
+	errs := make(chan error, bad)
+	for i := 0; i < bad; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			errs <- badLogin(ts.addr, i, delay)
+		}(i)
+	}
+	waitFor(t, "100 pending failures", func() bool { return st.lookups.Load() >= bad })
+	start := time.Now()
+	good.send("g LOGIN alice \"" + appSecret + "\"\r\n")
+	good.expect("g OK [CAPABILITY IMAP4rev1 IDLE] Logged in")
+	took := time.Since(start)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Error(err)
+		}
+	}
+	if took >= delay/2 {
+		t.Fatalf("good login took %v behind 100 failures (failure delay %v)", took, delay)
+	}
+	t.Logf("good login took %v while 100 failures waited %v", took, delay)
+}
+
+func badLogin(addr string, i int, delay time.Duration) error {
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	buf := make([]byte, 512)
+	if _, err := c.Read(buf); err != nil {
+		return fmt.Errorf("bad %d: greeting: %w", i, err)
+	}
+	start := time.Now()
+	if _, err := fmt.Fprintf(c, "b%d LOGIN mallory%d wrong\r\n", i, i); err != nil {
+		return err
+	}
+	n, err := c.Read(buf)
+	if err != nil {
+		return fmt.Errorf("bad %d: reply: %w", i, err)
+	}
+	if got, want := string(buf[:n]), fmt.Sprintf("b%d %s\r\n", i, failLine); got != want {
+		return fmt.Errorf("bad %d: reply %q, want %q", i, got, want)
+	}
+	if took := time.Since(start); took < delay-10*time.Millisecond {
+		return fmt.Errorf("bad %d: failed after %v, before the delay", i, took)
+	}
+	return nil
+}
+
+// flakyListener fails its first Accept with err.
+type flakyListener struct {
+	net.Listener
+	err    error
+	failed atomic.Bool
+}
+
+func (l *flakyListener) Accept() (net.Conn, error) {
+	if !l.failed.Swap(true) {
+		return nil, l.err
+	}
+	return l.Listener.Accept()
+}
+
+func TestServeAcceptErrors(t *testing.T) {
+	emfile := &net.OpError{Op: "accept", Net: "tcp", Err: os.NewSyscallError("accept4", syscall.EMFILE)}
+	tests := []struct {
+		name       string
+		err        error
+		keepsGoing bool
+	}{
+		{"retry/emfile", emfile, true},
+		{"fail/permanent", errors.New("listener broke"), false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			srv := New(Options{Decider: &fakeDecider{}, Upstream: &fakeUpstream{}})
+			served := make(chan error, 1)
+			go func() { served <- srv.Serve(&flakyListener{Listener: ln, err: tc.err}) }()
+			defer srv.Close()
+			if !tc.keepsGoing {
+				select {
+				case err := <-served:
+					if err == nil || errors.Is(err, ErrServerClosed) || !strings.Contains(err.Error(), "listener broke") {
+						t.Fatalf("Serve = %v", err)
+					}
+				case <-time.After(5 * time.Second):
+					t.Fatal("Serve did not return")
+				}
+				return
+			}
+			c, err := net.Dial("tcp", ln.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			rc := &rawClient{t: t, c: c, br: bufio.NewReader(c)}
+			if g := rc.line(); !strings.HasPrefix(g, "* OK ") {
+				t.Fatalf("greeting %q", g)
+			}
+			srv.Close()
+			if err := <-served; !errors.Is(err, ErrServerClosed) {
+				t.Fatalf("Serve = %v", err)
+			}
+		})
+	}
+}
