@@ -325,11 +325,14 @@ func (g *genReader) Read(p []byte) (int, error) {
 		return 0, io.EOF
 	}
 	const line = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789abcdefghijklmn\r\n"
+	if rem := g.n - g.off; int64(len(p)) > rem {
+		p = p[:rem]
+	}
 	i := 0
-	for i < len(p) && g.off < g.n {
-		p[i] = line[g.off%int64(len(line))]
-		i++
-		g.off++
+	for i < len(p) {
+		k := copy(p[i:], line[g.off%int64(len(line)):])
+		i += k
+		g.off += int64(k)
 	}
 	return i, nil
 }

@@ -117,6 +117,7 @@ type Upstream struct {
 	opts   Options
 	log    *slog.Logger
 	dialer net.Dialer
+	tls    *tls.Config // base client configuration, with a session cache
 }
 
 // New checks opts and returns an Upstream. It does not dial.
@@ -180,7 +181,21 @@ func New(opts Options) (*Upstream, error) {
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	return &Upstream{opts: opts, log: log, dialer: net.Dialer{Timeout: opts.DialTimeout}}, nil
+	var base *tls.Config
+	if opts.TLSConfig != nil {
+		base = opts.TLSConfig.Clone()
+	} else {
+		base = &tls.Config{}
+	}
+	if base.MinVersion == 0 {
+		base.MinVersion = tls.VersionTLS12
+	}
+	if base.ClientSessionCache == nil {
+		// Resumed handshakes make repeated upstream logins cheaper; the
+		// certificate was verified on the full handshake.
+		base.ClientSessionCache = tls.NewLRUClientSessionCache(len(opts.Addresses) * 4)
+	}
+	return &Upstream{opts: opts, log: log, dialer: net.Dialer{Timeout: opts.DialTimeout}, tls: base}, nil
 }
 
 // Request is one login to perform upstream.
@@ -361,18 +376,11 @@ func (u *Upstream) loginAt(ctx context.Context, addr string, r Request, cmd *com
 // handshake runs a TLS client handshake on raw, verifying the upstream's
 // certificate.
 func (u *Upstream) handshake(ctx context.Context, raw net.Conn, addr string) (*tls.Conn, error) {
-	var cfg *tls.Config
-	if u.opts.TLSConfig != nil {
-		cfg = u.opts.TLSConfig.Clone()
-	} else {
-		cfg = &tls.Config{}
-	}
+	cfg := u.tls
 	if cfg.ServerName == "" {
+		cfg = cfg.Clone()
 		host, _, _ := net.SplitHostPort(addr)
 		cfg.ServerName = host
-	}
-	if cfg.MinVersion == 0 {
-		cfg.MinVersion = tls.VersionTLS12
 	}
 	tc := tls.Client(raw, cfg)
 	if err := tc.HandshakeContext(ctx); err != nil {

@@ -507,6 +507,7 @@ type Session struct {
 	timeout   time.Duration
 	size      int64
 	sizeKnown bool
+	buf       []byte // Data's copy buffer, kept for the session's next message
 }
 
 // Addr is the upstream address the session is connected to.
@@ -536,7 +537,10 @@ func (s *Session) Data(r io.Reader) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	buf := make([]byte, 32<<10)
+	if s.buf == nil {
+		s.buf = make([]byte, 32<<10)
+	}
+	buf := s.buf
 	var n int64
 	for {
 		m, rerr := r.Read(buf)

@@ -125,6 +125,26 @@ func TestShutdown(t *testing.T) {
 // TestNoGoroutineOutlivesClose leaves connections in every state, closes
 // the server and checks that Serve returned and every goroutine is gone.
 func TestNoGoroutineOutlivesClose(t *testing.T) {
+	tests := []struct {
+		name string
+		stop func(*Server) error
+	}{
+		{"close", (*Server).Close},
+		{"shutdown-deadline", func(s *Server) error {
+			ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+			defer cancel()
+			if err := s.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
+				return fmt.Errorf("Shutdown = %v, want DeadlineExceeded (a session was live)", err)
+			}
+			return nil
+		}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) { checkNoGoroutineOutlives(t, tc.stop) })
+	}
+}
+
+func checkNoGoroutineOutlives(t *testing.T, stop func(*Server) error) {
 	before := runtime.NumGoroutine()
 	func() {
 		ts := startServer(t, nil)
@@ -145,8 +165,16 @@ func TestNoGoroutineOutlivesClose(t *testing.T) {
 		relayed.expect("a OK [CAPABILITY IMAP4rev1 IDLE] Logged in")
 		waitFor(t, "the failing attempt", func() bool { _, _, n := ts.dec.snapshot(); return n == 1 })
 
-		if err := ts.srv.Close(); err != nil {
+		if err := stop(ts.srv); err != nil {
 			t.Fatal(err)
+		}
+		// When stop returns, no connection goroutine may be left.
+		buf := make([]byte, 1<<20)
+		stacks := string(buf[:runtime.Stack(buf, true)])
+		for _, fn := range []string{"imapfront.(*Server).run", "imapfront.(*conn)", "relay.Run"} {
+			if strings.Contains(stacks, fn) {
+				t.Fatalf("a goroutine in %s outlived the server:\n%s", fn, stacks)
+			}
 		}
 		select {
 		case err := <-ts.served:
@@ -155,7 +183,7 @@ func TestNoGoroutineOutlivesClose(t *testing.T) {
 			}
 			ts.served <- err
 		case <-time.After(5 * time.Second):
-			t.Fatal("Serve did not return after Close")
+			t.Fatal("Serve did not return")
 		}
 		ts.up.wg.Wait()
 		for _, rc := range []*rawClient{pre, tlsPre, failing, relayed} {

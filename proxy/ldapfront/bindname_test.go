@@ -1,0 +1,80 @@
+package ldapfront
+
+import "testing"
+
+func TestMapName(t *testing.T) {
+	people := "uid={user},ou=people,dc=example,dc=test"
+	staff := "cn={user},ou=staff,dc=example,dc=test"
+	m, err := newNameMapper([]string{people, staff}, []string{"example.test"}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bare, err := newNameMapper(nil, nil, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	whole, err := newNameMapper([]string{"mail={user},ou=people,dc=example,dc=test"}, nil, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name   string
+		m      *nameMapper
+		in     string
+		ok     bool
+		user   string
+		dn     string
+		templd bool
+	}{
+		{"dn/template", m, "uid=alice,ou=people,dc=example,dc=test", true, "alice", "uid=alice,ou=people,dc=example,dc=test", true},
+		{"dn/case-and-spaces", m, "UID=Alice, OU=People, DC=Example, DC=Test", true, "Alice", "uid=Alice,ou=people,dc=example,dc=test", true},
+		{"dn/escaped-value", m, `uid=\61lice,ou=people,dc=example,dc=test`, true, "alice", "uid=alice,ou=people,dc=example,dc=test", true},
+		{"dn/second-template", m, "cn=bob,ou=staff,dc=example,dc=test", true, "bob", "cn=bob,ou=staff,dc=example,dc=test", true},
+		{"dn/special-chars-escaped-upstream", m, `uid=a\,b,ou=people,dc=example,dc=test`, true, "a,b", `uid=a\,b,ou=people,dc=example,dc=test`, true},
+		{"dn/no-template-match", m, "cn=Wiki App,ou=services,dc=example,dc=test", true, `cn=wiki\20app,ou=services,dc=example,dc=test`, "cn=Wiki App,ou=services,dc=example,dc=test", false},
+		{"dn/deeper-than-template", m, "uid=alice,ou=x,ou=people,dc=example,dc=test", true, "uid=alice,ou=x,ou=people,dc=example,dc=test", "uid=alice,ou=x,ou=people,dc=example,dc=test", false},
+		{"dn/multivalued-rdn", m, "uid=alice+cn=x,ou=people,dc=example,dc=test", true, "cn=x+uid=alice,ou=people,dc=example,dc=test", "uid=alice+cn=x,ou=people,dc=example,dc=test", false},
+		{"dn/empty-user", m, "uid=,ou=people,dc=example,dc=test", true, "uid=,ou=people,dc=example,dc=test", "uid=,ou=people,dc=example,dc=test", false},
+		{"dn/unparsable", m, "uid=alice,,=", false, "", "", false},
+		{"upn/ok", m, "alice@example.test", true, "alice", "uid=alice,ou=people,dc=example,dc=test", true},
+		{"upn/domain-case", m, "alice@EXAMPLE.TEST", true, "alice", "uid=alice,ou=people,dc=example,dc=test", true},
+		{"upn/other-domain", m, "alice@evil.test", false, "", "", false},
+		{"upn/empty-local", m, "@example.test", false, "", "", false},
+		{"upn/any-domain-without-list", bare, "alice@anything.test", true, "alice", "", false},
+		{"upn/whole-upn-as-user", whole, "alice@example.test", true, "alice@example.test", "mail=alice@example.test,ou=people,dc=example,dc=test", true},
+		{"domain/ok", m, `EXAMPLE\alice`, true, "alice", "uid=alice,ou=people,dc=example,dc=test", true},
+		{"domain/empty-user", m, `EXAMPLE\`, false, "", "", false},
+		{"domain/two-backslashes", m, `A\B\alice`, false, "", "", false},
+		{"plain/ok", m, "alice", true, "alice", "uid=alice,ou=people,dc=example,dc=test", true},
+		{"plain/dn-special-escaped", m, "a+b", true, "a+b", `uid=a\+b,ou=people,dc=example,dc=test`, true},
+		{"plain/no-template", bare, "alice", true, "alice", "", false},
+		{"empty", m, "  ", false, "", "", false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			got, ok := tc.m.mapName(tc.in)
+			if ok != tc.ok {
+				t.Fatalf("ok = %v, want %v (%+v)", ok, tc.ok, got)
+			}
+			if !ok {
+				return
+			}
+			if got.User != tc.user || got.DN != tc.dn || got.Templated != tc.templd {
+				t.Fatalf("got user %q dn %q templated %v, want %q %q %v", got.User, got.DN, got.Templated, tc.user, tc.dn, tc.templd)
+			}
+		})
+	}
+}
+
+func TestNewNameMapperRejectsBadTemplates(t *testing.T) {
+	for _, tpl := range []string{
+		"ou=people,dc=example,dc=test",     // no {user}
+		"uid=x{user},ou=people,dc=example", // not a whole value
+		"uid={user},cn={user},dc=example",  // twice
+		"uid={user},,",                     // not a DN
+	} {
+		if _, err := newNameMapper([]string{tpl}, nil, false); err == nil {
+			t.Errorf("template %q accepted", tpl)
+		}
+	}
+}
