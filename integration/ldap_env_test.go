@@ -82,6 +82,10 @@ type ldapGateOptions struct {
 	failureDelay time.Duration // 0: 200ms
 	allowAnon    bool
 	upstreamTLS  string // "" (none), "starttls", "ldaps"
+	// decisionStore replaces the SQLite store under the decision (the
+	// benchmark uses it to show the listener's own cost); the SQLite store
+	// is still opened for the helpers.
+	decisionStore policy.Store
 }
 
 // ldapGate is a passgate LDAP listener (plain with StartTLS, and LDAPS)
@@ -111,7 +115,11 @@ func startLDAPGate(t testing.TB, o ldapGateOptions) *ldapGate {
 	if o.failureDelay == 0 {
 		o.failureDelay = 200 * time.Millisecond
 	}
-	engine := policy.New(policy.Options{Store: st, TrustedNetworks: o.trusted, FailureDelay: o.failureDelay})
+	var decisionStore policy.Store = st
+	if o.decisionStore != nil {
+		decisionStore = o.decisionStore
+	}
+	engine := policy.New(policy.Options{Store: decisionStore, TrustedNetworks: o.trusted, FailureDelay: o.failureDelay})
 	upOpts := ldapupstream.Options{
 		URL: e.slapd.URL, CAFile: e.certs.CAFile,
 		ServiceDN: e.slapd.ServiceDN, ServicePassword: e.slapd.ServicePassword,
@@ -159,7 +167,18 @@ func startLDAPGate(t testing.TB, o ldapGateOptions) *ldapGate {
 	watchDone := make(chan struct{})
 	go func() {
 		defer close(watchDone)
-		reg.Watch(ctx, 200*time.Millisecond, st.ExistingAppPasswords, nil)
+		exists := st.ExistingAppPasswords
+		if o.decisionStore != nil {
+			// The app passwords live in decisionStore, not in st.
+			exists = func(_ context.Context, ids []int64) (map[int64]bool, error) {
+				all := make(map[int64]bool, len(ids))
+				for _, id := range ids {
+					all[id] = true
+				}
+				return all, nil
+			}
+		}
+		reg.Watch(ctx, 200*time.Millisecond, exists, nil)
 	}()
 	t.Cleanup(func() {
 		for _, s := range servers {

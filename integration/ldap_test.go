@@ -19,6 +19,8 @@ import (
 
 	"github.com/passgate/passgate/backends/ldapupstream"
 	"github.com/passgate/passgate/backends/store"
+	"github.com/passgate/passgate/cmd/passgate/cli"
+	"github.com/passgate/passgate/integration/testenv"
 	"github.com/passgate/passgate/proxy/ldapfront"
 )
 
@@ -391,4 +393,144 @@ func TestLDAPTrustedNetworkPlaintext(t *testing.T) {
 	if err := l.Bind(e.slapd.AppDN, e.slapd.AppPassword); err != nil {
 		t.Fatalf("plaintext bind from a trusted network: %v", err)
 	}
+}
+
+// TestLDAPServeCLI runs "passgate serve" in-process (cli.Run) with an LDAP
+// listener in relay mode in front of slapd (StartTLS upstream), binds with
+// an app password over StartTLS and LDAPS, and deletes the app password
+// with "passgate app-password delete": the live connection is closed
+// within a second.
+func TestLDAPServeCLI(t *testing.T) {
+	e := ldapEnv(t)
+	dir := t.TempDir()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	dbFile, keyFile := filepath.Join(dir, "passgate.db"), filepath.Join(dir, "passgate.key")
+	st, err := store.Open(ctx, store.Options{Driver: "sqlite", DSN: dbFile, KeyFile: keyFile})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.SetMFA(ctx, "alice", store.MFAEnforced); err != nil {
+		t.Fatal(err)
+	}
+	_, secret, err := st.CreateAppPassword(ctx, store.NewAppPassword{User: "alice", Label: "wiki", Scopes: []string{"ldap"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+	app := strings.ReplaceAll(secret, " ", "")
+
+	secretFile := filepath.Join(dir, "ldap.secret")
+	if err := os.WriteFile(secretFile, []byte(e.slapd.ServicePassword+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var ports [2]int
+	for i := range ports {
+		if ports[i], err = testenv.FreePort(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	plain, implicit := fmt.Sprintf("127.0.0.1:%d", ports[0]), fmt.Sprintf("127.0.0.1:%d", ports[1])
+	cfg := fmt.Sprintf(`store:
+  driver: sqlite
+  dsn: %q
+key_file: %q
+tls:
+  cert_file: %q
+  key_file: %q
+policy:
+  failure_delay: 200ms
+ldap:
+  listen: %q
+  listen_tls: %q
+  mode: relay
+  user_dn_templates: ["uid={user},ou=people,dc=example,dc=test"]
+  upstream:
+    url: %q
+    tls: starttls
+    ca_file: %q
+    service_dn: %q
+    service_password_file: %q
+`, dbFile, keyFile, e.certs.CertFile, e.certs.KeyFile, plain, implicit, e.slapd.URL, e.certs.CAFile, e.slapd.ServiceDN, secretFile)
+	cfgFile := filepath.Join(dir, "passgate.yaml")
+	if err := os.WriteFile(cfgFile, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var out syncBuf
+	done := make(chan int, 1)
+	go func() { done <- cli.Run(ctx, []string{"serve", "--config", cfgFile}, &out, &out) }()
+	var l *ldap.Conn
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		l, err = ldap.DialURL("ldap://" + plain)
+		if err == nil {
+			break
+		}
+		select {
+		case code := <-done:
+			t.Fatalf("passgate serve exited with %d before listening:\n%s", code, out.String())
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("passgate serve does not listen on %s:\n%s", plain, out.String())
+		}
+	}
+	defer l.Close()
+	if err := l.StartTLS(e.certs.ClientTLS()); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Bind(e.slapd.UserDN("alice"), app); err != nil {
+		t.Fatalf("app-password bind through passgate serve: %v\n%s", err, out.String())
+	}
+	r, err := l.Search(ldap.NewSearchRequest(e.slapd.UserDN("bob"), ldap.ScopeBaseObject, ldap.NeverDerefAliases, 0, 0, false, "(objectClass=*)", []string{"mail", "telephoneNumber"}, nil))
+	if err != nil || len(r.Entries) != 1 || r.Entries[0].GetAttributeValue("mail") == "" || r.Entries[0].GetAttributeValue("telephoneNumber") != "" {
+		t.Fatalf("search as alice through passgate serve: %v", err)
+	}
+	wantBindFailure(t, l.Bind(e.slapd.UserDN("alice"), e.slapd.Users["alice"]))
+	if err := l.Bind(e.slapd.UserDN("alice"), app); err != nil {
+		t.Fatal(err)
+	}
+	ls, err := ldap.DialURL("ldaps://"+implicit, ldap.DialWithTLSConfig(e.certs.ClientTLS()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ls.Close()
+	if err := ls.Bind("alice@example.test", app); err != nil {
+		t.Fatalf("LDAPS bind: %v", err)
+	}
+
+	var cliOut, cliErr bytes.Buffer
+	if code := cli.Run(ctx, []string{"app-password", "delete", "alice", "--label", "wiki", "--config", cfgFile}, &cliOut, &cliErr); code != 0 {
+		t.Fatalf("passgate app-password delete: exit %d\n%s%s", code, cliOut.String(), cliErr.String())
+	}
+	deadline := time.Now().Add(1500 * time.Millisecond)
+	for !l.IsClosing() || !ls.IsClosing() {
+		if time.Now().After(deadline) {
+			t.Fatal("LDAP connections still open after their app password was deleted")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	cancel()
+	if code := <-done; code != 0 {
+		t.Fatalf("passgate serve exited with %d:\n%s", code, out.String())
+	}
+}
+
+type syncBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuf) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

@@ -121,49 +121,104 @@ func TestSMTPImplicitTLSPlainMaster(t *testing.T) {
 	}
 }
 
+// smtpRaw is a line-level client on passgate after STARTTLS and EHLO, for
+// checking exact reply bytes.
+type smtpRaw struct {
+	t *testing.T
+	w io.Writer
+	r *bufio.Reader
+}
+
+func (c *smtpRaw) send(s string) { fmt.Fprintf(c.w, "%s\r\n", s) }
+
+func (c *smtpRaw) reply() string {
+	c.t.Helper()
+	var all string
+	for {
+		l, err := c.r.ReadString('\n')
+		if err != nil {
+			c.t.Fatalf("read: %v (%q)", err, all)
+		}
+		all += l
+		if len(l) < 4 || l[3] != '-' {
+			return all
+		}
+	}
+}
+
+func (c *smtpRaw) expect(prefix string) {
+	c.t.Helper()
+	if got := c.reply(); !strings.HasPrefix(got, prefix) {
+		c.t.Fatalf("reply %q, want %q", got, prefix)
+	}
+}
+
+func smtpRawSession(t *testing.T, p *passgateSMTP, src string) *smtpRaw {
+	t.Helper()
+	e := smtpEnv(t)
+	conn := smtpDial(t, p.Addr, src, nil, false)
+	t.Cleanup(func() { conn.Close() })
+	_ = conn.SetDeadline(time.Now().Add(30 * time.Second))
+	c := &smtpRaw{t: t, w: conn, r: bufio.NewReader(conn)}
+	c.expect("220 ")
+	c.send("EHLO printer.test")
+	c.expect("250")
+	c.send("STARTTLS")
+	c.expect("220 ")
+	tc := tlsClient(conn, e)
+	c.w, c.r = tc, bufio.NewReader(tc)
+	c.send("EHLO printer.test")
+	c.expect("250")
+	return c
+}
+
 // smtpRawAuth runs AUTH on a raw STARTTLS connection and returns the
 // exact reply bytes and how long they took.
 func smtpRawAuth(t *testing.T, p *passgateSMTP, src string, lines ...string) (string, time.Duration) {
 	t.Helper()
-	e := smtpEnv(t)
-	conn := smtpDial(t, p.Addr, src, nil, false)
-	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(30 * time.Second))
-	r := bufio.NewReader(conn)
-	readReply := func() string {
-		var all string
-		for {
-			l, err := r.ReadString('\n')
-			if err != nil {
-				t.Fatalf("read: %v (%q)", err, all)
-			}
-			all += l
-			if len(l) < 4 || l[3] != '-' {
-				return all
-			}
-		}
-	}
-	readReply()
-	fmt.Fprintf(conn, "EHLO printer.test\r\n")
-	readReply()
-	fmt.Fprintf(conn, "STARTTLS\r\n")
-	readReply()
-	tc := tlsClient(conn, e)
-	r = bufio.NewReader(tc)
-	fmt.Fprintf(tc, "EHLO printer.test\r\n")
-	readReply()
+	c := smtpRawSession(t, p, src)
 	var reply string
 	var took time.Duration
 	for i, l := range lines {
 		start := time.Now()
-		fmt.Fprintf(tc, "%s\r\n", l)
-		reply = readReply()
+		c.send(l)
+		reply = c.reply()
 		took = time.Since(start)
 		if i < len(lines)-1 && !strings.HasPrefix(reply, "334 ") {
 			t.Fatalf("after %q: %q", l, reply)
 		}
 	}
 	return reply, took
+}
+
+// TestSMTPNoSmuggling: a bare-LF end of data inside a message (SMTP
+// smuggling, CVE-2023-51764) followed by commands, XCLIENT among them,
+// stays message text: passgate relays command by command and re-encodes
+// the body, so nothing of it reaches Postfix as a command.
+func TestSMTPNoSmuggling(t *testing.T) {
+	e := smtpEnv(t)
+	p := startPassgateSMTP(t, smtpOpts{upstream: xclientUpstream(e)})
+	c := smtpRawSession(t, p, "127.0.3.1")
+	c.send("AUTH PLAIN " + base64.StdEncoding.EncodeToString([]byte("\x00alice\x00"+p.Secrets.aliceApp)))
+	c.expect("235 ")
+	c.send("MAIL FROM:<alice@example.test>")
+	c.expect("250 ")
+	c.send("RCPT TO:<dave@example.test>")
+	c.expect("250 ")
+	c.send("DATA")
+	c.expect("354 ")
+	subject := fmt.Sprintf("smuggle %d", time.Now().UnixNano())
+	fmt.Fprintf(c.w, "Subject: %s\r\n\r\nfirst\n.\nXCLIENT LOGIN=bob ADDR=10.9.9.9\r\nMAIL FROM:<bob@example.test>\r\nRCPT TO:<carol@example.test>\r\nDATA\r\n\r\nsmuggled\r\n.\r\n", subject)
+	c.expect("250 ")
+	c.send("QUIT")
+	c.expect("221 ")
+	body := waitMailbox(t, e, "dave", subject)
+	if !bytes.Contains(body, []byte("XCLIENT LOGIN=bob")) || !bytes.Contains(body, []byte("smuggled")) {
+		t.Fatalf("the smuggling attempt did not stay in the message:\n%s", body)
+	}
+	if strings.Contains(e.postfix.Log(), "10.9.9.9") {
+		t.Fatal("a smuggled XCLIENT reached Postfix")
+	}
 }
 
 // TestSMTPUniformFailure: the primary password of an enforced user, a
@@ -179,12 +234,12 @@ func TestSMTPUniformFailure(t *testing.T) {
 		lines []string
 	}{
 		{"wrong-password", []string{"AUTH PLAIN " + b("\x00alice\x00wrong-password")}},
-		{"primary-of-enforced", []string{"AUTH PLAIN " + b("\x00alice\x00" + e.dovecot.Users["alice"])}},
+		{"primary-of-enforced", []string{"AUTH PLAIN " + b("\x00alice\x00"+e.dovecot.Users["alice"])}},
 		{"primary-of-enforced-login", []string{"AUTH LOGIN", b("alice"), b(e.dovecot.Users["alice"])}},
-		{"deleted-app-password", []string{"AUTH PLAIN " + b("\x00carol\x00" + p.Secrets.carolGone)}},
+		{"deleted-app-password", []string{"AUTH PLAIN " + b("\x00carol\x00"+p.Secrets.carolGone)}},
 		{"app-password-without-smtp", []string{"AUTH LOGIN " + b("bob"), b(p.Secrets.bobIMAP)}},
-		{"unknown-user", []string{"AUTH PLAIN " + b("\x00mallory\x00" + p.Secrets.aliceApp)}},
-		{"other-users-app-password", []string{"AUTH PLAIN " + b("\x00bob\x00" + p.Secrets.aliceApp)}},
+		{"unknown-user", []string{"AUTH PLAIN " + b("\x00mallory\x00"+p.Secrets.aliceApp)}},
+		{"other-users-app-password", []string{"AUTH PLAIN " + b("\x00bob\x00"+p.Secrets.aliceApp)}},
 		{"disabled-user-wrong-primary", []string{"AUTH PLAIN " + b("\x00dave\x00not-daves-password")}},
 	}
 	for i, tc := range tests {
@@ -234,6 +289,38 @@ func TestSMTPUnknownRecipient(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = c.Quit()
+}
+
+// TestSMTPSenderLoginMismatch: the login passgate forwards is the one
+// Postfix applies: alice may not send as bob (smtpd_sender_login_maps),
+// and Postfix's own 553 comes back, in XCLIENT and master modes alike.
+func TestSMTPSenderLoginMismatch(t *testing.T) {
+	e := smtpEnv(t)
+	for _, mode := range []string{"xclient", "master"} {
+		t.Run(mode, func(t *testing.T) {
+			up := xclientUpstream(e)
+			if mode == "master" {
+				up = masterUpstream(e)
+			}
+			p := startPassgateSMTP(t, smtpOpts{upstream: up})
+			c, err := smtp.DialStartTLS(p.Addr, e.certs.ClientTLS())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			if err := c.Auth(sasl.NewPlainClient("", "alice", p.Secrets.aliceApp)); err != nil {
+				t.Fatal(err)
+			}
+			if err := c.Mail("bob@example.test", nil); err != nil {
+				t.Fatal(err)
+			}
+			err = c.Rcpt("dave@example.test", nil)
+			se, ok := err.(*smtp.SMTPError)
+			if !ok || se.Code != 553 || se.EnhancedCode != (smtp.EnhancedCode{5, 7, 1}) || !strings.Contains(se.Message, "not owned by user alice") {
+				t.Fatalf("alice sending as bob: %#v", err)
+			}
+		})
+	}
 }
 
 // TestSMTPUpstreamDown: an unreachable upstream gives 454 4.7.0 (4xx).
@@ -365,7 +452,9 @@ smtp:
 	}
 	run("migrate")
 	run("user", "add", "alice", "--mfa", "enforced")
-	secret := strings.TrimSpace(run("app-password", "create", "alice", "--label", "Outlook", "--scopes", "smtp"))
+	// The password is printed on its own line, the last one.
+	lines := strings.Split(strings.TrimSpace(run("app-password", "create", "alice", "--label", "Outlook", "--scopes", "smtp")), "\n")
+	secret := strings.TrimSpace(lines[len(lines)-1])
 	ctx, cancel := context.WithCancel(context.Background())
 	var stderr syncBuffer
 	done := make(chan int, 1)

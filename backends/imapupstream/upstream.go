@@ -290,7 +290,7 @@ func (u *Upstream) Login(ctx context.Context, r Request) (net.Conn, string, erro
 			return conn, okText, nil
 		}
 		if errors.Is(err, ErrRefused) {
-			return nil, "", err
+			return nil, "", fmt.Errorf("imapupstream: %q: %w", addr, err)
 		}
 		u.log.LogAttrs(ctx, slog.LevelWarn, "upstream login failed",
 			slog.String("proto", "imap"), slog.String("upstream", addr), slog.String("err", err.Error()))

@@ -229,7 +229,9 @@ func (c *Client) dial(ctx context.Context, addr string, src netip.AddrPort) (net
 	}
 	if c.o.ForwardClient == ForwardProxy {
 		if !src.IsValid() {
-			src = netip.MustParseAddrPort(conn.LocalAddr().String())
+			if la, ok := conn.LocalAddr().(*net.TCPAddr); ok {
+				src = la.AddrPort()
+			}
 		}
 		dst := conn.RemoteAddr().(*net.TCPAddr)
 		srcAddr := &net.TCPAddr{IP: src.Addr().Unmap().AsSlice(), Port: int(src.Port())}

@@ -4,13 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 )
 
@@ -35,12 +35,14 @@ type Postfix struct {
 	// those of the Dovecot instance (alice@example.test, ...).
 	Domain string
 
-	cmd  *exec.Cmd
-	done chan struct{}
-	once sync.Once
+	cmd   *exec.Cmd
+	leash io.WriteCloser // closing it stops master
+	done  chan struct{}
+	once  sync.Once
 }
 
-// StartPostfix starts `postfix -c DIR/etc start-fg` with its own
+// StartPostfix starts Postfix's master daemon (as `postfix -c DIR/etc
+// start-fg` would, but as a direct child) with its own
 // configuration, queue and data directories under dir, the server
 // certificate of certs, SASL through dove's auth socket and delivery to
 // dove's LMTP port, and returns once both ports accept connections. dir
@@ -91,6 +93,8 @@ func StartPostfix(ctx context.Context, dir string, certs *Certs, dove *Dovecot) 
 	for u := range dove.Users {
 		fmt.Fprintf(&vmailbox, "%s@%s %s\n", u, p.Domain, u)
 	}
+	// Each user may send only as themself (smtpd_sender_login_maps): it
+	// proves that the login passgate forwards is the one Postfix applies.
 	lmtpHost, lmtpPort, err := net.SplitHostPort(dove.LMTPAddr)
 	if err != nil {
 		return nil, fmt.Errorf("testenv: postfix: Dovecot's LMTP address %q: %w", dove.LMTPAddr, err)
@@ -134,6 +138,8 @@ smtpd_tls_security_level = may
 smtpd_tls_auth_only = yes
 smtpd_relay_restrictions = permit_sasl_authenticated, reject_unauth_destination
 smtpd_recipient_restrictions = permit_sasl_authenticated, reject
+smtpd_sender_login_maps = texthash:%[1]s/etc/senders
+smtpd_sender_restrictions = reject_sender_login_mismatch
 smtpd_client_connection_rate_limit = 0
 smtpd_client_message_rate_limit = 0
 smtpd_error_sleep_time = 0
@@ -173,25 +179,51 @@ anvil     unix  -       -       n       -       1       anvil
 scache    unix  -       -       n       -       1       scache
 postlog   unix-dgram n  -       n       -       1       postlogd
 `, p.SubmissionAddr, p.SubmissionsTLS)
-	files := map[string]string{"main.cf": mainCF, "master.cf": masterCF, "vmailbox": vmailbox.String()}
+	files := map[string]string{"main.cf": mainCF, "master.cf": masterCF, "vmailbox": vmailbox.String(), "senders": vmailbox.String()}
 	for name, content := range files {
 		if err := os.WriteFile(filepath.Join(etc, name), []byte(content), 0o644); err != nil {
 			return nil, fmt.Errorf("testenv: postfix: write %s: %w", name, err)
 		}
 	}
 
+	// "postfix check" creates the queue and fixes permissions; then the
+	// master daemon runs as this process's own child (what "postfix
+	// start-fg" does through a shell, which would leave master behind when
+	// the test binary dies), so that it gets SIGTERM with us.
+	env := append(os.Environ(), "MAIL_CONFIG="+etc)
+	check := exec.CommandContext(ctx, bin, "-c", etc, "check")
+	check.Env = env
+	if out, err := check.CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("testenv: postfix -c %s check: %w\n%s", etc, err, out)
+	}
+	pc := exec.CommandContext(ctx, "postconf", "-c", etc, "-h", "daemon_directory")
+	pc.Env = env
+	daemonDir, err := pc.Output()
+	if err != nil {
+		return nil, fmt.Errorf("testenv: postconf daemon_directory: %w", err)
+	}
+	master := filepath.Join(strings.TrimSpace(string(daemonDir)), "master")
 	out, err := os.OpenFile(filepath.Join(dir, "postfix.stderr"), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("testenv: postfix: %w", err)
 	}
-	p.cmd = exec.Command(bin, "-c", etc, "start-fg")
-	p.cmd.Env = append(os.Environ(), "MAIL_CONFIG="+etc)
+	// Postfix's master clears the parent-death signal, so a shell holds
+	// it on a leash instead: it runs master and kills it when its standard
+	// input, a pipe from this process, closes (Stop, or the test binary's
+	// death).
+	p.cmd = exec.Command("sh", "-c", `"$0" -c "$1" -s -d & pid=$!; read _; kill -TERM $pid; wait $pid`, master, etc)
+	p.cmd.Env = env
 	p.cmd.Stdout = out
 	p.cmd.Stderr = out
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
+	leash, err := p.cmd.StdinPipe()
+	if err != nil {
+		out.Close()
+		return nil, fmt.Errorf("testenv: postfix: %w", err)
+	}
+	p.leash = leash
 	if err := p.cmd.Start(); err != nil {
 		out.Close()
-		return nil, fmt.Errorf("testenv: postfix: start %s: %w", bin, err)
+		return nil, fmt.Errorf("testenv: postfix: start %s: %w", master, err)
 	}
 	go func() {
 		_ = p.cmd.Wait()
@@ -250,11 +282,11 @@ func (p *Postfix) Stop() {
 		if p.cmd == nil || p.cmd.Process == nil {
 			return
 		}
-		_ = p.cmd.Process.Signal(syscall.SIGTERM)
+		_ = p.leash.Close()
 		select {
 		case <-p.done:
 		case <-time.After(10 * time.Second):
-			_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+			_ = p.cmd.Process.Kill()
 			<-p.done
 		}
 	})

@@ -314,15 +314,18 @@ func (c *conn) abandon(target int64) {
 		q.abandoned.Store(true)
 	}
 	p := c.inflight[target]
+	var handle int64
 	if p != nil {
 		delete(c.inflight, target)
+		handle = p.handle
 	}
 	c.mu.Unlock()
 	if p == nil {
 		return
 	}
-	if p.handle != 0 {
-		p.sess.Abandon(p.handle)
+	if handle != 0 {
+		// 0: Send has not returned yet; the answers are dropped all the same.
+		p.sess.Abandon(handle)
 	}
 	<-c.slots
 }

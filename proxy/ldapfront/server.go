@@ -310,7 +310,7 @@ func (s *Server) recoverConn(c *conn) {
 	if r := recover(); r != nil {
 		s.log.Error("ldap connection panic",
 			slog.String("proto", policy.LDAP), slog.Uint64("conn_id", c.id),
-			slog.Any("err", fmt.Errorf("ldapfront: panic: %v", r)), slog.String("stack", string(debug.Stack())))
+			slog.Any("err", fmt.Errorf("ldapfront: panic: %v\n%s", r, debug.Stack())))
 		c.stop(errors.New("panic"))
 	}
 }

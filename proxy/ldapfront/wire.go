@@ -36,7 +36,6 @@ const (
 	resultAuthMethodNotSupported  = 7
 	resultConfidentialityRequired = 13
 	resultInvalidCredentials      = 49
-	resultBusy                    = 51
 	resultUnavailable             = 52
 	resultUnwillingToPerform      = 53
 )
@@ -358,9 +357,16 @@ type bindRequest struct {
 	password []byte // simple only
 }
 
-// decodeBind decodes a BindRequest protocolOp with asn1-ber. The element is
-// already bounded by the per-connection size cap.
+// maxDecodedOp bounds the BindRequest and ExtendedRequest elements that are
+// decoded into asn1-ber packets (a packet tree costs far more memory than
+// its bytes). A simple bind's name and password fit many times over.
+const maxDecodedOp = 64 << 10
+
+// decodeBind decodes a BindRequest protocolOp with asn1-ber.
 func decodeBind(op element) (bindRequest, error) {
+	if len(op.raw) > maxDecodedOp {
+		return bindRequest{}, errMalformed
+	}
 	p, err := ber.DecodePacketErr(op.raw)
 	if err != nil {
 		return bindRequest{}, fmt.Errorf("%w: bind request: %w", errMalformed, err)
@@ -397,6 +403,9 @@ type extendedRequest struct {
 
 // decodeExtended decodes an ExtendedRequest protocolOp with asn1-ber.
 func decodeExtended(op element) (extendedRequest, error) {
+	if len(op.raw) > maxDecodedOp {
+		return extendedRequest{}, errMalformed
+	}
 	p, err := ber.DecodePacketErr(op.raw)
 	if err != nil {
 		return extendedRequest{}, fmt.Errorf("%w: extended request: %w", errMalformed, err)

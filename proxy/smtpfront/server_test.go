@@ -11,6 +11,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -98,7 +99,10 @@ func (f *fakeUpstream) record(s string) {
 
 type fakeSession struct{ f *fakeUpstream }
 
-func (s *fakeSession) Mail(from string, _ *smtp.MailOptions) error {
+func (s *fakeSession) Mail(from string, opts *smtp.MailOptions) error {
+	if opts != nil && opts.Auth != nil {
+		s.f.record("MAIL-AUTH " + *opts.Auth)
+	}
 	s.f.record("MAIL " + from)
 	return nil
 }
@@ -278,6 +282,7 @@ func TestAuthMechanismsAndWire(t *testing.T) {
 		{"mail-before-auth", []string{"MAIL FROM:<a@b>", "<530 5.7.0 Authentication required\r\n"}},
 		{"xclient-refused", []string{"XCLIENT LOGIN=bob ADDR=10.0.0.1", "<501 5.5.2 Bad command"}},
 		{"xclient-after-auth", []string{"AUTH PLAIN " + b64("\x00alice\x00app"), "<235 ", "XCLIENT LOGIN=bob", "<501 5.5.2", "MAIL FROM:<alice@example.test>", "<250 "}},
+		{"mail-auth-param-dropped", []string{"AUTH PLAIN " + b64("\x00alice\x00app"), "<235 ", "MAIL FROM:<alice@example.test> AUTH=bob@example.test", "<250 "}},
 		{"unknown-mechanism", []string{"AUTH CRAM-MD5", "<504 "}},
 		{"cancel", []string{"AUTH LOGIN", "<334 ", "*", "<501 "}},
 		{"decision-error", []string{"AUTH PLAIN " + b64("\x00down\x00x"), "<454 4.7.0 Temporary authentication failure\r\n"}},
@@ -299,7 +304,7 @@ func TestAuthMechanismsAndWire(t *testing.T) {
 			f.up.mu.Lock()
 			defer f.up.mu.Unlock()
 			for _, l := range f.up.log {
-				if strings.Contains(l, "XCLIENT") || strings.Contains(l, "bob") {
+				if strings.Contains(l, "XCLIENT") || strings.Contains(l, "bob") || strings.HasPrefix(l, "MAIL-AUTH") {
 					t.Fatalf("client command reached the upstream: %q", f.up.log)
 				}
 			}
@@ -584,4 +589,39 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// fakeSessions is a registry whose revoke cancels the tracked context.
+type fakeSessions struct {
+	mu     sync.Mutex
+	cancel map[int64]context.CancelCauseFunc
+}
+
+var errRevoked = errors.New("revoked")
+
+func (f *fakeSessions) Track(ctx context.Context, id int64) (context.Context, func()) {
+	c, cancel := context.WithCancelCause(ctx)
+	f.mu.Lock()
+	f.cancel[id] = cancel
+	f.mu.Unlock()
+	return c, func() { cancel(nil) }
+}
+
+func TestRevokedAppPasswordClosesSession(t *testing.T) {
+	reg := &fakeSessions{cancel: map[int64]context.CancelCauseFunc{}}
+	f := newFixture(t, func(o *smtpfront.Options) { o.Sessions = reg })
+	r := f.dialRaw(t, true)
+	r.send("AUTH PLAIN " + b64("\x00alice\x00app"))
+	r.expect("235 ")
+	reg.mu.Lock()
+	cancel := reg.cancel[7]
+	reg.mu.Unlock()
+	if cancel == nil {
+		t.Fatal("the session was not tracked under app password 7")
+	}
+	cancel(errRevoked)
+	_ = r.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := r.r.ReadString('\n'); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("connection not closed after revocation: %v", err)
+	}
 }

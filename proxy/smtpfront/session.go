@@ -211,6 +211,13 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 	if err := ss.ready(); err != nil {
 		return err
 	}
+	if opts != nil && opts.Auth != nil {
+		// MAIL ... AUTH=<addr> would claim an authenticated sender of the
+		// client's choosing to an upstream that trusts passgate: drop it.
+		o := *opts
+		o.Auth = nil
+		opts = &o
+	}
 	if err := ss.up.Mail(from, opts); err != nil {
 		return ss.upstreamErr("MAIL", err)
 	}

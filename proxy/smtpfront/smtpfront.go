@@ -25,6 +25,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -304,9 +305,9 @@ func (l *listener) Accept() (net.Conn, error) {
 type errorLog struct{ log *slog.Logger }
 
 func (e errorLog) Printf(format string, v ...any) {
-	e.log.Debug("smtp server error", slog.String("err", sprintf(format, v...)))
+	e.log.Debug("smtp server error", slog.String("err", fmt.Sprintf(format, v...)))
 }
 
 func (e errorLog) Println(v ...any) {
-	e.log.Debug("smtp server error", slog.String("err", sprint(v...)))
+	e.log.Debug("smtp server error", slog.String("err", fmt.Sprint(v...)))
 }

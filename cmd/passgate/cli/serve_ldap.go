@@ -74,7 +74,7 @@ func buildLDAP(d *deps) ([]service, error) {
 		o := base
 		o.TLSConfig = d.serverTLS // nil: StartTLS answered unavailable
 		o.Listener = "ldap"
-		o.Logger = d.log.With(slog.String("listener", "ldap"))
+		o.Logger = d.log
 		if d.serverTLS == nil {
 			d.log.Warn("ldap listener without a certificate: StartTLS is not offered and only clients in policy.trusted_networks can bind with a password; set tls.cert_file and tls.key_file",
 				slog.String("listener", "ldap"))
@@ -90,7 +90,7 @@ func buildLDAP(d *deps) ([]service, error) {
 		o.TLSConfig = d.serverTLS
 		o.ImplicitTLS = true
 		o.Listener = "ldaps"
-		o.Logger = d.log.With(slog.String("listener", "ldaps"))
+		o.Logger = d.log
 		srv, err := ldapfront.New(o)
 		if err != nil {
 			return nil, fmt.Errorf("ldap.user_dn_templates: %w", err)

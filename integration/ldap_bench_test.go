@@ -1,0 +1,113 @@
+package integration
+
+import (
+	"context"
+	"crypto/subtle"
+	"net/netip"
+	"sort"
+	"testing"
+	"time"
+
+	"github.com/go-ldap/ldap/v3"
+
+	"github.com/passgate/passgate/backends/store"
+)
+
+// benchStore is an in-memory policy.Store with one app password.
+type benchStore struct{ user, secret string }
+
+func (m *benchStore) UserMFA(_ context.Context, name string) (store.MFAState, error) {
+	if name == m.user {
+		return store.MFAEnforced, nil
+	}
+	return store.MFADisabled, nil
+}
+
+func (m *benchStore) FindAppPassword(_ context.Context, user, secret string) (store.AppPassword, error) {
+	if user == m.user && subtle.ConstantTimeCompare([]byte(secret), []byte(m.secret)) == 1 {
+		return store.AppPassword{ID: 1, User: user, Label: "bench", Scopes: []string{"ldap"}}, nil
+	}
+	return store.AppPassword{}, store.ErrNotFound
+}
+
+func (m *benchStore) TouchAppPassword(context.Context, int64, store.Usage) error { return nil }
+func (m *benchStore) AllowAppPasswords(context.Context) (bool, error)            { return true, nil }
+func (m *benchStore) Record(context.Context, store.AuditEvent) error             { return nil }
+
+// BenchmarkLDAPBind measures simple binds per second through passgate
+// (relay mode, SQLite store, plaintext from a trusted network) and
+// directly to slapd, side by side in one run: a new connection per bind,
+// and many binds on one connection. Through passgate, an app password is
+// checked by passgate alone (the directory is not asked); a primary
+// password of an account without MFA is checked by slapd behind passgate.
+// The closing log line gives each passgate figure as a ratio of direct.
+//
+//	go test ./integration -run '^$' -bench LDAPBind -benchtime 3s
+func BenchmarkLDAPBind(b *testing.B) {
+	e := ldapEnv(b)
+	g := startLDAPGate(b, ldapGateOptions{trusted: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}})
+	g.setMFA(b, "alice", store.MFAEnforced)
+	app := g.appPassword(b, "alice", "bench")
+	aliceDN := e.slapd.UserDN("alice")
+
+	rates := map[string]float64{}
+	run := func(name, url, dn, pw string, newConn bool) {
+		b.Run(name, func(b *testing.B) {
+			b.ReportAllocs()
+			var l *ldap.Conn
+			var err error
+			if !newConn {
+				if l, err = ldap.DialURL(url); err != nil {
+					b.Fatal(err)
+				}
+				defer l.Close()
+			}
+			b.ResetTimer()
+			start := time.Now()
+			for i := 0; i < b.N; i++ {
+				if newConn {
+					if l, err = ldap.DialURL(url); err != nil {
+						b.Fatal(err)
+					}
+				}
+				if err := l.Bind(dn, pw); err != nil {
+					b.Fatal(err)
+				}
+				if newConn {
+					l.Close()
+				}
+			}
+			rate := float64(b.N) / time.Since(start).Seconds()
+			b.ReportMetric(rate, "binds/s")
+			rates[name] = rate
+		})
+	}
+	// The same listener over an in-memory store: the listener's and the
+	// upstream's own cost, without SQLite's commits of the audit row and
+	// the app password's last use.
+	mem := &benchStore{user: "alice", secret: "benchbenchbenchb"}
+	gm := startLDAPGate(b, ldapGateOptions{trusted: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}, decisionStore: mem})
+
+	for _, mode := range []struct {
+		name    string
+		newConn bool
+	}{{"new-conn", true}, {"one-conn", false}} {
+		run(mode.name+"/direct", e.slapd.URL, e.slapd.AppDN, e.slapd.AppPassword, mode.newConn)
+		run(mode.name+"/passgate-app-password", g.url, aliceDN, app, mode.newConn)
+		run(mode.name+"/passgate-primary", g.url, e.slapd.AppDN, e.slapd.AppPassword, mode.newConn)
+		run(mode.name+"/passgate-memstore-app-password", gm.url, aliceDN, mem.secret, mode.newConn)
+		run(mode.name+"/passgate-memstore-primary", gm.url, e.slapd.AppDN, e.slapd.AppPassword, mode.newConn)
+	}
+
+	names := make([]string, 0, len(rates))
+	for n := range rates {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		direct := rates[n[:len("new-conn")]+"/direct"]
+		if direct > 0 {
+			b.Logf("%-32s %8.0f binds/s  %.2f× direct", n, rates[n], rates[n]/direct)
+		}
+	}
+}

@@ -1,0 +1,87 @@
+package ldapfront
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"io"
+	"testing"
+)
+
+// FuzzReadMessage feeds arbitrary bytes to the message reader and the
+// decoders of what passgate reads before a bind (BindRequest, ExtendedRequest
+// including StartTLS and WhoAmI, Abandon) and checks properties, not only
+// the absence of panics: the size cap holds, what is returned is a prefix of
+// the input, the envelope round-trips, and a decoded bind re-encodes to the
+// same fields.
+func FuzzReadMessage(f *testing.F) {
+	f.Add(encodeBind(1, "uid=alice,ou=people,dc=example,dc=test", "abcd efgh ijkl mnop"))
+	f.Add(encodeBind(2, "alice@example.test", ""))
+	f.Add(encodeBind(maxMessageID, `EXAMPLE\alice`, "p\x00w"))
+	f.Add(encodeExtended(1, oidStartTLS))
+	f.Add(encodeExtended(3, oidWhoAmI))
+	f.Add(encodeSearch(4, "dc=example,dc=test", []byte{0xa0, 0x05, 0x30, 0x03, 0x04, 0x01, 'x'}))
+	f.Add(envelope(5, []byte{0x50, 0x01, 0x04}, nil))
+	f.Add([]byte{0x30, 0x05, 0x02, 0x01, 0x03, 0x42, 0x00})
+	f.Add([]byte{0x30, 0x84, 0x7f, 0xff, 0xff, 0xff})
+	f.Add([]byte{0x30, 0x80, 0x02, 0x01, 0x01, 0x00, 0x00})
+	f.Add(append(encodeBind(1, "a", "b"), encodeExtended(2, oidStartTLS)...))
+	const max = 512
+	f.Fuzz(func(t *testing.T, in []byte) {
+		br := bufio.NewReader(bytes.NewReader(in))
+		consumed := 0
+		for {
+			raw, err := readMessage(br, max)
+			if err != nil {
+				if !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, errTooLarge) && !errors.Is(err, errMalformed) {
+					t.Fatalf("unexpected error %v", err)
+				}
+				return
+			}
+			if len(raw) > max+10 {
+				t.Fatalf("message of %d bytes passed a cap of %d", len(raw), max)
+			}
+			if !bytes.Equal(raw, in[consumed:consumed+len(raw)]) {
+				t.Fatal("returned bytes are not the input's")
+			}
+			consumed += len(raw)
+			checkMessage(t, raw)
+		}
+	})
+}
+
+func checkMessage(t *testing.T, raw []byte) {
+	m, err := parseMessage(raw)
+	if err != nil {
+		return
+	}
+	again, err := parseMessage(envelope(m.id, m.op.raw, m.controls))
+	if err != nil || again.id != m.id || !bytes.Equal(again.op.raw, m.op.raw) || !bytes.Equal(again.controls, m.controls) {
+		t.Fatalf("envelope does not round-trip: %v", err)
+	}
+	controlOIDs(m.controls)
+	switch m.op.tag {
+	case opBindRequest:
+		b, err := decodeBind(m.op)
+		if err != nil || !b.simple {
+			return
+		}
+		re, err := parseMessage(encodeBind(m.id, b.name, string(b.password)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b2, err := decodeBind(re.op)
+		if err != nil || b2.name != b.name || !bytes.Equal(b2.password, b.password) || b2.version != 3 {
+			t.Fatalf("bind does not re-encode: %+v vs %+v (%v)", b2, b, err)
+		}
+	case opExtendedRequest:
+		e, err := decodeExtended(m.op)
+		if err == nil && e.oid == "" {
+			t.Fatal("extended request without a name decoded")
+		}
+	case opAbandonRequest:
+		if id, err := decodeAbandon(m.op); err == nil && (id < 0 || id > maxMessageID) {
+			t.Fatalf("abandon of id %d", id)
+		}
+	}
+}

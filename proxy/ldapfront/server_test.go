@@ -1,0 +1,623 @@
+package ldapfront
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"io"
+	"log/slog"
+	"math/big"
+	"net"
+	"net/netip"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	ber "github.com/go-asn1-ber/asn1-ber"
+
+	"github.com/passgate/passgate/policy"
+	"github.com/passgate/passgate/proxy/relay"
+)
+
+const (
+	aliceDN  = "uid=alice,ou=people,dc=example,dc=test"
+	wikiDN   = "cn=wiki,ou=services,dc=example,dc=test"
+	alicePW  = "abcdefghijklmnop" // app password of alice
+	wikiPW   = "wiki-primary"
+	template = "uid={user},ou=people,dc=example,dc=test"
+)
+
+// fakeDecider allows alice's app password (id 9) and wiki's primary
+// password (provisionally), and denies everything else.
+type fakeDecider struct {
+	mu      sync.Mutex
+	err     error
+	fails   int
+	trusted bool
+}
+
+func (f *fakeDecider) Decide(_ context.Context, a policy.Attempt) (policy.Decision, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.err != nil {
+		return policy.Decision{}, f.err
+	}
+	switch {
+	case a.User == "alice" && string(a.Secret) == alicePW:
+		return policy.Decision{Allow: true, Kind: policy.KindAppPassword, User: "alice", AppPasswordID: 9}, nil
+	case a.User == "alice":
+		return policy.Decision{User: "alice", Reason: "enforced"}, nil
+	case a.User == "cn=wiki,ou=services,dc=example,dc=test":
+		return policy.Decision{Allow: true, Kind: policy.KindPrimary, User: a.User}, nil
+	}
+	return policy.Decision{User: a.User, Reason: "unknown"}, nil
+}
+
+func (f *fakeDecider) PrimaryResult(context.Context, policy.Attempt, policy.Decision, bool) {}
+
+func (f *fakeDecider) Fail(context.Context, policy.Attempt) {
+	f.mu.Lock()
+	f.fails++
+	f.mu.Unlock()
+}
+
+func (f *fakeDecider) PlaintextAllowed(_ netip.AddrPort, tls bool) bool { return tls || f.trusted }
+
+// fakeUpstream is a directory that knows wiki's password and answers
+// every search with one entry and a done, and every other request with
+// success.
+type fakeUpstream struct {
+	mu       sync.Mutex
+	hold     bool
+	sessions []*fakeSession
+}
+
+func (u *fakeUpstream) Open(context.Context) (Session, error) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	s := &fakeSession{up: u, held: map[int64]func([]byte, []byte, bool, error){}}
+	u.sessions = append(u.sessions, s)
+	return s, nil
+}
+
+func (u *fakeUpstream) Verify(_ context.Context, dn string, pw []byte) (string, bool, error) {
+	return "dn:" + dn, dn == wikiDN && string(pw) == wikiPW, nil
+}
+
+type sent struct {
+	tag   int
+	proxy string
+}
+
+type fakeSession struct {
+	up        *fakeUpstream
+	mu        sync.Mutex
+	next      int64
+	bound     string
+	sent      []sent
+	abandoned []int64
+	held      map[int64]func([]byte, []byte, bool, error)
+}
+
+func (s *fakeSession) Bind(_ context.Context, dn string, pw []byte) (bool, error) {
+	ok := dn == wikiDN && string(pw) == wikiPW
+	s.mu.Lock()
+	if ok {
+		s.bound = dn
+	}
+	s.mu.Unlock()
+	return ok, nil
+}
+func (s *fakeSession) BindService(context.Context) error { s.bound = "service"; return nil }
+func (s *fakeSession) WhoAmI(context.Context) (string, error) {
+	return "dn:" + s.bound, nil
+}
+func (s *fakeSession) Send(op, _ []byte, proxy string, fn func(op, controls []byte, last bool, err error)) (int64, error) {
+	e, _, _ := nextElement(op)
+	s.mu.Lock()
+	s.next++
+	h := s.next
+	s.sent = append(s.sent, sent{e.tag, proxy})
+	s.up.mu.Lock()
+	hold := s.up.hold
+	s.up.mu.Unlock()
+	if hold {
+		s.held[h] = fn
+		s.mu.Unlock()
+		return h, nil
+	}
+	s.mu.Unlock()
+	go func() {
+		if e.tag == opSearchRequest {
+			entry := ber.Encode(ber.ClassApplication, ber.TypeConstructed, opSearchEntry, nil, "")
+			entry.AppendChild(ber.NewString(ber.ClassUniversal, ber.TypePrimitive, ber.TagOctetString, aliceDN, ""))
+			entry.AppendChild(ber.NewSequence(""))
+			fn(entry.Bytes(), nil, false, nil)
+			fn(resultOp(opSearchDone, resultSuccess, ""), nil, true, nil)
+			return
+		}
+		tag, _ := responseTag(e.tag)
+		fn(resultOp(tag, 6, ""), nil, true, nil) // compareTrue
+	}()
+	return h, nil
+}
+func (s *fakeSession) Abandon(h int64) error {
+	s.mu.Lock()
+	s.abandoned = append(s.abandoned, h)
+	s.mu.Unlock()
+	return nil
+}
+func (s *fakeSession) Close() error { return nil }
+
+func selfSigned(t *testing.T) *tls.Config {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}}
+}
+
+type testServer struct {
+	srv  *Server
+	addr string
+	dec  *fakeDecider
+	up   *fakeUpstream
+	reg  *relay.Registry
+}
+
+func startServer(t *testing.T, change func(*Options)) *testServer {
+	t.Helper()
+	ts := &testServer{dec: &fakeDecider{trusted: true}, up: &fakeUpstream{}, reg: relay.NewRegistry()}
+	opts := Options{Decider: ts.dec, Upstream: ts.up, Registry: ts.reg, UserDNTemplates: []string{template},
+		UPNDomains: []string{"example.test"}, TLSConfig: selfSigned(t)}
+	if change != nil {
+		change(&opts)
+	}
+	srv, err := New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ln) }()
+	t.Cleanup(func() {
+		srv.Close()
+		if err := <-done; !errors.Is(err, ErrServerClosed) {
+			t.Errorf("Serve returned %v, want ErrServerClosed", err)
+		}
+	})
+	ts.srv, ts.addr = srv, ln.Addr().String()
+	return ts
+}
+
+type client struct {
+	t  *testing.T
+	nc net.Conn
+	br *bufio.Reader
+}
+
+func (ts *testServer) dial(t *testing.T) *client {
+	t.Helper()
+	nc, err := net.Dial("tcp", ts.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nc.Close() })
+	return &client{t: t, nc: nc, br: bufio.NewReader(nc)}
+}
+
+func (c *client) send(msgs ...[]byte) {
+	c.t.Helper()
+	if _, err := c.nc.Write(bytes.Join(msgs, nil)); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+// recv reads one message; raw is its bytes.
+func (c *client) recv() (message, []byte) {
+	c.t.Helper()
+	c.nc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	raw, err := readMessage(c.br, 1<<20)
+	if err != nil {
+		c.t.Fatalf("read response: %v", err)
+	}
+	m, err := parseMessage(raw)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return m, raw
+}
+
+// result returns the resultCode and diagnosticMessage of a response.
+func result(t *testing.T, m message) (int, string) {
+	t.Helper()
+	code, b, err := nextElement(m.op.content)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, b, _ = nextElement(b)
+	diag, _, _ := nextElement(b)
+	v, _ := ber.ParseInt64(code.content)
+	return int(v), string(diag.content)
+}
+
+// TestDenyResponsesIdentical: whatever the reason, a refused bind gets the
+// same bytes, after Fail.
+func TestDenyResponsesIdentical(t *testing.T) {
+	ts := startServer(t, nil)
+	want := envelope(1, resultOp(opBindResponse, resultInvalidCredentials, failureMessage), nil)
+	cases := []struct{ name, user, pw string }{
+		{"fail/enforced-primary", aliceDN, "alices-primary"},
+		{"fail/wrong-app-password", "alice@example.test", "zzzzzzzzzzzzzzzz"},
+		{"fail/unknown-user", "uid=mallory,ou=people,dc=example,dc=test", "x"},
+		{"fail/upn-of-unaccepted-domain", "alice@evil.test", alicePW},
+		{"fail/unparsable-dn", "uid=alice,,=", alicePW},
+		{"fail/primary-refused-by-directory", wikiDN, "wrong"},
+		{"fail/password-without-name", "", "x"},
+	}
+	for i, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c := ts.dial(t)
+			c.send(encodeBind(1, tc.user, tc.pw))
+			_, raw := c.recv()
+			if !bytes.Equal(raw, want) {
+				t.Fatalf("response %x, want %x", raw, want)
+			}
+			ts.dec.mu.Lock()
+			fails := ts.dec.fails
+			ts.dec.mu.Unlock()
+			if fails != i+1 {
+				t.Fatalf("Fail called %d times, want %d", fails, i+1)
+			}
+		})
+	}
+}
+
+func TestBindResults(t *testing.T) {
+	cases := []struct {
+		name    string
+		change  func(*Options, *fakeDecider)
+		user    string
+		pw      string
+		code    int
+		diagHas string
+	}{
+		{"ok/app-password", nil, aliceDN, alicePW, resultSuccess, ""},
+		{"ok/primary-verified", nil, wikiDN, wikiPW, resultSuccess, ""},
+		{"fail/plaintext-untrusted", func(o *Options, d *fakeDecider) { d.trusted = false }, aliceDN, alicePW, resultConfidentialityRequired, "TLS"},
+		{"fail/anonymous", nil, "", "", resultUnwillingToPerform, "anonymous"},
+		{"ok/anonymous-allowed", func(o *Options, d *fakeDecider) { o.AllowAnonymous = true }, "", "", resultSuccess, ""},
+		{"fail/unauthenticated", nil, aliceDN, "", resultUnwillingToPerform, "unauthenticated"},
+		{"ok/unauthenticated-allowed", func(o *Options, d *fakeDecider) { o.AllowUnauthenticated = true }, aliceDN, "", resultSuccess, ""},
+		{"fail/decision-error", func(o *Options, d *fakeDecider) { d.err = errors.New("store down") }, aliceDN, alicePW, resultUnavailable, "try again"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			dec := &fakeDecider{trusted: true}
+			ts := startServer(t, func(o *Options) {
+				o.Decider = dec
+				if tc.change != nil {
+					tc.change(o, dec)
+				}
+			})
+			c := ts.dial(t)
+			c.send(encodeBind(5, tc.user, tc.pw))
+			m, _ := c.recv()
+			code, diag := result(t, m)
+			if m.id != 5 || m.op.tag != opBindResponse || code != tc.code || !bytes.Contains([]byte(diag), []byte(tc.diagHas)) {
+				t.Fatalf("id %d tag %d code %d %q, want 5 %d %d containing %q", m.id, m.op.tag, code, diag, opBindResponse, tc.code, tc.diagHas)
+			}
+		})
+	}
+}
+
+// TestPipelinedRequests: requests sent behind a bind before its response
+// wait for it and are answered with their own message IDs.
+func TestPipelinedRequests(t *testing.T) {
+	ts := startServer(t, nil)
+	c := ts.dial(t)
+	c.send(encodeBind(1, aliceDN, alicePW), encodeSearch(2, aliceDN, nil), encodeSearch(3, aliceDN, nil),
+		encodeExtended(4, oidWhoAmI), encodeSearch(5, aliceDN, nil))
+	m, _ := c.recv()
+	if code, _ := result(t, m); m.id != 1 || code != resultSuccess {
+		t.Fatalf("first response: id %d code %d, want the bind's success", m.id, code)
+	}
+	entries, dones := map[int64]int{}, map[int64]int{}
+	for len(dones) < 4 {
+		m, _ := c.recv()
+		switch m.op.tag {
+		case opSearchEntry:
+			entries[m.id]++
+		case opSearchDone:
+			dones[m.id]++
+		case opExtendedResponse:
+			dones[m.id]++
+			if m.id != 4 {
+				t.Fatalf("WhoAmI answered with id %d", m.id)
+			}
+		}
+	}
+	for _, id := range []int64{2, 3, 5} {
+		if entries[id] != 1 || dones[id] != 1 {
+			t.Fatalf("search %d: %d entries, %d dones", id, entries[id], dones[id])
+		}
+	}
+	s := ts.up.sessions[0]
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.sent) != 3 {
+		t.Fatalf("%d requests upstream, want 3", len(s.sent))
+	}
+	for _, x := range s.sent {
+		if x.proxy != "dn:"+aliceDN || s.bound != "service" {
+			t.Fatalf("relayed with proxy %q bound as %q", x.proxy, s.bound)
+		}
+	}
+}
+
+// TestAbandon: an abandoned request is abandoned upstream and its late
+// answers are dropped; the connection goes on.
+func TestAbandon(t *testing.T) {
+	ts := startServer(t, nil)
+	ts.up.hold = true
+	c := ts.dial(t)
+	c.send(encodeBind(1, aliceDN, alicePW))
+	c.recv()
+	c.send(encodeSearch(2, aliceDN, nil))
+	var s *fakeSession
+	for deadline := time.Now().Add(2 * time.Second); ; {
+		ts.up.mu.Lock()
+		if len(ts.up.sessions) > 0 {
+			s = ts.up.sessions[0]
+		}
+		ts.up.mu.Unlock()
+		if s != nil {
+			s.mu.Lock()
+			n := len(s.held)
+			s.mu.Unlock()
+			if n == 1 {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("search never reached the upstream")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	c.send(envelope(3, []byte{0x50, 0x01, 0x02}, nil)) // Abandon(2)
+	for deadline := time.Now().Add(2 * time.Second); ; {
+		s.mu.Lock()
+		n := len(s.abandoned)
+		s.mu.Unlock()
+		if n == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("abandon never reached the upstream")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	s.mu.Lock()
+	fn := s.held[1]
+	s.mu.Unlock()
+	fn(resultOp(opSearchDone, resultSuccess, ""), nil, true, nil) // too late: dropped
+	c.send(encodeExtended(4, oidWhoAmI))
+	m, _ := c.recv()
+	if m.id != 4 {
+		t.Fatalf("got a response for %d after abandoning it", m.id)
+	}
+}
+
+func TestBindOnlyRefusesOperations(t *testing.T) {
+	ts := startServer(t, func(o *Options) { o.Mode = ModeBindOnly })
+	c := ts.dial(t)
+	c.send(encodeBind(1, "EXAMPLE\\alice", alicePW), encodeSearch(2, aliceDN, nil), encodeExtended(3, oidWhoAmI),
+		encodeExtended(4, "1.3.6.1.4.1.4203.1.11.1"), encodeBind(5, wikiDN, wikiPW))
+	want := []struct {
+		id   int64
+		code int
+		diag string
+	}{{1, resultSuccess, ""}, {2, resultUnwillingToPerform, msgBindOnly}, {3, resultSuccess, ""}, {4, resultUnwillingToPerform, msgBindOnly}, {5, resultSuccess, ""}}
+	for _, w := range want {
+		m, _ := c.recv()
+		code, diag := result(t, m)
+		if m.id != w.id || code != w.code || diag != w.diag {
+			t.Fatalf("id %d: code %d %q, want %d %d %q", m.id, code, diag, w.id, w.code, w.diag)
+		}
+	}
+	if len(ts.up.sessions) != 0 {
+		t.Fatal("bind-only mode opened an upstream session")
+	}
+}
+
+// TestStartTLS: a password bind is refused before StartTLS and accepted
+// after it; a second StartTLS is refused.
+func TestStartTLS(t *testing.T) {
+	ts := startServer(t, func(o *Options) {})
+	ts.dec.trusted = false
+	c := ts.dial(t)
+	c.send(encodeBind(1, aliceDN, alicePW))
+	if m, _ := c.recv(); m.op.tag != opBindResponse {
+		t.Fatal("no bind response")
+	} else if code, _ := result(t, m); code != resultConfidentialityRequired {
+		t.Fatalf("bind before TLS: %d", code)
+	}
+	c.send(encodeExtended(2, oidStartTLS))
+	if m, _ := c.recv(); m.id != 2 {
+		t.Fatal("no StartTLS response")
+	} else if code, _ := result(t, m); code != resultSuccess {
+		t.Fatalf("StartTLS: %d", code)
+	}
+	tc := tls.Client(c.nc, &tls.Config{InsecureSkipVerify: true})
+	if err := tc.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	c.nc, c.br = tc, bufio.NewReader(tc)
+	c.send(encodeBind(3, aliceDN, alicePW), encodeExtended(4, oidStartTLS))
+	if m, _ := c.recv(); m.id != 3 {
+		t.Fatal("no bind response")
+	} else if code, _ := result(t, m); code != resultSuccess {
+		t.Fatalf("bind after TLS: %d", code)
+	}
+	if m, _ := c.recv(); m.id != 4 {
+		t.Fatal("no second StartTLS response")
+	} else if code, _ := result(t, m); code != resultOperationsError {
+		t.Fatalf("second StartTLS: %d", code)
+	}
+}
+
+// TestProtocolErrors: an oversized or malformed message gets a notice of
+// disconnection and the connection is closed.
+func TestProtocolErrors(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		in   []byte
+	}{
+		{"oversized", encodeBind(1, string(bytes.Repeat([]byte("a"), 200)), "x")},
+		{"declares-2GiB", []byte{0x30, 0x84, 0x7f, 0xff, 0xff, 0xff}},
+		{"malformed", []byte{0x30, 0x03, 0x02, 0x01, 0x01}},
+		{"message-id-zero", encodeBind(0, "", "")},
+		{"tls-on-plain-port", []byte{0x16, 0x03, 0x01, 0x00, 0x05, 1, 2, 3, 4, 5}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ts := startServer(t, func(o *Options) { o.MaxMessageBytes = 128 })
+			c := ts.dial(t)
+			c.send(tc.in)
+			m, _ := c.recv()
+			code, _ := result(t, m)
+			if m.id != 0 || m.op.tag != opExtendedResponse || code != resultProtocolError {
+				t.Fatalf("got id %d tag %d code %d, want a notice of disconnection with protocolError", m.id, m.op.tag, code)
+			}
+			if _, err := c.br.ReadByte(); !errors.Is(err, io.EOF) {
+				t.Fatalf("connection not closed: %v", err)
+			}
+		})
+	}
+}
+
+// TestRevokeClosesConnection: deleting the app password (Registry.Revoke)
+// closes the connection that bound with it.
+func TestRevokeClosesConnection(t *testing.T) {
+	ts := startServer(t, nil)
+	c := ts.dial(t)
+	c.send(encodeBind(1, aliceDN, alicePW))
+	c.recv()
+	if n := ts.reg.Revoke(9); n != 1 {
+		t.Fatalf("Revoke closed %d sessions, want 1", n)
+	}
+	c.nc.SetReadDeadline(time.Now().Add(time.Second))
+	if _, err := c.br.ReadByte(); !errors.Is(err, io.EOF) {
+		t.Fatalf("connection still open after revoke: %v", err)
+	}
+}
+
+// TestShutdownDrainsAndNoGoroutineOutlivesClose.
+func TestShutdownDrainsAndNoGoroutineOutlivesClose(t *testing.T) {
+	before := runtime.NumGoroutine()
+	dec := &fakeDecider{trusted: true}
+	srv, err := New(Options{Decider: dec, Upstream: &fakeUpstream{}, UserDNTemplates: []string{template}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ln) }()
+	var conns []net.Conn
+	for i := 0; i < 5; i++ {
+		nc, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, nc)
+		nc.Write(encodeBind(1, aliceDN, alicePW))
+		br := bufio.NewReader(nc)
+		if _, err := readMessage(br, 1<<20); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(ctx); err != nil {
+		t.Fatalf("Shutdown of idle connections: %v", err)
+	}
+	if err := <-done; !errors.Is(err, ErrServerClosed) {
+		t.Fatalf("Serve: %v", err)
+	}
+	srv.Close()
+	for _, nc := range conns {
+		nc.Close()
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for runtime.NumGoroutine() > before {
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<16)
+			t.Fatalf("%d goroutines left, %d before:\n%s", runtime.NumGoroutine(), before, buf[:runtime.Stack(buf, true)])
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestNoSecretInLogs: with debug logging on, no password a client sends
+// reaches the log, whatever happens to the bind.
+func TestNoSecretInLogs(t *testing.T) {
+	var buf syncBuffer
+	ts := startServer(t, func(o *Options) {
+		o.Logger = slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	})
+	for _, b := range []struct{ user, pw string }{
+		{aliceDN, alicePW}, {aliceDN, "wrong-secret-1234"}, {wikiDN, wikiPW}, {"alice@evil.test", "other-secret-5678"},
+	} {
+		c := ts.dial(t)
+		c.send(encodeBind(1, b.user, b.pw), encodeSearch(2, aliceDN, nil))
+		c.recv()
+		c.nc.Close()
+	}
+	ts.srv.Close()
+	out := buf.String()
+	if !strings.Contains(out, "ldap session closed") {
+		t.Fatalf("nothing logged: %q", out)
+	}
+	for _, secret := range []string{alicePW, "wrong-secret-1234", wikiPW, "other-secret-5678"} {
+		if strings.Contains(out, secret) {
+			t.Fatalf("log holds the secret %q:\n%s", secret, out)
+		}
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
