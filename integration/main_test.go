@@ -1,6 +1,3 @@
-// Package integration proves passgate end to end against real servers
-// (Dovecot, and later Postfix and slapd) and real clients. It is not on the
-// path of a login; it drives the whole path from outside.
 package integration
 
 import (
