@@ -36,7 +36,16 @@ func runMain(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "integration: start servers:", err)
 		return 1
 	}
-	return m.Run()
+	code := m.Run()
+	stopLazy()
+	return code
+}
+
+// stopLazy stops the servers that tests started on first use.
+func stopLazy() {
+	if smtpState.stop != nil {
+		smtpState.stop()
+	}
 }
 
 // startServers starts every server the tests need. To add one, start it

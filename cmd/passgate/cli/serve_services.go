@@ -28,6 +28,17 @@ func buildServices(d *deps, over *serveOverrides) ([]service, error) {
 		}
 		all = append(all, s...)
 	}
+	if d.cfg.SMTP.Listen != "" || d.cfg.SMTP.ListenTLS != "" {
+		up, err := newSMTPUpstream(d)
+		if err != nil {
+			return nil, err
+		}
+		s, err := buildSMTP(d, up)
+		if err != nil {
+			return nil, err
+		}
+		all = append(all, s...)
+	}
 	return all, nil
 }
 
