@@ -269,10 +269,18 @@ func TestLDAPBindRules(t *testing.T) {
 	if err != nil || len(r.Entries) != 1 || r.Entries[0].GetAttributeValue("description") == "" {
 		t.Fatalf("bob's own search: %v", err)
 	}
-	// Another spelling of alice's DN (the userid alias of uid) is caught by
-	// asking the directory who it is, and refused like any failure.
-	err = l.Bind("userid=alice,ou=people,dc=example,dc=test", e.slapd.Users["alice"])
-	wantBindFailure(t, err)
+	// Other spellings of alice's name that slapd accepts (the userid alias
+	// of uid; fullwidth letters, which slapd's normalisation folds to
+	// "alice") are caught by asking the directory who bound, and refused
+	// like any failure.
+	for _, name := range []string{
+		"userid=alice,ou=people,dc=example,dc=test",
+		"uid=ＡＬＩＣＥ,ou=people,dc=example,dc=test",
+		"ＡＬＩＣＥ@example.test",
+		`EXAMPLE\ａｌｉｃｅ`,
+	} {
+		wantBindFailure(t, l.Bind(name, e.slapd.Users["alice"]))
+	}
 	// After a failed bind the connection is anonymous.
 	if _, err := l.Search(ldap.NewSearchRequest(e.slapd.BaseDN, ldap.ScopeBaseObject, ldap.NeverDerefAliases, 0, 0, false, "(objectClass=*)", nil, nil)); ldapCode(err) != ldap.LDAPResultUnwillingToPerform {
 		t.Fatalf("search after failed bind: %v, want unwillingToPerform", err)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"strconv"
 	"strings"
 	"time"
 
@@ -26,18 +27,24 @@ type Store interface {
 type Options struct {
 	Store           Store
 	TrustedNetworks []netip.Prefix
-	FailureDelay    time.Duration // default 2s; negative means none (tests only)
-	Logger          *slog.Logger  // default: discard
+	FailureDelay    time.Duration // default 2s; negative means none
+	// ForbiddenInUser lists strings that a user name may not contain: the
+	// upstream's master-user separator ("*" for Dovecot), which would
+	// otherwise let "victim*master" with the master password log in as
+	// victim on the upstream, bypassing MFA.
+	ForbiddenInUser []string
+	Logger          *slog.Logger // default: discard
 	Now             func() time.Time
 }
 
 // Engine decides logins. It is safe for concurrent use.
 type Engine struct {
-	store   Store
-	trusted []netip.Prefix
-	delay   time.Duration
-	log     *slog.Logger
-	now     func() time.Time
+	store     Store
+	forbidden []string
+	trusted   []netip.Prefix
+	delay     time.Duration
+	log       *slog.Logger
+	now       func() time.Time
 }
 
 // DefaultFailureDelay is the delay before any failure reply.
@@ -49,11 +56,12 @@ func New(opts Options) *Engine {
 		panic("policy: New without a Store")
 	}
 	e := &Engine{
-		store:   opts.Store,
-		trusted: append([]netip.Prefix(nil), opts.TrustedNetworks...),
-		delay:   opts.FailureDelay,
-		log:     opts.Logger,
-		now:     opts.Now,
+		store:     opts.Store,
+		forbidden: append([]string(nil), opts.ForbiddenInUser...),
+		trusted:   append([]netip.Prefix(nil), opts.TrustedNetworks...),
+		delay:     opts.FailureDelay,
+		log:       opts.Logger,
+		now:       opts.Now,
 	}
 	if e.delay == 0 {
 		e.delay = DefaultFailureDelay
@@ -133,11 +141,12 @@ func (e *Engine) Decide(ctx context.Context, a Attempt) (Decision, error) {
 	if user == "" || a.Secret == "" {
 		return deny("empty user name or secret")
 	}
-	// Step 3.
-	allowApp, err := e.store.AllowAppPasswords(ctx)
-	if err != nil {
-		return Decision{}, fmt.Errorf("policy: read allow-app-passwords: %w", err)
+	for _, f := range e.forbidden {
+		if f != "" && strings.Contains(user, f) {
+			return deny("user name contains the upstream's master-user separator " + strconv.Quote(f))
+		}
 	}
+	// Step 3.
 	secret := string(a.Secret)
 	var appErr string
 	if _, shaped := apppass.Normalize(secret); shaped {
@@ -146,24 +155,28 @@ func (e *Engine) Decide(ctx context.Context, a Attempt) (Decision, error) {
 		case errors.Is(err, store.ErrNotFound):
 		case err != nil:
 			return Decision{}, fmt.Errorf("policy: look up app password: %w", err)
-		case !allowApp:
-			appErr = "app password matched but app passwords are switched off"
-		case ap.Expired(e.now()):
-			appErr = "app password " + ap.Label + " expired"
-		case !ap.HasScope(a.Proto):
-			appErr = "app password " + ap.Label + " lacks scope " + a.Proto
 		default:
-			d.Allow, d.Kind = true, KindAppPassword
-			d.AppPasswordID, d.Label = ap.ID, ap.Label
-			d.MFA = "" // not needed for app passwords
-			d.Reason = "app password matched"
-			u := store.Usage{At: e.now(), Addr: a.Client.String(), Proto: a.Proto, Client: a.ClientName}
-			if err := e.store.TouchAppPassword(ctx, ap.ID, u); err != nil {
-				e.log.LogAttrs(ctx, slog.LevelWarn, "app password touch failed",
-					slog.String("user", user), slog.Any("err", err))
+			appErr, err = e.checkAppPassword(ctx, a, ap)
+			if err != nil {
+				return Decision{}, err
 			}
-			e.audit(ctx, a, d, "success")
-			return d, nil
+			if appErr == "" {
+				d.Allow, d.Kind = true, KindAppPassword
+				d.User = ap.User // the stored name, not the client's spelling
+				d.AppPasswordID, d.Label = ap.ID, ap.Label
+				d.Reason = "app password matched"
+				u := store.Usage{At: e.now(), Addr: a.Client.String(), Proto: a.Proto, Client: a.ClientName}
+				err := e.store.TouchAppPassword(ctx, ap.ID, u)
+				if errors.Is(err, store.ErrNotFound) {
+					return deny("app password " + ap.Label + " was deleted during the login")
+				}
+				if err != nil {
+					e.log.LogAttrs(ctx, slog.LevelWarn, "app password touch failed",
+						slog.String("user", user), slog.Any("err", err))
+				}
+				e.audit(ctx, a, d, "success")
+				return d, nil
+			}
 		}
 	}
 	if appErr != "" {
@@ -186,6 +199,31 @@ func (e *Engine) Decide(ctx context.Context, a Attempt) (Decision, error) {
 	d.Allow, d.Kind = true, KindPrimary
 	d.Reason = "primary password, to be verified by the upstream"
 	return d, nil
+}
+
+// checkAppPassword returns why a matching app password may not be used
+// now, or "" when it may.
+func (e *Engine) checkAppPassword(ctx context.Context, a Attempt, ap store.AppPassword) (string, error) {
+	allow, err := e.store.AllowAppPasswords(ctx)
+	if err != nil {
+		return "", fmt.Errorf("policy: read allow-app-passwords: %w", err)
+	}
+	switch {
+	case !allow:
+		return "app password matched but app passwords are switched off", nil
+	case ap.Expired(e.now()):
+		return "app password " + ap.Label + " expired", nil
+	case !ap.HasScope(a.Proto):
+		return "app password " + ap.Label + " lacks scope " + a.Proto, nil
+	}
+	st, err := e.store.UserMFA(ctx, ap.User)
+	if err != nil {
+		return "", fmt.Errorf("policy: read MFA state of %q: %w", ap.User, err)
+	}
+	if st == store.MFADisabled {
+		return "app password " + ap.Label + " matched but MFA is disabled for the user", nil
+	}
+	return "", nil
 }
 
 // PrimaryResult records the upstream's verdict on a provisional primary

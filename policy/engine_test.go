@@ -18,15 +18,16 @@ import (
 // stores are tested by backends/store's contract suite and end to end in
 // integration/.
 type fakeStore struct {
-	mu       sync.Mutex
-	mfa      map[string]store.MFAState
-	def      store.MFAState
-	apps     map[string]store.AppPassword // key: user + "\x00" + secret
-	allow    bool
-	failNext error
-	touched  []store.Usage
-	events   []store.AuditEvent
-	finds    int
+	mu        sync.Mutex
+	mfa       map[string]store.MFAState
+	def       store.MFAState
+	apps      map[string]store.AppPassword // key: user + "\x00" + secret
+	allow     bool
+	failNext  error
+	touched   []store.Usage
+	events    []store.AuditEvent
+	finds     int
+	touchGone bool
 }
 
 func (f *fakeStore) UserMFA(_ context.Context, name string) (store.MFAState, error) {
@@ -55,6 +56,9 @@ func (f *fakeStore) FindAppPassword(_ context.Context, user, secret string) (sto
 func (f *fakeStore) TouchAppPassword(_ context.Context, id int64, u store.Usage) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.touchGone {
+		return fmt.Errorf("touch: %w", store.ErrNotFound)
+	}
 	f.touched = append(f.touched, u)
 	return nil
 }
@@ -90,6 +94,7 @@ func newFake() *fakeStore {
 			"alice\x00" + expired:  {ID: 8, User: "alice", Label: "old", Scopes: store.AllScopes, ExpiresAt: &past},
 			"alice\x00" + smtpOnly: {ID: 9, User: "alice", Label: "printer", Scopes: []string{store.ScopeSMTP}},
 			"erin\x00" + goodApp:   {ID: 10, User: "erin", Label: "phone", Scopes: store.AllScopes},
+			"dave\x00" + goodApp:   {ID: 11, User: "dave", Label: "left over", Scopes: store.AllScopes},
 		},
 	}
 }
@@ -126,6 +131,9 @@ func TestDecide(t *testing.T) {
 		{name: "fail/app-passwords-switched-off", attempt: Attempt{Proto: IMAP, User: "alice", Secret: goodApp, TLS: true, Client: tlsClient}, reason: "switched off", setup: func(f *fakeStore) { f.allow = false }},
 		{name: "fail/empty-secret", attempt: Attempt{Proto: IMAP, User: "dave", Secret: "", TLS: true, Client: tlsClient}, reason: "empty", noLookups: true},
 		{name: "fail/empty-user", attempt: Attempt{Proto: IMAP, User: "  ", Secret: "x", TLS: true, Client: tlsClient}, reason: "empty", noLookups: true},
+		{name: "fail/master-separator-in-user", attempt: Attempt{Proto: IMAP, User: "alice*passgate", Secret: primaryPW, TLS: true, Client: tlsClient}, reason: "separator", noLookups: true},
+		{name: "fail/app-password-of-mfa-disabled-user", attempt: Attempt{Proto: IMAP, User: "dave", Secret: goodApp, TLS: true, Client: tlsClient}, reason: "MFA is disabled"},
+		{name: "fail/deleted-during-login", attempt: Attempt{Proto: IMAP, User: "alice", Secret: goodApp, TLS: true, Client: tlsClient}, reason: "deleted during", setup: func(f *fakeStore) { f.touchGone = true }},
 		{name: "fail/invalid-user-name", attempt: Attempt{Proto: IMAP, User: "a\x00b", Secret: primaryPW, TLS: true, Client: tlsClient}, reason: "not valid"},
 		{name: "fail/default-enforced-unknown-user", attempt: Attempt{Proto: IMAP, User: "zed", Secret: primaryPW, TLS: true, Client: tlsClient}, reason: "enforced", setup: func(f *fakeStore) { f.def = store.MFAEnforced }},
 	}
@@ -135,7 +143,7 @@ func TestDecide(t *testing.T) {
 			if tc.setup != nil {
 				tc.setup(fs)
 			}
-			e := New(Options{Store: fs, TrustedNetworks: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}, FailureDelay: -1})
+			e := New(Options{Store: fs, TrustedNetworks: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}, FailureDelay: -1, ForbiddenInUser: []string{"*"}})
 			d, err := e.Decide(context.Background(), tc.attempt)
 			if err != nil {
 				t.Fatalf("Decide: %v", err)
@@ -164,6 +172,9 @@ func TestDecide(t *testing.T) {
 				}
 			}
 			if d.Kind == KindAppPassword {
+				if d.User != fs.apps[strings.ToLower(strings.TrimSpace(tc.attempt.User))+"\x00"+strings.ToLower(strings.ReplaceAll(string(tc.attempt.Secret), " ", ""))].User {
+					t.Errorf("decision user %q is not the stored name", d.User)
+				}
 				if len(fs.touched) != 1 || fs.touched[0].Proto != tc.attempt.Proto || fs.touched[0].Addr != tc.attempt.Client.String() {
 					t.Errorf("touch = %+v", fs.touched)
 				}

@@ -2,6 +2,7 @@ package store_test
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -209,22 +210,31 @@ func testKeyDifferent(t *testing.T, f *fixture) {
 	s := f.open(t)
 	_, err := s.Migrate(ctxT(t))
 	mustErr(t, err, store.ErrKeyMismatch, "is not the key that the store's 0 app passwords were hashed with")
+
+	// A key file that cannot be read is not a mismatch: --reset-key must
+	// not treat a permission or format problem as a lost key.
+	if err := os.WriteFile(f.keyFile, []byte("a 32-character text passphrase!!"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err = f.open(t).Migrate(ctxT(t))
+	if err == nil || errors.Is(err, store.ErrKeyMismatch) || !strings.Contains(err.Error(), "not a passgate key") {
+		t.Fatalf("malformed key file: err = %v, want a format error that is not ErrKeyMismatch", err)
+	}
 	// The store stays unusable for app passwords.
 	_, _, err = s.CreateAppPassword(ctxT(t), store.NewAppPassword{User: "alice", Label: "x"})
 	mustErr(t, err, store.ErrNoKey, "call Migrate first")
 }
 
 func testKeyAdopted(t *testing.T, f *fixture) {
-	// A new store adopts a key file that already exists (raw 32 bytes is
-	// accepted as well as hex).
+	// A new store adopts a key file that already exists (64 hex digits).
 	raw := []byte("0123456789abcdef0123456789ABCDEF")
-	if err := os.WriteFile(f.keyFile, raw, 0o600); err != nil {
+	if err := os.WriteFile(f.keyFile, []byte(hex.EncodeToString(raw)+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	s := f.migrated(t)
 	addUser(t, s, "alice", store.MFAEnforced)
 	_, secret := create(t, s, "alice", "phone")
-	if b, _ := os.ReadFile(f.keyFile); string(b) != string(raw) {
+	if b, _ := os.ReadFile(f.keyFile); string(b) != hex.EncodeToString(raw)+"\n" {
 		t.Fatal("Migrate rewrote an existing key file")
 	}
 	h, err := apppass.NewHasher(raw)

@@ -71,7 +71,10 @@ func (s *Store) setUpKey(ctx context.Context, conn *sqlx.Conn) error {
 			"restore the key file from backup (every instance needs the same file), or, %s", path, n, fp, resetKeyHint)
 	}
 	if err != nil {
-		return fmt.Errorf("%w: %w", err, ErrKeyMismatch)
+		// Unreadable, too open or malformed: not a mismatch, so that
+		// migrate --reset-key never deletes app passwords over a
+		// permission problem.
+		return err
 	}
 	h, err := apppass.NewHasher(key)
 	if err != nil {
@@ -178,9 +181,6 @@ func readKey(path string) ([]byte, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("store: read key file %q: %w", path, err)
-	}
-	if len(b) == apppass.KeySize {
-		return b, nil
 	}
 	t := bytes.TrimSpace(b)
 	key := make([]byte, apppass.KeySize)

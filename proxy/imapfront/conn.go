@@ -285,7 +285,8 @@ func (c *conn) caps() string {
 // refuses a LOGIN literal that would carry a secret in clear, so the
 // client never sends it, and otherwise sends "+ Ready".
 func (c *conn) continueLiteral(sofar []token) error {
-	if len(sofar) >= 2 && strings.EqualFold(string(sofar[1].val), "LOGIN") && !c.plaintextOK() {
+	if len(sofar) >= 2 && !c.plaintextOK() &&
+		(strings.EqualFold(string(sofar[1].val), "LOGIN") || strings.EqualFold(string(sofar[1].val), "AUTHENTICATE")) {
 		return &replyError{tag: tagOf(sofar), status: "NO", text: privacyRequired}
 	}
 	return c.write([]byte("+ Ready\r\n"))
@@ -324,6 +325,9 @@ func (c *conn) handleStartTLS(cmd *command) bool {
 		return true
 	}
 	c.br = bufio.NewReaderSize(c.nc, readBufferSize)
+	// What was learned before TLS may have been injected by a man in the
+	// middle (RFC 3501 6.2.1): forget the client's ID.
+	c.clientID, c.clientName = nil, ""
 	return false
 }
 

@@ -17,7 +17,7 @@ import (
 const (
 	replyAuthFailed  = "NO [AUTHENTICATIONFAILED] Authentication failed."
 	replyUnavailable = "NO [UNAVAILABLE] Authentication service unavailable, try again later."
-	replyUpstreamErr = "NO [UNAVAILABLE] Upstream server unavailable, try again later."
+	replyUpstreamErr = replyUnavailable // one text: the client must not learn which part is down
 	replyCancelled   = "BAD Authentication cancelled"
 	replyBadBase64   = "BAD Invalid base64 in SASL response"
 )
@@ -209,6 +209,9 @@ func (c *conn) login(tag string, user, secret []byte) bool {
 		c.srv.log.LogAttrs(c.ctx, slog.LevelWarn, "auth decision failed",
 			slog.String("proto", policy.IMAP), slog.String("user", a.User),
 			slog.String("remote_addr", c.client.String()), slog.Any("err", err))
+		// Delayed like a failure: an instant reply would tell which
+		// secrets got as far as the upstream.
+		dec.Fail(c.ctx, a)
 		return c.authFailed(tag, replyUnavailable)
 	}
 	if !d.Allow {
@@ -249,6 +252,10 @@ func (c *conn) login(tag string, user, secret []byte) bool {
 		c.srv.log.LogAttrs(c.ctx, slog.LevelWarn, "upstream login failed",
 			slog.String("proto", policy.IMAP), slog.String("user", a.User),
 			slog.String("remote_addr", c.client.String()), slog.Any("err", err))
+		if primary {
+			dec.PrimaryResult(c.ctx, a, d, false)
+		}
+		dec.Fail(c.ctx, a)
 		return c.authFailed(tag, replyUpstreamErr)
 	}
 	if primary {

@@ -168,13 +168,25 @@ func checkNoGoroutineOutlives(t *testing.T, stop func(*Server) error) {
 		if err := stop(ts.srv); err != nil {
 			t.Fatal(err)
 		}
-		// When stop returns, no connection goroutine may be left.
-		buf := make([]byte, 1<<20)
-		stacks := string(buf[:runtime.Stack(buf, true)])
-		for _, fn := range []string{"imapfront.(*Server).run", "imapfront.(*conn)", "relay.Run"} {
-			if strings.Contains(stacks, fn) {
-				t.Fatalf("a goroutine in %s outlived the server:\n%s", fn, stacks)
+		// When stop returns, every connection goroutine has finished its
+		// work; those that have just signalled the WaitGroup may still be
+		// on their way out for a moment, so look again for up to 2s.
+		var stacks string
+		leaked := func() string {
+			buf := make([]byte, 1<<20)
+			stacks = string(buf[:runtime.Stack(buf, true)])
+			for _, fn := range []string{"imapfront.(*Server).run", "imapfront.(*conn)", "relay.Run"} {
+				if strings.Contains(stacks, fn) {
+					return fn
+				}
 			}
+			return ""
+		}
+		for deadline := time.Now().Add(2 * time.Second); leaked() != "" && time.Now().Before(deadline); {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if fn := leaked(); fn != "" {
+			t.Fatalf("a goroutine in %s outlived the server:\n%s", fn, stacks)
 		}
 		select {
 		case err := <-ts.served:

@@ -140,7 +140,7 @@ func (c *conn) primaryBind(m message, a policy.Attempt, d policy.Decision, bn bo
 			if err == nil && !ok {
 				c.sessState = sessAnonymous
 			}
-			if err == nil && ok && !bn.Templated {
+			if err == nil && ok && !plainTemplated(bn) {
 				authzID, err = s.WhoAmI(ctx)
 			}
 		}
@@ -161,31 +161,28 @@ func (c *conn) primaryBind(m message, a policy.Attempt, d policy.Decision, bn bo
 		c.fail(m, a)
 		return
 	}
-	if !bn.Templated {
-		// A DN that matched no template may still name a person: an alias
-		// attribute type (userid=alice, 0.9.2342.19200300.100.1.1=alice) or
-		// hex-encoded values. The directory's own answer to WhoAmI is
-		// matched again, and a person found there is decided again, so
-		// that such a spelling cannot get around MFA.
-		if canon, ok := strings.CutPrefix(authzID, upstreamWhoAmIPrefix); ok {
-			if cb, mapped := c.srv.names.mapDN(canon); mapped && cb.Templated {
-				a2 := a
-				a2.User = cb.User
-				d2, err := c.srv.opts.Decider.Decide(c.ctx, a2)
-				if err != nil {
-					c.dropSession()
-					c.respond(m.id, opBindRequest, resultUnavailable, msgDecisionFailed)
-					return
-				}
-				if !d2.Allow || d2.Kind != policy.KindPrimary {
-					c.dropSession()
-					c.logRefused(a2, "DN is another spelling of a user's entry; decided again for that user")
-					c.fail(m, a2)
-					return
-				}
-				a, d, bn = a2, d2, cb
-			}
+	// The directory may accept another spelling of a person's name than
+	// the one decided on: an alias attribute type (userid=alice), a value
+	// it normalises (uid=ＡＬＩＣＥ in fullwidth letters binds as alice in
+	// slapd). The directory's own answer to WhoAmI is mapped again, and if
+	// it names someone else the attempt is decided again for that user, so
+	// that no spelling gets around MFA.
+	if canon, known := c.srv.names.canonicalUser(authzID); known && !plainTemplated(bn) && !strings.EqualFold(canon, a.User) {
+		a2 := a
+		a2.User = canon
+		d2, err := c.srv.opts.Decider.Decide(c.ctx, a2)
+		if err != nil {
+			c.dropSession()
+			c.respond(m.id, opBindRequest, resultUnavailable, msgDecisionFailed)
+			return
 		}
+		if !d2.Allow || d2.Kind != policy.KindPrimary {
+			c.dropSession()
+			c.logRefused(a2, "bind name is another spelling of this user's entry; decided again for the user")
+			c.fail(m, a2)
+			return
+		}
+		a, d = a2, d2
 	}
 	if authzID == "" {
 		authzID = proxyAuthzDNPrefix + dn
@@ -250,4 +247,24 @@ func (c *conn) setIdentity(id identity) {
 	c.mu.Lock()
 	c.release = rel
 	c.mu.Unlock()
+}
+
+// plainTemplated reports whether a bind name needs no check of how the
+// directory spelled it: it went through a template and its user part is
+// plain ASCII (letters, digits, '.', '_', '-'), which a directory
+// normalises only by case, as the store does. Anything else (a DN that
+// matched no template, non-ASCII letters, spaces, escapes) is checked with
+// WhoAmI after the bind, at the cost of one more round trip.
+func plainTemplated(bn boundName) bool {
+	if !bn.Templated || bn.User == "" {
+		return false
+	}
+	for i := 0; i < len(bn.User); i++ {
+		switch ch := bn.User[i]; {
+		case ch >= 'a' && ch <= 'z', ch >= 'A' && ch <= 'Z', ch >= '0' && ch <= '9', ch == '.', ch == '_', ch == '-':
+		default:
+			return false
+		}
+	}
+	return true
 }

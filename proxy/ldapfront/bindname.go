@@ -3,6 +3,8 @@ package ldapfront
 import (
 	"fmt"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/go-ldap/ldap/v3"
 )
@@ -93,6 +95,29 @@ func (m *nameMapper) fill(user string) string {
 // stand for anyone (a DN that does not parse, a UPN of a domain that is not
 // accepted, an empty user part): the bind fails like a wrong password.
 func (m *nameMapper) mapName(name string) (boundName, bool) {
+	bn, ok := m.mapNameRaw(name)
+	if !ok || !validUser(bn.User) {
+		return boundName{}, false
+	}
+	return bn, true
+}
+
+// validUser reports whether a user name can be a login name: not empty,
+// valid UTF-8, without spaces or control characters (the store refuses
+// such names, and the decision would fail instead of deny).
+func validUser(u string) bool {
+	if u == "" || !utf8.ValidString(u) {
+		return false
+	}
+	for _, r := range u {
+		if unicode.IsSpace(r) || unicode.IsControl(r) {
+			return false
+		}
+	}
+	return true
+}
+
+func (m *nameMapper) mapNameRaw(name string) (boundName, bool) {
 	name = strings.TrimSpace(name)
 	if name == "" {
 		return boundName{}, false
@@ -190,4 +215,19 @@ func (t dnTemplate) match(dn *ldap.DN) (string, bool) {
 		return "", false
 	}
 	return user, true
+}
+
+// canonicalUser maps the directory's WhoAmI answer for a bound account
+// ("dn:…" or "u:…") to the user name the decision knows it by. known is
+// false when the answer says nothing usable (empty, another form).
+func (m *nameMapper) canonicalUser(authzID string) (user string, known bool) {
+	switch {
+	case strings.HasPrefix(authzID, "dn:"):
+		bn, ok := m.mapDN(authzID[len("dn:"):])
+		return bn.User, ok && validUser(bn.User)
+	case strings.HasPrefix(authzID, "u:"):
+		bn, ok := m.mapName(authzID[len("u:"):])
+		return bn.User, ok
+	}
+	return "", false
 }

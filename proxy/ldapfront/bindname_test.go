@@ -48,6 +48,10 @@ func TestMapName(t *testing.T) {
 		{"plain/ok", m, "alice", true, "alice", "uid=alice,ou=people,dc=example,dc=test", true},
 		{"plain/dn-special-escaped", m, "a+b", true, "a+b", `uid=a\+b,ou=people,dc=example,dc=test`, true},
 		{"plain/no-template", bare, "alice", true, "alice", "", false},
+		{"plain/space-inside", m, "a lice", false, "", "", false},
+		{"plain/control-char", m, "alice\x00", false, "", "", false},
+		{"dn/space-in-user", m, "uid=a lice,ou=people,dc=example,dc=test", false, "", "", false},
+		{"upn/space-in-user", m, "a lice@example.test", false, "", "", false},
 		{"empty", m, "  ", false, "", "", false},
 	}
 	for _, tc := range cases {
@@ -75,6 +79,49 @@ func TestNewNameMapperRejectsBadTemplates(t *testing.T) {
 	} {
 		if _, err := newNameMapper([]string{tpl}, nil, false); err == nil {
 			t.Errorf("template %q accepted", tpl)
+		}
+	}
+}
+
+func TestCanonicalUser(t *testing.T) {
+	m, err := newNameMapper([]string{"uid={user},ou=people,dc=example,dc=test"}, nil, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		in    string
+		user  string
+		known bool
+	}{
+		{"dn:uid=alice,ou=people,dc=example,dc=test", "alice", true},
+		{"dn:cn=wiki,ou=services,dc=example,dc=test", "cn=wiki,ou=services,dc=example,dc=test", true},
+		{`u:EXAMPLE\alice`, "alice", true},
+		{"u:alice@example.test", "alice", true},
+		{"", "", false},
+		{"x:alice", "", false},
+	} {
+		user, known := m.canonicalUser(tc.in)
+		if user != tc.user || known != tc.known {
+			t.Errorf("canonicalUser(%q) = %q %v, want %q %v", tc.in, user, known, tc.user, tc.known)
+		}
+	}
+}
+
+func TestPlainTemplated(t *testing.T) {
+	for _, tc := range []struct {
+		bn   boundName
+		want bool
+	}{
+		{boundName{User: "alice", Templated: true}, true},
+		{boundName{User: "j.doe-2_x", Templated: true}, true},
+		{boundName{User: "ＡＬＩＣＥ", Templated: true}, false},
+		{boundName{User: "a lice", Templated: true}, false},
+		{boundName{User: "a,b", Templated: true}, false},
+		{boundName{User: "alice", Templated: false}, false},
+		{boundName{User: "", Templated: true}, false},
+	} {
+		if got := plainTemplated(tc.bn); got != tc.want {
+			t.Errorf("plainTemplated(%+v) = %v, want %v", tc.bn, got, tc.want)
 		}
 	}
 }

@@ -5,7 +5,9 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"net"
 	"testing"
+	"time"
 )
 
 // FuzzReadMessage feeds arbitrary bytes to the message reader and the
@@ -84,4 +86,38 @@ func checkMessage(t *testing.T, raw []byte) {
 			t.Fatalf("abandon of id %d", id)
 		}
 	}
+}
+
+// FuzzConn feeds arbitrary bytes to a whole connection (over net.Pipe,
+// with the fake decision and directory of server_test.go) and checks that
+// the connection always ends once the client hangs up, whatever it sent:
+// no deadlock between the reader, the executor and the relay.
+func FuzzConn(f *testing.F) {
+	f.Add(bytes.Join([][]byte{encodeBind(1, aliceDN, alicePW), encodeSearch(2, aliceDN, nil), envelope(3, []byte{0x50, 0x01, 0x02}, nil)}, nil))
+	f.Add(bytes.Join([][]byte{encodeBind(1, wikiDN, wikiPW), encodeSearch(2, aliceDN, nil), encodeExtended(3, oidWhoAmI)}, nil))
+	f.Add(bytes.Join([][]byte{encodeExtended(1, oidStartTLS), encodeBind(2, aliceDN, alicePW)}, nil))
+	f.Add(bytes.Join([][]byte{encodeBind(1, "alice@example.test", "x"), encodeBind(2, "", ""), []byte{0x30, 0x05, 0x02, 0x01, 0x03, 0x42, 0x00}}, nil))
+	f.Fuzz(func(t *testing.T, in []byte) {
+		srv, err := New(Options{Decider: &fakeDecider{trusted: true}, Upstream: &fakeUpstream{},
+			UserDNTemplates: []string{template}, MaxMessageBytes: 4096})
+		if err != nil {
+			t.Fatal(err)
+		}
+		client, server := net.Pipe()
+		c := srv.newConn(server)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			c.serve()
+		}()
+		go io.Copy(io.Discard, client)
+		client.SetWriteDeadline(time.Now().Add(time.Second))
+		client.Write(in)
+		client.Close()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			t.Fatal("connection did not end after the client hung up")
+		}
+	})
 }

@@ -66,7 +66,6 @@ func cmdServe(ctx context.Context, e *env, args []string) int {
 		log.Warn("no configuration file: running on the embedded defaults")
 	}
 	if err := serve(ctx, e, cfg, log, nil); err != nil {
-		log.Error("serve failed", slog.Any("err", err))
 		return e.fail(f.path, err)
 	}
 	return 0
@@ -106,10 +105,21 @@ func serve(ctx context.Context, e *env, cfg *configs.Config, log *slog.Logger, o
 	if err != nil {
 		return err
 	}
+	delay := cfg.Policy.FailureDelay.D()
+	if delay == 0 {
+		delay = -1 // written as 0 in the file: no delay
+	}
+	var forbidden []string
+	if sep := cfg.IMAP.Upstream.Separator; sep != "" {
+		// Dovecot applies its master-user separator to every login it
+		// checks, SMTP AUTH through its auth socket included.
+		forbidden = append(forbidden, sep)
+	}
 	engine := policy.New(policy.Options{
 		Store:           st,
 		TrustedNetworks: trusted,
-		FailureDelay:    time.Duration(cfg.Policy.FailureDelay),
+		FailureDelay:    delay,
+		ForbiddenInUser: forbidden,
 		Logger:          log,
 	})
 	certs, err := newCertReloader(cfg, log)
@@ -121,7 +131,7 @@ func serve(ctx context.Context, e *env, cfg *configs.Config, log *slog.Logger, o
 		d.serverTLS = certs.tlsConfig()
 	}
 
-	services, err := buildServices(d, over)
+	services, err := buildServices(d)
 	if err != nil {
 		return err
 	}

@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 
@@ -15,7 +16,7 @@ import (
 )
 
 // buildServices builds every configured listener with its upstream.
-func buildServices(d *deps, over *serveOverrides) ([]service, error) {
+func buildServices(d *deps) ([]service, error) {
 	var all []service
 	if d.cfg.IMAP.Listen != "" || d.cfg.IMAP.ListenTLS != "" {
 		up, err := newIMAPUpstream(d)
@@ -90,14 +91,44 @@ func newIMAPUpstream(d *deps) (imapfront.Upstream, error) {
 	if err != nil {
 		return nil, err
 	}
-	return imapAdapter{up}, nil
+	if u.Login == "passthrough" {
+		d.log.Warn("imap.upstream.login is passthrough: app passwords cannot log in over IMAP (use master to let them)")
+	}
+	warnCleartextUpstream(d, "imap.upstream", u.TLS, u.Addresses)
+	return imapAdapter{up: up, passthrough: u.Login == "passthrough"}, nil
+}
+
+// warnCleartextUpstream warns when primary passwords would cross a network
+// in clear to an upstream that is not on loopback.
+func warnCleartextUpstream(d *deps, key, mode string, addrs []string) {
+	if mode != "none" {
+		return
+	}
+	for _, a := range addrs {
+		host, _, err := net.SplitHostPort(a)
+		if err != nil {
+			continue
+		}
+		if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() || host == "localhost" {
+			continue
+		}
+		d.log.Warn(key+".tls is none: passwords reach this upstream in clear; use starttls or implicit", slog.String("upstream", a))
+	}
 }
 
 // imapAdapter adapts backends/imapupstream to imapfront.Upstream, so that
 // neither package imports the other.
-type imapAdapter struct{ up *imapupstream.Upstream }
+type imapAdapter struct {
+	up          *imapupstream.Upstream
+	passthrough bool // the upstream takes only the client's own credentials
+}
 
 func (a imapAdapter) Login(ctx context.Context, r imapfront.LoginRequest) (net.Conn, string, error) {
+	if a.passthrough && !r.Primary {
+		// An app password cannot be passed through: the upstream does not
+		// know it. Same reply as any other failure.
+		return nil, "", fmt.Errorf("%w: imap.upstream.login is passthrough, which cannot log in with an app password", imapfront.ErrUpstreamRefused)
+	}
 	req := imapupstream.Request{User: r.User, Client: r.Client}
 	if r.Primary {
 		req.Password = string(r.Password)

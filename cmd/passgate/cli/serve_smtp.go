@@ -141,7 +141,9 @@ type smtpAdapter struct{ up *smtpupstream.Client }
 
 func (a smtpAdapter) Login(ctx context.Context, r smtpfront.LoginRequest) (smtpfront.UpstreamSession, error) {
 	s, err := a.up.Login(ctx, smtpupstream.Request{User: r.User, Password: r.Password, Client: r.Client, Helo: r.Helo})
-	if errors.Is(err, smtpupstream.ErrAuthRefused) {
+	if errors.Is(err, smtpupstream.ErrAuthRefused) || errors.Is(err, smtpupstream.ErrNoPassword) {
+		// ErrNoPassword: an app password in passthrough mode, which the
+		// upstream cannot check; the client gets the uniform failure.
 		return nil, fmt.Errorf("%w: %w", smtpfront.ErrLoginRefused, err)
 	}
 	if err != nil {
