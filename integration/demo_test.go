@@ -25,7 +25,7 @@ var (
 )
 
 // passgateBinary builds cmd/passgate once per test binary.
-func passgateBinary(t *testing.T) string {
+func passgateBinary(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
 		dir, err := os.MkdirTemp("", "passgate-bin-")

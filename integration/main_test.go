@@ -46,6 +46,9 @@ func stopLazy() {
 	if smtpState.stop != nil {
 		smtpState.stop()
 	}
+	if ldapShared.stop != nil {
+		ldapShared.stop()
+	}
 }
 
 // startServers starts every server the tests need. To add one, start it

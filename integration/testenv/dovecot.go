@@ -215,6 +215,10 @@ auth_mechanisms = plain login
 auth_master_user_separator = *
 auth_failure_delay = 0
 login_trusted_networks = 127.0.0.0/8
+# The benchmarks hold hundreds of sessions of one user from one address.
+mail_max_userip_connections = 1000
+default_process_limit = 1000
+default_client_limit = 5000
 haproxy_trusted_networks = 127.0.0.0/8
 mail_location = maildir:%[1]s/mail/%%u
 mail_uid = %[3]d

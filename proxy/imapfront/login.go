@@ -287,7 +287,9 @@ func (c *conn) login(tag string, user, secret []byte) bool {
 	}
 	c.raw.SetWriteDeadline(time.Time{})
 	rctx, release := c.srv.relays.Track(c.ctx, d.AppPasswordID)
-	st := relay.Run(rctx, relay.WithBuffered(c.nc, c.br), up)
+	client := relay.WithBuffered(c.nc, c.br)
+	c.br = nil // the relay reads the connection itself from now on
+	st := relay.Run(rctx, client, up)
 	release()
 	c.bytesIn, c.bytesOut, c.ended = st.BytesIn, st.BytesOut, st.EndedBy
 	return true

@@ -19,8 +19,15 @@ import (
 	"time"
 )
 
-// BufferSize is the size of each direction's copy buffer.
-const BufferSize = 32 << 10
+// Copy buffer sizes. Each session holds both for its whole life, idle or
+// not, so they set most of the memory of an idle session. Clients send
+// commands and the odd upload: 8 KiB is plenty. The upstream sends the
+// bulk (FETCH): 16 KiB fills a whole TLS record per write to the client.
+// See BenchmarkRun and integration's BenchmarkIMAPIdleSessionMemory.
+const (
+	UpBufferSize   = 8 << 10  // client → upstream
+	DownBufferSize = 16 << 10 // upstream → client
+)
 
 // Stats is what a finished relay reports.
 type Stats struct {
@@ -32,42 +39,39 @@ type Stats struct {
 
 // Run copies bytes between client and upstream until either side closes,
 // ctx ends, or the session is closed through the Registry. It closes both
-// connections before it returns and starts no goroutine that outlives it.
+// connections before it returns and waits for the one goroutine it starts.
 // There is no idle timeout: an IMAP IDLE may last 29 minutes and more.
+//
+// The upstream → client direction runs on the calling goroutine and the
+// other on one goroutine of its own; ctx is watched with
+// context.AfterFunc, which costs no goroutine while the session is idle.
 func Run(ctx context.Context, client, upstream net.Conn) Stats {
 	start := time.Now()
 	var in, out atomic.Int64
-	type result struct{ side string }
-	done := make(chan result, 2)
-	var bufs [2][]byte
-	bufs[0] = make([]byte, BufferSize)
-	bufs[1] = make([]byte, BufferSize)
+	var first atomic.Value // "client" or "upstream": the side that ended first
+	closeBoth := func() {
+		client.Close()
+		upstream.Close()
+	}
+	stopWatch := context.AfterFunc(ctx, closeBoth)
+	done := make(chan struct{})
 	go func() {
-		io.CopyBuffer(countWriter{upstream, &in}, onlyReader{client}, bufs[0])
-		done <- result{"client"}
+		defer close(done)
+		io.CopyBuffer(countWriter{upstream, &in}, onlyReader{client}, make([]byte, UpBufferSize))
+		first.CompareAndSwap(nil, "client")
+		closeBoth()
 	}()
-	go func() {
-		io.CopyBuffer(countWriter{client, &out}, onlyReader{upstream}, bufs[1])
-		done <- result{"upstream"}
-	}()
-	var ended string
-	select {
-	case r := <-done:
-		ended = r.side
-	case <-ctx.Done():
+	io.CopyBuffer(countWriter{client, &out}, onlyReader{upstream}, make([]byte, DownBufferSize))
+	first.CompareAndSwap(nil, "upstream")
+	closeBoth()
+	<-done
+	stopWatch()
+	ended, _ := first.Load().(string)
+	if ctx.Err() != nil {
 		ended = "shutdown"
-		if c := context.Cause(ctx); c != nil && errors.Is(c, ErrRevoked) {
+		if errors.Is(context.Cause(ctx), ErrRevoked) {
 			ended = "revoked"
 		}
-	}
-	client.Close()
-	upstream.Close()
-	pending := 2
-	if ended == "client" || ended == "upstream" {
-		pending = 1
-	}
-	for ; pending > 0; pending-- {
-		<-done
 	}
 	return Stats{BytesIn: in.Load(), BytesOut: out.Load(), Duration: time.Since(start), EndedBy: ended}
 }

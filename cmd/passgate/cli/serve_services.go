@@ -40,6 +40,13 @@ func buildServices(d *deps) ([]service, error) {
 		}
 		all = append(all, s...)
 	}
+	if d.cfg.LDAP.Listen != "" || d.cfg.LDAP.ListenTLS != "" {
+		s, err := buildLDAP(d)
+		if err != nil {
+			return nil, err
+		}
+		all = append(all, s...)
+	}
 	return all, nil
 }
 
