@@ -30,9 +30,11 @@ func (m *benchStore) FindAppPassword(_ context.Context, user, secret string) (st
 	return store.AppPassword{}, store.ErrNotFound
 }
 
-func (m *benchStore) TouchAppPassword(context.Context, int64, store.Usage) error { return nil }
-func (m *benchStore) AllowAppPasswords(context.Context) (bool, error)            { return true, nil }
-func (m *benchStore) Record(context.Context, store.AuditEvent) error             { return nil }
+func (m *benchStore) RecordLogin(context.Context, int64, store.Usage, store.AuditEvent) error {
+	return nil
+}
+func (m *benchStore) AllowAppPasswords(context.Context) (bool, error) { return true, nil }
+func (m *benchStore) Record(context.Context, store.AuditEvent) error  { return nil }
 
 // BenchmarkLDAPBind measures simple binds per second through passgate
 // (relay mode, SQLite store, plaintext from a trusted network) and

@@ -18,7 +18,9 @@ import (
 type Store interface {
 	UserMFA(ctx context.Context, name string) (store.MFAState, error)
 	FindAppPassword(ctx context.Context, user, secret string) (store.AppPassword, error)
-	TouchAppPassword(ctx context.Context, id int64, u store.Usage) error
+	// RecordLogin records an app-password success: last use and audit
+	// event in one write; ErrNotFound when the app password is gone.
+	RecordLogin(ctx context.Context, id int64, u store.Usage, ev store.AuditEvent) error
 	AllowAppPasswords(ctx context.Context) (bool, error)
 	Record(ctx context.Context, ev store.AuditEvent) error
 }
@@ -166,15 +168,16 @@ func (e *Engine) Decide(ctx context.Context, a Attempt) (Decision, error) {
 				d.AppPasswordID, d.Label = ap.ID, ap.Label
 				d.Reason = "app password matched"
 				u := store.Usage{At: e.now(), Addr: a.Client.String(), Proto: a.Proto, Client: a.ClientName}
-				err := e.store.TouchAppPassword(ctx, ap.ID, u)
+				wctx, cancel := e.writeCtx(ctx)
+				err := e.store.RecordLogin(wctx, ap.ID, u, e.event(a, d, "success"))
+				cancel()
 				if errors.Is(err, store.ErrNotFound) {
 					return deny("app password " + ap.Label + " was deleted during the login")
 				}
 				if err != nil {
-					e.log.LogAttrs(ctx, slog.LevelWarn, "app password touch failed",
-						slog.String("user", user), slog.Any("err", err))
+					e.log.LogAttrs(ctx, slog.LevelError, "audit write failed", slog.Any("err", err))
 				}
-				e.audit(ctx, a, d, "success")
+				e.logDecision(ctx, a, d, "success")
 				return d, nil
 			}
 		}
@@ -244,11 +247,27 @@ func (e *Engine) PrimaryResult(ctx context.Context, a Attempt, d Decision, ok bo
 }
 
 func (e *Engine) audit(ctx context.Context, a Attempt, d Decision, outcome string) {
+	wctx, cancel := e.writeCtx(ctx)
+	defer cancel()
+	if err := e.store.Record(wctx, e.event(a, d, outcome)); err != nil {
+		e.log.LogAttrs(ctx, slog.LevelError, "audit write failed", slog.Any("err", err))
+	}
+	e.logDecision(ctx, a, d, outcome)
+}
+
+// writeCtx is the context of an audit write: it must not be cut short by
+// a client that hangs up.
+func (e *Engine) writeCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+}
+
+// event is the audit event of an outcome. It never holds the secret.
+func (e *Engine) event(a Attempt, d Decision, outcome string) store.AuditEvent {
 	detail := "credential=" + d.Credential() + " tls=" + boolStr(a.TLS) + " reason=" + d.Reason
 	if a.ClientName != "" {
 		detail += " client=" + a.ClientName
 	}
-	ev := store.AuditEvent{
+	return store.AuditEvent{
 		Time:    e.now(),
 		Actor:   a.Proto + ":" + a.Client.String(),
 		Action:  "login",
@@ -256,18 +275,15 @@ func (e *Engine) audit(ctx context.Context, a Attempt, d Decision, outcome strin
 		Outcome: outcome,
 		Detail:  detail,
 	}
-	// The audit write must not be cut short by a client that hangs up.
-	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-	defer cancel()
-	if err := e.store.Record(actx, ev); err != nil {
-		e.log.LogAttrs(ctx, slog.LevelError, "audit write failed", slog.Any("err", err))
-	}
+}
+
+func (e *Engine) logDecision(ctx context.Context, a Attempt, d Decision, outcome string) {
 	level := slog.LevelInfo
 	if outcome != "success" {
 		level = slog.LevelWarn
 	}
 	e.log.LogAttrs(ctx, level, "auth decision",
-		slog.String("proto", a.Proto), slog.String("user", ev.Subject),
+		slog.String("proto", a.Proto), slog.String("user", strings.TrimSpace(a.User)),
 		slog.String("remote_addr", a.Client.String()), slog.Bool("tls", a.TLS),
 		slog.String("decision", outcome), slog.String("credential", d.Credential()),
 		slog.String("reason", d.Reason))

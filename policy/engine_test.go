@@ -53,13 +53,14 @@ func (f *fakeStore) FindAppPassword(_ context.Context, user, secret string) (sto
 	return store.AppPassword{}, store.ErrNotFound
 }
 
-func (f *fakeStore) TouchAppPassword(_ context.Context, id int64, u store.Usage) error {
+func (f *fakeStore) RecordLogin(_ context.Context, id int64, u store.Usage, ev store.AuditEvent) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.touchGone {
 		return fmt.Errorf("touch: %w", store.ErrNotFound)
 	}
 	f.touched = append(f.touched, u)
+	f.events = append(f.events, ev)
 	return nil
 }
 

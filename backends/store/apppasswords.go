@@ -283,6 +283,7 @@ func (s *Store) DeleteAppPassword(ctx context.Context, user, label string) (AppP
 	if err != nil {
 		return AppPassword{}, fmt.Errorf("store: delete app password %q of %s: %w", label, user, err)
 	}
+	s.syncNow(ctx)
 	return r.appPassword(), nil
 }
 
@@ -301,6 +302,7 @@ func (s *Store) RevokeAll(ctx context.Context, user string) (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("store: revoke app passwords of %s: %w", user, err)
 	}
+	s.syncNow(ctx)
 	return int(n), nil
 }
 
@@ -345,11 +347,57 @@ func (s *Store) FindAppPassword(ctx context.Context, user, secret string) (AppPa
 // The text fields, which a client may choose (the IMAP ID name), are
 // stored as valid UTF-8 without control characters, cut to 256 bytes.
 func (s *Store) TouchAppPassword(ctx context.Context, id int64, u Usage) error {
+	q, err := s.hotStmt(ctx, touchQuery)
+	if err != nil {
+		return err
+	}
+	return touch(ctx, q, id, u)
+}
+
+// RecordLogin records a successful app-password login in one transaction:
+// the app password's last use and the audit event. It returns an error
+// matching ErrNotFound, and records nothing, when the app password no
+// longer exists (deleted during the login). One commit instead of two
+// keeps the store off the critical path of a login.
+func (s *Store) RecordLogin(ctx context.Context, id int64, u Usage, ev AuditEvent) error {
+	tx, err := s.db.BeginTxx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("store: record login: begin: %w", err)
+	}
+	defer rollback(tx)
+	touchQ, err := s.hotStmt(ctx, touchQuery)
+	if err != nil {
+		return err
+	}
+	recordQ, err := s.hotStmt(ctx, recordQuery)
+	if err != nil {
+		return err
+	}
+	if err := touch(ctx, tx.StmtxContext(ctx, touchQ), id, u); err != nil {
+		return err
+	}
+	if err := record(ctx, tx.StmtxContext(ctx, recordQ), ev); err != nil {
+		return err
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("store: record login: commit: %w", err)
+	}
+	return nil
+}
+
+const touchQuery = `UPDATE app_passwords SET last_used_at = ?, last_used_addr = ?, last_used_proto = ?, last_used_client = ? WHERE id = ?`
+
+// stmtExec is a prepared statement, alone or within a transaction.
+type stmtExec interface {
+	ExecContext(ctx context.Context, args ...any) (sql.Result, error)
+}
+
+func touch(ctx context.Context, q stmtExec, id int64, u Usage) error {
 	at := u.At
 	if at.IsZero() {
 		at = time.Now()
 	}
-	res, err := s.db.ExecContext(ctx, s.db.Rebind(`UPDATE app_passwords SET last_used_at = ?, last_used_addr = ?, last_used_proto = ?, last_used_client = ? WHERE id = ?`),
+	res, err := q.ExecContext(ctx,
 		dbTime(at), cleanText(u.Addr, maxUsageField), cleanText(u.Proto, maxUsageField), cleanText(u.Client, maxUsageField), id)
 	if err != nil {
 		return fmt.Errorf("store: record use of app password %d: %w", id, err)
@@ -396,10 +444,26 @@ func allowAppPasswords(ctx context.Context, q sqlx.QueryerContext) (bool, error)
 // AllowAppPasswords reports the global switch "allow app passwords"
 // (default true). When false, none can be created and policy accepts none.
 func (s *Store) AllowAppPasswords(ctx context.Context) (bool, error) {
-	return allowAppPasswords(ctx, s.db)
+	q, err := s.hotStmt(ctx, `SELECT value FROM settings WHERE name = ?`)
+	if err != nil {
+		return false, err
+	}
+	var v string
+	err = q.GetContext(ctx, &v, settingAllowAppPasswords)
+	if errors.Is(err, sql.ErrNoRows) {
+		return true, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("store: read setting %s: %w", settingAllowAppPasswords, err)
+	}
+	return v == "true", nil
 }
 
 // SetAllowAppPasswords sets the global switch.
 func (s *Store) SetAllowAppPasswords(ctx context.Context, allow bool) error {
-	return putSetting(ctx, s.db, settingAllowAppPasswords, fmt.Sprint(allow))
+	if err := putSetting(ctx, s.db, settingAllowAppPasswords, fmt.Sprint(allow)); err != nil {
+		return err
+	}
+	s.syncNow(ctx)
+	return nil
 }

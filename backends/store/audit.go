@@ -28,6 +28,16 @@ type auditRow struct {
 // not hold a secret. ev.ID is ignored. Text is stored as valid UTF-8
 // without control characters, cut to 256 bytes (4096 for Detail).
 func (s *Store) Record(ctx context.Context, ev AuditEvent) error {
+	q, err := s.hotStmt(ctx, recordQuery)
+	if err != nil {
+		return err
+	}
+	return record(ctx, q, ev)
+}
+
+const recordQuery = `INSERT INTO audit_events (time, actor, action, subject, subject_key, outcome, detail) VALUES (?, ?, ?, ?, ?, ?, ?)`
+
+func record(ctx context.Context, q stmtExec, ev AuditEvent) error {
 	t := ev.Time
 	if t.IsZero() {
 		t = time.Now()
@@ -35,8 +45,7 @@ func (s *Store) Record(ctx context.Context, ev AuditEvent) error {
 	// The subject and actor may come from a client (a user name typed at
 	// login): cleanText keeps an odd one from losing the event.
 	subject := cleanText(ev.Subject, maxUserName)
-	_, err := s.db.ExecContext(ctx, s.db.Rebind(`INSERT INTO audit_events (time, actor, action, subject, subject_key, outcome, detail)
-		VALUES (?, ?, ?, ?, ?, ?, ?)`), dbTime(t), cleanText(ev.Actor, maxAuditField), cleanText(ev.Action, maxAuditField),
+	_, err := q.ExecContext(ctx, dbTime(t), cleanText(ev.Actor, maxAuditField), cleanText(ev.Action, maxAuditField),
 		subject, strings.ToLower(subject), cleanText(ev.Outcome, maxAuditField), cleanText(ev.Detail, maxAuditDetail))
 	if err != nil {
 		return fmt.Errorf("store: record audit event %s %s: %w", ev.Action, ev.Subject, err)

@@ -67,6 +67,7 @@ var contractCases = []contractCase{
 	{"app-passwords/touch", testTouch},
 	{"app-passwords/existing", testExisting},
 	{"audit/record-filter", testAudit},
+	{"audit/record-login", testRecordLogin},
 }
 
 func ctxT(t *testing.T) context.Context {
@@ -858,5 +859,33 @@ func testAudit(t *testing.T, f *fixture) {
 	}
 	if e := all[5]; e.Time.Before(before) || e.Time.After(time.Now().Add(time.Second)) {
 		t.Fatalf("zero Time recorded as %v, want now", e.Time)
+	}
+}
+
+func testRecordLogin(t *testing.T, f *fixture) {
+	s := f.migrated(t)
+	ctx := ctxT(t)
+	addUser(t, s, "alice", store.MFAEnforced)
+	a, secret := create(t, s, "alice", "phone")
+	ev := store.AuditEvent{Actor: "imap:203.0.113.9:1", Action: "login", Subject: "alice", Outcome: "success", Detail: "credential=app-password"}
+	u := store.Usage{Addr: "203.0.113.9:1", Proto: "imap", Client: "K-9"}
+	if err := s.RecordLogin(ctx, a.ID, u, ev); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.FindAppPassword(ctx, "alice", secret)
+	if err != nil || got.LastUsedClient != "K-9" || got.LastUsedAt == nil {
+		t.Fatalf("after RecordLogin: %+v, %v", got, err)
+	}
+	evs, err := s.Audit(ctx, store.AuditFilter{User: "alice"})
+	if err != nil || len(evs) != 1 || evs[0].Action != "login" || evs[0].Outcome != "success" {
+		t.Fatalf("audit after RecordLogin: %+v, %v", evs, err)
+	}
+	// Deleted during the login: nothing is recorded, ErrNotFound.
+	if _, err := s.DeleteAppPassword(ctx, "alice", "phone"); err != nil {
+		t.Fatal(err)
+	}
+	mustErr(t, s.RecordLogin(ctx, a.ID, u, ev), store.ErrNotFound, "no longer exists")
+	if evs, _ := s.Audit(ctx, store.AuditFilter{User: "alice"}); len(evs) != 1 {
+		t.Fatalf("a failed RecordLogin left %d audit events, want 1", len(evs))
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 	"unicode"
@@ -46,6 +47,33 @@ type Store struct {
 
 	findQuery string                    // the login's lookup, bound for the driver once
 	findStmt  atomic.Pointer[sqlx.Stmt] // findQuery prepared by Migrate
+
+	hot hotStmts // statements of the login path, prepared on first use
+}
+
+// hotStmts caches the prepared statements of the queries that every login
+// runs, so that SQLite does not parse them again each time.
+type hotStmts struct {
+	mu    sync.Mutex
+	stmts map[string]*sqlx.Stmt
+}
+
+// hotStmt returns query (written with ?) prepared for the driver.
+func (s *Store) hotStmt(ctx context.Context, query string) (*sqlx.Stmt, error) {
+	s.hot.mu.Lock()
+	defer s.hot.mu.Unlock()
+	if st, ok := s.hot.stmts[query]; ok {
+		return st, nil
+	}
+	st, err := s.db.PreparexContext(ctx, s.db.Rebind(query))
+	if err != nil {
+		return nil, fmt.Errorf("store: prepare: %w", err)
+	}
+	if s.hot.stmts == nil {
+		s.hot.stmts = make(map[string]*sqlx.Stmt)
+	}
+	s.hot.stmts[query] = st
+	return st, nil
 }
 
 // Open connects to the store that opts names and checks that it answers.
@@ -129,7 +157,7 @@ func sqliteDSN(path string) string {
 	path = strings.TrimPrefix(path, "file:")
 	r := strings.NewReplacer("%", "%25", "?", "%3f", "#", "%23")
 	return "file:" + r.Replace(path) +
-		"?_txlock=immediate&_pragma=foreign_keys(1)&_pragma=journal_mode(WAL)&_pragma=busy_timeout(10000)&_time_format=sqlite"
+		"?_txlock=immediate&_pragma=foreign_keys(1)&_pragma=journal_mode(WAL)&_pragma=busy_timeout(10000)&_pragma=synchronous(NORMAL)&_time_format=sqlite"
 }
 
 // describeDSN names the database for an error without its password.
@@ -148,6 +176,12 @@ func (s *Store) Close() error {
 	if st := s.findStmt.Swap(nil); st != nil {
 		_ = st.Close()
 	}
+	s.hot.mu.Lock()
+	for _, st := range s.hot.stmts {
+		_ = st.Close()
+	}
+	s.hot.stmts = nil
+	s.hot.mu.Unlock()
 	if err := s.db.Close(); err != nil {
 		return fmt.Errorf("store: close: %w", err)
 	}
@@ -224,3 +258,21 @@ func fail(sentinel error, format string, args ...any) error {
 // rollback ends tx after a failure; its own error adds nothing.
 // It is a no-op after Commit.
 func rollback(tx *sqlx.Tx) { _ = tx.Rollback() }
+
+// syncNow makes the changes committed so far durable on SQLite.
+//
+// SQLite runs in WAL mode with synchronous=NORMAL: a commit is safe from
+// corruption and from a crash of passgate, but the last commits before a
+// power loss may roll back. That is the right trade for the hot path (the
+// last-use and audit rows of every login) but not for a change that takes
+// access away: a deleted app password must not come back. Those changes
+// call syncNow, whose checkpoint syncs the write-ahead log to disk.
+// PostgreSQL commits are durable already.
+func (s *Store) syncNow(ctx context.Context) {
+	if s.driver != DriverSQLite {
+		return
+	}
+	// A busy reader may keep the checkpoint from copying every frame; the
+	// log is synced before the copy all the same.
+	_, _ = s.db.ExecContext(ctx, `PRAGMA wal_checkpoint(PASSIVE)`)
+}

@@ -108,7 +108,11 @@ func (s *Store) UserMFA(ctx context.Context, name string) (MFAState, error) {
 		return "", err
 	}
 	var st string
-	err = s.db.GetContext(ctx, &st, s.db.Rebind(`SELECT mfa FROM users WHERE name_key = ?`), key)
+	q, err := s.hotStmt(ctx, `SELECT mfa FROM users WHERE name_key = ?`)
+	if err != nil {
+		return "", err
+	}
+	err = q.GetContext(ctx, &st, key)
 	if errors.Is(err, sql.ErrNoRows) {
 		return s.defaultMFA, nil
 	}
@@ -149,6 +153,7 @@ func (s *Store) SetMFA(ctx context.Context, name string, st MFAState) (User, err
 	if err != nil {
 		return User{}, fmt.Errorf("store: set MFA of %s: %w", name, err)
 	}
+	s.syncNow(ctx)
 	return r.user(), nil
 }
 
@@ -179,5 +184,6 @@ func (s *Store) DeleteUser(ctx context.Context, name string) error {
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("store: delete user %s: commit: %w", name, err)
 	}
+	s.syncNow(ctx)
 	return nil
 }

@@ -225,9 +225,11 @@ func (s *fakeStore) FindAppPassword(ctx context.Context, user, secret string) (s
 	return store.AppPassword{}, store.ErrNotFound
 }
 
-func (s *fakeStore) TouchAppPassword(ctx context.Context, id int64, u store.Usage) error { return nil }
-func (s *fakeStore) AllowAppPasswords(ctx context.Context) (bool, error)                 { return true, nil }
-func (s *fakeStore) Record(ctx context.Context, ev store.AuditEvent) error               { return nil }
+func (s *fakeStore) RecordLogin(context.Context, int64, store.Usage, store.AuditEvent) error {
+	return nil
+}
+func (s *fakeStore) AllowAppPasswords(ctx context.Context) (bool, error)   { return true, nil }
+func (s *fakeStore) Record(ctx context.Context, ev store.AuditEvent) error { return nil }
 
 // TestBadLoginsDoNotDelayGoodOne runs 100 failing logins (failure delay
 // 300 ms, real policy.Engine) and one good login at the same time: the
