@@ -999,3 +999,99 @@ func TestIMAPPassgatePython(t *testing.T) {
 		})
 	}
 }
+
+// TestIMAPPassgateUsageAndAudit shows what an operator can prove after
+// the fact: a success updates the app password's last use (time, client
+// address, protocol and the client's name from a pre-login ID), every
+// login is an audit event without the secret, and a primary-password
+// login of an "enabled" user succeeds but is audited as "would be refused
+// once enforced".
+func TestIMAPPassgateUsageAndAudit(t *testing.T) {
+	d := env.dovecot
+	p := startPassgate(t, passgateConfig{})
+	p.enforce(t, "alice")
+	pw := p.appPassword(t, "alice", "Outlook 2010")
+	p.admin(t, "user", "add", "carol", "--mfa", "enabled")
+
+	// OfflineIMAP and Wino Mail send ID before login.
+	dl := &net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.55")}}
+	conn, err := tls.DialWithDialer(dl, "tcp", p.imapsAddr, env.certs.ClientTLS())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(20 * time.Second))
+	r := bufio.NewReader(conn)
+	readTagged := func(tag string) string {
+		t.Helper()
+		for {
+			l, err := r.ReadString('\n')
+			if err != nil {
+				t.Fatalf("waiting for %s: %v", tag, err)
+			}
+			if strings.HasPrefix(l, tag+" ") {
+				return l
+			}
+		}
+	}
+	r.ReadString('\n') // greeting
+	fmt.Fprintf(conn, "a ID (\"name\" \"Outlook\" \"version\" \"14.0\")\r\n")
+	if l := readTagged("a"); !strings.HasPrefix(l, "a OK") {
+		t.Fatalf("pre-login ID: %q", l)
+	}
+	fmt.Fprintf(conn, "b LOGIN alice %q\r\n", pw)
+	if l := readTagged("b"); !strings.HasPrefix(l, "b OK") {
+		t.Fatalf("LOGIN with app password: %q", l)
+	}
+	fmt.Fprintf(conn, "c LOGOUT\r\n")
+	readTagged("c")
+
+	var list []struct {
+		Label          string `json:"label"`
+		LastUsedAt     string `json:"last_used_at"`
+		LastUsedAddr   string `json:"last_used_addr"`
+		LastUsedProto  string `json:"last_used_proto"`
+		LastUsedClient string `json:"last_used_client"`
+	}
+	out := p.admin(t, "app-password", "list", "alice", "--json")
+	if err := json.Unmarshal([]byte(out), &list); err != nil || len(list) != 1 {
+		t.Fatalf("app-password list --json: %v\n%s", err, out)
+	}
+	if u := list[0]; u.LastUsedAt == "" || !strings.HasPrefix(u.LastUsedAddr, "127.0.0.55:") || u.LastUsedProto != "imap" || !strings.Contains(u.LastUsedClient, "Outlook") {
+		t.Errorf("last use not recorded: %+v", u)
+	}
+
+	// carol is "enabled": her primary password still works, audited.
+	if got := p.rawLoginFrom(t, "127.0.0.56", "carol", d.Users["carol"]); !strings.HasPrefix(got, "a OK") {
+		t.Fatalf("enabled user's primary password: %q", got)
+	}
+	var events []struct {
+		Actor, Action, Subject, Outcome, Detail string
+	}
+	out = p.admin(t, "audit", "--json")
+	if err := json.Unmarshal([]byte(out), &events); err != nil {
+		t.Fatalf("audit --json: %v\n%s", err, out)
+	}
+	var aliceOK, carolWarn bool
+	for _, ev := range events {
+		if ev.Action != "login" {
+			continue
+		}
+		if ev.Subject == "alice" && ev.Outcome == "success" && strings.Contains(ev.Detail, "Outlook 2010") && strings.HasPrefix(ev.Actor, "imap:127.0.0.55:") {
+			aliceOK = true
+		}
+		if ev.Subject == "carol" && ev.Outcome == "success" && strings.Contains(ev.Detail, "would be refused once enforced") {
+			carolWarn = true
+		}
+	}
+	if !aliceOK || !carolWarn {
+		t.Errorf("audit: alice's app-password login recorded %v, carol's 'would be refused once enforced' %v:\n%s", aliceOK, carolWarn, out)
+	}
+	compact := strings.ReplaceAll(pw, " ", "")
+	if strings.Contains(out, compact) || strings.Contains(out, pw) || strings.Contains(out, d.Users["carol"]) {
+		t.Error("a secret appears in the audit trail")
+	}
+	if s := p.out.String(); strings.Contains(s, compact) || strings.Contains(s, d.Users["carol"]) {
+		t.Error("a secret appears in passgate's log")
+	}
+}
