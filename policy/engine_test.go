@@ -91,11 +91,11 @@ func newFake() *fakeStore {
 		def:   store.MFADisabled,
 		allow: true,
 		apps: map[string]store.AppPassword{
-			"alice\x00" + goodApp:  {ID: 7, User: "alice", Label: "Outlook", Scopes: store.AllScopes},
-			"alice\x00" + expired:  {ID: 8, User: "alice", Label: "old", Scopes: store.AllScopes, ExpiresAt: &past},
+			"alice\x00" + goodApp:  {ID: 7, User: "alice", Label: "Outlook", Scopes: store.AllScopes()},
+			"alice\x00" + expired:  {ID: 8, User: "alice", Label: "old", Scopes: store.AllScopes(), ExpiresAt: &past},
 			"alice\x00" + smtpOnly: {ID: 9, User: "alice", Label: "printer", Scopes: []string{store.ScopeSMTP}},
-			"erin\x00" + goodApp:   {ID: 10, User: "erin", Label: "phone", Scopes: store.AllScopes},
-			"dave\x00" + goodApp:   {ID: 11, User: "dave", Label: "left over", Scopes: store.AllScopes},
+			"erin\x00" + goodApp:   {ID: 10, User: "erin", Label: "phone", Scopes: store.AllScopes()},
+			"dave\x00" + goodApp:   {ID: 11, User: "dave", Label: "left over", Scopes: store.AllScopes()},
 		},
 	}
 }

@@ -91,7 +91,7 @@ func checkLabel(label string) (string, error) {
 // smtp, ldap), without duplicates. nil means AllScopes.
 func checkScopes(scopes []string) ([]string, error) {
 	if scopes == nil {
-		return append([]string(nil), AllScopes...), nil
+		return AllScopes(), nil
 	}
 	want := map[string]bool{}
 	for _, sc := range scopes {
@@ -107,7 +107,7 @@ func checkScopes(scopes []string) ([]string, error) {
 		return nil, fail(ErrInvalid, "store: no scopes given: name at least one of imap, smtp, ldap, or leave scopes out for all three")
 	}
 	out := make([]string, 0, len(want))
-	for _, sc := range AllScopes {
+	for _, sc := range AllScopes() {
 		if want[sc] {
 			out = append(out, sc)
 		}

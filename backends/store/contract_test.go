@@ -712,7 +712,7 @@ func testFind(t *testing.T, f *fixture) {
 				mustErr(t, err, store.ErrNotFound, "matches")
 				return
 			}
-			if err != nil || got.ID != a.ID || got.User != "Alice" || !slices.Equal(got.Scopes, store.AllScopes) {
+			if err != nil || got.ID != a.ID || got.User != "Alice" || !slices.Equal(got.Scopes, store.AllScopes()) {
 				t.Fatalf("FindAppPassword = %+v, %v; want id %d", got, err, a.ID)
 			}
 		})

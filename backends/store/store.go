@@ -49,8 +49,9 @@ const (
 	ScopeLDAP = "ldap"
 )
 
-// AllScopes is the default scope list of a new app password.
-var AllScopes = []string{ScopeIMAP, ScopeSMTP, ScopeLDAP}
+// AllScopes returns the default scope list of a new app password (a new
+// slice each time, so that no caller can change the default).
+func AllScopes() []string { return []string{ScopeIMAP, ScopeSMTP, ScopeLDAP} }
 
 // Sentinel errors that callers branch on.
 var (

@@ -374,11 +374,18 @@ func (c *conn) finish() {
 	)
 }
 
-// Standard ID field names (RFC 2971) kept from a client's ID. Others, the
-// x-originating-* fields above all, are dropped: forwarded to an upstream
-// that trusts passgate, they would let a client choose its own address.
-var standardIDFields = [...]string{"name", "version", "os", "os-version", "vendor",
-	"support-url", "address", "date", "command", "arguments", "environment"}
+// standardIDField reports whether name is a standard ID field (RFC 2971),
+// kept from a client's ID. Others, the x-originating-* fields above all,
+// are dropped: forwarded to an upstream that trusts passgate, they would
+// let a client choose its own address.
+func standardIDField(name string) bool {
+	switch name {
+	case "name", "version", "os", "os-version", "vendor",
+		"support-url", "address", "date", "command", "arguments", "environment":
+		return true
+	}
+	return false
+}
 
 // Bounds of RFC 2971 on an ID.
 const (
@@ -412,12 +419,8 @@ func parseID(args []token) (fields []IDField, ok bool) {
 		if isNil || i/2 >= maxIDPairs || len(k.val) > maxIDKeyLen || len(v.val) > maxIDValueLen || !printable(v.val) {
 			continue
 		}
-		name := strings.ToLower(string(k.val))
-		for _, std := range standardIDFields {
-			if name == std {
-				fields = append(fields, IDField{Name: name, Value: string(v.val)})
-				break
-			}
+		if name := strings.ToLower(string(k.val)); standardIDField(name) {
+			fields = append(fields, IDField{Name: name, Value: string(v.val)})
 		}
 	}
 	return fields, true

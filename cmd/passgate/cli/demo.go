@@ -22,10 +22,13 @@ const (
 	demoPrimary = "demo-primary-password"
 )
 
-var demoMessages = []string{
-	"From: Ada <ada@example.test>\nTo: demo@example.test\nSubject: Welcome to passgate\nDate: Fri, 27 Nov 2026 09:00:00 +0000\nMessage-ID: <1@demo.invalid>\n\nThis message sits on the in-process IMAP server behind passgate.\nYou read it with an app password.\n",
-	"From: Grace <grace@example.test>\nTo: demo@example.test\nSubject: Your app passwords\nDate: Fri, 27 Nov 2026 09:05:00 +0000\nMessage-ID: <2@demo.invalid>\n\nDelete one with: passgate app-password delete demo --label demo\n",
-	"From: Linus <linus@example.test>\nTo: demo@example.test\nSubject: Primary passwords\nDate: Fri, 27 Nov 2026 09:10:00 +0000\nMessage-ID: <3@demo.invalid>\n\nThe primary password of an MFA user never reaches this server.\n",
+// demoMessages returns the messages of the demo user's INBOX.
+func demoMessages() []string {
+	return []string{
+		"From: Ada <ada@example.test>\nTo: demo@example.test\nSubject: Welcome to passgate\nDate: Fri, 27 Nov 2026 09:00:00 +0000\nMessage-ID: <1@demo.invalid>\n\nThis message sits on the in-process IMAP server behind passgate.\nYou read it with an app password.\n",
+		"From: Grace <grace@example.test>\nTo: demo@example.test\nSubject: Your app passwords\nDate: Fri, 27 Nov 2026 09:05:00 +0000\nMessage-ID: <2@demo.invalid>\n\nDelete one with: passgate app-password delete demo --label demo\n",
+		"From: Linus <linus@example.test>\nTo: demo@example.test\nSubject: Primary passwords\nDate: Fri, 27 Nov 2026 09:10:00 +0000\nMessage-ID: <3@demo.invalid>\n\nThe primary password of an MFA user never reaches this server.\n",
+	}
 }
 
 // cmdDemo runs "passgate demo": passgate on a fresh SQLite store in a
@@ -62,7 +65,7 @@ func runDemo(ctx context.Context, e *env, imapAddr, smtpAddr string) error {
 	users := map[string]string{demoUser: demoPrimary}
 	up, err := demo.StartIMAP(demo.IMAPOptions{
 		Users: users, MasterUser: "passgate", MasterPassword: master,
-		Messages: map[string][]string{demoUser: demoMessages},
+		Messages: map[string][]string{demoUser: demoMessages()},
 	})
 	if err != nil {
 		return err
