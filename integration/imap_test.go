@@ -404,6 +404,7 @@ type passgateConfig struct {
 	upstreams    []string // default: the shared Dovecot's STARTTLS address
 	upstreamTLS  string   // default starttls
 	failureDelay string   // default 100ms
+	tlsMin       string   // tls.min_version; default "1.2"
 }
 
 // startPassgate writes a configuration in a new directory, runs "passgate
@@ -422,6 +423,9 @@ func startPassgate(t testing.TB, pc passgateConfig) *passgateInstance {
 	}
 	if pc.upstreamTLS == "" {
 		pc.upstreamTLS = "starttls"
+	}
+	if pc.tlsMin == "" {
+		pc.tlsMin = "1.2"
 	}
 	dir := t.TempDir()
 	ports := make([]int, 2)
@@ -447,6 +451,7 @@ key_file: %[2]s
 tls:
   cert_file: %[3]s
   key_file: %[4]s
+  min_version: "%[13]s"
 policy:
   failure_delay: %[5]s
 imap:
@@ -469,7 +474,7 @@ log:
 `, strconv.Quote(filepath.Join(dir, "passgate.db")), strconv.Quote(filepath.Join(dir, "passgate.key")),
 		strconv.Quote(env.certs.CertFile), strconv.Quote(env.certs.KeyFile), pc.failureDelay,
 		ports[0], ports[1], strings.Join(quoted, ", "), strconv.Quote(env.certs.CAFile),
-		strconv.Quote(d.MasterUser), strconv.Quote(masterFile), pc.upstreamTLS)
+		strconv.Quote(d.MasterUser), strconv.Quote(masterFile), pc.upstreamTLS, pc.tlsMin)
 	p := &passgateInstance{
 		dir:       dir,
 		config:    filepath.Join(dir, "passgate.yaml"),
@@ -1094,4 +1099,44 @@ func TestIMAPPassgateUsageAndAudit(t *testing.T) {
 	if s := p.out.String(); strings.Contains(s, compact) || strings.Contains(s, d.Users["carol"]) {
 		t.Error("a secret appears in passgate's log")
 	}
+}
+
+// TestIMAPPassgateTLS10 shows the legacy option for Outlook 2010 on
+// Windows 7, whose Schannel speaks only TLS 1.0: with tls.min_version
+// "1.0" such a client connects and logs in (and passgate warns at start);
+// with the default, 1.2, its handshake is refused.
+func TestIMAPPassgateTLS10(t *testing.T) {
+	tls10 := func(p *passgateInstance) error {
+		c := env.certs.ClientTLS()
+		c.MinVersion, c.MaxVersion = tls.VersionTLS10, tls.VersionTLS10
+		conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", p.imapsAddr, c)
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		if v := conn.ConnectionState().Version; v != tls.VersionTLS10 {
+			return fmt.Errorf("negotiated %s, want TLS 1.0", tls.VersionName(v))
+		}
+		conn.SetDeadline(time.Now().Add(10 * time.Second))
+		greeting, err := bufio.NewReader(conn).ReadString('\n')
+		if err != nil || !strings.HasPrefix(greeting, "* OK") {
+			return fmt.Errorf("greeting %q: %v", greeting, err)
+		}
+		return nil
+	}
+	t.Run("default-refuses", func(t *testing.T) {
+		p := startPassgate(t, passgateConfig{})
+		if err := tls10(p); err == nil {
+			t.Fatal("a TLS 1.0 client connected with the default tls.min_version 1.2")
+		}
+	})
+	t.Run("legacy-allows", func(t *testing.T) {
+		p := startPassgate(t, passgateConfig{tlsMin: "1.0"})
+		if err := tls10(p); err != nil {
+			t.Fatalf("TLS 1.0 client with tls.min_version 1.0: %v", err)
+		}
+		if !strings.Contains(p.out.String(), "tls.min_version allows TLS older than 1.2") {
+			t.Errorf("no warning at start:\n%s", tail(p.out.String(), 20))
+		}
+	})
 }
