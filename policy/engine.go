@@ -229,6 +229,18 @@ func (e *Engine) checkAppPassword(ctx context.Context, a Attempt, ap store.AppPa
 	return "", nil
 }
 
+// Unavailable records an attempt that ended in a temporary failure: the
+// decision could not be made (err from Decide) or the upstream could not
+// be reached. The listener answers it after Fail, with its protocol's
+// temporary-failure reply, the same whatever the secret was.
+func (e *Engine) Unavailable(ctx context.Context, a Attempt, cause error) {
+	d := Decision{Reason: "temporary failure"}
+	if cause != nil {
+		d.Reason += ": " + cause.Error()
+	}
+	e.audit(ctx, a, d, "unavailable")
+}
+
 // PrimaryResult records the upstream's verdict on a provisional primary
 // password allow. ok is true when the upstream accepted the login.
 func (e *Engine) PrimaryResult(ctx context.Context, a Attempt, d Decision, ok bool) {

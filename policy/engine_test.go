@@ -294,3 +294,12 @@ func TestCredentialString(t *testing.T) {
 		}
 	}
 }
+
+func TestUnavailableIsAudited(t *testing.T) {
+	fs := newFake()
+	e := New(Options{Store: fs, FailureDelay: -1})
+	e.Unavailable(context.Background(), Attempt{Proto: LDAP, User: "alice", Secret: primaryPW, Client: tlsClient}, errors.New("dial 127.0.0.1:389: connection refused"))
+	if len(fs.events) != 1 || fs.events[0].Outcome != "unavailable" || !strings.Contains(fs.events[0].Detail, "connection refused") || strings.Contains(fs.events[0].Detail, primaryPW) {
+		t.Fatalf("events = %+v", fs.events)
+	}
+}
