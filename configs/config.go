@@ -45,6 +45,7 @@ type Policy struct {
 	FailureDelay    Duration      `yaml:"failure_delay"`    // default 2s
 	MaxAppPasswords int           `yaml:"max_app_passwords"`
 	DefaultMFA      string        `yaml:"default_mfa"` // disabled (default) | enabled | enforced
+	Realms          []string      `yaml:"realms"`      // domains the upstream folds onto local names: alice@example.test is alice
 	Limits          ProtocolLimit `yaml:"limits"`
 }
 

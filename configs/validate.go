@@ -48,6 +48,11 @@ func (c *Config) Validate() error {
 			v.add(fmt.Sprintf("policy.trusted_networks[%d]", i), n, "must be a CIDR such as 10.0.0.0/8 or 2001:db8::/32 (write a single address as 192.0.2.7/32)")
 		}
 	}
+	for i, r := range c.Policy.Realms {
+		if r == "" || strings.ContainsAny(r, "@ \t") {
+			v.add(fmt.Sprintf("policy.realms[%d]", i), r, "must be a domain such as example.test (no @, no spaces)")
+		}
+	}
 	if c.Policy.FailureDelay < 0 {
 		v.add("policy.failure_delay", c.Policy.FailureDelay, "must be zero or positive")
 	}

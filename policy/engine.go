@@ -35,14 +35,19 @@ type Options struct {
 	// otherwise let "victim*master" with the master password log in as
 	// victim on the upstream, bypassing MFA.
 	ForbiddenInUser []string
-	Logger          *slog.Logger // default: discard
-	Now             func() time.Time
+	// Realms are the domains that the upstream folds onto local names:
+	// "alice@example.test" and "alice" are one account. The decision
+	// checks both spellings and applies the stricter MFA state.
+	Realms []string
+	Logger *slog.Logger // default: discard
+	Now    func() time.Time
 }
 
 // Engine decides logins. It is safe for concurrent use.
 type Engine struct {
 	store     Store
 	forbidden []string
+	realms    []string
 	trusted   []netip.Prefix
 	delay     time.Duration
 	log       *slog.Logger
@@ -60,6 +65,7 @@ func New(opts Options) *Engine {
 	e := &Engine{
 		store:     opts.Store,
 		forbidden: append([]string(nil), opts.ForbiddenInUser...),
+		realms:    append([]string(nil), opts.Realms...),
 		trusted:   append([]netip.Prefix(nil), opts.TrustedNetworks...),
 		delay:     opts.FailureDelay,
 		log:       opts.Logger,
@@ -148,54 +154,61 @@ func (e *Engine) Decide(ctx context.Context, a Attempt) (Decision, error) {
 			return deny("user name contains the upstream's master-user separator " + strconv.Quote(f))
 		}
 	}
-	// Step 3.
-	secret := string(a.Secret)
-	var appErr string
-	if _, shaped := apppass.Normalize(secret); shaped {
-		ap, err := e.store.FindAppPassword(ctx, user, secret)
-		switch {
-		case errors.Is(err, store.ErrNotFound):
-		case err != nil:
-			return Decision{}, fmt.Errorf("policy: look up app password: %w", err)
-		default:
-			appErr, err = e.checkAppPassword(ctx, a, ap)
-			if err != nil {
-				return Decision{}, err
-			}
-			if appErr == "" {
-				d.Allow, d.Kind = true, KindAppPassword
-				d.User = ap.User // the stored name, not the client's spelling
-				d.AppPasswordID, d.Label = ap.ID, ap.Label
-				d.Reason = "app password matched"
-				u := store.Usage{At: e.now(), Addr: a.Client.String(), Proto: a.Proto, Client: a.ClientName}
-				wctx, cancel := e.writeCtx(ctx)
-				err := e.store.RecordLogin(wctx, ap.ID, u, e.event(a, d, "success"))
-				cancel()
-				if errors.Is(err, store.ErrNotFound) {
-					return deny("app password " + ap.Label + " was deleted during the login")
-				}
-				if err != nil {
-					e.log.LogAttrs(ctx, slog.LevelError, "audit write failed", slog.Any("err", err))
-				}
-				e.logDecision(ctx, a, d, "success")
-				return d, nil
-			}
+	// Everything that can fail for reasons other than the secret is read
+	// first, so that a store outage answers alike for every secret.
+	names := e.aliases(user)
+	st := store.MFADisabled
+	for _, n := range names {
+		s, err := e.store.UserMFA(ctx, n)
+		if errors.Is(err, store.ErrInvalid) {
+			return deny("user name is not valid")
 		}
-	}
-	if appErr != "" {
-		// The secret is an app password of this user: it is not the
-		// primary password, so it must not go to the upstream.
-		return deny(appErr)
-	}
-	// Step 4.
-	st, err := e.store.UserMFA(ctx, user)
-	if errors.Is(err, store.ErrInvalid) {
-		return deny("user name is not valid")
-	}
-	if err != nil {
-		return Decision{}, fmt.Errorf("policy: read MFA state of %q: %w", user, err)
+		if err != nil {
+			return Decision{}, fmt.Errorf("policy: read MFA state of %q: %w", n, err)
+		}
+		st = stronger(st, s)
 	}
 	d.MFA = string(st)
+	allowApp, err := e.store.AllowAppPasswords(ctx)
+	if err != nil {
+		return Decision{}, fmt.Errorf("policy: read allow-app-passwords: %w", err)
+	}
+	// Step 3.
+	secret := string(a.Secret)
+	if _, shaped := apppass.Normalize(secret); shaped {
+		for _, n := range names {
+			ap, err := e.store.FindAppPassword(ctx, n, secret)
+			if errors.Is(err, store.ErrNotFound) {
+				continue
+			}
+			if err != nil {
+				return Decision{}, fmt.Errorf("policy: look up app password: %w", err)
+			}
+			// The secret is an app password of this user: it is not the
+			// primary password, so whatever happens it must not go to the
+			// upstream.
+			if why := e.unusable(a, ap, allowApp, st); why != "" {
+				return deny(why)
+			}
+			d.Allow, d.Kind = true, KindAppPassword
+			d.User = ap.User // the stored name, not the client's spelling
+			d.AppPasswordID, d.Label = ap.ID, ap.Label
+			d.Reason = "app password matched"
+			u := store.Usage{At: e.now(), Addr: a.Client.String(), Proto: a.Proto, Client: a.ClientName}
+			wctx, cancel := e.writeCtx(ctx)
+			err = e.store.RecordLogin(wctx, ap.ID, u, e.event(a, d, "success"))
+			cancel()
+			if errors.Is(err, store.ErrNotFound) {
+				return deny("app password " + ap.Label + " was deleted during the login")
+			}
+			if err != nil {
+				e.log.LogAttrs(ctx, slog.LevelError, "audit write failed", slog.Any("err", err))
+			}
+			e.logDecision(ctx, a, d, "success")
+			return d, nil
+		}
+	}
+	// Step 4.
 	if st == store.MFAEnforced {
 		return deny("no app password matched and MFA is enforced: primary password refused without contacting the upstream")
 	}
@@ -204,29 +217,62 @@ func (e *Engine) Decide(ctx context.Context, a Attempt) (Decision, error) {
 	return d, nil
 }
 
-// checkAppPassword returns why a matching app password may not be used
-// now, or "" when it may.
-func (e *Engine) checkAppPassword(ctx context.Context, a Attempt, ap store.AppPassword) (string, error) {
-	allow, err := e.store.AllowAppPasswords(ctx)
-	if err != nil {
-		return "", fmt.Errorf("policy: read allow-app-passwords: %w", err)
-	}
+// unusable returns why a matching app password may not be used now, or ""
+// when it may.
+func (e *Engine) unusable(a Attempt, ap store.AppPassword, allow bool, st store.MFAState) string {
 	switch {
 	case !allow:
-		return "app password matched but app passwords are switched off", nil
+		return "app password matched but app passwords are switched off"
 	case ap.Expired(e.now()):
-		return "app password " + ap.Label + " expired", nil
+		return "app password " + ap.Label + " expired"
 	case !ap.HasScope(a.Proto):
-		return "app password " + ap.Label + " lacks scope " + a.Proto, nil
+		return "app password " + ap.Label + " lacks scope " + a.Proto
+	case st == store.MFADisabled:
+		return "app password " + ap.Label + " matched but MFA is disabled for the user"
 	}
-	st, err := e.store.UserMFA(ctx, ap.User)
-	if err != nil {
-		return "", fmt.Errorf("policy: read MFA state of %q: %w", ap.User, err)
+	return ""
+}
+
+// aliases returns the names under which user may be known to the store:
+// the name itself and, with Options.Realms, the same account with or
+// without a realm the upstream folds ("alice@example.test" and "alice").
+// The strictest MFA state of them all applies, so that a spelling the
+// mail server maps onto an enforced user cannot bypass MFA.
+func (e *Engine) aliases(user string) []string {
+	names := []string{user}
+	if len(e.realms) == 0 {
+		return names
 	}
-	if st == store.MFADisabled {
-		return "app password " + ap.Label + " matched but MFA is disabled for the user", nil
+	if local, domain, ok := strings.Cut(user, "@"); ok {
+		for _, r := range e.realms {
+			if strings.EqualFold(domain, r) && local != "" {
+				names = append(names, local)
+				break
+			}
+		}
+		return names
 	}
-	return "", nil
+	for _, r := range e.realms {
+		names = append(names, user+"@"+r)
+	}
+	return names
+}
+
+// stronger returns the stricter of two MFA states.
+func stronger(a, b store.MFAState) store.MFAState {
+	rank := func(s store.MFAState) int {
+		switch s {
+		case store.MFAEnforced:
+			return 2
+		case store.MFAEnabled:
+			return 1
+		}
+		return 0
+	}
+	if rank(b) > rank(a) {
+		return b
+	}
+	return a
 }
 
 // Unavailable records an attempt that ended in a temporary failure: the
@@ -255,6 +301,15 @@ func (e *Engine) PrimaryResult(ctx context.Context, a Attempt, d Decision, ok bo
 	}
 	d.Allow = false
 	d.Reason = "primary password refused by the upstream"
+	if !a.Started.IsZero() && e.delay > 0 {
+		if took := e.now().Sub(a.Started); took > e.delay {
+			// The reply now comes later than an enforced user's refusal
+			// would: the difference tells the two apart.
+			e.log.LogAttrs(ctx, slog.LevelWarn, "upstream refused after the failure delay; failures of MFA users and others can be told apart by timing",
+				slog.String("proto", a.Proto), slog.Duration("took", took), slog.Duration("failure_delay", e.delay),
+				slog.String("fix", "set the upstream's own failure delay to 0 (Dovecot: auth_failure_delay = 0) or raise policy.failure_delay"))
+		}
+	}
 	e.audit(ctx, a, d, "failure")
 }
 

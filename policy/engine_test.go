@@ -303,3 +303,46 @@ func TestUnavailableIsAudited(t *testing.T) {
 		t.Fatalf("events = %+v", fs.events)
 	}
 }
+
+func TestRealmAliases(t *testing.T) {
+	tests := []struct {
+		name  string
+		user  string
+		pw    Secret
+		allow bool
+		kind  Kind
+		as    string
+	}{
+		{"fail/enforced-user-with-realm-primary", "alice@example.test", primaryPW, false, KindNone, ""},
+		{"ok/enforced-user-with-realm-app-password", "ALICE@Example.Test", goodApp, true, KindAppPassword, "alice"},
+		{"fail/enforced-under-realm-name-without-realm", "zoe", primaryPW, false, KindNone, ""},
+		{"ok/other-realm-is-another-user", "alice@elsewhere.test", primaryPW, true, KindPrimary, "alice@elsewhere.test"},
+		{"ok/disabled-user-with-realm", "dave@example.test", primaryPW, true, KindPrimary, "dave@example.test"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			fs := newFake()
+			fs.mfa["zoe@example.test"] = store.MFAEnforced
+			e := New(Options{Store: fs, FailureDelay: -1, Realms: []string{"example.test"}})
+			d, err := e.Decide(context.Background(), Attempt{Proto: IMAP, User: tc.user, Secret: tc.pw, TLS: true, Client: tlsClient})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d.Allow != tc.allow || d.Kind != tc.kind || (tc.allow && d.User != tc.as) {
+				t.Errorf("Decide = allow %v kind %v user %q (%s); want %v %v %q", d.Allow, d.Kind, d.User, d.Reason, tc.allow, tc.kind, tc.as)
+			}
+		})
+	}
+}
+
+func TestSlowUpstreamRefusalWarns(t *testing.T) {
+	var b strings.Builder
+	fs := newFake()
+	e := New(Options{Store: fs, FailureDelay: 50 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(&b, nil))})
+	a := Attempt{Proto: IMAP, User: "dave", Secret: primaryPW, TLS: true, Client: tlsClient, Started: time.Now().Add(-time.Second)}
+	d, _ := e.Decide(context.Background(), a)
+	e.PrimaryResult(context.Background(), a, d, false)
+	if !strings.Contains(b.String(), "auth_failure_delay = 0") {
+		t.Errorf("no warning about the upstream's own delay:\n%s", b.String())
+	}
+}

@@ -39,10 +39,17 @@ type fakeDecider struct {
 	trusted bool
 	err     error // returned by Decide when set
 
-	mu        sync.Mutex
-	attempts  []policy.Attempt
-	primaries []bool
-	fails     int
+	mu           sync.Mutex
+	attempts     []policy.Attempt
+	primaries    []bool
+	fails        int
+	unavailables int
+}
+
+func (f *fakeDecider) Unavailable(ctx context.Context, a policy.Attempt, cause error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.unavailables++
 }
 
 func (f *fakeDecider) Decide(ctx context.Context, a policy.Attempt) (policy.Decision, error) {

@@ -211,6 +211,7 @@ func (c *conn) login(tag string, user, secret []byte) bool {
 			slog.String("remote_addr", c.client.String()), slog.Any("err", err))
 		// Delayed like a failure: an instant reply would tell which
 		// secrets got as far as the upstream.
+		dec.Unavailable(c.ctx, a, err)
 		dec.Fail(c.ctx, a)
 		return c.authFailed(tag, replyUnavailable)
 	}
@@ -252,9 +253,7 @@ func (c *conn) login(tag string, user, secret []byte) bool {
 		c.srv.log.LogAttrs(c.ctx, slog.LevelWarn, "upstream login failed",
 			slog.String("proto", policy.IMAP), slog.String("user", a.User),
 			slog.String("remote_addr", c.client.String()), slog.Any("err", err))
-		if primary {
-			dec.PrimaryResult(c.ctx, a, d, false)
-		}
+		dec.Unavailable(c.ctx, a, err)
 		dec.Fail(c.ctx, a)
 		return c.authFailed(tag, replyUpstreamErr)
 	}

@@ -46,6 +46,8 @@ type Decider interface {
 	Fail(ctx context.Context, a policy.Attempt)
 	// PlaintextAllowed reports whether client may send a password without TLS.
 	PlaintextAllowed(client netip.AddrPort, tls bool) bool
+	// Unavailable records an attempt that ended in a temporary failure.
+	Unavailable(ctx context.Context, a policy.Attempt, cause error)
 }
 
 // IDField is one field of the client's IMAP ID (RFC 2971), e.g. name or

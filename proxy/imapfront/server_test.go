@@ -361,7 +361,7 @@ func TestTemporaryFailures(t *testing.T) {
 		primaries []bool
 	}{
 		{"decide-error", errors.New("store down"), nil, nil},
-		{"upstream-unreachable", nil, errors.New("dial 10.0.0.1:143: connection refused SECRETTEXT"), []bool{false}},
+		{"upstream-unreachable", nil, errors.New("dial 10.0.0.1:143: connection refused SECRETTEXT"), nil},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -374,6 +374,12 @@ func TestTemporaryFailures(t *testing.T) {
 			_, primaries, fails := ts.dec.snapshot()
 			if fails != 1 || !reflect.DeepEqual(primaries, tc.primaries) {
 				t.Errorf("fails = %d, primaries = %v; want 1, %v", fails, primaries, tc.primaries)
+			}
+			ts.dec.mu.Lock()
+			un := ts.dec.unavailables
+			ts.dec.mu.Unlock()
+			if un != 1 {
+				t.Errorf("Unavailable called %d times, want 1 (every outcome is audited)", un)
 			}
 		})
 	}

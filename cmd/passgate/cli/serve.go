@@ -120,6 +120,7 @@ func serve(ctx context.Context, e *env, cfg *configs.Config, log *slog.Logger, o
 		TrustedNetworks: trusted,
 		FailureDelay:    delay,
 		ForbiddenInUser: forbidden,
+		Realms:          cfg.Policy.Realms,
 		Logger:          log,
 	})
 	certs, err := newCertReloader(cfg, log)
