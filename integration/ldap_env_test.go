@@ -82,6 +82,7 @@ type ldapGateOptions struct {
 	failureDelay time.Duration // 0: 200ms
 	allowAnon    bool
 	upstreamTLS  string // "" (none), "starttls", "ldaps"
+	upstreamURL  string // "": the test slapd; else e.g. a port nothing listens on
 	// decisionStore replaces the SQLite store under the decision (the
 	// benchmark uses it to show the listener's own cost); the SQLite store
 	// is still opened for the helpers.
@@ -122,13 +123,16 @@ func startLDAPGate(t testing.TB, o ldapGateOptions) *ldapGate {
 	engine := policy.New(policy.Options{Store: decisionStore, TrustedNetworks: o.trusted, FailureDelay: o.failureDelay})
 	upOpts := ldapupstream.Options{
 		URL: e.slapd.URL, CAFile: e.certs.CAFile,
-		ServiceDN: e.slapd.ServiceDN, ServicePassword: e.slapd.ServicePassword,
+		ServiceDN: e.slapd.ServiceDN, ServicePassword: ldapupstream.Secret(e.slapd.ServicePassword),
 	}
 	switch o.upstreamTLS {
 	case "starttls":
 		upOpts.TLS = ldapupstream.TLSStartTLS
 	case "ldaps":
 		upOpts.URL = e.slapd.LDAPSURL
+	}
+	if o.upstreamURL != "" {
+		upOpts.URL = o.upstreamURL
 	}
 	up, err := ldapupstream.New(upOpts)
 	if err != nil {
@@ -142,7 +146,8 @@ func startLDAPGate(t testing.TB, o ldapGateOptions) *ldapGate {
 	g := &ldapGate{store: st, relays: reg, delay: o.failureDelay, apps: map[string]string{}}
 	base := ldapfront.Options{
 		Decider: engine, Upstream: testLDAPAdapter{up}, Registry: reg, TLSConfig: serverTLS,
-		Mode: o.mode, UserDNTemplates: []string{e.slapd.UserTemplate}, AllowAnonymous: o.allowAnon,
+		Mode: o.mode, UserDNTemplates: []string{e.slapd.UserTemplate}, UPNDomains: []string{"example.test"},
+		AllowAnonymous: o.allowAnon,
 	}
 	var servers []*ldapfront.Server
 	for _, implicit := range []bool{false, true} {
@@ -227,3 +232,9 @@ func (a testLDAPAdapter) Open(ctx context.Context) (ldapfront.Session, error) {
 func (a testLDAPAdapter) Verify(ctx context.Context, dn string, password []byte) (string, bool, error) {
 	return a.up.Verify(ctx, dn, password)
 }
+
+func (a testLDAPAdapter) Resolve(ctx context.Context, dn string) (string, bool, error) {
+	return a.up.Resolve(ctx, dn)
+}
+
+func (a testLDAPAdapter) HasServiceAccount() bool { return a.up.HasServiceAccount() }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -215,6 +216,7 @@ func TestLDAPBindFailures(t *testing.T) {
 		{"fail/deleted-app-password", carolDN, deleted},
 		{"fail/app-password-without-ldap-scope", carolDN, imapOnly},
 		{"fail/upn-primary-password", "carol@example.test", e.slapd.Users["carol"]},
+		{"fail/upn-of-other-domain", "carol@other.test", imapOnly},
 		{"fail/domain-primary-password", `EXAMPLE\carol`, e.slapd.Users["carol"]},
 		{"fail/unknown-user", e.slapd.UserDN("mallory"), "whatever"},
 	}
@@ -270,20 +272,87 @@ func TestLDAPBindRules(t *testing.T) {
 		t.Fatalf("bob's own search: %v", err)
 	}
 	// Other spellings of alice's name that slapd accepts (the userid alias
-	// of uid; fullwidth letters, which slapd's normalisation folds to
-	// "alice") are caught by asking the directory who bound, and refused
-	// like any failure.
-	for _, name := range []string{
+	// and the OID of uid; fullwidth letters, which slapd's normalisation
+	// folds to "alice") are resolved by passgate's service account before
+	// any bind, decided for alice, and refused like any failure: slapd
+	// never sees a bind as alice.
+	logBefore := len(e.slapd.Log())
+	spellings := []string{
 		"userid=alice,ou=people,dc=example,dc=test",
+		"0.9.2342.19200300.100.1.1=alice,ou=people,dc=example,dc=test",
 		"uid=ＡＬＩＣＥ,ou=people,dc=example,dc=test",
 		"ＡＬＩＣＥ@example.test",
-		`EXAMPLE\ａｌｉｃｅ`,
-	} {
-		wantBindFailure(t, l.Bind(name, e.slapd.Users["alice"]))
+	}
+	for _, name := range append(spellings, `EXAMPLE\ａｌｉｃｅ`, "alice@other.test") {
+		// A new connection each: passgate closes one after five failures.
+		wantBindFailure(t, dialGate(t, g).Bind(name, e.slapd.Users["alice"]))
+	}
+	wantBindFailure(t, l.Bind(spellings[0], e.slapd.Users["alice"]))
+	if binds := regexp.MustCompile(`(?i)BIND dn="[^"]*alice[^"]*" method=128`).FindAllString(e.slapd.Log()[logBefore:], -1); len(binds) > 0 {
+		t.Fatalf("slapd saw alice's primary password: %q", binds)
 	}
 	// After a failed bind the connection is anonymous.
 	if _, err := l.Search(ldap.NewSearchRequest(e.slapd.BaseDN, ldap.ScopeBaseObject, ldap.NeverDerefAliases, 0, 0, false, "(objectClass=*)", nil, nil)); ldapCode(err) != ldap.LDAPResultUnwillingToPerform {
 		t.Fatalf("search after failed bind: %v, want unwillingToPerform", err)
+	}
+	// Her app password works under every spelling, and passgate acts as
+	// her entry, never as the spelling.
+	app := g.appPassword(t, "alice", "spellings")
+	for _, name := range spellings {
+		if err := l.Bind(name, app); err != nil {
+			t.Fatalf("app password as %q: %v", name, err)
+		}
+		if who, err := l.WhoAmI(nil); err != nil || who.AuthzID != "dn:"+e.slapd.UserDN("alice") {
+			t.Fatalf("WhoAmI after bind as %q: %q %v", name, who.AuthzID, err)
+		}
+		r, err := l.Search(ldap.NewSearchRequest(e.slapd.UserDN("alice"), ldap.ScopeBaseObject, ldap.NeverDerefAliases, 0, 0, false, "(objectClass=*)", []string{"description"}, nil))
+		if err != nil || len(r.Entries) != 1 || r.Entries[0].GetAttributeValue("description") == "" {
+			t.Fatalf("alice's own search after bind as %q: %v", name, err)
+		}
+	}
+	// An application's account in another spelling resolves to itself
+	// and is verified by slapd.
+	if err := l.Bind(strings.ToUpper(e.slapd.AppDN), e.slapd.AppPassword); err != nil {
+		t.Fatalf("application account in upper case: %v", err)
+	}
+	wantBindFailure(t, l.Bind("cn=nobody,"+e.slapd.BaseDN, "whatever"))
+}
+
+// TestLDAPDirectoryDown: with the directory unreachable, every bind gets
+// unavailable (52) after the failure delay, whatever the secret and
+// whatever the user's MFA state: the reply tells nothing.
+func TestLDAPDirectoryDown(t *testing.T) {
+	e := ldapEnv(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := "ldap://" + ln.Addr().String()
+	ln.Close()
+	for _, mode := range []ldapfront.Mode{ldapfront.ModeRelay, ldapfront.ModeBindOnly} {
+		g := startLDAPGate(t, ldapGateOptions{mode: mode, upstreamURL: dead, failureDelay: 300 * time.Millisecond})
+		g.setMFA(t, "alice", store.MFAEnforced)
+		cases := []struct{ name, user, password string }{
+			{"no-mfa/wrong-password", e.slapd.UserDN("bob"), "not-the-password"},
+			{"no-mfa/primary-password", e.slapd.UserDN("bob"), e.slapd.Users["bob"]},
+			{"other-spelling", "userid=bob,ou=people,dc=example,dc=test", "x"},
+		}
+		if mode == ldapfront.ModeRelay {
+			cases = append(cases, struct{ name, user, password string }{"enforced/wrong-password", e.slapd.UserDN("alice"), "not-the-password"})
+		}
+		for _, tc := range cases {
+			t.Run(fmt.Sprint(mode)+"/"+tc.name, func(t *testing.T) {
+				l := dialGate(t, g)
+				start := time.Now()
+				err := l.Bind(tc.user, tc.password)
+				if ldapCode(err) != ldap.LDAPResultUnavailable {
+					t.Fatalf("bind with the directory down: %v, want unavailable (52)", err)
+				}
+				if d := time.Since(start); d < g.delay {
+					t.Errorf("unavailable after %v, before the failure delay %v", d, g.delay)
+				}
+			})
+		}
 	}
 }
 
@@ -456,6 +525,7 @@ ldap:
   listen_tls: %q
   mode: relay
   user_dn_templates: ["uid={user},ou=people,dc=example,dc=test"]
+  upn_domains: ["example.test"]
   upstream:
     url: %q
     tls: starttls

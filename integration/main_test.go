@@ -49,6 +49,9 @@ func stopLazy() {
 	if ldapShared.stop != nil {
 		ldapShared.stop()
 	}
+	if binPath != "" {
+		os.RemoveAll(filepath.Dir(binPath))
+	}
 }
 
 // startServers starts every server the tests need. To add one, start it

@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -200,9 +201,19 @@ func startPassgateSMTP(t testing.TB, o smtpOpts) *passgateSMTP {
 // keeps its own unexported).
 type smtpUpstreamAdapter struct{ up *smtpupstream.Client }
 
-func (a smtpUpstreamAdapter) Login(ctx context.Context, r smtpfront.LoginRequest) (smtpfront.UpstreamSession, error) {
-	s, err := a.up.Login(ctx, smtpupstream.Request{User: r.User, Password: r.Password, Client: r.Client, Helo: r.Helo})
-	if errors.Is(err, smtpupstream.ErrAuthRefused) {
+func (a smtpUpstreamAdapter) Dial(ctx context.Context, client netip.AddrPort) (smtpfront.PendingLogin, error) {
+	p, err := a.up.Dial(ctx, client)
+	if err != nil {
+		return nil, err
+	}
+	return smtpPendingAdapter{p}, nil
+}
+
+type smtpPendingAdapter struct{ p *smtpupstream.Pending }
+
+func (p smtpPendingAdapter) Login(ctx context.Context, r smtpfront.LoginRequest) (smtpfront.UpstreamSession, error) {
+	s, err := p.p.Login(ctx, r.User, smtpupstream.Password(r.Password), r.Helo)
+	if errors.Is(err, smtpupstream.ErrAuthRefused) || errors.Is(err, smtpupstream.ErrNoPassword) {
 		return nil, fmt.Errorf("%w: %w", smtpfront.ErrLoginRefused, err)
 	}
 	if err != nil {
@@ -210,6 +221,8 @@ func (a smtpUpstreamAdapter) Login(ctx context.Context, r smtpfront.LoginRequest
 	}
 	return s, nil
 }
+
+func (p smtpPendingAdapter) Close() error { return p.p.Close() }
 
 // xclientUpstream is the XCLIENT configuration for the shared Postfix's
 // STARTTLS submission port.
@@ -230,7 +243,7 @@ func masterUpstream(e *smtpServers) smtpupstream.Options {
 		TLS:            smtpupstream.TLSImplicit,
 		Login:          smtpupstream.LoginMaster,
 		MasterUser:     e.dovecot.MasterUser,
-		MasterPassword: e.dovecot.MasterPassword,
+		MasterPassword: smtpupstream.Password(e.dovecot.MasterPassword),
 		ForwardClient:  smtpupstream.ForwardNone,
 	}
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/passgate/passgate/backends/smtpupstream"
+	"github.com/passgate/passgate/backends/store"
 	"github.com/passgate/passgate/cmd/passgate/cli"
 )
 
@@ -323,16 +324,32 @@ func TestSMTPSenderLoginMismatch(t *testing.T) {
 	}
 }
 
-// TestSMTPUpstreamDown: an unreachable upstream gives 454 4.7.0 (4xx).
+// TestSMTPUpstreamDown: an unreachable upstream gives 454 4.7.0 (4xx),
+// the same reply after the same delay whether the secret was a valid app
+// password or not (else the 454 would confirm a guessed secret), and the
+// attempt is audited as unavailable.
 func TestSMTPUpstreamDown(t *testing.T) {
 	e := smtpEnv(t)
 	up := xclientUpstream(e)
 	up.Addresses = []string{deadAddr(t), deadAddr(t)}
-	p := startPassgateSMTP(t, smtpOpts{upstream: up, maxMessage: 1 << 20})
-	b := base64.StdEncoding.EncodeToString([]byte("\x00alice\x00" + p.Secrets.aliceApp))
-	got, _ := smtpRawAuth(t, p, "127.0.2.1", "AUTH PLAIN "+b)
-	if got != "454 4.7.0 Temporary authentication failure\r\n" {
-		t.Fatalf("reply %q", got)
+	p := startPassgateSMTP(t, smtpOpts{upstream: up, maxMessage: 1 << 20, failureDelay: 400 * time.Millisecond})
+	const want = "454 4.7.0 Temporary authentication failure\r\n"
+	tests := []struct{ name, user, secret string }{
+		{"valid-app-password", "alice", p.Secrets.aliceApp},
+		{"wrong-secret", "alice", "wrong-password"},
+		{"primary-of-enforced", "alice", e.dovecot.Users["alice"]},
+	}
+	for i, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			b := base64.StdEncoding.EncodeToString([]byte("\x00" + tc.user + "\x00" + tc.secret))
+			got, took := smtpRawAuth(t, p, fmt.Sprintf("127.0.2.%d", i+1), "AUTH PLAIN "+b)
+			if got != want {
+				t.Fatalf("reply %q, want %q", got, want)
+			}
+			if took < 350*time.Millisecond {
+				t.Fatalf("454 after %v, before the failure delay", took)
+			}
+		})
 	}
 	deadline := time.Now().Add(5 * time.Second)
 	for !strings.Contains(p.Log.String(), "smtp.upstream.addresses") && time.Now().Before(deadline) {
@@ -343,6 +360,57 @@ func TestSMTPUpstreamDown(t *testing.T) {
 		if !strings.Contains(log, a) {
 			t.Errorf("log does not name %s:\n%s", a, log)
 		}
+	}
+	evs, err := p.Store.Audit(context.Background(), store.AuditFilter{User: "alice"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	unavailable := 0
+	for _, ev := range evs {
+		if ev.Outcome == "unavailable" {
+			unavailable++
+		}
+		if ev.Outcome == "success" {
+			t.Errorf("audit records a success with the upstream down: %+v", ev)
+		}
+	}
+	if unavailable != len(tests) {
+		t.Errorf("%d attempts audited as unavailable, want %d: %+v", unavailable, len(tests), evs)
+	}
+}
+
+// TestSMTPBDATAbortThenSend: a message sent in BDAT chunks and aborted
+// with RSET never reaches the mailbox, and the session then sends the
+// next message through Postfix (passgate logs in upstream again).
+func TestSMTPBDATAbortThenSend(t *testing.T) {
+	e := smtpEnv(t)
+	p := startPassgateSMTP(t, smtpOpts{upstream: xclientUpstream(e)})
+	c := smtpRawSession(t, p, "127.0.3.2")
+	c.send("AUTH PLAIN " + base64.StdEncoding.EncodeToString([]byte("\x00alice\x00"+p.Secrets.aliceApp)))
+	c.expect("235 ")
+	stamp := time.Now().UnixNano()
+	aborted := fmt.Sprintf("Subject: aborted %d\r\n\r\n", stamp)
+	c.send("MAIL FROM:<alice@example.test>")
+	c.expect("250 ")
+	c.send("RCPT TO:<dave@example.test>")
+	c.expect("250 ")
+	fmt.Fprintf(c.w, "BDAT %d\r\n%s", len(aborted), aborted)
+	c.expect("250 ")
+	c.send("RSET")
+	c.expect("250 ")
+	kept := fmt.Sprintf("kept %d", stamp)
+	msg := testMessage("alice@example.test", "dave@example.test", kept, 100)
+	c.send("MAIL FROM:<alice@example.test>")
+	c.expect("250 ")
+	c.send("RCPT TO:<dave@example.test>")
+	c.expect("250 ")
+	fmt.Fprintf(c.w, "BDAT %d LAST\r\n%s", len(msg), msg)
+	c.expect("250 ")
+	c.send("QUIT")
+	c.expect("221 ")
+	waitMailbox(t, e, "dave", kept)
+	if body, err := findBySubject(e, "dave", fmt.Sprintf("aborted %d", stamp)); err == nil && body != nil {
+		t.Fatalf("the aborted message was delivered:\n%s", body)
 	}
 }
 

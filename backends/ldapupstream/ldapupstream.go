@@ -11,7 +11,10 @@
 //
 // Two tools are used:
 //
-//   - github.com/go-ldap/ldap/v3 for the short checks: Verify (a user bind
+//   - github.com/go-ldap/ldap/v3 for the short checks: Resolve (the
+//     service bind and a base-scope search that tells the listener which
+//     entry a bind name stands for, before any user password is sent),
+//     Verify (a user bind
 //     and WhoAmI on a connection of its own, bind-only mode), Check (the
 //     service bind and WhoAmI at start-up) and WhoAmIAs (the service bind and
 //     WhoAmI with the proxied authorization control: proves that the
@@ -26,6 +29,8 @@
 //     operations with message IDs of its own and hands every response back
 //     as raw BER.
 //
+// The service password is a Secret, which prints as REDACTED.
+//
 // TLS to the directory is none, StartTLS, or implicit (ldaps:// URLs), with
 // the certificate verified against CAFile (or the system's roots) and
 // ServerName (or the URL's host).
@@ -37,6 +42,8 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"net"
 	"net/url"
 	"os"
@@ -73,7 +80,7 @@ type Options struct {
 	CAFile          string // PEM roots to verify the directory; empty: the system's
 	ServerName      string // name checked in the certificate; default: the URL's host
 	ServiceDN       string
-	ServicePassword string        // never logged
+	ServicePassword Secret        // prints as REDACTED
 	DialTimeout     time.Duration // default 5s
 	MaxMessageBytes int           // largest message accepted from the directory; default 16 MiB
 }
@@ -86,7 +93,32 @@ type Client struct {
 	tlsConf  *tls.Config // nil when TLS is none
 }
 
-var errOwnProxyAuthz = errors.New("ldapupstream: the request already carries a proxied authorization control")
+// Secret is a password passgate holds for the directory (the service
+// account's). Whatever prints it (fmt verbs, slog, %#v of a struct that
+// holds it) gets REDACTED; only the bind itself reads the value.
+type Secret string
+
+const redacted = "REDACTED"
+
+func (Secret) String() string               { return redacted }
+func (Secret) GoString() string             { return redacted }
+func (Secret) LogValue() slog.Value         { return slog.StringValue(redacted) }
+func (Secret) Format(f fmt.State, _ rune)   { io.WriteString(f, redacted) }
+func (Secret) MarshalText() ([]byte, error) { return []byte(redacted), nil }
+func (s Secret) reveal() string             { return string(s) }
+
+// constError is an error that can be a constant, so that sentinel errors
+// are not package-level variables.
+type constError string
+
+func (e constError) Error() string { return string(e) }
+
+// errOwnProxyAuthz: the client sent its own proxied authorization control.
+const errOwnProxyAuthz = constError("ldapupstream: the request already carries a proxied authorization control")
+
+// errNoServiceAccount: an operation needs the service account and none is
+// configured.
+const errNoServiceAccount = constError("ldapupstream: no service account: set ldap.upstream.service_dn and ldap.upstream.service_password_file")
 
 // New checks opts and loads the CA file. It does not dial.
 func New(opts Options) (*Client, error) {
@@ -217,14 +249,14 @@ func (c *Client) Check(ctx context.Context) (string, error) {
 // 123 when the service account may not act for that user (authzTo).
 func (c *Client) WhoAmIAs(ctx context.Context, authzID string) (string, error) {
 	if c.opts.ServiceDN == "" {
-		return "", errors.New("ldapupstream: no service account: set ldap.upstream.service_dn and ldap.upstream.service_password_file")
+		return "", errNoServiceAccount
 	}
 	l, done, err := c.dialLDAP(ctx)
 	if err != nil {
 		return "", err
 	}
 	defer done()
-	if err := l.Bind(c.opts.ServiceDN, c.opts.ServicePassword); err != nil {
+	if err := l.Bind(c.opts.ServiceDN, c.opts.ServicePassword.reveal()); err != nil {
 		return "", fmt.Errorf("ldapupstream: service bind as %q at %s: %w (ldap.upstream.service_dn, ldap.upstream.service_password_file)", c.opts.ServiceDN, c.addr, err)
 	}
 	var ctls []ldap.Control
@@ -236,4 +268,47 @@ func (c *Client) WhoAmIAs(ctx context.Context, authzID string) (string, error) {
 		return "", fmt.Errorf("ldapupstream: WhoAmI at %s: %w (for proxied authorization the service account needs authzTo and the directory authz-policy to)", c.addr, err)
 	}
 	return r.AuthzID, nil
+}
+
+// HasServiceAccount reports whether a service account is configured, which
+// Resolve needs.
+func (c *Client) HasServiceAccount() bool { return c.opts.ServiceDN != "" }
+
+// resolveTimeLimit is the server-side time limit of Resolve's search, in
+// seconds.
+const resolveTimeLimit = 10
+
+// Resolve looks dn up as the service account with a base-scope search that
+// asks for no attributes ("1.1") and does not follow aliases, and returns
+// the entry's DN as the directory spells it. found is false when the
+// directory has no such entry (or the name is not a valid DN); err is set
+// when the directory could not be asked. The listener calls it before a
+// user's password is sent anywhere, so that another spelling of a person's
+// DN (an alias attribute type, an OID, fullwidth letters) is decided for
+// the person.
+func (c *Client) Resolve(ctx context.Context, dn string) (entryDN string, found bool, err error) {
+	if c.opts.ServiceDN == "" {
+		return "", false, errNoServiceAccount
+	}
+	l, done, err := c.dialLDAP(ctx)
+	if err != nil {
+		return "", false, err
+	}
+	defer done()
+	if err := l.Bind(c.opts.ServiceDN, c.opts.ServicePassword.reveal()); err != nil {
+		return "", false, fmt.Errorf("ldapupstream: resolve: service bind as %q at %s: %w (ldap.upstream.service_dn, ldap.upstream.service_password_file)", c.opts.ServiceDN, c.addr, err)
+	}
+	req := ldap.NewSearchRequest(dn, ldap.ScopeBaseObject, ldap.NeverDerefAliases, 2, resolveTimeLimit, false,
+		"(objectClass=*)", []string{"1.1"}, nil)
+	r, err := l.Search(req)
+	if err != nil {
+		if ldap.IsErrorAnyOf(err, ldap.LDAPResultNoSuchObject, ldap.LDAPResultInvalidDNSyntax) {
+			return "", false, nil
+		}
+		return "", false, fmt.Errorf("ldapupstream: resolve %q at %s: %w (the service account must be able to read the entries of ldap.user_dn_templates)", dn, c.addr, err)
+	}
+	if len(r.Entries) != 1 || r.Entries[0].DN == "" {
+		return "", false, nil
+	}
+	return r.Entries[0].DN, true, nil
 }

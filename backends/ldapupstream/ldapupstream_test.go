@@ -5,6 +5,8 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -193,5 +195,61 @@ func TestSessionLost(t *testing.T) {
 	}
 	if _, err := s.Send([]byte{0x4a, 0x01, 'x'}, nil, "", func([]byte, []byte, bool, error) {}); err == nil {
 		t.Fatal("Send on a lost session succeeded")
+	}
+}
+
+// TestMessageIDWrapSkipsLiveHandlers: after the message ID wraps, an ID
+// whose request is still waiting for answers is skipped, so its handler
+// is not replaced.
+func TestMessageIDWrapSkipsLiveHandlers(t *testing.T) {
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			if _, err := b.Read(buf); err != nil {
+				return
+			}
+		}
+	}()
+	c := &Client{addr: "test"}
+	live := func([]byte, []byte, bool, error) {}
+	s := &Session{c: c, nc: a, next: maxMessageID - 1,
+		handlers: map[int64]func([]byte, []byte, bool, error){1: live, 2: live}}
+	cases := []struct {
+		name string
+		want int64
+	}{
+		{"ok/last-id", maxMessageID},
+		{"ok/wrap-skips-1-and-2", 3},
+		{"ok/then-4", 4},
+	}
+	for _, tc := range cases {
+		got, err := s.Send([]byte{0x42, 0x00}, nil, "", func([]byte, []byte, bool, error) {})
+		if err != nil || got != tc.want {
+			t.Fatalf("%s: Send = %d, %v; want %d", tc.name, got, err, tc.want)
+		}
+	}
+}
+
+// TestSecretNeverPrinted: the service password prints as REDACTED however
+// it is formatted or logged.
+func TestSecretNeverPrinted(t *testing.T) {
+	const pw = "s3rvice-pw"
+	o := Options{URL: "ldap://x", ServiceDN: "cn=passgate", ServicePassword: pw}
+	var logged bytes.Buffer
+	slog.New(slog.NewTextHandler(&logged, nil)).Info("opts", slog.Any("opts", o), slog.Any("pw", o.ServicePassword))
+	slog.New(slog.NewJSONHandler(&logged, nil)).Info("opts", slog.Any("pw", o.ServicePassword))
+	for _, out := range []string{
+		fmt.Sprintf("%v", o), fmt.Sprintf("%+v", o), fmt.Sprintf("%#v", o), fmt.Sprintf("%s", o.ServicePassword),
+		fmt.Sprintf("%q", o.ServicePassword), fmt.Sprintf("%x", o.ServicePassword), fmt.Sprint(o.ServicePassword), logged.String(),
+	} {
+		if strings.Contains(out, pw) || strings.Contains(out, fmt.Sprintf("%x", pw)) {
+			t.Fatalf("secret printed: %s", out)
+		}
+	}
+	if o.ServicePassword.reveal() != pw {
+		t.Fatal("reveal lost the value")
 	}
 }

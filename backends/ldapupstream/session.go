@@ -18,7 +18,7 @@ import (
 const writeTimeout = 30 * time.Second
 
 // ErrSessionClosed is the error of operations on a closed or lost Session.
-var ErrSessionClosed = errors.New("ldapupstream: session closed")
+const ErrSessionClosed = constError("ldapupstream: session closed")
 
 // Session is one connection to the directory that carries the operations
 // of one client connection. Its reader goroutine runs until Close or until
@@ -71,8 +71,7 @@ func (s *Session) startTLS(ctx context.Context) error {
 		s.nc.SetDeadline(dl)
 		defer s.nc.SetDeadline(time.Time{})
 	}
-	s.next++
-	req := envelope(s.next, extendedOp(oidStartTLS), nil)
+	req := envelope(s.nextIDLocked(), extendedOp(oidStartTLS), nil)
 	if _, err := s.nc.Write(req); err != nil {
 		return fmt.Errorf("ldapupstream: StartTLS with %s: %w", s.c.addr, err)
 	}
@@ -83,7 +82,10 @@ func (s *Session) startTLS(ctx context.Context) error {
 		return fmt.Errorf("ldapupstream: StartTLS with %s: %w", s.c.addr, err)
 	}
 	m, err := parseMessage(raw)
-	if err != nil || m.op.tag != opExtendedResponse {
+	if err != nil {
+		return fmt.Errorf("ldapupstream: StartTLS with %s: %w", s.c.addr, err)
+	}
+	if m.op.tag != opExtendedResponse {
 		return fmt.Errorf("ldapupstream: StartTLS with %s: unexpected answer", s.c.addr)
 	}
 	code, diag, _, err := ldapResult(m.op)
@@ -173,7 +175,7 @@ func (s *Session) Send(op, controls []byte, proxyAuthz string, fn func(op, contr
 		var err error
 		controls, err = withControl(controls, ctl, OIDProxiedAuthz, oidProxiedAuthzV1)
 		if err != nil {
-			return 0, err
+			return 0, fmt.Errorf("ldapupstream: send: add the proxied authorization control: %w", err)
 		}
 	}
 	s.mu.Lock()
@@ -182,11 +184,7 @@ func (s *Session) Send(op, controls []byte, proxyAuthz string, fn func(op, contr
 		s.mu.Unlock()
 		return 0, err
 	}
-	s.next++
-	if s.next > maxMessageID {
-		s.next = 1
-	}
-	id := s.next
+	id := s.nextIDLocked()
 	s.handlers[id] = fn
 	s.mu.Unlock()
 	if err := s.write(envelope(id, op, controls)); err != nil {
@@ -220,11 +218,7 @@ func (s *Session) Abandon(handle int64) error {
 		return nil
 	}
 	delete(s.handlers, handle)
-	s.next++
-	if s.next > maxMessageID {
-		s.next = 1
-	}
-	id := s.next
+	id := s.nextIDLocked()
 	s.mu.Unlock()
 	var op []byte
 	op = append(op, classApplication|opAbandonRequest)
@@ -256,7 +250,10 @@ func (s *Session) roundTrip(ctx context.Context, op []byte, controls []byte) (el
 			return element{}, r.err
 		}
 		e, _, err := nextElement(r.op)
-		return e, err
+		if err != nil {
+			return element{}, fmt.Errorf("ldapupstream: read the answer of %s: %w", s.c.addr, err)
+		}
+		return e, nil
 	case <-ctx.Done():
 		// A bind cannot be abandoned: the session's state is unknown.
 		s.Close()
@@ -283,7 +280,7 @@ func (s *Session) Bind(ctx context.Context, dn string, password []byte) (ok bool
 	}
 	code, diag, _, err := ldapResult(resp)
 	if err != nil {
-		return false, err
+		return false, fmt.Errorf("ldapupstream: bind at %s: %w", s.c.addr, err)
 	}
 	switch {
 	case code == 0:
@@ -297,7 +294,7 @@ func (s *Session) Bind(ctx context.Context, dn string, password []byte) (ok bool
 // BindService binds the session as the service account. A refusal is an
 // error: the configuration is wrong.
 func (s *Session) BindService(ctx context.Context) error {
-	ok, err := s.Bind(ctx, s.c.opts.ServiceDN, []byte(s.c.opts.ServicePassword))
+	ok, err := s.Bind(ctx, s.c.opts.ServiceDN, []byte(s.c.opts.ServicePassword.reveal()))
 	if err != nil {
 		return err
 	}
@@ -318,7 +315,7 @@ func (s *Session) WhoAmI(ctx context.Context) (string, error) {
 	}
 	code, diag, rest, err := ldapResult(resp)
 	if err != nil {
-		return "", err
+		return "", fmt.Errorf("ldapupstream: WhoAmI at %s: %w", s.c.addr, err)
 	}
 	if code != 0 {
 		return "", fmt.Errorf("ldapupstream: WhoAmI at %s: result %d %q", s.c.addr, code, diag)
@@ -327,13 +324,36 @@ func (s *Session) WhoAmI(ctx context.Context) (string, error) {
 		var e element
 		e, rest, err = nextElement(rest)
 		if err != nil {
-			return "", err
+			return "", fmt.Errorf("ldapupstream: WhoAmI at %s: %w", s.c.addr, err)
 		}
 		if e.class == classContext && e.tag == 11 {
 			return string(e.content), nil
 		}
 	}
 	return "", nil
+}
+
+// nextIDLocked returns the next message ID, wrapping after 2^31-1 and
+// skipping IDs of requests still waiting for answers, so that a long-lived
+// request's handler is never replaced. s.mu must be held (or the reader
+// not yet started).
+func (s *Session) nextIDLocked() int64 {
+	for {
+		s.next++
+		if s.next > maxMessageID || s.next < 1 {
+			s.next = 1
+		}
+		if _, busy := s.handlers[s.next]; !busy {
+			return s.next
+		}
+	}
+}
+
+// Err returns the error that ended the session (nil while it is alive).
+func (s *Session) Err() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.err
 }
 
 // Close sends Unbind, closes the connection and waits for the reader.
@@ -343,8 +363,7 @@ func (s *Session) Close() error {
 	alive := s.err == nil
 	var id int64
 	if alive {
-		s.next++
-		id = s.next
+		id = s.nextIDLocked()
 	}
 	s.mu.Unlock()
 	if alive {

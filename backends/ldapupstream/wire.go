@@ -13,9 +13,9 @@ import (
 // directory may send in one message before allocating it, and never uses
 // the process-wide ber.MaxPacketLengthBytes.
 
-var (
-	errTooLarge  = errors.New("ldapupstream: message from the directory exceeds the size limit")
-	errMalformed = errors.New("ldapupstream: malformed LDAP message from the directory")
+const (
+	errTooLarge  = constError("ldapupstream: message from the directory exceeds the size limit (a directory answer larger than 16 MiB)")
+	errMalformed = constError("ldapupstream: malformed LDAP message from the directory")
 )
 
 const (

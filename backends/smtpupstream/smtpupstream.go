@@ -14,6 +14,11 @@
 //   - passthrough: the client's own AUTH PLAIN, only for primary-password
 //     logins (the upstream then verifies the primary password).
 //
+// The connection is opened in two steps: Dial (connect, greeting, EHLO,
+// STARTTLS) runs before the decision, so that an upstream that is down is
+// found out whatever the client's secret, and Pending.Login then logs that
+// same connection in once the decision has allowed the login.
+//
 // A primary-password login is always verified by the upstream with the
 // user's own AUTH PLAIN, whatever the mode, so the upstream remains the
 // judge of primary passwords. After login, the session is relayed command
@@ -30,6 +35,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/netip"
 	"strconv"
@@ -97,7 +103,8 @@ type Options struct {
 	Login string
 	// MasterUser and MasterPassword are the master user's credentials
 	// (LoginMaster).
-	MasterUser, MasterPassword string
+	MasterUser     string
+	MasterPassword Password
 	// ForwardClient is ForwardXClient (ADDR=/PORT= in XCLIENT),
 	// ForwardProxy (a PROXY v2 header) or ForwardNone.
 	ForwardClient string
@@ -165,13 +172,31 @@ func New(o Options) (*Client, error) {
 	return &Client{o: o}, nil
 }
 
+// Password is a secret (a master password or a user's own password). It
+// formats as "REDACTED" with every verb of fmt, in log/slog and in JSON, so that a
+// Request or Options printed by mistake shows no secret.
+type Password string
+
+// String returns "REDACTED".
+func (Password) String() string { return "REDACTED" }
+
+// GoString returns "REDACTED", for %#v.
+func (Password) GoString() string { return "REDACTED" }
+
+// LogValue returns "REDACTED".
+func (Password) LogValue() slog.Value { return slog.StringValue("REDACTED") }
+
+// MarshalText returns "REDACTED", for encoding/json and slog's JSON
+// handler.
+func (Password) MarshalText() ([]byte, error) { return []byte("REDACTED"), nil }
+
 // Request is one login to make upstream.
 type Request struct {
 	User string
 	// Password is the user's own password, set only for primary-password
 	// logins: it is then verified by the upstream with AUTH PLAIN. Empty
 	// for app-password logins, which use the configured mode.
-	Password string
+	Password Password
 	// Client is the real client's address, forwarded per ForwardClient.
 	Client netip.AddrPort
 	// Helo is the client's EHLO name, used as passgate's EHLO name once the
@@ -179,19 +204,22 @@ type Request struct {
 	Helo string
 }
 
-// Login connects to the first address that answers and logs in. A refusal
-// of the credentials wraps ErrAuthRefused and is not retried on the next
-// address; any other failure tries the next address, and the error names
-// every address tried.
+// Login connects to the first address that answers and logs in: Dial and
+// then Pending.Login. A refusal of the credentials wraps ErrAuthRefused
+// and is not retried on the next address; any other failure tries the
+// next address, and the error names every address tried.
 func (c *Client) Login(ctx context.Context, req Request) (*Session, error) {
 	var errs []error
 	for _, addr := range c.o.Addresses {
-		s, err := c.loginAt(ctx, addr, req)
+		p, err := c.dialAt(ctx, addr, req.Client)
 		if err == nil {
-			return s, nil
-		}
-		if errors.Is(err, ErrAuthRefused) || errors.Is(err, ErrNoPassword) {
-			return nil, err
+			var s *Session
+			if s, err = p.Login(ctx, req.User, req.Password, req.Helo); err == nil {
+				return s, nil
+			}
+			if errors.Is(err, ErrAuthRefused) || errors.Is(err, ErrNoPassword) {
+				return nil, err
+			}
 		}
 		errs = append(errs, fmt.Errorf("%s: %w", addr, err))
 		if ctx.Err() != nil {
@@ -200,6 +228,29 @@ func (c *Client) Login(ctx context.Context, req Request) (*Session, error) {
 	}
 	return nil, fmt.Errorf("smtpupstream: login of %q: no submission server could be used (check smtp.upstream.addresses, smtp.upstream.tls and ca_file, and that the server listens there): %w",
 		req.User, errors.Join(errs...))
+}
+
+// Dial connects to the first address that answers its greeting and EHLO
+// (and STARTTLS, when so configured), before anything about the login is
+// known: proxy/smtpfront calls it before the decision, so that an
+// unreachable upstream is found out the same way whatever the client's
+// secret. client is the real client's address, forwarded per
+// ForwardClient. The Pending connection is then logged in with Login or
+// closed with Close; it must not wait longer than LoginTimeout.
+func (c *Client) Dial(ctx context.Context, client netip.AddrPort) (*Pending, error) {
+	var errs []error
+	for _, addr := range c.o.Addresses {
+		p, err := c.dialAt(ctx, addr, client)
+		if err == nil {
+			return p, nil
+		}
+		errs = append(errs, fmt.Errorf("%s: %w", addr, err))
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	return nil, fmt.Errorf("smtpupstream: no submission server answered (check smtp.upstream.addresses, smtp.upstream.tls and ca_file, and that the server listens there): %w",
+		errors.Join(errs...))
 }
 
 func (c *Client) tlsConfig(addr string) *tls.Config {
@@ -263,8 +314,21 @@ func (c *Client) dial(ctx context.Context, addr string, src netip.AddrPort) (net
 	return conn, nil
 }
 
-func (c *Client) loginAt(ctx context.Context, addr string, req Request) (*Session, error) {
-	conn, err := c.dial(ctx, addr, req.Client)
+// Pending is an upstream connection that has answered its greeting and
+// EHLO (after STARTTLS when configured) and is not logged in yet.
+type Pending struct {
+	c      *Client
+	conn   net.Conn
+	br     *bufio.Reader
+	ext    map[string]string
+	addr   string
+	client netip.AddrPort
+}
+
+// dialAt connects to addr and runs greeting, EHLO, [STARTTLS, EHLO] on
+// the raw connection (go-smtp's client has no STARTTLS with a deadline).
+func (c *Client) dialAt(ctx context.Context, addr string, client netip.AddrPort) (*Pending, error) {
+	conn, err := c.dial(ctx, addr, client)
 	if err != nil {
 		return nil, err
 	}
@@ -278,71 +342,6 @@ func (c *Client) loginAt(ctx context.Context, addr string, req Request) (*Sessio
 	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
 
-	helo := c.o.LocalName
-	if validHelo(req.Helo) {
-		helo = req.Helo
-	}
-	xLogin := c.o.Login == LoginXClient && req.Password == ""
-	xAddr := c.o.ForwardClient == ForwardXClient && req.Client.IsValid()
-	var attrs []string
-	if xLogin {
-		attrs = append(attrs, "LOGIN="+xtext(req.User))
-	}
-	if xAddr {
-		a := req.Client.Addr().Unmap()
-		addrText := a.String()
-		if a.Is6() {
-			addrText = "IPV6:" + addrText
-		}
-		attrs = append(attrs, "ADDR="+xtext(addrText), "PORT="+strconv.Itoa(int(req.Client.Port())))
-	}
-	if len(attrs) > 0 || c.o.TLS == TLSStartTLS {
-		nc, err := c.prelude(conn, addr, attrs)
-		if err != nil {
-			return nil, err
-		}
-		conn = nc
-	}
-	cl := smtp.NewClient(conn)
-	cl.CommandTimeout = c.o.LoginTimeout
-	if err := cl.Hello(helo); err != nil {
-		return nil, fmt.Errorf("greeting or EHLO: %w", err)
-	}
-	cl.CommandTimeout = c.o.CommandTimeout
-
-	switch {
-	case req.Password != "":
-		err = cl.Auth(sasl.NewPlainClient("", req.User, req.Password))
-	case c.o.Login == LoginMaster:
-		err = cl.Auth(sasl.NewPlainClient(req.User, c.o.MasterUser, c.o.MasterPassword))
-	case c.o.Login == LoginPassthrough:
-		return nil, ErrNoPassword
-	}
-	if err != nil {
-		var se *smtp.SMTPError
-		if errors.As(err, &se) && se.Code == 535 {
-			return nil, fmt.Errorf("%w: %s: AUTH PLAIN: %d %s", ErrAuthRefused, addr, se.Code, se.Message)
-		}
-		return nil, fmt.Errorf("AUTH PLAIN: %w", err)
-	}
-	_ = conn.SetDeadline(time.Time{})
-	cl.CommandTimeout = c.o.CommandTimeout
-	s := &Session{cl: cl, conn: conn, addr: addr, timeout: c.o.CommandTimeout}
-	if n, ok := cl.MaxMessageSize(); ok {
-		s.size = int64(n)
-		s.sizeKnown = true
-	}
-	ok = true
-	return s, nil
-}
-
-// prelude runs greeting, EHLO, [STARTTLS,] and, when attrs are given,
-// [EHLO,] XCLIENT on the raw connection, as go-smtp's client has neither
-// XCLIENT nor a STARTTLS of its own with a deadline, and returns the
-// connection (TLS if upgraded) with a 220 replayed for go-smtp's client to
-// read as its greeting: XCLIENT's own 220, or after a bare STARTTLS a
-// synthetic one.
-func (c *Client) prelude(conn net.Conn, addr string, attrs []string) (net.Conn, error) {
 	br := bufio.NewReaderSize(conn, 4096)
 	rep, err := readReply(br)
 	if err != nil {
@@ -373,19 +372,108 @@ func (c *Client) prelude(conn net.Conn, addr string, attrs []string) (net.Conn, 
 			return nil, errors.New("STARTTLS: the server sent data before the TLS handshake")
 		}
 		tc := tls.Client(conn, c.tlsConfig(addr))
-		if err := tc.Handshake(); err != nil {
+		if err := tc.HandshakeContext(ctx); err != nil {
 			return nil, fmt.Errorf("TLS handshake after STARTTLS: %w", err)
 		}
 		conn = tc
 		br = bufio.NewReaderSize(conn, 4096)
-		if len(attrs) == 0 {
-			return &replayConn{Conn: conn, pending: []byte("220 passgate STARTTLS done\r\n")}, nil
-		}
 		if ext, err = ehlo(conn, br, c.o.LocalName); err != nil {
 			return nil, err
 		}
 	}
-	params, ok := ext["XCLIENT"]
+	ok = true
+	return &Pending{c: c, conn: conn, br: br, ext: ext, addr: addr, client: client}, nil
+}
+
+// Close closes a connection that was not logged in.
+func (p *Pending) Close() error { return p.conn.Close() }
+
+// Login logs the pending connection in as user: with XCLIENT LOGIN= or
+// the master user's AUTH PLAIN, or with the user's own AUTH PLAIN when
+// password is set (a primary-password login, verified by the upstream).
+// helo is the client's EHLO name, reused upstream when valid. Login may be
+// called once; on failure the connection is closed. A refusal of the
+// credentials wraps ErrAuthRefused.
+func (p *Pending) Login(ctx context.Context, user string, password Password, helo string) (*Session, error) {
+	c, conn, addr := p.c, p.conn, p.addr
+	ok := false
+	defer func() {
+		if !ok {
+			conn.Close()
+		}
+	}()
+	_ = conn.SetDeadline(time.Now().Add(c.o.LoginTimeout))
+	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+
+	name := c.o.LocalName
+	if validHelo(helo) {
+		name = helo
+	}
+	if c.o.Login == LoginPassthrough && password == "" {
+		return nil, ErrNoPassword
+	}
+	xLogin := c.o.Login == LoginXClient && password == ""
+	xAddr := c.o.ForwardClient == ForwardXClient && p.client.IsValid()
+	var attrs []string
+	if xLogin {
+		attrs = append(attrs, "LOGIN="+xtext(user))
+	}
+	if xAddr {
+		a := p.client.Addr().Unmap()
+		addrText := a.String()
+		if a.Is6() {
+			addrText = "IPV6:" + addrText
+		}
+		attrs = append(attrs, "ADDR="+xtext(addrText), "PORT="+strconv.Itoa(int(p.client.Port())))
+	}
+	var err error
+	if len(attrs) > 0 {
+		xc, err := p.xclient(attrs)
+		if err != nil {
+			return nil, err
+		}
+		conn = xc
+	} else {
+		if p.br.Buffered() > 0 {
+			return nil, errors.New("the server sent data nobody asked for after EHLO")
+		}
+		// go-smtp's client reads a greeting first: give it one.
+		conn = &replayConn{Conn: conn, pending: []byte("220 passgate greeting done\r\n")}
+	}
+	cl := smtp.NewClient(conn)
+	cl.CommandTimeout = c.o.LoginTimeout
+	if err := cl.Hello(name); err != nil {
+		return nil, fmt.Errorf("greeting or EHLO: %w", err)
+	}
+	switch {
+	case password != "":
+		err = cl.Auth(sasl.NewPlainClient("", user, string(password)))
+	case c.o.Login == LoginMaster:
+		err = cl.Auth(sasl.NewPlainClient(user, c.o.MasterUser, string(c.o.MasterPassword)))
+	}
+	if err != nil {
+		var se *smtp.SMTPError
+		if errors.As(err, &se) && se.Code == 535 {
+			return nil, fmt.Errorf("%w: %s: AUTH PLAIN: %d %s", ErrAuthRefused, addr, se.Code, se.Message)
+		}
+		return nil, fmt.Errorf("smtpupstream: %s: AUTH PLAIN: %w", addr, err)
+	}
+	_ = conn.SetDeadline(time.Time{})
+	cl.CommandTimeout = c.o.CommandTimeout
+	s := &Session{cl: cl, conn: conn, addr: addr, timeout: c.o.CommandTimeout}
+	if n, ok := cl.MaxMessageSize(); ok {
+		s.size = int64(n)
+		s.sizeKnown = true
+	}
+	ok = true
+	return s, nil
+}
+
+// xclient sends XCLIENT with attrs and returns the connection with the
+// upstream's 220 replayed for go-smtp's client to read as its greeting.
+func (p *Pending) xclient(attrs []string) (net.Conn, error) {
+	params, ok := p.ext["XCLIENT"]
 	if !ok {
 		return nil, errors.New("the server does not offer XCLIENT to passgate (Postfix: list passgate's address in smtpd_authorized_xclient_hosts)")
 	}
@@ -401,10 +489,10 @@ func (c *Client) prelude(conn net.Conn, addr string, attrs []string) (net.Conn, 
 	if len(line) > maxXClientLine {
 		return nil, fmt.Errorf("XCLIENT command longer than %d bytes (user name too long)", maxXClientLine)
 	}
-	if _, err := io.WriteString(conn, line+"\r\n"); err != nil {
+	if _, err := io.WriteString(p.conn, line+"\r\n"); err != nil {
 		return nil, fmt.Errorf("XCLIENT: %w", err)
 	}
-	rep, err = readReply(br)
+	rep, err := readReply(p.br)
 	if err != nil {
 		return nil, fmt.Errorf("XCLIENT: %w", err)
 	}
@@ -420,11 +508,11 @@ func (c *Client) prelude(conn net.Conn, addr string, attrs []string) (net.Conn, 
 		}
 		pending = append(pending, "220"+sep+l+"\r\n"...)
 	}
-	if n := br.Buffered(); n > 0 {
-		b, _ := br.Peek(n)
+	if n := p.br.Buffered(); n > 0 {
+		b, _ := p.br.Peek(n)
 		pending = append(pending, b...)
 	}
-	return &replayConn{Conn: conn, pending: pending}, nil
+	return &replayConn{Conn: p.conn, pending: pending}, nil
 }
 
 func ehlo(w io.Writer, br *bufio.Reader, name string) (map[string]string, error) {
@@ -501,7 +589,8 @@ func (c *Client) probeAt(ctx context.Context, addr string) (int64, bool, error) 
 }
 
 // Session is one logged-in connection to the upstream. Its methods are
-// go-smtp's client's, called by one goroutine at a time.
+// go-smtp's client's, called by one goroutine at a time, except Close,
+// which another goroutine may call to abort a running Data.
 type Session struct {
 	cl        *smtp.Client
 	conn      net.Conn

@@ -5,7 +5,9 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/netip"
 	"strings"
@@ -349,5 +351,62 @@ func TestXClient(t *testing.T) {
 				_ = s.Quit()
 			}
 		})
+	}
+}
+
+// TestDialThenLogin: Dial answers before anything about the login is
+// known, and the same connection is then logged in (one connection
+// upstream, not two); a dead upstream fails at Dial.
+func TestDialThenLogin(t *testing.T) {
+	mta, addr := startMTA(t, false, nil)
+	c, err := New(Options{Addresses: []string{deadAddr(t), addr}, TLS: TLSNone, Login: LoginMaster, MasterUser: "master", MasterPassword: "mpw"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := c.Dial(context.Background(), client)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := p.Login(context.Background(), "alice", "", "client.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, ok := s.MaxMessageSize(); !ok || n != 12345 {
+		t.Errorf("SIZE %d %v", n, ok)
+	}
+	_ = s.Quit()
+	mta.mu.Lock()
+	if len(mta.remotes) != 1 || len(mta.auths) != 1 || mta.auths[0] != "alice/master" {
+		t.Errorf("upstream saw connections %v, logins %v; want one connection logged in as alice/master", mta.remotes, mta.auths)
+	}
+	mta.mu.Unlock()
+
+	dead, err := New(Options{Addresses: []string{deadAddr(t)}, TLS: TLSNone, Login: LoginXClient})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dead.Dial(context.Background(), client); err == nil || !strings.Contains(err.Error(), "smtp.upstream.addresses") {
+		t.Fatalf("Dial to a dead upstream: %v", err)
+	}
+}
+
+// TestPasswordRedacted: no fmt verb and no slog handler prints a
+// password held in Options or Request.
+func TestPasswordRedacted(t *testing.T) {
+	const secret = "s3cret-Value"
+	o := Options{MasterUser: "master", MasterPassword: secret}
+	r := Request{User: "dave", Password: secret}
+	var buf strings.Builder
+	log := slog.New(slog.NewTextHandler(&buf, nil))
+	log.Info("x", slog.Any("opts", o), slog.Any("req", r), slog.Any("pw", r.Password))
+	log = slog.New(slog.NewJSONHandler(&buf, nil))
+	log.Info("x", slog.Any("opts", o), slog.Any("req", r), slog.Any("pw", r.Password))
+	for _, verb := range []string{"%v", "%+v", "%#v", "%s", "%q"} {
+		buf.WriteString(fmt.Sprintf(verb, o))
+		buf.WriteString(fmt.Sprintf(verb, r))
+		buf.WriteString(fmt.Sprintf(verb, &r))
+	}
+	if strings.Contains(buf.String(), secret) {
+		t.Fatalf("a password was printed:\n%s", buf.String())
 	}
 }

@@ -21,7 +21,6 @@ const (
 	msgVersion            = "only LDAPv3 is supported"
 	msgSASL               = "only simple binds are supported"
 	msgDecisionFailed     = "passgate cannot check credentials right now; try again later"
-	upstreamWhoAmIPrefix  = "dn:"
 	proxyAuthzUserPrefix  = "u:"
 	proxyAuthzDNPrefix    = "dn:"
 	bindFailureLogMessage = "ldap bind refused"
@@ -68,23 +67,44 @@ func (c *conn) bind(m message) {
 		c.respond(m.id, opBindRequest, resultConfidentialityRequired, msgConfidentiality)
 		return
 	}
-	bn, mapped := c.srv.names.mapName(name)
 	a := policy.Attempt{
-		Proto: policy.LDAP, User: bn.User, Secret: policy.Secret(req.password),
+		Proto: policy.LDAP, User: name, Secret: policy.Secret(req.password),
 		Client: c.remote, TLS: tlsOn, Started: started,
 	}
+	bn, mapped := c.srv.names.mapName(name)
 	if !mapped {
-		a.User = name
-		c.logRefused(a, "bind name maps to no user (a DN that does not parse, or a UPN domain not in ldap.upn_domains)")
+		c.logRefused(a, "bind name maps to no user (a DN that does not parse, a UPN domain not in ldap.upn_domains, DOMAIN\\user while ldap.upn_domains is set)")
 		c.fail(m, a)
 		return
 	}
+	a.User = bn.User
+	// Everything that depends on the directory being reachable happens
+	// before the decision, so that a temporary failure is the same answer
+	// whatever the secret was and whatever the user's MFA state is.
+	if c.srv.opts.Mode == ModeRelay {
+		if err := c.liveSession(); err != nil {
+			c.unavailable(m, a, "open", msgUnavailable, err)
+			return
+		}
+	}
+	if !plainTemplated(bn) {
+		var ok bool
+		var why string
+		bn, ok, why, err = c.resolve(bn, name)
+		if err != nil {
+			c.unavailable(m, a, "resolve", msgUnavailable, err)
+			return
+		}
+		if !ok {
+			c.logRefused(a, why)
+			c.fail(m, a)
+			return
+		}
+		a.User = bn.User
+	}
 	d, err := c.srv.opts.Decider.Decide(c.ctx, a)
 	if err != nil {
-		c.srv.log.LogAttrs(c.ctx, slog.LevelError, "ldap decision failed",
-			slog.String("proto", policy.LDAP), slog.Uint64("conn_id", c.id),
-			slog.String("remote_addr", c.remote.String()), slog.String("user", a.User), slog.Any("err", err))
-		c.respond(m.id, opBindRequest, resultUnavailable, msgDecisionFailed)
+		c.unavailable(m, a, "decision", msgDecisionFailed, err)
 		return
 	}
 	if !d.Allow {
@@ -93,34 +113,88 @@ func (c *conn) bind(m message) {
 	}
 	switch d.Kind {
 	case policy.KindAppPassword:
-		id := identity{kind: identApp, user: d.User, dn: bn.DN, appID: d.AppPasswordID}
-		if bn.DN != "" {
-			id.authzID = proxyAuthzDNPrefix + bn.DN
-		} else {
-			id.authzID = proxyAuthzUserPrefix + d.User
-		}
-		c.setIdentity(id)
-		c.respond(m.id, opBindRequest, resultSuccess, "")
+		c.appBind(m, a, d, bn)
 	case policy.KindPrimary:
-		c.primaryBind(m, a, d, bn, name, req.password)
+		c.primaryBind(m, a, d, bn, req.password)
 	default:
 		c.fail(m, a)
 	}
 }
 
+// resolve asks the directory, as passgate's service account, which entry
+// a bind name not in plain template form names, before any password is
+// sent for it: alias attribute types (userid=alice), OIDs
+// (0.9.2342.19200300.100.1.1=alice) and values the directory normalises
+// (uid=ＡＬＩＣＥ in fullwidth letters) all name alice's entry, and alice is
+// who is decided on. ok is false, with the reason for the log, when the
+// name cannot be resolved: no such entry, a name that is not a DN and
+// fills no template, or no service account to ask with.
+func (c *conn) resolve(bn boundName, name string) (out boundName, ok bool, why string, err error) {
+	dn := bn.DN
+	if bn.Form == formDN {
+		dn = name
+	}
+	if dn == "" {
+		return boundName{}, false, "bind name is not a DN and no ldap.user_dn_templates entry turns it into one", nil
+	}
+	if !c.srv.opts.Upstream.HasServiceAccount() {
+		return boundName{}, false, "bind name is not in the form of ldap.user_dn_templates, and without a service account (ldap.upstream.service_dn) passgate cannot look up which entry it names", nil
+	}
+	ctx, cancel := context.WithTimeout(c.ctx, upstreamTimeout)
+	defer cancel()
+	entryDN, found, err := c.srv.opts.Upstream.Resolve(ctx, dn)
+	if err != nil {
+		return boundName{}, false, "", err
+	}
+	if !found {
+		return boundName{}, false, "bind name names no entry of the directory", nil
+	}
+	out, ok = c.srv.names.resolved(entryDN)
+	if !ok {
+		return boundName{}, false, "the directory's DN of the entry maps to no user", nil
+	}
+	return out, true, "", nil
+}
+
+// appBind accepts an app-password bind. The identity the directory sees
+// (proxied authorization) and WhoAmI's answer come from the decision's
+// user put into the first template, never from the client's spelling.
+func (c *conn) appBind(m message, a policy.Attempt, d policy.Decision, bn boundName) {
+	id := identity{kind: identApp, user: d.User, appID: d.AppPasswordID}
+	switch {
+	case len(c.srv.names.templates) == 0:
+		id.authzID = proxyAuthzUserPrefix + d.User
+	case bn.Template != 0 || d.User == "":
+		// The name matched another template than the first (or none):
+		// the first template filled with the user would name another
+		// entry than the one the client named.
+		c.logRefused(a, "app-password bind with a name that does not match the first ldap.user_dn_templates entry")
+		c.fail(m, a)
+		return
+	default:
+		id.dn = c.srv.names.fill(d.User)
+		id.authzID = proxyAuthzDNPrefix + id.dn
+	}
+	c.setIdentity(id)
+	c.respond(m.id, opBindRequest, resultSuccess, "")
+}
+
 // acceptAnonymous answers an allowed anonymous or unauthenticated bind.
 func (c *conn) acceptAnonymous(m message, unauth bool) {
 	c.setIdentity(identity{unauth: unauth})
-	c.authed.Store(true)
+	c.markAuthed()
 	c.respond(m.id, opBindRequest, resultSuccess, "")
 }
 
 // primaryBind has the directory check a primary password that the
-// decision allowed provisionally.
-func (c *conn) primaryBind(m message, a policy.Attempt, d policy.Decision, bn boundName, name string, password []byte) {
+// decision allowed provisionally. bn is in plain template form or was
+// resolved by the directory: bn.DN is the entry that was decided on.
+func (c *conn) primaryBind(m message, a policy.Attempt, d policy.Decision, bn boundName, password []byte) {
 	dn := bn.DN
 	if dn == "" {
-		dn = name // a UPN or DOMAIN\user as sent (Active Directory accepts both)
+		c.logRefused(a, "primary-password bind without a DN to verify it with")
+		c.fail(m, a)
+		return
 	}
 	ctx, cancel := context.WithTimeout(c.ctx, upstreamTimeout)
 	defer cancel()
@@ -140,49 +214,19 @@ func (c *conn) primaryBind(m message, a policy.Attempt, d policy.Decision, bn bo
 			if err == nil && !ok {
 				c.sessState = sessAnonymous
 			}
-			if err == nil && ok && !plainTemplated(bn) {
-				authzID, err = s.WhoAmI(ctx)
-			}
 		}
 		if err != nil {
 			c.dropSession()
 		}
 	}
 	if err != nil {
-		c.srv.log.LogAttrs(c.ctx, slog.LevelError, "ldap upstream failed",
-			slog.String("proto", policy.LDAP), slog.Uint64("conn_id", c.id),
-			slog.String("remote_addr", c.remote.String()), slog.String("user", a.User),
-			slog.String("upstream", "bind"), slog.Any("err", err))
-		c.respond(m.id, opBindRequest, resultUnavailable, msgUnavailable)
+		c.unavailable(m, a, "bind", msgUnavailable, err)
 		return
 	}
 	if !ok {
 		c.srv.opts.Decider.PrimaryResult(c.ctx, a, d, false)
 		c.fail(m, a)
 		return
-	}
-	// The directory may accept another spelling of a person's name than
-	// the one decided on: an alias attribute type (userid=alice), a value
-	// it normalises (uid=ＡＬＩＣＥ in fullwidth letters binds as alice in
-	// slapd). The directory's own answer to WhoAmI is mapped again, and if
-	// it names someone else the attempt is decided again for that user, so
-	// that no spelling gets around MFA.
-	if canon, known := c.srv.names.canonicalUser(authzID); known && !plainTemplated(bn) && !strings.EqualFold(canon, a.User) {
-		a2 := a
-		a2.User = canon
-		d2, err := c.srv.opts.Decider.Decide(c.ctx, a2)
-		if err != nil {
-			c.dropSession()
-			c.respond(m.id, opBindRequest, resultUnavailable, msgDecisionFailed)
-			return
-		}
-		if !d2.Allow || d2.Kind != policy.KindPrimary {
-			c.dropSession()
-			c.logRefused(a2, "bind name is another spelling of this user's entry; decided again for the user")
-			c.fail(m, a2)
-			return
-		}
-		a, d = a2, d2
 	}
 	if authzID == "" {
 		authzID = proxyAuthzDNPrefix + dn
@@ -193,6 +237,20 @@ func (c *conn) primaryBind(m message, a policy.Attempt, d policy.Decision, bn bo
 	}
 	c.setIdentity(identity{kind: identPrimary, user: d.User, dn: dn, authzID: authzID})
 	c.respond(m.id, opBindRequest, resultSuccess, "")
+}
+
+// unavailable answers a bind that met a temporary failure with
+// unavailable (52), after the same failure delay as a refused bind and
+// with the attempt recorded, so that the reply says nothing about the
+// secret.
+func (c *conn) unavailable(m message, a policy.Attempt, op, msg string, err error) {
+	c.srv.log.LogAttrs(c.ctx, slog.LevelError, "ldap bind failed for a temporary reason",
+		slog.String("proto", policy.LDAP), slog.Uint64("conn_id", c.id),
+		slog.String("remote_addr", c.remote.String()), slog.String("user", a.User),
+		slog.String("upstream", op), slog.Any("err", err))
+	c.srv.opts.Decider.Fail(c.ctx, a)
+	c.srv.opts.Decider.Unavailable(c.ctx, a, err)
+	c.respond(m.id, opBindRequest, resultUnavailable, msg)
 }
 
 // fail answers a refused bind: the same bytes after the same delay,
@@ -229,7 +287,7 @@ func (c *conn) setIdentity(id identity) {
 		release()
 	}
 	if id.kind != identAnonymous {
-		c.authed.Store(true)
+		c.markAuthed()
 	}
 	reg := c.srv.opts.Registry
 	if id.kind != identApp || reg == nil {
@@ -247,24 +305,4 @@ func (c *conn) setIdentity(id identity) {
 	c.mu.Lock()
 	c.release = rel
 	c.mu.Unlock()
-}
-
-// plainTemplated reports whether a bind name needs no check of how the
-// directory spelled it: it went through a template and its user part is
-// plain ASCII (letters, digits, '.', '_', '-'), which a directory
-// normalises only by case, as the store does. Anything else (a DN that
-// matched no template, non-ASCII letters, spaces, escapes) is checked with
-// WhoAmI after the bind, at the cost of one more round trip.
-func plainTemplated(bn boundName) bool {
-	if !bn.Templated || bn.User == "" {
-		return false
-	}
-	for i := 0; i < len(bn.User); i++ {
-		switch ch := bn.User[i]; {
-		case ch >= 'a' && ch <= 'z', ch >= 'A' && ch <= 'Z', ch >= '0' && ch <= '9', ch == '.', ch == '_', ch == '-':
-		default:
-			return false
-		}
-	}
-	return true
 }

@@ -23,19 +23,25 @@ const (
 // boundName is what a bind name maps to.
 type boundName struct {
 	// User is the name given to the decision: the {user} part of a DN that
-	// matches a template, the local part of a UPN, the part after the
-	// backslash of DOMAIN\user, or, for a DN that matches no template, the
+	// matches a template; for a UPN the local part when its domain is in
+	// ldap.upn_domains, the whole UPN when that list is empty (or with
+	// UPNAsUser); for DOMAIN\user the whole name (accepted only when
+	// ldap.upn_domains is empty); for a DN that matches no template, the
 	// whole DN in lower case with spaces written \20 (an application's own
 	// account, which has no row in the store).
 	User string
-	// DN is the entry the name stands for upstream: the DN as sent, or the
-	// first template filled in with User. Empty when no template exists
-	// and the name is not a DN; the upstream then gets the name as sent.
+	// DN is the entry the name stands for upstream: the template the name
+	// matched (or the first one) filled in with User, or the DN as sent
+	// when it matches no template. Empty when no template exists and the
+	// name is not a DN.
 	DN string
 	// Templated is true when User came out of a template match or was put
 	// into a template: the user is a person of the directory.
 	Templated bool
-	Form      string
+	// Template is the index of the template that produced DN; -1 when
+	// none did.
+	Template int
+	Form     string
 }
 
 // dnTemplate is one parsed user_dn_templates entry.
@@ -127,7 +133,16 @@ func (m *nameMapper) mapNameRaw(name string) (boundName, bool) {
 	}
 	if i := strings.LastIndexByte(name, '@'); i >= 0 && !strings.Contains(name, `\`) {
 		local, domain := name[:i], strings.ToLower(name[i+1:])
-		if local == "" || domain == "" || !m.domainOK(domain) {
+		if local == "" || domain == "" {
+			return boundName{}, false
+		}
+		if len(m.upnDomains) == 0 {
+			// No list of domains: alice@other.test is not alice. The
+			// whole UPN is the user, which only a person whose entry is
+			// named by it can be.
+			return m.person(name, formUPN), true
+		}
+		if !m.domainOK(domain) {
 			return boundName{}, false
 		}
 		user := local
@@ -137,23 +152,26 @@ func (m *nameMapper) mapNameRaw(name string) (boundName, bool) {
 		return m.person(user, formUPN), true
 	}
 	if i := strings.IndexByte(name, '\\'); i >= 0 {
+		// The NetBIOS domain cannot be checked against ldap.upn_domains:
+		// with a list, DOMAIN\user is refused; without one, the whole name
+		// is the user (OTHER\alice is not alice).
 		user := name[i+1:]
-		if user == "" || strings.ContainsAny(user, `\@`) {
+		if len(m.upnDomains) > 0 || i == 0 || user == "" || strings.ContainsAny(user, `\@`) {
 			return boundName{}, false
 		}
-		return m.person(user, formDomain), true
+		return m.person(name, formDomain), true
 	}
 	return m.person(name, formPlain), true
 }
 
 func (m *nameMapper) person(user, form string) boundName {
-	return boundName{User: user, DN: m.fill(user), Templated: len(m.templates) > 0, Form: form}
+	if len(m.templates) == 0 {
+		return boundName{User: user, Template: -1, Form: form}
+	}
+	return boundName{User: user, DN: m.fill(user), Templated: true, Template: 0, Form: form}
 }
 
 func (m *nameMapper) domainOK(domain string) bool {
-	if len(m.upnDomains) == 0 {
-		return true
-	}
 	for _, d := range m.upnDomains {
 		if d == domain {
 			return true
@@ -170,15 +188,48 @@ func (m *nameMapper) mapDN(name string) (boundName, bool) {
 	if err != nil || len(dn.RDNs) == 0 {
 		return boundName{}, false
 	}
-	for _, t := range m.templates {
+	for i, t := range m.templates {
 		if user, ok := t.match(dn); ok {
-			return boundName{User: user, DN: m.fillTemplate(t, user), Templated: true, Form: formDN}, true
+			return boundName{User: user, DN: m.fillTemplate(t, user), Templated: true, Template: i, Form: formDN}, true
 		}
 	}
 	// The store refuses names with spaces; a space in a DN value may be
 	// written \20 (RFC 4514), so the name stays a DN of the same entry.
 	user := strings.ReplaceAll(strings.ToLower(dn.String()), " ", `\20`)
-	return boundName{User: user, DN: name, Form: formDN}, true
+	return boundName{User: user, DN: name, Template: -1, Form: formDN}, true
+}
+
+// resolved maps the DN of an entry, as the directory returned it, to the
+// name decided on: the templates' {user} part for a person, the DN itself
+// for an application's account. The entry's DN is what is bound as. ok is
+// false when the DN cannot stand for anyone.
+func (m *nameMapper) resolved(entryDN string) (boundName, bool) {
+	bn, ok := m.mapDN(entryDN)
+	if !ok || !validUser(bn.User) {
+		return boundName{}, false
+	}
+	bn.DN = entryDN
+	return bn, true
+}
+
+// plainTemplated reports whether a bind name can be used without asking
+// the directory which entry it names: it went through a template and its
+// user part is plain ASCII (letters, digits, '.', '_', '-'), which a
+// directory normalises only by case, as the store does. Anything else (a
+// DN that matched no template, an OID or alias attribute type, non-ASCII
+// letters, spaces, escapes, '@') is resolved first (conn.resolve).
+func plainTemplated(bn boundName) bool {
+	if !bn.Templated || bn.User == "" {
+		return false
+	}
+	for i := 0; i < len(bn.User); i++ {
+		switch ch := bn.User[i]; {
+		case ch >= 'a' && ch <= 'z', ch >= 'A' && ch <= 'Z', ch >= '0' && ch <= '9', ch == '.', ch == '_', ch == '-':
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 func (m *nameMapper) fillTemplate(t dnTemplate, user string) string {
@@ -215,19 +266,4 @@ func (t dnTemplate) match(dn *ldap.DN) (string, bool) {
 		return "", false
 	}
 	return user, true
-}
-
-// canonicalUser maps the directory's WhoAmI answer for a bound account
-// ("dn:…" or "u:…") to the user name the decision knows it by. known is
-// false when the answer says nothing usable (empty, another form).
-func (m *nameMapper) canonicalUser(authzID string) (user string, known bool) {
-	switch {
-	case strings.HasPrefix(authzID, "dn:"):
-		bn, ok := m.mapDN(authzID[len("dn:"):])
-		return bn.User, ok && validUser(bn.User)
-	case strings.HasPrefix(authzID, "u:"):
-		bn, ok := m.mapName(authzID[len("u:"):])
-		return bn.User, ok
-	}
-	return "", false
 }

@@ -40,11 +40,14 @@ func TestMapName(t *testing.T) {
 		{"upn/domain-case", m, "alice@EXAMPLE.TEST", true, "alice", "uid=alice,ou=people,dc=example,dc=test", true},
 		{"upn/other-domain", m, "alice@evil.test", false, "", "", false},
 		{"upn/empty-local", m, "@example.test", false, "", "", false},
-		{"upn/any-domain-without-list", bare, "alice@anything.test", true, "alice", "", false},
+		{"upn/no-list-keeps-domain", bare, "alice@anything.test", true, "alice@anything.test", "", false},
+		{"upn/no-list-keeps-domain-templated", whole, "alice@other.test", true, "alice@other.test", "mail=alice@other.test,ou=people,dc=example,dc=test", true},
 		{"upn/whole-upn-as-user", whole, "alice@example.test", true, "alice@example.test", "mail=alice@example.test,ou=people,dc=example,dc=test", true},
-		{"domain/ok", m, `EXAMPLE\alice`, true, "alice", "uid=alice,ou=people,dc=example,dc=test", true},
-		{"domain/empty-user", m, `EXAMPLE\`, false, "", "", false},
-		{"domain/two-backslashes", m, `A\B\alice`, false, "", "", false},
+		{"domain/refused-with-upn-domains", m, `EXAMPLE\alice`, false, "", "", false},
+		{"domain/no-list-keeps-domain", bare, `EXAMPLE\alice`, true, `EXAMPLE\alice`, "", false},
+		{"domain/empty-domain", bare, `\alice`, false, "", "", false},
+		{"domain/empty-user", bare, `EXAMPLE\`, false, "", "", false},
+		{"domain/two-backslashes", bare, `A\B\alice`, false, "", "", false},
 		{"plain/ok", m, "alice", true, "alice", "uid=alice,ou=people,dc=example,dc=test", true},
 		{"plain/dn-special-escaped", m, "a+b", true, "a+b", `uid=a\+b,ou=people,dc=example,dc=test`, true},
 		{"plain/no-template", bare, "alice", true, "alice", "", false},
@@ -83,30 +86,6 @@ func TestNewNameMapperRejectsBadTemplates(t *testing.T) {
 	}
 }
 
-func TestCanonicalUser(t *testing.T) {
-	m, err := newNameMapper([]string{"uid={user},ou=people,dc=example,dc=test"}, nil, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, tc := range []struct {
-		in    string
-		user  string
-		known bool
-	}{
-		{"dn:uid=alice,ou=people,dc=example,dc=test", "alice", true},
-		{"dn:cn=wiki,ou=services,dc=example,dc=test", "cn=wiki,ou=services,dc=example,dc=test", true},
-		{`u:EXAMPLE\alice`, "alice", true},
-		{"u:alice@example.test", "alice", true},
-		{"", "", false},
-		{"x:alice", "", false},
-	} {
-		user, known := m.canonicalUser(tc.in)
-		if user != tc.user || known != tc.known {
-			t.Errorf("canonicalUser(%q) = %q %v, want %q %v", tc.in, user, known, tc.user, tc.known)
-		}
-	}
-}
-
 func TestPlainTemplated(t *testing.T) {
 	for _, tc := range []struct {
 		bn   boundName
@@ -122,6 +101,43 @@ func TestPlainTemplated(t *testing.T) {
 	} {
 		if got := plainTemplated(tc.bn); got != tc.want {
 			t.Errorf("plainTemplated(%+v) = %v, want %v", tc.bn, got, tc.want)
+		}
+	}
+}
+
+// TestResolvedAndTemplateIndex: the directory's DN of an entry maps to the
+// template's user (with the template's index) or, for an application's
+// account, to the DN itself; it is what is bound as.
+func TestResolvedAndTemplateIndex(t *testing.T) {
+	m, err := newNameMapper([]string{"uid={user},ou=people,dc=example,dc=test", "cn={user},ou=staff,dc=example,dc=test"}, []string{"example.test"}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name, in string
+		ok       bool
+		user     string
+		tmpl     int
+	}{
+		{"ok/first-template", "uid=alice,ou=people,dc=example,dc=test", true, "alice", 0},
+		{"ok/second-template", "cn=bob,ou=staff,dc=example,dc=test", true, "bob", 1},
+		{"ok/app-account", "cn=wiki,ou=services,dc=example,dc=test", true, "cn=wiki,ou=services,dc=example,dc=test", -1},
+		{"fail/not-a-dn", "uid=alice,,=", false, "", 0},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			bn, ok := m.resolved(tc.in)
+			if ok != tc.ok || (ok && (bn.User != tc.user || bn.Template != tc.tmpl || bn.DN != tc.in)) {
+				t.Fatalf("resolved(%q) = %+v %v, want user %q template %d dn %q", tc.in, bn, ok, tc.user, tc.tmpl, tc.in)
+			}
+		})
+	}
+	for _, tc := range []struct {
+		in   string
+		tmpl int
+	}{{"alice", 0}, {"alice@example.test", 0}, {"uid=alice,ou=people,dc=example,dc=test", 0}, {"cn=bob,ou=staff,dc=example,dc=test", 1}, {"cn=x,dc=example,dc=test", -1}} {
+		if bn, ok := m.mapName(tc.in); !ok || bn.Template != tc.tmpl {
+			t.Errorf("mapName(%q).Template = %d (%v), want %d", tc.in, bn.Template, ok, tc.tmpl)
 		}
 	}
 }

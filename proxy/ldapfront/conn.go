@@ -47,14 +47,16 @@ const (
 // request is one client message waiting for the executor.
 type request struct {
 	msg       message
+	size      int // bytes of the message, counted in conn.queuedBytes
 	abandoned atomic.Bool
 	barrier   chan struct{} // StartTLS: closed when nothing is in flight
 }
 
 // pending is a relayed operation waiting for upstream responses.
 type pending struct {
-	handle int64
-	sess   Session
+	handle    int64 // 0 until Send has returned
+	sess      Session
+	abandoned bool // the client abandoned it; guarded by conn.mu
 }
 
 // conn is one client connection. The reader goroutine (serve) reads
@@ -82,12 +84,14 @@ type conn struct {
 	queue chan *request
 	slots chan struct{} // one token per operation in flight upstream
 
-	mu       sync.Mutex
-	queued   map[int64]*request
-	inflight map[int64]*pending
-	sess     Session
-	release  func() // ends the registry tracking of the current app password
-	user     string // for the session log line
+	mu          sync.Mutex
+	queued      map[int64]*request
+	queuedBytes int           // bytes of the messages waiting for the executor
+	spaceFreed  chan struct{} // signalled when the executor takes a request
+	inflight    map[int64]*pending
+	sess        Session
+	release     func() // ends the registry tracking of the current app password
+	user        string // for the session log line
 
 	// executor-only
 	ident     identity
@@ -98,16 +102,17 @@ type conn struct {
 func (s *Server) newConn(nc net.Conn) *conn {
 	ctx, cancel := context.WithCancelCause(s.ctx)
 	c := &conn{
-		srv:      s,
-		id:       s.nextID.Add(1),
-		nc:       nc,
-		start:    time.Now(),
-		ctx:      ctx,
-		cancel:   cancel,
-		queue:    make(chan *request, s.opts.MaxInFlight),
-		slots:    make(chan struct{}, s.opts.MaxInFlight),
-		queued:   make(map[int64]*request),
-		inflight: make(map[int64]*pending),
+		srv:        s,
+		id:         s.nextID.Add(1),
+		nc:         nc,
+		start:      time.Now(),
+		ctx:        ctx,
+		cancel:     cancel,
+		queue:      make(chan *request, s.opts.MaxInFlight),
+		slots:      make(chan struct{}, s.opts.MaxInFlight),
+		queued:     make(map[int64]*request),
+		spaceFreed: make(chan struct{}, 1),
+		inflight:   make(map[int64]*pending),
 	}
 	if ap, err := netip.ParseAddrPort(nc.RemoteAddr().String()); err == nil {
 		c.remote = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
@@ -223,18 +228,55 @@ func (c *conn) handshake() bool {
 	return true
 }
 
+// readDeadline is when the next read must be done: before a bind has
+// succeeded, a fixed time after the connection was accepted, however
+// many messages the client sends; after it, IdleTimeout from now.
+func (c *conn) readDeadline() time.Time {
+	if c.authed.Load() {
+		return time.Now().Add(c.srv.opts.IdleTimeout)
+	}
+	return c.start.Add(c.srv.opts.PreBindTimeout)
+}
+
+// maxMessage is the largest message accepted now: at most
+// preBindMaxMessageBytes until a bind has succeeded.
+func (c *conn) maxMessage() int {
+	if c.authed.Load() {
+		return c.srv.opts.MaxMessageBytes
+	}
+	return min(c.srv.opts.MaxMessageBytes, preBindMaxMessageBytes)
+}
+
+// markAuthed records a successful bind and moves the read deadline from
+// the pre-bind one to the idle one.
+func (c *conn) markAuthed() {
+	if c.authed.Swap(true) {
+		return
+	}
+	c.wmu.Lock()
+	c.nc.SetReadDeadline(time.Now().Add(c.srv.opts.IdleTimeout))
+	c.wmu.Unlock()
+}
+
 // readLoop reads messages until the connection ends.
 func (c *conn) readLoop() {
 	for {
-		timeout := c.srv.opts.PreBindTimeout
-		if c.authed.Load() {
-			timeout = c.srv.opts.IdleTimeout
-		}
 		c.wmu.Lock()
 		nc := c.nc
 		c.wmu.Unlock()
-		nc.SetReadDeadline(time.Now().Add(timeout))
-		raw, err := readMessage(c.br, c.srv.opts.MaxMessageBytes)
+		authed := c.authed.Load()
+		nc.SetReadDeadline(c.readDeadline())
+		if !authed && c.authed.Load() {
+			nc.SetReadDeadline(c.readDeadline()) // a bind succeeded meanwhile
+		}
+		// The cap is chosen once the next message has started to arrive,
+		// so that a message sent after a successful bind's response gets
+		// the bound cap.
+		_, err := c.br.Peek(1)
+		var raw []byte
+		if err == nil {
+			raw, err = readMessage(c.br, c.maxMessage())
+		}
 		switch {
 		case errors.Is(err, errTooLarge):
 			c.srv.log.LogAttrs(c.ctx, slog.LevelWarn, "ldap message too large",
@@ -285,18 +327,33 @@ func (c *conn) readLoop() {
 			c.disconnect(resultProtocolError, "unknown LDAP operation")
 			return
 		}
-		r := &request{msg: msg}
+		r := &request{msg: msg, size: len(raw)}
 		if !c.enqueue(r) {
 			return
 		}
 	}
 }
 
+// enqueue hands r to the executor. While more than maxQueuedBytes wait
+// for it, the reader waits too (and so reads nothing more from the
+// client); one message of any accepted size always fits.
 func (c *conn) enqueue(r *request) bool {
-	if r.barrier == nil {
+	for {
 		c.mu.Lock()
-		c.queued[r.msg.id] = r
+		if c.queuedBytes == 0 || c.queuedBytes+r.size <= maxQueuedBytes {
+			c.queuedBytes += r.size
+			if r.barrier == nil {
+				c.queued[r.msg.id] = r
+			}
+			c.mu.Unlock()
+			break
+		}
 		c.mu.Unlock()
+		select {
+		case <-c.spaceFreed:
+		case <-c.ctx.Done():
+			return false
+		}
 	}
 	select {
 	case c.queue <- r:
@@ -307,10 +364,11 @@ func (c *conn) enqueue(r *request) bool {
 }
 
 // abandon acts on an AbandonRequest: a queued request is skipped, one in
-// flight is abandoned upstream and its remaining answers dropped.
+// flight is abandoned upstream and its remaining answers dropped. A bind
+// cannot be abandoned (RFC 4511 §4.11): it is answered all the same.
 func (c *conn) abandon(target int64) {
 	c.mu.Lock()
-	if q := c.queued[target]; q != nil {
+	if q := c.queued[target]; q != nil && q.msg.op.tag != opBindRequest {
 		q.abandoned.Store(true)
 	}
 	p := c.inflight[target]
@@ -318,13 +376,15 @@ func (c *conn) abandon(target int64) {
 	if p != nil {
 		delete(c.inflight, target)
 		handle = p.handle
+		p.abandoned = true
 	}
 	c.mu.Unlock()
 	if p == nil {
 		return
 	}
 	if handle != 0 {
-		// 0: Send has not returned yet; the answers are dropped all the same.
+		// 0: Send has not returned yet; relay abandons it upstream when
+		// it does, and the answers are dropped meanwhile.
 		p.sess.Abandon(handle)
 	}
 	<-c.slots
@@ -390,7 +450,12 @@ func (c *conn) run(r *request) {
 	if c.queued[r.msg.id] == r {
 		delete(c.queued, r.msg.id)
 	}
+	c.queuedBytes -= r.size
 	c.mu.Unlock()
+	select {
+	case c.spaceFreed <- struct{}{}:
+	default:
+	}
 	if r.abandoned.Load() {
 		return
 	}
@@ -506,6 +571,19 @@ func (c *conn) session() (Session, error) {
 	return s, nil
 }
 
+// liveSession makes sure the upstream session is open and was not lost,
+// opening a new one if needed.
+func (c *conn) liveSession() error {
+	c.mu.Lock()
+	s := c.sess
+	c.mu.Unlock()
+	if s != nil && s.Err() != nil {
+		c.dropSession()
+	}
+	_, err := c.session()
+	return err
+}
+
 // dropSession closes the upstream session after it failed or was left in
 // a state passgate cannot vouch for.
 func (c *conn) dropSession() {
@@ -580,11 +658,15 @@ func (c *conn) relay(m message, proxyAuthz string) {
 	p := &pending{sess: s}
 	c.inflight[m.id] = p
 	c.mu.Unlock()
+	// The answers need only the message ID and the operation: the
+	// request's bytes are not kept while it is in flight.
+	ref := message{id: m.id, op: element{tag: m.op.tag}}
 	h, err := s.Send(m.op.raw, m.controls, proxyAuthz, func(op, controls []byte, last bool, err error) {
-		c.fromUpstream(m, p, op, controls, last, err)
+		c.fromUpstream(ref, p, op, controls, last, err)
 	})
 	c.mu.Lock()
 	p.handle = h
+	abandonNow := err == nil && p.abandoned
 	if err != nil && c.inflight[m.id] == p {
 		delete(c.inflight, m.id)
 		c.mu.Unlock()
@@ -594,6 +676,11 @@ func (c *conn) relay(m message, proxyAuthz string) {
 		return
 	}
 	c.mu.Unlock()
+	if abandonNow {
+		// The client abandoned it while Send was running, when there was
+		// no handle to abandon yet.
+		s.Abandon(h)
+	}
 }
 
 // fromUpstream passes one upstream answer to the client.

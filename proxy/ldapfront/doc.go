@@ -38,16 +38,46 @@
 //     reinterpreted, and unknown controls pass through. A client may not send
 //     its own proxied authorization control after an app-password bind.
 //
+// Bind names. A DN that matches a template with a plain ASCII user part
+// (letters, digits, '.', '_', '-') is used as the template filled in with
+// that part. Any other name (an alias or OID attribute type such as
+// userid=alice or 0.9.2342.19200300.100.1.1=alice, fullwidth or other
+// non-ASCII letters, escapes, a DN of no template) is resolved before any
+// password is sent: passgate's service account does a base-scope search
+// for it, and the DN of the entry the directory returns is mapped with the
+// templates; that user is decided on, and that DN is bound as. A name
+// naming no entry, or any such name when no service account is
+// configured, fails like a wrong password. An application's account
+// (cn=wiki,…, no template) resolves to itself and is decided on by its DN.
+// A UPN user@domain is accepted only for a domain in ldap.upn_domains when
+// that list is set (the user is the local part, or the whole UPN with
+// UPNAsUser); when it is empty, the domain is kept and the whole UPN is the
+// user, so alice@other.test is never alice. DOMAIN\user is refused when
+// ldap.upn_domains is set and is otherwise the whole name as the user.
+// After an app-password bind the identity (proxied authorization and
+// WhoAmI) is the decision's user put into the first template; a name of
+// another template is refused.
+//
 // Every failed bind, whatever the reason, gets invalidCredentials (49) with
 // one fixed diagnostic message after the decision's failure delay. A
 // password bind before TLS from an untrusted client gets
 // confidentialityRequired (13); anonymous and unauthenticated (name without
 // password) binds get unwillingToPerform (53), as RFC 4513 §5.1 recommends,
 // unless the options allow them; a decision that cannot be made or an
-// upstream that cannot be reached gets unavailable (52).
+// upstream that cannot be reached gets unavailable (52), after the same
+// failure delay and recorded with Decider.Unavailable. In relay mode the
+// upstream session is opened (or found alive) before the decision, so
+// that "directory down" does not depend on the secret or the MFA state.
+//
+// Limits: a client that has not bound is closed PreBindTimeout after it
+// connected, however much it sends, and may send messages of at most 64
+// KiB; at most 4 MiB of messages wait for the executor per connection
+// (the reader stops reading beyond that), and relayed requests are not
+// kept in memory while their answers come.
 //
 // Several requests may be in flight on one connection: they are answered
 // with their own message IDs; a request that arrives while a bind is
 // pending waits behind it, and a bind waits for the requests before it.
-// Abandon and Unbind are acted on as soon as they arrive.
+// Abandon and Unbind are acted on as soon as they arrive; a bind cannot be
+// abandoned (RFC 4511 §4.11) and is answered all the same.
 package ldapfront

@@ -23,6 +23,9 @@ type Decider interface {
 	Decide(ctx context.Context, a policy.Attempt) (policy.Decision, error)
 	PrimaryResult(ctx context.Context, a policy.Attempt, d policy.Decision, ok bool)
 	Fail(ctx context.Context, a policy.Attempt)
+	// Unavailable records a bind that ended in a temporary failure (the
+	// decision or the directory could not be asked).
+	Unavailable(ctx context.Context, a policy.Attempt, cause error)
 	PlaintextAllowed(client netip.AddrPort, tls bool) bool
 }
 
@@ -36,6 +39,15 @@ type Upstream interface {
 	// ok is false when the directory refused the credentials; err is set
 	// when it could not be asked.
 	Verify(ctx context.Context, dn string, password []byte) (authzID string, ok bool, err error)
+	// Resolve looks dn up as passgate's service account (a base-scope
+	// search for no attributes, aliases not followed) and returns the
+	// entry's DN as the directory spells it. found is false when there is
+	// no such entry; err is set when the directory could not be asked.
+	Resolve(ctx context.Context, dn string) (entryDN string, found bool, err error)
+	// HasServiceAccount reports whether a service account is configured;
+	// without one, Resolve cannot work and bind names not in template
+	// form are refused.
+	HasServiceAccount() bool
 }
 
 // Session is one upstream connection carrying one client connection's
@@ -46,8 +58,6 @@ type Session interface {
 	Bind(ctx context.Context, dn string, password []byte) (ok bool, err error)
 	// BindService binds the session as passgate's service account.
 	BindService(ctx context.Context) error
-	// WhoAmI asks the directory who the session is bound as.
-	WhoAmI(ctx context.Context) (string, error)
 	// Send sends one request: op is its protocolOp element and controls its
 	// [0] Controls element (nil for none), both raw BER. With proxyAuthz
 	// set ("dn:…" or "u:…"), the proxied authorization control naming it is
@@ -55,6 +65,8 @@ type Session interface {
 	// for the final one, and for a non-nil err (the session was lost). fn
 	// runs on the session's reader and must not block for long.
 	Send(op, controls []byte, proxyAuthz string, fn func(op, controls []byte, last bool, err error)) (handle int64, err error)
+	// Err returns the error that ended the session, nil while it is alive.
+	Err() error
 	// Abandon abandons the request with this handle upstream; its fn is
 	// not called again.
 	Abandon(handle int64) error
@@ -79,6 +91,8 @@ const (
 	DefaultPreBindTimeout  = 60 * time.Second
 	DefaultIdleTimeout     = 30 * time.Minute
 	DefaultMaxInFlight     = 32
+	preBindMaxMessageBytes = 64 << 10 // largest message before a bind has succeeded
+	maxQueuedBytes         = 4 << 20  // bytes of messages waiting for the executor, per connection
 	writeTimeout           = 30 * time.Second
 	handshakeTimeout       = 15 * time.Second
 	upstreamTimeout        = 30 * time.Second // one upstream bind, WhoAmI or session set-up
@@ -111,7 +125,7 @@ type Options struct {
 	UPNAsUser            bool
 	AllowAnonymous       bool // accept anonymous binds and relay anonymous operations
 	AllowUnauthenticated bool // accept a name without a password as an anonymous bind
-	MaxMessageBytes      int  // per message; default 1 MiB
+	MaxMessageBytes      int  // per message; default 1 MiB; at most 64 KiB until a bind succeeds
 	MaxBindFailures      int  // per connection, then it is closed; default 5
 	PreBindTimeout       time.Duration
 	IdleTimeout          time.Duration
@@ -120,8 +134,14 @@ type Options struct {
 	Logger               *slog.Logger
 }
 
+// constError is an error that can be a constant, so that sentinel errors
+// are not package-level variables.
+type constError string
+
+func (e constError) Error() string { return string(e) }
+
 // ErrServerClosed is returned by Serve after Shutdown or Close.
-var ErrServerClosed = errors.New("ldapfront: server closed")
+const ErrServerClosed = constError("ldapfront: server closed")
 
 // Server is an LDAP listener. Create it with New.
 type Server struct {

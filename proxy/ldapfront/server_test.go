@@ -35,30 +35,47 @@ const (
 	template = "uid={user},ou=people,dc=example,dc=test"
 )
 
-// fakeDecider allows alice's app password (id 9) and wiki's primary
-// password (provisionally), and denies everything else.
+// fakeDecider behaves like policy.Engine for three accounts: alice has
+// MFA enforced and one app password (id 9); every other name (wiki's
+// account, unknown users) has no MFA, so its password is allowed
+// provisionally and left to the directory. block, when set, holds every
+// Decide until it is closed.
 type fakeDecider struct {
-	mu      sync.Mutex
-	err     error
-	fails   int
-	trusted bool
+	mu          sync.Mutex
+	err         error
+	fails       int
+	unavailable int
+	decided     []string
+	trusted     bool
+	block       chan struct{}
 }
 
 func (f *fakeDecider) Decide(_ context.Context, a policy.Attempt) (policy.Decision, error) {
+	f.mu.Lock()
+	block := f.block
+	f.decided = append(f.decided, a.User)
+	f.mu.Unlock()
+	if block != nil {
+		<-block
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.err != nil {
 		return policy.Decision{}, f.err
 	}
 	switch {
-	case a.User == "alice" && string(a.Secret) == alicePW:
+	case strings.EqualFold(a.User, "alice") && string(a.Secret) == alicePW:
 		return policy.Decision{Allow: true, Kind: policy.KindAppPassword, User: "alice", AppPasswordID: 9}, nil
-	case a.User == "alice":
+	case strings.EqualFold(a.User, "alice"):
 		return policy.Decision{User: "alice", Reason: "enforced"}, nil
-	case a.User == "cn=wiki,ou=services,dc=example,dc=test":
-		return policy.Decision{Allow: true, Kind: policy.KindPrimary, User: a.User}, nil
 	}
-	return policy.Decision{User: a.User, Reason: "unknown"}, nil
+	return policy.Decision{Allow: true, Kind: policy.KindPrimary, User: a.User}, nil
+}
+
+func (f *fakeDecider) decidedUsers() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]string(nil), f.decided...)
 }
 
 func (f *fakeDecider) PrimaryResult(context.Context, policy.Attempt, policy.Decision, bool) {}
@@ -69,27 +86,113 @@ func (f *fakeDecider) Fail(context.Context, policy.Attempt) {
 	f.mu.Unlock()
 }
 
+func (f *fakeDecider) Unavailable(context.Context, policy.Attempt, error) {
+	f.mu.Lock()
+	f.unavailable++
+	f.mu.Unlock()
+}
+
+func (f *fakeDecider) counts() (fails, unavailable int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.fails, f.unavailable
+}
+
 func (f *fakeDecider) PlaintextAllowed(_ netip.AddrPort, tls bool) bool { return tls || f.trusted }
 
-// fakeUpstream is a directory that knows wiki's password and answers
-// every search with one entry and a done, and every other request with
-// success.
+// alicePrimary is alice's primary password, which the fake directory
+// accepts: passgate must never send it, MFA being enforced for her.
+const alicePrimary = "alices-primary"
+
+// fakeEntries are the fake directory's entries, keyed by every spelling
+// it accepts for them (lower case), as slapd does: the userid alias and
+// the OID of uid, fullwidth letters.
+func fakeEntries() map[string]string {
+	return map[string]string{
+		strings.ToLower(aliceDN):                                       aliceDN,
+		"userid=alice,ou=people,dc=example,dc=test":                    aliceDN,
+		"0.9.2342.19200300.100.1.1=alice,ou=people,dc=example,dc=test": aliceDN,
+		"uid=ａｌｉｃｅ,ou=people,dc=example,dc=test":                       aliceDN,
+		wikiDN: wikiDN,
+	}
+}
+
+// fakeUpstream is a directory that knows wiki's and alice's passwords
+// and answers every search with one entry and a done, and every other
+// request with compareTrue. The error fields make it unreachable.
 type fakeUpstream struct {
-	mu       sync.Mutex
-	hold     bool
-	sessions []*fakeSession
+	mu        sync.Mutex
+	hold      bool
+	sendGate  chan struct{} // when set, Send waits for it before returning
+	sendEnter chan struct{} // when set, Send signals it on entry
+	openErr   error
+	verifyErr error
+	noService bool
+	sessions  []*fakeSession
+	binds     []string // DNs a user password was sent for
+	resolved  []string
 }
 
 func (u *fakeUpstream) Open(context.Context) (Session, error) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
+	if u.openErr != nil {
+		return nil, u.openErr
+	}
 	s := &fakeSession{up: u, held: map[int64]func([]byte, []byte, bool, error){}}
 	u.sessions = append(u.sessions, s)
 	return s, nil
 }
 
+// entry is the DN of the entry dn names, "" when none.
+func (u *fakeUpstream) entry(dn string) string {
+	return fakeEntries()[strings.ReplaceAll(strings.ToLower(dn), ", ", ",")]
+}
+
+func (u *fakeUpstream) checkPassword(dn string, pw []byte) bool {
+	u.mu.Lock()
+	u.binds = append(u.binds, dn)
+	u.mu.Unlock()
+	switch u.entry(dn) {
+	case wikiDN:
+		return string(pw) == wikiPW
+	case aliceDN:
+		return string(pw) == alicePrimary
+	}
+	return false
+}
+
+func (u *fakeUpstream) bindsSeen() []string {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return append([]string(nil), u.binds...)
+}
+
 func (u *fakeUpstream) Verify(_ context.Context, dn string, pw []byte) (string, bool, error) {
-	return "dn:" + dn, dn == wikiDN && string(pw) == wikiPW, nil
+	u.mu.Lock()
+	err := u.verifyErr
+	u.mu.Unlock()
+	if err != nil {
+		return "", false, err
+	}
+	return "dn:" + u.entry(dn), u.checkPassword(dn, pw), nil
+}
+
+func (u *fakeUpstream) Resolve(_ context.Context, dn string) (string, bool, error) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.openErr != nil {
+		return "", false, u.openErr
+	}
+	u.resolved = append(u.resolved, dn)
+	e := u.entry(dn)
+	return e, e != "", nil
+}
+
+func (u *fakeUpstream) HasServiceAccount() bool {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return !u.noService
 }
 
 type sent struct {
@@ -108,7 +211,7 @@ type fakeSession struct {
 }
 
 func (s *fakeSession) Bind(_ context.Context, dn string, pw []byte) (bool, error) {
-	ok := dn == wikiDN && string(pw) == wikiPW
+	ok := s.up.checkPassword(dn, pw)
 	s.mu.Lock()
 	if ok {
 		s.bound = dn
@@ -116,19 +219,28 @@ func (s *fakeSession) Bind(_ context.Context, dn string, pw []byte) (bool, error
 	s.mu.Unlock()
 	return ok, nil
 }
-func (s *fakeSession) BindService(context.Context) error { s.bound = "service"; return nil }
-func (s *fakeSession) WhoAmI(context.Context) (string, error) {
-	return "dn:" + s.bound, nil
+func (s *fakeSession) BindService(context.Context) error {
+	s.mu.Lock()
+	s.bound = "service"
+	s.mu.Unlock()
+	return nil
 }
+func (s *fakeSession) Err() error { return nil }
 func (s *fakeSession) Send(op, _ []byte, proxy string, fn func(op, controls []byte, last bool, err error)) (int64, error) {
 	e, _, _ := nextElement(op)
+	s.up.mu.Lock()
+	hold, gate, enter := s.up.hold, s.up.sendGate, s.up.sendEnter
+	s.up.mu.Unlock()
+	if enter != nil {
+		enter <- struct{}{}
+	}
+	if gate != nil {
+		<-gate
+	}
 	s.mu.Lock()
 	s.next++
 	h := s.next
 	s.sent = append(s.sent, sent{e.tag, proxy})
-	s.up.mu.Lock()
-	hold := s.up.hold
-	s.up.mu.Unlock()
 	if hold {
 		s.held[h] = fn
 		s.mu.Unlock()
@@ -429,7 +541,7 @@ func TestAbandon(t *testing.T) {
 func TestBindOnlyRefusesOperations(t *testing.T) {
 	ts := startServer(t, func(o *Options) { o.Mode = ModeBindOnly })
 	c := ts.dial(t)
-	c.send(encodeBind(1, "EXAMPLE\\alice", alicePW), encodeSearch(2, aliceDN, nil), encodeExtended(3, oidWhoAmI),
+	c.send(encodeBind(1, "alice@example.test", alicePW), encodeSearch(2, aliceDN, nil), encodeExtended(3, oidWhoAmI),
 		encodeExtended(4, "1.3.6.1.4.1.4203.1.11.1"), encodeBind(5, wikiDN, wikiPW))
 	want := []struct {
 		id   int64

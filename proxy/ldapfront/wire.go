@@ -53,11 +53,11 @@ const (
 	classContext          byte = 0x80
 )
 
-var (
+const (
 	// errTooLarge: the client declared a message longer than the cap.
-	errTooLarge = errors.New("ldapfront: message exceeds the size limit")
+	errTooLarge = constError("ldapfront: message exceeds the size limit")
 	// errMalformed: the bytes are not an LDAPMessage.
-	errMalformed = errors.New("ldapfront: malformed LDAP message")
+	errMalformed = constError("ldapfront: malformed LDAP message")
 )
 
 // readMessage reads one LDAPMessage from r and returns its bytes. The

@@ -50,6 +50,8 @@ type trackedConn struct {
 	closeOnce sync.Once
 }
 
+// track registers an accepted connection. It returns nil, and the caller
+// closes c, once the server is shutting down.
 func (s *Server) track(c net.Conn) *trackedConn {
 	now := time.Now()
 	tc := &trackedConn{
@@ -66,9 +68,14 @@ func (s *Server) track(c net.Conn) *trackedConn {
 	}
 	_ = c.SetReadDeadline(tc.preUntil)
 	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.shut {
+		// Close or Shutdown is waiting for the connections it knows of:
+		// a late one is refused, never added to the wait group.
+		return nil
+	}
 	s.conns[tc] = struct{}{}
 	s.wg.Add(1)
-	s.mu.Unlock()
 	return tc
 }
 

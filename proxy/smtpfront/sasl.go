@@ -3,9 +3,13 @@ package smtpfront
 import (
 	"bytes"
 	"errors"
+	"log/slog"
+	"strconv"
 	"unicode/utf8"
 
 	"github.com/emersion/go-sasl"
+
+	"github.com/passgate/passgate/policy"
 )
 
 // Bounds on decoded SASL fields. A user name longer than maxUserLen or a
@@ -17,9 +21,9 @@ const (
 
 // The exact AUTH LOGIN prompts Outlook expects: "334 VXNlcm5hbWU6" and
 // "334 UGFzc3dvcmQ6" once base64-encoded by go-smtp.
-var (
-	loginUserPrompt = []byte("Username:")
-	loginPassPrompt = []byte("Password:")
+const (
+	loginUserPrompt = "Username:"
+	loginPassPrompt = "Password:"
 )
 
 // errMalformed marks SASL input that cannot be a credential. The client
@@ -29,11 +33,25 @@ var errMalformed = errors.New("smtpfront: malformed SASL response")
 // errSASLDone is returned when a SASL exchange is driven past its end.
 var errSASLDone = errors.New("smtpfront: SASL exchange already finished")
 
-// credentials are what a SASL exchange yields. The secret never reaches a
-// log: credentials has no String method that prints it.
+// credentials are what a SASL exchange yields. fmt would print pass
+// through reflection (unexported fields bypass Secret's String), so
+// credentials has String, GoString and LogValue methods of its own that
+// leave the secret out.
 type credentials struct {
-	authzid, user, pass string
+	authzid, user string
+	pass          policy.Secret
 }
+
+// String prints the identities and "REDACTED" for the secret.
+func (c credentials) String() string {
+	return "credentials{authzid:" + strconv.Quote(c.authzid) + " user:" + strconv.Quote(c.user) + " pass:REDACTED}"
+}
+
+// GoString is String, for %#v.
+func (c credentials) GoString() string { return c.String() }
+
+// LogValue leaves the secret out of logs.
+func (c credentials) LogValue() slog.Value { return slog.StringValue(c.String()) }
 
 // authFunc is called once per exchange with the decoded credentials, or
 // with a non-nil err when the input was malformed; it returns the error
@@ -75,7 +93,7 @@ func decodePlain(b []byte) (credentials, error) {
 	if !utf8.Valid(authzid) && len(authzid) > 0 {
 		return credentials{}, errMalformed
 	}
-	return credentials{authzid: string(authzid), user: string(user), pass: string(pass)}, nil
+	return credentials{authzid: string(authzid), user: string(user), pass: policy.Secret(pass)}, nil
 }
 
 // plainServer is SASL PLAIN with or without an initial response.
@@ -117,14 +135,14 @@ func (l *loginServer) Next(resp []byte) ([]byte, bool, error) {
 	case 0:
 		if resp == nil {
 			l.step = 1
-			return loginUserPrompt, false, nil
+			return []byte(loginUserPrompt), false, nil
 		}
 		l.step = 1
 		return l.Next(resp)
 	case 1:
 		l.user = append([]byte(nil), resp...)
 		l.step = 2
-		return loginPassPrompt, false, nil
+		return []byte(loginPassPrompt), false, nil
 	case 2:
 		l.step = 3
 		if err := checkField(l.user, maxUserLen); err != nil {
@@ -133,7 +151,7 @@ func (l *loginServer) Next(resp []byte) ([]byte, bool, error) {
 		if err := checkField(resp, maxSecretLen); err != nil {
 			return nil, true, l.auth(credentials{}, err)
 		}
-		return nil, true, l.auth(credentials{user: string(l.user), pass: string(resp)}, nil)
+		return nil, true, l.auth(credentials{user: string(l.user), pass: policy.Secret(resp)}, nil)
 	}
 	return nil, true, errSASLDone
 }

@@ -50,7 +50,7 @@ func runSASL(t *testing.T, mech string, responses [][]byte) (challenges []string
 		calls++
 		got, authErr = c, err
 		if err != nil {
-			return errAuthInvalid
+			return errAuthInvalid()
 		}
 		return nil
 	}
@@ -169,14 +169,14 @@ func FuzzAuthPlain(f *testing.F) {
 			return
 		}
 		// Round trip: the fields re-encode to exactly the input.
-		re := []byte(c.authzid + "\x00" + c.user + "\x00" + c.pass)
+		re := []byte(c.authzid + "\x00" + c.user + "\x00" + string(c.pass))
 		if !bytes.Equal(re, in) {
 			t.Fatalf("round trip %q != %q", re, in)
 		}
 		if c.user == "" || c.pass == "" || len(c.user) > maxUserLen || len(c.pass) > maxSecretLen {
 			t.Fatalf("limits not honoured: %+v", c)
 		}
-		if strings.ContainsRune(c.user, 0) || strings.ContainsRune(c.pass, 0) || strings.ContainsRune(c.authzid, 0) {
+		if strings.ContainsRune(c.user, 0) || strings.ContainsRune(string(c.pass), 0) || strings.ContainsRune(c.authzid, 0) {
 			t.Fatal("NUL inside a field")
 		}
 	})
@@ -195,7 +195,7 @@ func FuzzAuthLogin(f *testing.F) {
 			calls++
 			got, gotErr = c, err
 			if err != nil {
-				return errAuthInvalid
+				return errAuthInvalid()
 			}
 			return nil
 		}}
@@ -231,7 +231,7 @@ func FuzzAuthLogin(f *testing.F) {
 		if valid != (gotErr == nil) {
 			t.Fatalf("valid=%v but err=%v", valid, gotErr)
 		}
-		if valid && (got.user != string(user) || got.pass != string(pass) || got.authzid != "") {
+		if valid && (got.user != string(user) || string(got.pass) != string(pass) || got.authzid != "") {
 			t.Fatalf("credentials %+v, want user %q pass %q", got, user, pass)
 		}
 		if _, done, err := l.Next([]byte("x")); !done || err == nil {

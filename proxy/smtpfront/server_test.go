@@ -26,13 +26,16 @@ import (
 )
 
 // fakeDecider allows "alice" with app password "app" (id 7) or primary
-// "primary"; "down" makes Decide fail; everything else is denied.
+// "primary"; "down" makes Decide fail; everything else is denied. Fail
+// waits until a.Started + delay, like policy.Engine.
 type fakeDecider struct {
-	mu       sync.Mutex
-	trusted  netip.Prefix
-	primary  []bool
-	fails    int
-	attempts []policy.Attempt
+	mu          sync.Mutex
+	trusted     netip.Prefix
+	delay       time.Duration
+	primary     []bool
+	fails       int
+	unavailable []error
+	attempts    []policy.Attempt
 }
 
 func (f *fakeDecider) Decide(_ context.Context, a policy.Attempt) (policy.Decision, error) {
@@ -47,7 +50,7 @@ func (f *fakeDecider) Decide(_ context.Context, a policy.Attempt) (policy.Decisi
 		return policy.Decision{}, errors.New("store down")
 	case a.User == "alice" && string(a.Secret) == "app":
 		return policy.Decision{Allow: true, Kind: policy.KindAppPassword, User: "alice", AppPasswordID: 7, Label: "Outlook"}, nil
-	case string(a.Secret) == "primary" || string(a.Secret) == "upstream-refuses":
+	case string(a.Secret) == "primary" || string(a.Secret) == "upstream-refuses" || string(a.Secret) == "upstream-flaky":
 		return policy.Decision{Allow: true, Kind: policy.KindPrimary, User: a.User}, nil
 	}
 	return policy.Decision{User: a.User}, nil
@@ -59,37 +62,65 @@ func (f *fakeDecider) PrimaryResult(_ context.Context, _ policy.Attempt, _ polic
 	f.mu.Unlock()
 }
 
-func (f *fakeDecider) Fail(context.Context, policy.Attempt) {
+func (f *fakeDecider) Unavailable(_ context.Context, _ policy.Attempt, cause error) {
+	f.mu.Lock()
+	f.unavailable = append(f.unavailable, cause)
+	f.mu.Unlock()
+}
+
+func (f *fakeDecider) Fail(_ context.Context, a policy.Attempt) {
 	f.mu.Lock()
 	f.fails++
+	delay := f.delay
 	f.mu.Unlock()
+	time.Sleep(time.Until(a.Started.Add(delay)))
 }
 
 func (f *fakeDecider) PlaintextAllowed(c netip.AddrPort, tls bool) bool {
 	return tls || (f.trusted.IsValid() && f.trusted.Contains(c.Addr()))
 }
 
-// fakeUpstream records what reaches the upstream.
+// fakeUpstream records what reaches the upstream. Like smtpupstream, a
+// session whose Data reader fails closes itself and is unusable.
 type fakeUpstream struct {
 	mu       sync.Mutex
 	down     bool
+	dials    []netip.AddrPort
 	logins   []smtpfront.LoginRequest
 	log      []string
 	messages [][]byte
+	// dataStarted, when set, receives a value each time a Data call
+	// starts reading.
+	dataStarted chan struct{}
 }
 
-func (f *fakeUpstream) Login(_ context.Context, req smtpfront.LoginRequest) (smtpfront.UpstreamSession, error) {
+func (f *fakeUpstream) Dial(_ context.Context, client netip.AddrPort) (smtpfront.PendingLogin, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.logins = append(f.logins, req)
+	f.dials = append(f.dials, client)
 	if f.down {
 		return nil, errors.New("dial tcp 127.0.0.1:1: connection refused")
 	}
-	if req.Password == "upstream-refuses" {
+	return &fakePending{f: f}, nil
+}
+
+type fakePending struct{ f *fakeUpstream }
+
+func (p *fakePending) Login(_ context.Context, req smtpfront.LoginRequest) (smtpfront.UpstreamSession, error) {
+	f := p.f
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.logins = append(f.logins, req)
+	switch req.Password {
+	case "upstream-refuses":
 		return nil, fmt.Errorf("535: %w", smtpfront.ErrLoginRefused)
+	case "upstream-flaky":
+		return nil, errors.New("read tcp: connection reset by peer")
 	}
 	return &fakeSession{f: f}, nil
 }
+
+func (p *fakePending) Close() error { p.f.record("CLOSE-PENDING"); return nil }
 
 func (f *fakeUpstream) record(s string) {
 	f.mu.Lock()
@@ -97,9 +128,17 @@ func (f *fakeUpstream) record(s string) {
 	f.mu.Unlock()
 }
 
-type fakeSession struct{ f *fakeUpstream }
+type fakeSession struct {
+	f      *fakeUpstream
+	closed bool // used from Data's goroutine and the others: the race detector checks smtpfront serialises them
+}
+
+var errClosedUpstream = errors.New("use of closed network connection")
 
 func (s *fakeSession) Mail(from string, opts *smtp.MailOptions) error {
+	if s.closed {
+		return errClosedUpstream
+	}
 	if opts != nil && opts.Auth != nil {
 		s.f.record("MAIL-AUTH " + *opts.Auth)
 	}
@@ -108,6 +147,9 @@ func (s *fakeSession) Mail(from string, opts *smtp.MailOptions) error {
 }
 
 func (s *fakeSession) Rcpt(to string, _ *smtp.RcptOptions) error {
+	if s.closed {
+		return errClosedUpstream
+	}
 	s.f.record("RCPT " + to)
 	if strings.HasPrefix(to, "unknown@") {
 		return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "<" + to + ">: Recipient address rejected: User unknown"}
@@ -119,8 +161,19 @@ func (s *fakeSession) Rcpt(to string, _ *smtp.RcptOptions) error {
 }
 
 func (s *fakeSession) Data(r io.Reader) (int64, error) {
+	if s.closed {
+		return 0, errClosedUpstream
+	}
+	s.f.mu.Lock()
+	started := s.f.dataStarted
+	s.f.mu.Unlock()
+	if started != nil {
+		started <- struct{}{}
+	}
 	b, err := io.ReadAll(r)
 	if err != nil {
+		s.closed = true
+		s.f.record("DATA-ABORTED")
 		return int64(len(b)), err
 	}
 	s.f.mu.Lock()
@@ -130,8 +183,25 @@ func (s *fakeSession) Data(r io.Reader) (int64, error) {
 	return int64(len(b)), nil
 }
 
-func (s *fakeSession) Reset() error { s.f.record("RSET"); return nil }
-func (s *fakeSession) Quit() error  { s.f.record("QUIT"); return nil }
+func (s *fakeSession) Reset() error {
+	if s.closed {
+		return errClosedUpstream
+	}
+	s.f.record("RSET")
+	return nil
+}
+
+func (s *fakeSession) Quit() error {
+	if s.closed {
+		return errClosedUpstream
+	}
+	s.closed = true
+	s.f.record("QUIT")
+	return nil
+}
+
+// Close may be called from another goroutine (to abort a message), so it
+// touches only what is locked.
 func (s *fakeSession) Close() error { s.f.record("CLOSE"); return nil }
 
 type fixture struct {
@@ -380,8 +450,8 @@ func TestAppPasswordSendsNoSecretUpstream(t *testing.T) {
 	f.up.mu.Lock()
 	defer f.up.mu.Unlock()
 	l := f.up.logins[0]
-	if l.Password != "" || l.User != "alice" || l.Helo != "client.test" || !l.Client.Addr().IsLoopback() {
-		t.Fatalf("login request %+v", l)
+	if l.Password != "" || l.User != "alice" || l.Helo != "client.test" || len(f.up.dials) != 1 || !f.up.dials[0].Addr().IsLoopback() {
+		t.Fatalf("login request %+v after dials %v", l, f.up.dials)
 	}
 }
 
@@ -440,6 +510,15 @@ func TestImplicitTLSWithGoSMTPClient(t *testing.T) {
 	}
 	if err := c.Quit(); err != nil {
 		t.Fatal(err)
+	}
+	// The server sends 221 before it ends the upstream session.
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		f.up.mu.Lock()
+		n := len(f.up.log)
+		f.up.mu.Unlock()
+		if n >= 4 {
+			break
+		}
 	}
 	f.up.mu.Lock()
 	defer f.up.mu.Unlock()

@@ -1,11 +1,13 @@
 package smtpfront
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
 	"log/slog"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/emersion/go-sasl"
@@ -14,33 +16,70 @@ import (
 	"github.com/passgate/passgate/policy"
 )
 
-// The replies passgate writes itself. Every failed AUTH gets errAuthInvalid,
-// byte for byte, whatever the reason.
-var (
-	errAuthInvalid  = &smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 8}, Message: "Authentication credentials invalid"}
-	errAuthTemp     = &smtp.SMTPError{Code: 454, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "Temporary authentication failure"}
-	errAuthNeeded   = &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 0}, Message: "Authentication required"}
-	errNeedTLS      = &smtp.SMTPError{Code: 538, EnhancedCode: smtp.EnhancedCode{5, 7, 11}, Message: "Encryption required for requested authentication mechanism"}
-	errTooMany      = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "Too many commands before authentication, closing connection"}
-	errUpstreamGone = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: "Connection to the mail server lost, try again later"}
-	errUpstreamFail = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Temporary failure of the mail server, try again later"}
-)
+// The replies passgate writes itself, each a fresh value (go-smtp and
+// callers may keep or change what they get). Every failed AUTH gets
+// errAuthInvalid, byte for byte, whatever the reason.
+func errAuthInvalid() error {
+	return &smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 8}, Message: "Authentication credentials invalid"}
+}
 
-// Mechanisms offered, in the order clients see them.
-var mechanisms = []string{sasl.Plain, sasl.Login}
+func errAuthTemp() error {
+	return &smtp.SMTPError{Code: 454, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "Temporary authentication failure"}
+}
 
-// session is go-smtp's Session for one client; go-smtp calls it from the
-// connection's goroutine (and Data from a BDAT goroutine, never
-// concurrently with the others).
+func errAuthNeeded() error {
+	return &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 0}, Message: "Authentication required"}
+}
+
+func errNeedTLS() error {
+	return &smtp.SMTPError{Code: 538, EnhancedCode: smtp.EnhancedCode{5, 7, 11}, Message: "Encryption required for requested authentication mechanism"}
+}
+
+func errTooMany() error {
+	return &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "Too many commands before authentication, closing connection"}
+}
+
+func errUpstreamGone() error {
+	return &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: "Connection to the mail server lost, try again later"}
+}
+
+func errUpstreamFail() error {
+	return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Temporary failure of the mail server, try again later"}
+}
+
+// mechanisms returns the mechanisms offered, in the order clients see
+// them.
+func mechanisms() []string { return []string{sasl.Plain, sasl.Login} }
+
+// session is go-smtp's Session for one client. go-smtp calls it from the
+// connection's goroutine, except that for BDAT it runs Data in a goroutine
+// of its own, which a following RSET, EHLO or disconnect (Reset, Logout)
+// overlaps with; and Server.Close calls Logout from its own goroutine. So
+// the upstream state is guarded by mu, every use of the upstream
+// connection holds upMu, and Reset and Logout abort an in-flight Data and
+// wait for it to return before they touch the upstream.
 type session struct {
 	s    *Server
 	conn *smtp.Conn
 	tc   *trackedConn
 	tls  bool
 
-	up   UpstreamSession // nil until AUTH succeeds
-	inTx bool            // a MAIL is open upstream
-	dead bool            // the upstream connection was lost
+	upMu sync.Mutex // held while the upstream connection is used
+
+	mu    sync.Mutex      // guards the fields below
+	up    UpstreamSession // nil until AUTH succeeds, and after Logout
+	req   LoginRequest    // the login, to reopen the upstream after an abort
+	inTx  bool            // a MAIL is open upstream
+	dead  bool            // the upstream connection was lost: 421 from now on
+	stale bool            // the upstream connection was closed to abort a message: reopen it at the next command
+	data  *inflight       // the running Data, if any
+}
+
+// inflight is one running Data.
+type inflight struct {
+	r       io.Reader     // the reader go-smtp gave Data
+	done    chan struct{} // closed when Data returns
+	sending bool          // DATA was sent upstream (guarded by session.mu)
 }
 
 func (s *Server) newSession(c *smtp.Conn) (smtp.Session, error) {
@@ -55,7 +94,7 @@ func (s *Server) newSession(c *smtp.Conn) (smtp.Session, error) {
 	}
 	if tc.command() {
 		tc.closeAfterWrite.Store(true)
-		return nil, errTooMany
+		return nil, errTooMany()
 	}
 	return sess, nil
 }
@@ -68,17 +107,17 @@ func (ss *session) AuthMechanisms() []string {
 	if !ss.tls && !ss.s.o.Decider.PlaintextAllowed(ss.tc.remote, false) {
 		return nil
 	}
-	return mechanisms
+	return mechanisms()
 }
 
 // Auth starts an AUTH exchange.
 func (ss *session) Auth(mech string) (sasl.Server, error) {
 	if ss.tc.command() {
 		ss.tc.closeAfterWrite.Store(true)
-		return nil, errTooMany
+		return nil, errTooMany()
 	}
 	if !ss.tls && !ss.s.o.Decider.PlaintextAllowed(ss.tc.remote, false) {
-		return nil, errNeedTLS
+		return nil, errNeedTLS()
 	}
 	started := time.Now()
 	auth := func(c credentials, err error) error { return ss.authenticate(started, c, err) }
@@ -91,28 +130,46 @@ func (ss *session) Auth(mech string) (sasl.Server, error) {
 	return nil, smtp.ErrAuthUnknownMechanism
 }
 
-// authenticate decides and logs in upstream. It returns the reply error
-// the client sees, or nil when the session is logged in.
+// authenticate dials the upstream, decides and logs in upstream. It
+// returns the reply error the client sees, or nil when the session is
+// logged in.
+//
+// The upstream is dialled (greeting, EHLO) before the decision: an
+// upstream that is down then gets every client the same 454, whatever its
+// secret, and the connection is the one logged in afterwards. Every 454,
+// like every 535, is sent after the decision's uniform delay.
 func (ss *session) authenticate(started time.Time, c credentials, malformed error) error {
 	ctx := ss.ctx()
 	a := policy.Attempt{
 		Proto:      policy.SMTP,
 		User:       c.user,
-		Secret:     policy.Secret(c.pass),
+		Secret:     c.pass,
 		Client:     ss.tc.remote,
 		TLS:        ss.tls,
 		ClientName: ss.conn.Hostname(),
 		Started:    started,
 	}
-	fail := func(reason string, attrs ...slog.Attr) error {
+	logAttrs := func(attrs ...slog.Attr) []slog.Attr {
+		return append([]slog.Attr{slog.Uint64("conn_id", ss.tc.id), slog.String("user", c.user),
+			slog.String("remote_addr", ss.tc.remote.String())}, attrs...)
+	}
+	fail := func(reason string) error {
 		ss.s.o.Decider.Fail(ctx, a)
-		ss.s.log.LogAttrs(ctx, slog.LevelDebug, "smtp auth failed",
-			append([]slog.Attr{slog.Uint64("conn_id", ss.tc.id), slog.String("user", c.user),
-				slog.String("remote_addr", ss.tc.remote.String()), slog.String("reason", reason)}, attrs...)...)
+		ss.s.log.LogAttrs(ctx, slog.LevelDebug, "smtp auth failed", logAttrs(slog.String("reason", reason))...)
 		if ss.tc.failure() {
 			ss.tc.closeAfterWrite.Store(true)
 		}
-		return errAuthInvalid
+		return errAuthInvalid()
+	}
+	temp := func(msg, outcome string, err error) error {
+		ss.s.o.Decider.Unavailable(ctx, a, err)
+		ss.s.o.Decider.Fail(ctx, a)
+		ss.s.log.LogAttrs(ctx, slog.LevelError, msg, logAttrs(slog.Any("err", err))...)
+		if ss.tc.failure() {
+			ss.tc.closeAfterWrite.Store(true)
+		}
+		ss.tc.setOutcome(outcome)
+		return errAuthTemp()
 	}
 	if malformed != nil {
 		return fail("malformed SASL response")
@@ -120,22 +177,30 @@ func (ss *session) authenticate(started time.Time, c credentials, malformed erro
 	if c.authzid != "" && c.authzid != c.user {
 		return fail("authorization identity differs from the user")
 	}
+	pending, err := ss.s.o.Upstream.Dial(ctx, ss.tc.remote)
+	if err != nil {
+		return temp("smtp upstream unavailable", "upstream_unavailable", err)
+	}
+	defer func() {
+		if pending != nil {
+			_ = pending.Close()
+		}
+	}()
 	d, err := ss.s.o.Decider.Decide(ctx, a)
 	if err != nil {
-		ss.s.log.LogAttrs(ctx, slog.LevelError, "smtp auth decision failed",
-			slog.Uint64("conn_id", ss.tc.id), slog.String("user", c.user), slog.Any("err", err))
-		ss.tc.setOutcome("decision_error")
-		return errAuthTemp
+		return temp("smtp auth decision failed", "decision_error", err)
 	}
 	if !d.Allow {
 		return fail("denied")
 	}
-	req := LoginRequest{User: d.User, Client: ss.tc.remote, Helo: ss.conn.Hostname()}
+	req := LoginRequest{User: d.User, Helo: ss.conn.Hostname()}
 	primary := d.Kind == policy.KindPrimary
 	if primary {
 		req.Password = c.pass
 	}
-	up, err := ss.s.o.Upstream.Login(ctx, req)
+	p := pending
+	pending = nil // Login consumes it
+	up, err := p.Login(ctx, req)
 	if err != nil {
 		if errors.Is(err, ErrLoginRefused) {
 			if primary {
@@ -146,24 +211,26 @@ func (ss *session) authenticate(started time.Time, c credentials, malformed erro
 			}
 			return fail("refused by the upstream")
 		}
-		ss.s.log.LogAttrs(ctx, slog.LevelError, "smtp upstream login failed",
-			slog.Uint64("conn_id", ss.tc.id), slog.String("user", d.User), slog.Any("err", err))
-		ss.tc.setOutcome("upstream_unavailable")
-		return errAuthTemp
+		return temp("smtp upstream login failed", "upstream_unavailable", err)
 	}
 	if primary {
 		ss.s.o.Decider.PrimaryResult(ctx, a, d, true)
 	}
-	ss.up = up
-	upstream := ""
-	if ad, ok := up.(interface{ Addr() string }); ok {
-		upstream = ad.Addr()
-	}
-	ss.tc.login(d.User, d.Credential(), upstream)
+	ss.mu.Lock()
+	ss.up, ss.req = up, req
+	ss.mu.Unlock()
+	ss.tc.login(d.User, d.Credential(), upstreamAddr(up))
 	if d.Kind == policy.KindAppPassword {
 		ss.tc.trackRevocation(d.AppPasswordID)
 	}
 	return nil
+}
+
+func upstreamAddr(up UpstreamSession) string {
+	if ad, ok := up.(interface{ Addr() string }); ok {
+		return ad.Addr()
+	}
+	return ""
 }
 
 // upstreamErr maps an upstream failure to the client's reply: the
@@ -179,38 +246,78 @@ func (ss *session) upstreamErr(op string, err error) error {
 	}
 	ss.s.log.LogAttrs(ss.ctx(), slog.LevelWarn, "smtp upstream failed",
 		slog.Uint64("conn_id", ss.tc.id), slog.String("user", ss.tc.user), slog.String("op", op), slog.Any("err", err))
-	ss.markDead()
-	ss.tc.closeAfterWrite.Store(true)
-	return errUpstreamGone
-}
-
-func (ss *session) markDead() {
+	ss.mu.Lock()
 	if ss.up != nil && !ss.dead {
 		_ = ss.up.Close()
 	}
-	ss.dead = true
-	ss.inTx = false
+	ss.dead, ss.inTx = true, false
+	ss.mu.Unlock()
+	ss.tc.closeAfterWrite.Store(true)
+	return errUpstreamGone()
 }
 
-func (ss *session) ready() error {
-	if ss.up == nil {
+// acquire locks upMu and returns the upstream session to use, reopening
+// it (a new login as the same user) when an aborted message closed it.
+// The caller unlocks upMu.
+func (ss *session) acquire() (UpstreamSession, error) {
+	ss.mu.Lock()
+	up, dead, stale, req := ss.up, ss.dead, ss.stale, ss.req
+	ss.mu.Unlock()
+	if up == nil {
 		if ss.tc.command() {
 			ss.tc.closeAfterWrite.Store(true)
-			return errTooMany
+			return nil, errTooMany()
 		}
-		return errAuthNeeded
+		return nil, errAuthNeeded()
 	}
-	if ss.dead {
+	if dead {
 		ss.tc.closeAfterWrite.Store(true)
-		return errUpstreamGone
+		return nil, errUpstreamGone()
 	}
-	return nil
+	ss.upMu.Lock()
+	if !stale {
+		return up, nil
+	}
+	// The last message was aborted, which closed the upstream connection
+	// so that no partial message could be committed: log in again.
+	fresh, err := ss.reopen(req)
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if ss.up == nil {
+		// Logout ran meanwhile.
+		if fresh != nil {
+			_ = fresh.Close()
+		}
+		ss.upMu.Unlock()
+		ss.tc.closeAfterWrite.Store(true)
+		return nil, errUpstreamGone()
+	}
+	if err != nil {
+		ss.s.log.LogAttrs(ss.ctx(), slog.LevelWarn, "smtp upstream could not be reopened after an aborted message",
+			slog.Uint64("conn_id", ss.tc.id), slog.String("user", req.User), slog.Any("err", err))
+		ss.dead = true
+		ss.upMu.Unlock()
+		ss.tc.closeAfterWrite.Store(true)
+		return nil, errUpstreamGone()
+	}
+	ss.up, ss.stale = fresh, false
+	return fresh, nil
+}
+
+func (ss *session) reopen(req LoginRequest) (UpstreamSession, error) {
+	p, err := ss.s.o.Upstream.Dial(ss.ctx(), ss.tc.remote)
+	if err != nil {
+		return nil, err
+	}
+	return p.Login(ss.ctx(), req)
 }
 
 func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
-	if err := ss.ready(); err != nil {
+	up, err := ss.acquire()
+	if err != nil {
 		return err
 	}
+	defer ss.upMu.Unlock()
 	if opts != nil && opts.Auth != nil {
 		// MAIL ... AUTH=<addr> would claim an authenticated sender of the
 		// client's choosing to an upstream that trusts passgate: drop it.
@@ -218,67 +325,196 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 		o.Auth = nil
 		opts = &o
 	}
-	if err := ss.up.Mail(from, opts); err != nil {
+	if err := up.Mail(from, opts); err != nil {
 		return ss.upstreamErr("MAIL", err)
 	}
+	ss.mu.Lock()
 	ss.inTx = true
+	ss.mu.Unlock()
 	return nil
 }
 
 func (ss *session) Rcpt(to string, opts *smtp.RcptOptions) error {
-	if err := ss.ready(); err != nil {
+	up, err := ss.acquire()
+	if err != nil {
 		return err
 	}
-	return ss.upstreamErr("RCPT", ss.up.Rcpt(to, opts))
+	defer ss.upMu.Unlock()
+	return ss.upstreamErr("RCPT", up.Rcpt(to, opts))
 }
 
 // Data streams the message to the upstream. The client's read deadline is
 // pushed forward as data arrives, so a long upload is bounded by its
 // pauses, not its length.
+//
+// For BDAT, go-smtp runs Data in a goroutine of its own and feeds it
+// through a pipe, which it closes with an error when the client aborts the
+// message (RSET, EHLO, disconnect) before calling Reset or Logout. Data
+// registers itself before it touches the upstream, and waits for the
+// first byte (or the abort) first, so that a Data that go-smtp starts
+// after the abort never sends DATA upstream.
 func (ss *session) Data(r io.Reader) error {
-	if err := ss.ready(); err != nil {
+	f := &inflight{r: r, done: make(chan struct{})}
+	ss.mu.Lock()
+	ss.data = f
+	ss.mu.Unlock()
+	defer func() {
+		ss.mu.Lock()
+		if ss.data == f {
+			ss.data = nil
+		}
+		ss.mu.Unlock()
+		close(f.done)
+	}()
+
+	var first [1]byte
+	n, err := io.ReadFull(r, first[:])
+	switch {
+	case err == io.EOF:
+		r = bytes.NewReader(nil)
+	case err != nil:
+		// Aborted (or the client went away) before the first byte: the
+		// upstream was never asked for DATA.
+		return err
+	default:
+		r = io.MultiReader(bytes.NewReader(first[:n]), r)
+	}
+
+	up, err := ss.acquire()
+	if err != nil {
 		return err
 	}
+	defer ss.upMu.Unlock()
+	ss.mu.Lock()
+	f.sending = true
+	ss.mu.Unlock()
 	dr := &dataReader{r: r, conn: ss.tc, timeout: ss.s.o.ReadTimeout}
-	n, err := ss.up.Data(dr)
+	sent, err := up.Data(dr)
+	ss.mu.Lock()
 	ss.inTx = false
-	ss.tc.message(n, err == nil)
+	ss.mu.Unlock()
+	ss.tc.message(sent, err == nil && dr.err == nil)
 	if dr.err != nil {
-		// The client's side failed (too large, or gone): the upstream
-		// aborted the message by closing; go-smtp answers (552 etc.).
-		ss.dead = true
+		// The client's side failed (too large, aborted, or gone): the
+		// upstream aborted the message by closing its connection. The next
+		// MAIL logs in again; go-smtp answers this one (552 etc.).
+		ss.mu.Lock()
+		if ss.up == up && !ss.dead {
+			ss.stale = true
+		}
+		ss.mu.Unlock()
 		var se *smtp.SMTPError
 		if errors.As(dr.err, &se) {
 			return se
 		}
-		return errUpstreamFail
+		return errUpstreamFail()
+	}
+	ss.mu.Lock()
+	aborted := ss.stale
+	ss.mu.Unlock()
+	if err != nil && aborted {
+		// Reset or Logout closed the upstream under us to abort the message.
+		return errUpstreamFail()
 	}
 	return ss.upstreamErr("DATA", err)
 }
 
+// abortData aborts a running Data, if any, and waits for it to return.
+// go-smtp has already closed a BDAT pipe with an error when it calls Reset
+// or Logout on a client's RSET, EHLO or disconnect, but not on STARTTLS
+// or Server.Close: closeReader (Logout) closes it, or for DATA the
+// client's connection, then. Once DATA went upstream, the upstream
+// connection is closed (so that the partial message is never committed
+// and a blocked write ends) and reopened at the next MAIL.
+//
+// go-smtp's BDAT goroutine still hands Data's result to a channel field
+// after Data returns, and the next BDAT replaces that field: so abortData
+// also waits until the goroutine has closed its end of the pipe, which it
+// does right after that hand-over, lest the next message race with it
+// (and get this one's error as its reply).
+func (ss *session) abortData(closeReader bool) {
+	ss.mu.Lock()
+	f := ss.data
+	if f != nil && f.sending && ss.up != nil && !ss.dead && !ss.stale {
+		_ = ss.up.Close()
+		ss.stale = true
+	}
+	ss.mu.Unlock()
+	if f == nil {
+		return
+	}
+	pr, isPipe := f.r.(*io.PipeReader)
+	switch {
+	case closeReader && isPipe:
+		_ = pr.Close()
+	case closeReader:
+		// DATA reads the client's connection, and Logout overlaps with it
+		// only when the server is being closed: close that connection, so
+		// that Data does not wait for the client's next bytes.
+		_ = ss.tc.Conn.Close()
+	}
+	<-f.done
+	if !isPipe || closeReader {
+		return
+	}
+	// The pipe's write end is closed: Read no longer blocks. It answers
+	// io.ErrClosedPipe once go-smtp's goroutine has closed the read end.
+	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+		if _, err := pr.Read(nil); err == io.ErrClosedPipe {
+			return
+		}
+	}
+}
+
 // Reset is RSET, a new EHLO, or the end of a message.
 func (ss *session) Reset() {
-	if ss.up == nil {
+	ss.mu.Lock()
+	authed := ss.up != nil
+	ss.mu.Unlock()
+	if !authed {
 		if ss.tc.command() {
 			ss.tc.closeAfterWrite.Store(true)
 		}
 		return
 	}
-	if !ss.inTx || ss.dead {
+	ss.abortData(false)
+	ss.mu.Lock()
+	up, send := ss.up, ss.up != nil && ss.inTx && !ss.dead && !ss.stale
+	ss.inTx = false
+	ss.mu.Unlock()
+	if !send {
 		return
 	}
-	ss.inTx = false
-	if err := ss.up.Reset(); err != nil {
+	ss.upMu.Lock()
+	err := up.Reset()
+	ss.upMu.Unlock()
+	if err != nil {
 		_ = ss.upstreamErr("RSET", err)
 	}
 }
 
-// Logout ends the upstream session politely.
+// Logout ends the upstream session: politely with QUIT, or by closing it
+// when a message is being aborted or another command still uses it (Close
+// of the server, from another goroutine).
 func (ss *session) Logout() error {
-	if ss.up != nil && !ss.dead {
-		_ = ss.up.Quit()
+	ss.abortData(true)
+	ss.mu.Lock()
+	up, quit := ss.up, ss.up != nil && !ss.dead && !ss.stale
+	ss.up, ss.inTx = nil, false
+	ss.mu.Unlock()
+	if up == nil {
+		return nil
 	}
-	ss.up = nil
+	if !quit {
+		_ = up.Close()
+		return nil
+	}
+	if !ss.upMu.TryLock() {
+		_ = up.Close()
+		return nil
+	}
+	defer ss.upMu.Unlock()
+	_ = up.Quit()
 	return nil
 }
 

@@ -15,7 +15,10 @@
 // Every failed AUTH, whatever the reason, gets
 // "535 5.7.8 Authentication credentials invalid" after the decision's
 // uniform delay; a decision or upstream that cannot answer gets
-// "454 4.7.0 Temporary authentication failure", so that clients retry.
+// "454 4.7.0 Temporary authentication failure", so that clients retry,
+// after the same delay. The upstream is dialled (greeting, EHLO) before
+// the decision, so that whether it is down never depends on the secret,
+// and that connection is the one logged in.
 //
 // It imports policy for its Attempt and Decision types only, and no other
 // passgate package.
@@ -45,6 +48,9 @@ type Decider interface {
 	Decide(ctx context.Context, a policy.Attempt) (policy.Decision, error)
 	// PrimaryResult records the upstream's verdict on a primary password.
 	PrimaryResult(ctx context.Context, a policy.Attempt, d policy.Decision, ok bool)
+	// Unavailable records an attempt that ended in a temporary failure
+	// (the decision or the upstream could not answer); cause says why.
+	Unavailable(ctx context.Context, a policy.Attempt, cause error)
 	// Fail waits out the uniform failure delay, counted from a.Started.
 	Fail(ctx context.Context, a policy.Attempt)
 	// PlaintextAllowed reports whether a password may be sent on a
@@ -57,17 +63,35 @@ type LoginRequest struct {
 	User string
 	// Password is the client's secret for primary-password logins only
 	// (the upstream verifies it); empty for app-password logins.
-	Password string
-	Client   netip.AddrPort // the real client
-	Helo     string         // the client's EHLO name
+	Password policy.Secret
+	Helo     string // the client's EHLO name
 }
 
-// Upstream logs in to the submission server on a user's behalf.
+// LogValue leaves the password out of logs, whatever the handler
+// (policy.Secret has no JSON form of its own).
+func (r LoginRequest) LogValue() slog.Value {
+	return slog.GroupValue(slog.String("user", r.User), slog.Bool("password", r.Password != ""), slog.String("helo", r.Helo))
+}
+
+// Upstream connects to the submission server on a user's behalf.
 type Upstream interface {
-	// Login returns a logged-in session. An error wrapping
-	// ErrLoginRefused means the upstream refused the credentials (the
-	// client gets 535); any other error is a temporary failure (454).
+	// Dial connects to the submission server and checks that it answers
+	// (greeting, EHLO, STARTTLS) for the real client. It is called before
+	// the decision, so that an upstream that is down is found out the same
+	// way whatever the client's secret. An error is a temporary failure
+	// (the client gets 454).
+	Dial(ctx context.Context, client netip.AddrPort) (PendingLogin, error)
+}
+
+// PendingLogin is an upstream connection that answered and is not logged
+// in yet.
+type PendingLogin interface {
+	// Login logs in (once; on failure the connection is closed). An error
+	// wrapping ErrLoginRefused means the upstream refused the credentials
+	// (the client gets 535); any other error is a temporary failure (454).
 	Login(ctx context.Context, req LoginRequest) (UpstreamSession, error)
+	// Close closes a connection that is not going to be logged in.
+	Close() error
 }
 
 // UpstreamSession is a logged-in upstream connection, as go-smtp's client
@@ -81,6 +105,8 @@ type UpstreamSession interface {
 	Data(r io.Reader) (int64, error)
 	Reset() error
 	Quit() error
+	// Close closes the connection at once. It may be called while another
+	// goroutine is inside Data, to abort the message.
 	Close() error
 }
 
@@ -154,6 +180,7 @@ type Server struct {
 	nextID atomic.Uint64
 
 	mu    sync.Mutex
+	shut  bool // Shutdown or Close began: track refuses new connections
 	conns map[*trackedConn]struct{}
 	wg    sync.WaitGroup
 }
@@ -238,7 +265,7 @@ func (s *Server) Serve(ln net.Listener) error {
 // Shutdown stops accepting and waits until every session has ended or
 // ctx is done (then it returns ctx's error; call Close).
 func (s *Server) Shutdown(ctx context.Context) error {
-	s.closed.Store(true)
+	s.stopTracking()
 	err := s.smtp.Shutdown(ctx)
 	if errors.Is(err, smtp.ErrServerClosed) {
 		err = nil
@@ -252,7 +279,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // Close closes the listeners and every session at once (the upstream
 // connections with them) and waits up to 10 s for them to end.
 func (s *Server) Close() error {
-	s.closed.Store(true)
+	s.stopTracking()
 	err := s.smtp.Close()
 	if errors.Is(err, smtp.ErrServerClosed) {
 		err = nil
@@ -269,6 +296,15 @@ func (s *Server) Close() error {
 		err = werr
 	}
 	return err
+}
+
+// stopTracking marks the server closed: from now on track refuses
+// connections, so that none is added to the wait group while wait runs.
+func (s *Server) stopTracking() {
+	s.closed.Store(true)
+	s.mu.Lock()
+	s.shut = true
+	s.mu.Unlock()
 }
 
 func (s *Server) wait(ctx context.Context) error {
@@ -295,6 +331,10 @@ func (l *listener) Accept() (net.Conn, error) {
 		return nil, err
 	}
 	tc := l.s.track(c)
+	if tc == nil {
+		c.Close()
+		return nil, ErrServerClosed
+	}
 	if l.s.o.ImplicitTLS {
 		return tls.Server(tc, l.s.o.TLSConfig), nil
 	}

@@ -32,13 +32,13 @@ func buildLDAP(d *deps) ([]service, error) {
 		return nil, fmt.Errorf("cli: ldap.listen_tls (%q) needs a certificate: set tls.cert_file and tls.key_file in the configuration, or remove ldap.listen_tls", c.ListenTLS)
 	}
 	u := c.Upstream
-	var servicePW string
+	var servicePW ldapupstream.Secret
 	if u.ServicePasswordFile != "" {
 		pw, err := configs.ReadSecretFile(u.ServicePasswordFile)
 		if err != nil {
 			return nil, fmt.Errorf("ldap.upstream.service_password_file: %w", err)
 		}
-		servicePW = pw
+		servicePW = ldapupstream.Secret(pw)
 	}
 	up, err := ldapupstream.New(ldapupstream.Options{
 		URL:             u.URL,
@@ -81,7 +81,7 @@ func buildLDAP(d *deps) ([]service, error) {
 		}
 		srv, err := ldapfront.New(o)
 		if err != nil {
-			return nil, fmt.Errorf("ldap.user_dn_templates: %w", err)
+			return nil, fmt.Errorf("ldap listener %s (ldap.listen): %w", c.Listen, err)
 		}
 		out = append(out, ldapService("ldap", c.Listen, srv))
 	}
@@ -93,7 +93,7 @@ func buildLDAP(d *deps) ([]service, error) {
 		o.Logger = d.log
 		srv, err := ldapfront.New(o)
 		if err != nil {
-			return nil, fmt.Errorf("ldap.user_dn_templates: %w", err)
+			return nil, fmt.Errorf("ldap listener %s (ldap.listen_tls): %w", c.ListenTLS, err)
 		}
 		out = append(out, ldapService("ldaps", c.ListenTLS, srv))
 	}
@@ -137,3 +137,9 @@ func (a ldapAdapter) Open(ctx context.Context) (ldapfront.Session, error) {
 func (a ldapAdapter) Verify(ctx context.Context, dn string, password []byte) (string, bool, error) {
 	return a.up.Verify(ctx, dn, password)
 }
+
+func (a ldapAdapter) Resolve(ctx context.Context, dn string) (string, bool, error) {
+	return a.up.Resolve(ctx, dn)
+}
+
+func (a ldapAdapter) HasServiceAccount() bool { return a.up.HasServiceAccount() }

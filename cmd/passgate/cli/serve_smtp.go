@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"time"
 
 	"github.com/passgate/passgate/backends/smtpupstream"
@@ -66,7 +67,9 @@ func buildSMTP(d *deps, up smtpfront.Upstream) ([]service, error) {
 		base.Sessions = d.relays
 	}
 	if c.LegacyAuthLine {
-		d.log.Warn("smtp.legacy_auth_line is not supported by the SMTP listener yet: only \"AUTH PLAIN LOGIN\" is advertised")
+		// go-smtp writes its EHLO reply itself and has no hook for an
+		// extra "250-AUTH=PLAIN LOGIN" line.
+		d.log.Warn("smtp.legacy_auth_line is set but not supported: go-smtp cannot write the \"250-AUTH=PLAIN LOGIN\" line, so only \"250-AUTH PLAIN LOGIN\" is advertised (clients older than Outlook Express 5 may not offer AUTH); remove the setting to silence this warning")
 	}
 	var out []service
 	if c.Listen != "" {
@@ -125,7 +128,7 @@ func newSMTPUpstream(d *deps) (smtpfront.Upstream, error) {
 		TLSConfig:      tc,
 		Login:          u.Login,
 		MasterUser:     u.MasterUser,
-		MasterPassword: masterPW,
+		MasterPassword: smtpupstream.Password(masterPW),
 		ForwardClient:  u.ForwardClient,
 		DialTimeout:    u.DialTimeout.D(),
 	})
@@ -139,8 +142,19 @@ func newSMTPUpstream(d *deps) (smtpfront.Upstream, error) {
 // neither package imports the other.
 type smtpAdapter struct{ up *smtpupstream.Client }
 
-func (a smtpAdapter) Login(ctx context.Context, r smtpfront.LoginRequest) (smtpfront.UpstreamSession, error) {
-	s, err := a.up.Login(ctx, smtpupstream.Request{User: r.User, Password: r.Password, Client: r.Client, Helo: r.Helo})
+func (a smtpAdapter) Dial(ctx context.Context, client netip.AddrPort) (smtpfront.PendingLogin, error) {
+	p, err := a.up.Dial(ctx, client)
+	if err != nil {
+		return nil, err
+	}
+	return smtpPending{p}, nil
+}
+
+// smtpPending adapts smtpupstream.Pending to smtpfront.PendingLogin.
+type smtpPending struct{ p *smtpupstream.Pending }
+
+func (p smtpPending) Login(ctx context.Context, r smtpfront.LoginRequest) (smtpfront.UpstreamSession, error) {
+	s, err := p.p.Login(ctx, r.User, smtpupstream.Password(r.Password), r.Helo)
 	if errors.Is(err, smtpupstream.ErrAuthRefused) || errors.Is(err, smtpupstream.ErrNoPassword) {
 		// ErrNoPassword: an app password in passthrough mode, which the
 		// upstream cannot check; the client gets the uniform failure.
@@ -151,6 +165,8 @@ func (a smtpAdapter) Login(ctx context.Context, r smtpfront.LoginRequest) (smtpf
 	}
 	return s, nil
 }
+
+func (p smtpPending) Close() error { return p.p.Close() }
 
 func (a smtpAdapter) ProbeSize(ctx context.Context) (int64, bool, error) {
 	return a.up.ProbeSize(ctx)

@@ -1,0 +1,394 @@
+package ldapfront
+
+import (
+	"errors"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// whoAmI asks WhoAmI on c and returns the answer.
+func (c *client) whoAmI(id int64) string {
+	c.t.Helper()
+	c.send(encodeExtended(id, oidWhoAmI))
+	m, _ := c.recv()
+	if m.id != id || m.op.tag != opExtendedResponse {
+		c.t.Fatalf("WhoAmI: got id %d tag %d", m.id, m.op.tag)
+	}
+	b := m.op.content
+	for i := 0; len(b) > 0; i++ {
+		e, rest, err := nextElement(b)
+		if err != nil {
+			c.t.Fatal(err)
+		}
+		if i >= 3 && e.class == classContext && e.tag == 11 {
+			return string(e.content)
+		}
+		b = rest
+	}
+	return ""
+}
+
+// bindCode binds on a new connection and returns the result code.
+func (ts *testServer) bindCode(t *testing.T, id int64, name, pw string) (int, *client) {
+	t.Helper()
+	c := ts.dial(t)
+	c.send(encodeBind(id, name, pw))
+	m, _ := c.recv()
+	if m.id != id || m.op.tag != opBindResponse {
+		t.Fatalf("bind: got id %d tag %d", m.id, m.op.tag)
+	}
+	code, _ := result(t, m)
+	return code, c
+}
+
+// TestOtherSpellingsAreResolvedBeforeBinding: a DN that names alice's
+// entry in another way than the template (an OID or alias attribute
+// type, fullwidth letters) is resolved with the service account first, so
+// that alice (MFA enforced) is decided on and her primary password never
+// reaches the directory; her app password works under any spelling, and
+// acts as her canonical entry.
+func TestOtherSpellingsAreResolvedBeforeBinding(t *testing.T) {
+	spellings := []string{
+		"0.9.2342.19200300.100.1.1=alice,ou=people,dc=example,dc=test",
+		"userid=alice,ou=people,dc=example,dc=test",
+		"uid=ＡＬＩＣＥ,ou=people,dc=example,dc=test",
+		"ＡＬＩＣＥ@example.test",
+	}
+	for _, modeName := range []string{"relay", "bind-only"} {
+		for _, name := range spellings {
+			t.Run(modeName+"/"+name, func(t *testing.T) {
+				ts := startServer(t, func(o *Options) {
+					if modeName == "bind-only" {
+						o.Mode = ModeBindOnly
+					}
+				})
+				if code, _ := ts.bindCode(t, 1, name, alicePrimary); code != resultInvalidCredentials {
+					t.Fatalf("primary password of an enforced user under %q: code %d, want 49", name, code)
+				}
+				if got := ts.up.bindsSeen(); len(got) != 0 {
+					t.Fatalf("the directory saw a bind with alice's primary password as %q", got)
+				}
+				if got := ts.dec.decidedUsers(); !slices.Equal(got, []string{"alice"}) {
+					t.Fatalf("decided for %q, want [alice]", got)
+				}
+				code, c := ts.bindCode(t, 2, name, alicePW)
+				if code != resultSuccess {
+					t.Fatalf("app password under %q: code %d", name, code)
+				}
+				if who := c.whoAmI(3); who != "dn:"+aliceDN {
+					t.Fatalf("WhoAmI after app-password bind as %q = %q, want dn:%s", name, who, aliceDN)
+				}
+			})
+		}
+	}
+}
+
+// TestResolveRefusals: a name not in template form that names no entry,
+// or any such name without a service account, fails like a wrong password
+// without a decision and without a bind; application accounts (not in a
+// template) resolve to themselves and are verified by the directory.
+func TestResolveRefusals(t *testing.T) {
+	cases := []struct {
+		name      string
+		noService bool
+		user, pw  string
+		code      int
+		decided   []string
+		binds     []string
+	}{
+		{"fail/no-such-entry", false, "userid=nobody,ou=people,dc=example,dc=test", "x", resultInvalidCredentials, nil, nil},
+		{"fail/non-dn-name-without-entry", false, "ｂｏｂ", "x", resultInvalidCredentials, nil, nil},
+		{"fail/no-service-account-alias", true, "userid=alice,ou=people,dc=example,dc=test", alicePW, resultInvalidCredentials, nil, nil},
+		{"fail/no-service-account-app-account", true, wikiDN, wikiPW, resultInvalidCredentials, nil, nil},
+		{"ok/no-service-account-plain-template", true, aliceDN, alicePW, resultSuccess, []string{"alice"}, nil},
+		{"ok/app-account", false, "CN=Wiki, OU=Services, DC=Example, DC=Test", wikiPW, resultSuccess, []string{wikiDN}, []string{wikiDN}},
+		{"fail/app-account-wrong-password", false, wikiDN, "wrong", resultInvalidCredentials, []string{wikiDN}, []string{wikiDN}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			ts := startServer(t, func(o *Options) { o.Mode = ModeBindOnly })
+			ts.up.noService = tc.noService
+			if code, _ := ts.bindCode(t, 1, tc.user, tc.pw); code != tc.code {
+				t.Fatalf("code %d, want %d", code, tc.code)
+			}
+			if got := ts.dec.decidedUsers(); !slices.Equal(got, tc.decided) {
+				t.Fatalf("decided for %q, want %q", got, tc.decided)
+			}
+			if got := ts.up.bindsSeen(); !slices.Equal(got, tc.binds) {
+				t.Fatalf("directory binds %q, want %q", got, tc.binds)
+			}
+			if fails, _ := ts.dec.counts(); (tc.code == resultInvalidCredentials) != (fails == 1) {
+				t.Fatalf("Fail called %d times", fails)
+			}
+		})
+	}
+}
+
+// TestAppPasswordIdentityIsCanonical: after an app-password bind the
+// identity is the decision's user in the first template, whatever case or
+// escapes the client used; a name of another template is refused.
+func TestAppPasswordIdentityIsCanonical(t *testing.T) {
+	ts := startServer(t, func(o *Options) {
+		o.UserDNTemplates = []string{template, "cn={user},ou=staff,dc=example,dc=test"}
+	})
+	for _, name := range []string{"UID=Alice, OU=People, DC=Example, DC=Test", `uid=\41lice,ou=people,dc=example,dc=test`, "ALICE@example.test"} {
+		code, c := ts.bindCode(t, 1, name, alicePW)
+		if code != resultSuccess {
+			t.Fatalf("%q: code %d", name, code)
+		}
+		if who := c.whoAmI(2); who != "dn:"+aliceDN {
+			t.Fatalf("WhoAmI after bind as %q = %q, want dn:%s", name, who, aliceDN)
+		}
+		c.send(encodeSearch(3, aliceDN, nil))
+		for {
+			m, _ := c.recv()
+			if m.op.tag == opSearchDone {
+				break
+			}
+		}
+	}
+	for _, s := range ts.up.sessions {
+		s.mu.Lock()
+		for _, x := range s.sent {
+			if x.proxy != "dn:"+aliceDN {
+				t.Errorf("relayed as %q, want dn:%s", x.proxy, aliceDN)
+			}
+		}
+		s.mu.Unlock()
+	}
+	if code, _ := ts.bindCode(t, 1, "cn=alice,ou=staff,dc=example,dc=test", alicePW); code != resultInvalidCredentials {
+		t.Fatalf("app password with the second template: code %d, want 49", code)
+	}
+}
+
+// TestTemporaryFailureTellsNothing: when the directory or the decision
+// cannot be reached, every bind gets unavailable after Fail and is
+// recorded with Unavailable, whatever the secret and the user's MFA state;
+// in relay mode the decision is not even asked.
+func TestTemporaryFailureTellsNothing(t *testing.T) {
+	down := errors.New("directory down")
+	cases := []struct {
+		name       string
+		mode       Mode
+		setup      func(*fakeUpstream, *fakeDecider)
+		user, pw   string
+		wantDecide bool
+	}{
+		{"relay/enforced-wrong-password", ModeRelay, func(u *fakeUpstream, _ *fakeDecider) { u.openErr = down }, aliceDN, "wrong", false},
+		{"relay/enforced-app-password", ModeRelay, func(u *fakeUpstream, _ *fakeDecider) { u.openErr = down }, aliceDN, alicePW, false},
+		{"relay/no-mfa-any-password", ModeRelay, func(u *fakeUpstream, _ *fakeDecider) { u.openErr = down }, "uid=bob,ou=people,dc=example,dc=test", "anything", false},
+		{"bind-only/resolve-fails", ModeBindOnly, func(u *fakeUpstream, _ *fakeDecider) { u.openErr = down }, wikiDN, wikiPW, false},
+		{"bind-only/verify-fails", ModeBindOnly, func(u *fakeUpstream, _ *fakeDecider) { u.verifyErr = down }, "uid=bob,ou=people,dc=example,dc=test", "anything", true},
+		{"decision-fails", ModeRelay, func(_ *fakeUpstream, d *fakeDecider) { d.err = down }, aliceDN, "wrong", true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			ts := startServer(t, func(o *Options) { o.Mode = tc.mode })
+			tc.setup(ts.up, ts.dec)
+			if code, _ := ts.bindCode(t, 1, tc.user, tc.pw); code != resultUnavailable {
+				t.Fatalf("code %d, want unavailable (52)", code)
+			}
+			fails, unavailable := ts.dec.counts()
+			if fails != 1 || unavailable != 1 {
+				t.Fatalf("Fail %d, Unavailable %d times; want 1 and 1", fails, unavailable)
+			}
+			if decided := len(ts.dec.decidedUsers()) > 0; decided != tc.wantDecide {
+				t.Fatalf("decision asked: %v, want %v", decided, tc.wantDecide)
+			}
+		})
+	}
+}
+
+// TestPreBindTimeoutIsAbsolute: a client that never binds is closed
+// PreBindTimeout after it connected, however often it sends something.
+func TestPreBindTimeoutIsAbsolute(t *testing.T) {
+	ts := startServer(t, func(o *Options) { o.PreBindTimeout = 400 * time.Millisecond })
+	c := ts.dial(t)
+	start := time.Now()
+	for i := int64(1); ; i++ {
+		if time.Since(start) > 3*time.Second {
+			t.Fatal("connection still open 3s after connecting with a pre-bind timeout of 400ms")
+		}
+		if _, err := c.nc.Write(encodeExtended(i, oidWhoAmI)); err != nil {
+			break
+		}
+		c.nc.SetReadDeadline(time.Now().Add(2 * time.Second))
+		if _, err := readMessage(c.br, 1<<20); err != nil {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if d := time.Since(start); d < 300*time.Millisecond || d > 1500*time.Millisecond {
+		t.Fatalf("closed after %v, want about 400ms", d)
+	}
+}
+
+// TestPreBindMessageCap: before a bind succeeds a message may be at most
+// 64 KiB; after it, up to MaxMessageBytes.
+func TestPreBindMessageCap(t *testing.T) {
+	big := strings.Repeat("a", 100<<10)
+	cases := []struct {
+		name     string
+		bindPW   string
+		wantDone bool
+	}{
+		{"fail/100KiB-before-bind", "", false},
+		{"ok/100KiB-after-bind", alicePW, true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			ts := startServer(t, nil)
+			c := ts.dial(t)
+			if tc.bindPW != "" {
+				c.send(encodeBind(1, aliceDN, tc.bindPW))
+				if m, _ := c.recv(); m.op.tag != opBindResponse {
+					t.Fatal("no bind response")
+				}
+			}
+			c.send(encodeSearch(2, "cn="+big, nil))
+			for {
+				m, _ := c.recv()
+				if m.id == 0 {
+					if code, _ := result(t, m); tc.wantDone || code != resultProtocolError {
+						t.Fatalf("notice of disconnection (code %d), want done %v", code, tc.wantDone)
+					}
+					c.nc.SetReadDeadline(time.Now().Add(2 * time.Second))
+					if _, err := c.br.ReadByte(); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+						t.Fatalf("connection not closed: %v", err)
+					}
+					return
+				}
+				if m.op.tag == opSearchDone {
+					if !tc.wantDone {
+						t.Fatal("a 100 KiB message before any bind was accepted")
+					}
+					return
+				}
+			}
+		})
+	}
+}
+
+// TestQueuedBytesCapped: with the directory not answering, a bound client
+// that keeps sending large requests has at most maxQueuedBytes waiting in
+// passgate; the rest waits in the socket.
+func TestQueuedBytesCapped(t *testing.T) {
+	ts := startServer(t, nil)
+	ts.up.mu.Lock()
+	ts.up.hold = true
+	ts.up.mu.Unlock()
+	c := ts.dial(t)
+	c.send(encodeBind(1, aliceDN, alicePW))
+	c.recv()
+	msg := strings.Repeat("b", 256<<10)
+	go func() {
+		for i := int64(2); i < 2+2*DefaultMaxInFlight+16; i++ {
+			c.nc.SetWriteDeadline(time.Now().Add(5 * time.Second))
+			if _, err := c.nc.Write(encodeSearch(i, "cn="+msg, nil)); err != nil {
+				return
+			}
+		}
+	}()
+	peak := 0
+	for deadline := time.Now().Add(1500 * time.Millisecond); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		ts.srv.mu.Lock()
+		for sc := range ts.srv.conns {
+			sc.mu.Lock()
+			peak = max(peak, sc.queuedBytes)
+			sc.mu.Unlock()
+		}
+		ts.srv.mu.Unlock()
+	}
+	if peak > maxQueuedBytes {
+		t.Fatalf("%d bytes queued, cap %d", peak, maxQueuedBytes)
+	}
+	if peak < maxQueuedBytes/2 {
+		t.Fatalf("only %d bytes ever queued: the test did not fill the queue", peak)
+	}
+}
+
+// TestAbandonOfQueuedBindIsIgnored: a bind cannot be abandoned (RFC 4511
+// §4.11); it is answered.
+func TestAbandonOfQueuedBindIsIgnored(t *testing.T) {
+	ts := startServer(t, nil)
+	block := make(chan struct{})
+	ts.dec.mu.Lock()
+	ts.dec.block = block
+	ts.dec.mu.Unlock()
+	c := ts.dial(t)
+	c.send(encodeBind(1, aliceDN, alicePW), encodeBind(2, aliceDN, alicePW))
+	for deadline := time.Now().Add(2 * time.Second); len(ts.dec.decidedUsers()) == 0; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("first bind never reached the decision")
+		}
+	}
+	c.send(envelope(3, []byte{0x50, 0x01, 0x02}, nil)) // Abandon(2)
+	time.Sleep(50 * time.Millisecond)
+	close(block)
+	for _, want := range []int64{1, 2} {
+		m, _ := c.recv()
+		if code, _ := result(t, m); m.id != want || m.op.tag != opBindResponse || code != resultSuccess {
+			t.Fatalf("got id %d tag %d code %d, want the success of bind %d", m.id, m.op.tag, code, want)
+		}
+	}
+}
+
+// TestAbandonWhileSending: an Abandon that arrives while the request is
+// being sent upstream is passed on once Send returns.
+func TestAbandonWhileSending(t *testing.T) {
+	ts := startServer(t, nil)
+	gate, enter := make(chan struct{}), make(chan struct{}, 1)
+	ts.up.mu.Lock()
+	ts.up.hold, ts.up.sendGate, ts.up.sendEnter = true, gate, enter
+	ts.up.mu.Unlock()
+	c := ts.dial(t)
+	c.send(encodeBind(1, aliceDN, alicePW))
+	c.recv()
+	c.send(encodeSearch(2, aliceDN, nil))
+	select {
+	case <-enter:
+	case <-time.After(2 * time.Second):
+		t.Fatal("search never reached Send")
+	}
+	c.send(envelope(3, []byte{0x50, 0x01, 0x02}, nil)) // Abandon(2)
+	for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		cs := ts.connOf(t)
+		cs.mu.Lock()
+		n := len(cs.inflight)
+		cs.mu.Unlock()
+		if n == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("abandon not seen")
+		}
+	}
+	close(gate)
+	s := ts.up.sessions[0]
+	for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		s.mu.Lock()
+		got := slices.Clone(s.abandoned)
+		s.mu.Unlock()
+		if slices.Equal(got, []int64{1}) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("abandoned upstream: %v, want [1]", got)
+		}
+	}
+}
+
+// connOf returns the server side of the only connection.
+func (ts *testServer) connOf(t *testing.T) *conn {
+	t.Helper()
+	ts.srv.mu.Lock()
+	defer ts.srv.mu.Unlock()
+	for c := range ts.srv.conns {
+		return c
+	}
+	t.Fatal("no connection")
+	return nil
+}

@@ -1,0 +1,144 @@
+package smtpfront_test
+
+import (
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/passgate/passgate/proxy/smtpfront"
+)
+
+// TestBDATAbort: go-smtp always offers CHUNKING and runs Data for BDAT in
+// a goroutine of its own; a client that sends BDAT chunks and then RSET,
+// EHLO, QUIT or just goes away makes Reset or Logout run while that Data
+// is still reading. Under -race this test fails if they share state
+// unguarded or use the upstream from two goroutines. The aborted message
+// must never be committed, and the session goes on: the next MAIL logs
+// in to the upstream again instead of getting 421.
+func TestBDATAbort(t *testing.T) {
+	tests := []struct {
+		name    string
+		chunk   string // the first BDAT chunk, never LAST
+		abort   string // client line after the chunk; "" closes the connection
+		reply   string // reply to abort
+		goesOn  bool   // the session carries on with a second message
+		relogin bool   // that message needs a second upstream login
+	}{
+		{"rset", "Subject: a\r\n\r\n", "RSET", "250 ", true, true},
+		{"ehlo", "Subject: a\r\n\r\n", "EHLO client.test", "250-", true, true},
+		{"rset-after-empty-chunk", "", "RSET", "250 ", true, false},
+		{"quit", "Subject: a\r\n\r\n", "QUIT", "221 ", false, false},
+		{"disconnect", "Subject: a\r\n\r\n", "", "", false, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t, nil)
+			if tc.chunk != "" {
+				f.up.dataStarted = make(chan struct{}, 4)
+			}
+			r := f.dialRaw(t, true)
+			r.send("AUTH PLAIN " + b64("\x00alice\x00app"))
+			r.expect("235 ")
+			r.send("MAIL FROM:<alice@example.test>")
+			r.expect("250 ")
+			r.send("RCPT TO:<bob@example.test>")
+			r.expect("250 ")
+			r.send("BDAT " + strconv.Itoa(len(tc.chunk)))
+			if _, err := r.conn.Write([]byte(tc.chunk)); err != nil {
+				t.Fatal(err)
+			}
+			r.expect("250 ")
+			if tc.chunk != "" {
+				select {
+				case <-f.up.dataStarted: // DATA is open upstream and waits for the next chunk
+				case <-time.After(5 * time.Second):
+					t.Fatal("Data did not start upstream")
+				}
+			}
+			if tc.abort == "" {
+				r.conn.Close()
+			} else {
+				r.send(tc.abort)
+				r.expect(tc.reply)
+			}
+			if tc.goesOn {
+				msg := "Subject: b\r\n\r\nbody\r\n"
+				r.send("MAIL FROM:<alice@example.test>")
+				r.expect("250 ")
+				r.send("RCPT TO:<bob@example.test>")
+				r.expect("250 ")
+				r.send("BDAT " + strconv.Itoa(len(msg)) + " LAST")
+				if _, err := r.conn.Write([]byte(msg)); err != nil {
+					t.Fatal(err)
+				}
+				r.expect("250 ")
+				r.send("QUIT")
+				r.expect("221 ")
+				f.up.mu.Lock()
+				defer f.up.mu.Unlock()
+				if len(f.up.messages) != 1 || string(f.up.messages[0]) != msg {
+					t.Fatalf("upstream messages %q, want only the second", f.up.messages)
+				}
+				if want := map[bool]int{true: 2, false: 1}[tc.relogin]; len(f.up.logins) != want {
+					t.Fatalf("%d upstream logins, want %d (log %q)", len(f.up.logins), want, f.up.log)
+				}
+				return
+			}
+			// The server ends the session: wait until Logout has run.
+			deadline := time.Now().Add(5 * time.Second)
+			for {
+				f.up.mu.Lock()
+				log := strings.Join(f.up.log, ",")
+				n := len(f.up.messages)
+				f.up.mu.Unlock()
+				if n != 0 {
+					t.Fatalf("an aborted message was committed: %s", log)
+				}
+				if strings.Contains(log, "DATA-ABORTED") && strings.Contains(log, "CLOSE") {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("upstream not closed after the abort: %s", log)
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+		})
+	}
+}
+
+// TestOversizeThenNextMessage: a message over SIZE is refused and its
+// upstream connection closed (nothing committed); the next message of
+// the session logs in again instead of getting 421.
+func TestOversizeThenNextMessage(t *testing.T) {
+	f := newFixture(t, func(o *smtpfront.Options) { o.MaxMessageBytes = 1000 })
+	r := f.dialRaw(t, true)
+	r.send("AUTH PLAIN " + b64("\x00alice\x00app"))
+	r.expect("235 ")
+	for i, size := range []int{1800, 10} {
+		r.send("MAIL FROM:<alice@example.test>")
+		r.expect("250 ")
+		r.send("RCPT TO:<bob@example.test>")
+		r.expect("250 ")
+		r.send("DATA")
+		r.expect("354 ")
+		r.send(strings.Repeat("y", size/2))
+		r.send(strings.Repeat("y", size/2))
+		r.send(".")
+		if i == 0 {
+			r.expect("552 ")
+		} else {
+			r.expect("250 ")
+		}
+	}
+	r.send("QUIT")
+	r.expect("221 ")
+	f.up.mu.Lock()
+	defer f.up.mu.Unlock()
+	if len(f.up.messages) != 1 || len(f.up.messages[0]) != 14 {
+		t.Fatalf("upstream messages %q, want only the small one", f.up.messages)
+	}
+	if len(f.up.logins) != 2 {
+		t.Fatalf("%d upstream logins, want 2", len(f.up.logins))
+	}
+}

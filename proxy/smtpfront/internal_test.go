@@ -1,0 +1,77 @@
+package smtpfront
+
+import (
+	"bytes"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"testing"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/passgate/passgate/policy"
+)
+
+// TestTrackAfterClose: a connection accepted while Close or Shutdown
+// waits for the sessions is refused, never added to the wait group.
+func TestTrackAfterClose(t *testing.T) {
+	type nopDecider struct{ Decider }
+	type nopUpstream struct{ Upstream }
+	s := New(Options{Decider: nopDecider{}, Upstream: nopUpstream{}})
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	a, b := net.Pipe()
+	defer b.Close()
+	if tc := s.track(a); tc != nil {
+		t.Fatal("track accepted a connection after Close")
+	}
+	s.mu.Lock()
+	n := len(s.conns)
+	s.mu.Unlock()
+	if n != 0 {
+		t.Fatalf("%d connections tracked after Close", n)
+	}
+}
+
+// TestSecretsNotFormatted: credentials and a LoginRequest print no
+// secret with any fmt verb or slog handler.
+func TestSecretsNotFormatted(t *testing.T) {
+	const secret = "s3cret-Value"
+	c := credentials{authzid: "alice", user: "alice", pass: secret}
+	req := LoginRequest{User: "alice", Password: secret, Helo: "client.test"}
+	var buf bytes.Buffer
+	for _, v := range []any{c, &c, req, &req} {
+		for _, verb := range []string{"%v", "%+v", "%#v", "%s", "%q"} {
+			fmt.Fprintf(&buf, verb+"\n", v)
+		}
+		slog.New(slog.NewTextHandler(&buf, nil)).Info("x", slog.Any("v", v))
+		slog.New(slog.NewJSONHandler(&buf, nil)).Info("x", slog.Any("v", v))
+	}
+	if strings.Contains(buf.String(), secret) {
+		t.Fatalf("a secret was printed:\n%s", buf.String())
+	}
+	if !strings.Contains(buf.String(), "alice") {
+		t.Fatalf("the user is missing:\n%s", buf.String())
+	}
+}
+
+// TestRepliesAreFresh: a reply or the mechanism list changed by one
+// caller does not change what the next one gets.
+func TestRepliesAreFresh(t *testing.T) {
+	for _, f := range []func() error{errAuthInvalid, errAuthTemp, errAuthNeeded, errNeedTLS, errTooMany, errUpstreamGone, errUpstreamFail} {
+		e := f().(*smtp.SMTPError)
+		want := e.Message
+		e.Message = "changed"
+		if got := f().(*smtp.SMTPError).Message; got != want {
+			t.Fatalf("reply changed to %q", got)
+		}
+	}
+	m := mechanisms()
+	m[0] = "CRAM-MD5"
+	if mechanisms()[0] != "PLAIN" {
+		t.Fatal("mechanisms changed")
+	}
+	_ = policy.SMTP
+}
