@@ -2,6 +2,7 @@ package policy
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -275,6 +276,10 @@ func TestSecretNeverPrints(t *testing.T) {
 	var b strings.Builder
 	log := slog.New(slog.NewTextHandler(&b, nil))
 	log.Info("x", slog.Any("secret", s), slog.Any("attempt", Attempt{User: "a", Secret: s}))
+	jl := slog.New(slog.NewJSONHandler(&b, nil))
+	jl.Info("x", slog.Any("req", struct{ Password Secret }{s}))
+	j, _ := json.Marshal(struct{ Password Secret }{s})
+	b.Write(j)
 	if strings.Contains(b.String(), "hunter2") || s.String() != "REDACTED" || s.GoString() != "REDACTED" {
 		t.Errorf("secret leaked: %s", b.String())
 	}

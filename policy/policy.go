@@ -53,6 +53,10 @@ func (Secret) LogValue() slog.Value { return slog.StringValue("REDACTED") }
 // GoString returns "REDACTED", for %#v.
 func (Secret) GoString() string { return "REDACTED" }
 
+// MarshalText returns "REDACTED", so that encoding/json and slog's JSON
+// handler print a Secret in a struct field as REDACTED too.
+func (Secret) MarshalText() ([]byte, error) { return []byte("REDACTED"), nil }
+
 // Attempt is one login attempt as a listener saw it.
 type Attempt struct {
 	Proto      string         // IMAP, SMTP or LDAP

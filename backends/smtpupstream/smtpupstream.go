@@ -339,7 +339,8 @@ func (c *Client) dialAt(ctx context.Context, addr string, client netip.AddrPort)
 		}
 	}()
 	_ = conn.SetDeadline(time.Now().Add(c.o.LoginTimeout))
-	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
+	raw := conn // the closure must not see conn change to its TLS layer
+	stop := context.AfterFunc(ctx, func() { _ = raw.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
 
 	br := bufio.NewReaderSize(conn, 4096)
@@ -372,7 +373,7 @@ func (c *Client) dialAt(ctx context.Context, addr string, client netip.AddrPort)
 			return nil, errors.New("STARTTLS: the server sent data before the TLS handshake")
 		}
 		tc := tls.Client(conn, c.tlsConfig(addr))
-		if err := tc.HandshakeContext(ctx); err != nil {
+		if err := tc.Handshake(); err != nil { // bounded by the deadline, which ctx cuts short
 			return nil, fmt.Errorf("TLS handshake after STARTTLS: %w", err)
 		}
 		conn = tc
@@ -403,7 +404,8 @@ func (p *Pending) Login(ctx context.Context, user string, password Password, hel
 		}
 	}()
 	_ = conn.SetDeadline(time.Now().Add(c.o.LoginTimeout))
-	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
+	raw := conn // the closure must not see conn change to its TLS layer
+	stop := context.AfterFunc(ctx, func() { _ = raw.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
 
 	name := c.o.LocalName
