@@ -73,6 +73,9 @@ type session struct {
 	dead  bool            // the upstream connection was lost: 421 from now on
 	stale bool            // the upstream connection was closed to abort a message: reopen it at the next command
 	data  *inflight       // the running Data, if any
+	// bdat is the pipe of the last BDAT message's Data, kept after Data
+	// returns until Reset or Logout has seen go-smtp's goroutine finish.
+	bdat *io.PipeReader
 }
 
 // inflight is one running Data.
@@ -357,6 +360,9 @@ func (ss *session) Data(r io.Reader) error {
 	f := &inflight{r: r, done: make(chan struct{})}
 	ss.mu.Lock()
 	ss.data = f
+	if pr, ok := r.(*io.PipeReader); ok {
+		ss.bdat = pr
+	}
 	ss.mu.Unlock()
 	defer func() {
 		ss.mu.Lock()
@@ -434,31 +440,34 @@ func (ss *session) Data(r io.Reader) error {
 // (and get this one's error as its reply).
 func (ss *session) abortData(closeReader bool) {
 	ss.mu.Lock()
-	f := ss.data
+	f, pr := ss.data, ss.bdat
+	ss.bdat = nil
 	if f != nil && f.sending && ss.up != nil && !ss.dead && !ss.stale {
 		_ = ss.up.Close()
 		ss.stale = true
 	}
 	ss.mu.Unlock()
-	if f == nil {
+	if f != nil {
+		switch {
+		case closeReader && pr != nil && f.r == io.Reader(pr):
+			_ = pr.Close()
+		case closeReader:
+			// DATA reads the client's connection, and Logout overlaps
+			// with it only when the server is being closed: close that
+			// connection, so that Data does not wait for the client's
+			// next bytes.
+			_ = ss.tc.Conn.Close()
+		}
+		<-f.done
+	}
+	if pr == nil || closeReader {
 		return
 	}
-	pr, isPipe := f.r.(*io.PipeReader)
-	switch {
-	case closeReader && isPipe:
-		_ = pr.Close()
-	case closeReader:
-		// DATA reads the client's connection, and Logout overlaps with it
-		// only when the server is being closed: close that connection, so
-		// that Data does not wait for the client's next bytes.
-		_ = ss.tc.Conn.Close()
-	}
-	<-f.done
-	if !isPipe || closeReader {
-		return
-	}
-	// The pipe's write end is closed: Read no longer blocks. It answers
-	// io.ErrClosedPipe once go-smtp's goroutine has closed the read end.
+	// Data may have returned already (even before Reset was called): the
+	// goroutine that ran it may still be about to hand its result over.
+	// The pipe's write end is closed, so Read no longer blocks; it
+	// answers io.ErrClosedPipe once that goroutine has closed the read
+	// end, right after the hand-over.
 	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
 		if _, err := pr.Read(nil); err == io.ErrClosedPipe {
 			return
