@@ -170,3 +170,84 @@ func TestDemo(t *testing.T) {
 		t.Error("the app password appears in the demo's log")
 	}
 }
+
+// TestServeBinary runs "passgate serve" as an operator would: the built
+// binary with a configuration file, a login through it, then SIGTERM,
+// which must drain and exit 0. Usage errors exit 2, a broken
+// configuration 1, --help 0.
+func TestServeBinary(t *testing.T) {
+	bin := passgateBinary(t)
+	run := func(args ...string) (string, int) {
+		c := exec.Command(bin, args...)
+		c.Dir = t.TempDir()
+		out, err := c.CombinedOutput()
+		code := 0
+		if ee, ok := err.(*exec.ExitError); ok {
+			code = ee.ExitCode()
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		return string(out), code
+	}
+	broken := filepath.Join(t.TempDir(), "broken.yaml")
+	if err := os.WriteFile(broken, []byte("imap:\n  listen: 127.0.0.1:1\n  upstream:\n    tls: sometimes\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		args []string
+		code int
+		want string
+	}{
+		{"help", []string{"serve", "--help"}, 0, "Usage: passgate serve"},
+		{"extra-argument", []string{"serve", "now"}, 2, ""},
+		{"unknown-flag", []string{"serve", "--port", "1"}, 2, "flag provided but not defined"},
+		{"broken-config", []string{"serve", "--config", broken}, 1, "imap.upstream.tls"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			out, code := run(tc.args...)
+			if code != tc.code || !strings.Contains(out, tc.want) {
+				t.Errorf("passgate %s: exit %d, want %d; output:\n%s", strings.Join(tc.args, " "), code, tc.code, out)
+			}
+		})
+	}
+
+	t.Run("serve-login-sigterm", func(t *testing.T) {
+		p := startPassgate(t, passgateConfig{})
+		p.enforce(t, "alice")
+		pw := p.appPassword(t, "alice", "binary")
+		p.cancel() // hand the ports over to the binary
+		<-p.done
+		p.done <- 0
+		cmd := exec.Command(bin, "serve", "--config", p.config)
+		var out syncBuffer
+		cmd.Stdout, cmd.Stderr = &out, &out
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		defer cmd.Process.Kill()
+		for deadline := time.Now().Add(10 * time.Second); !dialable(p.imapsAddr); time.Sleep(20 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("passgate serve does not listen:\n%s", out.String())
+			}
+		}
+		if got := p.rawLoginFrom(t, "127.0.0.57", "alice", pw); !strings.HasPrefix(got, "a OK") {
+			t.Fatalf("login through the binary: %q", got)
+		}
+		cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan error, 1)
+		go func() { done <- cmd.Wait() }()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatalf("serve after SIGTERM: %v\n%s", err, out.String())
+			}
+		case <-time.After(40 * time.Second):
+			t.Fatal("serve did not exit after SIGTERM")
+		}
+		if !strings.Contains(out.String(), `"msg":"listening"`) || !strings.Contains(out.String(), `"msg":"shutting down"`) {
+			t.Errorf("serve's JSON log lacks listening/shutting down:\n%s", out.String())
+		}
+	})
+}
