@@ -289,7 +289,20 @@ func (e *Engine) Unavailable(ctx context.Context, a Attempt, cause error) {
 
 // PrimaryResult records the upstream's verdict on a provisional primary
 // password allow. ok is true when the upstream accepted the login.
+//
+// Called with an app-password decision and ok false, it records that the
+// upstream refused the login on the user's behalf (a master login for a
+// user the upstream does not know): the success that Decide recorded is
+// then followed by this failure.
 func (e *Engine) PrimaryResult(ctx context.Context, a Attempt, d Decision, ok bool) {
+	if d.Kind == KindAppPassword {
+		if !ok {
+			d.Allow = false
+			d.Reason = "app password accepted, but the upstream refused the login on the user's behalf"
+			e.audit(ctx, a, d, "failure")
+		}
+		return
+	}
 	if ok {
 		if d.MFA == string(store.MFAEnabled) {
 			d.Reason = "primary password accepted; would be refused once enforced"

@@ -351,3 +351,18 @@ func TestSlowUpstreamRefusalWarns(t *testing.T) {
 		t.Errorf("no warning about the upstream's own delay:\n%s", b.String())
 	}
 }
+
+func TestUpstreamRefusedAppPasswordLogin(t *testing.T) {
+	fs := newFake()
+	e := New(Options{Store: fs, FailureDelay: -1})
+	a := Attempt{Proto: IMAP, User: "alice", Secret: goodApp, TLS: true, Client: tlsClient}
+	d, err := e.Decide(context.Background(), a)
+	if err != nil || d.Kind != KindAppPassword {
+		t.Fatalf("Decide = %+v, %v", d, err)
+	}
+	e.PrimaryResult(context.Background(), a, d, true) // nothing more to record
+	e.PrimaryResult(context.Background(), a, d, false)
+	if len(fs.events) != 2 || fs.events[1].Outcome != "failure" || !strings.Contains(fs.events[1].Detail, "upstream refused the login on the user's behalf") {
+		t.Fatalf("events = %+v", fs.events)
+	}
+}

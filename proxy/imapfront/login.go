@@ -244,9 +244,7 @@ func (c *conn) login(tag string, user, secret []byte) bool {
 	up, okText, err := c.srv.opts.Upstream.Login(lctx, req)
 	if err != nil {
 		if errors.Is(err, ErrUpstreamRefused) {
-			if primary {
-				dec.PrimaryResult(c.ctx, a, d, false)
-			}
+			dec.PrimaryResult(c.ctx, a, d, false)
 			dec.Fail(c.ctx, a)
 			return c.authFailed(tag, replyAuthFailed)
 		}
