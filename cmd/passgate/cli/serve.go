@@ -92,8 +92,9 @@ func newLogger(e *env, cfg *configs.Config, defFormat string) *slog.Logger {
 	return slog.New(slog.NewJSONHandler(e.Stderr, opts))
 }
 
-// serve runs the listeners of cfg until ctx ends. over, when not nil,
-// replaces upstreams and learns the bound addresses.
+// serve opens and migrates the store, then runs the listeners of cfg
+// until ctx ends and drains them. over, when not nil, learns the bound
+// addresses once every listener accepts (demo prints them).
 func serve(ctx context.Context, e *env, cfg *configs.Config, log *slog.Logger, over *serveOverrides) error {
 	st, err := openStore(ctx, cfg)
 	if err != nil {
