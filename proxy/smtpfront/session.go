@@ -206,12 +206,13 @@ func (ss *session) authenticate(started time.Time, c credentials, malformed erro
 	up, err := p.Login(ctx, req)
 	if err != nil {
 		if errors.Is(err, ErrLoginRefused) {
-			if primary {
-				ss.s.o.Decider.PrimaryResult(ctx, a, d, false)
-			} else {
+			if !primary {
 				ss.s.log.LogAttrs(ctx, slog.LevelError, "smtp upstream refused an allowed login",
 					slog.Uint64("conn_id", ss.tc.id), slog.String("user", d.User), slog.Any("err", err))
 			}
+			// For an app password too: the audit trail then shows the
+			// failure after the success that the decision recorded.
+			ss.s.o.Decider.PrimaryResult(ctx, a, d, false)
 			return fail("refused by the upstream")
 		}
 		return temp("smtp upstream login failed", "upstream_unavailable", err)
