@@ -41,7 +41,7 @@ type TLS struct {
 
 // Policy configures the decision.
 type Policy struct {
-	TrustedNetworks []string      `yaml:"trusted_networks"` // CIDRs allowed plaintext auth and PROXY protocol
+	TrustedNetworks []string      `yaml:"trusted_networks"` // CIDRs allowed plaintext auth
 	FailureDelay    Duration      `yaml:"failure_delay"`    // default 2s
 	MaxAppPasswords int           `yaml:"max_app_passwords"`
 	DefaultMFA      string        `yaml:"default_mfa"` // disabled (default) | enabled | enforced

@@ -26,7 +26,7 @@ const (
 func demoMessages() []string {
 	return []string{
 		"From: Ada <ada@example.test>\nTo: demo@example.test\nSubject: Welcome to passgate\nDate: Fri, 27 Nov 2026 09:00:00 +0000\nMessage-ID: <1@demo.invalid>\n\nThis message sits on the in-process IMAP server behind passgate.\nYou read it with an app password.\n",
-		"From: Grace <grace@example.test>\nTo: demo@example.test\nSubject: Your app passwords\nDate: Fri, 27 Nov 2026 09:05:00 +0000\nMessage-ID: <2@demo.invalid>\n\nDelete one with: passgate app-password delete demo --label demo\n",
+		"From: Grace <grace@example.test>\nTo: demo@example.test\nSubject: Your app passwords\nDate: Fri, 27 Nov 2026 09:05:00 +0000\nMessage-ID: <2@demo.invalid>\n\nIn production an operator deletes one with: passgate app-password delete NAME --label LABEL\n",
 		"From: Linus <linus@example.test>\nTo: demo@example.test\nSubject: Primary passwords\nDate: Fri, 27 Nov 2026 09:10:00 +0000\nMessage-ID: <3@demo.invalid>\n\nThe primary password of an MFA user never reaches this server.\n",
 	}
 }
@@ -124,7 +124,7 @@ func runDemo(ctx context.Context, e *env, imapAddr, smtpAddr string) error {
 		fmt.Fprintf(&b, "passgate demo is running. Store: %s (removed at exit). Ctrl-C stops it.\n\n", cfg.Store.DSN)
 		fmt.Fprintf(&b, "  user             %s (MFA enforced)\n", demoUser)
 		fmt.Fprintf(&b, "  primary password %s   <- refused: MFA is enforced\n", demoPrimary)
-		fmt.Fprintf(&b, "  app password     %s        <- label \"demo\", scopes imap,smtp,ldap\n\n", apppass.Format(secret))
+		fmt.Fprintf(&b, "  app password     %s        <- label \"demo\", scopes imap,smtp,ldap (the demo has no LDAP listener)\n\n", apppass.Format(secret))
 		fmt.Fprintf(&b, "List the inbox with the app password (spaces and case do not matter):\n\n")
 		fmt.Fprintf(&b, "  curl -s 'imap://%s/INBOX' --user '%s:%s' -X 'FETCH 1:* ENVELOPE'\n\n", imap, demoUser, secret)
 		fmt.Fprintf(&b, "The same with the primary password is refused (after 2 s, like every failure):\n\n")

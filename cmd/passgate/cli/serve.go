@@ -133,6 +133,9 @@ func serve(ctx context.Context, e *env, cfg *configs.Config, log *slog.Logger, o
 		d.serverTLS = certs.tlsConfig()
 	}
 
+	if cfg.Web.Listen != "" || cfg.Metrics.Listen != "" {
+		log.Warn("web.listen and metrics.listen are not served by this version of passgate; they are ignored")
+	}
 	services, err := buildServices(d)
 	if err != nil {
 		return err
@@ -185,8 +188,9 @@ func serve(ctx context.Context, e *env, cfg *configs.Config, log *slog.Logger, o
 			log.Warn("revocation check failed; live sessions kept", slog.Any("err", err))
 		})
 	}()
-	// SIGHUP reloads the certificate.
-	if certs != nil {
+	// SIGHUP reloads the certificate. It is caught even without one, so
+	// that "systemctl reload" never stops the service.
+	{
 		hup := make(chan os.Signal, 1)
 		signal.Notify(hup, syscall.SIGHUP)
 		defer signal.Stop(hup)
@@ -198,7 +202,9 @@ func serve(ctx context.Context, e *env, cfg *configs.Config, log *slog.Logger, o
 				case <-runCtx.Done():
 					return
 				case <-hup:
-					if err := certs.reload(); err != nil {
+					if certs == nil {
+						log.Info("SIGHUP: no certificate configured, nothing to reload")
+					} else if err := certs.reload(); err != nil {
 						log.Error("certificate reload failed; keeping the old certificate", slog.Any("err", err))
 					} else {
 						log.Info("certificate reloaded")
