@@ -235,6 +235,16 @@ func TestServeBinary(t *testing.T) {
 		if got := p.rawLoginFrom(t, "127.0.0.57", "alice", pw); !strings.HasPrefix(got, "a OK") {
 			t.Fatalf("login through the binary: %q", got)
 		}
+		// SIGHUP (systemctl reload) reloads the certificate and serve goes on.
+		cmd.Process.Signal(syscall.SIGHUP)
+		for deadline := time.Now().Add(5 * time.Second); !strings.Contains(out.String(), "certificate reloaded"); time.Sleep(20 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("no reload after SIGHUP:\n%s", out.String())
+			}
+		}
+		if got := p.rawLoginFrom(t, "127.0.0.57", "alice", pw); !strings.HasPrefix(got, "a OK") {
+			t.Fatalf("login after SIGHUP: %q", got)
+		}
 		cmd.Process.Signal(syscall.SIGTERM)
 		done := make(chan error, 1)
 		go func() { done <- cmd.Wait() }()
