@@ -14,8 +14,10 @@ const module = "github.com/passgate/passgate"
 // cmd → proxy → policy → backends; a protocol front never imports another
 // front; a backend imports no other backend (but the app-password
 // primitives), nor proxy, policy or configs; only cmd reads configs; no
-// production package imports integration/. It also checks that every
-// package has a doc comment.
+// production package imports integration/. A wire package (backends/*wire)
+// holds a protocol's framing, the same at both ends of a session: any
+// front or backend may import it, and it imports no passgate package. It
+// also checks that every package has a doc comment.
 func TestLayout(t *testing.T) {
 	out, err := exec.Command("go", "list", "-json", module+"/...").Output()
 	if err != nil {
@@ -55,6 +57,10 @@ func TestLayout(t *testing.T) {
 			to := rel(imp)
 			bad := ""
 			switch {
+			case strings.HasSuffix(from, "wire"):
+				bad = "a wire package imports no passgate package"
+			case strings.HasPrefix(to, "backends/") && strings.HasSuffix(to, "wire") && top(from) != "integration":
+				// shared framing: allowed from fronts and backends
 			case top(to) == "integration" && top(from) != "integration":
 				bad = "production code imports the test harness"
 			case top(to) == "cmd" && top(from) != "cmd":

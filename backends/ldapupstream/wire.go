@@ -3,15 +3,14 @@ package ldapupstream
 import (
 	"bufio"
 	"errors"
-	"io"
+	"github.com/passgate/passgate/backends/ldapwire"
 
 	ber "github.com/go-asn1-ber/asn1-ber"
 )
 
-// The same small envelope reader as the listener's (proxy/ldapfront keeps
-// its own: a backend must not import a front). It bounds what the
-// directory may send in one message before allocating it, and never uses
-// the process-wide ber.MaxPacketLengthBytes.
+// The envelope reader is backends/ldapwire's, shared with the listener: it
+// bounds what the directory may send in one message before allocating it,
+// and never uses the process-wide ber.MaxPacketLengthBytes.
 
 const (
 	errTooLarge  = constError("ldapupstream: message from the directory exceeds the size limit (a directory answer larger than 16 MiB)")
@@ -19,10 +18,10 @@ const (
 )
 
 const (
-	classUniversal   byte = 0x00
-	classApplication byte = 0x40
-	classContext     byte = 0x80
-	maxMessageID          = 1<<31 - 1
+	classUniversal   = ldapwire.ClassUniversal
+	classApplication = ldapwire.ClassApplication
+	classContext     = ldapwire.ClassContext
+	maxMessageID     = ldapwire.MaxMessageID
 
 	opBindRequest      = 0
 	opBindResponse     = 1
@@ -35,201 +34,67 @@ const (
 	opIntermediate     = 25
 )
 
-func readMessage(r *bufio.Reader, max int) ([]byte, error) {
-	var hdr [10]byte
-	b, err := r.ReadByte()
-	if err != nil {
-		return nil, err
-	}
-	if b != 0x30 {
-		return nil, errMalformed
-	}
-	hdr[0] = b
-	n := 1
-	lb, err := r.ReadByte()
-	if err != nil {
-		return nil, unexpected(err)
-	}
-	hdr[n] = lb
-	n++
-	length := 0
-	switch {
-	case lb < 0x80:
-		length = int(lb)
-	case lb == 0x80 || lb == 0xff:
-		return nil, errMalformed
-	default:
-		k := int(lb & 0x7f)
-		if k > 8 {
-			return nil, errMalformed
-		}
-		for i := 0; i < k; i++ {
-			c, err := r.ReadByte()
-			if err != nil {
-				return nil, unexpected(err)
-			}
-			hdr[n] = c
-			n++
-			if length > max>>8 {
-				return nil, errTooLarge
-			}
-			length = length<<8 | int(c)
-		}
-	}
-	if length > max {
-		return nil, errTooLarge
-	}
-	msg := make([]byte, n+length)
-	copy(msg, hdr[:n])
-	if _, err := io.ReadFull(r, msg[n:]); err != nil {
-		return nil, unexpected(err)
-	}
-	return msg, nil
-}
+// The framing itself lives in backends/ldapwire, shared with the other end
+// of the session; these adapters keep this package's own types and errors.
 
-func unexpected(err error) error {
-	if errors.Is(err, io.EOF) {
-		return io.ErrUnexpectedEOF
+func wireErr(err error) error {
+	switch {
+	case errors.Is(err, ldapwire.ErrTooLarge):
+		return errTooLarge
+	case errors.Is(err, ldapwire.ErrMalformed):
+		return errMalformed
 	}
 	return err
 }
 
+// readMessage reads one LDAPMessage with ldapwire.ReadMessage: the declared
+// length is checked against max before anything is allocated.
+func readMessage(r *bufio.Reader, max int) ([]byte, error) {
+	b, err := ldapwire.ReadMessage(r, max)
+	return b, wireErr(err)
+}
+
+// element is one BER element inside a message that is already in memory.
 type element struct {
-	class       byte
+	class       byte // classUniversal, classApplication, classContext, 0xc0 private
 	constructed bool
 	tag         int
 	content     []byte
-	raw         []byte
+	raw         []byte // the whole element, header included
 }
 
+func fromWire(e ldapwire.Element) element {
+	return element{class: e.Class, constructed: e.Constructed, tag: e.Tag, content: e.Content, raw: e.Raw}
+}
+
+// nextElement splits the first element off b.
 func nextElement(b []byte) (element, []byte, error) {
-	if len(b) < 2 {
-		return element{}, nil, errMalformed
-	}
-	id := b[0]
-	e := element{class: id & 0xc0, constructed: id&0x20 != 0, tag: int(id & 0x1f)}
-	if e.tag == 0x1f {
-		return element{}, nil, errMalformed
-	}
-	lb := b[1]
-	i := 2
-	length := 0
-	switch {
-	case lb < 0x80:
-		length = int(lb)
-	case lb == 0x80 || lb == 0xff:
-		return element{}, nil, errMalformed
-	default:
-		k := int(lb & 0x7f)
-		if k > 4 || len(b) < 2+k {
-			return element{}, nil, errMalformed
-		}
-		for ; i < 2+k; i++ {
-			length = length<<8 | int(b[i])
-		}
-		if length < 0 || length > maxMessageID {
-			return element{}, nil, errMalformed
-		}
-	}
-	if len(b)-i < length {
-		return element{}, nil, errMalformed
-	}
-	e.content = b[i : i+length]
-	e.raw = b[:i+length]
-	return e, b[i+length:], nil
+	e, rest, err := ldapwire.NextElement(b)
+	return fromWire(e), rest, wireErr(err)
 }
 
+// message is the envelope of an LDAPMessage (RFC 4511 §4.1.1), pointing
+// into the bytes it was parsed from.
 type message struct {
 	id       int64
-	op       element
-	controls []byte
+	op       element // protocolOp, class APPLICATION
+	controls []byte  // the whole [0] Controls element, or nil
 }
 
+// parseMessage splits an LDAPMessage into its message ID, protocolOp and
+// controls without copying.
 func parseMessage(raw []byte) (message, error) {
-	outer, rest, err := nextElement(raw)
-	if err != nil || len(rest) != 0 || outer.class != classUniversal || !outer.constructed || outer.tag != int(ber.TagSequence) {
-		return message{}, errMalformed
+	m, err := ldapwire.ParseMessage(raw)
+	if err != nil {
+		return message{}, wireErr(err)
 	}
-	idEl, body, err := nextElement(outer.content)
-	if err != nil || idEl.class != classUniversal || idEl.tag != int(ber.TagInteger) {
-		return message{}, errMalformed
-	}
-	id, ok := parseUint31(idEl.content)
-	if !ok {
-		return message{}, errMalformed
-	}
-	op, body, err := nextElement(body)
-	if err != nil || op.class != classApplication {
-		return message{}, errMalformed
-	}
-	m := message{id: id, op: op}
-	if len(body) > 0 {
-		c, tail, err := nextElement(body)
-		if err != nil || len(tail) != 0 || c.class != classContext || !c.constructed || c.tag != 0 {
-			return message{}, errMalformed
-		}
-		m.controls = c.raw
-	}
-	return m, nil
+	return message{id: m.ID, op: fromWire(m.Op), controls: m.Controls}, nil
 }
 
-func parseUint31(b []byte) (int64, bool) {
-	if len(b) == 0 || len(b) > 5 || b[0]&0x80 != 0 {
-		return 0, false
-	}
-	var v int64
-	for _, c := range b {
-		v = v<<8 | int64(c)
-	}
-	return v, v <= maxMessageID
-}
-
-func appendLength(dst []byte, n int) []byte {
-	switch {
-	case n < 0x80:
-		return append(dst, byte(n))
-	case n < 0x100:
-		return append(dst, 0x81, byte(n))
-	case n < 0x10000:
-		return append(dst, 0x82, byte(n>>8), byte(n))
-	case n < 0x1000000:
-		return append(dst, 0x83, byte(n>>16), byte(n>>8), byte(n))
-	}
-	return append(dst, 0x84, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
-}
-
-func appendInt(dst []byte, v int64) []byte {
-	var tmp [9]byte
-	i := len(tmp)
-	for {
-		i--
-		tmp[i] = byte(v)
-		v >>= 8
-		if v == 0 {
-			break
-		}
-	}
-	if tmp[i]&0x80 != 0 {
-		i--
-		tmp[i] = 0
-	}
-	dst = append(dst, 0x02)
-	dst = appendLength(dst, len(tmp)-i)
-	return append(dst, tmp[i:]...)
-}
-
-// envelope builds an LDAPMessage around a raw protocolOp and controls.
-func envelope(id int64, op, controls []byte) []byte {
-	var idb [12]byte
-	idEnc := appendInt(idb[:0], id)
-	n := len(idEnc) + len(op) + len(controls)
-	out := make([]byte, 0, n+6)
-	out = append(out, 0x30)
-	out = appendLength(out, n)
-	out = append(out, idEnc...)
-	out = append(out, op...)
-	return append(out, controls...)
-}
+// Encoders of ldapwire, under this package's names.
+func appendLength(dst []byte, n int) []byte         { return ldapwire.AppendLength(dst, n) }
+func appendInt(dst []byte, v int64) []byte          { return ldapwire.AppendInt(dst, v) }
+func envelope(id int64, op, controls []byte) []byte { return ldapwire.Envelope(id, op, controls) }
 
 // withControl returns a [0] Controls element holding the controls of
 // controls (nil for none) followed by ctl. It refuses controls that
