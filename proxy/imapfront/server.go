@@ -24,12 +24,12 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"github.com/passgate/passgate/proxy/accept"
 	"log/slog"
 	"net"
 	"net/netip"
 	"runtime/debug"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/passgate/passgate/policy"
@@ -194,23 +194,18 @@ func (s *Server) Serve(ln net.Listener) error {
 		ln.Close()
 	}()
 
-	var backoff time.Duration
+	onRetry := func(err error) {
+		s.log.LogAttrs(s.baseCtx, slog.LevelWarn, "accept failed",
+			slog.String("proto", policy.IMAP), slog.Any("err", err))
+	}
 	for {
-		nc, err := ln.Accept()
+		nc, err := accept.Accept(ln, s.isClosing, onRetry)
 		if err != nil {
 			if s.isClosing() {
 				return ErrServerClosed
 			}
-			if retryableAccept(err) {
-				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-				s.log.LogAttrs(s.baseCtx, slog.LevelWarn, "accept failed",
-					slog.String("proto", policy.IMAP), slog.Any("err", err))
-				time.Sleep(backoff)
-				continue
-			}
 			return fmt.Errorf("imapfront: accept on %s: %w", ln.Addr(), err)
 		}
-		backoff = 0
 		c := newConn(s, nc)
 		s.mu.Lock()
 		if s.closing {
@@ -223,22 +218,6 @@ func (s *Server) Serve(ln net.Listener) error {
 		s.mu.Unlock()
 		go s.run(c)
 	}
-}
-
-// retryableAccept reports whether an accept error is passing (out of file
-// descriptors or memory, a connection aborted before accept): Serve then
-// waits a little and goes on rather than dropping the listener.
-func retryableAccept(err error) bool {
-	var ne net.Error
-	if errors.As(err, &ne) && ne.Timeout() {
-		return true
-	}
-	for _, errno := range []syscall.Errno{syscall.EMFILE, syscall.ENFILE, syscall.ECONNABORTED, syscall.ENOBUFS, syscall.ENOMEM} {
-		if errors.Is(err, errno) {
-			return true
-		}
-	}
-	return false
 }
 
 // run serves one connection; it recovers a panic so that one bad

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"github.com/passgate/passgate/proxy/accept"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -222,24 +223,22 @@ func (s *Server) Serve(ln net.Listener) error {
 		delete(s.listeners, ln)
 		s.mu.Unlock()
 	}()
-	var backoff time.Duration
+	closing := func() bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.closed
+	}
+	onRetry := func(err error) {
+		s.log.Warn("accept failed", slog.String("proto", "ldap"), slog.Any("err", err))
+	}
 	for {
-		nc, err := ln.Accept()
+		nc, err := accept.Accept(ln, closing, onRetry)
 		if err != nil {
-			s.mu.Lock()
-			closed := s.closed
-			s.mu.Unlock()
-			if closed {
+			if closing() {
 				return ErrServerClosed
-			}
-			if isTemporary(err) {
-				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-				time.Sleep(backoff)
-				continue
 			}
 			return fmt.Errorf("ldapfront: accept on %s: %w", ln.Addr(), err)
 		}
-		backoff = 0
 		s.mu.Lock()
 		if s.closed {
 			s.mu.Unlock()
@@ -260,13 +259,6 @@ func (s *Server) Serve(ln net.Listener) error {
 			c.serve()
 		}()
 	}
-}
-
-// isTemporary reports accept errors that do not end the listener (too
-// many open files).
-func isTemporary(err error) bool {
-	var t interface{ Temporary() bool }
-	return errors.As(err, &t) && t.Temporary()
 }
 
 // Shutdown stops accepting, closes each connection as soon as it has

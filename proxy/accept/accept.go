@@ -1,0 +1,54 @@
+// Package accept is the accept loop shared by passgate's own listeners
+// (proxy/imapfront, proxy/ldapfront): the first step on the path of a
+// login, before any protocol byte. A passing accept error (out of file
+// descriptors or memory, a connection aborted before accept) must not
+// drop the listener: it is retried after a growing pause. It imports no
+// passgate package.
+package accept
+
+import (
+	"errors"
+	"net"
+	"syscall"
+	"time"
+)
+
+// Pauses between retries of a passing accept error.
+const (
+	minPause = 5 * time.Millisecond
+	maxPause = time.Second
+)
+
+// Accept returns the next connection of ln. Passing errors are retried
+// after a pause that doubles from 5 ms up to 1 s, reporting each to
+// onRetry (which may be nil), unless stop reports that the server is
+// closing. Any other error is returned as is; the caller decides whether
+// it means "closed" or a failure.
+func Accept(ln net.Listener, stop func() bool, onRetry func(error)) (net.Conn, error) {
+	var pause time.Duration
+	for {
+		nc, err := ln.Accept()
+		if err == nil || stop() || !Retryable(err) {
+			return nc, err
+		}
+		pause = min(max(2*pause, minPause), maxPause)
+		if onRetry != nil {
+			onRetry(err)
+		}
+		time.Sleep(pause)
+	}
+}
+
+// Retryable reports whether an accept error is passing.
+func Retryable(err error) bool {
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return true
+	}
+	for _, errno := range []syscall.Errno{syscall.EMFILE, syscall.ENFILE, syscall.ECONNABORTED, syscall.ENOBUFS, syscall.ENOMEM} {
+		if errors.Is(err, errno) {
+			return true
+		}
+	}
+	return false
+}
