@@ -265,12 +265,13 @@ func (e *UnavailableError) Unwrap() []error {
 //
 // A refusal of the credentials returns an error matching ErrRefused and
 // does not try further addresses. Any other failure is a
-// *UnavailableError listing each address tried. A bad Request (a
-// passthrough login without a password) returns a plain error.
+// *UnavailableError listing each address tried. A login without the
+// client's password in passthrough mode (an app password, which the
+// upstream cannot know) is a refusal too, without dialling.
 func (u *Upstream) Login(ctx context.Context, r Request) (net.Conn, string, error) {
 	passthrough := r.Password != "" || u.opts.Login == LoginPassthrough
 	if passthrough && r.Password == "" {
-		return nil, "", errors.New("imapupstream: login: passthrough needs the client's password, and the request has none (a bug in the caller)")
+		return nil, "", fmt.Errorf("imapupstream: login: imap.upstream.login is passthrough, which needs the client's own password (an app password cannot be passed through; use login: master): %w", ErrRefused)
 	}
 	if !passthrough && u.opts.MasterStyle == MasterSeparator && strings.Contains(r.User, u.opts.Separator) {
 		return nil, "", fmt.Errorf("imapupstream: login: the user name contains the master separator %q: %w", u.opts.Separator, ErrRefused)

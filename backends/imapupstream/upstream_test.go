@@ -505,3 +505,18 @@ func TestAgainstGoIMAPServer(t *testing.T) {
 type slogPrinter struct{}
 
 func (slogPrinter) Printf(string, ...any) {}
+
+// An app-password login (no client password) in passthrough mode is a
+// refusal, decided without dialling: the upstream cannot know the app
+// password, and the client must get the uniform failure.
+func TestPassthroughWithoutPasswordIsRefused(t *testing.T) {
+	up, err := New(Options{Addresses: []string{"127.0.0.1:1"}, Login: LoginPassthrough})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _, err = up.Login(context.Background(), Request{User: "alice"})
+	var ue *UnavailableError
+	if !errors.Is(err, ErrRefused) || errors.As(err, &ue) {
+		t.Fatalf("Login = %v, want ErrRefused without dialling", err)
+	}
+}

@@ -102,7 +102,7 @@ func newIMAPUpstream(d *deps) (imapfront.Upstream, error) {
 		d.log.Warn("imap.upstream.login is passthrough: app passwords cannot log in over IMAP (use master to let them)")
 	}
 	warnCleartextUpstream(d, "imap.upstream", u.TLS, u.Addresses)
-	return imapAdapter{up: up, passthrough: u.Login == "passthrough"}, nil
+	return imapAdapter{up: up}, nil
 }
 
 // warnCleartextUpstream warns when primary passwords would cross a network
@@ -125,17 +125,9 @@ func warnCleartextUpstream(d *deps, key, mode string, addrs []string) {
 
 // imapAdapter adapts backends/imapupstream to imapfront.Upstream, so that
 // neither package imports the other.
-type imapAdapter struct {
-	up          *imapupstream.Upstream
-	passthrough bool // the upstream takes only the client's own credentials
-}
+type imapAdapter struct{ up *imapupstream.Upstream }
 
 func (a imapAdapter) Login(ctx context.Context, r imapfront.LoginRequest) (net.Conn, string, error) {
-	if a.passthrough && !r.Primary {
-		// An app password cannot be passed through: the upstream does not
-		// know it. Same reply as any other failure.
-		return nil, "", fmt.Errorf("%w: imap.upstream.login is passthrough, which cannot log in with an app password", imapfront.ErrUpstreamRefused)
-	}
 	req := imapupstream.Request{User: r.User, Client: r.Client}
 	if r.Primary {
 		req.Password = string(r.Password)
