@@ -2,7 +2,6 @@ package integration
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -45,24 +44,6 @@ func passgateBinary(t testing.TB) string {
 	return binPath
 }
 
-// syncBuffer is a bytes.Buffer safe for a writer and a reader.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // TestDemo runs the README's first command as a new user would: the built
 // binary's "demo", then the curl commands it prints, then Ctrl-C.
 func TestDemo(t *testing.T) {
@@ -77,7 +58,7 @@ func TestDemo(t *testing.T) {
 	}
 	cmd := exec.Command(bin, "demo", "--imap", fmt.Sprintf("127.0.0.1:%d", imapPort), "--smtp", fmt.Sprintf("127.0.0.1:%d", smtpPort))
 	cmd.Dir = t.TempDir()
-	var stdout, stderr syncBuffer
+	var stdout, stderr lockedBuffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
@@ -220,7 +201,7 @@ func TestServeBinary(t *testing.T) {
 		<-p.done
 		p.done <- 0
 		cmd := exec.Command(bin, "serve", "--config", p.config)
-		var out syncBuffer
+		var out lockedBuffer
 		cmd.Stdout, cmd.Stderr = &out, &out
 		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 		if err := cmd.Start(); err != nil {

@@ -96,7 +96,7 @@ type passgateSMTP struct {
 	Addr, TLSAddr string
 	Store         *store.Store
 	Secrets       smtpSecrets
-	Log           *syncBuffer
+	Log           *lockedBuffer
 	servers       []*smtpfront.Server
 }
 
@@ -120,7 +120,7 @@ func startPassgateSMTP(t testing.TB, o smtpOpts) *passgateSMTP {
 	if _, err := st.Migrate(ctx); err != nil {
 		t.Fatal(err)
 	}
-	p := &passgateSMTP{Store: st, Log: &syncBuffer{}}
+	p := &passgateSMTP{Store: st, Log: &lockedBuffer{}}
 	for _, u := range []string{"alice", "bob", "carol"} {
 		if _, err := st.AddUser(ctx, u, store.MFAEnforced); err != nil {
 			t.Fatal(err)

@@ -524,7 +524,7 @@ smtp:
 	lines := strings.Split(strings.TrimSpace(run("app-password", "create", "alice", "--label", "Outlook", "--scopes", "smtp")), "\n")
 	secret := strings.TrimSpace(lines[len(lines)-1])
 	ctx, cancel := context.WithCancel(context.Background())
-	var stderr syncBuffer
+	var stderr lockedBuffer
 	done := make(chan int, 1)
 	go func() { done <- cli.Run(ctx, []string{"serve", "--config", cfgFile}, io.Discard, &stderr) }()
 	t.Cleanup(func() {
