@@ -114,14 +114,14 @@ func fakeDirectory(t *testing.T, code int64, closeCh <-chan struct{}) string {
 				return
 			}
 			m, err := parseMessage(raw)
-			if err != nil || m.op.tag != opBindRequest {
+			if err != nil || m.Op.Tag != opBindRequest {
 				continue
 			}
 			p := ber.Encode(ber.ClassApplication, ber.TypeConstructed, opBindResponse, nil, "")
 			p.AppendChild(ber.NewInteger(ber.ClassUniversal, ber.TypePrimitive, ber.TagEnumerated, code, ""))
 			p.AppendChild(ber.NewString(ber.ClassUniversal, ber.TypePrimitive, ber.TagOctetString, "", ""))
 			p.AppendChild(ber.NewString(ber.ClassUniversal, ber.TypePrimitive, ber.TagOctetString, "", ""))
-			nc.Write(envelope(m.id, p.Bytes(), nil))
+			nc.Write(envelope(m.ID, p.Bytes(), nil))
 		}
 	}()
 	return "ldap://" + ln.Addr().String()

@@ -85,10 +85,10 @@ func (s *Session) startTLS(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("ldapupstream: StartTLS with %s: %w", s.c.addr, err)
 	}
-	if m.op.tag != opExtendedResponse {
+	if m.Op.Tag != opExtendedResponse {
 		return fmt.Errorf("ldapupstream: StartTLS with %s: unexpected answer", s.c.addr)
 	}
-	code, diag, _, err := ldapResult(m.op)
+	code, diag, _, err := ldapResult(m.Op)
 	if err != nil {
 		return fmt.Errorf("ldapupstream: StartTLS with %s: %w", s.c.addr, err)
 	}
@@ -123,25 +123,25 @@ func (s *Session) reader() {
 		if err != nil {
 			break
 		}
-		if m.id == 0 {
+		if m.ID == 0 {
 			// Unsolicited notification: in practice the notice of
 			// disconnection. The session ends.
 			err = fmt.Errorf("ldapupstream: %s sent a notice of disconnection", s.c.addr)
 			break
 		}
 		last := true
-		switch m.op.tag {
+		switch m.Op.Tag {
 		case opSearchEntry, opSearchReference, opIntermediate:
 			last = false
 		}
 		s.mu.Lock()
-		h := s.handlers[m.id]
+		h := s.handlers[m.ID]
 		if last {
-			delete(s.handlers, m.id)
+			delete(s.handlers, m.ID)
 		}
 		s.mu.Unlock()
 		if h != nil {
-			h(m.op.raw, m.controls, last, nil)
+			h(m.Op.Raw, m.Controls, last, nil)
 		}
 	}
 	if errors.Is(err, net.ErrClosed) {
@@ -275,8 +275,8 @@ func (s *Session) Bind(ctx context.Context, dn string, password []byte) (ok bool
 	if err != nil {
 		return false, err
 	}
-	if resp.tag != opBindResponse {
-		return false, fmt.Errorf("ldapupstream: %s answered a bind with operation %d", s.c.addr, resp.tag)
+	if resp.Tag != opBindResponse {
+		return false, fmt.Errorf("ldapupstream: %s answered a bind with operation %d", s.c.addr, resp.Tag)
 	}
 	code, diag, _, err := ldapResult(resp)
 	if err != nil {
@@ -310,8 +310,8 @@ func (s *Session) WhoAmI(ctx context.Context) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if resp.tag != opExtendedResponse {
-		return "", fmt.Errorf("ldapupstream: %s answered WhoAmI with operation %d", s.c.addr, resp.tag)
+	if resp.Tag != opExtendedResponse {
+		return "", fmt.Errorf("ldapupstream: %s answered WhoAmI with operation %d", s.c.addr, resp.Tag)
 	}
 	code, diag, rest, err := ldapResult(resp)
 	if err != nil {
@@ -326,8 +326,8 @@ func (s *Session) WhoAmI(ctx context.Context) (string, error) {
 		if err != nil {
 			return "", fmt.Errorf("ldapupstream: WhoAmI at %s: %w", s.c.addr, err)
 		}
-		if e.class == classContext && e.tag == 11 {
-			return string(e.content), nil
+		if e.Class == classContext && e.Tag == 11 {
+			return string(e.Content), nil
 		}
 	}
 	return "", nil

@@ -54,41 +54,23 @@ func readMessage(r *bufio.Reader, max int) ([]byte, error) {
 	return b, wireErr(err)
 }
 
-// element is one BER element inside a message that is already in memory.
-type element struct {
-	class       byte // classUniversal, classApplication, classContext, 0xc0 private
-	constructed bool
-	tag         int
-	content     []byte
-	raw         []byte // the whole element, header included
-}
-
-func fromWire(e ldapwire.Element) element {
-	return element{class: e.Class, constructed: e.Constructed, tag: e.Tag, content: e.Content, raw: e.Raw}
-}
+// element and message are ldapwire's, under this package's names.
+type (
+	element = ldapwire.Element
+	message = ldapwire.Message
+)
 
 // nextElement splits the first element off b.
 func nextElement(b []byte) (element, []byte, error) {
 	e, rest, err := ldapwire.NextElement(b)
-	return fromWire(e), rest, wireErr(err)
-}
-
-// message is the envelope of an LDAPMessage (RFC 4511 §4.1.1), pointing
-// into the bytes it was parsed from.
-type message struct {
-	id       int64
-	op       element // protocolOp, class APPLICATION
-	controls []byte  // the whole [0] Controls element, or nil
+	return e, rest, wireErr(err)
 }
 
 // parseMessage splits an LDAPMessage into its message ID, protocolOp and
 // controls without copying.
 func parseMessage(raw []byte) (message, error) {
 	m, err := ldapwire.ParseMessage(raw)
-	if err != nil {
-		return message{}, wireErr(err)
-	}
-	return message{id: m.ID, op: fromWire(m.Op), controls: m.Controls}, nil
+	return m, wireErr(err)
 }
 
 // Encoders of ldapwire, under this package's names.
@@ -103,26 +85,26 @@ func withControl(controls, ctl []byte, refuse ...string) ([]byte, error) {
 	var content []byte
 	if controls != nil {
 		c, _, err := nextElement(controls)
-		if err != nil || c.class != classContext || c.tag != 0 {
+		if err != nil || c.Class != classContext || c.Tag != 0 {
 			return nil, errMalformed
 		}
-		for b := c.content; len(b) > 0; {
+		for b := c.Content; len(b) > 0; {
 			var one element
 			one, b, err = nextElement(b)
-			if err != nil || !one.constructed {
+			if err != nil || !one.Constructed {
 				return nil, errMalformed
 			}
-			t, _, err := nextElement(one.content)
-			if err != nil || t.tag != int(ber.TagOctetString) {
+			t, _, err := nextElement(one.Content)
+			if err != nil || t.Tag != int(ber.TagOctetString) {
 				return nil, errMalformed
 			}
 			for _, r := range refuse {
-				if string(t.content) == r {
+				if string(t.Content) == r {
 					return nil, errOwnProxyAuthz
 				}
 			}
 		}
-		content = c.content
+		content = c.Content
 	}
 	out := make([]byte, 0, len(content)+len(ctl)+6)
 	out = append(out, 0xa0)
@@ -134,11 +116,11 @@ func withControl(controls, ctl []byte, refuse ...string) ([]byte, error) {
 // ldapResult reads resultCode and diagnosticMessage of an LDAPResult-shaped
 // protocolOp, and returns the elements after them.
 func ldapResult(op element) (code int, diag string, rest []byte, err error) {
-	codeEl, b, err := nextElement(op.content)
-	if err != nil || codeEl.tag != int(ber.TagEnumerated) || len(codeEl.content) == 0 || len(codeEl.content) > 4 {
+	codeEl, b, err := nextElement(op.Content)
+	if err != nil || codeEl.Tag != int(ber.TagEnumerated) || len(codeEl.Content) == 0 || len(codeEl.Content) > 4 {
 		return 0, "", nil, errMalformed
 	}
-	v, err := ber.ParseInt64(codeEl.content)
+	v, err := ber.ParseInt64(codeEl.Content)
 	if err != nil {
 		return 0, "", nil, errMalformed
 	}
@@ -150,5 +132,5 @@ func ldapResult(op element) (code int, diag string, rest []byte, err error) {
 	if err != nil {
 		return 0, "", nil, errMalformed
 	}
-	return int(v), string(d.content), b, nil
+	return int(v), string(d.Content), b, nil
 }

@@ -29,7 +29,7 @@ const (
 // bind runs one BindRequest. Nothing is in flight upstream while it runs.
 func (c *conn) bind(m message) {
 	started := time.Now()
-	req, err := decodeBind(m.op)
+	req, err := decodeBind(m.Op)
 	if err != nil {
 		c.disconnect(resultProtocolError, "malformed LDAP message")
 		return
@@ -39,24 +39,24 @@ func (c *conn) bind(m message) {
 	c.setIdentity(identity{})
 	switch {
 	case req.version != 3:
-		c.respond(m.id, opBindRequest, resultProtocolError, msgVersion)
+		c.respond(m.ID, opBindRequest, resultProtocolError, msgVersion)
 		return
 	case !req.simple:
-		c.respond(m.id, opBindRequest, resultAuthMethodNotSupported, msgSASL)
+		c.respond(m.ID, opBindRequest, resultAuthMethodNotSupported, msgSASL)
 		return
 	}
 	name := strings.TrimSpace(req.name)
 	switch {
 	case name == "" && len(req.password) == 0:
 		if !c.srv.opts.AllowAnonymous {
-			c.respond(m.id, opBindRequest, resultUnwillingToPerform, msgAnonymousBind)
+			c.respond(m.ID, opBindRequest, resultUnwillingToPerform, msgAnonymousBind)
 			return
 		}
 		c.acceptAnonymous(m, false)
 		return
 	case name != "" && len(req.password) == 0:
 		if !c.srv.opts.AllowUnauthenticated {
-			c.respond(m.id, opBindRequest, resultUnwillingToPerform, msgUnauthenticated)
+			c.respond(m.ID, opBindRequest, resultUnwillingToPerform, msgUnauthenticated)
 			return
 		}
 		c.acceptAnonymous(m, true)
@@ -64,7 +64,7 @@ func (c *conn) bind(m message) {
 	}
 	tlsOn := c.tls.Load()
 	if !c.srv.opts.Decider.PlaintextAllowed(c.remote, tlsOn) {
-		c.respond(m.id, opBindRequest, resultConfidentialityRequired, msgConfidentiality)
+		c.respond(m.ID, opBindRequest, resultConfidentialityRequired, msgConfidentiality)
 		return
 	}
 	a := policy.Attempt{
@@ -176,14 +176,14 @@ func (c *conn) appBind(m message, a policy.Attempt, d policy.Decision, bn boundN
 		id.authzID = proxyAuthzDNPrefix + id.dn
 	}
 	c.setIdentity(id)
-	c.respond(m.id, opBindRequest, resultSuccess, "")
+	c.respond(m.ID, opBindRequest, resultSuccess, "")
 }
 
 // acceptAnonymous answers an allowed anonymous or unauthenticated bind.
 func (c *conn) acceptAnonymous(m message, unauth bool) {
 	c.setIdentity(identity{unauth: unauth})
 	c.markAuthed()
-	c.respond(m.id, opBindRequest, resultSuccess, "")
+	c.respond(m.ID, opBindRequest, resultSuccess, "")
 }
 
 // primaryBind has the directory check a primary password that the
@@ -236,7 +236,7 @@ func (c *conn) primaryBind(m message, a policy.Attempt, d policy.Decision, bn bo
 		c.sessState = sessAccount
 	}
 	c.setIdentity(identity{kind: identPrimary, user: d.User, dn: dn, authzID: authzID})
-	c.respond(m.id, opBindRequest, resultSuccess, "")
+	c.respond(m.ID, opBindRequest, resultSuccess, "")
 }
 
 // unavailable answers a bind that met a temporary failure with
@@ -250,14 +250,14 @@ func (c *conn) unavailable(m message, a policy.Attempt, op, msg string, err erro
 		slog.String("upstream", op), slog.Any("err", err))
 	c.srv.opts.Decider.Fail(c.ctx, a)
 	c.srv.opts.Decider.Unavailable(c.ctx, a, err)
-	c.respond(m.id, opBindRequest, resultUnavailable, msg)
+	c.respond(m.ID, opBindRequest, resultUnavailable, msg)
 }
 
 // fail answers a refused bind: the same bytes after the same delay,
 // whatever the reason. After MaxBindFailures the connection is closed.
 func (c *conn) fail(m message, a policy.Attempt) {
 	c.srv.opts.Decider.Fail(c.ctx, a)
-	c.respond(m.id, opBindRequest, resultInvalidCredentials, failureMessage)
+	c.respond(m.ID, opBindRequest, resultInvalidCredentials, failureMessage)
 	c.failures++
 	if c.failures >= c.srv.opts.MaxBindFailures {
 		c.stop(errors.New("too many failed binds"))

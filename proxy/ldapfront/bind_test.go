@@ -14,17 +14,17 @@ func (c *client) whoAmI(id int64) string {
 	c.t.Helper()
 	c.send(encodeExtended(id, oidWhoAmI))
 	m, _ := c.recv()
-	if m.id != id || m.op.tag != opExtendedResponse {
-		c.t.Fatalf("WhoAmI: got id %d tag %d", m.id, m.op.tag)
+	if m.ID != id || m.Op.Tag != opExtendedResponse {
+		c.t.Fatalf("WhoAmI: got id %d tag %d", m.ID, m.Op.Tag)
 	}
-	b := m.op.content
+	b := m.Op.Content
 	for i := 0; len(b) > 0; i++ {
 		e, rest, err := nextElement(b)
 		if err != nil {
 			c.t.Fatal(err)
 		}
-		if i >= 3 && e.class == classContext && e.tag == 11 {
-			return string(e.content)
+		if i >= 3 && e.Class == classContext && e.Tag == 11 {
+			return string(e.Content)
 		}
 		b = rest
 	}
@@ -37,8 +37,8 @@ func (ts *testServer) bindCode(t *testing.T, id int64, name, pw string) (int, *c
 	c := ts.dial(t)
 	c.send(encodeBind(id, name, pw))
 	m, _ := c.recv()
-	if m.id != id || m.op.tag != opBindResponse {
-		t.Fatalf("bind: got id %d tag %d", m.id, m.op.tag)
+	if m.ID != id || m.Op.Tag != opBindResponse {
+		t.Fatalf("bind: got id %d tag %d", m.ID, m.Op.Tag)
 	}
 	code, _ := result(t, m)
 	return code, c
@@ -145,7 +145,7 @@ func TestAppPasswordIdentityIsCanonical(t *testing.T) {
 		c.send(encodeSearch(3, aliceDN, nil))
 		for {
 			m, _ := c.recv()
-			if m.op.tag == opSearchDone {
+			if m.Op.Tag == opSearchDone {
 				break
 			}
 		}
@@ -244,14 +244,14 @@ func TestPreBindMessageCap(t *testing.T) {
 			c := ts.dial(t)
 			if tc.bindPW != "" {
 				c.send(encodeBind(1, aliceDN, tc.bindPW))
-				if m, _ := c.recv(); m.op.tag != opBindResponse {
+				if m, _ := c.recv(); m.Op.Tag != opBindResponse {
 					t.Fatal("no bind response")
 				}
 			}
 			c.send(encodeSearch(2, "cn="+big, nil))
 			for {
 				m, _ := c.recv()
-				if m.id == 0 {
+				if m.ID == 0 {
 					if code, _ := result(t, m); tc.wantDone || code != resultProtocolError {
 						t.Fatalf("notice of disconnection (code %d), want done %v", code, tc.wantDone)
 					}
@@ -261,7 +261,7 @@ func TestPreBindMessageCap(t *testing.T) {
 					}
 					return
 				}
-				if m.op.tag == opSearchDone {
+				if m.Op.Tag == opSearchDone {
 					if !tc.wantDone {
 						t.Fatal("a 100 KiB message before any bind was accepted")
 					}
@@ -330,8 +330,8 @@ func TestAbandonOfQueuedBindIsIgnored(t *testing.T) {
 	close(block)
 	for _, want := range []int64{1, 2} {
 		m, _ := c.recv()
-		if code, _ := result(t, m); m.id != want || m.op.tag != opBindResponse || code != resultSuccess {
-			t.Fatalf("got id %d tag %d code %d, want the success of bind %d", m.id, m.op.tag, code, want)
+		if code, _ := result(t, m); m.ID != want || m.Op.Tag != opBindResponse || code != resultSuccess {
+			t.Fatalf("got id %d tag %d code %d, want the success of bind %d", m.ID, m.Op.Tag, code, want)
 		}
 	}
 }

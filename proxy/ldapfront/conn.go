@@ -294,15 +294,15 @@ func (c *conn) readLoop() {
 			return
 		}
 		msg, err := parseMessage(raw)
-		if err != nil || msg.id == 0 {
+		if err != nil || msg.ID == 0 {
 			c.disconnect(resultProtocolError, "malformed LDAP message")
 			return
 		}
-		switch msg.op.tag {
+		switch msg.Op.Tag {
 		case opUnbindRequest:
 			return
 		case opAbandonRequest:
-			target, err := decodeAbandon(msg.op)
+			target, err := decodeAbandon(msg.Op)
 			if err != nil {
 				c.disconnect(resultProtocolError, "malformed LDAP message")
 				return
@@ -310,13 +310,13 @@ func (c *conn) readLoop() {
 			c.abandon(target)
 			continue
 		case opExtendedRequest:
-			ext, err := decodeExtended(msg.op)
+			ext, err := decodeExtended(msg.Op)
 			if err != nil {
 				c.disconnect(resultProtocolError, "malformed LDAP message")
 				return
 			}
 			if ext.oid == oidStartTLS {
-				if !c.startTLS(msg.id) {
+				if !c.startTLS(msg.ID) {
 					return
 				}
 				continue
@@ -343,7 +343,7 @@ func (c *conn) enqueue(r *request) bool {
 		if c.queuedBytes == 0 || c.queuedBytes+r.size <= maxQueuedBytes {
 			c.queuedBytes += r.size
 			if r.barrier == nil {
-				c.queued[r.msg.id] = r
+				c.queued[r.msg.ID] = r
 			}
 			c.mu.Unlock()
 			break
@@ -368,7 +368,7 @@ func (c *conn) enqueue(r *request) bool {
 // cannot be abandoned (RFC 4511 §4.11): it is answered all the same.
 func (c *conn) abandon(target int64) {
 	c.mu.Lock()
-	if q := c.queued[target]; q != nil && q.msg.op.tag != opBindRequest {
+	if q := c.queued[target]; q != nil && q.msg.Op.Tag != opBindRequest {
 		q.abandoned.Store(true)
 	}
 	p := c.inflight[target]
@@ -447,8 +447,8 @@ func (c *conn) run(r *request) {
 		return
 	}
 	c.mu.Lock()
-	if c.queued[r.msg.id] == r {
-		delete(c.queued, r.msg.id)
+	if c.queued[r.msg.ID] == r {
+		delete(c.queued, r.msg.ID)
 	}
 	c.queuedBytes -= r.size
 	c.mu.Unlock()
@@ -459,15 +459,15 @@ func (c *conn) run(r *request) {
 	if r.abandoned.Load() {
 		return
 	}
-	switch r.msg.op.tag {
+	switch r.msg.Op.Tag {
 	case opBindRequest:
 		if c.waitIdle() {
 			c.bind(r.msg)
 		}
 	case opExtendedRequest:
-		ext, _ := decodeExtended(r.msg.op) // checked by the reader
+		ext, _ := decodeExtended(r.msg.Op) // checked by the reader
 		if ext.oid == oidWhoAmI {
-			c.write(envelope(r.msg.id, extendedResponse(resultSuccess, "", "", c.ident.authzID, true), nil))
+			c.write(envelope(r.msg.ID, extendedResponse(resultSuccess, "", "", c.ident.authzID, true), nil))
 			return
 		}
 		c.operation(r.msg)
@@ -507,15 +507,15 @@ const (
 // operation answers or relays everything but Bind, Unbind, Abandon,
 // StartTLS and WhoAmI.
 func (c *conn) operation(m message) {
-	tag := m.op.tag
+	tag := m.Op.Tag
 	if c.srv.opts.Mode == ModeBindOnly {
-		c.respond(m.id, tag, resultUnwillingToPerform, msgBindOnly)
+		c.respond(m.ID, tag, resultUnwillingToPerform, msgBindOnly)
 		return
 	}
 	switch c.ident.kind {
 	case identAnonymous:
 		if !c.srv.opts.AllowAnonymous && !(c.srv.opts.AllowUnauthenticated && c.ident.unauth) {
-			c.respond(m.id, tag, resultUnwillingToPerform, msgAnonymousOps)
+			c.respond(m.ID, tag, resultUnwillingToPerform, msgAnonymousOps)
 			return
 		}
 		if !c.ensureSession(m, sessAnonymous) {
@@ -529,17 +529,17 @@ func (c *conn) operation(m message) {
 		c.relay(m, "")
 	case identApp:
 		if tag != opSearchRequest && tag != opCompareRequest {
-			c.respond(m.id, tag, resultUnwillingToPerform, msgAppPasswordOps)
+			c.respond(m.ID, tag, resultUnwillingToPerform, msgAppPasswordOps)
 			return
 		}
-		oids, err := controlOIDs(m.controls)
+		oids, err := controlOIDs(m.Controls)
 		if err != nil {
-			c.respond(m.id, tag, resultProtocolError, "malformed controls")
+			c.respond(m.ID, tag, resultProtocolError, "malformed controls")
 			return
 		}
 		for _, o := range oids {
 			if o == oidProxiedAuthz || o == oidProxiedAuthzV1 {
-				c.respond(m.id, tag, resultUnwillingToPerform, msgOwnProxyAuthz)
+				c.respond(m.ID, tag, resultUnwillingToPerform, msgOwnProxyAuthz)
 				return
 			}
 		}
@@ -636,7 +636,7 @@ func (c *conn) upstreamFailed(m message, op string, err error) {
 	c.srv.log.LogAttrs(c.ctx, slog.LevelError, "ldap upstream failed",
 		slog.String("proto", policy.LDAP), slog.Uint64("conn_id", c.id),
 		slog.String("remote_addr", c.remote.String()), slog.String("upstream", op), slog.Any("err", err))
-	c.respond(m.id, m.op.tag, resultUnavailable, msgUnavailable)
+	c.respond(m.ID, m.Op.Tag, resultUnavailable, msgUnavailable)
 }
 
 // relay sends m upstream and arranges for the answers to reach the client
@@ -649,26 +649,26 @@ func (c *conn) relay(m message, proxyAuthz string) {
 	}
 	c.mu.Lock()
 	s := c.sess
-	if _, dup := c.inflight[m.id]; dup || s == nil {
+	if _, dup := c.inflight[m.ID]; dup || s == nil {
 		c.mu.Unlock()
 		<-c.slots
-		c.respond(m.id, m.op.tag, resultOperationsError, "message ID already in use")
+		c.respond(m.ID, m.Op.Tag, resultOperationsError, "message ID already in use")
 		return
 	}
 	p := &pending{sess: s}
-	c.inflight[m.id] = p
+	c.inflight[m.ID] = p
 	c.mu.Unlock()
 	// The answers need only the message ID and the operation: the
 	// request's bytes are not kept while it is in flight.
-	ref := message{id: m.id, op: element{tag: m.op.tag}}
-	h, err := s.Send(m.op.raw, m.controls, proxyAuthz, func(op, controls []byte, last bool, err error) {
+	ref := message{ID: m.ID, Op: element{Tag: m.Op.Tag}}
+	h, err := s.Send(m.Op.Raw, m.Controls, proxyAuthz, func(op, controls []byte, last bool, err error) {
 		c.fromUpstream(ref, p, op, controls, last, err)
 	})
 	c.mu.Lock()
 	p.handle = h
 	abandonNow := err == nil && p.abandoned
-	if err != nil && c.inflight[m.id] == p {
-		delete(c.inflight, m.id)
+	if err != nil && c.inflight[m.ID] == p {
+		delete(c.inflight, m.ID)
 		c.mu.Unlock()
 		<-c.slots
 		c.upstreamFailed(m, "send", err)
@@ -686,12 +686,12 @@ func (c *conn) relay(m message, proxyAuthz string) {
 // fromUpstream passes one upstream answer to the client.
 func (c *conn) fromUpstream(m message, p *pending, op, controls []byte, last bool, err error) {
 	c.mu.Lock()
-	if c.inflight[m.id] != p {
+	if c.inflight[m.ID] != p {
 		c.mu.Unlock()
 		return // abandoned
 	}
 	if last {
-		delete(c.inflight, m.id)
+		delete(c.inflight, m.ID)
 	}
 	c.mu.Unlock()
 	if err != nil {
@@ -704,7 +704,7 @@ func (c *conn) fromUpstream(m message, p *pending, op, controls []byte, last boo
 		c.disconnect(resultUnavailable, msgUnavailable)
 		return
 	}
-	c.write(envelope(m.id, op, controls))
+	c.write(envelope(m.ID, op, controls))
 	if last {
 		<-c.slots
 	}

@@ -57,32 +57,32 @@ func checkMessage(t *testing.T, raw []byte) {
 	if err != nil {
 		return
 	}
-	again, err := parseMessage(envelope(m.id, m.op.raw, m.controls))
-	if err != nil || again.id != m.id || !bytes.Equal(again.op.raw, m.op.raw) || !bytes.Equal(again.controls, m.controls) {
+	again, err := parseMessage(envelope(m.ID, m.Op.Raw, m.Controls))
+	if err != nil || again.ID != m.ID || !bytes.Equal(again.Op.Raw, m.Op.Raw) || !bytes.Equal(again.Controls, m.Controls) {
 		t.Fatalf("envelope does not round-trip: %v", err)
 	}
-	controlOIDs(m.controls)
-	switch m.op.tag {
+	controlOIDs(m.Controls)
+	switch m.Op.Tag {
 	case opBindRequest:
-		b, err := decodeBind(m.op)
+		b, err := decodeBind(m.Op)
 		if err != nil || !b.simple {
 			return
 		}
-		re, err := parseMessage(encodeBind(m.id, b.name, string(b.password)))
+		re, err := parseMessage(encodeBind(m.ID, b.name, string(b.password)))
 		if err != nil {
 			t.Fatal(err)
 		}
-		b2, err := decodeBind(re.op)
+		b2, err := decodeBind(re.Op)
 		if err != nil || b2.name != b.name || !bytes.Equal(b2.password, b.password) || b2.version != 3 {
 			t.Fatalf("bind does not re-encode: %+v vs %+v (%v)", b2, b, err)
 		}
 	case opExtendedRequest:
-		e, err := decodeExtended(m.op)
+		e, err := decodeExtended(m.Op)
 		if err == nil && e.oid == "" {
 			t.Fatal("extended request without a name decoded")
 		}
 	case opAbandonRequest:
-		if id, err := decodeAbandon(m.op); err == nil && (id < 0 || id > maxMessageID) {
+		if id, err := decodeAbandon(m.Op); err == nil && (id < 0 || id > maxMessageID) {
 			t.Fatalf("abandon of id %d", id)
 		}
 	}

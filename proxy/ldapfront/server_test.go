@@ -240,7 +240,7 @@ func (s *fakeSession) Send(op, _ []byte, proxy string, fn func(op, controls []by
 	s.mu.Lock()
 	s.next++
 	h := s.next
-	s.sent = append(s.sent, sent{e.tag, proxy})
+	s.sent = append(s.sent, sent{e.Tag, proxy})
 	if hold {
 		s.held[h] = fn
 		s.mu.Unlock()
@@ -248,7 +248,7 @@ func (s *fakeSession) Send(op, _ []byte, proxy string, fn func(op, controls []by
 	}
 	s.mu.Unlock()
 	go func() {
-		if e.tag == opSearchRequest {
+		if e.Tag == opSearchRequest {
 			entry := ber.Encode(ber.ClassApplication, ber.TypeConstructed, opSearchEntry, nil, "")
 			entry.AppendChild(ber.NewString(ber.ClassUniversal, ber.TypePrimitive, ber.TagOctetString, aliceDN, ""))
 			entry.AppendChild(ber.NewSequence(""))
@@ -256,7 +256,7 @@ func (s *fakeSession) Send(op, _ []byte, proxy string, fn func(op, controls []by
 			fn(resultOp(opSearchDone, resultSuccess, ""), nil, true, nil)
 			return
 		}
-		tag, _ := responseTag(e.tag)
+		tag, _ := responseTag(e.Tag)
 		fn(resultOp(tag, 6, ""), nil, true, nil) // compareTrue
 	}()
 	return h, nil
@@ -361,14 +361,14 @@ func (c *client) recv() (message, []byte) {
 // result returns the resultCode and diagnosticMessage of a response.
 func result(t *testing.T, m message) (int, string) {
 	t.Helper()
-	code, b, err := nextElement(m.op.content)
+	code, b, err := nextElement(m.Op.Content)
 	if err != nil {
 		t.Fatal(err)
 	}
 	_, b, _ = nextElement(b)
 	diag, _, _ := nextElement(b)
-	v, _ := ber.ParseInt64(code.content)
-	return int(v), string(diag.content)
+	v, _ := ber.ParseInt64(code.Content)
+	return int(v), string(diag.Content)
 }
 
 // TestDenyResponsesIdentical: whatever the reason, a refused bind gets the
@@ -434,8 +434,8 @@ func TestBindResults(t *testing.T) {
 			c.send(encodeBind(5, tc.user, tc.pw))
 			m, _ := c.recv()
 			code, diag := result(t, m)
-			if m.id != 5 || m.op.tag != opBindResponse || code != tc.code || !bytes.Contains([]byte(diag), []byte(tc.diagHas)) {
-				t.Fatalf("id %d tag %d code %d %q, want 5 %d %d containing %q", m.id, m.op.tag, code, diag, opBindResponse, tc.code, tc.diagHas)
+			if m.ID != 5 || m.Op.Tag != opBindResponse || code != tc.code || !bytes.Contains([]byte(diag), []byte(tc.diagHas)) {
+				t.Fatalf("id %d tag %d code %d %q, want 5 %d %d containing %q", m.ID, m.Op.Tag, code, diag, opBindResponse, tc.code, tc.diagHas)
 			}
 		})
 	}
@@ -449,21 +449,21 @@ func TestPipelinedRequests(t *testing.T) {
 	c.send(encodeBind(1, aliceDN, alicePW), encodeSearch(2, aliceDN, nil), encodeSearch(3, aliceDN, nil),
 		encodeExtended(4, oidWhoAmI), encodeSearch(5, aliceDN, nil))
 	m, _ := c.recv()
-	if code, _ := result(t, m); m.id != 1 || code != resultSuccess {
-		t.Fatalf("first response: id %d code %d, want the bind's success", m.id, code)
+	if code, _ := result(t, m); m.ID != 1 || code != resultSuccess {
+		t.Fatalf("first response: id %d code %d, want the bind's success", m.ID, code)
 	}
 	entries, dones := map[int64]int{}, map[int64]int{}
 	for len(dones) < 4 {
 		m, _ := c.recv()
-		switch m.op.tag {
+		switch m.Op.Tag {
 		case opSearchEntry:
-			entries[m.id]++
+			entries[m.ID]++
 		case opSearchDone:
-			dones[m.id]++
+			dones[m.ID]++
 		case opExtendedResponse:
-			dones[m.id]++
-			if m.id != 4 {
-				t.Fatalf("WhoAmI answered with id %d", m.id)
+			dones[m.ID]++
+			if m.ID != 4 {
+				t.Fatalf("WhoAmI answered with id %d", m.ID)
 			}
 		}
 	}
@@ -533,8 +533,8 @@ func TestAbandon(t *testing.T) {
 	fn(resultOp(opSearchDone, resultSuccess, ""), nil, true, nil) // too late: dropped
 	c.send(encodeExtended(4, oidWhoAmI))
 	m, _ := c.recv()
-	if m.id != 4 {
-		t.Fatalf("got a response for %d after abandoning it", m.id)
+	if m.ID != 4 {
+		t.Fatalf("got a response for %d after abandoning it", m.ID)
 	}
 }
 
@@ -551,8 +551,8 @@ func TestBindOnlyRefusesOperations(t *testing.T) {
 	for _, w := range want {
 		m, _ := c.recv()
 		code, diag := result(t, m)
-		if m.id != w.id || code != w.code || diag != w.diag {
-			t.Fatalf("id %d: code %d %q, want %d %d %q", m.id, code, diag, w.id, w.code, w.diag)
+		if m.ID != w.id || code != w.code || diag != w.diag {
+			t.Fatalf("id %d: code %d %q, want %d %d %q", m.ID, code, diag, w.id, w.code, w.diag)
 		}
 	}
 	if len(ts.up.sessions) != 0 {
@@ -567,13 +567,13 @@ func TestStartTLS(t *testing.T) {
 	ts.dec.trusted = false
 	c := ts.dial(t)
 	c.send(encodeBind(1, aliceDN, alicePW))
-	if m, _ := c.recv(); m.op.tag != opBindResponse {
+	if m, _ := c.recv(); m.Op.Tag != opBindResponse {
 		t.Fatal("no bind response")
 	} else if code, _ := result(t, m); code != resultConfidentialityRequired {
 		t.Fatalf("bind before TLS: %d", code)
 	}
 	c.send(encodeExtended(2, oidStartTLS))
-	if m, _ := c.recv(); m.id != 2 {
+	if m, _ := c.recv(); m.ID != 2 {
 		t.Fatal("no StartTLS response")
 	} else if code, _ := result(t, m); code != resultSuccess {
 		t.Fatalf("StartTLS: %d", code)
@@ -584,12 +584,12 @@ func TestStartTLS(t *testing.T) {
 	}
 	c.nc, c.br = tc, bufio.NewReader(tc)
 	c.send(encodeBind(3, aliceDN, alicePW), encodeExtended(4, oidStartTLS))
-	if m, _ := c.recv(); m.id != 3 {
+	if m, _ := c.recv(); m.ID != 3 {
 		t.Fatal("no bind response")
 	} else if code, _ := result(t, m); code != resultSuccess {
 		t.Fatalf("bind after TLS: %d", code)
 	}
-	if m, _ := c.recv(); m.id != 4 {
+	if m, _ := c.recv(); m.ID != 4 {
 		t.Fatal("no second StartTLS response")
 	} else if code, _ := result(t, m); code != resultOperationsError {
 		t.Fatalf("second StartTLS: %d", code)
@@ -615,8 +615,8 @@ func TestProtocolErrors(t *testing.T) {
 			c.send(tc.in)
 			m, _ := c.recv()
 			code, _ := result(t, m)
-			if m.id != 0 || m.op.tag != opExtendedResponse || code != resultProtocolError {
-				t.Fatalf("got id %d tag %d code %d, want a notice of disconnection with protocolError", m.id, m.op.tag, code)
+			if m.ID != 0 || m.Op.Tag != opExtendedResponse || code != resultProtocolError {
+				t.Fatalf("got id %d tag %d code %d, want a notice of disconnection with protocolError", m.ID, m.Op.Tag, code)
 			}
 			if _, err := c.br.ReadByte(); !errors.Is(err, io.EOF) {
 				t.Fatalf("connection not closed: %v", err)

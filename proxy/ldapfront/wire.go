@@ -80,41 +80,23 @@ func readMessage(r *bufio.Reader, max int) ([]byte, error) {
 	return b, wireErr(err)
 }
 
-// element is one BER element inside a message that is already in memory.
-type element struct {
-	class       byte // classUniversal, classApplication, classContext, 0xc0 private
-	constructed bool
-	tag         int
-	content     []byte
-	raw         []byte // the whole element, header included
-}
-
-func fromWire(e ldapwire.Element) element {
-	return element{class: e.Class, constructed: e.Constructed, tag: e.Tag, content: e.Content, raw: e.Raw}
-}
+// element and message are ldapwire's, under this package's names.
+type (
+	element = ldapwire.Element
+	message = ldapwire.Message
+)
 
 // nextElement splits the first element off b.
 func nextElement(b []byte) (element, []byte, error) {
 	e, rest, err := ldapwire.NextElement(b)
-	return fromWire(e), rest, wireErr(err)
-}
-
-// message is the envelope of an LDAPMessage (RFC 4511 §4.1.1), pointing
-// into the bytes it was parsed from.
-type message struct {
-	id       int64
-	op       element // protocolOp, class APPLICATION
-	controls []byte  // the whole [0] Controls element, or nil
+	return e, rest, wireErr(err)
 }
 
 // parseMessage splits an LDAPMessage into its message ID, protocolOp and
 // controls without copying.
 func parseMessage(raw []byte) (message, error) {
 	m, err := ldapwire.ParseMessage(raw)
-	if err != nil {
-		return message{}, wireErr(err)
-	}
-	return message{id: m.ID, op: fromWire(m.Op), controls: m.Controls}, nil
+	return m, wireErr(err)
 }
 
 // parseUint31 decodes a non-negative, minimally encoded INTEGER up to 2³¹−1.
@@ -131,17 +113,17 @@ func controlOIDs(controls []byte) ([]string, error) {
 		return nil, err
 	}
 	var oids []string
-	for b := c.content; len(b) > 0; {
+	for b := c.Content; len(b) > 0; {
 		var ctl element
 		ctl, b, err = nextElement(b)
-		if err != nil || !ctl.constructed || ctl.class != classUniversal || ctl.tag != int(ber.TagSequence) {
+		if err != nil || !ctl.Constructed || ctl.Class != classUniversal || ctl.Tag != int(ber.TagSequence) {
 			return nil, errMalformed
 		}
-		t, _, err := nextElement(ctl.content)
-		if err != nil || t.class != classUniversal || t.tag != int(ber.TagOctetString) {
+		t, _, err := nextElement(ctl.Content)
+		if err != nil || t.Class != classUniversal || t.Tag != int(ber.TagOctetString) {
 			return nil, errMalformed
 		}
-		oids = append(oids, string(t.content))
+		oids = append(oids, string(t.Content))
 	}
 	return oids, nil
 }
@@ -209,10 +191,10 @@ const maxDecodedOp = 64 << 10
 
 // decodeBind decodes a BindRequest protocolOp with asn1-ber.
 func decodeBind(op element) (bindRequest, error) {
-	if len(op.raw) > maxDecodedOp {
+	if len(op.Raw) > maxDecodedOp {
 		return bindRequest{}, errMalformed
 	}
-	p, err := ber.DecodePacketErr(op.raw)
+	p, err := ber.DecodePacketErr(op.Raw)
 	if err != nil {
 		return bindRequest{}, fmt.Errorf("%w: bind request: %w", errMalformed, err)
 	}
@@ -248,10 +230,10 @@ type extendedRequest struct {
 
 // decodeExtended decodes an ExtendedRequest protocolOp with asn1-ber.
 func decodeExtended(op element) (extendedRequest, error) {
-	if len(op.raw) > maxDecodedOp {
+	if len(op.Raw) > maxDecodedOp {
 		return extendedRequest{}, errMalformed
 	}
-	p, err := ber.DecodePacketErr(op.raw)
+	p, err := ber.DecodePacketErr(op.Raw)
 	if err != nil {
 		return extendedRequest{}, fmt.Errorf("%w: extended request: %w", errMalformed, err)
 	}
@@ -278,10 +260,10 @@ func decodeExtended(op element) (extendedRequest, error) {
 
 // decodeAbandon returns the message ID an AbandonRequest names.
 func decodeAbandon(op element) (int64, error) {
-	if op.constructed {
+	if op.Constructed {
 		return 0, errMalformed
 	}
-	id, ok := parseUint31(op.content)
+	id, ok := parseUint31(op.Content)
 	if !ok {
 		return 0, errMalformed
 	}

@@ -128,15 +128,15 @@ func TestParseMessage(t *testing.T) {
 			if err != nil {
 				return
 			}
-			if m.id != tc.id || m.op.tag != tc.tag {
-				t.Fatalf("id %d tag %d, want %d %d", m.id, m.op.tag, tc.id, tc.tag)
+			if m.ID != tc.id || m.Op.Tag != tc.tag {
+				t.Fatalf("id %d tag %d, want %d %d", m.ID, m.Op.Tag, tc.id, tc.tag)
 			}
-			oids, err := controlOIDs(m.controls)
+			oids, err := controlOIDs(m.Controls)
 			if err != nil || strings.Join(oids, ",") != strings.Join(tc.ctlOIDs, ",") {
 				t.Fatalf("controls %v %v, want %v", oids, err, tc.ctlOIDs)
 			}
 			// The envelope round-trips byte for byte.
-			if got := envelope(m.id, m.op.raw, m.controls); !bytes.Equal(got, tc.in) {
+			if got := envelope(m.ID, m.Op.Raw, m.Controls); !bytes.Equal(got, tc.in) {
 				t.Fatalf("envelope: %x, want %x", got, tc.in)
 			}
 		})
@@ -170,7 +170,7 @@ func TestDecodeBind(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			got, err := decodeBind(m.op)
+			got, err := decodeBind(m.Op)
 			if (err != nil) != tc.malforms {
 				t.Fatalf("err = %v", err)
 			}
@@ -183,12 +183,12 @@ func TestDecodeBind(t *testing.T) {
 
 func TestDecodeExtended(t *testing.T) {
 	m, _ := parseMessage(encodeExtended(4, oidStartTLS))
-	got, err := decodeExtended(m.op)
+	got, err := decodeExtended(m.Op)
 	if err != nil || got.oid != oidStartTLS || got.hasValue {
 		t.Fatalf("StartTLS: %+v %v", got, err)
 	}
 	m, _ = parseMessage(envelope(5, []byte{0x77, 0x00}, nil))
-	if _, err := decodeExtended(m.op); err == nil {
+	if _, err := decodeExtended(m.Op); err == nil {
 		t.Fatal("an ExtendedRequest without a name decoded")
 	}
 }
