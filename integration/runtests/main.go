@@ -194,9 +194,30 @@ func fuzzAll(ctx context.Context, d time.Duration) int {
 		return nil
 	})
 	for _, t := range targets {
-		if code := goCmd(ctx, "test", "-run", "^$", "-fuzz", "^"+t[1]+"$", "-fuzztime", d.String(), t[0]); code != 0 {
+		args := []string{"test", "-run", "^$", "-fuzz", "^" + t[1] + "$", "-fuzztime", d.String(), t[0]}
+		crashers := filepath.Join(t[0], "testdata", "fuzz", t[1])
+		before := countFiles(crashers)
+		code := goCmd(ctx, args...)
+		if code != 0 && ctx.Err() == nil && countFiles(crashers) == before {
+			// No crasher was written: the fuzzing engine itself gave up
+			// (it reports "context deadline exceeded" when a worker is
+			// slow to stop). Try once more; a real crash fails both times
+			// and leaves its input in testdata.
+			fmt.Printf("runtests: %s stopped without a crasher; running it once more\n", t[1])
+			code = goCmd(ctx, args...)
+		}
+		if code != 0 {
 			return code
 		}
 	}
 	return 0
+}
+
+// countFiles counts the files in dir (0 when it does not exist).
+func countFiles(dir string) int {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return 0
+	}
+	return len(entries)
 }
