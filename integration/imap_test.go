@@ -1060,11 +1060,17 @@ func TestIMAPPassgateUsageAndAudit(t *testing.T) {
 		LastUsedProto  string `json:"last_used_proto"`
 		LastUsedClient string `json:"last_used_client"`
 	}
-	out := p.admin(t, "app-password", "list", "alice", "--json")
-	if err := json.Unmarshal([]byte(out), &list); err != nil || len(list) != 1 {
-		t.Fatalf("app-password list --json: %v\n%s", err, out)
-	}
-	if u := list[0]; u.LastUsedAt == "" || !strings.HasPrefix(u.LastUsedAddr, "127.0.0.55:") || u.LastUsedProto != "imap" || !strings.Contains(u.LastUsedClient, "Outlook") {
+	// The login's writes are committed in the background within
+	// milliseconds; the command line, another process, waits for them.
+	var out string
+	recorded := eventually(5*time.Second, func() bool {
+		out = p.admin(t, "app-password", "list", "alice", "--json")
+		if err := json.Unmarshal([]byte(out), &list); err != nil || len(list) != 1 {
+			t.Fatalf("app-password list --json: %v\n%s", err, out)
+		}
+		return list[0].LastUsedAt != ""
+	})
+	if u := list[0]; !recorded || !strings.HasPrefix(u.LastUsedAddr, "127.0.0.55:") || u.LastUsedProto != "imap" || !strings.Contains(u.LastUsedClient, "Outlook") {
 		t.Errorf("last use not recorded: %+v", u)
 	}
 
@@ -1075,22 +1081,25 @@ func TestIMAPPassgateUsageAndAudit(t *testing.T) {
 	var events []struct {
 		Actor, Action, Subject, Outcome, Detail string
 	}
-	out = p.admin(t, "audit", "--json")
-	if err := json.Unmarshal([]byte(out), &events); err != nil {
-		t.Fatalf("audit --json: %v\n%s", err, out)
-	}
 	var aliceOK, carolWarn bool
-	for _, ev := range events {
-		if ev.Action != "login" {
-			continue
+	eventually(5*time.Second, func() bool {
+		out = p.admin(t, "audit", "--json")
+		if err := json.Unmarshal([]byte(out), &events); err != nil {
+			t.Fatalf("audit --json: %v\n%s", err, out)
 		}
-		if ev.Subject == "alice" && ev.Outcome == "success" && strings.Contains(ev.Detail, "Outlook 2010") && strings.HasPrefix(ev.Actor, "imap:127.0.0.55:") {
-			aliceOK = true
+		for _, ev := range events {
+			if ev.Action != "login" {
+				continue
+			}
+			if ev.Subject == "alice" && ev.Outcome == "success" && strings.Contains(ev.Detail, "Outlook 2010") && strings.HasPrefix(ev.Actor, "imap:127.0.0.55:") {
+				aliceOK = true
+			}
+			if ev.Subject == "carol" && ev.Outcome == "success" && strings.Contains(ev.Detail, "would be refused once enforced") {
+				carolWarn = true
+			}
 		}
-		if ev.Subject == "carol" && ev.Outcome == "success" && strings.Contains(ev.Detail, "would be refused once enforced") {
-			carolWarn = true
-		}
-	}
+		return aliceOK && carolWarn
+	})
 	if !aliceOK || !carolWarn {
 		t.Errorf("audit: alice's app-password login recorded %v, carol's 'would be refused once enforced' %v:\n%s", aliceOK, carolWarn, out)
 	}

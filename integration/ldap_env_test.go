@@ -116,7 +116,9 @@ func startLDAPGate(t testing.TB, o ldapGateOptions) *ldapGate {
 	if o.failureDelay == 0 {
 		o.failureDelay = 200 * time.Millisecond
 	}
-	var decisionStore policy.Store = st
+	// The decision writes through a journal, as serve wires it.
+	journal := store.NewJournal(st, nil)
+	var decisionStore policy.Store = journal
 	if o.decisionStore != nil {
 		decisionStore = o.decisionStore
 	}
@@ -195,7 +197,7 @@ func startLDAPGate(t testing.TB, o ldapGateOptions) *ldapGate {
 		}
 		cancel()
 		<-watchDone
-		st.Close()
+		journal.Close() // flushes, then closes st
 	})
 	return g
 }

@@ -90,3 +90,19 @@ func startServers() (stop func(), err error) {
 	stops = append(stops, env.dovecot.Stop)
 	return stop, nil
 }
+
+// eventually calls cond every 50 ms until it returns true or timeout
+// passes, and reports whether it did: for what another process commits
+// in the background (the audit trail, last use).
+func eventually(timeout time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(timeout)
+	for {
+		if cond() {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

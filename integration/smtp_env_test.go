@@ -94,7 +94,7 @@ type smtpSecrets struct {
 // its own SQLite store, in this process, wired as serve wires it.
 type passgateSMTP struct {
 	Addr, TLSAddr string
-	Store         *store.Store
+	Store         *store.Journal // the decision's store, as serve wires it
 	Secrets       smtpSecrets
 	Log           *lockedBuffer
 	servers       []*smtpfront.Server
@@ -116,11 +116,12 @@ func startPassgateSMTP(t testing.TB, o smtpOpts) *passgateSMTP {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { st.Close() })
+	j := store.NewJournal(st, nil)
+	t.Cleanup(func() { j.Close() })
 	if _, err := st.Migrate(ctx); err != nil {
 		t.Fatal(err)
 	}
-	p := &passgateSMTP{Store: st, Log: &lockedBuffer{}}
+	p := &passgateSMTP{Store: j, Log: &lockedBuffer{}}
 	for _, u := range []string{"alice", "bob", "carol"} {
 		if _, err := st.AddUser(ctx, u, store.MFAEnforced); err != nil {
 			t.Fatal(err)
@@ -144,7 +145,7 @@ func startPassgateSMTP(t testing.TB, o smtpOpts) *passgateSMTP {
 		delay = 300 * time.Millisecond
 	}
 	log := slog.New(slog.NewJSONHandler(p.Log, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	engine := policy.New(policy.Options{Store: st, FailureDelay: delay, Logger: log})
+	engine := policy.New(policy.Options{Store: j, FailureDelay: delay, Logger: log})
 	uo := o.upstream
 	if uo.TLSConfig == nil {
 		uo.TLSConfig = e.certs.ClientTLS()

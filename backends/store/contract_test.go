@@ -68,6 +68,11 @@ var contractCases = []contractCase{
 	{"app-passwords/existing", testExisting},
 	{"audit/record-filter", testAudit},
 	{"audit/record-login", testRecordLogin},
+	{"journal/order-and-read-your-writes", testJournalOrder},
+	{"journal/concurrent", testJournalConcurrent},
+	{"journal/deleted-app-password", testJournalDeleted},
+	{"journal/close-flushes", testJournalCloseFlushes},
+	{"journal/store-down", testJournalStoreDown},
 }
 
 func ctxT(t *testing.T) context.Context {

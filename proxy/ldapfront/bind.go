@@ -82,7 +82,7 @@ func (c *conn) bind(m message) {
 	// before the decision, so that a temporary failure is the same answer
 	// whatever the secret was and whatever the user's MFA state is.
 	if c.srv.opts.Mode == ModeRelay {
-		if err := c.liveSession(); err != nil {
+		if err := c.reachable(); err != nil {
 			c.unavailable(m, a, "open", msgUnavailable, err)
 			return
 		}
@@ -146,6 +146,7 @@ func (c *conn) resolve(bn boundName, name string) (out boundName, ok bool, why s
 	if err != nil {
 		return boundName{}, false, "", err
 	}
+	c.srv.sawUpstream()
 	if !found {
 		return boundName{}, false, "bind name names no entry of the directory", nil
 	}
@@ -223,6 +224,7 @@ func (c *conn) primaryBind(m message, a policy.Attempt, d policy.Decision, bn bo
 		c.unavailable(m, a, "bind", msgUnavailable, err)
 		return
 	}
+	c.srv.sawUpstream()
 	if !ok {
 		c.srv.opts.Decider.PrimaryResult(c.ctx, a, d, false)
 		c.fail(m, a)

@@ -564,6 +564,7 @@ func (c *conn) session() (Session, error) {
 	if err != nil {
 		return nil, err
 	}
+	c.srv.sawUpstream()
 	c.mu.Lock()
 	c.sess = s
 	c.mu.Unlock()
@@ -571,14 +572,30 @@ func (c *conn) session() (Session, error) {
 	return s, nil
 }
 
-// liveSession makes sure the upstream session is open and was not lost,
-// opening a new one if needed.
-func (c *conn) liveSession() error {
+// reachable returns an error when the directory cannot be reached, so
+// that a relay-mode bind answers unavailable (52) before anything is
+// decided, whatever the secret: otherwise, with the directory down, a
+// user without MFA (whose password only the directory can check) would
+// get 52 where an MFA user gets 49, and the difference would tell them
+// apart.
+//
+// The connection's own session, while alive, is proof enough. Without
+// one, a sign of life of the directory on any connection within the last
+// upstreamFresh is taken instead, and the session is opened when an
+// operation first needs it (an application that only binds never needs
+// one); without either, the session is opened now.
+func (c *conn) reachable() error {
 	c.mu.Lock()
 	s := c.sess
 	c.mu.Unlock()
-	if s != nil && s.Err() != nil {
+	if s != nil {
+		if s.Err() == nil {
+			return nil
+		}
 		c.dropSession()
+	}
+	if c.srv.upstreamRecentlySeen() {
+		return nil
 	}
 	_, err := c.session()
 	return err

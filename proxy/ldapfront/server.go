@@ -98,6 +98,10 @@ const (
 	handshakeTimeout       = 15 * time.Second
 	upstreamTimeout        = 30 * time.Second // one upstream bind, WhoAmI or session set-up
 	drainPoll              = 50 * time.Millisecond
+	// upstreamFresh is how long a sign of life of the directory lets a
+	// relay-mode bind go ahead without opening its own upstream session
+	// first (see conn.reachable).
+	upstreamFresh = time.Second
 )
 
 // Options configures a Server. Decider and Upstream are required.
@@ -159,6 +163,19 @@ type Server struct {
 	closed    bool
 	nextID    atomic.Uint64
 	wg        sync.WaitGroup
+
+	// upstreamSeen is when the directory last answered (Unix
+	// nanoseconds): a session opened, a bind or lookup got a result.
+	upstreamSeen atomic.Int64
+}
+
+// sawUpstream notes that the directory answered just now.
+func (s *Server) sawUpstream() { s.upstreamSeen.Store(time.Now().UnixNano()) }
+
+// upstreamRecentlySeen reports whether the directory answered within
+// upstreamFresh.
+func (s *Server) upstreamRecentlySeen() bool {
+	return time.Since(time.Unix(0, s.upstreamSeen.Load())) < upstreamFresh
 }
 
 // New checks opts and returns a Server. It fails when a template does not

@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/passgate/passgate/backends/store"
 	"github.com/passgate/passgate/configs"
 	"github.com/passgate/passgate/policy"
 	"github.com/passgate/passgate/proxy/relay"
@@ -100,7 +101,11 @@ func serve(ctx context.Context, e *env, cfg *configs.Config, log *slog.Logger, o
 	if err != nil {
 		return err
 	}
-	defer st.Close()
+	// Logins' audit events and last use are written in the background,
+	// many to a commit; closing the journal (after the listeners have
+	// drained) writes what is still queued, then closes the store.
+	journal := store.NewJournal(st, log)
+	defer journal.Close()
 
 	trusted, err := parsePrefixes(cfg.Policy.TrustedNetworks)
 	if err != nil {
@@ -117,7 +122,7 @@ func serve(ctx context.Context, e *env, cfg *configs.Config, log *slog.Logger, o
 		forbidden = append(forbidden, sep)
 	}
 	engine := policy.New(policy.Options{
-		Store:           st,
+		Store:           journal,
 		TrustedNetworks: trusted,
 		FailureDelay:    delay,
 		ForbiddenInUser: forbidden,

@@ -1,0 +1,280 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+)
+
+// Journal bounds: a batch is one transaction; a full queue makes writers
+// wait (never drops an event).
+const (
+	journalBatch    = 256
+	journalQueueMax = 8192
+	journalRetry    = 200 * time.Millisecond
+	// journalLinger is how long the first write of a batch waits for
+	// more: one login after another then shares a commit too.
+	journalLinger = 10 * time.Millisecond
+)
+
+// Journal is a Store whose login writes — Record and RecordLogin, the
+// audit event and last use of every login — are queued and committed by
+// one background goroutine, many to a transaction (group commit). A
+// login then costs the store its reads only: on SQLite one commit per
+// login took longer than the rest of an LDAP bind.
+//
+// A write is committed at most 10 ms after it was queued, together with
+// the writes queued meanwhile (up to 256 to a transaction); Flush and a
+// full batch cut the wait short. The price is that a crash loses the
+// writes of the last moment, the same window as SQLite's
+// synchronous=NORMAL, and a
+// write that fails is reported in the log instead of to the login; a
+// failed batch is retried once, then every event in it is written to the
+// log at level ERROR so that the trail is not silently short.
+//
+// Reads through the Journal see its queued writes (Audit and
+// ListAppPasswords flush first). Another process — the command line
+// while serve runs — sees them once committed, normally within
+// milliseconds. Flush waits for what is queued; call it at shutdown,
+// before Close.
+//
+// Every other method is the Store's own, synchronous. A Journal is safe
+// for concurrent use.
+type Journal struct {
+	*Store
+	log *slog.Logger
+
+	mu      sync.Mutex
+	queue   []journalWrite
+	running bool          // a flusher goroutine is at work
+	queued  uint64        // writes ever queued
+	done    uint64        // writes ever finished (committed or logged as lost)
+	changed chan struct{} // closed and replaced when done grows
+	wake    chan struct{} // cuts the flusher's linger short (Flush, a full batch)
+}
+
+// journalWrite is one queued write: an audit event and, for an
+// app-password login, its last use.
+type journalWrite struct {
+	ev    AuditEvent
+	touch bool
+	id    int64
+	use   Usage
+}
+
+// NewJournal returns a Journal writing to s. log receives write failures;
+// nil discards them.
+func NewJournal(s *Store, log *slog.Logger) *Journal {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Journal{Store: s, log: log, changed: make(chan struct{}), wake: make(chan struct{}, 1)}
+}
+
+// Record queues ev for the audit trail. A zero ev.Time is the time of
+// the call, not of the commit. It returns an error only when ctx ends
+// while the queue is full.
+func (j *Journal) Record(ctx context.Context, ev AuditEvent) error {
+	if ev.Time.IsZero() {
+		ev.Time = time.Now()
+	}
+	return j.enqueue(ctx, journalWrite{ev: ev})
+}
+
+// RecordLogin queues an app-password login: last use u of app password
+// id and the audit event ev, committed together. Unlike Store.RecordLogin
+// it cannot report that the app password was deleted during the login:
+// the event is recorded all the same, and the session that the login
+// opened is closed by relay.Registry's revocation check.
+func (j *Journal) RecordLogin(ctx context.Context, id int64, u Usage, ev AuditEvent) error {
+	if ev.Time.IsZero() {
+		ev.Time = time.Now()
+	}
+	if u.At.IsZero() {
+		u.At = ev.Time
+	}
+	return j.enqueue(ctx, journalWrite{ev: ev, touch: true, id: id, use: u})
+}
+
+func (j *Journal) enqueue(ctx context.Context, w journalWrite) error {
+	j.mu.Lock()
+	for len(j.queue) >= journalQueueMax {
+		ch := j.changed
+		j.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return fmt.Errorf("store: audit queue full (%d writes waiting; is the database slow or down?): %w", journalQueueMax, context.Cause(ctx))
+		}
+		j.mu.Lock()
+	}
+	j.queue = append(j.queue, w)
+	j.queued++
+	if !j.running {
+		j.running = true
+		go j.flushLoop()
+	} else if len(j.queue) >= journalBatch {
+		j.nudge()
+	}
+	j.mu.Unlock()
+	return nil
+}
+
+// nudge wakes a lingering flusher.
+func (j *Journal) nudge() {
+	select {
+	case j.wake <- struct{}{}:
+	default:
+	}
+}
+
+// flushLoop commits the queue batch by batch and exits when it is empty,
+// so that an idle Journal holds no goroutine.
+func (j *Journal) flushLoop() {
+	linger := time.NewTimer(journalLinger)
+	defer linger.Stop()
+	for {
+		j.mu.Lock()
+		if len(j.queue) > 0 && len(j.queue) < journalBatch {
+			j.mu.Unlock()
+			linger.Reset(journalLinger)
+			select {
+			case <-linger.C:
+			case <-j.wake:
+			}
+			j.mu.Lock()
+		}
+		n := min(len(j.queue), journalBatch)
+		if n == 0 {
+			j.running = false
+			j.mu.Unlock()
+			return
+		}
+		batch := make([]journalWrite, n)
+		copy(batch, j.queue)
+		j.queue = append(j.queue[:0], j.queue[n:]...)
+		j.mu.Unlock()
+
+		j.commit(batch)
+
+		j.mu.Lock()
+		j.done += uint64(n)
+		close(j.changed)
+		j.changed = make(chan struct{})
+		j.mu.Unlock()
+	}
+}
+
+// commit writes batch in one transaction, retried once; a batch that
+// still fails is logged event by event.
+func (j *Journal) commit(batch []journalWrite) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	err := j.write(ctx, batch)
+	if err != nil {
+		time.Sleep(journalRetry)
+		err = j.write(ctx, batch)
+	}
+	if err == nil {
+		return
+	}
+	j.log.LogAttrs(ctx, slog.LevelError, "audit events not stored: the store refused them; they follow in this log",
+		slog.Int("events", len(batch)), slog.Any("err", err),
+		slog.String("fix", "check that the database is reachable and writable (store.dsn)"))
+	for _, w := range batch {
+		attrs := []slog.Attr{
+			slog.Time("time", w.ev.Time), slog.String("actor", w.ev.Actor), slog.String("action", w.ev.Action),
+			slog.String("subject", w.ev.Subject), slog.String("outcome", w.ev.Outcome), slog.String("detail", w.ev.Detail),
+		}
+		if w.touch {
+			attrs = append(attrs, slog.Int64("app_password_id", w.id))
+		}
+		j.log.LogAttrs(ctx, slog.LevelError, "audit event not stored", attrs...)
+	}
+}
+
+func (j *Journal) write(ctx context.Context, batch []journalWrite) error {
+	touchQ, err := j.hotStmt(ctx, touchQuery)
+	if err != nil {
+		return err
+	}
+	recordQ, err := j.hotStmt(ctx, recordQuery)
+	if err != nil {
+		return err
+	}
+	tx, err := j.db.BeginTxx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("store: write audit batch: begin: %w", err)
+	}
+	defer rollback(tx)
+	touchT, recordT := tx.StmtxContext(ctx, touchQ), tx.StmtxContext(ctx, recordQ)
+	for _, w := range batch {
+		// An app password deleted since the login has no row to touch;
+		// its login is recorded all the same.
+		if w.touch {
+			if err := touch(ctx, touchT, w.id, w.use); err != nil && !errors.Is(err, ErrNotFound) {
+				return err
+			}
+		}
+		if err := record(ctx, recordT, w.ev); err != nil {
+			return err
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("store: write audit batch: commit: %w", err)
+	}
+	return nil
+}
+
+// Flush waits until every write queued before the call is committed (or
+// logged as lost), or until ctx ends.
+func (j *Journal) Flush(ctx context.Context) error {
+	j.mu.Lock()
+	target := j.queued
+	if j.done < target {
+		j.nudge()
+	}
+	for j.done < target {
+		ch := j.changed
+		j.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return fmt.Errorf("store: flush audit queue: %w", context.Cause(ctx))
+		}
+		j.mu.Lock()
+	}
+	j.mu.Unlock()
+	return nil
+}
+
+// Audit flushes the queue, then reads the audit trail (Store.Audit).
+func (j *Journal) Audit(ctx context.Context, f AuditFilter) ([]AuditEvent, error) {
+	if err := j.Flush(ctx); err != nil {
+		return nil, err
+	}
+	return j.Store.Audit(ctx, f)
+}
+
+// ListAppPasswords flushes the queue, so that last use is current, then
+// lists (Store.ListAppPasswords).
+func (j *Journal) ListAppPasswords(ctx context.Context, user string) ([]AppPassword, error) {
+	if err := j.Flush(ctx); err != nil {
+		return nil, err
+	}
+	return j.Store.ListAppPasswords(ctx, user)
+}
+
+// Close flushes the queue (waiting at most 10 s) and closes the store.
+func (j *Journal) Close() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ferr := j.Flush(ctx)
+	if err := j.Store.Close(); err != nil {
+		return err
+	}
+	return ferr
+}

@@ -1,0 +1,222 @@
+package store_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/passgate/passgate/backends/store"
+)
+
+// lockedBuffer is a log destination for a Journal's background writes.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+func loginEvent(user, outcome string, n int) store.AuditEvent {
+	return store.AuditEvent{Actor: fmt.Sprintf("ldap:127.0.0.1:%d", n), Action: "login", Subject: user, Outcome: outcome,
+		Detail: fmt.Sprintf("n=%d", n)}
+}
+
+// testJournalOrder: queued writes come back through the Journal's own
+// reads at once, in the order they were made, with last use updated.
+func testJournalOrder(t *testing.T, f *fixture) {
+	s := f.migrated(t)
+	ctx := ctxT(t)
+	addUser(t, s, "alice", store.MFAEnforced)
+	a, _ := create(t, s, "alice", "phone")
+	j := store.NewJournal(s, nil)
+	for i := range 10 {
+		var err error
+		if i%2 == 0 {
+			err = j.RecordLogin(ctx, a.ID, store.Usage{Addr: fmt.Sprintf("192.0.2.1:%d", i), Proto: "ldap", Client: "wiki"}, loginEvent("alice", "success", i))
+		} else {
+			err = j.Record(ctx, loginEvent("alice", "failure", i))
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	evs, err := j.Audit(ctx, store.AuditFilter{User: "alice"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, ev := range evs {
+		if ev.Action == "login" {
+			got = append(got, ev.Detail)
+		}
+	}
+	if want := "n=0 n=1 n=2 n=3 n=4 n=5 n=6 n=7 n=8 n=9"; strings.Join(got, " ") != want {
+		t.Fatalf("journal order: %q, want %q", strings.Join(got, " "), want)
+	}
+	list, err := j.ListAppPasswords(ctx, "alice")
+	if err != nil || len(list) != 1 || list[0].LastUsedAddr != "192.0.2.1:8" || list[0].LastUsedClient != "wiki" {
+		t.Fatalf("last use after the journal: %+v, %v", list, err)
+	}
+}
+
+// testJournalConcurrent: many writers at once lose nothing, and they
+// share transactions (fewer commits than writes is not observable here,
+// but every event must land exactly once).
+func testJournalConcurrent(t *testing.T, f *fixture) {
+	s := f.migrated(t)
+	ctx := ctxT(t)
+	addUser(t, s, "bob", store.MFAEnforced)
+	a, _ := create(t, s, "bob", "mail")
+	j := store.NewJournal(s, nil)
+	const writers, each = 20, 50
+	var wg sync.WaitGroup
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range each {
+				n := w*each + i
+				if err := j.RecordLogin(ctx, a.ID, store.Usage{Addr: "192.0.2.2:1", Proto: "imap"}, loginEvent("bob", "success", n)); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if err := j.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// Read through the Store, not the Journal: Flush alone must suffice.
+	evs, err := s.Audit(ctx, store.AuditFilter{User: "bob"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]int{}
+	for _, ev := range evs {
+		if ev.Action == "login" {
+			seen[ev.Detail]++
+		}
+	}
+	if len(seen) != writers*each {
+		t.Fatalf("%d distinct login events stored, want %d", len(seen), writers*each)
+	}
+	for d, n := range seen {
+		if n != 1 {
+			t.Fatalf("event %s stored %d times", d, n)
+		}
+	}
+}
+
+// testJournalDeleted: a login whose app password is deleted before the
+// batch commits is still audited; the batch is not lost with it.
+func testJournalDeleted(t *testing.T, f *fixture) {
+	s := f.migrated(t)
+	ctx := ctxT(t)
+	addUser(t, s, "carol", store.MFAEnforced)
+	a, _ := create(t, s, "carol", "old")
+	if _, err := s.DeleteAppPassword(ctx, "carol", "old"); err != nil {
+		t.Fatal(err)
+	}
+	j := store.NewJournal(s, nil)
+	if err := j.RecordLogin(ctx, a.ID, store.Usage{Proto: "smtp"}, loginEvent("carol", "success", 1)); err != nil {
+		t.Fatal(err)
+	}
+	if err := j.Record(ctx, loginEvent("carol", "failure", 2)); err != nil {
+		t.Fatal(err)
+	}
+	evs, err := j.Audit(ctx, store.AuditFilter{User: "carol"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, ev := range evs {
+		if ev.Action == "login" {
+			got = append(got, ev.Outcome+":"+ev.Detail)
+		}
+	}
+	if strings.Join(got, " ") != "success:n=1 failure:n=2" {
+		t.Fatalf("events after a deleted app password: %q", got)
+	}
+}
+
+// testJournalCloseFlushes: Close commits what is queued before closing.
+func testJournalCloseFlushes(t *testing.T, f *fixture) {
+	s, err := store.Open(context.Background(), f.options())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Migrate(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	j := store.NewJournal(s, nil)
+	for i := range 500 {
+		if err := j.Record(context.Background(), loginEvent("dave", "failure", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := j.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s2 := f.migrated(t)
+	evs, err := s2.Audit(ctxT(t), store.AuditFilter{User: "dave"})
+	if err != nil || len(evs) != 500 {
+		t.Fatalf("after Close: %d events, %v; want 500", len(evs), err)
+	}
+}
+
+// testJournalStoreDown: writes that the store refuses are not lost
+// silently: each event is in the log at ERROR, without blocking the
+// writer, and Flush returns.
+func testJournalStoreDown(t *testing.T, f *fixture) {
+	s, err := store.Open(context.Background(), f.options())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Migrate(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	var logs lockedBuffer
+	j := store.NewJournal(s, slog.New(slog.NewTextHandler(&logs, nil)))
+	start := time.Now()
+	for i := range 3 {
+		if err := j.Record(ctxT(t), loginEvent("erin", "failure", i)); err != nil {
+			t.Fatalf("Record with the store down: %v (want queued)", err)
+		}
+	}
+	if took := time.Since(start); took > time.Second {
+		t.Errorf("Record with the store down blocked the caller for %v", took)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := j.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	out := logs.String()
+	if !strings.Contains(out, "audit events not stored") || !strings.Contains(out, "check that the database is reachable") {
+		t.Fatalf("log lacks the failure and its fix:\n%s", out)
+	}
+	for i := range 3 {
+		if !strings.Contains(out, fmt.Sprintf(`detail="n=%d"`, i)) {
+			t.Errorf("log lacks lost event n=%d:\n%s", i, out)
+		}
+	}
+}
