@@ -392,3 +392,57 @@ func (ts *testServer) connOf(t *testing.T) *conn {
 	t.Fatal("no connection")
 	return nil
 }
+
+// TestRelayBindOpensSessionOnlyWithoutSignOfLife: in relay mode a bind
+// opens its upstream session first (so that a directory outage is a 52
+// whatever the secret) only when the directory has not answered anyone
+// within upstreamFresh; otherwise the session opens at the first
+// operation that needs it. Once the sign of life is stale and the
+// directory is down, every bind is a 52 again, app password or not.
+func TestRelayBindOpensSessionOnlyWithoutSignOfLife(t *testing.T) {
+	ts := startServer(t, func(o *Options) { o.Mode = ModeRelay })
+	sessions := func() int {
+		ts.up.mu.Lock()
+		defer ts.up.mu.Unlock()
+		return len(ts.up.sessions)
+	}
+	if code, _ := ts.bindCode(t, 1, aliceDN, alicePW); code != resultSuccess {
+		t.Fatalf("first bind: code %d", code)
+	}
+	if n := sessions(); n != 1 {
+		t.Fatalf("first bind, no sign of life yet: %d sessions opened, want 1", n)
+	}
+	code, c := ts.bindCode(t, 1, aliceDN, alicePW)
+	if code != resultSuccess {
+		t.Fatalf("second bind: code %d", code)
+	}
+	if n := sessions(); n != 1 {
+		t.Fatalf("second bind right after the first: %d sessions opened, want still 1", n)
+	}
+	c.send(encodeSearch(2, aliceDN, nil))
+	for {
+		m, _ := c.recv()
+		if m.ID != 2 {
+			t.Fatalf("search: reply to %d", m.ID)
+		}
+		if m.Op.Tag == opSearchDone {
+			if code, _ := result(t, m); code != resultSuccess {
+				t.Fatalf("search after a bind without a session: code %d", code)
+			}
+			break
+		}
+	}
+	if n := sessions(); n != 2 {
+		t.Fatalf("after the search: %d sessions, want 2 (opened by the search)", n)
+	}
+
+	ts.up.mu.Lock()
+	ts.up.openErr = errors.New("directory down")
+	ts.up.mu.Unlock()
+	ts.srv.upstreamSeen.Store(time.Now().Add(-upstreamFresh).UnixNano())
+	for _, pw := range []string{alicePW, "wrong"} {
+		if code, _ := ts.bindCode(t, 1, aliceDN, pw); code != resultUnavailable {
+			t.Fatalf("bind with a stale sign of life and the directory down: code %d, want 52", code)
+		}
+	}
+}
