@@ -16,25 +16,21 @@ import (
 // benchStore is an in-memory policy.Store with one app password.
 type benchStore struct{ user, secret string }
 
-func (m *benchStore) UserMFA(_ context.Context, name string) (store.MFAState, error) {
-	if name == m.user {
-		return store.MFAEnforced, nil
+func (m *benchStore) LoginState(_ context.Context, user, secret string) (store.LoginState, error) {
+	if user != m.user {
+		return store.LoginState{MFA: store.MFADisabled, AllowAppPasswords: true}, nil
 	}
-	return store.MFADisabled, nil
-}
-
-func (m *benchStore) FindAppPassword(_ context.Context, user, secret string) (store.AppPassword, error) {
-	if user == m.user && subtle.ConstantTimeCompare([]byte(secret), []byte(m.secret)) == 1 {
-		return store.AppPassword{ID: 1, User: user, Label: "bench", Scopes: []string{"ldap"}}, nil
+	ls := store.LoginState{MFA: store.MFAEnforced, AllowAppPasswords: true}
+	if subtle.ConstantTimeCompare([]byte(secret), []byte(m.secret)) == 1 {
+		ls.AppPassword = &store.AppPassword{ID: 1, User: user, Label: "bench", Scopes: []string{"ldap"}}
 	}
-	return store.AppPassword{}, store.ErrNotFound
+	return ls, nil
 }
 
 func (m *benchStore) RecordLogin(context.Context, int64, store.Usage, store.AuditEvent) error {
 	return nil
 }
-func (m *benchStore) AllowAppPasswords(context.Context) (bool, error) { return true, nil }
-func (m *benchStore) Record(context.Context, store.AuditEvent) error  { return nil }
+func (m *benchStore) Record(context.Context, store.AuditEvent) error { return nil }
 
 // BenchmarkLDAPBind measures simple binds per second through passgate
 // (relay mode, SQLite store, plaintext from a trusted network) and

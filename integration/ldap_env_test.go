@@ -197,6 +197,7 @@ func startLDAPGate(t testing.TB, o ldapGateOptions) *ldapGate {
 		}
 		cancel()
 		<-watchDone
+		up.Close()
 		journal.Close() // flushes, then closes st
 	})
 	return g

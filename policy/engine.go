@@ -16,12 +16,14 @@ import (
 
 // Store is what the decision needs of the store. *store.Store implements it.
 type Store interface {
-	UserMFA(ctx context.Context, name string) (store.MFAState, error)
-	FindAppPassword(ctx context.Context, user, secret string) (store.AppPassword, error)
+	// LoginState reads the user's MFA state, the global switch and the
+	// user's app password whose secret is secret (nil when none), in one
+	// query; an invalid user name is an error matching store.ErrInvalid.
+	LoginState(ctx context.Context, user, secret string) (store.LoginState, error)
 	// RecordLogin records an app-password success: last use and audit
-	// event in one write; ErrNotFound when the app password is gone.
+	// event in one write; ErrNotFound when the app password is gone (a
+	// store.Journal queues the write and cannot tell).
 	RecordLogin(ctx context.Context, id int64, u store.Usage, ev store.AuditEvent) error
-	AllowAppPasswords(ctx context.Context) (bool, error)
 	Record(ctx context.Context, ev store.AuditEvent) error
 }
 
@@ -154,59 +156,57 @@ func (e *Engine) Decide(ctx context.Context, a Attempt) (Decision, error) {
 			return deny("user name contains the upstream's master-user separator " + strconv.Quote(f))
 		}
 	}
-	// Everything that can fail for reasons other than the secret is read
-	// first, so that a store outage answers alike for every secret.
+	// One read per name gives everything the decision needs of the
+	// store. A store outage fails it alike for every secret, and a
+	// secret that cannot be an app password is looked up all the same.
 	names := e.aliases(user)
+	secret := string(a.Secret)
+	_, shaped := apppass.Normalize(secret)
 	st := store.MFADisabled
-	for _, n := range names {
-		s, err := e.store.UserMFA(ctx, n)
+	allowApp := true
+	var match *store.AppPassword
+	for i, n := range names {
+		ls, err := e.store.LoginState(ctx, n, secret)
 		if errors.Is(err, store.ErrInvalid) {
 			return deny("user name is not valid")
 		}
 		if err != nil {
-			return Decision{}, fmt.Errorf("policy: read MFA state of %q: %w", n, err)
+			return Decision{}, fmt.Errorf("policy: read the login state of %q: %w", n, err)
 		}
-		st = stronger(st, s)
+		st = stronger(st, ls.MFA)
+		if i == 0 {
+			allowApp = ls.AllowAppPasswords
+		}
+		if shaped && match == nil && ls.AppPassword != nil {
+			match = ls.AppPassword
+		}
 	}
 	d.MFA = string(st)
-	allowApp, err := e.store.AllowAppPasswords(ctx)
-	if err != nil {
-		return Decision{}, fmt.Errorf("policy: read allow-app-passwords: %w", err)
-	}
 	// Step 3.
-	secret := string(a.Secret)
-	if _, shaped := apppass.Normalize(secret); shaped {
-		for _, n := range names {
-			ap, err := e.store.FindAppPassword(ctx, n, secret)
-			if errors.Is(err, store.ErrNotFound) {
-				continue
-			}
-			if err != nil {
-				return Decision{}, fmt.Errorf("policy: look up app password: %w", err)
-			}
-			// The secret is an app password of this user: it is not the
-			// primary password, so whatever happens it must not go to the
-			// upstream.
-			if why := e.unusable(a, ap, allowApp, st); why != "" {
-				return deny(why)
-			}
-			d.Allow, d.Kind = true, KindAppPassword
-			d.User = ap.User // the stored name, not the client's spelling
-			d.AppPasswordID, d.Label = ap.ID, ap.Label
-			d.Reason = "app password matched"
-			u := store.Usage{At: e.now(), Addr: a.Client.String(), Proto: a.Proto, Client: a.ClientName}
-			wctx, cancel := e.writeCtx(ctx)
-			err = e.store.RecordLogin(wctx, ap.ID, u, e.event(a, d, "success"))
-			cancel()
-			if errors.Is(err, store.ErrNotFound) {
-				return deny("app password " + ap.Label + " was deleted during the login")
-			}
-			if err != nil {
-				e.log.LogAttrs(ctx, slog.LevelError, "audit write failed", slog.Any("err", err))
-			}
-			e.logDecision(ctx, a, d, "success")
-			return d, nil
+	if match != nil {
+		ap := *match
+		// The secret is an app password of this user: it is not the
+		// primary password, so whatever happens it must not go to the
+		// upstream.
+		if why := e.unusable(a, ap, allowApp, st); why != "" {
+			return deny(why)
 		}
+		d.Allow, d.Kind = true, KindAppPassword
+		d.User = ap.User // the stored name, not the client's spelling
+		d.AppPasswordID, d.Label = ap.ID, ap.Label
+		d.Reason = "app password matched"
+		u := store.Usage{At: e.now(), Addr: a.Client.String(), Proto: a.Proto, Client: a.ClientName}
+		wctx, cancel := e.writeCtx(ctx)
+		err := e.store.RecordLogin(wctx, ap.ID, u, e.event(a, d, "success"))
+		cancel()
+		if errors.Is(err, store.ErrNotFound) {
+			return deny("app password " + ap.Label + " was deleted during the login")
+		}
+		if err != nil {
+			e.log.LogAttrs(ctx, slog.LevelError, "audit write failed", slog.Any("err", err))
+		}
+		e.logDecision(ctx, a, d, "success")
+		return d, nil
 	}
 	// Step 4.
 	if st == store.MFAEnforced {

@@ -31,7 +31,20 @@ type fakeStore struct {
 	touchGone bool
 }
 
-func (f *fakeStore) UserMFA(_ context.Context, name string) (store.MFAState, error) {
+// LoginState answers as the real store does, from the fields.
+func (f *fakeStore) LoginState(_ context.Context, user, secret string) (store.LoginState, error) {
+	mfa, err := f.userMFA(user)
+	if err != nil {
+		return store.LoginState{}, err
+	}
+	ls := store.LoginState{MFA: mfa, AllowAppPasswords: f.allow}
+	if ap, err := f.findAppPassword(user, secret); err == nil {
+		ls.AppPassword = &ap
+	}
+	return ls, nil
+}
+
+func (f *fakeStore) userMFA(name string) (store.MFAState, error) {
 	if strings.ContainsRune(name, 0) {
 		return "", fmt.Errorf("user name: %w", store.ErrInvalid)
 	}
@@ -44,7 +57,7 @@ func (f *fakeStore) UserMFA(_ context.Context, name string) (store.MFAState, err
 	return f.def, nil
 }
 
-func (f *fakeStore) FindAppPassword(_ context.Context, user, secret string) (store.AppPassword, error) {
+func (f *fakeStore) findAppPassword(user, secret string) (store.AppPassword, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.finds++
@@ -64,8 +77,6 @@ func (f *fakeStore) RecordLogin(_ context.Context, id int64, u store.Usage, ev s
 	f.events = append(f.events, ev)
 	return nil
 }
-
-func (f *fakeStore) AllowAppPasswords(context.Context) (bool, error) { return f.allow, nil }
 
 func (f *fakeStore) Record(_ context.Context, ev store.AuditEvent) error {
 	f.mu.Lock()

@@ -11,8 +11,9 @@
 //
 // Two tools are used:
 //
-//   - github.com/go-ldap/ldap/v3 for the short checks: Resolve (the
-//     service bind and a base-scope search that tells the listener which
+//   - github.com/go-ldap/ldap/v3 for the short checks: Resolve (a
+//     base-scope search, on a connection bound as the service account
+//     and kept open between lookups, that tells the listener which
 //     entry a bind name stands for, before any user password is sent),
 //     Verify (a user bind
 //     and WhoAmI on a connection of its own, bind-only mode), Check (the
@@ -47,6 +48,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/go-ldap/ldap/v3"
@@ -85,13 +87,35 @@ type Options struct {
 	MaxMessageBytes int           // largest message accepted from the directory; default 16 MiB
 }
 
-// Client dials the directory. It is safe for concurrent use.
+// Client dials the directory. It is safe for concurrent use. Close it to
+// close the connection Resolve keeps.
 type Client struct {
 	opts     Options
 	addr     string
 	implicit bool
 	tlsConf  *tls.Config // nil when TLS is none
+
+	kept keptConn // the service account's connection for Resolve
 }
+
+// keptConn is the service account's go-ldap connection that Resolve
+// shares between all lookups (go-ldap multiplexes requests on it).
+type keptConn struct {
+	mu       sync.Mutex
+	conn     *ldap.Conn
+	lastUsed time.Time
+	closed   bool
+}
+
+// Bounds of the kept connection: one lookup waits at most
+// keptRequestTimeout for its answer, and a connection idle for longer
+// than keptMaxIdle is replaced rather than trusted (a firewall may have
+// dropped it without a word, and a search on it would wait the timeout
+// out).
+const (
+	keptRequestTimeout = 10 * time.Second
+	keptMaxIdle        = 60 * time.Second
+)
 
 // Secret is a password passgate holds for the directory (the service
 // account's). Whatever prints it (fmt verbs, slog, %#v of a struct that
@@ -188,6 +212,16 @@ func refused(code uint16) bool {
 // dialLDAP opens a go-ldap connection with the configured TLS. It is
 // closed when ctx ends.
 func (c *Client) dialLDAP(ctx context.Context) (*ldap.Conn, func(), error) {
+	l, stop, err := c.dial(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	return l, func() { stop(); l.Close() }, nil
+}
+
+// dial opens a go-ldap connection with the configured TLS; it is closed
+// if ctx ends before stop is called.
+func (c *Client) dial(ctx context.Context) (*ldap.Conn, func() bool, error) {
 	d := &net.Dialer{Timeout: c.opts.DialTimeout}
 	if dl, ok := ctx.Deadline(); ok {
 		d.Deadline = dl
@@ -201,17 +235,17 @@ func (c *Client) dialLDAP(ctx context.Context) (*ldap.Conn, func(), error) {
 		return nil, nil, fmt.Errorf("ldapupstream: dial %s: %w (ldap.upstream.url; is the directory up?)", c.addr, err)
 	}
 	stop := context.AfterFunc(ctx, func() { l.Close() })
-	done := func() { stop(); l.Close() }
 	if dl, ok := ctx.Deadline(); ok {
 		l.SetTimeout(time.Until(dl))
 	}
 	if c.opts.TLS == TLSStartTLS {
 		if err := l.StartTLS(c.tlsConf.Clone()); err != nil {
-			done()
+			stop()
+			l.Close()
 			return nil, nil, fmt.Errorf("ldapupstream: StartTLS with %s: %w (ldap.upstream.tls, ldap.upstream.ca_file)", c.addr, err)
 		}
 	}
-	return l, done, nil
+	return l, stop, nil
 }
 
 // Verify binds as dn with password on a connection of its own, asks WhoAmI
@@ -286,29 +320,116 @@ const resolveTimeLimit = 10
 // user's password is sent anywhere, so that another spelling of a person's
 // DN (an alias attribute type, an OID, fullwidth letters) is decided for
 // the person.
+//
+// The lookups share one connection bound as the service account, kept
+// open between them: an application that binds with its own account for
+// every page it serves then costs the directory a search, not a
+// connection, a bind and a search. A lookup that finds the kept
+// connection lost is tried once more on a new one.
 func (c *Client) Resolve(ctx context.Context, dn string) (entryDN string, found bool, err error) {
 	if c.opts.ServiceDN == "" {
 		return "", false, errNoServiceAccount
 	}
-	l, done, err := c.dialLDAP(ctx)
-	if err != nil {
-		return "", false, err
+	for attempt := 0; ; attempt++ {
+		l, err := c.keptConn(ctx)
+		if err != nil {
+			return "", false, err
+		}
+		entryDN, found, err = c.lookup(ctx, l, dn)
+		if err != nil && ldap.IsErrorWithCode(err, ldap.ErrorNetwork) {
+			c.dropKept(l)
+			if attempt == 0 && ctx.Err() == nil {
+				continue
+			}
+		}
+		return entryDN, found, err
 	}
-	defer done()
-	if err := l.Bind(c.opts.ServiceDN, c.opts.ServicePassword.reveal()); err != nil {
-		return "", false, fmt.Errorf("ldapupstream: resolve: service bind as %q at %s: %w (ldap.upstream.service_dn, ldap.upstream.service_password_file)", c.opts.ServiceDN, c.addr, err)
-	}
+}
+
+// lookup runs Resolve's search on l.
+func (c *Client) lookup(ctx context.Context, l *ldap.Conn, dn string) (string, bool, error) {
 	req := ldap.NewSearchRequest(dn, ldap.ScopeBaseObject, ldap.NeverDerefAliases, 2, resolveTimeLimit, false,
 		"(objectClass=*)", []string{"1.1"}, nil)
-	r, err := l.Search(req)
+	resp := l.SearchAsync(ctx, req, 2)
+	var entries []string
+	for resp.Next() {
+		if e := resp.Entry(); e != nil {
+			entries = append(entries, e.DN)
+		}
+	}
+	err := resp.Err()
+	if err == nil && ctx.Err() != nil {
+		// SearchAsync reports a cancelled search as a success.
+		err = ctx.Err()
+	}
 	if err != nil {
 		if ldap.IsErrorAnyOf(err, ldap.LDAPResultNoSuchObject, ldap.LDAPResultInvalidDNSyntax) {
 			return "", false, nil
 		}
 		return "", false, fmt.Errorf("ldapupstream: resolve %q at %s: %w (the service account must be able to read the entries of ldap.user_dn_templates)", dn, c.addr, err)
 	}
-	if len(r.Entries) != 1 || r.Entries[0].DN == "" {
+	if len(entries) != 1 || entries[0] == "" {
 		return "", false, nil
 	}
-	return r.Entries[0].DN, true, nil
+	return entries[0], true, nil
+}
+
+// keptConn returns the service account's kept connection, dialling and
+// binding a new one when there is none, it was lost, or it sat idle for
+// longer than keptMaxIdle.
+func (c *Client) keptConn(ctx context.Context) (*ldap.Conn, error) {
+	k := &c.kept
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.closed {
+		return nil, errors.New("ldapupstream: client closed")
+	}
+	if k.conn != nil && (k.conn.IsClosing() || time.Since(k.lastUsed) > keptMaxIdle) {
+		k.conn.Close()
+		k.conn = nil
+	}
+	if k.conn == nil {
+		l, stop, err := c.dial(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if err := l.Bind(c.opts.ServiceDN, c.opts.ServicePassword.reveal()); err != nil {
+			stop()
+			l.Close()
+			return nil, fmt.Errorf("ldapupstream: resolve: service bind as %q at %s: %w (ldap.upstream.service_dn, ldap.upstream.service_password_file)", c.opts.ServiceDN, c.addr, err)
+		}
+		if !stop() {
+			// ctx ended meanwhile and closed it.
+			return nil, fmt.Errorf("ldapupstream: resolve: connect to %s: %w", c.addr, context.Cause(ctx))
+		}
+		l.SetTimeout(keptRequestTimeout)
+		k.conn = l
+	}
+	k.lastUsed = time.Now()
+	return k.conn, nil
+}
+
+// dropKept closes l if it is still the kept connection.
+func (c *Client) dropKept(l *ldap.Conn) {
+	k := &c.kept
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.conn == l {
+		k.conn = nil
+	}
+	l.Close()
+}
+
+// Close closes the connection that Resolve keeps; Resolve fails after it.
+// Sessions opened with Open are closed by their own Close.
+func (c *Client) Close() error {
+	k := &c.kept
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.closed = true
+	if k.conn != nil {
+		k.conn.Close()
+		k.conn = nil
+	}
+	return nil
 }

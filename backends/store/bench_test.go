@@ -17,7 +17,10 @@ import (
 //
 //   - apppass: HMAC of the input and a constant-time compare, no database;
 //   - sqlite, postgres: FindAppPassword, i.e. the same plus one indexed
-//     lookup by (user, hash) and the row's decoding.
+//     lookup by (user, hash) and the row's decoding;
+//   - three-reads and login-state: what a login reads of the store, as
+//     three queries (UserMFA, AllowAppPasswords, FindAppPassword) and as
+//     LoginState's one.
 //
 // cpu-ns/op is the CPU time (user+system) of this process per check; for
 // postgres the server's own CPU is not in it, and ns/op includes the
@@ -81,6 +84,28 @@ func BenchmarkCheck(b *testing.B) {
 				benchCPU(b, func() {
 					if _, err := s.FindAppPassword(ctx, "alice", wrong); err == nil {
 						b.Fatal("wrong secret accepted")
+					}
+				})
+			})
+			// What a login reads: the three reads the decision made
+			// before LoginState, then LoginState's one query.
+			b.Run(fmt.Sprintf("%s/n=%d/three-reads", driver, n), func(b *testing.B) {
+				benchCPU(b, func() {
+					if _, err := s.UserMFA(ctx, "alice"); err != nil {
+						b.Fatal(err)
+					}
+					if _, err := s.AllowAppPasswords(ctx); err != nil {
+						b.Fatal(err)
+					}
+					if _, err := s.FindAppPassword(ctx, "alice", formatted); err != nil {
+						b.Fatal(err)
+					}
+				})
+			})
+			b.Run(fmt.Sprintf("%s/n=%d/login-state", driver, n), func(b *testing.B) {
+				benchCPU(b, func() {
+					if ls, err := s.LoginState(ctx, "alice", formatted); err != nil || ls.AppPassword == nil {
+						b.Fatal("LoginState:", err)
 					}
 				})
 			})

@@ -68,6 +68,7 @@ var contractCases = []contractCase{
 	{"app-passwords/existing", testExisting},
 	{"audit/record-filter", testAudit},
 	{"audit/record-login", testRecordLogin},
+	{"login-state", testLoginState},
 	{"journal/order-and-read-your-writes", testJournalOrder},
 	{"journal/concurrent", testJournalConcurrent},
 	{"journal/deleted-app-password", testJournalDeleted},

@@ -211,24 +211,21 @@ type fakeStore struct {
 	lookups atomic.Int64
 }
 
-func (s *fakeStore) UserMFA(ctx context.Context, name string) (store.MFAState, error) {
+// LoginState: every user is enforced; appUser has one app password.
+func (s *fakeStore) LoginState(ctx context.Context, user, secret string) (store.LoginState, error) {
 	s.lookups.Add(1)
-	return store.MFAEnforced, nil
-}
-
-func (s *fakeStore) FindAppPassword(ctx context.Context, user, secret string) (store.AppPassword, error) {
+	ls := store.LoginState{MFA: store.MFAEnforced, AllowAppPasswords: true}
 	norm, _ := apppass.Normalize(secret)
 	want, _ := apppass.Normalize(appSecret)
 	if user == appUser && norm == want {
-		return store.AppPassword{ID: appID, User: appUser, Label: "phone", Scopes: []string{policy.IMAP}}, nil
+		ls.AppPassword = &store.AppPassword{ID: appID, User: appUser, Label: "phone", Scopes: []string{policy.IMAP}}
 	}
-	return store.AppPassword{}, store.ErrNotFound
+	return ls, nil
 }
 
 func (s *fakeStore) RecordLogin(context.Context, int64, store.Usage, store.AuditEvent) error {
 	return nil
 }
-func (s *fakeStore) AllowAppPasswords(ctx context.Context) (bool, error)   { return true, nil }
 func (s *fakeStore) Record(ctx context.Context, ev store.AuditEvent) error { return nil }
 
 // TestBadLoginsDoNotDelayGoodOne runs 100 failing logins (failure delay

@@ -31,6 +31,9 @@ type deps struct {
 	engine    *policy.Engine
 	relays    *relay.Registry
 	serverTLS *tls.Config
+	// onStop runs after every listener has drained: what the services
+	// share (the LDAP lookup connection) is closed there.
+	onStop []func()
 }
 
 // service is one listening socket and the server behind it.
@@ -241,6 +244,9 @@ func serve(ctx context.Context, e *env, cfg *configs.Config, log *slog.Logger, o
 		}(s)
 	}
 	sw.Wait()
+	for _, f := range d.onStop {
+		f()
+	}
 	stop()
 	wg.Wait()
 	return runErr

@@ -51,6 +51,7 @@ func buildLDAP(d *deps) ([]service, error) {
 	if err != nil {
 		return nil, err
 	}
+	d.onStop = append(d.onStop, func() { up.Close() })
 	mode := ldapfront.ModeRelay
 	if c.Mode == "bind-only" {
 		mode = ldapfront.ModeBindOnly
