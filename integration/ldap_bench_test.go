@@ -3,7 +3,9 @@ package integration
 import (
 	"context"
 	"crypto/subtle"
+	"fmt"
 	"net/netip"
+	"os"
 	"sort"
 	"testing"
 	"time"
@@ -11,6 +13,7 @@ import (
 	"github.com/go-ldap/ldap/v3"
 
 	"github.com/passgate/passgate/backends/store"
+	"github.com/passgate/passgate/integration/testenv"
 )
 
 // benchStore is an in-memory policy.Store with one app password.
@@ -33,7 +36,8 @@ func (m *benchStore) RecordLogin(context.Context, int64, store.Usage, store.Audi
 func (m *benchStore) Record(context.Context, store.AuditEvent) error { return nil }
 
 // BenchmarkLDAPBind measures simple binds per second through passgate
-// (relay mode, SQLite store, plaintext from a trusted network) and
+// (relay mode, SQLite store — PostgreSQL for the "postgres" rows —,
+// plaintext from a trusted network) and
 // directly to slapd, side by side in one run: a new connection per bind,
 // and many binds on one connection. Through passgate, an app password is
 // checked by passgate alone (the directory is not asked); a primary
@@ -88,6 +92,10 @@ func BenchmarkLDAPBind(b *testing.B) {
 	// the app password's last use.
 	mem := &benchStore{user: "alice", secret: "benchbenchbenchb"}
 	gm := startLDAPGate(b, ldapGateOptions{trusted: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}, decisionStore: mem})
+	// The same over PostgreSQL (the test cluster runs with fsync off).
+	gp := startLDAPGate(b, ldapGateOptions{trusted: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}, postgresDSN: benchPostgres(b)})
+	gp.setMFA(b, "alice", store.MFAEnforced)
+	appPG := gp.appPassword(b, "alice", "bench")
 
 	for _, mode := range []struct {
 		name    string
@@ -97,6 +105,7 @@ func BenchmarkLDAPBind(b *testing.B) {
 		run(mode.name+"/passgate-app-password", g.url, aliceDN, app, mode.newConn)
 		run(mode.name+"/passgate-primary-app-account", g.url, e.slapd.AppDN, e.slapd.AppPassword, mode.newConn)
 		run(mode.name+"/passgate-primary-person", g.url, e.slapd.UserDN("bob"), e.slapd.Users["bob"], mode.newConn)
+		run(mode.name+"/passgate-postgres-app-password", gp.url, aliceDN, appPG, mode.newConn)
 		run(mode.name+"/passgate-memstore-app-password", gm.url, aliceDN, mem.secret, mode.newConn)
 		run(mode.name+"/passgate-memstore-primary-app-account", gm.url, e.slapd.AppDN, e.slapd.AppPassword, mode.newConn)
 		run(mode.name+"/passgate-memstore-primary-person", gm.url, e.slapd.UserDN("bob"), e.slapd.Users["bob"], mode.newConn)
@@ -113,4 +122,31 @@ func BenchmarkLDAPBind(b *testing.B) {
 			b.Logf("%-32s %8.0f binds/s  %.2f× direct", n, rates[n], rates[n]/direct)
 		}
 	}
+}
+
+// benchPostgres returns the DSN of a new database in the test cluster
+// ($PASSGATE_TEST_POSTGRES, or one started here), dropped at the end.
+func benchPostgres(b *testing.B) string {
+	b.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	base, stop, err := testenv.Postgres(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	name := fmt.Sprintf("passgate_ldapbench_%d", os.Getpid())
+	dsn, err := testenv.CreateDatabase(ctx, base, name)
+	if err != nil {
+		stop()
+		b.Fatal(err)
+	}
+	b.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := testenv.DropDatabase(ctx, base, name); err != nil {
+			b.Error(err)
+		}
+		stop()
+	})
+	return dsn
 }

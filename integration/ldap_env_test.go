@@ -87,6 +87,9 @@ type ldapGateOptions struct {
 	// benchmark uses it to show the listener's own cost); the SQLite store
 	// is still opened for the helpers.
 	decisionStore policy.Store
+	// postgresDSN, when set, puts the gate's store in that PostgreSQL
+	// database instead of a SQLite file.
+	postgresDSN string
 }
 
 // ldapGate is a passgate LDAP listener (plain with StartTLS, and LDAPS)
@@ -106,7 +109,11 @@ func startLDAPGate(t testing.TB, o ldapGateOptions) *ldapGate {
 	e := ldapEnv(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	dir := t.TempDir()
-	st, err := store.Open(ctx, store.Options{Driver: "sqlite", DSN: filepath.Join(dir, "passgate.db"), KeyFile: filepath.Join(dir, "passgate.key")})
+	so := store.Options{Driver: store.DriverSQLite, DSN: filepath.Join(dir, "passgate.db"), KeyFile: filepath.Join(dir, "passgate.key")}
+	if o.postgresDSN != "" {
+		so.Driver, so.DSN = store.DriverPostgres, o.postgresDSN
+	}
+	st, err := store.Open(ctx, so)
 	if err != nil {
 		t.Fatal(err)
 	}

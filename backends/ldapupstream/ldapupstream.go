@@ -335,10 +335,10 @@ func (c *Client) Resolve(ctx context.Context, dn string) (entryDN string, found 
 		if err != nil {
 			return "", false, err
 		}
-		entryDN, found, err = c.lookup(ctx, l, dn)
-		if err != nil && ldap.IsErrorWithCode(err, ldap.ErrorNetwork) {
+		entryDN, found, err = c.lookup(l, dn)
+		if err != nil && !directoryAnswered(err) && ctx.Err() == nil {
 			c.dropKept(l)
-			if attempt == 0 && ctx.Err() == nil {
+			if attempt == 0 {
 				continue
 			}
 		}
@@ -346,32 +346,32 @@ func (c *Client) Resolve(ctx context.Context, dn string) (entryDN string, found 
 	}
 }
 
-// lookup runs Resolve's search on l.
-func (c *Client) lookup(ctx context.Context, l *ldap.Conn, dn string) (string, bool, error) {
+// directoryAnswered reports whether err is a result the directory sent
+// (an LDAP result code), as opposed to a lost or broken connection, after
+// which the kept connection is not to be used again.
+func directoryAnswered(err error) bool {
+	var le *ldap.Error
+	return errors.As(err, &le) && le.ResultCode < ldap.ErrorNetwork
+}
+
+// lookup runs Resolve's search on l. It uses go-ldap's Search, not
+// SearchAsync: SearchAsync ends a search whose connection was lost
+// without an error, which would read as "no such entry". The search is
+// bounded by keptRequestTimeout instead of ctx.
+func (c *Client) lookup(l *ldap.Conn, dn string) (string, bool, error) {
 	req := ldap.NewSearchRequest(dn, ldap.ScopeBaseObject, ldap.NeverDerefAliases, 2, resolveTimeLimit, false,
 		"(objectClass=*)", []string{"1.1"}, nil)
-	resp := l.SearchAsync(ctx, req, 2)
-	var entries []string
-	for resp.Next() {
-		if e := resp.Entry(); e != nil {
-			entries = append(entries, e.DN)
-		}
-	}
-	err := resp.Err()
-	if err == nil && ctx.Err() != nil {
-		// SearchAsync reports a cancelled search as a success.
-		err = ctx.Err()
-	}
+	r, err := l.Search(req)
 	if err != nil {
 		if ldap.IsErrorAnyOf(err, ldap.LDAPResultNoSuchObject, ldap.LDAPResultInvalidDNSyntax) {
 			return "", false, nil
 		}
 		return "", false, fmt.Errorf("ldapupstream: resolve %q at %s: %w (the service account must be able to read the entries of ldap.user_dn_templates)", dn, c.addr, err)
 	}
-	if len(entries) != 1 || entries[0] == "" {
+	if len(r.Entries) != 1 || r.Entries[0].DN == "" {
 		return "", false, nil
 	}
-	return entries[0], true, nil
+	return r.Entries[0].DN, true, nil
 }
 
 // keptConn returns the service account's kept connection, dialling and

@@ -66,8 +66,13 @@
 // unless the options allow them; a decision that cannot be made or an
 // upstream that cannot be reached gets unavailable (52), after the same
 // failure delay and recorded with Decider.Unavailable. In relay mode the
-// upstream session is opened (or found alive) before the decision, so
-// that "directory down" does not depend on the secret or the MFA state.
+// directory must be known to be up before the decision, so that
+// "directory down" does not depend on the secret or the MFA state: the
+// connection's own live session, or a sign of life of the directory on
+// any connection within the last second, or else a session opened there
+// and then. Without the first, the session opens when an operation first
+// needs it, so that an application that only binds costs the directory
+// no connection per bind.
 //
 // Limits: a client that has not bound is closed PreBindTimeout after it
 // connected, however much it sends, and may send messages of at most 64
