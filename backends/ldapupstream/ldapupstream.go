@@ -101,7 +101,9 @@ type Client struct {
 // keptConn is the service account's go-ldap connection that Resolve
 // shares between all lookups (go-ldap multiplexes requests on it).
 type keptConn struct {
-	mu       sync.Mutex
+	dialing chan struct{} // one slot: one dial at a time, waited for with ctx
+
+	mu       sync.Mutex // guards the fields below; never held over I/O
 	conn     *ldap.Conn
 	lastUsed time.Time
 	closed   bool
@@ -140,6 +142,9 @@ func (e constError) Error() string { return string(e) }
 // errOwnProxyAuthz: the client sent its own proxied authorization control.
 const errOwnProxyAuthz = constError("ldapupstream: the request already carries a proxied authorization control")
 
+// errClientClosed: Resolve after Close.
+const errClientClosed = constError("ldapupstream: client closed")
+
 // errNoServiceAccount: an operation needs the service account and none is
 // configured.
 const errNoServiceAccount = constError("ldapupstream: no service account: set ldap.upstream.service_dn and ldap.upstream.service_password_file")
@@ -151,6 +156,7 @@ func New(opts Options) (*Client, error) {
 		return nil, fmt.Errorf("ldapupstream: url %q: must be ldap://host:port or ldaps://host:port (ldap.upstream.url)", opts.URL)
 	}
 	c := &Client{opts: opts, implicit: u.Scheme == "ldaps"}
+	c.kept.dialing = make(chan struct{}, 1)
 	if opts.TLS == "" {
 		c.opts.TLS = TLSNone
 	}
@@ -376,34 +382,63 @@ func (c *Client) lookup(l *ldap.Conn, dn string) (string, bool, error) {
 
 // keptConn returns the service account's kept connection, dialling and
 // binding a new one when there is none, it was lost, or it sat idle for
-// longer than keptMaxIdle.
+// longer than keptMaxIdle. One caller dials at a time; the others wait
+// for it, each no longer than its ctx allows.
 func (c *Client) keptConn(ctx context.Context) (*ldap.Conn, error) {
+	if l, err := c.usableKept(); l != nil || err != nil {
+		return l, err
+	}
+	select {
+	case c.kept.dialing <- struct{}{}:
+	case <-ctx.Done():
+		return nil, fmt.Errorf("ldapupstream: resolve: wait for the connection to %s: %w", c.addr, context.Cause(ctx))
+	}
+	defer func() { <-c.kept.dialing }()
+	// Another caller may have dialled while this one waited.
+	if l, err := c.usableKept(); l != nil || err != nil {
+		return l, err
+	}
+	l, stop, err := c.dial(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := l.Bind(c.opts.ServiceDN, c.opts.ServicePassword.reveal()); err != nil {
+		stop()
+		l.Close()
+		return nil, fmt.Errorf("ldapupstream: resolve: service bind as %q at %s: %w (ldap.upstream.service_dn, ldap.upstream.service_password_file)", c.opts.ServiceDN, c.addr, err)
+	}
+	if !stop() {
+		// ctx ended meanwhile and closed it.
+		return nil, fmt.Errorf("ldapupstream: resolve: connect to %s: %w", c.addr, context.Cause(ctx))
+	}
+	l.SetTimeout(keptRequestTimeout)
 	k := &c.kept
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if k.closed {
-		return nil, errors.New("ldapupstream: client closed")
+		l.Close()
+		return nil, errClientClosed
+	}
+	k.conn, k.lastUsed = l, time.Now()
+	return l, nil
+}
+
+// usableKept returns the kept connection if it can be used, nil if a new
+// one must be dialled (closing a lost or stale one), or an error after
+// Close.
+func (c *Client) usableKept() (*ldap.Conn, error) {
+	k := &c.kept
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.closed {
+		return nil, errClientClosed
 	}
 	if k.conn != nil && (k.conn.IsClosing() || time.Since(k.lastUsed) > keptMaxIdle) {
 		k.conn.Close()
 		k.conn = nil
 	}
 	if k.conn == nil {
-		l, stop, err := c.dial(ctx)
-		if err != nil {
-			return nil, err
-		}
-		if err := l.Bind(c.opts.ServiceDN, c.opts.ServicePassword.reveal()); err != nil {
-			stop()
-			l.Close()
-			return nil, fmt.Errorf("ldapupstream: resolve: service bind as %q at %s: %w (ldap.upstream.service_dn, ldap.upstream.service_password_file)", c.opts.ServiceDN, c.addr, err)
-		}
-		if !stop() {
-			// ctx ended meanwhile and closed it.
-			return nil, fmt.Errorf("ldapupstream: resolve: connect to %s: %w", c.addr, context.Cause(ctx))
-		}
-		l.SetTimeout(keptRequestTimeout)
-		k.conn = l
+		return nil, nil
 	}
 	k.lastUsed = time.Now()
 	return k.conn, nil
@@ -421,7 +456,9 @@ func (c *Client) dropKept(l *ldap.Conn) {
 }
 
 // Close closes the connection that Resolve keeps; Resolve fails after it.
-// Sessions opened with Open are closed by their own Close.
+// It does not wait for a dial in progress (whose connection is then
+// closed at once). Sessions opened with Open are closed by their own
+// Close.
 func (c *Client) Close() error {
 	k := &c.kept
 	k.mu.Lock()

@@ -10,7 +10,7 @@ import (
 )
 
 // Journal bounds: a batch is one transaction; a full queue makes writers
-// wait (never drops an event).
+// wait (an event that cannot wait is written to the log instead).
 const (
 	journalBatch    = 256
 	journalQueueMax = 8192
@@ -26,10 +26,10 @@ const (
 // login then costs the store its reads only: on SQLite one commit per
 // login took longer than the rest of an LDAP bind.
 //
-// A write is committed at most 10 ms after it was queued, together with
-// the writes queued meanwhile (up to 256 to a transaction); Flush and a
-// full batch cut the wait short. The price is that a crash loses the
-// writes of the last moment, the same window as SQLite's
+// Before each commit the flusher waits up to 10 ms for more writes, so
+// that a transaction carries what was queued meanwhile (up to 256 writes);
+// Flush and a full batch cut the wait short. The price is that a crash
+// loses the writes of the last moment, the same window as SQLite's
 // synchronous=NORMAL, and a
 // write that fails is reported in the log instead of to the login; a
 // failed batch is retried once, then every event in it is written to the
@@ -38,8 +38,8 @@ const (
 // Reads through the Journal see its queued writes (Audit and
 // ListAppPasswords flush first). Another process — the command line
 // while serve runs — sees them once committed, normally within
-// milliseconds. Flush waits for what is queued; call it at shutdown,
-// before Close.
+// milliseconds. Flush waits for what is queued; Close flushes, then
+// closes the store, and writes to the log whatever it could not commit.
 //
 // Every other method is the Store's own, synchronous. A Journal is safe
 // for concurrent use.
@@ -52,6 +52,7 @@ type Journal struct {
 	running bool          // a flusher goroutine is at work
 	queued  uint64        // writes ever queued
 	done    uint64        // writes ever finished (committed or logged as lost)
+	closed  bool          // Close has begun: writes go to the log
 	changed chan struct{} // closed and replaced when done grows
 	wake    chan struct{} // cuts the flusher's linger short (Flush, a full batch)
 }
@@ -101,15 +102,23 @@ func (j *Journal) RecordLogin(ctx context.Context, id int64, u Usage, ev AuditEv
 
 func (j *Journal) enqueue(ctx context.Context, w journalWrite) error {
 	j.mu.Lock()
-	for len(j.queue) >= journalQueueMax {
+	for len(j.queue) >= journalQueueMax && !j.closed {
 		ch := j.changed
 		j.mu.Unlock()
 		select {
 		case <-ch:
 		case <-ctx.Done():
-			return fmt.Errorf("store: audit queue full (%d writes waiting; is the database slow or down?): %w", journalQueueMax, context.Cause(ctx))
+			err := fmt.Errorf("store: audit queue full (%d writes waiting; is the database slow or down?): %w", journalQueueMax, context.Cause(ctx))
+			j.logLost([]journalWrite{w}, err)
+			return err
 		}
 		j.mu.Lock()
+	}
+	if j.closed {
+		j.mu.Unlock()
+		err := errors.New("store: audit write after shutdown began")
+		j.logLost([]journalWrite{w}, err)
+		return err
 	}
 	j.queue = append(j.queue, w)
 	j.queued++
@@ -181,7 +190,14 @@ func (j *Journal) commit(batch []journalWrite) {
 	if err == nil {
 		return
 	}
-	j.log.LogAttrs(ctx, slog.LevelError, "audit events not stored: the store refused them; they follow in this log",
+	j.logLost(batch, err)
+}
+
+// logLost writes events that will not reach the store to the log at
+// level ERROR, one line each, so that the trail is not silently short.
+func (j *Journal) logLost(batch []journalWrite, err error) {
+	ctx := context.Background()
+	j.log.LogAttrs(ctx, slog.LevelError, "audit events not stored; they follow in this log",
 		slog.Int("events", len(batch)), slog.Any("err", err),
 		slog.String("fix", "check that the database is reachable and writable (store.dsn)"))
 	for _, w := range batch {
@@ -268,11 +284,24 @@ func (j *Journal) ListAppPasswords(ctx context.Context, user string) ([]AppPassw
 	return j.Store.ListAppPasswords(ctx, user)
 }
 
-// Close flushes the queue (waiting at most 10 s) and closes the store.
+// Close flushes the queue (waiting at most 10 s), writes to the log
+// whatever is still queued then, and closes the store. Writes after Close
+// go to the log.
 func (j *Journal) Close() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	ferr := j.Flush(ctx)
+	j.mu.Lock()
+	j.closed = true
+	rest := j.queue
+	j.queue = nil
+	j.done += uint64(len(rest))
+	close(j.changed)
+	j.changed = make(chan struct{})
+	j.mu.Unlock()
+	if len(rest) > 0 {
+		j.logLost(rest, fmt.Errorf("store: not written before shutdown: %w", ferr))
+	}
 	if err := j.Store.Close(); err != nil {
 		return err
 	}

@@ -164,7 +164,8 @@ func testJournalCloseFlushes(t *testing.T, f *fixture) {
 	if _, err := s.Migrate(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	j := store.NewJournal(s, nil)
+	var logs lockedBuffer
+	j := store.NewJournal(s, slog.New(slog.NewTextHandler(&logs, nil)))
 	for i := range 500 {
 		if err := j.Record(context.Background(), loginEvent("dave", "failure", i)); err != nil {
 			t.Fatal(err)
@@ -172,6 +173,13 @@ func testJournalCloseFlushes(t *testing.T, f *fixture) {
 	}
 	if err := j.Close(); err != nil {
 		t.Fatal(err)
+	}
+	// A write after Close is refused and goes to the log instead.
+	if err := j.Record(context.Background(), loginEvent("dave", "failure", 500)); err == nil {
+		t.Error("Record after Close returned no error")
+	}
+	if out := logs.String(); !strings.Contains(out, `detail="n=500"`) || strings.Contains(out, `detail="n=499"`) {
+		t.Errorf("log after Close: want only the late event n=500:\n%s", out)
 	}
 	s2 := f.migrated(t)
 	evs, err := s2.Audit(ctxT(t), store.AuditFilter{User: "dave"})

@@ -78,9 +78,10 @@ func (c *conn) bind(m message) {
 		return
 	}
 	a.User = bn.User
-	// Everything that depends on the directory being reachable happens
-	// before the decision, so that a temporary failure is the same answer
-	// whatever the secret was and whatever the user's MFA state is.
+	// The directory must be known to take new sessions before the
+	// decision, so that a temporary failure is the same answer whatever
+	// the secret was and whatever the user's MFA state is (see reachable
+	// for how long "known" lasts).
 	if c.srv.opts.Mode == ModeRelay {
 		if err := c.reachable(); err != nil {
 			c.unavailable(m, a, "open", msgUnavailable, err)
@@ -146,7 +147,6 @@ func (c *conn) resolve(bn boundName, name string) (out boundName, ok bool, why s
 	if err != nil {
 		return boundName{}, false, "", err
 	}
-	c.srv.sawUpstream()
 	if !found {
 		return boundName{}, false, "bind name names no entry of the directory", nil
 	}
@@ -224,7 +224,6 @@ func (c *conn) primaryBind(m message, a policy.Attempt, d policy.Decision, bn bo
 		c.unavailable(m, a, "bind", msgUnavailable, err)
 		return
 	}
-	c.srv.sawUpstream()
 	if !ok {
 		c.srv.opts.Decider.PrimaryResult(c.ctx, a, d, false)
 		c.fail(m, a)

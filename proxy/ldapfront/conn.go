@@ -580,10 +580,12 @@ func (c *conn) session() (Session, error) {
 // apart.
 //
 // The connection's own session, while alive, is proof enough. Without
-// one, a sign of life of the directory on any connection within the last
-// upstreamFresh is taken instead, and the session is opened when an
-// operation first needs it (an application that only binds never needs
-// one); without either, the session is opened now.
+// one, a new session opened by any connection within the last
+// upstreamFresh is taken instead, and this connection's session is
+// opened when an operation first needs it (an application that only
+// binds never needs one); without either, the session is opened now.
+// What is left is a window of upstreamFresh after the directory starts
+// refusing new connections, in which the difference shows.
 func (c *conn) reachable() error {
 	c.mu.Lock()
 	s := c.sess

@@ -68,11 +68,13 @@
 // failure delay and recorded with Decider.Unavailable. In relay mode the
 // directory must be known to be up before the decision, so that
 // "directory down" does not depend on the secret or the MFA state: the
-// connection's own live session, or a sign of life of the directory on
-// any connection within the last second, or else a session opened there
-// and then. Without the first, the session opens when an operation first
+// connection's own live session, or a new session opened by any
+// connection within the last second, or else a session opened there and
+// then. Without the first, the session opens when an operation first
 // needs it, so that an application that only binds costs the directory
-// no connection per bind.
+// no connection per bind. The price is a window of a second after the
+// directory starts refusing new connections in which a bind of a user
+// without MFA gets 52 and one of an MFA user 49.
 //
 // Limits: a client that has not bound is closed PreBindTimeout after it
 // connected, however much it sends, and may send messages of at most 64

@@ -98,9 +98,9 @@ const (
 	handshakeTimeout       = 15 * time.Second
 	upstreamTimeout        = 30 * time.Second // one upstream bind, WhoAmI or session set-up
 	drainPoll              = 50 * time.Millisecond
-	// upstreamFresh is how long a sign of life of the directory lets a
-	// relay-mode bind go ahead without opening its own upstream session
-	// first (see conn.reachable).
+	// upstreamFresh is how long a newly opened upstream session lets
+	// other relay-mode binds go ahead without opening their own first
+	// (see conn.reachable).
 	upstreamFresh = time.Second
 )
 
@@ -164,16 +164,17 @@ type Server struct {
 	nextID    atomic.Uint64
 	wg        sync.WaitGroup
 
-	// upstreamSeen is when the directory last answered (Unix
-	// nanoseconds): a session opened, a bind or lookup got a result.
+	// upstreamSeen is when a new upstream session was last opened (Unix
+	// nanoseconds). Answers on sessions already open do not count: a
+	// directory may serve those while it refuses new connections.
 	upstreamSeen atomic.Int64
 }
 
-// sawUpstream notes that the directory answered just now.
+// sawUpstream notes that a new upstream session opened just now.
 func (s *Server) sawUpstream() { s.upstreamSeen.Store(time.Now().UnixNano()) }
 
-// upstreamRecentlySeen reports whether the directory answered within
-// upstreamFresh.
+// upstreamRecentlySeen reports whether a new upstream session opened
+// within upstreamFresh.
 func (s *Server) upstreamRecentlySeen() bool {
 	return time.Since(time.Unix(0, s.upstreamSeen.Load())) < upstreamFresh
 }
