@@ -407,6 +407,7 @@ type passgateInstance struct {
 	config    string
 	imapAddr  string // STARTTLS
 	imapsAddr string // implicit TLS
+	metrics   string // metrics.listen, "" without passgateConfig.metrics
 	out       *lockedBuffer
 	cancel    context.CancelFunc
 	done      chan int
@@ -418,6 +419,8 @@ type passgateConfig struct {
 	upstreamTLS  string   // default starttls
 	failureDelay string   // default 100ms
 	tlsMin       string   // tls.min_version; default "1.2"
+	metrics      bool     // serve metrics.listen on a free port
+	postgresDSN  string   // store in this PostgreSQL database instead of SQLite
 }
 
 // startPassgate writes a configuration in a new directory, runs "passgate
@@ -441,7 +444,7 @@ func startPassgate(t testing.TB, pc passgateConfig) *passgateInstance {
 		pc.tlsMin = "1.2"
 	}
 	dir := t.TempDir()
-	ports := make([]int, 2)
+	ports := make([]int, 3)
 	for i := range ports {
 		p, err := testenv.FreePort()
 		if err != nil {
@@ -488,11 +491,19 @@ log:
 		strconv.Quote(env.certs.CertFile), strconv.Quote(env.certs.KeyFile), pc.failureDelay,
 		ports[0], ports[1], strings.Join(quoted, ", "), strconv.Quote(env.certs.CAFile),
 		strconv.Quote(d.MasterUser), strconv.Quote(masterFile), pc.upstreamTLS, pc.tlsMin)
+	if pc.metrics {
+		cfg += fmt.Sprintf("metrics:\n  listen: 127.0.0.1:%d\n", ports[2])
+	}
+	if pc.postgresDSN != "" {
+		cfg = strings.Replace(cfg, "store:\n  driver: sqlite\n  dsn: "+strconv.Quote(filepath.Join(dir, "passgate.db"))+"\n",
+			"store:\n  driver: postgres\n  dsn: "+strconv.Quote(pc.postgresDSN)+"\n", 1)
+	}
 	p := &passgateInstance{
 		dir:       dir,
 		config:    filepath.Join(dir, "passgate.yaml"),
 		imapAddr:  fmt.Sprintf("127.0.0.1:%d", ports[0]),
 		imapsAddr: fmt.Sprintf("127.0.0.1:%d", ports[1]),
+		metrics:   map[bool]string{true: fmt.Sprintf("127.0.0.1:%d", ports[2])}[pc.metrics],
 		out:       &lockedBuffer{},
 		done:      make(chan int, 1),
 	}
@@ -525,7 +536,7 @@ log:
 			t.Fatalf("passgate serve exited %d during start:\n%s", code, tail(p.out.String(), 40))
 		default:
 		}
-		if dialable(p.imapAddr) && dialable(p.imapsAddr) {
+		if dialable(p.imapAddr) && dialable(p.imapsAddr) && (p.metrics == "" || dialable(p.metrics)) {
 			break
 		}
 		if time.Now().After(deadline) {

@@ -43,6 +43,11 @@ type Options struct {
 	Realms []string
 	Logger *slog.Logger // default: discard
 	Now    func() time.Time
+	// OnOutcome, when set, learns every recorded outcome, for metrics:
+	// the protocol, the kind of credential ("app-password", "primary",
+	// "none") and the outcome ("success", "failure", "unavailable"). It
+	// must not block.
+	OnOutcome func(proto, credential, outcome string)
 }
 
 // Engine decides logins. It is safe for concurrent use.
@@ -54,6 +59,7 @@ type Engine struct {
 	delay     time.Duration
 	log       *slog.Logger
 	now       func() time.Time
+	onOutcome func(proto, credential, outcome string)
 }
 
 // DefaultFailureDelay is the delay before any failure reply.
@@ -72,6 +78,7 @@ func New(opts Options) *Engine {
 		delay:     opts.FailureDelay,
 		log:       opts.Logger,
 		now:       opts.Now,
+		onOutcome: opts.OnOutcome,
 	}
 	if e.delay == 0 {
 		e.delay = DefaultFailureDelay
@@ -358,6 +365,9 @@ func (e *Engine) event(a Attempt, d Decision, outcome string) store.AuditEvent {
 }
 
 func (e *Engine) logDecision(ctx context.Context, a Attempt, d Decision, outcome string) {
+	if e.onOutcome != nil {
+		e.onOutcome(a.Proto, d.Kind.String(), outcome)
+	}
 	level := slog.LevelInfo
 	if outcome != "success" {
 		level = slog.LevelWarn

@@ -377,3 +377,39 @@ func TestUpstreamRefusedAppPasswordLogin(t *testing.T) {
 		t.Fatalf("events = %+v", fs.events)
 	}
 }
+
+// TestOnOutcome: every recorded outcome reaches the OnOutcome hook once,
+// with the protocol, the kind of credential and the outcome.
+func TestOnOutcome(t *testing.T) {
+	var got []string
+	fs := newFake()
+	e := New(Options{Store: fs, FailureDelay: -1, OnOutcome: func(proto, credential, outcome string) {
+		got = append(got, proto+"/"+credential+"/"+outcome)
+	}})
+	ctx := context.Background()
+	app := Attempt{Proto: IMAP, User: "alice", Secret: goodApp, TLS: true, Client: tlsClient}
+	if d, err := e.Decide(ctx, app); err != nil || !d.Allow {
+		t.Fatalf("app password: %+v, %v", d, err)
+	}
+	if d, _ := e.Decide(ctx, Attempt{Proto: SMTP, User: "alice", Secret: "wrong", TLS: true, Client: tlsClient}); d.Allow {
+		t.Fatal("wrong secret of an enforced user allowed")
+	}
+	prim := Attempt{Proto: LDAP, User: "dave", Secret: primaryPW, TLS: true, Client: tlsClient}
+	d, err := e.Decide(ctx, prim)
+	if err != nil || !d.Allow || d.Kind != KindPrimary {
+		t.Fatalf("primary of a user without MFA: %+v, %v", d, err)
+	}
+	e.PrimaryResult(ctx, prim, d, true)
+	e.PrimaryResult(ctx, prim, d, false)
+	e.Unavailable(ctx, Attempt{Proto: IMAP, User: "bob", Secret: "x", TLS: true, Client: tlsClient}, errors.New("down"))
+	want := []string{
+		"imap/app-password/success",
+		"smtp/none/failure",
+		"ldap/primary/success",
+		"ldap/primary/failure",
+		"imap/none/unavailable",
+	}
+	if strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Fatalf("outcomes:\n got %v\nwant %v", got, want)
+	}
+}

@@ -53,6 +53,7 @@ type Journal struct {
 	queued  uint64        // writes ever queued
 	done    uint64        // writes ever finished (committed or logged as lost)
 	closed  bool          // Close has begun: writes go to the log
+	lost    uint64        // writes that went to the log instead of the store
 	changed chan struct{} // closed and replaced when done grows
 	wake    chan struct{} // cuts the flusher's linger short (Flush, a full batch)
 }
@@ -196,6 +197,9 @@ func (j *Journal) commit(batch []journalWrite) {
 // logLost writes events that will not reach the store to the log at
 // level ERROR, one line each, so that the trail is not silently short.
 func (j *Journal) logLost(batch []journalWrite, err error) {
+	j.mu.Lock()
+	j.lost += uint64(len(batch))
+	j.mu.Unlock()
 	ctx := context.Background()
 	j.log.LogAttrs(ctx, slog.LevelError, "audit events not stored; they follow in this log",
 		slog.Int("events", len(batch)), slog.Any("err", err),
@@ -243,6 +247,21 @@ func (j *Journal) write(ctx context.Context, batch []journalWrite) error {
 		return fmt.Errorf("store: write audit batch: commit: %w", err)
 	}
 	return nil
+}
+
+// Pending returns how many writes wait to be committed.
+func (j *Journal) Pending() int {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return int(j.queued - j.done)
+}
+
+// Lost returns how many writes went to the log because the store refused
+// them (or could not be waited for).
+func (j *Journal) Lost() uint64 {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.lost
 }
 
 // Flush waits until every write queued before the call is committed (or

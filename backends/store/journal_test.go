@@ -218,6 +218,9 @@ func testJournalStoreDown(t *testing.T, f *fixture) {
 	if err := j.Flush(ctx); err != nil {
 		t.Fatal(err)
 	}
+	if lost, pending := j.Lost(), j.Pending(); lost != 3 || pending != 0 {
+		t.Errorf("after the store refused 3 writes: Lost %d, Pending %d; want 3, 0", lost, pending)
+	}
 	out := logs.String()
 	if !strings.Contains(out, "audit events not stored") || !strings.Contains(out, "check that the database is reachable") {
 		t.Fatalf("log lacks the failure and its fix:\n%s", out)

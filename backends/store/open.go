@@ -188,6 +188,16 @@ func (s *Store) Close() error {
 	return nil
 }
 
+// Ping checks that the database answers a query: readiness checks use
+// it.
+func (s *Store) Ping(ctx context.Context) error {
+	var one int
+	if err := s.db.QueryRowContext(ctx, `SELECT 1`).Scan(&one); err != nil {
+		return fmt.Errorf("store: %s store does not answer: %w (check store.dsn and that the database is reachable)", s.driver, err)
+	}
+	return nil
+}
+
 // Driver returns "sqlite" or "postgres".
 func (s *Store) Driver() string { return s.driver }
 

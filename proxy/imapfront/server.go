@@ -33,6 +33,7 @@ import (
 	"time"
 
 	"github.com/passgate/passgate/policy"
+	"github.com/passgate/passgate/proxy/observe"
 	"github.com/passgate/passgate/proxy/relay"
 )
 
@@ -103,6 +104,8 @@ const (
 
 // Options configures a Server. Decider and Upstream are required.
 type Options struct {
+	// Conns learns when connections open and close (metrics); optional.
+	Conns       observe.Conns
 	Decider     Decider
 	Upstream    Upstream
 	Relays      *relay.Registry // live sessions by app password; default: a private registry
@@ -216,6 +219,7 @@ func (s *Server) Serve(ln net.Listener) error {
 		s.conns[c] = struct{}{}
 		s.wg.Add(1)
 		s.mu.Unlock()
+		observe.Opened(s.opts.Conns)
 		go s.run(c)
 	}
 }
@@ -228,6 +232,7 @@ func (s *Server) run(c *conn) {
 		s.mu.Lock()
 		delete(s.conns, c)
 		s.mu.Unlock()
+		observe.Closed(s.opts.Conns)
 	}()
 	defer func() {
 		if r := recover(); r != nil {

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/passgate/passgate/policy"
+	"github.com/passgate/passgate/proxy/observe"
 	"github.com/passgate/passgate/proxy/relay"
 )
 
@@ -106,6 +107,8 @@ const (
 
 // Options configures a Server. Decider and Upstream are required.
 type Options struct {
+	// Conns learns when connections open and close (metrics); optional.
+	Conns    observe.Conns
 	Decider  Decider
 	Upstream Upstream
 	// Registry closes the connection of a client whose app password is
@@ -267,12 +270,14 @@ func (s *Server) Serve(ln net.Listener) error {
 		s.conns[c] = struct{}{}
 		s.wg.Add(1)
 		s.mu.Unlock()
+		observe.Opened(s.opts.Conns)
 		go func() {
 			defer s.wg.Done()
 			defer func() {
 				s.mu.Lock()
 				delete(s.conns, c)
 				s.mu.Unlock()
+				observe.Closed(s.opts.Conns)
 			}()
 			c.serve()
 		}()

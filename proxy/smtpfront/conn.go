@@ -10,6 +10,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/passgate/passgate/proxy/observe"
 )
 
 // errPreLoginInput is returned by a connection's Read when a client sends
@@ -76,6 +78,7 @@ func (s *Server) track(c net.Conn) *trackedConn {
 	}
 	s.conns[tc] = struct{}{}
 	s.wg.Add(1)
+	observe.Opened(s.o.Conns)
 	return tc
 }
 
@@ -227,6 +230,7 @@ func (c *trackedConn) Close() error {
 		c.s.mu.Lock()
 		delete(c.s.conns, c)
 		c.s.mu.Unlock()
+		observe.Closed(c.s.o.Conns)
 		c.s.wg.Done()
 	})
 	return err

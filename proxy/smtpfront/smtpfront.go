@@ -40,6 +40,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/passgate/passgate/policy"
+	"github.com/passgate/passgate/proxy/observe"
 )
 
 // Decider is the decision, as policy.Engine offers it.
@@ -142,6 +143,8 @@ const preLoginSlack = 64 << 10
 
 // Options configures a Server. Decider and Upstream are required.
 type Options struct {
+	// Conns learns when connections open and close (metrics); optional.
+	Conns    observe.Conns
 	Decider  Decider
 	Upstream Upstream
 	// TLSConfig is the server certificate; nil offers no STARTTLS.

@@ -34,6 +34,8 @@ type deps struct {
 	// onStop runs after every listener has drained: what the services
 	// share (the LDAP lookup connection) is closed there.
 	onStop []func()
+	// metrics is nil without metrics.listen.
+	metrics *metrics
 }
 
 // service is one listening socket and the server behind it.
@@ -109,6 +111,12 @@ func serve(ctx context.Context, e *env, cfg *configs.Config, log *slog.Logger, o
 	// drained) writes what is still queued, then closes the store.
 	journal := store.NewJournal(st, log)
 	defer journal.Close()
+	var m *metrics
+	var onOutcome func(proto, credential, outcome string)
+	if cfg.Metrics.Listen != "" {
+		m = newMetrics(journal)
+		onOutcome = m.outcome
+	}
 
 	trusted, err := parsePrefixes(cfg.Policy.TrustedNetworks)
 	if err != nil {
@@ -131,18 +139,19 @@ func serve(ctx context.Context, e *env, cfg *configs.Config, log *slog.Logger, o
 		ForbiddenInUser: forbidden,
 		Realms:          cfg.Policy.Realms,
 		Logger:          log,
+		OnOutcome:       onOutcome,
 	})
 	certs, err := newCertReloader(cfg, log)
 	if err != nil {
 		return err
 	}
-	d := &deps{cfg: cfg, log: log, engine: engine, relays: relay.NewRegistry()}
+	d := &deps{cfg: cfg, log: log, engine: engine, relays: relay.NewRegistry(), metrics: m}
 	if certs != nil {
 		d.serverTLS = certs.tlsConfig()
 	}
 
-	if cfg.Web.Listen != "" || cfg.Metrics.Listen != "" {
-		log.Warn("web.listen and metrics.listen are not served by this version of passgate; they are ignored")
+	if cfg.Web.Listen != "" {
+		log.Warn("web.listen is not served by this version of passgate (there is no web portal yet); it is ignored")
 	}
 	services, err := buildServices(d)
 	if err != nil {
@@ -150,6 +159,9 @@ func serve(ctx context.Context, e *env, cfg *configs.Config, log *slog.Logger, o
 	}
 	if len(services) == 0 {
 		return errors.New("no listener configured: set imap.listen, smtp.listen or ldap.listen (or their listen_tls) in the configuration")
+	}
+	if m != nil {
+		services = append(services, metricsService(m, cfg.Metrics.Listen, st, log))
 	}
 	lns := make([]net.Listener, 0, len(services))
 	for _, s := range services {

@@ -75,6 +75,7 @@ func buildLDAP(d *deps) ([]service, error) {
 		o := base
 		o.TLSConfig = d.serverTLS // nil: StartTLS answered unavailable
 		o.Listener = "ldap"
+		o.Conns = d.metrics.conns("ldap")
 		o.Logger = d.log
 		if d.serverTLS == nil {
 			d.log.Warn("ldap listener without a certificate: StartTLS is not offered and only clients in policy.trusted_networks can bind with a password; set tls.cert_file and tls.key_file",
@@ -91,6 +92,7 @@ func buildLDAP(d *deps) ([]service, error) {
 		o.TLSConfig = d.serverTLS
 		o.ImplicitTLS = true
 		o.Listener = "ldaps"
+		o.Conns = d.metrics.conns("ldaps")
 		o.Logger = d.log
 		srv, err := ldapfront.New(o)
 		if err != nil {

@@ -76,6 +76,7 @@ func buildSMTP(d *deps, up smtpfront.Upstream) ([]service, error) {
 		o := base
 		o.TLSConfig = d.serverTLS // nil: no STARTTLS
 		o.Listener = "smtp"
+		o.Conns = d.metrics.conns("smtp")
 		o.Logger = d.log
 		if d.serverTLS == nil {
 			d.log.Warn("smtp listener without a certificate: STARTTLS is not offered and only clients in policy.trusted_networks can log in; set tls.cert_file and tls.key_file",
@@ -88,6 +89,7 @@ func buildSMTP(d *deps, up smtpfront.Upstream) ([]service, error) {
 		o.TLSConfig = d.serverTLS
 		o.ImplicitTLS = true
 		o.Listener = "submissions"
+		o.Conns = d.metrics.conns("submissions")
 		o.Logger = d.log
 		out = append(out, smtpService("submissions", c.ListenTLS, smtpfront.New(o)))
 	}
