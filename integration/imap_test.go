@@ -837,6 +837,47 @@ func TestIMAPPassgateRevocation(t *testing.T) {
 	}
 }
 
+// TestIMAPPassgateRevocationSaysBye: a client in IDLE through passgate to
+// Dovecot, whose app password is deleted, reads an untagged BYE that
+// says why, then the end of the connection.
+func TestIMAPPassgateRevocationSaysBye(t *testing.T) {
+	p := startPassgate(t, passgateConfig{})
+	p.enforce(t, "alice")
+	pw := p.appPassword(t, "alice", "phone")
+	conn, err := tls.Dial("tcp", p.imapsAddr, env.certs.ClientTLS())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(20 * time.Second))
+	r := bufio.NewReader(conn)
+	until := func(prefix string) {
+		t.Helper()
+		for {
+			l, err := r.ReadString('\n')
+			if err != nil {
+				t.Fatalf("waiting for %q: %v", prefix, err)
+			}
+			if strings.HasPrefix(l, prefix) {
+				return
+			}
+		}
+	}
+	until("* OK")
+	fmt.Fprintf(conn, "a LOGIN alice %q\r\nb SELECT INBOX\r\nc IDLE\r\n", pw)
+	until("a OK")
+	until("b OK")
+	until("+ ")
+	p.admin(t, "app-password", "delete", "alice", "--label", "phone")
+	rest, err := io.ReadAll(r)
+	if err != nil {
+		t.Fatalf("after the deletion: %v (read %q)", err, rest)
+	}
+	if string(rest) != "* BYE Session closed: the app password it logged in with was deleted\r\n" {
+		t.Fatalf("after the deletion the client read %q, want one BYE and the end", rest)
+	}
+}
+
 func TestIMAPPassgateRefusedAppPasswords(t *testing.T) {
 	p := startPassgate(t, passgateConfig{})
 	p.enforce(t, "alice")

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/passgate/passgate/policy"
+	"github.com/passgate/passgate/proxy/relay"
 )
 
 // readBufferSize is the size of a connection's pre-login read buffer. A
@@ -96,13 +97,29 @@ func (c *conn) shutdown() {
 	c.cancel()
 }
 
-// closeAll closes the connection (and, through the context, its relay).
+// closeAll closes the connection. A relayed session is ended through its
+// context: the relay says "* BYE" between two responses if it can, then
+// closes both sides.
 func (c *conn) closeAll() {
 	c.mu.Lock()
 	c.closing = true
+	relaying := c.relaying
 	c.mu.Unlock()
 	c.cancel()
-	c.raw.Close()
+	if !relaying {
+		c.raw.Close()
+	}
+}
+
+// farewell is what a relayed session says when passgate ends it.
+func (c *conn) farewell(cause error) []byte {
+	switch {
+	case errors.Is(cause, relay.ErrRevoked):
+		return []byte("* BYE Session closed: the app password it logged in with was deleted\r\n")
+	case c.isClosing():
+		return []byte("* BYE Server shutting down\r\n")
+	}
+	return nil
 }
 
 func (c *conn) isClosing() bool {

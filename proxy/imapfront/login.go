@@ -286,7 +286,7 @@ func (c *conn) login(tag string, user, secret []byte) bool {
 	rctx, release := c.srv.relays.Track(c.ctx, d.AppPasswordID)
 	client := relay.WithBuffered(c.nc, c.br)
 	c.br = nil // the relay reads the connection itself from now on
-	st := relay.Run(rctx, client, up)
+	st := relay.RunWith(rctx, client, up, relay.Options{Framer: newResponseFramer(), Farewell: c.farewell})
 	release()
 	c.bytesIn, c.bytesOut, c.ended = st.BytesIn, st.BytesOut, st.EndedBy
 	return true

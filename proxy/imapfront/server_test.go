@@ -578,6 +578,7 @@ func TestRevokeClosesSession(t *testing.T) {
 	if n := ts.srv.relays.Revoke(appID); n != 1 {
 		t.Fatalf("revoked %d sessions, want 1", n)
 	}
+	rc.expect("* BYE Session closed: the app password it logged in with was deleted")
 	rc.expectClosed()
 	waitFor(t, "session log", func() bool { return strings.Contains(ts.log.String(), `"ended_by":"revoked"`) })
 }

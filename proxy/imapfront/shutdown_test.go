@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -99,8 +100,29 @@ func TestShutdown(t *testing.T) {
 		if err := ts.srv.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
 			t.Fatalf("Shutdown = %v, want DeadlineExceeded", err)
 		}
+		// Between two responses: passgate says goodbye, then closes.
+		relayed.expect("* BYE Server shutting down")
 		relayed.expectClosed()
 		waitFor(t, "session log", func() bool { return strings.Contains(ts.log.String(), `"ended_by":"shutdown"`) })
+	})
+	t.Run("deadline-inside-a-response-no-bye", func(t *testing.T) {
+		ts := startServer(t, nil)
+		// The upstream stops in the middle of a literal.
+		ts.up.set(func(f *fakeUpstream) { f.extra = "* 1 FETCH (BODY[] {100}\r\npartial" })
+		relayed := ts.tlsClient(t)
+		relayed.send("a LOGIN bob " + primaryPass + "\r\n")
+		relayed.expect("a OK [CAPABILITY IMAP4rev1 IDLE] Logged in", "* 1 FETCH (BODY[] {100}")
+		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+		defer cancel()
+		if err := ts.srv.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("Shutdown = %v, want DeadlineExceeded", err)
+		}
+		// A BYE here would be read as part of the message: none comes.
+		relayed.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		rest, err := io.ReadAll(relayed.br)
+		if string(rest) != "partial" || err != nil {
+			t.Fatalf("after the shutdown: read %q, %v; want \"partial\" and then EOF", rest, err)
+		}
 	})
 	t.Run("during-failure-delay", func(t *testing.T) {
 		ts := startServer(t, nil)

@@ -46,6 +46,37 @@ type Stats struct {
 // other on one goroutine of its own; ctx is watched with
 // context.AfterFunc, which costs no goroutine while the session is idle.
 func Run(ctx context.Context, client, upstream net.Conn) Stats {
+	return RunWith(ctx, client, upstream, Options{})
+}
+
+// Framer follows the upstream → client byte stream of a protocol, so that
+// Run adds a farewell only between two of the upstream's responses.
+type Framer interface {
+	// Feed is given every chunk written to the client, in order, and
+	// reports whether the stream so far ends where a response ends.
+	Feed(p []byte) bool
+}
+
+// Options adds a protocol's manners to Run.
+type Options struct {
+	// Farewell, when set, returns what to say to the client when ctx
+	// ends the session (cause is context.Cause(ctx): ErrRevoked, or
+	// whatever the listener cancelled with), nil for nothing. It is
+	// written only when Framer says the stream is between two responses
+	// and no write to the client is under way; else the session just
+	// closes. Nothing from the upstream follows it.
+	Farewell func(cause error) []byte
+	// Framer finds the boundaries for Farewell. Without one there are
+	// none, and no farewell is written.
+	Framer Framer
+}
+
+// farewellTimeout bounds the write of a farewell to a client that does
+// not read.
+const farewellTimeout = 2 * time.Second
+
+// RunWith is Run with a protocol's Options.
+func RunWith(ctx context.Context, client, upstream net.Conn, opts Options) Stats {
 	start := time.Now()
 	var in, out atomic.Int64
 	var first atomic.Value // "client" or "upstream": the side that ended first
@@ -53,7 +84,25 @@ func Run(ctx context.Context, client, upstream net.Conn) Stats {
 		client.Close()
 		upstream.Close()
 	}
-	stopWatch := context.AfterFunc(ctx, closeBoth)
+	// wmu orders the writes to the client: the copy below and a farewell.
+	var wmu sync.Mutex
+	atBoundary := true // the relay starts right after the login's reply
+	stopped := false   // a farewell was written: nothing may follow it
+	stopWatch := context.AfterFunc(ctx, func() {
+		if opts.Farewell != nil && opts.Framer != nil && wmu.TryLock() {
+			if atBoundary {
+				if msg := opts.Farewell(context.Cause(ctx)); len(msg) > 0 {
+					_ = client.SetWriteDeadline(time.Now().Add(farewellTimeout))
+					_, _ = client.Write(msg)
+				}
+			}
+			stopped = true
+			closeBoth()
+			wmu.Unlock()
+			return
+		}
+		closeBoth()
+	})
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -61,7 +110,29 @@ func Run(ctx context.Context, client, upstream net.Conn) Stats {
 		first.CompareAndSwap(nil, "client")
 		closeBoth()
 	}()
-	io.CopyBuffer(countWriter{client, &out}, onlyReader{upstream}, make([]byte, DownBufferSize))
+	buf := make([]byte, DownBufferSize)
+	for {
+		n, rerr := upstream.Read(buf)
+		if n > 0 {
+			wmu.Lock()
+			if stopped {
+				wmu.Unlock()
+				break
+			}
+			w, werr := client.Write(buf[:n])
+			out.Add(int64(w))
+			if opts.Framer != nil {
+				atBoundary = opts.Framer.Feed(buf[:w])
+			}
+			wmu.Unlock()
+			if werr != nil {
+				break
+			}
+		}
+		if rerr != nil {
+			break
+		}
+	}
 	first.CompareAndSwap(nil, "upstream")
 	closeBoth()
 	<-done
