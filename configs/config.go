@@ -41,8 +41,11 @@ type TLS struct {
 
 // Policy configures the decision.
 type Policy struct {
-	TrustedNetworks []string      `yaml:"trusted_networks"` // CIDRs allowed plaintext auth
-	FailureDelay    Duration      `yaml:"failure_delay"`    // default 2s
+	TrustedNetworks []string `yaml:"trusted_networks"` // CIDRs allowed plaintext auth
+	// ProxyNetworks are the load balancers (within TrustedNetworks) whose
+	// every connection starts with a PROXY protocol header.
+	ProxyNetworks   []string      `yaml:"proxy_networks"`
+	FailureDelay    Duration      `yaml:"failure_delay"` // default 2s
 	MaxAppPasswords int           `yaml:"max_app_passwords"`
 	DefaultMFA      string        `yaml:"default_mfa"` // disabled (default) | enabled | enforced
 	Realms          []string      `yaml:"realms"`      // domains the upstream folds onto local names: alice@example.test is alice

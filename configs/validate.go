@@ -48,6 +48,29 @@ func (c *Config) Validate() error {
 			v.add(fmt.Sprintf("policy.trusted_networks[%d]", i), n, "must be a CIDR such as 10.0.0.0/8 or 2001:db8::/32 (write a single address as 192.0.2.7/32)")
 		}
 	}
+	var trusted []netip.Prefix
+	for _, n := range c.Policy.TrustedNetworks {
+		if p, err := netip.ParsePrefix(n); err == nil {
+			trusted = append(trusted, p.Masked())
+		}
+	}
+	for i, n := range c.Policy.ProxyNetworks {
+		key := fmt.Sprintf("policy.proxy_networks[%d]", i)
+		p, err := netip.ParsePrefix(n)
+		if err != nil {
+			v.add(key, n, "must be a CIDR such as 10.0.8.5/32: the addresses of the load balancers that send the PROXY protocol")
+			continue
+		}
+		inside := false
+		for _, t := range trusted {
+			if t.Bits() <= p.Bits() && t.Contains(p.Masked().Addr()) {
+				inside = true
+			}
+		}
+		if !inside {
+			v.add(key, n, "must lie within policy.trusted_networks: only trusted networks may send the PROXY protocol (add the balancer's address there too)")
+		}
+	}
 	for i, r := range c.Policy.Realms {
 		if r == "" || strings.ContainsAny(r, "@ \t") {
 			v.add(fmt.Sprintf("policy.realms[%d]", i), r, "must be a domain such as example.test (no @, no spaces)")

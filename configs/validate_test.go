@@ -38,6 +38,17 @@ func TestValidate(t *testing.T) {
 			*c = *imapOn()
 			c.IMAP.Upstream.Login, c.IMAP.Upstream.MasterUser, c.IMAP.Upstream.MasterPasswordFile = "passthrough", "", ""
 		}, nil},
+		{"ok/proxy-networks-within-trusted", func(c *configs.Config) {
+			c.Policy.TrustedNetworks = []string{"10.0.8.0/24", "2001:db8::/32"}
+			c.Policy.ProxyNetworks = []string{"10.0.8.5/32", "10.0.8.0/24", "2001:db8::5/128"}
+		}, nil},
+		{"fail/proxy-networks", func(c *configs.Config) {
+			c.Policy.TrustedNetworks = []string{"10.0.8.0/24"}
+			c.Policy.ProxyNetworks = []string{"10.0.8.5", "10.0.9.5/32", "10.0.0.0/8"}
+		}, []string{
+			`policy.proxy_networks[0] ("10.0.8.5"): must be a CIDR such as 10.0.8.5/32: the addresses of the load balancers that send the PROXY protocol`,
+			`policy.proxy_networks[1] ("10.0.9.5/32"): must lie within policy.trusted_networks: only trusted networks may send the PROXY protocol (add the balancer's address there too)`,
+			`policy.proxy_networks[2] ("10.0.0.0/8"): must lie within policy.trusted_networks: only trusted networks may send the PROXY protocol (add the balancer's address there too)`}},
 		{"fail/failure-delay", func(c *configs.Config) { c.Policy.FailureDelay = configs.Duration(-time.Second) }, []string{
 			`policy.failure_delay ("-1s"): must be zero or positive`}},
 		{"fail/upstream-tls", func(c *configs.Config) { c.IMAP.Upstream.TLS = "tls" }, []string{

@@ -421,6 +421,8 @@ type passgateConfig struct {
 	tlsMin       string   // tls.min_version; default "1.2"
 	metrics      bool     // serve metrics.listen on a free port
 	postgresDSN  string   // store in this PostgreSQL database instead of SQLite
+	trusted      []string // policy.trusted_networks
+	proxies      []string // policy.proxy_networks
 }
 
 // startPassgate writes a configuration in a new directory, runs "passgate
@@ -493,6 +495,10 @@ log:
 		strconv.Quote(d.MasterUser), strconv.Quote(masterFile), pc.upstreamTLS, pc.tlsMin)
 	if pc.metrics {
 		cfg += fmt.Sprintf("metrics:\n  listen: 127.0.0.1:%d\n", ports[2])
+	}
+	if len(pc.trusted) > 0 || len(pc.proxies) > 0 {
+		cfg = strings.Replace(cfg, "policy:\n", fmt.Sprintf("policy:\n  trusted_networks: [%s]\n  proxy_networks: [%s]\n",
+			strings.Join(pc.trusted, ", "), strings.Join(pc.proxies, ", ")), 1)
 	}
 	if pc.postgresDSN != "" {
 		cfg = strings.Replace(cfg, "store:\n  driver: sqlite\n  dsn: "+strconv.Quote(filepath.Join(dir, "passgate.db"))+"\n",

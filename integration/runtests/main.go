@@ -4,7 +4,7 @@
 //	go run ./integration/runtests
 //
 // It installs what is missing with apt-get (as root): PostgreSQL, Dovecot,
-// Postfix, slapd, the LDAP tools, swaks, curl and Python. It starts one
+// Postfix, slapd, the LDAP tools, swaks, curl, Python and HAProxy. It starts one
 // throwaway PostgreSQL cluster in a temporary directory on a free loopback
 // port, runs `go test -race ./...` against it (the store's contract suite
 // runs on SQLite and on that PostgreSQL; the end-to-end tests in
@@ -48,6 +48,7 @@ var need = []struct{ path, pkg string }{
 	{"/usr/bin/swaks", "swaks"},
 	{"/usr/bin/curl", "curl"},
 	{"/usr/bin/python3", "python3"},
+	{"/usr/sbin/haproxy", "haproxy"},
 }
 
 // services lists the init scripts of packages whose installation may start
@@ -58,6 +59,7 @@ var services = map[string]string{
 	"dovecot-imapd": "dovecot",
 	"postfix":       "postfix",
 	"slapd":         "slapd",
+	"haproxy":       "haproxy",
 }
 
 func main() {

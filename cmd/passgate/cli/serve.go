@@ -18,6 +18,7 @@ import (
 	"github.com/passgate/passgate/backends/store"
 	"github.com/passgate/passgate/configs"
 	"github.com/passgate/passgate/policy"
+	"github.com/passgate/passgate/proxy/proxyheader"
 	"github.com/passgate/passgate/proxy/relay"
 )
 
@@ -118,7 +119,11 @@ func serve(ctx context.Context, e *env, cfg *configs.Config, log *slog.Logger, o
 		onOutcome = m.outcome
 	}
 
-	trusted, err := parsePrefixes(cfg.Policy.TrustedNetworks)
+	trusted, err := parsePrefixes("policy.trusted_networks", cfg.Policy.TrustedNetworks)
+	if err != nil {
+		return err
+	}
+	proxies, err := parsePrefixes("policy.proxy_networks", cfg.Policy.ProxyNetworks)
 	if err != nil {
 		return err
 	}
@@ -171,6 +176,11 @@ func serve(ctx context.Context, e *env, cfg *configs.Config, log *slog.Logger, o
 				l.Close()
 			}
 			return fmt.Errorf("listen for %s on %s: %w (is another process using the port? change %s in the configuration)", s.name, s.addr, err, s.name)
+		}
+		if s.name != "metrics" {
+			// Connections from the load balancers start with a PROXY
+			// header naming the client.
+			ln = proxyheader.Listen(ln, proxyheader.Options{From: proxies, Logger: log.With(slog.String("listener", s.name))})
 		}
 		lns = append(lns, ln)
 	}
@@ -269,14 +279,15 @@ type serveOverrides struct {
 	ready func(map[string]string) // listener name → bound address
 }
 
-func parsePrefixes(cidrs []string) ([]netip.Prefix, error) {
+// parsePrefixes parses the CIDRs of the configuration key key.
+func parsePrefixes(key string, cidrs []string) ([]netip.Prefix, error) {
 	out := make([]netip.Prefix, 0, len(cidrs))
 	for _, c := range cidrs {
 		p, err := netip.ParsePrefix(c)
 		if err != nil {
 			a, aerr := netip.ParseAddr(c)
 			if aerr != nil {
-				return nil, fmt.Errorf("policy.trusted_networks (%q): not a CIDR: %w", c, err)
+				return nil, fmt.Errorf("%s (%q): not a CIDR: %w", key, c, err)
 			}
 			p = netip.PrefixFrom(a, a.BitLen())
 		}

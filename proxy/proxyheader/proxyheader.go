@@ -1,0 +1,199 @@
+// Package proxyheader reads the PROXY protocol header (v1 or v2) that a
+// TCP load balancer such as HAProxy sends ahead of its client's bytes, so
+// that the listeners, the decision, the audit trail and the upstream see
+// the client's address instead of the balancer's.
+//
+// Only peers in the configured networks (policy.proxy_networks, which
+// must lie within policy.trusted_networks) may send a header, and they
+// must: a header is read from every connection they open, within a
+// timeout, before the listener sees the connection. Reading it "if
+// present" instead would fail both ways for protocols where the server
+// speaks first: a client that sends nothing would wait for the timeout
+// before its greeting, and a header that came late would be taken for
+// protocol bytes on a connection attributed to a trusted address.
+// Connections from any other peer are handed over untouched: a header
+// they send is just bytes of the protocol, which the listener refuses.
+//
+// A LOCAL header (a balancer's health check) keeps the balancer's own
+// address. The header is parsed by github.com/pires/go-proxyproto;
+// headers are read on a goroutine per connection, so that one slow peer
+// never holds up Accept.
+package proxyheader
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	proxyproto "github.com/pires/go-proxyproto"
+)
+
+// DefaultTimeout bounds the wait for a header.
+const DefaultTimeout = 10 * time.Second
+
+// Options configures Listen.
+type Options struct {
+	// From lists the peers that send a header (the load balancers).
+	From []netip.Prefix
+	// Timeout bounds the wait for a header; 0 means DefaultTimeout.
+	Timeout time.Duration
+	// Logger receives refused connections; nil discards.
+	Logger *slog.Logger
+}
+
+// Listen returns ln, wrapped so that connections from opts.From have
+// their header read before Accept returns them, with the client's
+// address as RemoteAddr. Without opts.From it returns ln itself.
+func Listen(ln net.Listener, opts Options) net.Listener {
+	if len(opts.From) == 0 {
+		return ln
+	}
+	if opts.Timeout <= 0 {
+		opts.Timeout = DefaultTimeout
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	l := &listener{Listener: ln, opts: opts, ready: make(chan accepted), done: make(chan struct{})}
+	go l.loop()
+	return l
+}
+
+type accepted struct {
+	c   net.Conn
+	err error
+}
+
+type listener struct {
+	net.Listener
+	opts      Options
+	ready     chan accepted
+	done      chan struct{}
+	closeOnce sync.Once
+}
+
+// Accept returns the next connection whose header, if its peer must send
+// one, has been read.
+func (l *listener) Accept() (net.Conn, error) {
+	select {
+	case a := <-l.ready:
+		return a.c, a.err
+	case <-l.done:
+		return nil, &net.OpError{Op: "accept", Net: "tcp", Addr: l.Addr(), Err: net.ErrClosed}
+	}
+}
+
+// Close closes the listener; connections whose header is still being
+// read are closed as they finish.
+func (l *listener) Close() error {
+	err := l.Listener.Close()
+	l.closeOnce.Do(func() { close(l.done) })
+	return err
+}
+
+func (l *listener) loop() {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			if !l.hand(accepted{err: err}) || errors.Is(err, net.ErrClosed) {
+				return
+			}
+			continue
+		}
+		if !l.fromProxy(c.RemoteAddr()) {
+			if !l.hand(accepted{c: c}) {
+				c.Close()
+				return
+			}
+			continue
+		}
+		go func() {
+			pc, err := l.readHeader(c)
+			if err != nil {
+				l.opts.Logger.Warn("connection from a proxy_networks peer closed: no valid PROXY protocol header",
+					slog.String("peer", c.RemoteAddr().String()), slog.Any("err", err),
+					slog.String("fix", "make the load balancer send the PROXY protocol (HAProxy: send-proxy or send-proxy-v2 on the server line), or remove its address from policy.proxy_networks"))
+				c.Close()
+				return
+			}
+			if !l.hand(accepted{c: pc}) {
+				pc.Close()
+			}
+		}()
+	}
+}
+
+// hand gives a to Accept; false when the listener was closed first.
+func (l *listener) hand(a accepted) bool {
+	select {
+	case l.ready <- a:
+		return true
+	case <-l.done:
+		return false
+	}
+}
+
+func (l *listener) fromProxy(a net.Addr) bool {
+	ap, err := netip.ParseAddrPort(a.String())
+	if err != nil {
+		return false
+	}
+	ip := ap.Addr().Unmap()
+	for _, p := range l.opts.From {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
+// readHeader reads c's header and returns c with the client's address.
+func (l *listener) readHeader(c net.Conn) (net.Conn, error) {
+	if err := c.SetReadDeadline(time.Now().Add(l.opts.Timeout)); err != nil {
+		return nil, err
+	}
+	br := bufio.NewReader(c)
+	h, err := proxyproto.Read(br)
+	if err != nil {
+		return nil, fmt.Errorf("proxyheader: read the header: %w", err)
+	}
+	if err := c.SetReadDeadline(time.Time{}); err != nil {
+		return nil, err
+	}
+	out := &conn{Conn: c, r: br, remote: c.RemoteAddr(), local: c.LocalAddr()}
+	if h.Command.IsProxy() {
+		src, srcOK := h.SourceAddr.(*net.TCPAddr)
+		dst, dstOK := h.DestinationAddr.(*net.TCPAddr)
+		if !srcOK || !dstOK {
+			return nil, fmt.Errorf("proxyheader: the header names a connection that is not TCP (transport %#x)", byte(h.TransportProtocol))
+		}
+		out.remote, out.local = src, dst
+	}
+	return out, nil
+}
+
+// conn is a connection whose header was read: reads drain what the
+// header's reader buffered past it first.
+type conn struct {
+	net.Conn
+	r             *bufio.Reader // nil once drained
+	remote, local net.Addr
+}
+
+func (c *conn) Read(p []byte) (int, error) {
+	if c.r != nil {
+		if c.r.Buffered() > 0 {
+			return c.r.Read(p)
+		}
+		c.r = nil
+	}
+	return c.Conn.Read(p)
+}
+
+func (c *conn) RemoteAddr() net.Addr { return c.remote }
+func (c *conn) LocalAddr() net.Addr  { return c.local }
