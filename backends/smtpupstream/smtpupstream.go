@@ -601,6 +601,7 @@ type Session struct {
 	size      int64
 	sizeKnown bool
 	buf       []byte // Data's copy buffer, kept for the session's next message
+	out       []byte // Data's encoding buffer, kept likewise
 }
 
 // Addr is the upstream address the session is connected to.
@@ -625,6 +626,11 @@ func (s *Session) Rcpt(to string, opts *smtp.RcptOptions) error {
 // client went away, or the message is too large), the upstream connection
 // is closed so that no partial message is ever committed; the session is
 // then unusable and r's error is returned.
+//
+// go-smtp sends DATA and reads the 354; the message itself is encoded by
+// dotStuffer and written to the connection directly, and only its last
+// line end goes through go-smtp's writer, whose Close ends the data and
+// reads the reply.
 func (s *Session) Data(r io.Reader) (int64, error) {
 	w, err := s.cl.Data()
 	if err != nil {
@@ -633,25 +639,14 @@ func (s *Session) Data(r io.Reader) (int64, error) {
 	if s.buf == nil {
 		s.buf = make([]byte, 32<<10)
 	}
-	buf := s.buf
-	var n int64
-	for {
-		m, rerr := r.Read(buf)
-		if m > 0 {
-			_ = s.conn.SetWriteDeadline(time.Now().Add(s.timeout))
-			if _, werr := w.Write(buf[:m]); werr != nil {
-				s.conn.Close()
-				return n, fmt.Errorf("smtpupstream: %s: write message: %w", s.addr, werr)
-			}
-			n += int64(m)
+	n, err := stuffMessage(r, s.conn, w, s.buf, &s.out, func() { _ = s.conn.SetWriteDeadline(time.Now().Add(s.timeout)) })
+	if err != nil {
+		s.conn.Close()
+		var we *writeError
+		if errors.As(err, &we) {
+			return n, fmt.Errorf("smtpupstream: %s: write message: %w", s.addr, we.err)
 		}
-		if rerr == io.EOF {
-			break
-		}
-		if rerr != nil {
-			s.conn.Close()
-			return n, rerr
-		}
+		return n, err
 	}
 	_ = s.conn.SetWriteDeadline(time.Time{})
 	return n, w.Close()
