@@ -99,16 +99,20 @@ func (c *conn) shutdown() {
 
 // closeAll closes the connection. A relayed session is ended through its
 // context: the relay says "* BYE" between two responses if it can, then
-// closes both sides.
+// closes both sides; a write deadline of byeTimeout keeps a client that
+// does not read from holding that up.
 func (c *conn) closeAll() {
 	c.mu.Lock()
 	c.closing = true
 	relaying := c.relaying
 	c.mu.Unlock()
-	c.cancel()
 	if !relaying {
+		c.cancel()
 		c.raw.Close()
+		return
 	}
+	_ = c.raw.SetWriteDeadline(time.Now().Add(byeTimeout))
+	c.cancel()
 }
 
 // farewell is what a relayed session says when passgate ends it.
@@ -116,7 +120,7 @@ func (c *conn) farewell(cause error) []byte {
 	switch {
 	case errors.Is(cause, relay.ErrRevoked):
 		return []byte("* BYE Session closed: the app password it logged in with was deleted\r\n")
-	case c.isClosing():
+	case c.isClosing() || c.srv.isClosing():
 		return []byte("* BYE Server shutting down\r\n")
 	}
 	return nil

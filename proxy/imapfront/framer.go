@@ -12,6 +12,16 @@ const maxLiteralDigits = 19
 // literal: a response ends at a CRLF that does not end in a literal
 // announcement ("{n}" or "~{n}"), after which n octets of literal follow
 // and the response goes on.
+//
+// Two things it cannot follow make it give up for the rest of the
+// session (no BYE, a plain close): compression (RFC 4978), after which
+// the stream is deflate bytes — a line that ends in "DEFLATE" or
+// "compression" is taken for the reply that starts it, false alarms
+// costing only the BYE — and a literal announcement too long to parse.
+// A response text that ends in "{n}" by chance (a mailbox name the
+// client chose, echoed in a NO) is taken for a literal; the framer finds
+// the next line end after those n octets, and at worst misplaces the BYE
+// of the session of the client that chose the name.
 type responseFramer struct {
 	literal  int64  // literal octets still to come
 	tail     []byte // the end of the current line, up to tailMax bytes
@@ -46,9 +56,10 @@ func (f *responseFramer) Feed(p []byte) bool {
 		f.keep(p[:i])
 		p = p[i+1:]
 		n, isLiteral, ok := literalAtEnd(f.tail, len(f.tail) == tailMax)
+		compressing := startsCompression(f.tail)
 		f.tail = f.tail[:0]
 		switch {
-		case !ok:
+		case !ok || compressing:
 			f.broken = true
 		case isLiteral:
 			f.literal = n
@@ -70,6 +81,19 @@ func (f *responseFramer) keep(p []byte) {
 		f.tail = append(f.tail[:0], f.tail[over:]...)
 	}
 	f.tail = append(f.tail, p...)
+}
+
+// startsCompression reports whether the end of a line may be the reply
+// to COMPRESS DEFLATE ("a OK DEFLATE active", Dovecot's "OK Begin
+// compression.").
+func startsCompression(tail []byte) bool {
+	t := bytes.TrimRight(tail, "\r. ")
+	for _, end := range []string{"deflate active", "compression"} {
+		if len(t) >= len(end) && bytes.EqualFold(t[len(t)-len(end):], []byte(end)) {
+			return true
+		}
+	}
+	return false
 }
 
 // literalAtEnd reports whether line (without its LF) ends in a literal

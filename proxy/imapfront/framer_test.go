@@ -33,6 +33,9 @@ func TestResponseFramer(t *testing.T) {
 		{"long-line-digits-cut", "* " + strings.Repeat("9", 40) + "}\r\n", false},
 		{"long-line-ok", "* OK " + strings.Repeat("x", 100) + "\r\n", true},
 		{"long-line-literal", "* 1 FETCH (" + strings.Repeat("x", 100) + " {2}\r\nab)\r\n", true},
+		{"compress-rfc4978", "a OK DEFLATE active\r\n", false},
+		{"compress-dovecot", "a OK Begin compression.\r\n", false},
+		{"compress-then-anything", "a OK Begin compression.\r\n* OK fine\r\n", false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

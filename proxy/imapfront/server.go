@@ -295,8 +295,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 }
 
-// Close stops accepting, closes every connection (relayed sessions
-// included) at once and waits for their goroutines to return.
+// Close stops accepting, closes every connection (a relayed session after
+// its "* BYE", which may take up to 2 s for a client that does not read)
+// and waits for their goroutines to return.
 func (s *Server) Close() error {
 	conns := s.beginClose()
 	s.cancelBase()

@@ -14,8 +14,12 @@
 // Connections from any other peer are handed over untouched: a header
 // they send is just bytes of the protocol, which the listener refuses.
 //
-// A LOCAL header (a balancer's health check) keeps the balancer's own
-// address. The header is parsed by github.com/pires/go-proxyproto;
+// A header that names no client — LOCAL (v2) or UNKNOWN (v1): a health
+// check, or a client whose address the balancer cannot express — gives
+// the connection the unspecified address 0.0.0.0:0, never the balancer's
+// own, which is trusted. A peer that connects and closes without sending
+// anything (a plain TCP health check) is dropped quietly. The header is
+// parsed by github.com/pires/go-proxyproto;
 // headers are read on a goroutine per connection, so that one slow peer
 // never holds up Accept.
 package proxyheader
@@ -24,6 +28,7 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -114,6 +119,11 @@ func (l *listener) loop() {
 		}
 		go func() {
 			pc, err := l.readHeader(c)
+			if errors.Is(err, io.EOF) {
+				l.opts.Logger.Debug("proxy_networks peer closed without a header (a TCP health check)", slog.String("peer", c.RemoteAddr().String()))
+				c.Close()
+				return
+			}
 			if err != nil {
 				l.opts.Logger.Warn("connection from a proxy_networks peer closed: no valid PROXY protocol header",
 					slog.String("peer", c.RemoteAddr().String()), slog.Any("err", err),
@@ -165,8 +175,11 @@ func (l *listener) readHeader(c net.Conn) (net.Conn, error) {
 	if err := c.SetReadDeadline(time.Time{}); err != nil {
 		return nil, err
 	}
-	out := &conn{Conn: c, r: br, remote: c.RemoteAddr(), local: c.LocalAddr()}
-	if h.Command.IsProxy() {
+	// No client named: an address that no trusted network contains
+	// unless every address is trusted.
+	unknown := &net.TCPAddr{IP: net.IPv4zero, Port: 0}
+	out := &conn{Conn: c, r: br, remote: unknown, local: c.LocalAddr()}
+	if h.Command.IsProxy() && h.TransportProtocol != proxyproto.UNSPEC {
 		src, srcOK := h.SourceAddr.(*net.TCPAddr)
 		dst, dstOK := h.DestinationAddr.(*net.TCPAddr)
 		if !srcOK || !dstOK {

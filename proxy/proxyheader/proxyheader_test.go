@@ -81,7 +81,8 @@ func TestListen(t *testing.T) {
 	}{
 		{"v1", "127.0.0.2", append(header(t, 1, proxyproto.PROXY), "a LOGIN x y\r\n"...), "203.0.113.7:51234", "a LOGIN x y\r\n"},
 		{"v2", "127.0.0.2", append(header(t, 2, proxyproto.PROXY), "\x16\x03\x01"...), "203.0.113.7:51234", "\x16\x03\x01"},
-		{"v2-local-health-check", "127.0.0.2", append(header(t, 2, proxyproto.LOCAL), "x"...), "", "x"},
+		{"v2-local-names-no-client", "127.0.0.2", append(header(t, 2, proxyproto.LOCAL), "x"...), "0.0.0.0:0", "x"},
+		{"v1-unknown-names-no-client", "127.0.0.2", []byte("PROXY UNKNOWN\r\nx"), "0.0.0.0:0", "x"},
 		{"not-a-proxy-peer-header-is-data", "127.0.0.3", []byte("PROXY TCP4 198.51.100.1 192.0.2.1 1 2\r\n"), "", "PROXY TCP4 198.51.100.1 192.0.2.1 1 2\r\n"},
 	}
 	for _, tc := range tests {

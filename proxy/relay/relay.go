@@ -50,7 +50,7 @@ func Run(ctx context.Context, client, upstream net.Conn) Stats {
 }
 
 // Framer follows the upstream → client byte stream of a protocol, so that
-// Run adds a farewell only between two of the upstream's responses.
+// RunWith adds a farewell only between two of the upstream's responses.
 type Framer interface {
 	// Feed is given every chunk written to the client, in order, and
 	// reports whether the stream so far ends where a response ends.
@@ -88,7 +88,9 @@ func RunWith(ctx context.Context, client, upstream net.Conn, opts Options) Stats
 	var wmu sync.Mutex
 	atBoundary := true // the relay starts right after the login's reply
 	stopped := false   // a farewell was written: nothing may follow it
+	watchDone := make(chan struct{})
 	stopWatch := context.AfterFunc(ctx, func() {
+		defer close(watchDone)
 		if opts.Farewell != nil && opts.Framer != nil && wmu.TryLock() {
 			if atBoundary {
 				if msg := opts.Farewell(context.Cause(ctx)); len(msg) > 0 {
@@ -136,7 +138,9 @@ func RunWith(ctx context.Context, client, upstream net.Conn, opts Options) Stats
 	first.CompareAndSwap(nil, "upstream")
 	closeBoth()
 	<-done
-	stopWatch()
+	if !stopWatch() {
+		<-watchDone // a farewell may still be under way
+	}
 	ended, _ := first.Load().(string)
 	if ctx.Err() != nil {
 		ended = "shutdown"

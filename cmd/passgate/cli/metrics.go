@@ -20,9 +20,9 @@ import (
 // readyTimeout bounds the store check behind /readyz.
 const readyTimeout = 2 * time.Second
 
-// metricsService serves m's handler on metrics.listen like any listener:
-// it starts and stops with the others; at shutdown /readyz answers 503
-// while requests in flight finish.
+// metricsService serves m's handler on metrics.listen. It starts with the
+// other listeners; serve stops it after them, so that /readyz answers 503
+// through the whole drain.
 func metricsService(m *metrics, addr string, st *store.Store, log *slog.Logger) service {
 	srv := &http.Server{
 		Handler:           m.handler(st, log),
@@ -38,11 +38,8 @@ func metricsService(m *metrics, addr string, st *store.Store, log *slog.Logger) 
 			}
 			return nil
 		},
-		shutdown: func(ctx context.Context) error {
-			m.draining.Store(true)
-			return srv.Shutdown(ctx)
-		},
-		close: srv.Close,
+		shutdown: srv.Shutdown,
+		close:    srv.Close,
 	}
 }
 
@@ -83,7 +80,7 @@ func newMetrics(journal *store.Journal) *metrics {
 		}, func() float64 { return float64(journal.Pending()) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "passgate_audit_lost_writes_total",
-			Help: "Audit events that the store refused and that were written to the log instead.",
+			Help: "Audit events and last-use updates that the store refused and that were written to the log instead.",
 		}, func() float64 { return float64(journal.Lost()) }),
 	)
 	return m

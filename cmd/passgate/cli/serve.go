@@ -254,8 +254,16 @@ func serve(ctx context.Context, e *env, cfg *configs.Config, log *slog.Logger, o
 	shuttingDown.Store(true)
 	drainCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), drainTimeout)
 	defer cancel()
+	if m != nil {
+		m.draining.Store(true) // /readyz: 503 from now on
+	}
 	var sw sync.WaitGroup
+	var metricsSvc *service
 	for _, s := range services {
+		if s.name == "metrics" {
+			metricsSvc = &s
+			continue
+		}
 		sw.Add(1)
 		go func(s service) {
 			defer sw.Done()
@@ -266,6 +274,11 @@ func serve(ctx context.Context, e *env, cfg *configs.Config, log *slog.Logger, o
 		}(s)
 	}
 	sw.Wait()
+	if metricsSvc != nil {
+		if err := metricsSvc.shutdown(drainCtx); err != nil {
+			metricsSvc.close()
+		}
+	}
 	for _, f := range d.onStop {
 		f()
 	}
