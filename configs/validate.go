@@ -229,12 +229,63 @@ func (c *Config) Warnings() []string {
 	if c.TLS.MinVersion == "1.0" || c.TLS.MinVersion == "1.1" {
 		w = append(w, fmt.Sprintf("tls.min_version (%q): TLS %s is obsolete; allow it only for clients that cannot do better", c.TLS.MinVersion, c.TLS.MinVersion))
 	}
-	for _, u := range []struct{ key, tls string }{{"imap.upstream.tls", c.IMAP.Upstream.TLS}, {"smtp.upstream.tls", c.SMTP.Upstream.TLS}} {
-		if u.tls == "none" {
-			w = append(w, fmt.Sprintf("%s (\"none\"): passwords travel to the upstream in clear; use it on loopback or a trusted network only", u.key))
+	noCert := c.TLS.CertFile == ""
+	for _, l := range []struct {
+		key, listen, verb string
+	}{{"imap.listen", c.IMAP.Listen, "log in"}, {"smtp.listen", c.SMTP.Listen, "log in"}, {"ldap.listen", c.LDAP.Listen, "bind with a password"}} {
+		// On loopback, without TLS, for local clients in
+		// trusted_networks (a webmail on the same host, the demo) is a
+		// set-up of its own, not an oversight.
+		if l.listen != "" && noCert && len(notLoopback([]string{l.listen})) > 0 {
+			w = append(w, fmt.Sprintf("%s (%q) without a certificate: STARTTLS is not offered, and only clients in policy.trusted_networks can %s; set tls.cert_file and tls.key_file", l.key, l.listen, l.verb))
 		}
 	}
+	imapOn := c.IMAP.Listen != "" || c.IMAP.ListenTLS != ""
+	smtpOn := c.SMTP.Listen != "" || c.SMTP.ListenTLS != ""
+	ldapOn := c.LDAP.Listen != "" || c.LDAP.ListenTLS != ""
+	if imapOn && c.IMAP.Upstream.Login == "passthrough" {
+		w = append(w, `imap.upstream.login ("passthrough"): app passwords cannot log in over IMAP (passthrough hands the upstream the client's own password, and an app password is not one); use master to let them`)
+	}
+	if smtpOn && c.SMTP.Upstream.Login == "passthrough" {
+		w = append(w, `smtp.upstream.login ("passthrough"): app passwords cannot submit mail (passthrough hands the upstream the client's own password, and an app password is not one); use master or xclient to let them`)
+	}
+	for _, u := range []struct {
+		key, tls string
+		addrs    []string
+		on       bool
+	}{{"imap.upstream.tls", c.IMAP.Upstream.TLS, c.IMAP.Upstream.Addresses, imapOn}, {"smtp.upstream.tls", c.SMTP.Upstream.TLS, c.SMTP.Upstream.Addresses, smtpOn}} {
+		if u.on && u.tls == "none" {
+			if far := notLoopback(u.addrs); len(far) > 0 {
+				w = append(w, fmt.Sprintf("%s (\"none\"): passwords travel to %s in clear; use starttls or implicit unless that network is trusted", u.key, strings.Join(far, ", ")))
+			}
+		}
+	}
+	if ldapOn && strings.HasPrefix(c.LDAP.Upstream.URL, "ldap://") && c.LDAP.Upstream.TLS != "starttls" {
+		if u, err := url.Parse(c.LDAP.Upstream.URL); err == nil && len(notLoopback([]string{u.Host})) > 0 {
+			w = append(w, fmt.Sprintf("ldap.upstream.tls (%q) with %s: passwords travel to the directory in clear; use starttls or an ldaps:// URL unless that network is trusted", c.LDAP.Upstream.TLS, c.LDAP.Upstream.URL))
+		}
+	}
+	if c.Web.Listen != "" {
+		w = append(w, fmt.Sprintf("web.listen (%q): this version serves no web portal yet; the key is ignored", c.Web.Listen))
+	}
 	return w
+}
+
+// notLoopback returns the addresses (host:port, or a bare host) whose host
+// is not a loopback address or localhost.
+func notLoopback(addrs []string) []string {
+	var out []string
+	for _, a := range addrs {
+		host, _, err := net.SplitHostPort(a)
+		if err != nil {
+			host = a
+		}
+		if ip, err := netip.ParseAddr(host); (err == nil && ip.IsLoopback()) || host == "localhost" {
+			continue
+		}
+		out = append(out, a)
+	}
+	return out
 }
 
 type problems []error

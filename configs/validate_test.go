@@ -164,13 +164,54 @@ func TestValidate(t *testing.T) {
 }
 
 func TestWarnings(t *testing.T) {
-	c := configs.Defaults()
-	if w := c.Warnings(); len(w) != 0 {
-		t.Errorf("defaults warn: %q", w)
-	}
-	c.TLS.MinVersion = "1.0"
-	c.IMAP.Upstream.TLS = "none"
-	if w := c.Warnings(); len(w) != 2 || !strings.HasPrefix(w[0], `tls.min_version ("1.0")`) {
-		t.Errorf("Warnings = %q", w)
+	for _, tc := range []struct {
+		name   string
+		change func(c *configs.Config)
+		want   []string // prefixes, in order
+	}{
+		{"defaults", func(c *configs.Config) {}, nil},
+		{"imap", func(c *configs.Config) { *c = *imapOn() }, nil},
+		{"old-tls", func(c *configs.Config) { c.TLS.MinVersion = "1.0" }, []string{`tls.min_version ("1.0")`}},
+		{"cleartext-upstream-loopback-is-fine", func(c *configs.Config) { *c = *imapOn(); c.IMAP.Upstream.TLS = "none" }, nil},
+		{"cleartext-upstream-far", func(c *configs.Config) {
+			*c = *imapOn()
+			c.IMAP.Upstream.TLS = "none"
+			c.IMAP.Upstream.Addresses = []string{"127.0.0.1:143", "10.0.8.20:143"}
+		}, []string{`imap.upstream.tls ("none"): passwords travel to 10.0.8.20:143 in clear`}},
+		{"cleartext-upstream-of-a-listener-that-is-off", func(c *configs.Config) {
+			c.IMAP.Upstream.TLS = "none"
+			c.IMAP.Upstream.Addresses = []string{"10.0.8.20:143"}
+		}, nil},
+		{"passthrough", func(c *configs.Config) { *c = *imapOn(); c.IMAP.Upstream.Login = "passthrough" }, []string{
+			`imap.upstream.login ("passthrough"): app passwords cannot log in over IMAP`}},
+		{"no-certificate-on-loopback-is-a-choice", func(c *configs.Config) {
+			*c = *imapOn()
+			c.TLS.CertFile, c.TLS.KeyFile = "", ""
+		}, nil},
+		{"no-certificate", func(c *configs.Config) {
+			*c = *imapOn()
+			c.IMAP.Listen = "0.0.0.0:1143"
+			c.TLS.CertFile, c.TLS.KeyFile = "", ""
+			c.LDAP.Listen = "10.0.8.2:1389"
+			c.LDAP.Upstream.URL = "ldap://10.0.8.41:389"
+			c.LDAP.Upstream.TLS = "none"
+		}, []string{
+			`imap.listen ("0.0.0.0:1143") without a certificate: STARTTLS is not offered`,
+			`ldap.listen ("10.0.8.2:1389") without a certificate`,
+			`ldap.upstream.tls ("none") with ldap://10.0.8.41:389: passwords travel to the directory in clear`}},
+		{"web", func(c *configs.Config) { c.Web.Listen = "127.0.0.1:8080" }, []string{`web.listen ("127.0.0.1:8080"): this version serves no web portal yet`}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := configs.Defaults()
+			tc.change(c)
+			got := c.Warnings()
+			ok := len(got) == len(tc.want)
+			for i := 0; ok && i < len(got); i++ {
+				ok = strings.HasPrefix(got[i], tc.want[i])
+			}
+			if !ok {
+				t.Errorf("Warnings:\n%s\nwant prefixes:\n%s", strings.Join(got, "\n"), strings.Join(tc.want, "\n"))
+			}
+		})
 	}
 }

@@ -139,3 +139,26 @@ func TestIMAPBehindHAProxy(t *testing.T) {
 		}
 	})
 }
+
+// TestIMAPPlaintextLoginIsAudited: a LOGIN sent without TLS from an
+// untrusted address is refused with PRIVACYREQUIRED, and the audit trail
+// records it with its reason: the password crossed the network in clear,
+// and the operator should find the client that sent it.
+func TestIMAPPlaintextLoginIsAudited(t *testing.T) {
+	p := startPassgate(t, passgateConfig{})
+	c, r, _ := imapVia(t, p.imapAddr, "127.0.0.71", false)
+	fmt.Fprintf(c, "a LOGIN carol hunter2\r\n")
+	if _, got := readTagged(t, r, "a"); !strings.HasPrefix(got, "a NO [PRIVACYREQUIRED]") {
+		t.Fatalf("plaintext LOGIN: %q", got)
+	}
+	var out string
+	if !eventually(5*time.Second, func() bool {
+		out = p.admin(t, "audit", "--user", "carol")
+		return strings.Contains(out, "plaintext credentials without TLS") && strings.Contains(out, "imap:127.0.0.71:")
+	}) {
+		t.Fatalf("the refused plaintext LOGIN is not in the audit trail:\n%s", out)
+	}
+	if strings.Contains(out, "hunter2") {
+		t.Fatal("the password is in the audit trail")
+	}
+}

@@ -66,7 +66,7 @@ const DefaultDialTimeout = 5 * time.Second
 const loginTimeout = 15 * time.Second
 
 // configHint is appended to unavailability errors for the operator.
-const configHint = "imap.upstream.addresses in passgate.yaml; check that the IMAP server listens there and that imap.upstream.tls and ca_file match it"
+const configHint = "imap.upstream.addresses in the configuration; check that the IMAP server listens there and that imap.upstream.tls and ca_file match it"
 
 // ErrRefused means the upstream refused the credentials: a tagged NO or
 // BAD to LOGIN or AUTHENTICATE (other than NO [UNAVAILABLE]). The client

@@ -31,7 +31,7 @@ const resetKeyHint = `if it is lost for good, "passgate migrate --reset-key" del
 func (s *Store) setUpKey(ctx context.Context, conn *sqlx.Conn) error {
 	path := s.opts.KeyFile
 	if path == "" {
-		return fail(ErrInvalid, "store: key_file is empty: set key_file in passgate.yaml to the file of the server key (it is created on a new store)")
+		return fail(ErrInvalid, "store: key_file is empty: set key_file in the configuration to the file of the server key (it is created on a new store)")
 	}
 	tx, err := conn.BeginTxx(ctx, nil)
 	if err != nil {
@@ -99,7 +99,7 @@ func (s *Store) setUpKey(ctx context.Context, conn *sqlx.Conn) error {
 func (s *Store) ResetKey(ctx context.Context) (deleted int, err error) {
 	path := s.opts.KeyFile
 	if path == "" {
-		return 0, fail(ErrInvalid, "store: reset key: key_file is empty: set key_file in passgate.yaml")
+		return 0, fail(ErrInvalid, "store: reset key: key_file is empty: set key_file in the configuration")
 	}
 	if _, err := s.Migrate(ctx); err != nil && !errors.Is(err, ErrKeyMismatch) {
 		return 0, err
@@ -152,7 +152,7 @@ func loadOrCreateKey(path string) ([]byte, error) {
 		return readKey(path) // another instance was quicker
 	}
 	if err != nil {
-		return nil, fmt.Errorf("store: create key file %q: %w (key_file in passgate.yaml; its directory must exist and be writable)", path, err)
+		return nil, fmt.Errorf("store: create key file %q: %w (key_file in the configuration; its directory must exist and be writable)", path, err)
 	}
 	_, werr := f.WriteString(hex.EncodeToString(key) + "\n")
 	if werr == nil {

@@ -561,3 +561,19 @@ func TestConfigPrecedence(t *testing.T) {
 		})
 	}
 }
+
+// TestServeWithoutListenerCreatesNothing: serve with a configuration that
+// names no listener fails with a message that says which keys to set,
+// before it creates the store or the key file.
+func TestServeWithoutListenerCreatesNothing(t *testing.T) {
+	s := newSandbox(t)
+	r := s.run("serve")
+	if r.code != 1 || !strings.Contains(r.stderr, "no listener configured: set imap.listen, smtp.listen or ldap.listen") {
+		t.Fatalf("serve without a listener:\n%v", r)
+	}
+	for _, f := range []string{s.db, filepath.Join(filepath.Dir(s.db), "passgate.key")} {
+		if _, err := os.Stat(f); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("serve without a listener left %s behind (%v)", f, err)
+		}
+	}
+}

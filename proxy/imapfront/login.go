@@ -34,6 +34,7 @@ func (c *conn) handleLogin(cmd *command) bool {
 		return c.reply(cmd.tag + " BAD LOGIN expects a user name and a password\r\n")
 	}
 	if !c.plaintextOK() {
+		c.refusePlaintext(cmd.args[0].val)
 		return c.reply(cmd.tag + " NO " + privacyRequired + "\r\n")
 	}
 	return c.login(cmd.tag, cmd.args[0].val, cmd.args[1].val)
@@ -47,7 +48,11 @@ func (c *conn) handleAuthenticate(cmd *command) bool {
 		return c.reply(cmd.tag + " BAD AUTHENTICATE expects a mechanism and an optional initial response\r\n")
 	}
 	if !c.plaintextOK() {
-		// Refused before any continuation: the secret is never asked for.
+		// Refused before any continuation: the secret is never asked
+		// for. An initial response has sent it already: that is audited.
+		if len(cmd.args) == 2 {
+			c.refusePlaintext(nil)
+		}
 		return c.reply(cmd.tag + " NO " + privacyRequired + "\r\n")
 	}
 	mech := strings.ToUpper(string(cmd.args[0].val))
@@ -137,6 +142,17 @@ func decodePlain(b []byte) (authzid, authcid, pw []byte, ok bool) {
 		return nil, nil, nil, false
 	}
 	return parts[0], parts[1], parts[2], true
+}
+
+// refusePlaintext records a login refused because its credentials came
+// without TLS from an untrusted network: the decision's step 1 denies it
+// and audits it (the client has sent a password in clear, which the
+// operator should know), without any lookup.
+func (c *conn) refusePlaintext(user []byte) {
+	if len(user) > 0 {
+		c.user = sanitizeLog(string(user))
+	}
+	_, _ = c.srv.opts.Decider.Decide(c.ctx, c.attempt(user, nil))
 }
 
 // attempt builds the policy.Attempt for a login.

@@ -72,16 +72,19 @@ func TestCapabilities(t *testing.T) {
 }
 
 func TestCleartextLoginRefused(t *testing.T) {
+	// audited: the client sent a password in clear, so the refusal goes
+	// to the decision (whose step 1 refuses and audits it), without it.
 	tests := []struct {
-		name string
-		send string
-		want []string
+		name    string
+		send    string
+		want    []string
+		audited bool
 	}{
-		{"login-atoms", "a LOGIN alice secret-cleartext-pw\r\n", []string{"a NO [PRIVACYREQUIRED] Use STARTTLS before logging in."}},
-		{"login-sync-literal-no-continuation", "a LOGIN {5}\r\n", []string{"a NO [PRIVACYREQUIRED] Use STARTTLS before logging in."}},
-		{"login-nonsync-literal", "a LOGIN alice {23+}\r\nsecret-cleartext-pw-lit\r\n", []string{"a NO [PRIVACYREQUIRED] Use STARTTLS before logging in."}},
-		{"authenticate-plain-ir", "a AUTHENTICATE PLAIN " + b64("\x00alice\x00secret-cleartext-pw") + "\r\n", []string{"a NO [PRIVACYREQUIRED] Use STARTTLS before logging in."}},
-		{"authenticate-no-ir-no-continuation", "a AUTHENTICATE PLAIN\r\n", []string{"a NO [PRIVACYREQUIRED] Use STARTTLS before logging in."}},
+		{"login-atoms", "a LOGIN alice secret-cleartext-pw\r\n", []string{"a NO [PRIVACYREQUIRED] Use STARTTLS before logging in."}, true},
+		{"login-sync-literal-no-continuation", "a LOGIN {5}\r\n", []string{"a NO [PRIVACYREQUIRED] Use STARTTLS before logging in."}, false},
+		{"login-nonsync-literal", "a LOGIN alice {23+}\r\nsecret-cleartext-pw-lit\r\n", []string{"a NO [PRIVACYREQUIRED] Use STARTTLS before logging in."}, true},
+		{"authenticate-plain-ir", "a AUTHENTICATE PLAIN " + b64("\x00alice\x00secret-cleartext-pw") + "\r\n", []string{"a NO [PRIVACYREQUIRED] Use STARTTLS before logging in."}, true},
+		{"authenticate-no-ir-no-continuation", "a AUTHENTICATE PLAIN\r\n", []string{"a NO [PRIVACYREQUIRED] Use STARTTLS before logging in."}, false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -93,8 +96,17 @@ func TestCleartextLoginRefused(t *testing.T) {
 			rc.expect("z OK NOOP completed")
 			attempts, _, _ := ts.dec.snapshot()
 			reqs, _ := ts.up.snapshot()
-			if len(attempts) != 0 || len(reqs) != 0 {
-				t.Fatalf("decider saw %d attempts, upstream %d logins; want none", len(attempts), len(reqs))
+			want := 0
+			if tc.audited {
+				want = 1
+			}
+			if len(attempts) != want || len(reqs) != 0 {
+				t.Fatalf("decider saw %d attempts, upstream %d logins; want %d and none", len(attempts), len(reqs), want)
+			}
+			for _, a := range attempts {
+				if a.TLS || a.Secret != "" {
+					t.Fatalf("the refusal reached the decision with TLS %v and a secret: %+v", a.TLS, a)
+				}
 			}
 			if strings.Contains(ts.log.String(), "secret-cleartext") {
 				t.Fatal("secret reached the log")

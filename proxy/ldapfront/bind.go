@@ -64,6 +64,9 @@ func (c *conn) bind(m message) {
 	}
 	tlsOn := c.tls.Load()
 	if !c.srv.opts.Decider.PlaintextAllowed(c.remote, tlsOn) {
+		// The password came in clear: the decision's step 1 refuses and
+		// audits it, without any lookup.
+		_, _ = c.srv.opts.Decider.Decide(c.ctx, policy.Attempt{Proto: policy.LDAP, User: name, Client: c.remote, Started: started})
 		c.respond(m.ID, opBindRequest, resultConfidentialityRequired, msgConfidentiality)
 		return
 	}

@@ -475,10 +475,12 @@ func TestNoAuthBeforeTLS(t *testing.T) {
 	}
 	r.send("AUTH PLAIN " + b64("\x00alice\x00app"))
 	r.expect("538 5.7.11 ")
+	// The refusal is recorded (the decision's step 1 audits it), but no
+	// credential goes with it: the exchange never started.
 	f.dec.mu.Lock()
 	defer f.dec.mu.Unlock()
-	if len(f.dec.attempts) != 0 {
-		t.Fatal("a plaintext credential reached the decision")
+	if len(f.dec.attempts) != 1 || f.dec.attempts[0].TLS || f.dec.attempts[0].User != "" || f.dec.attempts[0].Secret != "" {
+		t.Fatalf("decision attempts %+v, want one without TLS and without a credential", f.dec.attempts)
 	}
 }
 

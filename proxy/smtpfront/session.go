@@ -120,6 +120,11 @@ func (ss *session) Auth(mech string) (sasl.Server, error) {
 		return nil, errTooMany()
 	}
 	if !ss.tls && !ss.s.o.Decider.PlaintextAllowed(ss.tc.remote, false) {
+		// Refused before the exchange, but an initial response may have
+		// carried the password in clear: the decision's step 1 refuses
+		// and audits it (the user is not known yet), without any lookup.
+		_, _ = ss.s.o.Decider.Decide(ss.ctx(), policy.Attempt{Proto: policy.SMTP, Client: ss.tc.remote,
+			ClientName: ss.conn.Hostname(), Started: time.Now()})
 		return nil, errNeedTLS()
 	}
 	started := time.Now()

@@ -30,11 +30,11 @@ func cmdCheckConfig(ctx context.Context, e *env, args []string) int {
 		for _, p := range probs {
 			fmt.Fprintf(e.Stderr, "%s: %v\n", name, p)
 		}
-		noun := "problems"
+		summary := fmt.Sprintf("%d problems; fix them", len(probs))
 		if len(probs) == 1 {
-			noun = "problem"
+			summary = "1 problem; fix it"
 		}
-		fmt.Fprintf(e.Stderr, "passgate: check-config: %s: %d %s; fix them and run check-config again\n", name, len(probs), noun)
+		fmt.Fprintf(e.Stderr, "passgate: check-config: %s: %s and run check-config again\n", name, summary)
 		return exitFailure
 	}
 	for _, w := range cfg.Warnings() {

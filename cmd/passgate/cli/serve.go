@@ -103,6 +103,14 @@ func newLogger(e *env, cfg *configs.Config, defFormat string) *slog.Logger {
 // until ctx ends and drains them. over, when not nil, learns the bound
 // addresses once every listener accepts (demo prints them).
 func serve(ctx context.Context, e *env, cfg *configs.Config, log *slog.Logger, over *serveOverrides) error {
+	if cfg.IMAP.Listen == "" && cfg.IMAP.ListenTLS == "" && cfg.SMTP.Listen == "" && cfg.SMTP.ListenTLS == "" &&
+		cfg.LDAP.Listen == "" && cfg.LDAP.ListenTLS == "" {
+		// Said before the store is opened, so that nothing is created.
+		return errNoListener
+	}
+	for _, w := range cfg.Warnings() {
+		log.Warn(w) // the same list as check-config's
+	}
 	st, err := openStore(ctx, cfg)
 	if err != nil {
 		return err
@@ -155,15 +163,12 @@ func serve(ctx context.Context, e *env, cfg *configs.Config, log *slog.Logger, o
 		d.serverTLS = certs.tlsConfig()
 	}
 
-	if cfg.Web.Listen != "" {
-		log.Warn("web.listen is not served by this version of passgate (there is no web portal yet); it is ignored")
-	}
 	services, err := buildServices(d)
 	if err != nil {
 		return err
 	}
 	if len(services) == 0 {
-		return errors.New("no listener configured: set imap.listen, smtp.listen or ldap.listen (or their listen_tls) in the configuration")
+		return errNoListener
 	}
 	if m != nil {
 		services = append(services, metricsService(m, cfg.Metrics.Listen, st, log))
@@ -175,7 +180,7 @@ func serve(ctx context.Context, e *env, cfg *configs.Config, log *slog.Logger, o
 			for _, l := range lns {
 				l.Close()
 			}
-			return fmt.Errorf("listen for %s on %s: %w (is another process using the port? change %s in the configuration)", s.name, s.addr, err, s.name)
+			return fmt.Errorf("listen for %s on %s: %w (is another process using the port? change %s in the configuration)", s.name, s.addr, err, listenKey(s.name))
 		}
 		if s.name != "metrics" {
 			// Connections from the load balancers start with a PROXY
@@ -286,6 +291,22 @@ func serve(ctx context.Context, e *env, cfg *configs.Config, log *slog.Logger, o
 	wg.Wait()
 	return runErr
 }
+
+// listenKey is the configuration key of the service named name.
+func listenKey(name string) string {
+	switch name {
+	case "imaps":
+		return "imap.listen_tls"
+	case "submissions":
+		return "smtp.listen_tls"
+	case "ldaps":
+		return "ldap.listen_tls"
+	}
+	return name + ".listen" // imap, smtp, ldap, metrics
+}
+
+// errNoListener: serve was given no protocol listener.
+var errNoListener = errors.New("no listener configured: set imap.listen, smtp.listen or ldap.listen (or their listen_tls) in the configuration")
 
 // serveOverrides lets demo and tests learn the bound addresses.
 type serveOverrides struct {

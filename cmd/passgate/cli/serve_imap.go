@@ -40,10 +40,6 @@ func buildIMAP(d *deps, up imapfront.Upstream) ([]service, error) {
 		o.TLSConfig = d.serverTLS // nil: no STARTTLS
 		o.Logger = d.log.With(slog.String("listener", "imap"))
 		o.Conns = d.metrics.conns("imap")
-		if d.serverTLS == nil {
-			d.log.Warn("imap listener without a certificate: STARTTLS is not offered and only clients in policy.trusted_networks can log in; set tls.cert_file and tls.key_file",
-				slog.String("listener", "imap"))
-		}
 		out = append(out, imapService("imap", c.Listen, imapfront.New(o)))
 	}
 	if c.ListenTLS != "" {

@@ -77,10 +77,6 @@ func buildLDAP(d *deps) ([]service, error) {
 		o.Listener = "ldap"
 		o.Conns = d.metrics.conns("ldap")
 		o.Logger = d.log
-		if d.serverTLS == nil {
-			d.log.Warn("ldap listener without a certificate: StartTLS is not offered and only clients in policy.trusted_networks can bind with a password; set tls.cert_file and tls.key_file",
-				slog.String("listener", "ldap"))
-		}
 		srv, err := ldapfront.New(o)
 		if err != nil {
 			return nil, fmt.Errorf("ldap listener %s (ldap.listen): %w", c.Listen, err)

@@ -6,7 +6,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"os"
 
@@ -98,29 +97,7 @@ func newIMAPUpstream(d *deps) (imapfront.Upstream, error) {
 	if err != nil {
 		return nil, err
 	}
-	if u.Login == "passthrough" {
-		d.log.Warn("imap.upstream.login is passthrough: app passwords cannot log in over IMAP (use master to let them)")
-	}
-	warnCleartextUpstream(d, "imap.upstream", u.TLS, u.Addresses)
 	return imapAdapter{up: up}, nil
-}
-
-// warnCleartextUpstream warns when primary passwords would cross a network
-// in clear to an upstream that is not on loopback.
-func warnCleartextUpstream(d *deps, key, mode string, addrs []string) {
-	if mode != "none" {
-		return
-	}
-	for _, a := range addrs {
-		host, _, err := net.SplitHostPort(a)
-		if err != nil {
-			continue
-		}
-		if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() || host == "localhost" {
-			continue
-		}
-		d.log.Warn(key+".tls is none: passwords reach this upstream in clear; use starttls or implicit", slog.String("upstream", a))
-	}
 }
 
 // imapAdapter adapts backends/imapupstream to imapfront.Upstream, so that

@@ -78,10 +78,6 @@ func buildSMTP(d *deps, up smtpfront.Upstream) ([]service, error) {
 		o.Listener = "smtp"
 		o.Conns = d.metrics.conns("smtp")
 		o.Logger = d.log
-		if d.serverTLS == nil {
-			d.log.Warn("smtp listener without a certificate: STARTTLS is not offered and only clients in policy.trusted_networks can log in; set tls.cert_file and tls.key_file",
-				slog.String("listener", "smtp"))
-		}
 		out = append(out, smtpService("smtp", c.Listen, smtpfront.New(o)))
 	}
 	if c.ListenTLS != "" {
