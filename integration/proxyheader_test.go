@@ -66,10 +66,10 @@ func readTagged(t *testing.T, r *bufio.Reader, tag string) (untagged []string, t
 //     passgate forges nothing: the header is a bad command, the client
 //     stays untrusted;
 //   - a connection from HAProxy's address without a header is closed
-//     before the greeting.
+//     before the greeting, and counted in the metrics.
 func TestIMAPBehindHAProxy(t *testing.T) {
 	d := env.dovecot
-	p := startPassgate(t, passgateConfig{trusted: []string{"127.0.0.1/32"}, proxies: []string{"127.0.0.1/32"}})
+	p := startPassgate(t, passgateConfig{trusted: []string{"127.0.0.1/32"}, proxies: []string{"127.0.0.1/32"}, metrics: true})
 	p.enforce(t, "alice")
 	pw := p.appPassword(t, "alice", "laptop")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -136,6 +136,12 @@ func TestIMAPBehindHAProxy(t *testing.T) {
 		fmt.Fprintf(c, "a CAPABILITY\r\n")
 		if b, err := io.ReadAll(c); len(b) != 0 {
 			t.Fatalf("a connection from a proxy address without a header got %q (%v), want it closed unanswered", b, err)
+		}
+		// Counted for alerting; the start-up probes, which send
+		// nothing, are not.
+		_, body := curlGet(t, "http://"+p.metrics+"/metrics")
+		if v := metricValue(body, "passgate_proxy_header_refused_total", `listener="imap"`); v != 1 {
+			t.Errorf("passgate_proxy_header_refused_total{listener=\"imap\"} = %v, want 1", v)
 		}
 	})
 }

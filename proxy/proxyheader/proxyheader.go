@@ -49,6 +49,10 @@ type Options struct {
 	Timeout time.Duration
 	// Logger receives refused connections; nil discards.
 	Logger *slog.Logger
+	// OnRefused, when set, learns of every connection closed for want of
+	// a valid header (for metrics; a quiet health check is not one). It
+	// must not block.
+	OnRefused func()
 }
 
 // Listen returns ln, wrapped so that connections from opts.From have
@@ -125,6 +129,9 @@ func (l *listener) loop() {
 				return
 			}
 			if err != nil {
+				if l.opts.OnRefused != nil {
+					l.opts.OnRefused()
+				}
 				l.opts.Logger.Warn("connection from a proxy_networks peer closed: no valid PROXY protocol header",
 					slog.String("peer", c.RemoteAddr().String()), slog.Any("err", err),
 					slog.String("fix", "make the load balancer send the PROXY protocol (HAProxy: send-proxy or send-proxy-v2 on the server line), or remove its address from policy.proxy_networks"))
@@ -168,6 +175,10 @@ func (l *listener) readHeader(c net.Conn) (net.Conn, error) {
 		return nil, err
 	}
 	br := bufio.NewReader(c)
+	if _, err := br.Peek(1); err != nil {
+		// io.EOF: closed without a byte (a TCP health check).
+		return nil, fmt.Errorf("proxyheader: read the header: %w", err)
+	}
 	h, err := proxyproto.Read(br)
 	if err != nil {
 		return nil, fmt.Errorf("proxyheader: read the header: %w", err)

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -39,13 +40,17 @@ func header(t *testing.T, version byte, cmd proxyproto.ProtocolVersionAndCommand
 	return b
 }
 
-func listen(t *testing.T, from string, timeout time.Duration) net.Listener {
+func listen(t *testing.T, from string, timeout time.Duration, onRefused ...func()) net.Listener {
 	t.Helper()
 	raw, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln := Listen(raw, Options{From: []netip.Prefix{netip.MustParsePrefix(from)}, Timeout: timeout})
+	o := Options{From: []netip.Prefix{netip.MustParsePrefix(from)}, Timeout: timeout}
+	if len(onRefused) > 0 {
+		o.OnRefused = onRefused[0]
+	}
+	ln := Listen(raw, o)
 	t.Cleanup(func() { ln.Close() })
 	return ln
 }
@@ -113,7 +118,10 @@ func TestListen(t *testing.T) {
 // header (or garbage) is closed after the timeout or at once, while a
 // good connection opened meanwhile is accepted without waiting for it.
 func TestMissingHeaderClosesOnlyThatConnection(t *testing.T) {
-	ln := listen(t, "127.0.0.2/32", 500*time.Millisecond)
+	var refused atomic.Int32
+	ln := listen(t, "127.0.0.2/32", 500*time.Millisecond, func() { refused.Add(1) })
+	quiet := dialFrom(t, ln, "127.0.0.2")
+	quiet.Close() // a TCP health check: not a refusal
 	silent := dialFrom(t, ln, "127.0.0.2")
 	garbage := dialFrom(t, ln, "127.0.0.2")
 	garbage.Write([]byte("a LOGIN alice secret\r\n"))
@@ -132,6 +140,9 @@ func TestMissingHeaderClosesOnlyThatConnection(t *testing.T) {
 		if n, err := c.Read(make([]byte, 1)); n != 0 || err == nil {
 			t.Errorf("%s peer: read %d, %v; want the connection closed", name, n, err)
 		}
+	}
+	if n := refused.Load(); n != 2 {
+		t.Errorf("OnRefused called %d times, want 2 (the silent and the garbage peer)", n)
 	}
 }
 

@@ -51,6 +51,7 @@ type metrics struct {
 	logins   *prometheus.CounterVec // proto, credential, outcome
 	open     *prometheus.GaugeVec   // listener
 	accepted *prometheus.CounterVec // listener
+	refused  *prometheus.CounterVec // listener: no valid PROXY header
 	draining atomic.Bool            // set at shutdown: /readyz answers 503
 }
 
@@ -69,8 +70,12 @@ func newMetrics(journal *store.Journal) *metrics {
 			Name: "passgate_connections_total",
 			Help: "Client connections accepted, by listener.",
 		}, []string{"listener"}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "passgate_proxy_header_refused_total",
+			Help: "Connections from policy.proxy_networks closed for want of a valid PROXY protocol header, by listener.",
+		}, []string{"listener"}),
 	}
-	m.reg.MustRegister(m.logins, m.open, m.accepted,
+	m.reg.MustRegister(m.logins, m.open, m.accepted, m.refused,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		collectors.NewBuildInfoCollector(),
@@ -98,6 +103,16 @@ func (m *metrics) conns(listener string) observe.Conns {
 		return nil
 	}
 	return listenerConns{open: m.open.WithLabelValues(listener), accepted: m.accepted.WithLabelValues(listener)}
+}
+
+// proxyRefused returns the counter hook of one listener for
+// proxyheader.Options.OnRefused; nil without metrics.
+func (m *metrics) proxyRefused(listener string) func() {
+	if m == nil {
+		return nil
+	}
+	c := m.refused.WithLabelValues(listener)
+	return c.Inc
 }
 
 type listenerConns struct {

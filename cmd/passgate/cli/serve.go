@@ -185,7 +185,8 @@ func serve(ctx context.Context, e *env, cfg *configs.Config, log *slog.Logger, o
 		if s.name != "metrics" {
 			// Connections from the load balancers start with a PROXY
 			// header naming the client.
-			ln = proxyheader.Listen(ln, proxyheader.Options{From: proxies, Logger: log.With(slog.String("listener", s.name))})
+			ln = proxyheader.Listen(ln, proxyheader.Options{From: proxies, Logger: log.With(slog.String("listener", s.name)),
+				OnRefused: m.proxyRefused(s.name)})
 		}
 		lns = append(lns, ln)
 	}
