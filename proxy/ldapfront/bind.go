@@ -132,7 +132,8 @@ func (c *conn) bind(m message) {
 // (uid=ＡＬＩＣＥ in fullwidth letters) all name alice's entry, and alice is
 // who is decided on. ok is false, with the reason for the log, when the
 // name cannot be resolved: no such entry, a name that is not a DN and
-// fills no template, or no service account to ask with.
+// fills no template, or no service account to ask with. Answers are kept
+// for a few seconds (resolveCache).
 func (c *conn) resolve(bn boundName, name string) (out boundName, ok bool, why string, err error) {
 	dn := bn.DN
 	if bn.Form == formDN {
@@ -144,14 +145,19 @@ func (c *conn) resolve(bn boundName, name string) (out boundName, ok bool, why s
 	if !c.srv.opts.Upstream.HasServiceAccount() {
 		return boundName{}, false, "bind name is not in the form of ldap.user_dn_templates, and without a service account (ldap.upstream.service_dn) passgate cannot look up which entry it names", nil
 	}
-	ctx, cancel := context.WithTimeout(c.ctx, upstreamTimeout)
-	defer cancel()
-	entryDN, found, err := c.srv.opts.Upstream.Resolve(ctx, dn)
-	if err != nil {
-		return boundName{}, false, "", err
-	}
-	if !found {
-		return boundName{}, false, "bind name names no entry of the directory", nil
+	entryDN, cached := c.srv.resolved.get(dn, time.Now())
+	if !cached {
+		ctx, cancel := context.WithTimeout(c.ctx, upstreamTimeout)
+		defer cancel()
+		var found bool
+		entryDN, found, err = c.srv.opts.Upstream.Resolve(ctx, dn)
+		if err != nil {
+			return boundName{}, false, "", err
+		}
+		if !found {
+			return boundName{}, false, "bind name names no entry of the directory", nil
+		}
+		c.srv.resolved.put(dn, entryDN, time.Now())
 	}
 	out, ok = c.srv.names.resolved(entryDN)
 	if !ok {

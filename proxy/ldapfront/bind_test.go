@@ -446,3 +446,43 @@ func TestRelayBindOpensSessionOnlyWithoutSignOfLife(t *testing.T) {
 		}
 	}
 }
+
+// TestResolveIsCached: an application that binds with its own account
+// (a DN outside the templates) again and again is looked up once per
+// resolveCacheTTL, not once per bind; the directory still checks each
+// password, and a wrong one still fails.
+func TestResolveIsCached(t *testing.T) {
+	ts := startServer(t, func(o *Options) { o.Mode = ModeRelay })
+	resolves := func() int {
+		ts.up.mu.Lock()
+		defer ts.up.mu.Unlock()
+		return len(ts.up.resolved)
+	}
+	for i := range 3 {
+		if code, _ := ts.bindCode(t, 1, wikiDN, wikiPW); code != resultSuccess {
+			t.Fatalf("bind %d as the application: code %d", i, code)
+		}
+	}
+	if code, _ := ts.bindCode(t, 1, wikiDN, "wrong"); code != resultInvalidCredentials {
+		t.Fatalf("wrong password with a cached name: code %d, want 49", code)
+	}
+	if n := resolves(); n != 1 {
+		t.Fatalf("4 binds looked the name up %d times, want 1", n)
+	}
+	if n := len(ts.up.bindsSeen()); n != 4 {
+		t.Fatalf("the directory checked %d passwords, want 4", n)
+	}
+	// Once the answer is older than the TTL, the next bind asks again.
+	ts.srv.resolved.mu.Lock()
+	for k, e := range ts.srv.resolved.m {
+		e.until = time.Now().Add(-time.Second)
+		ts.srv.resolved.m[k] = e
+	}
+	ts.srv.resolved.mu.Unlock()
+	if code, _ := ts.bindCode(t, 1, wikiDN, wikiPW); code != resultSuccess {
+		t.Fatalf("bind after the TTL: code %d", code)
+	}
+	if n := resolves(); n != 2 {
+		t.Fatalf("after the TTL: %d lookups, want 2", n)
+	}
+}

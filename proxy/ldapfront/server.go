@@ -167,10 +167,54 @@ type Server struct {
 	nextID    atomic.Uint64
 	wg        sync.WaitGroup
 
+	resolved resolveCache
+
 	// upstreamSeen is when a new upstream session was last opened (Unix
 	// nanoseconds). Answers on sessions already open do not count: a
 	// directory may serve those while it refuses new connections.
 	upstreamSeen atomic.Int64
+}
+
+// Bounds of the resolve cache.
+const (
+	resolveCacheTTL = 5 * time.Second
+	resolveCacheMax = 4096
+)
+
+// resolveCache remembers for resolveCacheTTL which entry a bind name
+// outside the templates stands for, as the directory answered: an
+// application that binds with its own account for every page it serves
+// then costs the directory one lookup every few seconds instead of one
+// per bind. Only found entries are kept. The directory still checks the
+// password of every such bind; a rename within the TTL is decided on the
+// old answer.
+type resolveCache struct {
+	mu sync.Mutex
+	m  map[string]resolvedEntry
+}
+
+type resolvedEntry struct {
+	dn    string
+	until time.Time
+}
+
+func (r *resolveCache) get(name string, now time.Time) (string, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e, ok := r.m[name]
+	if !ok || now.After(e.until) {
+		return "", false
+	}
+	return e.dn, true
+}
+
+func (r *resolveCache) put(name, dn string, now time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.m == nil || len(r.m) >= resolveCacheMax {
+		r.m = make(map[string]resolvedEntry) // full: start again
+	}
+	r.m[name] = resolvedEntry{dn: dn, until: now.Add(resolveCacheTTL)}
 }
 
 // sawUpstream notes that a new upstream session opened just now.
