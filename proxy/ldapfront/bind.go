@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"strconv"
 	"strings"
 	"time"
 
@@ -291,6 +292,12 @@ func (c *conn) setIdentity(id identity) {
 	c.release = nil
 	if id.user != "" {
 		c.user = id.user
+	}
+	switch id.kind {
+	case identApp:
+		c.credential = "app-password:" + strconv.FormatInt(id.appID, 10)
+	case identPrimary:
+		c.credential = "primary"
 	}
 	c.mu.Unlock()
 	if release != nil {

@@ -92,6 +92,9 @@ type conn struct {
 	sess        Session
 	release     func() // ends the registry tracking of the current app password
 	user        string // for the session log line
+	credential  string // likewise: the last successful bind's, "" for none
+
+	bytesIn, bytesOut atomic.Int64 // LDAP messages read and written
 
 	// executor-only
 	ident     identity
@@ -138,10 +141,19 @@ func (c *conn) serve() {
 		if sess != nil {
 			sess.Close()
 		}
+		c.mu.Lock()
+		user, credential := c.user, c.credential
+		c.mu.Unlock()
+		ended := "client"
+		if cause := context.Cause(c.ctx); cause != nil && !errors.Is(cause, context.Canceled) && !errors.Is(cause, io.EOF) {
+			ended = cause.Error()
+		}
 		c.srv.log.LogAttrs(context.Background(), slog.LevelInfo, "ldap session closed",
 			slog.String("proto", policy.LDAP), slog.String("listener", c.srv.opts.Listener),
 			slog.Uint64("conn_id", c.id), slog.String("remote_addr", c.remote.String()),
-			slog.Bool("tls", c.tls.Load()), slog.String("user", c.lastUser()),
+			slog.Bool("tls", c.tls.Load()), slog.String("user", user), slog.String("credential", credential),
+			slog.Int64("bytes_in", c.bytesIn.Load()), slog.Int64("bytes_out", c.bytesOut.Load()),
+			slog.String("ended_by", ended),
 			slog.Int64("duration_ms", time.Since(c.start).Milliseconds()))
 	}()
 	go func() {
@@ -158,11 +170,6 @@ func (c *conn) serve() {
 	c.readLoop()
 }
 
-func (c *conn) lastUser() string {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.user
-}
 
 // stop ends the connection: the context is cancelled and the socket
 // closed, which unblocks the reader, the executor and any write.
@@ -194,7 +201,9 @@ func (c *conn) write(b []byte) bool {
 		return false
 	}
 	c.nc.SetWriteDeadline(time.Now().Add(writeTimeout))
-	if _, err := c.nc.Write(b); err != nil {
+	n, err := c.nc.Write(b)
+	c.bytesOut.Add(int64(n))
+	if err != nil {
 		c.cancel(err)
 		c.nc.Close()
 		return false
@@ -276,6 +285,7 @@ func (c *conn) readLoop() {
 		var raw []byte
 		if err == nil {
 			raw, err = readMessage(c.br, c.maxMessage())
+			c.bytesIn.Add(int64(len(raw)))
 		}
 		switch {
 		case errors.Is(err, errTooLarge):

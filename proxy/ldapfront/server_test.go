@@ -9,6 +9,7 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"io"
 	"log/slog"
@@ -732,4 +733,41 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// TestSessionLogLine: the one line per session names the user, the
+// credential of the last successful bind, the bytes both ways and what
+// ended it.
+func TestSessionLogLine(t *testing.T) {
+	var buf syncBuffer
+	ts := startServer(t, func(o *Options) {
+		o.Logger = slog.New(slog.NewJSONHandler(&buf, nil))
+	})
+	c := ts.dial(t)
+	bind := encodeBind(1, aliceDN, alicePW)
+	c.send(bind)
+	if m, _ := c.recv(); m.Op.Tag != opBindResponse {
+		t.Fatalf("bind: tag %d", m.Op.Tag)
+	}
+	c.send([]byte{0x30, 0x05, 0x02, 0x01, 0x02, 0x42, 0x00}) // Unbind
+	var line map[string]any
+	for deadline := time.Now().Add(5 * time.Second); line == nil; time.Sleep(10 * time.Millisecond) {
+		for _, l := range strings.Split(buf.String(), "\n") {
+			if strings.Contains(l, `"ldap session closed"`) && json.Unmarshal([]byte(l), &line) != nil {
+				line = nil
+			}
+		}
+		if line == nil && time.Now().After(deadline) {
+			t.Fatalf("no session line in 5 s:\n%s", buf.String())
+		}
+	}
+	if line["user"] != "alice" || line["credential"] != "app-password:9" || line["ended_by"] != "client" {
+		t.Errorf("session line: %v", line)
+	}
+	if in, _ := line["bytes_in"].(float64); int(in) != len(bind)+7 {
+		t.Errorf("bytes_in = %v, want %d (the bind and the unbind)", line["bytes_in"], len(bind)+7)
+	}
+	if out, _ := line["bytes_out"].(float64); out <= 0 {
+		t.Errorf("bytes_out = %v, want the bind response", line["bytes_out"])
+	}
 }
