@@ -170,7 +170,6 @@ func (c *conn) serve() {
 	c.readLoop()
 }
 
-
 // stop ends the connection: the context is cancelled and the socket
 // closed, which unblocks the reader, the executor and any write.
 func (c *conn) stop(cause error) {
