@@ -30,10 +30,10 @@ const (
 // that a transaction carries what was queued meanwhile (up to 256 writes);
 // Flush and a full batch cut the wait short. The price is that a crash
 // loses the writes of the last moment, the same window as SQLite's
-// synchronous=NORMAL, and a
-// write that fails is reported in the log instead of to the login; a
-// failed batch is retried once, then every event in it is written to the
-// log at level ERROR so that the trail is not silently short.
+// synchronous=NORMAL, and that a write that fails is reported in the log
+// instead of to the login: a failed batch is retried once, then every
+// event in it is written to the log at level ERROR, so that the trail is
+// not silently short.
 //
 // Reads through the Journal see its queued writes (Audit and
 // ListAppPasswords flush first). Another process — the command line
@@ -78,7 +78,7 @@ func NewJournal(s *Store, log *slog.Logger) *Journal {
 
 // Record queues ev for the audit trail. A zero ev.Time is the time of
 // the call, not of the commit. It returns an error only when ctx ends
-// while the queue is full.
+// while the queue is full, or after Close; the event is then in the log.
 func (j *Journal) Record(ctx context.Context, ev AuditEvent) error {
 	if ev.Time.IsZero() {
 		ev.Time = time.Now()

@@ -2,9 +2,12 @@
 // passwords (as keyed hashes only), global settings and the audit trail.
 //
 // On the path of a login it is the last stop of the decision: policy asks
-// the store for the app password that matches a presented secret (one
-// indexed lookup by keyed hash) and records the outcome in the audit trail.
-// The admin command line and, later, the portal change the same rows.
+// the store, in one query (LoginState), for the user's MFA state, the
+// global switch and the app password that matches a presented secret (an
+// indexed lookup by keyed hash), and records the outcome in the audit
+// trail through a Journal, which commits the writes of many logins at
+// once in the background. The admin command line and, later, the portal
+// change the same rows, synchronously.
 //
 // Two implementations share one schema and one contract test suite:
 // PostgreSQL through sqlx and lib/pq (production; several passgate instances
