@@ -50,6 +50,17 @@ type Policy struct {
 	DefaultMFA      string        `yaml:"default_mfa"` // disabled (default) | enabled | enforced
 	Realms          []string      `yaml:"realms"`      // domains the upstream folds onto local names: alice@example.test is alice
 	Limits          ProtocolLimit `yaml:"limits"`
+	Lockout         Lockout       `yaml:"lockout"`
+}
+
+// Lockout configures step 2 of the decision (policy.Lockout). All
+// thresholds 0, the default, switch it off.
+type Lockout struct {
+	MaxFailures        int      `yaml:"max_failures"`         // per (user, address)
+	MaxAddressFailures int      `yaml:"max_address_failures"` // per address, sparing users who logged in from it
+	MaxUserFailures    int      `yaml:"max_user_failures"`    // per user, sparing addresses the user logged in from
+	Window             Duration `yaml:"window"`               // default 15m
+	Duration           Duration `yaml:"duration"`             // default 15m
 }
 
 // ProtocolLimit bounds what a client may do before it has logged in.

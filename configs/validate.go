@@ -71,6 +71,21 @@ func (c *Config) Validate() error {
 			v.add(key, n, "must lie within policy.trusted_networks: only trusted networks may send the PROXY protocol (add the balancer's address there too)")
 		}
 	}
+	lo := c.Policy.Lockout
+	for _, f := range []struct {
+		key string
+		n   int
+	}{{"policy.lockout.max_failures", lo.MaxFailures}, {"policy.lockout.max_address_failures", lo.MaxAddressFailures}, {"policy.lockout.max_user_failures", lo.MaxUserFailures}} {
+		if f.n < 0 {
+			v.add(f.key, f.n, "must be 0 (not counted) or positive")
+		}
+	}
+	if lo.Window < 0 {
+		v.add("policy.lockout.window", lo.Window, "must be positive, e.g. 15m (0: the default, 15m)")
+	}
+	if lo.Duration < 0 {
+		v.add("policy.lockout.duration", lo.Duration, "must be positive, e.g. 15m (0: the default, 15m)")
+	}
 	for i, r := range c.Policy.Realms {
 		if r == "" || strings.ContainsAny(r, "@ \t") {
 			v.add(fmt.Sprintf("policy.realms[%d]", i), r, "must be a domain such as example.test (no @, no spaces)")

@@ -49,6 +49,14 @@ func TestValidate(t *testing.T) {
 			`policy.proxy_networks[0] ("10.0.8.5"): must be a CIDR such as 10.0.8.5/32: the addresses of the load balancers that send the PROXY protocol`,
 			`policy.proxy_networks[1] ("10.0.9.5/32"): must lie within policy.trusted_networks: only trusted networks may send the PROXY protocol (add the balancer's address there too)`,
 			`policy.proxy_networks[2] ("10.0.0.0/8"): must lie within policy.trusted_networks: only trusted networks may send the PROXY protocol (add the balancer's address there too)`}},
+		{"ok/lockout", func(c *configs.Config) {
+			c.Policy.Lockout = configs.Lockout{MaxFailures: 10, MaxUserFailures: 50, Window: configs.Duration(time.Minute)}
+		}, nil},
+		{"fail/lockout", func(c *configs.Config) {
+			c.Policy.Lockout = configs.Lockout{MaxFailures: -1, Window: configs.Duration(-time.Minute)}
+		}, []string{
+			`policy.lockout.max_failures (-1): must be 0 (not counted) or positive`,
+			`policy.lockout.window ("-1m0s"): must be positive, e.g. 15m (0: the default, 15m)`}},
 		{"fail/failure-delay", func(c *configs.Config) { c.Policy.FailureDelay = configs.Duration(-time.Second) }, []string{
 			`policy.failure_delay ("-1s"): must be zero or positive`}},
 		{"fail/upstream-tls", func(c *configs.Config) { c.IMAP.Upstream.TLS = "tls" }, []string{

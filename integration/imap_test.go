@@ -423,6 +423,7 @@ type passgateConfig struct {
 	postgresDSN  string   // store in this PostgreSQL database instead of SQLite
 	trusted      []string // policy.trusted_networks
 	proxies      []string // policy.proxy_networks
+	policyYAML   string   // more lines of the policy section, indented by two spaces
 }
 
 // startPassgate writes a configuration in a new directory, runs "passgate
@@ -495,6 +496,9 @@ log:
 		strconv.Quote(d.MasterUser), strconv.Quote(masterFile), pc.upstreamTLS, pc.tlsMin)
 	if pc.metrics {
 		cfg += fmt.Sprintf("metrics:\n  listen: 127.0.0.1:%d\n", ports[2])
+	}
+	if pc.policyYAML != "" {
+		cfg = strings.Replace(cfg, "policy:\n", "policy:\n"+pc.policyYAML, 1)
 	}
 	if len(pc.trusted) > 0 || len(pc.proxies) > 0 {
 		cfg = strings.Replace(cfg, "policy:\n", fmt.Sprintf("policy:\n  trusted_networks: [%s]\n  proxy_networks: [%s]\n",

@@ -43,6 +43,8 @@ type Options struct {
 	Realms []string
 	Logger *slog.Logger // default: discard
 	Now    func() time.Time
+	// Lockout configures step 2; the zero value switches it off.
+	Lockout Lockout
 	// OnOutcome, when set, learns every recorded outcome, for metrics:
 	// the protocol, the kind of credential ("app-password", "primary",
 	// "none") and the outcome ("success", "failure", "unavailable"). It
@@ -60,6 +62,7 @@ type Engine struct {
 	log       *slog.Logger
 	now       func() time.Time
 	onOutcome func(proto, credential, outcome string)
+	lock      *limiter // nil: no lockout
 }
 
 // DefaultFailureDelay is the delay before any failure reply.
@@ -79,6 +82,7 @@ func New(opts Options) *Engine {
 		log:       opts.Logger,
 		now:       opts.Now,
 		onOutcome: opts.OnOutcome,
+		lock:      newLimiter(opts.Lockout),
 	}
 	if e.delay == 0 {
 		e.delay = DefaultFailureDelay
@@ -163,6 +167,13 @@ func (e *Engine) Decide(ctx context.Context, a Attempt) (Decision, error) {
 			return deny("user name contains the upstream's master-user separator " + strconv.Quote(f))
 		}
 	}
+	// Step 2. A locked-out source gets the same failure as a wrong
+	// secret, and its secret is not even looked at.
+	if e.lock != nil {
+		if why := e.lock.locked(user, a.Client.Addr(), e.now()); why != "" {
+			return deny(why)
+		}
+	}
 	// One read per name gives everything the decision needs of the
 	// store. A store outage fails it alike for every secret, and a
 	// secret that cannot be an app password is looked up all the same.
@@ -175,6 +186,7 @@ func (e *Engine) Decide(ctx context.Context, a Attempt) (Decision, error) {
 	for i, n := range names {
 		ls, err := e.store.LoginState(ctx, n, secret)
 		if errors.Is(err, store.ErrInvalid) {
+			e.failed(a)
 			return deny("user name is not valid")
 		}
 		if err != nil {
@@ -212,16 +224,32 @@ func (e *Engine) Decide(ctx context.Context, a Attempt) (Decision, error) {
 		if err != nil {
 			e.log.LogAttrs(ctx, slog.LevelError, "audit write failed", slog.Any("err", err))
 		}
+		e.succeeded(a)
 		e.logDecision(ctx, a, d, "success")
 		return d, nil
 	}
 	// Step 4.
 	if st == store.MFAEnforced {
+		e.failed(a)
 		return deny("no app password matched and MFA is enforced: primary password refused without contacting the upstream")
 	}
 	d.Allow, d.Kind = true, KindPrimary
 	d.Reason = "primary password, to be verified by the upstream"
 	return d, nil
+}
+
+// failed counts a wrong secret for the lockout (step 2).
+func (e *Engine) failed(a Attempt) {
+	if e.lock != nil {
+		e.lock.failure(a.User, a.Client.Addr(), e.now())
+	}
+}
+
+// succeeded records a login for the lockout: its source becomes familiar.
+func (e *Engine) succeeded(a Attempt) {
+	if e.lock != nil {
+		e.lock.success(a.User, a.Client.Addr(), e.now())
+	}
 }
 
 // unusable returns why a matching app password may not be used now, or ""
@@ -311,6 +339,7 @@ func (e *Engine) PrimaryResult(ctx context.Context, a Attempt, d Decision, ok bo
 		return
 	}
 	if ok {
+		e.succeeded(a)
 		if d.MFA == string(store.MFAEnabled) {
 			d.Reason = "primary password accepted; would be refused once enforced"
 		} else {
@@ -319,6 +348,7 @@ func (e *Engine) PrimaryResult(ctx context.Context, a Attempt, d Decision, ok bo
 		e.audit(ctx, a, d, "success")
 		return
 	}
+	e.failed(a)
 	d.Allow = false
 	d.Reason = "primary password refused by the upstream"
 	if !a.Started.IsZero() && e.delay > 0 {

@@ -153,6 +153,13 @@ func serve(ctx context.Context, e *env, cfg *configs.Config, log *slog.Logger, o
 		Realms:          cfg.Policy.Realms,
 		Logger:          log,
 		OnOutcome:       onOutcome,
+		Lockout: policy.Lockout{
+			MaxFailures:        cfg.Policy.Lockout.MaxFailures,
+			MaxAddressFailures: cfg.Policy.Lockout.MaxAddressFailures,
+			MaxUserFailures:    cfg.Policy.Lockout.MaxUserFailures,
+			Window:             cfg.Policy.Lockout.Window.D(),
+			Duration:           cfg.Policy.Lockout.Duration.D(),
+		},
 	})
 	certs, err := newCertReloader(cfg, log)
 	if err != nil {

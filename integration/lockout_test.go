@@ -1,0 +1,68 @@
+package integration
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestIMAPLockout runs serve with policy.lockout against Dovecot:
+//   - three wrong secrets for alice from 127.0.0.91 lock that pair: her
+//     right app password from there then gets the uniform failure, and
+//     Dovecot sees no login for her; from 127.0.0.92 it works;
+//   - bob (no MFA: Dovecot checks his password) logs in from 127.0.0.93;
+//     a spray of wrong passwords at bob from 127.0.0.94–.97 locks him
+//     out of unfamiliar addresses (.98), never out of .93; the spray's
+//     failures are Dovecot's refusals, and the locked attempts never
+//     reach Dovecot.
+func TestIMAPLockout(t *testing.T) {
+	d := env.dovecot
+	p := startPassgate(t, passgateConfig{policyYAML: "  lockout:\n    max_failures: 3\n    max_user_failures: 4\n    window: 5m\n    duration: 5m\n"})
+	p.enforce(t, "alice")
+	pw := p.appPassword(t, "alice", "phone")
+	uniform := "a " + uniformFailure + "\r\n"
+
+	for range 3 {
+		if got := p.rawLoginFrom(t, "127.0.0.91", "alice", "wrong-guess"); got != uniform {
+			t.Fatalf("wrong secret: %q", got)
+		}
+	}
+	start := time.Now()
+	if got := p.rawLoginFrom(t, "127.0.0.91", "alice", pw); got != uniform {
+		t.Fatalf("right app password from the locked pair: %q, want the uniform failure", got)
+	}
+	if took := time.Since(start); took < 90*time.Millisecond {
+		t.Errorf("the lockout answered after %v, before the failure delay (100ms)", took)
+	}
+	if got := p.rawLoginFrom(t, "127.0.0.92", "alice", pw); !strings.HasPrefix(got, "a OK") {
+		t.Fatalf("alice from another address: %q", got)
+	}
+
+	bobPW := d.Users["bob"]
+	if got := p.rawLoginFrom(t, "127.0.0.93", "bob", bobPW); !strings.HasPrefix(got, "a OK") {
+		t.Fatalf("bob from his own address: %q", got)
+	}
+	for _, from := range []string{"127.0.0.94", "127.0.0.95", "127.0.0.96", "127.0.0.97"} {
+		if got := p.rawLoginFrom(t, from, "bob", "spray-guess"); got != uniform {
+			t.Fatalf("spray from %s: %q", from, got)
+		}
+	}
+	before := len(d.Log())
+	if got := p.rawLoginFrom(t, "127.0.0.98", "bob", bobPW); got != uniform {
+		t.Fatalf("bob's right password from an unfamiliar address during the spray: %q, want the uniform failure", got)
+	}
+	time.Sleep(200 * time.Millisecond)
+	if strings.Contains(d.Log()[before:], "127.0.0.98") {
+		t.Errorf("a locked-out login reached Dovecot:\n%s", d.Log()[before:])
+	}
+	if got := p.rawLoginFrom(t, "127.0.0.93", "bob", bobPW); !strings.HasPrefix(got, "a OK") {
+		t.Fatalf("bob from his familiar address during the spray: %q", got)
+	}
+	var out string
+	if !eventually(5*time.Second, func() bool {
+		out = p.admin(t, "audit", "--user", "bob")
+		return strings.Contains(out, "locked out")
+	}) {
+		t.Errorf("the audit trail does not say why bob was refused:\n%s", out)
+	}
+}
