@@ -170,7 +170,7 @@ func (e *Engine) Decide(ctx context.Context, a Attempt) (Decision, error) {
 	// Step 2. A locked-out source gets the same failure as a wrong
 	// secret, and its secret is not even looked at.
 	if e.lock != nil {
-		if why := e.lock.locked(user, a.Client.Addr(), e.now()); why != "" {
+		if why := e.lock.admit(e.lockName(user), a.Client.Addr(), a.Started, e.now()); why != "" {
 			return deny(why)
 		}
 	}
@@ -186,10 +186,11 @@ func (e *Engine) Decide(ctx context.Context, a Attempt) (Decision, error) {
 	for i, n := range names {
 		ls, err := e.store.LoginState(ctx, n, secret)
 		if errors.Is(err, store.ErrInvalid) {
-			e.failed(a)
+			e.finish(a, "failure")
 			return deny("user name is not valid")
 		}
 		if err != nil {
+			e.finish(a, "unavailable")
 			return Decision{}, fmt.Errorf("policy: read the login state of %q: %w", n, err)
 		}
 		st = stronger(st, ls.MFA)
@@ -208,6 +209,7 @@ func (e *Engine) Decide(ctx context.Context, a Attempt) (Decision, error) {
 		// primary password, so whatever happens it must not go to the
 		// upstream.
 		if why := e.unusable(a, ap, allowApp, st); why != "" {
+			e.finish(a, "unusable") // the right secret: not a guess
 			return deny(why)
 		}
 		d.Allow, d.Kind = true, KindAppPassword
@@ -219,18 +221,19 @@ func (e *Engine) Decide(ctx context.Context, a Attempt) (Decision, error) {
 		err := e.store.RecordLogin(wctx, ap.ID, u, e.event(a, d, "success"))
 		cancel()
 		if errors.Is(err, store.ErrNotFound) {
+			e.finish(a, "unusable")
 			return deny("app password " + ap.Label + " was deleted during the login")
 		}
 		if err != nil {
 			e.log.LogAttrs(ctx, slog.LevelError, "audit write failed", slog.Any("err", err))
 		}
-		e.succeeded(a)
+		e.finish(a, "success")
 		e.logDecision(ctx, a, d, "success")
 		return d, nil
 	}
 	// Step 4.
 	if st == store.MFAEnforced {
-		e.failed(a)
+		e.finish(a, "failure")
 		return deny("no app password matched and MFA is enforced: primary password refused without contacting the upstream")
 	}
 	d.Allow, d.Kind = true, KindPrimary
@@ -238,18 +241,29 @@ func (e *Engine) Decide(ctx context.Context, a Attempt) (Decision, error) {
 	return d, nil
 }
 
-// failed counts a wrong secret for the lockout (step 2).
-func (e *Engine) failed(a Attempt) {
+// finish ends an attempt that step 2 admitted: outcome "failure" (a
+// wrong secret) counts towards the lockout, "success" makes the source
+// familiar, anything else ("unavailable", "unusable") counts nothing.
+// An attempt is finished once; later calls do nothing.
+func (e *Engine) finish(a Attempt, outcome string) {
 	if e.lock != nil {
-		e.lock.failure(a.User, a.Client.Addr(), e.now())
+		e.lock.finish(e.lockName(a.User), a.Client.Addr(), a.Started, e.now(), outcome)
 	}
 }
 
-// succeeded records a login for the lockout: its source becomes familiar.
-func (e *Engine) succeeded(a Attempt) {
-	if e.lock != nil {
-		e.lock.success(a.User, a.Client.Addr(), e.now())
+// lockName is the name the lockout counts a user under: one for every
+// spelling of the account that policy.realms folds ("alice@example.test"
+// and "alice" are one), so that spellings do not multiply the budget.
+func (e *Engine) lockName(user string) string {
+	user = strings.TrimSpace(user)
+	if local, domain, ok := strings.Cut(user, "@"); ok && local != "" {
+		for _, r := range e.realms {
+			if strings.EqualFold(domain, r) {
+				return local
+			}
+		}
 	}
+	return user
 }
 
 // unusable returns why a matching app password may not be used now, or ""
@@ -315,6 +329,7 @@ func stronger(a, b store.MFAState) store.MFAState {
 // be reached. The listener answers it after Fail, with its protocol's
 // temporary-failure reply, the same whatever the secret was.
 func (e *Engine) Unavailable(ctx context.Context, a Attempt, cause error) {
+	e.finish(a, "unavailable")
 	d := Decision{Reason: "temporary failure"}
 	if cause != nil {
 		d.Reason += ": " + cause.Error()
@@ -339,7 +354,7 @@ func (e *Engine) PrimaryResult(ctx context.Context, a Attempt, d Decision, ok bo
 		return
 	}
 	if ok {
-		e.succeeded(a)
+		e.finish(a, "success")
 		if d.MFA == string(store.MFAEnabled) {
 			d.Reason = "primary password accepted; would be refused once enforced"
 		} else {
@@ -348,7 +363,7 @@ func (e *Engine) PrimaryResult(ctx context.Context, a Attempt, d Decision, ok bo
 		e.audit(ctx, a, d, "success")
 		return
 	}
-	e.failed(a)
+	e.finish(a, "failure")
 	d.Allow = false
 	d.Reason = "primary password refused by the upstream"
 	if !a.Started.IsZero() && e.delay > 0 {

@@ -1,6 +1,8 @@
 package policy
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"net/netip"
 	"strings"
 	"sync"
@@ -13,12 +15,19 @@ import (
 // threshold of 0 counts nothing. All zero (the default) switches lockout
 // off.
 //
+// From an unfamiliar address, attempts under way count towards the
+// thresholds as failures would until they end, so that a burst of
+// simultaneous guesses is stopped at the threshold too, not only guesses
+// one after another. Only wrong secrets count once an attempt has ended:
+// not temporary failures, not a right but unusable secret (an expired
+// app password).
+//
 // It is smart, as design.md asks: an address from which the user has
-// logged in successfully before (in this process's memory) is never
-// locked out by the per-user or per-address count, only by failures of
-// that user from that very address. So an attacker who guesses at
-// alice's account from elsewhere, or at many accounts from an office's
-// shared address, does not lock alice out of her own devices.
+// logged in before (in this process's memory) is never locked out by the
+// per-user or per-address count, only by failures of that user from that
+// very address. So an attacker who guesses at alice's account from
+// elsewhere, or at many accounts from an office's shared address, does
+// not lock alice out of her own devices.
 type Lockout struct {
 	// MaxFailures locks one (user, address) pair.
 	MaxFailures int
@@ -28,33 +37,49 @@ type Lockout struct {
 	// MaxUserFailures locks a user out of every address except those
 	// the user logged in from before.
 	MaxUserFailures int
-	Window          time.Duration
-	Duration        time.Duration
+	Window          time.Duration // default 15m
+	Duration        time.Duration // default 15m
 }
 
 func (l Lockout) enabled() bool {
 	return l.MaxFailures > 0 || l.MaxAddressFailures > 0 || l.MaxUserFailures > 0
 }
 
-// Bounds of the lockout's memory: past maxTracked keys in one table, new
-// sources are not counted (an attacker with many addresses must not be
-// able to grow passgate's memory without bound); familiar addresses are
-// remembered for familiarFor.
+// Bounds of the lockout's memory. Past maxTracked keys in a table, an
+// idle entry is evicted to make room (at random, so that an attacker
+// cannot aim at one); a locked one never is. A user keeps at most
+// maxFamiliar familiar addresses, each for familiarFor.
 const (
 	maxTracked  = 100_000
+	maxFamiliar = 64
 	familiarFor = 30 * 24 * time.Hour
 	sweepEvery  = 1024
+	maxUserKey  = 256
 )
 
-// counter counts failures in a window and holds a lock.
+// counter counts failures in a window, the attempts under way, and
+// holds a lock.
 type counter struct {
-	n           int
+	n           int // failures in the window
+	pending     int // attempts admitted and not finished
 	windowStart time.Time
 	lockedUntil time.Time
 }
 
-// limiter keeps the lockout's counters in memory. Counters are per
-// process: several passgate instances count separately.
+func (c *counter) locked(now time.Time) bool { return c != nil && now.Before(c.lockedUntil) }
+
+// admission is what admit counted for one attempt, to be given back.
+type admission struct {
+	addr, user bool // the address and user counters were counted too
+	at         time.Time
+}
+
+type admissionKey struct {
+	pair    string
+	started int64
+}
+
+// limiter keeps the lockout's counters in memory, per process.
 type limiter struct {
 	cfg Lockout
 
@@ -63,6 +88,7 @@ type limiter struct {
 	addrs    map[netip.Prefix]*counter             // address (IPv6: its /64)
 	users    map[string]*counter                   // user
 	familiar map[string]map[netip.Prefix]time.Time // user → addresses of past successes
+	admitted map[admissionKey]admission            // attempts not finished yet
 	ops      int
 }
 
@@ -82,6 +108,7 @@ func newLimiter(cfg Lockout) *limiter {
 		addrs:    make(map[netip.Prefix]*counter),
 		users:    make(map[string]*counter),
 		familiar: make(map[string]map[netip.Prefix]time.Time),
+		admitted: make(map[admissionKey]admission),
 	}
 }
 
@@ -96,26 +123,86 @@ func source(a netip.Addr) netip.Prefix {
 	return netip.PrefixFrom(a, a.BitLen())
 }
 
-func userKey(user string) string { return strings.ToLower(strings.TrimSpace(user)) }
+// lockKey is the name a user's failures count under: case and spaces
+// folded, and a long name (no real one is) hashed, so that junk names
+// cannot make the tables large.
+func lockKey(user string) string {
+	u := strings.ToLower(strings.TrimSpace(user))
+	if len(u) > maxUserKey {
+		h := sha256.Sum256([]byte(u))
+		return "#" + hex.EncodeToString(h[:])
+	}
+	return u
+}
 
-// locked returns why user may not log in from addr now, or "".
-func (l *limiter) locked(user string, addr netip.Addr, now time.Time) string {
-	u, src := userKey(user), source(addr)
+// admit returns why user may not log in from addr now, or "" after
+// recording the attempt as under way. From an unfamiliar address,
+// attempts under way count towards the thresholds as failures would, so
+// that a burst of simultaneous guesses is stopped there too; from a
+// familiar one only finished failures count, so that a client opening
+// several connections at once with the right password is never turned
+// away.
+func (l *limiter) admit(user string, addr netip.Addr, started, now time.Time) string {
+	u, src := lockKey(user), source(addr)
+	pair := u + "\x00" + src.String()
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if c := l.pairs[u+"\x00"+src.String()]; c != nil && now.Before(c.lockedUntil) {
+	l.sweep(now)
+	familiar := l.isFamiliar(u, src, now)
+	if l.pairs[pair].locked(now) {
 		return "locked out: too many failures of this user from this address"
 	}
-	if l.isFamiliar(u, src, now) {
-		return ""
+	if !familiar {
+		if l.addrs[src].locked(now) {
+			return "locked out: too many failures from this address"
+		}
+		if u != "" && l.users[u].locked(now) {
+			return "locked out: too many failures of this user from unfamiliar addresses"
+		}
+		if full(l.pairs[pair], l.cfg.MaxFailures, now, l.cfg) || full(l.addrs[src], l.cfg.MaxAddressFailures, now, l.cfg) ||
+			(u != "" && full(l.users[u], l.cfg.MaxUserFailures, now, l.cfg)) {
+			return "locked out: too many attempts at once from an unfamiliar address"
+		}
 	}
-	if c := l.addrs[src]; c != nil && now.Before(c.lockedUntil) {
-		return "locked out: too many failures from this address"
+	adm := admission{at: now}
+	reserve(l.pairs, pair, l.cfg.MaxFailures, now, l.cfg)
+	if !familiar {
+		// A user's own device with a stale password may lock itself
+		// (the pair), not the address or the account.
+		adm.addr = reserve(l.addrs, src, l.cfg.MaxAddressFailures, now, l.cfg)
+		adm.user = u != "" && reserve(l.users, u, l.cfg.MaxUserFailures, now, l.cfg)
 	}
-	if c := l.users[u]; c != nil && now.Before(c.lockedUntil) {
-		return "locked out: too many failures of this user from unfamiliar addresses"
+	if len(l.admitted) < maxTracked {
+		l.admitted[admissionKey{pair, started.UnixNano()}] = adm
 	}
 	return ""
+}
+
+// finish ends an admitted attempt: a failure counts (and may lock);
+// anything else counts nothing, and a success makes the address
+// familiar.
+func (l *limiter) finish(user string, addr netip.Addr, started, now time.Time, outcome string) {
+	u, src := lockKey(user), source(addr)
+	pair := u + "\x00" + src.String()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	key := admissionKey{pair, started.UnixNano()}
+	adm, ok := l.admitted[key]
+	if !ok {
+		return // not admitted, or finished already
+	}
+	delete(l.admitted, key)
+	failed := outcome == "failure"
+	settle(l.pairs, pair, l.cfg.MaxFailures, now, l.cfg, failed)
+	if adm.addr {
+		settle(l.addrs, src, l.cfg.MaxAddressFailures, now, l.cfg, failed)
+	}
+	if adm.user {
+		settle(l.users, u, l.cfg.MaxUserFailures, now, l.cfg, failed)
+	}
+	if outcome == "success" && src.Addr().IsValid() && !src.Addr().IsUnspecified() {
+		l.remember(u, src, now)
+	}
 }
 
 func (l *limiter) isFamiliar(u string, src netip.Prefix, now time.Time) bool {
@@ -123,76 +210,104 @@ func (l *limiter) isFamiliar(u string, src netip.Prefix, now time.Time) bool {
 	return ok && now.Sub(t) < familiarFor
 }
 
-// failure counts a failed login of user from addr.
-func (l *limiter) failure(user string, addr netip.Addr, now time.Time) {
-	u, src := userKey(user), source(addr)
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.sweep(now)
-	bump(l.pairs, u+"\x00"+src.String(), l.cfg.MaxFailures, l.cfg, now)
-	if l.isFamiliar(u, src, now) {
-		// A user's own device with a stale password: it may lock
-		// itself (the pair above), not the address or the account.
-		return
-	}
-	bump(l.addrs, src, l.cfg.MaxAddressFailures, l.cfg, now)
-	if u != "" {
-		bump(l.users, u, l.cfg.MaxUserFailures, l.cfg, now)
-	}
-}
-
-// success records a login of user from addr: the pair's count starts
-// again and the address becomes familiar.
-func (l *limiter) success(user string, addr netip.Addr, now time.Time) {
-	u, src := userKey(user), source(addr)
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.sweep(now)
-	delete(l.pairs, u+"\x00"+src.String())
+// remember makes src familiar for u, forgetting u's oldest familiar
+// address when u has maxFamiliar.
+func (l *limiter) remember(u string, src netip.Prefix, now time.Time) {
 	f := l.familiar[u]
 	if f == nil {
 		if len(l.familiar) >= maxTracked {
-			return
+			evict(l.familiar, func(map[netip.Prefix]time.Time) bool { return true })
 		}
 		f = make(map[netip.Prefix]time.Time)
 		l.familiar[u] = f
 	}
-	if _, ok := f[src]; ok || len(f) < 64 {
-		f[src] = now
+	if _, ok := f[src]; !ok && len(f) >= maxFamiliar {
+		var oldest netip.Prefix
+		var at time.Time
+		for a, t := range f {
+			if at.IsZero() || t.Before(at) {
+				oldest, at = a, t
+			}
+		}
+		delete(f, oldest)
 	}
+	f[src] = now
 }
 
-// bump counts one failure under key, locking it at max.
-func bump[K comparable](m map[K]*counter, key K, max int, cfg Lockout, now time.Time) {
-	if max <= 0 {
-		return
+// current returns c's failure count in the window as of now.
+func current(c *counter, now time.Time, cfg Lockout) int {
+	if c == nil || now.Sub(c.windowStart) >= cfg.Window {
+		return 0
+	}
+	return c.n
+}
+
+// full reports whether failures and attempts under way reach limit.
+func full(c *counter, limit int, now time.Time, cfg Lockout) bool {
+	return limit > 0 && c != nil && current(c, now, cfg)+c.pending >= limit
+}
+
+// reserve records an attempt under way under key, and reports whether
+// it did (a limit of 0 counts nothing).
+func reserve[K comparable](m map[K]*counter, key K, limit int, now time.Time, cfg Lockout) bool {
+	if limit <= 0 {
+		return false
 	}
 	c := m[key]
 	if c == nil {
 		if len(m) >= maxTracked {
-			return // full: fail open rather than grow
+			evict(m, func(c *counter) bool { return c.pending == 0 && !now.Before(c.lockedUntil) })
 		}
 		c = &counter{windowStart: now}
 		m[key] = c
+	}
+	c.pending++
+	return true
+}
+
+// settle ends an attempt under way under key; a failure counts, and
+// reaching limit locks the key for cfg.Duration.
+func settle[K comparable](m map[K]*counter, key K, limit int, now time.Time, cfg Lockout, failed bool) {
+	c := m[key]
+	if c == nil || limit <= 0 {
+		return
+	}
+	c.pending = max(c.pending-1, 0)
+	if !failed {
+		return
 	}
 	if now.Sub(c.windowStart) >= cfg.Window {
 		c.n, c.windowStart = 0, now
 	}
 	c.n++
-	if c.n >= max {
+	if c.n >= limit {
 		c.lockedUntil = now.Add(cfg.Duration)
 		c.n, c.windowStart = 0, now
 	}
 }
 
-// sweep drops, every sweepEvery calls, the counters that neither count
-// nor lock any more.
+// evict deletes one entry of m that may go, from wherever Go's map
+// iteration starts (a random place), so that a full table makes room.
+func evict[K comparable, V any](m map[K]V, mayGo func(V) bool) {
+	for k, v := range m {
+		if mayGo(v) {
+			delete(m, k)
+			return
+		}
+	}
+}
+
+// sweep drops, every sweepEvery calls, what neither counts nor locks any
+// more, and admissions that were never finished within a window (a
+// listener that did not report the end of an attempt).
 func (l *limiter) sweep(now time.Time) {
 	l.ops++
 	if l.ops%sweepEvery != 0 {
 		return
 	}
-	idle := func(c *counter) bool { return now.Sub(c.windowStart) >= l.cfg.Window && !now.Before(c.lockedUntil) }
+	idle := func(c *counter) bool {
+		return c.pending == 0 && now.Sub(c.windowStart) >= l.cfg.Window && !now.Before(c.lockedUntil)
+	}
 	for k, c := range l.pairs {
 		if idle(c) {
 			delete(l.pairs, k)
@@ -206,6 +321,24 @@ func (l *limiter) sweep(now time.Time) {
 	for k, c := range l.users {
 		if idle(c) {
 			delete(l.users, k)
+		}
+	}
+	for k, a := range l.admitted {
+		if now.Sub(a.at) >= l.cfg.Window {
+			// Never finished: no longer under way.
+			delete(l.admitted, k)
+			u, src, _ := strings.Cut(k.pair, "\x00")
+			if c := l.pairs[k.pair]; c != nil {
+				c.pending = max(c.pending-1, 0)
+			}
+			if p, err := netip.ParsePrefix(src); err == nil && a.addr {
+				if c := l.addrs[p]; c != nil {
+					c.pending = max(c.pending-1, 0)
+				}
+			}
+			if c := l.users[u]; c != nil && a.user {
+				c.pending = max(c.pending-1, 0)
+			}
 		}
 	}
 	for u, f := range l.familiar {

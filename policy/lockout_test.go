@@ -3,7 +3,9 @@ package policy
 import (
 	"context"
 	"net/netip"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -19,18 +21,27 @@ func lockoutEngine(cfg Lockout) (*Engine, *time.Time) {
 func try(t *testing.T, e *Engine, user, secret, from string) Decision {
 	t.Helper()
 	d, err := e.Decide(context.Background(), Attempt{Proto: IMAP, User: user, Secret: Secret(secret), TLS: true,
-		Client: netip.AddrPortFrom(netip.MustParseAddr(from), 40000)})
+		Client: netip.AddrPortFrom(netip.MustParseAddr(from), 40000), Started: started(e)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	return d
 }
 
+// attemptSeq makes every test attempt's start time its own.
+var attemptSeq atomic.Int64
+
+// started gives each attempt its own start time, as listeners do (the
+// lockout tells attempts apart by it).
+func started(e *Engine) time.Time {
+	return e.now().Add(time.Duration(attemptSeq.Add(1)))
+}
+
 // guess is a wrong password: refused by the decision (MFA enforced) or,
 // for a user without MFA, by the upstream.
 func guess(t *testing.T, e *Engine, user, from string) {
 	t.Helper()
-	a := Attempt{Proto: IMAP, User: user, Secret: "guess", TLS: true, Client: netip.AddrPortFrom(netip.MustParseAddr(from), 40000)}
+	a := Attempt{Proto: IMAP, User: user, Secret: "guess", TLS: true, Client: netip.AddrPortFrom(netip.MustParseAddr(from), 40000), Started: started(e)}
 	d, err := e.Decide(context.Background(), a)
 	if err != nil {
 		t.Fatal(err)
@@ -142,7 +153,7 @@ func TestLockout(t *testing.T) {
 	t.Run("upstream-refusals-count", func(t *testing.T) {
 		e, _ := lockoutEngine(cfg)
 		for range 3 {
-			a := Attempt{Proto: LDAP, User: "dave", Secret: "wrong", TLS: true, Client: netip.MustParseAddrPort("203.0.113.9:1")}
+			a := Attempt{Proto: LDAP, User: "dave", Secret: "wrong", TLS: true, Client: netip.MustParseAddrPort("203.0.113.9:1"), Started: started(e)}
 			d, _ := e.Decide(context.Background(), a)
 			if !d.Allow || d.Kind != KindPrimary {
 				t.Fatalf("dave (no MFA) before the lockout: %+v", d)
@@ -153,4 +164,95 @@ func TestLockout(t *testing.T) {
 			t.Fatal("a user without MFA whose password the upstream refused 3 times is not locked: the upstream would be asked again")
 		}
 	})
+}
+
+// TestLockoutBurstAndFullTables: the review's bypasses stay closed.
+func TestLockoutBurstAndFullTables(t *testing.T) {
+	cfg := Lockout{MaxFailures: 3, MaxUserFailures: 5, Window: 10 * time.Minute, Duration: 15 * time.Minute}
+	at := func(from string) Attempt {
+		return Attempt{Proto: LDAP, User: "dave", Secret: "guess", TLS: true,
+			Client: netip.AddrPortFrom(netip.MustParseAddr(from), 40000)}
+	}
+	t.Run("simultaneous-guesses-stop-at-the-threshold", func(t *testing.T) {
+		e, _ := lockoutEngine(cfg)
+		var admitted []Attempt
+		for range 20 { // all sent before the upstream answers any
+			a := at("203.0.113.5")
+			a.Started = started(e)
+			if d, _ := e.Decide(context.Background(), a); d.Allow {
+				admitted = append(admitted, a)
+			}
+		}
+		if len(admitted) != 3 {
+			t.Fatalf("%d of 20 simultaneous guesses reached the upstream, want 3", len(admitted))
+		}
+		for _, a := range admitted {
+			e.PrimaryResult(context.Background(), a, Decision{Allow: true, Kind: KindPrimary, User: "dave"}, false)
+		}
+		if d := try(t, e, "dave", primaryPW, "203.0.113.5"); d.Allow {
+			t.Fatal("after 3 refused guesses the pair is not locked")
+		}
+	})
+	t.Run("a-familiar-client-may-open-many-at-once", func(t *testing.T) {
+		e, _ := lockoutEngine(cfg)
+		a := at("192.0.2.20")
+		a.Secret, a.Started = primaryPW, started(e)
+		d, _ := e.Decide(context.Background(), a)
+		e.PrimaryResult(context.Background(), a, d, true)
+		for i := range 10 {
+			b := at("192.0.2.20")
+			b.Secret, b.Started = primaryPW, started(e)
+			if d, _ := e.Decide(context.Background(), b); !d.Allow {
+				t.Fatalf("connection %d of a familiar client, all at once: %s", i, d.Reason)
+			}
+		}
+	})
+	t.Run("temporary-failures-do-not-count", func(t *testing.T) {
+		e, _ := lockoutEngine(cfg)
+		for range 10 {
+			a := at("203.0.113.6")
+			a.Secret, a.Started = primaryPW, started(e)
+			if d, _ := e.Decide(context.Background(), a); !d.Allow {
+				t.Fatalf("during an upstream outage: %s", d.Reason)
+			}
+			e.Unavailable(context.Background(), a, context.DeadlineExceeded)
+		}
+	})
+	t.Run("full-tables-still-count", func(t *testing.T) {
+		e, now := lockoutEngine(cfg)
+		l := e.lock
+		for i := range maxTracked { // junk that an attacker made
+			l.users["junk"+strconv.Itoa(i)] = &counter{windowStart: *now}
+			l.pairs["junk"+strconv.Itoa(i)] = &counter{windowStart: *now}
+		}
+		for i := range 5 {
+			guess(t, e, "alice", "198.51.100."+strconv.Itoa(10+i))
+		}
+		if d := try(t, e, "alice", goodApp, "198.51.100.99"); d.Allow {
+			t.Fatal("with full tables, a spray at alice was not counted")
+		}
+		if len(l.users) > maxTracked || len(l.pairs) > maxTracked {
+			t.Fatalf("tables grew past their bound: %d users, %d pairs", len(l.users), len(l.pairs))
+		}
+	})
+	t.Run("long-names-are-hashed", func(t *testing.T) {
+		long := strings.Repeat("x", 8000)
+		if k := lockKey(long); len(k) > 65 || lockKey(strings.ToUpper(long)) != k {
+			t.Fatalf("lockKey of an 8000-byte name: %d bytes", len(k))
+		}
+	})
+}
+
+// TestLockoutRealmSpellingsShareACount: with policy.realms, "alice" and
+// "alice@example.test" are one account and one count.
+func TestLockoutRealmSpellingsShareACount(t *testing.T) {
+	now := time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
+	e := New(Options{Store: newFake(), FailureDelay: -1, Realms: []string{"example.test"}, Now: func() time.Time { return now },
+		Lockout: Lockout{MaxFailures: 3, Window: time.Minute, Duration: time.Minute}})
+	for _, u := range []string{"alice", "ALICE@example.test", "alice@Example.Test"} {
+		guess(t, e, u, "203.0.113.77")
+	}
+	if d := try(t, e, "alice", goodApp, "203.0.113.77"); d.Allow {
+		t.Fatal("three spellings of one account each got their own budget")
+	}
 }
