@@ -145,6 +145,9 @@ func (e *Engine) Fail(ctx context.Context, a Attempt) {
 // Allow false; a non-nil error means the decision could not be made (the
 // store failed) and the client should get a temporary failure.
 func (e *Engine) Decide(ctx context.Context, a Attempt) (Decision, error) {
+	// The lockout finds the end of an attempt by the start the listener
+	// gave it; without one it reserves nothing (see limiter.admit).
+	callerStarted := a.Started
 	if a.Started.IsZero() {
 		a.Started = e.now()
 	}
@@ -170,7 +173,7 @@ func (e *Engine) Decide(ctx context.Context, a Attempt) (Decision, error) {
 	// Step 2. A locked-out source gets the same failure as a wrong
 	// secret, and its secret is not even looked at.
 	if e.lock != nil {
-		if why := e.lock.admit(e.lockName(user), a.Client.Addr(), a.Started, e.now()); why != "" {
+		if why := e.lock.admit(e.lockName(user), a.Client.Addr(), callerStarted, e.now()); why != "" {
 			return deny(why)
 		}
 	}

@@ -68,12 +68,18 @@ type counter struct {
 
 func (c *counter) locked(now time.Time) bool { return c != nil && now.Before(c.lockedUntil) }
 
-// admission is what admit counted for one attempt, to be given back.
+// admission is what admit reserved for one attempt, to be settled when
+// it ends.
 type admission struct {
-	addr, user bool // the address and user counters were counted too
-	at         time.Time
+	user      string
+	src       netip.Prefix
+	addr, usr bool // the address and user counters were reserved too
+	at        time.Time
 }
 
+// admissionKey finds an attempt's admission again when it ends: the
+// listener passes the same Attempt (user, address, start) to Decide and
+// then to PrimaryResult or Unavailable.
 type admissionKey struct {
 	pair    string
 	started int64
@@ -83,13 +89,14 @@ type admissionKey struct {
 type limiter struct {
 	cfg Lockout
 
-	mu       sync.Mutex
-	pairs    map[string]*counter                   // user + "\x00" + address
-	addrs    map[netip.Prefix]*counter             // address (IPv6: its /64)
-	users    map[string]*counter                   // user
-	familiar map[string]map[netip.Prefix]time.Time // user → addresses of past successes
-	admitted map[admissionKey]admission            // attempts not finished yet
-	ops      int
+	mu        sync.Mutex
+	pairs     map[string]*counter                   // user + "\x00" + address
+	addrs     map[netip.Prefix]*counter             // address (IPv6: its /64)
+	users     map[string]*counter                   // user
+	familiar  map[string]map[netip.Prefix]time.Time // user → addresses of past successes
+	admitted  map[admissionKey][]admission          // attempts not finished yet
+	ops       int
+	lastSweep time.Time
 }
 
 func newLimiter(cfg Lockout) *limiter {
@@ -108,7 +115,7 @@ func newLimiter(cfg Lockout) *limiter {
 		addrs:    make(map[netip.Prefix]*counter),
 		users:    make(map[string]*counter),
 		familiar: make(map[string]map[netip.Prefix]time.Time),
-		admitted: make(map[admissionKey]admission),
+		admitted: make(map[admissionKey][]admission),
 	}
 }
 
@@ -164,17 +171,21 @@ func (l *limiter) admit(user string, addr netip.Addr, started, now time.Time) st
 			return "locked out: too many attempts at once from an unfamiliar address"
 		}
 	}
-	adm := admission{at: now}
+	if started.IsZero() || len(l.admitted) >= maxTracked {
+		// Nothing to find the attempt's end by, or no room to keep it:
+		// nothing is reserved (what is reserved must be settled).
+		return ""
+	}
+	adm := admission{user: u, src: src, at: now}
 	reserve(l.pairs, pair, l.cfg.MaxFailures, now, l.cfg)
 	if !familiar {
 		// A user's own device with a stale password may lock itself
 		// (the pair), not the address or the account.
 		adm.addr = reserve(l.addrs, src, l.cfg.MaxAddressFailures, now, l.cfg)
-		adm.user = u != "" && reserve(l.users, u, l.cfg.MaxUserFailures, now, l.cfg)
+		adm.usr = u != "" && reserve(l.users, u, l.cfg.MaxUserFailures, now, l.cfg)
 	}
-	if len(l.admitted) < maxTracked {
-		l.admitted[admissionKey{pair, started.UnixNano()}] = adm
-	}
+	key := admissionKey{pair, started.UnixNano()}
+	l.admitted[key] = append(l.admitted[key], adm)
 	return ""
 }
 
@@ -187,19 +198,19 @@ func (l *limiter) finish(user string, addr netip.Addr, started, now time.Time, o
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	key := admissionKey{pair, started.UnixNano()}
-	adm, ok := l.admitted[key]
-	if !ok {
+	adms := l.admitted[key]
+	if len(adms) == 0 {
 		return // not admitted, or finished already
 	}
-	delete(l.admitted, key)
-	failed := outcome == "failure"
-	settle(l.pairs, pair, l.cfg.MaxFailures, now, l.cfg, failed)
-	if adm.addr {
-		settle(l.addrs, src, l.cfg.MaxAddressFailures, now, l.cfg, failed)
+	// Attempts of one user from one address that started in the same
+	// nanosecond are told apart by order; what they reserved is alike.
+	adm := adms[0]
+	if len(adms) == 1 {
+		delete(l.admitted, key)
+	} else {
+		l.admitted[key] = adms[1:]
 	}
-	if adm.user {
-		settle(l.users, u, l.cfg.MaxUserFailures, now, l.cfg, failed)
-	}
+	l.settleAdmission(adm, now, outcome == "failure")
 	if outcome == "success" && src.Addr().IsValid() && !src.Addr().IsUnspecified() {
 		l.remember(u, src, now)
 	}
@@ -297,13 +308,41 @@ func evict[K comparable, V any](m map[K]V, mayGo func(V) bool) {
 	}
 }
 
-// sweep drops, every sweepEvery calls, what neither counts nor locks any
-// more, and admissions that were never finished within a window (a
-// listener that did not report the end of an attempt).
+// settleAdmission ends what adm reserved.
+func (l *limiter) settleAdmission(adm admission, now time.Time, failed bool) {
+	settle(l.pairs, adm.user+"\x00"+adm.src.String(), l.cfg.MaxFailures, now, l.cfg, failed)
+	if adm.addr {
+		settle(l.addrs, adm.src, l.cfg.MaxAddressFailures, now, l.cfg, failed)
+	}
+	if adm.usr {
+		settle(l.users, adm.user, l.cfg.MaxUserFailures, now, l.cfg, failed)
+	}
+}
+
+// sweep drops, every sweepEvery calls or once a minute, what neither
+// counts nor locks any more, and admissions that were never finished
+// within a window (a listener that did not report the end of an
+// attempt), settling what they reserved.
 func (l *limiter) sweep(now time.Time) {
 	l.ops++
-	if l.ops%sweepEvery != 0 {
+	if l.ops%sweepEvery != 0 && now.Sub(l.lastSweep) < time.Minute {
 		return
+	}
+	l.lastSweep = now
+	for k, adms := range l.admitted {
+		kept := adms[:0]
+		for _, a := range adms {
+			if now.Sub(a.at) >= l.cfg.Window {
+				l.settleAdmission(a, now, false)
+			} else {
+				kept = append(kept, a)
+			}
+		}
+		if len(kept) == 0 {
+			delete(l.admitted, k)
+		} else {
+			l.admitted[k] = kept
+		}
 	}
 	idle := func(c *counter) bool {
 		return c.pending == 0 && now.Sub(c.windowStart) >= l.cfg.Window && !now.Before(c.lockedUntil)
@@ -321,24 +360,6 @@ func (l *limiter) sweep(now time.Time) {
 	for k, c := range l.users {
 		if idle(c) {
 			delete(l.users, k)
-		}
-	}
-	for k, a := range l.admitted {
-		if now.Sub(a.at) >= l.cfg.Window {
-			// Never finished: no longer under way.
-			delete(l.admitted, k)
-			u, src, _ := strings.Cut(k.pair, "\x00")
-			if c := l.pairs[k.pair]; c != nil {
-				c.pending = max(c.pending-1, 0)
-			}
-			if p, err := netip.ParsePrefix(src); err == nil && a.addr {
-				if c := l.addrs[p]; c != nil {
-					c.pending = max(c.pending-1, 0)
-				}
-			}
-			if c := l.users[u]; c != nil && a.user {
-				c.pending = max(c.pending-1, 0)
-			}
 		}
 	}
 	for u, f := range l.familiar {

@@ -256,3 +256,38 @@ func TestLockoutRealmSpellingsShareACount(t *testing.T) {
 		t.Fatal("three spellings of one account each got their own budget")
 	}
 }
+
+// TestLockoutAdmissions: attempts that share a start time are settled
+// one by one; an attempt without one reserves nothing; an attempt that
+// is never finished stops counting as under way after a window.
+func TestLockoutAdmissions(t *testing.T) {
+	cfg := Lockout{MaxFailures: 3, Window: time.Minute, Duration: time.Minute}
+	l := newLimiter(cfg)
+	now := time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
+	addr := netip.MustParseAddr("203.0.113.8")
+	same := now.Add(-time.Second)
+	for range 2 {
+		if why := l.admit("dave", addr, same, now); why != "" {
+			t.Fatal(why)
+		}
+	}
+	l.finish("dave", addr, same, now, "failure")
+	l.finish("dave", addr, same, now, "failure")
+	c := l.pairs["dave\x00203.0.113.8/32"]
+	if c.n != 2 || c.pending != 0 {
+		t.Fatalf("two refused attempts with one start time: n %d, pending %d; want 2, 0", c.n, c.pending)
+	}
+	if why := l.admit("erin", addr, time.Time{}, now); why != "" || l.pairs["erin\x00203.0.113.8/32"] != nil {
+		t.Fatalf("an attempt without a start time: %q, reserved %+v", why, l.pairs["erin\x00203.0.113.8/32"])
+	}
+	for range 3 { // admitted, never finished
+		l.admit("frank", addr, now.Add(time.Duration(attemptSeq.Add(1))), now)
+	}
+	if why := l.admit("frank", addr, now.Add(time.Duration(attemptSeq.Add(1))), now); why == "" {
+		t.Fatal("a fourth attempt while three are under way from an unfamiliar address was admitted")
+	}
+	later := now.Add(2 * time.Minute) // past a window and a minute: the sweep settles them
+	if why := l.admit("frank", addr, later, later); why != "" {
+		t.Fatalf("after the leaked attempts' window: %q", why)
+	}
+}

@@ -67,7 +67,12 @@ type Attempt struct {
 	Client     netip.AddrPort // the client's address (after PROXY protocol)
 	TLS        bool           // the connection is protected by TLS
 	ClientName string         // e.g. from IMAP ID; may be empty
-	Started    time.Time      // when the login command arrived; zero: Decide sets it
+	// Started is when the credentials arrived. Set it, and pass the same
+	// Attempt to Decide and then to PrimaryResult or Unavailable: the
+	// failure delay counts from it, and the lockout finds the end of an
+	// attempt by it. Zero: Decide uses its own clock, and the lockout
+	// does not count attempts under way.
+	Started time.Time
 }
 
 // LogValue logs the attempt without its secret.

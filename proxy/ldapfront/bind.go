@@ -259,8 +259,8 @@ func (c *conn) unavailable(m message, a policy.Attempt, op, msg string, err erro
 		slog.String("proto", policy.LDAP), slog.Uint64("conn_id", c.id),
 		slog.String("remote_addr", c.remote.String()), slog.String("user", a.User),
 		slog.String("upstream", op), slog.Any("err", err))
-	c.srv.opts.Decider.Fail(c.ctx, a)
 	c.srv.opts.Decider.Unavailable(c.ctx, a, err)
+	c.srv.opts.Decider.Fail(c.ctx, a)
 	c.respond(m.ID, opBindRequest, resultUnavailable, msg)
 }
 

@@ -127,8 +127,10 @@ func (ss *session) Auth(mech string) (sasl.Server, error) {
 			ClientName: ss.conn.Hostname(), Started: time.Now()})
 		return nil, errNeedTLS()
 	}
-	started := time.Now()
-	auth := func(c credentials, err error) error { return ss.authenticate(started, c, err) }
+	// The attempt starts when the credentials are complete, not at the
+	// AUTH command: a client that takes its time before sending its
+	// password must still get the full failure delay.
+	auth := func(c credentials, err error) error { return ss.authenticate(time.Now(), c, err) }
 	switch strings.ToUpper(mech) {
 	case sasl.Plain:
 		return &plainServer{auth: auth}, nil
