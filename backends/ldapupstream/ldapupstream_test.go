@@ -16,6 +16,8 @@ import (
 
 	ber "github.com/go-asn1-ber/asn1-ber"
 	"github.com/go-ldap/ldap/v3"
+
+	"github.com/passgate/passgate/backends/ldapwire"
 )
 
 func TestNew(t *testing.T) {
@@ -109,11 +111,11 @@ func fakeDirectory(t *testing.T, code int64, closeCh <-chan struct{}) string {
 		go func() { <-closeCh; nc.Close() }()
 		br := bufio.NewReader(nc)
 		for {
-			raw, err := readMessage(br, 1<<20)
+			raw, err := ldapwire.ReadMessage(br, 1<<20)
 			if err != nil {
 				return
 			}
-			m, err := parseMessage(raw)
+			m, err := ldapwire.ParseMessage(raw)
 			if err != nil || m.Op.Tag != opBindRequest {
 				continue
 			}

@@ -12,6 +12,8 @@ import (
 
 	ber "github.com/go-asn1-ber/asn1-ber"
 	"github.com/go-ldap/ldap/v3"
+
+	"github.com/passgate/passgate/backends/ldapwire"
 )
 
 // writeTimeout bounds one write to the directory.
@@ -77,11 +79,11 @@ func (s *Session) startTLS(ctx context.Context) error {
 	}
 	// Read byte by byte: nothing after the response may be consumed, it
 	// belongs to the TLS handshake.
-	raw, err := readMessage(bufio.NewReaderSize(oneByteReader{s.nc}, 16), s.c.opts.MaxMessageBytes)
+	raw, err := ldapwire.ReadMessage(bufio.NewReaderSize(oneByteReader{s.nc}, 16), s.c.opts.MaxMessageBytes)
 	if err != nil {
 		return fmt.Errorf("ldapupstream: StartTLS with %s: %w", s.c.addr, err)
 	}
-	m, err := parseMessage(raw)
+	m, err := ldapwire.ParseMessage(raw)
 	if err != nil {
 		return fmt.Errorf("ldapupstream: StartTLS with %s: %w", s.c.addr, err)
 	}
@@ -114,12 +116,12 @@ func (s *Session) reader() {
 	var err error
 	for {
 		var raw []byte
-		raw, err = readMessage(s.br, s.c.opts.MaxMessageBytes)
+		raw, err = ldapwire.ReadMessage(s.br, s.c.opts.MaxMessageBytes)
 		if err != nil {
 			break
 		}
 		var m message
-		m, err = parseMessage(raw)
+		m, err = ldapwire.ParseMessage(raw)
 		if err != nil {
 			break
 		}
@@ -144,9 +146,12 @@ func (s *Session) reader() {
 			h(m.Op.Raw, m.Controls, last, nil)
 		}
 	}
-	if errors.Is(err, net.ErrClosed) {
+	switch {
+	case errors.Is(err, net.ErrClosed):
 		err = ErrSessionClosed
-	} else {
+	case errors.Is(err, ldapwire.ErrTooLarge):
+		err = fmt.Errorf("ldapupstream: connection to %s lost: an answer longer than %d bytes: %w", s.c.addr, s.c.opts.MaxMessageBytes, err)
+	default:
 		err = fmt.Errorf("ldapupstream: connection to %s lost: %w", s.c.addr, err)
 	}
 	s.mu.Lock()
@@ -249,7 +254,7 @@ func (s *Session) roundTrip(ctx context.Context, op []byte, controls []byte) (el
 		if r.err != nil {
 			return element{}, r.err
 		}
-		e, _, err := nextElement(r.op)
+		e, _, err := ldapwire.NextElement(r.op)
 		if err != nil {
 			return element{}, fmt.Errorf("ldapupstream: read the answer of %s: %w", s.c.addr, err)
 		}
@@ -322,7 +327,7 @@ func (s *Session) WhoAmI(ctx context.Context) (string, error) {
 	}
 	for len(rest) > 0 {
 		var e element
-		e, rest, err = nextElement(rest)
+		e, rest, err = ldapwire.NextElement(rest)
 		if err != nil {
 			return "", fmt.Errorf("ldapupstream: WhoAmI at %s: %w", s.c.addr, err)
 		}

@@ -1,21 +1,14 @@
 package ldapupstream
 
 import (
-	"bufio"
-	"errors"
-	"github.com/passgate/passgate/backends/ldapwire"
-
 	ber "github.com/go-asn1-ber/asn1-ber"
+
+	"github.com/passgate/passgate/backends/ldapwire"
 )
 
 // The envelope reader is backends/ldapwire's, shared with the listener: it
 // bounds what the directory may send in one message before allocating it,
 // and never uses the process-wide ber.MaxPacketLengthBytes.
-
-const (
-	errTooLarge  = constError("ldapupstream: message from the directory exceeds the size limit (a directory answer larger than 16 MiB)")
-	errMalformed = constError("ldapupstream: malformed LDAP message from the directory")
-)
 
 const (
 	classUniversal   = ldapwire.ClassUniversal
@@ -35,43 +28,14 @@ const (
 )
 
 // The framing itself lives in backends/ldapwire, shared with the other end
-// of the session; these adapters keep this package's own types and errors.
-
-func wireErr(err error) error {
-	switch {
-	case errors.Is(err, ldapwire.ErrTooLarge):
-		return errTooLarge
-	case errors.Is(err, ldapwire.ErrMalformed):
-		return errMalformed
-	}
-	return err
-}
-
-// readMessage reads one LDAPMessage with ldapwire.ReadMessage: the declared
-// length is checked against max before anything is allocated.
-func readMessage(r *bufio.Reader, max int) ([]byte, error) {
-	b, err := ldapwire.ReadMessage(r, max)
-	return b, wireErr(err)
-}
+// of the session: this package calls ldapwire.ReadMessage, NextElement and
+// ParseMessage and branches on ldapwire.ErrTooLarge and ErrMalformed.
 
 // element and message are ldapwire's, under this package's names.
 type (
 	element = ldapwire.Element
 	message = ldapwire.Message
 )
-
-// nextElement splits the first element off b.
-func nextElement(b []byte) (element, []byte, error) {
-	e, rest, err := ldapwire.NextElement(b)
-	return e, rest, wireErr(err)
-}
-
-// parseMessage splits an LDAPMessage into its message ID, protocolOp and
-// controls without copying.
-func parseMessage(raw []byte) (message, error) {
-	m, err := ldapwire.ParseMessage(raw)
-	return m, wireErr(err)
-}
 
 // Encoders of ldapwire, under this package's names.
 func appendLength(dst []byte, n int) []byte         { return ldapwire.AppendLength(dst, n) }
@@ -84,19 +48,19 @@ func envelope(id int64, op, controls []byte) []byte { return ldapwire.Envelope(i
 func withControl(controls, ctl []byte, refuse ...string) ([]byte, error) {
 	var content []byte
 	if controls != nil {
-		c, _, err := nextElement(controls)
+		c, _, err := ldapwire.NextElement(controls)
 		if err != nil || c.Class != classContext || c.Tag != 0 {
-			return nil, errMalformed
+			return nil, ldapwire.ErrMalformed
 		}
 		for b := c.Content; len(b) > 0; {
 			var one element
-			one, b, err = nextElement(b)
+			one, b, err = ldapwire.NextElement(b)
 			if err != nil || !one.Constructed {
-				return nil, errMalformed
+				return nil, ldapwire.ErrMalformed
 			}
-			t, _, err := nextElement(one.Content)
+			t, _, err := ldapwire.NextElement(one.Content)
 			if err != nil || t.Tag != int(ber.TagOctetString) {
-				return nil, errMalformed
+				return nil, ldapwire.ErrMalformed
 			}
 			for _, r := range refuse {
 				if string(t.Content) == r {
@@ -116,21 +80,21 @@ func withControl(controls, ctl []byte, refuse ...string) ([]byte, error) {
 // ldapResult reads resultCode and diagnosticMessage of an LDAPResult-shaped
 // protocolOp, and returns the elements after them.
 func ldapResult(op element) (code int, diag string, rest []byte, err error) {
-	codeEl, b, err := nextElement(op.Content)
+	codeEl, b, err := ldapwire.NextElement(op.Content)
 	if err != nil || codeEl.Tag != int(ber.TagEnumerated) || len(codeEl.Content) == 0 || len(codeEl.Content) > 4 {
-		return 0, "", nil, errMalformed
+		return 0, "", nil, ldapwire.ErrMalformed
 	}
 	v, err := ber.ParseInt64(codeEl.Content)
 	if err != nil {
-		return 0, "", nil, errMalformed
+		return 0, "", nil, ldapwire.ErrMalformed
 	}
-	_, b, err = nextElement(b) // matchedDN
+	_, b, err = ldapwire.NextElement(b) // matchedDN
 	if err != nil {
-		return 0, "", nil, errMalformed
+		return 0, "", nil, ldapwire.ErrMalformed
 	}
-	d, b, err := nextElement(b)
+	d, b, err := ldapwire.NextElement(b)
 	if err != nil {
-		return 0, "", nil, errMalformed
+		return 0, "", nil, ldapwire.ErrMalformed
 	}
 	return int(v), string(d.Content), b, nil
 }

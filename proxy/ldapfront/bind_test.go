@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/passgate/passgate/backends/ldapwire"
 )
 
 // whoAmI asks WhoAmI on c and returns the answer.
@@ -19,7 +21,7 @@ func (c *client) whoAmI(id int64) string {
 	}
 	b := m.Op.Content
 	for i := 0; len(b) > 0; i++ {
-		e, rest, err := nextElement(b)
+		e, rest, err := ldapwire.NextElement(b)
 		if err != nil {
 			c.t.Fatal(err)
 		}
@@ -216,7 +218,7 @@ func TestPreBindTimeoutIsAbsolute(t *testing.T) {
 			break
 		}
 		c.nc.SetReadDeadline(time.Now().Add(2 * time.Second))
-		if _, err := readMessage(c.br, 1<<20); err != nil {
+		if _, err := ldapwire.ReadMessage(c.br, 1<<20); err != nil {
 			break
 		}
 		time.Sleep(100 * time.Millisecond)

@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/passgate/passgate/backends/ldapwire"
 	"github.com/passgate/passgate/policy"
 )
 
@@ -283,16 +284,16 @@ func (c *conn) readLoop() {
 		_, err := c.br.Peek(1)
 		var raw []byte
 		if err == nil {
-			raw, err = readMessage(c.br, c.maxMessage())
+			raw, err = ldapwire.ReadMessage(c.br, c.maxMessage())
 			c.bytesIn.Add(int64(len(raw)))
 		}
 		switch {
-		case errors.Is(err, errTooLarge):
+		case errors.Is(err, ldapwire.ErrTooLarge):
 			c.srv.log.LogAttrs(c.ctx, slog.LevelWarn, "ldap message too large",
 				slog.String("proto", policy.LDAP), slog.Uint64("conn_id", c.id), slog.String("remote_addr", c.remote.String()))
 			c.disconnect(resultProtocolError, "LDAP message exceeds passgate's size limit")
 			return
-		case errors.Is(err, errMalformed):
+		case errors.Is(err, ldapwire.ErrMalformed):
 			c.disconnect(resultProtocolError, "malformed LDAP message")
 			return
 		case err != nil:
@@ -302,7 +303,7 @@ func (c *conn) readLoop() {
 			}
 			return
 		}
-		msg, err := parseMessage(raw)
+		msg, err := ldapwire.ParseMessage(raw)
 		if err != nil || msg.ID == 0 {
 			c.disconnect(resultProtocolError, "malformed LDAP message")
 			return

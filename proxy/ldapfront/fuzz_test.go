@@ -8,6 +8,8 @@ import (
 	"net"
 	"testing"
 	"time"
+
+	"github.com/passgate/passgate/backends/ldapwire"
 )
 
 // FuzzReadMessage feeds arbitrary bytes to the message reader and the
@@ -33,9 +35,9 @@ func FuzzReadMessage(f *testing.F) {
 		br := bufio.NewReader(bytes.NewReader(in))
 		consumed := 0
 		for {
-			raw, err := readMessage(br, max)
+			raw, err := ldapwire.ReadMessage(br, max)
 			if err != nil {
-				if !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, errTooLarge) && !errors.Is(err, errMalformed) {
+				if !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, ldapwire.ErrTooLarge) && !errors.Is(err, ldapwire.ErrMalformed) {
 					t.Fatalf("unexpected error %v", err)
 				}
 				return
@@ -53,11 +55,11 @@ func FuzzReadMessage(f *testing.F) {
 }
 
 func checkMessage(t *testing.T, raw []byte) {
-	m, err := parseMessage(raw)
+	m, err := ldapwire.ParseMessage(raw)
 	if err != nil {
 		return
 	}
-	again, err := parseMessage(envelope(m.ID, m.Op.Raw, m.Controls))
+	again, err := ldapwire.ParseMessage(envelope(m.ID, m.Op.Raw, m.Controls))
 	if err != nil || again.ID != m.ID || !bytes.Equal(again.Op.Raw, m.Op.Raw) || !bytes.Equal(again.Controls, m.Controls) {
 		t.Fatalf("envelope does not round-trip: %v", err)
 	}
@@ -68,7 +70,7 @@ func checkMessage(t *testing.T, raw []byte) {
 		if err != nil || !b.simple {
 			return
 		}
-		re, err := parseMessage(encodeBind(m.ID, b.name, string(b.password)))
+		re, err := ldapwire.ParseMessage(encodeBind(m.ID, b.name, string(b.password)))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -24,6 +24,7 @@ import (
 
 	ber "github.com/go-asn1-ber/asn1-ber"
 
+	"github.com/passgate/passgate/backends/ldapwire"
 	"github.com/passgate/passgate/policy"
 	"github.com/passgate/passgate/proxy/relay"
 )
@@ -228,7 +229,7 @@ func (s *fakeSession) BindService(context.Context) error {
 }
 func (s *fakeSession) Err() error { return nil }
 func (s *fakeSession) Send(op, _ []byte, proxy string, fn func(op, controls []byte, last bool, err error)) (int64, error) {
-	e, _, _ := nextElement(op)
+	e, _, _ := ldapwire.NextElement(op)
 	s.up.mu.Lock()
 	hold, gate, enter := s.up.hold, s.up.sendGate, s.up.sendEnter
 	s.up.mu.Unlock()
@@ -348,11 +349,11 @@ func (c *client) send(msgs ...[]byte) {
 func (c *client) recv() (message, []byte) {
 	c.t.Helper()
 	c.nc.SetReadDeadline(time.Now().Add(5 * time.Second))
-	raw, err := readMessage(c.br, 1<<20)
+	raw, err := ldapwire.ReadMessage(c.br, 1<<20)
 	if err != nil {
 		c.t.Fatalf("read response: %v", err)
 	}
-	m, err := parseMessage(raw)
+	m, err := ldapwire.ParseMessage(raw)
 	if err != nil {
 		c.t.Fatal(err)
 	}
@@ -362,12 +363,12 @@ func (c *client) recv() (message, []byte) {
 // result returns the resultCode and diagnosticMessage of a response.
 func result(t *testing.T, m message) (int, string) {
 	t.Helper()
-	code, b, err := nextElement(m.Op.Content)
+	code, b, err := ldapwire.NextElement(m.Op.Content)
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, b, _ = nextElement(b)
-	diag, _, _ := nextElement(b)
+	_, b, _ = ldapwire.NextElement(b)
+	diag, _, _ := ldapwire.NextElement(b)
 	v, _ := ber.ParseInt64(code.Content)
 	return int(v), string(diag.Content)
 }
@@ -665,7 +666,7 @@ func TestShutdownDrainsAndNoGoroutineOutlivesClose(t *testing.T) {
 		conns = append(conns, nc)
 		nc.Write(encodeBind(1, aliceDN, alicePW))
 		br := bufio.NewReader(nc)
-		if _, err := readMessage(br, 1<<20); err != nil {
+		if _, err := ldapwire.ReadMessage(br, 1<<20); err != nil {
 			t.Fatal(err)
 		}
 	}

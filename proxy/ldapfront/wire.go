@@ -1,12 +1,11 @@
 package ldapfront
 
 import (
-	"bufio"
-	"errors"
 	"fmt"
-	"github.com/passgate/passgate/backends/ldapwire"
 
 	ber "github.com/go-asn1-ber/asn1-ber"
+
+	"github.com/passgate/passgate/backends/ldapwire"
 )
 
 // LDAP protocolOp tags (RFC 4511 §4.2–4.14), all of class APPLICATION.
@@ -53,51 +52,15 @@ const (
 	classContext          = ldapwire.ClassContext
 )
 
-const (
-	// errTooLarge: the client declared a message longer than the cap.
-	errTooLarge = constError("ldapfront: message exceeds the size limit")
-	// errMalformed: the bytes are not an LDAPMessage.
-	errMalformed = constError("ldapfront: malformed LDAP message")
-)
-
 // The framing itself lives in backends/ldapwire, shared with the other end
-// of the session; these adapters keep this package's own types and errors.
-
-func wireErr(err error) error {
-	switch {
-	case errors.Is(err, ldapwire.ErrTooLarge):
-		return errTooLarge
-	case errors.Is(err, ldapwire.ErrMalformed):
-		return errMalformed
-	}
-	return err
-}
-
-// readMessage reads one LDAPMessage with ldapwire.ReadMessage: the declared
-// length is checked against max before anything is allocated.
-func readMessage(r *bufio.Reader, max int) ([]byte, error) {
-	b, err := ldapwire.ReadMessage(r, max)
-	return b, wireErr(err)
-}
+// of the session: this package calls ldapwire.ReadMessage, NextElement and
+// ParseMessage and branches on ldapwire.ErrTooLarge and ErrMalformed.
 
 // element and message are ldapwire's, under this package's names.
 type (
 	element = ldapwire.Element
 	message = ldapwire.Message
 )
-
-// nextElement splits the first element off b.
-func nextElement(b []byte) (element, []byte, error) {
-	e, rest, err := ldapwire.NextElement(b)
-	return e, rest, wireErr(err)
-}
-
-// parseMessage splits an LDAPMessage into its message ID, protocolOp and
-// controls without copying.
-func parseMessage(raw []byte) (message, error) {
-	m, err := ldapwire.ParseMessage(raw)
-	return m, wireErr(err)
-}
 
 // parseUint31 decodes a non-negative, minimally encoded INTEGER up to 2³¹−1.
 func parseUint31(b []byte) (int64, bool) { return ldapwire.ParseUint31(b) }
@@ -108,20 +71,20 @@ func controlOIDs(controls []byte) ([]string, error) {
 	if controls == nil {
 		return nil, nil
 	}
-	c, _, err := nextElement(controls)
+	c, _, err := ldapwire.NextElement(controls)
 	if err != nil {
 		return nil, err
 	}
 	var oids []string
 	for b := c.Content; len(b) > 0; {
 		var ctl element
-		ctl, b, err = nextElement(b)
+		ctl, b, err = ldapwire.NextElement(b)
 		if err != nil || !ctl.Constructed || ctl.Class != classUniversal || ctl.Tag != int(ber.TagSequence) {
-			return nil, errMalformed
+			return nil, ldapwire.ErrMalformed
 		}
-		t, _, err := nextElement(ctl.Content)
+		t, _, err := ldapwire.NextElement(ctl.Content)
 		if err != nil || t.Class != classUniversal || t.Tag != int(ber.TagOctetString) {
-			return nil, errMalformed
+			return nil, ldapwire.ErrMalformed
 		}
 		oids = append(oids, string(t.Content))
 	}
@@ -192,20 +155,20 @@ const maxDecodedOp = 64 << 10
 // decodeBind decodes a BindRequest protocolOp with asn1-ber.
 func decodeBind(op element) (bindRequest, error) {
 	if len(op.Raw) > maxDecodedOp {
-		return bindRequest{}, errMalformed
+		return bindRequest{}, ldapwire.ErrMalformed
 	}
 	p, err := ber.DecodePacketErr(op.Raw)
 	if err != nil {
-		return bindRequest{}, fmt.Errorf("%w: bind request: %w", errMalformed, err)
+		return bindRequest{}, fmt.Errorf("%w: bind request: %w", ldapwire.ErrMalformed, err)
 	}
 	if len(p.Children) != 3 {
-		return bindRequest{}, errMalformed
+		return bindRequest{}, ldapwire.ErrMalformed
 	}
 	v, vok := p.Children[0].Value.(int64)
 	nameP := p.Children[1]
 	name, nok := nameP.Value.(string)
 	if !vok || !nok || p.Children[0].Tag != ber.TagInteger || nameP.ClassType != ber.ClassUniversal || nameP.Tag != ber.TagOctetString {
-		return bindRequest{}, errMalformed
+		return bindRequest{}, ldapwire.ErrMalformed
 	}
 	auth := p.Children[2]
 	req := bindRequest{version: v, name: name}
@@ -216,7 +179,7 @@ func decodeBind(op element) (bindRequest, error) {
 	case auth.ClassType == ber.ClassContext && auth.Tag == 3:
 		// SASL: not supported; the caller answers authMethodNotSupported.
 	default:
-		return bindRequest{}, errMalformed
+		return bindRequest{}, ldapwire.ErrMalformed
 	}
 	return req, nil
 }
@@ -231,27 +194,27 @@ type extendedRequest struct {
 // decodeExtended decodes an ExtendedRequest protocolOp with asn1-ber.
 func decodeExtended(op element) (extendedRequest, error) {
 	if len(op.Raw) > maxDecodedOp {
-		return extendedRequest{}, errMalformed
+		return extendedRequest{}, ldapwire.ErrMalformed
 	}
 	p, err := ber.DecodePacketErr(op.Raw)
 	if err != nil {
-		return extendedRequest{}, fmt.Errorf("%w: extended request: %w", errMalformed, err)
+		return extendedRequest{}, fmt.Errorf("%w: extended request: %w", ldapwire.ErrMalformed, err)
 	}
 	if len(p.Children) < 1 || len(p.Children) > 2 {
-		return extendedRequest{}, errMalformed
+		return extendedRequest{}, ldapwire.ErrMalformed
 	}
 	n := p.Children[0]
 	if n.ClassType != ber.ClassContext || n.Tag != 0 || n.TagType != ber.TypePrimitive {
-		return extendedRequest{}, errMalformed
+		return extendedRequest{}, ldapwire.ErrMalformed
 	}
 	req := extendedRequest{oid: n.Data.String()}
 	if req.oid == "" {
-		return extendedRequest{}, errMalformed
+		return extendedRequest{}, ldapwire.ErrMalformed
 	}
 	if len(p.Children) == 2 {
 		v := p.Children[1]
 		if v.ClassType != ber.ClassContext || v.Tag != 1 || v.TagType != ber.TypePrimitive {
-			return extendedRequest{}, errMalformed
+			return extendedRequest{}, ldapwire.ErrMalformed
 		}
 		req.value, req.hasValue = v.Data.Bytes(), true
 	}
@@ -261,11 +224,11 @@ func decodeExtended(op element) (extendedRequest, error) {
 // decodeAbandon returns the message ID an AbandonRequest names.
 func decodeAbandon(op element) (int64, error) {
 	if op.Constructed {
-		return 0, errMalformed
+		return 0, ldapwire.ErrMalformed
 	}
 	id, ok := parseUint31(op.Content)
 	if !ok {
-		return 0, errMalformed
+		return 0, ldapwire.ErrMalformed
 	}
 	return id, nil
 }

@@ -9,6 +9,8 @@ import (
 	"testing"
 
 	ber "github.com/go-asn1-ber/asn1-ber"
+
+	"github.com/passgate/passgate/backends/ldapwire"
 )
 
 // encodeBind builds a BindRequest message with asn1-ber, as a client would.
@@ -53,20 +55,20 @@ func TestReadMessage(t *testing.T) {
 		{"ok/bind", bind, 1 << 20, bind, nil},
 		{"ok/long-form-length", long, 1 << 20, long, nil},
 		{"ok/exactly-at-cap", bind, len(bind) - 2, bind, nil},
-		{"fail/one-over-cap", bind, len(bind) - 3, nil, errTooLarge},
-		{"fail/declares-2GiB", []byte{0x30, 0x84, 0x7f, 0xff, 0xff, 0xff}, 1 << 20, nil, errTooLarge},
-		{"fail/declares-huge-8-octets", []byte{0x30, 0x88, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff}, 1 << 20, nil, errTooLarge},
-		{"fail/nine-length-octets", []byte{0x30, 0x89, 0, 0, 0, 0, 0, 0, 0, 0, 1}, 1 << 20, nil, errMalformed},
-		{"fail/indefinite-length", []byte{0x30, 0x80, 0x02, 0x01, 0x01, 0, 0}, 1 << 20, nil, errMalformed},
-		{"fail/not-a-sequence", []byte{0x31, 0x03, 0x02, 0x01, 0x01}, 1 << 20, nil, errMalformed},
-		{"fail/tls-client-hello", []byte{0x16, 0x03, 0x01, 0x00, 0xa5}, 1 << 20, nil, errMalformed},
+		{"fail/one-over-cap", bind, len(bind) - 3, nil, ldapwire.ErrTooLarge},
+		{"fail/declares-2GiB", []byte{0x30, 0x84, 0x7f, 0xff, 0xff, 0xff}, 1 << 20, nil, ldapwire.ErrTooLarge},
+		{"fail/declares-huge-8-octets", []byte{0x30, 0x88, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff}, 1 << 20, nil, ldapwire.ErrTooLarge},
+		{"fail/nine-length-octets", []byte{0x30, 0x89, 0, 0, 0, 0, 0, 0, 0, 0, 1}, 1 << 20, nil, ldapwire.ErrMalformed},
+		{"fail/indefinite-length", []byte{0x30, 0x80, 0x02, 0x01, 0x01, 0, 0}, 1 << 20, nil, ldapwire.ErrMalformed},
+		{"fail/not-a-sequence", []byte{0x31, 0x03, 0x02, 0x01, 0x01}, 1 << 20, nil, ldapwire.ErrMalformed},
+		{"fail/tls-client-hello", []byte{0x16, 0x03, 0x01, 0x00, 0xa5}, 1 << 20, nil, ldapwire.ErrMalformed},
 		{"fail/truncated-content", bind[:len(bind)-1], 1 << 20, nil, io.ErrUnexpectedEOF},
 		{"fail/truncated-length", []byte{0x30, 0x82, 0x01}, 1 << 20, nil, io.ErrUnexpectedEOF},
 		{"eof/between-messages", nil, 1 << 20, nil, io.EOF},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := readMessage(bufio.NewReader(bytes.NewReader(tc.in)), tc.max)
+			got, err := ldapwire.ReadMessage(bufio.NewReader(bytes.NewReader(tc.in)), tc.max)
 			if !errors.Is(err, tc.err) {
 				t.Fatalf("err = %v, want %v", err, tc.err)
 			}
@@ -86,7 +88,7 @@ func TestReadMessageAllocatesNothingForOversized(t *testing.T) {
 	allocs := testing.AllocsPerRun(100, func() {
 		r.Reset(hdr)
 		br.Reset(r)
-		if _, err := readMessage(br, 1<<20); !errors.Is(err, errTooLarge) {
+		if _, err := ldapwire.ReadMessage(br, 1<<20); !errors.Is(err, ldapwire.ErrTooLarge) {
 			t.Fatal(err)
 		}
 	})
@@ -121,7 +123,7 @@ func TestParseMessage(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			m, err := parseMessage(tc.in)
+			m, err := ldapwire.ParseMessage(tc.in)
 			if (err != nil) != tc.err {
 				t.Fatalf("err = %v, want error %v", err, tc.err)
 			}
@@ -166,7 +168,7 @@ func TestDecodeBind(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			m, err := parseMessage(tc.in)
+			m, err := ldapwire.ParseMessage(tc.in)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -182,12 +184,12 @@ func TestDecodeBind(t *testing.T) {
 }
 
 func TestDecodeExtended(t *testing.T) {
-	m, _ := parseMessage(encodeExtended(4, oidStartTLS))
+	m, _ := ldapwire.ParseMessage(encodeExtended(4, oidStartTLS))
 	got, err := decodeExtended(m.Op)
 	if err != nil || got.oid != oidStartTLS || got.hasValue {
 		t.Fatalf("StartTLS: %+v %v", got, err)
 	}
-	m, _ = parseMessage(envelope(5, []byte{0x77, 0x00}, nil))
+	m, _ = ldapwire.ParseMessage(envelope(5, []byte{0x77, 0x00}, nil))
 	if _, err := decodeExtended(m.Op); err == nil {
 		t.Fatal("an ExtendedRequest without a name decoded")
 	}
