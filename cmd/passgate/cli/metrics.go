@@ -30,8 +30,9 @@ func metricsService(m *metrics, addr string, st *store.Store, log *slog.Logger) 
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
 	return service{
-		name: "metrics",
-		addr: addr,
+		name:  "metrics",
+		admin: true,
+		addr:  addr,
 		serve: func(ln net.Listener) error {
 			if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
 				return err

@@ -46,6 +46,10 @@ type service struct {
 	serve    func(ln net.Listener) error
 	shutdown func(ctx context.Context) error // stop accepting, drain until ctx ends
 	close    func() error                    // force-close every session
+	// admin marks the HTTP endpoints of metrics.listen: clients are not
+	// proxied to it (no PROXY header), and it stops after the protocol
+	// listeners have drained, so that /readyz answers through the drain.
+	admin bool
 }
 
 // Timings of serve.
@@ -189,7 +193,7 @@ func serve(ctx context.Context, e *env, cfg *configs.Config, log *slog.Logger, o
 			}
 			return fmt.Errorf("listen for %s on %s: %w (is another process using the port? change %s in the configuration)", s.name, s.addr, err, listenKey(s.name))
 		}
-		if s.name != "metrics" {
+		if !s.admin {
 			// Connections from the load balancers start with a PROXY
 			// header naming the client.
 			ln = proxyheader.Listen(ln, proxyheader.Options{From: proxies, Logger: log.With(slog.String("listener", s.name)),
@@ -270,28 +274,27 @@ func serve(ctx context.Context, e *env, cfg *configs.Config, log *slog.Logger, o
 	if m != nil {
 		m.draining.Store(true) // /readyz: 503 from now on
 	}
+	// The protocol listeners drain together; the admin endpoints after
+	// them.
 	var sw sync.WaitGroup
-	var metricsSvc *service
-	for _, s := range services {
-		if s.name == "metrics" {
-			metricsSvc = &s
-			continue
-		}
-		sw.Add(1)
-		go func(s service) {
-			defer sw.Done()
-			if err := s.shutdown(drainCtx); err != nil {
-				log.Warn("drain ended; closing sessions", slog.String("listener", s.name), slog.Any("err", err))
-				s.close()
+	stopAll := func(admin bool) {
+		for _, s := range services {
+			if s.admin != admin {
+				continue
 			}
-		}(s)
-	}
-	sw.Wait()
-	if metricsSvc != nil {
-		if err := metricsSvc.shutdown(drainCtx); err != nil {
-			metricsSvc.close()
+			sw.Add(1)
+			go func(s service) {
+				defer sw.Done()
+				if err := s.shutdown(drainCtx); err != nil {
+					log.Warn("drain ended; closing sessions", slog.String("listener", s.name), slog.Any("err", err))
+					s.close()
+				}
+			}(s)
 		}
+		sw.Wait()
 	}
+	stopAll(false)
+	stopAll(true)
 	for _, f := range d.onStop {
 		f()
 	}
