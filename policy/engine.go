@@ -259,14 +259,25 @@ func (e *Engine) finish(a Attempt, outcome string) {
 // and "alice" are one), so that spellings do not multiply the budget.
 func (e *Engine) lockName(user string) string {
 	user = strings.TrimSpace(user)
-	if local, domain, ok := strings.Cut(user, "@"); ok && local != "" {
-		for _, r := range e.realms {
-			if strings.EqualFold(domain, r) {
-				return local
-			}
-		}
+	if local, ok := e.inRealm(user); ok {
+		return local
 	}
 	return user
+}
+
+// inRealm returns the local part of user when its domain is one of
+// Options.Realms ("alice" for "alice@example.test").
+func (e *Engine) inRealm(user string) (local string, ok bool) {
+	local, domain, found := strings.Cut(user, "@")
+	if !found || local == "" {
+		return "", false
+	}
+	for _, r := range e.realms {
+		if strings.EqualFold(domain, r) {
+			return local, true
+		}
+	}
+	return "", false
 }
 
 // unusable returns why a matching app password may not be used now, or ""
@@ -295,12 +306,9 @@ func (e *Engine) aliases(user string) []string {
 	if len(e.realms) == 0 {
 		return names
 	}
-	if local, domain, ok := strings.Cut(user, "@"); ok {
-		for _, r := range e.realms {
-			if strings.EqualFold(domain, r) && local != "" {
-				names = append(names, local)
-				break
-			}
+	if strings.Contains(user, "@") {
+		if local, ok := e.inRealm(user); ok {
+			names = append(names, local)
 		}
 		return names
 	}
