@@ -288,24 +288,32 @@ func TestQueuedBytesCapped(t *testing.T) {
 	msg := strings.Repeat("b", 256<<10)
 	go func() {
 		for i := int64(2); i < 2+2*DefaultMaxInFlight+16; i++ {
-			c.nc.SetWriteDeadline(time.Now().Add(5 * time.Second))
 			if _, err := c.nc.Write(encodeSearch(i, "cn="+msg, nil)); err != nil {
-				return
+				return // the connection was closed at the end of the test
 			}
 		}
 	}()
+	// The queue is full when the reader, holding the next message, finds
+	// no room for it: then nothing more is ever queued.
+	size := len(encodeSearch(2, "cn="+msg, nil))
 	peak := 0
-	for deadline := time.Now().Add(1500 * time.Millisecond); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+	full := func() bool {
 		ts.srv.mu.Lock()
+		defer ts.srv.mu.Unlock()
 		for sc := range ts.srv.conns {
 			sc.mu.Lock()
 			peak = max(peak, sc.queuedBytes)
 			sc.mu.Unlock()
 		}
-		ts.srv.mu.Unlock()
+		if peak > maxQueuedBytes {
+			t.Fatalf("%d bytes queued, cap %d", peak, maxQueuedBytes)
+		}
+		return peak+size > maxQueuedBytes
 	}
-	if peak > maxQueuedBytes {
-		t.Fatalf("%d bytes queued, cap %d", peak, maxQueuedBytes)
+	for deadline := time.Now().Add(patience); !full(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d bytes ever queued: the test did not fill the queue", peak)
+		}
 	}
 	if peak < maxQueuedBytes/2 {
 		t.Fatalf("only %d bytes ever queued: the test did not fill the queue", peak)
