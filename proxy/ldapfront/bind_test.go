@@ -210,21 +210,28 @@ func TestPreBindTimeoutIsAbsolute(t *testing.T) {
 	ts := startServer(t, func(o *Options) { o.PreBindTimeout = 400 * time.Millisecond })
 	c := ts.dial(t)
 	start := time.Now()
+	// The client speaks every 100ms, well within the timeout: a timeout
+	// that each message renewed would keep the connection open until
+	// patience runs out. How late after 400ms it closes is up to the
+	// machine's load, so only the lower bound is asserted.
 	for i := int64(1); ; i++ {
-		if time.Since(start) > 3*time.Second {
-			t.Fatal("connection still open 3s after connecting with a pre-bind timeout of 400ms")
+		if time.Since(start) > patience {
+			t.Fatalf("connection still open %v after connecting with a pre-bind timeout of 400ms", patience)
 		}
 		if _, err := c.nc.Write(encodeExtended(i, oidWhoAmI)); err != nil {
 			break
 		}
-		c.nc.SetReadDeadline(time.Now().Add(2 * time.Second))
+		c.nc.SetReadDeadline(time.Now().Add(patience))
 		if _, err := ldapwire.ReadMessage(c.br, 1<<20); err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Fatalf("no answer to WhoAmI %d in %v, and the connection is still open", i, patience)
+			}
 			break
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	if d := time.Since(start); d < 300*time.Millisecond || d > 1500*time.Millisecond {
-		t.Fatalf("closed after %v, want about 400ms", d)
+	if d := time.Since(start); d < 300*time.Millisecond {
+		t.Fatalf("closed after %v, want not before 400ms", d)
 	}
 }
 
@@ -257,7 +264,7 @@ func TestPreBindMessageCap(t *testing.T) {
 					if code, _ := result(t, m); tc.wantDone || code != resultProtocolError {
 						t.Fatalf("notice of disconnection (code %d), want done %v", code, tc.wantDone)
 					}
-					c.nc.SetReadDeadline(time.Now().Add(2 * time.Second))
+					c.nc.SetReadDeadline(time.Now().Add(patience))
 					if _, err := c.br.ReadByte(); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
 						t.Fatalf("connection not closed: %v", err)
 					}
@@ -330,13 +337,16 @@ func TestAbandonOfQueuedBindIsIgnored(t *testing.T) {
 	ts.dec.mu.Unlock()
 	c := ts.dial(t)
 	c.send(encodeBind(1, aliceDN, alicePW), encodeBind(2, aliceDN, alicePW))
-	for deadline := time.Now().Add(2 * time.Second); len(ts.dec.decidedUsers()) == 0; time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("first bind never reached the decision")
-		}
-	}
-	c.send(envelope(3, []byte{0x50, 0x01, 0x02}, nil)) // Abandon(2)
-	time.Sleep(50 * time.Millisecond)
+	waitFor(t, "the first bind reaching the decision", func() bool { return len(ts.dec.decidedUsers()) > 0 })
+	// The reader acts on the Abandon before it queues the WhoAmI behind
+	// it: once the WhoAmI is queued, the Abandon has been seen.
+	c.send(envelope(3, []byte{0x50, 0x01, 0x02}, nil), encodeExtended(4, oidWhoAmI)) // Abandon(2), WhoAmI
+	waitFor(t, "the WhoAmI sent after the Abandon being queued", func() bool {
+		cs := ts.connOf(t)
+		cs.mu.Lock()
+		defer cs.mu.Unlock()
+		return cs.queued[4] != nil
+	})
 	close(block)
 	for _, want := range []int64{1, 2} {
 		m, _ := c.recv()
@@ -360,11 +370,11 @@ func TestAbandonWhileSending(t *testing.T) {
 	c.send(encodeSearch(2, aliceDN, nil))
 	select {
 	case <-enter:
-	case <-time.After(2 * time.Second):
+	case <-time.After(patience):
 		t.Fatal("search never reached Send")
 	}
 	c.send(envelope(3, []byte{0x50, 0x01, 0x02}, nil)) // Abandon(2)
-	for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+	for deadline := time.Now().Add(patience); ; time.Sleep(5 * time.Millisecond) {
 		cs := ts.connOf(t)
 		cs.mu.Lock()
 		n := len(cs.inflight)
@@ -378,7 +388,7 @@ func TestAbandonWhileSending(t *testing.T) {
 	}
 	close(gate)
 	s := ts.up.sessions[0]
-	for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+	for deadline := time.Now().Add(patience); ; time.Sleep(5 * time.Millisecond) {
 		s.mu.Lock()
 		got := slices.Clone(s.abandoned)
 		s.mu.Unlock()

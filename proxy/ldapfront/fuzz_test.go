@@ -118,7 +118,7 @@ func FuzzConn(f *testing.F) {
 		client.Close()
 		select {
 		case <-done:
-		case <-time.After(5 * time.Second):
+		case <-time.After(patience):
 			t.Fatal("connection did not end after the client hung up")
 		}
 	})

@@ -348,7 +348,7 @@ func (c *client) send(msgs ...[]byte) {
 // recv reads one message; raw is its bytes.
 func (c *client) recv() (message, []byte) {
 	c.t.Helper()
-	c.nc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	c.nc.SetReadDeadline(time.Now().Add(patience))
 	raw, err := ldapwire.ReadMessage(c.br, 1<<20)
 	if err != nil {
 		c.t.Fatalf("read response: %v", err)
@@ -497,7 +497,7 @@ func TestAbandon(t *testing.T) {
 	c.recv()
 	c.send(encodeSearch(2, aliceDN, nil))
 	var s *fakeSession
-	for deadline := time.Now().Add(2 * time.Second); ; {
+	for deadline := time.Now().Add(patience); ; {
 		ts.up.mu.Lock()
 		if len(ts.up.sessions) > 0 {
 			s = ts.up.sessions[0]
@@ -517,7 +517,7 @@ func TestAbandon(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 	c.send(envelope(3, []byte{0x50, 0x01, 0x02}, nil)) // Abandon(2)
-	for deadline := time.Now().Add(2 * time.Second); ; {
+	for deadline := time.Now().Add(patience); ; {
 		s.mu.Lock()
 		n := len(s.abandoned)
 		s.mu.Unlock()
@@ -637,7 +637,7 @@ func TestRevokeClosesConnection(t *testing.T) {
 	if n := ts.reg.Revoke(9); n != 1 {
 		t.Fatalf("Revoke closed %d sessions, want 1", n)
 	}
-	c.nc.SetReadDeadline(time.Now().Add(time.Second))
+	c.nc.SetReadDeadline(time.Now().Add(patience))
 	if _, err := c.br.ReadByte(); !errors.Is(err, io.EOF) {
 		t.Fatalf("connection still open after revoke: %v", err)
 	}
@@ -670,7 +670,7 @@ func TestShutdownDrainsAndNoGoroutineOutlivesClose(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), patience)
 	defer cancel()
 	if err := srv.Shutdown(ctx); err != nil {
 		t.Fatalf("Shutdown of idle connections: %v", err)
@@ -682,7 +682,7 @@ func TestShutdownDrainsAndNoGoroutineOutlivesClose(t *testing.T) {
 	for _, nc := range conns {
 		nc.Close()
 	}
-	deadline := time.Now().Add(2 * time.Second)
+	deadline := time.Now().Add(patience)
 	for runtime.NumGoroutine() > before {
 		if time.Now().After(deadline) {
 			buf := make([]byte, 1<<16)
@@ -752,14 +752,14 @@ func TestSessionLogLine(t *testing.T) {
 	}
 	c.send([]byte{0x30, 0x05, 0x02, 0x01, 0x02, 0x42, 0x00}) // Unbind
 	var line map[string]any
-	for deadline := time.Now().Add(5 * time.Second); line == nil; time.Sleep(10 * time.Millisecond) {
+	for deadline := time.Now().Add(patience); line == nil; time.Sleep(10 * time.Millisecond) {
 		for _, l := range strings.Split(buf.String(), "\n") {
 			if strings.Contains(l, `"ldap session closed"`) && json.Unmarshal([]byte(l), &line) != nil {
 				line = nil
 			}
 		}
 		if line == nil && time.Now().After(deadline) {
-			t.Fatalf("no session line in 5 s:\n%s", buf.String())
+			t.Fatalf("no session line in %v:\n%s", patience, buf.String())
 		}
 	}
 	if line["user"] != "alice" || line["credential"] != "app-password:9" || line["ended_by"] != "client" {
