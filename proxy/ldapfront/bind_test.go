@@ -420,6 +420,7 @@ func (ts *testServer) connOf(t *testing.T) *conn {
 // operation that needs it. Once the sign of life is stale and the
 // directory is down, every bind is a 52 again, app password or not.
 func TestRelayBindOpensSessionOnlyWithoutSignOfLife(t *testing.T) {
+	start := time.Now()
 	ts := startServer(t, func(o *Options) { o.Mode = ModeRelay })
 	sessions := func() int {
 		ts.up.mu.Lock()
@@ -432,6 +433,12 @@ func TestRelayBindOpensSessionOnlyWithoutSignOfLife(t *testing.T) {
 	if n := sessions(); n != 1 {
 		t.Fatalf("first bind, no sign of life yet: %d sessions opened, want 1", n)
 	}
+	if seen := ts.srv.upstreamSeen.Load(); seen < start.UnixNano() {
+		t.Fatal("the first bind's session left no sign of life")
+	}
+	// "Right after" whatever the machine's speed: the sign of life stays
+	// fresh until the test makes it stale below.
+	ts.srv.upstreamSeen.Store(time.Now().Add(time.Hour).UnixNano())
 	code, c := ts.bindCode(t, 1, aliceDN, alicePW)
 	if code != resultSuccess {
 		t.Fatalf("second bind: code %d", code)
@@ -481,6 +488,16 @@ func TestResolveIsCached(t *testing.T) {
 	for i := range 3 {
 		if code, _ := ts.bindCode(t, 1, wikiDN, wikiPW); code != resultSuccess {
 			t.Fatalf("bind %d as the application: code %d", i, code)
+		}
+		if i == 0 {
+			// However slow the machine, the next binds come within the
+			// TTL: the answer stays cached until the test expires it below.
+			ts.srv.resolved.mu.Lock()
+			for k, e := range ts.srv.resolved.m {
+				e.until = e.until.Add(time.Hour)
+				ts.srv.resolved.m[k] = e
+			}
+			ts.srv.resolved.mu.Unlock()
 		}
 	}
 	if code, _ := ts.bindCode(t, 1, wikiDN, "wrong"); code != resultInvalidCredentials {
