@@ -283,7 +283,7 @@ func startServer(t testing.TB, mod func(*Options)) *testServer {
 			if !errors.Is(err, ErrServerClosed) {
 				t.Errorf("Serve returned %v, want ErrServerClosed", err)
 			}
-		case <-time.After(5 * time.Second):
+		case <-time.After(patience):
 			t.Error("Serve did not return after Close")
 		}
 		ts.up.wg.Wait()
@@ -338,7 +338,7 @@ func (rc *rawClient) send(s string) {
 // line reads one line, without its CRLF.
 func (rc *rawClient) line() string {
 	rc.t.Helper()
-	rc.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	rc.c.SetReadDeadline(time.Now().Add(patience))
 	l, err := rc.br.ReadString('\n')
 	if err != nil {
 		rc.t.Fatalf("read line: %v (got %q)", err, l)
@@ -363,7 +363,7 @@ func (rc *rawClient) expect(want ...string) {
 // sending anything more.
 func (rc *rawClient) expectClosed() {
 	rc.t.Helper()
-	rc.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	rc.c.SetReadDeadline(time.Now().Add(patience))
 	b, err := rc.br.ReadString('\n')
 	if err == nil || b != "" {
 		rc.t.Fatalf("read %q, %v; want the connection closed", b, err)
@@ -385,10 +385,14 @@ func (rc *rawClient) startTLS(cfg *tls.Config) {
 	rc.br = bufio.NewReader(tc)
 }
 
-// waitFor polls cond for up to 5 seconds.
+// patience bounds every wait for a state in these tests. It is generous on
+// purpose: a busy machine under -race makes a test slower, never wrong.
+const patience = time.Minute
+
+// waitFor polls cond for up to patience.
 func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(patience)
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)

@@ -331,7 +331,7 @@ func TestFailureIdentical(t *testing.T) {
 			} else {
 				rc.send(tc.login + "\r\n")
 			}
-			rc.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			rc.c.SetReadDeadline(time.Now().Add(patience))
 			got, err := rc.br.ReadBytes('\n')
 			if err != nil {
 				t.Fatal(err)
@@ -539,7 +539,7 @@ func TestBounds(t *testing.T) {
 		rc.send("b LOG") // a slow client never ends its line
 		rc.expect("* BYE Autologout: no login within the time allowed")
 		rc.expectClosed()
-		if took := time.Since(start); took > 3*time.Second {
+		if took := time.Since(start); took > DefaultPreLoginTimeout/2 { // the option, not the default
 			t.Errorf("closed after %v", took)
 		}
 		waitFor(t, "session log", func() bool { return strings.Contains(ts.log.String(), `"ended_by":"timeout"`) })

@@ -77,7 +77,7 @@ func TestShutdown(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Shutdown = %v", err)
 			}
-		case <-time.After(5 * time.Second):
+		case <-time.After(patience):
 			t.Fatal("Shutdown did not return after the last session ended")
 		}
 		select {
@@ -86,7 +86,7 @@ func TestShutdown(t *testing.T) {
 				t.Fatalf("Serve = %v", err)
 			}
 			ts.served <- err // for the cleanup's check
-		case <-time.After(5 * time.Second):
+		case <-time.After(patience):
 			t.Fatal("Serve did not return")
 		}
 	})
@@ -118,7 +118,7 @@ func TestShutdown(t *testing.T) {
 			t.Fatalf("Shutdown = %v, want DeadlineExceeded", err)
 		}
 		// A BYE here would be read as part of the message: none comes.
-		relayed.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		relayed.c.SetReadDeadline(time.Now().Add(patience))
 		rest, err := io.ReadAll(relayed.br)
 		if string(rest) != "partial" || err != nil {
 			t.Fatalf("after the shutdown: read %q, %v; want \"partial\" and then EOF", rest, err)
@@ -126,19 +126,20 @@ func TestShutdown(t *testing.T) {
 	})
 	t.Run("during-failure-delay", func(t *testing.T) {
 		ts := startServer(t, nil)
-		ts.dec.set(func(f *fakeDecider) { f.delay = time.Minute })
+		const delay = time.Hour // Shutdown must not wait it out
+		ts.dec.set(func(f *fakeDecider) { f.delay = delay })
 		rc := ts.tlsClient(t)
 		rc.send("a LOGIN alice wrong\r\n")
 		waitFor(t, "the attempt", func() bool { _, _, n := ts.dec.snapshot(); return n == 1 })
 		start := time.Now()
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), patience)
 		defer cancel()
 		if err := ts.srv.Shutdown(ctx); err != nil {
 			t.Fatalf("Shutdown = %v", err)
 		}
 		rc.expect("* BYE Server shutting down")
 		rc.expectClosed()
-		if took := time.Since(start); took > 2*time.Second {
+		if took := time.Since(start); took > patience {
 			t.Errorf("Shutdown took %v", took)
 		}
 	})
@@ -192,7 +193,7 @@ func checkNoGoroutineOutlives(t *testing.T, stop func(*Server) error) {
 		}
 		// When stop returns, every connection goroutine has finished its
 		// work; those that have just signalled the WaitGroup may still be
-		// on their way out for a moment, so look again for up to 2s.
+		// on their way out for a moment, so look again for up to patience.
 		var stacks string
 		leaked := func() string {
 			buf := make([]byte, 1<<20)
@@ -204,7 +205,7 @@ func checkNoGoroutineOutlives(t *testing.T, stop func(*Server) error) {
 			}
 			return ""
 		}
-		for deadline := time.Now().Add(2 * time.Second); leaked() != "" && time.Now().Before(deadline); {
+		for deadline := time.Now().Add(patience); leaked() != "" && time.Now().Before(deadline); {
 			time.Sleep(10 * time.Millisecond)
 		}
 		if fn := leaked(); fn != "" {
@@ -216,7 +217,7 @@ func checkNoGoroutineOutlives(t *testing.T, stop func(*Server) error) {
 				t.Fatalf("Serve = %v", err)
 			}
 			ts.served <- err
-		case <-time.After(5 * time.Second):
+		case <-time.After(patience):
 			t.Fatal("Serve did not return")
 		}
 		ts.up.wg.Wait()
@@ -251,10 +252,11 @@ func (s *fakeStore) RecordLogin(context.Context, int64, store.Usage, store.Audit
 func (s *fakeStore) Record(ctx context.Context, ev store.AuditEvent) error { return nil }
 
 // TestBadLoginsDoNotDelayGoodOne runs 100 failing logins (failure delay
-// 300 ms, real policy.Engine) and one good login at the same time: the
-// good one must not wait behind the failures.
+// 5 s, real policy.Engine) and one good login at the same time: the good
+// one must not wait behind the failures, so it is answered before any of
+// them. The delay leaves a busy machine plenty of time for that.
 func TestBadLoginsDoNotDelayGoodOne(t *testing.T) {
-	const delay = 300 * time.Millisecond
+	const delay = 5 * time.Second
 	st := &fakeStore{}
 	engine := policy.New(policy.Options{
 		Store:           st,
@@ -269,12 +271,13 @@ func TestBadLoginsDoNotDelayGoodOne(t *testing.T) {
 
 	const bad = 100
 	var wg sync.WaitGroup
+	var replied atomic.Int64 // failures answered
 	errs := make(chan error, bad)
 	for i := 0; i < bad; i++ {
 		wg.Add(1)
 		go func(i int) {
 			defer wg.Done()
-			errs <- badLogin(ts.addr, i, delay)
+			errs <- badLogin(ts.addr, i, delay, &replied)
 		}(i)
 	}
 	waitFor(t, "100 pending failures", func() bool { return st.lookups.Load() >= bad })
@@ -282,6 +285,7 @@ func TestBadLoginsDoNotDelayGoodOne(t *testing.T) {
 	good.send("g LOGIN alice \"" + appSecret + "\"\r\n")
 	good.expect("g OK [CAPABILITY IMAP4rev1 IDLE] Logged in")
 	took := time.Since(start)
+	answered := replied.Load()
 	wg.Wait()
 	close(errs)
 	for err := range errs {
@@ -289,19 +293,19 @@ func TestBadLoginsDoNotDelayGoodOne(t *testing.T) {
 			t.Error(err)
 		}
 	}
-	if took >= delay/2 {
-		t.Fatalf("good login took %v behind 100 failures (failure delay %v)", took, delay)
+	if answered != 0 {
+		t.Fatalf("good login (%v) answered after %d of the 100 failures (failure delay %v)", took, answered, delay)
 	}
 	t.Logf("good login took %v while 100 failures waited %v", took, delay)
 }
 
-func badLogin(addr string, i int, delay time.Duration) error {
+func badLogin(addr string, i int, delay time.Duration, replied *atomic.Int64) error {
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(20 * time.Second))
+	c.SetDeadline(time.Now().Add(patience))
 	buf := make([]byte, 512)
 	if _, err := c.Read(buf); err != nil {
 		return fmt.Errorf("bad %d: greeting: %w", i, err)
@@ -314,6 +318,7 @@ func badLogin(addr string, i int, delay time.Duration) error {
 	if err != nil {
 		return fmt.Errorf("bad %d: reply: %w", i, err)
 	}
+	replied.Add(1)
 	if got, want := string(buf[:n]), fmt.Sprintf("b%d %s\r\n", i, failLine); got != want {
 		return fmt.Errorf("bad %d: reply %q, want %q", i, got, want)
 	}
@@ -363,7 +368,7 @@ func TestServeAcceptErrors(t *testing.T) {
 					if err == nil || errors.Is(err, ErrServerClosed) || !strings.Contains(err.Error(), "listener broke") {
 						t.Fatalf("Serve = %v", err)
 					}
-				case <-time.After(5 * time.Second):
+				case <-time.After(patience):
 					t.Fatal("Serve did not return")
 				}
 				return
