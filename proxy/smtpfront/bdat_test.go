@@ -52,7 +52,7 @@ func TestBDATAbort(t *testing.T) {
 			if tc.chunk != "" {
 				select {
 				case <-f.up.dataStarted: // DATA is open upstream and waits for the next chunk
-				case <-time.After(5 * time.Second):
+				case <-time.After(patience):
 					t.Fatal("Data did not start upstream")
 				}
 			}
@@ -86,7 +86,7 @@ func TestBDATAbort(t *testing.T) {
 				return
 			}
 			// The server ends the session: wait until Logout has run.
-			deadline := time.Now().Add(5 * time.Second)
+			deadline := time.Now().Add(patience)
 			for {
 				f.up.mu.Lock()
 				log := strings.Join(f.up.log, ",")

@@ -244,7 +244,7 @@ func newFixture(t *testing.T, mod func(*smtpfront.Options)) *fixture {
 			if !errors.Is(err, smtpfront.ErrServerClosed) {
 				t.Errorf("Serve returned %v, want ErrServerClosed", err)
 			}
-		case <-time.After(5 * time.Second):
+		case <-time.After(patience):
 			t.Error("Serve did not return after Close")
 		}
 	})
@@ -265,7 +265,7 @@ func (f *fixture) dialRaw(t *testing.T, startTLS bool) *raw {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+	_ = c.SetDeadline(time.Now().Add(patience))
 	r := &raw{t: t, conn: c, r: bufio.NewReader(c)}
 	r.expect("220 ")
 	if startTLS {
@@ -514,7 +514,7 @@ func TestImplicitTLSWithGoSMTPClient(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The server sends 221 before it ends the upstream session.
-	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+	for deadline := time.Now().Add(patience); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
 		f.up.mu.Lock()
 		n := len(f.up.log)
 		f.up.mu.Unlock()
@@ -570,7 +570,7 @@ func TestLimits(t *testing.T) {
 		r := f.dialRaw(t, true)
 		start := time.Now()
 		got := r.reply() // nothing sent: the server gives up
-		if !strings.HasPrefix(got, "421 ") || time.Since(start) > 3*time.Second {
+		if !strings.HasPrefix(got, "421 ") || time.Since(start) > smtpfront.DefaultPreLoginTimeout/2 { // the option, not the default
 			t.Fatalf("reply %q after %v", got, time.Since(start))
 		}
 	})
@@ -618,7 +618,7 @@ func TestShutdown(t *testing.T) {
 	r := f.dialRaw(t, true)
 	r.send("QUIT")
 	r.expect("221 ")
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), patience)
 	defer cancel()
 	if err := f.srv.Shutdown(ctx); err != nil {
 		t.Fatalf("Shutdown: %v", err)
@@ -640,7 +640,7 @@ func TestLogHasNoSecret(t *testing.T) {
 	r.expect("235 ")
 	r.send("QUIT")
 	r.expect("221 ")
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(patience)
 	for !strings.Contains(buf.String(), `"msg":"smtp session"`) && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -701,7 +701,7 @@ func TestRevokedAppPasswordClosesSession(t *testing.T) {
 		t.Fatal("the session was not tracked under app password 7")
 	}
 	cancel(errRevoked)
-	_ = r.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_ = r.conn.SetReadDeadline(time.Now().Add(patience))
 	if _, err := r.r.ReadString('\n'); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("connection not closed after revocation: %v", err)
 	}
