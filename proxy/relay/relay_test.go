@@ -78,7 +78,7 @@ func TestRunCopiesBothWaysAndCounts(t *testing.T) {
 			var st Stats
 			select {
 			case st = <-res:
-			case <-time.After(5 * time.Second):
+			case <-time.After(patience):
 				t.Fatal("Run did not return after one side closed")
 			}
 			if st.BytesIn != int64(tc.up) || st.BytesOut != int64(tc.dn) || st.EndedBy != tc.closeBy {
@@ -89,7 +89,7 @@ func TestRunCopiesBothWaysAndCounts(t *testing.T) {
 			if tc.closeBy == "upstream" {
 				other = clientApp
 			}
-			other.SetReadDeadline(time.Now().Add(2 * time.Second))
+			other.SetReadDeadline(time.Now().Add(patience))
 			if _, err := other.Read(make([]byte, 1)); err == nil || isTimeout(err) {
 				t.Errorf("other side not closed: %v", err)
 			}
@@ -121,10 +121,10 @@ func TestRevokeClosesSession(t *testing.T) {
 		if st.EndedBy != "revoked" {
 			t.Errorf("EndedBy = %q", st.EndedBy)
 		}
-	case <-time.After(2 * time.Second):
+	case <-time.After(patience):
 		t.Fatal("revoked session still open")
 	}
-	clientApp.SetReadDeadline(time.Now().Add(time.Second))
+	clientApp.SetReadDeadline(time.Now().Add(patience))
 	if _, err := clientApp.Read(make([]byte, 1)); err != io.EOF && !strings.Contains(err.Error(), "reset") {
 		t.Errorf("client read after revoke: %v", err)
 	}
@@ -153,7 +153,7 @@ func TestWatchRevokesDeleted(t *testing.T) {
 	}, func(error) {})
 	select {
 	case <-ctxA.Done():
-	case <-time.After(2 * time.Second):
+	case <-time.After(patience):
 		t.Fatal("session of deleted app password 1 not closed")
 	}
 	if !errors.Is(context.Cause(ctxA), ErrRevoked) {
@@ -202,7 +202,7 @@ func TestNoGoroutineOutlivesRun(t *testing.T) {
 		c1.Close()
 		u2.Close()
 	}
-	deadline := time.Now().Add(2 * time.Second)
+	deadline := time.Now().Add(patience)
 	for runtime.NumGoroutine() > before+2 && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
