@@ -17,7 +17,7 @@ import (
 // dialFrom connects to ln from local address ip.
 func dialFrom(t *testing.T, ln net.Listener, ip string) net.Conn {
 	t.Helper()
-	d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
+	d := net.Dialer{Timeout: patience, LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
 	c, err := d.Dial("tcp", ln.Addr().String())
 	if err != nil {
 		t.Fatal(err)
@@ -70,8 +70,8 @@ func accept(t *testing.T, ln net.Listener) net.Conn {
 		}
 		t.Cleanup(func() { r.c.Close() })
 		return r.c
-	case <-time.After(5 * time.Second):
-		t.Fatal("Accept returned nothing in 5 s")
+	case <-time.After(patience):
+		t.Fatalf("Accept returned nothing in %v", patience)
 	}
 	return nil
 }
@@ -92,7 +92,7 @@ func TestListen(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			ln := listen(t, "127.0.0.2/32", 2*time.Second)
+			ln := listen(t, "127.0.0.2/32", patience)
 			c := dialFrom(t, ln, tc.peer)
 			if _, err := c.Write(tc.send); err != nil {
 				t.Fatal(err)
@@ -106,7 +106,7 @@ func TestListen(t *testing.T) {
 				t.Errorf("RemoteAddr = %s, want %s", got, want)
 			}
 			buf := make([]byte, len(tc.wantData))
-			s.SetReadDeadline(time.Now().Add(5 * time.Second))
+			s.SetReadDeadline(time.Now().Add(patience))
 			if _, err := io.ReadFull(s, buf); err != nil || string(buf) != tc.wantData {
 				t.Errorf("read %q, %v; want %q", buf, err, tc.wantData)
 			}
@@ -116,10 +116,11 @@ func TestListen(t *testing.T) {
 
 // TestMissingHeaderClosesOnlyThatConnection: a proxy peer that sends no
 // header (or garbage) is closed after the timeout or at once, while a
-// good connection opened meanwhile is accepted without waiting for it.
+// good connection opened meanwhile is accepted without waiting for it:
+// before the silent peer's timeout has refused it.
 func TestMissingHeaderClosesOnlyThatConnection(t *testing.T) {
 	var refused atomic.Int32
-	ln := listen(t, "127.0.0.2/32", 500*time.Millisecond, func() { refused.Add(1) })
+	ln := listen(t, "127.0.0.2/32", 5*time.Second, func() { refused.Add(1) })
 	quiet := dialFrom(t, ln, "127.0.0.2")
 	quiet.Close() // a TCP health check: not a refusal
 	silent := dialFrom(t, ln, "127.0.0.2")
@@ -127,16 +128,15 @@ func TestMissingHeaderClosesOnlyThatConnection(t *testing.T) {
 	garbage.Write([]byte("a LOGIN alice secret\r\n"))
 	good := dialFrom(t, ln, "127.0.0.2")
 	good.Write(header(t, 1, proxyproto.PROXY))
-	start := time.Now()
 	s := accept(t, ln)
-	if took := time.Since(start); took > 400*time.Millisecond {
-		t.Errorf("the good connection waited %v behind the silent one", took)
+	if n := refused.Load(); n == 2 {
+		t.Errorf("the good connection was accepted only after the silent one timed out")
 	}
 	if got := s.RemoteAddr().String(); got != "203.0.113.7:51234" {
 		t.Fatalf("accepted %s, want the good connection", got)
 	}
 	for name, c := range map[string]net.Conn{"silent": silent, "garbage": garbage} {
-		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		c.SetReadDeadline(time.Now().Add(patience))
 		if n, err := c.Read(make([]byte, 1)); n != 0 || err == nil {
 			t.Errorf("%s peer: read %d, %v; want the connection closed", name, n, err)
 		}
@@ -181,7 +181,7 @@ func FuzzReadHeader(f *testing.F) {
 			client.Write(in)
 			client.Close()
 		}()
-		l := &listener{opts: Options{Timeout: time.Second}}
+		l := &listener{opts: Options{Timeout: patience}}
 		c, err := l.readHeader(server)
 		if err != nil {
 			server.Close()
