@@ -30,6 +30,7 @@ type fakeMTA struct {
 	auths    []string // "authzid/authcid"
 	remotes  []string
 	messages []string
+	logouts  int // sessions ended
 }
 
 func (f *fakeMTA) NewSession(c *smtp.Conn) (smtp.Session, error) {
@@ -66,8 +67,13 @@ func (s *fakeMTASession) Data(r io.Reader) error {
 	s.f.mu.Unlock()
 	return nil
 }
-func (s *fakeMTASession) Reset()        {}
-func (s *fakeMTASession) Logout() error { return nil }
+func (s *fakeMTASession) Reset() {}
+func (s *fakeMTASession) Logout() error {
+	s.f.mu.Lock()
+	s.f.logouts++
+	s.f.mu.Unlock()
+	return nil
+}
 
 // startMTA serves fakeMTA on loopback, behind a PROXY-protocol listener
 // when proxy is set, in TLS when tlsConf is set.
@@ -251,7 +257,19 @@ func TestDataStreamsAndAborts(t *testing.T) {
 	if _, err := s.Data(io.MultiReader(strings.NewReader("partial\r\n"), errReader{boom})); !errors.Is(err, boom) {
 		t.Fatalf("Data with a failing reader: %v", err)
 	}
-	time.Sleep(100 * time.Millisecond)
+	// The MTA ends the session after its Data has returned: then it has
+	// committed whatever it was going to.
+	for deadline := time.Now().Add(patience); ; time.Sleep(5 * time.Millisecond) {
+		mta.mu.Lock()
+		ended := mta.logouts > 0
+		mta.mu.Unlock()
+		if ended {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the MTA's session did not end after the failed DATA")
+		}
+	}
 	mta.mu.Lock()
 	defer mta.mu.Unlock()
 	if len(mta.messages) != 1 || mta.messages[0] != msg {
@@ -280,7 +298,7 @@ func scriptedXClient(t *testing.T, ehloExt, xReply string) (addr string, got cha
 			return
 		}
 		defer c.Close()
-		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		_ = c.SetDeadline(time.Now().Add(patience))
 		r := bufio.NewReader(c)
 		io.WriteString(c, "220 mx.test ESMTP\r\n")
 		r.ReadString('\n') // EHLO passgate
@@ -319,7 +337,7 @@ func TestXClient(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			addr, got := scriptedXClient(t, tc.ext, tc.reply)
-			c, err := New(Options{Addresses: []string{addr}, TLS: TLSNone, Login: LoginXClient, ForwardClient: ForwardXClient, LoginTimeout: 3 * time.Second})
+			c, err := New(Options{Addresses: []string{addr}, TLS: TLSNone, Login: LoginXClient, ForwardClient: ForwardXClient, LoginTimeout: patience})
 			if err != nil {
 				t.Fatal(err)
 			}
