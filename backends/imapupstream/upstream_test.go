@@ -216,13 +216,13 @@ func TestLoginScripted(t *testing.T) {
 			var logs strings.Builder
 			opts := tc.opts
 			opts.Addresses = []string{addr}
-			opts.DialTimeout = time.Second
+			opts.DialTimeout = patience
 			opts.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 			u, err := New(opts)
 			if err != nil {
 				t.Fatal(err)
 			}
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			ctx, cancel := context.WithTimeout(context.Background(), patience)
 			defer cancel()
 			conn, okText, err := u.Login(ctx, tc.req)
 			for _, secret := range []string{"m-pw", tc.req.Password, b64("alice\x00passgate\x00m-pw")} {
@@ -250,7 +250,7 @@ func TestLoginScripted(t *testing.T) {
 				}
 				if tc.after != "" {
 					got := make([]byte, len(tc.after))
-					conn.SetReadDeadline(time.Now().Add(2 * time.Second))
+					conn.SetReadDeadline(time.Now().Add(patience))
 					if _, err := io.ReadFull(conn, got); err != nil || string(got) != tc.after {
 						t.Errorf("after the OK the conn yields %q (%v), want %q", got, err, tc.after)
 					}
@@ -406,7 +406,7 @@ func TestLoginCancelledWhileUpstreamHangs(t *testing.T) {
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("err = %v, want the context's deadline", err)
 	}
-	if d := time.Since(start); d > 2*time.Second {
+	if d := time.Since(start); d > loginTimeout/2 { // the context's 200ms, not the 15s of its own
 		t.Errorf("Login took %s after the context ended", d)
 	}
 }
@@ -485,7 +485,7 @@ func TestAgainstGoIMAPServer(t *testing.T) {
 			defer conn.Close()
 			io.WriteString(conn, "a SELECT INBOX\r\n")
 			r := bufio.NewReader(conn)
-			conn.SetReadDeadline(time.Now().Add(2 * time.Second))
+			conn.SetReadDeadline(time.Now().Add(patience))
 			for {
 				line, err := r.ReadString('\n')
 				if err != nil {
