@@ -149,7 +149,7 @@ func TestSessionBindResults(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			ctx, cancel := context.WithTimeout(context.Background(), patience)
 			defer cancel()
 			s, err := c.Open(ctx)
 			if err != nil {
@@ -192,7 +192,7 @@ func TestSessionLost(t *testing.T) {
 		if err == nil {
 			t.Fatal("last response without error after the directory closed")
 		}
-	case <-time.After(5 * time.Second):
+	case <-time.After(patience):
 		t.Fatal("handler never told that the session was lost")
 	}
 	if _, err := s.Send([]byte{0x4a, 0x01, 'x'}, nil, "", func([]byte, []byte, bool, error) {}); err == nil {
