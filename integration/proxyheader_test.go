@@ -19,7 +19,7 @@ import (
 // greeting.
 func imapVia(t *testing.T, addr, from string, useTLS bool) (net.Conn, *bufio.Reader, string) {
 	t.Helper()
-	d := &net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}}
+	d := &net.Dialer{Timeout: patience, LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}}
 	var c net.Conn
 	var err error
 	if useTLS {
@@ -31,7 +31,7 @@ func imapVia(t *testing.T, addr, from string, useTLS bool) (net.Conn, *bufio.Rea
 		t.Fatalf("connect to %s from %s: %v", addr, from, err)
 	}
 	t.Cleanup(func() { c.Close() })
-	c.SetDeadline(time.Now().Add(20 * time.Second))
+	c.SetDeadline(time.Now().Add(patience))
 	r := bufio.NewReader(c)
 	greeting, err := r.ReadString('\n')
 	if err != nil {
@@ -95,7 +95,7 @@ func TestIMAPBehindHAProxy(t *testing.T) {
 		fmt.Fprintf(c, "b LOGOUT\r\n")
 		readTagged(t, r, "b")
 		waitLog(t, d, "rip=127.0.0.66")
-		if !eventually(5*time.Second, func() bool {
+		if !eventually(patience, func() bool {
 			return strings.Contains(p.admin(t, "audit", "--user", "alice", "--json"), `"actor": "imap:127.0.0.66:`) ||
 				strings.Contains(p.admin(t, "audit", "--user", "alice", "--json"), `"actor":"imap:127.0.0.66:`)
 		}) {
@@ -127,12 +127,12 @@ func TestIMAPBehindHAProxy(t *testing.T) {
 		}
 	})
 	t.Run("haproxy-address-without-header", func(t *testing.T) {
-		c, err := net.DialTimeout("tcp", p.imapAddr, 5*time.Second)
+		c, err := net.DialTimeout("tcp", p.imapAddr, patience)
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer c.Close()
-		c.SetDeadline(time.Now().Add(15 * time.Second))
+		c.SetDeadline(time.Now().Add(patience))
 		fmt.Fprintf(c, "a CAPABILITY\r\n")
 		if b, err := io.ReadAll(c); len(b) != 0 {
 			t.Fatalf("a connection from a proxy address without a header got %q (%v), want it closed unanswered", b, err)
@@ -158,7 +158,7 @@ func TestIMAPPlaintextLoginIsAudited(t *testing.T) {
 		t.Fatalf("plaintext LOGIN: %q", got)
 	}
 	var out string
-	if !eventually(5*time.Second, func() bool {
+	if !eventually(patience, func() bool {
 		out = p.admin(t, "audit", "--user", "carol")
 		return strings.Contains(out, "plaintext credentials without TLS") && strings.Contains(out, "imap:127.0.0.71:")
 	}) {

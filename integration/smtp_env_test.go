@@ -253,7 +253,7 @@ func masterUpstream(e *smtpServers) smtpupstream.Options {
 // upstream's log can show it), in TLS when implicit.
 func smtpDial(t testing.TB, addr, src string, tlsConf *tls.Config, implicit bool) net.Conn {
 	t.Helper()
-	d := net.Dialer{Timeout: 5 * time.Second}
+	d := net.Dialer{Timeout: patience}
 	if src != "" {
 		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(src)}
 	}

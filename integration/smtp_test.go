@@ -159,7 +159,7 @@ func smtpRawSession(t *testing.T, p *passgateSMTP, src string) *smtpRaw {
 	e := smtpEnv(t)
 	conn := smtpDial(t, p.Addr, src, nil, false)
 	t.Cleanup(func() { conn.Close() })
-	_ = conn.SetDeadline(time.Now().Add(30 * time.Second))
+	_ = conn.SetDeadline(time.Now().Add(patience))
 	c := &smtpRaw{t: t, w: conn, r: bufio.NewReader(conn)}
 	c.expect("220 ")
 	c.send("EHLO printer.test")
