@@ -67,10 +67,10 @@ func TestDemo(t *testing.T) {
 	defer cmd.Process.Kill()
 
 	// Wait for the instructions.
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(patience)
 	for !strings.Contains(stdout.String(), "Loopback is a trusted network") {
 		if time.Now().After(deadline) {
-			t.Fatalf("demo printed no instructions in 30s\nstdout:\n%s\nstderr:\n%s", stdout.String(), stderr.String())
+			t.Fatalf("demo printed no instructions in %v\nstdout:\n%s\nstderr:\n%s", patience, stdout.String(), stderr.String())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -90,7 +90,7 @@ func TestDemo(t *testing.T) {
 		t.Fatalf("no app password in the demo's output:\n%s", out)
 	}
 
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), patience)
 	defer cancel()
 	sh := func(line string) (string, int) {
 		c := exec.CommandContext(ctx, "sh", "-c", line)
@@ -125,7 +125,7 @@ func TestDemo(t *testing.T) {
 		if code != 0 {
 			t.Errorf("smtp curl: exit %d:\n%s", code, got)
 		}
-		deadline := time.Now().Add(5 * time.Second)
+		deadline := time.Now().Add(patience)
 		for !strings.Contains(stdout.String(), "sent through passgate") && time.Now().Before(deadline) {
 			time.Sleep(50 * time.Millisecond)
 		}
@@ -144,7 +144,7 @@ func TestDemo(t *testing.T) {
 		if err != nil {
 			t.Errorf("demo exit after Ctrl-C: %v\nstderr:\n%s", err, stderr.String())
 		}
-	case <-time.After(40 * time.Second):
+	case <-time.After(patience):
 		t.Fatal("demo did not stop after Ctrl-C")
 	}
 	if strings.Contains(stderr.String(), strings.ReplaceAll(secret[1], " ", "")) {
@@ -208,7 +208,7 @@ func TestServeBinary(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer cmd.Process.Kill()
-		for deadline := time.Now().Add(10 * time.Second); !dialable(p.imapsAddr); time.Sleep(20 * time.Millisecond) {
+		for deadline := time.Now().Add(patience); !dialable(p.imapsAddr); time.Sleep(20 * time.Millisecond) {
 			if time.Now().After(deadline) {
 				t.Fatalf("passgate serve does not listen:\n%s", out.String())
 			}
@@ -218,7 +218,7 @@ func TestServeBinary(t *testing.T) {
 		}
 		// SIGHUP (systemctl reload) reloads the certificate and serve goes on.
 		cmd.Process.Signal(syscall.SIGHUP)
-		for deadline := time.Now().Add(5 * time.Second); !strings.Contains(out.String(), "certificate reloaded"); time.Sleep(20 * time.Millisecond) {
+		for deadline := time.Now().Add(patience); !strings.Contains(out.String(), "certificate reloaded"); time.Sleep(20 * time.Millisecond) {
 			if time.Now().After(deadline) {
 				t.Fatalf("no reload after SIGHUP:\n%s", out.String())
 			}
@@ -234,7 +234,7 @@ func TestServeBinary(t *testing.T) {
 			if err != nil {
 				t.Fatalf("serve after SIGTERM: %v\n%s", err, out.String())
 			}
-		case <-time.After(40 * time.Second):
+		case <-time.After(patience):
 			t.Fatal("serve did not exit after SIGTERM")
 		}
 		if !strings.Contains(out.String(), `"msg":"listening"`) || !strings.Contains(out.String(), `"msg":"shutting down"`) {

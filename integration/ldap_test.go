@@ -384,7 +384,8 @@ func TestLDAPBindOnly(t *testing.T) {
 }
 
 // TestLDAPRevokedAppPasswordClosesConnection: deleting the app password
-// closes the client's connection within a second.
+// closes the client's connection (at the registry's next check, every
+// 200ms here; patience leaves a busy machine all the time it needs).
 func TestLDAPRevokedAppPasswordClosesConnection(t *testing.T) {
 	e := ldapEnv(t)
 	g := startLDAPGate(t, ldapGateOptions{})
@@ -397,10 +398,10 @@ func TestLDAPRevokedAppPasswordClosesConnection(t *testing.T) {
 	if _, err := g.store.DeleteAppPassword(context.Background(), "bob", "tablet"); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(time.Second)
+	deadline := time.Now().Add(patience)
 	for !l.IsClosing() {
 		if time.Now().After(deadline) {
-			t.Fatal("connection still open a second after its app password was deleted")
+			t.Fatalf("connection still open %v after its app password was deleted", patience)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -541,7 +542,7 @@ ldap:
 	done := make(chan int, 1)
 	go func() { done <- cli.Run(ctx, []string{"serve", "--config", cfgFile}, &out, &out) }()
 	var l *ldap.Conn
-	for deadline := time.Now().Add(10 * time.Second); ; {
+	for deadline := time.Now().Add(patience); ; {
 		l, err = ldap.DialURL("ldap://" + plain)
 		if err == nil {
 			break
@@ -583,7 +584,7 @@ ldap:
 	if code := cli.Run(ctx, []string{"app-password", "delete", "alice", "--label", "wiki", "--config", cfgFile}, &cliOut, &cliErr); code != 0 {
 		t.Fatalf("passgate app-password delete: exit %d\n%s%s", code, cliOut.String(), cliErr.String())
 	}
-	deadline := time.Now().Add(1500 * time.Millisecond)
+	deadline := time.Now().Add(patience)
 	for !l.IsClosing() || !ls.IsClosing() {
 		if time.Now().After(deadline) {
 			t.Fatal("LDAP connections still open after their app password was deleted")

@@ -287,7 +287,7 @@ func testMessage(from, to, subject string, bodySize int) []byte {
 // subject is subject, reading it back over IMAP, and returns its body.
 func waitMailbox(t testing.TB, e *smtpServers, user, subject string) []byte {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(patience)
 	for {
 		body, err := findBySubject(e, user, subject)
 		if err == nil && body != nil {

@@ -77,13 +77,13 @@ func TestSMTPAppPasswordStartTLSLogin(t *testing.T) {
 	if !bytes.Contains(got, msg[bytes.Index(msg, []byte("\r\n\r\n")):]) {
 		t.Errorf("delivered body differs from the one sent")
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), patience)
 	defer cancel()
 	if err := e.postfix.WaitLog(ctx, "client=unknown[127.0.0.77]", "sasl_method=XCLIENT, sasl_username=alice"); err != nil {
 		t.Fatal(err)
 	}
 	// passgate's own line for the session.
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(patience)
 	for !strings.Contains(p.Log.String(), `"msg":"smtp session"`) && time.Now().Before(deadline) {
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -115,7 +115,7 @@ func TestSMTPImplicitTLSPlainMaster(t *testing.T) {
 	}
 	_ = c.Quit()
 	waitMailbox(t, e, "carol", subject)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), patience)
 	defer cancel()
 	if err := e.postfix.WaitLog(ctx, "sasl_method=PLAIN, sasl_username=alice"); err != nil {
 		t.Fatal(err)
@@ -351,7 +351,7 @@ func TestSMTPUpstreamDown(t *testing.T) {
 			}
 		})
 	}
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(patience)
 	for !strings.Contains(p.Log.String(), "smtp.upstream.addresses") && time.Now().Before(deadline) {
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -531,12 +531,12 @@ smtp:
 		cancel()
 		select {
 		case <-done:
-		case <-time.After(40 * time.Second):
+		case <-time.After(patience):
 			t.Error("serve did not stop")
 		}
 	})
 	var c *smtp.Client
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(patience)
 	for {
 		c, err = smtp.DialStartTLS(smtpPort, e.certs.ClientTLS())
 		if err == nil {
