@@ -18,7 +18,7 @@ import (
 )
 
 // dovecotStartTimeout bounds how long StartDovecot waits for its ports.
-const dovecotStartTimeout = 20 * time.Second
+const dovecotStartTimeout = time.Minute
 
 // dovecotMailUser is the unprivileged system user that owns the
 // mailboxes and runs Dovecot's mail processes.
@@ -342,8 +342,9 @@ func (d *Dovecot) stopLocked() {
 		_ = p.cmd.Process.Kill()
 		<-p.done
 	}
-	// Login processes may outlive the master for a moment.
-	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+	// Login processes may outlive the master for a moment (longer on a
+	// busy machine); a restart needs the port free.
+	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
 		c, err := net.DialTimeout("tcp", d.IMAPAddr, 100*time.Millisecond)
 		if err != nil {
 			return

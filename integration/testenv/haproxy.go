@@ -15,7 +15,7 @@ import (
 )
 
 // haproxyStartTimeout bounds how long StartHAProxy waits for its ports.
-const haproxyStartTimeout = 20 * time.Second
+const haproxyStartTimeout = time.Minute
 
 // HAProxyRoute is one TCP frontend of a test HAProxy: it listens on a
 // free loopback port and forwards to Backend, announcing the client with

@@ -17,7 +17,7 @@ import (
 )
 
 // slapdStartTimeout bounds how long StartSlapd waits for slapd to listen.
-const slapdStartTimeout = 15 * time.Second
+const slapdStartTimeout = time.Minute
 
 // Slapd is a throwaway OpenLDAP slapd on 127.0.0.1 with a small tree:
 //
