@@ -362,7 +362,7 @@ func (c *conn) handshake() bool {
 	if err := tc.HandshakeContext(hctx); err != nil {
 		c.ended = "tls_handshake_failed"
 		c.srv.log.LogAttrs(c.ctx, slog.LevelDebug, "tls handshake failed",
-			slog.String("proto", policy.IMAP), slog.String("remote_addr", c.client.String()),
+			slog.String("proto", policy.IMAP.String()), slog.String("remote_addr", c.client.String()),
 			slog.Any("err", err))
 		return false
 	}
@@ -382,7 +382,7 @@ func (c *conn) finish() {
 		c.ended = "error"
 	}
 	c.srv.log.LogAttrs(c.srv.baseCtx, slog.LevelInfo, "imap session",
-		slog.String("proto", policy.IMAP),
+		slog.String("proto", policy.IMAP.String()),
 		slog.String("user", c.user),
 		slog.String("remote_addr", c.client.String()),
 		slog.String("credential", c.credential),

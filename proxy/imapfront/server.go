@@ -10,12 +10,12 @@
 // then hands both connections to proxy/relay, which copies bytes until
 // either side closes. It never copies bytes after login itself.
 //
-// It imports policy (for the Attempt and Decision types) and proxy/relay,
+// It imports policy (for the Attempt and Login types) and proxy/relay,
 // and no other protocol package; backends are reached only through the
 // interfaces declared here.
 //
 // Every failure of a login looks the same to the client: the same reply
-// after the same delay (Decider.Fail), whatever the reason. Secrets are
+// after the same delay (policy.Login.Finish), whatever the reason. Secrets are
 // never logged.
 package imapfront
 
@@ -37,18 +37,16 @@ import (
 	"github.com/passgate/passgate/proxy/relay"
 )
 
-// Decider makes the authentication decision. policy.Engine implements it.
+// Decider is the decision as the listener calls it. *policy.Engine
+// implements it. Every Login it returns is finished by the listener.
 type Decider interface {
-	// Decide decides one attempt; an error means no decision could be made.
-	Decide(ctx context.Context, a policy.Attempt) (policy.Decision, error)
-	// PrimaryResult records the upstream's verdict on a primary-password allow.
-	PrimaryResult(ctx context.Context, a policy.Attempt, d policy.Decision, ok bool)
-	// Fail waits until every failure has taken the same time.
-	Fail(ctx context.Context, a policy.Attempt)
+	// Decide decides one attempt; an error means no decision could be
+	// made (the Login then finishes as a temporary failure).
+	Decide(ctx context.Context, a policy.Attempt) (*policy.Login, error)
+	// Undecided is a Login the listener refuses without a decision.
+	Undecided(a policy.Attempt, reason string) *policy.Login
 	// PlaintextAllowed reports whether client may send a password without TLS.
 	PlaintextAllowed(client netip.AddrPort, tls bool) bool
-	// Unavailable records an attempt that ended in a temporary failure.
-	Unavailable(ctx context.Context, a policy.Attempt, cause error)
 }
 
 // IDField is one field of the client's IMAP ID (RFC 2971), e.g. name or
@@ -199,7 +197,7 @@ func (s *Server) Serve(ln net.Listener) error {
 
 	onRetry := func(err error) {
 		s.log.LogAttrs(s.baseCtx, slog.LevelWarn, "accept failed",
-			slog.String("proto", policy.IMAP), slog.Any("err", err))
+			slog.String("proto", policy.IMAP.String()), slog.Any("err", err))
 	}
 	for {
 		nc, err := accept.Accept(ln, s.isClosing, onRetry)
@@ -237,7 +235,7 @@ func (s *Server) run(c *conn) {
 	defer func() {
 		if r := recover(); r != nil {
 			s.log.LogAttrs(s.baseCtx, slog.LevelError, "connection panic",
-				slog.String("proto", policy.IMAP),
+				slog.String("proto", policy.IMAP.String()),
 				slog.String("remote_addr", c.client.String()),
 				slog.Any("err", r), slog.String("stack", string(debug.Stack())))
 			c.closeAll()

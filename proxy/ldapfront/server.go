@@ -19,15 +19,15 @@ import (
 	"github.com/passgate/passgate/proxy/relay"
 )
 
-// Decider is the decision as the listener needs it; *policy.Engine
-// implements it.
+// Decider is the decision as the listener calls it; *policy.Engine
+// implements it. Every Login it returns is finished by the listener.
 type Decider interface {
-	Decide(ctx context.Context, a policy.Attempt) (policy.Decision, error)
-	PrimaryResult(ctx context.Context, a policy.Attempt, d policy.Decision, ok bool)
-	Fail(ctx context.Context, a policy.Attempt)
-	// Unavailable records a bind that ended in a temporary failure (the
-	// decision or the directory could not be asked).
-	Unavailable(ctx context.Context, a policy.Attempt, cause error)
+	// Decide decides one bind; an error means none could be made (the
+	// Login then finishes as a temporary failure).
+	Decide(ctx context.Context, a policy.Attempt) (*policy.Login, error)
+	// Undecided is a Login the listener ends without a decision: a bind
+	// name that maps to no user, a directory down before the decision.
+	Undecided(a policy.Attempt, reason string) *policy.Login
 	PlaintextAllowed(client netip.AddrPort, tls bool) bool
 }
 
@@ -388,7 +388,7 @@ func (s *Server) stopListening() {
 func (s *Server) recoverConn(c *conn) {
 	if r := recover(); r != nil {
 		s.log.Error("ldap connection panic",
-			slog.String("proto", policy.LDAP), slog.Uint64("conn_id", c.id),
+			slog.String("proto", policy.LDAP.String()), slog.Uint64("conn_id", c.id),
 			slog.Any("err", fmt.Errorf("ldapfront: panic: %v\n%s", r, debug.Stack())))
 		c.stop(errors.New("panic"))
 	}

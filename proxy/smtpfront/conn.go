@@ -137,6 +137,17 @@ func (c *trackedConn) login(user, credential, upstream string) {
 	c.authed.Store(true)
 }
 
+// tried records the user (and, when one matched, the credential) of a
+// login that is under way or failed, for the session line.
+func (c *trackedConn) tried(user string, credential ...string) {
+	c.mu.Lock()
+	c.user = user
+	if len(credential) > 0 {
+		c.credential = credential[0]
+	}
+	c.mu.Unlock()
+}
+
 // trackRevocation closes the connection when the app password id is
 // deleted.
 func (c *trackedConn) trackRevocation(id int64) {

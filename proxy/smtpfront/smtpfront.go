@@ -43,17 +43,15 @@ import (
 	"github.com/passgate/passgate/proxy/observe"
 )
 
-// Decider is the decision, as policy.Engine offers it.
+// Decider is the decision as the listener calls it. *policy.Engine
+// implements it. Every Login it returns is finished by the listener.
 type Decider interface {
-	// Decide runs the decision; an error means none could be made.
-	Decide(ctx context.Context, a policy.Attempt) (policy.Decision, error)
-	// PrimaryResult records the upstream's verdict on a primary password.
-	PrimaryResult(ctx context.Context, a policy.Attempt, d policy.Decision, ok bool)
-	// Unavailable records an attempt that ended in a temporary failure
-	// (the decision or the upstream could not answer); cause says why.
-	Unavailable(ctx context.Context, a policy.Attempt, cause error)
-	// Fail waits out the uniform failure delay, counted from a.Started.
-	Fail(ctx context.Context, a policy.Attempt)
+	// Decide runs the decision; an error means none could be made (the
+	// Login then finishes as a temporary failure).
+	Decide(ctx context.Context, a policy.Attempt) (*policy.Login, error)
+	// Undecided is a Login the listener ends without a decision: a
+	// malformed exchange, or an upstream down before the decision.
+	Undecided(a policy.Attempt, reason string) *policy.Login
 	// PlaintextAllowed reports whether a password may be sent on a
 	// connection without TLS from client.
 	PlaintextAllowed(client netip.AddrPort, tls bool) bool

@@ -125,7 +125,7 @@ func serve(ctx context.Context, e *env, cfg *configs.Config, log *slog.Logger, o
 	journal := store.NewJournal(st, log)
 	defer journal.Close()
 	var m *metrics
-	var onOutcome func(proto, credential, outcome string)
+	var onOutcome func(policy.Proto, policy.Credential, policy.Outcome)
 	if cfg.Metrics.Listen != "" {
 		m = newMetrics(journal)
 		onOutcome = m.outcome
