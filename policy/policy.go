@@ -40,6 +40,8 @@ import (
 	"net/netip"
 	"strconv"
 	"time"
+
+	"github.com/passgate/passgate/backends/secret"
 )
 
 // Proto is the protocol of a login; the mail protocols are also the
@@ -72,22 +74,9 @@ const (
 	SecondFactor
 )
 
-// Secret is a password as the client sent it. It never prints: String and
-// LogValue return "REDACTED". Use string(s) where the bytes are needed.
-type Secret string
-
-// String returns "REDACTED".
-func (Secret) String() string { return "REDACTED" }
-
-// LogValue returns "REDACTED", so a Secret cannot reach a log.
-func (Secret) LogValue() slog.Value { return slog.StringValue("REDACTED") }
-
-// GoString returns "REDACTED", for %#v.
-func (Secret) GoString() string { return "REDACTED" }
-
-// MarshalText returns "REDACTED", so that encoding/json and slog's JSON
-// handler print a Secret in a struct field as REDACTED too.
-func (Secret) MarshalText() ([]byte, error) { return []byte("REDACTED"), nil }
+// Secret is a password as the client sent it: the one redacting type of
+// backends/secret, which prints as "REDACTED" everywhere.
+type Secret = secret.Secret
 
 // Attempt is one login attempt as a listener saw it.
 type Attempt struct {

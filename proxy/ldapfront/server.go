@@ -273,7 +273,8 @@ func New(opts Options) (*Server, error) {
 }
 
 // Serve accepts connections on ln until Shutdown or Close, and always
-// returns a non-nil error: ErrServerClosed after Shutdown or Close.
+// returns a non-nil error: ErrServerClosed after Shutdown or Close. ln is
+// closed when Serve returns.
 func (s *Server) Serve(ln net.Listener) error {
 	s.mu.Lock()
 	if s.closed {
@@ -287,6 +288,7 @@ func (s *Server) Serve(ln net.Listener) error {
 		s.mu.Lock()
 		delete(s.listeners, ln)
 		s.mu.Unlock()
+		ln.Close()
 	}()
 	closing := func() bool {
 		s.mu.Lock()
