@@ -16,7 +16,7 @@ import (
 	"github.com/passgate/passgate/integration/testenv"
 	"github.com/passgate/passgate/policy"
 	"github.com/passgate/passgate/proxy/ldapfront"
-	"github.com/passgate/passgate/proxy/relay"
+	"github.com/passgate/passgate/proxy/revoke"
 )
 
 // ldapServers is the slapd the LDAP tests share, started once per test
@@ -99,7 +99,7 @@ type ldapGate struct {
 	addr, tlsAddr string // host:port
 	url, ldapsURL string
 	store         *store.Store
-	relays        *relay.Registry
+	relays        *revoke.Registry
 	delay         time.Duration
 	apps          map[string]string // "user/label" → app password
 }
@@ -151,7 +151,7 @@ func startLDAPGate(t testing.TB, o ldapGateOptions) *ldapGate {
 	if err != nil {
 		t.Fatal(err)
 	}
-	reg := relay.NewRegistry()
+	reg := revoke.NewRegistry()
 	g := &ldapGate{store: st, relays: reg, delay: o.failureDelay, apps: map[string]string{}}
 	base := ldapfront.Options{
 		Decider: engine, Upstream: testLDAPAdapter{up}, Registry: reg, TLSConfig: serverTLS,

@@ -24,7 +24,7 @@ import (
 	"github.com/passgate/passgate/backends/store"
 	"github.com/passgate/passgate/integration/testenv"
 	"github.com/passgate/passgate/policy"
-	"github.com/passgate/passgate/proxy/relay"
+	"github.com/passgate/passgate/proxy/revoke"
 	"github.com/passgate/passgate/proxy/smtpfront"
 )
 
@@ -172,7 +172,7 @@ func startPassgateSMTP(t testing.TB, o smtpOpts) *passgateSMTP {
 		Hostname:        "passgate.test",
 		MaxMessageBytes: size,
 		Logger:          log,
-		Sessions:        relay.NewRegistry(),
+		Sessions:        revoke.NewRegistry(),
 	}
 	for _, implicit := range []bool{false, true} {
 		so := base

@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"github.com/passgate/passgate/policy"
-	"github.com/passgate/passgate/proxy/relay"
+	"github.com/passgate/passgate/proxy/revoke"
 )
 
 // readBufferSize is the size of a connection's pre-login read buffer. A
@@ -118,7 +118,7 @@ func (c *conn) closeAll() {
 // farewell is what a relayed session says when passgate ends it.
 func (c *conn) farewell(cause error) []byte {
 	switch {
-	case errors.Is(cause, relay.ErrRevoked):
+	case errors.Is(cause, revoke.ErrRevoked):
 		return []byte("* BYE Session closed: the app password it logged in with was deleted\r\n")
 	case c.isClosing() || c.srv.isClosing():
 		return []byte("* BYE Server shutting down\r\n")

@@ -34,7 +34,7 @@ import (
 
 	"github.com/passgate/passgate/policy"
 	"github.com/passgate/passgate/proxy/observe"
-	"github.com/passgate/passgate/proxy/relay"
+	"github.com/passgate/passgate/proxy/revoke"
 )
 
 // Decider is the decision as the listener calls it. *policy.Engine
@@ -106,10 +106,10 @@ type Options struct {
 	Conns       observe.Conns
 	Decider     Decider
 	Upstream    Upstream
-	Relays      *relay.Registry // live sessions by app password; default: a private registry
-	TLSConfig   *tls.Config     // for STARTTLS, or for every connection with ImplicitTLS; nil: no TLS
-	ImplicitTLS bool            // handshake TLS right after accept (port 993)
-	Logger      *slog.Logger    // default: discard
+	Relays      *revoke.Registry // live sessions by app password; default: a private registry
+	TLSConfig   *tls.Config      // for STARTTLS, or for every connection with ImplicitTLS; nil: no TLS
+	ImplicitTLS bool             // handshake TLS right after accept (port 993)
+	Logger      *slog.Logger     // default: discard
 
 	MaxLineLength   int           // bytes per command line before login; default 8192
 	MaxLiteral      int           // bytes per literal before login; default 8192
@@ -122,7 +122,7 @@ type Options struct {
 type Server struct {
 	opts   Options
 	log    *slog.Logger
-	relays *relay.Registry
+	relays *revoke.Registry
 
 	baseCtx    context.Context // parent of every connection's context
 	cancelBase context.CancelFunc
@@ -144,7 +144,7 @@ func New(opts Options) *Server {
 		panic("imapfront: New with ImplicitTLS but no TLSConfig")
 	}
 	if opts.Relays == nil {
-		opts.Relays = relay.NewRegistry()
+		opts.Relays = revoke.NewRegistry()
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)

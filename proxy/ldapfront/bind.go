@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/passgate/passgate/policy"
-	"github.com/passgate/passgate/proxy/relay"
+	"github.com/passgate/passgate/proxy/revoke"
 )
 
 // Replies to binds. failureMessage is the one text of every failed bind,
@@ -328,11 +328,11 @@ func (c *conn) setIdentity(id identity) {
 	}
 	tctx, rel := reg.Track(c.ctx, id.appID)
 	context.AfterFunc(tctx, func() {
-		if errors.Is(context.Cause(tctx), relay.ErrRevoked) {
+		if errors.Is(context.Cause(tctx), revoke.ErrRevoked) {
 			c.srv.log.LogAttrs(context.Background(), slog.LevelInfo, "ldap session revoked",
 				slog.String("proto", policy.LDAP.String()), slog.Uint64("conn_id", c.id),
 				slog.String("remote_addr", c.remote.String()), slog.String("user", id.user))
-			c.stop(relay.ErrRevoked)
+			c.stop(revoke.ErrRevoked)
 		}
 	})
 	c.mu.Lock()

@@ -16,7 +16,7 @@ import (
 
 	"github.com/passgate/passgate/policy"
 	"github.com/passgate/passgate/proxy/observe"
-	"github.com/passgate/passgate/proxy/relay"
+	"github.com/passgate/passgate/proxy/revoke"
 )
 
 // Decider is the decision as the listener calls it; *policy.Engine
@@ -113,7 +113,7 @@ type Options struct {
 	Upstream Upstream
 	// Registry closes the connection of a client whose app password is
 	// deleted. Optional.
-	Registry *relay.Registry
+	Registry *revoke.Registry
 	// TLSConfig is the server certificate for StartTLS and, with
 	// ImplicitTLS, for every connection. nil: StartTLS is answered
 	// unavailable.

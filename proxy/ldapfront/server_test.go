@@ -28,7 +28,7 @@ import (
 	"github.com/passgate/passgate/backends/store"
 	"github.com/passgate/passgate/policy"
 	"github.com/passgate/passgate/policy/policytest"
-	"github.com/passgate/passgate/proxy/relay"
+	"github.com/passgate/passgate/proxy/revoke"
 )
 
 const (
@@ -321,12 +321,12 @@ type testServer struct {
 	addr string
 	dec  *fakeDecider
 	up   *fakeUpstream
-	reg  *relay.Registry
+	reg  *revoke.Registry
 }
 
 func startServer(t *testing.T, change func(*Options)) *testServer {
 	t.Helper()
-	ts := &testServer{dec: newFakeDecider(t, true), up: &fakeUpstream{}, reg: relay.NewRegistry()}
+	ts := &testServer{dec: newFakeDecider(t, true), up: &fakeUpstream{}, reg: revoke.NewRegistry()}
 	opts := Options{Decider: ts.dec, Upstream: ts.up, Registry: ts.reg, UserDNTemplates: []string{template},
 		UPNDomains: []string{"example.test"}, TLSConfig: selfSigned(t)}
 	if change != nil {

@@ -114,7 +114,7 @@ type UpstreamSession interface {
 var ErrLoginRefused = errors.New("smtpfront: the upstream refused the login")
 
 // Sessions tracks sessions by the app password they logged in with, so
-// that deleting it closes them (proxy/relay.Registry implements it).
+// that deleting it closes them (proxy/revoke.Registry implements it).
 type Sessions interface {
 	Track(ctx context.Context, id int64) (context.Context, func())
 }

@@ -19,7 +19,7 @@ import (
 	"github.com/passgate/passgate/configs"
 	"github.com/passgate/passgate/policy"
 	"github.com/passgate/passgate/proxy/proxyheader"
-	"github.com/passgate/passgate/proxy/relay"
+	"github.com/passgate/passgate/proxy/revoke"
 )
 
 // deps is what every protocol's wiring (serve_imap.go, serve_smtp.go,
@@ -30,7 +30,7 @@ type deps struct {
 	cfg       *configs.Config
 	log       *slog.Logger
 	engine    *policy.Engine
-	relays    *relay.Registry
+	relays    *revoke.Registry
 	serverTLS *tls.Config
 	// onStop runs after every listener has drained: what the services
 	// share (the LDAP lookup connection) is closed there.
@@ -169,7 +169,7 @@ func serve(ctx context.Context, e *env, cfg *configs.Config, log *slog.Logger, o
 	if err != nil {
 		return err
 	}
-	d := &deps{cfg: cfg, log: log, engine: engine, relays: relay.NewRegistry(), metrics: m}
+	d := &deps{cfg: cfg, log: log, engine: engine, relays: revoke.NewRegistry(), metrics: m}
 	if certs != nil {
 		d.serverTLS = certs.tlsConfig()
 	}
