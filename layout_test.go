@@ -1,4 +1,4 @@
-package integration
+package passgate
 
 import (
 	"encoding/json"
