@@ -296,13 +296,11 @@ func TestQueuedBytesCapped(t *testing.T) {
 	}()
 	peak := 0
 	for deadline := time.Now().Add(1500 * time.Millisecond); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-		ts.srv.mu.Lock()
-		for sc := range ts.srv.conns {
+		for _, sc := range ts.srv.set.Live() {
 			sc.mu.Lock()
 			peak = max(peak, sc.queuedBytes)
 			sc.mu.Unlock()
 		}
-		ts.srv.mu.Unlock()
 	}
 	if peak > maxQueuedBytes {
 		t.Fatalf("%d bytes queued, cap %d", peak, maxQueuedBytes)
@@ -386,9 +384,7 @@ func TestAbandonWhileSending(t *testing.T) {
 // connOf returns the server side of the only connection.
 func (ts *testServer) connOf(t *testing.T) *conn {
 	t.Helper()
-	ts.srv.mu.Lock()
-	defer ts.srv.mu.Unlock()
-	for c := range ts.srv.conns {
+	for _, c := range ts.srv.set.Live() {
 		return c
 	}
 	t.Fatal("no connection")

@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"github.com/passgate/passgate/proxy/accept"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -15,6 +14,7 @@ import (
 	"time"
 
 	"github.com/passgate/passgate/policy"
+	"github.com/passgate/passgate/proxy/lifecycle"
 	"github.com/passgate/passgate/proxy/observe"
 	"github.com/passgate/passgate/proxy/revoke"
 )
@@ -160,12 +160,8 @@ type Server struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
-	mu        sync.Mutex
-	listeners map[net.Listener]struct{}
-	conns     map[*conn]struct{}
-	closed    bool
-	nextID    atomic.Uint64
-	wg        sync.WaitGroup
+	set    lifecycle.Set[*conn] // listeners and live connections
+	nextID atomic.Uint64
 
 	resolved resolveCache
 
@@ -267,8 +263,6 @@ func New(opts Options) (*Server, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Server{
 		opts: opts, names: names, log: log, ctx: ctx, cancel: cancel,
-		listeners: make(map[net.Listener]struct{}),
-		conns:     make(map[*conn]struct{}),
 	}, nil
 }
 
@@ -276,58 +270,16 @@ func New(opts Options) (*Server, error) {
 // returns a non-nil error: ErrServerClosed after Shutdown or Close. ln is
 // closed when Serve returns.
 func (s *Server) Serve(ln net.Listener) error {
-	s.mu.Lock()
-	if s.closed {
-		s.mu.Unlock()
-		ln.Close()
-		return ErrServerClosed
-	}
-	s.listeners[ln] = struct{}{}
-	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		delete(s.listeners, ln)
-		s.mu.Unlock()
-		ln.Close()
-	}()
-	closing := func() bool {
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		return s.closed
-	}
-	onRetry := func(err error) {
-		s.log.Warn("accept failed", slog.String("proto", "ldap"), slog.Any("err", err))
-	}
-	for {
-		nc, err := accept.Accept(ln, closing, onRetry)
-		if err != nil {
-			if closing() {
-				return ErrServerClosed
-			}
-			return fmt.Errorf("ldapfront: accept on %s: %w", ln.Addr(), err)
-		}
-		s.mu.Lock()
-		if s.closed {
-			s.mu.Unlock()
-			nc.Close()
-			return ErrServerClosed
-		}
-		c := s.newConn(nc)
-		s.conns[c] = struct{}{}
-		s.wg.Add(1)
-		s.mu.Unlock()
-		observe.Opened(s.opts.Conns)
-		go func() {
-			defer s.wg.Done()
-			defer func() {
-				s.mu.Lock()
-				delete(s.conns, c)
-				s.mu.Unlock()
-				observe.Closed(s.opts.Conns)
-			}()
-			c.serve()
-		}()
-	}
+	return lifecycle.Serve(&s.set, ln, lifecycle.Loop[*conn]{
+		Name:   "ldapfront",
+		Closed: ErrServerClosed,
+		Conns:  s.opts.Conns,
+		New:    s.newConn,
+		Run:    (*conn).serve, // recovers its own panics (recoverConn)
+		Retry: func(err error) {
+			s.log.Warn("accept failed", slog.String("proto", policy.LDAP.String()), slog.Any("err", err))
+		},
+	})
 }
 
 // Shutdown stops accepting, closes each connection as soon as it has
@@ -335,55 +287,19 @@ func (s *Server) Serve(ln net.Listener) error {
 // are gone or ctx ends; then it returns ctx's error and the caller should
 // call Close.
 func (s *Server) Shutdown(ctx context.Context) error {
-	s.stopListening()
-	t := time.NewTicker(drainPoll)
-	defer t.Stop()
-	for {
-		s.mu.Lock()
-		n := len(s.conns)
-		var idle []*conn
-		for c := range s.conns {
-			if c.idle() {
-				idle = append(idle, c)
-			}
-		}
-		s.mu.Unlock()
-		if n == 0 {
-			s.wg.Wait()
-			return nil
-		}
-		for _, c := range idle {
+	return lifecycle.Drain(ctx, &s.set, drainPoll, func(c *conn) {
+		if c.idle() {
 			c.disconnect(resultUnavailable, "passgate is shutting down")
 		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-t.C:
-		}
-	}
+	})
 }
 
 // Close closes the listeners and every connection at once and waits for
 // their goroutines.
 func (s *Server) Close() error {
-	s.stopListening()
+	s.set.Stop()
 	s.cancel()
-	s.mu.Lock()
-	for c := range s.conns {
-		c.stop(errors.New("server closed"))
-	}
-	s.mu.Unlock()
-	s.wg.Wait()
-	return nil
-}
-
-func (s *Server) stopListening() {
-	s.mu.Lock()
-	s.closed = true
-	for ln := range s.listeners {
-		ln.Close()
-	}
-	s.mu.Unlock()
+	return lifecycle.Close(context.Background(), &s.set, func(c *conn) { c.stop(errors.New("server closed")) })
 }
 
 // recoverConn logs a panic of a connection goroutine with its stack.

@@ -33,13 +33,13 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/emersion/go-smtp"
 
 	"github.com/passgate/passgate/policy"
+	"github.com/passgate/passgate/proxy/lifecycle"
 	"github.com/passgate/passgate/proxy/observe"
 )
 
@@ -180,10 +180,7 @@ type Server struct {
 	closed atomic.Bool
 	nextID atomic.Uint64
 
-	mu    sync.Mutex
-	shut  bool // Shutdown or Close began: track refuses new connections
-	conns map[*trackedConn]struct{}
-	wg    sync.WaitGroup
+	set lifecycle.Set[*trackedConn] // live connections; track refuses new ones once Shutdown or Close began
 }
 
 // New returns a Server. It panics if Decider or Upstream is nil (a wiring
@@ -229,7 +226,7 @@ func New(o Options) *Server {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{o: o, log: log, conns: make(map[*trackedConn]struct{})}
+	s := &Server{o: o, log: log}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	srv := smtp.NewServer(smtp.BackendFunc(s.newSession))
 	srv.Domain = o.Hostname
@@ -286,11 +283,9 @@ func (s *Server) Close() error {
 		err = nil
 	}
 	s.cancel()
-	s.mu.Lock()
-	for c := range s.conns {
+	for _, c := range s.set.Live() {
 		c.Conn.Close()
 	}
-	s.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if werr := s.wait(ctx); werr != nil && err == nil {
@@ -303,21 +298,10 @@ func (s *Server) Close() error {
 // connections, so that none is added to the wait group while wait runs.
 func (s *Server) stopTracking() {
 	s.closed.Store(true)
-	s.mu.Lock()
-	s.shut = true
-	s.mu.Unlock()
+	s.set.Stop()
 }
 
-func (s *Server) wait(ctx context.Context) error {
-	done := make(chan struct{})
-	go func() { s.wg.Wait(); close(done) }()
-	select {
-	case <-done:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
+func (s *Server) wait(ctx context.Context) error { return s.set.Wait(ctx) }
 
 // listener wraps each accepted connection in a trackedConn (and in TLS for
 // an implicit-TLS listener).
