@@ -5,10 +5,9 @@
 // accepting and drains until its context ends, Close ends everything now —
 // with every connection goroutine waited for.
 //
-// On the path of a login it is the first step, around proxy/accept's
-// accept loop; it knows no protocol: a front says how to serve, drain and
-// close one of its connections. It imports only proxy/accept and
-// proxy/observe.
+// On the path of a login it is the first step, the accept loop; it knows
+// no protocol: a front says how to serve, drain and close one of its
+// connections. It imports only proxy/observe.
 package lifecycle
 
 import (
@@ -19,7 +18,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/passgate/passgate/proxy/accept"
 	"github.com/passgate/passgate/proxy/observe"
 )
 
@@ -142,7 +140,7 @@ type Loop[C comparable] struct {
 	// Panicked is called, on c's goroutine, with a panic of Run and its
 	// stack: log it and close c. The server goes on.
 	Panicked func(c C, r any, stack []byte)
-	// Retry learns a passing accept error, retried (see proxy/accept).
+	// Retry learns a passing accept error, which is retried.
 	Retry func(err error)
 }
 
@@ -159,7 +157,7 @@ func Serve[C comparable](s *Set[C], ln net.Listener, l Loop[C]) error {
 		ln.Close()
 	}()
 	for {
-		nc, err := accept.Accept(ln, s.Closing, l.Retry)
+		nc, err := acceptConn(ln, s.Closing, l.Retry)
 		if err != nil {
 			if s.Closing() {
 				return l.Closed
