@@ -13,10 +13,11 @@ import (
 
 	"github.com/passgate/passgate/backends/ldapupstream"
 	"github.com/passgate/passgate/backends/store"
+	"github.com/passgate/passgate/cmd/passgate/cli"
 	"github.com/passgate/passgate/integration/testenv"
 	"github.com/passgate/passgate/policy"
 	"github.com/passgate/passgate/proxy/ldapfront"
-	"github.com/passgate/passgate/proxy/relay"
+	"github.com/passgate/passgate/proxy/revoke"
 )
 
 // ldapServers is the slapd the LDAP tests share, started once per test
@@ -99,7 +100,7 @@ type ldapGate struct {
 	addr, tlsAddr string // host:port
 	url, ldapsURL string
 	store         *store.Store
-	relays        *relay.Registry
+	relays        *revoke.Registry
 	delay         time.Duration
 	apps          map[string]string // "user/label" → app password
 }
@@ -151,10 +152,10 @@ func startLDAPGate(t testing.TB, o ldapGateOptions) *ldapGate {
 	if err != nil {
 		t.Fatal(err)
 	}
-	reg := relay.NewRegistry()
+	reg := revoke.NewRegistry()
 	g := &ldapGate{store: st, relays: reg, delay: o.failureDelay, apps: map[string]string{}}
 	base := ldapfront.Options{
-		Decider: engine, Upstream: testLDAPAdapter{up}, Registry: reg, TLSConfig: serverTLS,
+		Decider: engine, Upstream: cli.LDAPUpstream(up), Registry: reg, TLSConfig: serverTLS,
 		Mode: o.mode, UserDNTemplates: []string{e.slapd.UserTemplate}, UPNDomains: []string{"example.test"},
 		AllowAnonymous: o.allowAnon,
 	}
@@ -227,24 +228,3 @@ func (g *ldapGate) setMFA(t testing.TB, user string, st store.MFAState) {
 		t.Fatal(err)
 	}
 }
-
-// testLDAPAdapter is the same adapter as cmd/passgate/cli's.
-type testLDAPAdapter struct{ up *ldapupstream.Client }
-
-func (a testLDAPAdapter) Open(ctx context.Context) (ldapfront.Session, error) {
-	s, err := a.up.Open(ctx)
-	if err != nil {
-		return nil, err
-	}
-	return s, nil
-}
-
-func (a testLDAPAdapter) Verify(ctx context.Context, dn string, password []byte) (string, bool, error) {
-	return a.up.Verify(ctx, dn, password)
-}
-
-func (a testLDAPAdapter) Resolve(ctx context.Context, dn string) (string, bool, error) {
-	return a.up.Resolve(ctx, dn)
-}
-
-func (a testLDAPAdapter) HasServiceAccount() bool { return a.up.HasServiceAccount() }

@@ -9,7 +9,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -22,9 +21,10 @@ import (
 
 	"github.com/passgate/passgate/backends/smtpupstream"
 	"github.com/passgate/passgate/backends/store"
+	"github.com/passgate/passgate/cmd/passgate/cli"
 	"github.com/passgate/passgate/integration/testenv"
 	"github.com/passgate/passgate/policy"
-	"github.com/passgate/passgate/proxy/relay"
+	"github.com/passgate/passgate/proxy/revoke"
 	"github.com/passgate/passgate/proxy/smtpfront"
 )
 
@@ -167,12 +167,12 @@ func startPassgateSMTP(t testing.TB, o smtpOpts) *passgateSMTP {
 	}
 	base := smtpfront.Options{
 		Decider:         engine,
-		Upstream:        smtpUpstreamAdapter{uc},
+		Upstream:        cli.SMTPUpstream(uc),
 		TLSConfig:       stls,
 		Hostname:        "passgate.test",
 		MaxMessageBytes: size,
 		Logger:          log,
-		Sessions:        relay.NewRegistry(),
+		Sessions:        revoke.NewRegistry(),
 	}
 	for _, implicit := range []bool{false, true} {
 		so := base
@@ -197,33 +197,6 @@ func startPassgateSMTP(t testing.TB, o smtpOpts) *passgateSMTP {
 	}
 	return p
 }
-
-// smtpUpstreamAdapter is the test's copy of serve's adapter (package cli
-// keeps its own unexported).
-type smtpUpstreamAdapter struct{ up *smtpupstream.Client }
-
-func (a smtpUpstreamAdapter) Dial(ctx context.Context, client netip.AddrPort) (smtpfront.PendingLogin, error) {
-	p, err := a.up.Dial(ctx, client)
-	if err != nil {
-		return nil, err
-	}
-	return smtpPendingAdapter{p}, nil
-}
-
-type smtpPendingAdapter struct{ p *smtpupstream.Pending }
-
-func (p smtpPendingAdapter) Login(ctx context.Context, r smtpfront.LoginRequest) (smtpfront.UpstreamSession, error) {
-	s, err := p.p.Login(ctx, r.User, smtpupstream.Password(r.Password), r.Helo)
-	if errors.Is(err, smtpupstream.ErrAuthRefused) || errors.Is(err, smtpupstream.ErrNoPassword) {
-		return nil, fmt.Errorf("%w: %w", smtpfront.ErrLoginRefused, err)
-	}
-	if err != nil {
-		return nil, err
-	}
-	return s, nil
-}
-
-func (p smtpPendingAdapter) Close() error { return p.p.Close() }
 
 // xclientUpstream is the XCLIENT configuration for the shared Postfix's
 // STARTTLS submission port.

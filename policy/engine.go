@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/passgate/passgate/backends/apppass"
@@ -46,10 +47,9 @@ type Options struct {
 	// Lockout configures step 2; the zero value switches it off.
 	Lockout Lockout
 	// OnOutcome, when set, learns every recorded outcome, for metrics:
-	// the protocol, the kind of credential ("app-password", "primary",
-	// "none") and the outcome ("success", "failure", "unavailable"). It
-	// must not block.
-	OnOutcome func(proto, credential, outcome string)
+	// the protocol, the kind of credential and the outcome. It must not
+	// block.
+	OnOutcome func(proto Proto, credential Credential, outcome Outcome)
 }
 
 // Engine decides logins. It is safe for concurrent use.
@@ -61,8 +61,9 @@ type Engine struct {
 	delay     time.Duration
 	log       *slog.Logger
 	now       func() time.Time
-	onOutcome func(proto, credential, outcome string)
+	onOutcome func(Proto, Credential, Outcome)
 	lock      *limiter // nil: no lockout
+	inFlight  atomic.Int64
 }
 
 // DefaultFailureDelay is the delay before any failure reply.
@@ -120,49 +121,51 @@ func (e *Engine) PlaintextAllowed(client netip.AddrPort, tls bool) bool {
 // FailureDelay is the configured delay before a failure reply.
 func (e *Engine) FailureDelay() time.Duration { return e.delay }
 
-// Fail waits until a.Started + the failure delay, so that every failure
-// reaches the client after the same time whatever the reason, and returns
-// early only if ctx ends. Sleeping here blocks only the calling
-// connection's goroutine; no shared worker is held.
-func (e *Engine) Fail(ctx context.Context, a Attempt) {
-	start := a.Started
-	if start.IsZero() {
-		start = e.now()
+// InFlight is the number of Logins returned by Decide or Undecided and
+// not finished yet. A listener that forgot to finish one leaves it above
+// zero once its connections are closed; the listeners' tests check it.
+func (e *Engine) InFlight() int { return int(e.inFlight.Load()) }
+
+// newLogin starts a Login for a.
+func (e *Engine) newLogin(a Attempt) *Login {
+	if a.Received.IsZero() {
+		a.Received = e.now()
 	}
-	wait := time.Until(start.Add(e.delay))
-	if wait <= 0 {
-		return
-	}
-	t := time.NewTimer(wait)
-	defer t.Stop()
-	select {
-	case <-t.C:
-	case <-ctx.Done():
-	}
+	a.Secret = "" // the Login never needs it again
+	e.inFlight.Add(1)
+	return &Login{e: e, a: a, user: strings.TrimSpace(a.User)}
 }
 
-// Decide runs the decision for one attempt. A deny is a Decision with
-// Allow false; a non-nil error means the decision could not be made (the
-// store failed) and the client should get a temporary failure.
-func (e *Engine) Decide(ctx context.Context, a Attempt) (Decision, error) {
-	// The lockout finds the end of an attempt by the start the listener
-	// gave it; without one it reserves nothing (see limiter.admit).
-	callerStarted := a.Started
-	if a.Started.IsZero() {
-		a.Started = e.now()
-	}
-	user := strings.TrimSpace(a.User)
-	d := Decision{User: user}
-	deny := func(reason string) (Decision, error) {
-		d.Allow, d.Kind, d.Reason = false, KindNone, reason
-		e.audit(ctx, a, d, "failure")
-		return d, nil
+// Undecided returns a Login that the listener ends without a decision:
+// it refused the attempt itself (a malformed exchange, a name that maps
+// to no user; reason says why, for the audit) or could not go on before
+// deciding (the upstream is down: finish with Unreachable). It is not
+// Allowed; finish it like any other.
+func (e *Engine) Undecided(a Attempt, reason string) *Login {
+	l := e.newLogin(a)
+	l.reason = reason
+	return l
+}
+
+// Decide runs the decision for one attempt and returns its Login, which
+// the caller must finish (Login.Finish) whatever happens next. A deny is
+// a Login that is not Allowed; a non-nil error means the decision could
+// not be made (the store failed): the Login returned with it finishes as
+// a temporary failure.
+func (e *Engine) Decide(ctx context.Context, a Attempt) (*Login, error) {
+	l := e.newLogin(a)
+	a.Received = l.a.Received
+	user := l.user
+	deny := func(reason string) (*Login, error) {
+		l.reason = reason
+		return l, nil
 	}
 	// Step 1.
 	if !e.PlaintextAllowed(a.Client, a.TLS) {
+		l.plaintext = true
 		return deny("plaintext credentials without TLS from an untrusted network")
 	}
-	if user == "" || a.Secret == "" {
+	if user == "" || (a.Secret == "" && a.Factor == Password) {
 		return deny("empty user name or secret")
 	}
 	for _, f := range e.forbidden {
@@ -173,15 +176,27 @@ func (e *Engine) Decide(ctx context.Context, a Attempt) (Decision, error) {
 	// Step 2. A locked-out source gets the same failure as a wrong
 	// secret, and its secret is not even looked at.
 	if e.lock != nil {
-		if why := e.lock.admit(e.lockName(user), a.Client.Addr(), callerStarted, e.now()); why != "" {
+		adm, why := e.lock.admit(e.lockName(user), a.Client.Addr(), e.now())
+		if why != "" {
 			return deny(why)
 		}
+		l.adm = adm
+	}
+	if a.Factor == SecondFactor {
+		// The portal checks the code itself and finishes the Login with
+		// its verdict, which the lockout counts like a password's.
+		l.allowed, l.cred = true, SecondFactorCredential
+		l.reason = "second factor, to be verified by the portal"
+		return l, nil
 	}
 	// One read per name gives everything the decision needs of the
 	// store. A store outage fails it alike for every secret, and a
 	// secret that cannot be an app password is looked up all the same.
 	names := e.aliases(user)
 	secret := string(a.Secret)
+	if a.Proto == Web {
+		secret = "" // app passwords never sign in to the portal
+	}
 	_, shaped := apppass.Normalize(secret)
 	st := store.MFADisabled
 	allowApp := true
@@ -189,69 +204,74 @@ func (e *Engine) Decide(ctx context.Context, a Attempt) (Decision, error) {
 	for i, n := range names {
 		ls, err := e.store.LoginState(ctx, n, secret)
 		if errors.Is(err, store.ErrInvalid) {
-			e.finish(a, "failure")
+			l.settle(Failure)
 			return deny("user name is not valid")
 		}
 		if err != nil {
-			e.finish(a, "unavailable")
-			return Decision{}, fmt.Errorf("policy: read the login state of %q: %w", n, err)
+			l.settle(Unavailable)
+			l.err = fmt.Errorf("policy: read the login state of %q: %w", n, err)
+			l.reason = "temporary failure: " + l.err.Error()
+			return l, l.err
+		}
+		if ls.User != "" && (l.stored == "" || stronger(st, ls.MFA) != st) {
+			l.stored = ls.User
 		}
 		st = stronger(st, ls.MFA)
 		if i == 0 {
 			allowApp = ls.AllowAppPasswords
 		}
-		if shaped && match == nil && ls.AppPassword != nil {
+		if shaped && match == nil && ls.AppPassword != nil && a.Proto != Web {
 			match = ls.AppPassword
 		}
 	}
-	d.MFA = string(st)
+	l.mfa = st
 	// Step 3.
 	if match != nil {
 		ap := *match
 		// The secret is an app password of this user: it is not the
 		// primary password, so whatever happens it must not go to the
-		// upstream.
+		// upstream. A refusal names it.
+		l.cred, l.appID, l.label = AppPassword, ap.ID, ap.Label
 		if why := e.unusable(a, ap, allowApp, st); why != "" {
-			e.finish(a, "unusable") // the right secret: not a guess
+			l.settle(0) // the right secret: not a guess
 			return deny(why)
 		}
-		d.Allow, d.Kind = true, KindAppPassword
-		d.User = ap.User // the stored name, not the client's spelling
-		d.AppPasswordID, d.Label = ap.ID, ap.Label
-		d.Reason = "app password matched"
-		u := store.Usage{At: e.now(), Addr: a.Client.String(), Proto: a.Proto, Client: a.ClientName}
+		l.allowed = true
+		l.user = ap.User // the stored name, not the client's spelling
+		l.reason = "app password matched"
+		u := store.Usage{At: e.now(), Addr: a.Client.String(), Proto: string(a.Proto), Client: a.ClientName}
 		wctx, cancel := e.writeCtx(ctx)
-		err := e.store.RecordLogin(wctx, ap.ID, u, e.event(a, d, "success"))
+		err := e.store.RecordLogin(wctx, ap.ID, u, e.event(l, Success))
 		cancel()
 		if errors.Is(err, store.ErrNotFound) {
-			e.finish(a, "unusable")
+			l.allowed = false
+			l.settle(0)
 			return deny("app password " + ap.Label + " was deleted during the login")
 		}
 		if err != nil {
 			e.log.LogAttrs(ctx, slog.LevelError, "audit write failed", slog.Any("err", err))
 		}
-		e.finish(a, "success")
-		e.logDecision(ctx, a, d, "success")
-		return d, nil
+		l.recorded = true
+		e.logDecision(ctx, l, Success)
+		return l, nil
 	}
 	// Step 4.
-	if st == store.MFAEnforced {
-		e.finish(a, "failure")
+	if st == store.MFAEnforced && a.Proto != Web {
+		l.settle(Failure)
 		return deny("no app password matched and MFA is enforced: primary password refused without contacting the upstream")
 	}
-	d.Allow, d.Kind = true, KindPrimary
-	d.Reason = "primary password, to be verified by the upstream"
-	return d, nil
-}
-
-// finish ends an attempt that step 2 admitted: outcome "failure" (a
-// wrong secret) counts towards the lockout, "success" makes the source
-// familiar, anything else ("unavailable", "unusable") counts nothing.
-// An attempt is finished once; later calls do nothing.
-func (e *Engine) finish(a Attempt, outcome string) {
-	if e.lock != nil {
-		e.lock.finish(e.lockName(a.User), a.Client.Addr(), a.Started, e.now(), outcome)
+	if a.Proto == Web && st == store.MFADisabled {
+		// The portal is for users with MFA; the others have nothing to
+		// manage there. A guess all the same.
+		l.settle(Failure)
+		return deny("portal sign-in of a user whose MFA is disabled")
 	}
+	if a.Proto == Web && l.stored != "" {
+		l.user = l.stored
+	}
+	l.allowed, l.cred = true, Primary
+	l.reason = "primary password, to be verified by the upstream"
+	return l, nil
 }
 
 // lockName is the name the lockout counts a user under: one for every
@@ -288,8 +308,8 @@ func (e *Engine) unusable(a Attempt, ap store.AppPassword, allow bool, st store.
 		return "app password matched but app passwords are switched off"
 	case ap.Expired(e.now()):
 		return "app password " + ap.Label + " expired"
-	case !ap.HasScope(a.Proto):
-		return "app password " + ap.Label + " lacks scope " + a.Proto
+	case !ap.HasScope(string(a.Proto)):
+		return "app password " + ap.Label + " lacks scope " + string(a.Proto)
 	case st == store.MFADisabled:
 		return "app password " + ap.Label + " matched but MFA is disabled for the user"
 	}
@@ -335,104 +355,52 @@ func stronger(a, b store.MFAState) store.MFAState {
 	return a
 }
 
-// Unavailable records an attempt that ended in a temporary failure: the
-// decision could not be made (err from Decide) or the upstream could not
-// be reached. The listener answers it after Fail, with its protocol's
-// temporary-failure reply, the same whatever the secret was.
-func (e *Engine) Unavailable(ctx context.Context, a Attempt, cause error) {
-	e.finish(a, "unavailable")
-	d := Decision{Reason: "temporary failure"}
-	if cause != nil {
-		d.Reason += ": " + cause.Error()
-	}
-	e.audit(ctx, a, d, "unavailable")
-}
-
-// PrimaryResult records the upstream's verdict on a provisional primary
-// password allow. ok is true when the upstream accepted the login.
-//
-// Called with an app-password decision and ok false, it records that the
-// upstream refused the login on the user's behalf (a master login for a
-// user the upstream does not know): the success that Decide recorded is
-// then followed by this failure.
-func (e *Engine) PrimaryResult(ctx context.Context, a Attempt, d Decision, ok bool) {
-	if d.Kind == KindAppPassword {
-		if !ok {
-			d.Allow = false
-			d.Reason = "app password accepted, but the upstream refused the login on the user's behalf"
-			e.audit(ctx, a, d, "failure")
-		}
-		return
-	}
-	if ok {
-		e.finish(a, "success")
-		if d.MFA == string(store.MFAEnabled) {
-			d.Reason = "primary password accepted; would be refused once enforced"
-		} else {
-			d.Reason = "primary password accepted by the upstream"
-		}
-		e.audit(ctx, a, d, "success")
-		return
-	}
-	e.finish(a, "failure")
-	d.Allow = false
-	d.Reason = "primary password refused by the upstream"
-	if !a.Started.IsZero() && e.delay > 0 {
-		if took := e.now().Sub(a.Started); took > e.delay {
-			// The reply now comes later than an enforced user's refusal
-			// would: the difference tells the two apart.
-			e.log.LogAttrs(ctx, slog.LevelWarn, "upstream refused after the failure delay; failures of MFA users and others can be told apart by timing",
-				slog.String("proto", a.Proto), slog.Duration("took", took), slog.Duration("failure_delay", e.delay),
-				slog.String("fix", "set the upstream's own failure delay to 0 (Dovecot: auth_failure_delay = 0) or raise policy.failure_delay"))
-		}
-	}
-	e.audit(ctx, a, d, "failure")
-}
-
-func (e *Engine) audit(ctx context.Context, a Attempt, d Decision, outcome string) {
-	wctx, cancel := e.writeCtx(ctx)
-	defer cancel()
-	if err := e.store.Record(wctx, e.event(a, d, outcome)); err != nil {
-		e.log.LogAttrs(ctx, slog.LevelError, "audit write failed", slog.Any("err", err))
-	}
-	e.logDecision(ctx, a, d, outcome)
-}
-
 // writeCtx is the context of an audit write: it must not be cut short by
 // a client that hangs up.
 func (e *Engine) writeCtx(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 }
 
+func (e *Engine) audit(ctx context.Context, l *Login, outcome Outcome) {
+	wctx, cancel := e.writeCtx(ctx)
+	defer cancel()
+	if err := e.store.Record(wctx, e.event(l, outcome)); err != nil {
+		e.log.LogAttrs(ctx, slog.LevelError, "audit write failed", slog.Any("err", err))
+	}
+	e.logDecision(ctx, l, outcome)
+}
+
 // event is the audit event of an outcome. It never holds the secret.
-func (e *Engine) event(a Attempt, d Decision, outcome string) store.AuditEvent {
-	detail := "credential=" + d.Credential() + " tls=" + boolStr(a.TLS) + " reason=" + d.Reason
+func (e *Engine) event(l *Login, outcome Outcome) store.AuditEvent {
+	a := l.a
+	detail := "credential=" + l.Describe() + " tls=" + boolStr(a.TLS) + " reason=" + l.reason
 	if a.ClientName != "" {
 		detail += " client=" + a.ClientName
 	}
 	return store.AuditEvent{
 		Time:    e.now(),
-		Actor:   a.Proto + ":" + a.Client.String(),
+		Actor:   string(a.Proto) + ":" + a.Client.String(),
 		Action:  "login",
 		Subject: strings.TrimSpace(a.User),
-		Outcome: outcome,
+		Outcome: outcome.String(),
 		Detail:  detail,
 	}
 }
 
-func (e *Engine) logDecision(ctx context.Context, a Attempt, d Decision, outcome string) {
+func (e *Engine) logDecision(ctx context.Context, l *Login, outcome Outcome) {
 	if e.onOutcome != nil {
-		e.onOutcome(a.Proto, d.Kind.String(), outcome)
+		e.onOutcome(l.a.Proto, l.metricCredential(outcome), outcome)
 	}
 	level := slog.LevelInfo
-	if outcome != "success" {
+	if outcome != Success {
 		level = slog.LevelWarn
 	}
+	a := l.a
 	e.log.LogAttrs(ctx, level, "auth decision",
-		slog.String("proto", a.Proto), slog.String("user", strings.TrimSpace(a.User)),
+		slog.String("proto", string(a.Proto)), slog.String("user", strings.TrimSpace(a.User)),
 		slog.String("remote_addr", a.Client.String()), slog.Bool("tls", a.TLS),
-		slog.String("decision", outcome), slog.String("credential", d.Credential()),
-		slog.String("reason", d.Reason))
+		slog.String("decision", outcome.String()), slog.String("credential", l.Describe()),
+		slog.String("reason", l.reason))
 }
 
 func boolStr(b bool) string {

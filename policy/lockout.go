@@ -68,21 +68,12 @@ type counter struct {
 
 func (c *counter) locked(now time.Time) bool { return c != nil && now.Before(c.lockedUntil) }
 
-// admission is what admit reserved for one attempt, to be settled when
-// it ends.
+// admission is what admit reserved for one attempt. The Login holds it
+// and settles it when it finishes.
 type admission struct {
 	user      string
 	src       netip.Prefix
 	addr, usr bool // the address and user counters were reserved too
-	at        time.Time
-}
-
-// admissionKey finds an attempt's admission again when it ends: the
-// listener passes the same Attempt (user, address, start) to Decide and
-// then to PrimaryResult or Unavailable.
-type admissionKey struct {
-	pair    string
-	started int64
 }
 
 // limiter keeps the lockout's counters in memory, per process.
@@ -94,7 +85,6 @@ type limiter struct {
 	addrs     map[netip.Prefix]*counter             // address (IPv6: its /64)
 	users     map[string]*counter                   // user
 	familiar  map[string]map[netip.Prefix]time.Time // user → addresses of past successes
-	admitted  map[admissionKey][]admission          // attempts not finished yet
 	ops       int
 	lastSweep time.Time
 }
@@ -115,7 +105,6 @@ func newLimiter(cfg Lockout) *limiter {
 		addrs:    make(map[netip.Prefix]*counter),
 		users:    make(map[string]*counter),
 		familiar: make(map[string]map[netip.Prefix]time.Time),
-		admitted: make(map[admissionKey][]admission),
 	}
 }
 
@@ -142,14 +131,14 @@ func lockKey(user string) string {
 	return u
 }
 
-// admit returns why user may not log in from addr now, or "" after
-// recording the attempt as under way. From an unfamiliar address,
-// attempts under way count towards the thresholds as failures would, so
-// that a burst of simultaneous guesses is stopped there too; from a
-// familiar one only finished failures count, so that a client opening
-// several connections at once with the right password is never turned
-// away.
-func (l *limiter) admit(user string, addr netip.Addr, started, now time.Time) string {
+// admit returns why user may not log in from addr now, or the
+// admission that records the attempt as under way, for the Login to
+// settle. From an unfamiliar address, attempts under way count towards
+// the thresholds as failures would, so that a burst of simultaneous
+// guesses is stopped there too; from a familiar one only finished
+// failures count, so that a client opening several connections at once
+// with the right password is never turned away.
+func (l *limiter) admit(user string, addr netip.Addr, now time.Time) (*admission, string) {
 	u, src := lockKey(user), source(addr)
 	pair := u + "\x00" + src.String()
 	l.mu.Lock()
@@ -157,26 +146,21 @@ func (l *limiter) admit(user string, addr netip.Addr, started, now time.Time) st
 	l.sweep(now)
 	familiar := l.isFamiliar(u, src, now)
 	if l.pairs[pair].locked(now) {
-		return "locked out: too many failures of this user from this address"
+		return nil, "locked out: too many failures of this user from this address"
 	}
 	if !familiar {
 		if l.addrs[src].locked(now) {
-			return "locked out: too many failures from this address"
+			return nil, "locked out: too many failures from this address"
 		}
 		if u != "" && l.users[u].locked(now) {
-			return "locked out: too many failures of this user from unfamiliar addresses"
+			return nil, "locked out: too many failures of this user from unfamiliar addresses"
 		}
 		if full(l.pairs[pair], l.cfg.MaxFailures, now, l.cfg) || full(l.addrs[src], l.cfg.MaxAddressFailures, now, l.cfg) ||
 			(u != "" && full(l.users[u], l.cfg.MaxUserFailures, now, l.cfg)) {
-			return "locked out: too many attempts at once from an unfamiliar address"
+			return nil, "locked out: too many attempts at once from an unfamiliar address"
 		}
 	}
-	if started.IsZero() || len(l.admitted) >= maxTracked {
-		// Nothing to find the attempt's end by, or no room to keep it:
-		// nothing is reserved (what is reserved must be settled).
-		return ""
-	}
-	adm := admission{user: u, src: src, at: now}
+	adm := &admission{user: u, src: src}
 	reserve(l.pairs, pair, l.cfg.MaxFailures, now, l.cfg)
 	if !familiar {
 		// A user's own device with a stale password may lock itself
@@ -184,35 +168,18 @@ func (l *limiter) admit(user string, addr netip.Addr, started, now time.Time) st
 		adm.addr = reserve(l.addrs, src, l.cfg.MaxAddressFailures, now, l.cfg)
 		adm.usr = u != "" && reserve(l.users, u, l.cfg.MaxUserFailures, now, l.cfg)
 	}
-	key := admissionKey{pair, started.UnixNano()}
-	l.admitted[key] = append(l.admitted[key], adm)
-	return ""
+	return adm, ""
 }
 
-// finish ends an admitted attempt: a failure counts (and may lock);
-// anything else counts nothing, and a success makes the address
+// settle ends an admitted attempt: a Failure counts (and may lock);
+// anything else counts nothing, and a Success makes the address
 // familiar.
-func (l *limiter) finish(user string, addr netip.Addr, started, now time.Time, outcome string) {
-	u, src := lockKey(user), source(addr)
-	pair := u + "\x00" + src.String()
+func (l *limiter) settle(adm *admission, now time.Time, o Outcome) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	key := admissionKey{pair, started.UnixNano()}
-	adms := l.admitted[key]
-	if len(adms) == 0 {
-		return // not admitted, or finished already
-	}
-	// Attempts of one user from one address that started in the same
-	// nanosecond are told apart by order; what they reserved is alike.
-	adm := adms[0]
-	if len(adms) == 1 {
-		delete(l.admitted, key)
-	} else {
-		l.admitted[key] = adms[1:]
-	}
-	l.settleAdmission(adm, now, outcome == "failure")
-	if outcome == "success" && src.Addr().IsValid() && !src.Addr().IsUnspecified() {
-		l.remember(u, src, now)
+	l.settleAdmission(*adm, now, o == Failure)
+	if o == Success && adm.src.Addr().IsValid() && !adm.src.Addr().IsUnspecified() {
+		l.remember(adm.user, adm.src, now)
 	}
 }
 
@@ -276,9 +243,9 @@ func reserve[K comparable](m map[K]*counter, key K, limit int, now time.Time, cf
 	return true
 }
 
-// settle ends an attempt under way under key; a failure counts, and
+// settleKey ends an attempt under way under key; a failure counts, and
 // reaching limit locks the key for cfg.Duration.
-func settle[K comparable](m map[K]*counter, key K, limit int, now time.Time, cfg Lockout, failed bool) {
+func settleKey[K comparable](m map[K]*counter, key K, limit int, now time.Time, cfg Lockout, failed bool) {
 	c := m[key]
 	if c == nil || limit <= 0 {
 		return
@@ -310,40 +277,24 @@ func evict[K comparable, V any](m map[K]V, mayGo func(V) bool) {
 
 // settleAdmission ends what adm reserved.
 func (l *limiter) settleAdmission(adm admission, now time.Time, failed bool) {
-	settle(l.pairs, adm.user+"\x00"+adm.src.String(), l.cfg.MaxFailures, now, l.cfg, failed)
+	settleKey(l.pairs, adm.user+"\x00"+adm.src.String(), l.cfg.MaxFailures, now, l.cfg, failed)
 	if adm.addr {
-		settle(l.addrs, adm.src, l.cfg.MaxAddressFailures, now, l.cfg, failed)
+		settleKey(l.addrs, adm.src, l.cfg.MaxAddressFailures, now, l.cfg, failed)
 	}
 	if adm.usr {
-		settle(l.users, adm.user, l.cfg.MaxUserFailures, now, l.cfg, failed)
+		settleKey(l.users, adm.user, l.cfg.MaxUserFailures, now, l.cfg, failed)
 	}
 }
 
 // sweep drops, every sweepEvery calls or once a minute, what neither
-// counts nor locks any more, and admissions that were never finished
-// within a window (a listener that did not report the end of an
-// attempt), settling what they reserved.
+// counts nor locks any more. Attempts under way are never dropped: their
+// Logins settle them.
 func (l *limiter) sweep(now time.Time) {
 	l.ops++
 	if l.ops%sweepEvery != 0 && now.Sub(l.lastSweep) < time.Minute {
 		return
 	}
 	l.lastSweep = now
-	for k, adms := range l.admitted {
-		kept := adms[:0]
-		for _, a := range adms {
-			if now.Sub(a.at) >= l.cfg.Window {
-				l.settleAdmission(a, now, false)
-			} else {
-				kept = append(kept, a)
-			}
-		}
-		if len(kept) == 0 {
-			delete(l.admitted, k)
-		} else {
-			l.admitted[k] = kept
-		}
-	}
 	idle := func(c *counter) bool {
 		return c.pending == 0 && now.Sub(c.windowStart) >= l.cfg.Window && !now.Before(c.lockedUntil)
 	}

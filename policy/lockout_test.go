@@ -5,7 +5,6 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -18,37 +17,35 @@ func lockoutEngine(cfg Lockout) (*Engine, *time.Time) {
 	return e, &now
 }
 
-func try(t *testing.T, e *Engine, user, secret, from string) Decision {
+// outcome is what try learnt of a login, finished as the upstream would
+// have answered (Accepted for an allowed one).
+type outcome struct {
+	Allow  bool
+	Reason string
+}
+
+func try(t *testing.T, e *Engine, user, secret, from string) outcome {
 	t.Helper()
 	d, err := e.Decide(context.Background(), Attempt{Proto: IMAP, User: user, Secret: Secret(secret), TLS: true,
-		Client: netip.AddrPortFrom(netip.MustParseAddr(from), 40000), Started: started(e)})
+		Client: netip.AddrPortFrom(netip.MustParseAddr(from), 40000)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return d
-}
-
-// attemptSeq makes every test attempt's start time its own.
-var attemptSeq atomic.Int64
-
-// started gives each attempt its own start time, as listeners do (the
-// lockout tells attempts apart by it).
-func started(e *Engine) time.Time {
-	return e.now().Add(time.Duration(attemptSeq.Add(1)))
+	o := outcome{d.Allowed(), d.Reason()}
+	d.Finish(context.Background(), Accepted)
+	return o
 }
 
 // guess is a wrong password: refused by the decision (MFA enforced) or,
 // for a user without MFA, by the upstream.
 func guess(t *testing.T, e *Engine, user, from string) {
 	t.Helper()
-	a := Attempt{Proto: IMAP, User: user, Secret: "guess", TLS: true, Client: netip.AddrPortFrom(netip.MustParseAddr(from), 40000), Started: started(e)}
+	a := Attempt{Proto: IMAP, User: user, Secret: "guess", TLS: true, Client: netip.AddrPortFrom(netip.MustParseAddr(from), 40000)}
 	d, err := e.Decide(context.Background(), a)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d.Allow {
-		e.PrimaryResult(context.Background(), a, d, false)
-	}
+	d.Finish(context.Background(), Refused)
 }
 
 func TestLockoutOffByDefault(t *testing.T) {
@@ -141,8 +138,9 @@ func TestLockout(t *testing.T) {
 		for range 10 {
 			// No secret was checked: plaintext refused, empty secret,
 			// an expired app password (the right secret, unusable).
-			e.Decide(context.Background(), Attempt{Proto: IMAP, User: "alice", Secret: "x", TLS: false,
+			l, _ := e.Decide(context.Background(), Attempt{Proto: IMAP, User: "alice", Secret: "x", TLS: false,
 				Client: netip.MustParseAddrPort("203.0.113.1:1")})
+			l.Finish(context.Background(), NotAsked)
 			try(t, e, "alice", "", "203.0.113.1")
 			try(t, e, "alice", expired, "203.0.113.1")
 		}
@@ -153,12 +151,12 @@ func TestLockout(t *testing.T) {
 	t.Run("upstream-refusals-count", func(t *testing.T) {
 		e, _ := lockoutEngine(cfg)
 		for range 3 {
-			a := Attempt{Proto: LDAP, User: "dave", Secret: "wrong", TLS: true, Client: netip.MustParseAddrPort("203.0.113.9:1"), Started: started(e)}
+			a := Attempt{Proto: LDAP, User: "dave", Secret: "wrong", TLS: true, Client: netip.MustParseAddrPort("203.0.113.9:1")}
 			d, _ := e.Decide(context.Background(), a)
-			if !d.Allow || d.Kind != KindPrimary {
+			if !d.Allowed() || d.Credential() != Primary {
 				t.Fatalf("dave (no MFA) before the lockout: %+v", d)
 			}
-			e.PrimaryResult(context.Background(), a, d, false)
+			d.Finish(context.Background(), Refused)
 		}
 		if d := try(t, e, "dave", primaryPW, "203.0.113.9"); d.Allow {
 			t.Fatal("a user without MFA whose password the upstream refused 3 times is not locked: the upstream would be asked again")
@@ -175,19 +173,20 @@ func TestLockoutBurstAndFullTables(t *testing.T) {
 	}
 	t.Run("simultaneous-guesses-stop-at-the-threshold", func(t *testing.T) {
 		e, _ := lockoutEngine(cfg)
-		var admitted []Attempt
+		var admitted []*Login
 		for range 20 { // all sent before the upstream answers any
-			a := at("203.0.113.5")
-			a.Started = started(e)
-			if d, _ := e.Decide(context.Background(), a); d.Allow {
-				admitted = append(admitted, a)
+			d, _ := e.Decide(context.Background(), at("203.0.113.5"))
+			if d.Allowed() {
+				admitted = append(admitted, d)
+			} else {
+				d.Finish(context.Background(), NotAsked)
 			}
 		}
 		if len(admitted) != 3 {
 			t.Fatalf("%d of 20 simultaneous guesses reached the upstream, want 3", len(admitted))
 		}
-		for _, a := range admitted {
-			e.PrimaryResult(context.Background(), a, Decision{Allow: true, Kind: KindPrimary, User: "dave"}, false)
+		for _, d := range admitted {
+			d.Finish(context.Background(), Refused)
 		}
 		if d := try(t, e, "dave", primaryPW, "203.0.113.5"); d.Allow {
 			t.Fatal("after 3 refused guesses the pair is not locked")
@@ -196,26 +195,31 @@ func TestLockoutBurstAndFullTables(t *testing.T) {
 	t.Run("a-familiar-client-may-open-many-at-once", func(t *testing.T) {
 		e, _ := lockoutEngine(cfg)
 		a := at("192.0.2.20")
-		a.Secret, a.Started = primaryPW, started(e)
+		a.Secret = primaryPW
 		d, _ := e.Decide(context.Background(), a)
-		e.PrimaryResult(context.Background(), a, d, true)
+		d.Finish(context.Background(), Accepted)
+		var open []*Login
 		for i := range 10 {
-			b := at("192.0.2.20")
-			b.Secret, b.Started = primaryPW, started(e)
-			if d, _ := e.Decide(context.Background(), b); !d.Allow {
-				t.Fatalf("connection %d of a familiar client, all at once: %s", i, d.Reason)
+			d, _ := e.Decide(context.Background(), a)
+			open = append(open, d)
+			if !d.Allowed() {
+				t.Fatalf("connection %d of a familiar client, all at once: %s", i, d.Reason())
 			}
+		}
+		for _, d := range open {
+			d.Finish(context.Background(), Accepted)
 		}
 	})
 	t.Run("temporary-failures-do-not-count", func(t *testing.T) {
 		e, _ := lockoutEngine(cfg)
 		for range 10 {
 			a := at("203.0.113.6")
-			a.Secret, a.Started = primaryPW, started(e)
-			if d, _ := e.Decide(context.Background(), a); !d.Allow {
-				t.Fatalf("during an upstream outage: %s", d.Reason)
+			a.Secret = primaryPW
+			d, _ := e.Decide(context.Background(), a)
+			if !d.Allowed() {
+				t.Fatalf("during an upstream outage: %s", d.Reason())
 			}
-			e.Unavailable(context.Background(), a, context.DeadlineExceeded)
+			d.Finish(context.Background(), Unreachable(context.DeadlineExceeded))
 		}
 	})
 	t.Run("full-tables-still-count", func(t *testing.T) {
@@ -257,37 +261,59 @@ func TestLockoutRealmSpellingsShareACount(t *testing.T) {
 	}
 }
 
-// TestLockoutAdmissions: attempts that share a start time are settled
-// one by one; an attempt without one reserves nothing; an attempt that
-// is never finished stops counting as under way after a window.
+// TestLockoutAdmissions: every Login holds its own admission, so
+// attempts that arrive at the same instant are settled one by one; an
+// attempt under way counts until its Login is finished (there is no
+// sweep), and finishing it releases what it reserved.
 func TestLockoutAdmissions(t *testing.T) {
 	cfg := Lockout{MaxFailures: 3, Window: time.Minute, Duration: time.Minute}
-	l := newLimiter(cfg)
 	now := time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
-	addr := netip.MustParseAddr("203.0.113.8")
-	same := now.Add(-time.Second)
+	e := New(Options{Store: newFake(), FailureDelay: -1, Lockout: cfg, Now: func() time.Time { return now }})
+	a := Attempt{Proto: LDAP, User: "dave", Secret: "guess", TLS: true, Client: netip.MustParseAddrPort("203.0.113.8:1"), Received: now.Add(-time.Second)}
+	var same []*Login
 	for range 2 {
-		if why := l.admit("dave", addr, same, now); why != "" {
-			t.Fatal(why)
+		l, _ := e.Decide(context.Background(), a)
+		if !l.Allowed() {
+			t.Fatal(l.Reason())
 		}
+		same = append(same, l)
 	}
-	l.finish("dave", addr, same, now, "failure")
-	l.finish("dave", addr, same, now, "failure")
-	c := l.pairs["dave\x00203.0.113.8/32"]
+	for _, l := range same {
+		l.Finish(context.Background(), Refused)
+	}
+	c := e.lock.pairs["dave\x00203.0.113.8/32"]
 	if c.n != 2 || c.pending != 0 {
 		t.Fatalf("two refused attempts with one start time: n %d, pending %d; want 2, 0", c.n, c.pending)
 	}
-	if why := l.admit("erin", addr, time.Time{}, now); why != "" || l.pairs["erin\x00203.0.113.8/32"] != nil {
-		t.Fatalf("an attempt without a start time: %q, reserved %+v", why, l.pairs["erin\x00203.0.113.8/32"])
+	f := Attempt{Proto: LDAP, User: "frank", Secret: "x", TLS: true, Client: a.Client}
+	var open []*Login
+	for range 3 { // under way
+		l, _ := e.Decide(context.Background(), f)
+		open = append(open, l)
 	}
-	for range 3 { // admitted, never finished
-		l.admit("frank", addr, now.Add(time.Duration(attemptSeq.Add(1))), now)
-	}
-	if why := l.admit("frank", addr, now.Add(time.Duration(attemptSeq.Add(1))), now); why == "" {
+	l, _ := e.Decide(context.Background(), f)
+	if l.Allowed() {
 		t.Fatal("a fourth attempt while three are under way from an unfamiliar address was admitted")
 	}
-	later := now.Add(2 * time.Minute) // past a window and a minute: the sweep settles them
-	if why := l.admit("frank", addr, later, later); why != "" {
-		t.Fatalf("after the leaked attempts' window: %q", why)
+	l.Finish(context.Background(), NotAsked)
+	now = now.Add(2 * time.Minute) // no sweep: still under way
+	if l, _ := e.Decide(context.Background(), f); l.Allowed() {
+		t.Fatal("attempts under way stopped counting without being finished")
+	} else {
+		l.Finish(context.Background(), NotAsked)
+	}
+	if n := e.InFlight(); n != 3 {
+		t.Fatalf("InFlight = %d, want the 3 under way", n)
+	}
+	for _, l := range open {
+		l.Finish(context.Background(), Unreachable(nil))
+	}
+	if l, _ := e.Decide(context.Background(), f); !l.Allowed() {
+		t.Fatalf("after the attempts under way finished: %s", l.Reason())
+	} else {
+		l.Finish(context.Background(), Accepted)
+	}
+	if n := e.InFlight(); n != 0 || e.lock.pairs["frank\x00203.0.113.8/32"].pending != 0 {
+		t.Fatalf("InFlight = %d, pending %d; want 0", n, e.lock.pairs["frank\x00203.0.113.8/32"].pending)
 	}
 }

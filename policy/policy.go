@@ -1,11 +1,18 @@
-// Package policy makes the authentication decision.
+// Package policy makes the authentication decision and owns every login
+// from the moment its credentials arrive until its reply is sent.
 //
 // On the path of a login it sits between a listener (proxy/imapfront,
-// proxy/smtpfront, proxy/ldapfront), which has read a user name and a secret
-// off the wire, and the upstream login (backends/*upstream). It knows users,
-// MFA states, app passwords, scopes and trusted networks; it knows nothing
-// of any protocol's wire format and does no I/O of its own except through
-// the Store interface it declares.
+// proxy/smtpfront, proxy/ldapfront, the portal's web sign-in), which has
+// read a user name and a secret off the wire, and the upstream login
+// (backends/*upstream). It knows users, MFA states, app passwords, scopes
+// and trusted networks; it knows nothing of any protocol's wire format and
+// does no I/O of its own except through the Store interface it declares.
+//
+// A login is one value: Engine.Decide returns a *Login, the listener asks
+// the upstream when the Login is Allowed, and Login.Finish records the
+// upstream's Result, settles the lockout, waits out the uniform failure
+// delay and returns the Class of reply the client gets. Each listener
+// keeps only its table from Class to wire reply.
 //
 // The steps are those of design.md "The decision":
 //
@@ -22,10 +29,10 @@
 //  5. every outcome is an audit event; a success updates the app
 //     password's last use.
 //
-// A deny is a Decision, not an error: an error from Decide means that no
-// decision could be made (the store is down) and the client gets a
-// temporary failure. Whatever the reason of a deny, the client gets the same
-// reply after the same delay (Engine.Fail).
+// A deny is a Login that is not Allowed, not an error: an error from
+// Decide means that no decision could be made (the store is down), and the
+// Login it returns alongside finishes as a temporary failure. Whatever the
+// reason of a deny, the client gets the same reply after the same delay.
 package policy
 
 import (
@@ -33,101 +40,183 @@ import (
 	"net/netip"
 	"strconv"
 	"time"
+
+	"github.com/passgate/passgate/backends/secret"
 )
 
-// Protocols, also the app-password scopes.
+// Proto is the protocol of a login; the mail protocols are also the
+// app-password scopes.
+type Proto string
+
+// Protocols.
 const (
-	IMAP = "imap"
-	SMTP = "smtp"
-	LDAP = "ldap"
+	IMAP Proto = "imap"
+	SMTP Proto = "smtp"
+	LDAP Proto = "ldap"
+	// Web is the portal's sign-in: the primary password of a user with
+	// MFA, then the second factor (Attempt.Factor). App passwords never
+	// sign in to the portal.
+	Web Proto = "web"
 )
 
-// Secret is a password as the client sent it. It never prints: String and
-// LogValue return "REDACTED". Use string(s) where the bytes are needed.
-type Secret string
+// String returns the protocol's name, as in metrics and audit events.
+func (p Proto) String() string { return string(p) }
 
-// String returns "REDACTED".
-func (Secret) String() string { return "REDACTED" }
+// Factor says which factor an Attempt presents.
+type Factor int
 
-// LogValue returns "REDACTED", so a Secret cannot reach a log.
-func (Secret) LogValue() slog.Value { return slog.StringValue("REDACTED") }
+// Factors.
+const (
+	// Password is a password: an app password or the primary one.
+	Password Factor = iota
+	// SecondFactor is the portal's second factor (TOTP, WebAuthn), which
+	// the portal checks itself: Decide runs only step 1 and the lockout.
+	SecondFactor
+)
 
-// GoString returns "REDACTED", for %#v.
-func (Secret) GoString() string { return "REDACTED" }
-
-// MarshalText returns "REDACTED", so that encoding/json and slog's JSON
-// handler print a Secret in a struct field as REDACTED too.
-func (Secret) MarshalText() ([]byte, error) { return []byte("REDACTED"), nil }
+// Secret is a password as the client sent it: the one redacting type of
+// backends/secret, which prints as "REDACTED" everywhere.
+type Secret = secret.Secret
 
 // Attempt is one login attempt as a listener saw it.
 type Attempt struct {
-	Proto      string         // IMAP, SMTP or LDAP
+	Proto      Proto          // IMAP, SMTP, LDAP or Web
+	Factor     Factor         // Password unless Web's SecondFactor
 	User       string         // login name as sent
 	Secret     Secret         // password as sent
 	Client     netip.AddrPort // the client's address (after PROXY protocol)
 	TLS        bool           // the connection is protected by TLS
 	ClientName string         // e.g. from IMAP ID; may be empty
-	// Started is when the credentials arrived. Set it, and pass the same
-	// Attempt to Decide and then to PrimaryResult or Unavailable: the
-	// failure delay counts from it, and the lockout finds the end of an
-	// attempt by it. Zero: Decide uses its own clock, and the lockout
-	// does not count attempts under way.
-	Started time.Time
+	// Received is when the credentials arrived: the failure delay counts
+	// from it. Zero: Decide uses its own clock.
+	Received time.Time
 }
 
 // LogValue logs the attempt without its secret.
 func (a Attempt) LogValue() slog.Value {
 	return slog.GroupValue(
-		slog.String("proto", a.Proto),
+		slog.String("proto", string(a.Proto)),
 		slog.String("user", a.User),
 		slog.String("remote_addr", a.Client.String()),
 		slog.Bool("tls", a.TLS),
 	)
 }
 
-// Kind says which credential a login used.
-type Kind int
+// Credential says which credential a login used.
+type Credential int
 
 // Credential kinds.
 const (
-	KindNone        Kind = iota // denied
-	KindAppPassword             // an app password matched
-	KindPrimary                 // the primary password, to be verified by the upstream
+	NoCredential           Credential = iota // nothing matched
+	AppPassword                              // an app password matched
+	Primary                                  // the primary password, to be verified upstream (or by the portal)
+	SecondFactorCredential                   // the portal's second factor
 )
 
-// String returns "none", "app-password" or "primary".
-func (k Kind) String() string {
+// String returns "none", "app-password", "primary" or "second-factor",
+// the values of metrics labels and audit text.
+func (k Credential) String() string {
 	switch k {
-	case KindAppPassword:
+	case AppPassword:
 		return "app-password"
-	case KindPrimary:
+	case Primary:
 		return "primary"
+	case SecondFactorCredential:
+		return "second-factor"
 	}
 	return "none"
 }
 
-// Decision is the outcome of Decide.
-//
-// When Allow is true and Kind is KindAppPassword, the listener logs in to
-// the upstream on the user's behalf (master user, XCLIENT, service account).
-// When Allow is true and Kind is KindPrimary, the allow is provisional: the
-// listener must log in to the upstream with the client's own user name and
-// secret (passthrough) and report the result with Engine.PrimaryResult; if
-// the upstream refuses, the client gets the uniform failure.
-type Decision struct {
-	Allow         bool
-	Kind          Kind
-	User          string // the user name to log in upstream with
-	AppPasswordID int64  // KindAppPassword only
-	Label         string // KindAppPassword only
-	MFA           string // the user's MFA state at decision time
-	Reason        string // why, for logs and audit only; never sent to the client
+// Outcome is what became of a login, as recorded.
+type Outcome int
+
+// Outcomes.
+const (
+	Success     Outcome = iota + 1 // the login succeeded
+	Failure                        // refused: a wrong or unusable secret, a lockout
+	Unavailable                    // a temporary failure: store or upstream down
+)
+
+// String returns "success", "failure" or "unavailable", as in audit
+// events and metrics labels.
+func (o Outcome) String() string {
+	switch o {
+	case Success:
+		return "success"
+	case Failure:
+		return "failure"
+	case Unavailable:
+		return "unavailable"
+	}
+	return "unknown"
 }
 
-// Credential describes the credential for logs: "app-password:12 (Outlook)" or "primary".
-func (d Decision) Credential() string {
-	if d.Kind == KindAppPassword {
-		return "app-password:" + strconv.FormatInt(d.AppPasswordID, 10) + " (" + d.Label + ")"
+// Class is the kind of reply a login gets; each listener maps it to its
+// wire reply.
+type Class int
+
+// Reply classes.
+const (
+	ClassOK        Class = iota // logged in
+	ClassDenied                 // the uniform failure
+	ClassTemporary              // a temporary failure: try again later
+	// ClassNeedTLS is step 1's refusal: a password sent in clear from an
+	// untrusted network. It is answered at once (the reply says only
+	// that TLS is needed, whatever the secret).
+	ClassNeedTLS
+)
+
+// String names the class, for logs.
+func (c Class) String() string {
+	switch c {
+	case ClassOK:
+		return "ok"
+	case ClassDenied:
+		return "denied"
+	case ClassTemporary:
+		return "temporary"
+	case ClassNeedTLS:
+		return "need-tls"
 	}
-	return d.Kind.String()
+	return "unknown"
+}
+
+// Result is the upstream's answer to a login, given to Login.Finish:
+// Accepted, Refused, NotAsked or Unreachable(err).
+type Result interface {
+	verdict() (Verdict, error)
+}
+
+// Verdict is a Result without a cause.
+type Verdict int
+
+// Verdicts.
+const (
+	// NotAsked: no upstream was asked (a denied Login, or one the
+	// listener refused itself).
+	NotAsked Verdict = iota
+	// Accepted: the upstream (or the portal's verifier) accepted.
+	Accepted
+	// Refused: the upstream (or the portal's verifier) refused.
+	Refused
+	unreached
+)
+
+func (v Verdict) verdict() (Verdict, error) { return v, nil }
+
+type unreachable struct{ err error }
+
+func (u unreachable) verdict() (Verdict, error) { return unreached, u.err }
+
+// Unreachable is the Result of an upstream that could not be reached or
+// failed before answering: the client gets a temporary failure.
+func Unreachable(err error) Result { return unreachable{err} }
+
+// describe is a credential for logs and audit: "app-password:12
+// (Outlook)", "primary" or "none".
+func describe(k Credential, id int64, label string) string {
+	if k == AppPassword {
+		return "app-password:" + strconv.FormatInt(id, 10) + " (" + label + ")"
+	}
+	return k.String()
 }

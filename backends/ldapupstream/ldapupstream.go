@@ -43,8 +43,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"io"
-	"log/slog"
 	"net"
 	"net/url"
 	"os"
@@ -52,6 +50,8 @@ import (
 	"time"
 
 	"github.com/go-ldap/ldap/v3"
+
+	"github.com/passgate/passgate/backends/secret"
 )
 
 // TLS modes of Options.TLS.
@@ -120,18 +120,8 @@ const (
 )
 
 // Secret is a password passgate holds for the directory (the service
-// account's). Whatever prints it (fmt verbs, slog, %#v of a struct that
-// holds it) gets REDACTED; only the bind itself reads the value.
-type Secret string
-
-const redacted = "REDACTED"
-
-func (Secret) String() string               { return redacted }
-func (Secret) GoString() string             { return redacted }
-func (Secret) LogValue() slog.Value         { return slog.StringValue(redacted) }
-func (Secret) Format(f fmt.State, _ rune)   { io.WriteString(f, redacted) }
-func (Secret) MarshalText() ([]byte, error) { return []byte(redacted), nil }
-func (s Secret) reveal() string             { return string(s) }
+// account's): backends/secret's one redacting type.
+type Secret = secret.Secret
 
 // constError is an error that can be a constant, so that sentinel errors
 // are not package-level variables.
@@ -296,7 +286,7 @@ func (c *Client) WhoAmIAs(ctx context.Context, authzID string) (string, error) {
 		return "", err
 	}
 	defer done()
-	if err := l.Bind(c.opts.ServiceDN, c.opts.ServicePassword.reveal()); err != nil {
+	if err := l.Bind(c.opts.ServiceDN, string(c.opts.ServicePassword)); err != nil {
 		return "", fmt.Errorf("ldapupstream: service bind as %q at %s: %w (ldap.upstream.service_dn, ldap.upstream.service_password_file)", c.opts.ServiceDN, c.addr, err)
 	}
 	var ctls []ldap.Control
@@ -402,7 +392,7 @@ func (c *Client) keptConn(ctx context.Context) (*ldap.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := l.Bind(c.opts.ServiceDN, c.opts.ServicePassword.reveal()); err != nil {
+	if err := l.Bind(c.opts.ServiceDN, string(c.opts.ServicePassword)); err != nil {
 		stop()
 		l.Close()
 		return nil, fmt.Errorf("ldapupstream: resolve: service bind as %q at %s: %w (ldap.upstream.service_dn, ldap.upstream.service_password_file)", c.opts.ServiceDN, c.addr, err)

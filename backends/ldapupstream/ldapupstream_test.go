@@ -251,7 +251,7 @@ func TestSecretNeverPrinted(t *testing.T) {
 			t.Fatalf("secret printed: %s", out)
 		}
 	}
-	if o.ServicePassword.reveal() != pw {
+	if string(o.ServicePassword) != pw {
 		t.Fatal("reveal lost the value")
 	}
 }

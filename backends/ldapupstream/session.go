@@ -299,7 +299,7 @@ func (s *Session) Bind(ctx context.Context, dn string, password []byte) (ok bool
 // BindService binds the session as the service account. A refusal is an
 // error: the configuration is wrong.
 func (s *Session) BindService(ctx context.Context) error {
-	ok, err := s.Bind(ctx, s.c.opts.ServiceDN, []byte(s.c.opts.ServicePassword.reveal()))
+	ok, err := s.Bind(ctx, s.c.opts.ServiceDN, []byte(string(s.c.opts.ServicePassword)))
 	if err != nil {
 		return err
 	}

@@ -35,7 +35,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/netip"
 	"strconv"
@@ -45,6 +44,8 @@ import (
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 	"github.com/pires/go-proxyproto"
+
+	"github.com/passgate/passgate/backends/secret"
 )
 
 // Values of Options.TLS.
@@ -172,23 +173,10 @@ func New(o Options) (*Client, error) {
 	return &Client{o: o}, nil
 }
 
-// Password is a secret (a master password or a user's own password). It
-// formats as "REDACTED" with every verb of fmt, in log/slog and in JSON, so that a
-// Request or Options printed by mistake shows no secret.
-type Password string
-
-// String returns "REDACTED".
-func (Password) String() string { return "REDACTED" }
-
-// GoString returns "REDACTED", for %#v.
-func (Password) GoString() string { return "REDACTED" }
-
-// LogValue returns "REDACTED".
-func (Password) LogValue() slog.Value { return slog.StringValue("REDACTED") }
-
-// MarshalText returns "REDACTED", for encoding/json and slog's JSON
-// handler.
-func (Password) MarshalText() ([]byte, error) { return []byte("REDACTED"), nil }
+// Password is a secret (a master password or a user's own password):
+// backends/secret's one redacting type, so that a Request or Options
+// printed by mistake shows no secret.
+type Password = secret.Secret
 
 // Request is one login to make upstream.
 type Request struct {

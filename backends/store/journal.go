@@ -90,7 +90,7 @@ func (j *Journal) Record(ctx context.Context, ev AuditEvent) error {
 // id and the audit event ev, committed together. Unlike Store.RecordLogin
 // it cannot report that the app password was deleted during the login:
 // the event is recorded all the same, and the session that the login
-// opened is closed by relay.Registry's revocation check.
+// opened is closed by revoke.Registry's revocation check.
 func (j *Journal) RecordLogin(ctx context.Context, id int64, u Usage, ev AuditEvent) error {
 	if ev.Time.IsZero() {
 		ev.Time = time.Now()

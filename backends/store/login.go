@@ -13,6 +13,8 @@ type LoginState struct {
 	// MFA is the user's state, or Options.DefaultMFA for a user without
 	// a row.
 	MFA MFAState
+	// User is the user's name as stored, "" for a user without a row.
+	User string
 	// AllowAppPasswords is the global switch (default true).
 	AllowAppPasswords bool
 	// AppPassword is the user's app password whose secret was presented,
@@ -25,7 +27,7 @@ type LoginState struct {
 // transaction instead of three, which on SQLite is most of a login's
 // cost in the store. The LEFT JOINs on a one-row table give one row
 // whatever exists.
-const loginQuery = `SELECT u.mfa AS mfa, s.value AS allow_setting,
+const loginQuery = `SELECT u.mfa AS mfa, u.name AS stored_name, s.value AS allow_setting,
  a.id AS id, a.user_name AS user_name, a.label AS label, a.scopes AS scopes, a.hash AS hash,
  a.created_at AS created_at, a.expires_at AS expires_at, a.last_used_at AS last_used_at,
  a.last_used_addr AS last_used_addr, a.last_used_proto AS last_used_proto, a.last_used_client AS last_used_client
@@ -37,6 +39,7 @@ LEFT JOIN app_passwords a ON a.user_key = ? AND a.hash = ?`
 // loginRow is loginQuery's row: every column may be NULL.
 type loginRow struct {
 	MFA            sql.NullString `db:"mfa"`
+	StoredName     sql.NullString `db:"stored_name"`
 	Allow          sql.NullString `db:"allow_setting"`
 	ID             sql.NullInt64  `db:"id"`
 	User           sql.NullString `db:"user_name"`
@@ -78,6 +81,7 @@ func (s *Store) LoginState(ctx context.Context, user, secret string) (LoginState
 	ls := LoginState{MFA: s.defaultMFA, AllowAppPasswords: !r.Allow.Valid || r.Allow.String == "true"}
 	if r.MFA.Valid {
 		ls.MFA = MFAState(r.MFA.String)
+		ls.User = r.StoredName.String
 	}
 	if r.ID.Valid && apppass.Equal(r.Hash, want) {
 		a := appRow{

@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"github.com/passgate/passgate/policy"
-	"github.com/passgate/passgate/proxy/relay"
+	"github.com/passgate/passgate/proxy/revoke"
 )
 
 // readBufferSize is the size of a connection's pre-login read buffer. A
@@ -118,7 +118,7 @@ func (c *conn) closeAll() {
 // farewell is what a relayed session says when passgate ends it.
 func (c *conn) farewell(cause error) []byte {
 	switch {
-	case errors.Is(cause, relay.ErrRevoked):
+	case errors.Is(cause, revoke.ErrRevoked):
 		return []byte("* BYE Session closed: the app password it logged in with was deleted\r\n")
 	case c.isClosing() || c.srv.isClosing():
 		return []byte("* BYE Server shutting down\r\n")
@@ -362,7 +362,7 @@ func (c *conn) handshake() bool {
 	if err := tc.HandshakeContext(hctx); err != nil {
 		c.ended = "tls_handshake_failed"
 		c.srv.log.LogAttrs(c.ctx, slog.LevelDebug, "tls handshake failed",
-			slog.String("proto", policy.IMAP), slog.String("remote_addr", c.client.String()),
+			slog.String("proto", policy.IMAP.String()), slog.String("remote_addr", c.client.String()),
 			slog.Any("err", err))
 		return false
 	}
@@ -382,7 +382,7 @@ func (c *conn) finish() {
 		c.ended = "error"
 	}
 	c.srv.log.LogAttrs(c.srv.baseCtx, slog.LevelInfo, "imap session",
-		slog.String("proto", policy.IMAP),
+		slog.String("proto", policy.IMAP.String()),
 		slog.String("user", c.user),
 		slog.String("remote_addr", c.client.String()),
 		slog.String("credential", c.credential),

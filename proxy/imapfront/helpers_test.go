@@ -21,7 +21,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/passgate/passgate/backends/store"
 	"github.com/passgate/passgate/policy"
+	"github.com/passgate/passgate/policy/policytest"
 )
 
 // Credentials the fake decider knows.
@@ -33,11 +35,16 @@ const (
 	primaryPass = "bob-primary-pw"
 )
 
-// fakeDecider stands in for policy.Engine.
+// fakeDecider runs the real policy.Engine over a store that knows alice
+// (MFA enforced, app password appID), bob and ghost (no MFA); everyone
+// else is enforced without an app password. It records the attempts and
+// the outcomes, and the test fails if a Login is left unfinished.
 type fakeDecider struct {
 	delay   time.Duration
 	trusted bool
-	err     error // returned by Decide when set
+	err     error // returned by the store when set
+
+	engines *policytest.Engines
 
 	mu           sync.Mutex
 	attempts     []policy.Attempt
@@ -46,48 +53,64 @@ type fakeDecider struct {
 	unavailables int
 }
 
-func (f *fakeDecider) Unavailable(ctx context.Context, a policy.Attempt, cause error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.unavailables++
+func newFakeDecider(t testing.TB) *fakeDecider {
+	return &fakeDecider{engines: policytest.NewEngines(t)}
 }
 
-func (f *fakeDecider) Decide(ctx context.Context, a policy.Attempt) (policy.Decision, error) {
+func (f *fakeDecider) state(user, secret string) (store.LoginState, error) {
 	f.mu.Lock()
-	f.attempts = append(f.attempts, a)
 	err := f.err
 	f.mu.Unlock()
 	if err != nil {
-		return policy.Decision{}, err
+		return store.LoginState{}, err
 	}
-	switch {
-	case a.User == appUser && string(a.Secret) == appSecret:
-		return policy.Decision{Allow: true, Kind: policy.KindAppPassword, User: a.User, AppPasswordID: appID, Label: "phone"}, nil
-	case a.User == "weird":
-		return policy.Decision{Allow: true, User: a.User}, nil // a decision bug: no kind
-	case a.User == primaryUser || a.User == "ghost":
-		return policy.Decision{Allow: true, Kind: policy.KindPrimary, User: a.User}, nil
+	switch user {
+	case appUser:
+		ls := store.LoginState{MFA: store.MFAEnforced, AllowAppPasswords: true}
+		if policytest.Normalize(secret) == policytest.Normalize(appSecret) {
+			ls.AppPassword = policytest.App(appID, appUser, "phone")
+		}
+		return ls, nil
+	case primaryUser, "ghost":
+		return store.LoginState{MFA: store.MFADisabled, AllowAppPasswords: true}, nil
 	}
-	return policy.Decision{Reason: "wrong"}, nil
+	return store.LoginState{MFA: store.MFAEnforced, AllowAppPasswords: true}, nil
 }
 
-func (f *fakeDecider) PrimaryResult(ctx context.Context, a policy.Attempt, d policy.Decision, ok bool) {
+// engine is a fresh engine with the fake's current delay and trust.
+func (f *fakeDecider) engine() *policy.Engine {
+	f.mu.Lock()
+	opts := policy.Options{Store: policytest.Store{State: f.state}, FailureDelay: policytest.Delay(f.delay), OnOutcome: f.outcome}
+	if f.trusted {
+		opts.TrustedNetworks = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}
+	}
+	f.mu.Unlock()
+	return f.engines.New(opts)
+}
+
+func (f *fakeDecider) outcome(_ policy.Proto, cred policy.Credential, o policy.Outcome) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.primaries = append(f.primaries, ok)
+	if o != policy.Success {
+		f.fails++
+	}
+	if o == policy.Unavailable {
+		f.unavailables++
+	}
+	if cred == policy.Primary || (cred == policy.AppPassword && o == policy.Failure) {
+		f.primaries = append(f.primaries, o == policy.Success)
+	}
 }
 
-func (f *fakeDecider) Fail(ctx context.Context, a policy.Attempt) {
+func (f *fakeDecider) Decide(ctx context.Context, a policy.Attempt) (*policy.Login, error) {
 	f.mu.Lock()
-	f.fails++
-	delay := f.delay
+	f.attempts = append(f.attempts, a)
 	f.mu.Unlock()
-	t := time.NewTimer(time.Until(a.Started.Add(delay)))
-	defer t.Stop()
-	select {
-	case <-t.C:
-	case <-ctx.Done():
-	}
+	return f.engine().Decide(ctx, a)
+}
+
+func (f *fakeDecider) Undecided(a policy.Attempt, reason string) *policy.Login {
+	return f.engine().Undecided(a, reason)
 }
 
 func (f *fakeDecider) PlaintextAllowed(client netip.AddrPort, tls bool) bool {
@@ -259,7 +282,7 @@ type testServer struct {
 func startServer(t testing.TB, mod func(*Options)) *testServer {
 	t.Helper()
 	serverTLS, clientTLS := testCerts(t)
-	ts := &testServer{dec: &fakeDecider{}, up: &fakeUpstream{}, log: &syncBuffer{}, clientTLS: clientTLS, served: make(chan error, 1)}
+	ts := &testServer{dec: newFakeDecider(t), up: &fakeUpstream{}, log: &syncBuffer{}, clientTLS: clientTLS, served: make(chan error, 1)}
 	opts := Options{
 		Decider:   ts.dec,
 		Upstream:  ts.up,

@@ -17,7 +17,6 @@ import (
 const (
 	replyAuthFailed  = "NO [AUTHENTICATIONFAILED] Authentication failed."
 	replyUnavailable = "NO [UNAVAILABLE] Authentication service unavailable, try again later."
-	replyUpstreamErr = replyUnavailable // one text: the client must not learn which part is down
 	replyCancelled   = "BAD Authentication cancelled"
 	replyBadBase64   = "BAD Invalid base64 in SASL response"
 )
@@ -73,7 +72,7 @@ func (c *conn) handleAuthenticate(cmd *command) bool {
 		}
 		if len(authzid) > 0 && !bytes.Equal(authzid, authcid) {
 			// Acting as another user is not offered to clients.
-			return c.failNoDecision(cmd.tag, authcid)
+			return c.failNoDecision(cmd.tag, authcid, "authorization identity differs from the user")
 		}
 		return c.login(cmd.tag, authcid, pw)
 	case "LOGIN":
@@ -152,7 +151,8 @@ func (c *conn) refusePlaintext(user []byte) {
 	if len(user) > 0 {
 		c.user = sanitizeLog(string(user))
 	}
-	_, _ = c.srv.opts.Decider.Decide(c.ctx, c.attempt(user, nil))
+	l, _ := c.srv.opts.Decider.Decide(c.ctx, c.attempt(user, nil))
+	l.Finish(c.ctx, policy.NotAsked)
 }
 
 // attempt builds the policy.Attempt for a login.
@@ -164,18 +164,44 @@ func (c *conn) attempt(user, secret []byte) policy.Attempt {
 		Client:     c.client,
 		TLS:        c.isTLS,
 		ClientName: c.clientName,
-		Started:    time.Now(),
+		Received:   time.Now(),
 	}
+}
+
+// reply is the tagged reply (after the tag) of a login that did not
+// succeed, by class.
+func reply(class policy.Class) string {
+	switch class {
+	case policy.ClassTemporary:
+		return replyUnavailable
+	case policy.ClassNeedTLS:
+		return "NO " + privacyRequired
+	}
+	return replyAuthFailed
 }
 
 // failNoDecision denies a login that cannot be asked of the decision (a
 // user name with control characters, a foreign authzid) with the uniform
 // failure after the uniform delay.
-func (c *conn) failNoDecision(tag string, user []byte) bool {
+func (c *conn) failNoDecision(tag string, user []byte, reason string) bool {
 	a := c.attempt(user, nil)
 	c.user = sanitizeLog(a.User)
-	c.srv.opts.Decider.Fail(c.ctx, a)
-	return c.authFailed(tag, replyAuthFailed)
+	a.User = c.user
+	return c.answer(tag, c.srv.opts.Decider.Undecided(a, reason), policy.NotAsked)
+}
+
+// answer finishes a login that did not succeed and answers it.
+func (c *conn) answer(tag string, l *policy.Login, r policy.Result) bool {
+	c.noteLogin(l)
+	return c.authFailed(tag, reply(l.Finish(c.ctx, r)))
+}
+
+// noteLogin keeps the credential of a login for the session line, also
+// of a refused one (an app password refused for its scope).
+func (c *conn) noteLogin(l *policy.Login) {
+	if l.Credential() != policy.NoCredential {
+		c.credential = l.Describe()
+	}
 }
 
 // authFailed sends a failure reply, counts it and closes the connection
@@ -212,47 +238,28 @@ func (c *conn) authFailed(tag, reply string) bool {
 // reports whether the connection is done.
 func (c *conn) login(tag string, user, secret []byte) bool {
 	if !printable(user) {
-		return c.failNoDecision(tag, user)
+		return c.failNoDecision(tag, user, "user name with control characters")
 	}
 	a := c.attempt(user, secret)
 	c.user = a.User
-	dec := c.srv.opts.Decider
 	lctx, cancel := context.WithTimeout(c.ctx, loginTimeout)
 	defer cancel()
 
-	d, err := dec.Decide(lctx, a)
+	l, err := c.srv.opts.Decider.Decide(lctx, a)
 	if err != nil {
 		c.srv.log.LogAttrs(c.ctx, slog.LevelWarn, "auth decision failed",
-			slog.String("proto", policy.IMAP), slog.String("user", a.User),
+			slog.String("proto", policy.IMAP.String()), slog.String("user", a.User),
 			slog.String("remote_addr", c.client.String()), slog.Any("err", err))
-		// Delayed like a failure: an instant reply would tell which
-		// secrets got as far as the upstream.
-		dec.Unavailable(c.ctx, a, err)
-		dec.Fail(c.ctx, a)
-		return c.authFailed(tag, replyUnavailable)
 	}
-	if !d.Allow {
-		dec.Fail(c.ctx, a)
-		return c.authFailed(tag, replyAuthFailed)
+	if !l.Allowed() {
+		return c.answer(tag, l, policy.NotAsked)
 	}
-	if d.Kind != policy.KindAppPassword && d.Kind != policy.KindPrimary {
-		// An allow must say which credential it is for: anything else is
-		// a bug in the decision, and a bug must not open a mailbox.
-		c.srv.log.LogAttrs(c.ctx, slog.LevelError, "auth decision without a credential kind",
-			slog.String("proto", policy.IMAP), slog.String("user", a.User),
-			slog.String("remote_addr", c.client.String()), slog.String("credential", d.Credential()))
-		dec.Fail(c.ctx, a)
-		return c.authFailed(tag, replyAuthFailed)
-	}
-	primary := d.Kind == policy.KindPrimary
+	primary := l.Credential() == policy.Primary
 	req := LoginRequest{
-		User:     d.User,
+		User:     l.User(),
 		Primary:  primary,
 		Client:   c.client,
 		ClientID: c.clientID,
-	}
-	if req.User == "" {
-		req.User = a.User
 	}
 	if primary {
 		req.Password = a.Secret
@@ -260,22 +267,16 @@ func (c *conn) login(tag string, user, secret []byte) bool {
 	up, okText, err := c.srv.opts.Upstream.Login(lctx, req)
 	if err != nil {
 		if errors.Is(err, ErrUpstreamRefused) {
-			dec.PrimaryResult(c.ctx, a, d, false)
-			dec.Fail(c.ctx, a)
-			return c.authFailed(tag, replyAuthFailed)
+			return c.answer(tag, l, policy.Refused)
 		}
 		c.srv.log.LogAttrs(c.ctx, slog.LevelWarn, "upstream login failed",
-			slog.String("proto", policy.IMAP), slog.String("user", a.User),
+			slog.String("proto", policy.IMAP.String()), slog.String("user", a.User),
 			slog.String("remote_addr", c.client.String()), slog.Any("err", err))
-		dec.Unavailable(c.ctx, a, err)
-		dec.Fail(c.ctx, a)
-		return c.authFailed(tag, replyUpstreamErr)
+		return c.answer(tag, l, policy.Unreachable(err))
 	}
-	if primary {
-		dec.PrimaryResult(c.ctx, a, d, true)
-	}
+	l.Finish(c.ctx, policy.Accepted)
 	c.user = req.User
-	c.credential = d.Credential()
+	c.noteLogin(l)
 
 	c.mu.Lock()
 	if c.closing {
@@ -299,7 +300,7 @@ func (c *conn) login(tag string, user, secret []byte) bool {
 		return true
 	}
 	c.raw.SetWriteDeadline(time.Time{})
-	rctx, release := c.srv.relays.Track(c.ctx, d.AppPasswordID)
+	rctx, release := c.srv.relays.Track(c.ctx, l.AppPasswordID())
 	client := relay.WithBuffered(c.nc, c.br)
 	c.br = nil // the relay reads the connection itself from now on
 	st := relay.RunWith(rctx, client, up, relay.Options{Framer: newResponseFramer(), Farewell: c.farewell})

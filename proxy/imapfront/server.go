@@ -10,12 +10,12 @@
 // then hands both connections to proxy/relay, which copies bytes until
 // either side closes. It never copies bytes after login itself.
 //
-// It imports policy (for the Attempt and Decision types) and proxy/relay,
+// It imports policy (for the Attempt and Login types) and proxy/relay,
 // and no other protocol package; backends are reached only through the
 // interfaces declared here.
 //
 // Every failure of a login looks the same to the client: the same reply
-// after the same delay (Decider.Fail), whatever the reason. Secrets are
+// after the same delay (policy.Login.Finish), whatever the reason. Secrets are
 // never logged.
 package imapfront
 
@@ -24,31 +24,27 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"github.com/passgate/passgate/proxy/accept"
 	"log/slog"
 	"net"
 	"net/netip"
-	"runtime/debug"
-	"sync"
 	"time"
 
 	"github.com/passgate/passgate/policy"
+	"github.com/passgate/passgate/proxy/lifecycle"
 	"github.com/passgate/passgate/proxy/observe"
-	"github.com/passgate/passgate/proxy/relay"
+	"github.com/passgate/passgate/proxy/revoke"
 )
 
-// Decider makes the authentication decision. policy.Engine implements it.
+// Decider is the decision as the listener calls it. *policy.Engine
+// implements it. Every Login it returns is finished by the listener.
 type Decider interface {
-	// Decide decides one attempt; an error means no decision could be made.
-	Decide(ctx context.Context, a policy.Attempt) (policy.Decision, error)
-	// PrimaryResult records the upstream's verdict on a primary-password allow.
-	PrimaryResult(ctx context.Context, a policy.Attempt, d policy.Decision, ok bool)
-	// Fail waits until every failure has taken the same time.
-	Fail(ctx context.Context, a policy.Attempt)
+	// Decide decides one attempt; an error means no decision could be
+	// made (the Login then finishes as a temporary failure).
+	Decide(ctx context.Context, a policy.Attempt) (*policy.Login, error)
+	// Undecided is a Login the listener refuses without a decision.
+	Undecided(a policy.Attempt, reason string) *policy.Login
 	// PlaintextAllowed reports whether client may send a password without TLS.
 	PlaintextAllowed(client netip.AddrPort, tls bool) bool
-	// Unavailable records an attempt that ended in a temporary failure.
-	Unavailable(ctx context.Context, a policy.Attempt, cause error)
 }
 
 // IDField is one field of the client's IMAP ID (RFC 2971), e.g. name or
@@ -97,9 +93,10 @@ const (
 
 // Named deadlines of the connection states.
 const (
-	handshakeTimeout = 15 * time.Second // TLS handshake (implicit TLS and STARTTLS)
-	loginTimeout     = 30 * time.Second // decision plus upstream login
-	byeTimeout       = 2 * time.Second  // writing a last "* BYE" to a closing connection
+	handshakeTimeout = 15 * time.Second      // TLS handshake (implicit TLS and STARTTLS)
+	loginTimeout     = 30 * time.Second      // decision plus upstream login
+	byeTimeout       = 2 * time.Second       // writing a last "* BYE" to a closing connection
+	drainPoll        = 50 * time.Millisecond // Shutdown's look at the connections left
 )
 
 // Options configures a Server. Decider and Upstream are required.
@@ -108,10 +105,10 @@ type Options struct {
 	Conns       observe.Conns
 	Decider     Decider
 	Upstream    Upstream
-	Relays      *relay.Registry // live sessions by app password; default: a private registry
-	TLSConfig   *tls.Config     // for STARTTLS, or for every connection with ImplicitTLS; nil: no TLS
-	ImplicitTLS bool            // handshake TLS right after accept (port 993)
-	Logger      *slog.Logger    // default: discard
+	Relays      *revoke.Registry // live sessions by app password; default: a private registry
+	TLSConfig   *tls.Config      // for STARTTLS, or for every connection with ImplicitTLS; nil: no TLS
+	ImplicitTLS bool             // handshake TLS right after accept (port 993)
+	Logger      *slog.Logger     // default: discard
 
 	MaxLineLength   int           // bytes per command line before login; default 8192
 	MaxLiteral      int           // bytes per literal before login; default 8192
@@ -124,16 +121,12 @@ type Options struct {
 type Server struct {
 	opts   Options
 	log    *slog.Logger
-	relays *relay.Registry
+	relays *revoke.Registry
 
 	baseCtx    context.Context // parent of every connection's context
 	cancelBase context.CancelFunc
 
-	mu        sync.Mutex
-	closing   bool
-	listeners map[net.Listener]struct{}
-	conns     map[*conn]struct{}
-	wg        sync.WaitGroup
+	set lifecycle.Set[*conn] // listeners and live connections
 }
 
 // New returns a Server. It panics when Decider or Upstream is nil, or when
@@ -146,7 +139,7 @@ func New(opts Options) *Server {
 		panic("imapfront: New with ImplicitTLS but no TLSConfig")
 	}
 	if opts.Relays == nil {
-		opts.Relays = relay.NewRegistry()
+		opts.Relays = revoke.NewRegistry()
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
@@ -173,8 +166,6 @@ func New(opts Options) *Server {
 		relays:     opts.Relays,
 		baseCtx:    ctx,
 		cancelBase: cancel,
-		listeners:  make(map[net.Listener]struct{}),
-		conns:      make(map[*conn]struct{}),
 	}
 }
 
@@ -182,90 +173,28 @@ func New(opts Options) *Server {
 // until Shutdown or Close; it then returns ErrServerClosed. Any other
 // accept error is returned wrapped; ln is closed when Serve returns.
 func (s *Server) Serve(ln net.Listener) error {
-	s.mu.Lock()
-	if s.closing {
-		s.mu.Unlock()
-		ln.Close()
-		return ErrServerClosed
-	}
-	s.listeners[ln] = struct{}{}
-	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		delete(s.listeners, ln)
-		s.mu.Unlock()
-		ln.Close()
-	}()
-
-	onRetry := func(err error) {
-		s.log.LogAttrs(s.baseCtx, slog.LevelWarn, "accept failed",
-			slog.String("proto", policy.IMAP), slog.Any("err", err))
-	}
-	for {
-		nc, err := accept.Accept(ln, s.isClosing, onRetry)
-		if err != nil {
-			if s.isClosing() {
-				return ErrServerClosed
-			}
-			return fmt.Errorf("imapfront: accept on %s: %w", ln.Addr(), err)
-		}
-		c := newConn(s, nc)
-		s.mu.Lock()
-		if s.closing {
-			s.mu.Unlock()
-			nc.Close()
-			return ErrServerClosed
-		}
-		s.conns[c] = struct{}{}
-		s.wg.Add(1)
-		s.mu.Unlock()
-		observe.Opened(s.opts.Conns)
-		go s.run(c)
-	}
-}
-
-// run serves one connection; it recovers a panic so that one bad
-// connection never takes the server down.
-func (s *Server) run(c *conn) {
-	defer s.wg.Done()
-	defer func() {
-		s.mu.Lock()
-		delete(s.conns, c)
-		s.mu.Unlock()
-		observe.Closed(s.opts.Conns)
-	}()
-	defer func() {
-		if r := recover(); r != nil {
+	return lifecycle.Serve(&s.set, ln, lifecycle.Loop[*conn]{
+		Name:   "imapfront",
+		Closed: ErrServerClosed,
+		Conns:  s.opts.Conns,
+		New:    func(nc net.Conn) *conn { return newConn(s, nc) },
+		Run:    (*conn).serve,
+		// One bad connection never takes the server down.
+		Panicked: func(c *conn, r any, stack []byte) {
 			s.log.LogAttrs(s.baseCtx, slog.LevelError, "connection panic",
-				slog.String("proto", policy.IMAP),
+				slog.String("proto", policy.IMAP.String()),
 				slog.String("remote_addr", c.client.String()),
-				slog.Any("err", r), slog.String("stack", string(debug.Stack())))
+				slog.Any("err", r), slog.String("stack", string(stack)))
 			c.closeAll()
-		}
-	}()
-	c.serve()
+		},
+		Retry: func(err error) {
+			s.log.LogAttrs(s.baseCtx, slog.LevelWarn, "accept failed",
+				slog.String("proto", policy.IMAP.String()), slog.Any("err", err))
+		},
+	})
 }
 
-func (s *Server) isClosing() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.closing
-}
-
-// beginClose stops accepting and returns the live connections.
-func (s *Server) beginClose() []*conn {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.closing = true
-	for ln := range s.listeners {
-		ln.Close()
-	}
-	conns := make([]*conn, 0, len(s.conns))
-	for c := range s.conns {
-		conns = append(conns, c)
-	}
-	return conns
-}
+func (s *Server) isClosing() bool { return s.set.Closing() }
 
 // Shutdown stops accepting, says "* BYE Server shutting down" to every
 // connection that has not logged in yet and closes it, then waits for the
@@ -273,37 +202,20 @@ func (s *Server) beginClose() []*conn {
 // the remaining sessions, waits for their goroutines and returns ctx's
 // error. It returns nil when every session ended in time.
 func (s *Server) Shutdown(ctx context.Context) error {
-	for _, c := range s.beginClose() {
-		c.shutdown()
-	}
-	done := make(chan struct{})
-	go func() {
-		s.wg.Wait()
-		close(done)
-	}()
-	select {
-	case <-done:
-		s.cancelBase()
+	err := lifecycle.Drain(ctx, &s.set, drainPoll, (*conn).shutdown)
+	s.cancelBase()
+	if err == nil {
 		return nil
-	case <-ctx.Done():
-		s.cancelBase()
-		for _, c := range s.beginClose() {
-			c.closeAll()
-		}
-		<-done
-		return fmt.Errorf("imapfront: shutdown: sessions closed before they ended: %w", ctx.Err())
 	}
+	_ = lifecycle.Close(context.Background(), &s.set, (*conn).closeAll)
+	return fmt.Errorf("imapfront: shutdown: sessions closed before they ended: %w", err)
 }
 
 // Close stops accepting, closes every connection (a relayed session after
 // its "* BYE", which may take up to 2 s for a client that does not read)
 // and waits for their goroutines to return.
 func (s *Server) Close() error {
-	conns := s.beginClose()
+	s.set.Stop()
 	s.cancelBase()
-	for _, c := range conns {
-		c.closeAll()
-	}
-	s.wg.Wait()
-	return nil
+	return lifecycle.Close(context.Background(), &s.set, (*conn).closeAll)
 }

@@ -256,7 +256,7 @@ func TestLoginForms(t *testing.T) {
 				t.Fatalf("attempts = %d, want 1", len(attempts))
 			}
 			a := attempts[0]
-			if a.User != tc.user || string(a.Secret) != tc.secret || !a.TLS || a.Proto != policy.IMAP || a.Started.IsZero() {
+			if a.User != tc.user || string(a.Secret) != tc.secret || !a.TLS || a.Proto != policy.IMAP || a.Received.IsZero() {
 				t.Fatalf("attempt = %q/%q tls=%v proto=%q, want %q/%q", a.User, string(a.Secret), a.TLS, a.Proto, tc.user, tc.secret)
 			}
 		})

@@ -32,8 +32,8 @@ func TestNewPanicsOnWiringBugs(t *testing.T) {
 		opts Options
 	}{
 		{"no-decider", Options{Upstream: &fakeUpstream{}}},
-		{"no-upstream", Options{Decider: &fakeDecider{}}},
-		{"implicit-without-tls", Options{Decider: &fakeDecider{}, Upstream: &fakeUpstream{}, ImplicitTLS: true}},
+		{"no-upstream", Options{Decider: newFakeDecider(t)}},
+		{"implicit-without-tls", Options{Decider: newFakeDecider(t), Upstream: &fakeUpstream{}, ImplicitTLS: true}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -241,7 +241,7 @@ func (s *fakeStore) LoginState(ctx context.Context, user, secret string) (store.
 	norm, _ := apppass.Normalize(secret)
 	want, _ := apppass.Normalize(appSecret)
 	if user == appUser && norm == want {
-		ls.AppPassword = &store.AppPassword{ID: appID, User: appUser, Label: "phone", Scopes: []string{policy.IMAP}}
+		ls.AppPassword = &store.AppPassword{ID: appID, User: appUser, Label: "phone", Scopes: []string{policy.IMAP.String()}}
 	}
 	return ls, nil
 }
@@ -358,7 +358,7 @@ func TestServeAcceptErrors(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			srv := New(Options{Decider: &fakeDecider{}, Upstream: &fakeUpstream{}})
+			srv := New(Options{Decider: newFakeDecider(t), Upstream: &fakeUpstream{}})
 			served := make(chan error, 1)
 			go func() { served <- srv.Serve(&flakyListener{Listener: ln, err: tc.err}) }()
 			defer srv.Close()

@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/passgate/passgate/policy"
-	"github.com/passgate/passgate/proxy/relay"
+	"github.com/passgate/passgate/proxy/revoke"
 )
 
 // Replies to binds. failureMessage is the one text of every failed bind,
@@ -64,21 +64,21 @@ func (c *conn) bind(m message) {
 		return
 	}
 	tlsOn := c.tls.Load()
-	if !c.srv.opts.Decider.PlaintextAllowed(c.remote, tlsOn) {
+	dec := c.srv.opts.Decider
+	if !dec.PlaintextAllowed(c.remote, tlsOn) {
 		// The password came in clear: the decision's step 1 refuses and
 		// audits it, without any lookup.
-		_, _ = c.srv.opts.Decider.Decide(c.ctx, policy.Attempt{Proto: policy.LDAP, User: name, Client: c.remote, Started: started})
-		c.respond(m.ID, opBindRequest, resultConfidentialityRequired, msgConfidentiality)
+		l, _ := dec.Decide(c.ctx, policy.Attempt{Proto: policy.LDAP, User: name, Client: c.remote, Received: started})
+		c.answer(m, l, policy.NotAsked, "")
 		return
 	}
 	a := policy.Attempt{
 		Proto: policy.LDAP, User: name, Secret: policy.Secret(req.password),
-		Client: c.remote, TLS: tlsOn, Started: started,
+		Client: c.remote, TLS: tlsOn, Received: started,
 	}
 	bn, mapped := c.srv.names.mapName(name)
 	if !mapped {
-		c.logRefused(a, "bind name maps to no user (a DN that does not parse, a UPN domain not in ldap.upn_domains, DOMAIN\\user while ldap.upn_domains is set)")
-		c.fail(m, a)
+		c.refuse(m, dec.Undecided(a, "bind name maps to no user"), "bind name maps to no user (a DN that does not parse, a UPN domain not in ldap.upn_domains, DOMAIN\\user while ldap.upn_domains is set)")
 		return
 	}
 	a.User = bn.User
@@ -88,7 +88,7 @@ func (c *conn) bind(m message) {
 	// for how long "known" lasts).
 	if c.srv.opts.Mode == ModeRelay {
 		if err := c.reachable(); err != nil {
-			c.unavailable(m, a, "open", msgUnavailable, err)
+			c.unavailable(m, dec.Undecided(a, "directory unavailable"), "open", err)
 			return
 		}
 	}
@@ -97,32 +97,29 @@ func (c *conn) bind(m message) {
 		var why string
 		bn, ok, why, err = c.resolve(bn, name)
 		if err != nil {
-			c.unavailable(m, a, "resolve", msgUnavailable, err)
+			c.unavailable(m, dec.Undecided(a, "directory unavailable"), "resolve", err)
 			return
 		}
 		if !ok {
-			c.logRefused(a, why)
-			c.fail(m, a)
+			c.refuse(m, dec.Undecided(a, why), why)
 			return
 		}
 		a.User = bn.User
 	}
-	d, err := c.srv.opts.Decider.Decide(c.ctx, a)
+	l, err := dec.Decide(c.ctx, a)
 	if err != nil {
-		c.unavailable(m, a, "decision", msgDecisionFailed, err)
+		c.unavailable(m, l, "decision", err)
 		return
 	}
-	if !d.Allow {
-		c.fail(m, a)
+	if !l.Allowed() {
+		c.answer(m, l, policy.NotAsked, "")
 		return
 	}
-	switch d.Kind {
-	case policy.KindAppPassword:
-		c.appBind(m, a, d, bn)
-	case policy.KindPrimary:
-		c.primaryBind(m, a, d, bn, req.password)
+	switch l.Credential() {
+	case policy.AppPassword:
+		c.appBind(m, l, bn)
 	default:
-		c.fail(m, a)
+		c.primaryBind(m, l, bn, req.password)
 	}
 }
 
@@ -170,22 +167,22 @@ func (c *conn) resolve(bn boundName, name string) (out boundName, ok bool, why s
 // appBind accepts an app-password bind. The identity the directory sees
 // (proxied authorization) and WhoAmI's answer come from the decision's
 // user put into the first template, never from the client's spelling.
-func (c *conn) appBind(m message, a policy.Attempt, d policy.Decision, bn boundName) {
-	id := identity{kind: identApp, user: d.User, appID: d.AppPasswordID}
+func (c *conn) appBind(m message, l *policy.Login, bn boundName) {
+	id := identity{kind: identApp, user: l.User(), appID: l.AppPasswordID()}
 	switch {
 	case len(c.srv.names.templates) == 0:
-		id.authzID = proxyAuthzUserPrefix + d.User
-	case bn.Template != 0 || d.User == "":
+		id.authzID = proxyAuthzUserPrefix + l.User()
+	case bn.Template != 0 || l.User() == "":
 		// The name matched another template than the first (or none):
 		// the first template filled with the user would name another
 		// entry than the one the client named.
-		c.logRefused(a, "app-password bind with a name that does not match the first ldap.user_dn_templates entry")
-		c.fail(m, a)
+		c.refuse(m, l, "app-password bind with a name that does not match the first ldap.user_dn_templates entry")
 		return
 	default:
-		id.dn = c.srv.names.fill(d.User)
+		id.dn = c.srv.names.fill(l.User())
 		id.authzID = proxyAuthzDNPrefix + id.dn
 	}
+	l.Finish(c.ctx, policy.Accepted)
 	c.setIdentity(id)
 	c.respond(m.ID, opBindRequest, resultSuccess, "")
 }
@@ -200,11 +197,10 @@ func (c *conn) acceptAnonymous(m message, unauth bool) {
 // primaryBind has the directory check a primary password that the
 // decision allowed provisionally. bn is in plain template form or was
 // resolved by the directory: bn.DN is the entry that was decided on.
-func (c *conn) primaryBind(m message, a policy.Attempt, d policy.Decision, bn boundName, password []byte) {
+func (c *conn) primaryBind(m message, l *policy.Login, bn boundName, password []byte) {
 	dn := bn.DN
 	if dn == "" {
-		c.logRefused(a, "primary-password bind without a DN to verify it with")
-		c.fail(m, a)
+		c.refuse(m, l, "primary-password bind without a DN to verify it with")
 		return
 	}
 	ctx, cancel := context.WithTimeout(c.ctx, upstreamTimeout)
@@ -231,22 +227,21 @@ func (c *conn) primaryBind(m message, a policy.Attempt, d policy.Decision, bn bo
 		}
 	}
 	if err != nil {
-		c.unavailable(m, a, "bind", msgUnavailable, err)
+		c.unavailable(m, l, "bind", err)
 		return
 	}
 	if !ok {
-		c.srv.opts.Decider.PrimaryResult(c.ctx, a, d, false)
-		c.fail(m, a)
+		c.answer(m, l, policy.Refused, "")
 		return
 	}
 	if authzID == "" {
 		authzID = proxyAuthzDNPrefix + dn
 	}
-	c.srv.opts.Decider.PrimaryResult(c.ctx, a, d, true)
+	l.Finish(c.ctx, policy.Accepted)
 	if c.srv.opts.Mode == ModeRelay {
 		c.sessState = sessAccount
 	}
-	c.setIdentity(identity{kind: identPrimary, user: d.User, dn: dn, authzID: authzID})
+	c.setIdentity(identity{kind: identPrimary, user: l.User(), dn: dn, authzID: authzID})
 	c.respond(m.ID, opBindRequest, resultSuccess, "")
 }
 
@@ -254,32 +249,53 @@ func (c *conn) primaryBind(m message, a policy.Attempt, d policy.Decision, bn bo
 // unavailable (52), after the same failure delay as a refused bind and
 // with the attempt recorded, so that the reply says nothing about the
 // secret.
-func (c *conn) unavailable(m message, a policy.Attempt, op, msg string, err error) {
+func (c *conn) unavailable(m message, l *policy.Login, op string, err error) {
 	c.srv.log.LogAttrs(c.ctx, slog.LevelError, "ldap bind failed for a temporary reason",
-		slog.String("proto", policy.LDAP), slog.Uint64("conn_id", c.id),
-		slog.String("remote_addr", c.remote.String()), slog.String("user", a.User),
+		slog.String("proto", policy.LDAP.String()), slog.Uint64("conn_id", c.id),
+		slog.String("remote_addr", c.remote.String()), slog.String("user", l.User()),
 		slog.String("upstream", op), slog.Any("err", err))
-	c.srv.opts.Decider.Unavailable(c.ctx, a, err)
-	c.srv.opts.Decider.Fail(c.ctx, a)
-	c.respond(m.ID, opBindRequest, resultUnavailable, msg)
+	c.answer(m, l, policy.Unreachable(err), op)
 }
 
-// fail answers a refused bind: the same bytes after the same delay,
-// whatever the reason. After MaxBindFailures the connection is closed.
-func (c *conn) fail(m message, a policy.Attempt) {
-	c.srv.opts.Decider.Fail(c.ctx, a)
-	c.respond(m.ID, opBindRequest, resultInvalidCredentials, failureMessage)
-	c.failures++
-	if c.failures >= c.srv.opts.MaxBindFailures {
-		c.stop(errors.New("too many failed binds"))
-	}
-}
-
-func (c *conn) logRefused(a policy.Attempt, reason string) {
+// refuse logs why the listener refused a bind and answers it as a
+// refused one.
+func (c *conn) refuse(m message, l *policy.Login, reason string) {
 	c.srv.log.LogAttrs(c.ctx, slog.LevelWarn, bindFailureLogMessage,
-		slog.String("proto", policy.LDAP), slog.Uint64("conn_id", c.id),
-		slog.String("remote_addr", c.remote.String()), slog.String("user", a.User),
+		slog.String("proto", policy.LDAP.String()), slog.Uint64("conn_id", c.id),
+		slog.String("remote_addr", c.remote.String()), slog.String("user", l.User()),
 		slog.String("reason", reason))
+	c.answer(m, l, policy.NotAsked, "")
+}
+
+// answer finishes a bind that did not succeed and answers it by class:
+// the same bytes after the same delay, whatever the reason. After
+// MaxBindFailures refusals the connection is closed. op names the step
+// of a temporary failure ("decision" has its own text).
+func (c *conn) answer(m message, l *policy.Login, r policy.Result, op string) {
+	if l.Credential() != policy.NoCredential {
+		c.mu.Lock()
+		c.user, c.credential = l.User(), l.Credential().String()
+		if l.Credential() == policy.AppPassword {
+			c.credential += ":" + strconv.FormatInt(l.AppPasswordID(), 10)
+		}
+		c.mu.Unlock()
+	}
+	switch l.Finish(c.ctx, r) {
+	case policy.ClassNeedTLS:
+		c.respond(m.ID, opBindRequest, resultConfidentialityRequired, msgConfidentiality)
+	case policy.ClassTemporary:
+		msg := msgUnavailable
+		if op == "decision" {
+			msg = msgDecisionFailed
+		}
+		c.respond(m.ID, opBindRequest, resultUnavailable, msg)
+	default:
+		c.respond(m.ID, opBindRequest, resultInvalidCredentials, failureMessage)
+		c.failures++
+		if c.failures >= c.srv.opts.MaxBindFailures {
+			c.stop(errors.New("too many failed binds"))
+		}
+	}
 }
 
 // setIdentity replaces the connection's identity and, for an app
@@ -312,11 +328,11 @@ func (c *conn) setIdentity(id identity) {
 	}
 	tctx, rel := reg.Track(c.ctx, id.appID)
 	context.AfterFunc(tctx, func() {
-		if errors.Is(context.Cause(tctx), relay.ErrRevoked) {
+		if errors.Is(context.Cause(tctx), revoke.ErrRevoked) {
 			c.srv.log.LogAttrs(context.Background(), slog.LevelInfo, "ldap session revoked",
-				slog.String("proto", policy.LDAP), slog.Uint64("conn_id", c.id),
+				slog.String("proto", policy.LDAP.String()), slog.Uint64("conn_id", c.id),
 				slog.String("remote_addr", c.remote.String()), slog.String("user", id.user))
-			c.stop(relay.ErrRevoked)
+			c.stop(revoke.ErrRevoked)
 		}
 	})
 	c.mu.Lock()

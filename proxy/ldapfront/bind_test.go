@@ -305,9 +305,7 @@ func TestQueuedBytesCapped(t *testing.T) {
 	size := len(encodeSearch(2, "cn="+msg, nil))
 	peak := 0
 	full := func() bool {
-		ts.srv.mu.Lock()
-		defer ts.srv.mu.Unlock()
-		for sc := range ts.srv.conns {
+		for _, sc := range ts.srv.set.Live() {
 			sc.mu.Lock()
 			peak = max(peak, sc.queuedBytes)
 			sc.mu.Unlock()
@@ -404,9 +402,7 @@ func TestAbandonWhileSending(t *testing.T) {
 // connOf returns the server side of the only connection.
 func (ts *testServer) connOf(t *testing.T) *conn {
 	t.Helper()
-	ts.srv.mu.Lock()
-	defer ts.srv.mu.Unlock()
-	for c := range ts.srv.conns {
+	for _, c := range ts.srv.set.Live() {
 		return c
 	}
 	t.Fatal("no connection")

@@ -150,7 +150,7 @@ func (c *conn) serve() {
 			ended = cause.Error()
 		}
 		c.srv.log.LogAttrs(context.Background(), slog.LevelInfo, "ldap session closed",
-			slog.String("proto", policy.LDAP), slog.String("listener", c.srv.opts.Listener),
+			slog.String("proto", policy.LDAP.String()), slog.String("listener", c.srv.opts.Listener),
 			slog.Uint64("conn_id", c.id), slog.String("remote_addr", c.remote.String()),
 			slog.Bool("tls", c.tls.Load()), slog.String("user", user), slog.String("credential", credential),
 			slog.Int64("bytes_in", c.bytesIn.Load()), slog.Int64("bytes_out", c.bytesOut.Load()),
@@ -226,7 +226,7 @@ func (c *conn) handshake() bool {
 	defer cancel()
 	if err := tc.HandshakeContext(ctx); err != nil {
 		c.srv.log.LogAttrs(ctx, slog.LevelInfo, "ldap tls handshake failed",
-			slog.String("proto", policy.LDAP), slog.Uint64("conn_id", c.id),
+			slog.String("proto", policy.LDAP.String()), slog.Uint64("conn_id", c.id),
 			slog.String("remote_addr", c.remote.String()), slog.Any("err", err))
 		return false
 	}
@@ -290,7 +290,7 @@ func (c *conn) readLoop() {
 		switch {
 		case errors.Is(err, ldapwire.ErrTooLarge):
 			c.srv.log.LogAttrs(c.ctx, slog.LevelWarn, "ldap message too large",
-				slog.String("proto", policy.LDAP), slog.Uint64("conn_id", c.id), slog.String("remote_addr", c.remote.String()))
+				slog.String("proto", policy.LDAP.String()), slog.Uint64("conn_id", c.id), slog.String("remote_addr", c.remote.String()))
 			c.disconnect(resultProtocolError, "LDAP message exceeds passgate's size limit")
 			return
 		case errors.Is(err, ldapwire.ErrMalformed):
@@ -663,7 +663,7 @@ func (c *conn) ensureSession(m message, want sessState) bool {
 
 func (c *conn) upstreamFailed(m message, op string, err error) {
 	c.srv.log.LogAttrs(c.ctx, slog.LevelError, "ldap upstream failed",
-		slog.String("proto", policy.LDAP), slog.Uint64("conn_id", c.id),
+		slog.String("proto", policy.LDAP.String()), slog.Uint64("conn_id", c.id),
 		slog.String("remote_addr", c.remote.String()), slog.String("upstream", op), slog.Any("err", err))
 	c.respond(m.ID, m.Op.Tag, resultUnavailable, msgUnavailable)
 }

@@ -65,7 +65,7 @@
 // password) binds get unwillingToPerform (53), as RFC 4513 §5.1 recommends,
 // unless the options allow them; a decision that cannot be made or an
 // upstream that cannot be reached gets unavailable (52), after the same
-// failure delay and recorded with Decider.Unavailable. In relay mode the
+// failure delay and recorded (policy.Login.Finish with Unreachable). In relay mode the
 // directory must be known to be up before the decision, so that
 // "directory down" does not depend on the secret or the MFA state: the
 // connection's own live session, or a new session opened by any

@@ -100,7 +100,7 @@ func FuzzConn(f *testing.F) {
 	f.Add(bytes.Join([][]byte{encodeExtended(1, oidStartTLS), encodeBind(2, aliceDN, alicePW)}, nil))
 	f.Add(bytes.Join([][]byte{encodeBind(1, "alice@example.test", "x"), encodeBind(2, "", ""), []byte{0x30, 0x05, 0x02, 0x01, 0x03, 0x42, 0x00}}, nil))
 	f.Fuzz(func(t *testing.T, in []byte) {
-		srv, err := New(Options{Decider: &fakeDecider{trusted: true}, Upstream: &fakeUpstream{},
+		srv, err := New(Options{Decider: newFakeDecider(t, true), Upstream: &fakeUpstream{},
 			UserDNTemplates: []string{template}, MaxMessageBytes: 4096})
 		if err != nil {
 			t.Fatal(err)

@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"github.com/passgate/passgate/proxy/accept"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -15,19 +14,20 @@ import (
 	"time"
 
 	"github.com/passgate/passgate/policy"
+	"github.com/passgate/passgate/proxy/lifecycle"
 	"github.com/passgate/passgate/proxy/observe"
-	"github.com/passgate/passgate/proxy/relay"
+	"github.com/passgate/passgate/proxy/revoke"
 )
 
-// Decider is the decision as the listener needs it; *policy.Engine
-// implements it.
+// Decider is the decision as the listener calls it; *policy.Engine
+// implements it. Every Login it returns is finished by the listener.
 type Decider interface {
-	Decide(ctx context.Context, a policy.Attempt) (policy.Decision, error)
-	PrimaryResult(ctx context.Context, a policy.Attempt, d policy.Decision, ok bool)
-	Fail(ctx context.Context, a policy.Attempt)
-	// Unavailable records a bind that ended in a temporary failure (the
-	// decision or the directory could not be asked).
-	Unavailable(ctx context.Context, a policy.Attempt, cause error)
+	// Decide decides one bind; an error means none could be made (the
+	// Login then finishes as a temporary failure).
+	Decide(ctx context.Context, a policy.Attempt) (*policy.Login, error)
+	// Undecided is a Login the listener ends without a decision: a bind
+	// name that maps to no user, a directory down before the decision.
+	Undecided(a policy.Attempt, reason string) *policy.Login
 	PlaintextAllowed(client netip.AddrPort, tls bool) bool
 }
 
@@ -113,7 +113,7 @@ type Options struct {
 	Upstream Upstream
 	// Registry closes the connection of a client whose app password is
 	// deleted. Optional.
-	Registry *relay.Registry
+	Registry *revoke.Registry
 	// TLSConfig is the server certificate for StartTLS and, with
 	// ImplicitTLS, for every connection. nil: StartTLS is answered
 	// unavailable.
@@ -160,12 +160,8 @@ type Server struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
-	mu        sync.Mutex
-	listeners map[net.Listener]struct{}
-	conns     map[*conn]struct{}
-	closed    bool
-	nextID    atomic.Uint64
-	wg        sync.WaitGroup
+	set    lifecycle.Set[*conn] // listeners and live connections
+	nextID atomic.Uint64
 
 	resolved resolveCache
 
@@ -267,65 +263,23 @@ func New(opts Options) (*Server, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Server{
 		opts: opts, names: names, log: log, ctx: ctx, cancel: cancel,
-		listeners: make(map[net.Listener]struct{}),
-		conns:     make(map[*conn]struct{}),
 	}, nil
 }
 
 // Serve accepts connections on ln until Shutdown or Close, and always
-// returns a non-nil error: ErrServerClosed after Shutdown or Close.
+// returns a non-nil error: ErrServerClosed after Shutdown or Close. ln is
+// closed when Serve returns.
 func (s *Server) Serve(ln net.Listener) error {
-	s.mu.Lock()
-	if s.closed {
-		s.mu.Unlock()
-		ln.Close()
-		return ErrServerClosed
-	}
-	s.listeners[ln] = struct{}{}
-	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		delete(s.listeners, ln)
-		s.mu.Unlock()
-	}()
-	closing := func() bool {
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		return s.closed
-	}
-	onRetry := func(err error) {
-		s.log.Warn("accept failed", slog.String("proto", "ldap"), slog.Any("err", err))
-	}
-	for {
-		nc, err := accept.Accept(ln, closing, onRetry)
-		if err != nil {
-			if closing() {
-				return ErrServerClosed
-			}
-			return fmt.Errorf("ldapfront: accept on %s: %w", ln.Addr(), err)
-		}
-		s.mu.Lock()
-		if s.closed {
-			s.mu.Unlock()
-			nc.Close()
-			return ErrServerClosed
-		}
-		c := s.newConn(nc)
-		s.conns[c] = struct{}{}
-		s.wg.Add(1)
-		s.mu.Unlock()
-		observe.Opened(s.opts.Conns)
-		go func() {
-			defer s.wg.Done()
-			defer func() {
-				s.mu.Lock()
-				delete(s.conns, c)
-				s.mu.Unlock()
-				observe.Closed(s.opts.Conns)
-			}()
-			c.serve()
-		}()
-	}
+	return lifecycle.Serve(&s.set, ln, lifecycle.Loop[*conn]{
+		Name:   "ldapfront",
+		Closed: ErrServerClosed,
+		Conns:  s.opts.Conns,
+		New:    s.newConn,
+		Run:    (*conn).serve, // recovers its own panics (recoverConn)
+		Retry: func(err error) {
+			s.log.Warn("accept failed", slog.String("proto", policy.LDAP.String()), slog.Any("err", err))
+		},
+	})
 }
 
 // Shutdown stops accepting, closes each connection as soon as it has
@@ -333,62 +287,26 @@ func (s *Server) Serve(ln net.Listener) error {
 // are gone or ctx ends; then it returns ctx's error and the caller should
 // call Close.
 func (s *Server) Shutdown(ctx context.Context) error {
-	s.stopListening()
-	t := time.NewTicker(drainPoll)
-	defer t.Stop()
-	for {
-		s.mu.Lock()
-		n := len(s.conns)
-		var idle []*conn
-		for c := range s.conns {
-			if c.idle() {
-				idle = append(idle, c)
-			}
-		}
-		s.mu.Unlock()
-		if n == 0 {
-			s.wg.Wait()
-			return nil
-		}
-		for _, c := range idle {
+	return lifecycle.Drain(ctx, &s.set, drainPoll, func(c *conn) {
+		if c.idle() {
 			c.disconnect(resultUnavailable, "passgate is shutting down")
 		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-t.C:
-		}
-	}
+	})
 }
 
 // Close closes the listeners and every connection at once and waits for
 // their goroutines.
 func (s *Server) Close() error {
-	s.stopListening()
+	s.set.Stop()
 	s.cancel()
-	s.mu.Lock()
-	for c := range s.conns {
-		c.stop(errors.New("server closed"))
-	}
-	s.mu.Unlock()
-	s.wg.Wait()
-	return nil
-}
-
-func (s *Server) stopListening() {
-	s.mu.Lock()
-	s.closed = true
-	for ln := range s.listeners {
-		ln.Close()
-	}
-	s.mu.Unlock()
+	return lifecycle.Close(context.Background(), &s.set, func(c *conn) { c.stop(errors.New("server closed")) })
 }
 
 // recoverConn logs a panic of a connection goroutine with its stack.
 func (s *Server) recoverConn(c *conn) {
 	if r := recover(); r != nil {
 		s.log.Error("ldap connection panic",
-			slog.String("proto", policy.LDAP), slog.Uint64("conn_id", c.id),
+			slog.String("proto", policy.LDAP.String()), slog.Uint64("conn_id", c.id),
 			slog.Any("err", fmt.Errorf("ldapfront: panic: %v\n%s", r, debug.Stack())))
 		c.stop(errors.New("panic"))
 	}

@@ -25,8 +25,10 @@ import (
 	ber "github.com/go-asn1-ber/asn1-ber"
 
 	"github.com/passgate/passgate/backends/ldapwire"
+	"github.com/passgate/passgate/backends/store"
 	"github.com/passgate/passgate/policy"
-	"github.com/passgate/passgate/proxy/relay"
+	"github.com/passgate/passgate/policy/policytest"
+	"github.com/passgate/passgate/proxy/revoke"
 )
 
 const (
@@ -37,11 +39,13 @@ const (
 	template = "uid={user},ou=people,dc=example,dc=test"
 )
 
-// fakeDecider behaves like policy.Engine for three accounts: alice has
-// MFA enforced and one app password (id 9); every other name (wiki's
-// account, unknown users) has no MFA, so its password is allowed
-// provisionally and left to the directory. block, when set, holds every
-// Decide until it is closed.
+// fakeDecider runs the real policy.Engine over a store of three kinds of
+// account: alice has MFA enforced and one app password (id 9); every
+// other name (wiki's account, unknown users) has no MFA, so its password
+// is allowed provisionally and left to the directory. block, when set,
+// holds every Decide until it is closed. It counts the failures (not
+// step 1's refusals, answered at once) and temporary failures from the
+// audit events, and the test fails if a Login is left unfinished.
 type fakeDecider struct {
 	mu          sync.Mutex
 	err         error
@@ -50,9 +54,52 @@ type fakeDecider struct {
 	decided     []string
 	trusted     bool
 	block       chan struct{}
+	engines     *policytest.Engines
 }
 
-func (f *fakeDecider) Decide(_ context.Context, a policy.Attempt) (policy.Decision, error) {
+func newFakeDecider(t testing.TB, trusted bool) *fakeDecider {
+	return &fakeDecider{trusted: trusted, engines: policytest.NewEngines(t)}
+}
+
+func (f *fakeDecider) state(user, secret string) (store.LoginState, error) {
+	f.mu.Lock()
+	err := f.err
+	f.mu.Unlock()
+	if err != nil {
+		return store.LoginState{}, err
+	}
+	if strings.EqualFold(user, "alice") {
+		ls := store.LoginState{MFA: store.MFAEnforced, AllowAppPasswords: true}
+		if secret == alicePW {
+			ls.AppPassword = policytest.App(9, "alice", "directory")
+		}
+		return ls, nil
+	}
+	return store.LoginState{MFA: store.MFADisabled, AllowAppPasswords: true}, nil
+}
+
+func (f *fakeDecider) record(ev store.AuditEvent) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if ev.Outcome != policy.Success.String() && !strings.Contains(ev.Detail, "plaintext") {
+		f.fails++
+	}
+	if ev.Outcome == policy.Unavailable.String() {
+		f.unavailable++
+	}
+}
+
+func (f *fakeDecider) engine() *policy.Engine {
+	f.mu.Lock()
+	opts := policy.Options{Store: policytest.Store{State: f.state, OnRecord: f.record}, FailureDelay: -1}
+	if f.trusted {
+		opts.TrustedNetworks = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}
+	}
+	f.mu.Unlock()
+	return f.engines.New(opts)
+}
+
+func (f *fakeDecider) Decide(ctx context.Context, a policy.Attempt) (*policy.Login, error) {
 	f.mu.Lock()
 	block := f.block
 	f.decided = append(f.decided, a.User)
@@ -60,18 +107,11 @@ func (f *fakeDecider) Decide(_ context.Context, a policy.Attempt) (policy.Decisi
 	if block != nil {
 		<-block
 	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.err != nil {
-		return policy.Decision{}, f.err
-	}
-	switch {
-	case strings.EqualFold(a.User, "alice") && string(a.Secret) == alicePW:
-		return policy.Decision{Allow: true, Kind: policy.KindAppPassword, User: "alice", AppPasswordID: 9}, nil
-	case strings.EqualFold(a.User, "alice"):
-		return policy.Decision{User: "alice", Reason: "enforced"}, nil
-	}
-	return policy.Decision{Allow: true, Kind: policy.KindPrimary, User: a.User}, nil
+	return f.engine().Decide(ctx, a)
+}
+
+func (f *fakeDecider) Undecided(a policy.Attempt, reason string) *policy.Login {
+	return f.engine().Undecided(a, reason)
 }
 
 func (f *fakeDecider) decidedUsers() []string {
@@ -80,27 +120,17 @@ func (f *fakeDecider) decidedUsers() []string {
 	return append([]string(nil), f.decided...)
 }
 
-func (f *fakeDecider) PrimaryResult(context.Context, policy.Attempt, policy.Decision, bool) {}
-
-func (f *fakeDecider) Fail(context.Context, policy.Attempt) {
-	f.mu.Lock()
-	f.fails++
-	f.mu.Unlock()
-}
-
-func (f *fakeDecider) Unavailable(context.Context, policy.Attempt, error) {
-	f.mu.Lock()
-	f.unavailable++
-	f.mu.Unlock()
-}
-
 func (f *fakeDecider) counts() (fails, unavailable int) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.fails, f.unavailable
 }
 
-func (f *fakeDecider) PlaintextAllowed(_ netip.AddrPort, tls bool) bool { return tls || f.trusted }
+func (f *fakeDecider) PlaintextAllowed(_ netip.AddrPort, tls bool) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return tls || f.trusted
+}
 
 // alicePrimary is alice's primary password, which the fake directory
 // accepts: passgate must never send it, MFA being enforced for her.
@@ -291,12 +321,12 @@ type testServer struct {
 	addr string
 	dec  *fakeDecider
 	up   *fakeUpstream
-	reg  *relay.Registry
+	reg  *revoke.Registry
 }
 
 func startServer(t *testing.T, change func(*Options)) *testServer {
 	t.Helper()
-	ts := &testServer{dec: &fakeDecider{trusted: true}, up: &fakeUpstream{}, reg: relay.NewRegistry()}
+	ts := &testServer{dec: newFakeDecider(t, true), up: &fakeUpstream{}, reg: revoke.NewRegistry()}
 	opts := Options{Decider: ts.dec, Upstream: ts.up, Registry: ts.reg, UserDNTemplates: []string{template},
 		UPNDomains: []string{"example.test"}, TLSConfig: selfSigned(t)}
 	if change != nil {
@@ -425,7 +455,7 @@ func TestBindResults(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			dec := &fakeDecider{trusted: true}
+			dec := newFakeDecider(t, true)
 			ts := startServer(t, func(o *Options) {
 				o.Decider = dec
 				if tc.change != nil {
@@ -566,7 +596,9 @@ func TestBindOnlyRefusesOperations(t *testing.T) {
 // after it; a second StartTLS is refused.
 func TestStartTLS(t *testing.T) {
 	ts := startServer(t, func(o *Options) {})
+	ts.dec.mu.Lock()
 	ts.dec.trusted = false
+	ts.dec.mu.Unlock()
 	c := ts.dial(t)
 	c.send(encodeBind(1, aliceDN, alicePW))
 	if m, _ := c.recv(); m.Op.Tag != opBindResponse {
@@ -646,7 +678,7 @@ func TestRevokeClosesConnection(t *testing.T) {
 // TestShutdownDrainsAndNoGoroutineOutlivesClose.
 func TestShutdownDrainsAndNoGoroutineOutlivesClose(t *testing.T) {
 	before := runtime.NumGoroutine()
-	dec := &fakeDecider{trusted: true}
+	dec := newFakeDecider(t, true)
 	srv, err := New(Options{Decider: dec, Upstream: &fakeUpstream{}, UserDNTemplates: []string{template}})
 	if err != nil {
 		t.Fatal(err)

@@ -1,11 +1,11 @@
 // Package relay copies bytes both ways between a client and its upstream
-// after the upstream has accepted the login, and keeps a registry of live
-// sessions so that deleting an app password closes every session that
-// logged in with it.
+// after the upstream has accepted the login (IMAP's sessions; SMTP is
+// relayed command by command, LDAP message by message).
 //
 // On the path of a login it is the last stop: listener → decision →
 // upstream login → relay. It is the only place that copies bytes after
-// login; the listeners never do. It imports no other passgate package.
+// login; the listeners never do. It imports only proxy/revoke, whose
+// ErrRevoked ends a session whose app password was deleted.
 package relay
 
 import (
@@ -17,6 +17,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/passgate/passgate/proxy/revoke"
 )
 
 // Copy buffer sizes. Each session holds both for its whole life, idle or
@@ -60,7 +62,7 @@ type Framer interface {
 // Options adds a protocol's manners to Run.
 type Options struct {
 	// Farewell, when set, returns what to say to the client when ctx
-	// ends the session (cause is context.Cause(ctx): ErrRevoked, or
+	// ends the session (cause is context.Cause(ctx): revoke.ErrRevoked, or
 	// whatever the listener cancelled with), nil for nothing. It is
 	// written only when Framer says the stream is between two responses
 	// and no write to the client is under way; else the session just
@@ -144,16 +146,12 @@ func RunWith(ctx context.Context, client, upstream net.Conn, opts Options) Stats
 	ended, _ := first.Load().(string)
 	if ctx.Err() != nil {
 		ended = "shutdown"
-		if errors.Is(context.Cause(ctx), ErrRevoked) {
+		if errors.Is(context.Cause(ctx), revoke.ErrRevoked) {
 			ended = "revoked"
 		}
 	}
 	return Stats{BytesIn: in.Load(), BytesOut: out.Load(), Duration: time.Since(start), EndedBy: ended}
 }
-
-// ErrRevoked is the context cause of a session closed because its
-// credential was deleted.
-var ErrRevoked = errors.New("relay: credential revoked")
 
 type countWriter struct {
 	w io.Writer
@@ -197,124 +195,4 @@ func (p *prefixConn) Read(b []byte) (int, error) {
 		return n, nil
 	}
 	return p.Conn.Read(b)
-}
-
-// Registry tracks live sessions by the app password they logged in with.
-// The zero value is not usable; use NewRegistry.
-type Registry struct {
-	mu       sync.Mutex
-	next     uint64
-	sessions map[int64]map[uint64]context.CancelCauseFunc
-}
-
-// NewRegistry returns an empty Registry.
-func NewRegistry() *Registry {
-	return &Registry{sessions: make(map[int64]map[uint64]context.CancelCauseFunc)}
-}
-
-// Track registers a session that logged in with app password id and
-// returns a context that is cancelled (cause ErrRevoked) when that app
-// password is revoked, and a release func to call when the session ends.
-// id 0 (primary password) is not tracked; the returned context is then
-// derived from ctx only.
-func (r *Registry) Track(ctx context.Context, id int64) (context.Context, func()) {
-	cctx, cancel := context.WithCancelCause(ctx)
-	if id == 0 {
-		return cctx, func() { cancel(nil) }
-	}
-	r.mu.Lock()
-	r.next++
-	key := r.next
-	m := r.sessions[id]
-	if m == nil {
-		m = make(map[uint64]context.CancelCauseFunc)
-		r.sessions[id] = m
-	}
-	m[key] = cancel
-	r.mu.Unlock()
-	return cctx, func() {
-		r.mu.Lock()
-		if m := r.sessions[id]; m != nil {
-			delete(m, key)
-			if len(m) == 0 {
-				delete(r.sessions, id)
-			}
-		}
-		r.mu.Unlock()
-		cancel(nil)
-	}
-}
-
-// Revoke closes every live session of app password id and returns how many
-// there were.
-func (r *Registry) Revoke(id int64) int {
-	r.mu.Lock()
-	m := r.sessions[id]
-	delete(r.sessions, id)
-	r.mu.Unlock()
-	for _, cancel := range m {
-		cancel(ErrRevoked)
-	}
-	return len(m)
-}
-
-// IDs returns the app password ids that have live sessions.
-func (r *Registry) IDs() []int64 {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	ids := make([]int64, 0, len(r.sessions))
-	for id := range r.sessions {
-		ids = append(ids, id)
-	}
-	return ids
-}
-
-// Len returns the number of live tracked sessions.
-func (r *Registry) Len() int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	n := 0
-	for _, m := range r.sessions {
-		n += len(m)
-	}
-	return n
-}
-
-// ExistsFunc reports which of ids still exist in the store.
-type ExistsFunc func(ctx context.Context, ids []int64) (map[int64]bool, error)
-
-// Watch polls exists every interval and revokes the sessions of app
-// passwords that no longer exist, until ctx ends. It works the same for
-// every store and every passgate instance that shares one: a deletion made
-// by the command line or another instance closes the sessions here within
-// one interval. Errors are passed to onErr (which may be nil) and the
-// sessions are kept: a store outage does not cut every session.
-func (r *Registry) Watch(ctx context.Context, interval time.Duration, exists ExistsFunc, onErr func(error)) {
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		ids := r.IDs()
-		if len(ids) == 0 {
-			continue
-		}
-		qctx, cancel := context.WithTimeout(ctx, interval*4)
-		alive, err := exists(qctx, ids)
-		cancel()
-		if err != nil {
-			if onErr != nil {
-				onErr(err)
-			}
-			continue
-		}
-		for _, id := range ids {
-			if !alive[id] {
-				r.Revoke(id)
-			}
-		}
-	}
 }

@@ -38,7 +38,7 @@ func TestBDATAbort(t *testing.T) {
 				f.up.dataStarted = make(chan struct{}, 4)
 			}
 			r := f.dialRaw(t, true)
-			r.send("AUTH PLAIN " + b64("\x00alice\x00app"))
+			r.send("AUTH PLAIN " + b64("\x00alice\x00"+appSecret))
 			r.expect("235 ")
 			r.send("MAIL FROM:<alice@example.test>")
 			r.expect("250 ")
@@ -113,7 +113,7 @@ func TestBDATAbort(t *testing.T) {
 func TestOversizeThenNextMessage(t *testing.T) {
 	f := newFixture(t, func(o *smtpfront.Options) { o.MaxMessageBytes = 1000 })
 	r := f.dialRaw(t, true)
-	r.send("AUTH PLAIN " + b64("\x00alice\x00app"))
+	r.send("AUTH PLAIN " + b64("\x00alice\x00"+appSecret))
 	r.expect("235 ")
 	for i, size := range []int{1800, 10} {
 		r.send("MAIL FROM:<alice@example.test>")

@@ -69,15 +69,11 @@ func (s *Server) track(c net.Conn) *trackedConn {
 		tc.remote = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 	}
 	_ = c.SetReadDeadline(tc.preUntil)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.shut {
+	if !s.set.Add(tc) {
 		// Close or Shutdown is waiting for the connections it knows of:
 		// a late one is refused, never added to the wait group.
 		return nil
 	}
-	s.conns[tc] = struct{}{}
-	s.wg.Add(1)
 	observe.Opened(s.o.Conns)
 	return tc
 }
@@ -135,6 +131,17 @@ func (c *trackedConn) login(user, credential, upstream string) {
 	c.user, c.credential, c.upstream, c.outcome = user, credential, upstream, "relayed"
 	c.mu.Unlock()
 	c.authed.Store(true)
+}
+
+// tried records the user (and, when one matched, the credential) of a
+// login that is under way or failed, for the session line.
+func (c *trackedConn) tried(user string, credential ...string) {
+	c.mu.Lock()
+	c.user = user
+	if len(credential) > 0 {
+		c.credential = credential[0]
+	}
+	c.mu.Unlock()
 }
 
 // trackRevocation closes the connection when the app password id is
@@ -227,11 +234,8 @@ func (c *trackedConn) Close() error {
 			release()
 		}
 		c.s.log.LogAttrs(context.Background(), slog.LevelInfo, "smtp session", attrs...)
-		c.s.mu.Lock()
-		delete(c.s.conns, c)
-		c.s.mu.Unlock()
 		observe.Closed(c.s.o.Conns)
-		c.s.wg.Done()
+		c.s.set.Done(c)
 	})
 	return err
 }

@@ -27,11 +27,8 @@ func TestTrackAfterClose(t *testing.T) {
 	if tc := s.track(a); tc != nil {
 		t.Fatal("track accepted a connection after Close")
 	}
-	s.mu.Lock()
-	n := len(s.conns)
-	s.mu.Unlock()
-	if n != 0 {
-		t.Fatalf("%d connections tracked after Close", n)
+	if n := s.set.Len(); n != 0 {
+		t.Fatalf("%d connections tracked after Close", s.set.Len())
 	}
 }
 

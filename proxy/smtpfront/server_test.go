@@ -20,14 +20,22 @@ import (
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 
+	"github.com/passgate/passgate/backends/store"
 	"github.com/passgate/passgate/integration/testenv"
 	"github.com/passgate/passgate/policy"
+	"github.com/passgate/passgate/policy/policytest"
 	"github.com/passgate/passgate/proxy/smtpfront"
 )
 
-// fakeDecider allows "alice" with app password "app" (id 7) or primary
-// "primary"; "down" makes Decide fail; everything else is denied. Fail
-// waits until a.Started + delay, like policy.Engine.
+// appSecret is alice's app password.
+const appSecret = "abcdefghijklmnop"
+
+// fakeDecider runs the real policy.Engine over a store where "alice" has
+// app password appSecret (id 7) and MFA enforced; "down" makes the store
+// fail; the secrets "primary", "upstream-refuses" and "upstream-flaky"
+// are primary passwords of users without MFA; everything else is denied.
+// It records attempts and outcomes, and the test fails if a Login is
+// left unfinished.
 type fakeDecider struct {
 	mu          sync.Mutex
 	trusted     netip.Prefix
@@ -36,44 +44,67 @@ type fakeDecider struct {
 	fails       int
 	unavailable []error
 	attempts    []policy.Attempt
+	engines     *policytest.Engines
 }
 
-func (f *fakeDecider) Decide(_ context.Context, a policy.Attempt) (policy.Decision, error) {
+func newFakeDecider(t testing.TB) *fakeDecider {
+	return &fakeDecider{engines: policytest.NewEngines(t)}
+}
+
+func (f *fakeDecider) state(user, secret string) (store.LoginState, error) {
+	switch {
+	case user == "down":
+		return store.LoginState{}, errors.New("store down")
+	case user == "alice" && secret == appSecret:
+		return store.LoginState{MFA: store.MFAEnforced, AllowAppPasswords: true, AppPassword: policytest.App(7, "alice", "Outlook")}, nil
+	case secret == "primary" || secret == "upstream-refuses" || secret == "upstream-flaky":
+		return store.LoginState{MFA: store.MFADisabled, AllowAppPasswords: true}, nil
+	}
+	return store.LoginState{MFA: store.MFAEnforced, AllowAppPasswords: true}, nil
+}
+
+func (f *fakeDecider) engine() *policy.Engine {
+	f.mu.Lock()
+	opts := policy.Options{Store: policytest.Store{State: f.state, OnRecord: f.record}, FailureDelay: policytest.Delay(f.delay), OnOutcome: f.outcome}
+	if f.trusted.IsValid() {
+		opts.TrustedNetworks = []netip.Prefix{f.trusted}
+	}
+	f.mu.Unlock()
+	return f.engines.New(opts)
+}
+
+func (f *fakeDecider) record(ev store.AuditEvent) {
+	if ev.Outcome != policy.Unavailable.String() {
+		return
+	}
+	f.mu.Lock()
+	f.unavailable = append(f.unavailable, errors.New(ev.Detail))
+	f.mu.Unlock()
+}
+
+func (f *fakeDecider) outcome(_ policy.Proto, cred policy.Credential, o policy.Outcome) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if o != policy.Success {
+		f.fails++
+	}
+	if cred == policy.Primary || (cred == policy.AppPassword && o == policy.Failure) {
+		f.primary = append(f.primary, o == policy.Success)
+	}
+}
+
+func (f *fakeDecider) Decide(ctx context.Context, a policy.Attempt) (*policy.Login, error) {
 	f.mu.Lock()
 	f.attempts = append(f.attempts, a)
 	f.mu.Unlock()
 	if a.Proto != policy.SMTP {
-		return policy.Decision{}, fmt.Errorf("proto %q", a.Proto)
+		return f.engine().Undecided(a, "wrong protocol"), fmt.Errorf("proto %q", a.Proto)
 	}
-	switch {
-	case a.User == "down":
-		return policy.Decision{}, errors.New("store down")
-	case a.User == "alice" && string(a.Secret) == "app":
-		return policy.Decision{Allow: true, Kind: policy.KindAppPassword, User: "alice", AppPasswordID: 7, Label: "Outlook"}, nil
-	case string(a.Secret) == "primary" || string(a.Secret) == "upstream-refuses" || string(a.Secret) == "upstream-flaky":
-		return policy.Decision{Allow: true, Kind: policy.KindPrimary, User: a.User}, nil
-	}
-	return policy.Decision{User: a.User}, nil
+	return f.engine().Decide(ctx, a)
 }
 
-func (f *fakeDecider) PrimaryResult(_ context.Context, _ policy.Attempt, _ policy.Decision, ok bool) {
-	f.mu.Lock()
-	f.primary = append(f.primary, ok)
-	f.mu.Unlock()
-}
-
-func (f *fakeDecider) Unavailable(_ context.Context, _ policy.Attempt, cause error) {
-	f.mu.Lock()
-	f.unavailable = append(f.unavailable, cause)
-	f.mu.Unlock()
-}
-
-func (f *fakeDecider) Fail(_ context.Context, a policy.Attempt) {
-	f.mu.Lock()
-	f.fails++
-	delay := f.delay
-	f.mu.Unlock()
-	time.Sleep(time.Until(a.Started.Add(delay)))
+func (f *fakeDecider) Undecided(a policy.Attempt, reason string) *policy.Login {
+	return f.engine().Undecided(a, reason)
 }
 
 func (f *fakeDecider) PlaintextAllowed(c netip.AddrPort, tls bool) bool {
@@ -222,7 +253,7 @@ func newFixture(t *testing.T, mod func(*smtpfront.Options)) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &fixture{dec: &fakeDecider{}, up: &fakeUpstream{}, client: certs.ClientTLS()}
+	f := &fixture{dec: newFakeDecider(t), up: &fakeUpstream{}, client: certs.ClientTLS()}
 	o := smtpfront.Options{Decider: f.dec, Upstream: f.up, TLSConfig: stls, Hostname: "mx.test"}
 	if mod != nil {
 		mod(&o)
@@ -331,7 +362,7 @@ func TestAuthLoginPromptsExact(t *testing.T) {
 	if got := r.reply(); got != "334 UGFzc3dvcmQ6\r\n" {
 		t.Fatalf("second prompt %q", got)
 	}
-	r.send(b64("app"))
+	r.send(b64(appSecret))
 	r.expect("235 ")
 	// EHLO again after AUTH (MailKit, Outlook) keeps the session.
 	r.send("EHLO client.test")
@@ -345,18 +376,18 @@ func TestAuthMechanismsAndWire(t *testing.T) {
 		name   string
 		script []string // client lines; "<" prefix: expected reply prefix
 	}{
-		{"login/initial-response", []string{"AUTH LOGIN " + b64("alice"), "<334 UGFzc3dvcmQ6", b64("app"), "<235 "}},
-		{"plain/initial-response", []string{"AUTH PLAIN " + b64("\x00alice\x00app"), "<235 "}},
-		{"plain/no-initial-response", []string{"AUTH PLAIN", "<334 ", b64("\x00alice\x00app"), "<235 "}},
-		{"plain/authzid-same", []string{"AUTH PLAIN " + b64("alice\x00alice\x00app"), "<235 "}},
+		{"login/initial-response", []string{"AUTH LOGIN " + b64("alice"), "<334 UGFzc3dvcmQ6", b64(appSecret), "<235 "}},
+		{"plain/initial-response", []string{"AUTH PLAIN " + b64("\x00alice\x00"+appSecret), "<235 "}},
+		{"plain/no-initial-response", []string{"AUTH PLAIN", "<334 ", b64("\x00alice\x00" + appSecret), "<235 "}},
+		{"plain/authzid-same", []string{"AUTH PLAIN " + b64("alice\x00alice\x00"+appSecret), "<235 "}},
 		{"mail-before-auth", []string{"MAIL FROM:<a@b>", "<530 5.7.0 Authentication required\r\n"}},
 		{"xclient-refused", []string{"XCLIENT LOGIN=bob ADDR=10.0.0.1", "<501 5.5.2 Bad command"}},
-		{"xclient-after-auth", []string{"AUTH PLAIN " + b64("\x00alice\x00app"), "<235 ", "XCLIENT LOGIN=bob", "<501 5.5.2", "MAIL FROM:<alice@example.test>", "<250 "}},
-		{"mail-auth-param-dropped", []string{"AUTH PLAIN " + b64("\x00alice\x00app"), "<235 ", "MAIL FROM:<alice@example.test> AUTH=bob@example.test", "<250 "}},
+		{"xclient-after-auth", []string{"AUTH PLAIN " + b64("\x00alice\x00"+appSecret), "<235 ", "XCLIENT LOGIN=bob", "<501 5.5.2", "MAIL FROM:<alice@example.test>", "<250 "}},
+		{"mail-auth-param-dropped", []string{"AUTH PLAIN " + b64("\x00alice\x00"+appSecret), "<235 ", "MAIL FROM:<alice@example.test> AUTH=bob@example.test", "<250 "}},
 		{"unknown-mechanism", []string{"AUTH CRAM-MD5", "<504 "}},
 		{"cancel", []string{"AUTH LOGIN", "<334 ", "*", "<501 "}},
 		{"decision-error", []string{"AUTH PLAIN " + b64("\x00down\x00x"), "<454 4.7.0 Temporary authentication failure\r\n"}},
-		{"upstream-reply-passes", []string{"AUTH PLAIN " + b64("\x00alice\x00app"), "<235 ", "MAIL FROM:<alice@example.test>", "<250 ",
+		{"upstream-reply-passes", []string{"AUTH PLAIN " + b64("\x00alice\x00"+appSecret), "<235 ", "MAIL FROM:<alice@example.test>", "<250 ",
 			"RCPT TO:<unknown@example.test>", "<550 5.1.1 <unknown@example.test>: Recipient address rejected: User unknown\r\n",
 			"RCPT TO:<later@example.test>", "<450 4.2.0 try later\r\n"}},
 	}
@@ -391,7 +422,7 @@ func TestUniformFailure(t *testing.T) {
 		{"unknown-user", []string{"AUTH PLAIN " + b64("\x00nobody\x00wrong")}},
 		{"login-wrong-password", []string{"AUTH LOGIN " + b64("alice"), b64("wrong")}},
 		{"upstream-refused-primary", []string{"AUTH PLAIN " + b64("\x00bob\x00upstream-refuses")}},
-		{"authzid-other-user", []string{"AUTH PLAIN " + b64("bob\x00alice\x00app")}},
+		{"authzid-other-user", []string{"AUTH PLAIN " + b64("bob\x00alice\x00"+appSecret)}},
 		{"malformed-plain", []string{"AUTH PLAIN " + b64("alice app")}},
 		{"empty-password", []string{"AUTH LOGIN " + b64("alice"), "="}},
 	}
@@ -415,7 +446,7 @@ func TestUniformFailure(t *testing.T) {
 				t.Fatalf("Fail called %d times, want 1 (uniform delay)", fails)
 			}
 			// The connection is still usable: a second attempt succeeds.
-			r.send("AUTH PLAIN " + b64("\x00alice\x00app"))
+			r.send("AUTH PLAIN " + b64("\x00alice\x00"+appSecret))
 			r.expect("235 ")
 		})
 	}
@@ -426,7 +457,7 @@ func TestPrimaryPasswordGoesUpstream(t *testing.T) {
 	r := f.dialRaw(t, true)
 	r.send("AUTH PLAIN " + b64("\x00bob\x00primary"))
 	r.expect("235 ")
-	r.send("AUTH PLAIN " + b64("\x00alice\x00app"))
+	r.send("AUTH PLAIN " + b64("\x00alice\x00"+appSecret))
 	r.expect("503 ")
 	r.send("QUIT")
 	r.expect("221 ")
@@ -445,7 +476,7 @@ func TestPrimaryPasswordGoesUpstream(t *testing.T) {
 func TestAppPasswordSendsNoSecretUpstream(t *testing.T) {
 	f := newFixture(t, nil)
 	r := f.dialRaw(t, true)
-	r.send("AUTH PLAIN " + b64("\x00alice\x00app"))
+	r.send("AUTH PLAIN " + b64("\x00alice\x00"+appSecret))
 	r.expect("235 ")
 	f.up.mu.Lock()
 	defer f.up.mu.Unlock()
@@ -459,7 +490,7 @@ func TestUpstreamDownIsTemporary(t *testing.T) {
 	f := newFixture(t, nil)
 	f.up.down = true
 	r := f.dialRaw(t, true)
-	r.send("AUTH PLAIN " + b64("\x00alice\x00app"))
+	r.send("AUTH PLAIN " + b64("\x00alice\x00"+appSecret))
 	if got := r.reply(); got != "454 4.7.0 Temporary authentication failure\r\n" {
 		t.Fatalf("reply %q", got)
 	}
@@ -473,7 +504,7 @@ func TestNoAuthBeforeTLS(t *testing.T) {
 	if strings.Contains(ehlo, "AUTH") || !strings.Contains(ehlo, "STARTTLS") {
 		t.Fatalf("EHLO before TLS: %q", ehlo)
 	}
-	r.send("AUTH PLAIN " + b64("\x00alice\x00app"))
+	r.send("AUTH PLAIN " + b64("\x00alice\x00"+appSecret))
 	r.expect("538 5.7.11 ")
 	// The refusal is recorded (the decision's step 1 audits it), but no
 	// credential goes with it: the exchange never started.
@@ -492,7 +523,7 @@ func TestTrustedPlaintext(t *testing.T) {
 	if ehlo := r.reply(); !strings.Contains(ehlo, "AUTH PLAIN LOGIN") {
 		t.Fatalf("EHLO for a trusted client: %q", ehlo)
 	}
-	r.send("AUTH PLAIN " + b64("\x00alice\x00app"))
+	r.send("AUTH PLAIN " + b64("\x00alice\x00"+appSecret))
 	r.expect("235 ")
 }
 
@@ -503,7 +534,7 @@ func TestImplicitTLSWithGoSMTPClient(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	if err := c.Auth(sasl.NewLoginClient("alice", "app")); err != nil {
+	if err := c.Auth(sasl.NewLoginClient("alice", appSecret)); err != nil {
 		t.Fatal(err)
 	}
 	msg := "Subject: hi\r\n\r\n.leading dot\r\nbody\r\n"
@@ -588,7 +619,7 @@ func TestLimits(t *testing.T) {
 		if ehlo := r.reply(); !strings.Contains(ehlo, "SIZE 1000") {
 			t.Fatalf("EHLO %q lacks SIZE 1000", ehlo)
 		}
-		r.send("AUTH PLAIN " + b64("\x00alice\x00app"))
+		r.send("AUTH PLAIN " + b64("\x00alice\x00"+appSecret))
 		r.expect("235 ")
 		r.send("MAIL FROM:<alice@example.test> SIZE=5000")
 		r.expect("552 ")
@@ -637,7 +668,7 @@ func TestLogHasNoSecret(t *testing.T) {
 	r.expect("535 ")
 	r.send("AUTH LOGIN " + b64("alice"))
 	r.expect("334 ")
-	r.send(b64("app"))
+	r.send(b64(appSecret))
 	r.expect("235 ")
 	r.send("QUIT")
 	r.expect("221 ")
@@ -646,7 +677,7 @@ func TestLogHasNoSecret(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	out := buf.String()
-	if strings.Contains(out, "wrong-secret-xyz") || strings.Contains(out, `"app"`) {
+	if strings.Contains(out, "wrong-secret-xyz") || strings.Contains(out, appSecret) {
 		t.Fatalf("a secret reached the log:\n%s", out)
 	}
 	for _, want := range []string{`"user":"alice"`, `"credential":"app-password:7 (Outlook)"`, `"outcome":"relayed"`, `"remote_addr":"127.0.0.1:`} {
@@ -693,7 +724,7 @@ func TestRevokedAppPasswordClosesSession(t *testing.T) {
 	reg := &fakeSessions{cancel: map[int64]context.CancelCauseFunc{}}
 	f := newFixture(t, func(o *smtpfront.Options) { o.Sessions = reg })
 	r := f.dialRaw(t, true)
-	r.send("AUTH PLAIN " + b64("\x00alice\x00app"))
+	r.send("AUTH PLAIN " + b64("\x00alice\x00"+appSecret))
 	r.expect("235 ")
 	reg.mu.Lock()
 	cancel := reg.cancel[7]

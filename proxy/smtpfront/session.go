@@ -123,8 +123,9 @@ func (ss *session) Auth(mech string) (sasl.Server, error) {
 		// Refused before the exchange, but an initial response may have
 		// carried the password in clear: the decision's step 1 refuses
 		// and audits it (the user is not known yet), without any lookup.
-		_, _ = ss.s.o.Decider.Decide(ss.ctx(), policy.Attempt{Proto: policy.SMTP, Client: ss.tc.remote,
-			ClientName: ss.conn.Hostname(), Started: time.Now()})
+		l, _ := ss.s.o.Decider.Decide(ss.ctx(), policy.Attempt{Proto: policy.SMTP, Client: ss.tc.remote,
+			ClientName: ss.conn.Hostname(), Received: time.Now()})
+		l.Finish(ss.ctx(), policy.NotAsked)
 		return nil, errNeedTLS()
 	}
 	// The attempt starts when the credentials are complete, not at the
@@ -148,7 +149,7 @@ func (ss *session) Auth(mech string) (sasl.Server, error) {
 // upstream that is down then gets every client the same 454, whatever its
 // secret, and the connection is the one logged in afterwards. Every 454,
 // like every 535, is sent after the decision's uniform delay.
-func (ss *session) authenticate(started time.Time, c credentials, malformed error) error {
+func (ss *session) authenticate(received time.Time, c credentials, malformed error) error {
 	ctx := ss.ctx()
 	a := policy.Attempt{
 		Proto:      policy.SMTP,
@@ -157,55 +158,57 @@ func (ss *session) authenticate(started time.Time, c credentials, malformed erro
 		Client:     ss.tc.remote,
 		TLS:        ss.tls,
 		ClientName: ss.conn.Hostname(),
-		Started:    started,
+		Received:   received,
 	}
-	logAttrs := func(attrs ...slog.Attr) []slog.Attr {
-		return append([]slog.Attr{slog.Uint64("conn_id", ss.tc.id), slog.String("user", c.user),
-			slog.String("remote_addr", ss.tc.remote.String())}, attrs...)
-	}
-	fail := func(reason string) error {
-		ss.s.o.Decider.Fail(ctx, a)
-		ss.s.log.LogAttrs(ctx, slog.LevelDebug, "smtp auth failed", logAttrs(slog.String("reason", reason))...)
+	// The session line names the user tried, also when the login fails.
+	ss.tc.tried(c.user)
+	dec := ss.s.o.Decider
+	// finish ends the login, answers it and, when it failed, logs why.
+	finish := func(l *policy.Login, r policy.Result, outcome string, err error) error {
+		if l.Credential() != policy.NoCredential {
+			ss.tc.tried(c.user, l.Describe())
+		}
+		class := l.Finish(ctx, r)
+		attrs := []slog.Attr{slog.Uint64("conn_id", ss.tc.id), slog.String("user", c.user),
+			slog.String("remote_addr", ss.tc.remote.String())}
+		if class == policy.ClassTemporary {
+			ss.s.log.LogAttrs(ctx, slog.LevelError, "smtp auth failed for a temporary reason", append(attrs, slog.String("reason", l.Reason()), slog.Any("err", err))...)
+		} else {
+			ss.s.log.LogAttrs(ctx, slog.LevelDebug, "smtp auth failed", append(attrs, slog.String("reason", l.Reason()))...)
+		}
 		if ss.tc.failure() {
 			ss.tc.closeAfterWrite.Store(true)
+		}
+		if class == policy.ClassTemporary {
+			ss.tc.setOutcome(outcome)
+			return errAuthTemp()
 		}
 		return errAuthInvalid()
 	}
-	temp := func(msg, outcome string, err error) error {
-		ss.s.o.Decider.Unavailable(ctx, a, err)
-		ss.s.o.Decider.Fail(ctx, a)
-		ss.s.log.LogAttrs(ctx, slog.LevelError, msg, logAttrs(slog.Any("err", err))...)
-		if ss.tc.failure() {
-			ss.tc.closeAfterWrite.Store(true)
-		}
-		ss.tc.setOutcome(outcome)
-		return errAuthTemp()
-	}
 	if malformed != nil {
-		return fail("malformed SASL response")
+		return finish(dec.Undecided(a, "malformed SASL response"), policy.NotAsked, "", nil)
 	}
 	if c.authzid != "" && c.authzid != c.user {
-		return fail("authorization identity differs from the user")
+		return finish(dec.Undecided(a, "authorization identity differs from the user"), policy.NotAsked, "", nil)
 	}
 	pending, err := ss.s.o.Upstream.Dial(ctx, ss.tc.remote)
 	if err != nil {
-		return temp("smtp upstream unavailable", "upstream_unavailable", err)
+		return finish(dec.Undecided(a, "upstream unavailable before the decision"), policy.Unreachable(err), "upstream_unavailable", err)
 	}
 	defer func() {
 		if pending != nil {
 			_ = pending.Close()
 		}
 	}()
-	d, err := ss.s.o.Decider.Decide(ctx, a)
+	l, err := dec.Decide(ctx, a)
 	if err != nil {
-		return temp("smtp auth decision failed", "decision_error", err)
+		return finish(l, policy.NotAsked, "decision_error", err)
 	}
-	if !d.Allow {
-		return fail("denied")
+	if !l.Allowed() {
+		return finish(l, policy.NotAsked, "", nil)
 	}
-	req := LoginRequest{User: d.User, Helo: ss.conn.Hostname()}
-	primary := d.Kind == policy.KindPrimary
-	if primary {
+	req := LoginRequest{User: l.User(), Helo: ss.conn.Hostname()}
+	if l.Credential() == policy.Primary {
 		req.Password = c.pass
 	}
 	p := pending
@@ -213,26 +216,23 @@ func (ss *session) authenticate(started time.Time, c credentials, malformed erro
 	up, err := p.Login(ctx, req)
 	if err != nil {
 		if errors.Is(err, ErrLoginRefused) {
-			if !primary {
+			if l.Credential() != policy.Primary {
 				ss.s.log.LogAttrs(ctx, slog.LevelError, "smtp upstream refused an allowed login",
-					slog.Uint64("conn_id", ss.tc.id), slog.String("user", d.User), slog.Any("err", err))
+					slog.Uint64("conn_id", ss.tc.id), slog.String("user", l.User()), slog.Any("err", err))
 			}
 			// For an app password too: the audit trail then shows the
 			// failure after the success that the decision recorded.
-			ss.s.o.Decider.PrimaryResult(ctx, a, d, false)
-			return fail("refused by the upstream")
+			return finish(l, policy.Refused, "", nil)
 		}
-		return temp("smtp upstream login failed", "upstream_unavailable", err)
+		return finish(l, policy.Unreachable(err), "upstream_unavailable", err)
 	}
-	if primary {
-		ss.s.o.Decider.PrimaryResult(ctx, a, d, true)
-	}
+	l.Finish(ctx, policy.Accepted)
 	ss.mu.Lock()
 	ss.up, ss.req = up, req
 	ss.mu.Unlock()
-	ss.tc.login(d.User, d.Credential(), upstreamAddr(up))
-	if d.Kind == policy.KindAppPassword {
-		ss.tc.trackRevocation(d.AppPasswordID)
+	ss.tc.login(l.User(), l.Describe(), upstreamAddr(up))
+	if l.Credential() == policy.AppPassword {
+		ss.tc.trackRevocation(l.AppPasswordID())
 	}
 	return nil
 }

@@ -33,27 +33,25 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/emersion/go-smtp"
 
 	"github.com/passgate/passgate/policy"
+	"github.com/passgate/passgate/proxy/lifecycle"
 	"github.com/passgate/passgate/proxy/observe"
 )
 
-// Decider is the decision, as policy.Engine offers it.
+// Decider is the decision as the listener calls it. *policy.Engine
+// implements it. Every Login it returns is finished by the listener.
 type Decider interface {
-	// Decide runs the decision; an error means none could be made.
-	Decide(ctx context.Context, a policy.Attempt) (policy.Decision, error)
-	// PrimaryResult records the upstream's verdict on a primary password.
-	PrimaryResult(ctx context.Context, a policy.Attempt, d policy.Decision, ok bool)
-	// Unavailable records an attempt that ended in a temporary failure
-	// (the decision or the upstream could not answer); cause says why.
-	Unavailable(ctx context.Context, a policy.Attempt, cause error)
-	// Fail waits out the uniform failure delay, counted from a.Started.
-	Fail(ctx context.Context, a policy.Attempt)
+	// Decide runs the decision; an error means none could be made (the
+	// Login then finishes as a temporary failure).
+	Decide(ctx context.Context, a policy.Attempt) (*policy.Login, error)
+	// Undecided is a Login the listener ends without a decision: a
+	// malformed exchange, or an upstream down before the decision.
+	Undecided(a policy.Attempt, reason string) *policy.Login
 	// PlaintextAllowed reports whether a password may be sent on a
 	// connection without TLS from client.
 	PlaintextAllowed(client netip.AddrPort, tls bool) bool
@@ -116,7 +114,7 @@ type UpstreamSession interface {
 var ErrLoginRefused = errors.New("smtpfront: the upstream refused the login")
 
 // Sessions tracks sessions by the app password they logged in with, so
-// that deleting it closes them (proxy/relay.Registry implements it).
+// that deleting it closes them (proxy/revoke.Registry implements it).
 type Sessions interface {
 	Track(ctx context.Context, id int64) (context.Context, func())
 }
@@ -182,10 +180,7 @@ type Server struct {
 	closed atomic.Bool
 	nextID atomic.Uint64
 
-	mu    sync.Mutex
-	shut  bool // Shutdown or Close began: track refuses new connections
-	conns map[*trackedConn]struct{}
-	wg    sync.WaitGroup
+	set lifecycle.Set[*trackedConn] // live connections; track refuses new ones once Shutdown or Close began
 }
 
 // New returns a Server. It panics if Decider or Upstream is nil (a wiring
@@ -231,7 +226,7 @@ func New(o Options) *Server {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{o: o, log: log, conns: make(map[*trackedConn]struct{})}
+	s := &Server{o: o, log: log}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	srv := smtp.NewServer(smtp.BackendFunc(s.newSession))
 	srv.Domain = o.Hostname
@@ -288,11 +283,9 @@ func (s *Server) Close() error {
 		err = nil
 	}
 	s.cancel()
-	s.mu.Lock()
-	for c := range s.conns {
+	for _, c := range s.set.Live() {
 		c.Conn.Close()
 	}
-	s.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if werr := s.wait(ctx); werr != nil && err == nil {
@@ -305,21 +298,10 @@ func (s *Server) Close() error {
 // connections, so that none is added to the wait group while wait runs.
 func (s *Server) stopTracking() {
 	s.closed.Store(true)
-	s.mu.Lock()
-	s.shut = true
-	s.mu.Unlock()
+	s.set.Stop()
 }
 
-func (s *Server) wait(ctx context.Context) error {
-	done := make(chan struct{})
-	go func() { s.wg.Wait(); close(done) }()
-	select {
-	case <-done:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
+func (s *Server) wait(ctx context.Context) error { return s.set.Wait(ctx) }
 
 // listener wraps each accepted connection in a trackedConn (and in TLS for
 // an implicit-TLS listener).

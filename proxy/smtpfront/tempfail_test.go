@@ -19,7 +19,7 @@ const temp454 = "454 4.7.0 Temporary authentication failure\r\n"
 // the attempt is audited as unavailable.
 func TestTemporaryFailureNoOracle(t *testing.T) {
 	const delay = 300 * time.Millisecond
-	for _, secret := range []string{"app", "wrong"} {
+	for _, secret := range []string{appSecret, "wrong"} {
 		t.Run(secret, func(t *testing.T) {
 			f := newFixture(t, nil)
 			f.up.down = true
@@ -97,7 +97,7 @@ func TestCloseDuringData(t *testing.T) {
 	f := newFixture(t, nil)
 	f.up.dataStarted = make(chan struct{}, 1)
 	r := f.dialRaw(t, true)
-	r.send("AUTH PLAIN " + b64("\x00alice\x00app"))
+	r.send("AUTH PLAIN " + b64("\x00alice\x00"+appSecret))
 	r.expect("235 ")
 	r.send("MAIL FROM:<alice@example.test>")
 	r.expect("250 ")

@@ -1,6 +1,8 @@
 package cli
 
 import (
+	"github.com/passgate/passgate/policy"
+
 	"context"
 	"errors"
 	"log/slog"
@@ -93,8 +95,8 @@ func newMetrics(journal *store.Journal) *metrics {
 }
 
 // outcome counts one recorded login outcome (policy.Options.OnOutcome).
-func (m *metrics) outcome(proto, credential, outcome string) {
-	m.logins.WithLabelValues(proto, credential, outcome).Inc()
+func (m *metrics) outcome(proto policy.Proto, credential policy.Credential, outcome policy.Outcome) {
+	m.logins.WithLabelValues(proto.String(), credential.String(), outcome.String()).Inc()
 }
 
 // conns returns the connection observer of one listener; nil metrics

@@ -19,7 +19,7 @@ import (
 	"github.com/passgate/passgate/configs"
 	"github.com/passgate/passgate/policy"
 	"github.com/passgate/passgate/proxy/proxyheader"
-	"github.com/passgate/passgate/proxy/relay"
+	"github.com/passgate/passgate/proxy/revoke"
 )
 
 // deps is what every protocol's wiring (serve_imap.go, serve_smtp.go,
@@ -30,7 +30,7 @@ type deps struct {
 	cfg       *configs.Config
 	log       *slog.Logger
 	engine    *policy.Engine
-	relays    *relay.Registry
+	relays    *revoke.Registry
 	serverTLS *tls.Config
 	// onStop runs after every listener has drained: what the services
 	// share (the LDAP lookup connection) is closed there.
@@ -125,13 +125,13 @@ func serve(ctx context.Context, e *env, cfg *configs.Config, log *slog.Logger, o
 	journal := store.NewJournal(st, log)
 	defer journal.Close()
 	var m *metrics
-	var onOutcome func(proto, credential, outcome string)
+	var onOutcome func(policy.Proto, policy.Credential, policy.Outcome)
 	if cfg.Metrics.Listen != "" {
 		m = newMetrics(journal)
 		onOutcome = m.outcome
 	}
 
-	trusted, err := parsePrefixes("policy.trusted_networks", cfg.Policy.TrustedNetworks)
+	engine, err := newEngine(cfg, journal, log, onOutcome)
 	if err != nil {
 		return err
 	}
@@ -139,37 +139,11 @@ func serve(ctx context.Context, e *env, cfg *configs.Config, log *slog.Logger, o
 	if err != nil {
 		return err
 	}
-	delay := cfg.Policy.FailureDelay.D()
-	if delay == 0 {
-		delay = -1 // written as 0 in the file: no delay
-	}
-	var forbidden []string
-	if sep := cfg.IMAP.Upstream.Separator; sep != "" {
-		// Dovecot applies its master-user separator to every login it
-		// checks, SMTP AUTH through its auth socket included.
-		forbidden = append(forbidden, sep)
-	}
-	engine := policy.New(policy.Options{
-		Store:           journal,
-		TrustedNetworks: trusted,
-		FailureDelay:    delay,
-		ForbiddenInUser: forbidden,
-		Realms:          cfg.Policy.Realms,
-		Logger:          log,
-		OnOutcome:       onOutcome,
-		Lockout: policy.Lockout{
-			MaxFailures:        cfg.Policy.Lockout.MaxFailures,
-			MaxAddressFailures: cfg.Policy.Lockout.MaxAddressFailures,
-			MaxUserFailures:    cfg.Policy.Lockout.MaxUserFailures,
-			Window:             cfg.Policy.Lockout.Window.D(),
-			Duration:           cfg.Policy.Lockout.Duration.D(),
-		},
-	})
 	certs, err := newCertReloader(cfg, log)
 	if err != nil {
 		return err
 	}
-	d := &deps{cfg: cfg, log: log, engine: engine, relays: relay.NewRegistry(), metrics: m}
+	d := &deps{cfg: cfg, log: log, engine: engine, relays: revoke.NewRegistry(), metrics: m}
 	if certs != nil {
 		d.serverTLS = certs.tlsConfig()
 	}
@@ -184,22 +158,9 @@ func serve(ctx context.Context, e *env, cfg *configs.Config, log *slog.Logger, o
 	if m != nil {
 		services = append(services, metricsService(m, cfg.Metrics.Listen, st, log))
 	}
-	lns := make([]net.Listener, 0, len(services))
-	for _, s := range services {
-		ln, err := net.Listen("tcp", s.addr)
-		if err != nil {
-			for _, l := range lns {
-				l.Close()
-			}
-			return fmt.Errorf("listen for %s on %s: %w (is another process using the port? change %s in the configuration)", s.name, s.addr, err, listenKey(s.name))
-		}
-		if !s.admin {
-			// Connections from the load balancers start with a PROXY
-			// header naming the client.
-			ln = proxyheader.Listen(ln, proxyheader.Options{From: proxies, Logger: log.With(slog.String("listener", s.name)),
-				OnRefused: m.proxyRefused(s.name)})
-		}
-		lns = append(lns, ln)
+	lns, err := listenAll(services, proxies, m, log)
+	if err != nil {
+		return err
 	}
 
 	runCtx, stop := context.WithCancel(ctx)
@@ -237,29 +198,14 @@ func serve(ctx context.Context, e *env, cfg *configs.Config, log *slog.Logger, o
 	}()
 	// SIGHUP reloads the certificate. It is caught even without one, so
 	// that "systemctl reload" never stops the service.
-	{
-		hup := make(chan os.Signal, 1)
-		signal.Notify(hup, syscall.SIGHUP)
-		defer signal.Stop(hup)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-runCtx.Done():
-					return
-				case <-hup:
-					if certs == nil {
-						log.Info("SIGHUP: no certificate configured, nothing to reload")
-					} else if err := certs.reload(); err != nil {
-						log.Error("certificate reload failed; keeping the old certificate", slog.Any("err", err))
-					} else {
-						log.Info("certificate reloaded")
-					}
-				}
-			}
-		}()
-	}
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		reloadOnHUP(runCtx, hup, certs, log)
+	}()
 
 	var runErr error
 	select {
@@ -274,10 +220,96 @@ func serve(ctx context.Context, e *env, cfg *configs.Config, log *slog.Logger, o
 	if m != nil {
 		m.draining.Store(true) // /readyz: 503 from now on
 	}
-	// The protocol listeners drain together; the admin endpoints after
-	// them.
-	var sw sync.WaitGroup
-	stopAll := func(admin bool) {
+	drainAll(drainCtx, services, log)
+	for _, f := range d.onStop {
+		f()
+	}
+	stop()
+	wg.Wait()
+	return runErr
+}
+
+// newEngine builds the decision from the policy section of cfg.
+func newEngine(cfg *configs.Config, st policy.Store, log *slog.Logger, onOutcome func(policy.Proto, policy.Credential, policy.Outcome)) (*policy.Engine, error) {
+	trusted, err := parsePrefixes("policy.trusted_networks", cfg.Policy.TrustedNetworks)
+	if err != nil {
+		return nil, err
+	}
+	delay := cfg.Policy.FailureDelay.D()
+	if delay == 0 {
+		delay = -1 // written as 0 in the file: no delay
+	}
+	var forbidden []string
+	if sep := cfg.IMAP.Upstream.Separator; sep != "" {
+		// Dovecot applies its master-user separator to every login it
+		// checks, SMTP AUTH through its auth socket included.
+		forbidden = append(forbidden, sep)
+	}
+	lo := cfg.Policy.Lockout
+	return policy.New(policy.Options{
+		Store:           st,
+		TrustedNetworks: trusted,
+		FailureDelay:    delay,
+		ForbiddenInUser: forbidden,
+		Realms:          cfg.Policy.Realms,
+		Logger:          log,
+		OnOutcome:       onOutcome,
+		Lockout: policy.Lockout{
+			MaxFailures: lo.MaxFailures, MaxAddressFailures: lo.MaxAddressFailures, MaxUserFailures: lo.MaxUserFailures,
+			Window: lo.Window.D(), Duration: lo.Duration.D(),
+		},
+	}), nil
+}
+
+// listenAll opens every service's listener; the protocol listeners
+// accept a PROXY header from proxies. On an error it closes what it
+// opened.
+func listenAll(services []service, proxies []netip.Prefix, m *metrics, log *slog.Logger) ([]net.Listener, error) {
+	lns := make([]net.Listener, 0, len(services))
+	for _, s := range services {
+		ln, err := net.Listen("tcp", s.addr)
+		if err != nil {
+			for _, l := range lns {
+				l.Close()
+			}
+			return nil, fmt.Errorf("listen for %s on %s: %w (is another process using the port? change %s in the configuration)", s.name, s.addr, err, listenKey(s.name))
+		}
+		if !s.admin {
+			// Connections from the load balancers start with a PROXY
+			// header naming the client.
+			ln = proxyheader.Listen(ln, proxyheader.Options{From: proxies, Logger: log.With(slog.String("listener", s.name)),
+				OnRefused: m.proxyRefused(s.name)})
+		}
+		lns = append(lns, ln)
+	}
+	return lns, nil
+}
+
+// reloadOnHUP reloads the certificate at each signal on hup until ctx
+// ends.
+func reloadOnHUP(ctx context.Context, hup <-chan os.Signal, certs *certReloader, log *slog.Logger) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+			if certs == nil {
+				log.Info("SIGHUP: no certificate configured, nothing to reload")
+			} else if err := certs.reload(); err != nil {
+				log.Error("certificate reload failed; keeping the old certificate", slog.Any("err", err))
+			} else {
+				log.Info("certificate reloaded")
+			}
+		}
+	}
+}
+
+// drainAll shuts the services down within ctx: the protocol listeners
+// together, then the admin endpoints; a service that does not drain in
+// time is closed.
+func drainAll(ctx context.Context, services []service, log *slog.Logger) {
+	for _, admin := range []bool{false, true} {
+		var sw sync.WaitGroup
 		for _, s := range services {
 			if s.admin != admin {
 				continue
@@ -285,7 +317,7 @@ func serve(ctx context.Context, e *env, cfg *configs.Config, log *slog.Logger, o
 			sw.Add(1)
 			go func(s service) {
 				defer sw.Done()
-				if err := s.shutdown(drainCtx); err != nil {
+				if err := s.shutdown(ctx); err != nil {
 					log.Warn("drain ended; closing sessions", slog.String("listener", s.name), slog.Any("err", err))
 					s.close()
 				}
@@ -293,14 +325,6 @@ func serve(ctx context.Context, e *env, cfg *configs.Config, log *slog.Logger, o
 		}
 		sw.Wait()
 	}
-	stopAll(false)
-	stopAll(true)
-	for _, f := range d.onStop {
-		f()
-	}
-	stop()
-	wg.Wait()
-	return runErr
 }
 
 // listenKey is the configuration key of the service named name.

@@ -59,7 +59,7 @@ func buildLDAP(d *deps) ([]service, error) {
 	lim := d.cfg.Policy.Limits
 	base := ldapfront.Options{
 		Decider:              d.engine,
-		Upstream:             ldapAdapter{up},
+		Upstream:             LDAPUpstream(up),
 		Registry:             d.relays,
 		Mode:                 mode,
 		UserDNTemplates:      c.UserDNTemplates,
@@ -121,8 +121,12 @@ func ldapService(name, addr string, srv *ldapfront.Server) service {
 	}
 }
 
-// ldapAdapter adapts backends/ldapupstream to ldapfront.Upstream, so that
-// neither package imports the other.
+// LDAPUpstream adapts backends/ldapupstream to ldapfront.Upstream, so
+// that neither package imports the other. serve wires it, and the
+// integration tests use it as it is.
+func LDAPUpstream(up *ldapupstream.Client) ldapfront.Upstream { return ldapAdapter{up} }
+
+// ldapAdapter is LDAPUpstream's value.
 type ldapAdapter struct{ up *ldapupstream.Client }
 
 func (a ldapAdapter) Open(ctx context.Context) (ldapfront.Session, error) {

@@ -133,11 +133,16 @@ func newSMTPUpstream(d *deps) (smtpfront.Upstream, error) {
 	if err != nil {
 		return nil, err
 	}
-	return smtpAdapter{up}, nil
+	return SMTPUpstream(up), nil
 }
 
-// smtpAdapter adapts backends/smtpupstream to smtpfront.Upstream, so that
-// neither package imports the other.
+// SMTPUpstream adapts backends/smtpupstream to smtpfront.Upstream, so
+// that neither package imports the other: a refused login wraps
+// smtpfront.ErrLoginRefused. serve wires it, and the integration tests
+// use it as it is.
+func SMTPUpstream(up *smtpupstream.Client) smtpfront.Upstream { return smtpAdapter{up} }
+
+// smtpAdapter is SMTPUpstream's value.
 type smtpAdapter struct{ up *smtpupstream.Client }
 
 func (a smtpAdapter) Dial(ctx context.Context, client netip.AddrPort) (smtpfront.PendingLogin, error) {

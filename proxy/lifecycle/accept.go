@@ -1,10 +1,4 @@
-// Package accept is the accept loop shared by passgate's own listeners
-// (proxy/imapfront, proxy/ldapfront): the first step on the path of a
-// login, before any protocol byte. A passing accept error (out of file
-// descriptors or memory, a connection aborted before accept) must not
-// drop the listener: it is retried after a growing pause. It imports no
-// passgate package.
-package accept
+package lifecycle
 
 import (
 	"errors"
@@ -13,22 +7,26 @@ import (
 	"time"
 )
 
+// A passing accept error (out of file descriptors or memory, a
+// connection aborted before accept) must not drop the listener: it is
+// retried after a growing pause.
+
 // Pauses between retries of a passing accept error.
 const (
 	minPause = 5 * time.Millisecond
 	maxPause = time.Second
 )
 
-// Accept returns the next connection of ln. Passing errors are retried
+// acceptConn returns the next connection of ln. Passing errors are retried
 // after a pause that doubles from 5 ms up to 1 s, reporting each to
 // onRetry (which may be nil), unless stop reports that the server is
 // closing. Any other error is returned as is; the caller decides whether
 // it means "closed" or a failure.
-func Accept(ln net.Listener, stop func() bool, onRetry func(error)) (net.Conn, error) {
+func acceptConn(ln net.Listener, stop func() bool, onRetry func(error)) (net.Conn, error) {
 	var pause time.Duration
 	for {
 		nc, err := ln.Accept()
-		if err == nil || stop() || !Retryable(err) {
+		if err == nil || stop() || !retryable(err) {
 			return nc, err
 		}
 		pause = min(max(2*pause, minPause), maxPause)
@@ -39,8 +37,8 @@ func Accept(ln net.Listener, stop func() bool, onRetry func(error)) (net.Conn, e
 	}
 }
 
-// Retryable reports whether an accept error is passing.
-func Retryable(err error) bool {
+// retryable reports whether an accept error is passing.
+func retryable(err error) bool {
 	var ne net.Error
 	if errors.As(err, &ne) && ne.Timeout() {
 		return true

@@ -1,4 +1,4 @@
-package accept
+package lifecycle
 
 import (
 	"errors"
@@ -51,7 +51,7 @@ func TestAccept(t *testing.T) {
 			}
 			defer c.Close()
 			var retries int
-			nc, err := Accept(&flaky{Listener: ln, errs: tc.errs}, func() bool { return tc.stop }, func(error) { retries++ })
+			nc, err := acceptConn(&flaky{Listener: ln, errs: tc.errs}, func() bool { return tc.stop }, func(error) { retries++ })
 			if nc != nil {
 				nc.Close()
 			}

@@ -1,4 +1,4 @@
-package integration
+package passgate
 
 import (
 	"encoding/json"
@@ -13,7 +13,7 @@ const module = "github.com/passgate/passgate"
 // TestLayout checks that dependencies point one way, as design.md says:
 // cmd → proxy → policy → backends; a protocol front never imports another
 // front; a backend imports no other backend (but the app-password
-// primitives), nor proxy, policy or configs; only cmd reads configs; no
+// primitives and the secret type), nor proxy, policy or configs; only cmd reads configs; no
 // production package imports integration/. A wire package (backends/*wire)
 // holds a protocol's framing, the same at both ends of a session: any
 // front or backend may import it, and it imports no passgate package. It
@@ -75,7 +75,10 @@ func TestLayout(t *testing.T) {
 				bad = "policy imports only backends"
 			case top(from) == "backends" && (top(to) == "proxy" || top(to) == "policy" || to == "configs"):
 				bad = "backends import nothing above them"
-			case top(from) == "backends" && top(to) == "backends" && to != "backends/apppass":
+			case top(from) == "backends" && top(to) == "backends" && to != "backends/apppass" && to != "backends/secret":
+				// backends/secret is a leaf (the one redacting password
+				// type, shared by the upstreams' options and policy's
+				// Attempt), like the app-password primitives.
 				bad = "a backend imports no other backend"
 			}
 			if bad != "" {

@@ -1,0 +1,109 @@
+package lifecycle
+
+import (
+	"context"
+	"errors"
+	"net"
+	"runtime"
+	"testing"
+	"time"
+)
+
+var errClosed = errors.New("test: closed")
+
+// pc is a test connection: Run blocks until the peer or end closes it.
+type pc struct{ nc net.Conn }
+
+func loop() Loop[*pc] {
+	return Loop[*pc]{
+		Name: "test", Closed: errClosed,
+		New: func(nc net.Conn) *pc { return &pc{nc} },
+		Run: func(c *pc) { _, _ = c.nc.Read(make([]byte, 1)); c.nc.Close() },
+	}
+}
+
+func waitFor(t *testing.T, what string, ok func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !ok(); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+	}
+}
+
+// TestServeShutdownClose: Serve returns Closed and closes its listener;
+// Shutdown drains what its drain func ends and gives up at ctx; Close
+// ends the rest; no goroutine outlives Close.
+func TestServeShutdownClose(t *testing.T) {
+	before := runtime.NumGoroutine()
+	var s Set[*pc]
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- Serve(&s, ln, loop()) }()
+	var clients []net.Conn
+	for range 3 {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		clients = append(clients, c)
+	}
+	waitFor(t, "3 connections", func() bool { return s.Len() == 3 })
+
+	// A drain that ends nothing: Shutdown gives up at ctx and leaves them.
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if err := Drain(ctx, &s, 5*time.Millisecond, func(*pc) {}); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Drain = %v, want the deadline", err)
+	}
+	if err := <-served; !errors.Is(err, errClosed) {
+		t.Fatalf("Serve = %v, want Closed", err)
+	}
+	if _, err := net.Dial("tcp", ln.Addr().String()); err == nil {
+		t.Fatal("the listener is still open after Serve returned")
+	}
+	if s.Len() != 3 {
+		t.Fatalf("%d connections after a drain that ended none, want 3", s.Len())
+	}
+	if err := Serve(&s, ln, loop()); !errors.Is(err, errClosed) {
+		t.Fatalf("Serve after Stop = %v", err)
+	}
+	if s.Add(&pc{}) {
+		t.Fatal("Add after Stop tracked a connection")
+	}
+	if err := Close(context.Background(), &s, func(c *pc) { c.nc.Close() }); err != nil {
+		t.Fatal(err)
+	}
+	if s.Len() != 0 {
+		t.Fatalf("%d connections after Close", s.Len())
+	}
+	for _, c := range clients {
+		c.Close()
+	}
+	waitFor(t, "goroutines to end", func() bool { return runtime.NumGoroutine() <= before })
+}
+
+// TestDrainEndsWhatItCan: a drain func that closes connections lets
+// Drain return nil once they are gone.
+func TestDrainEndsWhatItCan(t *testing.T) {
+	var s Set[*pc]
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = Serve(&s, ln, loop()) }()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	waitFor(t, "the connection", func() bool { return s.Len() == 1 })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := Drain(ctx, &s, 5*time.Millisecond, func(c *pc) { c.nc.Close() }); err != nil {
+		t.Fatalf("Drain = %v", err)
+	}
+}

@@ -1,0 +1,141 @@
+// Package revoke keeps the registry of live sessions by the app password
+// they logged in with, so that deleting an app password closes every
+// session that logged in with it, whatever its protocol (IMAP relays,
+// SMTP and LDAP sessions).
+//
+// On the path of a login it sits after the upstream login: a listener
+// tracks a session once it is logged in, and cmd wires the store's
+// deletions (LISTEN/NOTIFY or polling, Watch) to Revoke. It imports no
+// passgate package.
+package revoke
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+)
+
+// ErrRevoked is the context cause of a session closed because its
+// credential was deleted.
+var ErrRevoked = errors.New("relay: credential revoked")
+
+// Registry tracks live sessions by the app password they logged in with.
+// The zero value is not usable; use NewRegistry.
+type Registry struct {
+	mu       sync.Mutex
+	next     uint64
+	sessions map[int64]map[uint64]context.CancelCauseFunc
+}
+
+// NewRegistry returns an empty Registry.
+func NewRegistry() *Registry {
+	return &Registry{sessions: make(map[int64]map[uint64]context.CancelCauseFunc)}
+}
+
+// Track registers a session that logged in with app password id and
+// returns a context that is cancelled (cause ErrRevoked) when that app
+// password is revoked, and a release func to call when the session ends.
+// id 0 (primary password) is not tracked; the returned context is then
+// derived from ctx only.
+func (r *Registry) Track(ctx context.Context, id int64) (context.Context, func()) {
+	cctx, cancel := context.WithCancelCause(ctx)
+	if id == 0 {
+		return cctx, func() { cancel(nil) }
+	}
+	r.mu.Lock()
+	r.next++
+	key := r.next
+	m := r.sessions[id]
+	if m == nil {
+		m = make(map[uint64]context.CancelCauseFunc)
+		r.sessions[id] = m
+	}
+	m[key] = cancel
+	r.mu.Unlock()
+	return cctx, func() {
+		r.mu.Lock()
+		if m := r.sessions[id]; m != nil {
+			delete(m, key)
+			if len(m) == 0 {
+				delete(r.sessions, id)
+			}
+		}
+		r.mu.Unlock()
+		cancel(nil)
+	}
+}
+
+// Revoke closes every live session of app password id and returns how many
+// there were.
+func (r *Registry) Revoke(id int64) int {
+	r.mu.Lock()
+	m := r.sessions[id]
+	delete(r.sessions, id)
+	r.mu.Unlock()
+	for _, cancel := range m {
+		cancel(ErrRevoked)
+	}
+	return len(m)
+}
+
+// IDs returns the app password ids that have live sessions.
+func (r *Registry) IDs() []int64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	ids := make([]int64, 0, len(r.sessions))
+	for id := range r.sessions {
+		ids = append(ids, id)
+	}
+	return ids
+}
+
+// Len returns the number of live tracked sessions.
+func (r *Registry) Len() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for _, m := range r.sessions {
+		n += len(m)
+	}
+	return n
+}
+
+// ExistsFunc reports which of ids still exist in the store.
+type ExistsFunc func(ctx context.Context, ids []int64) (map[int64]bool, error)
+
+// Watch polls exists every interval and revokes the sessions of app
+// passwords that no longer exist, until ctx ends. It works the same for
+// every store and every passgate instance that shares one: a deletion made
+// by the command line or another instance closes the sessions here within
+// one interval. Errors are passed to onErr (which may be nil) and the
+// sessions are kept: a store outage does not cut every session.
+func (r *Registry) Watch(ctx context.Context, interval time.Duration, exists ExistsFunc, onErr func(error)) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		ids := r.IDs()
+		if len(ids) == 0 {
+			continue
+		}
+		qctx, cancel := context.WithTimeout(ctx, interval*4)
+		alive, err := exists(qctx, ids)
+		cancel()
+		if err != nil {
+			if onErr != nil {
+				onErr(err)
+			}
+			continue
+		}
+		for _, id := range ids {
+			if !alive[id] {
+				r.Revoke(id)
+			}
+		}
+	}
+}
