@@ -482,7 +482,25 @@ imap:
 	writeFile(t, typo, "store:\n  drivr: sqlite\nlog:\n  level: info\n  level: debug\n")
 	good := filepath.Join(s.dir, "good.yaml")
 	writeFile(t, good, "tls:\n  min_version: \"1.0\"\n")
+	empty := filepath.Join(s.dir, "empty.yaml")
+	writeFile(t, empty, "")
+	comments := filepath.Join(s.dir, "comments.yaml")
+	writeFile(t, comments, "# all commented out\n#imap:\n#  listen: 0.0.0.0:143\n")
+	// A certificate that is not there and a master password file that is
+	// empty, named relative to the file: serve would refuse both.
+	const secret = "Never-Printed-7"
+	writeFile(t, filepath.Join(s.dir, "empty.secret"), "")
+	writeFile(t, filepath.Join(s.dir, "ldap.secret"), secret+"\n"+secret+"\n")
+	files := filepath.Join(s.dir, "files.yaml")
+	writeFile(t, files, "tls:\n  cert_file: tls/cert.pem\n  key_file: tls/key.pem\nimap:\n  listen: 127.0.0.1:0\n  upstream:\n    addresses: [127.0.0.1:10143]\n    master_user: passgate\n    master_password_file: empty.secret\n"+
+		"ldap:\n  listen: 127.0.0.1:0\n  upstream:\n    url: ldap://127.0.0.1:10389\n    service_dn: cn=passgate\n    service_password_file: ldap.secret\n")
 	s.runChecks(t, []check{
+		{"empty", []string{"check-config", "--config", empty}, 1, "", empty + ": the file is empty (no key is set)", ""},
+		{"comments-only", []string{"check-config", "--config", comments}, 1, "", comments + ": the file is empty", ""},
+		{"missing-cert", []string{"check-config", "--config", files}, 1, "", files + `: tls.cert_file ("` + filepath.Join(s.dir, "tls/cert.pem") + `"): with tls.key_file`, ""},
+		{"empty-secret", []string{"check-config", "--config", files}, 1, "", files + `: imap.upstream.master_password_file ("` + filepath.Join(s.dir, "empty.secret") + `"): the file is empty`, ""},
+		{"two-line-secret", []string{"check-config", "--config", files}, 1, "", `ldap.upstream.service_password_file ("` + filepath.Join(s.dir, "ldap.secret") + `"): more than one line`, ""},
+		{"three-problems", []string{"check-config", "--config", files}, 1, "", files + ": 3 problems", ""},
 		{"good", []string{"check-config", "--config", good}, 0, "configuration OK: " + good, "warning: tls.min_version", ""},
 		{"good-from-env", []string{"check-config"}, 0, "configuration OK: " + s.config, "-", ""},
 		{"missing", []string{"check-config", "--config", filepath.Join(s.dir, "nope.yaml")}, 1, "", "nope.yaml", ""},
