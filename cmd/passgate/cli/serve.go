@@ -150,7 +150,7 @@ func serve(ctx context.Context, e *env, cfg *configs.Config, log *slog.Logger, o
 		forbidden = append(forbidden, sep)
 	}
 	engine := policy.New(policy.Options{
-		Store:           journal,
+		Store:           m.observeStore(journal),
 		TrustedNetworks: trusted,
 		FailureDelay:    delay,
 		ForbiddenInUser: forbidden,
