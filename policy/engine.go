@@ -50,6 +50,9 @@ type Options struct {
 	// "none") and the outcome ("success", "failure", "unavailable"). It
 	// must not block.
 	OnOutcome func(proto, credential, outcome string)
+	// OnDecision, when set, learns how long each Decide took (store and
+	// hash, not the failure delay), for metrics. It must not block.
+	OnDecision func(proto string, took time.Duration)
 }
 
 // Engine decides logins. It is safe for concurrent use.
@@ -62,6 +65,7 @@ type Engine struct {
 	log       *slog.Logger
 	now       func() time.Time
 	onOutcome func(proto, credential, outcome string)
+	onDecide  func(proto string, took time.Duration)
 	lock      *limiter // nil: no lockout
 }
 
@@ -82,6 +86,7 @@ func New(opts Options) *Engine {
 		log:       opts.Logger,
 		now:       opts.Now,
 		onOutcome: opts.OnOutcome,
+		onDecide:  opts.OnDecision,
 		lock:      newLimiter(opts.Lockout),
 	}
 	if e.delay == 0 {
@@ -145,6 +150,9 @@ func (e *Engine) Fail(ctx context.Context, a Attempt) {
 // Allow false; a non-nil error means the decision could not be made (the
 // store failed) and the client should get a temporary failure.
 func (e *Engine) Decide(ctx context.Context, a Attempt) (Decision, error) {
+	if e.onDecide != nil {
+		defer func(start time.Time) { e.onDecide(a.Proto, time.Since(start)) }(time.Now())
+	}
 	// The lockout finds the end of an attempt by the start the listener
 	// gave it; without one it reserves nothing (see limiter.admit).
 	callerStarted := a.Started

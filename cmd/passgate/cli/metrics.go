@@ -57,6 +57,7 @@ type metrics struct {
 	refused  *prometheus.CounterVec // listener: no valid PROXY header
 	draining atomic.Bool            // set at shutdown: /readyz answers 503
 
+	decisionSeconds  *prometheus.HistogramVec // proto
 	storeSeconds     *prometheus.HistogramVec // op: the decision's store calls
 	storeErrors      *prometheus.CounterVec   // op
 	lockouts         *prometheus.CounterVec   // proto
@@ -93,6 +94,11 @@ func newMetrics(journal *store.Journal) *metrics {
 			Help: "Connections from policy.proxy_networks closed for want of a valid PROXY protocol header, by listener.",
 		}, []string{"listener"}),
 	}
+	m.decisionSeconds = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "passgate_decision_seconds",
+		Help:    "Time the decision took for a login, by protocol: the store's lookup and the hash check, not the failure delay nor the upstream login.",
+		Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
+	}, []string{"proto"})
 	m.storeSeconds = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "passgate_store_seconds",
 		Help:    "Time of the decision's store calls, by operation: login_state (the one query of a login), record_login and record (queued to the audit journal).",
@@ -117,6 +123,7 @@ func newMetrics(journal *store.Journal) *metrics {
 			}
 		}
 		m.lockouts.WithLabelValues(p)
+		m.decisionSeconds.WithLabelValues(p)
 		m.upstreamFailures.WithLabelValues(p, "app-password")
 		m.upstreamFailures.WithLabelValues(p, "primary")
 	}
@@ -125,7 +132,7 @@ func newMetrics(journal *store.Journal) *metrics {
 		m.storeErrors.WithLabelValues(op)
 	}
 	m.reg.MustRegister(m.logins, m.open, m.accepted, m.refused,
-		m.storeSeconds, m.storeErrors, m.lockouts, m.upstreamFailures,
+		m.decisionSeconds, m.storeSeconds, m.storeErrors, m.lockouts, m.upstreamFailures,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		collectors.NewBuildInfoCollector(),
@@ -202,6 +209,17 @@ func (m *metrics) handler(st *store.Store, log *slog.Logger) http.Handler {
 		w.Write([]byte("ready\n"))
 	})
 	return mux
+}
+
+// decided returns the hook for policy.Options.OnDecision; nil metrics
+// give nil.
+func (m *metrics) decided() func(proto string, took time.Duration) {
+	if m == nil {
+		return nil
+	}
+	return func(proto string, took time.Duration) {
+		m.decisionSeconds.WithLabelValues(proto).Observe(took.Seconds())
+	}
 }
 
 // observeStore wraps the decision's store so that its calls are timed and

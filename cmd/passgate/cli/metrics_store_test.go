@@ -48,6 +48,10 @@ func TestObservedStore(t *testing.T) {
 	bad.LoginState(ctx, "alice", "x")
 	bad.Record(ctx, store.AuditEvent{})
 	invalid.LoginState(ctx, "a b", "x")
+	m.decided()("imap", 0)
+	if none.decided() != nil {
+		t.Error("nil metrics gave a decision hook")
+	}
 	for _, c := range []struct {
 		name string
 		got  float64
@@ -60,6 +64,8 @@ func TestObservedStore(t *testing.T) {
 		{"upstream imap primary", value(t, m.upstreamFailures.WithLabelValues("imap", "primary")), 0},
 		{"store errors login_state", value(t, m.storeErrors.WithLabelValues("login_state")), 1},
 		{"store errors record", value(t, m.storeErrors.WithLabelValues("record")), 1},
+		{"decisions imap", float64(histCount(t, m.decisionSeconds, "imap")), 1},
+		{"decisions smtp", float64(histCount(t, m.decisionSeconds, "smtp")), 0},
 		{"store login_state timed", float64(histCount(t, m.storeSeconds, "login_state")), 3},
 	} {
 		if c.got != c.want {

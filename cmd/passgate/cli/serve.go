@@ -157,6 +157,7 @@ func serve(ctx context.Context, e *env, cfg *configs.Config, log *slog.Logger, o
 		Realms:          cfg.Policy.Realms,
 		Logger:          log,
 		OnOutcome:       onOutcome,
+		OnDecision:      m.decided(),
 		Lockout: policy.Lockout{
 			MaxFailures:        cfg.Policy.Lockout.MaxFailures,
 			MaxAddressFailures: cfg.Policy.Lockout.MaxAddressFailures,
