@@ -58,6 +58,7 @@ type metrics struct {
 	draining atomic.Bool            // set at shutdown: /readyz answers 503
 
 	decisionSeconds  *prometheus.HistogramVec // proto
+	relayed          *prometheus.CounterVec   // listener, direction
 	storeSeconds     *prometheus.HistogramVec // op: the decision's store calls
 	storeErrors      *prometheus.CounterVec   // op
 	lockouts         *prometheus.CounterVec   // proto
@@ -94,6 +95,10 @@ func newMetrics(journal *store.Journal) *metrics {
 			Help: "Connections from policy.proxy_networks closed for want of a valid PROXY protocol header, by listener.",
 		}, []string{"listener"}),
 	}
+	m.relayed = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "passgate_relayed_bytes_total",
+		Help: "Bytes relayed by ended sessions, by listener and direction: in (client to upstream) and out (upstream to client; SMTP counts message bytes in only).",
+	}, []string{"listener", "direction"})
 	m.decisionSeconds = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "passgate_decision_seconds",
 		Help:    "Time the decision took for a login, by protocol: the store's lookup and the hash check, not the failure delay nor the upstream login.",
@@ -132,7 +137,7 @@ func newMetrics(journal *store.Journal) *metrics {
 		m.storeErrors.WithLabelValues(op)
 	}
 	m.reg.MustRegister(m.logins, m.open, m.accepted, m.refused,
-		m.decisionSeconds, m.storeSeconds, m.storeErrors, m.lockouts, m.upstreamFailures,
+		m.relayed, m.decisionSeconds, m.storeSeconds, m.storeErrors, m.lockouts, m.upstreamFailures,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		collectors.NewBuildInfoCollector(),
@@ -159,7 +164,10 @@ func (m *metrics) conns(listener string) observe.Conns {
 	if m == nil {
 		return nil
 	}
-	return listenerConns{open: m.open.WithLabelValues(listener), accepted: m.accepted.WithLabelValues(listener)}
+	return listenerConns{
+		open: m.open.WithLabelValues(listener), accepted: m.accepted.WithLabelValues(listener),
+		in: m.relayed.WithLabelValues(listener, "in"), out: m.relayed.WithLabelValues(listener, "out"),
+	}
 }
 
 // proxyRefused returns the counter hook of one listener for
@@ -175,10 +183,17 @@ func (m *metrics) proxyRefused(listener string) func() {
 type listenerConns struct {
 	open     prometheus.Gauge
 	accepted prometheus.Counter
+	in, out  prometheus.Counter
 }
 
 func (l listenerConns) Opened() { l.open.Inc(); l.accepted.Inc() }
 func (l listenerConns) Closed() { l.open.Dec() }
+
+// Relayed implements observe.Bytes.
+func (l listenerConns) Relayed(in, out int64) {
+	l.in.Add(float64(max(in, 0)))
+	l.out.Add(float64(max(out, 0)))
+}
 
 // handler serves /metrics; /healthz (200 while the process serves
 // HTTP); and /readyz (200 when the store answers and serve is not

@@ -9,6 +9,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/passgate/passgate/backends/store"
+	"github.com/passgate/passgate/proxy/observe"
 )
 
 // fakeStore is policy.Store answering err to every call.
@@ -49,6 +50,12 @@ func TestObservedStore(t *testing.T) {
 	bad.Record(ctx, store.AuditEvent{})
 	invalid.LoginState(ctx, "a b", "x")
 	m.decided()("imap", 0)
+	conns := m.conns("imaps")
+	if _, ok := conns.(observe.Bytes); !ok {
+		t.Fatal("the listeners' observer does not count bytes")
+	}
+	observe.Relayed(conns, 100, 2000)
+	observe.Relayed(conns, 1, 0)
 	if none.decided() != nil {
 		t.Error("nil metrics gave a decision hook")
 	}
@@ -64,6 +71,8 @@ func TestObservedStore(t *testing.T) {
 		{"upstream imap primary", value(t, m.upstreamFailures.WithLabelValues("imap", "primary")), 0},
 		{"store errors login_state", value(t, m.storeErrors.WithLabelValues("login_state")), 1},
 		{"store errors record", value(t, m.storeErrors.WithLabelValues("record")), 1},
+		{"relayed in", value(t, m.relayed.WithLabelValues("imaps", "in")), 101},
+		{"relayed out", value(t, m.relayed.WithLabelValues("imaps", "out")), 2000},
 		{"decisions imap", float64(histCount(t, m.decisionSeconds, "imap")), 1},
 		{"decisions smtp", float64(histCount(t, m.decisionSeconds, "smtp")), 0},
 		{"store login_state timed", float64(histCount(t, m.storeSeconds, "login_state")), 3},
