@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"reflect"
 	"sort"
 	"strings"
@@ -23,6 +24,8 @@ type LookupFunc func(name string) (value string, ok bool)
 // Load reads the configuration file at path, decodes it strictly on top of
 // Defaults(), expands ${NAME} references from the process environment and
 // validates the result. An empty path means the embedded defaults only.
+// Relative file names in the file are resolved against the file's
+// directory (ResolvePaths).
 //
 // The returned error lists every problem found, one per line (errors.Join):
 // unknown or duplicate keys and values of the wrong type are reported with
@@ -55,6 +58,11 @@ func LoadWith(path string, lookup LookupFunc) (*Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("configs: %s: %w", path, err)
 	}
+	dir, err := filepath.Abs(filepath.Dir(path))
+	if err != nil {
+		return nil, fmt.Errorf("configs: %s: directory: %w", path, err)
+	}
+	cfg.ResolvePaths(dir)
 	return cfg, nil
 }
 
@@ -75,6 +83,9 @@ func Parse(data []byte, lookup LookupFunc) (*Config, error) {
 				return nil, err
 			}
 			return cfg, nil
+		}
+		if line, col, ok := firstTab(data); ok {
+			return nil, errors.Join(fmt.Errorf("line %d, column %d: a tab: YAML does not allow tabs for indentation; indent with spaces", line, col))
 		}
 		return nil, errors.Join(fmt.Errorf("not valid YAML: %w", err))
 	}
@@ -114,6 +125,23 @@ func Parse(data []byte, lookup LookupFunc) (*Config, error) {
 	return cfg, nil
 }
 
+// firstTab finds the first tab that begins a line or follows the
+// indentation (where YAML refuses it) and returns its line and column,
+// both counted from 1.
+func firstTab(data []byte) (line, col int, ok bool) {
+	for i, l := range strings.Split(string(data), "\n") {
+		for j, r := range l {
+			if r == '\t' {
+				return i + 1, j + 1, true
+			}
+			if r != ' ' && r != '-' {
+				break
+			}
+		}
+	}
+	return 0, 0, false
+}
+
 // walker checks a YAML tree against the Config type before it is decoded:
 // unknown keys, duplicate keys and values of the wrong shape or type are
 // collected with their full key and line, and ${NAME} references in values
@@ -151,7 +179,7 @@ func (w *walker) walk(n *yaml.Node, t reflect.Type, path string) {
 	switch {
 	case t == durationType:
 		if w.scalar(n, path) {
-			w.check(n, t, path, "must be a duration such as 2s or 10m")
+			w.check(n, t, path, "must be a duration such as 2s, 10m or 7d")
 		}
 	case t.Kind() == reflect.Struct:
 		w.mapping(n, t, path)

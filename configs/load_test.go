@@ -62,7 +62,7 @@ func TestExamples(t *testing.T) {
 	}
 	// The full example sets every section.
 	if full.Store.Driver != "postgres" || full.IMAP.ListenTLS == "" || full.SMTP.Listen == "" ||
-		full.LDAP.Upstream.ServiceDN == "" || full.Web.Listen == "" || full.Metrics.Listen == "" ||
+		full.LDAP.Upstream.ServiceDN == "" || full.Metrics.Listen == "" ||
 		len(full.Policy.TrustedNetworks) == 0 || full.Log.Format == "" {
 		t.Errorf("passgate.example.yaml leaves a section out: %+v", full)
 	}
@@ -77,16 +77,24 @@ func TestExamples(t *testing.T) {
 
 func TestDefaults(t *testing.T) {
 	for _, tc := range []struct {
-		name string
-		load func() (*configs.Config, error)
+		name   string
+		noFile bool
+		text   string
 	}{
-		{"no-file", func() (*configs.Config, error) { return configs.Load("") }},
-		{"empty-file", func() (*configs.Config, error) { return configs.Load(write(t, "")) }},
-		{"comment-only", func() (*configs.Config, error) { return configs.Load(write(t, "# nothing\n")) }},
-		{"empty-sections", func() (*configs.Config, error) { return configs.Load(write(t, "store:\nimap:\n  upstream:\n")) }},
+		{"no-file", true, ""},
+		{"empty-file", false, ""},
+		{"comment-only", false, "# nothing\n"},
+		{"empty-sections", false, "store:\nimap:\n  upstream:\n"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			c, err := tc.load()
+			// Without a file the store stays in the working directory;
+			// with one, beside the file.
+			path, dir := "", ""
+			if !tc.noFile {
+				path = write(t, tc.text)
+				dir = filepath.Dir(path)
+			}
+			c, err := configs.Load(path)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -95,8 +103,8 @@ func TestDefaults(t *testing.T) {
 				got, want any
 			}{
 				{"store.driver", c.Store.Driver, "sqlite"},
-				{"store.dsn", c.Store.DSN, "passgate.db"},
-				{"key_file", c.KeyFile, "passgate.key"},
+				{"store.dsn", c.Store.DSN, filepath.Join(dir, "passgate.db")},
+				{"key_file", c.KeyFile, filepath.Join(dir, "passgate.key")},
 				{"tls.min_version", c.TLS.MinVersion, "1.2"},
 				{"policy.failure_delay", c.Policy.FailureDelay.D(), 2 * time.Second},
 				{"policy.max_app_passwords", c.Policy.MaxAppPasswords, 40},
@@ -199,11 +207,11 @@ func TestLoadErrors(t *testing.T) {
 			`line 3: log: duplicate key (first at line 1); keep one`}},
 		{"fail/several-at-once", "policy:\n  max_app_passwords: many\n  failure_delay: soon\n  trusted_networks: 10.0.0.0/8\nimap:\n  upstream:\n    adresses: []\n", []string{
 			`line 2: policy.max_app_passwords ("many"): must be a whole number`,
-			`line 3: policy.failure_delay ("soon"): must be a duration such as 2s or 10m`,
+			`line 3: policy.failure_delay ("soon"): must be a duration such as 2s, 10m or 7d`,
 			`line 4: policy.trusted_networks: must be a list, e.g. [a, b]`,
 			`line 7: imap.upstream.adresses: unknown key; did you mean addresses?`}},
 		{"fail/bare-number-duration", "policy:\n  failure_delay: 2\n", []string{
-			`line 2: policy.failure_delay ("2"): must be a duration such as 2s or 10m`}},
+			`line 2: policy.failure_delay ("2"): must be a duration such as 2s, 10m or 7d`}},
 		{"fail/bool", "smtp:\n  legacy_auth_line: perhaps\n", []string{
 			`line 2: smtp.legacy_auth_line ("perhaps"): must be true or false`}},
 		{"fail/mapping-for-string", "key_file:\n  a: b\n", []string{

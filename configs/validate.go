@@ -19,8 +19,20 @@ import (
 // resolve host names or dial anything, and it does not fill in defaults.
 func (c *Config) Validate() error {
 	var v problems
+	// The order of the sections is the order of the messages.
+	c.validateStore(&v)
+	c.validateTLS(&v)
+	c.validatePolicy(&v)
+	c.validateListeners(&v)
+	c.validateIMAP(&v)
+	c.validateSMTP(&v)
+	c.validateLDAP(&v)
+	c.validateLog(&v)
+	return errors.Join(v...)
+}
 
-	// store
+// validateStore checks store and key_file.
+func (c *Config) validateStore(v *problems) {
 	v.oneOf("store.driver", c.Store.Driver, "sqlite", "postgres")
 	if c.Store.DSN == "" {
 		v.add("store.dsn", "", "must be set: a file name for sqlite, a postgres:// URL for postgres")
@@ -32,8 +44,10 @@ func (c *Config) Validate() error {
 	if c.KeyFile == "" {
 		v.add("key_file", "", "must be set: the server key file (created with mode 0600 when missing on a new store)")
 	}
+}
 
-	// tls
+// validateTLS checks the tls section on its own; which listeners need a certificate is validateListeners' business.
+func (c *Config) validateTLS(v *problems) {
 	v.oneOf("tls.min_version", c.TLS.MinVersion, "1.0", "1.1", "1.2", "1.3")
 	if c.TLS.CertFile != "" && c.TLS.KeyFile == "" {
 		v.add("tls.key_file", "", "must be set when tls.cert_file is set")
@@ -41,8 +55,29 @@ func (c *Config) Validate() error {
 	if c.TLS.KeyFile != "" && c.TLS.CertFile == "" {
 		v.add("tls.cert_file", "", "must be set when tls.key_file is set")
 	}
+}
 
-	// policy
+// validatePolicy checks the policy section: networks, lockout, realms, delays and limits.
+func (c *Config) validatePolicy(v *problems) {
+	c.validateNetworks(v)
+	c.validateLockout(v)
+	for i, r := range c.Policy.Realms {
+		if r == "" || strings.ContainsAny(r, "@ \t") {
+			v.add(fmt.Sprintf("policy.realms[%d]", i), r, "must be a domain such as example.test (no @, no spaces)")
+		}
+	}
+	if c.Policy.FailureDelay < 0 {
+		v.add("policy.failure_delay", c.Policy.FailureDelay, "must be zero or positive")
+	}
+	if c.Policy.MaxAppPasswords < 1 || c.Policy.MaxAppPasswords > 1000 {
+		v.add("policy.max_app_passwords", c.Policy.MaxAppPasswords, "must be between 1 and 1000")
+	}
+	v.oneOf("policy.default_mfa", c.Policy.DefaultMFA, "disabled", "enabled", "enforced")
+	c.validateLimits(v)
+}
+
+// validateNetworks checks policy.trusted_networks and policy.proxy_networks.
+func (c *Config) validateNetworks(v *problems) {
 	for i, n := range c.Policy.TrustedNetworks {
 		if _, err := netip.ParsePrefix(n); err != nil {
 			v.add(fmt.Sprintf("policy.trusted_networks[%d]", i), n, "must be a CIDR such as 10.0.0.0/8 or 2001:db8::/32 (write a single address as 192.0.2.7/32)")
@@ -71,6 +106,10 @@ func (c *Config) Validate() error {
 			v.add(key, n, "must lie within policy.trusted_networks: only trusted networks may send the PROXY protocol (add the balancer's address there too)")
 		}
 	}
+}
+
+// validateLockout checks policy.lockout.
+func (c *Config) validateLockout(v *problems) {
 	lo := c.Policy.Lockout
 	for _, f := range []struct {
 		key string
@@ -86,18 +125,10 @@ func (c *Config) Validate() error {
 	if lo.Duration < 0 {
 		v.add("policy.lockout.duration", lo.Duration, "must be positive, e.g. 15m (0: the default, 15m)")
 	}
-	for i, r := range c.Policy.Realms {
-		if r == "" || strings.ContainsAny(r, "@ \t") {
-			v.add(fmt.Sprintf("policy.realms[%d]", i), r, "must be a domain such as example.test (no @, no spaces)")
-		}
-	}
-	if c.Policy.FailureDelay < 0 {
-		v.add("policy.failure_delay", c.Policy.FailureDelay, "must be zero or positive")
-	}
-	if c.Policy.MaxAppPasswords < 1 || c.Policy.MaxAppPasswords > 1000 {
-		v.add("policy.max_app_passwords", c.Policy.MaxAppPasswords, "must be between 1 and 1000")
-	}
-	v.oneOf("policy.default_mfa", c.Policy.DefaultMFA, "disabled", "enabled", "enforced")
+}
+
+// validateLimits checks policy.limits.
+func (c *Config) validateLimits(v *problems) {
 	l := c.Policy.Limits
 	if l.PreLoginTimeout <= 0 {
 		v.add("policy.limits.pre_login_timeout", l.PreLoginTimeout, "must be positive, e.g. 60s")
@@ -114,8 +145,10 @@ func (c *Config) Validate() error {
 	if l.MaxAuthFailures < 1 {
 		v.add("policy.limits.max_auth_failures", l.MaxAuthFailures, "must be at least 1")
 	}
+}
 
-	// listeners
+// validateListeners checks every listen address and that the listeners which need a certificate have one.
+func (c *Config) validateListeners(v *problems) {
 	v.listenAddr("imap.listen", c.IMAP.Listen)
 	v.listenAddr("imap.listen_tls", c.IMAP.ListenTLS)
 	v.listenAddr("smtp.listen", c.SMTP.Listen)
@@ -124,6 +157,12 @@ func (c *Config) Validate() error {
 	v.listenAddr("ldap.listen_tls", c.LDAP.ListenTLS)
 	v.listenAddr("web.listen", c.Web.Listen)
 	v.listenAddr("metrics.listen", c.Metrics.Listen)
+	c.validateCertificateNeeded(v)
+}
+
+// validateCertificateNeeded checks that the listeners which need a
+// certificate have one.
+func (c *Config) validateCertificateNeeded(v *problems) {
 	if c.TLS.CertFile == "" {
 		// Implicit TLS always needs a certificate; STARTTLS needs one
 		// unless plaintext logins are limited to trusted networks.
@@ -148,8 +187,10 @@ func (c *Config) Validate() error {
 			}
 		}
 	}
+}
 
-	// imap
+// validateIMAP checks the imap section's upstream.
+func (c *Config) validateIMAP(v *problems) {
 	iu := c.IMAP.Upstream
 	imapOn := c.IMAP.Listen != "" || c.IMAP.ListenTLS != ""
 	v.upstreamAddrs("imap.upstream.addresses", iu.Addresses, imapOn)
@@ -167,8 +208,10 @@ func (c *Config) Validate() error {
 	if iu.DialTimeout <= 0 {
 		v.add("imap.upstream.dial_timeout", iu.DialTimeout, "must be positive, e.g. 5s")
 	}
+}
 
-	// smtp
+// validateSMTP checks the smtp section: upstream and message limits.
+func (c *Config) validateSMTP(v *problems) {
 	su := c.SMTP.Upstream
 	smtpOn := c.SMTP.Listen != "" || c.SMTP.ListenTLS != ""
 	v.upstreamAddrs("smtp.upstream.addresses", su.Addresses, smtpOn)
@@ -188,8 +231,10 @@ func (c *Config) Validate() error {
 	if c.SMTP.MaxRecipients < 1 {
 		v.add("smtp.max_recipients", c.SMTP.MaxRecipients, "must be at least 1")
 	}
+}
 
-	// ldap
+// validateLDAP checks the ldap section: mode, DN templates and upstream.
+func (c *Config) validateLDAP(v *problems) {
 	lu := c.LDAP.Upstream
 	ldapOn := c.LDAP.Listen != "" || c.LDAP.ListenTLS != ""
 	v.oneOf("ldap.mode", c.LDAP.Mode, "relay", "bind-only")
@@ -204,6 +249,16 @@ func (c *Config) Validate() error {
 			v.add(fmt.Sprintf("ldap.upn_domains[%d]", i), d, "must be a domain name such as example.test")
 		}
 	}
+	c.validateLDAPUpstream(v, ldapOn)
+	if c.LDAP.MaxMessageBytes < 0 {
+		v.add("ldap.max_message_bytes", c.LDAP.MaxMessageBytes, "must be zero (the default, 1 MiB) or positive")
+	}
+}
+
+// validateLDAPUpstream checks ldap.upstream: its URL, TLS mode and service
+// account; ldapOn says whether an ldap listener is on.
+func (c *Config) validateLDAPUpstream(v *problems, ldapOn bool) {
+	lu := c.LDAP.Upstream
 	if lu.URL != "" || ldapOn {
 		u, err := url.Parse(lu.URL)
 		switch {
@@ -224,17 +279,14 @@ func (c *Config) Validate() error {
 	} else if ldapOn && c.LDAP.Mode == "relay" && lu.ServiceDN == "" {
 		v.add("ldap.upstream.service_dn", "", "must be set in ldap.mode relay: the service account that binds with proxied authorization (and ldap.upstream.service_password_file)")
 	}
-	if c.LDAP.MaxMessageBytes < 0 {
-		v.add("ldap.max_message_bytes", c.LDAP.MaxMessageBytes, "must be zero (the default, 1 MiB) or positive")
-	}
+}
 
-	// log
+// validateLog checks the log section.
+func (c *Config) validateLog(v *problems) {
 	v.oneOf("log.level", c.Log.Level, "debug", "info", "warn", "error")
 	if c.Log.Format != "" {
 		v.oneOf("log.format", c.Log.Format, "json", "text")
 	}
-
-	return errors.Join(v...)
 }
 
 // Warnings returns advice about a valid configuration that still deserves an

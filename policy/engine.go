@@ -50,6 +50,9 @@ type Options struct {
 	// the protocol, the kind of credential and the outcome. It must not
 	// block.
 	OnOutcome func(proto Proto, credential Credential, outcome Outcome)
+	// OnDecision, when set, learns how long each Decide took (store and
+	// hash, not the failure delay), for metrics. It must not block.
+	OnDecision func(proto Proto, took time.Duration)
 }
 
 // Engine decides logins. It is safe for concurrent use.
@@ -62,6 +65,7 @@ type Engine struct {
 	log       *slog.Logger
 	now       func() time.Time
 	onOutcome func(Proto, Credential, Outcome)
+	onDecide  func(Proto, time.Duration)
 	lock      *limiter // nil: no lockout
 	inFlight  atomic.Int64
 }
@@ -83,6 +87,7 @@ func New(opts Options) *Engine {
 		log:       opts.Logger,
 		now:       opts.Now,
 		onOutcome: opts.OnOutcome,
+		onDecide:  opts.OnDecision,
 		lock:      newLimiter(opts.Lockout),
 	}
 	if e.delay == 0 {
@@ -153,6 +158,9 @@ func (e *Engine) Undecided(a Attempt, reason string) *Login {
 // not be made (the store failed): the Login returned with it finishes as
 // a temporary failure.
 func (e *Engine) Decide(ctx context.Context, a Attempt) (*Login, error) {
+	if e.onDecide != nil {
+		defer func(start time.Time) { e.onDecide(a.Proto, time.Since(start)) }(time.Now())
+	}
 	l := e.newLogin(a)
 	a.Received = l.a.Received
 	user := l.user

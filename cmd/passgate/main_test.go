@@ -105,6 +105,14 @@ func (s *sandbox) run(args ...string) result {
 	return result{stdout: out.String(), stderr: errb.String(), code: code}
 }
 
+// withStore creates the sandbox's store ("passgate migrate"): with a
+// configuration file, only migrate and serve create one.
+func (s *sandbox) withStore() *sandbox {
+	s.t.Helper()
+	s.must("migrate")
+	return s
+}
+
 // must runs args and fails the test unless the exit code is 0.
 func (s *sandbox) must(args ...string) result {
 	s.t.Helper()
@@ -153,7 +161,7 @@ func (s *sandbox) runChecks(t *testing.T, checks []check) {
 }
 
 func TestUsageErrors(t *testing.T) {
-	s := newSandbox(t)
+	s := newSandbox(t).withStore()
 	s.must("user", "add", "alice", "--mfa", "enforced")
 	s.runChecks(t, []check{
 		{"no-command", nil, 2, "", "Usage: passgate COMMAND", ""},
@@ -182,10 +190,11 @@ func TestUsageErrors(t *testing.T) {
 		{"check-config-positional", []string{"check-config", "passgate.yaml"}, 2, "", `unexpected argument "passgate.yaml"`, ""},
 		{"migrate-json", []string{"migrate", "--json"}, 2, "", "flag provided but not defined: -json", ""},
 	})
-	// Nothing above changed the store: only the first user.add is audited.
+	// Nothing above changed the store: only the migration and the first
+	// user.add are audited.
 	r := s.must("audit", "--json")
 	var evs []map[string]any
-	if err := json.Unmarshal([]byte(r.stdout), &evs); err != nil || len(evs) != 1 {
+	if err := json.Unmarshal([]byte(r.stdout), &evs); err != nil || len(evs) != 2 {
 		t.Errorf("usage errors reached the store: %d events, err %v\n%v", len(evs), err, r)
 	}
 }
@@ -406,7 +415,7 @@ func TestAppPasswordFlow(t *testing.T) {
 }
 
 func TestSettings(t *testing.T) {
-	s := newSandbox(t)
+	s := newSandbox(t).withStore()
 	s.must("user", "add", "alice", "--mfa", "enabled")
 	s.must("app-password", "create", "alice", "--label", "old")
 	s.runChecks(t, []check{
@@ -423,7 +432,7 @@ func TestSettings(t *testing.T) {
 }
 
 func TestAuditFilters(t *testing.T) {
-	s := newSandbox(t)
+	s := newSandbox(t).withStore()
 	s.must("user", "add", "alice")
 	s.must("user", "add", "bob")
 	s.must("user", "set-mfa", "bob", "enforced")
@@ -473,7 +482,25 @@ imap:
 	writeFile(t, typo, "store:\n  drivr: sqlite\nlog:\n  level: info\n  level: debug\n")
 	good := filepath.Join(s.dir, "good.yaml")
 	writeFile(t, good, "tls:\n  min_version: \"1.0\"\n")
+	empty := filepath.Join(s.dir, "empty.yaml")
+	writeFile(t, empty, "")
+	comments := filepath.Join(s.dir, "comments.yaml")
+	writeFile(t, comments, "# all commented out\n#imap:\n#  listen: 0.0.0.0:143\n")
+	// A certificate that is not there and a master password file that is
+	// empty, named relative to the file: serve would refuse both.
+	const secret = "Never-Printed-7"
+	writeFile(t, filepath.Join(s.dir, "empty.secret"), "")
+	writeFile(t, filepath.Join(s.dir, "ldap.secret"), secret+"\n"+secret+"\n")
+	files := filepath.Join(s.dir, "files.yaml")
+	writeFile(t, files, "tls:\n  cert_file: tls/cert.pem\n  key_file: tls/key.pem\nimap:\n  listen: 127.0.0.1:0\n  upstream:\n    addresses: [127.0.0.1:10143]\n    master_user: passgate\n    master_password_file: empty.secret\n"+
+		"ldap:\n  listen: 127.0.0.1:0\n  upstream:\n    url: ldap://127.0.0.1:10389\n    service_dn: cn=passgate\n    service_password_file: ldap.secret\n")
 	s.runChecks(t, []check{
+		{"empty", []string{"check-config", "--config", empty}, 1, "", empty + ": the file is empty (no key is set)", ""},
+		{"comments-only", []string{"check-config", "--config", comments}, 1, "", comments + ": the file is empty", ""},
+		{"missing-cert", []string{"check-config", "--config", files}, 1, "", files + `: tls.cert_file ("` + filepath.Join(s.dir, "tls/cert.pem") + `"): with tls.key_file`, ""},
+		{"empty-secret", []string{"check-config", "--config", files}, 1, "", files + `: imap.upstream.master_password_file ("` + filepath.Join(s.dir, "empty.secret") + `"): the file is empty`, ""},
+		{"two-line-secret", []string{"check-config", "--config", files}, 1, "", `ldap.upstream.service_password_file ("` + filepath.Join(s.dir, "ldap.secret") + `"): more than one line`, ""},
+		{"three-problems", []string{"check-config", "--config", files}, 1, "", files + ": 3 problems", ""},
 		{"good", []string{"check-config", "--config", good}, 0, "configuration OK: " + good, "warning: tls.min_version", ""},
 		{"good-from-env", []string{"check-config"}, 0, "configuration OK: " + s.config, "-", ""},
 		{"missing", []string{"check-config", "--config", filepath.Join(s.dir, "nope.yaml")}, 1, "", "nope.yaml", ""},
@@ -539,8 +566,18 @@ func TestConfigPrecedence(t *testing.T) {
 			}
 			s.env["PASSGATE_CONFIG"] = tc.env
 			args := []string{"user", "add", "u-" + tc.name}
+			mig := []string{"migrate"}
 			if tc.flag {
 				args = append(args, "--config", flagFile)
+				mig = append(mig, "--config", flagFile)
+			}
+			if tc.wantOK != "built-in defaults" {
+				// With a file, the admin commands need the store
+				// that migrate creates.
+				if r := s.run(args...); r.code != 1 || !strings.Contains(r.stderr, "store "+filepath.Join(s.dir, tc.wantDB)+" does not exist") {
+					t.Errorf("user add before migrate:\n%v", r)
+				}
+				s.must(mig...)
 			}
 			s.must(args...)
 			if _, err := os.Stat(filepath.Join(s.dir, tc.wantDB)); err != nil {

@@ -4,7 +4,8 @@
 //	go run ./integration/runtests
 //
 // It installs what is missing with apt-get (as root): PostgreSQL, Dovecot,
-// Postfix, slapd, the LDAP tools, swaks, curl, Python and HAProxy. It starts one
+// Postfix, slapd, the LDAP tools, swaks, curl, Python, HAProxy and Prometheus
+// (the README lists the packages; a test keeps the two lists equal). It starts one
 // throwaway PostgreSQL cluster in a temporary directory on a free loopback
 // port, runs `go test -race ./...` against it (the store's contract suite
 // runs on SQLite and on that PostgreSQL; the end-to-end tests in
@@ -49,6 +50,7 @@ var need = []struct{ path, pkg string }{
 	{"/usr/bin/curl", "curl"},
 	{"/usr/bin/python3", "python3"},
 	{"/usr/sbin/haproxy", "haproxy"},
+	{"/usr/bin/prometheus", "prometheus"},
 }
 
 // services lists the init scripts of packages whose installation may start
@@ -60,6 +62,7 @@ var services = map[string]string{
 	"postfix":       "postfix",
 	"slapd":         "slapd",
 	"haproxy":       "haproxy",
+	"prometheus":    "prometheus",
 }
 
 func main() {

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/passgate/passgate/policy"
+	"github.com/passgate/passgate/proxy/observe"
 	"github.com/passgate/passgate/proxy/revoke"
 )
 
@@ -393,6 +394,7 @@ func (c *conn) finish() {
 		slog.Int64("duration_ms", time.Since(c.start).Milliseconds()),
 		slog.String("ended_by", c.ended),
 	)
+	observe.Relayed(c.srv.opts.Conns, c.bytesIn, c.bytesOut)
 }
 
 // standardIDField reports whether name is a standard ID field (RFC 2971),

@@ -15,6 +15,7 @@ import (
 
 	"github.com/passgate/passgate/backends/ldapwire"
 	"github.com/passgate/passgate/policy"
+	"github.com/passgate/passgate/proxy/observe"
 )
 
 // identity is who a client connection is bound as.
@@ -156,6 +157,7 @@ func (c *conn) serve() {
 			slog.Int64("bytes_in", c.bytesIn.Load()), slog.Int64("bytes_out", c.bytesOut.Load()),
 			slog.String("ended_by", ended),
 			slog.Int64("duration_ms", time.Since(c.start).Milliseconds()))
+		observe.Relayed(c.srv.opts.Conns, c.bytesIn.Load(), c.bytesOut.Load())
 	}()
 	go func() {
 		defer close(execDone)

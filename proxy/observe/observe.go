@@ -25,3 +25,17 @@ func Closed(c Conns) {
 		c.Closed()
 	}
 }
+
+// Bytes is what a Conns may also implement to learn the bytes relayed by
+// each session when it ends: in from the client to the upstream, out the
+// other way.
+type Bytes interface {
+	Relayed(in, out int64)
+}
+
+// Relayed tells c the bytes of an ended session when c implements Bytes.
+func Relayed(c Conns, in, out int64) {
+	if b, ok := c.(Bytes); ok {
+		b.Relayed(in, out)
+	}
+}

@@ -229,11 +229,13 @@ func (c *trackedConn) Close() error {
 		if c.tlsVersion != "" {
 			attrs = append(attrs, slog.String("tls_version", c.tlsVersion))
 		}
+		relayed := c.bytes
 		c.mu.Unlock()
 		if release != nil {
 			release()
 		}
 		c.s.log.LogAttrs(context.Background(), slog.LevelInfo, "smtp session", attrs...)
+		observe.Relayed(c.s.o.Conns, relayed, 0)
 		observe.Closed(c.s.o.Conns)
 		c.s.set.Done(c)
 	})

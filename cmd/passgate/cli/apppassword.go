@@ -83,7 +83,7 @@ func cmdAppPasswordCreate(ctx context.Context, e *env, args []string) int {
 		t := e.Now().Add(d)
 		expiresAt = &t
 	}
-	st, code, ok := e.openFor(ctx, f.path, *config)
+	st, cfg, code, ok := e.openWithConfig(ctx, f.path, *config)
 	if !ok {
 		return code
 	}
@@ -92,6 +92,9 @@ func cmdAppPasswordCreate(ctx context.Context, e *env, args []string) int {
 	detail := fmt.Sprintf("label=%q scopes=%s", *label, strings.Join(sc, ","))
 	if expiresAt != nil {
 		detail += " expires=" + expiresAt.UTC().Format(time.RFC3339)
+	}
+	if err := knownUser(ctx, st, cfg, user); err != nil {
+		return e.done(ctx, st, f.path, "app-password.create", user, detail, err)
 	}
 	ap, secret, err := st.CreateAppPassword(ctx, store.NewAppPassword{User: user, Label: *label, Scopes: sc, ExpiresAt: expiresAt})
 	if err != nil {

@@ -18,6 +18,8 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"github.com/mattn/go-isatty"
 )
 
 // env is what a command may use of the outside world; tests replace it.
@@ -25,6 +27,11 @@ type env struct {
 	Stdout, Stderr io.Writer
 	Getenv         func(string) string
 	Now            func() time.Time
+	// Stdin is where a confirmation is read; nil reads nothing.
+	Stdin io.Reader
+	// Interactive reports whether Stdin is a terminal a person answers
+	// on; nil means no.
+	Interactive func() bool
 }
 
 // Exit codes of design.md.
@@ -38,7 +45,11 @@ const (
 // and returns the process exit code. ctx ends the command early (SIGINT or
 // SIGTERM in main).
 func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	e := &env{Stdout: stdout, Stderr: stderr, Getenv: os.Getenv, Now: time.Now}
+	e := &env{
+		Stdout: stdout, Stderr: stderr, Getenv: os.Getenv, Now: time.Now,
+		Stdin:       os.Stdin,
+		Interactive: func() bool { return isatty.IsTerminal(os.Stdin.Fd()) },
+	}
 	return e.run(ctx, args)
 }
 
@@ -59,6 +70,7 @@ func commands() []command {
 		{"app-password", "create, list and delete a user's app passwords", cmdAppPassword},
 		{"settings", "show and change global settings", cmdSettings},
 		{"audit", "show the audit trail", cmdAudit},
+		{"version", "print the version, commit, build date and Go version", cmdVersion},
 	}
 }
 
@@ -69,6 +81,8 @@ func (e *env) run(ctx context.Context, args []string) int {
 	}
 	name := args[0]
 	switch name {
+	case "--version", "-version":
+		return cmdVersion(ctx, e, args[1:])
 	case "help", "-h", "-help", "--help":
 		if len(args) > 1 && name == "help" {
 			// "passgate help user add" is "passgate user add --help".

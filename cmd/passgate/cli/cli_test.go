@@ -47,6 +47,10 @@ func adminConfig(t *testing.T) string {
 	if err := os.WriteFile(p, []byte(text), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// With a configuration file, only migrate and serve create a store.
+	if a := newAdminEnv(nil); a.run(t, "migrate", "--config", p) != exitOK {
+		t.Fatalf("migrate: %s", a.err.String())
+	}
 	return p
 }
 
@@ -232,9 +236,10 @@ func TestLoadConfigPrecedence(t *testing.T) {
 		wantDSN         string
 	}{
 		{"defaults", "", "", false, "", "passgate.db"},
-		{"cwd", "", "", true, "passgate.yaml", "passgate.yaml.db"},
-		{"env-over-cwd", "", envFile, true, envFile, "env.yaml.db"},
-		{"flag-over-env", flagFile, envFile, true, flagFile, "flag.yaml.db"},
+		// Relative names in a file are read beside the file.
+		{"cwd", "", "", true, "passgate.yaml", filepath.Join(dir, "passgate.yaml.db")},
+		{"env-over-cwd", "", envFile, true, envFile, filepath.Join(dir, "env.yaml.db")},
+		{"flag-over-env", flagFile, envFile, true, flagFile, filepath.Join(dir, "flag.yaml.db")},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			os.Remove(filepath.Join(dir, "passgate.yaml"))
@@ -260,7 +265,7 @@ func TestLoadConfigExpandsFromEnv(t *testing.T) {
 	}
 	a := newAdminEnv(map[string]string{"PG_FILE": "x.db"})
 	cfg, _, err := a.loadConfig(p)
-	if err != nil || cfg.Store.DSN != "x.db" {
+	if err != nil || cfg.Store.DSN != filepath.Join(filepath.Dir(p), "x.db") {
 		t.Fatalf("cfg %+v err %v", cfg, err)
 	}
 	a = newAdminEnv(nil)

@@ -96,15 +96,53 @@ func storeOptions(cfg *configs.Config) store.Options {
 // openFor loads the configuration and opens the store for an admin
 // command; on failure it has printed why and returns the exit code.
 func (e *env) openFor(ctx context.Context, path, configFlag string) (*store.Store, int, bool) {
+	st, _, code, ok := e.openWithConfig(ctx, path, configFlag)
+	return st, code, ok
+}
+
+// openWithConfig is openFor that also returns the configuration. With a
+// configuration file, the store must exist already: an admin command run
+// with the wrong file, or from the wrong directory, must not create an
+// empty store beside it and report success (only migrate and serve create
+// a store). With no file at all, the embedded default store in the working
+// directory is created as before.
+func (e *env) openWithConfig(ctx context.Context, path, configFlag string) (*store.Store, *configs.Config, int, bool) {
 	cfg, file, err := e.loadConfig(configFlag)
 	if err != nil {
-		return nil, e.fail(path, configProblem(file, err)), false
+		return nil, nil, e.fail(path, configProblem(file, err)), false
+	}
+	if file != "" {
+		if err := existingStore(cfg, file); err != nil {
+			return nil, nil, e.fail(path, err), false
+		}
 	}
 	st, err := openStore(ctx, cfg)
 	if err != nil {
-		return nil, e.fail(path, err), false
+		return nil, nil, e.fail(path, err), false
 	}
-	return st, exitOK, true
+	return st, cfg, exitOK, true
+}
+
+// existingStore checks that the SQLite file and the server key that the
+// configuration file names exist, and names what it looked for when they
+// do not.
+func existingStore(cfg *configs.Config, file string) error {
+	missing := func(what, key, p string) error {
+		return fmt.Errorf("%s %s does not exist (%s in %s); this command does not create one: check the configuration file, or create the store with \"passgate migrate --config %s\"", what, p, key, file, file)
+	}
+	if cfg.Store.Driver == store.DriverSQLite {
+		p := strings.TrimPrefix(cfg.Store.DSN, "file:")
+		if i := strings.IndexByte(p, '?'); i >= 0 {
+			p = p[:i]
+		}
+		if _, err := os.Stat(p); errors.Is(err, fs.ErrNotExist) {
+			return missing("store", "store.dsn", p)
+		}
+	}
+	if _, err := os.Stat(cfg.KeyFile); errors.Is(err, fs.ErrNotExist) {
+		return missing("server key file", "key_file", cfg.KeyFile)
+	}
+	return nil
 }
 
 // record writes an audit event for a change made by the command path.

@@ -6,8 +6,11 @@ import (
 	"encoding/hex"
 	"fmt"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strings"
+	"syscall"
+	"time"
 
 	"github.com/passgate/passgate/backends/apppass"
 	"github.com/passgate/passgate/backends/store"
@@ -136,5 +139,42 @@ func runDemo(ctx context.Context, e *env, imapAddr, smtpAddr string) error {
 		fmt.Fprintf(&b, "Loopback is a trusted network in the demo, so no TLS is needed; in production passwords are refused before TLS.\n")
 		fmt.Fprint(e.Stdout, b.String())
 	}
-	return serve(ctx, e, cfg, log, &serveOverrides{ready: ready})
+	served := make(chan error, 1)
+	go func() { served <- serve(ctx, e, cfg, log, &serveOverrides{ready: ready}) }()
+	select {
+	case err := <-served:
+		return err
+	case <-ctx.Done():
+	}
+	// Ctrl-C: serve drains. Say what it waits for, and let a second
+	// Ctrl-C end the sessions at once.
+	force := make(chan os.Signal, 1)
+	signal.Notify(force, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(force)
+	if n := up.Open() + smtpUp.Open(); n > 0 {
+		fmt.Fprintf(e.Stderr, "passgate demo: stopping; waiting for %d open session(s) to end, at most %s (a mail client may keep one open). Press Ctrl-C again to stop now.\n", n, drainTimeout)
+	}
+	select {
+	case err := <-served:
+		return err
+	case <-force:
+	}
+	fmt.Fprintf(e.Stderr, "passgate demo: stopping now; closing %d open session(s).\n", up.Open()+smtpUp.Open())
+	// Closing the in-process upstreams ends every relayed session, so
+	// the drain finishes; a client that never logged in is cut off by
+	// the grace below.
+	up.Close()
+	smtpUp.Close()
+	grace := time.NewTimer(demoForceGrace)
+	defer grace.Stop()
+	select {
+	case err := <-served:
+		return err
+	case <-grace.C:
+		return nil
+	}
 }
+
+// demoForceGrace bounds how long a second Ctrl-C waits for the demo's
+// listeners once its upstreams are closed.
+const demoForceGrace = time.Second

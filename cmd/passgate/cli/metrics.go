@@ -1,13 +1,12 @@
 package cli
 
 import (
-	"github.com/passgate/passgate/policy"
-
 	"context"
 	"errors"
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -16,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/passgate/passgate/backends/store"
+	"github.com/passgate/passgate/policy"
 	"github.com/passgate/passgate/proxy/observe"
 )
 
@@ -56,7 +56,24 @@ type metrics struct {
 	accepted *prometheus.CounterVec // listener
 	refused  *prometheus.CounterVec // listener: no valid PROXY header
 	draining atomic.Bool            // set at shutdown: /readyz answers 503
+
+	decisionSeconds  *prometheus.HistogramVec // proto
+	relayed          *prometheus.CounterVec   // listener, direction
+	storeSeconds     *prometheus.HistogramVec // op: the decision's store calls
+	storeErrors      *prometheus.CounterVec   // op
+	lockouts         *prometheus.CounterVec   // proto
+	upstreamFailures *prometheus.CounterVec   // upstream, credential
 }
+
+// Label values that every series is created with at start, so that a
+// dashboard or an alert finds a zero before the first event instead of
+// no data.
+var (
+	metricProtos      = []string{"imap", "smtp", "ldap"}
+	metricCredentials = []string{"app-password", "primary", "none"}
+	metricOutcomes    = []string{"success", "failure", "unavailable"}
+	metricStoreOps    = []string{"login_state", "record_login", "record"}
+)
 
 func newMetrics(journal *store.Journal) *metrics {
 	m := &metrics{
@@ -78,7 +95,49 @@ func newMetrics(journal *store.Journal) *metrics {
 			Help: "Connections from policy.proxy_networks closed for want of a valid PROXY protocol header, by listener.",
 		}, []string{"listener"}),
 	}
+	m.relayed = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "passgate_relayed_bytes_total",
+		Help: "Bytes relayed by ended sessions, by listener and direction: in (client to upstream) and out (upstream to client; SMTP counts message bytes in only).",
+	}, []string{"listener", "direction"})
+	m.decisionSeconds = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "passgate_decision_seconds",
+		Help:    "Time the decision took for a login, by protocol: the store's lookup and the hash check, not the failure delay nor the upstream login.",
+		Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
+	}, []string{"proto"})
+	m.storeSeconds = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "passgate_store_seconds",
+		Help:    "Time of the decision's store calls, by operation: login_state (the one query of a login), record_login and record (queued to the audit journal).",
+		Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
+	}, []string{"op"})
+	m.storeErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "passgate_store_errors_total",
+		Help: "Store calls of the decision that failed, by operation; logins then get a temporary failure.",
+	}, []string{"op"})
+	m.lockouts = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "passgate_lockout_refusals_total",
+		Help: "Logins refused because their source was locked out (policy.lockout), by protocol.",
+	}, []string{"proto"})
+	m.upstreamFailures = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "passgate_upstream_login_failures_total",
+		Help: "Logins that passgate allowed and the upstream then refused, by upstream (imap, smtp, ldap) and credential: app-password means passgate vouched for the user and the upstream still said no (master user, XCLIENT or proxy authorization set up wrong, or a user the upstream does not know); primary is a wrong primary password.",
+	}, []string{"upstream", "credential"})
+	for _, p := range metricProtos {
+		for _, c := range metricCredentials {
+			for _, o := range metricOutcomes {
+				m.logins.WithLabelValues(p, c, o)
+			}
+		}
+		m.lockouts.WithLabelValues(p)
+		m.decisionSeconds.WithLabelValues(p)
+		m.upstreamFailures.WithLabelValues(p, "app-password")
+		m.upstreamFailures.WithLabelValues(p, "primary")
+	}
+	for _, op := range metricStoreOps {
+		m.storeSeconds.WithLabelValues(op)
+		m.storeErrors.WithLabelValues(op)
+	}
 	m.reg.MustRegister(m.logins, m.open, m.accepted, m.refused,
+		m.relayed, m.decisionSeconds, m.storeSeconds, m.storeErrors, m.lockouts, m.upstreamFailures,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		collectors.NewBuildInfoCollector(),
@@ -105,7 +164,10 @@ func (m *metrics) conns(listener string) observe.Conns {
 	if m == nil {
 		return nil
 	}
-	return listenerConns{open: m.open.WithLabelValues(listener), accepted: m.accepted.WithLabelValues(listener)}
+	return listenerConns{
+		open: m.open.WithLabelValues(listener), accepted: m.accepted.WithLabelValues(listener),
+		in: m.relayed.WithLabelValues(listener, "in"), out: m.relayed.WithLabelValues(listener, "out"),
+	}
 }
 
 // proxyRefused returns the counter hook of one listener for
@@ -121,10 +183,17 @@ func (m *metrics) proxyRefused(listener string) func() {
 type listenerConns struct {
 	open     prometheus.Gauge
 	accepted prometheus.Counter
+	in, out  prometheus.Counter
 }
 
 func (l listenerConns) Opened() { l.open.Inc(); l.accepted.Inc() }
 func (l listenerConns) Closed() { l.open.Dec() }
+
+// Relayed implements observe.Bytes.
+func (l listenerConns) Relayed(in, out int64) {
+	l.in.Add(float64(max(in, 0)))
+	l.out.Add(float64(max(out, 0)))
+}
 
 // handler serves /metrics; /healthz (200 while the process serves
 // HTTP); and /readyz (200 when the store answers and serve is not
@@ -155,4 +224,85 @@ func (m *metrics) handler(st *store.Store, log *slog.Logger) http.Handler {
 		w.Write([]byte("ready\n"))
 	})
 	return mux
+}
+
+// decided returns the hook for policy.Options.OnDecision; nil metrics
+// give nil.
+func (m *metrics) decided() func(proto policy.Proto, took time.Duration) {
+	if m == nil {
+		return nil
+	}
+	return func(proto policy.Proto, took time.Duration) {
+		m.decisionSeconds.WithLabelValues(proto.String()).Observe(took.Seconds())
+	}
+}
+
+// observeStore wraps the decision's store so that its calls are timed and
+// counted, and the audit events it records feed the lockout and upstream
+// counters. nil metrics return s itself.
+func (m *metrics) observeStore(s policy.Store) policy.Store {
+	if m == nil {
+		return s
+	}
+	return observedStore{s: s, m: m}
+}
+
+// observedStore is policy.Store with metrics.
+type observedStore struct {
+	s policy.Store
+	m *metrics
+}
+
+func (o observedStore) done(op string, start time.Time, err error) {
+	o.m.storeSeconds.WithLabelValues(op).Observe(time.Since(start).Seconds())
+	if err != nil && !errors.Is(err, store.ErrInvalid) && !errors.Is(err, store.ErrNotFound) {
+		o.m.storeErrors.WithLabelValues(op).Inc()
+	}
+}
+
+func (o observedStore) LoginState(ctx context.Context, user, secret string) (store.LoginState, error) {
+	start := time.Now()
+	ls, err := o.s.LoginState(ctx, user, secret)
+	o.done("login_state", start, err)
+	return ls, err
+}
+
+func (o observedStore) RecordLogin(ctx context.Context, id int64, u store.Usage, ev store.AuditEvent) error {
+	start := time.Now()
+	err := o.s.RecordLogin(ctx, id, u, ev)
+	o.done("record_login", start, err)
+	return err
+}
+
+func (o observedStore) Record(ctx context.Context, ev store.AuditEvent) error {
+	o.m.countEvent(ev)
+	start := time.Now()
+	err := o.s.Record(ctx, ev)
+	o.done("record", start, err)
+	return err
+}
+
+// Reasons of the decision's audit events that the counters look for (see
+// policy's Engine: lockout and PrimaryResult).
+const (
+	reasonLockedOut          = "reason=locked out"
+	reasonUpstreamRefusedApp = "reason=app password accepted, but the upstream refused"
+	reasonUpstreamRefusedPri = "reason=primary password refused by the upstream"
+)
+
+// countEvent counts the lockout refusals and upstream refusals among the
+// login events the decision records.
+func (m *metrics) countEvent(ev store.AuditEvent) {
+	if ev.Action != "login" || ev.Outcome != "failure" {
+		return
+	}
+	proto, _, _ := strings.Cut(ev.Actor, ":")
+	switch {
+	case strings.Contains(ev.Detail, reasonLockedOut):
+		m.lockouts.WithLabelValues(proto).Inc()
+	case strings.Contains(ev.Detail, reasonUpstreamRefusedApp):
+		m.upstreamFailures.WithLabelValues(proto, "app-password").Inc()
+	case strings.Contains(ev.Detail, reasonUpstreamRefusedPri):
+		m.upstreamFailures.WithLabelValues(proto, "primary").Inc()
+	}
 }

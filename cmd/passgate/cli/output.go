@@ -8,6 +8,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/passgate/passgate/configs"
 )
 
 // writeJSON writes v as indented JSON.
@@ -66,16 +68,10 @@ func stampPtr(t *time.Time) string {
 	return stamp(*t)
 }
 
-// parseDuration reads a duration such as 720h, 30m or 90d (days).
+// parseDuration reads a duration such as 720h, 30m or 90d (days), as the
+// configuration does (configs.ParseDuration).
 func parseDuration(s string) (time.Duration, error) {
-	if days, ok := strings.CutSuffix(s, "d"); ok {
-		n, err := strconv.ParseFloat(days, 64)
-		if err != nil || n < 0 || n > 100*365 {
-			return 0, fmt.Errorf("%q is not a duration: write it as 90d, 720h or 30m", s)
-		}
-		return time.Duration(n * float64(24*time.Hour)), nil
-	}
-	d, err := time.ParseDuration(s)
+	d, err := configs.ParseDuration(s)
 	if err != nil {
 		return 0, fmt.Errorf("%q is not a duration: write it as 90d, 720h or 30m", s)
 	}

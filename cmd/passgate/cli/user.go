@@ -36,11 +36,14 @@ func cmdUserAdd(ctx context.Context, e *env, args []string) int {
 		}
 		state = st
 	}
-	st, code, ok := e.openFor(ctx, f.path, *config)
+	st, cfg, code, ok := e.openWithConfig(ctx, f.path, *config)
 	if !ok {
 		return code
 	}
 	defer st.Close()
+	if err := loginNameProblem(cfg, pos[0]); err != nil {
+		return e.done(ctx, st, f.path, "user.add", pos[0], "", err)
+	}
 	u, err := st.AddUser(ctx, pos[0], state)
 	detail := ""
 	if err == nil {
@@ -116,13 +119,16 @@ func cmdUserSetMFA(ctx context.Context, e *env, args []string) int {
 	if err != nil {
 		return e.usageError(f.path, err.Error())
 	}
-	st, code, ok := e.openFor(ctx, f.path, *config)
+	st, cfg, code, ok := e.openWithConfig(ctx, f.path, *config)
 	if !ok {
 		return code
 	}
 	defer st.Close()
 	name := pos[0]
 	detail := "mfa=" + string(state)
+	if err := loginNameProblem(cfg, name); err != nil {
+		return e.done(ctx, st, f.path, "user.set-mfa", name, detail, err)
+	}
 	before, err := st.UserMFA(ctx, name)
 	if err != nil {
 		return e.done(ctx, st, f.path, "user.set-mfa", name, detail, err)

@@ -14,6 +14,8 @@ import (
 	"fmt"
 	"net"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/emersion/go-imap/v2"
@@ -24,10 +26,13 @@ import (
 
 // IMAP is a running in-process IMAP upstream.
 type IMAP struct {
-	Addr string // host:port it listens on
-	srv  *imapserver.Server
-	ln   net.Listener
-	done chan struct{}
+	Addr  string // host:port it listens on
+	srv   *imapserver.Server
+	ln    net.Listener
+	done  chan struct{}
+	open  *atomic.Int64
+	close sync.Once
+	err   error
 }
 
 // IMAPOptions configures StartIMAP.
@@ -39,6 +44,7 @@ type IMAPOptions struct {
 }
 
 type backend struct {
+	open   *atomic.Int64 // sessions open now
 	mem    *imapmemserver.Server
 	users  map[string]*imapmemserver.User
 	master string
@@ -47,7 +53,7 @@ type backend struct {
 
 // StartIMAP starts the upstream on 127.0.0.1 (a free port).
 func StartIMAP(opts IMAPOptions) (*IMAP, error) {
-	b := &backend{mem: imapmemserver.New(), users: map[string]*imapmemserver.User{}, master: opts.MasterUser, mpw: opts.MasterPassword}
+	b := &backend{open: new(atomic.Int64), mem: imapmemserver.New(), users: map[string]*imapmemserver.User{}, master: opts.MasterUser, mpw: opts.MasterPassword}
 	for name, pw := range opts.Users {
 		u := imapmemserver.NewUser(name, pw)
 		if err := u.Create("INBOX", nil); err != nil {
@@ -64,6 +70,7 @@ func StartIMAP(opts IMAPOptions) (*IMAP, error) {
 	}
 	srv := imapserver.New(&imapserver.Options{
 		NewSession: func(*imapserver.Conn) (imapserver.Session, *imapserver.GreetingData, error) {
+			b.open.Add(1)
 			return &session{b: b}, nil, nil
 		},
 		Caps:         imap.CapSet{imap.CapIMAP4rev1: {}, imap.CapIMAP4rev2: {}, imap.CapSASLIR: {}},
@@ -73,7 +80,7 @@ func StartIMAP(opts IMAPOptions) (*IMAP, error) {
 	if err != nil {
 		return nil, fmt.Errorf("demo: listen for the IMAP upstream: %w", err)
 	}
-	s := &IMAP{Addr: ln.Addr().String(), srv: srv, ln: ln, done: make(chan struct{})}
+	s := &IMAP{Addr: ln.Addr().String(), srv: srv, ln: ln, done: make(chan struct{}), open: b.open}
 	go func() {
 		defer close(s.done)
 		srv.Serve(ln)
@@ -81,11 +88,17 @@ func StartIMAP(opts IMAPOptions) (*IMAP, error) {
 	return s, nil
 }
 
-// Close stops the upstream and waits for it.
+// Open returns the number of sessions open now.
+func (s *IMAP) Open() int { return int(s.open.Load()) }
+
+// Close stops the upstream, closing its sessions, and waits for it. A
+// second call returns the first one's result.
 func (s *IMAP) Close() error {
-	err := s.srv.Close()
-	<-s.done
-	return err
+	s.close.Do(func() {
+		s.err = s.srv.Close()
+		<-s.done
+	})
+	return s.err
 }
 
 type literal struct {
@@ -139,6 +152,7 @@ func (s *session) Authenticate(mech string) (sasl.Server, error) {
 }
 
 func (s *session) Close() error {
+	s.b.open.Add(-1)
 	if s.UserSession == nil {
 		return nil
 	}

@@ -7,6 +7,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
@@ -15,9 +16,12 @@ import (
 // SMTP is a running in-process SMTP upstream that prints every message it
 // receives.
 type SMTP struct {
-	Addr string
-	srv  *smtp.Server
-	done chan struct{}
+	Addr  string
+	srv   *smtp.Server
+	done  chan struct{}
+	open  *atomic.Int64
+	close sync.Once
+	err   error
 }
 
 // SMTPOptions configures StartSMTP.
@@ -31,8 +35,10 @@ type SMTPOptions struct {
 // StartSMTP starts the upstream on 127.0.0.1 (a free port).
 func StartSMTP(opts SMTPOptions) (*SMTP, error) {
 	var mu sync.Mutex
+	open := new(atomic.Int64)
 	be := smtp.BackendFunc(func(*smtp.Conn) (smtp.Session, error) {
-		return &smtpSession{opts: &opts, mu: &mu}, nil
+		open.Add(1)
+		return &smtpSession{opts: &opts, mu: &mu, open: open}, nil
 	})
 	srv := smtp.NewServer(be)
 	srv.Domain = "upstream.demo.invalid"
@@ -42,7 +48,7 @@ func StartSMTP(opts SMTPOptions) (*SMTP, error) {
 	if err != nil {
 		return nil, fmt.Errorf("demo: listen for the SMTP upstream: %w", err)
 	}
-	s := &SMTP{Addr: ln.Addr().String(), srv: srv, done: make(chan struct{})}
+	s := &SMTP{Addr: ln.Addr().String(), srv: srv, done: make(chan struct{}), open: open}
 	go func() {
 		defer close(s.done)
 		srv.Serve(ln)
@@ -50,15 +56,22 @@ func StartSMTP(opts SMTPOptions) (*SMTP, error) {
 	return s, nil
 }
 
-// Close stops the upstream and waits for it.
+// Open returns the number of sessions open now.
+func (s *SMTP) Open() int { return int(s.open.Load()) }
+
+// Close stops the upstream, closing its sessions, and waits for it. A
+// second call returns the first one's result.
 func (s *SMTP) Close() error {
-	err := s.srv.Close()
-	<-s.done
-	return err
+	s.close.Do(func() {
+		s.err = s.srv.Close()
+		<-s.done
+	})
+	return s.err
 }
 
 type smtpSession struct {
 	opts *SMTPOptions
+	open *atomic.Int64
 	mu   *sync.Mutex
 	user string
 	from string
@@ -115,4 +128,4 @@ func (s *smtpSession) Data(r io.Reader) error {
 }
 
 func (s *smtpSession) Reset()        { s.from, s.to = "", nil }
-func (s *smtpSession) Logout() error { return nil }
+func (s *smtpSession) Logout() error { s.open.Add(-1); return nil }
