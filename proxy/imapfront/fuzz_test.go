@@ -5,17 +5,28 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"reflect"
 	"strings"
 	"testing"
 )
 
 // FuzzReadCommand feeds arbitrary bytes to the pre-login reader. Properties:
-// no panic; every command stays within the reader's byte and token bounds;
-// every refusal is well-formed IMAP lines; and a parsed LOGIN's fields come
-// back unchanged when re-encoded as non-synchronising literals (and as
-// quoted strings where they can be).
+// no panic; every command stays within the reader's byte and token bounds
+// (an ID within its own); every refusal is well-formed IMAP lines; a parsed
+// LOGIN's fields come back unchanged when re-encoded as non-synchronising
+// literals (and as quoted strings where they can be); and an ID that
+// parseID accepts comes back unchanged in its widest encodings through a
+// reader with the smallest general bounds a configuration allows.
 func FuzzReadCommand(f *testing.F) {
 	for _, s := range []string{
+		largestID("a"),
+		idCommand(strings.Repeat("t", 64), widestPairs(), idQuoted),
+		idCommand("a", idPairs(30, 30, 1024, "x"), idLiteral),
+		idCommand("a", idPairs(30, 30, 1024, "x"), idLiteralPlus),
+		idCommand("a", idPairs(31, 30, 1024, "x"), idQuoted),
+		idCommand("a", idPairs(1, 30, 1025, "x"), idLiteralPlus),
+		idCommand("a", [][2]string{{"name", "a\r\nb"}, {"version", ""}}, idLiteralPlus),
+		largestID("a") + "b LOGIN alice pw\r\n",
 		"a LOGIN alice pw\r\n",
 		`a LOGIN "al\"ice" "p\\w"` + "\r\n",
 		"a LOGIN {5}\r\nalice {0}\r\n\r\n",
@@ -52,6 +63,9 @@ func FuzzReadCommand(f *testing.F) {
 			if cmd.name == "LOGIN" && len(cmd.args) == 2 && cmd.args[0].isString() && cmd.args[1].isString() {
 				checkRoundTrip(t, cmd)
 			}
+			if _, ok := parseID(cmd.args); cmd.name == "ID" && ok && len(cmd.args) > 1 {
+				checkIDRoundTrip(t, cmd)
+			}
 		}
 	})
 }
@@ -70,7 +84,11 @@ func checkWire(t *testing.T, w []byte) {
 
 func checkBounds(t *testing.T, cmd *command, maxLine, maxLit int) {
 	t.Helper()
-	if limit := maxLine + 2*maxLit + maxLine + 2; cmd.size > limit {
+	budget, arg := maxLine+2*maxLit, max(maxLine, maxLit)
+	if cmd.name == "ID" {
+		budget, arg = max(budget, maxIDWire), max(arg, maxIDWire)
+	}
+	if limit := budget + maxLine + 2; cmd.size > limit {
 		t.Fatalf("command of %d bytes passed the bound %d", cmd.size, limit)
 	}
 	if len(cmd.args) > maxTokens {
@@ -78,7 +96,7 @@ func checkBounds(t *testing.T, cmd *command, maxLine, maxLit int) {
 	}
 	total := len(cmd.tag) + len(cmd.name)
 	for _, a := range cmd.args {
-		if len(a.val) > max(maxLine, maxLit) {
+		if len(a.val) > arg {
 			t.Fatalf("argument of %d bytes", len(a.val))
 		}
 		total += len(a.val)
@@ -104,6 +122,52 @@ func checkRoundTrip(t *testing.T, cmd *command) {
 		if got.tag != cmd.tag || got.name != "LOGIN" || len(got.args) != 2 ||
 			!bytes.Equal(got.args[0].val, user) || !bytes.Equal(got.args[1].val, pass) {
 			t.Fatalf("round trip of %q/%q through %q gave %q %q %v", user, pass, enc, got.tag, got.name, vals(got))
+		}
+	}
+}
+
+// checkIDRoundTrip re-encodes an ID that parseID accepted as quoted
+// strings where it can be, and as non-synchronising literals, and reads it back through a reader whose
+// general bounds are the smallest a configuration allows: an ID is bounded
+// by its own limits only.
+func checkIDRoundTrip(t *testing.T, cmd *command) {
+	t.Helper()
+	inner := cmd.args[1 : len(cmd.args)-1]
+	quotable := true
+	for _, a := range inner {
+		quotable = quotable && !bytes.ContainsAny(a.val, "\r\n")
+	}
+	encode := func(literal bool) string {
+		var b strings.Builder
+		b.WriteString(cmd.tag + " ID (")
+		for i, a := range inner {
+			if i > 0 {
+				b.WriteByte(' ')
+			}
+			switch {
+			case a.kind == tokAtom:
+				b.Write(a.val) // NIL, in the client's case
+			case literal:
+				fmt.Fprintf(&b, "{%d+}\r\n%s", len(a.val), a.val)
+			default:
+				b.WriteString(quote(a.val))
+			}
+		}
+		b.WriteString(")\r\n")
+		return b.String()
+	}
+	encodings := []string{encode(true)}
+	if quotable {
+		encodings = append(encodings, encode(false))
+	}
+	for _, enc := range encodings {
+		r := reader{br: bufio.NewReader(strings.NewReader(enc)), maxLine: 1024, maxLiteral: 1}
+		got, err := r.readCommand()
+		if err != nil {
+			t.Fatalf("re-encoded ID of %d bytes: %v", len(enc), err)
+		}
+		if got.tag != cmd.tag || got.name != "ID" || !reflect.DeepEqual(vals(got), vals(cmd)) {
+			t.Fatalf("round trip of an ID through %q gave %q %q %q", enc, got.tag, got.name, vals(got))
 		}
 	}
 }
