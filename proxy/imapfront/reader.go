@@ -81,11 +81,14 @@ const (
 
 // maxIDWire is the most bytes an ID that RFC 2971 allows can take on the
 // wire: a tag, " ID (", pairs of a field and a value each quoted with every
-// octet escaped, the spaces between them, ")" and CRLF. A literal is never
-// longer for these lengths ({1024+}, CRLF and the data is 1034 bytes
-// against 2050 quoted), nor is NIL. The largest ID, about 32 KB on one
-// line unescaped, is past the general line bound: an ID is bounded by this
-// instead, every other command by the configured lengths.
+// octet escaped, the spaces between them, ")" and CRLF. No other legal
+// form is longer: a string sent as a literal of n octets takes n+9 bytes
+// at most ({n+}, CRLF), NIL 3, both within the 2n+2 of a quoted string of
+// the bound's length. The largest ID, about 32 KB on one line unescaped,
+// is past the general line bound: an ID is bounded by this instead, every
+// other command by the configured lengths. While an ID is read, a
+// connection holds at most this line and the decoded strings (31,620
+// octets).
 const maxIDWire = 64 + len(" ID (") +
 	maxIDPairs*(2*maxIDKeyLen+2+len(" ")+2*maxIDValueLen+2) + maxIDPairs - 1 +
 	len(")\r\n")
