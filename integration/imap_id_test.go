@@ -16,13 +16,19 @@ import (
 )
 
 // idPairs returns n pairs of a field of keyLen octets and a value of
-// valueLen octets, distinct by a two-letter prefix, as imaptest's "id"
-// test writes them ("a2345...", "b2345...").
+// valueLen octets as imaptest's "id" test writes them: digits, the field's
+// first ones replaced by a, b, ... z, aa, ab, ... ("a2345...",
+// "aa345..."). With 30, 30 and 1024 and the tag "ok", idLine gives that
+// test's command byte for byte.
 func idPairs(n, keyLen, valueLen int) [][2]string {
+	digits := strings.Repeat("1234567890", max(keyLen, valueLen)/10+1)
 	pairs := make([][2]string, n)
 	for i := range pairs {
-		key := fmt.Sprintf("%c%c", 'a'+i/26, 'a'+i%26) + strings.Repeat("1234567890", keyLen/10+1)
-		pairs[i] = [2]string{key[:keyLen], strings.Repeat("1234567890", valueLen/10+1)[:valueLen]}
+		prefix := string(rune('a' + i%26))
+		if i >= 26 {
+			prefix = "a" + prefix
+		}
+		pairs[i] = [2]string{(prefix + digits[len(prefix):])[:keyLen], digits[:valueLen]}
 	}
 	return pairs
 }
@@ -88,7 +94,7 @@ func TestIMAPPreLoginID(t *testing.T) {
 	p := startPassgate(t, passgateConfig{})
 	p.enforce(t, "alice")
 	pw := p.appPassword(t, "alice", "OfflineIMAP")
-	largest := idLine("i", idPairs(30, 30, 1024), false)
+	largest := idLine("ok", idPairs(30, 30, 1024), false)
 	if len(largest) < 31<<10 {
 		t.Fatalf("the largest ID is %d bytes", len(largest))
 	}
@@ -142,7 +148,7 @@ func TestIMAPPreLoginID(t *testing.T) {
 
 	t.Run("ok/dovecot-direct", func(t *testing.T) {
 		c := dial(t, d.IMAPAddr, true)
-		idOK(c, "i", largest)
+		idOK(c, "ok", largest)
 	})
 	for _, tc := range []struct {
 		name     string
@@ -154,7 +160,7 @@ func TestIMAPPreLoginID(t *testing.T) {
 				addr = p.imapAddr
 			}
 			c := dial(t, addr, tc.starttls)
-			idOK(c, "i", largest)
+			idOK(c, "ok", largest)
 			// One pair too many: refused, the connection stays.
 			c.send(idLine("x", idPairs(31, 30, 1024), false))
 			if l := c.until("x "); l[len(l)-1] != "x BAD Invalid ID arguments" {
