@@ -418,7 +418,8 @@ const (
 )
 
 // parseID reads "NIL" or "(key value ...)" and returns the standard fields
-// with printable values. ok is false on a syntax error.
+// with printable values. ok is false on a syntax error and on an ID past
+// the bounds of RFC 2971.
 func parseID(args []token) (fields []IDField, ok bool) {
 	if len(args) == 1 && args[0].kind == tokAtom && strings.EqualFold(string(args[0].val), "NIL") {
 		return nil, true
@@ -427,7 +428,7 @@ func parseID(args []token) (fields []IDField, ok bool) {
 		return nil, false
 	}
 	inner := args[1 : len(args)-1]
-	if len(inner)%2 != 0 {
+	if len(inner)%2 != 0 || len(inner)/2 > maxIDPairs {
 		return nil, false
 	}
 	for i := 0; i < len(inner); i += 2 {
@@ -439,7 +440,10 @@ func parseID(args []token) (fields []IDField, ok bool) {
 		if !isNil && v.kind != tokQuoted && v.kind != tokLiteral {
 			return nil, false
 		}
-		if isNil || i/2 >= maxIDPairs || len(k.val) > maxIDKeyLen || len(v.val) > maxIDValueLen || !printable(v.val) {
+		if len(k.val) > maxIDKeyLen || len(v.val) > maxIDValueLen {
+			return nil, false
+		}
+		if isNil || !printable(v.val) {
 			continue
 		}
 		if name := strings.ToLower(string(k.val)); standardIDField(name) {

@@ -79,11 +79,27 @@ const (
 	maxLiterals = 64  // literals per command
 )
 
+// maxIDWire is the most bytes an ID that RFC 2971 allows can take on the
+// wire: a tag, " ID (", pairs of a field and a value each quoted with every
+// octet escaped, the spaces between them, ")" and CRLF. No other legal
+// form is longer: a string sent as a literal of n octets takes n+9 bytes
+// at most ({n+}, CRLF), NIL 3, both within the 2n+2 of a quoted string of
+// the bound's length. The largest ID, about 32 KB on one line unescaped,
+// is past the general line bound: an ID is bounded by this instead, every
+// other command by the configured lengths. While an ID is read, a
+// connection holds at most this line and the decoded strings (31,620
+// octets).
+const maxIDWire = 64 + len(" ID (") +
+	maxIDPairs*(2*maxIDKeyLen+2+len(" ")+2*maxIDValueLen+2) + maxIDPairs - 1 +
+	len(")\r\n")
+
 // reader reads pre-login commands: lines with atoms, quoted strings,
 // parentheses and synchronising ({n}) or non-synchronising ({n+}) literals.
 // Every byte it keeps is bounded: a line by maxLine, a literal by
 // maxLiteral, a whole command by maxLine+2*maxLiteral, and nothing is
-// allocated for a literal before its length has been checked.
+// allocated for a literal before its length has been checked. An ID
+// command gets the larger of these bounds and its own: the whole command
+// within maxIDWire, a literal within maxIDValueLen.
 type reader struct {
 	br         *bufio.Reader
 	maxLine    int
@@ -102,13 +118,29 @@ var errLineTooLong = errors.New("imapfront: line too long")
 // returns it without the CRLF (a bare LF is accepted). The returned slice
 // is a fresh copy.
 func readLine(br *bufio.Reader, max int) ([]byte, error) {
+	return readLineGrow(br, max, nil)
+}
+
+// readLineGrow is readLine whose bound may be raised once: when the line
+// passes max, grow (if not nil) gets the bytes read so far and returns the
+// bound to read on with; a bound not above max refuses the line.
+func readLineGrow(br *bufio.Reader, max int, grow func(head []byte) int) ([]byte, error) {
 	var line []byte
 	for {
 		frag, err := br.ReadSlice('\n')
 		if len(line)+len(frag) > max+2 {
-			return nil, errLineTooLong
+			if grow == nil {
+				return nil, errLineTooLong
+			}
+			line = append(line, frag...)
+			m := grow(line)
+			if m <= max || len(line) > m+2 {
+				return nil, errLineTooLong
+			}
+			max, grow = m, nil
+		} else {
+			line = append(line, frag...)
 		}
-		line = append(line, frag...)
 		if err == nil {
 			break
 		}
@@ -164,14 +196,53 @@ func literalSpec(line []byte, limit int) (rest []byte, n int, plus, ok bool) {
 	return line[:start], n, plus, true
 }
 
+// idLineBound is the grow hook of a command's first line: a line that
+// starts as an ID command may go on to maxIDWire.
+func idLineBound(head []byte) int {
+	if isIDHead(head) {
+		return maxIDWire - 2
+	}
+	return 0
+}
+
+// isIDHead reports whether head starts with a valid tag and the command
+// name ID, read as tokenize reads them.
+func isIDHead(head []byte) bool {
+	atomAt := func(i int) (int, int) {
+		for i < len(head) && head[i] == ' ' {
+			i++
+		}
+		j := i
+		for j < len(head) && isAtomByte(head[j]) {
+			j++
+		}
+		return i, j
+	}
+	i, j := atomAt(0)
+	if !validTag(head[i:j]) {
+		return false
+	}
+	k, m := atomAt(j)
+	return m < len(head) && m-k == 2 && asciiUpper(head[k:m]) == "ID"
+}
+
+// isIDCommand reports whether the tokens read so far are a valid tag and
+// the command name ID.
+func isIDCommand(toks []token) bool {
+	return len(toks) >= 2 && tagOf(toks) != "" && toks[1].kind == tokAtom && asciiUpper(toks[1].val) == "ID"
+}
+
 // readCommand reads one command, literals included.
 func (r *reader) readCommand() (*command, error) {
-	budget := r.maxLine + 2*r.maxLiteral
+	lineMax, budget, literalMax := r.maxLine, r.maxLine+2*r.maxLiteral, r.maxLiteral
+	grow := idLineBound
+	isID := false
 	var toks []token
 	size := 0
 	literals := 0
 	for {
-		line, err := readLine(r.br, r.maxLine)
+		line, err := readLineGrow(r.br, lineMax, grow)
+		grow = nil
 		if errors.Is(err, errLineTooLong) {
 			return nil, &replyError{tag: tagOf(toks), status: "BAD", text: "[TOOBIG] Command line too long", bye: true, fatal: true, ended: "line_too_long"}
 		}
@@ -179,7 +250,7 @@ func (r *reader) readCommand() (*command, error) {
 			return nil, err
 		}
 		size += len(line) + 2
-		rest, n, plus, lit := literalSpec(line, r.maxLiteral)
+		rest, n, plus, lit := literalSpec(line, max(r.maxLiteral, maxIDValueLen))
 		if err := tokenize(rest, &toks); err != nil {
 			e := &replyError{tag: tagOf(toks), status: "BAD", text: err.Error()}
 			if lit && plus {
@@ -191,6 +262,20 @@ func (r *reader) readCommand() (*command, error) {
 		}
 		if len(toks) > maxTokens {
 			return nil, &replyError{tag: tagOf(toks), status: "BAD", text: "Too many arguments", fatal: true, ended: "protocol_error"}
+		}
+		if !isID && isIDCommand(toks) {
+			isID = true
+			budget = max(budget, maxIDWire)
+			literalMax = max(literalMax, maxIDValueLen)
+		}
+		if len(line) > r.maxLine && !isID {
+			// Only an ID's first line may pass the general bound.
+			return nil, &replyError{tag: tagOf(toks), status: "BAD", text: "[TOOBIG] Command line too long", bye: true, fatal: true, ended: "line_too_long"}
+		}
+		if isID {
+			// The lines after a literal: within what is left of the
+			// command's budget, or the general bound if larger.
+			lineMax = max(r.maxLine, budget-size-2)
 		}
 		if !lit {
 			break
@@ -204,7 +289,7 @@ func (r *reader) readCommand() (*command, error) {
 			return nil, e
 		}
 		literals++
-		if n > r.maxLiteral || size+n > budget || literals > maxLiterals {
+		if n > literalMax || size+n > budget || literals > maxLiterals {
 			e := &replyError{tag: tagOf(toks), status: "BAD", text: "[TOOBIG] Literal too large", fatal: true, ended: "literal_too_large"}
 			if plus {
 				e.bye = true

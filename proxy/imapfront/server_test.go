@@ -468,7 +468,7 @@ func TestParseID(t *testing.T) {
 		{"x-fields-dropped", []token{open, tok(tokQuoted, "x-originating-ip"), tok(tokQuoted, "1.2.3.4"), cls}, nil, true},
 		{"nil-value-dropped", []token{open, tok(tokQuoted, "name"), tok(tokAtom, "NIL"), cls}, nil, true},
 		{"control-value-dropped", []token{open, tok(tokQuoted, "name"), tok(tokLiteral, "a\r\nb"), cls}, nil, true},
-		{"long-value-dropped", []token{open, tok(tokQuoted, "name"), tok(tokQuoted, strings.Repeat("v", 1025)), cls}, nil, true},
+		{"long-value-refused", []token{open, tok(tokQuoted, "name"), tok(tokQuoted, strings.Repeat("v", 1025)), cls}, nil, false},
 		{"odd", []token{open, tok(tokQuoted, "name"), cls}, nil, false},
 		{"atom-key", []token{open, tok(tokAtom, "name"), tok(tokQuoted, "x"), cls}, nil, false},
 		{"no-parens", []token{tok(tokQuoted, "name"), tok(tokQuoted, "x")}, nil, false},
