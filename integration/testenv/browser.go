@@ -17,6 +17,7 @@ import (
 	"github.com/chromedp/cdproto/cdp"
 	"github.com/chromedp/cdproto/dom"
 	"github.com/chromedp/cdproto/emulation"
+	"github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
 )
 
@@ -169,50 +170,96 @@ func (b *Browser) Screenshot(ctx context.Context, name string, extra ...string) 
 	return path, nil
 }
 
+// Control is an element found by its accessible role and name.
+type Control struct {
+	NodeID cdp.NodeID
+	Role   string // computed role, as Chromium names it: button, link, textbox, radio, ...
+}
+
+// FindControls finds, under the DOM node root, the elements whose computed
+// accessible name is name and whose computed role is one of roles
+// ("button|link"; "" for any role but the text, label and document nodes
+// that merely carry the name). It does not wait.
+func FindControls(ctx context.Context, t *chromedp.Target, root cdp.NodeID, roles, name string) ([]Control, error) {
+	want := map[string]bool{}
+	for _, r := range strings.Split(roles, "|") {
+		if r != "" {
+			want[r] = true
+		}
+	}
+	params := accessibility.QueryAXTreeParams{NodeID: root, AccessibleName: name}
+	if len(want) == 1 {
+		params.Role = roles
+	}
+	res, err := cdp.Call(ctx, t, accessibility.QueryAXTree, params)
+	if err != nil {
+		return nil, err
+	}
+	var backend []cdp.BackendNodeID
+	var found []Control
+	for _, ax := range res.Nodes {
+		if ax.Ignored || ax.BackendDOMNodeID == 0 || ax.Role == nil {
+			continue
+		}
+		role := strings.Trim(string(ax.Role.Value), `"`)
+		switch {
+		case len(want) > 0 && !want[role]:
+			continue
+		case len(want) == 0 && (role == "StaticText" || role == "InlineTextBox" || role == "LabelText" || role == "RootWebArea" || role == "none"):
+			continue
+		}
+		backend = append(backend, ax.BackendDOMNodeID)
+		found = append(found, Control{Role: role})
+	}
+	if len(backend) == 0 {
+		return nil, nil
+	}
+	pushed, err := cdp.Call(ctx, t, dom.PushNodesByBackendIDsToFrontend, dom.PushNodesByBackendIDsToFrontendParams{BackendNodeIDs: backend})
+	if err != nil {
+		return nil, err
+	}
+	var out []Control
+	for i, id := range pushed.NodeIDs {
+		if id != 0 && i < len(found) {
+			found[i].NodeID = id
+			out = append(out, found[i])
+		}
+	}
+	return out, nil
+}
+
 // ByRole is a query option that finds elements as a screen reader, a user
 // or a user's script would: by their computed accessible role (button,
-// link, textbox, heading, alert, img, list, ...) and accessible name (the
-// visible text or the label). Pass "" as the role to match any role but
-// the text and label nodes that merely carry the name. The selector of
-// the query is only a label in error messages.
+// link, textbox, heading, alert, list, ...; several as "button|link";
+// "" for any) and accessible name (the visible text or the label). The
+// selector of the query is only a label in error messages.
 //
 //	chromedp.Click("button Sign in", testenv.ByRole("button", "Sign in"))
-func ByRole(role, name string) chromedp.QueryOption {
+func ByRole(roles, name string) chromedp.QueryOption {
 	return chromedp.ByFunc(func(ctx context.Context, t *chromedp.Target, n *chromedp.Node) ([]cdp.NodeID, error) {
-		res, err := cdp.Call(ctx, t, accessibility.QueryAXTree, accessibility.QueryAXTreeParams{
-			NodeID: n.NodeID, AccessibleName: name, Role: role,
-		})
-		if err != nil {
-			return nil, err
+		found, err := FindControls(ctx, t, n.NodeID, roles, name)
+		ids := make([]cdp.NodeID, len(found))
+		for i, c := range found {
+			ids[i] = c.NodeID
 		}
-		var backend []cdp.BackendNodeID
-		for _, ax := range res.Nodes {
-			if ax.Ignored || ax.BackendDOMNodeID == 0 {
-				continue
-			}
-			if role == "" && ax.Role != nil {
-				switch strings.Trim(string(ax.Role.Value), `"`) {
-				case "StaticText", "InlineTextBox", "LabelText":
-					continue
-				}
-			}
-			backend = append(backend, ax.BackendDOMNodeID)
-		}
-		if len(backend) == 0 {
-			return nil, nil
-		}
-		pushed, err := cdp.Call(ctx, t, dom.PushNodesByBackendIDsToFrontend, dom.PushNodesByBackendIDsToFrontendParams{BackendNodeIDs: backend})
-		if err != nil {
-			return nil, err
-		}
-		var ids []cdp.NodeID
-		for _, id := range pushed.NodeIDs {
-			if id != 0 {
-				ids = append(ids, id)
-			}
-		}
-		return ids, nil
+		return ids, err
 	})
+}
+
+// OnElement waits until an element with one of roles and the accessible
+// name is visible, then calls the JavaScript function fn with the first
+// such element as this, and returns its result.
+//
+//	chromedp.Run(ctx, testenv.OnElement[string]("", "Secret key", `function() { return this.innerText }`))
+func OnElement[T any](roles, name, fn string) chromedp.Action[T] {
+	return chromedp.QueryAfter(roles+" "+name, func(ctx context.Context, t *chromedp.Target, nodes []*chromedp.Node) (T, error) {
+		var zero T
+		obj, err := cdp.Call(ctx, t, dom.ResolveNode, dom.ResolveNodeParams{NodeID: nodes[0].NodeID})
+		if err != nil {
+			return zero, err
+		}
+		return chromedp.CallFunctionOn[T](fn, func(p *runtime.CallFunctionOnParams) { p.ObjectID = obj.Object.ObjectID })(ctx, t)
+	}, ByRole(roles, name), chromedp.NodeVisible)
 }
 
 // spkiHashes returns the base64 SHA-256 hashes of the public keys of the
