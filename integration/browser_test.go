@@ -2,6 +2,8 @@ package integration
 
 import (
 	"context"
+	"fmt"
+	"html"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -129,6 +131,28 @@ func TestBrowserHarness(t *testing.T) {
 		w.Write([]byte(`<!doctype html><html lang="en"><head><title>Broken</title></head>
 <body><main><h1>Broken</h1><input id="nolabel"></main></body></html>`))
 	})
+	mux.HandleFunc("/form", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		if r.Method == http.MethodPost {
+			r.ParseForm()
+			fmt.Fprintf(w, `<!doctype html><html lang="en"><title>Result</title><body><main><h1>Result</h1>
+<p role="alert">%s %s %s %s</p></main></body></html>`,
+				html.EscapeString(r.PostFormValue("pw")), html.EscapeString(r.PostFormValue("method")),
+				html.EscapeString(r.PostFormValue("kind")), html.EscapeString(r.PostFormValue("code")))
+			return
+		}
+		w.Write([]byte(`<!doctype html><html lang="en"><title>Form</title><body><main><h1>Form</h1>
+<form method="post" action="/form">
+<label for="pw">Password</label><input id="pw" name="pw" type="password">
+<fieldset><legend>Method</legend>
+<label><input type="radio" name="method" value="totp"> Authenticator app</label>
+<label><input type="radio" name="method" value="apppw"> App password</label></fieldset>
+<label for="kind">Kind</label><select id="kind" name="kind"><option value="a">Passkey</option><option value="b">Security key</option></select>
+<label for="code">Code</label><input id="code" name="code" inputmode="numeric" autocomplete="one-time-code">
+<label for="key">Secret key</label><input id="key" readonly value="JBSW Y3DP">
+<h2 id="rc">Recovery codes</h2><ul aria-labelledby="rc"><li>aaaa-bbbb</li><li>cccc-dddd</li></ul>
+<button type="submit">Next</button></form></main></body></html>`))
+	})
 	mux.HandleFunc("/passkey", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
 		w.Write([]byte(`<!doctype html><html lang="en"><head><title>Passkey</title></head><body><main><h1>Passkey</h1></main></body></html>`))
@@ -180,6 +204,32 @@ func TestBrowserHarness(t *testing.T) {
 		if err != nil || width != w.win.Width {
 			t.Errorf("%s: window.innerWidth = %d, %v; want %d", w.name, width, err, w.win.Width)
 		}
+	}
+
+	// The portal tests' helpers, on a form like the portal's.
+	w := &portal{t: t, ctx: ctx, b: b, base: base}
+	w.visit("/form")
+	w.fill("Password", "s3cret")
+	w.choose("App password")
+	w.choose("Security key")
+	w.fill("Code", "1234")
+	w.fill("Code", "123456")
+	if got := w.text("", "Secret key"); got != "JBSW Y3DP" {
+		t.Errorf("text of the field labelled Secret key = %q", got)
+	}
+	items, err := chromedp.Run(ctx, testenv.OnElement[[]string]("list", "Recovery codes",
+		`function() { return Array.from(this.querySelectorAll("li")).map(li => li.innerText.trim()) }`))
+	if err != nil || len(items) != 2 || items[1] != "cccc-dddd" {
+		t.Errorf("items of the list labelled Recovery codes: %q, %v", items, err)
+	}
+	if !w.has("button", "Next") || w.has("button", "Sign in") {
+		t.Errorf("has: wrong answer")
+	}
+	if resp := w.press("Next"); resp.Status != http.StatusOK {
+		t.Errorf("press Next: %d", resp.Status)
+	}
+	if got := w.alert(); got != "s3cret apppw b 123456" {
+		t.Errorf("the form sent %q, want s3cret apppw b 123456", got)
 	}
 
 	// axe-core must be able to fail.

@@ -52,10 +52,14 @@ func (w *portal) visit(path string) *network.Response {
 // fill types value into the field labelled name, replacing what it held.
 func (w *portal) fill(name, value string) {
 	w.t.Helper()
-	sel := testenv.ByRole("textbox|spinbutton|searchbox", name)
+	roles := "textbox|spinbutton|searchbox"
+	sel := testenv.ByRole(roles, name)
 	if err := chromedp.Do(w.ctx,
 		chromedp.WaitVisible("field "+name, sel),
-		chromedp.Clear("field "+name, sel),
+		chromedp.Func(func(ctx context.Context, t *chromedp.Target) error {
+			_, err := testenv.OnElement[bool](roles, name, `function() { this.value = ""; return true }`)(ctx, t)
+			return err
+		}),
 		chromedp.SendKeys("field "+name, value, sel),
 	); err != nil {
 		w.t.Fatalf("type into the field labelled %q: %v\n%s", name, err, w.dump())
@@ -92,7 +96,8 @@ func (w *portal) click(name string) {
 func (w *portal) choose(name string) {
 	w.t.Helper()
 	roles := "radio|option|link|button|menuitem"
-	if err := chromedp.Do(w.ctx, chromedp.WaitVisible("method "+name, testenv.ByRole(roles, name))); err != nil {
+	// Ready, not visible: the options of a closed select have no box.
+	if err := chromedp.Do(w.ctx, chromedp.WaitReady("method "+name, testenv.ByRole(roles, name))); err != nil {
 		w.t.Fatalf("no sign-in method %q to choose: %v\n%s", name, err, w.dump())
 	}
 	found, err := chromedp.Run(w.ctx, chromedp.QueryAfter(chromedp.CSS("html"),
@@ -105,8 +110,8 @@ func (w *portal) choose(name string) {
 	switch found[0].Role {
 	case "radio":
 		w.click(name)
-	case "option":
-		if _, err := chromedp.Run(w.ctx, testenv.OnElement[bool]("option", name,
+	case "option", "MenuListOption":
+		if _, err := chromedp.Run(w.ctx, testenv.OnElement[bool]("option|MenuListOption", name,
 			`function() { const s = this.closest("select"); s.value = this.value; s.dispatchEvent(new Event("change", {bubbles: true})); return true }`)); err != nil {
 			w.t.Fatalf("select %q: %v", name, err)
 		}

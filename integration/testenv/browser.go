@@ -247,8 +247,8 @@ func ByRole(roles, name string) chromedp.QueryOption {
 }
 
 // OnElement waits until an element with one of roles and the accessible
-// name is visible, then calls the JavaScript function fn with the first
-// such element as this, and returns its result.
+// name is in the page, then calls the JavaScript function fn with the
+// first such element as this, and returns its result.
 //
 //	chromedp.Run(ctx, testenv.OnElement[string]("", "Secret key", `function() { return this.innerText }`))
 func OnElement[T any](roles, name, fn string) chromedp.Action[T] {
@@ -259,7 +259,7 @@ func OnElement[T any](roles, name, fn string) chromedp.Action[T] {
 			return zero, err
 		}
 		return chromedp.CallFunctionOn[T](fn, func(p *runtime.CallFunctionOnParams) { p.ObjectID = obj.Object.ObjectID })(ctx, t)
-	}, ByRole(roles, name), chromedp.NodeVisible)
+	}, ByRole(roles, name), chromedp.NodeReady)
 }
 
 // spkiHashes returns the base64 SHA-256 hashes of the public keys of the
