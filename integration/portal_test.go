@@ -39,10 +39,21 @@ func openPortal(t *testing.T, p *passgateInstance) *portal {
 	return &portal{t: t, ctx: ctx, b: b, base: p.webURL}
 }
 
+// stepTimeout bounds one wait for a page state, so that a failure still
+// has time to show the page; generous, as the tests wait for states.
+const stepTimeout = 60 * time.Second
+
+// step returns a context for one step on the tab.
+func (w *portal) step() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(w.ctx, stepTimeout)
+}
+
 // visit loads path (relative to web.public_url) and returns the response.
 func (w *portal) visit(path string) *network.Response {
 	w.t.Helper()
-	resp, err := chromedp.RunResponse(w.ctx, chromedp.Navigate(w.base+path))
+	ctx, cancel := w.step()
+	defer cancel()
+	resp, err := chromedp.RunResponse(ctx, chromedp.Navigate(w.base+path))
 	if err != nil {
 		w.t.Fatalf("load %s: %v", path, err)
 	}
@@ -52,9 +63,11 @@ func (w *portal) visit(path string) *network.Response {
 // fill types value into the field labelled name, replacing what it held.
 func (w *portal) fill(name, value string) {
 	w.t.Helper()
+	ctx, cancel := w.step()
+	defer cancel()
 	roles := "textbox|spinbutton|searchbox"
 	sel := testenv.ByRole(roles, name)
-	if err := chromedp.Do(w.ctx,
+	if err := chromedp.Do(ctx,
 		chromedp.WaitVisible("field "+name, sel),
 		chromedp.Func(func(ctx context.Context, t *chromedp.Target) error {
 			_, err := testenv.OnElement[bool](roles, name, `function() { this.value = ""; return true }`)(ctx, t)
@@ -70,11 +83,13 @@ func (w *portal) fill(name, value string) {
 // it loads; it returns that page's response.
 func (w *portal) press(name string) *network.Response {
 	w.t.Helper()
+	ctx, cancel := w.step()
+	defer cancel()
 	sel := testenv.ByRole("button|link", name)
-	if err := chromedp.Do(w.ctx, chromedp.WaitVisible("control "+name, sel)); err != nil {
+	if err := chromedp.Do(ctx, chromedp.WaitVisible("control "+name, sel)); err != nil {
 		w.t.Fatalf("no button or link %q: %v\n%s", name, err, w.dump())
 	}
-	resp, err := chromedp.RunResponse(w.ctx, chromedp.Click("control "+name, sel, chromedp.NodeVisible))
+	resp, err := chromedp.RunResponse(ctx, chromedp.Click("control "+name, sel, chromedp.NodeVisible))
 	if err != nil {
 		w.t.Fatalf("press %q: %v", name, err)
 	}
@@ -85,8 +100,10 @@ func (w *portal) press(name string) *network.Response {
 // summary) named name without waiting for a page.
 func (w *portal) click(name string) {
 	w.t.Helper()
+	ctx, cancel := w.step()
+	defer cancel()
 	sel := testenv.ByRole("button|link|radio|checkbox|option|menuitem|DisclosureTriangle", name)
-	if err := chromedp.Do(w.ctx, chromedp.Click("control "+name, sel, chromedp.NodeVisible)); err != nil {
+	if err := chromedp.Do(ctx, chromedp.Click("control "+name, sel, chromedp.NodeVisible)); err != nil {
 		w.t.Fatalf("click %q: %v\n%s", name, err, w.dump())
 	}
 }
@@ -95,12 +112,14 @@ func (w *portal) click(name string) {
 // radio button or option is selected, a link or button followed.
 func (w *portal) choose(name string) {
 	w.t.Helper()
+	ctx, cancel := w.step()
+	defer cancel()
 	roles := "radio|option|link|button|menuitem"
 	// Ready, not visible: the options of a closed select have no box.
-	if err := chromedp.Do(w.ctx, chromedp.WaitReady("method "+name, testenv.ByRole(roles, name))); err != nil {
+	if err := chromedp.Do(ctx, chromedp.WaitReady("method "+name, testenv.ByRole(roles, name))); err != nil {
 		w.t.Fatalf("no sign-in method %q to choose: %v\n%s", name, err, w.dump())
 	}
-	found, err := chromedp.Run(w.ctx, chromedp.QueryAfter(chromedp.CSS("html"),
+	found, err := chromedp.Run(ctx, chromedp.QueryAfter(chromedp.CSS("html"),
 		func(ctx context.Context, t *chromedp.Target, nodes []*chromedp.Node) ([]testenv.Control, error) {
 			return testenv.FindControls(ctx, t, nodes[0].NodeID, roles, name)
 		}))
@@ -111,7 +130,7 @@ func (w *portal) choose(name string) {
 	case "radio":
 		w.click(name)
 	case "option", "MenuListOption":
-		if _, err := chromedp.Run(w.ctx, testenv.OnElement[bool]("option|MenuListOption", name,
+		if _, err := chromedp.Run(ctx, testenv.OnElement[bool]("option|MenuListOption", name,
 			`function() { const s = this.closest("select"); s.value = this.value; s.dispatchEvent(new Event("change", {bubbles: true})); return true }`)); err != nil {
 			w.t.Fatalf("select %q: %v", name, err)
 		}
@@ -123,7 +142,9 @@ func (w *portal) choose(name string) {
 // see waits until an element with one of roles and the name is visible.
 func (w *portal) see(roles, name string) {
 	w.t.Helper()
-	if err := chromedp.Do(w.ctx, chromedp.WaitVisible(roles+" "+name, testenv.ByRole(roles, name))); err != nil {
+	ctx, cancel := w.step()
+	defer cancel()
+	if err := chromedp.Do(ctx, chromedp.WaitVisible(roles+" "+name, testenv.ByRole(roles, name))); err != nil {
 		w.t.Fatalf("no %s %q on the page: %v\n%s", roles, name, err, w.dump())
 	}
 }
@@ -162,7 +183,9 @@ func (w *portal) has(roles, name string) bool {
 // one of roles and the accessible name.
 func (w *portal) text(roles, name string) string {
 	w.t.Helper()
-	s, err := chromedp.Run(w.ctx, testenv.OnElement[string](roles, name,
+	ctx, cancel := w.step()
+	defer cancel()
+	s, err := chromedp.Run(ctx, testenv.OnElement[string](roles, name,
 		`function() { return ("value" in this && this.value ? this.value : this.innerText).trim() }`))
 	if err != nil {
 		w.t.Fatalf("read the element labelled %q: %v\n%s", name, err, w.dump())
@@ -303,46 +326,29 @@ func TestPortalFlow(t *testing.T) {
 	cookieName := w.session().Name
 	firstSession := w.session().Value
 	secrets["session id"] = firstSession
+	axeClean(t, w.ctx, "Security info (registration)")
 
-	// Authenticator app.
-	w.press("Add sign-in method")
-	w.choose("Authenticator app")
-	w.press("Add")
-	w.see("", "QR code")
-	secretText := w.text("", "Secret key")
-	secret := normalizeSecret(secretText)
-	if len(secret) < 16 || strings.Trim(secret, "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567=") != "" {
-		t.Fatalf("the Secret key %q is not upper-case base32", secretText)
-	}
-	secrets["TOTP secret"] = secret
-	axeClean(t, w.ctx, "authenticator app registration")
-	auth := &authenticator{secret: secret}
-	w.fill("Code", auth.code(t))
-	w.press("Next")
-
-	// Recovery codes, shown once.
-	w.see("heading", "Recovery codes")
-	codes, err := chromedp.Run(w.ctx, testenv.OnElement[[]string]("list", "Recovery codes",
-		`function() { return Array.from(this.querySelectorAll("li")).map(li => li.innerText.trim()) }`))
+	// Passkey, with Chromium's virtual authenticator.
+	authID, err := testenv.VirtualAuthenticator(w.ctx)
 	if err != nil {
-		t.Fatalf("read the list labelled Recovery codes: %v\n%s", err, w.dump())
+		t.Fatal(err)
 	}
-	if len(codes) != 10 {
-		t.Errorf("%d recovery codes, want 10: %q", len(codes), codes)
-	}
-	for i, c := range codes {
-		if c == "" {
-			t.Errorf("recovery code %d is empty", i)
-		}
-		secrets[fmt.Sprintf("recovery code %d", i)] = c
-	}
-	axeClean(t, w.ctx, "recovery codes")
-	w.press("Done")
+	w.press("Add sign-in method")
+	w.choose("Passkey")
+	w.press("Add")
+	w.fill("Name", "Test laptop")
+	w.press("Next") // the ceremony, then the page that says it is done
 	w.see("heading", "Security info")
-	w.seeText("Authenticator app")
+	w.seeText("Test laptop")
 	if out := p.admin(t, "user", "list"); !strings.Contains(out, "enforced") {
-		t.Errorf("registering an authenticator app did not move alice to enforced:\n%s", out)
+		t.Errorf("registering a passkey did not move alice to enforced:\n%s", out)
 	}
+	if creds, err := testenv.AuthenticatorCredentials(w.ctx, authID); err != nil || len(creds) != 1 {
+		t.Fatalf("the virtual authenticator holds %d credentials (%v), want 1", len(creds), err)
+	} else if creds[0].RpID != "localhost" {
+		t.Errorf("the passkey's relying party is %q, want localhost (the host of web.public_url)", creds[0].RpID)
+	}
+
 
 	// App password "Outlook 2010".
 	w.press("Add sign-in method")
@@ -377,24 +383,6 @@ func TestPortalFlow(t *testing.T) {
 		t.Fatalf("SELECT INBOX: %v", err)
 	}
 	c.Logout().Wait()
-
-	// Passkey, with Chromium's virtual authenticator.
-	authID, err := testenv.VirtualAuthenticator(w.ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	w.press("Add sign-in method")
-	w.choose("Passkey")
-	w.press("Add")
-	w.fill("Name", "Test laptop")
-	w.press("Next") // the ceremony, then the page that says it is done
-	w.see("heading", "Security info")
-	w.seeText("Test laptop")
-	if creds, err := testenv.AuthenticatorCredentials(w.ctx, authID); err != nil || len(creds) != 1 {
-		t.Fatalf("the virtual authenticator holds %d credentials (%v), want 1", len(creds), err)
-	} else if creds[0].RpID != "localhost" {
-		t.Errorf("the passkey's relying party is %q, want localhost (the host of web.public_url)", creds[0].RpID)
-	}
 
 	// Security info: axe-core and the screenshots (after a reload, so
 	// that the last use of the app password shows).
@@ -434,6 +422,43 @@ func TestPortalFlow(t *testing.T) {
 	if got := p.rawLogin(t, "alice", shown); got != "a "+uniformFailure+"\r\n" {
 		t.Errorf("IMAP LOGIN with the deleted app password: %q, want the uniform failure", got)
 	}
+
+	// Authenticator app.
+	w.press("Add sign-in method")
+	w.choose("Authenticator app")
+	w.press("Add")
+	w.see("", "QR code")
+	secretText := w.text("", "Secret key")
+	secret := normalizeSecret(secretText)
+	if len(secret) < 16 || strings.Trim(secret, "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567=") != "" {
+		t.Fatalf("the Secret key %q is not upper-case base32", secretText)
+	}
+	secrets["TOTP secret"] = secret
+	axeClean(t, w.ctx, "authenticator app registration")
+	auth := &authenticator{secret: secret}
+	w.fill("Code", auth.code(t))
+	w.press("Next")
+
+	// Recovery codes, shown once.
+	w.see("heading", "Recovery codes")
+	codes, err := chromedp.Run(w.ctx, testenv.OnElement[[]string]("list", "Recovery codes",
+		`function() { return Array.from(this.querySelectorAll("li")).map(li => li.innerText.trim()) }`))
+	if err != nil {
+		t.Fatalf("read the list labelled Recovery codes: %v\n%s", err, w.dump())
+	}
+	if len(codes) != 10 {
+		t.Errorf("%d recovery codes, want 10: %q", len(codes), codes)
+	}
+	for i, c := range codes {
+		if c == "" {
+			t.Errorf("recovery code %d is empty", i)
+		}
+		secrets[fmt.Sprintf("recovery code %d", i)] = c
+	}
+	axeClean(t, w.ctx, "recovery codes")
+	w.press("Done")
+	w.see("heading", "Security info")
+	w.seeText("Authenticator app")
 
 	// Sign out ends the session; a sign-in with the password and the
 	// passkey gets a new session id.
