@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/base64"
 	"errors"
+	"html/template"
 	"image/png"
 	"net/http"
 	"strconv"
@@ -131,9 +132,9 @@ func (s *Server) handleAdd(w http.ResponseWriter, r *http.Request) {
 }
 
 type totpData struct {
-	QR     string // data: URL of the PNG
-	Secret string // base32 in groups of four
-	URL    string // otpauth://
+	QR     template.URL // data: URL of the PNG, made here (trusted)
+	Secret string       // base32 in groups of four
+	URL    string       // otpauth://
 }
 
 // handleTOTPPage starts adding an authenticator app: a new seed, kept in
@@ -171,7 +172,7 @@ func (s *Server) renderTOTP(w http.ResponseWriter, r *http.Request, ss *sess, ke
 		s.fault(w, r, err)
 		return
 	}
-	d := totpData{QR: "data:image/png;base64," + base64.StdEncoding.EncodeToString(b.Bytes()), Secret: groups(key.Secret(), 4), URL: key.URL()}
+	d := totpData{QR: template.URL("data:image/png;base64," + base64.StdEncoding.EncodeToString(b.Bytes())), Secret: groups(key.Secret(), 4), URL: key.URL()}
 	s.render(w, status, "totp", page{Title: "Authenticator app", User: ss.User, Session: true, Error: msg, Data: d})
 }
 
