@@ -288,7 +288,7 @@ func (s *Server) render(w http.ResponseWriter, status int, name string, p page) 
 	}
 	var b strings.Builder
 	if err := t.ExecuteTemplate(&b, "layout.html", p); err != nil {
-		s.log.Error("render page", slog.String("page", name), slog.Any("err", err))
+		s.log.Error("render page", slog.String("reason", "template "+name), slog.Any("err", err))
 		http.Error(w, "Internal Server Error", http.StatusInternalServerError)
 		return
 	}
@@ -298,7 +298,7 @@ func (s *Server) render(w http.ResponseWriter, status int, name string, p page) 
 }
 
 func (s *Server) fault(w http.ResponseWriter, r *http.Request, err error) {
-	s.log.LogAttrs(r.Context(), slog.LevelError, "portal request failed", slog.String("path", r.URL.Path), slog.Any("err", err))
+	s.log.LogAttrs(r.Context(), slog.LevelError, "portal request failed", slog.String("reason", "request "+r.URL.Path), slog.Any("err", err))
 	s.render(w, http.StatusInternalServerError, "message", page{Title: "Something went wrong",
 		Error: "Something went wrong on the server. Try again later."})
 }

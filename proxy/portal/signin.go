@@ -46,7 +46,7 @@ func (s *Server) handleSignIn(w http.ResponseWriter, r *http.Request) {
 	acct, err := s.opts.SignIn.Password(r.Context(), a)
 	if err != nil {
 		if !errors.Is(err, ErrRefused) {
-			s.log.LogAttrs(r.Context(), slog.LevelWarn, "portal sign-in could not be decided", slog.Any("attempt", a), slog.Any("err", err))
+			s.log.LogAttrs(r.Context(), slog.LevelWarn, "portal sign-in could not be decided", slog.String("user", a.User), slog.String("remote_addr", a.Client.String()), slog.Any("err", err))
 		}
 		// Every refusal looks the same and sets no cookie.
 		s.render(w, http.StatusUnauthorized, "signin", page{Title: "Sign in", Error: failMessage, Data: signInData{User: user}})

@@ -270,6 +270,6 @@ func (s *Server) handlePasskeyLoginFinish(w http.ResponseWriter, r *http.Request
 }
 
 func (s *Server) jsonFault(w http.ResponseWriter, r *http.Request, err error) {
-	s.log.LogAttrs(r.Context(), slog.LevelError, "portal request failed", slog.String("path", r.URL.Path), slog.Any("err", err))
+	s.log.LogAttrs(r.Context(), slog.LevelError, "portal request failed", slog.String("reason", "request "+r.URL.Path), slog.Any("err", err))
 	writeJSON(w, http.StatusInternalServerError, ceremonyResult{Error: "Something went wrong on the server. Try again later."})
 }

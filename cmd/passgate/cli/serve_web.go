@@ -134,8 +134,8 @@ func buildWeb(d *deps, st *store.Store, audit policy.Store) (service, error) {
 			if d.serverTLS != nil {
 				err = srv.ServeTLS(ln, "", "")
 			} else {
-				d.log.Warn("the portal serves plain HTTP on a loopback address: only a browser on this machine can use it safely; set tls.cert_file to serve HTTPS",
-					slog.String("listener", "web"), slog.String("addr", ln.Addr().String()))
+				d.log.Warn("the portal serves plain HTTP on "+ln.Addr().String()+": only a browser on this machine can use it safely; set tls.cert_file to serve HTTPS",
+					slog.String("listener", "web"))
 				err = srv.Serve(ln)
 			}
 			if errors.Is(err, http.ErrServerClosed) {
