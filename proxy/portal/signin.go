@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net"
 	"net/http"
+	"net/netip"
 	"strings"
 
 	"github.com/passgate/passgate/policy/account"
@@ -30,7 +32,23 @@ func (s *Server) handleSignInPage(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) attempt(r *http.Request, user, password string) Attempt {
-	return Attempt{User: user, Password: password, Client: clientAddr(r), TLS: r.TLS != nil, ClientName: r.UserAgent(), Started: s.now()}
+	return Attempt{User: user, Password: password, Client: clientAddr(r), TLS: protected(r), ClientName: r.UserAgent(), Started: s.now()}
+}
+
+// protected reports whether the request's credentials are safe from the
+// network: it came over TLS, or over plain HTTP from a loopback address to
+// a loopback address (a browser on the same machine, or a TLS-terminating
+// proxy there), where they never crossed a network.
+func protected(r *http.Request) bool {
+	if r.TLS != nil {
+		return true
+	}
+	local, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr)
+	if !ok {
+		return false
+	}
+	l, err := netip.ParseAddrPort(local.String())
+	return err == nil && l.Addr().Unmap().IsLoopback() && clientAddr(r).Addr().IsLoopback()
 }
 
 func (s *Server) handleSignIn(w http.ResponseWriter, r *http.Request) {
