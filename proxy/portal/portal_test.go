@@ -72,14 +72,14 @@ func (f *fakeSignIn) SecondFactor(ctx context.Context, a portal.Attempt, check f
 }
 
 type harness struct {
-	t     *testing.T
+	t     testing.TB
 	srv   *httptest.Server
 	st    *store.Store
 	clock *clock
 	sign  *fakeSignIn
 }
 
-func newHarness(t *testing.T, mod func(*portal.Options)) *harness {
+func newHarness(t testing.TB, mod func(*portal.Options)) *harness {
 	t.Helper()
 	ctx := context.Background()
 	dir := t.TempDir()
@@ -129,13 +129,17 @@ func newHarness(t *testing.T, mod func(*portal.Options)) *harness {
 type browser struct {
 	h *harness
 	c *http.Client
+	t testing.TB
 }
 
-func (h *harness) browser() *browser {
+func (h *harness) browser() *browser { return h.browserFor(h.t) }
+
+// browserFor is a browser whose failures fail t.
+func (h *harness) browserFor(t testing.TB) *browser {
 	jar, _ := cookiejar.New(nil)
 	c := *h.srv.Client() // a copy: each browser has its own jar
 	c.Jar = jar
-	return &browser{h: h, c: &c}
+	return &browser{h: h, c: &c, t: t}
 }
 
 type resp struct {
@@ -146,7 +150,7 @@ type resp struct {
 }
 
 func (b *browser) do(method, path string, form url.Values, hdr map[string]string) resp {
-	b.h.t.Helper()
+	b.t.Helper()
 	var body io.Reader
 	if form != nil {
 		body = strings.NewReader(form.Encode())
@@ -160,7 +164,7 @@ func (b *browser) do(method, path string, form url.Values, hdr map[string]string
 	}
 	r, err := b.c.Do(req)
 	if err != nil {
-		b.h.t.Fatalf("%s %s: %v", method, path, err)
+		b.t.Fatalf("%s %s: %v", method, path, err)
 	}
 	defer r.Body.Close()
 	raw, _ := io.ReadAll(r.Body)
@@ -191,7 +195,7 @@ var codeRE = regexp.MustCompile(`<li><code>([a-z]{5}-[a-z]{5})</code></li>`)
 // registerTOTP adds an authenticator app and returns its seed and the
 // recovery codes.
 func (b *browser) registerTOTP() (string, []string) {
-	t := b.h.t
+	t := b.t
 	t.Helper()
 	r := b.get("/add/authenticator-app")
 	m := secretRE.FindStringSubmatch(r.body)
@@ -212,7 +216,7 @@ func (b *browser) registerTOTP() (string, []string) {
 	return seed, out
 }
 
-func mustContain(t *testing.T, r resp, subs ...string) {
+func mustContain(t testing.TB, r resp, subs ...string) {
 	t.Helper()
 	for _, s := range subs {
 		if !strings.Contains(r.body, s) {

@@ -103,12 +103,12 @@ func (k *softKey) get(options string) string {
 }
 
 func (b *browser) postJSON(path, body string) resp {
-	b.h.t.Helper()
+	b.t.Helper()
 	req, _ := http.NewRequest("POST", b.h.srv.URL+path, strings.NewReader(body))
 	req.Header.Set("Content-Type", "application/json")
 	r, err := b.c.Do(req)
 	if err != nil {
-		b.h.t.Fatalf("POST %s: %v", path, err)
+		b.t.Fatalf("POST %s: %v", path, err)
 	}
 	defer r.Body.Close()
 	raw, _ := io.ReadAll(r.Body)
@@ -163,4 +163,31 @@ func TestPasskey(t *testing.T) {
 	if r := b2.postJSON("/signin/passkey/finish", key.get(opts)); r.status == http.StatusOK {
 		t.Fatal("a second finish without a ceremony was accepted")
 	}
+}
+
+// FuzzPasskeyFinish posts arbitrary bodies as the answer to a passkey
+// sign-in ceremony: none may sign in, and the server must not fail.
+func FuzzPasskeyFinish(f *testing.F) {
+	h := newHarness(f, nil)
+	origin := "https://localhost:" + strings.Split(h.srv.URL, ":")[2]
+	key := newSoftKey(&testing.T{}, origin)
+	b := h.browser()
+	b.signIn("alice", "alice-pw")
+	r := b.post("/add/passkey/begin", url.Values{"name": {"k"}})
+	if r := b.postJSON("/add/passkey/finish", key.create(r.body)); r.status != http.StatusOK {
+		f.Fatalf("register: %d %s", r.status, r.body)
+	}
+	r = b.post("/signin/passkey/begin", url.Values{})
+	f.Add(`{}`)
+	f.Add(`{"id":"AA","rawId":"AA","type":"public-key","response":{"clientDataJSON":"e30","authenticatorData":"","signature":""}}`)
+	f.Add(strings.Replace(key.get(`{"publicKey":{"challenge":"AAAA"}}`), "AAAA", "BBBB", 1))
+	f.Fuzz(func(t *testing.T, body string) {
+		c := h.browserFor(t)
+		c.signIn("alice", "alice-pw")
+		c.post("/signin/passkey/begin", url.Values{})
+		r := c.postJSON("/signin/passkey/finish", body)
+		if r.status == http.StatusOK || r.status >= 500 {
+			t.Fatalf("finish with %q = %d %s", body, r.status, r.body)
+		}
+	})
 }
