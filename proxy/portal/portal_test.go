@@ -403,7 +403,10 @@ func TestAppPasswords(t *testing.T) {
 	r = b.get("/delete/app-password/" + itoa(ap.ID))
 	mustContain(t, r, "Outlook 2010 will stop working", "cannot be undone", ">Yes</button>", ">Cancel</button>")
 	r = b.post("/delete/app-password/"+itoa(ap.ID), url.Values{})
-	mustContain(t, r, "Deleted app password Outlook 2010.")
+	mustContain(t, r, "The app password has been deleted.")
+	if strings.Contains(r.body, "Outlook 2010") {
+		t.Fatal("the deleted app password is still named on the page")
+	}
 	if _, err := h.st.FindAppPassword(context.Background(), "alice", m[1]); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("after delete: %v", err)
 	}

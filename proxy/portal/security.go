@@ -382,5 +382,5 @@ func (s *Server) handleDelete(w http.ResponseWriter, r *http.Request) {
 		s.fault(w, r, err)
 		return
 	}
-	s.renderSecurityInfo(w, r, ss, "Deleted "+d.What+" "+d.Name+".", "")
+	s.renderSecurityInfo(w, r, ss, "The "+d.What+" has been deleted.", "")
 }
