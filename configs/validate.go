@@ -228,6 +228,8 @@ func (c *Config) Validate() error {
 		v.add("ldap.max_message_bytes", c.LDAP.MaxMessageBytes, "must be zero (the default, 1 MiB) or positive")
 	}
 
+	validateWeb(c, &v)
+
 	// log
 	v.oneOf("log.level", c.Log.Level, "debug", "info", "warn", "error")
 	if c.Log.Format != "" {
@@ -280,9 +282,7 @@ func (c *Config) Warnings() []string {
 			w = append(w, fmt.Sprintf("ldap.upstream.tls (%q) with %s: passwords travel to the directory in clear; use starttls or an ldaps:// URL unless that network is trusted", c.LDAP.Upstream.TLS, c.LDAP.Upstream.URL))
 		}
 	}
-	if c.Web.Listen != "" {
-		w = append(w, fmt.Sprintf("web.listen (%q): this version serves no web portal yet; the key is ignored", c.Web.Listen))
-	}
+	w = append(w, webWarnings(c)...)
 	return w
 }
 

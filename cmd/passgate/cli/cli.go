@@ -23,6 +23,7 @@ import (
 // env is what a command may use of the outside world; tests replace it.
 type env struct {
 	Stdout, Stderr io.Writer
+	Stdin          io.Reader // nil: the process's standard input
 	Getenv         func(string) string
 	Now            func() time.Time
 }
