@@ -196,7 +196,13 @@ func (w *portal) text(roles, name string) string {
 // alert waits for the element with role alert and returns its text.
 func (w *portal) alert() string {
 	w.t.Helper()
-	return w.text("alert", "")
+	ctx, cancel := w.step()
+	defer cancel()
+	s, err := chromedp.Run(ctx, testenv.OnElement[string]("alert", "", `function() { return this.innerText.trim() }`))
+	if err != nil {
+		w.t.Fatalf("no message with role alert on the page: %v\n%s", err, w.dump())
+	}
+	return s
 }
 
 // page returns the visible text of the page.
