@@ -355,7 +355,6 @@ func TestPortalFlow(t *testing.T) {
 		t.Errorf("the passkey's relying party is %q, want localhost (the host of web.public_url)", creds[0].RpID)
 	}
 
-
 	// App password "Outlook 2010".
 	w.press("Add sign-in method")
 	w.choose("App password")
