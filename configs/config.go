@@ -21,7 +21,7 @@ type Config struct {
 	IMAP    IMAP     `yaml:"imap"`
 	SMTP    SMTP     `yaml:"smtp"`
 	LDAP    LDAP     `yaml:"ldap"`
-	Web     Listener `yaml:"web"`
+	Web     Web      `yaml:"web"`
 	Metrics Listener `yaml:"metrics"`
 	Log     Log      `yaml:"log"`
 }
@@ -75,6 +75,20 @@ type ProtocolLimit struct {
 // Listener is an address to listen on; empty means off.
 type Listener struct {
 	Listen string `yaml:"listen"`
+}
+
+// Web configures the Security info portal (proxy/portal).
+type Web struct {
+	Listen string `yaml:"listen"` // HTTPS with tls.cert_file; plain HTTP only on loopback; empty: off
+	// PublicURL is the address users type, e.g. https://passgate.example.test:
+	// the WebAuthn relying party is its host, and cross-origin checks accept
+	// its origin. Default: https:// (http:// without a certificate) and
+	// web.listen, with localhost for a loopback address.
+	PublicURL            string   `yaml:"public_url"`
+	Verify               string   `yaml:"verify"`                // imap (default) | ldap | store: how the primary password is checked
+	RegistrationNetworks []string `yaml:"registration_networks"` // CIDRs; empty: a first second factor may be registered from anywhere
+	SessionIdle          Duration `yaml:"session_idle"`          // default 15m
+	SessionAbsolute      Duration `yaml:"session_absolute"`      // default 8h
 }
 
 // Log configures logging.

@@ -33,6 +33,9 @@ const (
 	DefaultLDAPUpstreamTLS     = "none"
 	DefaultLDAPMaxMessageBytes = 1 << 20
 	DefaultLogLevel            = "info"
+	DefaultWebVerify           = "imap"
+	DefaultWebSessionIdle      = 15 * time.Minute
+	DefaultWebSessionAbsolute  = 8 * time.Hour
 )
 
 // Defaults returns the configuration used when no file is given: SQLite in
@@ -78,5 +81,6 @@ func Defaults() *Config {
 			Upstream:        LDAPUpstream{TLS: DefaultLDAPUpstreamTLS},
 		},
 		Log: Log{Level: DefaultLogLevel},
+		Web: Web{Verify: DefaultWebVerify, SessionIdle: Duration(DefaultWebSessionIdle), SessionAbsolute: Duration(DefaultWebSessionAbsolute)},
 	}
 }

@@ -27,6 +27,7 @@ func (c *Config) Validate() error {
 	c.validateIMAP(&v)
 	c.validateSMTP(&v)
 	c.validateLDAP(&v)
+	validateWeb(c, &v)
 	c.validateLog(&v)
 	return errors.Join(v...)
 }
@@ -332,9 +333,7 @@ func (c *Config) Warnings() []string {
 			w = append(w, fmt.Sprintf("ldap.upstream.tls (%q) with %s: passwords travel to the directory in clear; use starttls or an ldaps:// URL unless that network is trusted", c.LDAP.Upstream.TLS, c.LDAP.Upstream.URL))
 		}
 	}
-	if c.Web.Listen != "" {
-		w = append(w, fmt.Sprintf("web.listen (%q): this version serves no web portal yet; the key is ignored", c.Web.Listen))
-	}
+	w = append(w, webWarnings(c)...)
 	return w
 }
 

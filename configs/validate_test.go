@@ -207,7 +207,10 @@ func TestWarnings(t *testing.T) {
 			`imap.listen ("0.0.0.0:1143") without a certificate: STARTTLS is not offered`,
 			`ldap.listen ("10.0.8.2:1389") without a certificate`,
 			`ldap.upstream.tls ("none") with ldap://10.0.8.41:389: passwords travel to the directory in clear`}},
-		{"web", func(c *configs.Config) { c.Web.Listen = "127.0.0.1:8080" }, []string{`web.listen ("127.0.0.1:8080"): this version serves no web portal yet`}},
+		{"web", func(c *configs.Config) {
+			c.Web.Listen = "127.0.0.1:8080"
+			c.IMAP.Upstream.Addresses = []string{"127.0.0.1:143"}
+		}, []string{`web.listen ("127.0.0.1:8080") without a certificate: the portal serves plain HTTP`}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := configs.Defaults()

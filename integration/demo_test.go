@@ -56,7 +56,12 @@ func TestDemo(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(bin, "demo", "--imap", fmt.Sprintf("127.0.0.1:%d", imapPort), "--smtp", fmt.Sprintf("127.0.0.1:%d", smtpPort))
+	webPort, err := testenv.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "demo", "--imap", fmt.Sprintf("127.0.0.1:%d", imapPort), "--smtp", fmt.Sprintf("127.0.0.1:%d", smtpPort),
+		"--web", fmt.Sprintf("127.0.0.1:%d", webPort))
 	cmd.Dir = t.TempDir()
 	var stdout, stderr lockedBuffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
@@ -131,6 +136,22 @@ func TestDemo(t *testing.T) {
 		}
 		if !strings.Contains(stdout.String(), "demo SMTP upstream received a message: user demo") {
 			t.Errorf("demo upstream did not print the message:\n%s", stdout.String())
+		}
+	}
+	// 4: the portal: sign in, register an authenticator app, create an
+	// app password and use it with the printed curl command.
+	if !strings.Contains(out, fmt.Sprintf("open http://localhost:%d in a browser", webPort)) {
+		t.Errorf("the demo does not print the portal's address:\n%s", out)
+	} else {
+		pw := demoPortalAppPassword(t, fmt.Sprintf("http://localhost:%d", webPort))
+		var withPW string
+		for _, c := range curls {
+			if strings.Contains(c, "demo:PASSWORD") {
+				withPW = strings.Replace(c, "PASSWORD", pw, 1)
+			}
+		}
+		if got, code := sh(withPW); code != 0 || !strings.Contains(got, "Welcome to passgate") {
+			t.Errorf("curl with the portal's app password (%q): exit %d:\n%s", withPW, code, got)
 		}
 	}
 	// Ctrl-C: exit 0.

@@ -414,6 +414,7 @@ type passgateInstance struct {
 	imapAddr  string // STARTTLS
 	imapsAddr string // implicit TLS
 	metrics   string // metrics.listen, "" without passgateConfig.metrics
+	webURL    string // web.public_url (https://localhost:port), "" without passgateConfig.web
 	out       *lockedBuffer
 	cancel    context.CancelFunc
 	done      chan int
@@ -430,6 +431,8 @@ type passgateConfig struct {
 	trusted      []string // policy.trusted_networks
 	proxies      []string // policy.proxy_networks
 	policyYAML   string   // more lines of the policy section, indented by two spaces
+	web          bool     // serve the portal (web.verify imap) on a free port
+	webYAML      string   // more lines of the web section, indented by two spaces
 }
 
 // startPassgate writes a configuration in a new directory, runs "passgate
@@ -453,7 +456,7 @@ func startPassgate(t testing.TB, pc passgateConfig) *passgateInstance {
 		pc.tlsMin = "1.2"
 	}
 	dir := t.TempDir()
-	ports := make([]int, 3)
+	ports := make([]int, 4)
 	for i := range ports {
 		p, err := testenv.FreePort()
 		if err != nil {
@@ -503,6 +506,9 @@ log:
 	if pc.metrics {
 		cfg += fmt.Sprintf("metrics:\n  listen: 127.0.0.1:%d\n", ports[2])
 	}
+	if pc.web {
+		cfg += fmt.Sprintf("web:\n  listen: 127.0.0.1:%[1]d\n  public_url: https://localhost:%[1]d\n  verify: imap\n%[2]s", ports[3], pc.webYAML)
+	}
 	if pc.policyYAML != "" {
 		cfg = strings.Replace(cfg, "policy:\n", "policy:\n"+pc.policyYAML, 1)
 	}
@@ -520,6 +526,7 @@ log:
 		imapAddr:  fmt.Sprintf("127.0.0.1:%d", ports[0]),
 		imapsAddr: fmt.Sprintf("127.0.0.1:%d", ports[1]),
 		metrics:   map[bool]string{true: fmt.Sprintf("127.0.0.1:%d", ports[2])}[pc.metrics],
+		webURL:    map[bool]string{true: fmt.Sprintf("https://localhost:%d", ports[3])}[pc.web],
 		out:       &lockedBuffer{},
 		done:      make(chan int, 1),
 	}
@@ -552,7 +559,8 @@ log:
 			t.Fatalf("passgate serve exited %d during start:\n%s", code, tail(p.out.String(), 40))
 		default:
 		}
-		if dialable(p.imapAddr) && dialable(p.imapsAddr) && (p.metrics == "" || dialable(p.metrics)) {
+		if dialable(p.imapAddr) && dialable(p.imapsAddr) && (p.metrics == "" || dialable(p.metrics)) &&
+			(!pc.web || dialable(fmt.Sprintf("127.0.0.1:%d", ports[3]))) {
 			break
 		}
 		if time.Now().After(deadline) {

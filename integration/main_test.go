@@ -49,6 +49,9 @@ func stopLazy() {
 	if ldapShared.stop != nil {
 		ldapShared.stop()
 	}
+	if browserState.stop != nil {
+		browserState.stop()
+	}
 	if binPath != "" {
 		os.RemoveAll(filepath.Dir(binPath))
 	}

@@ -12,6 +12,7 @@
 package apppass
 
 import (
+	"crypto/hkdf"
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
@@ -136,4 +137,17 @@ func (h *Hasher) Fingerprint() string {
 	m := hmac.New(sha256.New, h.key)
 	m.Write([]byte("passgate key fingerprint v1"))
 	return fmt.Sprintf("%x", m.Sum(nil)[:12])
+}
+
+// DeriveKey returns a 32-byte key for purpose, derived from the server key
+// with HKDF-SHA-256, so that one key file serves several uses (the keyed
+// hash of app passwords, the sealing of TOTP seeds) without one use's key
+// ever being another's.
+func (h *Hasher) DeriveKey(purpose string) []byte {
+	k, err := hkdf.Key(sha256.New, h.key, nil, "passgate "+purpose, KeySize)
+	if err != nil {
+		// Only a length beyond 255 hash sizes fails, never KeySize.
+		panic("apppass: hkdf: " + err.Error())
+	}
+	return k
 }

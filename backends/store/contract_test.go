@@ -117,8 +117,8 @@ func testMigrateTwice(t *testing.T, f *fixture) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !slices.Equal(applied, []string{"0001_init"}) {
-		t.Fatalf("first Migrate applied %q, want [0001_init]", applied)
+	if !slices.Equal(applied, []string{"0001_init", "0002_portal"}) {
+		t.Fatalf("first Migrate applied %q, want [0001_init 0002_portal]", applied)
 	}
 	applied, err = s.Migrate(ctx)
 	if err != nil || applied != nil {
@@ -155,7 +155,7 @@ func testMigrateConcurrent(t *testing.T, f *fixture) {
 		}
 		all = append(all, results[i]...)
 	}
-	if !slices.Equal(all, []string{"0001_init"}) {
+	if !slices.Equal(all, []string{"0001_init", "0002_portal"}) {
 		t.Fatalf("concurrent Migrates applied %q in all, want 0001_init exactly once", all)
 	}
 	// All three loaded the same key: a secret made through one works

@@ -172,6 +172,11 @@ func (s *Store) DeleteUser(ctx context.Context, name string) error {
 	if _, err := tx.ExecContext(ctx, tx.Rebind(`DELETE FROM app_passwords WHERE user_key = ?`), key); err != nil {
 		return fmt.Errorf("store: delete app passwords of %s: %w", name, err)
 	}
+	for _, table := range []string{"user_passwords", "totp_secrets", "recovery_codes", "webauthn_credentials", "web_sessions"} {
+		if _, err := tx.ExecContext(ctx, tx.Rebind(`DELETE FROM `+table+` WHERE user_key = ?`), key); err != nil {
+			return fmt.Errorf("store: delete %s of %s: %w", table, name, err)
+		}
+	}
 	res, err := tx.ExecContext(ctx, tx.Rebind(`DELETE FROM users WHERE name_key = ?`), key)
 	if err != nil {
 		return fmt.Errorf("store: delete user %s: %w", name, err)

@@ -4,8 +4,13 @@
 //	go run ./integration/runtests
 //
 // It installs what is missing with apt-get (as root): PostgreSQL, Dovecot,
-// Postfix, slapd, the LDAP tools, swaks, curl, Python, HAProxy and Prometheus
-// (the README lists the packages; a test keeps the two lists equal). It starts one
+// Postfix, slapd, the LDAP tools, swaks, curl, Python, HAProxy, Prometheus,
+// Chromium with the DejaVu fonts (for the browser tests) and npm (the README
+// lists the packages; a test keeps the two lists equal), and with npm
+// axe-core 4 (the accessibility checker the browser tests inject) into a
+// cache directory outside the repository (the user's cache directory,
+// passgate-tests/npm); it passes the path of axe.min.js to the tests in
+// $PASSGATE_AXE_JS. It starts one
 // throwaway PostgreSQL cluster in a temporary directory on a free loopback
 // port, runs `go test -race ./...` against it (the store's contract suite
 // runs on SQLite and on that PostgreSQL; the end-to-end tests in
@@ -51,7 +56,17 @@ var need = []struct{ path, pkg string }{
 	{"/usr/bin/python3", "python3"},
 	{"/usr/sbin/haproxy", "haproxy"},
 	{"/usr/bin/prometheus", "prometheus"},
+	{"/usr/bin/chromium", "chromium"},
+	{"/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "fonts-dejavu-core"},
+	{"/usr/bin/npm", "npm"},
 }
+
+// axeVersion is the npm version range of axe-core that the browser tests
+// run; axeEnv carries the path of its axe.min.js to them.
+const (
+	axeVersion = "axe-core@4"
+	axeEnv     = "PASSGATE_AXE_JS"
+)
 
 // services lists the init scripts of packages whose installation may start
 // the system's own instance; the tests never use those, so a fresh install
@@ -86,6 +101,15 @@ func run() int {
 		if err := install(ctx); err != nil {
 			fmt.Fprintf(os.Stderr, "runtests: %v\n", err)
 			return 1
+		}
+	}
+	if os.Getenv(axeEnv) == "" {
+		axe, err := installAxe(ctx, !*noInstall)
+		if err != nil {
+			// The browser tests that need it fail and say why.
+			fmt.Fprintf(os.Stderr, "runtests: %v\n", err)
+		} else {
+			os.Setenv(axeEnv, axe)
 		}
 	}
 
@@ -167,6 +191,37 @@ func install(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// installAxe returns the path of axe-core's axe.min.js in the cache
+// directory, installing it there with npm first when it is missing and
+// install is true.
+func installAxe(ctx context.Context, install bool) (string, error) {
+	cache, err := os.UserCacheDir()
+	if err != nil {
+		return "", fmt.Errorf("axe-core: no cache directory to install it into (set $%s to axe.min.js): %w", axeEnv, err)
+	}
+	dir := filepath.Join(cache, "passgate-tests", "npm")
+	js := filepath.Join(dir, "node_modules", "axe-core", "axe.min.js")
+	if _, err := os.Stat(js); err == nil {
+		return js, nil
+	}
+	if !install {
+		return "", fmt.Errorf("axe-core is not in %s and -no-install was given: run once without -no-install, or set $%s to axe.min.js", dir, axeEnv)
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", fmt.Errorf("axe-core: %w", err)
+	}
+	fmt.Printf("runtests: installing %s into %s\n", axeVersion, dir)
+	cmd := exec.CommandContext(ctx, "npm", "install", "--prefix", dir, "--no-audit", "--no-fund", "--no-save", axeVersion)
+	cmd.Stdout, cmd.Stderr = prefixed("npm: "), prefixed("npm: ")
+	if err := cmd.Run(); err != nil {
+		return "", fmt.Errorf("npm install %s: %w (is the npm registry reachable?)", axeVersion, err)
+	}
+	if _, err := os.Stat(js); err != nil {
+		return "", fmt.Errorf("npm installed %s but %w", axeVersion, err)
+	}
+	return js, nil
 }
 
 func prefixed(p string) io.Writer {

@@ -27,7 +27,9 @@ type env struct {
 	Stdout, Stderr io.Writer
 	Getenv         func(string) string
 	Now            func() time.Time
-	// Stdin is where a confirmation is read; nil reads nothing.
+	// Stdin is where a confirmation or a password is read; nil reads
+	// nothing for a confirmation, the process's standard input for a
+	// password.
 	Stdin io.Reader
 	// Interactive reports whether Stdin is a terminal a person answers
 	// on; nil means no.

@@ -14,6 +14,7 @@ import (
 
 	"github.com/passgate/passgate/backends/apppass"
 	"github.com/passgate/passgate/backends/store"
+	"github.com/passgate/passgate/backends/verify"
 	"github.com/passgate/passgate/cmd/passgate/demo"
 	"github.com/passgate/passgate/configs"
 )
@@ -39,21 +40,22 @@ func demoMessages() []string {
 // user whose MFA is enforced and one app password. It prints what to try
 // and runs until ctx ends (Ctrl-C), then exits 0.
 func cmdDemo(ctx context.Context, e *env, args []string) int {
-	f := newFlags("demo", "[--imap ADDR] [--smtp ADDR]",
+	f := newFlags("demo", "[--imap ADDR] [--smtp ADDR] [--web ADDR]",
 		"Run passgate on a throwaway embedded store in front of in-process IMAP and SMTP servers, with a\n"+
 			"demo user whose MFA is enforced, and print what to try. Ctrl-C stops it.")
 	imapAddr := f.String("imap", "127.0.0.1:1143", "`ADDR` of the demo's IMAP listener")
 	smtpAddr := f.String("smtp", "127.0.0.1:1587", "`ADDR` of the demo's SMTP listener")
+	webAddr := f.String("web", "127.0.0.1:8080", "`ADDR` of the demo's Security info portal (plain HTTP on loopback)")
 	if _, code, ok := e.parse(f, args, 0, 0); !ok {
 		return code
 	}
-	if err := runDemo(ctx, e, *imapAddr, *smtpAddr); err != nil {
+	if err := runDemo(ctx, e, *imapAddr, *smtpAddr, *webAddr); err != nil {
 		return e.fail(f.path, err)
 	}
 	return 0
 }
 
-func runDemo(ctx context.Context, e *env, imapAddr, smtpAddr string) error {
+func runDemo(ctx context.Context, e *env, imapAddr, smtpAddr, webAddr string) error {
 	dir, err := os.MkdirTemp("", "passgate-demo-")
 	if err != nil {
 		return fmt.Errorf("make a temporary directory: %w", err)
@@ -102,6 +104,8 @@ func runDemo(ctx context.Context, e *env, imapAddr, smtpAddr string) error {
 		MasterUser: "passgate", MasterPasswordFile: secretFile, ForwardClient: "none",
 		DialTimeout: cfg.SMTP.Upstream.DialTimeout,
 	}
+	cfg.Web.Listen = webAddr
+	cfg.Web.Verify = "store" // the demo user's password, hashed below
 	if err := cfg.Validate(); err != nil {
 		return fmt.Errorf("demo configuration: %w", err)
 	}
@@ -115,6 +119,9 @@ func runDemo(ctx context.Context, e *env, imapAddr, smtpAddr string) error {
 		return err
 	}
 	_, secret, err := st.CreateAppPassword(ctx, store.NewAppPassword{User: demoUser, Label: "demo"})
+	if err == nil {
+		err = setDemoPassword(ctx, st)
+	}
 	st.Close()
 	if err != nil {
 		return err
@@ -135,6 +142,14 @@ func runDemo(ctx context.Context, e *env, imapAddr, smtpAddr string) error {
 		if smtp != "" {
 			fmt.Fprintf(&b, "Send a message through passgate's SMTP listener (the demo's upstream prints it here):\n\n")
 			fmt.Fprintf(&b, "  printf 'Subject: hello\\r\\n\\r\\nsent through passgate\\r\\n' | curl -s 'smtp://%s' --user '%s:%s' --mail-from demo@example.test --mail-rcpt friend@example.test --upload-file -\n\n", smtp, demoUser, secret)
+		}
+		if web := addrs["web"]; web != "" {
+			pub, _ := webPublicURL(cfg, web)
+			fmt.Fprintf(&b, "Create your own app password in the Security info portal:\n\n")
+			fmt.Fprintf(&b, "  open %s in a browser, sign in as %s with the password %s,\n", pub, demoUser, demoPrimary)
+			fmt.Fprintf(&b, "  register an authenticator app (scan the QR code, type a code), then Add sign-in method > App password,\n")
+			fmt.Fprintf(&b, "  and use the password it shows in place of PASSWORD:\n\n")
+			fmt.Fprintf(&b, "  curl -s 'imap://%s/INBOX' --user '%s:PASSWORD' -X 'FETCH 1:* ENVELOPE'\n\n", imap, demoUser)
 		}
 		fmt.Fprintf(&b, "Loopback is a trusted network in the demo, so no TLS is needed; in production passwords are refused before TLS.\n")
 		fmt.Fprint(e.Stdout, b.String())
@@ -178,3 +193,13 @@ func runDemo(ctx context.Context, e *env, imapAddr, smtpAddr string) error {
 // demoForceGrace bounds how long a second Ctrl-C waits for the demo's
 // listeners once its upstreams are closed.
 const demoForceGrace = time.Second
+
+// setDemoPassword stores the demo user's primary password for the
+// portal's store verifier.
+func setDemoPassword(ctx context.Context, st *store.Store) error {
+	h, err := verify.HashPassword(demoPrimary)
+	if err != nil {
+		return err
+	}
+	return st.SetPasswordHash(ctx, demoUser, h)
+}

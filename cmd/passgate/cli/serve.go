@@ -155,6 +155,13 @@ func serve(ctx context.Context, e *env, cfg *configs.Config, log *slog.Logger, o
 	if len(services) == 0 {
 		return errNoListener
 	}
+	if cfg.Web.Listen != "" {
+		web, err := buildWeb(d, st) // serve_web.go
+		if err != nil {
+			return err
+		}
+		services = append(services, web)
+	}
 	if m != nil {
 		services = append(services, metricsService(m, cfg.Metrics.Listen, st, log))
 	}

@@ -14,6 +14,7 @@ func cmdUser(ctx context.Context, e *env, args []string) int {
 		{"add", "add a user", cmdUserAdd},
 		{"list", "list users", cmdUserList},
 		{"set-mfa", "change a user's MFA state", cmdUserSetMFA},
+		{"set-password", "set a user's primary password for the portal (web.verify: store), read from standard input", cmdUserSetPassword},
 		{"delete", "delete a user and all the user's app passwords", cmdUserDelete},
 	}, args)
 }

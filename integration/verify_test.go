@@ -1,0 +1,61 @@
+package integration
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/passgate/passgate/backends/verify"
+)
+
+// TestVerifyIMAPAndLDAP checks the portal's primary-password verifiers
+// against the real Dovecot and slapd: the right password passes, a wrong
+// one or an unknown user is ErrRefused, and a server that is not there is
+// a fault, never a refusal.
+func TestVerifyIMAPAndLDAP(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	d := env.dovecot
+	sl := ldapEnv(t).slapd
+	ldapCerts := ldapEnv(t).certs
+	verifiers := map[string]verify.Verifier{
+		"imap/starttls": &verify.IMAP{Addresses: []string{d.IMAPAddr}, TLS: "starttls", TLSConfig: env.certs.ClientTLS()},
+		"imap/implicit": &verify.IMAP{Addresses: []string{"127.0.0.1:1", d.IMAPSAddr}, TLS: "implicit", TLSConfig: env.certs.ClientTLS()},
+		"ldap/starttls": &verify.LDAP{URL: sl.URL, StartTLS: true, TLSConfig: ldapCerts.ClientTLS(), Templates: []string{"uid={user},ou=nobody,dc=example,dc=test", sl.UserTemplate}},
+	}
+	users := map[string]map[string]string{"imap": d.Users, "ldap": sl.Users}
+	for name, v := range verifiers {
+		kind := name[:4]
+		pw := users[kind]["alice"]
+		if pw == "" {
+			t.Fatalf("%s: the test server has no alice", name)
+		}
+		for _, tc := range []struct {
+			name, user, pw string
+			want           error
+		}{
+			{"ok", "alice", pw, nil},
+			{"wrong-password", "alice", pw + "x", verify.ErrRefused},
+			{"unknown-user", "nobody-here", pw, verify.ErrRefused},
+			{"empty-password", "alice", "", verify.ErrRefused},
+		} {
+			t.Run(name+"/"+tc.name, func(t *testing.T) {
+				if err := v.Verify(ctx, tc.user, tc.pw); !errors.Is(err, tc.want) || (tc.want == nil && err != nil) {
+					t.Fatalf("Verify = %v, want %v", err, tc.want)
+				}
+			})
+		}
+	}
+	for name, v := range map[string]verify.Verifier{
+		"imap/down": &verify.IMAP{Addresses: []string{"127.0.0.1:1"}, TLS: "none", DialTimeout: time.Second},
+		"ldap/down": &verify.LDAP{URL: "ldap://127.0.0.1:1", Templates: []string{sl.UserTemplate}, DialTimeout: time.Second},
+	} {
+		t.Run(name, func(t *testing.T) {
+			err := v.Verify(ctx, "alice", "x")
+			if err == nil || errors.Is(err, verify.ErrRefused) {
+				t.Fatalf("Verify against a closed port = %v, want a fault", err)
+			}
+		})
+	}
+}
