@@ -199,6 +199,7 @@ func parsePages() (map[string]*template.Template, error) {
 	funcs := template.FuncMap{
 		"stamp": func(t time.Time) string { return t.UTC().Format("2006-01-02 15:04 UTC") },
 		"join":  strings.Join,
+		"upper": strings.ToUpper,
 	}
 	names, err := fs.Glob(assets, "templates/*.html")
 	if err != nil {

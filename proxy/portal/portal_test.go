@@ -399,7 +399,18 @@ func TestAppPasswords(t *testing.T) {
 	mustContain(t, r, "limit reached (2)")
 
 	r = b.get("/security-info")
-	mustContain(t, r, `aria-label="Delete Outlook 2010"`, "Scopes: imap, smtp", "Last used: never")
+	mustContain(t, r, `aria-label="Delete Outlook 2010"`, "Scopes: imap, smtp", "Last used: never", "; expires ")
+	// The last use as the decision records it: time, address (with the
+	// client's port, which the page leaves out), protocol, client name.
+	used := h.clock.Now().Add(time.Minute)
+	if err := h.st.TouchAppPassword(context.Background(), ap.ID, store.Usage{At: used, Addr: "[::ffff:192.0.2.7]:51234", Proto: "imap", Client: "Thunderbird 128.0"}); err != nil {
+		t.Fatal(err)
+	}
+	r = b.get("/security-info")
+	mustContain(t, r, "Last used: "+used.UTC().Format("2006-01-02 15:04 UTC")+" from 192.0.2.7 over IMAP by Thunderbird 128.0")
+	if strings.Contains(r.body, "51234") {
+		t.Fatal("the page shows the port of the last use")
+	}
 	r = b.get("/delete/app-password/" + itoa(ap.ID))
 	mustContain(t, r, "Outlook 2010 will stop working", "cannot be undone", ">Yes</button>", ">Cancel</button>")
 	r = b.post("/delete/app-password/"+itoa(ap.ID), url.Values{})
