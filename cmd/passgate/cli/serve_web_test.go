@@ -161,7 +161,9 @@ func TestServePortalOnly(t *testing.T) {
 	ready := make(chan map[string]string, 1)
 	served := make(chan error, 1)
 	e := &env{Stdout: io.Discard, Stderr: io.Discard, Getenv: func(string) string { return "" }, Now: time.Now}
-	go func() { served <- serve(ctx, e, cfg, log, &serveOverrides{ready: func(m map[string]string) { ready <- m }}) }()
+	go func() {
+		served <- serve(ctx, e, cfg, log, &serveOverrides{ready: func(m map[string]string) { ready <- m }})
+	}()
 	var addrs map[string]string
 	select {
 	case addrs = <-ready:
