@@ -13,6 +13,7 @@ import (
 
 	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/chromedp"
+	"github.com/emersion/go-imap/v2"
 	"github.com/pquerna/otp/totp"
 
 	"github.com/passgate/passgate/integration/testenv"
@@ -379,8 +380,12 @@ func TestPortalFlow(t *testing.T) {
 	w.see("heading", "Security info")
 	w.seeText("Outlook 2010")
 
-	// The app password opens IMAP through passgate.
+	// The app password opens IMAP through passgate; the client names
+	// itself with ID first, as Outlook and Thunderbird do.
 	c := p.dial(t, true, "", nil)
+	if _, err := c.ID(&imap.IDData{Name: "Outlook", Version: "14.0"}).Wait(); err != nil {
+		t.Fatalf("IMAP ID before LOGIN: %v", err)
+	}
 	if err := c.Login("alice", shown).Wait(); err != nil {
 		t.Fatalf("IMAP LOGIN with the app password from the portal: %v", err)
 	}
@@ -394,6 +399,13 @@ func TestPortalFlow(t *testing.T) {
 	w.visit("/")
 	w.see("heading", "Security info")
 	w.seeText("Outlook 2010")
+	// Its last use: time, address without the port, protocol, client
+	// name; the sessions in a short form with their address.
+	w.seeText("from 127.0.0.1 over IMAP by Outlook 14.0")
+	w.seeText("Chrome on Linux")
+	if txt := w.page(); !strings.Contains(txt, "Signed in ") || !strings.Contains(txt, " from 127.0.0.1;") || strings.Contains(txt, "Mozilla/") {
+		t.Errorf("the sessions list does not show browser, address and start time in short:\n%s", txt)
+	}
 	axeClean(t, w.ctx, "Security info")
 	for _, s := range []struct {
 		name string
