@@ -399,7 +399,7 @@ func TestAppPasswords(t *testing.T) {
 	mustContain(t, r, "limit reached (2)")
 
 	r = b.get("/security-info")
-	mustContain(t, r, `aria-label="Delete Outlook 2010"`, "Scopes: imap, smtp", "Last used: never", "; expires ")
+	mustContain(t, r, `aria-label="Delete Outlook 2010"`, "Scopes: IMAP, SMTP", "Last used: never", "; expires ")
 	// The last use as the decision records it: time, address (with the
 	// client's port, which the page leaves out), protocol, client name.
 	used := h.clock.Now().Add(time.Minute)
