@@ -548,3 +548,28 @@ func TestSecondFactorTriesEndSession(t *testing.T) {
 		t.Fatal("the session survived five wrong codes")
 	}
 }
+
+// TestReauthWhileRegistering: a user who has no second factor yet and
+// signed in more than 5 minutes ago types the password again before
+// registering one, and stays limited to registering.
+func TestReauthWhileRegistering(t *testing.T) {
+	h := newHarness(t, nil)
+	b := h.browser()
+	b.signIn("alice", "alice-pw")
+	h.clock.Add(6 * time.Minute)
+	if r := b.get("/add/authenticator-app"); r.url != "/verify-identity" || secretRE.MatchString(r.body) {
+		t.Fatalf("registering 6 minutes after sign-in: at %s", r.url)
+	}
+	if r := b.post("/verify-identity", url.Values{"password": {"nope"}}); r.status != http.StatusUnauthorized {
+		t.Fatalf("a wrong password at re-authentication = %d", r.status)
+	}
+	before := b.cookie()
+	r := b.post("/verify-identity", url.Values{"password": {"alice-pw"}})
+	if r.url != "/add/authenticator-app" || !secretRE.MatchString(r.body) || b.cookie() == before {
+		t.Fatalf("after the password: at %s, new id %v", r.url, b.cookie() != before)
+	}
+	if r := b.get("/add/app-password"); r.url != "/security-info" {
+		t.Fatalf("re-authentication with the password alone opened the app password page (at %s)", r.url)
+	}
+	b.registerTOTP()
+}

@@ -192,7 +192,7 @@ func (s *Server) handleReauthPage(w http.ResponseWriter, r *http.Request) {
 func (s *Server) handleReauth(w http.ResponseWriter, r *http.Request) {
 	r.Body = http.MaxBytesReader(w, r.Body, 8<<10)
 	started := s.now()
-	ss, ok := s.full(w, r, false)
+	ss, ok := s.full(w, r, true)
 	if !ok {
 		return
 	}
@@ -213,7 +213,9 @@ func (s *Server) handleReauth(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !m.HasSecondFactor() {
-		if _, err := s.startSession(w, r, ss, ss.User, stageFull, s.now(), sessionData{}); err != nil {
+		// Nothing more to ask: a new id, the same stage (a user who is
+		// registering stays limited to registering).
+		if _, err := s.startSession(w, r, ss, ss.User, ss.Stage, s.now(), sessionData{}); err != nil {
 			s.fault(w, r, err)
 			return
 		}
