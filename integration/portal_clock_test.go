@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pquerna/otp/totp"
+
 	"github.com/passgate/passgate/backends/store"
 	"github.com/passgate/passgate/policy/account"
 	pgportal "github.com/passgate/passgate/proxy/portal"
@@ -158,4 +160,140 @@ func signedIn(t *testing.T, c *http.Client, base string) bool {
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 	return resp.StatusCode == http.StatusOK && strings.Contains(string(body), "Sign out")
+}
+
+// TestPortalReauthentication runs the portal in-process with a moved
+// clock, in Chromium: more than 5 minutes after sign-in, adding a method
+// and deleting an app password each ask for the password and then the
+// second factor ("Verify it's you"); the password alone opens nothing,
+// and after both the change goes on where it was asked.
+func TestPortalReauthentication(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	st, err := store.Open(ctx, store.Options{Driver: "sqlite", DSN: filepath.Join(dir, "passgate.db"), KeyFile: filepath.Join(dir, "passgate.key")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if _, err := st.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.AddUser(ctx, "alice", store.MFAEnabled); err != nil {
+		t.Fatal(err)
+	}
+	clock := &movingClock{now: time.Now()}
+	srv := httptest.NewUnstartedServer(nil)
+	tlsCfg, err := env.certs.ServerTLS()
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.TLS = tlsCfg
+	srv.StartTLS()
+	defer srv.Close()
+	pub, _ := url.Parse("https://localhost:" + srv.URL[strings.LastIndex(srv.URL, ":")+1:])
+	p, err := pgportal.New(pgportal.Options{
+		PublicURL: pub,
+		SignIn:    onePassword{"alice", "alice-pw"},
+		Accounts:  account.New(account.Options{Store: st, Now: clock.Now}),
+		Sessions:  st,
+		Now:       clock.Now,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Config.Handler = p
+
+	tabCtx, b := tab(t)
+	w := &portal{t: t, ctx: tabCtx, b: b, base: pub.String()}
+	w.visit("/")
+	w.signIn("alice", "alice-pw")
+	w.see("heading", "Security info")
+
+	// Register an authenticator app (codes from the test's clock) and an
+	// app password, within 5 minutes of sign-in: no re-authentication.
+	w.press("Add sign-in method")
+	w.choose("Authenticator app")
+	w.press("Add")
+	secret := normalizeSecret(w.text("", "Secret key"))
+	code := func() string {
+		t.Helper()
+		clock.advance(30 * time.Second) // a new time step: a code is accepted once
+		c, err := totp.GenerateCode(secret, clock.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	w.fill("Code", code())
+	w.press("Next")
+	w.see("heading", "Recovery codes")
+	w.press("Done")
+	w.press("Add sign-in method")
+	w.choose("App password")
+	w.press("Add")
+	w.fill("Name", "Outlook 2010")
+	w.press("Next")
+	w.see("button", "Copy")
+	w.press("Done")
+	w.see("heading", "Security info")
+
+	// verify walks "Verify it's you": the password, then (checked to be
+	// needed) the code.
+	verify := func(what string) {
+		t.Helper()
+		w.see("heading", "Verify your identity")
+		if w.has("textbox", "Code") {
+			t.Fatalf("%s: a code is asked before the password", what)
+		}
+		w.fill("Password", "wrong")
+		w.press("Next")
+		if msg := w.alert(); msg == "" {
+			t.Fatalf("%s: a wrong password was not refused", what)
+		}
+		w.fill("Password", "alice-pw")
+		w.press("Next")
+		w.see("textbox", "Code")
+		// The password alone opens no page that changes anything.
+		for _, path := range []string{"/add", "/add/app-password", "/security-info"} {
+			w.visit(path)
+			if w.has("heading", "Add sign-in method") || w.has("heading", "App password") || w.has("heading", "Security info") {
+				t.Fatalf("%s: %s opened after the password alone, without the second factor", what, path)
+			}
+			w.see("textbox", "Code")
+		}
+		axeClean(t, w.ctx, "re-authentication, second factor")
+		w.fill("Code", code())
+		w.press("Verify")
+	}
+
+	// Adding a method 6 minutes after sign-in.
+	clock.advance(6 * time.Minute)
+	w.press("Add sign-in method")
+	axeClean(t, w.ctx, "re-authentication, password")
+	verify("add a method")
+	w.see("heading", "Add sign-in method")
+
+	// Within 5 minutes of that, a change needs nothing more.
+	w.visit("/security-info")
+	w.press("Delete Outlook 2010")
+	w.see("button", "Yes")
+	w.press("Cancel")
+	w.see("heading", "Security info")
+
+	// Deleting an app password 6 minutes later.
+	clock.advance(6 * time.Minute)
+	w.press("Delete Outlook 2010")
+	verify("delete an app password")
+	w.see("button", "Yes")
+	if txt := w.page(); !strings.Contains(txt, "Outlook 2010") || !strings.Contains(strings.ToLower(txt), "cannot be undone") {
+		t.Errorf("the confirmation after re-authentication does not name the app or say it cannot be undone:\n%s", txt)
+	}
+	w.press("Yes")
+	w.see("heading", "Security info")
+	if w.has("link|button", "Delete Outlook 2010") {
+		t.Errorf("Outlook 2010 is still listed after re-authentication, Delete → Yes")
+	}
+	if aps, err := st.ListAppPasswords(ctx, "alice"); err != nil || len(aps) != 0 {
+		t.Errorf("app passwords after the delete: %v, %v", aps, err)
+	}
 }

@@ -1,18 +1,24 @@
 package integration
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/chromedp"
+	"github.com/emersion/go-imap/v2"
 	"github.com/pquerna/otp/totp"
 
 	"github.com/passgate/passgate/integration/testenv"
@@ -379,8 +385,12 @@ func TestPortalFlow(t *testing.T) {
 	w.see("heading", "Security info")
 	w.seeText("Outlook 2010")
 
-	// The app password opens IMAP through passgate.
+	// The app password opens IMAP through passgate; the client names
+	// itself with ID first, as Outlook and Thunderbird do.
 	c := p.dial(t, true, "", nil)
+	if _, err := c.ID(&imap.IDData{Name: "Outlook", Version: "14.0"}).Wait(); err != nil {
+		t.Fatalf("IMAP ID before LOGIN: %v", err)
+	}
 	if err := c.Login("alice", shown).Wait(); err != nil {
 		t.Fatalf("IMAP LOGIN with the app password from the portal: %v", err)
 	}
@@ -394,6 +404,13 @@ func TestPortalFlow(t *testing.T) {
 	w.visit("/")
 	w.see("heading", "Security info")
 	w.seeText("Outlook 2010")
+	// Its last use: time, address without the port, protocol, client
+	// name; the sessions in a short form with their address.
+	w.seeText("from 127.0.0.1 over IMAP by Outlook 14.0")
+	w.seeText("Chrome on Linux")
+	if txt := w.page(); !strings.Contains(txt, "Signed in ") || !strings.Contains(txt, " from 127.0.0.1;") || strings.Contains(txt, "Mozilla/") {
+		t.Errorf("the sessions list does not show browser, address and start time in short:\n%s", txt)
+	}
 	axeClean(t, w.ctx, "Security info")
 	for _, s := range []struct {
 		name string
@@ -742,5 +759,99 @@ func TestPortalLockout(t *testing.T) {
 	}
 	if strings.Contains(p.out.String(), env.dovecot.Users["bob"]) {
 		t.Errorf("passgate's log holds bob's password")
+	}
+}
+
+// TestPortalCertificateReload runs the binary with the portal alone
+// (web.listen, no protocol listener): the portal serves HTTPS with
+// tls.cert_file, and after the files are replaced, SIGHUP makes it
+// present the new certificate without a restart.
+func TestPortalCertificateReload(t *testing.T) {
+	bin := passgateBinary(t)
+	dir := t.TempDir()
+	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	install := func(c *testenv.Certs) {
+		t.Helper()
+		for src, dst := range map[string]string{c.CertFile: certFile, c.KeyFile: keyFile} {
+			b, err := os.ReadFile(src)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(dst+".new", b, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Rename(dst+".new", dst); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	install(env.certs)
+	port, err := testenv.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	cfg := filepath.Join(dir, "passgate.yaml")
+	yaml := fmt.Sprintf("store:\n  dsn: %q\nkey_file: %q\ntls:\n  cert_file: %q\n  key_file: %q\nweb:\n  listen: %s\n  verify: store\n",
+		filepath.Join(dir, "passgate.db"), filepath.Join(dir, "passgate.key"), certFile, keyFile, addr)
+	if err := os.WriteFile(cfg, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "serve", "--config", cfg)
+	var out lockedBuffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	for deadline := time.Now().Add(patience); !dialable(addr); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("passgate serve with only web.listen does not listen:\n%s", out.String())
+		}
+	}
+	// presented returns the certificate the portal presents to a client
+	// that trusts c, and the status of GET /signin.
+	presented := func(c *testenv.Certs) ([]byte, int) {
+		t.Helper()
+		tc := c.ClientTLS()
+		tc.ServerName = "localhost"
+		client := &http.Client{Transport: &http.Transport{TLSClientConfig: tc}, Timeout: 30 * time.Second}
+		resp, err := client.Get("https://" + addr + "/signin")
+		if err != nil {
+			t.Fatalf("GET /signin over HTTPS: %v\n%s", err, out.String())
+		}
+		defer resp.Body.Close()
+		if resp.TLS == nil || len(resp.TLS.PeerCertificates) == 0 {
+			t.Fatal("no TLS on the portal")
+		}
+		if resp.Header.Get("Strict-Transport-Security") == "" {
+			t.Error("no HSTS header over HTTPS")
+		}
+		return resp.TLS.PeerCertificates[0].Raw, resp.StatusCode
+	}
+	first, status := presented(env.certs)
+	if status != http.StatusOK {
+		t.Fatalf("GET /signin = %d", status)
+	}
+
+	next, err := testenv.NewCerts(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	install(next)
+	cmd.Process.Signal(syscall.SIGHUP)
+	for deadline := time.Now().Add(patience); !strings.Contains(out.String(), "certificate reloaded"); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no reload after SIGHUP:\n%s", out.String())
+		}
+	}
+	second, status := presented(next)
+	if status != http.StatusOK || bytes.Equal(first, second) {
+		t.Errorf("after SIGHUP: GET /signin = %d, new certificate presented: %v", status, !bytes.Equal(first, second))
+	}
+	cmd.Process.Signal(syscall.SIGTERM)
+	if err := cmd.Wait(); err != nil {
+		t.Errorf("serve after SIGTERM: %v\n%s", err, out.String())
 	}
 }

@@ -169,7 +169,7 @@ func (e *Engine) Decide(ctx context.Context, a Attempt) (*Login, error) {
 		return l, nil
 	}
 	// Step 1.
-	if !e.PlaintextAllowed(a.Client, a.TLS) {
+	if !e.PlaintextAllowed(a.Client, a.TLS || (a.Local && a.Client.Addr().Unmap().IsLoopback())) {
 		l.plaintext = true
 		return deny("plaintext credentials without TLS from an untrusted network")
 	}
@@ -382,6 +382,9 @@ func (e *Engine) audit(ctx context.Context, l *Login, outcome Outcome) {
 func (e *Engine) event(l *Login, outcome Outcome) store.AuditEvent {
 	a := l.a
 	detail := "credential=" + l.Describe() + " tls=" + boolStr(a.TLS) + " reason=" + l.reason
+	if a.Local && !a.TLS {
+		detail += " loopback=yes"
+	}
 	if a.ClientName != "" {
 		detail += " client=" + a.ClientName
 	}

@@ -136,6 +136,8 @@ func TestDecide(t *testing.T) {
 		{name: "ok/no-row-default-disabled", attempt: Attempt{Proto: LDAP, User: "zed", Secret: primaryPW, TLS: true, Client: tlsClient}, allow: true, kind: Primary},
 		{name: "ok/enabled-primary", attempt: Attempt{Proto: IMAP, User: "erin", Secret: primaryPW, TLS: true, Client: tlsClient}, allow: true, kind: Primary},
 		{name: "ok/enabled-app-password", attempt: Attempt{Proto: IMAP, User: "erin", Secret: goodApp, TLS: true, Client: tlsClient}, allow: true, kind: AppPassword},
+		{name: "ok/plaintext-loopback-to-loopback", attempt: Attempt{Proto: IMAP, User: "alice", Secret: goodApp, TLS: false, Local: true, Client: netip.MustParseAddrPort("[::ffff:127.0.0.1]:5000")}, allow: true, kind: AppPassword},
+		{name: "fail/plaintext-local-claimed-from-afar", attempt: Attempt{Proto: IMAP, User: "alice", Secret: goodApp, TLS: false, Local: true, Client: tlsClient}, reason: "plaintext", noLookups: true},
 		{name: "fail/plaintext-untrusted", attempt: Attempt{Proto: IMAP, User: "alice", Secret: goodApp, TLS: false, Client: tlsClient}, reason: "plaintext", noLookups: true},
 		{name: "fail/enforced-primary", attempt: Attempt{Proto: IMAP, User: "alice", Secret: primaryPW, TLS: true, Client: tlsClient}, reason: "enforced"},
 		{name: "fail/enforced-wrong-app-shaped", attempt: Attempt{Proto: IMAP, User: "alice", Secret: "aaaabbbbccccdddd", TLS: true, Client: tlsClient}, reason: "enforced"},
@@ -592,4 +594,19 @@ func TestWeb(t *testing.T) {
 			t.Fatalf("events = %+v", fs.events)
 		}
 	})
+}
+
+// TestLoopbackPlaintextAuditedAsNoTLS: credentials in plain text between
+// two loopback addresses pass step 1, and the audit says tls=no (it
+// does not claim TLS that was not there).
+func TestLoopbackPlaintextAuditedAsNoTLS(t *testing.T) {
+	fs := newFake()
+	e := New(Options{Store: fs, FailureDelay: -1})
+	d, err := e.Decide(context.Background(), Attempt{Proto: IMAP, User: "alice", Secret: goodApp, Local: true, Client: netip.MustParseAddrPort("127.0.0.1:5000")})
+	if err != nil || !d.Allowed() {
+		t.Fatalf("Decide = %v, %v (%s)", d.Allowed(), err, d.Reason())
+	}
+	if len(fs.events) != 1 || !strings.Contains(fs.events[0].Detail, "tls=no") || !strings.Contains(fs.events[0].Detail, "loopback=yes") {
+		t.Fatalf("audit events %+v, want one with tls=no loopback=yes", fs.events)
+	}
 }

@@ -90,6 +90,12 @@ type Attempt struct {
 	// Received is when the credentials arrived: the failure delay counts
 	// from it. Zero: Decide uses its own clock.
 	Received time.Time
+	// Local says the credentials went in plain text from a loopback
+	// address to a loopback address (the portal's plain HTTP on
+	// loopback): they never crossed a network, so step 1 lets them
+	// through as it lets TLS, while the audit still says tls=no. It
+	// counts only when Client is a loopback address.
+	Local bool
 }
 
 // LogValue logs the attempt without its secret.

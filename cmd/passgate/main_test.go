@@ -605,7 +605,7 @@ func TestConfigPrecedence(t *testing.T) {
 func TestServeWithoutListenerCreatesNothing(t *testing.T) {
 	s := newSandbox(t)
 	r := s.run("serve")
-	if r.code != 1 || !strings.Contains(r.stderr, "no listener configured: set imap.listen, smtp.listen or ldap.listen") {
+	if r.code != 1 || !strings.Contains(r.stderr, "no listener configured: set imap.listen, smtp.listen or ldap.listen (or their listen_tls), or web.listen") {
 		t.Fatalf("serve without a listener:\n%v", r)
 	}
 	for _, f := range []string{s.db, filepath.Join(filepath.Dir(s.db), "passgate.key")} {

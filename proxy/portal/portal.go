@@ -48,9 +48,14 @@ type Attempt struct {
 	User       string
 	Password   string // the primary password, first step only; never logged
 	Client     netip.AddrPort
-	TLS        bool
+	TLS        bool   // the request came over TLS
 	ClientName string // the browser's User-Agent
 	Started    time.Time
+	// Local says the request came in plain HTTP from a loopback address
+	// to a loopback address (a browser on this machine, or a
+	// TLS-terminating proxy here): its credentials never crossed a
+	// network, though it is not TLS.
+	Local bool
 }
 
 // LogValue logs the attempt without its password.
@@ -199,6 +204,7 @@ func parsePages() (map[string]*template.Template, error) {
 	funcs := template.FuncMap{
 		"stamp": func(t time.Time) string { return t.UTC().Format("2006-01-02 15:04 UTC") },
 		"join":  strings.Join,
+		"upper": strings.ToUpper,
 	}
 	names, err := fs.Glob(assets, "templates/*.html")
 	if err != nil {

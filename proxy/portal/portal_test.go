@@ -399,7 +399,18 @@ func TestAppPasswords(t *testing.T) {
 	mustContain(t, r, "limit reached (2)")
 
 	r = b.get("/security-info")
-	mustContain(t, r, `aria-label="Delete Outlook 2010"`, "Scopes: imap, smtp", "Last used: never")
+	mustContain(t, r, `aria-label="Delete Outlook 2010"`, "Scopes: IMAP, SMTP", "Last used: never", "; expires ")
+	// The last use as the decision records it: time, address (with the
+	// client's port, which the page leaves out), protocol, client name.
+	used := h.clock.Now().Add(time.Minute)
+	if err := h.st.TouchAppPassword(context.Background(), ap.ID, store.Usage{At: used, Addr: "[::ffff:192.0.2.7]:51234", Proto: "imap", Client: "Thunderbird 128.0"}); err != nil {
+		t.Fatal(err)
+	}
+	r = b.get("/security-info")
+	mustContain(t, r, "Last used: "+used.UTC().Format("2006-01-02 15:04 UTC")+" from 192.0.2.7 over IMAP by Thunderbird 128.0")
+	if strings.Contains(r.body, "51234") {
+		t.Fatal("the page shows the port of the last use")
+	}
 	r = b.get("/delete/app-password/" + itoa(ap.ID))
 	mustContain(t, r, "Outlook 2010 will stop working", "cannot be undone", ">Yes</button>", ">Cancel</button>")
 	r = b.post("/delete/app-password/"+itoa(ap.ID), url.Values{})
@@ -536,4 +547,29 @@ func TestSecondFactorTriesEndSession(t *testing.T) {
 	if b.cookie() != "" {
 		t.Fatal("the session survived five wrong codes")
 	}
+}
+
+// TestReauthWhileRegistering: a user who has no second factor yet and
+// signed in more than 5 minutes ago types the password again before
+// registering one, and stays limited to registering.
+func TestReauthWhileRegistering(t *testing.T) {
+	h := newHarness(t, nil)
+	b := h.browser()
+	b.signIn("alice", "alice-pw")
+	h.clock.Add(6 * time.Minute)
+	if r := b.get("/add/authenticator-app"); r.url != "/verify-identity" || secretRE.MatchString(r.body) {
+		t.Fatalf("registering 6 minutes after sign-in: at %s", r.url)
+	}
+	if r := b.post("/verify-identity", url.Values{"password": {"nope"}}); r.status != http.StatusUnauthorized {
+		t.Fatalf("a wrong password at re-authentication = %d", r.status)
+	}
+	before := b.cookie()
+	r := b.post("/verify-identity", url.Values{"password": {"alice-pw"}})
+	if r.url != "/add/authenticator-app" || !secretRE.MatchString(r.body) || b.cookie() == before {
+		t.Fatalf("after the password: at %s, new id %v", r.url, b.cookie() != before)
+	}
+	if r := b.get("/add/app-password"); r.url != "/security-info" {
+		t.Fatalf("re-authentication with the password alone opened the app password page (at %s)", r.url)
+	}
+	b.registerTOTP()
 }

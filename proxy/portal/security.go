@@ -6,7 +6,9 @@ import (
 	"errors"
 	"html/template"
 	"image/png"
+	"net"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"strings"
 	"time"
@@ -56,7 +58,21 @@ type securityData struct {
 
 type appPasswordView struct {
 	account.AppPassword
-	Expired bool
+	Expired  bool
+	UsedFrom string // the address of the last use, without its port
+}
+
+// hostOnly returns the address of host:port without the port (the port
+// of a client's connection means nothing to its user); anything else as
+// it is.
+func hostOnly(addr string) string {
+	if ap, err := netip.ParseAddrPort(addr); err == nil {
+		return ap.Addr().Unmap().String()
+	}
+	if host, _, err := net.SplitHostPort(addr); err == nil {
+		return host
+	}
+	return addr
 }
 
 func (s *Server) handleSecurityInfo(w http.ResponseWriter, r *http.Request) {
@@ -78,7 +94,7 @@ func (s *Server) renderSecurityInfo(w http.ResponseWriter, r *http.Request, ss *
 	d.Blocked = d.Register && !s.mayRegister(r, ss)
 	now := s.now()
 	for _, ap := range m.AppPasswords {
-		d.AppPasswords = append(d.AppPasswords, appPasswordView{AppPassword: ap, Expired: ap.Expired(now)})
+		d.AppPasswords = append(d.AppPasswords, appPasswordView{AppPassword: ap, Expired: ap.Expired(now), UsedFrom: hostOnly(ap.LastUsedAddr)})
 	}
 	list, err := s.opts.Sessions.ListWebSessions(ctx, ss.User)
 	if err != nil {
@@ -86,7 +102,7 @@ func (s *Server) renderSecurityInfo(w http.ResponseWriter, r *http.Request, ss *
 		return
 	}
 	for _, o := range list {
-		d.Sessions = append(d.Sessions, sessionView{Created: o.CreatedAt, Seen: o.SeenAt, Addr: o.Addr, Agent: o.Agent, Current: bytes.Equal(o.IDHash, ss.IDHash)})
+		d.Sessions = append(d.Sessions, sessionView{Created: o.CreatedAt, Seen: o.SeenAt, Addr: hostOnly(o.Addr), Agent: describeAgent(o.Agent), Current: bytes.Equal(o.IDHash, ss.IDHash)})
 	}
 	if d.Blocked {
 		errMsg = registerElsewhere

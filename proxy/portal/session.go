@@ -178,9 +178,10 @@ func (s *Server) full(w http.ResponseWriter, r *http.Request, allowReg bool) (*s
 
 // fresh reports whether the session's sign-in is recent enough to add or
 // remove a method or an app password; if not, it sends the user to verify
-// their identity first and back to next afterwards.
+// their identity first (the password, then the second factor when there
+// is one) and back to next afterwards.
 func (s *Server) fresh(w http.ResponseWriter, r *http.Request, ss *sess, next string) bool {
-	if ss.Stage == stageRegister || s.now().Sub(ss.AuthAt) <= s.opts.ReauthAfter {
+	if !s.stale(ss) {
 		return true
 	}
 	ss.data.Next = next
@@ -191,6 +192,9 @@ func (s *Server) fresh(w http.ResponseWriter, r *http.Request, ss *sess, next st
 	http.Redirect(w, r, "/verify-identity", http.StatusSeeOther)
 	return false
 }
+
+// stale reports whether the session's sign-in is older than ReauthAfter.
+func (s *Server) stale(ss *sess) bool { return s.now().Sub(ss.AuthAt) > s.opts.ReauthAfter }
 
 // safeNext returns next if it is one of the portal's own pages.
 func safeNext(next string) string {

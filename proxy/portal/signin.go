@@ -32,16 +32,17 @@ func (s *Server) handleSignInPage(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) attempt(r *http.Request, user, password string) Attempt {
-	return Attempt{User: user, Password: password, Client: clientAddr(r), TLS: protected(r), ClientName: r.UserAgent(), Started: s.now()}
+	return Attempt{User: user, Password: password, Client: clientAddr(r), TLS: r.TLS != nil, Local: loopbackHTTP(r), ClientName: r.UserAgent(), Started: s.now()}
 }
 
-// protected reports whether the request's credentials are safe from the
-// network: it came over TLS, or over plain HTTP from a loopback address to
-// a loopback address (a browser on the same machine, or a TLS-terminating
-// proxy there), where they never crossed a network.
-func protected(r *http.Request) bool {
+// loopbackHTTP reports whether the request came over plain HTTP from a
+// loopback address to a loopback address (a browser on the same machine,
+// or a TLS-terminating proxy there), where its credentials never crossed
+// a network. Such a request is still not TLS: it gets no HSTS header, and
+// the audit says tls=no.
+func loopbackHTTP(r *http.Request) bool {
 	if r.TLS != nil {
-		return true
+		return false
 	}
 	local, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr)
 	if !ok {
@@ -191,7 +192,7 @@ func (s *Server) handleReauthPage(w http.ResponseWriter, r *http.Request) {
 func (s *Server) handleReauth(w http.ResponseWriter, r *http.Request) {
 	r.Body = http.MaxBytesReader(w, r.Body, 8<<10)
 	started := s.now()
-	ss, ok := s.full(w, r, false)
+	ss, ok := s.full(w, r, true)
 	if !ok {
 		return
 	}
@@ -212,7 +213,9 @@ func (s *Server) handleReauth(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !m.HasSecondFactor() {
-		if _, err := s.startSession(w, r, ss, ss.User, stageFull, s.now(), sessionData{}); err != nil {
+		// Nothing more to ask: a new id, the same stage (a user who is
+		// registering stays limited to registering).
+		if _, err := s.startSession(w, r, ss, ss.User, ss.Stage, s.now(), sessionData{}); err != nil {
 			s.fault(w, r, err)
 			return
 		}

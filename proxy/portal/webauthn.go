@@ -96,7 +96,7 @@ func (s *Server) handlePasskeyRegisterBegin(w http.ResponseWriter, r *http.Reque
 	if !ok {
 		return
 	}
-	if !s.mayRegister(r, ss) || (ss.Stage == stageFull && s.now().Sub(ss.AuthAt) > s.opts.ReauthAfter) {
+	if !s.mayRegister(r, ss) || s.stale(ss) {
 		ss.data.Next = "/add/passkey"
 		_ = s.save(r.Context(), ss)
 		writeJSON(w, http.StatusForbidden, ceremonyResult{Redirect: "/verify-identity"})

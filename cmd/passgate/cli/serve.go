@@ -63,7 +63,7 @@ const (
 // until ctx ends (SIGINT or SIGTERM), then drains.
 func cmdServe(ctx context.Context, e *env, args []string) int {
 	f := newFlags("serve", "[--config FILE]",
-		"Run the IMAP, SMTP and LDAP listeners of the configuration until SIGINT or SIGTERM, then drain.\nSIGHUP reloads the TLS certificate.")
+		"Run the IMAP, SMTP and LDAP listeners and the web portal of the configuration until SIGINT or SIGTERM, then drain.\nSIGHUP reloads the TLS certificate.")
 	cfgPath := f.configFlag()
 	if _, code, ok := e.parse(f, args, 0, 0); !ok {
 		return code
@@ -108,7 +108,7 @@ func newLogger(e *env, cfg *configs.Config, defFormat string) *slog.Logger {
 // addresses once every listener accepts (demo prints them).
 func serve(ctx context.Context, e *env, cfg *configs.Config, log *slog.Logger, over *serveOverrides) error {
 	if cfg.IMAP.Listen == "" && cfg.IMAP.ListenTLS == "" && cfg.SMTP.Listen == "" && cfg.SMTP.ListenTLS == "" &&
-		cfg.LDAP.Listen == "" && cfg.LDAP.ListenTLS == "" {
+		cfg.LDAP.Listen == "" && cfg.LDAP.ListenTLS == "" && cfg.Web.Listen == "" {
 		// Said before the store is opened, so that nothing is created.
 		return errNoListener
 	}
@@ -152,15 +152,18 @@ func serve(ctx context.Context, e *env, cfg *configs.Config, log *slog.Logger, o
 	if err != nil {
 		return err
 	}
-	if len(services) == 0 {
-		return errNoListener
-	}
+	// A portal alone is a whole instance: users manage their app
+	// passwords there, and other instances sharing the store serve the
+	// protocols.
 	if cfg.Web.Listen != "" {
 		web, err := buildWeb(d, st) // serve_web.go
 		if err != nil {
 			return err
 		}
 		services = append(services, web)
+	}
+	if len(services) == 0 {
+		return errNoListener
 	}
 	if m != nil {
 		services = append(services, metricsService(m, cfg.Metrics.Listen, st, log))
@@ -348,8 +351,8 @@ func listenKey(name string) string {
 	return name + ".listen" // imap, smtp, ldap, metrics
 }
 
-// errNoListener: serve was given no protocol listener.
-var errNoListener = errors.New("no listener configured: set imap.listen, smtp.listen or ldap.listen (or their listen_tls) in the configuration")
+// errNoListener: serve was given neither a protocol listener nor the portal.
+var errNoListener = errors.New("no listener configured: set imap.listen, smtp.listen or ldap.listen (or their listen_tls), or web.listen, in the configuration")
 
 // serveOverrides lets demo and tests learn the bound addresses.
 type serveOverrides struct {

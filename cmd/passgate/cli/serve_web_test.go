@@ -1,15 +1,21 @@
 package cli
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"io"
+	"log/slog"
+	"net/http"
 	"net/netip"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/passgate/passgate/backends/store"
 	"github.com/passgate/passgate/backends/verify"
+	"github.com/passgate/passgate/configs"
 	"github.com/passgate/passgate/policy"
 	"github.com/passgate/passgate/proxy/portal"
 )
@@ -134,5 +140,55 @@ func TestWebSignIn(t *testing.T) {
 	}
 	if _, err := w.Password(ctx, portal.Attempt{User: "alice", Password: "Alice-pw", Client: local, TLS: true, Started: time.Now()}); err != nil {
 		t.Fatalf("from another address: %v", err)
+	}
+}
+
+// TestServePortalOnly: serve with web.listen and no protocol listener is
+// a whole instance (the portal of a store that other instances serve the
+// protocols from): it starts, answers the sign-in page and stops.
+func TestServePortalOnly(t *testing.T) {
+	dir := t.TempDir()
+	yaml := "store:\n  dsn: " + filepath.Join(dir, "p.db") + "\nkey_file: " + filepath.Join(dir, "p.key") +
+		"\nweb:\n  listen: 127.0.0.1:0\n  verify: store\n"
+	cfg, err := configs.Parse([]byte(yaml), nil)
+	if err != nil {
+		t.Fatalf("a portal-only configuration is refused: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var logs bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	ready := make(chan map[string]string, 1)
+	served := make(chan error, 1)
+	e := &env{Stdout: io.Discard, Stderr: io.Discard, Getenv: func(string) string { return "" }, Now: time.Now}
+	go func() {
+		served <- serve(ctx, e, cfg, log, &serveOverrides{ready: func(m map[string]string) { ready <- m }})
+	}()
+	var addrs map[string]string
+	select {
+	case addrs = <-ready:
+	case err := <-served:
+		t.Fatalf("serve with only web.listen: %v", err)
+	}
+	if len(addrs) != 1 || addrs["web"] == "" {
+		t.Fatalf("listeners = %v, want the portal alone", addrs)
+	}
+	resp, err := http.Get("http://" + addrs["web"] + "/signin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("GET /signin = %s", resp.Status)
+	}
+	if resp.Header.Get("Strict-Transport-Security") != "" {
+		t.Errorf("HSTS over plain HTTP: %q", resp.Header.Get("Strict-Transport-Security"))
+	}
+	cancel()
+	if err := <-served; err != nil {
+		t.Errorf("serve after cancel: %v", err)
+	}
+	if !strings.Contains(logs.String(), "plain HTTP") {
+		t.Errorf("no warning that the portal serves plain HTTP:\n%s", logs.String())
 	}
 }
