@@ -191,3 +191,12 @@ func Each[T any](ctx context.Context, addrs []string, try func(addr string) (T, 
 	}
 	return zero, errors.Join(errs...)
 }
+
+// Bound bounds an exchange on conn: its deadline is timeout from now, and
+// moves into the past as soon as ctx ends, so that a blocked read or
+// write returns at once. The returned stop ends the latter; it reports
+// false when ctx had already ended.
+func Bound(ctx context.Context, conn net.Conn, timeout time.Duration) (stop func() bool) {
+	_ = conn.SetDeadline(time.Now().Add(timeout))
+	return context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
+}

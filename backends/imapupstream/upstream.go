@@ -300,13 +300,9 @@ func (u *Upstream) loginAt(ctx context.Context, addr string, r Request, cmd *com
 			conn.Close()
 		}
 	}()
-	// The context's own end is enforced by the AfterFunc below, so that
-	// its error is the one reported.
-	if err := raw.SetDeadline(time.Now().Add(loginTimeout)); err != nil {
-		return nil, "", fmt.Errorf("set deadline: %w", err)
-	}
-	// Cancelling ctx interrupts any blocked read or write at once.
-	stop := context.AfterFunc(ctx, func() { _ = raw.SetDeadline(time.Unix(1, 0)) })
+	// Cancelling ctx interrupts any blocked read or write at once, so
+	// that its error is the one reported.
+	stop := dial.Bound(ctx, raw, loginTimeout)
 	defer func() {
 		if !stop() && err == nil {
 			err = fmt.Errorf("login: %w", ctx.Err())

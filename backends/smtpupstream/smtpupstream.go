@@ -253,9 +253,7 @@ func (c *Client) dialAt(ctx context.Context, addr string, client netip.AddrPort)
 			conn.Close()
 		}
 	}()
-	_ = conn.SetDeadline(time.Now().Add(c.o.LoginTimeout))
-	raw := conn // the closure must not see conn change to its TLS layer
-	stop := context.AfterFunc(ctx, func() { _ = raw.SetDeadline(time.Unix(1, 0)) })
+	stop := dial.Bound(ctx, conn, c.o.LoginTimeout) // on the conn under a later TLS layer
 	defer stop()
 
 	br := bufio.NewReaderSize(conn, 4096)
@@ -318,9 +316,7 @@ func (p *Pending) Login(ctx context.Context, user string, password Password, hel
 			conn.Close()
 		}
 	}()
-	_ = conn.SetDeadline(time.Now().Add(c.o.LoginTimeout))
-	raw := conn // the closure must not see conn change to its TLS layer
-	stop := context.AfterFunc(ctx, func() { _ = raw.SetDeadline(time.Unix(1, 0)) })
+	stop := dial.Bound(ctx, conn, c.o.LoginTimeout) // on the conn under a later TLS layer
 	defer stop()
 
 	name := c.o.LocalName

@@ -49,12 +49,7 @@ func (v *IMAP) try(ctx context.Context, addr, user, password string) error {
 		return fmt.Errorf("connect to %s: %w", addr, err)
 	}
 	defer conn.Close()
-	deadline := time.Now().Add(timeout + 10*time.Second)
-	if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
-		deadline = dl
-	}
-	_ = raw.SetDeadline(deadline)
-	stop := context.AfterFunc(ctx, func() { _ = raw.SetDeadline(time.Unix(1, 0)) })
+	stop := dial.Bound(ctx, raw, timeout+10*time.Second) // ctx's own deadline cuts it short
 	defer stop()
 
 	opts := &imapclient.Options{TLSConfig: d.TLSConfig(addr)}
