@@ -49,7 +49,10 @@ func (v *IMAP) try(ctx context.Context, addr, user, password string) error {
 		return fmt.Errorf("connect to %s: %w", addr, err)
 	}
 	defer conn.Close()
-	stop := dial.Bound(ctx, raw, timeout+10*time.Second) // ctx's own deadline cuts it short
+	// Past Dovecot's longest delay for an address that failed recently
+	// (15 s), as the IMAP upstream's own login bound; ctx's own deadline
+	// cuts it short.
+	stop := dial.Bound(ctx, raw, timeout+25*time.Second)
 	defer stop()
 
 	opts := &imapclient.Options{TLSConfig: d.TLSConfig(addr)}
