@@ -13,7 +13,7 @@ const module = "github.com/passgate/passgate"
 // TestLayout checks that dependencies point one way, as design.md says:
 // cmd → proxy → policy → backends; a protocol front never imports another
 // front; a backend imports no other backend (but the app-password
-// primitives and the secret type), nor proxy, policy or configs; only cmd reads configs; no
+// primitives, the secret type and the upstream dialler), nor proxy, policy or configs; only cmd reads configs; no
 // production package imports integration/. A wire package (backends/*wire)
 // holds a protocol's framing, the same at both ends of a session: any
 // front or backend may import it, and it imports no passgate package. It
@@ -75,10 +75,15 @@ func TestLayout(t *testing.T) {
 				bad = "policy imports only backends"
 			case top(from) == "backends" && (top(to) == "proxy" || top(to) == "policy" || to == "configs"):
 				bad = "backends import nothing above them"
-			case top(from) == "backends" && top(to) == "backends" && to != "backends/apppass" && to != "backends/secret":
+			case from == "backends/dial" && top(to) != "":
+				bad = "backends/dial imports no passgate package"
+			case top(from) == "backends" && top(to) == "backends" && to != "backends/apppass" && to != "backends/secret" && to != "backends/dial":
 				// backends/secret is a leaf (the one redacting password
 				// type, shared by the upstreams' options and policy's
-				// Attempt), like the app-password primitives.
+				// Attempt), like the app-password primitives; so is
+				// backends/dial (the upstream connection: addresses,
+				// PROXY header, TLS), written once for the IMAP and SMTP
+				// upstreams and the portal's IMAP verifier.
 				bad = "a backend imports no other backend"
 			}
 			if bad != "" {

@@ -5,11 +5,8 @@ import (
 	"encoding/base64"
 	"fmt"
 	"net"
-	"net/netip"
 	"strconv"
 	"strings"
-
-	proxyproto "github.com/pires/go-proxyproto"
 )
 
 // command is the login command, built once per Login and written to each
@@ -152,25 +149,4 @@ func idCommand(r Request, local net.Addr) []byte {
 		b = appendQuoted(b, []byte(p))
 	}
 	return append(b, ')')
-}
-
-// writeProxyHeader sends a PROXY v2 header naming the client as source
-// and passgate's end of this connection as destination. Without a client
-// address it sends a LOCAL header.
-func writeProxyHeader(conn net.Conn, client netip.AddrPort) error {
-	var src net.Addr
-	if client.IsValid() {
-		src = net.TCPAddrFromAddrPort(netip.AddrPortFrom(client.Addr().Unmap(), client.Port()))
-	}
-	dst := conn.LocalAddr()
-	if src != nil {
-		if la, ok := dst.(*net.TCPAddr); ok {
-			dst = net.TCPAddrFromAddrPort(netip.AddrPortFrom(la.AddrPort().Addr().Unmap(), la.AddrPort().Port()))
-		}
-	}
-	h := proxyproto.HeaderProxyFromAddrs(2, src, dst)
-	if _, err := h.WriteTo(conn); err != nil {
-		return fmt.Errorf("write PROXY v2 header: %w", err)
-	}
-	return nil
 }

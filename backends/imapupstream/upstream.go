@@ -29,13 +29,15 @@ import (
 	"net/netip"
 	"strings"
 	"time"
+
+	"github.com/passgate/passgate/backends/dial"
 )
 
 // Values of Options.TLS.
 const (
-	TLSNone     = "none"
-	TLSStartTLS = "starttls"
-	TLSImplicit = "implicit"
+	TLSNone     = dial.TLSNone
+	TLSStartTLS = dial.TLSStartTLS
+	TLSImplicit = dial.TLSImplicit
 )
 
 // Values of Options.Login.
@@ -59,7 +61,7 @@ const (
 
 // DefaultDialTimeout bounds one TCP connection attempt when
 // Options.DialTimeout is zero.
-const DefaultDialTimeout = 5 * time.Second
+const DefaultDialTimeout = dial.DefaultTimeout
 
 // loginTimeout bounds the whole exchange with one address after the TCP
 // connection is up: greeting, STARTTLS, ID and login. Dovecot holds the
@@ -117,10 +119,9 @@ type Options struct {
 // Upstream logs in to one upstream IMAP service, which may have several
 // addresses. It is safe for concurrent use.
 type Upstream struct {
-	opts   Options
-	log    *slog.Logger
-	dialer net.Dialer
-	tls    *tls.Config // base client configuration, with a session cache
+	opts Options
+	log  *slog.Logger
+	d    *dial.Dialer
 }
 
 // New checks opts and returns an Upstream. It does not dial.
@@ -184,21 +185,9 @@ func New(opts Options) (*Upstream, error) {
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	var base *tls.Config
-	if opts.TLSConfig != nil {
-		base = opts.TLSConfig.Clone()
-	} else {
-		base = &tls.Config{}
-	}
-	if base.MinVersion == 0 {
-		base.MinVersion = tls.VersionTLS12
-	}
-	if base.ClientSessionCache == nil {
-		// Resumed handshakes make repeated upstream logins cheaper; the
-		// certificate was verified on the full handshake.
-		base.ClientSessionCache = tls.NewLRUClientSessionCache(len(opts.Addresses) * 4)
-	}
-	return &Upstream{opts: opts, log: log, dialer: net.Dialer{Timeout: opts.DialTimeout}, tls: base}, nil
+	d := dial.New(dial.Options{TLS: opts.TLS, TLSConfig: opts.TLSConfig, Timeout: opts.DialTimeout, HandshakeTimeout: loginTimeout,
+		Proxy: opts.ForwardClient == ForwardProxy}, len(opts.Addresses)*4)
+	return &Upstream{opts: opts, log: log, d: d}, nil
 }
 
 // Request is one login to perform upstream.
@@ -305,23 +294,18 @@ func (u *Upstream) Login(ctx context.Context, r Request) (net.Conn, string, erro
 
 // loginAt runs the whole exchange with one address.
 func (u *Upstream) loginAt(ctx context.Context, addr string, r Request, cmd *command) (_ net.Conn, _ string, err error) {
-	raw, err := u.dialer.DialContext(ctx, "tcp", addr)
+	conn, raw, err := u.d.Dial(ctx, addr, r.Client)
 	if err != nil {
-		return nil, "", fmt.Errorf("dial: %w", err)
+		return nil, "", err
 	}
-	conn := raw
 	defer func() {
 		if err != nil {
 			conn.Close()
 		}
 	}()
-	// The context's own end is enforced by the AfterFunc below, so that
-	// its error is the one reported.
-	if err := raw.SetDeadline(time.Now().Add(loginTimeout)); err != nil {
-		return nil, "", fmt.Errorf("set deadline: %w", err)
-	}
-	// Cancelling ctx interrupts any blocked read or write at once.
-	stop := context.AfterFunc(ctx, func() { _ = raw.SetDeadline(time.Unix(1, 0)) })
+	// Cancelling ctx interrupts any blocked read or write at once, so
+	// that its error is the one reported.
+	stop := dial.Bound(ctx, raw, loginTimeout)
 	defer func() {
 		if !stop() && err == nil {
 			err = fmt.Errorf("login: %w", ctx.Err())
@@ -331,18 +315,6 @@ func (u *Upstream) loginAt(ctx context.Context, addr string, r Request, cmd *com
 		}
 	}()
 
-	if u.opts.ForwardClient == ForwardProxy {
-		if err := writeProxyHeader(raw, r.Client); err != nil {
-			return nil, "", err
-		}
-	}
-	if u.opts.TLS == TLSImplicit {
-		tc, err := u.handshake(ctx, raw, addr)
-		if err != nil {
-			return nil, "", err
-		}
-		conn = tc
-	}
 	s := newSession(conn)
 	if err := s.greeting(); err != nil {
 		return nil, "", err
@@ -351,7 +323,7 @@ func (u *Upstream) loginAt(ctx context.Context, addr string, r Request, cmd *com
 		if err := s.startTLS(); err != nil {
 			return nil, "", err
 		}
-		tc, err := u.handshake(ctx, raw, addr)
+		tc, err := u.d.Handshake(ctx, raw, addr)
 		if err != nil {
 			return nil, "", err
 		}
@@ -375,20 +347,4 @@ func (u *Upstream) loginAt(ctx context.Context, addr string, r Request, cmd *com
 		return nil, "", fmt.Errorf("clear deadline: %w", err)
 	}
 	return s.handOver(), okText, nil
-}
-
-// handshake runs a TLS client handshake on raw, verifying the upstream's
-// certificate.
-func (u *Upstream) handshake(ctx context.Context, raw net.Conn, addr string) (*tls.Conn, error) {
-	cfg := u.tls
-	if cfg.ServerName == "" {
-		cfg = cfg.Clone()
-		host, _, _ := net.SplitHostPort(addr)
-		cfg.ServerName = host
-	}
-	tc := tls.Client(raw, cfg)
-	if err := tc.HandshakeContext(ctx); err != nil {
-		return nil, fmt.Errorf("TLS handshake (check imap.upstream.ca_file and server_name): %w", err)
-	}
-	return tc, nil
 }

@@ -43,16 +43,16 @@ import (
 
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
-	"github.com/pires/go-proxyproto"
 
+	"github.com/passgate/passgate/backends/dial"
 	"github.com/passgate/passgate/backends/secret"
 )
 
 // Values of Options.TLS.
 const (
-	TLSNone     = "none"
-	TLSStartTLS = "starttls"
-	TLSImplicit = "implicit"
+	TLSNone     = dial.TLSNone
+	TLSStartTLS = dial.TLSStartTLS
+	TLSImplicit = dial.TLSImplicit
 )
 
 // Values of Options.Login.
@@ -122,6 +122,7 @@ type Options struct {
 // Login opens its own connection.
 type Client struct {
 	o Options
+	d *dial.Dialer
 }
 
 // New checks opts and returns a Client.
@@ -170,7 +171,9 @@ func New(o Options) (*Client, error) {
 		o.LocalName = DefaultLocalName
 	}
 	o.Addresses = append([]string(nil), o.Addresses...)
-	return &Client{o: o}, nil
+	d := dial.New(dial.Options{TLS: o.TLS, TLSConfig: o.TLSConfig, Timeout: o.DialTimeout, HandshakeTimeout: o.LoginTimeout,
+		Proxy: o.ForwardClient == ForwardProxy}, len(o.Addresses)*4)
+	return &Client{o: o, d: d}, nil
 }
 
 // Password is a secret (a master password or a user's own password):
@@ -197,25 +200,18 @@ type Request struct {
 // and is not retried on the next address; any other failure tries the
 // next address, and the error names every address tried.
 func (c *Client) Login(ctx context.Context, req Request) (*Session, error) {
-	var errs []error
-	for _, addr := range c.o.Addresses {
+	s, err := dial.Each(ctx, c.o.Addresses, func(addr string) (*Session, error) {
 		p, err := c.dialAt(ctx, addr, req.Client)
-		if err == nil {
-			var s *Session
-			if s, err = p.Login(ctx, req.User, req.Password, req.Helo); err == nil {
-				return s, nil
-			}
-			if errors.Is(err, ErrAuthRefused) || errors.Is(err, ErrNoPassword) {
-				return nil, err
-			}
+		if err != nil {
+			return nil, err
 		}
-		errs = append(errs, fmt.Errorf("%s: %w", addr, err))
-		if ctx.Err() != nil {
-			break
-		}
+		return p.Login(ctx, req.User, req.Password, req.Helo)
+	}, func(err error) bool { return errors.Is(err, ErrAuthRefused) || errors.Is(err, ErrNoPassword) })
+	if err != nil && !errors.Is(err, ErrAuthRefused) && !errors.Is(err, ErrNoPassword) {
+		return nil, fmt.Errorf("smtpupstream: login of %q: no submission server could be used (check smtp.upstream.addresses, smtp.upstream.tls and ca_file, and that the server listens there): %w",
+			req.User, err)
 	}
-	return nil, fmt.Errorf("smtpupstream: login of %q: no submission server could be used (check smtp.upstream.addresses, smtp.upstream.tls and ca_file, and that the server listens there): %w",
-		req.User, errors.Join(errs...))
+	return s, err
 }
 
 // Dial connects to the first address that answers its greeting and EHLO
@@ -226,80 +222,11 @@ func (c *Client) Login(ctx context.Context, req Request) (*Session, error) {
 // ForwardClient. The Pending connection is then logged in with Login or
 // closed with Close; it must not wait longer than LoginTimeout.
 func (c *Client) Dial(ctx context.Context, client netip.AddrPort) (*Pending, error) {
-	var errs []error
-	for _, addr := range c.o.Addresses {
-		p, err := c.dialAt(ctx, addr, client)
-		if err == nil {
-			return p, nil
-		}
-		errs = append(errs, fmt.Errorf("%s: %w", addr, err))
-		if ctx.Err() != nil {
-			break
-		}
-	}
-	return nil, fmt.Errorf("smtpupstream: no submission server answered (check smtp.upstream.addresses, smtp.upstream.tls and ca_file, and that the server listens there): %w",
-		errors.Join(errs...))
-}
-
-func (c *Client) tlsConfig(addr string) *tls.Config {
-	var cfg *tls.Config
-	if c.o.TLSConfig != nil {
-		cfg = c.o.TLSConfig.Clone()
-	} else {
-		cfg = &tls.Config{}
-	}
-	if cfg.ServerName == "" {
-		host, _, err := net.SplitHostPort(addr)
-		if err != nil {
-			host = addr
-		}
-		cfg.ServerName = host
-	}
-	return cfg
-}
-
-// dial connects to addr, sends the PROXY header if so configured (src is
-// the address to put in it) and does the implicit-TLS handshake.
-func (c *Client) dial(ctx context.Context, addr string, src netip.AddrPort) (net.Conn, error) {
-	d := net.Dialer{Timeout: c.o.DialTimeout}
-	conn, err := d.DialContext(ctx, "tcp", addr)
+	p, err := dial.Each(ctx, c.o.Addresses, func(addr string) (*Pending, error) { return c.dialAt(ctx, addr, client) }, nil)
 	if err != nil {
-		return nil, fmt.Errorf("dial: %w", err)
+		return nil, fmt.Errorf("smtpupstream: no submission server answered (check smtp.upstream.addresses, smtp.upstream.tls and ca_file, and that the server listens there): %w", err)
 	}
-	if c.o.ForwardClient == ForwardProxy {
-		if !src.IsValid() {
-			if la, ok := conn.LocalAddr().(*net.TCPAddr); ok {
-				src = la.AddrPort()
-			}
-		}
-		dst := conn.RemoteAddr().(*net.TCPAddr)
-		srcAddr := &net.TCPAddr{IP: src.Addr().Unmap().AsSlice(), Port: int(src.Port())}
-		dstIP := dst.IP
-		if src.Addr().Unmap().Is4() {
-			if v4 := dstIP.To4(); v4 != nil {
-				dstIP = v4
-			}
-		} else if dstIP.To4() != nil {
-			dstIP = dstIP.To16()
-		}
-		h := proxyproto.HeaderProxyFromAddrs(2, srcAddr, &net.TCPAddr{IP: dstIP, Port: dst.Port})
-		_ = conn.SetWriteDeadline(time.Now().Add(c.o.LoginTimeout))
-		if _, err := h.WriteTo(conn); err != nil {
-			conn.Close()
-			return nil, fmt.Errorf("send PROXY header: %w", err)
-		}
-	}
-	if c.o.TLS == TLSImplicit {
-		tc := tls.Client(conn, c.tlsConfig(addr))
-		hctx, cancel := context.WithTimeout(ctx, c.o.LoginTimeout)
-		defer cancel()
-		if err := tc.HandshakeContext(hctx); err != nil {
-			conn.Close()
-			return nil, fmt.Errorf("TLS handshake: %w", err)
-		}
-		return tc, nil
-	}
-	return conn, nil
+	return p, nil
 }
 
 // Pending is an upstream connection that has answered its greeting and
@@ -316,7 +243,7 @@ type Pending struct {
 // dialAt connects to addr and runs greeting, EHLO, [STARTTLS, EHLO] on
 // the raw connection (go-smtp's client has no STARTTLS with a deadline).
 func (c *Client) dialAt(ctx context.Context, addr string, client netip.AddrPort) (*Pending, error) {
-	conn, err := c.dial(ctx, addr, client)
+	conn, _, err := c.d.Dial(ctx, addr, client)
 	if err != nil {
 		return nil, err
 	}
@@ -326,9 +253,7 @@ func (c *Client) dialAt(ctx context.Context, addr string, client netip.AddrPort)
 			conn.Close()
 		}
 	}()
-	_ = conn.SetDeadline(time.Now().Add(c.o.LoginTimeout))
-	raw := conn // the closure must not see conn change to its TLS layer
-	stop := context.AfterFunc(ctx, func() { _ = raw.SetDeadline(time.Unix(1, 0)) })
+	stop := dial.Bound(ctx, conn, c.o.LoginTimeout) // on the conn under a later TLS layer
 	defer stop()
 
 	br := bufio.NewReaderSize(conn, 4096)
@@ -360,9 +285,9 @@ func (c *Client) dialAt(ctx context.Context, addr string, client netip.AddrPort)
 		if br.Buffered() > 0 {
 			return nil, errors.New("STARTTLS: the server sent data before the TLS handshake")
 		}
-		tc := tls.Client(conn, c.tlsConfig(addr))
-		if err := tc.Handshake(); err != nil { // bounded by the deadline, which ctx cuts short
-			return nil, fmt.Errorf("TLS handshake after STARTTLS: %w", err)
+		tc, err := c.d.Handshake(ctx, conn, addr) // also bounded by the deadline
+		if err != nil {
+			return nil, fmt.Errorf("after STARTTLS: %w", err)
 		}
 		conn = tc
 		br = bufio.NewReaderSize(conn, 4096)
@@ -391,9 +316,7 @@ func (p *Pending) Login(ctx context.Context, user string, password Password, hel
 			conn.Close()
 		}
 	}()
-	_ = conn.SetDeadline(time.Now().Add(c.o.LoginTimeout))
-	raw := conn // the closure must not see conn change to its TLS layer
-	stop := context.AfterFunc(ctx, func() { _ = raw.SetDeadline(time.Unix(1, 0)) })
+	stop := dial.Bound(ctx, conn, c.o.LoginTimeout) // on the conn under a later TLS layer
 	defer stop()
 
 	name := c.o.LocalName
@@ -551,19 +474,22 @@ func (r *replayConn) Read(b []byte) (int, error) {
 // ProbeSize connects to the first address that answers, reads the SIZE its
 // EHLO advertises and quits. ok is false when the server advertises none.
 func (c *Client) ProbeSize(ctx context.Context) (size int64, ok bool, err error) {
-	var errs []error
-	for _, addr := range c.o.Addresses {
-		size, ok, err := c.probeAt(ctx, addr)
-		if err == nil {
-			return size, ok, nil
-		}
-		errs = append(errs, fmt.Errorf("%s: %w", addr, err))
+	type probe struct {
+		size int64
+		ok   bool
 	}
-	return 0, false, fmt.Errorf("smtpupstream: probe SIZE: no submission server answered (smtp.upstream.addresses): %w", errors.Join(errs...))
+	p, err := dial.Each(ctx, c.o.Addresses, func(addr string) (probe, error) {
+		size, ok, err := c.probeAt(ctx, addr)
+		return probe{size, ok}, err
+	}, nil)
+	if err != nil {
+		return 0, false, fmt.Errorf("smtpupstream: probe SIZE: no submission server answered (smtp.upstream.addresses): %w", err)
+	}
+	return p.size, p.ok, nil
 }
 
 func (c *Client) probeAt(ctx context.Context, addr string) (int64, bool, error) {
-	conn, err := c.dial(ctx, addr, netip.AddrPort{})
+	conn, _, err := c.d.Dial(ctx, addr, netip.AddrPort{})
 	if err != nil {
 		return 0, false, err
 	}

@@ -5,11 +5,13 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"net"
+	"net/netip"
 	"time"
 
 	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapclient"
+
+	"github.com/passgate/passgate/backends/dial"
 )
 
 // IMAP verifies passwords by logging in to an IMAP server with them
@@ -27,18 +29,13 @@ func (v *IMAP) Verify(ctx context.Context, user, password string) error {
 	if len(password) > MaxPasswordBytes || password == "" || user == "" {
 		return ErrRefused
 	}
-	var errs []error
-	for _, addr := range v.Addresses {
-		err := v.try(ctx, addr, user, password)
-		if err == nil || errors.Is(err, ErrRefused) {
-			return err
-		}
-		errs = append(errs, err)
-		if ctx.Err() != nil {
-			break
-		}
+	_, err := dial.Each(ctx, v.Addresses, func(addr string) (struct{}, error) {
+		return struct{}{}, v.try(ctx, addr, user, password)
+	}, func(err error) bool { return errors.Is(err, ErrRefused) })
+	if err == nil || errors.Is(err, ErrRefused) {
+		return err
 	}
-	return fmt.Errorf("verify: imap: no upstream answered (imap.upstream.addresses): %w", errors.Join(errs...))
+	return fmt.Errorf("verify: imap: no upstream answered (imap.upstream.addresses): %w", err)
 }
 
 func (v *IMAP) try(ctx context.Context, addr, user, password string) error {
@@ -46,47 +43,25 @@ func (v *IMAP) try(ctx context.Context, addr, user, password string) error {
 	if timeout <= 0 {
 		timeout = 5 * time.Second
 	}
-	d := net.Dialer{Timeout: timeout}
-	conn, err := d.DialContext(ctx, "tcp", addr)
+	d := dial.New(dial.Options{TLS: v.TLS, TLSConfig: v.TLSConfig, Timeout: timeout}, 1)
+	conn, raw, err := d.Dial(ctx, addr, netip.AddrPort{})
 	if err != nil {
-		return fmt.Errorf("dial %s: %w", addr, err)
+		return fmt.Errorf("connect to %s: %w", addr, err)
 	}
 	defer conn.Close()
 	// Past Dovecot's longest delay for an address that failed recently
-	// (15 s), as the IMAP upstream's own login bound.
-	deadline := time.Now().Add(timeout + 25*time.Second)
-	if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
-		deadline = dl
-	}
-	_ = conn.SetDeadline(deadline)
-	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
+	// (15 s), as the IMAP upstream's own login bound; ctx's own deadline
+	// cuts it short.
+	stop := dial.Bound(ctx, raw, timeout+25*time.Second)
 	defer stop()
 
-	tc := v.TLSConfig
-	if tc == nil {
-		tc = &tls.Config{MinVersion: tls.VersionTLS12}
-	}
-	tc = tc.Clone()
-	if tc.ServerName == "" {
-		if host, _, err := net.SplitHostPort(addr); err == nil {
-			tc.ServerName = host
-		}
-	}
-	opts := &imapclient.Options{TLSConfig: tc}
+	opts := &imapclient.Options{TLSConfig: d.TLSConfig(addr)}
 	var c *imapclient.Client
-	switch v.TLS {
-	case "implicit":
-		tlsConn := tls.Client(conn, tc)
-		if err := tlsConn.HandshakeContext(ctx); err != nil {
-			return fmt.Errorf("TLS with %s: %w", addr, err)
-		}
-		c = imapclient.New(tlsConn, opts)
-	case "starttls":
-		c, err = imapclient.NewStartTLS(conn, opts)
-		if err != nil {
+	if v.TLS == dial.TLSStartTLS {
+		if c, err = imapclient.NewStartTLS(conn, opts); err != nil {
 			return fmt.Errorf("STARTTLS with %s: %w", addr, err)
 		}
-	default:
+	} else {
 		c = imapclient.New(conn, opts)
 	}
 	defer c.Close()

@@ -32,7 +32,6 @@ type conn struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
-	start    time.Time
 	deadline time.Time // end of the pre-login phase
 	isTLS    bool
 	tlsVer   string
@@ -43,12 +42,7 @@ type conn struct {
 	commands   int
 	failures   int
 
-	// For the session log line.
-	user       string
-	credential string
-	bytesIn    int64
-	bytesOut   int64
-	ended      string
+	observe.Session // the fields of the session log line
 
 	mu       sync.Mutex
 	closing  bool // Shutdown or Close asked this connection to end
@@ -57,13 +51,15 @@ type conn struct {
 
 func newConn(s *Server, nc net.Conn) *conn {
 	ctx, cancel := context.WithCancel(s.baseCtx)
+	client := addrPort(nc.RemoteAddr())
 	return &conn{
-		srv:    s,
-		raw:    nc,
-		nc:     nc,
-		client: addrPort(nc.RemoteAddr()),
-		ctx:    ctx,
-		cancel: cancel,
+		srv:     s,
+		raw:     nc,
+		nc:      nc,
+		client:  client,
+		ctx:     ctx,
+		cancel:  cancel,
+		Session: observe.Session{ConnID: s.nextID.Add(1), Proto: policy.IMAP.String(), RemoteAddr: client},
 	}
 }
 
@@ -160,8 +156,8 @@ func (c *conn) bye(text string) {
 func (c *conn) serve() {
 	defer c.finish()
 	o := &c.srv.opts
-	c.start = time.Now()
-	c.deadline = c.start.Add(o.PreLoginTimeout)
+	c.Start = time.Now()
+	c.deadline = c.Start.Add(o.PreLoginTimeout)
 	c.armDeadline()
 
 	if o.ImplicitTLS {
@@ -171,13 +167,13 @@ func (c *conn) serve() {
 	}
 	c.br = bufio.NewReaderSize(c.nc, readBufferSize)
 	if err := c.write([]byte("* OK [CAPABILITY " + c.caps() + "] passgate ready\r\n")); err != nil {
-		c.ended = "client"
+		c.Ended = "client"
 		return
 	}
 	for {
 		if c.isClosing() {
 			c.bye("Server shutting down")
-			c.ended = "shutdown"
+			c.Ended = "shutdown"
 			return
 		}
 		if !c.isTLS {
@@ -186,7 +182,7 @@ func (c *conn) serve() {
 			// pre-login timeout.
 			if b, err := c.br.Peek(1); err == nil && b[0] == 0x16 {
 				c.bye("TLS handshake on a plaintext port: use STARTTLS")
-				c.ended = "protocol_error"
+				c.Ended = "protocol_error"
 				return
 			}
 		}
@@ -202,9 +198,9 @@ func (c *conn) serve() {
 				return
 			}
 			if werr := c.write(re.wire()); werr != nil || re.fatal {
-				c.ended = re.ended
+				c.Ended = re.ended
 				if werr != nil {
-					c.ended = "client"
+					c.Ended = "client"
 				}
 				return
 			}
@@ -228,7 +224,7 @@ func (c *conn) countCommand() bool {
 		return false
 	}
 	c.bye("Too many commands before login")
-	c.ended = "too_many_commands"
+	c.Ended = "too_many_commands"
 	return true
 }
 
@@ -239,14 +235,14 @@ func (c *conn) readFailed(err error) {
 	switch {
 	case c.isClosing():
 		c.bye("Server shutting down")
-		c.ended = "shutdown"
+		c.Ended = "shutdown"
 	case errors.As(err, &ne) && ne.Timeout():
 		c.bye("Autologout: no login within the time allowed")
-		c.ended = "timeout"
+		c.Ended = "timeout"
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed):
-		c.ended = "client"
+		c.Ended = "client"
 	default:
-		c.ended = "error"
+		c.Ended = "error"
 	}
 }
 
@@ -259,7 +255,7 @@ func (c *conn) dispatch(cmd *command) bool {
 		return c.reply(cmd.tag + " OK NOOP completed\r\n")
 	case "LOGOUT":
 		c.write([]byte("* BYE Logging out\r\n" + cmd.tag + " OK LOGOUT completed\r\n"))
-		c.ended = "logout"
+		c.Ended = "logout"
 		return true
 	case "ID":
 		return c.handleID(cmd)
@@ -277,7 +273,7 @@ func (c *conn) dispatch(cmd *command) bool {
 // failed).
 func (c *conn) reply(s string) bool {
 	if err := c.write([]byte(s)); err != nil {
-		c.ended = "client"
+		c.Ended = "client"
 		return true
 	}
 	return false
@@ -361,7 +357,7 @@ func (c *conn) handshake() bool {
 	hctx, cancel := context.WithTimeout(c.ctx, d)
 	defer cancel()
 	if err := tc.HandshakeContext(hctx); err != nil {
-		c.ended = "tls_handshake_failed"
+		c.Ended = "tls_handshake_failed"
 		c.srv.log.LogAttrs(c.ctx, slog.LevelDebug, "tls handshake failed",
 			slog.String("proto", policy.IMAP.String()), slog.String("remote_addr", c.client.String()),
 			slog.Any("err", err))
@@ -379,22 +375,14 @@ func (c *conn) handshake() bool {
 func (c *conn) finish() {
 	c.cancel()
 	c.raw.Close()
-	if c.ended == "" {
-		c.ended = "error"
+	if c.Ended == "" {
+		c.Ended = "error"
 	}
-	c.srv.log.LogAttrs(c.srv.baseCtx, slog.LevelInfo, "imap session",
-		slog.String("proto", policy.IMAP.String()),
-		slog.String("user", c.user),
-		slog.String("remote_addr", c.client.String()),
-		slog.String("credential", c.credential),
-		slog.String("tls_version", c.tlsVer),
-		slog.String("tls_cipher", c.tlsSuite),
-		slog.Int64("bytes_in", c.bytesIn),
-		slog.Int64("bytes_out", c.bytesOut),
-		slog.Int64("duration_ms", time.Since(c.start).Milliseconds()),
-		slog.String("ended_by", c.ended),
-	)
-	observe.Relayed(c.srv.opts.Conns, c.bytesIn, c.bytesOut)
+	if c.Outcome == "" && c.failures > 0 {
+		c.Outcome = observe.OutcomeFailed
+	}
+	c.Log(c.srv.baseCtx, c.srv.log, c.srv.opts.Conns, "imap session",
+		slog.String("tls_version", c.tlsVer), slog.String("tls_cipher", c.tlsSuite))
 }
 
 // standardIDField reports whether name is a standard ID field (RFC 2971),

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/passgate/passgate/policy"
+	"github.com/passgate/passgate/proxy/observe"
 	"github.com/passgate/passgate/proxy/relay"
 )
 
@@ -102,7 +103,7 @@ func (c *conn) saslStep(tag string, ir []byte, hasIR bool, prompt string) (resp 
 		l, err := readLine(c.br, c.srv.opts.MaxLineLength)
 		if errors.Is(err, errLineTooLong) {
 			c.write([]byte(tag + " BAD [TOOBIG] Response too long\r\n* BYE Closing connection\r\n"))
-			c.ended = "line_too_long"
+			c.Ended = "line_too_long"
 			return nil, true, false
 		}
 		if err != nil {
@@ -149,7 +150,7 @@ func decodePlain(b []byte) (authzid, authcid, pw []byte, ok bool) {
 // operator should know), without any lookup.
 func (c *conn) refusePlaintext(user []byte) {
 	if len(user) > 0 {
-		c.user = sanitizeLog(string(user))
+		c.User = sanitizeLog(string(user))
 	}
 	l, _ := c.srv.opts.Decider.Decide(c.ctx, c.attempt(user, nil))
 	l.Finish(c.ctx, policy.NotAsked)
@@ -185,8 +186,8 @@ func reply(class policy.Class) string {
 // failure after the uniform delay.
 func (c *conn) failNoDecision(tag string, user []byte, reason string) bool {
 	a := c.attempt(user, nil)
-	c.user = sanitizeLog(a.User)
-	a.User = c.user
+	c.User = sanitizeLog(a.User)
+	a.User = c.User
 	return c.answer(tag, c.srv.opts.Decider.Undecided(a, reason), policy.NotAsked)
 }
 
@@ -200,7 +201,7 @@ func (c *conn) answer(tag string, l *policy.Login, r policy.Result) bool {
 // of a refused one (an app password refused for its scope).
 func (c *conn) noteLogin(l *policy.Login) {
 	if l.Credential() != policy.NoCredential {
-		c.credential = l.Describe()
+		c.Credential = l.Describe()
 	}
 }
 
@@ -209,7 +210,7 @@ func (c *conn) noteLogin(l *policy.Login) {
 func (c *conn) authFailed(tag, reply string) bool {
 	if c.isClosing() {
 		c.bye("Server shutting down")
-		c.ended = "shutdown"
+		c.Ended = "shutdown"
 		return true
 	}
 	c.failures++
@@ -228,7 +229,7 @@ func (c *conn) authFailed(tag, reply string) bool {
 		return true
 	}
 	if over {
-		c.ended = "auth_failures"
+		c.Ended = "auth_failures"
 		return true
 	}
 	return false
@@ -241,7 +242,7 @@ func (c *conn) login(tag string, user, secret []byte) bool {
 		return c.failNoDecision(tag, user, "user name with control characters")
 	}
 	a := c.attempt(user, secret)
-	c.user = a.User
+	c.User = a.User
 	lctx, cancel := context.WithTimeout(c.ctx, loginTimeout)
 	defer cancel()
 
@@ -275,7 +276,7 @@ func (c *conn) login(tag string, user, secret []byte) bool {
 		return c.answer(tag, l, policy.Unreachable(err))
 	}
 	l.Finish(c.ctx, policy.Accepted)
-	c.user = req.User
+	c.User = req.User
 	c.noteLogin(l)
 
 	c.mu.Lock()
@@ -283,7 +284,7 @@ func (c *conn) login(tag string, user, secret []byte) bool {
 		c.mu.Unlock()
 		up.Close()
 		c.bye("Server shutting down")
-		c.ended = "shutdown"
+		c.Ended = "shutdown"
 		return true
 	}
 	c.relaying = true
@@ -305,7 +306,8 @@ func (c *conn) login(tag string, user, secret []byte) bool {
 	c.br = nil // the relay reads the connection itself from now on
 	st := relay.RunWith(rctx, client, up, relay.Options{Framer: newResponseFramer(), Farewell: c.farewell})
 	release()
-	c.bytesIn, c.bytesOut, c.ended = st.BytesIn, st.BytesOut, st.EndedBy
+	c.Outcome = observe.OutcomeRelayed
+	c.BytesIn, c.BytesOut, c.Ended = st.BytesIn, st.BytesOut, st.EndedBy
 	return true
 }
 

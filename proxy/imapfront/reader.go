@@ -47,7 +47,7 @@ type replyError struct {
 	text   string // reply text, may start with a response code
 	bye    bool   // reply with an untagged "* BYE text" instead
 	fatal  bool   // close the connection after replying
-	ended  string // ended_by value for the session log when fatal
+	ended  string // "ended" value of the session log line when fatal
 }
 
 func (e *replyError) Error() string {

@@ -27,6 +27,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"sync/atomic"
 	"time"
 
 	"github.com/passgate/passgate/policy"
@@ -126,7 +127,8 @@ type Server struct {
 	baseCtx    context.Context // parent of every connection's context
 	cancelBase context.CancelFunc
 
-	set lifecycle.Set[*conn] // listeners and live connections
+	set    lifecycle.Set[*conn] // listeners and live connections
+	nextID atomic.Uint64        // the last conn_id given
 }
 
 // New returns a Server. It panics when Decider or Upstream is nil, or when

@@ -185,7 +185,7 @@ func TestLoginImapclient(t *testing.T) {
 	}
 	waitFor(t, "session log", func() bool { return strings.Contains(ts.log.String(), `"msg":"imap session"`) })
 	log := ts.log.String()
-	for _, want := range []string{`"user":"alice"`, `"credential":"app-password:7 (phone)"`, `"tls_version":"TLS 1.3"`, `"tls_cipher":"TLS_`, `"bytes_in":`, `"bytes_out":`, `"duration_ms":`, `"ended_by":"`, `"remote_addr":"127.0.0.1:`} {
+	for _, want := range []string{`"user":"alice"`, `"credential":"app-password:7 (phone)"`, `"tls_version":"TLS 1.3"`, `"tls_cipher":"TLS_`, `"bytes_in":`, `"bytes_out":`, `"duration":"`, `"ended":"`, `"conn_id":1`, `"proto":"imap"`, `"outcome":"relayed"`, `"remote_addr":"127.0.0.1:`} {
 		if !strings.Contains(log, want) {
 			t.Errorf("session log lacks %s: %s", want, log)
 		}
@@ -542,7 +542,7 @@ func TestBounds(t *testing.T) {
 		if took := time.Since(start); took > DefaultPreLoginTimeout/2 { // the option, not the default
 			t.Errorf("closed after %v", took)
 		}
-		waitFor(t, "session log", func() bool { return strings.Contains(ts.log.String(), `"ended_by":"timeout"`) })
+		waitFor(t, "session log", func() bool { return strings.Contains(ts.log.String(), `"ended":"timeout"`) })
 	})
 	t.Run("auth-failures-then-close", func(t *testing.T) {
 		ts := startServer(t, func(o *Options) { o.MaxAuthFailures = 3 })
@@ -592,5 +592,5 @@ func TestRevokeClosesSession(t *testing.T) {
 	}
 	rc.expect("* BYE Session closed: the app password it logged in with was deleted")
 	rc.expectClosed()
-	waitFor(t, "session log", func() bool { return strings.Contains(ts.log.String(), `"ended_by":"revoked"`) })
+	waitFor(t, "session log", func() bool { return strings.Contains(ts.log.String(), `"ended":"revoked"`) })
 }

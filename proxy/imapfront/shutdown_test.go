@@ -103,7 +103,7 @@ func TestShutdown(t *testing.T) {
 		// Between two responses: passgate says goodbye, then closes.
 		relayed.expect("* BYE Server shutting down")
 		relayed.expectClosed()
-		waitFor(t, "session log", func() bool { return strings.Contains(ts.log.String(), `"ended_by":"shutdown"`) })
+		waitFor(t, "session log", func() bool { return strings.Contains(ts.log.String(), `"ended":"shutdown"`) })
 	})
 	t.Run("deadline-inside-a-response-no-bye", func(t *testing.T) {
 		ts := startServer(t, nil)

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/passgate/passgate/policy"
+	"github.com/passgate/passgate/proxy/observe"
 	"github.com/passgate/passgate/proxy/revoke"
 )
 
@@ -280,6 +281,11 @@ func (c *conn) answer(m message, l *policy.Login, r policy.Result, op string) {
 		}
 		c.mu.Unlock()
 	}
+	c.mu.Lock()
+	if c.outcome != observe.OutcomeRelayed {
+		c.outcome = observe.OutcomeFailed
+	}
+	c.mu.Unlock()
 	switch l.Finish(c.ctx, r) {
 	case policy.ClassNeedTLS:
 		c.respond(m.ID, opBindRequest, resultConfidentialityRequired, msgConfidentiality)
@@ -311,9 +317,9 @@ func (c *conn) setIdentity(id identity) {
 	}
 	switch id.kind {
 	case identApp:
-		c.credential = "app-password:" + strconv.FormatInt(id.appID, 10)
+		c.credential, c.outcome = "app-password:"+strconv.FormatInt(id.appID, 10), observe.OutcomeRelayed
 	case identPrimary:
-		c.credential = "primary"
+		c.credential, c.outcome = "primary", observe.OutcomeRelayed
 	}
 	c.mu.Unlock()
 	if release != nil {

@@ -94,7 +94,8 @@ type conn struct {
 	sess        Session
 	release     func() // ends the registry tracking of the current app password
 	user        string // for the session log line
-	credential  string // likewise: the last successful bind's, "" for none
+	credential  string // likewise: the last bind's that matched one, "" for none
+	outcome     string // likewise: observe.OutcomeRelayed once a bind succeeded
 
 	bytesIn, bytesOut atomic.Int64 // LDAP messages read and written
 
@@ -143,21 +144,17 @@ func (c *conn) serve() {
 		if sess != nil {
 			sess.Close()
 		}
-		c.mu.Lock()
-		user, credential := c.user, c.credential
-		c.mu.Unlock()
 		ended := "client"
 		if cause := context.Cause(c.ctx); cause != nil && !errors.Is(cause, context.Canceled) && !errors.Is(cause, io.EOF) {
 			ended = cause.Error()
 		}
-		c.srv.log.LogAttrs(context.Background(), slog.LevelInfo, "ldap session closed",
-			slog.String("proto", policy.LDAP.String()), slog.String("listener", c.srv.opts.Listener),
-			slog.Uint64("conn_id", c.id), slog.String("remote_addr", c.remote.String()),
-			slog.Bool("tls", c.tls.Load()), slog.String("user", user), slog.String("credential", credential),
-			slog.Int64("bytes_in", c.bytesIn.Load()), slog.Int64("bytes_out", c.bytesOut.Load()),
-			slog.String("ended_by", ended),
-			slog.Int64("duration_ms", time.Since(c.start).Milliseconds()))
-		observe.Relayed(c.srv.opts.Conns, c.bytesIn.Load(), c.bytesOut.Load())
+		c.mu.Lock()
+		line := observe.Session{ConnID: c.id, Proto: policy.LDAP.String(), User: c.user, RemoteAddr: c.remote,
+			Credential: c.credential, Outcome: c.outcome, BytesIn: c.bytesIn.Load(), BytesOut: c.bytesOut.Load(),
+			Ended: ended, Start: c.start}
+		c.mu.Unlock()
+		line.Log(context.Background(), c.srv.log, c.srv.opts.Conns, "ldap session closed",
+			slog.String("listener", c.srv.opts.Listener), slog.Bool("tls", c.tls.Load()))
 	}()
 	go func() {
 		defer close(execDone)

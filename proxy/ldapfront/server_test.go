@@ -794,7 +794,7 @@ func TestSessionLogLine(t *testing.T) {
 			t.Fatalf("no session line in %v:\n%s", patience, buf.String())
 		}
 	}
-	if line["user"] != "alice" || line["credential"] != "app-password:9" || line["ended_by"] != "client" {
+	if line["user"] != "alice" || line["credential"] != "app-password:9" || line["ended"] != "client" || line["outcome"] != "relayed" || line["proto"] != "ldap" {
 		t.Errorf("session line: %v", line)
 	}
 	if in, _ := line["bytes_in"].(float64); int(in) != len(bind)+7 {

@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/passgate/passgate/policy"
 	"github.com/passgate/passgate/proxy/observe"
 )
 
@@ -43,6 +44,7 @@ type trackedConn struct {
 	credential string
 	upstream   string
 	outcome    string
+	ended      string // what ended the session, when not the client
 	messages   int
 	bytes      int64
 	commands   int
@@ -63,7 +65,7 @@ func (s *Server) track(c net.Conn) *trackedConn {
 		started:  now,
 		preUntil: now.Add(s.o.PreLoginTimeout),
 		budget:   int64(s.o.MaxCommands)*int64(s.o.MaxLineLength+2)/4 + preLoginSlack,
-		outcome:  "no_auth",
+		outcome:  observe.OutcomeNoAuth,
 	}
 	if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
 		tc.remote = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
@@ -128,7 +130,7 @@ func (c *trackedConn) Write(b []byte) (int, error) {
 // apply.
 func (c *trackedConn) login(user, credential, upstream string) {
 	c.mu.Lock()
-	c.user, c.credential, c.upstream, c.outcome = user, credential, upstream, "relayed"
+	c.user, c.credential, c.upstream, c.outcome = user, credential, upstream, observe.OutcomeRelayed
 	c.mu.Unlock()
 	c.authed.Store(true)
 }
@@ -153,6 +155,9 @@ func (c *trackedConn) trackRevocation(id int64) {
 	ctx, release := c.s.o.Sessions.Track(c.s.ctx, id)
 	stop := context.AfterFunc(ctx, func() {
 		if context.Cause(ctx) != context.Canceled {
+			c.mu.Lock()
+			c.ended = "revoked"
+			c.mu.Unlock()
 			c.Conn.Close()
 		}
 	})
@@ -184,8 +189,8 @@ func (c *trackedConn) failure() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.failures++
-	if c.outcome != "relayed" {
-		c.outcome = "auth_failed"
+	if c.outcome != observe.OutcomeRelayed {
+		c.outcome = observe.OutcomeFailed
 	}
 	return c.failures >= c.s.o.MaxAuthFailures
 }
@@ -212,30 +217,24 @@ func (c *trackedConn) Close() error {
 	c.closeOnce.Do(func() {
 		c.mu.Lock()
 		release := c.release
-		attrs := []slog.Attr{
-			slog.String("proto", "smtp"),
-			slog.String("listener", c.s.o.Listener),
-			slog.Uint64("conn_id", c.id),
-			slog.String("remote_addr", c.remote.String()),
-			slog.Bool("tls", c.tls),
-			slog.String("user", c.user),
-			slog.String("credential", c.credential),
-			slog.String("upstream", c.upstream),
-			slog.Int("messages", c.messages),
-			slog.Int64("bytes_in", c.bytes),
-			slog.String("outcome", c.outcome),
-			slog.Int64("duration_ms", time.Since(c.started).Milliseconds()),
+		ended := c.ended
+		if ended == "" && c.s.ctx.Err() != nil {
+			ended = "shutdown"
+		} else if ended == "" {
+			ended = "client"
 		}
+		line := observe.Session{ConnID: c.id, Proto: policy.SMTP.String(), User: c.user, RemoteAddr: c.remote,
+			Credential: c.credential, Outcome: c.outcome, BytesIn: c.bytes, Ended: ended, Start: c.started}
+		extra := []slog.Attr{slog.String("listener", c.s.o.Listener), slog.Bool("tls", c.tls),
+			slog.String("upstream", c.upstream), slog.Int("messages", c.messages)}
 		if c.tlsVersion != "" {
-			attrs = append(attrs, slog.String("tls_version", c.tlsVersion))
+			extra = append(extra, slog.String("tls_version", c.tlsVersion))
 		}
-		relayed := c.bytes
 		c.mu.Unlock()
 		if release != nil {
 			release()
 		}
-		c.s.log.LogAttrs(context.Background(), slog.LevelInfo, "smtp session", attrs...)
-		observe.Relayed(c.s.o.Conns, relayed, 0)
+		line.Log(context.Background(), c.s.log, c.s.o.Conns, "smtp session", extra...)
 		observe.Closed(c.s.o.Conns)
 		c.s.set.Done(c)
 	})

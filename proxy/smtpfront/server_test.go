@@ -30,6 +30,10 @@ import (
 // appSecret is alice's app password.
 const appSecret = "abcdefghijklmnop"
 
+// imapOnlySecret is alice's app password "phone" (id 8), scoped to IMAP
+// only: SMTP refuses it.
+const imapOnlySecret = "qrstuvwxyzabcdef"
+
 // fakeDecider runs the real policy.Engine over a store where "alice" has
 // app password appSecret (id 7) and MFA enforced; "down" makes the store
 // fail; the secrets "primary", "upstream-refuses" and "upstream-flaky"
@@ -57,6 +61,10 @@ func (f *fakeDecider) state(user, secret string) (store.LoginState, error) {
 		return store.LoginState{}, errors.New("store down")
 	case user == "alice" && secret == appSecret:
 		return store.LoginState{MFA: store.MFAEnforced, AllowAppPasswords: true, AppPassword: policytest.App(7, "alice", "Outlook")}, nil
+	case user == "alice" && secret == imapOnlySecret:
+		ap := policytest.App(8, "alice", "phone")
+		ap.Scopes = []string{policy.IMAP.String()}
+		return store.LoginState{MFA: store.MFAEnforced, AllowAppPasswords: true, AppPassword: ap}, nil
 	case secret == "primary" || secret == "upstream-refuses" || secret == "upstream-flaky":
 		return store.LoginState{MFA: store.MFADisabled, AllowAppPasswords: true}, nil
 	}
@@ -680,7 +688,7 @@ func TestLogHasNoSecret(t *testing.T) {
 	if strings.Contains(out, "wrong-secret-xyz") || strings.Contains(out, appSecret) {
 		t.Fatalf("a secret reached the log:\n%s", out)
 	}
-	for _, want := range []string{`"user":"alice"`, `"credential":"app-password:7 (Outlook)"`, `"outcome":"relayed"`, `"remote_addr":"127.0.0.1:`} {
+	for _, want := range []string{`"user":"alice"`, `"credential":"app-password:7 (Outlook)"`, `"outcome":"relayed"`, `"remote_addr":"127.0.0.1:`, `"proto":"smtp"`, `"conn_id":`, `"bytes_out":0`, `"ended":"client"`, `"duration":"`} {
 		if !strings.Contains(out, want) {
 			t.Errorf("session log lacks %s:\n%s", want, out)
 		}
@@ -736,5 +744,49 @@ func TestRevokedAppPasswordClosesSession(t *testing.T) {
 	_ = r.conn.SetReadDeadline(time.Now().Add(patience))
 	if _, err := r.r.ReadString('\n'); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("connection not closed after revocation: %v", err)
+	}
+}
+
+// TestFailedSessionLineNamesUserAndCredential: the session line of an SMTP
+// session whose logins all failed names the user tried, and the app
+// password that matched but was refused for lacking the smtp scope, with
+// the keys every listener's session line has.
+func TestFailedSessionLineNamesUserAndCredential(t *testing.T) {
+	tests := []struct {
+		name   string
+		user   string
+		secret string
+		want   []string
+	}{
+		{"fail/app-password-out-of-scope", "alice", imapOnlySecret, []string{`"user":"alice"`, `"credential":"app-password:8 (phone)"`}},
+		{"fail/wrong-secret", "bob", "wrong-secret", []string{`"user":"bob"`, `"credential":""`}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var buf syncBuffer
+			f := newFixture(t, func(o *smtpfront.Options) { o.Logger = newTestLogger(&buf) })
+			r := f.dialRaw(t, true)
+			r.send("AUTH PLAIN " + b64("\x00"+tc.user+"\x00"+tc.secret))
+			r.expect("535 ")
+			r.send("QUIT")
+			r.expect("221 ")
+			deadline := time.Now().Add(patience)
+			for !strings.Contains(buf.String(), `"msg":"smtp session"`) && time.Now().Before(deadline) {
+				time.Sleep(10 * time.Millisecond)
+			}
+			var line string
+			for _, l := range strings.Split(buf.String(), "\n") {
+				if strings.Contains(l, `"msg":"smtp session"`) {
+					line = l
+				}
+			}
+			want := append(tc.want, `"outcome":"auth_failed"`, `"proto":"smtp"`, `"conn_id":`, `"remote_addr":"127.0.0.1:`,
+				`"bytes_in":0`, `"bytes_out":0`, `"ended":"client"`, `"duration":"`)
+			for _, w := range want {
+				if !strings.Contains(line, w) {
+					t.Errorf("session line lacks %s: %s", w, line)
+				}
+			}
+		})
 	}
 }

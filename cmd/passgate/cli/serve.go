@@ -52,6 +52,19 @@ type service struct {
 	admin bool
 }
 
+// front is a protocol listener as serve runs it: imapfront, smtpfront and
+// ldapfront's Server alike.
+type front interface {
+	Serve(ln net.Listener) error
+	Shutdown(ctx context.Context) error
+	Close() error
+}
+
+// frontService is the service of one protocol listener on addr.
+func frontService(name, addr string, srv front) service {
+	return service{name: name, addr: addr, serve: srv.Serve, shutdown: srv.Shutdown, close: srv.Close}
+}
+
 // Timings of serve.
 const (
 	drainTimeout   = 30 * time.Second       // SIGTERM: how long live sessions may finish

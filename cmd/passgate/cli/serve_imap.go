@@ -40,7 +40,7 @@ func buildIMAP(d *deps, up imapfront.Upstream) ([]service, error) {
 		o.TLSConfig = d.serverTLS // nil: no STARTTLS
 		o.Logger = d.log.With(slog.String("listener", "imap"))
 		o.Conns = d.metrics.conns("imap")
-		out = append(out, imapService("imap", c.Listen, imapfront.New(o)))
+		out = append(out, frontService("imap", c.Listen, imapfront.New(o)))
 	}
 	if c.ListenTLS != "" {
 		o := base
@@ -48,17 +48,7 @@ func buildIMAP(d *deps, up imapfront.Upstream) ([]service, error) {
 		o.ImplicitTLS = true
 		o.Logger = d.log.With(slog.String("listener", "imaps"))
 		o.Conns = d.metrics.conns("imaps")
-		out = append(out, imapService("imaps", c.ListenTLS, imapfront.New(o)))
+		out = append(out, frontService("imaps", c.ListenTLS, imapfront.New(o)))
 	}
 	return out, nil
-}
-
-func imapService(name, addr string, srv *imapfront.Server) service {
-	return service{
-		name:     name,
-		addr:     addr,
-		serve:    srv.Serve,
-		shutdown: srv.Shutdown,
-		close:    srv.Close,
-	}
 }

@@ -81,7 +81,7 @@ func buildLDAP(d *deps) ([]service, error) {
 		if err != nil {
 			return nil, fmt.Errorf("ldap listener %s (ldap.listen): %w", c.Listen, err)
 		}
-		out = append(out, ldapService("ldap", c.Listen, srv))
+		out = append(out, frontService("ldap", c.Listen, srv))
 	}
 	if c.ListenTLS != "" {
 		o := base
@@ -94,7 +94,7 @@ func buildLDAP(d *deps) ([]service, error) {
 		if err != nil {
 			return nil, fmt.Errorf("ldap listener %s (ldap.listen_tls): %w", c.ListenTLS, err)
 		}
-		out = append(out, ldapService("ldaps", c.ListenTLS, srv))
+		out = append(out, frontService("ldaps", c.ListenTLS, srv))
 	}
 	if u.ServiceDN != "" {
 		go func() {
@@ -109,16 +109,6 @@ func buildLDAP(d *deps) ([]service, error) {
 		}()
 	}
 	return out, nil
-}
-
-func ldapService(name, addr string, srv *ldapfront.Server) service {
-	return service{
-		name:     name,
-		addr:     addr,
-		serve:    srv.Serve,
-		shutdown: srv.Shutdown,
-		close:    srv.Close,
-	}
 }
 
 // LDAPUpstream adapts backends/ldapupstream to ldapfront.Upstream, so

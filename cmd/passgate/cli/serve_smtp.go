@@ -78,7 +78,7 @@ func buildSMTP(d *deps, up smtpfront.Upstream) ([]service, error) {
 		o.Listener = "smtp"
 		o.Conns = d.metrics.conns("smtp")
 		o.Logger = d.log
-		out = append(out, smtpService("smtp", c.Listen, smtpfront.New(o)))
+		out = append(out, frontService("smtp", c.Listen, smtpfront.New(o)))
 	}
 	if c.ListenTLS != "" {
 		o := base
@@ -87,19 +87,9 @@ func buildSMTP(d *deps, up smtpfront.Upstream) ([]service, error) {
 		o.Listener = "submissions"
 		o.Conns = d.metrics.conns("submissions")
 		o.Logger = d.log
-		out = append(out, smtpService("submissions", c.ListenTLS, smtpfront.New(o)))
+		out = append(out, frontService("submissions", c.ListenTLS, smtpfront.New(o)))
 	}
 	return out, nil
-}
-
-func smtpService(name, addr string, srv *smtpfront.Server) service {
-	return service{
-		name:     name,
-		addr:     addr,
-		serve:    srv.Serve,
-		shutdown: srv.Shutdown,
-		close:    srv.Close,
-	}
 }
 
 // sizeProber is what buildSMTP asks of an upstream that can tell its SIZE.
