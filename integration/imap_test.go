@@ -433,6 +433,7 @@ type passgateConfig struct {
 	policyYAML   string   // more lines of the policy section, indented by two spaces
 	web          bool     // serve the portal (web.verify imap) on a free port
 	webYAML      string   // more lines of the web section, indented by two spaces
+	extraYAML    string   // more top-level sections, appended to the file
 }
 
 // startPassgate writes a configuration in a new directory, runs "passgate
@@ -509,6 +510,7 @@ log:
 	if pc.web {
 		cfg += fmt.Sprintf("web:\n  listen: 127.0.0.1:%[1]d\n  public_url: https://localhost:%[1]d\n  verify: imap\n%[2]s", ports[3], pc.webYAML)
 	}
+	cfg += pc.extraYAML
 	if pc.policyYAML != "" {
 		cfg = strings.Replace(cfg, "policy:\n", "policy:\n"+pc.policyYAML, 1)
 	}
