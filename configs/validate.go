@@ -40,6 +40,8 @@ func (c *Config) validateStore(v *problems) {
 	} else if c.Store.Driver == "postgres" && strings.Contains(c.Store.DSN, "://") {
 		if u, err := url.Parse(c.Store.DSN); err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
 			v.add("store.dsn", redactDSN(c.Store.DSN), "must be a postgres:// URL or a key=value string such as \"host=/run/postgresql dbname=passgate\"")
+		} else if strings.Contains(u.Host, ",") {
+			v.add("store.dsn", redactDSN(c.Store.DSN), "names several hosts in a URL, which lib/pq cannot read: use the key=value form, e.g. \"host=db1,db2 port=5432,5432 dbname=passgate target_session_attrs=read-write\"")
 		}
 	}
 	if c.KeyFile == "" {
