@@ -44,13 +44,18 @@ type Policy struct {
 	TrustedNetworks []string `yaml:"trusted_networks"` // CIDRs allowed plaintext auth
 	// ProxyNetworks are the load balancers (within TrustedNetworks) whose
 	// every connection starts with a PROXY protocol header.
-	ProxyNetworks   []string      `yaml:"proxy_networks"`
-	FailureDelay    Duration      `yaml:"failure_delay"` // default 2s
-	MaxAppPasswords int           `yaml:"max_app_passwords"`
-	DefaultMFA      string        `yaml:"default_mfa"` // disabled (default) | enabled | enforced
-	Realms          []string      `yaml:"realms"`      // domains the upstream folds onto local names: alice@example.test is alice
-	Limits          ProtocolLimit `yaml:"limits"`
-	Lockout         Lockout       `yaml:"lockout"`
+	ProxyNetworks   []string `yaml:"proxy_networks"`
+	FailureDelay    Duration `yaml:"failure_delay"` // default 2s
+	MaxAppPasswords int      `yaml:"max_app_passwords"`
+	DefaultMFA      string   `yaml:"default_mfa"` // disabled (default) | enabled | enforced
+	Realms          []string `yaml:"realms"`      // domains the upstream folds onto local names: alice@example.test is alice
+	// MFAGroups are the DNs of directory groups (groupOfNames member or
+	// posixGroup memberUid, read from ldap.upstream with its service
+	// account) whose members are enforced without a row in the store.
+	MFAGroups   []string      `yaml:"mfa_groups"`
+	MFAGroupTTL Duration      `yaml:"mfa_group_ttl"` // how long a group's members are cached; default 60s
+	Limits      ProtocolLimit `yaml:"limits"`
+	Lockout     Lockout       `yaml:"lockout"`
 }
 
 // Lockout configures step 2 of the decision (policy.Lockout). All

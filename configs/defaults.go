@@ -13,6 +13,7 @@ const (
 	DefaultFailureDelay    = 2 * time.Second
 	DefaultMaxAppPasswords = 40
 	DefaultMFA             = "disabled"
+	DefaultMFAGroupTTL     = 60 * time.Second
 
 	DefaultPreLoginTimeout = 60 * time.Second
 	DefaultMaxLineLength   = 8192
@@ -50,6 +51,7 @@ func Defaults() *Config {
 			FailureDelay:    Duration(DefaultFailureDelay),
 			MaxAppPasswords: DefaultMaxAppPasswords,
 			DefaultMFA:      DefaultMFA,
+			MFAGroupTTL:     Duration(DefaultMFAGroupTTL),
 			Limits: ProtocolLimit{
 				PreLoginTimeout: Duration(DefaultPreLoginTimeout),
 				MaxLineLength:   DefaultMaxLineLength,

@@ -40,6 +40,8 @@ func (c *Config) validateStore(v *problems) {
 	} else if c.Store.Driver == "postgres" && strings.Contains(c.Store.DSN, "://") {
 		if u, err := url.Parse(c.Store.DSN); err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
 			v.add("store.dsn", redactDSN(c.Store.DSN), "must be a postgres:// URL or a key=value string such as \"host=/run/postgresql dbname=passgate\"")
+		} else if strings.Contains(u.Host, ",") {
+			v.add("store.dsn", redactDSN(c.Store.DSN), "names several hosts in a URL, which lib/pq cannot read: use the key=value form, e.g. \"host=db1,db2 port=5432,5432 dbname=passgate target_session_attrs=read-write\"")
 		}
 	}
 	if c.KeyFile == "" {
@@ -74,7 +76,32 @@ func (c *Config) validatePolicy(v *problems) {
 		v.add("policy.max_app_passwords", c.Policy.MaxAppPasswords, "must be between 1 and 1000")
 	}
 	v.oneOf("policy.default_mfa", c.Policy.DefaultMFA, "disabled", "enabled", "enforced")
+	c.validateMFAGroups(v)
 	c.validateLimits(v)
+}
+
+// validateMFAGroups checks policy.mfa_groups and policy.mfa_group_ttl:
+// the groups are read from ldap.upstream with its service account, and a
+// member is named by ldap.user_dn_templates (groupOfNames) or by the
+// login name itself (posixGroup memberUid).
+func (c *Config) validateMFAGroups(v *problems) {
+	if c.Policy.MFAGroupTTL <= 0 {
+		v.add("policy.mfa_group_ttl", c.Policy.MFAGroupTTL, "must be positive, e.g. 60s (how long a group's members are cached)")
+	}
+	if len(c.Policy.MFAGroups) == 0 {
+		return
+	}
+	for i, g := range c.Policy.MFAGroups {
+		if strings.TrimSpace(g) == "" || !strings.Contains(g, "=") {
+			v.add(fmt.Sprintf("policy.mfa_groups[%d]", i), g, "must be the DN of a group, e.g. \"cn=mfa-users,ou=groups,dc=example,dc=test\"")
+		}
+	}
+	if c.LDAP.Upstream.URL == "" {
+		v.add("ldap.upstream.url", "", "must be set when policy.mfa_groups is set: the groups are read from that directory")
+	}
+	if c.LDAP.Upstream.ServiceDN == "" {
+		v.add("ldap.upstream.service_dn", "", "must be set when policy.mfa_groups is set: the service account reads the groups (and ldap.upstream.service_password_file)")
+	}
 }
 
 // validateNetworks checks policy.trusted_networks and policy.proxy_networks.

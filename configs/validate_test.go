@@ -57,6 +57,26 @@ func TestValidate(t *testing.T) {
 		}, []string{
 			`policy.lockout.max_failures (-1): must be 0 (not counted) or positive`,
 			`policy.lockout.window ("-1m0s"): must be positive, e.g. 15m (0: the default, 15m)`}},
+		{"ok/mfa-groups", func(c *configs.Config) {
+			c.Policy.MFAGroups = []string{"cn=mfa-users,ou=groups,dc=example,dc=test"}
+			c.LDAP.Upstream.URL = "ldap://127.0.0.1:389"
+			c.LDAP.Upstream.ServiceDN, c.LDAP.Upstream.ServicePasswordFile = "cn=passgate,dc=example,dc=test", "ldap.secret"
+		}, nil},
+		{"fail/mfa-groups", func(c *configs.Config) {
+			c.Policy.MFAGroups = []string{"mfa-users"}
+			c.Policy.MFAGroupTTL = 0
+		}, []string{
+			`policy.mfa_group_ttl ("0s"): must be positive, e.g. 60s (how long a group's members are cached)`,
+			`policy.mfa_groups[0] ("mfa-users"): must be the DN of a group, e.g. "cn=mfa-users,ou=groups,dc=example,dc=test"`,
+			`ldap.upstream.url (""): must be set when policy.mfa_groups is set: the groups are read from that directory`,
+			`ldap.upstream.service_dn (""): must be set when policy.mfa_groups is set: the service account reads the groups (and ldap.upstream.service_password_file)`}},
+		{"ok/postgres-several-hosts", func(c *configs.Config) {
+			c.Store.Driver, c.Store.DSN = "postgres", "host=db1,db2 dbname=passgate sslmode=verify-full target_session_attrs=read-write"
+		}, nil},
+		{"fail/postgres-url-several-hosts", func(c *configs.Config) {
+			c.Store.Driver, c.Store.DSN = "postgres", "postgres://u@db1:5432,db2:5432/passgate?target_session_attrs=read-write"
+		}, []string{
+			`store.dsn ("postgres://u@db1:5432,db2:5432/passgate?target_session_attrs=read-write"): names several hosts in a URL, which lib/pq cannot read: use the key=value form, e.g. "host=db1,db2 port=5432,5432 dbname=passgate target_session_attrs=read-write"`}},
 		{"fail/failure-delay", func(c *configs.Config) { c.Policy.FailureDelay = configs.Duration(-time.Second) }, []string{
 			`policy.failure_delay ("-1s"): must be zero or positive`}},
 		{"fail/upstream-tls", func(c *configs.Config) { c.IMAP.Upstream.TLS = "tls" }, []string{

@@ -433,6 +433,7 @@ type passgateConfig struct {
 	policyYAML   string   // more lines of the policy section, indented by two spaces
 	web          bool     // serve the portal (web.verify imap) on a free port
 	webYAML      string   // more lines of the web section, indented by two spaces
+	extraYAML    string   // more top-level sections, appended to the file
 }
 
 // startPassgate writes a configuration in a new directory, runs "passgate
@@ -509,6 +510,7 @@ log:
 	if pc.web {
 		cfg += fmt.Sprintf("web:\n  listen: 127.0.0.1:%[1]d\n  public_url: https://localhost:%[1]d\n  verify: imap\n%[2]s", ports[3], pc.webYAML)
 	}
+	cfg += pc.extraYAML
 	if pc.policyYAML != "" {
 		cfg = strings.Replace(cfg, "policy:\n", "policy:\n"+pc.policyYAML, 1)
 	}
@@ -659,29 +661,39 @@ func (p *passgateInstance) rawLogin(t testing.TB, user, password string) string 
 // slows no other test.
 func (p *passgateInstance) rawLoginFrom(t testing.TB, laddr, user, password string) string {
 	t.Helper()
+	line, err := p.loginReply(laddr, user, password)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return line
+}
+
+// loginReply is rawLoginFrom for a goroutine other than the test's: it
+// returns its failure instead of ending the test.
+func (p *passgateInstance) loginReply(laddr, user, password string) (string, error) {
 	d := &net.Dialer{Timeout: patience}
 	if laddr != "" {
 		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(laddr)}
 	}
 	conn, err := tls.DialWithDialer(d, "tcp", p.imapsAddr, env.certs.ClientTLS())
 	if err != nil {
-		t.Fatalf("TLS to passgate: %v", err)
+		return "", fmt.Errorf("TLS to passgate: %w", err)
 	}
 	defer conn.Close()
 	conn.SetDeadline(time.Now().Add(patience))
 	r := bufio.NewReader(conn)
 	if _, err := r.ReadString('\n'); err != nil {
-		t.Fatalf("greeting: %v", err)
+		return "", fmt.Errorf("greeting: %w", err)
 	}
 	fmt.Fprintf(conn, "a LOGIN %s %s\r\n", strconv.Quote(user), strconv.Quote(password))
 	for {
 		line, err := r.ReadString('\n')
 		if err != nil {
-			t.Fatalf("reply to LOGIN: %v", err)
+			return "", fmt.Errorf("reply to LOGIN: %w", err)
 		}
 		if strings.HasPrefix(line, "a ") {
 			fmt.Fprintf(conn, "b LOGOUT\r\n")
-			return line
+			return line, nil
 		}
 	}
 }

@@ -28,6 +28,14 @@ type Store interface {
 	Record(ctx context.Context, ev store.AuditEvent) error
 }
 
+// Groups tells whether a user belongs to a directory group whose members
+// are enforced without a row in the store (policy.mfa_groups). An error
+// means the directory could not be asked: the decision then cannot tell
+// and fails as a temporary failure. *ldapupstream.Groups implements it.
+type Groups interface {
+	IsMember(ctx context.Context, user string) (bool, error)
+}
+
 // Options configures an Engine.
 type Options struct {
 	Store           Store
@@ -46,6 +54,9 @@ type Options struct {
 	Now    func() time.Time
 	// Lockout configures step 2; the zero value switches it off.
 	Lockout Lockout
+	// MFAGroups, when set, makes a member of its groups enforced whatever
+	// the store says (nil: no groups).
+	MFAGroups Groups
 	// OnOutcome, when set, learns every recorded outcome, for metrics:
 	// the protocol, the kind of credential and the outcome. It must not
 	// block.
@@ -67,6 +78,7 @@ type Engine struct {
 	onOutcome func(Proto, Credential, Outcome)
 	onDecide  func(Proto, time.Duration)
 	lock      *limiter // nil: no lockout
+	groups    Groups   // nil: no mfa groups
 	inFlight  atomic.Int64
 }
 
@@ -89,6 +101,7 @@ func New(opts Options) *Engine {
 		onOutcome: opts.OnOutcome,
 		onDecide:  opts.OnDecision,
 		lock:      newLimiter(opts.Lockout),
+		groups:    opts.MFAGroups,
 	}
 	if e.delay == 0 {
 		e.delay = DefaultFailureDelay
@@ -232,6 +245,26 @@ func (e *Engine) Decide(ctx context.Context, a Attempt) (*Login, error) {
 			match = ls.AppPassword
 		}
 	}
+	// A member of an mfa group is enforced. The directory is asked only
+	// when its answer can change the decision: not for a user enforced
+	// already, nor for a usable app password of a user with MFA on.
+	if e.groups != nil && st != store.MFAEnforced && (match == nil || st == store.MFADisabled) {
+		member, err := e.groupMember(ctx, names)
+		if err != nil {
+			// Fail closed, but not as a wrong password: the user may
+			// be a member (so the primary password must not pass), and
+			// may as well not be (so a refusal would be a lie that
+			// makes the client forget a right password).
+			l.settle(Unavailable)
+			l.err = fmt.Errorf("policy: read the mfa groups for %q: %w", user, err)
+			l.reason = "temporary failure: " + l.err.Error()
+			return l, l.err
+		}
+		if member {
+			st = store.MFAEnforced
+			l.group = true
+		}
+	}
 	l.mfa = st
 	// Step 3.
 	if match != nil {
@@ -266,6 +299,9 @@ func (e *Engine) Decide(ctx context.Context, a Attempt) (*Login, error) {
 	// Step 4.
 	if st == store.MFAEnforced && a.Proto != Web {
 		l.settle(Failure)
+		if l.group {
+			return deny("no app password matched and MFA is enforced by membership of an mfa group: primary password refused without contacting the upstream")
+		}
 		return deny("no app password matched and MFA is enforced: primary password refused without contacting the upstream")
 	}
 	if a.Proto == Web && st == store.MFADisabled {
@@ -280,6 +316,18 @@ func (e *Engine) Decide(ctx context.Context, a Attempt) (*Login, error) {
 	l.allowed, l.cred = true, Primary
 	l.reason = "primary password, to be verified by the upstream"
 	return l, nil
+}
+
+// groupMember reports whether any of the names is a member of an mfa
+// group.
+func (e *Engine) groupMember(ctx context.Context, names []string) (bool, error) {
+	for _, n := range names {
+		ok, err := e.groups.IsMember(ctx, n)
+		if err != nil || ok {
+			return ok, err
+		}
+	}
+	return false, nil
 }
 
 // lockName is the name the lockout counts a user under: one for every

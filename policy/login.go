@@ -22,6 +22,7 @@ type Login struct {
 	user    string // to log in upstream with
 	stored  string // the name as stored, when the user has a row
 	mfa     store.MFAState
+	group   bool // mfa is enforced by an mfa group's membership
 	cred    Credential
 	appID   int64
 	label   string

@@ -25,7 +25,9 @@ const slapdStartTimeout = time.Minute
 //	  ou=people: uid=alice, uid=bob, uid=carol (inetOrgPerson with mail,
 //	             telephoneNumber and description; userPassword is each
 //	             one's primary password, in Users)
-//	  ou=groups: cn=staff (alice, bob)
+//	  ou=groups: cn=staff (alice, bob); cn=mfa-users (groupOfNames: alice)
+//	             and cn=mfa-posix (posixGroup: memberUid carol), the groups
+//	             of policy.mfa_groups, which tests change as AdminDN
 //	  ou=services: cn=passgate (the service account, allowed RFC 4370
 //	             proxied authorization for every uid=…,ou=people entry) and
 //	             cn=wiki (an application's own account, without MFA)
@@ -42,6 +44,8 @@ type Slapd struct {
 	ServicePassword string
 	AppDN           string // cn=wiki,ou=services,dc=example,dc=test
 	AppPassword     string
+	AdminDN         string // cn=admin,dc=example,dc=test: the rootdn, which may change anything
+	AdminPassword   string
 	UserTemplate    string            // uid={user},ou=people,dc=example,dc=test
 	Users           map[string]string // uid → primary password
 	LogFile         string            // slapd's -d stats output
@@ -91,6 +95,7 @@ func StartSlapd(ctx context.Context, dir string, certs *Certs) (*Slapd, error) {
 		BaseDN:       "dc=example,dc=test",
 		ServiceDN:    "cn=passgate,ou=services,dc=example,dc=test",
 		AppDN:        "cn=wiki,ou=services,dc=example,dc=test",
+		AdminDN:      "cn=admin,dc=example,dc=test",
 		UserTemplate: "uid={user},ou=people,dc=example,dc=test",
 		Users:        make(map[string]string),
 		LogFile:      filepath.Join(dir, "slapd.log"),
@@ -100,6 +105,9 @@ func StartSlapd(ctx context.Context, dir string, certs *Certs) (*Slapd, error) {
 		return nil, err
 	}
 	if s.AppPassword, err = randomPassword(); err != nil {
+		return nil, err
+	}
+	if s.AdminPassword, err = randomPassword(); err != nil {
 		return nil, err
 	}
 	for _, u := range []string{"alice", "bob", "carol"} {
@@ -217,6 +225,7 @@ database mdb
 maxsize 67108864
 suffix "%[5]s"
 rootdn "cn=admin,%[5]s"
+rootpw "%[8]s"
 directory %[6]s
 
 # slapd reads authzTo with "auth" access during proxied authorization;
@@ -240,7 +249,7 @@ access to *
 	by users read
 	by anonymous auth
 	by * none
-`, s.Dir, certs.CAFile, certs.CertFile, certs.KeyFile, s.BaseDN, db, s.ServiceDN)
+`, s.Dir, certs.CAFile, certs.CertFile, certs.KeyFile, s.BaseDN, db, s.ServiceDN, s.AdminPassword)
 	return b.String()
 }
 
@@ -300,6 +309,17 @@ objectClass: groupOfNames
 cn: staff
 member: %s
 member: %s
+
+dn: cn=mfa-users,ou=groups,%[1]s
+objectClass: groupOfNames
+cn: mfa-users
+member: %[2]s
+
+dn: cn=mfa-posix,ou=groups,%[1]s
+objectClass: posixGroup
+cn: mfa-posix
+gidNumber: 5000
+memberUid: carol
 `, s.BaseDN, s.UserDN("alice"), s.UserDN("bob"))
 	return b.String()
 }

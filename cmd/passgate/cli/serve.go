@@ -144,7 +144,12 @@ func serve(ctx context.Context, e *env, cfg *configs.Config, log *slog.Logger, o
 		onOutcome = m.outcome
 	}
 
-	engine, err := newEngine(cfg, m.observeStore(journal), log, onOutcome, m.decided())
+	groups, closeGroups, err := mfaGroups(cfg) // serve_ldap.go
+	if err != nil {
+		return err
+	}
+	defer closeGroups()
+	engine, err := newEngine(cfg, m.observeStore(journal), groups, log, onOutcome, m.decided())
 	if err != nil {
 		return err
 	}
@@ -253,7 +258,7 @@ func serve(ctx context.Context, e *env, cfg *configs.Config, log *slog.Logger, o
 }
 
 // newEngine builds the decision from the policy section of cfg.
-func newEngine(cfg *configs.Config, st policy.Store, log *slog.Logger, onOutcome func(policy.Proto, policy.Credential, policy.Outcome), onDecision func(policy.Proto, time.Duration)) (*policy.Engine, error) {
+func newEngine(cfg *configs.Config, st policy.Store, groups policy.Groups, log *slog.Logger, onOutcome func(policy.Proto, policy.Credential, policy.Outcome), onDecision func(policy.Proto, time.Duration)) (*policy.Engine, error) {
 	trusted, err := parsePrefixes("policy.trusted_networks", cfg.Policy.TrustedNetworks)
 	if err != nil {
 		return nil, err
@@ -275,6 +280,7 @@ func newEngine(cfg *configs.Config, st policy.Store, log *slog.Logger, onOutcome
 		FailureDelay:    delay,
 		ForbiddenInUser: forbidden,
 		Realms:          cfg.Policy.Realms,
+		MFAGroups:       groups,
 		Logger:          log,
 		OnOutcome:       onOutcome,
 		OnDecision:      onDecision,

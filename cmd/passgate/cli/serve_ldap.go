@@ -9,6 +9,7 @@ import (
 
 	"github.com/passgate/passgate/backends/ldapupstream"
 	"github.com/passgate/passgate/configs"
+	"github.com/passgate/passgate/policy"
 	"github.com/passgate/passgate/proxy/ldapfront"
 )
 
@@ -31,23 +32,7 @@ func buildLDAP(d *deps) ([]service, error) {
 	if c.ListenTLS != "" && d.serverTLS == nil {
 		return nil, fmt.Errorf("cli: ldap.listen_tls (%q) needs a certificate: set tls.cert_file and tls.key_file in the configuration, or remove ldap.listen_tls", c.ListenTLS)
 	}
-	u := c.Upstream
-	var servicePW ldapupstream.Secret
-	if u.ServicePasswordFile != "" {
-		pw, err := configs.ReadSecretFile(u.ServicePasswordFile)
-		if err != nil {
-			return nil, fmt.Errorf("ldap.upstream.service_password_file: %w", err)
-		}
-		servicePW = ldapupstream.Secret(pw)
-	}
-	up, err := ldapupstream.New(ldapupstream.Options{
-		URL:             u.URL,
-		TLS:             u.TLS,
-		CAFile:          u.CAFile,
-		ServerName:      u.ServerName,
-		ServiceDN:       u.ServiceDN,
-		ServicePassword: servicePW,
-	})
+	up, err := newLDAPClient(c.Upstream)
 	if err != nil {
 		return nil, err
 	}
@@ -96,7 +81,7 @@ func buildLDAP(d *deps) ([]service, error) {
 		}
 		out = append(out, frontService("ldaps", c.ListenTLS, srv))
 	}
-	if u.ServiceDN != "" {
+	if c.Upstream.ServiceDN != "" {
 		go func() {
 			ctx, cancel := context.WithTimeout(context.Background(), ldapCheckTimeout)
 			defer cancel()
@@ -109,6 +94,46 @@ func buildLDAP(d *deps) ([]service, error) {
 		}()
 	}
 	return out, nil
+}
+
+// newLDAPClient returns a client of the directory ldap.upstream names.
+func newLDAPClient(u configs.LDAPUpstream) (*ldapupstream.Client, error) {
+	var servicePW ldapupstream.Secret
+	if u.ServicePasswordFile != "" {
+		pw, err := configs.ReadSecretFile(u.ServicePasswordFile)
+		if err != nil {
+			return nil, fmt.Errorf("ldap.upstream.service_password_file: %w", err)
+		}
+		servicePW = ldapupstream.Secret(pw)
+	}
+	return ldapupstream.New(ldapupstream.Options{
+		URL:             u.URL,
+		TLS:             u.TLS,
+		CAFile:          u.CAFile,
+		ServerName:      u.ServerName,
+		ServiceDN:       u.ServiceDN,
+		ServicePassword: servicePW,
+	})
+}
+
+// mfaGroups returns the reader of policy.mfa_groups (nil when none is
+// set) on a directory client of its own, and the func that closes it.
+// The groups are read at the first login that needs them, not at start:
+// the directory may come up later.
+func mfaGroups(cfg *configs.Config) (policy.Groups, func(), error) {
+	if len(cfg.Policy.MFAGroups) == 0 {
+		return nil, func() {}, nil
+	}
+	up, err := newLDAPClient(cfg.LDAP.Upstream)
+	if err != nil {
+		return nil, nil, fmt.Errorf("cli: policy.mfa_groups: %w", err)
+	}
+	g := up.Groups(ldapupstream.GroupOptions{
+		DNs:             cfg.Policy.MFAGroups,
+		UserDNTemplates: cfg.LDAP.UserDNTemplates,
+		TTL:             cfg.Policy.MFAGroupTTL.D(),
+	})
+	return g, func() { up.Close() }, nil
 }
 
 // LDAPUpstream adapts backends/ldapupstream to ldapfront.Upstream, so
