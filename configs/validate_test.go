@@ -59,6 +59,11 @@ func TestValidate(t *testing.T) {
 			`policy.lockout.window ("-1m0s"): must be positive, e.g. 15m (0: the default, 15m)`}},
 		{"fail/failure-delay", func(c *configs.Config) { c.Policy.FailureDelay = configs.Duration(-time.Second) }, []string{
 			`policy.failure_delay ("-1s"): must be zero or positive`}},
+		{"fail/audit-retention", func(c *configs.Config) {
+			c.Audit = configs.Audit{LoginRetention: configs.Duration(time.Hour), ChangeRetention: 0}
+		}, []string{
+			`audit.login_retention ("1h0m0s"): must be at least 1d (login events are deleted a day at a time; default 30d)`,
+			`audit.change_retention ("0s"): must be at least 1d (default 400d)`}},
 		{"fail/upstream-tls", func(c *configs.Config) { c.IMAP.Upstream.TLS = "tls" }, []string{
 			`imap.upstream.tls ("tls"): must be none, starttls or implicit`}},
 		{"fail/store", func(c *configs.Config) { c.Store.Driver, c.Store.DSN, c.KeyFile = "mysql", "", "" }, []string{
