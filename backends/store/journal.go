@@ -294,6 +294,15 @@ func (j *Journal) Audit(ctx context.Context, f AuditFilter) ([]AuditEvent, error
 	return j.Store.Audit(ctx, f)
 }
 
+// AuditPage flushes the queue, then reads one page of the audit trail
+// (Store.AuditPage), so that a page includes the logins already decided.
+func (j *Journal) AuditPage(ctx context.Context, f AuditFilter, after AuditCursor, limit int) ([]AuditEvent, AuditCursor, error) {
+	if err := j.Flush(ctx); err != nil {
+		return nil, AuditCursor{}, err
+	}
+	return j.Store.AuditPage(ctx, f, after, limit)
+}
+
 // ListAppPasswords flushes the queue, so that last use is current, then
 // lists (Store.ListAppPasswords).
 func (j *Journal) ListAppPasswords(ctx context.Context, user string) ([]AppPassword, error) {
