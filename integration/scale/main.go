@@ -10,7 +10,9 @@
 //	go run ./integration/scale -passgate /tmp/pg -sizes 1000,100000 -events 10
 //	go run ./integration/scale -driver postgres -dsn 'postgres://…/scratch?sslmode=disable' …
 //
-// On PostgreSQL the DSN must name a throwaway database: each size starts
+// On PostgreSQL without -dsn, it starts a throwaway cluster of the test
+// harness (integration/testenv: fsync off). A -dsn must name a throwaway
+// database: each size starts
 // by dropping and recreating its public schema. Users get 3 app passwords
 // each, 1 % of them 40; -events is the number of login events per user,
 // spread over the last 30 days.
@@ -43,6 +45,7 @@ import (
 
 	"github.com/passgate/passgate/backends/apppass"
 	"github.com/passgate/passgate/backends/store"
+	"github.com/passgate/passgate/integration/testenv"
 	"github.com/passgate/passgate/policy"
 )
 
@@ -55,6 +58,18 @@ func main() {
 	logins := flag.Int("logins", 300, "logins measured per kind")
 	flag.Parse()
 	ctx := context.Background()
+	if *driver == store.DriverPostgres && *dsn == "" {
+		// A throwaway cluster of the test harness (fsync off).
+		base, stop, err := testenv.Postgres(ctx)
+		if err != nil {
+			fatal(err)
+		}
+		defer stop()
+		if *dsn, err = testenv.CreateDatabase(ctx, base, "scale"); err != nil {
+			stop()
+			fatal(err)
+		}
+	}
 	var cols []column
 	for _, s := range strings.Split(*sizes, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(s))
@@ -70,6 +85,8 @@ func main() {
 	print(os.Stdout, *driver, cols)
 }
 
+// fatal reports err and exits. Deferred stops do not run: the throwaway
+// cluster is stopped by its own guard when this process dies.
 func fatal(err error) {
 	fmt.Fprintln(os.Stderr, "scale:", err)
 	os.Exit(1)
@@ -326,7 +343,7 @@ type event struct {
 
 func makeEvent(r *rand.Rand, cfg config, now time.Time, k int) event {
 	i := r.IntN(cfg.users)
-	ev := event{at: now.Add(-time.Duration(r.Int64N(int64(30*24*time.Hour)))), user: userName(i),
+	ev := event{at: now.Add(-time.Duration(r.Int64N(int64(30 * 24 * time.Hour)))), user: userName(i),
 		addr: fmt.Sprintf("198.51.%d.%d", r.IntN(256), r.IntN(256)), port: 1024 + r.IntN(60000)}
 	if k%10 != 0 {
 		ev.ok, ev.appID, ev.label, ev.reason = true, int64(i*3+1), "app00", "app password matched"
