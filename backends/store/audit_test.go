@@ -255,3 +255,32 @@ func testAuditMaintainConcurrent(t *testing.T, f *fixture) {
 		t.Fatalf("after concurrent maintenance: %d events, %v; want 0", len(evs), err)
 	}
 }
+
+// testAuditJournalBatch writes structured events through the Journal,
+// whose batches go in one multi-row INSERT, and reads them back as the
+// Store writes them one by one.
+func testAuditJournalBatch(t *testing.T, f *fixture) {
+	s := f.migrated(t)
+	ctx := ctxT(t)
+	j := store.NewJournal(s, nil)
+	at := time.Now().UTC().Truncate(time.Microsecond)
+	var want []store.AuditEvent
+	for i := range 40 {
+		ev := structLogin(at.Add(time.Duration(i)*time.Millisecond), fmt.Sprintf("user%d", i), "192.0.2.9", "ldap", "success", store.CredentialAppPassword, int64(i+1), "label")
+		if err := j.Record(ctx, ev); err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, ev)
+	}
+	evs, _, err := j.AuditPage(ctx, store.AuditFilter{}, store.AuditCursor{}, 100)
+	if err != nil || len(evs) != len(want) {
+		t.Fatalf("AuditPage after the journal = %d events, %v; want %d", len(evs), err, len(want))
+	}
+	for i, ev := range evs {
+		w := want[i]
+		if ev.Subject != w.Subject || ev.AppPasswordID != w.AppPasswordID || ev.Protocol != "ldap" || ev.ClientAddr != "192.0.2.9" ||
+			!ev.Time.Equal(w.Time) || ev.Actor != "ldap:192.0.2.9:40000" || !ev.Login {
+			t.Fatalf("event %d read back as %+v", i, ev)
+		}
+	}
+}

@@ -73,6 +73,7 @@ var contractCases = []contractCase{
 	{"audit/page-filters", testAuditPageFilters},
 	{"audit/retention", testAuditRetention},
 	{"audit/maintain-concurrent", testAuditMaintainConcurrent},
+	{"audit/journal-batch", testAuditJournalBatch},
 	{"login-state", testLoginState},
 	{"journal/order-and-read-your-writes", testJournalOrder},
 	{"journal/concurrent", testJournalConcurrent},
