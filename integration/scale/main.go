@@ -341,9 +341,12 @@ type event struct {
 	reason string
 }
 
-func makeEvent(r *rand.Rand, cfg config, now time.Time, k int) event {
+func makeEvent(r *rand.Rand, cfg config, now time.Time, k, total int) event {
 	i := r.IntN(cfg.users)
-	ev := event{at: now.Add(-time.Duration(r.Int64N(int64(30 * 24 * time.Hour)))), user: userName(i),
+	// In time order, as logins arrive: the heap then follows the time
+	// index, as it does in a running store.
+	span := int64(30 * 24 * time.Hour)
+	ev := event{at: now.Add(-time.Duration(span - span/int64(total)*int64(k))), user: userName(i),
 		addr: fmt.Sprintf("198.51.%d.%d", r.IntN(256), r.IntN(256)), port: 1024 + r.IntN(60000)}
 	if k%10 != 0 {
 		ev.ok, ev.appID, ev.label, ev.reason = true, int64(i*3+1), "app00", "app password matched"
@@ -398,7 +401,7 @@ func seedEvents(ctx context.Context, db *sql.DB, cfg config) (int, error) {
 			return done, err
 		}
 		for k := done; k < min(done+chunk, total); k++ {
-			ev := makeEvent(r, cfg, now, k)
+			ev := makeEvent(r, cfg, now, k, total)
 			outcome, cred := "failure", "none"
 			var appID any
 			if ev.ok {
@@ -468,7 +471,7 @@ func bytesPerEvent(ctx context.Context, db *sql.DB, cfg config, n int) (v1, v5 s
 	r := rand.New(rand.NewPCG(1, 2))
 	now := time.Now().UTC()
 	for k := range sample {
-		ev := makeEvent(r, cfg, now, k)
+		ev := makeEvent(r, cfg, now, k, sample)
 		actor := "imap:" + netip.AddrPortFrom(netip.MustParseAddr(ev.addr), uint16(ev.port)).String()
 		outcome, detail := "failure", "credential=none tls=yes reason="+ev.reason
 		if ev.ok {
