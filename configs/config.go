@@ -24,6 +24,17 @@ type Config struct {
 	Web     Web      `yaml:"web"`
 	Metrics Listener `yaml:"metrics"`
 	Log     Log      `yaml:"log"`
+	Audit   Audit    `yaml:"audit"`
+}
+
+// Audit configures how long the audit trail is kept (store.AuditRetention).
+type Audit struct {
+	// LoginRetention keeps login events (millions a day); default 30d,
+	// as Entra keeps sign-in logs.
+	LoginRetention Duration `yaml:"login_retention"`
+	// ChangeRetention keeps account changes (app passwords created or
+	// deleted, MFA states, settings); default 400d.
+	ChangeRetention Duration `yaml:"change_retention"`
 }
 
 // Store selects the database.

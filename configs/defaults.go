@@ -37,6 +37,8 @@ const (
 	DefaultWebVerify           = "imap"
 	DefaultWebSessionIdle      = 15 * time.Minute
 	DefaultWebSessionAbsolute  = 8 * time.Hour
+	DefaultLoginRetention      = 30 * 24 * time.Hour
+	DefaultChangeRetention     = 400 * 24 * time.Hour
 )
 
 // Defaults returns the configuration used when no file is given: SQLite in
@@ -47,6 +49,7 @@ func Defaults() *Config {
 		Store:   Store{Driver: DefaultStoreDriver, DSN: DefaultStoreDSN},
 		KeyFile: DefaultKeyFile,
 		TLS:     TLS{MinVersion: DefaultTLSMinVersion},
+		Audit:   Audit{LoginRetention: Duration(DefaultLoginRetention), ChangeRetention: Duration(DefaultChangeRetention)},
 		Policy: Policy{
 			FailureDelay:    Duration(DefaultFailureDelay),
 			MaxAppPasswords: DefaultMaxAppPasswords,

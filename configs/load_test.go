@@ -107,6 +107,8 @@ func TestDefaults(t *testing.T) {
 				{"key_file", c.KeyFile, filepath.Join(dir, "passgate.key")},
 				{"tls.min_version", c.TLS.MinVersion, "1.2"},
 				{"policy.failure_delay", c.Policy.FailureDelay.D(), 2 * time.Second},
+				{"audit.login_retention", c.Audit.LoginRetention.D(), 30 * 24 * time.Hour},
+				{"audit.change_retention", c.Audit.ChangeRetention.D(), 400 * 24 * time.Hour},
 				{"policy.max_app_passwords", c.Policy.MaxAppPasswords, 40},
 				{"policy.default_mfa", c.Policy.DefaultMFA, "disabled"},
 				{"policy.limits.pre_login_timeout", c.Policy.Limits.PreLoginTimeout.D(), 60 * time.Second},
@@ -200,7 +202,7 @@ func TestLoadErrors(t *testing.T) {
 		{"fail/unknown-key", "store:\n  drivr: sqlite\n", []string{
 			`line 2: store.drivr: unknown key; did you mean driver?`}},
 		{"fail/unknown-top-key", "listen: 1\n", []string{
-			`line 1: listen: unknown key; known keys here: imap, key_file, ldap, log, metrics, policy, smtp, store, tls, web`}},
+			`line 1: listen: unknown key; known keys here: audit, imap, key_file, ldap, log, metrics, policy, smtp, store, tls, web`}},
 		{"fail/duplicate-key", "store:\n  driver: sqlite\n  driver: postgres\n", []string{
 			`line 3: store.driver: duplicate key (first at line 2); keep one`}},
 		{"fail/duplicate-section", "log:\n  level: info\nlog:\n  level: debug\n", []string{

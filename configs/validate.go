@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // Validate checks the configuration and reports every problem at once
@@ -23,6 +24,7 @@ func (c *Config) Validate() error {
 	c.validateStore(&v)
 	c.validateTLS(&v)
 	c.validatePolicy(&v)
+	c.validateAudit(&v)
 	c.validateListeners(&v)
 	c.validateIMAP(&v)
 	c.validateSMTP(&v)
@@ -57,6 +59,17 @@ func (c *Config) validateTLS(v *problems) {
 	}
 	if c.TLS.KeyFile != "" && c.TLS.CertFile == "" {
 		v.add("tls.cert_file", "", "must be set when tls.key_file is set")
+	}
+}
+
+// validateAudit checks the audit section: a day's partition is the unit
+// of deletion on PostgreSQL, so a retention is at least a day.
+func (c *Config) validateAudit(v *problems) {
+	if c.Audit.LoginRetention.D() < 24*time.Hour {
+		v.add("audit.login_retention", c.Audit.LoginRetention, "must be at least 1d (login events are deleted a day at a time; default 30d)")
+	}
+	if c.Audit.ChangeRetention.D() < 24*time.Hour {
+		v.add("audit.change_retention", c.Audit.ChangeRetention, "must be at least 1d (default 400d)")
 	}
 }
 

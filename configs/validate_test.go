@@ -79,6 +79,11 @@ func TestValidate(t *testing.T) {
 			`store.dsn ("postgres://u@db1:5432,db2:5432/passgate?target_session_attrs=read-write"): names several hosts in a URL, which lib/pq cannot read: use the key=value form, e.g. "host=db1,db2 port=5432,5432 dbname=passgate target_session_attrs=read-write"`}},
 		{"fail/failure-delay", func(c *configs.Config) { c.Policy.FailureDelay = configs.Duration(-time.Second) }, []string{
 			`policy.failure_delay ("-1s"): must be zero or positive`}},
+		{"fail/audit-retention", func(c *configs.Config) {
+			c.Audit = configs.Audit{LoginRetention: configs.Duration(time.Hour), ChangeRetention: 0}
+		}, []string{
+			`audit.login_retention ("1h0m0s"): must be at least 1d (login events are deleted a day at a time; default 30d)`,
+			`audit.change_retention ("0s"): must be at least 1d (default 400d)`}},
 		{"fail/upstream-tls", func(c *configs.Config) { c.IMAP.Upstream.TLS = "tls" }, []string{
 			`imap.upstream.tls ("tls"): must be none, starttls or implicit`}},
 		{"fail/store", func(c *configs.Config) { c.Store.Driver, c.Store.DSN, c.KeyFile = "mysql", "", "" }, []string{

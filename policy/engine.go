@@ -436,14 +436,27 @@ func (e *Engine) event(l *Login, outcome Outcome) store.AuditEvent {
 	if a.ClientName != "" {
 		detail += " client=" + a.ClientName
 	}
-	return store.AuditEvent{
-		Time:    e.now(),
-		Actor:   string(a.Proto) + ":" + a.Client.String(),
-		Action:  "login",
-		Subject: strings.TrimSpace(a.User),
-		Outcome: outcome.String(),
-		Detail:  detail,
+	ev := store.AuditEvent{
+		Time:       e.now(),
+		Actor:      string(a.Proto) + ":" + a.Client.String(),
+		Action:     store.ActionLogin,
+		Subject:    strings.TrimSpace(a.User),
+		Outcome:    outcome.String(),
+		Detail:     detail,
+		Protocol:   string(a.Proto),
+		ClientPort: int(a.Client.Port()),
+		TLS:        a.TLS,
+		ClientName: a.ClientName,
+		Credential: l.cred.String(),
+		Reason:     l.reason,
 	}
+	if a.Client.Addr().IsValid() {
+		ev.ClientAddr = a.Client.Addr().Unmap().String()
+	}
+	if l.cred == AppPassword {
+		ev.AppPasswordID, ev.Label = l.appID, l.label
+	}
+	return ev
 }
 
 func (e *Engine) logDecision(ctx context.Context, l *Login, outcome Outcome) {

@@ -3,7 +3,9 @@ package store
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -14,19 +16,85 @@ const (
 	maxAuditDetail = 4096
 )
 
+// Audit page sizes.
+const (
+	// DefaultAuditPage is the page size of AuditPage when limit is 0.
+	DefaultAuditPage = 500
+	// MaxAuditPage bounds a page, so that one call's memory is bounded.
+	MaxAuditPage = 10000
+)
+
+// auditColumns are the columns of an audit row, in auditRow's order.
+const auditColumns = `id, time, is_login, actor, action, subject, outcome, detail, protocol, client_addr, client_port, tls,
+ client_name, credential, app_password_id, label, reason`
+
 type auditRow struct {
-	ID      int64     `db:"id"`
-	Time    time.Time `db:"time"`
-	Actor   string    `db:"actor"`
-	Action  string    `db:"action"`
-	Subject string    `db:"subject"`
-	Outcome string    `db:"outcome"`
-	Detail  string    `db:"detail"`
+	ID            int64     `db:"id"`
+	Time          time.Time `db:"time"`
+	IsLogin       bool      `db:"is_login"`
+	Actor         string    `db:"actor"`
+	Action        string    `db:"action"`
+	Subject       string    `db:"subject"`
+	Outcome       string    `db:"outcome"`
+	Detail        string    `db:"detail"`
+	Protocol      string    `db:"protocol"`
+	ClientAddr    string    `db:"client_addr"`
+	ClientPort    int       `db:"client_port"`
+	TLS           bool      `db:"tls"`
+	ClientName    string    `db:"client_name"`
+	Credential    string    `db:"credential"`
+	AppPasswordID *int64    `db:"app_password_id"`
+	Label         string    `db:"label"`
+	Reason        string    `db:"reason"`
+}
+
+// event turns a row into an AuditEvent. A structured login row stores
+// neither actor nor detail: both are derived here, in the form that rows
+// from before schema version 5 hold, so that readers of either see one
+// shape.
+func (r auditRow) event() AuditEvent {
+	ev := AuditEvent{ID: r.ID, Time: r.Time.UTC(), Actor: r.Actor, Action: r.Action, Subject: r.Subject,
+		Outcome: r.Outcome, Detail: r.Detail, Login: r.IsLogin, Protocol: r.Protocol, ClientAddr: r.ClientAddr,
+		ClientPort: r.ClientPort, TLS: r.TLS, ClientName: r.ClientName, Credential: r.Credential, Label: r.Label, Reason: r.Reason}
+	if r.AppPasswordID != nil {
+		ev.AppPasswordID = *r.AppPasswordID
+	}
+	if r.IsLogin && r.Credential != "" && r.Actor == "" {
+		ev.Actor = r.Protocol + ":" + hostPort(r.ClientAddr, r.ClientPort)
+		cred := r.Credential
+		if cred == CredentialAppPassword {
+			cred += ":" + strconv.FormatInt(ev.AppPasswordID, 10) + " (" + r.Label + ")"
+		}
+		tls := "no"
+		if r.TLS {
+			tls = "yes"
+		}
+		ev.Detail = "credential=" + cred + " tls=" + tls + " reason=" + r.Reason
+		if r.ClientName != "" {
+			ev.Detail += " client=" + r.ClientName
+		}
+	}
+	return ev
+}
+
+// hostPort joins an address and a port as netip.AddrPort prints them.
+func hostPort(addr string, port int) string {
+	if a, err := netip.ParseAddr(addr); err == nil {
+		return netip.AddrPortFrom(a, uint16(port)).String()
+	}
+	return addr + ":" + strconv.Itoa(port)
 }
 
 // Record appends ev to the audit trail; a zero ev.Time means now. ev must
 // not hold a secret. ev.ID is ignored. Text is stored as valid UTF-8
 // without control characters, cut to 256 bytes (4096 for Detail).
+//
+// An event whose Action is "login" is a login event, kept for
+// AuditRetention.Login; every other is an account change, kept for
+// AuditRetention.Change. A login event with Credential set is stored
+// structured: its Actor and Detail are not stored but derived on reading
+// from Protocol, ClientAddr, ClientPort, Credential, TLS, Reason and
+// ClientName.
 func (s *Store) Record(ctx context.Context, ev AuditEvent) error {
 	q, err := s.hotStmt(ctx, recordQuery)
 	if err != nil {
@@ -35,9 +103,20 @@ func (s *Store) Record(ctx context.Context, ev AuditEvent) error {
 	return record(ctx, q, ev)
 }
 
-const recordQuery = `INSERT INTO audit_events (time, actor, action, subject, subject_key, outcome, detail) VALUES (?, ?, ?, ?, ?, ?, ?)`
+const recordQuery = `INSERT INTO audit_events (time, is_login, actor, action, subject, subject_key, outcome, detail,
+ protocol, client_addr, client_port, tls, client_name, credential, app_password_id, label, reason)
+ VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
 
 func record(ctx context.Context, q stmtExec, ev AuditEvent) error {
+	_, err := q.ExecContext(ctx, recordArgs(ev)...)
+	if err != nil {
+		return fmt.Errorf("store: record audit event %s %s: %w", ev.Action, ev.Subject, err)
+	}
+	return nil
+}
+
+// recordArgs are recordQuery's arguments for ev.
+func recordArgs(ev AuditEvent) []any {
 	t := ev.Time
 	if t.IsZero() {
 		t = time.Now()
@@ -45,46 +124,213 @@ func record(ctx context.Context, q stmtExec, ev AuditEvent) error {
 	// The subject and actor may come from a client (a user name typed at
 	// login): cleanText keeps an odd one from losing the event.
 	subject := cleanText(ev.Subject, maxUserName)
-	_, err := q.ExecContext(ctx, dbTime(t), cleanText(ev.Actor, maxAuditField), cleanText(ev.Action, maxAuditField),
-		subject, strings.ToLower(subject), cleanText(ev.Outcome, maxAuditField), cleanText(ev.Detail, maxAuditDetail))
-	if err != nil {
-		return fmt.Errorf("store: record audit event %s %s: %w", ev.Action, ev.Subject, err)
+	isLogin := ev.Action == ActionLogin
+	actor, detail := ev.Actor, ev.Detail
+	if isLogin && ev.Credential != "" {
+		actor, detail = "", "" // derived on reading
 	}
-	return nil
+	var appID any
+	if ev.AppPasswordID != 0 {
+		appID = ev.AppPasswordID
+	}
+	return []any{dbTime(t), isLogin, cleanText(actor, maxAuditField), cleanText(ev.Action, maxAuditField),
+		subject, strings.ToLower(subject), cleanText(ev.Outcome, maxAuditField), cleanText(detail, maxAuditDetail),
+		cleanText(ev.Protocol, maxAuditField), cleanText(ev.ClientAddr, maxAuditField), ev.ClientPort, ev.TLS,
+		cleanText(ev.ClientName, maxAuditField), cleanText(ev.Credential, maxAuditField), appID,
+		cleanText(ev.Label, maxAuditField), cleanText(ev.Reason, maxAuditDetail)}
 }
 
-// Audit returns the audit events that f selects, oldest first; with
-// f.Limit, the newest f.Limit of them. f.User matches the subject ignoring
-// case; f.Since keeps events at or after it.
-func (s *Store) Audit(ctx context.Context, f AuditFilter) ([]AuditEvent, error) {
-	var where []string
-	var args []any
-	if f.User != "" {
-		where = append(where, "subject_key = ?")
-		args = append(args, strings.ToLower(cleanText(f.User, maxUserName)))
+// AuditCursor marks a place in the audit trail: the (time, id) of the
+// last event of a page. Its String form is what "passgate audit --after"
+// and an API's cursor parameter take; the zero cursor is the start.
+type AuditCursor struct {
+	Time time.Time
+	ID   int64
+}
+
+// IsZero reports whether c is the start of the trail.
+func (c AuditCursor) IsZero() bool { return c.ID == 0 && c.Time.IsZero() }
+
+// String returns c as "UNIXMICROSECONDS-ID", or "" for the zero cursor.
+func (c AuditCursor) String() string {
+	if c.IsZero() {
+		return ""
 	}
-	if !f.Since.IsZero() {
-		where = append(where, "time >= ?")
-		args = append(args, dbTime(f.Since))
+	return strconv.FormatInt(c.Time.UnixMicro(), 10) + "-" + strconv.FormatInt(c.ID, 10)
+}
+
+// ParseAuditCursor parses AuditCursor.String's form; "" is the zero cursor.
+// A malformed cursor is an error matching ErrInvalid.
+func ParseAuditCursor(s string) (AuditCursor, error) {
+	if s == "" {
+		return AuditCursor{}, nil
 	}
-	q := `SELECT id, time, actor, action, subject, outcome, detail FROM audit_events`
+	t, id, ok := strings.Cut(s, "-")
+	us, err1 := strconv.ParseInt(t, 10, 64)
+	n, err2 := strconv.ParseInt(id, 10, 64)
+	if !ok || err1 != nil || err2 != nil || n <= 0 {
+		return AuditCursor{}, fail(ErrInvalid, "store: audit cursor %q is not one that a page returned (NUMBER-NUMBER)", s)
+	}
+	return AuditCursor{Time: time.UnixMicro(us).UTC(), ID: n}, nil
+}
+
+// AuditPage reads one page of the audit events that f selects, in
+// (time, id) order: oldest first, or newest first with f.Newest. It
+// returns at most limit events (0: DefaultAuditPage; at most
+// MaxAuditPage) strictly after the cursor after (the zero cursor: from
+// the start), and the cursor of the next page, zero when this page is the
+// last. Each page is one indexed query (keyset pagination, never OFFSET),
+// so a page costs the same at the start and at the end of a trail of
+// millions, and a caller that writes each page out before asking for the
+// next holds one page in memory. Events recorded after a page was read
+// and ordered after its cursor appear on a later page.
+//
+// Filters combine with AND; zero fields match everything. f.User uses an
+// index; f.Since and f.Until bound the time range (on PostgreSQL they also
+// skip whole daily partitions). The other filters are applied on the
+// time-ordered scan: bound a rare one with Since/Until.
+//
+// This is the function an admin API's list endpoint calls: pass the
+// request's cursor parameter through ParseAuditCursor and return
+// next.String() as the cursor of the response.
+func (s *Store) AuditPage(ctx context.Context, f AuditFilter, after AuditCursor, limit int) (events []AuditEvent, next AuditCursor, err error) {
+	switch {
+	case limit < 0:
+		return nil, AuditCursor{}, fail(ErrInvalid, "store: audit page size %d: use a positive number", limit)
+	case limit == 0:
+		limit = DefaultAuditPage
+	case limit > MaxAuditPage:
+		limit = MaxAuditPage
+	}
+	where, args, err := f.where()
+	if err != nil {
+		return nil, AuditCursor{}, err
+	}
+	cmp, order := ">", "ASC"
+	if f.Newest {
+		cmp, order = "<", "DESC"
+	}
+	if !after.IsZero() {
+		where = append(where, "(time, id) "+cmp+" (?, ?)")
+		args = append(args, dbTime(after.Time), after.ID)
+	}
+	q := `SELECT ` + auditColumns + ` FROM audit_events`
 	if len(where) > 0 {
 		q += " WHERE " + strings.Join(where, " AND ")
 	}
-	q += " ORDER BY time DESC, id DESC"
+	q += " ORDER BY time " + order + ", id " + order + " LIMIT ?"
+	args = append(args, limit+1)
+	rows, err := s.db.QueryxContext(ctx, s.db.Rebind(q), args...)
+	if err != nil {
+		return nil, AuditCursor{}, fmt.Errorf("store: read audit trail: %w", err)
+	}
+	defer rows.Close()
+	events = make([]AuditEvent, 0, min(limit, 64))
+	more := false
+	for rows.Next() {
+		if len(events) == limit {
+			more = true
+			break
+		}
+		var r auditRow
+		if err := rows.StructScan(&r); err != nil {
+			return nil, AuditCursor{}, fmt.Errorf("store: read audit trail: %w", err)
+		}
+		events = append(events, r.event())
+	}
+	if err := rows.Err(); err != nil {
+		return nil, AuditCursor{}, fmt.Errorf("store: read audit trail: %w", err)
+	}
+	if more {
+		last := events[len(events)-1]
+		next = AuditCursor{Time: last.Time, ID: last.ID}
+	}
+	return events, next, nil
+}
+
+// where returns f's conditions.
+func (f AuditFilter) where() ([]string, []any, error) {
+	var where []string
+	var args []any
+	add := func(cond string, arg any) {
+		where = append(where, cond)
+		args = append(args, arg)
+	}
+	if f.User != "" {
+		add("subject_key = ?", strings.ToLower(cleanText(f.User, maxUserName)))
+	}
+	if !f.Since.IsZero() {
+		add("time >= ?", dbTime(f.Since))
+	}
+	if !f.Until.IsZero() {
+		add("time < ?", dbTime(f.Until))
+	}
+	if f.Protocol != "" {
+		add("protocol = ?", strings.ToLower(f.Protocol))
+	}
+	if f.Outcome != "" {
+		add("outcome = ?", strings.ToLower(f.Outcome))
+	}
+	switch f.Credential {
+	case "":
+	case CredentialAppPassword, CredentialPrimary, CredentialNone, CredentialSecondFactor:
+		add("credential = ?", f.Credential)
+	default:
+		return nil, nil, fail(ErrInvalid, "store: audit filter: credential %q: use %s, %s or %s (or AppPasswordID or Label)",
+			f.Credential, CredentialAppPassword, CredentialPrimary, CredentialNone)
+	}
+	if f.AppPasswordID != 0 {
+		add("app_password_id = ?", f.AppPasswordID)
+	}
+	if f.Label != "" {
+		add("label = ?", f.Label)
+	}
+	if f.Addr != "" {
+		a, err := netip.ParseAddr(f.Addr)
+		if err != nil {
+			return nil, nil, fail(ErrInvalid, "store: audit filter: address %q is not an IP address", f.Addr)
+		}
+		add("client_addr = ?", a.Unmap().String())
+	}
+	if f.Kind != "" {
+		switch f.Kind {
+		case AuditKindLogin:
+			add("is_login = ?", true)
+		case AuditKindChange:
+			add("is_login = ?", false)
+		default:
+			return nil, nil, fail(ErrInvalid, "store: audit filter: kind %q: use %s or %s", f.Kind, AuditKindLogin, AuditKindChange)
+		}
+	}
+	return where, args, nil
+}
+
+// Audit returns the audit events that f selects, oldest first; with
+// f.Limit, the newest f.Limit of them (at most MaxAuditPage). Without a
+// limit it reads every match into memory: a listing of a large trail
+// should use AuditPage instead.
+func (s *Store) Audit(ctx context.Context, f AuditFilter) ([]AuditEvent, error) {
 	if f.Limit > 0 {
-		q += " LIMIT ?"
-		args = append(args, f.Limit)
+		f.Newest = true
+		evs, _, err := s.AuditPage(ctx, f, AuditCursor{}, f.Limit)
+		if err != nil {
+			return nil, err
+		}
+		slices.Reverse(evs)
+		return evs, nil
 	}
-	var rows []auditRow
-	if err := s.db.SelectContext(ctx, &rows, s.db.Rebind(q), args...); err != nil {
-		return nil, fmt.Errorf("store: read audit trail: %w", err)
+	f.Newest = false
+	var out []AuditEvent
+	var after AuditCursor
+	for {
+		evs, next, err := s.AuditPage(ctx, f, after, MaxAuditPage)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, evs...)
+		if next.IsZero() {
+			return out, nil
+		}
+		after = next
 	}
-	slices.Reverse(rows)
-	out := make([]AuditEvent, 0, len(rows))
-	for _, r := range rows {
-		out = append(out, AuditEvent{ID: r.ID, Time: r.Time.UTC(), Actor: r.Actor, Action: r.Action,
-			Subject: r.Subject, Outcome: r.Outcome, Detail: r.Detail})
-	}
-	return out, nil
 }

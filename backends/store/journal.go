@@ -5,8 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
+
+	"github.com/jmoiron/sqlx"
 )
 
 // Journal bounds: a batch is one transaction; a full queue makes writers
@@ -239,12 +242,39 @@ func (j *Journal) write(ctx context.Context, batch []journalWrite) error {
 				return err
 			}
 		}
-		if err := record(ctx, recordT, w.ev); err != nil {
+	}
+	// The batch's audit events go in one multi-row INSERT: one round trip
+	// to PostgreSQL instead of one per login. A lone event uses the
+	// prepared statement.
+	if len(batch) == 1 {
+		if err := record(ctx, recordT, batch[0].ev); err != nil {
 			return err
 		}
+	} else if err := j.recordMany(ctx, tx, batch); err != nil {
+		return err
 	}
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("store: write audit batch: commit: %w", err)
+	}
+	return nil
+}
+
+// recordMany inserts the events of batch with one statement.
+func (j *Journal) recordMany(ctx context.Context, tx *sqlx.Tx, batch []journalWrite) error {
+	head, row, _ := strings.Cut(recordQuery, " VALUES ")
+	var b strings.Builder
+	b.WriteString(head)
+	b.WriteString(" VALUES ")
+	args := make([]any, 0, len(batch)*strings.Count(row, "?"))
+	for i, w := range batch {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString(row)
+		args = append(args, recordArgs(w.ev)...)
+	}
+	if _, err := tx.ExecContext(ctx, tx.Rebind(b.String()), args...); err != nil {
+		return fmt.Errorf("store: write audit batch of %d events: %w", len(batch), err)
 	}
 	return nil
 }
@@ -292,6 +322,15 @@ func (j *Journal) Audit(ctx context.Context, f AuditFilter) ([]AuditEvent, error
 		return nil, err
 	}
 	return j.Store.Audit(ctx, f)
+}
+
+// AuditPage flushes the queue, then reads one page of the audit trail
+// (Store.AuditPage), so that a page includes the logins already decided.
+func (j *Journal) AuditPage(ctx context.Context, f AuditFilter, after AuditCursor, limit int) ([]AuditEvent, AuditCursor, error) {
+	if err := j.Flush(ctx); err != nil {
+		return nil, AuditCursor{}, err
+	}
+	return j.Store.AuditPage(ctx, f, after, limit)
 }
 
 // ListAppPasswords flushes the queue, so that last use is current, then

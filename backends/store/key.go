@@ -61,14 +61,10 @@ func (s *Store) setUpKey(ctx context.Context, conn *sqlx.Conn) error {
 		return nil
 	}
 
-	var n int
-	if err := tx.GetContext(ctx, &n, `SELECT COUNT(*) FROM app_passwords`); err != nil {
-		return fmt.Errorf("store: key: count app passwords: %w", err)
-	}
 	key, err := readKey(path)
 	if errors.Is(err, fs.ErrNotExist) {
-		return fail(ErrKeyMismatch, "store: key file %q is missing but the store already holds %d app passwords hashed with a key (fingerprint %s): "+
-			"restore the key file from backup (every instance needs the same file), or, %s", path, n, fp, resetKeyHint)
+		return fail(ErrKeyMismatch, "store: key file %q is missing but the store already holds %s hashed with a key (fingerprint %s): "+
+			"restore the key file from backup (every instance needs the same file), or, %s", path, countAppPasswords(ctx, tx), fp, resetKeyHint)
 	}
 	if err != nil {
 		// Unreadable, too open or malformed: not a mismatch, so that
@@ -81,14 +77,33 @@ func (s *Store) setUpKey(ctx context.Context, conn *sqlx.Conn) error {
 		return fmt.Errorf("store: key file %q: %w", path, err)
 	}
 	if got := h.Fingerprint(); got != fp {
-		return fail(ErrKeyMismatch, "store: key file %q (fingerprint %s) is not the key that the store's %d app passwords were hashed with (fingerprint %s): "+
-			"put the right key file back (from backup or from another instance), or, %s", path, got, n, fp, resetKeyHint)
+		return fail(ErrKeyMismatch, "store: key file %q (fingerprint %s) is not the key that the store's %s were hashed with (fingerprint %s): "+
+			"put the right key file back (from backup or from another instance), or, %s", path, got, countAppPasswords(ctx, tx), fp, resetKeyHint)
 	}
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("store: key: %w", err)
 	}
 	s.hasher.Store(h)
 	return nil
+}
+
+// countCap bounds the count that a key error reports: the error path
+// must not read a whole table of a million users' app passwords.
+const countCap = 1000
+
+// countAppPasswords describes how many app passwords the store holds, for
+// a key error only: "12 app passwords", "more than 1000 app passwords".
+// It reads at most countCap+1 index entries; Migrate's normal path never
+// calls it, so opening a store costs the same whatever its size.
+func countAppPasswords(ctx context.Context, q sqlx.QueryerContext) string {
+	var n int
+	if err := sqlx.GetContext(ctx, q, &n, rebind(q, `SELECT COUNT(*) FROM (SELECT 1 FROM app_passwords LIMIT ?) AS capped`), countCap+1); err != nil {
+		return "app passwords"
+	}
+	if n > countCap {
+		return fmt.Sprintf("more than %d app passwords", countCap)
+	}
+	return fmt.Sprintf("%d app passwords", n)
 }
 
 // ResetKey is the way out when the key file of an existing store is lost

@@ -125,6 +125,11 @@ type Usage struct {
 }
 
 // AuditEvent is one row of the audit trail. It never holds a secret.
+//
+// Login events fill the structured fields (Protocol to Reason); Actor and
+// Detail of a structured login are derived from them on reading, in the
+// form of events recorded before schema version 5. Account changes keep
+// Actor and Detail as given.
 type AuditEvent struct {
 	ID      int64     `json:"id"`
 	Time    time.Time `json:"time"`
@@ -133,13 +138,61 @@ type AuditEvent struct {
 	Subject string    `json:"subject"` // the user acted upon
 	Outcome string    `json:"outcome"` // "success", "failure", "denied", …
 	Detail  string    `json:"detail,omitempty"`
+
+	// Login reports, on reading, whether the event is a login event
+	// (Action "login"), kept for the login retention.
+	Login bool `json:"login,omitempty"`
+	// Protocol is the login's protocol: imap, smtp, ldap, web.
+	Protocol string `json:"protocol,omitempty"`
+	// ClientAddr and ClientPort are the client's IP address and port.
+	ClientAddr string `json:"client_addr,omitempty"`
+	ClientPort int    `json:"client_port,omitempty"`
+	// TLS reports whether the login's connection was protected.
+	TLS bool `json:"tls,omitempty"`
+	// ClientName is the name the client gave (IMAP ID), if any.
+	ClientName string `json:"client_name,omitempty"`
+	// Credential is CredentialAppPassword, CredentialPrimary or
+	// CredentialNone (no credential was accepted or identified).
+	Credential string `json:"credential,omitempty"`
+	// AppPasswordID and Label name the app password of the login, if any.
+	AppPasswordID int64  `json:"app_password_id,omitempty"`
+	Label         string `json:"label,omitempty"`
+	// Reason says why the decision went as it did, for operators only.
+	Reason string `json:"reason,omitempty"`
 }
+
+// ActionLogin is the Action of a login event.
+const ActionLogin = "login"
+
+// Credentials an audit event names.
+const (
+	CredentialAppPassword = "app-password"
+	CredentialPrimary     = "primary"
+	CredentialNone        = "none"
+	// CredentialSecondFactor is the portal's second factor.
+	CredentialSecondFactor = "second-factor"
+)
+
+// Kinds of audit event, kept for different times (AuditRetention).
+const (
+	AuditKindLogin  = "login"
+	AuditKindChange = "change"
+)
 
 // AuditFilter selects audit events; zero fields match everything.
 type AuditFilter struct {
-	User  string
-	Since time.Time
-	Limit int // 0: no limit
+	User          string    // the subject, ignoring case
+	Kind          string    // AuditKindLogin or AuditKindChange
+	Protocol      string    // imap, smtp, ldap, web
+	Outcome       string    // success, failure, …
+	Credential    string    // CredentialAppPassword, CredentialPrimary or CredentialNone
+	AppPasswordID int64     // one app password, by id
+	Label         string    // app passwords by label (exact)
+	Addr          string    // the client's IP address
+	Since         time.Time // at or after
+	Until         time.Time // before
+	Newest        bool      // AuditPage: newest first
+	Limit         int       // Audit only: the newest Limit events; 0: all
 }
 
 // Options configures Open.

@@ -446,10 +446,45 @@ func TestAuditFilters(t *testing.T) {
 		{"since-days", []string{"audit", "--since", "1d"}, 0, "bob", "-", ""},
 		{"since-date", []string{"audit", "--since", "2000-01-01"}, 0, "alice", "-", ""},
 		{"since-future", []string{"audit", "--since", future}, 0, "No audit events match.", "-", "alice"},
-		{"limit", []string{"audit", "--limit", "1"}, 0, "alice", "-", "bob"},
-		{"actor-without-user", []string{"audit", "--limit", "1"}, 0, "  cli  ", "-", "cli:tester"},
+		{"limit-newest", []string{"audit", "--newest", "--limit", "1"}, 0, "alice", "next page: --after ", "bob"},
+		{"limit-oldest", []string{"audit", "--limit", "1"}, 0, "store.migrate", "next page: --after ", "set-mfa"},
+		{"actor-without-user", []string{"audit", "--newest", "--limit", "1"}, 0, "  cli  ", "", "cli:tester"},
+		{"until-past", []string{"audit", "--until", "2000-01-01"}, 0, "No audit events match.", "-", "alice"},
+		{"kind-login", []string{"audit", "--kind", "login"}, 0, "No audit events match.", "-", "alice"},
+		{"kind-change", []string{"audit", "--kind", "change", "--user", "bob"}, 0, "user.add", "-", "alice"},
+		{"credential-primary", []string{"audit", "--credential", "primary"}, 0, "No audit events match.", "-", "alice"},
+		{"bad-kind", []string{"audit", "--kind", "other"}, 2, "", "kind", ""},
+		{"bad-address", []string{"audit", "--address", "nowhere"}, 2, "", "not an IP address", ""},
+		{"bad-after", []string{"audit", "--after", "x"}, 2, "", "--after", ""},
+		{"json-and-jsonl", []string{"audit", "--json", "--jsonl"}, 2, "", "choose one", ""},
 	})
-	r := s.must("audit", "--user", "bob", "--json")
+	// --limit and --after page through the trail: every event once, in order.
+	var paged []string
+	after := ""
+	for range 10 {
+		args := []string{"audit", "--jsonl", "--limit", "1"}
+		if after != "" {
+			args = append(args, "--after", after)
+		}
+		r := s.must(args...)
+		var ev struct{ Action, Subject string }
+		if err := json.Unmarshal([]byte(r.stdout), &ev); err != nil {
+			t.Fatalf("audit --jsonl: %v\n%v", err, r)
+		}
+		paged = append(paged, ev.Action+" "+ev.Subject)
+		_, after, _ = strings.Cut(strings.TrimSpace(r.stderr), "next page: --after ")
+		if after == "" {
+			break
+		}
+	}
+	if want := "store.migrate |user.add alice|user.add bob|user.set-mfa bob|user.set-mfa alice"; strings.Join(paged, "|") != want {
+		t.Errorf("paged audit = %q, want %q", strings.Join(paged, "|"), want)
+	}
+	r := s.must("audit", "--jsonl")
+	if lines := strings.Split(strings.TrimSpace(r.stdout), "\n"); len(lines) != 5 || !strings.HasPrefix(lines[0], `{"id":`) {
+		t.Errorf("audit --jsonl = %q, want 5 JSON lines", r.stdout)
+	}
+	r = s.must("audit", "--user", "bob", "--json")
 	var evs []struct{ Subject, Action, Actor string }
 	if err := json.Unmarshal([]byte(r.stdout), &evs); err != nil || len(evs) != 2 {
 		t.Fatalf("audit --user bob --json: %v\n%v", err, r)

@@ -22,10 +22,12 @@ func writeJSON(w io.Writer, v any) error {
 	return nil
 }
 
-// table writes rows under a header, in aligned columns.
+// table writes rows under a header (none when nil), in aligned columns.
 func table(w io.Writer, header []string, rows [][]string) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, strings.Join(header, "\t"))
+	if header != nil {
+		fmt.Fprintln(tw, strings.Join(header, "\t"))
+	}
 	for _, r := range rows {
 		for i, c := range r {
 			if c == "" {

@@ -224,6 +224,12 @@ func serve(ctx context.Context, e *env, cfg *configs.Config, log *slog.Logger, o
 			log.Warn("revocation check failed; live sessions kept", slog.Any("err", err))
 		})
 	}()
+	// Audit retention and the login partitions ahead.
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		maintainAudit(runCtx, st, cfg, log)
+	}()
 	// SIGHUP reloads the certificate. It is caught even without one, so
 	// that "systemctl reload" never stops the service.
 	hup := make(chan os.Signal, 1)

@@ -1,0 +1,688 @@
+// Command scale seeds passgate stores of N users through passgate's own
+// schema and hashing, and measures what issue 17 asks of a large store:
+// serve start to /readyz, an admin command on one user, the first page of
+// "user list" and of "audit", the login latency by kind (through the
+// policy engine and the store, without a network: say so when quoting it)
+// and the disk taken per login event, before (the schema of version 1)
+// and after (version 5). It prints the sizes side by side.
+//
+//	go build -o /tmp/pg ./cmd/passgate
+//	go run ./integration/scale -passgate /tmp/pg -sizes 1000,100000 -events 10
+//	go run ./integration/scale -driver postgres -dsn 'postgres://…/scratch?sslmode=disable' …
+//
+// On PostgreSQL without -dsn, it starts a throwaway cluster of the test
+// harness (integration/testenv: fsync off). A -dsn must name a throwaway
+// database: each size starts
+// by dropping and recreating its public schema. Users get 3 app passwords
+// each, 1 % of them 40; -events is the number of login events per user,
+// spread over the last 30 days.
+package main
+
+import (
+	"bufio"
+	"context"
+	"database/sql"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/lib/pq"
+	_ "modernc.org/sqlite"
+
+	"github.com/passgate/passgate/backends/apppass"
+	"github.com/passgate/passgate/backends/store"
+	"github.com/passgate/passgate/integration/testenv"
+	"github.com/passgate/passgate/policy"
+)
+
+func main() {
+	driver := flag.String("driver", "sqlite", "store driver: sqlite or postgres")
+	dsn := flag.String("dsn", "", "PostgreSQL DSN of a throwaway database (postgres only)")
+	sizes := flag.String("sizes", "1000,100000", "comma-separated numbers of users")
+	events := flag.Int("events", 0, "login events per user to seed (spread over 30 days)")
+	bin := flag.String("passgate", "", "passgate binary, for the serve and command-line rows (empty: skipped)")
+	logins := flag.Int("logins", 300, "logins measured per kind")
+	flag.Parse()
+	ctx := context.Background()
+	if *driver == store.DriverPostgres && *dsn == "" {
+		// A throwaway cluster of the test harness (fsync off).
+		base, stop, err := testenv.Postgres(ctx)
+		if err != nil {
+			fatal(err)
+		}
+		defer stop()
+		if *dsn, err = testenv.CreateDatabase(ctx, base, "scale"); err != nil {
+			stop()
+			fatal(err)
+		}
+	}
+	var cols []column
+	for _, s := range strings.Split(*sizes, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil || n < 100 {
+			fatal(fmt.Errorf("-sizes: %q is not a number of users (at least 100)", s))
+		}
+		c, err := run(ctx, config{driver: *driver, dsn: *dsn, users: n, events: *events, bin: *bin, logins: *logins})
+		if err != nil {
+			fatal(fmt.Errorf("%d users: %w", n, err))
+		}
+		cols = append(cols, c)
+	}
+	print(os.Stdout, *driver, cols)
+}
+
+// fatal reports err and exits. Deferred stops do not run: the throwaway
+// cluster is stopped by its own guard when this process dies.
+func fatal(err error) {
+	fmt.Fprintln(os.Stderr, "scale:", err)
+	os.Exit(1)
+}
+
+type config struct {
+	driver, dsn string
+	users       int
+	events      int
+	bin         string
+	logins      int
+}
+
+// column is one size's figures, by row name.
+type column struct {
+	title string
+	rows  map[string]string
+}
+
+var rowOrder = []string{"seed", "events", "serve start → /readyz", "app-password list (one user)",
+	"user list --json: first byte", "audit --json: first byte", "audit --limit 100",
+	"login good app password p50/p99", "login wrong secret p50/p99", "login unknown user p50/p99",
+	"bytes per login event, schema v1", "bytes per login event, schema v5"}
+
+func print(w io.Writer, driver string, cols []column) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprint(tw, driver)
+	for _, c := range cols {
+		fmt.Fprint(tw, "\t", c.title)
+	}
+	fmt.Fprintln(tw)
+	for _, r := range rowOrder {
+		fmt.Fprint(tw, r)
+		for _, c := range cols {
+			v := c.rows[r]
+			if v == "" {
+				v = "-"
+			}
+			fmt.Fprint(tw, "\t", v)
+		}
+		fmt.Fprintln(tw)
+	}
+	tw.Flush()
+}
+
+func run(ctx context.Context, cfg config) (column, error) {
+	col := column{title: fmt.Sprintf("%d users", cfg.users), rows: map[string]string{}}
+	dir, err := os.MkdirTemp("", "passgate-scale-")
+	if err != nil {
+		return col, err
+	}
+	defer os.RemoveAll(dir)
+	opts := store.Options{Driver: cfg.driver, DSN: cfg.dsn, KeyFile: filepath.Join(dir, "passgate.key")}
+	if cfg.driver == store.DriverSQLite {
+		opts.DSN = filepath.Join(dir, "passgate.db")
+	} else {
+		if err := resetPostgres(ctx, cfg.dsn); err != nil {
+			return col, err
+		}
+	}
+	st, err := store.Open(ctx, opts)
+	if err != nil {
+		return col, err
+	}
+	if _, err := st.Migrate(ctx); err != nil {
+		st.Close()
+		return col, err
+	}
+	st.Close()
+	key, err := readKey(opts.KeyFile)
+	if err != nil {
+		return col, err
+	}
+	h, err := apppass.NewHasher(key)
+	if err != nil {
+		return col, err
+	}
+	db, err := sql.Open(sqlDriver(cfg.driver), sqlDSN(cfg.driver, opts.DSN))
+	if err != nil {
+		return col, err
+	}
+	defer db.Close()
+
+	start := time.Now()
+	apps, err := seed(ctx, db, cfg, h)
+	if err != nil {
+		return col, fmt.Errorf("seed: %w", err)
+	}
+	col.rows["seed"] = fmt.Sprintf("%s (%d app passwords)", round(time.Since(start)), apps)
+	if cfg.events > 0 {
+		start = time.Now()
+		n, err := seedEvents(ctx, db, cfg)
+		if err != nil {
+			return col, fmt.Errorf("seed events: %w", err)
+		}
+		col.rows["events"] = fmt.Sprintf("%d in %s", n, round(time.Since(start)))
+		v1, v5, err := bytesPerEvent(ctx, db, cfg, n)
+		if err != nil {
+			return col, fmt.Errorf("measure bytes per event: %w", err)
+		}
+		col.rows["bytes per login event, schema v1"], col.rows["bytes per login event, schema v5"] = v1, v5
+	}
+
+	st, err = store.Open(ctx, opts)
+	if err != nil {
+		return col, err
+	}
+	if _, err := st.Migrate(ctx); err != nil {
+		st.Close()
+		return col, err
+	}
+	if err := measureLogins(ctx, st, cfg, col.rows); err != nil {
+		st.Close()
+		return col, err
+	}
+	st.Close()
+
+	if cfg.bin != "" {
+		if err := measureCommands(ctx, cfg, opts, dir, col.rows); err != nil {
+			return col, err
+		}
+	}
+	return col, nil
+}
+
+func sqlDriver(d string) string {
+	if d == store.DriverPostgres {
+		return "postgres"
+	}
+	return "sqlite"
+}
+
+func sqlDSN(d, dsn string) string {
+	if d == store.DriverPostgres {
+		return dsn
+	}
+	return "file:" + dsn + "?_pragma=foreign_keys(1)&_pragma=journal_mode(WAL)&_pragma=busy_timeout(10000)&_pragma=synchronous(NORMAL)&_time_format=sqlite"
+}
+
+func resetPostgres(ctx context.Context, dsn string) error {
+	if dsn == "" {
+		return errors.New("-dsn is required with -driver postgres")
+	}
+	db, err := sql.Open("postgres", dsn)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	_, err = db.ExecContext(ctx, `DROP SCHEMA public CASCADE; CREATE SCHEMA public`)
+	return err
+}
+
+func readKey(path string) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return hex.DecodeString(strings.TrimSpace(string(b)))
+}
+
+func userName(i int) string { return fmt.Sprintf("user%07d", i) }
+
+// secret is app password j of user i: 16 lowercase letters, known to the
+// measurement.
+func secret(i, j int) string {
+	v := uint64(i)*64 + uint64(j) + 1
+	b := []byte("aaaaaaaaaaaaaaaa")
+	for k := 15; k >= 0 && v > 0; k-- {
+		b[k] = byte('a' + v%26)
+		v /= 26
+	}
+	return string(b)
+}
+
+func appCount(i int) int {
+	if i%100 == 0 {
+		return 40
+	}
+	return 3
+}
+
+// seed writes the users and their app passwords: COPY on PostgreSQL, one
+// transaction of prepared INSERTs on SQLite.
+func seed(ctx context.Context, db *sql.DB, cfg config, h *apppass.Hasher) (int, error) {
+	now := time.Now().UTC().Truncate(time.Microsecond)
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		return 0, err
+	}
+	defer tx.Rollback()
+	userQ := `INSERT INTO users (name_key, name, mfa, created_at, updated_at) VALUES (?, ?, ?, ?, ?)`
+	appQ := `INSERT INTO app_passwords (user_key, user_name, label, label_key, scopes, hash, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)`
+	if cfg.driver == store.DriverPostgres {
+		userQ = pq.CopyIn("users", "name_key", "name", "mfa", "created_at", "updated_at")
+	}
+	us, err := tx.PrepareContext(ctx, userQ)
+	if err != nil {
+		return 0, err
+	}
+	for i := range cfg.users {
+		n := userName(i)
+		if _, err := us.ExecContext(ctx, n, n, "enforced", now, now); err != nil {
+			return 0, err
+		}
+	}
+	if cfg.driver == store.DriverPostgres {
+		if _, err := us.ExecContext(ctx); err != nil {
+			return 0, err
+		}
+		appQ = pq.CopyIn("app_passwords", "user_key", "user_name", "label", "label_key", "scopes", "hash", "created_at")
+	}
+	us.Close()
+	as, err := tx.PrepareContext(ctx, appQ)
+	if err != nil {
+		return 0, err
+	}
+	apps := 0
+	for i := range cfg.users {
+		n := userName(i)
+		for j := range appCount(i) {
+			label := fmt.Sprintf("app%02d", j)
+			if _, err := as.ExecContext(ctx, n, n, label, label, "imap,smtp,ldap", h.Hash(n, secret(i, j)), now); err != nil {
+				return 0, err
+			}
+			apps++
+		}
+	}
+	if cfg.driver == store.DriverPostgres {
+		if _, err := as.ExecContext(ctx); err != nil {
+			return 0, err
+		}
+	}
+	as.Close()
+	if err := tx.Commit(); err != nil {
+		return 0, err
+	}
+	if cfg.driver == store.DriverPostgres {
+		_, err = db.ExecContext(ctx, `ANALYZE`)
+	}
+	return apps, err
+}
+
+// event is one seeded login event: 9 in 10 succeed with an app password.
+type event struct {
+	at     time.Time
+	user   string
+	addr   string
+	port   int
+	ok     bool
+	appID  int64
+	label  string
+	reason string
+}
+
+func makeEvent(r *rand.Rand, cfg config, now time.Time, k, total int) event {
+	i := r.IntN(cfg.users)
+	// In time order, as logins arrive: the heap then follows the time
+	// index, as it does in a running store.
+	span := int64(30 * 24 * time.Hour)
+	ev := event{at: now.Add(-time.Duration(span - span/int64(total)*int64(k))), user: userName(i),
+		addr: fmt.Sprintf("198.51.%d.%d", r.IntN(256), r.IntN(256)), port: 1024 + r.IntN(60000)}
+	if k%10 != 0 {
+		ev.ok, ev.appID, ev.label, ev.reason = true, int64(i*3+1), "app00", "app password matched"
+	} else {
+		ev.reason = "no app password matched and MFA is enforced: primary password refused without contacting the upstream"
+	}
+	return ev
+}
+
+// seedEvents writes cfg.events login events per user, in the form policy
+// records them (structured, schema version 5).
+func seedEvents(ctx context.Context, db *sql.DB, cfg config) (int, error) {
+	now := time.Now().UTC()
+	if cfg.driver == store.DriverPostgres {
+		// A fresh store has one partition for the logins before its
+		// migration day: replace it by the 30 days' partitions that a
+		// store running for a month would have.
+		var upto string
+		if err := db.QueryRowContext(ctx, `SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+			WHERE i.inhparent = 'audit_logins'::regclass AND c.relname LIKE 'audit_logins_upto_%'`).Scan(&upto); err != nil {
+			return 0, err
+		}
+		if _, err := db.ExecContext(ctx, `DROP TABLE `+upto); err != nil {
+			return 0, err
+		}
+		today := now.Truncate(24 * time.Hour)
+		for d := 1; d <= 31; d++ {
+			day := today.AddDate(0, 0, -d)
+			q := fmt.Sprintf(`CREATE TABLE audit_logins_%s PARTITION OF audit_logins FOR VALUES FROM ('%s') TO ('%s')`,
+				day.Format("20060102"), day.Format(time.RFC3339), day.AddDate(0, 0, 1).Format(time.RFC3339))
+			if _, err := db.ExecContext(ctx, q); err != nil {
+				return 0, err
+			}
+		}
+	}
+	total := cfg.users * cfg.events
+	r := rand.New(rand.NewPCG(1, 2))
+	const chunk = 200000
+	for done := 0; done < total; done += chunk {
+		tx, err := db.BeginTx(ctx, nil)
+		if err != nil {
+			return done, err
+		}
+		q := `INSERT INTO audit_events (time, is_login, actor, detail, action, subject, subject_key, outcome, protocol, client_addr, client_port, tls, credential, app_password_id, label, reason)
+			VALUES (?, 1, '', '', 'login', ?, ?, ?, 'imap', ?, ?, 1, ?, ?, ?, ?)`
+		if cfg.driver == store.DriverPostgres {
+			q = pq.CopyIn("audit_events", "time", "is_login", "action", "subject", "subject_key", "outcome", "protocol", "client_addr", "client_port", "tls", "credential", "app_password_id", "label", "reason")
+		}
+		stmt, err := tx.PrepareContext(ctx, q)
+		if err != nil {
+			tx.Rollback()
+			return done, err
+		}
+		for k := done; k < min(done+chunk, total); k++ {
+			ev := makeEvent(r, cfg, now, k, total)
+			outcome, cred := "failure", "none"
+			var appID any
+			if ev.ok {
+				outcome, cred, appID = "success", "app-password", ev.appID
+			}
+			var err error
+			if cfg.driver == store.DriverPostgres {
+				_, err = stmt.ExecContext(ctx, ev.at, true, "login", ev.user, ev.user, outcome, "imap", ev.addr, ev.port, true, cred, appID, ev.label, ev.reason)
+			} else {
+				_, err = stmt.ExecContext(ctx, ev.at.Format("2006-01-02 15:04:05.999999-07:00"), ev.user, ev.user, outcome, ev.addr, ev.port, cred, appID, ev.label, ev.reason)
+			}
+			if err != nil {
+				tx.Rollback()
+				return done, err
+			}
+		}
+		if cfg.driver == store.DriverPostgres {
+			if _, err := stmt.ExecContext(ctx); err != nil {
+				tx.Rollback()
+				return done, err
+			}
+		}
+		stmt.Close()
+		if err := tx.Commit(); err != nil {
+			return done, err
+		}
+	}
+	if cfg.driver == store.DriverPostgres {
+		if _, err := db.ExecContext(ctx, `ANALYZE audit_events`); err != nil {
+			return total, err
+		}
+	}
+	return total, nil
+}
+
+// bytesPerEvent measures the disk (heap and indexes) per login event of
+// the current schema and of schema version 1, for which a sample of the
+// same events goes into a table of version 1's shape with its indexes.
+func bytesPerEvent(ctx context.Context, db *sql.DB, cfg config, n int) (v1, v5 string, err error) {
+	sample := min(n, 200000)
+	old := `CREATE TABLE audit_v1_sample (
+		id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY, time TIMESTAMPTZ NOT NULL, actor TEXT NOT NULL,
+		action TEXT NOT NULL, subject TEXT NOT NULL, subject_key TEXT NOT NULL, outcome TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '');
+		CREATE INDEX audit_v1_sample_time ON audit_v1_sample (time, id);
+		CREATE INDEX audit_v1_sample_subject ON audit_v1_sample (subject_key, time, id)`
+	if cfg.driver == store.DriverSQLite {
+		old = strings.NewReplacer("BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY", "INTEGER PRIMARY KEY AUTOINCREMENT", "TIMESTAMPTZ", "TIMESTAMP").Replace(old)
+	}
+	for _, q := range strings.Split(old, ";") {
+		if _, err := db.ExecContext(ctx, q); err != nil {
+			return "", "", err
+		}
+	}
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		return "", "", err
+	}
+	q := `INSERT INTO audit_v1_sample (time, actor, action, subject, subject_key, outcome, detail) VALUES (?, ?, 'login', ?, ?, ?, ?)`
+	if cfg.driver == store.DriverPostgres {
+		q = pq.CopyIn("audit_v1_sample", "time", "actor", "action", "subject", "subject_key", "outcome", "detail")
+	}
+	stmt, err := tx.PrepareContext(ctx, q)
+	if err != nil {
+		tx.Rollback()
+		return "", "", err
+	}
+	r := rand.New(rand.NewPCG(1, 2))
+	now := time.Now().UTC()
+	for k := range sample {
+		ev := makeEvent(r, cfg, now, k, sample)
+		actor := "imap:" + netip.AddrPortFrom(netip.MustParseAddr(ev.addr), uint16(ev.port)).String()
+		outcome, detail := "failure", "credential=none tls=yes reason="+ev.reason
+		if ev.ok {
+			outcome, detail = "success", fmt.Sprintf("credential=app-password:%d (%s) tls=yes reason=%s", ev.appID, ev.label, ev.reason)
+		}
+		if cfg.driver == store.DriverPostgres {
+			_, err = stmt.ExecContext(ctx, ev.at, actor, "login", ev.user, ev.user, outcome, detail)
+		} else {
+			_, err = stmt.ExecContext(ctx, ev.at.Format("2006-01-02 15:04:05.999999-07:00"), actor, ev.user, ev.user, outcome, detail)
+		}
+		if err != nil {
+			tx.Rollback()
+			return "", "", err
+		}
+	}
+	if cfg.driver == store.DriverPostgres {
+		if _, err := stmt.ExecContext(ctx); err != nil {
+			tx.Rollback()
+			return "", "", err
+		}
+	}
+	stmt.Close()
+	if err := tx.Commit(); err != nil {
+		return "", "", err
+	}
+	var oldBytes, newBytes float64
+	if cfg.driver == store.DriverPostgres {
+		if _, err := db.ExecContext(ctx, `VACUUM ANALYZE audit_v1_sample`); err != nil {
+			return "", "", err
+		}
+		if err := db.QueryRowContext(ctx, `SELECT pg_total_relation_size('audit_v1_sample')`).Scan(&oldBytes); err != nil {
+			return "", "", err
+		}
+		if err := db.QueryRowContext(ctx, `SELECT sum(pg_total_relation_size(c.oid)) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+			WHERE i.inhparent = 'audit_logins'::regclass`).Scan(&newBytes); err != nil {
+			return "", "", err
+		}
+	} else {
+		size := func(names ...string) (float64, error) {
+			var v sql.NullFloat64
+			q := `SELECT sum(pgsize) FROM dbstat WHERE name IN ('` + strings.Join(names, "','") + `')`
+			err := db.QueryRowContext(ctx, q).Scan(&v)
+			return v.Float64, err
+		}
+		if oldBytes, err = size("audit_v1_sample", "audit_v1_sample_time", "audit_v1_sample_subject"); err != nil {
+			return "", "", err
+		}
+		if newBytes, err = size("audit_events", "audit_events_time", "audit_events_subject_time"); err != nil {
+			return "", "", err
+		}
+	}
+	if _, err := db.ExecContext(ctx, `DROP TABLE audit_v1_sample`); err != nil {
+		return "", "", err
+	}
+	return fmt.Sprintf("%.0f (sample of %d)", oldBytes/float64(sample), sample), fmt.Sprintf("%.0f", newBytes/float64(n)), nil
+}
+
+// measureLogins runs logins of three kinds through the policy engine over
+// the store's Journal, as serve does (no failure delay, no network).
+func measureLogins(ctx context.Context, st *store.Store, cfg config, rows map[string]string) error {
+	j := store.NewJournal(st, nil)
+	defer j.Flush(ctx)
+	e := policy.New(policy.Options{Store: j, FailureDelay: -1})
+	r := rand.New(rand.NewPCG(3, 4))
+	kinds := []struct {
+		row  string
+		make func() (string, string)
+		want policy.Result
+	}{
+		{"login good app password p50/p99", func() (string, string) {
+			i := r.IntN(cfg.users)
+			return userName(i), secret(i, r.IntN(3))
+		}, policy.Accepted},
+		{"login wrong secret p50/p99", func() (string, string) {
+			return userName(r.IntN(cfg.users)), "zzzzzzzzzzzzzzzz"
+		}, policy.NotAsked},
+		{"login unknown user p50/p99", func() (string, string) {
+			return fmt.Sprintf("nobody%07d", r.IntN(cfg.users)), "zzzzzzzzzzzzzzzz"
+		}, policy.NotAsked},
+	}
+	client := netip.MustParseAddrPort("203.0.113.9:50000")
+	for _, k := range kinds {
+		took := make([]time.Duration, 0, cfg.logins)
+		for range cfg.logins {
+			user, sec := k.make()
+			start := time.Now()
+			l, err := e.Decide(ctx, policy.Attempt{Proto: policy.IMAP, User: user, Secret: policy.Secret(sec), Client: client, TLS: true})
+			if err != nil {
+				return fmt.Errorf("login %s: %w", user, err)
+			}
+			res := k.want
+			if !l.Allowed() {
+				res = policy.NotAsked
+			} else if k.want == policy.NotAsked {
+				res = policy.Refused
+			}
+			l.Finish(ctx, res)
+			took = append(took, time.Since(start))
+		}
+		slices.Sort(took)
+		rows[k.row] = fmt.Sprintf("%s / %s", ms(took[len(took)/2]), ms(took[len(took)*99/100]))
+	}
+	return nil
+}
+
+// measureCommands times the passgate binary on the seeded store.
+func measureCommands(ctx context.Context, cfg config, opts store.Options, dir string, rows map[string]string) error {
+	imapPort, metricsPort := freePort(), freePort()
+	conf := filepath.Join(dir, "passgate.yaml")
+	y := fmt.Sprintf(`store:
+  driver: %s
+  dsn: %q
+key_file: %q
+imap:
+  listen: 127.0.0.1:%d
+  upstream:
+    addresses: [127.0.0.1:1]
+    tls: none
+    login: passthrough
+    forward_client: none
+policy:
+  trusted_networks: [127.0.0.0/8]
+metrics:
+  listen: 127.0.0.1:%d
+log:
+  level: error
+`, cfg.driver, opts.DSN, opts.KeyFile, imapPort, metricsPort)
+	if err := os.WriteFile(conf, []byte(y), 0o600); err != nil {
+		return err
+	}
+	env := append(os.Environ(), "PASSGATE_CONFIG="+conf)
+
+	// serve: start to the first 200 of /readyz.
+	start := time.Now()
+	srv := exec.CommandContext(ctx, cfg.bin, "serve")
+	srv.Env, srv.Dir = env, dir
+	srv.Stderr = os.Stderr
+	if err := srv.Start(); err != nil {
+		return err
+	}
+	ready := false
+	for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(2 * time.Millisecond) {
+		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/readyz", metricsPort))
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				ready = true
+				break
+			}
+		}
+	}
+	took := time.Since(start)
+	srv.Process.Signal(os.Interrupt)
+	srv.Wait()
+	if ready {
+		rows["serve start → /readyz"] = ms(took)
+	} else {
+		rows["serve start → /readyz"] = "not ready in 60 s"
+	}
+
+	whole := func(args ...string) string {
+		start := time.Now()
+		c := exec.CommandContext(ctx, cfg.bin, args...)
+		c.Env, c.Dir = env, dir
+		if out, err := c.CombinedOutput(); err != nil {
+			return "error: " + strings.SplitN(string(out), "\n", 2)[0]
+		}
+		return ms(time.Since(start))
+	}
+	rows["app-password list (one user)"] = whole("app-password", "list", userName(cfg.users/2))
+	rows["audit --limit 100"] = whole("audit", "--limit", "100")
+	rows["user list --json: first byte"] = firstByte(ctx, cfg.bin, env, dir, "user", "list", "--json")
+	rows["audit --json: first byte"] = firstByte(ctx, cfg.bin, env, dir, "audit", "--json")
+	return nil
+}
+
+// firstByte times a command from its start to its first byte of output,
+// then stops it.
+func firstByte(ctx context.Context, bin string, env []string, dir string, args ...string) string {
+	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	c := exec.CommandContext(ctx, bin, args...)
+	c.Env, c.Dir = env, dir
+	out, err := c.StdoutPipe()
+	if err != nil {
+		return "error"
+	}
+	start := time.Now()
+	if err := c.Start(); err != nil {
+		return "error"
+	}
+	br := bufio.NewReader(out)
+	_, rerr := br.ReadByte()
+	took := time.Since(start)
+	c.Process.Kill()
+	c.Wait()
+	if rerr != nil {
+		return "no output in 60 s"
+	}
+	return ms(took)
+}
+
+func freePort() int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.2f ms", float64(d.Microseconds())/1000) }
+
+func round(d time.Duration) string { return d.Round(10 * time.Millisecond).String() }
