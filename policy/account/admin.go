@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/passgate/passgate/backends/apppass"
 	"github.com/passgate/passgate/backends/store"
 )
 
@@ -357,3 +358,7 @@ func (u unknownUser) Error() string {
 }
 
 func (u unknownUser) Is(target error) bool { return target == store.ErrNotFound }
+
+// FormatSecret writes an app password as it is shown once, in groups of
+// four letters ("abcd efgh ijkl mnop").
+func FormatSecret(secret string) string { return apppass.Format(secret) }
