@@ -30,10 +30,15 @@ const (
 
 // Errors of administrators' operations, matched with errors.Is.
 var (
-	ErrExists   = store.ErrExists
-	ErrInvalid  = store.ErrInvalid
-	ErrExpired  = errors.New("account: the admin token has expired")
-	ErrReadOnly = errors.New("account: the admin token is read-only")
+	ErrExists = store.ErrExists
+	// The rules of app passwords.
+	ErrLimitReached         = store.ErrLimitReached
+	ErrAppPasswordsDisabled = store.ErrAppPasswordsDisabled
+	ErrMFADisabled          = store.ErrMFADisabled
+	ErrLabelTaken           = store.ErrLabelTaken
+	ErrInvalid              = store.ErrInvalid
+	ErrExpired              = errors.New("account: the admin token has expired")
+	ErrReadOnly             = errors.New("account: the admin token is read-only")
 )
 
 // AdminStore is what administrators' operations need of the store, on

@@ -147,15 +147,14 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	// A path that exists with another method: 405 in JSON, not the
 	// mux's text.
-	h, pattern := s.mux.Handler(r)
-	if pattern == "" {
+	if _, pattern := s.mux.Handler(r); pattern == "" {
 		if _, ok := s.authenticate(w, r, false); !ok {
 			return
 		}
 		writeError(w, http.StatusMethodNotAllowed, "method_not_allowed", "This method is not allowed on this path: see /api/v1/openapi.json.")
 		return
 	}
-	h.ServeHTTP(w, r)
+	s.mux.ServeHTTP(w, r)
 }
 
 // Error is the body of every error response.
@@ -299,15 +298,14 @@ func message(ops Ops, err error) string {
 
 // conflictCode names the rules the account operations enforce.
 func conflictCode(err error) string {
-	s := err.Error()
 	switch {
-	case strings.Contains(s, "limit reached"):
+	case errors.Is(err, account.ErrLimitReached):
 		return "limit_reached"
-	case strings.Contains(s, "switched off"):
+	case errors.Is(err, account.ErrAppPasswordsDisabled):
 		return "app_passwords_disabled"
-	case strings.Contains(s, "MFA is disabled"):
+	case errors.Is(err, account.ErrMFADisabled):
 		return "mfa_disabled"
-	case strings.Contains(s, "label already in use"):
+	case errors.Is(err, account.ErrLabelTaken):
 		return "exists"
 	}
 	return "conflict"
