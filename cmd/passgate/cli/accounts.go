@@ -44,6 +44,17 @@ func newAdminOps(st *store.Store, cfg *configs.Config, now func() time.Time) *ad
 	return ops
 }
 
+// accountAdmin returns the account operations of the server, which close
+// the live sessions of a deleted app password with closeLive.
+func accountAdmin(st *store.Store, cfg *configs.Config, closeLive func(id int64) int) *account.Admin {
+	return account.NewAdmin(account.AdminOptions{
+		Store:          st,
+		CheckName:      func(name string) error { return loginNameProblem(cfg, name) },
+		KnownUsersOnly: cfg.Policy.DefaultMFA == string(store.MFADisabled),
+		CloseLive:      closeLive,
+	})
+}
+
 // end ends a command that ran an account operation: its error, else a
 // lost audit event, fails the command.
 func (e *env) end(path string, ops *adminOps, err error) int {
