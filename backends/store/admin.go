@@ -52,7 +52,39 @@ type summaryRow struct {
 	userRow
 	Admin    bool         `db:"admin"`
 	Count    int          `db:"app_count"`
-	LastUsed sql.NullTime `db:"last_used"`
+	LastUsed aggTime `db:"last_used"`
+}
+
+// aggTime scans MAX() of a timestamp column: SQLite returns the stored
+// text, as an aggregate loses the column's declared type.
+type aggTime struct {
+	Time  time.Time
+	Valid bool
+}
+
+// Scan implements sql.Scanner.
+func (a *aggTime) Scan(v any) error {
+	switch x := v.(type) {
+	case nil:
+		a.Valid = false
+		return nil
+	case time.Time:
+		a.Time, a.Valid = x, true
+		return nil
+	case []byte:
+		v = string(x)
+	}
+	s, ok := v.(string)
+	if !ok {
+		return fmt.Errorf("store: cannot read %T as a time", v)
+	}
+	for _, layout := range []string{"2006-01-02 15:04:05.999999999-07:00", time.RFC3339Nano, "2006-01-02 15:04:05.999999999Z07:00", "2006-01-02 15:04:05.999999999"} {
+		if t, err := time.Parse(layout, s); err == nil {
+			a.Time, a.Valid = t, true
+			return nil
+		}
+	}
+	return fmt.Errorf("store: cannot read %q as a time", s)
 }
 
 // ListUserPage returns one page of users with their number of app

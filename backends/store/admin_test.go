@@ -23,8 +23,13 @@ func TestAdminContract(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
+			used := time.Date(2026, 11, 30, 8, 0, 0, 0, time.UTC)
 			for i := range 3 {
-				if _, _, err := st.CreateAppPassword(ctx, store.NewAppPassword{User: "user03", Label: fmt.Sprint("l", i)}); err != nil {
+				ap, _, err := st.CreateAppPassword(ctx, store.NewAppPassword{User: "user03", Label: fmt.Sprint("l", i)})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := st.TouchAppPassword(ctx, ap.ID, store.Usage{At: used.Add(time.Duration(i) * time.Hour), Addr: "192.0.2.1:1", Proto: "imap"}); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -39,6 +44,9 @@ func TestAdminContract(t *testing.T) {
 					got = append(got, u.Name)
 					if want := map[bool]int{true: 3, false: 0}[u.Name == "User03"]; u.AppPasswords != want {
 						t.Errorf("%s has %d app passwords, want %d", u.Name, u.AppPasswords, want)
+					}
+					if u.Name == "User03" && (u.LastSignIn == nil || !u.LastSignIn.Equal(used.Add(2*time.Hour))) {
+						t.Errorf("User03's last sign-in = %v, want %v", u.LastSignIn, used.Add(2*time.Hour))
 					}
 				}
 				if len(page) < 3 {
