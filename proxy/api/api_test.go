@@ -52,6 +52,13 @@ func TestMain(m *testing.M) {
 // openStore returns a fresh, migrated store of driver.
 func openStore(t *testing.T, driver string) *store.Store {
 	t.Helper()
+	st, _ := openBenchStore(t, driver)
+	return st
+}
+
+// openBenchStore returns a fresh, migrated store of driver and its DSN.
+func openBenchStore(t testing.TB, driver string) (*store.Store, string) {
+	t.Helper()
 	ctx := context.Background()
 	dir := t.TempDir()
 	o := store.Options{Driver: driver, DSN: filepath.Join(dir, "p.db"), KeyFile: filepath.Join(dir, "p.key")}
@@ -72,7 +79,7 @@ func openStore(t *testing.T, driver string) *store.Store {
 	if _, err := st.Migrate(ctx); err != nil {
 		t.Fatal(err)
 	}
-	return st
+	return st, o.DSN
 }
 
 // fixture is an API server on a store, with the OpenAPI router.
