@@ -50,8 +50,8 @@ func likePattern(s string) string {
 
 type summaryRow struct {
 	userRow
-	Admin    bool         `db:"admin"`
-	Count    int          `db:"app_count"`
+	Admin    bool    `db:"admin"`
+	Count    int     `db:"app_count"`
 	LastUsed aggTime `db:"last_used"`
 }
 
