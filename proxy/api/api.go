@@ -136,24 +136,33 @@ func (s *Server) routes() {
 		if _, ok := s.authenticate(w, r, false); !ok {
 			return
 		}
+		if allow := s.allowed(r); len(allow) > 0 {
+			w.Header().Set("Allow", strings.Join(allow, ", "))
+			writeError(w, http.StatusMethodNotAllowed, "method_not_allowed", "This method is not allowed on this path: see /api/v1/openapi.json.")
+			return
+		}
 		writeError(w, http.StatusNotFound, "not_found", "No such API path: see /api/v1/openapi.json.")
 	})
 	s.mux = m
+}
+
+// allowed returns the methods the path has, for a 405.
+func (s *Server) allowed(r *http.Request) []string {
+	var out []string
+	for _, m := range []string{"GET", "POST", "PUT", "DELETE"} {
+		c := r.Clone(r.Context())
+		c.Method = m
+		if _, pattern := s.mux.Handler(c); pattern != "" && pattern != "/api/v1/" {
+			out = append(out, m)
+		}
+	}
+	return out
 }
 
 // ServeHTTP implements http.Handler.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Cache-Control", "no-store")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
-	// A path that exists with another method: 405 in JSON, not the
-	// mux's text.
-	if _, pattern := s.mux.Handler(r); pattern == "" {
-		if _, ok := s.authenticate(w, r, false); !ok {
-			return
-		}
-		writeError(w, http.StatusMethodNotAllowed, "method_not_allowed", "This method is not allowed on this path: see /api/v1/openapi.json.")
-		return
-	}
 	s.mux.ServeHTTP(w, r)
 }
 

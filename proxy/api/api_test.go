@@ -363,3 +363,35 @@ func TestTokenLockout(t *testing.T) {
 	}
 	f.do(call{method: "GET", path: "/settings", token: rw, status: 401, code: "unauthorized"})
 }
+
+// TestUnknownPathAndMethod: outside the document, answers are still JSON
+// errors, and only after the token is checked.
+func TestUnknownPathAndMethod(t *testing.T) {
+	f := newFixture(t, openStore(t, store.DriverSQLite), policy.Lockout{})
+	rw := f.token("automation", false, nil)
+	for _, c := range []struct {
+		method, path, token string
+		status              int
+		code                string
+	}{
+		{"GET", "/api/v1/nope", "", 401, "unauthorized"},
+		{"GET", "/api/v1/nope", rw, 404, "not_found"},
+		{"PATCH", "/api/v1/users", "", 401, "unauthorized"},
+		{"PATCH", "/api/v1/users", rw, 405, "method_not_allowed"},
+	} {
+		req, _ := http.NewRequest(c.method, f.srv.URL+c.path, nil)
+		if c.token != "" {
+			req.Header.Set("Authorization", "Bearer "+c.token)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var e api.Error
+		err = json.NewDecoder(resp.Body).Decode(&e)
+		resp.Body.Close()
+		if resp.StatusCode != c.status || err != nil || e.Code != c.code || resp.Header.Get("Content-Type") != "application/json" {
+			t.Errorf("%s %s: %d %+v (%v), want %d %s", c.method, c.path, resp.StatusCode, e, err, c.status, c.code)
+		}
+	}
+}
