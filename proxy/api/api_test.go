@@ -88,7 +88,9 @@ type fixture struct {
 	srv    *httptest.Server
 	admin  *account.Admin
 	router routers.Router
-	client string // "go" or "curl"
+	doc    *openapi3.T
+	client string          // "go" or "curl"
+	hit    map[string]bool // operation ids called
 }
 
 func newFixture(t *testing.T, st *store.Store, lock policy.Lockout) *fixture {
@@ -114,7 +116,7 @@ func newFixture(t *testing.T, st *store.Store, lock policy.Lockout) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &fixture{t: t, srv: ts, admin: admin, router: router, client: "go"}
+	return &fixture{t: t, srv: ts, admin: admin, router: router, doc: doc, client: "go", hit: map[string]bool{}}
 }
 
 func (f *fixture) token(name string, readOnly bool, expires *time.Time) string {
@@ -155,6 +157,7 @@ func (f *fixture) do(c call) (*http.Response, []byte) {
 	if err != nil {
 		t.Fatalf("%s %s: not in the OpenAPI document: %v", c.method, c.path, err)
 	}
+	f.hit[route.Operation.OperationID] = true
 	in := &openapi3filter.RequestValidationInput{Request: req, PathParams: params, Route: route,
 		Options: &openapi3filter.Options{AuthenticationFunc: openapi3filter.NoopAuthenticationFunc}}
 	if !c.badRequest && c.token != "" {
@@ -346,6 +349,14 @@ func walk(t *testing.T, f *fixture) {
 	}
 	if seen < 8 {
 		t.Errorf("audit of alice: %d events, want every change", seen)
+	}
+	// Every operation of the document was called.
+	for path, item := range f.doc.Paths.Map() {
+		for method, op := range item.Operations() {
+			if !f.hit[op.OperationID] {
+				t.Errorf("%s %s (%s) is in the document but no test calls it", method, path, op.OperationID)
+			}
+		}
 	}
 	_, body = f.do(call{method: "GET", path: "/audit?protocol=api&outcome=failure&limit=100", token: ro, status: 200})
 	if !strings.Contains(string(body), `"subject":"admin-token"`) {
