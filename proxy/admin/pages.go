@@ -67,7 +67,18 @@ func (s *Server) handleUsers(nav string) func(http.ResponseWriter, *http.Request
 	}
 }
 
-var states = map[string]account.MFAState{"enable": account.MFAEnabled, "enforce": account.MFAEnforced, "disable": account.MFADisabled}
+// state is the MFA state a button names.
+func state(action string) (account.MFAState, bool) {
+	switch action {
+	case "enable":
+		return account.MFAEnabled, true
+	case "enforce":
+		return account.MFAEnforced, true
+	case "disable":
+		return account.MFADisabled, true
+	}
+	return "", false
+}
 
 // handleBulkMFA applies Enable, Enforce or Disable to the ticked users.
 func (s *Server) handleBulkMFA(w http.ResponseWriter, r *http.Request, a account.Actor) {
@@ -75,7 +86,7 @@ func (s *Server) handleBulkMFA(w http.ResponseWriter, r *http.Request, a account
 		http.Error(w, "bad form", http.StatusBadRequest)
 		return
 	}
-	st, ok := states[r.PostForm.Get("action")]
+	st, ok := state(r.PostForm.Get("action"))
 	users := r.PostForm["user"]
 	back := r.PostForm.Get("back")
 	if !strings.HasPrefix(back, "/admin/mfa") {
@@ -142,7 +153,7 @@ func (s *Server) userBack(name string) string { return "/admin/users/" + url.Pat
 
 func (s *Server) handleUserMFA(w http.ResponseWriter, r *http.Request, a account.Actor) {
 	name := r.PathValue("name")
-	st, ok := states[r.FormValue("action")]
+	st, ok := state(r.FormValue("action"))
 	if !ok {
 		http.Error(w, "unknown action", http.StatusBadRequest)
 		return
