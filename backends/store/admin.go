@@ -26,6 +26,7 @@ type UserSummary struct {
 type UserQuery struct {
 	After  string // keyset cursor: names after this one (ignoring case)
 	Search string // a substring of the name, ignoring case
+	Name   string // exactly this name, ignoring case
 	Limit  int    // 1-1000; 0 means 50
 }
 
@@ -102,6 +103,10 @@ func (s *Store) ListUserPage(ctx context.Context, q UserQuery) ([]UserSummary, e
 	if q.Search != "" {
 		where = append(where, `u.name_key LIKE ? ESCAPE '\'`)
 		args = append(args, likePattern(q.Search))
+	}
+	if q.Name != "" {
+		where = append(where, `u.name_key = ?`)
+		args = append(args, strings.ToLower(q.Name))
 	}
 	query := `SELECT u.name, u.mfa, u.created_at, u.updated_at, u.admin,
 		(SELECT COUNT(*) FROM app_passwords a WHERE a.user_key = u.name_key) AS app_count,

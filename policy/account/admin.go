@@ -121,14 +121,12 @@ func (d *Admin) User(ctx context.Context, name string) (UserSummary, error) {
 	if err != nil {
 		return UserSummary{}, err
 	}
-	page, err := d.st.ListUserPage(ctx, UserQuery{Search: u.Name, Limit: store.MaxPage})
+	page, err := d.st.ListUserPage(ctx, UserQuery{Name: u.Name, Limit: 1})
 	if err != nil {
 		return UserSummary{}, err
 	}
-	for _, p := range page {
-		if p.Name == u.Name {
-			return p, nil
-		}
+	if len(page) == 1 {
+		return page[0], nil
 	}
 	return UserSummary{User: u}, nil
 }
