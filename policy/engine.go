@@ -186,7 +186,7 @@ func (e *Engine) Decide(ctx context.Context, a Attempt) (*Login, error) {
 		l.plaintext = true
 		return deny("plaintext credentials without TLS from an untrusted network")
 	}
-	if user == "" || (a.Secret == "" && a.Factor == Password) {
+	if user == "" || (a.Secret == "" && (a.Factor == Password || a.Factor == Token)) {
 		return deny("empty user name or secret")
 	}
 	for _, f := range e.forbidden {
@@ -208,6 +208,13 @@ func (e *Engine) Decide(ctx context.Context, a Attempt) (*Login, error) {
 		// its verdict, which the lockout counts like a password's.
 		l.allowed, l.cred = true, SecondFactorCredential
 		l.reason = "second factor, to be verified by the portal"
+		return l, nil
+	}
+	if a.Factor == Token {
+		// The API checks the token itself and finishes the Login with
+		// its verdict, which the lockout counts like a password's.
+		l.allowed, l.cred = true, TokenCredential
+		l.reason = "admin token, to be verified by the API"
 		return l, nil
 	}
 	// One read per name gives everything the decision needs of the

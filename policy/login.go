@@ -139,6 +139,8 @@ func (l *Login) Finish(ctx context.Context, r Result) Class {
 		switch {
 		case l.cred == SecondFactorCredential:
 			l.reason = "second factor accepted"
+		case l.cred == TokenCredential:
+			l.reason = "admin token accepted"
 		case l.a.Proto == Web:
 			l.reason = "primary password accepted by the portal"
 		case l.mfa == store.MFAEnabled:
@@ -156,6 +158,9 @@ func (l *Login) Finish(ctx context.Context, r Result) Class {
 	case l.cred == SecondFactorCredential:
 		l.settle(Failure)
 		l.reason = "second factor refused"
+	case l.cred == TokenCredential:
+		l.settle(Failure)
+		l.reason = "admin token refused"
 	default:
 		l.settle(Failure)
 		l.reason = "primary password refused by the upstream"

@@ -57,6 +57,9 @@ const (
 	// MFA, then the second factor (Attempt.Factor). App passwords never
 	// sign in to the portal.
 	Web Proto = "web"
+	// API is the admin JSON API: an admin token (Factor Token), which the
+	// API checks itself; the lockout counts its failures like a password's.
+	API Proto = "api"
 )
 
 // String returns the protocol's name, as in metrics and audit events.
@@ -72,6 +75,9 @@ const (
 	// SecondFactor is the portal's second factor (TOTP, WebAuthn), which
 	// the portal checks itself: Decide runs only step 1 and the lockout.
 	SecondFactor
+	// Token is an admin token of the JSON API, checked by the API: Decide
+	// runs only step 1 and the lockout.
+	Token
 )
 
 // Secret is a password as the client sent it: the one redacting type of
@@ -117,6 +123,7 @@ const (
 	AppPassword                              // an app password matched
 	Primary                                  // the primary password, to be verified upstream (or by the portal)
 	SecondFactorCredential                   // the portal's second factor
+	TokenCredential                          // an admin token of the JSON API
 )
 
 // String returns "none", "app-password", "primary" or "second-factor",
@@ -129,6 +136,8 @@ func (k Credential) String() string {
 		return "primary"
 	case SecondFactorCredential:
 		return "second-factor"
+	case TokenCredential:
+		return "admin-token"
 	}
 	return "none"
 }

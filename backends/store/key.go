@@ -107,7 +107,8 @@ func countAppPasswords(ctx context.Context, q sqlx.QueryerContext) string {
 }
 
 // ResetKey is the way out when the key file of an existing store is lost
-// for good: it deletes every app password and the recorded fingerprint,
+// for good: it deletes every app password, every admin token and the
+// recorded fingerprint,
 // moves an existing key file aside (to KEYFILE.replaced-TIMESTAMP) and
 // creates a new key as Migrate does for a new store. It returns the number
 // of app passwords deleted. Users must create new app passwords afterwards.
@@ -130,6 +131,11 @@ func (s *Store) ResetKey(ctx context.Context) (deleted int, err error) {
 		return 0, fmt.Errorf("store: reset key: delete app passwords: %w", err)
 	}
 	n, _ := res.RowsAffected()
+	// Admin tokens are keyed hashes under the old key too: none could
+	// match again.
+	if _, err := tx.ExecContext(ctx, `DELETE FROM admin_tokens`); err != nil {
+		return 0, fmt.Errorf("store: reset key: delete admin tokens: %w", err)
+	}
 	if _, err := tx.ExecContext(ctx, tx.Rebind(`DELETE FROM settings WHERE name = ?`), settingKeyFingerprint); err != nil {
 		return 0, fmt.Errorf("store: reset key: forget fingerprint: %w", err)
 	}

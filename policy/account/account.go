@@ -63,19 +63,31 @@ type Store interface {
 }
 
 // Actor is who acts, for the audit trail: the user, from the web client's
-// address.
+// address; or, with Kind, an administrator: "cli" (User is the operating
+// system user), "admin" (User is the admin signed in to the admin
+// pages) or "api" (User is the admin token's name).
 type Actor struct {
-	User string // the signed-in user
-	Addr string // client address, host:port
+	Kind string // "" (the user, on the portal), "cli", "admin", "api"
+	User string // who acts
+	Addr string // client address, host:port; empty for the command line
 }
 
-func (a Actor) String() string { return "web:" + a.User }
+func (a Actor) String() string {
+	switch {
+	case a.Kind == "":
+		return "web:" + a.User
+	case a.User == "":
+		return a.Kind
+	}
+	return a.Kind + ":" + a.User
+}
 
 // Service performs account operations. It is safe for concurrent use.
 type Service struct {
-	store  Store
-	issuer string
-	now    func() time.Time
+	store    Store
+	issuer   string
+	now      func() time.Time
+	auditErr func(error)
 }
 
 // Options configures New.
@@ -83,11 +95,15 @@ type Options struct {
 	Store  Store
 	Issuer string           // names passgate in authenticator apps; default "passgate"
 	Now    func() time.Time // default time.Now
+	// AuditError, when set, is told of an audit event that could not be
+	// written (the command line fails then); by default it is dropped,
+	// the store's journal having logged it.
+	AuditError func(error)
 }
 
 // New returns a Service.
 func New(o Options) *Service {
-	s := &Service{store: o.Store, issuer: o.Issuer, now: o.Now}
+	s := &Service{store: o.Store, issuer: o.Issuer, now: o.Now, auditErr: o.AuditError}
 	if s.issuer == "" {
 		s.issuer = "passgate"
 	}
@@ -129,9 +145,14 @@ var ErrBadCode = errors.New("account: the code is not right")
 
 func (s *Service) record(ctx context.Context, a Actor, action, subject, detail string, cause error) {
 	ev := store.AuditEvent{Time: s.now(), Actor: a.String(), Action: action, Subject: subject, Outcome: "success"}
-	ev.Detail = "addr=" + a.Addr
+	if a.Addr != "" {
+		ev.Detail = "addr=" + a.Addr
+	}
 	if detail != "" {
-		ev.Detail += " " + detail
+		if ev.Detail != "" {
+			ev.Detail += " "
+		}
+		ev.Detail += detail
 	}
 	if cause != nil {
 		ev.Outcome = "failure"
@@ -143,7 +164,9 @@ func (s *Service) record(ctx context.Context, a Actor, action, subject, detail s
 	}
 	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	_ = s.store.Record(wctx, ev) // a lost audit write is logged by the journal
+	if err := s.store.Record(wctx, ev); err != nil && s.auditErr != nil {
+		s.auditErr(err)
+	}
 }
 
 // Methods is what a user has registered.
@@ -192,9 +215,14 @@ func (s *Service) Methods(ctx context.Context, user string) (Methods, error) {
 // CreateAppPassword creates an app password for the actor, with the
 // command line's rules, and audits it. The secret is returned once.
 func (s *Service) CreateAppPassword(ctx context.Context, a Actor, label string, scopes []string, expires *time.Time) (AppPassword, string, error) {
+	return s.createAppPassword(ctx, a, a.User, label, scopes, expires)
+}
+
+// createAppPassword creates an app password for user, on behalf of a.
+func (s *Service) createAppPassword(ctx context.Context, a Actor, user, label string, scopes []string, expires *time.Time) (AppPassword, string, error) {
 	label = strings.TrimSpace(label)
 	if err := checkName(label); err != nil {
-		s.record(ctx, a, "app-password.create", a.User, fmt.Sprintf("label=%q", label), err)
+		s.record(ctx, a, "app-password.create", user, fmt.Sprintf("label=%q", label), err)
 		return AppPassword{}, "", err
 	}
 	detail := fmt.Sprintf("label=%q", label)
@@ -204,11 +232,11 @@ func (s *Service) CreateAppPassword(ctx context.Context, a Actor, label string, 
 	if expires != nil {
 		detail += " expires=" + expires.UTC().Format(time.RFC3339)
 	}
-	ap, secret, err := s.store.CreateAppPassword(ctx, store.NewAppPassword{User: a.User, Label: label, Scopes: scopes, ExpiresAt: expires})
+	ap, secret, err := s.store.CreateAppPassword(ctx, store.NewAppPassword{User: user, Label: label, Scopes: scopes, ExpiresAt: expires})
 	if err == nil {
 		detail = fmt.Sprintf("id=%d %s", ap.ID, detail)
 	}
-	s.record(ctx, a, "app-password.create", a.User, detail, err)
+	s.record(ctx, a, "app-password.create", user, detail, err)
 	return ap, secret, err
 }
 
@@ -225,12 +253,16 @@ func checkName(label string) error {
 
 // DeleteAppPassword deletes the actor's app password labelled label.
 func (s *Service) DeleteAppPassword(ctx context.Context, a Actor, label string) (AppPassword, error) {
-	ap, err := s.store.DeleteAppPassword(ctx, a.User, label)
+	return s.deleteAppPassword(ctx, a, a.User, label)
+}
+
+func (s *Service) deleteAppPassword(ctx context.Context, a Actor, user, label string) (AppPassword, error) {
+	ap, err := s.store.DeleteAppPassword(ctx, user, label)
 	detail := fmt.Sprintf("label=%q", label)
 	if err == nil {
 		detail = fmt.Sprintf("id=%d %s", ap.ID, detail)
 	}
-	s.record(ctx, a, "app-password.delete", a.User, detail, err)
+	s.record(ctx, a, "app-password.delete", user, detail, err)
 	return ap, err
 }
 

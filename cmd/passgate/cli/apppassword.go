@@ -89,21 +89,13 @@ func cmdAppPasswordCreate(ctx context.Context, e *env, args []string) int {
 	}
 	defer st.Close()
 	user := pos[0]
-	detail := fmt.Sprintf("label=%q scopes=%s", *label, strings.Join(sc, ","))
-	if expiresAt != nil {
-		detail += " expires=" + expiresAt.UTC().Format(time.RFC3339)
-	}
-	if err := knownUser(ctx, st, cfg, user); err != nil {
-		return e.done(ctx, st, f.path, "app-password.create", user, detail, err)
-	}
-	ap, secret, err := st.CreateAppPassword(ctx, store.NewAppPassword{User: user, Label: *label, Scopes: sc, ExpiresAt: expiresAt})
+	ops := newAdminOps(st, cfg, e.Now)
+	ap, secret, err := ops.CreateAppPasswordFor(ctx, e.cliActor(), user, *label, sc, expiresAt)
 	if err != nil {
-		return e.done(ctx, st, f.path, "app-password.create", user, detail, err)
+		return e.end(f.path, ops, err)
 	}
-	detail = fmt.Sprintf("id=%d %s", ap.ID, detail)
 	if *asJSON {
 		if err := writeJSON(e.Stdout, createdJSON{AppPassword: ap, Password: apppass.Format(secret)}); err != nil {
-			e.record(ctx, st, f.path, "app-password.create", user, detail, nil)
 			return e.fail(f.path, err)
 		}
 	} else {
@@ -114,7 +106,7 @@ func cmdAppPasswordCreate(ctx context.Context, e *env, args []string) int {
 		fmt.Fprintf(e.Stdout, "Created app password %q for %s (%s). Copy it now; it will not be shown again:\n%s\n",
 			ap.Label, clean(ap.User), what, apppass.Format(secret))
 	}
-	return e.done(ctx, st, f.path, "app-password.create", user, detail, nil)
+	return e.end(f.path, ops, nil)
 }
 
 func cmdAppPasswordList(ctx context.Context, e *env, args []string) int {
@@ -186,18 +178,17 @@ func cmdAppPasswordDelete(ctx context.Context, e *env, args []string) int {
 	if *label == "" {
 		return e.usageError(f.path, "missing --label LABEL (see 'passgate app-password list "+pos[0]+"')")
 	}
-	st, code, ok := e.openFor(ctx, f.path, *config)
+	st, cfg, code, ok := e.openWithConfig(ctx, f.path, *config)
 	if !ok {
 		return code
 	}
 	defer st.Close()
-	user := pos[0]
-	ap, err := st.DeleteAppPassword(ctx, user, *label)
-	if err != nil {
-		return e.done(ctx, st, f.path, "app-password.delete", user, fmt.Sprintf("label=%q", *label), err)
+	ops := newAdminOps(st, cfg, e.Now)
+	ap, err := ops.DeleteAppPasswordFor(ctx, e.cliActor(), pos[0], *label)
+	if err == nil {
+		fmt.Fprintf(e.Stdout, "Deleted app password %q of %s.\n", ap.Label, clean(ap.User))
 	}
-	fmt.Fprintf(e.Stdout, "Deleted app password %q of %s.\n", ap.Label, clean(ap.User))
-	return e.done(ctx, st, f.path, "app-password.delete", user, fmt.Sprintf("id=%d label=%q", ap.ID, ap.Label), nil)
+	return e.end(f.path, ops, err)
 }
 
 func cmdAppPasswordRevokeAll(ctx context.Context, e *env, args []string) int {
@@ -208,16 +199,15 @@ func cmdAppPasswordRevokeAll(ctx context.Context, e *env, args []string) int {
 	if !ok {
 		return code
 	}
-	st, code, ok := e.openFor(ctx, f.path, *config)
+	st, cfg, code, ok := e.openWithConfig(ctx, f.path, *config)
 	if !ok {
 		return code
 	}
 	defer st.Close()
-	user := pos[0]
-	n, err := st.RevokeAll(ctx, user)
-	if err != nil {
-		return e.done(ctx, st, f.path, "app-password.revoke-all", user, "", err)
+	ops := newAdminOps(st, cfg, e.Now)
+	n, err := ops.RevokeAll(ctx, e.cliActor(), pos[0])
+	if err == nil {
+		fmt.Fprintf(e.Stdout, "Deleted %d app password(s) of %s.\n", n, clean(pos[0]))
 	}
-	fmt.Fprintf(e.Stdout, "Deleted %d app password(s) of %s.\n", n, clean(user))
-	return e.done(ctx, st, f.path, "app-password.revoke-all", user, fmt.Sprintf("deleted=%d", n), nil)
+	return e.end(f.path, ops, err)
 }

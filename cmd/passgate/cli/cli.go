@@ -71,6 +71,7 @@ func commands() []command {
 		{"user", "add, list, change and delete users and their MFA state", cmdUser},
 		{"app-password", "create, list and delete a user's app passwords", cmdAppPassword},
 		{"settings", "show and change global settings", cmdSettings},
+		{"admin-token", "create, list and revoke the tokens of the JSON API", cmdAdminToken},
 		{"audit", "show the audit trail", cmdAudit},
 		{"version", "print the version, commit, build date and Go version", cmdVersion},
 	}
@@ -161,9 +162,4 @@ func (e *env) group(ctx context.Context, path, summary string, subs []command, a
 
 // actor names the administrator in audit events: "cli:" and the login name
 // of whoever ran the command.
-func (e *env) actor() string {
-	if u := e.Getenv("USER"); u != "" {
-		return "cli:" + u
-	}
-	return "cli"
-}
+func (e *env) actor() string { return e.cliActor().String() }

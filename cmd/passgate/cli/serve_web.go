@@ -111,8 +111,12 @@ func buildWeb(d *deps, st *store.Store) (service, error) {
 	if err != nil {
 		return service{}, err
 	}
+	handler, err := withAdmin(d, st, p, pub)
+	if err != nil {
+		return service{}, err
+	}
 	srv := &http.Server{
-		Handler:           p,
+		Handler:           handler,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      30 * time.Second,

@@ -3,7 +3,6 @@ package cli
 import (
 	"context"
 	"fmt"
-	"strconv"
 )
 
 // cmdSettings runs "passgate settings SUBCOMMAND".
@@ -34,22 +33,17 @@ func cmdSettingsSet(ctx context.Context, e *env, args []string) int {
 	default:
 		return e.usageError(f.path, fmt.Sprintf("allow-app-passwords %q: use true or false", pos[1]))
 	}
-	st, code, ok := e.openFor(ctx, f.path, *config)
+	st, cfg, code, ok := e.openWithConfig(ctx, f.path, *config)
 	if !ok {
 		return code
 	}
 	defer st.Close()
-	detail := "allow-app-passwords=" + strconv.FormatBool(allow)
-	before, err := st.AllowAppPasswords(ctx)
-	if err != nil {
-		return e.done(ctx, st, f.path, "settings.set", "", detail, err)
+	ops := newAdminOps(st, cfg, e.Now)
+	before, err := ops.SetAllowAppPasswords(ctx, e.cliActor(), allow)
+	if err == nil {
+		fmt.Fprintf(e.Stdout, "allow-app-passwords is now %t (was %t).\n", allow, before)
 	}
-	detail += " was=" + strconv.FormatBool(before)
-	if err := st.SetAllowAppPasswords(ctx, allow); err != nil {
-		return e.done(ctx, st, f.path, "settings.set", "", detail, err)
-	}
-	fmt.Fprintf(e.Stdout, "allow-app-passwords is now %t (was %t).\n", allow, before)
-	return e.done(ctx, st, f.path, "settings.set", "", detail, nil)
+	return e.end(f.path, ops, err)
 }
 
 func cmdSettingsShow(ctx context.Context, e *env, args []string) int {

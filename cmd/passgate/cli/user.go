@@ -1,11 +1,14 @@
 package cli
 
 import (
+	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"strconv"
 
 	"github.com/passgate/passgate/backends/store"
+	"github.com/passgate/passgate/policy/account"
 )
 
 // cmdUser runs "passgate user SUBCOMMAND".
@@ -14,6 +17,7 @@ func cmdUser(ctx context.Context, e *env, args []string) int {
 		{"add", "add a user", cmdUserAdd},
 		{"list", "list users", cmdUserList},
 		{"set-mfa", "change a user's MFA state", cmdUserSetMFA},
+		{"set-admin", "mark a user as administrator (true) or not (false)", cmdUserSetAdmin},
 		{"set-password", "set a user's primary password for the portal (web.verify: store), read from standard input", cmdUserSetPassword},
 		{"delete", "delete a user and all the user's app passwords", cmdUserDelete},
 	}, args)
@@ -42,65 +46,87 @@ func cmdUserAdd(ctx context.Context, e *env, args []string) int {
 		return code
 	}
 	defer st.Close()
-	if err := loginNameProblem(cfg, pos[0]); err != nil {
-		return e.done(ctx, st, f.path, "user.add", pos[0], "", err)
-	}
-	u, err := st.AddUser(ctx, pos[0], state)
-	detail := ""
+	ops := newAdminOps(st, cfg, e.Now)
+	u, err := ops.AddUser(ctx, e.cliActor(), pos[0], state)
 	if err == nil {
-		detail = "mfa=" + string(u.MFA)
 		fmt.Fprintf(e.Stdout, "Added user %s (MFA %s).\n", clean(u.Name), u.MFA)
-	} else if state != "" {
-		detail = "mfa=" + string(state)
 	}
-	return e.done(ctx, st, f.path, "user.add", pos[0], detail, err)
-}
-
-// userRow is a user as "user list --json" prints it.
-type userRow struct {
-	store.User
-	AppPasswords int `json:"app_passwords"`
+	return e.end(f.path, ops, err)
 }
 
 func cmdUserList(ctx context.Context, e *env, args []string) int {
-	f := newFlags("user list", "[--json] [--config FILE]", "List users with their MFA state and number of app passwords.")
+	f := newFlags("user list", "[--search TEXT] [--limit N] [--after NAME] [--json] [--config FILE]",
+		"List users with their MFA state, admin flag and number of app passwords, by name. The store is read\n"+
+			"in pages of 1000 (keyset paging), so a million users do not fill memory.")
 	asJSON := f.Bool("json", false, "print JSON for scripts")
+	search := f.String("search", "", "only names containing `TEXT` (case ignored)")
+	limit := f.Int("limit", 0, "print at most `N` users (default: all)")
+	after := f.String("after", "", "start after user `NAME` (the last name of a previous page)")
 	config := f.configFlag()
 	if _, code, ok := e.parse(f, args, 0, 0); !ok {
 		return code
 	}
-	st, code, ok := e.openFor(ctx, f.path, *config)
+	if *limit < 0 {
+		return e.usageError(f.path, "--limit must be 0 (all) or more")
+	}
+	st, cfg, code, ok := e.openWithConfig(ctx, f.path, *config)
 	if !ok {
 		return code
 	}
 	defer st.Close()
-	users, err := st.ListUsers(ctx)
-	if err != nil {
-		return e.fail(f.path, err)
-	}
-	rows := make([]userRow, 0, len(users))
-	for _, u := range users {
-		aps, err := st.ListAppPasswords(ctx, u.Name)
+	ops := newAdminOps(st, cfg, e.Now)
+	w := bufio.NewWriter(e.Stdout)
+	defer w.Flush()
+	const format = "%-32s %-9s %-13s %-5s %-20s %s\n"
+	n := 0
+	cursor := *after
+	for {
+		size := store.MaxPage
+		if *limit > 0 && *limit-n < size {
+			size = *limit - n
+		}
+		if size == 0 {
+			break
+		}
+		page, err := ops.Users(ctx, account.UserQuery{After: cursor, Search: *search, Limit: size})
 		if err != nil {
 			return e.fail(f.path, err)
 		}
-		rows = append(rows, userRow{User: u, AppPasswords: len(aps)})
-	}
-	if *asJSON {
-		if err := writeJSON(e.Stdout, rows); err != nil {
-			return e.fail(f.path, err)
+		for _, u := range page {
+			switch {
+			case *asJSON:
+				if n == 0 {
+					fmt.Fprint(w, "[\n")
+				} else {
+					fmt.Fprint(w, ",\n")
+				}
+				b, err := json.Marshal(u)
+				if err != nil {
+					return e.fail(f.path, err)
+				}
+				_, _ = w.Write(b)
+			default:
+				if n == 0 {
+					fmt.Fprintf(w, format, "NAME", "MFA", "APP PASSWORDS", "ADMIN", "CREATED", "LAST SIGN-IN")
+				}
+				fmt.Fprintf(w, format, clean(u.Name), u.MFA, strconv.Itoa(u.AppPasswords), strconv.FormatBool(u.Admin), stamp(u.CreatedAt), stampPtr(u.LastSignIn))
+			}
+			n++
 		}
-		return exitOK
+		if len(page) < size {
+			break
+		}
+		cursor = page[len(page)-1].Name
 	}
-	if len(rows) == 0 {
-		fmt.Fprintln(e.Stdout, "No users yet. Add one with: passgate user add NAME --mfa enforced")
-		return exitOK
+	switch {
+	case *asJSON && n == 0:
+		fmt.Fprintln(w, "[]")
+	case *asJSON:
+		fmt.Fprint(w, "\n]\n")
+	case n == 0 && *search == "" && *after == "":
+		fmt.Fprintln(w, "No users yet. Add one with: passgate user add NAME --mfa enforced")
 	}
-	cells := make([][]string, 0, len(rows))
-	for _, r := range rows {
-		cells = append(cells, []string{clean(r.Name), string(r.MFA), strconv.Itoa(r.AppPasswords), stamp(r.CreatedAt), stamp(r.UpdatedAt)})
-	}
-	if err := table(e.Stdout, []string{"NAME", "MFA", "APP PASSWORDS", "CREATED", "UPDATED"}, cells); err != nil {
+	if err := w.Flush(); err != nil {
 		return e.fail(f.path, err)
 	}
 	return exitOK
@@ -126,18 +152,10 @@ func cmdUserSetMFA(ctx context.Context, e *env, args []string) int {
 	}
 	defer st.Close()
 	name := pos[0]
-	detail := "mfa=" + string(state)
-	if err := loginNameProblem(cfg, name); err != nil {
-		return e.done(ctx, st, f.path, "user.set-mfa", name, detail, err)
-	}
-	before, err := st.UserMFA(ctx, name)
+	ops := newAdminOps(st, cfg, e.Now)
+	u, before, err := ops.SetMFA(ctx, e.cliActor(), name, state)
 	if err != nil {
-		return e.done(ctx, st, f.path, "user.set-mfa", name, detail, err)
-	}
-	detail += " was=" + string(before)
-	u, err := st.SetMFA(ctx, name, state)
-	if err != nil {
-		return e.done(ctx, st, f.path, "user.set-mfa", name, detail, err)
+		return e.end(f.path, ops, err)
 	}
 	fmt.Fprintf(e.Stdout, "MFA of %s is now %s (was %s).\n", clean(u.Name), u.MFA, before)
 	if u.MFA == store.MFAEnforced {
@@ -146,7 +164,7 @@ func cmdUserSetMFA(ctx context.Context, e *env, args []string) int {
 			fmt.Fprintf(e.Stdout, "%s has no app password yet: IMAP, SMTP and LDAP logins fail until one is created with\n  passgate app-password create %s --label LABEL\n", clean(u.Name), clean(u.Name))
 		}
 	}
-	return e.done(ctx, st, f.path, "user.set-mfa", name, detail, nil)
+	return e.end(f.path, ops, nil)
 }
 
 func cmdUserDelete(ctx context.Context, e *env, args []string) int {
@@ -157,19 +175,19 @@ func cmdUserDelete(ctx context.Context, e *env, args []string) int {
 	if !ok {
 		return code
 	}
-	st, code, ok := e.openFor(ctx, f.path, *config)
+	st, cfg, code, ok := e.openWithConfig(ctx, f.path, *config)
 	if !ok {
 		return code
 	}
 	defer st.Close()
 	name := pos[0]
+	ops := newAdminOps(st, cfg, e.Now)
 	aps, err := st.ListAppPasswords(ctx, name)
-	if err != nil {
-		return e.done(ctx, st, f.path, "user.delete", name, "", err)
+	if err == nil {
+		err = ops.DeleteUser(ctx, e.cliActor(), name)
 	}
-	if err := st.DeleteUser(ctx, name); err != nil {
-		return e.done(ctx, st, f.path, "user.delete", name, "", err)
+	if err == nil {
+		fmt.Fprintf(e.Stdout, "Deleted user %s and %d app password(s).\n", clean(name), len(aps))
 	}
-	fmt.Fprintf(e.Stdout, "Deleted user %s and %d app password(s).\n", clean(name), len(aps))
-	return e.done(ctx, st, f.path, "user.delete", name, fmt.Sprintf("app_passwords=%d", len(aps)), nil)
+	return e.end(f.path, ops, err)
 }

@@ -79,3 +79,9 @@ FROM audit_events_v1;
 SELECT setval('audit_event_ids', COALESCE((SELECT max(id) FROM audit_events_v1), 0) + 1, false);
 
 DROP TABLE audit_events_v1;
+
+-- Rollout (the admin center): primary-password logins of users in state
+-- enabled, which enforcing would refuse.
+CREATE INDEX audit_events_rollout ON audit_events (subject_key, time)
+    WHERE action = 'login' AND outcome = 'success' AND credential = 'primary'
+    AND reason LIKE '%would be refused once enforced%';

@@ -21,3 +21,9 @@ ALTER TABLE audit_events ADD COLUMN client_name TEXT NOT NULL DEFAULT '';
 UPDATE audit_events SET is_login = 1, protocol = substr(actor, 1, instr(actor, ':') - 1)
 WHERE action = 'login' AND instr(actor, ':') > 0;
 UPDATE audit_events SET is_login = 1 WHERE action = 'login';
+
+-- Rollout (the admin center): primary-password logins of users in state
+-- enabled, which enforcing would refuse.
+CREATE INDEX audit_events_rollout ON audit_events (subject_key, time)
+    WHERE action = 'login' AND outcome = 'success' AND credential = 'primary'
+    AND reason LIKE '%would be refused once enforced%';

@@ -1,0 +1,189 @@
+package integration
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+
+	"github.com/passgate/passgate/integration/testenv"
+)
+
+// registerPasskey signs user in on w and registers a passkey with a
+// virtual authenticator, then signs out and in again with the passkey:
+// a full session past the second step.
+func registerPasskey(t *testing.T, w *portal, user, password string) {
+	t.Helper()
+	if _, err := testenv.VirtualAuthenticator(w.ctx); err != nil {
+		t.Fatal(err)
+	}
+	w.visit("/")
+	w.signIn(user, password)
+	w.see("heading", "Security info")
+	w.press("Add sign-in method")
+	w.choose("Passkey")
+	w.press("Add")
+	w.fill("Name", "Laptop of "+user)
+	w.press("Next")
+	w.see("heading", "Security info")
+	w.press("Sign out")
+	w.see("textbox", "User name")
+	w.signIn(user, password)
+	w.press("Use a passkey")
+	w.see("heading", "Security info")
+}
+
+// adminShot takes the screenshots of an admin page at desktop and phone
+// widths, with axe-core on both; the page must not scroll sideways (its
+// tables scroll in their own region).
+func adminShot(t *testing.T, w *portal, name string) {
+	t.Helper()
+	for _, s := range []struct {
+		suffix string
+		win    testenv.Window
+	}{{"desktop", testenv.Desktop}, {"phone", testenv.Phone}} {
+		if err := chromedp.Do(w.ctx, testenv.SetWindow(s.win)); err != nil {
+			t.Fatal(err)
+		}
+		axeClean(t, w.ctx, name+" at "+s.suffix)
+		shot(t, w.ctx, w.b, name+"-"+s.suffix)
+		if wide, err := chromedp.Run(w.ctx, chromedp.Evaluate[bool](`document.documentElement.scrollWidth > window.innerWidth`)); err != nil || wide {
+			t.Errorf("%s at %dpx scrolls sideways (%v)", name, s.win.Width, err)
+		}
+	}
+	if err := chromedp.Do(w.ctx, testenv.SetWindow(testenv.Desktop)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestAdminFlow walks the admin center in Chromium against the real
+// Dovecot: dave (admin) signs in with a passkey, searches for bob, ticks
+// bob and carol and chooses Enable, then Enforce for bob; bob's primary
+// password is refused over IMAP while carol's works and shows on the
+// Rollout page; dave revokes alice's app passwords and her live IMAP
+// session is closed; dave forbids app passwords and alice's next
+// app-password login fails while she can still delete hers on her
+// Security info page. alice, not an admin, gets 403 on the admin pages.
+func TestAdminFlow(t *testing.T) {
+	d := env.dovecot
+	p := startPassgate(t, passgateConfig{web: true, failureDelay: "200ms"})
+	p.admin(t, "user", "add", "dave", "--mfa", "enabled")
+	p.admin(t, "user", "set-admin", "dave", "true")
+	for _, u := range []string{"bob", "carol"} {
+		p.admin(t, "user", "add", u, "--mfa", "disabled")
+	}
+	p.admin(t, "user", "add", "alice", "--mfa", "enabled")
+
+	// alice registers a passkey (she is moved to enforced) in a tab of
+	// her own, and gets an app password.
+	alice := openPortal(t, p)
+	registerPasskey(t, alice, "alice", d.Users["alice"])
+	phone := p.appPassword(t, "alice", "Phone")
+
+	// alice is no admin: 403.
+	if resp := alice.visit("/admin/users"); resp.Status != 403 {
+		t.Errorf("alice (no admin) got %d on /admin/users, want 403", resp.Status)
+	}
+
+	w := openPortal(t, p)
+	registerPasskey(t, w, "dave", d.Users["dave"])
+	w.visit("/admin")
+	w.see("heading", "Active users")
+	w.fill("Search users", "bob")
+	w.press("Search")
+	w.see("link", "bob")
+	if w.has("link", "carol") {
+		t.Errorf("the search for bob shows carol:\n%s", w.page())
+	}
+	w.visit("/admin/users")
+	adminShot(t, w, "admin-users")
+
+	// Tick bob and carol, Enable.
+	w.press("Multi-factor authentication")
+	w.see("heading", "Multi-factor authentication")
+	w.click("bob")
+	w.click("carol")
+	adminShot(t, w, "admin-mfa")
+	w.press("Enable")
+	w.seeText("now enabled for bob, carol")
+	for _, u := range []string{"bob", "carol"} {
+		if out := p.admin(t, "user", "list", "--search", u); !strings.Contains(out, "enabled") {
+			t.Errorf("%s is not enabled:\n%s", u, out)
+		}
+	}
+	// Enforce for bob, on his page.
+	w.visit("/admin/users/bob")
+	w.press("Enforce")
+	w.seeText("now enforced for bob")
+	adminShot(t, w, "admin-user")
+
+	// bob's primary password is refused; carol's works.
+	c := p.dial(t, true, "", nil)
+	if err := c.Login("bob", d.Users["bob"]).Wait(); err == nil {
+		t.Error("bob (enforced) logged in over IMAP with his primary password")
+	}
+	c.Close()
+	c = p.dial(t, true, "", nil)
+	if err := c.Login("carol", d.Users["carol"]).Wait(); err != nil {
+		t.Errorf("carol (enabled) could not log in with her primary password: %v", err)
+	}
+	c.Logout().Wait()
+	w.visit("/admin/rollout")
+	w.see("heading", "Rollout")
+	w.see("link", "carol")
+	if w.has("link", "bob") {
+		t.Errorf("the rollout shows bob (enforced):\n%s", w.page())
+	}
+	adminShot(t, w, "admin-rollout")
+
+	// alice's live IMAP session with her app password is closed when
+	// dave revokes her app passwords.
+	live := p.dial(t, true, "", nil)
+	if err := live.Login("alice", phone).Wait(); err != nil {
+		t.Fatalf("alice's app password: %v", err)
+	}
+	if _, err := live.Select("INBOX", nil).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	w.visit("/admin/users/alice")
+	w.press("Revoke all app passwords")
+	w.seeText("Deleted 1 app password(s) of alice")
+	deadline := time.Now().Add(time.Minute)
+	for live.Noop().Wait() == nil {
+		if time.Now().After(deadline) {
+			t.Fatal("alice's IMAP session is still open a minute after her app passwords were revoked")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+
+	// Forbid app passwords: alice's next app-password login fails, she
+	// can still delete hers.
+	laptop := p.appPassword(t, "alice", "Tablet")
+	w.visit("/admin/settings")
+	w.see("checkbox", "Allow users to create app passwords to sign in to non-browser apps")
+	w.click("Allow users to create app passwords to sign in to non-browser apps")
+	w.press("Save")
+	w.seeText("Settings saved")
+	adminShot(t, w, "admin-settings")
+	c = p.dial(t, true, "", nil)
+	if err := c.Login("alice", laptop).Wait(); err == nil {
+		t.Error("alice logged in with an app password while app passwords are forbidden")
+	}
+	c.Close()
+	alice.visit("/")
+	alice.see("heading", "Security info")
+	alice.seeText("Tablet")
+	alice.press("Delete Tablet")
+	alice.press("Yes")
+	alice.see("heading", "Security info")
+	if strings.Contains(alice.page(), "Tablet") {
+		t.Errorf("alice could not delete her app password while they are forbidden:\n%s", alice.page())
+	}
+
+	// The audit trail names dave for every change.
+	w.visit("/admin/audit?user=bob")
+	w.see("heading", "Audit")
+	w.seeText("admin:dave")
+	adminShot(t, w, "admin-audit")
+}

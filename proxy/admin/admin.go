@@ -1,0 +1,252 @@
+// Package admin is passgate's admin center: server-rendered pages under
+// /admin for the users marked admin (passgate user set-admin) who have a
+// second factor registered, signed in through the Security info portal.
+// Active users, Multi-factor authentication (Enable, Enforce, Disable for
+// one or ticked users; revoke all app passwords; require
+// re-registration), Settings, Audit and Rollout. Every change is one of
+// policy/account's operations, audited with the admin as actor.
+package admin
+
+import (
+	"context"
+	"embed"
+	"errors"
+	"html/template"
+	"io/fs"
+	"log/slog"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/passgate/passgate/policy/account"
+)
+
+//go:embed templates/*.html static/*
+var assets embed.FS
+
+// PageSize is the number of users on a page.
+const PageSize = 50
+
+// Ops are the account operations the pages perform (*account.Admin).
+type Ops interface {
+	Users(ctx context.Context, q account.UserQuery) ([]account.UserSummary, error)
+	CountUsers(ctx context.Context, search string) (int, error)
+	User(ctx context.Context, name string) (account.UserSummary, error)
+	SetMFA(ctx context.Context, a account.Actor, name string, st account.MFAState) (account.User, account.MFAState, error)
+	AppPasswords(ctx context.Context, user string) ([]account.AppPassword, error)
+	RevokeAll(ctx context.Context, a account.Actor, user string) (int, error)
+	Methods(ctx context.Context, user string) (account.Methods, error)
+	ResetMethods(ctx context.Context, a account.Actor, user string) error
+	AllowAppPasswords(ctx context.Context) (bool, error)
+	SetAllowAppPasswords(ctx context.Context, a account.Actor, allow bool) (bool, error)
+	Audit(ctx context.Context, f account.AuditFilter, after account.AuditCursor, limit int) ([]account.AuditEvent, account.AuditCursor, error)
+	Rollout(ctx context.Context, since time.Time) ([]account.RolloutRow, error)
+	IsAdmin(ctx context.Context, name string) (bool, error)
+	Message(err error) (string, bool)
+}
+
+// Sessions tells the signed-in user of the portal (*portal.Server).
+type Sessions interface {
+	SignedIn(w http.ResponseWriter, r *http.Request) (user string, ok bool)
+}
+
+// Options configures New.
+type Options struct {
+	Ops       Ops
+	Sessions  Sessions
+	PublicURL *url.URL // its origin is trusted for forms
+	Now       func() time.Time
+	Logger    *slog.Logger
+}
+
+// Server is the admin pages' HTTP handler, to mount at /admin and
+// /admin/.
+type Server struct {
+	o       Options
+	log     *slog.Logger
+	pages   map[string]*template.Template
+	handler http.Handler
+}
+
+// New returns the admin pages.
+func New(o Options) (*Server, error) {
+	if o.Ops == nil || o.Sessions == nil || o.PublicURL == nil {
+		return nil, errors.New("admin: Ops, Sessions and PublicURL are required")
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	s := &Server{o: o, log: o.Logger}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	var err error
+	if s.pages, err = parsePages(); err != nil {
+		return nil, err
+	}
+	cop := http.NewCrossOriginProtection()
+	if err := cop.AddTrustedOrigin(o.PublicURL.Scheme + "://" + o.PublicURL.Host); err != nil {
+		return nil, err
+	}
+	s.handler = headers(cop.Handler(s.routes()))
+	return s, nil
+}
+
+// ServeHTTP implements http.Handler.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.handler.ServeHTTP(w, r) }
+
+func headers(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := w.Header()
+		h.Set("Content-Security-Policy", "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+		h.Set("X-Content-Type-Options", "nosniff")
+		h.Set("Referrer-Policy", "no-referrer")
+		h.Set("Cache-Control", "no-store")
+		h.Set("X-Frame-Options", "DENY")
+		next.ServeHTTP(w, r)
+	})
+}
+
+func parsePages() (map[string]*template.Template, error) {
+	funcs := template.FuncMap{
+		"stamp": func(t time.Time) string { return t.UTC().Format("2006-01-02 15:04 UTC") },
+		"join":  strings.Join,
+	}
+	layout, err := fs.ReadFile(assets, "templates/layout.html")
+	if err != nil {
+		return nil, err
+	}
+	names, err := fs.Glob(assets, "templates/*.html")
+	if err != nil {
+		return nil, err
+	}
+	pages := map[string]*template.Template{}
+	for _, n := range names {
+		base := strings.TrimSuffix(strings.TrimPrefix(n, "templates/"), ".html")
+		if base == "layout" {
+			continue
+		}
+		body, err := fs.ReadFile(assets, n)
+		if err != nil {
+			return nil, err
+		}
+		t, err := template.New("layout.html").Funcs(funcs).Parse(string(layout))
+		if err == nil {
+			_, err = t.Parse(string(body))
+		}
+		if err != nil {
+			return nil, errors.New("admin: template " + n + ": " + err.Error())
+		}
+		pages[base] = t
+	}
+	return pages, nil
+}
+
+func (s *Server) routes() http.Handler {
+	mux := http.NewServeMux()
+	static, _ := fs.Sub(assets, "static")
+	mux.Handle("GET /admin/static/", http.StripPrefix("/admin/static/", http.FileServerFS(static)))
+	mux.HandleFunc("GET /admin", s.guard(func(w http.ResponseWriter, r *http.Request, _ account.Actor) {
+		http.Redirect(w, r, "/admin/users", http.StatusSeeOther)
+	}))
+	mux.HandleFunc("GET /admin/{$}", s.guard(func(w http.ResponseWriter, r *http.Request, _ account.Actor) {
+		http.Redirect(w, r, "/admin/users", http.StatusSeeOther)
+	}))
+	mux.HandleFunc("GET /admin/users", s.guard(s.handleUsers("users")))
+	mux.HandleFunc("GET /admin/mfa", s.guard(s.handleUsers("mfa")))
+	mux.HandleFunc("POST /admin/mfa", s.guard(s.handleBulkMFA))
+	mux.HandleFunc("GET /admin/users/{name}", s.guard(s.handleUser))
+	mux.HandleFunc("POST /admin/users/{name}/mfa", s.guard(s.handleUserMFA))
+	mux.HandleFunc("POST /admin/users/{name}/revoke-all", s.guard(s.handleRevokeAll))
+	mux.HandleFunc("POST /admin/users/{name}/reset-methods", s.guard(s.handleResetMethods))
+	mux.HandleFunc("GET /admin/settings", s.guard(s.handleSettings))
+	mux.HandleFunc("POST /admin/settings", s.guard(s.handleSettingsSave))
+	mux.HandleFunc("GET /admin/audit", s.guard(s.handleAudit))
+	mux.HandleFunc("GET /admin/rollout", s.guard(s.handleRollout))
+	mux.HandleFunc("/admin/", s.guard(func(w http.ResponseWriter, r *http.Request, _ account.Actor) {
+		s.render(w, http.StatusNotFound, "message", page{Title: "Not found", Error: "There is no such admin page."})
+	}))
+	return mux
+}
+
+// page is what every template gets.
+type page struct {
+	Title  string
+	Nav    string // the current section
+	Admin  string // the signed-in admin
+	Error  string
+	Notice string
+	Data   any
+}
+
+func (s *Server) render(w http.ResponseWriter, status int, name string, p page) {
+	t, ok := s.pages[name]
+	if !ok {
+		http.Error(w, "no such page", http.StatusInternalServerError)
+		return
+	}
+	var b strings.Builder
+	if err := t.ExecuteTemplate(&b, "layout.html", p); err != nil {
+		s.log.Error("render admin page", slog.String("reason", "template "+name), slog.Any("err", err))
+		http.Error(w, "Internal Server Error", http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.WriteHeader(status)
+	_, _ = w.Write([]byte(b.String()))
+}
+
+func (s *Server) fault(w http.ResponseWriter, r *http.Request, err error) {
+	s.log.LogAttrs(r.Context(), slog.LevelError, "admin request failed", slog.String("reason", r.Method+" "+r.URL.Path), slog.Any("err", err))
+	s.render(w, http.StatusInternalServerError, "message", page{Title: "Something went wrong", Error: "Something went wrong on the server. Try again later."})
+}
+
+// guard lets only a signed-in admin with a second factor through: others
+// are sent to sign in, or get 403.
+func (s *Server) guard(h func(http.ResponseWriter, *http.Request, account.Actor)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		user, ok := s.o.Sessions.SignedIn(w, r)
+		if !ok {
+			http.Redirect(w, r, "/signin", http.StatusSeeOther)
+			return
+		}
+		ok, err := IsAdmin(r.Context(), s.o.Ops, user)
+		if err != nil {
+			s.fault(w, r, err)
+			return
+		}
+		if !ok {
+			s.render(w, http.StatusForbidden, "message", page{Title: "Administrators only",
+				Error: "These pages are for administrators. Ask an administrator if you need access; an administrator also needs a second sign-in method registered on the Security info page."})
+			return
+		}
+		addr := ""
+		if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
+			addr = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()).String()
+		}
+		h(w, r, account.Actor{Kind: "admin", User: user, Addr: addr})
+	}
+}
+
+// AdminChecker is what IsAdmin needs.
+type AdminChecker interface {
+	IsAdmin(ctx context.Context, name string) (bool, error)
+	Methods(ctx context.Context, user string) (account.Methods, error)
+}
+
+// IsAdmin reports whether user may administer: marked admin and with a
+// second factor (authenticator app or passkey) registered. The API uses
+// it for signed-in users too.
+func IsAdmin(ctx context.Context, ops AdminChecker, user string) (bool, error) {
+	ok, err := ops.IsAdmin(ctx, user)
+	if err != nil || !ok {
+		return false, err
+	}
+	m, err := ops.Methods(ctx, user)
+	if err != nil {
+		return false, err
+	}
+	return m.HasSecondFactor(), nil
+}

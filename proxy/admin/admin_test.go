@@ -1,0 +1,249 @@
+package admin_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/passgate/passgate/backends/store"
+	"github.com/passgate/passgate/policy"
+	"github.com/passgate/passgate/policy/account"
+	"github.com/passgate/passgate/proxy/admin"
+	"github.com/passgate/passgate/proxy/api"
+)
+
+// cookieSessions signs in whoever the "u" cookie names.
+type cookieSessions struct{}
+
+func (cookieSessions) SignedIn(_ http.ResponseWriter, r *http.Request) (string, bool) {
+	c, err := r.Cookie("u")
+	if err != nil {
+		return "", false
+	}
+	return c.Value, true
+}
+
+type env struct {
+	t   *testing.T
+	st  *store.Store
+	srv *httptest.Server
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	ctx := context.Background()
+	dir := t.TempDir()
+	st, err := store.Open(ctx, store.Options{Driver: store.DriverSQLite, DSN: filepath.Join(dir, "p.db"), KeyFile: filepath.Join(dir, "p.key")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = st.Close() })
+	if _, err := st.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ops := account.NewAdmin(account.AdminOptions{Store: st})
+	pub, _ := url.Parse("http://localhost")
+	pages, err := admin.New(admin.Options{Ops: ops, Sessions: cookieSessions{}, PublicURL: pub})
+	if err != nil {
+		t.Fatal(err)
+	}
+	engine := policy.New(policy.Options{Store: st, FailureDelay: -1})
+	a, err := api.New(api.Options{Ops: ops, Tokens: api.EngineTokens{Engine: engine, Check: ops}, Sessions: cookieSessions{},
+		IsAdmin: func(ctx context.Context, u string) (bool, error) { return admin.IsAdmin(ctx, ops, u) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/admin", pages)
+	mux.Handle("/admin/", pages)
+	mux.Handle("/api/v1/", a)
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+	return &env{t: t, st: st, srv: srv}
+}
+
+func (e *env) do(user, method, path string, form url.Values) (int, string) {
+	e.t.Helper()
+	var body io.Reader
+	if form != nil {
+		body = strings.NewReader(form.Encode())
+	}
+	req, _ := http.NewRequest(method, e.srv.URL+path, body)
+	if form != nil {
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	}
+	if user != "" {
+		req.AddCookie(&http.Cookie{Name: "u", Value: user})
+	}
+	c := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	resp, err := c.Do(req)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+var adminPaths = []struct{ method, path string }{
+	{"GET", "/admin"}, {"GET", "/admin/users"}, {"GET", "/admin/mfa"}, {"POST", "/admin/mfa"},
+	{"GET", "/admin/users/bob"}, {"POST", "/admin/users/bob/mfa"}, {"POST", "/admin/users/bob/revoke-all"},
+	{"POST", "/admin/users/bob/reset-methods"}, {"GET", "/admin/settings"}, {"POST", "/admin/settings"},
+	{"GET", "/admin/audit"}, {"GET", "/admin/rollout"},
+	{"GET", "/api/v1/users"}, {"POST", "/api/v1/users"}, {"GET", "/api/v1/users/bob"}, {"DELETE", "/api/v1/users/bob"},
+	{"PUT", "/api/v1/users/bob/mfa"}, {"PUT", "/api/v1/users/bob/admin"}, {"GET", "/api/v1/users/bob/app-passwords"},
+	{"POST", "/api/v1/users/bob/app-passwords"}, {"DELETE", "/api/v1/users/bob/app-passwords"},
+	{"DELETE", "/api/v1/users/bob/app-passwords/x"}, {"GET", "/api/v1/users/bob/methods"}, {"DELETE", "/api/v1/users/bob/methods"},
+	{"GET", "/api/v1/settings"}, {"PUT", "/api/v1/settings"}, {"GET", "/api/v1/audit"},
+}
+
+// TestNonAdminForbidden: a signed-in non-admin, and an admin without a
+// second factor, get 403 on every admin page and API path; nobody signed
+// in is sent to sign in (pages) or gets 401 (API).
+func TestNonAdminForbidden(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	for _, u := range []string{"alice", "bob", "mallory"} {
+		if _, err := e.st.AddUser(ctx, u, store.MFAEnabled); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := e.st.SetAdmin(ctx, "mallory", true); err != nil { // admin, but no second factor
+		t.Fatal(err)
+	}
+	for _, u := range []string{"bob", "mallory"} {
+		for _, p := range adminPaths {
+			if code, body := e.do(u, p.method, p.path, url.Values{}); code != http.StatusForbidden {
+				t.Errorf("%s: %s %s = %d, want 403: %.200s", u, p.method, p.path, code, body)
+			}
+		}
+	}
+	for _, p := range adminPaths {
+		want := http.StatusSeeOther
+		if strings.HasPrefix(p.path, "/api/") {
+			want = http.StatusUnauthorized
+		}
+		if code, _ := e.do("", p.method, p.path, url.Values{}); code != want {
+			t.Errorf("signed out: %s %s = %d, want %d", p.method, p.path, code, want)
+		}
+	}
+	if m, _ := e.st.UserMFA(ctx, "bob"); m != store.MFAEnabled {
+		t.Errorf("bob's state changed to %s by a refused request", m)
+	}
+}
+
+// TestAdminPages walks the pages as an admin with a second factor.
+func TestAdminPages(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	for i := range 120 {
+		if _, err := e.st.AddUser(ctx, fmt.Sprintf("user%03d", i), store.MFADisabled); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, u := range []string{"alice", "bob", "carol"} {
+		if _, err := e.st.AddUser(ctx, u, store.MFADisabled); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := e.st.SetMFA(ctx, "alice", store.MFAEnforced); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.st.SetAdmin(ctx, "alice", true); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.st.SetTOTP(ctx, "alice", "JBSWY3DPEHPK3PXP"); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := e.st.CreateAppPassword(ctx, store.NewAppPassword{User: "alice", Label: "Phone"}); err != nil {
+		t.Fatal(err)
+	}
+
+	// Active users: pages of 50 with a next link, search.
+	code, body := e.do("alice", "GET", "/admin/users", nil)
+	if code != 200 || strings.Count(body, `<tr><th scope="row">`) != 50 || !strings.Contains(body, `rel="next"`) || !strings.Contains(body, "123 user(s)") {
+		t.Fatalf("first page: %d\n%.2000s", code, body)
+	}
+	code, body = e.do("alice", "GET", "/admin/users?after=user099", nil)
+	if code != 200 || strings.Count(body, `<tr><th scope="row">`) != 20 || strings.Contains(body, `rel="next"`) {
+		t.Errorf("last page: %d rows", strings.Count(body, `<tr><th scope="row">`))
+	}
+	code, body = e.do("alice", "GET", "/admin/users?search=bo", nil)
+	if code != 200 || !strings.Contains(body, ">bob</a>") || strings.Contains(body, ">carol</a>") {
+		t.Errorf("search bo: %d\n%.1500s", code, body)
+	}
+	if !strings.Contains(e.mustGet("/admin/users?search=alice"), "<td>enforced</td><td>1</td>") {
+		t.Errorf("alice's row lacks her state and app-password count")
+	}
+
+	// Tick bob and carol, Enable; then Enforce bob from his page.
+	code, _ = e.do("alice", "POST", "/admin/mfa", url.Values{"user": {"bob", "carol"}, "action": {"enable"}, "back": {"/admin/mfa?search=o"}})
+	if code != http.StatusSeeOther {
+		t.Fatalf("bulk enable: %d", code)
+	}
+	e.wantMFA("bob", store.MFAEnabled)
+	e.wantMFA("carol", store.MFAEnabled)
+	e.do("alice", "POST", "/admin/users/bob/mfa", url.Values{"action": {"enforce"}})
+	e.wantMFA("bob", store.MFAEnforced)
+
+	// Rollout: carol's primary-password login while enabled.
+	if err := e.st.Record(ctx, store.AuditEvent{Time: time.Now(), Action: "login", Subject: "carol", Outcome: "success",
+		Protocol: "imap", ClientAddr: "192.0.2.7", ClientPort: 4321, TLS: true, Credential: store.CredentialPrimary,
+		Reason: "primary password accepted; would be refused once enforced", ClientName: "Thunderbird"}); err != nil {
+		t.Fatal(err)
+	}
+	if body := e.mustGet("/admin/rollout"); !strings.Contains(body, ">carol</a>") || !strings.Contains(body, "Thunderbird") || !strings.Contains(body, "192.0.2.7") {
+		t.Errorf("rollout lacks carol:\n%s", body)
+	}
+
+	// Revoke alice's app passwords; require re-registration.
+	e.do("alice", "POST", "/admin/users/alice/revoke-all", url.Values{})
+	if aps, _ := e.st.ListAppPasswords(ctx, "alice"); len(aps) != 0 {
+		t.Errorf("alice still has %d app passwords", len(aps))
+	}
+	e.do("alice", "POST", "/admin/users/bob/reset-methods", url.Values{})
+	e.wantMFA("bob", store.MFAEnabled)
+
+	// Settings.
+	e.do("alice", "POST", "/admin/settings", url.Values{})
+	if ok, _ := e.st.AllowAppPasswords(ctx); ok {
+		t.Error("app passwords still allowed after unticking the setting")
+	}
+	if body := e.mustGet("/admin/settings"); !strings.Contains(body, "Allow users to create app passwords to sign in to non-browser apps") || strings.Contains(body, " checked") {
+		t.Errorf("settings page:\n%s", body)
+	}
+
+	// Audit: every change above with alice as actor, filters.
+	body = e.mustGet("/admin/audit?user=bob")
+	for _, want := range []string{"admin:alice", "user.set-mfa", "mfa.reset"} {
+		if !strings.Contains(body, want) {
+			t.Errorf("audit of bob lacks %q", want)
+		}
+	}
+	if body := e.mustGet("/admin/audit?protocol=imap&outcome=success"); !strings.Contains(body, "Thunderbird") || strings.Contains(body, "user.set-mfa") {
+		t.Errorf("audit filtered by protocol:\n%.3000s", body)
+	}
+}
+
+func (e *env) mustGet(path string) string {
+	e.t.Helper()
+	code, body := e.do("alice", "GET", path, nil)
+	if code != 200 {
+		e.t.Fatalf("GET %s = %d", path, code)
+	}
+	return body
+}
+
+func (e *env) wantMFA(user string, want store.MFAState) {
+	e.t.Helper()
+	if got, err := e.st.UserMFA(context.Background(), user); err != nil || got != want {
+		e.t.Errorf("%s: MFA %s (%v), want %s", user, got, err, want)
+	}
+}

@@ -1,0 +1,287 @@
+package admin
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/passgate/passgate/policy/account"
+)
+
+// usersData is the Active users and Multi-factor authentication pages.
+type usersData struct {
+	Search string
+	After  string
+	Users  []account.UserSummary
+	Total  int
+	Next   string // URL of the next page, "" on the last
+	First  string // URL of the first page, "" on it
+	Action string // the form's action on the MFA page
+}
+
+func pageURL(path string, q url.Values) string {
+	if e := q.Encode(); e != "" {
+		return path + "?" + e
+	}
+	return path
+}
+
+func (s *Server) handleUsers(nav string) func(http.ResponseWriter, *http.Request, account.Actor) {
+	return func(w http.ResponseWriter, r *http.Request, a account.Actor) {
+		q := r.URL.Query()
+		d := usersData{Search: strings.TrimSpace(q.Get("search")), After: q.Get("after")}
+		users, err := s.o.Ops.Users(r.Context(), account.UserQuery{After: d.After, Search: d.Search, Limit: PageSize})
+		if err == nil {
+			d.Total, err = s.o.Ops.CountUsers(r.Context(), d.Search)
+		}
+		if err != nil {
+			s.fault(w, r, err)
+			return
+		}
+		d.Users = users
+		path := "/admin/" + nav
+		base := url.Values{}
+		if d.Search != "" {
+			base.Set("search", d.Search)
+		}
+		if len(users) == PageSize {
+			next := url.Values{}
+			for k, v := range base {
+				next[k] = v
+			}
+			next.Set("after", users[len(users)-1].Name)
+			d.Next = pageURL(path, next)
+		}
+		if d.After != "" {
+			d.First = pageURL(path, base)
+		}
+		title := "Active users"
+		if nav == "mfa" {
+			title = "Multi-factor authentication"
+			d.Action = pageURL(path, q)
+		}
+		s.render(w, http.StatusOK, nav, page{Title: title, Nav: nav, Admin: a.User, Notice: q.Get("done"), Data: d})
+	}
+}
+
+// state is the MFA state a button names.
+func state(action string) (account.MFAState, bool) {
+	switch action {
+	case "enable":
+		return account.MFAEnabled, true
+	case "enforce":
+		return account.MFAEnforced, true
+	case "disable":
+		return account.MFADisabled, true
+	}
+	return "", false
+}
+
+// handleBulkMFA applies Enable, Enforce or Disable to the ticked users.
+func (s *Server) handleBulkMFA(w http.ResponseWriter, r *http.Request, a account.Actor) {
+	if err := r.ParseForm(); err != nil {
+		http.Error(w, "bad form", http.StatusBadRequest)
+		return
+	}
+	st, ok := state(r.PostForm.Get("action"))
+	users := r.PostForm["user"]
+	back := r.PostForm.Get("back")
+	if !strings.HasPrefix(back, "/admin/mfa") {
+		back = "/admin/mfa"
+	}
+	if !ok || len(users) == 0 {
+		http.Redirect(w, r, withNotice(back, "Tick at least one user, then choose Enable, Enforce or Disable."), http.StatusSeeOther)
+		return
+	}
+	var failed []string
+	for _, u := range users {
+		if _, _, err := s.o.Ops.SetMFA(r.Context(), a, u, st); err != nil {
+			failed = append(failed, u)
+		}
+	}
+	msg := fmt.Sprintf("Multi-factor authentication is now %s for %s.", st, strings.Join(users, ", "))
+	if len(failed) > 0 {
+		msg = fmt.Sprintf("Could not change %s; see the audit trail.", strings.Join(failed, ", "))
+	}
+	http.Redirect(w, r, withNotice(back, msg), http.StatusSeeOther)
+}
+
+func withNotice(path, msg string) string {
+	u, err := url.Parse(path)
+	if err != nil {
+		return path
+	}
+	q := u.Query()
+	q.Set("done", msg)
+	u.RawQuery = q.Encode()
+	return u.String()
+}
+
+type userData struct {
+	User         account.UserSummary
+	Methods      account.Methods
+	AppPasswords []account.AppPassword
+}
+
+func (s *Server) handleUser(w http.ResponseWriter, r *http.Request, a account.Actor) {
+	name := r.PathValue("name")
+	u, err := s.o.Ops.User(r.Context(), name)
+	if err != nil {
+		if msg, ok := s.o.Ops.Message(err); ok || strings.Contains(err.Error(), "not found") {
+			if !ok {
+				msg = "There is no user " + name + "."
+			}
+			s.render(w, http.StatusNotFound, "message", page{Title: "No such user", Nav: "users", Admin: a.User, Error: msg})
+			return
+		}
+		s.fault(w, r, err)
+		return
+	}
+	d := userData{User: u}
+	if d.Methods, err = s.o.Ops.Methods(r.Context(), u.Name); err != nil {
+		s.fault(w, r, err)
+		return
+	}
+	d.AppPasswords = d.Methods.AppPasswords
+	s.render(w, http.StatusOK, "user", page{Title: u.Name, Nav: "mfa", Admin: a.User, Notice: r.URL.Query().Get("done"), Data: d})
+}
+
+func (s *Server) userBack(name string) string { return "/admin/users/" + url.PathEscape(name) }
+
+func (s *Server) handleUserMFA(w http.ResponseWriter, r *http.Request, a account.Actor) {
+	name := r.PathValue("name")
+	st, ok := state(r.FormValue("action"))
+	if !ok {
+		http.Error(w, "unknown action", http.StatusBadRequest)
+		return
+	}
+	msg := fmt.Sprintf("Multi-factor authentication is now %s for %s.", st, name)
+	if _, _, err := s.o.Ops.SetMFA(r.Context(), a, name, st); err != nil {
+		msg, _ = s.o.Ops.Message(err)
+	}
+	http.Redirect(w, r, withNotice(s.userBack(name), msg), http.StatusSeeOther)
+}
+
+func (s *Server) handleRevokeAll(w http.ResponseWriter, r *http.Request, a account.Actor) {
+	name := r.PathValue("name")
+	n, err := s.o.Ops.RevokeAll(r.Context(), a, name)
+	msg := fmt.Sprintf("Deleted %d app password(s) of %s; the apps that used them are signed out.", n, name)
+	if err != nil {
+		msg, _ = s.o.Ops.Message(err)
+	}
+	http.Redirect(w, r, withNotice(s.userBack(name), msg), http.StatusSeeOther)
+}
+
+func (s *Server) handleResetMethods(w http.ResponseWriter, r *http.Request, a account.Actor) {
+	name := r.PathValue("name")
+	msg := fmt.Sprintf("%s must register a sign-in method again at the next sign-in.", name)
+	if err := s.o.Ops.ResetMethods(r.Context(), a, name); err != nil {
+		msg, _ = s.o.Ops.Message(err)
+	}
+	http.Redirect(w, r, withNotice(s.userBack(name), msg), http.StatusSeeOther)
+}
+
+func (s *Server) handleSettings(w http.ResponseWriter, r *http.Request, a account.Actor) {
+	allow, err := s.o.Ops.AllowAppPasswords(r.Context())
+	if err != nil {
+		s.fault(w, r, err)
+		return
+	}
+	s.render(w, http.StatusOK, "settings", page{Title: "Settings", Nav: "settings", Admin: a.User, Notice: r.URL.Query().Get("done"), Data: allow})
+}
+
+func (s *Server) handleSettingsSave(w http.ResponseWriter, r *http.Request, a account.Actor) {
+	allow := r.FormValue("allow_app_passwords") == "on"
+	if _, err := s.o.Ops.SetAllowAppPasswords(r.Context(), a, allow); err != nil {
+		s.fault(w, r, err)
+		return
+	}
+	http.Redirect(w, r, withNotice("/admin/settings", "Settings saved."), http.StatusSeeOther)
+}
+
+type auditData struct {
+	User, Protocol, Outcome, Since, Until string
+	Events                                []account.AuditEvent
+	Next, First                           string
+}
+
+func (s *Server) handleAudit(w http.ResponseWriter, r *http.Request, a account.Actor) {
+	q := r.URL.Query()
+	d := auditData{User: q.Get("user"), Protocol: q.Get("protocol"), Outcome: q.Get("outcome"), Since: q.Get("since"), Until: q.Get("until")}
+	f := account.AuditFilter{User: d.User, Protocol: d.Protocol, Outcome: d.Outcome, Newest: true}
+	var problems []string
+	for _, p := range []struct {
+		v   string
+		dst *time.Time
+		n   string
+	}{{d.Since, &f.Since, "From"}, {d.Until, &f.Until, "To"}} {
+		if p.v == "" {
+			continue
+		}
+		t, err := time.Parse("2006-01-02", p.v)
+		if err != nil {
+			problems = append(problems, p.n+" must be a date like 2026-12-01.")
+			continue
+		}
+		if p.n == "To" {
+			t = t.AddDate(0, 0, 1)
+		}
+		*p.dst = t
+	}
+	// A cursor that is not one a page gave (edited by hand) starts over.
+	after, err := account.ParseAuditCursor(q.Get("after"))
+	if err != nil {
+		after = account.AuditCursor{}
+	}
+	evs, next, err := s.o.Ops.Audit(r.Context(), f, after, PageSize)
+	if err != nil && errors.Is(err, account.ErrInvalid) {
+		// An unknown protocol, outcome or the like: say so, show nothing.
+		problems = append(problems, "The filter is not valid: "+err.Error())
+		evs, next, err = nil, account.AuditCursor{}, nil
+	}
+	if err != nil {
+		s.fault(w, r, err)
+		return
+	}
+	d.Events = evs
+	base := url.Values{}
+	for k, v := range map[string]string{"user": d.User, "protocol": d.Protocol, "outcome": d.Outcome, "since": d.Since, "until": d.Until} {
+		if v != "" {
+			base.Set(k, v)
+		}
+	}
+	if !next.IsZero() {
+		nv := url.Values{}
+		for k, v := range base {
+			nv[k] = v
+		}
+		nv.Set("after", next.String())
+		d.Next = pageURL("/admin/audit", nv)
+	}
+	if !after.IsZero() {
+		d.First = pageURL("/admin/audit", base)
+	}
+	s.render(w, http.StatusOK, "audit", page{Title: "Audit", Nav: "audit", Admin: a.User, Error: strings.Join(problems, " "), Data: d})
+}
+
+type rolloutData struct {
+	Days int
+	Rows []account.RolloutRow
+}
+
+func (s *Server) handleRollout(w http.ResponseWriter, r *http.Request, a account.Actor) {
+	days, err := strconv.Atoi(r.URL.Query().Get("days"))
+	if err != nil || days < 1 || days > 366 {
+		days = 30
+	}
+	rows, err := s.o.Ops.Rollout(r.Context(), s.o.Now().AddDate(0, 0, -days))
+	if err != nil {
+		s.fault(w, r, err)
+		return
+	}
+	s.render(w, http.StatusOK, "rollout", page{Title: "Rollout", Nav: "rollout", Admin: a.User, Data: rolloutData{Days: days, Rows: rows}})
+}
