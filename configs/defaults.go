@@ -20,6 +20,16 @@ const (
 	DefaultMaxCommands     = 50
 	DefaultMaxAuthFailures = 5
 
+	// The lockout's defaults (README, "Lockout"): Entra smart lockout's
+	// 10 failures then 60 s, growing; NIST SP 800-63B's at most 100
+	// failures for one account.
+	DefaultLockoutMaxFailures        = 10
+	DefaultLockoutMaxAddressFailures = 50
+	DefaultLockoutMaxUserFailures    = 100
+	DefaultLockoutWindow             = 24 * time.Hour
+	DefaultLockoutDuration           = 60 * time.Second
+	DefaultLockoutMaxDuration        = time.Hour
+
 	DefaultUpstreamTLS         = "starttls"
 	DefaultIMAPLogin           = "master"
 	DefaultSMTPLogin           = "xclient"
@@ -56,6 +66,14 @@ func Defaults() *Config {
 				MaxLiteral:      DefaultMaxLiteral,
 				MaxCommands:     DefaultMaxCommands,
 				MaxAuthFailures: DefaultMaxAuthFailures,
+			},
+			Lockout: Lockout{
+				MaxFailures:        DefaultLockoutMaxFailures,
+				MaxAddressFailures: DefaultLockoutMaxAddressFailures,
+				MaxUserFailures:    DefaultLockoutMaxUserFailures,
+				Window:             Duration(DefaultLockoutWindow),
+				Duration:           Duration(DefaultLockoutDuration),
+				MaxDuration:        Duration(DefaultLockoutMaxDuration),
 			},
 		},
 		IMAP: IMAP{Upstream: IMAPUpstream{

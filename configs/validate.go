@@ -121,10 +121,13 @@ func (c *Config) validateLockout(v *problems) {
 		}
 	}
 	if lo.Window < 0 {
-		v.add("policy.lockout.window", lo.Window, "must be positive, e.g. 15m (0: the default, 15m)")
+		v.add("policy.lockout.window", lo.Window, "must be positive, e.g. 24h (0: the default, 24h)")
 	}
 	if lo.Duration < 0 {
-		v.add("policy.lockout.duration", lo.Duration, "must be positive, e.g. 15m (0: the default, 15m)")
+		v.add("policy.lockout.duration", lo.Duration, "must be positive, e.g. 60s (0: the default, 60s)")
+	}
+	if lo.MaxDuration < 0 || (lo.MaxDuration > 0 && lo.MaxDuration < lo.Duration) {
+		v.add("policy.lockout.max_duration", lo.MaxDuration, "must be at least policy.lockout.duration, e.g. 1h (0: the default, 1h)")
 	}
 }
 

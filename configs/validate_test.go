@@ -56,7 +56,7 @@ func TestValidate(t *testing.T) {
 			c.Policy.Lockout = configs.Lockout{MaxFailures: -1, Window: configs.Duration(-time.Minute)}
 		}, []string{
 			`policy.lockout.max_failures (-1): must be 0 (not counted) or positive`,
-			`policy.lockout.window ("-1m0s"): must be positive, e.g. 15m (0: the default, 15m)`}},
+			`policy.lockout.window ("-1m0s"): must be positive, e.g. 24h (0: the default, 24h)`}},
 		{"fail/failure-delay", func(c *configs.Config) { c.Policy.FailureDelay = configs.Duration(-time.Second) }, []string{
 			`policy.failure_delay ("-1s"): must be zero or positive`}},
 		{"fail/upstream-tls", func(c *configs.Config) { c.IMAP.Upstream.TLS = "tls" }, []string{

@@ -46,6 +46,9 @@ type Options struct {
 	Now    func() time.Time
 	// Lockout configures step 2; the zero value switches it off.
 	Lockout Lockout
+	// Counters is where the lockout counts: the store, shared by every
+	// instance; nil counts in this process's memory.
+	Counters Counters
 	// OnOutcome, when set, learns every recorded outcome, for metrics:
 	// the protocol, the kind of credential and the outcome. It must not
 	// block.
@@ -88,7 +91,7 @@ func New(opts Options) *Engine {
 		now:       opts.Now,
 		onOutcome: opts.OnOutcome,
 		onDecide:  opts.OnDecision,
-		lock:      newLimiter(opts.Lockout),
+		lock:      newLimiter(opts.Lockout, opts.Counters),
 	}
 	if e.delay == 0 {
 		e.delay = DefaultFailureDelay
@@ -184,7 +187,12 @@ func (e *Engine) Decide(ctx context.Context, a Attempt) (*Login, error) {
 	// Step 2. A locked-out source gets the same failure as a wrong
 	// secret, and its secret is not even looked at.
 	if e.lock != nil {
-		adm, why := e.lock.admit(e.lockName(user), a.Client.Addr(), e.now())
+		adm, why, err := e.lock.admit(ctx, e.lockName(user), a.Client.Addr(), string(a.Secret), e.now())
+		if err != nil {
+			l.err = fmt.Errorf("policy: read the lockout of %q: %w", user, err)
+			l.reason = "temporary failure: " + l.err.Error()
+			return l, l.err
+		}
 		if why != "" {
 			return deny(why)
 		}
@@ -212,11 +220,11 @@ func (e *Engine) Decide(ctx context.Context, a Attempt) (*Login, error) {
 	for i, n := range names {
 		ls, err := e.store.LoginState(ctx, n, secret)
 		if errors.Is(err, store.ErrInvalid) {
-			l.settle(Failure)
+			l.settle(ctx, Failure)
 			return deny("user name is not valid")
 		}
 		if err != nil {
-			l.settle(Unavailable)
+			l.settle(ctx, Unavailable)
 			l.err = fmt.Errorf("policy: read the login state of %q: %w", n, err)
 			l.reason = "temporary failure: " + l.err.Error()
 			return l, l.err
@@ -241,19 +249,20 @@ func (e *Engine) Decide(ctx context.Context, a Attempt) (*Login, error) {
 		// upstream. A refusal names it.
 		l.cred, l.appID, l.label = AppPassword, ap.ID, ap.Label
 		if why := e.unusable(a, ap, allowApp, st); why != "" {
-			l.settle(0) // the right secret: not a guess
+			l.settle(ctx, 0) // the right secret: not a guess
 			return deny(why)
 		}
 		l.allowed = true
 		l.user = ap.User // the stored name, not the client's spelling
 		l.reason = "app password matched"
+		l.settle(ctx, Success) // the note rides on the event below
 		u := store.Usage{At: e.now(), Addr: a.Client.String(), Proto: string(a.Proto), Client: a.ClientName}
 		wctx, cancel := e.writeCtx(ctx)
 		err := e.store.RecordLogin(wctx, ap.ID, u, e.event(l, Success))
 		cancel()
 		if errors.Is(err, store.ErrNotFound) {
 			l.allowed = false
-			l.settle(0)
+			l.settle(ctx, 0)
 			return deny("app password " + ap.Label + " was deleted during the login")
 		}
 		if err != nil {
@@ -265,13 +274,13 @@ func (e *Engine) Decide(ctx context.Context, a Attempt) (*Login, error) {
 	}
 	// Step 4.
 	if st == store.MFAEnforced && a.Proto != Web {
-		l.settle(Failure)
+		l.settle(ctx, Failure)
 		return deny("no app password matched and MFA is enforced: primary password refused without contacting the upstream")
 	}
 	if a.Proto == Web && st == store.MFADisabled {
 		// The portal is for users with MFA; the others have nothing to
 		// manage there. A guess all the same.
-		l.settle(Failure)
+		l.settle(ctx, Failure)
 		return deny("portal sign-in of a user whose MFA is disabled")
 	}
 	if a.Proto == Web && l.stored != "" {
@@ -392,6 +401,7 @@ func (e *Engine) event(l *Login, outcome Outcome) store.AuditEvent {
 		Subject: strings.TrimSpace(a.User),
 		Outcome: outcome.String(),
 		Detail:  detail,
+		Lockout: l.note,
 	}
 }
 

@@ -379,6 +379,9 @@ func (s *Store) RecordLogin(ctx context.Context, id int64, u Usage, ev AuditEven
 	if err := record(ctx, tx.StmtxContext(ctx, recordQ), ev); err != nil {
 		return err
 	}
+	if err := applyNote(ctx, tx, ev.Lockout); err != nil {
+		return err
+	}
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("store: record login: commit: %w", err)
 	}

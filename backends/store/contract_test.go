@@ -74,6 +74,10 @@ var contractCases = []contractCase{
 	{"journal/deleted-app-password", testJournalDeleted},
 	{"journal/close-flushes", testJournalCloseFlushes},
 	{"journal/store-down", testJournalStoreDown},
+	{"lockout/count-shared", testLockoutCount},
+	{"lockout/concurrent", testLockoutConcurrent},
+	{"lockout/recent-tags", testLockoutRecent},
+	{"lockout/success-note", testLockoutNote},
 }
 
 func ctxT(t *testing.T) context.Context {
@@ -117,8 +121,8 @@ func testMigrateTwice(t *testing.T, f *fixture) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !slices.Equal(applied, []string{"0001_init", "0002_portal"}) {
-		t.Fatalf("first Migrate applied %q, want [0001_init 0002_portal]", applied)
+	if !slices.Equal(applied, []string{"0001_init", "0002_portal", "0006_lockout"}) {
+		t.Fatalf("first Migrate applied %q, want [0001_init 0002_portal 0006_lockout]", applied)
 	}
 	applied, err = s.Migrate(ctx)
 	if err != nil || applied != nil {
@@ -155,7 +159,7 @@ func testMigrateConcurrent(t *testing.T, f *fixture) {
 		}
 		all = append(all, results[i]...)
 	}
-	if !slices.Equal(all, []string{"0001_init", "0002_portal"}) {
+	if !slices.Equal(all, []string{"0001_init", "0002_portal", "0006_lockout"}) {
 		t.Fatalf("concurrent Migrates applied %q in all, want 0001_init exactly once", all)
 	}
 	// All three loaded the same key: a secret made through one works

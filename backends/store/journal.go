@@ -242,6 +242,9 @@ func (j *Journal) write(ctx context.Context, batch []journalWrite) error {
 		if err := record(ctx, recordT, w.ev); err != nil {
 			return err
 		}
+		if err := applyNote(ctx, tx, w.ev.Lockout); err != nil {
+			return err
+		}
 	}
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("store: write audit batch: commit: %w", err)

@@ -133,6 +133,10 @@ type AuditEvent struct {
 	Subject string    `json:"subject"` // the user acted upon
 	Outcome string    `json:"outcome"` // "success", "failure", "denied", …
 	Detail  string    `json:"detail,omitempty"`
+	// Lockout, on a login's success, is what it changes in the shared
+	// lockout, applied in the same transaction as the event (no write
+	// of its own). Never printed.
+	Lockout *LockoutNote `json:"-"`
 }
 
 // AuditFilter selects audit events; zero fields match everything.

@@ -131,7 +131,7 @@ func serve(ctx context.Context, e *env, cfg *configs.Config, log *slog.Logger, o
 		onOutcome = m.outcome
 	}
 
-	engine, err := newEngine(cfg, m.observeStore(journal), log, onOutcome, m.decided())
+	engine, err := newEngine(cfg, m.observeStore(journal), st, log, onOutcome, m.decided())
 	if err != nil {
 		return err
 	}
@@ -237,7 +237,7 @@ func serve(ctx context.Context, e *env, cfg *configs.Config, log *slog.Logger, o
 }
 
 // newEngine builds the decision from the policy section of cfg.
-func newEngine(cfg *configs.Config, st policy.Store, log *slog.Logger, onOutcome func(policy.Proto, policy.Credential, policy.Outcome), onDecision func(policy.Proto, time.Duration)) (*policy.Engine, error) {
+func newEngine(cfg *configs.Config, st policy.Store, counters policy.Counters, log *slog.Logger, onOutcome func(policy.Proto, policy.Credential, policy.Outcome), onDecision func(policy.Proto, time.Duration)) (*policy.Engine, error) {
 	trusted, err := parsePrefixes("policy.trusted_networks", cfg.Policy.TrustedNetworks)
 	if err != nil {
 		return nil, err
@@ -264,8 +264,11 @@ func newEngine(cfg *configs.Config, st policy.Store, log *slog.Logger, onOutcome
 		OnDecision:      onDecision,
 		Lockout: policy.Lockout{
 			MaxFailures: lo.MaxFailures, MaxAddressFailures: lo.MaxAddressFailures, MaxUserFailures: lo.MaxUserFailures,
-			Window: lo.Window.D(), Duration: lo.Duration.D(),
+			Window: lo.Window.D(), Duration: lo.Duration.D(), MaxDuration: lo.MaxDuration.D(),
 		},
+		// The store counts, so that every instance sharing it sees the
+		// same failures and a restart forgets none.
+		Counters: counters,
 	}), nil
 }
 
