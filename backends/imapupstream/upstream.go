@@ -62,8 +62,11 @@ const (
 const DefaultDialTimeout = 5 * time.Second
 
 // loginTimeout bounds the whole exchange with one address after the TCP
-// connection is up: greeting, STARTTLS, ID and login.
-const loginTimeout = 15 * time.Second
+// connection is up: greeting, STARTTLS, ID and login. Dovecot holds the
+// answer to every login from an address that failed recently for up to
+// 15 s, correct ones included; the bound is well past that, so that such
+// a login is slow rather than refused as a temporary failure.
+const loginTimeout = 30 * time.Second
 
 // configHint is appended to unavailability errors for the operator.
 const configHint = "imap.upstream.addresses in the configuration; check that the IMAP server listens there and that imap.upstream.tls and ca_file match it"

@@ -52,7 +52,9 @@ func (v *IMAP) try(ctx context.Context, addr, user, password string) error {
 		return fmt.Errorf("dial %s: %w", addr, err)
 	}
 	defer conn.Close()
-	deadline := time.Now().Add(timeout + 10*time.Second)
+	// Past Dovecot's longest delay for an address that failed recently
+	// (15 s), as the IMAP upstream's own login bound.
+	deadline := time.Now().Add(timeout + 25*time.Second)
 	if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
 		deadline = dl
 	}
