@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -22,8 +23,8 @@ func TestIMAPLockout(t *testing.T) {
 	pw := p.appPassword(t, "alice", "phone")
 	uniform := "a " + uniformFailure + "\r\n"
 
-	for range 3 {
-		if got := p.rawLoginFrom(t, "127.0.0.91", "alice", "wrong-guess"); got != uniform {
+	for i := range 3 { // distinct guesses: a repeated wrong secret counts once
+		if got := p.rawLoginFrom(t, "127.0.0.91", "alice", "wrong-guess-"+strconv.Itoa(i)); got != uniform {
 			t.Fatalf("wrong secret: %q", got)
 		}
 	}
