@@ -327,10 +327,21 @@ func (e *Engine) unusable(a Attempt, ap store.AppPassword, allow bool, st store.
 		return "app password " + ap.Label + " expired"
 	case !ap.HasScope(string(a.Proto)):
 		return "app password " + ap.Label + " lacks scope " + string(a.Proto)
+	case !ap.AllowedFrom(a.Client.Addr()):
+		return "app password " + ap.Label + " is not allowed from " + a.Client.Addr().Unmap().String() + " (its networks: " + prefixes(ap.Networks) + ")"
 	case st == store.MFADisabled:
 		return "app password " + ap.Label + " matched but MFA is disabled for the user"
 	}
 	return ""
+}
+
+// prefixes lists networks for the audit.
+func prefixes(ps []netip.Prefix) string {
+	s := make([]string, len(ps))
+	for i, p := range ps {
+		s[i] = p.String()
+	}
+	return strings.Join(s, ",")
 }
 
 // aliases returns the names under which user may be known to the store:

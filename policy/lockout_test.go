@@ -432,3 +432,47 @@ func (a auditTo) Record(ctx context.Context, ev store.AuditEvent) error { return
 func (a auditTo) RecordLogin(ctx context.Context, id int64, u store.Usage, ev store.AuditEvent) error {
 	return a.st.Record(ctx, ev)
 }
+
+// TestAppPasswordNetworks: an app password with networks opens nothing
+// from elsewhere, with the uniform failure; the audit says why, and the
+// refusal (a right secret) does not count towards the lockout.
+func TestAppPasswordNetworks(t *testing.T) {
+	fs := newFake()
+	fs.apps["alice\x00"+goodApp] = store.AppPassword{ID: 7, User: "alice", Label: "Outlook", Scopes: store.AllScopes(),
+		Networks: []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24"), netip.MustParsePrefix("2001:db8::/32")}}
+	var events []store.AuditEvent
+	e := New(Options{Store: recorder{fs, &events}, FailureDelay: -1, Lockout: Lockout{MaxFailures: 2}})
+	for _, c := range []struct {
+		from  string
+		allow bool
+	}{
+		{"192.0.2.77", true}, {"::ffff:192.0.2.8", true}, {"2001:db8:5::1", true},
+		{"198.51.100.1", false}, {"2001:db9::1", false}, {"198.51.100.1", false}, {"198.51.100.1", false},
+	} {
+		d := try(t, e, "alice", goodApp, c.from)
+		if d.Allow != c.allow {
+			t.Fatalf("from %s: allow %v (%s), want %v", c.from, d.Allow, d.Reason, c.allow)
+		}
+		if !c.allow && !strings.Contains(d.Reason, "is not allowed from") {
+			t.Fatalf("from %s: reason %q", c.from, d.Reason)
+		}
+	}
+	last := events[len(events)-1]
+	if last.Outcome != "failure" || !strings.Contains(last.Detail, "not allowed from 198.51.100.1 (its networks: 192.0.2.0/24,2001:db8::/32)") {
+		t.Fatalf("audit event: %+v", last)
+	}
+	if st, _ := e.lock.counters.LockoutState(context.Background(), "alice", "198.51.100.1/32"); st.Pair.Failures != 0 {
+		t.Fatalf("refusals by network counted %d failures", st.Pair.Failures)
+	}
+}
+
+// recorder keeps the audit events of a fake store.
+type recorder struct {
+	*fakeStore
+	events *[]store.AuditEvent
+}
+
+func (r recorder) Record(_ context.Context, ev store.AuditEvent) error {
+	*r.events = append(*r.events, ev)
+	return nil
+}

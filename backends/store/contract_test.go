@@ -78,6 +78,7 @@ var contractCases = []contractCase{
 	{"lockout/concurrent", testLockoutConcurrent},
 	{"lockout/recent-tags", testLockoutRecent},
 	{"lockout/success-note", testLockoutNote},
+	{"app-passwords/networks", testNetworks},
 }
 
 func ctxT(t *testing.T) context.Context {
@@ -121,8 +122,8 @@ func testMigrateTwice(t *testing.T, f *fixture) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !slices.Equal(applied, []string{"0001_init", "0002_portal", "0006_lockout"}) {
-		t.Fatalf("first Migrate applied %q, want [0001_init 0002_portal 0006_lockout]", applied)
+	if !slices.Equal(applied, []string{"0001_init", "0002_portal", "0006_lockout_networks"}) {
+		t.Fatalf("first Migrate applied %q, want [0001_init 0002_portal 0006_lockout_networks]", applied)
 	}
 	applied, err = s.Migrate(ctx)
 	if err != nil || applied != nil {
@@ -159,7 +160,7 @@ func testMigrateConcurrent(t *testing.T, f *fixture) {
 		}
 		all = append(all, results[i]...)
 	}
-	if !slices.Equal(all, []string{"0001_init", "0002_portal", "0006_lockout"}) {
+	if !slices.Equal(all, []string{"0001_init", "0002_portal", "0006_lockout_networks"}) {
 		t.Fatalf("concurrent Migrates applied %q in all, want 0001_init exactly once", all)
 	}
 	// All three loaded the same key: a secret made through one works

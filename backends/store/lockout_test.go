@@ -3,6 +3,8 @@ package store_test
 import (
 	"bytes"
 	"context"
+	"fmt"
+	"net/netip"
 	"log/slog"
 	"sync"
 	"testing"
@@ -211,4 +213,44 @@ func itoa(i int) string {
 		return string(rune('0' + i))
 	}
 	return itoa(i/10) + string(rune('0'+i%10))
+}
+
+func testNetworks(t *testing.T, f *fixture) {
+	s := f.migrated(t)
+	ctx := ctxT(t)
+	addUser(t, s, "alice", store.MFAEnforced)
+	ap, secret, err := s.CreateAppPassword(ctx, store.NewAppPassword{User: "alice", Label: "office",
+		Networks: []string{"192.0.2.77/24", " 2001:db8::/32", "198.51.100.9"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "[192.0.2.0/24 2001:db8::/32 198.51.100.9/32]"
+	if got := fmt.Sprint(ap.Networks); got != want {
+		t.Fatalf("networks = %s, want %s (canonical)", got, want)
+	}
+	ls, err := s.LoginState(ctx, "alice", secret)
+	if err != nil || ls.AppPassword == nil || fmt.Sprint(ls.AppPassword.Networks) != want {
+		t.Fatalf("LoginState: %+v, %v", ls.AppPassword, err)
+	}
+	for _, c := range []struct {
+		addr string
+		ok   bool
+	}{{"192.0.2.1", true}, {"::ffff:192.0.2.1", true}, {"198.51.100.9", true}, {"198.51.100.10", false}, {"2001:db8:1::1", true}, {"2001:db9::1", false}} {
+		if got := ls.AppPassword.AllowedFrom(netip.MustParseAddr(c.addr)); got != c.ok {
+			t.Fatalf("AllowedFrom(%s) = %v, want %v", c.addr, got, c.ok)
+		}
+	}
+	list, err := s.ListAppPasswords(ctx, "alice")
+	if err != nil || len(list) != 1 || fmt.Sprint(list[0].Networks) != want {
+		t.Fatalf("ListAppPasswords: %+v, %v", list, err)
+	}
+	// Without networks: from anywhere.
+	free, _ := create(t, s, "alice", "phone")
+	if len(free.Networks) != 0 || !free.AllowedFrom(netip.MustParseAddr("203.0.113.1")) {
+		t.Fatalf("an app password without networks: %+v", free.Networks)
+	}
+	for _, bad := range [][]string{{"192.0.2.0/33"}, {"example.test"}, {""}} {
+		_, _, err := s.CreateAppPassword(ctx, store.NewAppPassword{User: "alice", Label: "bad", Networks: bad})
+		mustErr(t, err, store.ErrInvalid, "is not a CIDR")
+	}
 }

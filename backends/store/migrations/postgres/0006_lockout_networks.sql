@@ -1,4 +1,4 @@
--- passgate schema, version 6 (SQLite): the lockout shared by every
+-- passgate schema, version 6 (PostgreSQL): the lockout shared by every
 -- instance (policy.Lockout). Times are microseconds since 1970 (UTC), so
 -- that both dialects compare them alike. No secret is kept: recent holds
 -- keyed hashes (HMAC-SHA-256 under a key derived from the server key,
@@ -9,11 +9,11 @@
 CREATE TABLE lockout_counters (
     user_key     TEXT NOT NULL,
     addr         TEXT NOT NULL,
-    failures     INTEGER NOT NULL DEFAULT 0,   -- in the window that started at window_start
-    window_start INTEGER NOT NULL,
-    locked_until INTEGER NOT NULL DEFAULT 0,
-    locks        INTEGER NOT NULL DEFAULT 0,   -- lockouts in a row, each longer
-    recent       BLOB,                      -- last wrong secrets' keyed hashes, 16 bytes each
+    failures     BIGINT NOT NULL DEFAULT 0,   -- in the window that started at window_start
+    window_start BIGINT NOT NULL,
+    locked_until BIGINT NOT NULL DEFAULT 0,
+    locks        BIGINT NOT NULL DEFAULT 0,   -- lockouts in a row, each longer
+    recent       BYTEA,                      -- last wrong secrets' keyed hashes, 16 bytes each
     PRIMARY KEY (user_key, addr)
 );
 
@@ -21,8 +21,12 @@ CREATE TABLE lockout_counters (
 CREATE TABLE familiar_addresses (
     user_key  TEXT NOT NULL,
     addr      TEXT NOT NULL,
-    last_seen INTEGER NOT NULL,
+    last_seen BIGINT NOT NULL,
     PRIMARY KEY (user_key, addr)
 );
 CREATE INDEX familiar_addresses_last_seen ON familiar_addresses (last_seen);
 CREATE INDEX lockout_counters_window ON lockout_counters (window_start);
+
+-- The networks an app password may be used from (comma-separated CIDRs,
+-- canonical); empty: from anywhere.
+ALTER TABLE app_passwords ADD COLUMN networks TEXT NOT NULL DEFAULT '';
