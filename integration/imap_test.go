@@ -428,6 +428,7 @@ type passgateConfig struct {
 	tlsMin       string   // tls.min_version; default "1.2"
 	metrics      bool     // serve metrics.listen on a free port
 	postgresDSN  string   // store in this PostgreSQL database instead of SQLite
+	keyFile      string   // the server key of another instance on the same store
 	trusted      []string // policy.trusted_networks
 	proxies      []string // policy.proxy_networks
 	policyYAML   string   // more lines of the policy section, indented by two spaces
@@ -515,6 +516,9 @@ log:
 	if len(pc.trusted) > 0 || len(pc.proxies) > 0 {
 		cfg = strings.Replace(cfg, "policy:\n", fmt.Sprintf("policy:\n  trusted_networks: [%s]\n  proxy_networks: [%s]\n",
 			strings.Join(pc.trusted, ", "), strings.Join(pc.proxies, ", ")), 1)
+	}
+	if pc.keyFile != "" {
+		cfg = strings.Replace(cfg, "key_file: "+strconv.Quote(filepath.Join(dir, "passgate.key")), "key_file: "+strconv.Quote(pc.keyFile), 1)
 	}
 	if pc.postgresDSN != "" {
 		cfg = strings.Replace(cfg, "store:\n  driver: sqlite\n  dsn: "+strconv.Quote(filepath.Join(dir, "passgate.db"))+"\n",

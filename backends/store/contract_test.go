@@ -79,6 +79,7 @@ var contractCases = []contractCase{
 	{"lockout/recent-tags", testLockoutRecent},
 	{"lockout/success-note", testLockoutNote},
 	{"app-passwords/networks", testNetworks},
+	{"revocations/listen", testListenRevocations},
 }
 
 func ctxT(t *testing.T) context.Context {

@@ -3,6 +3,8 @@ package store_test
 import (
 	"bytes"
 	"context"
+	"database/sql"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -253,4 +255,78 @@ func testNetworks(t *testing.T, f *fixture) {
 		_, _, err := s.CreateAppPassword(ctx, store.NewAppPassword{User: "alice", Label: "bad", Networks: bad})
 		mustErr(t, err, store.ErrInvalid, "is not a CIDR")
 	}
+}
+
+// testListenRevocations: on PostgreSQL, a deletion through one store
+// reaches another's listener as it commits, and a lost notification
+// connection comes back (and says so, for the one poll); SQLite says it
+// cannot.
+func testListenRevocations(t *testing.T, f *fixture) {
+	a := f.migrated(t)
+	b := f.open(t)
+	ctx, cancel := context.WithCancel(ctxT(t))
+	revoked := make(chan int64, 16)
+	connected := make(chan struct{}, 16)
+	done := make(chan error, 1)
+	go func() {
+		done <- b.ListenRevocations(ctx, func(id int64) { revoked <- id }, func() { connected <- struct{}{} }, nil)
+	}()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil && f.driver == store.DriverPostgres {
+			t.Errorf("ListenRevocations: %v", err)
+		}
+	}()
+	if f.driver == store.DriverSQLite {
+		cancel()
+		if err := <-done; !errors.Is(err, store.ErrNotSupported) {
+			t.Fatalf("ListenRevocations on SQLite = %v, want ErrNotSupported", err)
+		}
+		done <- nil
+		return
+	}
+	wait := func(what string) {
+		t.Helper()
+		select {
+		case <-connected:
+		case <-time.After(time.Minute):
+			t.Fatalf("the listener did not %s", what)
+		}
+	}
+	wait("connect")
+	addUser(t, a, "alice", store.MFAEnforced)
+	revokedID := func(label string) {
+		t.Helper()
+		ap, _ := create(t, a, "alice", label)
+		start := time.Now()
+		if _, err := a.DeleteAppPassword(ctxT(t), "alice", label); err != nil {
+			t.Fatal(err)
+		}
+		for {
+			select {
+			case id := <-revoked:
+				if id != ap.ID {
+					continue
+				}
+				t.Logf("app password %d deleted through one store reached the other's listener after %v", id, time.Since(start))
+				return
+			case <-time.After(time.Minute):
+				t.Fatalf("the deletion of %d was not announced", ap.ID)
+			}
+		}
+	}
+	revokedID("phone")
+	// The listener's connection is cut: it comes back by itself.
+	db, err := sql.Open("postgres", f.dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var n int
+	if err := db.QueryRowContext(ctxT(t), `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+		WHERE datname = current_database() AND query LIKE 'LISTEN %'`).Scan(&n); err != nil || n != 1 {
+		t.Fatalf("terminate the listener's connection: %d, %v", n, err)
+	}
+	wait("reconnect")
+	revokedID("tablet")
 }

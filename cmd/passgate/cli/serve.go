@@ -203,6 +203,15 @@ func serve(ctx context.Context, e *env, cfg *configs.Config, log *slog.Logger, o
 			log.Warn("revocation check failed; live sessions kept", slog.Any("err", err))
 		})
 	}()
+	// On PostgreSQL, deletions are announced (LISTEN/NOTIFY) and close
+	// the sessions at once; the polling above stays as the fallback.
+	if st.Driver() == store.DriverPostgres {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			listenRevocations(runCtx, st, d.relays, log)
+		}()
+	}
 	// SIGHUP reloads the certificate. It is caught even without one, so
 	// that "systemctl reload" never stops the service.
 	hup := make(chan os.Signal, 1)
@@ -234,6 +243,30 @@ func serve(ctx context.Context, e *env, cfg *configs.Config, log *slog.Logger, o
 	stop()
 	wg.Wait()
 	return runErr
+}
+
+// listenRevocations closes the live sessions of every app password that
+// PostgreSQL announces as deleted, and polls once whenever the
+// notification connection is (re-)established.
+func listenRevocations(ctx context.Context, st *store.Store, relays *revoke.Registry, log *slog.Logger) {
+	poll := func() {
+		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		if err := relays.Poll(pctx, st.ExistingAppPasswords); err != nil {
+			log.Warn("revocation check after the notification connection came back failed; the timer's will follow", slog.Any("err", err))
+		}
+	}
+	err := st.ListenRevocations(ctx, func(id int64) {
+		log.Debug("app password deletion announced", slog.Int64("app_password_id", id))
+		if n := relays.Revoke(id); n > 0 {
+			log.Info("app password deleted: live sessions closed", slog.Int64("app_password_id", id), slog.Int("sessions", n))
+		}
+	}, poll, func(err error) {
+		log.Warn("revocation notifications interrupted; polling covers the gap", slog.Any("err", err))
+	})
+	if err != nil {
+		log.Warn("revocation notifications unavailable; polling only", slog.Any("err", err))
+	}
 }
 
 // newEngine builds the decision from the policy section of cfg.

@@ -30,3 +30,16 @@ CREATE INDEX lockout_counters_window ON lockout_counters (window_start);
 -- The networks an app password may be used from (comma-separated CIDRs,
 -- canonical); empty: from anywhere.
 ALTER TABLE app_passwords ADD COLUMN networks TEXT NOT NULL DEFAULT '';
+
+-- Every deletion of an app password (by the command line, the portal, a
+-- user's deletion, on any instance) is announced on the channel
+-- passgate_revoked with the app password's id, so that every instance
+-- closes its live sessions at once (Store.ListenRevocations).
+CREATE FUNCTION passgate_notify_revoked() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('passgate_revoked', OLD.id::text);
+    RETURN OLD;
+END
+$$;
+CREATE TRIGGER app_passwords_revoked AFTER DELETE ON app_passwords
+    FOR EACH ROW EXECUTE FUNCTION passgate_notify_revoked();
