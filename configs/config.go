@@ -72,6 +72,9 @@ type ProtocolLimit struct {
 	MaxLiteral      int      `yaml:"max_literal"`       // default 8192
 	MaxCommands     int      `yaml:"max_commands"`      // before login; default 50
 	MaxAuthFailures int      `yaml:"max_auth_failures"` // per connection; default 5
+	// Connections before login, across IMAP, SMTP and LDAP; 0: no cap.
+	MaxConnectionsPerAddress int `yaml:"max_connections_per_address"` // per client address (IPv6: /64); default 20
+	MaxPreLoginConnections   int `yaml:"max_pre_login_connections"`   // in all; default 1000
 }
 
 // Listener is an address to listen on; empty means off.

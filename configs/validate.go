@@ -146,6 +146,12 @@ func (c *Config) validateLimits(v *problems) {
 	if l.MaxCommands < 1 {
 		v.add("policy.limits.max_commands", l.MaxCommands, "must be at least 1")
 	}
+	if l.MaxConnectionsPerAddress < 0 {
+		v.add("policy.limits.max_connections_per_address", l.MaxConnectionsPerAddress, "must be 0 (no cap) or positive, e.g. 20")
+	}
+	if l.MaxPreLoginConnections < 0 {
+		v.add("policy.limits.max_pre_login_connections", l.MaxPreLoginConnections, "must be 0 (no cap) or positive, e.g. 1000")
+	}
 	if l.MaxAuthFailures < 1 {
 		v.add("policy.limits.max_auth_failures", l.MaxAuthFailures, "must be at least 1")
 	}

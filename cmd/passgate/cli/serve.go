@@ -18,7 +18,11 @@ import (
 	"github.com/passgate/passgate/backends/store"
 	"github.com/passgate/passgate/configs"
 	"github.com/passgate/passgate/policy"
+	"github.com/passgate/passgate/proxy/connlimit"
+	"github.com/passgate/passgate/proxy/imapfront"
+	"github.com/passgate/passgate/proxy/ldapfront"
 	"github.com/passgate/passgate/proxy/proxyheader"
+	"github.com/passgate/passgate/proxy/smtpfront"
 	"github.com/passgate/passgate/proxy/revoke"
 )
 
@@ -165,7 +169,8 @@ func serve(ctx context.Context, e *env, cfg *configs.Config, log *slog.Logger, o
 	if m != nil {
 		services = append(services, metricsService(m, cfg.Metrics.Listen, st, log))
 	}
-	lns, err := listenAll(services, proxies, m, log)
+	lim := connlimit.New(connlimit.Limits{PerAddress: cfg.Policy.Limits.MaxConnectionsPerAddress, Total: cfg.Policy.Limits.MaxPreLoginConnections})
+	lns, err := listenAll(services, proxies, lim, m, log)
 	if err != nil {
 		return err
 	}
@@ -308,7 +313,7 @@ func newEngine(cfg *configs.Config, st policy.Store, counters policy.Counters, l
 // listenAll opens every service's listener; the protocol listeners
 // accept a PROXY header from proxies. On an error it closes what it
 // opened.
-func listenAll(services []service, proxies []netip.Prefix, m *metrics, log *slog.Logger) ([]net.Listener, error) {
+func listenAll(services []service, proxies []netip.Prefix, lim *connlimit.Limiter, m *metrics, log *slog.Logger) ([]net.Listener, error) {
 	lns := make([]net.Listener, 0, len(services))
 	for _, s := range services {
 		ln, err := net.Listen("tcp", s.addr)
@@ -324,9 +329,22 @@ func listenAll(services []service, proxies []netip.Prefix, m *metrics, log *slog
 			ln = proxyheader.Listen(ln, proxyheader.Options{From: proxies, Logger: log.With(slog.String("listener", s.name)),
 				OnRefused: m.proxyRefused(s.name)})
 		}
+		if refusal, ok := refusals[s.name]; ok {
+			// Connections before login are capped per client address and
+			// in total, across the protocols (policy.limits).
+			ln = connlimit.Listen(ln, lim, connlimit.Options{Refusal: refusal, OnRefused: m.connRefused(s.name)})
+		}
 		lns = append(lns, ln)
 	}
 	return lns, nil
+}
+
+// refusals are what each protocol listener says to a connection over
+// policy.limits' caps before closing it; nil on implicit TLS, which would
+// need a handshake first. The portal is not capped.
+var refusals = map[string][]byte{
+	"imap": []byte(imapfront.Refusal), "smtp": []byte(smtpfront.Refusal), "ldap": ldapfront.Refusal(),
+	"imaps": nil, "submissions": nil, "ldaps": nil,
 }
 
 // reloadOnHUP reloads the certificate at each signal on hup until ctx
