@@ -1,8 +1,10 @@
 package integration
 
 import (
+	"bufio"
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -13,9 +15,17 @@ import (
 	"github.com/passgate/passgate/integration/testenv"
 )
 
-// twoInstances starts two passgate processes on one PostgreSQL database
+// twoInstances starts two passgate instances on one PostgreSQL database
 // with one server key, as behind a balancer.
 func twoInstances(t *testing.T) (a, b *passgateInstance) {
+	t.Helper()
+	ps := instances(t, 2, passgateConfig{})
+	return ps[0], ps[1]
+}
+
+// instances starts n passgate instances configured as pc on one
+// PostgreSQL database with one server key.
+func instances(t *testing.T, n int, pc passgateConfig) []*passgateInstance {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -30,9 +40,13 @@ func twoInstances(t *testing.T) (a, b *passgateInstance) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { testenv.DropDatabase(context.Background(), base, name) })
-	a = startPassgate(t, passgateConfig{postgresDSN: dsn})
-	b = startPassgate(t, passgateConfig{postgresDSN: dsn, keyFile: filepath.Join(a.dir, "passgate.key")})
-	return a, b
+	pc.postgresDSN = dsn
+	ps := []*passgateInstance{startPassgate(t, pc)}
+	pc.keyFile = filepath.Join(ps[0].dir, "passgate.key")
+	for len(ps) < n {
+		ps = append(ps, startPassgate(t, pc))
+	}
+	return ps
 }
 
 // TestInstancesShareRevocationAndLockout: two instances on one
@@ -80,5 +94,89 @@ func TestInstancesShareRevocationAndLockout(t *testing.T) {
 	}
 	if got := b.rawLoginFrom(t, "127.0.0.62", "alice", pw2); !strings.HasPrefix(got, "a OK") {
 		t.Fatalf("alice from another address: %q", got)
+	}
+}
+
+// TestThreeInstancesBehindHAProxy: three instances on one PostgreSQL
+// behind Debian's HAProxy (PROXY v2, round robin). A login works through
+// any of them with the client's own address; deleting an app password
+// through one closes its live sessions on all three; failures spread over
+// the three lock the source as if one had seen them.
+func TestThreeInstancesBehindHAProxy(t *testing.T) {
+	ps := instances(t, 3, passgateConfig{trusted: []string{"127.0.0.1/32"}, proxies: []string{"127.0.0.1/32"}})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	ha, err := testenv.StartHAProxy(ctx, t.TempDir(), []testenv.HAProxyRoute{
+		{Name: "imaps", Backend: ps[0].imapsAddr, More: []string{ps[1].imapsAddr, ps[2].imapsAddr}, Send: "send-proxy-v2"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(ha.Stop)
+	ps[0].enforce(t, "alice")
+	pw := ps[1].appPassword(t, "alice", "phone")
+
+	// Three sessions, one on each instance (round robin), each logged in
+	// with the client's address.
+	type session struct {
+		c net.Conn
+		r *bufio.Reader
+	}
+	var live []session
+	for i := range 3 {
+		c, r, greeting := imapVia(t, ha.Addrs["imaps"], "127.0.0.121", true)
+		if !strings.HasPrefix(greeting, "* OK") {
+			t.Fatalf("greeting %d through HAProxy: %q", i, greeting)
+		}
+		fmt.Fprintf(c, "a LOGIN alice %q\r\nb SELECT INBOX\r\n", pw)
+		if _, got := readTagged(t, r, "a"); !strings.HasPrefix(got, "a OK") {
+			t.Fatalf("LOGIN %d through HAProxy: %q", i, got)
+		}
+		readTagged(t, r, "b")
+		live = append(live, session{c, r})
+	}
+	for i, p := range ps {
+		if !eventually(patience, func() bool { return strings.Contains(p.out.String(), `"remote_addr":"127.0.0.121:`) }) {
+			t.Fatalf("instance %d saw no login from 127.0.0.121: HAProxy did not spread them, or the address was lost", i)
+		}
+	}
+	ps[2].admin(t, "app-password", "delete", "alice", "--label", "phone")
+	start := time.Now()
+	for i, s := range live {
+		s.c.SetReadDeadline(time.Now().Add(patience))
+		for {
+			if _, err := s.r.ReadString('\n'); err != nil {
+				break // closed (after its BYE)
+			}
+		}
+		if took := time.Since(start); took > patience {
+			t.Fatalf("session %d still open %v after the deletion", i, took)
+		}
+	}
+	t.Logf("the three live sessions (one per instance) closed within %v of the deletion", time.Since(start).Round(time.Millisecond))
+
+	// 10 distinct wrong guesses spread over the three (the default
+	// max_failures) lock the pair on every instance.
+	pw2 := ps[0].appPassword(t, "alice", "tablet")
+	for i := range 10 {
+		c, r, _ := imapVia(t, ha.Addrs["imaps"], "127.0.0.122", true)
+		fmt.Fprintf(c, "a LOGIN alice %q\r\n", "guess-"+strconv.Itoa(i))
+		if _, got := readTagged(t, r, "a"); got != "a "+uniformFailure+"\r\n" {
+			t.Fatalf("guess %d: %q", i, got)
+		}
+		c.Close()
+	}
+	for i := range 3 {
+		c, r, _ := imapVia(t, ha.Addrs["imaps"], "127.0.0.122", true)
+		fmt.Fprintf(c, "a LOGIN alice %q\r\n", pw2)
+		if _, got := readTagged(t, r, "a"); got != "a "+uniformFailure+"\r\n" {
+			t.Fatalf("the right app password from the locked source, attempt %d: %q", i, got)
+		}
+		c.Close()
+	}
+	c, r, _ := imapVia(t, ha.Addrs["imaps"], "127.0.0.123", true)
+	fmt.Fprintf(c, "a LOGIN alice %q\r\n", pw2)
+	if _, got := readTagged(t, r, "a"); !strings.HasPrefix(got, "a OK") {
+		t.Fatalf("from another address: %q", got)
 	}
 }
