@@ -3,9 +3,12 @@ package integration
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -178,5 +181,77 @@ func TestThreeInstancesBehindHAProxy(t *testing.T) {
 	fmt.Fprintf(c, "a LOGIN alice %q\r\n", pw2)
 	if _, got := readTagged(t, r, "a"); !strings.HasPrefix(got, "a OK") {
 		t.Fatalf("from another address: %q", got)
+	}
+}
+
+// TestKillNineOneInstance: three instances run as processes behind
+// HAProxy; one gets SIGKILL. Clients reconnect through the others, and
+// every login that instance acknowledged more than its audit journal's
+// flush window (about 10 ms, README) before the kill is in the audit
+// trail.
+func TestKillNineOneInstance(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "passgate")
+	build := exec.Command("go", "build", "-o", bin, "./cmd/passgate")
+	build.Dir = ".."
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	ps := instances(t, 3, passgateConfig{binary: bin, trusted: []string{"127.0.0.1/32"}, proxies: []string{"127.0.0.1/32"}})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	ha, err := testenv.StartHAProxy(ctx, t.TempDir(), []testenv.HAProxyRoute{
+		{Name: "imaps", Backend: ps[0].imapsAddr, More: []string{ps[1].imapsAddr, ps[2].imapsAddr}, Send: "send-proxy-v2"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(ha.Stop)
+	ps[0].enforce(t, "alice")
+	pw := ps[0].appPassword(t, "alice", "phone")
+
+	// Logins acknowledged by the instance about to die, straight to it.
+	const acked = 20
+	for i := range acked {
+		if got := ps[1].rawLoginFrom(t, "127.0.0.131", "alice", pw); !strings.HasPrefix(got, "a OK") {
+			t.Fatalf("login %d on the instance to be killed: %q", i, got)
+		}
+	}
+	// A live session on it, through HAProxy.
+	var victim net.Conn
+	for range 3 {
+		c, r, _ := imapVia(t, ha.Addrs["imaps"], "127.0.0.132", true)
+		fmt.Fprintf(c, "a LOGIN alice %q\r\n", pw)
+		readTagged(t, r, "a")
+		if strings.Contains(ps[1].out.String(), `"remote_addr":"127.0.0.132:`) && victim == nil {
+			victim = c
+		}
+	}
+	if victim == nil {
+		t.Fatal("no session through HAProxy reached the second instance")
+	}
+	time.Sleep(time.Second) // well past the documented flush window (about 10 ms)
+	ps[1].kill9(t)
+	victim.SetReadDeadline(time.Now().Add(patience))
+	if _, err := io.ReadAll(victim); err != nil && !errors.Is(err, io.EOF) && !strings.Contains(err.Error(), "reset") {
+		t.Fatalf("the killed instance's session: %v", err)
+	}
+	// The client reconnects: HAProxy sends it to the living ones.
+	if !eventually(patience, func() bool {
+		for range 3 {
+			c, r, _ := imapVia(t, ha.Addrs["imaps"], "127.0.0.133", true)
+			fmt.Fprintf(c, "a LOGIN alice %q\r\n", pw)
+			_, got := readTagged(t, r, "a")
+			c.Close()
+			if !strings.HasPrefix(got, "a OK") {
+				return false
+			}
+		}
+		return true
+	}) {
+		t.Fatal("logins through HAProxy did not all succeed after one instance was killed")
+	}
+	out := ps[0].admin(t, "audit", "--user", "alice", "--json")
+	if n := strings.Count(out, "imap:127.0.0.131:"); n < acked {
+		t.Fatalf("the audit trail holds %d of the %d logins the killed instance acknowledged", n, acked)
 	}
 }
