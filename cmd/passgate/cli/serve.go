@@ -22,8 +22,8 @@ import (
 	"github.com/passgate/passgate/proxy/imapfront"
 	"github.com/passgate/passgate/proxy/ldapfront"
 	"github.com/passgate/passgate/proxy/proxyheader"
-	"github.com/passgate/passgate/proxy/smtpfront"
 	"github.com/passgate/passgate/proxy/revoke"
+	"github.com/passgate/passgate/proxy/smtpfront"
 )
 
 // deps is what every protocol's wiring (serve_imap.go, serve_smtp.go,
