@@ -3,6 +3,7 @@ package integration
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -12,6 +13,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -253,5 +255,126 @@ func TestKillNineOneInstance(t *testing.T) {
 	out := ps[0].admin(t, "audit", "--user", "alice", "--json")
 	if n := strings.Count(out, "imap:127.0.0.131:"); n < acked {
 		t.Fatalf("the audit trail holds %d of the %d logins the killed instance acknowledged", n, acked)
+	}
+}
+
+// haLogin logs in once through addr (TLS) from laddr and logs out; it
+// returns the tagged LOGIN reply, or an error when the connection failed
+// before it.
+func haLogin(addr, laddr, user, pw string) (string, error) {
+	d := &net.Dialer{Timeout: patience, LocalAddr: &net.TCPAddr{IP: net.ParseIP(laddr)}}
+	c, err := tls.DialWithDialer(d, "tcp", addr, env.certs.ClientTLS())
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(patience))
+	r := bufio.NewReader(c)
+	if _, err := r.ReadString('\n'); err != nil {
+		return "", err
+	}
+	fmt.Fprintf(c, "a LOGIN %s %q\r\nb LOGOUT\r\n", user, pw)
+	for {
+		l, err := r.ReadString('\n')
+		if err != nil {
+			return "", err
+		}
+		if strings.HasPrefix(l, "a ") {
+			return l, nil
+		}
+	}
+}
+
+// TestSIGTERMUnderLoad: logins run through HAProxy to three instances
+// while one gets SIGTERM. Its logged-in session goes on (the drain lets
+// it finish), the process exits 0 once it has, and the load sees no
+// refused login: HAProxy sends new connections to the others.
+func TestSIGTERMUnderLoad(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "passgate")
+	build := exec.Command("go", "build", "-o", bin, "./cmd/passgate")
+	build.Dir = ".."
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	ps := instances(t, 3, passgateConfig{binary: bin, trusted: []string{"127.0.0.1/32"}, proxies: []string{"127.0.0.1/32"}})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	ha, err := testenv.StartHAProxy(ctx, t.TempDir(), []testenv.HAProxyRoute{
+		{Name: "imaps", Backend: ps[0].imapsAddr, More: []string{ps[1].imapsAddr, ps[2].imapsAddr}, Send: "send-proxy-v2"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(ha.Stop)
+	ps[0].enforce(t, "alice")
+	pw := ps[0].appPassword(t, "alice", "phone")
+
+	// A logged-in session on the instance to be stopped.
+	c, r, _ := imapVia(t, ps[1].imapsAddr, "127.0.0.142", true) // not 127.0.0.1: that is HAProxy, which sends a PROXY header
+	fmt.Fprintf(c, "a LOGIN alice %q\r\nb SELECT INBOX\r\n", pw)
+	if _, got := readTagged(t, r, "a"); !strings.HasPrefix(got, "a OK") {
+		t.Fatalf("LOGIN: %q", got)
+	}
+	readTagged(t, r, "b")
+
+	stop := make(chan struct{})
+	type result struct{ ok, refused, broken int }
+	results := make(chan result, 1)
+	go func() {
+		var res result
+		defer func() { results <- res }()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			got, err := haLogin(ha.Addrs["imaps"], "127.0.0.141", "alice", pw)
+			switch {
+			case err != nil:
+				res.broken++ // a connection cut before its reply: the client retries
+			case strings.HasPrefix(got, "a OK"):
+				res.ok++
+			default:
+				res.refused++
+			}
+		}
+	}()
+	// Load on all three, then SIGTERM to one.
+	if !eventually(patience, func() bool { return strings.Contains(ps[1].out.String(), `"remote_addr":"127.0.0.141:`) }) {
+		t.Fatal("the load did not reach the second instance")
+	}
+	ps[1].proc.Process.Signal(syscall.SIGTERM)
+	if !eventually(patience, func() bool { return strings.Contains(ps[1].out.String(), "shutting down") }) {
+		t.Fatal("the instance did not start draining")
+	}
+	// The session goes on during the drain, then ends itself.
+	fmt.Fprintf(c, "n NOOP\r\n")
+	if _, got := readTagged(t, r, "n"); !strings.HasPrefix(got, "n OK") {
+		t.Fatalf("NOOP during the drain: %q", got)
+	}
+	fmt.Fprintf(c, "z LOGOUT\r\n")
+	readTagged(t, r, "z")
+	select {
+	case code := <-ps[1].done:
+		ps[1].done <- code
+		if code != 0 {
+			t.Fatalf("the drained instance exited %d, want 0", code)
+		}
+	case <-time.After(patience):
+		t.Fatal("the instance did not exit once its last session ended")
+	}
+	// The load goes on through the others.
+	n := strings.Count(ps[0].out.String(), `"decision":"success"`) + strings.Count(ps[2].out.String(), `"decision":"success"`)
+	if !eventually(patience, func() bool {
+		return strings.Count(ps[0].out.String(), `"decision":"success"`)+strings.Count(ps[2].out.String(), `"decision":"success"`) > n+5
+	}) {
+		t.Fatal("logins through HAProxy stopped after one instance drained")
+	}
+	close(stop)
+	res := <-results
+	t.Logf("load through HAProxy during the drain: %d logins succeeded, %d refused, %d connections cut before a reply", res.ok, res.refused, res.broken)
+	if res.refused != 0 {
+		t.Fatalf("%d logins were refused during the drain", res.refused)
 	}
 }
