@@ -69,14 +69,16 @@ type Policy struct {
 	Lockout     Lockout       `yaml:"lockout"`
 }
 
-// Lockout configures step 2 of the decision (policy.Lockout). All
-// thresholds 0, the default, switch it off.
+// Lockout configures step 2 of the decision (policy.Lockout). It is on
+// by default (10, 50 and 100 failures in 24h; 60s, doubled with each
+// lockout in a row up to 1h); all thresholds 0 switch it off.
 type Lockout struct {
-	MaxFailures        int      `yaml:"max_failures"`         // per (user, address)
-	MaxAddressFailures int      `yaml:"max_address_failures"` // per address, sparing users who logged in from it
-	MaxUserFailures    int      `yaml:"max_user_failures"`    // per user, sparing addresses the user logged in from
-	Window             Duration `yaml:"window"`               // default 15m
-	Duration           Duration `yaml:"duration"`             // default 15m
+	MaxFailures        int      `yaml:"max_failures"`         // per (user, address); default 10
+	MaxAddressFailures int      `yaml:"max_address_failures"` // per address, sparing users who logged in from it; default 50
+	MaxUserFailures    int      `yaml:"max_user_failures"`    // per user, sparing addresses the user logged in from; default 100
+	Window             Duration `yaml:"window"`               // default 24h
+	Duration           Duration `yaml:"duration"`             // the first lockout; default 60s
+	MaxDuration        Duration `yaml:"max_duration"`         // the longest, after doubling; default 1h
 }
 
 // ProtocolLimit bounds what a client may do before it has logged in.
@@ -86,6 +88,9 @@ type ProtocolLimit struct {
 	MaxLiteral      int      `yaml:"max_literal"`       // default 8192
 	MaxCommands     int      `yaml:"max_commands"`      // before login; default 50
 	MaxAuthFailures int      `yaml:"max_auth_failures"` // per connection; default 5
+	// Connections before login, across IMAP, SMTP and LDAP; 0: no cap.
+	MaxConnectionsPerAddress int `yaml:"max_connections_per_address"` // per client address (IPv6: /64); default 20
+	MaxPreLoginConnections   int `yaml:"max_pre_login_connections"`   // in all; default 1000
 }
 
 // Listener is an address to listen on; empty means off.

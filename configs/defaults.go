@@ -21,6 +21,22 @@ const (
 	DefaultMaxCommands     = 50
 	DefaultMaxAuthFailures = 5
 
+	// Connections before login (README, "Connection limits"): Dovecot
+	// allows 10 connections per user and address (mail_max_userip_connections)
+	// and 1000 clients per login service (default_client_limit).
+	DefaultMaxConnectionsPerAddress = 20
+	DefaultMaxPreLoginConnections   = 1000
+
+	// The lockout's defaults (README, "Lockout"): Entra smart lockout's
+	// 10 failures then 60 s, growing; NIST SP 800-63B's at most 100
+	// failures for one account.
+	DefaultLockoutMaxFailures        = 10
+	DefaultLockoutMaxAddressFailures = 50
+	DefaultLockoutMaxUserFailures    = 100
+	DefaultLockoutWindow             = 24 * time.Hour
+	DefaultLockoutDuration           = 60 * time.Second
+	DefaultLockoutMaxDuration        = time.Hour
+
 	DefaultUpstreamTLS         = "starttls"
 	DefaultIMAPLogin           = "master"
 	DefaultSMTPLogin           = "xclient"
@@ -61,6 +77,17 @@ func Defaults() *Config {
 				MaxLiteral:      DefaultMaxLiteral,
 				MaxCommands:     DefaultMaxCommands,
 				MaxAuthFailures: DefaultMaxAuthFailures,
+
+				MaxConnectionsPerAddress: DefaultMaxConnectionsPerAddress,
+				MaxPreLoginConnections:   DefaultMaxPreLoginConnections,
+			},
+			Lockout: Lockout{
+				MaxFailures:        DefaultLockoutMaxFailures,
+				MaxAddressFailures: DefaultLockoutMaxAddressFailures,
+				MaxUserFailures:    DefaultLockoutMaxUserFailures,
+				Window:             Duration(DefaultLockoutWindow),
+				Duration:           Duration(DefaultLockoutDuration),
+				MaxDuration:        Duration(DefaultLockoutMaxDuration),
 			},
 		},
 		IMAP: IMAP{Upstream: IMAPUpstream{

@@ -161,10 +161,13 @@ func (c *Config) validateLockout(v *problems) {
 		}
 	}
 	if lo.Window < 0 {
-		v.add("policy.lockout.window", lo.Window, "must be positive, e.g. 15m (0: the default, 15m)")
+		v.add("policy.lockout.window", lo.Window, "must be positive, e.g. 24h (0: the default, 24h)")
 	}
 	if lo.Duration < 0 {
-		v.add("policy.lockout.duration", lo.Duration, "must be positive, e.g. 15m (0: the default, 15m)")
+		v.add("policy.lockout.duration", lo.Duration, "must be positive, e.g. 60s (0: the default, 60s)")
+	}
+	if lo.MaxDuration < 0 || (lo.MaxDuration > 0 && lo.MaxDuration < lo.Duration) {
+		v.add("policy.lockout.max_duration", lo.MaxDuration, "must be at least policy.lockout.duration, e.g. 1h (0: the default, 1h)")
 	}
 }
 
@@ -182,6 +185,12 @@ func (c *Config) validateLimits(v *problems) {
 	}
 	if l.MaxCommands < 1 {
 		v.add("policy.limits.max_commands", l.MaxCommands, "must be at least 1")
+	}
+	if l.MaxConnectionsPerAddress < 0 {
+		v.add("policy.limits.max_connections_per_address", l.MaxConnectionsPerAddress, "must be 0 (no cap) or positive, e.g. 20")
+	}
+	if l.MaxPreLoginConnections < 0 {
+		v.add("policy.limits.max_pre_login_connections", l.MaxPreLoginConnections, "must be 0 (no cap) or positive, e.g. 1000")
 	}
 	if l.MaxAuthFailures < 1 {
 		v.add("policy.limits.max_auth_failures", l.MaxAuthFailures, "must be at least 1")

@@ -56,7 +56,7 @@ func TestValidate(t *testing.T) {
 			c.Policy.Lockout = configs.Lockout{MaxFailures: -1, Window: configs.Duration(-time.Minute)}
 		}, []string{
 			`policy.lockout.max_failures (-1): must be 0 (not counted) or positive`,
-			`policy.lockout.window ("-1m0s"): must be positive, e.g. 15m (0: the default, 15m)`}},
+			`policy.lockout.window ("-1m0s"): must be positive, e.g. 24h (0: the default, 24h)`}},
 		{"ok/mfa-groups", func(c *configs.Config) {
 			c.Policy.MFAGroups = []string{"cn=mfa-users,ou=groups,dc=example,dc=test"}
 			c.LDAP.Upstream.URL = "ldap://127.0.0.1:389"

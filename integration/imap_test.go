@@ -418,6 +418,18 @@ type passgateInstance struct {
 	out       *lockedBuffer
 	cancel    context.CancelFunc
 	done      chan int
+	proc      *exec.Cmd // when run as a process (passgateConfig.binary)
+}
+
+// kill9 kills an instance run as a process with SIGKILL and waits for it.
+func (p *passgateInstance) kill9(t testing.TB) {
+	t.Helper()
+	if p.proc == nil {
+		t.Fatal("kill9: the instance runs in this process (set passgateConfig.binary)")
+	}
+	p.proc.Process.Kill()
+	code := <-p.done
+	p.done <- code
 }
 
 // passgateConfig holds what differs between the tests' configurations.
@@ -428,6 +440,8 @@ type passgateConfig struct {
 	tlsMin       string   // tls.min_version; default "1.2"
 	metrics      bool     // serve metrics.listen on a free port
 	postgresDSN  string   // store in this PostgreSQL database instead of SQLite
+	keyFile      string   // the server key of another instance on the same store
+	binary       string   // run this passgate binary as a process instead of cli.Run in this one
 	trusted      []string // policy.trusted_networks
 	proxies      []string // policy.proxy_networks
 	policyYAML   string   // more lines of the policy section, indented by two spaces
@@ -518,6 +532,9 @@ log:
 		cfg = strings.Replace(cfg, "policy:\n", fmt.Sprintf("policy:\n  trusted_networks: [%s]\n  proxy_networks: [%s]\n",
 			strings.Join(pc.trusted, ", "), strings.Join(pc.proxies, ", ")), 1)
 	}
+	if pc.keyFile != "" {
+		cfg = strings.Replace(cfg, "key_file: "+strconv.Quote(filepath.Join(dir, "passgate.key")), "key_file: "+strconv.Quote(pc.keyFile), 1)
+	}
 	if pc.postgresDSN != "" {
 		cfg = strings.Replace(cfg, "store:\n  driver: sqlite\n  dsn: "+strconv.Quote(filepath.Join(dir, "passgate.db"))+"\n",
 			"store:\n  driver: postgres\n  dsn: "+strconv.Quote(pc.postgresDSN)+"\n", 1)
@@ -539,12 +556,27 @@ log:
 	p.admin(t, "migrate")
 	ctx, cancel := context.WithCancel(context.Background())
 	p.cancel = cancel
-	go func() { p.done <- cli.Run(ctx, []string{"serve", "--config", p.config}, p.out, p.out) }()
+	if pc.binary != "" {
+		p.proc = exec.Command(pc.binary, "serve", "--config", p.config)
+		p.proc.Stdout, p.proc.Stderr = p.out, p.out
+		p.proc.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		if err := p.proc.Start(); err != nil {
+			t.Fatal(err)
+		}
+		go func() {
+			p.proc.Wait()
+			p.done <- p.proc.ProcessState.ExitCode()
+		}()
+		p.cancel = func() { p.proc.Process.Signal(syscall.SIGTERM) }
+	} else {
+		go func() { p.done <- cli.Run(ctx, []string{"serve", "--config", p.config}, p.out, p.out) }()
+	}
 	t.Cleanup(func() {
 		cancel()
+		p.cancel()
 		select {
 		case code := <-p.done:
-			if code != 0 {
+			if code != 0 && !(p.proc != nil && p.proc.ProcessState.String() == "signal: killed") {
 				t.Errorf("passgate serve exited %d after SIGTERM-like cancel, want 0", code)
 			}
 		case <-time.After(patience):

@@ -134,7 +134,7 @@ func benchPostgres(b *testing.B) string {
 	if err != nil {
 		b.Fatal(err)
 	}
-	name := fmt.Sprintf("passgate_ldapbench_%d", os.Getpid())
+	name := fmt.Sprintf("passgate_bench_%d_%d", os.Getpid(), time.Now().UnixNano())
 	dsn, err := testenv.CreateDatabase(ctx, base, name)
 	if err != nil {
 		stop()

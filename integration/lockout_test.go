@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -22,8 +23,8 @@ func TestIMAPLockout(t *testing.T) {
 	pw := p.appPassword(t, "alice", "phone")
 	uniform := "a " + uniformFailure + "\r\n"
 
-	for range 3 {
-		if got := p.rawLoginFrom(t, "127.0.0.91", "alice", "wrong-guess"); got != uniform {
+	for i := range 3 { // distinct guesses: a repeated wrong secret counts once
+		if got := p.rawLoginFrom(t, "127.0.0.91", "alice", "wrong-guess-"+strconv.Itoa(i)); got != uniform {
 			t.Fatalf("wrong secret: %q", got)
 		}
 	}
@@ -68,5 +69,31 @@ func TestIMAPLockout(t *testing.T) {
 		return strings.Contains(out, "locked out")
 	}) {
 		t.Errorf("the audit trail does not say why bob was refused:\n%s", out)
+	}
+}
+
+// TestIMAPAppPasswordNetworks: an app password made with --networks logs
+// in from its network and gets the uniform failure from elsewhere; the
+// audit trail says why; the listing shows the networks.
+func TestIMAPAppPasswordNetworks(t *testing.T) {
+	p := startPassgate(t, passgateConfig{})
+	p.enforce(t, "alice")
+	pw := p.appPassword(t, "alice", "office", "--networks", "127.0.0.40/30,2001:db8::/32")
+	uniform := "a " + uniformFailure + "\r\n"
+	if got := p.rawLoginFrom(t, "127.0.0.41", "alice", pw); !strings.HasPrefix(got, "a OK") {
+		t.Fatalf("from inside its network: %q", got)
+	}
+	if got := p.rawLoginFrom(t, "127.0.0.44", "alice", pw); got != uniform {
+		t.Fatalf("from outside its network: %q, want the uniform failure", got)
+	}
+	var out string
+	if !eventually(patience, func() bool {
+		out = p.admin(t, "audit", "--user", "alice")
+		return strings.Contains(out, "is not allowed from 127.0.0.44 (its networks: 127.0.0.40/30,2001:db8::/32)")
+	}) {
+		t.Errorf("the audit trail does not say why:\n%s", out)
+	}
+	if list := p.admin(t, "app-password", "list", "alice"); !strings.Contains(list, "127.0.0.40/30,2001:db8::/32") {
+		t.Errorf("app-password list does not show the networks:\n%s", list)
 	}
 }

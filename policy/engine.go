@@ -57,6 +57,9 @@ type Options struct {
 	// MFAGroups, when set, makes a member of its groups enforced whatever
 	// the store says (nil: no groups).
 	MFAGroups Groups
+	// Counters is where the lockout counts: the store, shared by every
+	// instance; nil counts in this process's memory.
+	Counters Counters
 	// OnOutcome, when set, learns every recorded outcome, for metrics:
 	// the protocol, the kind of credential and the outcome. It must not
 	// block.
@@ -100,7 +103,7 @@ func New(opts Options) *Engine {
 		now:       opts.Now,
 		onOutcome: opts.OnOutcome,
 		onDecide:  opts.OnDecision,
-		lock:      newLimiter(opts.Lockout),
+		lock:      newLimiter(opts.Lockout, opts.Counters),
 		groups:    opts.MFAGroups,
 	}
 	if e.delay == 0 {
@@ -197,7 +200,12 @@ func (e *Engine) Decide(ctx context.Context, a Attempt) (*Login, error) {
 	// Step 2. A locked-out source gets the same failure as a wrong
 	// secret, and its secret is not even looked at.
 	if e.lock != nil {
-		adm, why := e.lock.admit(e.lockName(user), a.Client.Addr(), e.now())
+		adm, why, err := e.lock.admit(ctx, e.lockName(user), a.Client.Addr(), string(a.Secret), e.now())
+		if err != nil {
+			l.err = fmt.Errorf("policy: read the lockout of %q: %w", user, err)
+			l.reason = "temporary failure: " + l.err.Error()
+			return l, l.err
+		}
 		if why != "" {
 			return deny(why)
 		}
@@ -232,11 +240,11 @@ func (e *Engine) Decide(ctx context.Context, a Attempt) (*Login, error) {
 	for i, n := range names {
 		ls, err := e.store.LoginState(ctx, n, secret)
 		if errors.Is(err, store.ErrInvalid) {
-			l.settle(Failure)
+			l.settle(ctx, Failure)
 			return deny("user name is not valid")
 		}
 		if err != nil {
-			l.settle(Unavailable)
+			l.settle(ctx, Unavailable)
 			l.err = fmt.Errorf("policy: read the login state of %q: %w", n, err)
 			l.reason = "temporary failure: " + l.err.Error()
 			return l, l.err
@@ -262,7 +270,7 @@ func (e *Engine) Decide(ctx context.Context, a Attempt) (*Login, error) {
 			// be a member (so the primary password must not pass), and
 			// may as well not be (so a refusal would be a lie that
 			// makes the client forget a right password).
-			l.settle(Unavailable)
+			l.settle(ctx, Unavailable)
 			l.err = fmt.Errorf("policy: read the mfa groups for %q: %w", user, err)
 			l.reason = "temporary failure: " + l.err.Error()
 			return l, l.err
@@ -281,19 +289,20 @@ func (e *Engine) Decide(ctx context.Context, a Attempt) (*Login, error) {
 		// upstream. A refusal names it.
 		l.cred, l.appID, l.label = AppPassword, ap.ID, ap.Label
 		if why := e.unusable(a, ap, allowApp, st); why != "" {
-			l.settle(0) // the right secret: not a guess
+			l.settle(ctx, 0) // the right secret: not a guess
 			return deny(why)
 		}
 		l.allowed = true
 		l.user = ap.User // the stored name, not the client's spelling
 		l.reason = "app password matched"
+		l.settle(ctx, Success) // the note rides on the event below
 		u := store.Usage{At: e.now(), Addr: a.Client.String(), Proto: string(a.Proto), Client: a.ClientName}
 		wctx, cancel := e.writeCtx(ctx)
 		err := e.store.RecordLogin(wctx, ap.ID, u, e.event(l, Success))
 		cancel()
 		if errors.Is(err, store.ErrNotFound) {
 			l.allowed = false
-			l.settle(0)
+			l.settle(ctx, 0)
 			return deny("app password " + ap.Label + " was deleted during the login")
 		}
 		if err != nil {
@@ -305,7 +314,7 @@ func (e *Engine) Decide(ctx context.Context, a Attempt) (*Login, error) {
 	}
 	// Step 4.
 	if st == store.MFAEnforced && a.Proto != Web {
-		l.settle(Failure)
+		l.settle(ctx, Failure)
 		if l.group {
 			return deny("no app password matched and MFA is enforced by membership of an mfa group: primary password refused without contacting the upstream")
 		}
@@ -314,7 +323,7 @@ func (e *Engine) Decide(ctx context.Context, a Attempt) (*Login, error) {
 	if a.Proto == Web && st == store.MFADisabled {
 		// The portal is for users with MFA; the others have nothing to
 		// manage there. A guess all the same.
-		l.settle(Failure)
+		l.settle(ctx, Failure)
 		return deny("portal sign-in of a user whose MFA is disabled")
 	}
 	if a.Proto == Web && l.stored != "" {
@@ -373,10 +382,21 @@ func (e *Engine) unusable(a Attempt, ap store.AppPassword, allow bool, st store.
 		return "app password " + ap.Label + " expired"
 	case !ap.HasScope(string(a.Proto)):
 		return "app password " + ap.Label + " lacks scope " + string(a.Proto)
+	case !ap.AllowedFrom(a.Client.Addr()):
+		return "app password " + ap.Label + " is not allowed from " + a.Client.Addr().Unmap().String() + " (its networks: " + prefixes(ap.Networks) + ")"
 	case st == store.MFADisabled:
 		return "app password " + ap.Label + " matched but MFA is disabled for the user"
 	}
 	return ""
+}
+
+// prefixes lists networks for the audit.
+func prefixes(ps []netip.Prefix) string {
+	s := make([]string, len(ps))
+	for i, p := range ps {
+		s[i] = p.String()
+	}
+	return strings.Join(s, ",")
 }
 
 // aliases returns the names under which user may be known to the store:
@@ -456,6 +476,7 @@ func (e *Engine) event(l *Login, outcome Outcome) store.AuditEvent {
 		ClientName: a.ClientName,
 		Credential: l.cred.String(),
 		Reason:     l.reason,
+		Lockout:    l.note,
 	}
 	if a.Client.Addr().IsValid() {
 		ev.ClientAddr = a.Client.Addr().Unmap().String()

@@ -1,33 +1,48 @@
 package policy
 
 import (
+	"bytes"
+	"context"
+	"crypto/hmac"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
+
+	"github.com/passgate/passgate/backends/store"
 )
 
 // Lockout configures step 2 of the decision: failures are counted per
 // (user, client address), per client address and per user, within
-// Window; past a threshold the source is locked out for Duration. A
-// threshold of 0 counts nothing. All zero (the default) switches lockout
-// off.
+// Window; past a threshold the source is locked out for Duration, twice
+// as long with each lockout in a row (up to MaxDuration). A threshold of
+// 0 counts nothing; all zero switches lockout off.
 //
-// From an unfamiliar address, attempts under way count towards the
-// thresholds as failures would until they end, so that a burst of
-// simultaneous guesses is stopped at the threshold too, not only guesses
-// one after another. Only wrong secrets count once an attempt has ended:
-// not temporary failures, not a right but unusable secret (an expired
-// app password).
+// The counts live in Counters (the store, when several instances share
+// it: each sees the others' failures, and a restart forgets nothing).
+// The same wrong secret sent again from the same address counts once
+// (the last three are remembered as keyed hashes), so that a device that
+// retries an old password does not lock its user out. A success from an
+// address forgets that address's failures of the user.
+//
+// From an unfamiliar address, attempts under way (in this process)
+// count towards the thresholds as failures would until they end, so
+// that a burst of simultaneous guesses is stopped at the threshold too,
+// not only guesses one after another. Only wrong secrets count once an
+// attempt has ended: not temporary failures, not a right but unusable
+// secret (an expired app password).
 //
 // It is smart, as design.md asks: an address from which the user has
-// logged in before (in this process's memory) is never locked out by the
-// per-user or per-address count, only by failures of that user from that
-// very address. So an attacker who guesses at alice's account from
-// elsewhere, or at many accounts from an office's shared address, does
-// not lock alice out of her own devices.
+// logged in before is never locked out by the per-user or per-address
+// count, only by failures of that user from that very address. So an
+// attacker who guesses at alice's account from elsewhere, or at many
+// accounts from an office's shared address, does not lock alice out of
+// her own devices.
 type Lockout struct {
 	// MaxFailures locks one (user, address) pair.
 	MaxFailures int
@@ -37,75 +52,100 @@ type Lockout struct {
 	// MaxUserFailures locks a user out of every address except those
 	// the user logged in from before.
 	MaxUserFailures int
-	Window          time.Duration // default 15m
-	Duration        time.Duration // default 15m
+	Window          time.Duration // default 24h
+	Duration        time.Duration // the first lockout; default 60s
+	MaxDuration     time.Duration // the longest; default 1h
 }
+
+// The lockout's defaults when a duration is zero.
+const (
+	DefaultLockoutWindow      = 24 * time.Hour
+	DefaultLockoutDuration    = 60 * time.Second
+	DefaultLockoutMaxDuration = time.Hour
+)
 
 func (l Lockout) enabled() bool {
 	return l.MaxFailures > 0 || l.MaxAddressFailures > 0 || l.MaxUserFailures > 0
 }
 
-// Bounds of the lockout's memory. Past maxTracked keys in a table, an
-// idle entry is evicted to make room (at random, so that an attacker
-// cannot aim at one); a locked one never is. A user keeps at most
-// maxFamiliar familiar addresses, each for familiarFor.
-const (
-	maxTracked  = 100_000
-	maxFamiliar = 64
-	familiarFor = 30 * 24 * time.Hour
-	sweepEvery  = 1024
-	maxUserKey  = 256
-)
-
-// counter counts failures in a window, the attempts under way, and
-// holds a lock.
-type counter struct {
-	n           int // failures in the window
-	pending     int // attempts admitted and not finished
-	windowStart time.Time
-	lockedUntil time.Time
+// Counters is what the lockout needs of the place its counts live: a
+// few small statements. *store.Store implements it (shared by every
+// instance); nil in Options means this process's memory.
+type Counters interface {
+	// LockoutState reads the counters of (user, addr), of addr alone
+	// and of user alone, and when user last logged in from addr.
+	LockoutState(ctx context.Context, user, addr string) (store.LockoutState, error)
+	// AddFailure counts one failure atomically and returns the counter.
+	AddFailure(ctx context.Context, user, addr string, now, windowFrom, locksFrom time.Time, recent []byte) (store.LockoutCounter, error)
+	// Lock locks the counter until until and counts a lockout in a row.
+	Lock(ctx context.Context, user, addr string, now, until time.Time) error
+	// LockoutTag is the keyed hash a wrong secret is remembered by.
+	LockoutTag(user, addr, secret string) ([]byte, error)
 }
 
-func (c *counter) locked(now time.Time) bool { return c != nil && now.Before(c.lockedUntil) }
+// pruner is a Counters that can forget what no longer counts.
+type pruner interface {
+	PruneLockout(ctx context.Context, now, idleBefore, familiarBefore time.Time) (int64, error)
+}
 
-// admission is what admit reserved for one attempt. The Login holds it
-// and settles it when it finishes.
+// Bounds of the lockout. A user's address stays familiar for
+// familiarFor after the last success from it, which is written again at
+// most once per refreshFamiliar. Up to recentTags wrong secrets per pair
+// are remembered. Every pruneEvery failures, the store forgets idle rows.
+const (
+	maxTracked      = 100_000
+	maxFamiliar     = 64
+	familiarFor     = 30 * 24 * time.Hour
+	refreshFamiliar = 24 * time.Hour
+	recentTags      = 3
+	pruneEvery      = 1024
+	maxUserKey      = 256
+)
+
+// admission is what admit learnt and reserved for one attempt. The Login
+// holds it and settles it when it finishes.
 type admission struct {
 	user      string
 	src       netip.Prefix
-	addr, usr bool // the address and user counters were reserved too
+	addr, usr bool // the address and user counters count this attempt
+	familiar  time.Time
+	pairDirty bool   // the pair has failures or lockouts to forget
+	repeat    bool   // the secret is one of the last wrong ones
+	tag       []byte // the secret's keyed hash
+	recent    []byte // the pair's remembered tags
 }
 
-// limiter keeps the lockout's counters in memory, per process.
+// limiter applies the lockout's rules to the counters, and keeps the
+// attempts under way in memory.
 type limiter struct {
-	cfg Lockout
+	cfg      Lockout
+	counters Counters
+	mem      *memCounters // counters, when they are this process's memory
 
-	mu        sync.Mutex
-	pairs     map[string]*counter                   // user + "\x00" + address
-	addrs     map[netip.Prefix]*counter             // address (IPv6: its /64)
-	users     map[string]*counter                   // user
-	familiar  map[string]map[netip.Prefix]time.Time // user → addresses of past successes
-	ops       int
-	lastSweep time.Time
+	mu       sync.Mutex
+	pending  map[string]int // counter key → attempts under way
+	failures atomic.Uint64
 }
 
-func newLimiter(cfg Lockout) *limiter {
+func newLimiter(cfg Lockout, c Counters) *limiter {
 	if !cfg.enabled() {
 		return nil
 	}
 	if cfg.Window <= 0 {
-		cfg.Window = 15 * time.Minute
+		cfg.Window = DefaultLockoutWindow
 	}
 	if cfg.Duration <= 0 {
-		cfg.Duration = 15 * time.Minute
+		cfg.Duration = DefaultLockoutDuration
 	}
-	return &limiter{
-		cfg:      cfg,
-		pairs:    make(map[string]*counter),
-		addrs:    make(map[netip.Prefix]*counter),
-		users:    make(map[string]*counter),
-		familiar: make(map[string]map[netip.Prefix]time.Time),
+	if cfg.MaxDuration <= 0 {
+		cfg.MaxDuration = max(DefaultLockoutMaxDuration, cfg.Duration)
 	}
+	l := &limiter{cfg: cfg, counters: c, pending: make(map[string]int)}
+	if c == nil {
+		l.mem = newMemCounters(cfg.Window)
+		l.counters = l.mem
+	}
+	return l
 }
 
 // source is the address a lockout counts under: an IPv4 address, or the
@@ -131,76 +171,290 @@ func lockKey(user string) string {
 	return u
 }
 
-// admit returns why user may not log in from addr now, or the
-// admission that records the attempt as under way, for the Login to
-// settle. From an unfamiliar address, attempts under way count towards
-// the thresholds as failures would, so that a burst of simultaneous
-// guesses is stopped there too; from a familiar one only finished
-// failures count, so that a client opening several connections at once
-// with the right password is never turned away.
-func (l *limiter) admit(user string, addr netip.Addr, now time.Time) (*admission, string) {
+func pendingKeys(u, src string) (pair, addr, usr string) {
+	return "p\x00" + u + "\x00" + src, "a\x00" + src, "u\x00" + u
+}
+
+func lockedAt(c store.LockoutCounter, now time.Time) bool { return now.Before(c.LockedUntil) }
+
+// current returns c's failures in the window as of now.
+func (l *limiter) current(c store.LockoutCounter, now time.Time) int {
+	if c.WindowStart.IsZero() || now.Sub(c.WindowStart) >= l.cfg.Window {
+		return 0
+	}
+	return c.Failures
+}
+
+// full reports whether failures and attempts under way reach limit.
+func (l *limiter) full(c store.LockoutCounter, key string, limit int, now time.Time) bool {
+	return limit > 0 && l.current(c, now)+l.pending[key] >= limit
+}
+
+// admit returns why user may not log in from addr now, or the admission
+// that records the attempt as under way, for the Login to settle; an
+// error when the counters cannot be read. From an unfamiliar address,
+// attempts under way count towards the thresholds as failures would, so
+// that a burst of simultaneous guesses is stopped there too; from a
+// familiar one only finished failures count, so that a client opening
+// several connections at once with the right password is never turned
+// away.
+func (l *limiter) admit(ctx context.Context, user string, addr netip.Addr, secret string, now time.Time) (*admission, string, error) {
 	u, src := lockKey(user), source(addr)
-	pair := u + "\x00" + src.String()
+	s := src.String()
+	st, err := l.counters.LockoutState(ctx, u, s)
+	if err != nil {
+		return nil, "", err
+	}
+	var tag []byte
+	if secret != "" {
+		if tag, err = l.counters.LockoutTag(u, s, secret); err != nil {
+			return nil, "", err
+		}
+	}
+	familiar := !st.FamiliarSeen.IsZero() && now.Sub(st.FamiliarSeen) < familiarFor
+	pk, ak, uk := pendingKeys(u, s)
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.sweep(now)
-	familiar := l.isFamiliar(u, src, now)
-	if l.pairs[pair].locked(now) {
-		return nil, "locked out: too many failures of this user from this address"
+	if lockedAt(st.Pair, now) {
+		return nil, "locked out: too many failures of this user from this address", nil
 	}
 	if !familiar {
-		if l.addrs[src].locked(now) {
-			return nil, "locked out: too many failures from this address"
+		if lockedAt(st.Addr, now) {
+			return nil, "locked out: too many failures from this address", nil
 		}
-		if u != "" && l.users[u].locked(now) {
-			return nil, "locked out: too many failures of this user from unfamiliar addresses"
+		if u != "" && lockedAt(st.User, now) {
+			return nil, "locked out: too many failures of this user from unfamiliar addresses", nil
 		}
-		if full(l.pairs[pair], l.cfg.MaxFailures, now, l.cfg) || full(l.addrs[src], l.cfg.MaxAddressFailures, now, l.cfg) ||
-			(u != "" && full(l.users[u], l.cfg.MaxUserFailures, now, l.cfg)) {
-			return nil, "locked out: too many attempts at once from an unfamiliar address"
+		if l.full(st.Pair, pk, l.cfg.MaxFailures, now) || l.full(st.Addr, ak, l.cfg.MaxAddressFailures, now) ||
+			(u != "" && l.full(st.User, uk, l.cfg.MaxUserFailures, now)) {
+			return nil, "locked out: too many attempts at once from an unfamiliar address", nil
 		}
 	}
-	adm := &admission{user: u, src: src}
-	reserve(l.pairs, pair, l.cfg.MaxFailures, now, l.cfg)
+	adm := &admission{user: u, src: src, tag: tag, recent: st.Pair.Recent,
+		pairDirty: st.Pair.Failures > 0 || st.Pair.Locks > 0 || !st.Pair.LockedUntil.IsZero()}
+	if familiar {
+		adm.familiar = st.FamiliarSeen
+	}
+	for i := 0; tag != nil && i+store.LockoutTagSize <= len(st.Pair.Recent); i += store.LockoutTagSize {
+		if bytes.Equal(st.Pair.Recent[i:i+store.LockoutTagSize], tag) {
+			adm.repeat = true
+		}
+	}
+	if l.cfg.MaxFailures > 0 {
+		l.pending[pk]++
+	}
 	if !familiar {
 		// A user's own device with a stale password may lock itself
 		// (the pair), not the address or the account.
-		adm.addr = reserve(l.addrs, src, l.cfg.MaxAddressFailures, now, l.cfg)
-		adm.usr = u != "" && reserve(l.users, u, l.cfg.MaxUserFailures, now, l.cfg)
+		if adm.addr = l.cfg.MaxAddressFailures > 0; adm.addr {
+			l.pending[ak]++
+		}
+		if adm.usr = u != "" && l.cfg.MaxUserFailures > 0; adm.usr {
+			l.pending[uk]++
+		}
 	}
-	return adm, ""
+	return adm, "", nil
 }
 
-// settle ends an admitted attempt: a Failure counts (and may lock);
-// anything else counts nothing, and a Success makes the address
-// familiar.
-func (l *limiter) settle(adm *admission, now time.Time, o Outcome) {
+// release ends the attempt under way that adm reserved.
+func (l *limiter) release(adm *admission) {
+	pk, ak, uk := pendingKeys(adm.user, adm.src.String())
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.settleAdmission(*adm, now, o == Failure)
-	if o == Success && adm.src.Addr().IsValid() && !adm.src.Addr().IsUnspecified() {
-		l.remember(adm.user, adm.src, now)
-	}
-}
-
-func (l *limiter) isFamiliar(u string, src netip.Prefix, now time.Time) bool {
-	t, ok := l.familiar[u][src]
-	return ok && now.Sub(t) < familiarFor
-}
-
-// remember makes src familiar for u, forgetting u's oldest familiar
-// address when u has maxFamiliar.
-func (l *limiter) remember(u string, src netip.Prefix, now time.Time) {
-	f := l.familiar[u]
-	if f == nil {
-		if len(l.familiar) >= maxTracked {
-			evict(l.familiar, func(map[netip.Prefix]time.Time) bool { return true })
+	dec := func(k string) {
+		if n := l.pending[k] - 1; n > 0 {
+			l.pending[k] = n
+		} else {
+			delete(l.pending, k)
 		}
-		f = make(map[netip.Prefix]time.Time)
-		l.familiar[u] = f
 	}
-	if _, ok := f[src]; !ok && len(f) >= maxFamiliar {
-		var oldest netip.Prefix
+	if l.cfg.MaxFailures > 0 {
+		dec(pk)
+	}
+	if adm.addr {
+		dec(ak)
+	}
+	if adm.usr {
+		dec(uk)
+	}
+}
+
+// settle ends an admitted attempt: a Failure counts in the counters (and
+// may lock) unless its secret was one of the last wrong ones; anything
+// else counts nothing. It returns, for a Success, what the success
+// changes in the lockout (nil: nothing), for the audit event to carry;
+// this process's memory applies it at once.
+func (l *limiter) settle(ctx context.Context, adm *admission, now time.Time, o Outcome) (*store.LockoutNote, error) {
+	l.release(adm)
+	switch {
+	case o == Success:
+		n := l.note(adm, now)
+		if n != nil && l.mem != nil {
+			l.mem.apply(*n)
+		}
+		return n, nil
+	case o != Failure || adm.repeat:
+		return nil, nil
+	}
+	s := adm.src.String()
+	var recent []byte
+	if adm.tag != nil {
+		recent = append(append(make([]byte, 0, recentTags*store.LockoutTagSize), adm.tag...),
+			adm.recent[:min(len(adm.recent), (recentTags-1)*store.LockoutTagSize)]...)
+	}
+	if err := l.count(ctx, adm.user, s, l.cfg.MaxFailures, now, recent); err != nil {
+		return nil, err
+	}
+	if adm.addr {
+		if err := l.count(ctx, "", s, l.cfg.MaxAddressFailures, now, nil); err != nil {
+			return nil, err
+		}
+	}
+	if adm.usr {
+		if err := l.count(ctx, adm.user, "", l.cfg.MaxUserFailures, now, nil); err != nil {
+			return nil, err
+		}
+	}
+	if p, ok := l.counters.(pruner); ok && l.failures.Add(1)%pruneEvery == 0 {
+		if _, err := p.PruneLockout(ctx, now, now.Add(-l.cfg.Window-l.cfg.MaxDuration), now.Add(-familiarFor)); err != nil {
+			return nil, err
+		}
+	}
+	return nil, nil
+}
+
+// count counts a failure under (user, addr) and locks it at limit, for
+// Duration doubled with each lockout in a row, up to MaxDuration.
+func (l *limiter) count(ctx context.Context, user, addr string, limit int, now time.Time, recent []byte) error {
+	if limit <= 0 {
+		return nil
+	}
+	from := now.Add(-l.cfg.Window)
+	c, err := l.counters.AddFailure(ctx, user, addr, now, from, from, recent)
+	if err != nil {
+		return fmt.Errorf("policy: count a failure in the lockout: %w", err)
+	}
+	if c.Failures < limit {
+		return nil
+	}
+	d := l.cfg.Duration
+	for range min(c.Locks, 20) {
+		d *= 2
+		if d >= l.cfg.MaxDuration {
+			break
+		}
+	}
+	if err := l.counters.Lock(ctx, user, addr, now, now.Add(min(d, l.cfg.MaxDuration))); err != nil {
+		return fmt.Errorf("policy: lock out a source: %w", err)
+	}
+	return nil
+}
+
+// note is what a success changes: the pair's failures are forgotten
+// (only when there were some) and the address becomes, or stays,
+// familiar (written again at most once a day). nil: nothing to write.
+func (l *limiter) note(adm *admission, now time.Time) *store.LockoutNote {
+	n := &store.LockoutNote{User: adm.user, Addr: adm.src.String(), At: now, ClearPair: adm.pairDirty}
+	a := adm.src.Addr()
+	n.Familiar = a.IsValid() && !a.IsUnspecified() && (adm.familiar.IsZero() || now.Sub(adm.familiar) >= refreshFamiliar)
+	if !n.ClearPair && !n.Familiar {
+		return nil
+	}
+	return n
+}
+
+// memCounters keeps the lockout's counters in this process's memory:
+// the lockout of a single instance without a shared store, and of tests.
+type memCounters struct {
+	window time.Duration
+	key    []byte
+
+	mu       sync.Mutex
+	rows     map[[2]string]*store.LockoutCounter
+	familiar map[string]map[string]time.Time
+	ops      int
+}
+
+func newMemCounters(window time.Duration) *memCounters {
+	return &memCounters{window: window, key: randomKey(),
+		rows: make(map[[2]string]*store.LockoutCounter), familiar: make(map[string]map[string]time.Time)}
+}
+
+func (m *memCounters) LockoutState(_ context.Context, user, addr string) (store.LockoutState, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var st store.LockoutState
+	get := func(u, a string) store.LockoutCounter {
+		if c := m.rows[[2]string{u, a}]; c != nil {
+			cp := *c
+			cp.Recent = append([]byte(nil), c.Recent...)
+			return cp
+		}
+		return store.LockoutCounter{}
+	}
+	st.Pair, st.Addr, st.User = get(user, addr), get("", addr), get(user, "")
+	st.FamiliarSeen = m.familiar[user][addr]
+	return st, nil
+}
+
+func (m *memCounters) AddFailure(_ context.Context, user, addr string, now, windowFrom, locksFrom time.Time, recent []byte) (store.LockoutCounter, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.sweep(now)
+	k := [2]string{user, addr}
+	c := m.rows[k]
+	if c == nil {
+		if len(m.rows) >= maxTracked {
+			evict(m.rows, func(c *store.LockoutCounter) bool { return !now.Before(c.LockedUntil) })
+		}
+		c = &store.LockoutCounter{User: user, Addr: addr, WindowStart: now}
+		m.rows[k] = c
+	} else if c.WindowStart.Before(windowFrom) {
+		c.Failures, c.WindowStart = 0, now
+	}
+	if !c.LockedUntil.IsZero() && c.LockedUntil.Before(locksFrom) {
+		c.Locks = 0
+	}
+	c.Failures++
+	if recent != nil {
+		c.Recent = append([]byte(nil), recent...)
+	}
+	return *c, nil
+}
+
+func (m *memCounters) Lock(_ context.Context, user, addr string, now, until time.Time) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if c := m.rows[[2]string{user, addr}]; c != nil {
+		c.LockedUntil, c.Locks, c.Failures, c.WindowStart = until, c.Locks+1, 0, now
+	}
+	return nil
+}
+
+func (m *memCounters) LockoutTag(user, addr, secret string) ([]byte, error) {
+	return tagOf(m.key, user, addr, secret), nil
+}
+
+// apply applies a success's note.
+func (m *memCounters) apply(n store.LockoutNote) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if n.ClearPair {
+		delete(m.rows, [2]string{n.User, n.Addr})
+	}
+	if !n.Familiar {
+		return
+	}
+	f := m.familiar[n.User]
+	if f == nil {
+		if len(m.familiar) >= maxTracked {
+			evict(m.familiar, func(map[string]time.Time) bool { return true })
+		}
+		f = make(map[string]time.Time)
+		m.familiar[n.User] = f
+	}
+	if _, ok := f[n.Addr]; !ok && len(f) >= maxFamiliar {
+		var oldest string
 		var at time.Time
 		for a, t := range f {
 			if at.IsZero() || t.Before(at) {
@@ -209,58 +463,29 @@ func (l *limiter) remember(u string, src netip.Prefix, now time.Time) {
 		}
 		delete(f, oldest)
 	}
-	f[src] = now
+	f[n.Addr] = n.At
 }
 
-// current returns c's failure count in the window as of now.
-func current(c *counter, now time.Time, cfg Lockout) int {
-	if c == nil || now.Sub(c.windowStart) >= cfg.Window {
-		return 0
+// sweep drops, every 1024 calls, what neither counts nor locks any more.
+func (m *memCounters) sweep(now time.Time) {
+	m.ops++
+	if m.ops%1024 != 0 {
+		return
 	}
-	return c.n
-}
-
-// full reports whether failures and attempts under way reach limit.
-func full(c *counter, limit int, now time.Time, cfg Lockout) bool {
-	return limit > 0 && c != nil && current(c, now, cfg)+c.pending >= limit
-}
-
-// reserve records an attempt under way under key, and reports whether
-// it did (a limit of 0 counts nothing).
-func reserve[K comparable](m map[K]*counter, key K, limit int, now time.Time, cfg Lockout) bool {
-	if limit <= 0 {
-		return false
-	}
-	c := m[key]
-	if c == nil {
-		if len(m) >= maxTracked {
-			evict(m, func(c *counter) bool { return c.pending == 0 && !now.Before(c.lockedUntil) })
+	for k, c := range m.rows {
+		if now.Sub(c.WindowStart) >= m.window && !now.Before(c.LockedUntil) {
+			delete(m.rows, k)
 		}
-		c = &counter{windowStart: now}
-		m[key] = c
 	}
-	c.pending++
-	return true
-}
-
-// settleKey ends an attempt under way under key; a failure counts, and
-// reaching limit locks the key for cfg.Duration.
-func settleKey[K comparable](m map[K]*counter, key K, limit int, now time.Time, cfg Lockout, failed bool) {
-	c := m[key]
-	if c == nil || limit <= 0 {
-		return
-	}
-	c.pending = max(c.pending-1, 0)
-	if !failed {
-		return
-	}
-	if now.Sub(c.windowStart) >= cfg.Window {
-		c.n, c.windowStart = 0, now
-	}
-	c.n++
-	if c.n >= limit {
-		c.lockedUntil = now.Add(cfg.Duration)
-		c.n, c.windowStart = 0, now
+	for u, f := range m.familiar {
+		for a, t := range f {
+			if now.Sub(t) >= familiarFor {
+				delete(f, a)
+			}
+		}
+		if len(f) == 0 {
+			delete(m.familiar, u)
+		}
 	}
 }
 
@@ -275,52 +500,20 @@ func evict[K comparable, V any](m map[K]V, mayGo func(V) bool) {
 	}
 }
 
-// settleAdmission ends what adm reserved.
-func (l *limiter) settleAdmission(adm admission, now time.Time, failed bool) {
-	settleKey(l.pairs, adm.user+"\x00"+adm.src.String(), l.cfg.MaxFailures, now, l.cfg, failed)
-	if adm.addr {
-		settleKey(l.addrs, adm.src, l.cfg.MaxAddressFailures, now, l.cfg, failed)
-	}
-	if adm.usr {
-		settleKey(l.users, adm.user, l.cfg.MaxUserFailures, now, l.cfg, failed)
-	}
+// randomKey is a fresh key for memCounters' tags.
+func randomKey() []byte {
+	k := make([]byte, 32)
+	_, _ = rand.Read(k) // crypto/rand.Read never fails (Go 1.24)
+	return k
 }
 
-// sweep drops, every sweepEvery calls or once a minute, what neither
-// counts nor locks any more. Attempts under way are never dropped: their
-// Logins settle them.
-func (l *limiter) sweep(now time.Time) {
-	l.ops++
-	if l.ops%sweepEvery != 0 && now.Sub(l.lastSweep) < time.Minute {
-		return
-	}
-	l.lastSweep = now
-	idle := func(c *counter) bool {
-		return c.pending == 0 && now.Sub(c.windowStart) >= l.cfg.Window && !now.Before(c.lockedUntil)
-	}
-	for k, c := range l.pairs {
-		if idle(c) {
-			delete(l.pairs, k)
-		}
-	}
-	for k, c := range l.addrs {
-		if idle(c) {
-			delete(l.addrs, k)
-		}
-	}
-	for k, c := range l.users {
-		if idle(c) {
-			delete(l.users, k)
-		}
-	}
-	for u, f := range l.familiar {
-		for a, t := range f {
-			if now.Sub(t) >= familiarFor {
-				delete(f, a)
-			}
-		}
-		if len(f) == 0 {
-			delete(l.familiar, u)
-		}
-	}
+// tagOf is HMAC-SHA-256(key, user, addr, secret) cut to a tag.
+func tagOf(key []byte, user, addr, secret string) []byte {
+	m := hmac.New(sha256.New, key)
+	m.Write([]byte(user))
+	m.Write([]byte{0})
+	m.Write([]byte(addr))
+	m.Write([]byte{0})
+	m.Write([]byte(secret))
+	return m.Sum(nil)[:store.LockoutTagSize]
 }

@@ -2,11 +2,14 @@ package policy
 
 import (
 	"context"
+	"crypto/rand"
 	"net/netip"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/passgate/passgate/backends/store"
 )
 
 // lockoutEngine is an Engine over the fake store with lockout cfg and a
@@ -40,7 +43,7 @@ func try(t *testing.T, e *Engine, user, secret, from string) outcome {
 // for a user without MFA, by the upstream.
 func guess(t *testing.T, e *Engine, user, from string) {
 	t.Helper()
-	a := Attempt{Proto: IMAP, User: user, Secret: "guess", TLS: true, Client: netip.AddrPortFrom(netip.MustParseAddr(from), 40000)}
+	a := Attempt{Proto: IMAP, User: user, Secret: Secret("guess-" + rand.Text()), TLS: true, Client: netip.AddrPortFrom(netip.MustParseAddr(from), 40000)}
 	d, err := e.Decide(context.Background(), a)
 	if err != nil {
 		t.Fatal(err)
@@ -50,8 +53,8 @@ func guess(t *testing.T, e *Engine, user, from string) {
 
 func TestLockoutOffByDefault(t *testing.T) {
 	e, _ := lockoutEngine(Lockout{})
-	for range 100 {
-		try(t, e, "alice", "wrong", "203.0.113.1")
+	for i := range 100 {
+		try(t, e, "alice", "wrong"+strconv.Itoa(i), "203.0.113.1")
 	}
 	if d := try(t, e, "alice", goodApp, "203.0.113.1"); !d.Allow {
 		t.Fatalf("without lockout, the right app password after 100 failures: %s", d.Reason)
@@ -63,8 +66,8 @@ func TestLockout(t *testing.T) {
 
 	t.Run("pair", func(t *testing.T) {
 		e, now := lockoutEngine(cfg)
-		for range 3 {
-			try(t, e, "alice", "wrong", "203.0.113.1")
+		for i := range 3 {
+			try(t, e, "alice", "wrong"+strconv.Itoa(i), "203.0.113.1")
 		}
 		d := try(t, e, "alice", goodApp, "203.0.113.1")
 		if d.Allow || !strings.Contains(d.Reason, "locked out") {
@@ -80,12 +83,12 @@ func TestLockout(t *testing.T) {
 	})
 	t.Run("window", func(t *testing.T) {
 		e, now := lockoutEngine(cfg)
-		for range 2 {
-			try(t, e, "alice", "wrong", "203.0.113.1")
+		for i := range 2 {
+			try(t, e, "alice", "wrong"+strconv.Itoa(i), "203.0.113.1")
 		}
 		*now = now.Add(11 * time.Minute) // the window has passed: the count starts again
-		for range 2 {
-			try(t, e, "alice", "wrong", "203.0.113.1")
+		for i := range 2 {
+			try(t, e, "alice", "wrong"+strconv.Itoa(i), "203.0.113.1")
 		}
 		if d := try(t, e, "alice", goodApp, "203.0.113.1"); !d.Allow {
 			t.Fatalf("2 + 2 failures in two windows locked the pair: %s", d.Reason)
@@ -124,7 +127,7 @@ func TestLockout(t *testing.T) {
 	t.Run("ipv6-counts-a-64", func(t *testing.T) {
 		e, _ := lockoutEngine(cfg)
 		for i := range 3 {
-			try(t, e, "alice", "wrong", "2001:db8:1:2::"+string(rune('a'+i)))
+			try(t, e, "alice", "wrong"+strconv.Itoa(i), "2001:db8:1:2::"+string(rune('a'+i)))
 		}
 		if d := try(t, e, "alice", goodApp, "2001:db8:1:2::ffff"); d.Allow {
 			t.Fatal("failures from one /64 under different addresses did not lock it")
@@ -151,7 +154,7 @@ func TestLockout(t *testing.T) {
 	t.Run("upstream-refusals-count", func(t *testing.T) {
 		e, _ := lockoutEngine(cfg)
 		for range 3 {
-			a := Attempt{Proto: LDAP, User: "dave", Secret: "wrong", TLS: true, Client: netip.MustParseAddrPort("203.0.113.9:1")}
+			a := Attempt{Proto: LDAP, User: "dave", Secret: Secret("wrong-" + rand.Text()), TLS: true, Client: netip.MustParseAddrPort("203.0.113.9:1")}
 			d, _ := e.Decide(context.Background(), a)
 			if !d.Allowed() || d.Credential() != Primary {
 				t.Fatalf("dave (no MFA) before the lockout: %+v", d)
@@ -168,7 +171,7 @@ func TestLockout(t *testing.T) {
 func TestLockoutBurstAndFullTables(t *testing.T) {
 	cfg := Lockout{MaxFailures: 3, MaxUserFailures: 5, Window: 10 * time.Minute, Duration: 15 * time.Minute}
 	at := func(from string) Attempt {
-		return Attempt{Proto: LDAP, User: "dave", Secret: "guess", TLS: true,
+		return Attempt{Proto: LDAP, User: "dave", Secret: Secret("guess-" + rand.Text()), TLS: true,
 			Client: netip.AddrPortFrom(netip.MustParseAddr(from), 40000)}
 	}
 	t.Run("simultaneous-guesses-stop-at-the-threshold", func(t *testing.T) {
@@ -224,10 +227,9 @@ func TestLockoutBurstAndFullTables(t *testing.T) {
 	})
 	t.Run("full-tables-still-count", func(t *testing.T) {
 		e, now := lockoutEngine(cfg)
-		l := e.lock
+		m := e.lock.mem
 		for i := range maxTracked { // junk that an attacker made
-			l.users["junk"+strconv.Itoa(i)] = &counter{windowStart: *now}
-			l.pairs["junk"+strconv.Itoa(i)] = &counter{windowStart: *now}
+			m.rows[[2]string{"junk" + strconv.Itoa(i), ""}] = &store.LockoutCounter{WindowStart: *now}
 		}
 		for i := range 5 {
 			guess(t, e, "alice", "198.51.100."+strconv.Itoa(10+i))
@@ -235,8 +237,8 @@ func TestLockoutBurstAndFullTables(t *testing.T) {
 		if d := try(t, e, "alice", goodApp, "198.51.100.99"); d.Allow {
 			t.Fatal("with full tables, a spray at alice was not counted")
 		}
-		if len(l.users) > maxTracked || len(l.pairs) > maxTracked {
-			t.Fatalf("tables grew past their bound: %d users, %d pairs", len(l.users), len(l.pairs))
+		if len(m.rows) > maxTracked {
+			t.Fatalf("the table grew past its bound: %d rows", len(m.rows))
 		}
 	})
 	t.Run("long-names-are-hashed", func(t *testing.T) {
@@ -269,9 +271,10 @@ func TestLockoutAdmissions(t *testing.T) {
 	cfg := Lockout{MaxFailures: 3, Window: time.Minute, Duration: time.Minute}
 	now := time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
 	e := New(Options{Store: newFake(), FailureDelay: -1, Lockout: cfg, Now: func() time.Time { return now }})
-	a := Attempt{Proto: LDAP, User: "dave", Secret: "guess", TLS: true, Client: netip.MustParseAddrPort("203.0.113.8:1"), Received: now.Add(-time.Second)}
+	a := Attempt{Proto: LDAP, User: "dave", TLS: true, Client: netip.MustParseAddrPort("203.0.113.8:1"), Received: now.Add(-time.Second)}
 	var same []*Login
-	for range 2 {
+	for i := range 2 {
+		a.Secret = Secret("guess" + strconv.Itoa(i))
 		l, _ := e.Decide(context.Background(), a)
 		if !l.Allowed() {
 			t.Fatal(l.Reason())
@@ -281,9 +284,9 @@ func TestLockoutAdmissions(t *testing.T) {
 	for _, l := range same {
 		l.Finish(context.Background(), Refused)
 	}
-	c := e.lock.pairs["dave\x00203.0.113.8/32"]
-	if c.n != 2 || c.pending != 0 {
-		t.Fatalf("two refused attempts with one start time: n %d, pending %d; want 2, 0", c.n, c.pending)
+	st, _ := e.lock.counters.LockoutState(context.Background(), "dave", "203.0.113.8/32")
+	if st.Pair.Failures != 2 || len(e.lock.pending) != 0 {
+		t.Fatalf("two refused attempts with one start time: %d failures, %d under way; want 2, 0", st.Pair.Failures, len(e.lock.pending))
 	}
 	f := Attempt{Proto: LDAP, User: "frank", Secret: "x", TLS: true, Client: a.Client}
 	var open []*Login
@@ -313,7 +316,163 @@ func TestLockoutAdmissions(t *testing.T) {
 	} else {
 		l.Finish(context.Background(), Accepted)
 	}
-	if n := e.InFlight(); n != 0 || e.lock.pairs["frank\x00203.0.113.8/32"].pending != 0 {
-		t.Fatalf("InFlight = %d, pending %d; want 0", n, e.lock.pairs["frank\x00203.0.113.8/32"].pending)
+	if n := e.InFlight(); n != 0 || len(e.lock.pending) != 0 {
+		t.Fatalf("InFlight = %d, %d under way; want 0", n, len(e.lock.pending))
 	}
+}
+
+// TestLockoutAnchors: the rules the defaults follow (README, "Lockout").
+func TestLockoutAnchors(t *testing.T) {
+	cfg := Lockout{MaxFailures: 10, MaxAddressFailures: 50, MaxUserFailures: 100, Window: 24 * time.Hour, Duration: time.Minute, MaxDuration: time.Hour}
+	t.Run("the-same-wrong-secret-counts-once", func(t *testing.T) {
+		e, _ := lockoutEngine(cfg)
+		for range 500 { // a phone retrying an old app password
+			try(t, e, "alice", "old app password", "203.0.113.1")
+		}
+		for i := range 2 { // the last three are remembered
+			try(t, e, "alice", "older"+strconv.Itoa(i), "203.0.113.1")
+			try(t, e, "alice", "old app password", "203.0.113.1")
+		}
+		if d := try(t, e, "alice", goodApp, "203.0.113.1"); !d.Allow {
+			t.Fatalf("500 repeats of one wrong secret locked the user: %s", d.Reason)
+		}
+	})
+	t.Run("lockouts-grow", func(t *testing.T) {
+		e, now := lockoutEngine(cfg)
+		n := 0
+		for round, want := range []time.Duration{time.Minute, 2 * time.Minute, 4 * time.Minute} {
+			for range 10 {
+				n++
+				try(t, e, "alice", "wrong"+strconv.Itoa(n), "203.0.113.1")
+			}
+			*now = now.Add(want - time.Second)
+			if d := try(t, e, "alice", goodApp, "203.0.113.1"); d.Allow {
+				t.Fatalf("lockout %d ended before %s", round+1, want)
+			}
+			*now = now.Add(time.Second)
+			if d := try(t, e, "alice", goodApp, "203.0.113.2"); !d.Allow { // elsewhere: not the locked pair
+				t.Fatal(d.Reason)
+			}
+			if round < 2 {
+				// Do not succeed from the locked address: that would
+				// forget its lockouts.
+				continue
+			}
+			if d := try(t, e, "alice", goodApp, "203.0.113.1"); !d.Allow {
+				t.Fatalf("after lockout %d (%s): %s", round+1, want, d.Reason)
+			}
+		}
+	})
+	t.Run("a-success-forgets-the-address-failures", func(t *testing.T) {
+		e, _ := lockoutEngine(cfg)
+		for i := range 9 {
+			try(t, e, "alice", "typo"+strconv.Itoa(i), "203.0.113.1")
+		}
+		if d := try(t, e, "alice", goodApp, "203.0.113.1"); !d.Allow {
+			t.Fatal(d.Reason)
+		}
+		for i := range 9 {
+			try(t, e, "alice", "typo again"+strconv.Itoa(i), "203.0.113.1")
+		}
+		if d := try(t, e, "alice", goodApp, "203.0.113.1"); !d.Allow {
+			t.Fatalf("9 + 9 failures around a success locked the pair: %s", d.Reason)
+		}
+	})
+}
+
+// TestLockoutShared: engines on one store see one count, and a new one
+// (a restart) forgets nothing, failures and familiar addresses alike.
+func TestLockoutShared(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	st, err := store.Open(ctx, store.Options{Driver: store.DriverSQLite, DSN: dir + "/passgate.db", KeyFile: dir + "/passgate.key"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	if _, err := st.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	cfg := Lockout{MaxFailures: 3, MaxUserFailures: 6, Window: time.Hour, Duration: time.Minute}
+	now := time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
+	engine := func() *Engine {
+		// The audit events (and the success notes they carry) go to the
+		// store too, as in serve.
+		return New(Options{Store: auditTo{newFake(), st}, Counters: st, FailureDelay: -1, Lockout: cfg, Now: func() time.Time { return now }})
+	}
+	a, b := engine(), engine()
+	if d := try(t, a, "alice", goodApp, "192.0.2.10"); !d.Allow { // alice's office, through a
+		t.Fatal(d.Reason)
+	}
+	guess(t, a, "alice", "203.0.113.1")
+	guess(t, b, "alice", "203.0.113.1")
+	guess(t, a, "alice", "203.0.113.1")
+	if d := try(t, b, "alice", goodApp, "203.0.113.1"); d.Allow {
+		t.Fatal("3 failures spread over two instances did not lock the pair")
+	}
+	for i := range 6 {
+		guess(t, []*Engine{a, b}[i%2], "alice", "198.51.100."+strconv.Itoa(i+1))
+	}
+	c := engine() // a restart
+	if d := try(t, c, "alice", goodApp, "198.51.100.99"); d.Allow || !strings.Contains(d.Reason, "unfamiliar") {
+		t.Fatalf("after a restart, alice from a new address during the spray: allow %v (%s)", d.Allow, d.Reason)
+	}
+	if d := try(t, c, "alice", goodApp, "192.0.2.10"); !d.Allow {
+		t.Fatalf("after a restart, alice from her familiar address (learnt by another instance): %s", d.Reason)
+	}
+}
+
+// auditTo is a Store whose audit writes go to a real store.
+type auditTo struct {
+	*fakeStore
+	st *store.Store
+}
+
+func (a auditTo) Record(ctx context.Context, ev store.AuditEvent) error { return a.st.Record(ctx, ev) }
+func (a auditTo) RecordLogin(ctx context.Context, id int64, u store.Usage, ev store.AuditEvent) error {
+	return a.st.Record(ctx, ev)
+}
+
+// TestAppPasswordNetworks: an app password with networks opens nothing
+// from elsewhere, with the uniform failure; the audit says why, and the
+// refusal (a right secret) does not count towards the lockout.
+func TestAppPasswordNetworks(t *testing.T) {
+	fs := newFake()
+	fs.apps["alice\x00"+goodApp] = store.AppPassword{ID: 7, User: "alice", Label: "Outlook", Scopes: store.AllScopes(),
+		Networks: []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24"), netip.MustParsePrefix("2001:db8::/32")}}
+	var events []store.AuditEvent
+	e := New(Options{Store: recorder{fs, &events}, FailureDelay: -1, Lockout: Lockout{MaxFailures: 2}})
+	for _, c := range []struct {
+		from  string
+		allow bool
+	}{
+		{"192.0.2.77", true}, {"::ffff:192.0.2.8", true}, {"2001:db8:5::1", true},
+		{"198.51.100.1", false}, {"2001:db9::1", false}, {"198.51.100.1", false}, {"198.51.100.1", false},
+	} {
+		d := try(t, e, "alice", goodApp, c.from)
+		if d.Allow != c.allow {
+			t.Fatalf("from %s: allow %v (%s), want %v", c.from, d.Allow, d.Reason, c.allow)
+		}
+		if !c.allow && !strings.Contains(d.Reason, "is not allowed from") {
+			t.Fatalf("from %s: reason %q", c.from, d.Reason)
+		}
+	}
+	last := events[len(events)-1]
+	if last.Outcome != "failure" || !strings.Contains(last.Detail, "not allowed from 198.51.100.1 (its networks: 192.0.2.0/24,2001:db8::/32)") {
+		t.Fatalf("audit event: %+v", last)
+	}
+	if st, _ := e.lock.counters.LockoutState(context.Background(), "alice", "198.51.100.1/32"); st.Pair.Failures != 0 {
+		t.Fatalf("refusals by network counted %d failures", st.Pair.Failures)
+	}
+}
+
+// recorder keeps the audit events of a fake store.
+type recorder struct {
+	*fakeStore
+	events *[]store.AuditEvent
+}
+
+func (r recorder) Record(_ context.Context, ev store.AuditEvent) error {
+	*r.events = append(*r.events, ev)
+	return nil
 }

@@ -35,7 +35,10 @@ type Login struct {
 	// recorded: the success was audited by Decide (an app password).
 	recorded bool
 	adm      *admission // what the lockout reserved; nil once settled
-	done     atomic.Bool
+	// note is what the success changes in the lockout, carried by its
+	// audit event.
+	note *store.LockoutNote
+	done atomic.Bool
 }
 
 // Allowed reports whether the decision lets the login go on to the
@@ -70,10 +73,20 @@ func (l *Login) Describe() string { return describe(l.cred, l.appID, l.label) }
 
 // settle ends what the lockout reserved for the login: a Failure counts,
 // a Success makes the address familiar, anything else counts nothing.
-func (l *Login) settle(o Outcome) {
-	if l.adm != nil {
-		l.e.lock.settle(l.adm, l.e.now(), o)
-		l.adm = nil
+func (l *Login) settle(ctx context.Context, o Outcome) {
+	if l.adm == nil {
+		return
+	}
+	adm := l.adm
+	l.adm = nil
+	wctx, cancel := l.e.writeCtx(ctx)
+	defer cancel()
+	n, err := l.e.lock.settle(wctx, adm, l.e.now(), o)
+	if err != nil {
+		l.e.log.LogAttrs(ctx, slog.LevelError, "lockout write failed: this failure was not counted", slog.Any("err", err))
+	}
+	if o == Success {
+		l.note = n
 	}
 }
 
@@ -97,11 +110,11 @@ func (l *Login) Finish(ctx context.Context, r Result) Class {
 	v, cause := r.verdict()
 	switch {
 	case l.plaintext:
-		l.settle(0)
+		l.settle(ctx, 0)
 		e.audit(ctx, l, Failure)
 		return ClassNeedTLS
 	case l.err != nil || v == unreached:
-		l.settle(0)
+		l.settle(ctx, 0)
 		if l.err == nil {
 			l.reason = "temporary failure"
 			if cause != nil {
@@ -112,7 +125,7 @@ func (l *Login) Finish(ctx context.Context, r Result) Class {
 		l.wait(ctx)
 		return ClassTemporary
 	case !l.allowed:
-		l.settle(0) // a denied Login settled at Decide what counts
+		l.settle(ctx, 0) // a denied Login settled at Decide what counts
 		e.audit(ctx, l, Failure)
 		l.wait(ctx)
 		return ClassDenied
@@ -121,7 +134,7 @@ func (l *Login) Finish(ctx context.Context, r Result) Class {
 	case AppPassword:
 		// Decide recorded the success; the secret was right whatever
 		// the upstream says.
-		l.settle(Success)
+		l.settle(ctx, Success)
 		if v == Accepted {
 			return ClassOK
 		}
@@ -135,7 +148,7 @@ func (l *Login) Finish(ctx context.Context, r Result) Class {
 		return ClassDenied
 	}
 	if v == Accepted {
-		l.settle(Success)
+		l.settle(ctx, Success)
 		switch {
 		case l.cred == SecondFactorCredential:
 			l.reason = "second factor accepted"
@@ -153,16 +166,16 @@ func (l *Login) Finish(ctx context.Context, r Result) Class {
 	}
 	switch {
 	case v == NotAsked:
-		l.settle(0)
+		l.settle(ctx, 0)
 		l.reason = "allowed, but the listener did not complete the login"
 	case l.cred == SecondFactorCredential:
-		l.settle(Failure)
+		l.settle(ctx, Failure)
 		l.reason = "second factor refused"
 	case l.cred == TokenCredential:
-		l.settle(Failure)
+		l.settle(ctx, Failure)
 		l.reason = "admin token refused"
 	default:
-		l.settle(Failure)
+		l.settle(ctx, Failure)
 		l.reason = "primary password refused by the upstream"
 		if l.a.Proto == Web {
 			l.reason = "primary password refused by the portal"

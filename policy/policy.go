@@ -19,8 +19,8 @@
 //  1. plaintext credentials without TLS are refused unless the client is in
 //     a trusted network;
 //  2. a source with too many recent failures is locked out for a while
-//     (Lockout: per user and address, per address, per user; smart, and
-//     off unless configured);
+//     (Lockout: per user and address, per address, per user; smart; the
+//     counts in Counters, the store shared by every instance);
 //  3. the secret is checked against the user's app passwords (scope for the
 //     protocol, not expired, app passwords allowed);
 //  4. if none matches and the user is enforced, deny without contacting the

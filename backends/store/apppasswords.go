@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"net/netip"
 	"strings"
 	"time"
 	"unicode"
@@ -37,9 +38,10 @@ type appRow struct {
 	LastUsedAddr   string       `db:"last_used_addr"`
 	LastUsedProto  string       `db:"last_used_proto"`
 	LastUsedClient string       `db:"last_used_client"`
+	Networks       string       `db:"networks"`
 }
 
-const appPasswordColumns = `id, user_name, label, scopes, hash, created_at, expires_at, last_used_at, last_used_addr, last_used_proto, last_used_client`
+const appPasswordColumns = `id, user_name, label, scopes, hash, created_at, expires_at, last_used_at, last_used_addr, last_used_proto, last_used_client, networks`
 
 func (r appRow) appPassword() AppPassword {
 	a := AppPassword{
@@ -61,11 +63,52 @@ func (r appRow) appPassword() AppPassword {
 		t := r.ExpiresAt.Time.UTC()
 		a.ExpiresAt = &t
 	}
+	a.Networks = parseNetworks(r.Networks)
 	if r.LastUsedAt.Valid {
 		t := r.LastUsedAt.Time.UTC()
 		a.LastUsedAt = &t
 	}
 	return a
+}
+
+// maxNetworks bounds the networks of one app password.
+const maxNetworks = 32
+
+// checkNetworks validates an app password's networks and returns them
+// as stored: canonical CIDRs (host bits cleared), comma-separated; ""
+// for none (from anywhere).
+func checkNetworks(nets []string) (string, error) {
+	if len(nets) > maxNetworks {
+		return "", fail(ErrInvalid, "store: %d networks: at most %d", len(nets), maxNetworks)
+	}
+	out := make([]string, 0, len(nets))
+	for _, n := range nets {
+		n = strings.TrimSpace(n)
+		p, err := netip.ParsePrefix(n)
+		if err != nil {
+			a, aerr := netip.ParseAddr(n)
+			if aerr != nil {
+				return "", fail(ErrInvalid, "store: network %q is not a CIDR such as 192.0.2.0/24 or 2001:db8::/32", n)
+			}
+			p = netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen())
+		}
+		out = append(out, p.Masked().String())
+	}
+	return strings.Join(out, ","), nil
+}
+
+// parseNetworks reads the stored networks column.
+func parseNetworks(s string) []netip.Prefix {
+	if s == "" {
+		return nil
+	}
+	var out []netip.Prefix
+	for _, n := range strings.Split(s, ",") {
+		if p, err := netip.ParsePrefix(n); err == nil {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // checkLabel validates a label and returns its case-folded key.
@@ -143,6 +186,10 @@ func (s *Store) CreateAppPassword(ctx context.Context, n NewAppPassword) (AppPas
 	if err != nil {
 		return AppPassword{}, "", err
 	}
+	networks, err := checkNetworks(n.Networks)
+	if err != nil {
+		return AppPassword{}, "", err
+	}
 	t := now()
 	var expires *time.Time
 	if n.ExpiresAt != nil {
@@ -186,9 +233,9 @@ func (s *Store) CreateAppPassword(ctx context.Context, n NewAppPassword) (AppPas
 		return AppPassword{}, "", fmt.Errorf("store: create app password for %s: check label: %w", n.User, err)
 	}
 	var r appRow
-	err = tx.GetContext(ctx, &r, tx.Rebind(`INSERT INTO app_passwords (user_key, user_name, label, label_key, scopes, hash, created_at, expires_at)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING `+appPasswordColumns),
-		key, name, n.Label, labelKey, strings.Join(scopes, ","), hash, t, nullTime(expires))
+	err = tx.GetContext(ctx, &r, tx.Rebind(`INSERT INTO app_passwords (user_key, user_name, label, label_key, scopes, hash, created_at, expires_at, networks)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING `+appPasswordColumns),
+		key, name, n.Label, labelKey, strings.Join(scopes, ","), hash, t, nullTime(expires), networks)
 	if err != nil {
 		return AppPassword{}, "", fmt.Errorf("store: create app password for %s: insert: %w", n.User, err)
 	}
@@ -377,6 +424,9 @@ func (s *Store) RecordLogin(ctx context.Context, id int64, u Usage, ev AuditEven
 		return err
 	}
 	if err := record(ctx, tx.StmtxContext(ctx, recordQ), ev); err != nil {
+		return err
+	}
+	if err := applyNote(ctx, tx, ev.Lockout); err != nil {
 		return err
 	}
 	if err := tx.Commit(); err != nil {

@@ -100,7 +100,24 @@ func (s *Store) Record(ctx context.Context, ev AuditEvent) error {
 	if err != nil {
 		return err
 	}
-	return record(ctx, q, ev)
+	if ev.Lockout == nil {
+		return record(ctx, q, ev)
+	}
+	tx, err := s.db.BeginTxx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("store: record audit event: begin: %w", err)
+	}
+	defer rollback(tx)
+	if err := record(ctx, tx.StmtxContext(ctx, q), ev); err != nil {
+		return err
+	}
+	if err := applyNote(ctx, tx, ev.Lockout); err != nil {
+		return err
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("store: record audit event: commit: %w", err)
+	}
+	return nil
 }
 
 const recordQuery = `INSERT INTO audit_events (time, is_login, actor, action, subject, subject_key, outcome, detail,

@@ -80,6 +80,12 @@ var contractCases = []contractCase{
 	{"journal/deleted-app-password", testJournalDeleted},
 	{"journal/close-flushes", testJournalCloseFlushes},
 	{"journal/store-down", testJournalStoreDown},
+	{"lockout/count-shared", testLockoutCount},
+	{"lockout/concurrent", testLockoutConcurrent},
+	{"lockout/recent-tags", testLockoutRecent},
+	{"lockout/success-note", testLockoutNote},
+	{"app-passwords/networks", testNetworks},
+	{"revocations/listen", testListenRevocations},
 }
 
 // embeddedMigrations lists the migrations of driver's folder, in order.

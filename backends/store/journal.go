@@ -242,6 +242,10 @@ func (j *Journal) write(ctx context.Context, batch []journalWrite) error {
 				return err
 			}
 		}
+		// A success's lockout change commits with its event.
+		if err := applyNote(ctx, tx, w.ev.Lockout); err != nil {
+			return err
+		}
 	}
 	// The batch's audit events go in one multi-row INSERT: one round trip
 	// to PostgreSQL instead of one per login. A lone event uses the

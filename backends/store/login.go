@@ -30,7 +30,8 @@ type LoginState struct {
 const loginQuery = `SELECT u.mfa AS mfa, u.name AS stored_name, s.value AS allow_setting,
  a.id AS id, a.user_name AS user_name, a.label AS label, a.scopes AS scopes, a.hash AS hash,
  a.created_at AS created_at, a.expires_at AS expires_at, a.last_used_at AS last_used_at,
- a.last_used_addr AS last_used_addr, a.last_used_proto AS last_used_proto, a.last_used_client AS last_used_client
+ a.last_used_addr AS last_used_addr, a.last_used_proto AS last_used_proto, a.last_used_client AS last_used_client,
+ a.networks AS networks
 FROM (SELECT 1 AS one) AS one
 LEFT JOIN users u ON u.name_key = ?
 LEFT JOIN settings s ON s.name = ?
@@ -52,6 +53,7 @@ type loginRow struct {
 	LastUsedAddr   sql.NullString `db:"last_used_addr"`
 	LastUsedProto  sql.NullString `db:"last_used_proto"`
 	LastUsedClient sql.NullString `db:"last_used_client"`
+	Networks       sql.NullString `db:"networks"`
 }
 
 // LoginState reads, in one query, the user's MFA state, the global
@@ -88,6 +90,7 @@ func (s *Store) LoginState(ctx context.Context, user, secret string) (LoginState
 			ID: r.ID.Int64, User: r.User.String, Label: r.Label.String, Scopes: r.Scopes.String, Hash: r.Hash,
 			CreatedAt: r.CreatedAt.Time, ExpiresAt: r.ExpiresAt, LastUsedAt: r.LastUsedAt,
 			LastUsedAddr: r.LastUsedAddr.String, LastUsedProto: r.LastUsedProto.String, LastUsedClient: r.LastUsedClient.String,
+			Networks: r.Networks.String,
 		}.appPassword()
 		ls.AppPassword = &a
 	}

@@ -22,6 +22,7 @@ package store
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"strings"
 	"time"
 )
@@ -90,7 +91,23 @@ type AppPassword struct {
 	LastUsedAddr   string     `json:"last_used_addr,omitempty"`
 	LastUsedProto  string     `json:"last_used_proto,omitempty"`
 	LastUsedClient string     `json:"last_used_client,omitempty"`
-	Hash           []byte     `json:"-"`
+	// Networks are where it may be used from; none: anywhere.
+	Networks []netip.Prefix `json:"networks,omitempty"`
+	Hash     []byte         `json:"-"`
+}
+
+// AllowedFrom reports whether the app password may be used from addr.
+func (a AppPassword) AllowedFrom(addr netip.Addr) bool {
+	if len(a.Networks) == 0 {
+		return true
+	}
+	addr = addr.Unmap()
+	for _, p := range a.Networks {
+		if p.Contains(addr) {
+			return true
+		}
+	}
+	return false
 }
 
 // HasScope reports whether the app password may be used for scope.
@@ -114,6 +131,9 @@ type NewAppPassword struct {
 	Label     string     // 1–64 characters, unique per user ignoring case
 	Scopes    []string   // nil means AllScopes
 	ExpiresAt *time.Time // nil: never expires
+	// Networks are CIDRs (or single addresses) the app password may be
+	// used from; nil: anywhere.
+	Networks []string
 }
 
 // Usage is what a successful login records on the app password it used.
@@ -159,6 +179,10 @@ type AuditEvent struct {
 	Label         string `json:"label,omitempty"`
 	// Reason says why the decision went as it did, for operators only.
 	Reason string `json:"reason,omitempty"`
+	// Lockout, on a login's success, is what it changes in the shared
+	// lockout, applied in the same transaction as the event (no write
+	// of its own). Never printed.
+	Lockout *LockoutNote `json:"-"`
 }
 
 // ActionLogin is the Action of a login event.

@@ -24,6 +24,10 @@ type HAProxyRoute struct {
 	Name    string // frontend name, e.g. "imaps"
 	Backend string // host:port
 	Send    string // "send-proxy" (v1) or "send-proxy-v2"
+	// More are further servers beside Backend, balanced round robin and
+	// health-checked (a TCP connect every 200 ms), as in front of
+	// several passgate instances.
+	More []string
 }
 
 // HAProxy is a throwaway HAProxy (Debian's haproxy) in TCP mode, started
@@ -75,8 +79,16 @@ func StartHAProxy(ctx context.Context, dir string, routes []HAProxyRoute) (*HAPr
 		}
 		addr := "127.0.0.1:" + strconv.Itoa(port)
 		h.Addrs[r.Name] = addr
-		fmt.Fprintf(&cfg, "\nfrontend f_%s\n    bind %s\n    default_backend b_%s\n\nbackend b_%s\n    server s1 %s %s\n",
-			r.Name, addr, r.Name, r.Name, r.Backend, r.Send)
+		fmt.Fprintf(&cfg, "\nfrontend f_%s\n    bind %s\n    default_backend b_%s\n\nbackend b_%s\n",
+			r.Name, addr, r.Name, r.Name)
+		if len(r.More) == 0 {
+			fmt.Fprintf(&cfg, "    server s1 %s %s\n", r.Backend, r.Send)
+			continue
+		}
+		cfg.WriteString("    balance roundrobin\n    option redispatch\n    retries 2\n")
+		for i, b := range append([]string{r.Backend}, r.More...) {
+			fmt.Fprintf(&cfg, "    server s%d %s %s check inter 200ms fall 1 rise 1\n", i+1, b, r.Send)
+		}
 	}
 	conf := filepath.Join(dir, "haproxy.cfg")
 	if err := os.WriteFile(conf, cfg.Bytes(), 0o644); err != nil {

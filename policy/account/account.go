@@ -215,11 +215,11 @@ func (s *Service) Methods(ctx context.Context, user string) (Methods, error) {
 // CreateAppPassword creates an app password for the actor, with the
 // command line's rules, and audits it. The secret is returned once.
 func (s *Service) CreateAppPassword(ctx context.Context, a Actor, label string, scopes []string, expires *time.Time) (AppPassword, string, error) {
-	return s.createAppPassword(ctx, a, a.User, label, scopes, expires)
+	return s.createAppPassword(ctx, a, a.User, label, scopes, nil, expires)
 }
 
 // createAppPassword creates an app password for user, on behalf of a.
-func (s *Service) createAppPassword(ctx context.Context, a Actor, user, label string, scopes []string, expires *time.Time) (AppPassword, string, error) {
+func (s *Service) createAppPassword(ctx context.Context, a Actor, user, label string, scopes, networks []string, expires *time.Time) (AppPassword, string, error) {
 	label = strings.TrimSpace(label)
 	if err := checkName(label); err != nil {
 		s.record(ctx, a, "app-password.create", user, fmt.Sprintf("label=%q", label), err)
@@ -229,10 +229,13 @@ func (s *Service) createAppPassword(ctx context.Context, a Actor, user, label st
 	if scopes != nil {
 		detail += " scopes=" + strings.Join(scopes, ",")
 	}
+	if len(networks) > 0 {
+		detail += " networks=" + strings.Join(networks, ",")
+	}
 	if expires != nil {
 		detail += " expires=" + expires.UTC().Format(time.RFC3339)
 	}
-	ap, secret, err := s.store.CreateAppPassword(ctx, store.NewAppPassword{User: user, Label: label, Scopes: scopes, ExpiresAt: expires})
+	ap, secret, err := s.store.CreateAppPassword(ctx, store.NewAppPassword{User: user, Label: label, Scopes: scopes, ExpiresAt: expires, Networks: networks})
 	if err == nil {
 		detail = fmt.Sprintf("id=%d %s", ap.ID, detail)
 	}

@@ -210,13 +210,14 @@ func (d *Admin) AppPasswords(ctx context.Context, user string) ([]AppPassword, e
 }
 
 // CreateAppPasswordFor creates an app password for user, with the same
-// rules as the user's own, and returns the secret once.
-func (d *Admin) CreateAppPasswordFor(ctx context.Context, a Actor, user, label string, scopes []string, expires *time.Time) (AppPassword, string, error) {
+// rules as the user's own, and returns the secret once. networks, when
+// not empty, are the only networks (CIDRs) it may be used from.
+func (d *Admin) CreateAppPasswordFor(ctx context.Context, a Actor, user, label string, scopes, networks []string, expires *time.Time) (AppPassword, string, error) {
 	if err := d.knownUser(ctx, user); err != nil {
 		d.record(ctx, a, "app-password.create", user, fmt.Sprintf("label=%q", label), err)
 		return AppPassword{}, "", err
 	}
-	return d.createAppPassword(ctx, a, user, label, scopes, expires)
+	return d.createAppPassword(ctx, a, user, label, scopes, networks, expires)
 }
 
 func (d *Admin) knownUser(ctx context.Context, user string) error {

@@ -48,7 +48,7 @@ type Ops interface {
 	SetAdmin(ctx context.Context, a account.Actor, name string, admin bool) error
 	IsAdmin(ctx context.Context, name string) (bool, error)
 	AppPasswords(ctx context.Context, user string) ([]account.AppPassword, error)
-	CreateAppPasswordFor(ctx context.Context, a account.Actor, user, label string, scopes []string, expires *time.Time) (account.AppPassword, string, error)
+	CreateAppPasswordFor(ctx context.Context, a account.Actor, user, label string, scopes, networks []string, expires *time.Time) (account.AppPassword, string, error)
 	DeleteAppPasswordFor(ctx context.Context, a account.Actor, user, label string) (account.AppPassword, error)
 	RevokeAll(ctx context.Context, a account.Actor, user string) (int, error)
 	Methods(ctx context.Context, user string) (account.Methods, error)

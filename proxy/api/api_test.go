@@ -365,12 +365,13 @@ func walk(t *testing.T, f *fixture) {
 }
 
 // TestTokenLockout: wrong tokens count in the lockout, after which even
-// the right token gets the same 401.
+// the right token gets the same 401. Each wrong token is another (a
+// repeated one counts once, as a client retrying a stale secret does).
 func TestTokenLockout(t *testing.T) {
 	f := newFixture(t, openStore(t, store.DriverSQLite), policy.Lockout{MaxFailures: 3, MaxAddressFailures: 3, MaxUserFailures: 100})
 	rw := f.token("automation", false, nil)
-	for range 3 {
-		f.do(call{method: "GET", path: "/settings", token: "pgat_wrong", status: 401, code: "unauthorized"})
+	for i := range 3 {
+		f.do(call{method: "GET", path: "/settings", token: fmt.Sprintf("pgat_wrong%d", i), status: 401, code: "unauthorized"})
 	}
 	f.do(call{method: "GET", path: "/settings", token: rw, status: 401, code: "unauthorized"})
 }

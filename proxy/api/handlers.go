@@ -127,6 +127,7 @@ func (s *Server) listAppPasswords(r *http.Request, _ account.Actor) (int, any, e
 type newAppPassword struct {
 	Label     string     `json:"label"`
 	Scopes    []string   `json:"scopes,omitempty"`
+	Networks  []string   `json:"networks,omitempty"`
 	ExpiresAt *time.Time `json:"expires_at,omitempty"`
 }
 
@@ -143,7 +144,7 @@ func (s *Server) createAppPassword(r *http.Request, a account.Actor) (int, any, 
 	if in.Label == "" {
 		return 0, nil, bad("invalid", "label is required.")
 	}
-	ap, secret, err := s.o.Ops.CreateAppPasswordFor(r.Context(), a, r.PathValue("name"), in.Label, in.Scopes, in.ExpiresAt)
+	ap, secret, err := s.o.Ops.CreateAppPasswordFor(r.Context(), a, r.PathValue("name"), in.Label, in.Scopes, in.Networks, in.ExpiresAt)
 	if err != nil {
 		return 0, nil, err
 	}

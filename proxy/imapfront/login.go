@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/passgate/passgate/policy"
+	"github.com/passgate/passgate/proxy/connlimit"
 	"github.com/passgate/passgate/proxy/observe"
 	"github.com/passgate/passgate/proxy/relay"
 )
@@ -276,6 +277,7 @@ func (c *conn) login(tag string, user, secret []byte) bool {
 		return c.answer(tag, l, policy.Unreachable(err))
 	}
 	l.Finish(c.ctx, policy.Accepted)
+	connlimit.LoggedIn(c.raw) // a session now: no longer capped as a pre-login connection
 	c.User = req.User
 	c.noteLogin(l)
 

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/passgate/passgate/policy"
+	"github.com/passgate/passgate/proxy/connlimit"
 	"github.com/passgate/passgate/proxy/observe"
 	"github.com/passgate/passgate/proxy/revoke"
 )
@@ -184,6 +185,7 @@ func (c *conn) appBind(m message, l *policy.Login, bn boundName) {
 		id.authzID = proxyAuthzDNPrefix + id.dn
 	}
 	l.Finish(c.ctx, policy.Accepted)
+	connlimit.LoggedIn(c.nc) // a session now: no longer capped as a pre-login connection
 	c.setIdentity(id)
 	c.respond(m.ID, opBindRequest, resultSuccess, "")
 }
@@ -239,6 +241,7 @@ func (c *conn) primaryBind(m message, l *policy.Login, bn boundName, password []
 		authzID = proxyAuthzDNPrefix + dn
 	}
 	l.Finish(c.ctx, policy.Accepted)
+	connlimit.LoggedIn(c.nc) // a session now: no longer capped as a pre-login connection
 	if c.srv.opts.Mode == ModeRelay {
 		c.sessState = sessAccount
 	}

@@ -119,23 +119,33 @@ func (r *Registry) Watch(ctx context.Context, interval time.Duration, exists Exi
 			return
 		case <-t.C:
 		}
-		ids := r.IDs()
-		if len(ids) == 0 {
-			continue
-		}
 		qctx, cancel := context.WithTimeout(ctx, interval*4)
-		alive, err := exists(qctx, ids)
+		err := r.Poll(qctx, exists)
 		cancel()
-		if err != nil {
-			if onErr != nil {
-				onErr(err)
-			}
-			continue
-		}
-		for _, id := range ids {
-			if !alive[id] {
-				r.Revoke(id)
-			}
+		if err != nil && onErr != nil {
+			onErr(err)
 		}
 	}
+}
+
+// Poll asks exists once about the app passwords that have live sessions
+// and revokes those that no longer exist. On an error it keeps them all.
+// Watch polls on a timer; a store that announces deletions (PostgreSQL's
+// LISTEN/NOTIFY) polls once after its connection came back, since what
+// was announced meanwhile is lost.
+func (r *Registry) Poll(ctx context.Context, exists ExistsFunc) error {
+	ids := r.IDs()
+	if len(ids) == 0 {
+		return nil
+	}
+	alive, err := exists(ctx, ids)
+	if err != nil {
+		return err
+	}
+	for _, id := range ids {
+		if !alive[id] {
+			r.Revoke(id)
+		}
+	}
+	return nil
 }

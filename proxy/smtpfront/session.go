@@ -14,6 +14,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/passgate/passgate/policy"
+	"github.com/passgate/passgate/proxy/connlimit"
 )
 
 // The replies passgate writes itself, each a fresh value (go-smtp and
@@ -227,6 +228,7 @@ func (ss *session) authenticate(received time.Time, c credentials, malformed err
 		return finish(l, policy.Unreachable(err), "upstream_unavailable", err)
 	}
 	l.Finish(ctx, policy.Accepted)
+	connlimit.LoggedIn(ss.tc.Conn) // a session now: no longer capped as a pre-login connection
 	ss.mu.Lock()
 	ss.up, ss.req = up, req
 	ss.mu.Unlock()

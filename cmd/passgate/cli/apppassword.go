@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"strings"
 	"time"
 
@@ -52,12 +53,13 @@ type createdJSON struct {
 }
 
 func cmdAppPasswordCreate(ctx context.Context, e *env, args []string) int {
-	f := newFlags("app-password create", "NAME --label LABEL [--scopes imap,smtp,ldap] [--expires DURATION] [--json] [--config FILE]",
+	f := newFlags("app-password create", "NAME --label LABEL [--scopes imap,smtp,ldap] [--expires DURATION] [--networks CIDR,...] [--json] [--config FILE]",
 		"Create an app password for user NAME and print it once. It cannot be shown again: only a keyed hash is kept.\n"+
 			"The user's MFA state must be enabled or enforced, and allow-app-passwords must be true.")
 	label := f.String("label", "", "`LABEL` naming the app or device, 1-64 characters, unique per user (required)")
 	scopes := f.String("scopes", "imap,smtp,ldap", "comma-separated `SCOPES` the password opens")
 	expires := f.String("expires", "", "expire after `DURATION`, e.g. 90d or 720h (default: never)")
+	networks := f.String("networks", "", "comma-separated `CIDRS` the password may be used from, e.g. 192.0.2.0/24,2001:db8::/32 (default: anywhere)")
 	asJSON := f.Bool("json", false, "print JSON for scripts, with the password in the \"password\" field")
 	config := f.configFlag()
 	pos, code, ok := e.parse(f, args, 1, 1)
@@ -83,6 +85,18 @@ func cmdAppPasswordCreate(ctx context.Context, e *env, args []string) int {
 		t := e.Now().Add(d)
 		expiresAt = &t
 	}
+	var nets []string
+	for _, n := range strings.Split(*networks, ",") {
+		if n = strings.TrimSpace(n); n == "" {
+			continue
+		}
+		if _, err := netip.ParsePrefix(n); err != nil {
+			if _, aerr := netip.ParseAddr(n); aerr != nil {
+				return e.usageError(f.path, fmt.Sprintf("--networks: %q is not a CIDR such as 192.0.2.0/24 or 2001:db8::/32", n))
+			}
+		}
+		nets = append(nets, n)
+	}
 	st, cfg, code, ok := e.openWithConfig(ctx, f.path, *config)
 	if !ok {
 		return code
@@ -90,7 +104,7 @@ func cmdAppPasswordCreate(ctx context.Context, e *env, args []string) int {
 	defer st.Close()
 	user := pos[0]
 	ops := newAdminOps(st, cfg, e.Now)
-	ap, secret, err := ops.CreateAppPasswordFor(ctx, e.cliActor(), user, *label, sc, expiresAt)
+	ap, secret, err := ops.CreateAppPasswordFor(ctx, e.cliActor(), user, *label, sc, nets, expiresAt)
 	if err != nil {
 		return e.end(f.path, ops, err)
 	}
@@ -103,6 +117,9 @@ func cmdAppPasswordCreate(ctx context.Context, e *env, args []string) int {
 		if ap.ExpiresAt != nil {
 			what += "; expires " + stamp(*ap.ExpiresAt)
 		}
+		if len(ap.Networks) > 0 {
+			what += "; only from " + netList(ap.Networks)
+		}
 		fmt.Fprintf(e.Stdout, "Created app password %q for %s (%s). Copy it now; it will not be shown again:\n%s\n",
 			ap.Label, clean(ap.User), what, apppass.Format(secret))
 	}
@@ -111,7 +128,7 @@ func cmdAppPasswordCreate(ctx context.Context, e *env, args []string) int {
 
 func cmdAppPasswordList(ctx context.Context, e *env, args []string) int {
 	f := newFlags("app-password list", "NAME [--json] [--config FILE]",
-		"List user NAME's app passwords: label, scopes, creation, expiry and last use. The passwords themselves are never shown.")
+		"List user NAME's app passwords: label, scopes, networks, creation, expiry and last use. The passwords themselves are never shown.")
 	asJSON := f.Bool("json", false, "print JSON for scripts")
 	config := f.configFlag()
 	pos, code, ok := e.parse(f, args, 1, 1)
@@ -148,9 +165,13 @@ func cmdAppPasswordList(ctx context.Context, e *env, args []string) int {
 		if a.LastUsedAt != nil {
 			used += " " + strings.Join(nonEmpty(a.LastUsedProto, a.LastUsedAddr, a.LastUsedClient), " ")
 		}
-		rows = append(rows, []string{clean(a.Label), strings.Join(a.Scopes, ","), stamp(a.CreatedAt), exp, clean(used)})
+		from := "anywhere"
+		if len(a.Networks) > 0 {
+			from = netList(a.Networks)
+		}
+		rows = append(rows, []string{clean(a.Label), strings.Join(a.Scopes, ","), from, stamp(a.CreatedAt), exp, clean(used)})
 	}
-	if err := table(e.Stdout, []string{"LABEL", "SCOPES", "CREATED", "EXPIRES", "LAST USED"}, rows); err != nil {
+	if err := table(e.Stdout, []string{"LABEL", "SCOPES", "FROM", "CREATED", "EXPIRES", "LAST USED"}, rows); err != nil {
 		return e.fail(f.path, err)
 	}
 	return exitOK
@@ -210,4 +231,13 @@ func cmdAppPasswordRevokeAll(ctx context.Context, e *env, args []string) int {
 		fmt.Fprintf(e.Stdout, "Deleted %d app password(s) of %s.\n", n, clean(pos[0]))
 	}
 	return e.end(f.path, ops, err)
+}
+
+// netList lists an app password's networks.
+func netList(ps []netip.Prefix) string {
+	s := make([]string, len(ps))
+	for i, p := range ps {
+		s[i] = p.String()
+	}
+	return strings.Join(s, ",")
 }

@@ -55,7 +55,9 @@ type metrics struct {
 	open     *prometheus.GaugeVec   // listener
 	accepted *prometheus.CounterVec // listener
 	refused  *prometheus.CounterVec // listener: no valid PROXY header
-	draining atomic.Bool            // set at shutdown: /readyz answers 503
+	// limitRefused: listener, reason: over policy.limits' caps
+	limitRefused *prometheus.CounterVec
+	draining     atomic.Bool // set at shutdown: /readyz answers 503
 
 	decisionSeconds  *prometheus.HistogramVec // proto
 	relayed          *prometheus.CounterVec   // listener, direction
@@ -95,6 +97,10 @@ func newMetrics(journal *store.Journal) *metrics {
 			Help: "Connections from policy.proxy_networks closed for want of a valid PROXY protocol header, by listener.",
 		}, []string{"listener"}),
 	}
+	m.limitRefused = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "passgate_connections_refused_total",
+		Help: "Connections refused before login for being over a cap of policy.limits, by listener and reason (per_address, total).",
+	}, []string{"listener", "reason"})
 	m.relayed = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "passgate_relayed_bytes_total",
 		Help: "Bytes relayed by ended sessions, by listener and direction: in (client to upstream) and out (upstream to client; SMTP counts message bytes in only).",
@@ -136,7 +142,7 @@ func newMetrics(journal *store.Journal) *metrics {
 		m.storeSeconds.WithLabelValues(op)
 		m.storeErrors.WithLabelValues(op)
 	}
-	m.reg.MustRegister(m.logins, m.open, m.accepted, m.refused,
+	m.reg.MustRegister(m.logins, m.open, m.accepted, m.refused, m.limitRefused,
 		m.relayed, m.decisionSeconds, m.storeSeconds, m.storeErrors, m.lockouts, m.upstreamFailures,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
@@ -178,6 +184,15 @@ func (m *metrics) proxyRefused(listener string) func() {
 	}
 	c := m.refused.WithLabelValues(listener)
 	return c.Inc
+}
+
+// connRefused returns the counter hook of one listener for
+// connlimit.Options.OnRefused; nil without metrics.
+func (m *metrics) connRefused(listener string) func(reason string) {
+	if m == nil {
+		return nil
+	}
+	return func(reason string) { m.limitRefused.WithLabelValues(listener, reason).Inc() }
 }
 
 type listenerConns struct {

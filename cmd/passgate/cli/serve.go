@@ -18,8 +18,12 @@ import (
 	"github.com/passgate/passgate/backends/store"
 	"github.com/passgate/passgate/configs"
 	"github.com/passgate/passgate/policy"
+	"github.com/passgate/passgate/proxy/connlimit"
+	"github.com/passgate/passgate/proxy/imapfront"
+	"github.com/passgate/passgate/proxy/ldapfront"
 	"github.com/passgate/passgate/proxy/proxyheader"
 	"github.com/passgate/passgate/proxy/revoke"
+	"github.com/passgate/passgate/proxy/smtpfront"
 )
 
 // deps is what every protocol's wiring (serve_imap.go, serve_smtp.go,
@@ -149,7 +153,7 @@ func serve(ctx context.Context, e *env, cfg *configs.Config, log *slog.Logger, o
 		return err
 	}
 	defer closeGroups()
-	engine, err := newEngine(cfg, m.observeStore(journal), groups, log, onOutcome, m.decided())
+	engine, err := newEngine(cfg, m.observeStore(journal), groups, st, log, onOutcome, m.decided())
 	if err != nil {
 		return err
 	}
@@ -186,7 +190,8 @@ func serve(ctx context.Context, e *env, cfg *configs.Config, log *slog.Logger, o
 	if m != nil {
 		services = append(services, metricsService(m, cfg.Metrics.Listen, st, log))
 	}
-	lns, err := listenAll(services, proxies, m, log)
+	lim := connlimit.New(connlimit.Limits{PerAddress: cfg.Policy.Limits.MaxConnectionsPerAddress, Total: cfg.Policy.Limits.MaxPreLoginConnections})
+	lns, err := listenAll(services, proxies, lim, m, log)
 	if err != nil {
 		return err
 	}
@@ -230,6 +235,15 @@ func serve(ctx context.Context, e *env, cfg *configs.Config, log *slog.Logger, o
 		defer wg.Done()
 		maintainAudit(runCtx, st, cfg, log)
 	}()
+	// On PostgreSQL, deletions are announced (LISTEN/NOTIFY) and close
+	// the sessions at once; the polling above stays as the fallback.
+	if st.Driver() == store.DriverPostgres {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			listenRevocations(runCtx, st, d.relays, log)
+		}()
+	}
 	// SIGHUP reloads the certificate. It is caught even without one, so
 	// that "systemctl reload" never stops the service.
 	hup := make(chan os.Signal, 1)
@@ -263,8 +277,32 @@ func serve(ctx context.Context, e *env, cfg *configs.Config, log *slog.Logger, o
 	return runErr
 }
 
+// listenRevocations closes the live sessions of every app password that
+// PostgreSQL announces as deleted, and polls once whenever the
+// notification connection is (re-)established.
+func listenRevocations(ctx context.Context, st *store.Store, relays *revoke.Registry, log *slog.Logger) {
+	poll := func() {
+		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		if err := relays.Poll(pctx, st.ExistingAppPasswords); err != nil {
+			log.Warn("revocation check after the notification connection came back failed; the timer's will follow", slog.Any("err", err))
+		}
+	}
+	err := st.ListenRevocations(ctx, func(id int64) {
+		log.Debug("app password deletion announced", slog.Int64("app_password_id", id))
+		if n := relays.Revoke(id); n > 0 {
+			log.Info("app password deleted: live sessions closed", slog.Int64("app_password_id", id), slog.Int("sessions", n))
+		}
+	}, poll, func(err error) {
+		log.Warn("revocation notifications interrupted; polling covers the gap", slog.Any("err", err))
+	})
+	if err != nil {
+		log.Warn("revocation notifications unavailable; polling only", slog.Any("err", err))
+	}
+}
+
 // newEngine builds the decision from the policy section of cfg.
-func newEngine(cfg *configs.Config, st policy.Store, groups policy.Groups, log *slog.Logger, onOutcome func(policy.Proto, policy.Credential, policy.Outcome), onDecision func(policy.Proto, time.Duration)) (*policy.Engine, error) {
+func newEngine(cfg *configs.Config, st policy.Store, groups policy.Groups, counters policy.Counters, log *slog.Logger, onOutcome func(policy.Proto, policy.Credential, policy.Outcome), onDecision func(policy.Proto, time.Duration)) (*policy.Engine, error) {
 	trusted, err := parsePrefixes("policy.trusted_networks", cfg.Policy.TrustedNetworks)
 	if err != nil {
 		return nil, err
@@ -292,15 +330,18 @@ func newEngine(cfg *configs.Config, st policy.Store, groups policy.Groups, log *
 		OnDecision:      onDecision,
 		Lockout: policy.Lockout{
 			MaxFailures: lo.MaxFailures, MaxAddressFailures: lo.MaxAddressFailures, MaxUserFailures: lo.MaxUserFailures,
-			Window: lo.Window.D(), Duration: lo.Duration.D(),
+			Window: lo.Window.D(), Duration: lo.Duration.D(), MaxDuration: lo.MaxDuration.D(),
 		},
+		// The store counts, so that every instance sharing it sees the
+		// same failures and a restart forgets none.
+		Counters: counters,
 	}), nil
 }
 
 // listenAll opens every service's listener; the protocol listeners
 // accept a PROXY header from proxies. On an error it closes what it
 // opened.
-func listenAll(services []service, proxies []netip.Prefix, m *metrics, log *slog.Logger) ([]net.Listener, error) {
+func listenAll(services []service, proxies []netip.Prefix, lim *connlimit.Limiter, m *metrics, log *slog.Logger) ([]net.Listener, error) {
 	lns := make([]net.Listener, 0, len(services))
 	for _, s := range services {
 		ln, err := net.Listen("tcp", s.addr)
@@ -316,9 +357,22 @@ func listenAll(services []service, proxies []netip.Prefix, m *metrics, log *slog
 			ln = proxyheader.Listen(ln, proxyheader.Options{From: proxies, Logger: log.With(slog.String("listener", s.name)),
 				OnRefused: m.proxyRefused(s.name)})
 		}
+		if refusal, ok := refusals[s.name]; ok {
+			// Connections before login are capped per client address and
+			// in total, across the protocols (policy.limits).
+			ln = connlimit.Listen(ln, lim, connlimit.Options{Refusal: refusal, OnRefused: m.connRefused(s.name)})
+		}
 		lns = append(lns, ln)
 	}
 	return lns, nil
+}
+
+// refusals are what each protocol listener says to a connection over
+// policy.limits' caps before closing it; nil on implicit TLS, which would
+// need a handshake first. The portal is not capped.
+var refusals = map[string][]byte{
+	"imap": []byte(imapfront.Refusal), "smtp": []byte(smtpfront.Refusal), "ldap": ldapfront.Refusal(),
+	"imaps": nil, "submissions": nil, "ldaps": nil,
 }
 
 // reloadOnHUP reloads the certificate at each signal on hup until ctx
