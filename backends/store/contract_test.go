@@ -78,6 +78,7 @@ var contractCases = []contractCase{
 	{"journal/order-and-read-your-writes", testJournalOrder},
 	{"journal/concurrent", testJournalConcurrent},
 	{"journal/deleted-app-password", testJournalDeleted},
+	{"journal/last-uses", testJournalLastUses},
 	{"journal/close-flushes", testJournalCloseFlushes},
 	{"journal/store-down", testJournalStoreDown},
 	{"lockout/count-shared", testLockoutCount},
