@@ -71,6 +71,7 @@ var contractCases = []contractCase{
 	{"audit/record-login", testRecordLogin},
 	{"audit/structured", testAuditStructured},
 	{"audit/page-filters", testAuditPageFilters},
+	{"audit/page-across-days", testAuditPageAcrossDays},
 	{"audit/retention", testAuditRetention},
 	{"audit/maintain-concurrent", testAuditMaintainConcurrent},
 	{"audit/journal-batch", testAuditJournalBatch},
