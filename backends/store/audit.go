@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -242,11 +243,7 @@ func (s *Store) AuditPage(ctx context.Context, f AuditFilter, after AuditCursor,
 	// partitions; only a page that this window does not fill is read
 	// again without it. The window's page, when full, is the page: every
 	// event outside the window comes after all of its events.
-	if s.driver == DriverPostgres && auditProbeUseful(f, after) {
-		from := time.Now()
-		if !after.IsZero() {
-			from = after.Time
-		}
+	if from, ok := s.auditProbeStart(ctx, f, after); ok {
 		bound := "time >= ?"
 		edge := from.Add(-auditProbeWindow)
 		if !f.Newest {
@@ -276,16 +273,68 @@ func (s *Store) AuditPage(ctx context.Context, f AuditFilter, after AuditCursor,
 // (AuditPage): a day, the span of a login partition.
 const auditProbeWindow = 24 * time.Hour
 
-// auditProbeUseful reports whether a page of f after the cursor is worth
-// looking for in a day's window first: newest first (from now or from the
-// cursor) or oldest first from a cursor, when no time bound of the filter
-// already narrows the partitions, and not for one user's events (their
-// index finds them in every partition at once, and they may be sparse).
-func auditProbeUseful(f AuditFilter, after AuditCursor) bool {
-	if f.User != "" || !f.Since.IsZero() || !f.Until.IsZero() {
-		return false
+// auditProbeStart returns where the day's window of a page of f after the
+// cursor starts (AuditPage), on PostgreSQL: the cursor, or for a first
+// page now (newest first) or the oldest event. It reports false when the
+// window is not worth it: when a time bound of the filter already narrows
+// the partitions, or for one user's events (their index finds them in
+// every partition at once, and they may be sparse).
+func (s *Store) auditProbeStart(ctx context.Context, f AuditFilter, after AuditCursor) (time.Time, bool) {
+	switch {
+	case s.driver != DriverPostgres || f.User != "" || !f.Since.IsZero() || !f.Until.IsZero():
+		return time.Time{}, false
+	case !after.IsZero():
+		return after.Time, true
+	case f.Newest:
+		return time.Now(), true
 	}
-	return f.Newest || !after.IsZero()
+	return s.auditOldest(ctx)
+}
+
+// auditOldest returns the time of the oldest audit event on PostgreSQL, or
+// false when there is none or it cannot tell. It reads the account
+// changes, the default login partition and the day partitions from the
+// oldest on, one table at a time, until one holds an event: each query
+// plans one table, where a query on audit_events plans them all.
+func (s *Store) auditOldest(ctx context.Context) (time.Time, bool) {
+	var names []string
+	if err := s.db.SelectContext(ctx, &names, `SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+		WHERE i.inhparent = 'audit_logins'::regclass`); err != nil {
+		return time.Time{}, false
+	}
+	type part struct {
+		name string
+		end  time.Time
+	}
+	var parts []part
+	for _, n := range names {
+		if end, ok := partitionEnd(n); ok {
+			parts = append(parts, part{n, end})
+		}
+	}
+	slices.SortFunc(parts, func(a, b part) int { return a.end.Compare(b.end) })
+	var oldest sql.NullTime
+	if err := s.db.GetContext(ctx, &oldest, `SELECT min(t) FROM (SELECT min(time) AS t FROM audit_changes
+		UNION ALL SELECT min(time) FROM audit_logins_default) AS m`); err != nil {
+		return time.Time{}, false
+	}
+	for _, p := range parts {
+		if oldest.Valid && !oldest.Time.After(p.end) {
+			break // this partition and the later ones hold nothing older
+		}
+		var t sql.NullTime
+		// The name is one of passgate's own partitions (partitionEnd).
+		if err := s.db.GetContext(ctx, &t, `SELECT min(time) FROM `+p.name); err != nil {
+			return time.Time{}, false // dropped meanwhile: no window
+		}
+		if t.Valid {
+			if !oldest.Valid || t.Time.Before(oldest.Time) {
+				oldest = t
+			}
+			break
+		}
+	}
+	return oldest.Time, oldest.Valid
 }
 
 // auditRows runs one page's query: the events that where selects, in

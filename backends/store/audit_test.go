@@ -294,19 +294,19 @@ func testAuditPageAcrossDays(t *testing.T, f *fixture) {
 	s := f.migrated(t)
 	ctx := ctxT(t)
 	now := time.Now().UTC().Truncate(time.Second)
-	offsets := []time.Duration{-96 * time.Hour, -50 * time.Hour, -49 * time.Hour, -48 * time.Hour, -30 * time.Hour,
+	offsets := []time.Duration{-96 * time.Hour, -95 * time.Hour, -50 * time.Hour, -49 * time.Hour, -48 * time.Hour, -30 * time.Hour,
 		-3 * time.Hour, -2 * time.Hour, -2 * time.Hour, -time.Hour, -time.Minute, time.Hour}
 	for i, d := range offsets {
 		if err := s.Record(ctx, structLogin(now.Add(d), "alice", "192.0.2.1", "imap", "success", store.CredentialNone, 0, "")); err != nil {
 			t.Fatal(err)
 		}
-		if i == 4 {
+		if i == 5 {
 			if err := s.Record(ctx, store.AuditEvent{Time: now.Add(-29 * time.Hour), Actor: "cli:root", Action: "user.add", Subject: "carol", Outcome: "success"}); err != nil {
 				t.Fatal(err)
 			}
 		}
 	}
-	const total = 12
+	const total = 13
 	for _, newest := range []bool{false, true} {
 		for _, limit := range []int{1, 2, 5, 100} {
 			var got []store.AuditEvent
