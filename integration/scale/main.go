@@ -1,10 +1,16 @@
 // Command scale seeds passgate stores of N users through passgate's own
 // schema and hashing, and measures what issue 17 asks of a large store:
 // serve start to /readyz, an admin command on one user, the first page of
-// "user list" and of "audit", the login latency by kind (through the
+// "user list" and of "audit" (each run 7 times: fastest and median), the
+// whole "user list --json" and "audit --jsonl" (rows per second, the
+// process's CPU time and peak RSS), the login latency by kind (through the
 // policy engine and the store, without a network: say so when quoting it)
-// and the disk taken per login event, before (the schema of version 1)
-// and after (version 5). It prints the sizes side by side.
+// with and without the seeded events, what a login writes (a transaction
+// each, or through serve's Journal) and the disk taken per login event,
+// before (the schema of version 1) and after (version 5). It prints the
+// sizes side by side, and with -baseline a second binary's figures on the
+// same store beside them. -workdir keeps the stores and -reuse measures
+// them again without seeding.
 //
 //	go build -o /tmp/pg ./cmd/passgate
 //	go run ./integration/scale -passgate /tmp/pg -sizes 1000,100000 -events 10
