@@ -87,7 +87,7 @@ func TestBackupRestore(t *testing.T) {
 					t.Fatal(err)
 				}
 				t.Cleanup(func() { testenv.DropDatabase(context.Background(), base, name) })
-				mustRun(t, "pg_restore", "--clean", "--if-exists", "--no-owner", "-d", dsn, dump)
+				mustRun(t, "pg_restore", "--no-owner", "-d", dsn, dump)
 				restored.postgresDSN = dsn
 			}
 
