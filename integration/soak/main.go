@@ -11,8 +11,9 @@
 //   - primary-password passthrough of users without MFA (bob, dave over
 //     IMAP and SMTP, bob over LDAP), verified by the upstreams;
 //   - wrong secrets from 50 other addresses (127.0.0.100–149), one
-//     sequential guesser each, against alice, carol and eight enforced
-//     users who exist only in passgate's store, over all three protocols.
+//     sequential guesser each, always a new secret, 15 at one user then
+//     the next, against alice, carol and eight enforced users who exist
+//     only in passgate's store, over the three protocols in turn.
 //
 // Good logins come from 20 addresses (127.0.0.10–29) that alice and carol
 // log in from once before the load, so the smart lockout (an address the
