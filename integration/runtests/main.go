@@ -55,6 +55,7 @@ var need = []struct{ path, pkg string }{
 	{"/usr/bin/curl", "curl"},
 	{"/usr/bin/python3", "python3"},
 	{"/usr/sbin/haproxy", "haproxy"},
+	{"/usr/bin/sqlite3", "sqlite3"}, // the backup tests (docs/deployment.md)
 	{"/usr/bin/prometheus", "prometheus"},
 	{"/usr/bin/chromium", "chromium"},
 	{"/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "fonts-dejavu-core"},
