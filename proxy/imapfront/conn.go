@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/passgate/passgate/policy"
+	"github.com/passgate/passgate/proxy/lifecycle"
 	"github.com/passgate/passgate/proxy/observe"
 	"github.com/passgate/passgate/proxy/revoke"
 )
@@ -51,7 +52,7 @@ type conn struct {
 
 func newConn(s *Server, nc net.Conn) *conn {
 	ctx, cancel := context.WithCancel(s.baseCtx)
-	client := addrPort(nc.RemoteAddr())
+	client := lifecycle.ClientAddr(nc)
 	return &conn{
 		srv:     s,
 		raw:     nc,
@@ -61,23 +62,6 @@ func newConn(s *Server, nc net.Conn) *conn {
 		cancel:  cancel,
 		Session: observe.Session{ConnID: s.nextID.Add(1), Proto: policy.IMAP.String(), RemoteAddr: client},
 	}
-}
-
-// addrPort converts a net.Addr to a netip.AddrPort (IPv4-mapped addresses
-// unmapped); it returns the zero value when the address is not IP.
-func addrPort(a net.Addr) netip.AddrPort {
-	if ta, ok := a.(*net.TCPAddr); ok {
-		ap := ta.AddrPort()
-		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
-	}
-	if a == nil {
-		return netip.AddrPort{}
-	}
-	ap, err := netip.ParseAddrPort(a.String())
-	if err != nil {
-		return netip.AddrPort{}
-	}
-	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 }
 
 // shutdown asks a connection that has not logged in to end: its goroutine

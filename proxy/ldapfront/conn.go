@@ -15,6 +15,7 @@ import (
 
 	"github.com/passgate/passgate/backends/ldapwire"
 	"github.com/passgate/passgate/policy"
+	"github.com/passgate/passgate/proxy/lifecycle"
 	"github.com/passgate/passgate/proxy/observe"
 )
 
@@ -110,6 +111,7 @@ func (s *Server) newConn(nc net.Conn) *conn {
 	c := &conn{
 		srv:        s,
 		id:         s.nextID.Add(1),
+		remote:     lifecycle.ClientAddr(nc),
 		nc:         nc,
 		start:      time.Now(),
 		ctx:        ctx,
@@ -119,9 +121,6 @@ func (s *Server) newConn(nc net.Conn) *conn {
 		queued:     make(map[int64]*request),
 		spaceFreed: make(chan struct{}, 1),
 		inflight:   make(map[int64]*pending),
-	}
-	if ap, err := netip.ParseAddrPort(nc.RemoteAddr().String()); err == nil {
-		c.remote = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 	}
 	return c
 }

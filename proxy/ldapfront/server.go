@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/netip"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
@@ -18,18 +17,6 @@ import (
 	"github.com/passgate/passgate/proxy/observe"
 	"github.com/passgate/passgate/proxy/revoke"
 )
-
-// Decider is the decision as the listener calls it; *policy.Engine
-// implements it. Every Login it returns is finished by the listener.
-type Decider interface {
-	// Decide decides one bind; an error means none could be made (the
-	// Login then finishes as a temporary failure).
-	Decide(ctx context.Context, a policy.Attempt) (*policy.Login, error)
-	// Undecided is a Login the listener ends without a decision: a bind
-	// name that maps to no user, a directory down before the decision.
-	Undecided(a policy.Attempt, reason string) *policy.Login
-	PlaintextAllowed(client netip.AddrPort, tls bool) bool
-}
 
 // Upstream is the directory behind passgate (backends/ldapupstream wired by
 // cmd/passgate).
@@ -109,7 +96,7 @@ const (
 type Options struct {
 	// Conns learns when connections open and close (metrics); optional.
 	Conns    observe.Conns
-	Decider  Decider
+	Decider  lifecycle.Decider
 	Upstream Upstream
 	// Registry closes the connection of a client whose app password is
 	// deleted. Optional.
@@ -235,21 +222,11 @@ func New(opts Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	if opts.MaxMessageBytes <= 0 {
-		opts.MaxMessageBytes = DefaultMaxMessageBytes
-	}
-	if opts.MaxBindFailures <= 0 {
-		opts.MaxBindFailures = DefaultMaxBindFailures
-	}
-	if opts.PreBindTimeout <= 0 {
-		opts.PreBindTimeout = DefaultPreBindTimeout
-	}
-	if opts.IdleTimeout <= 0 {
-		opts.IdleTimeout = DefaultIdleTimeout
-	}
-	if opts.MaxInFlight <= 0 {
-		opts.MaxInFlight = DefaultMaxInFlight
-	}
+	lifecycle.Default(&opts.MaxMessageBytes, DefaultMaxMessageBytes)
+	lifecycle.Default(&opts.MaxBindFailures, DefaultMaxBindFailures)
+	lifecycle.Default(&opts.PreBindTimeout, DefaultPreBindTimeout)
+	lifecycle.Default(&opts.IdleTimeout, DefaultIdleTimeout)
+	lifecycle.Default(&opts.MaxInFlight, DefaultMaxInFlight)
 	if opts.Listener == "" {
 		opts.Listener = "ldap"
 		if opts.ImplicitTLS {

@@ -62,9 +62,6 @@ type (
 	message = ldapwire.Message
 )
 
-// parseUint31 decodes a non-negative, minimally encoded INTEGER up to 2³¹−1.
-func parseUint31(b []byte) (int64, bool) { return ldapwire.ParseUint31(b) }
-
 // controlOIDs lists the controlType of every control in a [0] Controls
 // element.
 func controlOIDs(controls []byte) ([]string, error) {
@@ -91,9 +88,7 @@ func controlOIDs(controls []byte) ([]string, error) {
 	return oids, nil
 }
 
-// Encoders of ldapwire, under this package's names.
-func appendLength(dst []byte, n int) []byte         { return ldapwire.AppendLength(dst, n) }
-func appendInt(dst []byte, v int64) []byte          { return ldapwire.AppendInt(dst, v) }
+// envelope is ldapwire's encoder of an LDAPMessage, under this package's name.
 func envelope(id int64, op, controls []byte) []byte { return ldapwire.Envelope(id, op, controls) }
 
 // resultOp encodes an LDAPResult-shaped protocolOp with the given
@@ -226,7 +221,7 @@ func decodeAbandon(op element) (int64, error) {
 	if op.Constructed {
 		return 0, ldapwire.ErrMalformed
 	}
-	id, ok := parseUint31(op.Content)
+	id, ok := ldapwire.ParseUint31(op.Content)
 	if !ok {
 		return 0, ldapwire.ErrMalformed
 	}

@@ -3,6 +3,7 @@ package lifecycle
 import (
 	"errors"
 	"net"
+	"net/netip"
 	"syscall"
 	"time"
 )
@@ -49,4 +50,23 @@ func retryable(err error) bool {
 		}
 	}
 	return false
+}
+
+// ClientAddr returns the address of nc's peer, IPv4-mapped addresses
+// unmapped; the zero value when it is not an IP address.
+func ClientAddr(nc net.Conn) netip.AddrPort {
+	var ap netip.AddrPort
+	if ta, ok := nc.RemoteAddr().(*net.TCPAddr); ok {
+		ap = ta.AddrPort()
+	} else if a := nc.RemoteAddr(); a != nil {
+		ap, _ = netip.ParseAddrPort(a.String())
+	}
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+}
+
+// Default sets an option left out (zero, or not positive) to def.
+func Default[T int | int64 | time.Duration](v *T, def T) {
+	if *v <= 0 {
+		*v = def
+	}
 }

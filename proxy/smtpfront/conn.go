@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/passgate/passgate/policy"
+	"github.com/passgate/passgate/proxy/lifecycle"
 	"github.com/passgate/passgate/proxy/observe"
 )
 
@@ -62,13 +63,11 @@ func (s *Server) track(c net.Conn) *trackedConn {
 		Conn:     c,
 		s:        s,
 		id:       s.nextID.Add(1),
+		remote:   lifecycle.ClientAddr(c),
 		started:  now,
 		preUntil: now.Add(s.o.PreLoginTimeout),
 		budget:   int64(s.o.MaxCommands)*int64(s.o.MaxLineLength+2)/4 + preLoginSlack,
 		outcome:  observe.OutcomeNoAuth,
-	}
-	if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
-		tc.remote = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 	}
 	_ = c.SetReadDeadline(tc.preUntil)
 	if !s.set.Add(tc) {

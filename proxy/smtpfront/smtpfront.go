@@ -2,8 +2,8 @@
 // on the path of an SMTP login.
 //
 // It accepts the client (STARTTLS or implicit TLS), reads AUTH PLAIN or
-// AUTH LOGIN (Outlook's mechanism), asks the decision (policy, through the
-// Decider it declares) whether the credential may log in with scope smtp,
+// AUTH LOGIN (Outlook's mechanism), asks the decision (policy, through
+// lifecycle.Decider) whether the credential may log in with scope smtp,
 // and then logs in to the upstream submission server (through the Upstream
 // it declares, implemented by backends/smtpupstream and wired by
 // cmd/passgate). After login the session is relayed command by command:
@@ -20,8 +20,8 @@
 // the decision, so that whether it is down never depends on the secret,
 // and that connection is the one logged in.
 //
-// It imports policy for its Attempt and Decision types only, and no other
-// passgate package.
+// It imports policy for its Attempt and Login types, and proxy/lifecycle,
+// observe and connlimit; no other front and no backend.
 package smtpfront
 
 import (
@@ -42,20 +42,6 @@ import (
 	"github.com/passgate/passgate/proxy/lifecycle"
 	"github.com/passgate/passgate/proxy/observe"
 )
-
-// Decider is the decision as the listener calls it. *policy.Engine
-// implements it. Every Login it returns is finished by the listener.
-type Decider interface {
-	// Decide runs the decision; an error means none could be made (the
-	// Login then finishes as a temporary failure).
-	Decide(ctx context.Context, a policy.Attempt) (*policy.Login, error)
-	// Undecided is a Login the listener ends without a decision: a
-	// malformed exchange, or an upstream down before the decision.
-	Undecided(a policy.Attempt, reason string) *policy.Login
-	// PlaintextAllowed reports whether a password may be sent on a
-	// connection without TLS from client.
-	PlaintextAllowed(client netip.AddrPort, tls bool) bool
-}
 
 // LoginRequest is one upstream login.
 type LoginRequest struct {
@@ -143,7 +129,7 @@ const preLoginSlack = 64 << 10
 type Options struct {
 	// Conns learns when connections open and close (metrics); optional.
 	Conns    observe.Conns
-	Decider  Decider
+	Decider  lifecycle.Decider
 	Upstream Upstream
 	// TLSConfig is the server certificate; nil offers no STARTTLS.
 	TLSConfig *tls.Config
@@ -189,30 +175,14 @@ func New(o Options) *Server {
 	if o.Decider == nil || o.Upstream == nil {
 		panic("smtpfront: New without a Decider or an Upstream")
 	}
-	if o.MaxMessageBytes <= 0 {
-		o.MaxMessageBytes = DefaultMaxMessageBytes
-	}
-	if o.MaxRecipients <= 0 {
-		o.MaxRecipients = DefaultMaxRecipients
-	}
-	if o.MaxLineLength <= 0 {
-		o.MaxLineLength = DefaultMaxLineLength
-	}
-	if o.MaxCommands <= 0 {
-		o.MaxCommands = DefaultMaxCommands
-	}
-	if o.MaxAuthFailures <= 0 {
-		o.MaxAuthFailures = DefaultMaxAuthFailures
-	}
-	if o.PreLoginTimeout <= 0 {
-		o.PreLoginTimeout = DefaultPreLoginTimeout
-	}
-	if o.ReadTimeout <= 0 {
-		o.ReadTimeout = DefaultReadTimeout
-	}
-	if o.WriteTimeout <= 0 {
-		o.WriteTimeout = DefaultWriteTimeout
-	}
+	lifecycle.Default(&o.MaxMessageBytes, DefaultMaxMessageBytes)
+	lifecycle.Default(&o.MaxRecipients, DefaultMaxRecipients)
+	lifecycle.Default(&o.MaxLineLength, DefaultMaxLineLength)
+	lifecycle.Default(&o.MaxCommands, DefaultMaxCommands)
+	lifecycle.Default(&o.MaxAuthFailures, DefaultMaxAuthFailures)
+	lifecycle.Default(&o.PreLoginTimeout, DefaultPreLoginTimeout)
+	lifecycle.Default(&o.ReadTimeout, DefaultReadTimeout)
+	lifecycle.Default(&o.WriteTimeout, DefaultWriteTimeout)
 	if o.Hostname == "" {
 		o.Hostname = DefaultHostname
 	}
