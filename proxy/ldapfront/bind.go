@@ -67,16 +67,16 @@ func (c *conn) bind(m message) {
 	}
 	tlsOn := c.tls.Load()
 	dec := c.srv.opts.Decider
-	if !dec.PlaintextAllowed(c.remote, tlsOn) {
+	if !dec.PlaintextAllowed(c.RemoteAddr, tlsOn) {
 		// The password came in clear: the decision's step 1 refuses and
 		// audits it, without any lookup.
-		l, _ := dec.Decide(c.ctx, policy.Attempt{Proto: policy.LDAP, User: name, Client: c.remote, Received: started})
+		l, _ := dec.Decide(c.ctx, policy.Attempt{Proto: policy.LDAP, User: name, Client: c.RemoteAddr, Received: started})
 		c.answer(m, l, policy.NotAsked, "")
 		return
 	}
 	a := policy.Attempt{
 		Proto: policy.LDAP, User: name, Secret: policy.Secret(req.password),
-		Client: c.remote, TLS: tlsOn, Received: started,
+		Client: c.RemoteAddr, TLS: tlsOn, Received: started,
 	}
 	bn, mapped := c.srv.names.mapName(name)
 	if !mapped {
@@ -255,8 +255,8 @@ func (c *conn) primaryBind(m message, l *policy.Login, bn boundName, password []
 // secret.
 func (c *conn) unavailable(m message, l *policy.Login, op string, err error) {
 	c.srv.log.LogAttrs(c.ctx, slog.LevelError, "ldap bind failed for a temporary reason",
-		slog.String("proto", policy.LDAP.String()), slog.Uint64("conn_id", c.id),
-		slog.String("remote_addr", c.remote.String()), slog.String("user", l.User()),
+		slog.String("proto", policy.LDAP.String()), slog.Uint64("conn_id", c.ConnID),
+		slog.String("remote_addr", c.RemoteAddr.String()), slog.String("user", l.User()),
 		slog.String("upstream", op), slog.Any("err", err))
 	c.answer(m, l, policy.Unreachable(err), op)
 }
@@ -265,8 +265,8 @@ func (c *conn) unavailable(m message, l *policy.Login, op string, err error) {
 // refused one.
 func (c *conn) refuse(m message, l *policy.Login, reason string) {
 	c.srv.log.LogAttrs(c.ctx, slog.LevelWarn, bindFailureLogMessage,
-		slog.String("proto", policy.LDAP.String()), slog.Uint64("conn_id", c.id),
-		slog.String("remote_addr", c.remote.String()), slog.String("user", l.User()),
+		slog.String("proto", policy.LDAP.String()), slog.Uint64("conn_id", c.ConnID),
+		slog.String("remote_addr", c.RemoteAddr.String()), slog.String("user", l.User()),
 		slog.String("reason", reason))
 	c.answer(m, l, policy.NotAsked, "")
 }
@@ -278,15 +278,15 @@ func (c *conn) refuse(m message, l *policy.Login, reason string) {
 func (c *conn) answer(m message, l *policy.Login, r policy.Result, op string) {
 	if l.Credential() != policy.NoCredential {
 		c.mu.Lock()
-		c.user, c.credential = l.User(), l.Credential().String()
+		c.User, c.Credential = l.User(), l.Credential().String()
 		if l.Credential() == policy.AppPassword {
-			c.credential += ":" + strconv.FormatInt(l.AppPasswordID(), 10)
+			c.Credential += ":" + strconv.FormatInt(l.AppPasswordID(), 10)
 		}
 		c.mu.Unlock()
 	}
 	c.mu.Lock()
-	if c.outcome != observe.OutcomeRelayed {
-		c.outcome = observe.OutcomeFailed
+	if c.Outcome != observe.OutcomeRelayed {
+		c.Outcome = observe.OutcomeFailed
 	}
 	c.mu.Unlock()
 	switch l.Finish(c.ctx, r) {
@@ -316,13 +316,13 @@ func (c *conn) setIdentity(id identity) {
 	release := c.release
 	c.release = nil
 	if id.user != "" {
-		c.user = id.user
+		c.User = id.user
 	}
 	switch id.kind {
 	case identApp:
-		c.credential, c.outcome = "app-password:"+strconv.FormatInt(id.appID, 10), observe.OutcomeRelayed
+		c.Credential, c.Outcome = "app-password:"+strconv.FormatInt(id.appID, 10), observe.OutcomeRelayed
 	case identPrimary:
-		c.credential, c.outcome = "primary", observe.OutcomeRelayed
+		c.Credential, c.Outcome = "primary", observe.OutcomeRelayed
 	}
 	c.mu.Unlock()
 	if release != nil {
@@ -339,8 +339,8 @@ func (c *conn) setIdentity(id identity) {
 	context.AfterFunc(tctx, func() {
 		if errors.Is(context.Cause(tctx), revoke.ErrRevoked) {
 			c.srv.log.LogAttrs(context.Background(), slog.LevelInfo, "ldap session revoked",
-				slog.String("proto", policy.LDAP.String()), slog.Uint64("conn_id", c.id),
-				slog.String("remote_addr", c.remote.String()), slog.String("user", id.user))
+				slog.String("proto", policy.LDAP.String()), slog.Uint64("conn_id", c.ConnID),
+				slog.String("remote_addr", c.RemoteAddr.String()), slog.String("user", id.user))
 			c.stop(revoke.ErrRevoked)
 		}
 	})

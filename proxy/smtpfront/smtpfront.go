@@ -163,7 +163,6 @@ type Server struct {
 	log    *slog.Logger
 	ctx    context.Context
 	cancel context.CancelFunc
-	closed atomic.Bool
 	nextID atomic.Uint64
 
 	set lifecycle.Set[*trackedConn] // live connections; track refuses new ones once Shutdown or Close began
@@ -220,11 +219,11 @@ func New(o Options) *Server {
 // Serve accepts connections on ln until Shutdown or Close, and then
 // returns ErrServerClosed; any other error is the listener's.
 func (s *Server) Serve(ln net.Listener) error {
-	if s.closed.Load() {
+	if s.set.Closing() {
 		return ErrServerClosed
 	}
 	err := s.smtp.Serve(&listener{Listener: ln, s: s})
-	if s.closed.Load() || err == nil {
+	if s.set.Closing() || err == nil {
 		return ErrServerClosed
 	}
 	return err
@@ -233,7 +232,7 @@ func (s *Server) Serve(ln net.Listener) error {
 // Shutdown stops accepting and waits until every session has ended or
 // ctx is done (then it returns ctx's error; call Close).
 func (s *Server) Shutdown(ctx context.Context) error {
-	s.stopTracking()
+	s.set.Stop() // from now on track refuses connections
 	err := s.smtp.Shutdown(ctx)
 	if errors.Is(err, smtp.ErrServerClosed) {
 		err = nil
@@ -241,13 +240,13 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	return s.wait(ctx)
+	return s.set.Wait(ctx)
 }
 
 // Close closes the listeners and every session at once (the upstream
 // connections with them) and waits up to 10 s for them to end.
 func (s *Server) Close() error {
-	s.stopTracking()
+	s.set.Stop()
 	err := s.smtp.Close()
 	if errors.Is(err, smtp.ErrServerClosed) {
 		err = nil
@@ -258,20 +257,11 @@ func (s *Server) Close() error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if werr := s.wait(ctx); werr != nil && err == nil {
+	if werr := s.set.Wait(ctx); werr != nil && err == nil {
 		err = werr
 	}
 	return err
 }
-
-// stopTracking marks the server closed: from now on track refuses
-// connections, so that none is added to the wait group while wait runs.
-func (s *Server) stopTracking() {
-	s.closed.Store(true)
-	s.set.Stop()
-}
-
-func (s *Server) wait(ctx context.Context) error { return s.set.Wait(ctx) }
 
 // listener wraps each accepted connection in a trackedConn (and in TLS for
 // an implicit-TLS listener).
