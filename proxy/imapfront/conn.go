@@ -342,9 +342,7 @@ func (c *conn) handshake() bool {
 	defer cancel()
 	if err := tc.HandshakeContext(hctx); err != nil {
 		c.Ended = "tls_handshake_failed"
-		c.srv.log.LogAttrs(c.ctx, slog.LevelDebug, "tls handshake failed",
-			slog.String("proto", policy.IMAP.String()), slog.String("remote_addr", c.client.String()),
-			slog.Any("err", err))
+		c.Event(c.ctx, c.srv.log, slog.LevelDebug, "tls handshake failed", slog.Any("err", err))
 		return false
 	}
 	st := tc.ConnectionState()

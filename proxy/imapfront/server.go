@@ -162,10 +162,7 @@ func (s *Server) Serve(ln net.Listener) error {
 		Run:    (*conn).serve,
 		// One bad connection never takes the server down.
 		Panicked: func(c *conn, r any, stack []byte) {
-			s.log.LogAttrs(s.baseCtx, slog.LevelError, "connection panic",
-				slog.String("proto", policy.IMAP.String()),
-				slog.String("remote_addr", c.client.String()),
-				slog.Any("err", r), slog.String("stack", string(stack)))
+			c.Event(s.baseCtx, s.log, slog.LevelError, "connection panic", slog.Any("err", r), slog.String("stack", string(stack)))
 			c.closeAll()
 		},
 		Retry: func(err error) {

@@ -254,20 +254,15 @@ func (c *conn) primaryBind(m message, l *policy.Login, bn boundName, password []
 // with the attempt recorded, so that the reply says nothing about the
 // secret.
 func (c *conn) unavailable(m message, l *policy.Login, op string, err error) {
-	c.srv.log.LogAttrs(c.ctx, slog.LevelError, "ldap bind failed for a temporary reason",
-		slog.String("proto", policy.LDAP.String()), slog.Uint64("conn_id", c.ConnID),
-		slog.String("remote_addr", c.RemoteAddr.String()), slog.String("user", l.User()),
-		slog.String("upstream", op), slog.Any("err", err))
+	c.Event(c.ctx, c.srv.log, slog.LevelError, "ldap bind failed for a temporary reason",
+		slog.String("user", l.User()), slog.String("upstream", op), slog.Any("err", err))
 	c.answer(m, l, policy.Unreachable(err), op)
 }
 
 // refuse logs why the listener refused a bind and answers it as a
 // refused one.
 func (c *conn) refuse(m message, l *policy.Login, reason string) {
-	c.srv.log.LogAttrs(c.ctx, slog.LevelWarn, bindFailureLogMessage,
-		slog.String("proto", policy.LDAP.String()), slog.Uint64("conn_id", c.ConnID),
-		slog.String("remote_addr", c.RemoteAddr.String()), slog.String("user", l.User()),
-		slog.String("reason", reason))
+	c.Event(c.ctx, c.srv.log, slog.LevelWarn, bindFailureLogMessage, slog.String("user", l.User()), slog.String("reason", reason))
 	c.answer(m, l, policy.NotAsked, "")
 }
 
@@ -338,9 +333,7 @@ func (c *conn) setIdentity(id identity) {
 	tctx, rel := reg.Track(c.ctx, id.appID)
 	context.AfterFunc(tctx, func() {
 		if errors.Is(context.Cause(tctx), revoke.ErrRevoked) {
-			c.srv.log.LogAttrs(context.Background(), slog.LevelInfo, "ldap session revoked",
-				slog.String("proto", policy.LDAP.String()), slog.Uint64("conn_id", c.ConnID),
-				slog.String("remote_addr", c.RemoteAddr.String()), slog.String("user", id.user))
+			c.Event(context.Background(), c.srv.log, slog.LevelInfo, "ldap session revoked", slog.String("user", id.user))
 			c.stop(revoke.ErrRevoked)
 		}
 	})

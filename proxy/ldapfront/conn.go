@@ -216,9 +216,7 @@ func (c *conn) handshake() bool {
 	ctx, cancel := context.WithTimeout(c.ctx, handshakeTimeout)
 	defer cancel()
 	if err := tc.HandshakeContext(ctx); err != nil {
-		c.srv.log.LogAttrs(ctx, slog.LevelInfo, "ldap tls handshake failed",
-			slog.String("proto", policy.LDAP.String()), slog.Uint64("conn_id", c.ConnID),
-			slog.String("remote_addr", c.RemoteAddr.String()), slog.Any("err", err))
+		c.Event(ctx, c.srv.log, slog.LevelInfo, "ldap tls handshake failed", slog.Any("err", err))
 		return false
 	}
 	c.wmu.Lock()
@@ -280,8 +278,7 @@ func (c *conn) readLoop() {
 		}
 		switch {
 		case errors.Is(err, ldapwire.ErrTooLarge):
-			c.srv.log.LogAttrs(c.ctx, slog.LevelWarn, "ldap message too large",
-				slog.String("proto", policy.LDAP.String()), slog.Uint64("conn_id", c.ConnID), slog.String("remote_addr", c.RemoteAddr.String()))
+			c.Event(c.ctx, c.srv.log, slog.LevelWarn, "ldap message too large")
 			c.disconnect(resultProtocolError, "LDAP message exceeds passgate's size limit")
 			return
 		case errors.Is(err, ldapwire.ErrMalformed):
@@ -289,8 +286,7 @@ func (c *conn) readLoop() {
 			return
 		case err != nil:
 			if !errors.Is(err, io.EOF) && c.ctx.Err() == nil {
-				c.srv.log.LogAttrs(c.ctx, slog.LevelDebug, "ldap read ended",
-					slog.Uint64("conn_id", c.ConnID), slog.Any("err", err))
+				c.Event(c.ctx, c.srv.log, slog.LevelDebug, "ldap read ended", slog.Any("err", err))
 			}
 			return
 		}
@@ -653,9 +649,7 @@ func (c *conn) ensureSession(m message, want sessState) bool {
 }
 
 func (c *conn) upstreamFailed(m message, op string, err error) {
-	c.srv.log.LogAttrs(c.ctx, slog.LevelError, "ldap upstream failed",
-		slog.String("proto", policy.LDAP.String()), slog.Uint64("conn_id", c.ConnID),
-		slog.String("remote_addr", c.RemoteAddr.String()), slog.String("upstream", op), slog.Any("err", err))
+	c.Event(c.ctx, c.srv.log, slog.LevelError, "ldap upstream failed", slog.String("upstream", op), slog.Any("err", err))
 	c.respond(m.ID, m.Op.Tag, resultUnavailable, msgUnavailable)
 }
 

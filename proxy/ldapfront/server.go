@@ -282,9 +282,7 @@ func (s *Server) Close() error {
 // recoverConn logs a panic of a connection goroutine with its stack.
 func (s *Server) recoverConn(c *conn) {
 	if r := recover(); r != nil {
-		s.log.Error("ldap connection panic",
-			slog.String("proto", policy.LDAP.String()), slog.Uint64("conn_id", c.ConnID),
-			slog.Any("err", fmt.Errorf("ldapfront: panic: %v\n%s", r, debug.Stack())))
+		c.Event(s.ctx, s.log, slog.LevelError, "ldap connection panic", slog.Any("err", fmt.Errorf("ldapfront: panic: %v\n%s", r, debug.Stack())))
 		c.stop(errors.New("panic"))
 	}
 }

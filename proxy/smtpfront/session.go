@@ -170,12 +170,10 @@ func (ss *session) authenticate(received time.Time, c credentials, malformed err
 			ss.tc.tried(c.user, l.Describe())
 		}
 		class := l.Finish(ctx, r)
-		attrs := []slog.Attr{slog.Uint64("conn_id", ss.tc.line.ConnID), slog.String("user", c.user),
-			slog.String("remote_addr", ss.tc.line.RemoteAddr.String())}
 		if class == policy.ClassTemporary {
-			ss.s.log.LogAttrs(ctx, slog.LevelError, "smtp auth failed for a temporary reason", append(attrs, slog.String("reason", l.Reason()), slog.Any("err", err))...)
+			ss.tc.line.Event(ctx, ss.s.log, slog.LevelError, "smtp auth failed for a temporary reason", slog.String("user", c.user), slog.String("reason", l.Reason()), slog.Any("err", err))
 		} else {
-			ss.s.log.LogAttrs(ctx, slog.LevelDebug, "smtp auth failed", append(attrs, slog.String("reason", l.Reason()))...)
+			ss.tc.line.Event(ctx, ss.s.log, slog.LevelDebug, "smtp auth failed", slog.String("user", c.user), slog.String("reason", l.Reason()))
 		}
 		if ss.tc.failure() {
 			ss.tc.closeAfterWrite.Store(true)
@@ -218,8 +216,7 @@ func (ss *session) authenticate(received time.Time, c credentials, malformed err
 	if err != nil {
 		if errors.Is(err, ErrLoginRefused) {
 			if l.Credential() != policy.Primary {
-				ss.s.log.LogAttrs(ctx, slog.LevelError, "smtp upstream refused an allowed login",
-					slog.Uint64("conn_id", ss.tc.line.ConnID), slog.String("user", l.User()), slog.Any("err", err))
+				ss.tc.line.Event(ctx, ss.s.log, slog.LevelError, "smtp upstream refused an allowed login", slog.String("user", l.User()), slog.Any("err", err))
 			}
 			// For an app password too: the audit trail then shows the
 			// failure after the success that the decision recorded.
@@ -257,8 +254,7 @@ func (ss *session) upstreamErr(op string, err error) error {
 	if errors.As(err, &se) {
 		return &smtp.SMTPError{Code: se.Code, EnhancedCode: se.EnhancedCode, Message: se.Message}
 	}
-	ss.s.log.LogAttrs(ss.ctx(), slog.LevelWarn, "smtp upstream failed",
-		slog.Uint64("conn_id", ss.tc.line.ConnID), slog.String("user", ss.tc.line.User), slog.String("op", op), slog.Any("err", err))
+	ss.tc.line.Event(ss.ctx(), ss.s.log, slog.LevelWarn, "smtp upstream failed", slog.String("user", ss.tc.line.User), slog.String("op", op), slog.Any("err", err))
 	ss.mu.Lock()
 	if ss.up != nil && !ss.dead {
 		_ = ss.up.Close()
@@ -306,8 +302,8 @@ func (ss *session) acquire() (UpstreamSession, error) {
 		return nil, errUpstreamGone()
 	}
 	if err != nil {
-		ss.s.log.LogAttrs(ss.ctx(), slog.LevelWarn, "smtp upstream could not be reopened after an aborted message",
-			slog.Uint64("conn_id", ss.tc.line.ConnID), slog.String("user", req.User), slog.Any("err", err))
+		ss.tc.line.Event(ss.ctx(), ss.s.log, slog.LevelWarn, "smtp upstream could not be reopened after an aborted message",
+			slog.String("user", req.User), slog.Any("err", err))
 		ss.dead = true
 		ss.upMu.Unlock()
 		ss.tc.closeAfterWrite.Store(true)
