@@ -8,7 +8,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/netip"
 	"strings"
 	"sync"
 	"time"
@@ -29,7 +28,6 @@ type conn struct {
 	raw    net.Conn // as accepted
 	nc     net.Conn // raw, or the *tls.Conn over it
 	br     *bufio.Reader
-	client netip.AddrPort
 	ctx    context.Context
 	cancel context.CancelFunc
 
@@ -52,15 +50,13 @@ type conn struct {
 
 func newConn(s *Server, nc net.Conn) *conn {
 	ctx, cancel := context.WithCancel(s.baseCtx)
-	client := lifecycle.ClientAddr(nc)
 	return &conn{
 		srv:     s,
 		raw:     nc,
 		nc:      nc,
-		client:  client,
 		ctx:     ctx,
 		cancel:  cancel,
-		Session: observe.Session{ConnID: s.nextID.Add(1), Proto: policy.IMAP.String(), RemoteAddr: client},
+		Session: observe.Session{ConnID: s.nextID.Add(1), Proto: policy.IMAP.String(), RemoteAddr: lifecycle.ClientAddr(nc)},
 	}
 }
 
@@ -265,7 +261,7 @@ func (c *conn) reply(s string) bool {
 
 // plaintextOK reports whether the client may send a password now.
 func (c *conn) plaintextOK() bool {
-	return c.isTLS || c.srv.opts.Decider.PlaintextAllowed(c.client, false)
+	return c.isTLS || c.srv.opts.Decider.PlaintextAllowed(c.RemoteAddr, false)
 }
 
 // caps returns the capability list for the connection's current state.

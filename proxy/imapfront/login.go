@@ -163,7 +163,7 @@ func (c *conn) attempt(user, secret []byte) policy.Attempt {
 		Proto:      policy.IMAP,
 		User:       string(user),
 		Secret:     policy.Secret(secret),
-		Client:     c.client,
+		Client:     c.RemoteAddr,
 		TLS:        c.isTLS,
 		ClientName: c.clientName,
 		Received:   time.Now(),
@@ -258,7 +258,7 @@ func (c *conn) login(tag string, user, secret []byte) bool {
 	req := LoginRequest{
 		User:     l.User(),
 		Primary:  primary,
-		Client:   c.client,
+		Client:   c.RemoteAddr,
 		ClientID: c.clientID,
 	}
 	if primary {

@@ -132,9 +132,7 @@ func New(opts Options) *Server {
 	if opts.Relays == nil {
 		opts.Relays = revoke.NewRegistry()
 	}
-	if opts.Logger == nil {
-		opts.Logger = slog.New(slog.DiscardHandler)
-	}
+	opts.Logger = lifecycle.Logger(opts.Logger)
 	lifecycle.Default(&opts.MaxLineLength, DefaultMaxLineLength)
 	lifecycle.Default(&opts.MaxLiteral, DefaultMaxLiteral)
 	lifecycle.Default(&opts.MaxCommands, DefaultMaxCommands)

@@ -271,15 +271,13 @@ func (c *conn) refuse(m message, l *policy.Login, reason string) {
 // MaxBindFailures refusals the connection is closed. op names the step
 // of a temporary failure ("decision" has its own text).
 func (c *conn) answer(m message, l *policy.Login, r policy.Result, op string) {
+	c.mu.Lock()
 	if l.Credential() != policy.NoCredential {
-		c.mu.Lock()
 		c.User, c.Credential = l.User(), l.Credential().String()
 		if l.Credential() == policy.AppPassword {
 			c.Credential += ":" + strconv.FormatInt(l.AppPasswordID(), 10)
 		}
-		c.mu.Unlock()
 	}
-	c.mu.Lock()
 	if c.Outcome != observe.OutcomeRelayed {
 		c.Outcome = observe.OutcomeFailed
 	}

@@ -129,14 +129,8 @@ type Options struct {
 	Logger               *slog.Logger
 }
 
-// constError is an error that can be a constant, so that sentinel errors
-// are not package-level variables.
-type constError string
-
-func (e constError) Error() string { return string(e) }
-
 // ErrServerClosed is returned by Serve after Shutdown or Close.
-const ErrServerClosed = constError("ldapfront: server closed")
+var ErrServerClosed = errors.New("ldapfront: server closed")
 
 // Server is an LDAP listener. Create it with New.
 type Server struct {
@@ -227,16 +221,8 @@ func New(opts Options) (*Server, error) {
 	lifecycle.Default(&opts.PreBindTimeout, DefaultPreBindTimeout)
 	lifecycle.Default(&opts.IdleTimeout, DefaultIdleTimeout)
 	lifecycle.Default(&opts.MaxInFlight, DefaultMaxInFlight)
-	if opts.Listener == "" {
-		opts.Listener = "ldap"
-		if opts.ImplicitTLS {
-			opts.Listener = "ldaps"
-		}
-	}
-	log := opts.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
+	opts.Listener = lifecycle.ListenerName(opts.Listener, opts.ImplicitTLS, "ldap", "ldaps")
+	log := lifecycle.Logger(opts.Logger)
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Server{
 		opts: opts, names: names, log: log, ctx: ctx, cancel: cancel,

@@ -147,14 +147,24 @@ type bindRequest struct {
 // its bytes). A simple bind's name and password fit many times over.
 const maxDecodedOp = 64 << 10
 
-// decodeBind decodes a BindRequest protocolOp with asn1-ber.
-func decodeBind(op element) (bindRequest, error) {
+// decodeOp decodes a BindRequest or ExtendedRequest protocolOp (what names
+// it in an error) with asn1-ber, up to maxDecodedOp bytes.
+func decodeOp(op element, what string) (*ber.Packet, error) {
 	if len(op.Raw) > maxDecodedOp {
-		return bindRequest{}, ldapwire.ErrMalformed
+		return nil, ldapwire.ErrMalformed
 	}
 	p, err := ber.DecodePacketErr(op.Raw)
 	if err != nil {
-		return bindRequest{}, fmt.Errorf("%w: bind request: %w", ldapwire.ErrMalformed, err)
+		return nil, fmt.Errorf("%w: %s: %w", ldapwire.ErrMalformed, what, err)
+	}
+	return p, nil
+}
+
+// decodeBind decodes a BindRequest protocolOp with asn1-ber.
+func decodeBind(op element) (bindRequest, error) {
+	p, err := decodeOp(op, "bind request")
+	if err != nil {
+		return bindRequest{}, err
 	}
 	if len(p.Children) != 3 {
 		return bindRequest{}, ldapwire.ErrMalformed
@@ -188,12 +198,9 @@ type extendedRequest struct {
 
 // decodeExtended decodes an ExtendedRequest protocolOp with asn1-ber.
 func decodeExtended(op element) (extendedRequest, error) {
-	if len(op.Raw) > maxDecodedOp {
-		return extendedRequest{}, ldapwire.ErrMalformed
-	}
-	p, err := ber.DecodePacketErr(op.Raw)
+	p, err := decodeOp(op, "extended request")
 	if err != nil {
-		return extendedRequest{}, fmt.Errorf("%w: extended request: %w", ldapwire.ErrMalformed, err)
+		return extendedRequest{}, err
 	}
 	if len(p.Children) < 1 || len(p.Children) > 2 {
 		return extendedRequest{}, ldapwire.ErrMalformed

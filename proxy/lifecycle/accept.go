@@ -2,6 +2,7 @@ package lifecycle
 
 import (
 	"errors"
+	"log/slog"
 	"net"
 	"net/netip"
 	"syscall"
@@ -62,6 +63,26 @@ func ClientAddr(nc net.Conn) netip.AddrPort {
 		ap, _ = netip.ParseAddrPort(a.String())
 	}
 	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+}
+
+// Logger returns log, or a logger that discards when log is nil.
+func Logger(log *slog.Logger) *slog.Logger {
+	if log == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return log
+}
+
+// ListenerName returns name, or when it is empty the listener's default:
+// plain, or implicit for an implicit-TLS listener ("ldap", "ldaps").
+func ListenerName(name string, implicitTLS bool, plain, implicit string) string {
+	switch {
+	case name != "":
+		return name
+	case implicitTLS:
+		return implicit
+	}
+	return plain
 }
 
 // Default sets an option left out (zero, or not positive) to def.

@@ -185,16 +185,8 @@ func New(o Options) *Server {
 	if o.Hostname == "" {
 		o.Hostname = DefaultHostname
 	}
-	if o.Listener == "" {
-		o.Listener = "smtp"
-		if o.ImplicitTLS {
-			o.Listener = "submissions"
-		}
-	}
-	log := o.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
+	o.Listener = lifecycle.ListenerName(o.Listener, o.ImplicitTLS, "smtp", "submissions")
+	log := lifecycle.Logger(o.Logger)
 	s := &Server{o: o, log: log}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	srv := smtp.NewServer(smtp.BackendFunc(s.newSession))
