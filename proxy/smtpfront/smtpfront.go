@@ -244,12 +244,9 @@ func (s *Server) Close() error {
 		err = nil
 	}
 	s.cancel()
-	for _, c := range s.set.Live() {
-		c.Conn.Close()
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if werr := s.set.Wait(ctx); werr != nil && err == nil {
+	if werr := lifecycle.Close(ctx, &s.set, func(c *trackedConn) { c.Conn.Close() }); werr != nil && err == nil {
 		err = werr
 	}
 	return err
