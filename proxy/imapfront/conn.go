@@ -97,7 +97,7 @@ func (c *conn) farewell(cause error) []byte {
 	switch {
 	case errors.Is(cause, revoke.ErrRevoked):
 		return []byte("* BYE Session closed: the app password it logged in with was deleted\r\n")
-	case c.isClosing() || c.srv.isClosing():
+	case c.isClosing() || c.srv.set.Closing():
 		return []byte("* BYE Server shutting down\r\n")
 	}
 	return nil

@@ -170,8 +170,6 @@ func (s *Server) Serve(ln net.Listener) error {
 	})
 }
 
-func (s *Server) isClosing() bool { return s.set.Closing() }
-
 // Shutdown stops accepting, says "* BYE Server shutting down" to every
 // connection that has not logged in yet and closes it, then waits for the
 // relayed sessions to end by themselves. When ctx ends first, it closes
