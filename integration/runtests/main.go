@@ -87,8 +87,9 @@ func main() {
 func run() int {
 	fuzzTime := flag.Duration("fuzztime", 0, "also run every fuzz target for this long (0: none)")
 	noInstall := flag.Bool("no-install", false, "do not install missing packages")
+	race := flag.Bool("race", true, "build with the race detector (-race=false for benchmarks)")
 	flag.Usage = func() {
-		fmt.Fprintln(os.Stderr, "Usage: go run ./integration/runtests [-fuzztime 10s] [-no-install] [-- go test arguments]")
+		fmt.Fprintln(os.Stderr, "Usage: go run ./integration/runtests [-fuzztime 10s] [-no-install] [-race=false] [-- go test arguments]")
 		flag.PrintDefaults()
 	}
 	flag.Parse()
@@ -122,7 +123,10 @@ func run() int {
 	defer stopPG()
 	os.Setenv("PASSGATE_TEST_POSTGRES", dsn)
 
-	args := []string{"test", "-race", "-count=1", "-timeout", "25m"}
+	args := []string{"test", "-count=1", "-timeout", "25m"}
+	if *race {
+		args = append(args, "-race")
+	}
 	if len(goArgs) > 0 {
 		args = append(args, goArgs...)
 	} else {
