@@ -15,9 +15,11 @@ import (
 
 // TestDebianPackage builds the .deb with packaging/build-deb.sh (nfpm, no
 // Docker), installs it with apt-get as a new operator would, checks its
-// files, owners and modes, runs passgate as the packaged user, and purges
-// it again, leaving only the passgate system user (which Debian policy
-// keeps). It needs root, like the test command.
+// files, owners and modes, runs passgate as the packaged user, upgrades it
+// to a second build and goes back (docs/deployment.md, step 7: the edited
+// conffile, the store and the key stay), and purges it again, leaving only
+// the passgate system user (which Debian policy keeps). It needs root,
+// like the test command.
 func TestDebianPackage(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Fatal("TestDebianPackage installs a package: run the test command as root")
@@ -49,8 +51,9 @@ func TestDebianPackage(t *testing.T) {
 	if err != nil || len(debs) != 1 {
 		t.Fatalf("build-deb.sh made %v (%v):\n%s", debs, err, out)
 	}
-	deb, err := filepath.Abs(debs[0])
-	if err != nil {
+	// Kept apart: the second build below replaces dist/passgate_*.deb.
+	deb := filepath.Join(t.TempDir(), filepath.Base(debs[0]))
+	if err := os.Rename(debs[0], deb); err != nil {
 		t.Fatal(err)
 	}
 	installed := false
@@ -88,6 +91,7 @@ func TestDebianPackage(t *testing.T) {
 		{"/etc/passgate/passgate.yaml", 0o640, 0, gid},
 		{"/var/lib/passgate", fs.ModeDir | 0o700, uid, gid},
 		{"/usr/share/doc/passgate/examples/passgate.example.yaml", 0o644, 0, 0},
+		{"/usr/share/doc/passgate/examples/haproxy.cfg", 0o644, 0, 0},
 		{"/usr/share/doc/passgate/deployment.md", 0o644, 0, 0},
 	} {
 		fi, err := os.Stat(f.path)
@@ -152,6 +156,58 @@ func TestDebianPackage(t *testing.T) {
 		}
 		if st := fi.Sys().(*syscall.Stat_t); fi.Mode() != 0o600 || int(st.Uid) != uid {
 			t.Errorf("%s: %v uid %d, want 0600 passgate", f, fi.Mode(), st.Uid)
+		}
+	}
+
+	// Upgrade to a newer build over the installed one, as step 7 of the
+	// guide does, with the configuration edited by the administrator;
+	// then back to the older one.
+	const edited = "# edited by the administrator\n"
+	f, err := os.OpenFile("/etc/passgate/passgate.yaml", os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteString(edited); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	key, err := os.ReadFile("/var/lib/passgate/passgate.key")
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldVersion := must("dpkg-query", "-W", "-f=${Version}", "passgate")
+	newVersion := oldVersion + "+1"
+	must("../packaging/build-deb.sh", newVersion)
+	debs, err = filepath.Glob("../dist/passgate_*.deb")
+	if err != nil || len(debs) != 1 {
+		t.Fatalf("build-deb.sh %s made %v (%v)", newVersion, debs, err)
+	}
+	newDeb, err := filepath.Abs(debs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, step := range []struct {
+		name, deb, version string
+		flags              []string
+	}{
+		{"upgrade", newDeb, newVersion, nil},
+		{"downgrade", deb, oldVersion, []string{"--allow-downgrades"}},
+	} {
+		out := must("apt-get", append(append(apt, step.flags...), "install", step.deb)...)
+		if v := must("dpkg-query", "-W", "-f=${Version}", "passgate"); v != step.version {
+			t.Fatalf("%s: version %q installed, want %q:\n%s", step.name, v, step.version, out)
+		}
+		if strings.Contains(out, "passgate is installed and NOT started") {
+			t.Errorf("%s: postinst repeats the first install's message:\n%s", step.name, out)
+		}
+		if conf, err := os.ReadFile("/etc/passgate/passgate.yaml"); err != nil || !strings.HasSuffix(string(conf), edited) {
+			t.Errorf("%s: the edited conffile was not kept (%v)", step.name, err)
+		}
+		if k, err := os.ReadFile("/var/lib/passgate/passgate.key"); err != nil || string(k) != string(key) {
+			t.Errorf("%s: the key file changed (%v)", step.name, err)
+		}
+		if users := must("runuser", "-u", "passgate", "--", "passgate", "user", "list", "--config", "/etc/passgate/passgate.yaml"); !strings.Contains(users, "alice") {
+			t.Errorf("%s: the store lost alice: %q", step.name, users)
 		}
 	}
 

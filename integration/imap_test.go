@@ -440,6 +440,7 @@ type passgateConfig struct {
 	tlsMin       string   // tls.min_version; default "1.2"
 	metrics      bool     // serve metrics.listen on a free port
 	postgresDSN  string   // store in this PostgreSQL database instead of SQLite
+	sqlitePath   string   // store in this SQLite file instead of a new one in the instance's directory
 	keyFile      string   // the server key of another instance on the same store
 	binary       string   // run this passgate binary as a process instead of cli.Run in this one
 	trusted      []string // policy.trusted_networks
@@ -448,6 +449,8 @@ type passgateConfig struct {
 	web          bool     // serve the portal (web.verify imap) on a free port
 	webYAML      string   // more lines of the web section, indented by two spaces
 	extraYAML    string   // more top-level sections, appended to the file
+
+	beforeServe func(p *passgateInstance) // runs instead of "passgate migrate" before serve starts
 }
 
 // startPassgate writes a configuration in a new directory, runs "passgate
@@ -539,6 +542,9 @@ log:
 		cfg = strings.Replace(cfg, "store:\n  driver: sqlite\n  dsn: "+strconv.Quote(filepath.Join(dir, "passgate.db"))+"\n",
 			"store:\n  driver: postgres\n  dsn: "+strconv.Quote(pc.postgresDSN)+"\n", 1)
 	}
+	if pc.sqlitePath != "" {
+		cfg = strings.Replace(cfg, "  dsn: "+strconv.Quote(filepath.Join(dir, "passgate.db"))+"\n", "  dsn: "+strconv.Quote(pc.sqlitePath)+"\n", 1)
+	}
 	p := &passgateInstance{
 		dir:       dir,
 		config:    filepath.Join(dir, "passgate.yaml"),
@@ -553,7 +559,11 @@ log:
 		t.Fatal(err)
 	}
 	// Like an operator: migrate first, then serve.
-	p.admin(t, "migrate")
+	if pc.beforeServe != nil {
+		pc.beforeServe(p)
+	} else {
+		p.admin(t, "migrate")
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	p.cancel = cancel
 	if pc.binary != "" {

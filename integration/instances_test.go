@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -102,24 +103,132 @@ func TestInstancesShareRevocationAndLockout(t *testing.T) {
 	}
 }
 
+// guideHAProxy starts Debian's HAProxy with configs/haproxy.cfg, the file
+// the deployment guide ships, in front of ps: only addresses change. Each
+// "bind :PORT" gets a free loopback port; each "server pgN HOST:PORT" is
+// the N-th instance's listener for that port (IMAP on 143 and 993; the
+// instances run no SMTP or LDAP listener, so those servers point at a
+// closed port) with its health check on that instance's metrics port;
+// instances beyond those the file lists get a copy of its last server
+// line. It returns HAProxy and the address of each frontend by name.
+func guideHAProxy(t *testing.T, ps []*passgateInstance) (*testenv.HAProxy, map[string]string) {
+	t.Helper()
+	src, err := os.ReadFile("../configs/haproxy.cfg")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := deadAddr(t)
+	byPort := func(p *passgateInstance, port string) string {
+		switch port {
+		case "143":
+			return p.imapAddr
+		case "993":
+			return p.imapsAddr
+		}
+		return closed
+	}
+	server := regexp.MustCompile(`^(\s*server pg)(\d+) \S+:(\d+)(.*)$`)
+	var out []string
+	front := map[string]string{}
+	var frontend, lastServer string
+	servers := 0
+	flush := func() {
+		if lastServer == "" {
+			return
+		}
+		m := server.FindStringSubmatch(lastServer)
+		for n := servers; n < len(ps); n++ {
+			out = append(out, fmt.Sprintf("%s%d %s%s port %s", m[1], n+1, byPort(ps[n], m[3]), m[4], portOf(t, ps[n].metrics)))
+		}
+		lastServer, servers = "", 0
+	}
+	for _, line := range strings.Split(strings.TrimSuffix(string(src), "\n"), "\n") {
+		f := strings.Fields(line)
+		m := server.FindStringSubmatch(line)
+		if m == nil {
+			flush()
+		}
+		switch {
+		case len(f) == 2 && f[0] == "frontend":
+			frontend = f[1]
+		case len(f) == 2 && f[0] == "bind" && strings.HasPrefix(f[1], ":"):
+			port, err := testenv.FreePort()
+			if err != nil {
+				t.Fatal(err)
+			}
+			front[frontend] = "127.0.0.1:" + strconv.Itoa(port)
+			line = strings.Replace(line, f[1], front[frontend], 1)
+		case m != nil:
+			n, _ := strconv.Atoi(m[2])
+			if n > len(ps) {
+				continue
+			}
+			lastServer, servers = line, n
+			line = fmt.Sprintf("%s%d %s%s port %s", m[1], n, byPort(ps[n-1], m[3]), m[4], portOf(t, ps[n-1].metrics))
+		}
+		out = append(out, line)
+	}
+	flush()
+	for _, name := range []string{"imap", "imaps", "submission", "submissions", "ldap", "ldaps"} {
+		if front[name] == "" {
+			t.Fatalf("configs/haproxy.cfg has no frontend %q with a \"bind :PORT\" line", name)
+		}
+	}
+	cfg := strings.Join(out, "\n") + "\n"
+	if n := strings.Count(cfg, "server pg"); n != 6*len(ps) {
+		t.Fatalf("configs/haproxy.cfg rewritten for %d instances has %d server lines, want %d:\n%s", len(ps), n, 6*len(ps), cfg)
+	}
+	var listen []string
+	for _, a := range front {
+		listen = append(listen, a)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	ha, err := testenv.StartHAProxyConfig(ctx, t.TempDir(), cfg, listen)
+	if err != nil {
+		t.Fatalf("%v\nconfiguration:\n%s", err, cfg)
+	}
+	t.Cleanup(ha.Stop)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("HAProxy output:\n%s", ha.Output())
+		}
+	})
+	return ha, front
+}
+
+// portOf returns the port of host:port.
+func portOf(t *testing.T, addr string) string {
+	t.Helper()
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		t.Fatalf("instance address %q: %v", addr, err)
+	}
+	return port
+}
+
 // TestThreeInstancesBehindHAProxy: three instances on one PostgreSQL
-// behind Debian's HAProxy (PROXY v2, round robin). A login works through
+// behind Debian's HAProxy configured with configs/haproxy.cfg, the
+// guide's file (PROXY v2, round robin, health check on /readyz). A login works through
 // any of them with the client's own address; deleting an app password
 // through one closes its live sessions on all three; failures spread over
 // the three lock the source as if one had seen them.
 func TestThreeInstancesBehindHAProxy(t *testing.T) {
-	ps := instances(t, 3, passgateConfig{trusted: []string{"127.0.0.1/32"}, proxies: []string{"127.0.0.1/32"}})
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	ha, err := testenv.StartHAProxy(ctx, t.TempDir(), []testenv.HAProxyRoute{
-		{Name: "imaps", Backend: ps[0].imapsAddr, More: []string{ps[1].imapsAddr, ps[2].imapsAddr}, Send: "send-proxy-v2"},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(ha.Stop)
+	ps := instances(t, 3, passgateConfig{trusted: []string{"127.0.0.1/32"}, proxies: []string{"127.0.0.1/32"}, metrics: true})
+	_, front := guideHAProxy(t, ps)
 	ps[0].enforce(t, "alice")
 	pw := ps[1].appPassword(t, "alice", "phone")
+
+	// The STARTTLS frontend greets through the PROXY header too.
+	c, r, greeting := imapVia(t, front["imap"], "127.0.0.121", false)
+	if !strings.HasPrefix(greeting, "* OK") {
+		t.Fatalf("greeting on the imap frontend through HAProxy: %q", greeting)
+	}
+	fmt.Fprintf(c, "a CAPABILITY\r\n")
+	if caps, got := readTagged(t, r, "a"); !strings.HasPrefix(got, "a OK") || !strings.Contains(strings.Join(caps, " "), "STARTTLS") {
+		t.Fatalf("CAPABILITY on the imap frontend through HAProxy: %q %q", caps, got)
+	}
+	c.Close()
 
 	// Three sessions, one on each instance (round robin), each logged in
 	// with the client's address.
@@ -129,7 +238,7 @@ func TestThreeInstancesBehindHAProxy(t *testing.T) {
 	}
 	var live []session
 	for i := range 3 {
-		c, r, greeting := imapVia(t, ha.Addrs["imaps"], "127.0.0.121", true)
+		c, r, greeting := imapVia(t, front["imaps"], "127.0.0.121", true)
 		if !strings.HasPrefix(greeting, "* OK") {
 			t.Fatalf("greeting %d through HAProxy: %q", i, greeting)
 		}
@@ -164,7 +273,7 @@ func TestThreeInstancesBehindHAProxy(t *testing.T) {
 	// max_failures) lock the pair on every instance.
 	pw2 := ps[0].appPassword(t, "alice", "tablet")
 	for i := range 10 {
-		c, r, _ := imapVia(t, ha.Addrs["imaps"], "127.0.0.122", true)
+		c, r, _ := imapVia(t, front["imaps"], "127.0.0.122", true)
 		fmt.Fprintf(c, "a LOGIN alice %q\r\n", "guess-"+strconv.Itoa(i))
 		if _, got := readTagged(t, r, "a"); got != "a "+uniformFailure+"\r\n" {
 			t.Fatalf("guess %d: %q", i, got)
@@ -172,14 +281,14 @@ func TestThreeInstancesBehindHAProxy(t *testing.T) {
 		c.Close()
 	}
 	for i := range 3 {
-		c, r, _ := imapVia(t, ha.Addrs["imaps"], "127.0.0.122", true)
+		c, r, _ := imapVia(t, front["imaps"], "127.0.0.122", true)
 		fmt.Fprintf(c, "a LOGIN alice %q\r\n", pw2)
 		if _, got := readTagged(t, r, "a"); got != "a "+uniformFailure+"\r\n" {
 			t.Fatalf("the right app password from the locked source, attempt %d: %q", i, got)
 		}
 		c.Close()
 	}
-	c, r, _ := imapVia(t, ha.Addrs["imaps"], "127.0.0.123", true)
+	c, r, _ = imapVia(t, front["imaps"], "127.0.0.123", true)
 	fmt.Fprintf(c, "a LOGIN alice %q\r\n", pw2)
 	if _, got := readTagged(t, r, "a"); !strings.HasPrefix(got, "a OK") {
 		t.Fatalf("from another address: %q", got)
@@ -198,16 +307,8 @@ func TestKillNineOneInstance(t *testing.T) {
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
-	ps := instances(t, 3, passgateConfig{binary: bin, trusted: []string{"127.0.0.1/32"}, proxies: []string{"127.0.0.1/32"}})
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	ha, err := testenv.StartHAProxy(ctx, t.TempDir(), []testenv.HAProxyRoute{
-		{Name: "imaps", Backend: ps[0].imapsAddr, More: []string{ps[1].imapsAddr, ps[2].imapsAddr}, Send: "send-proxy-v2"},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(ha.Stop)
+	ps := instances(t, 3, passgateConfig{binary: bin, trusted: []string{"127.0.0.1/32"}, proxies: []string{"127.0.0.1/32"}, metrics: true})
+	_, front := guideHAProxy(t, ps)
 	ps[0].enforce(t, "alice")
 	pw := ps[0].appPassword(t, "alice", "phone")
 
@@ -221,7 +322,7 @@ func TestKillNineOneInstance(t *testing.T) {
 	// A live session on it, through HAProxy.
 	var victim net.Conn
 	for range 3 {
-		c, r, _ := imapVia(t, ha.Addrs["imaps"], "127.0.0.132", true)
+		c, r, _ := imapVia(t, front["imaps"], "127.0.0.132", true)
 		fmt.Fprintf(c, "a LOGIN alice %q\r\n", pw)
 		readTagged(t, r, "a")
 		if strings.Contains(ps[1].out.String(), `"remote_addr":"127.0.0.132:`) && victim == nil {
@@ -240,7 +341,7 @@ func TestKillNineOneInstance(t *testing.T) {
 	// The client reconnects: HAProxy sends it to the living ones.
 	if !eventually(patience, func() bool {
 		for range 3 {
-			c, r, _ := imapVia(t, ha.Addrs["imaps"], "127.0.0.133", true)
+			c, r, _ := imapVia(t, front["imaps"], "127.0.0.133", true)
 			fmt.Fprintf(c, "a LOGIN alice %q\r\n", pw)
 			_, got := readTagged(t, r, "a")
 			c.Close()
@@ -296,16 +397,8 @@ func TestSIGTERMUnderLoad(t *testing.T) {
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
-	ps := instances(t, 3, passgateConfig{binary: bin, trusted: []string{"127.0.0.1/32"}, proxies: []string{"127.0.0.1/32"}})
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	ha, err := testenv.StartHAProxy(ctx, t.TempDir(), []testenv.HAProxyRoute{
-		{Name: "imaps", Backend: ps[0].imapsAddr, More: []string{ps[1].imapsAddr, ps[2].imapsAddr}, Send: "send-proxy-v2"},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(ha.Stop)
+	ps := instances(t, 3, passgateConfig{binary: bin, trusted: []string{"127.0.0.1/32"}, proxies: []string{"127.0.0.1/32"}, metrics: true})
+	ha, front := guideHAProxy(t, ps)
 	ps[0].enforce(t, "alice")
 	pw := ps[0].appPassword(t, "alice", "phone")
 
@@ -329,7 +422,7 @@ func TestSIGTERMUnderLoad(t *testing.T) {
 				return
 			default:
 			}
-			got, err := haLogin(ha.Addrs["imaps"], "127.0.0.141", "alice", pw)
+			got, err := haLogin(front["imaps"], "127.0.0.141", "alice", pw)
 			switch {
 			case err != nil:
 				res.broken++ // a connection cut before its reply: the client retries
@@ -347,6 +440,13 @@ func TestSIGTERMUnderLoad(t *testing.T) {
 	ps[1].proc.Process.Signal(syscall.SIGTERM)
 	if !eventually(patience, func() bool { return strings.Contains(ps[1].out.String(), "shutting down") }) {
 		t.Fatal("the instance did not start draining")
+	}
+	// The health check of configs/haproxy.cfg (GET /readyz) takes the
+	// draining instance out of the balancer while its session goes on.
+	if !eventually(patience, func() bool {
+		return regexp.MustCompile(`passgate_imaps/pg2 is DOWN, reason: Layer7 wrong status, code: 503`).MatchString(ha.Output())
+	}) {
+		t.Fatalf("HAProxy did not mark the draining instance DOWN on its /readyz 503:\n%s", ha.Output())
 	}
 	// The session goes on during the drain, then ends itself.
 	fmt.Fprintf(c, "n NOOP\r\n")

@@ -55,6 +55,7 @@ var need = []struct{ path, pkg string }{
 	{"/usr/bin/curl", "curl"},
 	{"/usr/bin/python3", "python3"},
 	{"/usr/sbin/haproxy", "haproxy"},
+	{"/usr/bin/sqlite3", "sqlite3"}, // the backup tests (docs/deployment.md)
 	{"/usr/bin/prometheus", "prometheus"},
 	{"/usr/bin/chromium", "chromium"},
 	{"/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "fonts-dejavu-core"},
@@ -87,8 +88,9 @@ func main() {
 func run() int {
 	fuzzTime := flag.Duration("fuzztime", 0, "also run every fuzz target for this long (0: none)")
 	noInstall := flag.Bool("no-install", false, "do not install missing packages")
+	race := flag.Bool("race", true, "build with the race detector (-race=false for benchmarks)")
 	flag.Usage = func() {
-		fmt.Fprintln(os.Stderr, "Usage: go run ./integration/runtests [-fuzztime 10s] [-no-install] [-- go test arguments]")
+		fmt.Fprintln(os.Stderr, "Usage: go run ./integration/runtests [-fuzztime 10s] [-no-install] [-race=false] [-- go test arguments]")
 		flag.PrintDefaults()
 	}
 	flag.Parse()
@@ -122,7 +124,10 @@ func run() int {
 	defer stopPG()
 	os.Setenv("PASSGATE_TEST_POSTGRES", dsn)
 
-	args := []string{"test", "-race", "-count=1", "-timeout", "25m"}
+	args := []string{"test", "-count=1", "-timeout", "25m"}
+	if *race {
+		args = append(args, "-race")
+	}
 	if len(goArgs) > 0 {
 		args = append(args, goArgs...)
 	} else {

@@ -62,12 +62,9 @@ func (l *lockedBuf) String() string {
 // HAProxy with it. A missing haproxy binary is an error that names the
 // package: tests fail, never skip, without it.
 func StartHAProxy(ctx context.Context, dir string, routes []HAProxyRoute) (*HAProxy, error) {
-	bin, err := exec.LookPath("haproxy")
+	bin, err := haproxyBinary()
 	if err != nil {
-		if _, serr := os.Stat("/usr/sbin/haproxy"); serr != nil {
-			return nil, fmt.Errorf("testenv: haproxy not found (apt-get install haproxy; the test command installs it): %w", err)
-		}
-		bin = "/usr/sbin/haproxy"
+		return nil, err
 	}
 	h := &HAProxy{Addrs: map[string]string{}, out: &lockedBuf{}, waitErr: make(chan error, 1)}
 	var cfg bytes.Buffer
@@ -90,9 +87,50 @@ func StartHAProxy(ctx context.Context, dir string, routes []HAProxyRoute) (*HAPr
 			fmt.Fprintf(&cfg, "    server s%d %s %s check inter 200ms fall 1 rise 1\n", i+1, b, r.Send)
 		}
 	}
+	var addrs []string
+	for _, a := range h.Addrs {
+		addrs = append(addrs, a)
+	}
+	if err := h.start(ctx, bin, dir, cfg.String(), addrs); err != nil {
+		return nil, err
+	}
+	return h, nil
+}
+
+// StartHAProxyConfig starts HAProxy with the configuration text cfg (for
+// one taken from configs/, with its addresses rewritten to the test's),
+// written into dir, and waits until it accepts connections on each of
+// listen. Addrs is left empty: the caller knows its frontends.
+func StartHAProxyConfig(ctx context.Context, dir, cfg string, listen []string) (*HAProxy, error) {
+	bin, err := haproxyBinary()
+	if err != nil {
+		return nil, err
+	}
+	h := &HAProxy{Addrs: map[string]string{}, out: &lockedBuf{}, waitErr: make(chan error, 1)}
+	if err := h.start(ctx, bin, dir, cfg, listen); err != nil {
+		return nil, err
+	}
+	return h, nil
+}
+
+// haproxyBinary finds Debian's haproxy.
+func haproxyBinary() (string, error) {
+	bin, err := exec.LookPath("haproxy")
+	if err != nil {
+		if _, serr := os.Stat("/usr/sbin/haproxy"); serr != nil {
+			return "", fmt.Errorf("testenv: haproxy not found (apt-get install haproxy; the test command installs it): %w", err)
+		}
+		bin = "/usr/sbin/haproxy"
+	}
+	return bin, nil
+}
+
+// start writes cfg into dir, starts HAProxy in the foreground with it and
+// waits until every address of listen accepts a connection.
+func (h *HAProxy) start(ctx context.Context, bin, dir, cfg string, listen []string) error {
 	conf := filepath.Join(dir, "haproxy.cfg")
-	if err := os.WriteFile(conf, cfg.Bytes(), 0o644); err != nil {
-		return nil, fmt.Errorf("testenv: haproxy: write configuration: %w", err)
+	if err := os.WriteFile(conf, []byte(cfg), 0o644); err != nil {
+		return fmt.Errorf("testenv: haproxy: write configuration: %w", err)
 	}
 	// Not CommandContext: the server outlives the start-up context.
 	h.cmd = exec.Command(bin, "-f", conf, "-db")
@@ -100,11 +138,11 @@ func StartHAProxy(ctx context.Context, dir string, routes []HAProxyRoute) (*HAPr
 	h.cmd.Stdout, h.cmd.Stderr = h.out, h.out
 	h.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := h.cmd.Start(); err != nil {
-		return nil, fmt.Errorf("testenv: haproxy: start: %w", err)
+		return fmt.Errorf("testenv: haproxy: start: %w", err)
 	}
 	go func() { h.waitErr <- h.cmd.Wait() }()
 	deadline := time.Now().Add(haproxyStartTimeout)
-	for _, a := range h.Addrs {
+	for _, a := range listen {
 		for {
 			c, err := net.DialTimeout("tcp", a, 200*time.Millisecond)
 			if err == nil {
@@ -114,19 +152,19 @@ func StartHAProxy(ctx context.Context, dir string, routes []HAProxyRoute) (*HAPr
 			select {
 			case werr := <-h.waitErr:
 				h.waitErr <- werr
-				return nil, fmt.Errorf("testenv: haproxy exited at start (%v):\n%s", werr, h.out.String())
+				return fmt.Errorf("testenv: haproxy exited at start (%v):\n%s", werr, h.out.String())
 			case <-ctx.Done():
 				h.Stop()
-				return nil, fmt.Errorf("testenv: haproxy: %w", ctx.Err())
+				return fmt.Errorf("testenv: haproxy: %w", ctx.Err())
 			case <-time.After(20 * time.Millisecond):
 			}
 			if time.Now().After(deadline) {
 				h.Stop()
-				return nil, fmt.Errorf("testenv: haproxy does not listen on %s after %s:\n%s", a, haproxyStartTimeout, h.out.String())
+				return fmt.Errorf("testenv: haproxy does not listen on %s after %s:\n%s", a, haproxyStartTimeout, h.out.String())
 			}
 		}
 	}
-	return h, nil
+	return nil
 }
 
 // Output returns what HAProxy printed.

@@ -274,6 +274,7 @@ func walk(t *testing.T, f *fixture) {
 		{method: "DELETE", path: "/users/alice/app-passwords/phone", token: rw, status: 404, code: "not_found"},
 		{method: "POST", path: "/users/alice/app-passwords", token: rw, body: `{"label":"Laptop"}`, status: 201},
 		{method: "POST", path: "/users/alice/app-passwords", token: rw, body: `{"label":"Tablet"}`, status: 201},
+		{method: "POST", path: "/users/alice/app-passwords", token: rw, body: `{"label":"Scanner","networks":["192.0.2.0/33"]}`, status: 400, code: "invalid"},
 		{method: "DELETE", path: "/users/alice/app-passwords", token: ro, status: 403, code: "read_only"},
 		{method: "DELETE", path: "/users/alice/app-passwords", token: rw, status: 200},
 		{method: "GET", path: "/users/alice/methods", token: ro, status: 200},
@@ -289,6 +290,12 @@ func walk(t *testing.T, f *fixture) {
 		{method: "DELETE", path: "/users/carol", token: rw, status: 404, code: "not_found"},
 	} {
 		f.do(c)
+	}
+
+	// An app password bound to networks: they come back as prefixes.
+	_, body := f.do(call{method: "POST", path: "/users/alice/app-passwords", token: rw, body: `{"label":"Printer","scopes":["smtp"],"networks":["192.0.2.0/24","2001:db8::1"]}`, status: 201})
+	if !strings.Contains(string(body), `"networks":["192.0.2.0/24","2001:db8::1/128"]`) {
+		t.Errorf("created app password with networks: %s", body)
 	}
 
 	// Paging users: pages of 1 until past the end.
@@ -314,7 +321,7 @@ func walk(t *testing.T, f *fixture) {
 	if strings.Join(names, ",") != "alice,bob" {
 		t.Errorf("paged users = %v, want alice,bob", names)
 	}
-	_, body := f.do(call{method: "GET", path: "/users?after=zzz", token: ro, status: 200})
+	_, body = f.do(call{method: "GET", path: "/users?after=zzz", token: ro, status: 200})
 	if !strings.Contains(string(body), `"users":[]`) {
 		t.Errorf("past the end: %s", body)
 	}

@@ -57,7 +57,9 @@ func seed(b *testing.B, driver, dsn string) {
 	for _, q := range []string{
 		`INSERT INTO users (name_key, name, mfa, created_at, updated_at) SELECT 'user' || ` + pad + `, 'user' || ` + pad + `, CASE WHEN x % 3 = 0 THEN 'enabled' WHEN x % 3 = 1 THEN 'enforced' ELSE 'disabled' END, ` + now + `, ` + now + ` FROM (` + fmt.Sprintf(series, 10000) + `) s`,
 		`INSERT INTO app_passwords (user_key, user_name, label, label_key, scopes, hash, created_at, last_used_at) SELECT 'user' || ` + pad2(driver) + `, 'user' || ` + pad2(driver) + `, 'app' || x, 'app' || x, 'imap,smtp,ldap', ` + hash + `, ` + now + `, ` + ts("x") + ` FROM (` + fmt.Sprintf(series, 50000) + `) s`,
-		`INSERT INTO audit_events (time, actor, action, subject, subject_key, outcome, detail) SELECT ` + ts("x") + `, 'imap:192.0.2.' || (x % 250) || ':' || (1024 + x % 60000), 'login', 'user' || ` + pad3(driver) + `, 'user' || ` + pad3(driver) + `, 'success', CASE WHEN x % 10 = 0 THEN 'credential=primary tls=yes reason=primary password accepted; would be refused once enforced client=Client' || (x % 7) ELSE 'credential=app-password:1 (app) tls=yes reason=app password matched' END FROM (` + fmt.Sprintf(series, 1000000) + `) s`,
+		`INSERT INTO audit_events (time, is_login, actor, detail, action, subject, subject_key, outcome, protocol, client_addr, client_port, tls, credential, app_password_id, label, reason, client_name) SELECT ` + ts("x") + `, TRUE, '', '', 'login', 'user' || ` + pad3(driver) + `, 'user' || ` + pad3(driver) + `, 'success', 'imap', '192.0.2.' || (x % 250), 1024 + x % 60000, TRUE, ` +
+			`CASE WHEN x % 10 = 0 THEN 'primary' ELSE 'app-password' END, CASE WHEN x % 10 = 0 THEN NULL ELSE 1 END, CASE WHEN x % 10 = 0 THEN '' ELSE 'app' END, ` +
+			`CASE WHEN x % 10 = 0 THEN 'primary password accepted; would be refused once enforced' ELSE 'app password matched' END, CASE WHEN x % 10 = 0 THEN 'Client' || (x % 7) ELSE '' END FROM (` + fmt.Sprintf(series, 1000000) + `) s`,
 	} {
 		if _, err := db.ExecContext(ctx, q); err != nil {
 			b.Fatalf("seed: %v\n%s", err, q)
@@ -125,6 +127,11 @@ func BenchmarkAdminAtScale(b *testing.B) {
 			mux.Handle("/api/v1/", a)
 			srv := httptest.NewServer(mux)
 			defer srv.Close()
+			// The seeded primary-password logins of enabled users are
+			// what the rollout page reports: check it finds them.
+			if ro, err := st.Rollout(ctx, time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)); err != nil || len(ro) < 333 {
+				b.Fatalf("Rollout over the seeded events = %d rows, %v; want at least one per enabled user with such logins (333)", len(ro), err)
+			}
 			for _, c := range []struct{ name, path string }{
 				{"users-first", "/admin/users"},
 				{"users-search", "/admin/users?search=user0424"},
