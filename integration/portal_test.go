@@ -305,12 +305,15 @@ func webClient() *http.Client {
 // (MFA enabled by an admin with the command line) signs in with her
 // Dovecot password (web.verify imap), registers an authenticator app and
 // sees her recovery codes, creates the app password "Outlook 2010",
-// logs in over IMAP with it, deletes it after confirming, and the next
-// IMAP login fails; she registers a passkey with Chromium's virtual
-// authenticator and signs in with it. Along the way: the session cookie's
-// attributes, a new session id at each sign-in, a TOTP code refused the
-// second time, axe-core on every page, screenshots of Security info, and
-// no secret in passgate's log.
+// logs in over IMAP with it, creates "Office scanner" allowed only from
+// some networks (a malformed one refused first), which logs in from
+// inside them and gets the uniform failure from elsewhere, deletes
+// "Outlook 2010" after confirming, and the next IMAP login fails; she
+// registers a passkey with Chromium's virtual authenticator and signs in
+// with it. Along the way: the session cookie's attributes, a new session
+// id at each sign-in, a TOTP code refused the second time, axe-core on
+// every page, screenshots of Security info and of the refused network,
+// and no secret in passgate's log.
 func TestPortalFlow(t *testing.T) {
 	d := env.dovecot
 	p := startPassgate(t, passgateConfig{web: true, failureDelay: "200ms"})
@@ -399,6 +402,51 @@ func TestPortalFlow(t *testing.T) {
 	}
 	c.Logout().Wait()
 
+	// App password "Office scanner", allowed only from some networks
+	// (Advanced → Allowed networks): a malformed network is refused with
+	// a message and the form kept; then it logs in from inside them and
+	// gets the uniform failure from elsewhere, as one made with
+	// app-password create --networks (TestIMAPAppPasswordNetworks).
+	w.press("Add sign-in method")
+	w.choose("App password")
+	w.press("Add")
+	w.fill("Name", "Office scanner")
+	w.click("Advanced")
+	w.fill("Allowed networks", "127.0.0.40/33")
+	w.press("Next")
+	if msg := w.alert(); !strings.Contains(msg, `"127.0.0.40/33" is not an address or a network`) {
+		t.Errorf("a malformed network gets %q, want a message that names it", msg)
+	}
+	if got := w.text("textbox", "Name"); got != "Office scanner" {
+		t.Errorf("the refused form lost its name: %q", got)
+	}
+	axeClean(t, w.ctx, "app password with a malformed network")
+	screens(t, w, "app-password-networks-refused")
+	w.fill("Allowed networks", "127.0.0.40/30, 2001:db8::1")
+	w.press("Next")
+	scanner := w.text("", "Password")
+	secrets["app password with networks"] = scanner
+	w.seeText("usable only from 127.0.0.40/30, 2001:db8::1/128")
+	w.press("Done")
+	w.see("heading", "Security info")
+	w.seeText("Only from 127.0.0.40/30, 2001:db8::1/128")
+	uniform := "a " + uniformFailure + "\r\n"
+	if got := p.rawLoginFrom(t, "127.0.0.41", "alice", scanner); !strings.HasPrefix(got, "a OK") {
+		t.Errorf("IMAP LOGIN with the portal's app password from inside its networks: %q", got)
+	}
+	for _, from := range []string{"127.0.0.44", "127.0.0.1"} {
+		if got := p.rawLoginFrom(t, from, "alice", scanner); got != uniform {
+			t.Errorf("IMAP LOGIN with the portal's app password from %s, outside its networks: %q, want the uniform failure", from, got)
+		}
+	}
+	var audit string
+	if !eventually(patience, func() bool {
+		audit = p.admin(t, "audit", "--user", "alice")
+		return strings.Contains(audit, "is not allowed from 127.0.0.44 (its networks: 127.0.0.40/30,2001:db8::1/128)")
+	}) {
+		t.Errorf("the audit trail does not say why the app password was refused:\n%s", audit)
+	}
+
 	// Security info: axe-core and the screenshots (after a reload, so
 	// that the last use of the app password shows).
 	w.visit("/")
@@ -407,6 +455,7 @@ func TestPortalFlow(t *testing.T) {
 	// Its last use: time, address without the port, protocol, client
 	// name; the sessions in a short form with their address.
 	w.seeText("from 127.0.0.1 over IMAP by Outlook 14.0")
+	w.seeText("Only from 127.0.0.40/30, 2001:db8::1/128")
 	w.seeText("Chrome on Linux")
 	if txt := w.page(); !strings.Contains(txt, "Signed in ") || !strings.Contains(txt, " from 127.0.0.1;") || strings.Contains(txt, "Mozilla/") {
 		t.Errorf("the sessions list does not show browser, address and start time in short:\n%s", txt)
@@ -583,6 +632,28 @@ func TestPortalFlow(t *testing.T) {
 
 // totpOpts are the parameters every authenticator app uses.
 var totpOpts = totp.ValidateOpts{Period: 30, Skew: 1, Digits: 6}
+
+// screens takes screenshots of the tab's page at desktop and phone
+// width (name-desktop.png, name-phone.png), checks that neither scrolls
+// sideways, and leaves the tab at desktop width.
+func screens(t *testing.T, w *portal, name string) {
+	t.Helper()
+	for _, s := range []struct {
+		suffix string
+		win    testenv.Window
+	}{{"desktop", testenv.Desktop}, {"phone", testenv.Phone}} {
+		if err := chromedp.Do(w.ctx, testenv.SetWindow(s.win)); err != nil {
+			t.Fatal(err)
+		}
+		shot(t, w.ctx, w.b, name+"-"+s.suffix)
+		if wide, err := chromedp.Run(w.ctx, chromedp.Evaluate[bool](`document.documentElement.scrollWidth > window.innerWidth`)); err != nil || wide {
+			t.Errorf("%s at %dpx scrolls sideways (%v)", name, s.win.Width, err)
+		}
+	}
+	if err := chromedp.Do(w.ctx, testenv.SetWindow(testenv.Desktop)); err != nil {
+		t.Fatal(err)
+	}
+}
 
 // checkCookie checks the session cookie's attributes after a sign-in, and
 // that its value differs from the one before (nil: none).

@@ -213,9 +213,12 @@ func (s *Service) Methods(ctx context.Context, user string) (Methods, error) {
 }
 
 // CreateAppPassword creates an app password for the actor, with the
-// command line's rules, and audits it. The secret is returned once.
-func (s *Service) CreateAppPassword(ctx context.Context, a Actor, label string, scopes []string, expires *time.Time) (AppPassword, string, error) {
-	return s.createAppPassword(ctx, a, a.User, label, scopes, nil, expires)
+// command line's rules, and audits it. networks, when not empty, are the
+// only networks (CIDRs, or single addresses) it may be used from; the
+// store refuses a malformed one with an error matching ErrInvalid. The
+// secret is returned once.
+func (s *Service) CreateAppPassword(ctx context.Context, a Actor, label string, scopes, networks []string, expires *time.Time) (AppPassword, string, error) {
+	return s.createAppPassword(ctx, a, a.User, label, scopes, networks, expires)
 }
 
 // createAppPassword creates an app password for user, on behalf of a.

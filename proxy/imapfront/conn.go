@@ -8,12 +8,12 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/netip"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/passgate/passgate/policy"
+	"github.com/passgate/passgate/proxy/lifecycle"
 	"github.com/passgate/passgate/proxy/observe"
 	"github.com/passgate/passgate/proxy/revoke"
 )
@@ -28,7 +28,6 @@ type conn struct {
 	raw    net.Conn // as accepted
 	nc     net.Conn // raw, or the *tls.Conn over it
 	br     *bufio.Reader
-	client netip.AddrPort
 	ctx    context.Context
 	cancel context.CancelFunc
 
@@ -51,33 +50,14 @@ type conn struct {
 
 func newConn(s *Server, nc net.Conn) *conn {
 	ctx, cancel := context.WithCancel(s.baseCtx)
-	client := addrPort(nc.RemoteAddr())
 	return &conn{
 		srv:     s,
 		raw:     nc,
 		nc:      nc,
-		client:  client,
 		ctx:     ctx,
 		cancel:  cancel,
-		Session: observe.Session{ConnID: s.nextID.Add(1), Proto: policy.IMAP.String(), RemoteAddr: client},
+		Session: observe.Session{ConnID: s.nextID.Add(1), Proto: policy.IMAP.String(), RemoteAddr: lifecycle.ClientAddr(nc)},
 	}
-}
-
-// addrPort converts a net.Addr to a netip.AddrPort (IPv4-mapped addresses
-// unmapped); it returns the zero value when the address is not IP.
-func addrPort(a net.Addr) netip.AddrPort {
-	if ta, ok := a.(*net.TCPAddr); ok {
-		ap := ta.AddrPort()
-		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
-	}
-	if a == nil {
-		return netip.AddrPort{}
-	}
-	ap, err := netip.ParseAddrPort(a.String())
-	if err != nil {
-		return netip.AddrPort{}
-	}
-	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 }
 
 // shutdown asks a connection that has not logged in to end: its goroutine
@@ -117,7 +97,7 @@ func (c *conn) farewell(cause error) []byte {
 	switch {
 	case errors.Is(cause, revoke.ErrRevoked):
 		return []byte("* BYE Session closed: the app password it logged in with was deleted\r\n")
-	case c.isClosing() || c.srv.isClosing():
+	case c.isClosing() || c.srv.set.Closing():
 		return []byte("* BYE Server shutting down\r\n")
 	}
 	return nil
@@ -281,7 +261,7 @@ func (c *conn) reply(s string) bool {
 
 // plaintextOK reports whether the client may send a password now.
 func (c *conn) plaintextOK() bool {
-	return c.isTLS || c.srv.opts.Decider.PlaintextAllowed(c.client, false)
+	return c.isTLS || c.srv.opts.Decider.PlaintextAllowed(c.RemoteAddr, false)
 }
 
 // caps returns the capability list for the connection's current state.
@@ -358,9 +338,7 @@ func (c *conn) handshake() bool {
 	defer cancel()
 	if err := tc.HandshakeContext(hctx); err != nil {
 		c.Ended = "tls_handshake_failed"
-		c.srv.log.LogAttrs(c.ctx, slog.LevelDebug, "tls handshake failed",
-			slog.String("proto", policy.IMAP.String()), slog.String("remote_addr", c.client.String()),
-			slog.Any("err", err))
+		c.Event(c.ctx, c.srv.log, slog.LevelDebug, "tls handshake failed", slog.Any("err", err))
 		return false
 	}
 	st := tc.ConnectionState()

@@ -7,7 +7,7 @@ import "bytes"
 const maxLiteralDigits = 19
 
 // responseFramer follows an IMAP server's response stream (RFC 9051 §7)
-// for relay.RunWith, so that passgate's own "* BYE" at shutdown or
+// for relay.Run, so that passgate's own "* BYE" at shutdown or
 // revocation lands between two responses, never inside one or inside a
 // literal: a response ends at a CRLF that does not end in a literal
 // announcement ("{n}" or "~{n}"), after which n octets of literal follow

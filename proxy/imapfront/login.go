@@ -163,7 +163,7 @@ func (c *conn) attempt(user, secret []byte) policy.Attempt {
 		Proto:      policy.IMAP,
 		User:       string(user),
 		Secret:     policy.Secret(secret),
-		Client:     c.client,
+		Client:     c.RemoteAddr,
 		TLS:        c.isTLS,
 		ClientName: c.clientName,
 		Received:   time.Now(),
@@ -249,9 +249,7 @@ func (c *conn) login(tag string, user, secret []byte) bool {
 
 	l, err := c.srv.opts.Decider.Decide(lctx, a)
 	if err != nil {
-		c.srv.log.LogAttrs(c.ctx, slog.LevelWarn, "auth decision failed",
-			slog.String("proto", policy.IMAP.String()), slog.String("user", a.User),
-			slog.String("remote_addr", c.client.String()), slog.Any("err", err))
+		c.Event(c.ctx, c.srv.log, slog.LevelWarn, "auth decision failed", slog.String("user", a.User), slog.Any("err", err))
 	}
 	if !l.Allowed() {
 		return c.answer(tag, l, policy.NotAsked)
@@ -260,7 +258,7 @@ func (c *conn) login(tag string, user, secret []byte) bool {
 	req := LoginRequest{
 		User:     l.User(),
 		Primary:  primary,
-		Client:   c.client,
+		Client:   c.RemoteAddr,
 		ClientID: c.clientID,
 	}
 	if primary {
@@ -271,9 +269,7 @@ func (c *conn) login(tag string, user, secret []byte) bool {
 		if errors.Is(err, ErrUpstreamRefused) {
 			return c.answer(tag, l, policy.Refused)
 		}
-		c.srv.log.LogAttrs(c.ctx, slog.LevelWarn, "upstream login failed",
-			slog.String("proto", policy.IMAP.String()), slog.String("user", a.User),
-			slog.String("remote_addr", c.client.String()), slog.Any("err", err))
+		c.Event(c.ctx, c.srv.log, slog.LevelWarn, "upstream login failed", slog.String("user", a.User), slog.Any("err", err))
 		return c.answer(tag, l, policy.Unreachable(err))
 	}
 	l.Finish(c.ctx, policy.Accepted)
@@ -306,7 +302,7 @@ func (c *conn) login(tag string, user, secret []byte) bool {
 	rctx, release := c.srv.relays.Track(c.ctx, l.AppPasswordID())
 	client := relay.WithBuffered(c.nc, c.br)
 	c.br = nil // the relay reads the connection itself from now on
-	st := relay.RunWith(rctx, client, up, relay.Options{Framer: newResponseFramer(), Farewell: c.farewell})
+	st := relay.Run(rctx, client, up, relay.Options{Framer: newResponseFramer(), Farewell: c.farewell})
 	release()
 	c.Outcome = observe.OutcomeRelayed
 	c.BytesIn, c.BytesOut, c.Ended = st.BytesIn, st.BytesOut, st.EndedBy

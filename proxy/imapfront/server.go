@@ -10,8 +10,9 @@
 // then hands both connections to proxy/relay, which copies bytes until
 // either side closes. It never copies bytes after login itself.
 //
-// It imports policy (for the Attempt and Login types) and proxy/relay,
-// and no other protocol package; backends are reached only through the
+// It imports policy (for the Attempt and Login types), proxy/relay and the
+// shared front pieces (lifecycle, revoke, observe, connlimit), and no
+// other protocol package; backends are reached only through the
 // interfaces declared here.
 //
 // Every failure of a login looks the same to the client: the same reply
@@ -35,18 +36,6 @@ import (
 	"github.com/passgate/passgate/proxy/observe"
 	"github.com/passgate/passgate/proxy/revoke"
 )
-
-// Decider is the decision as the listener calls it. *policy.Engine
-// implements it. Every Login it returns is finished by the listener.
-type Decider interface {
-	// Decide decides one attempt; an error means no decision could be
-	// made (the Login then finishes as a temporary failure).
-	Decide(ctx context.Context, a policy.Attempt) (*policy.Login, error)
-	// Undecided is a Login the listener refuses without a decision.
-	Undecided(a policy.Attempt, reason string) *policy.Login
-	// PlaintextAllowed reports whether client may send a password without TLS.
-	PlaintextAllowed(client netip.AddrPort, tls bool) bool
-}
 
 // IDField is one field of the client's IMAP ID (RFC 2971), e.g. name or
 // version.
@@ -104,7 +93,7 @@ const (
 type Options struct {
 	// Conns learns when connections open and close (metrics); optional.
 	Conns       observe.Conns
-	Decider     Decider
+	Decider     lifecycle.Decider
 	Upstream    Upstream
 	Relays      *revoke.Registry // live sessions by app password; default: a private registry
 	TLSConfig   *tls.Config      // for STARTTLS, or for every connection with ImplicitTLS; nil: no TLS
@@ -143,24 +132,12 @@ func New(opts Options) *Server {
 	if opts.Relays == nil {
 		opts.Relays = revoke.NewRegistry()
 	}
-	if opts.Logger == nil {
-		opts.Logger = slog.New(slog.DiscardHandler)
-	}
-	if opts.MaxLineLength <= 0 {
-		opts.MaxLineLength = DefaultMaxLineLength
-	}
-	if opts.MaxLiteral <= 0 {
-		opts.MaxLiteral = DefaultMaxLiteral
-	}
-	if opts.MaxCommands <= 0 {
-		opts.MaxCommands = DefaultMaxCommands
-	}
-	if opts.MaxAuthFailures <= 0 {
-		opts.MaxAuthFailures = DefaultMaxAuthFailures
-	}
-	if opts.PreLoginTimeout <= 0 {
-		opts.PreLoginTimeout = DefaultPreLoginTimeout
-	}
+	opts.Logger = lifecycle.Logger(opts.Logger)
+	lifecycle.Default(&opts.MaxLineLength, DefaultMaxLineLength)
+	lifecycle.Default(&opts.MaxLiteral, DefaultMaxLiteral)
+	lifecycle.Default(&opts.MaxCommands, DefaultMaxCommands)
+	lifecycle.Default(&opts.MaxAuthFailures, DefaultMaxAuthFailures)
+	lifecycle.Default(&opts.PreLoginTimeout, DefaultPreLoginTimeout)
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Server{
 		opts:       opts,
@@ -183,10 +160,7 @@ func (s *Server) Serve(ln net.Listener) error {
 		Run:    (*conn).serve,
 		// One bad connection never takes the server down.
 		Panicked: func(c *conn, r any, stack []byte) {
-			s.log.LogAttrs(s.baseCtx, slog.LevelError, "connection panic",
-				slog.String("proto", policy.IMAP.String()),
-				slog.String("remote_addr", c.client.String()),
-				slog.Any("err", r), slog.String("stack", string(stack)))
+			c.Event(s.baseCtx, s.log, slog.LevelError, "connection panic", slog.Any("err", r), slog.String("stack", string(stack)))
 			c.closeAll()
 		},
 		Retry: func(err error) {
@@ -195,8 +169,6 @@ func (s *Server) Serve(ln net.Listener) error {
 		},
 	})
 }
-
-func (s *Server) isClosing() bool { return s.set.Closing() }
 
 // Shutdown stops accepting, says "* BYE Server shutting down" to every
 // connection that has not logged in yet and closes it, then waits for the

@@ -21,10 +21,11 @@ import (
 	"github.com/passgate/passgate/backends/apppass"
 	"github.com/passgate/passgate/backends/store"
 	"github.com/passgate/passgate/policy"
+	"github.com/passgate/passgate/proxy/lifecycle"
 )
 
 // The real decision engine is a Decider.
-var _ Decider = (*policy.Engine)(nil)
+var _ lifecycle.Decider = (*policy.Engine)(nil)
 
 func TestNewPanicsOnWiringBugs(t *testing.T) {
 	tests := []struct {

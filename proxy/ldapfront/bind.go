@@ -67,16 +67,16 @@ func (c *conn) bind(m message) {
 	}
 	tlsOn := c.tls.Load()
 	dec := c.srv.opts.Decider
-	if !dec.PlaintextAllowed(c.remote, tlsOn) {
+	if !dec.PlaintextAllowed(c.RemoteAddr, tlsOn) {
 		// The password came in clear: the decision's step 1 refuses and
 		// audits it, without any lookup.
-		l, _ := dec.Decide(c.ctx, policy.Attempt{Proto: policy.LDAP, User: name, Client: c.remote, Received: started})
+		l, _ := dec.Decide(c.ctx, policy.Attempt{Proto: policy.LDAP, User: name, Client: c.RemoteAddr, Received: started})
 		c.answer(m, l, policy.NotAsked, "")
 		return
 	}
 	a := policy.Attempt{
 		Proto: policy.LDAP, User: name, Secret: policy.Secret(req.password),
-		Client: c.remote, TLS: tlsOn, Received: started,
+		Client: c.RemoteAddr, TLS: tlsOn, Received: started,
 	}
 	bn, mapped := c.srv.names.mapName(name)
 	if !mapped {
@@ -254,20 +254,15 @@ func (c *conn) primaryBind(m message, l *policy.Login, bn boundName, password []
 // with the attempt recorded, so that the reply says nothing about the
 // secret.
 func (c *conn) unavailable(m message, l *policy.Login, op string, err error) {
-	c.srv.log.LogAttrs(c.ctx, slog.LevelError, "ldap bind failed for a temporary reason",
-		slog.String("proto", policy.LDAP.String()), slog.Uint64("conn_id", c.id),
-		slog.String("remote_addr", c.remote.String()), slog.String("user", l.User()),
-		slog.String("upstream", op), slog.Any("err", err))
+	c.Event(c.ctx, c.srv.log, slog.LevelError, "ldap bind failed for a temporary reason",
+		slog.String("user", l.User()), slog.String("upstream", op), slog.Any("err", err))
 	c.answer(m, l, policy.Unreachable(err), op)
 }
 
 // refuse logs why the listener refused a bind and answers it as a
 // refused one.
 func (c *conn) refuse(m message, l *policy.Login, reason string) {
-	c.srv.log.LogAttrs(c.ctx, slog.LevelWarn, bindFailureLogMessage,
-		slog.String("proto", policy.LDAP.String()), slog.Uint64("conn_id", c.id),
-		slog.String("remote_addr", c.remote.String()), slog.String("user", l.User()),
-		slog.String("reason", reason))
+	c.Event(c.ctx, c.srv.log, slog.LevelWarn, bindFailureLogMessage, slog.String("user", l.User()), slog.String("reason", reason))
 	c.answer(m, l, policy.NotAsked, "")
 }
 
@@ -276,17 +271,15 @@ func (c *conn) refuse(m message, l *policy.Login, reason string) {
 // MaxBindFailures refusals the connection is closed. op names the step
 // of a temporary failure ("decision" has its own text).
 func (c *conn) answer(m message, l *policy.Login, r policy.Result, op string) {
-	if l.Credential() != policy.NoCredential {
-		c.mu.Lock()
-		c.user, c.credential = l.User(), l.Credential().String()
-		if l.Credential() == policy.AppPassword {
-			c.credential += ":" + strconv.FormatInt(l.AppPasswordID(), 10)
-		}
-		c.mu.Unlock()
-	}
 	c.mu.Lock()
-	if c.outcome != observe.OutcomeRelayed {
-		c.outcome = observe.OutcomeFailed
+	if l.Credential() != policy.NoCredential {
+		c.User, c.Credential = l.User(), l.Credential().String()
+		if l.Credential() == policy.AppPassword {
+			c.Credential += ":" + strconv.FormatInt(l.AppPasswordID(), 10)
+		}
+	}
+	if c.Outcome != observe.OutcomeRelayed {
+		c.Outcome = observe.OutcomeFailed
 	}
 	c.mu.Unlock()
 	switch l.Finish(c.ctx, r) {
@@ -316,13 +309,13 @@ func (c *conn) setIdentity(id identity) {
 	release := c.release
 	c.release = nil
 	if id.user != "" {
-		c.user = id.user
+		c.User = id.user
 	}
 	switch id.kind {
 	case identApp:
-		c.credential, c.outcome = "app-password:"+strconv.FormatInt(id.appID, 10), observe.OutcomeRelayed
+		c.Credential, c.Outcome = "app-password:"+strconv.FormatInt(id.appID, 10), observe.OutcomeRelayed
 	case identPrimary:
-		c.credential, c.outcome = "primary", observe.OutcomeRelayed
+		c.Credential, c.Outcome = "primary", observe.OutcomeRelayed
 	}
 	c.mu.Unlock()
 	if release != nil {
@@ -338,9 +331,7 @@ func (c *conn) setIdentity(id identity) {
 	tctx, rel := reg.Track(c.ctx, id.appID)
 	context.AfterFunc(tctx, func() {
 		if errors.Is(context.Cause(tctx), revoke.ErrRevoked) {
-			c.srv.log.LogAttrs(context.Background(), slog.LevelInfo, "ldap session revoked",
-				slog.String("proto", policy.LDAP.String()), slog.Uint64("conn_id", c.id),
-				slog.String("remote_addr", c.remote.String()), slog.String("user", id.user))
+			c.Event(context.Background(), c.srv.log, slog.LevelInfo, "ldap session revoked", slog.String("user", id.user))
 			c.stop(revoke.ErrRevoked)
 		}
 	})

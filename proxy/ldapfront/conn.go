@@ -8,13 +8,13 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/passgate/passgate/backends/ldapwire"
 	"github.com/passgate/passgate/policy"
+	"github.com/passgate/passgate/proxy/lifecycle"
 	"github.com/passgate/passgate/proxy/observe"
 )
 
@@ -67,10 +67,10 @@ type pending struct {
 // time behind the operations before them and sends relayed operations to
 // the upstream session, whose reader writes the answers back.
 type conn struct {
-	srv    *Server
-	id     uint64
-	remote netip.AddrPort
-	start  time.Time
+	srv *Server
+	// The session log line: ConnID, Proto, RemoteAddr and Start are set
+	// at accept; User, Credential and Outcome are guarded by mu.
+	observe.Session
 
 	ctx    context.Context
 	cancel context.CancelCauseFunc
@@ -93,9 +93,6 @@ type conn struct {
 	inflight    map[int64]*pending
 	sess        Session
 	release     func() // ends the registry tracking of the current app password
-	user        string // for the session log line
-	credential  string // likewise: the last bind's that matched one, "" for none
-	outcome     string // likewise: observe.OutcomeRelayed once a bind succeeded
 
 	bytesIn, bytesOut atomic.Int64 // LDAP messages read and written
 
@@ -109,9 +106,8 @@ func (s *Server) newConn(nc net.Conn) *conn {
 	ctx, cancel := context.WithCancelCause(s.ctx)
 	c := &conn{
 		srv:        s,
-		id:         s.nextID.Add(1),
+		Session:    observe.Session{ConnID: s.nextID.Add(1), Proto: policy.LDAP.String(), RemoteAddr: lifecycle.ClientAddr(nc), Start: time.Now()},
 		nc:         nc,
-		start:      time.Now(),
 		ctx:        ctx,
 		cancel:     cancel,
 		queue:      make(chan *request, s.opts.MaxInFlight),
@@ -119,9 +115,6 @@ func (s *Server) newConn(nc net.Conn) *conn {
 		queued:     make(map[int64]*request),
 		spaceFreed: make(chan struct{}, 1),
 		inflight:   make(map[int64]*pending),
-	}
-	if ap, err := netip.ParseAddrPort(nc.RemoteAddr().String()); err == nil {
-		c.remote = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 	}
 	return c
 }
@@ -149,10 +142,9 @@ func (c *conn) serve() {
 			ended = cause.Error()
 		}
 		c.mu.Lock()
-		line := observe.Session{ConnID: c.id, Proto: policy.LDAP.String(), User: c.user, RemoteAddr: c.remote,
-			Credential: c.credential, Outcome: c.outcome, BytesIn: c.bytesIn.Load(), BytesOut: c.bytesOut.Load(),
-			Ended: ended, Start: c.start}
+		line := c.Session
 		c.mu.Unlock()
+		line.BytesIn, line.BytesOut, line.Ended = c.bytesIn.Load(), c.bytesOut.Load(), ended
 		line.Log(context.Background(), c.srv.log, c.srv.opts.Conns, "ldap session closed",
 			slog.String("listener", c.srv.opts.Listener), slog.Bool("tls", c.tls.Load()))
 	}()
@@ -224,9 +216,7 @@ func (c *conn) handshake() bool {
 	ctx, cancel := context.WithTimeout(c.ctx, handshakeTimeout)
 	defer cancel()
 	if err := tc.HandshakeContext(ctx); err != nil {
-		c.srv.log.LogAttrs(ctx, slog.LevelInfo, "ldap tls handshake failed",
-			slog.String("proto", policy.LDAP.String()), slog.Uint64("conn_id", c.id),
-			slog.String("remote_addr", c.remote.String()), slog.Any("err", err))
+		c.Event(ctx, c.srv.log, slog.LevelInfo, "ldap tls handshake failed", slog.Any("err", err))
 		return false
 	}
 	c.wmu.Lock()
@@ -243,7 +233,7 @@ func (c *conn) readDeadline() time.Time {
 	if c.authed.Load() {
 		return time.Now().Add(c.srv.opts.IdleTimeout)
 	}
-	return c.start.Add(c.srv.opts.PreBindTimeout)
+	return c.Start.Add(c.srv.opts.PreBindTimeout)
 }
 
 // maxMessage is the largest message accepted now: at most
@@ -288,8 +278,7 @@ func (c *conn) readLoop() {
 		}
 		switch {
 		case errors.Is(err, ldapwire.ErrTooLarge):
-			c.srv.log.LogAttrs(c.ctx, slog.LevelWarn, "ldap message too large",
-				slog.String("proto", policy.LDAP.String()), slog.Uint64("conn_id", c.id), slog.String("remote_addr", c.remote.String()))
+			c.Event(c.ctx, c.srv.log, slog.LevelWarn, "ldap message too large")
 			c.disconnect(resultProtocolError, "LDAP message exceeds passgate's size limit")
 			return
 		case errors.Is(err, ldapwire.ErrMalformed):
@@ -297,8 +286,7 @@ func (c *conn) readLoop() {
 			return
 		case err != nil:
 			if !errors.Is(err, io.EOF) && c.ctx.Err() == nil {
-				c.srv.log.LogAttrs(c.ctx, slog.LevelDebug, "ldap read ended",
-					slog.Uint64("conn_id", c.id), slog.Any("err", err))
+				c.Event(c.ctx, c.srv.log, slog.LevelDebug, "ldap read ended", slog.Any("err", err))
 			}
 			return
 		}
@@ -661,9 +649,7 @@ func (c *conn) ensureSession(m message, want sessState) bool {
 }
 
 func (c *conn) upstreamFailed(m message, op string, err error) {
-	c.srv.log.LogAttrs(c.ctx, slog.LevelError, "ldap upstream failed",
-		slog.String("proto", policy.LDAP.String()), slog.Uint64("conn_id", c.id),
-		slog.String("remote_addr", c.remote.String()), slog.String("upstream", op), slog.Any("err", err))
+	c.Event(c.ctx, c.srv.log, slog.LevelError, "ldap upstream failed", slog.String("upstream", op), slog.Any("err", err))
 	c.respond(m.ID, m.Op.Tag, resultUnavailable, msgUnavailable)
 }
 

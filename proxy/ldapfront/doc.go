@@ -12,8 +12,9 @@
 // searches and compares to the directory as passgate's service account with
 // the RFC 4370 proxied authorization control naming the user, so that the
 // directory's ACLs apply as if the user had bound. It imports policy and
-// proxy/relay (the registry that closes sessions of deleted app passwords),
-// never another front or a backend.
+// the shared front pieces (proxy/lifecycle, and proxy/revoke, the registry
+// that closes sessions of deleted app passwords), never another front or a
+// backend.
 //
 // Why no LDAP server library: go-ldap has no server side; jimlambrt/gldap has
 // no message size or in-flight caps and no Compare, ModifyDN or Abandon;

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/netip"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
@@ -18,18 +17,6 @@ import (
 	"github.com/passgate/passgate/proxy/observe"
 	"github.com/passgate/passgate/proxy/revoke"
 )
-
-// Decider is the decision as the listener calls it; *policy.Engine
-// implements it. Every Login it returns is finished by the listener.
-type Decider interface {
-	// Decide decides one bind; an error means none could be made (the
-	// Login then finishes as a temporary failure).
-	Decide(ctx context.Context, a policy.Attempt) (*policy.Login, error)
-	// Undecided is a Login the listener ends without a decision: a bind
-	// name that maps to no user, a directory down before the decision.
-	Undecided(a policy.Attempt, reason string) *policy.Login
-	PlaintextAllowed(client netip.AddrPort, tls bool) bool
-}
 
 // Upstream is the directory behind passgate (backends/ldapupstream wired by
 // cmd/passgate).
@@ -109,7 +96,7 @@ const (
 type Options struct {
 	// Conns learns when connections open and close (metrics); optional.
 	Conns    observe.Conns
-	Decider  Decider
+	Decider  lifecycle.Decider
 	Upstream Upstream
 	// Registry closes the connection of a client whose app password is
 	// deleted. Optional.
@@ -142,14 +129,8 @@ type Options struct {
 	Logger               *slog.Logger
 }
 
-// constError is an error that can be a constant, so that sentinel errors
-// are not package-level variables.
-type constError string
-
-func (e constError) Error() string { return string(e) }
-
 // ErrServerClosed is returned by Serve after Shutdown or Close.
-const ErrServerClosed = constError("ldapfront: server closed")
+var ErrServerClosed = errors.New("ldapfront: server closed")
 
 // Server is an LDAP listener. Create it with New.
 type Server struct {
@@ -235,31 +216,13 @@ func New(opts Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	if opts.MaxMessageBytes <= 0 {
-		opts.MaxMessageBytes = DefaultMaxMessageBytes
-	}
-	if opts.MaxBindFailures <= 0 {
-		opts.MaxBindFailures = DefaultMaxBindFailures
-	}
-	if opts.PreBindTimeout <= 0 {
-		opts.PreBindTimeout = DefaultPreBindTimeout
-	}
-	if opts.IdleTimeout <= 0 {
-		opts.IdleTimeout = DefaultIdleTimeout
-	}
-	if opts.MaxInFlight <= 0 {
-		opts.MaxInFlight = DefaultMaxInFlight
-	}
-	if opts.Listener == "" {
-		opts.Listener = "ldap"
-		if opts.ImplicitTLS {
-			opts.Listener = "ldaps"
-		}
-	}
-	log := opts.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
+	lifecycle.Default(&opts.MaxMessageBytes, DefaultMaxMessageBytes)
+	lifecycle.Default(&opts.MaxBindFailures, DefaultMaxBindFailures)
+	lifecycle.Default(&opts.PreBindTimeout, DefaultPreBindTimeout)
+	lifecycle.Default(&opts.IdleTimeout, DefaultIdleTimeout)
+	lifecycle.Default(&opts.MaxInFlight, DefaultMaxInFlight)
+	opts.Listener = lifecycle.ListenerName(opts.Listener, opts.ImplicitTLS, "ldap", "ldaps")
+	log := lifecycle.Logger(opts.Logger)
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Server{
 		opts: opts, names: names, log: log, ctx: ctx, cancel: cancel,
@@ -305,9 +268,7 @@ func (s *Server) Close() error {
 // recoverConn logs a panic of a connection goroutine with its stack.
 func (s *Server) recoverConn(c *conn) {
 	if r := recover(); r != nil {
-		s.log.Error("ldap connection panic",
-			slog.String("proto", policy.LDAP.String()), slog.Uint64("conn_id", c.id),
-			slog.Any("err", fmt.Errorf("ldapfront: panic: %v\n%s", r, debug.Stack())))
+		c.Event(s.ctx, s.log, slog.LevelError, "ldap connection panic", slog.Any("err", fmt.Errorf("ldapfront: panic: %v\n%s", r, debug.Stack())))
 		c.stop(errors.New("panic"))
 	}
 }

@@ -62,9 +62,6 @@ type (
 	message = ldapwire.Message
 )
 
-// parseUint31 decodes a non-negative, minimally encoded INTEGER up to 2³¹−1.
-func parseUint31(b []byte) (int64, bool) { return ldapwire.ParseUint31(b) }
-
 // controlOIDs lists the controlType of every control in a [0] Controls
 // element.
 func controlOIDs(controls []byte) ([]string, error) {
@@ -91,9 +88,7 @@ func controlOIDs(controls []byte) ([]string, error) {
 	return oids, nil
 }
 
-// Encoders of ldapwire, under this package's names.
-func appendLength(dst []byte, n int) []byte         { return ldapwire.AppendLength(dst, n) }
-func appendInt(dst []byte, v int64) []byte          { return ldapwire.AppendInt(dst, v) }
+// envelope is ldapwire's encoder of an LDAPMessage, under this package's name.
 func envelope(id int64, op, controls []byte) []byte { return ldapwire.Envelope(id, op, controls) }
 
 // resultOp encodes an LDAPResult-shaped protocolOp with the given
@@ -152,14 +147,24 @@ type bindRequest struct {
 // its bytes). A simple bind's name and password fit many times over.
 const maxDecodedOp = 64 << 10
 
-// decodeBind decodes a BindRequest protocolOp with asn1-ber.
-func decodeBind(op element) (bindRequest, error) {
+// decodeOp decodes a BindRequest or ExtendedRequest protocolOp (what names
+// it in an error) with asn1-ber, up to maxDecodedOp bytes.
+func decodeOp(op element, what string) (*ber.Packet, error) {
 	if len(op.Raw) > maxDecodedOp {
-		return bindRequest{}, ldapwire.ErrMalformed
+		return nil, ldapwire.ErrMalformed
 	}
 	p, err := ber.DecodePacketErr(op.Raw)
 	if err != nil {
-		return bindRequest{}, fmt.Errorf("%w: bind request: %w", ldapwire.ErrMalformed, err)
+		return nil, fmt.Errorf("%w: %s: %w", ldapwire.ErrMalformed, what, err)
+	}
+	return p, nil
+}
+
+// decodeBind decodes a BindRequest protocolOp with asn1-ber.
+func decodeBind(op element) (bindRequest, error) {
+	p, err := decodeOp(op, "bind request")
+	if err != nil {
+		return bindRequest{}, err
 	}
 	if len(p.Children) != 3 {
 		return bindRequest{}, ldapwire.ErrMalformed
@@ -193,12 +198,9 @@ type extendedRequest struct {
 
 // decodeExtended decodes an ExtendedRequest protocolOp with asn1-ber.
 func decodeExtended(op element) (extendedRequest, error) {
-	if len(op.Raw) > maxDecodedOp {
-		return extendedRequest{}, ldapwire.ErrMalformed
-	}
-	p, err := ber.DecodePacketErr(op.Raw)
+	p, err := decodeOp(op, "extended request")
 	if err != nil {
-		return extendedRequest{}, fmt.Errorf("%w: extended request: %w", ldapwire.ErrMalformed, err)
+		return extendedRequest{}, err
 	}
 	if len(p.Children) < 1 || len(p.Children) > 2 {
 		return extendedRequest{}, ldapwire.ErrMalformed
@@ -226,7 +228,7 @@ func decodeAbandon(op element) (int64, error) {
 	if op.Constructed {
 		return 0, ldapwire.ErrMalformed
 	}
-	id, ok := parseUint31(op.Content)
+	id, ok := ldapwire.ParseUint31(op.Content)
 	if !ok {
 		return 0, ldapwire.ErrMalformed
 	}

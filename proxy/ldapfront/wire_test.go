@@ -206,8 +206,8 @@ func TestResultEncoding(t *testing.T) {
 		t.Fatalf("bind response decodes as %s", ber.DescribePacket(p))
 	}
 	for _, id := range []int64{0, 1, 127, 128, 255, 256, 65535, 1 << 24, maxMessageID} {
-		b := appendInt(nil, id)
-		if v, ok := parseUint31(b[2:]); !ok || v != id {
+		b := ldapwire.AppendInt(nil, id)
+		if v, ok := ldapwire.ParseUint31(b[2:]); !ok || v != id {
 			t.Fatalf("INTEGER %d encodes as %x, decodes as %d %v", id, b, v, ok)
 		}
 	}

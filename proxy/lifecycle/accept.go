@@ -2,7 +2,9 @@ package lifecycle
 
 import (
 	"errors"
+	"log/slog"
 	"net"
+	"net/netip"
 	"syscall"
 	"time"
 )
@@ -49,4 +51,43 @@ func retryable(err error) bool {
 		}
 	}
 	return false
+}
+
+// ClientAddr returns the address of nc's peer, IPv4-mapped addresses
+// unmapped; the zero value when it is not an IP address.
+func ClientAddr(nc net.Conn) netip.AddrPort {
+	var ap netip.AddrPort
+	if ta, ok := nc.RemoteAddr().(*net.TCPAddr); ok {
+		ap = ta.AddrPort()
+	} else if a := nc.RemoteAddr(); a != nil {
+		ap, _ = netip.ParseAddrPort(a.String())
+	}
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+}
+
+// Logger returns log, or a logger that discards when log is nil.
+func Logger(log *slog.Logger) *slog.Logger {
+	if log == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return log
+}
+
+// ListenerName returns name, or when it is empty the listener's default:
+// plain, or implicit for an implicit-TLS listener ("ldap", "ldaps").
+func ListenerName(name string, implicitTLS bool, plain, implicit string) string {
+	switch {
+	case name != "":
+		return name
+	case implicitTLS:
+		return implicit
+	}
+	return plain
+}
+
+// Default sets an option left out (zero, or not positive) to def.
+func Default[T int | int64 | time.Duration](v *T, def T) {
+	if *v <= 0 {
+		*v = def
+	}
 }

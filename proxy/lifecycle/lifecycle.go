@@ -7,19 +7,37 @@
 //
 // On the path of a login it is the first step, the accept loop; it knows
 // no protocol: a front says how to serve, drain and close one of its
-// connections. It imports only proxy/observe.
+// connections. It also declares, once for every front, the decision as a
+// front calls it (Decider). It imports only policy and proxy/observe.
 package lifecycle
 
 import (
 	"context"
 	"fmt"
 	"net"
+	"net/netip"
 	"runtime/debug"
 	"sync"
 	"time"
 
+	"github.com/passgate/passgate/policy"
 	"github.com/passgate/passgate/proxy/observe"
 )
+
+// Decider is the decision as every front calls it; *policy.Engine
+// implements it. Every Login it returns is finished by the front.
+type Decider interface {
+	// Decide decides one attempt; an error means no decision could be
+	// made (the Login then finishes as a temporary failure).
+	Decide(ctx context.Context, a policy.Attempt) (*policy.Login, error)
+	// Undecided is a Login the front ends without a decision: a
+	// malformed exchange, a name that maps to no user, an upstream down
+	// before the decision.
+	Undecided(a policy.Attempt, reason string) *policy.Login
+	// PlaintextAllowed reports whether client may send a password on a
+	// connection without TLS.
+	PlaintextAllowed(client netip.AddrPort, tls bool) bool
+}
 
 // Set is the listeners and live connections of one server. The zero
 // value is ready to use; it must not be copied.

@@ -77,6 +77,14 @@ type Session struct {
 	Start      time.Time
 }
 
+// Event logs one event of the connection (a failed login, a lost
+// upstream...) as msg at level, with the connection's keys first (conn_id,
+// proto, remote_addr), then attrs. It reads only the fields set at accept.
+func (s *Session) Event(ctx context.Context, log *slog.Logger, level slog.Level, msg string, attrs ...slog.Attr) {
+	log.LogAttrs(ctx, level, msg, append([]slog.Attr{slog.Uint64("conn_id", s.ConnID), slog.String("proto", s.Proto),
+		slog.String("remote_addr", s.RemoteAddr.String())}, attrs...)...)
+}
+
 // Log writes the session line as msg at level Info, with the listener's
 // own attributes (tls, listener, upstream...) after the common keys, and
 // tells c the bytes relayed.

@@ -88,7 +88,7 @@ type SignIn interface {
 // Accounts is what the portal does to an account (policy/account.Service).
 type Accounts interface {
 	Methods(ctx context.Context, user string) (account.Methods, error)
-	CreateAppPassword(ctx context.Context, a account.Actor, label string, scopes []string, expires *time.Time) (account.AppPassword, string, error)
+	CreateAppPassword(ctx context.Context, a account.Actor, label string, scopes, networks []string, expires *time.Time) (account.AppPassword, string, error)
 	DeleteAppPassword(ctx context.Context, a account.Actor, label string) (account.AppPassword, error)
 	NewTOTP(user string) (*otp.Key, error)
 	ConfirmTOTP(ctx context.Context, a account.Actor, seed, code string) ([]string, error)

@@ -443,6 +443,85 @@ func TestAppPasswords(t *testing.T) {
 	mustContain(t, b.get("/security-info"), "App passwords are switched off", `aria-label="Delete Phone"`)
 }
 
+// TestAppPasswordNetworks: the Allowed networks field under Advanced
+// reaches the store (a single address as /32 or /128, networks
+// canonical), shows in the list and on the new password's page, and a
+// malformed one is refused with a message naming it, the form kept and
+// Advanced open.
+func TestAppPasswordNetworks(t *testing.T) {
+	h := newHarness(t, nil)
+	b := h.browser()
+	b.signIn("alice", "alice-pw")
+	b.registerTOTP()
+	mustContain(t, b.get("/add/app-password"), `<label for="networks">Allowed networks</label>`, `aria-describedby="networks-hint"`, "<details>")
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name, field string
+		stored      string // the networks as stored and listed
+		refused     string // part of the message; "" when accepted
+	}{
+		{"ok/empty", "  ", "", ""},
+		{"ok/cidr", "192.0.2.0/24", "192.0.2.0/24", ""},
+		{"ok/host-bits", "192.0.2.77/24", "192.0.2.0/24", ""},
+		{"ok/address-v4", "192.0.2.7", "192.0.2.7/32", ""},
+		{"ok/address-v6", "2001:db8::1", "2001:db8::1/128", ""},
+		{"ok/several", "192.0.2.0/24, 2001:db8::/32\n198.51.100.9", "192.0.2.0/24, 2001:db8::/32, 198.51.100.9/32", ""},
+		{"fail/prefix-too-long", "192.0.2.0/33", "", "192.0.2.0/33&#34; is not an address or a network"},
+		{"fail/word", "192.0.2.0/24, office", "", "office&#34; is not an address or a network"},
+		{"fail/zone", "fe80::1%eth0", "", "fe80::1%eth0&#34; is not an address or a network"},
+		{"fail/too-many", strings.Repeat("192.0.2.1,", 33), "", "at most 32, you typed 33"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := b.post("/add/app-password", url.Values{"name": {"Printer"}, "scope": {"imap", "smtp", "ldap"}, "networks": {tc.field}})
+			if tc.refused != "" {
+				if r.status != http.StatusUnprocessableEntity {
+					t.Fatalf("status %d, want 422", r.status)
+				}
+				mustContain(t, r, `role="alert"`, tc.refused, "<details open>", `aria-invalid="true"`, `value="Printer"`)
+				if aps, _ := h.st.ListAppPasswords(ctx, "alice"); len(aps) != 0 {
+					t.Fatalf("a refused form stored %+v", aps)
+				}
+				return
+			}
+			m := passwordRE.FindStringSubmatch(r.body)
+			if m == nil {
+				t.Fatalf("no new password:\n%s", r.body)
+			}
+			ap, err := h.st.FindAppPassword(ctx, "alice", m[1])
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, p := range ap.Networks {
+				got = append(got, p.String())
+			}
+			if strings.Join(got, ", ") != tc.stored {
+				t.Errorf("stored networks %q, want %q", got, tc.stored)
+			}
+			list := b.get("/security-info")
+			if tc.stored == "" {
+				if strings.Contains(r.body, "only from") || strings.Contains(list.body, "Only from") {
+					t.Errorf("an app password without networks is shown as restricted")
+				}
+			} else {
+				mustContain(t, r, "usable only from "+tc.stored)
+				mustContain(t, list, "Only from "+tc.stored)
+			}
+			if _, err := h.st.DeleteAppPassword(ctx, "alice", "Printer"); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+	ev, _ := h.st.Audit(ctx, store.AuditFilter{User: "alice"})
+	var found bool
+	for _, e := range ev {
+		found = found || (e.Action == "app-password.create" && strings.Contains(e.Detail, "networks=192.0.2.0/24"))
+	}
+	if !found {
+		t.Errorf("no audit event names the networks: %+v", ev)
+	}
+}
+
 func TestTimeoutsAndReauth(t *testing.T) {
 	h := newHarness(t, nil)
 	b := h.browser()

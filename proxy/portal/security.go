@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/base64"
 	"errors"
+	"fmt"
 	"html/template"
 	"image/png"
 	"net"
@@ -12,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/pquerna/otp"
 
@@ -60,6 +62,17 @@ type appPasswordView struct {
 	account.AppPassword
 	Expired  bool
 	UsedFrom string // the address of the last use, without its port
+	OnlyFrom string // its networks, comma-separated; "": from anywhere
+}
+
+// networkList writes networks as a user reads them: "192.0.2.0/24,
+// 2001:db8::/32"; "" for none (from anywhere).
+func networkList(networks []netip.Prefix) string {
+	out := make([]string, len(networks))
+	for i, p := range networks {
+		out[i] = p.String()
+	}
+	return strings.Join(out, ", ")
 }
 
 // hostOnly returns the address of host:port without the port (the port
@@ -94,7 +107,7 @@ func (s *Server) renderSecurityInfo(w http.ResponseWriter, r *http.Request, ss *
 	d.Blocked = d.Register && !s.mayRegister(r, ss)
 	now := s.now()
 	for _, ap := range m.AppPasswords {
-		d.AppPasswords = append(d.AppPasswords, appPasswordView{AppPassword: ap, Expired: ap.Expired(now), UsedFrom: hostOnly(ap.LastUsedAddr)})
+		d.AppPasswords = append(d.AppPasswords, appPasswordView{AppPassword: ap, Expired: ap.Expired(now), UsedFrom: hostOnly(ap.LastUsedAddr), OnlyFrom: networkList(ap.Networks)})
 	}
 	list, err := s.opts.Sessions.ListWebSessions(ctx, ss.User)
 	if err != nil {
@@ -243,9 +256,14 @@ func (s *Server) handleTOTP(w http.ResponseWriter, r *http.Request) {
 }
 
 type appPasswordForm struct {
-	Name    string
-	Scopes  map[string]bool
-	Expires string
+	Name     string
+	Scopes   map[string]bool
+	Expires  string
+	Networks string // as typed
+	// Open shows the Advanced part open: when it holds a choice other
+	// than the defaults, so that a refused form shows what was refused.
+	Open       bool
+	BadNetwork bool // the Allowed networks field is what was refused
 }
 
 type appPasswordCreated struct {
@@ -253,6 +271,37 @@ type appPasswordCreated struct {
 	Password string
 	Scopes   []string
 	Expires  *time.Time
+	OnlyFrom string
+}
+
+// maxNetworks is how many networks one app password may carry (the
+// store's bound).
+const maxNetworks = 32
+
+// parseNetworks reads the Allowed networks field: addresses or networks
+// (CIDRs) separated by commas, spaces or line breaks. A single address
+// stands for itself alone (/32 or /128); the store writes each network
+// canonically. It returns what the user is told when one is not right.
+func parseNetworks(field string) (networks []string, msg string) {
+	parts := strings.FieldsFunc(field, func(r rune) bool { return r == ',' || r == ';' || unicode.IsSpace(r) })
+	if len(parts) > maxNetworks {
+		return nil, fmt.Sprintf("Allowed networks: at most %d, you typed %d. Use wider networks, such as 192.0.2.0/24 for 192.0.2.0 to 192.0.2.255.", maxNetworks, len(parts))
+	}
+	for _, n := range parts {
+		if _, err := netip.ParsePrefix(n); err == nil {
+			networks = append(networks, n)
+			continue
+		}
+		if a, err := netip.ParseAddr(n); err == nil && a.Zone() == "" {
+			networks = append(networks, n)
+			continue
+		}
+		if len(n) > 50 {
+			n = n[:50] + "…"
+		}
+		return nil, fmt.Sprintf("Allowed networks: %q is not an address or a network. Type addresses such as 192.0.2.7 or networks such as 192.0.2.0/24 or 2001:db8::/32, separated by commas, or leave the field empty to allow every network.", n)
+	}
+	return networks, ""
 }
 
 // expiryChoices are the expiries offered under Advanced.
@@ -277,7 +326,7 @@ func (s *Server) handleAppPassword(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "Bad Request", http.StatusBadRequest)
 		return
 	}
-	f := appPasswordForm{Name: r.PostFormValue("name"), Scopes: map[string]bool{}, Expires: r.PostFormValue("expires")}
+	f := appPasswordForm{Name: r.PostFormValue("name"), Scopes: map[string]bool{}, Expires: r.PostFormValue("expires"), Networks: strings.TrimSpace(r.PostFormValue("networks"))}
 	var scopes []string
 	for _, sc := range r.PostForm["scope"] {
 		if sc == "imap" || sc == "smtp" || sc == "ldap" {
@@ -285,6 +334,7 @@ func (s *Server) handleAppPassword(w http.ResponseWriter, r *http.Request) {
 			scopes = append(scopes, sc)
 		}
 	}
+	f.Open = len(scopes) != 3 || f.Expires != "" || f.Networks != ""
 	fail := func(msg string) {
 		s.render(w, http.StatusUnprocessableEntity, "apppassword", page{Title: "App password", User: ss.User, Session: true, Error: msg, Data: f})
 	}
@@ -297,12 +347,18 @@ func (s *Server) handleAppPassword(w http.ResponseWriter, r *http.Request) {
 		fail("Choose an expiry from the list.")
 		return
 	}
+	networks, msg := parseNetworks(f.Networks)
+	if msg != "" {
+		f.BadNetwork = true
+		fail(msg)
+		return
+	}
 	var expires *time.Time
 	if d > 0 {
 		t := s.now().Add(d)
 		expires = &t
 	}
-	ap, secret, err := s.opts.Accounts.CreateAppPassword(r.Context(), s.actor(r, ss), f.Name, scopes, expires)
+	ap, secret, err := s.opts.Accounts.CreateAppPassword(r.Context(), s.actor(r, ss), f.Name, scopes, networks, expires)
 	if err != nil {
 		msg, ok := s.opts.Accounts.Message(err)
 		if !ok {
@@ -313,7 +369,7 @@ func (s *Server) handleAppPassword(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.render(w, http.StatusOK, "created", page{Title: "App password", User: ss.User, Session: true,
-		Data: appPasswordCreated{Name: ap.Label, Password: groups(secret, 4), Scopes: ap.Scopes, Expires: ap.ExpiresAt}})
+		Data: appPasswordCreated{Name: ap.Label, Password: groups(secret, 4), Scopes: ap.Scopes, Expires: ap.ExpiresAt, OnlyFrom: networkList(ap.Networks)}})
 }
 
 type deleteData struct {

@@ -36,6 +36,8 @@ import (
 	"time"
 
 	proxyproto "github.com/pires/go-proxyproto"
+
+	"github.com/passgate/passgate/proxy/relay"
 )
 
 // DefaultTimeout bounds the wait for a header.
@@ -189,7 +191,7 @@ func (l *listener) readHeader(c net.Conn) (net.Conn, error) {
 	// No client named: an address that no trusted network contains
 	// unless every address is trusted.
 	unknown := &net.TCPAddr{IP: net.IPv4zero, Port: 0}
-	out := &conn{Conn: c, r: br, remote: unknown, local: c.LocalAddr()}
+	out := &conn{Conn: relay.WithBuffered(c, br), remote: unknown, local: c.LocalAddr()}
 	if h.Command.IsProxy() && h.TransportProtocol != proxyproto.UNSPEC {
 		src, srcOK := h.SourceAddr.(*net.TCPAddr)
 		dst, dstOK := h.DestinationAddr.(*net.TCPAddr)
@@ -201,22 +203,12 @@ func (l *listener) readHeader(c net.Conn) (net.Conn, error) {
 	return out, nil
 }
 
-// conn is a connection whose header was read: reads drain what the
-// header's reader buffered past it first.
+// conn is a connection whose header was read, with the addresses the
+// header names; its reads drain what the header's reader buffered past
+// the header first (relay.WithBuffered).
 type conn struct {
 	net.Conn
-	r             *bufio.Reader // nil once drained
 	remote, local net.Addr
-}
-
-func (c *conn) Read(p []byte) (int, error) {
-	if c.r != nil {
-		if c.r.Buffered() > 0 {
-			return c.r.Read(p)
-		}
-		c.r = nil
-	}
-	return c.Conn.Read(p)
 }
 
 func (c *conn) RemoteAddr() net.Addr { return c.remote }

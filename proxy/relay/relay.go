@@ -39,20 +39,8 @@ type Stats struct {
 	EndedBy  string        // "client", "upstream", "revoked", "shutdown"
 }
 
-// Run copies bytes between client and upstream until either side closes,
-// ctx ends, or the session is closed through the Registry. It closes both
-// connections before it returns and waits for the one goroutine it starts.
-// There is no idle timeout: an IMAP IDLE may last 29 minutes and more.
-//
-// The upstream → client direction runs on the calling goroutine and the
-// other on one goroutine of its own; ctx is watched with
-// context.AfterFunc, which costs no goroutine while the session is idle.
-func Run(ctx context.Context, client, upstream net.Conn) Stats {
-	return RunWith(ctx, client, upstream, Options{})
-}
-
 // Framer follows the upstream → client byte stream of a protocol, so that
-// RunWith adds a farewell only between two of the upstream's responses.
+// Run adds a farewell only between two of the upstream's responses.
 type Framer interface {
 	// Feed is given every chunk written to the client, in order, and
 	// reports whether the stream so far ends where a response ends.
@@ -77,8 +65,16 @@ type Options struct {
 // not read.
 const farewellTimeout = 2 * time.Second
 
-// RunWith is Run with a protocol's Options.
-func RunWith(ctx context.Context, client, upstream net.Conn, opts Options) Stats {
+// Run copies bytes between client and upstream until either side closes,
+// ctx ends, or the session is closed through the Registry, with a
+// protocol's manners (opts). It closes both connections before it returns
+// and waits for the one goroutine it starts. There is no idle timeout: an
+// IMAP IDLE may last 29 minutes and more.
+//
+// The upstream → client direction runs on the calling goroutine and the
+// other on one goroutine of its own; ctx is watched with
+// context.AfterFunc, which costs no goroutine while the session is idle.
+func Run(ctx context.Context, client, upstream net.Conn, opts Options) Stats {
 	start := time.Now()
 	var in, out atomic.Int64
 	var first atomic.Value // "client" or "upstream": the side that ended first

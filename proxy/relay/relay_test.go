@@ -58,7 +58,7 @@ func TestRunCopiesBothWaysAndCounts(t *testing.T) {
 			rand.Read(upData)
 			rand.Read(dnData)
 			res := make(chan Stats, 1)
-			go func() { res <- Run(context.Background(), clientSide, upSide) }()
+			go func() { res <- Run(context.Background(), clientSide, upSide, Options{}) }()
 
 			gotUp := make(chan []byte, 1)
 			go func() { b, _ := io.ReadAll(io.LimitReader(upApp, int64(tc.up))); gotUp <- b }()
@@ -114,7 +114,7 @@ func TestRevokeClosesSession(t *testing.T) {
 		t.Fatalf("registry len %d", reg.Len())
 	}
 	res := make(chan Stats, 1)
-	go func() { res <- Run(ctx, clientSide, upSide) }()
+	go func() { res <- Run(ctx, clientSide, upSide, Options{}) }()
 	if n := reg.Revoke(42); n != 1 {
 		t.Fatalf("Revoke = %d", n)
 	}
@@ -167,7 +167,7 @@ func TestNoGoroutineOutlivesRun(t *testing.T) {
 		u1, u2 := pipePair(t)
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan struct{})
-		go func() { Run(ctx, c2, u1); close(done) }()
+		go func() { Run(ctx, c2, u1, Options{}); close(done) }()
 		cancel()
 		<-done
 		c1.Close()
@@ -186,7 +186,7 @@ func TestNoGoroutineOutlivesRun(t *testing.T) {
 func BenchmarkRun(b *testing.B) {
 	clientApp, clientSide := pipePair(b)
 	upSide, upApp := pipePair(b)
-	go Run(context.Background(), clientSide, upSide)
+	go Run(context.Background(), clientSide, upSide, Options{})
 	buf := make([]byte, 64<<10)
 	b.SetBytes(int64(len(buf)))
 	b.ReportAllocs()

@@ -6,12 +6,12 @@ import (
 	"errors"
 	"log/slog"
 	"net"
-	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/passgate/passgate/policy"
+	"github.com/passgate/passgate/proxy/lifecycle"
 	"github.com/passgate/passgate/proxy/observe"
 )
 
@@ -27,9 +27,6 @@ var errPreLoginInput = errors.New("smtpfront: too much input before AUTH")
 type trackedConn struct {
 	net.Conn
 	s        *Server
-	id       uint64
-	remote   netip.AddrPort
-	started  time.Time
 	preUntil time.Time
 	budget   int64
 
@@ -37,16 +34,15 @@ type trackedConn struct {
 	closeAfterWrite atomic.Bool
 	preBytes        atomic.Int64
 
-	mu         sync.Mutex // guards the fields below
+	// line is the session log line: ConnID, Proto, RemoteAddr and Start
+	// are set at accept; the other fields are guarded by mu.
+	line observe.Session
+
+	mu         sync.Mutex // guards line and the fields below
 	tls        bool
 	tlsVersion string
-	user       string
-	credential string
 	upstream   string
-	outcome    string
-	ended      string // what ended the session, when not the client
 	messages   int
-	bytes      int64
 	commands   int
 	failures   int
 	release    func()
@@ -61,14 +57,9 @@ func (s *Server) track(c net.Conn) *trackedConn {
 	tc := &trackedConn{
 		Conn:     c,
 		s:        s,
-		id:       s.nextID.Add(1),
-		started:  now,
 		preUntil: now.Add(s.o.PreLoginTimeout),
 		budget:   int64(s.o.MaxCommands)*int64(s.o.MaxLineLength+2)/4 + preLoginSlack,
-		outcome:  observe.OutcomeNoAuth,
-	}
-	if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
-		tc.remote = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+		line:     observe.Session{ConnID: s.nextID.Add(1), Proto: policy.SMTP.String(), RemoteAddr: lifecycle.ClientAddr(c), Start: now},
 	}
 	_ = c.SetReadDeadline(tc.preUntil)
 	if !s.set.Add(tc) {
@@ -130,7 +121,7 @@ func (c *trackedConn) Write(b []byte) (int, error) {
 // apply.
 func (c *trackedConn) login(user, credential, upstream string) {
 	c.mu.Lock()
-	c.user, c.credential, c.upstream, c.outcome = user, credential, upstream, observe.OutcomeRelayed
+	c.line.User, c.line.Credential, c.upstream, c.line.Outcome = user, credential, upstream, observe.OutcomeRelayed
 	c.mu.Unlock()
 	c.authed.Store(true)
 }
@@ -139,9 +130,9 @@ func (c *trackedConn) login(user, credential, upstream string) {
 // login that is under way or failed, for the session line.
 func (c *trackedConn) tried(user string, credential ...string) {
 	c.mu.Lock()
-	c.user = user
+	c.line.User = user
 	if len(credential) > 0 {
-		c.credential = credential[0]
+		c.line.Credential = credential[0]
 	}
 	c.mu.Unlock()
 }
@@ -156,7 +147,7 @@ func (c *trackedConn) trackRevocation(id int64) {
 	stop := context.AfterFunc(ctx, func() {
 		if context.Cause(ctx) != context.Canceled {
 			c.mu.Lock()
-			c.ended = "revoked"
+			c.line.Ended = "revoked"
 			c.mu.Unlock()
 			c.Conn.Close()
 		}
@@ -168,7 +159,7 @@ func (c *trackedConn) trackRevocation(id int64) {
 
 func (c *trackedConn) setOutcome(o string) {
 	c.mu.Lock()
-	c.outcome = o
+	c.line.Outcome = o
 	c.mu.Unlock()
 }
 
@@ -189,15 +180,15 @@ func (c *trackedConn) failure() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.failures++
-	if c.outcome != observe.OutcomeRelayed {
-		c.outcome = observe.OutcomeFailed
+	if c.line.Outcome != observe.OutcomeRelayed {
+		c.line.Outcome = observe.OutcomeFailed
 	}
 	return c.failures >= c.s.o.MaxAuthFailures
 }
 
 func (c *trackedConn) message(n int64, ok bool) {
 	c.mu.Lock()
-	c.bytes += n
+	c.line.BytesIn += n
 	if ok {
 		c.messages++
 	}
@@ -217,14 +208,12 @@ func (c *trackedConn) Close() error {
 	c.closeOnce.Do(func() {
 		c.mu.Lock()
 		release := c.release
-		ended := c.ended
-		if ended == "" && c.s.ctx.Err() != nil {
-			ended = "shutdown"
-		} else if ended == "" {
-			ended = "client"
+		line := c.line
+		if line.Ended == "" && c.s.ctx.Err() != nil {
+			line.Ended = "shutdown"
+		} else if line.Ended == "" {
+			line.Ended = "client"
 		}
-		line := observe.Session{ConnID: c.id, Proto: policy.SMTP.String(), User: c.user, RemoteAddr: c.remote,
-			Credential: c.credential, Outcome: c.outcome, BytesIn: c.bytes, Ended: ended, Start: c.started}
 		extra := []slog.Attr{slog.String("listener", c.s.o.Listener), slog.Bool("tls", c.tls),
 			slog.String("upstream", c.upstream), slog.Int("messages", c.messages)}
 		if c.tlsVersion != "" {

@@ -11,12 +11,13 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/passgate/passgate/policy"
+	"github.com/passgate/passgate/proxy/lifecycle"
 )
 
 // TestTrackAfterClose: a connection accepted while Close or Shutdown
 // waits for the sessions is refused, never added to the wait group.
 func TestTrackAfterClose(t *testing.T) {
-	type nopDecider struct{ Decider }
+	type nopDecider struct{ lifecycle.Decider }
 	type nopUpstream struct{ Upstream }
 	s := New(Options{Decider: nopDecider{}, Upstream: nopUpstream{}})
 	if err := s.Close(); err != nil {

@@ -108,7 +108,7 @@ func (ss *session) ctx() context.Context { return ss.s.ctx }
 // AuthMechanisms offers PLAIN and LOGIN over TLS, and without TLS only to
 // clients the decision trusts with plaintext.
 func (ss *session) AuthMechanisms() []string {
-	if !ss.tls && !ss.s.o.Decider.PlaintextAllowed(ss.tc.remote, false) {
+	if !ss.tls && !ss.s.o.Decider.PlaintextAllowed(ss.tc.line.RemoteAddr, false) {
 		return nil
 	}
 	return mechanisms()
@@ -120,11 +120,11 @@ func (ss *session) Auth(mech string) (sasl.Server, error) {
 		ss.tc.closeAfterWrite.Store(true)
 		return nil, errTooMany()
 	}
-	if !ss.tls && !ss.s.o.Decider.PlaintextAllowed(ss.tc.remote, false) {
+	if !ss.tls && !ss.s.o.Decider.PlaintextAllowed(ss.tc.line.RemoteAddr, false) {
 		// Refused before the exchange, but an initial response may have
 		// carried the password in clear: the decision's step 1 refuses
 		// and audits it (the user is not known yet), without any lookup.
-		l, _ := ss.s.o.Decider.Decide(ss.ctx(), policy.Attempt{Proto: policy.SMTP, Client: ss.tc.remote,
+		l, _ := ss.s.o.Decider.Decide(ss.ctx(), policy.Attempt{Proto: policy.SMTP, Client: ss.tc.line.RemoteAddr,
 			ClientName: ss.conn.Hostname(), Received: time.Now()})
 		l.Finish(ss.ctx(), policy.NotAsked)
 		return nil, errNeedTLS()
@@ -156,7 +156,7 @@ func (ss *session) authenticate(received time.Time, c credentials, malformed err
 		Proto:      policy.SMTP,
 		User:       c.user,
 		Secret:     c.pass,
-		Client:     ss.tc.remote,
+		Client:     ss.tc.line.RemoteAddr,
 		TLS:        ss.tls,
 		ClientName: ss.conn.Hostname(),
 		Received:   received,
@@ -170,12 +170,10 @@ func (ss *session) authenticate(received time.Time, c credentials, malformed err
 			ss.tc.tried(c.user, l.Describe())
 		}
 		class := l.Finish(ctx, r)
-		attrs := []slog.Attr{slog.Uint64("conn_id", ss.tc.id), slog.String("user", c.user),
-			slog.String("remote_addr", ss.tc.remote.String())}
 		if class == policy.ClassTemporary {
-			ss.s.log.LogAttrs(ctx, slog.LevelError, "smtp auth failed for a temporary reason", append(attrs, slog.String("reason", l.Reason()), slog.Any("err", err))...)
+			ss.tc.line.Event(ctx, ss.s.log, slog.LevelError, "smtp auth failed for a temporary reason", slog.String("user", c.user), slog.String("reason", l.Reason()), slog.Any("err", err))
 		} else {
-			ss.s.log.LogAttrs(ctx, slog.LevelDebug, "smtp auth failed", append(attrs, slog.String("reason", l.Reason()))...)
+			ss.tc.line.Event(ctx, ss.s.log, slog.LevelDebug, "smtp auth failed", slog.String("user", c.user), slog.String("reason", l.Reason()))
 		}
 		if ss.tc.failure() {
 			ss.tc.closeAfterWrite.Store(true)
@@ -192,7 +190,7 @@ func (ss *session) authenticate(received time.Time, c credentials, malformed err
 	if c.authzid != "" && c.authzid != c.user {
 		return finish(dec.Undecided(a, "authorization identity differs from the user"), policy.NotAsked, "", nil)
 	}
-	pending, err := ss.s.o.Upstream.Dial(ctx, ss.tc.remote)
+	pending, err := ss.s.o.Upstream.Dial(ctx, ss.tc.line.RemoteAddr)
 	if err != nil {
 		return finish(dec.Undecided(a, "upstream unavailable before the decision"), policy.Unreachable(err), "upstream_unavailable", err)
 	}
@@ -218,8 +216,7 @@ func (ss *session) authenticate(received time.Time, c credentials, malformed err
 	if err != nil {
 		if errors.Is(err, ErrLoginRefused) {
 			if l.Credential() != policy.Primary {
-				ss.s.log.LogAttrs(ctx, slog.LevelError, "smtp upstream refused an allowed login",
-					slog.Uint64("conn_id", ss.tc.id), slog.String("user", l.User()), slog.Any("err", err))
+				ss.tc.line.Event(ctx, ss.s.log, slog.LevelError, "smtp upstream refused an allowed login", slog.String("user", l.User()), slog.Any("err", err))
 			}
 			// For an app password too: the audit trail then shows the
 			// failure after the success that the decision recorded.
@@ -257,8 +254,7 @@ func (ss *session) upstreamErr(op string, err error) error {
 	if errors.As(err, &se) {
 		return &smtp.SMTPError{Code: se.Code, EnhancedCode: se.EnhancedCode, Message: se.Message}
 	}
-	ss.s.log.LogAttrs(ss.ctx(), slog.LevelWarn, "smtp upstream failed",
-		slog.Uint64("conn_id", ss.tc.id), slog.String("user", ss.tc.user), slog.String("op", op), slog.Any("err", err))
+	ss.tc.line.Event(ss.ctx(), ss.s.log, slog.LevelWarn, "smtp upstream failed", slog.String("user", ss.tc.line.User), slog.String("op", op), slog.Any("err", err))
 	ss.mu.Lock()
 	if ss.up != nil && !ss.dead {
 		_ = ss.up.Close()
@@ -306,8 +302,8 @@ func (ss *session) acquire() (UpstreamSession, error) {
 		return nil, errUpstreamGone()
 	}
 	if err != nil {
-		ss.s.log.LogAttrs(ss.ctx(), slog.LevelWarn, "smtp upstream could not be reopened after an aborted message",
-			slog.Uint64("conn_id", ss.tc.id), slog.String("user", req.User), slog.Any("err", err))
+		ss.tc.line.Event(ss.ctx(), ss.s.log, slog.LevelWarn, "smtp upstream could not be reopened after an aborted message",
+			slog.String("user", req.User), slog.Any("err", err))
 		ss.dead = true
 		ss.upMu.Unlock()
 		ss.tc.closeAfterWrite.Store(true)
@@ -318,7 +314,7 @@ func (ss *session) acquire() (UpstreamSession, error) {
 }
 
 func (ss *session) reopen(req LoginRequest) (UpstreamSession, error) {
-	p, err := ss.s.o.Upstream.Dial(ss.ctx(), ss.tc.remote)
+	p, err := ss.s.o.Upstream.Dial(ss.ctx(), ss.tc.line.RemoteAddr)
 	if err != nil {
 		return nil, err
 	}

@@ -2,8 +2,8 @@
 // on the path of an SMTP login.
 //
 // It accepts the client (STARTTLS or implicit TLS), reads AUTH PLAIN or
-// AUTH LOGIN (Outlook's mechanism), asks the decision (policy, through the
-// Decider it declares) whether the credential may log in with scope smtp,
+// AUTH LOGIN (Outlook's mechanism), asks the decision (policy, through
+// lifecycle.Decider) whether the credential may log in with scope smtp,
 // and then logs in to the upstream submission server (through the Upstream
 // it declares, implemented by backends/smtpupstream and wired by
 // cmd/passgate). After login the session is relayed command by command:
@@ -20,8 +20,8 @@
 // the decision, so that whether it is down never depends on the secret,
 // and that connection is the one logged in.
 //
-// It imports policy for its Attempt and Decision types only, and no other
-// passgate package.
+// It imports policy for its Attempt and Login types, and proxy/lifecycle,
+// observe and connlimit; no other front and no backend.
 package smtpfront
 
 import (
@@ -42,20 +42,6 @@ import (
 	"github.com/passgate/passgate/proxy/lifecycle"
 	"github.com/passgate/passgate/proxy/observe"
 )
-
-// Decider is the decision as the listener calls it. *policy.Engine
-// implements it. Every Login it returns is finished by the listener.
-type Decider interface {
-	// Decide runs the decision; an error means none could be made (the
-	// Login then finishes as a temporary failure).
-	Decide(ctx context.Context, a policy.Attempt) (*policy.Login, error)
-	// Undecided is a Login the listener ends without a decision: a
-	// malformed exchange, or an upstream down before the decision.
-	Undecided(a policy.Attempt, reason string) *policy.Login
-	// PlaintextAllowed reports whether a password may be sent on a
-	// connection without TLS from client.
-	PlaintextAllowed(client netip.AddrPort, tls bool) bool
-}
 
 // LoginRequest is one upstream login.
 type LoginRequest struct {
@@ -143,7 +129,7 @@ const preLoginSlack = 64 << 10
 type Options struct {
 	// Conns learns when connections open and close (metrics); optional.
 	Conns    observe.Conns
-	Decider  Decider
+	Decider  lifecycle.Decider
 	Upstream Upstream
 	// TLSConfig is the server certificate; nil offers no STARTTLS.
 	TLSConfig *tls.Config
@@ -177,7 +163,6 @@ type Server struct {
 	log    *slog.Logger
 	ctx    context.Context
 	cancel context.CancelFunc
-	closed atomic.Bool
 	nextID atomic.Uint64
 
 	set lifecycle.Set[*trackedConn] // live connections; track refuses new ones once Shutdown or Close began
@@ -189,43 +174,19 @@ func New(o Options) *Server {
 	if o.Decider == nil || o.Upstream == nil {
 		panic("smtpfront: New without a Decider or an Upstream")
 	}
-	if o.MaxMessageBytes <= 0 {
-		o.MaxMessageBytes = DefaultMaxMessageBytes
-	}
-	if o.MaxRecipients <= 0 {
-		o.MaxRecipients = DefaultMaxRecipients
-	}
-	if o.MaxLineLength <= 0 {
-		o.MaxLineLength = DefaultMaxLineLength
-	}
-	if o.MaxCommands <= 0 {
-		o.MaxCommands = DefaultMaxCommands
-	}
-	if o.MaxAuthFailures <= 0 {
-		o.MaxAuthFailures = DefaultMaxAuthFailures
-	}
-	if o.PreLoginTimeout <= 0 {
-		o.PreLoginTimeout = DefaultPreLoginTimeout
-	}
-	if o.ReadTimeout <= 0 {
-		o.ReadTimeout = DefaultReadTimeout
-	}
-	if o.WriteTimeout <= 0 {
-		o.WriteTimeout = DefaultWriteTimeout
-	}
+	lifecycle.Default(&o.MaxMessageBytes, DefaultMaxMessageBytes)
+	lifecycle.Default(&o.MaxRecipients, DefaultMaxRecipients)
+	lifecycle.Default(&o.MaxLineLength, DefaultMaxLineLength)
+	lifecycle.Default(&o.MaxCommands, DefaultMaxCommands)
+	lifecycle.Default(&o.MaxAuthFailures, DefaultMaxAuthFailures)
+	lifecycle.Default(&o.PreLoginTimeout, DefaultPreLoginTimeout)
+	lifecycle.Default(&o.ReadTimeout, DefaultReadTimeout)
+	lifecycle.Default(&o.WriteTimeout, DefaultWriteTimeout)
 	if o.Hostname == "" {
 		o.Hostname = DefaultHostname
 	}
-	if o.Listener == "" {
-		o.Listener = "smtp"
-		if o.ImplicitTLS {
-			o.Listener = "submissions"
-		}
-	}
-	log := o.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
+	o.Listener = lifecycle.ListenerName(o.Listener, o.ImplicitTLS, "smtp", "submissions")
+	log := lifecycle.Logger(o.Logger)
 	s := &Server{o: o, log: log}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	srv := smtp.NewServer(smtp.BackendFunc(s.newSession))
@@ -250,11 +211,11 @@ func New(o Options) *Server {
 // Serve accepts connections on ln until Shutdown or Close, and then
 // returns ErrServerClosed; any other error is the listener's.
 func (s *Server) Serve(ln net.Listener) error {
-	if s.closed.Load() {
+	if s.set.Closing() {
 		return ErrServerClosed
 	}
 	err := s.smtp.Serve(&listener{Listener: ln, s: s})
-	if s.closed.Load() || err == nil {
+	if s.set.Closing() || err == nil {
 		return ErrServerClosed
 	}
 	return err
@@ -263,7 +224,7 @@ func (s *Server) Serve(ln net.Listener) error {
 // Shutdown stops accepting and waits until every session has ended or
 // ctx is done (then it returns ctx's error; call Close).
 func (s *Server) Shutdown(ctx context.Context) error {
-	s.stopTracking()
+	s.set.Stop() // from now on track refuses connections
 	err := s.smtp.Shutdown(ctx)
 	if errors.Is(err, smtp.ErrServerClosed) {
 		err = nil
@@ -271,37 +232,25 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	return s.wait(ctx)
+	return s.set.Wait(ctx)
 }
 
 // Close closes the listeners and every session at once (the upstream
 // connections with them) and waits up to 10 s for them to end.
 func (s *Server) Close() error {
-	s.stopTracking()
+	s.set.Stop()
 	err := s.smtp.Close()
 	if errors.Is(err, smtp.ErrServerClosed) {
 		err = nil
 	}
 	s.cancel()
-	for _, c := range s.set.Live() {
-		c.Conn.Close()
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if werr := s.wait(ctx); werr != nil && err == nil {
+	if werr := lifecycle.Close(ctx, &s.set, func(c *trackedConn) { c.Conn.Close() }); werr != nil && err == nil {
 		err = werr
 	}
 	return err
 }
-
-// stopTracking marks the server closed: from now on track refuses
-// connections, so that none is added to the wait group while wait runs.
-func (s *Server) stopTracking() {
-	s.closed.Store(true)
-	s.set.Stop()
-}
-
-func (s *Server) wait(ctx context.Context) error { return s.set.Wait(ctx) }
 
 // listener wraps each accepted connection in a trackedConn (and in TLS for
 // an implicit-TLS listener).

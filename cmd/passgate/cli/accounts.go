@@ -68,34 +68,34 @@ func (e *env) end(path string, ops *adminOps, err error) int {
 	return exitOK
 }
 
+// said ends a command like end, after printing format's message when err
+// is nil.
+func (e *env) said(path string, ops *adminOps, err error, format string, a ...any) int {
+	if err == nil {
+		fmt.Fprintf(e.Stdout, format, a...)
+	}
+	return e.end(path, ops, err)
+}
+
 func cmdUserSetAdmin(ctx context.Context, e *env, args []string) int {
 	f := newFlags("user set-admin", "NAME true|false [--config FILE]",
 		"Mark a user as administrator (true) or not (false). An administrator opens the admin pages of the portal\n"+
 			"(/admin) after signing in with a second factor, which must be registered.")
-	config := f.configFlag()
-	pos, code, ok := e.parse(f, args, 2, 2)
-	if !ok {
-		return code
-	}
-	admin, err := strconv.ParseBool(pos[1])
-	if err != nil || (pos[1] != "true" && pos[1] != "false") {
-		return e.usageError(f.path, fmt.Sprintf("%q: use true or false", pos[1]))
-	}
-	st, cfg, code, ok := e.openWithConfig(ctx, f.path, *config)
-	if !ok {
-		return code
-	}
-	defer st.Close()
-	ops := newAdminOps(st, cfg, e.Now)
-	err = ops.SetAdmin(ctx, e.cliActor(), pos[0], admin)
-	if err == nil {
-		if admin {
-			fmt.Fprintf(e.Stdout, "%s is now an administrator; the admin pages open once a second factor is registered.\n", clean(pos[0]))
-		} else {
-			fmt.Fprintf(e.Stdout, "%s is no longer an administrator.\n", clean(pos[0]))
+	var admin bool
+	check := func(pos []string) error {
+		var err error
+		if admin, err = strconv.ParseBool(pos[1]); err != nil || (pos[1] != "true" && pos[1] != "false") {
+			return fmt.Errorf("%q: use true or false", pos[1])
 		}
+		return nil
 	}
-	return e.end(f.path, ops, err)
+	return e.onStore(ctx, f, args, 2, check, func(_ *store.Store, ops *adminOps, pos []string) int {
+		err := ops.SetAdmin(ctx, e.cliActor(), pos[0], admin)
+		if admin {
+			return e.said(f.path, ops, err, "%s is now an administrator; the admin pages open once a second factor is registered.\n", clean(pos[0]))
+		}
+		return e.said(f.path, ops, err, "%s is no longer an administrator.\n", clean(pos[0]))
+	})
 }
 
 // cmdAdminToken runs "passgate admin-token SUBCOMMAND".
@@ -107,37 +107,36 @@ func cmdAdminToken(ctx context.Context, e *env, args []string) int {
 	}, args)
 }
 
+// expiryFlag reads an --expires flag: nil for never, else the time a
+// positive DURATION from now.
+func (e *env) expiryFlag(expires string) (*time.Time, error) {
+	if expires == "" {
+		return nil, nil
+	}
+	d, err := parseDuration(expires)
+	if err != nil || d <= 0 {
+		if err == nil {
+			err = fmt.Errorf("%q must be positive", expires)
+		}
+		return nil, errors.New("--expires: " + err.Error())
+	}
+	t := e.Now().Add(d)
+	return &t, nil
+}
+
 func cmdAdminTokenCreate(ctx context.Context, e *env, args []string) int {
 	f := newFlags("admin-token create", "NAME [--expires DURATION] [--read-only] [--config FILE]",
 		"Create an admin token for the JSON API and print it once; send it as \"Authorization: Bearer TOKEN\".\n"+
 			"A read-only token may only read (GET).")
 	expires := f.String("expires", "", "expire after `DURATION`, e.g. 90d or 720h (default: never)")
 	readOnly := f.Bool("read-only", false, "allow reading only")
-	config := f.configFlag()
-	pos, code, ok := e.parse(f, args, 1, 1)
-	if !ok {
-		return code
-	}
 	var expiresAt *time.Time
-	if *expires != "" {
-		d, err := parseDuration(*expires)
-		if err != nil || d <= 0 {
-			if err == nil {
-				err = fmt.Errorf("%q must be positive", *expires)
-			}
-			return e.usageError(f.path, "--expires: "+err.Error())
-		}
-		t := e.Now().Add(d)
-		expiresAt = &t
+	check := func([]string) (err error) {
+		expiresAt, err = e.expiryFlag(*expires)
+		return err
 	}
-	st, cfg, code, ok := e.openWithConfig(ctx, f.path, *config)
-	if !ok {
-		return code
-	}
-	defer st.Close()
-	ops := newAdminOps(st, cfg, e.Now)
-	t, secret, err := ops.CreateToken(ctx, e.cliActor(), pos[0], *readOnly, expiresAt)
-	if err == nil {
+	return e.onStore(ctx, f, args, 1, check, func(_ *store.Store, ops *adminOps, pos []string) int {
+		t, secret, err := ops.CreateToken(ctx, e.cliActor(), pos[0], *readOnly, expiresAt)
 		what := "read and write"
 		if t.ReadOnly {
 			what = "read-only"
@@ -145,67 +144,41 @@ func cmdAdminTokenCreate(ctx context.Context, e *env, args []string) int {
 		if t.ExpiresAt != nil {
 			what += "; expires " + stamp(*t.ExpiresAt)
 		}
-		fmt.Fprintf(e.Stdout, "Created admin token %s (%s). Copy it now; it will not be shown again:\n%s\n", clean(t.Name), what, secret)
-	}
-	return e.end(f.path, ops, err)
+		return e.said(f.path, ops, err, "Created admin token %s (%s). Copy it now; it will not be shown again:\n%s\n", clean(t.Name), what, secret)
+	})
 }
 
 func cmdAdminTokenList(ctx context.Context, e *env, args []string) int {
 	f := newFlags("admin-token list", "[--json] [--config FILE]", "List the admin tokens: name, access, creation, expiry and last use.")
 	asJSON := f.Bool("json", false, "print JSON for scripts")
-	config := f.configFlag()
-	if _, code, ok := e.parse(f, args, 0, 0); !ok {
-		return code
-	}
-	st, cfg, code, ok := e.openWithConfig(ctx, f.path, *config)
-	if !ok {
-		return code
-	}
-	defer st.Close()
-	ts, err := newAdminOps(st, cfg, e.Now).Tokens(ctx)
-	if err != nil {
-		return e.fail(f.path, err)
-	}
-	if *asJSON {
-		if err := writeJSON(e.Stdout, ts); err != nil {
+	return e.onStore(ctx, f, args, 0, nil, func(_ *store.Store, ops *adminOps, _ []string) int {
+		ts, err := ops.Tokens(ctx)
+		if err != nil {
 			return e.fail(f.path, err)
 		}
-		return exitOK
-	}
-	if len(ts) == 0 {
-		fmt.Fprintln(e.Stdout, "No admin tokens. Create one with: passgate admin-token create NAME")
-		return exitOK
-	}
-	rows := make([][]string, 0, len(ts))
-	for _, t := range ts {
-		access := "read-write"
-		if t.ReadOnly {
-			access = "read-only"
+		if *asJSON {
+			return e.wrote(f.path, writeJSON(e.Stdout, ts))
 		}
-		rows = append(rows, []string{clean(t.Name), access, stamp(t.CreatedAt), clean(t.CreatedBy), stampPtr(t.ExpiresAt), stampPtr(t.LastUsedAt)})
-	}
-	if err := table(e.Stdout, []string{"NAME", "ACCESS", "CREATED", "BY", "EXPIRES", "LAST USED"}, rows); err != nil {
-		return e.fail(f.path, err)
-	}
-	return exitOK
+		if len(ts) == 0 {
+			fmt.Fprintln(e.Stdout, "No admin tokens. Create one with: passgate admin-token create NAME")
+			return exitOK
+		}
+		rows := make([][]string, 0, len(ts))
+		for _, t := range ts {
+			access := "read-write"
+			if t.ReadOnly {
+				access = "read-only"
+			}
+			rows = append(rows, []string{clean(t.Name), access, stamp(t.CreatedAt), clean(t.CreatedBy), stampPtr(t.ExpiresAt), stampPtr(t.LastUsedAt)})
+		}
+		return e.wrote(f.path, table(e.Stdout, []string{"NAME", "ACCESS", "CREATED", "BY", "EXPIRES", "LAST USED"}, rows))
+	})
 }
 
 func cmdAdminTokenRevoke(ctx context.Context, e *env, args []string) int {
 	f := newFlags("admin-token revoke", "NAME [--config FILE]", "Delete admin token NAME: the next request with it is refused.")
-	config := f.configFlag()
-	pos, code, ok := e.parse(f, args, 1, 1)
-	if !ok {
-		return code
-	}
-	st, cfg, code, ok := e.openWithConfig(ctx, f.path, *config)
-	if !ok {
-		return code
-	}
-	defer st.Close()
-	ops := newAdminOps(st, cfg, e.Now)
-	err := ops.RevokeToken(ctx, e.cliActor(), pos[0])
-	if err == nil {
-		fmt.Fprintf(e.Stdout, "Revoked admin token %s.\n", clean(pos[0]))
-	}
-	return e.end(f.path, ops, err)
+	return e.onStore(ctx, f, args, 1, nil, func(_ *store.Store, ops *adminOps, pos []string) int {
+		err := ops.RevokeToken(ctx, e.cliActor(), pos[0])
+		return e.said(f.path, ops, err, "Revoked admin token %s.\n", clean(pos[0]))
+	})
 }

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"strings"
@@ -61,120 +62,97 @@ func cmdAppPasswordCreate(ctx context.Context, e *env, args []string) int {
 	expires := f.String("expires", "", "expire after `DURATION`, e.g. 90d or 720h (default: never)")
 	networks := f.String("networks", "", "comma-separated `CIDRS` the password may be used from, e.g. 192.0.2.0/24,2001:db8::/32 (default: anywhere)")
 	asJSON := f.Bool("json", false, "print JSON for scripts, with the password in the \"password\" field")
-	config := f.configFlag()
-	pos, code, ok := e.parse(f, args, 1, 1)
-	if !ok {
-		return code
-	}
-	if *label == "" {
-		return e.usageError(f.path, "missing --label LABEL (the name of the app or device, e.g. --label \"Outlook 2010\")")
-	}
-	sc, err := parseScopes(*scopes)
-	if err != nil {
-		return e.usageError(f.path, err.Error())
-	}
+	var sc, nets []string
 	var expiresAt *time.Time
-	if *expires != "" {
-		d, err := parseDuration(*expires)
-		if err != nil || d <= 0 {
-			if err == nil {
-				err = fmt.Errorf("%q must be positive", *expires)
-			}
-			return e.usageError(f.path, "--expires: "+err.Error())
+	check := func([]string) (err error) {
+		if *label == "" {
+			return errors.New("missing --label LABEL (the name of the app or device, e.g. --label \"Outlook 2010\")")
 		}
-		t := e.Now().Add(d)
-		expiresAt = &t
+		if sc, err = parseScopes(*scopes); err != nil {
+			return err
+		}
+		if expiresAt, err = e.expiryFlag(*expires); err != nil {
+			return err
+		}
+		nets, err = parseNetworks(*networks)
+		return err
 	}
+	return e.onStore(ctx, f, args, 1, check, func(_ *store.Store, ops *adminOps, pos []string) int {
+		ap, secret, err := ops.CreateAppPasswordFor(ctx, e.cliActor(), pos[0], *label, sc, nets, expiresAt)
+		if err != nil {
+			return e.end(f.path, ops, err)
+		}
+		if *asJSON {
+			if err := writeJSON(e.Stdout, createdJSON{AppPassword: ap, Password: apppass.Format(secret)}); err != nil {
+				return e.fail(f.path, err)
+			}
+		} else {
+			what := "scopes " + strings.Join(ap.Scopes, ",")
+			if ap.ExpiresAt != nil {
+				what += "; expires " + stamp(*ap.ExpiresAt)
+			}
+			if len(ap.Networks) > 0 {
+				what += "; only from " + netList(ap.Networks)
+			}
+			fmt.Fprintf(e.Stdout, "Created app password %q for %s (%s). Copy it now; it will not be shown again:\n%s\n",
+				ap.Label, clean(ap.User), what, apppass.Format(secret))
+		}
+		return e.end(f.path, ops, nil)
+	})
+}
+
+// parseNetworks reads --networks: comma-separated CIDRs or addresses.
+func parseNetworks(s string) ([]string, error) {
 	var nets []string
-	for _, n := range strings.Split(*networks, ",") {
+	for _, n := range strings.Split(s, ",") {
 		if n = strings.TrimSpace(n); n == "" {
 			continue
 		}
 		if _, err := netip.ParsePrefix(n); err != nil {
 			if _, aerr := netip.ParseAddr(n); aerr != nil {
-				return e.usageError(f.path, fmt.Sprintf("--networks: %q is not a CIDR such as 192.0.2.0/24 or 2001:db8::/32", n))
+				return nil, fmt.Errorf("--networks: %q is not a CIDR such as 192.0.2.0/24 or 2001:db8::/32", n)
 			}
 		}
 		nets = append(nets, n)
 	}
-	st, cfg, code, ok := e.openWithConfig(ctx, f.path, *config)
-	if !ok {
-		return code
-	}
-	defer st.Close()
-	user := pos[0]
-	ops := newAdminOps(st, cfg, e.Now)
-	ap, secret, err := ops.CreateAppPasswordFor(ctx, e.cliActor(), user, *label, sc, nets, expiresAt)
-	if err != nil {
-		return e.end(f.path, ops, err)
-	}
-	if *asJSON {
-		if err := writeJSON(e.Stdout, createdJSON{AppPassword: ap, Password: apppass.Format(secret)}); err != nil {
-			return e.fail(f.path, err)
-		}
-	} else {
-		what := "scopes " + strings.Join(ap.Scopes, ",")
-		if ap.ExpiresAt != nil {
-			what += "; expires " + stamp(*ap.ExpiresAt)
-		}
-		if len(ap.Networks) > 0 {
-			what += "; only from " + netList(ap.Networks)
-		}
-		fmt.Fprintf(e.Stdout, "Created app password %q for %s (%s). Copy it now; it will not be shown again:\n%s\n",
-			ap.Label, clean(ap.User), what, apppass.Format(secret))
-	}
-	return e.end(f.path, ops, nil)
+	return nets, nil
 }
 
 func cmdAppPasswordList(ctx context.Context, e *env, args []string) int {
 	f := newFlags("app-password list", "NAME [--json] [--config FILE]",
 		"List user NAME's app passwords: label, scopes, networks, creation, expiry and last use. The passwords themselves are never shown.")
 	asJSON := f.Bool("json", false, "print JSON for scripts")
-	config := f.configFlag()
-	pos, code, ok := e.parse(f, args, 1, 1)
-	if !ok {
-		return code
-	}
-	st, code, ok := e.openFor(ctx, f.path, *config)
-	if !ok {
-		return code
-	}
-	defer st.Close()
-	aps, err := st.ListAppPasswords(ctx, pos[0])
-	if err != nil {
-		return e.fail(f.path, err)
-	}
-	if *asJSON {
-		if err := writeJSON(e.Stdout, aps); err != nil {
+	return e.onStore(ctx, f, args, 1, nil, func(st *store.Store, _ *adminOps, pos []string) int {
+		aps, err := st.ListAppPasswords(ctx, pos[0])
+		if err != nil {
 			return e.fail(f.path, err)
 		}
-		return exitOK
-	}
-	if len(aps) == 0 {
-		fmt.Fprintf(e.Stdout, "%s has no app passwords. Create one with: passgate app-password create %s --label LABEL\n", clean(pos[0]), clean(pos[0]))
-		return exitOK
-	}
-	now := e.Now()
-	rows := make([][]string, 0, len(aps))
-	for _, a := range aps {
-		exp := stampPtr(a.ExpiresAt)
-		if a.Expired(now) {
-			exp += " (expired)"
+		if *asJSON {
+			return e.wrote(f.path, writeJSON(e.Stdout, aps))
 		}
-		used := stampPtr(a.LastUsedAt)
-		if a.LastUsedAt != nil {
-			used += " " + strings.Join(nonEmpty(a.LastUsedProto, a.LastUsedAddr, a.LastUsedClient), " ")
+		if len(aps) == 0 {
+			fmt.Fprintf(e.Stdout, "%s has no app passwords. Create one with: passgate app-password create %s --label LABEL\n", clean(pos[0]), clean(pos[0]))
+			return exitOK
 		}
-		from := "anywhere"
-		if len(a.Networks) > 0 {
-			from = netList(a.Networks)
+		now := e.Now()
+		rows := make([][]string, 0, len(aps))
+		for _, a := range aps {
+			exp := stampPtr(a.ExpiresAt)
+			if a.Expired(now) {
+				exp += " (expired)"
+			}
+			used := stampPtr(a.LastUsedAt)
+			if a.LastUsedAt != nil {
+				used += " " + strings.Join(nonEmpty(a.LastUsedProto, a.LastUsedAddr, a.LastUsedClient), " ")
+			}
+			from := "anywhere"
+			if len(a.Networks) > 0 {
+				from = netList(a.Networks)
+			}
+			rows = append(rows, []string{clean(a.Label), strings.Join(a.Scopes, ","), from, stamp(a.CreatedAt), exp, clean(used)})
 		}
-		rows = append(rows, []string{clean(a.Label), strings.Join(a.Scopes, ","), from, stamp(a.CreatedAt), exp, clean(used)})
-	}
-	if err := table(e.Stdout, []string{"LABEL", "SCOPES", "FROM", "CREATED", "EXPIRES", "LAST USED"}, rows); err != nil {
-		return e.fail(f.path, err)
-	}
-	return exitOK
+		return e.wrote(f.path, table(e.Stdout, []string{"LABEL", "SCOPES", "FROM", "CREATED", "EXPIRES", "LAST USED"}, rows))
+	})
 }
 
 func nonEmpty(ss ...string) []string {
@@ -191,46 +169,25 @@ func cmdAppPasswordDelete(ctx context.Context, e *env, args []string) int {
 	f := newFlags("app-password delete", "NAME --label LABEL [--config FILE]",
 		"Delete user NAME's app password LABEL (case ignored). The app that used it is cut off at once; nothing else is.")
 	label := f.String("label", "", "`LABEL` of the app password to delete (required)")
-	config := f.configFlag()
-	pos, code, ok := e.parse(f, args, 1, 1)
-	if !ok {
-		return code
+	check := func(pos []string) error {
+		if *label == "" {
+			return errors.New("missing --label LABEL (see 'passgate app-password list " + pos[0] + "')")
+		}
+		return nil
 	}
-	if *label == "" {
-		return e.usageError(f.path, "missing --label LABEL (see 'passgate app-password list "+pos[0]+"')")
-	}
-	st, cfg, code, ok := e.openWithConfig(ctx, f.path, *config)
-	if !ok {
-		return code
-	}
-	defer st.Close()
-	ops := newAdminOps(st, cfg, e.Now)
-	ap, err := ops.DeleteAppPasswordFor(ctx, e.cliActor(), pos[0], *label)
-	if err == nil {
-		fmt.Fprintf(e.Stdout, "Deleted app password %q of %s.\n", ap.Label, clean(ap.User))
-	}
-	return e.end(f.path, ops, err)
+	return e.onStore(ctx, f, args, 1, check, func(_ *store.Store, ops *adminOps, pos []string) int {
+		ap, err := ops.DeleteAppPasswordFor(ctx, e.cliActor(), pos[0], *label)
+		return e.said(f.path, ops, err, "Deleted app password %q of %s.\n", ap.Label, clean(ap.User))
+	})
 }
 
 func cmdAppPasswordRevokeAll(ctx context.Context, e *env, args []string) int {
 	f := newFlags("app-password revoke-all", "NAME [--config FILE]",
 		"Delete all of user NAME's app passwords, e.g. after a lost laptop. The user keeps the MFA state.")
-	config := f.configFlag()
-	pos, code, ok := e.parse(f, args, 1, 1)
-	if !ok {
-		return code
-	}
-	st, cfg, code, ok := e.openWithConfig(ctx, f.path, *config)
-	if !ok {
-		return code
-	}
-	defer st.Close()
-	ops := newAdminOps(st, cfg, e.Now)
-	n, err := ops.RevokeAll(ctx, e.cliActor(), pos[0])
-	if err == nil {
-		fmt.Fprintf(e.Stdout, "Deleted %d app password(s) of %s.\n", n, clean(pos[0]))
-	}
-	return e.end(f.path, ops, err)
+	return e.onStore(ctx, f, args, 1, nil, func(_ *store.Store, ops *adminOps, pos []string) int {
+		n, err := ops.RevokeAll(ctx, e.cliActor(), pos[0])
+		return e.said(f.path, ops, err, "Deleted %d app password(s) of %s.\n", n, clean(pos[0]))
+	})
 }
 
 // netList lists an app password's networks.

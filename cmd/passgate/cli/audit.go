@@ -39,57 +39,60 @@ func cmdAudit(ctx context.Context, e *env, args []string) int {
 	after := f.String("after", "", "start after `CURSOR`, as printed at the end of a --limit listing")
 	asJSON := f.Bool("json", false, "print a JSON array for scripts (streamed)")
 	asJSONL := f.Bool("jsonl", false, "print JSON lines: one event per line")
-	config := f.configFlag()
-	if _, code, ok := e.parse(f, args, 0, 0); !ok {
-		return code
-	}
-	if *limit < 0 {
-		return e.usageError(f.path, "--limit: must be zero (all) or positive")
-	}
-	if *asJSON && *asJSONL {
-		return e.usageError(f.path, "--json and --jsonl: choose one")
-	}
-	filter := store.AuditFilter{User: *user, Kind: *kind, Protocol: *proto, Outcome: *outcome, Addr: *addr, Newest: *newest}
-	switch c := strings.ToLower(*cred); {
-	case c == "":
-	case c == store.CredentialPrimary || c == store.CredentialAppPassword || c == store.CredentialNone || c == store.CredentialSecondFactor:
-		filter.Credential = c
-	default:
-		if id, err := strconv.ParseInt(*cred, 10, 64); err == nil && id > 0 {
-			filter.AppPasswordID = id
-		} else {
-			filter.Label = *cred
+	var filter store.AuditFilter
+	var cursor store.AuditCursor
+	check := func([]string) (err error) {
+		if *limit < 0 {
+			return errors.New("--limit: must be zero (all) or positive")
 		}
-	}
-	for _, t := range []struct {
-		flag, val string
-		dst       *time.Time
-	}{{"--since", *since, &filter.Since}, {"--until", *until, &filter.Until}} {
-		if t.val == "" {
-			continue
+		if *asJSON && *asJSONL {
+			return errors.New("--json and --jsonl: choose one")
 		}
-		v, err := parseSince(t.val, e.Now())
+		filter = store.AuditFilter{User: *user, Kind: *kind, Protocol: *proto, Outcome: *outcome, Addr: *addr, Newest: *newest}
+		switch c := strings.ToLower(*cred); {
+		case c == "":
+		case c == store.CredentialPrimary || c == store.CredentialAppPassword || c == store.CredentialNone || c == store.CredentialSecondFactor:
+			filter.Credential = c
+		default:
+			if id, err := strconv.ParseInt(*cred, 10, 64); err == nil && id > 0 {
+				filter.AppPasswordID = id
+			} else {
+				filter.Label = *cred
+			}
+		}
+		for _, t := range []struct {
+			flag, val string
+			dst       *time.Time
+		}{{"--since", *since, &filter.Since}, {"--until", *until, &filter.Until}} {
+			if t.val == "" {
+				continue
+			}
+			v, err := parseSince(t.val, e.Now())
+			if err != nil {
+				return errors.New(t.flag + ": " + err.Error())
+			}
+			*t.dst = v
+		}
+		cursor, err = store.ParseAuditCursor(*after)
 		if err != nil {
-			return e.usageError(f.path, t.flag+": "+err.Error())
+			return errors.New("--after: " + err.Error())
 		}
-		*t.dst = v
+		return nil
 	}
-	cursor, err := store.ParseAuditCursor(*after)
-	if err != nil {
-		return e.usageError(f.path, "--after: "+err.Error())
-	}
-	st, code, ok := e.openFor(ctx, f.path, *config)
-	if !ok {
-		return code
-	}
-	defer st.Close()
+	return e.onStore(ctx, f, args, 0, check, func(st *store.Store, _ *adminOps, _ []string) int {
+		return auditPages(ctx, e, f, st, filter, cursor, *limit, *asJSON, *asJSONL)
+	})
+}
 
+// auditPages writes the events that filter selects from cursor on, a page
+// at a time, at most limit of them (0: all).
+func auditPages(ctx context.Context, e *env, f *cmdFlags, st *store.Store, filter store.AuditFilter, cursor store.AuditCursor, limit int, asJSON, asJSONL bool) int {
 	w := bufio.NewWriterSize(e.Stdout, 64<<10)
-	out := newAuditWriter(w, *asJSON, *asJSONL)
-	left := *limit
+	out := newAuditWriter(w, asJSON, asJSONL)
+	left := limit
 	for {
 		n := auditPageSize
-		if *limit > 0 {
+		if limit > 0 {
 			n = min(n, left)
 		}
 		events, next, err := st.AuditPage(ctx, filter, cursor, n)
@@ -107,7 +110,7 @@ func cmdAudit(ctx context.Context, e *env, args []string) int {
 			break
 		}
 		cursor = next
-		if *limit > 0 && left <= 0 {
+		if limit > 0 && left <= 0 {
 			fmt.Fprintf(e.Stderr, "passgate: audit: more events match; next page: --after %s\n", cursor)
 			break
 		}

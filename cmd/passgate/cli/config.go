@@ -93,14 +93,41 @@ func storeOptions(cfg *configs.Config) store.Options {
 	}
 }
 
-// openFor loads the configuration and opens the store for an admin
-// command; on failure it has printed why and returns the exit code.
-func (e *env) openFor(ctx context.Context, path, configFlag string) (*store.Store, int, bool) {
-	st, _, code, ok := e.openWithConfig(ctx, path, configFlag)
-	return st, code, ok
+// onStore is the opening every command on the store shares: it parses
+// args (with --config) for exactly n positional arguments, lets check
+// (which may be nil) refuse them before anything is opened (a usage
+// error, unless it is a failure), opens the store the configuration names, and runs do on it
+// with the account operations; the store is closed when do returns.
+// do's result is the command's exit code.
+func (e *env) onStore(ctx context.Context, f *cmdFlags, args []string, n int, check func(pos []string) error,
+	do func(st *store.Store, ops *adminOps, pos []string) int) int {
+	config := f.configFlag()
+	pos, code, ok := e.parse(f, args, n, n)
+	if !ok {
+		return code
+	}
+	if check != nil {
+		var failed failure
+		if err := check(pos); errors.As(err, &failed) {
+			return e.fail(f.path, failed.error)
+		} else if err != nil {
+			return e.usageError(f.path, err.Error())
+		}
+	}
+	st, cfg, code, ok := e.openWithConfig(ctx, f.path, *config)
+	if !ok {
+		return code
+	}
+	defer st.Close()
+	return do(st, newAdminOps(st, cfg, e.Now), pos)
 }
 
-// openWithConfig is openFor that also returns the configuration. With a
+// failure is an error of onStore's check that is a runtime failure (exit
+// 1), not a usage error.
+type failure struct{ error }
+
+// openWithConfig loads the configuration and opens the store for a
+// command; on failure it has printed why and returns the exit code. With a
 // configuration file, the store must exist already: an admin command run
 // with the wrong file, or from the wrong directory, must not create an
 // empty store beside it and report success (only migrate and serve create

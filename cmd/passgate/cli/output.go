@@ -22,6 +22,15 @@ func writeJSON(w io.Writer, v any) error {
 	return nil
 }
 
+// wrote ends a command that printed its output: a failed write (err)
+// fails it.
+func (e *env) wrote(path string, err error) int {
+	if err != nil {
+		return e.fail(path, err)
+	}
+	return exitOK
+}
+
 // table writes rows under a header (none when nil), in aligned columns.
 func table(w io.Writer, header []string, rows [][]string) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)

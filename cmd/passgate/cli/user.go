@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 
@@ -28,30 +29,19 @@ func cmdUserAdd(ctx context.Context, e *env, args []string) int {
 		"Add a user, named by the login name the mail server knows (e.g. alice or alice@example.test).\n"+
 			"With --mfa enforced the primary password no longer opens IMAP, SMTP and LDAP; only app passwords do.")
 	mfa := f.String("mfa", "", "MFA `STATE`: disabled, enabled or enforced (default: policy.default_mfa)")
-	config := f.configFlag()
-	pos, code, ok := e.parse(f, args, 1, 1)
-	if !ok {
-		return code
-	}
 	var state store.MFAState
-	if *mfa != "" {
-		st, err := store.ParseMFAState(*mfa)
-		if err != nil {
-			return e.usageError(f.path, "--mfa: "+err.Error())
+	check := func([]string) (err error) {
+		if *mfa != "" {
+			if state, err = store.ParseMFAState(*mfa); err != nil {
+				return errors.New("--mfa: " + err.Error())
+			}
 		}
-		state = st
+		return nil
 	}
-	st, cfg, code, ok := e.openWithConfig(ctx, f.path, *config)
-	if !ok {
-		return code
-	}
-	defer st.Close()
-	ops := newAdminOps(st, cfg, e.Now)
-	u, err := ops.AddUser(ctx, e.cliActor(), pos[0], state)
-	if err == nil {
-		fmt.Fprintf(e.Stdout, "Added user %s (MFA %s).\n", clean(u.Name), u.MFA)
-	}
-	return e.end(f.path, ops, err)
+	return e.onStore(ctx, f, args, 1, check, func(_ *store.Store, ops *adminOps, pos []string) int {
+		u, err := ops.AddUser(ctx, e.cliActor(), pos[0], state)
+		return e.said(f.path, ops, err, "Added user %s (MFA %s).\n", clean(u.Name), u.MFA)
+	})
 }
 
 func cmdUserList(ctx context.Context, e *env, args []string) int {
@@ -62,19 +52,19 @@ func cmdUserList(ctx context.Context, e *env, args []string) int {
 	search := f.String("search", "", "only names containing `TEXT` (case ignored)")
 	limit := f.Int("limit", 0, "print at most `N` users (default: all)")
 	after := f.String("after", "", "start after user `NAME` (the last name of a previous page)")
-	config := f.configFlag()
-	if _, code, ok := e.parse(f, args, 0, 0); !ok {
-		return code
+	check := func([]string) error {
+		if *limit < 0 {
+			return errors.New("--limit must be 0 (all) or more")
+		}
+		return nil
 	}
-	if *limit < 0 {
-		return e.usageError(f.path, "--limit must be 0 (all) or more")
-	}
-	st, cfg, code, ok := e.openWithConfig(ctx, f.path, *config)
-	if !ok {
-		return code
-	}
-	defer st.Close()
-	ops := newAdminOps(st, cfg, e.Now)
+	return e.onStore(ctx, f, args, 0, check, func(_ *store.Store, ops *adminOps, _ []string) int {
+		return listUsers(ctx, e, f, ops, asJSON, search, limit, after)
+	})
+}
+
+// listUsers prints the users of "user list" page by page.
+func listUsers(ctx context.Context, e *env, f *cmdFlags, ops *adminOps, asJSON *bool, search *string, limit *int, after *string) int {
 	w := bufio.NewWriter(e.Stdout)
 	defer w.Flush()
 	const format = "%-32s %-9s %-13s %-5s %-20s %s\n"
@@ -137,57 +127,37 @@ func cmdUserSetMFA(ctx context.Context, e *env, args []string) int {
 		"Change a user's MFA state. enabled: the primary password still works, but each such login is audited as\n"+
 			"\"would be refused once enforced\". enforced: only app passwords open IMAP, SMTP and LDAP.\n"+
 			"A user without a row is added. App passwords are kept whatever the state.")
-	config := f.configFlag()
-	pos, code, ok := e.parse(f, args, 2, 2)
-	if !ok {
-		return code
+	var state store.MFAState
+	check := func(pos []string) (err error) {
+		state, err = store.ParseMFAState(pos[1])
+		return err
 	}
-	state, err := store.ParseMFAState(pos[1])
-	if err != nil {
-		return e.usageError(f.path, err.Error())
-	}
-	st, cfg, code, ok := e.openWithConfig(ctx, f.path, *config)
-	if !ok {
-		return code
-	}
-	defer st.Close()
-	name := pos[0]
-	ops := newAdminOps(st, cfg, e.Now)
-	u, before, err := ops.SetMFA(ctx, e.cliActor(), name, state)
-	if err != nil {
-		return e.end(f.path, ops, err)
-	}
-	fmt.Fprintf(e.Stdout, "MFA of %s is now %s (was %s).\n", clean(u.Name), u.MFA, before)
-	if u.MFA == store.MFAEnforced {
-		aps, err := st.ListAppPasswords(ctx, name)
-		if err == nil && len(aps) == 0 {
-			fmt.Fprintf(e.Stdout, "%s has no app password yet: IMAP, SMTP and LDAP logins fail until one is created with\n  passgate app-password create %s --label LABEL\n", clean(u.Name), clean(u.Name))
+	return e.onStore(ctx, f, args, 2, check, func(st *store.Store, ops *adminOps, pos []string) int {
+		name := pos[0]
+		u, before, err := ops.SetMFA(ctx, e.cliActor(), name, state)
+		if err != nil {
+			return e.end(f.path, ops, err)
 		}
-	}
-	return e.end(f.path, ops, nil)
+		fmt.Fprintf(e.Stdout, "MFA of %s is now %s (was %s).\n", clean(u.Name), u.MFA, before)
+		if u.MFA == store.MFAEnforced {
+			aps, err := st.ListAppPasswords(ctx, name)
+			if err == nil && len(aps) == 0 {
+				fmt.Fprintf(e.Stdout, "%s has no app password yet: IMAP, SMTP and LDAP logins fail until one is created with\n  passgate app-password create %s --label LABEL\n", clean(u.Name), clean(u.Name))
+			}
+		}
+		return e.end(f.path, ops, nil)
+	})
 }
 
 func cmdUserDelete(ctx context.Context, e *env, args []string) int {
 	f := newFlags("user delete", "NAME [--config FILE]",
 		"Delete a user and all the user's app passwords. The user falls back to policy.default_mfa. The audit trail is kept.")
-	config := f.configFlag()
-	pos, code, ok := e.parse(f, args, 1, 1)
-	if !ok {
-		return code
-	}
-	st, cfg, code, ok := e.openWithConfig(ctx, f.path, *config)
-	if !ok {
-		return code
-	}
-	defer st.Close()
-	name := pos[0]
-	ops := newAdminOps(st, cfg, e.Now)
-	aps, err := st.ListAppPasswords(ctx, name)
-	if err == nil {
-		err = ops.DeleteUser(ctx, e.cliActor(), name)
-	}
-	if err == nil {
-		fmt.Fprintf(e.Stdout, "Deleted user %s and %d app password(s).\n", clean(name), len(aps))
-	}
-	return e.end(f.path, ops, err)
+	return e.onStore(ctx, f, args, 1, nil, func(st *store.Store, ops *adminOps, pos []string) int {
+		name := pos[0]
+		aps, err := st.ListAppPasswords(ctx, name)
+		if err == nil {
+			err = ops.DeleteUser(ctx, e.cliActor(), name)
+		}
+		return e.said(f.path, ops, err, "Deleted user %s and %d app password(s).\n", clean(name), len(aps))
+	})
 }
