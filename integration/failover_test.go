@@ -2,7 +2,10 @@ package integration
 
 import (
 	"context"
+	"encoding/json"
 	"net/http"
+	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -50,7 +53,14 @@ func TestFailoverToPromotedStandby(t *testing.T) {
 	}
 	// Acknowledged before the crash: an app password shown to its user,
 	// and a deletion confirmed.
-	shown := p.appPassword(t, "alice", "phone")
+	var created struct {
+		ID       int64  `json:"id"`
+		Password string `json:"password"`
+	}
+	if out := p.admin(t, "app-password", "create", "alice", "--label", "phone", "--json"); json.Unmarshal([]byte(out), &created) != nil || created.Password == "" {
+		t.Fatalf("app-password create --json printed %q", out)
+	}
+	shown := created.Password
 	gone := p.appPassword(t, "alice", "old-laptop")
 	p.admin(t, "app-password", "delete", "alice", "--label", "old-laptop")
 
@@ -140,7 +150,14 @@ func TestFailoverToPromotedStandby(t *testing.T) {
 	if got := p.rawLoginFrom(t, "127.0.0.83", "alice", gone); got != "a "+uniformFailure+"\r\n" {
 		t.Errorf("the app password deleted before the crash: %q, want the uniform failure", got)
 	}
-	// Revocation reaches a live session through the new primary.
+	// Revocation reaches a live session through the new primary: the
+	// notification listener, on the same multi-host DSN, listens again
+	// on the promoted standby, and the deletion is announced there (the
+	// 500 ms polling would close the session too, so the announcement in
+	// the log is what shows the listener at work).
+	if !eventually(patience, func() bool { return strings.Contains(p.out.String(), `"msg":"revocation notifications resumed"`) }) {
+		t.Fatalf("the revocation listener did not resume after the promotion:\n%s", tail(p.out.String(), 40))
+	}
 	c := p.dial(t, false, "127.0.0.84", nil)
 	if err := c.Login("alice", shown).Wait(); err != nil {
 		t.Fatalf("LOGIN after the failover: %v", err)
@@ -150,5 +167,9 @@ func TestFailoverToPromotedStandby(t *testing.T) {
 	case <-c.Closed():
 	case <-time.After(patience):
 		t.Errorf("the session of an app password deleted after the failover is still open after %v", patience)
+	}
+	announced := regexp.MustCompile(`"msg":"app password deletion announced"[^\n]*"app_password_id":` + strconv.FormatInt(created.ID, 10) + `[,}]`)
+	if !eventually(patience, func() bool { return announced.MatchString(p.out.String()) }) {
+		t.Errorf("the deletion of app password %d after the failover was not announced by the new primary (LISTEN/NOTIFY):\n%s", created.ID, tail(p.out.String(), 40))
 	}
 }

@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -228,9 +229,117 @@ func (s *Store) AuditPage(ctx context.Context, f AuditFilter, after AuditCursor,
 		cmp, order = "<", "DESC"
 	}
 	if !after.IsZero() {
-		where = append(where, "(time, id) "+cmp+" (?, ?)")
-		args = append(args, dbTime(after.Time), after.ID)
+		// The plain bound on time, implied by the row comparison, is what
+		// lets PostgreSQL leave out the day partitions behind the cursor
+		// when it plans the page (it does not prune on a row comparison).
+		where = append(where, "time "+cmp+"= ?", "(time, id) "+cmp+" (?, ?)")
+		args = append(args, dbTime(after.Time), dbTime(after.Time), after.ID)
 	}
+	// On PostgreSQL, planning a query over every day partition costs more
+	// than reading a page (tens of milliseconds on a fresh connection with
+	// a month of partitions). A page that lies within a day of its start
+	// — the newest events, or the next page of a full trail — is first
+	// looked for in that day alone, which the planner prunes to one or two
+	// partitions; only a page that this window does not fill is read
+	// again without it. The window's page, when full, is the page: every
+	// event outside the window comes after all of its events.
+	if from, ok := s.auditProbeStart(ctx, f, after); ok {
+		bound := "time >= ?"
+		edge := from.Add(-auditProbeWindow)
+		if !f.Newest {
+			bound, edge = "time < ?", from.Add(auditProbeWindow)
+		}
+		events, more, err := s.auditRows(ctx, append(slices.Clip(where), bound), append(slices.Clip(args), dbTime(edge)), order, limit)
+		if err != nil {
+			return nil, AuditCursor{}, err
+		}
+		if more {
+			last := events[len(events)-1]
+			return events, AuditCursor{Time: last.Time, ID: last.ID}, nil
+		}
+	}
+	events, more, err := s.auditRows(ctx, where, args, order, limit)
+	if err != nil {
+		return nil, AuditCursor{}, err
+	}
+	if more {
+		last := events[len(events)-1]
+		next = AuditCursor{Time: last.Time, ID: last.ID}
+	}
+	return events, next, nil
+}
+
+// auditProbeWindow is the span of the first try of a page on PostgreSQL
+// (AuditPage): a day, the span of a login partition.
+const auditProbeWindow = 24 * time.Hour
+
+// auditProbeStart returns where the day's window of a page of f after the
+// cursor starts (AuditPage), on PostgreSQL: the cursor, or for a first
+// page now (newest first) or the oldest event. It reports false when the
+// window is not worth it: when a time bound of the filter already narrows
+// the partitions, or for one user's events (their index finds them in
+// every partition at once, and they may be sparse).
+func (s *Store) auditProbeStart(ctx context.Context, f AuditFilter, after AuditCursor) (time.Time, bool) {
+	switch {
+	case s.driver != DriverPostgres || f.User != "" || !f.Since.IsZero() || !f.Until.IsZero():
+		return time.Time{}, false
+	case !after.IsZero():
+		return after.Time, true
+	case f.Newest:
+		return time.Now(), true
+	}
+	return s.auditOldest(ctx)
+}
+
+// auditOldest returns the time of the oldest audit event on PostgreSQL, or
+// false when there is none or it cannot tell. It reads the account
+// changes, the default login partition and the day partitions from the
+// oldest on, one table at a time, until one holds an event: each query
+// plans one table, where a query on audit_events plans them all.
+func (s *Store) auditOldest(ctx context.Context) (time.Time, bool) {
+	var names []string
+	if err := s.db.SelectContext(ctx, &names, `SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+		WHERE i.inhparent = 'audit_logins'::regclass`); err != nil {
+		return time.Time{}, false
+	}
+	type part struct {
+		name string
+		end  time.Time
+	}
+	var parts []part
+	for _, n := range names {
+		if end, ok := partitionEnd(n); ok {
+			parts = append(parts, part{n, end})
+		}
+	}
+	slices.SortFunc(parts, func(a, b part) int { return a.end.Compare(b.end) })
+	var oldest sql.NullTime
+	if err := s.db.GetContext(ctx, &oldest, `SELECT min(t) FROM (SELECT min(time) AS t FROM audit_changes
+		UNION ALL SELECT min(time) FROM audit_logins_default) AS m`); err != nil {
+		return time.Time{}, false
+	}
+	for _, p := range parts {
+		if oldest.Valid && !oldest.Time.After(p.end) {
+			break // this partition and the later ones hold nothing older
+		}
+		var t sql.NullTime
+		// The name is one of passgate's own partitions (partitionEnd).
+		if err := s.db.GetContext(ctx, &t, `SELECT min(time) FROM `+p.name); err != nil {
+			return time.Time{}, false // dropped meanwhile: no window
+		}
+		if t.Valid {
+			if !oldest.Valid || t.Time.Before(oldest.Time) {
+				oldest = t
+			}
+			break
+		}
+	}
+	return oldest.Time, oldest.Valid
+}
+
+// auditRows runs one page's query: the events that where selects, in
+// order, at most limit, and whether more follow.
+func (s *Store) auditRows(ctx context.Context, where []string, args []any, order string, limit int) ([]AuditEvent, bool, error) {
 	q := `SELECT ` + auditColumns + ` FROM audit_events`
 	if len(where) > 0 {
 		q += " WHERE " + strings.Join(where, " AND ")
@@ -239,10 +348,10 @@ func (s *Store) AuditPage(ctx context.Context, f AuditFilter, after AuditCursor,
 	args = append(args, limit+1)
 	rows, err := s.db.QueryxContext(ctx, s.db.Rebind(q), args...)
 	if err != nil {
-		return nil, AuditCursor{}, fmt.Errorf("store: read audit trail: %w", err)
+		return nil, false, fmt.Errorf("store: read audit trail: %w", err)
 	}
 	defer rows.Close()
-	events = make([]AuditEvent, 0, min(limit, 64))
+	events := make([]AuditEvent, 0, min(limit, 64))
 	more := false
 	for rows.Next() {
 		if len(events) == limit {
@@ -251,18 +360,14 @@ func (s *Store) AuditPage(ctx context.Context, f AuditFilter, after AuditCursor,
 		}
 		var r auditRow
 		if err := rows.StructScan(&r); err != nil {
-			return nil, AuditCursor{}, fmt.Errorf("store: read audit trail: %w", err)
+			return nil, false, fmt.Errorf("store: read audit trail: %w", err)
 		}
 		events = append(events, r.event())
 	}
 	if err := rows.Err(); err != nil {
-		return nil, AuditCursor{}, fmt.Errorf("store: read audit trail: %w", err)
+		return nil, false, fmt.Errorf("store: read audit trail: %w", err)
 	}
-	if more {
-		last := events[len(events)-1]
-		next = AuditCursor{Time: last.Time, ID: last.ID}
-	}
-	return events, next, nil
+	return events, more, nil
 }
 
 // where returns f's conditions.

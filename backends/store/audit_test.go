@@ -284,3 +284,57 @@ func testAuditJournalBatch(t *testing.T, f *fixture) {
 		}
 	}
 }
+
+// testAuditPageAcrossDays: pages over a trail spread across days — dense
+// in some, empty in others, a change among the logins — come out the same
+// in both directions, with small and large pages, as one ordered listing.
+// On PostgreSQL a page is first looked for within a day of its start
+// (AuditPage), and a day that does not fill it must not cut it short.
+func testAuditPageAcrossDays(t *testing.T, f *fixture) {
+	s := f.migrated(t)
+	ctx := ctxT(t)
+	now := time.Now().UTC().Truncate(time.Second)
+	offsets := []time.Duration{-96 * time.Hour, -95 * time.Hour, -50 * time.Hour, -49 * time.Hour, -48 * time.Hour, -30 * time.Hour,
+		-3 * time.Hour, -2 * time.Hour, -2 * time.Hour, -time.Hour, -time.Minute, time.Hour}
+	for i, d := range offsets {
+		if err := s.Record(ctx, structLogin(now.Add(d), "alice", "192.0.2.1", "imap", "success", store.CredentialNone, 0, "")); err != nil {
+			t.Fatal(err)
+		}
+		if i == 5 {
+			if err := s.Record(ctx, store.AuditEvent{Time: now.Add(-29 * time.Hour), Actor: "cli:root", Action: "user.add", Subject: "carol", Outcome: "success"}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	const total = 13
+	for _, newest := range []bool{false, true} {
+		for _, limit := range []int{1, 2, 5, 100} {
+			var got []store.AuditEvent
+			var after store.AuditCursor
+			for range total + 1 {
+				evs, next, err := s.AuditPage(ctx, store.AuditFilter{Newest: newest}, after, limit)
+				if err != nil {
+					t.Fatal(err)
+				}
+				got = append(got, evs...)
+				if next.IsZero() {
+					break
+				}
+				after = next
+			}
+			if len(got) != total {
+				t.Fatalf("newest=%v limit=%d: %d events, want %d", newest, limit, len(got), total)
+			}
+			for i := 1; i < len(got); i++ {
+				a, b := got[i-1], got[i]
+				inOrder := a.Time.Before(b.Time) || a.Time.Equal(b.Time) && a.ID < b.ID
+				if newest {
+					inOrder = b.Time.Before(a.Time) || a.Time.Equal(b.Time) && b.ID < a.ID
+				}
+				if !inOrder {
+					t.Fatalf("newest=%v limit=%d: event %d (%v #%d) then %d (%v #%d)", newest, limit, i-1, a.Time, a.ID, i, b.Time, b.ID)
+				}
+			}
+		}
+	}
+}

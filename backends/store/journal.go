@@ -25,7 +25,9 @@ const (
 
 // Journal is a Store whose login writes — Record and RecordLogin, the
 // audit event and last use of every login — are queued and committed by
-// one background goroutine, many to a transaction (group commit). A
+// one background goroutine, many to a transaction (group commit): a
+// batch is one multi-row INSERT of its events and one UPDATE of the last
+// uses it carries (the latest per app password). A
 // login then costs the store its reads only: on SQLite one commit per
 // login took longer than the rest of an LDAP bind.
 //
@@ -234,16 +236,31 @@ func (j *Journal) write(ctx context.Context, batch []journalWrite) error {
 	}
 	defer rollback(tx)
 	touchT, recordT := tx.StmtxContext(ctx, touchQ), tx.StmtxContext(ctx, recordQ)
+	// The batch's last uses: the latest of each app password.
+	var touches []journalWrite
+	last := make(map[int64]int)
 	for _, w := range batch {
-		// An app password deleted since the login has no row to touch;
-		// its login is recorded all the same.
 		if w.touch {
-			if err := touch(ctx, touchT, w.id, w.use); err != nil && !errors.Is(err, ErrNotFound) {
-				return err
+			if i, ok := last[w.id]; !ok {
+				last[w.id] = len(touches)
+				touches = append(touches, w)
+			} else if !w.use.At.Before(touches[i].use.At) {
+				touches[i] = w
 			}
 		}
 		// A success's lockout change commits with its event.
 		if err := applyNote(ctx, tx, w.ev.Lockout); err != nil {
+			return err
+		}
+	}
+	// An app password deleted since the login has no row to touch; its
+	// login is recorded all the same.
+	if len(touches) == 1 {
+		if err := touch(ctx, touchT, touches[0].id, touches[0].use); err != nil && !errors.Is(err, ErrNotFound) {
+			return err
+		}
+	} else if len(touches) > 1 {
+		if err := j.touchMany(ctx, tx, touches); err != nil {
 			return err
 		}
 	}
@@ -259,6 +276,40 @@ func (j *Journal) write(ctx context.Context, batch []journalWrite) error {
 	}
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("store: write audit batch: commit: %w", err)
+	}
+	return nil
+}
+
+// touchMany records the last use of several app passwords (one write
+// each) with one UPDATE joined to a list of values: like the events' INSERT,
+// one round trip to PostgreSQL for the batch instead of one per login.
+func (j *Journal) touchMany(ctx context.Context, tx *sqlx.Tx, touches []journalWrite) error {
+	// PostgreSQL types the list from its first row; SQLite takes the
+	// values as they are bound.
+	first, row := "(?, ?, ?, ?, ?)", "(?, ?, ?, ?, ?)"
+	if j.driver == DriverPostgres {
+		first = "(?::bigint, ?::timestamptz, ?::text, ?::text, ?::text)"
+	}
+	var b strings.Builder
+	b.WriteString("WITH v(id, at, addr, proto, client) AS (VALUES ")
+	args := make([]any, 0, 5*len(touches))
+	for i, w := range touches {
+		if i == 0 {
+			b.WriteString(first)
+		} else {
+			b.WriteString(", ")
+			b.WriteString(row)
+		}
+		at := w.use.At
+		if at.IsZero() {
+			at = time.Now()
+		}
+		args = append(args, w.id, dbTime(at), cleanText(w.use.Addr, maxUsageField), cleanText(w.use.Proto, maxUsageField), cleanText(w.use.Client, maxUsageField))
+	}
+	b.WriteString(`) UPDATE app_passwords SET last_used_at = v.at, last_used_addr = v.addr, last_used_proto = v.proto, last_used_client = v.client
+		FROM v WHERE app_passwords.id = v.id`)
+	if _, err := tx.ExecContext(ctx, tx.Rebind(b.String()), args...); err != nil {
+		return fmt.Errorf("store: record the last use of %d app passwords: %w", len(touches), err)
 	}
 	return nil
 }

@@ -155,6 +155,76 @@ func testJournalDeleted(t *testing.T, f *fixture) {
 	}
 }
 
+// testJournalLastUses: one batch touching several app passwords, some
+// more than once and one deleted meanwhile, leaves each with its own
+// latest use, and every event lands.
+func testJournalLastUses(t *testing.T, f *fixture) {
+	s := f.migrated(t)
+	ctx := ctxT(t)
+	addUser(t, s, "dave", store.MFAEnforced)
+	addUser(t, s, "erin", store.MFAEnforced)
+	d1, _ := create(t, s, "dave", "phone")
+	d2, _ := create(t, s, "dave", "laptop")
+	e1, _ := create(t, s, "erin", "mail")
+	gone, _ := create(t, s, "erin", "old")
+	if _, err := s.DeleteAppPassword(ctx, "erin", "old"); err != nil {
+		t.Fatal(err)
+	}
+	j := store.NewJournal(s, nil)
+	base := time.Now().Add(-time.Minute)
+	writes := []struct {
+		id   int64
+		user string
+		addr string
+	}{
+		{d1.ID, "dave", "192.0.2.1:1"}, {e1.ID, "erin", "192.0.2.2:1"}, {d2.ID, "dave", "192.0.2.3:1"},
+		{gone.ID, "erin", "192.0.2.4:1"}, {d1.ID, "dave", "192.0.2.1:2"}, {e1.ID, "erin", "192.0.2.2:2"},
+	}
+	for i, w := range writes {
+		ev := loginEvent(w.user, "success", i)
+		ev.Time = base.Add(time.Duration(i) * time.Second)
+		if err := j.RecordLogin(ctx, w.id, store.Usage{At: ev.Time, Addr: w.addr, Proto: "imap"}, ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := j.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		user, label, addr string
+		at                time.Time
+	}{
+		{"dave", "phone", "192.0.2.1:2", base.Add(4 * time.Second)},
+		{"dave", "laptop", "192.0.2.3:1", base.Add(2 * time.Second)},
+		{"erin", "mail", "192.0.2.2:2", base.Add(5 * time.Second)},
+	} {
+		list, err := s.ListAppPasswords(ctx, c.user)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var found bool
+		for _, a := range list {
+			if a.Label != c.label {
+				continue
+			}
+			found = true
+			if a.LastUsedAddr != c.addr || a.LastUsedProto != "imap" || a.LastUsedAt == nil || !a.LastUsedAt.Equal(c.at.UTC().Truncate(time.Microsecond)) {
+				t.Errorf("%s/%s last use: %q %q %v, want %q imap %v", c.user, c.label, a.LastUsedAddr, a.LastUsedProto, a.LastUsedAt, c.addr, c.at)
+			}
+		}
+		if !found {
+			t.Errorf("%s/%s missing", c.user, c.label)
+		}
+	}
+	evs, err := s.Audit(ctx, store.AuditFilter{Kind: store.AuditKindLogin})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(evs) != len(writes) {
+		t.Fatalf("%d login events stored, want %d", len(evs), len(writes))
+	}
+}
+
 // testJournalCloseFlushes: Close commits what is queued before closing.
 func testJournalCloseFlushes(t *testing.T, f *fixture) {
 	s, err := store.Open(context.Background(), f.options())

@@ -1,10 +1,16 @@
 // Command scale seeds passgate stores of N users through passgate's own
 // schema and hashing, and measures what issue 17 asks of a large store:
 // serve start to /readyz, an admin command on one user, the first page of
-// "user list" and of "audit", the login latency by kind (through the
+// "user list" and of "audit" (each run 7 times: fastest and median), the
+// whole "user list --json" and "audit --jsonl" (rows per second, the
+// process's CPU time and peak RSS), the login latency by kind (through the
 // policy engine and the store, without a network: say so when quoting it)
-// and the disk taken per login event, before (the schema of version 1)
-// and after (version 5). It prints the sizes side by side.
+// with and without the seeded events, what a login writes (a transaction
+// each, or through serve's Journal) and the disk taken per login event,
+// before (the schema of version 1) and after (version 5). It prints the
+// sizes side by side, and with -baseline a second binary's figures on the
+// same store beside them. -workdir keeps the stores and -reuse measures
+// them again without seeding.
 //
 //	go build -o /tmp/pg ./cmd/passgate
 //	go run ./integration/scale -passgate /tmp/pg -sizes 1000,100000 -events 10
@@ -20,6 +26,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"database/sql"
 	"encoding/hex"
@@ -37,6 +44,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -55,9 +63,15 @@ func main() {
 	sizes := flag.String("sizes", "1000,100000", "comma-separated numbers of users")
 	events := flag.Int("events", 0, "login events per user to seed (spread over 30 days)")
 	bin := flag.String("passgate", "", "passgate binary, for the serve and command-line rows (empty: skipped)")
+	baseline := flag.String("baseline", "", "a second passgate binary (e.g. built from an older commit) measured on the same store, in a column of its own")
 	logins := flag.Int("logins", 300, "logins measured per kind")
+	workdir := flag.String("workdir", "", "keep each size's key, configuration and SQLite file in `DIR`/N (default: a temporary directory, removed)")
+	reuse := flag.Bool("reuse", false, "measure the stores that an earlier run left (-workdir, and -dsn on PostgreSQL) without seeding them again")
 	flag.Parse()
 	ctx := context.Background()
+	if *reuse && (*workdir == "" || *driver == store.DriverPostgres && *dsn == "") {
+		fatal(errors.New("-reuse needs the -workdir (and on PostgreSQL the -dsn) of the earlier run"))
+	}
 	if *driver == store.DriverPostgres && *dsn == "" {
 		// A throwaway cluster of the test harness (fsync off).
 		base, stop, err := testenv.Postgres(ctx)
@@ -76,11 +90,11 @@ func main() {
 		if err != nil || n < 100 {
 			fatal(fmt.Errorf("-sizes: %q is not a number of users (at least 100)", s))
 		}
-		c, err := run(ctx, config{driver: *driver, dsn: *dsn, users: n, events: *events, bin: *bin, logins: *logins})
+		c, err := run(ctx, config{driver: *driver, dsn: *dsn, users: n, events: *events, bin: *bin, baseline: *baseline, logins: *logins, workdir: *workdir, reuse: *reuse})
 		if err != nil {
 			fatal(fmt.Errorf("%d users: %w", n, err))
 		}
-		cols = append(cols, c)
+		cols = append(cols, c...)
 	}
 	print(os.Stdout, *driver, cols)
 }
@@ -97,7 +111,10 @@ type config struct {
 	users       int
 	events      int
 	bin         string
+	baseline    string
 	logins      int
+	workdir     string
+	reuse       bool
 }
 
 // column is one size's figures, by row name.
@@ -108,7 +125,10 @@ type column struct {
 
 var rowOrder = []string{"seed", "events", "serve start → /readyz", "app-password list (one user)",
 	"user list --json: first byte", "audit --json: first byte", "audit --limit 100",
+	"user list --json: whole", "user list --json: peak RSS", "audit --jsonl: whole", "audit --jsonl: peak RSS",
 	"login good app password p50/p99", "login wrong secret p50/p99", "login unknown user p50/p99",
+	"login good app password p50/p99, empty journal", "login wrong secret p50/p99, empty journal", "login unknown user p50/p99, empty journal",
+	"login write, a transaction each p50", "login write, journal (group commit)",
 	"bytes per login event, schema v1", "bytes per login event, schema v5"}
 
 func print(w io.Writer, driver string, cols []column) {
@@ -132,84 +152,151 @@ func print(w io.Writer, driver string, cols []column) {
 	tw.Flush()
 }
 
-func run(ctx context.Context, cfg config) (column, error) {
-	col := column{title: fmt.Sprintf("%d users", cfg.users), rows: map[string]string{}}
-	dir, err := os.MkdirTemp("", "passgate-scale-")
-	if err != nil {
-		return col, err
+// run seeds one size and measures it: one column, and a second one for
+// the baseline binary if there is one.
+func run(ctx context.Context, cfg config) ([]column, error) {
+	col, base, err := runSize(ctx, cfg)
+	if cfg.baseline == "" {
+		return []column{col}, err
 	}
-	defer os.RemoveAll(dir)
+	return []column{col, base}, err
+}
+
+func runSize(ctx context.Context, cfg config) (col, base column, err error) {
+	col = column{title: fmt.Sprintf("%d users", cfg.users), rows: map[string]string{}}
+	base = column{title: fmt.Sprintf("%d users, baseline", cfg.users), rows: map[string]string{}}
+	var dir string
+	if cfg.workdir == "" {
+		if dir, err = os.MkdirTemp("", "passgate-scale-"); err != nil {
+			return col, base, err
+		}
+		defer os.RemoveAll(dir)
+	} else {
+		dir = filepath.Join(cfg.workdir, strconv.Itoa(cfg.users))
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return col, base, err
+		}
+	}
 	opts := store.Options{Driver: cfg.driver, DSN: cfg.dsn, KeyFile: filepath.Join(dir, "passgate.key")}
 	if cfg.driver == store.DriverSQLite {
 		opts.DSN = filepath.Join(dir, "passgate.db")
+	}
+	if cfg.reuse {
+		return col, base, measureAll(ctx, cfg, opts, dir, col, base)
+	}
+	if cfg.driver == store.DriverSQLite {
+		for _, f := range []string{"", "-wal", "-shm"} {
+			if err := os.Remove(opts.DSN + f); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return col, base, err
+			}
+		}
+		if err := os.Remove(opts.KeyFile); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return col, base, err
+		}
 	} else {
 		if err := resetPostgres(ctx, cfg.dsn); err != nil {
-			return col, err
+			return col, base, err
+		}
+		if err := os.Remove(opts.KeyFile); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return col, base, err
 		}
 	}
 	st, err := store.Open(ctx, opts)
 	if err != nil {
-		return col, err
+		return col, base, err
 	}
 	if _, err := st.Migrate(ctx); err != nil {
 		st.Close()
-		return col, err
+		return col, base, err
 	}
 	st.Close()
 	key, err := readKey(opts.KeyFile)
 	if err != nil {
-		return col, err
+		return col, base, err
 	}
 	h, err := apppass.NewHasher(key)
 	if err != nil {
-		return col, err
+		return col, base, err
 	}
 	db, err := sql.Open(sqlDriver(cfg.driver), sqlDSN(cfg.driver, opts.DSN))
 	if err != nil {
-		return col, err
+		return col, base, err
 	}
 	defer db.Close()
 
 	start := time.Now()
 	apps, err := seed(ctx, db, cfg, h)
 	if err != nil {
-		return col, fmt.Errorf("seed: %w", err)
+		return col, base, fmt.Errorf("seed: %w", err)
 	}
 	col.rows["seed"] = fmt.Sprintf("%s (%d app passwords)", round(time.Since(start)), apps)
 	if cfg.events > 0 {
+		// The same logins before the events are seeded: the journal's
+		// size should not show in them.
+		st, err := store.Open(ctx, opts)
+		if err != nil {
+			return col, base, err
+		}
+		empty := map[string]string{}
+		if _, err = st.Migrate(ctx); err == nil {
+			err = measureLogins(ctx, st, cfg, empty)
+		}
+		st.Close()
+		if err != nil {
+			return col, base, err
+		}
+		for k, v := range empty {
+			col.rows[k+", empty journal"] = v
+		}
+
 		start = time.Now()
 		n, err := seedEvents(ctx, db, cfg)
 		if err != nil {
-			return col, fmt.Errorf("seed events: %w", err)
+			return col, base, fmt.Errorf("seed events: %w", err)
 		}
 		col.rows["events"] = fmt.Sprintf("%d in %s", n, round(time.Since(start)))
 		v1, v5, err := bytesPerEvent(ctx, db, cfg, n)
 		if err != nil {
-			return col, fmt.Errorf("measure bytes per event: %w", err)
+			return col, base, fmt.Errorf("measure bytes per event: %w", err)
 		}
 		col.rows["bytes per login event, schema v1"], col.rows["bytes per login event, schema v5"] = v1, v5
 	}
 
-	st, err = store.Open(ctx, opts)
+	return col, base, measureAll(ctx, cfg, opts, dir, col, base)
+}
+
+// measureAll measures a seeded store: logins and their writes, then the
+// commands of each binary.
+func measureAll(ctx context.Context, cfg config, opts store.Options, dir string, col, base column) error {
+	st, err := store.Open(ctx, opts)
 	if err != nil {
-		return col, err
+		return err
 	}
 	if _, err := st.Migrate(ctx); err != nil {
 		st.Close()
-		return col, err
+		return err
 	}
 	if err := measureLogins(ctx, st, cfg, col.rows); err != nil {
 		st.Close()
-		return col, err
+		return err
+	}
+	if err := measureWrites(ctx, st, cfg, col.rows); err != nil {
+		st.Close()
+		return err
 	}
 	st.Close()
 
 	if cfg.bin != "" {
-		if err := measureCommands(ctx, cfg, opts, dir, col.rows); err != nil {
-			return col, err
+		if err := measureCommands(ctx, cfg, cfg.bin, opts, dir, col.rows); err != nil {
+			return err
 		}
 	}
-	return col, nil
+	if cfg.baseline != "" {
+		if err := measureCommands(ctx, cfg, cfg.baseline, opts, dir, base.rows); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func sqlDriver(d string) string {
@@ -577,8 +664,59 @@ func measureLogins(ctx context.Context, st *store.Store, cfg config, rows map[st
 	return nil
 }
 
+// measureWrites measures what a successful app-password login writes —
+// its last use (an UPDATE of the app password) and its audit event (an
+// INSERT) — committed one transaction per login (Store.RecordLogin), and
+// through the Journal that serve uses: up to 256 logins to a transaction,
+// their events in one multi-row INSERT.
+func measureWrites(ctx context.Context, st *store.Store, cfg config, rows map[string]string) error {
+	r := rand.New(rand.NewPCG(5, 6))
+	login := func() (int64, store.Usage, store.AuditEvent) {
+		i := r.IntN(cfg.users)
+		// app00 of user i: seeded in order, ids from 1, 40 for each user
+		// whose number is a multiple of 100 and 3 for the others.
+		id := int64(1 + 3*i + 37*((i+99)/100))
+		now := time.Now()
+		ev := store.AuditEvent{Time: now, Action: store.ActionLogin, Subject: userName(i), Outcome: "success",
+			Protocol: "imap", ClientAddr: "203.0.113.9", ClientPort: 50000, TLS: true,
+			Credential: store.CredentialAppPassword, AppPasswordID: id, Label: "app00", Reason: "app password matched"}
+		return id, store.Usage{At: now, Addr: "203.0.113.9:50000", Proto: "imap"}, ev
+	}
+	took := make([]time.Duration, 0, cfg.logins)
+	for range cfg.logins {
+		id, u, ev := login()
+		start := time.Now()
+		if err := st.RecordLogin(ctx, id, u, ev); err != nil {
+			return fmt.Errorf("record a login: %w", err)
+		}
+		took = append(took, time.Since(start))
+	}
+	slices.Sort(took)
+	rows["login write, a transaction each p50"] = ms(took[len(took)/2])
+
+	j := store.NewJournal(st, nil)
+	const n = 20000
+	start := time.Now()
+	for range n {
+		id, u, ev := login()
+		if err := j.RecordLogin(ctx, id, u, ev); err != nil {
+			return fmt.Errorf("queue a login: %w", err)
+		}
+	}
+	if err := j.Flush(ctx); err != nil {
+		return err
+	}
+	d := time.Since(start)
+	if lost := j.Lost(); lost > 0 {
+		return fmt.Errorf("the journal lost %d of %d writes", lost, n)
+	}
+	rows["login write, journal (group commit)"] = fmt.Sprintf("%.0f µs per login (%d in %s, %.0f/s)",
+		float64(d.Microseconds())/n, n, round(d), n/d.Seconds())
+	return nil
+}
+
 // measureCommands times the passgate binary on the seeded store.
-func measureCommands(ctx context.Context, cfg config, opts store.Options, dir string, rows map[string]string) error {
+func measureCommands(ctx context.Context, cfg config, bin string, opts store.Options, dir string, rows map[string]string) error {
 	imapPort, metricsPort := freePort(), freePort()
 	conf := filepath.Join(dir, "passgate.yaml")
 	y := fmt.Sprintf(`store:
@@ -605,73 +743,140 @@ log:
 	env := append(os.Environ(), "PASSGATE_CONFIG="+conf)
 
 	// serve: start to the first 200 of /readyz.
-	start := time.Now()
-	srv := exec.CommandContext(ctx, cfg.bin, "serve")
-	srv.Env, srv.Dir = env, dir
-	srv.Stderr = os.Stderr
-	if err := srv.Start(); err != nil {
-		return err
-	}
-	ready := false
-	for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(2 * time.Millisecond) {
-		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/readyz", metricsPort))
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				ready = true
-				break
+	serve := func() (time.Duration, error) {
+		start := time.Now()
+		srv := exec.CommandContext(ctx, bin, "serve")
+		srv.Env, srv.Dir = env, dir
+		srv.Stderr = os.Stderr
+		if err := srv.Start(); err != nil {
+			return 0, err
+		}
+		defer func() {
+			srv.Process.Signal(os.Interrupt)
+			srv.Wait()
+		}()
+		for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(2 * time.Millisecond) {
+			resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/readyz", metricsPort))
+			if err == nil {
+				resp.Body.Close()
+				if resp.StatusCode == http.StatusOK {
+					return time.Since(start), nil
+				}
 			}
 		}
+		return 0, errors.New("not ready in 60 s")
 	}
-	took := time.Since(start)
-	srv.Process.Signal(os.Interrupt)
-	srv.Wait()
-	if ready {
-		rows["serve start → /readyz"] = ms(took)
-	} else {
-		rows["serve start → /readyz"] = "not ready in 60 s"
-	}
-
-	whole := func(args ...string) string {
-		start := time.Now()
-		c := exec.CommandContext(ctx, cfg.bin, args...)
-		c.Env, c.Dir = env, dir
-		if out, err := c.CombinedOutput(); err != nil {
-			return "error: " + strings.SplitN(string(out), "\n", 2)[0]
+	whole := func(args ...string) func() (time.Duration, error) {
+		return func() (time.Duration, error) {
+			start := time.Now()
+			c := exec.CommandContext(ctx, bin, args...)
+			c.Env, c.Dir = env, dir
+			if out, err := c.CombinedOutput(); err != nil {
+				return 0, errors.New(strings.SplitN(string(out), "\n", 2)[0])
+			}
+			return time.Since(start), nil
 		}
-		return ms(time.Since(start))
 	}
-	rows["app-password list (one user)"] = whole("app-password", "list", userName(cfg.users/2))
-	rows["audit --limit 100"] = whole("audit", "--limit", "100")
-	rows["user list --json: first byte"] = firstByte(ctx, cfg.bin, env, dir, "user", "list", "--json")
-	rows["audit --json: first byte"] = firstByte(ctx, cfg.bin, env, dir, "audit", "--json")
+	rows["serve start → /readyz"] = repeat(serve)
+	rows["app-password list (one user)"] = repeat(whole("app-password", "list", userName(cfg.users/2)))
+	rows["audit --limit 100"] = repeat(whole("audit", "--limit", "100"))
+	rows["user list --json: first byte"] = repeat(firstByte(ctx, bin, env, dir, "user", "list", "--json"))
+	rows["audit --json: first byte"] = repeat(firstByte(ctx, bin, env, dir, "audit", "--json"))
+	// user list --json writes "[", then one user per line, then "]".
+	rows["user list --json: whole"], rows["user list --json: peak RSS"] = stream(ctx, bin, env, dir, 2, "user", "list", "--json")
+	rows["audit --jsonl: whole"], rows["audit --jsonl: peak RSS"] = stream(ctx, bin, env, dir, 0, "audit", "--jsonl")
 	return nil
 }
 
-// firstByte times a command from its start to its first byte of output,
-// then stops it.
-func firstByte(ctx context.Context, bin string, env []string, dir string, args ...string) string {
-	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+// streamTimeout bounds one whole listing: 10 million rows at the goal's
+// 50 000 rows/s take 200 s.
+const streamTimeout = 20 * time.Minute
+
+// stream runs a listing to its end, counting its lines (less the extra
+// lines that are not rows), and returns the rows per second and the
+// process's peak resident set size, as the kernel counted it.
+func stream(ctx context.Context, bin string, env []string, dir string, extra int, args ...string) (rate, rss string) {
+	ctx, cancel := context.WithTimeout(ctx, streamTimeout)
 	defer cancel()
 	c := exec.CommandContext(ctx, bin, args...)
 	c.Env, c.Dir = env, dir
 	out, err := c.StdoutPipe()
 	if err != nil {
-		return "error"
+		return "error: " + err.Error(), "-"
 	}
 	start := time.Now()
 	if err := c.Start(); err != nil {
-		return "error"
+		return "error: " + err.Error(), "-"
 	}
-	br := bufio.NewReader(out)
-	_, rerr := br.ReadByte()
+	lines := 0
+	buf := make([]byte, 256<<10)
+	for {
+		n, err := out.Read(buf)
+		lines += bytes.Count(buf[:n], []byte{'\n'})
+		if err != nil {
+			break
+		}
+	}
+	werr := c.Wait()
 	took := time.Since(start)
-	c.Process.Kill()
-	c.Wait()
-	if rerr != nil {
-		return "no output in 60 s"
+	if werr != nil {
+		return fmt.Sprintf("error after %d lines in %s: %v", lines, round(took), werr), "-"
 	}
-	return ms(took)
+	rows := lines - extra
+	rate = fmt.Sprintf("%d rows in %s (%.0f rows/s)", rows, round(took), float64(rows)/took.Seconds())
+	if ru, ok := c.ProcessState.SysUsage().(*syscall.Rusage); ok {
+		// Linux counts ru_maxrss in KiB.
+		rss = fmt.Sprintf("%.1f MiB", float64(ru.Maxrss)/1024)
+	}
+	rate += fmt.Sprintf(", passgate CPU %s", round(c.ProcessState.UserTime()+c.ProcessState.SystemTime()))
+	return rate, rss
+}
+
+// firstByte times a command from its start to its first byte of output,
+// then stops it.
+func firstByte(ctx context.Context, bin string, env []string, dir string, args ...string) func() (time.Duration, error) {
+	return func() (time.Duration, error) {
+		ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+		defer cancel()
+		c := exec.CommandContext(ctx, bin, args...)
+		c.Env, c.Dir = env, dir
+		out, err := c.StdoutPipe()
+		if err != nil {
+			return 0, err
+		}
+		start := time.Now()
+		if err := c.Start(); err != nil {
+			return 0, err
+		}
+		br := bufio.NewReader(out)
+		_, rerr := br.ReadByte()
+		took := time.Since(start)
+		c.Process.Kill()
+		c.Wait()
+		if rerr != nil {
+			return 0, errors.New("no output in 60 s")
+		}
+		return took, nil
+	}
+}
+
+// runs is how many times repeat runs a timed command.
+const runs = 7
+
+// repeat runs f several times and gives the fastest and the median run:
+// on a machine shared with other work, the fastest is the nearest to the
+// command's own cost, the median what a user would see then.
+func repeat(f func() (time.Duration, error)) string {
+	took := make([]time.Duration, 0, runs)
+	for range runs {
+		d, err := f()
+		if err != nil {
+			return "error: " + err.Error()
+		}
+		took = append(took, d)
+	}
+	slices.Sort(took)
+	return fmt.Sprintf("%s (median %s)", ms(took[0]), ms(took[len(took)/2]))
 }
 
 func freePort() int {

@@ -281,7 +281,17 @@ func serve(ctx context.Context, e *env, cfg *configs.Config, log *slog.Logger, o
 // PostgreSQL announces as deleted, and polls once whenever the
 // notification connection is (re-)established.
 func listenRevocations(ctx context.Context, st *store.Store, relays *revoke.Registry, log *slog.Logger) {
+	first := true
 	poll := func() {
+		// The listener connects through the store's DSN: with several
+		// hosts, to the one that accepts writes, so after a failover it
+		// listens on the promoted standby.
+		if first {
+			log.Debug("revocation notifications listening")
+		} else {
+			log.Info("revocation notifications resumed")
+		}
+		first = false
 		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
 		if err := relays.Poll(pctx, st.ExistingAppPasswords); err != nil {
