@@ -52,6 +52,8 @@ var need = []struct{ path, pkg string }{
 	{"/usr/sbin/slapd", "slapd"},
 	{"/usr/bin/ldapsearch", "ldap-utils"},
 	{"/usr/bin/swaks", "swaks"},
+	// swaks --tls needs IO::Socket::SSL, only a recommendation of swaks.
+	{"/usr/share/perl5/IO/Socket/SSL.pm", "libio-socket-ssl-perl"},
 	{"/usr/bin/curl", "curl"},
 	{"/usr/bin/python3", "python3"},
 	{"/usr/sbin/haproxy", "haproxy"},
