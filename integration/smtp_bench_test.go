@@ -243,7 +243,8 @@ type smtpProcess struct {
 
 // startSMTPProcess runs bin as "passgate serve" with an SMTP listener in
 // front of the Postfix service at upstream (tls "starttls" or "none"),
-// XCLIENT login, and returns once it listens.
+// XCLIENT login, and returns once it listens. With bin empty, serve runs
+// in this process (pid 0).
 func startSMTPProcess(tb testing.TB, bin, upstream, upstreamTLS string) smtpProcess {
 	tb.Helper()
 	port, err := testenv.FreePort()
@@ -266,7 +267,11 @@ func startSMTPProcess(tb testing.TB, bin, upstream, upstreamTLS string) smtpProc
 		}
 	}
 	p.enforce(tb, "alice")
-	return smtpProcess{addr: addr, password: p.appPassword(tb, "alice", "bench"), pid: p.proc.Process.Pid}
+	sp := smtpProcess{addr: addr, password: p.appPassword(tb, "alice", "bench")}
+	if p.proc != nil {
+		sp.pid = p.proc.Process.Pid
+	}
+	return sp
 }
 
 // smtpWholeSession is what a mail client does to send one message: connect,
@@ -296,7 +301,7 @@ type smtpSessionRow struct {
 	name, addr, user, pw string
 	pid                  int // passgate's process; 0 for Postfix directly
 	took                 []time.Duration
-	cpu0                 time.Duration
+	cpu                  time.Duration // passgate's, summed over its sessions
 }
 
 // BenchmarkSMTPSession measures what a mail client meets when it sends a
@@ -304,17 +309,23 @@ type smtpSessionRow struct {
 // Postfix and through passgate, whose upstream leg is STARTTLS or
 // plaintext. passgate runs as its own "passgate serve" process (the
 // binary built from this tree), so that its CPU time per message is read
-// from /proc. Each iteration runs one session of every column, in an order
+// from /proc, before and after each of its sessions (what it does while
+// the other columns run is not counted). Each iteration runs one session of every column, in an order
 // that turns, so that all see the same load; run it with
 // -benchtime 200x. With PASSGATE_BENCH_BASELINE set to another passgate
-// binary (an older build), that binary gets the same two columns.
+// binary (an older build), that binary gets the same two columns. With
+// PASSGATE_BENCH_INPROCESS=1 passgate runs inside the test binary, for
+// -cpuprofile (then without CPU per message).
 //
 // The columns "tickets off" use a Postfix service that sends no TLS
 // session tickets (postfixNoTickets, TestSMTPPostfixTicketsOff): without
 // tickets there is nothing for a delayed ACK to hold up after STARTTLS.
 func BenchmarkSMTPSession(b *testing.B) {
 	e := smtpEnv(b)
-	bin := passgateBinary(b)
+	bin := ""
+	if os.Getenv("PASSGATE_BENCH_INPROCESS") == "" {
+		bin = passgateBinary(b)
+	}
 	plain := postfixService(b, e, "smtpd_tls_security_level=none", "smtpd_tls_auth_only=no")
 	noTickets := postfixNoTickets(b, e)
 	msg := testMessage("x@example.test", "dave@example.test", "bench", 2<<10)
@@ -343,21 +354,23 @@ func BenchmarkSMTPSession(b *testing.B) {
 		}
 	}
 	hz := clockTicks()
-	for _, r := range rows {
-		if r.pid != 0 {
-			r.cpu0 = cpuOfProcess(b, r.pid, hz)
-		}
-	}
 	load0 := loadAvg()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		for k := range rows {
 			r := rows[(i+k)%len(rows)]
+			var cpu0 time.Duration
+			if r.pid != 0 {
+				cpu0 = cpuOfProcess(b, r.pid, hz)
+			}
 			d, err := smtpWholeSession(r.addr, r.user, r.pw, msg)
 			if err != nil {
 				b.Fatalf("%s: session %d: %v", r.name, i, err)
 			}
 			r.took = append(r.took, d)
+			if r.pid != 0 {
+				r.cpu += cpuOfProcess(b, r.pid, hz) - cpu0
+			}
 		}
 	}
 	b.StopTimer()
@@ -369,7 +382,7 @@ func BenchmarkSMTPSession(b *testing.B) {
 		s := statsOf(r.took)
 		cpu := "—"
 		if r.pid != 0 {
-			per := (cpuOfProcess(b, r.pid, hz) - r.cpu0) / time.Duration(b.N)
+			per := r.cpu / time.Duration(b.N)
 			cpu = fmt.Sprintf("%d", per.Microseconds())
 			b.ReportMetric(float64(per.Microseconds()), metricName(r.name)+"-cpu-us/msg")
 		}
