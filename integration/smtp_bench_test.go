@@ -315,7 +315,9 @@ type smtpSessionRow struct {
 // -benchtime 200x. With PASSGATE_BENCH_BASELINE set to another passgate
 // binary (an older build), that binary gets the same two columns. With
 // PASSGATE_BENCH_INPROCESS=1 passgate runs inside the test binary, for
-// -cpuprofile (then without CPU per message).
+// -cpuprofile (then without CPU per message); PASSGATE_BENCH_BINARY
+// names another binary for the passgate columns (for a packet trace of
+// one binary's upstream connections alone).
 //
 // The columns "tickets off" use a Postfix service that sends no TLS
 // session tickets (postfixNoTickets, TestSMTPPostfixTicketsOff): without
@@ -323,7 +325,10 @@ type smtpSessionRow struct {
 func BenchmarkSMTPSession(b *testing.B) {
 	e := smtpEnv(b)
 	bin := ""
-	if os.Getenv("PASSGATE_BENCH_INPROCESS") == "" {
+	switch {
+	case os.Getenv("PASSGATE_BENCH_BINARY") != "":
+		bin = os.Getenv("PASSGATE_BENCH_BINARY")
+	case os.Getenv("PASSGATE_BENCH_INPROCESS") == "":
 		bin = passgateBinary(b)
 	}
 	plain := postfixService(b, e, "smtpd_tls_security_level=none", "smtpd_tls_auth_only=no")
