@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,6 +19,7 @@ import (
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 
+	"github.com/passgate/passgate/backends/dial"
 	"github.com/passgate/passgate/integration/testenv"
 )
 
@@ -277,10 +279,20 @@ func startSMTPProcess(tb testing.TB, bin, upstream, upstreamTLS string) smtpProc
 // smtpWholeSession is what a mail client does to send one message: connect,
 // STARTTLS with a full TLS 1.3 handshake (no resumption), AUTH PLAIN,
 // MAIL, RCPT, DATA with msg, QUIT. It returns how long that took.
-func smtpWholeSession(addr, user, pw string, msg []byte) (time.Duration, error) {
+// With quickAck the client acknowledges what it reads at once
+// (dial.QuickAck before each read), as passgate does on its upstream leg.
+func smtpWholeSession(addr, user, pw string, msg []byte, quickAck bool) (time.Duration, error) {
 	start := time.Now()
-	c, err := smtp.DialStartTLS(addr, env.certs.ClientTLS())
+	conn, err := net.DialTimeout("tcp", addr, patience)
 	if err != nil {
+		return 0, err
+	}
+	if quickAck {
+		conn = quickAckConn{conn}
+	}
+	c, err := smtp.NewClientStartTLS(conn, env.certs.ClientTLS())
+	if err != nil {
+		conn.Close()
 		return 0, err
 	}
 	defer c.Close()
@@ -296,10 +308,19 @@ func smtpWholeSession(addr, user, pw string, msg []byte) (time.Duration, error) 
 	return time.Since(start), nil
 }
 
+// quickAckConn sets TCP_QUICKACK before each read.
+type quickAckConn struct{ net.Conn }
+
+func (c quickAckConn) Read(p []byte) (int, error) {
+	dial.QuickAck(c.Conn)
+	return c.Conn.Read(p)
+}
+
 // smtpSessionRow is one column of BenchmarkSMTPSession.
 type smtpSessionRow struct {
 	name, addr, user, pw string
-	pid                  int // passgate's process; 0 for Postfix directly
+	pid                  int  // passgate's process; 0 for Postfix directly
+	quickAck             bool // the client acknowledges at once (direct only)
 	took                 []time.Duration
 	cpu                  time.Duration // passgate's, summed over its sessions
 }
@@ -319,9 +340,15 @@ type smtpSessionRow struct {
 // names another binary for the passgate columns (for a packet trace of
 // one binary's upstream connections alone).
 //
-// The columns "tickets off" use a Postfix service that sends no TLS
-// session tickets (postfixNoTickets, TestSMTPPostfixTicketsOff): without
-// tickets there is nothing for a delayed ACK to hold up after STARTTLS.
+// passgate resumes its upstream TLS sessions with the ticket Postfix
+// sends after a full handshake, and Postfix sends no new one after a
+// resumed handshake, so the ticket's delayed ACK is met after a full
+// handshake only. The columns "no resumption" use a Postfix service with
+// smtpd_tls_session_cache_timeout = 0, which still sends a ticket but
+// resumes no session: every login there has a full handshake followed by
+// a ticket. The columns "tickets off" use a service that sends none
+// (postfixNoTickets, TestSMTPPostfixTicketsOff): nothing for a delayed
+// ACK to hold up, and no resumption either.
 func BenchmarkSMTPSession(b *testing.B) {
 	e := smtpEnv(b)
 	bin := ""
@@ -333,9 +360,13 @@ func BenchmarkSMTPSession(b *testing.B) {
 	}
 	plain := postfixService(b, e, "smtpd_tls_security_level=none", "smtpd_tls_auth_only=no")
 	noTickets := postfixNoTickets(b, e)
+	// Tickets, but none that resumes a session: every handshake is full
+	// and followed by a ticket, as the first login after a start is.
+	noResume := postfixService(b, e, "smtpd_tls_security_level=encrypt", "smtpd_tls_session_cache_timeout=0")
 	msg := testMessage("x@example.test", "dave@example.test", "bench", 2<<10)
 	rows := []*smtpSessionRow{
 		{name: "direct", addr: e.postfix.SubmissionAddr, user: "dave", pw: e.dovecot.Users["dave"]},
+		{name: "direct, client with quick ACK", addr: e.postfix.SubmissionAddr, user: "dave", pw: e.dovecot.Users["dave"], quickAck: true},
 		{name: "direct, tickets off", addr: noTickets, user: "dave", pw: e.dovecot.Users["dave"]},
 	}
 	add := func(name, bin, upstream, upTLS string) {
@@ -345,15 +376,17 @@ func BenchmarkSMTPSession(b *testing.B) {
 	add("passgate, upstream STARTTLS", bin, e.postfix.SubmissionAddr, "starttls")
 	add("passgate, upstream plaintext", bin, plain, "none")
 	add("passgate, upstream STARTTLS, tickets off", bin, noTickets, "starttls")
+	add("passgate, upstream STARTTLS, no resumption", bin, noResume, "starttls")
 	if base := os.Getenv("PASSGATE_BENCH_BASELINE"); base != "" {
 		add("baseline, upstream STARTTLS", base, e.postfix.SubmissionAddr, "starttls")
 		add("baseline, upstream plaintext", base, plain, "none")
+		add("baseline, upstream STARTTLS, no resumption", base, noResume, "starttls")
 	}
 	// Warm up each column (first handshakes, code paths, Postfix's
 	// processes) before measuring.
 	for _, r := range rows {
 		for range 3 {
-			if _, err := smtpWholeSession(r.addr, r.user, r.pw, msg); err != nil {
+			if _, err := smtpWholeSession(r.addr, r.user, r.pw, msg, r.quickAck); err != nil {
 				b.Fatalf("%s: %v", r.name, err)
 			}
 		}
@@ -368,7 +401,7 @@ func BenchmarkSMTPSession(b *testing.B) {
 			if r.pid != 0 {
 				cpu0 = cpuOfProcess(b, r.pid, hz)
 			}
-			d, err := smtpWholeSession(r.addr, r.user, r.pw, msg)
+			d, err := smtpWholeSession(r.addr, r.user, r.pw, msg, r.quickAck)
 			if err != nil {
 				b.Fatalf("%s: session %d: %v", r.name, i, err)
 			}
@@ -382,7 +415,7 @@ func BenchmarkSMTPSession(b *testing.B) {
 	direct := statsOf(rows[0].took).p50
 	var out strings.Builder
 	fmt.Fprintf(&out, "SMTP 2 KB session (connect, STARTTLS, AUTH, MAIL/RCPT/DATA, QUIT), %d each; load %s before, %s after\n", b.N, load0, loadAvg())
-	fmt.Fprintf(&out, "Postfix: submission %s, plaintext %s, tickets off %s\n", e.postfix.SubmissionAddr, plain, noTickets)
+	fmt.Fprintf(&out, "Postfix: submission %s, plaintext %s, tickets off %s, no resumption %s\n", e.postfix.SubmissionAddr, plain, noTickets, noResume)
 	fmt.Fprintf(&out, "| column | median ms | p10 | p90 | × direct | passgate CPU µs/message |\n|---|---|---|---|---|---|\n")
 	for _, r := range rows {
 		s := statsOf(r.took)
