@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -23,10 +24,16 @@ func clockTicks() int64 {
 	return 100
 }
 
-// cpuOfProcess is the CPU time (user + system, all threads) that process
-// pid has used so far, read from /proc/PID/stat.
+// cpuOfProcess is the CPU time (user + system) that process pid's threads
+// have used so far: the sum of their run times in nanoseconds from
+// /proc/PID/task/*/schedstat (a Go process keeps its threads, so none is
+// lost between two readings), or, where the kernel keeps no schedstat,
+// utime + stime from /proc/PID/stat in ticks of 1/hz s.
 func cpuOfProcess(tb testing.TB, pid int, hz int64) time.Duration {
 	tb.Helper()
+	if d, ok := schedRunTime(pid); ok {
+		return d
+	}
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
 		tb.Fatalf("read CPU time of process %d: %v", pid, err)
@@ -43,6 +50,32 @@ func cpuOfProcess(tb testing.TB, pid int, hz int64) time.Duration {
 		tb.Fatalf("/proc/%d/stat: utime %q stime %q", pid, f[11], f[12])
 	}
 	return time.Duration((utime + stime) * int64(time.Second) / hz)
+}
+
+// schedRunTime sums the run time of process pid's threads from schedstat.
+func schedRunTime(pid int) (time.Duration, bool) {
+	dir := fmt.Sprintf("/proc/%d/task", pid)
+	tasks, err := os.ReadDir(dir)
+	if err != nil || len(tasks) == 0 {
+		return 0, false
+	}
+	var sum time.Duration
+	for _, t := range tasks {
+		b, err := os.ReadFile(filepath.Join(dir, t.Name(), "schedstat"))
+		if err != nil {
+			continue // the thread ended
+		}
+		f := strings.Fields(string(b))
+		if len(f) == 0 {
+			return 0, false
+		}
+		ns, err := strconv.ParseInt(f[0], 10, 64)
+		if err != nil {
+			return 0, false
+		}
+		sum += time.Duration(ns)
+	}
+	return sum, true
 }
 
 // loadAvg is the first three fields of /proc/loadavg, to print beside a
