@@ -243,7 +243,7 @@ type Pending struct {
 // dialAt connects to addr and runs greeting, EHLO, [STARTTLS, EHLO] on
 // the raw connection (go-smtp's client has no STARTTLS with a deadline).
 func (c *Client) dialAt(ctx context.Context, addr string, client netip.AddrPort) (*Pending, error) {
-	conn, _, err := c.d.Dial(ctx, addr, client)
+	conn, raw, err := c.d.Dial(ctx, addr, client)
 	if err != nil {
 		return nil, err
 	}
@@ -257,6 +257,10 @@ func (c *Client) dialAt(ctx context.Context, addr string, client netip.AddrPort)
 	defer stop()
 
 	br := bufio.NewReaderSize(conn, 4096)
+	if c.o.TLS == TLSImplicit {
+		// The greeting follows the server's session tickets: see ehlo.
+		dial.QuickAck(raw)
+	}
 	rep, err := readReply(br)
 	if err != nil {
 		return nil, fmt.Errorf("greeting: %w", err)
@@ -264,7 +268,7 @@ func (c *Client) dialAt(ctx context.Context, addr string, client netip.AddrPort)
 	if rep.Code != 220 {
 		return nil, fmt.Errorf("greeting: %s", rep)
 	}
-	ext, err := ehlo(conn, br, c.o.LocalName)
+	ext, err := ehlo(conn, br, c.o.LocalName, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -291,7 +295,7 @@ func (c *Client) dialAt(ctx context.Context, addr string, client netip.AddrPort)
 		}
 		conn = tc
 		br = bufio.NewReaderSize(conn, 4096)
-		if ext, err = ehlo(conn, br, c.o.LocalName); err != nil {
+		if ext, err = ehlo(conn, br, c.o.LocalName, raw); err != nil {
 			return nil, err
 		}
 	}
@@ -428,9 +432,18 @@ func (p *Pending) xclient(attrs []string) (net.Conn, error) {
 	return &replayConn{Conn: p.conn, pending: pending}, nil
 }
 
-func ehlo(w io.Writer, br *bufio.Reader, name string) (map[string]string, error) {
+// ehlo sends EHLO name and reads the extensions the reply lists. When
+// raw is set (the TCP connection under a TLS session that has just
+// started), the reply is read with quick ACKs: Postfix writes its TLS 1.3
+// session tickets after the handshake and its reply to EHLO after them,
+// held by Nagle's algorithm until the tickets are acknowledged, which a
+// delayed ACK would put off by 40 ms (see dial.QuickAck).
+func ehlo(w io.Writer, br *bufio.Reader, name string, raw net.Conn) (map[string]string, error) {
 	if _, err := io.WriteString(w, "EHLO "+name+"\r\n"); err != nil {
 		return nil, fmt.Errorf("EHLO: %w", err)
+	}
+	if raw != nil {
+		dial.QuickAck(raw)
 	}
 	rep, err := readReply(br)
 	if err != nil {
