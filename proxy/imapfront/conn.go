@@ -126,10 +126,13 @@ func (c *conn) write(b []byte) error {
 	return err
 }
 
-// bye sends a last untagged BYE with a short write deadline of its own.
-func (c *conn) bye(text string) {
+// bye ends the connection as ended, after a last untagged BYE with a
+// short write deadline of its own. It reports that the connection is done.
+func (c *conn) bye(ended, text string) bool {
 	c.raw.SetWriteDeadline(time.Now().Add(byeTimeout))
 	_ = c.write([]byte("* BYE " + text + "\r\n"))
+	c.Ended = ended
+	return true
 }
 
 // serve runs the pre-login loop and, after a successful login, the relay.
@@ -146,14 +149,12 @@ func (c *conn) serve() {
 		}
 	}
 	c.br = bufio.NewReaderSize(c.nc, readBufferSize)
-	if err := c.write([]byte("* OK [CAPABILITY " + c.caps() + "] passgate ready\r\n")); err != nil {
-		c.Ended = "client"
+	if c.reply("* OK [CAPABILITY " + c.caps() + "] passgate ready\r\n") {
 		return
 	}
 	for {
 		if c.isClosing() {
-			c.bye("Server shutting down")
-			c.Ended = "shutdown"
+			c.bye("shutdown", "Server shutting down")
 			return
 		}
 		if !c.isTLS {
@@ -161,8 +162,7 @@ func (c *conn) serve() {
 			// a TLS ClientHello has no line end and would hang until the
 			// pre-login timeout.
 			if b, err := c.br.Peek(1); err == nil && b[0] == 0x16 {
-				c.bye("TLS handshake on a plaintext port: use STARTTLS")
-				c.Ended = "protocol_error"
+				c.bye("protocol_error", "TLS handshake on a plaintext port: use STARTTLS")
 				return
 			}
 		}
@@ -203,9 +203,7 @@ func (c *conn) countCommand() bool {
 	if c.commands <= c.srv.opts.MaxCommands {
 		return false
 	}
-	c.bye("Too many commands before login")
-	c.Ended = "too_many_commands"
-	return true
+	return c.bye("too_many_commands", "Too many commands before login")
 }
 
 // readFailed ends the connection after a read error: the client left, the
@@ -214,11 +212,9 @@ func (c *conn) readFailed(err error) {
 	var ne net.Error
 	switch {
 	case c.isClosing():
-		c.bye("Server shutting down")
-		c.Ended = "shutdown"
+		c.bye("shutdown", "Server shutting down")
 	case errors.As(err, &ne) && ne.Timeout():
-		c.bye("Autologout: no login within the time allowed")
-		c.Ended = "timeout"
+		c.bye("timeout", "Autologout: no login within the time allowed")
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed):
 		c.Ended = "client"
 	default:
@@ -338,7 +334,7 @@ func (c *conn) handshake() bool {
 	defer cancel()
 	if err := tc.HandshakeContext(hctx); err != nil {
 		c.Ended = "tls_handshake_failed"
-		c.Event(c.ctx, c.srv.log, slog.LevelDebug, "tls handshake failed", slog.Any("err", err))
+		c.Event(c.ctx, c.srv.opts.Logger, slog.LevelDebug, "tls handshake failed", slog.Any("err", err))
 		return false
 	}
 	st := tc.ConnectionState()
@@ -359,7 +355,7 @@ func (c *conn) finish() {
 	if c.Outcome == "" && c.failures > 0 {
 		c.Outcome = observe.OutcomeFailed
 	}
-	c.Log(c.srv.baseCtx, c.srv.log, c.srv.opts.Conns, "imap session",
+	c.Log(c.srv.baseCtx, c.srv.opts.Logger, c.srv.opts.Conns, "imap session",
 		slog.String("tls_version", c.tlsVer), slog.String("tls_cipher", c.tlsSuite))
 }
 

@@ -56,15 +56,13 @@ func (c *conn) handleAuthenticate(cmd *command) bool {
 		}
 		return c.reply(cmd.tag + " NO " + privacyRequired + "\r\n")
 	}
-	mech := strings.ToUpper(string(cmd.args[0].val))
-	var ir []byte
-	hasIR := len(cmd.args) == 2
-	if hasIR {
+	var ir []byte // the initial response; nil when none (an atom is never empty)
+	if len(cmd.args) == 2 {
 		ir = cmd.args[1].val
 	}
-	switch mech {
+	switch strings.ToUpper(string(cmd.args[0].val)) {
 	case "PLAIN":
-		resp, done, ok := c.saslStep(cmd.tag, ir, hasIR, "")
+		resp, done, ok := c.saslStep(cmd.tag, ir, "")
 		if !ok {
 			return done
 		}
@@ -78,11 +76,11 @@ func (c *conn) handleAuthenticate(cmd *command) bool {
 		}
 		return c.login(cmd.tag, authcid, pw)
 	case "LOGIN":
-		user, done, ok := c.saslStep(cmd.tag, ir, hasIR, promptUsername)
+		user, done, ok := c.saslStep(cmd.tag, ir, promptUsername)
 		if !ok {
 			return done
 		}
-		pw, done, ok := c.saslStep(cmd.tag, nil, false, promptPassword)
+		pw, done, ok := c.saslStep(cmd.tag, nil, promptPassword)
 		if !ok {
 			return done
 		}
@@ -91,13 +89,13 @@ func (c *conn) handleAuthenticate(cmd *command) bool {
 	return c.reply(cmd.tag + " NO Unsupported authentication mechanism\r\n")
 }
 
-// saslStep returns one decoded client response: the initial response when
-// hasIR, else what the client answers to "+ prompt". ok is false when the
-// exchange ended (cancel, bad base64, read error); done then says whether
-// the connection is done.
-func (c *conn) saslStep(tag string, ir []byte, hasIR bool, prompt string) (resp []byte, done, ok bool) {
+// saslStep returns one decoded client response: the initial response ir
+// when not nil, else what the client answers to "+ prompt". ok is false
+// when the exchange ended (cancel, bad base64, read error); done then says
+// whether the connection is done.
+func (c *conn) saslStep(tag string, ir []byte, prompt string) (resp []byte, done, ok bool) {
 	line := ir
-	if !hasIR {
+	if ir == nil {
 		if c.reply("+ " + prompt + "\r\n") {
 			return nil, true, false
 		}
@@ -210,9 +208,7 @@ func (c *conn) noteLogin(l *policy.Login) {
 // after MaxAuthFailures. It reports whether the connection is done.
 func (c *conn) authFailed(tag, reply string) bool {
 	if c.isClosing() {
-		c.bye("Server shutting down")
-		c.Ended = "shutdown"
-		return true
+		return c.bye("shutdown", "Server shutting down")
 	}
 	c.failures++
 	msg := tag + " " + reply + "\r\n"
@@ -249,7 +245,7 @@ func (c *conn) login(tag string, user, secret []byte) bool {
 
 	l, err := c.srv.opts.Decider.Decide(lctx, a)
 	if err != nil {
-		c.Event(c.ctx, c.srv.log, slog.LevelWarn, "auth decision failed", slog.String("user", a.User), slog.Any("err", err))
+		c.Event(c.ctx, c.srv.opts.Logger, slog.LevelWarn, "auth decision failed", slog.String("user", a.User), slog.Any("err", err))
 	}
 	if !l.Allowed() {
 		return c.answer(tag, l, policy.NotAsked)
@@ -269,7 +265,7 @@ func (c *conn) login(tag string, user, secret []byte) bool {
 		if errors.Is(err, ErrUpstreamRefused) {
 			return c.answer(tag, l, policy.Refused)
 		}
-		c.Event(c.ctx, c.srv.log, slog.LevelWarn, "upstream login failed", slog.String("user", a.User), slog.Any("err", err))
+		c.Event(c.ctx, c.srv.opts.Logger, slog.LevelWarn, "upstream login failed", slog.String("user", a.User), slog.Any("err", err))
 		return c.answer(tag, l, policy.Unreachable(err))
 	}
 	l.Finish(c.ctx, policy.Accepted)
@@ -281,9 +277,7 @@ func (c *conn) login(tag string, user, secret []byte) bool {
 	if c.closing {
 		c.mu.Unlock()
 		up.Close()
-		c.bye("Server shutting down")
-		c.Ended = "shutdown"
-		return true
+		return c.bye("shutdown", "Server shutting down")
 	}
 	c.relaying = true
 	c.mu.Unlock()
@@ -299,7 +293,7 @@ func (c *conn) login(tag string, user, secret []byte) bool {
 		return true
 	}
 	c.raw.SetWriteDeadline(time.Time{})
-	rctx, release := c.srv.relays.Track(c.ctx, l.AppPasswordID())
+	rctx, release := c.srv.opts.Relays.Track(c.ctx, l.AppPasswordID())
 	client := relay.WithBuffered(c.nc, c.br)
 	c.br = nil // the relay reads the connection itself from now on
 	st := relay.Run(rctx, client, up, relay.Options{Framer: newResponseFramer(), Farewell: c.farewell})

@@ -56,20 +56,15 @@ func (e *replyError) Error() string {
 
 // wire returns the bytes the client gets for e.
 func (e *replyError) wire() []byte {
-	var b bytes.Buffer
-	if e.bye || e.tag == "" {
-		if e.fatal {
-			b.WriteString("* BYE " + e.text + "\r\n")
-		} else {
-			b.WriteString("* BAD " + e.text + "\r\n")
-		}
-		return b.Bytes()
+	switch untagged := e.bye || e.tag == ""; {
+	case untagged && e.fatal:
+		return []byte("* BYE " + e.text + "\r\n")
+	case untagged:
+		return []byte("* BAD " + e.text + "\r\n")
+	case e.fatal:
+		return []byte(e.tag + " " + e.status + " " + e.text + "\r\n* BYE Closing connection\r\n")
 	}
-	b.WriteString(e.tag + " " + e.status + " " + e.text + "\r\n")
-	if e.fatal {
-		b.WriteString("* BYE Closing connection\r\n")
-	}
-	return b.Bytes()
+	return []byte(e.tag + " " + e.status + " " + e.text + "\r\n")
 }
 
 // Limits on one pre-login command beyond the configured line and literal

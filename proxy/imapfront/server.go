@@ -109,9 +109,7 @@ type Options struct {
 
 // Server is an IMAP listener. Create it with New.
 type Server struct {
-	opts   Options
-	log    *slog.Logger
-	relays *revoke.Registry
+	opts Options // with the defaults filled in
 
 	baseCtx    context.Context // parent of every connection's context
 	cancelBase context.CancelFunc
@@ -139,13 +137,7 @@ func New(opts Options) *Server {
 	lifecycle.Default(&opts.MaxAuthFailures, DefaultMaxAuthFailures)
 	lifecycle.Default(&opts.PreLoginTimeout, DefaultPreLoginTimeout)
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Server{
-		opts:       opts,
-		log:        opts.Logger,
-		relays:     opts.Relays,
-		baseCtx:    ctx,
-		cancelBase: cancel,
-	}
+	return &Server{opts: opts, baseCtx: ctx, cancelBase: cancel}
 }
 
 // Serve accepts connections on ln and serves each in its own goroutine
@@ -160,11 +152,11 @@ func (s *Server) Serve(ln net.Listener) error {
 		Run:    (*conn).serve,
 		// One bad connection never takes the server down.
 		Panicked: func(c *conn, r any, stack []byte) {
-			c.Event(s.baseCtx, s.log, slog.LevelError, "connection panic", slog.Any("err", r), slog.String("stack", string(stack)))
+			c.Event(s.baseCtx, s.opts.Logger, slog.LevelError, "connection panic", slog.Any("err", r), slog.String("stack", string(stack)))
 			c.closeAll()
 		},
 		Retry: func(err error) {
-			s.log.LogAttrs(s.baseCtx, slog.LevelWarn, "accept failed",
+			s.opts.Logger.LogAttrs(s.baseCtx, slog.LevelWarn, "accept failed",
 				slog.String("proto", policy.IMAP.String()), slog.Any("err", err))
 		},
 	})

@@ -164,7 +164,7 @@ func (c *trackedConn) setOutcome(o string) {
 }
 
 // command counts a command before AUTH and reports whether the limit is
-// passed.
+// passed: the connection then closes after the next reply.
 func (c *trackedConn) command() bool {
 	if c.authed.Load() {
 		return false
@@ -172,18 +172,25 @@ func (c *trackedConn) command() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.commands++
-	return c.commands > c.s.o.MaxCommands
+	over := c.commands > c.s.o.MaxCommands
+	if over {
+		c.closeAfterWrite.Store(true)
+	}
+	return over
 }
 
-// failure counts a failed AUTH and reports whether the limit is reached.
-func (c *trackedConn) failure() bool {
+// failure counts a failed AUTH; once the limit is reached, the connection
+// closes after the next reply.
+func (c *trackedConn) failure() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.failures++
 	if c.line.Outcome != observe.OutcomeRelayed {
 		c.line.Outcome = observe.OutcomeFailed
 	}
-	return c.failures >= c.s.o.MaxAuthFailures
+	if c.failures >= c.s.o.MaxAuthFailures {
+		c.closeAfterWrite.Store(true)
+	}
 }
 
 func (c *trackedConn) message(n int64, ok bool) {
@@ -223,7 +230,7 @@ func (c *trackedConn) Close() error {
 		if release != nil {
 			release()
 		}
-		line.Log(context.Background(), c.s.log, c.s.o.Conns, "smtp session", extra...)
+		line.Log(context.Background(), c.s.o.Logger, c.s.o.Conns, "smtp session", extra...)
 		observe.Closed(c.s.o.Conns)
 		c.s.set.Done(c)
 	})

@@ -25,6 +25,7 @@
 package smtpfront
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -158,9 +159,8 @@ type Options struct {
 
 // Server is one SMTP submission listener.
 type Server struct {
-	o      Options
+	o      Options // with the defaults filled in
 	smtp   *smtp.Server
-	log    *slog.Logger
 	ctx    context.Context
 	cancel context.CancelFunc
 	nextID atomic.Uint64
@@ -186,8 +186,8 @@ func New(o Options) *Server {
 		o.Hostname = DefaultHostname
 	}
 	o.Listener = lifecycle.ListenerName(o.Listener, o.ImplicitTLS, "smtp", "submissions")
-	log := lifecycle.Logger(o.Logger)
-	s := &Server{o: o, log: log}
+	o.Logger = lifecycle.Logger(o.Logger)
+	s := &Server{o: o}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	srv := smtp.NewServer(smtp.BackendFunc(s.newSession))
 	srv.Domain = o.Hostname
@@ -203,7 +203,7 @@ func New(o Options) *Server {
 	srv.AllowInsecureAuth = true
 	srv.ReadTimeout = o.ReadTimeout
 	srv.WriteTimeout = o.WriteTimeout
-	srv.ErrorLog = errorLog{log}
+	srv.ErrorLog = errorLog{o.Logger}
 	s.smtp = srv
 	return s
 }
@@ -225,11 +225,7 @@ func (s *Server) Serve(ln net.Listener) error {
 // ctx is done (then it returns ctx's error; call Close).
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.set.Stop() // from now on track refuses connections
-	err := s.smtp.Shutdown(ctx)
-	if errors.Is(err, smtp.ErrServerClosed) {
-		err = nil
-	}
-	if err != nil {
+	if err := s.smtp.Shutdown(ctx); err != nil && !errors.Is(err, smtp.ErrServerClosed) {
 		return err
 	}
 	return s.set.Wait(ctx)
@@ -246,10 +242,7 @@ func (s *Server) Close() error {
 	s.cancel()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if werr := lifecycle.Close(ctx, &s.set, func(c *trackedConn) { c.Conn.Close() }); werr != nil && err == nil {
-		err = werr
-	}
-	return err
+	return cmp.Or(err, lifecycle.Close(ctx, &s.set, func(c *trackedConn) { c.Conn.Close() }))
 }
 
 // listener wraps each accepted connection in a trackedConn (and in TLS for
