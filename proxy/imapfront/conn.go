@@ -262,17 +262,14 @@ func (c *conn) plaintextOK() bool {
 
 // caps returns the capability list for the connection's current state.
 func (c *conn) caps() string {
-	var b strings.Builder
-	b.WriteString("IMAP4rev1 IMAP4rev2 SASL-IR ID LITERAL+")
+	caps := "IMAP4rev1 IMAP4rev2 SASL-IR ID LITERAL+"
 	if !c.isTLS && c.srv.opts.TLSConfig != nil {
-		b.WriteString(" STARTTLS")
+		caps += " STARTTLS"
 	}
 	if c.plaintextOK() {
-		b.WriteString(" AUTH=PLAIN AUTH=LOGIN")
-	} else {
-		b.WriteString(" LOGINDISABLED")
+		return caps + " AUTH=PLAIN AUTH=LOGIN"
 	}
-	return b.String()
+	return caps + " LOGINDISABLED"
 }
 
 // continueLiteral is the reader's hook before a synchronising literal: it

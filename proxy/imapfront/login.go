@@ -2,6 +2,7 @@ package imapfront
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/base64"
 	"errors"
@@ -282,10 +283,7 @@ func (c *conn) login(tag string, user, secret []byte) bool {
 	c.relaying = true
 	c.mu.Unlock()
 
-	okText = sanitizeLine(okText)
-	if okText == "" {
-		okText = "OK Logged in"
-	}
+	okText = cmp.Or(sanitizeLine(okText), "OK Logged in")
 	c.raw.SetDeadline(time.Time{})
 	c.raw.SetWriteDeadline(time.Now().Add(loginTimeout))
 	if c.reply(tag + " " + okText + "\r\n") {

@@ -162,23 +162,8 @@ func readLineGrow(br *bufio.Reader, max int, grow func(head []byte) int) ([]byte
 // (clamped to limit+1 so that a huge number never overflows) and whether it
 // is non-synchronising.
 func literalSpec(line []byte, limit int) (rest []byte, n int, plus, ok bool) {
-	if len(line) < 3 || line[len(line)-1] != '}' {
-		return line, 0, false, false
-	}
-	end := len(line) - 1
-	if line[end-1] == '+' {
-		plus = true
-		end--
-	}
-	i := end
-	for i > 0 && line[i-1] >= '0' && line[i-1] <= '9' {
-		i--
-	}
-	if i == end || i == 0 || line[i-1] != '{' {
-		return line, 0, false, false
-	}
-	start := i - 1
-	if start > 0 && line[start-1] != ' ' && line[start-1] != '(' {
+	i, end, plus := literalDigits(line)
+	if i == end || i == 0 || line[i-1] != '{' || (i > 1 && line[i-2] != ' ' && line[i-2] != '(') {
 		return line, 0, false, false
 	}
 	for _, c := range line[i:end] {
@@ -188,7 +173,27 @@ func literalSpec(line []byte, limit int) (rest []byte, n int, plus, ok bool) {
 			break
 		}
 	}
-	return line[:start], n, plus, true
+	return line[:i-1], n, plus, true
+}
+
+// literalDigits finds the length of a literal announcement ("{n}", "{n+}")
+// at the end of line: line[start:end] are its digits, none (start == end)
+// when line does not end in digits and "}" or "+}"; plus is the "+". The
+// caller checks what stands before the digits.
+func literalDigits(line []byte) (start, end int, plus bool) {
+	if len(line) < 3 || line[len(line)-1] != '}' {
+		return 0, 0, false
+	}
+	end = len(line) - 1
+	if line[end-1] == '+' {
+		plus = true
+		end--
+	}
+	start = end
+	for start > 0 && line[start-1] >= '0' && line[start-1] <= '9' {
+		start--
+	}
+	return start, end, plus
 }
 
 // idLineBound is the grow hook of a command's first line: a line that

@@ -33,10 +33,9 @@ const (
 
 // Stats is what a finished relay reports.
 type Stats struct {
-	BytesIn  int64         // client → upstream
-	BytesOut int64         // upstream → client
-	Duration time.Duration //
-	EndedBy  string        // "client", "upstream", "revoked", "shutdown"
+	BytesIn  int64  // client → upstream
+	BytesOut int64  // upstream → client
+	EndedBy  string // "client", "upstream", "revoked", "shutdown"
 }
 
 // Framer follows the upstream → client byte stream of a protocol, so that
@@ -75,7 +74,6 @@ const farewellTimeout = 2 * time.Second
 // other on one goroutine of its own; ctx is watched with
 // context.AfterFunc, which costs no goroutine while the session is idle.
 func Run(ctx context.Context, client, upstream net.Conn, opts Options) Stats {
-	start := time.Now()
 	var in, out atomic.Int64
 	var first atomic.Value // "client" or "upstream": the side that ended first
 	closeBoth := func() {
@@ -146,7 +144,7 @@ func Run(ctx context.Context, client, upstream net.Conn, opts Options) Stats {
 			ended = "revoked"
 		}
 	}
-	return Stats{BytesIn: in.Load(), BytesOut: out.Load(), Duration: time.Since(start), EndedBy: ended}
+	return Stats{BytesIn: in.Load(), BytesOut: out.Load(), EndedBy: ended}
 }
 
 type countWriter struct {

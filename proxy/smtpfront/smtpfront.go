@@ -182,9 +182,7 @@ func New(o Options) *Server {
 	lifecycle.Default(&o.PreLoginTimeout, DefaultPreLoginTimeout)
 	lifecycle.Default(&o.ReadTimeout, DefaultReadTimeout)
 	lifecycle.Default(&o.WriteTimeout, DefaultWriteTimeout)
-	if o.Hostname == "" {
-		o.Hostname = DefaultHostname
-	}
+	o.Hostname = cmp.Or(o.Hostname, DefaultHostname)
 	o.Listener = lifecycle.ListenerName(o.Listener, o.ImplicitTLS, "smtp", "submissions")
 	o.Logger = lifecycle.Logger(o.Logger)
 	s := &Server{o: o}
