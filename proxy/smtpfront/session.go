@@ -390,26 +390,22 @@ func (ss *session) Data(r io.Reader) error {
 	sent, err := up.Data(dr)
 	ss.mu.Lock()
 	ss.inTx = false
-	ss.mu.Unlock()
-	ss.tc.message(sent, err == nil && dr.err == nil)
-	if dr.err != nil {
+	if dr.err != nil && ss.up == up && !ss.dead {
 		// The client's side failed (too large, aborted, or gone): the
 		// upstream aborted the message by closing its connection. The next
 		// MAIL logs in again; go-smtp answers this one (552 etc.).
-		ss.mu.Lock()
-		if ss.up == up && !ss.dead {
-			ss.stale = true
-		}
-		ss.mu.Unlock()
+		ss.stale = true
+	}
+	aborted := ss.stale
+	ss.mu.Unlock()
+	ss.tc.message(sent, err == nil && dr.err == nil)
+	if dr.err != nil {
 		var se *smtp.SMTPError
 		if errors.As(dr.err, &se) {
 			return se
 		}
 		return errUpstreamFail()
 	}
-	ss.mu.Lock()
-	aborted := ss.stale
-	ss.mu.Unlock()
 	if err != nil && aborted {
 		// Reset or Logout closed the upstream under us to abort the message.
 		return errUpstreamFail()
@@ -487,9 +483,7 @@ func (ss *session) Reset() {
 	ss.upMu.Lock()
 	err := up.Reset()
 	ss.upMu.Unlock()
-	if err != nil {
-		_ = ss.upstreamErr("RSET", err)
-	}
+	_ = ss.upstreamErr("RSET", err)
 }
 
 // Logout ends the upstream session: politely with QUIT, or by closing it
@@ -501,19 +495,14 @@ func (ss *session) Logout() error {
 	up, quit := ss.up, ss.up != nil && !ss.dead && !ss.stale
 	ss.up, ss.inTx = nil, false
 	ss.mu.Unlock()
-	if up == nil {
-		return nil
-	}
-	if !quit {
+	switch {
+	case up == nil:
+	case !quit || !ss.upMu.TryLock():
 		_ = up.Close()
-		return nil
+	default:
+		_ = up.Quit()
+		ss.upMu.Unlock()
 	}
-	if !ss.upMu.TryLock() {
-		_ = up.Close()
-		return nil
-	}
-	defer ss.upMu.Unlock()
-	_ = up.Quit()
 	return nil
 }
 
