@@ -191,28 +191,16 @@ func (c *conn) failNoDecision(tag string, user []byte, reason string) bool {
 	return c.answer(tag, c.srv.opts.Decider.Undecided(a, reason), policy.NotAsked)
 }
 
-// answer finishes a login that did not succeed and answers it.
+// answer finishes a login that did not succeed, sends its failure reply,
+// counts it and closes the connection after MaxAuthFailures. It reports
+// whether the connection is done.
 func (c *conn) answer(tag string, l *policy.Login, r policy.Result) bool {
 	c.noteLogin(l)
-	return c.authFailed(tag, reply(l.Finish(c.ctx, r)))
-}
-
-// noteLogin keeps the credential of a login for the session line, also
-// of a refused one (an app password refused for its scope).
-func (c *conn) noteLogin(l *policy.Login) {
-	if l.Credential() != policy.NoCredential {
-		c.Credential = l.Describe()
-	}
-}
-
-// authFailed sends a failure reply, counts it and closes the connection
-// after MaxAuthFailures. It reports whether the connection is done.
-func (c *conn) authFailed(tag, reply string) bool {
+	msg := tag + " " + reply(l.Finish(c.ctx, r)) + "\r\n"
 	if c.isClosing() {
 		return c.bye("shutdown", "Server shutting down")
 	}
 	c.failures++
-	msg := tag + " " + reply + "\r\n"
 	over := c.failures >= c.srv.opts.MaxAuthFailures
 	if over {
 		msg += "* BYE Too many authentication failures\r\n"
@@ -223,14 +211,18 @@ func (c *conn) authFailed(tag, reply string) bool {
 	c.raw.SetWriteDeadline(time.Now().Add(byeTimeout))
 	done := c.reply(msg)
 	c.armDeadline()
-	if done {
-		return true
-	}
-	if over {
+	if !done && over {
 		c.Ended = "auth_failures"
-		return true
 	}
-	return false
+	return done || over
+}
+
+// noteLogin keeps the credential of a login for the session line, also
+// of a refused one (an app password refused for its scope).
+func (c *conn) noteLogin(l *policy.Login) {
+	if l.Credential() != policy.NoCredential {
+		c.Credential = l.Describe()
+	}
 }
 
 // login runs the decision and the upstream login, then the relay. It

@@ -39,8 +39,7 @@ type trackedConn struct {
 	line observe.Session
 
 	mu         sync.Mutex // guards line and the fields below
-	tls        bool
-	tlsVersion string
+	tlsVersion string     // "" without TLS
 	upstream   string
 	messages   int
 	commands   int
@@ -204,7 +203,6 @@ func (c *trackedConn) message(n int64, ok bool) {
 
 func (c *trackedConn) setTLS(state tls.ConnectionState) {
 	c.mu.Lock()
-	c.tls = true
 	c.tlsVersion = tls.VersionName(state.Version)
 	c.mu.Unlock()
 }
@@ -221,7 +219,7 @@ func (c *trackedConn) Close() error {
 		} else if line.Ended == "" {
 			line.Ended = "client"
 		}
-		extra := []slog.Attr{slog.String("listener", c.s.o.Listener), slog.Bool("tls", c.tls),
+		extra := []slog.Attr{slog.String("listener", c.s.o.Listener), slog.Bool("tls", c.tlsVersion != ""),
 			slog.String("upstream", c.upstream), slog.Int("messages", c.messages)}
 		if c.tlsVersion != "" {
 			extra = append(extra, slog.String("tls_version", c.tlsVersion))

@@ -138,14 +138,10 @@ func (ss *session) Auth(mech string) (sasl.Server, error) {
 	return nil, smtp.ErrAuthUnknownMechanism
 }
 
-// authenticate dials the upstream, decides and logs in upstream. It
-// returns the reply error the client sees, or nil when the session is
+// authenticate dials the upstream (before the decision: see Upstream.Dial),
+// decides and logs in upstream. It returns the reply error the client
+// sees, after the decision's uniform delay, or nil when the session is
 // logged in.
-//
-// The upstream is dialled (greeting, EHLO) before the decision: an
-// upstream that is down then gets every client the same 454, whatever its
-// secret, and the connection is the one logged in afterwards. Every 454,
-// like every 535, is sent after the decision's uniform delay.
 func (ss *session) authenticate(received time.Time, c credentials, malformed error) error {
 	ctx := ss.ctx()
 	a := policy.Attempt{
