@@ -91,13 +91,6 @@ func (s *Set[C]) Live() []C {
 	return out
 }
 
-// Len is the number of connections tracked now.
-func (s *Set[C]) Len() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.conns)
-}
-
 // Stop stops accepting: the server is closing from now on, and every
 // listener being served is closed. It returns the live connections.
 func (s *Set[C]) Stop() []C {

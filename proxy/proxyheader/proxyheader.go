@@ -124,13 +124,11 @@ func (l *listener) loop() {
 			continue
 		}
 		go func() {
-			pc, err := l.readHeader(c)
-			if errors.Is(err, io.EOF) {
+			switch pc, err := l.readHeader(c); {
+			case errors.Is(err, io.EOF):
 				l.opts.Logger.Debug("proxy_networks peer closed without a header (a TCP health check)", slog.String("peer", c.RemoteAddr().String()))
 				c.Close()
-				return
-			}
-			if err != nil {
+			case err != nil:
 				if l.opts.OnRefused != nil {
 					l.opts.OnRefused()
 				}
@@ -138,9 +136,7 @@ func (l *listener) loop() {
 					slog.String("peer", c.RemoteAddr().String()), slog.Any("err", err),
 					slog.String("fix", "make the load balancer send the PROXY protocol (HAProxy: send-proxy or send-proxy-v2 on the server line), or remove its address from policy.proxy_networks"))
 				c.Close()
-				return
-			}
-			if !l.hand(accepted{c: pc}) {
+			case !l.hand(accepted{c: pc}):
 				pc.Close()
 			}
 		}()

@@ -33,6 +33,7 @@ type trackedConn struct {
 	authed          atomic.Bool
 	closeAfterWrite atomic.Bool
 	preBytes        atomic.Int64
+	commands        atomic.Int64 // before AUTH
 
 	// line is the session log line: ConnID, Proto, RemoteAddr and Start
 	// are set at accept; the other fields are guarded by mu.
@@ -42,7 +43,6 @@ type trackedConn struct {
 	tlsVersion string     // "" without TLS
 	upstream   string
 	messages   int
-	commands   int
 	failures   int
 	release    func()
 
@@ -165,13 +165,7 @@ func (c *trackedConn) setOutcome(o string) {
 // command counts a command before AUTH and reports whether the limit is
 // passed: the connection then closes after the next reply.
 func (c *trackedConn) command() bool {
-	if c.authed.Load() {
-		return false
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.commands++
-	over := c.commands > c.s.o.MaxCommands
+	over := !c.authed.Load() && c.commands.Add(1) > int64(c.s.o.MaxCommands)
 	if over {
 		c.closeAfterWrite.Store(true)
 	}
