@@ -143,10 +143,8 @@ func (c *conn) serve() {
 	c.deadline = c.Start.Add(o.PreLoginTimeout)
 	c.armDeadline()
 
-	if o.ImplicitTLS {
-		if !c.handshake() {
-			return
-		}
+	if o.ImplicitTLS && !c.handshake() {
+		return
 	}
 	c.br = bufio.NewReaderSize(c.nc, readBufferSize)
 	if c.reply("* OK [CAPABILITY " + c.caps() + "] passgate ready\r\n") {
@@ -309,10 +307,7 @@ func (c *conn) handleStartTLS(cmd *command) bool {
 		return c.reply(cmd.tag + " BAD STARTTLS is not available\r\n")
 	}
 	c.br.Discard(c.br.Buffered())
-	if c.reply(cmd.tag + " OK Begin TLS negotiation now\r\n") {
-		return true
-	}
-	if !c.handshake() {
+	if c.reply(cmd.tag+" OK Begin TLS negotiation now\r\n") || !c.handshake() {
 		return true
 	}
 	c.br = bufio.NewReaderSize(c.nc, readBufferSize)
@@ -380,7 +375,9 @@ const (
 // with printable values. ok is false on a syntax error and on an ID past
 // the bounds of RFC 2971.
 func parseID(args []token) (fields []IDField, ok bool) {
-	if len(args) == 1 && args[0].kind == tokAtom && strings.EqualFold(string(args[0].val), "NIL") {
+	isNIL := func(t token) bool { return t.kind == tokAtom && strings.EqualFold(string(t.val), "NIL") }
+	isString := func(t token) bool { return t.kind == tokQuoted || t.kind == tokLiteral }
+	if len(args) == 1 && isNIL(args[0]) {
 		return nil, true
 	}
 	if len(args) < 2 || args[0].kind != tokOpen || args[len(args)-1].kind != tokClose {
@@ -392,20 +389,10 @@ func parseID(args []token) (fields []IDField, ok bool) {
 	}
 	for i := 0; i < len(inner); i += 2 {
 		k, v := inner[i], inner[i+1]
-		if k.kind != tokQuoted && k.kind != tokLiteral {
+		if !isString(k) || !(isString(v) || isNIL(v)) || len(k.val) > maxIDKeyLen || len(v.val) > maxIDValueLen {
 			return nil, false
 		}
-		isNil := v.kind == tokAtom && strings.EqualFold(string(v.val), "NIL")
-		if !isNil && v.kind != tokQuoted && v.kind != tokLiteral {
-			return nil, false
-		}
-		if len(k.val) > maxIDKeyLen || len(v.val) > maxIDValueLen {
-			return nil, false
-		}
-		if isNil || !printable(v.val) {
-			continue
-		}
-		if name := strings.ToLower(string(k.val)); standardIDField(name) {
+		if name := strings.ToLower(string(k.val)); isString(v) && printable(v.val) && standardIDField(name) {
 			fields = append(fields, IDField{Name: name, Value: string(v.val)})
 		}
 	}

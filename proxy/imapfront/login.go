@@ -100,7 +100,7 @@ func (c *conn) saslStep(tag string, ir []byte, prompt string) (resp []byte, done
 		if c.reply("+ " + prompt + "\r\n") {
 			return nil, true, false
 		}
-		l, err := readLine(c.br, c.srv.opts.MaxLineLength)
+		l, err := readLine(c.br, c.srv.opts.MaxLineLength, nil)
 		if errors.Is(err, errLineTooLong) {
 			c.write([]byte(tag + " BAD [TOOBIG] Response too long\r\n* BYE Closing connection\r\n"))
 			c.Ended = "line_too_long"

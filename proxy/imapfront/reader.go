@@ -111,15 +111,10 @@ var errLineTooLong = errors.New("imapfront: line too long")
 
 // readLine reads one line of at most max bytes (without its line end) and
 // returns it without the CRLF (a bare LF is accepted). The returned slice
-// is a fresh copy.
-func readLine(br *bufio.Reader, max int) ([]byte, error) {
-	return readLineGrow(br, max, nil)
-}
-
-// readLineGrow is readLine whose bound may be raised once: when the line
-// passes max, grow (if not nil) gets the bytes read so far and returns the
-// bound to read on with; a bound not above max refuses the line.
-func readLineGrow(br *bufio.Reader, max int, grow func(head []byte) int) ([]byte, error) {
+// is a fresh copy. The bound may be raised once: when the line passes max,
+// grow (if not nil) gets the bytes read so far and returns the bound to
+// read on with; a bound not above max refuses the line.
+func readLine(br *bufio.Reader, max int, grow func(head []byte) int) ([]byte, error) {
 	var line []byte
 	for {
 		frag, err := br.ReadSlice('\n')
@@ -241,7 +236,7 @@ func (r *reader) readCommand() (*command, error) {
 	size := 0
 	literals := 0
 	for {
-		line, err := readLineGrow(r.br, lineMax, grow)
+		line, err := readLine(r.br, lineMax, grow)
 		grow = nil
 		if errors.Is(err, errLineTooLong) {
 			return nil, &replyError{tag: tagOf(toks), status: "BAD", text: "[TOOBIG] Command line too long", bye: true, fatal: true, ended: "line_too_long"}
