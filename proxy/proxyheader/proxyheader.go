@@ -1,27 +1,23 @@
-// Package proxyheader reads the PROXY protocol header (v1 or v2) that a
-// TCP load balancer such as HAProxy sends ahead of its client's bytes, so
-// that the listeners, the decision, the audit trail and the upstream see
-// the client's address instead of the balancer's.
+// Package proxyheader reads the PROXY protocol header (v1 or v2, parsed by
+// github.com/pires/go-proxyproto) that a TCP load balancer such as HAProxy
+// sends ahead of its client's bytes, so that the listeners, the decision,
+// the audit trail and the upstream see the client's address instead of
+// the balancer's.
 //
-// Only peers in the configured networks (policy.proxy_networks, which
-// must lie within policy.trusted_networks) may send a header, and they
-// must: a header is read from every connection they open, within a
-// timeout, before the listener sees the connection. Reading it "if
-// present" instead would fail both ways for protocols where the server
-// speaks first: a client that sends nothing would wait for the timeout
-// before its greeting, and a header that came late would be taken for
-// protocol bytes on a connection attributed to a trusted address.
-// Connections from any other peer are handed over untouched: a header
-// they send is just bytes of the protocol, which the listener refuses.
+// Peers in the configured networks (policy.proxy_networks, within
+// policy.trusted_networks) must send a header, read within a timeout
+// before the listener sees the connection, on a goroutine of its own (one
+// slow peer never holds up Accept). Reading it "if
+// present" instead would fail both ways where the server speaks first: a
+// client that sends nothing would wait for the timeout, and a late header
+// would be taken for protocol bytes from a trusted address. Any other
+// peer's connection is handed over untouched: a header it sends is just
+// bytes of the protocol, which the listener refuses.
 //
-// A header that names no client — LOCAL (v2) or UNKNOWN (v1): a health
-// check, or a client whose address the balancer cannot express — gives
-// the connection the unspecified address 0.0.0.0:0, never the balancer's
-// own, which is trusted. A peer that connects and closes without sending
-// anything (a plain TCP health check) is dropped quietly. The header is
-// parsed by github.com/pires/go-proxyproto;
-// headers are read on a goroutine per connection, so that one slow peer
-// never holds up Accept.
+// A header that names no client (LOCAL in v2, UNKNOWN in v1: a health
+// check, or an address the balancer cannot express) gives the connection
+// 0.0.0.0:0, never the balancer's own trusted address. A peer that closes
+// without sending anything (a TCP health check) is dropped quietly.
 package proxyheader
 
 import (

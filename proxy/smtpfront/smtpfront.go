@@ -2,23 +2,15 @@
 // on the path of an SMTP login.
 //
 // It accepts the client (STARTTLS or implicit TLS), reads AUTH PLAIN or
-// AUTH LOGIN (Outlook's mechanism), asks the decision (policy, through
-// lifecycle.Decider) whether the credential may log in with scope smtp,
-// and then logs in to the upstream submission server (through the Upstream
-// it declares, implemented by backends/smtpupstream and wired by
-// cmd/passgate). After login the session is relayed command by command:
-// MAIL, RCPT and DATA go to the upstream through go-smtp's client and the
-// upstream's replies come back with their codes. It never relays raw bytes,
-// so a client can never send its own XCLIENT (go-smtp's server answers
-// unknown commands itself) to an upstream that trusts passgate.
-//
-// Every failed AUTH, whatever the reason, gets
-// "535 5.7.8 Authentication credentials invalid" after the decision's
-// uniform delay; a decision or upstream that cannot answer gets
-// "454 4.7.0 Temporary authentication failure", so that clients retry,
-// after the same delay. The upstream is dialled (greeting, EHLO) before
-// the decision, so that whether it is down never depends on the secret,
-// and that connection is the one logged in.
+// AUTH LOGIN (Outlook's mechanism), asks the decision (lifecycle.Decider)
+// whether the credential may log in with scope smtp, and logs in to the
+// upstream submission server through the Upstream it declares
+// (backends/smtpupstream, wired by cmd/passgate). After login it relays
+// command by command through go-smtp's client, never raw bytes, so a
+// client can never send its own XCLIENT to an upstream that trusts
+// passgate. Every failed AUTH gets the same 535, and a decision or
+// upstream that cannot answer a 454 (clients retry), both after the
+// decision's uniform delay.
 //
 // It imports policy for its Attempt and Login types, and proxy/lifecycle,
 // observe and connlimit; no other front and no backend.
