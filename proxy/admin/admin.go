@@ -22,7 +22,7 @@ import (
 	"time"
 
 	"github.com/passgate/passgate/policy/account"
-	"github.com/passgate/passgate/proxy/webpage"
+	"github.com/passgate/passgate/proxy/portal/webpage"
 )
 
 //go:embed templates/*.html static/*

@@ -33,7 +33,7 @@ import (
 	"github.com/pquerna/otp"
 
 	"github.com/passgate/passgate/policy/account"
-	"github.com/passgate/passgate/proxy/webpage"
+	"github.com/passgate/passgate/proxy/portal/webpage"
 )
 
 //go:embed templates/*.html static/*

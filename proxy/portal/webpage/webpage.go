@@ -1,7 +1,9 @@
 // Package webpage is what the server-rendered faces of passgate (the
 // portal and the admin center) share: their pages, each parsed with the
 // face's layout and rendered whole before a byte is sent, and the security
-// headers of every response. It imports no passgate package.
+// headers of every response. It sits under the portal, the web face the
+// admin center is mounted beside and takes its stylesheet from. It imports
+// no passgate package.
 package webpage
 
 import (
