@@ -36,10 +36,9 @@ type conn struct {
 	tlsVer   string
 	tlsSuite string
 
-	clientID   []IDField
-	clientName string
-	commands   int
-	failures   int
+	clientID []IDField
+	commands int
+	failures int
 
 	observe.Session // the fields of the session log line
 
@@ -290,7 +289,6 @@ func (c *conn) handleID(cmd *command) bool {
 		return c.reply(cmd.tag + " BAD Invalid ID arguments\r\n")
 	}
 	c.clientID = fields
-	c.clientName = clientName(fields)
 	return c.reply("* ID (\"name\" \"passgate\")\r\n" + cmd.tag + " OK ID completed\r\n")
 }
 
@@ -313,7 +311,7 @@ func (c *conn) handleStartTLS(cmd *command) bool {
 	c.br = bufio.NewReaderSize(c.nc, readBufferSize)
 	// What was learned before TLS may have been injected by a man in the
 	// middle (RFC 3501 6.2.1): forget the client's ID.
-	c.clientID, c.clientName = nil, ""
+	c.clientID = nil
 	return false
 }
 

@@ -164,7 +164,7 @@ func (c *conn) attempt(user, secret []byte) policy.Attempt {
 		Secret:     policy.Secret(secret),
 		Client:     c.RemoteAddr,
 		TLS:        c.isTLS,
-		ClientName: c.clientName,
+		ClientName: clientName(c.clientID),
 		Received:   time.Now(),
 	}
 }

@@ -28,6 +28,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -151,16 +152,7 @@ func (l *listener) hand(a accepted) bool {
 
 func (l *listener) fromProxy(a net.Addr) bool {
 	ap, err := netip.ParseAddrPort(a.String())
-	if err != nil {
-		return false
-	}
-	ip := ap.Addr().Unmap()
-	for _, p := range l.opts.From {
-		if p.Contains(ip) {
-			return true
-		}
-	}
-	return false
+	return err == nil && slices.ContainsFunc(l.opts.From, func(p netip.Prefix) bool { return p.Contains(ap.Addr().Unmap()) })
 }
 
 // readHeader reads c's header and returns c with the client's address.
