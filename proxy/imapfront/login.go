@@ -67,15 +67,15 @@ func (c *conn) handleAuthenticate(cmd *command) bool {
 		if !ok {
 			return done
 		}
-		authzid, authcid, pw, valid := decodePlain(resp)
-		if !valid {
+		parts := bytes.Split(resp, []byte{0}) // RFC 4616: authzid NUL authcid NUL password
+		if len(parts) != 3 {
 			return c.reply(cmd.tag + " BAD Invalid PLAIN response\r\n")
 		}
-		if len(authzid) > 0 && !bytes.Equal(authzid, authcid) {
-			// Acting as another user is not offered to clients.
-			return c.failNoDecision(cmd.tag, authcid, "authorization identity differs from the user")
+		if len(parts[0]) > 0 && !bytes.Equal(parts[0], parts[1]) {
+			// Acting as another user (the authzid) is not offered to clients.
+			return c.failNoDecision(cmd.tag, parts[1], "authorization identity differs from the user")
 		}
-		return c.login(cmd.tag, authcid, pw)
+		return c.login(cmd.tag, parts[1], parts[2])
 	case "LOGIN":
 		user, done, ok := c.saslStep(cmd.tag, ir, promptUsername)
 		if !ok {
@@ -118,30 +118,14 @@ func (c *conn) saslStep(tag string, ir []byte, prompt string) (resp []byte, done
 	case "=":
 		return []byte{}, false, true
 	}
-	dec, err := decodeBase64(line)
+	dec, err := base64.StdEncoding.DecodeString(string(line))
+	if err != nil { // unpadded, then
+		dec, err = base64.RawStdEncoding.DecodeString(string(line))
+	}
 	if err != nil {
 		return nil, c.reply(tag + " " + replyBadBase64 + "\r\n"), false
 	}
 	return dec, false, true
-}
-
-// decodeBase64 decodes standard base64, padded or not.
-func decodeBase64(b []byte) ([]byte, error) {
-	s := string(b)
-	if dec, err := base64.StdEncoding.DecodeString(s); err == nil {
-		return dec, nil
-	}
-	return base64.RawStdEncoding.DecodeString(s)
-}
-
-// decodePlain splits a SASL PLAIN response (RFC 4616): authzid NUL authcid
-// NUL password.
-func decodePlain(b []byte) (authzid, authcid, pw []byte, ok bool) {
-	parts := bytes.Split(b, []byte{0})
-	if len(parts) != 3 {
-		return nil, nil, nil, false
-	}
-	return parts[0], parts[1], parts[2], true
 }
 
 // refusePlaintext records a login refused because its credentials came
