@@ -197,10 +197,7 @@ func (c *conn) serve() {
 // ends.
 func (c *conn) countCommand() bool {
 	c.commands++
-	if c.commands <= c.srv.opts.MaxCommands {
-		return false
-	}
-	return c.bye("too_many_commands", "Too many commands before login")
+	return c.commands > c.srv.opts.MaxCommands && c.bye("too_many_commands", "Too many commands before login")
 }
 
 // readFailed ends the connection after a read error: the client left, the

@@ -216,18 +216,15 @@ func (ss *session) authenticate(received time.Time, c credentials, malformed err
 	ss.mu.Lock()
 	ss.up, ss.req = up, req
 	ss.mu.Unlock()
-	ss.tc.login(l.User(), l.Describe(), upstreamAddr(up))
+	addr := ""
+	if a, ok := up.(interface{ Addr() string }); ok {
+		addr = a.Addr()
+	}
+	ss.tc.login(l.User(), l.Describe(), addr)
 	if l.Credential() == policy.AppPassword {
 		ss.tc.trackRevocation(l.AppPasswordID())
 	}
 	return nil
-}
-
-func upstreamAddr(up UpstreamSession) string {
-	if ad, ok := up.(interface{ Addr() string }); ok {
-		return ad.Addr()
-	}
-	return ""
 }
 
 // upstreamErr maps an upstream failure to the client's reply: the
