@@ -362,7 +362,8 @@ func validTag(b []byte) bool {
 }
 
 // tokenize appends the tokens of one line fragment (without a trailing
-// literal announcement) to toks.
+// literal announcement) to toks. The text of its error, a malformed
+// command, is sent to the client.
 func tokenize(line []byte, toks *[]token) error {
 	i := 0
 	for i < len(line) {
@@ -384,7 +385,7 @@ func tokenize(line []byte, toks *[]token) error {
 			*toks = append(*toks, token{kind: tokQuoted, val: val})
 			i += n
 		case c < 0x20 || c == 0x7f:
-			return syntaxError("Control character in command")
+			return errors.New("Control character in command")
 		default:
 			j := i
 			for j < len(line) && isAtomByte(line[j]) {
@@ -393,7 +394,7 @@ func tokenize(line []byte, toks *[]token) error {
 			atom := line[i:j]
 			if atom[0] == '{' {
 				if _, _, _, ok := literalSpec(atom, 0); ok {
-					return syntaxError("Literal not at the end of a line")
+					return errors.New("Literal not at the end of a line")
 				}
 			}
 			*toks = append(*toks, token{kind: tokAtom, val: bytes.Clone(atom)})
@@ -402,11 +403,6 @@ func tokenize(line []byte, toks *[]token) error {
 	}
 	return nil
 }
-
-// syntaxError is a malformed command; its text is sent to the client.
-type syntaxError string
-
-func (e syntaxError) Error() string { return string(e) }
 
 // isAtomByte is liberal on purpose: clients such as iOS Mail send
 // passwords as bare atoms, and a password is opaque bytes. Only what ends
@@ -428,15 +424,15 @@ func unquote(s []byte) ([]byte, int, error) {
 			return val, i + 1, nil
 		case '\\':
 			if i+1 >= len(s) || (s[i+1] != '"' && s[i+1] != '\\') {
-				return nil, 0, syntaxError("Invalid escape in quoted string")
+				return nil, 0, errors.New("Invalid escape in quoted string")
 			}
 			i++
 			val = append(val, s[i])
 		case 0:
-			return nil, 0, syntaxError("NUL in quoted string")
+			return nil, 0, errors.New("NUL in quoted string")
 		default:
 			val = append(val, c)
 		}
 	}
-	return nil, 0, syntaxError("Unterminated quoted string")
+	return nil, 0, errors.New("Unterminated quoted string")
 }
