@@ -272,7 +272,11 @@ func (ss *session) acquire() (UpstreamSession, error) {
 	}
 	// The last message was aborted, which closed the upstream connection
 	// so that no partial message could be committed: log in again.
-	fresh, err := ss.reopen(req)
+	var fresh UpstreamSession
+	p, err := ss.s.o.Upstream.Dial(ss.ctx(), ss.tc.line.RemoteAddr)
+	if err == nil {
+		fresh, err = p.Login(ss.ctx(), req)
+	}
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	switch {
@@ -290,14 +294,6 @@ func (ss *session) acquire() (UpstreamSession, error) {
 	ss.upMu.Unlock()
 	ss.tc.closeAfterWrite.Store(true)
 	return nil, errUpstreamGone()
-}
-
-func (ss *session) reopen(req LoginRequest) (UpstreamSession, error) {
-	p, err := ss.s.o.Upstream.Dial(ss.ctx(), ss.tc.line.RemoteAddr)
-	if err != nil {
-		return nil, err
-	}
-	return p.Login(ss.ctx(), req)
 }
 
 func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
