@@ -36,7 +36,8 @@ func errUpstreamFail() error {
 	return reply(451, 4, 3, 0, "Temporary failure of the mail server, try again later")
 }
 
-// reply is the reply code, its enhanced code class.subject.detail and text.
+// reply builds a reply: its code, enhanced code (class.subject.detail) and
+// text.
 func reply(code, class, subject, detail int, msg string) error {
 	return &smtp.SMTPError{Code: code, EnhancedCode: smtp.EnhancedCode{class, subject, detail}, Message: msg}
 }
@@ -217,8 +218,8 @@ func (ss *session) authenticate(received time.Time, c credentials, malformed err
 	ss.up, ss.req = up, req
 	ss.mu.Unlock()
 	addr := ""
-	if a, ok := up.(interface{ Addr() string }); ok {
-		addr = a.Addr()
+	if ad, ok := up.(interface{ Addr() string }); ok {
+		addr = ad.Addr()
 	}
 	ss.tc.login(l.User(), l.Describe(), addr)
 	if l.Credential() == policy.AppPassword {
