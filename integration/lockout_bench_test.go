@@ -19,6 +19,7 @@ import (
 
 	"github.com/passgate/passgate/backends/imapupstream"
 	"github.com/passgate/passgate/backends/store"
+	"github.com/passgate/passgate/cmd/passgate/cli"
 	"github.com/passgate/passgate/integration/testenv"
 	"github.com/passgate/passgate/policy"
 	"github.com/passgate/passgate/proxy/imapfront"
@@ -244,7 +245,7 @@ func startLockoutFront(b *testing.B, st *store.Store, d *testenv.Dovecot, lockou
 	if err != nil {
 		b.Fatal(err)
 	}
-	srv := imapfront.New(imapfront.Options{Decider: engine, Upstream: benchUpstream{up}, TLSConfig: tc, Logger: log})
+	srv := imapfront.New(imapfront.Options{Decider: engine, Upstream: cli.IMAPUpstream(up), TLSConfig: tc, Logger: log})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
@@ -287,25 +288,6 @@ func (f *benchFront) reset() {
 	f.n.writes.Store(0)
 	f.n.queued.Store(0)
 	f.n.notes.Store(0)
-}
-
-// benchUpstream adapts backends/imapupstream to imapfront.Upstream, as
-// serve's imapAdapter does.
-type benchUpstream struct{ up *imapupstream.Upstream }
-
-func (a benchUpstream) Login(ctx context.Context, r imapfront.LoginRequest) (net.Conn, string, error) {
-	req := imapupstream.Request{User: r.User, Client: r.Client}
-	if r.Primary {
-		req.Password = string(r.Password)
-	}
-	for _, f := range r.ClientID {
-		req.ClientID = append(req.ClientID, f.Name, f.Value)
-	}
-	conn, text, err := a.up.Login(ctx, req)
-	if errors.Is(err, imapupstream.ErrRefused) {
-		return nil, "", fmt.Errorf("%w: %w", imapfront.ErrUpstreamRefused, err)
-	}
-	return conn, text, err
 }
 
 // statements counts what the login path asks of the store: reads and

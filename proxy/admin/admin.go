@@ -11,6 +11,7 @@ import (
 	"context"
 	"embed"
 	"errors"
+	"fmt"
 	"html/template"
 	"io/fs"
 	"log/slog"
@@ -21,6 +22,7 @@ import (
 	"time"
 
 	"github.com/passgate/passgate/policy/account"
+	"github.com/passgate/passgate/proxy/portal/webpage"
 )
 
 //go:embed templates/*.html static/*
@@ -66,7 +68,7 @@ type Options struct {
 type Server struct {
 	o       Options
 	log     *slog.Logger
-	pages   map[string]*template.Template
+	pages   webpage.Pages
 	handler http.Handler
 }
 
@@ -83,66 +85,25 @@ func New(o Options) (*Server, error) {
 		s.log = slog.New(slog.DiscardHandler)
 	}
 	var err error
-	if s.pages, err = parsePages(); err != nil {
-		return nil, err
+	if s.pages, err = webpage.Parse(assets, template.FuncMap{
+		"stamp": func(t time.Time) string { return t.UTC().Format("2006-01-02 15:04 UTC") },
+		"join":  strings.Join,
+	}); err != nil {
+		return nil, fmt.Errorf("admin: %w", err)
 	}
 	cop := http.NewCrossOriginProtection()
 	if err := cop.AddTrustedOrigin(o.PublicURL.Scheme + "://" + o.PublicURL.Host); err != nil {
 		return nil, err
 	}
-	s.handler = headers(cop.Handler(s.routes()))
+	s.handler = webpage.Headers(csp, cop.Handler(s.routes()))
 	return s, nil
 }
 
 // ServeHTTP implements http.Handler.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.handler.ServeHTTP(w, r) }
 
-func headers(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		h := w.Header()
-		h.Set("Content-Security-Policy", "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
-		h.Set("X-Content-Type-Options", "nosniff")
-		h.Set("Referrer-Policy", "no-referrer")
-		h.Set("Cache-Control", "no-store")
-		h.Set("X-Frame-Options", "DENY")
-		next.ServeHTTP(w, r)
-	})
-}
-
-func parsePages() (map[string]*template.Template, error) {
-	funcs := template.FuncMap{
-		"stamp": func(t time.Time) string { return t.UTC().Format("2006-01-02 15:04 UTC") },
-		"join":  strings.Join,
-	}
-	layout, err := fs.ReadFile(assets, "templates/layout.html")
-	if err != nil {
-		return nil, err
-	}
-	names, err := fs.Glob(assets, "templates/*.html")
-	if err != nil {
-		return nil, err
-	}
-	pages := map[string]*template.Template{}
-	for _, n := range names {
-		base := strings.TrimSuffix(strings.TrimPrefix(n, "templates/"), ".html")
-		if base == "layout" {
-			continue
-		}
-		body, err := fs.ReadFile(assets, n)
-		if err != nil {
-			return nil, err
-		}
-		t, err := template.New("layout.html").Funcs(funcs).Parse(string(layout))
-		if err == nil {
-			_, err = t.Parse(string(body))
-		}
-		if err != nil {
-			return nil, errors.New("admin: template " + n + ": " + err.Error())
-		}
-		pages[base] = t
-	}
-	return pages, nil
-}
+// csp allows no script at all, and no framing.
+const csp = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 
 func (s *Server) routes() http.Handler {
 	mux := http.NewServeMux()
@@ -182,20 +143,7 @@ type page struct {
 }
 
 func (s *Server) render(w http.ResponseWriter, status int, name string, p page) {
-	t, ok := s.pages[name]
-	if !ok {
-		http.Error(w, "no such page", http.StatusInternalServerError)
-		return
-	}
-	var b strings.Builder
-	if err := t.ExecuteTemplate(&b, "layout.html", p); err != nil {
-		s.log.Error("render admin page", slog.String("reason", "template "+name), slog.Any("err", err))
-		http.Error(w, "Internal Server Error", http.StatusInternalServerError)
-		return
-	}
-	w.Header().Set("Content-Type", "text/html; charset=utf-8")
-	w.WriteHeader(status)
-	_, _ = w.Write([]byte(b.String()))
+	s.pages.Render(w, s.log, "render admin page", status, name, p)
 }
 
 func (s *Server) fault(w http.ResponseWriter, r *http.Request, err error) {

@@ -247,3 +247,26 @@ func (e *env) wantMFA(user string, want store.MFAState) {
 		e.t.Errorf("%s: MFA %s (%v), want %s", user, got, err, want)
 	}
 }
+
+// TestSecurityHeaders: every admin response carries the admin center's
+// security headers, a refusal too.
+func TestSecurityHeaders(t *testing.T) {
+	e := newEnv(t)
+	c := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	resp, err := c.Get(e.srv.URL + "/admin/users") // signed out: sent to sign in
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	for name, want := range map[string]string{
+		"Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+		"X-Content-Type-Options":  "nosniff",
+		"Referrer-Policy":         "no-referrer",
+		"Cache-Control":           "no-store",
+		"X-Frame-Options":         "DENY",
+	} {
+		if got := resp.Header.Get(name); got != want {
+			t.Errorf("%s = %q, want %q", name, got, want)
+		}
+	}
+}

@@ -36,10 +36,9 @@ type conn struct {
 	tlsVer   string
 	tlsSuite string
 
-	clientID   []IDField
-	clientName string
-	commands   int
-	failures   int
+	clientID []IDField
+	commands int
+	failures int
 
 	observe.Session // the fields of the session log line
 
@@ -126,10 +125,13 @@ func (c *conn) write(b []byte) error {
 	return err
 }
 
-// bye sends a last untagged BYE with a short write deadline of its own.
-func (c *conn) bye(text string) {
+// bye ends the connection as ended, after a last untagged BYE with a
+// short write deadline of its own. It reports that the connection is done.
+func (c *conn) bye(ended, text string) bool {
 	c.raw.SetWriteDeadline(time.Now().Add(byeTimeout))
 	_ = c.write([]byte("* BYE " + text + "\r\n"))
+	c.Ended = ended
+	return true
 }
 
 // serve runs the pre-login loop and, after a successful login, the relay.
@@ -140,20 +142,16 @@ func (c *conn) serve() {
 	c.deadline = c.Start.Add(o.PreLoginTimeout)
 	c.armDeadline()
 
-	if o.ImplicitTLS {
-		if !c.handshake() {
-			return
-		}
+	if o.ImplicitTLS && !c.handshake() {
+		return
 	}
 	c.br = bufio.NewReaderSize(c.nc, readBufferSize)
-	if err := c.write([]byte("* OK [CAPABILITY " + c.caps() + "] passgate ready\r\n")); err != nil {
-		c.Ended = "client"
+	if c.reply("* OK [CAPABILITY " + c.caps() + "] passgate ready\r\n") {
 		return
 	}
 	for {
 		if c.isClosing() {
-			c.bye("Server shutting down")
-			c.Ended = "shutdown"
+			c.bye("shutdown", "Server shutting down")
 			return
 		}
 		if !c.isTLS {
@@ -161,8 +159,7 @@ func (c *conn) serve() {
 			// a TLS ClientHello has no line end and would hang until the
 			// pre-login timeout.
 			if b, err := c.br.Peek(1); err == nil && b[0] == 0x16 {
-				c.bye("TLS handshake on a plaintext port: use STARTTLS")
-				c.Ended = "protocol_error"
+				c.bye("protocol_error", "TLS handshake on a plaintext port: use STARTTLS")
 				return
 			}
 		}
@@ -200,12 +197,7 @@ func (c *conn) serve() {
 // ends.
 func (c *conn) countCommand() bool {
 	c.commands++
-	if c.commands <= c.srv.opts.MaxCommands {
-		return false
-	}
-	c.bye("Too many commands before login")
-	c.Ended = "too_many_commands"
-	return true
+	return c.commands > c.srv.opts.MaxCommands && c.bye("too_many_commands", "Too many commands before login")
 }
 
 // readFailed ends the connection after a read error: the client left, the
@@ -214,11 +206,9 @@ func (c *conn) readFailed(err error) {
 	var ne net.Error
 	switch {
 	case c.isClosing():
-		c.bye("Server shutting down")
-		c.Ended = "shutdown"
+		c.bye("shutdown", "Server shutting down")
 	case errors.As(err, &ne) && ne.Timeout():
-		c.bye("Autologout: no login within the time allowed")
-		c.Ended = "timeout"
+		c.bye("timeout", "Autologout: no login within the time allowed")
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed):
 		c.Ended = "client"
 	default:
@@ -266,17 +256,14 @@ func (c *conn) plaintextOK() bool {
 
 // caps returns the capability list for the connection's current state.
 func (c *conn) caps() string {
-	var b strings.Builder
-	b.WriteString("IMAP4rev1 IMAP4rev2 SASL-IR ID LITERAL+")
+	caps := "IMAP4rev1 IMAP4rev2 SASL-IR ID LITERAL+"
 	if !c.isTLS && c.srv.opts.TLSConfig != nil {
-		b.WriteString(" STARTTLS")
+		caps += " STARTTLS"
 	}
 	if c.plaintextOK() {
-		b.WriteString(" AUTH=PLAIN AUTH=LOGIN")
-	} else {
-		b.WriteString(" LOGINDISABLED")
+		return caps + " AUTH=PLAIN AUTH=LOGIN"
 	}
-	return b.String()
+	return caps + " LOGINDISABLED"
 }
 
 // continueLiteral is the reader's hook before a synchronising literal: it
@@ -299,7 +286,6 @@ func (c *conn) handleID(cmd *command) bool {
 		return c.reply(cmd.tag + " BAD Invalid ID arguments\r\n")
 	}
 	c.clientID = fields
-	c.clientName = clientName(fields)
 	return c.reply("* ID (\"name\" \"passgate\")\r\n" + cmd.tag + " OK ID completed\r\n")
 }
 
@@ -316,16 +302,13 @@ func (c *conn) handleStartTLS(cmd *command) bool {
 		return c.reply(cmd.tag + " BAD STARTTLS is not available\r\n")
 	}
 	c.br.Discard(c.br.Buffered())
-	if c.reply(cmd.tag + " OK Begin TLS negotiation now\r\n") {
-		return true
-	}
-	if !c.handshake() {
+	if c.reply(cmd.tag+" OK Begin TLS negotiation now\r\n") || !c.handshake() {
 		return true
 	}
 	c.br = bufio.NewReaderSize(c.nc, readBufferSize)
 	// What was learned before TLS may have been injected by a man in the
 	// middle (RFC 3501 6.2.1): forget the client's ID.
-	c.clientID, c.clientName = nil, ""
+	c.clientID = nil
 	return false
 }
 
@@ -338,7 +321,7 @@ func (c *conn) handshake() bool {
 	defer cancel()
 	if err := tc.HandshakeContext(hctx); err != nil {
 		c.Ended = "tls_handshake_failed"
-		c.Event(c.ctx, c.srv.log, slog.LevelDebug, "tls handshake failed", slog.Any("err", err))
+		c.Event(c.ctx, c.srv.opts.Logger, slog.LevelDebug, "tls handshake failed", slog.Any("err", err))
 		return false
 	}
 	st := tc.ConnectionState()
@@ -359,7 +342,7 @@ func (c *conn) finish() {
 	if c.Outcome == "" && c.failures > 0 {
 		c.Outcome = observe.OutcomeFailed
 	}
-	c.Log(c.srv.baseCtx, c.srv.log, c.srv.opts.Conns, "imap session",
+	c.Log(c.srv.baseCtx, c.srv.opts.Logger, c.srv.opts.Conns, "imap session",
 		slog.String("tls_version", c.tlsVer), slog.String("tls_cipher", c.tlsSuite))
 }
 
@@ -387,7 +370,9 @@ const (
 // with printable values. ok is false on a syntax error and on an ID past
 // the bounds of RFC 2971.
 func parseID(args []token) (fields []IDField, ok bool) {
-	if len(args) == 1 && args[0].kind == tokAtom && strings.EqualFold(string(args[0].val), "NIL") {
+	isNIL := func(t token) bool { return t.kind == tokAtom && strings.EqualFold(string(t.val), "NIL") }
+	isString := func(t token) bool { return t.kind == tokQuoted || t.kind == tokLiteral }
+	if len(args) == 1 && isNIL(args[0]) {
 		return nil, true
 	}
 	if len(args) < 2 || args[0].kind != tokOpen || args[len(args)-1].kind != tokClose {
@@ -399,20 +384,10 @@ func parseID(args []token) (fields []IDField, ok bool) {
 	}
 	for i := 0; i < len(inner); i += 2 {
 		k, v := inner[i], inner[i+1]
-		if k.kind != tokQuoted && k.kind != tokLiteral {
+		if !isString(k) || !(isString(v) || isNIL(v)) || len(k.val) > maxIDKeyLen || len(v.val) > maxIDValueLen {
 			return nil, false
 		}
-		isNil := v.kind == tokAtom && strings.EqualFold(string(v.val), "NIL")
-		if !isNil && v.kind != tokQuoted && v.kind != tokLiteral {
-			return nil, false
-		}
-		if len(k.val) > maxIDKeyLen || len(v.val) > maxIDValueLen {
-			return nil, false
-		}
-		if isNil || !printable(v.val) {
-			continue
-		}
-		if name := strings.ToLower(string(k.val)); standardIDField(name) {
+		if name := strings.ToLower(string(k.val)); isString(v) && printable(v.val) && standardIDField(name) {
 			fields = append(fields, IDField{Name: name, Value: string(v.val)})
 		}
 	}

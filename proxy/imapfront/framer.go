@@ -102,17 +102,7 @@ func startsCompression(tail []byte) bool {
 // one but was cut (cut: only its last bytes were kept).
 func literalAtEnd(line []byte, cut bool) (n int64, isLiteral, ok bool) {
 	line = bytes.TrimSuffix(line, []byte("\r"))
-	if len(line) < 3 || line[len(line)-1] != '}' {
-		return 0, false, true
-	}
-	end := len(line) - 1
-	if line[end-1] == '+' {
-		end--
-	}
-	start := end
-	for start > 0 && line[start-1] >= '0' && line[start-1] <= '9' {
-		start--
-	}
+	start, end, _ := literalDigits(line)
 	switch {
 	case start == end:
 		return 0, false, true

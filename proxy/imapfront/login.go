@@ -2,6 +2,7 @@ package imapfront
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/base64"
 	"errors"
@@ -56,33 +57,31 @@ func (c *conn) handleAuthenticate(cmd *command) bool {
 		}
 		return c.reply(cmd.tag + " NO " + privacyRequired + "\r\n")
 	}
-	mech := strings.ToUpper(string(cmd.args[0].val))
-	var ir []byte
-	hasIR := len(cmd.args) == 2
-	if hasIR {
+	var ir []byte // the initial response; nil when none (an atom is never empty)
+	if len(cmd.args) == 2 {
 		ir = cmd.args[1].val
 	}
-	switch mech {
+	switch strings.ToUpper(string(cmd.args[0].val)) {
 	case "PLAIN":
-		resp, done, ok := c.saslStep(cmd.tag, ir, hasIR, "")
+		resp, done, ok := c.saslStep(cmd.tag, ir, "")
 		if !ok {
 			return done
 		}
-		authzid, authcid, pw, valid := decodePlain(resp)
-		if !valid {
+		parts := bytes.Split(resp, []byte{0}) // RFC 4616: authzid NUL authcid NUL password
+		if len(parts) != 3 {
 			return c.reply(cmd.tag + " BAD Invalid PLAIN response\r\n")
 		}
-		if len(authzid) > 0 && !bytes.Equal(authzid, authcid) {
-			// Acting as another user is not offered to clients.
-			return c.failNoDecision(cmd.tag, authcid, "authorization identity differs from the user")
+		if len(parts[0]) > 0 && !bytes.Equal(parts[0], parts[1]) {
+			// Acting as another user (the authzid) is not offered to clients.
+			return c.failNoDecision(cmd.tag, parts[1], "authorization identity differs from the user")
 		}
-		return c.login(cmd.tag, authcid, pw)
+		return c.login(cmd.tag, parts[1], parts[2])
 	case "LOGIN":
-		user, done, ok := c.saslStep(cmd.tag, ir, hasIR, promptUsername)
+		user, done, ok := c.saslStep(cmd.tag, ir, promptUsername)
 		if !ok {
 			return done
 		}
-		pw, done, ok := c.saslStep(cmd.tag, nil, false, promptPassword)
+		pw, done, ok := c.saslStep(cmd.tag, nil, promptPassword)
 		if !ok {
 			return done
 		}
@@ -91,17 +90,17 @@ func (c *conn) handleAuthenticate(cmd *command) bool {
 	return c.reply(cmd.tag + " NO Unsupported authentication mechanism\r\n")
 }
 
-// saslStep returns one decoded client response: the initial response when
-// hasIR, else what the client answers to "+ prompt". ok is false when the
-// exchange ended (cancel, bad base64, read error); done then says whether
-// the connection is done.
-func (c *conn) saslStep(tag string, ir []byte, hasIR bool, prompt string) (resp []byte, done, ok bool) {
+// saslStep returns one decoded client response: the initial response ir
+// when not nil, else what the client answers to "+ prompt". ok is false
+// when the exchange ended (cancel, bad base64, read error); done then says
+// whether the connection is done.
+func (c *conn) saslStep(tag string, ir []byte, prompt string) (resp []byte, done, ok bool) {
 	line := ir
-	if !hasIR {
+	if ir == nil {
 		if c.reply("+ " + prompt + "\r\n") {
 			return nil, true, false
 		}
-		l, err := readLine(c.br, c.srv.opts.MaxLineLength)
+		l, err := readLine(c.br, c.srv.opts.MaxLineLength, nil)
 		if errors.Is(err, errLineTooLong) {
 			c.write([]byte(tag + " BAD [TOOBIG] Response too long\r\n* BYE Closing connection\r\n"))
 			c.Ended = "line_too_long"
@@ -119,30 +118,14 @@ func (c *conn) saslStep(tag string, ir []byte, hasIR bool, prompt string) (resp 
 	case "=":
 		return []byte{}, false, true
 	}
-	dec, err := decodeBase64(line)
+	dec, err := base64.StdEncoding.DecodeString(string(line))
+	if err != nil { // unpadded, then
+		dec, err = base64.RawStdEncoding.DecodeString(string(line))
+	}
 	if err != nil {
 		return nil, c.reply(tag + " " + replyBadBase64 + "\r\n"), false
 	}
 	return dec, false, true
-}
-
-// decodeBase64 decodes standard base64, padded or not.
-func decodeBase64(b []byte) ([]byte, error) {
-	s := string(b)
-	if dec, err := base64.StdEncoding.DecodeString(s); err == nil {
-		return dec, nil
-	}
-	return base64.RawStdEncoding.DecodeString(s)
-}
-
-// decodePlain splits a SASL PLAIN response (RFC 4616): authzid NUL authcid
-// NUL password.
-func decodePlain(b []byte) (authzid, authcid, pw []byte, ok bool) {
-	parts := bytes.Split(b, []byte{0})
-	if len(parts) != 3 {
-		return nil, nil, nil, false
-	}
-	return parts[0], parts[1], parts[2], true
 }
 
 // refusePlaintext records a login refused because its credentials came
@@ -165,7 +148,7 @@ func (c *conn) attempt(user, secret []byte) policy.Attempt {
 		Secret:     policy.Secret(secret),
 		Client:     c.RemoteAddr,
 		TLS:        c.isTLS,
-		ClientName: c.clientName,
+		ClientName: clientName(c.clientID),
 		Received:   time.Now(),
 	}
 }
@@ -192,30 +175,16 @@ func (c *conn) failNoDecision(tag string, user []byte, reason string) bool {
 	return c.answer(tag, c.srv.opts.Decider.Undecided(a, reason), policy.NotAsked)
 }
 
-// answer finishes a login that did not succeed and answers it.
+// answer finishes a login that did not succeed, sends its failure reply,
+// counts it and closes the connection after MaxAuthFailures. It reports
+// whether the connection is done.
 func (c *conn) answer(tag string, l *policy.Login, r policy.Result) bool {
 	c.noteLogin(l)
-	return c.authFailed(tag, reply(l.Finish(c.ctx, r)))
-}
-
-// noteLogin keeps the credential of a login for the session line, also
-// of a refused one (an app password refused for its scope).
-func (c *conn) noteLogin(l *policy.Login) {
-	if l.Credential() != policy.NoCredential {
-		c.Credential = l.Describe()
-	}
-}
-
-// authFailed sends a failure reply, counts it and closes the connection
-// after MaxAuthFailures. It reports whether the connection is done.
-func (c *conn) authFailed(tag, reply string) bool {
+	msg := tag + " " + reply(l.Finish(c.ctx, r)) + "\r\n"
 	if c.isClosing() {
-		c.bye("Server shutting down")
-		c.Ended = "shutdown"
-		return true
+		return c.bye("shutdown", "Server shutting down")
 	}
 	c.failures++
-	msg := tag + " " + reply + "\r\n"
 	over := c.failures >= c.srv.opts.MaxAuthFailures
 	if over {
 		msg += "* BYE Too many authentication failures\r\n"
@@ -226,14 +195,18 @@ func (c *conn) authFailed(tag, reply string) bool {
 	c.raw.SetWriteDeadline(time.Now().Add(byeTimeout))
 	done := c.reply(msg)
 	c.armDeadline()
-	if done {
-		return true
-	}
-	if over {
+	if !done && over {
 		c.Ended = "auth_failures"
-		return true
 	}
-	return false
+	return done || over
+}
+
+// noteLogin keeps the credential of a login for the session line, also
+// of a refused one (an app password refused for its scope).
+func (c *conn) noteLogin(l *policy.Login) {
+	if l.Credential() != policy.NoCredential {
+		c.Credential = l.Describe()
+	}
 }
 
 // login runs the decision and the upstream login, then the relay. It
@@ -249,7 +222,7 @@ func (c *conn) login(tag string, user, secret []byte) bool {
 
 	l, err := c.srv.opts.Decider.Decide(lctx, a)
 	if err != nil {
-		c.Event(c.ctx, c.srv.log, slog.LevelWarn, "auth decision failed", slog.String("user", a.User), slog.Any("err", err))
+		c.Event(c.ctx, c.srv.opts.Logger, slog.LevelWarn, "auth decision failed", slog.String("user", a.User), slog.Any("err", err))
 	}
 	if !l.Allowed() {
 		return c.answer(tag, l, policy.NotAsked)
@@ -269,7 +242,7 @@ func (c *conn) login(tag string, user, secret []byte) bool {
 		if errors.Is(err, ErrUpstreamRefused) {
 			return c.answer(tag, l, policy.Refused)
 		}
-		c.Event(c.ctx, c.srv.log, slog.LevelWarn, "upstream login failed", slog.String("user", a.User), slog.Any("err", err))
+		c.Event(c.ctx, c.srv.opts.Logger, slog.LevelWarn, "upstream login failed", slog.String("user", a.User), slog.Any("err", err))
 		return c.answer(tag, l, policy.Unreachable(err))
 	}
 	l.Finish(c.ctx, policy.Accepted)
@@ -281,17 +254,12 @@ func (c *conn) login(tag string, user, secret []byte) bool {
 	if c.closing {
 		c.mu.Unlock()
 		up.Close()
-		c.bye("Server shutting down")
-		c.Ended = "shutdown"
-		return true
+		return c.bye("shutdown", "Server shutting down")
 	}
 	c.relaying = true
 	c.mu.Unlock()
 
-	okText = sanitizeLine(okText)
-	if okText == "" {
-		okText = "OK Logged in"
-	}
+	okText = cmp.Or(sanitizeLine(okText), "OK Logged in")
 	c.raw.SetDeadline(time.Time{})
 	c.raw.SetWriteDeadline(time.Now().Add(loginTimeout))
 	if c.reply(tag + " " + okText + "\r\n") {
@@ -299,7 +267,7 @@ func (c *conn) login(tag string, user, secret []byte) bool {
 		return true
 	}
 	c.raw.SetWriteDeadline(time.Time{})
-	rctx, release := c.srv.relays.Track(c.ctx, l.AppPasswordID())
+	rctx, release := c.srv.opts.Relays.Track(c.ctx, l.AppPasswordID())
 	client := relay.WithBuffered(c.nc, c.br)
 	c.br = nil // the relay reads the connection itself from now on
 	st := relay.Run(rctx, client, up, relay.Options{Framer: newResponseFramer(), Farewell: c.farewell})

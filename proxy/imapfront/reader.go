@@ -56,20 +56,15 @@ func (e *replyError) Error() string {
 
 // wire returns the bytes the client gets for e.
 func (e *replyError) wire() []byte {
-	var b bytes.Buffer
-	if e.bye || e.tag == "" {
-		if e.fatal {
-			b.WriteString("* BYE " + e.text + "\r\n")
-		} else {
-			b.WriteString("* BAD " + e.text + "\r\n")
-		}
-		return b.Bytes()
+	switch untagged := e.bye || e.tag == ""; {
+	case untagged && e.fatal:
+		return []byte("* BYE " + e.text + "\r\n")
+	case untagged:
+		return []byte("* BAD " + e.text + "\r\n")
+	case e.fatal:
+		return []byte(e.tag + " " + e.status + " " + e.text + "\r\n* BYE Closing connection\r\n")
 	}
-	b.WriteString(e.tag + " " + e.status + " " + e.text + "\r\n")
-	if e.fatal {
-		b.WriteString("* BYE Closing connection\r\n")
-	}
-	return b.Bytes()
+	return []byte(e.tag + " " + e.status + " " + e.text + "\r\n")
 }
 
 // Limits on one pre-login command beyond the configured line and literal
@@ -116,15 +111,10 @@ var errLineTooLong = errors.New("imapfront: line too long")
 
 // readLine reads one line of at most max bytes (without its line end) and
 // returns it without the CRLF (a bare LF is accepted). The returned slice
-// is a fresh copy.
-func readLine(br *bufio.Reader, max int) ([]byte, error) {
-	return readLineGrow(br, max, nil)
-}
-
-// readLineGrow is readLine whose bound may be raised once: when the line
-// passes max, grow (if not nil) gets the bytes read so far and returns the
-// bound to read on with; a bound not above max refuses the line.
-func readLineGrow(br *bufio.Reader, max int, grow func(head []byte) int) ([]byte, error) {
+// is a fresh copy. The bound may be raised once: when the line passes max,
+// grow (if not nil) gets the bytes read so far and returns the bound to
+// read on with; a bound not above max refuses the line.
+func readLine(br *bufio.Reader, max int, grow func(head []byte) int) ([]byte, error) {
 	var line []byte
 	for {
 		frag, err := br.ReadSlice('\n')
@@ -167,23 +157,8 @@ func readLineGrow(br *bufio.Reader, max int, grow func(head []byte) int) ([]byte
 // (clamped to limit+1 so that a huge number never overflows) and whether it
 // is non-synchronising.
 func literalSpec(line []byte, limit int) (rest []byte, n int, plus, ok bool) {
-	if len(line) < 3 || line[len(line)-1] != '}' {
-		return line, 0, false, false
-	}
-	end := len(line) - 1
-	if line[end-1] == '+' {
-		plus = true
-		end--
-	}
-	i := end
-	for i > 0 && line[i-1] >= '0' && line[i-1] <= '9' {
-		i--
-	}
-	if i == end || i == 0 || line[i-1] != '{' {
-		return line, 0, false, false
-	}
-	start := i - 1
-	if start > 0 && line[start-1] != ' ' && line[start-1] != '(' {
+	i, end, plus := literalDigits(line)
+	if i == end || i == 0 || line[i-1] != '{' || (i > 1 && line[i-2] != ' ' && line[i-2] != '(') {
 		return line, 0, false, false
 	}
 	for _, c := range line[i:end] {
@@ -193,7 +168,27 @@ func literalSpec(line []byte, limit int) (rest []byte, n int, plus, ok bool) {
 			break
 		}
 	}
-	return line[:start], n, plus, true
+	return line[:i-1], n, plus, true
+}
+
+// literalDigits finds the length of a literal announcement ("{n}", "{n+}")
+// at the end of line: line[start:end] are its digits, none (start == end)
+// when line does not end in digits and "}" or "+}"; plus is the "+". The
+// caller checks what stands before the digits.
+func literalDigits(line []byte) (start, end int, plus bool) {
+	if len(line) < 3 || line[len(line)-1] != '}' {
+		return 0, 0, false
+	}
+	end = len(line) - 1
+	if line[end-1] == '+' {
+		plus = true
+		end--
+	}
+	start = end
+	for start > 0 && line[start-1] >= '0' && line[start-1] <= '9' {
+		start--
+	}
+	return start, end, plus
 }
 
 // idLineBound is the grow hook of a command's first line: a line that
@@ -241,7 +236,7 @@ func (r *reader) readCommand() (*command, error) {
 	size := 0
 	literals := 0
 	for {
-		line, err := readLineGrow(r.br, lineMax, grow)
+		line, err := readLine(r.br, lineMax, grow)
 		grow = nil
 		if errors.Is(err, errLineTooLong) {
 			return nil, &replyError{tag: tagOf(toks), status: "BAD", text: "[TOOBIG] Command line too long", bye: true, fatal: true, ended: "line_too_long"}
@@ -367,7 +362,8 @@ func validTag(b []byte) bool {
 }
 
 // tokenize appends the tokens of one line fragment (without a trailing
-// literal announcement) to toks.
+// literal announcement) to toks. The text of its error, a malformed
+// command, is sent to the client.
 func tokenize(line []byte, toks *[]token) error {
 	i := 0
 	for i < len(line) {
@@ -389,7 +385,7 @@ func tokenize(line []byte, toks *[]token) error {
 			*toks = append(*toks, token{kind: tokQuoted, val: val})
 			i += n
 		case c < 0x20 || c == 0x7f:
-			return syntaxError("Control character in command")
+			return errors.New("Control character in command")
 		default:
 			j := i
 			for j < len(line) && isAtomByte(line[j]) {
@@ -398,7 +394,7 @@ func tokenize(line []byte, toks *[]token) error {
 			atom := line[i:j]
 			if atom[0] == '{' {
 				if _, _, _, ok := literalSpec(atom, 0); ok {
-					return syntaxError("Literal not at the end of a line")
+					return errors.New("Literal not at the end of a line")
 				}
 			}
 			*toks = append(*toks, token{kind: tokAtom, val: bytes.Clone(atom)})
@@ -407,11 +403,6 @@ func tokenize(line []byte, toks *[]token) error {
 	}
 	return nil
 }
-
-// syntaxError is a malformed command; its text is sent to the client.
-type syntaxError string
-
-func (e syntaxError) Error() string { return string(e) }
 
 // isAtomByte is liberal on purpose: clients such as iOS Mail send
 // passwords as bare atoms, and a password is opaque bytes. Only what ends
@@ -433,15 +424,15 @@ func unquote(s []byte) ([]byte, int, error) {
 			return val, i + 1, nil
 		case '\\':
 			if i+1 >= len(s) || (s[i+1] != '"' && s[i+1] != '\\') {
-				return nil, 0, syntaxError("Invalid escape in quoted string")
+				return nil, 0, errors.New("Invalid escape in quoted string")
 			}
 			i++
 			val = append(val, s[i])
 		case 0:
-			return nil, 0, syntaxError("NUL in quoted string")
+			return nil, 0, errors.New("NUL in quoted string")
 		default:
 			val = append(val, c)
 		}
 	}
-	return nil, 0, syntaxError("Unterminated quoted string")
+	return nil, 0, errors.New("Unterminated quoted string")
 }

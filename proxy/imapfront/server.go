@@ -1,23 +1,19 @@
 // Package imapfront is passgate's IMAP listener: the first stop of an IMAP
 // login.
 //
-// On the path of a login it sits at the front: a client connects here, gets
-// a greeting, may ask for CAPABILITY, ID or STARTTLS, and sends LOGIN or
-// AUTHENTICATE (PLAIN, LOGIN). imapfront reads the user name and secret off
-// the wire with its own bounded pre-login reader, asks the decision (a
-// Decider, implemented by policy.Engine), logs in to the upstream server
-// through an Upstream (implemented in cmd over backends/imapupstream), and
-// then hands both connections to proxy/relay, which copies bytes until
-// either side closes. It never copies bytes after login itself.
+// A client connects here, gets a greeting, may ask for CAPABILITY, ID or
+// STARTTLS, and sends LOGIN or AUTHENTICATE (PLAIN, LOGIN). imapfront
+// reads the user name and secret with its own bounded pre-login reader,
+// asks the decision (lifecycle.Decider), logs in through an Upstream
+// (implemented in cmd over backends/imapupstream), and hands both
+// connections to proxy/relay, which copies the bytes after login. Every
+// failed login gets the same reply after the same delay, whatever the
+// reason; secrets are never logged.
 //
 // It imports policy (for the Attempt and Login types), proxy/relay and the
 // shared front pieces (lifecycle, revoke, observe, connlimit), and no
 // other protocol package; backends are reached only through the
 // interfaces declared here.
-//
-// Every failure of a login looks the same to the client: the same reply
-// after the same delay (policy.Login.Finish), whatever the reason. Secrets are
-// never logged.
 package imapfront
 
 import (
@@ -109,9 +105,7 @@ type Options struct {
 
 // Server is an IMAP listener. Create it with New.
 type Server struct {
-	opts   Options
-	log    *slog.Logger
-	relays *revoke.Registry
+	opts Options // with the defaults filled in
 
 	baseCtx    context.Context // parent of every connection's context
 	cancelBase context.CancelFunc
@@ -139,13 +133,7 @@ func New(opts Options) *Server {
 	lifecycle.Default(&opts.MaxAuthFailures, DefaultMaxAuthFailures)
 	lifecycle.Default(&opts.PreLoginTimeout, DefaultPreLoginTimeout)
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Server{
-		opts:       opts,
-		log:        opts.Logger,
-		relays:     opts.Relays,
-		baseCtx:    ctx,
-		cancelBase: cancel,
-	}
+	return &Server{opts: opts, baseCtx: ctx, cancelBase: cancel}
 }
 
 // Serve accepts connections on ln and serves each in its own goroutine
@@ -160,11 +148,11 @@ func (s *Server) Serve(ln net.Listener) error {
 		Run:    (*conn).serve,
 		// One bad connection never takes the server down.
 		Panicked: func(c *conn, r any, stack []byte) {
-			c.Event(s.baseCtx, s.log, slog.LevelError, "connection panic", slog.Any("err", r), slog.String("stack", string(stack)))
+			c.Event(s.baseCtx, s.opts.Logger, slog.LevelError, "connection panic", slog.Any("err", r), slog.String("stack", string(stack)))
 			c.closeAll()
 		},
 		Retry: func(err error) {
-			s.log.LogAttrs(s.baseCtx, slog.LevelWarn, "accept failed",
+			s.opts.Logger.LogAttrs(s.baseCtx, slog.LevelWarn, "accept failed",
 				slog.String("proto", policy.IMAP.String()), slog.Any("err", err))
 		},
 	})

@@ -586,8 +586,8 @@ func TestRevokeClosesSession(t *testing.T) {
 	rc := ts.tlsClient(t)
 	rc.send("a LOGIN alice \"" + appSecret + "\"\r\n")
 	rc.expect("a OK [CAPABILITY IMAP4rev1 IDLE] Logged in")
-	waitFor(t, "tracked session", func() bool { return ts.srv.relays.Len() == 1 })
-	if n := ts.srv.relays.Revoke(appID); n != 1 {
+	waitFor(t, "tracked session", func() bool { return ts.srv.opts.Relays.Len() == 1 })
+	if n := ts.srv.opts.Relays.Revoke(appID); n != 1 {
 		t.Fatalf("revoked %d sessions, want 1", n)
 	}
 	rc.expect("* BYE Session closed: the app password it logged in with was deleted")

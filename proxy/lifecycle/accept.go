@@ -1,6 +1,7 @@
 package lifecycle
 
 import (
+	"cmp"
 	"errors"
 	"log/slog"
 	"net"
@@ -9,21 +10,18 @@ import (
 	"time"
 )
 
-// A passing accept error (out of file descriptors or memory, a
-// connection aborted before accept) must not drop the listener: it is
-// retried after a growing pause.
-
 // Pauses between retries of a passing accept error.
 const (
 	minPause = 5 * time.Millisecond
 	maxPause = time.Second
 )
 
-// acceptConn returns the next connection of ln. Passing errors are retried
-// after a pause that doubles from 5 ms up to 1 s, reporting each to
-// onRetry (which may be nil), unless stop reports that the server is
-// closing. Any other error is returned as is; the caller decides whether
-// it means "closed" or a failure.
+// acceptConn returns the next connection of ln. A passing error (out of
+// file descriptors or memory, a connection aborted before accept) must not
+// drop the listener: it is reported to onRetry (which may be nil) and
+// retried after a pause that doubles from 5 ms up to 1 s, unless stop
+// reports that the server is closing. Any other error is returned as is;
+// the caller decides whether it means "closed" or a failure.
 func acceptConn(ln net.Listener, stop func() bool, onRetry func(error)) (net.Conn, error) {
 	var pause time.Duration
 	for {
@@ -76,13 +74,10 @@ func Logger(log *slog.Logger) *slog.Logger {
 // ListenerName returns name, or when it is empty the listener's default:
 // plain, or implicit for an implicit-TLS listener ("ldap", "ldaps").
 func ListenerName(name string, implicitTLS bool, plain, implicit string) string {
-	switch {
-	case name != "":
-		return name
-	case implicitTLS:
-		return implicit
+	if implicitTLS {
+		plain = implicit
 	}
-	return plain
+	return cmp.Or(name, plain)
 }
 
 // Default sets an option left out (zero, or not positive) to def.

@@ -14,9 +14,11 @@ package lifecycle
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"runtime/debug"
+	"slices"
 	"sync"
 	"time"
 
@@ -84,18 +86,7 @@ func (s *Set[C]) Closing() bool {
 func (s *Set[C]) Live() []C {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := make([]C, 0, len(s.conns))
-	for c := range s.conns {
-		out = append(out, c)
-	}
-	return out
-}
-
-// Len is the number of connections tracked now.
-func (s *Set[C]) Len() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.conns)
+	return slices.Collect(maps.Keys(s.conns))
 }
 
 // Stop stops accepting: the server is closing from now on, and every

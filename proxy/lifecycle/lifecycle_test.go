@@ -51,7 +51,7 @@ func TestServeShutdownClose(t *testing.T) {
 		}
 		clients = append(clients, c)
 	}
-	waitFor(t, "3 connections", func() bool { return s.Len() == 3 })
+	waitFor(t, "3 connections", func() bool { return len(s.Live()) == 3 })
 
 	// A drain that ends nothing: Shutdown gives up at ctx and leaves them.
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
@@ -65,8 +65,8 @@ func TestServeShutdownClose(t *testing.T) {
 	if _, err := net.Dial("tcp", ln.Addr().String()); err == nil {
 		t.Fatal("the listener is still open after Serve returned")
 	}
-	if s.Len() != 3 {
-		t.Fatalf("%d connections after a drain that ended none, want 3", s.Len())
+	if len(s.Live()) != 3 {
+		t.Fatalf("%d connections after a drain that ended none, want 3", len(s.Live()))
 	}
 	if err := Serve(&s, ln, loop()); !errors.Is(err, errClosed) {
 		t.Fatalf("Serve after Stop = %v", err)
@@ -77,8 +77,8 @@ func TestServeShutdownClose(t *testing.T) {
 	if err := Close(context.Background(), &s, func(c *pc) { c.nc.Close() }); err != nil {
 		t.Fatal(err)
 	}
-	if s.Len() != 0 {
-		t.Fatalf("%d connections after Close", s.Len())
+	if len(s.Live()) != 0 {
+		t.Fatalf("%d connections after Close", len(s.Live()))
 	}
 	for _, c := range clients {
 		c.Close()
@@ -100,7 +100,7 @@ func TestDrainEndsWhatItCan(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	waitFor(t, "the connection", func() bool { return s.Len() == 1 })
+	waitFor(t, "the connection", func() bool { return len(s.Live()) == 1 })
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := Drain(ctx, &s, 5*time.Millisecond, func(c *pc) { c.nc.Close() }); err != nil {

@@ -33,6 +33,7 @@ import (
 	"github.com/pquerna/otp"
 
 	"github.com/passgate/passgate/policy/account"
+	"github.com/passgate/passgate/proxy/portal/webpage"
 )
 
 //go:embed templates/*.html static/*
@@ -146,7 +147,7 @@ type Server struct {
 	opts     Options
 	log      *slog.Logger
 	now      func() time.Time
-	pages    map[string]*template.Template
+	pages    webpage.Pages
 	webauthn *webauthn.WebAuthn
 	handler  http.Handler
 }
@@ -186,8 +187,12 @@ func New(o Options) (*Server, error) {
 		return nil, fmt.Errorf("portal: WebAuthn relying party %q (web.public_url): %w", o.PublicURL.Hostname(), err)
 	}
 	s.webauthn = wa
-	if s.pages, err = parsePages(); err != nil {
-		return nil, err
+	if s.pages, err = webpage.Parse(assets, template.FuncMap{
+		"stamp": func(t time.Time) string { return t.UTC().Format("2006-01-02 15:04 UTC") },
+		"join":  strings.Join,
+		"upper": strings.ToUpper,
+	}); err != nil {
+		return nil, fmt.Errorf("portal: %w", err)
 	}
 	cop := http.NewCrossOriginProtection()
 	if err := cop.AddTrustedOrigin(origin); err != nil {
@@ -200,50 +205,20 @@ func New(o Options) (*Server, error) {
 // ServeHTTP implements http.Handler.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.handler.ServeHTTP(w, r) }
 
-func parsePages() (map[string]*template.Template, error) {
-	funcs := template.FuncMap{
-		"stamp": func(t time.Time) string { return t.UTC().Format("2006-01-02 15:04 UTC") },
-		"join":  strings.Join,
-		"upper": strings.ToUpper,
-	}
-	names, err := fs.Glob(assets, "templates/*.html")
-	if err != nil {
-		return nil, err
-	}
-	pages := map[string]*template.Template{}
-	for _, n := range names {
-		base := strings.TrimSuffix(strings.TrimPrefix(n, "templates/"), ".html")
-		if base == "layout" {
-			continue
-		}
-		t, err := template.New("layout.html").Funcs(funcs).ParseFS(assets, "templates/layout.html", n)
-		if err != nil {
-			return nil, fmt.Errorf("portal: template %s: %w", n, err)
-		}
-		pages[base] = t
-	}
-	return pages, nil
-}
-
 // csp allows no inline script or style and no framing.
 const csp = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; " +
 	"frame-ancestors 'none'; form-action 'self'; base-uri 'none'; object-src 'none'"
 
-// headers sets the security headers of every response.
+// headers sets the security headers of every response: the portal's csp,
+// those of every face, and its own.
 func (s *Server) headers(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		h := w.Header()
-		h.Set("Content-Security-Policy", csp)
-		h.Set("Referrer-Policy", "no-referrer")
-		h.Set("X-Content-Type-Options", "nosniff")
-		h.Set("X-Frame-Options", "DENY")
-		h.Set("Cross-Origin-Opener-Policy", "same-origin")
-		h.Set("Cache-Control", "no-store")
+	return webpage.Headers(csp, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Cross-Origin-Opener-Policy", "same-origin")
 		if r.TLS != nil {
-			h.Set("Strict-Transport-Security", "max-age=31536000")
+			w.Header().Set("Strict-Transport-Security", "max-age=31536000")
 		}
 		next.ServeHTTP(w, r)
-	})
+	}))
 }
 
 func (s *Server) routes() http.Handler {
@@ -287,20 +262,7 @@ type page struct {
 }
 
 func (s *Server) render(w http.ResponseWriter, status int, name string, p page) {
-	t, ok := s.pages[name]
-	if !ok {
-		http.Error(w, "no such page", http.StatusInternalServerError)
-		return
-	}
-	var b strings.Builder
-	if err := t.ExecuteTemplate(&b, "layout.html", p); err != nil {
-		s.log.Error("render page", slog.String("reason", "template "+name), slog.Any("err", err))
-		http.Error(w, "Internal Server Error", http.StatusInternalServerError)
-		return
-	}
-	w.Header().Set("Content-Type", "text/html; charset=utf-8")
-	w.WriteHeader(status)
-	_, _ = w.Write([]byte(b.String()))
+	s.pages.Render(w, s.log, "render page", status, name, p)
 }
 
 func (s *Server) fault(w http.ResponseWriter, r *http.Request, err error) {

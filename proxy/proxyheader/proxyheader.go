@@ -1,27 +1,23 @@
-// Package proxyheader reads the PROXY protocol header (v1 or v2) that a
-// TCP load balancer such as HAProxy sends ahead of its client's bytes, so
-// that the listeners, the decision, the audit trail and the upstream see
-// the client's address instead of the balancer's.
+// Package proxyheader reads the PROXY protocol header (v1 or v2, parsed by
+// github.com/pires/go-proxyproto) that a TCP load balancer such as HAProxy
+// sends ahead of its client's bytes, so that the listeners, the decision,
+// the audit trail and the upstream see the client's address instead of
+// the balancer's.
 //
-// Only peers in the configured networks (policy.proxy_networks, which
-// must lie within policy.trusted_networks) may send a header, and they
-// must: a header is read from every connection they open, within a
-// timeout, before the listener sees the connection. Reading it "if
-// present" instead would fail both ways for protocols where the server
-// speaks first: a client that sends nothing would wait for the timeout
-// before its greeting, and a header that came late would be taken for
-// protocol bytes on a connection attributed to a trusted address.
-// Connections from any other peer are handed over untouched: a header
-// they send is just bytes of the protocol, which the listener refuses.
+// Peers in the configured networks (policy.proxy_networks, within
+// policy.trusted_networks) must send a header, read within a timeout
+// before the listener sees the connection, on a goroutine of its own (one
+// slow peer never holds up Accept). Reading it "if
+// present" instead would fail both ways where the server speaks first: a
+// client that sends nothing would wait for the timeout, and a late header
+// would be taken for protocol bytes from a trusted address. Any other
+// peer's connection is handed over untouched: a header it sends is just
+// bytes of the protocol, which the listener refuses.
 //
-// A header that names no client — LOCAL (v2) or UNKNOWN (v1): a health
-// check, or a client whose address the balancer cannot express — gives
-// the connection the unspecified address 0.0.0.0:0, never the balancer's
-// own, which is trusted. A peer that connects and closes without sending
-// anything (a plain TCP health check) is dropped quietly. The header is
-// parsed by github.com/pires/go-proxyproto;
-// headers are read on a goroutine per connection, so that one slow peer
-// never holds up Accept.
+// A header that names no client (LOCAL in v2, UNKNOWN in v1: a health
+// check, or an address the balancer cannot express) gives the connection
+// 0.0.0.0:0, never the balancer's own trusted address. A peer that closes
+// without sending anything (a TCP health check) is dropped quietly.
 package proxyheader
 
 import (
@@ -32,6 +28,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -124,13 +121,11 @@ func (l *listener) loop() {
 			continue
 		}
 		go func() {
-			pc, err := l.readHeader(c)
-			if errors.Is(err, io.EOF) {
+			switch pc, err := l.readHeader(c); {
+			case errors.Is(err, io.EOF):
 				l.opts.Logger.Debug("proxy_networks peer closed without a header (a TCP health check)", slog.String("peer", c.RemoteAddr().String()))
 				c.Close()
-				return
-			}
-			if err != nil {
+			case err != nil:
 				if l.opts.OnRefused != nil {
 					l.opts.OnRefused()
 				}
@@ -138,9 +133,7 @@ func (l *listener) loop() {
 					slog.String("peer", c.RemoteAddr().String()), slog.Any("err", err),
 					slog.String("fix", "make the load balancer send the PROXY protocol (HAProxy: send-proxy or send-proxy-v2 on the server line), or remove its address from policy.proxy_networks"))
 				c.Close()
-				return
-			}
-			if !l.hand(accepted{c: pc}) {
+			case !l.hand(accepted{c: pc}):
 				pc.Close()
 			}
 		}()
@@ -159,16 +152,7 @@ func (l *listener) hand(a accepted) bool {
 
 func (l *listener) fromProxy(a net.Addr) bool {
 	ap, err := netip.ParseAddrPort(a.String())
-	if err != nil {
-		return false
-	}
-	ip := ap.Addr().Unmap()
-	for _, p := range l.opts.From {
-		if p.Contains(ip) {
-			return true
-		}
-	}
-	return false
+	return err == nil && slices.ContainsFunc(l.opts.From, func(p netip.Prefix) bool { return p.Contains(ap.Addr().Unmap()) })
 }
 
 // readHeader reads c's header and returns c with the client's address.

@@ -33,10 +33,9 @@ const (
 
 // Stats is what a finished relay reports.
 type Stats struct {
-	BytesIn  int64         // client → upstream
-	BytesOut int64         // upstream → client
-	Duration time.Duration //
-	EndedBy  string        // "client", "upstream", "revoked", "shutdown"
+	BytesIn  int64  // client → upstream
+	BytesOut int64  // upstream → client
+	EndedBy  string // "client", "upstream", "revoked", "shutdown"
 }
 
 // Framer follows the upstream → client byte stream of a protocol, so that
@@ -65,17 +64,13 @@ type Options struct {
 // not read.
 const farewellTimeout = 2 * time.Second
 
-// Run copies bytes between client and upstream until either side closes,
-// ctx ends, or the session is closed through the Registry, with a
-// protocol's manners (opts). It closes both connections before it returns
-// and waits for the one goroutine it starts. There is no idle timeout: an
-// IMAP IDLE may last 29 minutes and more.
-//
-// The upstream → client direction runs on the calling goroutine and the
-// other on one goroutine of its own; ctx is watched with
+// Run copies bytes between client and upstream, with a protocol's manners
+// (opts), until either side closes or ctx ends (revoke.Registry cancels it
+// too). It closes both connections and waits for the one goroutine it
+// starts (client → upstream) before it returns; ctx is watched with
 // context.AfterFunc, which costs no goroutine while the session is idle.
+// There is no idle timeout: an IMAP IDLE may last 29 minutes and more.
 func Run(ctx context.Context, client, upstream net.Conn, opts Options) Stats {
-	start := time.Now()
 	var in, out atomic.Int64
 	var first atomic.Value // "client" or "upstream": the side that ended first
 	closeBoth := func() {
@@ -146,7 +141,7 @@ func Run(ctx context.Context, client, upstream net.Conn, opts Options) Stats {
 			ended = "revoked"
 		}
 	}
-	return Stats{BytesIn: in.Load(), BytesOut: out.Load(), Duration: time.Since(start), EndedBy: ended}
+	return Stats{BytesIn: in.Load(), BytesOut: out.Load(), EndedBy: ended}
 }
 
 type countWriter struct {

@@ -12,6 +12,8 @@ package revoke
 import (
 	"context"
 	"errors"
+	"maps"
+	"slices"
 	"sync"
 	"time"
 )
@@ -83,11 +85,7 @@ func (r *Registry) Revoke(id int64) int {
 func (r *Registry) IDs() []int64 {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	ids := make([]int64, 0, len(r.sessions))
-	for id := range r.sessions {
-		ids = append(ids, id)
-	}
-	return ids
+	return slices.Collect(maps.Keys(r.sessions))
 }
 
 // Len returns the number of live tracked sessions.

@@ -33,17 +33,16 @@ type trackedConn struct {
 	authed          atomic.Bool
 	closeAfterWrite atomic.Bool
 	preBytes        atomic.Int64
+	commands        atomic.Int64 // before AUTH
 
 	// line is the session log line: ConnID, Proto, RemoteAddr and Start
 	// are set at accept; the other fields are guarded by mu.
 	line observe.Session
 
 	mu         sync.Mutex // guards line and the fields below
-	tls        bool
-	tlsVersion string
+	tlsVersion string     // "" without TLS
 	upstream   string
 	messages   int
-	commands   int
 	failures   int
 	release    func()
 
@@ -164,26 +163,27 @@ func (c *trackedConn) setOutcome(o string) {
 }
 
 // command counts a command before AUTH and reports whether the limit is
-// passed.
+// passed: the connection then closes after the next reply.
 func (c *trackedConn) command() bool {
-	if c.authed.Load() {
-		return false
+	over := !c.authed.Load() && c.commands.Add(1) > int64(c.s.o.MaxCommands)
+	if over {
+		c.closeAfterWrite.Store(true)
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.commands++
-	return c.commands > c.s.o.MaxCommands
+	return over
 }
 
-// failure counts a failed AUTH and reports whether the limit is reached.
-func (c *trackedConn) failure() bool {
+// failure counts a failed AUTH; once the limit is reached, the connection
+// closes after the next reply.
+func (c *trackedConn) failure() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.failures++
 	if c.line.Outcome != observe.OutcomeRelayed {
 		c.line.Outcome = observe.OutcomeFailed
 	}
-	return c.failures >= c.s.o.MaxAuthFailures
+	if c.failures >= c.s.o.MaxAuthFailures {
+		c.closeAfterWrite.Store(true)
+	}
 }
 
 func (c *trackedConn) message(n int64, ok bool) {
@@ -197,7 +197,6 @@ func (c *trackedConn) message(n int64, ok bool) {
 
 func (c *trackedConn) setTLS(state tls.ConnectionState) {
 	c.mu.Lock()
-	c.tls = true
 	c.tlsVersion = tls.VersionName(state.Version)
 	c.mu.Unlock()
 }
@@ -214,7 +213,7 @@ func (c *trackedConn) Close() error {
 		} else if line.Ended == "" {
 			line.Ended = "client"
 		}
-		extra := []slog.Attr{slog.String("listener", c.s.o.Listener), slog.Bool("tls", c.tls),
+		extra := []slog.Attr{slog.String("listener", c.s.o.Listener), slog.Bool("tls", c.tlsVersion != ""),
 			slog.String("upstream", c.upstream), slog.Int("messages", c.messages)}
 		if c.tlsVersion != "" {
 			extra = append(extra, slog.String("tls_version", c.tlsVersion))
@@ -223,7 +222,7 @@ func (c *trackedConn) Close() error {
 		if release != nil {
 			release()
 		}
-		line.Log(context.Background(), c.s.log, c.s.o.Conns, "smtp session", extra...)
+		line.Log(context.Background(), c.s.o.Logger, c.s.o.Conns, "smtp session", extra...)
 		observe.Closed(c.s.o.Conns)
 		c.s.set.Done(c)
 	})

@@ -28,8 +28,8 @@ func TestTrackAfterClose(t *testing.T) {
 	if tc := s.track(a); tc != nil {
 		t.Fatal("track accepted a connection after Close")
 	}
-	if n := s.set.Len(); n != 0 {
-		t.Fatalf("%d connections tracked after Close", s.set.Len())
+	if n := len(s.set.Live()); n != 0 {
+		t.Fatalf("%d connections tracked after Close", len(s.set.Live()))
 	}
 }
 

@@ -2,6 +2,7 @@ package smtpfront
 
 import (
 	"bytes"
+	"cmp"
 	"errors"
 	"log/slog"
 	"strconv"
@@ -71,27 +72,13 @@ func checkField(b []byte, max int) error {
 // decodePlain splits a SASL PLAIN response (RFC 4616):
 // [authzid] NUL authcid NUL passwd. authcid and passwd must be non-empty.
 func decodePlain(b []byte) (credentials, error) {
-	first := bytes.IndexByte(b, 0)
-	if first < 0 {
+	parts := bytes.SplitN(b, []byte{0}, 3)
+	if len(parts) != 3 || len(parts[0]) > maxUserLen || !utf8.Valid(parts[0]) {
 		return credentials{}, errMalformed
 	}
-	rest := b[first+1:]
-	second := bytes.IndexByte(rest, 0)
-	if second < 0 {
-		return credentials{}, errMalformed
-	}
-	authzid, user, pass := b[:first], rest[:second], rest[second+1:]
-	if len(authzid) > maxUserLen {
-		return credentials{}, errMalformed
-	}
-	if err := checkField(user, maxUserLen); err != nil {
+	authzid, user, pass := parts[0], parts[1], parts[2]
+	if err := cmp.Or(checkField(user, maxUserLen), checkField(pass, maxSecretLen)); err != nil {
 		return credentials{}, err
-	}
-	if err := checkField(pass, maxSecretLen); err != nil {
-		return credentials{}, err
-	}
-	if !utf8.Valid(authzid) && len(authzid) > 0 {
-		return credentials{}, errMalformed
 	}
 	return credentials{authzid: string(authzid), user: string(user), pass: policy.Secret(pass)}, nil
 }
@@ -133,11 +120,10 @@ var _ sasl.Server = (*loginServer)(nil)
 func (l *loginServer) Next(resp []byte) ([]byte, bool, error) {
 	switch l.step {
 	case 0:
+		l.step = 1
 		if resp == nil {
-			l.step = 1
 			return []byte(loginUserPrompt), false, nil
 		}
-		l.step = 1
 		return l.Next(resp)
 	case 1:
 		l.user = append([]byte(nil), resp...)
@@ -145,10 +131,7 @@ func (l *loginServer) Next(resp []byte) ([]byte, bool, error) {
 		return []byte(loginPassPrompt), false, nil
 	case 2:
 		l.step = 3
-		if err := checkField(l.user, maxUserLen); err != nil {
-			return nil, true, l.auth(credentials{}, err)
-		}
-		if err := checkField(resp, maxSecretLen); err != nil {
+		if err := cmp.Or(checkField(l.user, maxUserLen), checkField(resp, maxSecretLen)); err != nil {
 			return nil, true, l.auth(credentials{}, err)
 		}
 		return nil, true, l.auth(credentials{user: string(l.user), pass: policy.Secret(resp)}, nil)

@@ -20,32 +20,26 @@ import (
 // The replies passgate writes itself, each a fresh value (go-smtp and
 // callers may keep or change what they get). Every failed AUTH gets
 // errAuthInvalid, byte for byte, whatever the reason.
-func errAuthInvalid() error {
-	return &smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 8}, Message: "Authentication credentials invalid"}
-}
-
-func errAuthTemp() error {
-	return &smtp.SMTPError{Code: 454, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "Temporary authentication failure"}
-}
-
-func errAuthNeeded() error {
-	return &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 0}, Message: "Authentication required"}
-}
-
+func errAuthInvalid() error { return reply(535, 5, 7, 8, "Authentication credentials invalid") }
+func errAuthTemp() error    { return reply(454, 4, 7, 0, "Temporary authentication failure") }
+func errAuthNeeded() error  { return reply(530, 5, 7, 0, "Authentication required") }
 func errNeedTLS() error {
-	return &smtp.SMTPError{Code: 538, EnhancedCode: smtp.EnhancedCode{5, 7, 11}, Message: "Encryption required for requested authentication mechanism"}
+	return reply(538, 5, 7, 11, "Encryption required for requested authentication mechanism")
 }
-
 func errTooMany() error {
-	return &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "Too many commands before authentication, closing connection"}
+	return reply(421, 4, 7, 0, "Too many commands before authentication, closing connection")
 }
-
 func errUpstreamGone() error {
-	return &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: "Connection to the mail server lost, try again later"}
+	return reply(421, 4, 4, 2, "Connection to the mail server lost, try again later")
+}
+func errUpstreamFail() error {
+	return reply(451, 4, 3, 0, "Temporary failure of the mail server, try again later")
 }
 
-func errUpstreamFail() error {
-	return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Temporary failure of the mail server, try again later"}
+// reply builds a reply: its code, enhanced code (class.subject.detail) and
+// text.
+func reply(code, class, subject, detail int, msg string) error {
+	return &smtp.SMTPError{Code: code, EnhancedCode: smtp.EnhancedCode{class, subject, detail}, Message: msg}
 }
 
 // mechanisms returns the mechanisms offered, in the order clients see
@@ -97,13 +91,17 @@ func (s *Server) newSession(c *smtp.Conn) (smtp.Session, error) {
 		tc.setTLS(st)
 	}
 	if tc.command() {
-		tc.closeAfterWrite.Store(true)
 		return nil, errTooMany()
 	}
 	return sess, nil
 }
 
 func (ss *session) ctx() context.Context { return ss.s.ctx }
+
+// event logs one event of the session with the connection's keys.
+func (ss *session) event(level slog.Level, msg string, attrs ...slog.Attr) {
+	ss.tc.line.Event(ss.ctx(), ss.s.o.Logger, level, msg, attrs...)
+}
 
 // AuthMechanisms offers PLAIN and LOGIN over TLS, and without TLS only to
 // clients the decision trusts with plaintext.
@@ -117,7 +115,6 @@ func (ss *session) AuthMechanisms() []string {
 // Auth starts an AUTH exchange.
 func (ss *session) Auth(mech string) (sasl.Server, error) {
 	if ss.tc.command() {
-		ss.tc.closeAfterWrite.Store(true)
 		return nil, errTooMany()
 	}
 	if !ss.tls && !ss.s.o.Decider.PlaintextAllowed(ss.tc.line.RemoteAddr, false) {
@@ -142,14 +139,10 @@ func (ss *session) Auth(mech string) (sasl.Server, error) {
 	return nil, smtp.ErrAuthUnknownMechanism
 }
 
-// authenticate dials the upstream, decides and logs in upstream. It
-// returns the reply error the client sees, or nil when the session is
+// authenticate dials the upstream (before the decision: see Upstream.Dial),
+// decides and logs in upstream. It returns the reply error the client
+// sees, after the decision's uniform delay, or nil when the session is
 // logged in.
-//
-// The upstream is dialled (greeting, EHLO) before the decision: an
-// upstream that is down then gets every client the same 454, whatever its
-// secret, and the connection is the one logged in afterwards. Every 454,
-// like every 535, is sent after the decision's uniform delay.
 func (ss *session) authenticate(received time.Time, c credentials, malformed error) error {
 	ctx := ss.ctx()
 	a := policy.Attempt{
@@ -170,18 +163,13 @@ func (ss *session) authenticate(received time.Time, c credentials, malformed err
 			ss.tc.tried(c.user, l.Describe())
 		}
 		class := l.Finish(ctx, r)
+		ss.tc.failure()
 		if class == policy.ClassTemporary {
-			ss.tc.line.Event(ctx, ss.s.log, slog.LevelError, "smtp auth failed for a temporary reason", slog.String("user", c.user), slog.String("reason", l.Reason()), slog.Any("err", err))
-		} else {
-			ss.tc.line.Event(ctx, ss.s.log, slog.LevelDebug, "smtp auth failed", slog.String("user", c.user), slog.String("reason", l.Reason()))
-		}
-		if ss.tc.failure() {
-			ss.tc.closeAfterWrite.Store(true)
-		}
-		if class == policy.ClassTemporary {
+			ss.event(slog.LevelError, "smtp auth failed for a temporary reason", slog.String("user", c.user), slog.String("reason", l.Reason()), slog.Any("err", err))
 			ss.tc.setOutcome(outcome)
 			return errAuthTemp()
 		}
+		ss.event(slog.LevelDebug, "smtp auth failed", slog.String("user", c.user), slog.String("reason", l.Reason()))
 		return errAuthInvalid()
 	}
 	if malformed != nil {
@@ -216,7 +204,7 @@ func (ss *session) authenticate(received time.Time, c credentials, malformed err
 	if err != nil {
 		if errors.Is(err, ErrLoginRefused) {
 			if l.Credential() != policy.Primary {
-				ss.tc.line.Event(ctx, ss.s.log, slog.LevelError, "smtp upstream refused an allowed login", slog.String("user", l.User()), slog.Any("err", err))
+				ss.event(slog.LevelError, "smtp upstream refused an allowed login", slog.String("user", l.User()), slog.Any("err", err))
 			}
 			// For an app password too: the audit trail then shows the
 			// failure after the success that the decision recorded.
@@ -229,18 +217,15 @@ func (ss *session) authenticate(received time.Time, c credentials, malformed err
 	ss.mu.Lock()
 	ss.up, ss.req = up, req
 	ss.mu.Unlock()
-	ss.tc.login(l.User(), l.Describe(), upstreamAddr(up))
+	addr := ""
+	if ad, ok := up.(interface{ Addr() string }); ok {
+		addr = ad.Addr()
+	}
+	ss.tc.login(l.User(), l.Describe(), addr)
 	if l.Credential() == policy.AppPassword {
 		ss.tc.trackRevocation(l.AppPasswordID())
 	}
 	return nil
-}
-
-func upstreamAddr(up UpstreamSession) string {
-	if ad, ok := up.(interface{ Addr() string }); ok {
-		return ad.Addr()
-	}
-	return ""
 }
 
 // upstreamErr maps an upstream failure to the client's reply: the
@@ -254,7 +239,7 @@ func (ss *session) upstreamErr(op string, err error) error {
 	if errors.As(err, &se) {
 		return &smtp.SMTPError{Code: se.Code, EnhancedCode: se.EnhancedCode, Message: se.Message}
 	}
-	ss.tc.line.Event(ss.ctx(), ss.s.log, slog.LevelWarn, "smtp upstream failed", slog.String("user", ss.tc.line.User), slog.String("op", op), slog.Any("err", err))
+	ss.event(slog.LevelWarn, "smtp upstream failed", slog.String("user", ss.tc.line.User), slog.String("op", op), slog.Any("err", err))
 	ss.mu.Lock()
 	if ss.up != nil && !ss.dead {
 		_ = ss.up.Close()
@@ -274,7 +259,6 @@ func (ss *session) acquire() (UpstreamSession, error) {
 	ss.mu.Unlock()
 	if up == nil {
 		if ss.tc.command() {
-			ss.tc.closeAfterWrite.Store(true)
 			return nil, errTooMany()
 		}
 		return nil, errAuthNeeded()
@@ -289,36 +273,28 @@ func (ss *session) acquire() (UpstreamSession, error) {
 	}
 	// The last message was aborted, which closed the upstream connection
 	// so that no partial message could be committed: log in again.
-	fresh, err := ss.reopen(req)
+	var fresh UpstreamSession
+	p, err := ss.s.o.Upstream.Dial(ss.ctx(), ss.tc.line.RemoteAddr)
+	if err == nil {
+		fresh, err = p.Login(ss.ctx(), req)
+	}
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
-	if ss.up == nil {
-		// Logout ran meanwhile.
+	switch {
+	case ss.up == nil: // Logout ran meanwhile
 		if fresh != nil {
 			_ = fresh.Close()
 		}
-		ss.upMu.Unlock()
-		ss.tc.closeAfterWrite.Store(true)
-		return nil, errUpstreamGone()
-	}
-	if err != nil {
-		ss.tc.line.Event(ss.ctx(), ss.s.log, slog.LevelWarn, "smtp upstream could not be reopened after an aborted message",
-			slog.String("user", req.User), slog.Any("err", err))
+	case err != nil:
+		ss.event(slog.LevelWarn, "smtp upstream could not be reopened after an aborted message", slog.String("user", req.User), slog.Any("err", err))
 		ss.dead = true
-		ss.upMu.Unlock()
-		ss.tc.closeAfterWrite.Store(true)
-		return nil, errUpstreamGone()
+	default:
+		ss.up, ss.stale = fresh, false
+		return fresh, nil
 	}
-	ss.up, ss.stale = fresh, false
-	return fresh, nil
-}
-
-func (ss *session) reopen(req LoginRequest) (UpstreamSession, error) {
-	p, err := ss.s.o.Upstream.Dial(ss.ctx(), ss.tc.line.RemoteAddr)
-	if err != nil {
-		return nil, err
-	}
-	return p.Login(ss.ctx(), req)
+	ss.upMu.Unlock()
+	ss.tc.closeAfterWrite.Store(true)
+	return nil, errUpstreamGone()
 }
 
 func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
@@ -404,26 +380,22 @@ func (ss *session) Data(r io.Reader) error {
 	sent, err := up.Data(dr)
 	ss.mu.Lock()
 	ss.inTx = false
-	ss.mu.Unlock()
-	ss.tc.message(sent, err == nil && dr.err == nil)
-	if dr.err != nil {
+	if dr.err != nil && ss.up == up && !ss.dead {
 		// The client's side failed (too large, aborted, or gone): the
 		// upstream aborted the message by closing its connection. The next
 		// MAIL logs in again; go-smtp answers this one (552 etc.).
-		ss.mu.Lock()
-		if ss.up == up && !ss.dead {
-			ss.stale = true
-		}
-		ss.mu.Unlock()
+		ss.stale = true
+	}
+	aborted := ss.stale
+	ss.mu.Unlock()
+	ss.tc.message(sent, err == nil && dr.err == nil)
+	if dr.err != nil {
 		var se *smtp.SMTPError
 		if errors.As(dr.err, &se) {
 			return se
 		}
 		return errUpstreamFail()
 	}
-	ss.mu.Lock()
-	aborted := ss.stale
-	ss.mu.Unlock()
 	if err != nil && aborted {
 		// Reset or Logout closed the upstream under us to abort the message.
 		return errUpstreamFail()
@@ -487,9 +459,7 @@ func (ss *session) Reset() {
 	authed := ss.up != nil
 	ss.mu.Unlock()
 	if !authed {
-		if ss.tc.command() {
-			ss.tc.closeAfterWrite.Store(true)
-		}
+		ss.tc.command()
 		return
 	}
 	ss.abortData(false)
@@ -503,9 +473,7 @@ func (ss *session) Reset() {
 	ss.upMu.Lock()
 	err := up.Reset()
 	ss.upMu.Unlock()
-	if err != nil {
-		_ = ss.upstreamErr("RSET", err)
-	}
+	_ = ss.upstreamErr("RSET", err)
 }
 
 // Logout ends the upstream session: politely with QUIT, or by closing it
@@ -517,19 +485,14 @@ func (ss *session) Logout() error {
 	up, quit := ss.up, ss.up != nil && !ss.dead && !ss.stale
 	ss.up, ss.inTx = nil, false
 	ss.mu.Unlock()
-	if up == nil {
-		return nil
-	}
-	if !quit {
+	switch {
+	case up == nil:
+	case !quit || !ss.upMu.TryLock():
 		_ = up.Close()
-		return nil
+	default:
+		_ = up.Quit()
+		ss.upMu.Unlock()
 	}
-	if !ss.upMu.TryLock() {
-		_ = up.Close()
-		return nil
-	}
-	defer ss.upMu.Unlock()
-	_ = up.Quit()
 	return nil
 }
 

@@ -2,29 +2,22 @@
 // on the path of an SMTP login.
 //
 // It accepts the client (STARTTLS or implicit TLS), reads AUTH PLAIN or
-// AUTH LOGIN (Outlook's mechanism), asks the decision (policy, through
-// lifecycle.Decider) whether the credential may log in with scope smtp,
-// and then logs in to the upstream submission server (through the Upstream
-// it declares, implemented by backends/smtpupstream and wired by
-// cmd/passgate). After login the session is relayed command by command:
-// MAIL, RCPT and DATA go to the upstream through go-smtp's client and the
-// upstream's replies come back with their codes. It never relays raw bytes,
-// so a client can never send its own XCLIENT (go-smtp's server answers
-// unknown commands itself) to an upstream that trusts passgate.
-//
-// Every failed AUTH, whatever the reason, gets
-// "535 5.7.8 Authentication credentials invalid" after the decision's
-// uniform delay; a decision or upstream that cannot answer gets
-// "454 4.7.0 Temporary authentication failure", so that clients retry,
-// after the same delay. The upstream is dialled (greeting, EHLO) before
-// the decision, so that whether it is down never depends on the secret,
-// and that connection is the one logged in.
+// AUTH LOGIN (Outlook's mechanism), asks the decision (lifecycle.Decider)
+// whether the credential may log in with scope smtp, and logs in to the
+// upstream submission server through the Upstream it declares
+// (backends/smtpupstream, wired by cmd/passgate). After login it relays
+// command by command through go-smtp's client, never raw bytes, so a
+// client can never send its own XCLIENT to an upstream that trusts
+// passgate. Every failed AUTH gets the same 535, and a decision or
+// upstream that cannot answer a 454 (clients retry), both after the
+// decision's uniform delay.
 //
 // It imports policy for its Attempt and Login types, and proxy/lifecycle,
 // observe and connlimit; no other front and no backend.
 package smtpfront
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -158,9 +151,8 @@ type Options struct {
 
 // Server is one SMTP submission listener.
 type Server struct {
-	o      Options
+	o      Options // with the defaults filled in
 	smtp   *smtp.Server
-	log    *slog.Logger
 	ctx    context.Context
 	cancel context.CancelFunc
 	nextID atomic.Uint64
@@ -182,12 +174,10 @@ func New(o Options) *Server {
 	lifecycle.Default(&o.PreLoginTimeout, DefaultPreLoginTimeout)
 	lifecycle.Default(&o.ReadTimeout, DefaultReadTimeout)
 	lifecycle.Default(&o.WriteTimeout, DefaultWriteTimeout)
-	if o.Hostname == "" {
-		o.Hostname = DefaultHostname
-	}
+	o.Hostname = cmp.Or(o.Hostname, DefaultHostname)
 	o.Listener = lifecycle.ListenerName(o.Listener, o.ImplicitTLS, "smtp", "submissions")
-	log := lifecycle.Logger(o.Logger)
-	s := &Server{o: o, log: log}
+	o.Logger = lifecycle.Logger(o.Logger)
+	s := &Server{o: o}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	srv := smtp.NewServer(smtp.BackendFunc(s.newSession))
 	srv.Domain = o.Hostname
@@ -203,7 +193,7 @@ func New(o Options) *Server {
 	srv.AllowInsecureAuth = true
 	srv.ReadTimeout = o.ReadTimeout
 	srv.WriteTimeout = o.WriteTimeout
-	srv.ErrorLog = errorLog{log}
+	srv.ErrorLog = errorLog{o.Logger}
 	s.smtp = srv
 	return s
 }
@@ -225,11 +215,7 @@ func (s *Server) Serve(ln net.Listener) error {
 // ctx is done (then it returns ctx's error; call Close).
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.set.Stop() // from now on track refuses connections
-	err := s.smtp.Shutdown(ctx)
-	if errors.Is(err, smtp.ErrServerClosed) {
-		err = nil
-	}
-	if err != nil {
+	if err := s.smtp.Shutdown(ctx); err != nil && !errors.Is(err, smtp.ErrServerClosed) {
 		return err
 	}
 	return s.set.Wait(ctx)
@@ -246,10 +232,7 @@ func (s *Server) Close() error {
 	s.cancel()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if werr := lifecycle.Close(ctx, &s.set, func(c *trackedConn) { c.Conn.Close() }); werr != nil && err == nil {
-		err = werr
-	}
-	return err
+	return cmp.Or(err, lifecycle.Close(ctx, &s.set, func(c *trackedConn) { c.Conn.Close() }))
 }
 
 // listener wraps each accepted connection in a trackedConn (and in TLS for

@@ -97,11 +97,16 @@ func newIMAPUpstream(d *deps) (imapfront.Upstream, error) {
 	if err != nil {
 		return nil, err
 	}
-	return imapAdapter{up: up}, nil
+	return IMAPUpstream(up), nil
 }
 
-// imapAdapter adapts backends/imapupstream to imapfront.Upstream, so that
-// neither package imports the other.
+// IMAPUpstream adapts backends/imapupstream to imapfront.Upstream, so
+// that neither package imports the other: a refused login wraps
+// imapfront.ErrUpstreamRefused. serve wires it, and the integration tests
+// use it as it is.
+func IMAPUpstream(up *imapupstream.Upstream) imapfront.Upstream { return imapAdapter{up} }
+
+// imapAdapter is IMAPUpstream's value.
 type imapAdapter struct{ up *imapupstream.Upstream }
 
 func (a imapAdapter) Login(ctx context.Context, r imapfront.LoginRequest) (net.Conn, string, error) {
