@@ -20,6 +20,7 @@ import (
 	"github.com/go-ldap/ldap/v3"
 
 	"github.com/passgate/passgate/backends/store"
+	"github.com/passgate/passgate/cmd/passgate/cli"
 	"github.com/passgate/passgate/integration/testenv"
 )
 
@@ -37,7 +38,8 @@ const (
 type loadTarget struct {
 	name string
 	url  string
-	pid  int      // the passgate process; 0 for slapd itself
+	pid  int      // the passgate process; 0 for slapd itself or passgate in this process
+	gate bool     // through passgate
 	dn   []string // bind DN of user i
 	pw   []string // what user i binds with: the primary password directly, the app password through passgate
 }
@@ -95,9 +97,18 @@ func BenchmarkLDAPLoad(b *testing.B) {
 		direct.dn = append(direct.dn, e.slapd.UserDN(u))
 		direct.pw = append(direct.pw, primary[i])
 	}
-	targets := []*loadTarget{direct, startLoadGate(b, e, "passgate", passgateBinary(b), users)}
+	targets := []*loadTarget{direct}
+	if os.Getenv("PASSGATE_LDAP_LOAD_INPROC") == "" {
+		targets = append(targets, startLoadGate(b, e, "passgate", passgateBinary(b), users))
+	}
 	if bin := os.Getenv("PASSGATE_BENCH_BASELINE_BIN"); bin != "" {
 		targets = append(targets, startLoadGate(b, e, "passgate-base", bin, users))
+	}
+	if os.Getenv("PASSGATE_LDAP_LOAD_INPROC") != "" {
+		// For -cpuprofile, instead of the process: "passgate serve" in
+		// this process (its CPU, shared with the client, is not
+		// reported).
+		targets = append(targets, startLoadGate(b, e, "passgate-inproc", "", users))
 	}
 
 	for _, sc := range []struct {
@@ -149,16 +160,16 @@ func loadReport(b *testing.B, scenario string, targets []*loadTarget, figs []loa
 		}
 		rate := float64(f.ops) / f.elapsed.Seconds()
 		sort.Slice(f.latencies, func(a, c int) bool { return f.latencies[a] < f.latencies[c] })
-		median := f.latencies[len(f.latencies)/2]
+		median, p99 := f.latencies[len(f.latencies)/2], f.latencies[len(f.latencies)*99/100]
 		perOp := func(ticks int64) float64 {
 			return float64(ticks) * float64(tick/time.Microsecond) / float64(f.ops)
 		}
-		if t.pid == 0 {
+		if !t.gate {
 			directRate, directMedian = rate, median
 		}
 		b.ReportMetric(rate, scenario+"-"+t.name+"-ops/s")
-		b.Logf("%-9s %-14s %8.0f ops/s %5.2f× direct  median %7.3f ms (%4.2f× direct)  CPU/op: passgate %4.0f µs, slapd %4.0f µs",
-			scenario, t.name, rate, rate/directRate, median.Seconds()*1000, median.Seconds()/directMedian.Seconds(),
+		b.Logf("%-9s %-14s %8.0f ops/s %5.2f× direct  median %7.3f ms (%4.2f× direct) p99 %6.1f ms  CPU/op: passgate %4.0f µs, slapd %4.0f µs",
+			scenario, t.name, rate, rate/directRate, median.Seconds()*1000, median.Seconds()/directMedian.Seconds(), p99.Seconds()*1000,
 			perOp(f.gateTicks), perOp(f.slapdTicks))
 	}
 }
@@ -356,7 +367,7 @@ func addLoadUsers(b *testing.B, s *testenv.Slapd) ([]string, []string) {
 	return users, pws
 }
 
-// startLoadGate runs bin as "passgate serve" with its own SQLite store in
+// startLoadGate runs bin ("": this process) as "passgate serve" with its own SQLite store in
 // which every user has MFA enforced and one app password, LDAP in relay
 // mode in front of slapd (plaintext; 127.0.0.0/8 trusted).
 func startLoadGate(b *testing.B, e *ldapServers, name, bin string, users []string) *loadTarget {
@@ -372,7 +383,7 @@ func startLoadGate(b *testing.B, e *ldapServers, name, bin string, users []strin
 	if _, err := st.Migrate(ctx); err != nil {
 		b.Fatal(err)
 	}
-	t := &loadTarget{name: name}
+	t := &loadTarget{name: name, gate: true}
 	for _, u := range users {
 		if _, err := st.SetMFA(ctx, u, store.MFAEnforced); err != nil {
 			b.Fatal(err)
@@ -419,21 +430,29 @@ ldap:
 	if err != nil {
 		b.Fatal(err)
 	}
-	cmd := exec.Command(bin, "serve", "--config", cfgFile)
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		b.Fatal(err)
-	}
 	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
+	stop := func() {}
+	if bin == "" {
+		sctx, scancel := context.WithCancel(context.Background())
+		go func() { cli.Run(sctx, []string{"serve", "--config", cfgFile}, logFile, logFile); close(exited) }()
+		stop = scancel
+	} else {
+		cmd := exec.Command(bin, "serve", "--config", cfgFile)
+		cmd.Stdout, cmd.Stderr = logFile, logFile
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		if err := cmd.Start(); err != nil {
+			b.Fatal(err)
+		}
+		go func() { cmd.Wait(); close(exited) }()
+		stop = func() { cmd.Process.Signal(syscall.SIGTERM) }
+		t.pid = cmd.Process.Pid
+	}
 	b.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
+		stop()
 		select {
 		case <-exited:
 		case <-time.After(patience):
-			cmd.Process.Kill()
-			<-exited
+			b.Errorf("%s serve did not stop within %v", name, patience)
 		}
 		logFile.Close()
 	})
@@ -448,7 +467,7 @@ ldap:
 			b.Fatalf("%s serve does not listen on %s", name, addr)
 		}
 	}
-	t.url, t.pid = "ldap://"+addr, cmd.Process.Pid
+	t.url = "ldap://" + addr
 	// Every user binds once, so that no round pays for a first use.
 	for i := range t.dn {
 		l, err := ldap.DialURL(t.url)
