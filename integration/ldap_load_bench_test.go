@@ -69,7 +69,9 @@ type loadFigures struct {
 //   - one-conn: each worker binds again and again on one connection,
 //     over the users in turn;
 //   - search: each worker binds once, then reads its user's own entry
-//     (base search, two attributes); the figure is the median latency.
+//     (base search, two attributes); the figure is the median latency;
+//   - search-1: the same with one worker, the latency without queueing
+//     for the machine's CPUs.
 //
 // CPU per operation is read from /proc/PID/stat (utime+stime) of the
 // passgate process and of slapd before and after each round: the client
@@ -112,12 +114,14 @@ func BenchmarkLDAPLoad(b *testing.B) {
 	}
 
 	for _, sc := range []struct {
-		name string
-		run  func(t *loadTarget, stop <-chan struct{}, worker int, f *loadWorkerFigures) error
+		name    string
+		workers int
+		run     func(t *loadTarget, stop <-chan struct{}, worker int, f *loadWorkerFigures) error
 	}{
-		{"new-conn", loadNewConn},
-		{"one-conn", loadOneConn},
-		{"search", loadSearch},
+		{"new-conn", loadWorkers, loadNewConn},
+		{"one-conn", loadWorkers, loadOneConn},
+		{"search", loadWorkers, loadSearch},
+		{"search-1", 1, loadSearch}, // latency without queueing for the CPU
 	} {
 		figs := make([]loadFigures, len(targets))
 		for r := 0; r < loadRounds; r++ {
@@ -126,7 +130,7 @@ func BenchmarkLDAPLoad(b *testing.B) {
 				t := targets[i]
 				f := &figs[i]
 				gate0, slapd0 := procTicks(t.pid), procTicks(slapdPID)
-				ops, lat, took, err := loadRound(t, sc.run, round)
+				ops, lat, took, err := loadRound(t, sc.workers, sc.run, round)
 				if err != nil {
 					b.Logf("%s %s round %d: %v", sc.name, t.name, r, err)
 					f.failedRounds++
@@ -180,14 +184,14 @@ type loadWorkerFigures struct {
 	latencies []time.Duration
 }
 
-// loadRound runs loadWorkers workers of one scenario against t for d.
-func loadRound(t *loadTarget, run func(*loadTarget, <-chan struct{}, int, *loadWorkerFigures) error, d time.Duration) (int64, []time.Duration, time.Duration, error) {
+// loadRound runs workers workers of one scenario against t for d.
+func loadRound(t *loadTarget, workers int, run func(*loadTarget, <-chan struct{}, int, *loadWorkerFigures) error, d time.Duration) (int64, []time.Duration, time.Duration, error) {
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
-	figs := make([]loadWorkerFigures, loadWorkers)
-	errs := make([]error, loadWorkers)
+	figs := make([]loadWorkerFigures, workers)
+	errs := make([]error, workers)
 	start := time.Now()
-	for w := 0; w < loadWorkers; w++ {
+	for w := 0; w < workers; w++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
