@@ -6,6 +6,8 @@ import (
 	"crypto/sha1"
 	"encoding/base64"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -39,7 +41,7 @@ type loadTarget struct {
 	name string
 	url  string
 	pid  int      // the passgate process; 0 for slapd itself or passgate in this process
-	gate bool     // through passgate
+	gate bool     // not slapd itself: passgate (or the bare relay)
 	dn   []string // bind DN of user i
 	pw   []string // what user i binds with: the primary password directly, the app password through passgate
 }
@@ -106,6 +108,11 @@ func BenchmarkLDAPLoad(b *testing.B) {
 	if bin := os.Getenv("PASSGATE_BENCH_BASELINE_BIN"); bin != "" {
 		targets = append(targets, startLoadGate(b, e, "passgate-base", bin, users))
 	}
+	if os.Getenv("PASSGATE_LDAP_LOAD_TCPRELAY") != "" {
+		// What any proxy hop costs: bytes copied both ways, no LDAP.
+		relay := &loadTarget{name: "tcp-relay", url: "ldap://" + tcpRelay(b, strings.TrimPrefix(e.slapd.URL, "ldap://")), dn: direct.dn, pw: direct.pw, gate: true}
+		targets = append(targets, relay)
+	}
 	if os.Getenv("PASSGATE_LDAP_LOAD_INPROC") != "" {
 		// For -cpuprofile, instead of the process: "passgate serve" in
 		// this process (its CPU, shared with the client, is not
@@ -165,16 +172,19 @@ func loadReport(b *testing.B, scenario string, targets []*loadTarget, figs []loa
 		rate := float64(f.ops) / f.elapsed.Seconds()
 		sort.Slice(f.latencies, func(a, c int) bool { return f.latencies[a] < f.latencies[c] })
 		median, p99 := f.latencies[len(f.latencies)/2], f.latencies[len(f.latencies)*99/100]
-		perOp := func(ticks int64) float64 {
-			return float64(ticks) * float64(tick/time.Microsecond) / float64(f.ops)
+		perOp := func(ticks int64, measured bool) string {
+			if !measured {
+				return "   -"
+			}
+			return fmt.Sprintf("%4.0f", float64(ticks)*float64(tick/time.Microsecond)/float64(f.ops))
 		}
 		if !t.gate {
 			directRate, directMedian = rate, median
 		}
 		b.ReportMetric(rate, scenario+"-"+t.name+"-ops/s")
-		b.Logf("%-9s %-14s %8.0f ops/s %5.2f× direct  median %7.3f ms (%4.2f× direct) p99 %6.1f ms  CPU/op: passgate %4.0f µs, slapd %4.0f µs",
+		b.Logf("%-9s %-14s %8.0f ops/s %5.2f× direct  median %7.3f ms (%4.2f× direct) p99 %6.1f ms  CPU/op: passgate %s µs, slapd %s µs",
 			scenario, t.name, rate, rate/directRate, median.Seconds()*1000, median.Seconds()/directMedian.Seconds(), p99.Seconds()*1000,
-			perOp(f.gateTicks), perOp(f.slapdTicks))
+			perOp(f.gateTicks, t.pid != 0), perOp(f.slapdTicks, true))
 	}
 }
 
@@ -287,6 +297,36 @@ func loadSearch(t *loadTarget, stop <-chan struct{}, w int, f *loadWorkerFigures
 		f.ops++
 	}
 	return nil
+}
+
+// tcpRelay listens on a free port and copies bytes between each client
+// and a new connection to addr, until the benchmark ends.
+func tcpRelay(b *testing.B, addr string) string {
+	b.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				u, err := net.Dial("tcp", addr)
+				if err != nil {
+					return
+				}
+				defer u.Close()
+				go func() { io.Copy(u, c); u.(*net.TCPConn).CloseWrite() }()
+				io.Copy(c, u)
+			}()
+		}
+	}()
+	return ln.Addr().String()
 }
 
 // procTicks returns utime+stime of process pid in clock ticks (0 for
