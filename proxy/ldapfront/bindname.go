@@ -48,7 +48,8 @@ type boundName struct {
 type dnTemplate struct {
 	raw      string
 	dn       *ldap.DN
-	rdn, atv int // where {user} stands
+	rdn, atv int    // where {user} stands
+	pre, suf string // the template as type=value,… around {user}; "" when a value needs escaping
 }
 
 // nameMapper turns bind names into user names for the decision.
@@ -80,6 +81,9 @@ func newNameMapper(templates, upnDomains []string, upnAsUser bool) (*nameMapper,
 		}
 		if t.rdn < 0 {
 			return nil, fmt.Errorf("ldapfront: user DN template %d (%q): no {user}; write e.g. \"uid={user},ou=people,dc=example,dc=test\"", i, raw)
+		}
+		if canon := dn.String(); plainTemplated(boundName{Templated: true, User: strings.NewReplacer(placeholder, "", "=", "", ",", "").Replace(canon)}) {
+			t.pre, t.suf, _ = strings.Cut(canon, placeholder)
 		}
 		m.templates = append(m.templates, t)
 	}
@@ -184,6 +188,20 @@ func (m *nameMapper) domainOK(domain string) bool {
 // compared case-insensitively after RFC 4514 parsing (so escapes and spaces
 // around separators do not matter).
 func (m *nameMapper) mapDN(name string) (boundName, bool) {
+	// Fast path: the name is a template's own spelling with a plain user,
+	// which parsing would map the same way (an earlier template that
+	// parsing would match first has the same spelling).
+	for i, t := range m.templates {
+		if t.pre == "" {
+			break
+		}
+		if len(name) <= len(t.pre)+len(t.suf) || !strings.EqualFold(name[:len(t.pre)], t.pre) || !strings.EqualFold(name[len(name)-len(t.suf):], t.suf) {
+			continue
+		}
+		if user := name[len(t.pre) : len(name)-len(t.suf)]; plainTemplated(boundName{Templated: true, User: user}) {
+			return boundName{User: user, DN: m.fillTemplate(t, user), Templated: true, Template: i, Form: formDN}, true
+		}
+	}
 	dn, err := ldap.ParseDN(name)
 	if err != nil || len(dn.RDNs) == 0 {
 		return boundName{}, false

@@ -9,6 +9,9 @@ func TestMapName(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if m.templates[0].pre != "uid=" || m.templates[1].suf != ",ou=staff,dc=example,dc=test" {
+		t.Fatalf("no fast path for plain templates: %+v", m.templates)
+	}
 	bare, err := newNameMapper(nil, nil, false)
 	if err != nil {
 		t.Fatal(err)
@@ -27,6 +30,8 @@ func TestMapName(t *testing.T) {
 		templd bool
 	}{
 		{"dn/template", m, "uid=alice,ou=people,dc=example,dc=test", true, "alice", "uid=alice,ou=people,dc=example,dc=test", true},
+		{"dn/case-only", m, "UID=Alice,OU=People,DC=Example,DC=Test", true, "Alice", "uid=Alice,ou=people,dc=example,dc=test", true},
+		{"dn/prefix-and-suffix-overlap", m, "uid=,ou=people,dc=example,dc=test,ou=people,dc=example,dc=test", true, "uid=,ou=people,dc=example,dc=test,ou=people,dc=example,dc=test", "uid=,ou=people,dc=example,dc=test,ou=people,dc=example,dc=test", false},
 		{"dn/case-and-spaces", m, "UID=Alice, OU=People, DC=Example, DC=Test", true, "Alice", "uid=Alice,ou=people,dc=example,dc=test", true},
 		{"dn/escaped-value", m, `uid=\61lice,ou=people,dc=example,dc=test`, true, "alice", "uid=alice,ou=people,dc=example,dc=test", true},
 		{"dn/second-template", m, "cn=bob,ou=staff,dc=example,dc=test", true, "bob", "cn=bob,ou=staff,dc=example,dc=test", true},
@@ -68,6 +73,15 @@ func TestMapName(t *testing.T) {
 			}
 			if got.User != tc.user || got.DN != tc.dn || got.Templated != tc.templd {
 				t.Fatalf("got user %q dn %q templated %v, want %q %q %v", got.User, got.DN, got.Templated, tc.user, tc.dn, tc.templd)
+			}
+			// The fast path for a template's own spelling maps as parsing does.
+			slow := *tc.m
+			slow.templates = append([]dnTemplate(nil), tc.m.templates...)
+			for i := range slow.templates {
+				slow.templates[i].pre, slow.templates[i].suf = "", ""
+			}
+			if parsed, ok := slow.mapName(tc.in); !ok || parsed != got {
+				t.Fatalf("fast path %+v, parsing %+v (%v)", got, parsed, ok)
 			}
 		})
 	}

@@ -473,8 +473,12 @@ func (c *conn) run(r *request) {
 	}
 }
 
-// waitIdle waits until no operation is in flight upstream.
+// waitIdle waits until no operation is in flight upstream. Only the
+// executor takes slots, so none taken now means idle.
 func (c *conn) waitIdle() bool {
+	if len(c.slots) == 0 {
+		return true
+	}
 	n := cap(c.slots)
 	for i := 0; i < n; i++ {
 		select {

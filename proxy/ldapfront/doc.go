@@ -20,8 +20,8 @@
 // no message size or in-flight caps and no Compare, ModifyDN or Abandon;
 // vjeantet/ldapserver allocates whatever length a client declares and logs
 // every packet, bind passwords included; nmcclain/ldap is unmaintained and
-// not served by the module proxy. So the listener is built on
-// github.com/go-asn1-ber/asn1-ber with three rules of its own:
+// not served by the module proxy. So the listener reads and writes BER
+// itself (backends/ldapwire), with three rules:
 //
 //   - The length in a message's header is checked against a per-connection
 //     cap (Options.MaxMessageBytes) before anything is allocated from it
@@ -29,8 +29,7 @@
 //     process-wide variable shared with the go-ldap client.
 //   - The envelope (message ID, protocolOp, controls) is split without
 //     copying or decoding the operation (parseMessage); only BindRequest and
-//     ExtendedRequest are decoded, with asn1-ber, from bytes already bounded
-//     by the cap. Responses are encoded with asn1-ber.
+//     ExtendedRequest are decoded, in place, without an element tree.
 //   - Searches and compares are relayed as raw BER: passgate rewrites the
 //     message ID and adds the proxied authorization control, and passes the
 //     upstream's answers back with the client's message ID, without

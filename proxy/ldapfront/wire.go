@@ -1,12 +1,6 @@
 package ldapfront
 
-import (
-	"fmt"
-
-	ber "github.com/go-asn1-ber/asn1-ber"
-
-	"github.com/passgate/passgate/backends/ldapwire"
-)
+import "github.com/passgate/passgate/backends/ldapwire"
 
 // LDAP protocolOp tags (RFC 4511 §4.2–4.14), all of class APPLICATION.
 const (
@@ -50,6 +44,10 @@ const (
 	classUniversal        = ldapwire.ClassUniversal
 	classApplication      = ldapwire.ClassApplication
 	classContext          = ldapwire.ClassContext
+	tagInteger            = 0x02
+	tagOctetString        = 0x04
+	tagEnumerated         = 0x0a
+	tagSequence           = 0x10
 )
 
 // The framing itself lives in backends/ldapwire, shared with the other end
@@ -76,11 +74,11 @@ func controlOIDs(controls []byte) ([]string, error) {
 	for b := c.Content; len(b) > 0; {
 		var ctl element
 		ctl, b, err = ldapwire.NextElement(b)
-		if err != nil || !ctl.Constructed || ctl.Class != classUniversal || ctl.Tag != int(ber.TagSequence) {
+		if err != nil || !ctl.Constructed || ctl.Class != classUniversal || ctl.Tag != tagSequence {
 			return nil, ldapwire.ErrMalformed
 		}
 		t, _, err := ldapwire.NextElement(ctl.Content)
-		if err != nil || t.Class != classUniversal || t.Tag != int(ber.TagOctetString) {
+		if err != nil || t.Class != classUniversal || t.Tag != tagOctetString {
 			return nil, ldapwire.ErrMalformed
 		}
 		oids = append(oids, string(t.Content))
@@ -94,26 +92,28 @@ func envelope(id int64, op, controls []byte) []byte { return ldapwire.Envelope(i
 // resultOp encodes an LDAPResult-shaped protocolOp with the given
 // APPLICATION tag. extra elements (an ExtendedResponse's responseName and
 // responseValue) follow the three LDAPResult fields.
-func resultOp(tag int, code int, diag string, extra ...*ber.Packet) []byte {
-	p := ber.Encode(ber.ClassApplication, ber.TypeConstructed, ber.Tag(tag), nil, "")
-	p.AppendChild(ber.NewInteger(ber.ClassUniversal, ber.TypePrimitive, ber.TagEnumerated, int64(code), ""))
-	p.AppendChild(ber.NewString(ber.ClassUniversal, ber.TypePrimitive, ber.TagOctetString, "", ""))
-	p.AppendChild(ber.NewString(ber.ClassUniversal, ber.TypePrimitive, ber.TagOctetString, diag, ""))
-	for _, e := range extra {
-		p.AppendChild(e)
-	}
-	return p.Bytes()
+func resultOp(tag int, code int, diag string, extra ...byte) []byte {
+	body := ldapwire.AppendInt(make([]byte, 0, 16+len(diag)+len(extra)), int64(code))
+	body[0] = tagEnumerated
+	body = append(octets(octets(body, tagOctetString, ""), tagOctetString, diag), extra...)
+	out := ldapwire.AppendLength(append(make([]byte, 0, len(body)+6), classApplication|0x20|byte(tag)), len(body))
+	return append(out, body...)
+}
+
+// octets appends a primitive element of identifier id holding s.
+func octets(dst []byte, id byte, s string) []byte {
+	return append(ldapwire.AppendLength(append(dst, id), len(s)), s...)
 }
 
 // extendedResponse encodes an ExtendedResponse; name and value are left
 // out when empty.
 func extendedResponse(code int, diag, name, value string, withValue bool) []byte {
-	var extra []*ber.Packet
+	var extra []byte
 	if name != "" {
-		extra = append(extra, ber.NewString(ber.ClassContext, ber.TypePrimitive, 10, name, ""))
+		extra = octets(extra, classContext|10, name)
 	}
 	if withValue {
-		extra = append(extra, ber.NewString(ber.ClassContext, ber.TypePrimitive, 11, value, ""))
+		extra = octets(extra, classContext|11, value)
 	}
 	return resultOp(opExtendedResponse, code, diag, extra...)
 }
@@ -142,46 +142,29 @@ type bindRequest struct {
 	password []byte // simple only
 }
 
-// maxDecodedOp bounds the BindRequest and ExtendedRequest elements that are
-// decoded into asn1-ber packets (a packet tree costs far more memory than
-// its bytes). A simple bind's name and password fit many times over.
-const maxDecodedOp = 64 << 10
-
-// decodeOp decodes a BindRequest or ExtendedRequest protocolOp (what names
-// it in an error) with asn1-ber, up to maxDecodedOp bytes.
-func decodeOp(op element, what string) (*ber.Packet, error) {
-	if len(op.Raw) > maxDecodedOp {
-		return nil, ldapwire.ErrMalformed
-	}
-	p, err := ber.DecodePacketErr(op.Raw)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %s: %w", ldapwire.ErrMalformed, what, err)
-	}
-	return p, nil
-}
-
-// decodeBind decodes a BindRequest protocolOp with asn1-ber.
+// decodeBind decodes a BindRequest protocolOp without copying the
+// password (it points into the message). A version that is not a small
+// non-negative INTEGER decodes as 0, which is answered like any version
+// but 3.
 func decodeBind(op element) (bindRequest, error) {
-	p, err := decodeOp(op, "bind request")
-	if err != nil {
-		return bindRequest{}, err
-	}
-	if len(p.Children) != 3 {
+	v, rest, err := ldapwire.NextElement(op.Content)
+	if err != nil || !op.Constructed || v.Class != classUniversal || v.Constructed || v.Tag != tagInteger || len(v.Content) == 0 {
 		return bindRequest{}, ldapwire.ErrMalformed
 	}
-	v, vok := p.Children[0].Value.(int64)
-	nameP := p.Children[1]
-	name, nok := nameP.Value.(string)
-	if !vok || !nok || p.Children[0].Tag != ber.TagInteger || nameP.ClassType != ber.ClassUniversal || nameP.Tag != ber.TagOctetString {
+	n, rest, err := ldapwire.NextElement(rest)
+	if err != nil || n.Class != classUniversal || n.Constructed || n.Tag != tagOctetString {
 		return bindRequest{}, ldapwire.ErrMalformed
 	}
-	auth := p.Children[2]
-	req := bindRequest{version: v, name: name}
+	auth, rest, err := ldapwire.NextElement(rest)
+	if err != nil || len(rest) != 0 || auth.Class != classContext {
+		return bindRequest{}, ldapwire.ErrMalformed
+	}
+	req := bindRequest{name: string(n.Content)}
+	req.version, _ = ldapwire.ParseUint31(v.Content)
 	switch {
-	case auth.ClassType == ber.ClassContext && auth.Tag == 0 && auth.TagType == ber.TypePrimitive:
-		req.simple = true
-		req.password = auth.Data.Bytes()
-	case auth.ClassType == ber.ClassContext && auth.Tag == 3:
+	case auth.Tag == 0 && !auth.Constructed:
+		req.simple, req.password = true, auth.Content
+	case auth.Tag == 3:
 		// SASL: not supported; the caller answers authMethodNotSupported.
 	default:
 		return bindRequest{}, ldapwire.ErrMalformed
@@ -196,29 +179,19 @@ type extendedRequest struct {
 	hasValue bool
 }
 
-// decodeExtended decodes an ExtendedRequest protocolOp with asn1-ber.
+// decodeExtended decodes an ExtendedRequest protocolOp.
 func decodeExtended(op element) (extendedRequest, error) {
-	p, err := decodeOp(op, "extended request")
-	if err != nil {
-		return extendedRequest{}, err
-	}
-	if len(p.Children) < 1 || len(p.Children) > 2 {
+	n, rest, err := ldapwire.NextElement(op.Content)
+	if err != nil || !op.Constructed || n.Class != classContext || n.Tag != 0 || n.Constructed || len(n.Content) == 0 {
 		return extendedRequest{}, ldapwire.ErrMalformed
 	}
-	n := p.Children[0]
-	if n.ClassType != ber.ClassContext || n.Tag != 0 || n.TagType != ber.TypePrimitive {
-		return extendedRequest{}, ldapwire.ErrMalformed
-	}
-	req := extendedRequest{oid: n.Data.String()}
-	if req.oid == "" {
-		return extendedRequest{}, ldapwire.ErrMalformed
-	}
-	if len(p.Children) == 2 {
-		v := p.Children[1]
-		if v.ClassType != ber.ClassContext || v.Tag != 1 || v.TagType != ber.TypePrimitive {
+	req := extendedRequest{oid: string(n.Content)}
+	if len(rest) > 0 {
+		v, tail, err := ldapwire.NextElement(rest)
+		if err != nil || len(tail) != 0 || v.Class != classContext || v.Tag != 1 || v.Constructed {
 			return extendedRequest{}, ldapwire.ErrMalformed
 		}
-		req.value, req.hasValue = v.Data.Bytes(), true
+		req.value, req.hasValue = v.Content, true
 	}
 	return req, nil
 }
