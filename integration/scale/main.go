@@ -67,10 +67,15 @@ func main() {
 	logins := flag.Int("logins", 300, "logins measured per kind")
 	workdir := flag.String("workdir", "", "keep each size's key, configuration and SQLite file in `DIR`/N (default: a temporary directory, removed)")
 	reuse := flag.Bool("reuse", false, "measure the stores that an earlier run left (-workdir, and -dsn on PostgreSQL) without seeding them again")
+	imap := flag.Bool("imap", false, "also time IMAP LOGINs through -passgate's serve in front of a throwaway Dovecot, on the seeded store and on a twin with the same users and no events, beside Dovecot directly")
+	twinDSN := flag.String("twin-dsn", "", "PostgreSQL DSN of a second throwaway database, for -imap's twin store")
 	flag.Parse()
 	ctx := context.Background()
 	if *reuse && (*workdir == "" || *driver == store.DriverPostgres && *dsn == "") {
 		fatal(errors.New("-reuse needs the -workdir (and on PostgreSQL the -dsn) of the earlier run"))
+	}
+	if *imap && (*bin == "" || *driver == store.DriverPostgres && *twinDSN == "") {
+		fatal(errors.New("-imap needs -passgate (and on PostgreSQL -twin-dsn)"))
 	}
 	if *driver == store.DriverPostgres && *dsn == "" {
 		// A throwaway cluster of the test harness (fsync off).
@@ -90,7 +95,7 @@ func main() {
 		if err != nil || n < 100 {
 			fatal(fmt.Errorf("-sizes: %q is not a number of users (at least 100)", s))
 		}
-		c, err := run(ctx, config{driver: *driver, dsn: *dsn, users: n, events: *events, bin: *bin, baseline: *baseline, logins: *logins, workdir: *workdir, reuse: *reuse})
+		c, err := run(ctx, config{driver: *driver, dsn: *dsn, users: n, events: *events, bin: *bin, baseline: *baseline, logins: *logins, workdir: *workdir, reuse: *reuse, imap: *imap, twinDSN: *twinDSN})
 		if err != nil {
 			fatal(fmt.Errorf("%d users: %w", n, err))
 		}
@@ -115,6 +120,8 @@ type config struct {
 	logins      int
 	workdir     string
 	reuse       bool
+	imap        bool   // measureIMAP
+	twinDSN     string // the twin store's database on PostgreSQL
 }
 
 // column is one size's figures, by row name.
@@ -128,6 +135,9 @@ var rowOrder = []string{"seed", "events", "serve start → /readyz", "app-passwo
 	"user list --json: whole", "user list --json: peak RSS", "audit --jsonl: whole", "audit --jsonl: peak RSS",
 	"login good app password p50/p99", "login wrong secret p50/p99", "login unknown user p50/p99",
 	"login good app password p50/p99, empty journal", "login wrong secret p50/p99, empty journal", "login unknown user p50/p99, empty journal",
+	imapRow(imapKinds[0], imapTargets[0].suffix), imapRow(imapKinds[1], imapTargets[0].suffix), imapRow(imapKinds[2], imapTargets[0].suffix),
+	imapRow(imapKinds[0], imapTargets[1].suffix), imapRow(imapKinds[1], imapTargets[1].suffix), imapRow(imapKinds[2], imapTargets[1].suffix),
+	imapRow(imapKinds[0], imapTargets[2].suffix), imapRow(imapKinds[1], imapTargets[2].suffix), imapRow(imapKinds[2], imapTargets[2].suffix),
 	"login write, a transaction each p50", "login write, journal (group commit)",
 	"bytes per login event, schema v1", "bytes per login event, schema v5"}
 
@@ -181,8 +191,27 @@ func runSize(ctx context.Context, cfg config) (col, base column, err error) {
 	if cfg.driver == store.DriverSQLite {
 		opts.DSN = filepath.Join(dir, "passgate.db")
 	}
+	// The twin: the same users without events, for -imap.
+	tw := twin{dir: dir + "-empty"}
+	if cfg.imap {
+		if err := os.MkdirAll(tw.dir, 0o700); err != nil {
+			return col, base, err
+		}
+		if cfg.workdir == "" {
+			defer os.RemoveAll(tw.dir)
+		}
+		tw.opts = store.Options{Driver: cfg.driver, DSN: cfg.twinDSN, KeyFile: filepath.Join(tw.dir, "passgate.key")}
+		if cfg.driver == store.DriverSQLite {
+			tw.opts.DSN = filepath.Join(tw.dir, "passgate.db")
+		}
+	}
 	if cfg.reuse {
-		return col, base, measureAll(ctx, cfg, opts, dir, col, base)
+		return col, base, measureAll(ctx, cfg, opts, dir, tw, col, base)
+	}
+	if cfg.imap {
+		if err := seedTwin(ctx, cfg, tw.opts); err != nil {
+			return col, base, fmt.Errorf("seed the twin store: %w", err)
+		}
 	}
 	if cfg.driver == store.DriverSQLite {
 		for _, f := range []string{"", "-wal", "-shm"} {
@@ -262,12 +291,59 @@ func runSize(ctx context.Context, cfg config) (col, base column, err error) {
 		col.rows["bytes per login event, schema v1"], col.rows["bytes per login event, schema v5"] = v1, v5
 	}
 
-	return col, base, measureAll(ctx, cfg, opts, dir, col, base)
+	return col, base, measureAll(ctx, cfg, opts, dir, tw, col, base)
+}
+
+// twin is a store with the same users as the seeded one and no events.
+type twin struct {
+	opts store.Options
+	dir  string
+}
+
+// seedTwin seeds the users of cfg into a new store at opts, without
+// events.
+func seedTwin(ctx context.Context, cfg config, opts store.Options) error {
+	if cfg.driver == store.DriverSQLite {
+		for _, f := range []string{"", "-wal", "-shm"} {
+			if err := os.Remove(opts.DSN + f); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return err
+			}
+		}
+	} else if err := resetPostgres(ctx, opts.DSN); err != nil {
+		return err
+	}
+	if err := os.Remove(opts.KeyFile); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	st, err := store.Open(ctx, opts)
+	if err != nil {
+		return err
+	}
+	_, err = st.Migrate(ctx)
+	st.Close()
+	if err != nil {
+		return err
+	}
+	key, err := readKey(opts.KeyFile)
+	if err != nil {
+		return err
+	}
+	h, err := apppass.NewHasher(key)
+	if err != nil {
+		return err
+	}
+	db, err := sql.Open(sqlDriver(cfg.driver), sqlDSN(cfg.driver, opts.DSN))
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	_, err = seed(ctx, db, cfg, h)
+	return err
 }
 
 // measureAll measures a seeded store: logins and their writes, then the
-// commands of each binary.
-func measureAll(ctx context.Context, cfg config, opts store.Options, dir string, col, base column) error {
+// commands of each binary, then with -imap the IMAP LOGINs.
+func measureAll(ctx context.Context, cfg config, opts store.Options, dir string, tw twin, col, base column) error {
 	st, err := store.Open(ctx, opts)
 	if err != nil {
 		return err
@@ -294,6 +370,11 @@ func measureAll(ctx context.Context, cfg config, opts store.Options, dir string,
 	if cfg.baseline != "" {
 		if err := measureCommands(ctx, cfg, cfg.baseline, opts, dir, base.rows); err != nil {
 			return err
+		}
+	}
+	if cfg.imap {
+		if err := measureIMAP(ctx, cfg, opts, tw.opts, dir, tw.dir, col.rows); err != nil {
+			return fmt.Errorf("IMAP logins: %w", err)
 		}
 	}
 	return nil
