@@ -68,6 +68,7 @@ func main() {
 	workdir := flag.String("workdir", "", "keep each size's key, configuration and SQLite file in `DIR`/N (default: a temporary directory, removed)")
 	reuse := flag.Bool("reuse", false, "measure the stores that an earlier run left (-workdir, and -dsn on PostgreSQL) without seeding them again")
 	imap := flag.Bool("imap", false, "also time IMAP LOGINs through -passgate's serve in front of a throwaway Dovecot, on the seeded store and on a twin with the same users and no events, beside Dovecot directly")
+	commands := flag.Bool("commands", true, "time the commands (serve, admin, listings) of -passgate and -baseline; false: only the logins")
 	twinDSN := flag.String("twin-dsn", "", "PostgreSQL DSN of a second throwaway database, for -imap's twin store")
 	flag.Parse()
 	ctx := context.Background()
@@ -95,7 +96,7 @@ func main() {
 		if err != nil || n < 100 {
 			fatal(fmt.Errorf("-sizes: %q is not a number of users (at least 100)", s))
 		}
-		c, err := run(ctx, config{driver: *driver, dsn: *dsn, users: n, events: *events, bin: *bin, baseline: *baseline, logins: *logins, workdir: *workdir, reuse: *reuse, imap: *imap, twinDSN: *twinDSN})
+		c, err := run(ctx, config{driver: *driver, dsn: *dsn, users: n, events: *events, bin: *bin, baseline: *baseline, logins: *logins, workdir: *workdir, reuse: *reuse, imap: *imap, twinDSN: *twinDSN, commands: *commands})
 		if err != nil {
 			fatal(fmt.Errorf("%d users: %w", n, err))
 		}
@@ -121,6 +122,7 @@ type config struct {
 	workdir     string
 	reuse       bool
 	imap        bool   // measureIMAP
+	commands    bool   // measureCommands
 	twinDSN     string // the twin store's database on PostgreSQL
 }
 
@@ -362,12 +364,12 @@ func measureAll(ctx context.Context, cfg config, opts store.Options, dir string,
 	}
 	st.Close()
 
-	if cfg.bin != "" {
+	if cfg.bin != "" && cfg.commands {
 		if err := measureCommands(ctx, cfg, cfg.bin, opts, dir, col.rows); err != nil {
 			return err
 		}
 	}
-	if cfg.baseline != "" {
+	if cfg.baseline != "" && cfg.commands {
 		if err := measureCommands(ctx, cfg, cfg.baseline, opts, dir, base.rows); err != nil {
 			return err
 		}
