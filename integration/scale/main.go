@@ -133,7 +133,7 @@ type column struct {
 }
 
 var rowOrder = []string{"seed", "events", "serve start → /readyz", "app-password list (one user)",
-	"user list --json: first byte", "audit --json: first byte", "audit --limit 100",
+	"user list --json: first byte", "audit --json: first byte", "audit --limit 100", "audit --user (one user's events)",
 	"user list --json: whole", "user list --json: peak RSS", "audit --jsonl: whole", "audit --jsonl: peak RSS",
 	"login good app password p50/p99", "login wrong secret p50/p99", "login unknown user p50/p99",
 	"login good app password p50/p99, empty journal", "login wrong secret p50/p99, empty journal", "login unknown user p50/p99, empty journal",
@@ -863,6 +863,7 @@ log:
 	rows["serve start → /readyz"] = repeat(serve)
 	rows["app-password list (one user)"] = repeat(whole("app-password", "list", userName(cfg.users/2)))
 	rows["audit --limit 100"] = repeat(whole("audit", "--limit", "100"))
+	rows["audit --user (one user's events)"] = repeat(whole("audit", "--user", userName(cfg.users/2)))
 	rows["user list --json: first byte"] = repeat(firstByte(ctx, bin, env, dir, "user", "list", "--json"))
 	rows["audit --json: first byte"] = repeat(firstByte(ctx, bin, env, dir, "audit", "--json"))
 	// user list --json writes "[", then one user per line, then "]".
