@@ -365,12 +365,11 @@ func measureAll(ctx context.Context, cfg config, opts store.Options, dir string,
 	st.Close()
 
 	if cfg.bin != "" && cfg.commands {
-		if err := measureCommands(ctx, cfg, cfg.bin, opts, dir, col.rows); err != nil {
-			return err
+		bins, rows := []string{cfg.bin}, []map[string]string{col.rows}
+		if cfg.baseline != "" {
+			bins, rows = append(bins, cfg.baseline), append(rows, base.rows)
 		}
-	}
-	if cfg.baseline != "" && cfg.commands {
-		if err := measureCommands(ctx, cfg, cfg.baseline, opts, dir, base.rows); err != nil {
+		if err := measureCommands(ctx, cfg, bins, opts, dir, rows); err != nil {
 			return err
 		}
 	}
@@ -798,8 +797,10 @@ func measureWrites(ctx context.Context, st *store.Store, cfg config, rows map[st
 	return nil
 }
 
-// measureCommands times the passgate binary on the seeded store.
-func measureCommands(ctx context.Context, cfg config, bin string, opts store.Options, dir string, rows map[string]string) error {
+// measureCommands times the passgate binaries on the seeded store, into
+// rows[i] for bins[i]. The single commands take turns, binary by binary,
+// so that each binary's runs see the same load.
+func measureCommands(ctx context.Context, cfg config, bins []string, opts store.Options, dir string, rows []map[string]string) error {
 	imapPort, metricsPort := freePort(), freePort()
 	conf := filepath.Join(dir, "passgate.yaml")
 	y := fmt.Sprintf(`store:
@@ -826,7 +827,7 @@ log:
 	env := append(os.Environ(), "PASSGATE_CONFIG="+conf)
 
 	// serve: start to the first 200 of /readyz.
-	serve := func() (time.Duration, error) {
+	serve := func(bin string) (time.Duration, error) {
 		start := time.Now()
 		srv := exec.CommandContext(ctx, bin, "serve")
 		srv.Env, srv.Dir = env, dir
@@ -849,8 +850,8 @@ log:
 		}
 		return 0, errors.New("not ready in 60 s")
 	}
-	whole := func(args ...string) func() (time.Duration, error) {
-		return func() (time.Duration, error) {
+	whole := func(args ...string) func(string) (time.Duration, error) {
+		return func(bin string) (time.Duration, error) {
 			start := time.Now()
 			c := exec.CommandContext(ctx, bin, args...)
 			c.Env, c.Dir = env, dir
@@ -860,15 +861,28 @@ log:
 			return time.Since(start), nil
 		}
 	}
-	rows["serve start → /readyz"] = repeat(serve)
-	rows["app-password list (one user)"] = repeat(whole("app-password", "list", userName(cfg.users/2)))
-	rows["audit --limit 100"] = repeat(whole("audit", "--limit", "100"))
-	rows["audit --user (one user's events)"] = repeat(whole("audit", "--user", userName(cfg.users/2)))
-	rows["user list --json: first byte"] = repeat(firstByte(ctx, bin, env, dir, "user", "list", "--json"))
-	rows["audit --json: first byte"] = repeat(firstByte(ctx, bin, env, dir, "audit", "--json"))
-	// user list --json writes "[", then one user per line, then "]".
-	rows["user list --json: whole"], rows["user list --json: peak RSS"] = stream(ctx, bin, env, dir, 2, "user", "list", "--json")
-	rows["audit --jsonl: whole"], rows["audit --jsonl: peak RSS"] = stream(ctx, bin, env, dir, 0, "audit", "--jsonl")
+	for _, c := range []struct {
+		row string
+		f   func(string) (time.Duration, error)
+	}{
+		{"serve start → /readyz", serve},
+		{"app-password list (one user)", whole("app-password", "list", userName(cfg.users/2))},
+		{"audit --limit 100", whole("audit", "--limit", "100")},
+		{"audit --user (one user's events)", whole("audit", "--user", userName(cfg.users/2))},
+		{"user list --json: first byte", firstByte(ctx, env, dir, "user", "list", "--json")},
+		{"audit --json: first byte", firstByte(ctx, env, dir, "audit", "--json")},
+	} {
+		for i, v := range repeat(bins, c.f) {
+			rows[i][c.row] = v
+		}
+	}
+	for i, bin := range bins {
+		// user list --json writes "[", then one user per line, then "]".
+		rows[i]["user list --json: whole"], rows[i]["user list --json: peak RSS"] = stream(ctx, bin, env, dir, 2, "user", "list", "--json")
+	}
+	for i, bin := range bins {
+		rows[i]["audit --jsonl: whole"], rows[i]["audit --jsonl: peak RSS"] = stream(ctx, bin, env, dir, 0, "audit", "--jsonl")
+	}
 	return nil
 }
 
@@ -918,8 +932,8 @@ func stream(ctx context.Context, bin string, env []string, dir string, extra int
 
 // firstByte times a command from its start to its first byte of output,
 // then stops it.
-func firstByte(ctx context.Context, bin string, env []string, dir string, args ...string) func() (time.Duration, error) {
-	return func() (time.Duration, error) {
+func firstByte(ctx context.Context, env []string, dir string, args ...string) func(string) (time.Duration, error) {
+	return func(bin string) (time.Duration, error) {
 		ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 		defer cancel()
 		c := exec.CommandContext(ctx, bin, args...)
@@ -947,20 +961,36 @@ func firstByte(ctx context.Context, bin string, env []string, dir string, args .
 // runs is how many times repeat runs a timed command.
 const runs = 7
 
-// repeat runs f several times and gives the fastest and the median run:
-// on a machine shared with other work, the fastest is the nearest to the
-// command's own cost, the median what a user would see then.
-func repeat(f func() (time.Duration, error)) string {
-	took := make([]time.Duration, 0, runs)
-	for range runs {
-		d, err := f()
-		if err != nil {
-			return "error: " + err.Error()
+// repeat runs f with each binary several times, the binaries taking
+// turns (in a rotating order), and gives for each the fastest and the
+// median run: on a machine shared with other work, the fastest is the
+// nearest to the command's own cost, the median what a user would see
+// then.
+func repeat(bins []string, f func(string) (time.Duration, error)) []string {
+	took := make([][]time.Duration, len(bins))
+	out := make([]string, len(bins))
+	for r := range runs {
+		for n := range bins {
+			i := (r + n) % len(bins)
+			if out[i] != "" {
+				continue // failed already
+			}
+			d, err := f(bins[i])
+			if err != nil {
+				out[i] = "error: " + err.Error()
+				continue
+			}
+			took[i] = append(took[i], d)
 		}
-		took = append(took, d)
 	}
-	slices.Sort(took)
-	return fmt.Sprintf("%s (median %s)", ms(took[0]), ms(took[len(took)/2]))
+	for i, t := range took {
+		if out[i] != "" {
+			continue
+		}
+		slices.Sort(t)
+		out[i] = fmt.Sprintf("%s (median %s)", ms(t[0]), ms(t[len(t)/2]))
+	}
+	return out
 }
 
 func freePort() int {
