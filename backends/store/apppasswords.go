@@ -372,7 +372,7 @@ func (s *Store) FindAppPassword(ctx context.Context, user, secret string) (AppPa
 		return AppPassword{}, fail(ErrNotFound, "store: no app password of %q matches (not a valid user name)", cleanText(user, maxUserName))
 	}
 	var r appRow
-	if st := s.findStmt.Load(); st != nil {
+	if st := s.findStmtFor(ctx); st != nil {
 		err = st.QueryRowxContext(ctx, key, want).StructScan(&r)
 	} else {
 		err = s.db.QueryRowxContext(ctx, s.findQuery, key, want).StructScan(&r)
@@ -516,4 +516,23 @@ func (s *Store) SetAllowAppPasswords(ctx context.Context, allow bool) error {
 	}
 	s.syncNow(ctx)
 	return nil
+}
+
+// findStmtFor returns the login's lookup prepared, preparing it on first
+// use: prepared, it is one round trip to PostgreSQL instead of two, and
+// SQLite parses it once per connection. It returns nil when it cannot be
+// prepared; the caller then runs the query unprepared.
+func (s *Store) findStmtFor(ctx context.Context) *sqlx.Stmt {
+	if st := s.findStmt.Load(); st != nil {
+		return st
+	}
+	st, err := s.db.PreparexContext(ctx, s.findQuery)
+	if err != nil {
+		return nil
+	}
+	if !s.findStmt.CompareAndSwap(nil, st) {
+		_ = st.Close()
+		return s.findStmt.Load()
+	}
+	return st
 }

@@ -2,7 +2,6 @@ package store
 
 import (
 	"context"
-	"database/sql"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -275,10 +274,11 @@ const auditProbeWindow = 24 * time.Hour
 
 // auditProbeStart returns where the day's window of a page of f after the
 // cursor starts (AuditPage), on PostgreSQL: the cursor, or for a first
-// page now (newest first) or the oldest event. It reports false when the
-// window is not worth it: when a time bound of the filter already narrows
-// the partitions, or for one user's events (their index finds them in
-// every partition at once, and they may be sparse).
+// page now (newest first) or where the oldest events may be
+// (auditOldest). It reports false when the window is not worth it: when
+// a time bound of the filter already narrows the partitions, or for one
+// user's events (their index finds them in every partition at once, and
+// they may be sparse).
 func (s *Store) auditProbeStart(ctx context.Context, f AuditFilter, after AuditCursor) (time.Time, bool) {
 	switch {
 	case s.driver != DriverPostgres || f.User != "" || !f.Since.IsZero() || !f.Until.IsZero():
@@ -291,50 +291,34 @@ func (s *Store) auditProbeStart(ctx context.Context, f AuditFilter, after AuditC
 	return s.auditOldest(ctx)
 }
 
-// auditOldest returns the time of the oldest audit event on PostgreSQL, or
-// false when there is none or it cannot tell. It reads the account
-// changes, the default login partition and the day partitions from the
-// oldest on, one table at a time, until one holds an event: each query
-// plans one table, where a query on audit_events plans them all.
+// auditOldest returns where the window of the first page, oldest first,
+// starts on PostgreSQL: the end of the oldest day partition of login
+// events that may hold any, so that the window covers that day and the
+// next; or false when no partition may hold any. It is one query on the
+// catalogue, which reads no partition: a partition that its statistics
+// say is empty (analysed with no rows) is passed over, one never analysed
+// may hold some. A guess that is wrong either way costs time, never an
+// event: the window holds every event before its edge — the account
+// changes, the default partition and any partition passed over — so a
+// full window is the first page, and one that is not full is read again
+// without the window (AuditPage).
 func (s *Store) auditOldest(ctx context.Context) (time.Time, bool) {
-	var names []string
-	if err := s.db.SelectContext(ctx, &names, `SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+	var parts []struct {
+		Name   string  `db:"relname"`
+		Tuples float64 `db:"reltuples"`
+	}
+	if err := s.db.SelectContext(ctx, &parts, `SELECT c.relname, c.reltuples FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
 		WHERE i.inhparent = 'audit_logins'::regclass`); err != nil {
 		return time.Time{}, false
 	}
-	type part struct {
-		name string
-		end  time.Time
-	}
-	var parts []part
-	for _, n := range names {
-		if end, ok := partitionEnd(n); ok {
-			parts = append(parts, part{n, end})
-		}
-	}
-	slices.SortFunc(parts, func(a, b part) int { return a.end.Compare(b.end) })
-	var oldest sql.NullTime
-	if err := s.db.GetContext(ctx, &oldest, `SELECT min(t) FROM (SELECT min(time) AS t FROM audit_changes
-		UNION ALL SELECT min(time) FROM audit_logins_default) AS m`); err != nil {
-		return time.Time{}, false
-	}
+	var first time.Time
 	for _, p := range parts {
-		if oldest.Valid && !oldest.Time.After(p.end) {
-			break // this partition and the later ones hold nothing older
-		}
-		var t sql.NullTime
-		// The name is one of passgate's own partitions (partitionEnd).
-		if err := s.db.GetContext(ctx, &t, `SELECT min(time) FROM `+p.name); err != nil {
-			return time.Time{}, false // dropped meanwhile: no window
-		}
-		if t.Valid {
-			if !oldest.Valid || t.Time.Before(oldest.Time) {
-				oldest = t
-			}
-			break
+		end, ok := partitionEnd(p.Name)
+		if ok && p.Tuples != 0 && (first.IsZero() || end.Before(first)) {
+			first = end
 		}
 	}
-	return oldest.Time, oldest.Valid
+	return first, !first.IsZero()
 }
 
 // auditRows runs one page's query: the events that where selects, in

@@ -2,6 +2,7 @@ package store_test
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"slices"
 	"strings"
@@ -335,6 +336,67 @@ func testAuditPageAcrossDays(t *testing.T, f *fixture) {
 					t.Fatalf("newest=%v limit=%d: event %d (%v #%d) then %d (%v #%d)", newest, limit, i-1, a.Time, a.ID, i, b.Time, b.ID)
 				}
 			}
+		}
+	}
+}
+
+// testAuditPageStaleStatistics: the first page, oldest first, starts
+// with the oldest event whatever the planner's statistics say. On
+// PostgreSQL its window is placed by the partitions' statistics
+// (AuditPage): here they say that only today's partition holds logins,
+// while older logins arrived after the ANALYZE and an account change is
+// 300 days old.
+func testAuditPageStaleStatistics(t *testing.T, f *fixture) {
+	s := f.migrated(t)
+	ctx := ctxT(t)
+	now := time.Now().UTC().Truncate(time.Second)
+	if _, err := s.MaintainAudit(ctx, now, store.AuditRetention{}); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		if err := s.Record(ctx, structLogin(now.Add(-time.Duration(i+1)*time.Minute), "alice", "192.0.2.1", "imap", "success", store.CredentialNone, 0, "")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if f.driver == store.DriverPostgres {
+		db, err := sql.Open("postgres", f.dsn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer db.Close()
+		if _, err := db.ExecContext(ctx, `ANALYZE audit_events`); err != nil {
+			t.Fatal(err)
+		}
+	}
+	oldest := now.Add(-300 * 24 * time.Hour)
+	if err := s.Record(ctx, store.AuditEvent{Time: oldest, Actor: "cli:root", Action: "user.add", Subject: "carol", Outcome: "success"}); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		if err := s.Record(ctx, structLogin(now.Add(-72*time.Hour+time.Duration(i)*time.Minute), "bob", "192.0.2.2", "smtp", "failure", store.CredentialNone, 0, "")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, limit := range []int{1, 2, 4, 100} {
+		var got []store.AuditEvent
+		var after store.AuditCursor
+		for range 8 {
+			evs, next, err := s.AuditPage(ctx, store.AuditFilter{}, after, limit)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got = append(got, evs...)
+			if next.IsZero() {
+				break
+			}
+			after = next
+		}
+		if len(got) != 7 || !got[0].Time.Equal(oldest) || got[1].Subject != "bob" || got[4].Subject != "alice" {
+			var b strings.Builder
+			for _, ev := range got {
+				fmt.Fprintf(&b, "\n  %v %s %s", ev.Time, ev.Action, ev.Subject)
+			}
+			t.Fatalf("limit %d: %d events, want the change of 300 days ago, bob's 3 logins then alice's 3:%s", limit, len(got), b.String())
 		}
 	}
 }

@@ -72,6 +72,7 @@ var contractCases = []contractCase{
 	{"audit/structured", testAuditStructured},
 	{"audit/page-filters", testAuditPageFilters},
 	{"audit/page-across-days", testAuditPageAcrossDays},
+	{"audit/page-stale-statistics", testAuditPageStaleStatistics},
 	{"audit/retention", testAuditRetention},
 	{"audit/maintain-concurrent", testAuditMaintainConcurrent},
 	{"audit/journal-batch", testAuditJournalBatch},

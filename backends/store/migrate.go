@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/jmoiron/sqlx"
+
+	"github.com/passgate/passgate/backends/apppass"
 )
 
 //go:embed migrations/sqlite/*.sql migrations/postgres/*.sql
@@ -69,10 +71,19 @@ func (s *Store) migrations() ([]migration, error) {
 // with ErrKeyMismatch and never makes a new key, since every app password
 // hashed under the old one would silently stop working. ResetKey is the
 // deliberate way out when a key is lost for good.
+//
+// On a store that is up to date with its key recorded — every open but
+// the first after an upgrade — Migrate is one read on the connection
+// that Open made: no lock, no transaction, no write, so that every
+// command opens a store of any size in the same few round trips and a
+// read-only command never waits for a writer.
 func (s *Store) Migrate(ctx context.Context) (applied []string, err error) {
 	ms, err := s.migrations()
 	if err != nil {
 		return nil, err
+	}
+	if s.upToDate(ctx, ms) {
+		return nil, nil
 	}
 	conn, err := s.db.Connx(ctx)
 	if err != nil {
@@ -101,18 +112,49 @@ func (s *Store) Migrate(ctx context.Context) (applied []string, err error) {
 	if err := s.setUpKey(ctx, conn); err != nil {
 		return applied, err
 	}
-	// Prepared, the login's lookup is one round trip to PostgreSQL instead
-	// of two, and SQLite parses it once per connection.
-	if s.findStmt.Load() == nil {
-		st, err := s.db.PreparexContext(ctx, s.findQuery)
-		if err != nil {
-			return applied, fmt.Errorf("store: migrate: prepare the app-password lookup: %w", err)
+	return applied, nil
+}
+
+// upToDate reports whether the store has every migration of ms and a
+// recorded key fingerprint that the key file matches; if so it loads the
+// key as setUpKey does. It reads both in one query (a single round trip
+// on PostgreSQL) and takes no lock. Anything else — a new store, a
+// missing migration, no or another fingerprint, an unreadable key file —
+// is false, and Migrate's locked path deals with it (and reports it).
+func (s *Store) upToDate(ctx context.Context, ms []migration) bool {
+	var rows []string
+	// A version never starts with "key:" (they are NNNN_name).
+	if err := s.db.SelectContext(ctx, &rows, `SELECT version FROM schema_migrations
+		UNION ALL SELECT 'key:' || value FROM settings WHERE name = '`+settingKeyFingerprint+`'`); err != nil {
+		return false
+	}
+	have := make(map[string]bool, len(rows))
+	fp := ""
+	for _, r := range rows {
+		if f, ok := strings.CutPrefix(r, "key:"); ok {
+			fp = f
+			continue
 		}
-		if !s.findStmt.CompareAndSwap(nil, st) {
-			_ = st.Close()
+		have[r] = true
+	}
+	for _, m := range ms {
+		if !have[m.version] {
+			return false
 		}
 	}
-	return applied, nil
+	if fp == "" || s.opts.KeyFile == "" {
+		return false
+	}
+	key, err := readKey(s.opts.KeyFile)
+	if err != nil {
+		return false
+	}
+	h, err := apppass.NewHasher(key)
+	if err != nil || h.Fingerprint() != fp {
+		return false
+	}
+	s.hasher.Store(h)
+	return true
 }
 
 // applyMigrations runs the missing migrations in one transaction on conn.

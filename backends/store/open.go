@@ -46,7 +46,7 @@ type Store struct {
 	hasher     atomic.Pointer[apppass.Hasher]
 
 	findQuery string                    // the login's lookup, bound for the driver once
-	findStmt  atomic.Pointer[sqlx.Stmt] // findQuery prepared by Migrate
+	findStmt  atomic.Pointer[sqlx.Stmt] // findQuery prepared on first use (findStmtFor)
 
 	hot hotStmts // statements of the login path, prepared on first use
 }

@@ -67,10 +67,16 @@ func main() {
 	logins := flag.Int("logins", 300, "logins measured per kind")
 	workdir := flag.String("workdir", "", "keep each size's key, configuration and SQLite file in `DIR`/N (default: a temporary directory, removed)")
 	reuse := flag.Bool("reuse", false, "measure the stores that an earlier run left (-workdir, and -dsn on PostgreSQL) without seeding them again")
+	imap := flag.Bool("imap", false, "also time IMAP LOGINs through -passgate's serve in front of a throwaway Dovecot, on the seeded store and on a twin with the same users and no events, beside Dovecot directly")
+	commands := flag.Bool("commands", true, "time the commands (serve, admin, listings) of -passgate and -baseline; false: only the logins")
+	twinDSN := flag.String("twin-dsn", "", "PostgreSQL DSN of a second throwaway database, for -imap's twin store")
 	flag.Parse()
 	ctx := context.Background()
 	if *reuse && (*workdir == "" || *driver == store.DriverPostgres && *dsn == "") {
 		fatal(errors.New("-reuse needs the -workdir (and on PostgreSQL the -dsn) of the earlier run"))
+	}
+	if *imap && (*bin == "" || *driver == store.DriverPostgres && *twinDSN == "") {
+		fatal(errors.New("-imap needs -passgate (and on PostgreSQL -twin-dsn)"))
 	}
 	if *driver == store.DriverPostgres && *dsn == "" {
 		// A throwaway cluster of the test harness (fsync off).
@@ -90,7 +96,7 @@ func main() {
 		if err != nil || n < 100 {
 			fatal(fmt.Errorf("-sizes: %q is not a number of users (at least 100)", s))
 		}
-		c, err := run(ctx, config{driver: *driver, dsn: *dsn, users: n, events: *events, bin: *bin, baseline: *baseline, logins: *logins, workdir: *workdir, reuse: *reuse})
+		c, err := run(ctx, config{driver: *driver, dsn: *dsn, users: n, events: *events, bin: *bin, baseline: *baseline, logins: *logins, workdir: *workdir, reuse: *reuse, imap: *imap, twinDSN: *twinDSN, commands: *commands})
 		if err != nil {
 			fatal(fmt.Errorf("%d users: %w", n, err))
 		}
@@ -115,6 +121,9 @@ type config struct {
 	logins      int
 	workdir     string
 	reuse       bool
+	imap        bool   // measureIMAP
+	commands    bool   // measureCommands
+	twinDSN     string // the twin store's database on PostgreSQL
 }
 
 // column is one size's figures, by row name.
@@ -124,10 +133,13 @@ type column struct {
 }
 
 var rowOrder = []string{"seed", "events", "serve start → /readyz", "app-password list (one user)",
-	"user list --json: first byte", "audit --json: first byte", "audit --limit 100",
+	"user list --json: first byte", "audit --json: first byte", "audit --limit 100", "audit --user (one user's events)",
 	"user list --json: whole", "user list --json: peak RSS", "audit --jsonl: whole", "audit --jsonl: peak RSS",
 	"login good app password p50/p99", "login wrong secret p50/p99", "login unknown user p50/p99",
 	"login good app password p50/p99, empty journal", "login wrong secret p50/p99, empty journal", "login unknown user p50/p99, empty journal",
+	imapRow(imapKinds[0], imapTargets[0].suffix), imapRow(imapKinds[1], imapTargets[0].suffix), imapRow(imapKinds[2], imapTargets[0].suffix),
+	imapRow(imapKinds[0], imapTargets[1].suffix), imapRow(imapKinds[1], imapTargets[1].suffix), imapRow(imapKinds[2], imapTargets[1].suffix),
+	imapRow(imapKinds[0], imapTargets[2].suffix), imapRow(imapKinds[1], imapTargets[2].suffix), imapRow(imapKinds[2], imapTargets[2].suffix),
 	"login write, a transaction each p50", "login write, journal (group commit)",
 	"bytes per login event, schema v1", "bytes per login event, schema v5"}
 
@@ -181,8 +193,27 @@ func runSize(ctx context.Context, cfg config) (col, base column, err error) {
 	if cfg.driver == store.DriverSQLite {
 		opts.DSN = filepath.Join(dir, "passgate.db")
 	}
+	// The twin: the same users without events, for -imap.
+	tw := twin{dir: dir + "-empty"}
+	if cfg.imap {
+		if err := os.MkdirAll(tw.dir, 0o700); err != nil {
+			return col, base, err
+		}
+		if cfg.workdir == "" {
+			defer os.RemoveAll(tw.dir)
+		}
+		tw.opts = store.Options{Driver: cfg.driver, DSN: cfg.twinDSN, KeyFile: filepath.Join(tw.dir, "passgate.key")}
+		if cfg.driver == store.DriverSQLite {
+			tw.opts.DSN = filepath.Join(tw.dir, "passgate.db")
+		}
+	}
 	if cfg.reuse {
-		return col, base, measureAll(ctx, cfg, opts, dir, col, base)
+		return col, base, measureAll(ctx, cfg, opts, dir, tw, col, base)
+	}
+	if cfg.imap {
+		if err := seedTwin(ctx, cfg, tw.opts); err != nil {
+			return col, base, fmt.Errorf("seed the twin store: %w", err)
+		}
 	}
 	if cfg.driver == store.DriverSQLite {
 		for _, f := range []string{"", "-wal", "-shm"} {
@@ -262,12 +293,59 @@ func runSize(ctx context.Context, cfg config) (col, base column, err error) {
 		col.rows["bytes per login event, schema v1"], col.rows["bytes per login event, schema v5"] = v1, v5
 	}
 
-	return col, base, measureAll(ctx, cfg, opts, dir, col, base)
+	return col, base, measureAll(ctx, cfg, opts, dir, tw, col, base)
+}
+
+// twin is a store with the same users as the seeded one and no events.
+type twin struct {
+	opts store.Options
+	dir  string
+}
+
+// seedTwin seeds the users of cfg into a new store at opts, without
+// events.
+func seedTwin(ctx context.Context, cfg config, opts store.Options) error {
+	if cfg.driver == store.DriverSQLite {
+		for _, f := range []string{"", "-wal", "-shm"} {
+			if err := os.Remove(opts.DSN + f); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return err
+			}
+		}
+	} else if err := resetPostgres(ctx, opts.DSN); err != nil {
+		return err
+	}
+	if err := os.Remove(opts.KeyFile); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	st, err := store.Open(ctx, opts)
+	if err != nil {
+		return err
+	}
+	_, err = st.Migrate(ctx)
+	st.Close()
+	if err != nil {
+		return err
+	}
+	key, err := readKey(opts.KeyFile)
+	if err != nil {
+		return err
+	}
+	h, err := apppass.NewHasher(key)
+	if err != nil {
+		return err
+	}
+	db, err := sql.Open(sqlDriver(cfg.driver), sqlDSN(cfg.driver, opts.DSN))
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	_, err = seed(ctx, db, cfg, h)
+	return err
 }
 
 // measureAll measures a seeded store: logins and their writes, then the
-// commands of each binary.
-func measureAll(ctx context.Context, cfg config, opts store.Options, dir string, col, base column) error {
+// commands of each binary, then with -imap the IMAP LOGINs.
+func measureAll(ctx context.Context, cfg config, opts store.Options, dir string, tw twin, col, base column) error {
 	st, err := store.Open(ctx, opts)
 	if err != nil {
 		return err
@@ -286,14 +364,18 @@ func measureAll(ctx context.Context, cfg config, opts store.Options, dir string,
 	}
 	st.Close()
 
-	if cfg.bin != "" {
-		if err := measureCommands(ctx, cfg, cfg.bin, opts, dir, col.rows); err != nil {
+	if cfg.bin != "" && cfg.commands {
+		bins, rows := []string{cfg.bin}, []map[string]string{col.rows}
+		if cfg.baseline != "" {
+			bins, rows = append(bins, cfg.baseline), append(rows, base.rows)
+		}
+		if err := measureCommands(ctx, cfg, bins, opts, dir, rows); err != nil {
 			return err
 		}
 	}
-	if cfg.baseline != "" {
-		if err := measureCommands(ctx, cfg, cfg.baseline, opts, dir, base.rows); err != nil {
-			return err
+	if cfg.imap {
+		if err := measureIMAP(ctx, cfg, opts, tw.opts, dir, tw.dir, col.rows); err != nil {
+			return fmt.Errorf("IMAP logins: %w", err)
 		}
 	}
 	return nil
@@ -715,8 +797,10 @@ func measureWrites(ctx context.Context, st *store.Store, cfg config, rows map[st
 	return nil
 }
 
-// measureCommands times the passgate binary on the seeded store.
-func measureCommands(ctx context.Context, cfg config, bin string, opts store.Options, dir string, rows map[string]string) error {
+// measureCommands times the passgate binaries on the seeded store, into
+// rows[i] for bins[i]. The single commands take turns, binary by binary,
+// so that each binary's runs see the same load.
+func measureCommands(ctx context.Context, cfg config, bins []string, opts store.Options, dir string, rows []map[string]string) error {
 	imapPort, metricsPort := freePort(), freePort()
 	conf := filepath.Join(dir, "passgate.yaml")
 	y := fmt.Sprintf(`store:
@@ -743,7 +827,7 @@ log:
 	env := append(os.Environ(), "PASSGATE_CONFIG="+conf)
 
 	// serve: start to the first 200 of /readyz.
-	serve := func() (time.Duration, error) {
+	serve := func(bin string) (time.Duration, error) {
 		start := time.Now()
 		srv := exec.CommandContext(ctx, bin, "serve")
 		srv.Env, srv.Dir = env, dir
@@ -766,8 +850,8 @@ log:
 		}
 		return 0, errors.New("not ready in 60 s")
 	}
-	whole := func(args ...string) func() (time.Duration, error) {
-		return func() (time.Duration, error) {
+	whole := func(args ...string) func(string) (time.Duration, error) {
+		return func(bin string) (time.Duration, error) {
 			start := time.Now()
 			c := exec.CommandContext(ctx, bin, args...)
 			c.Env, c.Dir = env, dir
@@ -777,14 +861,28 @@ log:
 			return time.Since(start), nil
 		}
 	}
-	rows["serve start → /readyz"] = repeat(serve)
-	rows["app-password list (one user)"] = repeat(whole("app-password", "list", userName(cfg.users/2)))
-	rows["audit --limit 100"] = repeat(whole("audit", "--limit", "100"))
-	rows["user list --json: first byte"] = repeat(firstByte(ctx, bin, env, dir, "user", "list", "--json"))
-	rows["audit --json: first byte"] = repeat(firstByte(ctx, bin, env, dir, "audit", "--json"))
-	// user list --json writes "[", then one user per line, then "]".
-	rows["user list --json: whole"], rows["user list --json: peak RSS"] = stream(ctx, bin, env, dir, 2, "user", "list", "--json")
-	rows["audit --jsonl: whole"], rows["audit --jsonl: peak RSS"] = stream(ctx, bin, env, dir, 0, "audit", "--jsonl")
+	for _, c := range []struct {
+		row string
+		f   func(string) (time.Duration, error)
+	}{
+		{"serve start → /readyz", serve},
+		{"app-password list (one user)", whole("app-password", "list", userName(cfg.users/2))},
+		{"audit --limit 100", whole("audit", "--limit", "100")},
+		{"audit --user (one user's events)", whole("audit", "--user", userName(cfg.users/2))},
+		{"user list --json: first byte", firstByte(ctx, env, dir, "user", "list", "--json")},
+		{"audit --json: first byte", firstByte(ctx, env, dir, "audit", "--json")},
+	} {
+		for i, v := range repeat(bins, c.f) {
+			rows[i][c.row] = v
+		}
+	}
+	for i, bin := range bins {
+		// user list --json writes "[", then one user per line, then "]".
+		rows[i]["user list --json: whole"], rows[i]["user list --json: peak RSS"] = stream(ctx, bin, env, dir, 2, "user", "list", "--json")
+	}
+	for i, bin := range bins {
+		rows[i]["audit --jsonl: whole"], rows[i]["audit --jsonl: peak RSS"] = stream(ctx, bin, env, dir, 0, "audit", "--jsonl")
+	}
 	return nil
 }
 
@@ -834,8 +932,8 @@ func stream(ctx context.Context, bin string, env []string, dir string, extra int
 
 // firstByte times a command from its start to its first byte of output,
 // then stops it.
-func firstByte(ctx context.Context, bin string, env []string, dir string, args ...string) func() (time.Duration, error) {
-	return func() (time.Duration, error) {
+func firstByte(ctx context.Context, env []string, dir string, args ...string) func(string) (time.Duration, error) {
+	return func(bin string) (time.Duration, error) {
 		ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 		defer cancel()
 		c := exec.CommandContext(ctx, bin, args...)
@@ -863,20 +961,36 @@ func firstByte(ctx context.Context, bin string, env []string, dir string, args .
 // runs is how many times repeat runs a timed command.
 const runs = 7
 
-// repeat runs f several times and gives the fastest and the median run:
-// on a machine shared with other work, the fastest is the nearest to the
-// command's own cost, the median what a user would see then.
-func repeat(f func() (time.Duration, error)) string {
-	took := make([]time.Duration, 0, runs)
-	for range runs {
-		d, err := f()
-		if err != nil {
-			return "error: " + err.Error()
+// repeat runs f with each binary several times, the binaries taking
+// turns (in a rotating order), and gives for each the fastest and the
+// median run: on a machine shared with other work, the fastest is the
+// nearest to the command's own cost, the median what a user would see
+// then.
+func repeat(bins []string, f func(string) (time.Duration, error)) []string {
+	took := make([][]time.Duration, len(bins))
+	out := make([]string, len(bins))
+	for r := range runs {
+		for n := range bins {
+			i := (r + n) % len(bins)
+			if out[i] != "" {
+				continue // failed already
+			}
+			d, err := f(bins[i])
+			if err != nil {
+				out[i] = "error: " + err.Error()
+				continue
+			}
+			took[i] = append(took[i], d)
 		}
-		took = append(took, d)
 	}
-	slices.Sort(took)
-	return fmt.Sprintf("%s (median %s)", ms(took[0]), ms(took[len(took)/2]))
+	for i, t := range took {
+		if out[i] != "" {
+			continue
+		}
+		slices.Sort(t)
+		out[i] = fmt.Sprintf("%s (median %s)", ms(t[0]), ms(t[len(t)/2]))
+	}
+	return out
 }
 
 func freePort() int {
