@@ -10,15 +10,23 @@ import (
 )
 
 // auditMaintainInterval is how often serve applies the audit retention and
-// creates the login partitions ahead (store.MaintainAudit).
-const auditMaintainInterval = time.Hour
+// creates the login partitions ahead (store.MaintainAudit);
+// auditMaintainFirst is how long after start it first does, so that the
+// first readiness checks and logins find the store's open connection idle
+// instead of opening another while the maintenance holds it. The login
+// partitions exist days ahead, so the logins of those seconds land in
+// their day's partition as at any other time.
+const (
+	auditMaintainInterval = time.Hour
+	auditMaintainFirst    = 5 * time.Second
+)
 
-// maintainAudit runs store.MaintainAudit at start, in the background so
-// that readiness does not wait for it, and then every hour until ctx ends.
+// maintainAudit runs store.MaintainAudit in the background, first
+// auditMaintainFirst after start and then every hour until ctx ends.
 // Instances sharing a store take turns (the store's advisory lock).
 func maintainAudit(ctx context.Context, st *store.Store, cfg *configs.Config, log *slog.Logger) {
 	r := store.AuditRetention{Login: cfg.Audit.LoginRetention.D(), Change: cfg.Audit.ChangeRetention.D()}
-	t := time.NewTimer(0)
+	t := time.NewTimer(auditMaintainFirst)
 	defer t.Stop()
 	for {
 		select {
