@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"net/netip"
 	"strings"
 
 	"golang.org/x/crypto/argon2"
@@ -99,7 +100,7 @@ func NewHashes(src HashSource) (*Hashes, error) {
 }
 
 // Verify implements Verifier.
-func (h *Hashes) Verify(ctx context.Context, user, password string) error {
+func (h *Hashes) Verify(ctx context.Context, user, password string, _ netip.AddrPort) error {
 	if len(password) > MaxPasswordBytes || password == "" {
 		return ErrRefused
 	}

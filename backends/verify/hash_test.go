@@ -3,6 +3,7 @@ package verify
 import (
 	"context"
 	"errors"
+	"net/netip"
 	"strings"
 	"testing"
 )
@@ -46,7 +47,7 @@ func TestHashes(t *testing.T) {
 		{"fault/bad-hash", "mallory", "x", false, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			err := v.Verify(context.Background(), tc.user, tc.pw)
+			err := v.Verify(context.Background(), tc.user, tc.pw, netip.AddrPort{})
 			switch {
 			case tc.refused && !errors.Is(err, ErrRefused):
 				t.Fatalf("Verify = %v, want ErrRefused", err)

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"net/netip"
 	"strings"
 	"time"
 
@@ -23,7 +24,7 @@ type LDAP struct {
 }
 
 // Verify implements Verifier.
-func (v *LDAP) Verify(ctx context.Context, user, password string) error {
+func (v *LDAP) Verify(ctx context.Context, user, password string, _ netip.AddrPort) error {
 	if len(password) > MaxPasswordBytes || password == "" || user == "" {
 		// An empty password would be an unauthenticated bind, which
 		// succeeds without checking anything.

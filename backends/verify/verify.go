@@ -11,13 +11,12 @@
 // user set-password" stored. Each tells a wrong password (ErrRefused) from
 // an upstream that cannot answer (any other error), so that an outage is
 // never counted as a guess.
-//
-// This package imports no other passgate package.
 package verify
 
 import (
 	"context"
 	"errors"
+	"net/netip"
 )
 
 // ErrRefused is returned when the password is wrong or the user unknown.
@@ -25,7 +24,9 @@ var ErrRefused = errors.New("verify: password refused")
 
 // Verifier checks a primary password. Verify returns nil when it is right,
 // an error matching ErrRefused when it is wrong or the user unknown, and
-// any other error when it could not tell.
+// any other error when it could not tell. client is the address of the
+// person signing in; a verifier passes it on where its server can take it
+// (IMAP), so that the server counts failures against that person.
 type Verifier interface {
-	Verify(ctx context.Context, user, password string) error
+	Verify(ctx context.Context, user, password string, client netip.AddrPort) error
 }

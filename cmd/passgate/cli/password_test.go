@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"errors"
+	"net/netip"
 	"strings"
 	"testing"
 
@@ -48,10 +49,10 @@ func TestUserSetPassword(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := h.Verify(context.Background(), "ALICE", "s3cret pass"); err != nil {
+	if err := h.Verify(context.Background(), "ALICE", "s3cret pass", netip.AddrPort{}); err != nil {
 		t.Fatalf("the stored hash does not verify: %v", err)
 	}
-	if err := h.Verify(context.Background(), "alice", "ignored"); !errors.Is(err, verify.ErrRefused) {
+	if err := h.Verify(context.Background(), "alice", "ignored", netip.AddrPort{}); !errors.Is(err, verify.ErrRefused) {
 		t.Fatalf("another password: %v", err)
 	}
 	ev, _ := st.Audit(context.Background(), store.AuditFilter{User: "alice"})

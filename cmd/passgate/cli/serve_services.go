@@ -70,22 +70,34 @@ func upstreamTLS(caKey, caFile, serverName string) (*tls.Config, error) {
 
 // newIMAPUpstream builds the IMAP upstream from imap.upstream.
 func newIMAPUpstream(d *deps) (imapfront.Upstream, error) {
+	up, err := imapUpstream(d, d.cfg.IMAP.Upstream.Login)
+	if err != nil {
+		return nil, err
+	}
+	return IMAPUpstream(up), nil
+}
+
+// imapUpstream builds backends/imapupstream from imap.upstream with the
+// given login mode: the IMAP listener's own, or passthrough for the
+// portal's verifier, which logs in with the user's password and needs no
+// master credentials.
+func imapUpstream(d *deps, login string) (*imapupstream.Upstream, error) {
 	u := d.cfg.IMAP.Upstream
 	tc, err := upstreamTLS("imap.upstream.ca_file", u.CAFile, u.ServerName)
 	if err != nil {
 		return nil, err
 	}
 	var masterPW string
-	if u.Login == "master" {
+	if login == imapupstream.LoginMaster {
 		if masterPW, err = configs.ReadSecretFile(u.MasterPasswordFile); err != nil {
 			return nil, fmt.Errorf("imap.upstream.master_password_file: %w", err)
 		}
 	}
-	up, err := imapupstream.New(imapupstream.Options{
+	return imapupstream.New(imapupstream.Options{
 		Addresses:      u.Addresses,
 		TLS:            u.TLS,
 		TLSConfig:      tc,
-		Login:          u.Login,
+		Login:          login,
 		MasterUser:     u.MasterUser,
 		MasterPassword: masterPW,
 		MasterStyle:    u.MasterStyle,
@@ -94,10 +106,6 @@ func newIMAPUpstream(d *deps) (imapfront.Upstream, error) {
 		DialTimeout:    u.DialTimeout.D(),
 		Logger:         d.log,
 	})
-	if err != nil {
-		return nil, err
-	}
-	return IMAPUpstream(up), nil
 }
 
 // IMAPUpstream adapts backends/imapupstream to imapfront.Upstream, so

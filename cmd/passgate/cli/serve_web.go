@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/passgate/passgate/backends/imapupstream"
 	"github.com/passgate/passgate/backends/store"
 	"github.com/passgate/passgate/backends/verify"
 	"github.com/passgate/passgate/configs"
@@ -62,12 +63,11 @@ func newVerifier(d *deps, st *store.Store) (verify.Verifier, error) {
 	case "store":
 		return verify.NewHashes(hashSource{st})
 	default:
-		u := d.cfg.IMAP.Upstream
-		tc, err := upstreamTLS("imap.upstream.ca_file", u.CAFile, u.ServerName)
+		up, err := imapUpstream(d, imapupstream.LoginPassthrough)
 		if err != nil {
 			return nil, err
 		}
-		return &verify.IMAP{Addresses: u.Addresses, TLS: u.TLS, TLSConfig: tc, DialTimeout: u.DialTimeout.D()}, nil
+		return &verify.IMAP{Upstream: up}, nil
 	}
 }
 
@@ -213,7 +213,7 @@ func (w *webSignIn) Password(ctx context.Context, a portal.Attempt) (portal.Acco
 	if err != nil || !l.Allowed() {
 		return portal.Account{}, w.finish(ctx, l, policy.NotAsked, a, err)
 	}
-	verr := w.verifier.Verify(ctx, l.User(), a.Password)
+	verr := w.verifier.Verify(ctx, l.User(), a.Password, a.Client)
 	var r policy.Result = policy.Accepted
 	switch {
 	case errors.Is(verr, verify.ErrRefused):

@@ -22,7 +22,7 @@ import (
 
 type brokenVerifier struct{}
 
-func (brokenVerifier) Verify(context.Context, string, string) error {
+func (brokenVerifier) Verify(context.Context, string, string, netip.AddrPort) error {
 	return errors.New("directory down")
 }
 
