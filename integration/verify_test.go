@@ -9,6 +9,7 @@ import (
 
 	"github.com/passgate/passgate/backends/imapupstream"
 	"github.com/passgate/passgate/backends/verify"
+	"github.com/passgate/passgate/cmd/passgate/cli"
 )
 
 // imapVerifier is the portal's IMAP verifier over a passthrough upstream
@@ -20,7 +21,7 @@ func imapVerifier(t *testing.T, opts imapupstream.Options) *verify.IMAP {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &verify.IMAP{Upstream: up}
+	return cli.IMAPVerifier(up)
 }
 
 // TestVerifyIMAPAndLDAP checks the portal's primary-password verifiers

@@ -67,8 +67,25 @@ func newVerifier(d *deps, st *store.Store) (verify.Verifier, error) {
 		if err != nil {
 			return nil, err
 		}
-		return &verify.IMAP{Upstream: up}, nil
+		return IMAPVerifier(up), nil
 	}
+}
+
+// IMAPVerifier is web.verify: imap over up, which must be in passthrough
+// mode: the user's own password is the login, and the browser's address
+// is forwarded as up forwards a client's. serve wires it, and the
+// integration tests use it as it is.
+func IMAPVerifier(up *imapupstream.Upstream) *verify.IMAP {
+	return &verify.IMAP{Login: func(ctx context.Context, user, password string, client netip.AddrPort) (net.Conn, error) {
+		conn, _, err := up.Login(ctx, imapupstream.Request{User: user, Password: password, Client: client})
+		if errors.Is(err, imapupstream.ErrRefused) {
+			return nil, verify.ErrRefused
+		}
+		if err != nil {
+			return nil, fmt.Errorf("no upstream answered (imap.upstream.addresses): %w", err)
+		}
+		return conn, nil
+	}}
 }
 
 // hashSource adapts the store to verify.HashSource.
