@@ -7,9 +7,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
-	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -213,27 +211,11 @@ log:
 	if err := os.WriteFile(conf, []byte(y), 0o600); err != nil {
 		return nil, "", err
 	}
-	srv := exec.CommandContext(ctx, cfg.bin, "serve")
-	srv.Env, srv.Dir = append(os.Environ(), "PASSGATE_CONFIG="+conf), dir
-	srv.Stderr = os.Stderr
-	if err := srv.Start(); err != nil {
+	stop, _, err = startServe(ctx, cfg.bin, append(os.Environ(), "PASSGATE_CONFIG="+conf), dir, metricsPort, 2*time.Minute)
+	if err != nil {
 		return nil, "", err
 	}
-	stop = func() {
-		srv.Process.Signal(os.Interrupt)
-		srv.Wait()
-	}
-	for deadline := time.Now().Add(2 * time.Minute); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/readyz", metricsPort))
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return stop, fmt.Sprintf("127.0.0.1:%d", imapPort), nil
-			}
-		}
-	}
-	stop()
-	return nil, "", errors.New("passgate serve: not ready in 2 minutes")
+	return stop, fmt.Sprintf("127.0.0.1:%d", imapPort), nil
 }
 
 // loopback returns a random address of 127.0.0.0/8 other than 127.0.0.1.

@@ -828,27 +828,11 @@ log:
 
 	// serve: start to the first 200 of /readyz.
 	serve := func(bin string) (time.Duration, error) {
-		start := time.Now()
-		srv := exec.CommandContext(ctx, bin, "serve")
-		srv.Env, srv.Dir = env, dir
-		srv.Stderr = os.Stderr
-		if err := srv.Start(); err != nil {
-			return 0, err
+		stop, took, err := startServe(ctx, bin, env, dir, metricsPort, 60*time.Second)
+		if err == nil {
+			stop()
 		}
-		defer func() {
-			srv.Process.Signal(os.Interrupt)
-			srv.Wait()
-		}()
-		for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(2 * time.Millisecond) {
-			resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/readyz", metricsPort))
-			if err == nil {
-				resp.Body.Close()
-				if resp.StatusCode == http.StatusOK {
-					return time.Since(start), nil
-				}
-			}
-		}
-		return 0, errors.New("not ready in 60 s")
+		return took, err
 	}
 	whole := func(args ...string) func(string) (time.Duration, error) {
 		return func(bin string) (time.Duration, error) {
@@ -1005,3 +989,33 @@ func freePort() int {
 func ms(d time.Duration) string { return fmt.Sprintf("%.2f ms", float64(d.Microseconds())/1000) }
 
 func round(d time.Duration) string { return d.Round(10 * time.Millisecond).String() }
+
+// startServe starts "passgate serve" (bin, with env, in dir) and returns
+// once /readyz on metricsPort says 200, with how long that took from the
+// start, and a stop that interrupts it and waits for it to end; after
+// limit it stops the process and fails.
+func startServe(ctx context.Context, bin string, env []string, dir string, metricsPort int, limit time.Duration) (stop func(), took time.Duration, err error) {
+	start := time.Now()
+	srv := exec.CommandContext(ctx, bin, "serve")
+	srv.Env, srv.Dir = env, dir
+	srv.Stderr = os.Stderr
+	if err := srv.Start(); err != nil {
+		return nil, 0, err
+	}
+	stop = func() {
+		srv.Process.Signal(os.Interrupt)
+		srv.Wait()
+	}
+	url := fmt.Sprintf("http://127.0.0.1:%d/readyz", metricsPort)
+	for deadline := start.Add(limit); time.Now().Before(deadline); time.Sleep(2 * time.Millisecond) {
+		resp, err := http.Get(url)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return stop, time.Since(start), nil
+			}
+		}
+	}
+	stop()
+	return nil, 0, fmt.Errorf("passgate serve: not ready in %v", limit)
+}
