@@ -80,8 +80,9 @@ type Engine struct {
 	now       func() time.Time
 	onOutcome func(Proto, Credential, Outcome)
 	onDecide  func(Proto, time.Duration)
-	lock      *limiter // nil: no lockout
-	groups    Groups   // nil: no mfa groups
+	lock      *limiter   // nil: no lockout
+	both      bothReader // the Store and the Counters are one database; nil: not
+	groups    Groups     // nil: no mfa groups
 	inFlight  atomic.Int64
 }
 
@@ -105,6 +106,13 @@ func New(opts Options) *Engine {
 		onDecide:  opts.OnDecision,
 		lock:      newLimiter(opts.Lockout, opts.Counters),
 		groups:    opts.MFAGroups,
+	}
+	// One database behind both: a login reads its counters and its
+	// login state in one statement.
+	if sb, ok := opts.Store.(bothReader); ok && e.lock != nil {
+		if cb, ok := opts.Counters.(bothReader); ok && sb.Backing() != nil && sb.Backing() == cb.Backing() {
+			e.both = sb
+		}
 	}
 	if e.delay == 0 {
 		e.delay = DefaultFailureDelay
@@ -197,10 +205,25 @@ func (e *Engine) Decide(ctx context.Context, a Attempt) (*Login, error) {
 			return deny("user name contains the upstream's master-user separator " + strconv.Quote(f))
 		}
 	}
+	// One read per name gives everything the decision needs of the
+	// store (with the lockout's counters, the first name's is read in
+	// the same statement). A store outage fails it alike for every
+	// secret, and a secret that cannot be an app password is looked up
+	// all the same.
+	names := e.aliases(user)
+	secret := string(a.Secret)
+	if a.Proto == Web {
+		secret = "" // app passwords never sign in to the portal
+	}
+	var first *firstRead
+	if e.both != nil && a.Factor != SecondFactor && a.Factor != Token {
+		first = &firstRead{db: e.both, user: names[0], secret: secret}
+	}
 	// Step 2. A locked-out source gets the same failure as a wrong
-	// secret, and its secret is not even looked at.
+	// secret, and its secret is not used (a login state read with the
+	// counters is dropped).
 	if e.lock != nil {
-		adm, why, err := e.lock.admit(ctx, e.lockName(user), a.Client.Addr(), string(a.Secret), e.now())
+		adm, why, err := e.lock.admit(ctx, e.lockName(user), a.Client.Addr(), string(a.Secret), e.now(), first)
 		if err != nil {
 			l.err = fmt.Errorf("policy: read the lockout of %q: %w", user, err)
 			l.reason = "temporary failure: " + l.err.Error()
@@ -225,20 +248,18 @@ func (e *Engine) Decide(ctx context.Context, a Attempt) (*Login, error) {
 		l.reason = "admin token, to be verified by the API"
 		return l, nil
 	}
-	// One read per name gives everything the decision needs of the
-	// store. A store outage fails it alike for every secret, and a
-	// secret that cannot be an app password is looked up all the same.
-	names := e.aliases(user)
-	secret := string(a.Secret)
-	if a.Proto == Web {
-		secret = "" // app passwords never sign in to the portal
-	}
 	_, shaped := apppass.Normalize(secret)
 	st := store.MFADisabled
 	allowApp := true
 	var match *store.AppPassword
 	for i, n := range names {
-		ls, err := e.store.LoginState(ctx, n, secret)
+		var ls store.LoginState
+		var err error
+		if i == 0 && first != nil && first.done {
+			ls = first.state
+		} else {
+			ls, err = e.store.LoginState(ctx, n, secret)
+		}
 		if errors.Is(err, store.ErrInvalid) {
 			l.settle(ctx, Failure)
 			return deny("user name is not valid")

@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net/netip"
 	"strings"
@@ -81,6 +82,41 @@ type Counters interface {
 	Lock(ctx context.Context, user, addr string, now, until time.Time) error
 	// LockoutTag is the keyed hash a wrong secret is remembered by.
 	LockoutTag(user, addr, secret string) ([]byte, error)
+}
+
+// bothReader reads a login's counters and the login state of its first
+// name in one statement (*store.Store and *store.Journal do).
+type bothReader interface {
+	LoginLockoutState(ctx context.Context, lockUser, lockAddr, user, secret string) (store.LockoutState, store.LoginState, error)
+	Backing() *store.Store
+}
+
+// firstRead is the login state of a login's first name, read by admit
+// together with the counters when the Store and the Counters are one
+// database (one read instead of two); nil reads the counters alone.
+type firstRead struct {
+	db           bothReader
+	user, secret string
+	state        store.LoginState
+	done         bool // state is read
+}
+
+// lockoutState reads the counters of (u, s) and, when f is set, f's
+// login state with them. A name the store finds invalid is read again
+// alone, so that LoginState reports it as it would without f.
+func (f *firstRead) lockoutState(ctx context.Context, c Counters, u, s string) (store.LockoutState, error) {
+	if f == nil {
+		return c.LockoutState(ctx, u, s)
+	}
+	st, ls, err := f.db.LoginLockoutState(ctx, u, s, f.user, f.secret)
+	if errors.Is(err, store.ErrInvalid) {
+		return c.LockoutState(ctx, u, s)
+	}
+	if err != nil {
+		return store.LockoutState{}, err
+	}
+	f.state, f.done = ls, true
+	return st, nil
 }
 
 // pruner is a Counters that can forget what no longer counts.
@@ -198,10 +234,13 @@ func (l *limiter) full(c store.LockoutCounter, key string, limit int, now time.T
 // familiar one only finished failures count, so that a client opening
 // several connections at once with the right password is never turned
 // away.
-func (l *limiter) admit(ctx context.Context, user string, addr netip.Addr, secret string, now time.Time) (*admission, string, error) {
+//
+// With first set (see firstRead), the login state of its name is read in
+// the same statement as the counters and kept in first.
+func (l *limiter) admit(ctx context.Context, user string, addr netip.Addr, secret string, now time.Time, first *firstRead) (*admission, string, error) {
 	u, src := lockKey(user), source(addr)
 	s := src.String()
-	st, err := l.counters.LockoutState(ctx, u, s)
+	st, err := first.lockoutState(ctx, l.counters, u, s)
 	if err != nil {
 		return nil, "", err
 	}

@@ -476,3 +476,79 @@ func (r recorder) Record(_ context.Context, ev store.AuditEvent) error {
 	*r.events = append(*r.events, ev)
 	return nil
 }
+
+// TestLockoutOneRead: with one store behind both the decision and the
+// counters (a Journal over a Store and the Store, as in serve), a login
+// reads its counters and login state in one statement, and decides
+// exactly as with two reads: the lockout still locks, still spares a
+// familiar address, and an invalid name is still refused as one.
+func TestLockoutOneRead(t *testing.T) {
+	ctx := context.Background()
+	open := func() *store.Store {
+		dir := t.TempDir()
+		st, err := store.Open(ctx, store.Options{Driver: store.DriverSQLite, DSN: dir + "/passgate.db", KeyFile: dir + "/passgate.key"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { st.Close() })
+		if _, err := st.Migrate(ctx); err != nil {
+			t.Fatal(err)
+		}
+		return st
+	}
+	st, other := open(), open()
+	j := store.NewJournal(st, nil)
+	cfg := Lockout{MaxFailures: 3, MaxUserFailures: 6, Window: time.Hour, Duration: time.Minute}
+	now := time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
+	clock := func() time.Time { return now }
+	for _, c := range []struct {
+		name     string
+		opts     Options
+		combined bool
+	}{
+		{"journal-and-store", Options{Store: j, Counters: st}, true},
+		{"store-and-store", Options{Store: st, Counters: st}, true},
+		{"two-stores", Options{Store: st, Counters: other}, false},
+		{"memory-counters", Options{Store: st}, false},
+	} {
+		c.opts.Lockout = cfg
+		if got := New(c.opts).both != nil; got != c.combined {
+			t.Errorf("%s: one read %v, want %v", c.name, got, c.combined)
+		}
+	}
+	if _, err := st.SetMFA(ctx, "alice", store.MFAEnforced); err != nil {
+		t.Fatal(err)
+	}
+	_, secret, err := st.CreateAppPassword(ctx, store.NewAppPassword{User: "alice", Label: "phone"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := New(Options{Store: j, Counters: st, FailureDelay: -1, Lockout: cfg, Now: clock})
+	if e.both == nil {
+		t.Fatal("Journal over a Store and the Store: not read in one statement")
+	}
+	if d := try(t, e, "alice", secret, "192.0.2.10"); !d.Allow { // her office: familiar from now on
+		t.Fatal(d.Reason)
+	}
+	if err := j.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		guess(t, e, "alice", "203.0.113.1")
+	}
+	if d := try(t, e, "alice", secret, "203.0.113.1"); d.Allow || !strings.Contains(d.Reason, "locked out") {
+		t.Fatalf("after 3 failures from one address: allow %v (%s)", d.Allow, d.Reason)
+	}
+	for i := range 6 {
+		guess(t, e, "alice", "198.51.100."+strconv.Itoa(i+1))
+	}
+	if d := try(t, e, "alice", secret, "198.51.100.99"); d.Allow || !strings.Contains(d.Reason, "unfamiliar") {
+		t.Fatalf("alice from a new address during the spray: allow %v (%s)", d.Allow, d.Reason)
+	}
+	if d := try(t, e, "alice", secret, "192.0.2.10"); !d.Allow || d.Reason != "app password matched" {
+		t.Fatalf("alice from her familiar address during the spray: allow %v (%s)", d.Allow, d.Reason)
+	}
+	if d := try(t, e, "al ice", secret, "192.0.2.99"); d.Allow || d.Reason != "user name is not valid" {
+		t.Fatalf("an invalid name: allow %v (%s)", d.Allow, d.Reason)
+	}
+}

@@ -77,6 +77,7 @@ var contractCases = []contractCase{
 	{"audit/maintain-concurrent", testAuditMaintainConcurrent},
 	{"audit/journal-batch", testAuditJournalBatch},
 	{"login-state", testLoginState},
+	{"login-state/with-lockout", testLoginLockoutState},
 	{"journal/order-and-read-your-writes", testJournalOrder},
 	{"journal/concurrent", testJournalConcurrent},
 	{"journal/deleted-app-password", testJournalDeleted},

@@ -26,8 +26,9 @@ const (
 // Journal is a Store whose login writes — Record and RecordLogin, the
 // audit event and last use of every login — are queued and committed by
 // one background goroutine, many to a transaction (group commit): a
-// batch is one multi-row INSERT of its events and one UPDATE of the last
-// uses it carries (the latest per app password). A
+// batch is one transaction with its events and the last uses it carries
+// (the latest per app password), on PostgreSQL one multi-row INSERT and
+// one UPDATE, on SQLite prepared statements run once per row. A
 // login then costs the store its reads only: on SQLite one commit per
 // login took longer than the rest of an LDAP bind.
 //
@@ -253,23 +254,31 @@ func (j *Journal) write(ctx context.Context, batch []journalWrite) error {
 			return err
 		}
 	}
+	// SQLite runs in this process: a prepared statement executed once
+	// per row costs no round trip, and less than parsing a statement of
+	// as many rows as the batch has (a new text, so a new parse, for
+	// every batch size). PostgreSQL gets one statement per batch: one
+	// round trip instead of one per login. A lone row uses the prepared
+	// statement on either.
+	perRow := j.driver == DriverSQLite
 	// An app password deleted since the login has no row to touch; its
 	// login is recorded all the same.
-	if len(touches) == 1 {
-		if err := touch(ctx, touchT, touches[0].id, touches[0].use); err != nil && !errors.Is(err, ErrNotFound) {
-			return err
+	if len(touches) == 1 || perRow {
+		for _, w := range touches {
+			if err := touch(ctx, touchT, w.id, w.use); err != nil && !errors.Is(err, ErrNotFound) {
+				return err
+			}
 		}
 	} else if len(touches) > 1 {
 		if err := j.touchMany(ctx, tx, touches); err != nil {
 			return err
 		}
 	}
-	// The batch's audit events go in one multi-row INSERT: one round trip
-	// to PostgreSQL instead of one per login. A lone event uses the
-	// prepared statement.
-	if len(batch) == 1 {
-		if err := record(ctx, recordT, batch[0].ev); err != nil {
-			return err
+	if len(batch) == 1 || perRow {
+		for _, w := range batch {
+			if err := record(ctx, recordT, w.ev); err != nil {
+				return err
+			}
 		}
 	} else if err := j.recordMany(ctx, tx, batch); err != nil {
 		return err

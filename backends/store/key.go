@@ -57,7 +57,7 @@ func (s *Store) setUpKey(ctx context.Context, conn *sqlx.Conn) error {
 		if err := tx.Commit(); err != nil {
 			return fmt.Errorf("store: key: record fingerprint: %w", err)
 		}
-		s.hasher.Store(h)
+		s.setKey(h)
 		return nil
 	}
 
@@ -83,7 +83,7 @@ func (s *Store) setUpKey(ctx context.Context, conn *sqlx.Conn) error {
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("store: key: %w", err)
 	}
-	s.hasher.Store(h)
+	s.setKey(h)
 	return nil
 }
 
@@ -120,7 +120,7 @@ func (s *Store) ResetKey(ctx context.Context) (deleted int, err error) {
 	if _, err := s.Migrate(ctx); err != nil && !errors.Is(err, ErrKeyMismatch) {
 		return 0, err
 	}
-	s.hasher.Store(nil)
+	s.setKey(nil)
 	tx, err := s.db.BeginTxx(ctx, nil)
 	if err != nil {
 		return 0, fmt.Errorf("store: reset key: begin: %w", err)

@@ -73,11 +73,11 @@ func fromMicros(us int64) time.Time {
 // from addr is remembered (never the secret): HMAC-SHA-256 under a key
 // derived from the server key, cut to LockoutTagSize bytes.
 func (s *Store) LockoutTag(user, addr, secret string) ([]byte, error) {
-	h, err := s.key()
+	k, err := s.loadedKeys()
 	if err != nil {
 		return nil, err
 	}
-	m := hmac.New(sha256.New, h.DeriveKey(purposeLockoutTag))
+	m := hmac.New(sha256.New, k.lockoutTag)
 	m.Write([]byte(user))
 	m.Write([]byte{0})
 	m.Write([]byte(addr))

@@ -1,6 +1,7 @@
 package store_test
 
 import (
+	"bytes"
 	"reflect"
 	"strings"
 	"testing"
@@ -73,6 +74,79 @@ func testLoginState(t *testing.T, f *fixture) {
 	}
 	for _, bad := range []string{"", "alice\x00", "al ice", "alice\xff"} {
 		_, err := s.LoginState(ctx, bad, secret)
+		mustErr(t, err, store.ErrInvalid, "user name")
+	}
+}
+
+// testLoginLockoutState: the one-statement read gives exactly what
+// LockoutState and LoginState give apart, whatever rows exist.
+func testLoginLockoutState(t *testing.T, f *fixture) {
+	s := f.migrated(t)
+	ctx := ctxT(t)
+	addUser(t, s, "alice", store.MFAEnforced)
+	_, secret := create(t, s, "alice", "phone")
+	now := time.Now().UTC().Truncate(time.Microsecond)
+	win := now.Add(-time.Hour)
+	tag, err := s.LockoutTag("alice", "192.0.2.1", "guess")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// alice from 192.0.2.1: a locked pair with a remembered tag, the
+	// address's and the user's own counters, and a familiar address.
+	for _, c := range []struct {
+		user, addr string
+		recent     []byte
+	}{{"alice", "192.0.2.1", tag}, {"", "192.0.2.1", nil}, {"alice", "", nil}} {
+		if _, err := s.AddFailure(ctx, c.user, c.addr, now, win, win, c.recent); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Lock(ctx, "alice", "192.0.2.1", now, now.Add(time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	note := &store.LockoutNote{User: "alice", Addr: "198.51.100.0/64", At: now, Familiar: true}
+	if err := s.Record(ctx, store.AuditEvent{Action: "login", Subject: "alice", Outcome: "success", Lockout: note}); err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name, lockUser, lockAddr, user, secret string
+	}{
+		{"counters/match", "alice", "192.0.2.1", "alice", secret},
+		{"counters/wrong", "alice", "192.0.2.1", "Alice", "guess"},
+		{"familiar/match", "alice", "198.51.100.0/64", "alice", secret},
+		{"nothing/no-row", "bob", "203.0.113.5", "bob", secret},
+		{"address-only", "bob", "192.0.2.1", "bob", "guess"},
+	}
+	for _, tc := range cases {
+		wantLock, err := s.LockoutState(ctx, tc.lockUser, tc.lockAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		wantLogin, err := s.LoginState(ctx, tc.user, tc.secret)
+		if err != nil {
+			t.Fatal(err)
+		}
+		gotLock, gotLogin, err := s.LoginLockoutState(ctx, tc.lockUser, tc.lockAddr, tc.user, tc.secret)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		if !reflect.DeepEqual(gotLock, wantLock) {
+			t.Errorf("%s: lockout\n%+v\nwant (LockoutState)\n%+v", tc.name, gotLock, wantLock)
+		}
+		if !reflect.DeepEqual(gotLogin, wantLogin) {
+			t.Errorf("%s: login state\n%+v\nwant (LoginState)\n%+v", tc.name, gotLogin, wantLogin)
+		}
+	}
+	// What the cases must have covered, so that the test can fail.
+	st, _, err := s.LoginLockoutState(ctx, "alice", "192.0.2.1", "alice", secret)
+	if err != nil || st.Pair.Locks != 1 || !bytes.Equal(st.Pair.Recent, tag) || st.Addr.Failures != 1 || st.User.Failures != 1 {
+		t.Fatalf("alice from 192.0.2.1: %+v, %v", st, err)
+	}
+	if st, ls, err := s.LoginLockoutState(ctx, "alice", "198.51.100.0/64", "alice", secret); err != nil || !st.FamiliarSeen.Equal(now) || ls.AppPassword == nil {
+		t.Fatalf("alice from a familiar address: %+v, %+v, %v", st, ls, err)
+	}
+	for _, bad := range []string{"", "alice\x00", "al ice"} {
+		_, _, err := s.LoginLockoutState(ctx, "alice", "192.0.2.1", bad, secret)
 		mustErr(t, err, store.ErrInvalid, "user name")
 	}
 }

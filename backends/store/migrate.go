@@ -153,7 +153,7 @@ func (s *Store) upToDate(ctx context.Context, ms []migration) bool {
 	if err != nil || h.Fingerprint() != fp {
 		return false
 	}
-	s.hasher.Store(h)
+	s.setKey(h)
 	return true
 }
 

@@ -34,6 +34,17 @@ const DefaultMaxAppPasswords = 40
 // the server (its default max_connections is 100).
 const postgresMaxOpenConns = 20
 
+// sqliteMaxIdleConns is how many SQLite connections the pool keeps open
+// while idle. database/sql keeps 2 by default: under a few concurrent
+// logins every other read then opened a new connection (its pragmas and
+// a fresh parse of the schema) and prepared its statements again, which
+// cost more than the reads themselves. The connections are dropped after
+// sqliteConnMaxIdleTime unused.
+const (
+	sqliteMaxIdleConns    = 16
+	sqliteConnMaxIdleTime = 5 * time.Minute
+)
+
 // Store is passgate's state in SQLite or PostgreSQL. It is safe for
 // concurrent use. Open connects; Migrate brings the schema up to date and
 // loads the server key, which every app-password method needs.
@@ -43,7 +54,7 @@ type Store struct {
 	opts       Options
 	maxApp     int
 	defaultMFA MFAState
-	hasher     atomic.Pointer[apppass.Hasher]
+	keys       atomic.Pointer[storeKeys] // set by Migrate (key), nil until then
 
 	findQuery string                    // the login's lookup, bound for the driver once
 	findStmt  atomic.Pointer[sqlx.Stmt] // findQuery prepared on first use (findStmtFor)
@@ -128,6 +139,10 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 			}
 		}
 		raw, err = sql.Open("sqlite", sqliteDSN(opts.DSN))
+		if err == nil {
+			raw.SetMaxIdleConns(sqliteMaxIdleConns)
+			raw.SetConnMaxIdleTime(sqliteConnMaxIdleTime)
+		}
 	case DriverPostgres:
 		raw, err = sql.Open("postgres", opts.DSN)
 		if err == nil {
@@ -204,13 +219,39 @@ func (s *Store) Driver() string { return s.driver }
 // MaxAppPasswords returns the per-user limit on app passwords.
 func (s *Store) MaxAppPasswords() int { return s.maxApp }
 
-// key returns the hasher that Migrate loaded.
-func (s *Store) key() (*apppass.Hasher, error) {
-	h := s.hasher.Load()
+// storeKeys is the server key's hasher and the keys derived from it,
+// derived once when the key is loaded (never changed afterwards: a new
+// key is a new storeKeys).
+type storeKeys struct {
+	h          *apppass.Hasher
+	lockoutTag []byte // h.DeriveKey(purposeLockoutTag)
+}
+
+// setKey makes h the store's key (nil: none), with its derived keys.
+func (s *Store) setKey(h *apppass.Hasher) {
 	if h == nil {
+		s.keys.Store(nil)
+		return
+	}
+	s.keys.Store(&storeKeys{h: h, lockoutTag: h.DeriveKey(purposeLockoutTag)})
+}
+
+// loadedKeys returns the keys that Migrate loaded.
+func (s *Store) loadedKeys() (*storeKeys, error) {
+	k := s.keys.Load()
+	if k == nil {
 		return nil, fail(ErrNoKey, "store: the server key is not loaded: call Migrate first (passgate serve and passgate migrate do)")
 	}
-	return h, nil
+	return k, nil
+}
+
+// key returns the hasher that Migrate loaded.
+func (s *Store) key() (*apppass.Hasher, error) {
+	k, err := s.loadedKeys()
+	if err != nil {
+		return nil, err
+	}
+	return k.h, nil
 }
 
 // forUpdate is the row-lock suffix of a SELECT inside a transaction. SQLite

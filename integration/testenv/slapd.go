@@ -279,7 +279,7 @@ objectClass: applicationProcess
 objectClass: simpleSecurityObject
 cn: passgate
 userPassword: %[3]s
-authzTo: dn.regex:^uid=[^,]+,ou=people,dc=example,dc=test$
+authzTo: dn.subtree:ou=people,%[1]s
 
 dn: %[4]s
 objectClass: applicationProcess
