@@ -65,7 +65,9 @@ type pending struct {
 // messages and acts at once on Unbind, Abandon and StartTLS; everything
 // else goes, in order, to the executor goroutine, which runs binds one at a
 // time behind the operations before them and sends relayed operations to
-// the upstream session, whose reader writes the answers back.
+// the upstream session, whose reader writes the answers back. A Search or
+// Compare that can be sent upstream at once, with nothing before it
+// queued or running, the reader sends itself (runInline).
 type conn struct {
 	srv *Server
 	// The session log line: ConnID, Proto, RemoteAddr and Start are set
@@ -75,13 +77,19 @@ type conn struct {
 	ctx    context.Context
 	cancel context.CancelCauseFunc
 
-	wmu sync.Mutex // serialises writes and guards nc
-	nc  net.Conn
-	br  *bufio.Reader // reader goroutine only
+	wmu       sync.Mutex // serialises writes and guards nc, held and heldTimer
+	nc        net.Conn
+	held      []byte        // answers that hold keeps for the next write
+	heldTimer *time.Timer   // writes held after heldFor; nil until first needed
+	br        *bufio.Reader // reader goroutine only
 
 	tls    atomic.Bool
 	authed atomic.Bool // a bind has succeeded on this connection
-	busy   atomic.Bool // the executor is working on a request
+	busy   atomic.Bool // the executor (or the reader, runInline) is working on a request
+	// unfinished counts the requests handed to the executor that it has
+	// not finished: 0 means it has nothing queued or running, and then
+	// the reader may run a request itself (runInline).
+	unfinished atomic.Int64
 
 	queue chan *request
 	slots chan struct{} // one token per operation in flight upstream
@@ -183,13 +191,27 @@ func (c *conn) disconnect(code int, diag string) {
 	c.stop(errors.New(diag))
 }
 
-// write sends one message to the client. A failed write ends the
-// connection.
+// write sends one message to the client, after any answers held back
+// (hold), in one write. A failed write ends the connection.
 func (c *conn) write(b []byte) bool {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
+	return c.writeLocked(b)
+}
+
+// writeLocked is write with wmu held.
+func (c *conn) writeLocked(b []byte) bool {
 	if c.ctx.Err() != nil {
+		c.held = nil
 		return false
+	}
+	if len(c.held) > 0 {
+		b = append(c.held, b...)
+		c.held = nil
+		c.heldTimer.Stop()
+	}
+	if len(b) == 0 {
+		return true
 	}
 	c.nc.SetWriteDeadline(time.Now().Add(writeTimeout))
 	n, err := c.nc.Write(b)
@@ -200,6 +222,41 @@ func (c *conn) write(b []byte) bool {
 		return false
 	}
 	return true
+}
+
+// hold queues b, an answer that more answers of the same operation
+// follow (a search entry), to go out with the next write: an entry and
+// the search's result then cost one write, and the client one read,
+// instead of two. What is held is written at the latest after heldFor,
+// or at once when it would pass maxHeldBytes, so that a slow stream of
+// entries still flows.
+func (c *conn) hold(b []byte) bool {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.ctx.Err() != nil {
+		return false
+	}
+	if len(c.held)+len(b) > maxHeldBytes {
+		return c.writeLocked(b)
+	}
+	if len(c.held) == 0 {
+		if c.heldTimer == nil {
+			c.heldTimer = time.AfterFunc(heldFor, c.flushHeld)
+		} else {
+			c.heldTimer.Reset(heldFor)
+		}
+	}
+	c.held = append(c.held, b...)
+	return true
+}
+
+// flushHeld writes what hold kept (heldTimer's function).
+func (c *conn) flushHeld() {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if len(c.held) > 0 {
+		c.writeLocked(nil)
+	}
 }
 
 // respond sends an LDAPResult-shaped response with the response tag of op.
@@ -324,6 +381,9 @@ func (c *conn) readLoop() {
 			c.disconnect(resultProtocolError, "unknown LDAP operation")
 			return
 		}
+		if c.runInline(msg) {
+			continue
+		}
 		r := &request{msg: msg, size: len(raw)}
 		if !c.enqueue(r) {
 			return
@@ -352,12 +412,51 @@ func (c *conn) enqueue(r *request) bool {
 			return false
 		}
 	}
+	c.unfinished.Add(1)
 	select {
 	case c.queue <- r:
 		return true
 	case <-c.ctx.Done():
+		c.unfinished.Add(-1)
 		return false
 	}
+}
+
+// runInline relays m from the reader, without the hand-off to the
+// executor (a goroutine wake-up per operation, most of a small search's
+// cost in passgate), when that changes nothing: m is a Search or Compare,
+// the executor has nothing queued or running (so order is kept, and the
+// executor's fields are the reader's to use until it hands on the next
+// request), the upstream session is alive and bound as m needs, and a
+// slot is free, so that nothing in m's path waits (a bind, the
+// directory's answer, a slot) and the reader goes on reading Abandon and
+// Unbind at once. It reports whether it ran m.
+func (c *conn) runInline(m message) bool {
+	if m.Op.Tag != opSearchRequest && m.Op.Tag != opCompareRequest {
+		return false
+	}
+	if c.unfinished.Load() != 0 || c.srv.opts.Mode != ModeRelay || len(c.slots) == cap(c.slots) {
+		return false
+	}
+	var want sessState
+	switch c.ident.kind {
+	case identApp:
+		want = sessService
+	case identPrimary:
+		want = sessAccount
+	default:
+		return false
+	}
+	c.mu.Lock()
+	s := c.sess
+	c.mu.Unlock()
+	if s == nil || s.Err() != nil || c.sessState != want {
+		return false
+	}
+	c.busy.Store(true)
+	c.operation(m)
+	c.busy.Store(false)
+	return true
 }
 
 // abandon acts on an AbandonRequest: a queued request is skipped, one in
@@ -432,6 +531,7 @@ func (c *conn) executor() {
 			c.busy.Store(true)
 			c.run(r)
 			c.busy.Store(false)
+			c.unfinished.Add(-1)
 		}
 	}
 }
@@ -722,7 +822,11 @@ func (c *conn) fromUpstream(m message, p *pending, op, controls []byte, last boo
 		c.disconnect(resultUnavailable, msgUnavailable)
 		return
 	}
-	c.write(envelope(m.ID, op, controls))
+	if last {
+		c.write(envelope(m.ID, op, controls))
+	} else {
+		c.hold(envelope(m.ID, op, controls))
+	}
 	if last {
 		<-c.slots
 	}

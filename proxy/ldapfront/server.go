@@ -83,9 +83,13 @@ const (
 	preBindMaxMessageBytes = 64 << 10 // largest message before a bind has succeeded
 	maxQueuedBytes         = 4 << 20  // bytes of messages waiting for the executor, per connection
 	writeTimeout           = 30 * time.Second
-	handshakeTimeout       = 15 * time.Second
-	upstreamTimeout        = 30 * time.Second // one upstream bind, WhoAmI or session set-up
-	drainPoll              = 50 * time.Millisecond
+	// A search entry waits for the operation's next answer at most
+	// heldFor, and at most maxHeldBytes of answers wait (conn.hold).
+	heldFor          = time.Millisecond
+	maxHeldBytes     = 16 << 10
+	handshakeTimeout = 15 * time.Second
+	upstreamTimeout  = 30 * time.Second // one upstream bind, WhoAmI or session set-up
+	drainPoll        = 50 * time.Millisecond
 	// upstreamFresh is how long a newly opened upstream session lets
 	// other relay-mode binds go ahead without opening their own first
 	// (see conn.reachable).

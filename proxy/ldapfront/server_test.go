@@ -518,13 +518,32 @@ func TestPipelinedRequests(t *testing.T) {
 }
 
 // TestAbandon: an abandoned request is abandoned upstream and its late
-// answers are dropped; the connection goes on.
+// answers are dropped; the connection goes on. The search is the first
+// on the connection (sent by the executor, which binds the upstream
+// session first) or follows one (sent by the reader itself, runInline).
 func TestAbandon(t *testing.T) {
+	for _, warm := range []bool{false, true} {
+		t.Run(map[bool]string{false: "first-search", true: "after-a-search"}[warm], func(t *testing.T) {
+			testAbandon(t, warm)
+		})
+	}
+}
+
+func testAbandon(t *testing.T, warm bool) {
 	ts := startServer(t, nil)
-	ts.up.hold = true
 	c := ts.dial(t)
 	c.send(encodeBind(1, aliceDN, alicePW))
 	c.recv()
+	first := int64(1) // the upstream handle of the held search
+	if warm {
+		c.send(encodeSearch(5, aliceDN, nil))
+		for m, _ := c.recv(); m.Op.Tag != opSearchDone; m, _ = c.recv() {
+		}
+		first = 2
+	}
+	ts.up.mu.Lock()
+	ts.up.hold = true
+	ts.up.mu.Unlock()
 	c.send(encodeSearch(2, aliceDN, nil))
 	var s *fakeSession
 	for deadline := time.Now().Add(patience); ; {
@@ -560,8 +579,12 @@ func TestAbandon(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 	s.mu.Lock()
-	fn := s.held[1]
+	fn := s.held[first]
+	abandoned := s.abandoned
 	s.mu.Unlock()
+	if len(abandoned) != 1 || abandoned[0] != first {
+		t.Fatalf("abandoned upstream: %v, want [%d]", abandoned, first)
+	}
 	fn(resultOp(opSearchDone, resultSuccess, ""), nil, true, nil) // too late: dropped
 	c.send(encodeExtended(4, oidWhoAmI))
 	m, _ := c.recv()
@@ -802,5 +825,53 @@ func TestSessionLogLine(t *testing.T) {
 	}
 	if out, _ := line["bytes_out"].(float64); out <= 0 {
 		t.Errorf("bytes_out = %v, want the bind response", line["bytes_out"])
+	}
+}
+
+// TestEntryWithoutResultFlows: a search entry is held back to go out
+// with the search's result, but not for long: an entry whose result does
+// not follow (a slow search, a stream of entries) still reaches the
+// client, before the result and in order.
+func TestEntryWithoutResultFlows(t *testing.T) {
+	ts := startServer(t, nil)
+	ts.up.hold = true
+	c := ts.dial(t)
+	c.send(encodeBind(1, aliceDN, alicePW))
+	c.recv()
+	c.send(encodeSearch(2, aliceDN, nil))
+	var fn func([]byte, []byte, bool, error)
+	for deadline := time.Now().Add(patience); fn == nil; time.Sleep(5 * time.Millisecond) {
+		ts.up.mu.Lock()
+		if len(ts.up.sessions) > 0 {
+			s := ts.up.sessions[0]
+			s.mu.Lock()
+			fn = s.held[1]
+			s.mu.Unlock()
+		}
+		ts.up.mu.Unlock()
+		if time.Now().After(deadline) {
+			t.Fatal("search never reached the upstream")
+		}
+	}
+	entry := ber.Encode(ber.ClassApplication, ber.TypeConstructed, opSearchEntry, nil, "")
+	entry.AppendChild(ber.NewString(ber.ClassUniversal, ber.TypePrimitive, ber.TagOctetString, aliceDN, ""))
+	entry.AppendChild(ber.NewSequence(""))
+	fn(entry.Bytes(), nil, false, nil)
+	if m, _ := c.recv(); m.ID != 2 || m.Op.Tag != opSearchEntry {
+		t.Fatalf("first answer: id %d tag %d, want search 2's entry", m.ID, m.Op.Tag)
+	}
+	for range 3 { // a burst of entries, then the result
+		fn(entry.Bytes(), nil, false, nil)
+	}
+	fn(resultOp(opSearchDone, resultSuccess, ""), nil, true, nil)
+	for i := range 4 {
+		m, _ := c.recv()
+		want := opSearchEntry
+		if i == 3 {
+			want = opSearchDone
+		}
+		if m.ID != 2 || m.Op.Tag != want {
+			t.Fatalf("answer %d: id %d tag %d, want %d", i+2, m.ID, m.Op.Tag, want)
+		}
 	}
 }
