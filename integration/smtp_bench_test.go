@@ -69,7 +69,7 @@ func sendOne(tb testing.TB, c *smtp.Client, from string, r io.Reader) {
 func BenchmarkSMTPSubmit(b *testing.B) {
 	e := smtpEnv(b)
 	p := startPassgateSMTP(b, smtpOpts{upstream: xclientUpstream(e)})
-	for _, size := range []int{2 << 10, 1 << 20} {
+	for _, size := range []int{2 << 10, 1 << 20, 10 << 20} {
 		msg := testMessage("x@example.test", "dave@example.test", "bench", size)
 		for _, via := range []string{"direct", "passgate"} {
 			b.Run(fmt.Sprintf("size=%dKiB/%s", size>>10, via), func(b *testing.B) {
