@@ -20,27 +20,15 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/passgate/passgate/backends/dial"
+	"github.com/passgate/passgate/backends/smtpupstream"
 	"github.com/passgate/passgate/integration/testenv"
 )
 
-// smtpBenchSession opens a logged-in submission session: directly to
-// Postfix (dave's primary password through Dovecot SASL) or through
-// passgate (alice's app password, XCLIENT upstream).
-func smtpBenchSession(tb testing.TB, via string, p *passgateSMTP) (*smtp.Client, string) {
+// smtpBenchSession opens a logged-in submission session through passgate
+// (alice's app password, XCLIENT upstream).
+func smtpBenchSession(tb testing.TB, p *passgateSMTP) (*smtp.Client, string) {
 	tb.Helper()
-	e := smtpEnv(tb)
-	addr, user, pw := e.postfix.SubmissionAddr, "dave", e.dovecot.Users["dave"]
-	if via == "passgate" {
-		addr, user, pw = p.Addr, "alice", p.Secrets.aliceApp
-	}
-	c, err := smtp.DialStartTLS(addr, e.certs.ClientTLS())
-	if err != nil {
-		tb.Fatal(err)
-	}
-	if err := c.Auth(sasl.NewPlainClient("", user, pw)); err != nil {
-		tb.Fatal(err)
-	}
-	return c, user + "@example.test"
+	return submitColumn{"passgate", p.Addr, "alice", p.Secrets.aliceApp}.dial(tb)
 }
 
 // sendOne submits one message of body from r to dave.
@@ -63,17 +51,52 @@ func sendOne(tb testing.TB, c *smtp.Client, from string, r io.Reader) {
 	}
 }
 
+// submitColumn is one column of BenchmarkSMTPSubmit: where a client
+// submits, as whom.
+type submitColumn struct {
+	name, addr, user, pw string
+}
+
+// dial opens a logged-in submission session (STARTTLS, AUTH PLAIN).
+func (sc submitColumn) dial(tb testing.TB) (*smtp.Client, string) {
+	tb.Helper()
+	c, err := smtp.DialStartTLS(sc.addr, env.certs.ClientTLS())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := c.Auth(sasl.NewPlainClient("", sc.user, sc.pw)); err != nil {
+		tb.Fatal(err)
+	}
+	return c, sc.user + "@example.test"
+}
+
 // BenchmarkSMTPSubmit sends messages on one logged-in session, directly to
-// Postfix and through passgate to the same Postfix, side by side.
-// Reported: msgs/s and MB/s (from SetBytes).
+// Postfix, through nginx's mail proxy (upstream plaintext) and through
+// passgate with upstream STARTTLS and plaintext, to the same Postfix, side
+// by side. Reported: msgs/s and MB/s (from SetBytes).
 func BenchmarkSMTPSubmit(b *testing.B) {
 	e := smtpEnv(b)
+	plain := postfixService(b, e, "smtpd_tls_security_level=none", "smtpd_tls_auth_only=no")
 	p := startPassgateSMTP(b, smtpOpts{upstream: xclientUpstream(e)})
+	pp := startPassgateSMTP(b, smtpOpts{upstream: smtpupstream.Options{
+		Addresses:     []string{plain},
+		TLS:           smtpupstream.TLSNone,
+		Login:         smtpupstream.LoginXClient,
+		ForwardClient: smtpupstream.ForwardXClient,
+	}})
+	alicePw := e.dovecot.Users["alice"]
+	ng := startNginxMail(b, "alice", alicePw, []nginxRoute{{"smtp", plain}})
+	columns := []submitColumn{
+		{"direct", e.postfix.SubmissionAddr, "dave", e.dovecot.Users["dave"]},
+		{"nginx-upstream-plaintext", ng.addrs[0], "alice", alicePw},
+		{"passgate-upstream-STARTTLS", p.Addr, "alice", p.Secrets.aliceApp},
+		{"passgate-upstream-plaintext", pp.Addr, "alice", pp.Secrets.aliceApp},
+	}
 	for _, size := range []int{2 << 10, 1 << 20, 10 << 20} {
 		msg := testMessage("x@example.test", "dave@example.test", "bench", size)
-		for _, via := range []string{"direct", "passgate"} {
-			b.Run(fmt.Sprintf("size=%dKiB/%s", size>>10, via), func(b *testing.B) {
-				c, from := smtpBenchSession(b, via, p)
+		for _, col := range columns {
+			b.Run(fmt.Sprintf("size=%dKiB/%s", size>>10, col.name), func(b *testing.B) {
+				c, from := col.dial(b)
 				defer c.Close()
 				b.SetBytes(int64(len(msg)))
 				b.ReportAllocs()
@@ -96,7 +119,7 @@ func BenchmarkSMTPSubmit(b *testing.B) {
 func relayPeak(tb testing.TB, size int64) (heapPeak, sysGrowth uint64, took time.Duration) {
 	e := smtpEnv(tb)
 	p := startPassgateSMTP(tb, smtpOpts{upstream: xclientUpstream(e)})
-	c, from := smtpBenchSession(tb, "passgate", p)
+	c, from := smtpBenchSession(tb, p)
 	defer c.Close()
 	header := []byte("From: <alice@example.test>\r\nTo: <dave@example.test>\r\nSubject: relay 50MB\r\n\r\n")
 	body := &genReader{n: size - size%78}
