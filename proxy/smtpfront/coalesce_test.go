@@ -109,3 +109,19 @@ func countLines(s string) int {
 	}
 	return n
 }
+
+// TestQuitReplyBeforeUpstreamQuit: the client's 221 leaves before
+// passgate waits for the upstream's reply to its own QUIT.
+func TestQuitReplyBeforeUpstreamQuit(t *testing.T) {
+	f := newFixture(t, nil)
+	gate := make(chan struct{})
+	f.up.quitGate = gate
+	defer close(gate)
+	r := f.dialRaw(t, true)
+	r.send("AUTH PLAIN " + b64("\x00alice\x00"+appSecret))
+	r.expect("235 ")
+	r.send("QUIT")
+	// The upstream's QUIT is held until the test ends: the 221 must not
+	// wait for it.
+	r.expect("221 ")
+}

@@ -173,6 +173,15 @@ func (c *trackedConn) Write(b []byte) (int, error) {
 	return n, err
 }
 
+// flush sends what Write held back, unless another goroutine is writing
+// (which sends it).
+func (c *trackedConn) flush() {
+	if c.wmu.TryLock() {
+		_ = c.flushLocked()
+		c.wmu.Unlock()
+	}
+}
+
 // flushLocked writes what Write held back; wmu is held.
 func (c *trackedConn) flushLocked() error {
 	if len(c.wbuf) == 0 {
