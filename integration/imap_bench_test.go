@@ -27,9 +27,15 @@ import (
 // against Dovecot in its default mode (a login process per connection) and
 // in performance mode (service_count = 0), as design.md's comparison does.
 // passgate reaches Dovecot in plaintext with ID forwarding and the master
-// user (authzid), the set-up of design.md's measurements. The passgate
-// sub-benchmarks report "x-direct": their time per operation over the
-// direct one's, measured just before in the same run.
+// user (authzid), the set-up of design.md's measurements; it runs as its
+// own "passgate serve" process (the binary built from this tree). The
+// column "nginx" is nginx's mail proxy in front of the same Dovecot
+// (startNginxMail: STARTTLS from the client, plaintext LOGIN to Dovecot
+// with alice's own password, its auth_http server in this process). The
+// proxies' sub-benchmarks report "x-direct": their time per operation
+// over the direct one's, measured just before in the same run, and
+// BenchmarkIMAPLogin their CPU time per login ("proxy-cpu-us/login",
+// from /proc, of the proxy's process alone).
 
 // benchBulkMessages × benchBulkSize is the FETCH benchmark's 50 MB.
 const (
@@ -44,7 +50,8 @@ type benchTarget struct {
 	dovecot  *testenv.Dovecot
 	passgate *passgateInstance
 	password string // alice's app password at passgate
-	bulk     int64  // bytes in the Bulk mailbox
+	nginx    *nginxMail
+	bulk     int64 // bytes in the Bulk mailbox
 }
 
 // benchState is test-only state: the targets, built once per binary.
@@ -101,9 +108,10 @@ func benchTargets(b *testing.B) []*benchTarget {
 	}
 	// A passgate per benchmark function: startPassgate ties it to b.
 	for _, t := range benchState.targets {
-		t.passgate = startPassgate(b, passgateConfig{upstreams: []string{t.dovecot.IMAPAddr}, upstreamTLS: "none"})
+		t.passgate = startPassgate(b, passgateConfig{upstreams: []string{t.dovecot.IMAPAddr}, upstreamTLS: "none", binary: passgateBinary(b)})
 		t.passgate.enforce(b, "alice")
 		t.password = t.passgate.appPassword(b, "alice", "bench")
+		t.nginx = startNginxMail(b, "alice", t.dovecot.Users["alice"], []nginxRoute{{"imap", t.dovecot.IMAPAddr}})
 	}
 	return benchState.targets
 }
@@ -113,16 +121,19 @@ type benchSession struct {
 	addr, user, password string
 }
 
-func (t *benchTarget) sessions() []struct {
+// benchColumn is one column of the IMAP benchmarks: a session and the
+// proxy's process (0: none).
+type benchColumn struct {
 	name string
 	s    benchSession
-} {
-	return []struct {
-		name string
-		s    benchSession
-	}{
-		{"direct", benchSession{t.dovecot.IMAPAddr, "alice", t.dovecot.Users["alice"]}},
-		{"passgate", benchSession{t.passgate.imapAddr, "alice", t.password}},
+	pid  int
+}
+
+func (t *benchTarget) sessions() []benchColumn {
+	return []benchColumn{
+		{"direct", benchSession{t.dovecot.IMAPAddr, "alice", t.dovecot.Users["alice"]}, 0},
+		{"nginx", benchSession{t.nginx.addrs[0], "alice", t.dovecot.Users["alice"]}, t.nginx.pid},
+		{"passgate", benchSession{t.passgate.imapAddr, "alice", t.password}, t.passgate.proc.Process.Pid},
 	}
 }
 
@@ -176,7 +187,13 @@ func BenchmarkIMAPLogin(b *testing.B) {
 			b.Run(t.name+"/"+sc.name, func(b *testing.B) {
 				b.ReportAllocs()
 				var durations []time.Duration
+				hz := clockTicks()
+				var cpu time.Duration
 				for b.Loop() {
+					var cpu0 time.Duration
+					if sc.pid != 0 {
+						cpu0 = cpuOfProcess(b, sc.pid, hz)
+					}
 					start := time.Now()
 					c, err := sc.s.login()
 					if err != nil {
@@ -190,6 +207,12 @@ func BenchmarkIMAPLogin(b *testing.B) {
 					}
 					c.Close()
 					durations = append(durations, time.Since(start))
+					if sc.pid != 0 {
+						cpu += cpuOfProcess(b, sc.pid, hz) - cpu0
+					}
+				}
+				if sc.pid != 0 {
+					b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "proxy-cpu-us/login")
 				}
 				r.report(b, sc.name, durations)
 			})

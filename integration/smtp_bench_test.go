@@ -20,27 +20,15 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/passgate/passgate/backends/dial"
+	"github.com/passgate/passgate/backends/smtpupstream"
 	"github.com/passgate/passgate/integration/testenv"
 )
 
-// smtpBenchSession opens a logged-in submission session: directly to
-// Postfix (dave's primary password through Dovecot SASL) or through
-// passgate (alice's app password, XCLIENT upstream).
-func smtpBenchSession(tb testing.TB, via string, p *passgateSMTP) (*smtp.Client, string) {
+// smtpBenchSession opens a logged-in submission session through passgate
+// (alice's app password, XCLIENT upstream).
+func smtpBenchSession(tb testing.TB, p *passgateSMTP) (*smtp.Client, string) {
 	tb.Helper()
-	e := smtpEnv(tb)
-	addr, user, pw := e.postfix.SubmissionAddr, "dave", e.dovecot.Users["dave"]
-	if via == "passgate" {
-		addr, user, pw = p.Addr, "alice", p.Secrets.aliceApp
-	}
-	c, err := smtp.DialStartTLS(addr, e.certs.ClientTLS())
-	if err != nil {
-		tb.Fatal(err)
-	}
-	if err := c.Auth(sasl.NewPlainClient("", user, pw)); err != nil {
-		tb.Fatal(err)
-	}
-	return c, user + "@example.test"
+	return submitColumn{"passgate", p.Addr, "alice", p.Secrets.aliceApp}.dial(tb)
 }
 
 // sendOne submits one message of body from r to dave.
@@ -63,17 +51,52 @@ func sendOne(tb testing.TB, c *smtp.Client, from string, r io.Reader) {
 	}
 }
 
+// submitColumn is one column of BenchmarkSMTPSubmit: where a client
+// submits, as whom.
+type submitColumn struct {
+	name, addr, user, pw string
+}
+
+// dial opens a logged-in submission session (STARTTLS, AUTH PLAIN).
+func (sc submitColumn) dial(tb testing.TB) (*smtp.Client, string) {
+	tb.Helper()
+	c, err := smtp.DialStartTLS(sc.addr, env.certs.ClientTLS())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := c.Auth(sasl.NewPlainClient("", sc.user, sc.pw)); err != nil {
+		tb.Fatal(err)
+	}
+	return c, sc.user + "@example.test"
+}
+
 // BenchmarkSMTPSubmit sends messages on one logged-in session, directly to
-// Postfix and through passgate to the same Postfix, side by side.
-// Reported: msgs/s and MB/s (from SetBytes).
+// Postfix, through nginx's mail proxy (upstream plaintext) and through
+// passgate with upstream STARTTLS and plaintext, to the same Postfix, side
+// by side. Reported: msgs/s and MB/s (from SetBytes).
 func BenchmarkSMTPSubmit(b *testing.B) {
 	e := smtpEnv(b)
+	plain := postfixService(b, e, "smtpd_tls_security_level=none", "smtpd_tls_auth_only=no")
 	p := startPassgateSMTP(b, smtpOpts{upstream: xclientUpstream(e)})
-	for _, size := range []int{2 << 10, 1 << 20} {
+	pp := startPassgateSMTP(b, smtpOpts{upstream: smtpupstream.Options{
+		Addresses:     []string{plain},
+		TLS:           smtpupstream.TLSNone,
+		Login:         smtpupstream.LoginXClient,
+		ForwardClient: smtpupstream.ForwardXClient,
+	}})
+	alicePw := e.dovecot.Users["alice"]
+	ng := startNginxMail(b, "alice", alicePw, []nginxRoute{{"smtp", plain}})
+	columns := []submitColumn{
+		{"direct", e.postfix.SubmissionAddr, "dave", e.dovecot.Users["dave"]},
+		{"nginx-upstream-plaintext", ng.addrs[0], "alice", alicePw},
+		{"passgate-upstream-STARTTLS", p.Addr, "alice", p.Secrets.aliceApp},
+		{"passgate-upstream-plaintext", pp.Addr, "alice", pp.Secrets.aliceApp},
+	}
+	for _, size := range []int{2 << 10, 1 << 20, 10 << 20} {
 		msg := testMessage("x@example.test", "dave@example.test", "bench", size)
-		for _, via := range []string{"direct", "passgate"} {
-			b.Run(fmt.Sprintf("size=%dKiB/%s", size>>10, via), func(b *testing.B) {
-				c, from := smtpBenchSession(b, via, p)
+		for _, col := range columns {
+			b.Run(fmt.Sprintf("size=%dKiB/%s", size>>10, col.name), func(b *testing.B) {
+				c, from := col.dial(b)
 				defer c.Close()
 				b.SetBytes(int64(len(msg)))
 				b.ReportAllocs()
@@ -96,7 +119,7 @@ func BenchmarkSMTPSubmit(b *testing.B) {
 func relayPeak(tb testing.TB, size int64) (heapPeak, sysGrowth uint64, took time.Duration) {
 	e := smtpEnv(tb)
 	p := startPassgateSMTP(tb, smtpOpts{upstream: xclientUpstream(e)})
-	c, from := smtpBenchSession(tb, "passgate", p)
+	c, from := smtpBenchSession(tb, p)
 	defer c.Close()
 	header := []byte("From: <alice@example.test>\r\nTo: <dave@example.test>\r\nSubject: relay 50MB\r\n\r\n")
 	body := &genReader{n: size - size%78}
@@ -319,18 +342,19 @@ func (c quickAckConn) Read(p []byte) (int, error) {
 // smtpSessionRow is one column of BenchmarkSMTPSession.
 type smtpSessionRow struct {
 	name, addr, user, pw string
-	pid                  int  // passgate's process; 0 for Postfix directly
+	pid                  int  // the proxy's process; 0 for Postfix directly
 	quickAck             bool // the client acknowledges at once (direct only)
 	took                 []time.Duration
-	cpu                  time.Duration // passgate's, summed over its sessions
+	cpu                  time.Duration // the proxy's, summed over its sessions
 }
 
 // BenchmarkSMTPSession measures what a mail client meets when it sends a
 // 2 KB message on a new connection (smtpWholeSession), directly to
-// Postfix and through passgate, whose upstream leg is STARTTLS or
-// plaintext. passgate runs as its own "passgate serve" process (the
+// Postfix, through nginx's mail proxy (startNginxMail, upstream
+// plaintext with XCLIENT) and through passgate, whose upstream leg is
+// STARTTLS or plaintext. passgate runs as its own "passgate serve" process (the
 // binary built from this tree), so that its CPU time per message is read
-// from /proc, before and after each of its sessions (what it does while
+// from /proc, as nginx's is, before and after each of its sessions (what it does while
 // the other columns run is not counted). Each iteration runs one session of every column, in an order
 // that turns, so that all see the same load; run it with
 // -benchtime 200x. With PASSGATE_BENCH_BASELINE set to another passgate
@@ -373,6 +397,11 @@ func BenchmarkSMTPSession(b *testing.B) {
 		p := startSMTPProcess(b, bin, upstream, upTLS)
 		rows = append(rows, &smtpSessionRow{name: name, addr: p.addr, user: "alice", pw: p.password, pid: p.pid})
 	}
+	// nginx's mail proxy in front of the plaintext service (nginx has no
+	// TLS to a mail backend), logging in with XCLIENT as passgate does;
+	// its auth_http server runs in this process and is not counted.
+	ng := startNginxMail(b, "alice", e.dovecot.Users["alice"], []nginxRoute{{"smtp", plain}})
+	rows = append(rows, &smtpSessionRow{name: "nginx, upstream plaintext", addr: ng.addrs[0], user: "alice", pw: e.dovecot.Users["alice"], pid: ng.pid})
 	add("passgate, upstream STARTTLS", bin, e.postfix.SubmissionAddr, "starttls")
 	add("passgate, upstream plaintext", bin, plain, "none")
 	add("passgate, upstream STARTTLS, tickets off", bin, noTickets, "starttls")
@@ -413,10 +442,16 @@ func BenchmarkSMTPSession(b *testing.B) {
 	}
 	b.StopTimer()
 	direct := statsOf(rows[0].took).p50
+	var nginx time.Duration
+	for _, r := range rows {
+		if strings.HasPrefix(r.name, "nginx") {
+			nginx = statsOf(r.took).p50
+		}
+	}
 	var out strings.Builder
 	fmt.Fprintf(&out, "SMTP 2 KB session (connect, STARTTLS, AUTH, MAIL/RCPT/DATA, QUIT), %d each; load %s before, %s after\n", b.N, load0, loadAvg())
 	fmt.Fprintf(&out, "Postfix: submission %s, plaintext %s, tickets off %s, no resumption %s\n", e.postfix.SubmissionAddr, plain, noTickets, noResume)
-	fmt.Fprintf(&out, "| column | median ms | p10 | p90 | × direct | passgate CPU µs/message |\n|---|---|---|---|---|---|\n")
+	fmt.Fprintf(&out, "| column | median ms | p10 | p90 | × direct | × nginx | proxy CPU µs/message |\n|---|---|---|---|---|---|---|\n")
 	for _, r := range rows {
 		s := statsOf(r.took)
 		cpu := "—"
@@ -425,7 +460,7 @@ func BenchmarkSMTPSession(b *testing.B) {
 			cpu = fmt.Sprintf("%d", per.Microseconds())
 			b.ReportMetric(float64(per.Microseconds()), metricName(r.name)+"-cpu-us/msg")
 		}
-		fmt.Fprintf(&out, "| %s | %s | %s | %s | %.2f | %s |\n", r.name, msText(s.p50), msText(s.p10), msText(s.p90), float64(s.p50)/float64(direct), cpu)
+		fmt.Fprintf(&out, "| %s | %s | %s | %s | %.2f | %.2f | %s |\n", r.name, msText(s.p50), msText(s.p10), msText(s.p90), float64(s.p50)/float64(direct), float64(s.p50)/float64(nginx), cpu)
 		b.ReportMetric(float64(s.p50)/1e6, metricName(r.name)+"-ms")
 	}
 	// On standard output: go test cuts a benchmark's log to a few lines.

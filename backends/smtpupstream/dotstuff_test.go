@@ -87,3 +87,28 @@ func FuzzStuffMessage(f *testing.F) {
 		}
 	})
 }
+
+// TestIndexLineEnd: indexLineEnd finds what bytes.IndexAny(p, "\r\n")
+// finds.
+func TestIndexLineEnd(t *testing.T) {
+	for _, p := range []string{"", "x", "\r", "\n", "ab\r\ncd", "ab\ncd\r", "ab\rcd\n", "\n\r", strings.Repeat("y", 100) + "\r\n"} {
+		if got, want := indexLineEnd([]byte(p)), bytes.IndexAny([]byte(p), "\r\n"); got != want {
+			t.Errorf("indexLineEnd(%q) = %d, want %d", p, got, want)
+		}
+	}
+}
+
+// BenchmarkStuffMessage encodes 10 MiB of 78-byte lines as Session.Data
+// does, in its 32 KiB reads.
+func BenchmarkStuffMessage(b *testing.B) {
+	line := strings.Repeat("abcdefghij", 7) + "abcdef\r\n"
+	msg := []byte(strings.Repeat(line, (10<<20)/len(line)))
+	buf := make([]byte, 32<<10)
+	var out []byte
+	b.SetBytes(int64(len(msg)))
+	for b.Loop() {
+		if _, err := stuffMessage(bytes.NewReader(msg), io.Discard, io.Discard, buf, &out, nil); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

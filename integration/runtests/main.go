@@ -57,6 +57,9 @@ var need = []struct{ path, pkg string }{
 	{"/usr/bin/curl", "curl"},
 	{"/usr/bin/python3", "python3"},
 	{"/usr/sbin/haproxy", "haproxy"},
+	// nginx's mail proxy, a column of the SMTP and IMAP benchmarks.
+	{"/usr/sbin/nginx", "nginx-core"},
+	{"/usr/lib/nginx/modules/ngx_mail_module.so", "libnginx-mod-mail"},
 	{"/usr/bin/sqlite3", "sqlite3"}, // the backup tests (docs/deployment.md)
 	{"/usr/bin/prometheus", "prometheus"},
 	{"/usr/bin/chromium", "chromium"},
@@ -80,6 +83,7 @@ var services = map[string]string{
 	"postfix":       "postfix",
 	"slapd":         "slapd",
 	"haproxy":       "haproxy",
+	"nginx-core":    "nginx",
 	"prometheus":    "prometheus",
 }
 

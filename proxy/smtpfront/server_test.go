@@ -131,6 +131,8 @@ type fakeUpstream struct {
 	// dataStarted, when set, receives a value each time a Data call
 	// starts reading.
 	dataStarted chan struct{}
+	// quitGate, when set, holds every Quit until it is closed.
+	quitGate chan struct{}
 }
 
 func (f *fakeUpstream) Dial(_ context.Context, client netip.AddrPort) (smtpfront.PendingLogin, error) {
@@ -231,6 +233,9 @@ func (s *fakeSession) Reset() error {
 }
 
 func (s *fakeSession) Quit() error {
+	if s.f.quitGate != nil {
+		<-s.f.quitGate
+	}
 	if s.closed {
 		return errClosedUpstream
 	}

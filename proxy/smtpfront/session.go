@@ -455,6 +455,9 @@ func (ss *session) abortData(closeReader bool) {
 
 // Reset is RSET, a new EHLO, or the end of a message.
 func (ss *session) Reset() {
+	// go-smtp resets after the reply to a message: send that reply before
+	// anything here can wait.
+	ss.tc.flush()
 	ss.mu.Lock()
 	authed := ss.up != nil
 	ss.mu.Unlock()
@@ -480,6 +483,9 @@ func (ss *session) Reset() {
 // when a message is being aborted or another command still uses it (Close
 // of the server, from another goroutine).
 func (ss *session) Logout() error {
+	// The client's 221 (go-smtp writes it before it calls Logout) leaves
+	// before the upstream's QUIT is waited for.
+	ss.tc.flush()
 	ss.abortData(true)
 	ss.mu.Lock()
 	up, quit := ss.up, ss.up != nil && !ss.dead && !ss.stale
