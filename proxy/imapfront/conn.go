@@ -15,6 +15,7 @@ import (
 	"github.com/passgate/passgate/policy"
 	"github.com/passgate/passgate/proxy/lifecycle"
 	"github.com/passgate/passgate/proxy/observe"
+	"github.com/passgate/passgate/proxy/relay"
 	"github.com/passgate/passgate/proxy/revoke"
 )
 
@@ -25,7 +26,7 @@ const readBufferSize = 4096
 // conn is one client connection, from accept to the end of its relay.
 type conn struct {
 	srv    *Server
-	raw    net.Conn // as accepted
+	raw    net.Conn // as accepted, made relay.Waitable
 	nc     net.Conn // raw, or the *tls.Conn over it
 	br     *bufio.Reader
 	ctx    context.Context
@@ -49,10 +50,13 @@ type conn struct {
 
 func newConn(s *Server, nc net.Conn) *conn {
 	ctx, cancel := context.WithCancel(s.baseCtx)
+	// Waitable lets the relay wait for a logged-in client's next bytes
+	// under TLS without holding a buffer while the session is idle.
+	wc := relay.Waitable(nc)
 	return &conn{
 		srv:     s,
-		raw:     nc,
-		nc:      nc,
+		raw:     wc,
+		nc:      wc,
 		ctx:     ctx,
 		cancel:  cancel,
 		Session: observe.Session{ConnID: s.nextID.Add(1), Proto: policy.IMAP.String(), RemoteAddr: lifecycle.ClientAddr(nc)},

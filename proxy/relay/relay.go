@@ -21,15 +21,50 @@ import (
 	"github.com/passgate/passgate/proxy/revoke"
 )
 
-// Copy buffer sizes. Each session holds both for its whole life, idle or
-// not, so they set most of the memory of an idle session. Clients send
-// commands and the odd upload: 8 KiB is plenty. The upstream sends the
-// bulk (FETCH): 16 KiB fills a whole TLS record per write to the client.
-// See BenchmarkRun and integration's BenchmarkIMAPIdleSessionMemory.
+// Copy buffer sizes. A session holds a buffer only while bytes flow: it
+// waits for the next bytes without one and takes one from Buffers when
+// they come, so that an idle session (an IMAP IDLE that lasts for hours)
+// holds none. Clients send commands and the odd upload: 8 KiB is plenty.
+// The upstream sends the bulk (FETCH): 16 KiB fills a whole TLS record
+// per write to the client. See BenchmarkRun and integration's
+// BenchmarkIMAPIdleSessionMemory.
 const (
 	UpBufferSize   = 8 << 10  // client → upstream
 	DownBufferSize = 16 << 10 // upstream → client
 )
+
+// smallBufferSize is the buffer a direction keeps for its whole life when
+// it cannot wait for bytes without reading them (a connection that is
+// neither TCP nor TLS over TCP): it holds most commands, and a longer read
+// goes on in a buffer from Buffers.
+const smallBufferSize = 512
+
+// Buffers lends copy buffers to the relays of a listener: a relay takes
+// one when bytes arrive and gives it back before it waits again. It is
+// safe for concurrent use; make it with NewBuffers.
+type Buffers struct {
+	upPool, dnPool sync.Pool // *[]byte of UpBufferSize and DownBufferSize
+}
+
+// NewBuffers returns an empty set of buffers to share between relays.
+func NewBuffers() *Buffers {
+	b := &Buffers{}
+	b.upPool.New = func() any { s := make([]byte, UpBufferSize); return &s }
+	b.dnPool.New = func() any { s := make([]byte, DownBufferSize); return &s }
+	return b
+}
+
+func (b *Buffers) getUp() *[]byte   { return b.upPool.Get().(*[]byte) }
+func (b *Buffers) getDown() *[]byte { return b.dnPool.Get().(*[]byte) }
+
+// put gives a buffer back to the pool of its size.
+func (b *Buffers) put(p *[]byte) {
+	if len(*p) == UpBufferSize {
+		b.upPool.Put(p)
+	} else {
+		b.dnPool.Put(p)
+	}
+}
 
 // Stats is what a finished relay reports.
 type Stats struct {
@@ -58,7 +93,15 @@ type Options struct {
 	// Framer finds the boundaries for Farewell. Without one there are
 	// none, and no farewell is written.
 	Framer Framer
+	// Buffers lends the copy buffers; a listener shares one between its
+	// sessions. Without it the session has a Buffers of its own: it still
+	// takes a buffer only while bytes flow, but an idle session's buffers
+	// stay in its pool until the garbage collector's second cycle.
+	Buffers *Buffers
 }
+
+// errStopped ends the copy to the client after a farewell.
+var errStopped = errors.New("relay: stopped after the farewell")
 
 // farewellTimeout bounds the write of a farewell to a client that does
 // not read.
@@ -70,7 +113,16 @@ const farewellTimeout = 2 * time.Second
 // starts (client → upstream) before it returns; ctx is watched with
 // context.AfterFunc, which costs no goroutine while the session is idle.
 // There is no idle timeout: an IMAP IDLE may last 29 minutes and more.
+//
+// While a side is silent its direction holds no copy buffer: it waits
+// until the side's socket is readable (for TLS, the socket under it, once
+// what TLS has buffered is drained) and only then takes a buffer from
+// opts.Buffers, which it gives back before it waits again.
 func Run(ctx context.Context, client, upstream net.Conn, opts Options) Stats {
+	bufs := opts.Buffers
+	if bufs == nil {
+		bufs = NewBuffers()
+	}
 	var in, out atomic.Int64
 	var first atomic.Value // "client" or "upstream": the side that ended first
 	closeBoth := func() {
@@ -101,33 +153,29 @@ func Run(ctx context.Context, client, upstream net.Conn, opts Options) Stats {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		io.CopyBuffer(countWriter{upstream, &in}, onlyReader{client}, make([]byte, UpBufferSize))
+		up := newSource(client, bufs.getUp, bufs.put)
+		_ = up.copyTo(func(p []byte) error {
+			n, err := upstream.Write(p)
+			in.Add(int64(n))
+			return err
+		})
 		first.CompareAndSwap(nil, "client")
 		closeBoth()
 	}()
-	buf := make([]byte, DownBufferSize)
-	for {
-		n, rerr := upstream.Read(buf)
-		if n > 0 {
-			wmu.Lock()
-			if stopped {
-				wmu.Unlock()
-				break
-			}
-			w, werr := client.Write(buf[:n])
-			out.Add(int64(w))
-			if opts.Framer != nil {
-				atBoundary = opts.Framer.Feed(buf[:w])
-			}
-			wmu.Unlock()
-			if werr != nil {
-				break
-			}
+	down := newSource(upstream, bufs.getDown, bufs.put)
+	_ = down.copyTo(func(p []byte) error {
+		wmu.Lock()
+		defer wmu.Unlock()
+		if stopped {
+			return errStopped
 		}
-		if rerr != nil {
-			break
+		w, err := client.Write(p)
+		out.Add(int64(w))
+		if opts.Framer != nil {
+			atBoundary = opts.Framer.Feed(p[:w])
 		}
-	}
+		return err
+	})
 	first.CompareAndSwap(nil, "upstream")
 	closeBoth()
 	<-done
@@ -143,23 +191,6 @@ func Run(ctx context.Context, client, upstream net.Conn, opts Options) Stats {
 	}
 	return Stats{BytesIn: in.Load(), BytesOut: out.Load(), EndedBy: ended}
 }
-
-type countWriter struct {
-	w io.Writer
-	n *atomic.Int64
-}
-
-func (c countWriter) Write(p []byte) (int, error) {
-	n, err := c.w.Write(p)
-	c.n.Add(int64(n))
-	return n, err
-}
-
-// onlyReader hides WriteTo/ReadFrom so that CopyBuffer uses our buffer and
-// counts every byte.
-type onlyReader struct{ r io.Reader }
-
-func (o onlyReader) Read(p []byte) (int, error) { return o.r.Read(p) }
 
 // WithBuffered returns a net.Conn whose reads first drain what r has
 // already buffered from c, then read from c. Listeners use it to hand the

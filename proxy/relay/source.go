@@ -1,0 +1,285 @@
+package relay
+
+import (
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"syscall"
+	"time"
+)
+
+// sourceKind says how a direction waits for its side's next bytes.
+type sourceKind int
+
+const (
+	// kindTCP: a bare TCP socket, read through its syscall.RawConn: the
+	// buffer is taken once the socket is readable, inside the read.
+	kindTCP sourceKind = iota
+	// kindTLS: TLS over a socket that can be waited on without reading
+	// (a bare TCP socket peeked at, or Waitable's connection): wait,
+	// then read into a buffer, then drain what TLS has buffered.
+	kindTLS
+	// kindSmall: anything else: a blocking read into a small buffer of
+	// the session's own; when it fills, a pooled buffer takes what the
+	// connection has buffered beyond it.
+	kindSmall
+)
+
+// source is one side of a relay as the direction that reads it sees it.
+type source struct {
+	conn    net.Conn
+	get     func() *[]byte // takes a copy buffer
+	put     func(*[]byte)  // gives it back
+	pending []byte         // read ahead before the relay (WithBuffered): sent first
+	kind    sourceKind
+
+	raw  syscall.RawConn // kindTCP: conn's; kindTLS: the socket's under TLS, when bare TCP
+	wait func() error    // kindTLS: returns once the socket under TLS is readable
+
+	small []byte // kindSmall
+
+	// The outcome of rawRead, which runs inside raw.Read; kept here so
+	// that its method value is made once per direction, not per read.
+	buf    *[]byte
+	n      int
+	rerr   error
+	rawFn  func(fd uintptr) bool
+	peekFn func(fd uintptr) bool
+}
+
+// newSource sets up the reading of c, whose reads take buffers with get
+// and give them back with put.
+func newSource(c net.Conn, get func() *[]byte, put func(*[]byte)) *source {
+	s := &source{conn: c, get: get, put: put, kind: kindSmall}
+	if p, ok := c.(*prefixConn); ok {
+		s.pending, p.pending = p.pending, nil
+		s.conn = p.Conn
+	}
+	switch v := s.conn.(type) {
+	case *net.TCPConn:
+		s.useTCP(v)
+	case *waitConn:
+		if tcp, ok := v.Conn.(*net.TCPConn); ok && !v.stashed {
+			s.conn = tcp
+			s.useTCP(tcp)
+		}
+	case *tls.Conn:
+		switch under := v.NetConn().(type) {
+		case *net.TCPConn:
+			if rc, err := under.SyscallConn(); err == nil && rawSupported {
+				s.kind, s.raw = kindTLS, rc
+				s.peekFn = peekReadable
+				s.wait = func() error { return s.raw.Read(s.peekFn) }
+			}
+		case *waitConn:
+			s.kind, s.wait = kindTLS, under.waitReadable
+		}
+	}
+	if s.kind == kindSmall {
+		s.small = make([]byte, smallBufferSize)
+	}
+	return s
+}
+
+// useTCP reads c through its RawConn when the platform allows.
+func (s *source) useTCP(c *net.TCPConn) {
+	rc, err := c.SyscallConn()
+	if err != nil || !rawSupported {
+		return
+	}
+	s.kind, s.raw = kindTCP, rc
+	s.rawFn = s.rawRead
+}
+
+// copyTo hands everything read from the source to emit, in order, until
+// the source ends or fails (io.EOF at its end) or emit fails.
+func (s *source) copyTo(emit func([]byte) error) error {
+	if len(s.pending) > 0 {
+		p := s.pending
+		s.pending = nil
+		if err := emit(p); err != nil {
+			return err
+		}
+	}
+	for {
+		var err error
+		switch s.kind {
+		case kindTCP:
+			err = s.burstTCP(emit)
+		case kindTLS:
+			err = s.burstTLS(emit)
+		default:
+			err = s.burstSmall(emit)
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// burstTCP reads what the socket has, once it has something.
+func (s *source) burstTCP(emit func([]byte) error) error {
+	err := s.raw.Read(s.rawFn)
+	bp, n, rerr := s.buf, s.n, s.rerr
+	s.buf, s.rerr = nil, nil
+	switch {
+	case err != nil:
+		if bp != nil {
+			s.put(bp)
+		}
+		return err
+	case rerr != nil:
+		return rerr
+	case n == 0:
+		s.put(bp)
+		return io.EOF
+	}
+	err = emit((*bp)[:n])
+	s.put(bp)
+	return err
+}
+
+// rawRead is raw.Read's callback: it takes a buffer and reads into it,
+// and gives the buffer back and asks to wait when the socket has nothing.
+func (s *source) rawRead(fd uintptr) bool {
+	bp := s.get()
+	n, err := readFD(fd, *bp)
+	switch {
+	case errors.Is(err, syscall.EAGAIN):
+		s.put(bp)
+		return false
+	case err != nil:
+		s.put(bp)
+		s.rerr = os.NewSyscallError("read", err)
+		return true
+	}
+	s.buf, s.n = bp, n
+	return true
+}
+
+// burstTLS waits until the socket under TLS is readable, then reads a
+// record (it has begun to arrive) and what else TLS has buffered.
+func (s *source) burstTLS(emit func([]byte) error) error {
+	if err := s.wait(); err != nil {
+		return err
+	}
+	bp := s.get()
+	defer s.put(bp)
+	buf := *bp
+	n, err := s.conn.Read(buf)
+	if err != nil {
+		if n > 0 {
+			if werr := emit(buf[:n]); werr != nil {
+				return werr
+			}
+		}
+		return err
+	}
+	return s.drain(buf, n, emit)
+}
+
+// burstSmall reads into the session's small buffer, and when that fills,
+// on into a pooled one what the connection has buffered.
+func (s *source) burstSmall(emit func([]byte) error) error {
+	n, err := s.conn.Read(s.small)
+	if err == nil && n == len(s.small) {
+		bp := s.get()
+		defer s.put(bp)
+		buf := *bp
+		return s.drain(buf, copy(buf, s.small[:n]), emit)
+	}
+	if n > 0 {
+		if werr := emit(s.small[:n]); werr != nil {
+			return werr
+		}
+	}
+	return err
+}
+
+// aLongTimeAgo is a read deadline that has passed: a read with it returns
+// what the connection has buffered, or a timeout, at once.
+var aLongTimeAgo = time.Unix(1, 0)
+
+// drain reads on, without waiting, what the connection has already
+// buffered (TLS records received with the one just read) into buf after
+// its first n bytes, and hands it all to emit. TLS keeps no state from a
+// read that timed out: a record that has only begun to arrive stays
+// buffered, and the rest of it makes the socket readable.
+func (s *source) drain(buf []byte, n int, emit func([]byte) error) error {
+	if err := s.conn.SetReadDeadline(aLongTimeAgo); err != nil {
+		return errors.Join(emit(buf[:n]), err)
+	}
+	var rerr error
+	for {
+		if n == len(buf) {
+			if err := emit(buf); err != nil {
+				return err
+			}
+			n = 0
+		}
+		m, err := s.conn.Read(buf[n:])
+		n += m
+		if err != nil {
+			if !errors.Is(err, os.ErrDeadlineExceeded) {
+				rerr = err
+			}
+			break
+		}
+	}
+	if rerr == nil {
+		rerr = s.conn.SetReadDeadline(time.Time{})
+	}
+	if n > 0 {
+		if err := emit(buf[:n]); err != nil {
+			return err
+		}
+	}
+	return rerr
+}
+
+// Waitable wraps a client's connection before a TLS server is laid over
+// it, so that a relay can wait for the client's next record without a
+// buffer: it reads the record's first byte itself and gives it to TLS
+// with the rest. Reads, writes and everything else pass through; NetConn
+// returns c.
+func Waitable(c net.Conn) net.Conn { return &waitConn{Conn: c} }
+
+// waitConn is Waitable's connection. Only the goroutine that reads the
+// connection touches stash.
+type waitConn struct {
+	net.Conn
+	stash   [1]byte
+	stashed bool
+}
+
+// Read returns the stashed byte first, then reads c.
+func (w *waitConn) Read(p []byte) (int, error) {
+	if w.stashed && len(p) > 0 {
+		p[0] = w.stash[0]
+		w.stashed = false
+		return 1, nil
+	}
+	return w.Conn.Read(p)
+}
+
+// NetConn returns the wrapped connection.
+func (w *waitConn) NetConn() net.Conn { return w.Conn }
+
+// waitReadable returns once the connection has a byte to read (stashed
+// for the next Read), or its read error.
+func (w *waitConn) waitReadable() error {
+	if w.stashed {
+		return nil
+	}
+	n, err := w.Conn.Read(w.stash[:])
+	if n == 1 {
+		w.stashed = true
+		return nil
+	}
+	if err == nil {
+		err = io.ErrNoProgress
+	}
+	return err
+}
