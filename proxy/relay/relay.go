@@ -43,7 +43,8 @@ const smallBufferSize = 512
 // one when bytes arrive and gives it back before it waits again. It is
 // safe for concurrent use; make it with NewBuffers.
 type Buffers struct {
-	upPool, dnPool sync.Pool // *[]byte of UpBufferSize and DownBufferSize
+	upPool, dnPool sync.Pool    // *[]byte of UpBufferSize and DownBufferSize
+	lent           atomic.Int64 // buffers taken and not yet given back
 }
 
 // NewBuffers returns an empty set of buffers to share between relays.
@@ -54,11 +55,23 @@ func NewBuffers() *Buffers {
 	return b
 }
 
-func (b *Buffers) getUp() *[]byte   { return b.upPool.Get().(*[]byte) }
-func (b *Buffers) getDown() *[]byte { return b.dnPool.Get().(*[]byte) }
+// Lent returns how many buffers relays hold at the moment: none for a
+// relay whose sides are both silent.
+func (b *Buffers) Lent() int64 { return b.lent.Load() }
+
+func (b *Buffers) getUp() *[]byte {
+	b.lent.Add(1)
+	return b.upPool.Get().(*[]byte)
+}
+
+func (b *Buffers) getDown() *[]byte {
+	b.lent.Add(1)
+	return b.dnPool.Get().(*[]byte)
+}
 
 // put gives a buffer back to the pool of its size.
 func (b *Buffers) put(p *[]byte) {
+	b.lent.Add(-1)
 	if len(*p) == UpBufferSize {
 		b.upPool.Put(p)
 	} else {

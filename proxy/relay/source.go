@@ -61,7 +61,7 @@ func newSource(c net.Conn, get func() *[]byte, put func(*[]byte)) *source {
 	case *net.TCPConn:
 		s.useTCP(v)
 	case *waitConn:
-		if tcp, ok := v.Conn.(*net.TCPConn); ok && !v.stashed {
+		if tcp, ok := v.Conn.(*net.TCPConn); ok && v.off == v.end {
 			s.conn = tcp
 			s.useTCP(tcp)
 		}
@@ -241,25 +241,26 @@ func (s *source) drain(buf []byte, n int, emit func([]byte) error) error {
 
 // Waitable wraps a client's connection before a TLS server is laid over
 // it, so that a relay can wait for the client's next record without a
-// buffer: it reads the record's first byte itself and gives it to TLS
-// with the rest. Reads, writes and everything else pass through; NetConn
-// returns c.
+// copy buffer: it reads what has arrived into a small buffer of its own
+// (smallBufferSize, taken when the relay first waits) and gives that to
+// TLS before reading the connection again. Reads, writes and everything
+// else pass through; NetConn returns c.
 func Waitable(c net.Conn) net.Conn { return &waitConn{Conn: c} }
 
 // waitConn is Waitable's connection. Only the goroutine that reads the
 // connection touches stash.
 type waitConn struct {
 	net.Conn
-	stash   [1]byte
-	stashed bool
+	stash    []byte
+	off, end int // stash[off:end] is read but not yet returned
 }
 
-// Read returns the stashed byte first, then reads c.
+// Read returns what waitReadable read first, then reads c.
 func (w *waitConn) Read(p []byte) (int, error) {
-	if w.stashed && len(p) > 0 {
-		p[0] = w.stash[0]
-		w.stashed = false
-		return 1, nil
+	if w.off < w.end {
+		n := copy(p, w.stash[w.off:w.end])
+		w.off += n
+		return n, nil
 	}
 	return w.Conn.Read(p)
 }
@@ -267,15 +268,18 @@ func (w *waitConn) Read(p []byte) (int, error) {
 // NetConn returns the wrapped connection.
 func (w *waitConn) NetConn() net.Conn { return w.Conn }
 
-// waitReadable returns once the connection has a byte to read (stashed
-// for the next Read), or its read error.
+// waitReadable returns once the connection has bytes to read (kept for
+// the next Reads), or its read error.
 func (w *waitConn) waitReadable() error {
-	if w.stashed {
+	if w.off < w.end {
 		return nil
 	}
-	n, err := w.Conn.Read(w.stash[:])
-	if n == 1 {
-		w.stashed = true
+	if w.stash == nil {
+		w.stash = make([]byte, smallBufferSize)
+	}
+	n, err := w.Conn.Read(w.stash)
+	w.off, w.end = 0, n
+	if n > 0 {
 		return nil
 	}
 	if err == nil {
