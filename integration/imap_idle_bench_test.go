@@ -91,7 +91,8 @@ func idleSession(addr, user, pw string) (net.Conn, error) {
 //
 // PASSGATE_BENCH_BASELINE_BIN (or PASSGATE_BENCH_BASELINE) names another
 // passgate binary (an older build), measured the same way in the same run,
-// the two taking turns. PASSGATE_BENCH_GOGC=10 shows how much of the
+// the two taking turns; PASSGATE_BENCH_BINARY replaces the binary built
+// from this tree. PASSGATE_BENCH_GOGC=10 shows how much of the
 // figure is garbage not yet collected rather than live memory.
 func BenchmarkIMAPIdleSessionMemory(b *testing.B) {
 	for _, upTLS := range []string{"none", "starttls"} {
@@ -218,7 +219,11 @@ func (t *idleTarget) measure(b *testing.B) {
 }
 
 func benchIdleMemory(b *testing.B, upstreamTLS string) {
-	targets := []*idleTarget{startIdleTarget(b, "passgate", passgateBinary(b), upstreamTLS)}
+	bin := os.Getenv("PASSGATE_BENCH_BINARY")
+	if bin == "" {
+		bin = passgateBinary(b)
+	}
+	targets := []*idleTarget{startIdleTarget(b, "passgate", bin, upstreamTLS)}
 	base := os.Getenv("PASSGATE_BENCH_BASELINE_BIN")
 	if base == "" {
 		base = os.Getenv("PASSGATE_BENCH_BASELINE")

@@ -26,7 +26,8 @@ import (
 //
 // With PASSGATE_BENCH_INPROCESS=1 passgate runs inside the test binary
 // instead, so that -cpuprofile profiles it (with the client beside it:
-// focus the profile on passgate's packages).
+// focus the profile on passgate's packages). PASSGATE_BENCH_BASELINE_BIN
+// adds another passgate binary (an older build) as a third target.
 
 // relayBenchMailbox holds relayBenchMessages small messages of alice's at
 // the shared Dovecot, for UID FETCH of their flags.
@@ -193,6 +194,11 @@ func BenchmarkIMAPRelay(b *testing.B) {
 	if !inProcess {
 		targets[1].pid = p.proc.Process.Pid
 	}
+	if base := os.Getenv("PASSGATE_BENCH_BASELINE_BIN"); base != "" {
+		bp := startPassgate(b, passgateConfig{upstreamTLS: "none", binary: base})
+		bp.enforce(b, "alice")
+		targets = append(targets, relayTarget{name: "baseline", addr: bp.imapAddr, user: "alice", pw: bp.appPassword(b, "alice", "relay"), pid: bp.proc.Process.Pid})
+	}
 	cases := []struct {
 		name, cmd string
 		window    int
@@ -254,18 +260,23 @@ func BenchmarkIMAPRelay(b *testing.B) {
 	b.StopTimer()
 	var out strings.Builder
 	fmt.Fprintf(&out, "IMAP commands relayed after login, %d per case and target; load %s before, %s after\n", b.N*relayBenchChunk, load0, loadAvg())
-	fmt.Fprintf(&out, "| case | direct commands/s | passgate commands/s | × direct | passgate CPU µs/command |\n|---|---|---|---|---|\n")
+	fmt.Fprintf(&out, "| case | target | commands/s | × direct | CPU µs/command |\n|---|---|---|---|---|\n")
 	for ci, c := range cases {
 		rate := func(cl cell) float64 { return float64(cl.n) / cl.took.Seconds() }
-		dr, pr := rate(cells[ci][0]), rate(cells[ci][1])
-		cpu := "—"
-		if targets[1].pid != 0 {
-			per := float64(cells[ci][1].cpu.Nanoseconds()) / 1e3 / float64(cells[ci][1].n)
-			cpu = fmt.Sprintf("%.1f", per)
-			b.ReportMetric(per, metricName(c.name)+"-cpu-us/cmd")
+		dr := rate(cells[ci][0])
+		for ti, t := range targets {
+			r := rate(cells[ci][ti])
+			cpu := "—"
+			if t.pid != 0 {
+				per := float64(cells[ci][ti].cpu.Nanoseconds()) / 1e3 / float64(cells[ci][ti].n)
+				cpu = fmt.Sprintf("%.1f", per)
+				b.ReportMetric(per, t.name+"/"+metricName(c.name)+"-cpu-us/cmd")
+			}
+			if ti > 0 {
+				b.ReportMetric(r/dr, t.name+"/"+metricName(c.name)+"-x-direct")
+			}
+			fmt.Fprintf(&out, "| %s | %s | %.0f | %.2f | %s |\n", c.name, t.name, r, r/dr, cpu)
 		}
-		fmt.Fprintf(&out, "| %s | %.0f | %.0f | %.2f | %s |\n", c.name, dr, pr, pr/dr, cpu)
-		b.ReportMetric(pr/dr, metricName(c.name)+"-x-direct")
 	}
 	// On standard output: go test cuts a benchmark's log to a few lines.
 	fmt.Print(out.String())
@@ -382,7 +393,8 @@ type stressTarget struct {
 // the mail process, and passgate trusts the loopback network for a
 // plaintext login). PASSGATE_STRESS_ROUND sets a round's length (default
 // 3s); PASSGATE_BENCH_BASELINE_BIN adds another passgate binary (an older
-// build) to the rotation. Run it with -benchtime 4x or more.
+// build) to the rotation, PASSGATE_BENCH_BINARY replaces the one built
+// from this tree. Run it with -benchtime 4x or more.
 func BenchmarkIMAPStress(b *testing.B) {
 	for _, startTLS := range []bool{true, false} {
 		b.Run("client-tls="+map[bool]string{true: "starttls", false: "none"}[startTLS], func(b *testing.B) { benchIMAPStress(b, startTLS) })
@@ -411,7 +423,11 @@ func benchIMAPStress(b *testing.B, startTLS bool) {
 		pw := p.appPassword(b, "alice", "stress")
 		targets = append(targets, &stressTarget{relayTarget: relayTarget{name: name, addr: p.imapAddr, user: "alice", pw: pw, pid: p.proc.Process.Pid}})
 	}
-	add("passgate", passgateBinary(b))
+	bin := os.Getenv("PASSGATE_BENCH_BINARY")
+	if bin == "" {
+		bin = passgateBinary(b)
+	}
+	add("passgate", bin)
 	if base := os.Getenv("PASSGATE_BENCH_BASELINE_BIN"); base != "" {
 		add("baseline", base)
 	}

@@ -143,6 +143,10 @@ func (s *source) burstTCP(emit func([]byte) error) error {
 
 // rawRead is raw.Read's callback: it takes a buffer and reads into it,
 // and gives the buffer back and asks to wait when the socket has nothing.
+// It always reads before it asks to wait, even right after a read that
+// drained the socket: raw.Read forgets a readiness that came before it was
+// called, so a byte that arrived in between would otherwise wait for the
+// next one.
 func (s *source) rawRead(fd uintptr) bool {
 	bp := s.get()
 	n, err := readFD(fd, *bp)
@@ -198,17 +202,15 @@ func (s *source) burstSmall(emit func([]byte) error) error {
 	return err
 }
 
-// aLongTimeAgo is a read deadline that has passed: a read with it returns
-// what the connection has buffered, or a timeout, at once.
-var aLongTimeAgo = time.Unix(1, 0)
-
 // drain reads on, without waiting, what the connection has already
 // buffered (TLS records received with the one just read) into buf after
 // its first n bytes, and hands it all to emit. TLS keeps no state from a
 // read that timed out: a record that has only begun to arrive stays
 // buffered, and the rest of it makes the socket readable.
 func (s *source) drain(buf []byte, n int, emit func([]byte) error) error {
-	if err := s.conn.SetReadDeadline(aLongTimeAgo); err != nil {
+	// A deadline long past: a read returns what the connection has
+	// buffered, or a timeout, at once.
+	if err := s.conn.SetReadDeadline(time.Unix(1, 0)); err != nil {
 		return errors.Join(emit(buf[:n]), err)
 	}
 	var rerr error
