@@ -6,6 +6,11 @@
 // upstream login → relay. It is the only place that copies bytes after
 // login; the listeners never do. It imports only proxy/revoke, whose
 // ErrRevoked ends a session whose app password was deleted.
+//
+// A session may sit idle for hours (IMAP IDLE), so an idle session holds
+// as little as the relay can manage: no copy buffer (it waits for a side
+// to become readable without one, and takes one from Buffers only while
+// bytes flow) and one goroutine besides its caller's.
 package relay
 
 import (

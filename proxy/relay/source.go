@@ -42,11 +42,10 @@ type source struct {
 
 	// The outcome of rawRead, which runs inside raw.Read; kept here so
 	// that its method value is made once per direction, not per read.
-	buf    *[]byte
-	n      int
-	rerr   error
-	rawFn  func(fd uintptr) bool
-	peekFn func(fd uintptr) bool
+	buf   *[]byte
+	n     int
+	rerr  error
+	rawFn func(fd uintptr) bool
 }
 
 // newSource sets up the reading of c, whose reads take buffers with get
@@ -70,8 +69,7 @@ func newSource(c net.Conn, get func() *[]byte, put func(*[]byte)) *source {
 		case *net.TCPConn:
 			if rc, err := under.SyscallConn(); err == nil && rawSupported {
 				s.kind, s.raw = kindTLS, rc
-				s.peekFn = peekReadable
-				s.wait = func() error { return s.raw.Read(s.peekFn) }
+				s.wait = func() error { return rc.Read(peekReadable) }
 			}
 		case *waitConn:
 			s.kind, s.wait = kindTLS, under.waitReadable
