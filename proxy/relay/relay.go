@@ -22,6 +22,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"weak"
 
 	"github.com/passgate/passgate/proxy/revoke"
 )
@@ -84,6 +85,31 @@ func (b *Buffers) put(p *[]byte) {
 	}
 }
 
+// ownBuffers returns, for a relay without Buffers, the functions that take
+// and give back each direction's buffer: one buffer a direction, held
+// strongly while bytes flow and weakly while the direction waits. Each
+// pair is used by one goroutine only.
+func ownBuffers() (upGet func() *[]byte, upPut func(*[]byte), dnGet func() *[]byte, dnPut func(*[]byte)) {
+	up, dn := &ownBuffer{size: UpBufferSize}, &ownBuffer{size: DownBufferSize}
+	return up.get, up.put, dn.get, dn.put
+}
+
+// ownBuffer is one direction's buffer when the relay has no Buffers.
+type ownBuffer struct {
+	size int
+	weak weak.Pointer[[]byte]
+}
+
+func (o *ownBuffer) get() *[]byte {
+	if p := o.weak.Value(); p != nil {
+		return p
+	}
+	b := make([]byte, o.size)
+	return &b
+}
+
+func (o *ownBuffer) put(p *[]byte) { o.weak = weak.Make(p) }
+
 // Stats is what a finished relay reports.
 type Stats struct {
 	BytesIn  int64  // client → upstream
@@ -112,9 +138,10 @@ type Options struct {
 	// none, and no farewell is written.
 	Framer Framer
 	// Buffers lends the copy buffers; a listener shares one between its
-	// sessions. Without it the session has a Buffers of its own: it still
-	// takes a buffer only while bytes flow, but an idle session's buffers
-	// stay in its pool until the garbage collector's second cycle.
+	// sessions. Without it each direction keeps its buffer only weakly
+	// while it waits: the buffer serves the next bytes unless the garbage
+	// collector has freed it meanwhile, and an idle session holds none
+	// after the collector's next cycle.
 	Buffers *Buffers
 }
 
@@ -137,9 +164,9 @@ const farewellTimeout = 2 * time.Second
 // what TLS has buffered is drained) and only then takes a buffer from
 // opts.Buffers, which it gives back before it waits again.
 func Run(ctx context.Context, client, upstream net.Conn, opts Options) Stats {
-	bufs := opts.Buffers
-	if bufs == nil {
-		bufs = NewBuffers()
+	upGet, upPut, dnGet, dnPut := ownBuffers()
+	if b := opts.Buffers; b != nil {
+		upGet, upPut, dnGet, dnPut = b.getUp, b.put, b.getDown, b.put
 	}
 	var in, out atomic.Int64
 	var first atomic.Value // "client" or "upstream": the side that ended first
@@ -171,7 +198,7 @@ func Run(ctx context.Context, client, upstream net.Conn, opts Options) Stats {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		up := newSource(client, bufs.getUp, bufs.put)
+		up := newSource(client, upGet, upPut)
 		_ = up.copyTo(func(p []byte) error {
 			n, err := upstream.Write(p)
 			in.Add(int64(n))
@@ -180,7 +207,7 @@ func Run(ctx context.Context, client, upstream net.Conn, opts Options) Stats {
 		first.CompareAndSwap(nil, "client")
 		closeBoth()
 	}()
-	down := newSource(upstream, bufs.getDown, bufs.put)
+	down := newSource(upstream, dnGet, dnPut)
 	_ = down.copyTo(func(p []byte) error {
 		wmu.Lock()
 		defer wmu.Unlock()
