@@ -319,6 +319,7 @@ func (c *conn) handleStartTLS(cmd *command) bool {
 // handshake runs the server side of a TLS handshake on the raw connection
 // and reports whether it succeeded.
 func (c *conn) handshake() bool {
+	relay.BeginTLS(c.raw) // its reads now stop at the end of a record
 	tc := tls.Server(c.raw, c.srv.opts.TLSConfig)
 	d := min(time.Until(c.deadline), handshakeTimeout)
 	hctx, cancel := context.WithTimeout(c.ctx, d)

@@ -30,12 +30,11 @@ import (
 // Copy buffer sizes. A session holds a buffer only while bytes flow: it
 // waits for the next bytes without one and takes one from Buffers when
 // they come, so that an idle session (an IMAP IDLE that lasts for hours)
-// holds none. Clients send commands and the odd upload: 8 KiB is plenty.
-// The upstream sends the bulk (FETCH): 16 KiB fills a whole TLS record
-// per write to the client. See BenchmarkRun and integration's
-// BenchmarkIMAPIdleSessionMemory.
+// holds none. 16 KiB is a whole TLS record: one read under TLS takes all
+// of a record from the client, and one write to the client fills one.
+// See BenchmarkRun and integration's BenchmarkIMAPIdleSessionMemory.
 const (
-	UpBufferSize   = 8 << 10  // client → upstream
+	UpBufferSize   = 16 << 10 // client → upstream
 	DownBufferSize = 16 << 10 // upstream → client
 )
 
@@ -49,15 +48,14 @@ const smallBufferSize = 512
 // one when bytes arrive and gives it back before it waits again. It is
 // safe for concurrent use; make it with NewBuffers.
 type Buffers struct {
-	upPool, dnPool sync.Pool    // *[]byte of UpBufferSize and DownBufferSize
-	lent           atomic.Int64 // buffers taken and not yet given back
+	pool sync.Pool    // *[]byte of UpBufferSize (= DownBufferSize)
+	lent atomic.Int64 // buffers taken and not yet given back
 }
 
 // NewBuffers returns an empty set of buffers to share between relays.
 func NewBuffers() *Buffers {
 	b := &Buffers{}
-	b.upPool.New = func() any { s := make([]byte, UpBufferSize); return &s }
-	b.dnPool.New = func() any { s := make([]byte, DownBufferSize); return &s }
+	b.pool.New = func() any { s := make([]byte, max(UpBufferSize, DownBufferSize)); return &s }
 	return b
 }
 
@@ -65,24 +63,14 @@ func NewBuffers() *Buffers {
 // relay whose sides are both silent.
 func (b *Buffers) Lent() int64 { return b.lent.Load() }
 
-func (b *Buffers) getUp() *[]byte {
+func (b *Buffers) get() *[]byte {
 	b.lent.Add(1)
-	return b.upPool.Get().(*[]byte)
+	return b.pool.Get().(*[]byte)
 }
 
-func (b *Buffers) getDown() *[]byte {
-	b.lent.Add(1)
-	return b.dnPool.Get().(*[]byte)
-}
-
-// put gives a buffer back to the pool of its size.
 func (b *Buffers) put(p *[]byte) {
 	b.lent.Add(-1)
-	if len(*p) == UpBufferSize {
-		b.upPool.Put(p)
-	} else {
-		b.dnPool.Put(p)
-	}
+	b.pool.Put(p)
 }
 
 // ownBuffers returns, for a relay without Buffers, the functions that take
@@ -166,7 +154,7 @@ const farewellTimeout = 2 * time.Second
 func Run(ctx context.Context, client, upstream net.Conn, opts Options) Stats {
 	upGet, upPut, dnGet, dnPut := ownBuffers()
 	if b := opts.Buffers; b != nil {
-		upGet, upPut, dnGet, dnPut = b.getUp, b.put, b.getDown, b.put
+		upGet, upPut, dnGet, dnPut = b.get, b.put, b.get, b.put
 	}
 	var in, out atomic.Int64
 	var first atomic.Value // "client" or "upstream": the side that ended first

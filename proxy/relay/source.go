@@ -37,6 +37,9 @@ type source struct {
 
 	raw  syscall.RawConn // kindTCP: conn's; kindTLS: the socket's under TLS, when bare TCP
 	wait func() error    // kindTLS: returns once the socket under TLS is readable
+	// framed (kindTLS over a Waitable after BeginTLS): TLS holds nothing
+	// past the record a read returns, so nothing needs draining.
+	framed bool
 
 	small []byte // kindSmall
 
@@ -72,7 +75,7 @@ func newSource(c net.Conn, get func() *[]byte, put func(*[]byte)) *source {
 				s.wait = func() error { return rc.Read(peekReadable) }
 			}
 		case *waitConn:
-			s.kind, s.wait = kindTLS, under.waitReadable
+			s.kind, s.wait, s.framed = kindTLS, under.waitReadable, under.framed
 		}
 	}
 	if s.kind == kindSmall {
@@ -162,7 +165,8 @@ func (s *source) rawRead(fd uintptr) bool {
 }
 
 // burstTLS waits until the socket under TLS is readable, then reads a
-// record (it has begun to arrive) and what else TLS has buffered.
+// record (it has begun to arrive) and, unless the connection is framed,
+// what else TLS has buffered.
 func (s *source) burstTLS(emit func([]byte) error) error {
 	if err := s.wait(); err != nil {
 		return err
@@ -171,7 +175,7 @@ func (s *source) burstTLS(emit func([]byte) error) error {
 	defer s.put(bp)
 	buf := *bp
 	n, err := s.conn.Read(buf)
-	if err != nil {
+	if err != nil || s.framed {
 		if n > 0 {
 			if werr := emit(buf[:n]); werr != nil {
 				return werr
@@ -242,27 +246,87 @@ func (s *source) drain(buf []byte, n int, emit func([]byte) error) error {
 // Waitable wraps a client's connection before a TLS server is laid over
 // it, so that a relay can wait for the client's next record without a
 // copy buffer: it reads what has arrived into a small buffer of its own
-// (smallBufferSize, taken when the relay first waits) and gives that to
-// TLS before reading the connection again. Reads, writes and everything
-// else pass through; NetConn returns c.
+// (smallBufferSize, taken when first needed) and gives that to TLS before
+// reading the connection again. Reads, writes and everything else pass
+// through; NetConn returns c. Call BeginTLS when TLS starts reading it.
 func Waitable(c net.Conn) net.Conn { return &waitConn{Conn: c} }
 
+// BeginTLS tells a Waitable connection that a TLS server reads it from
+// now on: its reads then hand TLS at most the rest of one record, so that
+// TLS never holds bytes of a record it has not been asked to read, and a
+// relay can wait on the connection right after a read of TLS without
+// draining TLS first. It does nothing for any other connection.
+func BeginTLS(c net.Conn) {
+	if w, ok := c.(*waitConn); ok {
+		w.framed, w.hdrN, w.body = true, 0, 0
+	}
+}
+
+// tlsHeaderLen is the length of a TLS record's header: type, version,
+// length (RFC 8446 5.1).
+const tlsHeaderLen = 5
+
 // waitConn is Waitable's connection. Only the goroutine that reads the
-// connection touches stash.
+// connection touches its fields.
 type waitConn struct {
 	net.Conn
 	stash    []byte
 	off, end int // stash[off:end] is read but not yet returned
+
+	framed bool               // BeginTLS: reads stop at record boundaries
+	hdr    [tlsHeaderLen]byte // the current record's header, hdrN bytes of it so far
+	hdrN   int
+	body   int // the current record's body bytes not yet returned
 }
 
-// Read returns what waitReadable read first, then reads c.
+// Read returns what was read ahead first, then reads c; under TLS
+// (BeginTLS) it returns no byte past the end of the current record, and
+// reads a record's header through the small buffer, which usually takes
+// the whole of a small record with it.
 func (w *waitConn) Read(p []byte) (int, error) {
-	if w.off < w.end {
-		n := copy(p, w.stash[w.off:w.end])
-		w.off += n
-		return n, nil
+	if len(p) == 0 {
+		return 0, nil
 	}
-	return w.Conn.Read(p)
+	if w.framed {
+		if w.off == w.end && w.hdrN < tlsHeaderLen {
+			if err := w.fill(); err != nil {
+				return 0, err
+			}
+		}
+		if w.hdrN < tlsHeaderLen {
+			p = p[:min(len(p), tlsHeaderLen-w.hdrN)]
+		} else {
+			p = p[:min(len(p), w.body)]
+		}
+	}
+	var n int
+	var err error
+	if w.off < w.end {
+		n = copy(p, w.stash[w.off:w.end])
+		w.off += n
+	} else {
+		n, err = w.Conn.Read(p)
+	}
+	if w.framed {
+		w.account(p[:n])
+	}
+	return n, err
+}
+
+// account follows the record framing over p, bytes just returned, which
+// never run past the current record.
+func (w *waitConn) account(p []byte) {
+	if w.hdrN < tlsHeaderLen {
+		w.hdrN += copy(w.hdr[w.hdrN:], p)
+		if w.hdrN == tlsHeaderLen {
+			w.body = int(w.hdr[3])<<8 | int(w.hdr[4])
+		}
+	} else {
+		w.body -= len(p)
+	}
+	if w.hdrN == tlsHeaderLen && w.body == 0 {
+		w.hdrN = 0
+	}
 }
 
 // NetConn returns the wrapped connection.
@@ -274,6 +338,12 @@ func (w *waitConn) waitReadable() error {
 	if w.off < w.end {
 		return nil
 	}
+	return w.fill()
+}
+
+// fill reads what the connection has, at least a byte, into the small
+// buffer, which must be empty.
+func (w *waitConn) fill() error {
 	if w.stash == nil {
 		w.stash = make([]byte, smallBufferSize)
 	}

@@ -77,9 +77,16 @@ func sideOf(t testing.TB, kind string) (relayEnd, appEnd net.Conn, pending []byt
 		return Waitable(rel), app, nil
 	case "prefix":
 		return &prefixConn{Conn: rel, pending: []byte("read ahead\r\n")}, app, []byte("read ahead\r\n")
-	case "tls-waitable": // a client's TLS, as imapfront lays it over Waitable
+	case "tls-waitable": // a client's TLS over Waitable, without BeginTLS: drained
 		srv, cli := testTLSConfigs(t)
 		r, a := tls.Server(Waitable(rel), srv), tls.Client(app, cli)
+		handshakeBoth(t, r, a)
+		return r, a, nil
+	case "tls-framed": // a client's TLS, as imapfront lays it over Waitable
+		srv, cli := testTLSConfigs(t)
+		w := Waitable(rel)
+		BeginTLS(w)
+		r, a := tls.Server(w, srv), tls.Client(app, cli)
 		handshakeBoth(t, r, a)
 		return r, a, nil
 	case "tls-tcp": // an upstream's TLS over its bare TCP connection
@@ -114,6 +121,8 @@ func expectBytes(t *testing.T, c net.Conn, want []byte, what string) {
 // both sides are silent.
 func TestRunEverySourceKind(t *testing.T) {
 	tests := []struct{ client, upstream string }{
+		{"tls-framed", "tcp"},
+		{"tls-framed", "tls-tcp"},
 		{"tls-waitable", "tcp"},
 		{"tls-waitable", "tls-tcp"},
 		{"waitable", "tcp"},
@@ -195,4 +204,74 @@ func TestRunEverySourceKind(t *testing.T) {
 			upApp.Close()
 		})
 	}
+}
+
+// chunkConn is a net.Conn whose reads return data in pieces of the sizes
+// given in turn.
+type chunkConn struct {
+	net.Conn
+	data  []byte
+	sizes []int
+}
+
+func (c *chunkConn) Read(p []byte) (int, error) {
+	if len(c.data) == 0 {
+		return 0, io.EOF
+	}
+	n := len(c.data)
+	if len(c.sizes) > 0 {
+		n = max(1, c.sizes[0])
+		c.sizes = c.sizes[1:]
+	}
+	n = copy(p, c.data[:min(n, len(c.data))])
+	c.data = c.data[n:]
+	return n, nil
+}
+
+// FuzzWaitConnFraming checks that after BeginTLS a Waitable connection
+// returns every byte once, in order, and no read past the end of a TLS
+// record, however the bytes arrive and whatever they are.
+func FuzzWaitConnFraming(f *testing.F) {
+	f.Add([]byte("\x17\x03\x03\x00\x03abc\x17\x03\x03\x00\x01d"), []byte{1, 7, 2}, uint16(64))
+	f.Add([]byte("\x16\x03\x01\x00\x00\x17\x03\x03\x00\x02xy"), []byte{}, uint16(3))
+	f.Fuzz(func(t *testing.T, data, sizes []byte, readSize uint16) {
+		cc := &chunkConn{data: bytes.Clone(data)}
+		for _, s := range sizes {
+			cc.sizes = append(cc.sizes, int(s))
+		}
+		w := Waitable(cc).(*waitConn)
+		BeginTLS(w)
+		// Where records end, by the same rules, read from the input.
+		var ends []int
+		for i := 0; i+tlsHeaderLen <= len(data); {
+			i += tlsHeaderLen + (int(data[i+3])<<8 | int(data[i+4]))
+			ends = append(ends, i)
+		}
+		var got []byte
+		p := make([]byte, int(readSize)%(20<<10)+1)
+		for round := 0; ; round++ {
+			if round%3 == 0 {
+				if err := w.waitReadable(); err != nil {
+					break
+				}
+			}
+			n, err := w.Read(p)
+			start := len(got)
+			got = append(got, p[:n]...)
+			for _, e := range ends {
+				if start < e && len(got) > e {
+					t.Fatalf("a read returned bytes %d..%d, past the record end at %d", start, len(got), e)
+				}
+			}
+			if err != nil {
+				break
+			}
+			if n == 0 {
+				t.Fatal("a read returned nothing and no error")
+			}
+		}
+		if !bytes.Equal(got, data) {
+			t.Fatalf("read %d bytes, want the %d given in order", len(got), len(data))
+		}
+	})
 }
