@@ -22,8 +22,8 @@ const (
 	// then read into a buffer, then drain what TLS has buffered.
 	kindTLS
 	// kindSmall: anything else: a blocking read into a small buffer of
-	// the session's own; when it fills, a pooled buffer takes what the
-	// connection has buffered beyond it.
+	// the session's own; when it fills, reads into a pooled buffer for
+	// as long as they come within smallLinger.
 	kindSmall
 )
 
@@ -186,23 +186,45 @@ func (s *source) burstTLS(emit func([]byte) error) error {
 	return s.drain(buf, n, emit)
 }
 
-// burstSmall reads into the session's small buffer, and when that fills,
-// on into a pooled one what the connection has buffered.
+// burstSmall reads into the session's small buffer. When that fills,
+// more is most likely on its way (a long command, an upload): it reads on
+// into a pooled buffer, and gives the buffer back after a read that does
+// not fill it or after smallLinger without bytes.
 func (s *source) burstSmall(emit func([]byte) error) error {
 	n, err := s.conn.Read(s.small)
-	if err == nil && n == len(s.small) {
-		bp := s.get()
-		defer s.put(bp)
-		buf := *bp
-		return s.drain(buf, copy(buf, s.small[:n]), emit)
-	}
 	if n > 0 {
 		if werr := emit(s.small[:n]); werr != nil {
 			return werr
 		}
 	}
-	return err
+	if err != nil || n < len(s.small) {
+		return err
+	}
+	bp := s.get()
+	defer s.put(bp)
+	buf := *bp
+	for {
+		if err := s.conn.SetReadDeadline(time.Now().Add(smallLinger)); err != nil {
+			return err
+		}
+		m, err := s.conn.Read(buf)
+		if m > 0 {
+			if werr := emit(buf[:m]); werr != nil {
+				return werr
+			}
+		}
+		switch {
+		case errors.Is(err, os.ErrDeadlineExceeded), err == nil && m < len(buf):
+			return s.conn.SetReadDeadline(time.Time{})
+		case err != nil:
+			return err
+		}
+	}
 }
+
+// smallLinger bounds how long a direction of kindSmall keeps a pooled
+// buffer waiting for the rest of a long read.
+const smallLinger = 20 * time.Millisecond
 
 // drain reads on, without waiting, what the connection has already
 // buffered (TLS records received with the one just read) into buf after
