@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"strconv"
@@ -82,26 +83,51 @@ func idleSession(addr, user, pw string) (net.Conn, error) {
 // session: passgate runs as its own process (the built binary, as in
 // production), idleSessions clients log in with an app password over
 // implicit TLS and sit in IDLE, and the growth of passgate's resident set
-// is divided by their number. design.md's figures for comparison: Dovecot
-// as a proxy 83 KiB, nginx 23 KiB per idle session.
+// is divided by their number. Beside it, from passgate's /metrics, the
+// growth of its goroutines, of its heap in use and of its goroutine stacks
+// per session, which say what the resident set is made of. design.md's
+// figures for comparison: Dovecot as a proxy 83 KiB, nginx 23 KiB per
+// idle session.
+//
+// PASSGATE_BENCH_BASELINE_BIN (or PASSGATE_BENCH_BASELINE) names another
+// passgate binary (an older build), measured the same way in the same run,
+// the two taking turns; PASSGATE_BENCH_BINARY replaces the binary built
+// from this tree. PASSGATE_BENCH_GOGC=10 shows how much of the
+// figure is garbage not yet collected rather than live memory.
 func BenchmarkIMAPIdleSessionMemory(b *testing.B) {
 	for _, upTLS := range []string{"none", "starttls"} {
 		b.Run("upstream-tls="+upTLS, func(b *testing.B) { benchIdleMemory(b, upTLS) })
 	}
 }
 
-func benchIdleMemory(b *testing.B, upstreamTLS string) {
-	bin := passgateBinary(b)
-	p := startPassgate(b, passgateConfig{upstreamTLS: upstreamTLS})
+// idleTarget is one passgate process of BenchmarkIMAPIdleSessionMemory.
+type idleTarget struct {
+	name    string
+	pid     int
+	addr    string // implicit TLS
+	metrics string // metrics.listen
+	pw      string // alice's app password
+	conns   []net.Conn
+	rows    []idleFigures
+}
+
+// idleFigures are the growth per session of one measurement.
+type idleFigures struct {
+	rssKiB, heapKiB, stackKiB, goroutines float64
+	rssTotal                              int64
+}
+
+// startIdleTarget runs binary bin as "passgate serve" with its own store,
+// alice enforced and given an app password.
+func startIdleTarget(b *testing.B, name, bin, upstreamTLS string) *idleTarget {
+	p := startPassgate(b, passgateConfig{upstreamTLS: upstreamTLS, metrics: true})
 	p.enforce(b, "alice")
-	pw := p.appPassword(b, "alice", "idle")
+	t := &idleTarget{name: name, addr: p.imapsAddr, metrics: p.metrics, pw: p.appPassword(b, "alice", "idle")}
 	// Hand the ports over from the in-process instance to the binary.
 	p.cancel()
 	<-p.done
 	p.done <- 0
 	cmd := exec.Command(bin, "serve", "--config", p.config)
-	// PASSGATE_BENCH_GOGC=10 shows how much of the figure is garbage not
-	// yet collected rather than live memory.
 	if v := os.Getenv("PASSGATE_BENCH_GOGC"); v != "" {
 		cmd.Env = append(os.Environ(), "GOGC="+v)
 	}
@@ -109,49 +135,124 @@ func benchIdleMemory(b *testing.B, upstreamTLS string) {
 	if err := cmd.Start(); err != nil {
 		b.Fatal(err)
 	}
-	defer func() {
+	b.Cleanup(func() {
+		t.closeAll()
 		cmd.Process.Signal(os.Interrupt)
 		cmd.Wait()
-	}()
-	for deadline := time.Now().Add(10 * time.Second); !dialable(p.imapsAddr); time.Sleep(20 * time.Millisecond) {
+	})
+	t.pid = cmd.Process.Pid
+	for deadline := time.Now().Add(patience); !dialable(t.addr) || !dialable(t.metrics); time.Sleep(20 * time.Millisecond) {
 		if time.Now().After(deadline) {
-			b.Fatal("passgate binary does not listen")
+			b.Fatalf("%s: passgate binary does not listen", name)
 		}
 	}
-	var conns []net.Conn
-	defer func() {
-		for _, c := range conns {
-			c.Close()
+	return t
+}
+
+// open opens n more idle sessions.
+func (t *idleTarget) open(b *testing.B, n int) {
+	for range n {
+		c, err := idleSession(t.addr, "alice", t.pw)
+		if err != nil {
+			b.Fatalf("%s: session %d: %v", t.name, len(t.conns), err)
 		}
-	}()
-	open := func(n int) {
-		for i := 0; i < n; i++ {
-			c, err := idleSession(p.imapsAddr, "alice", pw)
-			if err != nil {
-				b.Fatalf("session %d: %v", len(conns), err)
+		t.conns = append(t.conns, c)
+	}
+}
+
+func (t *idleTarget) closeAll() {
+	for _, c := range t.conns {
+		c.Close()
+	}
+	t.conns = t.conns[:0]
+}
+
+// sample reads the resident set from /proc and the Go runtime's figures
+// from /metrics.
+func (t *idleTarget) sample(b *testing.B) (rss int64, m map[string]float64) {
+	rss, err := rssKiB(t.pid)
+	if err != nil {
+		b.Fatal(err)
+	}
+	resp, err := http.Get("http://" + t.metrics + "/metrics")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer resp.Body.Close()
+	m = map[string]float64{}
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		for _, name := range []string{"go_goroutines", "go_memstats_heap_inuse_bytes", "go_memstats_stack_inuse_bytes"} {
+			if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
+				f, err := strconv.ParseFloat(v, 64)
+				if err != nil {
+					b.Fatalf("%s: %q", name, sc.Text())
+				}
+				m[name] = f
 			}
-			conns = append(conns, c)
 		}
 	}
+	if err := sc.Err(); err != nil {
+		b.Fatal(err)
+	}
+	return rss, m
+}
+
+// measure opens idleSessions sessions after a warm-up and records what
+// they added.
+func (t *idleTarget) measure(b *testing.B) {
+	t.open(b, 10) // warm up: code pages, pools, first TLS handshakes
+	time.Sleep(200 * time.Millisecond)
+	rss0, m0 := t.sample(b)
+	t.open(b, idleSessions)
+	time.Sleep(500 * time.Millisecond)
+	rss1, m1 := t.sample(b)
+	per := func(name string, unit float64) float64 { return (m1[name] - m0[name]) / unit / idleSessions }
+	t.rows = append(t.rows, idleFigures{
+		rssKiB:     float64(rss1-rss0) / idleSessions,
+		heapKiB:    per("go_memstats_heap_inuse_bytes", 1024),
+		stackKiB:   per("go_memstats_stack_inuse_bytes", 1024),
+		goroutines: per("go_goroutines", 1),
+		rssTotal:   rss1,
+	})
+	t.closeAll()
+}
+
+func benchIdleMemory(b *testing.B, upstreamTLS string) {
+	bin := os.Getenv("PASSGATE_BENCH_BINARY")
+	if bin == "" {
+		bin = passgateBinary(b)
+	}
+	targets := []*idleTarget{startIdleTarget(b, "passgate", bin, upstreamTLS)}
+	base := os.Getenv("PASSGATE_BENCH_BASELINE_BIN")
+	if base == "" {
+		base = os.Getenv("PASSGATE_BENCH_BASELINE")
+	}
+	if base != "" {
+		targets = append(targets, startIdleTarget(b, "baseline", base, upstreamTLS))
+	}
+	load0 := loadAvg()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		open(10) // warm up: code pages, pools, first TLS handshakes
-		time.Sleep(200 * time.Millisecond)
-		before, err := rssKiB(cmd.Process.Pid)
-		if err != nil {
-			b.Fatal(err)
+		for k := range targets {
+			targets[(i+k)%len(targets)].measure(b)
 		}
-		open(idleSessions)
-		time.Sleep(500 * time.Millisecond)
-		after, err := rssKiB(cmd.Process.Pid)
-		if err != nil {
-			b.Fatal(err)
-		}
-		b.ReportMetric(float64(after-before)/idleSessions, "KiB/session")
-		b.ReportMetric(float64(after), "KiB-rss-total")
-		for _, c := range conns {
-			c.Close()
-		}
-		conns = conns[:0]
 	}
+	b.StopTimer()
+	var out strings.Builder
+	fmt.Fprintf(&out, "IMAP idle sessions (implicit TLS, LOGIN, SELECT, IDLE), upstream TLS %s, %d sessions, %d round(s); GOGC %q; load %s before, %s after\n",
+		upstreamTLS, idleSessions, b.N, os.Getenv("PASSGATE_BENCH_GOGC"), load0, loadAvg())
+	fmt.Fprintf(&out, "| binary | RSS KiB/session | heap in use KiB/session | stacks KiB/session | goroutines/session | RSS total KiB |\n|---|---|---|---|---|---|\n")
+	for _, t := range targets {
+		for _, r := range t.rows {
+			fmt.Fprintf(&out, "| %s | %.1f | %.1f | %.1f | %.2f | %d |\n", t.name, r.rssKiB, r.heapKiB, r.stackKiB, r.goroutines, r.rssTotal)
+		}
+		var sum float64
+		for _, r := range t.rows {
+			sum += r.rssKiB
+		}
+		b.ReportMetric(sum/float64(len(t.rows)), t.name+"-KiB/session")
+	}
+	// On standard output: go test cuts a benchmark's log to a few lines.
+	fmt.Print(out.String())
 }

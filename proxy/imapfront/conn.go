@@ -15,6 +15,7 @@ import (
 	"github.com/passgate/passgate/policy"
 	"github.com/passgate/passgate/proxy/lifecycle"
 	"github.com/passgate/passgate/proxy/observe"
+	"github.com/passgate/passgate/proxy/relay"
 	"github.com/passgate/passgate/proxy/revoke"
 )
 
@@ -25,7 +26,7 @@ const readBufferSize = 4096
 // conn is one client connection, from accept to the end of its relay.
 type conn struct {
 	srv    *Server
-	raw    net.Conn // as accepted
+	raw    net.Conn // as accepted, made relay.Waitable
 	nc     net.Conn // raw, or the *tls.Conn over it
 	br     *bufio.Reader
 	ctx    context.Context
@@ -49,10 +50,13 @@ type conn struct {
 
 func newConn(s *Server, nc net.Conn) *conn {
 	ctx, cancel := context.WithCancel(s.baseCtx)
+	// Waitable lets the relay wait for a logged-in client's next bytes
+	// under TLS without holding a buffer while the session is idle.
+	wc := relay.Waitable(nc)
 	return &conn{
 		srv:     s,
-		raw:     nc,
-		nc:      nc,
+		raw:     wc,
+		nc:      wc,
 		ctx:     ctx,
 		cancel:  cancel,
 		Session: observe.Session{ConnID: s.nextID.Add(1), Proto: policy.IMAP.String(), RemoteAddr: lifecycle.ClientAddr(nc)},
@@ -315,6 +319,7 @@ func (c *conn) handleStartTLS(cmd *command) bool {
 // handshake runs the server side of a TLS handshake on the raw connection
 // and reports whether it succeeded.
 func (c *conn) handshake() bool {
+	relay.BeginTLS(c.raw) // its reads now stop at the end of a record
 	tc := tls.Server(c.raw, c.srv.opts.TLSConfig)
 	d := min(time.Until(c.deadline), handshakeTimeout)
 	hctx, cancel := context.WithTimeout(c.ctx, d)

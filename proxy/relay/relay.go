@@ -6,6 +6,11 @@
 // upstream login → relay. It is the only place that copies bytes after
 // login; the listeners never do. It imports only proxy/revoke, whose
 // ErrRevoked ends a session whose app password was deleted.
+//
+// A session may sit idle for hours (IMAP IDLE), so an idle session holds
+// as little as the relay can manage: no copy buffer (it waits for a side
+// to become readable without one, and takes one from Buffers only while
+// bytes flow) and one goroutine besides its caller's.
 package relay
 
 import (
@@ -17,19 +22,81 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"weak"
 
 	"github.com/passgate/passgate/proxy/revoke"
 )
 
-// Copy buffer sizes. Each session holds both for its whole life, idle or
-// not, so they set most of the memory of an idle session. Clients send
-// commands and the odd upload: 8 KiB is plenty. The upstream sends the
-// bulk (FETCH): 16 KiB fills a whole TLS record per write to the client.
+// Copy buffer sizes. A session holds a buffer only while bytes flow: it
+// waits for the next bytes without one and takes one from Buffers when
+// they come, so that an idle session (an IMAP IDLE that lasts for hours)
+// holds none. 16 KiB is a whole TLS record: one read under TLS takes all
+// of a record from the client, and one write to the client fills one.
 // See BenchmarkRun and integration's BenchmarkIMAPIdleSessionMemory.
 const (
-	UpBufferSize   = 8 << 10  // client → upstream
+	UpBufferSize   = 16 << 10 // client → upstream
 	DownBufferSize = 16 << 10 // upstream → client
 )
+
+// smallBufferSize is the buffer a direction keeps for its whole life when
+// it cannot wait for bytes without reading them (a connection that is
+// neither TCP nor TLS over TCP): it holds most commands, and a longer read
+// goes on in a buffer from Buffers.
+const smallBufferSize = 512
+
+// Buffers lends copy buffers to the relays of a listener: a relay takes
+// one when bytes arrive and gives it back before it waits again. It is
+// safe for concurrent use; make it with NewBuffers.
+type Buffers struct {
+	pool sync.Pool    // *[]byte of UpBufferSize (= DownBufferSize)
+	lent atomic.Int64 // buffers taken and not yet given back
+}
+
+// NewBuffers returns an empty set of buffers to share between relays.
+func NewBuffers() *Buffers {
+	b := &Buffers{}
+	b.pool.New = func() any { s := make([]byte, max(UpBufferSize, DownBufferSize)); return &s }
+	return b
+}
+
+// Lent returns how many buffers relays hold at the moment: none for a
+// relay whose sides are both silent.
+func (b *Buffers) Lent() int64 { return b.lent.Load() }
+
+func (b *Buffers) get() *[]byte {
+	b.lent.Add(1)
+	return b.pool.Get().(*[]byte)
+}
+
+func (b *Buffers) put(p *[]byte) {
+	b.lent.Add(-1)
+	b.pool.Put(p)
+}
+
+// ownBuffers returns, for a relay without Buffers, the functions that take
+// and give back each direction's buffer: one buffer a direction, held
+// strongly while bytes flow and weakly while the direction waits. Each
+// pair is used by one goroutine only.
+func ownBuffers() (upGet func() *[]byte, upPut func(*[]byte), dnGet func() *[]byte, dnPut func(*[]byte)) {
+	up, dn := &ownBuffer{size: UpBufferSize}, &ownBuffer{size: DownBufferSize}
+	return up.get, up.put, dn.get, dn.put
+}
+
+// ownBuffer is one direction's buffer when the relay has no Buffers.
+type ownBuffer struct {
+	size int
+	weak weak.Pointer[[]byte]
+}
+
+func (o *ownBuffer) get() *[]byte {
+	if p := o.weak.Value(); p != nil {
+		return p
+	}
+	b := make([]byte, o.size)
+	return &b
+}
+
+func (o *ownBuffer) put(p *[]byte) { o.weak = weak.Make(p) }
 
 // Stats is what a finished relay reports.
 type Stats struct {
@@ -58,7 +125,16 @@ type Options struct {
 	// Framer finds the boundaries for Farewell. Without one there are
 	// none, and no farewell is written.
 	Framer Framer
+	// Buffers lends the copy buffers; a listener shares one between its
+	// sessions. Without it each direction keeps its buffer only weakly
+	// while it waits: the buffer serves the next bytes unless the garbage
+	// collector has freed it meanwhile, and an idle session holds none
+	// after the collector's next cycle.
+	Buffers *Buffers
 }
+
+// errStopped ends the copy to the client after a farewell.
+var errStopped = errors.New("relay: stopped after the farewell")
 
 // farewellTimeout bounds the write of a farewell to a client that does
 // not read.
@@ -70,7 +146,16 @@ const farewellTimeout = 2 * time.Second
 // starts (client → upstream) before it returns; ctx is watched with
 // context.AfterFunc, which costs no goroutine while the session is idle.
 // There is no idle timeout: an IMAP IDLE may last 29 minutes and more.
+//
+// While a side is silent its direction holds no copy buffer: it waits
+// until the side's socket is readable (for TLS, the socket under it, once
+// what TLS has buffered is drained) and only then takes a buffer from
+// opts.Buffers, which it gives back before it waits again.
 func Run(ctx context.Context, client, upstream net.Conn, opts Options) Stats {
+	upGet, upPut, dnGet, dnPut := ownBuffers()
+	if b := opts.Buffers; b != nil {
+		upGet, upPut, dnGet, dnPut = b.get, b.put, b.get, b.put
+	}
 	var in, out atomic.Int64
 	var first atomic.Value // "client" or "upstream": the side that ended first
 	closeBoth := func() {
@@ -101,33 +186,29 @@ func Run(ctx context.Context, client, upstream net.Conn, opts Options) Stats {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		io.CopyBuffer(countWriter{upstream, &in}, onlyReader{client}, make([]byte, UpBufferSize))
+		up := newSource(client, upGet, upPut)
+		_ = up.copyTo(func(p []byte) error {
+			n, err := upstream.Write(p)
+			in.Add(int64(n))
+			return err
+		})
 		first.CompareAndSwap(nil, "client")
 		closeBoth()
 	}()
-	buf := make([]byte, DownBufferSize)
-	for {
-		n, rerr := upstream.Read(buf)
-		if n > 0 {
-			wmu.Lock()
-			if stopped {
-				wmu.Unlock()
-				break
-			}
-			w, werr := client.Write(buf[:n])
-			out.Add(int64(w))
-			if opts.Framer != nil {
-				atBoundary = opts.Framer.Feed(buf[:w])
-			}
-			wmu.Unlock()
-			if werr != nil {
-				break
-			}
+	down := newSource(upstream, dnGet, dnPut)
+	_ = down.copyTo(func(p []byte) error {
+		wmu.Lock()
+		defer wmu.Unlock()
+		if stopped {
+			return errStopped
 		}
-		if rerr != nil {
-			break
+		w, err := client.Write(p)
+		out.Add(int64(w))
+		if opts.Framer != nil {
+			atBoundary = opts.Framer.Feed(p[:w])
 		}
-	}
+		return err
+	})
 	first.CompareAndSwap(nil, "upstream")
 	closeBoth()
 	<-done
@@ -143,23 +224,6 @@ func Run(ctx context.Context, client, upstream net.Conn, opts Options) Stats {
 	}
 	return Stats{BytesIn: in.Load(), BytesOut: out.Load(), EndedBy: ended}
 }
-
-type countWriter struct {
-	w io.Writer
-	n *atomic.Int64
-}
-
-func (c countWriter) Write(p []byte) (int, error) {
-	n, err := c.w.Write(p)
-	c.n.Add(int64(n))
-	return n, err
-}
-
-// onlyReader hides WriteTo/ReadFrom so that CopyBuffer uses our buffer and
-// counts every byte.
-type onlyReader struct{ r io.Reader }
-
-func (o onlyReader) Read(p []byte) (int, error) { return o.r.Read(p) }
 
 // WithBuffered returns a net.Conn whose reads first drain what r has
 // already buffered from c, then read from c. Listeners use it to hand the

@@ -199,3 +199,49 @@ func BenchmarkRun(b *testing.B) {
 	clientApp.Close()
 	upApp.Close()
 }
+
+// BenchmarkRunCommands relays one small command and its reply at a time,
+// as an IMAP client that waits for each reply does, with the buffers
+// shared between sessions (a listener's) and without.
+func BenchmarkRunCommands(b *testing.B) {
+	for _, shared := range []bool{true, false} {
+		b.Run(map[bool]string{true: "shared-buffers", false: "own-buffers"}[shared], func(b *testing.B) {
+			clientApp, clientSide := pipePair(b)
+			upSide, upApp := pipePair(b)
+			opts := Options{}
+			if shared {
+				opts.Buffers = NewBuffers()
+			}
+			done := make(chan struct{})
+			go func() { Run(context.Background(), clientSide, upSide, opts); close(done) }()
+			go func() {
+				buf := make([]byte, 64)
+				reply := bytes.Repeat([]byte("x"), 100)
+				for {
+					if _, err := io.ReadFull(upApp, buf[:30]); err != nil {
+						return
+					}
+					if _, err := upApp.Write(reply); err != nil {
+						return
+					}
+				}
+			}()
+			cmd := bytes.Repeat([]byte("c"), 30)
+			got := make([]byte, 100)
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				if _, err := clientApp.Write(cmd); err != nil {
+					b.Fatal(err)
+				}
+				if _, err := io.ReadFull(clientApp, got); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.StopTimer()
+			clientApp.Close()
+			upApp.Close()
+			<-done
+		})
+	}
+}

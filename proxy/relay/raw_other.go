@@ -1,0 +1,13 @@
+//go:build !unix
+
+package relay
+
+import "errors"
+
+// rawSupported says that sockets are read through their own Read here:
+// every direction keeps a small buffer (kindSmall).
+const rawSupported = false
+
+func readFD(uintptr, []byte) (int, error) { return 0, errors.ErrUnsupported }
+
+func peekReadable(uintptr) bool { return true }

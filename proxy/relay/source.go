@@ -1,0 +1,381 @@
+package relay
+
+import (
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"syscall"
+	"time"
+)
+
+// sourceKind says how a direction waits for its side's next bytes.
+type sourceKind int
+
+const (
+	// kindTCP: a bare TCP socket, read through its syscall.RawConn: the
+	// buffer is taken once the socket is readable, inside the read.
+	kindTCP sourceKind = iota
+	// kindTLS: TLS over a socket that can be waited on without reading
+	// (a bare TCP socket peeked at, or Waitable's connection): wait,
+	// then read into a buffer, then drain what TLS has buffered.
+	kindTLS
+	// kindSmall: anything else: a blocking read into a small buffer of
+	// the session's own; when it fills, reads into a pooled buffer for
+	// as long as they come within smallLinger.
+	kindSmall
+)
+
+// source is one side of a relay as the direction that reads it sees it.
+type source struct {
+	conn    net.Conn
+	get     func() *[]byte // takes a copy buffer
+	put     func(*[]byte)  // gives it back
+	pending []byte         // read ahead before the relay (WithBuffered): sent first
+	kind    sourceKind
+
+	raw  syscall.RawConn // kindTCP: conn's; kindTLS: the socket's under TLS, when bare TCP
+	wait func() error    // kindTLS: returns once the socket under TLS is readable
+	// framed (kindTLS over a Waitable after BeginTLS): TLS holds nothing
+	// past the record a read returns, so nothing needs draining.
+	framed bool
+
+	small []byte // kindSmall
+
+	// The outcome of rawRead, which runs inside raw.Read; kept here so
+	// that its method value is made once per direction, not per read.
+	buf   *[]byte
+	n     int
+	rerr  error
+	rawFn func(fd uintptr) bool
+}
+
+// newSource sets up the reading of c, whose reads take buffers with get
+// and give them back with put.
+func newSource(c net.Conn, get func() *[]byte, put func(*[]byte)) *source {
+	s := &source{conn: c, get: get, put: put, kind: kindSmall}
+	if p, ok := c.(*prefixConn); ok {
+		s.pending, p.pending = p.pending, nil
+		s.conn = p.Conn
+	}
+	switch v := s.conn.(type) {
+	case *net.TCPConn:
+		s.useTCP(v)
+	case *waitConn:
+		if tcp, ok := v.Conn.(*net.TCPConn); ok && v.off == v.end {
+			s.conn = tcp
+			s.useTCP(tcp)
+		}
+	case *tls.Conn:
+		switch under := v.NetConn().(type) {
+		case *net.TCPConn:
+			if rc, err := under.SyscallConn(); err == nil && rawSupported {
+				s.kind, s.raw = kindTLS, rc
+				s.wait = func() error { return rc.Read(peekReadable) }
+			}
+		case *waitConn:
+			s.kind, s.wait, s.framed = kindTLS, under.waitReadable, under.framed
+		}
+	}
+	if s.kind == kindSmall {
+		s.small = make([]byte, smallBufferSize)
+	}
+	return s
+}
+
+// useTCP reads c through its RawConn when the platform allows.
+func (s *source) useTCP(c *net.TCPConn) {
+	rc, err := c.SyscallConn()
+	if err != nil || !rawSupported {
+		return
+	}
+	s.kind, s.raw = kindTCP, rc
+	s.rawFn = s.rawRead
+}
+
+// copyTo hands everything read from the source to emit, in order, until
+// the source ends or fails (io.EOF at its end) or emit fails.
+func (s *source) copyTo(emit func([]byte) error) error {
+	if len(s.pending) > 0 {
+		p := s.pending
+		s.pending = nil
+		if err := emit(p); err != nil {
+			return err
+		}
+	}
+	for {
+		var err error
+		switch s.kind {
+		case kindTCP:
+			err = s.burstTCP(emit)
+		case kindTLS:
+			err = s.burstTLS(emit)
+		default:
+			err = s.burstSmall(emit)
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// burstTCP reads what the socket has, once it has something.
+func (s *source) burstTCP(emit func([]byte) error) error {
+	err := s.raw.Read(s.rawFn)
+	bp, n, rerr := s.buf, s.n, s.rerr
+	s.buf, s.rerr = nil, nil
+	switch {
+	case err != nil:
+		if bp != nil {
+			s.put(bp)
+		}
+		return err
+	case rerr != nil:
+		return rerr
+	case n == 0:
+		s.put(bp)
+		return io.EOF
+	}
+	err = emit((*bp)[:n])
+	s.put(bp)
+	return err
+}
+
+// rawRead is raw.Read's callback: it takes a buffer and reads into it,
+// and gives the buffer back and asks to wait when the socket has nothing.
+// It always reads before it asks to wait, even right after a read that
+// drained the socket: raw.Read forgets a readiness that came before it was
+// called, so a byte that arrived in between would otherwise wait for the
+// next one.
+func (s *source) rawRead(fd uintptr) bool {
+	bp := s.get()
+	n, err := readFD(fd, *bp)
+	switch {
+	case errors.Is(err, syscall.EAGAIN):
+		s.put(bp)
+		return false
+	case err != nil:
+		s.put(bp)
+		s.rerr = os.NewSyscallError("read", err)
+		return true
+	}
+	s.buf, s.n = bp, n
+	return true
+}
+
+// burstTLS waits until the socket under TLS is readable, then reads a
+// record (it has begun to arrive) and, unless the connection is framed,
+// what else TLS has buffered.
+func (s *source) burstTLS(emit func([]byte) error) error {
+	if err := s.wait(); err != nil {
+		return err
+	}
+	bp := s.get()
+	defer s.put(bp)
+	buf := *bp
+	n, err := s.conn.Read(buf)
+	if err != nil || s.framed {
+		if n > 0 {
+			if werr := emit(buf[:n]); werr != nil {
+				return werr
+			}
+		}
+		return err
+	}
+	return s.drain(buf, n, emit)
+}
+
+// burstSmall reads into the session's small buffer. When that fills,
+// more is most likely on its way (a long command, an upload): it reads on
+// into a pooled buffer, and gives the buffer back after a read that does
+// not fill it or after smallLinger without bytes.
+func (s *source) burstSmall(emit func([]byte) error) error {
+	n, err := s.conn.Read(s.small)
+	if n > 0 {
+		if werr := emit(s.small[:n]); werr != nil {
+			return werr
+		}
+	}
+	if err != nil || n < len(s.small) {
+		return err
+	}
+	bp := s.get()
+	defer s.put(bp)
+	buf := *bp
+	for {
+		if err := s.conn.SetReadDeadline(time.Now().Add(smallLinger)); err != nil {
+			return err
+		}
+		m, err := s.conn.Read(buf)
+		if m > 0 {
+			if werr := emit(buf[:m]); werr != nil {
+				return werr
+			}
+		}
+		switch {
+		case errors.Is(err, os.ErrDeadlineExceeded), err == nil && m < len(buf):
+			return s.conn.SetReadDeadline(time.Time{})
+		case err != nil:
+			return err
+		}
+	}
+}
+
+// smallLinger bounds how long a direction of kindSmall keeps a pooled
+// buffer waiting for the rest of a long read.
+const smallLinger = 20 * time.Millisecond
+
+// drain reads on, without waiting, what the connection has already
+// buffered (TLS records received with the one just read) into buf after
+// its first n bytes, and hands it all to emit. TLS keeps no state from a
+// read that timed out: a record that has only begun to arrive stays
+// buffered, and the rest of it makes the socket readable.
+func (s *source) drain(buf []byte, n int, emit func([]byte) error) error {
+	// A deadline long past: a read returns what the connection has
+	// buffered, or a timeout, at once.
+	if err := s.conn.SetReadDeadline(time.Unix(1, 0)); err != nil {
+		return errors.Join(emit(buf[:n]), err)
+	}
+	var rerr error
+	for {
+		if n == len(buf) {
+			if err := emit(buf); err != nil {
+				return err
+			}
+			n = 0
+		}
+		m, err := s.conn.Read(buf[n:])
+		n += m
+		if err != nil {
+			if !errors.Is(err, os.ErrDeadlineExceeded) {
+				rerr = err
+			}
+			break
+		}
+	}
+	if rerr == nil {
+		rerr = s.conn.SetReadDeadline(time.Time{})
+	}
+	if n > 0 {
+		if err := emit(buf[:n]); err != nil {
+			return err
+		}
+	}
+	return rerr
+}
+
+// Waitable wraps a client's connection before a TLS server is laid over
+// it, so that a relay can wait for the client's next record without a
+// copy buffer: it reads what has arrived into a small buffer of its own
+// (smallBufferSize, taken when first needed) and gives that to TLS before
+// reading the connection again. Reads, writes and everything else pass
+// through; NetConn returns c. Call BeginTLS when TLS starts reading it.
+func Waitable(c net.Conn) net.Conn { return &waitConn{Conn: c} }
+
+// BeginTLS tells a Waitable connection that a TLS server reads it from
+// now on: its reads then hand TLS at most the rest of one record, so that
+// TLS never holds bytes of a record it has not been asked to read, and a
+// relay can wait on the connection right after a read of TLS without
+// draining TLS first. It does nothing for any other connection.
+func BeginTLS(c net.Conn) {
+	if w, ok := c.(*waitConn); ok {
+		w.framed, w.hdrN, w.body = true, 0, 0
+	}
+}
+
+// tlsHeaderLen is the length of a TLS record's header: type, version,
+// length (RFC 8446 5.1).
+const tlsHeaderLen = 5
+
+// waitConn is Waitable's connection. Only the goroutine that reads the
+// connection touches its fields.
+type waitConn struct {
+	net.Conn
+	stash    []byte
+	off, end int // stash[off:end] is read but not yet returned
+
+	framed bool               // BeginTLS: reads stop at record boundaries
+	hdr    [tlsHeaderLen]byte // the current record's header, hdrN bytes of it so far
+	hdrN   int
+	body   int // the current record's body bytes not yet returned
+}
+
+// Read returns what was read ahead first, then reads c; under TLS
+// (BeginTLS) it returns no byte past the end of the current record, and
+// reads a record's header through the small buffer, which usually takes
+// the whole of a small record with it.
+func (w *waitConn) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	if w.framed {
+		if w.off == w.end && w.hdrN < tlsHeaderLen {
+			if err := w.fill(); err != nil {
+				return 0, err
+			}
+		}
+		if w.hdrN < tlsHeaderLen {
+			p = p[:min(len(p), tlsHeaderLen-w.hdrN)]
+		} else {
+			p = p[:min(len(p), w.body)]
+		}
+	}
+	var n int
+	var err error
+	if w.off < w.end {
+		n = copy(p, w.stash[w.off:w.end])
+		w.off += n
+	} else {
+		n, err = w.Conn.Read(p)
+	}
+	if w.framed {
+		w.account(p[:n])
+	}
+	return n, err
+}
+
+// account follows the record framing over p, bytes just returned, which
+// never run past the current record.
+func (w *waitConn) account(p []byte) {
+	if w.hdrN < tlsHeaderLen {
+		w.hdrN += copy(w.hdr[w.hdrN:], p)
+		if w.hdrN == tlsHeaderLen {
+			w.body = int(w.hdr[3])<<8 | int(w.hdr[4])
+		}
+	} else {
+		w.body -= len(p)
+	}
+	if w.hdrN == tlsHeaderLen && w.body == 0 {
+		w.hdrN = 0
+	}
+}
+
+// NetConn returns the wrapped connection.
+func (w *waitConn) NetConn() net.Conn { return w.Conn }
+
+// waitReadable returns once the connection has bytes to read (kept for
+// the next Reads), or its read error.
+func (w *waitConn) waitReadable() error {
+	if w.off < w.end {
+		return nil
+	}
+	return w.fill()
+}
+
+// fill reads what the connection has, at least a byte, into the small
+// buffer, which must be empty.
+func (w *waitConn) fill() error {
+	if w.stash == nil {
+		w.stash = make([]byte, smallBufferSize)
+	}
+	n, err := w.Conn.Read(w.stash)
+	w.off, w.end = 0, n
+	if n > 0 {
+		return nil
+	}
+	if err == nil {
+		err = io.ErrNoProgress
+	}
+	return err
+}
