@@ -261,19 +261,112 @@ func (e *UnavailableError) Unwrap() []error {
 // client's password in passthrough mode (an app password, which the
 // upstream cannot know) is a refusal too, without dialling.
 func (u *Upstream) Login(ctx context.Context, r Request) (net.Conn, string, error) {
-	passthrough := r.Password != "" || u.opts.Login == LoginPassthrough
-	if passthrough && r.Password == "" {
-		return nil, "", fmt.Errorf("imapupstream: login: imap.upstream.login is passthrough, which needs the client's own password (an app password cannot be passed through; use login: master): %w", ErrRefused)
-	}
-	if !passthrough && u.opts.MasterStyle == MasterSeparator && strings.Contains(r.User, u.opts.Separator) {
-		return nil, "", fmt.Errorf("imapupstream: login: the user name contains the master separator %q: %w", u.opts.Separator, ErrRefused)
-	}
-	cmd, err := u.loginCommand(r, passthrough)
+	cmd, err := u.loginCommand(r)
 	if err != nil {
 		return nil, "", err
 	}
+	return u.loginFrom(ctx, 0, r, cmd, &UnavailableError{})
+}
+
+// Open prepares a login whose credentials are still being decided: it
+// connects to the first upstream address that answers, forwards the
+// client's address (the PROXY header, or an ID command with clientID, the
+// key/value pairs of the client's own ID), protects the connection as
+// Options.TLS says and learns the upstream's capabilities. It sends no
+// credentials of any kind. The listener calls it while the decision runs,
+// so that the connection is ready when the decision allows the login.
+//
+// The returned Pending must be logged in (Pending.Login) or closed
+// (Pending.Close). When no address answers, Open returns a
+// *UnavailableError listing each address tried, as Login would.
+func (u *Upstream) Open(ctx context.Context, client netip.AddrPort, clientID []string) (*Pending, error) {
+	r := Request{Client: client, ClientID: clientID}
 	unavail := &UnavailableError{}
-	for _, addr := range u.opts.Addresses {
+	for i, addr := range u.opts.Addresses {
+		if err := ctx.Err(); err != nil {
+			unavail.Attempts = append(unavail.Attempts, Attempt{Address: addr, Err: fmt.Errorf("not tried: %w", err)})
+			continue
+		}
+		s, raw, err := u.openAt(ctx, addr, r)
+		if err == nil {
+			return &Pending{u: u, r: r, index: i, s: s, raw: raw, failed: unavail}, nil
+		}
+		u.failed(ctx, addr, err)
+		unavail.Attempts = append(unavail.Attempts, Attempt{Address: addr, Err: err})
+	}
+	return nil, unavail
+}
+
+// Pending is an upstream connection that Open set up and that has not
+// logged in: nothing but the connection's set-up has been sent. It is
+// used by one goroutine: Login or Close, once.
+type Pending struct {
+	u      *Upstream
+	r      Request           // the client's address and ID, without credentials
+	index  int               // of the address connected to, in Options.Addresses
+	s      *session          // the conversation, with any ID answer still to read
+	raw    net.Conn          // the TCP connection under s
+	failed *UnavailableError // the addresses before index, which did not answer
+	done   bool              // Login or Close was called
+}
+
+// Login logs in on the pending connection as user, with password for a
+// passthrough login (see Request.Password), and returns what
+// Upstream.Login returns. When the connection fails for another reason
+// than a refusal of the credentials, the login goes on with the next
+// addresses, as Upstream.Login does; a refusal closes the connection and
+// is returned at once.
+func (p *Pending) Login(ctx context.Context, user, password string) (net.Conn, string, error) {
+	if p.done {
+		return nil, "", errors.New("imapupstream: login on a pending connection used already")
+	}
+	p.done = true
+	r := p.r
+	r.User, r.Password = user, password
+	cmd, err := p.u.loginCommand(r)
+	if err != nil {
+		p.s.conn.Close()
+		return nil, "", err
+	}
+	addr := p.u.opts.Addresses[p.index]
+	conn, okText, err := p.u.finish(ctx, p.s, p.raw, cmd)
+	if err == nil {
+		return conn, okText, nil
+	}
+	if errors.Is(err, ErrRefused) {
+		return nil, "", fmt.Errorf("imapupstream: %q: %w", addr, err)
+	}
+	p.u.failed(ctx, addr, err)
+	p.failed.Attempts = append(p.failed.Attempts, Attempt{Address: addr, Err: err})
+	return p.u.loginFrom(ctx, p.index+1, r, cmd, p.failed)
+}
+
+// Close closes a pending connection that is not going to log in, without
+// a word to the upstream. It does nothing after Login.
+func (p *Pending) Close() error {
+	if p.done {
+		return nil
+	}
+	p.done = true
+	return p.s.conn.Close()
+}
+
+// loginCommand checks r against the options and builds its login command.
+func (u *Upstream) loginCommand(r Request) (*command, error) {
+	passthrough := r.Password != "" || u.opts.Login == LoginPassthrough
+	if passthrough && r.Password == "" {
+		return nil, fmt.Errorf("imapupstream: login: imap.upstream.login is passthrough, which needs the client's own password (an app password cannot be passed through; use login: master): %w", ErrRefused)
+	}
+	if !passthrough && u.opts.MasterStyle == MasterSeparator && strings.Contains(r.User, u.opts.Separator) {
+		return nil, fmt.Errorf("imapupstream: login: the user name contains the master separator %q: %w", u.opts.Separator, ErrRefused)
+	}
+	return u.buildCommand(r, passthrough)
+}
+
+// loginFrom tries the addresses from index first on, each with a whole
+// exchange, after the failures already in unavail.
+func (u *Upstream) loginFrom(ctx context.Context, first int, r Request, cmd *command, unavail *UnavailableError) (net.Conn, string, error) {
+	for _, addr := range u.opts.Addresses[first:] {
 		if err := ctx.Err(); err != nil {
 			unavail.Attempts = append(unavail.Attempts, Attempt{Address: addr, Err: fmt.Errorf("not tried: %w", err)})
 			continue
@@ -285,50 +378,58 @@ func (u *Upstream) Login(ctx context.Context, r Request) (net.Conn, string, erro
 		if errors.Is(err, ErrRefused) {
 			return nil, "", fmt.Errorf("imapupstream: %q: %w", addr, err)
 		}
-		u.log.LogAttrs(ctx, slog.LevelWarn, "upstream login failed",
-			slog.String("proto", "imap"), slog.String("upstream", addr), slog.String("err", err.Error()))
+		u.failed(ctx, addr, err)
 		unavail.Attempts = append(unavail.Attempts, Attempt{Address: addr, Err: err})
 	}
 	return nil, "", unavail
 }
 
+// failed logs an address that did not answer.
+func (u *Upstream) failed(ctx context.Context, addr string, err error) {
+	u.log.LogAttrs(ctx, slog.LevelWarn, "upstream login failed",
+		slog.String("proto", "imap"), slog.String("upstream", addr), slog.String("err", err.Error()))
+}
+
 // loginAt runs the whole exchange with one address.
-func (u *Upstream) loginAt(ctx context.Context, addr string, r Request, cmd *command) (_ net.Conn, _ string, err error) {
-	conn, raw, err := u.d.Dial(ctx, addr, r.Client)
+func (u *Upstream) loginAt(ctx context.Context, addr string, r Request, cmd *command) (net.Conn, string, error) {
+	s, raw, err := u.openAt(ctx, addr, r)
 	if err != nil {
 		return nil, "", err
+	}
+	return u.finish(ctx, s, raw, cmd)
+}
+
+// openAt runs the exchange with one address up to the login: connect
+// (with the PROXY header), greeting, STARTTLS, then the ID command, which
+// is written but whose answer is left to read with the login's, and
+// CAPABILITY when the upstream's capabilities are not known yet. It
+// returns the session and the TCP connection under it, whose deadline it
+// clears; on error it has closed the connection.
+func (u *Upstream) openAt(ctx context.Context, addr string, r Request) (_ *session, _ net.Conn, err error) {
+	conn, raw, err := u.d.Dial(ctx, addr, r.Client)
+	if err != nil {
+		return nil, nil, err
 	}
 	defer func() {
 		if err != nil {
 			conn.Close()
 		}
 	}()
-	// Cancelling ctx interrupts any blocked read or write at once, so
-	// that its error is the one reported.
-	stop := dial.Bound(ctx, raw, loginTimeout)
-	defer func() {
-		if !stop() && err == nil {
-			err = fmt.Errorf("login: %w", ctx.Err())
-		}
-		if err != nil && ctx.Err() != nil && !errors.Is(err, ctx.Err()) {
-			err = fmt.Errorf("%w (%w)", err, ctx.Err())
-		}
-	}()
+	defer bound(ctx, raw, &err)()
 
 	s := newSession(conn)
 	if err := s.greeting(); err != nil {
-		return nil, "", err
+		return nil, nil, err
 	}
 	if u.opts.TLS == TLSStartTLS {
 		if err := s.startTLS(); err != nil {
-			return nil, "", err
+			return nil, nil, err
 		}
 		tc, err := u.d.Handshake(ctx, raw, addr)
 		if err != nil {
-			return nil, "", err
+			return nil, nil, err
 		}
-		conn = tc
-		s = newSession(conn)
+		s = newSession(tc)
 	}
 	if u.opts.ForwardClient == ForwardID {
 		s.queue(idCommand(r, raw.LocalAddr()))
@@ -336,15 +437,48 @@ func (u *Upstream) loginAt(ctx context.Context, addr string, r Request, cmd *com
 	if s.caps == nil {
 		s.queue([]byte("CAPABILITY"))
 		if err := s.flushQueue(); err != nil {
-			return nil, "", err
+			return nil, nil, err
 		}
 	}
+	if err := s.write(nil); err != nil {
+		return nil, nil, err
+	}
+	return s, raw, nil
+}
+
+// finish logs in on a session that openAt set up. On error it has closed
+// the connection.
+func (u *Upstream) finish(ctx context.Context, s *session, raw net.Conn, cmd *command) (_ net.Conn, _ string, err error) {
+	defer func() {
+		if err != nil {
+			s.conn.Close()
+		}
+	}()
+	defer bound(ctx, raw, &err)()
 	okText, err := s.login(cmd)
 	if err != nil {
 		return nil, "", err
 	}
-	if err := raw.SetDeadline(time.Time{}); err != nil {
-		return nil, "", fmt.Errorf("clear deadline: %w", err)
-	}
 	return s.handOver(), okText, nil
+}
+
+// bound bounds an exchange on raw by loginTimeout and ctx (cancelling ctx
+// interrupts any blocked read or write at once, so that its error is the
+// one reported). The function it returns, deferred, ends the bound and
+// clears the deadline, and makes *err report ctx's end.
+func bound(ctx context.Context, raw net.Conn, err *error) func() {
+	stop := dial.Bound(ctx, raw, loginTimeout)
+	return func() {
+		if !stop() && *err == nil {
+			*err = fmt.Errorf("login: %w", ctx.Err())
+		}
+		if *err != nil && ctx.Err() != nil && !errors.Is(*err, ctx.Err()) {
+			*err = fmt.Errorf("%w (%w)", *err, ctx.Err())
+		}
+		if *err == nil {
+			if e := raw.SetDeadline(time.Time{}); e != nil {
+				*err = fmt.Errorf("clear deadline: %w", e)
+			}
+		}
+	}
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 
 	"github.com/passgate/passgate/backends/imapupstream"
@@ -108,24 +109,57 @@ func imapUpstream(d *deps, login string) (*imapupstream.Upstream, error) {
 	})
 }
 
-// IMAPUpstream adapts backends/imapupstream to imapfront.Upstream, so
-// that neither package imports the other: a refused login wraps
-// imapfront.ErrUpstreamRefused. serve wires it, and the integration tests
-// use it as it is.
+// IMAPUpstream adapts backends/imapupstream to imapfront.Upstream (an
+// imapfront.EarlyUpstream: the listener opens the connection while the
+// decision runs), so that neither package imports the other: a refused
+// login wraps imapfront.ErrUpstreamRefused. serve wires it, and the
+// integration tests use it as it is.
 func IMAPUpstream(up *imapupstream.Upstream) imapfront.Upstream { return imapAdapter{up} }
 
 // imapAdapter is IMAPUpstream's value.
 type imapAdapter struct{ up *imapupstream.Upstream }
 
 func (a imapAdapter) Login(ctx context.Context, r imapfront.LoginRequest) (net.Conn, string, error) {
-	req := imapupstream.Request{User: r.User, Client: r.Client}
+	req := imapupstream.Request{User: r.User, Client: r.Client, ClientID: idPairs(r.ClientID)}
 	if r.Primary {
 		req.Password = string(r.Password)
 	}
-	for _, f := range r.ClientID {
-		req.ClientID = append(req.ClientID, f.Name, f.Value)
+	return imapRefused(a.up.Login(ctx, req))
+}
+
+func (a imapAdapter) Open(ctx context.Context, client netip.AddrPort, clientID []imapfront.IDField) (imapfront.PendingUpstream, error) {
+	p, err := a.up.Open(ctx, client, idPairs(clientID))
+	if err != nil {
+		return nil, err
 	}
-	conn, text, err := a.up.Login(ctx, req)
+	return imapPending{p}, nil
+}
+
+// imapPending adapts imapupstream.Pending to imapfront.PendingUpstream.
+type imapPending struct{ p *imapupstream.Pending }
+
+func (p imapPending) Login(ctx context.Context, r imapfront.LoginRequest) (net.Conn, string, error) {
+	var password string
+	if r.Primary {
+		password = string(r.Password)
+	}
+	return imapRefused(p.p.Login(ctx, r.User, password))
+}
+
+func (p imapPending) Close() error { return p.p.Close() }
+
+// idPairs flattens the client's ID fields into key/value pairs.
+func idPairs(fields []imapfront.IDField) []string {
+	var pairs []string
+	for _, f := range fields {
+		pairs = append(pairs, f.Name, f.Value)
+	}
+	return pairs
+}
+
+// imapRefused makes a refusal of the upstream wrap
+// imapfront.ErrUpstreamRefused.
+func imapRefused(conn net.Conn, text string, err error) (net.Conn, string, error) {
 	if errors.Is(err, imapupstream.ErrRefused) {
 		return nil, "", fmt.Errorf("%w: %w", imapfront.ErrUpstreamRefused, err)
 	}
