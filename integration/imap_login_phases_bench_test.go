@@ -27,7 +27,8 @@ import (
 // PASSGATE_BENCH_BASELINE=BIN adds a column for another passgate binary
 // (an older build: before and after in one run);
 // PASSGATE_BENCH_INPROCESS=1 runs this tree's passgate inside the test
-// binary instead, for -cpuprofile (then without CPU per session).
+// binary instead, for -cpuprofile (then without CPU per session), and
+// PASSGATE_BENCH_BINARY=BIN uses BIN for the passgate column.
 func BenchmarkIMAPLoginPhases(b *testing.B) {
 	var perf *benchTarget
 	for _, t := range benchTargets(b) {
@@ -49,7 +50,10 @@ func BenchmarkIMAPLoginPhases(b *testing.B) {
 		cols = append(cols, c)
 	}
 	bin := ""
-	if os.Getenv("PASSGATE_BENCH_INPROCESS") == "" {
+	switch {
+	case os.Getenv("PASSGATE_BENCH_BINARY") != "":
+		bin = os.Getenv("PASSGATE_BENCH_BINARY")
+	case os.Getenv("PASSGATE_BENCH_INPROCESS") == "":
 		bin = passgateBinary(b)
 	}
 	add("passgate", bin)

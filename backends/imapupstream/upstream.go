@@ -19,6 +19,7 @@
 package imapupstream
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -111,6 +112,16 @@ type Options struct {
 	ForwardClient string
 	// DialTimeout bounds each TCP connection attempt; default 5s.
 	DialTimeout time.Duration
+	// Ready is how many connections Open keeps open, greeted, protected
+	// as TLS says and unused, to hand one out at once: the client's
+	// address (ID) and the login go on it after the hand-out. Each one
+	// taken is replaced; each one left unused for ReadyIdle (default
+	// DefaultReadyIdle) is closed. 0 (default) keeps none; with
+	// ForwardClient "proxy" none is kept either, as the PROXY header must
+	// be the first bytes of a connection made for its client. Close
+	// closes them.
+	Ready     int
+	ReadyIdle time.Duration
 	// Logger receives one line per failed address; nil discards. It never
 	// receives a secret.
 	Logger *slog.Logger
@@ -119,9 +130,10 @@ type Options struct {
 // Upstream logs in to one upstream IMAP service, which may have several
 // addresses. It is safe for concurrent use.
 type Upstream struct {
-	opts Options
-	log  *slog.Logger
-	d    *dial.Dialer
+	opts  Options
+	log   *slog.Logger
+	d     *dial.Dialer
+	ready *ready // nil: no ready connections
 }
 
 // New checks opts and returns an Upstream. It does not dial.
@@ -187,7 +199,21 @@ func New(opts Options) (*Upstream, error) {
 	}
 	d := dial.New(dial.Options{TLS: opts.TLS, TLSConfig: opts.TLSConfig, Timeout: opts.DialTimeout, HandshakeTimeout: loginTimeout,
 		Proxy: opts.ForwardClient == ForwardProxy}, len(opts.Addresses)*4)
-	return &Upstream{opts: opts, log: log, d: d}, nil
+	u := &Upstream{opts: opts, log: log, d: d}
+	if opts.Ready > 0 && opts.ForwardClient != ForwardProxy {
+		u.ready = newReady(u, opts.Ready, cmp.Or(opts.ReadyIdle, DefaultReadyIdle))
+	}
+	return u, nil
+}
+
+// Close closes the ready connections (Options.Ready) and waits for those
+// being opened. Logins and their connections are not affected; Open no
+// longer keeps connections ready afterwards.
+func (u *Upstream) Close() error {
+	if u.ready != nil {
+		u.ready.close()
+	}
+	return nil
 }
 
 // Request is one login to perform upstream.
@@ -281,6 +307,14 @@ func (u *Upstream) Login(ctx context.Context, r Request) (net.Conn, string, erro
 // *UnavailableError listing each address tried, as Login would.
 func (u *Upstream) Open(ctx context.Context, client netip.AddrPort, clientID []string) (*Pending, error) {
 	r := Request{Client: client, ClientID: clientID}
+	if u.ready != nil {
+		if c := u.ready.take(); c != nil {
+			if err := u.introduce(ctx, c.s, c.raw, r); err == nil {
+				return &Pending{u: u, r: r, index: c.index, s: c.s, raw: c.raw, failed: &UnavailableError{}, ready: true}, nil
+			}
+			// A ready connection that broke: open one below.
+		}
+	}
 	unavail := &UnavailableError{}
 	for i, addr := range u.opts.Addresses {
 		if err := ctx.Err(); err != nil {
@@ -307,6 +341,7 @@ type Pending struct {
 	s      *session          // the conversation, with any ID answer still to read
 	raw    net.Conn          // the TCP connection under s
 	failed *UnavailableError // the addresses before index, which did not answer
+	ready  bool              // s was opened ahead of any client (Options.Ready)
 	done   bool              // Login or Close was called
 }
 
@@ -335,6 +370,13 @@ func (p *Pending) Login(ctx context.Context, user, password string) (net.Conn, s
 	}
 	if errors.Is(err, ErrRefused) {
 		return nil, "", fmt.Errorf("imapupstream: %q: %w", addr, err)
+	}
+	if p.ready {
+		// A ready connection may have been dropped by the upstream
+		// while it waited (a restart): try its address anew.
+		p.u.log.LogAttrs(ctx, slog.LevelDebug, "ready upstream connection failed; logging in on a new one",
+			slog.String("proto", "imap"), slog.String("upstream", addr), slog.String("err", err.Error()))
+		return p.u.loginFrom(ctx, p.index, r, cmd, p.failed)
 	}
 	p.u.failed(ctx, addr, err)
 	p.failed.Attempts = append(p.failed.Attempts, Attempt{Address: addr, Err: err})
@@ -399,14 +441,26 @@ func (u *Upstream) loginAt(ctx context.Context, addr string, r Request, cmd *com
 	return u.finish(ctx, s, raw, cmd)
 }
 
-// openAt runs the exchange with one address up to the login: connect
-// (with the PROXY header), greeting, STARTTLS, then the ID command, which
-// is written but whose answer is left to read with the login's, and
-// CAPABILITY when the upstream's capabilities are not known yet. It
-// returns the session and the TCP connection under it, whose deadline it
-// clears; on error it has closed the connection.
-func (u *Upstream) openAt(ctx context.Context, addr string, r Request) (_ *session, _ net.Conn, err error) {
-	conn, raw, err := u.d.Dial(ctx, addr, r.Client)
+// openAt runs the exchange with one address up to the login: connectAt,
+// then introduce. On error it has closed the connection.
+func (u *Upstream) openAt(ctx context.Context, addr string, r Request) (*session, net.Conn, error) {
+	s, raw, err := u.connectAt(ctx, addr, r.Client)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := u.introduce(ctx, s, raw, r); err != nil {
+		return nil, nil, err
+	}
+	return s, raw, nil
+}
+
+// connectAt connects to addr (with the PROXY header for client when so
+// configured), reads the greeting, runs STARTTLS when so configured and
+// asks for the capabilities when they are not known yet. It returns the
+// session and the TCP connection under it, whose deadline it clears; on
+// error it has closed the connection. Nothing of a login is sent.
+func (u *Upstream) connectAt(ctx context.Context, addr string, client netip.AddrPort) (_ *session, _ net.Conn, err error) {
+	conn, raw, err := u.d.Dial(ctx, addr, client)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -431,19 +485,30 @@ func (u *Upstream) openAt(ctx context.Context, addr string, r Request) (_ *sessi
 		}
 		s = newSession(tc)
 	}
-	if u.opts.ForwardClient == ForwardID {
-		s.queue(idCommand(r, raw.LocalAddr()))
-	}
 	if s.caps == nil {
 		s.queue([]byte("CAPABILITY"))
 		if err := s.flushQueue(); err != nil {
 			return nil, nil, err
 		}
 	}
-	if err := s.write(nil); err != nil {
-		return nil, nil, err
-	}
 	return s, raw, nil
+}
+
+// introduce sends the ID command that forwards the client's address, when
+// so configured; its answer is left to read with the login's. On error it
+// has closed the connection.
+func (u *Upstream) introduce(ctx context.Context, s *session, raw net.Conn, r Request) (err error) {
+	if u.opts.ForwardClient != ForwardID {
+		return nil
+	}
+	defer func() {
+		if err != nil {
+			s.conn.Close()
+		}
+	}()
+	defer bound(ctx, raw, &err)()
+	s.queue(idCommand(r, raw.LocalAddr()))
+	return s.write(nil)
 }
 
 // finish logs in on a session that openAt set up. On error it has closed

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"sync"
 
 	"github.com/passgate/passgate/backends/imapupstream"
 	"github.com/passgate/passgate/configs"
@@ -23,11 +24,12 @@ func buildServices(d *deps) ([]service, error) {
 		if err != nil {
 			return nil, err
 		}
-		s, err := buildIMAP(d, up)
+		s, err := buildIMAP(d, IMAPUpstream(up))
 		if err != nil {
+			up.Close()
 			return nil, err
 		}
-		all = append(all, s...)
+		all = append(all, closingWith(s, up.Close)...)
 	}
 	if d.cfg.SMTP.Listen != "" || d.cfg.SMTP.ListenTLS != "" {
 		up, err := newSMTPUpstream(d)
@@ -69,13 +71,40 @@ func upstreamTLS(caKey, caFile, serverName string) (*tls.Config, error) {
 	return c, nil
 }
 
-// newIMAPUpstream builds the IMAP upstream from imap.upstream.
-func newIMAPUpstream(d *deps) (imapfront.Upstream, error) {
-	up, err := imapUpstream(d, d.cfg.IMAP.Upstream.Login)
-	if err != nil {
-		return nil, err
+// imapReadyConns is how many connections the IMAP listeners keep open
+// and greeted ahead of the logins (imapupstream.Options.Ready): a login
+// then finds its upstream connection ready, whatever the time its
+// decision takes. They follow the logins (a connection taken is
+// replaced; one unused for imapupstream.DefaultReadyIdle is closed), so
+// an idle instance holds none.
+const imapReadyConns = 1
+
+// newIMAPUpstream builds the IMAP listeners' upstream from imap.upstream.
+// The caller closes it.
+func newIMAPUpstream(d *deps) (*imapupstream.Upstream, error) {
+	return imapUpstreamReady(d, d.cfg.IMAP.Upstream.Login, imapReadyConns)
+}
+
+// closingWith makes services call done once, when the first of them
+// stops: done releases what they share (the IMAP upstream's ready
+// connections; after it, logins open their own).
+func closingWith(services []service, done func() error) []service {
+	var once sync.Once
+	end := func() { once.Do(func() { _ = done() }) }
+	for i := range services {
+		shutdown, closeAll := services[i].shutdown, services[i].close
+		services[i].shutdown = func(ctx context.Context) error {
+			err := shutdown(ctx)
+			end()
+			return err
+		}
+		services[i].close = func() error {
+			err := closeAll()
+			end()
+			return err
+		}
 	}
-	return IMAPUpstream(up), nil
+	return services
 }
 
 // imapUpstream builds backends/imapupstream from imap.upstream with the
@@ -83,6 +112,12 @@ func newIMAPUpstream(d *deps) (imapfront.Upstream, error) {
 // portal's verifier, which logs in with the user's password and needs no
 // master credentials.
 func imapUpstream(d *deps, login string) (*imapupstream.Upstream, error) {
+	return imapUpstreamReady(d, login, 0)
+}
+
+// imapUpstreamReady is imapUpstream that keeps ready connections open
+// (imapupstream.Options.Ready).
+func imapUpstreamReady(d *deps, login string, ready int) (*imapupstream.Upstream, error) {
 	u := d.cfg.IMAP.Upstream
 	tc, err := upstreamTLS("imap.upstream.ca_file", u.CAFile, u.ServerName)
 	if err != nil {
@@ -105,6 +140,7 @@ func imapUpstream(d *deps, login string) (*imapupstream.Upstream, error) {
 		Separator:      u.Separator,
 		ForwardClient:  u.ForwardClient,
 		DialTimeout:    u.DialTimeout.D(),
+		Ready:          ready,
 		Logger:         d.log,
 	})
 }
