@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"sync"
 
 	"github.com/passgate/passgate/backends/imapupstream"
 	"github.com/passgate/passgate/configs"
@@ -24,12 +23,12 @@ func buildServices(d *deps) ([]service, error) {
 		if err != nil {
 			return nil, err
 		}
+		d.onStop = append(d.onStop, func() { up.Close() })
 		s, err := buildIMAP(d, IMAPUpstream(up))
 		if err != nil {
-			up.Close()
 			return nil, err
 		}
-		all = append(all, closingWith(s, up.Close)...)
+		all = append(all, s...)
 	}
 	if d.cfg.SMTP.Listen != "" || d.cfg.SMTP.ListenTLS != "" {
 		up, err := newSMTPUpstream(d)
@@ -79,32 +78,10 @@ func upstreamTLS(caKey, caFile, serverName string) (*tls.Config, error) {
 // an idle instance holds none.
 const imapReadyConns = 1
 
-// newIMAPUpstream builds the IMAP listeners' upstream from imap.upstream.
-// The caller closes it.
+// newIMAPUpstream builds the IMAP listeners' upstream from imap.upstream,
+// with d.imapReady ready connections. The caller closes it.
 func newIMAPUpstream(d *deps) (*imapupstream.Upstream, error) {
-	return imapUpstreamReady(d, d.cfg.IMAP.Upstream.Login, imapReadyConns)
-}
-
-// closingWith makes services call done once, when the first of them
-// stops: done releases what they share (the IMAP upstream's ready
-// connections; after it, logins open their own).
-func closingWith(services []service, done func() error) []service {
-	var once sync.Once
-	end := func() { once.Do(func() { _ = done() }) }
-	for i := range services {
-		shutdown, closeAll := services[i].shutdown, services[i].close
-		services[i].shutdown = func(ctx context.Context) error {
-			err := shutdown(ctx)
-			end()
-			return err
-		}
-		services[i].close = func() error {
-			err := closeAll()
-			end()
-			return err
-		}
-	}
-	return services
+	return imapUpstreamReady(d, d.cfg.IMAP.Upstream.Login, d.imapReady)
 }
 
 // imapUpstream builds backends/imapupstream from imap.upstream with the
