@@ -10,6 +10,12 @@
 // returns is positioned just after the upstream's tagged OK, ready for the
 // byte relay in proxy/relay.
 //
+// The listener may also open the connection while the decision runs
+// (Open, which sends nothing but the connection's set-up) and log in on it
+// once the decision allows the login (Pending.Login), or close it
+// (Pending.Close); Options.Ready keeps a few connections greeted ahead of
+// the logins for Open to hand out.
+//
 // It speaks IMAP on the raw connection with a small reader of its own
 // (greeting, untagged and tagged lines, literals in untagged responses),
 // because go-imap's imapclient keeps its own reader goroutine on the
@@ -384,13 +390,14 @@ func (p *Pending) Login(ctx context.Context, user, password string) (net.Conn, s
 }
 
 // Close closes a pending connection that is not going to log in, without
-// a word to the upstream. It does nothing after Login.
+// a word to the upstream (the TCP connection is closed under any TLS, so
+// not even a TLS alert is sent). It does nothing after Login.
 func (p *Pending) Close() error {
 	if p.done {
 		return nil
 	}
 	p.done = true
-	return p.s.conn.Close()
+	return p.raw.Close()
 }
 
 // loginCommand checks r against the options and builds its login command.
