@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -312,5 +313,50 @@ func (tap *upstreamTap) closedSince(t *testing.T, before int) [][]byte {
 		case <-deadline:
 			t.Fatalf("%d upstream connections still open after %v", open, patience)
 		}
+	}
+}
+
+// TestIMAPEarlyDialProxyHeader: with forward_client "proxy" the upstream
+// connection is opened for its client while the decision runs (none is
+// kept ready: the PROXY header must be its first bytes), and Dovecot sees
+// the real client's address for a login, and no auth attempt for a
+// refused one.
+func TestIMAPEarlyDialProxyHeader(t *testing.T) {
+	d := env.dovecot
+	p := startPassgate(t, passgateConfig{upstreams: []string{d.IMAPProxyAddr}, upstreamTLS: "none", beforeServe: func(p *passgateInstance) {
+		b, err := os.ReadFile(p.config)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg := strings.Replace(string(b), "forward_client: id", "forward_client: proxy", 1)
+		if err := os.WriteFile(p.config, []byte(cfg), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		p.admin(t, "migrate")
+	}})
+	p.enforce(t, "alice")
+	pw := p.appPassword(t, "alice", "phone")
+	tests := []struct {
+		name, from, password, want string
+	}{
+		{name: "fail/wrong-app-password", from: "127.0.0.71", password: "zzzz yyyy xxxx wwww", want: "no auth attempts"},
+		{name: "ok/app-password", from: "127.0.0.72", password: pw, want: "Login: user=<alice>,"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got := p.rawLoginFrom(t, tc.from, "alice", tc.password)
+			if ok := strings.HasPrefix(got, "a OK"); ok != strings.HasPrefix(tc.name, "ok/") {
+				t.Fatalf("reply %q", got)
+			}
+			rip := "rip=" + tc.from + ","
+			if !eventually(patience, func() bool { return strings.Contains(logLine(d.Log(), rip), tc.want) }) {
+				if tc.want == "no auth attempts" && !strings.Contains(d.Log(), rip) {
+					// The decision ended before the connection was up:
+					// passgate dropped the dial, Dovecot saw nothing.
+					return
+				}
+				t.Errorf("Dovecot's line for %s is %q, want %q", rip, logLine(d.Log(), rip), tc.want)
+			}
+		})
 	}
 }
