@@ -2,6 +2,7 @@ package integration
 
 import (
 	"bufio"
+	"cmp"
 	"crypto/tls"
 	"fmt"
 	"net"
@@ -24,20 +25,23 @@ import (
 // Dovecot with ID forwarding and the master user, as in BenchmarkIMAPLogin.
 // Each iteration runs one session of every column, in an order that turns,
 // so that all see the same load of a shared machine.
+// PASSGATE_BENCH_DOVECOT=default measures against Dovecot in its default
+// mode (a login process per connection) instead.
 // PASSGATE_BENCH_BASELINE=BIN adds a column for another passgate binary
 // (an older build: before and after in one run);
 // PASSGATE_BENCH_INPROCESS=1 runs this tree's passgate inside the test
 // binary instead, for -cpuprofile (then without CPU per session), and
 // PASSGATE_BENCH_BINARY=BIN uses BIN for the passgate column.
 func BenchmarkIMAPLoginPhases(b *testing.B) {
+	mode := cmp.Or(os.Getenv("PASSGATE_BENCH_DOVECOT"), "performance")
 	var perf *benchTarget
 	for _, t := range benchTargets(b) {
-		if t.name == "performance" {
+		if t.name == mode {
 			perf = t
 		}
 	}
 	if perf == nil {
-		b.Fatal("no performance-mode Dovecot among the benchmark targets")
+		b.Fatalf("no %s-mode Dovecot among the benchmark targets (PASSGATE_BENCH_DOVECOT: performance or default)", mode)
 	}
 	cols := []*phaseColumn{{name: "direct", addr: perf.dovecot.IMAPAddr, user: "alice", pw: perf.dovecot.Users["alice"]}}
 	add := func(name, bin string) {
@@ -91,7 +95,7 @@ func BenchmarkIMAPLoginPhases(b *testing.B) {
 	}
 	b.StopTimer()
 	var out strings.Builder
-	fmt.Fprintf(&out, "IMAP login session phases, medians in ms, %d sessions each; load %s before, %s after\n", b.N, load0, loadAvg())
+	fmt.Fprintf(&out, "IMAP login session phases, Dovecot in %s mode, medians in ms, %d sessions each; load %s before, %s after\n", mode, b.N, load0, loadAvg())
 	fmt.Fprintf(&out, "| column | connect+greeting | STARTTLS+handshake | LOGIN | EXAMINE | LOGOUT | whole (p10–p90) | × direct | CPU µs/session |\n|---|---|---|---|---|---|---|---|---|\n")
 	direct := statsOf(cols[0].took[phaseWhole]).p50
 	for _, c := range cols {
