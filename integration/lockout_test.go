@@ -15,7 +15,8 @@ import (
 //     a spray of wrong passwords at bob from 127.0.0.94–.97 locks him
 //     out of unfamiliar addresses (.98), never out of .93; the spray's
 //     failures are Dovecot's refusals, and the locked attempts never
-//     reach Dovecot.
+//     log in at Dovecot (which may see their connection, opened while
+//     the decision ran, closed without an auth attempt).
 func TestIMAPLockout(t *testing.T) {
 	d := env.dovecot
 	p := startPassgate(t, passgateConfig{policyYAML: "  lockout:\n    max_failures: 3\n    max_user_failures: 4\n    window: 5m\n    duration: 5m\n"})
@@ -60,8 +61,12 @@ func TestIMAPLockout(t *testing.T) {
 	if !eventually(patience, func() bool { return strings.Contains(d.Log()[before:], "rip=127.0.0.93") }) {
 		t.Fatalf("Dovecot did not log bob's login from 127.0.0.93:\n%s", d.Log()[before:])
 	}
-	if strings.Contains(d.Log()[before:], "127.0.0.98") {
-		t.Errorf("a locked-out login reached Dovecot:\n%s", d.Log()[before:])
+	// passgate opens its upstream connection while the decision runs:
+	// Dovecot may see the locked-out client's connection, never a login.
+	for _, line := range strings.Split(d.Log()[before:], "\n") {
+		if strings.Contains(line, "127.0.0.98") && !strings.Contains(line, "no auth attempts") {
+			t.Errorf("a locked-out login reached Dovecot:\n%s", d.Log()[before:])
+		}
 	}
 	var out string
 	if !eventually(patience, func() bool {

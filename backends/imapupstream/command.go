@@ -16,8 +16,8 @@ type command struct {
 	login [][]byte // otherwise: LOGIN with these two arguments
 }
 
-// loginCommand builds the login for r.
-func (u *Upstream) loginCommand(r Request, passthrough bool) (*command, error) {
+// buildCommand builds the login for r.
+func (u *Upstream) buildCommand(r Request, passthrough bool) (*command, error) {
 	switch {
 	case passthrough:
 		return &command{login: [][]byte{[]byte(r.User), []byte(r.Password)}}, nil

@@ -10,6 +10,12 @@
 // returns is positioned just after the upstream's tagged OK, ready for the
 // byte relay in proxy/relay.
 //
+// The listener may also open the connection while the decision runs
+// (Open, which sends nothing but the connection's set-up) and log in on it
+// once the decision allows the login (Pending.Login), or close it
+// (Pending.Close); Options.Ready keeps a few connections greeted ahead of
+// the logins for Open to hand out.
+//
 // It speaks IMAP on the raw connection with a small reader of its own
 // (greeting, untagged and tagged lines, literals in untagged responses),
 // because go-imap's imapclient keeps its own reader goroutine on the
@@ -19,6 +25,7 @@
 package imapupstream
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -111,6 +118,16 @@ type Options struct {
 	ForwardClient string
 	// DialTimeout bounds each TCP connection attempt; default 5s.
 	DialTimeout time.Duration
+	// Ready is how many connections Open keeps open, greeted, protected
+	// as TLS says and unused, to hand one out at once: the client's
+	// address (ID) and the login go on it after the hand-out. Each one
+	// taken is replaced; each one left unused for ReadyIdle (default
+	// DefaultReadyIdle) is closed. 0 (default) keeps none; with
+	// ForwardClient "proxy" none is kept either, as the PROXY header must
+	// be the first bytes of a connection made for its client. Close
+	// closes them.
+	Ready     int
+	ReadyIdle time.Duration
 	// Logger receives one line per failed address; nil discards. It never
 	// receives a secret.
 	Logger *slog.Logger
@@ -119,9 +136,10 @@ type Options struct {
 // Upstream logs in to one upstream IMAP service, which may have several
 // addresses. It is safe for concurrent use.
 type Upstream struct {
-	opts Options
-	log  *slog.Logger
-	d    *dial.Dialer
+	opts  Options
+	log   *slog.Logger
+	d     *dial.Dialer
+	ready *ready // nil: no ready connections
 }
 
 // New checks opts and returns an Upstream. It does not dial.
@@ -187,7 +205,21 @@ func New(opts Options) (*Upstream, error) {
 	}
 	d := dial.New(dial.Options{TLS: opts.TLS, TLSConfig: opts.TLSConfig, Timeout: opts.DialTimeout, HandshakeTimeout: loginTimeout,
 		Proxy: opts.ForwardClient == ForwardProxy}, len(opts.Addresses)*4)
-	return &Upstream{opts: opts, log: log, d: d}, nil
+	u := &Upstream{opts: opts, log: log, d: d}
+	if opts.Ready > 0 && opts.ForwardClient != ForwardProxy {
+		u.ready = newReady(u, opts.Ready, cmp.Or(opts.ReadyIdle, DefaultReadyIdle))
+	}
+	return u, nil
+}
+
+// Close closes the ready connections (Options.Ready) and waits for those
+// being opened. Logins and their connections are not affected; Open no
+// longer keeps connections ready afterwards.
+func (u *Upstream) Close() error {
+	if u.ready != nil {
+		u.ready.close()
+	}
+	return nil
 }
 
 // Request is one login to perform upstream.
@@ -261,19 +293,129 @@ func (e *UnavailableError) Unwrap() []error {
 // client's password in passthrough mode (an app password, which the
 // upstream cannot know) is a refusal too, without dialling.
 func (u *Upstream) Login(ctx context.Context, r Request) (net.Conn, string, error) {
-	passthrough := r.Password != "" || u.opts.Login == LoginPassthrough
-	if passthrough && r.Password == "" {
-		return nil, "", fmt.Errorf("imapupstream: login: imap.upstream.login is passthrough, which needs the client's own password (an app password cannot be passed through; use login: master): %w", ErrRefused)
-	}
-	if !passthrough && u.opts.MasterStyle == MasterSeparator && strings.Contains(r.User, u.opts.Separator) {
-		return nil, "", fmt.Errorf("imapupstream: login: the user name contains the master separator %q: %w", u.opts.Separator, ErrRefused)
-	}
-	cmd, err := u.loginCommand(r, passthrough)
+	cmd, err := u.loginCommand(r)
 	if err != nil {
 		return nil, "", err
 	}
+	return u.loginFrom(ctx, 0, r, cmd, &UnavailableError{})
+}
+
+// Open prepares a login whose credentials are still being decided: it
+// connects to the first upstream address that answers, forwards the
+// client's address (the PROXY header, or an ID command with clientID, the
+// key/value pairs of the client's own ID), protects the connection as
+// Options.TLS says and learns the upstream's capabilities. It sends no
+// credentials of any kind. The listener calls it while the decision runs,
+// so that the connection is ready when the decision allows the login.
+//
+// The returned Pending must be logged in (Pending.Login) or closed
+// (Pending.Close). When no address answers, Open returns a
+// *UnavailableError listing each address tried, as Login would.
+func (u *Upstream) Open(ctx context.Context, client netip.AddrPort, clientID []string) (*Pending, error) {
+	r := Request{Client: client, ClientID: clientID}
+	if u.ready != nil {
+		if c := u.ready.take(); c != nil {
+			if err := u.introduce(ctx, c.s, c.raw, r); err == nil {
+				return &Pending{u: u, r: r, index: c.index, s: c.s, raw: c.raw, failed: &UnavailableError{}, ready: true}, nil
+			}
+			// A ready connection that broke: open one below.
+		}
+	}
 	unavail := &UnavailableError{}
-	for _, addr := range u.opts.Addresses {
+	for i, addr := range u.opts.Addresses {
+		if err := ctx.Err(); err != nil {
+			unavail.Attempts = append(unavail.Attempts, Attempt{Address: addr, Err: fmt.Errorf("not tried: %w", err)})
+			continue
+		}
+		s, raw, err := u.openAt(ctx, addr, r)
+		if err == nil {
+			return &Pending{u: u, r: r, index: i, s: s, raw: raw, failed: unavail}, nil
+		}
+		u.failed(ctx, addr, err)
+		unavail.Attempts = append(unavail.Attempts, Attempt{Address: addr, Err: err})
+	}
+	return nil, unavail
+}
+
+// Pending is an upstream connection that Open set up and that has not
+// logged in: nothing but the connection's set-up has been sent. It is
+// used by one goroutine: Login or Close, once.
+type Pending struct {
+	u      *Upstream
+	r      Request           // the client's address and ID, without credentials
+	index  int               // of the address connected to, in Options.Addresses
+	s      *session          // the conversation, with any ID answer still to read
+	raw    net.Conn          // the TCP connection under s
+	failed *UnavailableError // the addresses before index, which did not answer
+	ready  bool              // s was opened ahead of any client (Options.Ready)
+	done   bool              // Login or Close was called
+}
+
+// Login logs in on the pending connection as user, with password for a
+// passthrough login (see Request.Password), and returns what
+// Upstream.Login returns. When the connection fails for another reason
+// than a refusal of the credentials, the login goes on with the next
+// addresses, as Upstream.Login does; a refusal closes the connection and
+// is returned at once.
+func (p *Pending) Login(ctx context.Context, user, password string) (net.Conn, string, error) {
+	if p.done {
+		return nil, "", errors.New("imapupstream: login on a pending connection used already")
+	}
+	p.done = true
+	r := p.r
+	r.User, r.Password = user, password
+	cmd, err := p.u.loginCommand(r)
+	if err != nil {
+		p.s.conn.Close()
+		return nil, "", err
+	}
+	addr := p.u.opts.Addresses[p.index]
+	conn, okText, err := p.u.finish(ctx, p.s, p.raw, cmd)
+	if err == nil {
+		return conn, okText, nil
+	}
+	if errors.Is(err, ErrRefused) {
+		return nil, "", fmt.Errorf("imapupstream: %q: %w", addr, err)
+	}
+	if p.ready {
+		// A ready connection may have been dropped by the upstream
+		// while it waited (a restart): try its address anew.
+		p.u.log.LogAttrs(ctx, slog.LevelDebug, "ready upstream connection failed; logging in on a new one",
+			slog.String("proto", "imap"), slog.String("upstream", addr), slog.String("err", err.Error()))
+		return p.u.loginFrom(ctx, p.index, r, cmd, p.failed)
+	}
+	p.u.failed(ctx, addr, err)
+	p.failed.Attempts = append(p.failed.Attempts, Attempt{Address: addr, Err: err})
+	return p.u.loginFrom(ctx, p.index+1, r, cmd, p.failed)
+}
+
+// Close closes a pending connection that is not going to log in, without
+// a word to the upstream (the TCP connection is closed under any TLS, so
+// not even a TLS alert is sent). It does nothing after Login.
+func (p *Pending) Close() error {
+	if p.done {
+		return nil
+	}
+	p.done = true
+	return p.raw.Close()
+}
+
+// loginCommand checks r against the options and builds its login command.
+func (u *Upstream) loginCommand(r Request) (*command, error) {
+	passthrough := r.Password != "" || u.opts.Login == LoginPassthrough
+	if passthrough && r.Password == "" {
+		return nil, fmt.Errorf("imapupstream: login: imap.upstream.login is passthrough, which needs the client's own password (an app password cannot be passed through; use login: master): %w", ErrRefused)
+	}
+	if !passthrough && u.opts.MasterStyle == MasterSeparator && strings.Contains(r.User, u.opts.Separator) {
+		return nil, fmt.Errorf("imapupstream: login: the user name contains the master separator %q: %w", u.opts.Separator, ErrRefused)
+	}
+	return u.buildCommand(r, passthrough)
+}
+
+// loginFrom tries the addresses from index first on, each with a whole
+// exchange, after the failures already in unavail.
+func (u *Upstream) loginFrom(ctx context.Context, first int, r Request, cmd *command, unavail *UnavailableError) (net.Conn, string, error) {
+	for _, addr := range u.opts.Addresses[first:] {
 		if err := ctx.Err(); err != nil {
 			unavail.Attempts = append(unavail.Attempts, Attempt{Address: addr, Err: fmt.Errorf("not tried: %w", err)})
 			continue
@@ -285,66 +427,130 @@ func (u *Upstream) Login(ctx context.Context, r Request) (net.Conn, string, erro
 		if errors.Is(err, ErrRefused) {
 			return nil, "", fmt.Errorf("imapupstream: %q: %w", addr, err)
 		}
-		u.log.LogAttrs(ctx, slog.LevelWarn, "upstream login failed",
-			slog.String("proto", "imap"), slog.String("upstream", addr), slog.String("err", err.Error()))
+		u.failed(ctx, addr, err)
 		unavail.Attempts = append(unavail.Attempts, Attempt{Address: addr, Err: err})
 	}
 	return nil, "", unavail
 }
 
+// failed logs an address that did not answer.
+func (u *Upstream) failed(ctx context.Context, addr string, err error) {
+	u.log.LogAttrs(ctx, slog.LevelWarn, "upstream login failed",
+		slog.String("proto", "imap"), slog.String("upstream", addr), slog.String("err", err.Error()))
+}
+
 // loginAt runs the whole exchange with one address.
-func (u *Upstream) loginAt(ctx context.Context, addr string, r Request, cmd *command) (_ net.Conn, _ string, err error) {
-	conn, raw, err := u.d.Dial(ctx, addr, r.Client)
+func (u *Upstream) loginAt(ctx context.Context, addr string, r Request, cmd *command) (net.Conn, string, error) {
+	s, raw, err := u.openAt(ctx, addr, r)
 	if err != nil {
 		return nil, "", err
+	}
+	return u.finish(ctx, s, raw, cmd)
+}
+
+// openAt runs the exchange with one address up to the login: connectAt,
+// then introduce. On error it has closed the connection.
+func (u *Upstream) openAt(ctx context.Context, addr string, r Request) (*session, net.Conn, error) {
+	s, raw, err := u.connectAt(ctx, addr, r.Client)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := u.introduce(ctx, s, raw, r); err != nil {
+		return nil, nil, err
+	}
+	return s, raw, nil
+}
+
+// connectAt connects to addr (with the PROXY header for client when so
+// configured), reads the greeting, runs STARTTLS when so configured and
+// asks for the capabilities when they are not known yet. It returns the
+// session and the TCP connection under it, whose deadline it clears; on
+// error it has closed the connection. Nothing of a login is sent.
+func (u *Upstream) connectAt(ctx context.Context, addr string, client netip.AddrPort) (_ *session, _ net.Conn, err error) {
+	conn, raw, err := u.d.Dial(ctx, addr, client)
+	if err != nil {
+		return nil, nil, err
 	}
 	defer func() {
 		if err != nil {
 			conn.Close()
 		}
 	}()
-	// Cancelling ctx interrupts any blocked read or write at once, so
-	// that its error is the one reported.
-	stop := dial.Bound(ctx, raw, loginTimeout)
-	defer func() {
-		if !stop() && err == nil {
-			err = fmt.Errorf("login: %w", ctx.Err())
-		}
-		if err != nil && ctx.Err() != nil && !errors.Is(err, ctx.Err()) {
-			err = fmt.Errorf("%w (%w)", err, ctx.Err())
-		}
-	}()
+	defer bound(ctx, raw, &err)()
 
 	s := newSession(conn)
 	if err := s.greeting(); err != nil {
-		return nil, "", err
+		return nil, nil, err
 	}
 	if u.opts.TLS == TLSStartTLS {
 		if err := s.startTLS(); err != nil {
-			return nil, "", err
+			return nil, nil, err
 		}
 		tc, err := u.d.Handshake(ctx, raw, addr)
 		if err != nil {
-			return nil, "", err
+			return nil, nil, err
 		}
-		conn = tc
-		s = newSession(conn)
-	}
-	if u.opts.ForwardClient == ForwardID {
-		s.queue(idCommand(r, raw.LocalAddr()))
+		s = newSession(tc)
 	}
 	if s.caps == nil {
 		s.queue([]byte("CAPABILITY"))
 		if err := s.flushQueue(); err != nil {
-			return nil, "", err
+			return nil, nil, err
 		}
 	}
+	return s, raw, nil
+}
+
+// introduce sends the ID command that forwards the client's address, when
+// so configured; its answer is left to read with the login's. On error it
+// has closed the connection.
+func (u *Upstream) introduce(ctx context.Context, s *session, raw net.Conn, r Request) (err error) {
+	if u.opts.ForwardClient != ForwardID {
+		return nil
+	}
+	defer func() {
+		if err != nil {
+			s.conn.Close()
+		}
+	}()
+	defer bound(ctx, raw, &err)()
+	s.queue(idCommand(r, raw.LocalAddr()))
+	return s.write(nil)
+}
+
+// finish logs in on a session that openAt set up. On error it has closed
+// the connection.
+func (u *Upstream) finish(ctx context.Context, s *session, raw net.Conn, cmd *command) (_ net.Conn, _ string, err error) {
+	defer func() {
+		if err != nil {
+			s.conn.Close()
+		}
+	}()
+	defer bound(ctx, raw, &err)()
 	okText, err := s.login(cmd)
 	if err != nil {
 		return nil, "", err
 	}
-	if err := raw.SetDeadline(time.Time{}); err != nil {
-		return nil, "", fmt.Errorf("clear deadline: %w", err)
-	}
 	return s.handOver(), okText, nil
+}
+
+// bound bounds an exchange on raw by loginTimeout and ctx (cancelling ctx
+// interrupts any blocked read or write at once, so that its error is the
+// one reported). The function it returns, deferred, ends the bound and
+// clears the deadline, and makes *err report ctx's end.
+func bound(ctx context.Context, raw net.Conn, err *error) func() {
+	stop := dial.Bound(ctx, raw, loginTimeout)
+	return func() {
+		if !stop() && *err == nil {
+			*err = fmt.Errorf("login: %w", ctx.Err())
+		}
+		if *err != nil && ctx.Err() != nil && !errors.Is(*err, ctx.Err()) {
+			*err = fmt.Errorf("%w (%w)", *err, ctx.Err())
+		}
+		if *err == nil {
+			if e := raw.SetDeadline(time.Time{}); e != nil {
+				*err = fmt.Errorf("clear deadline: %w", e)
+			}
+		}
+	}
 }

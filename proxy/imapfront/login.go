@@ -6,8 +6,12 @@ import (
 	"context"
 	"encoding/base64"
 	"errors"
+	"fmt"
 	"log/slog"
+	"net"
+	"net/netip"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/passgate/passgate/policy"
@@ -220,11 +224,17 @@ func (c *conn) login(tag string, user, secret []byte) bool {
 	lctx, cancel := context.WithTimeout(c.ctx, loginTimeout)
 	defer cancel()
 
+	// The upstream connection is opened while the decision runs; it
+	// carries no credentials until the decision allows the login.
+	early := c.openEarly(lctx)
 	l, err := c.srv.opts.Decider.Decide(lctx, a)
 	if err != nil {
 		c.Event(c.ctx, c.srv.opts.Logger, slog.LevelWarn, "auth decision failed", slog.String("user", a.User), slog.Any("err", err))
 	}
 	if !l.Allowed() {
+		// Dropped at once, whatever state it is in: the failure waits
+		// for the uniform delay, not for the upstream.
+		early.abandon()
 		return c.answer(tag, l, policy.NotAsked)
 	}
 	primary := l.Credential() == policy.Primary
@@ -237,7 +247,7 @@ func (c *conn) login(tag string, user, secret []byte) bool {
 	if primary {
 		req.Password = a.Secret
 	}
-	up, okText, err := c.srv.opts.Upstream.Login(lctx, req)
+	up, okText, err := c.upstreamLogin(lctx, early, req)
 	if err != nil {
 		if errors.Is(err, ErrUpstreamRefused) {
 			return c.answer(tag, l, policy.Refused)
@@ -285,4 +295,115 @@ func sanitizeLog(s string) string {
 		}
 		return r
 	}, s)
+}
+
+// EarlyUpstream is an Upstream that can open its connection before the
+// credentials are decided. The listener then opens it while the decision
+// runs, and logs in on it once the decision allows the login: the
+// connection's set-up (connect, the client's forwarded address, TLS,
+// capabilities) is no longer on the login's path. A refused login closes
+// it without a word to the upstream.
+type EarlyUpstream interface {
+	Upstream
+	// Open connects to the upstream for the client at client, whose own
+	// ID fields are clientID, and sends nothing but the connection's
+	// set-up: never a credential. An error means the upstream is
+	// unavailable (as for Login). Cancelling ctx interrupts Open; the
+	// connection it returned outlives ctx.
+	Open(ctx context.Context, client netip.AddrPort, clientID []IDField) (PendingUpstream, error)
+}
+
+// PendingUpstream is a connection opened by EarlyUpstream.Open. Exactly
+// one of Login and Close is called, once.
+type PendingUpstream interface {
+	// Login logs in on the connection as Upstream.Login does (the
+	// request's Client and ClientID are those given to Open).
+	Login(ctx context.Context, req LoginRequest) (net.Conn, string, error)
+	// Close closes the connection without logging in. It must not block
+	// on the upstream.
+	Close() error
+}
+
+// earlyDial is an upstream connection being opened while the decision
+// runs. Its goroutine keeps what Open returns, or closes it when the
+// login was refused meanwhile.
+type earlyDial struct {
+	cancel context.CancelFunc
+	opened chan struct{} // closed when Open returned and p, err are set
+
+	mu        sync.Mutex
+	abandoned bool
+	p         PendingUpstream
+	err       error
+}
+
+// openEarly starts opening the upstream connection for this login, when
+// the Upstream can; nil when it cannot (the login then dials after the
+// decision). The connection ends with ctx unless it is logged in.
+func (c *conn) openEarly(ctx context.Context) *earlyDial {
+	eu, ok := c.srv.opts.Upstream.(EarlyUpstream)
+	if !ok {
+		return nil
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	e := &earlyDial{cancel: cancel, opened: make(chan struct{})}
+	client, id := c.RemoteAddr, c.clientID
+	go func() {
+		p, err := eu.Open(ctx, client, id)
+		e.mu.Lock()
+		if e.abandoned {
+			e.mu.Unlock()
+			if p != nil {
+				p.Close()
+			}
+			return
+		}
+		e.p, e.err = p, err
+		e.mu.Unlock()
+		close(e.opened)
+	}()
+	return e
+}
+
+// abandon drops the connection without logging in and without waiting:
+// opened, it is closed now; still opening, it is interrupted and closed
+// by its goroutine.
+func (e *earlyDial) abandon() {
+	if e == nil {
+		return
+	}
+	e.mu.Lock()
+	e.abandoned = true
+	p := e.p
+	e.p = nil
+	e.mu.Unlock()
+	e.cancel()
+	if p != nil {
+		p.Close()
+	}
+}
+
+// upstreamLogin logs in upstream for an allowed login: on the connection
+// opened early when there is one (waiting for it to be ready), else with
+// a new one.
+func (c *conn) upstreamLogin(ctx context.Context, e *earlyDial, req LoginRequest) (net.Conn, string, error) {
+	if e == nil {
+		return c.srv.opts.Upstream.Login(ctx, req)
+	}
+	select {
+	case <-e.opened:
+	case <-ctx.Done():
+		e.abandon()
+		return nil, "", fmt.Errorf("imapfront: waiting for the upstream connection: %w", ctx.Err())
+	}
+	e.mu.Lock()
+	p, err := e.p, e.err
+	e.p = nil
+	e.mu.Unlock()
+	// Open has returned: its context no longer bounds the connection.
+	e.cancel()
+	if err != nil {
+		return nil, "", err
+	}
+	return p.Login(ctx, req)
 }

@@ -155,7 +155,7 @@ func runDemo(ctx context.Context, e *env, imapAddr, smtpAddr, webAddr string) er
 		fmt.Fprint(e.Stdout, b.String())
 	}
 	served := make(chan error, 1)
-	go func() { served <- serve(ctx, e, cfg, log, &serveOverrides{ready: ready}) }()
+	go func() { served <- serve(ctx, e, cfg, log, &serveOverrides{ready: ready, noIMAPReady: true}) }()
 	select {
 	case err := <-served:
 		return err

@@ -41,6 +41,10 @@ type deps struct {
 	onStop []func()
 	// metrics is nil without metrics.listen.
 	metrics *metrics
+	// imapReady is how many upstream connections the IMAP listeners keep
+	// ready (imapReadyConns; none in the demo, whose upstream is in the
+	// process).
+	imapReady int
 }
 
 // service is one listening socket and the server behind it.
@@ -165,7 +169,10 @@ func serve(ctx context.Context, e *env, cfg *configs.Config, log *slog.Logger, o
 	if err != nil {
 		return err
 	}
-	d := &deps{cfg: cfg, log: log, engine: engine, relays: revoke.NewRegistry(), metrics: m}
+	d := &deps{cfg: cfg, log: log, engine: engine, relays: revoke.NewRegistry(), metrics: m, imapReady: imapReadyConns}
+	if over != nil && over.noIMAPReady {
+		d.imapReady = 0
+	}
 	if certs != nil {
 		d.serverTLS = certs.tlsConfig()
 	}
@@ -445,7 +452,8 @@ var errNoListener = errors.New("no listener configured: set imap.listen, smtp.li
 
 // serveOverrides lets demo and tests learn the bound addresses.
 type serveOverrides struct {
-	ready func(map[string]string) // listener name → bound address
+	ready       func(map[string]string) // listener name → bound address
+	noIMAPReady bool                    // keep no ready IMAP upstream connections
 }
 
 // parsePrefixes parses the CIDRs of the configuration key key.

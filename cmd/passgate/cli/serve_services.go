@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 
 	"github.com/passgate/passgate/backends/imapupstream"
@@ -22,7 +23,8 @@ func buildServices(d *deps) ([]service, error) {
 		if err != nil {
 			return nil, err
 		}
-		s, err := buildIMAP(d, up)
+		d.onStop = append(d.onStop, func() { up.Close() })
+		s, err := buildIMAP(d, IMAPUpstream(up))
 		if err != nil {
 			return nil, err
 		}
@@ -68,13 +70,18 @@ func upstreamTLS(caKey, caFile, serverName string) (*tls.Config, error) {
 	return c, nil
 }
 
-// newIMAPUpstream builds the IMAP upstream from imap.upstream.
-func newIMAPUpstream(d *deps) (imapfront.Upstream, error) {
-	up, err := imapUpstream(d, d.cfg.IMAP.Upstream.Login)
-	if err != nil {
-		return nil, err
-	}
-	return IMAPUpstream(up), nil
+// imapReadyConns is how many connections the IMAP listeners keep open
+// and greeted ahead of the logins (imapupstream.Options.Ready): a login
+// then finds its upstream connection ready, whatever the time its
+// decision takes. They follow the logins (a connection taken is
+// replaced; one unused for imapupstream.DefaultReadyIdle is closed), so
+// an idle instance holds none.
+const imapReadyConns = 1
+
+// newIMAPUpstream builds the IMAP listeners' upstream from imap.upstream,
+// with d.imapReady ready connections. The caller closes it.
+func newIMAPUpstream(d *deps) (*imapupstream.Upstream, error) {
+	return imapUpstreamReady(d, d.cfg.IMAP.Upstream.Login, d.imapReady)
 }
 
 // imapUpstream builds backends/imapupstream from imap.upstream with the
@@ -82,6 +89,12 @@ func newIMAPUpstream(d *deps) (imapfront.Upstream, error) {
 // portal's verifier, which logs in with the user's password and needs no
 // master credentials.
 func imapUpstream(d *deps, login string) (*imapupstream.Upstream, error) {
+	return imapUpstreamReady(d, login, 0)
+}
+
+// imapUpstreamReady is imapUpstream that keeps ready connections open
+// (imapupstream.Options.Ready).
+func imapUpstreamReady(d *deps, login string, ready int) (*imapupstream.Upstream, error) {
 	u := d.cfg.IMAP.Upstream
 	tc, err := upstreamTLS("imap.upstream.ca_file", u.CAFile, u.ServerName)
 	if err != nil {
@@ -104,28 +117,62 @@ func imapUpstream(d *deps, login string) (*imapupstream.Upstream, error) {
 		Separator:      u.Separator,
 		ForwardClient:  u.ForwardClient,
 		DialTimeout:    u.DialTimeout.D(),
+		Ready:          ready,
 		Logger:         d.log,
 	})
 }
 
-// IMAPUpstream adapts backends/imapupstream to imapfront.Upstream, so
-// that neither package imports the other: a refused login wraps
-// imapfront.ErrUpstreamRefused. serve wires it, and the integration tests
-// use it as it is.
+// IMAPUpstream adapts backends/imapupstream to imapfront.Upstream (an
+// imapfront.EarlyUpstream: the listener opens the connection while the
+// decision runs), so that neither package imports the other: a refused
+// login wraps imapfront.ErrUpstreamRefused. serve wires it, and the
+// integration tests use it as it is.
 func IMAPUpstream(up *imapupstream.Upstream) imapfront.Upstream { return imapAdapter{up} }
 
 // imapAdapter is IMAPUpstream's value.
 type imapAdapter struct{ up *imapupstream.Upstream }
 
 func (a imapAdapter) Login(ctx context.Context, r imapfront.LoginRequest) (net.Conn, string, error) {
-	req := imapupstream.Request{User: r.User, Client: r.Client}
+	req := imapupstream.Request{User: r.User, Client: r.Client, ClientID: idPairs(r.ClientID)}
 	if r.Primary {
 		req.Password = string(r.Password)
 	}
-	for _, f := range r.ClientID {
-		req.ClientID = append(req.ClientID, f.Name, f.Value)
+	return imapRefused(a.up.Login(ctx, req))
+}
+
+func (a imapAdapter) Open(ctx context.Context, client netip.AddrPort, clientID []imapfront.IDField) (imapfront.PendingUpstream, error) {
+	p, err := a.up.Open(ctx, client, idPairs(clientID))
+	if err != nil {
+		return nil, err
 	}
-	conn, text, err := a.up.Login(ctx, req)
+	return imapPending{p}, nil
+}
+
+// imapPending adapts imapupstream.Pending to imapfront.PendingUpstream.
+type imapPending struct{ p *imapupstream.Pending }
+
+func (p imapPending) Login(ctx context.Context, r imapfront.LoginRequest) (net.Conn, string, error) {
+	var password string
+	if r.Primary {
+		password = string(r.Password)
+	}
+	return imapRefused(p.p.Login(ctx, r.User, password))
+}
+
+func (p imapPending) Close() error { return p.p.Close() }
+
+// idPairs flattens the client's ID fields into key/value pairs.
+func idPairs(fields []imapfront.IDField) []string {
+	var pairs []string
+	for _, f := range fields {
+		pairs = append(pairs, f.Name, f.Value)
+	}
+	return pairs
+}
+
+// imapRefused makes a refusal of the upstream wrap
+// imapfront.ErrUpstreamRefused.
+func imapRefused(conn net.Conn, text string, err error) (net.Conn, string, error) {
 	if errors.Is(err, imapupstream.ErrRefused) {
 		return nil, "", fmt.Errorf("%w: %w", imapfront.ErrUpstreamRefused, err)
 	}

@@ -1,0 +1,200 @@
+package imapfront
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// earlyUpstream is a fakeUpstream that can open its connection early.
+// Open waits until release is closed (when set) or its context ends; a
+// Login on the pending connection goes to the fakeUpstream.
+type earlyUpstream struct {
+	*fakeUpstream
+	release chan struct{} // nil: Open returns at once
+	hold    chan struct{} // when set, Open waits for it first, whatever its context says
+	openErr error
+
+	mu       sync.Mutex
+	opens    []netip.AddrPort
+	ids      [][]IDField
+	ctxEnded bool // an Open returned because its context ended
+	logins   int  // Login on a pending connection
+	closes   int  // Close of a pending connection
+}
+
+func (e *earlyUpstream) Open(ctx context.Context, client netip.AddrPort, id []IDField) (PendingUpstream, error) {
+	e.mu.Lock()
+	e.opens = append(e.opens, client)
+	e.ids = append(e.ids, id)
+	release, hold, err := e.release, e.hold, e.openErr
+	e.mu.Unlock()
+	if hold != nil {
+		<-hold
+	}
+	if release != nil {
+		select {
+		case <-release:
+		case <-ctx.Done():
+			e.mu.Lock()
+			e.ctxEnded = true
+			e.mu.Unlock()
+			return nil, ctx.Err()
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &earlyPending{e: e}, nil
+}
+
+func (e *earlyUpstream) counts() (opens, logins, closes int, ctxEnded bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return len(e.opens), e.logins, e.closes, e.ctxEnded
+}
+
+type earlyPending struct{ e *earlyUpstream }
+
+func (p *earlyPending) Login(ctx context.Context, req LoginRequest) (net.Conn, string, error) {
+	p.e.mu.Lock()
+	p.e.logins++
+	p.e.mu.Unlock()
+	return p.e.fakeUpstream.Login(ctx, req)
+}
+
+func (p *earlyPending) Close() error {
+	p.e.mu.Lock()
+	p.e.closes++
+	p.e.mu.Unlock()
+	return nil
+}
+
+// TestEarlyDial: the upstream connection is opened while the decision
+// runs; an allowed login logs in on it, a refused one closes it without
+// logging in, and the client gets the same replies as without it.
+func TestEarlyDial(t *testing.T) {
+	const ok = "a OK [CAPABILITY IMAP4rev1 IDLE] Logged in"
+	tests := []struct {
+		name    string
+		login   string
+		openErr error
+		reply   string
+		logins  int  // Logins on the pending connection
+		closes  int  // Closes of it
+		primary bool // the Login carried the client's password
+	}{
+		{name: "ok/app-password", login: "a LOGIN alice \"" + appSecret + "\"", reply: ok, logins: 1},
+		{name: "ok/passthrough", login: "a LOGIN bob " + primaryPass, reply: ok, logins: 1, primary: true},
+		{name: "deny/wrong-app-password", login: "a LOGIN alice \"zzzz zzzz zzzz zzzz\"", reply: "a " + failLine, closes: 1},
+		{name: "deny/primary-of-enforced-user", login: "a LOGIN carol secret", reply: "a " + failLine, closes: 1},
+		{name: "upstream-refused/passthrough", login: "a LOGIN bob wrong", reply: "a " + failLine, logins: 1, primary: true},
+		{name: "deny/upstream-down", login: "a LOGIN alice \"zzzz zzzz zzzz zzzz\"", openErr: errors.New("dial: connection refused"), reply: "a " + failLine},
+		{name: "unavailable/upstream-down", login: "a LOGIN alice \"" + appSecret + "\"", openErr: errors.New("dial: connection refused"),
+			reply: "a NO [UNAVAILABLE] Authentication service unavailable, try again later."},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			eu := &earlyUpstream{fakeUpstream: &fakeUpstream{}, openErr: tc.openErr}
+			ts := startServer(t, func(o *Options) { o.Upstream = eu })
+			ts.up = eu.fakeUpstream
+			rc := ts.tlsClient(t)
+			rc.send(`i ID ("name" "Thunderbird")` + "\r\n")
+			rc.expect(`* ID ("name" "passgate")`, "i OK ID completed")
+			rc.send(tc.login + "\r\n")
+			rc.expect(tc.reply)
+			if tc.reply == ok {
+				rc.send("z LOGOUT\r\n")
+				rc.expect("* BYE upstream logging out", "z OK LOGOUT done by upstream")
+			}
+			// A refused login's pending connection is closed by now, or
+			// soon by Open's goroutine.
+			waitFor(t, "the pending connection closed", func() bool {
+				_, _, closes, _ := eu.counts()
+				return closes >= tc.closes
+			})
+			opens, logins, closes, _ := eu.counts()
+			if opens != 1 || logins != tc.logins || closes != tc.closes {
+				t.Errorf("Open %d, Login %d, Close %d; want 1, %d, %d", opens, logins, closes, tc.logins, tc.closes)
+			}
+			eu.mu.Lock()
+			client, id := eu.opens[0], eu.ids[0]
+			eu.mu.Unlock()
+			if want := rc.c.LocalAddr().(*net.TCPAddr).AddrPort(); client != want {
+				t.Errorf("Open for %v, want the client's %v", client, want)
+			}
+			if len(id) != 1 || id[0] != (IDField{"name", "Thunderbird"}) {
+				t.Errorf("Open with the client's ID %v", id)
+			}
+			reqs, _ := eu.fakeUpstream.snapshot()
+			if len(reqs) != tc.logins {
+				t.Fatalf("%d upstream logins, want %d", len(reqs), tc.logins)
+			}
+			for _, r := range reqs {
+				if r.Primary != tc.primary || (string(r.Password) != "") != tc.primary {
+					t.Errorf("upstream login %+v: primary %v, want %v", r, r.Primary, tc.primary)
+				}
+			}
+		})
+	}
+}
+
+// TestEarlyDialRefusalDoesNotWait: a refused login gets its failure after
+// the uniform delay while the upstream connection is still being opened;
+// Open is then interrupted, and a connection it opens all the same is
+// closed without logging in.
+func TestEarlyDialRefusalDoesNotWait(t *testing.T) {
+	const delay = 150 * time.Millisecond
+	tests := []struct {
+		name        string
+		interrupted bool // Open returns only when its context ends
+	}{
+		{name: "deny/open-interrupted", interrupted: true},
+		{name: "deny/open-returns-after-the-reply"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			eu := &earlyUpstream{fakeUpstream: &fakeUpstream{}}
+			if tc.interrupted {
+				eu.release = make(chan struct{})
+				defer close(eu.release)
+			} else {
+				eu.hold = make(chan struct{})
+			}
+			ts := startServer(t, func(o *Options) { o.Upstream = eu })
+			ts.up = eu.fakeUpstream
+			ts.dec.set(func(f *fakeDecider) { f.delay = delay })
+			rc := ts.tlsClient(t)
+			start := time.Now()
+			rc.send("a LOGIN alice \"zzzz zzzz zzzz zzzz\"\r\n")
+			rc.expect("a " + failLine)
+			if took := time.Since(start); took < delay {
+				t.Errorf("failure after %v, want at least %v", took, delay)
+			}
+			if !tc.interrupted {
+				close(eu.hold) // Open returns a connection now, after the refusal
+			}
+			waitFor(t, "Open to end", func() bool {
+				opens, _, closes, ended := eu.counts()
+				if tc.interrupted {
+					return opens == 1 && ended
+				}
+				return opens == 1 && closes == 1
+			})
+			if _, logins, _, _ := eu.counts(); logins != 0 {
+				t.Errorf("%d logins on the pending connection of a refused login", logins)
+			}
+			if reqs, _ := eu.fakeUpstream.snapshot(); len(reqs) != 0 {
+				t.Errorf("the refused login reached the upstream: %d logins", len(reqs))
+			}
+			if strings.Contains(ts.log.String(), "upstream login failed") {
+				t.Error("a refused login logged an upstream failure")
+			}
+		})
+	}
+}
