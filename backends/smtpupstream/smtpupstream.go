@@ -116,13 +116,22 @@ type Options struct {
 	// LocalName is passgate's EHLO name before XCLIENT or STARTTLS
 	// (default "passgate").
 	LocalName string
+	// Ready is how many connections Dial keeps open, greeted, past
+	// STARTTLS and EHLO and unused, ahead of the logins: Dial hands one
+	// out at once and opens its replacement, and each one left unused
+	// for ReadyIdle (default DefaultReadyIdle) is closed. 0 (default)
+	// keeps none; with ForwardProxy there are none either (the PROXY
+	// header names the client at connect). Close closes them.
+	Ready     int
+	ReadyIdle time.Duration
 }
 
 // Client logs in to the upstream. It is safe for concurrent use: every
 // Login opens its own connection.
 type Client struct {
-	o Options
-	d *dial.Dialer
+	o     Options
+	d     *dial.Dialer
+	ready *ready // nil without Options.Ready
 }
 
 // New checks opts and returns a Client.
@@ -173,7 +182,23 @@ func New(o Options) (*Client, error) {
 	o.Addresses = append([]string(nil), o.Addresses...)
 	d := dial.New(dial.Options{TLS: o.TLS, TLSConfig: o.TLSConfig, Timeout: o.DialTimeout, HandshakeTimeout: o.LoginTimeout,
 		Proxy: o.ForwardClient == ForwardProxy}, len(o.Addresses)*4)
-	return &Client{o: o, d: d}, nil
+	c := &Client{o: o, d: d}
+	if o.Ready > 0 && o.ForwardClient != ForwardProxy {
+		if o.ReadyIdle <= 0 {
+			o.ReadyIdle = DefaultReadyIdle
+		}
+		c.ready = newReady(c, o.Ready, o.ReadyIdle)
+	}
+	return c, nil
+}
+
+// Close closes the ready connections (Options.Ready) and waits for those
+// being opened. Sessions and pending logins are not affected.
+func (c *Client) Close() error {
+	if c.ready != nil {
+		c.ready.close()
+	}
+	return nil
 }
 
 // Password is a secret (a master password or a user's own password):
@@ -220,8 +245,15 @@ func (c *Client) Login(ctx context.Context, req Request) (*Session, error) {
 // unreachable upstream is found out the same way whatever the client's
 // secret. client is the real client's address, forwarded per
 // ForwardClient. The Pending connection is then logged in with Login or
-// closed with Close; it must not wait longer than LoginTimeout.
+// closed with Close; it must not wait longer than LoginTimeout. With
+// Options.Ready it is a connection opened ahead, when one is ready.
 func (c *Client) Dial(ctx context.Context, client netip.AddrPort) (*Pending, error) {
+	if c.ready != nil {
+		if p := c.ready.take(); p != nil {
+			p.client = client
+			return p, nil
+		}
+	}
 	p, err := dial.Each(ctx, c.o.Addresses, func(addr string) (*Pending, error) { return c.dialAt(ctx, addr, client) }, nil)
 	if err != nil {
 		return nil, fmt.Errorf("smtpupstream: no submission server answered (check smtp.upstream.addresses, smtp.upstream.tls and ca_file, and that the server listens there): %w", err)
@@ -234,10 +266,12 @@ func (c *Client) Dial(ctx context.Context, client netip.AddrPort) (*Pending, err
 type Pending struct {
 	c      *Client
 	conn   net.Conn
+	raw    net.Conn // the TCP connection under conn
 	br     *bufio.Reader
 	ext    map[string]string
 	addr   string
 	client netip.AddrPort
+	ready  bool // opened ahead of any client (Options.Ready)
 }
 
 // dialAt connects to addr and runs greeting, EHLO, [STARTTLS, EHLO] on
@@ -300,7 +334,7 @@ func (c *Client) dialAt(ctx context.Context, addr string, client netip.AddrPort)
 		}
 	}
 	ok = true
-	return &Pending{c: c, conn: conn, br: br, ext: ext, addr: addr, client: client}, nil
+	return &Pending{c: c, conn: conn, raw: raw, br: br, ext: ext, addr: addr, client: client}, nil
 }
 
 // Close closes a connection that was not logged in.
@@ -311,8 +345,22 @@ func (p *Pending) Close() error { return p.conn.Close() }
 // password is set (a primary-password login, verified by the upstream).
 // helo is the client's EHLO name, reused upstream when valid. Login may be
 // called once; on failure the connection is closed. A refusal of the
-// credentials wraps ErrAuthRefused.
+// credentials wraps ErrAuthRefused. A connection that was kept ready and
+// fails otherwise (the server may have dropped it meanwhile) is replaced
+// by a new one to the same address, once.
 func (p *Pending) Login(ctx context.Context, user string, password Password, helo string) (*Session, error) {
+	s, err := p.login(ctx, user, password, helo)
+	if err == nil || !p.ready || errors.Is(err, ErrAuthRefused) || errors.Is(err, ErrNoPassword) || ctx.Err() != nil {
+		return s, err
+	}
+	fresh, derr := p.c.dialAt(ctx, p.addr, p.client)
+	if derr != nil {
+		return nil, fmt.Errorf("%w; a new connection: %w", err, derr)
+	}
+	return fresh.login(ctx, user, password, helo)
+}
+
+func (p *Pending) login(ctx context.Context, user string, password Password, helo string) (*Session, error) {
 	c, conn, addr := p.c, p.conn, p.addr
 	ok := false
 	defer func() {

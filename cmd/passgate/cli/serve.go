@@ -45,6 +45,8 @@ type deps struct {
 	// ready (imapReadyConns; none in the demo, whose upstream is in the
 	// process).
 	imapReady int
+	// smtpReady is the same for the SMTP listeners (smtpReadyConns).
+	smtpReady int
 }
 
 // service is one listening socket and the server behind it.
@@ -169,9 +171,9 @@ func serve(ctx context.Context, e *env, cfg *configs.Config, log *slog.Logger, o
 	if err != nil {
 		return err
 	}
-	d := &deps{cfg: cfg, log: log, engine: engine, relays: revoke.NewRegistry(), metrics: m, imapReady: imapReadyConns}
+	d := &deps{cfg: cfg, log: log, engine: engine, relays: revoke.NewRegistry(), metrics: m, imapReady: imapReadyConns, smtpReady: smtpReadyConns}
 	if over != nil && over.noIMAPReady {
-		d.imapReady = 0
+		d.imapReady, d.smtpReady = 0, 0
 	}
 	if certs != nil {
 		d.serverTLS = certs.tlsConfig()
@@ -453,7 +455,7 @@ var errNoListener = errors.New("no listener configured: set imap.listen, smtp.li
 // serveOverrides lets demo and tests learn the bound addresses.
 type serveOverrides struct {
 	ready       func(map[string]string) // listener name → bound address
-	noIMAPReady bool                    // keep no ready IMAP upstream connections
+	noIMAPReady bool                    // keep no ready IMAP (nor SMTP) upstream connections
 }
 
 // parsePrefixes parses the CIDRs of the configuration key key.

@@ -97,7 +97,16 @@ type sizeProber interface {
 	ProbeSize(ctx context.Context) (size int64, known bool, err error)
 }
 
-// newSMTPUpstream builds the SMTP upstream from smtp.upstream.
+// smtpReadyConns is how many connections the SMTP listeners keep open,
+// greeted and past STARTTLS and EHLO ahead of the logins
+// (smtpupstream.Options.Ready): a login takes one instead of opening its
+// own, so the upstream's connect and TLS handshake are off its path. It
+// carries no client's data until the login's XCLIENT or AUTH.
+const smtpReadyConns = 1
+
+// newSMTPUpstream builds the SMTP upstream from smtp.upstream, with
+// d.smtpReady ready connections, which close with the listeners
+// (d.onStop).
 func newSMTPUpstream(d *deps) (smtpfront.Upstream, error) {
 	u := d.cfg.SMTP.Upstream
 	tc, err := upstreamTLS("smtp.upstream.ca_file", u.CAFile, u.ServerName)
@@ -119,10 +128,12 @@ func newSMTPUpstream(d *deps) (smtpfront.Upstream, error) {
 		MasterPassword: smtpupstream.Password(masterPW),
 		ForwardClient:  u.ForwardClient,
 		DialTimeout:    u.DialTimeout.D(),
+		Ready:          d.smtpReady,
 	})
 	if err != nil {
 		return nil, err
 	}
+	d.onStop = append(d.onStop, func() { up.Close() })
 	return SMTPUpstream(up), nil
 }
 
