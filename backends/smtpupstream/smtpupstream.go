@@ -39,6 +39,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/emersion/go-sasl"
@@ -76,6 +77,10 @@ const (
 	DefaultCommandTimeout = 5 * time.Minute
 	DefaultLocalName      = "passgate"
 )
+
+// replyBuffer is the size of the buffer that reads the replies before
+// login (greeting, EHLO, STARTTLS, XCLIENT): a few hundred bytes each.
+const replyBuffer = 1024
 
 // maxXClientLine is Postfix's limit on an XCLIENT command line.
 const maxXClientLine = 512
@@ -132,7 +137,17 @@ type Client struct {
 	o     Options
 	d     *dial.Dialer
 	ready *ready // nil without Options.Ready
+	// bufs holds the *dataBufs of the messages being relayed, shared by
+	// the sessions: a session holds none between its messages.
+	bufs sync.Pool
 }
+
+// dataBufs are the buffers one Data uses: what it reads of the message
+// and its DATA encoding (twice that and a line end, at most).
+type dataBufs struct{ in, out []byte }
+
+// dataChunk is how much of a message Data reads at a time.
+const dataChunk = 32 << 10
 
 // New checks opts and returns a Client.
 func New(o Options) (*Client, error) {
@@ -183,6 +198,7 @@ func New(o Options) (*Client, error) {
 	d := dial.New(dial.Options{TLS: o.TLS, TLSConfig: o.TLSConfig, Timeout: o.DialTimeout, HandshakeTimeout: o.LoginTimeout,
 		Proxy: o.ForwardClient == ForwardProxy}, len(o.Addresses)*4)
 	c := &Client{o: o, d: d}
+	c.bufs.New = func() any { return &dataBufs{in: make([]byte, dataChunk), out: make([]byte, 0, 2*dataChunk+2)} }
 	if o.Ready > 0 && o.ForwardClient != ForwardProxy {
 		if o.ReadyIdle <= 0 {
 			o.ReadyIdle = DefaultReadyIdle
@@ -290,7 +306,7 @@ func (c *Client) dialAt(ctx context.Context, addr string, client netip.AddrPort)
 	stop := dial.Bound(ctx, conn, c.o.LoginTimeout) // on the conn under a later TLS layer
 	defer stop()
 
-	br := bufio.NewReaderSize(conn, 4096)
+	br := bufio.NewReaderSize(conn, replyBuffer)
 	if c.o.TLS == TLSImplicit {
 		// The greeting follows the server's session tickets: see ehlo.
 		dial.QuickAck(raw)
@@ -328,7 +344,7 @@ func (c *Client) dialAt(ctx context.Context, addr string, client netip.AddrPort)
 			return nil, fmt.Errorf("after STARTTLS: %w", err)
 		}
 		conn = tc
-		br = bufio.NewReaderSize(conn, 4096)
+		br = bufio.NewReaderSize(conn, replyBuffer)
 		if ext, err = ehlo(conn, br, c.o.LocalName, raw); err != nil {
 			return nil, err
 		}
@@ -426,7 +442,7 @@ func (p *Pending) login(ctx context.Context, user string, password Password, hel
 	}
 	_ = conn.SetDeadline(time.Time{})
 	cl.CommandTimeout = c.o.CommandTimeout
-	s := &Session{cl: cl, conn: conn, addr: addr, timeout: c.o.CommandTimeout}
+	s := &Session{cl: cl, conn: conn, addr: addr, timeout: c.o.CommandTimeout, bufs: &c.bufs}
 	if n, ok := cl.MaxMessageSize(); ok {
 		s.size = int64(n)
 		s.sizeKnown = true
@@ -575,8 +591,7 @@ type Session struct {
 	timeout   time.Duration
 	size      int64
 	sizeKnown bool
-	buf       []byte // Data's copy buffer, kept for the session's next message
-	out       []byte // Data's encoding buffer, kept likewise
+	bufs      *sync.Pool // of *dataBufs, the Client's
 }
 
 // Addr is the upstream address the session is connected to.
@@ -611,10 +626,9 @@ func (s *Session) Data(r io.Reader) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	if s.buf == nil {
-		s.buf = make([]byte, 32<<10)
-	}
-	n, err := stuffMessage(r, s.conn, w, s.buf, &s.out, func() { _ = s.conn.SetWriteDeadline(time.Now().Add(s.timeout)) })
+	b := s.bufs.Get().(*dataBufs)
+	defer s.bufs.Put(b)
+	n, err := stuffMessage(r, s.conn, w, b.in, &b.out, func() { _ = s.conn.SetWriteDeadline(time.Now().Add(s.timeout)) })
 	if err != nil {
 		s.conn.Close()
 		var we *writeError
