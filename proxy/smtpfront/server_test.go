@@ -49,8 +49,6 @@ type fakeDecider struct {
 	unavailable []error
 	attempts    []policy.Attempt
 	engines     *policytest.Engines
-	// deciding, when set, receives a value each time Decide starts.
-	deciding chan struct{}
 }
 
 func newFakeDecider(t testing.TB) *fakeDecider {
@@ -106,11 +104,7 @@ func (f *fakeDecider) outcome(_ policy.Proto, cred policy.Credential, o policy.O
 func (f *fakeDecider) Decide(ctx context.Context, a policy.Attempt) (*policy.Login, error) {
 	f.mu.Lock()
 	f.attempts = append(f.attempts, a)
-	deciding := f.deciding
 	f.mu.Unlock()
-	if deciding != nil {
-		deciding <- struct{}{}
-	}
 	if a.Proto != policy.SMTP {
 		return f.engine().Undecided(a, "wrong protocol"), fmt.Errorf("proto %q", a.Proto)
 	}
@@ -139,22 +133,9 @@ type fakeUpstream struct {
 	dataStarted chan struct{}
 	// quitGate, when set, holds every Quit until it is closed.
 	quitGate chan struct{}
-	// dialGate, when set, holds every Dial until it yields a value (or
-	// for patience, then Dial fails).
-	dialGate chan struct{}
 }
 
 func (f *fakeUpstream) Dial(_ context.Context, client netip.AddrPort) (smtpfront.PendingLogin, error) {
-	f.mu.Lock()
-	gate := f.dialGate
-	f.mu.Unlock()
-	if gate != nil {
-		select {
-		case <-gate:
-		case <-time.After(patience):
-			return nil, errors.New("dial held for too long")
-		}
-	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.dials = append(f.dials, client)

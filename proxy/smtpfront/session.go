@@ -139,8 +139,8 @@ func (ss *session) Auth(mech string) (sasl.Server, error) {
 	return nil, smtp.ErrAuthUnknownMechanism
 }
 
-// authenticate dials the upstream while it decides (see Upstream.Dial),
-// and logs in upstream once the decision allows it. It returns the reply error the client
+// authenticate dials the upstream (before the decision: see Upstream.Dial),
+// decides and logs in upstream. It returns the reply error the client
 // sees, after the decision's uniform delay, or nil when the session is
 // logged in.
 func (ss *session) authenticate(received time.Time, c credentials, malformed error) error {
@@ -178,27 +178,16 @@ func (ss *session) authenticate(received time.Time, c credentials, malformed err
 	if c.authzid != "" && c.authzid != c.user {
 		return finish(dec.Undecided(a, "authorization identity differs from the user"), policy.NotAsked, "", nil)
 	}
-	// The upstream connection is opened while the decision runs (it
-	// carries no credential until Login, after an allow), and the reply
-	// waits for both: an upstream that is down is answered with 454
-	// whatever the decision, so the reply never tells a right secret
-	// from a wrong one.
-	dialed := make(chan dialResult, 1)
-	go func() {
-		p, err := ss.s.o.Upstream.Dial(ctx, ss.tc.line.RemoteAddr)
-		dialed <- dialResult{p, err}
-	}()
-	l, err := dec.Decide(ctx, a)
-	d := <-dialed
-	pending := d.p
+	pending, err := ss.s.o.Upstream.Dial(ctx, ss.tc.line.RemoteAddr)
+	if err != nil {
+		return finish(dec.Undecided(a, "upstream unavailable before the decision"), policy.Unreachable(err), "upstream_unavailable", err)
+	}
 	defer func() {
 		if pending != nil {
 			_ = pending.Close()
 		}
 	}()
-	if d.err != nil {
-		return finish(l, policy.Unreachable(d.err), "upstream_unavailable", d.err)
-	}
+	l, err := dec.Decide(ctx, a)
 	if err != nil {
 		return finish(l, policy.NotAsked, "decision_error", err)
 	}
@@ -237,12 +226,6 @@ func (ss *session) authenticate(received time.Time, c credentials, malformed err
 		ss.tc.trackRevocation(l.AppPasswordID())
 	}
 	return nil
-}
-
-// dialResult is what Upstream.Dial returned.
-type dialResult struct {
-	p   PendingLogin
-	err error
 }
 
 // upstreamErr maps an upstream failure to the client's reply: the

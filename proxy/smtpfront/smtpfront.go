@@ -54,11 +54,10 @@ func (r LoginRequest) LogValue() slog.Value {
 // Upstream connects to the submission server on a user's behalf.
 type Upstream interface {
 	// Dial connects to the submission server and checks that it answers
-	// (greeting, EHLO, STARTTLS) for the real client, sending no
-	// credential. It runs while the decision runs, and the reply to AUTH
-	// waits for it, so that an upstream that is down is found out the
-	// same way whatever the client's secret. An error is a temporary
-	// failure (the client gets 454).
+	// (greeting, EHLO, STARTTLS) for the real client. It is called before
+	// the decision, so that an upstream that is down is found out the same
+	// way whatever the client's secret. An error is a temporary failure
+	// (the client gets 454).
 	Dial(ctx context.Context, client netip.AddrPort) (PendingLogin, error)
 }
 
