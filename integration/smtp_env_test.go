@@ -154,6 +154,7 @@ func startPassgateSMTP(t testing.TB, o smtpOpts) *passgateSMTP {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { uc.Close() }) // its ready connections (Options.Ready)
 	stls, err := e.certs.ServerTLS()
 	if err != nil {
 		t.Fatal(err)
