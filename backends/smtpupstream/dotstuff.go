@@ -91,8 +91,10 @@ func (d *dotStuffer) tail() int {
 // data as if dot had been given the whole message. buf is the read
 // buffer; before is called ahead of every write to raw (to set a
 // deadline); out is the encoding buffer, reused between messages (it
-// grows to 2×len(buf)+2 bytes). It returns the bytes read from r; a
-// failed write is a *writeError.
+// grows to 2×len(buf)+2 bytes). When raw is a holder, the part of the
+// message read together with its end is held, not written, and the
+// caller closes dot before out is used again. It returns the bytes read
+// from r; a failed write is a *writeError.
 func stuffMessage(r io.Reader, raw io.Writer, dot io.Writer, buf []byte, out *[]byte, before func()) (int64, error) {
 	var (
 		d    dotStuffer
@@ -116,7 +118,10 @@ func stuffMessage(r io.Reader, raw io.Writer, dot io.Writer, buf []byte, out *[]
 				if before != nil {
 					before()
 				}
-				if _, err := raw.Write(body); err != nil {
+				if h, ok := raw.(holder); ok && rerr == io.EOF {
+					// The message's last bytes leave with its end.
+					h.hold(body)
+				} else if _, err := raw.Write(body); err != nil {
 					return n, &writeError{err}
 				}
 			}
@@ -135,6 +140,13 @@ func stuffMessage(r io.Reader, raw io.Writer, dot io.Writer, buf []byte, out *[]
 	}
 	return n, nil
 }
+
+// holder is a raw writer that can keep the last bytes of a message, as
+// they are (without copying them), and send them with its next Write:
+// the end of data that go-smtp's writer sends when it is closed. A short
+// message then leaves in one write (one TLS record, one packet) instead
+// of two.
+type holder interface{ hold(p []byte) }
 
 // writeError is a failed write to the upstream, as opposed to a failed
 // read of the message.

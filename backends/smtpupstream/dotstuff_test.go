@@ -22,26 +22,61 @@ func stdlibData(msg []byte) []byte {
 
 // ourData is what Session.Data sends for msg read in chunks of step
 // bytes: stuffMessage's direct writes, then the DotWriter for the kept
-// line end and its Close, on one connection.
-func ourData(t testing.TB, msg []byte, step int) []byte {
+// line end and its Close, on one connection. With hold, the reader
+// returns io.EOF with the last bytes (as go-smtp's DATA reader does) and
+// the connection is a holder, as Session.Data's is. It also returns the
+// number of writes.
+func ourData(t testing.TB, msg []byte, step int, hold bool) ([]byte, int) {
 	var b bytes.Buffer
-	dot := textproto.NewWriter(bufio.NewWriter(&b)).DotWriter()
+	w := &countingWriter{w: &b}
+	var raw io.Writer = w
+	if hold {
+		raw = &holdingWriter{countingWriter: w}
+	}
+	dot := textproto.NewWriter(bufio.NewWriter(raw)).DotWriter()
 	r := iotest.OneByteReader(bytes.NewReader(msg))
-	if step > 1 {
-		r = &chunkReader{b: msg, step: step}
+	if step > 1 || hold {
+		r = &chunkReader{b: msg, step: step, eofWithLast: hold}
 	}
 	var out []byte
-	n, err := stuffMessage(r, &b, dot, make([]byte, 64), &out, nil)
+	n, err := stuffMessage(r, raw, dot, make([]byte, 64), &out, nil)
 	if err != nil || n != int64(len(msg)) {
 		t.Fatalf("stuffMessage = %d, %v", n, err)
 	}
 	dot.Close()
-	return b.Bytes()
+	return b.Bytes(), w.writes
+}
+
+// countingWriter counts the writes to w.
+type countingWriter struct {
+	w      io.Writer
+	writes int
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	c.writes++
+	return c.w.Write(p)
+}
+
+// holdingWriter is a holder as replayConn is.
+type holdingWriter struct {
+	*countingWriter
+	held []byte
+}
+
+func (h *holdingWriter) hold(p []byte) { h.held = p }
+
+func (h *holdingWriter) Write(p []byte) (int, error) {
+	w := append(h.held, p...)
+	h.held = nil
+	n, err := h.countingWriter.Write(w)
+	return n - (len(w) - len(p)), err
 }
 
 type chunkReader struct {
-	b    []byte
-	step int
+	b           []byte
+	step        int
+	eofWithLast bool // return io.EOF with the last bytes
 }
 
 func (c *chunkReader) Read(p []byte) (int, error) {
@@ -50,6 +85,9 @@ func (c *chunkReader) Read(p []byte) (int, error) {
 	}
 	n := copy(p, c.b[:min(c.step, len(c.b))])
 	c.b = c.b[n:]
+	if c.eofWithLast && len(c.b) == 0 {
+		return n, io.EOF
+	}
 	return n, nil
 }
 
@@ -68,8 +106,10 @@ func TestStuffMessageMatchesDotWriter(t *testing.T) {
 	for _, m := range msgs {
 		want := stdlibData([]byte(m))
 		for _, step := range []int{1, 2, 3, 7, 64, 1000} {
-			if got := ourData(t, []byte(m), step); !bytes.Equal(got, want) {
-				t.Errorf("message %q in chunks of %d:\n got %q\nwant %q", m, step, got, want)
+			for _, hold := range []bool{false, true} {
+				if got, _ := ourData(t, []byte(m), step, hold); !bytes.Equal(got, want) {
+					t.Errorf("message %q in chunks of %d (hold %v):\n got %q\nwant %q", m, step, hold, got, want)
+				}
 			}
 		}
 	}
@@ -82,10 +122,40 @@ func FuzzStuffMessage(f *testing.F) {
 	f.Add([]byte("Subject: hi\r\n\r\nbody\r\n"), uint8(5))
 	f.Fuzz(func(t *testing.T, msg []byte, step uint8) {
 		want := stdlibData(msg)
-		if got := ourData(t, msg, int(step%70)+1); !bytes.Equal(got, want) {
-			t.Fatalf("message %q in chunks of %d:\n got %q\nwant %q", msg, int(step%70)+1, got, want)
+		hold := step >= 128
+		if got, _ := ourData(t, msg, int(step%70)+1, hold); !bytes.Equal(got, want) {
+			t.Fatalf("message %q in chunks of %d (hold %v):\n got %q\nwant %q", msg, int(step%70)+1, hold, got, want)
 		}
 	})
+}
+
+// TestShortMessageOneWrite: a message that is read in one piece with
+// its end leaves, with the end of data, in one write; without a holder
+// (or read in pieces) its last line end and the end of data are a write
+// of their own.
+func TestShortMessageOneWrite(t *testing.T) {
+	msg := []byte("Subject: x\r\n\r\nshort\r\n")
+	tests := []struct {
+		name   string
+		step   int
+		hold   bool
+		writes int
+	}{
+		{"held", 64, true, 1},
+		{"held/two-reads", 16, true, 2},
+		{"not-held", 64, false, 2},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got, writes := ourData(t, msg, tc.step, tc.hold)
+			if want := stdlibData(msg); !bytes.Equal(got, want) {
+				t.Fatalf("sent %q, want %q", got, want)
+			}
+			if writes != tc.writes {
+				t.Fatalf("%d writes, want %d", writes, tc.writes)
+			}
+		})
+	}
 }
 
 // TestIndexLineEnd: indexLineEnd finds what bytes.IndexAny(p, "\r\n")

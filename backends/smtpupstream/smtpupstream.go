@@ -30,6 +30,7 @@ package smtpupstream
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -533,10 +534,33 @@ func validHelo(s string) bool {
 	return true
 }
 
-// replayConn returns pending before reading from Conn.
+// replayConn returns pending before reading from Conn, and sends what
+// Data holds back (the end of a message, see holder) with its next
+// write.
 type replayConn struct {
 	net.Conn
 	pending []byte
+	held    []byte // not owned: Data's buffer, until the next Write or drop
+}
+
+func (r *replayConn) hold(p []byte) { r.held = p }
+
+// drop forgets what was held and not written (the message was aborted).
+func (r *replayConn) drop() { r.held = nil }
+
+// Write sends what was held and b in one write.
+func (r *replayConn) Write(b []byte) (int, error) {
+	if len(r.held) == 0 {
+		return r.Conn.Write(b)
+	}
+	w := append(r.held, b...)
+	r.held = nil
+	n, err := r.Conn.Write(w)
+	n -= len(w) - len(b)
+	if n < 0 || err != nil {
+		return max(n, 0), cmp.Or(err, io.ErrShortWrite)
+	}
+	return n, nil
 }
 
 func (r *replayConn) Read(b []byte) (int, error) {
@@ -628,6 +652,9 @@ func (s *Session) Data(r io.Reader) (int64, error) {
 	}
 	b := s.bufs.Get().(*dataBufs)
 	defer s.bufs.Put(b)
+	if rc, ok := s.conn.(*replayConn); ok {
+		defer rc.drop() // before b goes back to the pool
+	}
 	n, err := stuffMessage(r, s.conn, w, b.in, &b.out, func() { _ = s.conn.SetWriteDeadline(time.Now().Add(s.timeout)) })
 	if err != nil {
 		s.conn.Close()

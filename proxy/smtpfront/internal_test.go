@@ -2,11 +2,14 @@ package smtpfront
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"strings"
 	"testing"
+	"testing/iotest"
 
 	"github.com/emersion/go-smtp"
 
@@ -72,4 +75,33 @@ func TestRepliesAreFresh(t *testing.T) {
 		t.Fatal("mechanisms changed")
 	}
 	_ = policy.SMTP
+}
+
+// TestPrefixed: the byte read ahead comes back in the same Read as the
+// next bytes (a short message is one read, not a byte and the rest), and
+// alone when only one byte is asked for.
+func TestPrefixed(t *testing.T) {
+	errUntouched := errors.New("read the underlying reader")
+	tests := []struct {
+		name    string
+		r       io.Reader
+		size    int
+		want    string
+		wantErr error
+	}{
+		{"with-rest", iotest.DataErrReader(strings.NewReader("bc")), 16, "abc", io.EOF},
+		{"rest-later", strings.NewReader("bc"), 16, "abc", nil},
+		{"one-byte-buffer", iotest.ErrReader(errUntouched), 1, "a", nil},
+		{"underlying-fails", iotest.ErrReader(errUntouched), 16, "a", errUntouched},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			p := &prefixed{b: 'a', pending: true, r: tc.r}
+			b := make([]byte, tc.size)
+			n, err := p.Read(b)
+			if string(b[:n]) != tc.want || err != tc.wantErr {
+				t.Fatalf("Read = %q, %v; want %q, %v", b[:n], err, tc.want, tc.wantErr)
+			}
+		})
+	}
 }

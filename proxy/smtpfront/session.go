@@ -365,7 +365,7 @@ func (ss *session) Data(r io.Reader) error {
 		// upstream was never asked for DATA.
 		return err
 	default:
-		r = io.MultiReader(bytes.NewReader(first[:n]), r)
+		r = &prefixed{b: first[0], pending: n == 1, r: r}
 	}
 
 	up, err := ss.acquire()
@@ -500,6 +500,28 @@ func (ss *session) Logout() error {
 		ss.upMu.Unlock()
 	}
 	return nil
+}
+
+// prefixed is a reader whose first byte was read ahead: Read returns it
+// together with r's next bytes, so that a short message still reaches
+// the upstream in one read (and one write) rather than a byte and the
+// rest.
+type prefixed struct {
+	b       byte
+	pending bool
+	r       io.Reader
+}
+
+func (p *prefixed) Read(b []byte) (int, error) {
+	if !p.pending || len(b) == 0 {
+		return p.r.Read(b)
+	}
+	b[0], p.pending = p.b, false
+	if len(b) == 1 {
+		return 1, nil
+	}
+	n, err := p.r.Read(b[1:])
+	return n + 1, err
 }
 
 // dataReader extends the client connection's read deadline while a
