@@ -40,7 +40,6 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/emersion/go-sasl"
@@ -138,10 +137,17 @@ type Client struct {
 	o     Options
 	d     *dial.Dialer
 	ready *ready // nil without Options.Ready
-	// bufs holds the *dataBufs of the messages being relayed, shared by
-	// the sessions: a session holds none between its messages.
-	bufs sync.Pool
+	// bufs holds the buffers of messages relayed before, for the next
+	// ones, shared by the sessions: a session holds none between its
+	// messages. At most cap(bufs) are kept (a sync.Pool would lose them
+	// at every other garbage collection, which runs often with the small
+	// heap of a proxy).
+	bufs chan *dataBufs
 }
+
+// keptDataBufs is how many Data buffers a Client keeps between messages
+// (96 KiB each).
+const keptDataBufs = 4
 
 // dataBufs are the buffers one Data uses: what it reads of the message
 // and its DATA encoding (twice that and a line end, at most).
@@ -199,7 +205,7 @@ func New(o Options) (*Client, error) {
 	d := dial.New(dial.Options{TLS: o.TLS, TLSConfig: o.TLSConfig, Timeout: o.DialTimeout, HandshakeTimeout: o.LoginTimeout,
 		Proxy: o.ForwardClient == ForwardProxy}, len(o.Addresses)*4)
 	c := &Client{o: o, d: d}
-	c.bufs.New = func() any { return &dataBufs{in: make([]byte, dataChunk), out: make([]byte, 0, 2*dataChunk+2)} }
+	c.bufs = make(chan *dataBufs, keptDataBufs)
 	if o.Ready > 0 && o.ForwardClient != ForwardProxy {
 		if o.ReadyIdle <= 0 {
 			o.ReadyIdle = DefaultReadyIdle
@@ -443,7 +449,7 @@ func (p *Pending) login(ctx context.Context, user string, password Password, hel
 	}
 	_ = conn.SetDeadline(time.Time{})
 	cl.CommandTimeout = c.o.CommandTimeout
-	s := &Session{cl: cl, conn: conn, addr: addr, timeout: c.o.CommandTimeout, bufs: &c.bufs}
+	s := &Session{cl: cl, conn: conn, addr: addr, timeout: c.o.CommandTimeout, bufs: c.bufs}
 	if n, ok := cl.MaxMessageSize(); ok {
 		s.size = int64(n)
 		s.sizeKnown = true
@@ -615,7 +621,7 @@ type Session struct {
 	timeout   time.Duration
 	size      int64
 	sizeKnown bool
-	bufs      *sync.Pool // of *dataBufs, the Client's
+	bufs      chan *dataBufs // the Client's
 }
 
 // Addr is the upstream address the session is connected to.
@@ -650,10 +656,20 @@ func (s *Session) Data(r io.Reader) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	b := s.bufs.Get().(*dataBufs)
-	defer s.bufs.Put(b)
+	var b *dataBufs
+	select {
+	case b = <-s.bufs:
+	default:
+		b = &dataBufs{in: make([]byte, dataChunk), out: make([]byte, 0, 2*dataChunk+2)}
+	}
+	defer func() {
+		select {
+		case s.bufs <- b:
+		default:
+		}
+	}()
 	if rc, ok := s.conn.(*replayConn); ok {
-		defer rc.drop() // before b goes back to the pool
+		defer rc.drop() // before b is kept for another message
 	}
 	n, err := stuffMessage(r, s.conn, w, b.in, &b.out, func() { _ = s.conn.SetWriteDeadline(time.Now().Add(s.timeout)) })
 	if err != nil {
