@@ -2,7 +2,6 @@ package smtpupstream
 
 import (
 	"context"
-	"io"
 	"net/netip"
 	"sync"
 	"time"
@@ -107,8 +106,8 @@ func (r *ready) open() {
 	r.conns = append(r.conns, rc)
 }
 
-// expire closes rc unused (with QUIT, so that the server logs no lost
-// connection), unless it was taken meanwhile.
+// expire closes rc unused (with QUIT: see Pending.Close), unless it was
+// taken meanwhile.
 func (r *ready) expire(rc *readyConn) {
 	r.mu.Lock()
 	for i, o := range r.conns {
@@ -118,7 +117,7 @@ func (r *ready) expire(rc *readyConn) {
 		}
 	}
 	r.mu.Unlock()
-	rc.p.quit()
+	_ = rc.p.Close()
 }
 
 // close closes every ready connection and waits for the openings under
@@ -132,14 +131,7 @@ func (r *ready) close() {
 	r.stop()
 	for _, rc := range conns {
 		rc.timer.Stop()
-		rc.p.quit()
+		_ = rc.p.Close()
 	}
 	r.wg.Wait()
-}
-
-// quit sends QUIT without waiting for the reply, and closes.
-func (p *Pending) quit() {
-	_ = p.conn.SetWriteDeadline(time.Now().Add(time.Second))
-	_, _ = io.WriteString(p.conn, "QUIT\r\n")
-	_ = p.conn.Close()
 }

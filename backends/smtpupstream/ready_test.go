@@ -122,3 +122,29 @@ func TestQuiet(t *testing.T) {
 		})
 	}
 }
+
+// TestPendingCloseQuits: a connection closed without a login (a refused
+// login, an expired ready one) says QUIT and nothing else after EHLO:
+// no XCLIENT, no AUTH.
+func TestPendingCloseQuits(t *testing.T) {
+	addr, got := scriptedXClient(t, "250-XCLIENT NAME ADDR PORT LOGIN\r\n", "")
+	c, err := New(Options{Addresses: []string{addr}, TLS: TLSNone, Login: LoginXClient, ForwardClient: ForwardXClient, LoginTimeout: patience})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := c.Dial(context.Background(), client)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case line := <-got:
+		if line != "QUIT" {
+			t.Fatalf("after EHLO the server got %q, want QUIT", line)
+		}
+	case <-time.After(patience):
+		t.Fatal("nothing after EHLO")
+	}
+}

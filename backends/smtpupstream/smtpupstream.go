@@ -360,8 +360,14 @@ func (c *Client) dialAt(ctx context.Context, addr string, client netip.AddrPort)
 	return &Pending{c: c, conn: conn, raw: raw, br: br, ext: ext, addr: addr, client: client}, nil
 }
 
-// Close closes a connection that was not logged in.
-func (p *Pending) Close() error { return p.conn.Close() }
+// Close closes a connection that was not logged in, after a QUIT that it
+// does not wait for (the server then logs a clean disconnect, not a lost
+// connection, which log watchers such as fail2ban count as an attack).
+func (p *Pending) Close() error {
+	_ = p.conn.SetWriteDeadline(time.Now().Add(time.Second))
+	_, _ = io.WriteString(p.conn, "QUIT\r\n")
+	return p.conn.Close()
+}
 
 // Login logs the pending connection in as user: with XCLIENT LOGIN= or
 // the master user's AUTH PLAIN, or with the user's own AUTH PLAIN when
