@@ -686,8 +686,11 @@ func (s *Session) Data(r io.Reader) (int64, error) {
 		}
 		return n, err
 	}
+	// The write deadline set for the message also bounds the write of
+	// its end (and of the part held back with it) by Close.
+	err = w.Close()
 	_ = s.conn.SetWriteDeadline(time.Time{})
-	return n, w.Close()
+	return n, err
 }
 
 // Reset sends RSET.
