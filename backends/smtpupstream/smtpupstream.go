@@ -17,7 +17,10 @@
 // The connection is opened in two steps: Dial (connect, greeting, EHLO,
 // STARTTLS) runs before the decision, so that an upstream that is down is
 // found out whatever the client's secret, and Pending.Login then logs that
-// same connection in once the decision has allowed the login.
+// same connection in once the decision has allowed the login. With
+// Options.Ready, Dial hands out a connection opened ahead of the login
+// (ready.go), so that the connect and TLS handshake are not on its path;
+// it carries nothing of any client until Login.
 //
 // A primary-password login is always verified by the upstream with the
 // user's own AUTH PLAIN, whatever the mode, so the upstream remains the
