@@ -83,6 +83,8 @@ type loadFigures struct {
 // side. PASSGATE_LDAP_LOAD_SCENARIOS=search,search-1 runs only the
 // scenarios named; each passgate process's ID is printed at the start,
 // for perf or strace attached during a round.
+// PASSGATE_LDAP_LOAD_GATE_GOMAXPROCS=N runs the passgate processes (not
+// the client) with GOMAXPROCS=N.
 //
 //	go test ./integration -run '^$' -bench LDAPLoad -benchtime 1x
 func BenchmarkLDAPLoad(b *testing.B) {
@@ -504,6 +506,9 @@ ldap:
 	} else {
 		cmd := exec.Command(bin, "serve", "--config", cfgFile)
 		cmd.Stdout, cmd.Stderr = logFile, logFile
+		if n := os.Getenv("PASSGATE_LDAP_LOAD_GATE_GOMAXPROCS"); n != "" {
+			cmd.Env = append(os.Environ(), "GOMAXPROCS="+n) // the passgate processes only, not the client
+		}
 		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 		if err := cmd.Start(); err != nil {
 			b.Fatal(err)
