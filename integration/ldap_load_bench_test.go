@@ -80,7 +80,11 @@ type loadFigures struct {
 // (this process) is not counted. With PASSGATE_BENCH_BASELINE_BIN set to
 // another passgate binary (an older build), it runs as a third target
 // in the same rotation, so that before and after are measured side by
-// side.
+// side. PASSGATE_LDAP_LOAD_SCENARIOS=search,search-1 runs only the
+// scenarios named; each passgate process's ID is printed at the start,
+// for perf or strace attached during a round.
+// PASSGATE_LDAP_LOAD_GATE_GOMAXPROCS=N runs the passgate processes (not
+// the client) with GOMAXPROCS=N.
 //
 //	go test ./integration -run '^$' -bench LDAPLoad -benchtime 1x
 func BenchmarkLDAPLoad(b *testing.B) {
@@ -123,6 +127,18 @@ func BenchmarkLDAPLoad(b *testing.B) {
 	if load, err := os.ReadFile("/proc/loadavg"); err == nil {
 		fmt.Printf("loadavg before: %s\n", strings.TrimSpace(string(load)))
 	}
+	for _, t := range targets {
+		if t.pid != 0 {
+			// For perf or strace attached from outside during a round.
+			fmt.Printf("%s: process %d\n", t.name, t.pid)
+		}
+	}
+	only := map[string]bool{}
+	for _, name := range strings.Split(os.Getenv("PASSGATE_LDAP_LOAD_SCENARIOS"), ",") {
+		if name != "" {
+			only[name] = true
+		}
+	}
 	for _, sc := range []struct {
 		name    string
 		workers int
@@ -133,6 +149,9 @@ func BenchmarkLDAPLoad(b *testing.B) {
 		{"search", loadWorkers, loadSearch},
 		{"search-1", 1, loadSearch}, // latency without queueing for the CPU
 	} {
+		if len(only) > 0 && !only[sc.name] {
+			continue
+		}
 		figs := make([]loadFigures, len(targets))
 		for r := 0; r < loadRounds; r++ {
 			for k := range targets {
@@ -487,6 +506,9 @@ ldap:
 	} else {
 		cmd := exec.Command(bin, "serve", "--config", cfgFile)
 		cmd.Stdout, cmd.Stderr = logFile, logFile
+		if n := os.Getenv("PASSGATE_LDAP_LOAD_GATE_GOMAXPROCS"); n != "" {
+			cmd.Env = append(os.Environ(), "GOMAXPROCS="+n) // the passgate processes only, not the client
+		}
 		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 		if err := cmd.Start(); err != nil {
 			b.Fatal(err)

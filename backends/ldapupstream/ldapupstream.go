@@ -28,7 +28,13 @@
 //     client and the directory said (controls, paged-results cookies,
 //     referrals, matched DNs). A Session carries one client connection's
 //     operations with message IDs of its own and hands every response back
-//     as raw BER.
+//     as raw BER. Its per-request path allocates nothing: a request is
+//     encoded with its proxied authorization control (the same bytes as
+//     NewControlString's, but for TRUE written as 0xFF, as RFC 4511 §5.1
+//     says) into a buffer the session keeps, a response is handed over
+//     from the reader's buffer, and the reader tells the listener when it
+//     is about to wait (OnIdle), so that answers read together go out in
+//     one write. Write deadlines move at most once per writeTimeout.
 //
 // The service password is a Secret, which prints as REDACTED.
 //

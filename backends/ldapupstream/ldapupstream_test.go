@@ -69,28 +69,107 @@ func TestRefused(t *testing.T) {
 	}
 }
 
-func TestWithControl(t *testing.T) {
-	proxy := ldap.NewControlString(OIDProxiedAuthz, true, "dn:uid=alice,dc=x").Encode().Bytes()
+// wrapControls builds a [0] Controls element of ctls.
+func wrapControls(ctls ...[]byte) []byte {
+	c := bytes.Join(ctls, nil)
+	return append(appendLength([]byte{0xa0}, len(c)), c...)
+}
+
+// proxyAuthzControl is the proxied authorization control for authz as
+// go-ldap encodes it, except for criticality TRUE: go-asn1-ber writes it
+// as 0x01, RFC 4511 §5.1 says 0xFF, which passgate sends.
+func proxyAuthzControl(t testing.TB, authz string) []byte {
+	b := ldap.NewControlString(OIDProxiedAuthz, true, authz).Encode().Bytes()
+	i := bytes.Index(b, []byte(OIDProxiedAuthz)) + len(OIDProxiedAuthz)
+	if !bytes.Equal(b[i:i+3], []byte{0x01, 0x01, 0x01}) {
+		t.Fatalf("go-ldap's control % x has no criticality TRUE after its type", b)
+	}
+	b[i+2] = 0xff
+	return b
+}
+
+// TestAppendRequest: the request a relayed search becomes carries the
+// client's controls and then the proxied authorization control, encoded
+// byte for byte as go-ldap encodes it (but for TRUE); a client's own proxied
+// authorization control (either version) and malformed controls are
+// refused.
+func TestAppendRequest(t *testing.T) {
 	paging := ldap.NewControlPaging(10).Encode().Bytes()
-	wrap := func(ctls ...[]byte) []byte {
-		c := bytes.Join(ctls, nil)
-		return append(appendLength([]byte{0xa0}, len(c)), c...)
+	op := []byte{0x63, 0x03, 0x04, 0x01, 'x'}
+	tests := []struct {
+		name     string
+		controls []byte
+		authz    string
+		err      error
+		others   [][]byte // the client's controls that must come first
+	}{
+		{"ok/no-controls", nil, "dn:uid=alice,dc=x", nil, nil},
+		{"ok/paging", wrapControls(paging), "dn:uid=alice,dc=x", nil, [][]byte{paging}},
+		{"ok/empty-controls", wrapControls(), "u:alice", nil, nil},
+		{"ok/long-authz", nil, "dn:uid=" + strings.Repeat("a", 300) + ",dc=x", nil, nil},
+		{"ok/authz-127", nil, "dn:" + strings.Repeat("b", 124), nil, nil},
+		{"fail/own-proxy-authz", wrapControls(paging, ldap.NewControlString(OIDProxiedAuthz, true, "dn:cn=admin").Encode().Bytes()), "dn:uid=alice,dc=x", errOwnProxyAuthz, nil},
+		{"fail/own-proxy-authz-v1", wrapControls(ldap.NewControlString(oidProxiedAuthzV1, true, "dn:cn=admin").Encode().Bytes()), "dn:uid=alice,dc=x", errOwnProxyAuthz, nil},
+		{"fail/malformed", []byte{0xa0, 0x03, 0x30}, "dn:uid=alice,dc=x", ldapwire.ErrMalformed, nil},
+		{"fail/trailing-bytes", append(wrapControls(paging), 0), "dn:uid=alice,dc=x", ldapwire.ErrMalformed, nil},
 	}
-	got, err := withControl(nil, proxy, OIDProxiedAuthz)
-	if err != nil || !bytes.Equal(got, wrap(proxy)) {
-		t.Fatalf("no controls: %x %v", got, err)
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			content, err := controlsContent(tc.controls, OIDProxiedAuthz, oidProxiedAuthzV1)
+			if !errors.Is(err, tc.err) {
+				t.Fatalf("controlsContent error = %v, want %v", err, tc.err)
+			}
+			if err != nil {
+				return
+			}
+			raw := appendRequest([]byte("kept"), 7, op, content, tc.authz)
+			if string(raw[:4]) != "kept" {
+				t.Fatal("appendRequest overwrote what was in the buffer")
+			}
+			m, err := ldapwire.ParseMessage(raw[4:])
+			if err != nil || m.ID != 7 || !bytes.Equal(m.Op.Raw, op) {
+				t.Fatalf("ParseMessage = %+v, %v", m, err)
+			}
+			want := wrapControls(append(tc.others, proxyAuthzControl(t, tc.authz))...)
+			if !bytes.Equal(m.Controls, want) {
+				t.Fatalf("controls\n% x\nwant\n% x", m.Controls, want)
+			}
+		})
 	}
-	got, err = withControl(wrap(paging), proxy, OIDProxiedAuthz)
-	if err != nil || !bytes.Equal(got, wrap(paging, proxy)) {
-		t.Fatalf("with paging: %x %v", got, err)
-	}
-	own := ldap.NewControlString(oidProxiedAuthzV1, true, "dn:cn=admin").Encode().Bytes()
-	if _, err := withControl(wrap(paging, own), proxy, OIDProxiedAuthz, oidProxiedAuthzV1); !errors.Is(err, errOwnProxyAuthz) {
-		t.Fatalf("client's own proxied authorization: %v", err)
-	}
-	if _, err := withControl([]byte{0xa0, 0x03, 0x30}, proxy); err == nil {
-		t.Fatal("malformed controls accepted")
-	}
+}
+
+// FuzzAppendRequest: whatever controls a client sends, either they are
+// refused or the request sent upstream parses, keeps them as they were
+// and ends with the proxied authorization control as go-ldap encodes it
+// (but for TRUE).
+func FuzzAppendRequest(f *testing.F) {
+	f.Add(wrapControls(ldap.NewControlPaging(10).Encode().Bytes()), "dn:uid=alice,dc=x")
+	f.Add([]byte(nil), "u:alice")
+	f.Add(wrapControls(ldap.NewControlString(oidProxiedAuthzV1, true, "dn:cn=admin").Encode().Bytes()), "dn:x")
+	f.Add([]byte{0xa0, 0x82, 0x00, 0x02, 0x30, 0x00}, strings.Repeat("z", 200))
+	f.Fuzz(func(t *testing.T, controls []byte, authz string) {
+		if authz == "" {
+			return // Send adds no control then
+		}
+		content, err := controlsContent(controls, OIDProxiedAuthz, oidProxiedAuthzV1)
+		if err != nil {
+			return
+		}
+		if controls != nil {
+			if c, _, _ := ldapwire.NextElement(controls); !bytes.Equal(c.Content, content) {
+				t.Fatalf("content % x is not the element's % x", content, c.Content)
+			}
+		}
+		op := []byte{0x63, 0x00}
+		m, err := ldapwire.ParseMessage(appendRequest(nil, 300, op, content, authz))
+		if err != nil || m.ID != 300 || !bytes.Equal(m.Op.Raw, op) {
+			t.Fatalf("request does not parse: %+v, %v", m, err)
+		}
+		want := append(append([]byte(nil), content...), proxyAuthzControl(t, authz)...)
+		if c, _, err := ldapwire.NextElement(m.Controls); err != nil || !bytes.Equal(c.Content, want) {
+			t.Fatalf("controls % x, want content % x (%v)", m.Controls, want, err)
+		}
+	})
 }
 
 // fakeDirectory answers binds with resultCode code, then stalls on every
@@ -200,6 +279,105 @@ func TestSessionLost(t *testing.T) {
 	}
 }
 
+// TestSessionOnIdle: the reader calls the OnIdle function once it has
+// handed over everything that arrived and would wait for more, not
+// between answers that arrived together; and once more when the session
+// ends.
+func TestSessionOnIdle(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	next, end := make(chan struct{}), make(chan struct{})
+	defer close(end)
+	go func() {
+		nc, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer nc.Close()
+		br := bufio.NewReader(nc)
+		entry := []byte{0x64, 0x05, 0x04, 0x01, 'x', 0x30, 0x00}
+		done := []byte{0x65, 0x07, 0x0a, 0x01, 0x00, 0x04, 0x00, 0x04, 0x00}
+		for i := 0; ; i++ {
+			raw, err := ldapwire.ReadMessage(br, 1<<20)
+			if err != nil {
+				return
+			}
+			m, _ := ldapwire.ParseMessage(raw)
+			if i == 0 { // entry and result in one write
+				nc.Write(append(envelope(m.ID, entry, nil), envelope(m.ID, done, nil)...))
+				continue
+			}
+			nc.Write(envelope(m.ID, entry, nil)) // the entry, then the result when told
+			select {
+			case <-next:
+			case <-end:
+				return
+			}
+			nc.Write(envelope(m.ID, done, nil))
+		}
+	}()
+	c, err := New(Options{URL: "ldap://" + ln.Addr().String()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := c.Open(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	events := make(chan string, 16)
+	s.OnIdle(func() { events <- "idle" })
+	handler := func(op, _ []byte, last bool, err error) {
+		switch {
+		case err != nil:
+			events <- "lost"
+		case last:
+			events <- "result"
+		default:
+			events <- "entry"
+		}
+	}
+	expect := func(want ...string) {
+		t.Helper()
+		for _, w := range want {
+			select {
+			case got := <-events:
+				if got != w {
+					t.Fatalf("event %q, want %q", got, w)
+				}
+			case <-time.After(patience):
+				t.Fatalf("no event, want %q", w)
+			}
+		}
+	}
+	search := []byte{0x63, 0x00}
+	for _, tc := range []struct {
+		name string
+		then func()
+		want []string
+	}{
+		{"ok/one-read", nil, []string{"entry", "result", "idle"}},
+		{"ok/entry-then-wait", func() { next <- struct{}{} }, []string{"entry", "idle"}},
+	} {
+		if _, err := s.Send(search, nil, "", handler); err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		expect(tc.want...)
+		if tc.then != nil {
+			tc.then()
+			expect("result", "idle")
+		}
+	}
+	if _, err := s.Send(search, nil, "", handler); err != nil {
+		t.Fatal(err)
+	}
+	expect("entry", "idle") // its result never comes
+	s.Close()
+	expect("lost", "idle")
+}
+
 // TestMessageIDWrapSkipsLiveHandlers: after the message ID wraps, an ID
 // whose request is still waiting for answers is skipped, so its handler
 // is not replaced.
@@ -253,5 +431,66 @@ func TestSecretNeverPrinted(t *testing.T) {
 	}
 	if string(o.ServicePassword) != pw {
 		t.Fatal("reveal lost the value")
+	}
+}
+
+// BenchmarkSessionSearch relays one search at a time through a Session
+// to a directory in this process that answers each request with a
+// result: the request encoded with the proxied authorization control and
+// written, the answer read and handed to the handler. allocs/op counts
+// the session's allocations (the directory here allocates one buffer
+// per request).
+//
+//	go test ./backends/ldapupstream -run '^$' -bench SessionSearch -benchmem
+func BenchmarkSessionSearch(b *testing.B) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		nc, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer nc.Close()
+		br := bufio.NewReader(nc)
+		done := []byte{0x65, 0x07, 0x0a, 0x01, 0x00, 0x04, 0x00, 0x04, 0x00}
+		out := make([]byte, 0, 64)
+		for {
+			raw, err := ldapwire.ReadMessageShared(br, 1<<20)
+			if err != nil {
+				return
+			}
+			m, _ := ldapwire.ParseMessage(raw)
+			out = ldapwire.AppendEnvelope(out[:0], m.ID, done, nil)
+			if _, err := nc.Write(out); err != nil {
+				return
+			}
+		}
+	}()
+	c, err := New(Options{URL: "ldap://" + ln.Addr().String()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	s, err := c.Open(context.Background())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	answered := make(chan struct{}, 1)
+	handler := func(_, _ []byte, last bool, err error) {
+		if last && err == nil {
+			answered <- struct{}{}
+		}
+	}
+	search := []byte{0x63, 0x0b, 0x04, 0x01, 'x', 0x0a, 0x01, 0x00, 0x0a, 0x01, 0x00, 0x30, 0x00}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, err := s.Send(search, nil, "dn:uid=alice,ou=people,dc=example,dc=test", handler); err != nil {
+			b.Fatal(err)
+		}
+		<-answered
 	}
 }

@@ -6,18 +6,26 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"os"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	ber "github.com/go-asn1-ber/asn1-ber"
-	"github.com/go-ldap/ldap/v3"
 
 	"github.com/passgate/passgate/backends/ldapwire"
 )
 
-// writeTimeout bounds one write to the directory.
+// writeTimeout bounds one write to the directory: a write gets at least
+// this long, and at most twice this long (writeDeadline).
 const writeTimeout = 30 * time.Second
+
+// keptBufferBytes is the largest write buffer a session keeps between
+// requests; a larger one (a large request) is left to the collector.
+const keptBufferBytes = 4 << 10
 
 // ErrSessionClosed is the error of operations on a closed or lost Session.
 const ErrSessionClosed = constError("ldapupstream: session closed")
@@ -27,10 +35,17 @@ const ErrSessionClosed = constError("ldapupstream: session closed")
 // the directory closes the connection. Safe for concurrent use.
 type Session struct {
 	c  *Client
-	nc net.Conn
+	nc net.Conn // the socket as an idleConn, with TLS on top when configured
 	br *bufio.Reader
 
-	wmu sync.Mutex
+	wmu  sync.Mutex
+	wbuf []byte        // the request being written; guarded by wmu
+	wdl  writeDeadline // guarded by wmu
+
+	// onIdle is OnIdle's function; dispatched (reader only) says that a
+	// handler ran since it was last called.
+	onIdle     atomic.Pointer[func()]
+	dispatched bool
 
 	mu       sync.Mutex
 	next     int64
@@ -47,7 +62,8 @@ func (c *Client) Open(ctx context.Context) (*Session, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ldapupstream: dial %s: %w (ldap.upstream.url; is the directory up?)", c.addr, err)
 	}
-	s := &Session{c: c, nc: nc, handlers: make(map[int64]func(op, controls []byte, last bool, err error)), done: make(chan struct{})}
+	s := &Session{c: c, handlers: make(map[int64]func(op, controls []byte, last bool, err error)), done: make(chan struct{})}
+	s.nc = newIdleConn(nc, s.idle)
 	if c.opts.TLS == TLSStartTLS {
 		if err := s.startTLS(ctx); err != nil {
 			nc.Close()
@@ -111,12 +127,36 @@ func (o oneByteReader) Read(p []byte) (int, error) {
 	return o.r.Read(p)
 }
 
+// OnIdle sets fn, which the session's reader calls each time it has
+// passed every answer it has read to its handler and is about to wait
+// for the directory to send more (and once more when the session ends):
+// the moment for a relay to write the answers it held back, so that the
+// answers of one read from the directory cost one write to the client.
+// fn runs on the reader and must not block for long.
+func (s *Session) OnIdle(fn func()) {
+	s.onIdle.Store(&fn)
+}
+
+// idle calls OnIdle's function if a handler ran since the last call.
+// Reader only.
+func (s *Session) idle() {
+	if !s.dispatched {
+		return
+	}
+	s.dispatched = false
+	if fn := s.onIdle.Load(); fn != nil {
+		(*fn)()
+	}
+}
+
 // reader dispatches responses to their handlers until the connection ends.
+// A response is read into the reader's buffer, where it stays valid only
+// until the handler returns.
 func (s *Session) reader() {
 	var err error
 	for {
 		var raw []byte
-		raw, err = ldapwire.ReadMessage(s.br, s.c.opts.MaxMessageBytes)
+		raw, err = ldapwire.ReadMessageShared(s.br, s.c.opts.MaxMessageBytes)
 		if err != nil {
 			break
 		}
@@ -143,6 +183,7 @@ func (s *Session) reader() {
 		}
 		s.mu.Unlock()
 		if h != nil {
+			s.dispatched = true
 			h(m.Op.Raw, m.Controls, last, nil)
 		}
 	}
@@ -163,6 +204,8 @@ func (s *Session) reader() {
 	for _, h := range hs {
 		h(nil, nil, true, err)
 	}
+	s.dispatched = true // the end is an idle moment too, handlers or not
+	s.idle()
 	close(s.done)
 }
 
@@ -171,14 +214,16 @@ func (s *Session) reader() {
 // RFC 4370 proxied authorization control naming it is added, and a request
 // that carries one already is refused. fn gets every response: op is its
 // protocolOp element and controls its [0] Controls element (or nil), raw
-// BER that stays valid after the call; last is true for the final
-// response, and when err is set (the session was lost). fn runs on the
-// session's reader. The returned handle names the request for Abandon.
+// BER valid only until fn returns (it is the reader's buffer); last is
+// true for the final response, and when err is set (the session was
+// lost). fn runs on the session's reader. The returned handle names the
+// request for Abandon. The request is encoded into a buffer the session
+// keeps and sent in one write.
 func (s *Session) Send(op, controls []byte, proxyAuthz string, fn func(op, controls []byte, last bool, err error)) (int64, error) {
+	var content []byte
 	if proxyAuthz != "" {
-		ctl := ldap.NewControlString(OIDProxiedAuthz, true, proxyAuthz).Encode().Bytes()
 		var err error
-		controls, err = withControl(controls, ctl, OIDProxiedAuthz, oidProxiedAuthzV1)
+		content, err = controlsContent(controls, OIDProxiedAuthz, oidProxiedAuthzV1)
 		if err != nil {
 			return 0, fmt.Errorf("ldapupstream: send: add the proxied authorization control: %w", err)
 		}
@@ -192,7 +237,15 @@ func (s *Session) Send(op, controls []byte, proxyAuthz string, fn func(op, contr
 	id := s.nextIDLocked()
 	s.handlers[id] = fn
 	s.mu.Unlock()
-	if err := s.write(envelope(id, op, controls)); err != nil {
+	s.wmu.Lock()
+	var err error
+	if proxyAuthz != "" {
+		err = s.writeLocked(appendRequest(s.wbuf[:0], id, op, content, proxyAuthz))
+	} else {
+		err = s.writeLocked(ldapwire.AppendEnvelope(s.wbuf[:0], id, op, controls))
+	}
+	s.wmu.Unlock()
+	if err != nil {
 		s.mu.Lock()
 		if s.handlers != nil {
 			delete(s.handlers, id)
@@ -206,8 +259,18 @@ func (s *Session) Send(op, controls []byte, proxyAuthz string, fn func(op, contr
 func (s *Session) write(b []byte) error {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
-	s.nc.SetWriteDeadline(time.Now().Add(writeTimeout))
-	if _, err := s.nc.Write(b); err != nil {
+	return s.writeLocked(b)
+}
+
+// writeLocked writes b, with wmu held, and keeps b's memory as the next
+// request's buffer when it is small.
+func (s *Session) writeLocked(b []byte) error {
+	s.wdl.extend(s.nc, time.Now())
+	_, err := s.nc.Write(b)
+	if cap(b) <= keptBufferBytes {
+		s.wbuf = b[:0]
+	}
+	if err != nil {
 		s.nc.Close()
 		return fmt.Errorf("ldapupstream: write to %s: %w", s.c.addr, err)
 	}
@@ -243,7 +306,7 @@ func (s *Session) roundTrip(ctx context.Context, op []byte, controls []byte) (el
 	ch := make(chan result, 1)
 	_, err := s.Send(op, controls, "", func(op, _ []byte, last bool, err error) {
 		if last {
-			ch <- result{op, err}
+			ch <- result{append([]byte(nil), op...), err} // op is the reader's buffer
 		}
 	})
 	if err != nil {
@@ -380,6 +443,89 @@ func (s *Session) Close() error {
 	s.nc.Close()
 	<-s.done
 	return nil
+}
+
+// writeDeadline keeps a connection's write deadline at least timeout
+// ahead of every write while moving it at most once per timeout: a
+// deadline is a runtime timer, and a timer moved for every request can
+// wake an idle thread of the Go runtime for nothing (a futex wake-up per
+// request). Each write then has between timeout and twice timeout.
+type writeDeadline struct{ until time.Time }
+
+// extend makes sure that nc's write deadline is at least writeTimeout
+// after now.
+func (d *writeDeadline) extend(nc net.Conn, now time.Time) {
+	if now.Add(writeTimeout).After(d.until) {
+		d.until = now.Add(2 * writeTimeout)
+		nc.SetWriteDeadline(d.until)
+	}
+}
+
+// idleConn is the directory's socket as the session's reader sees it:
+// before a read that would wait for the directory, it calls idle (the
+// session's OnIdle function). It reads through the socket's
+// syscall.RawConn, where the wait is seen as EAGAIN; a connection
+// without one (or on a platform without raw reads) calls idle before
+// every read instead, which holds nothing back.
+type idleConn struct {
+	net.Conn
+	rc   syscall.RawConn // nil: read with Conn.Read
+	idle func()
+
+	// The state of one Read, for readFn (bound once, so that a read
+	// allocates no closure).
+	p      []byte
+	n      int
+	rerr   error
+	readFn func(fd uintptr) bool
+}
+
+func newIdleConn(nc net.Conn, idle func()) *idleConn {
+	c := &idleConn{Conn: nc, idle: idle}
+	if sc, ok := nc.(syscall.Conn); ok && rawReads {
+		if rc, err := sc.SyscallConn(); err == nil {
+			c.rc = rc
+		}
+	}
+	c.readFn = c.readRaw
+	return c
+}
+
+// Read reads from the socket, calling idle once it is known to have
+// nothing to read yet; the errors are those of net.Conn.Read. Only the
+// session's reader (or, before it starts, Open) reads.
+func (c *idleConn) Read(p []byte) (int, error) {
+	if c.rc == nil {
+		c.idle()
+		return c.Conn.Read(p)
+	}
+	if len(p) == 0 {
+		return 0, nil
+	}
+	c.p, c.n, c.rerr = p, 0, nil
+	err := c.rc.Read(c.readFn)
+	n, rerr := c.n, c.rerr
+	c.p, c.rerr = nil, nil
+	switch {
+	case err != nil: // closed (net.ErrClosed), or a read deadline
+		return 0, err
+	case rerr != nil:
+		return 0, &net.OpError{Op: "read", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError("read", rerr)}
+	case n == 0:
+		return 0, io.EOF
+	}
+	return n, nil
+}
+
+// readRaw is Read's syscall.RawConn callback: it reads, and on EAGAIN
+// calls idle and asks to be called again once the socket is readable.
+func (c *idleConn) readRaw(fd uintptr) bool {
+	c.n, c.rerr = readFD(fd, c.p)
+	if c.rerr == syscall.EAGAIN {
+		c.idle()
+		return false
+	}
+	return true
 }
 
 // extendedOp encodes an ExtendedRequest without a value.

@@ -42,39 +42,80 @@ func appendLength(dst []byte, n int) []byte         { return ldapwire.AppendLeng
 func appendInt(dst []byte, v int64) []byte          { return ldapwire.AppendInt(dst, v) }
 func envelope(id int64, op, controls []byte) []byte { return ldapwire.Envelope(id, op, controls) }
 
-// withControl returns a [0] Controls element holding the controls of
-// controls (nil for none) followed by ctl. It refuses controls that
-// already hold a control of type refuse.
-func withControl(controls, ctl []byte, refuse ...string) ([]byte, error) {
-	var content []byte
-	if controls != nil {
-		c, _, err := ldapwire.NextElement(controls)
-		if err != nil || c.Class != classContext || c.Tag != 0 {
+// controlsContent checks a [0] Controls element (nil for none) and
+// returns its content, the controls one after another. It refuses
+// controls that already hold a control of type refuse.
+func controlsContent(controls []byte, refuse ...string) ([]byte, error) {
+	if controls == nil {
+		return nil, nil
+	}
+	c, rest, err := ldapwire.NextElement(controls)
+	if err != nil || len(rest) != 0 || c.Class != classContext || !c.Constructed || c.Tag != 0 {
+		return nil, ldapwire.ErrMalformed
+	}
+	for b := c.Content; len(b) > 0; {
+		var one element
+		one, b, err = ldapwire.NextElement(b)
+		if err != nil || !one.Constructed {
 			return nil, ldapwire.ErrMalformed
 		}
-		for b := c.Content; len(b) > 0; {
-			var one element
-			one, b, err = ldapwire.NextElement(b)
-			if err != nil || !one.Constructed {
-				return nil, ldapwire.ErrMalformed
-			}
-			t, _, err := ldapwire.NextElement(one.Content)
-			if err != nil || t.Tag != int(ber.TagOctetString) {
-				return nil, ldapwire.ErrMalformed
-			}
-			for _, r := range refuse {
-				if string(t.Content) == r {
-					return nil, errOwnProxyAuthz
-				}
+		t, _, err := ldapwire.NextElement(one.Content)
+		if err != nil || t.Tag != int(ber.TagOctetString) {
+			return nil, ldapwire.ErrMalformed
+		}
+		for _, r := range refuse {
+			if string(t.Content) == r {
+				return nil, errOwnProxyAuthz
 			}
 		}
-		content = c.Content
 	}
-	out := make([]byte, 0, len(content)+len(ctl)+6)
-	out = append(out, 0xa0)
-	out = appendLength(out, len(content)+len(ctl))
-	out = append(out, content...)
-	return append(out, ctl...), nil
+	return c.Content, nil
+}
+
+// proxyAuthzLen is the length of the control that appendProxyAuthz
+// appends for authzID.
+func proxyAuthzLen(authzID string) int {
+	n := octetsLen(len(OIDProxiedAuthz)) + 3 + octetsLen(len(authzID))
+	return 1 + lengthLen(n) + n
+}
+
+// appendProxyAuthz appends the RFC 4370 proxied authorization control
+// naming authzID, critical, as go-ldap's NewControlString encodes it:
+// SEQUENCE { controlType, criticality TRUE, controlValue }.
+func appendProxyAuthz(dst []byte, authzID string) []byte {
+	n := octetsLen(len(OIDProxiedAuthz)) + 3 + octetsLen(len(authzID))
+	dst = appendLength(append(dst, 0x30), n)
+	dst = appendOctets(dst, OIDProxiedAuthz)
+	dst = append(dst, 0x01, 0x01, 0xff)
+	return appendOctets(dst, authzID)
+}
+
+// appendRequest appends the LDAPMessage of a request with message ID id,
+// protocolOp op and the content of its [0] Controls element (nil: no
+// controls), with the proxied authorization control naming authzID added
+// after the client's controls. One buffer, no element tree: this runs
+// for every relayed search.
+func appendRequest(dst []byte, id int64, op, controls []byte, authzID string) []byte {
+	ctl := len(controls) + proxyAuthzLen(authzID)
+	dst = ldapwire.AppendEnvelopeHeader(dst, id, len(op)+1+lengthLen(ctl)+ctl)
+	dst = append(dst, op...)
+	dst = appendLength(append(dst, 0xa0), ctl)
+	dst = append(dst, controls...)
+	return appendProxyAuthz(dst, authzID)
+}
+
+// appendOctets appends an OCTET STRING holding s.
+func appendOctets(dst []byte, s string) []byte {
+	return append(appendLength(append(dst, byte(ber.TagOctetString)), len(s)), s...)
+}
+
+// octetsLen is the length of an OCTET STRING of n bytes.
+func octetsLen(n int) int { return 1 + lengthLen(n) + n }
+
+// lengthLen is the length of the BER encoding of length n.
+func lengthLen(n int) int {
+	var b [5]byte
+	return len(appendLength(b[:0], n))
 }
 
 // ldapResult reads resultCode and diagnosticMessage of an LDAPResult-shaped

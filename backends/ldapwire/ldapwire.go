@@ -53,56 +53,83 @@ const (
 // from it, so a 4-byte header cannot make passgate reserve gigabytes. Only
 // the definite length form is accepted (RFC 4511 §5.1). io.EOF means a
 // clean end between messages; a message cut short is io.ErrUnexpectedEOF.
+// The bytes returned are the caller's.
 func ReadMessage(r *bufio.Reader, max int) ([]byte, error) {
-	var hdr [10]byte
-	b, err := r.ReadByte()
+	raw, shared, err := readMessage(r, max)
+	if shared {
+		raw = append([]byte(nil), raw...)
+	}
+	return raw, err
+}
+
+// ReadMessageShared is ReadMessage without the copy: a message that fits
+// in r's buffer is returned as a slice of that buffer, valid only until
+// the next read from r (a relay that passes each message on before it
+// reads the next allocates nothing per message). A longer message is
+// read into memory of its own. The checks and errors are ReadMessage's.
+func ReadMessageShared(r *bufio.Reader, max int) ([]byte, error) {
+	raw, _, err := readMessage(r, max)
+	return raw, err
+}
+
+// readMessage reads one message, leaving it in r's buffer (shared) when
+// it fits there. The header is peeked one byte at a time, as it arrives,
+// so that a length over max is refused before the rest of the header or
+// any content is waited for.
+func readMessage(r *bufio.Reader, max int) (raw []byte, shared bool, err error) {
+	b, err := r.Peek(1)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
-	if b != 0x30 { // universal, constructed, SEQUENCE
-		return nil, ErrMalformed
+	if b[0] != 0x30 { // universal, constructed, SEQUENCE
+		return nil, false, ErrMalformed
 	}
-	hdr[0] = b
-	n := 1
-	lb, err := r.ReadByte()
+	b, err = r.Peek(2)
 	if err != nil {
-		return nil, unexpected(err)
+		return nil, false, unexpected(err)
 	}
-	hdr[n] = lb
-	n++
+	lb := b[1]
+	hdr := 2
 	length := 0
 	switch {
 	case lb < 0x80:
 		length = int(lb)
 	case lb == 0x80 || lb == 0xff:
-		return nil, ErrMalformed // indefinite form, reserved value
+		return nil, false, ErrMalformed // indefinite form, reserved value
 	default:
 		k := int(lb & 0x7f)
 		if k > 8 {
-			return nil, ErrMalformed
+			return nil, false, ErrMalformed
 		}
 		for i := 0; i < k; i++ {
-			c, err := r.ReadByte()
+			b, err = r.Peek(hdr + 1)
 			if err != nil {
-				return nil, unexpected(err)
+				return nil, false, unexpected(err)
 			}
-			hdr[n] = c
-			n++
 			if length > max>>8 { // the next shift would pass max
-				return nil, ErrTooLarge
+				return nil, false, ErrTooLarge
 			}
-			length = length<<8 | int(c)
+			length = length<<8 | int(b[hdr])
+			hdr++
 		}
 	}
 	if length > max {
-		return nil, ErrTooLarge
+		return nil, false, ErrTooLarge
 	}
-	msg := make([]byte, n+length)
-	copy(msg, hdr[:n])
-	if _, err := io.ReadFull(r, msg[n:]); err != nil {
-		return nil, unexpected(err)
+	total := hdr + length
+	if total <= r.Size() {
+		raw, err = r.Peek(total)
+		if err != nil {
+			return nil, false, unexpected(err)
+		}
+		r.Discard(total)
+		return raw, true, nil
 	}
-	return msg, nil
+	msg := make([]byte, total)
+	if _, err := io.ReadFull(r, msg); err != nil {
+		return nil, false, unexpected(err)
+	}
+	return msg, false, nil
 }
 
 func unexpected(err error) error {
@@ -257,13 +284,31 @@ func AppendInt(dst []byte, v int64) []byte {
 // and controls elements: a relay uses it to put one side's message ID on
 // what the other side sent, without decoding it.
 func Envelope(id int64, op, controls []byte) []byte {
+	return AppendEnvelope(make([]byte, 0, EnvelopeLen(id, len(op)+len(controls))), id, op, controls)
+}
+
+// AppendEnvelope is Envelope appending to dst, so that a writer can put
+// several messages into one buffer of its own and send them in one write.
+func AppendEnvelope(dst []byte, id int64, op, controls []byte) []byte {
+	dst = AppendEnvelopeHeader(dst, id, len(op)+len(controls))
+	dst = append(dst, op...)
+	return append(dst, controls...)
+}
+
+// AppendEnvelopeHeader appends the start of an LDAPMessage whose
+// protocolOp and controls, n bytes in all, the caller appends next.
+func AppendEnvelopeHeader(dst []byte, id int64, n int) []byte {
 	var idb [12]byte
 	idEnc := AppendInt(idb[:0], id)
-	n := len(idEnc) + len(op) + len(controls)
-	out := make([]byte, 0, n+6)
-	out = append(out, 0x30)
-	out = AppendLength(out, n)
-	out = append(out, idEnc...)
-	out = append(out, op...)
-	return append(out, controls...)
+	dst = append(dst, 0x30)
+	dst = AppendLength(dst, len(idEnc)+n)
+	return append(dst, idEnc...)
+}
+
+// EnvelopeLen is the length of the LDAPMessage that AppendEnvelope
+// builds from message ID id and n bytes of protocolOp and controls.
+func EnvelopeLen(id int64, n int) int {
+	var idb [12]byte
+	body := len(AppendInt(idb[:0], id)) + n
+	return 1 + len(AppendLength(idb[:0], body)) + body
 }

@@ -77,11 +77,15 @@ type conn struct {
 	ctx    context.Context
 	cancel context.CancelCauseFunc
 
-	wmu       sync.Mutex // serialises writes and guards nc, held and heldTimer
-	nc        net.Conn
-	held      []byte        // answers that hold keeps for the next write
-	heldTimer *time.Timer   // writes held after heldFor; nil until first needed
-	br        *bufio.Reader // reader goroutine only
+	wmu  sync.Mutex // serialises writes and guards nc, held and wdl
+	nc   net.Conn
+	held []byte        // answers that hold keeps for the next write
+	wdl  deadline      // the write deadline, moved at most once per writeTimeout
+	br   *bufio.Reader // reader goroutine only
+	// The read deadline, and whether it is the idle one the reader set
+	// after a bind; reader goroutine only.
+	rdl       deadline
+	rdlAuthed bool
 
 	tls    atomic.Bool
 	authed atomic.Bool // a bind has succeeded on this connection
@@ -199,7 +203,8 @@ func (c *conn) write(b []byte) bool {
 	return c.writeLocked(b)
 }
 
-// writeLocked is write with wmu held.
+// writeLocked is write with wmu held; b may be nil to write only what is
+// held.
 func (c *conn) writeLocked(b []byte) bool {
 	if c.ctx.Err() != nil {
 		c.held = nil
@@ -207,15 +212,17 @@ func (c *conn) writeLocked(b []byte) bool {
 	}
 	if len(c.held) > 0 {
 		b = append(c.held, b...)
-		c.held = nil
-		c.heldTimer.Stop()
 	}
 	if len(b) == 0 {
 		return true
 	}
-	c.nc.SetWriteDeadline(time.Now().Add(writeTimeout))
+	c.wdl.extendWrite(c.nc, time.Now(), writeTimeout)
 	n, err := c.nc.Write(b)
 	c.bytesOut.Add(int64(n))
+	c.held = c.held[:0]
+	if cap(c.held) > keptHeldBytes {
+		c.held = nil // a large answer: leave its memory to the collector
+	}
 	if err != nil {
 		c.cancel(err)
 		c.nc.Close()
@@ -224,38 +231,70 @@ func (c *conn) writeLocked(b []byte) bool {
 	return true
 }
 
-// hold queues b, an answer that more answers of the same operation
-// follow (a search entry), to go out with the next write: an entry and
-// the search's result then cost one write, and the client one read,
-// instead of two. What is held is written at the latest after heldFor,
-// or at once when it would pass maxHeldBytes, so that a slow stream of
-// entries still flows.
-func (c *conn) hold(b []byte) bool {
+// hold appends an answer from the directory, under message ID id, to
+// those that go out with the next write: the answers the session's
+// reader passes on from one read of the directory's socket (a search's
+// entries and its result, the results of pipelined requests) then cost
+// one write, and the client one read, instead of one each. The session
+// calls flushHeld (Session.OnIdle) before it waits for the directory, so
+// that nothing is held while passgate waits; more than maxHeldBytes is
+// written at once, so that a long stream of entries flows.
+func (c *conn) hold(id int64, op, controls []byte) bool {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	if c.ctx.Err() != nil {
 		return false
 	}
-	if len(c.held)+len(b) > maxHeldBytes {
-		return c.writeLocked(b)
+	c.held = ldapwire.AppendEnvelope(c.held, id, op, controls)
+	if len(c.held) >= maxHeldBytes {
+		return c.writeLocked(nil)
 	}
-	if len(c.held) == 0 {
-		if c.heldTimer == nil {
-			c.heldTimer = time.AfterFunc(heldFor, c.flushHeld)
-		} else {
-			c.heldTimer.Reset(heldFor)
-		}
-	}
-	c.held = append(c.held, b...)
 	return true
 }
 
-// flushHeld writes what hold kept (heldTimer's function).
+// flushHeld writes what hold kept (the upstream session's OnIdle
+// function).
 func (c *conn) flushHeld() {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	if len(c.held) > 0 {
 		c.writeLocked(nil)
+	}
+}
+
+// deadline moves a connection's read or write deadline lazily. A
+// deadline is a runtime timer: moving it for every message can wake an
+// idle thread of the Go runtime for nothing (a futex wake-up, most of
+// what a small search costs passgate when it is otherwise idle). So it is
+// moved only when it comes closer than the time it must leave.
+type deadline struct{ until time.Time }
+
+// extendWrite makes sure that nc's write deadline is at least timeout
+// after now, moving it to twice timeout when it is not: a write has
+// between timeout and twice timeout.
+func (d *deadline) extendWrite(nc net.Conn, now time.Time, timeout time.Duration) {
+	if now.Add(timeout).After(d.until) {
+		d.until = now.Add(2 * timeout)
+		nc.SetWriteDeadline(d.until)
+	}
+}
+
+// extendRead makes sure that nc's read deadline is at least timeout
+// after now, moving it to timeout plus slack when it is not: the client
+// is then closed between timeout and timeout plus slack after its last
+// message.
+func (d *deadline) extendRead(nc net.Conn, now time.Time, timeout, slack time.Duration) {
+	if now.Add(timeout).After(d.until) {
+		d.until = now.Add(timeout + slack)
+		nc.SetReadDeadline(d.until)
+	}
+}
+
+// setRead sets nc's read deadline to t unless it is t already.
+func (d *deadline) setRead(nc net.Conn, t time.Time) {
+	if !t.Equal(d.until) {
+		d.until = t
+		nc.SetReadDeadline(t)
 	}
 }
 
@@ -278,19 +317,24 @@ func (c *conn) handshake() bool {
 	}
 	c.wmu.Lock()
 	c.nc = tc
+	c.wdl = deadline{} // set again on the TLS connection
 	c.wmu.Unlock()
+	c.rdl, c.rdlAuthed = deadline{}, false
 	c.tls.Store(true)
 	return true
 }
 
-// readDeadline is when the next read must be done: before a bind has
-// succeeded, a fixed time after the connection was accepted, however
-// many messages the client sends; after it, IdleTimeout from now.
-func (c *conn) readDeadline() time.Time {
-	if c.authed.Load() {
-		return time.Now().Add(c.srv.opts.IdleTimeout)
+// setReadDeadline sets when the next read must be done: before a bind
+// has succeeded, a fixed time after the connection was accepted, however
+// many messages the client sends; after it, IdleTimeout from now (and at
+// most idleSlack more, deadline.extendRead). Reader goroutine only.
+func (c *conn) setReadDeadline(nc net.Conn, authed bool) {
+	if !authed {
+		c.rdl.setRead(nc, c.Start.Add(c.srv.opts.PreBindTimeout))
+		return
 	}
-	return c.Start.Add(c.srv.opts.PreBindTimeout)
+	idle := c.srv.opts.IdleTimeout
+	c.rdl.extendRead(nc, time.Now(), idle, min(idle/16, idleSlack))
 }
 
 // maxMessage is the largest message accepted now: at most
@@ -308,6 +352,8 @@ func (c *conn) markAuthed() {
 	if c.authed.Swap(true) {
 		return
 	}
+	// The reader may be waiting with the pre-bind deadline; its next
+	// message sets the idle deadline its own way (setReadDeadline).
 	c.wmu.Lock()
 	c.nc.SetReadDeadline(time.Now().Add(c.srv.opts.IdleTimeout))
 	c.wmu.Unlock()
@@ -320,17 +366,25 @@ func (c *conn) readLoop() {
 		nc := c.nc
 		c.wmu.Unlock()
 		authed := c.authed.Load()
-		nc.SetReadDeadline(c.readDeadline())
+		if authed && !c.rdlAuthed {
+			// markAuthed (on the executor) moved the deadline behind the
+			// reader's back: set it again, the reader's way.
+			c.rdl, c.rdlAuthed = deadline{}, true
+		}
+		c.setReadDeadline(nc, authed)
 		if !authed && c.authed.Load() {
-			nc.SetReadDeadline(c.readDeadline()) // a bind succeeded meanwhile
+			c.rdl, c.rdlAuthed = deadline{}, true
+			c.setReadDeadline(nc, true) // a bind succeeded meanwhile
 		}
 		// The cap is chosen once the next message has started to arrive,
 		// so that a message sent after a successful bind's response gets
-		// the bound cap.
+		// the bound cap. The message stays in the reader's buffer, where
+		// it is valid until the next read: runInline relays it before
+		// that, and a request for the executor gets a copy.
 		_, err := c.br.Peek(1)
 		var raw []byte
 		if err == nil {
-			raw, err = ldapwire.ReadMessage(c.br, c.maxMessage())
+			raw, err = ldapwire.ReadMessageShared(c.br, c.maxMessage())
 			c.bytesIn.Add(int64(len(raw)))
 		}
 		switch {
@@ -384,6 +438,7 @@ func (c *conn) readLoop() {
 		if c.runInline(msg) {
 			continue
 		}
+		msg, _ = ldapwire.ParseMessage(append([]byte(nil), raw...)) // the executor's own copy
 		r := &request{msg: msg, size: len(raw)}
 		if !c.enqueue(r) {
 			return
@@ -633,16 +688,14 @@ func (c *conn) operation(m message) {
 			c.respond(m.ID, tag, resultUnwillingToPerform, msgAppPasswordOps)
 			return
 		}
-		oids, err := controlOIDs(m.Controls)
+		own, err := hasProxyAuthz(m.Controls)
 		if err != nil {
 			c.respond(m.ID, tag, resultProtocolError, "malformed controls")
 			return
 		}
-		for _, o := range oids {
-			if o == oidProxiedAuthz || o == oidProxiedAuthzV1 {
-				c.respond(m.ID, tag, resultUnwillingToPerform, msgOwnProxyAuthz)
-				return
-			}
+		if own {
+			c.respond(m.ID, tag, resultUnwillingToPerform, msgOwnProxyAuthz)
+			return
 		}
 		if !c.ensureSession(m, sessService) {
 			return
@@ -665,6 +718,7 @@ func (c *conn) session() (Session, error) {
 	if err != nil {
 		return nil, err
 	}
+	s.OnIdle(c.flushHeld)
 	c.srv.sawUpstream()
 	c.mu.Lock()
 	c.sess = s
@@ -822,11 +876,7 @@ func (c *conn) fromUpstream(m message, p *pending, op, controls []byte, last boo
 		c.disconnect(resultUnavailable, msgUnavailable)
 		return
 	}
-	if last {
-		c.write(envelope(m.ID, op, controls))
-	} else {
-		c.hold(envelope(m.ID, op, controls))
-	}
+	c.hold(m.ID, op, controls) // written when the session waits for more (flushHeld)
 	if last {
 		<-c.slots
 	}

@@ -37,6 +37,9 @@
 //     paged-results cookies, response controls, matched DNs) is lost or
 //     reinterpreted, and unknown controls pass through. A client may not send
 //     its own proxied authorization control after an app-password bind.
+//     The answers the upstream session hands over from one read of the
+//     directory's socket go to the client in one write, when the session
+//     is about to wait for more (Session.OnIdle), with no timer.
 //
 // Bind names. A DN that matches a template with a plain ASCII user part
 // (letters, digits, '.', '_', '-') is used as the template filled in with

@@ -63,7 +63,19 @@ func checkMessage(t *testing.T, raw []byte) {
 	if err != nil || again.ID != m.ID || !bytes.Equal(again.Op.Raw, m.Op.Raw) || !bytes.Equal(again.Controls, m.Controls) {
 		t.Fatalf("envelope does not round-trip: %v", err)
 	}
-	controlOIDs(m.Controls)
+	// The relay's check for a client's own proxied authorization control
+	// agrees with the list of the controls' types; with malformed
+	// controls it refuses, as malformed or (when the control comes
+	// before the damage) as the client's own.
+	oids, oidsErr := controlOIDs(m.Controls)
+	own, ownErr := hasProxyAuthz(m.Controls)
+	listed := false
+	for _, o := range oids {
+		listed = listed || o == oidProxiedAuthz || o == oidProxiedAuthzV1
+	}
+	if (oidsErr == nil && (ownErr != nil || own != listed)) || (oidsErr != nil && ownErr == nil && !own) {
+		t.Fatalf("hasProxyAuthz = %v, %v; controls %q, %v", own, ownErr, oids, oidsErr)
+	}
 	switch m.Op.Tag {
 	case opBindRequest:
 		b, err := decodeBind(m.Op)

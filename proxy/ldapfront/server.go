@@ -50,10 +50,16 @@ type Session interface {
 	// Send sends one request: op is its protocolOp element and controls its
 	// [0] Controls element (nil for none), both raw BER. With proxyAuthz
 	// set ("dn:…" or "u:…"), the proxied authorization control naming it is
-	// added. fn gets every response's protocolOp and controls; last is true
-	// for the final one, and for a non-nil err (the session was lost). fn
-	// runs on the session's reader and must not block for long.
+	// added. fn gets every response's protocolOp and controls, valid only
+	// until fn returns; last is true for the final one, and for a non-nil
+	// err (the session was lost). fn runs on the session's reader and must
+	// not block for long.
 	Send(op, controls []byte, proxyAuthz string, fn func(op, controls []byte, last bool, err error)) (handle int64, err error)
+	// OnIdle sets fn, which the session's reader calls whenever it has
+	// handed every response it has read to its fn and is about to wait
+	// for the directory, and when the session ends: the listener writes
+	// the responses it held back then (conn.hold).
+	OnIdle(fn func())
 	// Err returns the error that ended the session, nil while it is alive.
 	Err() error
 	// Abandon abandons the request with this handle upstream; its fn is
@@ -83,10 +89,15 @@ const (
 	preBindMaxMessageBytes = 64 << 10 // largest message before a bind has succeeded
 	maxQueuedBytes         = 4 << 20  // bytes of messages waiting for the executor, per connection
 	writeTimeout           = 30 * time.Second
-	// A search entry waits for the operation's next answer at most
-	// heldFor, and at most maxHeldBytes of answers wait (conn.hold).
-	heldFor          = time.Millisecond
-	maxHeldBytes     = 16 << 10
+	// At most maxHeldBytes of answers wait for the next write (conn.hold);
+	// a buffer of held answers larger than keptHeldBytes is not kept
+	// after the write.
+	maxHeldBytes  = 16 << 10
+	keptHeldBytes = 4 << 10
+	// idleSlack bounds how much later than IdleTimeout an idle client is
+	// closed, in exchange for moving the read deadline at most once per
+	// idleSlack (deadline.extendRead).
+	idleSlack        = time.Second
 	handshakeTimeout = 15 * time.Second
 	upstreamTimeout  = 30 * time.Second // one upstream bind, WhoAmI or session set-up
 	drainPoll        = 50 * time.Millisecond

@@ -19,6 +19,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -240,6 +241,26 @@ type fakeSession struct {
 	sent      []sent
 	abandoned []int64
 	held      map[int64]func([]byte, []byte, bool, error)
+	onIdle    func()
+}
+
+// OnIdle keeps fn; the session calls it after each batch of answers, as
+// the real one does before it waits for the directory.
+func (s *fakeSession) OnIdle(fn func()) {
+	s.mu.Lock()
+	s.onIdle = fn
+	s.mu.Unlock()
+}
+
+// idle calls the OnIdle function, as the real session's reader does when
+// nothing more has arrived (tests call it after delivering held answers).
+func (s *fakeSession) idle() {
+	s.mu.Lock()
+	fn := s.onIdle
+	s.mu.Unlock()
+	if fn != nil {
+		fn()
+	}
 }
 
 func (s *fakeSession) Bind(_ context.Context, dn string, pw []byte) (bool, error) {
@@ -286,10 +307,12 @@ func (s *fakeSession) Send(op, _ []byte, proxy string, fn func(op, controls []by
 			entry.AppendChild(ber.NewSequence(""))
 			fn(entry.Bytes(), nil, false, nil)
 			fn(resultOp(opSearchDone, resultSuccess, ""), nil, true, nil)
+			s.idle()
 			return
 		}
 		tag, _ := responseTag(e.Tag)
 		fn(resultOp(tag, 6, ""), nil, true, nil) // compareTrue
+		s.idle()
 	}()
 	return h, nil
 }
@@ -828,42 +851,87 @@ func TestSessionLogLine(t *testing.T) {
 	}
 }
 
-// TestEntryWithoutResultFlows: a search entry is held back to go out
-// with the search's result, but not for long: an entry whose result does
-// not follow (a slow search, a stream of entries) still reaches the
-// client, before the result and in order.
-func TestEntryWithoutResultFlows(t *testing.T) {
-	ts := startServer(t, nil)
+// countingListener counts the writes to the connections it accepts.
+type countingListener struct {
+	net.Listener
+	writes *atomic.Int64
+}
+
+func (l countingListener) Accept() (net.Conn, error) {
+	nc, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return countingConn{nc, l.writes}, nil
+}
+
+type countingConn struct {
+	net.Conn
+	writes *atomic.Int64
+}
+
+func (c countingConn) Write(b []byte) (int, error) {
+	c.writes.Add(1)
+	return c.Conn.Write(b)
+}
+
+// heldSearch binds alice, sends a search that the fake directory holds,
+// and returns the session and the search's handler.
+func heldSearch(t *testing.T, ts *testServer, c *client) (*fakeSession, func([]byte, []byte, bool, error)) {
+	t.Helper()
+	ts.up.mu.Lock()
 	ts.up.hold = true
-	c := ts.dial(t)
+	ts.up.mu.Unlock()
 	c.send(encodeBind(1, aliceDN, alicePW))
 	c.recv()
 	c.send(encodeSearch(2, aliceDN, nil))
-	var fn func([]byte, []byte, bool, error)
-	for deadline := time.Now().Add(patience); fn == nil; time.Sleep(5 * time.Millisecond) {
+	for deadline := time.Now().Add(patience); ; time.Sleep(5 * time.Millisecond) {
 		ts.up.mu.Lock()
+		var s *fakeSession
 		if len(ts.up.sessions) > 0 {
-			s := ts.up.sessions[0]
-			s.mu.Lock()
-			fn = s.held[1]
-			s.mu.Unlock()
+			s = ts.up.sessions[0]
 		}
 		ts.up.mu.Unlock()
+		if s != nil {
+			s.mu.Lock()
+			fn := s.held[1]
+			s.mu.Unlock()
+			if fn != nil {
+				return s, fn
+			}
+		}
 		if time.Now().After(deadline) {
 			t.Fatal("search never reached the upstream")
 		}
 	}
+}
+
+func searchEntry() []byte {
 	entry := ber.Encode(ber.ClassApplication, ber.TypeConstructed, opSearchEntry, nil, "")
 	entry.AppendChild(ber.NewString(ber.ClassUniversal, ber.TypePrimitive, ber.TagOctetString, aliceDN, ""))
 	entry.AppendChild(ber.NewSequence(""))
-	fn(entry.Bytes(), nil, false, nil)
+	return entry.Bytes()
+}
+
+// TestEntryWithoutResultFlows: a search entry is held back to go out
+// with what else the directory sent with it, but only until the session
+// waits for the directory: an entry whose result does not follow (a slow
+// search, a stream of entries) still reaches the client, before the
+// result and in order.
+func TestEntryWithoutResultFlows(t *testing.T) {
+	ts := startServer(t, nil)
+	c := ts.dial(t)
+	s, fn := heldSearch(t, ts, c)
+	fn(searchEntry(), nil, false, nil)
+	s.idle()
 	if m, _ := c.recv(); m.ID != 2 || m.Op.Tag != opSearchEntry {
 		t.Fatalf("first answer: id %d tag %d, want search 2's entry", m.ID, m.Op.Tag)
 	}
 	for range 3 { // a burst of entries, then the result
-		fn(entry.Bytes(), nil, false, nil)
+		fn(searchEntry(), nil, false, nil)
 	}
 	fn(resultOp(opSearchDone, resultSuccess, ""), nil, true, nil)
+	s.idle()
 	for i := range 4 {
 		m, _ := c.recv()
 		want := opSearchEntry
@@ -873,5 +941,69 @@ func TestEntryWithoutResultFlows(t *testing.T) {
 		if m.ID != 2 || m.Op.Tag != want {
 			t.Fatalf("answer %d: id %d tag %d, want %d", i+2, m.ID, m.Op.Tag, want)
 		}
+	}
+}
+
+// TestHeldAnswersOneWrite: what the session hands over between two idle
+// calls (entries and the result of one read from the directory) reaches
+// the client in one write; past maxHeldBytes, held answers are written
+// without waiting for idle.
+func TestHeldAnswersOneWrite(t *testing.T) {
+	tests := []struct {
+		name       string
+		entries    int
+		entryBytes int
+		wantWrites int64 // before idle is called
+	}{
+		{"ok/entry-and-result", 1, 0, 0},
+		{"ok/burst", 5, 0, 0},
+		{"ok/over-the-cap", 3, maxHeldBytes / 2, 1},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ts := startServer(t, nil)
+			var writes atomic.Int64
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			go ts.srv.Serve(countingListener{ln, &writes})
+			nc, err := net.Dial("tcp", ln.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { nc.Close() })
+			c := &client{t: t, nc: nc, br: bufio.NewReader(nc)}
+			s, fn := heldSearch(t, ts, c)
+			entry := searchEntry()
+			if tc.entryBytes > 0 {
+				big := ber.Encode(ber.ClassApplication, ber.TypeConstructed, opSearchEntry, nil, "")
+				big.AppendChild(ber.NewString(ber.ClassUniversal, ber.TypePrimitive, ber.TagOctetString, strings.Repeat("x", tc.entryBytes), ""))
+				big.AppendChild(ber.NewSequence(""))
+				entry = big.Bytes()
+			}
+			before := writes.Load()
+			for range tc.entries {
+				fn(entry, nil, false, nil)
+			}
+			fn(resultOp(opSearchDone, resultSuccess, ""), nil, true, nil)
+			if got := writes.Load() - before; got != tc.wantWrites {
+				t.Fatalf("%d writes before the session went idle, want %d", got, tc.wantWrites)
+			}
+			s.idle()
+			if got := writes.Load() - before; got != tc.wantWrites+1 {
+				t.Fatalf("%d writes after the session went idle, want %d", got, tc.wantWrites+1)
+			}
+			for i := 0; i <= tc.entries; i++ {
+				m, _ := c.recv()
+				want := opSearchEntry
+				if i == tc.entries {
+					want = opSearchDone
+				}
+				if m.ID != 2 || m.Op.Tag != want {
+					t.Fatalf("answer %d: id %d tag %d, want %d", i, m.ID, m.Op.Tag, want)
+				}
+			}
+		})
 	}
 }

@@ -60,30 +60,44 @@ type (
 	message = ldapwire.Message
 )
 
-// controlOIDs lists the controlType of every control in a [0] Controls
-// element.
-func controlOIDs(controls []byte) ([]string, error) {
+// walkControls calls fn with the controlType of every control in a [0]
+// Controls element (nil for none), in order, until fn returns false.
+func walkControls(controls []byte, fn func(oid []byte) bool) error {
 	if controls == nil {
-		return nil, nil
+		return nil
 	}
 	c, _, err := ldapwire.NextElement(controls)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	var oids []string
 	for b := c.Content; len(b) > 0; {
 		var ctl element
 		ctl, b, err = ldapwire.NextElement(b)
 		if err != nil || !ctl.Constructed || ctl.Class != classUniversal || ctl.Tag != tagSequence {
-			return nil, ldapwire.ErrMalformed
+			return ldapwire.ErrMalformed
 		}
 		t, _, err := ldapwire.NextElement(ctl.Content)
 		if err != nil || t.Class != classUniversal || t.Tag != tagOctetString {
-			return nil, ldapwire.ErrMalformed
+			return ldapwire.ErrMalformed
 		}
-		oids = append(oids, string(t.Content))
+		if !fn(t.Content) {
+			return nil
+		}
 	}
-	return oids, nil
+	return nil
+}
+
+// hasProxyAuthz reports whether a [0] Controls element holds a proxied
+// authorization control of either version, without allocating: it runs
+// for every relayed operation after an app-password bind. Malformed
+// controls are an error.
+func hasProxyAuthz(controls []byte) (bool, error) {
+	found := false
+	err := walkControls(controls, func(oid []byte) bool {
+		found = string(oid) == oidProxiedAuthz || string(oid) == oidProxiedAuthzV1
+		return !found
+	})
+	return found && err == nil, err
 }
 
 // envelope is ldapwire's encoder of an LDAPMessage, under this package's name.

@@ -212,3 +212,52 @@ func TestResultEncoding(t *testing.T) {
 		}
 	}
 }
+
+// controlOIDs lists the controlType of every control in a [0] Controls
+// element.
+func controlOIDs(controls []byte) ([]string, error) {
+	var oids []string
+	err := walkControls(controls, func(oid []byte) bool {
+		oids = append(oids, string(oid))
+		return true
+	})
+	if err != nil {
+		return nil, err
+	}
+	return oids, nil
+}
+
+func TestHasProxyAuthz(t *testing.T) {
+	ctl := func(oid string) []byte {
+		p := ber.Encode(ber.ClassUniversal, ber.TypeConstructed, ber.TagSequence, nil, "")
+		p.AppendChild(ber.NewString(ber.ClassUniversal, ber.TypePrimitive, ber.TagOctetString, oid, ""))
+		return p.Bytes()
+	}
+	wrap := func(ctls ...[]byte) []byte {
+		c := bytes.Join(ctls, nil)
+		return append(ldapwire.AppendLength([]byte{0xa0}, len(c)), c...)
+	}
+	tests := []struct {
+		name     string
+		controls []byte
+		want     bool
+		err      bool
+	}{
+		{"ok/none", nil, false, false},
+		{"ok/empty", wrap(), false, false},
+		{"ok/paging", wrap(ctl("1.2.840.113556.1.4.319")), false, false},
+		{"ok/proxy-authz", wrap(ctl("1.2.840.113556.1.4.319"), ctl(oidProxiedAuthz)), true, false},
+		{"ok/proxy-authz-v1", wrap(ctl(oidProxiedAuthzV1)), true, false},
+		{"ok/prefix-of-oid", wrap(ctl(oidProxiedAuthz[:10])), false, false},
+		{"fail/malformed-after", wrap(ctl("1.2.3"), []byte{0x30, 0x02, 0x02, 0x00}), false, true},
+		{"fail/not-a-sequence", wrap([]byte{0x04, 0x01, 'x'}), false, true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := hasProxyAuthz(tc.controls)
+			if got != tc.want || (err != nil) != tc.err {
+				t.Fatalf("hasProxyAuthz = %v, %v; want %v, error %v", got, err, tc.want, tc.err)
+			}
+		})
+	}
+}
