@@ -41,10 +41,10 @@ const (
 // that a transaction carries what was queued meanwhile (up to 256 writes);
 // Flush and a full batch cut the wait short. Once the queue is empty the
 // flusher waits up to 1 s for the next write before it ends, so that an
-// idle Journal holds no goroutine and a busy one starts none per commit. The price is that a crash
-// loses the writes of the last moment, the same window as SQLite's
-// synchronous=NORMAL, and that a write that fails is reported in the log
-// instead of to the login: a failed batch is retried once, then every
+// idle Journal holds no goroutine and a busy one starts none per commit.
+// The price of the batching is that a crash loses the writes of the last
+// moment, the same window as SQLite's synchronous=NORMAL, and that a
+// write that fails is reported in the log instead of to the login: a failed batch is retried once, then every
 // event in it is written to the log at level ERROR, so that the trail is
 // not silently short.
 //
