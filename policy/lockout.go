@@ -143,7 +143,9 @@ const (
 type admission struct {
 	user      string
 	src       netip.Prefix
-	addr, usr bool // the address and user counters count this attempt
+	srcKey    string    // src.String(), the counters' address
+	keys      [3]string // pendingKeys(user, srcKey)
+	addr, usr bool      // the address and user counters count this attempt
 	familiar  time.Time
 	pairDirty bool   // the pair has failures or lockouts to forget
 	repeat    bool   // the secret is one of the last wrong ones
@@ -269,7 +271,7 @@ func (l *limiter) admit(ctx context.Context, user string, addr netip.Addr, secre
 			return nil, "locked out: too many attempts at once from an unfamiliar address", nil
 		}
 	}
-	adm := &admission{user: u, src: src, tag: tag, recent: st.Pair.Recent,
+	adm := &admission{user: u, src: src, srcKey: s, keys: [3]string{pk, ak, uk}, tag: tag, recent: st.Pair.Recent,
 		pairDirty: st.Pair.Failures > 0 || st.Pair.Locks > 0 || !st.Pair.LockedUntil.IsZero()}
 	if familiar {
 		adm.familiar = st.FamiliarSeen
@@ -297,7 +299,7 @@ func (l *limiter) admit(ctx context.Context, user string, addr netip.Addr, secre
 
 // release ends the attempt under way that adm reserved.
 func (l *limiter) release(adm *admission) {
-	pk, ak, uk := pendingKeys(adm.user, adm.src.String())
+	pk, ak, uk := adm.keys[0], adm.keys[1], adm.keys[2]
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	dec := func(k string) {
@@ -335,7 +337,7 @@ func (l *limiter) settle(ctx context.Context, adm *admission, now time.Time, o O
 	case o != Failure || adm.repeat:
 		return nil, nil
 	}
-	s := adm.src.String()
+	s := adm.srcKey
 	var recent []byte
 	if adm.tag != nil {
 		recent = append(append(make([]byte, 0, recentTags*store.LockoutTagSize), adm.tag...),
@@ -393,13 +395,12 @@ func (l *limiter) count(ctx context.Context, user, addr string, limit int, now t
 // (only when there were some) and the address becomes, or stays,
 // familiar (written again at most once a day). nil: nothing to write.
 func (l *limiter) note(adm *admission, now time.Time) *store.LockoutNote {
-	n := &store.LockoutNote{User: adm.user, Addr: adm.src.String(), At: now, ClearPair: adm.pairDirty}
 	a := adm.src.Addr()
-	n.Familiar = a.IsValid() && !a.IsUnspecified() && (adm.familiar.IsZero() || now.Sub(adm.familiar) >= refreshFamiliar)
-	if !n.ClearPair && !n.Familiar {
+	familiar := a.IsValid() && !a.IsUnspecified() && (adm.familiar.IsZero() || now.Sub(adm.familiar) >= refreshFamiliar)
+	if !adm.pairDirty && !familiar {
 		return nil
 	}
-	return n
+	return &store.LockoutNote{User: adm.user, Addr: adm.srcKey, At: now, ClearPair: adm.pairDirty, Familiar: familiar}
 }
 
 // memCounters keeps the lockout's counters in this process's memory:

@@ -79,8 +79,13 @@ func (l *Login) settle(ctx context.Context, o Outcome) {
 	}
 	adm := l.adm
 	l.adm = nil
-	wctx, cancel := l.e.writeCtx(ctx)
-	defer cancel()
+	wctx := ctx
+	if o == Failure {
+		// Only a failure writes (the counters) before the reply.
+		var cancel context.CancelFunc
+		wctx, cancel = l.e.writeCtx(ctx)
+		defer cancel()
+	}
 	n, err := l.e.lock.settle(wctx, adm, l.e.now(), o)
 	if err != nil {
 		l.e.log.LogAttrs(ctx, slog.LevelError, "lockout write failed: this failure was not counted", slog.Any("err", err))

@@ -407,6 +407,10 @@ func (s *Store) TouchAppPassword(ctx context.Context, id int64, u Usage) error {
 // longer exists (deleted during the login). One commit instead of two
 // keeps the store off the critical path of a login.
 func (s *Store) RecordLogin(ctx context.Context, id int64, u Usage, ev AuditEvent) error {
+	ctx, err := s.runCtx(ctx)
+	if err != nil {
+		return err
+	}
 	tx, err := s.db.BeginTxx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("store: record login: begin: %w", err)

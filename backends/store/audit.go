@@ -96,6 +96,10 @@ func hostPort(addr string, port int) string {
 // from Protocol, ClientAddr, ClientPort, Credential, TLS, Reason and
 // ClientName.
 func (s *Store) Record(ctx context.Context, ev AuditEvent) error {
+	ctx, err := s.runCtx(ctx)
+	if err != nil {
+		return err
+	}
 	q, err := s.hotStmt(ctx, recordQuery)
 	if err != nil {
 		return err

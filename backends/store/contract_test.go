@@ -83,6 +83,7 @@ var contractCases = []contractCase{
 	{"journal/deleted-app-password", testJournalDeleted},
 	{"journal/last-uses", testJournalLastUses},
 	{"journal/close-flushes", testJournalCloseFlushes},
+	{"journal/idle-flusher", testJournalIdleFlusher},
 	{"journal/store-down", testJournalStoreDown},
 	{"lockout/count-shared", testLockoutCount},
 	{"lockout/concurrent", testLockoutConcurrent},

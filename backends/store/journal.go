@@ -21,6 +21,11 @@ const (
 	// journalLinger is how long the first write of a batch waits for
 	// more: one login after another then shares a commit too.
 	journalLinger = 10 * time.Millisecond
+	// journalIdle is how long the flusher waits for a new write once the
+	// queue is empty before it ends: logins a few milliseconds apart
+	// then find it running instead of starting a goroutine each, whose
+	// stack grows again through SQLite's deep calls on every commit.
+	journalIdle = time.Second
 )
 
 // Journal is a Store whose login writes — Record and RecordLogin, the
@@ -34,10 +39,12 @@ const (
 //
 // Before each commit the flusher waits up to 10 ms for more writes, so
 // that a transaction carries what was queued meanwhile (up to 256 writes);
-// Flush and a full batch cut the wait short. The price is that a crash
-// loses the writes of the last moment, the same window as SQLite's
-// synchronous=NORMAL, and that a write that fails is reported in the log
-// instead of to the login: a failed batch is retried once, then every
+// Flush and a full batch cut the wait short. Once the queue is empty the
+// flusher waits up to 1 s for the next write before it ends, so that an
+// idle Journal holds no goroutine and a busy one starts none per commit.
+// The price of the batching is that a crash loses the writes of the last
+// moment, the same window as SQLite's synchronous=NORMAL, and that a
+// write that fails is reported in the log instead of to the login: a failed batch is retried once, then every
 // event in it is written to the log at level ERROR, so that the trail is
 // not silently short.
 //
@@ -56,6 +63,8 @@ type Journal struct {
 	mu      sync.Mutex
 	queue   []journalWrite
 	running bool          // a flusher goroutine is at work
+	idle    bool          // the flusher waits for a write (idleFor)
+	idleFor time.Duration // journalIdle; tests change it
 	queued  uint64        // writes ever queued
 	done    uint64        // writes ever finished (committed or logged as lost)
 	closed  bool          // Close has begun: writes go to the log
@@ -79,7 +88,7 @@ func NewJournal(s *Store, log *slog.Logger) *Journal {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Journal{Store: s, log: log, changed: make(chan struct{}), wake: make(chan struct{}, 1)}
+	return &Journal{Store: s, log: log, idleFor: journalIdle, changed: make(chan struct{}), wake: make(chan struct{}, 1)}
 }
 
 // Record queues ev for the audit trail. A zero ev.Time is the time of
@@ -129,10 +138,14 @@ func (j *Journal) enqueue(ctx context.Context, w journalWrite) error {
 	}
 	j.queue = append(j.queue, w)
 	j.queued++
-	if !j.running {
+	switch {
+	case !j.running:
 		j.running = true
 		go j.flushLoop()
-	} else if len(j.queue) >= journalBatch {
+	case j.idle:
+		j.idle = false
+		j.nudge()
+	case len(j.queue) >= journalBatch:
 		j.nudge()
 	}
 	j.mu.Unlock()
@@ -147,13 +160,26 @@ func (j *Journal) nudge() {
 	}
 }
 
-// flushLoop commits the queue batch by batch and exits when it is empty,
-// so that an idle Journal holds no goroutine.
+// flushLoop commits the queue batch by batch and exits when it has been
+// empty for journalIdle (at once after Close), so that an idle Journal
+// holds no goroutine.
 func (j *Journal) flushLoop() {
 	linger := time.NewTimer(journalLinger)
 	defer linger.Stop()
 	for {
 		j.mu.Lock()
+		if len(j.queue) == 0 && !j.closed {
+			j.idle = true
+			idleFor := j.idleFor
+			j.mu.Unlock()
+			linger.Reset(idleFor)
+			select {
+			case <-linger.C:
+			case <-j.wake:
+			}
+			j.mu.Lock()
+			j.idle = false
+		}
 		if len(j.queue) > 0 && len(j.queue) < journalBatch {
 			j.mu.Unlock()
 			linger.Reset(journalLinger)
@@ -223,6 +249,12 @@ func (j *Journal) logLost(batch []journalWrite, err error) {
 }
 
 func (j *Journal) write(ctx context.Context, batch []journalWrite) error {
+	// On SQLite without the statements' watcher goroutines (runCtx); the
+	// batch's time is bounded there by busy_timeout.
+	ctx, err := j.runCtx(ctx)
+	if err != nil {
+		return err
+	}
 	touchQ, err := j.hotStmt(ctx, touchQuery)
 	if err != nil {
 		return err
@@ -415,6 +447,9 @@ func (j *Journal) Close() error {
 	ferr := j.Flush(ctx)
 	j.mu.Lock()
 	j.closed = true
+	if j.idle {
+		j.nudge() // an idle flusher ends now
+	}
 	rest := j.queue
 	j.queue = nil
 	j.done += uint64(len(rest))

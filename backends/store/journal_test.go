@@ -258,6 +258,51 @@ func testJournalCloseFlushes(t *testing.T, f *fixture) {
 	}
 }
 
+// testJournalIdleFlusher: the flusher outlives an empty queue (so that
+// logins a few milliseconds apart do not start a goroutine each), a
+// write queued while it idles is committed without a Flush, and Close
+// ends it at once.
+func testJournalIdleFlusher(t *testing.T, f *fixture) {
+	s := f.migrated(t)
+	ctx := ctxT(t)
+	j := store.NewJournal(s, nil)
+	store.SetJournalIdle(j, time.Hour)
+	// committed: the store itself (not the Journal, whose reads flush)
+	// holds n events of frank.
+	committed := func(n int) {
+		t.Helper()
+		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+			evs, err := s.Audit(ctx, store.AuditFilter{User: "frank"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(evs) == n {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%d events of frank committed after 30 s, want %d", len(evs), n)
+			}
+		}
+	}
+	for i := range 2 {
+		if err := j.Record(ctx, loginEvent("frank", "success", i)); err != nil {
+			t.Fatal(err)
+		}
+		committed(i + 1)
+		if !store.JournalRunning(j) {
+			t.Fatalf("after write %d, the flusher ended with the queue empty", i)
+		}
+	}
+	if err := j.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(30 * time.Second); store.JournalRunning(j); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the idle flusher still runs 30 s after Close")
+		}
+	}
+}
+
 // testJournalStoreDown: writes that the store refuses are not lost
 // silently: each event is in the log at ERROR, without blocking the
 // writer, and Flush returns.

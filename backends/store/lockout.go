@@ -94,6 +94,10 @@ UNION ALL SELECT user_key, addr, -1, last_seen, 0, 0, NULL FROM familiar_address
 // and when user last logged in from addr, in one query. user and addr
 // are the caller's keys (policy folds case and IPv6 /64s).
 func (s *Store) LockoutState(ctx context.Context, user, addr string) (LockoutState, error) {
+	ctx, err := s.runCtx(ctx)
+	if err != nil {
+		return LockoutState{}, err
+	}
 	q, err := s.hotStmt(ctx, lockoutStateQuery)
 	if err != nil {
 		return LockoutState{}, err
@@ -143,6 +147,10 @@ RETURNING failures, locks`
 // lockouts that ended before locksFrom are forgotten. A non-nil recent
 // replaces the remembered tags.
 func (s *Store) AddFailure(ctx context.Context, user, addr string, now, windowFrom, locksFrom time.Time, recent []byte) (LockoutCounter, error) {
+	ctx, err := s.runCtx(ctx)
+	if err != nil {
+		return LockoutCounter{}, err
+	}
 	q, err := s.hotStmt(ctx, addFailureQuery)
 	if err != nil {
 		return LockoutCounter{}, err
@@ -164,6 +172,10 @@ const lockQuery = `UPDATE lockout_counters SET locked_until = ?, locks = locks +
 // Lock locks (user, addr) until until, counts one more lockout in a row
 // and starts a new window at now.
 func (s *Store) Lock(ctx context.Context, user, addr string, now, until time.Time) error {
+	ctx, err := s.runCtx(ctx)
+	if err != nil {
+		return err
+	}
 	q, err := s.hotStmt(ctx, lockQuery)
 	if err != nil {
 		return err

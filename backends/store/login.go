@@ -18,43 +18,42 @@ type LoginState struct {
 	// AllowAppPasswords is the global switch (default true).
 	AllowAppPasswords bool
 	// AppPassword is the user's app password whose secret was presented,
-	// nil when none matches. Scope, expiry and the switch are not checked
-	// here: the caller (policy) does.
+	// nil when none matches, with what a decision reads of it: ID, User,
+	// Label, Scopes, ExpiresAt, Networks and Hash (not CreatedAt nor its
+	// last use, which ListAppPasswords gives). Scope, expiry and the
+	// switch are not checked here: the caller (policy) does.
 	AppPassword *AppPassword
 }
 
 // loginQuery reads a login's three facts in one statement: one read
 // transaction instead of three, which on SQLite is most of a login's
 // cost in the store. The LEFT JOINs on a one-row table give one row
-// whatever exists.
-const loginQuery = `SELECT u.mfa AS mfa, u.name AS stored_name, s.value AS allow_setting,
- a.id AS id, a.user_name AS user_name, a.label AS label, a.scopes AS scopes, a.hash AS hash,
- a.created_at AS created_at, a.expires_at AS expires_at, a.last_used_at AS last_used_at,
- a.last_used_addr AS last_used_addr, a.last_used_proto AS last_used_proto, a.last_used_client AS last_used_client,
- a.networks AS networks
+// whatever exists. Of the app password it reads only what a decision
+// uses (loginAppColumns): every column costs the SQLite driver its name,
+// its declared type and a conversion on every query, and a time column
+// a parse.
+const loginQuery = `SELECT u.mfa, u.name, s.value, ` + loginAppColumns + `
 FROM (SELECT 1 AS one) AS one
 LEFT JOIN users u ON u.name_key = ?
 LEFT JOIN settings s ON s.name = ?
 LEFT JOIN app_passwords a ON a.user_key = ? AND a.hash = ?`
 
+// loginAppColumns are the app password's columns that a login reads.
+const loginAppColumns = `a.id, a.user_name, a.label, a.scopes, a.hash, a.expires_at, a.networks`
+
 // loginRow is loginQuery's row (Scan fills it in column order, dest):
 // every column may be NULL.
 type loginRow struct {
-	MFA            sql.NullString `db:"mfa"`
-	StoredName     sql.NullString `db:"stored_name"`
-	Allow          sql.NullString `db:"allow_setting"`
-	ID             sql.NullInt64  `db:"id"`
-	User           sql.NullString `db:"user_name"`
-	Label          sql.NullString `db:"label"`
-	Scopes         sql.NullString `db:"scopes"`
-	Hash           []byte         `db:"hash"`
-	CreatedAt      sql.NullTime   `db:"created_at"`
-	ExpiresAt      sql.NullTime   `db:"expires_at"`
-	LastUsedAt     sql.NullTime   `db:"last_used_at"`
-	LastUsedAddr   sql.NullString `db:"last_used_addr"`
-	LastUsedProto  sql.NullString `db:"last_used_proto"`
-	LastUsedClient sql.NullString `db:"last_used_client"`
-	Networks       sql.NullString `db:"networks"`
+	MFA        sql.NullString
+	StoredName sql.NullString
+	Allow      sql.NullString
+	ID         sql.NullInt64
+	User       sql.NullString
+	Label      sql.NullString
+	Scopes     sql.NullString
+	Hash       []byte
+	ExpiresAt  sql.NullTime
+	Networks   sql.NullString
 }
 
 // LoginState reads, in one query, the user's MFA state, the global
@@ -73,6 +72,9 @@ func (s *Store) LoginState(ctx context.Context, user, secret string) (LoginState
 		return LoginState{}, err
 	}
 	want := h.Hash(key, secret)
+	if ctx, err = s.runCtx(ctx); err != nil {
+		return LoginState{}, err
+	}
 	q, err := s.hotStmt(ctx, loginQuery)
 	if err != nil {
 		return LoginState{}, err
@@ -86,8 +88,7 @@ func (s *Store) LoginState(ctx context.Context, user, secret string) (LoginState
 
 // dest is where Scan puts loginQuery's columns, in their order.
 func (r *loginRow) dest() []any {
-	return []any{&r.MFA, &r.StoredName, &r.Allow, &r.ID, &r.User, &r.Label, &r.Scopes, &r.Hash,
-		&r.CreatedAt, &r.ExpiresAt, &r.LastUsedAt, &r.LastUsedAddr, &r.LastUsedProto, &r.LastUsedClient, &r.Networks}
+	return []any{&r.MFA, &r.StoredName, &r.Allow, &r.ID, &r.User, &r.Label, &r.Scopes, &r.Hash, &r.ExpiresAt, &r.Networks}
 }
 
 // loginState turns loginQuery's row into a LoginState; want is the keyed
@@ -101,9 +102,7 @@ func (s *Store) loginState(r loginRow, want []byte) LoginState {
 	if r.ID.Valid && apppass.Equal(r.Hash, want) {
 		a := appRow{
 			ID: r.ID.Int64, User: r.User.String, Label: r.Label.String, Scopes: r.Scopes.String, Hash: r.Hash,
-			CreatedAt: r.CreatedAt.Time, ExpiresAt: r.ExpiresAt, LastUsedAt: r.LastUsedAt,
-			LastUsedAddr: r.LastUsedAddr.String, LastUsedProto: r.LastUsedProto.String, LastUsedClient: r.LastUsedClient.String,
-			Networks: r.Networks.String,
+			ExpiresAt: r.ExpiresAt, Networks: r.Networks.String,
 		}.appPassword()
 		ls.AppPassword = &a
 	}
@@ -112,13 +111,14 @@ func (s *Store) loginState(r loginRow, want []byte) LoginState {
 
 // loginLockoutQuery is loginQuery joined with lockoutStateQuery's rows,
 // one LEFT JOIN each (every join is on a primary key, so there is still
-// one row): a login's reads in one statement, one read transaction.
-const loginLockoutQuery = `SELECT u.mfa, u.name, s.value,
- a.id, a.user_name, a.label, a.scopes, a.hash, a.created_at, a.expires_at, a.last_used_at,
- a.last_used_addr, a.last_used_proto, a.last_used_client, a.networks,
+// one row): a login's reads in one statement, one read transaction. Of
+// the address's and the user's counters it reads what the rules use
+// (failures, window, lock), not their lockouts in a row nor tags (an
+// address's or a user's counter has none).
+const loginLockoutQuery = `SELECT u.mfa, u.name, s.value, ` + loginAppColumns + `,
  cp.failures, cp.window_start, cp.locked_until, cp.locks, cp.recent,
- ca.failures, ca.window_start, ca.locked_until, ca.locks, ca.recent,
- cu.failures, cu.window_start, cu.locked_until, cu.locks, cu.recent,
+ ca.failures, ca.window_start, ca.locked_until,
+ cu.failures, cu.window_start, cu.locked_until,
  f.last_seen
 FROM (SELECT 1 AS one) AS one
 LEFT JOIN users u ON u.name_key = ?
@@ -136,8 +136,13 @@ type counterCols struct {
 	recent                        []byte
 }
 
-func (c *counterCols) dest() []any {
-	return []any{&c.failures, &c.start, &c.until, &c.locks, &c.recent}
+// dest is where Scan puts a counter's columns: with its lockouts in a
+// row and tags (the pair) or without (the address, the user).
+func (c *counterCols) dest(full bool) []any {
+	if full {
+		return []any{&c.failures, &c.start, &c.until, &c.locks, &c.recent}
+	}
+	return []any{&c.failures, &c.start, &c.until}
 }
 
 // counter is the LockoutCounter of (user, addr) as LockoutState gives it.
@@ -152,8 +157,10 @@ func (c *counterCols) counter(user, addr string) LockoutCounter {
 
 // LoginLockoutState is LockoutState(lockUser, lockAddr) and
 // LoginState(user, secret) read in one statement: what a login needs of
-// the store before its outcome, in one read instead of two. An invalid
-// user name is an error matching ErrInvalid, before anything is read.
+// the store before its outcome, in one read instead of two. The
+// address's and the user's counters come without Locks and Recent,
+// which the lockout's rules read of the pair only. An invalid user name
+// is an error matching ErrInvalid, before anything is read.
 func (s *Store) LoginLockoutState(ctx context.Context, lockUser, lockAddr, user, secret string) (LockoutState, LoginState, error) {
 	key, err := userKey(user)
 	if err != nil {
@@ -164,6 +171,9 @@ func (s *Store) LoginLockoutState(ctx context.Context, lockUser, lockAddr, user,
 		return LockoutState{}, LoginState{}, err
 	}
 	want := h.Hash(key, secret)
+	if ctx, err = s.runCtx(ctx); err != nil {
+		return LockoutState{}, LoginState{}, err
+	}
 	q, err := s.hotStmt(ctx, loginLockoutQuery)
 	if err != nil {
 		return LockoutState{}, LoginState{}, err
@@ -173,7 +183,7 @@ func (s *Store) LoginLockoutState(ctx context.Context, lockUser, lockAddr, user,
 		pair, ad, usr counterCols
 		seen          sql.NullInt64
 	)
-	dest := append(append(append(append(r.dest(), pair.dest()...), ad.dest()...), usr.dest()...), &seen)
+	dest := append(append(append(append(r.dest(), pair.dest(true)...), ad.dest(false)...), usr.dest(false)...), &seen)
 	if err := q.QueryRowxContext(ctx, key, settingAllowAppPasswords, key, want,
 		lockUser, lockAddr, lockAddr, lockUser, lockUser, lockAddr).Scan(dest...); err != nil {
 		return LockoutState{}, LoginState{}, fmt.Errorf("store: read the login and lockout state of %s from %s: %w", user, lockAddr, err)

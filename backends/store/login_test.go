@@ -13,7 +13,8 @@ import (
 
 // testLoginState: the one-query read of a login gives the same answers
 // as the separate reads (UserMFA, AllowAppPasswords, FindAppPassword),
-// field for field, for every kind of user and secret.
+// field for field of what a decision reads (decisionFields), for every
+// kind of user and secret.
 func testLoginState(t *testing.T, f *fixture) {
 	s := f.migrated(t, func(o *store.Options) { o.DefaultMFA = store.MFAEnabled })
 	ctx := ctxT(t)
@@ -67,7 +68,7 @@ func testLoginState(t *testing.T, f *fixture) {
 				t.Errorf("%s: LoginState matched app password %d, want none", tc.name, got.AppPassword.ID)
 			case tc.match && got.AppPassword == nil:
 				t.Errorf("%s: LoginState matched nothing; FindAppPassword %+v, %v", tc.name, want, ferr)
-			case tc.match && !reflect.DeepEqual(*got.AppPassword, want):
+			case tc.match && !reflect.DeepEqual(*got.AppPassword, decisionFields(want)):
 				t.Errorf("%s: LoginState's app password\n%+v\nFindAppPassword's\n%+v", tc.name, *got.AppPassword, want)
 			}
 		}
@@ -78,8 +79,26 @@ func testLoginState(t *testing.T, f *fixture) {
 	}
 }
 
+// decisionFields is a, from FindAppPassword, as LoginState gives it: without
+// the columns a decision does not read (its creation and last use).
+func decisionFields(a store.AppPassword) store.AppPassword {
+	a.CreatedAt, a.LastUsedAt, a.LastUsedAddr, a.LastUsedProto, a.LastUsedClient = time.Time{}, nil, "", "", ""
+	return a
+}
+
+// ruleFields is a LockoutState as LoginLockoutState gives it: the
+// address's and the user's counters without their lockouts in a row and
+// tags, which the rules read of the pair only.
+func ruleFields(st store.LockoutState) store.LockoutState {
+	for _, c := range []*store.LockoutCounter{&st.Addr, &st.User} {
+		c.Locks, c.Recent = 0, nil
+	}
+	return st
+}
+
 // testLoginLockoutState: the one-statement read gives exactly what
-// LockoutState and LoginState give apart, whatever rows exist.
+// LockoutState and LoginState give apart, whatever rows exist (less
+// what ruleFields drops).
 func testLoginLockoutState(t *testing.T, f *fixture) {
 	s := f.migrated(t)
 	ctx := ctxT(t)
@@ -130,7 +149,7 @@ func testLoginLockoutState(t *testing.T, f *fixture) {
 		if err != nil {
 			t.Fatalf("%s: %v", tc.name, err)
 		}
-		if !reflect.DeepEqual(gotLock, wantLock) {
+		if !reflect.DeepEqual(gotLock, ruleFields(wantLock)) {
 			t.Errorf("%s: lockout\n%+v\nwant (LockoutState)\n%+v", tc.name, gotLock, wantLock)
 		}
 		if !reflect.DeepEqual(gotLogin, wantLogin) {

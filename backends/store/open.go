@@ -87,6 +87,25 @@ func (s *Store) hotStmt(ctx context.Context, query string) (*sqlx.Stmt, error) {
 	return st, nil
 }
 
+// runCtx is the context to run a login's statements with: ctx itself on
+// PostgreSQL, where a statement waits for the network and ctx must be
+// able to end it; on SQLite, ctx without its cancellation. There a
+// statement runs in this process and takes microseconds, a read in WAL
+// mode waits for no lock and a write's wait for the lock is bounded by
+// busy_timeout (10 s); yet for a context that can end, database/sql and
+// the driver each start a goroutine per statement to watch it, which
+// cost a login more than its read. A ctx that has ended already is an
+// error either way.
+func (s *Store) runCtx(ctx context.Context) (context.Context, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("store: %w", context.Cause(ctx))
+	}
+	if s.driver == DriverSQLite && ctx.Done() != nil {
+		return context.WithoutCancel(ctx), nil
+	}
+	return ctx, nil
+}
+
 // Open connects to the store that opts names and checks that it answers.
 // It does not change the database: call Migrate before use.
 //

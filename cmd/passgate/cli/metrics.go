@@ -254,13 +254,43 @@ func (m *metrics) decided() func(proto policy.Proto, took time.Duration) {
 
 // observeStore wraps the decision's store so that its calls are timed and
 // counted, and the audit events it records feed the lockout and upstream
-// counters. nil metrics return s itself.
+// counters. nil metrics return s itself. A store that reads a login's
+// lockout counters with its login state (loginLockoutReader) stays one:
+// wrapped without that read, it would cost every login a second read.
 func (m *metrics) observeStore(s policy.Store) policy.Store {
 	if m == nil {
 		return s
 	}
+	if b, ok := s.(loginLockoutReader); ok {
+		return observedBoth{observedStore{s: s, m: m}, b}
+	}
 	return observedStore{s: s, m: m}
 }
+
+// loginLockoutReader is the one-statement read of a login's counters and
+// login state that policy uses when its Store and its Counters are one
+// database (Backing); *store.Store and *store.Journal implement it.
+type loginLockoutReader interface {
+	LoginLockoutState(ctx context.Context, lockUser, lockAddr, user, secret string) (store.LockoutState, store.LoginState, error)
+	Backing() *store.Store
+}
+
+// observedBoth is observedStore of a loginLockoutReader, with the one
+// read timed as login_state.
+type observedBoth struct {
+	observedStore
+	b loginLockoutReader
+}
+
+func (o observedBoth) LoginLockoutState(ctx context.Context, lockUser, lockAddr, user, secret string) (store.LockoutState, store.LoginState, error) {
+	start := time.Now()
+	st, ls, err := o.b.LoginLockoutState(ctx, lockUser, lockAddr, user, secret)
+	o.done("login_state", start, err)
+	return st, ls, err
+}
+
+// Backing is the wrapped store's database.
+func (o observedBoth) Backing() *store.Store { return o.b.Backing() }
 
 // observedStore is policy.Store with metrics.
 type observedStore struct {

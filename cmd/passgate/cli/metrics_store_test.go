@@ -3,12 +3,16 @@ package cli
 import (
 	"context"
 	"errors"
+	"net/netip"
+	"path/filepath"
+	"sync/atomic"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/passgate/passgate/backends/store"
+	"github.com/passgate/passgate/policy"
 	"github.com/passgate/passgate/proxy/observe"
 )
 
@@ -101,4 +105,70 @@ func histCount(t *testing.T, h *prometheus.HistogramVec, op string) uint64 {
 		t.Fatal(err)
 	}
 	return d.GetHistogram().GetSampleCount()
+}
+
+// countingCounters is the store as the lockout's Counters, counting the
+// reads of the counters alone (LockoutState): none when policy reads them
+// with the login state in one statement.
+type countingCounters struct {
+	*store.Store
+	alone *atomic.Int64
+}
+
+func (c countingCounters) LockoutState(ctx context.Context, user, addr string) (store.LockoutState, error) {
+	c.alone.Add(1)
+	return c.Store.LockoutState(ctx, user, addr)
+}
+
+// TestObservedStoreOneRead: with metrics on, as serve wires it (the
+// journal observed as the Store, the store itself as the Counters), a
+// login still reads its lockout counters and its login state in one
+// statement, and that read is timed as login_state.
+func TestObservedStoreOneRead(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	st, err := store.Open(ctx, store.Options{Driver: store.DriverSQLite, DSN: filepath.Join(dir, "passgate.db"), KeyFile: filepath.Join(dir, "passgate.key")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	j := store.NewJournal(st, nil)
+	t.Cleanup(func() { j.Close() })
+	if _, err := st.AddUser(ctx, "alice", store.MFAEnforced); err != nil {
+		t.Fatal(err)
+	}
+	_, secret, err := st.CreateAppPassword(ctx, store.NewAppPassword{User: "alice", Label: "phone"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name    string
+		metrics bool
+	}{{"metrics-off", false}, {"metrics-on", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			var m *metrics
+			if tc.metrics {
+				m = newMetrics(j)
+			}
+			alone := new(atomic.Int64)
+			e := policy.New(policy.Options{Store: m.observeStore(j), Counters: countingCounters{st, alone}, FailureDelay: -1,
+				Lockout: policy.Lockout{MaxFailures: 10}})
+			l, err := e.Decide(ctx, policy.Attempt{Proto: policy.IMAP, User: "alice", Secret: policy.Secret(secret), TLS: true,
+				Client: netip.MustParseAddrPort("192.0.2.1:40000")})
+			if err != nil || !l.Allowed() {
+				t.Fatalf("Decide: %v (%s)", err, l.Reason())
+			}
+			l.Finish(ctx, policy.Accepted)
+			if n := alone.Load(); n != 0 {
+				t.Errorf("the lockout counters were read alone %d times: two reads per login instead of one", n)
+			}
+			if m != nil {
+				if n := histCount(t, m.storeSeconds, "login_state"); n != 1 {
+					t.Errorf("login_state timed %d times, want 1", n)
+				}
+			}
+		})
+	}
 }
