@@ -271,3 +271,56 @@ func waitReady(t *testing.T, u *Upstream, n int) {
 		}
 	}
 }
+
+// TestOpenReady: OpenReady hands out a ready connection at once,
+// introduced for the client (its ID, no credential), and reports false
+// without dialling when none is ready or there is no ready set.
+func TestOpenReady(t *testing.T) {
+	tests := []struct {
+		name  string
+		ready int
+		want  bool
+	}{
+		{name: "ok/one-ready", ready: 1, want: true},
+		{name: "none/no-ready-set", ready: 0},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			f := startFakeIMAP(t)
+			u, err := New(Options{Addresses: []string{f.addr}, MasterUser: "passgate", MasterPassword: "m-pw", ForwardClient: ForwardID, Ready: tc.ready})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer u.Close()
+			client := netip.MustParseAddrPort("192.0.2.7:1007")
+			if tc.ready > 0 {
+				// None ready before the first take, which starts
+				// opening one.
+				if p, ok := u.OpenReady(context.Background(), client, nil); ok || p != nil {
+					t.Fatalf("OpenReady before any connection is ready: %v, %v", p, ok)
+				}
+				waitReady(t, u, tc.ready)
+			}
+			p, ok := u.OpenReady(context.Background(), client, []string{"name", "Thunderbird"})
+			if ok != tc.want {
+				t.Fatalf("OpenReady: ok %v, want %v", ok, tc.want)
+			}
+			if !ok {
+				if lines, _ := f.snapshot(); len(lines) != 0 {
+					t.Errorf("OpenReady without a ready connection dialled: %q", lines)
+				}
+				return
+			}
+			waitFake(t, f, "the client's ID", func(lines [][]string, _ []bool) bool { return len(lines) >= 1 && len(lines[0]) == 1 })
+			lines, _ := f.snapshot()
+			if l := lines[0][0]; !strings.Contains(l, `"x-originating-ip" "192.0.2.7"`) || !strings.Contains(l, `"name" "Thunderbird"`) || strings.Contains(l, "m-pw") {
+				t.Errorf("the ready connection's first command %q", l)
+			}
+			conn, _, err := p.Login(context.Background(), "alice", "")
+			if err != nil {
+				t.Fatalf("Login: %v", err)
+			}
+			conn.Close()
+		})
+	}
+}

@@ -312,15 +312,11 @@ func (u *Upstream) Login(ctx context.Context, r Request) (net.Conn, string, erro
 // (Pending.Close). When no address answers, Open returns a
 // *UnavailableError listing each address tried, as Login would.
 func (u *Upstream) Open(ctx context.Context, client netip.AddrPort, clientID []string) (*Pending, error) {
-	r := Request{Client: client, ClientID: clientID}
-	if u.ready != nil {
-		if c := u.ready.take(); c != nil {
-			if err := u.introduce(ctx, c.s, c.raw, r); err == nil {
-				return &Pending{u: u, r: r, index: c.index, s: c.s, raw: c.raw, failed: &UnavailableError{}, ready: true}, nil
-			}
-			// A ready connection that broke: open one below.
-		}
+	if p, ok := u.OpenReady(ctx, client, clientID); ok {
+		return p, nil
 	}
+	// None ready, or the one taken broke: open one.
+	r := Request{Client: client, ClientID: clientID}
 	unavail := &UnavailableError{}
 	for i, addr := range u.opts.Addresses {
 		if err := ctx.Err(); err != nil {
@@ -335,6 +331,29 @@ func (u *Upstream) Open(ctx context.Context, client netip.AddrPort, clientID []s
 		unavail.Attempts = append(unavail.Attempts, Attempt{Address: addr, Err: err})
 	}
 	return nil, unavail
+}
+
+// OpenReady is Open without a wait for the upstream: it hands out a
+// connection of the ready set (Options.Ready), with the client's ID sent on
+// it as Open sends it (one write into an idle connection), and reports
+// false when none is ready or the one taken has broken (it then starts
+// opening a replacement and leaves the rest to Open). A listener calls it
+// on its own goroutine before the decision, and Open on another one only
+// when it reports false, so that a login that finds a ready connection
+// needs no hand-off between goroutines.
+func (u *Upstream) OpenReady(ctx context.Context, client netip.AddrPort, clientID []string) (*Pending, bool) {
+	if u.ready == nil {
+		return nil, false
+	}
+	c := u.ready.take()
+	if c == nil {
+		return nil, false
+	}
+	r := Request{Client: client, ClientID: clientID}
+	if err := u.introduce(ctx, c.s, c.raw, r); err != nil {
+		return nil, false
+	}
+	return &Pending{u: u, r: r, index: c.index, s: c.s, raw: c.raw, failed: &UnavailableError{}, ready: true}, true
 }
 
 // Pending is an upstream connection that Open set up and that has not

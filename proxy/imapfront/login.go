@@ -313,6 +313,21 @@ type EarlyUpstream interface {
 	Open(ctx context.Context, client netip.AddrPort, clientID []IDField) (PendingUpstream, error)
 }
 
+// ReadyUpstream is an EarlyUpstream that may keep connections opened ahead
+// of any client. The listener asks it first, on its own goroutine: a
+// connection handed out at once spares the login a hand-off between
+// goroutines (on a busy machine the goroutine that opens the connection
+// may only run once the decision is done), and Open runs on a goroutine of
+// its own only when none is ready.
+type ReadyUpstream interface {
+	EarlyUpstream
+	// OpenReady returns a connection set up ahead of any client and
+	// introduced for this one as Open introduces it (never a credential),
+	// or ok false when none is ready. It must not wait for the upstream
+	// beyond a write into an idle connection.
+	OpenReady(ctx context.Context, client netip.AddrPort, clientID []IDField) (p PendingUpstream, ok bool)
+}
+
 // PendingUpstream is a connection opened by EarlyUpstream.Open. Exactly
 // one of Login and Close is called, once.
 type PendingUpstream interface {
@@ -345,9 +360,16 @@ func (c *conn) openEarly(ctx context.Context) *earlyDial {
 	if !ok {
 		return nil
 	}
+	client, id := c.RemoteAddr, c.clientID
+	if ru, ok := eu.(ReadyUpstream); ok {
+		if p, ok := ru.OpenReady(ctx, client, id); ok {
+			e := &earlyDial{cancel: func() {}, opened: make(chan struct{}), p: p}
+			close(e.opened)
+			return e
+		}
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	e := &earlyDial{cancel: cancel, opened: make(chan struct{})}
-	client, id := c.RemoteAddr, c.clientID
 	go func() {
 		p, err := eu.Open(ctx, client, id)
 		e.mu.Lock()
