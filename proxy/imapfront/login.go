@@ -16,7 +16,6 @@ import (
 
 	"github.com/passgate/passgate/policy"
 	"github.com/passgate/passgate/proxy/connlimit"
-	"github.com/passgate/passgate/proxy/observe"
 	"github.com/passgate/passgate/proxy/relay"
 )
 
@@ -213,8 +212,9 @@ func (c *conn) noteLogin(l *policy.Login) {
 	}
 }
 
-// login runs the decision and the upstream login, then the relay. It
-// reports whether the connection is done.
+// login runs the decision and the upstream login; after a successful one
+// it leaves the session to relay in c.loggedIn. It reports whether the
+// pre-login phase is done.
 func (c *conn) login(tag string, user, secret []byte) bool {
 	if !printable(user) {
 		return c.failNoDecision(tag, user, "user name with control characters")
@@ -279,11 +279,10 @@ func (c *conn) login(tag string, user, secret []byte) bool {
 	c.raw.SetWriteDeadline(time.Time{})
 	rctx, release := c.srv.opts.Relays.Track(c.ctx, l.AppPasswordID())
 	client := relay.WithBuffered(c.nc, c.br)
-	c.br = nil // the relay reads the connection itself from now on
-	st := relay.Run(rctx, client, up, relay.Options{Framer: newResponseFramer(), Farewell: c.farewell})
-	release()
-	c.Outcome = observe.OutcomeRelayed
-	c.BytesIn, c.BytesOut, c.Ended = st.BytesIn, st.BytesOut, st.EndedBy
+	c.br = nil       // the relay reads the connection itself from now on
+	c.clientID = nil // forwarded already; an idle session keeps nothing of the login
+	// serve runs the relay once the login's frames have returned.
+	c.loggedIn = &session{ctx: rctx, release: release, client: client, up: up}
 	return true
 }
 
