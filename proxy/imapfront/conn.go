@@ -125,10 +125,14 @@ func (c *conn) isClosing() bool {
 
 // armDeadline sets the pre-login deadline on the connection, or an expired
 // one if Shutdown already asked the connection to end.
-func (c *conn) armDeadline() {
+func (c *conn) armDeadline() { c.armDeadlineAt(c.deadline) }
+
+// armDeadlineAt sets deadline t on the connection, or an expired one if
+// Shutdown already asked the connection to end.
+func (c *conn) armDeadlineAt(t time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.raw.SetDeadline(c.deadline)
+	c.raw.SetDeadline(t)
 	if c.closing {
 		c.raw.SetReadDeadline(time.Now())
 	}
@@ -166,11 +170,8 @@ func (c *conn) preLogin() *session {
 	o := &c.srv.opts
 	c.Start = time.Now()
 	c.deadline = c.Start.Add(o.PreLoginTimeout)
-	if o.ImplicitTLS {
-		c.armDeadline()
-		if !c.handshake() {
-			return nil
-		}
+	if o.ImplicitTLS && !c.handshake() {
+		return nil
 	}
 	// On a plaintext port the greeting goes out before the pre-login
 	// deadline is armed (which may cost the runtime a wake-up of its
@@ -356,14 +357,25 @@ func (c *conn) handleStartTLS(cmd *command) bool {
 }
 
 // handshake runs the server side of a TLS handshake on the raw connection
-// and reports whether it succeeded.
+// and reports whether it succeeded; it leaves the pre-login deadline
+// armed.
+//
+// The handshake is bounded by a deadline on the connection, not by a
+// context: Shutdown and Close interrupt it through the connection too (a
+// read deadline in the past, or closing it), and a context derived from
+// the connection's would leave the latter holding a map of children for
+// the rest of the session (an idle session's memory).
 func (c *conn) handshake() bool {
 	relay.BeginTLS(c.raw) // its reads now stop at the end of a record
 	tc := tls.Server(c.raw, c.srv.opts.TLSConfig)
-	d := min(time.Until(c.deadline), handshakeTimeout)
-	hctx, cancel := context.WithTimeout(c.ctx, d)
-	defer cancel()
-	if err := tc.HandshakeContext(hctx); err != nil {
+	d := time.Now().Add(handshakeTimeout)
+	if c.deadline.Before(d) {
+		d = c.deadline
+	}
+	c.armDeadlineAt(d)
+	err := tc.Handshake()
+	c.armDeadline()
+	if err != nil {
 		c.Ended = "tls_handshake_failed"
 		c.Event(c.ctx, c.srv.opts.Logger, slog.LevelDebug, "tls handshake failed", slog.Any("err", err))
 		return false
