@@ -322,8 +322,7 @@ type ReadyUpstream interface {
 	EarlyUpstream
 	// OpenReady returns a connection set up ahead of any client and
 	// introduced for this one as Open introduces it (never a credential),
-	// or ok false when none is ready. It must not wait for the upstream
-	// beyond a write into an idle connection.
+	// or ok false when none is ready. It must not wait for the upstream.
 	OpenReady(ctx context.Context, client netip.AddrPort, clientID []IDField) (p PendingUpstream, ok bool)
 }
 
