@@ -19,7 +19,8 @@ import (
 // TestIMAPEarlyDialSendsNoCredentials: passgate opens its connection to
 // Dovecot while the decision runs. For a refused login (a wrong app
 // password, or the primary password of an MFA user) Dovecot gets at most
-// the connection's set-up (connect, ID with the client's address) and
+// the connection's set-up (connect; the ID with the client's address is
+// queued to go out with the login, so a refused login sends none) and
 // nothing more: no LOGIN, no AUTHENTICATE, no secret, as the bytes
 // passgate sent and Dovecot's own log ("no auth attempts") show; the
 // decision may also end before the connection is up, and then passgate

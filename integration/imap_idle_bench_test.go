@@ -8,6 +8,8 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"runtime"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"syscall"
@@ -94,6 +96,13 @@ func idleSession(addr, user, pw string) (net.Conn, error) {
 // the two taking turns; PASSGATE_BENCH_BINARY replaces the binary built
 // from this tree. PASSGATE_BENCH_GOGC=10 shows how much of the
 // figure is garbage not yet collected rather than live memory.
+// PASSGATE_BENCH_INPROCESS=1 runs this tree's passgate inside the test
+// process instead, with two collections before each sample so that the
+// heap and stack figures are live memory (its resident set then counts the
+// clients too), and
+// PASSGATE_BENCH_HEAPPROFILE=FILE writes the heap profile with the
+// sessions open, every allocation recorded, to FILE.UPSTREAMTLS.passgate
+// (go tool pprof -sample_index=inuse_space).
 func BenchmarkIMAPIdleSessionMemory(b *testing.B) {
 	for _, upTLS := range []string{"none", "starttls"} {
 		b.Run("upstream-tls="+upTLS, func(b *testing.B) { benchIdleMemory(b, upTLS) })
@@ -102,13 +111,14 @@ func BenchmarkIMAPIdleSessionMemory(b *testing.B) {
 
 // idleTarget is one passgate process of BenchmarkIMAPIdleSessionMemory.
 type idleTarget struct {
-	name    string
-	pid     int
-	addr    string // implicit TLS
-	metrics string // metrics.listen
-	pw      string // alice's app password
-	conns   []net.Conn
-	rows    []idleFigures
+	name        string
+	pid         int
+	addr        string // implicit TLS
+	metrics     string // metrics.listen
+	pw          string // alice's app password
+	upstreamTLS string
+	conns       []net.Conn
+	rows        []idleFigures
 }
 
 // idleFigures are the growth per session of one measurement.
@@ -122,7 +132,12 @@ type idleFigures struct {
 func startIdleTarget(b *testing.B, name, bin, upstreamTLS string) *idleTarget {
 	p := startPassgate(b, passgateConfig{upstreamTLS: upstreamTLS, metrics: true})
 	p.enforce(b, "alice")
-	t := &idleTarget{name: name, addr: p.imapsAddr, metrics: p.metrics, pw: p.appPassword(b, "alice", "idle")}
+	t := &idleTarget{name: name, addr: p.imapsAddr, metrics: p.metrics, pw: p.appPassword(b, "alice", "idle"), upstreamTLS: upstreamTLS}
+	if bin == "" {
+		// PASSGATE_BENCH_INPROCESS: keep the in-process instance.
+		t.pid = os.Getpid()
+		return t
+	}
 	// Hand the ports over from the in-process instance to the binary.
 	p.cancel()
 	<-p.done
@@ -170,6 +185,13 @@ func (t *idleTarget) closeAll() {
 // sample reads the resident set from /proc and the Go runtime's figures
 // from /metrics.
 func (t *idleTarget) sample(b *testing.B) (rss int64, m map[string]float64) {
+	if t.pid == os.Getpid() {
+		// In process: count live memory only, with the idle
+		// goroutines' stacks shrunk (each collection may halve them).
+		for range 4 {
+			runtime.GC()
+		}
+	}
 	rss, err := rssKiB(t.pid)
 	if err != nil {
 		b.Fatal(err)
@@ -207,6 +229,9 @@ func (t *idleTarget) measure(b *testing.B) {
 	t.open(b, idleSessions)
 	time.Sleep(500 * time.Millisecond)
 	rss1, m1 := t.sample(b)
+	if path := os.Getenv("PASSGATE_BENCH_HEAPPROFILE"); path != "" {
+		writeHeapProfile(b, fmt.Sprintf("%s.%s.%s", path, t.upstreamTLS, t.name))
+	}
 	per := func(name string, unit float64) float64 { return (m1[name] - m0[name]) / unit / idleSessions }
 	t.rows = append(t.rows, idleFigures{
 		rssKiB:     float64(rss1-rss0) / idleSessions,
@@ -218,9 +243,33 @@ func (t *idleTarget) measure(b *testing.B) {
 	t.closeAll()
 }
 
+// writeHeapProfile writes the heap profile of the test process, after a
+// collection, to path: with PASSGATE_BENCH_INPROCESS it holds the idle
+// sessions of passgate (and those of the benchmark's own clients, apart by
+// their stacks).
+func writeHeapProfile(b *testing.B, path string) {
+	runtime.GC()
+	f, err := os.Create(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	if err := pprof.Lookup("heap").WriteTo(f, 0); err != nil {
+		b.Fatal(err)
+	}
+}
+
 func benchIdleMemory(b *testing.B, upstreamTLS string) {
 	bin := os.Getenv("PASSGATE_BENCH_BINARY")
-	if bin == "" {
+	switch {
+	case os.Getenv("PASSGATE_BENCH_INPROCESS") != "":
+		bin = ""
+		if os.Getenv("PASSGATE_BENCH_HEAPPROFILE") != "" {
+			// Every allocation from here on, not one per 512 KiB.
+			defer func(rate int) { runtime.MemProfileRate = rate }(runtime.MemProfileRate)
+			runtime.MemProfileRate = 1
+		}
+	case bin == "":
 		bin = passgateBinary(b)
 	}
 	targets := []*idleTarget{startIdleTarget(b, "passgate", bin, upstreamTLS)}

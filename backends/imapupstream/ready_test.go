@@ -199,14 +199,12 @@ func TestReadyConnectionsExpire(t *testing.T) {
 	waitFake(t, f, "two ready connections opened and closed unused", func(_ [][]string, closed []bool) bool {
 		return len(closed) == 3 && closed[0] && closed[1] && closed[2]
 	})
-	used := 0
-	for _, l := range func() [][]string { l, _ := f.snapshot(); return l }() {
+	// None got a command: the pending connection, closed without a
+	// login, never sent the ID queued for its login either.
+	for i, l := range func() [][]string { l, _ := f.snapshot(); return l }() {
 		if len(l) > 0 {
-			used++
+			t.Errorf("connection %d got %q, want nothing", i, l)
 		}
-	}
-	if used != 1 {
-		t.Errorf("%d connections got commands, want 1 (the login's own)", used)
 	}
 }
 
@@ -269,5 +267,67 @@ func waitReady(t *testing.T, u *Upstream, n int) {
 		if time.Now().After(deadline) {
 			t.Fatalf("%d ready connections after %v, want %d", got, patience, n)
 		}
+	}
+}
+
+// TestOpenReady: OpenReady hands out a ready connection at once, sending
+// nothing on it (the client's ID goes out with the login), and reports
+// false without dialling when none is ready or there is no ready set.
+func TestOpenReady(t *testing.T) {
+	tests := []struct {
+		name  string
+		ready int
+		want  bool
+	}{
+		{name: "ok/one-ready", ready: 1, want: true},
+		{name: "none/no-ready-set", ready: 0},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			f := startFakeIMAP(t)
+			u, err := New(Options{Addresses: []string{f.addr}, MasterUser: "passgate", MasterPassword: "m-pw", ForwardClient: ForwardID, Ready: tc.ready})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer u.Close()
+			client := netip.MustParseAddrPort("192.0.2.7:1007")
+			if tc.ready > 0 {
+				// None ready before the first take, which starts
+				// opening one.
+				if p, ok := u.OpenReady(context.Background(), client, nil); ok || p != nil {
+					t.Fatalf("OpenReady before any connection is ready: %v, %v", p, ok)
+				}
+				waitReady(t, u, tc.ready)
+			}
+			p, ok := u.OpenReady(context.Background(), client, []string{"name", "Thunderbird"})
+			if ok != tc.want {
+				t.Fatalf("OpenReady: ok %v, want %v", ok, tc.want)
+			}
+			if !ok {
+				if lines, _ := f.snapshot(); len(lines) != 0 {
+					t.Errorf("OpenReady without a ready connection dialled: %q", lines)
+				}
+				return
+			}
+			if lines, _ := f.snapshot(); len(lines[0]) != 0 {
+				t.Errorf("the ready connection got %q before the login", lines[0])
+			}
+			conn, _, err := p.Login(context.Background(), "alice", "")
+			if err != nil {
+				t.Fatalf("Login: %v", err)
+			}
+			conn.Close()
+			// The ID, then the login, in one write.
+			lines, _ := f.snapshot()
+			if len(lines[0]) != 2 {
+				t.Fatalf("the ready connection got %q, want the ID and the login", lines[0])
+			}
+			if l := lines[0][0]; !strings.Contains(l, `ID ("x-originating-ip" "192.0.2.7"`) || !strings.Contains(l, `"name" "Thunderbird"`) {
+				t.Errorf("the ready connection's first command %q is not the client's ID", l)
+			}
+			if l := lines[0][1]; !strings.Contains(l, "AUTHENTICATE PLAIN") {
+				t.Errorf("the ready connection's second command %q is not the login", l)
+			}
+		})
 	}
 }

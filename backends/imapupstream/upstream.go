@@ -301,26 +301,24 @@ func (u *Upstream) Login(ctx context.Context, r Request) (net.Conn, string, erro
 }
 
 // Open prepares a login whose credentials are still being decided: it
-// connects to the first upstream address that answers, forwards the
-// client's address (the PROXY header, or an ID command with clientID, the
-// key/value pairs of the client's own ID), protects the connection as
-// Options.TLS says and learns the upstream's capabilities. It sends no
-// credentials of any kind. The listener calls it while the decision runs,
+// connects to the first upstream address that answers (sending the PROXY
+// header with the client's address when so configured), protects the
+// connection as Options.TLS says, learns the upstream's capabilities, and
+// queues the ID command that forwards the client's address (with
+// clientID, the key/value pairs of the client's own ID), which goes out
+// with the login command in one write and not at all when the login is
+// refused. It sends no credentials of any kind. The listener calls it while the decision runs,
 // so that the connection is ready when the decision allows the login.
 //
 // The returned Pending must be logged in (Pending.Login) or closed
 // (Pending.Close). When no address answers, Open returns a
 // *UnavailableError listing each address tried, as Login would.
 func (u *Upstream) Open(ctx context.Context, client netip.AddrPort, clientID []string) (*Pending, error) {
-	r := Request{Client: client, ClientID: clientID}
-	if u.ready != nil {
-		if c := u.ready.take(); c != nil {
-			if err := u.introduce(ctx, c.s, c.raw, r); err == nil {
-				return &Pending{u: u, r: r, index: c.index, s: c.s, raw: c.raw, failed: &UnavailableError{}, ready: true}, nil
-			}
-			// A ready connection that broke: open one below.
-		}
+	if p, ok := u.OpenReady(ctx, client, clientID); ok {
+		return p, nil
 	}
+	// None ready, or the one taken broke: open one.
+	r := Request{Client: client, ClientID: clientID}
 	unavail := &UnavailableError{}
 	for i, addr := range u.opts.Addresses {
 		if err := ctx.Err(); err != nil {
@@ -335,6 +333,29 @@ func (u *Upstream) Open(ctx context.Context, client netip.AddrPort, clientID []s
 		unavail.Attempts = append(unavail.Attempts, Attempt{Address: addr, Err: err})
 	}
 	return nil, unavail
+}
+
+// OpenReady is Open without a wait for the upstream: it hands out a
+// connection of the ready set (Options.Ready), introduced for the client as
+// Open introduces it (no I/O: the ID is queued for the login's write), and
+// reports false when none is ready (it then starts opening a replacement
+// and leaves the rest to Open). A ready connection that the upstream
+// dropped meanwhile fails at Pending.Login, which then logs in on a new
+// one. A listener calls it
+// on its own goroutine before the decision, and Open on another one only
+// when it reports false, so that a login that finds a ready connection
+// needs no hand-off between goroutines.
+func (u *Upstream) OpenReady(ctx context.Context, client netip.AddrPort, clientID []string) (*Pending, bool) {
+	if u.ready == nil {
+		return nil, false
+	}
+	c := u.ready.take()
+	if c == nil {
+		return nil, false
+	}
+	r := Request{Client: client, ClientID: clientID}
+	u.introduce(c.s, c.raw, r)
+	return &Pending{u: u, r: r, index: c.index, s: c.s, raw: c.raw, failed: &UnavailableError{}, ready: true}, true
 }
 
 // Pending is an upstream connection that Open set up and that has not
@@ -455,9 +476,7 @@ func (u *Upstream) openAt(ctx context.Context, addr string, r Request) (*session
 	if err != nil {
 		return nil, nil, err
 	}
-	if err := u.introduce(ctx, s, raw, r); err != nil {
-		return nil, nil, err
-	}
+	u.introduce(s, raw, r)
 	return s, raw, nil
 }
 
@@ -501,21 +520,14 @@ func (u *Upstream) connectAt(ctx context.Context, addr string, client netip.Addr
 	return s, raw, nil
 }
 
-// introduce sends the ID command that forwards the client's address, when
-// so configured; its answer is left to read with the login's. On error it
-// has closed the connection.
-func (u *Upstream) introduce(ctx context.Context, s *session, raw net.Conn, r Request) (err error) {
-	if u.opts.ForwardClient != ForwardID {
-		return nil
+// introduce queues the ID command that forwards the client's address, when
+// so configured: it goes out with the login command in one write (ID
+// first, so the upstream knows the client before the login), and never
+// when the login is refused. Its answer is read with the login's.
+func (u *Upstream) introduce(s *session, raw net.Conn, r Request) {
+	if u.opts.ForwardClient == ForwardID {
+		s.queue(idCommand(r, raw.LocalAddr()))
 	}
-	defer func() {
-		if err != nil {
-			s.conn.Close()
-		}
-	}()
-	defer bound(ctx, raw, &err)()
-	s.queue(idCommand(r, raw.LocalAddr()))
-	return s.write(nil)
 }
 
 // finish logs in on a session that openAt set up. On error it has closed

@@ -23,6 +23,16 @@ import (
 // line may be longer (MaxLineLength): it is read in pieces.
 const readBufferSize = 4096
 
+// session is a logged-in session that the relay is to copy: the client's
+// connection (with what it pipelined behind its login), the upstream's,
+// and the context that revocation and shutdown end.
+type session struct {
+	ctx     context.Context
+	release func() // ends the revocation tracking
+	client  net.Conn
+	up      net.Conn
+}
+
 // conn is one client connection, from accept to the end of its relay.
 type conn struct {
 	srv    *Server
@@ -40,6 +50,7 @@ type conn struct {
 	clientID []IDField
 	commands int
 	failures int
+	loggedIn *session // set by a successful login, for serve to relay
 
 	observe.Session // the fields of the session log line
 
@@ -114,10 +125,14 @@ func (c *conn) isClosing() bool {
 
 // armDeadline sets the pre-login deadline on the connection, or an expired
 // one if Shutdown already asked the connection to end.
-func (c *conn) armDeadline() {
+func (c *conn) armDeadline() { c.armDeadlineAt(c.deadline) }
+
+// armDeadlineAt sets deadline t on the connection, or an expired one if
+// Shutdown already asked the connection to end.
+func (c *conn) armDeadlineAt(t time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.raw.SetDeadline(c.deadline)
+	c.raw.SetDeadline(t)
 	if c.closing {
 		c.raw.SetReadDeadline(time.Now())
 	}
@@ -139,24 +154,40 @@ func (c *conn) bye(ended, text string) bool {
 }
 
 // serve runs the pre-login loop and, after a successful login, the relay.
+// The relay runs from here, not from inside the login's frames, so that
+// the goroutine waits through an idle session on a shallow stack, which
+// the garbage collector shrinks to its smallest size.
 func (c *conn) serve() {
 	defer c.finish()
+	if s := c.preLogin(); s != nil {
+		c.relay(s)
+	}
+}
+
+// preLogin greets the client and runs its commands until it logs in (it
+// then returns the session to relay) or the connection is done (nil).
+func (c *conn) preLogin() *session {
 	o := &c.srv.opts
 	c.Start = time.Now()
 	c.deadline = c.Start.Add(o.PreLoginTimeout)
-	c.armDeadline()
-
 	if o.ImplicitTLS && !c.handshake() {
-		return
+		return nil
+	}
+	// On a plaintext port the greeting goes out before the pre-login
+	// deadline is armed (which may cost the runtime a wake-up of its
+	// network poller): the first small write into a new TCP connection's
+	// empty send buffer does not block, whatever the client does.
+	if c.reply("* OK [CAPABILITY " + c.caps() + "] passgate ready\r\n") {
+		return nil
+	}
+	if !o.ImplicitTLS {
+		c.armDeadline()
 	}
 	c.br = bufio.NewReaderSize(c.nc, readBufferSize)
-	if c.reply("* OK [CAPABILITY " + c.caps() + "] passgate ready\r\n") {
-		return
-	}
 	for {
 		if c.isClosing() {
 			c.bye("shutdown", "Server shutting down")
-			return
+			return nil
 		}
 		if !c.isTLS {
 			// Windows Mail tries implicit TLS on the STARTTLS port first:
@@ -164,7 +195,7 @@ func (c *conn) serve() {
 			// pre-login timeout.
 			if b, err := c.br.Peek(1); err == nil && b[0] == 0x16 {
 				c.bye("protocol_error", "TLS handshake on a plaintext port: use STARTTLS")
-				return
+				return nil
 			}
 		}
 		r := reader{br: c.br, maxLine: o.MaxLineLength, maxLiteral: o.MaxLiteral, cont: c.continueLiteral}
@@ -173,27 +204,36 @@ func (c *conn) serve() {
 			var re *replyError
 			if !errors.As(err, &re) {
 				c.readFailed(err)
-				return
+				return nil
 			}
 			if c.countCommand() {
-				return
+				return nil
 			}
 			if werr := c.write(re.wire()); werr != nil || re.fatal {
 				c.Ended = re.ended
 				if werr != nil {
 					c.Ended = "client"
 				}
-				return
+				return nil
 			}
 			continue
 		}
 		if c.countCommand() {
-			return
+			return nil
 		}
 		if done := c.dispatch(cmd); done {
-			return
+			return c.loggedIn
 		}
 	}
+}
+
+// relay copies the bytes of a logged-in session until it ends.
+func (c *conn) relay(s *session) {
+	c.loggedIn = nil
+	st := relay.Run(s.ctx, s.client, s.up, relay.Options{Framer: newResponseFramer(), Farewell: c.farewell, Buffers: c.srv.buffers})
+	s.release()
+	c.Outcome = observe.OutcomeRelayed
+	c.BytesIn, c.BytesOut, c.Ended = st.BytesIn, st.BytesOut, st.EndedBy
 }
 
 // countCommand counts one pre-login command and reports whether the bound
@@ -317,14 +357,25 @@ func (c *conn) handleStartTLS(cmd *command) bool {
 }
 
 // handshake runs the server side of a TLS handshake on the raw connection
-// and reports whether it succeeded.
+// and reports whether it succeeded; it leaves the pre-login deadline
+// armed.
+//
+// The handshake is bounded by a deadline on the connection, not by a
+// context: Shutdown and Close interrupt it through the connection too (a
+// read deadline in the past, or closing it), and a context derived from
+// the connection's would leave the latter holding a map of children for
+// the rest of the session (an idle session's memory).
 func (c *conn) handshake() bool {
 	relay.BeginTLS(c.raw) // its reads now stop at the end of a record
 	tc := tls.Server(c.raw, c.srv.opts.TLSConfig)
-	d := min(time.Until(c.deadline), handshakeTimeout)
-	hctx, cancel := context.WithTimeout(c.ctx, d)
-	defer cancel()
-	if err := tc.HandshakeContext(hctx); err != nil {
+	d := time.Now().Add(handshakeTimeout)
+	if c.deadline.Before(d) {
+		d = c.deadline
+	}
+	c.armDeadlineAt(d)
+	err := tc.Handshake()
+	c.armDeadline()
+	if err != nil {
 		c.Ended = "tls_handshake_failed"
 		c.Event(c.ctx, c.srv.opts.Logger, slog.LevelDebug, "tls handshake failed", slog.Any("err", err))
 		return false

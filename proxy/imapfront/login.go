@@ -16,7 +16,6 @@ import (
 
 	"github.com/passgate/passgate/policy"
 	"github.com/passgate/passgate/proxy/connlimit"
-	"github.com/passgate/passgate/proxy/observe"
 	"github.com/passgate/passgate/proxy/relay"
 )
 
@@ -213,8 +212,9 @@ func (c *conn) noteLogin(l *policy.Login) {
 	}
 }
 
-// login runs the decision and the upstream login, then the relay. It
-// reports whether the connection is done.
+// login runs the decision and the upstream login; after a successful one
+// it leaves the session to relay in c.loggedIn. It reports whether the
+// pre-login phase is done.
 func (c *conn) login(tag string, user, secret []byte) bool {
 	if !printable(user) {
 		return c.failNoDecision(tag, user, "user name with control characters")
@@ -279,11 +279,10 @@ func (c *conn) login(tag string, user, secret []byte) bool {
 	c.raw.SetWriteDeadline(time.Time{})
 	rctx, release := c.srv.opts.Relays.Track(c.ctx, l.AppPasswordID())
 	client := relay.WithBuffered(c.nc, c.br)
-	c.br = nil // the relay reads the connection itself from now on
-	st := relay.Run(rctx, client, up, relay.Options{Framer: newResponseFramer(), Farewell: c.farewell})
-	release()
-	c.Outcome = observe.OutcomeRelayed
-	c.BytesIn, c.BytesOut, c.Ended = st.BytesIn, st.BytesOut, st.EndedBy
+	c.br = nil       // the relay reads the connection itself from now on
+	c.clientID = nil // forwarded already; an idle session keeps nothing of the login
+	// serve runs the relay once the login's frames have returned.
+	c.loggedIn = &session{ctx: rctx, release: release, client: client, up: up}
 	return true
 }
 
@@ -311,6 +310,20 @@ type EarlyUpstream interface {
 	// unavailable (as for Login). Cancelling ctx interrupts Open; the
 	// connection it returned outlives ctx.
 	Open(ctx context.Context, client netip.AddrPort, clientID []IDField) (PendingUpstream, error)
+}
+
+// ReadyUpstream is an EarlyUpstream that may keep connections opened ahead
+// of any client. The listener asks it first, on its own goroutine: a
+// connection handed out at once spares the login a hand-off between
+// goroutines (on a busy machine the goroutine that opens the connection
+// may only run once the decision is done), and Open runs on a goroutine of
+// its own only when none is ready.
+type ReadyUpstream interface {
+	EarlyUpstream
+	// OpenReady returns a connection set up ahead of any client and
+	// introduced for this one as Open introduces it (never a credential),
+	// or ok false when none is ready. It must not wait for the upstream.
+	OpenReady(ctx context.Context, client netip.AddrPort, clientID []IDField) (p PendingUpstream, ok bool)
 }
 
 // PendingUpstream is a connection opened by EarlyUpstream.Open. Exactly
@@ -345,9 +358,16 @@ func (c *conn) openEarly(ctx context.Context) *earlyDial {
 	if !ok {
 		return nil
 	}
+	client, id := c.RemoteAddr, c.clientID
+	if ru, ok := eu.(ReadyUpstream); ok {
+		if p, ok := ru.OpenReady(ctx, client, id); ok {
+			e := &earlyDial{cancel: func() {}, opened: make(chan struct{}), p: p}
+			close(e.opened)
+			return e
+		}
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	e := &earlyDial{cancel: cancel, opened: make(chan struct{})}
-	client, id := c.RemoteAddr, c.clientID
 	go func() {
 		p, err := eu.Open(ctx, client, id)
 		e.mu.Lock()

@@ -198,3 +198,75 @@ func TestEarlyDialRefusalDoesNotWait(t *testing.T) {
 		})
 	}
 }
+
+// readyUpstream is an earlyUpstream that keeps some connections ready:
+// OpenReady hands one out (with the client's ID) while any is left.
+type readyUpstream struct {
+	*earlyUpstream
+	ready       int // connections left to hand out
+	readyOpens  int // OpenReady calls that handed one out
+	readyMisses int // OpenReady calls that found none
+}
+
+func (r *readyUpstream) OpenReady(ctx context.Context, client netip.AddrPort, id []IDField) (PendingUpstream, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.ready == 0 {
+		r.readyMisses++
+		return nil, false
+	}
+	r.ready--
+	r.readyOpens++
+	r.ids = append(r.ids, id)
+	return &earlyPending{e: r.earlyUpstream}, true
+}
+
+// TestReadyUpstream: a login takes a ready connection when the upstream
+// has one (Open is not called), falls back to Open when it has none, and
+// a refused login closes the connection it took without logging in.
+func TestReadyUpstream(t *testing.T) {
+	const ok = "a OK [CAPABILITY IMAP4rev1 IDLE] Logged in"
+	tests := []struct {
+		name        string
+		ready       int
+		login       string
+		reply       string
+		readyOpens  int // connections taken from the ready set
+		opens       int // Open calls
+		logins      int // Logins on the pending connection
+		closes      int // Closes of it
+		readyMisses int
+	}{
+		{name: "ok/ready", ready: 1, login: "a LOGIN alice \"" + appSecret + "\"", reply: ok, readyOpens: 1, logins: 1},
+		{name: "ok/none-ready", login: "a LOGIN alice \"" + appSecret + "\"", reply: ok, opens: 1, logins: 1, readyMisses: 1},
+		{name: "deny/ready", ready: 1, login: "a LOGIN alice \"zzzz zzzz zzzz zzzz\"", reply: "a " + failLine, readyOpens: 1, closes: 1},
+		{name: "deny/none-ready", login: "a LOGIN alice \"zzzz zzzz zzzz zzzz\"", reply: "a " + failLine, opens: 1, closes: 1, readyMisses: 1},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ru := &readyUpstream{earlyUpstream: &earlyUpstream{fakeUpstream: &fakeUpstream{}}, ready: tc.ready}
+			ts := startServer(t, func(o *Options) { o.Upstream = ru })
+			ts.up = ru.fakeUpstream
+			rc := ts.tlsClient(t)
+			rc.send(`i ID ("name" "Thunderbird")` + "\r\n")
+			rc.expect(`* ID ("name" "passgate")`, "i OK ID completed")
+			rc.send(tc.login + "\r\n")
+			rc.expect(tc.reply)
+			waitFor(t, "the pending connection closed", func() bool {
+				_, _, closes, _ := ru.counts()
+				return closes >= tc.closes
+			})
+			opens, logins, closes, _ := ru.counts()
+			ru.mu.Lock()
+			readyOpens, misses, ids := ru.readyOpens, ru.readyMisses, ru.ids
+			ru.mu.Unlock()
+			if readyOpens != tc.readyOpens || opens != tc.opens || logins != tc.logins || closes != tc.closes || misses != tc.readyMisses {
+				t.Errorf("ready %d, Open %d, Login %d, Close %d, none ready %d; want %d, %d, %d, %d, %d",
+					readyOpens, opens, logins, closes, misses, tc.readyOpens, tc.opens, tc.logins, tc.closes, tc.readyMisses)
+			}
+			if len(ids) != 1 || len(ids[0]) != 1 || ids[0][0] != (IDField{"name", "Thunderbird"}) {
+				t.Errorf("the connection was introduced with the client's ID %v", ids)
+			}
+		})
+	}
+}

@@ -30,6 +30,7 @@ import (
 	"github.com/passgate/passgate/policy"
 	"github.com/passgate/passgate/proxy/lifecycle"
 	"github.com/passgate/passgate/proxy/observe"
+	"github.com/passgate/passgate/proxy/relay"
 	"github.com/passgate/passgate/proxy/revoke"
 )
 
@@ -110,8 +111,9 @@ type Server struct {
 	baseCtx    context.Context // parent of every connection's context
 	cancelBase context.CancelFunc
 
-	set    lifecycle.Set[*conn] // listeners and live connections
-	nextID atomic.Uint64        // the last conn_id given
+	set     lifecycle.Set[*conn] // listeners and live connections
+	nextID  atomic.Uint64        // the last conn_id given
+	buffers *relay.Buffers       // the relays' copy buffers, lent while bytes flow
 }
 
 // New returns a Server. It panics when Decider or Upstream is nil, or when
@@ -133,7 +135,7 @@ func New(opts Options) *Server {
 	lifecycle.Default(&opts.MaxAuthFailures, DefaultMaxAuthFailures)
 	lifecycle.Default(&opts.PreLoginTimeout, DefaultPreLoginTimeout)
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Server{opts: opts, baseCtx: ctx, cancelBase: cancel}
+	return &Server{opts: opts, baseCtx: ctx, cancelBase: cancel, buffers: relay.NewBuffers()}
 }
 
 // Serve accepts connections on ln and serves each in its own goroutine

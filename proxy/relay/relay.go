@@ -184,16 +184,19 @@ func Run(ctx context.Context, client, upstream net.Conn, opts Options) Stats {
 		closeBoth()
 	})
 	done := make(chan struct{})
+	// Made here, not in the goroutine, so that the goroutine's own frame
+	// stays small (an idle session parks it: see copyTo).
+	up := newSource(client, upGet, upPut)
+	emitUp := func(p []byte) error {
+		n, err := upstream.Write(p)
+		in.Add(int64(n))
+		return err
+	}
 	go func() {
-		defer close(done)
-		up := newSource(client, upGet, upPut)
-		_ = up.copyTo(func(p []byte) error {
-			n, err := upstream.Write(p)
-			in.Add(int64(n))
-			return err
-		})
+		_ = up.copyTo(emitUp)
 		first.CompareAndSwap(nil, "client")
 		closeBoth()
+		close(done)
 	}()
 	down := newSource(upstream, dnGet, dnPut)
 	_ = down.copyTo(func(p []byte) error {

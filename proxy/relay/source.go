@@ -36,7 +36,8 @@ type source struct {
 	kind    sourceKind
 
 	raw  syscall.RawConn // kindTCP: conn's; kindTLS: the socket's under TLS, when bare TCP
-	wait func() error    // kindTLS: returns once the socket under TLS is readable
+	wait func() error    // kindTLS over bare TCP: returns once the socket is readable
+	wc   *waitConn       // kindTLS over a Waitable: its waitReadable does the same
 	// framed (kindTLS over a Waitable after BeginTLS): TLS holds nothing
 	// past the record a read returns, so nothing needs draining.
 	framed bool
@@ -75,7 +76,7 @@ func newSource(c net.Conn, get func() *[]byte, put func(*[]byte)) *source {
 				s.wait = func() error { return rc.Read(peekReadable) }
 			}
 		case *waitConn:
-			s.kind, s.wait, s.framed = kindTLS, under.waitReadable, under.framed
+			s.kind, s.wc, s.framed = kindTLS, under, under.framed
 		}
 	}
 	if s.kind == kindSmall {
@@ -110,7 +111,18 @@ func (s *source) copyTo(emit func([]byte) error) error {
 		case kindTCP:
 			err = s.burstTCP(emit)
 		case kindTLS:
-			err = s.burstTLS(emit)
+			// The wait runs from this frame rather than from
+			// burstTLS's, so that an idle session's goroutine
+			// parks on a stack shallow enough for the garbage
+			// collector to shrink it to 4 KiB.
+			if s.wc != nil {
+				err = s.wc.waitReadable()
+			} else {
+				err = s.wait()
+			}
+			if err == nil {
+				err = s.burstTLS(emit)
+			}
 		default:
 			err = s.burstSmall(emit)
 		}
@@ -164,13 +176,10 @@ func (s *source) rawRead(fd uintptr) bool {
 	return true
 }
 
-// burstTLS waits until the socket under TLS is readable, then reads a
-// record (it has begun to arrive) and, unless the connection is framed,
-// what else TLS has buffered.
+// burstTLS reads, once the socket under TLS is readable, a record (it has
+// begun to arrive) and, unless the connection is framed, what else TLS
+// has buffered.
 func (s *source) burstTLS(emit func([]byte) error) error {
-	if err := s.wait(); err != nil {
-		return err
-	}
 	bp := s.get()
 	defer s.put(bp)
 	buf := *bp

@@ -123,14 +123,16 @@ func imapUpstreamReady(d *deps, login string, ready int) (*imapupstream.Upstream
 }
 
 // IMAPUpstream adapts backends/imapupstream to imapfront.Upstream (an
-// imapfront.EarlyUpstream: the listener opens the connection while the
-// decision runs), so that neither package imports the other: a refused
+// imapfront.ReadyUpstream: the listener takes a ready connection, or opens
+// one, while the decision runs), so that neither package imports the other: a refused
 // login wraps imapfront.ErrUpstreamRefused. serve wires it, and the
 // integration tests use it as it is.
 func IMAPUpstream(up *imapupstream.Upstream) imapfront.Upstream { return imapAdapter{up} }
 
 // imapAdapter is IMAPUpstream's value.
 type imapAdapter struct{ up *imapupstream.Upstream }
+
+var _ imapfront.ReadyUpstream = imapAdapter{}
 
 func (a imapAdapter) Login(ctx context.Context, r imapfront.LoginRequest) (net.Conn, string, error) {
 	req := imapupstream.Request{User: r.User, Client: r.Client, ClientID: idPairs(r.ClientID)}
@@ -146,6 +148,16 @@ func (a imapAdapter) Open(ctx context.Context, client netip.AddrPort, clientID [
 		return nil, err
 	}
 	return imapPending{p}, nil
+}
+
+// OpenReady hands out one of the upstream's ready connections at once
+// (imapfront.ReadyUpstream).
+func (a imapAdapter) OpenReady(ctx context.Context, client netip.AddrPort, clientID []imapfront.IDField) (imapfront.PendingUpstream, bool) {
+	p, ok := a.up.OpenReady(ctx, client, idPairs(clientID))
+	if !ok {
+		return nil, false
+	}
+	return imapPending{p}, true
 }
 
 // imapPending adapts imapupstream.Pending to imapfront.PendingUpstream.
