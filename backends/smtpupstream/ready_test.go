@@ -1,9 +1,13 @@
 package smtpupstream
 
 import (
+	"bufio"
 	"context"
 	"io"
 	"net"
+	"slices"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -146,5 +150,95 @@ func TestPendingCloseQuits(t *testing.T) {
 		}
 	case <-time.After(patience):
 		t.Fatal("nothing after EHLO")
+	}
+}
+
+// TestReadyConnectionServerHung: a ready connection whose server has
+// stopped answering (a hung server, or a host gone without a FIN: the
+// socket looks quiet) is not handed out. Dial checks it with a NOOP and,
+// finding no answer, tries a new connection, so that an upstream that is
+// down is found before the decision, as without a ready set.
+func TestReadyConnectionServerHung(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	hung := make(chan struct{})
+	var seen []string // the commands the server received, in order
+	var mu sync.Mutex
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer conn.Close()
+				select {
+				case <-hung:
+					<-t.Context().Done() // no greeting: a server that hangs
+					return
+				default:
+				}
+				_, _ = io.WriteString(conn, "220 mta.test ESMTP\r\n")
+				r := bufio.NewReader(conn)
+				for {
+					line, err := r.ReadString('\n')
+					if err != nil {
+						return
+					}
+					mu.Lock()
+					seen = append(seen, strings.TrimSpace(line))
+					mu.Unlock()
+					select {
+					case <-hung:
+						continue // reads, never answers
+					default:
+					}
+					if strings.HasPrefix(line, "EHLO") {
+						_, _ = io.WriteString(conn, "250-mta.test\r\n250 XCLIENT LOGIN ADDR PORT\r\n")
+					}
+				}
+			}()
+		}
+	}()
+	c, err := New(Options{Addresses: []string{ln.Addr().String()}, TLS: TLSNone, Login: LoginXClient,
+		Ready: 1, ReadyIdle: patience, DialTimeout: 200 * time.Millisecond, LoginTimeout: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	p, err := c.Dial(context.Background(), client) // none ready yet: a new one, and one opened ahead
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Close()
+	for deadline := time.Now().Add(patience); ; time.Sleep(5 * time.Millisecond) {
+		c.ready.mu.Lock()
+		n := len(c.ready.conns)
+		c.ready.mu.Unlock()
+		if n == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no connection became ready")
+		}
+	}
+	close(hung)
+	p, err = c.Dial(context.Background(), client)
+	if err == nil {
+		p.Close()
+		t.Fatal("Dial handed out a connection of a server that no longer answers")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !slices.Contains(seen, "NOOP") {
+		t.Errorf("the server received %q; want a NOOP on the ready connection", seen)
+	}
+	for _, cmd := range seen {
+		if strings.HasPrefix(cmd, "XCLIENT") || strings.HasPrefix(cmd, "AUTH") {
+			t.Errorf("the server received %q before any login", cmd)
+		}
 	}
 }

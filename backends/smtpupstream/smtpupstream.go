@@ -272,12 +272,17 @@ func (c *Client) Login(ctx context.Context, req Request) (*Session, error) {
 // secret. client is the real client's address, forwarded per
 // ForwardClient. The Pending connection is then logged in with Login or
 // closed with Close; it must not wait longer than LoginTimeout. With
-// Options.Ready it is a connection opened ahead, when one is ready.
+// Options.Ready it is a connection opened ahead, when one is ready and
+// its server still answers a NOOP.
 func (c *Client) Dial(ctx context.Context, client netip.AddrPort) (*Pending, error) {
 	if c.ready != nil {
 		if p := c.ready.take(); p != nil {
-			p.client = client
-			return p, nil
+			if err := p.alive(ctx); err == nil {
+				p.client = client
+				return p, nil
+			}
+			// Its server no longer answers: try a new connection, which
+			// reports what is wrong.
 		}
 	}
 	p, err := dial.Each(ctx, c.o.Addresses, func(addr string) (*Pending, error) { return c.dialAt(ctx, addr, client) }, nil)
@@ -361,6 +366,36 @@ func (c *Client) dialAt(ctx context.Context, addr string, client netip.AddrPort)
 	}
 	ok = true
 	return &Pending{c: c, conn: conn, raw: raw, br: br, ext: ext, addr: addr, client: client}, nil
+}
+
+// alive checks that the server of a ready connection still answers (a
+// NOOP and its 250, which carry nothing of any client) before Dial hands
+// the connection out. Dial runs before the decision: an upstream that is
+// down must be found there, a host gone without a FIN or a hung server
+// included, which the ready set's check of the socket cannot see; found
+// only after the decision allowed a login, the client's reply would tell
+// a right secret (unavailable) from a wrong one (refused). The wait is
+// bounded by DialTimeout; on failure the connection is closed.
+func (p *Pending) alive(ctx context.Context) (err error) {
+	defer func() {
+		if err != nil {
+			_ = p.conn.Close()
+		}
+	}()
+	stop := dial.Bound(ctx, p.conn, p.c.o.DialTimeout)
+	if _, err = io.WriteString(p.conn, "NOOP\r\n"); err == nil {
+		var rep reply
+		if rep, err = readReply(p.br); err == nil && rep.Code != 250 {
+			err = fmt.Errorf("NOOP: %s", rep)
+		}
+	}
+	if !stop() && err == nil {
+		err = ctx.Err()
+	}
+	if err != nil {
+		return fmt.Errorf("smtpupstream: %s: ready connection: %w", p.addr, err)
+	}
+	return p.conn.SetDeadline(time.Time{})
 }
 
 // Close closes a connection that was not logged in, after a QUIT that it

@@ -146,11 +146,11 @@ RETURNING failures, locks`
 // then. A window that started before windowFrom starts again at now;
 // lockouts that ended before locksFrom are forgotten. A non-nil recent
 // replaces the remembered tags.
+//
+// Unlike the login's read it runs under ctx itself, cancellation and
+// deadline included, on SQLite too: the caller bounds a failure's writes
+// (policy's write context), and a write may wait for SQLite's lock.
 func (s *Store) AddFailure(ctx context.Context, user, addr string, now, windowFrom, locksFrom time.Time, recent []byte) (LockoutCounter, error) {
-	ctx, err := s.runCtx(ctx)
-	if err != nil {
-		return LockoutCounter{}, err
-	}
 	q, err := s.hotStmt(ctx, addFailureQuery)
 	if err != nil {
 		return LockoutCounter{}, err
@@ -171,11 +171,8 @@ const lockQuery = `UPDATE lockout_counters SET locked_until = ?, locks = locks +
 
 // Lock locks (user, addr) until until, counts one more lockout in a row
 // and starts a new window at now.
+// Like AddFailure it runs under ctx itself.
 func (s *Store) Lock(ctx context.Context, user, addr string, now, until time.Time) error {
-	ctx, err := s.runCtx(ctx)
-	if err != nil {
-		return err
-	}
 	q, err := s.hotStmt(ctx, lockQuery)
 	if err != nil {
 		return err
