@@ -3,10 +3,10 @@
 // the addresses tried in order, the PROXY v2 header that carries the real
 // client's address, and TLS (implicit, or the handshake after a
 // protocol's STARTTLS) with the certificate checked against each
-// address's host.
+// address's host; and Ready, the set of connections that the IMAP and
+// SMTP upstreams open ahead of any client and hand out to logins.
 //
-// On the path of a login it is the first step of the upstream login,
-// after the decision. It knows no protocol: STARTTLS itself, greetings and
+// On the path of a login it is the first step of the upstream login. It knows no protocol: STARTTLS itself, greetings and
 // logins stay in the upstream packages. It imports no passgate package.
 package dial
 

@@ -258,9 +258,7 @@ func TestNoReadyConnectionsWithProxyHeader(t *testing.T) {
 func waitReady(t *testing.T, u *Upstream, n int) {
 	t.Helper()
 	for deadline := time.Now().Add(patience); ; time.Sleep(5 * time.Millisecond) {
-		u.ready.mu.Lock()
-		got := len(u.ready.conns)
-		u.ready.mu.Unlock()
+		got := u.ready.Len()
 		if got == n {
 			return
 		}

@@ -139,7 +139,7 @@ type Upstream struct {
 	opts  Options
 	log   *slog.Logger
 	d     *dial.Dialer
-	ready *ready // nil: no ready connections
+	ready *dial.Ready[*readyConn] // nil: no ready connections
 }
 
 // New checks opts and returns an Upstream. It does not dial.
@@ -217,7 +217,7 @@ func New(opts Options) (*Upstream, error) {
 // longer keeps connections ready afterwards.
 func (u *Upstream) Close() error {
 	if u.ready != nil {
-		u.ready.close()
+		u.ready.Close()
 	}
 	return nil
 }
@@ -349,8 +349,8 @@ func (u *Upstream) OpenReady(ctx context.Context, client netip.AddrPort, clientI
 	if u.ready == nil {
 		return nil, false
 	}
-	c := u.ready.take()
-	if c == nil {
+	c, ok := u.ready.Take()
+	if !ok {
 		return nil, false
 	}
 	r := Request{Client: client, ClientID: clientID}

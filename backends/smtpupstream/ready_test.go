@@ -42,9 +42,7 @@ func TestReadyConnections(t *testing.T) {
 	waitReady := func() {
 		t.Helper()
 		for deadline := time.Now().Add(patience); ; time.Sleep(5 * time.Millisecond) {
-			c.ready.mu.Lock()
-			n := len(c.ready.conns)
-			c.ready.mu.Unlock()
+			n := c.ready.Len()
 			if n == 1 {
 				return
 			}
@@ -215,9 +213,7 @@ func TestReadyConnectionServerHung(t *testing.T) {
 	}
 	p.Close()
 	for deadline := time.Now().Add(patience); ; time.Sleep(5 * time.Millisecond) {
-		c.ready.mu.Lock()
-		n := len(c.ready.conns)
-		c.ready.mu.Unlock()
+		n := c.ready.Len()
 		if n == 1 {
 			break
 		}

@@ -139,7 +139,7 @@ type Options struct {
 type Client struct {
 	o     Options
 	d     *dial.Dialer
-	ready *ready // nil without Options.Ready
+	ready *dial.Ready[*Pending] // nil without Options.Ready
 	// bufs holds the buffers of messages relayed before, for the next
 	// ones, shared by the sessions: a session holds none between its
 	// messages. At most cap(bufs) are kept (a sync.Pool would lose them
@@ -222,7 +222,7 @@ func New(o Options) (*Client, error) {
 // being opened. Sessions and pending logins are not affected.
 func (c *Client) Close() error {
 	if c.ready != nil {
-		c.ready.close()
+		c.ready.Close()
 	}
 	return nil
 }
@@ -276,7 +276,7 @@ func (c *Client) Login(ctx context.Context, req Request) (*Session, error) {
 // its server still answers a NOOP.
 func (c *Client) Dial(ctx context.Context, client netip.AddrPort) (*Pending, error) {
 	if c.ready != nil {
-		if p := c.ready.take(); p != nil {
+		if p, ok := c.ready.Take(); ok {
 			if err := p.alive(ctx); err == nil {
 				p.client = client
 				return p, nil
