@@ -284,20 +284,9 @@ func TestSessionLost(t *testing.T) {
 // between answers that arrived together; and once more when the session
 // ends.
 func TestSessionOnIdle(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
 	next, end := make(chan struct{}), make(chan struct{})
 	defer close(end)
-	go func() {
-		nc, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		defer nc.Close()
-		br := bufio.NewReader(nc)
+	url := oneConnDirectory(t, func(nc net.Conn, br *bufio.Reader) {
 		entry := []byte{0x64, 0x05, 0x04, 0x01, 'x', 0x30, 0x00}
 		done := []byte{0x65, 0x07, 0x0a, 0x01, 0x00, 0x04, 0x00, 0x04, 0x00}
 		for i := 0; ; i++ {
@@ -318,8 +307,8 @@ func TestSessionOnIdle(t *testing.T) {
 			}
 			nc.Write(envelope(m.ID, done, nil))
 		}
-	}()
-	c, err := New(Options{URL: "ldap://" + ln.Addr().String()})
+	})
+	c, err := New(Options{URL: url})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -443,18 +432,7 @@ func TestSecretNeverPrinted(t *testing.T) {
 //
 //	go test ./backends/ldapupstream -run '^$' -bench SessionSearch -benchmem
 func BenchmarkSessionSearch(b *testing.B) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		nc, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		defer nc.Close()
-		br := bufio.NewReader(nc)
+	url := oneConnDirectory(b, func(nc net.Conn, br *bufio.Reader) {
 		done := []byte{0x65, 0x07, 0x0a, 0x01, 0x00, 0x04, 0x00, 0x04, 0x00}
 		out := make([]byte, 0, 64)
 		for {
@@ -468,8 +446,8 @@ func BenchmarkSessionSearch(b *testing.B) {
 				return
 			}
 		}
-	}()
-	c, err := New(Options{URL: "ldap://" + ln.Addr().String()})
+	})
+	c, err := New(Options{URL: url})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -493,4 +471,25 @@ func BenchmarkSessionSearch(b *testing.B) {
 		}
 		<-answered
 	}
+}
+
+// oneConnDirectory listens on a loopback port, runs serve on the first
+// connection it accepts (closed when serve returns) and returns the
+// ldap:// URL of the port, closed at the end of the test.
+func oneConnDirectory(tb testing.TB, serve func(nc net.Conn, br *bufio.Reader)) string {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { ln.Close() })
+	go func() {
+		nc, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer nc.Close()
+		serve(nc, bufio.NewReader(nc))
+	}()
+	return "ldap://" + ln.Addr().String()
 }

@@ -384,6 +384,16 @@ func (rc *rawClient) expect(want ...string) {
 
 // expectClosed fails unless the server closes the connection without
 // sending anything more.
+// loginAfterID sends a client ID (whose fields the early upstream
+// connection forwards), then login, and expects reply to it.
+func (rc *rawClient) loginAfterID(login, reply string) {
+	rc.t.Helper()
+	rc.send(`i ID ("name" "Thunderbird")` + "\r\n")
+	rc.expect(`* ID ("name" "passgate")`, "i OK ID completed")
+	rc.send(login + "\r\n")
+	rc.expect(reply)
+}
+
 func (rc *rawClient) expectClosed() {
 	rc.t.Helper()
 	rc.c.SetReadDeadline(time.Now().Add(patience))

@@ -104,10 +104,7 @@ func TestEarlyDial(t *testing.T) {
 			ts := startServer(t, func(o *Options) { o.Upstream = eu })
 			ts.up = eu.fakeUpstream
 			rc := ts.tlsClient(t)
-			rc.send(`i ID ("name" "Thunderbird")` + "\r\n")
-			rc.expect(`* ID ("name" "passgate")`, "i OK ID completed")
-			rc.send(tc.login + "\r\n")
-			rc.expect(tc.reply)
+			rc.loginAfterID(tc.login, tc.reply)
 			if tc.reply == ok {
 				rc.send("z LOGOUT\r\n")
 				rc.expect("* BYE upstream logging out", "z OK LOGOUT done by upstream")
@@ -248,10 +245,7 @@ func TestReadyUpstream(t *testing.T) {
 			ts := startServer(t, func(o *Options) { o.Upstream = ru })
 			ts.up = ru.fakeUpstream
 			rc := ts.tlsClient(t)
-			rc.send(`i ID ("name" "Thunderbird")` + "\r\n")
-			rc.expect(`* ID ("name" "passgate")`, "i OK ID completed")
-			rc.send(tc.login + "\r\n")
-			rc.expect(tc.reply)
+			rc.loginAfterID(tc.login, tc.reply)
 			waitFor(t, "the pending connection closed", func() bool {
 				_, _, closes, _ := ru.counts()
 				return closes >= tc.closes

@@ -96,39 +96,13 @@ func (s *benchSession) Send(_, _ []byte, _ string, fn func([]byte, []byte, bool,
 //
 //	go test ./proxy/ldapfront -run '^$' -bench RelaySearch -benchmem
 func BenchmarkRelaySearch(b *testing.B) {
-	eng := policytest.NewEngines(b).New(policy.Options{
-		Store: policytest.Store{State: func(user, secret string) (store.LoginState, error) {
-			ls := store.LoginState{MFA: store.MFAEnforced, AllowAppPasswords: true}
-			if secret == alicePW {
-				ls.AppPassword = policytest.App(9, "alice", "bench")
-			}
-			return ls, nil
-		}},
-		TrustedNetworks: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")},
-	})
-	srv, err := New(Options{Decider: eng, Upstream: benchUpstream{}, UserDNTemplates: []string{template}})
-	if err != nil {
-		b.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	go srv.Serve(ln)
-	b.Cleanup(func() { srv.Close() })
-	nc, err := net.Dial("tcp", ln.Addr().String())
+	nc, err := net.Dial("tcp", benchListener(b, benchUpstream{}))
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer nc.Close()
 	br := bufio.NewReader(nc)
-	if _, err := nc.Write(encodeBind(1, aliceDN, alicePW)); err != nil {
-		b.Fatal(err)
-	}
-	raw, err := ldapwire.ReadMessage(br, 1<<20)
-	if m, perr := ldapwire.ParseMessage(raw); err != nil || perr != nil || len(m.Op.Content) < 3 || m.Op.Content[2] != resultSuccess {
-		b.Fatalf("bind answered % x (%v)", raw, err)
-	}
+	benchBind(b, nc, br, 1)
 	search := encodeSearch(2, aliceDN, nil)
 	b.ReportAllocs()
 	b.ResetTimer()
@@ -154,6 +128,36 @@ func BenchmarkRelaySearch(b *testing.B) {
 //
 //	go test ./proxy/ldapfront -run '^$' -bench Bind -cpuprofile cpu.out
 func BenchmarkBind(b *testing.B) {
+	addr := benchListener(b, &fakeUpstream{})
+	b.Run("one-conn", func(b *testing.B) {
+		b.ReportAllocs()
+		nc, err := net.Dial("tcp", addr)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer nc.Close()
+		br := bufio.NewReader(nc)
+		for i := 0; i < b.N; i++ {
+			benchBind(b, nc, br, int64(i+1))
+		}
+	})
+	b.Run("new-conn", func(b *testing.B) {
+		b.ReportAllocs()
+		for i := 0; i < b.N; i++ {
+			nc, err := net.Dial("tcp", addr)
+			if err != nil {
+				b.Fatal(err)
+			}
+			benchBind(b, nc, bufio.NewReader(nc), 1)
+			nc.Close()
+		}
+	})
+}
+
+// benchListener serves the listener on a loopback port in front of up,
+// deciding with the real policy.Engine over an in-memory store in which
+// alice's app password is alicePW, and returns its address.
+func benchListener(b *testing.B, up Upstream) string {
 	eng := policytest.NewEngines(b).New(policy.Options{
 		Store: policytest.Store{State: func(user, secret string) (store.LoginState, error) {
 			ls := store.LoginState{MFA: store.MFAEnforced, AllowAppPasswords: true}
@@ -164,7 +168,7 @@ func BenchmarkBind(b *testing.B) {
 		}},
 		TrustedNetworks: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")},
 	})
-	srv, err := New(Options{Decider: eng, Upstream: &fakeUpstream{}, Registry: revoke.NewRegistry(), UserDNTemplates: []string{template}})
+	srv, err := New(Options{Decider: eng, Upstream: up, Registry: revoke.NewRegistry(), UserDNTemplates: []string{template}})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -174,39 +178,20 @@ func BenchmarkBind(b *testing.B) {
 	}
 	go srv.Serve(ln)
 	b.Cleanup(func() { srv.Close() })
-	bind := func(nc net.Conn, br *bufio.Reader, id int64) {
-		if _, err := nc.Write(encodeBind(id, aliceDN, alicePW)); err != nil {
-			b.Fatal(err)
-		}
-		raw, err := ldapwire.ReadMessage(br, 1<<20)
-		if err != nil {
-			b.Fatal(err)
-		}
-		if m, err := ldapwire.ParseMessage(raw); err != nil || m.ID != id || len(m.Op.Content) < 3 || m.Op.Content[2] != resultSuccess {
-			b.Fatalf("bind answered %x (%v)", raw, err)
-		}
+	return ln.Addr().String()
+}
+
+// benchBind binds as alice with her app password under message ID id and
+// fails the benchmark unless the bind succeeds.
+func benchBind(b *testing.B, nc net.Conn, br *bufio.Reader, id int64) {
+	if _, err := nc.Write(encodeBind(id, aliceDN, alicePW)); err != nil {
+		b.Fatal(err)
 	}
-	b.Run("one-conn", func(b *testing.B) {
-		b.ReportAllocs()
-		nc, err := net.Dial("tcp", ln.Addr().String())
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer nc.Close()
-		br := bufio.NewReader(nc)
-		for i := 0; i < b.N; i++ {
-			bind(nc, br, int64(i+1))
-		}
-	})
-	b.Run("new-conn", func(b *testing.B) {
-		b.ReportAllocs()
-		for i := 0; i < b.N; i++ {
-			nc, err := net.Dial("tcp", ln.Addr().String())
-			if err != nil {
-				b.Fatal(err)
-			}
-			bind(nc, bufio.NewReader(nc), 1)
-			nc.Close()
-		}
-	})
+	raw, err := ldapwire.ReadMessage(br, 1<<20)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if m, err := ldapwire.ParseMessage(raw); err != nil || m.ID != id || len(m.Op.Content) < 3 || m.Op.Content[2] != resultSuccess {
+		b.Fatalf("bind answered % x (%v)", raw, err)
+	}
 }
