@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"net/netip"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -265,4 +267,78 @@ func TestOpenUnavailable(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestOpenAbandonedLogsNoFailure: a connection that Open gives up because
+// its context was cancelled (the decision refused the login, the client
+// left) is not logged as a failed upstream, while one whose upstream does
+// not answer in time is.
+func TestOpenAbandonedLogsNoFailure(t *testing.T) {
+	tests := []struct {
+		name     string
+		end      func(cancel context.CancelFunc) // how Open's context ends once the upstream accepted
+		deadline time.Duration
+		wantWarn bool
+	}{
+		{name: "cancelled", end: func(cancel context.CancelFunc) { cancel() }, deadline: time.Hour},
+		{name: "upstream-silent", end: func(context.CancelFunc) {}, deadline: 300 * time.Millisecond, wantWarn: true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			accepted := make(chan net.Conn, 1)
+			go func() {
+				c, err := ln.Accept()
+				if err == nil {
+					accepted <- c // never greets
+				}
+			}()
+			var logged strings.Builder
+			var mu sync.Mutex
+			log := slog.New(slog.NewTextHandler(lockedWriter{&mu, &logged}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+			u, err := New(Options{Addresses: []string{ln.Addr().String()}, Login: LoginPassthrough, Logger: log})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), tc.deadline)
+			defer cancel()
+			go func() {
+				select {
+				case c := <-accepted:
+					defer c.Close()
+					tc.end(cancel)
+					<-ctx.Done()
+				case <-time.After(time.Minute):
+				}
+			}()
+			if p, err := u.Open(ctx, netip.AddrPort{}, nil); p != nil || err == nil {
+				t.Fatalf("Open: %v, %v; want no connection and an error", p, err)
+			}
+			mu.Lock()
+			out := logged.String()
+			mu.Unlock()
+			if warned := strings.Contains(out, "level=WARN msg=\"upstream login failed\""); warned != tc.wantWarn {
+				t.Errorf("warned %v, want %v; log:\n%s", warned, tc.wantWarn, out)
+			}
+			if !strings.Contains(out, "upstream login failed") {
+				t.Errorf("the attempt is not logged at all:\n%s", out)
+			}
+		})
+	}
+}
+
+// lockedWriter serialises writes to a builder read by the test.
+type lockedWriter struct {
+	mu *sync.Mutex
+	b  *strings.Builder
+}
+
+func (w lockedWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.Write(p)
 }

@@ -454,9 +454,17 @@ func (u *Upstream) loginFrom(ctx context.Context, first int, r Request, cmd *com
 	return nil, "", unavail
 }
 
-// failed logs an address that did not answer.
+// failed logs an address that did not answer. A connection given up
+// because its login ended first (a refused login abandons the connection
+// opened while the decision ran; the client went away) is no failure of
+// the upstream: it is logged at debug level, so that operators are not
+// sent looking for an outage that was none.
 func (u *Upstream) failed(ctx context.Context, addr string, err error) {
-	u.log.LogAttrs(ctx, slog.LevelWarn, "upstream login failed",
+	level := slog.LevelWarn
+	if ctx.Err() != nil && errors.Is(err, context.Canceled) {
+		level = slog.LevelDebug
+	}
+	u.log.LogAttrs(ctx, level, "upstream login failed",
 		slog.String("proto", "imap"), slog.String("upstream", addr), slog.String("err", err.Error()))
 }
 
