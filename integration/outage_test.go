@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -19,6 +20,7 @@ import (
 	ber "github.com/go-asn1-ber/asn1-ber"
 
 	"github.com/passgate/passgate/backends/store"
+	"github.com/passgate/passgate/integration/testenv"
 	"github.com/passgate/passgate/proxy/ldapfront"
 )
 
@@ -386,4 +388,90 @@ func readBERRaw(r *bufio.Reader) ([]byte, error) {
 		return nil, err
 	}
 	return append(head, body...), nil
+}
+
+// TestIMAPUpstreamStoppedUniform: once Dovecot stops, while passgate held
+// a connection to it ready for the next login, every login gets the same
+// NO [UNAVAILABLE] after the same delay, right secret or wrong, once that
+// ready connection is used up (its replacement cannot be opened).
+//
+// The first login after the stop may take the ready connection: when
+// Dovecot closed it, passgate passes it over and that login too gets NO
+// [UNAVAILABLE]; but Dovecot's login process that holds it may outlive its
+// master (the port refuses, the process keeps its clients), and the
+// connection then looks alive and fails only at the login, after the
+// decision: a residual, logged here and not asserted (a refused login gets
+// the uniform failure, an allowed one NO [UNAVAILABLE]), limited to one
+// login per ready connection within its idle time.
+func TestIMAPUpstreamStoppedUniform(t *testing.T) {
+	dir, err := os.MkdirTemp(env.dir, "dovecot-own-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	own, err := testenv.StartDovecot(context.Background(), dir, env.certs)
+	if err != nil {
+		t.Fatalf("start a Dovecot of this test's own: %v", err)
+	}
+	t.Cleanup(own.Stop)
+	p := startPassgate(t, passgateConfig{upstreams: []string{own.IMAPAddr}, failureDelay: outageDelay.String()})
+	p.enforce(t, "alice")
+	pw := p.appPassword(t, "alice", "outage")
+	if got := p.rawLoginFrom(t, "127.0.84.1", "alice", pw); !strings.HasPrefix(got, "a OK") {
+		t.Fatalf("login with Dovecot up: %q", got)
+	}
+	// The login started opening a ready connection; wait until it is
+	// connected (its set-up may still be under way when Dovecot stops:
+	// then there is none to pass over, and the test shows less).
+	_, port, err := net.SplitHostPort(own.IMAPAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !eventually(patience, func() bool { return establishedTo(t, port) > 0 }) {
+		t.Fatalf("no connection from passgate to Dovecot's %s after the login", own.IMAPAddr)
+	}
+	own.Stop()
+	const want = "a NO [UNAVAILABLE] Authentication service unavailable, try again later.\r\n"
+	got, _, err := imapTimedLogin(p, "127.0.84.2", "alice", "zzzz zzzz zzzz zzzz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	switch got {
+	case want:
+	case "a " + uniformFailure + "\r\n":
+		t.Logf("first login after Dovecot stopped, a wrong secret, took a ready connection that still looked alive: %q (residual)", got)
+	default:
+		t.Fatalf("first login after Dovecot stopped, a wrong secret: %q, want %q", got, want)
+	}
+	checkOutageUniform(t, 85, want, []outageSecret{
+		{"right-app-password", pw},
+		{"wrong-secret", "zzzz zzzz zzzz zzzz"},
+	}, func(laddr, secret string) (string, time.Duration, error) {
+		return imapTimedLogin(p, laddr, "alice", secret)
+	})
+}
+
+// establishedTo counts the established TCP connections (IPv4) whose
+// remote port is port, from /proc/net/tcp.
+func establishedTo(t *testing.T, port string) int {
+	t.Helper()
+	b, err := os.ReadFile("/proc/net/tcp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := strconv.Atoi(port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	suffix := fmt.Sprintf(":%04X", n)
+	count := 0
+	for _, line := range strings.Split(string(b), "\n")[1:] {
+		f := strings.Fields(line)
+		if len(f) > 3 && strings.HasSuffix(f[2], suffix) && f[3] == "01" {
+			count++
+		}
+	}
+	return count
 }

@@ -340,7 +340,8 @@ func (u *Upstream) Open(ctx context.Context, client netip.AddrPort, clientID []s
 // Open introduces it (no I/O: the ID is queued for the login's write), and
 // reports false when none is ready (it then starts opening a replacement
 // and leaves the rest to Open). A ready connection that the upstream
-// dropped meanwhile fails at Pending.Login, which then logs in on a new
+// closed or spoke on meanwhile is passed over (see usable); one dropped
+// without a word fails at Pending.Login, which then logs in on a new
 // one. A listener calls it
 // on its own goroutine before the decision, and Open on another one only
 // when it reports false, so that a login that finds a ready connection
