@@ -16,16 +16,15 @@ import (
 	"time"
 )
 
-// TestIMAPEarlyDialSendsNoCredentials: passgate opens its connection to
-// Dovecot while the decision runs. For a refused login (a wrong app
-// password, or the primary password of an MFA user) Dovecot gets at most
-// the connection's set-up (connect; the ID with the client's address is
-// queued to go out with the login, so a refused login sends none) and
+// TestIMAPEarlyDialSendsNoCredentials: passgate opens (or takes ready)
+// its connection to Dovecot before the decision. For a refused login (a
+// wrong app password, or the primary password of an MFA user) Dovecot
+// gets the connection's set-up (connect; the ID with the client's address
+// is queued to go out with the login, so a refused login sends none) and
 // nothing more: no LOGIN, no AUTHENTICATE, no secret, as the bytes
-// passgate sent and Dovecot's own log ("no auth attempts") show; the
-// decision may also end before the connection is up, and then passgate
-// drops the dial. An allowed login logs in on its connection, by master
-// login for an app password and by passthrough for a user without MFA.
+// passgate sent and Dovecot's own log ("no auth attempts") show. An
+// allowed login logs in on its connection, by master login for an app
+// password and by passthrough for a user without MFA.
 func TestIMAPEarlyDialSendsNoCredentials(t *testing.T) {
 	d := env.dovecot
 	tap := startUpstreamTap(t, d.IMAPAddr)
@@ -87,7 +86,7 @@ func TestIMAPEarlyDialSendsNoCredentials(t *testing.T) {
 			t.Errorf("an upstream connection of no login sent %q", clipBytes(c))
 		}
 		if name == "" {
-			continue // an allowed login's, or a dial dropped before ID
+			continue // an allowed login's, or a ready one never used
 		}
 		opened++
 		for _, word := range []string{"AUTHENTICATE", "LOGIN"} {
@@ -107,7 +106,7 @@ func TestIMAPEarlyDialSendsNoCredentials(t *testing.T) {
 			t.Errorf("%s: Dovecot's line for the connection is %q, want Dovecot's disconnection without an auth attempt", name, line)
 		}
 	}
-	t.Logf("the %d refused logins had %d upstream connections up to ID when the decision ended", len(refused), opened)
+	t.Logf("the %d refused logins had %d upstream connections, closed without a login", len(refused), opened)
 }
 
 // idPort is the field of passgate's ID that forwards the client's port.

@@ -100,6 +100,7 @@ type ldapGate struct {
 	addr, tlsAddr string // host:port
 	url, ldapsURL string
 	store         *store.Store
+	journal       *store.Journal // the decision's store, over store
 	relays        *revoke.Registry
 	delay         time.Duration
 	apps          map[string]string // "user/label" → app password
@@ -153,7 +154,7 @@ func startLDAPGate(t testing.TB, o ldapGateOptions) *ldapGate {
 		t.Fatal(err)
 	}
 	reg := revoke.NewRegistry()
-	g := &ldapGate{store: st, relays: reg, delay: o.failureDelay, apps: map[string]string{}}
+	g := &ldapGate{store: st, journal: journal, relays: reg, delay: o.failureDelay, apps: map[string]string{}}
 	base := ldapfront.Options{
 		Decider: engine, Upstream: cli.LDAPUpstream(up), Registry: reg, TLSConfig: serverTLS,
 		Mode: o.mode, UserDNTemplates: []string{e.slapd.UserTemplate}, UPNDomains: []string{"example.test"},

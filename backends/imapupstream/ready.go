@@ -47,6 +47,20 @@ func newReady(u *Upstream, size int, idle time.Duration) *dial.Ready[*readyConn]
 			}
 			return nil, err
 		},
-		Close: func(c *readyConn) { c.raw.Close() },
+		Close:  func(c *readyConn) { c.raw.Close() },
+		Usable: usable,
 	})
+}
+
+// usable reports whether a ready connection may be handed out: the
+// upstream has neither closed it nor spoken on it unasked (Dovecot's
+// "* BYE" before it drops an idle connection). One that fails only at
+// the login fails after the decision has allowed the login, when a
+// refused login got the uniform failure: with the upstream gone (a
+// Dovecot stopped or restarted), passing such connections over lets the
+// login open a new one before the decision, which fails alike for every
+// secret. A server that vanished without closing (a host gone without a
+// FIN, a hung Dovecot) still looks alive here.
+func usable(c *readyConn) bool {
+	return c.s.r.Buffered() == 0 && dial.Quiet(c.raw)
 }

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -209,7 +210,8 @@ func TestReadyConnectionsExpire(t *testing.T) {
 }
 
 // TestReadyConnectionDropped: a ready connection that the upstream
-// dropped while it waited fails at login; the login goes on with a new
+// dropped while it waited is passed over (usable) or, when the drop is
+// not seen yet, fails at login; either way the login goes on with a new
 // connection to the same address.
 func TestReadyConnectionDropped(t *testing.T) {
 	f := startFakeIMAP(t)
@@ -238,6 +240,49 @@ func TestReadyConnectionDropped(t *testing.T) {
 	conn.Close()
 	if okText != "OK Logged in" {
 		t.Errorf("okText %q", okText)
+	}
+}
+
+// TestReadyConnectionUsable: a ready connection is handed out only while
+// the upstream has neither spoken on it nor closed it (on Linux, where
+// dial.Quiet can tell).
+func TestReadyConnectionUsable(t *testing.T) {
+	tests := []struct {
+		name   string
+		server func(net.Conn)
+		want   bool
+	}{
+		{"ok/silent", func(net.Conn) {}, true},
+		{"fail/bye", func(c net.Conn) { io.WriteString(c, "* BYE Disconnected for inactivity.\r\n") }, false},
+		{"fail/closed", func(c net.Conn) { c.Close() }, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			f := startFakeIMAP(t)
+			u, err := New(Options{Addresses: []string{f.addr}, MasterUser: "passgate", MasterPassword: "m-pw"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			s, raw, err := u.connectAt(context.Background(), f.addr, netip.AddrPort{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer raw.Close()
+			c := &readyConn{s: s, raw: raw}
+			f.mu.Lock()
+			server := f.conns[0].c
+			f.mu.Unlock()
+			tc.server(server)
+			want := tc.want || runtime.GOOS != "linux"
+			got := usable(c)
+			// What the server did may take a moment to arrive.
+			for deadline := time.Now().Add(patience); got != want && time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+				got = usable(c)
+			}
+			if got != want {
+				t.Fatalf("usable = %v, want %v", got, want)
+			}
+		})
 	}
 }
 

@@ -10,7 +10,7 @@
 // returns is positioned just after the upstream's tagged OK, ready for the
 // byte relay in proxy/relay.
 //
-// The listener may also open the connection while the decision runs
+// The listener may also open the connection before the decision
 // (Open, which sends nothing but the connection's set-up) and log in on it
 // once the decision allows the login (Pending.Login), or close it
 // (Pending.Close); Options.Ready keeps a few connections greeted ahead of
@@ -307,8 +307,10 @@ func (u *Upstream) Login(ctx context.Context, r Request) (net.Conn, string, erro
 // queues the ID command that forwards the client's address (with
 // clientID, the key/value pairs of the client's own ID), which goes out
 // with the login command in one write and not at all when the login is
-// refused. It sends no credentials of any kind. The listener calls it while the decision runs,
-// so that the connection is ready when the decision allows the login.
+// refused. It sends no credentials of any kind. The listener calls it before the decision,
+// so that an upstream that cannot be reached is known before any secret
+// is decided, and the connection is ready when the decision allows the
+// login.
 //
 // The returned Pending must be logged in (Pending.Login) or closed
 // (Pending.Close). When no address answers, Open returns a
@@ -340,7 +342,8 @@ func (u *Upstream) Open(ctx context.Context, client netip.AddrPort, clientID []s
 // Open introduces it (no I/O: the ID is queued for the login's write), and
 // reports false when none is ready (it then starts opening a replacement
 // and leaves the rest to Open). A ready connection that the upstream
-// dropped meanwhile fails at Pending.Login, which then logs in on a new
+// closed or spoke on meanwhile is passed over (see usable); one dropped
+// without a word fails at Pending.Login, which then logs in on a new
 // one. A listener calls it
 // on its own goroutine before the decision, and Open on another one only
 // when it reports false, so that a login that finds a ready connection

@@ -43,6 +43,6 @@ func newReady(c *Client, size int, idle time.Duration) *dial.Ready[*Pending] {
 			return nil, err
 		},
 		Close:  func(p *Pending) { _ = p.Close() },
-		Usable: func(p *Pending) bool { return p.br.Buffered() == 0 && quiet(p.raw) },
+		Usable: func(p *Pending) bool { return p.br.Buffered() == 0 && dial.Quiet(p.raw) },
 	})
 }

@@ -74,57 +74,6 @@ func TestReadyConnections(t *testing.T) {
 	}
 }
 
-// TestQuiet: a ready connection is usable only while the server has said
-// nothing and not closed it.
-func TestQuiet(t *testing.T) {
-	tests := []struct {
-		name   string
-		server func(net.Conn)
-		want   bool
-	}{
-		{"silent", func(net.Conn) {}, true},
-		{"spoke", func(c net.Conn) { _, _ = io.WriteString(c, "421 4.4.2 timeout\r\n") }, false},
-		{"closed", func(c net.Conn) { c.Close() }, false},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			ln, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer ln.Close()
-			conn, err := net.Dial("tcp", ln.Addr().String())
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer conn.Close()
-			srv, err := ln.Accept()
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer srv.Close()
-			tc.server(srv)
-			got := quiet(conn)
-			// What the server did may take a moment to arrive.
-			for deadline := time.Now().Add(time.Second); got != tc.want && time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
-				got = quiet(conn)
-			}
-			if got != tc.want {
-				t.Fatalf("quiet = %v, want %v", got, tc.want)
-			}
-			if tc.want {
-				// Peeking consumed nothing and the connection still works.
-				_, _ = io.WriteString(srv, "x")
-				b := make([]byte, 1)
-				_ = conn.SetReadDeadline(time.Now().Add(patience))
-				if _, err := io.ReadFull(conn, b); err != nil || b[0] != 'x' {
-					t.Fatalf("read after quiet: %q %v", b, err)
-				}
-			}
-		})
-	}
-}
-
 // TestPendingCloseQuits: a connection closed without a login (a refused
 // login, an expired ready one) says QUIT and nothing else after EHLO:
 // no XCLIENT, no AUTH.

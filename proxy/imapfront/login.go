@@ -11,7 +11,6 @@ import (
 	"net"
 	"net/netip"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/passgate/passgate/policy"
@@ -224,17 +223,26 @@ func (c *conn) login(tag string, user, secret []byte) bool {
 	lctx, cancel := context.WithTimeout(c.ctx, loginTimeout)
 	defer cancel()
 
-	// The upstream connection is opened while the decision runs; it
-	// carries no credentials until the decision allows the login.
-	early := c.openEarly(lctx)
+	// The upstream connection is opened (or taken ready) before the
+	// decision, and carries no credentials until the decision allows the
+	// login. An upstream that cannot be reached is answered here, without
+	// a decision: the same temporary failure after the same uniform delay
+	// whatever the secret, and no success in the audit for a login that
+	// could never reach the upstream (see openUpstream). A wrong secret
+	// answered so is not counted by the lockout: it was never decided.
+	pending, err := c.openUpstream(lctx)
+	if err != nil {
+		c.Event(c.ctx, c.srv.opts.Logger, slog.LevelWarn, "upstream login failed", slog.String("user", a.User), slog.Any("err", err))
+		return c.answer(tag, c.srv.opts.Decider.Undecided(a, "upstream unavailable before the decision"), policy.Unreachable(err))
+	}
 	l, err := c.srv.opts.Decider.Decide(lctx, a)
 	if err != nil {
 		c.Event(c.ctx, c.srv.opts.Logger, slog.LevelWarn, "auth decision failed", slog.String("user", a.User), slog.Any("err", err))
 	}
 	if !l.Allowed() {
-		// Dropped at once, whatever state it is in: the failure waits
-		// for the uniform delay, not for the upstream.
-		early.abandon()
+		if pending != nil {
+			pending.Close() // without a word to the upstream
+		}
 		return c.answer(tag, l, policy.NotAsked)
 	}
 	primary := l.Credential() == policy.Primary
@@ -247,11 +255,23 @@ func (c *conn) login(tag string, user, secret []byte) bool {
 	if primary {
 		req.Password = a.Secret
 	}
-	up, okText, err := c.upstreamLogin(lctx, early, req)
+	var up net.Conn
+	var okText string
+	if pending != nil {
+		up, okText, err = pending.Login(lctx, req)
+	} else {
+		up, okText, err = c.srv.opts.Upstream.Login(lctx, req)
+	}
 	if err != nil {
 		if errors.Is(err, ErrUpstreamRefused) {
 			return c.answer(tag, l, policy.Refused)
 		}
+		// Residual: the upstream answered the connection's set-up (or a
+		// ready connection looked alive) and then failed the login itself
+		// (it went down in between, a ready connection's server vanished
+		// without a word, or it answered NO [UNAVAILABLE]). The decision
+		// has allowed the login by now, so the client gets a temporary
+		// failure where a wrong secret got the uniform refusal.
 		c.Event(c.ctx, c.srv.opts.Logger, slog.LevelWarn, "upstream login failed", slog.String("user", a.User), slog.Any("err", err))
 		return c.answer(tag, l, policy.Unreachable(err))
 	}
@@ -297,11 +317,16 @@ func sanitizeLog(s string) string {
 }
 
 // EarlyUpstream is an Upstream that can open its connection before the
-// credentials are decided. The listener then opens it while the decision
-// runs, and logs in on it once the decision allows the login: the
-// connection's set-up (connect, the client's forwarded address, TLS,
-// capabilities) is no longer on the login's path. A refused login closes
-// it without a word to the upstream.
+// credentials are decided. The listener opens it (or takes a ready one,
+// ReadyUpstream) before the decision, and logs in on it once the decision
+// allows the login; a refused login closes it without a word to the
+// upstream. An upstream that cannot be reached is thus known before the
+// decision, and every login then gets the same temporary failure after
+// the same delay, whatever its secret. A plain Upstream learns that only
+// after the decision: with it, an allowed login gets a temporary failure
+// where a refused one gets the uniform refusal, which tells a right
+// secret from a wrong one while the upstream is down (cmd wires an
+// EarlyUpstream; the plain one is for tests and embedders).
 type EarlyUpstream interface {
 	Upstream
 	// Open connects to the upstream for the client at client, whose own
@@ -313,16 +338,17 @@ type EarlyUpstream interface {
 }
 
 // ReadyUpstream is an EarlyUpstream that may keep connections opened ahead
-// of any client. The listener asks it first, on its own goroutine: a
-// connection handed out at once spares the login a hand-off between
-// goroutines (on a busy machine the goroutine that opens the connection
-// may only run once the decision is done), and Open runs on a goroutine of
-// its own only when none is ready.
+// of any client. The listener asks it first: a connection handed out at
+// once spares the login the wait for Open, and Open runs only when none
+// is ready.
 type ReadyUpstream interface {
 	EarlyUpstream
 	// OpenReady returns a connection set up ahead of any client and
 	// introduced for this one as Open introduces it (never a credential),
 	// or ok false when none is ready. It must not wait for the upstream.
+	// It should hand out only connections that still look alive (not
+	// closed by the upstream): one that fails at Login fails after the
+	// decision has allowed the login.
 	OpenReady(ctx context.Context, client netip.AddrPort, clientID []IDField) (p PendingUpstream, ok bool)
 }
 
@@ -337,93 +363,34 @@ type PendingUpstream interface {
 	Close() error
 }
 
-// earlyDial is an upstream connection being opened while the decision
-// runs. Its goroutine keeps what Open returns, or closes it when the
-// login was refused meanwhile.
-type earlyDial struct {
-	cancel context.CancelFunc
-	opened chan struct{} // closed when Open returned and p, err are set
-
-	mu        sync.Mutex
-	abandoned bool
-	p         PendingUpstream
-	err       error
-}
-
-// openEarly starts opening the upstream connection for this login, when
-// the Upstream can; nil when it cannot (the login then dials after the
-// decision). The connection ends with ctx unless it is logged in.
-func (c *conn) openEarly(ctx context.Context) *earlyDial {
+// openUpstream returns the upstream connection for this login, set up
+// and without credentials: a ready one when the Upstream has one at hand
+// (no wait), else one opened now. It returns nil and no error when the
+// Upstream cannot open connections ahead of the login (the login then
+// dials after the decision). An error means the upstream cannot be
+// reached; ctx bounds the wait, not the connection.
+//
+// Opening waits for the upstream before the decision (connect, greeting,
+// TLS, capabilities: the cost of a login without a ready connection is
+// now the open plus the decision, not the longer of the two). Running
+// the decision meanwhile would tell a right secret from a wrong one when
+// the open fails: the decision audits an app password's success at once,
+// and an allowed login would get the temporary failure while a refused
+// one got the uniform refusal.
+func (c *conn) openUpstream(ctx context.Context) (PendingUpstream, error) {
 	eu, ok := c.srv.opts.Upstream.(EarlyUpstream)
 	if !ok {
-		return nil
+		return nil, nil
 	}
 	client, id := c.RemoteAddr, c.clientID
 	if ru, ok := eu.(ReadyUpstream); ok {
 		if p, ok := ru.OpenReady(ctx, client, id); ok {
-			e := &earlyDial{cancel: func() {}, opened: make(chan struct{}), p: p}
-			close(e.opened)
-			return e
+			return p, nil
 		}
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	e := &earlyDial{cancel: cancel, opened: make(chan struct{})}
-	go func() {
-		p, err := eu.Open(ctx, client, id)
-		e.mu.Lock()
-		if e.abandoned {
-			e.mu.Unlock()
-			if p != nil {
-				p.Close()
-			}
-			return
-		}
-		e.p, e.err = p, err
-		e.mu.Unlock()
-		close(e.opened)
-	}()
-	return e
-}
-
-// abandon drops the connection without logging in and without waiting:
-// opened, it is closed now; still opening, it is interrupted and closed
-// by its goroutine.
-func (e *earlyDial) abandon() {
-	if e == nil {
-		return
-	}
-	e.mu.Lock()
-	e.abandoned = true
-	p := e.p
-	e.p = nil
-	e.mu.Unlock()
-	e.cancel()
-	if p != nil {
-		p.Close()
-	}
-}
-
-// upstreamLogin logs in upstream for an allowed login: on the connection
-// opened early when there is one (waiting for it to be ready), else with
-// a new one.
-func (c *conn) upstreamLogin(ctx context.Context, e *earlyDial, req LoginRequest) (net.Conn, string, error) {
-	if e == nil {
-		return c.srv.opts.Upstream.Login(ctx, req)
-	}
-	select {
-	case <-e.opened:
-	case <-ctx.Done():
-		e.abandon()
-		return nil, "", fmt.Errorf("imapfront: waiting for the upstream connection: %w", ctx.Err())
-	}
-	e.mu.Lock()
-	p, err := e.p, e.err
-	e.p = nil
-	e.mu.Unlock()
-	// Open has returned: its context no longer bounds the connection.
-	e.cancel()
+	p, err := eu.Open(ctx, client, id)
 	if err != nil {
-		return nil, "", err
+		return nil, fmt.Errorf("imapfront: open the upstream connection: %w", err)
 	}
-	return p.Login(ctx, req)
+	return p, nil
 }

@@ -19,6 +19,8 @@ const (
 	capsTLS     = "IMAP4rev1 IMAP4rev2 SASL-IR ID LITERAL+ AUTH=PLAIN AUTH=LOGIN"
 	capsTrusted = "IMAP4rev1 IMAP4rev2 SASL-IR ID LITERAL+ STARTTLS AUTH=PLAIN AUTH=LOGIN"
 	failLine    = "NO [AUTHENTICATIONFAILED] Authentication failed."
+	// unavailableLine is the one temporary failure of every login.
+	unavailableLine = "NO [UNAVAILABLE] Authentication service unavailable, try again later."
 )
 
 // tlsClient connects, runs STARTTLS and returns the client.

@@ -124,7 +124,7 @@ func imapUpstreamReady(d *deps, login string, ready int) (*imapupstream.Upstream
 
 // IMAPUpstream adapts backends/imapupstream to imapfront.Upstream (an
 // imapfront.ReadyUpstream: the listener takes a ready connection, or opens
-// one, while the decision runs), so that neither package imports the other: a refused
+// one, before the decision), so that neither package imports the other: a refused
 // login wraps imapfront.ErrUpstreamRefused. serve wires it, and the
 // integration tests use it as it is.
 func IMAPUpstream(up *imapupstream.Upstream) imapfront.Upstream { return imapAdapter{up} }

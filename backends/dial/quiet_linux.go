@@ -1,15 +1,16 @@
-package smtpupstream
+package dial
 
 import (
 	"net"
 	"syscall"
 )
 
-// quiet reports whether the TCP connection conn has nothing to read and
-// is not closed by the peer: a connection kept ready must be silent until
-// it is used. It peeks without blocking; it reports true when it cannot
-// tell.
-func quiet(conn net.Conn) bool {
+// Quiet reports whether the TCP connection conn has nothing to read and
+// is not closed by the peer: a connection kept ready (Ready) must be
+// silent until it is used, and one that the server closed or spoke on
+// unasked (a timeout's farewell) is not handed out. It peeks without
+// blocking and consumes nothing; it reports true when it cannot tell.
+func Quiet(conn net.Conn) bool {
 	sc, ok := conn.(syscall.Conn)
 	if !ok {
 		return true
