@@ -85,6 +85,8 @@ var contractCases = []contractCase{
 	{"journal/close-flushes", testJournalCloseFlushes},
 	{"journal/idle-flusher", testJournalIdleFlusher},
 	{"journal/store-down", testJournalStoreDown},
+	{"journal/close-slow-write", testJournalCloseSlowWrite},
+	{"journal/close-dead-store", testJournalCloseDeadStore},
 	{"lockout/count-shared", testLockoutCount},
 	{"lockout/concurrent", testLockoutConcurrent},
 	{"lockout/recent-tags", testLockoutRecent},
