@@ -104,7 +104,7 @@ type ldapGate struct {
 	store         *store.Store
 	relays        *revoke.Registry
 	delay         time.Duration
-	apps          map[string]string // "user/label" → app password
+	apps          map[string]string   // "user/label" → app password
 	servers       []*ldapfront.Server // plain (StartTLS) and LDAPS
 }
 
