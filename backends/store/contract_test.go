@@ -87,6 +87,7 @@ var contractCases = []contractCase{
 	{"journal/store-down", testJournalStoreDown},
 	{"journal/close-slow-write", testJournalCloseSlowWrite},
 	{"journal/close-dead-store", testJournalCloseDeadStore},
+	{"journal/close-concurrent-writers", testJournalCloseConcurrentWriters},
 	{"lockout/count-shared", testLockoutCount},
 	{"lockout/concurrent", testLockoutConcurrent},
 	{"lockout/recent-tags", testLockoutRecent},

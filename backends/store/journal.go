@@ -1,6 +1,7 @@
 package store
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -519,11 +520,20 @@ func (j *Journal) ListAppPasswords(ctx context.Context, user string) ([]AppPassw
 // itself, so that when Close returns every event accepted before it is
 // either in the store or in the log, and a line at level ERROR says how
 // many went to the log. A write that has not given up by then keeps the
-// store open until it does (Close does not wait for it). Writes after
-// Close go to the log.
+// store open until it does (Close does not wait for it). Writes from the
+// call on are refused (Record returns an error) and go to the log:
+// Close waits for every write accepted before it, and only for those.
 func (j *Journal) Close() error {
 	j.mu.Lock()
 	lostBefore, wait, graceFor := j.lost, j.closeWait, j.closeGrace
+	// From now on a write goes to the log (and its caller gets an
+	// error): Close waits for the writes accepted before, and for no
+	// others, so that none of them is left in the queue behind a write
+	// that came later.
+	j.closed = true
+	if j.idle {
+		j.nudge() // an idle flusher ends now
+	}
 	j.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), wait)
 	defer cancel()
@@ -535,10 +545,6 @@ func (j *Journal) Close() error {
 		cancel()
 	}
 	j.mu.Lock()
-	j.closed = true
-	if j.idle {
-		j.nudge() // an idle flusher ends now
-	}
 	rest := slices.Concat(j.inflight, j.queue)
 	j.closeLate = len(j.inflight) > 0
 	closeLate := j.closeLate
@@ -548,7 +554,8 @@ func (j *Journal) Close() error {
 	j.changed = make(chan struct{})
 	j.mu.Unlock()
 	if len(rest) > 0 {
-		j.logLost(rest, fmt.Errorf("store: not written before shutdown: %w", ferr))
+		// rest is not empty only when the flush ran out of time.
+		j.logLost(rest, fmt.Errorf("store: not written before shutdown: %w", cmp.Or(ferr, errors.New("the flusher did not finish"))))
 	}
 	j.mu.Lock()
 	lost := j.lost - lostBefore

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -75,15 +76,34 @@ func waitInFlight(t *testing.T, j *store.Journal, n int) {
 
 // storedDetails returns the details of user's events committed to f's
 // database, read through a store of its own (the Journal's is closed).
+// It reads the table itself, with SQL of its own: a count that does not
+// depend on the store's paging.
 func storedDetails(t *testing.T, f *fixture, user string) map[string]bool {
 	t.Helper()
-	evs, err := f.migrated(t).Audit(ctxT(t), store.AuditFilter{User: user})
+	driver, q := "sqlite", "SELECT detail FROM audit_events WHERE subject = ?"
+	if f.driver == store.DriverPostgres {
+		driver, q = "postgres", "SELECT detail FROM audit_events WHERE subject = $1"
+	}
+	db, err := sql.Open(driver, f.dsn)
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := make(map[string]bool, len(evs))
-	for _, ev := range evs {
-		out[ev.Detail] = true
+	defer db.Close()
+	rows, err := db.QueryContext(ctxT(t), q, user)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	out := map[string]bool{}
+	for rows.Next() {
+		var d string
+		if err := rows.Scan(&d); err != nil {
+			t.Fatal(err)
+		}
+		out[d] = true
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
 	}
 	return out
 }
@@ -228,5 +248,72 @@ func closeDeadStore(t *testing.T, f *fixture, wait, grace time.Duration) {
 	}
 	if len(silent) > 0 {
 		t.Errorf("%d of %d events neither stored nor in the log when Close returned (after %v; first %s)", len(silent), n, took, silent[0])
+	}
+}
+
+// testJournalCloseConcurrentWriters: writers that keep recording while
+// Close runs: every write that Record accepted (returned nil for) is in
+// the table afterwards, and the one write of each writer that Record
+// refused (Close had begun) is in the log and counted as lost, not in
+// the table.
+func testJournalCloseConcurrentWriters(t *testing.T, f *fixture) {
+	for round := range 3 {
+		s, err := store.Open(context.Background(), f.options())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Migrate(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		var logs lockedBuffer
+		j := store.NewJournal(s, slog.New(slog.NewTextHandler(&logs, nil)))
+		user := fmt.Sprintf("ivan%d", round)
+		const writers = 4
+		accepted := make([][]string, writers)
+		refused := make([]string, writers)
+		started := make(chan struct{}, writers)
+		var wg sync.WaitGroup
+		for w := range writers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := 0; ; i++ {
+					ev := loginEvent(user, "success", w*1_000_000+i)
+					if err := j.Record(context.Background(), ev); err != nil {
+						refused[w] = ev.Detail
+						return
+					}
+					accepted[w] = append(accepted[w], ev.Detail)
+					if i == 50 {
+						started <- struct{}{}
+					}
+				}
+			}()
+		}
+		for range writers {
+			<-started
+		}
+		if err := j.Close(); err != nil {
+			t.Fatalf("round %d: Close: %v", round, err)
+		}
+		wg.Wait()
+		stored := storedDetails(t, f, user)
+		out := logs.String()
+		total := 0
+		for w := range writers {
+			total += len(accepted[w])
+			for _, d := range accepted[w] {
+				if !stored[d] {
+					t.Fatalf("round %d: event %s was accepted before Close but is not in the table (%d of %d accepted stored, %d lost); log:\n%.2000s",
+						round, d, len(stored), total, j.Lost(), out)
+				}
+			}
+			if stored[refused[w]] || !strings.Contains(out, fmt.Sprintf(`detail="%s"`, refused[w])) {
+				t.Fatalf("round %d: the refused write %s: stored %v, want only in the log:\n%.2000s", round, refused[w], stored[refused[w]], out)
+			}
+		}
+		if lost := j.Lost(); lost != writers {
+			t.Fatalf("round %d: Lost() = %d, want %d (one refused write per writer); log:\n%.2000s", round, lost, writers, out)
+		}
 	}
 }
