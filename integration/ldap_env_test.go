@@ -91,6 +91,8 @@ type ldapGateOptions struct {
 	// postgresDSN, when set, puts the gate's store in that PostgreSQL
 	// database instead of a SQLite file.
 	postgresDSN string
+	// writeTimeout is ldapfront's WriteTimeout (0: its default).
+	writeTimeout time.Duration
 }
 
 // ldapGate is a passgate LDAP listener (plain with StartTLS, and LDAPS)
@@ -103,7 +105,8 @@ type ldapGate struct {
 	journal       *store.Journal // the decision's store, over store
 	relays        *revoke.Registry
 	delay         time.Duration
-	apps          map[string]string // "user/label" → app password
+	apps          map[string]string   // "user/label" → app password
+	servers       []*ldapfront.Server // plain (StartTLS) and LDAPS
 }
 
 func startLDAPGate(t testing.TB, o ldapGateOptions) *ldapGate {
@@ -158,7 +161,7 @@ func startLDAPGate(t testing.TB, o ldapGateOptions) *ldapGate {
 	base := ldapfront.Options{
 		Decider: engine, Upstream: cli.LDAPUpstream(up), Registry: reg, TLSConfig: serverTLS,
 		Mode: o.mode, UserDNTemplates: []string{e.slapd.UserTemplate}, UPNDomains: []string{"example.test"},
-		AllowAnonymous: o.allowAnon,
+		AllowAnonymous: o.allowAnon, WriteTimeout: o.writeTimeout,
 	}
 	var servers []*ldapfront.Server
 	for _, implicit := range []bool{false, true} {
@@ -174,6 +177,7 @@ func startLDAPGate(t testing.TB, o ldapGateOptions) *ldapGate {
 		}
 		go srv.Serve(ln)
 		servers = append(servers, srv)
+		g.servers = append(g.servers, srv)
 		if implicit {
 			g.tlsAddr, g.ldapsURL = ln.Addr().String(), "ldaps://"+ln.Addr().String()
 		} else {

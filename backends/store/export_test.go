@@ -16,3 +16,19 @@ func JournalRunning(j *Journal) bool {
 	defer j.mu.Unlock()
 	return j.running
 }
+
+// JournalInFlight returns how many of j's writes have left the queue and
+// are being committed (or retried) by the flusher.
+func JournalInFlight(j *Journal) int {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return int(j.queued-j.done) - len(j.queue)
+}
+
+// SetJournalCloseWaits sets how long Close waits for j's writes, and
+// then for the write it cancelled.
+func SetJournalCloseWaits(j *Journal, wait, grace time.Duration) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	j.closeWait, j.closeGrace = wait, grace
+}

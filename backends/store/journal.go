@@ -1,10 +1,12 @@
 package store
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -26,6 +28,17 @@ const (
 	// then find it running instead of starting a goroutine each, whose
 	// stack grows again through SQLite's deep calls on every commit.
 	journalIdle = time.Second
+	// journalWriteWait bounds one attempt at committing a batch (on
+	// SQLite the 10 s busy_timeout bounds it as well); the retry gets a
+	// wait of its own.
+	journalWriteWait = 10 * time.Second
+	// journalCloseWait is how long Close waits for the writes queued
+	// and in flight when it is called; journalCloseGrace how long it then
+	// waits for the write it cancelled to give up (PostgreSQL cancels the
+	// query; SQLite's busy wait cannot be cut short) before Close writes
+	// that batch to the log itself.
+	journalCloseWait  = 10 * time.Second
+	journalCloseGrace = 5 * time.Second
 )
 
 // Journal is a Store whose login writes — Record and RecordLogin, the
@@ -53,6 +66,11 @@ const (
 // while serve runs — sees them once committed, normally within
 // milliseconds. Flush waits for what is queued; Close flushes, then
 // closes the store, and writes to the log whatever it could not commit.
+// Close waits for a batch already being written too (a slow database is
+// waited for, up to 10 s from the call); when the database does not
+// answer, Close returns within 15 s and, before it returns, every event
+// that did not reach the store is in the log, with a line that says how
+// many.
 //
 // Every other method is the Store's own, synchronous. A Journal is safe
 // for concurrent use.
@@ -65,12 +83,29 @@ type Journal struct {
 	running bool          // a flusher goroutine is at work
 	idle    bool          // the flusher waits for a write (idleFor)
 	idleFor time.Duration // journalIdle; tests change it
-	queued  uint64        // writes ever queued
-	done    uint64        // writes ever finished (committed or logged as lost)
-	closed  bool          // Close has begun: writes go to the log
-	lost    uint64        // writes that went to the log instead of the store
-	changed chan struct{} // closed and replaced when done grows
-	wake    chan struct{} // cuts the flusher's linger short (Flush, a full batch)
+	// closeWait and closeGrace are journalCloseWait and
+	// journalCloseGrace; tests shorten them.
+	closeWait, closeGrace time.Duration
+	queued                uint64        // writes ever queued
+	done                  uint64        // writes ever finished (committed or logged as lost)
+	closed                bool          // Close has begun: writes go to the log
+	lost                  uint64        // writes that went to the log instead of the store
+	changed               chan struct{} // closed and replaced when done grows
+	wake                  chan struct{} // cuts the flusher's linger short (Flush, a full batch)
+	// inflight is the batch the flusher is committing; Close takes it
+	// (sets it to nil and accounts for it) when the write does not end
+	// in time, so that the flusher, once it ends, leaves it alone.
+	inflight []journalWrite
+	// closeLate: Close took a batch whose write had not ended, and left
+	// closing the store to the flusher, once that write ends (closing
+	// a statement waits for the connection that runs it).
+	closeLate bool
+
+	// stop is the parent of every write's context; Close cancels it when
+	// the database has not taken the writes within journalCloseWait, so
+	// that the write in flight gives up and no retry begins.
+	stop       context.Context
+	stopWrites context.CancelCauseFunc
 }
 
 // journalWrite is one queued write: an audit event and, for an
@@ -88,7 +123,9 @@ func NewJournal(s *Store, log *slog.Logger) *Journal {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Journal{Store: s, log: log, idleFor: journalIdle, changed: make(chan struct{}), wake: make(chan struct{}, 1)}
+	stop, stopWrites := context.WithCancelCause(context.Background())
+	return &Journal{Store: s, log: log, idleFor: journalIdle, closeWait: journalCloseWait, closeGrace: journalCloseGrace,
+		changed: make(chan struct{}), wake: make(chan struct{}, 1), stop: stop, stopWrites: stopWrites}
 }
 
 // Record queues ev for the audit trail. A zero ev.Time is the time of
@@ -198,40 +235,77 @@ func (j *Journal) flushLoop() {
 		batch := make([]journalWrite, n)
 		copy(batch, j.queue)
 		j.queue = append(j.queue[:0], j.queue[n:]...)
+		j.inflight = batch
 		j.mu.Unlock()
 
-		j.commit(batch)
+		err := j.commit(batch)
 
+		// A batch that Close took meanwhile is accounted for (and in
+		// the log) already.
 		j.mu.Lock()
-		j.done += uint64(n)
-		close(j.changed)
-		j.changed = make(chan struct{})
+		mine := j.inflight != nil
+		j.inflight = nil
+		if mine && err != nil {
+			j.lost += uint64(n)
+		}
+		closeStore := !mine && j.closeLate
+		j.mu.Unlock()
+		if mine && err != nil {
+			j.logEvents(batch, err)
+		}
+		if closeStore {
+			if err := j.Store.Close(); err != nil {
+				j.log.LogAttrs(context.Background(), slog.LevelWarn, "audit journal: closing the store", slog.Any("err", err))
+			}
+		}
+		j.mu.Lock()
+		if mine {
+			j.done += uint64(n)
+			close(j.changed)
+			j.changed = make(chan struct{})
+		}
 		j.mu.Unlock()
 	}
 }
 
-// commit writes batch in one transaction, retried once; a batch that
-// still fails is logged event by event.
-func (j *Journal) commit(batch []journalWrite) {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	err := j.write(ctx, batch)
-	if err != nil {
-		time.Sleep(journalRetry)
+// commit writes batch in one transaction, retried once, each attempt
+// bounded by journalWriteWait; neither goes on once Close has cancelled
+// j.stop.
+func (j *Journal) commit(batch []journalWrite) error {
+	var err error
+	for attempt := range 2 {
+		if attempt > 0 {
+			retry := time.NewTimer(journalRetry)
+			select {
+			case <-retry.C:
+			case <-j.stop.Done():
+				retry.Stop()
+				return fmt.Errorf("%w (then: %w)", err, context.Cause(j.stop))
+			}
+		}
+		ctx, cancel := context.WithTimeout(j.stop, journalWriteWait)
 		err = j.write(ctx, batch)
+		cancel()
+		if err == nil {
+			return nil
+		}
 	}
-	if err == nil {
-		return
-	}
-	j.logLost(batch, err)
+	return err
 }
 
-// logLost writes events that will not reach the store to the log at
-// level ERROR, one line each, so that the trail is not silently short.
+// logLost counts events that will not reach the store as lost and
+// writes them to the log (logEvents).
 func (j *Journal) logLost(batch []journalWrite, err error) {
 	j.mu.Lock()
 	j.lost += uint64(len(batch))
 	j.mu.Unlock()
+	j.logEvents(batch, err)
+}
+
+// logEvents writes events that will not reach the store to the log at
+// level ERROR, one line each after a line with how many, so that the
+// trail is not silently short.
+func (j *Journal) logEvents(batch []journalWrite, err error) {
 	ctx := context.Background()
 	j.log.LogAttrs(ctx, slog.LevelError, "audit events not stored; they follow in this log",
 		slog.Int("events", len(batch)), slog.Any("err", err),
@@ -438,26 +512,61 @@ func (j *Journal) ListAppPasswords(ctx context.Context, user string) ([]AppPassw
 	return j.Store.ListAppPasswords(ctx, user)
 }
 
-// Close flushes the queue (waiting at most 10 s), writes to the log
-// whatever is still queued then, and closes the store. Writes after Close
-// go to the log.
+// Close flushes the queue and closes the store. It waits up to 10 s for
+// every write queued before the call, including a batch the flusher is
+// writing already. If the database has not taken them by then, Close
+// cancels the write in flight and waits up to 5 s more for it to give
+// up; whatever is still unwritten then is written to the log by Close
+// itself, so that when Close returns every event accepted before it is
+// either in the store or in the log, and a line at level ERROR says how
+// many went to the log. A write that has not given up by then keeps the
+// store open until it does (Close does not wait for it). Writes from the
+// call on are refused (Record returns an error) and go to the log:
+// Close waits for every write accepted before it, and only for those.
 func (j *Journal) Close() error {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	ferr := j.Flush(ctx)
 	j.mu.Lock()
+	lostBefore, wait, graceFor := j.lost, j.closeWait, j.closeGrace
+	// From now on a write goes to the log (and its caller gets an
+	// error): Close waits for the writes accepted before, and for no
+	// others, so that none of them is left in the queue behind a write
+	// that came later.
 	j.closed = true
 	if j.idle {
 		j.nudge() // an idle flusher ends now
 	}
-	rest := j.queue
-	j.queue = nil
+	j.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	ferr := j.Flush(ctx)
+	if ferr != nil {
+		j.stopWrites(fmt.Errorf("store: the database did not take the audit writes within %v of shutdown", wait))
+		grace, cancel := context.WithTimeout(context.Background(), graceFor)
+		_ = j.Flush(grace) // the cancelled write gives up and logs its batch
+		cancel()
+	}
+	j.mu.Lock()
+	rest := slices.Concat(j.inflight, j.queue)
+	j.closeLate = len(j.inflight) > 0
+	closeLate := j.closeLate
+	j.inflight, j.queue = nil, nil
 	j.done += uint64(len(rest))
 	close(j.changed)
 	j.changed = make(chan struct{})
 	j.mu.Unlock()
 	if len(rest) > 0 {
-		j.logLost(rest, fmt.Errorf("store: not written before shutdown: %w", ferr))
+		// rest is not empty only when the flush ran out of time.
+		j.logLost(rest, fmt.Errorf("store: not written before shutdown: %w", cmp.Or(ferr, errors.New("the flusher did not finish"))))
+	}
+	j.mu.Lock()
+	lost := j.lost - lostBefore
+	j.mu.Unlock()
+	if lost > 0 {
+		j.log.LogAttrs(context.Background(), slog.LevelError, "audit journal closed with events not stored; each is in this log",
+			slog.Uint64("events", lost), slog.Any("err", ferr),
+			slog.String("fix", "check that the database is reachable and writable (store.dsn)"))
+	}
+	if closeLate {
+		return ferr // the flusher closes the store when its write ends
 	}
 	if err := j.Store.Close(); err != nil {
 		return err

@@ -77,10 +77,14 @@ type conn struct {
 	ctx    context.Context
 	cancel context.CancelCauseFunc
 
-	wmu  sync.Mutex // serialises writes and guards nc, held and wdl
-	nc   net.Conn
+	wmu sync.Mutex // serialises writes and guards nc, held and wdl
+	nc  net.Conn
+	// raw is the connection as accepted (nc, or the socket under nc's
+	// TLS): closing it ends a write that holds wmu, which may block for
+	// as long as WriteTimeout when the client does not read.
+	raw  net.Conn
 	held []byte        // answers that hold keeps for the next write
-	wdl  deadline      // the write deadline, moved at most once per writeTimeout
+	wdl  deadline      // the write deadline, moved at most once per WriteTimeout
 	br   *bufio.Reader // reader goroutine only
 	// The read deadline, and whether it is the idle one the reader set
 	// after a bind; reader goroutine only.
@@ -120,6 +124,7 @@ func (s *Server) newConn(nc net.Conn) *conn {
 		srv:        s,
 		Session:    observe.Session{ConnID: s.nextID.Add(1), Proto: policy.LDAP.String(), RemoteAddr: lifecycle.ClientAddr(nc), Start: time.Now()},
 		nc:         nc,
+		raw:        nc,
 		ctx:        ctx,
 		cancel:     cancel,
 		queue:      make(chan *request, s.opts.MaxInFlight),
@@ -175,10 +180,19 @@ func (c *conn) serve() {
 }
 
 // stop ends the connection: the context is cancelled and the socket
-// closed, which unblocks the reader, the executor and any write.
+// closed, which unblocks the reader, the executor and any write. It does
+// not wait for a write in progress: a client that does not read holds
+// a write (and wmu) until the write deadline, and Close, revocation and
+// the upstream session's reader (whose socket cannot close while its
+// read callback writes to the client) must not wait that long. Then the
+// socket under TLS is closed, without TLS's close_notify, which the
+// blocked write would hold up too.
 func (c *conn) stop(cause error) {
 	c.cancel(cause)
-	c.wmu.Lock()
+	if !c.wmu.TryLock() {
+		c.raw.Close()
+		return
+	}
 	c.nc.Close()
 	c.wmu.Unlock()
 }
@@ -187,6 +201,28 @@ func (c *conn) stop(cause error) {
 // flight (Shutdown closes such connections).
 func (c *conn) idle() bool {
 	return len(c.slots) == 0 && len(c.queue) == 0 && !c.busy.Load()
+}
+
+// disconnectIfIdle sends a notice of disconnection and closes, as
+// Shutdown does to a connection with nothing in flight; a connection that
+// is writing (to a client that may not read) is left for the next round
+// or for Close, so that one such client holds up neither the drain nor
+// the others.
+func (c *conn) disconnectIfIdle(code int, diag string) {
+	if !c.idle() || !c.wmu.TryLock() {
+		return
+	}
+	// The notice is owed to a client that reads; one that does not
+	// gets noticeTimeout, not WriteTimeout.
+	if c.ctx.Err() == nil {
+		b := append(c.held, envelope(0, extendedResponse(code, diag, oidNoticeOfDisconnect, "", false), nil)...)
+		c.held = nil
+		c.nc.SetWriteDeadline(time.Now().Add(noticeTimeout))
+		n, _ := c.nc.Write(b)
+		c.bytesOut.Add(int64(n))
+	}
+	c.wmu.Unlock()
+	c.stop(errors.New(diag))
 }
 
 // disconnect sends a notice of disconnection (RFC 4511 §4.4.1) and closes.
@@ -216,7 +252,7 @@ func (c *conn) writeLocked(b []byte) bool {
 	if len(b) == 0 {
 		return true
 	}
-	c.wdl.extendWrite(c.nc, time.Now(), writeTimeout)
+	c.wdl.extendWrite(c.nc, time.Now(), c.srv.opts.WriteTimeout)
 	n, err := c.nc.Write(b)
 	c.bytesOut.Add(int64(n))
 	c.held = c.held[:0]

@@ -86,9 +86,11 @@ const (
 	DefaultPreBindTimeout  = 60 * time.Second
 	DefaultIdleTimeout     = 30 * time.Minute
 	DefaultMaxInFlight     = 32
+	// DefaultWriteTimeout bounds a write to a client that does not read:
+	// a write has between WriteTimeout and twice WriteTimeout.
+	DefaultWriteTimeout    = 30 * time.Second
 	preBindMaxMessageBytes = 64 << 10 // largest message before a bind has succeeded
 	maxQueuedBytes         = 4 << 20  // bytes of messages waiting for the executor, per connection
-	writeTimeout           = 30 * time.Second
 	// At most maxHeldBytes of answers wait for the next write (conn.hold);
 	// a buffer of held answers larger than keptHeldBytes is not kept
 	// after the write.
@@ -99,8 +101,11 @@ const (
 	// idleSlack (deadline.extendRead).
 	idleSlack        = time.Second
 	handshakeTimeout = 15 * time.Second
-	upstreamTimeout  = 30 * time.Second // one upstream bind, WhoAmI or session set-up
-	drainPoll        = 50 * time.Millisecond
+	// noticeTimeout bounds the write of Shutdown's notice of
+	// disconnection.
+	noticeTimeout   = time.Second
+	upstreamTimeout = 30 * time.Second // one upstream bind, WhoAmI or session set-up
+	drainPoll       = 50 * time.Millisecond
 	// upstreamFresh is how long a newly opened upstream session lets
 	// other relay-mode binds go ahead without opening their own first
 	// (see conn.reachable).
@@ -140,8 +145,12 @@ type Options struct {
 	PreBindTimeout       time.Duration
 	IdleTimeout          time.Duration
 	MaxInFlight          int // operations in flight per connection; default 32
-	Listener             string
-	Logger               *slog.Logger
+	// WriteTimeout bounds a write to the client: a client that stops
+	// reading is closed between WriteTimeout and twice WriteTimeout after
+	// the write began, which frees its upstream session. Default 30 s.
+	WriteTimeout time.Duration
+	Listener     string
+	Logger       *slog.Logger
 }
 
 // ErrServerClosed is returned by Serve after Shutdown or Close.
@@ -236,6 +245,7 @@ func New(opts Options) (*Server, error) {
 	lifecycle.Default(&opts.PreBindTimeout, DefaultPreBindTimeout)
 	lifecycle.Default(&opts.IdleTimeout, DefaultIdleTimeout)
 	lifecycle.Default(&opts.MaxInFlight, DefaultMaxInFlight)
+	lifecycle.Default(&opts.WriteTimeout, DefaultWriteTimeout)
 	opts.Listener = lifecycle.ListenerName(opts.Listener, opts.ImplicitTLS, "ldap", "ldaps")
 	log := lifecycle.Logger(opts.Logger)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -266,9 +276,7 @@ func (s *Server) Serve(ln net.Listener) error {
 // call Close.
 func (s *Server) Shutdown(ctx context.Context) error {
 	return lifecycle.Drain(ctx, &s.set, drainPoll, func(c *conn) {
-		if c.idle() {
-			c.disconnect(resultUnavailable, "passgate is shutting down")
-		}
+		c.disconnectIfIdle(resultUnavailable, "passgate is shutting down")
 	})
 }
 

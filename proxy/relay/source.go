@@ -105,6 +105,17 @@ func (s *source) copyTo(emit func([]byte) error) error {
 			return err
 		}
 	}
+	if s.kind == kindTLS {
+		// TLS may hold plaintext decrypted before the relay began: the
+		// rest of a record of up to 16 KiB whose start a front read
+		// (a login with commands or a literal pipelined behind it, past
+		// the front's read buffer). Waiting on the socket would not see
+		// it: it would wait for the client's next bytes, which the
+		// client sends only once answered.
+		if err := s.drainTLS(emit); err != nil {
+			return err
+		}
+	}
 	for {
 		var err error
 		switch s.kind {
@@ -193,6 +204,13 @@ func (s *source) burstTLS(emit func([]byte) error) error {
 		return err
 	}
 	return s.drain(buf, n, emit)
+}
+
+// drainTLS hands emit what TLS has buffered, without waiting.
+func (s *source) drainTLS(emit func([]byte) error) error {
+	bp := s.get()
+	defer s.put(bp)
+	return s.drain(*bp, 0, emit)
 }
 
 // burstSmall reads into the session's small buffer. When that fills,
