@@ -3,11 +3,11 @@ package smtpfront
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"log/slog"
 	"strings"
-	"crypto/tls"
 	"time"
 
 	"github.com/emersion/go-sasl"

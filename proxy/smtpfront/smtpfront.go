@@ -27,8 +27,8 @@ import (
 	"net"
 	"net/netip"
 	"sync"
-	"syscall"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/emersion/go-smtp"
