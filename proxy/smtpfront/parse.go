@@ -215,7 +215,7 @@ func (p *pathParser) parsePath() (string, error) {
 }
 
 // parseMailbox reads local-part "@" domain; the domain runs to a space,
-// a tab or ">".
+// a tab or ">", and must not end in "@".
 func (p *pathParser) parseMailbox() (string, error) {
 	localPart, err := p.parseLocalPart()
 	if err != nil {
@@ -232,7 +232,8 @@ func (p *pathParser) parseMailbox() (string, error) {
 	}
 	domain := p.s[:i]
 	p.s = p.s[i:]
-	if domain == "" {
+	if domain == "" || strings.HasSuffix(domain, "@") {
+		// go-smtp's test: the address ends in "@".
 		return "", fmt.Errorf("%w: domain is empty", errSyntax)
 	}
 	return localPart + "@" + domain, nil

@@ -133,8 +133,10 @@ func (r *reader) count(p []byte) bool {
 }
 
 // readLine returns the next line without its "\n" and one "\r" before it
-// (as net/textproto's ReadLine, which go-smtp used). A last line that the
-// client ended with EOF instead of a line end is still returned.
+// (as net/textproto's ReadLine, which go-smtp used). Unlike go-smtp, a
+// line cut short by the end of input, or by a read error, is never
+// returned: go-smtp ran what had arrived of it as a command (a recipient
+// cut in the middle, say).
 func (r *reader) readLine() (string, error) {
 	scanned := 0
 	for {
@@ -147,10 +149,6 @@ func (r *reader) readLine() (string, error) {
 		}
 		scanned = len(b) // fill moves the unread bytes to the start of buf
 		if err := r.fill(); err != nil {
-			if len(b) > 0 && err == io.EOF {
-				r.pos = r.end
-				return string(b), nil
-			}
 			return "", err
 		}
 	}
