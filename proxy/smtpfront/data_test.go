@@ -90,7 +90,7 @@ func refData(in []byte, step, limit int, max int64, size int) dataResult {
 // ourData runs passgate's reader over in.
 func ourData(in []byte, step, limit int, max int64, size int) dataResult {
 	src := &stepReader{b: in, step: step}
-	r := newReader(src, limit, nil)
+	r := newReader(src, limit, nil, nil)
 	r.grow(true)
 	d := &dataReader{r: r, limited: max > 0, n: max}
 	out, err := readAllData(d, size)
@@ -182,7 +182,7 @@ func FuzzReadLine(f *testing.F) {
 			}
 			want = append(want, l)
 		}
-		r := newReader(&stepReader{b: in, step: st}, lim, nil)
+		r := newReader(&stepReader{b: in, step: st}, lim, nil, nil)
 		var got []string
 		var gotErr error
 		for {
@@ -248,7 +248,7 @@ func BenchmarkDataReader(b *testing.B) {
 	})
 	b.Run("passgate", func(b *testing.B) {
 		run(b, func(src io.Reader) io.Reader {
-			r := newReader(src, DefaultMaxLineLength, nil)
+			r := newReader(src, DefaultMaxLineLength, nil, nil)
 			r.grow(true)
 			return &dataReader{r: r, limited: true, n: DefaultMaxMessageBytes}
 		})

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"sync"
 )
 
 // errTooLongLine is the input of a client whose line passed
@@ -38,12 +39,15 @@ type reader struct {
 	// before runs ahead of every read from rd: it sends the replies held
 	// back and sets the read deadline.
 	before func()
-	// big is the large buffer, kept while the reader uses it.
-	big bool
+	// big tells that buf is a large buffer, from pool; small is the
+	// small buffer, kept meanwhile.
+	big   bool
+	small []byte
+	pool  *sync.Pool // of *[largeBuffer]byte; nil: allocate
 }
 
-func newReader(rd io.Reader, limit int, before func()) *reader {
-	return &reader{rd: rd, buf: make([]byte, smallBuffer), limit: limit, before: before}
+func newReader(rd io.Reader, limit int, before func(), pool *sync.Pool) *reader {
+	return &reader{rd: rd, buf: make([]byte, smallBuffer), limit: limit, before: before, pool: pool}
 }
 
 // reset makes the reader read from rd from now on, dropping whatever is
@@ -56,22 +60,40 @@ func (r *reader) reset(rd io.Reader) {
 // buffered returns the unread bytes.
 func (r *reader) buffered() []byte { return r.buf[r.pos:r.end] }
 
-// grow switches to the large buffer (for message data) or back to a
-// small one, keeping what is unread.
+// grow switches to a large buffer (for message data), taken from the
+// server's pool, or back to the small one, keeping what is unread: a
+// session between messages holds no more than go-smtp's 4 KiB.
 func (r *reader) grow(big bool) {
 	if big == r.big {
 		return
 	}
-	size := smallBuffer
+	unread := r.buf[r.pos:r.end]
 	if big {
-		size = largeBuffer
+		var nb []byte
+		if r.pool != nil {
+			if p, ok := r.pool.Get().(*[largeBuffer]byte); ok {
+				nb = p[:]
+			}
+		}
+		if nb == nil {
+			nb = make([]byte, largeBuffer)
+		}
+		if len(unread) > len(nb) {
+			return // a line longer than a large buffer: keep the one it is in
+		}
+		r.small = r.buf
+		r.end = copy(nb, unread)
+		r.pos, r.buf, r.big = 0, nb, true
+		return
 	}
-	if !big && r.end-r.pos > size {
+	if len(unread) > len(r.small) {
 		return // keep the large one until what it holds is read
 	}
-	nb := make([]byte, max(size, r.end-r.pos))
-	r.end = copy(nb, r.buf[r.pos:r.end])
-	r.pos, r.buf, r.big = 0, nb, big
+	r.end = copy(r.small, unread)
+	if r.pool != nil && len(r.buf) == largeBuffer {
+		r.pool.Put((*[largeBuffer]byte)(r.buf))
+	}
+	r.pos, r.buf, r.small, r.big = 0, r.small, nil, false
 }
 
 // fill reads once from the connection, after moving what is unread to

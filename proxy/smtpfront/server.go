@@ -610,6 +610,6 @@ func (s *Server) serveConn(tc *trackedConn) {
 		nc = tls.Server(tc, s.o.TLSConfig)
 	}
 	c := &conn{s: s, tc: tc, nc: nc}
-	c.r = newReader(nc, s.o.MaxLineLength, c.beforeRead)
+	c.r = newReader(nc, s.o.MaxLineLength, c.beforeRead, &s.bufs)
 	c.serve()
 }

@@ -162,6 +162,10 @@ type Server struct {
 
 	lmu       sync.Mutex // guards listeners
 	listeners map[net.Listener]struct{}
+
+	// bufs holds the large read buffers of messages being read
+	// (*[largeBuffer]byte), shared by the connections.
+	bufs sync.Pool
 }
 
 // New returns a Server. It panics if Decider or Upstream is nil (a wiring
