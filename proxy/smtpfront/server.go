@@ -197,6 +197,9 @@ func (c *conn) handleGreet(enhanced bool, arg string) {
 	}
 	if mechs := c.sess.authMechanisms(); len(mechs) > 0 {
 		caps = append(caps, "AUTH "+strings.Join(mechs, " "))
+		if c.s.o.LegacyAuthLine {
+			caps = append(caps, "AUTH="+strings.Join(mechs, " "))
+		}
 	}
 	caps = append(caps, fmt.Sprintf("SIZE %v", c.s.o.MaxMessageBytes), fmt.Sprintf("LIMITS RCPTMAX=%v", c.s.o.MaxRecipients))
 	c.reply(250, smtp.NoEnhancedCode, caps...)

@@ -540,6 +540,29 @@ func TestTrustedPlaintext(t *testing.T) {
 	r.expect("235 ")
 }
 
+// TestLegacyAuthLine: with the option, EHLO over TLS also offers the
+// pre-RFC 2554 "AUTH=PLAIN LOGIN" line right after the standard one, and
+// nothing else changes; without TLS neither line is offered.
+func TestLegacyAuthLine(t *testing.T) {
+	f := newFixture(t, func(o *smtpfront.Options) { o.LegacyAuthLine = true })
+	r := f.dialRaw(t, false)
+	r.send("EHLO client.test")
+	if ehlo := r.reply(); strings.Contains(ehlo, "AUTH") {
+		t.Fatalf("EHLO before TLS: %q", ehlo)
+	}
+	r = f.dialRaw(t, true)
+	r.send("EHLO client.test")
+	want := "250-Hello client.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250-CHUNKING\r\n" +
+		"250-AUTH PLAIN LOGIN\r\n250-AUTH=PLAIN LOGIN\r\n250-SIZE 52428800\r\n250 LIMITS RCPTMAX=100\r\n"
+	if got := r.reply(); got != want {
+		t.Fatalf("EHLO %q, want %q", got, want)
+	}
+	r.send("AUTH LOGIN " + b64("alice"))
+	r.expect("334 UGFzc3dvcmQ6")
+	r.send(b64(appSecret))
+	r.expect("235 ")
+}
+
 func TestImplicitTLSWithGoSMTPClient(t *testing.T) {
 	f := newFixture(t, func(o *smtpfront.Options) { o.ImplicitTLS = true })
 	c, err := smtp.DialTLS(f.addr, f.client)

@@ -6,11 +6,21 @@
 // whether the credential may log in with scope smtp, and logs in to the
 // upstream submission server through the Upstream it declares
 // (backends/smtpupstream, wired by cmd/passgate). After login it relays
-// command by command through go-smtp's client, never raw bytes, so a
-// client can never send its own XCLIENT to an upstream that trusts
-// passgate. Every failed AUTH gets the same 535, and a decision or
-// upstream that cannot answer a 454 (clients retry), both after the
-// decision's uniform delay.
+// command by command, never raw bytes, so a client can never send its
+// own XCLIENT to an upstream that trusts passgate, nor smuggle a second
+// message past the end of its DATA. Every failed AUTH gets the same 535,
+// and a decision or upstream that cannot answer a 454 (clients retry),
+// both after the decision's uniform delay.
+//
+// The server side is passgate's own loop (server.go: commands and
+// replies; reader.go: lines and their limit; data.go: DATA and BDAT),
+// which replaced go-smtp's server: go-smtp read a message one ReadByte at
+// a time, most of the CPU of a large submission, offered no way to read
+// it otherwise, and ran BDAT in a goroutine of its own that the session
+// had to race with. The loop answers every command as go-smtp v0.25.1
+// did, byte for byte (testdata/wire.golden was written against it), and
+// gives the upstream the same message for every input (the fuzz targets
+// compare it with go-smtp's reader, kept in reference_test.go).
 //
 // It imports policy for its Attempt and Login types, and proxy/lifecycle,
 // observe and connlimit; no other front and no backend.
@@ -130,6 +140,10 @@ type Options struct {
 	TLSConfig *tls.Config
 	// ImplicitTLS makes Serve wrap every connection in TLS (port 465).
 	ImplicitTLS bool
+	// LegacyAuthLine also advertises "250-AUTH=PLAIN LOGIN" after
+	// "250-AUTH PLAIN LOGIN" in EHLO, for clients older than Outlook
+	// Express 5 (the pre-RFC 2554 syntax).
+	LegacyAuthLine bool
 	// Listener names the listener in logs ("smtp", "submissions").
 	Listener string
 	Hostname string // greeting name; default "passgate"
