@@ -252,9 +252,7 @@ func (c *conn) reset() {
 // readLine reads the next line, bounded by the read timeout (and before
 // AUTH by the pre-login deadline, which trackedConn enforces).
 func (c *conn) readLine() (string, error) {
-	if len(c.r.buffered()) == 0 || !strings.Contains(string(c.r.buffered()), "\n") {
-		_ = c.tc.SetReadDeadline(time.Now().Add(c.s.o.ReadTimeout))
-	}
+	_ = c.tc.SetReadDeadline(time.Now().Add(c.s.o.ReadTimeout))
 	return c.r.readLine()
 }
 
