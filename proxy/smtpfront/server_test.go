@@ -818,3 +818,33 @@ func TestFailedSessionLineNamesUserAndCredential(t *testing.T) {
 		})
 	}
 }
+
+// TestCutLineNotRun: a command line that the end of input cuts short is
+// not run (go-smtp ran it: a MAIL cut in the middle of its address went
+// upstream).
+func TestCutLineNotRun(t *testing.T) {
+	f := newFixture(t, nil)
+	r := f.dialRaw(t, true)
+	r.send("AUTH PLAIN " + b64("\x00alice\x00"+appSecret))
+	r.expect("235 ")
+	if _, err := io.WriteString(r.conn, "MAIL FROM:alice@exam"); err != nil {
+		t.Fatal(err)
+	}
+	if cw, ok := r.conn.(interface{ CloseWrite() error }); ok {
+		_ = cw.CloseWrite()
+	}
+	for deadline := time.Now().Add(patience); ; time.Sleep(5 * time.Millisecond) {
+		f.up.mu.Lock()
+		log := strings.Join(f.up.log, ",")
+		f.up.mu.Unlock()
+		if strings.Contains(log, "QUIT") || strings.Contains(log, "CLOSE") {
+			if strings.Contains(log, "MAIL") {
+				t.Fatalf("a cut command reached the upstream: %s", log)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the session did not end: %s", log)
+		}
+	}
+}
