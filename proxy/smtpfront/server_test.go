@@ -848,3 +848,32 @@ func TestCutLineNotRun(t *testing.T) {
 		}
 	}
 }
+
+// TestDataTimeout: a client that stalls inside DATA longer than the read
+// timeout gets the message refused and the connection closed; nothing is
+// committed, and what it sends after the stall is never read as
+// commands (go-smtp read on after a timeout).
+func TestDataTimeout(t *testing.T) {
+	f := newFixture(t, func(o *smtpfront.Options) { o.ReadTimeout = 300 * time.Millisecond })
+	r := f.dialRaw(t, true)
+	r.send("AUTH PLAIN " + b64("\x00alice\x00"+appSecret))
+	r.expect("235 ")
+	r.send("MAIL FROM:<alice@example.test>")
+	r.expect("250 ")
+	r.send("RCPT TO:<bob@example.test>")
+	r.expect("250 ")
+	r.send("DATA")
+	r.expect("354 ")
+	r.send("Subject: stalled")
+	if got := r.reply() + r.reply(); got != "451 4.3.0 Temporary failure of the mail server, try again later\r\n421 4.4.2 Idle timeout, bye bye\r\n" {
+		t.Fatalf("replies %q", got)
+	}
+	if _, err := r.r.ReadString('\n'); err == nil {
+		t.Fatal("connection still open after the timeout")
+	}
+	f.up.mu.Lock()
+	defer f.up.mu.Unlock()
+	if len(f.up.messages) != 0 {
+		t.Fatalf("a stalled message was committed: %q", f.up.messages)
+	}
+}
