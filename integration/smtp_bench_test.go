@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -357,7 +358,9 @@ type smtpSessionRow struct {
 // from /proc, as nginx's is, before and after each of its sessions (what it does while
 // the other columns run is not counted). Each iteration runs one session of every column, in an order
 // that turns, so that all see the same load; run it with
-// -benchtime 200x. With PASSGATE_BENCH_BASELINE set to another passgate
+// -benchtime 200x. PASSGATE_BENCH_SMTP_SIZE sets the message's size in
+// bytes (2048 by default), for the CPU per message of large messages.
+// With PASSGATE_BENCH_BASELINE set to another passgate
 // binary (an older build), that binary gets the same two columns. With
 // PASSGATE_BENCH_INPROCESS=1 passgate runs inside the test binary, for
 // -cpuprofile (then without CPU per message); PASSGATE_BENCH_BINARY
@@ -387,7 +390,15 @@ func BenchmarkSMTPSession(b *testing.B) {
 	// Tickets, but none that resumes a session: every handshake is full
 	// and followed by a ticket, as the first login after a start is.
 	noResume := postfixService(b, e, "smtpd_tls_security_level=encrypt", "smtpd_tls_session_cache_timeout=0")
-	msg := testMessage("x@example.test", "dave@example.test", "bench", 2<<10)
+	size := 2 << 10
+	if v := os.Getenv("PASSGATE_BENCH_SMTP_SIZE"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n <= 0 {
+			b.Fatalf("PASSGATE_BENCH_SMTP_SIZE=%q: want a size in bytes", v)
+		}
+		size = n
+	}
+	msg := testMessage("x@example.test", "dave@example.test", "bench", size)
 	rows := []*smtpSessionRow{
 		{name: "direct", addr: e.postfix.SubmissionAddr, user: "dave", pw: e.dovecot.Users["dave"]},
 		{name: "direct, client with quick ACK", addr: e.postfix.SubmissionAddr, user: "dave", pw: e.dovecot.Users["dave"], quickAck: true},
@@ -449,7 +460,7 @@ func BenchmarkSMTPSession(b *testing.B) {
 		}
 	}
 	var out strings.Builder
-	fmt.Fprintf(&out, "SMTP 2 KB session (connect, STARTTLS, AUTH, MAIL/RCPT/DATA, QUIT), %d each; load %s before, %s after\n", b.N, load0, loadAvg())
+	fmt.Fprintf(&out, "SMTP %d KiB session (connect, STARTTLS, AUTH, MAIL/RCPT/DATA, QUIT), %d each; load %s before, %s after\n", size>>10, b.N, load0, loadAvg())
 	fmt.Fprintf(&out, "Postfix: submission %s, plaintext %s, tickets off %s, no resumption %s\n", e.postfix.SubmissionAddr, plain, noTickets, noResume)
 	fmt.Fprintf(&out, "| column | median ms | p10 | p90 | × direct | × nginx | proxy CPU µs/message |\n|---|---|---|---|---|---|---|\n")
 	for _, r := range rows {

@@ -1,7 +1,6 @@
 package smtpfront
 
 import (
-	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -22,9 +21,10 @@ var errPreLoginInput = errors.New("smtpfront: too much input before AUTH")
 
 // trackedConn is one client connection, under any TLS layer. It enforces
 // the pre-login bounds (every read deadline is clamped to the pre-login
-// deadline, and the bytes read are budgeted, until AUTH succeeds), can
-// close itself right after the next reply, and logs one line when it
-// closes.
+// deadline, and the bytes read are budgeted, until AUTH succeeds), keeps
+// the session's bookkeeping, and logs one line when it closes. The
+// connection's goroutine uses it; Server.Close and a revocation close it
+// (and its upstream) from theirs.
 type trackedConn struct {
 	net.Conn
 	s        *Server
@@ -32,7 +32,7 @@ type trackedConn struct {
 	budget   int64
 
 	authed          atomic.Bool
-	closeAfterWrite atomic.Bool
+	closeAfterWrite atomic.Bool // the connection closes after the reply being written
 	preBytes        atomic.Int64
 	commands        atomic.Int64 // before AUTH
 
@@ -46,23 +46,10 @@ type trackedConn struct {
 	messages   int
 	failures   int
 	release    func()
+	up         UpstreamSession // the logged-in upstream connection, for closeUpstream
 
 	closeOnce sync.Once
-
-	// Replies are written to wbuf and sent when the connection is next
-	// read, closed, or given an earlier write deadline: go-smtp flushes
-	// every line of a reply on its own, which would cost a write (and a
-	// TLS record, and a packet) per line of EHLO's reply. A write while a
-	// read waits goes out at once.
-	wmu       sync.Mutex // guards wbuf, wDeadline and reading's changes to true
-	wbuf      []byte
-	wDeadline time.Time // the write deadline last set
-	reading   atomic.Bool
 }
-
-// maxWriteBuffer is what trackedConn holds back before it writes anyway;
-// a buffer grown beyond it is not kept for the next reply.
-const maxWriteBuffer = 16 << 10
 
 // track registers an accepted connection. It returns nil, and the caller
 // closes c, once the server is shutting down.
@@ -85,15 +72,6 @@ func (s *Server) track(c net.Conn) *trackedConn {
 	return tc
 }
 
-// unwrap finds the trackedConn under go-smtp's connection.
-func unwrap(c net.Conn) *trackedConn {
-	if t, ok := c.(*tls.Conn); ok {
-		c = t.NetConn()
-	}
-	tc, _ := c.(*trackedConn)
-	return tc
-}
-
 func (c *trackedConn) clamp(t time.Time) time.Time {
 	if c.authed.Load() {
 		return t
@@ -108,92 +86,40 @@ func (c *trackedConn) SetReadDeadline(t time.Time) error {
 	return c.Conn.SetReadDeadline(c.clamp(t))
 }
 
-// SetWriteDeadline sets the write deadline, after sending what Write held
-// back if t comes before the deadline that was set for it (crypto/tls
-// pulls the deadline to now once its close_notify is written).
-func (c *trackedConn) SetWriteDeadline(t time.Time) error {
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	var err error
-	if !t.IsZero() && (c.wDeadline.IsZero() || t.Before(c.wDeadline)) {
-		err = c.flushLocked()
-	}
-	c.wDeadline = t
-	return cmp.Or(err, c.Conn.SetWriteDeadline(t))
-}
-
 func (c *trackedConn) SetDeadline(t time.Time) error {
-	if err := c.SetWriteDeadline(t); err != nil {
+	if err := c.Conn.SetWriteDeadline(t); err != nil {
 		return err
 	}
 	return c.Conn.SetReadDeadline(c.clamp(t))
 }
 
-// Read sends what Write held back, and then reads.
+// Read reads, and counts the bytes against the pre-login budget until
+// AUTH succeeds.
 func (c *trackedConn) Read(b []byte) (int, error) {
-	c.wmu.Lock()
-	err := c.flushLocked()
-	c.reading.Store(true)
-	c.wmu.Unlock()
-	if err != nil {
-		c.reading.Store(false)
-		return 0, err
-	}
 	n, err := c.Conn.Read(b)
-	c.reading.Store(false)
 	if !c.authed.Load() && c.preBytes.Add(int64(n)) > c.budget {
 		return 0, errPreLoginInput
 	}
 	return n, err
 }
 
-// Write holds b back until the next Read, unless a read is waiting, the
-// connection is to close after this reply, or too much is held already.
-func (c *trackedConn) Write(b []byte) (int, error) {
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	closing := c.closeAfterWrite.Load()
-	if !closing && !c.reading.Load() && len(c.wbuf)+len(b) <= maxWriteBuffer {
-		c.wbuf = append(c.wbuf, b...)
-		return len(b), nil
-	}
-	n := len(b)
-	var err error
-	if len(c.wbuf) == 0 {
-		n, err = c.Conn.Write(b)
-	} else {
-		c.wbuf = append(c.wbuf, b...)
-		if err = c.flushLocked(); err != nil {
-			n = 0
-		}
-	}
-	if closing {
-		c.Conn.Close()
-	}
-	return n, err
+// setUpstream records the session's upstream connection (nil when it
+// ends), which Server.Close closes.
+func (c *trackedConn) setUpstream(up UpstreamSession) {
+	c.mu.Lock()
+	c.up = up
+	c.mu.Unlock()
 }
 
-// flush sends what Write held back, unless another goroutine is writing
-// (which sends it).
-func (c *trackedConn) flush() {
-	if c.wmu.TryLock() {
-		_ = c.flushLocked()
-		c.wmu.Unlock()
+// closeUpstream closes the upstream connection, if any, to abort what
+// the session is doing with it (Server.Close).
+func (c *trackedConn) closeUpstream() {
+	c.mu.Lock()
+	up := c.up
+	c.mu.Unlock()
+	if up != nil {
+		_ = up.Close()
 	}
-}
-
-// flushLocked writes what Write held back; wmu is held.
-func (c *trackedConn) flushLocked() error {
-	if len(c.wbuf) == 0 {
-		return nil
-	}
-	_, err := c.Conn.Write(c.wbuf)
-	if cap(c.wbuf) > maxWriteBuffer {
-		c.wbuf = nil
-	} else {
-		c.wbuf = c.wbuf[:0]
-	}
-	return err
 }
 
 // login marks the connection logged in: the pre-login bounds no longer
@@ -281,12 +207,8 @@ func (c *trackedConn) setTLS(state tls.ConnectionState) {
 	c.mu.Unlock()
 }
 
-// Close sends what Write held back, closes the connection once and logs
-// the session.
+// Close closes the connection once and logs the session.
 func (c *trackedConn) Close() error {
-	c.wmu.Lock()
-	_ = c.flushLocked()
-	c.wmu.Unlock()
 	err := c.Conn.Close()
 	c.closeOnce.Do(func() {
 		c.mu.Lock()

@@ -540,6 +540,29 @@ func TestTrustedPlaintext(t *testing.T) {
 	r.expect("235 ")
 }
 
+// TestLegacyAuthLine: with the option, EHLO over TLS also offers the
+// pre-RFC 2554 "AUTH=PLAIN LOGIN" line right after the standard one, and
+// nothing else changes; without TLS neither line is offered.
+func TestLegacyAuthLine(t *testing.T) {
+	f := newFixture(t, func(o *smtpfront.Options) { o.LegacyAuthLine = true })
+	r := f.dialRaw(t, false)
+	r.send("EHLO client.test")
+	if ehlo := r.reply(); strings.Contains(ehlo, "AUTH") {
+		t.Fatalf("EHLO before TLS: %q", ehlo)
+	}
+	r = f.dialRaw(t, true)
+	r.send("EHLO client.test")
+	want := "250-Hello client.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250-CHUNKING\r\n" +
+		"250-AUTH PLAIN LOGIN\r\n250-AUTH=PLAIN LOGIN\r\n250-SIZE 52428800\r\n250 LIMITS RCPTMAX=100\r\n"
+	if got := r.reply(); got != want {
+		t.Fatalf("EHLO %q, want %q", got, want)
+	}
+	r.send("AUTH LOGIN " + b64("alice"))
+	r.expect("334 UGFzc3dvcmQ6")
+	r.send(b64(appSecret))
+	r.expect("235 ")
+}
+
 func TestImplicitTLSWithGoSMTPClient(t *testing.T) {
 	f := newFixture(t, func(o *smtpfront.Options) { o.ImplicitTLS = true })
 	c, err := smtp.DialTLS(f.addr, f.client)
@@ -793,5 +816,64 @@ func TestFailedSessionLineNamesUserAndCredential(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestCutLineNotRun: a command line that the end of input cuts short is
+// not run (go-smtp ran it: a MAIL cut in the middle of its address went
+// upstream).
+func TestCutLineNotRun(t *testing.T) {
+	f := newFixture(t, nil)
+	r := f.dialRaw(t, true)
+	r.send("AUTH PLAIN " + b64("\x00alice\x00"+appSecret))
+	r.expect("235 ")
+	if _, err := io.WriteString(r.conn, "MAIL FROM:alice@exam"); err != nil {
+		t.Fatal(err)
+	}
+	if cw, ok := r.conn.(interface{ CloseWrite() error }); ok {
+		_ = cw.CloseWrite()
+	}
+	for deadline := time.Now().Add(patience); ; time.Sleep(5 * time.Millisecond) {
+		f.up.mu.Lock()
+		log := strings.Join(f.up.log, ",")
+		f.up.mu.Unlock()
+		if strings.Contains(log, "QUIT") || strings.Contains(log, "CLOSE") {
+			if strings.Contains(log, "MAIL") {
+				t.Fatalf("a cut command reached the upstream: %s", log)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the session did not end: %s", log)
+		}
+	}
+}
+
+// TestDataTimeout: a client that stalls inside DATA longer than the read
+// timeout gets the message refused and the connection closed; nothing is
+// committed, and what it sends after the stall is never read as
+// commands (go-smtp read on after a timeout).
+func TestDataTimeout(t *testing.T) {
+	f := newFixture(t, func(o *smtpfront.Options) { o.ReadTimeout = 300 * time.Millisecond })
+	r := f.dialRaw(t, true)
+	r.send("AUTH PLAIN " + b64("\x00alice\x00"+appSecret))
+	r.expect("235 ")
+	r.send("MAIL FROM:<alice@example.test>")
+	r.expect("250 ")
+	r.send("RCPT TO:<bob@example.test>")
+	r.expect("250 ")
+	r.send("DATA")
+	r.expect("354 ")
+	r.send("Subject: stalled")
+	if got := r.reply() + r.reply(); got != "451 4.3.0 Temporary failure of the mail server, try again later\r\n421 4.4.2 Idle timeout, bye bye\r\n" {
+		t.Fatalf("replies %q", got)
+	}
+	if _, err := r.r.ReadString('\n'); err == nil {
+		t.Fatal("connection still open after the timeout")
+	}
+	f.up.mu.Lock()
+	defer f.up.mu.Unlock()
+	if len(f.up.messages) != 0 {
+		t.Fatalf("a stalled message was committed: %q", f.up.messages)
 	}
 }

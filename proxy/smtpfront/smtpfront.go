@@ -6,11 +6,21 @@
 // whether the credential may log in with scope smtp, and logs in to the
 // upstream submission server through the Upstream it declares
 // (backends/smtpupstream, wired by cmd/passgate). After login it relays
-// command by command through go-smtp's client, never raw bytes, so a
-// client can never send its own XCLIENT to an upstream that trusts
-// passgate. Every failed AUTH gets the same 535, and a decision or
-// upstream that cannot answer a 454 (clients retry), both after the
-// decision's uniform delay.
+// command by command, never raw bytes, so a client can never send its
+// own XCLIENT to an upstream that trusts passgate, nor smuggle a second
+// message past the end of its DATA. Every failed AUTH gets the same 535,
+// and a decision or upstream that cannot answer a 454 (clients retry),
+// both after the decision's uniform delay.
+//
+// The server side is passgate's own loop (server.go: commands and
+// replies; reader.go: lines and their limit; data.go: DATA and BDAT),
+// which replaced go-smtp's server: go-smtp read a message one ReadByte at
+// a time, most of the CPU of a large submission, offered no way to read
+// it otherwise, and ran BDAT in a goroutine of its own that the session
+// had to race with. The loop answers every command as go-smtp v0.25.1
+// did, byte for byte (testdata/wire.golden was written against it), and
+// gives the upstream the same message for every input (the fuzz targets
+// compare it with go-smtp's reader, kept in reference_test.go).
 //
 // It imports policy for its Attempt and Login types, and proxy/lifecycle,
 // observe and connlimit; no other front and no backend.
@@ -26,7 +36,9 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/emersion/go-smtp"
@@ -128,6 +140,10 @@ type Options struct {
 	TLSConfig *tls.Config
 	// ImplicitTLS makes Serve wrap every connection in TLS (port 465).
 	ImplicitTLS bool
+	// LegacyAuthLine also advertises "250-AUTH=PLAIN LOGIN" after
+	// "250-AUTH PLAIN LOGIN" in EHLO, for clients older than Outlook
+	// Express 5 (the pre-RFC 2554 syntax).
+	LegacyAuthLine bool
 	// Listener names the listener in logs ("smtp", "submissions").
 	Listener string
 	Hostname string // greeting name; default "passgate"
@@ -152,12 +168,18 @@ type Options struct {
 // Server is one SMTP submission listener.
 type Server struct {
 	o      Options // with the defaults filled in
-	smtp   *smtp.Server
 	ctx    context.Context
 	cancel context.CancelFunc
 	nextID atomic.Uint64
 
 	set lifecycle.Set[*trackedConn] // live connections; track refuses new ones once Shutdown or Close began
+
+	lmu       sync.Mutex // guards listeners
+	listeners map[net.Listener]struct{}
+
+	// bufs holds the large read buffers of messages being read
+	// (*[largeBuffer]byte), shared by the connections.
+	bufs sync.Pool
 }
 
 // New returns a Server. It panics if Decider or Upstream is nil (a wiring
@@ -177,94 +199,89 @@ func New(o Options) *Server {
 	o.Hostname = cmp.Or(o.Hostname, DefaultHostname)
 	o.Listener = lifecycle.ListenerName(o.Listener, o.ImplicitTLS, "smtp", "submissions")
 	o.Logger = lifecycle.Logger(o.Logger)
-	s := &Server{o: o}
+	s := &Server{o: o, listeners: make(map[net.Listener]struct{})}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
-	srv := smtp.NewServer(smtp.BackendFunc(s.newSession))
-	srv.Domain = o.Hostname
-	srv.TLSConfig = o.TLSConfig
-	if o.ImplicitTLS {
-		srv.TLSConfig = nil // no STARTTLS inside TLS
-	}
-	srv.MaxMessageBytes = o.MaxMessageBytes
-	srv.MaxRecipients = o.MaxRecipients
-	srv.MaxLineLength = o.MaxLineLength
-	// Whether AUTH is offered without TLS is decided per connection
-	// (AuthMechanisms, Auth) from the client's address.
-	srv.AllowInsecureAuth = true
-	srv.ReadTimeout = o.ReadTimeout
-	srv.WriteTimeout = o.WriteTimeout
-	srv.ErrorLog = errorLog{o.Logger}
-	s.smtp = srv
 	return s
 }
 
 // Serve accepts connections on ln until Shutdown or Close, and then
-// returns ErrServerClosed; any other error is the listener's.
+// returns ErrServerClosed; any other error is the listener's. Each
+// connection runs on a goroutine of its own, which Shutdown and Close
+// wait for. ln is closed when Serve returns.
 func (s *Server) Serve(ln net.Listener) error {
+	s.lmu.Lock()
 	if s.set.Closing() {
+		s.lmu.Unlock()
+		ln.Close()
 		return ErrServerClosed
 	}
-	err := s.smtp.Serve(&listener{Listener: ln, s: s})
-	if s.set.Closing() || err == nil {
-		return ErrServerClosed
+	s.listeners[ln] = struct{}{}
+	s.lmu.Unlock()
+	defer func() {
+		s.lmu.Lock()
+		delete(s.listeners, ln)
+		s.lmu.Unlock()
+		ln.Close()
+	}()
+	var pause time.Duration
+	for {
+		nc, err := ln.Accept()
+		if err != nil {
+			if s.set.Closing() {
+				return ErrServerClosed
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) || errors.Is(err, syscall.ECONNABORTED) {
+				// A passing error: retry after a pause that doubles up to 1 s.
+				pause = min(max(2*pause, 5*time.Millisecond), time.Second)
+				s.o.Logger.Warn("smtp accept failed, retrying", slog.String("listener", s.o.Listener), slog.Any("err", err))
+				time.Sleep(pause)
+				continue
+			}
+			return fmt.Errorf("smtpfront: accept on %s: %w", ln.Addr(), err)
+		}
+		pause = 0
+		tc := s.track(nc)
+		if tc == nil {
+			nc.Close()
+			return ErrServerClosed
+		}
+		go s.serveConn(tc)
 	}
-	return err
+}
+
+// closeListeners stops every Serve.
+func (s *Server) closeListeners() {
+	s.lmu.Lock()
+	defer s.lmu.Unlock()
+	for ln := range s.listeners {
+		ln.Close()
+	}
 }
 
 // Shutdown stops accepting and waits until every session has ended or
 // ctx is done (then it returns ctx's error; call Close).
 func (s *Server) Shutdown(ctx context.Context) error {
+	s.lmu.Lock()
 	s.set.Stop() // from now on track refuses connections
-	if err := s.smtp.Shutdown(ctx); err != nil && !errors.Is(err, smtp.ErrServerClosed) {
-		return err
-	}
+	s.lmu.Unlock()
+	s.closeListeners()
 	return s.set.Wait(ctx)
 }
 
 // Close closes the listeners and every session at once (the upstream
-// connections with them) and waits up to 10 s for them to end.
+// connections with them, which aborts a message in flight) and waits up
+// to 10 s for them to end.
 func (s *Server) Close() error {
+	s.lmu.Lock()
 	s.set.Stop()
-	err := s.smtp.Close()
-	if errors.Is(err, smtp.ErrServerClosed) {
-		err = nil
-	}
+	s.lmu.Unlock()
+	s.closeListeners()
 	s.cancel()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	return cmp.Or(err, lifecycle.Close(ctx, &s.set, func(c *trackedConn) { c.Conn.Close() }))
-}
-
-// listener wraps each accepted connection in a trackedConn (and in TLS for
-// an implicit-TLS listener).
-type listener struct {
-	net.Listener
-	s *Server
-}
-
-func (l *listener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
-	}
-	tc := l.s.track(c)
-	if tc == nil {
-		c.Close()
-		return nil, ErrServerClosed
-	}
-	if l.s.o.ImplicitTLS {
-		return tls.Server(tc, l.s.o.TLSConfig), nil
-	}
-	return tc, nil
-}
-
-// errorLog routes go-smtp's internal errors to slog.
-type errorLog struct{ log *slog.Logger }
-
-func (e errorLog) Printf(format string, v ...any) {
-	e.log.Debug("smtp server error", slog.String("err", fmt.Sprintf(format, v...)))
-}
-
-func (e errorLog) Println(v ...any) {
-	e.log.Debug("smtp server error", slog.String("err", fmt.Sprint(v...)))
+	return lifecycle.Close(ctx, &s.set, func(c *trackedConn) {
+		c.Conn.Close()
+		c.closeUpstream()
+	})
 }

@@ -66,11 +66,7 @@ func buildSMTP(d *deps, up smtpfront.Upstream) ([]service, error) {
 	if d.relays != nil {
 		base.Sessions = d.relays
 	}
-	if c.LegacyAuthLine {
-		// go-smtp writes its EHLO reply itself and has no hook for an
-		// extra "250-AUTH=PLAIN LOGIN" line.
-		d.log.Warn("smtp.legacy_auth_line is set but not supported: go-smtp cannot write the \"250-AUTH=PLAIN LOGIN\" line, so only \"250-AUTH PLAIN LOGIN\" is advertised (clients older than Outlook Express 5 may not offer AUTH); remove the setting to silence this warning")
-	}
+	base.LegacyAuthLine = c.LegacyAuthLine
 	var out []service
 	if c.Listen != "" {
 		o := base
