@@ -20,7 +20,8 @@
 // had to race with. The loop answers every command as go-smtp v0.25.1
 // did, byte for byte (testdata/wire.golden was written against it), and
 // gives the upstream the same message for every input (the fuzz targets
-// compare it with go-smtp's reader, kept in reference_test.go).
+// run go-smtp's own server in the test and compare what it hands its
+// session).
 //
 // It imports policy for its Attempt and Login types, and proxy/lifecycle,
 // observe and connlimit; no other front and no backend.
