@@ -271,18 +271,23 @@ func (ss *session) mail(from string, opts *smtp.MailOptions) error {
 	if err != nil {
 		return err
 	}
-	if opts != nil && opts.Auth != nil {
-		// MAIL ... AUTH=<addr> would claim an authenticated sender of the
-		// client's choosing to an upstream that trusts passgate: drop it.
-		o := *opts
-		o.Auth = nil
-		opts = &o
-	}
-	if err := up.Mail(from, opts); err != nil {
+	if err := up.Mail(from, relayedMailOptions(opts)); err != nil {
 		return ss.upstreamErr("MAIL", err)
 	}
 	ss.inTx = true
 	return nil
+}
+
+// relayedMailOptions returns the MAIL parameters passgate relays: the
+// client's, without AUTH=<addr>, which would claim an authenticated
+// sender of the client's choosing to an upstream that trusts passgate.
+func relayedMailOptions(opts *smtp.MailOptions) *smtp.MailOptions {
+	if opts == nil || opts.Auth == nil {
+		return opts
+	}
+	o := *opts
+	o.Auth = nil
+	return &o
 }
 
 // rcpt is RCPT TO, relayed.
