@@ -27,6 +27,10 @@ type mta struct {
 	mu   sync.Mutex
 	cmds []string
 	msgs []string
+	// refuseData refuses the next DATA command with 554, and keeps the
+	// transaction open, as Postfix does after a smtpd_data_restrictions
+	// reject.
+	refuseData bool
 }
 
 func newMTA(t *testing.T) *mta {
@@ -85,6 +89,14 @@ func (u *mta) serve(c net.Conn) {
 			inTx = false
 			w("250 2.0.0 Ok\r\n")
 		case "DATA":
+			u.mu.Lock()
+			refuse := u.refuseData
+			u.refuseData = false
+			u.mu.Unlock()
+			if refuse {
+				w("554 5.7.1 <DATA>: Data command rejected: Multi-recipient bounce\r\n")
+				continue
+			}
 			inTx = false
 			w("354 End data with <CR><LF>.<CR><LF>\r\n")
 			var msg strings.Builder

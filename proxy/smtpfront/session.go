@@ -61,7 +61,7 @@ type session struct {
 
 	up    UpstreamSession // nil until AUTH succeeds, and after logout
 	req   LoginRequest    // the login, to reopen the upstream after an abort
-	inTx  bool            // a MAIL is open upstream
+	inTx  bool            // a MAIL may be open upstream: RSET it before the next one
 	dead  bool            // the upstream connection was lost: 421 from now on
 	stale bool            // the upstream connection was closed to abort a message: reopen it at the next command
 }
@@ -325,7 +325,13 @@ func (ss *session) data(r io.Reader) error {
 	}
 	dr := &errReader{r: r}
 	sent, err := up.Data(dr)
-	ss.inTx = false
+	// A refused message may leave the upstream's transaction open:
+	// Postfix keeps MAIL and RCPT after refusing the DATA command itself
+	// (smtpd_data_restrictions), and every MAIL is then "nested" until
+	// RSET. The transaction counts as open, so that the end of the
+	// message (conn.reset) sends RSET; after a refusal of the message's
+	// end, that RSET is redundant and harmless.
+	ss.inTx = err != nil && dr.err == nil
 	if dr.err != nil && ss.up == up && !ss.dead {
 		// The client's side failed: the upstream aborted the message by
 		// closing its connection.
