@@ -11,7 +11,9 @@ import (
 )
 
 // stepReader returns at most step bytes per Read: the network's segments,
-// which decide where go-smtp's line limit struck.
+// which decided where go-smtp's line limit struck. The references read
+// a byte at a time, where go-smtp's limit strikes at the first byte over
+// it, as passgate's does however the input is cut.
 type stepReader struct {
 	b    []byte
 	step int
@@ -68,9 +70,9 @@ func readAllData(r io.Reader, size int) ([]byte, error) {
 	}
 }
 
-// refData runs go-smtp's reader over in.
-func refData(in []byte, step, limit int, max int64, size int) dataResult {
-	src := &stepReader{b: in, step: step}
+// refData runs go-smtp's reader over in, read a byte at a time.
+func refData(in []byte, limit int, max int64, size int) dataResult {
+	src := &stepReader{b: in, step: 1}
 	br := bufio.NewReaderSize(&refLineLimitReader{R: src, LineLimit: limit}, 4096)
 	d := &refDataReader{r: br, limited: max > 0, n: max}
 	out, err := readAllData(d, size)
@@ -123,7 +125,8 @@ var dataSeeds = []string{
 // TestDataReaderMatchesGoSMTP: for messages with bare LF, bare CR, dots,
 // lines at the line limit and over it, and sizes at the size limit,
 // passgate's reader gives the upstream the same bytes as go-smtp's and
-// ends where it ended, however the input is cut and read.
+// ends where it ended, however the input is cut and read (go-smtp's
+// reader reading a byte at a time: see stepReader).
 func TestDataReaderMatchesGoSMTP(t *testing.T) {
 	for _, in := range dataSeeds {
 		for _, step := range []int{1, 2, 3, 7, 64, 4096} {
@@ -140,7 +143,7 @@ func TestDataReaderMatchesGoSMTP(t *testing.T) {
 
 func checkData(t *testing.T, in []byte, step, limit int, max int64, size int) {
 	t.Helper()
-	want := refData(in, step, limit, max, size)
+	want := refData(in, limit, max, size)
 	got := ourData(in, step, limit, max, size)
 	if !bytes.Equal(got.out, want.out) || got.end != want.end || got.drained != want.drained || !bytes.Equal(got.rest, want.rest) {
 		t.Fatalf("input %q step %d limit %d max %d read %d:\n got %q %s %s rest %q\nwant %q %s %s rest %q",
@@ -161,17 +164,18 @@ func FuzzDataReader(f *testing.F) {
 	})
 }
 
-// FuzzReadLine compares the command lines passgate's reader returns with
-// net/textproto's (go-smtp's), under go-smtp's line limit. The one
-// difference is on purpose: a line cut short by a read error or the end
-// of input is not returned (go-smtp ran it as a command).
+// FuzzReadLine compares the command lines passgate's reader returns,
+// however the input is cut, with net/textproto's (go-smtp's) under
+// go-smtp's line limit, reading a byte at a time. The one difference is
+// on purpose: a line cut short by a read error or the end of input is
+// not returned (go-smtp ran it as a command).
 func FuzzReadLine(f *testing.F) {
 	for _, s := range []string{"EHLO a\r\nNOOP\r\r\nMAIL FROM:<a@b>\nQUIT", "\r\n\n\r", strings.Repeat("x", 50) + "\r\nNOOP\r\n"} {
 		f.Add([]byte(s), uint8(3), uint8(40))
 	}
 	f.Fuzz(func(t *testing.T, in []byte, step, limit uint8) {
 		st, lim := int(step)%80+1, int(limit)
-		ref := textproto.NewReader(bufio.NewReaderSize(&refLineLimitReader{R: &stepReader{b: in, step: st}, LineLimit: lim}, 4096))
+		ref := textproto.NewReader(bufio.NewReaderSize(&refLineLimitReader{R: &stepReader{b: in, step: 1}, LineLimit: lim}, 4096))
 		var want []string
 		var wantErr error
 		for {

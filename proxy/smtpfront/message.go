@@ -113,7 +113,7 @@ func (c *conn) handleBdat(arg string) {
 		c.reply(250, smtp.EnhancedCode{2, 0, 0}, "Continue")
 		return
 	}
-	b := &bdatReader{r: c.r, left: size, last: last, next: c.nextChunk, limit: c.s.o.MaxLineLength}
+	b := &bdatReader{r: c.r, left: size, last: last, next: c.nextChunk}
 	c.startData()
 	err := c.sess.data(b)
 	c.endData()
