@@ -169,7 +169,7 @@ func (c *conn) nextChunk(b *bdatReader) error {
 			_, herr := parseHelloArgument(arg)
 			interrupt = herr == nil
 		case "STARTTLS":
-			interrupt = !c.isTLS() && c.s.o.TLSConfig != nil && !c.s.o.ImplicitTLS
+			interrupt = !c.isTLS() && c.s.o.TLSConfig != nil && !c.s.o.ImplicitTLS && !c.didAuth
 		case "BDAT":
 			size, last, ok := c.bdatArgs(arg)
 			if !ok {

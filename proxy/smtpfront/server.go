@@ -206,7 +206,7 @@ func (c *conn) handleGreet(enhanced bool, arg string) {
 
 // handleStartTLS upgrades the connection. Whatever the client sent after
 // the command in clear is dropped; the session starts again (a new EHLO,
-// a new AUTH).
+// a new AUTH). It is refused after a successful AUTH.
 func (c *conn) handleStartTLS() {
 	if c.isTLS() {
 		c.reply(502, smtp.EnhancedCode{5, 5, 1}, "Already running in TLS")
@@ -214,6 +214,14 @@ func (c *conn) handleStartTLS() {
 	}
 	if c.s.o.TLSConfig == nil || c.s.o.ImplicitTLS {
 		c.reply(502, smtp.EnhancedCode{5, 5, 1}, "TLS not supported")
+		return
+	}
+	if c.didAuth {
+		// After a plaintext AUTH (trusted networks only), the session is
+		// logged in upstream, tracked for revocation and counted as
+		// logged in; RFC 3207 lets a server refuse STARTTLS, and a client
+		// that wants TLS starts it before AUTH.
+		c.reply(503, smtp.EnhancedCode{5, 5, 1}, "STARTTLS not allowed after AUTH")
 		return
 	}
 	c.reply(220, smtp.EnhancedCode{2, 0, 0}, "Ready to start TLS")
