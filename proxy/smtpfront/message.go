@@ -48,14 +48,16 @@ func (c *conn) endData() {
 }
 
 // dataErrorToStatus is the reply to a message: the upstream's own reply,
-// or 554 with err's text.
+// or passgate's (session.data returns only *smtp.SMTPError). Any other
+// error gets errMessageRead's fixed reply: an error's text is never
+// shown to the client.
 func dataErrorToStatus(err error) (int, smtp.EnhancedCode, string) {
 	if err != nil {
 		var se *smtp.SMTPError
-		if errors.As(err, &se) {
-			return se.Code, se.EnhancedCode, se.Message
+		if !errors.As(err, &se) {
+			se = errMessageRead().(*smtp.SMTPError)
 		}
-		return 554, smtp.EnhancedCode{5, 0, 0}, "Error: transaction failed: " + err.Error()
+		return se.Code, se.EnhancedCode, se.Message
 	}
 	return 250, smtp.EnhancedCode{2, 0, 0}, "OK: queued"
 }

@@ -309,14 +309,16 @@ func (c *conn) reply(code int, ec smtp.EnhancedCode, text ...string) {
 }
 
 // replyError queues err's reply when it is an *smtp.SMTPError, else a
-// reply of code and ec with err's text.
+// reply of code and ec with a fixed text: an error's own text (which may
+// name passgate's addresses) is for the log, never for the client.
 func (c *conn) replyError(code int, ec smtp.EnhancedCode, err error) {
 	var se *smtp.SMTPError
 	if errors.As(err, &se) {
 		c.reply(se.Code, se.EnhancedCode, se.Message)
 		return
 	}
-	c.reply(code, ec, err.Error())
+	c.s.o.Logger.Debug("smtp command failed", slog.Uint64("conn_id", c.tc.line.ConnID), slog.Any("err", err))
+	c.reply(code, ec, "Temporary failure, try again later")
 }
 
 // maxWriteBuffer is how much reply text is held back before it is

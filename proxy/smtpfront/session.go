@@ -32,8 +32,8 @@ func errTooMany() error {
 func errUpstreamGone() error {
 	return reply(421, 4, 4, 2, "Connection to the mail server lost, try again later")
 }
-func errUpstreamFail() error {
-	return reply(451, 4, 3, 0, "Temporary failure of the mail server, try again later")
+func errMessageRead() error {
+	return reply(451, 4, 4, 2, "Error reading the message, try again later")
 }
 
 // reply builds a reply: its code, enhanced code (class.subject.detail) and
@@ -300,9 +300,9 @@ func (ss *session) rcpt(to string, opts *smtp.RcptOptions) error {
 }
 
 // data streams the message from r (a dataReader or a bdatReader) to the
-// upstream. The upstream is asked for DATA only once the message has a
-// first byte or has ended: a message aborted before that never reaches
-// it. When r fails (too large, aborted by a command, the client gone),
+// upstream; every error it returns is an *smtp.SMTPError. The upstream
+// is asked for DATA only once the message has a first byte or has
+// ended: a message aborted before that never reaches it. When r fails (too large, aborted by a command, the client gone),
 // the upstream aborts the message by closing its connection, and the
 // next MAIL logs in again.
 func (ss *session) data(r io.Reader) error {
@@ -314,7 +314,7 @@ func (ss *session) data(r io.Reader) error {
 	case err != nil:
 		// Aborted (or the client went away) before the first byte: the
 		// upstream was never asked for DATA.
-		return err
+		return clientReadErr(err)
 	default:
 		r = &prefixed{b: first[0], pending: n == 1, r: r}
 	}
@@ -339,13 +339,21 @@ func (ss *session) data(r io.Reader) error {
 	}
 	ss.tc.message(sent, err == nil && dr.err == nil)
 	if dr.err != nil {
-		var se *smtp.SMTPError
-		if errors.As(dr.err, &se) {
-			return se
-		}
-		return errUpstreamFail()
+		return clientReadErr(dr.err)
 	}
 	return ss.upstreamErr("DATA", err)
+}
+
+// clientReadErr is the reply to a message whose reading failed on the
+// client's side: the reader's own reply (552, too large) or a fixed 451,
+// the same before and after the message's first byte. The error's text
+// (a timeout names passgate's address) is never the client's.
+func clientReadErr(err error) error {
+	var se *smtp.SMTPError
+	if errors.As(err, &se) {
+		return se
+	}
+	return errMessageRead()
 }
 
 // reset is RSET, a new EHLO, or the end of a message. Before AUTH it
