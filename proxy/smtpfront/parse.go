@@ -112,6 +112,27 @@ func parseHelloArgument(arg string) (string, error) {
 	return domain, nil
 }
 
+// maxClientName bounds the EHLO name passgate passes on.
+const maxClientName = 255
+
+// clientName is the EHLO name as the decision, the audit events and the
+// app password's last-used client get it: at most 255 bytes, every byte
+// that is not printable ASCII (a control byte, a space, a non-ASCII byte)
+// replaced with "?". The upstream gets the name only when it is already
+// so (the upstream's own check then applies).
+func clientName(helo string) string {
+	if len(helo) > maxClientName {
+		helo = helo[:maxClientName]
+	}
+	b := []byte(helo)
+	for i, c := range b {
+		if c <= ' ' || c > '~' {
+			b[i] = '?'
+		}
+	}
+	return string(b)
+}
+
 // decodeXtext decodes an xtext value (RFC 3461 §4): "+" and two
 // upper-case hex digits stand for a byte, which go-smtp allowed up to
 // 0x7f.

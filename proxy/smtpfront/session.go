@@ -106,7 +106,7 @@ func (ss *session) auth(mech string) (sasl.Server, error) {
 		// carried the password in clear: the decision's step 1 refuses
 		// and audits it (the user is not known yet), without any lookup.
 		l, _ := ss.s.o.Decider.Decide(ss.ctx(), policy.Attempt{Proto: policy.SMTP, Client: ss.tc.line.RemoteAddr,
-			ClientName: ss.c.helo, Received: time.Now()})
+			ClientName: clientName(ss.c.helo), Received: time.Now()})
 		l.Finish(ss.ctx(), policy.NotAsked)
 		return nil, errNeedTLS()
 	}
@@ -135,7 +135,7 @@ func (ss *session) authenticate(received time.Time, c credentials, malformed err
 		Secret:     c.pass,
 		Client:     ss.tc.line.RemoteAddr,
 		TLS:        ss.tls,
-		ClientName: ss.c.helo,
+		ClientName: clientName(ss.c.helo),
 		Received:   received,
 	}
 	// The session line names the user tried, also when the login fails.
@@ -178,7 +178,10 @@ func (ss *session) authenticate(received time.Time, c credentials, malformed err
 	if !l.Allowed() {
 		return finish(l, policy.NotAsked, "", nil)
 	}
-	req := LoginRequest{User: l.User(), Helo: ss.c.helo}
+	req := LoginRequest{User: l.User()}
+	if clientName(ss.c.helo) == ss.c.helo {
+		req.Helo = ss.c.helo
+	}
 	if l.Credential() == policy.Primary {
 		req.Password = c.pass
 	}

@@ -54,7 +54,7 @@ type LoginRequest struct {
 	// Password is the client's secret for primary-password logins only
 	// (the upstream verifies it); empty for app-password logins.
 	Password policy.Secret
-	Helo     string // the client's EHLO name
+	Helo     string // the client's EHLO name; "" when it is not printable ASCII of at most 255 bytes
 }
 
 // LogValue leaves the password out of logs, whatever the handler
