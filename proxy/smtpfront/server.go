@@ -72,7 +72,7 @@ func (c *conn) serve() {
 	}
 	c.reply(220, smtp.NoEnhancedCode, fmt.Sprintf("%v ESMTP Service Ready", c.s.o.Hostname))
 	for !c.done() {
-		line, err := c.readLine()
+		line, err := c.readCommand()
 		if err != nil {
 			c.readFailed(err)
 			return
@@ -96,10 +96,15 @@ func (c *conn) dispatch(line string) {
 }
 
 // readFailed answers a failed read of a command (or of message data,
-// after the message's own reply): nothing once the client is gone.
+// after the message's own reply): nothing once the client is gone, 421
+// once Shutdown asked the connection to end.
 func (c *conn) readFailed(err error) {
 	var ne net.Error
 	switch {
+	case errors.Is(err, errDraining) || c.tc.draining.Load() && errors.As(err, &ne) && ne.Timeout():
+		// Shutdown asked the connection to end, and woke up its read.
+		c.tc.setEnded("shutdown")
+		c.reply(421, smtp.EnhancedCode{4, 3, 2}, "Server shutting down")
 	case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed):
 	case errors.Is(err, errTooLongLine):
 		c.reply(500, smtp.EnhancedCode{5, 4, 0}, "Too long line, closing connection")
@@ -254,6 +259,24 @@ func (c *conn) reset() {
 	}
 	c.fromReceived = false
 	c.recipients = 0
+}
+
+// errDraining is readCommand's error once Shutdown asked the connection
+// to end.
+var errDraining = errors.New("smtpfront: server shutting down")
+
+// readCommand reads the next command line as readLine does; once
+// Shutdown asked the connection to end (before it or while the read
+// waits), it fails with errDraining or a timeout, which readFailed
+// answers with a 421.
+func (c *conn) readCommand() (string, error) {
+	_ = c.tc.SetReadDeadline(time.Now().Add(c.s.o.ReadTimeout))
+	c.tc.waiting.Store(true)
+	defer c.tc.waiting.Store(false)
+	if c.tc.draining.Load() {
+		return "", errDraining
+	}
+	return c.r.readLine()
 }
 
 // readLine reads the next line, bounded by the read timeout (and before
