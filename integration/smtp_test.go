@@ -567,3 +567,48 @@ func freeAddr() (string, error) {
 	defer ln.Close()
 	return ln.Addr().String(), nil
 }
+
+// TestSMTPQuotedLocalPartOnePath: a quoted local part reaches Postfix
+// quoted again, as one address: what it holds never becomes parameters
+// of passgate's MAIL or RCPT (an AUTH= the session drops, NOTIFY= and
+// ORCPT= the front refuses). Postfix refuses the whole quoted address,
+// and reads a quoted local part that needs no quotes as the plain
+// address.
+func TestSMTPQuotedLocalPartOnePath(t *testing.T) {
+	e := smtpEnv(t)
+	p := startPassgateSMTP(t, smtpOpts{upstream: xclientUpstream(e)})
+	c := smtpRawSession(t, p, "127.0.3.2")
+	c.send("AUTH PLAIN " + base64.StdEncoding.EncodeToString([]byte("\x00alice\x00"+p.Secrets.aliceApp)))
+	c.expect("235 ")
+
+	// The sender is one address, which alice does not own (Postfix
+	// names it without its quotes).
+	c.send(`MAIL FROM:<"x> AUTH=<ceo@example.test> ENVID=a"@example.test>`)
+	c.expect("250 ")
+	c.send("RCPT TO:<dave@example.test>")
+	if got := c.reply(); !strings.HasPrefix(got, "553 5.7.1 <x> AUTH=<ceo@example.test> ENVID=a@example.test>: Sender address rejected: not owned by user alice") {
+		t.Fatalf("RCPT after a quoted sender holding parameters: %q", got)
+	}
+	c.send("RSET")
+	c.expect("250 ")
+
+	// The recipient is one address, which does not exist.
+	c.send("MAIL FROM:<alice@example.test>")
+	c.expect("250 ")
+	c.send(`RCPT TO:<"dave@example.test> NOTIFY=SUCCESS ORCPT=rfc822;x"@example.test>`)
+	if got := c.reply(); !strings.HasPrefix(got, "550 5.1.1 ") {
+		t.Fatalf("RCPT of a quoted recipient holding parameters: %q", got)
+	}
+
+	// A quoted local part that needs no quotes is the plain address.
+	c.send(`RCPT TO:<"dave"@example.test>`)
+	c.expect("250 ")
+	c.send("DATA")
+	c.expect("354 ")
+	subject := fmt.Sprintf("quoted %d", time.Now().UnixNano())
+	fmt.Fprintf(c.w, "Subject: %s\r\n\r\nquoted\r\n.\r\n", subject)
+	c.expect("250 ")
+	c.send("QUIT")
+	c.expect("221 ")
+	waitMailbox(t, e, "dave", subject)
+}

@@ -33,8 +33,11 @@ type trackedConn struct {
 
 	authed          atomic.Bool
 	closeAfterWrite atomic.Bool // the connection closes after the reply being written
-	preBytes        atomic.Int64
-	commands        atomic.Int64 // before AUTH
+	// draining asks the connection to end before its next command
+	// (Shutdown); waiting tells that it is waiting for one now.
+	draining, waiting atomic.Bool
+	preBytes          atomic.Int64
+	commands          atomic.Int64 // before AUTH
 
 	// line is the session log line: ConnID, Proto, RemoteAddr and Start
 	// are set at accept; the other fields are guarded by mu.
@@ -159,6 +162,27 @@ func (c *trackedConn) trackRevocation(id int64) {
 	})
 	c.mu.Lock()
 	c.release = func() { stop(); release() }
+	c.mu.Unlock()
+}
+
+// drain asks the connection to end with a 421 before its next command
+// (Server.Shutdown); one waiting for a command now is woken up. A
+// session inside a message, or waiting for the upstream, goes on until
+// the message's reply.
+func (c *trackedConn) drain() {
+	c.draining.Store(true)
+	// The connection sets waiting after its read deadline and before it
+	// looks at draining, so either it sees draining, or this sees
+	// waiting and the deadline below is the last one set.
+	if c.waiting.Load() {
+		_ = c.Conn.SetReadDeadline(time.Now())
+	}
+}
+
+// setEnded records why the session ended, for its log line.
+func (c *trackedConn) setEnded(why string) {
+	c.mu.Lock()
+	c.line.Ended = why
 	c.mu.Unlock()
 }
 

@@ -60,19 +60,35 @@ func (d *dataReader) Read(b []byte) (int, error) {
 		n   int
 		err error
 	)
+	r := d.r
 	for n < len(b) && d.state != stEOF {
-		if d.r.pos == d.r.end {
+		if r.err == errTooLongLine {
+			err = r.err
+			break
+		}
+		if r.pos == r.end {
 			if n > 0 {
 				break
 			}
-			if err = d.r.fill(); err != nil {
+			if err = r.fill(); err != nil {
 				if err == io.EOF {
 					err = io.ErrUnexpectedEOF
 				}
 				break
 			}
 		}
-		n += d.unstuff(b[n:])
+		end := r.allowed(r.end)
+		if end == r.pos {
+			if n == 0 {
+				err = r.tooLong()
+			} else {
+				_ = r.tooLong() // the next Read fails
+			}
+			break
+		}
+		from := r.pos
+		n += d.unstuff(b[n:], end)
+		r.counted(from)
 	}
 	if err == nil && d.state == stEOF {
 		err = io.EOF
@@ -83,14 +99,15 @@ func (d *dataReader) Read(b []byte) (int, error) {
 	return n, err
 }
 
-// unstuff decodes the buffered input into dst until dst is full, the
-// buffer is empty or the message ends, and returns the bytes written.
-func (d *dataReader) unstuff(dst []byte) int {
+// unstuff decodes the buffered input, up to buf[end], into dst until dst
+// is full, the input up to end is read or the message ends, and returns
+// the bytes written.
+func (d *dataReader) unstuff(dst []byte, end int) int {
 	r := d.r
 	n := 0
-	for n < len(dst) && r.pos < r.end && d.state != stEOF {
+	for n < len(dst) && r.pos < end && d.state != stEOF {
 		if d.state == stData {
-			src := r.buf[r.pos:min(r.end, r.pos+len(dst)-n)]
+			src := r.buf[r.pos:min(end, r.pos+len(dst)-n)]
 			i := bytes.IndexByte(src, '\r')
 			if i < 0 {
 				n += copy(dst[n:], src)
@@ -172,7 +189,6 @@ type bdatReader struct {
 	// command line in pending, or a read error.
 	err     error
 	pending string
-	limit   int // the reader's line limit, restored after every chunk read
 }
 
 func (b *bdatReader) Read(p []byte) (int, error) {
@@ -195,11 +211,9 @@ func (b *bdatReader) Read(p []byte) (int, error) {
 	}
 	r := b.r
 	if r.pos == r.end {
-		// A chunk is not made of lines: go-smtp counted none of it.
-		r.limit = 0
-		err := r.fill()
-		r.limit = b.limit
-		if err != nil {
+		// A chunk is not made of lines: none of it counts for the line
+		// limit.
+		if err := r.fill(); err != nil {
 			if err == io.EOF {
 				err = io.ErrUnexpectedEOF
 			}
@@ -216,9 +230,7 @@ func (b *bdatReader) Read(p []byte) (int, error) {
 
 // skip drops the rest of the current chunk (after the upstream failed).
 func (b *bdatReader) skip() error {
-	b.r.limit = 0
 	err := b.r.discard(b.left)
-	b.r.limit = b.limit
 	b.left = 0
 	return err
 }

@@ -61,7 +61,7 @@ func TestSecretsNotFormatted(t *testing.T) {
 // TestRepliesAreFresh: a reply or the mechanism list changed by one
 // caller does not change what the next one gets.
 func TestRepliesAreFresh(t *testing.T) {
-	for _, f := range []func() error{errAuthInvalid, errAuthTemp, errAuthNeeded, errNeedTLS, errTooMany, errUpstreamGone, errUpstreamFail} {
+	for _, f := range []func() error{errAuthInvalid, errAuthTemp, errAuthNeeded, errNeedTLS, errTooMany, errUpstreamGone, errMessageRead} {
 		e := f().(*smtp.SMTPError)
 		want := e.Message
 		e.Message = "changed"

@@ -48,14 +48,16 @@ func (c *conn) endData() {
 }
 
 // dataErrorToStatus is the reply to a message: the upstream's own reply,
-// or 554 with err's text.
+// or passgate's (session.data returns only *smtp.SMTPError). Any other
+// error gets errMessageRead's fixed reply: an error's text is never
+// shown to the client.
 func dataErrorToStatus(err error) (int, smtp.EnhancedCode, string) {
 	if err != nil {
 		var se *smtp.SMTPError
-		if errors.As(err, &se) {
-			return se.Code, se.EnhancedCode, se.Message
+		if !errors.As(err, &se) {
+			se = errMessageRead().(*smtp.SMTPError)
 		}
-		return 554, smtp.EnhancedCode{5, 0, 0}, "Error: transaction failed: " + err.Error()
+		return se.Code, se.EnhancedCode, se.Message
 	}
 	return 250, smtp.EnhancedCode{2, 0, 0}, "OK: queued"
 }
@@ -113,7 +115,7 @@ func (c *conn) handleBdat(arg string) {
 		c.reply(250, smtp.EnhancedCode{2, 0, 0}, "Continue")
 		return
 	}
-	b := &bdatReader{r: c.r, left: size, last: last, next: c.nextChunk, limit: c.s.o.MaxLineLength}
+	b := &bdatReader{r: c.r, left: size, last: last, next: c.nextChunk}
 	c.startData()
 	err := c.sess.data(b)
 	c.endData()
@@ -169,7 +171,7 @@ func (c *conn) nextChunk(b *bdatReader) error {
 			_, herr := parseHelloArgument(arg)
 			interrupt = herr == nil
 		case "STARTTLS":
-			interrupt = !c.isTLS() && c.s.o.TLSConfig != nil && !c.s.o.ImplicitTLS
+			interrupt = !c.isTLS() && c.s.o.TLSConfig != nil && !c.s.o.ImplicitTLS && !c.didAuth
 		case "BDAT":
 			size, last, ok := c.bdatArgs(arg)
 			if !ok {

@@ -1,10 +1,9 @@
 package smtpfront
 
 import (
-	"bytes"
-	"errors"
 	"io"
 	"net"
+	"strings"
 	"sync"
 	"time"
 
@@ -137,37 +136,24 @@ func runGoSMTP(chunks [][]byte, lineLimit int, maxBytes int64, sess *oracleSessi
 	<-served
 }
 
-// dataPreamble brings a go-smtp session to its message, one command per
-// segment, every line short enough for any line limit the targets use.
+// dataPreamble brings a session to its message (read under the line
+// limit like any other line: with a limit under 15 no message is run).
 var dataPreamble = []string{"EHLO a\r\n", "MAIL FROM:<>\r\n", "RCPT TO:<a@b>\r\n", "DATA\r\n"}
 
 // goSMTPData is what go-smtp's server gives its session for a message
-// whose bytes (after DATA) are in, arriving step bytes at a time, read
-// by the session size bytes at a time, with no line limit and the size
-// limit max (0: none).
-func goSMTPData(in []byte, step int, max int64, size int) dataResult {
-	var chunks [][]byte
-	for _, l := range dataPreamble {
-		chunks = append(chunks, []byte(l))
+// whose bytes (after dataPreamble) are in, arriving a byte at a time,
+// read by the session size bytes at a time, with the line limit limit
+// and the size limit max (0: none).
+func goSMTPData(in []byte, limit int, max int64, size int) dataResult {
+	all := append([]byte(strings.Join(dataPreamble, "")), in...)
+	chunks := make([][]byte, len(all))
+	for i := range all {
+		chunks[i] = all[i : i+1]
 	}
-	for rest := in; len(rest) > 0; {
-		n := min(step, len(rest))
-		chunks = append(chunks, bytes.Clone(rest[:n]))
-		rest = rest[n:]
-	}
-	var res dataResult
-	ran := false
-	runGoSMTP(chunks, 0, max, &oracleSession{onData: func(r io.Reader) {
-		ran = true
+	res := dataResult{end: "data not run"}
+	runGoSMTP(chunks, limit, max, &oracleSession{onData: func(r io.Reader) {
 		out, err := readAllData(r, size)
 		res.out, res.end = out, errKind(err)
 	}})
-	if !ran {
-		res.end = "data not run"
-	}
 	return res
 }
-
-// errOracleTooLarge tells errKind that go-smtp's reader refused a message
-// over the size limit (its error is the 552 reply).
-var errOracleTooLarge = errors.New("552 5.3.4 Maximum message size exceeded")

@@ -112,6 +112,27 @@ func parseHelloArgument(arg string) (string, error) {
 	return domain, nil
 }
 
+// maxClientName bounds the EHLO name passgate passes on.
+const maxClientName = 255
+
+// clientName is the EHLO name as the decision, the audit events and the
+// app password's last-used client get it: at most 255 bytes, every byte
+// that is not printable ASCII (a control byte, a space, a non-ASCII byte)
+// replaced with "?". The upstream gets the name only when it is already
+// so (the upstream's own check then applies).
+func clientName(helo string) string {
+	if len(helo) > maxClientName {
+		helo = helo[:maxClientName]
+	}
+	b := []byte(helo)
+	for i, c := range b {
+		if c <= ' ' || c > '~' {
+			b[i] = '?'
+		}
+	}
+	return string(b)
+}
+
 // decodeXtext decodes an xtext value (RFC 3461 §4): "+" and two
 // upper-case hex digits stand for a byte, which go-smtp allowed up to
 // 0x7f.
@@ -148,8 +169,13 @@ func unhex(c byte) byte {
 }
 
 // pathParser reads the address arguments of MAIL and RCPT (RFC 5321
-// §4.1.2), leniently as go-smtp did.
-type pathParser struct{ s string }
+// §4.1.2), leniently as go-smtp did. It also keeps the last mailbox's
+// local part (without its quotes and escapes) and domain, for
+// relayMailbox.
+type pathParser struct {
+	s             string
+	local, domain string
+}
 
 func (p *pathParser) peekByte() (byte, bool) {
 	if len(p.s) == 0 {
@@ -236,6 +262,7 @@ func (p *pathParser) parseMailbox() (string, error) {
 		// go-smtp's test: the address ends in "@".
 		return "", fmt.Errorf("%w: domain is empty", errSyntax)
 	}
+	p.local, p.domain = localPart, domain
 	return localPart + "@" + domain, nil
 }
 
@@ -272,4 +299,78 @@ func (p *pathParser) parseLocalPart() (string, error) {
 		p.s = p.s[1:]
 		sb.WriteByte(ch)
 	}
+}
+
+// relayMailbox returns the mailbox the parser read last as passgate
+// writes it upstream (go-smtp's client puts it between "<" and ">" as it
+// is), or false when it cannot be written safely. The parser removed a
+// quoted local part's quotes and escapes, so a local part that holds
+// anything a dot-string cannot is quoted again (RFC 5321 §4.1.2):
+// otherwise MAIL FROM:<"x> AUTH=<ceo@example.test>"@b.test> would reach
+// the upstream as parameters of passgate's MAIL, past the AUTH= that the
+// session drops. Dots are left as they are (some providers' addresses
+// have "..": they change nothing of the line's structure). A control
+// byte anywhere (CR, LF, NUL, …), or a byte in the domain that delimits
+// something in an address or a command line, is refused.
+func (p *pathParser) relayMailbox() (string, bool) {
+	if p.local == "" && p.domain == "" {
+		return "", true // the null reverse-path <>
+	}
+	if !validDomain(p.domain) {
+		return "", false
+	}
+	quote := false
+	for i := 0; i < len(p.local); i++ {
+		c := p.local[i]
+		if c < ' ' || c == 0x7f {
+			return "", false
+		}
+		quote = quote || !isAtext(c) && c != '.'
+	}
+	if !quote {
+		return p.local + "@" + p.domain, true
+	}
+	var sb strings.Builder
+	sb.WriteByte('"')
+	for i := 0; i < len(p.local); i++ {
+		if c := p.local[i]; c == '"' || c == '\\' {
+			sb.WriteByte('\\')
+		}
+		sb.WriteByte(p.local[i])
+	}
+	sb.WriteString(`"@`)
+	sb.WriteString(p.domain)
+	return sb.String(), true
+}
+
+// isAtext reports whether c may stand unquoted in a local part: RFC
+// 5321's atext, and any byte of a UTF-8 sequence (RFC 6531), as go-smtp's
+// server let them through.
+func isAtext(c byte) bool {
+	switch {
+	case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9', c >= 0x80:
+		return true
+	}
+	return strings.IndexByte("!#$%&'*+-/=?^_`{|}~", c) >= 0
+}
+
+// validDomain reports whether a domain can be relayed as it is: no
+// control byte, space, or one of ( ) < > , ; : \ " @ [ ], except inside
+// an address literal "[...]" that is the whole domain, where only [ ] \
+// are refused (RFC 5321's dcontent).
+func validDomain(d string) bool {
+	if len(d) >= 2 && d[0] == '[' && d[len(d)-1] == ']' {
+		for i := 1; i < len(d)-1; i++ {
+			if c := d[i]; c <= ' ' || c == 0x7f || c == '[' || c == ']' || c == '\\' {
+				return false
+			}
+		}
+		return true
+	}
+	for i := 0; i < len(d); i++ {
+		if c := d[i]; c <= ' ' || c == 0x7f || strings.IndexByte(`()<>,;:\"@[]`, c) >= 0 {
+			return false
+		}
+	}
+	return true
 }

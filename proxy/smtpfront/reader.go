@@ -21,11 +21,15 @@ const (
 
 // reader is the buffered input of one client connection: command lines,
 // AUTH responses, message bytes. Every line is bounded as go-smtp's
-// server bounded it (its lineLimitReader, under its bufio.Reader): the
-// bytes each network read returns are counted as they arrive, a '\n'
-// counting as the first byte of the next line, and a read that makes a
-// line longer than limit is dropped whole and the reader fails from then
-// on. A zero limit counts nothing (BDAT chunks).
+// server bounded it (its lineLimitReader), a '\n' counting as the first
+// byte of the next line, but where the lines are split (readLine, and
+// the DATA reader), byte by byte: go-smtp counted the bytes of each
+// network read as they arrived, so that where the limit struck depended
+// on how the input was cut, and on what followed the line in the same
+// read (a BDAT chunk, say). The first byte over the limit fails the
+// reader from then on; the bytes before it are read as usual. A BDAT
+// chunk is not made of lines: its bytes count for no line. A zero limit
+// counts nothing.
 //
 // A reader is used by its connection's goroutine only.
 type reader struct {
@@ -34,7 +38,7 @@ type reader struct {
 	pos   int // buf[pos:end] is unread
 	end   int
 	limit int
-	line  int // the current line's length so far, as go-smtp counted it
+	line  int // the current line's length so far, up to buf[pos]
 	err   error
 	// before runs ahead of every read from rd: it sends the replies held
 	// back and sets the read deadline.
@@ -117,9 +121,6 @@ func (r *reader) fill() error {
 		r.before()
 	}
 	n, err := r.rd.Read(r.buf[r.end:])
-	if n > 0 && r.limit > 0 && !r.count(r.buf[r.end:r.end+n]) {
-		n, err = 0, errTooLongLine
-	}
 	r.end += n
 	if err != nil {
 		r.err = err
@@ -130,27 +131,38 @@ func (r *reader) fill() error {
 	return nil
 }
 
-// count adds p to the line length as go-smtp's lineLimitReader did, byte
-// by byte: a '\n' sets it to 0 and every byte adds 1; it reports false
-// once the length passes the limit. It scans p a line at a time.
-func (r *reader) count(p []byte) bool {
-	for {
-		i := bytes.IndexByte(p, '\n')
-		if i < 0 {
-			r.line += len(p)
-			return r.line <= r.limit
+// tooLong fails the reader: a line passed the limit.
+func (r *reader) tooLong() error {
+	r.err = errTooLongLine
+	return r.err
+}
+
+// allowed returns how far, from pos up to end, the input may be read
+// before a line passes the limit: every byte adds one to the line's
+// length, a '\n' sets it to one, and the byte that makes it more than
+// the limit is the first one refused.
+func (r *reader) allowed(end int) int {
+	if r.limit <= 0 {
+		return end
+	}
+	line, p := r.line, r.pos
+	for p < end {
+		i := bytes.IndexByte(r.buf[p:end], '\n')
+		if i < 0 || line+i > r.limit {
+			return p + min(end-p, max(r.limit-line, 0))
 		}
-		// The bytes before the '\n' end the current line.
-		if r.line+i > r.limit {
-			return false
-		}
-		r.line = 0
-		p = p[i:] // the '\n' counts as the next line's first byte
-		r.line++
-		if r.line > r.limit {
-			return false
-		}
-		p = p[1:]
+		line, p = 1, p+i+1
+	}
+	return end
+}
+
+// counted adds the bytes read from buf[from:pos] to the line's length.
+func (r *reader) counted(from int) {
+	span := r.buf[from:r.pos]
+	if i := bytes.LastIndexByte(span, '\n'); i >= 0 {
+		r.line = len(span) - i
+	} else {
+		r.line += len(span)
 	}
 }
 
@@ -158,16 +170,28 @@ func (r *reader) count(p []byte) bool {
 // (as net/textproto's ReadLine, which go-smtp used). Unlike go-smtp, a
 // line cut short by the end of input, or by a read error, is never
 // returned: go-smtp ran what had arrived of it as a command (a recipient
-// cut in the middle, say).
+// cut in the middle, say). A line over the limit fails as soon as its
+// bytes over the limit have arrived.
 func (r *reader) readLine() (string, error) {
+	if r.err == errTooLongLine {
+		return "", r.err
+	}
 	scanned := 0
 	for {
 		b := r.buf[r.pos:r.end]
 		if i := bytes.IndexByte(b[scanned:], '\n'); i >= 0 {
-			line := b[:scanned+i]
-			r.pos += scanned + i + 1
+			i += scanned
+			if r.limit > 0 && r.line+i > r.limit {
+				return "", r.tooLong()
+			}
+			line := b[:i]
+			r.pos += i + 1
+			r.line = 1 // the '\n' counts as the next line's first byte
 			line = bytes.TrimSuffix(line, []byte{'\r'})
 			return string(line), nil
+		}
+		if r.limit > 0 && r.line+len(b) > r.limit {
+			return "", r.tooLong()
 		}
 		scanned = len(b) // fill moves the unread bytes to the start of buf
 		if err := r.fill(); err != nil {

@@ -72,7 +72,7 @@ func (c *conn) serve() {
 	}
 	c.reply(220, smtp.NoEnhancedCode, fmt.Sprintf("%v ESMTP Service Ready", c.s.o.Hostname))
 	for !c.done() {
-		line, err := c.readLine()
+		line, err := c.readCommand()
 		if err != nil {
 			c.readFailed(err)
 			return
@@ -96,10 +96,15 @@ func (c *conn) dispatch(line string) {
 }
 
 // readFailed answers a failed read of a command (or of message data,
-// after the message's own reply): nothing once the client is gone.
+// after the message's own reply): nothing once the client is gone, 421
+// once Shutdown asked the connection to end.
 func (c *conn) readFailed(err error) {
 	var ne net.Error
 	switch {
+	case errors.Is(err, errDraining) || c.tc.draining.Load() && errors.As(err, &ne) && ne.Timeout():
+		// Shutdown asked the connection to end, and woke up its read.
+		c.tc.setEnded("shutdown")
+		c.reply(421, smtp.EnhancedCode{4, 3, 2}, "Server shutting down")
 	case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed):
 	case errors.Is(err, errTooLongLine):
 		c.reply(500, smtp.EnhancedCode{5, 4, 0}, "Too long line, closing connection")
@@ -206,7 +211,7 @@ func (c *conn) handleGreet(enhanced bool, arg string) {
 
 // handleStartTLS upgrades the connection. Whatever the client sent after
 // the command in clear is dropped; the session starts again (a new EHLO,
-// a new AUTH).
+// a new AUTH). It is refused after a successful AUTH.
 func (c *conn) handleStartTLS() {
 	if c.isTLS() {
 		c.reply(502, smtp.EnhancedCode{5, 5, 1}, "Already running in TLS")
@@ -214,6 +219,14 @@ func (c *conn) handleStartTLS() {
 	}
 	if c.s.o.TLSConfig == nil || c.s.o.ImplicitTLS {
 		c.reply(502, smtp.EnhancedCode{5, 5, 1}, "TLS not supported")
+		return
+	}
+	if c.didAuth {
+		// After a plaintext AUTH (trusted networks only), the session is
+		// logged in upstream, tracked for revocation and counted as
+		// logged in; RFC 3207 lets a server refuse STARTTLS, and a client
+		// that wants TLS starts it before AUTH.
+		c.reply(503, smtp.EnhancedCode{5, 5, 1}, "STARTTLS not allowed after AUTH")
 		return
 	}
 	c.reply(220, smtp.EnhancedCode{2, 0, 0}, "Ready to start TLS")
@@ -246,6 +259,24 @@ func (c *conn) reset() {
 	}
 	c.fromReceived = false
 	c.recipients = 0
+}
+
+// errDraining is readCommand's error once Shutdown asked the connection
+// to end.
+var errDraining = errors.New("smtpfront: server shutting down")
+
+// readCommand reads the next command line as readLine does; once
+// Shutdown asked the connection to end (before it or while the read
+// waits), it fails with errDraining or a timeout, which readFailed
+// answers with a 421.
+func (c *conn) readCommand() (string, error) {
+	_ = c.tc.SetReadDeadline(time.Now().Add(c.s.o.ReadTimeout))
+	c.tc.waiting.Store(true)
+	defer c.tc.waiting.Store(false)
+	if c.tc.draining.Load() {
+		return "", errDraining
+	}
+	return c.r.readLine()
 }
 
 // readLine reads the next line, bounded by the read timeout (and before
@@ -301,14 +332,16 @@ func (c *conn) reply(code int, ec smtp.EnhancedCode, text ...string) {
 }
 
 // replyError queues err's reply when it is an *smtp.SMTPError, else a
-// reply of code and ec with err's text.
+// reply of code and ec with a fixed text: an error's own text (which may
+// name passgate's addresses) is for the log, never for the client.
 func (c *conn) replyError(code int, ec smtp.EnhancedCode, err error) {
 	var se *smtp.SMTPError
 	if errors.As(err, &se) {
 		c.reply(se.Code, se.EnhancedCode, se.Message)
 		return
 	}
-	c.reply(code, ec, err.Error())
+	c.s.o.Logger.Debug("smtp command failed", slog.Uint64("conn_id", c.tc.line.ConnID), slog.Any("err", err))
+	c.reply(code, ec, "Temporary failure, try again later")
 }
 
 // maxWriteBuffer is how much reply text is held back before it is

@@ -865,7 +865,7 @@ func TestDataTimeout(t *testing.T) {
 	r.send("DATA")
 	r.expect("354 ")
 	r.send("Subject: stalled")
-	if got := r.reply() + r.reply(); got != "451 4.3.0 Temporary failure of the mail server, try again later\r\n421 4.4.2 Idle timeout, bye bye\r\n" {
+	if got := r.reply() + r.reply(); got != "451 4.4.2 Error reading the message, try again later\r\n421 4.4.2 Idle timeout, bye bye\r\n" {
 		t.Fatalf("replies %q", got)
 	}
 	if _, err := r.r.ReadString('\n'); err == nil {

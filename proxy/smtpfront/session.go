@@ -32,8 +32,8 @@ func errTooMany() error {
 func errUpstreamGone() error {
 	return reply(421, 4, 4, 2, "Connection to the mail server lost, try again later")
 }
-func errUpstreamFail() error {
-	return reply(451, 4, 3, 0, "Temporary failure of the mail server, try again later")
+func errMessageRead() error {
+	return reply(451, 4, 4, 2, "Error reading the message, try again later")
 }
 
 // reply builds a reply: its code, enhanced code (class.subject.detail) and
@@ -61,7 +61,7 @@ type session struct {
 
 	up    UpstreamSession // nil until AUTH succeeds, and after logout
 	req   LoginRequest    // the login, to reopen the upstream after an abort
-	inTx  bool            // a MAIL is open upstream
+	inTx  bool            // a MAIL may be open upstream: RSET it before the next one
 	dead  bool            // the upstream connection was lost: 421 from now on
 	stale bool            // the upstream connection was closed to abort a message: reopen it at the next command
 }
@@ -106,7 +106,7 @@ func (ss *session) auth(mech string) (sasl.Server, error) {
 		// carried the password in clear: the decision's step 1 refuses
 		// and audits it (the user is not known yet), without any lookup.
 		l, _ := ss.s.o.Decider.Decide(ss.ctx(), policy.Attempt{Proto: policy.SMTP, Client: ss.tc.line.RemoteAddr,
-			ClientName: ss.c.helo, Received: time.Now()})
+			ClientName: clientName(ss.c.helo), Received: time.Now()})
 		l.Finish(ss.ctx(), policy.NotAsked)
 		return nil, errNeedTLS()
 	}
@@ -135,7 +135,7 @@ func (ss *session) authenticate(received time.Time, c credentials, malformed err
 		Secret:     c.pass,
 		Client:     ss.tc.line.RemoteAddr,
 		TLS:        ss.tls,
-		ClientName: ss.c.helo,
+		ClientName: clientName(ss.c.helo),
 		Received:   received,
 	}
 	// The session line names the user tried, also when the login fails.
@@ -178,7 +178,10 @@ func (ss *session) authenticate(received time.Time, c credentials, malformed err
 	if !l.Allowed() {
 		return finish(l, policy.NotAsked, "", nil)
 	}
-	req := LoginRequest{User: l.User(), Helo: ss.c.helo}
+	req := LoginRequest{User: l.User()}
+	if clientName(ss.c.helo) == ss.c.helo {
+		req.Helo = ss.c.helo
+	}
 	if l.Credential() == policy.Primary {
 		req.Password = c.pass
 	}
@@ -271,18 +274,23 @@ func (ss *session) mail(from string, opts *smtp.MailOptions) error {
 	if err != nil {
 		return err
 	}
-	if opts != nil && opts.Auth != nil {
-		// MAIL ... AUTH=<addr> would claim an authenticated sender of the
-		// client's choosing to an upstream that trusts passgate: drop it.
-		o := *opts
-		o.Auth = nil
-		opts = &o
-	}
-	if err := up.Mail(from, opts); err != nil {
+	if err := up.Mail(from, relayedMailOptions(opts)); err != nil {
 		return ss.upstreamErr("MAIL", err)
 	}
 	ss.inTx = true
 	return nil
+}
+
+// relayedMailOptions returns the MAIL parameters passgate relays: the
+// client's, without AUTH=<addr>, which would claim an authenticated
+// sender of the client's choosing to an upstream that trusts passgate.
+func relayedMailOptions(opts *smtp.MailOptions) *smtp.MailOptions {
+	if opts == nil || opts.Auth == nil {
+		return opts
+	}
+	o := *opts
+	o.Auth = nil
+	return &o
 }
 
 // rcpt is RCPT TO, relayed.
@@ -295,9 +303,9 @@ func (ss *session) rcpt(to string, opts *smtp.RcptOptions) error {
 }
 
 // data streams the message from r (a dataReader or a bdatReader) to the
-// upstream. The upstream is asked for DATA only once the message has a
-// first byte or has ended: a message aborted before that never reaches
-// it. When r fails (too large, aborted by a command, the client gone),
+// upstream; every error it returns is an *smtp.SMTPError. The upstream
+// is asked for DATA only once the message has a first byte or has
+// ended: a message aborted before that never reaches it. When r fails (too large, aborted by a command, the client gone),
 // the upstream aborts the message by closing its connection, and the
 // next MAIL logs in again.
 func (ss *session) data(r io.Reader) error {
@@ -309,7 +317,7 @@ func (ss *session) data(r io.Reader) error {
 	case err != nil:
 		// Aborted (or the client went away) before the first byte: the
 		// upstream was never asked for DATA.
-		return err
+		return clientReadErr(err)
 	default:
 		r = &prefixed{b: first[0], pending: n == 1, r: r}
 	}
@@ -320,7 +328,13 @@ func (ss *session) data(r io.Reader) error {
 	}
 	dr := &errReader{r: r}
 	sent, err := up.Data(dr)
-	ss.inTx = false
+	// A refused message may leave the upstream's transaction open:
+	// Postfix keeps MAIL and RCPT after refusing the DATA command itself
+	// (smtpd_data_restrictions), and every MAIL is then "nested" until
+	// RSET. The transaction counts as open, so that the end of the
+	// message (conn.reset) sends RSET; after a refusal of the message's
+	// end, that RSET is redundant and harmless.
+	ss.inTx = err != nil && dr.err == nil
 	if dr.err != nil && ss.up == up && !ss.dead {
 		// The client's side failed: the upstream aborted the message by
 		// closing its connection.
@@ -328,13 +342,21 @@ func (ss *session) data(r io.Reader) error {
 	}
 	ss.tc.message(sent, err == nil && dr.err == nil)
 	if dr.err != nil {
-		var se *smtp.SMTPError
-		if errors.As(dr.err, &se) {
-			return se
-		}
-		return errUpstreamFail()
+		return clientReadErr(dr.err)
 	}
 	return ss.upstreamErr("DATA", err)
+}
+
+// clientReadErr is the reply to a message whose reading failed on the
+// client's side: the reader's own reply (552, too large) or a fixed 451,
+// the same before and after the message's first byte. The error's text
+// (a timeout names passgate's address) is never the client's.
+func clientReadErr(err error) error {
+	var se *smtp.SMTPError
+	if errors.As(err, &se) {
+		return se
+	}
+	return errMessageRead()
 }
 
 // reset is RSET, a new EHLO, or the end of a message. Before AUTH it

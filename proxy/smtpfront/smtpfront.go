@@ -55,7 +55,7 @@ type LoginRequest struct {
 	// Password is the client's secret for primary-password logins only
 	// (the upstream verifies it); empty for app-password logins.
 	Password policy.Secret
-	Helo     string // the client's EHLO name
+	Helo     string // the client's EHLO name; "" when it is not printable ASCII of at most 255 bytes
 }
 
 // LogValue leaves the password out of logs, whatever the handler
@@ -260,15 +260,21 @@ func (s *Server) closeListeners() {
 	}
 }
 
-// Shutdown stops accepting and waits until every session has ended or
-// ctx is done (then it returns ctx's error; call Close).
+// Shutdown stops accepting, answers every connection waiting for a
+// command "421 4.3.2 Server shutting down" and closes it, and waits until
+// every session has ended or ctx is done (then it returns ctx's error;
+// call Close). A session inside a message, or waiting for the upstream,
+// gets its reply first, and the 421 before its next command.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.lmu.Lock()
 	s.set.Stop() // from now on track refuses connections
 	s.lmu.Unlock()
 	s.closeListeners()
-	return s.set.Wait(ctx)
+	return lifecycle.Drain(ctx, &s.set, drainPoll, (*trackedConn).drain)
 }
+
+// drainPoll is how often Shutdown looks at the connections left.
+const drainPoll = 50 * time.Millisecond
 
 // Close closes the listeners and every session at once (the upstream
 // connections with them, which aborts a message in flight) and waits up
