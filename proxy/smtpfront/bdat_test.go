@@ -38,12 +38,8 @@ func TestBDATAbort(t *testing.T) {
 				f.up.dataStarted = make(chan struct{}, 4)
 			}
 			r := f.dialRaw(t, true)
-			r.send("AUTH PLAIN " + b64("\x00alice\x00"+appSecret))
-			r.expect("235 ")
-			r.send("MAIL FROM:<alice@example.test>")
-			r.expect("250 ")
-			r.send("RCPT TO:<bob@example.test>")
-			r.expect("250 ")
+			r.login()
+			r.envelope()
 			r.send("BDAT " + strconv.Itoa(len(tc.chunk)))
 			if _, err := r.conn.Write([]byte(tc.chunk)); err != nil {
 				t.Fatal(err)
@@ -64,10 +60,7 @@ func TestBDATAbort(t *testing.T) {
 			}
 			if tc.goesOn {
 				msg := "Subject: b\r\n\r\nbody\r\n"
-				r.send("MAIL FROM:<alice@example.test>")
-				r.expect("250 ")
-				r.send("RCPT TO:<bob@example.test>")
-				r.expect("250 ")
+				r.envelope()
 				r.send("BDAT " + strconv.Itoa(len(msg)) + " LAST")
 				if _, err := r.conn.Write([]byte(msg)); err != nil {
 					t.Fatal(err)
@@ -113,15 +106,9 @@ func TestBDATAbort(t *testing.T) {
 func TestOversizeThenNextMessage(t *testing.T) {
 	f := newFixture(t, func(o *smtpfront.Options) { o.MaxMessageBytes = 1000 })
 	r := f.dialRaw(t, true)
-	r.send("AUTH PLAIN " + b64("\x00alice\x00"+appSecret))
-	r.expect("235 ")
+	r.login()
 	for i, size := range []int{1800, 10} {
-		r.send("MAIL FROM:<alice@example.test>")
-		r.expect("250 ")
-		r.send("RCPT TO:<bob@example.test>")
-		r.expect("250 ")
-		r.send("DATA")
-		r.expect("354 ")
+		r.startData()
 		r.send(strings.Repeat("y", size/2))
 		r.send(strings.Repeat("y", size/2))
 		r.send(".")

@@ -118,8 +118,7 @@ func TestQuitReplyBeforeUpstreamQuit(t *testing.T) {
 	f.up.quitGate = gate
 	defer close(gate)
 	r := f.dialRaw(t, true)
-	r.send("AUTH PLAIN " + b64("\x00alice\x00"+appSecret))
-	r.expect("235 ")
+	r.login()
 	r.send("QUIT")
 	// The upstream's QUIT is held until the test ends: the 221 must not
 	// wait for it.

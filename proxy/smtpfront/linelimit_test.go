@@ -65,8 +65,7 @@ func TestLineLimitWhereLinesSplit(t *testing.T) {
 			// In clear (TLS would cut the input in records of its own).
 			f.dec.trusted = netip.MustParsePrefix("127.0.0.0/8")
 			r := f.dialRaw(t, false)
-			r.send("AUTH PLAIN " + b64("\x00alice\x00"+appSecret))
-			r.expect("235 ")
+			r.login()
 			for _, l := range tc.before {
 				r.send(l)
 				if got := r.reply(); !strings.HasPrefix(got, "250 ") && !strings.HasPrefix(got, "354 ") {

@@ -46,8 +46,7 @@ func TestPathRelayedAsOnePath(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			f, u := newMTAFixture(t, nil)
 			r := f.dialRaw(t, true)
-			r.send("AUTH PLAIN " + b64("\x00alice\x00"+appSecret))
-			r.expect("235 ")
+			r.login()
 			verb := "MAIL"
 			if strings.HasPrefix(tc.cmd, "RCPT") {
 				verb = "RCPT"

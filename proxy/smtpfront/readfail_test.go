@@ -31,14 +31,8 @@ func TestMessageReadFailureReply(t *testing.T) {
 				o.MaxLineLength = 80
 			})
 			r := f.dialRaw(t, true)
-			r.send("AUTH PLAIN " + b64("\x00alice\x00"+appSecret))
-			r.expect("235 ")
-			r.send("MAIL FROM:<alice@example.test>")
-			r.expect("250 ")
-			r.send("RCPT TO:<bob@example.test>")
-			r.expect("250 ")
-			r.send("DATA")
-			r.expect("354 ")
+			r.login()
+			r.startData()
 			if _, err := r.conn.Write([]byte(tc.body)); err != nil {
 				t.Fatal(err)
 			}

@@ -27,12 +27,8 @@ func TestRefusedDataThenNextMessage(t *testing.T) {
 			u.refuseData = true
 			u.mu.Unlock()
 			r := f.dialRaw(t, true)
-			r.send("AUTH PLAIN " + b64("\x00alice\x00"+appSecret))
-			r.expect("235 ")
-			r.send("MAIL FROM:<alice@example.test>")
-			r.expect("250 ")
-			r.send("RCPT TO:<bob@example.test>")
-			r.expect("250 ")
+			r.login()
+			r.envelope()
 			if _, err := io.WriteString(r.conn, tc.message); err != nil {
 				t.Fatal(err)
 			}
@@ -45,12 +41,7 @@ func TestRefusedDataThenNextMessage(t *testing.T) {
 				r.send("RSET")
 				r.expect("250 ")
 			}
-			r.send("MAIL FROM:<alice@example.test>")
-			r.expect("250 ")
-			r.send("RCPT TO:<bob@example.test>")
-			r.expect("250 ")
-			r.send("DATA")
-			r.expect("354 ")
+			r.startData()
 			r.send("Subject: two\r\n\r\naccepted\r\n.")
 			r.expect("250 2.0.0 OK: queued")
 			r.send("QUIT")

@@ -360,6 +360,30 @@ func (r *raw) expect(prefix string) string {
 	return got
 }
 
+// login authenticates as alice with her app password.
+func (r *raw) login() {
+	r.t.Helper()
+	r.send("AUTH PLAIN " + b64("\x00alice\x00"+appSecret))
+	r.expect("235 ")
+}
+
+// envelope sends MAIL from alice and RCPT to bob, both accepted.
+func (r *raw) envelope() {
+	r.t.Helper()
+	r.send("MAIL FROM:<alice@example.test>")
+	r.expect("250 ")
+	r.send("RCPT TO:<bob@example.test>")
+	r.expect("250 ")
+}
+
+// startData sends the envelope and DATA, up to the 354.
+func (r *raw) startData() {
+	r.t.Helper()
+	r.envelope()
+	r.send("DATA")
+	r.expect("354 ")
+}
+
 func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
 
 const uniform535 = "535 5.7.8 Authentication credentials invalid\r\n"
@@ -459,8 +483,7 @@ func TestUniformFailure(t *testing.T) {
 				t.Fatalf("Fail called %d times, want 1 (uniform delay)", fails)
 			}
 			// The connection is still usable: a second attempt succeeds.
-			r.send("AUTH PLAIN " + b64("\x00alice\x00"+appSecret))
-			r.expect("235 ")
+			r.login()
 		})
 	}
 }
@@ -489,8 +512,7 @@ func TestPrimaryPasswordGoesUpstream(t *testing.T) {
 func TestAppPasswordSendsNoSecretUpstream(t *testing.T) {
 	f := newFixture(t, nil)
 	r := f.dialRaw(t, true)
-	r.send("AUTH PLAIN " + b64("\x00alice\x00"+appSecret))
-	r.expect("235 ")
+	r.login()
 	f.up.mu.Lock()
 	defer f.up.mu.Unlock()
 	l := f.up.logins[0]
@@ -536,8 +558,7 @@ func TestTrustedPlaintext(t *testing.T) {
 	if ehlo := r.reply(); !strings.Contains(ehlo, "AUTH PLAIN LOGIN") {
 		t.Fatalf("EHLO for a trusted client: %q", ehlo)
 	}
-	r.send("AUTH PLAIN " + b64("\x00alice\x00"+appSecret))
-	r.expect("235 ")
+	r.login()
 }
 
 // TestLegacyAuthLine: with the option, EHLO over TLS also offers the
@@ -655,8 +676,7 @@ func TestLimits(t *testing.T) {
 		if ehlo := r.reply(); !strings.Contains(ehlo, "SIZE 1000") {
 			t.Fatalf("EHLO %q lacks SIZE 1000", ehlo)
 		}
-		r.send("AUTH PLAIN " + b64("\x00alice\x00"+appSecret))
-		r.expect("235 ")
+		r.login()
 		r.send("MAIL FROM:<alice@example.test> SIZE=5000")
 		r.expect("552 ")
 		r.send("MAIL FROM:<alice@example.test>")
@@ -760,8 +780,7 @@ func TestRevokedAppPasswordClosesSession(t *testing.T) {
 	reg := &fakeSessions{cancel: map[int64]context.CancelCauseFunc{}}
 	f := newFixture(t, func(o *smtpfront.Options) { o.Sessions = reg })
 	r := f.dialRaw(t, true)
-	r.send("AUTH PLAIN " + b64("\x00alice\x00"+appSecret))
-	r.expect("235 ")
+	r.login()
 	reg.mu.Lock()
 	cancel := reg.cancel[7]
 	reg.mu.Unlock()
@@ -825,8 +844,7 @@ func TestFailedSessionLineNamesUserAndCredential(t *testing.T) {
 func TestCutLineNotRun(t *testing.T) {
 	f := newFixture(t, nil)
 	r := f.dialRaw(t, true)
-	r.send("AUTH PLAIN " + b64("\x00alice\x00"+appSecret))
-	r.expect("235 ")
+	r.login()
 	if _, err := io.WriteString(r.conn, "MAIL FROM:alice@exam"); err != nil {
 		t.Fatal(err)
 	}
@@ -856,14 +874,8 @@ func TestCutLineNotRun(t *testing.T) {
 func TestDataTimeout(t *testing.T) {
 	f := newFixture(t, func(o *smtpfront.Options) { o.ReadTimeout = 300 * time.Millisecond })
 	r := f.dialRaw(t, true)
-	r.send("AUTH PLAIN " + b64("\x00alice\x00"+appSecret))
-	r.expect("235 ")
-	r.send("MAIL FROM:<alice@example.test>")
-	r.expect("250 ")
-	r.send("RCPT TO:<bob@example.test>")
-	r.expect("250 ")
-	r.send("DATA")
-	r.expect("354 ")
+	r.login()
+	r.startData()
 	r.send("Subject: stalled")
 	if got := r.reply() + r.reply(); got != "451 4.4.2 Error reading the message, try again later\r\n421 4.4.2 Idle timeout, bye bye\r\n" {
 		t.Fatalf("replies %q", got)

@@ -31,16 +31,10 @@ func TestShutdownSays421(t *testing.T) {
 			f := newFixture(t, nil)
 			r := f.dialRaw(t, true)
 			if tc.auth {
-				r.send("AUTH PLAIN " + b64("\x00alice\x00"+appSecret))
-				r.expect("235 ")
+				r.login()
 			}
 			if tc.inMessage {
-				r.send("MAIL FROM:<alice@example.test>")
-				r.expect("250 ")
-				r.send("RCPT TO:<bob@example.test>")
-				r.expect("250 ")
-				r.send("DATA")
-				r.expect("354 ")
+				r.startData()
 				r.send("Subject: draining")
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), patience)

@@ -97,14 +97,8 @@ func TestCloseDuringData(t *testing.T) {
 	f := newFixture(t, nil)
 	f.up.dataStarted = make(chan struct{}, 1)
 	r := f.dialRaw(t, true)
-	r.send("AUTH PLAIN " + b64("\x00alice\x00"+appSecret))
-	r.expect("235 ")
-	r.send("MAIL FROM:<alice@example.test>")
-	r.expect("250 ")
-	r.send("RCPT TO:<bob@example.test>")
-	r.expect("250 ")
-	r.send("DATA")
-	r.expect("354 ")
+	r.login()
+	r.startData()
 	r.send("Subject: partial")
 	select {
 	case <-f.up.dataStarted:
