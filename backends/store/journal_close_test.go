@@ -4,7 +4,6 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
-	"log/slog"
 	"regexp"
 	"strings"
 	"sync"
@@ -116,15 +115,7 @@ func storedDetails(t *testing.T, f *fixture, user string) map[string]bool {
 // the write began, so that neither the write's own time limit (10 s,
 // counted from its start) nor Close's (10 s from the call) may cut it.
 func testJournalCloseSlowWrite(t *testing.T, f *fixture) {
-	s, err := store.Open(context.Background(), f.options())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s.Migrate(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	var logs lockedBuffer
-	j := store.NewJournal(s, slog.New(slog.NewTextHandler(&logs, nil)))
+	j, logs := f.journal(t)
 	lock := holdWriteLock(t, f)
 	const n = 300 // one full batch in flight, the rest queued behind it
 	for i := range n {
@@ -185,15 +176,7 @@ func testJournalCloseDeadStore(t *testing.T, f *fixture) {
 }
 
 func closeDeadStore(t *testing.T, f *fixture, wait, grace time.Duration) {
-	s, err := store.Open(context.Background(), f.options())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s.Migrate(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	var logs lockedBuffer
-	j := store.NewJournal(s, slog.New(slog.NewTextHandler(&logs, nil)))
+	j, logs := f.journal(t)
 	if wait > 0 {
 		store.SetJournalCloseWaits(j, wait, grace)
 	}
@@ -258,15 +241,7 @@ func closeDeadStore(t *testing.T, f *fixture, wait, grace time.Duration) {
 // the table.
 func testJournalCloseConcurrentWriters(t *testing.T, f *fixture) {
 	for round := range 3 {
-		s, err := store.Open(context.Background(), f.options())
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := s.Migrate(context.Background()); err != nil {
-			t.Fatal(err)
-		}
-		var logs lockedBuffer
-		j := store.NewJournal(s, slog.New(slog.NewTextHandler(&logs, nil)))
+		j, logs := f.journal(t)
 		user := fmt.Sprintf("ivan%d", round)
 		const writers = 4
 		accepted := make([][]string, writers)

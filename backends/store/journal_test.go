@@ -227,15 +227,7 @@ func testJournalLastUses(t *testing.T, f *fixture) {
 
 // testJournalCloseFlushes: Close commits what is queued before closing.
 func testJournalCloseFlushes(t *testing.T, f *fixture) {
-	s, err := store.Open(context.Background(), f.options())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s.Migrate(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	var logs lockedBuffer
-	j := store.NewJournal(s, slog.New(slog.NewTextHandler(&logs, nil)))
+	j, logs := f.journal(t)
 	for i := range 500 {
 		if err := j.Record(context.Background(), loginEvent("dave", "failure", i)); err != nil {
 			t.Fatal(err)

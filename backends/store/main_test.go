@@ -3,6 +3,7 @@ package store_test
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"sync/atomic"
@@ -97,6 +98,22 @@ func (f *fixture) open(tb testing.TB, mods ...func(*store.Options)) *store.Store
 		}
 	})
 	return s
+}
+
+// journal opens and migrates the fixture's store under a Journal that
+// logs into the returned buffer. Closing is the test's: the Journal's
+// Close closes the store.
+func (f *fixture) journal(tb testing.TB) (*store.Journal, *lockedBuffer) {
+	tb.Helper()
+	s, err := store.Open(context.Background(), f.options())
+	if err != nil {
+		tb.Fatalf("Open: %v", err)
+	}
+	if _, err := s.Migrate(context.Background()); err != nil {
+		tb.Fatalf("Migrate: %v", err)
+	}
+	logs := &lockedBuffer{}
+	return store.NewJournal(s, slog.New(slog.NewTextHandler(logs, nil))), logs
 }
 
 // migrated opens and migrates the fixture's store.
