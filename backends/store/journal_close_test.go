@@ -242,6 +242,11 @@ func closeDeadStore(t *testing.T, f *fixture, wait, grace time.Duration) {
 func testJournalCloseConcurrentWriters(t *testing.T, f *fixture) {
 	for round := range 3 {
 		j, logs := f.journal(t)
+		// What is checked is where each event ends up, not how fast:
+		// the writers may have queued thousands of events by the time
+		// Close begins, which a loaded machine (and the race detector)
+		// may take longer than Close's 10 s to commit.
+		store.SetJournalCloseWaits(j, 10*time.Minute, 5*time.Second)
 		user := fmt.Sprintf("ivan%d", round)
 		const writers = 4
 		accepted := make([][]string, writers)
