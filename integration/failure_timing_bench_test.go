@@ -21,11 +21,16 @@ const (
 	failureTimingDelay    = 200 * time.Millisecond
 )
 
-// timedLogin logs in over implicit TLS and returns the tagged reply to
-// LOGIN and the time from sending LOGIN to reading that reply (the TLS
-// handshake and greeting before it are not counted).
-func timedLogin(addr, user, password string) (string, time.Duration, error) {
-	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: patience}, "tcp", addr, env.certs.ClientTLS())
+// timedLogin logs in over implicit TLS from the local address laddr (""
+// for any) and returns the tagged reply to LOGIN and the time from
+// sending LOGIN to reading that reply (the TLS handshake and greeting
+// before it are not counted).
+func timedLogin(addr, laddr, user, password string) (string, time.Duration, error) {
+	d := &net.Dialer{Timeout: patience}
+	if laddr != "" {
+		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(laddr)}
+	}
+	conn, err := tls.DialWithDialer(d, "tcp", addr, env.certs.ClientTLS())
 	if err != nil {
 		return "", 0, fmt.Errorf("TLS to passgate: %w", err)
 	}
@@ -37,7 +42,7 @@ func timedLogin(addr, user, password string) (string, time.Duration, error) {
 	}
 	start := time.Now()
 	if _, err := fmt.Fprintf(conn, "a LOGIN %s %s\r\n", strconv.Quote(user), strconv.Quote(password)); err != nil {
-		return "", 0, err
+		return "", 0, fmt.Errorf("send LOGIN: %w", err)
 	}
 	for {
 		line, err := r.ReadString('\n')
@@ -89,7 +94,7 @@ func TestIMAPFailureTiming(t *testing.T) {
 			defer wg.Done()
 			for i := range jobs {
 				k := i % len(kinds)
-				line, dur, err := timedLogin(p.imapsAddr, "alice", kinds[k].secret(i/len(kinds)))
+				line, dur, err := timedLogin(p.imapsAddr, "", "alice", kinds[k].secret(i/len(kinds)))
 				if err == nil && line != "a "+uniformFailure+"\r\n" {
 					err = fmt.Errorf("%s: reply %q, want the uniform failure", kinds[k].name, line)
 				}

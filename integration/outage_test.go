@@ -151,7 +151,7 @@ func TestIMAPUpstreamDownUniform(t *testing.T) {
 	}
 	checkOutageUniform(t, 81, "a NO [UNAVAILABLE] Authentication service unavailable, try again later.\r\n", secrets,
 		func(laddr, secret string) (string, time.Duration, error) {
-			return imapTimedLogin(p, laddr, "alice", secret)
+			return timedLogin(p.imapsAddr, laddr, "alice", secret)
 		})
 	total := outageRounds * len(secrets)
 	counts := auditOutcomes(t, func() ([]store.AuditEvent, error) {
@@ -168,35 +168,6 @@ func TestIMAPUpstreamDownUniform(t *testing.T) {
 	}, func(c map[string]int) bool { return c["unavailable"]+c["failure"]+c["success"] >= total })
 	if counts["success"] != 0 || counts["unavailable"] != total {
 		t.Errorf("audit login outcomes %v, want %d unavailable and no success", counts, total)
-	}
-}
-
-// imapTimedLogin sends LOGIN over implicit TLS from laddr and returns the
-// tagged reply and how long it took.
-func imapTimedLogin(p *passgateInstance, laddr, user, secret string) (string, time.Duration, error) {
-	d := &net.Dialer{Timeout: patience, LocalAddr: &net.TCPAddr{IP: net.ParseIP(laddr)}}
-	conn, err := tls.DialWithDialer(d, "tcp", p.imapsAddr, env.certs.ClientTLS())
-	if err != nil {
-		return "", 0, fmt.Errorf("TLS to passgate: %w", err)
-	}
-	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(patience))
-	r := bufio.NewReader(conn)
-	if _, err := r.ReadString('\n'); err != nil {
-		return "", 0, fmt.Errorf("greeting: %w", err)
-	}
-	start := time.Now()
-	if _, err := fmt.Fprintf(conn, "a LOGIN %s %s\r\n", strconv.Quote(user), strconv.Quote(secret)); err != nil {
-		return "", 0, fmt.Errorf("send LOGIN: %w", err)
-	}
-	for {
-		line, err := r.ReadString('\n')
-		if err != nil {
-			return "", 0, fmt.Errorf("reply to LOGIN: %w", err)
-		}
-		if strings.HasPrefix(line, "a ") {
-			return line, time.Since(start), nil
-		}
 	}
 }
 
@@ -434,7 +405,7 @@ func TestIMAPUpstreamStoppedUniform(t *testing.T) {
 	}
 	own.Stop()
 	const want = "a NO [UNAVAILABLE] Authentication service unavailable, try again later.\r\n"
-	got, _, err := imapTimedLogin(p, "127.0.84.2", "alice", "zzzz zzzz zzzz zzzz")
+	got, _, err := timedLogin(p.imapsAddr, "127.0.84.2", "alice", "zzzz zzzz zzzz zzzz")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -449,7 +420,7 @@ func TestIMAPUpstreamStoppedUniform(t *testing.T) {
 		{"right-app-password", pw},
 		{"wrong-secret", "zzzz zzzz zzzz zzzz"},
 	}, func(laddr, secret string) (string, time.Duration, error) {
-		return imapTimedLogin(p, laddr, "alice", secret)
+		return timedLogin(p.imapsAddr, laddr, "alice", secret)
 	})
 }
 
