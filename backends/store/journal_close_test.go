@@ -62,13 +62,21 @@ func (l *writeLock) release() {
 	l.conn = nil
 }
 
-// waitInFlight waits until n of j's writes have left the queue for the
-// flusher, which the lock then holds.
-func waitInFlight(t *testing.T, j *store.Journal, n int) {
+// waitInFlight waits until a batch of j's writes has left the queue for
+// the flusher, which the lock then holds, and returns its size. The
+// size depends on how many writes were queued when the flusher's 10 ms
+// linger ended (all 256 of a full batch on a quiet machine, fewer when
+// the writer was slow), and none of the tests depends on it: the rest
+// wait in the queue behind it either way.
+func waitInFlight(t *testing.T, j *store.Journal) int {
 	t.Helper()
-	for deadline := time.Now().Add(time.Minute); store.JournalInFlight(j) != n; time.Sleep(10 * time.Millisecond) {
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(10 * time.Millisecond) {
+		if n := store.JournalInFlight(j); n > 0 {
+			t.Logf("%d writes in flight, %d queued behind them", n, j.Pending()-n)
+			return n
+		}
 		if time.Now().After(deadline) {
-			t.Fatalf("after 1 min, %d writes in flight, want %d", store.JournalInFlight(j), n)
+			t.Fatalf("after 1 min, no write has left the queue (%d queued)", j.Pending())
 		}
 	}
 }
@@ -117,13 +125,13 @@ func storedDetails(t *testing.T, f *fixture, user string) map[string]bool {
 func testJournalCloseSlowWrite(t *testing.T, f *fixture) {
 	j, logs := f.journal(t)
 	lock := holdWriteLock(t, f)
-	const n = 300 // one full batch in flight, the rest queued behind it
+	const n = 300 // a batch in flight (a full one of 256 when the writer is quick), the rest queued behind it
 	for i := range n {
 		if err := j.Record(context.Background(), loginEvent("grace", "success", i)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	waitInFlight(t, j, 256)
+	waitInFlight(t, j)
 	began := time.Now()
 	time.Sleep(7 * time.Second)
 	closed := make(chan error, 1)
@@ -187,7 +195,7 @@ func closeDeadStore(t *testing.T, f *fixture, wait, grace time.Duration) {
 			t.Fatal(err)
 		}
 	}
-	waitInFlight(t, j, 256)
+	waitInFlight(t, j)
 	start := time.Now()
 	closed := make(chan error, 1)
 	go func() { closed <- j.Close() }()
