@@ -42,6 +42,10 @@ type dataReader struct {
 	state   int
 	limited bool
 	n       int64 // bytes left under the limit
+	// lineEnds is set once ReadStuffed has been called: Read then
+	// returns at the first start of a line it reaches after a byte of
+	// the message, where its caller can go on with ReadStuffed.
+	lineEnds bool
 }
 
 // errDataTooLarge is the reply to a DATA message over the size limit.
@@ -89,6 +93,9 @@ func (d *dataReader) Read(b []byte) (int, error) {
 		from := r.pos
 		n += d.unstuff(b[n:], end)
 		r.counted(from)
+		if d.lineEnds && d.state == stBeginLine && n > 0 {
+			break
+		}
 	}
 	if err == nil && d.state == stEOF {
 		err = io.EOF
@@ -147,6 +154,10 @@ func (d *dataReader) unstuff(dst []byte, end int) int {
 		case stCR:
 			if c == '\n' {
 				d.state = stBeginLine
+				if d.lineEnds {
+					dst[n] = c
+					return n + 1
+				}
 			} else {
 				d.state = stData
 			}
@@ -156,6 +167,198 @@ func (d *dataReader) unstuff(dst []byte, end int) int {
 	}
 	return n
 }
+
+// ReadStuffed hands out, at the start of a line, a run of whole lines of
+// the message as the client sent them, which are also what the upstream
+// is to receive (smtpupstream.StuffedReader): lines that end with CRLF,
+// hold no other CR or LF, and do not start with a single dot. For such a
+// line, removing the dot stuffing (as Read does) and stuffing it again
+// (as smtpupstream does) gives back its bytes: a line "..x" is read as
+// ".x" and sent as "..x" again; a line ".x" (read as "x") is left to
+// Read, and so are bare LF and bare CR, which the upstream's stuffing
+// changes. n is the number of message bytes the lines stand for (the
+// lines less the dot removed from each that starts with "..").
+//
+// The lines are read as Read reads them: every byte under the line
+// limit, the message's bytes under the size limit (strictly, so that
+// the limit itself is met by Read and fails as it did), and the message
+// ends at the same ".\r\n": with io.EOF, the lines are the end of the
+// message and that line has been read. Without it, the message goes on
+// after the lines (the bytes after them show at least one more byte of
+// the message, or its reading fails): the last bytes of a message always
+// come with io.EOF, or from Read, as smtpupstream needs them to end its
+// data. Where that cannot be told yet, the reader reads more from the
+// client, as Read would have. No bytes and a nil error mean Read is to
+// be called; every error is left to Read.
+func (d *dataReader) ReadStuffed() ([]byte, int, error) {
+	r := d.r
+	d.lineEnds = true
+	if d.state == stEOF {
+		return nil, 0, io.EOF
+	}
+	if d.state != stBeginLine {
+		return nil, 0, nil
+	}
+	budget := int64(-1) // message bytes the lines may hold; -1: no limit
+	if d.limited {
+		if d.n <= 1 {
+			return nil, 0, nil
+		}
+		budget = d.n - 1
+	}
+	for r.err == nil {
+		start := r.pos
+		p, n, eof := d.scanLines(budget)
+		if p > start || eof {
+			if eof && p == start {
+				return nil, 0, nil // the end comes first: Read ends the message
+			}
+			lines := r.buf[start:p]
+			r.pos, r.line = p, 1
+			if eof {
+				r.pos += len(".\r\n")
+				d.state = stEOF
+			}
+			if d.limited {
+				d.n -= int64(n)
+			}
+			var err error
+			if eof {
+				err = io.EOF
+			}
+			return lines, n, err
+		}
+		// Not one line can be handed out yet: read more, unless what is
+		// buffered is not such a line or fills the buffer.
+		if p < 0 || (r.pos == 0 && r.end == len(r.buf)) {
+			return nil, 0, nil
+		}
+		if err := r.fill(); err != nil {
+			return nil, 0, nil
+		}
+	}
+	return nil, 0, nil
+}
+
+// scanLines finds, from r.pos, the lines ReadStuffed may hand out: it
+// returns where they end (r.pos if none), the message bytes they hold,
+// and whether the message's end ".\r\n" comes right after them. p is -1
+// when no line can be handed out and reading more would not change that.
+func (d *dataReader) scanLines(budget int64) (p int, n int, eof bool) {
+	r := d.r
+	buf := r.buf[:r.end]
+	p, line := r.pos, r.line
+	var (
+		lines   int   // lines accepted, up to p
+		cont    int64 // message bytes in them
+		bad     bool  // the line at p can never be handed out
+		decided bool  // the bytes at p show that the message goes on
+	)
+	for {
+		rest := buf[p:]
+		i := bytes.IndexByte(rest, '\n')
+		if i < 0 {
+			decided = goesOn(rest)
+			break
+		}
+		if r.limit > 0 && line+i > r.limit {
+			bad, decided = true, true // Read fails it, or reads the part under the limit
+			break
+		}
+		if i == 0 || rest[i-1] != '\r' {
+			bad, decided = true, true // a bare LF
+			break
+		}
+		size := int64(i + 1)
+		if rest[0] == '.' {
+			if i == 2 { // ".\r\n"
+				eof = true
+				break
+			}
+			if rest[1] != '.' {
+				bad, decided = true, true
+				break
+			}
+			size--
+		}
+		if budget >= 0 && cont+size > budget {
+			bad, decided = true, true // Read meets the size limit
+			break
+		}
+		cont += size
+		lines++
+		p += i + 1
+		line = 1
+	}
+	// Each line holds one CR, before its LF, unless some line holds
+	// another: then the lines end before the first such line, which Read
+	// reads (the message goes on with it).
+	if lines > 0 && bytes.Count(buf[r.pos:p], []byte{'\r'}) != lines {
+		q := r.pos
+		cont = 0
+		for {
+			i := bytes.IndexByte(buf[q:p], '\n')
+			if bytes.IndexByte(buf[q:q+i-1], '\r') >= 0 {
+				break
+			}
+			cont += int64(i + 1)
+			if buf[q] == '.' {
+				cont--
+			}
+			q += i + 1
+		}
+		if q == r.pos {
+			return -1, 0, false
+		}
+		return q, int(cont), false
+	}
+	switch {
+	case eof:
+		return p, int(cont), true
+	case lines == 0 && bad:
+		return -1, 0, false
+	case decided:
+		return p, int(cont), false
+	}
+	// The message may end right after the last line: that line stays for
+	// the next call, with more input.
+	if lines == 0 {
+		return r.pos, 0, false
+	}
+	q := p - 1
+	for q > r.pos && buf[q-1] != '\n' {
+		q--
+	}
+	if buf[q] == '.' {
+		cont -= int64(p-q) - 1
+	} else {
+		cont -= int64(p - q)
+	}
+	return q, int(cont), false
+}
+
+// goesOn tells whether rest, the start of a line, shows a byte of the
+// message, as opposed to the start of ".\r\n" (or nothing).
+func goesOn(rest []byte) bool {
+	switch {
+	case len(rest) == 0:
+		return false
+	case rest[0] != '.':
+		return true
+	case len(rest) == 1:
+		return false
+	case rest[1] != '\r':
+		return true
+	case len(rest) == 2:
+		return false
+	}
+	return rest[2] != '\n'
+}
+
+// endReadsAtLines makes each Read return at the first line start it
+// reaches, as after a ReadStuffed: prefixed calls it while its caller
+// Reads the byte read ahead.
+func (d *dataReader) endReadsAtLines() { d.lineEnds = true }
 
 // drain reads the rest of the message, without a limit, so that the
 // next command is read after it; it stops at the first error.
