@@ -176,15 +176,16 @@ func stuffMessage(r io.Reader, raw io.Writer, dot io.Writer, buf []byte, out *[]
 				default:
 					// The message goes on after p: no line end of it,
 					// nor of what is pending, needs keeping back.
+					rest := p
 					if len(pending) < flushAt {
 						pending = append(pending, p...)
-						p = nil
+						rest = nil
 					}
 					if err := write(pending, false); err != nil {
 						return n, err
 					}
 					pending = pending[:0]
-					if err := write(p, false); err != nil {
+					if err := write(rest, false); err != nil {
 						return n, err
 					}
 				}

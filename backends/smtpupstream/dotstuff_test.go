@@ -138,16 +138,22 @@ func FuzzStuffMessage(f *testing.F) {
 // bytes of the lines that follow which end with CRLF and hold no other
 // CR or LF, stuffed, with io.EOF when they end msg; a line that ends
 // msg without CRLF, or holds a bare CR or LF, is left to Read, which
-// reads step bytes at a time and returns io.EOF with the last ones.
+// reads step bytes at a time, up to a line end, and returns io.EOF with
+// the last ones.
 type stuffedSource struct {
 	chunkReader
-	msg  []byte
-	pos  int
-	runs int
+	msg         []byte
+	pos         int
+	runs, reads int
 }
 
 func (s *stuffedSource) Read(p []byte) (int, error) {
+	s.reads++
 	s.chunkReader.b = s.msg[s.pos:]
+	if i := bytes.IndexByte(s.msg[s.pos:], '\n'); i >= 0 && i+1 < len(s.msg)-s.pos {
+		s.chunkReader.b = s.msg[s.pos : s.pos+i+1]
+		s.chunkReader.eofWithLast = false
+	}
 	n, err := s.chunkReader.Read(p)
 	s.pos += n
 	return n, err
@@ -219,14 +225,49 @@ func stuffedData(t testing.TB, msg []byte, step int, hold bool) ([]byte, int) {
 		raw = &holdingWriter{countingWriter: raw.(*countingWriter)}
 	}
 	dot := textproto.NewWriter(bufio.NewWriter(raw)).DotWriter()
-	src := &stuffedSource{chunkReader: chunkReader{step: step, eofWithLast: hold}, msg: msg}
+	src := &stuffedSource{chunkReader: chunkReader{step: step}, msg: msg}
 	var out []byte
-	n, err := stuffMessage(src, raw, dot, make([]byte, 64), &out, nil)
+	n, err := stuffMessage(&eofWithLast{src, hold}, raw, dot, make([]byte, 64), &out, nil)
 	if err != nil || n != int64(len(msg)) {
 		t.Fatalf("stuffMessage = %d, %v", n, err)
 	}
 	dot.Close()
 	return b.Bytes(), src.runs
+}
+
+// eofWithLast is a stuffedSource whose Read returns io.EOF with the last
+// bytes, when on.
+type eofWithLast struct {
+	*stuffedSource
+	on bool
+}
+
+func (e *eofWithLast) Read(p []byte) (int, error) {
+	n, err := e.stuffedSource.Read(p)
+	if e.on && err == nil && e.pos == len(e.msg) {
+		err = io.EOF
+	}
+	return n, err
+}
+
+// TestStuffedReaderAfterRead: once a Read has left the message at a line
+// start, the runs of lines go on, also while what Read gave is pending.
+func TestStuffedReaderAfterRead(t *testing.T) {
+	msg := []byte("x\ny\r\n" + strings.Repeat("abc\r\n", 100))
+	src := &stuffedSource{chunkReader: chunkReader{step: 64}, msg: msg}
+	var b bytes.Buffer
+	dot := textproto.NewWriter(bufio.NewWriter(&b)).DotWriter()
+	var out []byte
+	if _, err := stuffMessage(src, &b, dot, make([]byte, 64), &out, nil); err != nil {
+		t.Fatal(err)
+	}
+	dot.Close()
+	if want := stdlibData(msg); !bytes.Equal(b.Bytes(), want) {
+		t.Fatalf("sent %q, want %q", b.Bytes(), want)
+	}
+	if src.reads != 1 || src.runs != 8 {
+		t.Fatalf("%d reads and %d runs, want 1 read (the bare LF) and 8 runs", src.reads, src.runs)
+	}
 }
 
 // TestShortMessageOneWrite: a short message leaves, with the end of

@@ -81,7 +81,16 @@ func (d *dataReader) Read(b []byte) (int, error) {
 				break
 			}
 		}
-		end := r.allowed(r.end)
+		to := r.end
+		if d.lineEnds {
+			// Read ends at the next line start: the line limit is
+			// checked up to the next LF (not over the whole buffer at
+			// every line).
+			if i := bytes.IndexByte(r.buf[r.pos:r.end], '\n'); i >= 0 {
+				to = r.pos + i + 1
+			}
+		}
+		end := r.allowed(to)
 		if end == r.pos {
 			if n == 0 {
 				err = r.tooLong()
@@ -259,14 +268,17 @@ func (d *dataReader) scanLines(budget int64) (p int, n int, eof bool) {
 		i := bytes.IndexByte(rest, '\n')
 		if i < 0 {
 			decided = goesOn(rest)
+			if r.limit > 0 && line+len(rest) > r.limit {
+				bad = true // Read fails it now: no waiting for more
+			}
 			break
 		}
 		if r.limit > 0 && line+i > r.limit {
 			bad, decided = true, true // Read fails it, or reads the part under the limit
 			break
 		}
-		if i == 0 || rest[i-1] != '\r' {
-			bad, decided = true, true // a bare LF
+		if i == 0 || rest[i-1] != '\r' || bytes.IndexByte(rest[:i-1], '\r') >= 0 {
+			bad, decided = true, true // a bare LF, or a bare CR
 			break
 		}
 		size := int64(i + 1)
@@ -289,28 +301,6 @@ func (d *dataReader) scanLines(budget int64) (p int, n int, eof bool) {
 		lines++
 		p += i + 1
 		line = 1
-	}
-	// Each line holds one CR, before its LF, unless some line holds
-	// another: then the lines end before the first such line, which Read
-	// reads (the message goes on with it).
-	if lines > 0 && bytes.Count(buf[r.pos:p], []byte{'\r'}) != lines {
-		q := r.pos
-		cont = 0
-		for {
-			i := bytes.IndexByte(buf[q:p], '\n')
-			if bytes.IndexByte(buf[q:q+i-1], '\r') >= 0 {
-				break
-			}
-			cont += int64(i + 1)
-			if buf[q] == '.' {
-				cont--
-			}
-			q += i + 1
-		}
-		if q == r.pos {
-			return -1, 0, false
-		}
-		return q, int(cont), false
 	}
 	switch {
 	case eof:

@@ -146,7 +146,7 @@ func ourStuffedData(t *testing.T, in []byte, step, limit int, max int64, size in
 		res.out = append(res.out, buf[:n]...)
 		res.wire = s.write(res.wire, buf[:n])
 	}
-	res.end = errKind(err)
+	res.end, res.unread = errKind(err), len(src.b)
 	if res.end == "too-large" {
 		d.limited = false
 		_, err = readAllData(d, size)
@@ -198,6 +198,11 @@ func checkStuffed(t *testing.T, in []byte, step, limit int, max int64, size int,
 	if got.end != want.end || !bytes.Equal(got.out, want.out) || got.drained != want.drained || !bytes.Equal(got.rest, want.rest) {
 		t.Fatalf("%s:\n got %q %s (drain %s, left %q)\nwant %q %s (drain %s, left %q) (Read alone)",
 			where, got.out, got.end, got.drained, got.rest, want.out, want.end, want.drained, want.rest)
+	}
+	if got.end == "too-long" && got.unread < want.unread {
+		// A line over the limit fails as soon as Read alone fails it:
+		// never after waiting for more input.
+		t.Fatalf("%s: too long a line failed after reading %d more bytes than Read alone", where, want.unread-got.unread)
 	}
 	if got.end == "eof" {
 		if wire := dotWriterData(want.out); !bytes.Equal(got.wire, wire) {
