@@ -196,9 +196,12 @@ func (d *dataReader) unstuff(dst []byte, end int) int {
 // after the lines (the bytes after them show at least one more byte of
 // the message, or its reading fails): the last bytes of a message always
 // come with io.EOF, or from Read, as smtpupstream needs them to end its
-// data. Where that cannot be told yet, the reader reads more from the
-// client, as Read would have. No bytes and a nil error mean Read is to
-// be called; every error is left to Read.
+// data. While that cannot be told yet, or the lines are fewer than
+// minRun bytes and the buffer has room, it reads more from the client
+// (a message's bytes come without waiting for passgate; the upstream
+// then gets fewer, larger writes). No bytes and a nil error mean Read is
+// to be called; every error is left to Read, and a line over the limit
+// fails in Read as soon as it would have.
 func (d *dataReader) ReadStuffed() ([]byte, int, error) {
 	r := d.r
 	d.lineEnds = true
@@ -215,116 +218,119 @@ func (d *dataReader) ReadStuffed() ([]byte, int, error) {
 		}
 		budget = d.n - 1
 	}
-	for r.err == nil {
-		start := r.pos
-		p, n, eof := d.scanLines(budget)
-		if p > start || eof {
-			if eof && p == start {
-				return nil, 0, nil // the end comes first: Read ends the message
-			}
-			lines := r.buf[start:p]
-			r.pos, r.line = p, 1
-			if eof {
-				r.pos += len(".\r\n")
-				d.state = stEOF
-			}
-			if d.limited {
-				d.n -= int64(n)
-			}
-			var err error
-			if eof {
-				err = io.EOF
-			}
-			return lines, n, err
-		}
-		// Not one line can be handed out yet: read more, unless what is
-		// buffered is not such a line or fills the buffer.
-		if p < 0 || (r.pos == 0 && r.end == len(r.buf)) {
-			return nil, 0, nil
-		}
-		if err := r.fill(); err != nil {
-			return nil, 0, nil
-		}
+	if unread := r.end - r.pos; len(r.buf)-r.end < minRun && unread <= r.pos {
+		// Room for the run to come, ahead of the reads that gather it;
+		// what is left unread at this point is usually a partial line,
+		// and never more than was read since the last move, so that no
+		// byte is moved more than once on average.
+		r.end = copy(r.buf, r.buf[r.pos:r.end])
+		r.pos = 0
 	}
-	return nil, 0, nil
-}
-
-// scanLines finds, from r.pos, the lines ReadStuffed may hand out: it
-// returns where they end (r.pos if none), the message bytes they hold,
-// and whether the message's end ".\r\n" comes right after them. p is -1
-// when no line can be handed out and reading more would not change that.
-func (d *dataReader) scanLines(budget int64) (p int, n int, eof bool) {
-	r := d.r
-	buf := r.buf[:r.end]
-	p, line := r.pos, r.line
 	var (
-		lines   int   // lines accepted, up to p
-		cont    int64 // message bytes in them
-		bad     bool  // the line at p can never be handed out
-		decided bool  // the bytes at p show that the message goes on
+		p     = 0      // the lines accepted are buf[pos:pos+p]
+		last  = 0      // where the last of them starts, from pos
+		line  = r.line // the line limit's count at pos+p
+		lines int
+		cont  int64 // message bytes in them
+		seen  = 0   // buf[pos+p:pos+seen] holds no LF (a partial line)
 	)
 	for {
-		rest := buf[p:]
-		i := bytes.IndexByte(rest, '\n')
-		if i < 0 {
-			decided = goesOn(rest)
-			if r.limit > 0 && line+len(rest) > r.limit {
-				bad = true // Read fails it now: no waiting for more
-			}
-			break
-		}
-		if r.limit > 0 && line+i > r.limit {
-			bad, decided = true, true // Read fails it, or reads the part under the limit
-			break
-		}
-		if i == 0 || rest[i-1] != '\r' || bytes.IndexByte(rest[:i-1], '\r') >= 0 {
-			bad, decided = true, true // a bare LF, or a bare CR
-			break
-		}
-		size := int64(i + 1)
-		if rest[0] == '.' {
-			if i == 2 { // ".\r\n"
-				eof = true
+		buf := r.buf[r.pos:r.end]
+		var (
+			eof, stop bool // the end follows; the line at p is not one to hand out
+			partial   []byte
+		)
+		for {
+			rest := buf[p:]
+			from := max(seen-p, 0) // a partial line is not searched again
+			i := bytes.IndexByte(rest[from:], '\n')
+			if i >= 0 {
+				i += from
+			} else {
+				seen = len(buf)
+				partial = rest
+				// Read fails a partial line over the limit now: no
+				// waiting for more.
+				stop = r.limit > 0 && line+len(rest) > r.limit
 				break
 			}
-			if rest[1] != '.' {
-				bad, decided = true, true
+			if r.limit > 0 && line+i > r.limit {
+				stop = true // Read fails it, or reads the part under the limit
 				break
 			}
-			size--
+			if i == 0 || rest[i-1] != '\r' || bytes.IndexByte(rest[:i-1], '\r') >= 0 {
+				stop = true // a bare LF, or a bare CR
+				break
+			}
+			size := int64(i + 1)
+			if rest[0] == '.' {
+				if i == 2 { // ".\r\n"
+					eof = true
+					break
+				}
+				if rest[1] != '.' {
+					stop = true
+					break
+				}
+				size--
+			}
+			if budget >= 0 && cont+size > budget {
+				stop = true // Read meets the size limit
+				break
+			}
+			cont += size
+			lines++
+			last, p, line = p, p+i+1, 1
 		}
-		if budget >= 0 && cont+size > budget {
-			bad, decided = true, true // Read meets the size limit
-			break
+		switch {
+		case lines == 0 && (eof || stop):
+			return nil, 0, nil // Read reads the end, or that line
+		case eof:
+			return d.handOut(p, cont, true), int(cont), io.EOF
+		case stop:
+			return d.handOut(p, cont, false), int(cont), nil
 		}
-		cont += size
-		lines++
-		p += i + 1
-		line = 1
+		room := r.err == nil && r.end < len(r.buf)
+		if room && (p < minRun || !goesOn(partial)) {
+			if err := r.more(); err == nil {
+				continue
+			}
+		}
+		if lines > 0 && goesOn(partial) {
+			return d.handOut(p, cont, false), int(cont), nil
+		}
+		// The message may end right after the last line: that line
+		// stays for the next call, with more input.
+		if lines <= 1 {
+			return nil, 0, nil
+		}
+		if r.buf[r.pos+last] == '.' {
+			cont -= int64(p-last) - 1
+		} else {
+			cont -= int64(p - last)
+		}
+		return d.handOut(last, cont, false), int(cont), nil
 	}
-	switch {
-	case eof:
-		return p, int(cont), true
-	case lines == 0 && bad:
-		return -1, 0, false
-	case decided:
-		return p, int(cont), false
+}
+
+// minRun is how many bytes of lines ReadStuffed gathers, when it can,
+// before handing them out.
+const minRun = largeBuffer / 2
+
+// handOut returns the next p bytes of input, lines that stand for n
+// bytes of the message, as read; with eof, the ".\r\n" after them too.
+func (d *dataReader) handOut(p int, n int64, eof bool) []byte {
+	r := d.r
+	lines := r.buf[r.pos : r.pos+p]
+	r.pos, r.line = r.pos+p, 1
+	if eof {
+		r.pos += len(".\r\n")
+		d.state = stEOF
 	}
-	// The message may end right after the last line: that line stays for
-	// the next call, with more input.
-	if lines == 0 {
-		return r.pos, 0, false
+	if d.limited {
+		d.n -= n
 	}
-	q := p - 1
-	for q > r.pos && buf[q-1] != '\n' {
-		q--
-	}
-	if buf[q] == '.' {
-		cont -= int64(p-q) - 1
-	} else {
-		cont -= int64(p - q)
-	}
-	return q, int(cont), false
+	return lines
 }
 
 // goesOn tells whether rest, the start of a line, shows a byte of the

@@ -249,12 +249,14 @@ func TestReadStuffedMatchesRead(t *testing.T) {
 
 // TestReadStuffedSendsLinesAsTheyAre: a message of ordinary lines (and
 // lines that start with a doubled dot) goes upstream as runs of lines,
-// as many as the reads it arrives in, give or take; with its first byte
-// read ahead, the rest of its first line goes by Read. From a line that
-// starts with a single dot on, the message goes by Read.
+// of at least minRun bytes but for the last (a short message is one
+// run, however it arrives); with its first byte read ahead, the rest of
+// its first line goes by Read. From a line that starts with a single dot
+// on, the message goes by Read.
 func TestReadStuffedSendsLinesAsTheyAre(t *testing.T) {
 	plain := "Subject: x\r\n\r\n" + strings.Repeat("line of text\r\n..dot\r\n", 50) + ".\r\n"
 	all := int64(len(plain)) - 50 - 3 // less the stuffed dots and the end
+	big := "Subject: x\r\n\r\n" + strings.Repeat(strings.Repeat("y", 76)+"\r\n", (1<<20)/78) + ".\r\n"
 	tests := []struct {
 		name     string
 		in       string
@@ -264,9 +266,10 @@ func TestReadStuffedSendsLinesAsTheyAre(t *testing.T) {
 		taken    int64
 	}{
 		{"one read", plain, 1 << 16, false, 1, 1, all},
-		{"reads of 100", plain, 100, false, 8, 14, all},
+		{"reads of 100", plain, 100, false, 1, 1, all},
 		{"one read, first byte ahead", plain, 1 << 16, true, 1, 1, all - 12},
-		{"reads of 100, first byte ahead", plain, 100, true, 8, 14, all - 12},
+		{"reads of 100, first byte ahead", plain, 100, true, 1, 1, all - 12},
+		{"1 MiB in reads of 4 KiB", big, 4 << 10, true, len(big) / largeBuffer, len(big)/minRun + 1, int64(len(big)) - 12 - 3},
 		{"single dots", "Subject: x\r\n\r\n" + strings.Repeat(".x\r\n", 50) + ".\r\n", 1 << 16, false, 1, 1, 14},
 	}
 	for _, tc := range tests {
