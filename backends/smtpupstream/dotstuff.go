@@ -116,8 +116,7 @@ func (d *dotStuffer) atLineStart() bool { return d.state == dotBegin || d.state 
 // end of data as if dot had been given the whole message. buf is the
 // read buffer; before is called ahead of every write to raw (to set a
 // deadline); out is the encoding buffer, reused between messages (it
-// grows to 2×len(buf)+2 bytes, or to the last run of lines of a
-// StuffedReader and what was pending). The encoding of what is read goes
+// grows to 2×len(buf)+2 bytes). The encoding of what is read goes
 // out once len(buf)/2 bytes of it are pending, and at the end. When raw
 // is a holder, the last write is held, not written, and the caller
 // closes dot before out is used again. It returns the bytes read from r;
@@ -156,6 +155,16 @@ func stuffMessage(r io.Reader, raw io.Writer, dot io.Writer, buf []byte, out *[]
 		}
 		return nil
 	}
+	// flush writes what is pending but for the line end or CR that may
+	// be the message's last bytes.
+	flush := func() error {
+		keep := len(pending) - d.tail()
+		if err := write(pending[:keep], false); err != nil {
+			return err
+		}
+		pending = pending[:copy(pending, pending[keep:])]
+		return nil
+	}
 	sr, _ := r.(StuffedReader)
 	for {
 		if sr != nil && d.atLineStart() {
@@ -164,11 +173,21 @@ func stuffMessage(r io.Reader, raw io.Writer, dot io.Writer, buf []byte, out *[]
 				n += int64(m)
 				d.state = dotBeginLine
 				switch {
-				case rerr == io.EOF:
+				case rerr == io.EOF && len(pending)+len(p) <= cap(pending):
 					// The end: written below, from out (a holder appends
 					// the end of data to what it holds, which must not be
 					// the reader's buffer).
 					pending = append(pending, p...)
+				case rerr == io.EOF:
+					// Too large for out: written as it is, but for its
+					// last line end, which goes through dot below.
+					if err := write(pending, false); err != nil {
+						return n, err
+					}
+					pending = append(pending[:0], p[len(p)-2:]...)
+					if err := write(p[:len(p)-2], false); err != nil {
+						return n, err
+					}
 				case len(pending) == 0:
 					if err := write(p, false); err != nil {
 						return n, err
@@ -177,7 +196,7 @@ func stuffMessage(r io.Reader, raw io.Writer, dot io.Writer, buf []byte, out *[]
 					// The message goes on after p: no line end of it,
 					// nor of what is pending, needs keeping back.
 					rest := p
-					if len(pending) < flushAt {
+					if len(pending)+len(p) <= cap(pending) {
 						pending = append(pending, p...)
 						rest = nil
 					}
@@ -193,13 +212,22 @@ func stuffMessage(r io.Reader, raw io.Writer, dot io.Writer, buf []byte, out *[]
 			if rerr == io.EOF {
 				break
 			}
-			if len(p) > 0 || rerr != nil {
+			if rerr != nil {
+				return n, rerr // not one the interface returns
+			}
+			if len(p) > 0 {
 				continue
 			}
 		}
 		m, rerr := r.Read(buf)
 		if m > 0 {
 			n += int64(m)
+			if len(pending)+2*m > cap(pending) {
+				// Room for the encoding (at most twice what was read).
+				if err := flush(); err != nil {
+					return n, err
+				}
+			}
 			pending = d.append(pending, buf[:m])
 		}
 		if rerr == io.EOF {
@@ -209,11 +237,9 @@ func stuffMessage(r io.Reader, raw io.Writer, dot io.Writer, buf []byte, out *[]
 			return n, rerr
 		}
 		if len(pending) >= flushAt {
-			keep := len(pending) - d.tail()
-			if err := write(pending[:keep], false); err != nil {
+			if err := flush(); err != nil {
 				return n, err
 			}
-			pending = pending[:copy(pending, pending[keep:])]
 		}
 	}
 	var tail [2]byte
