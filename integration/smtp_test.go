@@ -222,6 +222,65 @@ func TestSMTPNoSmuggling(t *testing.T) {
 	}
 }
 
+// TestSMTPLargeMessageAsSent: a message of a few hundred KiB, sent in
+// TLS records of 16 KiB, with lines that start with a stuffed dot, lines
+// that start with a single dot (which the dot stuffing removes), a bare
+// LF end of data and a command after it in the middle, reaches the
+// mailbox with its text as a client means it: passgate hands most of
+// its lines to Postfix as the client sent them and un-stuffs and stuffs
+// again the rest, and the message ends at its own end of data only.
+func TestSMTPLargeMessageAsSent(t *testing.T) {
+	e := smtpEnv(t)
+	p := startPassgateSMTP(t, smtpOpts{upstream: xclientUpstream(e)})
+	c := smtpRawSession(t, p, "127.0.3.2")
+	c.send("AUTH PLAIN " + base64.StdEncoding.EncodeToString([]byte("\x00alice\x00"+p.Secrets.aliceApp)))
+	c.expect("235 ")
+	c.send("MAIL FROM:<alice@example.test>")
+	c.expect("250 ")
+	c.send("RCPT TO:<dave@example.test>")
+	c.expect("250 ")
+	c.send("DATA")
+	c.expect("354 ")
+	subject := fmt.Sprintf("large as sent %d", time.Now().UnixNano())
+	var sent, want strings.Builder // as sent (stuffed), and as meant
+	add := func(wire, text string) { sent.WriteString(wire); want.WriteString(text) }
+	add("Subject: "+subject+"\r\n\r\n", "Subject: "+subject+"\n\n")
+	for i := 0; sent.Len() < 300<<10; i++ {
+		switch {
+		case i%500 == 250:
+			add(".single dot\r\n", "single dot\n")
+		case i%100 == 7:
+			add(fmt.Sprintf("..stuffed %d\r\n", i), fmt.Sprintf(".stuffed %d\n", i))
+		case i == 2000:
+			add("smuggle\n.\nRSET\r\n", "smuggle\n.\nRSET\n")
+		default:
+			l := fmt.Sprintf("line %d %s\r\n", i, strings.Repeat("x", i%70))
+			add(l, strings.TrimSuffix(l, "\r\n")+"\n")
+		}
+	}
+	add("..last\r\n", ".last\n")
+	sent.WriteString(".\r\n")
+	for rest := sent.String(); rest != ""; rest = rest[min(16<<10, len(rest)):] {
+		if _, err := io.WriteString(c.w, rest[:min(16<<10, len(rest))]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.expect("250 ")
+	c.send("QUIT")
+	c.expect("221 ")
+	// Postfix adds header fields: the bodies are compared.
+	_, got, _ := strings.Cut(strings.ReplaceAll(string(waitMailbox(t, e, "dave", subject)), "\r\n", "\n"), "\n\n")
+	_, body, _ := strings.Cut(want.String(), "\n\n")
+	if got != body {
+		i := 0
+		for i < min(len(got), len(body)) && got[i] == body[i] {
+			i++
+		}
+		t.Fatalf("the mailbox's message (%d bytes) differs from what was sent (%d) at byte %d of its body: got %q, want %q",
+			len(got), len(body), i, got[i:min(i+80, len(got))], body[i:min(i+80, len(body))])
+	}
+}
+
 // TestSMTPUniformFailure: the primary password of an enforced user, a
 // deleted app password and one without scope smtp get exactly the reply
 // of a wrong password, after the failure delay.

@@ -84,47 +84,151 @@ func (d *dotStuffer) tail() int {
 	return 0
 }
 
-// stuffMessage reads the message from r, writes its DATA encoding to raw
-// (the upstream connection, with nothing buffered ahead of it), keeping
-// back the last line end, which goes through dot (go-smtp's DATA writer)
-// before the caller closes dot: its Close then writes the same end of
-// data as if dot had been given the whole message. buf is the read
-// buffer; before is called ahead of every write to raw (to set a
+// StuffedReader is a message source that can also hand out runs of its
+// lines already in DATA's encoding, as proxy/smtpfront's DATA reader can:
+// its client sent the message in that encoding, and where stuffing the
+// lines again gives the bytes the client sent, Data sends those bytes as
+// they are instead of un-stuffing and stuffing them again.
+type StuffedReader interface {
+	io.Reader
+	// ReadStuffed is called at the start of a line of the message (at
+	// its start, or after a line end). It returns, in p, whole lines of
+	// the message in DATA's encoding: each ends with CRLF and holds no
+	// other CR or LF, and each that starts with "." starts with "..";
+	// they stand for the next n bytes of the message (p less the first
+	// dot of every line that starts with one). Unless err is io.EOF,
+	// the message goes on after p (or fails to be read); with io.EOF, p
+	// is the end of the message. p is valid until the next call. Where
+	// the next bytes are not such lines, it returns no bytes and a nil
+	// error, and the caller Reads; it never returns another error
+	// (Read reports it).
+	ReadStuffed() (p []byte, n int, err error)
+}
+
+// atLineStart tells that what comes next starts a line of the encoding:
+// lines handed out by a StuffedReader can be sent as they are.
+func (d *dotStuffer) atLineStart() bool { return d.state == dotBegin || d.state == dotBeginLine }
+
+// stuffMessage reads the message from r and writes its DATA encoding to
+// raw (the upstream connection, with nothing buffered ahead of it),
+// keeping back the last line end, which goes through dot (go-smtp's DATA
+// writer) before the caller closes dot: its Close then writes the same
+// end of data as if dot had been given the whole message. buf is the
+// read buffer; before is called ahead of every write to raw (to set a
 // deadline); out is the encoding buffer, reused between messages (it
-// grows to 2×len(buf)+2 bytes). When raw is a holder, the part of the
-// message read together with its end is held, not written, and the
-// caller closes dot before out is used again. It returns the bytes read
-// from r; a failed write is a *writeError.
+// grows to 2×len(buf)+2 bytes). The encoding of what is read goes
+// out once len(buf)/2 bytes of it are pending, and at the end. When raw
+// is a holder, the last write is held, not written, and the caller
+// closes dot before out is used again. It returns the bytes read from r;
+// a failed write is a *writeError.
+//
+// When r is a StuffedReader, the runs of lines it hands out at a line
+// start are written as they are, without a copy (but for the last one,
+// and for one that follows pending bytes), and the rest of the message
+// is read and stuffed as above.
 func stuffMessage(r io.Reader, raw io.Writer, dot io.Writer, buf []byte, out *[]byte, before func()) (int64, error) {
 	var (
-		d    dotStuffer
-		held [2]byte
-		nh   int
-		n    int64
+		d dotStuffer
+		n int64
 	)
 	if cap(*out) < 2*len(buf)+2 {
 		*out = make([]byte, 0, 2*len(buf)+2)
 	}
+	flushAt := max(len(buf)/2, 1)
+	// pending is the encoding not written yet, in out.
+	pending := (*out)[:0]
+	defer func() { *out = pending[:0] }()
+	write := func(body []byte, last bool) error {
+		if len(body) == 0 {
+			return nil
+		}
+		if before != nil {
+			before()
+		}
+		if h, ok := raw.(holder); ok && last {
+			// The message's last bytes leave with its end.
+			h.hold(body)
+			return nil
+		}
+		if _, err := raw.Write(body); err != nil {
+			return &writeError{err}
+		}
+		return nil
+	}
+	// flush writes what is pending but for the line end or CR that may
+	// be the message's last bytes.
+	flush := func() error {
+		keep := len(pending) - d.tail()
+		if err := write(pending[:keep], false); err != nil {
+			return err
+		}
+		pending = pending[:copy(pending, pending[keep:])]
+		return nil
+	}
+	sr, _ := r.(StuffedReader)
 	for {
+		if sr != nil && d.atLineStart() {
+			p, m, rerr := sr.ReadStuffed()
+			if len(p) > 0 {
+				n += int64(m)
+				d.state = dotBeginLine
+				switch {
+				case rerr == io.EOF && len(pending)+len(p) <= cap(pending):
+					// The end: written below, from out (a holder appends
+					// the end of data to what it holds, which must not be
+					// the reader's buffer).
+					pending = append(pending, p...)
+				case rerr == io.EOF:
+					// Too large for out: written as it is, but for its
+					// last line end, which goes through dot below.
+					if err := write(pending, false); err != nil {
+						return n, err
+					}
+					pending = append(pending[:0], p[len(p)-2:]...)
+					if err := write(p[:len(p)-2], false); err != nil {
+						return n, err
+					}
+				case len(pending) == 0:
+					if err := write(p, false); err != nil {
+						return n, err
+					}
+				default:
+					// The message goes on after p: no line end of it,
+					// nor of what is pending, needs keeping back.
+					rest := p
+					if len(pending)+len(p) <= cap(pending) {
+						pending = append(pending, p...)
+						rest = nil
+					}
+					if err := write(pending, false); err != nil {
+						return n, err
+					}
+					pending = pending[:0]
+					if err := write(rest, false); err != nil {
+						return n, err
+					}
+				}
+			}
+			if rerr == io.EOF {
+				break
+			}
+			if rerr != nil {
+				return n, rerr // not one the interface returns
+			}
+			if len(p) > 0 {
+				continue
+			}
+		}
 		m, rerr := r.Read(buf)
 		if m > 0 {
 			n += int64(m)
-			o := append((*out)[:0], held[:nh]...)
-			o = d.append(o, buf[:m])
-			*out = o[:0]
-			keep := d.tail()
-			nh = copy(held[:], o[len(o)-keep:])
-			if body := o[:len(o)-keep]; len(body) > 0 {
-				if before != nil {
-					before()
-				}
-				if h, ok := raw.(holder); ok && rerr == io.EOF {
-					// The message's last bytes leave with its end.
-					h.hold(body)
-				} else if _, err := raw.Write(body); err != nil {
-					return n, &writeError{err}
+			if len(pending)+2*m > cap(pending) {
+				// Room for the encoding (at most twice what was read).
+				if err := flush(); err != nil {
+					return n, err
 				}
 			}
+			pending = d.append(pending, buf[:m])
 		}
 		if rerr == io.EOF {
 			break
@@ -132,9 +236,20 @@ func stuffMessage(r io.Reader, raw io.Writer, dot io.Writer, buf []byte, out *[]
 		if rerr != nil {
 			return n, rerr
 		}
+		if len(pending) >= flushAt {
+			if err := flush(); err != nil {
+				return n, err
+			}
+		}
 	}
-	if nh > 0 {
-		if _, err := dot.Write(held[:nh]); err != nil {
+	var tail [2]byte
+	keep := len(pending) - d.tail()
+	nt := copy(tail[:], pending[keep:])
+	if err := write(pending[:keep], true); err != nil {
+		return n, err
+	}
+	if nt > 0 {
+		if _, err := dot.Write(tail[:nt]); err != nil {
 			return n, &writeError{err}
 		}
 	}

@@ -694,7 +694,9 @@ func (s *Session) Rcpt(to string, opts *smtp.RcptOptions) error {
 // go-smtp sends DATA and reads the 354; the message itself is encoded by
 // dotStuffer and written to the connection directly, and only its last
 // line end goes through go-smtp's writer, whose Close ends the data and
-// reads the reply.
+// reads the reply. When r is a StuffedReader, the runs of lines it hands
+// out are written as they are: the same bytes as dotStuffer's for them
+// (r, not the upstream, still decides where the message ends).
 func (s *Session) Data(r io.Reader) (int64, error) {
 	w, err := s.cl.Data()
 	if err != nil {

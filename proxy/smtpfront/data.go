@@ -42,6 +42,10 @@ type dataReader struct {
 	state   int
 	limited bool
 	n       int64 // bytes left under the limit
+	// lineEnds is set once ReadStuffed has been called: Read then
+	// returns at the first start of a line it reaches after a byte of
+	// the message, where its caller can go on with ReadStuffed.
+	lineEnds bool
 }
 
 // errDataTooLarge is the reply to a DATA message over the size limit.
@@ -77,7 +81,16 @@ func (d *dataReader) Read(b []byte) (int, error) {
 				break
 			}
 		}
-		end := r.allowed(r.end)
+		to := r.end
+		if d.lineEnds {
+			// Read ends at the next line start: the line limit is
+			// checked up to the next LF (not over the whole buffer at
+			// every line).
+			if i := bytes.IndexByte(r.buf[r.pos:r.end], '\n'); i >= 0 {
+				to = r.pos + i + 1
+			}
+		}
+		end := r.allowed(to)
 		if end == r.pos {
 			if n == 0 {
 				err = r.tooLong()
@@ -89,6 +102,9 @@ func (d *dataReader) Read(b []byte) (int, error) {
 		from := r.pos
 		n += d.unstuff(b[n:], end)
 		r.counted(from)
+		if d.lineEnds && d.state == stBeginLine && n > 0 {
+			break
+		}
 	}
 	if err == nil && d.state == stEOF {
 		err = io.EOF
@@ -147,6 +163,10 @@ func (d *dataReader) unstuff(dst []byte, end int) int {
 		case stCR:
 			if c == '\n' {
 				d.state = stBeginLine
+				if d.lineEnds {
+					dst[n] = c
+					return n + 1
+				}
 			} else {
 				d.state = stData
 			}
@@ -156,6 +176,185 @@ func (d *dataReader) unstuff(dst []byte, end int) int {
 	}
 	return n
 }
+
+// ReadStuffed hands out, at the start of a line, a run of whole lines of
+// the message as the client sent them, which are also what the upstream
+// is to receive (smtpupstream.StuffedReader): lines that end with CRLF,
+// hold no other CR or LF, and do not start with a single dot. For such a
+// line, removing the dot stuffing (as Read does) and stuffing it again
+// (as smtpupstream does) gives back its bytes: a line "..x" is read as
+// ".x" and sent as "..x" again; a line ".x" (read as "x") is left to
+// Read, and so are bare LF and bare CR, which the upstream's stuffing
+// changes. n is the number of message bytes the lines stand for (the
+// lines less the dot removed from each that starts with "..").
+//
+// The lines are read as Read reads them: every byte under the line
+// limit, the message's bytes under the size limit (strictly, so that
+// the limit itself is met by Read and fails as it did), and the message
+// ends at the same ".\r\n": with io.EOF, the lines are the end of the
+// message and that line has been read. Without it, the message goes on
+// after the lines (the bytes after them show at least one more byte of
+// the message, or its reading fails): the last bytes of a message always
+// come with io.EOF, or from Read, as smtpupstream needs them to end its
+// data. While that cannot be told yet, or the lines are fewer than
+// minRun bytes and the buffer has room, it reads more from the client
+// (a message's bytes come without waiting for passgate; the upstream
+// then gets fewer, larger writes). No bytes and a nil error mean Read is
+// to be called; every error is left to Read, and a line over the limit
+// fails in Read as soon as it would have.
+func (d *dataReader) ReadStuffed() ([]byte, int, error) {
+	r := d.r
+	d.lineEnds = true
+	if d.state == stEOF {
+		return nil, 0, io.EOF
+	}
+	if d.state != stBeginLine {
+		return nil, 0, nil
+	}
+	budget := int64(-1) // message bytes the lines may hold; -1: no limit
+	if d.limited {
+		if d.n <= 1 {
+			return nil, 0, nil
+		}
+		budget = d.n - 1
+	}
+	if unread := r.end - r.pos; len(r.buf)-r.end < minRun && unread <= r.pos {
+		// Room for the run to come, ahead of the reads that gather it;
+		// what is left unread at this point is usually a partial line,
+		// and never more than was read since the last move, so that no
+		// byte is moved more than once on average.
+		r.end = copy(r.buf, r.buf[r.pos:r.end])
+		r.pos = 0
+	}
+	var (
+		p     = 0      // the lines accepted are buf[pos:pos+p]
+		last  = 0      // where the last of them starts, from pos
+		line  = r.line // the line limit's count at pos+p
+		lines int
+		cont  int64 // message bytes in them
+		seen  = 0   // buf[pos+p:pos+seen] holds no LF (a partial line)
+	)
+	for {
+		buf := r.buf[r.pos:r.end]
+		var (
+			eof, stop bool // the end follows; the line at p is not one to hand out
+			partial   []byte
+		)
+		for {
+			rest := buf[p:]
+			from := max(seen-p, 0) // a partial line is not searched again
+			i := bytes.IndexByte(rest[from:], '\n')
+			if i >= 0 {
+				i += from
+			} else {
+				seen = len(buf)
+				partial = rest
+				// Read fails a partial line over the limit now: no
+				// waiting for more.
+				stop = r.limit > 0 && line+len(rest) > r.limit
+				break
+			}
+			if r.limit > 0 && line+i > r.limit {
+				stop = true // Read fails it, or reads the part under the limit
+				break
+			}
+			if i == 0 || rest[i-1] != '\r' || bytes.IndexByte(rest[:i-1], '\r') >= 0 {
+				stop = true // a bare LF, or a bare CR
+				break
+			}
+			size := int64(i + 1)
+			if rest[0] == '.' {
+				if i == 2 { // ".\r\n"
+					eof = true
+					break
+				}
+				if rest[1] != '.' {
+					stop = true
+					break
+				}
+				size--
+			}
+			if budget >= 0 && cont+size > budget {
+				stop = true // Read meets the size limit
+				break
+			}
+			cont += size
+			lines++
+			last, p, line = p, p+i+1, 1
+		}
+		switch {
+		case lines == 0 && (eof || stop):
+			return nil, 0, nil // Read reads the end, or that line
+		case eof:
+			return d.handOut(p, cont, true), int(cont), io.EOF
+		case stop:
+			return d.handOut(p, cont, false), int(cont), nil
+		}
+		room := r.err == nil && r.end < len(r.buf)
+		if room && (p < minRun || !goesOn(partial)) {
+			if err := r.more(); err == nil {
+				continue
+			}
+		}
+		if lines > 0 && goesOn(partial) {
+			return d.handOut(p, cont, false), int(cont), nil
+		}
+		// The message may end right after the last line: that line
+		// stays for the next call, with more input.
+		if lines <= 1 {
+			return nil, 0, nil
+		}
+		if r.buf[r.pos+last] == '.' {
+			cont -= int64(p-last) - 1
+		} else {
+			cont -= int64(p - last)
+		}
+		return d.handOut(last, cont, false), int(cont), nil
+	}
+}
+
+// minRun is how many bytes of lines ReadStuffed gathers, when it can,
+// before handing them out.
+const minRun = largeBuffer / 2
+
+// handOut returns the next p bytes of input, lines that stand for n
+// bytes of the message, as read; with eof, the ".\r\n" after them too.
+func (d *dataReader) handOut(p int, n int64, eof bool) []byte {
+	r := d.r
+	lines := r.buf[r.pos : r.pos+p]
+	r.pos, r.line = r.pos+p, 1
+	if eof {
+		r.pos += len(".\r\n")
+		d.state = stEOF
+	}
+	if d.limited {
+		d.n -= n
+	}
+	return lines
+}
+
+// goesOn tells whether rest, the start of a line, shows a byte of the
+// message, as opposed to the start of ".\r\n" (or nothing).
+func goesOn(rest []byte) bool {
+	switch {
+	case len(rest) == 0:
+		return false
+	case rest[0] != '.':
+		return true
+	case len(rest) == 1:
+		return false
+	case rest[1] != '\r':
+		return true
+	case len(rest) == 2:
+		return false
+	}
+	return rest[2] != '\n'
+}
+
+// endReadsAtLines makes each Read return at the first line start it
+// reaches, as after a ReadStuffed: prefixed calls it while its caller
+// Reads the byte read ahead.
+func (d *dataReader) endReadsAtLines() { d.lineEnds = true }
 
 // drain reads the rest of the message, without a limit, so that the
 // next command is read after it; it stops at the first error.

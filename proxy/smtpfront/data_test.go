@@ -60,6 +60,9 @@ type dataResult struct {
 	drained  string // how the drain after a too-large message ended
 	rest     []byte
 	readSize int
+	// unread is how much input was left unread when the message's
+	// reading ended (before a drain).
+	unread int
 }
 
 func readAllData(r io.Reader, size int) ([]byte, error) {
@@ -89,7 +92,7 @@ func ourData(in []byte, step, limit int, max int64, size int) dataResult {
 	r.grow(true)
 	d := &dataReader{r: r, limited: max > 0, n: max}
 	out, err := readAllData(d, size)
-	res := dataResult{out: out, end: errKind(err)}
+	res := dataResult{out: out, end: errKind(err), unread: len(src.b)}
 	if res.end == "too-large" {
 		d.limited = false
 		_, err = readAllData(d, size)
@@ -309,4 +312,57 @@ func BenchmarkDataReader(b *testing.B) {
 			return &dataReader{r: r, limited: true, n: DefaultMaxMessageBytes}
 		})
 	})
+	// As smtpupstream reads it: runs of lines from ReadStuffed, and
+	// Read where they end (not stuffed again here). With bare LFs or
+	// bare CRs in every other line, every such line goes by Read, and
+	// the reading stays linear.
+	bare := func(end string) []byte {
+		var m bytes.Buffer
+		for i := 0; m.Len() < 10<<20; i++ {
+			if i%2 == 0 {
+				m.WriteString(line[:len(line)-2] + end)
+			} else {
+				m.WriteString(line)
+			}
+		}
+		m.WriteString(line + ".\r\n")
+		return m.Bytes()
+	}
+	b.Run("passgate-stuffed", func(b *testing.B) { stuffedBench(b, in, buf) })
+	b.Run("passgate-stuffed-bare-lf", func(b *testing.B) { stuffedBench(b, bare("\n"), buf) })
+	b.Run("passgate-stuffed-bare-cr", func(b *testing.B) { stuffedBench(b, bare("\r\r\n"), buf) })
+}
+
+// stuffedBench reads in as smtpupstream does: ReadStuffed at line starts,
+// Read elsewhere.
+func stuffedBench(b *testing.B, in, buf []byte) {
+	{
+		b.SetBytes(int64(len(in)))
+		b.ReportAllocs()
+		for b.Loop() {
+			r := newReader(&stepReader{b: in, step: 16 << 10}, DefaultMaxLineLength, nil, nil)
+			r.grow(true)
+			d := &dataReader{r: r, limited: true, n: DefaultMaxMessageBytes}
+			atLine := true
+			for {
+				if atLine {
+					p, _, err := d.ReadStuffed()
+					if err == io.EOF {
+						break
+					}
+					if len(p) > 0 {
+						continue
+					}
+				}
+				n, err := d.Read(buf)
+				if err == io.EOF {
+					break
+				}
+				if err != nil {
+					b.Fatal(err)
+				}
+				atLine = n > 0 && buf[n-1] == '\n'
+			}
+		}
+	}
 }

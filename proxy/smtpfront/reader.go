@@ -131,6 +131,27 @@ func (r *reader) fill() error {
 	return nil
 }
 
+// more reads once from the connection, as fill does, but into the free
+// end of the buffer when there is one, without moving what is unread to
+// its start: ReadStuffed gathers lines over several reads.
+func (r *reader) more() error {
+	if r.err != nil || r.end == len(r.buf) {
+		return r.fill()
+	}
+	if r.before != nil {
+		r.before()
+	}
+	n, err := r.rd.Read(r.buf[r.end:])
+	r.end += n
+	if err != nil {
+		r.err = err
+		if n == 0 {
+			return err
+		}
+	}
+	return nil
+}
+
 // tooLong fails the reader: a line passed the limit.
 func (r *reader) tooLong() error {
 	r.err = errTooLongLine

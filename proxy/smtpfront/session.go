@@ -414,8 +414,38 @@ func (p *prefixed) Read(b []byte) (int, error) {
 	return n + 1, err
 }
 
+// ReadStuffed is r's (smtpupstream.StuffedReader), once the byte read
+// ahead has been read: until then, the caller Reads, and r's Reads end
+// at line starts from then on, as after a ReadStuffed of its own.
+func (p *prefixed) ReadStuffed() ([]byte, int, error) {
+	if p.pending {
+		if lr, ok := p.r.(interface{ endReadsAtLines() }); ok {
+			lr.endReadsAtLines()
+		}
+		return nil, 0, nil
+	}
+	return readStuffed(p.r)
+}
+
+// stuffedReader is a reader of a message that hands out runs of its
+// lines as the client sent them (dataReader.ReadStuffed, which
+// smtpupstream.StuffedReader calls for).
+type stuffedReader interface {
+	ReadStuffed() ([]byte, int, error)
+}
+
+// readStuffed is r's ReadStuffed, or no bytes (the caller then Reads)
+// when r has none.
+func readStuffed(r io.Reader) ([]byte, int, error) {
+	if sr, ok := r.(stuffedReader); ok {
+		return sr.ReadStuffed()
+	}
+	return nil, 0, nil
+}
+
 // errReader remembers the first error of r other than io.EOF: the
-// client's side of a message that failed.
+// client's side of a message that failed. (r's ReadStuffed returns no
+// other error.)
 type errReader struct {
 	r   io.Reader
 	err error
@@ -428,3 +458,6 @@ func (e *errReader) Read(b []byte) (int, error) {
 	}
 	return n, err
 }
+
+// ReadStuffed is r's, for smtpupstream.StuffedReader.
+func (e *errReader) ReadStuffed() ([]byte, int, error) { return readStuffed(e.r) }
