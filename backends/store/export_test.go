@@ -32,3 +32,16 @@ func SetJournalCloseWaits(j *Journal, wait, grace time.Duration) {
 	defer j.mu.Unlock()
 	j.closeWait, j.closeGrace = wait, grace
 }
+
+// HoldJournalFlusher keeps j's flusher from starting: writes stay in the
+// queue, untouched by the store, until release starts it. j must be new
+// (no flusher yet).
+func HoldJournalFlusher(j *Journal) (release func()) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.running {
+		panic("store: HoldJournalFlusher on a Journal whose flusher runs")
+	}
+	j.running = true // enqueue starts no flusher
+	return func() { go j.flushLoop() }
+}

@@ -311,16 +311,34 @@ func testJournalStoreDown(t *testing.T, f *fixture) {
 	}
 	var logs lockedBuffer
 	j := store.NewJournal(s, slog.New(slog.NewTextHandler(&logs, nil)))
-	start := time.Now()
-	for i := range 3 {
-		if err := j.Record(ctxT(t), loginEvent("erin", "failure", i)); err != nil {
-			t.Fatalf("Record with the store down: %v (want queued)", err)
+	// Record must not wait for the store: with the flusher held back,
+	// nothing is written while the writes are recorded, so a Record that
+	// waited for its write would never return.
+	release := store.HoldJournalFlusher(j)
+	rctx := ctxT(t)
+	recorded := make(chan error, 1)
+	go func() {
+		for i := range 3 {
+			if err := j.Record(rctx, loginEvent("erin", "failure", i)); err != nil {
+				recorded <- fmt.Errorf("Record with the store down: %w (want queued)", err)
+				return
+			}
 		}
+		recorded <- nil
+	}()
+	select {
+	case err := <-recorded:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("Record with the store down blocked the caller: it waits for the store")
 	}
-	if took := time.Since(start); took > time.Second {
-		t.Errorf("Record with the store down blocked the caller for %v", took)
+	if pending := j.Pending(); pending != 3 {
+		t.Fatalf("after 3 writes with the flusher held: Pending %d, want 3", pending)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	release()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	if err := j.Flush(ctx); err != nil {
 		t.Fatal(err)
