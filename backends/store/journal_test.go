@@ -263,7 +263,7 @@ func testJournalIdleFlusher(t *testing.T, f *fixture) {
 	// holds n events of frank.
 	committed := func(n int) {
 		t.Helper()
-		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		for deadline := time.Now().Add(time.Minute); ; time.Sleep(5 * time.Millisecond) {
 			evs, err := s.Audit(ctx, store.AuditFilter{User: "frank"})
 			if err != nil {
 				t.Fatal(err)
@@ -272,7 +272,7 @@ func testJournalIdleFlusher(t *testing.T, f *fixture) {
 				return
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("%d events of frank committed after 30 s, want %d", len(evs), n)
+				t.Fatalf("%d events of frank committed after 1 min, want %d", len(evs), n)
 			}
 		}
 	}
@@ -288,9 +288,9 @@ func testJournalIdleFlusher(t *testing.T, f *fixture) {
 	if err := j.Close(); err != nil {
 		t.Fatal(err)
 	}
-	for deadline := time.Now().Add(30 * time.Second); store.JournalRunning(j); time.Sleep(5 * time.Millisecond) {
+	for deadline := time.Now().Add(time.Minute); store.JournalRunning(j); time.Sleep(5 * time.Millisecond) {
 		if time.Now().After(deadline) {
-			t.Fatal("the idle flusher still runs 30 s after Close")
+			t.Fatal("the idle flusher still runs 1 min after Close")
 		}
 	}
 }

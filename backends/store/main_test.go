@@ -56,7 +56,7 @@ func newFixture(tb testing.TB, driver string) *fixture {
 		f.dsn = filepath.Join(dir, "passgate.db")
 	case store.DriverPostgres:
 		name := fmt.Sprintf("passgate_t%d_%d", os.Getpid(), dbSeq.Add(1))
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
 		dsn, err := testenv.CreateDatabase(ctx, pgBase, name)
 		if err != nil {
@@ -64,7 +64,7 @@ func newFixture(tb testing.TB, driver string) *fixture {
 		}
 		f.dsn = dsn
 		tb.Cleanup(func() {
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 			defer cancel()
 			if err := testenv.DropDatabase(ctx, pgBase, name); err != nil {
 				tb.Error(err)
