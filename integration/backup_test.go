@@ -131,7 +131,7 @@ func TestBackupRestore(t *testing.T) {
 				t.Fatal(err)
 			}
 			var stdout, stderr strings.Builder
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			ctx, cancel := context.WithTimeout(context.Background(), patience)
 			defer cancel()
 			if code := cli.Run(ctx, []string{"migrate", "--config", other}, &stdout, &stderr); code == 0 || !strings.Contains(stderr.String(), "restore the key file from backup") {
 				t.Fatalf("migrate of the restored store with a new key file: exit %d\n%s%s", code, stdout.String(), stderr.String())

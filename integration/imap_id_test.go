@@ -109,15 +109,15 @@ func TestIMAPPreLoginID(t *testing.T) {
 		var conn net.Conn
 		var err error
 		if starttls {
-			conn, err = net.DialTimeout("tcp", addr, 5*time.Second)
+			conn, err = net.DialTimeout("tcp", addr, patience)
 		} else {
-			conn, err = tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", addr, env.certs.ClientTLS())
+			conn, err = tls.DialWithDialer(&net.Dialer{Timeout: patience}, "tcp", addr, env.certs.ClientTLS())
 		}
 		if err != nil {
 			t.Fatalf("connect to %s: %v", addr, err)
 		}
 		t.Cleanup(func() { conn.Close() })
-		conn.SetDeadline(time.Now().Add(30 * time.Second))
+		conn.SetDeadline(time.Now().Add(patience))
 		c := &rawIMAP{t: t, conn: conn, r: bufio.NewReader(conn)}
 		c.until("* OK")
 		if starttls {

@@ -193,7 +193,7 @@ func TestUpstreamLoginDovecot(t *testing.T) {
 				t.Fatal(err)
 			}
 			client := nextClient(t)
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			ctx, cancel := context.WithTimeout(context.Background(), patience)
 			defer cancel()
 			conn, okText, err := u.Login(ctx, imapupstream.Request{User: "alice", Password: tc.password, Client: client})
 			if err != nil {
@@ -272,7 +272,7 @@ func TestUpstreamRefusedDovecot(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			ctx, cancel := context.WithTimeout(context.Background(), patience)
 			defer cancel()
 			conn, _, err := u.Login(ctx, imapupstream.Request{User: tc.user, Password: tc.password, Client: nextClient(t)})
 			if err == nil {
@@ -333,7 +333,7 @@ func TestUpstreamUnavailableDovecot(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			ctx, cancel := context.WithTimeout(context.Background(), patience)
 			defer cancel()
 			conn, _, err := u.Login(ctx, imapupstream.Request{User: "alice", Client: nextClient(t)})
 			if err == nil {
@@ -373,7 +373,7 @@ func TestUpstreamLiteralDovecot(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			ctx, cancel := context.WithTimeout(context.Background(), patience)
 			defer cancel()
 			conn, _, err := u.Login(ctx, imapupstream.Request{User: "erin", Password: d.Users["erin"], Client: nextClient(t)})
 			if err != nil {
@@ -628,7 +628,7 @@ func dialable(addr string) bool {
 func (p *passgateInstance) admin(t testing.TB, args ...string) string {
 	t.Helper()
 	var stdout, stderr bytes.Buffer
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), patience)
 	defer cancel()
 	if code := cli.Run(ctx, append(args, "--config", p.config), &stdout, &stderr); code != 0 {
 		t.Fatalf("passgate %s: exit %d\n%s%s", strings.Join(args, " "), code, stdout.String(), stderr.String())
@@ -1060,7 +1060,7 @@ func TestIMAPPassgateCurl(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			ctx, cancel := context.WithTimeout(context.Background(), patience)
 			defer cancel()
 			cmd := exec.CommandContext(ctx, "curl", "--silent", "--show-error", "--ssl-reqd",
 				"--cacert", env.certs.CAFile, "--user", "alice:"+tc.password, tc.url)
@@ -1126,7 +1126,7 @@ func TestIMAPPassgatePython(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			ctx, cancel := context.WithTimeout(context.Background(), patience)
 			defer cancel()
 			host, port, _ := net.SplitHostPort(tc.addr)
 			cmd := exec.CommandContext(ctx, "python3", "-c", pythonFetch, host, port, tc.mode,

@@ -182,7 +182,7 @@ func guideHAProxy(t *testing.T, ps []*passgateInstance) (*testenv.HAProxy, map[s
 	for _, a := range front {
 		listen = append(listen, a)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), patience)
 	defer cancel()
 	ha, err := testenv.StartHAProxyConfig(ctx, t.TempDir(), cfg, listen)
 	if err != nil {

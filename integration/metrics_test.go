@@ -18,7 +18,7 @@ import (
 // curlGet fetches url with curl and returns the HTTP status and body.
 func curlGet(t *testing.T, url string) (int, string) {
 	t.Helper()
-	out, err := exec.Command("curl", "-sS", "--max-time", "10", "-w", "\n%{http_code}", url).Output()
+	out, err := exec.Command("curl", "-sS", "--max-time", "60", "-w", "\n%{http_code}", url).Output()
 	if err != nil {
 		t.Fatalf("curl %s: %v", url, err)
 	}

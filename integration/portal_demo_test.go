@@ -18,7 +18,7 @@ import (
 // password, and returns it as the page shows it.
 func demoPortalAppPassword(t *testing.T, base string) string {
 	t.Helper()
-	c := &http.Client{Timeout: 20 * time.Second, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	c := &http.Client{Timeout: patience, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	var cookie string
 	do := func(method, path string, form url.Values) (int, string) {
 		t.Helper()

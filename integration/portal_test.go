@@ -297,7 +297,7 @@ func webClient() *http.Client {
 	return &http.Client{
 		Transport:     &http.Transport{TLSClientConfig: tlsCfg, ForceAttemptHTTP2: true},
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-		Timeout:       30 * time.Second,
+		Timeout:       patience,
 	}
 }
 
@@ -752,7 +752,7 @@ func TestPortalCrossOrigin(t *testing.T) {
 		t.Fatalf("load the other site: %v", err)
 	}
 	var status int64
-	if !eventually(30*time.Second, func() bool {
+	if !eventually(patience, func() bool {
 		s, err := chromedp.Run(w.ctx, chromedp.Evaluate[string](`location.href`))
 		if err != nil || !strings.HasPrefix(s, p.webURL) {
 			return false
@@ -785,7 +785,7 @@ func newTLSServer(t *testing.T, h http.Handler) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: patience}
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
 	return fmt.Sprintf("https://127.0.0.1:%d/", port)
@@ -822,7 +822,7 @@ func TestPortalLockout(t *testing.T) {
 		t.Errorf("a locked-out source signed in")
 	}
 	var out string
-	if !eventually(10*time.Second, func() bool {
+	if !eventually(patience, func() bool {
 		out = p.admin(t, "audit", "--user", "bob")
 		return strings.Contains(out, "locked out") && strings.Contains(out, "web")
 	}) {
@@ -887,7 +887,7 @@ func TestPortalCertificateReload(t *testing.T) {
 		t.Helper()
 		tc := c.ClientTLS()
 		tc.ServerName = "localhost"
-		client := &http.Client{Transport: &http.Transport{TLSClientConfig: tc}, Timeout: 30 * time.Second}
+		client := &http.Client{Transport: &http.Transport{TLSClientConfig: tc}, Timeout: patience}
 		resp, err := client.Get("https://" + addr + "/signin")
 		if err != nil {
 			t.Fatalf("GET /signin over HTTPS: %v\n%s", err, out.String())

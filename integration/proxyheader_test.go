@@ -72,7 +72,7 @@ func TestIMAPBehindHAProxy(t *testing.T) {
 	p := startPassgate(t, passgateConfig{trusted: []string{"127.0.0.1/32"}, proxies: []string{"127.0.0.1/32"}, metrics: true})
 	p.enforce(t, "alice")
 	pw := p.appPassword(t, "alice", "laptop")
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), patience)
 	defer cancel()
 	ha, err := testenv.StartHAProxy(ctx, t.TempDir(), []testenv.HAProxyRoute{
 		{Name: "imaps", Backend: p.imapsAddr, Send: "send-proxy-v2"},
