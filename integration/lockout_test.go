@@ -44,6 +44,17 @@ func TestIMAPLockout(t *testing.T) {
 	if got := p.rawLoginFrom(t, "127.0.0.93", "bob", bobPW); !strings.HasPrefix(got, "a OK") {
 		t.Fatalf("bob from his own address: %q", got)
 	}
+	// That success makes 127.0.0.93 familiar to bob in the store, in the
+	// audit journal's transaction with its event, committed in the
+	// background (on a busy machine, after the logins below): wait for
+	// the event, so that the address is familiar before the spray.
+	var bobAudit string
+	if !eventually(patience, func() bool {
+		bobAudit = p.admin(t, "audit", "--user", "bob")
+		return strings.Contains(bobAudit, "imap:127.0.0.93:")
+	}) {
+		t.Fatalf("bob's login from 127.0.0.93 is not in the audit trail:\n%s", bobAudit)
+	}
 	for _, from := range []string{"127.0.0.94", "127.0.0.95", "127.0.0.96", "127.0.0.97"} {
 		if got := p.rawLoginFrom(t, from, "bob", "spray-guess"); got != uniform {
 			t.Fatalf("spray from %s: %q", from, got)
