@@ -38,11 +38,11 @@ func rssKiB(pid int) (int64, error) {
 // idleSession logs in over implicit TLS, selects INBOX and enters IDLE,
 // the state a phone or Outlook keeps for hours.
 func idleSession(addr, user, pw string) (net.Conn, error) {
-	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", addr, env.certs.ClientTLS())
+	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: patience}, "tcp", addr, env.certs.ClientTLS())
 	if err != nil {
 		return nil, err
 	}
-	conn.SetDeadline(time.Now().Add(30 * time.Second))
+	conn.SetDeadline(time.Now().Add(patience))
 	r := bufio.NewReader(conn)
 	expect := func(prefix string) error {
 		for {
