@@ -28,11 +28,14 @@ import (
 // wrong secret must get the same reply bytes after the same time, and
 // the audit must record no success for either (issue: a password-validity
 // oracle during an upstream outage). Each sends outageRounds attempts
-// of each secret, outageWorkers at a time, interleaved.
+// of each secret, outageWorkers at a time, interleaved. The failure
+// delay must hide the decision's own time, which on a busy machine under
+// -race reaches hundreds of ms (and past 1 s for some logins, see
+// failureTimingDelay): 1 s, not 400 ms.
 const (
 	outageRounds  = 30
 	outageWorkers = 4
-	outageDelay   = 400 * time.Millisecond
+	outageDelay   = time.Second
 )
 
 // outageTry makes one login attempt from the client address laddr and
