@@ -33,8 +33,10 @@ var browserState struct {
 const screenshotsEnv = "PASSGATE_SCREENSHOTS_DIR"
 
 // browserTimeout bounds one browser test: generous, as the tests wait for
-// states, never for a time.
-const browserTimeout = 3 * time.Minute
+// states, never for a time (each step waits up to stepTimeout). Under two
+// CPU hogs and -race TestPortalFlow took about 90 s, and 150 s when made
+// to repeat its TOTP round: 3 min was too close.
+const browserTimeout = 10 * time.Minute
 
 // startBrowser starts Chromium once per test binary.
 func startBrowser() (*testenv.Browser, error) {
