@@ -183,9 +183,12 @@ scrape_configs:
 		cmd.Process.Signal(syscall.SIGTERM)
 		cmd.Wait()
 	})
-	c := promClient{base: "http://" + addr, http: &http.Client{Timeout: 10 * time.Second}}
+	c := promClient{base: "http://" + addr, http: &http.Client{Timeout: patience}}
 
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	// One deadline for all the waits below (Prometheus's start, its
+	// scrapes every second, its rules' first evaluation): generous, as a
+	// busy machine makes each of them later.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	// waitFor polls q until it returns at least one series.
 	waitFor := func(what, q string) {
