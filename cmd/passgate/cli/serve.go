@@ -138,6 +138,14 @@ func serve(ctx context.Context, e *env, cfg *configs.Config, log *slog.Logger, o
 	for _, w := range cfg.Warnings() {
 		log.Warn(w) // the same list as check-config's
 	}
+	// SIGHUP reloads the certificate. It is caught from the start, before
+	// the store is opened and the ports, and even without a certificate,
+	// so that "systemctl reload" (a certificate renewal's deploy hook)
+	// never stops the service, however soon after its start it comes; one
+	// that comes before the listeners run is acted on once they do.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	st, err := openStore(ctx, cfg)
 	if err != nil {
 		return err
@@ -253,11 +261,6 @@ func serve(ctx context.Context, e *env, cfg *configs.Config, log *slog.Logger, o
 			listenRevocations(runCtx, st, d.relays, log)
 		}()
 	}
-	// SIGHUP reloads the certificate. It is caught even without one, so
-	// that "systemctl reload" never stops the service.
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
