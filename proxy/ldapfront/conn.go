@@ -121,9 +121,11 @@ type conn struct {
 func (s *Server) newConn(nc net.Conn) *conn {
 	ctx, cancel := context.WithCancelCause(s.ctx)
 	c := &conn{
-		srv:        s,
-		Session:    observe.Session{ConnID: s.nextID.Add(1), Proto: policy.LDAP.String(), RemoteAddr: lifecycle.ClientAddr(nc), Start: time.Now()},
-		nc:         nc,
+		srv:     s,
+		Session: observe.Session{ConnID: s.nextID.Add(1), Proto: policy.LDAP.String(), RemoteAddr: lifecycle.ClientAddr(nc), Start: time.Now()},
+		// Read and written without the runtime's system-call hooks
+		// (ldapwire.Socket); closed through raw.
+		nc:         ldapwire.NewSocket(nc, nil),
 		raw:        nc,
 		ctx:        ctx,
 		cancel:     cancel,
