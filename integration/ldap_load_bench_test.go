@@ -134,9 +134,10 @@ func BenchmarkLDAPLoad(b *testing.B) {
 	if load, err := os.ReadFile("/proc/loadavg"); err == nil {
 		fmt.Printf("loadavg before: %s\n", strings.TrimSpace(string(load)))
 	}
+	// For perf or strace attached from outside during a round.
+	fmt.Printf("slapd: process %d\n", slapdPID)
 	for _, t := range targets {
 		if t.pid != 0 {
-			// For perf or strace attached from outside during a round.
 			fmt.Printf("%s: process %d\n", t.name, t.pid)
 		}
 	}
