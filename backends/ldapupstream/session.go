@@ -128,7 +128,8 @@ func (o oneByteReader) Read(p []byte) (int, error) {
 
 // OnIdle sets fn, which the session's reader calls each time it has
 // passed every answer it has read to its handler and is about to wait
-// for the directory to send more (and once more when the session ends):
+// for the directory to send more, or has passed on the last answer owed
+// to any request (and once more when the session ends):
 // the moment for a relay to write the answers it held back, so that the
 // answers of one read from the directory cost one write to the client.
 // fn runs on the reader and must not block for long.
@@ -180,10 +181,17 @@ func (s *Session) reader() {
 		if last {
 			delete(s.handlers, m.ID)
 		}
+		waiting := len(s.handlers)
 		s.mu.Unlock()
 		if h != nil {
 			s.dispatched = true
 			h(m.Op.Raw, m.Controls, last, nil)
+		}
+		if last && waiting == 0 && s.br.Buffered() == 0 {
+			// The last answer owed, and nothing more read: the
+			// answers go out now rather than after the read that
+			// finds nothing, one system call later.
+			s.idle()
 		}
 	}
 	switch {
