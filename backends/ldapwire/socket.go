@@ -47,13 +47,15 @@ type Socket struct {
 // none) is called each time a read finds nothing to read yet, just
 // before it waits for the socket: on the reading goroutine, and it must
 // not block for long. When nc has no syscall.RawConn (not a socket, or a
-// platform without raw reads), the result reads with nc's own Read and
-// calls wait before every read instead, which holds nothing back; with
-// wait nil it is nc itself.
+// platform without raw reads), or its socket is not in non-blocking mode
+// (the net package always sets it; a raw read of a blocking socket
+// would hold a thread of the scheduler), the result reads with nc's own
+// Read and calls wait before every read instead, which holds nothing
+// back; with wait nil it is nc itself.
 func NewSocket(nc net.Conn, wait func()) net.Conn {
 	sc, ok := nc.(syscall.Conn)
 	if ok && rawSocketIO {
-		if rc, err := sc.SyscallConn(); err == nil {
+		if rc, err := sc.SyscallConn(); err == nil && nonBlocking(rc) {
 			s := &Socket{Conn: nc, rc: rc, wait: wait}
 			s.readFn, s.writeFn = s.readRaw, s.writeRaw
 			return s

@@ -40,3 +40,16 @@ func writeSocket(fd uintptr, p []byte) (int, error) {
 		return 0, errno
 	}
 }
+
+// nonBlocking reports whether rc's socket is in non-blocking mode, as
+// the raw reads and writes need.
+func nonBlocking(rc syscall.RawConn) bool {
+	var flags uintptr
+	var errno syscall.Errno
+	if err := rc.Control(func(fd uintptr) {
+		flags, _, errno = syscall.RawSyscall(syscall.SYS_FCNTL, fd, syscall.F_GETFL, 0)
+	}); err != nil || errno != 0 {
+		return false
+	}
+	return flags&syscall.O_NONBLOCK != 0
+}

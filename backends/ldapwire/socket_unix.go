@@ -32,3 +32,8 @@ func writeSocket(fd uintptr, p []byte) (int, error) {
 		}
 	}
 }
+
+// nonBlocking reports whether rc's socket is in non-blocking mode:
+// syscall.Read and Write tell the scheduler that they may block, so
+// either way is safe here.
+func nonBlocking(syscall.RawConn) bool { return true }
