@@ -54,6 +54,10 @@ type loadFigures struct {
 	slapdTicks   int64
 	latencies    []time.Duration
 	failedRounds int
+	// With PASSGATE_LDAP_LOAD_PERF set: perf stat's counts of
+	// perfEvents in the passgate process and in slapd, summed over the
+	// rounds.
+	gatePerf, slapdPerf []float64
 }
 
 // BenchmarkLDAPLoad loads LDAP the way a directory is loaded in
@@ -84,7 +88,10 @@ type loadFigures struct {
 // scenarios named; each passgate process's ID is printed at the start,
 // for perf or strace attached during a round.
 // PASSGATE_LDAP_LOAD_GATE_GOMAXPROCS=N runs the passgate processes (not
-// the client) with GOMAXPROCS=N.
+// the client) with GOMAXPROCS=N. PASSGATE_LDAP_LOAD_PERF=1 counts, with
+// perf stat attached for each round, the system calls (all, and those of
+// perfEvents by name) and context switches per operation of the passgate
+// process and of slapd.
 //
 //	go test ./integration -run '^$' -bench LDAPLoad -benchtime 1x
 func BenchmarkLDAPLoad(b *testing.B) {
@@ -127,9 +134,10 @@ func BenchmarkLDAPLoad(b *testing.B) {
 	if load, err := os.ReadFile("/proc/loadavg"); err == nil {
 		fmt.Printf("loadavg before: %s\n", strings.TrimSpace(string(load)))
 	}
+	// For perf or strace attached from outside during a round.
+	fmt.Printf("slapd: process %d\n", slapdPID)
 	for _, t := range targets {
 		if t.pid != 0 {
-			// For perf or strace attached from outside during a round.
 			fmt.Printf("%s: process %d\n", t.name, t.pid)
 		}
 	}
@@ -158,8 +166,16 @@ func BenchmarkLDAPLoad(b *testing.B) {
 				i := (k + r) % len(targets)
 				t := targets[i]
 				f := &figs[i]
+				var gatePerf, slapdPerf func() []float64
+				if os.Getenv("PASSGATE_LDAP_LOAD_PERF") != "" {
+					gatePerf, slapdPerf = startPerfStat(b, t.pid), startPerfStat(b, slapdPID)
+				}
 				gate0, slapd0 := procTicks(t.pid), procTicks(slapdPID)
 				ops, lat, took, err := loadRound(t, sc.workers, sc.run, round)
+				if gatePerf != nil {
+					f.gatePerf = addCounts(f.gatePerf, gatePerf())
+					f.slapdPerf = addCounts(f.slapdPerf, slapdPerf())
+				}
 				if err != nil {
 					b.Logf("%s %s round %d: %v", sc.name, t.name, r, err)
 					f.failedRounds++
@@ -208,7 +224,78 @@ func loadReport(b *testing.B, scenario string, targets []*loadTarget, figs []loa
 		fmt.Printf("%-9s %-14s %8.0f ops/s %5.2f× direct  median %7.3f ms (%4.2f× direct) p99 %6.1f ms  CPU/op: passgate %s µs, slapd %s µs\n",
 			scenario, t.name, rate, rate/directRate, median.Seconds()*1000, median.Seconds()/directMedian.Seconds(), p99.Seconds()*1000,
 			perOp(f.gateTicks, t.pid != 0), perOp(f.slapdTicks, true))
+		for _, pc := range []struct {
+			who    string
+			counts []float64
+		}{{"passgate", f.gatePerf}, {"slapd", f.slapdPerf}} {
+			if len(pc.counts) == 0 {
+				continue
+			}
+			line := fmt.Sprintf("%-9s %-14s per op, %-8s: system calls %.1f (", scenario, t.name, pc.who, pc.counts[0]/float64(f.ops))
+			for k := 2; k < len(perfEvents); k++ {
+				line += fmt.Sprintf("%s%s %.2f", map[bool]string{true: "", false: ", "}[k == 2], strings.TrimPrefix(perfEvents[k], "syscalls:sys_enter_"), pc.counts[k]/float64(f.ops))
+			}
+			line += fmt.Sprintf("), context switches %.2f", pc.counts[1]/float64(f.ops))
+			fmt.Println(line)
+		}
 	}
+}
+
+// perfEvents are the events that PASSGATE_LDAP_LOAD_PERF counts: system
+// calls (all of them), context switches, then some system calls by name.
+var perfEvents = []string{
+	"raw_syscalls:sys_enter", "context-switches",
+	"syscalls:sys_enter_read", "syscalls:sys_enter_write", "syscalls:sys_enter_epoll_pwait",
+	"syscalls:sys_enter_epoll_wait", "syscalls:sys_enter_epoll_ctl", "syscalls:sys_enter_futex",
+	"syscalls:sys_enter_nanosleep", "syscalls:sys_enter_sched_yield",
+}
+
+// startPerfStat attaches perf stat to process pid (a no-op for pid 0)
+// and returns the function that stops it and returns its counts of
+// perfEvents.
+func startPerfStat(b *testing.B, pid int) func() []float64 {
+	b.Helper()
+	if pid == 0 {
+		return func() []float64 { return nil }
+	}
+	out := filepath.Join(b.TempDir(), "perf.csv")
+	cmd := exec.Command("perf", "stat", "-x,", "-o", out, "-e", strings.Join(perfEvents, ","), "-p", strconv.Itoa(pid))
+	if err := cmd.Start(); err != nil {
+		b.Fatalf("perf stat (PASSGATE_LDAP_LOAD_PERF): %v", err)
+	}
+	time.Sleep(100 * time.Millisecond) // attached before the round starts
+	return func() []float64 {
+		cmd.Process.Signal(syscall.SIGINT)
+		cmd.Wait()
+		raw, err := os.ReadFile(out)
+		if err != nil {
+			b.Fatalf("perf stat output: %v", err)
+		}
+		counts := make([]float64, len(perfEvents))
+		for _, line := range strings.Split(string(raw), "\n") {
+			f := strings.Split(line, ",")
+			if len(f) < 3 {
+				continue
+			}
+			for k, ev := range perfEvents {
+				if f[2] == ev {
+					counts[k], _ = strconv.ParseFloat(f[0], 64)
+				}
+			}
+		}
+		return counts
+	}
+}
+
+// addCounts adds b to a, element by element.
+func addCounts(a, b []float64) []float64 {
+	if a == nil {
+		a = make([]float64, len(b))
+	}
+	for k := range b {
+		a[k] += b[k]
+	}
+	return a
 }
 
 // loadWorkerFigures is one worker's count and latencies in a round.

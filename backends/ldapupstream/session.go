@@ -6,12 +6,9 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
 	"net"
-	"os"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	ber "github.com/go-asn1-ber/asn1-ber"
@@ -35,7 +32,7 @@ const ErrSessionClosed = constError("ldapupstream: session closed")
 // the directory closes the connection. Safe for concurrent use.
 type Session struct {
 	c  *Client
-	nc net.Conn // the socket as an idleConn, with TLS on top when configured
+	nc net.Conn // the socket as an ldapwire.Socket, with TLS on top when configured
 	br *bufio.Reader
 
 	wmu  sync.Mutex
@@ -63,7 +60,9 @@ func (c *Client) Open(ctx context.Context) (*Session, error) {
 		return nil, fmt.Errorf("ldapupstream: dial %s: %w (ldap.upstream.url; is the directory up?)", c.addr, err)
 	}
 	s := &Session{c: c, handlers: make(map[int64]func(op, controls []byte, last bool, err error)), done: make(chan struct{})}
-	s.nc = newIdleConn(nc, s.idle)
+	// The socket calls idle when a read finds nothing to read yet:
+	// every answer read so far has gone to its handler.
+	s.nc = ldapwire.NewSocket(nc, s.idle)
 	if c.opts.TLS == TLSStartTLS {
 		if err := s.startTLS(ctx); err != nil {
 			nc.Close()
@@ -129,7 +128,8 @@ func (o oneByteReader) Read(p []byte) (int, error) {
 
 // OnIdle sets fn, which the session's reader calls each time it has
 // passed every answer it has read to its handler and is about to wait
-// for the directory to send more (and once more when the session ends):
+// for the directory to send more, or has passed on the last answer owed
+// to any request (and once more when the session ends):
 // the moment for a relay to write the answers it held back, so that the
 // answers of one read from the directory cost one write to the client.
 // fn runs on the reader and must not block for long.
@@ -181,10 +181,17 @@ func (s *Session) reader() {
 		if last {
 			delete(s.handlers, m.ID)
 		}
+		waiting := len(s.handlers)
 		s.mu.Unlock()
 		if h != nil {
 			s.dispatched = true
 			h(m.Op.Raw, m.Controls, last, nil)
+		}
+		if last && waiting == 0 && s.br.Buffered() == 0 {
+			// The last answer owed, and nothing more read: the
+			// answers go out now rather than after the read that
+			// finds nothing, one system call later.
+			s.idle()
 		}
 	}
 	switch {
@@ -459,73 +466,6 @@ func (d *writeDeadline) extend(nc net.Conn, now time.Time) {
 		d.until = now.Add(2 * writeTimeout)
 		nc.SetWriteDeadline(d.until)
 	}
-}
-
-// idleConn is the directory's socket as the session's reader sees it:
-// before a read that would wait for the directory, it calls idle (the
-// session's OnIdle function). It reads through the socket's
-// syscall.RawConn, where the wait is seen as EAGAIN; a connection
-// without one (or on a platform without raw reads) calls idle before
-// every read instead, which holds nothing back.
-type idleConn struct {
-	net.Conn
-	rc   syscall.RawConn // nil: read with Conn.Read
-	idle func()
-
-	// The state of one Read, for readFn (bound once, so that a read
-	// allocates no closure).
-	p      []byte
-	n      int
-	rerr   error
-	readFn func(fd uintptr) bool
-}
-
-func newIdleConn(nc net.Conn, idle func()) *idleConn {
-	c := &idleConn{Conn: nc, idle: idle}
-	if sc, ok := nc.(syscall.Conn); ok && rawReads {
-		if rc, err := sc.SyscallConn(); err == nil {
-			c.rc = rc
-		}
-	}
-	c.readFn = c.readRaw
-	return c
-}
-
-// Read reads from the socket, calling idle once it is known to have
-// nothing to read yet; the errors are those of net.Conn.Read. Only the
-// session's reader (or, before it starts, Open) reads.
-func (c *idleConn) Read(p []byte) (int, error) {
-	if c.rc == nil {
-		c.idle()
-		return c.Conn.Read(p)
-	}
-	if len(p) == 0 {
-		return 0, nil
-	}
-	c.p, c.n, c.rerr = p, 0, nil
-	err := c.rc.Read(c.readFn)
-	n, rerr := c.n, c.rerr
-	c.p, c.rerr = nil, nil
-	switch {
-	case err != nil: // closed (net.ErrClosed), or a read deadline
-		return 0, err
-	case rerr != nil:
-		return 0, &net.OpError{Op: "read", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError("read", rerr)}
-	case n == 0:
-		return 0, io.EOF
-	}
-	return n, nil
-}
-
-// readRaw is Read's syscall.RawConn callback: it reads, and on EAGAIN
-// calls idle and asks to be called again once the socket is readable.
-func (c *idleConn) readRaw(fd uintptr) bool {
-	c.n, c.rerr = readFD(fd, c.p)
-	if c.rerr == syscall.EAGAIN {
-		c.idle()
-		return false
-	}
-	return true
 }
 
 // extendedOp encodes an ExtendedRequest without a value.

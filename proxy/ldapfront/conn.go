@@ -79,7 +79,7 @@ type conn struct {
 
 	wmu sync.Mutex // serialises writes and guards nc, held and wdl
 	nc  net.Conn
-	// raw is the connection as accepted (nc, or the socket under nc's
+	// raw is the connection as accepted (under nc's ldapwire.Socket and
 	// TLS): closing it ends a write that holds wmu, which may block for
 	// as long as WriteTimeout when the client does not read.
 	raw  net.Conn
@@ -121,9 +121,10 @@ type conn struct {
 func (s *Server) newConn(nc net.Conn) *conn {
 	ctx, cancel := context.WithCancelCause(s.ctx)
 	c := &conn{
-		srv:        s,
-		Session:    observe.Session{ConnID: s.nextID.Add(1), Proto: policy.LDAP.String(), RemoteAddr: lifecycle.ClientAddr(nc), Start: time.Now()},
-		nc:         nc,
+		srv:     s,
+		Session: observe.Session{ConnID: s.nextID.Add(1), Proto: policy.LDAP.String(), RemoteAddr: lifecycle.ClientAddr(nc), Start: time.Now()},
+		// Read and written with raw system calls (ldapwire.Socket).
+		nc:         ldapwire.NewSocket(nc, nil),
 		raw:        nc,
 		ctx:        ctx,
 		cancel:     cancel,

@@ -20,6 +20,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -349,6 +350,13 @@ type testServer struct {
 
 func startServer(t *testing.T, change func(*Options)) *testServer {
 	t.Helper()
+	return startServerOn(t, change, nil)
+}
+
+// startServerOn is startServer with the listener wrapped by wrap (nil:
+// not wrapped), as cmd/passgate wraps it with proxy/connlimit.
+func startServerOn(t *testing.T, change func(*Options), wrap func(net.Listener) net.Listener) *testServer {
+	t.Helper()
 	ts := &testServer{dec: newFakeDecider(t, true), up: &fakeUpstream{}, reg: revoke.NewRegistry()}
 	opts := Options{Decider: ts.dec, Upstream: ts.up, Registry: ts.reg, UserDNTemplates: []string{template},
 		UPNDomains: []string{"example.test"}, TLSConfig: selfSigned(t)}
@@ -363,6 +371,10 @@ func startServer(t *testing.T, change func(*Options)) *testServer {
 	if err != nil {
 		t.Fatal(err)
 	}
+	addr := ln.Addr().String()
+	if wrap != nil {
+		ln = wrap(ln)
+	}
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ln) }()
 	t.Cleanup(func() {
@@ -371,7 +383,7 @@ func startServer(t *testing.T, change func(*Options)) *testServer {
 			t.Errorf("Serve returned %v, want ErrServerClosed", err)
 		}
 	})
-	ts.srv, ts.addr = srv, ln.Addr().String()
+	ts.srv, ts.addr = srv, addr
 	return ts
 }
 
@@ -1003,6 +1015,71 @@ func TestHeldAnswersOneWrite(t *testing.T) {
 				if m.ID != 2 || m.Op.Tag != want {
 					t.Fatalf("answer %d: id %d tag %d, want %d", i, m.ID, m.Op.Tag, want)
 				}
+			}
+		})
+	}
+}
+
+// loginListener accepts connections that offer their socket's RawConn
+// and count LoggedIn calls, as proxy/connlimit's do.
+type loginListener struct {
+	net.Listener
+	logins *atomic.Int64
+}
+
+func (l loginListener) Accept() (net.Conn, error) {
+	nc, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &loginConn{nc, l.logins}, nil
+}
+
+type loginConn struct {
+	net.Conn
+	logins *atomic.Int64
+}
+
+func (c *loginConn) LoggedIn() { c.logins.Add(1) }
+
+func (c *loginConn) SyscallConn() (syscall.RawConn, error) {
+	return c.Conn.(syscall.Conn).SyscallConn()
+}
+
+// TestLoggedInReachesListenerConn: the listener reads and writes the
+// accepted socket through an ldapwire.Socket, and a successful bind
+// still tells the listener's connection (proxy/connlimit's LoggedIn),
+// before and after StartTLS; a failed bind does not.
+func TestLoggedInReachesListenerConn(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		startTLS bool
+		pw       string
+		logins   int64
+	}{
+		{"plain", false, alicePW, 1},
+		{"starttls", true, alicePW, 1},
+		{"failed-bind", false, "wrong", 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var logins atomic.Int64
+			ts := startServerOn(t, nil, func(ln net.Listener) net.Listener { return loginListener{ln, &logins} })
+			c := ts.dial(t)
+			if tc.startTLS {
+				c.send(encodeExtended(1, oidStartTLS))
+				if m, _ := c.recv(); m.ID != 1 {
+					t.Fatalf("StartTLS answered with ID %d", m.ID)
+				}
+				tc := tls.Client(c.nc, &tls.Config{InsecureSkipVerify: true})
+				c.nc, c.br = tc, bufio.NewReader(tc)
+			}
+			c.send(encodeBind(2, aliceDN, tc.pw))
+			m, _ := c.recv()
+			if code, _ := result(t, m); (code == resultSuccess) != (tc.logins == 1) {
+				t.Fatalf("bind result %d", code)
+			}
+			if n := logins.Load(); n != tc.logins {
+				t.Fatalf("LoggedIn called %d times, want %d", n, tc.logins)
 			}
 		})
 	}
