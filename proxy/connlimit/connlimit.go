@@ -13,9 +13,11 @@
 package connlimit
 
 import (
+	"errors"
 	"net"
 	"net/netip"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -165,6 +167,16 @@ func (c *conn) Close() error {
 
 // LoggedIn ends the connection's count: it is a session now.
 func (c *conn) LoggedIn() { c.done() }
+
+// SyscallConn returns the socket's syscall.RawConn, for a front that
+// reads and writes the socket itself (backends/ldapwire's Socket).
+func (c *conn) SyscallConn() (syscall.RawConn, error) {
+	sc, ok := c.Conn.(syscall.Conn)
+	if !ok {
+		return nil, errors.ErrUnsupported
+	}
+	return sc.SyscallConn()
+}
 
 // LoggedIn tells the Limiter that c, a connection that Listen's Accept
 // returned (or a *tls.Conn over one), has logged in: it counts no more.

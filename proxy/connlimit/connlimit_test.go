@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"syscall"
 	"testing"
 )
 
@@ -96,5 +97,39 @@ func TestListen(t *testing.T) {
 	s2.Close() // logged in already: frees nothing more
 	if n := lim.PreLogin(); n != 2 {
 		t.Fatalf("closing a logged-in session: %d counted, want 2", n)
+	}
+}
+
+// TestSyscallConn: an accepted connection offers the socket's
+// syscall.RawConn, for a front that reads and writes the socket itself.
+func TestSyscallConn(t *testing.T) {
+	inner, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln := Listen(inner, New(Limits{PerAddress: 2}), Options{})
+	defer ln.Close()
+	go func() {
+		if c, err := net.Dial("tcp", inner.Addr().String()); err == nil {
+			defer c.Close()
+			io.Copy(io.Discard, c)
+		}
+	}()
+	c, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		t.Fatalf("%T has no SyscallConn", c)
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fd uintptr
+	if err := rc.Control(func(f uintptr) { fd = f }); err != nil || fd == 0 {
+		t.Fatalf("Control: fd %d, %v", fd, err)
 	}
 }
