@@ -141,7 +141,7 @@ func benchPostgres(b *testing.B) string {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), patience)
 		defer cancel()
 		if err := testenv.DropDatabase(ctx, base, name); err != nil {
 			b.Error(err)

@@ -7,7 +7,6 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/passgate/passgate/backends/ldapupstream"
 )
@@ -81,7 +80,7 @@ func TestLDAPResolveKeepsOneConnection(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer up.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*patience) // several lookups
 	defer cancel()
 	aliceDN := e.slapd.UserDN("alice")
 	spelling := strings.Replace(aliceDN, "uid=", "userid=", 1)

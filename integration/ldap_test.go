@@ -421,7 +421,7 @@ func TestLDAPCommandLineClients(t *testing.T) {
 	}
 	run := func(t *testing.T, name string, args ...string) string {
 		t.Helper()
-		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), patience)
 		defer cancel()
 		cmd := exec.CommandContext(ctx, name, args...)
 		cmd.Env = append(os.Environ(), "LDAPTLS_CACERT="+e.certs.CAFile, "LDAPTLS_REQCERT=demand", "HOME="+dir)

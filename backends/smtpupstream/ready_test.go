@@ -151,7 +151,10 @@ func TestReadyConnectionServerHung(t *testing.T) {
 		}
 	}()
 	c, err := New(Options{Addresses: []string{ln.Addr().String()}, TLS: TLSNone, Login: LoginXClient,
-		Ready: 1, ReadyIdle: patience, DialTimeout: 200 * time.Millisecond, LoginTimeout: 300 * time.Millisecond})
+		Ready: 1, ReadyIdle: patience, DialTimeout: 5 * time.Second, LoginTimeout: 5 * time.Second})
+	// The timeouts bound the first Dial and the ready opening too, which
+	// must succeed however busy the machine; once the server hangs, Dial
+	// waits them out (about 10 s).
 	if err != nil {
 		t.Fatal(err)
 	}
