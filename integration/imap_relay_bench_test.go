@@ -27,7 +27,8 @@ import (
 // With PASSGATE_BENCH_INPROCESS=1 passgate runs inside the test binary
 // instead, so that -cpuprofile profiles it (with the client beside it:
 // focus the profile on passgate's packages). PASSGATE_BENCH_BASELINE_BIN
-// adds another passgate binary (an older build) as a third target.
+// adds another passgate binary (an older build) as a third target;
+// PASSGATE_RELAY_CASE keeps only the cases whose name contains it.
 
 // relayBenchMailbox holds relayBenchMessages small messages of alice's at
 // the shared Dovecot, for UID FETCH of their flags.
@@ -173,13 +174,26 @@ type relayTarget struct {
 // BenchmarkIMAPRelay reports, for NOOP and UID FETCH 1:* (FLAGS), one at a
 // time and pipelined (relayBenchWindow in flight), the commands per
 // second directly to Dovecot and through passgate, and passgate's CPU
-// time per relayed command (from /proc, over everything its process did
-// while relaying). Each round runs relayBenchChunk commands of every case
-// on both targets, taking turns; run it with -benchtime 10x or more.
+// time and context switches (its threads' wake-ups) per relayed command
+// (from /proc, over everything its process did while relaying). Each
+// round runs relayBenchChunk commands of every case on both targets,
+// taking turns; run it with -benchtime 10x or more. The clients use
+// STARTTLS (client-tls=starttls) or plaintext (client-tls=none: passgate
+// trusts the loopback network for a plaintext login); passgate's
+// upstream is plaintext either way.
 func BenchmarkIMAPRelay(b *testing.B) {
+	for _, startTLS := range []bool{true, false} {
+		b.Run("client-tls="+map[bool]string{true: "starttls", false: "none"}[startTLS], func(b *testing.B) { benchIMAPRelay(b, startTLS) })
+	}
+}
+
+func benchIMAPRelay(b *testing.B, startTLS bool) {
 	d := env.dovecot
 	seedRelayMailbox(b, d)
 	pc := passgateConfig{upstreamTLS: "none"}
+	if !startTLS {
+		pc.trusted = []string{"127.0.0.0/8"}
+	}
 	inProcess := os.Getenv("PASSGATE_BENCH_INPROCESS") != ""
 	if !inProcess {
 		pc.binary = passgateBinary(b)
@@ -195,7 +209,9 @@ func BenchmarkIMAPRelay(b *testing.B) {
 		targets[1].pid = p.proc.Process.Pid
 	}
 	if base := os.Getenv("PASSGATE_BENCH_BASELINE_BIN"); base != "" {
-		bp := startPassgate(b, passgateConfig{upstreamTLS: "none", binary: base})
+		bpc := pc
+		bpc.binary = base
+		bp := startPassgate(b, bpc)
 		bp.enforce(b, "alice")
 		targets = append(targets, relayTarget{name: "baseline", addr: bp.imapAddr, user: "alice", pw: bp.appPassword(b, "alice", "relay"), pid: bp.proc.Process.Pid})
 	}
@@ -208,15 +224,30 @@ func BenchmarkIMAPRelay(b *testing.B) {
 		{"UID FETCH flags one at a time", "UID FETCH 1:* (FLAGS)", 1},
 		{"UID FETCH flags pipelined", "UID FETCH 1:* (FLAGS)", relayBenchWindow},
 	}
+	// PASSGATE_RELAY_CASE keeps only the cases whose name contains it
+	// (for a profile or a syscall count of one case).
+	if only := os.Getenv("PASSGATE_RELAY_CASE"); only != "" {
+		kept := cases[:0]
+		for _, c := range cases {
+			if strings.Contains(c.name, only) {
+				kept = append(kept, c)
+			}
+		}
+		if len(kept) == 0 {
+			b.Fatalf("PASSGATE_RELAY_CASE %q matches no case", only)
+		}
+		cases = kept
+	}
 	type cell struct {
 		took time.Duration
 		cpu  time.Duration
+		csw  int64 // passgate's context switches
 		n    int
 	}
 	cells := make([][]cell, len(cases))
 	sessions := make([]*relayClient, len(targets))
 	for i, t := range targets {
-		s, err := dialRelayClient(t.addr, t.user, t.pw, relayBenchMailbox)
+		s, err := dialRelayClientTLS(t.addr, t.user, t.pw, relayBenchMailbox, startTLS)
 		if err != nil {
 			b.Fatalf("%s: %v", t.name, err)
 		}
@@ -241,8 +272,10 @@ func BenchmarkIMAPRelay(b *testing.B) {
 				ti := (round + k) % len(targets)
 				t := targets[ti]
 				var cpu0 time.Duration
+				var csw0 int64
 				if t.pid != 0 {
 					cpu0 = cpuOfProcess(b, t.pid, hz)
+					csw0 = contextSwitches(t.pid)
 				}
 				start := time.Now()
 				if err := sessions[ti].run(c.cmd, relayBenchChunk, c.window); err != nil {
@@ -253,33 +286,61 @@ func BenchmarkIMAPRelay(b *testing.B) {
 				cl.n += relayBenchChunk
 				if t.pid != 0 {
 					cl.cpu += cpuOfProcess(b, t.pid, hz) - cpu0
+					cl.csw += contextSwitches(t.pid) - csw0
 				}
 			}
 		}
 	}
 	b.StopTimer()
 	var out strings.Builder
-	fmt.Fprintf(&out, "IMAP commands relayed after login, %d per case and target; load %s before, %s after\n", b.N*relayBenchChunk, load0, loadAvg())
-	fmt.Fprintf(&out, "| case | target | commands/s | × direct | CPU µs/command |\n|---|---|---|---|---|\n")
+	fmt.Fprintf(&out, "IMAP commands relayed after login, client STARTTLS %v, %d per case and target; load %s before, %s after\n", startTLS, b.N*relayBenchChunk, load0, loadAvg())
+	fmt.Fprintf(&out, "| case | target | commands/s | × direct | CPU µs/command | context switches/command |\n|---|---|---|---|---|---|\n")
 	for ci, c := range cases {
 		rate := func(cl cell) float64 { return float64(cl.n) / cl.took.Seconds() }
 		dr := rate(cells[ci][0])
 		for ti, t := range targets {
 			r := rate(cells[ci][ti])
-			cpu := "—"
+			cpu, csw := "—", "—"
 			if t.pid != 0 {
 				per := float64(cells[ci][ti].cpu.Nanoseconds()) / 1e3 / float64(cells[ci][ti].n)
 				cpu = fmt.Sprintf("%.1f", per)
+				csw = fmt.Sprintf("%.2f", float64(cells[ci][ti].csw)/float64(cells[ci][ti].n))
 				b.ReportMetric(per, t.name+"/"+metricName(c.name)+"-cpu-us/cmd")
 			}
 			if ti > 0 {
 				b.ReportMetric(r/dr, t.name+"/"+metricName(c.name)+"-x-direct")
 			}
-			fmt.Fprintf(&out, "| %s | %s | %.0f | %.2f | %s |\n", c.name, t.name, r, r/dr, cpu)
+			fmt.Fprintf(&out, "| %s | %s | %.0f | %.2f | %s | %s |\n", c.name, t.name, r, r/dr, cpu, csw)
 		}
 	}
 	// On standard output: go test cuts a benchmark's log to a few lines.
 	fmt.Print(out.String())
+}
+
+// contextSwitches returns the context switches, voluntary and not, of all
+// of process pid's threads so far (0 where /proc does not tell): a
+// thread that goes to sleep and is woken again counts one. Threads that
+// have ended are not counted.
+func contextSwitches(pid int) int64 {
+	dir := fmt.Sprintf("/proc/%d/task", pid)
+	tasks, err := os.ReadDir(dir)
+	if err != nil {
+		return 0
+	}
+	var total int64
+	for _, t := range tasks {
+		b, err := os.ReadFile(filepath.Join(dir, t.Name(), "status"))
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if k, v, ok := strings.Cut(line, ":"); ok && strings.HasSuffix(k, "ctxt_switches") {
+				n, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+				total += n
+			}
+		}
+	}
+	return total
 }
 
 // The stress benchmark: what Dovecot's imaptest does with its defaults
