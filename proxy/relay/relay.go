@@ -158,7 +158,16 @@ func Run(ctx context.Context, client, upstream net.Conn, opts Options) Stats {
 	}
 	var in, out atomic.Int64
 	var first atomic.Value // "client" or "upstream": the side that ended first
+	// closeBoth ends both sides. A Close waits until no read or write of
+	// its socket is under way, and a direction reading a bare TCP socket
+	// writes to the other side from inside that socket's read (see
+	// rawRead): a deadline long past first wakes up any write that waits
+	// for a side that does not read, so that neither Close waits on a
+	// write that waits on the other Close.
 	closeBoth := func() {
+		past := time.Unix(1, 0)
+		_ = client.SetDeadline(past)
+		_ = upstream.SetDeadline(past)
 		client.Close()
 		upstream.Close()
 	}
@@ -176,10 +185,12 @@ func Run(ctx context.Context, client, upstream net.Conn, opts Options) Stats {
 					_, _ = client.Write(msg)
 				}
 			}
+			// Nothing from the upstream follows the farewell: the
+			// copy to the client sees stopped before it writes. The
+			// lock is given back before the close, which may wait for
+			// that copy to return from its socket's read.
 			stopped = true
-			closeBoth()
 			wmu.Unlock()
-			return
 		}
 		closeBoth()
 	})
