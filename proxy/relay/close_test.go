@@ -17,7 +17,11 @@ import (
 type sysConn struct{ net.Conn }
 
 func (c sysConn) SyscallConn() (syscall.RawConn, error) {
-	return c.Conn.(syscall.Conn).SyscallConn()
+	sc, ok := c.Conn.(syscall.Conn)
+	if !ok {
+		return nil, errNoSocket
+	}
+	return sc.SyscallConn()
 }
 
 // TestSourceKind checks how each kind of connection is waited on: a
@@ -42,6 +46,9 @@ func TestSourceKind(t *testing.T) {
 		{"wrapped tcp", sysConn{b}, kindTCP},
 		{"waitable tcp", Waitable(b), kindTCP},
 		{"waitable wrapped tcp", Waitable(sysConn{b}), kindTCP},
+		{"wrapped drained prefix", sysConn{&prefixConn{Conn: b}}, kindTCP},
+		{"wrapped prefix with bytes", sysConn{&prefixConn{Conn: b, pending: []byte("x")}}, kindSmall},
+		{"waitable wrapped pipe", Waitable(sysConn{p1}), kindSmall},
 		{"pipe", p1, kindSmall},
 		{"waitable pipe", Waitable(p1), kindSmall},
 	}

@@ -21,6 +21,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 	"weak"
 
@@ -256,6 +257,21 @@ type prefixConn struct {
 	net.Conn
 	pending []byte
 }
+
+// SyscallConn hands out the socket under p once nothing read ahead is
+// left (a wrapper's reads then are the socket's), so that a relay reading
+// a connection wrapped around p can read the socket itself; before that,
+// or over a connection without a socket, it fails.
+func (p *prefixConn) SyscallConn() (syscall.RawConn, error) {
+	sc, ok := p.Conn.(syscall.Conn)
+	if len(p.pending) > 0 || !ok {
+		return nil, errNoSocket
+	}
+	return sc.SyscallConn()
+}
+
+// errNoSocket: a connection that cannot hand out its socket as is.
+var errNoSocket = errors.New("relay: no socket to read as is")
 
 func (p *prefixConn) Read(b []byte) (int, error) {
 	if len(p.pending) > 0 {
