@@ -439,6 +439,7 @@ type stressTarget struct {
 	cmds     int64
 	took     time.Duration
 	cpu      time.Duration
+	csw      int64 // passgate's context switches
 }
 
 // BenchmarkIMAPStress is imaptest's stress run with sessions kept:
@@ -448,7 +449,7 @@ type stressTarget struct {
 // (upstream plaintext), the targets taking turns round by round so that
 // each sees the same load; all share the machine's CPUs, so the figure is
 // commands per second with the CPU that each path costs. passgate's CPU
-// per command is read from /proc. The clients use STARTTLS
+// and context switches per command are read from /proc. The clients use STARTTLS
 // (client-tls=starttls: Dovecot's login process relays TLS for the direct
 // sessions) or plaintext (client-tls=none: Dovecot hands the connection to
 // the mail process, and passgate trusts the loopback network for a
@@ -552,8 +553,10 @@ func benchIMAPStress(b *testing.B, startTLS bool) {
 		for k := range targets {
 			t := targets[(i+k)%len(targets)]
 			var cpu0 time.Duration
+			var csw0 int64
 			if t.pid != 0 {
 				cpu0 = cpuOfProcess(b, t.pid, hz)
+				csw0 = contextSwitches(t.pid)
 			}
 			start := time.Now()
 			n, err := runRound(t, round)
@@ -564,6 +567,7 @@ func benchIMAPStress(b *testing.B, startTLS bool) {
 			t.cmds += n
 			if t.pid != 0 {
 				t.cpu += cpuOfProcess(b, t.pid, hz) - cpu0
+				t.csw += contextSwitches(t.pid) - csw0
 			}
 		}
 	}
@@ -571,17 +575,18 @@ func benchIMAPStress(b *testing.B, startTLS bool) {
 	direct := float64(targets[0].cmds) / targets[0].took.Seconds()
 	var out strings.Builder
 	fmt.Fprintf(&out, "IMAP stress, client STARTTLS %v, %d sessions kept per target, %d rounds of %v each; load %s before, %s after\n", startTLS, stressSessions, b.N, round, load0, loadAvg())
-	fmt.Fprintf(&out, "| target | commands/s | × direct | passgate CPU µs/command |\n|---|---|---|---|\n")
+	fmt.Fprintf(&out, "| target | commands/s | × direct | passgate CPU µs/command | context switches/command |\n|---|---|---|---|---|\n")
 	for _, t := range targets {
 		rate := float64(t.cmds) / t.took.Seconds()
-		cpu := "—"
+		cpu, csw := "—", "—"
 		if t.pid != 0 {
 			per := float64(t.cpu.Nanoseconds()) / 1e3 / float64(t.cmds)
 			cpu = fmt.Sprintf("%.1f", per)
+			csw = fmt.Sprintf("%.2f", float64(t.csw)/float64(t.cmds))
 			b.ReportMetric(per, t.name+"-cpu-us/cmd")
 			b.ReportMetric(rate/direct, t.name+"-x-direct")
 		}
-		fmt.Fprintf(&out, "| %s | %.0f | %.2f | %s |\n", t.name, rate, rate/direct, cpu)
+		fmt.Fprintf(&out, "| %s | %.0f | %.2f | %s | %s |\n", t.name, rate, rate/direct, cpu, csw)
 	}
 	// On standard output: go test cuts a benchmark's log to a few lines.
 	fmt.Print(out.String())
