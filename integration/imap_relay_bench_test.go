@@ -174,7 +174,8 @@ type relayTarget struct {
 // BenchmarkIMAPRelay reports, for NOOP and UID FETCH 1:* (FLAGS), one at a
 // time and pipelined (relayBenchWindow in flight), the commands per
 // second directly to Dovecot and through passgate, and passgate's CPU
-// time and context switches (its threads' wake-ups) per relayed command
+// time, context switches (its threads' wake-ups) and read and write
+// system calls per relayed command
 // (from /proc, over everything its process did while relaying). Each
 // round runs relayBenchChunk commands of every case on both targets,
 // taking turns; run it with -benchtime 10x or more. The clients use
@@ -242,6 +243,7 @@ func benchIMAPRelay(b *testing.B, startTLS bool) {
 		took time.Duration
 		cpu  time.Duration
 		csw  int64 // passgate's context switches
+		rw   int64 // passgate's read and write system calls
 		n    int
 	}
 	cells := make([][]cell, len(cases))
@@ -272,10 +274,11 @@ func benchIMAPRelay(b *testing.B, startTLS bool) {
 				ti := (round + k) % len(targets)
 				t := targets[ti]
 				var cpu0 time.Duration
-				var csw0 int64
+				var csw0, rw0 int64
 				if t.pid != 0 {
 					cpu0 = cpuOfProcess(b, t.pid, hz)
 					csw0 = contextSwitches(t.pid)
+					rw0 = readWriteCalls(t.pid)
 				}
 				start := time.Now()
 				if err := sessions[ti].run(c.cmd, relayBenchChunk, c.window); err != nil {
@@ -287,6 +290,7 @@ func benchIMAPRelay(b *testing.B, startTLS bool) {
 				if t.pid != 0 {
 					cl.cpu += cpuOfProcess(b, t.pid, hz) - cpu0
 					cl.csw += contextSwitches(t.pid) - csw0
+					cl.rw += readWriteCalls(t.pid) - rw0
 				}
 			}
 		}
@@ -294,27 +298,46 @@ func benchIMAPRelay(b *testing.B, startTLS bool) {
 	b.StopTimer()
 	var out strings.Builder
 	fmt.Fprintf(&out, "IMAP commands relayed after login, client STARTTLS %v, %d per case and target; load %s before, %s after\n", startTLS, b.N*relayBenchChunk, load0, loadAvg())
-	fmt.Fprintf(&out, "| case | target | commands/s | × direct | CPU µs/command | context switches/command |\n|---|---|---|---|---|---|\n")
+	fmt.Fprintf(&out, "| case | target | commands/s | × direct | CPU µs/command | context switches/command | reads and writes/command |\n|---|---|---|---|---|---|---|\n")
 	for ci, c := range cases {
 		rate := func(cl cell) float64 { return float64(cl.n) / cl.took.Seconds() }
 		dr := rate(cells[ci][0])
 		for ti, t := range targets {
 			r := rate(cells[ci][ti])
-			cpu, csw := "—", "—"
+			cpu, csw, rw := "—", "—", "—"
 			if t.pid != 0 {
 				per := float64(cells[ci][ti].cpu.Nanoseconds()) / 1e3 / float64(cells[ci][ti].n)
 				cpu = fmt.Sprintf("%.1f", per)
 				csw = fmt.Sprintf("%.2f", float64(cells[ci][ti].csw)/float64(cells[ci][ti].n))
+				rw = fmt.Sprintf("%.2f", float64(cells[ci][ti].rw)/float64(cells[ci][ti].n))
 				b.ReportMetric(per, t.name+"/"+metricName(c.name)+"-cpu-us/cmd")
 			}
 			if ti > 0 {
 				b.ReportMetric(r/dr, t.name+"/"+metricName(c.name)+"-x-direct")
 			}
-			fmt.Fprintf(&out, "| %s | %s | %.0f | %.2f | %s | %s |\n", c.name, t.name, r, r/dr, cpu, csw)
+			fmt.Fprintf(&out, "| %s | %s | %.0f | %.2f | %s | %s | %s |\n", c.name, t.name, r, r/dr, cpu, csw, rw)
 		}
 	}
 	// On standard output: go test cuts a benchmark's log to a few lines.
 	fmt.Print(out.String())
+}
+
+// readWriteCalls returns the read and write system calls that process pid
+// has made so far (syscr and syscw of /proc/pid/io: read, recvfrom,
+// write, sendto and their kin; 0 where /proc does not tell).
+func readWriteCalls(pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/io", pid))
+	if err != nil {
+		return 0
+	}
+	var total int64
+	for _, line := range strings.Split(string(b), "\n") {
+		if k, v, ok := strings.Cut(line, ":"); ok && (k == "syscr" || k == "syscw") {
+			n, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+			total += n
+		}
+	}
+	return total
 }
 
 // contextSwitches returns the context switches, voluntary and not, of all
@@ -440,6 +463,7 @@ type stressTarget struct {
 	took     time.Duration
 	cpu      time.Duration
 	csw      int64 // passgate's context switches
+	rw       int64 // passgate's read and write system calls
 }
 
 // BenchmarkIMAPStress is imaptest's stress run with sessions kept:
@@ -553,10 +577,11 @@ func benchIMAPStress(b *testing.B, startTLS bool) {
 		for k := range targets {
 			t := targets[(i+k)%len(targets)]
 			var cpu0 time.Duration
-			var csw0 int64
+			var csw0, rw0 int64
 			if t.pid != 0 {
 				cpu0 = cpuOfProcess(b, t.pid, hz)
 				csw0 = contextSwitches(t.pid)
+				rw0 = readWriteCalls(t.pid)
 			}
 			start := time.Now()
 			n, err := runRound(t, round)
@@ -568,6 +593,7 @@ func benchIMAPStress(b *testing.B, startTLS bool) {
 			if t.pid != 0 {
 				t.cpu += cpuOfProcess(b, t.pid, hz) - cpu0
 				t.csw += contextSwitches(t.pid) - csw0
+				t.rw += readWriteCalls(t.pid) - rw0
 			}
 		}
 	}
@@ -575,18 +601,19 @@ func benchIMAPStress(b *testing.B, startTLS bool) {
 	direct := float64(targets[0].cmds) / targets[0].took.Seconds()
 	var out strings.Builder
 	fmt.Fprintf(&out, "IMAP stress, client STARTTLS %v, %d sessions kept per target, %d rounds of %v each; load %s before, %s after\n", startTLS, stressSessions, b.N, round, load0, loadAvg())
-	fmt.Fprintf(&out, "| target | commands/s | × direct | passgate CPU µs/command | context switches/command |\n|---|---|---|---|---|\n")
+	fmt.Fprintf(&out, "| target | commands/s | × direct | passgate CPU µs/command | context switches/command | reads and writes/command |\n|---|---|---|---|---|---|\n")
 	for _, t := range targets {
 		rate := float64(t.cmds) / t.took.Seconds()
-		cpu, csw := "—", "—"
+		cpu, csw, rw := "—", "—", "—"
 		if t.pid != 0 {
 			per := float64(t.cpu.Nanoseconds()) / 1e3 / float64(t.cmds)
 			cpu = fmt.Sprintf("%.1f", per)
 			csw = fmt.Sprintf("%.2f", float64(t.csw)/float64(t.cmds))
+			rw = fmt.Sprintf("%.2f", float64(t.rw)/float64(t.cmds))
 			b.ReportMetric(per, t.name+"-cpu-us/cmd")
 			b.ReportMetric(rate/direct, t.name+"-x-direct")
 		}
-		fmt.Fprintf(&out, "| %s | %.0f | %.2f | %s | %s |\n", t.name, rate, rate/direct, cpu, csw)
+		fmt.Fprintf(&out, "| %s | %.0f | %.2f | %s | %s | %s |\n", t.name, rate, rate/direct, cpu, csw, rw)
 	}
 	// On standard output: go test cuts a benchmark's log to a few lines.
 	fmt.Print(out.String())
