@@ -323,8 +323,9 @@ func benchIMAPRelay(b *testing.B, startTLS bool) {
 }
 
 // readWriteCalls returns the read and write system calls that process pid
-// has made so far (syscr and syscw of /proc/pid/io: read, recvfrom,
-// write, sendto and their kin; 0 where /proc does not tell).
+// has made so far, those that said EAGAIN too (syscr and syscw of
+// /proc/pid/io: read(2), write(2) and their kin, not the peeks of
+// recvfrom(2); 0 where /proc does not tell).
 func readWriteCalls(pid int) int64 {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/io", pid))
 	if err != nil {
