@@ -106,7 +106,7 @@ func TestRunEndsWhileAWriteWaits(t *testing.T) {
 					}
 				}
 			}()
-			waitForGoroutine(t, "proxy/relay.Run", "internal/poll.(*FD).Write")
+			waitForGoroutine(t, "proxy/relay.Run", "internal/poll.(*pollDesc).waitWrite")
 			cancel()
 			select {
 			case st := <-res:

@@ -199,8 +199,9 @@ func Run(ctx context.Context, client, upstream net.Conn, opts Options) Stats {
 	// Made here, not in the goroutine, so that the goroutine's own frame
 	// stays small (an idle session parks it: see copyTo).
 	up := newSource(client, upGet, upPut)
+	toUp, toClient := newSink(upstream), newSink(client)
 	emitUp := func(p []byte) error {
-		n, err := upstream.Write(p)
+		n, err := toUp.write(p)
 		in.Add(int64(n))
 		return err
 	}
@@ -217,7 +218,7 @@ func Run(ctx context.Context, client, upstream net.Conn, opts Options) Stats {
 		if stopped {
 			return errStopped
 		}
-		w, err := client.Write(p)
+		w, err := toClient.write(p)
 		out.Add(int64(w))
 		if opts.Framer != nil {
 			atBoundary = opts.Framer.Feed(p[:w])

@@ -426,3 +426,74 @@ func (w *waitConn) fill() error {
 	}
 	return err
 }
+
+// sink writes what a direction copies to its side: through the side's
+// RawConn, with raw writes (see readFD), when the side is a bare socket
+// (syscall.Conn, as for reading; the package's own wrappers change only
+// reads), else through its Write. A sink is used by one goroutine at a
+// time.
+type sink struct {
+	conn net.Conn
+	raw  syscall.RawConn
+	// rawWrite's state: what is left to write, what was written, and the
+	// write's error; its method value is made once per sink.
+	p     []byte
+	n     int
+	err   error
+	rawFn func(fd uintptr) bool
+}
+
+func newSink(c net.Conn) *sink {
+	s := &sink{conn: c}
+	under := c
+	for {
+		if w, ok := under.(*waitConn); ok {
+			under = w.Conn
+		} else if p, ok := under.(*prefixConn); ok {
+			under = p.Conn
+		} else {
+			break
+		}
+	}
+	if sc, ok := under.(syscall.Conn); ok && rawSupported {
+		if rc, err := sc.SyscallConn(); err == nil {
+			s.raw = rc
+			s.rawFn = s.rawWrite
+		}
+	}
+	return s
+}
+
+// write writes all of p, as net.Conn's Write does (the side's write
+// deadline holds), and returns how much was written.
+func (s *sink) write(p []byte) (int, error) {
+	if s.raw == nil {
+		return s.conn.Write(p)
+	}
+	s.p, s.n, s.err = p, 0, nil
+	err := s.raw.Write(s.rawFn)
+	n, werr := s.n, s.err
+	s.p, s.err = nil, nil
+	if err == nil {
+		err = werr
+	}
+	return n, err
+}
+
+// rawWrite is raw.Write's callback: it writes until all is written or
+// the socket's buffer is full (then raw.Write waits until it drains).
+func (s *sink) rawWrite(fd uintptr) bool {
+	for len(s.p) > 0 {
+		n, err := writeFD(fd, s.p)
+		s.n += n
+		s.p = s.p[n:]
+		switch {
+		case errors.Is(err, syscall.EAGAIN):
+			return false
+		case err != nil:
+			s.err = os.NewSyscallError("write", err)
+			return true
+		}
+	}
+	return true
+}
