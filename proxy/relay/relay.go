@@ -157,6 +157,12 @@ func Run(ctx context.Context, client, upstream net.Conn, opts Options) Stats {
 	if b := opts.Buffers; b != nil {
 		upGet, upPut, dnGet, dnPut = b.get, b.put, b.get, b.put
 	}
+	// Made here, before anything that may run beside Run (the goroutine,
+	// the context's watch): they set up how each side is read and
+	// written. The goroutine's own frame stays small that way too (an
+	// idle session parks it: see copyTo).
+	up, down := newSource(client, upGet, upPut), newSource(upstream, dnGet, dnPut)
+	toUp, toClient := newSink(upstream), newSink(client)
 	var in, out atomic.Int64
 	var first atomic.Value // "client" or "upstream": the side that ended first
 	// closeBoth ends both sides. A Close waits until no read or write of
@@ -196,10 +202,6 @@ func Run(ctx context.Context, client, upstream net.Conn, opts Options) Stats {
 		closeBoth()
 	})
 	done := make(chan struct{})
-	// Made here, not in the goroutine, so that the goroutine's own frame
-	// stays small (an idle session parks it: see copyTo).
-	up := newSource(client, upGet, upPut)
-	toUp, toClient := newSink(upstream), newSink(client)
 	emitUp := func(p []byte) error {
 		n, err := toUp.write(p)
 		in.Add(int64(n))
@@ -211,7 +213,6 @@ func Run(ctx context.Context, client, upstream net.Conn, opts Options) Stats {
 		closeBoth()
 		close(done)
 	}()
-	down := newSource(upstream, dnGet, dnPut)
 	_ = down.copyTo(func(p []byte) error {
 		wmu.Lock()
 		defer wmu.Unlock()

@@ -71,6 +71,7 @@ func newSource(c net.Conn, get func() *[]byte, put func(*[]byte)) *source {
 		switch under := v.NetConn().(type) {
 		case *waitConn:
 			s.kind, s.wc, s.framed = kindTLS, under, under.framed
+			under.useRaw()
 		case syscall.Conn:
 			if rc, err := under.SyscallConn(); err == nil && rawSupported {
 				s.kind, s.raw = kindTLS, rc
@@ -342,10 +343,15 @@ type waitConn struct {
 	stash    []byte
 	off, end int // stash[off:end] is read but not yet returned
 
-	framed bool               // BeginTLS: reads stop at record boundaries
-	hdr    [tlsHeaderLen]byte // the current record's header, hdrN bytes of it so far
-	hdrN   int
-	body   int // the current record's body bytes not yet returned
+	framed bool // BeginTLS: reads stop at record boundaries
+	// useRaw (a relay reads and writes through TLS over the connection
+	// from now on): the socket under Conn, read and written with raw
+	// system calls; nil before, or without a socket.
+	rd   *sockReader
+	wr   *sink
+	hdr  [tlsHeaderLen]byte // the current record's header, hdrN bytes of it so far
+	hdrN int
+	body int // the current record's body bytes not yet returned
 }
 
 // Read returns what was read ahead first, then reads c; under TLS
@@ -374,7 +380,7 @@ func (w *waitConn) Read(p []byte) (int, error) {
 		n = copy(p, w.stash[w.off:w.end])
 		w.off += n
 	} else {
-		n, err = w.Conn.Read(p)
+		n, err = w.read(p)
 	}
 	if w.framed {
 		w.account(p[:n])
@@ -398,6 +404,40 @@ func (w *waitConn) account(p []byte) {
 	}
 }
 
+// useRaw has w read and write the socket under it, when it has one, with
+// raw system calls (see readFD) from now on. Run calls it before any of
+// its goroutines reads or writes the connection; TLS serialises the
+// writes, and only the relay's copy from the client reads.
+func (w *waitConn) useRaw() {
+	sc, ok := w.Conn.(syscall.Conn)
+	if !ok || !rawSupported {
+		return
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return
+	}
+	w.rd = &sockReader{raw: rc}
+	w.rd.fn = w.rd.rawRead
+	w.wr = &sink{conn: w.Conn, raw: rc}
+	w.wr.rawFn = w.wr.rawWrite
+}
+
+func (w *waitConn) read(p []byte) (int, error) {
+	if w.rd != nil {
+		return w.rd.read(p)
+	}
+	return w.Conn.Read(p)
+}
+
+// Write writes to the connection (with raw system calls after useRaw).
+func (w *waitConn) Write(p []byte) (int, error) {
+	if w.wr != nil {
+		return w.wr.write(p)
+	}
+	return w.Conn.Write(p)
+}
+
 // NetConn returns the wrapped connection.
 func (w *waitConn) NetConn() net.Conn { return w.Conn }
 
@@ -416,7 +456,7 @@ func (w *waitConn) fill() error {
 	if w.stash == nil {
 		w.stash = make([]byte, smallBufferSize)
 	}
-	n, err := w.Conn.Read(w.stash)
+	n, err := w.read(w.stash)
 	w.off, w.end = 0, n
 	if n > 0 {
 		return nil
@@ -495,5 +535,46 @@ func (s *sink) rawWrite(fd uintptr) bool {
 			return true
 		}
 	}
+	return true
+}
+
+// sockReader reads a socket as net.Conn's Read does (waiting for bytes,
+// the read deadline holding), with raw system calls (see readFD).
+type sockReader struct {
+	raw syscall.RawConn
+	// rawRead's state; its method value is made once.
+	p   []byte
+	n   int
+	err error
+	fn  func(fd uintptr) bool
+}
+
+func (r *sockReader) read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	r.p, r.n, r.err = p, 0, nil
+	err := r.raw.Read(r.fn)
+	n, rerr := r.n, r.err
+	r.p, r.err = nil, nil
+	if err != nil {
+		return 0, err
+	}
+	return n, rerr
+}
+
+// rawRead is raw.Read's callback: one read, or a wait when the socket
+// has nothing yet.
+func (r *sockReader) rawRead(fd uintptr) bool {
+	n, err := readFD(fd, r.p)
+	switch {
+	case errors.Is(err, syscall.EAGAIN):
+		return false
+	case err != nil:
+		r.err = os.NewSyscallError("read", err)
+	case n == 0:
+		r.err = io.EOF
+	}
+	r.n = n
 	return true
 }
