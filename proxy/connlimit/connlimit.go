@@ -13,9 +13,11 @@
 package connlimit
 
 import (
+	"errors"
 	"net"
 	"net/netip"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -165,6 +167,21 @@ func (c *conn) Close() error {
 
 // LoggedIn ends the connection's count: it is a session now.
 func (c *conn) LoggedIn() { c.done() }
+
+// SyscallConn hands out the socket under c, whose bytes c does not
+// change, so that a relay can wait for a logged-in session's next bytes
+// on the socket itself (syscall.Conn, as *net.TCPConn); it fails over a
+// connection that has no socket to hand out.
+func (c *conn) SyscallConn() (syscall.RawConn, error) {
+	sc, ok := c.Conn.(syscall.Conn)
+	if !ok {
+		return nil, errNoSocket
+	}
+	return sc.SyscallConn()
+}
+
+// errNoSocket: the wrapped connection hands out no socket.
+var errNoSocket = errors.New("connlimit: the connection has no socket to hand out")
 
 // LoggedIn tells the Limiter that c, a connection that Listen's Accept
 // returned (or a *tls.Conn over one), has logged in: it counts no more.
