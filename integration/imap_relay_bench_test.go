@@ -27,7 +27,8 @@ import (
 // With PASSGATE_BENCH_INPROCESS=1 passgate runs inside the test binary
 // instead, so that -cpuprofile profiles it (with the client beside it:
 // focus the profile on passgate's packages). PASSGATE_BENCH_BASELINE_BIN
-// adds another passgate binary (an older build) as a third target.
+// adds another passgate binary (an older build) as a third target;
+// PASSGATE_RELAY_CASE keeps only the cases whose name contains it.
 
 // relayBenchMailbox holds relayBenchMessages small messages of alice's at
 // the shared Dovecot, for UID FETCH of their flags.
@@ -173,13 +174,27 @@ type relayTarget struct {
 // BenchmarkIMAPRelay reports, for NOOP and UID FETCH 1:* (FLAGS), one at a
 // time and pipelined (relayBenchWindow in flight), the commands per
 // second directly to Dovecot and through passgate, and passgate's CPU
-// time per relayed command (from /proc, over everything its process did
-// while relaying). Each round runs relayBenchChunk commands of every case
-// on both targets, taking turns; run it with -benchtime 10x or more.
+// time, context switches (its threads' wake-ups) and read and write
+// system calls per relayed command
+// (from /proc, over everything its process did while relaying). Each
+// round runs relayBenchChunk commands of every case on both targets,
+// taking turns; run it with -benchtime 10x or more. The clients use
+// STARTTLS (client-tls=starttls) or plaintext (client-tls=none: passgate
+// trusts the loopback network for a plaintext login); passgate's
+// upstream is plaintext either way.
 func BenchmarkIMAPRelay(b *testing.B) {
+	for _, startTLS := range []bool{true, false} {
+		b.Run("client-tls="+map[bool]string{true: "starttls", false: "none"}[startTLS], func(b *testing.B) { benchIMAPRelay(b, startTLS) })
+	}
+}
+
+func benchIMAPRelay(b *testing.B, startTLS bool) {
 	d := env.dovecot
 	seedRelayMailbox(b, d)
 	pc := passgateConfig{upstreamTLS: "none"}
+	if !startTLS {
+		pc.trusted = []string{"127.0.0.0/8"}
+	}
 	inProcess := os.Getenv("PASSGATE_BENCH_INPROCESS") != ""
 	if !inProcess {
 		pc.binary = passgateBinary(b)
@@ -195,7 +210,9 @@ func BenchmarkIMAPRelay(b *testing.B) {
 		targets[1].pid = p.proc.Process.Pid
 	}
 	if base := os.Getenv("PASSGATE_BENCH_BASELINE_BIN"); base != "" {
-		bp := startPassgate(b, passgateConfig{upstreamTLS: "none", binary: base})
+		bpc := pc
+		bpc.binary = base
+		bp := startPassgate(b, bpc)
 		bp.enforce(b, "alice")
 		targets = append(targets, relayTarget{name: "baseline", addr: bp.imapAddr, user: "alice", pw: bp.appPassword(b, "alice", "relay"), pid: bp.proc.Process.Pid})
 	}
@@ -208,15 +225,31 @@ func BenchmarkIMAPRelay(b *testing.B) {
 		{"UID FETCH flags one at a time", "UID FETCH 1:* (FLAGS)", 1},
 		{"UID FETCH flags pipelined", "UID FETCH 1:* (FLAGS)", relayBenchWindow},
 	}
+	// PASSGATE_RELAY_CASE keeps only the cases whose name contains it
+	// (for a profile or a syscall count of one case).
+	if only := os.Getenv("PASSGATE_RELAY_CASE"); only != "" {
+		kept := cases[:0]
+		for _, c := range cases {
+			if strings.Contains(c.name, only) {
+				kept = append(kept, c)
+			}
+		}
+		if len(kept) == 0 {
+			b.Fatalf("PASSGATE_RELAY_CASE %q matches no case", only)
+		}
+		cases = kept
+	}
 	type cell struct {
 		took time.Duration
 		cpu  time.Duration
+		csw  int64 // passgate's context switches
+		rw   int64 // passgate's read and write system calls
 		n    int
 	}
 	cells := make([][]cell, len(cases))
 	sessions := make([]*relayClient, len(targets))
 	for i, t := range targets {
-		s, err := dialRelayClient(t.addr, t.user, t.pw, relayBenchMailbox)
+		s, err := dialRelayClientTLS(t.addr, t.user, t.pw, relayBenchMailbox, startTLS)
 		if err != nil {
 			b.Fatalf("%s: %v", t.name, err)
 		}
@@ -241,8 +274,11 @@ func BenchmarkIMAPRelay(b *testing.B) {
 				ti := (round + k) % len(targets)
 				t := targets[ti]
 				var cpu0 time.Duration
+				var csw0, rw0 int64
 				if t.pid != 0 {
 					cpu0 = cpuOfProcess(b, t.pid, hz)
+					csw0 = contextSwitches(t.pid)
+					rw0 = readWriteCalls(t.pid)
 				}
 				start := time.Now()
 				if err := sessions[ti].run(c.cmd, relayBenchChunk, c.window); err != nil {
@@ -253,33 +289,82 @@ func BenchmarkIMAPRelay(b *testing.B) {
 				cl.n += relayBenchChunk
 				if t.pid != 0 {
 					cl.cpu += cpuOfProcess(b, t.pid, hz) - cpu0
+					cl.csw += contextSwitches(t.pid) - csw0
+					cl.rw += readWriteCalls(t.pid) - rw0
 				}
 			}
 		}
 	}
 	b.StopTimer()
 	var out strings.Builder
-	fmt.Fprintf(&out, "IMAP commands relayed after login, %d per case and target; load %s before, %s after\n", b.N*relayBenchChunk, load0, loadAvg())
-	fmt.Fprintf(&out, "| case | target | commands/s | × direct | CPU µs/command |\n|---|---|---|---|---|\n")
+	fmt.Fprintf(&out, "IMAP commands relayed after login, client STARTTLS %v, %d per case and target; load %s before, %s after\n", startTLS, b.N*relayBenchChunk, load0, loadAvg())
+	fmt.Fprintf(&out, "| case | target | commands/s | × direct | CPU µs/command | context switches/command | reads and writes/command |\n|---|---|---|---|---|---|---|\n")
 	for ci, c := range cases {
 		rate := func(cl cell) float64 { return float64(cl.n) / cl.took.Seconds() }
 		dr := rate(cells[ci][0])
 		for ti, t := range targets {
 			r := rate(cells[ci][ti])
-			cpu := "—"
+			cpu, csw, rw := "—", "—", "—"
 			if t.pid != 0 {
 				per := float64(cells[ci][ti].cpu.Nanoseconds()) / 1e3 / float64(cells[ci][ti].n)
 				cpu = fmt.Sprintf("%.1f", per)
+				csw = fmt.Sprintf("%.2f", float64(cells[ci][ti].csw)/float64(cells[ci][ti].n))
+				rw = fmt.Sprintf("%.2f", float64(cells[ci][ti].rw)/float64(cells[ci][ti].n))
 				b.ReportMetric(per, t.name+"/"+metricName(c.name)+"-cpu-us/cmd")
 			}
 			if ti > 0 {
 				b.ReportMetric(r/dr, t.name+"/"+metricName(c.name)+"-x-direct")
 			}
-			fmt.Fprintf(&out, "| %s | %s | %.0f | %.2f | %s |\n", c.name, t.name, r, r/dr, cpu)
+			fmt.Fprintf(&out, "| %s | %s | %.0f | %.2f | %s | %s | %s |\n", c.name, t.name, r, r/dr, cpu, csw, rw)
 		}
 	}
 	// On standard output: go test cuts a benchmark's log to a few lines.
 	fmt.Print(out.String())
+}
+
+// readWriteCalls returns the read and write system calls that process pid
+// has made so far, those that said EAGAIN too (syscr and syscw of
+// /proc/pid/io: read(2), write(2) and their kin, not the peeks of
+// recvfrom(2); 0 where /proc does not tell).
+func readWriteCalls(pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/io", pid))
+	if err != nil {
+		return 0
+	}
+	var total int64
+	for _, line := range strings.Split(string(b), "\n") {
+		if k, v, ok := strings.Cut(line, ":"); ok && (k == "syscr" || k == "syscw") {
+			n, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+			total += n
+		}
+	}
+	return total
+}
+
+// contextSwitches returns the context switches, voluntary and not, of all
+// of process pid's threads so far (0 where /proc does not tell): a
+// thread that goes to sleep and is woken again counts one. Threads that
+// have ended are not counted.
+func contextSwitches(pid int) int64 {
+	dir := fmt.Sprintf("/proc/%d/task", pid)
+	tasks, err := os.ReadDir(dir)
+	if err != nil {
+		return 0
+	}
+	var total int64
+	for _, t := range tasks {
+		b, err := os.ReadFile(filepath.Join(dir, t.Name(), "status"))
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if k, v, ok := strings.Cut(line, ":"); ok && strings.HasSuffix(k, "ctxt_switches") {
+				n, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+				total += n
+			}
+		}
+	}
+	return total
 }
 
 // The stress benchmark: what Dovecot's imaptest does with its defaults
@@ -378,6 +463,8 @@ type stressTarget struct {
 	cmds     int64
 	took     time.Duration
 	cpu      time.Duration
+	csw      int64 // passgate's context switches
+	rw       int64 // passgate's read and write system calls
 }
 
 // BenchmarkIMAPStress is imaptest's stress run with sessions kept:
@@ -387,7 +474,7 @@ type stressTarget struct {
 // (upstream plaintext), the targets taking turns round by round so that
 // each sees the same load; all share the machine's CPUs, so the figure is
 // commands per second with the CPU that each path costs. passgate's CPU
-// per command is read from /proc. The clients use STARTTLS
+// and context switches per command are read from /proc. The clients use STARTTLS
 // (client-tls=starttls: Dovecot's login process relays TLS for the direct
 // sessions) or plaintext (client-tls=none: Dovecot hands the connection to
 // the mail process, and passgate trusts the loopback network for a
@@ -491,8 +578,11 @@ func benchIMAPStress(b *testing.B, startTLS bool) {
 		for k := range targets {
 			t := targets[(i+k)%len(targets)]
 			var cpu0 time.Duration
+			var csw0, rw0 int64
 			if t.pid != 0 {
 				cpu0 = cpuOfProcess(b, t.pid, hz)
+				csw0 = contextSwitches(t.pid)
+				rw0 = readWriteCalls(t.pid)
 			}
 			start := time.Now()
 			n, err := runRound(t, round)
@@ -503,6 +593,8 @@ func benchIMAPStress(b *testing.B, startTLS bool) {
 			t.cmds += n
 			if t.pid != 0 {
 				t.cpu += cpuOfProcess(b, t.pid, hz) - cpu0
+				t.csw += contextSwitches(t.pid) - csw0
+				t.rw += readWriteCalls(t.pid) - rw0
 			}
 		}
 	}
@@ -510,17 +602,19 @@ func benchIMAPStress(b *testing.B, startTLS bool) {
 	direct := float64(targets[0].cmds) / targets[0].took.Seconds()
 	var out strings.Builder
 	fmt.Fprintf(&out, "IMAP stress, client STARTTLS %v, %d sessions kept per target, %d rounds of %v each; load %s before, %s after\n", startTLS, stressSessions, b.N, round, load0, loadAvg())
-	fmt.Fprintf(&out, "| target | commands/s | × direct | passgate CPU µs/command |\n|---|---|---|---|\n")
+	fmt.Fprintf(&out, "| target | commands/s | × direct | passgate CPU µs/command | context switches/command | reads and writes/command |\n|---|---|---|---|---|---|\n")
 	for _, t := range targets {
 		rate := float64(t.cmds) / t.took.Seconds()
-		cpu := "—"
+		cpu, csw, rw := "—", "—", "—"
 		if t.pid != 0 {
 			per := float64(t.cpu.Nanoseconds()) / 1e3 / float64(t.cmds)
 			cpu = fmt.Sprintf("%.1f", per)
+			csw = fmt.Sprintf("%.2f", float64(t.csw)/float64(t.cmds))
+			rw = fmt.Sprintf("%.2f", float64(t.rw)/float64(t.cmds))
 			b.ReportMetric(per, t.name+"-cpu-us/cmd")
 			b.ReportMetric(rate/direct, t.name+"-x-direct")
 		}
-		fmt.Fprintf(&out, "| %s | %.0f | %.2f | %s |\n", t.name, rate, rate/direct, cpu)
+		fmt.Fprintf(&out, "| %s | %.0f | %.2f | %s | %s | %s |\n", t.name, rate, rate/direct, cpu, csw, rw)
 	}
 	// On standard output: go test cuts a benchmark's log to a few lines.
 	fmt.Print(out.String())

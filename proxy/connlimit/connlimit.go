@@ -168,15 +168,21 @@ func (c *conn) Close() error {
 // LoggedIn ends the connection's count: it is a session now.
 func (c *conn) LoggedIn() { c.done() }
 
-// SyscallConn returns the socket's syscall.RawConn, for a front that
-// reads and writes the socket itself (backends/ldapwire's Socket).
+// SyscallConn hands out the socket under c, whose bytes c does not
+// change, so that a front or relay can read and write the socket itself
+// (syscall.Conn, as *net.TCPConn: the LDAP listener's ldapwire.Socket,
+// the IMAP relay's waits for a logged-in session's next bytes); it
+// fails over a connection that has no socket to hand out.
 func (c *conn) SyscallConn() (syscall.RawConn, error) {
 	sc, ok := c.Conn.(syscall.Conn)
 	if !ok {
-		return nil, errors.ErrUnsupported
+		return nil, errNoSocket
 	}
 	return sc.SyscallConn()
 }
+
+// errNoSocket: the wrapped connection hands out no socket.
+var errNoSocket = errors.New("connlimit: the connection has no socket to hand out")
 
 // LoggedIn tells the Limiter that c, a connection that Listen's Accept
 // returned (or a *tls.Conn over one), has logged in: it counts no more.

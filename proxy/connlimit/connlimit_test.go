@@ -74,6 +74,12 @@ func TestListen(t *testing.T) {
 	dial()
 	dial()
 	s1, s2 := <-accepted, <-accepted
+	// A relay may read an accepted connection's socket itself.
+	if sc, ok := s1.(syscall.Conn); !ok {
+		t.Errorf("%T hands out no socket", s1)
+	} else if _, err := sc.SyscallConn(); err != nil {
+		t.Errorf("SyscallConn: %v", err)
+	}
 	over := dial()
 	if b, _ := io.ReadAll(over); string(b) != "* BYE busy\r\n" {
 		t.Fatalf("over the cap: read %q", b)

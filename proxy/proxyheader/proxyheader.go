@@ -30,6 +30,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"syscall"
 	"time"
 
 	proxyproto "github.com/pires/go-proxyproto"
@@ -197,3 +198,15 @@ type conn struct {
 
 func (c *conn) RemoteAddr() net.Addr { return c.remote }
 func (c *conn) LocalAddr() net.Addr  { return c.local }
+
+// SyscallConn hands out the socket under c once the header's reader has
+// nothing left buffered, so that a relay can wait for a logged-in
+// session's next bytes on the socket itself (syscall.Conn, as
+// *net.TCPConn); before that it fails.
+func (c *conn) SyscallConn() (syscall.RawConn, error) {
+	sc, ok := c.Conn.(syscall.Conn)
+	if !ok {
+		return nil, errors.New("proxyheader: the connection has no socket to hand out")
+	}
+	return sc.SyscallConn()
+}

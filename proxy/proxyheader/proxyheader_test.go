@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -109,6 +110,12 @@ func TestListen(t *testing.T) {
 			s.SetReadDeadline(time.Now().Add(patience))
 			if _, err := io.ReadFull(s, buf); err != nil || string(buf) != tc.wantData {
 				t.Errorf("read %q, %v; want %q", buf, err, tc.wantData)
+			}
+			// All read: a relay may read the socket itself.
+			if sc, ok := s.(syscall.Conn); !ok {
+				t.Errorf("%T hands out no socket", s)
+			} else if _, err := sc.SyscallConn(); err != nil {
+				t.Errorf("SyscallConn: %v", err)
 			}
 		})
 	}

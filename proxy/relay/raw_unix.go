@@ -1,4 +1,4 @@
-//go:build unix
+//go:build unix && !linux
 
 package relay
 
@@ -12,6 +12,20 @@ const rawSupported = true
 func readFD(fd uintptr, p []byte) (int, error) {
 	for {
 		n, err := syscall.Read(int(fd), p)
+		if err != syscall.EINTR {
+			if n < 0 {
+				n = 0
+			}
+			return n, err
+		}
+	}
+}
+
+// writeFD writes to a socket that its RawConn handed over, and returns
+// how much of p it took.
+func writeFD(fd uintptr, p []byte) (int, error) {
+	for {
+		n, err := syscall.Write(int(fd), p)
 		if err != syscall.EINTR {
 			if n < 0 {
 				n = 0

@@ -21,6 +21,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 	"weak"
 
@@ -156,9 +157,24 @@ func Run(ctx context.Context, client, upstream net.Conn, opts Options) Stats {
 	if b := opts.Buffers; b != nil {
 		upGet, upPut, dnGet, dnPut = b.get, b.put, b.get, b.put
 	}
+	// Made here, before anything that may run beside Run (the goroutine,
+	// the context's watch): they set up how each side is read and
+	// written. The goroutine's own frame stays small that way too (an
+	// idle session parks it: see copyTo).
+	up, down := newSource(client, upGet, upPut), newSource(upstream, dnGet, dnPut)
+	toUp, toClient := newSink(upstream), newSink(client)
 	var in, out atomic.Int64
 	var first atomic.Value // "client" or "upstream": the side that ended first
+	// closeBoth ends both sides. A Close waits until no read or write of
+	// its socket is under way, and a direction reading a bare TCP socket
+	// writes to the other side from inside that socket's read (see
+	// rawRead): a deadline long past first wakes up any write that waits
+	// for a side that does not read, so that neither Close waits on a
+	// write that waits on the other Close.
 	closeBoth := func() {
+		past := time.Unix(1, 0)
+		_ = client.SetDeadline(past)
+		_ = upstream.SetDeadline(past)
 		client.Close()
 		upstream.Close()
 	}
@@ -176,19 +192,18 @@ func Run(ctx context.Context, client, upstream net.Conn, opts Options) Stats {
 					_, _ = client.Write(msg)
 				}
 			}
+			// Nothing from the upstream follows the farewell: the
+			// copy to the client sees stopped before it writes. The
+			// lock is given back before the close, which may wait for
+			// that copy to return from its socket's read.
 			stopped = true
-			closeBoth()
 			wmu.Unlock()
-			return
 		}
 		closeBoth()
 	})
 	done := make(chan struct{})
-	// Made here, not in the goroutine, so that the goroutine's own frame
-	// stays small (an idle session parks it: see copyTo).
-	up := newSource(client, upGet, upPut)
 	emitUp := func(p []byte) error {
-		n, err := upstream.Write(p)
+		n, err := toUp.write(p)
 		in.Add(int64(n))
 		return err
 	}
@@ -198,14 +213,13 @@ func Run(ctx context.Context, client, upstream net.Conn, opts Options) Stats {
 		closeBoth()
 		close(done)
 	}()
-	down := newSource(upstream, dnGet, dnPut)
 	_ = down.copyTo(func(p []byte) error {
 		wmu.Lock()
 		defer wmu.Unlock()
 		if stopped {
 			return errStopped
 		}
-		w, err := client.Write(p)
+		w, err := toClient.write(p)
 		out.Add(int64(w))
 		if opts.Framer != nil {
 			atBoundary = opts.Framer.Feed(p[:w])
@@ -245,6 +259,21 @@ type prefixConn struct {
 	net.Conn
 	pending []byte
 }
+
+// SyscallConn hands out the socket under p once nothing read ahead is
+// left (a wrapper's reads then are the socket's), so that a relay reading
+// a connection wrapped around p can read the socket itself; before that,
+// or over a connection without a socket, it fails.
+func (p *prefixConn) SyscallConn() (syscall.RawConn, error) {
+	sc, ok := p.Conn.(syscall.Conn)
+	if len(p.pending) > 0 || !ok {
+		return nil, errNoSocket
+	}
+	return sc.SyscallConn()
+}
+
+// errNoSocket: a connection that cannot hand out its socket as is.
+var errNoSocket = errors.New("relay: no socket to read as is")
 
 func (p *prefixConn) Read(b []byte) (int, error) {
 	if len(p.pending) > 0 {

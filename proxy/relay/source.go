@@ -14,8 +14,10 @@ import (
 type sourceKind int
 
 const (
-	// kindTCP: a bare TCP socket, read through its syscall.RawConn: the
-	// buffer is taken once the socket is readable, inside the read.
+	// kindTCP: a bare socket (a *net.TCPConn, or a connection that
+	// implements syscall.Conn: its bytes are its socket's), read through
+	// its syscall.RawConn: the buffer is taken once the socket is
+	// readable, inside the read.
 	kindTCP sourceKind = iota
 	// kindTLS: TLS over a socket that can be waited on without reading
 	// (a bare TCP socket peeked at, or Waitable's connection): wait,
@@ -44,11 +46,10 @@ type source struct {
 
 	small []byte // kindSmall
 
-	// The outcome of rawRead, which runs inside raw.Read; kept here so
-	// that its method value is made once per direction, not per read.
-	buf   *[]byte
-	n     int
-	rerr  error
+	// rawRead's state: it runs inside raw.Read, which calls it until it
+	// returns true; its method value is made once per direction.
+	emit  func([]byte) error // kindTCP: copyTo's emit
+	rerr  error              // why rawRead returned true
 	rawFn func(fd uintptr) bool
 }
 
@@ -61,23 +62,24 @@ func newSource(c net.Conn, get func() *[]byte, put func(*[]byte)) *source {
 		s.conn = p.Conn
 	}
 	switch v := s.conn.(type) {
-	case *net.TCPConn:
-		s.useTCP(v)
 	case *waitConn:
-		if tcp, ok := v.Conn.(*net.TCPConn); ok && v.off == v.end {
-			s.conn = tcp
-			s.useTCP(tcp)
+		if sc, ok := v.Conn.(syscall.Conn); ok && v.off == v.end {
+			s.conn = v.Conn
+			s.useRaw(sc)
 		}
 	case *tls.Conn:
 		switch under := v.NetConn().(type) {
-		case *net.TCPConn:
+		case *waitConn:
+			s.kind, s.wc, s.framed = kindTLS, under, under.framed
+			under.useRaw()
+		case syscall.Conn:
 			if rc, err := under.SyscallConn(); err == nil && rawSupported {
 				s.kind, s.raw = kindTLS, rc
 				s.wait = func() error { return rc.Read(peekReadable) }
 			}
-		case *waitConn:
-			s.kind, s.wc, s.framed = kindTLS, under, under.framed
 		}
+	case syscall.Conn:
+		s.useRaw(v)
 	}
 	if s.kind == kindSmall {
 		s.small = make([]byte, smallBufferSize)
@@ -85,8 +87,11 @@ func newSource(c net.Conn, get func() *[]byte, put func(*[]byte)) *source {
 	return s
 }
 
-// useTCP reads c through its RawConn when the platform allows.
-func (s *source) useTCP(c *net.TCPConn) {
+// useRaw reads c through its RawConn when the platform allows: a
+// *net.TCPConn, or a connection that wraps one without changing its
+// bytes and hands out its socket (a listener's connection counted until
+// login, for one).
+func (s *source) useRaw(c syscall.Conn) {
 	rc, err := c.SyscallConn()
 	if err != nil || !rawSupported {
 		return
@@ -120,7 +125,7 @@ func (s *source) copyTo(emit func([]byte) error) error {
 		var err error
 		switch s.kind {
 		case kindTCP:
-			err = s.burstTCP(emit)
+			return s.copyTCP(emit)
 		case kindTLS:
 			// The wait runs from this frame rather than from
 			// burstTLS's, so that an idle session's goroutine
@@ -143,48 +148,64 @@ func (s *source) copyTo(emit func([]byte) error) error {
 	}
 }
 
-// burstTCP reads what the socket has, once it has something.
-func (s *source) burstTCP(emit func([]byte) error) error {
+// copyTCP hands emit everything read from the socket, for the rest of
+// the source's life, inside a single raw.Read: rawRead reads and emits,
+// and asks raw.Read to wait whenever the socket is drained.
+func (s *source) copyTCP(emit func([]byte) error) error {
+	s.emit = emit
 	err := s.raw.Read(s.rawFn)
-	bp, n, rerr := s.buf, s.n, s.rerr
-	s.buf, s.rerr = nil, nil
-	switch {
-	case err != nil:
-		if bp != nil {
-			s.put(bp)
-		}
+	s.emit = nil
+	if err != nil {
 		return err
-	case rerr != nil:
-		return rerr
-	case n == 0:
-		s.put(bp)
-		return io.EOF
 	}
-	err = emit((*bp)[:n])
-	s.put(bp)
-	return err
+	return s.rerr
 }
 
-// rawRead is raw.Read's callback: it takes a buffer and reads into it,
-// and gives the buffer back and asks to wait when the socket has nothing.
-// It always reads before it asks to wait, even right after a read that
-// drained the socket: raw.Read forgets a readiness that came before it was
-// called, so a byte that arrived in between would otherwise wait for the
-// next one.
+// rawRead is raw.Read's callback, and raw.Read calls it again each time
+// the socket becomes readable until it returns true (the end of the
+// source: EOF, an error, or emit's error, kept in s.rerr). It reads into a
+// buffer taken for the read and hands what it read to emit; it gives the
+// buffer back before it asks to wait.
+//
+// A read that returns less than the buffer drained the socket: rawRead
+// then asks to wait at once, without a read that would only say EAGAIN.
+// That is safe only within one raw.Read: raw.Read forgets a readiness
+// that came before it was called (it resets the poller's state), but
+// between its waits it keeps every readiness that came since the last
+// one (the poller is edge-triggered and reports every arrival of bytes),
+// so a byte that arrives after a read wakes the wait that follows it.
+// Hence the emit from inside the callback, and hence Run's closeBoth
+// wakes up both sides' writes before it closes them: a Close waits until
+// no read or write of its socket is under way, and this callback holds
+// its socket's read while emit writes to the other side.
 func (s *source) rawRead(fd uintptr) bool {
-	bp := s.get()
-	n, err := readFD(fd, *bp)
-	switch {
-	case errors.Is(err, syscall.EAGAIN):
+	for {
+		bp := s.get()
+		n, err := readFD(fd, *bp)
+		switch {
+		case errors.Is(err, syscall.EAGAIN):
+			s.put(bp)
+			return false
+		case err != nil:
+			s.put(bp)
+			s.rerr = os.NewSyscallError("read", err)
+			return true
+		case n == 0:
+			s.put(bp)
+			s.rerr = io.EOF
+			return true
+		}
+		err = s.emit((*bp)[:n])
+		full := n == len(*bp)
 		s.put(bp)
-		return false
-	case err != nil:
-		s.put(bp)
-		s.rerr = os.NewSyscallError("read", err)
-		return true
+		if err != nil {
+			s.rerr = err
+			return true
+		}
+		if !full {
+			return false
+		}
 	}
-	s.buf, s.n = bp, n
-	return true
 }
 
 // burstTLS reads, once the socket under TLS is readable, a record (it has
@@ -322,10 +343,15 @@ type waitConn struct {
 	stash    []byte
 	off, end int // stash[off:end] is read but not yet returned
 
-	framed bool               // BeginTLS: reads stop at record boundaries
-	hdr    [tlsHeaderLen]byte // the current record's header, hdrN bytes of it so far
-	hdrN   int
-	body   int // the current record's body bytes not yet returned
+	framed bool // BeginTLS: reads stop at record boundaries
+	// useRaw (a relay reads and writes through TLS over the connection
+	// from now on): the socket under Conn, read and written with raw
+	// system calls; nil before, or without a socket.
+	rd   *sockReader
+	wr   *sink
+	hdr  [tlsHeaderLen]byte // the current record's header, hdrN bytes of it so far
+	hdrN int
+	body int // the current record's body bytes not yet returned
 }
 
 // Read returns what was read ahead first, then reads c; under TLS
@@ -354,7 +380,7 @@ func (w *waitConn) Read(p []byte) (int, error) {
 		n = copy(p, w.stash[w.off:w.end])
 		w.off += n
 	} else {
-		n, err = w.Conn.Read(p)
+		n, err = w.read(p)
 	}
 	if w.framed {
 		w.account(p[:n])
@@ -378,6 +404,40 @@ func (w *waitConn) account(p []byte) {
 	}
 }
 
+// useRaw has w read and write the socket under it, when it has one, with
+// raw system calls (see readFD) from now on. Run calls it before any of
+// its goroutines reads or writes the connection; TLS serialises the
+// writes, and only the relay's copy from the client reads.
+func (w *waitConn) useRaw() {
+	sc, ok := w.Conn.(syscall.Conn)
+	if !ok || !rawSupported {
+		return
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return
+	}
+	w.rd = &sockReader{raw: rc}
+	w.rd.fn = w.rd.rawRead
+	w.wr = &sink{conn: w.Conn, raw: rc}
+	w.wr.rawFn = w.wr.rawWrite
+}
+
+func (w *waitConn) read(p []byte) (int, error) {
+	if w.rd != nil {
+		return w.rd.read(p)
+	}
+	return w.Conn.Read(p)
+}
+
+// Write writes to the connection (with raw system calls after useRaw).
+func (w *waitConn) Write(p []byte) (int, error) {
+	if w.wr != nil {
+		return w.wr.write(p)
+	}
+	return w.Conn.Write(p)
+}
+
 // NetConn returns the wrapped connection.
 func (w *waitConn) NetConn() net.Conn { return w.Conn }
 
@@ -396,7 +456,7 @@ func (w *waitConn) fill() error {
 	if w.stash == nil {
 		w.stash = make([]byte, smallBufferSize)
 	}
-	n, err := w.Conn.Read(w.stash)
+	n, err := w.read(w.stash)
 	w.off, w.end = 0, n
 	if n > 0 {
 		return nil
@@ -405,4 +465,116 @@ func (w *waitConn) fill() error {
 		err = io.ErrNoProgress
 	}
 	return err
+}
+
+// sink writes what a direction copies to its side: through the side's
+// RawConn, with raw writes (see readFD), when the side is a bare socket
+// (syscall.Conn, as for reading; the package's own wrappers change only
+// reads), else through its Write. A sink is used by one goroutine at a
+// time.
+type sink struct {
+	conn net.Conn
+	raw  syscall.RawConn
+	// rawWrite's state: what is left to write, what was written, and the
+	// write's error; its method value is made once per sink.
+	p     []byte
+	n     int
+	err   error
+	rawFn func(fd uintptr) bool
+}
+
+func newSink(c net.Conn) *sink {
+	s := &sink{conn: c}
+	under := c
+	for {
+		if w, ok := under.(*waitConn); ok {
+			under = w.Conn
+		} else if p, ok := under.(*prefixConn); ok {
+			under = p.Conn
+		} else {
+			break
+		}
+	}
+	if sc, ok := under.(syscall.Conn); ok && rawSupported {
+		if rc, err := sc.SyscallConn(); err == nil {
+			s.raw = rc
+			s.rawFn = s.rawWrite
+		}
+	}
+	return s
+}
+
+// write writes all of p, as net.Conn's Write does (the side's write
+// deadline holds), and returns how much was written.
+func (s *sink) write(p []byte) (int, error) {
+	if s.raw == nil {
+		return s.conn.Write(p)
+	}
+	s.p, s.n, s.err = p, 0, nil
+	err := s.raw.Write(s.rawFn)
+	n, werr := s.n, s.err
+	s.p, s.err = nil, nil
+	if err == nil {
+		err = werr
+	}
+	return n, err
+}
+
+// rawWrite is raw.Write's callback: it writes until all is written or
+// the socket's buffer is full (then raw.Write waits until it drains).
+func (s *sink) rawWrite(fd uintptr) bool {
+	for len(s.p) > 0 {
+		n, err := writeFD(fd, s.p)
+		s.n += n
+		s.p = s.p[n:]
+		switch {
+		case errors.Is(err, syscall.EAGAIN):
+			return false
+		case err != nil:
+			s.err = os.NewSyscallError("write", err)
+			return true
+		}
+	}
+	return true
+}
+
+// sockReader reads a socket as net.Conn's Read does (waiting for bytes,
+// the read deadline holding), with raw system calls (see readFD).
+type sockReader struct {
+	raw syscall.RawConn
+	// rawRead's state; its method value is made once.
+	p   []byte
+	n   int
+	err error
+	fn  func(fd uintptr) bool
+}
+
+func (r *sockReader) read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	r.p, r.n, r.err = p, 0, nil
+	err := r.raw.Read(r.fn)
+	n, rerr := r.n, r.err
+	r.p, r.err = nil, nil
+	if err != nil {
+		return 0, err
+	}
+	return n, rerr
+}
+
+// rawRead is raw.Read's callback: one read, or a wait when the socket
+// has nothing yet.
+func (r *sockReader) rawRead(fd uintptr) bool {
+	n, err := readFD(fd, r.p)
+	switch {
+	case errors.Is(err, syscall.EAGAIN):
+		return false
+	case err != nil:
+		r.err = os.NewSyscallError("read", err)
+	case n == 0:
+		r.err = io.EOF
+	}
+	r.n = n
+	return true
 }

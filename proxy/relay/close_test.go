@@ -1,0 +1,170 @@
+package relay
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net"
+	"runtime"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// sysConn wraps a connection without changing its bytes and hands out its
+// socket, as a listener's connection counted until login does.
+type sysConn struct{ net.Conn }
+
+func (c sysConn) SyscallConn() (syscall.RawConn, error) {
+	sc, ok := c.Conn.(syscall.Conn)
+	if !ok {
+		return nil, errNoSocket
+	}
+	return sc.SyscallConn()
+}
+
+// TestSourceKind checks how each kind of connection is waited on: a
+// socket under a wrapper that hands it out is read through its RawConn
+// like a bare one, also under Waitable.
+func TestSourceKind(t *testing.T) {
+	if !rawSupported {
+		t.Skip("no RawConn reads on this platform")
+	}
+	a, b := pipePair(t)
+	defer a.Close()
+	defer b.Close()
+	p1, p2 := net.Pipe()
+	defer p1.Close()
+	defer p2.Close()
+	tests := []struct {
+		name string
+		conn net.Conn
+		want sourceKind
+	}{
+		{"tcp", b, kindTCP},
+		{"wrapped tcp", sysConn{b}, kindTCP},
+		{"waitable tcp", Waitable(b), kindTCP},
+		{"waitable wrapped tcp", Waitable(sysConn{b}), kindTCP},
+		{"wrapped drained prefix", sysConn{&prefixConn{Conn: b}}, kindTCP},
+		{"wrapped prefix with bytes", sysConn{&prefixConn{Conn: b, pending: []byte("x")}}, kindSmall},
+		{"waitable wrapped pipe", Waitable(sysConn{p1}), kindSmall},
+		{"pipe", p1, kindSmall},
+		{"waitable pipe", Waitable(p1), kindSmall},
+	}
+	get := func() *[]byte { s := make([]byte, UpBufferSize); return &s }
+	put := func(*[]byte) {}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := newSource(tc.conn, get, put).kind; got != tc.want {
+				t.Errorf("kind = %d, want %d", got, tc.want)
+			}
+		})
+	}
+}
+
+// waitForGoroutine waits until some goroutine's stack contains every one
+// of frames.
+func waitForGoroutine(t *testing.T, frames ...string) {
+	t.Helper()
+	buf := make([]byte, 1<<20)
+	deadline := time.Now().Add(patience)
+	for time.Now().Before(deadline) {
+		n := runtime.Stack(buf, true)
+		for _, g := range strings.Split(string(buf[:n]), "\n\n") {
+			all := true
+			for _, f := range frames {
+				all = all && strings.Contains(g, f)
+			}
+			if all {
+				return
+			}
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Fatalf("no goroutine reached %q", frames)
+}
+
+// TestRunEndsWhileAWriteWaits ends a session (as a revocation does) while
+// the copy to the upstream waits to write to an upstream that reads
+// nothing: Run must still close both sides and return.
+func TestRunEndsWhileAWriteWaits(t *testing.T) {
+	for _, kind := range []string{"tcp", "waitable", "tls-framed"} {
+		t.Run(kind, func(t *testing.T) {
+			clientSide, clientApp, _ := sideOf(t, kind)
+			upSide, upApp := pipePair(t)
+			defer clientApp.Close()
+			defer upApp.Close() // reads nothing
+			ctx, cancel := context.WithCancel(context.Background())
+			res := make(chan Stats, 1)
+			go func() { res <- Run(ctx, clientSide, upSide, Options{Buffers: NewBuffers()}) }()
+			go func() {
+				chunk := make([]byte, 64<<10)
+				for {
+					if _, err := clientApp.Write(chunk); err != nil {
+						return
+					}
+				}
+			}()
+			waitForGoroutine(t, "proxy/relay.Run", "internal/poll.(*pollDesc).waitWrite")
+			cancel()
+			select {
+			case st := <-res:
+				if st.EndedBy != "shutdown" {
+					t.Errorf("EndedBy = %q, want shutdown", st.EndedBy)
+				}
+			case <-time.After(patience):
+				t.Fatal("Run did not return after its context ended")
+			}
+		})
+	}
+}
+
+// lineFramer is a Framer for line-based tests: a response ends at LF.
+type lineFramer struct{}
+
+func (lineFramer) Feed(p []byte) bool { return len(p) > 0 && p[len(p)-1] == '\n' }
+
+// TestRunFarewellWhileUpstreamSpeaks ends a session while the copy to the
+// client has read the upstream's next bytes and waits to write them
+// behind the farewell: the client gets the farewell and nothing after
+// it, and Run returns (the farewell's writer gives the lock back before
+// it closes the sides, since the copy holds the upstream socket's read
+// while it waits for the lock).
+func TestRunFarewellWhileUpstreamSpeaks(t *testing.T) {
+	for _, kind := range []string{"tcp", "tls-tcp"} {
+		t.Run(kind, func(t *testing.T) {
+			clientSide, clientApp := pipePair(t)
+			upSide, upApp, _ := sideOf(t, kind)
+			defer clientApp.Close()
+			defer upApp.Close()
+			ctx, cancel := context.WithCancel(context.Background())
+			farewell := func(error) []byte {
+				// While the farewell is under way, the upstream
+				// speaks, and the copy to the client waits for the
+				// farewell to be written.
+				go upApp.Write([]byte("* 1 EXISTS\r\n"))
+				waitForGoroutine(t, "proxy/relay.Run", "sync.(*Mutex).Lock")
+				return []byte("* BYE bye\r\n")
+			}
+			res := make(chan Stats, 1)
+			go func() {
+				res <- Run(ctx, clientSide, upSide, Options{Buffers: NewBuffers(), Framer: lineFramer{}, Farewell: farewell})
+			}()
+			cancel()
+			select {
+			case <-res:
+			case <-time.After(patience):
+				t.Fatal("Run did not return after its context ended")
+			}
+			clientApp.SetReadDeadline(time.Now().Add(patience))
+			got, err := io.ReadAll(clientApp)
+			if err != nil && !strings.Contains(err.Error(), "reset") {
+				t.Fatalf("client read: %v", err)
+			}
+			if !bytes.Equal(got, []byte("* BYE bye\r\n")) {
+				t.Errorf("client got %q, want the farewell alone", got)
+			}
+		})
+	}
+}
