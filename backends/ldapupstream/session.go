@@ -14,6 +14,7 @@ import (
 	ber "github.com/go-asn1-ber/asn1-ber"
 
 	"github.com/passgate/passgate/backends/ldapwire"
+	"github.com/passgate/passgate/backends/sockwire"
 )
 
 // writeTimeout bounds one write to the directory: a write gets at least
@@ -32,7 +33,7 @@ const ErrSessionClosed = constError("ldapupstream: session closed")
 // the directory closes the connection. Safe for concurrent use.
 type Session struct {
 	c  *Client
-	nc net.Conn // the socket as an ldapwire.Socket, with TLS on top when configured
+	nc net.Conn // the socket as a sockwire.Socket, with TLS on top when configured
 	br *bufio.Reader
 
 	wmu  sync.Mutex
@@ -62,7 +63,7 @@ func (c *Client) Open(ctx context.Context) (*Session, error) {
 	s := &Session{c: c, handlers: make(map[int64]func(op, controls []byte, last bool, err error)), done: make(chan struct{})}
 	// The socket calls idle when a read finds nothing to read yet:
 	// every answer read so far has gone to its handler.
-	s.nc = ldapwire.NewSocket(nc, s.idle)
+	s.nc = sockwire.NewSocket(nc, s.idle)
 	if c.opts.TLS == TLSStartTLS {
 		if err := s.startTLS(ctx); err != nil {
 			nc.Close()

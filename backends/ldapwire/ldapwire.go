@@ -12,12 +12,8 @@
 // no passgate package, which is why both a front and a backend may
 // import it.
 //
-// Both ends also read and write their sockets the same way, through
-// Socket (socket.go): raw system calls on the non-blocking socket from
-// its syscall.RawConn, which spare the idle process a wake-up of the Go
-// runtime's monitor thread per system call, and which tell the reader
-// when a read would wait (the moment the upstream session hands the
-// answers it read to the client in one write).
+// Both ends read and write their sockets the same way too, through
+// backends/sockwire's Socket.
 //
 // It does not use go-asn1-ber's ReadPacket, whose size limit is a
 // process-wide variable shared with the go-ldap client.

@@ -170,7 +170,7 @@ func (c *conn) LoggedIn() { c.done() }
 
 // SyscallConn hands out the socket under c, whose bytes c does not
 // change, so that a front or relay can read and write the socket itself
-// (syscall.Conn, as *net.TCPConn: the LDAP listener's ldapwire.Socket,
+// (syscall.Conn, as *net.TCPConn: the LDAP listener's sockwire.Socket,
 // the IMAP relay's waits for a logged-in session's next bytes); it
 // fails over a connection that has no socket to hand out.
 func (c *conn) SyscallConn() (syscall.RawConn, error) {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/passgate/passgate/backends/ldapwire"
+	"github.com/passgate/passgate/backends/sockwire"
 	"github.com/passgate/passgate/policy"
 	"github.com/passgate/passgate/proxy/lifecycle"
 	"github.com/passgate/passgate/proxy/observe"
@@ -79,7 +80,7 @@ type conn struct {
 
 	wmu sync.Mutex // serialises writes and guards nc, held and wdl
 	nc  net.Conn
-	// raw is the connection as accepted (under nc's ldapwire.Socket and
+	// raw is the connection as accepted (under nc's sockwire.Socket and
 	// TLS): closing it ends a write that holds wmu, which may block for
 	// as long as WriteTimeout when the client does not read.
 	raw  net.Conn
@@ -123,8 +124,8 @@ func (s *Server) newConn(nc net.Conn) *conn {
 	c := &conn{
 		srv:     s,
 		Session: observe.Session{ConnID: s.nextID.Add(1), Proto: policy.LDAP.String(), RemoteAddr: lifecycle.ClientAddr(nc), Start: time.Now()},
-		// Read and written with raw system calls (ldapwire.Socket).
-		nc:         ldapwire.NewSocket(nc, nil),
+		// Read and written with raw system calls (sockwire.Socket).
+		nc:         sockwire.NewSocket(nc, nil),
 		raw:        nc,
 		ctx:        ctx,
 		cancel:     cancel,

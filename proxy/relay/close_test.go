@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/passgate/passgate/backends/sockwire"
 )
 
 // sysConn wraps a connection without changing its bytes and hands out its
@@ -28,7 +30,7 @@ func (c sysConn) SyscallConn() (syscall.RawConn, error) {
 // socket under a wrapper that hands it out is read through its RawConn
 // like a bare one, also under Waitable.
 func TestSourceKind(t *testing.T) {
-	if !rawSupported {
+	if !sockwire.Supported {
 		t.Skip("no RawConn reads on this platform")
 	}
 	a, b := pipePair(t)

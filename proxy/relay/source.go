@@ -8,6 +8,8 @@ import (
 	"os"
 	"syscall"
 	"time"
+
+	"github.com/passgate/passgate/backends/sockwire"
 )
 
 // sourceKind says how a direction waits for its side's next bytes.
@@ -73,9 +75,9 @@ func newSource(c net.Conn, get func() *[]byte, put func(*[]byte)) *source {
 			s.kind, s.wc, s.framed = kindTLS, under, under.framed
 			under.useRaw()
 		case syscall.Conn:
-			if rc, err := under.SyscallConn(); err == nil && rawSupported {
+			if rc, ok := sockwire.RawConn(under); ok {
 				s.kind, s.raw = kindTLS, rc
-				s.wait = func() error { return rc.Read(peekReadable) }
+				s.wait = func() error { return rc.Read(sockwire.Readable) }
 			}
 		}
 	case syscall.Conn:
@@ -92,8 +94,8 @@ func newSource(c net.Conn, get func() *[]byte, put func(*[]byte)) *source {
 // bytes and hands out its socket (a listener's connection counted until
 // login, for one).
 func (s *source) useRaw(c syscall.Conn) {
-	rc, err := c.SyscallConn()
-	if err != nil || !rawSupported {
+	rc, ok := sockwire.RawConn(c)
+	if !ok {
 		return
 	}
 	s.kind, s.raw = kindTCP, rc
@@ -181,7 +183,7 @@ func (s *source) copyTCP(emit func([]byte) error) error {
 func (s *source) rawRead(fd uintptr) bool {
 	for {
 		bp := s.get()
-		n, err := readFD(fd, *bp)
+		n, err := sockwire.Read(fd, *bp)
 		switch {
 		case errors.Is(err, syscall.EAGAIN):
 			s.put(bp)
@@ -405,16 +407,12 @@ func (w *waitConn) account(p []byte) {
 }
 
 // useRaw has w read and write the socket under it, when it has one, with
-// raw system calls (see readFD) from now on. Run calls it before any of
+// raw system calls (backends/sockwire) from now on. Run calls it before any of
 // its goroutines reads or writes the connection; TLS serialises the
 // writes, and only the relay's copy from the client reads.
 func (w *waitConn) useRaw() {
-	sc, ok := w.Conn.(syscall.Conn)
-	if !ok || !rawSupported {
-		return
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
+	rc, ok := sockwire.RawConn(w.Conn)
+	if !ok {
 		return
 	}
 	w.rd = &sockReader{raw: rc}
@@ -468,7 +466,7 @@ func (w *waitConn) fill() error {
 }
 
 // sink writes what a direction copies to its side: through the side's
-// RawConn, with raw writes (see readFD), when the side is a bare socket
+// RawConn, with raw writes (backends/sockwire), when the side is a bare socket
 // (syscall.Conn, as for reading; the package's own wrappers change only
 // reads), else through its Write. A sink is used by one goroutine at a
 // time.
@@ -495,11 +493,9 @@ func newSink(c net.Conn) *sink {
 			break
 		}
 	}
-	if sc, ok := under.(syscall.Conn); ok && rawSupported {
-		if rc, err := sc.SyscallConn(); err == nil {
-			s.raw = rc
-			s.rawFn = s.rawWrite
-		}
+	if rc, ok := sockwire.RawConn(under); ok {
+		s.raw = rc
+		s.rawFn = s.rawWrite
 	}
 	return s
 }
@@ -524,7 +520,7 @@ func (s *sink) write(p []byte) (int, error) {
 // the socket's buffer is full (then raw.Write waits until it drains).
 func (s *sink) rawWrite(fd uintptr) bool {
 	for len(s.p) > 0 {
-		n, err := writeFD(fd, s.p)
+		n, err := sockwire.Write(fd, s.p)
 		s.n += n
 		s.p = s.p[n:]
 		switch {
@@ -539,7 +535,7 @@ func (s *sink) rawWrite(fd uintptr) bool {
 }
 
 // sockReader reads a socket as net.Conn's Read does (waiting for bytes,
-// the read deadline holding), with raw system calls (see readFD).
+// the read deadline holding), with raw system calls (backends/sockwire).
 type sockReader struct {
 	raw syscall.RawConn
 	// rawRead's state; its method value is made once.
@@ -566,7 +562,7 @@ func (r *sockReader) read(p []byte) (int, error) {
 // rawRead is raw.Read's callback: one read, or a wait when the socket
 // has nothing yet.
 func (r *sockReader) rawRead(fd uintptr) bool {
-	n, err := readFD(fd, r.p)
+	n, err := sockwire.Read(fd, r.p)
 	switch {
 	case errors.Is(err, syscall.EAGAIN):
 		return false

@@ -1,4 +1,4 @@
-package ldapwire
+package sockwire
 
 import (
 	"io"
@@ -13,15 +13,14 @@ import (
 // for net.Conn, and a read or write that would wait is seen as EAGAIN
 // (the moment Socket calls its wait function).
 //
-// On Linux the reads and writes themselves are raw system calls, which
-// skip the runtime's system-call hooks: the socket is non-blocking, so
-// they never block, and the hooks' only effect here would be to wake the
-// runtime's monitor thread (sysmon) from its sleep each time a process
-// with nothing running enters a system call — when LDAP operations come
-// one at a time, twice per operation, a futex wake-up and a context
-// switch each, a measurable share of what relaying a small search costs.
-// (Built with the race detector, they are syscall.Read and Write, whose
-// hooks the detector needs.)
+// On Linux the reads and writes themselves are raw system calls
+// (see the package comment), which skip the runtime's system-call hooks: the
+// socket is non-blocking, so they never block, and the hooks' only
+// effect here would be to wake the runtime's monitor thread (sysmon)
+// from its sleep each time a process with nothing running enters a
+// system call — when LDAP operations come one at a time, twice per
+// operation, a futex wake-up and a context switch each, a measurable
+// share of what relaying a small search costs.
 //
 // Read and Write are each safe for concurrent use, as net.Conn's are;
 // the other methods are the connection's own.
@@ -53,13 +52,10 @@ type Socket struct {
 // Read and calls wait before every read instead, which holds nothing
 // back; with wait nil it is nc itself.
 func NewSocket(nc net.Conn, wait func()) net.Conn {
-	sc, ok := nc.(syscall.Conn)
-	if ok && rawSocketIO {
-		if rc, err := sc.SyscallConn(); err == nil && nonBlocking(rc) {
-			s := &Socket{Conn: nc, rc: rc, wait: wait}
-			s.readFn, s.writeFn = s.readRaw, s.writeRaw
-			return s
-		}
+	if rc, ok := RawConn(nc); ok {
+		s := &Socket{Conn: nc, rc: rc, wait: wait}
+		s.readFn, s.writeFn = s.readRaw, s.writeRaw
+		return s
 	}
 	if wait == nil {
 		return nc
@@ -93,7 +89,7 @@ func (s *Socket) Read(p []byte) (int, error) {
 // readRaw is Read's syscall.RawConn callback: it reads, and on EAGAIN
 // calls wait and asks to be called again once the socket is readable.
 func (s *Socket) readRaw(fd uintptr) bool {
-	s.rn, s.rerr = readSocket(fd, s.rp)
+	s.rn, s.rerr = Read(fd, s.rp)
 	if s.rerr == syscall.EAGAIN {
 		if s.wait != nil {
 			s.wait()
@@ -126,7 +122,7 @@ func (s *Socket) Write(p []byte) (int, error) {
 // and on EAGAIN asks to be called again once the socket is writable.
 func (s *Socket) writeRaw(fd uintptr) bool {
 	for len(s.wp) > 0 {
-		n, err := writeSocket(fd, s.wp)
+		n, err := Write(fd, s.wp)
 		switch {
 		case err == syscall.EAGAIN:
 			return false

@@ -1,4 +1,4 @@
-package ldapwire
+package sockwire
 
 import (
 	"bytes"
@@ -35,7 +35,7 @@ func socketPair(t *testing.T, wait func()) (net.Conn, net.Conn) {
 }
 
 func TestSocketIsRaw(t *testing.T) {
-	if !rawSocketIO {
+	if !Supported {
 		t.Skip("no raw socket I/O on this platform")
 	}
 	s, _ := socketPair(t, nil)
@@ -81,7 +81,7 @@ func TestSocketReadWrite(t *testing.T) {
 // TestSocketWaitCalledOnlyWhenEmpty checks that wait runs before a read
 // waits, and not when data is there.
 func TestSocketWaitCalledOnlyWhenEmpty(t *testing.T) {
-	if !rawSocketIO {
+	if !Supported {
 		t.Skip("no raw socket I/O on this platform")
 	}
 	var waits atomic.Int64

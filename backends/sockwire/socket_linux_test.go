@@ -1,6 +1,6 @@
 //go:build linux && !race
 
-package ldapwire
+package sockwire
 
 import (
 	"syscall"

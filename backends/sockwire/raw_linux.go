@@ -1,0 +1,74 @@
+//go:build linux && !race
+
+package sockwire
+
+import (
+	"syscall"
+	"unsafe"
+)
+
+// Supported says that sockets are read and written here.
+const Supported = true
+
+// Read reads from a non-blocking socket that its RawConn handed over,
+// with a raw read(2), which returns at once (EAGAIN when there is
+// nothing to read, 0 at its end).
+func Read(fd uintptr, p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	for {
+		n, _, errno := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+		switch errno {
+		case 0:
+			return int(n), nil
+		case syscall.EINTR:
+			continue
+		}
+		return 0, errno
+	}
+}
+
+// Write writes to a non-blocking socket that its RawConn handed over,
+// with a raw write(2), and returns how much of p it took (EAGAIN when
+// the socket's buffer is full).
+func Write(fd uintptr, p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	for {
+		n, _, errno := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+		switch errno {
+		case 0:
+			return int(n), nil
+		case syscall.EINTR:
+			continue
+		}
+		return 0, errno
+	}
+}
+
+// Readable is a RawConn.Read callback that returns true once the socket
+// has a byte (or its end, or an error) to read, consuming nothing.
+func Readable(fd uintptr) bool {
+	var b [1]byte
+	for {
+		_, _, errno := syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b[0])), 1,
+			syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
+		if errno != syscall.EINTR {
+			return errno != syscall.EAGAIN
+		}
+	}
+}
+
+// nonBlocking reports whether rc's socket is in non-blocking mode.
+func nonBlocking(rc syscall.RawConn) bool {
+	var flags uintptr
+	var errno syscall.Errno
+	if err := rc.Control(func(fd uintptr) {
+		flags, _, errno = syscall.RawSyscall(syscall.SYS_FCNTL, fd, syscall.F_GETFL, 0)
+	}); err != nil || errno != 0 {
+		return false
+	}
+	return flags&syscall.O_NONBLOCK != 0
+}
