@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 )
 
 // TestCurl logs in with curl over STARTTLS: curl remembers LOGINDISABLED
@@ -24,7 +23,7 @@ func TestCurl(t *testing.T) {
 	if err := os.WriteFile(ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: certDER}), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), patience)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, curl, "-sS", "--ssl-reqd", "--cacert", ca,
 		"-u", primaryUser+":"+primaryPass, "-X", "NOOP", "imap://"+ts.addr+"/")
