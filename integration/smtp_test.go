@@ -173,6 +173,25 @@ func smtpRawSession(t *testing.T, p *passgateSMTP, src string) *smtpRaw {
 	return c
 }
 
+// smtpAliceSession is smtpRawSession logged in as alice with her app
+// password.
+func smtpAliceSession(t *testing.T, p *passgateSMTP, src string) *smtpRaw {
+	t.Helper()
+	c := smtpRawSession(t, p, src)
+	c.send("AUTH PLAIN " + base64.StdEncoding.EncodeToString([]byte("\x00alice\x00"+p.Secrets.aliceApp)))
+	c.expect("235 ")
+	return c
+}
+
+// envelope sends MAIL and RCPT, each of which must be accepted.
+func (c *smtpRaw) envelope(from, to string) {
+	c.t.Helper()
+	c.send("MAIL FROM:<" + from + ">")
+	c.expect("250 ")
+	c.send("RCPT TO:<" + to + ">")
+	c.expect("250 ")
+}
+
 // smtpRawAuth runs AUTH on a raw STARTTLS connection and returns the
 // exact reply bytes and how long they took.
 func smtpRawAuth(t *testing.T, p *passgateSMTP, src string, lines ...string) (string, time.Duration) {
@@ -199,13 +218,8 @@ func smtpRawAuth(t *testing.T, p *passgateSMTP, src string, lines ...string) (st
 func TestSMTPNoSmuggling(t *testing.T) {
 	e := smtpEnv(t)
 	p := startPassgateSMTP(t, smtpOpts{upstream: xclientUpstream(e)})
-	c := smtpRawSession(t, p, "127.0.3.1")
-	c.send("AUTH PLAIN " + base64.StdEncoding.EncodeToString([]byte("\x00alice\x00"+p.Secrets.aliceApp)))
-	c.expect("235 ")
-	c.send("MAIL FROM:<alice@example.test>")
-	c.expect("250 ")
-	c.send("RCPT TO:<dave@example.test>")
-	c.expect("250 ")
+	c := smtpAliceSession(t, p, "127.0.3.1")
+	c.envelope("alice@example.test", "dave@example.test")
 	c.send("DATA")
 	c.expect("354 ")
 	subject := fmt.Sprintf("smuggle %d", time.Now().UnixNano())
@@ -232,13 +246,8 @@ func TestSMTPNoSmuggling(t *testing.T) {
 func TestSMTPLargeMessageAsSent(t *testing.T) {
 	e := smtpEnv(t)
 	p := startPassgateSMTP(t, smtpOpts{upstream: xclientUpstream(e)})
-	c := smtpRawSession(t, p, "127.0.3.2")
-	c.send("AUTH PLAIN " + base64.StdEncoding.EncodeToString([]byte("\x00alice\x00"+p.Secrets.aliceApp)))
-	c.expect("235 ")
-	c.send("MAIL FROM:<alice@example.test>")
-	c.expect("250 ")
-	c.send("RCPT TO:<dave@example.test>")
-	c.expect("250 ")
+	c := smtpAliceSession(t, p, "127.0.3.2")
+	c.envelope("alice@example.test", "dave@example.test")
 	c.send("DATA")
 	c.expect("354 ")
 	subject := fmt.Sprintf("large as sent %d", time.Now().UnixNano())
@@ -444,25 +453,17 @@ func TestSMTPUpstreamDown(t *testing.T) {
 func TestSMTPBDATAbortThenSend(t *testing.T) {
 	e := smtpEnv(t)
 	p := startPassgateSMTP(t, smtpOpts{upstream: xclientUpstream(e)})
-	c := smtpRawSession(t, p, "127.0.3.2")
-	c.send("AUTH PLAIN " + base64.StdEncoding.EncodeToString([]byte("\x00alice\x00"+p.Secrets.aliceApp)))
-	c.expect("235 ")
+	c := smtpAliceSession(t, p, "127.0.3.2")
 	stamp := time.Now().UnixNano()
 	aborted := fmt.Sprintf("Subject: aborted %d\r\n\r\n", stamp)
-	c.send("MAIL FROM:<alice@example.test>")
-	c.expect("250 ")
-	c.send("RCPT TO:<dave@example.test>")
-	c.expect("250 ")
+	c.envelope("alice@example.test", "dave@example.test")
 	fmt.Fprintf(c.w, "BDAT %d\r\n%s", len(aborted), aborted)
 	c.expect("250 ")
 	c.send("RSET")
 	c.expect("250 ")
 	kept := fmt.Sprintf("kept %d", stamp)
 	msg := testMessage("alice@example.test", "dave@example.test", kept, 100)
-	c.send("MAIL FROM:<alice@example.test>")
-	c.expect("250 ")
-	c.send("RCPT TO:<dave@example.test>")
-	c.expect("250 ")
+	c.envelope("alice@example.test", "dave@example.test")
 	fmt.Fprintf(c.w, "BDAT %d LAST\r\n%s", len(msg), msg)
 	c.expect("250 ")
 	c.send("QUIT")
@@ -636,9 +637,7 @@ func freeAddr() (string, error) {
 func TestSMTPQuotedLocalPartOnePath(t *testing.T) {
 	e := smtpEnv(t)
 	p := startPassgateSMTP(t, smtpOpts{upstream: xclientUpstream(e)})
-	c := smtpRawSession(t, p, "127.0.3.2")
-	c.send("AUTH PLAIN " + base64.StdEncoding.EncodeToString([]byte("\x00alice\x00"+p.Secrets.aliceApp)))
-	c.expect("235 ")
+	c := smtpAliceSession(t, p, "127.0.3.2")
 
 	// The sender is one address, which alice does not own (Postfix
 	// names it without its quotes).

@@ -13,31 +13,21 @@ const Supported = true
 // Read reads from a non-blocking socket that its RawConn handed over,
 // with a raw read(2), which returns at once (EAGAIN when there is
 // nothing to read, 0 at its end).
-func Read(fd uintptr, p []byte) (int, error) {
-	if len(p) == 0 {
-		return 0, nil
-	}
-	for {
-		n, _, errno := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
-		switch errno {
-		case 0:
-			return int(n), nil
-		case syscall.EINTR:
-			continue
-		}
-		return 0, errno
-	}
-}
+func Read(fd uintptr, p []byte) (int, error) { return rawIO(syscall.SYS_READ, fd, p) }
 
 // Write writes to a non-blocking socket that its RawConn handed over,
 // with a raw write(2), and returns how much of p it took (EAGAIN when
 // the socket's buffer is full).
-func Write(fd uintptr, p []byte) (int, error) {
+func Write(fd uintptr, p []byte) (int, error) { return rawIO(syscall.SYS_WRITE, fd, p) }
+
+// rawIO makes the read(2) or write(2) trap on fd with p, again when a
+// signal interrupted it.
+func rawIO(trap, fd uintptr, p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
 	for {
-		n, _, errno := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+		n, _, errno := syscall.RawSyscall(trap, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
 		switch errno {
 		case 0:
 			return int(n), nil

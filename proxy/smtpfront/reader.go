@@ -117,18 +117,7 @@ func (r *reader) fill() error {
 		copy(nb, r.buf[:r.end])
 		r.buf = nb
 	}
-	if r.before != nil {
-		r.before()
-	}
-	n, err := r.rd.Read(r.buf[r.end:])
-	r.end += n
-	if err != nil {
-		r.err = err
-		if n == 0 {
-			return err
-		}
-	}
-	return nil
+	return r.readEnd()
 }
 
 // more reads once from the connection, as fill does, but into the free
@@ -138,6 +127,13 @@ func (r *reader) more() error {
 	if r.err != nil || r.end == len(r.buf) {
 		return r.fill()
 	}
+	return r.readEnd()
+}
+
+// readEnd reads once from the connection into the free end of the
+// buffer, which must have one. It returns an error only when it read
+// nothing; an error that came with bytes is kept for the next read.
+func (r *reader) readEnd() error {
 	if r.before != nil {
 		r.before()
 	}
