@@ -169,17 +169,19 @@ func (s *source) copyTCP(emit func([]byte) error) error {
 // buffer taken for the read and hands what it read to emit; it gives the
 // buffer back before it asks to wait.
 //
-// A read that returns less than the buffer drained the socket: rawRead
-// then asks to wait at once, without a read that would only say EAGAIN.
-// That is safe only within one raw.Read: raw.Read forgets a readiness
-// that came before it was called (it resets the poller's state), but
-// between its waits it keeps every readiness that came since the last
-// one (the poller is edge-triggered and reports every arrival of bytes),
-// so a byte that arrives after a read wakes the wait that follows it.
-// Hence the emit from inside the callback, and hence Run's closeBoth
-// wakes up both sides' writes before it closes them: a Close waits until
-// no read or write of its socket is under way, and this callback holds
-// its socket's read while emit writes to the other side.
+// rawRead reads until a read says EAGAIN, also after a read that
+// returned less than the buffer: that does not prove the socket drained.
+// A FIN that came with the last bytes is one readiness with them, and
+// only the next read (0) shows it; and Linux stops a read at an urgent
+// byte's mark with bytes still queued. Asking to wait after a short read
+// (one system call fewer per burst) left a session whose upstream sent
+// its BYE and closed with the client never closed, and a client's
+// command and close with the upstream session kept open (found in
+// review; TestRunSeesCloseWithLastBytes). The emit is made from inside
+// the callback, and hence Run's closeBoth wakes up both sides' writes
+// before it closes them: a Close waits until no read or write of its
+// socket is under way, and this callback holds its socket's read while
+// emit writes to the other side.
 func (s *source) rawRead(fd uintptr) bool {
 	for {
 		bp := s.get()
@@ -198,14 +200,10 @@ func (s *source) rawRead(fd uintptr) bool {
 			return true
 		}
 		err = s.emit((*bp)[:n])
-		full := n == len(*bp)
 		s.put(bp)
 		if err != nil {
 			s.rerr = err
 			return true
-		}
-		if !full {
-			return false
 		}
 	}
 }

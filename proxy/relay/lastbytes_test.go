@@ -1,0 +1,110 @@
+package relay
+
+import (
+	"context"
+	"io"
+	"net"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestRunSeesCloseWithLastBytes: a side that sends its last bytes and
+// closes at once (the FIN in the same readiness as the data) ends the
+// relay in that direction: the client's command and close end Run, and
+// the upstream's BYE and close reach the client followed by the end of
+// its connection (RFC 3501 §6.1.3: a client may wait for the server to
+// close after LOGOUT). A relay that took a short read for a drained
+// socket waited for a readiness that never came. Each case runs a few
+// rounds, with the relay parked in its wait before the bytes come, which
+// is when the bug showed; a failing round hangs until patience runs out.
+func TestRunSeesCloseWithLastBytes(t *testing.T) {
+	const rounds = 10
+	t.Run("client", func(t *testing.T) {
+		for i := range rounds {
+			cl, relayClient := pipePair(t)
+			upApp, relayUp := pipePair(t)
+			done := make(chan Stats, 1)
+			go func() { done <- Run(context.Background(), relayClient, relayUp, Options{}) }()
+			go io.Copy(io.Discard, upApp)
+			time.Sleep(20 * time.Millisecond) // let the relay park (not needed to pass)
+			if _, err := cl.Write([]byte("a1 NOOP")); err != nil {
+				t.Fatal(err)
+			}
+			cl.Close()
+			select {
+			case <-done:
+			case <-time.After(patience):
+				t.Fatalf("round %d: Run has not ended %v after the client sent its last bytes and closed", i, patience)
+			}
+			upApp.Close()
+		}
+	})
+	t.Run("upstream", func(t *testing.T) {
+		for i := range rounds {
+			cl, relayClient := pipePair(t)
+			upApp, relayUp := pipePair(t)
+			done := make(chan Stats, 1)
+			go func() { done <- Run(context.Background(), relayClient, relayUp, Options{}) }()
+			time.Sleep(20 * time.Millisecond)
+			const bye = "* BYE Logging out\r\na1 OK Logout completed.\r\n"
+			if _, err := upApp.Write([]byte(bye)); err != nil {
+				t.Fatal(err)
+			}
+			upApp.Close()
+			cl.SetReadDeadline(time.Now().Add(patience))
+			got, err := io.ReadAll(cl)
+			if err != nil {
+				t.Fatalf("round %d: the client's connection was not closed after the upstream's BYE and close: read %q, %v", i, got, err)
+			}
+			if string(got) != bye {
+				t.Fatalf("round %d: the client read %q, want %q", i, got, bye)
+			}
+			<-done
+			cl.Close()
+		}
+	})
+}
+
+// TestRunUrgentByte: an urgent (MSG_OOB) byte stops a read at its mark
+// with bytes still queued; the relay reads on and the upstream gets the
+// rest (the urgent byte itself is not inline and is not relayed, as
+// with net.Conn's Read).
+func TestRunUrgentByte(t *testing.T) {
+	cl, relayClient := pipePair(t)
+	upApp, relayUp := pipePair(t)
+	defer cl.Close()
+	defer upApp.Close()
+	go Run(context.Background(), relayClient, relayUp, Options{})
+	time.Sleep(20 * time.Millisecond) // let the relay park (not needed to pass)
+	rc, err := cl.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var werr error
+	if err := rc.Control(func(fd uintptr) {
+		if _, werr = syscall.Write(int(fd), []byte("a1 NOOP")); werr != nil {
+			return
+		}
+		if werr = syscall.Sendto(int(fd), []byte("!"), syscall.MSG_OOB, nil); werr != nil {
+			return
+		}
+		_, werr = syscall.Write(int(fd), []byte("\r\n"))
+	}); err != nil || werr != nil {
+		t.Fatal(err, werr)
+	}
+	const want = "a1 NOOP\r\n"
+	upApp.SetReadDeadline(time.Now().Add(patience))
+	got := make([]byte, 0, 64)
+	buf := make([]byte, 64)
+	for len(got) < len(want) {
+		n, err := upApp.Read(buf)
+		got = append(got, buf[:n]...)
+		if err != nil {
+			t.Fatalf("the upstream got %q, then %v; want %q", got, err, want)
+		}
+	}
+	if string(got) != want {
+		t.Fatalf("the upstream got %q, want %q", got, want)
+	}
+}
