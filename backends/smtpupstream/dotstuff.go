@@ -188,6 +188,12 @@ func stuffMessage(r io.Reader, raw io.Writer, dot io.Writer, buf []byte, out *[]
 					if err := write(p[:len(p)-2], false); err != nil {
 						return n, err
 					}
+				case len(pending)+len(p) < flushAt:
+					// A short run is gathered as Read's bytes are: lines
+					// that take turns between runs and Read (a bare LF,
+					// a line of one dot) must not cost a write, and
+					// towards a TLS upstream a record, per line.
+					pending = append(pending, p...)
 				case len(pending) == 0:
 					if err := write(p, false); err != nil {
 						return n, err
