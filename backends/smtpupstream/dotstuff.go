@@ -3,6 +3,7 @@ package smtpupstream
 import (
 	"bytes"
 	"io"
+	"time"
 )
 
 // States of dotStuffer, as net/textproto's dot writer names them.
@@ -105,6 +106,11 @@ type StuffedReader interface {
 	ReadStuffed() (p []byte, n int, err error)
 }
 
+
+// holdMax is how long the encoding of bytes read from the client may
+// wait for more before it is written (stuffMessage with a clock).
+const holdMax = time.Second
+
 // atLineStart tells that what comes next starts a line of the encoding:
 // lines handed out by a StuffedReader can be sent as they are.
 func (d *dotStuffer) atLineStart() bool { return d.state == dotBegin || d.state == dotBeginLine }
@@ -122,14 +128,21 @@ func (d *dotStuffer) atLineStart() bool { return d.state == dotBegin || d.state 
 // closes dot before out is used again. It returns the bytes read from r;
 // a failed write is a *writeError.
 //
+// With now set, bytes wait in out for more no longer than holdMax: after
+// a read from r, what has been pending that long is written, so that a
+// slow client's bytes reach the upstream about as they come (Postfix
+// times out a client that sends nothing for smtpd_timeout, 10 s under
+// stress) and not only once half of buf has gathered.
+//
 // When r is a StuffedReader, the runs of lines it hands out at a line
 // start are written as they are, without a copy (but for the last one,
 // and for one that follows pending bytes), and the rest of the message
 // is read and stuffed as above.
-func stuffMessage(r io.Reader, raw io.Writer, dot io.Writer, buf []byte, out *[]byte, before func()) (int64, error) {
+func stuffMessage(r io.Reader, raw io.Writer, dot io.Writer, buf []byte, out *[]byte, before func(), now func() time.Time) (int64, error) {
 	var (
-		d dotStuffer
-		n int64
+		d         dotStuffer
+		n         int64
+		heldSince time.Time // when pending's oldest byte that may be written was read
 	)
 	if cap(*out) < 2*len(buf)+2 {
 		*out = make([]byte, 0, 2*len(buf)+2)
@@ -163,6 +176,25 @@ func stuffMessage(r io.Reader, raw io.Writer, dot io.Writer, buf []byte, out *[]
 			return err
 		}
 		pending = pending[:copy(pending, pending[keep:])]
+		return nil
+	}
+	// held writes what has been pending for holdMax, after a read.
+	held := func() error {
+		if now == nil {
+			return nil
+		}
+		if len(pending) <= d.tail() {
+			heldSince = time.Time{}
+			return nil
+		}
+		t := now()
+		switch {
+		case heldSince.IsZero():
+			heldSince = t
+		case t.Sub(heldSince) >= holdMax:
+			heldSince = time.Time{}
+			return flush()
+		}
 		return nil
 	}
 	sr, _ := r.(StuffedReader)
@@ -222,6 +254,9 @@ func stuffMessage(r io.Reader, raw io.Writer, dot io.Writer, buf []byte, out *[]
 				return n, rerr // not one the interface returns
 			}
 			if len(p) > 0 {
+				if err := held(); err != nil {
+					return n, err
+				}
 				continue
 			}
 		}
@@ -246,6 +281,9 @@ func stuffMessage(r io.Reader, raw io.Writer, dot io.Writer, buf []byte, out *[]
 			if err := flush(); err != nil {
 				return n, err
 			}
+		}
+		if err := held(); err != nil {
+			return n, err
 		}
 	}
 	var tail [2]byte

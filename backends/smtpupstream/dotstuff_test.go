@@ -3,11 +3,13 @@ package smtpupstream
 import (
 	"bufio"
 	"bytes"
+	"fmt"
 	"io"
 	"net/textproto"
 	"strings"
 	"testing"
 	"testing/iotest"
+	"time"
 )
 
 // stdlibData is what go-smtp's client sends for msg: net/textproto's
@@ -39,7 +41,7 @@ func ourData(t testing.TB, msg []byte, step int, hold bool) ([]byte, int) {
 		r = &chunkReader{b: msg, step: step, eofWithLast: hold}
 	}
 	var out []byte
-	n, err := stuffMessage(r, raw, dot, make([]byte, 64), &out, nil)
+	n, err := stuffMessage(r, raw, dot, make([]byte, 64), &out, nil, nil)
 	if err != nil || n != int64(len(msg)) {
 		t.Fatalf("stuffMessage = %d, %v", n, err)
 	}
@@ -227,7 +229,7 @@ func stuffedData(t testing.TB, msg []byte, step int, hold bool) ([]byte, int) {
 	dot := textproto.NewWriter(bufio.NewWriter(raw)).DotWriter()
 	src := &stuffedSource{chunkReader: chunkReader{step: step}, msg: msg}
 	var out []byte
-	n, err := stuffMessage(&eofWithLast{src, hold}, raw, dot, make([]byte, 64), &out, nil)
+	n, err := stuffMessage(&eofWithLast{src, hold}, raw, dot, make([]byte, 64), &out, nil, nil)
 	if err != nil || n != int64(len(msg)) {
 		t.Fatalf("stuffMessage = %d, %v", n, err)
 	}
@@ -258,7 +260,7 @@ func TestStuffedReaderAfterRead(t *testing.T) {
 	var b bytes.Buffer
 	dot := textproto.NewWriter(bufio.NewWriter(&b)).DotWriter()
 	var out []byte
-	if _, err := stuffMessage(src, &b, dot, make([]byte, 64), &out, nil); err != nil {
+	if _, err := stuffMessage(src, &b, dot, make([]byte, 64), &out, nil, nil); err != nil {
 		t.Fatal(err)
 	}
 	dot.Close()
@@ -317,7 +319,7 @@ func BenchmarkStuffMessage(b *testing.B) {
 	var out []byte
 	b.SetBytes(int64(len(msg)))
 	for b.Loop() {
-		if _, err := stuffMessage(bytes.NewReader(msg), io.Discard, io.Discard, buf, &out, nil); err != nil {
+		if _, err := stuffMessage(bytes.NewReader(msg), io.Discard, io.Discard, buf, &out, nil, nil); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -341,7 +343,7 @@ func TestShortRunsGathered(t *testing.T) {
 	src := &stuffedSource{chunkReader: chunkReader{step: 1000}, msg: msg}
 	var out []byte
 	buf := make([]byte, 64<<10) // written out at half of it
-	n, err := stuffMessage(src, raw, dot, buf, &out, nil)
+	n, err := stuffMessage(src, raw, dot, buf, &out, nil, nil)
 	if err != nil || n != int64(len(msg)) {
 		t.Fatalf("stuffMessage = %d, %v", n, err)
 	}
@@ -354,5 +356,92 @@ func TestShortRunsGathered(t *testing.T) {
 	}
 	if most := len(msg)/(len(buf)/2) + 8; raw.writes > most {
 		t.Errorf("%d writes for %d bytes in %d runs of lines, want at most %d", raw.writes, len(msg), src.runs, most)
+	}
+}
+
+// slowClient is a message read a line per call, the clock moving on by
+// step at each call, for TestSlowClientNotHeld: it checks, at each call,
+// that no line read holdMax+step ago or earlier is still unwritten.
+type slowClient struct {
+	t       *testing.T
+	lines   [][]byte
+	next    int
+	clock   time.Time
+	step    time.Duration
+	readAt  []time.Time // when each line was handed out
+	raw     *bytes.Buffer
+	written []int // bytes of the encoding up to the end of each line
+}
+
+func (c *slowClient) now() time.Time { return c.clock }
+
+// call checks what is written, moves the clock on and returns the next
+// line (io.EOF with the last).
+func (c *slowClient) call() ([]byte, error) {
+	c.t.Helper()
+	for i := 0; i < c.next; i++ {
+		// The encoding of line i, but for its line end (which may be
+		// kept back as the message's last bytes), is out.
+		if c.raw.Len() < c.written[i]-2 && c.clock.Sub(c.readAt[i]) > holdMax+c.step {
+			c.t.Fatalf("line %d, read %v ago, is not written yet (%d of %d bytes out)", i, c.clock.Sub(c.readAt[i]), c.raw.Len(), c.written[i]-2)
+		}
+	}
+	c.clock = c.clock.Add(c.step)
+	l := c.lines[c.next]
+	c.readAt = append(c.readAt, c.clock)
+	c.next++
+	if c.next == len(c.lines) {
+		return l, io.EOF
+	}
+	return l, nil
+}
+
+func (c *slowClient) Read(p []byte) (int, error) {
+	l, err := c.call()
+	return copy(p, l), err // the lines are shorter than p
+}
+
+// slowStuffed is a slowClient whose lines come as runs (StuffedReader).
+type slowStuffed struct{ *slowClient }
+
+func (c slowStuffed) ReadStuffed() ([]byte, int, error) {
+	l, err := c.call()
+	return l, len(l), err
+}
+
+// TestSlowClientNotHeld: a client that sends a short line every 600 ms
+// has each line written upstream within about holdMax, not once half of
+// buf has gathered (Postfix gives up on a client that sends nothing for
+// smtpd_timeout), through Read and through runs of lines alike.
+func TestSlowClientNotHeld(t *testing.T) {
+	for _, stuffed := range []bool{false, true} {
+		t.Run(fmt.Sprintf("runs=%v", stuffed), func(t *testing.T) {
+			var raw bytes.Buffer
+			c := &slowClient{t: t, clock: time.Unix(0, 0), step: 600 * time.Millisecond, raw: &raw}
+			total := 0
+			for i := range 30 {
+				l := fmt.Appendf(nil, "line %d of a slow client\r\n", i)
+				c.lines = append(c.lines, l)
+				total += len(l)
+				c.written = append(c.written, total)
+			}
+			var r io.Reader = c
+			if stuffed {
+				r = slowStuffed{c}
+			}
+			dot := textproto.NewWriter(bufio.NewWriter(&raw)).DotWriter()
+			var out []byte
+			if _, err := stuffMessage(r, &raw, dot, make([]byte, 64<<10), &out, nil, c.now); err != nil {
+				t.Fatal(err)
+			}
+			dot.Close()
+			var msg []byte
+			for _, l := range c.lines {
+				msg = append(msg, l...)
+			}
+			if want := stdlibData(msg); !bytes.Equal(raw.Bytes(), want) {
+				t.Fatalf("sent %q, want %q", raw.Bytes(), want)
+			}
+		})
 	}
 }

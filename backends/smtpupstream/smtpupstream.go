@@ -717,7 +717,7 @@ func (s *Session) Data(r io.Reader) (int64, error) {
 	if rc, ok := s.conn.(*replayConn); ok {
 		defer rc.drop() // before b is kept for another message
 	}
-	n, err := stuffMessage(r, s.conn, w, b.in, &b.out, func() { _ = s.conn.SetWriteDeadline(time.Now().Add(s.timeout)) })
+	n, err := stuffMessage(r, s.conn, w, b.in, &b.out, func() { _ = s.conn.SetWriteDeadline(time.Now().Add(s.timeout)) }, time.Now)
 	if err != nil {
 		s.conn.Close()
 		var we *writeError

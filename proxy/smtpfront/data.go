@@ -3,6 +3,7 @@ package smtpfront
 import (
 	"bytes"
 	"io"
+	"time"
 )
 
 // States of dataReader, as go-smtp's server (after net/textproto) named
@@ -46,6 +47,28 @@ type dataReader struct {
 	// returns at the first start of a line it reaches after a byte of
 	// the message, where its caller can go on with ReadStuffed.
 	lineEnds bool
+	// now, when set, bounds how long ReadStuffed gathers lines over
+	// several reads: no longer than holdMax from its first read, so that
+	// a slow client's lines reach the upstream about as they come.
+	now func() time.Time
+}
+
+// holdMax is how long ReadStuffed may go on gathering lines it could
+// hand out (with dataReader.now set).
+const holdMax = time.Second
+
+// gatheredLong tells, before ReadStuffed reads more, whether it has been
+// gathering since holdMax; began is when it first read more in this call.
+func (d *dataReader) gatheredLong(began *time.Time) bool {
+	if d.now == nil {
+		return false
+	}
+	t := d.now()
+	if began.IsZero() {
+		*began = t
+		return false
+	}
+	return t.Sub(*began) >= holdMax
 }
 
 // errDataTooLarge is the reply to a DATA message over the size limit.
@@ -231,8 +254,9 @@ func (d *dataReader) ReadStuffed() ([]byte, int, error) {
 		last  = 0      // where the last of them starts, from pos
 		line  = r.line // the line limit's count at pos+p
 		lines int
-		cont  int64 // message bytes in them
-		seen  = 0   // buf[pos+p:pos+seen] holds no LF (a partial line)
+		cont  int64     // message bytes in them
+		seen  = 0       // buf[pos+p:pos+seen] holds no LF (a partial line)
+		began time.Time // when this call read more with lines in hand
 	)
 	for {
 		buf := r.buf[r.pos:r.end]
@@ -291,7 +315,7 @@ func (d *dataReader) ReadStuffed() ([]byte, int, error) {
 			return d.handOut(p, cont, false), int(cont), nil
 		}
 		room := r.err == nil && r.end < len(r.buf)
-		if room && (p < minRun || !goesOn(partial)) {
+		if room && (p < minRun || !goesOn(partial)) && (lines == 0 || !d.gatheredLong(&began)) {
 			if err := r.more(); err == nil {
 				continue
 			}

@@ -27,7 +27,7 @@ func (c *conn) handleData(arg string) {
 	}
 	c.reply(354, smtp.NoEnhancedCode, "Go ahead. End your data with <CR><LF>.<CR><LF>")
 	c.startData()
-	d := &dataReader{r: c.r, limited: true, n: c.s.o.MaxMessageBytes}
+	d := &dataReader{r: c.r, limited: true, n: c.s.o.MaxMessageBytes, now: time.Now}
 	err := c.sess.data(d)
 	d.drain()
 	c.endData()

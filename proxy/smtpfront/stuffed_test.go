@@ -8,6 +8,7 @@ import (
 	"net/textproto"
 	"strings"
 	"testing"
+	"time"
 )
 
 // States of refStuffer, as net/textproto's DotWriter names them.
@@ -302,4 +303,76 @@ func FuzzReadStuffed(f *testing.F) {
 	f.Fuzz(func(t *testing.T, in []byte, step, limit uint8, max uint16, size uint8, ahead bool) {
 		checkStuffed(t, in, int(step)%80+1, int(limit), int64(max), int(size)%100+1, ahead)
 	})
+}
+
+// slowLines is a client that sends one line per read, the clock moving
+// on by step at each read.
+type slowLines struct {
+	lines [][]byte
+	clock time.Time
+	step  time.Duration
+	reads int
+}
+
+func (s *slowLines) now() time.Time { return s.clock }
+
+func (s *slowLines) Read(p []byte) (int, error) {
+	if len(s.lines) == 0 {
+		return 0, io.EOF
+	}
+	s.clock = s.clock.Add(s.step)
+	s.reads++
+	n := copy(p, s.lines[0])
+	s.lines = s.lines[1:]
+	return n, nil
+}
+
+// TestReadStuffedSlowClient: ReadStuffed gathers a slow client's lines
+// for no longer than holdMax before it hands them out (a line every
+// 600 ms: a run spans at most a few reads), so that they reach the
+// upstream about as they come, and the message still arrives whole.
+func TestReadStuffedSlowClient(t *testing.T) {
+	src := &slowLines{clock: time.Unix(0, 0), step: 600 * time.Millisecond}
+	var want []byte
+	for i := range 30 {
+		l := fmt.Appendf(nil, "line %d of a slow client\r\n", i)
+		src.lines = append(src.lines, l)
+		want = append(want, l...)
+	}
+	src.lines = append(src.lines, []byte(".\r\n"))
+	r := newReader(src, 1000, nil, nil)
+	r.grow(true)
+	d := &dataReader{r: r, now: src.now}
+	most := int(holdMax/src.step) + 3
+	var got []byte
+	for {
+		before := src.reads
+		p, _, err := d.ReadStuffed()
+		if len(p) > 0 {
+			if reads := src.reads - before; reads > most {
+				t.Fatalf("a run of %d bytes gathered over %d reads (%v), want at most %d", len(p), reads, time.Duration(reads)*src.step, most)
+			}
+			got = append(got, p...)
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(p) == 0 {
+			var b [64]byte
+			n, err := d.Read(b[:])
+			got = append(got, b[:n]...)
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("got %q, want %q", got, want)
+	}
 }
