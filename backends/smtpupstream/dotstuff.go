@@ -106,7 +106,6 @@ type StuffedReader interface {
 	ReadStuffed() (p []byte, n int, err error)
 }
 
-
 // holdMax is how long the encoding of bytes read from the client may
 // wait for more before it is written (stuffMessage with a clock).
 const holdMax = time.Second
