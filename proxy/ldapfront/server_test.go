@@ -1047,7 +1047,7 @@ func (c *loginConn) SyscallConn() (syscall.RawConn, error) {
 }
 
 // TestLoggedInReachesListenerConn: the listener reads and writes the
-// accepted socket through an sockwire.Socket, and a successful bind
+// accepted socket through a sockwire.Socket, and a successful bind
 // still tells the listener's connection (proxy/connlimit's LoggedIn),
 // before and after StartTLS; a failed bind does not.
 func TestLoggedInReachesListenerConn(t *testing.T) {
