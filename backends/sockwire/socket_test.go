@@ -7,7 +7,6 @@ import (
 	"net"
 	"os"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -32,16 +31,6 @@ func socketPair(t *testing.T, wait func()) (net.Conn, net.Conn) {
 	s := NewSocket(nc, wait)
 	t.Cleanup(func() { s.Close(); peer.Close() })
 	return s, peer
-}
-
-func TestSocketIsRaw(t *testing.T) {
-	if !Supported {
-		t.Skip("no raw socket I/O on this platform")
-	}
-	s, _ := socketPair(t, nil)
-	if _, ok := s.(*Socket); !ok {
-		t.Fatalf("NewSocket returned %T, want *Socket", s)
-	}
 }
 
 // TestSocketReadWrite moves data both ways, larger than the socket
@@ -75,41 +64,6 @@ func TestSocketReadWrite(t *testing.T) {
 				t.Fatalf("Socket read %d bytes (%v), not those written", len(b), err)
 			}
 		})
-	}
-}
-
-// TestSocketWaitCalledOnlyWhenEmpty checks that wait runs before a read
-// waits, and not when data is there.
-func TestSocketWaitCalledOnlyWhenEmpty(t *testing.T) {
-	if !Supported {
-		t.Skip("no raw socket I/O on this platform")
-	}
-	var waits atomic.Int64
-	s, peer := socketPair(t, func() { waits.Add(1) })
-	if _, err := peer.Write([]byte("abc")); err != nil {
-		t.Fatal(err)
-	}
-	// Wait until the bytes are there to read, without reading them.
-	buf := make([]byte, 3)
-	if _, err := io.ReadFull(s, buf); err != nil {
-		t.Fatal(err)
-	}
-	w := waits.Load()
-	read := make(chan error, 1)
-	go func() {
-		_, err := s.Read(buf)
-		read <- err
-	}()
-	for deadline := time.Now().Add(time.Minute); waits.Load() == w; time.Sleep(time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("wait not called while the read waits")
-		}
-	}
-	if _, err := peer.Write([]byte("d")); err != nil {
-		t.Fatal(err)
-	}
-	if err := <-read; err != nil || buf[0] != 'd' {
-		t.Fatalf("read %q, %v; want d", buf[:1], err)
 	}
 }
 

@@ -4,66 +4,11 @@ import (
 	"bytes"
 	"context"
 	"io"
-	"net"
 	"runtime"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
-
-	"github.com/passgate/passgate/backends/sockwire"
 )
-
-// sysConn wraps a connection without changing its bytes and hands out its
-// socket, as a listener's connection counted until login does.
-type sysConn struct{ net.Conn }
-
-func (c sysConn) SyscallConn() (syscall.RawConn, error) {
-	sc, ok := c.Conn.(syscall.Conn)
-	if !ok {
-		return nil, errNoSocket
-	}
-	return sc.SyscallConn()
-}
-
-// TestSourceKind checks how each kind of connection is waited on: a
-// socket under a wrapper that hands it out is read through its RawConn
-// like a bare one, also under Waitable.
-func TestSourceKind(t *testing.T) {
-	if !sockwire.Supported {
-		t.Skip("no RawConn reads on this platform")
-	}
-	a, b := pipePair(t)
-	defer a.Close()
-	defer b.Close()
-	p1, p2 := net.Pipe()
-	defer p1.Close()
-	defer p2.Close()
-	tests := []struct {
-		name string
-		conn net.Conn
-		want sourceKind
-	}{
-		{"tcp", b, kindTCP},
-		{"wrapped tcp", sysConn{b}, kindTCP},
-		{"waitable tcp", Waitable(b), kindTCP},
-		{"waitable wrapped tcp", Waitable(sysConn{b}), kindTCP},
-		{"wrapped drained prefix", sysConn{&prefixConn{Conn: b}}, kindTCP},
-		{"wrapped prefix with bytes", sysConn{&prefixConn{Conn: b, pending: []byte("x")}}, kindSmall},
-		{"waitable wrapped pipe", Waitable(sysConn{p1}), kindSmall},
-		{"pipe", p1, kindSmall},
-		{"waitable pipe", Waitable(p1), kindSmall},
-	}
-	get := func() *[]byte { s := make([]byte, UpBufferSize); return &s }
-	put := func(*[]byte) {}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			if got := newSource(tc.conn, get, put).kind; got != tc.want {
-				t.Errorf("kind = %d, want %d", got, tc.want)
-			}
-		})
-	}
-}
 
 // waitForGoroutine waits until some goroutine's stack contains every one
 // of frames.

@@ -3,8 +3,6 @@ package relay
 import (
 	"context"
 	"io"
-	"net"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -64,47 +62,4 @@ func TestRunSeesCloseWithLastBytes(t *testing.T) {
 			cl.Close()
 		}
 	})
-}
-
-// TestRunUrgentByte: an urgent (MSG_OOB) byte stops a read at its mark
-// with bytes still queued; the relay reads on and the upstream gets the
-// rest (the urgent byte itself is not inline and is not relayed, as
-// with net.Conn's Read).
-func TestRunUrgentByte(t *testing.T) {
-	cl, relayClient := pipePair(t)
-	upApp, relayUp := pipePair(t)
-	defer cl.Close()
-	defer upApp.Close()
-	go Run(context.Background(), relayClient, relayUp, Options{})
-	time.Sleep(20 * time.Millisecond) // let the relay park (not needed to pass)
-	rc, err := cl.(*net.TCPConn).SyscallConn()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var werr error
-	if err := rc.Control(func(fd uintptr) {
-		if _, werr = syscall.Write(int(fd), []byte("a1 NOOP")); werr != nil {
-			return
-		}
-		if werr = syscall.Sendto(int(fd), []byte("!"), syscall.MSG_OOB, nil); werr != nil {
-			return
-		}
-		_, werr = syscall.Write(int(fd), []byte("\r\n"))
-	}); err != nil || werr != nil {
-		t.Fatal(err, werr)
-	}
-	const want = "a1 NOOP\r\n"
-	upApp.SetReadDeadline(time.Now().Add(patience))
-	got := make([]byte, 0, 64)
-	buf := make([]byte, 64)
-	for len(got) < len(want) {
-		n, err := upApp.Read(buf)
-		got = append(got, buf[:n]...)
-		if err != nil {
-			t.Fatalf("the upstream got %q, then %v; want %q", got, err, want)
-		}
-	}
-	if string(got) != want {
-		t.Fatalf("the upstream got %q, want %q", got, want)
-	}
 }
