@@ -129,9 +129,15 @@ func TestAdminFlow(t *testing.T) {
 		t.Errorf("carol (enabled) could not log in with her primary password: %v", err)
 	}
 	c.Logout().Wait()
-	w.visit("/admin/rollout")
-	w.see("heading", "Rollout")
-	w.see("link", "carol")
+	// carol's login is in the rollout once the audit journal has
+	// committed it, in the background: reload until it is.
+	if !eventually(patience, func() bool {
+		w.visit("/admin/rollout")
+		w.see("heading", "Rollout")
+		return w.has("link", "carol")
+	}) {
+		t.Fatalf("the rollout does not show carol:\n%s", w.page())
+	}
 	if w.has("link", "bob") {
 		t.Errorf("the rollout shows bob (enforced):\n%s", w.page())
 	}
