@@ -153,14 +153,21 @@ func (c *conn) bye(ended, text string) bool {
 	return true
 }
 
-// serve runs the pre-login loop and, after a successful login, the relay.
-// The relay runs from here, not from inside the login's frames, so that
-// the goroutine waits through an idle session on a shallow stack, which
-// the garbage collector shrinks to its smallest size.
-func (c *conn) serve() {
-	defer c.finish()
+// serve runs the pre-login loop and, after a successful login, starts the
+// relay and returns: the relay's goroutines finish the connection and
+// call done when the session ends. Without a login it finishes the
+// connection and calls done itself.
+func (c *conn) serve(done func()) {
+	relayed := false
+	defer func() {
+		if !relayed {
+			c.finish()
+			done()
+		}
+	}()
 	if s := c.preLogin(); s != nil {
-		c.relay(s)
+		relayed = true
+		c.relay(s, done)
 	}
 }
 
@@ -227,13 +234,18 @@ func (c *conn) preLogin() *session {
 	}
 }
 
-// relay copies the bytes of a logged-in session until it ends.
-func (c *conn) relay(s *session) {
+// relay starts copying the bytes of a logged-in session; when the session
+// ends, the relay finishes the connection and calls done.
+func (c *conn) relay(s *session, done func()) {
 	c.loggedIn = nil
-	st := relay.Run(s.ctx, s.client, s.up, relay.Options{Framer: newResponseFramer(), Farewell: c.farewell, Buffers: c.srv.buffers})
-	s.release()
-	c.Outcome = observe.OutcomeRelayed
-	c.BytesIn, c.BytesOut, c.Ended = st.BytesIn, st.BytesOut, st.EndedBy
+	opts := relay.Options{Framer: newResponseFramer(), Farewell: c.farewell, Buffers: c.srv.buffers, Parker: c.srv.parker}
+	relay.Start(s.ctx, s.client, s.up, opts, func(st relay.Stats) {
+		s.release()
+		c.Outcome = observe.OutcomeRelayed
+		c.BytesIn, c.BytesOut, c.Ended = st.BytesIn, st.BytesOut, st.EndedBy
+		c.finish()
+		done()
+	})
 }
 
 // countCommand counts one pre-login command and reports whether the bound

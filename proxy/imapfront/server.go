@@ -102,6 +102,10 @@ type Options struct {
 	MaxCommands     int           // commands before login; default 50
 	MaxAuthFailures int           // failed logins per connection; default 5
 	PreLoginTimeout time.Duration // from accept to login; default 60s
+	// ParkAfter is how long a relayed session's side may be silent
+	// before its relay lets go of the goroutine that waits for it
+	// (relay.Parker); default relay.DefaultParkAfter.
+	ParkAfter time.Duration
 }
 
 // Server is an IMAP listener. Create it with New.
@@ -114,6 +118,7 @@ type Server struct {
 	set     lifecycle.Set[*conn] // listeners and live connections
 	nextID  atomic.Uint64        // the last conn_id given
 	buffers *relay.Buffers       // the relays' copy buffers, lent while bytes flow
+	parker  *relay.Parker        // holds idle relays without goroutines; nil where there is none
 }
 
 // New returns a Server. It panics when Decider or Upstream is nil, or when
@@ -135,7 +140,16 @@ func New(opts Options) *Server {
 	lifecycle.Default(&opts.MaxAuthFailures, DefaultMaxAuthFailures)
 	lifecycle.Default(&opts.PreLoginTimeout, DefaultPreLoginTimeout)
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Server{opts: opts, baseCtx: ctx, cancelBase: cancel, buffers: relay.NewBuffers()}
+	s := &Server{opts: opts, baseCtx: ctx, cancelBase: cancel, buffers: relay.NewBuffers()}
+	pk, err := relay.NewParker(opts.ParkAfter)
+	switch {
+	case err == nil:
+		s.parker = pk
+	case !errors.Is(err, relay.ErrNoParking):
+		opts.Logger.LogAttrs(ctx, slog.LevelWarn, "idle sessions keep their goroutines: no poller for parking them",
+			slog.String("proto", policy.IMAP.String()), slog.Any("err", err))
+	}
+	return s
 }
 
 // Serve accepts connections on ln and serves each in its own goroutine
@@ -147,7 +161,7 @@ func (s *Server) Serve(ln net.Listener) error {
 		Closed: ErrServerClosed,
 		Conns:  s.opts.Conns,
 		New:    func(nc net.Conn) *conn { return newConn(s, nc) },
-		Run:    (*conn).serve,
+		Hand:   (*conn).serve,
 		// One bad connection never takes the server down.
 		Panicked: func(c *conn, r any, stack []byte) {
 			c.Event(s.baseCtx, s.opts.Logger, slog.LevelError, "connection panic", slog.Any("err", r), slog.String("stack", string(stack)))
@@ -169,9 +183,11 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	err := lifecycle.Drain(ctx, &s.set, drainPoll, (*conn).shutdown)
 	s.cancelBase()
 	if err == nil {
+		s.closeParker()
 		return nil
 	}
 	_ = lifecycle.Close(context.Background(), &s.set, (*conn).closeAll)
+	s.closeParker()
 	return fmt.Errorf("imapfront: shutdown: sessions closed before they ended: %w", err)
 }
 
@@ -181,5 +197,23 @@ func (s *Server) Shutdown(ctx context.Context) error {
 func (s *Server) Close() error {
 	s.set.Stop()
 	s.cancelBase()
-	return lifecycle.Close(context.Background(), &s.set, (*conn).closeAll)
+	err := lifecycle.Close(context.Background(), &s.set, (*conn).closeAll)
+	s.closeParker()
+	return err
+}
+
+// closeParker stops the parking of idle relays, once none is left.
+func (s *Server) closeParker() {
+	if s.parker != nil {
+		_ = s.parker.Close()
+	}
+}
+
+// Parked returns how many directions of relayed sessions are parked: two
+// for each session whose client and upstream are both idle.
+func (s *Server) Parked() int64 {
+	if s.parker == nil {
+		return 0
+	}
+	return s.parker.Parked()
 }

@@ -146,6 +146,11 @@ type Loop[C comparable] struct {
 	New func(net.Conn) C
 	// Run serves c until it ends.
 	Run func(c C)
+	// Hand, when set, replaces Run: it serves c, and may hand c on to
+	// goroutines of its own (a relay) and return before c ends. c stays
+	// live until done is called, once, from any goroutine. A panic of
+	// Hand ends c as one of Run's does.
+	Hand func(c C, done func())
 	// Panicked is called, on c's goroutine, with a panic of Run and its
 	// stack: log it and close c. The server goes on.
 	Panicked func(c C, r any, stack []byte)
@@ -180,13 +185,26 @@ func Serve[C comparable](s *Set[C], ln net.Listener, l Loop[C]) error {
 		}
 		observe.Opened(l.Conns)
 		go func() {
-			defer s.Done(c)
-			defer observe.Closed(l.Conns)
+			var once sync.Once
+			done := func() {
+				once.Do(func() {
+					observe.Closed(l.Conns)
+					s.Done(c)
+				})
+			}
 			defer func() {
-				if r := recover(); r != nil && l.Panicked != nil {
+				r := recover()
+				if r != nil && l.Panicked != nil {
 					l.Panicked(c, r, debug.Stack())
 				}
+				if r != nil || l.Hand == nil {
+					done()
+				}
 			}()
+			if l.Hand != nil {
+				l.Hand(c, done)
+				return
+			}
 			l.Run(c)
 		}()
 	}

@@ -53,7 +53,7 @@ func TestRunEndsWhileAWriteWaits(t *testing.T) {
 					}
 				}
 			}()
-			waitForGoroutine(t, "proxy/relay.Run", "internal/poll.(*pollDesc).waitWrite")
+			waitForGoroutine(t, "proxy/relay.(*direction).run", "internal/poll.(*pollDesc).waitWrite")
 			cancel()
 			select {
 			case st := <-res:
@@ -91,7 +91,7 @@ func TestRunFarewellWhileUpstreamSpeaks(t *testing.T) {
 				// speaks, and the copy to the client waits for the
 				// farewell to be written.
 				go upApp.Write([]byte("* 1 EXISTS\r\n"))
-				waitForGoroutine(t, "proxy/relay.Run", "sync.(*Mutex).Lock")
+				waitForGoroutine(t, "proxy/relay.(*direction).run", "sync.(*Mutex).Lock")
 				return []byte("* BYE bye\r\n")
 			}
 			res := make(chan Stats, 1)

@@ -132,6 +132,10 @@ type Options struct {
 	// collector has freed it meanwhile, and an idle session holds none
 	// after the collector's next cycle.
 	Buffers *Buffers
+	// Parker, when set, holds the directions that have waited a while
+	// without their goroutines; a listener shares one between its
+	// sessions.
+	Parker *Parker
 }
 
 // errStopped ends the copy to the client after a farewell.
@@ -143,103 +147,186 @@ const farewellTimeout = 2 * time.Second
 
 // Run copies bytes between client and upstream, with a protocol's manners
 // (opts), until either side closes or ctx ends (revoke.Registry cancels it
-// too). It closes both connections and waits for the one goroutine it
-// starts (client → upstream) before it returns; ctx is watched with
-// context.AfterFunc, which costs no goroutine while the session is idle.
-// There is no idle timeout: an IMAP IDLE may last 29 minutes and more.
+// too). It closes both connections and waits for the relay's goroutines
+// before it returns. It is Start, waited for.
+func Run(ctx context.Context, client, upstream net.Conn, opts Options) Stats {
+	ch := make(chan Stats, 1)
+	Start(ctx, client, upstream, opts, func(st Stats) { ch <- st })
+	return <-ch
+}
+
+// Start copies bytes between client and upstream, with a protocol's
+// manners (opts), until either side closes or ctx ends (revoke.Registry
+// cancels it too). It returns at once; done is called once, from one of
+// the relay's goroutines, with the relay's figures, after both
+// connections are closed and every goroutine of the relay but done's own
+// has ended. ctx is watched with context.AfterFunc, which costs no
+// goroutine while the session is idle. There is no idle timeout: an IMAP
+// IDLE may last 29 minutes and more.
 //
 // While a side is silent its direction holds no copy buffer: it waits
 // until the side's socket is readable (for TLS, the socket under it, once
 // what TLS has buffered is drained) and only then takes a buffer from
-// opts.Buffers, which it gives back before it waits again.
-func Run(ctx context.Context, client, upstream net.Conn, opts Options) Stats {
+// opts.Buffers, which it gives back before it waits again. With
+// opts.Parker, a direction that has waited a while holds no goroutine
+// either (see Parker).
+func Start(ctx context.Context, client, upstream net.Conn, opts Options, done func(Stats)) {
 	upGet, upPut, dnGet, dnPut := ownBuffers()
 	if b := opts.Buffers; b != nil {
 		upGet, upPut, dnGet, dnPut = b.get, b.put, b.get, b.put
 	}
-	// Made here, before anything that may run beside Run (the goroutine,
-	// the context's watch): they set up how each side is read and
-	// written. The goroutine's own frame stays small that way too (an
-	// idle session parks it: see copyTo).
-	up, down := newSource(client, upGet, upPut), newSource(upstream, dnGet, dnPut)
+	r := &run{ctx: ctx, client: client, upstream: upstream, opts: opts, done: done, watchDone: make(chan struct{})}
+	r.left.Store(2)
+	// Made here, before anything that may run beside Start (the
+	// goroutines, the context's watch): they set up how each side is read
+	// and written.
+	r.up = direction{r: r, name: "client", src: newSource(client, upGet, upPut)}
+	r.down = direction{r: r, name: "upstream", src: newSource(upstream, dnGet, dnPut)}
 	toUp, toClient := newSink(upstream), newSink(client)
-	var in, out atomic.Int64
-	var first atomic.Value // "client" or "upstream": the side that ended first
-	// closeBoth ends both sides. A Close waits until no read or write of
-	// its socket is under way, and a direction reading a bare TCP socket
-	// writes to the other side from inside that socket's read (see
-	// rawRead): a deadline long past first wakes up any write that waits
-	// for a side that does not read, so that neither Close waits on a
-	// write that waits on the other Close.
-	closeBoth := func() {
-		past := time.Unix(1, 0)
-		_ = client.SetDeadline(past)
-		_ = upstream.SetDeadline(past)
-		client.Close()
-		upstream.Close()
-	}
-	// wmu orders the writes to the client: the copy below and a farewell.
-	var wmu sync.Mutex
-	atBoundary := true // the relay starts right after the login's reply
-	stopped := false   // a farewell was written: nothing may follow it
-	watchDone := make(chan struct{})
-	stopWatch := context.AfterFunc(ctx, func() {
-		defer close(watchDone)
-		if opts.Farewell != nil && opts.Framer != nil && wmu.TryLock() {
-			if atBoundary {
-				if msg := opts.Farewell(context.Cause(ctx)); len(msg) > 0 {
-					_ = client.SetWriteDeadline(time.Now().Add(farewellTimeout))
-					_, _ = client.Write(msg)
-				}
-			}
-			// Nothing from the upstream follows the farewell: the
-			// copy to the client sees stopped before it writes. The
-			// lock is given back before the close, which may wait for
-			// that copy to return from its socket's read.
-			stopped = true
-			wmu.Unlock()
-		}
-		closeBoth()
-	})
-	done := make(chan struct{})
-	emitUp := func(p []byte) error {
+	r.up.emit = func(p []byte) error {
 		n, err := toUp.write(p)
-		in.Add(int64(n))
+		r.in.Add(int64(n))
 		return err
 	}
-	go func() {
-		_ = up.copyTo(emitUp)
-		first.CompareAndSwap(nil, "client")
-		closeBoth()
-		close(done)
-	}()
-	_ = down.copyTo(func(p []byte) error {
-		wmu.Lock()
-		defer wmu.Unlock()
-		if stopped {
+	r.down.emit = func(p []byte) error {
+		r.wmu.Lock()
+		defer r.wmu.Unlock()
+		if r.stopped {
 			return errStopped
 		}
 		w, err := toClient.write(p)
-		out.Add(int64(w))
+		r.out.Add(int64(w))
 		if opts.Framer != nil {
-			atBoundary = opts.Framer.Feed(p[:w])
+			r.atBoundary = opts.Framer.Feed(p[:w])
 		}
 		return err
-	})
-	first.CompareAndSwap(nil, "upstream")
-	closeBoth()
-	<-done
-	if !stopWatch() {
-		<-watchDone // a farewell may still be under way
 	}
-	ended, _ := first.Load().(string)
-	if ctx.Err() != nil {
+	r.atBoundary = true // the relay starts right after the login's reply
+	if pk := opts.Parker; pk != nil {
+		for _, d := range []*direction{&r.up, &r.down} {
+			if d.src.socket() != nil {
+				d.wait = &waitState{clock: &pk.tick}
+				d.src.idle = d.wait
+				pk.track(d)
+			}
+		}
+	}
+	r.stopWatch = context.AfterFunc(ctx, r.farewell)
+	go r.up.run()
+	go r.down.run()
+}
+
+// run is one relay of Start.
+type run struct {
+	ctx              context.Context
+	client, upstream net.Conn
+	opts             Options
+	done             func(Stats)
+	up, down         direction // client → upstream, upstream → client
+
+	in, out atomic.Int64
+	first   atomic.Value // "client" or "upstream": the side that ended first
+	closed  atomic.Bool  // closeBoth has begun
+	left    atomic.Int32 // directions not yet ended
+
+	// wmu orders the writes to the client: the copy and a farewell.
+	wmu        sync.Mutex
+	atBoundary bool // the stream to the client is between two responses
+	stopped    bool // a farewell was written: nothing may follow it
+
+	stopWatch func() bool
+	watchDone chan struct{} // closed when farewell has run
+}
+
+// direction is one way of a relay.
+type direction struct {
+	r    *run
+	name string // the side it reads: "client" or "upstream"
+	src  *source
+	emit func([]byte) error
+	wait *waitState // with a Parker: its waits, else nil
+	// parkID is the id its socket is parked with in the Parker, 0 when
+	// not parked; guarded by the Parker's mu.
+	parkID uint64
+}
+
+// run copies the direction's side to the other until the side ends or a
+// Parker takes the direction (run then returns, and the Parker calls it
+// again when the side is readable). The direction that ends last hands
+// the relay's figures to done.
+func (d *direction) run() {
+	for {
+		err := d.src.copyTo(d.emit)
+		if !d.wantsPark(err) {
+			break
+		}
+		if d.tryPark() {
+			return
+		}
+	}
+	if d.wait != nil {
+		d.r.opts.Parker.untrack(d)
+	}
+	d.r.first.CompareAndSwap(nil, d.name)
+	d.r.closeBoth()
+	if d.r.left.Add(-1) == 0 {
+		d.r.finish()
+	}
+}
+
+// finish reports the relay's figures once both directions have ended.
+func (r *run) finish() {
+	if !r.stopWatch() {
+		<-r.watchDone // a farewell may still be under way
+	}
+	ended, _ := r.first.Load().(string)
+	if r.ctx.Err() != nil {
 		ended = "shutdown"
-		if errors.Is(context.Cause(ctx), revoke.ErrRevoked) {
+		if errors.Is(context.Cause(r.ctx), revoke.ErrRevoked) {
 			ended = "revoked"
 		}
 	}
-	return Stats{BytesIn: in.Load(), BytesOut: out.Load(), EndedBy: ended}
+	r.done(Stats{BytesIn: r.in.Load(), BytesOut: r.out.Load(), EndedBy: ended})
+}
+
+// farewell runs when ctx ends: it says the protocol's farewell when the
+// stream to the client is between two responses, and closes both sides.
+func (r *run) farewell() {
+	defer close(r.watchDone)
+	opts := r.opts
+	if opts.Farewell != nil && opts.Framer != nil && r.wmu.TryLock() {
+		if r.atBoundary {
+			if msg := opts.Farewell(context.Cause(r.ctx)); len(msg) > 0 {
+				_ = r.client.SetWriteDeadline(time.Now().Add(farewellTimeout))
+				_, _ = r.client.Write(msg)
+			}
+		}
+		// Nothing from the upstream follows the farewell: the copy to
+		// the client sees stopped before it writes. The lock is given
+		// back before the close, which may wait for that copy to
+		// return from its socket's read.
+		r.stopped = true
+		r.wmu.Unlock()
+	}
+	r.closeBoth()
+}
+
+// closeBoth ends both sides. A Close waits until no read or write of its
+// socket is under way, and a direction reading a bare TCP socket writes to
+// the other side from inside that socket's read (see rawRead): a deadline
+// long past first wakes up any write that waits for a side that does not
+// read, so that neither Close waits on a write that waits on the other
+// Close. A parked direction is woken to find its side closed.
+func (r *run) closeBoth() {
+	r.closed.Store(true)
+	if pk := r.opts.Parker; pk != nil {
+		pk.unpark(r)
+	}
+	past := time.Unix(1, 0)
+	_ = r.client.SetDeadline(past)
+	_ = r.upstream.SetDeadline(past)
+	r.client.Close()
+	r.upstream.Close()
 }
 
 // WithBuffered returns a net.Conn whose reads first drain what r has

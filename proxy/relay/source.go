@@ -48,6 +48,9 @@ type source struct {
 
 	small []byte // kindSmall
 
+	idle    *waitState // set when a Parker may park the direction
+	drained bool       // what TLS buffered before the relay was handed on
+
 	// rawRead's state: it runs inside raw.Read, which calls it until it
 	// returns true; its method value is made once per direction.
 	emit  func([]byte) error // kindTCP: copyTo's emit
@@ -112,7 +115,8 @@ func (s *source) copyTo(emit func([]byte) error) error {
 			return err
 		}
 	}
-	if s.kind == kindTLS {
+	if s.kind == kindTLS && !s.drained {
+		s.drained = true
 		// TLS may hold plaintext decrypted before the relay began: the
 		// rest of a record of up to 16 KiB whose start a front read
 		// (a login with commands or a literal pipelined behind it, past
@@ -134,10 +138,17 @@ func (s *source) copyTo(emit func([]byte) error) error {
 			// parks on a stack shallow enough for the garbage
 			// collector to shrink it to 4 KiB.
 			if s.wc != nil {
+				if s.wc.off == s.wc.end && s.idle.beforeWait() {
+					return errPark
+				}
 				err = s.wc.waitReadable()
 			} else {
+				if s.idle.beforeWait() {
+					return errPark
+				}
 				err = s.wait()
 			}
+			s.idle.woke()
 			if err == nil {
 				err = s.burstTLS(emit)
 			}
@@ -183,12 +194,17 @@ func (s *source) copyTCP(emit func([]byte) error) error {
 // socket is under way, and this callback holds its socket's read while
 // emit writes to the other side.
 func (s *source) rawRead(fd uintptr) bool {
+	s.idle.woke()
 	for {
 		bp := s.get()
 		n, err := sockwire.Read(fd, *bp)
 		switch {
 		case errors.Is(err, syscall.EAGAIN):
 			s.put(bp)
+			if s.idle.beforeWait() {
+				s.rerr = errPark
+				return true
+			}
 			return false
 		case err != nil:
 			s.put(bp)
@@ -205,6 +221,30 @@ func (s *source) rawRead(fd uintptr) bool {
 			s.rerr = err
 			return true
 		}
+	}
+}
+
+// socket returns the RawConn of the socket whose readability the
+// direction waits for, nil when it waits otherwise (kindSmall, or TLS over
+// a connection that is not a bare socket): only the first kind can park.
+func (s *source) socket() syscall.RawConn {
+	switch {
+	case s.kind == kindTCP:
+		return s.raw
+	case s.kind == kindTLS && s.wc != nil && s.wc.rd != nil:
+		return s.wc.rd.raw
+	case s.kind == kindTLS && s.wc == nil:
+		return s.raw
+	}
+	return nil
+}
+
+// release lets go of what a parked direction need not keep: the small
+// buffer of a Waitable connection, when it holds nothing (the next read
+// takes a new one).
+func (s *source) release() {
+	if s.wc != nil && s.wc.off == s.wc.end {
+		s.wc.stash, s.wc.off, s.wc.end = nil, 0, 0
 	}
 }
 

@@ -1,0 +1,201 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+)
+
+// relayGoroutines counts the goroutines that run a relay's direction.
+func relayGoroutines() int {
+	buf := make([]byte, 1<<20)
+	n := runtime.Stack(buf, true)
+	return strings.Count(string(buf[:n]), "proxy/relay.(*direction).run")
+}
+
+// waitUntil waits, with patience, until cond holds.
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(patience); !cond(); time.Sleep(2 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("waited in vain for %s", what)
+		}
+	}
+}
+
+func newTestParker(t *testing.T) *Parker {
+	t.Helper()
+	pk, err := NewParker(5 * time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pk.Close() })
+	return pk
+}
+
+// TestParkedRelayHoldsNoGoroutine parks both directions of idle relays
+// over every kind of side that can park, checks that no goroutine of the
+// relay is left, then has each side speak several times (a parked
+// direction wakes, relays, and parks again) and finally hangs up.
+func TestParkedRelayHoldsNoGoroutine(t *testing.T) {
+	tests := []struct{ client, upstream string }{
+		{"tcp", "tcp"},
+		{"tls-framed", "tcp"},
+		{"tls-framed", "tls-tcp"},
+		{"waitable", "tls-tcp"},
+		{"prefix", "tcp"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.client+"/"+tc.upstream, func(t *testing.T) {
+			pk := newTestParker(t)
+			clientSide, clientApp, pending := sideOf(t, tc.client)
+			upSide, upApp, _ := sideOf(t, tc.upstream)
+			defer clientApp.Close()
+			defer upApp.Close()
+			res := make(chan Stats, 1)
+			Start(context.Background(), clientSide, upSide, Options{Buffers: NewBuffers(), Parker: pk}, func(st Stats) { res <- st })
+			if len(pending) > 0 {
+				expectBytes(t, upApp, pending, "read-ahead")
+			}
+			for round := range 3 {
+				waitUntil(t, "both directions parked", func() bool { return pk.Parked() == 2 })
+				if n := relayGoroutines(); n != 0 {
+					t.Fatalf("round %d: %d goroutines of the relay while it is parked", round, n)
+				}
+				up := []byte(strings.Repeat("a", 1+round*9000) + "\r\n")
+				if _, err := clientApp.Write(up); err != nil {
+					t.Fatal(err)
+				}
+				expectBytes(t, upApp, up, "client → upstream")
+				down := []byte(strings.Repeat("b", 3+round*20000) + "\r\n")
+				if _, err := upApp.Write(down); err != nil {
+					t.Fatal(err)
+				}
+				expectBytes(t, clientApp, down, "upstream → client")
+			}
+			waitUntil(t, "both directions parked", func() bool { return pk.Parked() == 2 })
+			clientApp.Close()
+			select {
+			case st := <-res:
+				if st.EndedBy != "client" {
+					t.Errorf("EndedBy = %q, want client", st.EndedBy)
+				}
+			case <-time.After(patience):
+				t.Fatal("the relay did not end after the client hung up while parked")
+			}
+			if n := pk.Parked(); n != 0 {
+				t.Errorf("Parked = %d after the relay ended", n)
+			}
+		})
+	}
+}
+
+// TestParkedRelayEndsWithContext ends a parked relay through its context
+// (a revocation or a shutdown): the client gets the farewell and the
+// relay reports why it ended.
+func TestParkedRelayEndsWithContext(t *testing.T) {
+	pk := newTestParker(t)
+	clientSide, clientApp, _ := sideOf(t, "tls-framed")
+	upSide, upApp := pipePair(t)
+	defer clientApp.Close()
+	defer upApp.Close()
+	errBye := errors.New("revoked in test")
+	ctx, cancel := context.WithCancelCause(context.Background())
+	res := make(chan Stats, 1)
+	Start(ctx, clientSide, upSide, Options{Parker: pk, Framer: lineFramer{}, Farewell: func(cause error) []byte {
+		if !errors.Is(cause, errBye) {
+			return []byte("* BYE wrong cause\r\n")
+		}
+		return []byte("* BYE bye\r\n")
+	}}, func(st Stats) { res <- st })
+	waitUntil(t, "both directions parked", func() bool { return pk.Parked() == 2 })
+	cancel(errBye)
+	expectBytes(t, clientApp, []byte("* BYE bye\r\n"), "farewell")
+	select {
+	case st := <-res:
+		if st.EndedBy != "shutdown" {
+			t.Errorf("EndedBy = %q, want shutdown", st.EndedBy)
+		}
+	case <-time.After(patience):
+		t.Fatal("the parked relay did not end with its context")
+	}
+	if n := pk.Parked(); n != 0 {
+		t.Errorf("Parked = %d after the relay ended", n)
+	}
+}
+
+// TestParkerCloseHandsBack closes a Parker that holds a relay: the relay
+// goes on in goroutines of its own, and no longer parks.
+func TestParkerCloseHandsBack(t *testing.T) {
+	pk, err := NewParker(5 * time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clientSide, clientApp := pipePair(t)
+	upSide, upApp := pipePair(t)
+	defer clientApp.Close()
+	defer upApp.Close()
+	res := make(chan Stats, 1)
+	Start(context.Background(), clientSide, upSide, Options{Parker: pk}, func(st Stats) { res <- st })
+	waitUntil(t, "both directions parked", func() bool { return pk.Parked() == 2 })
+	if err := pk.Close(); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "two goroutines again", func() bool { return relayGoroutines() == 2 })
+	if _, err := clientApp.Write([]byte("x\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	expectBytes(t, upApp, []byte("x\r\n"), "after Close")
+	upApp.Close()
+	select {
+	case st := <-res:
+		if st.EndedBy != "upstream" {
+			t.Errorf("EndedBy = %q, want upstream", st.EndedBy)
+		}
+	case <-time.After(patience):
+		t.Fatal("the relay did not end")
+	}
+}
+
+// TestParkRacesTraffic has both sides speak in bursts whose gaps are
+// around the park time, so that parking, waking and the sweeper's
+// requests meet the relay's reads in every order; every byte must arrive
+// in order, and the relay must end when the client hangs up.
+func TestParkRacesTraffic(t *testing.T) {
+	for _, kind := range []string{"tcp", "tls-framed"} {
+		t.Run(kind, func(t *testing.T) {
+			pk, err := NewParker(time.Millisecond)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer pk.Close()
+			clientSide, clientApp, _ := sideOf(t, kind)
+			upSide, upApp, _ := sideOf(t, "tls-tcp")
+			defer clientApp.Close()
+			defer upApp.Close()
+			res := make(chan Stats, 1)
+			Start(context.Background(), clientSide, upSide, Options{Buffers: NewBuffers(), Parker: pk}, func(st Stats) { res <- st })
+			for i := range 200 {
+				msg := []byte(strings.Repeat(string(rune('a'+i%26)), 1+i*37%5000) + "\r\n")
+				if _, err := clientApp.Write(msg); err != nil {
+					t.Fatal(err)
+				}
+				expectBytes(t, upApp, msg, "client → upstream")
+				if _, err := upApp.Write(msg); err != nil {
+					t.Fatal(err)
+				}
+				expectBytes(t, clientApp, msg, "upstream → client")
+				time.Sleep(time.Duration(i%4) * time.Millisecond)
+			}
+			clientApp.Close()
+			select {
+			case <-res:
+			case <-time.After(patience):
+				t.Fatal("the relay did not end")
+			}
+		})
+	}
+}
