@@ -802,9 +802,30 @@ func TestIMAPPassgateMailboxSession(t *testing.T) {
 	}
 }
 
+// waitParked waits until passgate's /metrics show n parked directions of
+// relayed sessions (relay.Parker) on listener.
+func waitParked(t *testing.T, p *passgateInstance, listener string, n float64) {
+	t.Helper()
+	var got float64
+	for deadline := time.Now().Add(patience); ; time.Sleep(50 * time.Millisecond) {
+		code, body := curlGet(t, "http://"+p.metrics+"/metrics")
+		got = metricValue(body, "passgate_relay_parked_directions", `listener="`+listener+`"`)
+		if code == 200 && got == n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("passgate_relay_parked_directions{listener=%q} = %v after %v, want %v", listener, got, patience, n)
+		}
+	}
+}
+
+// TestIMAPPassgateIdle: a client in IDLE through passgate sees a message
+// that Dovecot receives, after the session has sat idle long enough for
+// the relay to let go of its goroutines (both directions parked): the
+// upstream's EXISTS wakes its direction, and so does the client's DONE.
 func TestIMAPPassgateIdle(t *testing.T) {
 	d := env.dovecot
-	p := startPassgate(t, passgateConfig{})
+	p := startPassgate(t, passgateConfig{metrics: true})
 	p.enforce(t, "carol")
 	pw := p.appPassword(t, "carol", "phone")
 	counts := make(chan uint32, 16)
@@ -826,6 +847,7 @@ func TestIMAPPassgateIdle(t *testing.T) {
 	if err != nil {
 		t.Fatalf("IDLE: %v", err)
 	}
+	waitParked(t, p, "imap", 2)
 	deliverLMTP(t, d, "carol", testenv.Message(901, 500))
 	select {
 	case n := <-counts:
@@ -835,6 +857,7 @@ func TestIMAPPassgateIdle(t *testing.T) {
 	case <-time.After(patience):
 		t.Fatalf("no EXISTS during IDLE %v after an LMTP delivery", patience)
 	}
+	waitParked(t, p, "imap", 2)
 	if err := idle.Close(); err != nil {
 		t.Fatalf("DONE: %v", err)
 	}
@@ -844,6 +867,7 @@ func TestIMAPPassgateIdle(t *testing.T) {
 	if err := c.Logout().Wait(); err != nil {
 		t.Errorf("LOGOUT: %v", err)
 	}
+	waitParked(t, p, "imap", 0)
 }
 
 // deliverLMTP delivers msg to user through Dovecot's LMTP listener.
@@ -924,7 +948,7 @@ func TestIMAPPassgateRevocation(t *testing.T) {
 // Dovecot, whose app password is deleted, reads an untagged BYE that
 // says why, then the end of the connection.
 func TestIMAPPassgateRevocationSaysBye(t *testing.T) {
-	p := startPassgate(t, passgateConfig{})
+	p := startPassgate(t, passgateConfig{metrics: true})
 	p.enforce(t, "alice")
 	pw := p.appPassword(t, "alice", "phone")
 	conn, err := tls.Dial("tcp", p.imapsAddr, env.certs.ClientTLS())
@@ -951,6 +975,8 @@ func TestIMAPPassgateRevocationSaysBye(t *testing.T) {
 	until("a OK")
 	until("b OK")
 	until("+ ")
+	// Revoked while idle: the relay's goroutines have let go (parked).
+	waitParked(t, p, "imaps", 2)
 	p.admin(t, "app-password", "delete", "alice", "--label", "phone")
 	rest, err := io.ReadAll(r)
 	if err != nil {
@@ -959,6 +985,7 @@ func TestIMAPPassgateRevocationSaysBye(t *testing.T) {
 	if string(rest) != "* BYE Session closed: the app password it logged in with was deleted\r\n" {
 		t.Fatalf("after the deletion the client read %q, want one BYE and the end", rest)
 	}
+	waitParked(t, p, "imaps", 0)
 }
 
 func TestIMAPPassgateRefusedAppPasswords(t *testing.T) {

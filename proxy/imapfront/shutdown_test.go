@@ -164,14 +164,17 @@ func TestNoGoroutineOutlivesClose(t *testing.T) {
 		}},
 	}
 	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) { checkNoGoroutineOutlives(t, tc.stop) })
+		t.Run(tc.name, func(t *testing.T) { checkNoGoroutineOutlives(t, tc.stop, false) })
+		// The relayed session idle long enough to be parked: it holds
+		// no goroutine, and the stop must still end it.
+		t.Run(tc.name+"-parked", func(t *testing.T) { checkNoGoroutineOutlives(t, tc.stop, true) })
 	}
 }
 
-func checkNoGoroutineOutlives(t *testing.T, stop func(*Server) error) {
+func checkNoGoroutineOutlives(t *testing.T, stop func(*Server) error, parked bool) {
 	before := runtime.NumGoroutine()
 	func() {
-		ts := startServer(t, nil)
+		ts := startServer(t, func(o *Options) { o.ParkAfter = time.Millisecond })
 		ts.dec.set(func(f *fakeDecider) { f.delay = time.Minute })
 		pre, _ := ts.dial(t)
 		_ = pre
@@ -188,6 +191,11 @@ func checkNoGoroutineOutlives(t *testing.T, stop func(*Server) error) {
 		relayed.send("a LOGIN alice \"" + appSecret + "\"\r\n")
 		relayed.expect("a OK [CAPABILITY IMAP4rev1 IDLE] Logged in")
 		waitFor(t, "the failing attempt", func() bool { _, _, n := ts.dec.snapshot(); return n == 1 })
+		if parked {
+			// The client's side (the fake upstream is a net.Pipe,
+			// which does not park).
+			waitFor(t, "the relayed session parked", func() bool { return ts.srv.Parked() == 1 })
+		}
 
 		if err := stop(ts.srv); err != nil {
 			t.Fatal(err)
@@ -199,7 +207,7 @@ func checkNoGoroutineOutlives(t *testing.T, stop func(*Server) error) {
 		leaked := func() string {
 			buf := make([]byte, 1<<20)
 			stacks = string(buf[:runtime.Stack(buf, true)])
-			for _, fn := range []string{"imapfront.(*Server).run", "imapfront.(*conn)", "relay.Run"} {
+			for _, fn := range []string{"imapfront.(*Server).run", "imapfront.(*conn)", "relay.Run", "relay.(*direction)", "relay.(*Parker)", "relay.(*poller)"} {
 				if strings.Contains(stacks, fn) {
 					return fn
 				}

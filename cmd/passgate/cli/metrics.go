@@ -176,6 +176,19 @@ func (m *metrics) conns(listener string) observe.Conns {
 	}
 }
 
+// parked exports, for one IMAP listener, how many directions of its
+// relayed sessions are parked (relay.Parker); nothing without metrics.
+func (m *metrics) parked(listener string, n func() int64) {
+	if m == nil {
+		return
+	}
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name:        "passgate_relay_parked_directions",
+		Help:        "Directions of relayed IMAP sessions that have been idle long enough to wait without a goroutine, by listener: two for a session whose client and upstream are both silent.",
+		ConstLabels: prometheus.Labels{"listener": listener},
+	}, func() float64 { return float64(n()) }))
+}
+
 // proxyRefused returns the counter hook of one listener for
 // proxyheader.Options.OnRefused; nil without metrics.
 func (m *metrics) proxyRefused(listener string) func() {

@@ -40,7 +40,9 @@ func buildIMAP(d *deps, up imapfront.Upstream) ([]service, error) {
 		o.TLSConfig = d.serverTLS // nil: no STARTTLS
 		o.Logger = d.log.With(slog.String("listener", "imap"))
 		o.Conns = d.metrics.conns("imap")
-		out = append(out, frontService("imap", c.Listen, imapfront.New(o)))
+		srv := imapfront.New(o)
+		d.metrics.parked("imap", srv.Parked)
+		out = append(out, frontService("imap", c.Listen, srv))
 	}
 	if c.ListenTLS != "" {
 		o := base
@@ -48,7 +50,9 @@ func buildIMAP(d *deps, up imapfront.Upstream) ([]service, error) {
 		o.ImplicitTLS = true
 		o.Logger = d.log.With(slog.String("listener", "imaps"))
 		o.Conns = d.metrics.conns("imaps")
-		out = append(out, frontService("imaps", c.ListenTLS, imapfront.New(o)))
+		srv := imapfront.New(o)
+		d.metrics.parked("imaps", srv.Parked)
+		out = append(out, frontService("imaps", c.ListenTLS, srv))
 	}
 	return out, nil
 }
