@@ -168,18 +168,18 @@ func TestAdminPages(t *testing.T) {
 
 	// Active users: pages of 50 with a next link, search.
 	code, body := e.do("alice", "GET", "/admin/users", nil)
-	if code != 200 || strings.Count(body, `<tr><th scope="row">`) != 50 || !strings.Contains(body, `rel="next"`) || !strings.Contains(body, "123 user(s)") {
+	if code != 200 || strings.Count(body, `<th scope="row" role="rowheader">`) != 50 || !strings.Contains(body, `rel="next"`) || !strings.Contains(body, "123 user(s)") {
 		t.Fatalf("first page: %d\n%.2000s", code, body)
 	}
 	code, body = e.do("alice", "GET", "/admin/users?after=user099", nil)
-	if code != 200 || strings.Count(body, `<tr><th scope="row">`) != 20 || strings.Contains(body, `rel="next"`) {
-		t.Errorf("last page: %d rows", strings.Count(body, `<tr><th scope="row">`))
+	if code != 200 || strings.Count(body, `<th scope="row" role="rowheader">`) != 20 || strings.Contains(body, `rel="next"`) {
+		t.Errorf("last page: %d rows", strings.Count(body, `<th scope="row" role="rowheader">`))
 	}
 	code, body = e.do("alice", "GET", "/admin/users?search=bo", nil)
 	if code != 200 || !strings.Contains(body, ">bob</a>") || strings.Contains(body, ">carol</a>") {
 		t.Errorf("search bo: %d\n%.1500s", code, body)
 	}
-	if !strings.Contains(e.mustGet("/admin/users?search=alice"), "<td>enforced</td><td>1</td>") {
+	if !strings.Contains(e.mustGet("/admin/users?search=alice"), `data-label="Multi-factor auth status">enforced</td><td role="cell" data-label="App passwords">1</td>`) {
 		t.Errorf("alice's row lacks her state and app-password count")
 	}
 
