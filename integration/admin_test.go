@@ -1,11 +1,16 @@
 package integration
 
 import (
+	"context"
+	"encoding/json"
 	"fmt"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/chromedp/cdproto/accessibility"
+	"github.com/chromedp/cdproto/cdp"
+	"github.com/chromedp/cdproto/dom"
 	"github.com/chromedp/chromedp"
 
 	"github.com/passgate/passgate/integration/testenv"
@@ -121,6 +126,57 @@ func checkLayout(t *testing.T, w *portal, what string, phone bool) {
 			t.Errorf("%s: the header %q is no column header in the accessibility tree", what, h)
 		}
 	}
+	if phone {
+		cells, err := chromedp.Run(w.ctx, labelledCells())
+		if err != nil {
+			t.Fatalf("read the accessible names of %s: %v", what, err)
+		}
+		for _, c := range cells {
+			if c.name == "" || strings.HasPrefix(c.name, c.label) {
+				t.Errorf("%s: the cell under %q is named %q: the label shown before it must not be read out (the column header is)", what, c.label, c.name)
+			}
+		}
+	}
+}
+
+// labelledCell is a table cell with the label that the phone layout
+// shows before it, and its accessible name.
+type labelledCell struct{ label, name string }
+
+// labelledCells reads the cells of the first row of each table in main
+// that have a data-label, with their accessible names.
+func labelledCells() chromedp.Action[[]labelledCell] {
+	return chromedp.QueryAfter(chromedp.CSS("html"), func(ctx context.Context, t *chromedp.Target, nodes []*chromedp.Node) ([]labelledCell, error) {
+		found, err := cdp.Call(ctx, t, dom.QuerySelectorAll, dom.QuerySelectorAllParams{NodeID: nodes[0].NodeID, Selector: "main tbody tr:first-child td[data-label]"})
+		if err != nil {
+			return nil, err
+		}
+		var cells []labelledCell
+		no := false
+		for _, id := range found.NodeIDs {
+			attrs, err := cdp.Call(ctx, t, dom.GetAttributes, dom.GetAttributesParams{NodeID: id})
+			if err != nil {
+				return nil, err
+			}
+			var c labelledCell
+			for i := 0; i+1 < len(attrs.Attributes); i += 2 {
+				if attrs.Attributes[i] == "data-label" {
+					c.label = attrs.Attributes[i+1]
+				}
+			}
+			ax, err := cdp.Call(ctx, t, accessibility.GetPartialAXTree, accessibility.GetPartialAXTreeParams{NodeID: id, FetchRelatives: &no})
+			if err != nil {
+				return nil, err
+			}
+			if len(ax.Nodes) > 0 && ax.Nodes[0].Name != nil {
+				if err := json.Unmarshal(ax.Nodes[0].Name.Value, &c.name); err != nil {
+					return nil, fmt.Errorf("the accessible name %s: %w", ax.Nodes[0].Name.Value, err)
+				}
+			}
+			cells = append(cells, c)
+		}
+		return cells, nil
+	})
 }
 
 // TestAdminFlow walks the admin center in Chromium against the real
