@@ -179,6 +179,13 @@ func labelledCells() chromedp.Action[[]labelledCell] {
 	})
 }
 
+// The two choices of the admin center's switch for app passwords, in
+// Microsoft's words (portal.md).
+const (
+	allowAppPasswords  = "Allow users to create app passwords to sign in to non-browser apps"
+	forbidAppPasswords = "Do not allow users to create app passwords to sign in to non-browser apps"
+)
+
 // TestAdminFlow walks the admin center in Chromium against the real
 // Dovecot: dave (admin) signs in with a passkey, searches for bob, ticks
 // bob and carol and chooses Enable, then Enforce for bob; bob's primary
@@ -186,7 +193,8 @@ func labelledCells() chromedp.Action[[]labelledCell] {
 // Rollout page; dave revokes alice's app passwords and her live IMAP
 // session is closed; dave forbids app passwords and alice's next
 // app-password login fails while she can still delete hers on her
-// Security info page. alice, not an admin, gets 403 on the admin pages.
+// Security info page; dave requires alice to re-register MFA and her
+// portal session ends. alice, not an admin, gets 403 on the admin pages.
 func TestAdminFlow(t *testing.T) {
 	d := env.dovecot
 	p := startPassgate(t, passgateConfig{web: true, failureDelay: "200ms"})
@@ -212,7 +220,7 @@ func TestAdminFlow(t *testing.T) {
 	registerPasskey(t, w, "dave", d.Users["dave"])
 	w.visit("/admin")
 	w.see("heading", "Active users")
-	w.fill("Search users", "bob")
+	w.fill("Search", "bob")
 	w.press("Search")
 	w.see("link", "bob")
 	if w.has("link", "carol") {
@@ -228,7 +236,7 @@ func TestAdminFlow(t *testing.T) {
 	w.click("carol")
 	adminShot(t, w, "admin-mfa")
 	w.press("Enable")
-	w.seeText("now enabled for bob, carol")
+	w.seeText("now Enabled for bob, carol")
 	for _, u := range []string{"bob", "carol"} {
 		if out := p.admin(t, "user", "list", "--search", u); !strings.Contains(out, "enabled") {
 			t.Errorf("%s is not enabled:\n%s", u, out)
@@ -237,7 +245,7 @@ func TestAdminFlow(t *testing.T) {
 	// Enforce for bob, on his page.
 	w.visit("/admin/users/bob")
 	w.press("Enforce")
-	w.seeText("now enforced for bob")
+	w.seeText("now Enforced for bob")
 	adminShot(t, w, "admin-user")
 
 	// bob's primary password is refused; carol's works.
@@ -276,7 +284,7 @@ func TestAdminFlow(t *testing.T) {
 	}
 	w.visit("/admin/users/alice")
 	adminShot(t, w, "admin-user-apppasswords")
-	w.press("Revoke all app passwords")
+	w.press("Revoke app passwords")
 	w.seeText("Deleted 1 app password(s) of alice")
 	deadline := time.Now().Add(time.Minute)
 	for live.Noop().Wait() == nil {
@@ -290,11 +298,20 @@ func TestAdminFlow(t *testing.T) {
 	// can still delete hers.
 	laptop := p.appPassword(t, "alice", "Tablet")
 	w.visit("/admin/settings")
-	w.see("checkbox", "Allow users to create app passwords to sign in to non-browser apps")
-	w.click("Allow users to create app passwords to sign in to non-browser apps")
+	w.see("group", "App passwords")
+	if !w.checked(allowAppPasswords) || w.checked(forbidAppPasswords) {
+		t.Errorf("the switch does not show that app passwords are allowed:\n%s", w.page())
+	}
+	w.click(forbidAppPasswords)
 	w.press("Save")
 	w.seeText("Settings saved")
+	if w.checked(allowAppPasswords) || !w.checked(forbidAppPasswords) {
+		t.Errorf("the switch does not show that app passwords are not allowed:\n%s", w.page())
+	}
 	adminShot(t, w, "admin-settings")
+	if out := p.admin(t, "settings", "show"); !strings.Contains(out, "allow-app-passwords: false") {
+		t.Errorf("passgate settings show after Save with %q:\n%s", forbidAppPasswords, out)
+	}
 	c = p.dial(t, true, "", nil)
 	if err := c.Login("alice", laptop).Wait(); err == nil {
 		t.Error("alice logged in with an app password while app passwords are forbidden")
@@ -309,6 +326,18 @@ func TestAdminFlow(t *testing.T) {
 	if strings.Contains(alice.page(), "Tablet") {
 		t.Errorf("alice could not delete her app password while they are forbidden:\n%s", alice.page())
 	}
+
+	// Require re-register MFA for alice: her passkey and her portal
+	// session are gone, and she is back to enabled.
+	w.visit("/admin/users/alice")
+	w.press("Require re-register MFA")
+	w.seeText("alice must register a sign-in method again at the next sign-in.")
+	w.seeText("Multi-factor auth status: Enabled")
+	if out := p.admin(t, "user", "list", "--search", "alice"); !strings.Contains(out, "enabled") {
+		t.Errorf("alice is not back to enabled:\n%s", out)
+	}
+	alice.visit("/")
+	alice.see("textbox", "User name")
 
 	// The audit trail names dave for every change.
 	w.visit("/admin/audit?user=bob")
