@@ -1,10 +1,16 @@
 package integration
 
 import (
+	"context"
+	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/chromedp/cdproto/accessibility"
+	"github.com/chromedp/cdproto/cdp"
+	"github.com/chromedp/cdproto/dom"
 	"github.com/chromedp/chromedp"
 
 	"github.com/passgate/passgate/integration/testenv"
@@ -35,8 +41,7 @@ func registerPasskey(t *testing.T, w *portal, user, password string) {
 }
 
 // adminShot takes the screenshots of an admin page at desktop and phone
-// widths, with axe-core on both; the page must not scroll sideways (its
-// tables scroll in their own region).
+// widths, with axe-core and checkLayout on both.
 func adminShot(t *testing.T, w *portal, name string) {
 	t.Helper()
 	for _, s := range []struct {
@@ -48,14 +53,138 @@ func adminShot(t *testing.T, w *portal, name string) {
 		}
 		axeClean(t, w.ctx, name+" at "+s.suffix)
 		shot(t, w.ctx, w.b, name+"-"+s.suffix)
-		if wide, err := chromedp.Run(w.ctx, chromedp.Evaluate[bool](`document.documentElement.scrollWidth > window.innerWidth`)); err != nil || wide {
-			t.Errorf("%s at %dpx scrolls sideways (%v)", name, s.win.Width, err)
-		}
+		checkLayout(t, w, fmt.Sprintf("%s at %dpx", name, s.win.Width), s.win.Mobile)
 	}
 	if err := chromedp.Do(w.ctx, testenv.SetWindow(testenv.Desktop)); err != nil {
 		t.Fatal(err)
 	}
 }
+
+// layoutReport is what layoutJS finds on a page.
+type layoutReport struct {
+	Wide    bool     // the page scrolls sideways
+	Scrolls []string // the tables' regions that scroll sideways
+	Broken  []string // the dates and times broken over lines
+	Headers []string // the tables' column headers
+}
+
+// layoutJS measures the page as laid out: whether the page or a table's
+// scrolling region is wider than the window, and whether a date and time
+// as the pages write it (2026-12-07 04:30 UTC) is broken over lines,
+// wherever it is, whatever its markup.
+const layoutJS = `(() => {
+	const r = {wide: document.documentElement.scrollWidth > window.innerWidth, scrolls: [], broken: [], headers: []};
+	for (const el of document.querySelectorAll("main .scroll")) {
+		if (el.scrollWidth > el.clientWidth) {
+			r.scrolls.push(JSON.stringify(el.getAttribute("aria-label")) + ": " + el.scrollWidth + "px in " + el.clientWidth + "px");
+		}
+	}
+	const stamp = /\d{4}-\d\d-\d\d \d\d:\d\d UTC/g;
+	const walk = document.createTreeWalker(document.querySelector("main"), NodeFilter.SHOW_TEXT);
+	for (let n; (n = walk.nextNode());) {
+		for (const m of n.data.matchAll(stamp)) {
+			const range = document.createRange();
+			range.setStart(n, m.index);
+			range.setEnd(n, m.index + m[0].length);
+			const lines = new Set(Array.from(range.getClientRects(), b => Math.round(b.top))).size;
+			if (lines !== 1) {
+				r.broken.push(JSON.stringify(m[0]) + " on " + lines + " lines");
+			}
+		}
+	}
+	for (const th of document.querySelectorAll("main thead th")) {
+		r.headers.push(th.textContent.trim());
+	}
+	return r;
+})()`
+
+// checkLayout fails the test if the page that w shows scrolls sideways, if a
+// table in it scrolls sideways in its own region, or if a table's column
+// headers are no longer column headers to assistive technology (the
+// phone layout changes the tables' display); on a phone, also if a date
+// and time is broken over lines. (On a desktop the Audit page's Time
+// column shows the date over the time, as it always has.)
+func checkLayout(t *testing.T, w *portal, what string, phone bool) {
+	t.Helper()
+	r, err := chromedp.Run(w.ctx, chromedp.Evaluate[layoutReport](layoutJS))
+	if err != nil {
+		t.Fatalf("measure %s: %v", what, err)
+	}
+	if r.Wide {
+		t.Errorf("%s scrolls sideways", what)
+	}
+	for _, s := range r.Scrolls {
+		t.Errorf("%s: the table region %s scrolls sideways", what, s)
+	}
+	if phone {
+		for _, b := range r.Broken {
+			t.Errorf("%s: the date and time %s", what, b)
+		}
+	}
+	for _, h := range r.Headers {
+		if !w.has("columnheader", h) {
+			t.Errorf("%s: the header %q is no column header in the accessibility tree", what, h)
+		}
+	}
+	if phone {
+		cells, err := chromedp.Run(w.ctx, labelledCells())
+		if err != nil {
+			t.Fatalf("read the accessible names of %s: %v", what, err)
+		}
+		for _, c := range cells {
+			if c.name == "" || strings.HasPrefix(c.name, c.label) {
+				t.Errorf("%s: the cell under %q is named %q: the label shown before it must not be read out (the column header is)", what, c.label, c.name)
+			}
+		}
+	}
+}
+
+// labelledCell is a table cell with the label that the phone layout
+// shows before it, and its accessible name.
+type labelledCell struct{ label, name string }
+
+// labelledCells reads the cells of the first row of each table in main
+// that have a data-label, with their accessible names.
+func labelledCells() chromedp.Action[[]labelledCell] {
+	return chromedp.QueryAfter(chromedp.CSS("html"), func(ctx context.Context, t *chromedp.Target, nodes []*chromedp.Node) ([]labelledCell, error) {
+		found, err := cdp.Call(ctx, t, dom.QuerySelectorAll, dom.QuerySelectorAllParams{NodeID: nodes[0].NodeID, Selector: "main tbody tr:first-child td[data-label]"})
+		if err != nil {
+			return nil, err
+		}
+		var cells []labelledCell
+		no := false
+		for _, id := range found.NodeIDs {
+			attrs, err := cdp.Call(ctx, t, dom.GetAttributes, dom.GetAttributesParams{NodeID: id})
+			if err != nil {
+				return nil, err
+			}
+			var c labelledCell
+			for i := 0; i+1 < len(attrs.Attributes); i += 2 {
+				if attrs.Attributes[i] == "data-label" {
+					c.label = attrs.Attributes[i+1]
+				}
+			}
+			ax, err := cdp.Call(ctx, t, accessibility.GetPartialAXTree, accessibility.GetPartialAXTreeParams{NodeID: id, FetchRelatives: &no})
+			if err != nil {
+				return nil, err
+			}
+			if len(ax.Nodes) > 0 && ax.Nodes[0].Name != nil {
+				if err := json.Unmarshal(ax.Nodes[0].Name.Value, &c.name); err != nil {
+					return nil, fmt.Errorf("the accessible name %s: %w", ax.Nodes[0].Name.Value, err)
+				}
+			}
+			cells = append(cells, c)
+		}
+		return cells, nil
+	})
+}
+
+// The two choices of the admin center's switch for app passwords, in
+// Microsoft's words (portal.md).
+const (
+	allowAppPasswords  = "Allow users to create app passwords to sign in to non-browser apps"
+	forbidAppPasswords = "Do not allow users to create app passwords to sign in to non-browser apps"
+)
 
 // TestAdminFlow walks the admin center in Chromium against the real
 // Dovecot: dave (admin) signs in with a passkey, searches for bob, ticks
@@ -64,7 +193,8 @@ func adminShot(t *testing.T, w *portal, name string) {
 // Rollout page; dave revokes alice's app passwords and her live IMAP
 // session is closed; dave forbids app passwords and alice's next
 // app-password login fails while she can still delete hers on her
-// Security info page. alice, not an admin, gets 403 on the admin pages.
+// Security info page; dave requires alice to re-register MFA and her
+// portal session ends. alice, not an admin, gets 403 on the admin pages.
 func TestAdminFlow(t *testing.T) {
 	d := env.dovecot
 	p := startPassgate(t, passgateConfig{web: true, failureDelay: "200ms"})
@@ -90,7 +220,7 @@ func TestAdminFlow(t *testing.T) {
 	registerPasskey(t, w, "dave", d.Users["dave"])
 	w.visit("/admin")
 	w.see("heading", "Active users")
-	w.fill("Search users", "bob")
+	w.fill("Search", "bob")
 	w.press("Search")
 	w.see("link", "bob")
 	if w.has("link", "carol") {
@@ -106,7 +236,7 @@ func TestAdminFlow(t *testing.T) {
 	w.click("carol")
 	adminShot(t, w, "admin-mfa")
 	w.press("Enable")
-	w.seeText("now enabled for bob, carol")
+	w.seeText("now Enabled for bob, carol")
 	for _, u := range []string{"bob", "carol"} {
 		if out := p.admin(t, "user", "list", "--search", u); !strings.Contains(out, "enabled") {
 			t.Errorf("%s is not enabled:\n%s", u, out)
@@ -115,7 +245,7 @@ func TestAdminFlow(t *testing.T) {
 	// Enforce for bob, on his page.
 	w.visit("/admin/users/bob")
 	w.press("Enforce")
-	w.seeText("now enforced for bob")
+	w.seeText("now Enforced for bob")
 	adminShot(t, w, "admin-user")
 
 	// bob's primary password is refused; carol's works.
@@ -153,7 +283,8 @@ func TestAdminFlow(t *testing.T) {
 		t.Fatal(err)
 	}
 	w.visit("/admin/users/alice")
-	w.press("Revoke all app passwords")
+	adminShot(t, w, "admin-user-apppasswords")
+	w.press("Revoke app passwords")
 	w.seeText("Deleted 1 app password(s) of alice")
 	deadline := time.Now().Add(time.Minute)
 	for live.Noop().Wait() == nil {
@@ -167,11 +298,20 @@ func TestAdminFlow(t *testing.T) {
 	// can still delete hers.
 	laptop := p.appPassword(t, "alice", "Tablet")
 	w.visit("/admin/settings")
-	w.see("checkbox", "Allow users to create app passwords to sign in to non-browser apps")
-	w.click("Allow users to create app passwords to sign in to non-browser apps")
+	w.see("group", "App passwords")
+	if !w.checked(allowAppPasswords) || w.checked(forbidAppPasswords) {
+		t.Errorf("the switch does not show that app passwords are allowed:\n%s", w.page())
+	}
+	w.click(forbidAppPasswords)
 	w.press("Save")
 	w.seeText("Settings saved")
+	if w.checked(allowAppPasswords) || !w.checked(forbidAppPasswords) {
+		t.Errorf("the switch does not show that app passwords are not allowed:\n%s", w.page())
+	}
 	adminShot(t, w, "admin-settings")
+	if out := p.admin(t, "settings", "show"); !strings.Contains(out, "allow-app-passwords: false") {
+		t.Errorf("passgate settings show after Save with %q:\n%s", forbidAppPasswords, out)
+	}
 	c = p.dial(t, true, "", nil)
 	if err := c.Login("alice", laptop).Wait(); err == nil {
 		t.Error("alice logged in with an app password while app passwords are forbidden")
@@ -186,6 +326,18 @@ func TestAdminFlow(t *testing.T) {
 	if strings.Contains(alice.page(), "Tablet") {
 		t.Errorf("alice could not delete her app password while they are forbidden:\n%s", alice.page())
 	}
+
+	// Require re-register MFA for alice: her passkey and her portal
+	// session are gone, and she is back to enabled.
+	w.visit("/admin/users/alice")
+	w.press("Require re-register MFA")
+	w.seeText("alice must register a sign-in method again at the next sign-in.")
+	w.seeText("Multi-factor auth status: Enabled")
+	if out := p.admin(t, "user", "list", "--search", "alice"); !strings.Contains(out, "enabled") {
+		t.Errorf("alice is not back to enabled:\n%s", out)
+	}
+	alice.visit("/")
+	alice.see("textbox", "User name")
 
 	// The audit trail names dave for every change.
 	w.visit("/admin/audit?user=bob")

@@ -185,6 +185,19 @@ func (w *portal) has(roles, name string) bool {
 	return len(ids) > 0
 }
 
+// checked reports whether the radio button or checkbox named name is
+// checked, waiting until it is on the page.
+func (w *portal) checked(name string) bool {
+	w.t.Helper()
+	ctx, cancel := w.step()
+	defer cancel()
+	on, err := chromedp.Run(ctx, testenv.OnElement[bool]("radio|checkbox", name, `function() { return this.checked }`))
+	if err != nil {
+		w.t.Fatalf("read the control %q: %v\n%s", name, err, w.dump())
+	}
+	return on
+}
+
 // text returns the text (or the value, for a field) of the element with
 // one of roles and the accessible name.
 func (w *portal) text(roles, name string) string {

@@ -2,9 +2,12 @@
 // /admin for the users marked admin (passgate user set-admin) who have a
 // second factor registered, signed in through the Security info portal.
 // Active users, Multi-factor authentication (Enable, Enforce, Disable for
-// one or ticked users; revoke all app passwords; require
-// re-registration), Settings, Audit and Rollout. Every change is one of
-// policy/account's operations, audited with the admin as actor.
+// one or ticked users; Revoke app passwords; Require re-register MFA),
+// Settings, Audit and Rollout. Every change is one of policy/account's
+// operations, audited with the admin as actor. The pages' visible words
+// and accessible names are exactly those that portal.md requires
+// (Microsoft's), so that help texts and scripts written for Microsoft's
+// pages find every control.
 package admin
 
 import (
@@ -88,6 +91,7 @@ func New(o Options) (*Server, error) {
 	if s.pages, err = webpage.Parse(assets, template.FuncMap{
 		"stamp": func(t time.Time) string { return t.UTC().Format("2006-01-02 15:04 UTC") },
 		"join":  strings.Join,
+		"state": StateName,
 	}); err != nil {
 		return nil, fmt.Errorf("admin: %w", err)
 	}

@@ -168,18 +168,18 @@ func TestAdminPages(t *testing.T) {
 
 	// Active users: pages of 50 with a next link, search.
 	code, body := e.do("alice", "GET", "/admin/users", nil)
-	if code != 200 || strings.Count(body, `<tr><th scope="row">`) != 50 || !strings.Contains(body, `rel="next"`) || !strings.Contains(body, "123 user(s)") {
+	if code != 200 || strings.Count(body, `<th scope="row" role="rowheader">`) != 50 || !strings.Contains(body, `rel="next"`) || !strings.Contains(body, "123 user(s)") {
 		t.Fatalf("first page: %d\n%.2000s", code, body)
 	}
 	code, body = e.do("alice", "GET", "/admin/users?after=user099", nil)
-	if code != 200 || strings.Count(body, `<tr><th scope="row">`) != 20 || strings.Contains(body, `rel="next"`) {
-		t.Errorf("last page: %d rows", strings.Count(body, `<tr><th scope="row">`))
+	if code != 200 || strings.Count(body, `<th scope="row" role="rowheader">`) != 20 || strings.Contains(body, `rel="next"`) {
+		t.Errorf("last page: %d rows", strings.Count(body, `<th scope="row" role="rowheader">`))
 	}
 	code, body = e.do("alice", "GET", "/admin/users?search=bo", nil)
 	if code != 200 || !strings.Contains(body, ">bob</a>") || strings.Contains(body, ">carol</a>") {
 		t.Errorf("search bo: %d\n%.1500s", code, body)
 	}
-	if !strings.Contains(e.mustGet("/admin/users?search=alice"), "<td>enforced</td><td>1</td>") {
+	if !strings.Contains(e.mustGet("/admin/users?search=alice"), `data-label="Multi-factor auth status">Enforced</td><td role="cell" data-label="App passwords">1</td>`) {
 		t.Errorf("alice's row lacks her state and app-password count")
 	}
 
@@ -212,11 +212,13 @@ func TestAdminPages(t *testing.T) {
 	e.wantMFA("bob", store.MFAEnabled)
 
 	// Settings.
-	e.do("alice", "POST", "/admin/settings", url.Values{})
-	if ok, _ := e.st.AllowAppPasswords(ctx); ok {
-		t.Error("app passwords still allowed after unticking the setting")
+	if code, _ := e.do("alice", "POST", "/admin/settings", url.Values{"allow_app_passwords": {"false"}}); code != http.StatusSeeOther {
+		t.Errorf("save settings: %d", code)
 	}
-	if body := e.mustGet("/admin/settings"); !strings.Contains(body, "Allow users to create app passwords to sign in to non-browser apps") || strings.Contains(body, " checked") {
+	if ok, _ := e.st.AllowAppPasswords(ctx); ok {
+		t.Error("app passwords still allowed after choosing Do not allow")
+	}
+	if body := e.mustGet("/admin/settings"); !strings.Contains(body, `value="false" checked> Do not allow users`) || strings.Contains(body, `value="true" checked`) {
 		t.Errorf("settings page:\n%s", body)
 	}
 

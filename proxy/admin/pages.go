@@ -68,6 +68,21 @@ func (s *Server) handleUsers(nav string) func(http.ResponseWriter, *http.Request
 	}
 }
 
+// StateName is an MFA state as the pages show it, in Microsoft's words:
+// Disabled, Enabled or Enforced. A state it does not know is shown as it
+// is.
+func StateName(st account.MFAState) string {
+	switch st {
+	case account.MFADisabled:
+		return "Disabled"
+	case account.MFAEnabled:
+		return "Enabled"
+	case account.MFAEnforced:
+		return "Enforced"
+	}
+	return string(st)
+}
+
 // state is the MFA state a button names.
 func state(action string) (account.MFAState, bool) {
 	switch action {
@@ -103,7 +118,7 @@ func (s *Server) handleBulkMFA(w http.ResponseWriter, r *http.Request, a account
 			failed = append(failed, u)
 		}
 	}
-	msg := fmt.Sprintf("Multi-factor authentication is now %s for %s.", st, strings.Join(users, ", "))
+	msg := fmt.Sprintf("Multi-factor authentication is now %s for %s.", StateName(st), strings.Join(users, ", "))
 	if len(failed) > 0 {
 		msg = fmt.Sprintf("Could not change %s; see the audit trail.", strings.Join(failed, ", "))
 	}
@@ -159,7 +174,7 @@ func (s *Server) handleUserMFA(w http.ResponseWriter, r *http.Request, a account
 		http.Error(w, "unknown action", http.StatusBadRequest)
 		return
 	}
-	msg := fmt.Sprintf("Multi-factor authentication is now %s for %s.", st, name)
+	msg := fmt.Sprintf("Multi-factor authentication is now %s for %s.", StateName(st), name)
 	if _, _, err := s.o.Ops.SetMFA(r.Context(), a, name, st); err != nil {
 		msg, _ = s.o.Ops.Message(err)
 	}
@@ -185,17 +200,68 @@ func (s *Server) handleResetMethods(w http.ResponseWriter, r *http.Request, a ac
 	http.Redirect(w, r, withNotice(s.userBack(name), msg), http.StatusSeeOther)
 }
 
-func (s *Server) handleSettings(w http.ResponseWriter, r *http.Request, a account.Actor) {
+// The two choices of the global switch on the Settings page, worded as
+// Microsoft's.
+const (
+	allowAppPasswords   = "Allow users to create app passwords to sign in to non-browser apps"
+	forbidAppPasswords  = "Do not allow users to create app passwords to sign in to non-browser apps"
+	badAppPasswordsForm = "Choose “" + allowAppPasswords + "” or “" + forbidAppPasswords + "”, then Save. Nothing was changed."
+)
+
+// ParseAllowAppPasswords reads the Settings form's allow_app_passwords
+// field: "true" (Allow users…) or "false" (Do not allow users…), the
+// values of its two radio buttons; also "on", which the form's former
+// checkbox sent when ticked. Anything else, a missing field or more than
+// one value is not a choice: ok is false. (The former checkbox sent
+// nothing when unticked; that is refused too rather than read as "do not
+// allow", so that no stray request switches app passwords off.)
+func ParseAllowAppPasswords(values []string) (allow, ok bool) {
+	if len(values) != 1 {
+		return false, false
+	}
+	switch values[0] {
+	case "true", "on":
+		return true, true
+	case "false":
+		return false, true
+	}
+	return false, false
+}
+
+// settingsData is the Settings page: the switch's state and its two
+// choices' labels.
+type settingsData struct {
+	Allow                   bool
+	AllowLabel, ForbidLabel string
+}
+
+func (s *Server) showSettings(w http.ResponseWriter, r *http.Request, a account.Actor, status int, notice, problem string) {
 	allow, err := s.o.Ops.AllowAppPasswords(r.Context())
 	if err != nil {
 		s.fault(w, r, err)
 		return
 	}
-	s.render(w, http.StatusOK, "settings", page{Title: "Settings", Nav: "settings", Admin: a.User, Notice: r.URL.Query().Get("done"), Data: allow})
+	s.render(w, status, "settings", page{Title: "Settings", Nav: "settings", Admin: a.User, Notice: notice, Error: problem,
+		Data: settingsData{Allow: allow, AllowLabel: allowAppPasswords, ForbidLabel: forbidAppPasswords}})
 }
 
+func (s *Server) handleSettings(w http.ResponseWriter, r *http.Request, a account.Actor) {
+	s.showSettings(w, r, a, http.StatusOK, r.URL.Query().Get("done"), "")
+}
+
+// handleSettingsSave sets the global switch from the form's radio
+// buttons; a request that chooses neither gets the page again, with 400
+// and a message, and changes nothing.
 func (s *Server) handleSettingsSave(w http.ResponseWriter, r *http.Request, a account.Actor) {
-	allow := r.FormValue("allow_app_passwords") == "on"
+	if err := r.ParseForm(); err != nil {
+		s.showSettings(w, r, a, http.StatusBadRequest, "", badAppPasswordsForm)
+		return
+	}
+	allow, ok := ParseAllowAppPasswords(r.PostForm["allow_app_passwords"])
+	if !ok {
+		s.showSettings(w, r, a, http.StatusBadRequest, "", badAppPasswordsForm)
+		return
+	}
 	if _, err := s.o.Ops.SetAllowAppPasswords(r.Context(), a, allow); err != nil {
 		s.fault(w, r, err)
 		return
