@@ -40,7 +40,9 @@ type conn struct {
 	nc     net.Conn // raw, or the *tls.Conn over it
 	br     *bufio.Reader
 	ctx    context.Context
-	cancel context.CancelFunc
+	// cancel ends ctx; the revocation registry ends it with a cause
+	// (revoke.ErrRevoked) once the session is relayed.
+	cancel context.CancelCauseFunc
 
 	deadline time.Time // end of the pre-login phase
 	isTLS    bool
@@ -60,7 +62,7 @@ type conn struct {
 }
 
 func newConn(s *Server, nc net.Conn) *conn {
-	ctx, cancel := context.WithCancel(s.baseCtx)
+	ctx, cancel := context.WithCancelCause(s.baseCtx)
 	// Waitable lets the relay wait for a logged-in client's next bytes
 	// under TLS without holding a buffer while the session is idle.
 	wc := relay.Waitable(nc)
@@ -85,7 +87,7 @@ func (c *conn) shutdown() {
 	}
 	c.closing = true
 	c.raw.SetReadDeadline(time.Now())
-	c.cancel()
+	c.cancel(nil)
 }
 
 // closeAll closes the connection. A relayed session is ended through its
@@ -98,12 +100,12 @@ func (c *conn) closeAll() {
 	relaying := c.relaying
 	c.mu.Unlock()
 	if !relaying {
-		c.cancel()
+		c.cancel(nil)
 		c.raw.Close()
 		return
 	}
 	_ = c.raw.SetWriteDeadline(time.Now().Add(byeTimeout))
-	c.cancel()
+	c.cancel(nil)
 }
 
 // farewell is what a relayed session says when passgate ends it.
@@ -402,7 +404,7 @@ func (c *conn) handshake() bool {
 
 // finish closes what is left and writes the session's log line.
 func (c *conn) finish() {
-	c.cancel()
+	c.cancel(nil)
 	c.raw.Close()
 	if c.Ended == "" {
 		c.Ended = "error"

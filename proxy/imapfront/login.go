@@ -297,12 +297,15 @@ func (c *conn) login(tag string, user, secret []byte) bool {
 		return true
 	}
 	c.raw.SetWriteDeadline(time.Time{})
-	rctx, release := c.srv.opts.Relays.Track(c.ctx, l.AppPasswordID())
+	// The session's context is the connection's own (no child context
+	// for the relay to hold through hours of IDLE): the registry ends it
+	// with revoke.ErrRevoked.
+	release := c.srv.opts.Relays.Register(l.AppPasswordID(), c.cancel)
 	client := relay.WithBuffered(c.nc, c.br)
 	c.br = nil       // the relay reads the connection itself from now on
 	c.clientID = nil // forwarded already; an idle session keeps nothing of the login
 	// serve runs the relay once the login's frames have returned.
-	c.loggedIn = &session{ctx: rctx, release: release, client: client, up: up}
+	c.loggedIn = &session{ctx: c.ctx, release: release, client: client, up: up}
 	return true
 }
 

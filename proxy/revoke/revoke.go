@@ -27,12 +27,19 @@ var ErrRevoked = errors.New("relay: credential revoked")
 type Registry struct {
 	mu       sync.Mutex
 	next     uint64
-	sessions map[int64]map[uint64]context.CancelCauseFunc
+	sessions map[int64][]session // usually one per app password: a slice costs less than a map
+}
+
+// session is one tracked session: how to end it, and the key that its
+// release finds it by.
+type session struct {
+	key    uint64
+	cancel context.CancelCauseFunc
 }
 
 // NewRegistry returns an empty Registry.
 func NewRegistry() *Registry {
-	return &Registry{sessions: make(map[int64]map[uint64]context.CancelCauseFunc)}
+	return &Registry{sessions: make(map[int64][]session)}
 }
 
 // Track registers a session that logged in with app password id and
@@ -42,29 +49,41 @@ func NewRegistry() *Registry {
 // derived from ctx only.
 func (r *Registry) Track(ctx context.Context, id int64) (context.Context, func()) {
 	cctx, cancel := context.WithCancelCause(ctx)
+	release := r.Register(id, cancel)
+	return cctx, func() {
+		release()
+		cancel(nil)
+	}
+}
+
+// Register is Track for a session that has a context of its own to end:
+// Revoke of id calls cancel with ErrRevoked. The release func forgets the
+// session (it does not call cancel). id 0 (primary password) is not
+// tracked.
+func (r *Registry) Register(id int64, cancel context.CancelCauseFunc) (release func()) {
 	if id == 0 {
-		return cctx, func() { cancel(nil) }
+		return func() {}
 	}
 	r.mu.Lock()
 	r.next++
 	key := r.next
-	m := r.sessions[id]
-	if m == nil {
-		m = make(map[uint64]context.CancelCauseFunc)
-		r.sessions[id] = m
-	}
-	m[key] = cancel
+	r.sessions[id] = append(r.sessions[id], session{key: key, cancel: cancel})
 	r.mu.Unlock()
-	return cctx, func() {
+	return func() {
 		r.mu.Lock()
-		if m := r.sessions[id]; m != nil {
-			delete(m, key)
-			if len(m) == 0 {
-				delete(r.sessions, id)
-			}
+		defer r.mu.Unlock()
+		list := r.sessions[id]
+		i := slices.IndexFunc(list, func(s session) bool { return s.key == key })
+		if i < 0 {
+			return // revoked meanwhile
 		}
-		r.mu.Unlock()
-		cancel(nil)
+		if len(list) == 1 {
+			delete(r.sessions, id)
+			return
+		}
+		list[i] = list[len(list)-1]
+		list[len(list)-1] = session{}
+		r.sessions[id] = list[:len(list)-1]
 	}
 }
 
@@ -72,13 +91,13 @@ func (r *Registry) Track(ctx context.Context, id int64) (context.Context, func()
 // there were.
 func (r *Registry) Revoke(id int64) int {
 	r.mu.Lock()
-	m := r.sessions[id]
+	list := r.sessions[id]
 	delete(r.sessions, id)
 	r.mu.Unlock()
-	for _, cancel := range m {
-		cancel(ErrRevoked)
+	for _, s := range list {
+		s.cancel(ErrRevoked)
 	}
-	return len(m)
+	return len(list)
 }
 
 // IDs returns the app password ids that have live sessions.
