@@ -35,11 +35,11 @@ type session struct {
 
 // conn is one client connection, from accept to the end of its relay.
 type conn struct {
-	srv    *Server
-	raw    net.Conn // as accepted, made relay.Waitable
-	nc     net.Conn // raw, or the *tls.Conn over it
-	br     *bufio.Reader
-	ctx    context.Context
+	srv *Server
+	raw net.Conn // as accepted, made relay.Waitable
+	nc  net.Conn // raw, or the *tls.Conn over it
+	br  *bufio.Reader
+	ctx context.Context
 	// cancel ends ctx; the revocation registry ends it with a cause
 	// (revoke.ErrRevoked) once the session is relayed.
 	cancel context.CancelCauseFunc
