@@ -95,7 +95,9 @@ func idleSession(addr, user, pw string) (net.Conn, error) {
 // passgate binary (an older build), measured the same way in the same run,
 // the two taking turns; PASSGATE_BENCH_BINARY replaces the binary built
 // from this tree. PASSGATE_BENCH_GOGC=10 shows how much of the
-// figure is garbage not yet collected rather than live memory.
+// figure is garbage not yet collected rather than live memory, and
+// PASSGATE_BENCH_GOMEMLIMIT (say 40MiB) what a memory limit, as an
+// operator sets for many idle sessions, makes of it.
 // PASSGATE_BENCH_INPROCESS=1 runs this tree's passgate inside the test
 // process instead, with two collections before each sample so that the
 // heap and stack figures are live memory (its resident set then counts the
@@ -144,8 +146,12 @@ func startIdleTarget(b *testing.B, name, bin, upstreamTLS string) *idleTarget {
 	<-p.done
 	p.done <- 0
 	cmd := exec.Command(bin, "serve", "--config", p.config)
+	cmd.Env = os.Environ()
 	if v := os.Getenv("PASSGATE_BENCH_GOGC"); v != "" {
-		cmd.Env = append(os.Environ(), "GOGC="+v)
+		cmd.Env = append(cmd.Env, "GOGC="+v)
+	}
+	if v := os.Getenv("PASSGATE_BENCH_GOMEMLIMIT"); v != "" {
+		cmd.Env = append(cmd.Env, "GOMEMLIMIT="+v)
 	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
@@ -366,8 +372,8 @@ func benchIdleMemory(b *testing.B, upstreamTLS string) {
 	}
 	b.StopTimer()
 	var out strings.Builder
-	fmt.Fprintf(&out, "IMAP idle sessions (implicit TLS, LOGIN, SELECT, IDLE), upstream TLS %s, %d sessions, %d round(s); GOGC %q; load %s before, %s after\n",
-		upstreamTLS, idleSessions, b.N, os.Getenv("PASSGATE_BENCH_GOGC"), load0, loadAvg())
+	fmt.Fprintf(&out, "IMAP idle sessions (implicit TLS, LOGIN, SELECT, IDLE), upstream TLS %s, %d sessions, %d round(s); GOGC %q, GOMEMLIMIT %q; load %s before, %s after\n",
+		upstreamTLS, idleSessions, b.N, os.Getenv("PASSGATE_BENCH_GOGC"), os.Getenv("PASSGATE_BENCH_GOMEMLIMIT"), load0, loadAvg())
 	fmt.Fprintf(&out, "| binary | RSS KiB/session settled | heap in use KiB/session settled | RSS KiB/session at 0.5 s | heap in use KiB/session | stacks KiB/session | goroutines/session | RSS total KiB |\n|---|---|---|---|---|---|---|---|\n")
 	for _, t := range targets {
 		for _, r := range t.rows {

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"cmp"
 	"crypto/tls"
+	"encoding/base64"
 	"fmt"
 	"net"
 	"os"
@@ -16,7 +17,9 @@ import (
 // (connect and greeting, STARTTLS with a full TLS 1.3 handshake, LOGIN
 // from command to tagged reply, EXAMINE INBOX, LOGOUT) directly to the
 // performance-mode Dovecot and through passgate, with a raw client that
-// sends nothing else:
+// sends nothing else. The column direct-master logs in to Dovecot as
+// passgate does on a user's behalf (the master user, alice as
+// authorization identity), which is the floor of passgate's LOGIN:
 //
 //	go test -run '^$' -bench IMAPLoginPhases -benchtime 300x ./integration/
 //
@@ -43,7 +46,21 @@ func BenchmarkIMAPLoginPhases(b *testing.B) {
 	if perf == nil {
 		b.Fatalf("no %s-mode Dovecot among the benchmark targets (PASSGATE_BENCH_DOVECOT: performance or default)", mode)
 	}
-	cols := []*phaseColumn{{name: "direct", addr: perf.dovecot.IMAPAddr, user: "alice", pw: perf.dovecot.Users["alice"]}}
+	dv := perf.dovecot
+	cols := []*phaseColumn{
+		{name: "direct", addr: dv.IMAPAddr, user: "alice", pw: dv.Users["alice"]},
+		// Dovecot with the login passgate makes on a user's behalf
+		// (AUTHENTICATE PLAIN with alice as authorization identity and
+		// the master user's credentials): the upstream part of
+		// passgate's LOGIN phase, without passgate.
+		{name: "direct-master", addr: dv.IMAPAddr, user: "alice",
+			loginCmd: "l AUTHENTICATE PLAIN " + base64.StdEncoding.EncodeToString([]byte("alice\x00"+dv.MasterUser+"\x00"+dv.MasterPassword))},
+		// The same with the ID that passgate writes with it (the
+		// client's and passgate's own addresses).
+		{name: "direct-master-id", addr: dv.IMAPAddr, user: "alice",
+			before:   `i ID ("x-originating-ip" "127.0.0.9" "x-originating-port" "40000" "x-connected-ip" "127.0.0.1" "x-connected-port" "40001")` + "\r\n",
+			loginCmd: "l AUTHENTICATE PLAIN " + base64.StdEncoding.EncodeToString([]byte("alice\x00"+dv.MasterUser+"\x00"+dv.MasterPassword))},
+	}
 	add := func(name, bin string) {
 		p := startPassgate(b, passgateConfig{binary: bin, upstreams: []string{perf.dovecot.IMAPAddr}, upstreamTLS: "none"})
 		p.enforce(b, "alice")
@@ -132,7 +149,9 @@ const (
 // phaseColumn is one target of BenchmarkIMAPLoginPhases and its timings.
 type phaseColumn struct {
 	name, addr, user, pw string
-	pid                  int // passgate's process, 0 when not one
+	loginCmd             string // the login command, when not LOGIN user pw
+	before               string // commands written with the login command, in one write
+	pid                  int    // passgate's process, 0 when not one
 	took                 [phaseCount][]time.Duration
 	cpu                  time.Duration
 }
@@ -167,7 +186,11 @@ func (c *phaseColumn) session() ([phaseCount]time.Duration, error) {
 	}
 	br = bufio.NewReader(tc)
 	step(phaseStartTLS)
-	if _, err := phaseCommand(tc, br, fmt.Sprintf("l LOGIN %q %q", c.user, c.pw)); err != nil {
+	login := c.loginCmd
+	if login == "" {
+		login = fmt.Sprintf("l LOGIN %q %q", c.user, c.pw)
+	}
+	if _, err := phaseCommand(tc, br, c.before+login); err != nil {
 		return ph, err
 	}
 	step(phaseLogin)
@@ -186,7 +209,9 @@ func (c *phaseColumn) session() ([phaseCount]time.Duration, error) {
 // phaseCommand writes one command line and reads up to its tagged reply,
 // which must be OK.
 func phaseCommand(w net.Conn, br *bufio.Reader, cmd string) (string, error) {
-	tag, _, _ := strings.Cut(cmd, " ")
+	// The tag of the last command: earlier ones' answers are skipped.
+	last := cmd[strings.LastIndex(cmd, "\n")+1:]
+	tag, _, _ := strings.Cut(last, " ")
 	if _, err := w.Write([]byte(cmd + "\r\n")); err != nil {
 		return "", fmt.Errorf("%s: write: %w", tag, err)
 	}
