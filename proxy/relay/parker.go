@@ -40,7 +40,7 @@ type Parker struct {
 
 	mu     sync.Mutex
 	closed bool
-	live   map[*direction]struct{} // directions that may park, parked or not
+	live   map[*direction]struct{} // directions that may park and are not parked: the sweeper's round
 	parked map[uint64]*direction   // by the id their socket is registered with
 	nextID uint64
 	count  atomic.Int64 // len(parked), for Parked
@@ -152,7 +152,9 @@ func (p *Parker) untrack(d *direction) {
 }
 
 // sweep asks the directions that have waited parkAfter ticks or more to
-// park, every tick, until Close.
+// park, every tick, until Close. Its round holds only the directions that
+// are not parked, so that a server whose sessions are mostly idle sweeps
+// its few active ones, not every session, under the lock.
 func (p *Parker) sweep() {
 	t := time.NewTicker(p.every)
 	defer t.Stop()
@@ -198,6 +200,7 @@ func (p *Parker) park(d *direction) bool {
 		}
 		p.parked[id] = d
 		d.parkID = id
+		delete(p.live, d) // the sweeper looks only at directions that run
 		p.count.Add(1)
 		parked = true
 	})
@@ -212,6 +215,7 @@ func (p *Parker) ready(id uint64) {
 	if d != nil {
 		delete(p.parked, id)
 		d.parkID = 0
+		p.live[d] = struct{}{}
 		p.count.Add(-1)
 	}
 	p.mu.Unlock()
@@ -230,6 +234,7 @@ func (p *Parker) unpark(r *run) {
 		if d.parkID != 0 && p.parked[d.parkID] == d {
 			delete(p.parked, d.parkID)
 			d.parkID = 0
+			p.live[d] = struct{}{} // until it ends, just after
 			p.count.Add(-1)
 			wake[i] = d
 		}

@@ -65,6 +65,12 @@ func TestParkedRelayHoldsNoGoroutine(t *testing.T) {
 				if n := relayGoroutines(); n != 0 {
 					t.Fatalf("round %d: %d goroutines of the relay while it is parked", round, n)
 				}
+				pk.mu.Lock()
+				swept := len(pk.live)
+				pk.mu.Unlock()
+				if swept != 0 {
+					t.Fatalf("round %d: the sweeper's round holds %d parked directions", round, swept)
+				}
 				up := []byte(strings.Repeat("a", 1+round*9000) + "\r\n")
 				if _, err := clientApp.Write(up); err != nil {
 					t.Fatal(err)
