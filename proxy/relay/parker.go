@@ -167,6 +167,9 @@ func (p *Parker) sweep() {
 		due = due[:0]
 		p.mu.Lock()
 		for d := range p.live {
+			if testHookSweep != nil {
+				testHookSweep()
+			}
 			if since := d.wait.since.Load(); since != 0 && now-since >= p.parkAfter && !d.wait.req.Load() {
 				due = append(due, d)
 			}
@@ -178,6 +181,10 @@ func (p *Parker) sweep() {
 		clear(due)
 	}
 }
+
+// testHookSweep, when set (by tests, before the Parker's first relay), is
+// called by the sweeper in the middle of its sweep.
+var testHookSweep func()
 
 // park registers d's socket with the poller and keeps d until the socket
 // is readable. It reports false when d cannot park (the Parker or the

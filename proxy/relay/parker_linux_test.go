@@ -5,6 +5,7 @@ import (
 	"errors"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -197,5 +198,50 @@ func TestParkRacesTraffic(t *testing.T) {
 				t.Fatal("the relay did not end")
 			}
 		})
+	}
+}
+
+// TestParkedRelayWakesDuringASweep holds the sweeper in the middle of a
+// sweep (with a million sessions a sweep takes hundreds of milliseconds,
+// every tick) and checks that a parked relay meanwhile wakes to relay
+// its client's bytes, and ends with its context: neither may wait for
+// the sweep to finish.
+func TestParkedRelayWakesDuringASweep(t *testing.T) {
+	var hold atomic.Bool
+	held, release := make(chan struct{}), make(chan struct{})
+	testHookSweep = func() {
+		if hold.CompareAndSwap(true, false) {
+			close(held)
+			<-release
+		}
+	}
+	pk, err := NewParker(5 * time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		close(release)
+		pk.Close() // the sweeper has ended: the hook can go
+		testHookSweep = nil
+	})
+	clientSide, clientApp := pipePair(t)
+	upSide, upApp := pipePair(t)
+	defer clientApp.Close()
+	defer upApp.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	res := make(chan Stats, 1)
+	Start(ctx, clientSide, upSide, Options{Parker: pk}, func(st Stats) { res <- st })
+	waitUntil(t, "both directions parked", func() bool { return pk.Parked() == 2 })
+	hold.Store(true)
+	<-held
+	if _, err := clientApp.Write([]byte("a NOOP\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	expectBytes(t, upApp, []byte("a NOOP\r\n"), "client → upstream while the sweeper sweeps")
+	cancel()
+	select {
+	case <-res:
+	case <-time.After(patience):
+		t.Fatal("the parked relay did not end with its context while the sweeper swept")
 	}
 }
