@@ -38,10 +38,16 @@ type Parker struct {
 	tick      atomic.Uint32
 	poll      poller
 
+	// liveMu guards live alone: the sweeper walks live under it, and
+	// lets go of it between chunks of the walk, so that a sweep over
+	// millions of directions holds up neither the wake-ups, parks and
+	// closes (mu) nor the starts and ends of relays for long.
+	liveMu sync.Mutex
+	live   map[*direction]struct{} // directions that may park, parked or not
+
 	mu     sync.Mutex
 	closed bool
-	live   map[*direction]struct{} // directions that may park, parked or not
-	parked map[uint64]*direction   // by the id their socket is registered with
+	parked map[uint64]*direction // by the id their socket is registered with
 	nextID uint64
 	count  atomic.Int64 // len(parked), for Parked
 
@@ -135,21 +141,28 @@ func (p *Parker) Parked() int64 { return p.count.Load() }
 // track has the sweeper watch d.
 func (p *Parker) track(d *direction) {
 	p.mu.Lock()
-	if !p.closed {
-		if !p.started {
-			p.startLocked()
-		}
-		p.live[d] = struct{}{}
+	ok := !p.closed
+	if ok && !p.started {
+		p.startLocked()
 	}
 	p.mu.Unlock()
+	if ok {
+		p.liveMu.Lock()
+		p.live[d] = struct{}{}
+		p.liveMu.Unlock()
+	}
 }
 
 // untrack forgets d, which has ended.
 func (p *Parker) untrack(d *direction) {
-	p.mu.Lock()
+	p.liveMu.Lock()
 	delete(p.live, d)
-	p.mu.Unlock()
+	p.liveMu.Unlock()
 }
+
+// sweepChunk is how many directions the sweeper looks at before it lets
+// go of liveMu for a moment.
+const sweepChunk = 1024
 
 // sweep asks the directions that have waited parkAfter ticks or more to
 // park, every tick, until Close.
@@ -165,16 +178,24 @@ func (p *Parker) sweep() {
 		}
 		now := p.tick.Add(1)
 		due = due[:0]
-		p.mu.Lock()
+		p.liveMu.Lock()
+		i := 0
 		for d := range p.live {
-			if testHookSweep != nil {
-				testHookSweep()
-			}
 			if since := d.wait.since.Load(); since != 0 && now-since >= p.parkAfter && !d.wait.req.Load() {
 				due = append(due, d)
 			}
+			// A map may change between two steps of a range over
+			// it: an entry deleted meanwhile is not produced, one
+			// added may be skipped (until the next sweep).
+			if i++; i%sweepChunk == 0 || testHookSweep != nil {
+				p.liveMu.Unlock()
+				if testHookSweep != nil {
+					testHookSweep()
+				}
+				p.liveMu.Lock()
+			}
 		}
-		p.mu.Unlock()
+		p.liveMu.Unlock()
 		for _, d := range due {
 			d.askToPark()
 		}
@@ -183,7 +204,8 @@ func (p *Parker) sweep() {
 }
 
 // testHookSweep, when set (by tests, before the Parker's first relay), is
-// called by the sweeper in the middle of its sweep.
+// called by the sweeper in the middle of its sweep, between two of the
+// directions it looks at (where it holds no lock).
 var testHookSweep func()
 
 // park registers d's socket with the poller and keeps d until the socket
