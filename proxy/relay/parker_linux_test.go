@@ -3,6 +3,7 @@ package relay
 import (
 	"context"
 	"errors"
+	"fmt"
 	"runtime"
 	"strings"
 	"sync/atomic"
@@ -243,5 +244,43 @@ func TestParkedRelayWakesDuringASweep(t *testing.T) {
 	case <-res:
 	case <-time.After(patience):
 		t.Fatal("the parked relay did not end with its context while the sweeper swept")
+	}
+}
+
+// TestParkNoSoonerThanParkAfter checks that a direction parks only once
+// it has waited ParkAfter, counted in the sweeper's ticks (so that no
+// timing of the test matters): a wait that begins in tick T has lasted
+// parkAfter whole ticks from tick T+parkAfter+1 on. The tick read before
+// a direction's wait begins is T or less; the one read after it has
+// parked is the parking sweep's or more.
+func TestParkNoSoonerThanParkAfter(t *testing.T) {
+	pk, err := NewParker(300 * time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pk.Close()
+	check := func(what string, before uint32) {
+		t.Helper()
+		if n := pk.tick.Load() - before; n <= pk.parkAfter {
+			t.Errorf("%s parked within %d ticks of the sweeper from the start of its wait, want more than %d (ParkAfter %v, a tick %v)", what, n, pk.parkAfter, 300*time.Millisecond, pk.every)
+		}
+	}
+	clientSide, clientApp := pipePair(t)
+	upSide, upApp := pipePair(t)
+	defer clientApp.Close()
+	defer upApp.Close()
+	before := pk.tick.Load()
+	Start(context.Background(), clientSide, upSide, Options{Parker: pk}, func(Stats) {})
+	waitUntil(t, "a direction parked", func() bool { return pk.Parked() >= 1 })
+	check("a direction", before)
+	waitUntil(t, "both directions parked", func() bool { return pk.Parked() == 2 })
+	for round := range 3 {
+		before := pk.tick.Load()
+		if _, err := clientApp.Write([]byte("a NOOP\r\n")); err != nil {
+			t.Fatal(err)
+		}
+		expectBytes(t, upApp, []byte("a NOOP\r\n"), "client → upstream")
+		waitUntil(t, "the client's direction parked again", func() bool { return pk.Parked() == 2 })
+		check(fmt.Sprintf("round %d: the client's direction", round), before)
 	}
 }
