@@ -165,7 +165,9 @@ func (p *Parker) untrack(d *direction) {
 const sweepChunk = 1024
 
 // sweep asks the directions that have waited parkAfter ticks or more to
-// park, every tick, until Close.
+// park, every tick, until Close. A wait that began in tick since has
+// lasted at least now-since-1 whole ticks (it may have begun at the end
+// of its first one): it is due once that is parkAfter.
 func (p *Parker) sweep() {
 	t := time.NewTicker(p.every)
 	defer t.Stop()
@@ -181,7 +183,7 @@ func (p *Parker) sweep() {
 		p.liveMu.Lock()
 		i := 0
 		for d := range p.live {
-			if since := d.wait.since.Load(); since != 0 && now-since >= p.parkAfter && !d.wait.req.Load() {
+			if since := d.wait.since.Load(); since != 0 && now-since > p.parkAfter && !d.wait.req.Load() {
 				due = append(due, d)
 			}
 			// A map may change between two steps of a range over
