@@ -192,7 +192,7 @@ func (p *Parker) sweep() {
 			if i++; i%sweepChunk == 0 || testHookSweep != nil {
 				p.liveMu.Unlock()
 				if testHookSweep != nil {
-					testHookSweep()
+					testHookSweep(len(due))
 				}
 				p.liveMu.Lock()
 			}
@@ -207,8 +207,9 @@ func (p *Parker) sweep() {
 
 // testHookSweep, when set (by tests, before the Parker's first relay), is
 // called by the sweeper in the middle of its sweep, between two of the
-// directions it looks at (where it holds no lock).
-var testHookSweep func()
+// directions it looks at (where it holds no lock), with how many it has
+// found due so far.
+var testHookSweep func(due int)
 
 // park registers d's socket with the poller and keeps d until the socket
 // is readable. It reports false when d cannot park (the Parker or the

@@ -210,7 +210,7 @@ func TestParkRacesTraffic(t *testing.T) {
 func TestParkedRelayWakesDuringASweep(t *testing.T) {
 	var hold atomic.Bool
 	held, release := make(chan struct{}), make(chan struct{})
-	testHookSweep = func() {
+	testHookSweep = func(int) {
 		if hold.CompareAndSwap(true, false) {
 			close(held)
 			<-release
@@ -282,5 +282,66 @@ func TestParkNoSoonerThanParkAfter(t *testing.T) {
 		expectBytes(t, upApp, []byte("a NOOP\r\n"), "client → upstream")
 		waitUntil(t, "the client's direction parked again", func() bool { return pk.Parked() == 2 })
 		check(fmt.Sprintf("round %d: the client's direction", round), before)
+	}
+}
+
+// TestStaleParkRequest holds the sweeper after it has found the client's
+// direction due to park, and meanwhile has the client speak: the
+// direction wakes, relays and begins a new wait, for which the sweep's
+// finding is stale. It must wait ParkAfter again before it parks,
+// counted in the sweeper's ticks (see TestParkNoSoonerThanParkAfter).
+func TestStaleParkRequest(t *testing.T) {
+	var hold atomic.Bool
+	held, release := make(chan struct{}), make(chan struct{})
+	testHookSweep = func(due int) {
+		if due > 0 && hold.CompareAndSwap(true, false) {
+			close(held)
+			<-release
+		}
+	}
+	pk, err := NewParker(300 * time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	released := false
+	t.Cleanup(func() {
+		if !released {
+			close(release)
+		}
+		pk.Close() // the sweeper has ended: the hook can go
+		testHookSweep = nil
+	})
+	clientSide, clientApp := pipePair(t)
+	upSide, upApp := pipePair(t)
+	defer clientApp.Close()
+	defer upApp.Close()
+	Start(context.Background(), clientSide, upSide, Options{Parker: pk}, func(Stats) {})
+	waitUntil(t, "both directions parked", func() bool { return pk.Parked() == 2 })
+	if _, err := clientApp.Write([]byte("a NOOP\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	expectBytes(t, upApp, []byte("a NOOP\r\n"), "client → upstream")
+	hold.Store(true) // the next sweep that finds the client's direction due holds
+	<-held
+	before := pk.tick.Load()
+	if _, err := clientApp.Write([]byte("b NOOP\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	expectBytes(t, upApp, []byte("b NOOP\r\n"), "client → upstream while the sweeper holds")
+	waitUntil(t, "the client's direction waiting again", func() bool {
+		pk.liveMu.Lock()
+		defer pk.liveMu.Unlock()
+		for d := range pk.live {
+			if d.name == "client" && d.wait.since.Load() != 0 {
+				return true
+			}
+		}
+		return false
+	})
+	released = true
+	close(release)
+	waitUntil(t, "both directions parked", func() bool { return pk.Parked() == 2 })
+	if n := pk.tick.Load() - before; n <= pk.parkAfter {
+		t.Errorf("the client's direction parked within %d ticks of the sweeper from the start of its new wait, want more than %d", n, pk.parkAfter)
 	}
 }
