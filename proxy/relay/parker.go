@@ -199,7 +199,7 @@ func (p *Parker) sweep() {
 		}
 		p.liveMu.Unlock()
 		for _, d := range due {
-			d.askToPark()
+			d.askToPark(now, p.parkAfter)
 		}
 		clear(due)
 	}
@@ -309,12 +309,14 @@ var errPark = errors.New("relay: parked")
 // park: long past, as closeBoth's.
 var parkDeadline = time.Unix(2, 0)
 
-// askToPark wakes d from its wait to park, unless it has stopped waiting.
-func (d *direction) askToPark() {
+// askToPark wakes d from its wait to park, unless it has stopped waiting
+// or the wait is not the one the sweep of tick now found due (d woke and
+// waits again).
+func (d *direction) askToPark(now, after uint32) {
 	w := d.wait
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.since.Load() == 0 || d.r.closed.Load() {
+	if since := w.since.Load(); since == 0 || now-since <= after || d.r.closed.Load() {
 		return
 	}
 	w.req.Store(true)
