@@ -38,12 +38,26 @@ type Parker struct {
 	tick      atomic.Uint32
 	poll      poller
 
+	// liveMu guards live alone: the sweeper walks live under it, and
+	// lets go of it between chunks of the walk, so that a sweep over
+	// millions of directions holds up neither the wake-ups, parks and
+	// closes (mu) nor the starts and ends of relays for long.
+	// Lock order: mu before liveMu (park, ready and unpark move a
+	// direction between parked and live under both).
+	liveMu sync.Mutex
+	live   map[*direction]struct{} // directions that may park and are not parked: the sweeper's round
+
 	mu     sync.Mutex
 	closed bool
-	live   map[*direction]struct{} // directions that may park and are not parked: the sweeper's round
-	parked map[uint64]*direction   // by the id their socket is registered with
+	parked map[uint64]*direction // by the id their socket is registered with
 	nextID uint64
 	count  atomic.Int64 // len(parked), for Parked
+
+	// sweepHook, when set (by tests, before the Parker's first relay),
+	// is called by the sweeper in the middle of its sweep, between two
+	// of the directions it looks at (where it holds no lock), with how
+	// many it has found due so far.
+	sweepHook func(due int)
 
 	started bool          // the goroutines run (from the first track)
 	stop    chan struct{} // closed by Close: ends the sweeper
@@ -135,26 +149,35 @@ func (p *Parker) Parked() int64 { return p.count.Load() }
 // track has the sweeper watch d.
 func (p *Parker) track(d *direction) {
 	p.mu.Lock()
-	if !p.closed {
-		if !p.started {
-			p.startLocked()
-		}
-		p.live[d] = struct{}{}
+	ok := !p.closed
+	if ok && !p.started {
+		p.startLocked()
 	}
 	p.mu.Unlock()
+	if ok {
+		p.liveMu.Lock()
+		p.live[d] = struct{}{}
+		p.liveMu.Unlock()
+	}
 }
 
 // untrack forgets d, which has ended.
 func (p *Parker) untrack(d *direction) {
-	p.mu.Lock()
+	p.liveMu.Lock()
 	delete(p.live, d)
-	p.mu.Unlock()
+	p.liveMu.Unlock()
 }
 
+// sweepChunk is how many directions the sweeper looks at before it lets
+// go of liveMu for a moment.
+const sweepChunk = 1024
+
 // sweep asks the directions that have waited parkAfter ticks or more to
-// park, every tick, until Close. Its round holds only the directions that
-// are not parked, so that a server whose sessions are mostly idle sweeps
-// its few active ones, not every session, under the lock.
+// park, every tick, until Close. A wait that began in tick since has
+// lasted at least now-since-1 whole ticks (it may have begun at the end
+// of its first one): it is due once that is parkAfter. Its round holds
+// only the directions that are not parked, so that a server whose
+// sessions are mostly idle sweeps its few active ones, not every session.
 func (p *Parker) sweep() {
 	t := time.NewTicker(p.every)
 	defer t.Stop()
@@ -167,15 +190,26 @@ func (p *Parker) sweep() {
 		}
 		now := p.tick.Add(1)
 		due = due[:0]
-		p.mu.Lock()
+		p.liveMu.Lock()
+		i := 0
 		for d := range p.live {
-			if since := d.wait.since.Load(); since != 0 && now-since >= p.parkAfter && !d.wait.req.Load() {
+			if since := d.wait.since.Load(); since != 0 && now-since > p.parkAfter && !d.wait.req.Load() {
 				due = append(due, d)
 			}
+			// A map may change between two steps of a range over
+			// it: an entry deleted meanwhile is not produced, one
+			// added may be skipped (until the next sweep).
+			if i++; i%sweepChunk == 0 || p.sweepHook != nil {
+				p.liveMu.Unlock()
+				if p.sweepHook != nil {
+					p.sweepHook(len(due))
+				}
+				p.liveMu.Lock()
+			}
 		}
-		p.mu.Unlock()
+		p.liveMu.Unlock()
 		for _, d := range due {
-			d.askToPark()
+			d.askToPark(now, p.parkAfter)
 		}
 		clear(due)
 	}
@@ -200,7 +234,9 @@ func (p *Parker) park(d *direction) bool {
 		}
 		p.parked[id] = d
 		d.parkID = id
+		p.liveMu.Lock()
 		delete(p.live, d) // the sweeper looks only at directions that run
+		p.liveMu.Unlock()
 		p.count.Add(1)
 		parked = true
 	})
@@ -215,7 +251,9 @@ func (p *Parker) ready(id uint64) {
 	if d != nil {
 		delete(p.parked, id)
 		d.parkID = 0
+		p.liveMu.Lock()
 		p.live[d] = struct{}{}
+		p.liveMu.Unlock()
 		p.count.Add(-1)
 	}
 	p.mu.Unlock()
@@ -234,7 +272,9 @@ func (p *Parker) unpark(r *run) {
 		if d.parkID != 0 && p.parked[d.parkID] == d {
 			delete(p.parked, d.parkID)
 			d.parkID = 0
+			p.liveMu.Lock()
 			p.live[d] = struct{}{} // until it ends, just after
+			p.liveMu.Unlock()
 			p.count.Add(-1)
 			wake[i] = d
 		}
@@ -282,12 +322,14 @@ var errPark = errors.New("relay: parked")
 // park: long past, as closeBoth's.
 var parkDeadline = time.Unix(2, 0)
 
-// askToPark wakes d from its wait to park, unless it has stopped waiting.
-func (d *direction) askToPark() {
+// askToPark wakes d from its wait to park, unless it has stopped waiting
+// or the wait is not the one the sweep of tick now found due (d woke and
+// waits again).
+func (d *direction) askToPark(now, after uint32) {
 	w := d.wait
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.since.Load() == 0 || d.r.closed.Load() {
+	if since := w.since.Load(); since == 0 || now-since <= after || d.r.closed.Load() {
 		return
 	}
 	w.req.Store(true)

@@ -3,8 +3,10 @@ package relay
 import (
 	"context"
 	"errors"
+	"fmt"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -203,5 +205,155 @@ func TestParkRacesTraffic(t *testing.T) {
 				t.Fatal("the relay did not end")
 			}
 		})
+	}
+}
+
+// TestParkedRelayWakesDuringASweep holds the sweeper in the middle of a
+// sweep (with a million sessions a sweep takes hundreds of milliseconds,
+// every tick) and checks that a parked relay meanwhile wakes to relay
+// its client's bytes, and ends with its context: neither may wait for
+// the sweep to finish.
+func TestParkedRelayWakesDuringASweep(t *testing.T) {
+	var hold atomic.Bool
+	held, release := make(chan struct{}), make(chan struct{})
+	pk, err := NewParker(5 * time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pk.sweepHook = func(int) {
+		if hold.CompareAndSwap(true, false) {
+			close(held)
+			<-release
+		}
+	}
+	t.Cleanup(func() {
+		close(release)
+		pk.Close()
+	})
+	clientSide, clientApp := pipePair(t)
+	upSide, upApp := pipePair(t)
+	defer clientApp.Close()
+	defer upApp.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	res := make(chan Stats, 1)
+	Start(ctx, clientSide, upSide, Options{Parker: pk}, func(st Stats) { res <- st })
+	waitUntil(t, "both directions parked", func() bool { return pk.Parked() == 2 })
+	// The sweeper's round holds only directions that are not parked: a
+	// second relay, whose directions the sweeper walks past (it parks
+	// them only after its walk), gives it one to be held in.
+	otherClient, otherClientApp := pipePair(t)
+	otherUp, otherUpApp := pipePair(t)
+	defer otherClientApp.Close()
+	defer otherUpApp.Close()
+	hold.Store(true)
+	Start(context.Background(), otherClient, otherUp, Options{Parker: pk}, func(Stats) {})
+	<-held
+	if _, err := clientApp.Write([]byte("a NOOP\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	expectBytes(t, upApp, []byte("a NOOP\r\n"), "client → upstream while the sweeper sweeps")
+	cancel()
+	select {
+	case <-res:
+	case <-time.After(patience):
+		t.Fatal("the parked relay did not end with its context while the sweeper swept")
+	}
+}
+
+// TestParkNoSoonerThanParkAfter checks that a direction parks only once
+// it has waited ParkAfter, counted in the sweeper's ticks (so that no
+// timing of the test matters): a wait that begins in tick T has lasted
+// parkAfter whole ticks from tick T+parkAfter+1 on. The tick read before
+// a direction's wait begins is T or less; the one read after it has
+// parked is the parking sweep's or more.
+func TestParkNoSoonerThanParkAfter(t *testing.T) {
+	pk, err := NewParker(300 * time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pk.Close()
+	check := func(what string, before uint32) {
+		t.Helper()
+		if n := pk.tick.Load() - before; n <= pk.parkAfter {
+			t.Errorf("%s parked within %d ticks of the sweeper from the start of its wait, want more than %d (ParkAfter %v, a tick %v)", what, n, pk.parkAfter, 300*time.Millisecond, pk.every)
+		}
+	}
+	clientSide, clientApp := pipePair(t)
+	upSide, upApp := pipePair(t)
+	defer clientApp.Close()
+	defer upApp.Close()
+	before := pk.tick.Load()
+	Start(context.Background(), clientSide, upSide, Options{Parker: pk}, func(Stats) {})
+	waitUntil(t, "a direction parked", func() bool { return pk.Parked() >= 1 })
+	check("a direction", before)
+	waitUntil(t, "both directions parked", func() bool { return pk.Parked() == 2 })
+	for round := range 3 {
+		before := pk.tick.Load()
+		if _, err := clientApp.Write([]byte("a NOOP\r\n")); err != nil {
+			t.Fatal(err)
+		}
+		expectBytes(t, upApp, []byte("a NOOP\r\n"), "client → upstream")
+		waitUntil(t, "the client's direction parked again", func() bool { return pk.Parked() == 2 })
+		check(fmt.Sprintf("round %d: the client's direction", round), before)
+	}
+}
+
+// TestStaleParkRequest holds the sweeper after it has found the client's
+// direction due to park, and meanwhile has the client speak: the
+// direction wakes, relays and begins a new wait, for which the sweep's
+// finding is stale. It must wait ParkAfter again before it parks,
+// counted in the sweeper's ticks (see TestParkNoSoonerThanParkAfter).
+func TestStaleParkRequest(t *testing.T) {
+	var hold atomic.Bool
+	held, release := make(chan struct{}), make(chan struct{})
+	pk, err := NewParker(300 * time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pk.sweepHook = func(due int) {
+		if due > 0 && hold.CompareAndSwap(true, false) {
+			close(held)
+			<-release
+		}
+	}
+	released := false
+	t.Cleanup(func() {
+		if !released {
+			close(release)
+		}
+		pk.Close()
+	})
+	clientSide, clientApp := pipePair(t)
+	upSide, upApp := pipePair(t)
+	defer clientApp.Close()
+	defer upApp.Close()
+	Start(context.Background(), clientSide, upSide, Options{Parker: pk}, func(Stats) {})
+	waitUntil(t, "both directions parked", func() bool { return pk.Parked() == 2 })
+	if _, err := clientApp.Write([]byte("a NOOP\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	expectBytes(t, upApp, []byte("a NOOP\r\n"), "client → upstream")
+	hold.Store(true) // the next sweep that finds the client's direction due holds
+	<-held
+	before := pk.tick.Load()
+	if _, err := clientApp.Write([]byte("b NOOP\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	expectBytes(t, upApp, []byte("b NOOP\r\n"), "client → upstream while the sweeper holds")
+	waitUntil(t, "the client's direction waiting again", func() bool {
+		pk.liveMu.Lock()
+		defer pk.liveMu.Unlock()
+		for d := range pk.live {
+			if d.name == "client" && d.wait.since.Load() != 0 {
+				return true
+			}
+		}
+		return false
+	})
+	released = true
+	close(release)
+	waitUntil(t, "both directions parked", func() bool { return pk.Parked() == 2 })
+	if n := pk.tick.Load() - before; n <= pk.parkAfter {
+		t.Errorf("the client's direction parked within %d ticks of the sweeper from the start of its new wait, want more than %d", n, pk.parkAfter)
 	}
 }
