@@ -240,13 +240,19 @@ func (c *conn) preLogin() *session {
 // ends, the relay finishes the connection and calls done.
 func (c *conn) relay(s *session, done func()) {
 	c.loggedIn = nil
-	opts := relay.Options{Framer: newResponseFramer(), Farewell: c.farewell, Buffers: c.srv.buffers, Parker: c.srv.parker}
+	opts := relay.Options{Framer: newResponseFramer(), Farewell: c.farewell, Buffers: c.srv.buffers, Parker: c.srv.parker,
+		// One bad session never takes the server down (as lifecycle
+		// keeps a panic before the relay to its connection).
+		Panicked: func(v any, stack []byte) {
+			c.Event(c.srv.baseCtx, c.srv.opts.Logger, slog.LevelError, "connection panic", slog.Any("err", v), slog.String("stack", string(stack)))
+		},
+	}
 	relay.Start(s.ctx, s.client, s.up, opts, func(st relay.Stats) {
+		defer done() // the connection ends in lifecycle's set whatever happens here
 		s.release()
 		c.Outcome = observe.OutcomeRelayed
 		c.BytesIn, c.BytesOut, c.Ended = st.BytesIn, st.BytesOut, st.EndedBy
 		c.finish()
-		done()
 	})
 }
 

@@ -3,6 +3,7 @@ package relay
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"runtime"
 	"strings"
@@ -113,5 +114,53 @@ func TestRunFarewellWhileUpstreamSpeaks(t *testing.T) {
 				t.Errorf("client got %q, want the farewell alone", got)
 			}
 		})
+	}
+}
+
+// panicFramer panics on the upstream's first bytes.
+type panicFramer struct{}
+
+func (panicFramer) Feed([]byte) bool { panic("framer bug") }
+
+// TestRunPanicEndsOnlyItsRelay: a panic in a relay's goroutine (here the
+// protocol's Framer) is handed to Options.Panicked with its stack and
+// ends that relay, closing both sides and reporting its figures, instead
+// of taking the process down.
+func TestRunPanicEndsOnlyItsRelay(t *testing.T) {
+	clientSide, clientApp := pipePair(t)
+	upSide, upApp := pipePair(t)
+	defer clientApp.Close()
+	defer upApp.Close()
+	panics := make(chan string, 2)
+	res := make(chan Stats, 1)
+	Start(context.Background(), clientSide, upSide, Options{
+		Framer:   panicFramer{},
+		Farewell: func(error) []byte { return nil },
+		Panicked: func(v any, stack []byte) {
+			panics <- fmt.Sprint(v) + "\n" + string(stack)
+		},
+	}, func(st Stats) { res <- st })
+	if _, err := upApp.Write([]byte("* 1 EXISTS\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case p := <-panics:
+		if !strings.HasPrefix(p, "framer bug\n") || !strings.Contains(p, "panicFramer") {
+			t.Errorf("Panicked got %q, want the panic and its stack", p)
+		}
+	case <-time.After(patience):
+		t.Fatal("the panic was not reported")
+	}
+	select {
+	case <-res:
+	case <-time.After(patience):
+		t.Fatal("the relay did not end after its panic")
+	}
+	clientApp.SetReadDeadline(time.Now().Add(patience))
+	if _, err := io.ReadAll(clientApp); err != nil && !strings.Contains(err.Error(), "reset") {
+		t.Errorf("the client's side was not closed: %v", err)
+	}
+	if len(panics) != 0 {
+		t.Errorf("more than one panic reported: %q", <-panics)
 	}
 }

@@ -19,6 +19,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -136,6 +137,10 @@ type Options struct {
 	// without their goroutines; a listener shares one between its
 	// sessions.
 	Parker *Parker
+	// Panicked, when set, is told of a panic in one of the relay's
+	// goroutines, with its stack; the relay then ends. Without it the
+	// panic is dropped and the relay ends all the same.
+	Panicked func(v any, stack []byte)
 }
 
 // errStopped ends the copy to the client after a farewell.
@@ -248,6 +253,7 @@ type direction struct {
 	// parkID is the id its socket is parked with in the Parker, 0 when
 	// not parked; guarded by the Parker's mu.
 	parkID uint64
+	ended  bool // end has run (on the direction's last goroutine)
 }
 
 // run copies the direction's side to the other until the side ends or a
@@ -255,6 +261,7 @@ type direction struct {
 // again when the side is readable). The direction that ends last hands
 // the relay's figures to done.
 func (d *direction) run() {
+	defer d.recoverPanic()
 	for {
 		err := d.src.copyTo(d.emit)
 		if !d.wantsPark(err) {
@@ -264,6 +271,13 @@ func (d *direction) run() {
 			return
 		}
 	}
+	d.end()
+}
+
+// end closes the relay after the direction's side ended, and has the
+// direction that ends last report the relay's figures.
+func (d *direction) end() {
+	d.ended = true
 	if d.wait != nil {
 		d.r.opts.Parker.untrack(d)
 	}
@@ -271,6 +285,23 @@ func (d *direction) run() {
 	d.r.closeBoth()
 	if d.r.left.Add(-1) == 0 {
 		d.r.finish()
+	}
+}
+
+// recoverPanic keeps a panic in a direction (the protocol's Framer, the
+// done callback) to its own relay, as a listener keeps one to its
+// connection: it is handed to Options.Panicked, and a direction that
+// had not ended ends, closing the relay.
+func (d *direction) recoverPanic() {
+	v := recover()
+	if v == nil {
+		return
+	}
+	if h := d.r.opts.Panicked; h != nil {
+		h(v, debug.Stack())
+	}
+	if !d.ended {
+		d.end()
 	}
 }
 
