@@ -868,6 +868,10 @@ func TestIMAPPassgateIdle(t *testing.T) {
 		t.Errorf("LOGOUT: %v", err)
 	}
 	waitParked(t, p, "imap", 0)
+	_, body := curlGet(t, "http://"+p.metrics+"/metrics")
+	if v := metricValue(body, "passgate_relay_park_failures_total", `listener="imap"`); v != 0 {
+		t.Errorf("passgate_relay_park_failures_total{listener=\"imap\"} = %v, want 0", v)
+	}
 }
 
 // deliverLMTP delivers msg to user through Dovecot's LMTP listener.

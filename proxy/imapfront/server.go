@@ -209,6 +209,16 @@ func (s *Server) closeParker() {
 	}
 }
 
+// ParkFailures returns how many times a relayed session's side could
+// not park (the system's limit of epoll watches, or memory); each such
+// side keeps its goroutine.
+func (s *Server) ParkFailures() int64 {
+	if s.parker == nil {
+		return 0
+	}
+	return s.parker.Failures()
+}
+
 // Parked returns how many directions of relayed sessions are parked: two
 // for each session whose client and upstream are both idle.
 func (s *Server) Parked() int64 {

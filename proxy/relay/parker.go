@@ -59,9 +59,11 @@ type Parker struct {
 	// many it has found due so far.
 	sweepHook func(due int)
 
-	started bool          // the goroutines run (from the first track)
-	stop    chan struct{} // closed by Close: ends the sweeper
-	wg      sync.WaitGroup
+	started   bool // the goroutines run (from the first track)
+	closeOnce sync.Once
+	failures  atomic.Int64  // parks the poller refused, for Failures
+	stop      chan struct{} // closed by Close: ends the sweeper
+	wg        sync.WaitGroup
 }
 
 // parkTick is how often the sweeper looks for directions to park (more
@@ -108,6 +110,7 @@ func (p *Parker) startLocked() {
 	go func() {
 		defer p.wg.Done()
 		p.poll.run(p.ready)
+		p.release()
 	}()
 }
 
@@ -115,10 +118,32 @@ func (p *Parker) startLocked() {
 // of its own, and no direction parks from now on. It waits for the
 // Parker's goroutines to end.
 func (p *Parker) Close() error {
+	var err error
+	p.closeOnce.Do(func() {
+		p.release()
+		close(p.stop)
+		p.mu.Lock()
+		started := p.started
+		p.mu.Unlock()
+		if started {
+			err = p.poll.wake()
+			p.wg.Wait()
+		}
+		p.poll.close()
+	})
+	return err
+}
+
+// release ends parking: no direction parks from now on, the sweeper has
+// none to look at, and every parked direction goes on in a goroutine of
+// its own. Close calls it, and so does the poller's goroutine if its
+// wait ever ends before Close (the epoll instance failed): parked
+// sessions then wake rather than wait for bytes no one watches.
+func (p *Parker) release() {
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
-		return nil
+		return
 	}
 	p.closed = true
 	parked := p.parked
@@ -127,24 +152,23 @@ func (p *Parker) Close() error {
 		d.parkID = 0
 	}
 	p.count.Store(0)
-	started := p.started
+	p.liveMu.Lock()
+	clear(p.live)
+	p.liveMu.Unlock()
 	p.mu.Unlock()
-	close(p.stop)
-	var err error
-	if started {
-		err = p.poll.wake()
-		p.wg.Wait()
-	}
-	p.poll.close()
 	for _, d := range parked {
 		go d.run()
 	}
-	return err
 }
 
 // Parked returns how many directions are parked at the moment: two for
 // each relay whose sides are both idle.
 func (p *Parker) Parked() int64 { return p.count.Load() }
+
+// Failures returns how many times the poller refused to take a socket
+// (the system's limit of epoll watches, fs.epoll.max_user_watches, or
+// memory): each such direction keeps its goroutine.
+func (p *Parker) Failures() int64 { return p.failures.Load() }
 
 // track has the sweeper watch d.
 func (p *Parker) track(d *direction) {
@@ -230,6 +254,13 @@ func (p *Parker) park(d *direction) bool {
 		p.nextID++
 		id := p.nextID
 		if err := p.poll.add(fd, id); err != nil {
+			// ENOSPC past fs.epoll.max_user_watches, ENOMEM: the
+			// direction waits in its goroutine for the rest of its
+			// life, and the sweeper leaves it be.
+			p.failures.Add(1)
+			p.liveMu.Lock()
+			delete(p.live, d)
+			p.liveMu.Unlock()
 			return
 		}
 		p.parked[id] = d

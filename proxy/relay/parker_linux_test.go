@@ -357,3 +357,39 @@ func TestStaleParkRequest(t *testing.T) {
 		t.Errorf("the client's direction parked within %d ticks of the sweeper from the start of its new wait, want more than %d", n, pk.parkAfter)
 	}
 }
+
+// TestPollerLostWakesParked: should the Parker's epoll instance fail
+// (here it is closed under the poller), the parked directions go on in
+// goroutines of their own instead of waiting for wake-ups that no one
+// watches for, and nothing parks any more.
+func TestPollerLostWakesParked(t *testing.T) {
+	pk := newTestParker(t)
+	clientSide, clientApp := pipePair(t)
+	upSide, upApp := pipePair(t)
+	defer clientApp.Close()
+	defer upApp.Close()
+	res := make(chan Stats, 1)
+	Start(context.Background(), clientSide, upSide, Options{Parker: pk}, func(st Stats) { res <- st })
+	waitUntil(t, "both directions parked", func() bool { return pk.Parked() == 2 })
+	pk.poll.file.Close()
+	waitUntil(t, "the directions back in goroutines", func() bool { return pk.Parked() == 0 && relayGoroutines() == 2 })
+	for range 3 {
+		if _, err := clientApp.Write([]byte("a NOOP\r\n")); err != nil {
+			t.Fatal(err)
+		}
+		expectBytes(t, upApp, []byte("a NOOP\r\n"), "client → upstream")
+		if _, err := upApp.Write([]byte("a OK\r\n")); err != nil {
+			t.Fatal(err)
+		}
+		expectBytes(t, clientApp, []byte("a OK\r\n"), "upstream → client")
+	}
+	if n := pk.Parked(); n != 0 {
+		t.Errorf("Parked = %d after the poller was lost", n)
+	}
+	clientApp.Close()
+	select {
+	case <-res:
+	case <-time.After(patience):
+		t.Fatal("the relay did not end")
+	}
+}

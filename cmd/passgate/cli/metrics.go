@@ -177,8 +177,9 @@ func (m *metrics) conns(listener string) observe.Conns {
 }
 
 // parked exports, for one IMAP listener, how many directions of its
-// relayed sessions are parked (relay.Parker); nothing without metrics.
-func (m *metrics) parked(listener string, n func() int64) {
+// relayed sessions are parked (relay.Parker) and how many could not
+// park; nothing without metrics.
+func (m *metrics) parked(listener string, n, failures func() int64) {
 	if m == nil {
 		return
 	}
@@ -186,7 +187,12 @@ func (m *metrics) parked(listener string, n func() int64) {
 		Name:        "passgate_relay_parked_directions",
 		Help:        "Directions of relayed IMAP sessions that have been idle long enough to wait without a goroutine, by listener: two for a session whose client and upstream are both silent.",
 		ConstLabels: prometheus.Labels{"listener": listener},
-	}, func() float64 { return float64(n()) }))
+	}, func() float64 { return float64(n()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name:        "passgate_relay_park_failures_total",
+			Help:        "Idle directions of relayed IMAP sessions that could not park, by listener (the system's limit of epoll watches, fs.epoll.max_user_watches, or memory): each keeps its goroutine. Raise the limit when it grows.",
+			ConstLabels: prometheus.Labels{"listener": listener},
+		}, func() float64 { return float64(failures()) }))
 }
 
 // proxyRefused returns the counter hook of one listener for

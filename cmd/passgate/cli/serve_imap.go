@@ -41,7 +41,7 @@ func buildIMAP(d *deps, up imapfront.Upstream) ([]service, error) {
 		o.Logger = d.log.With(slog.String("listener", "imap"))
 		o.Conns = d.metrics.conns("imap")
 		srv := imapfront.New(o)
-		d.metrics.parked("imap", srv.Parked)
+		d.metrics.parked("imap", srv.Parked, srv.ParkFailures)
 		out = append(out, frontService("imap", c.Listen, srv))
 	}
 	if c.ListenTLS != "" {
@@ -51,7 +51,7 @@ func buildIMAP(d *deps, up imapfront.Upstream) ([]service, error) {
 		o.Logger = d.log.With(slog.String("listener", "imaps"))
 		o.Conns = d.metrics.conns("imaps")
 		srv := imapfront.New(o)
-		d.metrics.parked("imaps", srv.Parked)
+		d.metrics.parked("imaps", srv.Parked, srv.ParkFailures)
 		out = append(out, frontService("imaps", c.ListenTLS, srv))
 	}
 	return out, nil
