@@ -33,6 +33,24 @@ func (e *env) addAdmin(name string) {
 // visible text and accessible name of their controls (help desks' texts
 // and users' scripts written for Microsoft's pages look for them), and
 // none of the former wordings that deviated from it.
+// submit sends a form as alice (an admin) and returns the answer as is,
+// without following a redirect.
+func (e *env) submit(t *testing.T, method, path, body string) *http.Response {
+	t.Helper()
+	req, err := http.NewRequest(method, e.srv.URL+path, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.AddCookie(&http.Cookie{Name: "u", Value: "alice"})
+	c := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp
+}
+
 func TestWording(t *testing.T) {
 	e := newEnv(t)
 	e.addAdmin("alice")
@@ -120,14 +138,7 @@ func TestMFANotices(t *testing.T) {
 		{"user/disable", "POST", "/admin/users/bob/mfa", url.Values{"action": {"disable"}}, "Multi-factor authentication is now Disabled for bob."},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			req, _ := http.NewRequest(tc.method, e.srv.URL+tc.path, strings.NewReader(tc.form.Encode()))
-			req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-			req.AddCookie(&http.Cookie{Name: "u", Value: "alice"})
-			c := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
-			resp, err := c.Do(req)
-			if err != nil {
-				t.Fatal(err)
-			}
+			resp := e.submit(t, tc.method, tc.path, tc.form.Encode())
 			resp.Body.Close()
 			loc, err := url.Parse(resp.Header.Get("Location"))
 			if resp.StatusCode != http.StatusSeeOther || err != nil {
@@ -178,14 +189,7 @@ func TestSettingsSave(t *testing.T) {
 			if tc.query != "" {
 				path += "?" + tc.query
 			}
-			req, _ := http.NewRequest("POST", e.srv.URL+path, strings.NewReader(tc.body))
-			req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-			req.AddCookie(&http.Cookie{Name: "u", Value: "alice"})
-			c := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
-			resp, err := c.Do(req)
-			if err != nil {
-				t.Fatal(err)
-			}
+			resp := e.submit(t, "POST", path, tc.body)
 			b, err := io.ReadAll(resp.Body)
 			resp.Body.Close()
 			if err != nil {

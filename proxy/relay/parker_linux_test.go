@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"runtime"
 	"strings"
 	"sync/atomic"
@@ -26,6 +27,41 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 			t.Fatalf("waited in vain for %s", what)
 		}
 	}
+}
+
+// expectEnd waits for a relay's figures, checks why it ended (any reason
+// for "") and that nothing of it stays parked in pk.
+func expectEnd(t *testing.T, pk *Parker, res <-chan Stats, endedBy string) {
+	t.Helper()
+	select {
+	case st := <-res:
+		if endedBy != "" && st.EndedBy != endedBy {
+			t.Errorf("EndedBy = %q, want %s", st.EndedBy, endedBy)
+		}
+	case <-time.After(patience):
+		t.Fatal("the relay did not end")
+	}
+	if n := pk.Parked(); n != 0 {
+		t.Errorf("Parked = %d after the relay ended", n)
+	}
+}
+
+// parkedRelay starts a relay between two loopback TCP connections on pk
+// and waits until both its directions are parked; it returns the client's
+// and the upstream's ends (closed at the test's end) and where the
+// relay's figures go.
+func parkedRelay(t *testing.T, pk *Parker) (clientApp, upApp net.Conn, res chan Stats) {
+	t.Helper()
+	clientSide, clientApp := pipePair(t)
+	upSide, upApp := pipePair(t)
+	t.Cleanup(func() {
+		clientApp.Close()
+		upApp.Close()
+	})
+	res = make(chan Stats, 1)
+	Start(context.Background(), clientSide, upSide, Options{Parker: pk}, func(st Stats) { res <- st })
+	waitUntil(t, "both directions parked", func() bool { return pk.Parked() == 2 })
+	return clientApp, upApp, res
 }
 
 func newTestParker(t *testing.T) *Parker {
@@ -86,17 +122,7 @@ func TestParkedRelayHoldsNoGoroutine(t *testing.T) {
 			}
 			waitUntil(t, "both directions parked", func() bool { return pk.Parked() == 2 })
 			clientApp.Close()
-			select {
-			case st := <-res:
-				if st.EndedBy != "client" {
-					t.Errorf("EndedBy = %q, want client", st.EndedBy)
-				}
-			case <-time.After(patience):
-				t.Fatal("the relay did not end after the client hung up while parked")
-			}
-			if n := pk.Parked(); n != 0 {
-				t.Errorf("Parked = %d after the relay ended", n)
-			}
+			expectEnd(t, pk, res, "client")
 		})
 	}
 }
@@ -122,17 +148,7 @@ func TestParkedRelayEndsWithContext(t *testing.T) {
 	waitUntil(t, "both directions parked", func() bool { return pk.Parked() == 2 })
 	cancel(errBye)
 	expectBytes(t, clientApp, []byte("* BYE bye\r\n"), "farewell")
-	select {
-	case st := <-res:
-		if st.EndedBy != "shutdown" {
-			t.Errorf("EndedBy = %q, want shutdown", st.EndedBy)
-		}
-	case <-time.After(patience):
-		t.Fatal("the parked relay did not end with its context")
-	}
-	if n := pk.Parked(); n != 0 {
-		t.Errorf("Parked = %d after the relay ended", n)
-	}
+	expectEnd(t, pk, res, "shutdown")
 }
 
 // TestParkerCloseHandsBack closes a Parker that holds a relay: the relay
@@ -142,13 +158,7 @@ func TestParkerCloseHandsBack(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	clientSide, clientApp := pipePair(t)
-	upSide, upApp := pipePair(t)
-	defer clientApp.Close()
-	defer upApp.Close()
-	res := make(chan Stats, 1)
-	Start(context.Background(), clientSide, upSide, Options{Parker: pk}, func(st Stats) { res <- st })
-	waitUntil(t, "both directions parked", func() bool { return pk.Parked() == 2 })
+	clientApp, upApp, res := parkedRelay(t, pk)
 	if err := pk.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -158,14 +168,7 @@ func TestParkerCloseHandsBack(t *testing.T) {
 	}
 	expectBytes(t, upApp, []byte("x\r\n"), "after Close")
 	upApp.Close()
-	select {
-	case st := <-res:
-		if st.EndedBy != "upstream" {
-			t.Errorf("EndedBy = %q, want upstream", st.EndedBy)
-		}
-	case <-time.After(patience):
-		t.Fatal("the relay did not end")
-	}
+	expectEnd(t, pk, res, "upstream")
 }
 
 // TestParkRacesTraffic has both sides speak in bursts whose gaps are
@@ -199,11 +202,7 @@ func TestParkRacesTraffic(t *testing.T) {
 				time.Sleep(time.Duration(i%4) * time.Millisecond)
 			}
 			clientApp.Close()
-			select {
-			case <-res:
-			case <-time.After(patience):
-				t.Fatal("the relay did not end")
-			}
+			expectEnd(t, pk, res, "client")
 		})
 	}
 }
@@ -364,13 +363,7 @@ func TestStaleParkRequest(t *testing.T) {
 // watches for, and nothing parks any more.
 func TestPollerLostWakesParked(t *testing.T) {
 	pk := newTestParker(t)
-	clientSide, clientApp := pipePair(t)
-	upSide, upApp := pipePair(t)
-	defer clientApp.Close()
-	defer upApp.Close()
-	res := make(chan Stats, 1)
-	Start(context.Background(), clientSide, upSide, Options{Parker: pk}, func(st Stats) { res <- st })
-	waitUntil(t, "both directions parked", func() bool { return pk.Parked() == 2 })
+	clientApp, upApp, res := parkedRelay(t, pk)
 	pk.poll.file.Close()
 	waitUntil(t, "the directions back in goroutines", func() bool { return pk.Parked() == 0 && relayGoroutines() == 2 })
 	for range 3 {
@@ -387,9 +380,5 @@ func TestPollerLostWakesParked(t *testing.T) {
 		t.Errorf("Parked = %d after the poller was lost", n)
 	}
 	clientApp.Close()
-	select {
-	case <-res:
-	case <-time.After(patience):
-		t.Fatal("the relay did not end")
-	}
+	expectEnd(t, pk, res, "client")
 }
