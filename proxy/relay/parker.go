@@ -349,10 +349,6 @@ func (w *waitState) woke() {
 // errPark ends a direction's copy to park it.
 var errPark = errors.New("relay: parked")
 
-// parkDeadline is the read deadline that wakes a waiting direction up to
-// park: long past, as closeBoth's.
-var parkDeadline = time.Unix(2, 0)
-
 // askToPark wakes d from its wait to park, unless it has stopped waiting
 // or the wait is not the one the sweep of tick now found due (d woke and
 // waits again).
@@ -364,7 +360,8 @@ func (d *direction) askToPark(now, after uint32) {
 		return
 	}
 	w.req.Store(true)
-	_ = d.src.conn.SetReadDeadline(parkDeadline)
+	// A read deadline long past, as closeBoth's, wakes the wait.
+	_ = d.src.conn.SetReadDeadline(time.Unix(2, 0))
 }
 
 // wantsPark reports whether err, which ended d's copy, is the Parker's
