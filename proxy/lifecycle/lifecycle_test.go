@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"regexp"
 	"runtime"
 	"testing"
 	"time"
@@ -105,5 +106,77 @@ func TestDrainEndsWhatItCan(t *testing.T) {
 	defer cancel()
 	if err := Drain(ctx, &s, 5*time.Millisecond, func(c *pc) { c.nc.Close() }); err != nil {
 		t.Fatalf("Drain = %v", err)
+	}
+}
+
+// TestHandKeepsConnectionLive: a connection handed on by Loop.Hand stays
+// live after Hand returns, until its done is called (once, from another
+// goroutine, even twice); a panic of Hand ends it as a panic of Run does.
+func TestHandKeepsConnectionLive(t *testing.T) {
+	tests := []struct {
+		name  string
+		panic bool
+	}{
+		{"handed-on", false},
+		{"panics", true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var s Set[*pc]
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			dones := make(chan func(), 1)
+			panicked := make(chan any, 1)
+			l := loop()
+			l.Run = nil
+			l.Hand = func(c *pc, done func()) {
+				if tc.panic {
+					panic("hand bug")
+				}
+				dones <- done // ended later, elsewhere
+			}
+			l.Panicked = func(c *pc, r any, _ []byte) {
+				panicked <- r
+				c.nc.Close()
+			}
+			served := make(chan error, 1)
+			go func() { served <- Serve(&s, ln, l) }()
+			c, err := net.Dial("tcp", ln.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			if tc.panic {
+				if r := <-panicked; r != "hand bug" {
+					t.Errorf("Panicked got %v", r)
+				}
+				waitFor(t, "the connection to end", func() bool { return len(s.Live()) == 0 })
+			} else {
+				done := <-dones
+				// Once the connection's goroutine has returned from
+				// Hand and ended, the connection is still live.
+				connGoroutine := regexp.MustCompile(`lifecycle\.Serve\[[^\n]*\]\.func`)
+				waitFor(t, "the connection's goroutine to end", func() bool {
+					buf := make([]byte, 1<<20)
+					return !connGoroutine.Match(buf[:runtime.Stack(buf, true)])
+				})
+				if n := len(s.Live()); n != 1 {
+					t.Fatalf("%d live connections after Hand returned, want 1 until done", n)
+				}
+				go func() {
+					done()
+					done()
+				}()
+				waitFor(t, "the connection to end", func() bool { return len(s.Live()) == 0 })
+			}
+			if err := Close(context.Background(), &s, func(c *pc) { c.nc.Close() }); err != nil {
+				t.Fatal(err)
+			}
+			if err := <-served; !errors.Is(err, errClosed) {
+				t.Fatalf("Serve = %v, want Closed", err)
+			}
+		})
 	}
 }
