@@ -322,12 +322,7 @@ func TestStaleParkRequest(t *testing.T) {
 		}
 		pk.Close()
 	})
-	clientSide, clientApp := pipePair(t)
-	upSide, upApp := pipePair(t)
-	defer clientApp.Close()
-	defer upApp.Close()
-	Start(context.Background(), clientSide, upSide, Options{Parker: pk}, func(Stats) {})
-	waitUntil(t, "both directions parked", func() bool { return pk.Parked() == 2 })
+	clientApp, upApp, _ := parkedRelay(t, pk)
 	if _, err := clientApp.Write([]byte("a NOOP\r\n")); err != nil {
 		t.Fatal(err)
 	}
