@@ -7,7 +7,8 @@
 // SMTP upstreams open ahead of any client and hand out to logins.
 //
 // On the path of a login it is the first step of the upstream login. It knows no protocol: STARTTLS itself, greetings and
-// logins stay in the upstream packages. It imports no passgate package.
+// logins stay in the upstream packages. It imports no passgate package
+// but backends/sockwire, which imports none.
 package dial
 
 import (
@@ -20,6 +21,8 @@ import (
 	"time"
 
 	"github.com/pires/go-proxyproto"
+
+	"github.com/passgate/passgate/backends/sockwire"
 )
 
 // Values of Options.TLS.
@@ -107,8 +110,9 @@ func (d *Dialer) Handshake(ctx context.Context, conn net.Conn, addr string) (*tl
 // Dial connects to addr, sends the PROXY header for client when so
 // configured (passgate's own address when client is not valid), and runs
 // the implicit-TLS handshake when so configured. It returns the
-// connection to speak on and the TCP connection under it (the same
-// unless TLS is implicit). The connect is bounded by Options.Timeout, the
+// connection to speak on (the TCP connection read and written as a
+// sockwire.Socket, or the TLS connection over that when TLS is implicit)
+// and the TCP connection under it, for its socket options and deadlines. The connect is bounded by Options.Timeout, the
 // rest by HandshakeTimeout, all by ctx; the caller sets its own deadlines
 // afterwards.
 func (d *Dialer) Dial(ctx context.Context, addr string, client netip.AddrPort) (conn, raw net.Conn, err error) {
@@ -128,12 +132,18 @@ func (d *Dialer) Dial(ctx context.Context, addr string, client netip.AddrPort) (
 			return nil, nil, err
 		}
 	}
+	// The connection is read and written with raw system calls
+	// (sockwire.Socket): a login's exchanges with the upstream, each a
+	// few small writes and reads with waits between them, then do not
+	// wake the runtime's monitor thread out of its sleep at each call
+	// (what that costs: the sockwire package comment).
+	sock := sockwire.NewSocket(tcp, nil)
 	if d.o.TLS != TLSImplicit {
-		return tcp, tcp, nil
+		return sock, tcp, nil
 	}
 	hctx, cancel := context.WithTimeout(ctx, d.o.HandshakeTimeout)
 	defer cancel()
-	tc, err := d.Handshake(hctx, tcp, addr)
+	tc, err := d.Handshake(hctx, sock, addr)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -516,7 +516,7 @@ func (u *Upstream) connectAt(ctx context.Context, addr string, client netip.Addr
 		if err := s.startTLS(); err != nil {
 			return nil, nil, err
 		}
-		tc, err := u.d.Handshake(ctx, raw, addr)
+		tc, err := u.d.Handshake(ctx, conn, addr)
 		if err != nil {
 			return nil, nil, err
 		}

@@ -144,6 +144,12 @@ func (s *Socket) writeRaw(fd uintptr) bool {
 // it (proxy/connlimit's LoggedIn) can still be reached.
 func (s *Socket) NetConn() net.Conn { return s.Conn }
 
+// SyscallConn hands out the socket, as the connection that NewSocket
+// wrapped did: Socket reads nothing ahead and keeps no byte back, so a
+// relay that reads or writes the socket itself (proxy/relay) may take it
+// over from a Socket as from a *net.TCPConn.
+func (s *Socket) SyscallConn() (syscall.RawConn, error) { return s.rc, nil }
+
 func (s *Socket) opError(op string, err error) error {
 	if errno, ok := err.(syscall.Errno); ok {
 		err = os.NewSyscallError(op, errno)

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/passgate/passgate/backends/sockwire"
 	"github.com/passgate/passgate/policy"
 	"github.com/passgate/passgate/proxy/lifecycle"
 	"github.com/passgate/passgate/proxy/observe"
@@ -65,7 +66,10 @@ func newConn(s *Server, nc net.Conn) *conn {
 	ctx, cancel := context.WithCancelCause(s.baseCtx)
 	// Waitable lets the relay wait for a logged-in client's next bytes
 	// under TLS without holding a buffer while the session is idle.
-	wc := relay.Waitable(nc)
+	// The socket is read and written with raw system calls
+	// (sockwire.Socket) from the greeting on, as the relay does after the
+	// login.
+	wc := relay.Waitable(sockwire.NewSocket(nc, nil))
 	return &conn{
 		srv:     s,
 		raw:     wc,

@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/passgate/passgate/backends/sockwire"
 	"github.com/passgate/passgate/policy"
 	"github.com/passgate/passgate/proxy/lifecycle"
 	"github.com/passgate/passgate/proxy/observe"
@@ -59,7 +60,7 @@ type trackedConn struct {
 func (s *Server) track(c net.Conn) *trackedConn {
 	now := time.Now()
 	tc := &trackedConn{
-		Conn:     c,
+		Conn:     sockwire.NewSocket(c, nil),
 		s:        s,
 		preUntil: now.Add(s.o.PreLoginTimeout),
 		budget:   int64(s.o.MaxCommands)*int64(s.o.MaxLineLength+2)/4 + preLoginSlack,
