@@ -3,6 +3,8 @@ package dial
 import (
 	"net"
 	"syscall"
+
+	"github.com/passgate/passgate/backends/sockwire"
 )
 
 // Quiet reports whether the TCP connection conn has nothing to read and
@@ -20,12 +22,13 @@ func Quiet(conn net.Conn) bool {
 		return true
 	}
 	silent := true
-	var b [1]byte
 	rerr := rc.Read(func(fd uintptr) bool {
-		n, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-		// n > 0: bytes waiting; n == 0 without error: closed by the peer;
-		// EAGAIN: silent and open; any other error: broken.
-		silent = n < 0 && (err == syscall.EAGAIN || err == syscall.EWOULDBLOCK || err == syscall.EINTR)
+		// A raw system call (sockwire.Peek): a login that takes a ready
+		// connection does not wake the runtime's monitor thread here.
+		_, err := sockwire.Peek(fd)
+		// A byte waiting, or the end (no error): not silent; EAGAIN:
+		// silent and open; any other error: broken.
+		silent = err == syscall.EAGAIN || err == syscall.EWOULDBLOCK
 		return true // never wait for readability
 	})
 	return silent && rerr == nil

@@ -18,6 +18,9 @@ func Read(uintptr, []byte) (int, error) { return 0, errors.ErrUnsupported }
 // Write is not supported here.
 func Write(uintptr, []byte) (int, error) { return 0, errors.ErrUnsupported }
 
+// Peek is not supported here.
+func Peek(uintptr) (int, error) { return 0, errors.ErrUnsupported }
+
 // Readable is not supported here; it says readable, so that a wait ends.
 func Readable(uintptr) bool { return true }
 

@@ -62,3 +62,21 @@ func nonBlocking(rc syscall.RawConn) bool {
 	}
 	return flags&syscall.O_NONBLOCK != 0
 }
+
+// Peek looks at a non-blocking socket's next byte without consuming it
+// or waiting, with a raw recvfrom(2): 1 when a byte waits, 0 with a nil
+// error at the socket's end, EAGAIN when there is nothing yet.
+func Peek(fd uintptr) (int, error) {
+	var b [1]byte
+	for {
+		n, _, errno := syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b[0])), 1,
+			syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
+		switch errno {
+		case 0:
+			return int(n), nil
+		case syscall.EINTR:
+			continue
+		}
+		return 0, errno
+	}
+}

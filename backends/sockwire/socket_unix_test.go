@@ -84,3 +84,45 @@ func TestSocketHandsOutItsSocket(t *testing.T) {
 		t.Fatalf("read through a Socket over a Socket: %q, %v", buf, err)
 	}
 }
+
+// TestPeek: Peek tells nothing yet (EAGAIN), a byte waiting (1, and the
+// byte is still there to read) and the peer's end (0, no error), without
+// waiting.
+func TestPeek(t *testing.T) {
+	s, peer := socketPair(t, nil)
+	rc, ok := RawConn(s)
+	if !ok {
+		t.Fatal("no RawConn")
+	}
+	peek := func() (n int, err error) {
+		if cerr := rc.Control(func(fd uintptr) { n, err = Peek(fd) }); cerr != nil {
+			t.Fatal(cerr)
+		}
+		return n, err
+	}
+	// until waits for what the peer did to arrive (later on a busy
+	// machine), up to a generous deadline.
+	until := func(wantN int, wantErr error) {
+		t.Helper()
+		n, err := peek()
+		for deadline := time.Now().Add(time.Minute); (n != wantN || err != wantErr) && time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+			n, err = peek()
+		}
+		if n != wantN || err != wantErr {
+			t.Fatalf("Peek = %d, %v; want %d, %v", n, err, wantN, wantErr)
+		}
+	}
+	until(0, syscall.EAGAIN)
+	if _, err := peer.Write([]byte("y")); err != nil {
+		t.Fatal(err)
+	}
+	until(1, nil)
+	until(1, nil) // peeking again still finds it
+	buf := make([]byte, 1)
+	if _, err := io.ReadFull(s, buf); err != nil || buf[0] != 'y' {
+		t.Fatalf("read after Peek: %q, %v", buf, err)
+	}
+	until(0, syscall.EAGAIN)
+	peer.Close()
+	until(0, nil)
+}

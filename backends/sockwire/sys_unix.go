@@ -40,6 +40,19 @@ func Readable(fd uintptr) bool {
 	}
 }
 
+// Peek looks at a socket's next byte without consuming it or waiting: 1
+// when a byte waits, 0 with a nil error at the socket's end, EAGAIN when
+// there is nothing yet.
+func Peek(fd uintptr) (int, error) {
+	var b [1]byte
+	for {
+		n, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		if err != syscall.EINTR {
+			return max(n, 0), err
+		}
+	}
+}
+
 // nonBlocking: syscall.Read and Write tell the scheduler that they may
 // block, so either mode is safe here.
 func nonBlocking(syscall.RawConn) bool { return true }
