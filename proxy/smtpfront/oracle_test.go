@@ -125,13 +125,20 @@ func runGoSMTP(chunks [][]byte, lineLimit int, maxBytes int64, sess *oracleSessi
 	s.MaxMessageBytes = maxBytes
 	s.AllowInsecureAuth = true
 	s.MaxRecipients = 0
-	l := &oneConnListener{c: newScriptConn(chunks), closed: make(chan struct{})}
+	sc := newScriptConn(chunks)
+	l := &oneConnListener{c: sc, closed: make(chan struct{})}
 	served := make(chan struct{})
 	go func() {
 		defer close(served)
 		_ = s.Serve(l)
 	}()
-	<-sess.done
+	// The session ends with Logout, or, when go-smtp refuses the
+	// connection before it has a session (a line limit under the
+	// greeting's EHLO), with the connection's close alone.
+	select {
+	case <-sess.done:
+	case <-sc.closed:
+	}
 	_ = s.Close()
 	<-served
 }
