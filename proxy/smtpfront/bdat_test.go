@@ -1,6 +1,7 @@
 package smtpfront_test
 
 import (
+	"io"
 	"strconv"
 	"strings"
 	"testing"
@@ -127,5 +128,68 @@ func TestOversizeThenNextMessage(t *testing.T) {
 	}
 	if len(f.up.logins) != 2 {
 		t.Fatalf("%d upstream logins, want 2", len(f.up.logins))
+	}
+}
+
+// TestMessageAtSizeLimit: a message of exactly SIZE bytes is accepted
+// whether it comes with DATA or BDAT (RFC 1870: SIZE is the largest
+// message the server accepts), and one byte more is refused with 552 by
+// both, with nothing relayed.
+func TestMessageAtSizeLimit(t *testing.T) {
+	const limit = 1000
+	for _, tc := range []struct {
+		name  string
+		bdat  bool
+		size  int
+		reply string
+	}{
+		{"data/exactly", false, limit, "250 "},
+		{"data/one-over", false, limit + 1, "552 "},
+		{"bdat/exactly", true, limit, "250 "},
+		{"bdat/one-over", true, limit + 1, "552 "},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t, func(o *smtpfront.Options) { o.MaxMessageBytes = limit })
+			r := f.dialRaw(t, true)
+			r.login()
+			// Lines of 50 bytes with their CRLF, the last one cut to
+			// make the size.
+			line := strings.Repeat("z", 48) + "\r\n"
+			msg := strings.Repeat(line, tc.size/len(line))
+			if rest := tc.size - len(msg); rest >= 2 {
+				msg += strings.Repeat("z", rest-2) + "\r\n"
+			} else if rest == 1 {
+				msg = msg[:len(msg)-len(line)] + "z" + line
+			}
+			if len(msg) != tc.size {
+				t.Fatalf("test message of %d bytes, want %d", len(msg), tc.size)
+			}
+			r.envelope()
+			if tc.bdat {
+				r.send("BDAT " + strconv.Itoa(len(msg)) + " LAST")
+				if _, err := r.conn.Write([]byte(msg)); err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				r.send("DATA")
+				r.expect("354 ")
+				if _, err := io.WriteString(r.conn, msg+".\r\n"); err != nil {
+					t.Fatal(err)
+				}
+			}
+			r.expect(tc.reply)
+			r.send("QUIT")
+			r.expect("221 ")
+			f.up.mu.Lock()
+			defer f.up.mu.Unlock()
+			var relayed []int
+			for _, m := range f.up.messages {
+				relayed = append(relayed, len(m))
+			}
+			accepted := tc.reply == "250 "
+			if accepted && (len(relayed) != 1 || relayed[0] != tc.size) || !accepted && len(relayed) != 0 {
+				t.Fatalf("upstream got messages of %v bytes (reply %q)", relayed, tc.reply)
+			}
+		})
 	}
 }

@@ -34,10 +34,12 @@ const (
 // works on the reader's buffer: inside a line it copies up to the next
 // "\r" found with bytes.IndexByte.
 //
-// The message is limited to limit bytes once un-stuffed: as in go-smtp,
-// a Read after limit bytes fails with a 552 (so a message of exactly
-// limit bytes fails too). A Read returns what the buffer holds rather
-// than wait for more.
+// The message is limited to limit bytes once un-stuffed: a message of
+// exactly limit bytes is accepted, as SIZE promises (RFC 1870) and as
+// BDAT accepts it, and the first byte over the limit fails the Read with
+// a 552. (go-smtp's reader, which this one replaced, failed at the limit
+// itself: its 552 came for a message of exactly SIZE bytes too.) A Read
+// returns what the buffer holds rather than wait for more.
 type dataReader struct {
 	r       *reader
 	state   int
@@ -77,12 +79,32 @@ func errDataTooLarge() error { return reply(552, 5, 3, 4, "Maximum message size 
 func (d *dataReader) Read(b []byte) (int, error) {
 	if d.limited {
 		if d.n <= 0 {
-			return 0, errDataTooLarge()
+			return d.readAtLimit()
 		}
 		if int64(len(b)) > d.n {
 			b = b[:d.n]
 		}
 	}
+	return d.read(b)
+}
+
+// readAtLimit is Read once the message holds limit bytes: it ends with
+// io.EOF if the end of data comes next, and fails with a 552 at the
+// first byte of the message over the limit (that byte is read and
+// dropped, as the rest is by drain).
+func (d *dataReader) readAtLimit() (int, error) {
+	var over [1]byte
+	n, err := d.read(over[:])
+	if n > 0 {
+		return 0, errDataTooLarge()
+	}
+	return 0, err
+}
+
+// read is Read without the size limit's checks: it un-stuffs into b what
+// the buffer holds (reading the connection once when it holds nothing),
+// and counts what it returns against the limit.
+func (d *dataReader) read(b []byte) (int, error) {
 	var (
 		n   int
 		err error

@@ -141,9 +141,21 @@ func TestDataReaderMatchesGoSMTP(t *testing.T) {
 // the input a byte at a time: the same message, ended the same way. After
 // the end of data, what is left is the input after a line that is a lone
 // dot (which one, the message decides).
+//
+// One difference is by design: passgate accepts a message of exactly max
+// bytes (SIZE's promise), where go-smtp's server failed with a 552.
+// passgate's reader with max is go-smtp's with max+1, except that go-smtp
+// hands out the byte over passgate's limit (its max+1st) before its 552.
 func checkData(t *testing.T, in []byte, step, limit int, max int64, size int) {
 	t.Helper()
-	want := goSMTPData(in, limit, max, size)
+	goMax := max
+	if max > 0 {
+		goMax = max + 1
+	}
+	want := goSMTPData(in, limit, goMax, size)
+	if want.end == "too-large" && int64(len(want.out)) == goMax {
+		want.out = want.out[:max]
+	}
 	got := ourData(in, step, limit, max, size)
 	if !bytes.Equal(got.out, want.out) || got.end != want.end {
 		t.Fatalf("input %q step %d limit %d max %d read %d:\n got %q %s\nwant %q %s (go-smtp's server)",
