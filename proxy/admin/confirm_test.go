@@ -208,7 +208,7 @@ func TestConfirmPages(t *testing.T) {
 			`<li>Portal sessions: every browser signed in as carol is signed out</li>`,
 			`carol must register a sign-in method again at the next sign-in.`,
 			`Multi-factor auth status goes from Enforced back to Enabled`,
-			`App passwords are not affected.`,
+			`<p>App passwords are not affected.</p>`,
 			warn,
 		}, []string{"none registered", "stays", `role="alert"`}},
 		{"reset/none", "dave", "/admin/users/dave", "reset-methods", []string{
