@@ -190,11 +190,13 @@ const (
 // Dovecot: dave (admin) signs in with a passkey, searches for bob, ticks
 // bob and carol and chooses Enable, then Enforce for bob; bob's primary
 // password is refused over IMAP while carol's works and shows on the
-// Rollout page; dave revokes alice's app passwords and her live IMAP
-// session is closed; dave forbids app passwords and alice's next
-// app-password login fails while she can still delete hers on her
-// Security info page; dave requires alice to re-register MFA and her
-// portal session ends. alice, not an admin, gets 403 on the admin pages.
+// Rollout page; dave revokes alice's app passwords (a confirmation page
+// names them, then Yes) and her live IMAP session is closed; dave forbids
+// app passwords and alice's next app-password login fails while she can
+// still delete hers on her Security info page; dave requires alice to
+// re-register MFA (the confirmation names her passkey; Cancel changes
+// nothing, Yes does it) and her portal session ends. alice, not an admin,
+// gets 403 on the admin pages.
 func TestAdminFlow(t *testing.T) {
 	d := env.dovecot
 	p := startPassgate(t, passgateConfig{web: true, failureDelay: "200ms"})
@@ -285,6 +287,19 @@ func TestAdminFlow(t *testing.T) {
 	w.visit("/admin/users/alice")
 	adminShot(t, w, "admin-user-apppasswords")
 	w.press("Revoke app passwords")
+	// The confirmation names what will stop working; nothing is revoked
+	// until Yes.
+	w.see("heading", "Revoke app passwords of alice?")
+	if got := w.text("list", "These app passwords of alice will stop working:"); got != "Phone" {
+		t.Errorf("the confirmation lists the app passwords %q, want Phone:\n%s", got, w.page())
+	}
+	w.seeText("signed out at once")
+	w.seeText("This cannot be undone.")
+	if err := live.Noop().Wait(); err != nil {
+		t.Errorf("alice's IMAP session ended before Yes was pressed: %v", err)
+	}
+	adminShot(t, w, "admin-confirm-revoke-all")
+	w.press("Yes")
 	w.seeText("Deleted 1 app password(s) of alice")
 	deadline := time.Now().Add(time.Minute)
 	for live.Noop().Wait() == nil {
@@ -331,6 +346,27 @@ func TestAdminFlow(t *testing.T) {
 	// session are gone, and she is back to enabled.
 	w.visit("/admin/users/alice")
 	w.press("Require re-register MFA")
+	w.see("heading", "Require re-register MFA for alice?")
+	stops := w.text("list", "These sign-in methods of alice will stop working and are deleted:")
+	for _, want := range []string{"Authenticator app and recovery codes: none registered", "Passkey Laptop of alice",
+		"Portal sessions: every browser signed in as alice is signed out"} {
+		if !strings.Contains(stops, want) {
+			t.Errorf("the confirmation's list lacks %q:\n%s", want, stops)
+		}
+	}
+	w.seeText("Multi-factor auth status goes from Enforced back to Enabled")
+	w.seeText("This cannot be undone.")
+	adminShot(t, w, "admin-confirm-reset-methods")
+	// Cancel goes back to alice's page and changes nothing.
+	w.press("Cancel")
+	w.see("heading", "alice")
+	w.seeText("Multi-factor auth status: Enforced")
+	if out := p.admin(t, "user", "list", "--search", "alice"); !strings.Contains(out, "enforced") {
+		t.Errorf("alice is no longer enforced after Cancel:\n%s", out)
+	}
+	w.press("Require re-register MFA")
+	w.see("heading", "Require re-register MFA for alice?")
+	w.press("Yes")
 	w.seeText("alice must register a sign-in method again at the next sign-in.")
 	w.seeText("Multi-factor auth status: Enabled")
 	if out := p.admin(t, "user", "list", "--search", "alice"); !strings.Contains(out, "enabled") {

@@ -2,7 +2,8 @@
 // /admin for the users marked admin (passgate user set-admin) who have a
 // second factor registered, signed in through the Security info portal.
 // Active users, Multi-factor authentication (Enable, Enforce, Disable for
-// one or ticked users; Revoke app passwords; Require re-register MFA),
+// one or ticked users; Revoke app passwords and Require re-register MFA,
+// each behind a confirmation page that names what will stop working),
 // Settings, Audit and Rollout. Every change is one of policy/account's
 // operations, audited with the admin as actor. The pages' visible words
 // and accessible names are exactly those that portal.md requires
@@ -124,7 +125,9 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("POST /admin/mfa", s.guard(s.handleBulkMFA))
 	mux.HandleFunc("GET /admin/users/{name}", s.guard(s.handleUser))
 	mux.HandleFunc("POST /admin/users/{name}/mfa", s.guard(s.handleUserMFA))
+	mux.HandleFunc("GET /admin/users/{name}/revoke-all", s.guard(s.handleConfirm(revokeAll)))
 	mux.HandleFunc("POST /admin/users/{name}/revoke-all", s.guard(s.handleRevokeAll))
+	mux.HandleFunc("GET /admin/users/{name}/reset-methods", s.guard(s.handleConfirm(resetMethods)))
 	mux.HandleFunc("POST /admin/users/{name}/reset-methods", s.guard(s.handleResetMethods))
 	mux.HandleFunc("GET /admin/settings", s.guard(s.handleSettings))
 	mux.HandleFunc("POST /admin/settings", s.guard(s.handleSettingsSave))

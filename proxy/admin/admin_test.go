@@ -94,8 +94,9 @@ func (e *env) do(user, method, path string, form url.Values) (int, string) {
 
 var adminPaths = []struct{ method, path string }{
 	{"GET", "/admin"}, {"GET", "/admin/users"}, {"GET", "/admin/mfa"}, {"POST", "/admin/mfa"},
-	{"GET", "/admin/users/bob"}, {"POST", "/admin/users/bob/mfa"}, {"POST", "/admin/users/bob/revoke-all"},
-	{"POST", "/admin/users/bob/reset-methods"}, {"GET", "/admin/settings"}, {"POST", "/admin/settings"},
+	{"GET", "/admin/users/bob"}, {"POST", "/admin/users/bob/mfa"},
+	{"GET", "/admin/users/bob/revoke-all"}, {"POST", "/admin/users/bob/revoke-all"},
+	{"GET", "/admin/users/bob/reset-methods"}, {"POST", "/admin/users/bob/reset-methods"}, {"GET", "/admin/settings"}, {"POST", "/admin/settings"},
 	{"GET", "/admin/audit"}, {"GET", "/admin/rollout"},
 	{"GET", "/api/v1/users"}, {"POST", "/api/v1/users"}, {"GET", "/api/v1/users/bob"}, {"DELETE", "/api/v1/users/bob"},
 	{"PUT", "/api/v1/users/bob/mfa"}, {"PUT", "/api/v1/users/bob/admin"}, {"GET", "/api/v1/users/bob/app-passwords"},
@@ -203,12 +204,13 @@ func TestAdminPages(t *testing.T) {
 		t.Errorf("rollout lacks carol:\n%s", body)
 	}
 
-	// Revoke alice's app passwords; require re-registration.
-	e.do("alice", "POST", "/admin/users/alice/revoke-all", url.Values{})
+	// Revoke alice's app passwords; require re-registration (each the
+	// Yes of its confirmation page: TestConfirm has the rest).
+	e.do("alice", "POST", "/admin/users/alice/revoke-all", url.Values{"confirm": {"yes"}})
 	if aps, _ := e.st.ListAppPasswords(ctx, "alice"); len(aps) != 0 {
 		t.Errorf("alice still has %d app passwords", len(aps))
 	}
-	e.do("alice", "POST", "/admin/users/bob/reset-methods", url.Values{})
+	e.do("alice", "POST", "/admin/users/bob/reset-methods", url.Values{"confirm": {"yes"}})
 	e.wantMFA("bob", store.MFAEnabled)
 
 	// Settings.

@@ -138,25 +138,38 @@ func withNotice(path, msg string) string {
 
 type userData struct {
 	User         account.UserSummary
+	Path         string // the user's page, /admin/users/{name} with the name escaped
 	Methods      account.Methods
 	AppPasswords []account.AppPassword
 }
 
-func (s *Server) handleUser(w http.ResponseWriter, r *http.Request, a account.Actor) {
+// lookup finds the user that the URL's {name} names. An unknown user (or
+// a name that cannot be one) gets the 404 page, another failure the 500
+// page; ok is false then and the answer is written.
+func (s *Server) lookup(w http.ResponseWriter, r *http.Request, a account.Actor) (u account.UserSummary, ok bool) {
 	name := r.PathValue("name")
 	u, err := s.o.Ops.User(r.Context(), name)
 	if err != nil {
-		if msg, ok := s.o.Ops.Message(err); ok || strings.Contains(err.Error(), "not found") {
-			if !ok {
+		if msg, known := s.o.Ops.Message(err); known || strings.Contains(err.Error(), "not found") {
+			if !known {
 				msg = "There is no user " + name + "."
 			}
 			s.render(w, http.StatusNotFound, "message", page{Title: "No such user", Nav: "users", Admin: a.User, Error: msg})
-			return
+			return u, false
 		}
 		s.fault(w, r, err)
+		return u, false
+	}
+	return u, true
+}
+
+func (s *Server) handleUser(w http.ResponseWriter, r *http.Request, a account.Actor) {
+	u, ok := s.lookup(w, r, a)
+	if !ok {
 		return
 	}
-	d := userData{User: u}
+	d := userData{User: u, Path: s.userBack(u.Name)}
+	var err error
 	if d.Methods, err = s.o.Ops.Methods(r.Context(), u.Name); err != nil {
 		s.fault(w, r, err)
 		return
@@ -181,23 +194,99 @@ func (s *Server) handleUserMFA(w http.ResponseWriter, r *http.Request, a account
 	http.Redirect(w, r, withNotice(s.userBack(name), msg), http.StatusSeeOther)
 }
 
+// The destructive actions on a user's page, Revoke app passwords and
+// Require re-register MFA: the button on the user's page opens a
+// confirmation page (GET /admin/users/{name}/{action}) that names what
+// will stop working; its Yes posts the action with confirm=yes.
+const (
+	revokeAll    = "revoke-all"
+	resetMethods = "reset-methods"
+)
+
+// notConfirmed is the message of a POST of a destructive action that does
+// not come from its confirmation page's Yes.
+const notConfirmed = "Nothing was changed: to go ahead, press Yes on this page."
+
+// confirmData is a confirmation page: the user, what the user has
+// registered, the user's page (Cancel) and the action's URL (Yes).
+type confirmData struct {
+	User    account.UserSummary
+	Methods account.Methods
+	Back    string
+	Action  string
+}
+
+// Enforced reports whether the user's state is Enforced (Require
+// re-register MFA moves it back to Enabled).
+func (d confirmData) Enforced() bool { return d.User.MFA == account.MFAEnforced }
+
+// confirmTitle is the heading of action's confirmation page for name.
+func confirmTitle(action, name string) string {
+	if action == revokeAll {
+		return "Revoke app passwords of " + name + "?"
+	}
+	return "Require re-register MFA for " + name + "?"
+}
+
+// showConfirm renders action's confirmation page for u with status and
+// problem (an alert, "" for none).
+func (s *Server) showConfirm(w http.ResponseWriter, r *http.Request, a account.Actor, u account.UserSummary, action string, status int, problem string) {
+	m, err := s.o.Ops.Methods(r.Context(), u.Name)
+	if err != nil {
+		s.fault(w, r, err)
+		return
+	}
+	back := s.userBack(u.Name)
+	s.render(w, status, action, page{Title: confirmTitle(action, u.Name), Nav: "mfa", Admin: a.User, Error: problem,
+		Data: confirmData{User: u, Methods: m, Back: back, Action: back + "/" + action}})
+}
+
+// handleConfirm shows action's confirmation page; it changes nothing.
+func (s *Server) handleConfirm(action string) func(http.ResponseWriter, *http.Request, account.Actor) {
+	return func(w http.ResponseWriter, r *http.Request, a account.Actor) {
+		if u, ok := s.lookup(w, r, a); ok {
+			s.showConfirm(w, r, a, u, action, http.StatusOK, "")
+		}
+	}
+}
+
+// confirmed reports whether the POST of action for u is its confirmation
+// page's Yes: a form body with confirm=yes, once (a value in the URL does
+// not count). Any other POST gets the confirmation page with 400 and a
+// message, and changes nothing: a form of a user's page from before the
+// confirmation existed (an open tab, a saved page) posts straight to the
+// action, and must not act on one click.
+func (s *Server) confirmed(w http.ResponseWriter, r *http.Request, a account.Actor, u account.UserSummary, action string) bool {
+	if err := r.ParseForm(); err == nil && len(r.PostForm["confirm"]) == 1 && r.PostForm.Get("confirm") == "yes" {
+		return true
+	}
+	s.showConfirm(w, r, a, u, action, http.StatusBadRequest, notConfirmed)
+	return false
+}
+
 func (s *Server) handleRevokeAll(w http.ResponseWriter, r *http.Request, a account.Actor) {
-	name := r.PathValue("name")
-	n, err := s.o.Ops.RevokeAll(r.Context(), a, name)
-	msg := fmt.Sprintf("Deleted %d app password(s) of %s; the apps that used them are signed out.", n, name)
+	u, ok := s.lookup(w, r, a)
+	if !ok || !s.confirmed(w, r, a, u, revokeAll) {
+		return
+	}
+	n, err := s.o.Ops.RevokeAll(r.Context(), a, u.Name)
+	msg := fmt.Sprintf("Deleted %d app password(s) of %s; the apps that used them are signed out.", n, u.Name)
 	if err != nil {
 		msg, _ = s.o.Ops.Message(err)
 	}
-	http.Redirect(w, r, withNotice(s.userBack(name), msg), http.StatusSeeOther)
+	http.Redirect(w, r, withNotice(s.userBack(u.Name), msg), http.StatusSeeOther)
 }
 
 func (s *Server) handleResetMethods(w http.ResponseWriter, r *http.Request, a account.Actor) {
-	name := r.PathValue("name")
-	msg := fmt.Sprintf("%s must register a sign-in method again at the next sign-in.", name)
-	if err := s.o.Ops.ResetMethods(r.Context(), a, name); err != nil {
+	u, ok := s.lookup(w, r, a)
+	if !ok || !s.confirmed(w, r, a, u, resetMethods) {
+		return
+	}
+	msg := fmt.Sprintf("%s must register a sign-in method again at the next sign-in.", u.Name)
+	if err := s.o.Ops.ResetMethods(r.Context(), a, u.Name); err != nil {
 		msg, _ = s.o.Ops.Message(err)
 	}
-	http.Redirect(w, r, withNotice(s.userBack(name), msg), http.StatusSeeOther)
+	http.Redirect(w, r, withNotice(s.userBack(u.Name), msg), http.StatusSeeOther)
 }
 
 // The two choices of the global switch on the Settings page, worded as
