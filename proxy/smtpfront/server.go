@@ -118,6 +118,15 @@ func (c *conn) readFailed(err error) {
 
 // handle runs one parsed command.
 func (c *conn) handle(cmd, arg string) {
+	// Every command before AUTH counts, those that passgate answers
+	// itself (NOOP, VRFY, HELP…) too, so that a client cannot spend the
+	// pre-login time on them without limit; the one over the limit gets
+	// 421 and the connection closes. QUIT is always answered, and
+	// STARTTLS, which starts the session again, does not count.
+	if cmd != "QUIT" && cmd != "STARTTLS" && c.tc.command() {
+		c.replyError(421, smtp.EnhancedCode{4, 7, 0}, errTooMany())
+		return
+	}
 	switch cmd {
 	case "":
 		c.protocolError(500, smtp.EnhancedCode{5, 5, 2}, "Error: bad syntax")

@@ -622,24 +622,31 @@ func TestImplicitTLSWithGoSMTPClient(t *testing.T) {
 }
 
 func TestLimits(t *testing.T) {
-	t.Run("commands-before-auth", func(t *testing.T) {
-		f := newFixture(t, func(o *smtpfront.Options) { o.MaxCommands = 5 })
-		r := f.dialRaw(t, true) // EHLO counts
-		var last string
-		for i := 0; i < 10; i++ {
-			r.send("MAIL FROM:<a@b>")
-			last = r.reply()
-			if strings.HasPrefix(last, "421 ") {
-				break
+	// Every command before AUTH counts, those that passgate answers
+	// itself too: after MaxCommands (EHLO included) the next gets 421
+	// and the connection closes.
+	for _, cmd := range []string{"MAIL FROM:<a@b>", "RSET", "NOOP", "VRFY alice", "HELP", "EXPN staff", "LHLO client.test"} {
+		t.Run("commands-before-auth/"+strings.Fields(cmd)[0], func(t *testing.T) {
+			f := newFixture(t, func(o *smtpfront.Options) { o.MaxCommands = 5 })
+			r := f.dialRaw(t, true) // EHLO counts
+			var replies []string
+			for i := 0; i < 10; i++ {
+				r.send(cmd)
+				last := r.reply()
+				replies = append(replies, last)
+				if strings.HasPrefix(last, "421 ") {
+					break
+				}
 			}
-		}
-		if !strings.HasPrefix(last, "421 4.7.0") {
-			t.Fatalf("last reply %q, want 421", last)
-		}
-		if _, err := r.r.ReadString('\n'); err == nil {
-			t.Fatal("connection still open after 421")
-		}
-	})
+			// EHLO before and after STARTTLS count: the fourth gets 421.
+			if len(replies) != 4 || !strings.HasPrefix(replies[3], "421 4.7.0") {
+				t.Fatalf("replies %q, want the fourth (the sixth command with the two EHLO) to be 421", replies)
+			}
+			if _, err := r.r.ReadString('\n'); err == nil {
+				t.Fatal("connection still open after 421")
+			}
+		})
+	}
 	t.Run("auth-failures", func(t *testing.T) {
 		f := newFixture(t, func(o *smtpfront.Options) { o.MaxAuthFailures = 2 })
 		r := f.dialRaw(t, true)

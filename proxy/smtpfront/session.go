@@ -66,16 +66,12 @@ type session struct {
 	stale bool            // the upstream connection was closed to abort a message: reopen it at the next command
 }
 
-// newSession opens the session at the first HELO or EHLO; it counts as a
-// command before AUTH.
+// newSession opens the session at the first HELO or EHLO.
 func (c *conn) newSession() (*session, error) {
 	sess := &session{s: c.s, c: c, tc: c.tc}
 	if tlsConn, ok := c.nc.(*tls.Conn); ok {
 		sess.tls = true
 		c.tc.setTLS(tlsConn.ConnectionState())
-	}
-	if c.tc.command() {
-		return nil, errTooMany()
 	}
 	return sess, nil
 }
@@ -96,11 +92,8 @@ func (ss *session) authMechanisms() []string {
 	return mechanisms()
 }
 
-// auth starts an AUTH exchange; it counts as a command before AUTH.
+// auth starts an AUTH exchange.
 func (ss *session) auth(mech string) (sasl.Server, error) {
-	if ss.tc.command() {
-		return nil, errTooMany()
-	}
 	if !ss.tls && !ss.s.o.Decider.PlaintextAllowed(ss.tc.line.RemoteAddr, false) {
 		// Refused before the exchange, but an initial response may have
 		// carried the password in clear: the decision's step 1 refuses
@@ -238,9 +231,6 @@ func (ss *session) upstreamErr(op string, err error) error {
 // as the same user) when an aborted message closed it.
 func (ss *session) acquire() (UpstreamSession, error) {
 	if ss.up == nil {
-		if ss.tc.command() {
-			return nil, errTooMany()
-		}
 		return nil, errAuthNeeded()
 	}
 	if ss.dead {
@@ -359,11 +349,9 @@ func clientReadErr(err error) error {
 	return errMessageRead()
 }
 
-// reset is RSET, a new EHLO, or the end of a message. Before AUTH it
-// counts as a command.
+// reset is RSET, a new EHLO, or the end of a message.
 func (ss *session) reset() {
 	if ss.up == nil {
-		ss.tc.command()
 		return
 	}
 	send := ss.inTx && !ss.dead && !ss.stale
