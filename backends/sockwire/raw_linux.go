@@ -41,14 +41,8 @@ func rawIO(trap, fd uintptr, p []byte) (int, error) {
 // Readable is a RawConn.Read callback that returns true once the socket
 // has a byte (or its end, or an error) to read, consuming nothing.
 func Readable(fd uintptr) bool {
-	var b [1]byte
-	for {
-		_, _, errno := syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b[0])), 1,
-			syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
-		if errno != syscall.EINTR {
-			return errno != syscall.EAGAIN
-		}
-	}
+	_, err := Peek(fd)
+	return err != syscall.EAGAIN
 }
 
 // nonBlocking reports whether rc's socket is in non-blocking mode.

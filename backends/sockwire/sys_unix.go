@@ -31,13 +31,8 @@ func Write(fd uintptr, p []byte) (int, error) {
 // Readable is a RawConn.Read callback that returns true once the socket
 // has a byte (or its end, or an error) to read, consuming nothing.
 func Readable(fd uintptr) bool {
-	var b [1]byte
-	for {
-		_, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-		if err != syscall.EINTR {
-			return err != syscall.EAGAIN
-		}
-	}
+	_, err := Peek(fd)
+	return err != syscall.EAGAIN
 }
 
 // Peek looks at a socket's next byte without consuming it or waiting: 1

@@ -102,21 +102,27 @@ func TestWording(t *testing.T) {
 		}, []string{`type="checkbox"`}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			body := e.mustGet(tc.path)
-			for _, w := range tc.want {
-				if !strings.Contains(body, w) {
-					t.Errorf("the page lacks %s", w)
-				}
-			}
-			for _, w := range tc.notWant {
-				if strings.Contains(body, w) {
-					t.Errorf("the page still has %s", w)
-				}
-			}
-			if t.Failed() {
-				t.Logf("page:\n%s", body)
-			}
+			checkPage(t, e.mustGet(tc.path), tc.want, tc.notWant)
 		})
+	}
+}
+
+// checkPage fails t for each of want that body lacks and each of notWant
+// that it has, and then logs the page.
+func checkPage(t *testing.T, body string, want, notWant []string) {
+	t.Helper()
+	for _, w := range want {
+		if !strings.Contains(body, w) {
+			t.Errorf("the page lacks %s", w)
+		}
+	}
+	for _, w := range notWant {
+		if strings.Contains(body, w) {
+			t.Errorf("the page still has %s", w)
+		}
+	}
+	if t.Failed() {
+		t.Logf("page:\n%s", body)
 	}
 }
 
