@@ -19,7 +19,9 @@ import (
 // updateWire rewrites testdata/wire.golden from the server under test.
 // The golden file was first written against go-smtp's server, which
 // fronted SMTP before passgate's own server loop: every byte a client
-// sees is kept from then on.
+// sees is kept from then on, but for deliberate changes, each in its own
+// commit with the reason (every command before AUTH counts against
+// MaxCommands, with 421 for the one over it).
 var updateWire = flag.Bool("update-wire", false, "rewrite testdata/wire.golden")
 
 // wireCase is one client session: groups of lines, each group written in
