@@ -234,8 +234,9 @@ func (d *dataReader) unstuff(dst []byte, end int) int {
 // lines less the dot removed from each that starts with "..").
 //
 // The lines are read as Read reads them: every byte under the line
-// limit, the message's bytes under the size limit (strictly, so that
-// the limit itself is met by Read and fails as it did), and the message
+// limit, the message's bytes under the size limit (strictly: a run that
+// would reach the limit exactly goes through Read, which decides at the
+// limit whether the message ends there or fails), and the message
 // ends at the same ".\r\n": with io.EOF, the lines are the end of the
 // message and that line has been read. Without it, the message goes on
 // after the lines (the bytes after them show at least one more byte of

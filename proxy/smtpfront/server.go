@@ -121,9 +121,11 @@ func (c *conn) handle(cmd, arg string) {
 	// Every command before AUTH counts, those that passgate answers
 	// itself (NOOP, VRFY, HELP…) too, so that a client cannot spend the
 	// pre-login time on them without limit; the one over the limit gets
-	// 421 and the connection closes. QUIT is always answered, and
-	// STARTTLS, which starts the session again, does not count.
-	if cmd != "QUIT" && cmd != "STARTTLS" && c.tc.command() {
+	// 421 and the connection closes. QUIT is always answered. STARTTLS
+	// counts too: each one may cost a TLS handshake with a signature,
+	// and a refused or failed one leaves the session in clear, to try
+	// again.
+	if cmd != "QUIT" && c.tc.command() {
 		c.replyError(421, smtp.EnhancedCode{4, 7, 0}, errTooMany())
 		return
 	}

@@ -623,9 +623,9 @@ func TestImplicitTLSWithGoSMTPClient(t *testing.T) {
 
 func TestLimits(t *testing.T) {
 	// Every command before AUTH counts, those that passgate answers
-	// itself too: after MaxCommands (EHLO included) the next gets 421
-	// and the connection closes.
-	for _, cmd := range []string{"MAIL FROM:<a@b>", "RSET", "NOOP", "VRFY alice", "HELP", "EXPN staff", "LHLO client.test"} {
+	// itself too, and a STARTTLS refused under TLS: after MaxCommands
+	// (EHLO included) the next gets 421 and the connection closes.
+	for _, cmd := range []string{"MAIL FROM:<a@b>", "RSET", "NOOP", "VRFY alice", "HELP", "EXPN staff", "LHLO client.test", "STARTTLS"} {
 		t.Run("commands-before-auth/"+strings.Fields(cmd)[0], func(t *testing.T) {
 			f := newFixture(t, func(o *smtpfront.Options) { o.MaxCommands = 5 })
 			r := f.dialRaw(t, true) // EHLO counts
@@ -638,9 +638,9 @@ func TestLimits(t *testing.T) {
 					break
 				}
 			}
-			// EHLO before and after STARTTLS count: the fourth gets 421.
-			if len(replies) != 4 || !strings.HasPrefix(replies[3], "421 4.7.0") {
-				t.Fatalf("replies %q, want the fourth (the sixth command with the two EHLO) to be 421", replies)
+			// EHLO, STARTTLS and EHLO again count: the third gets 421.
+			if len(replies) != 3 || !strings.HasPrefix(replies[2], "421 4.7.0") {
+				t.Fatalf("replies %q, want the third (the sixth command with EHLO, STARTTLS, EHLO) to be 421", replies)
 			}
 			if _, err := r.r.ReadString('\n'); err == nil {
 				t.Fatal("connection still open after 421")

@@ -111,8 +111,8 @@ var wireCases = []wireCase{
 	{name: "tls/data-line-too-long-later", tls: true, mod: func(o *smtpfront.Options) { o.MaxLineLength = 80 }, groups: []string{
 		"AUTH PLAIN " + b64("\x00alice\x00"+appSecret) + "\r\n", envelope + "DATA\r\n\x01", "ok\r\n\x02",
 		strings.Repeat("y", 79) + "\r\n.\r\n", "QUIT\r\n"}},
-	// Every command before AUTH counts, the two EHLO and the HELP
-	// markers too: the ninth is the MAIL, whose marker gets the 421.
+	// Every command before AUTH counts, EHLO, STARTTLS, EHLO and the HELP
+	// markers too: the MAIL is the tenth and gets the 421.
 	{name: "tls/commands-before-auth", tls: true, mod: func(o *smtpfront.Options) { o.MaxCommands = 9 }, groups: []string{
 		"NOOP\r\n", "VRFY x\r\n", "RSET\r\n", "MAIL FROM:<a@b.test>\r\n", "RSET\r\n", "RSET\r\n"}},
 	{name: "tls/quit-mid-transaction", tls: true, groups: []string{authed, envelope, "QUIT\r\n"}},
