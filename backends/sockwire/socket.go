@@ -144,6 +144,17 @@ func (s *Socket) writeRaw(fd uintptr) bool {
 // it (proxy/connlimit's LoggedIn) can still be reached.
 func (s *Socket) NetConn() net.Conn { return s.Conn }
 
+// CloseWrite half-closes the connection when the one NewSocket wrapped
+// can (a *net.TCPConn): a Socket stands where a TCP connection stood, and
+// a caller that ends its side of the conversation keeps the other open.
+// Over a connection that cannot, it closes the whole connection.
+func (s *Socket) CloseWrite() error {
+	if cw, ok := s.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return s.Conn.Close()
+}
+
 // SyscallConn hands out the socket, as the connection that NewSocket
 // wrapped did: Socket reads nothing ahead and keeps no byte back, so a
 // relay that reads or writes the socket itself (proxy/relay) may take it

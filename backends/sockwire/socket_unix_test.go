@@ -126,3 +126,28 @@ func TestPeek(t *testing.T) {
 	peer.Close()
 	until(0, nil)
 }
+
+// TestSocketCloseWrite: a Socket over a TCP connection half-closes it as
+// the TCP connection would: the peer reads the end, and can still write
+// to the Socket.
+func TestSocketCloseWrite(t *testing.T) {
+	s, peer := socketPair(t, nil)
+	cw, ok := s.(interface{ CloseWrite() error })
+	if !ok {
+		t.Fatalf("%T has no CloseWrite", s)
+	}
+	if err := cw.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	_ = peer.SetReadDeadline(time.Now().Add(time.Minute))
+	if n, err := peer.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+		t.Fatalf("peer read after CloseWrite: %d, %v; want the end", n, err)
+	}
+	if _, err := peer.Write([]byte("z")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 1)
+	if _, err := io.ReadFull(s, buf); err != nil || buf[0] != 'z' {
+		t.Fatalf("read after CloseWrite: %q, %v; want the peer's byte", buf, err)
+	}
+}
