@@ -13,21 +13,22 @@ const Supported = true
 // Read reads from a non-blocking socket that its RawConn handed over,
 // with a raw read(2), which returns at once (EAGAIN when there is
 // nothing to read, 0 at its end).
-func Read(fd uintptr, p []byte) (int, error) { return rawIO(syscall.SYS_READ, fd, p) }
+func Read(fd uintptr, p []byte) (int, error) { return rawIO(syscall.SYS_READ, fd, p, 0) }
 
 // Write writes to a non-blocking socket that its RawConn handed over,
 // with a raw write(2), and returns how much of p it took (EAGAIN when
 // the socket's buffer is full).
-func Write(fd uintptr, p []byte) (int, error) { return rawIO(syscall.SYS_WRITE, fd, p) }
+func Write(fd uintptr, p []byte) (int, error) { return rawIO(syscall.SYS_WRITE, fd, p, 0) }
 
-// rawIO makes the read(2) or write(2) trap on fd with p, again when a
-// signal interrupted it.
-func rawIO(trap, fd uintptr, p []byte) (int, error) {
+// rawIO makes the read(2), write(2) or recvfrom(2) trap on fd with p
+// (and flags, recvfrom's; 0 for the others, which take no fourth
+// argument), again when a signal interrupted it.
+func rawIO(trap, fd uintptr, p []byte, flags uintptr) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
 	for {
-		n, _, errno := syscall.RawSyscall(trap, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+		n, _, errno := syscall.RawSyscall6(trap, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)), flags, 0, 0)
 		switch errno {
 		case 0:
 			return int(n), nil
@@ -62,15 +63,5 @@ func nonBlocking(rc syscall.RawConn) bool {
 // error at the socket's end, EAGAIN when there is nothing yet.
 func Peek(fd uintptr) (int, error) {
 	var b [1]byte
-	for {
-		n, _, errno := syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b[0])), 1,
-			syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
-		switch errno {
-		case 0:
-			return int(n), nil
-		case syscall.EINTR:
-			continue
-		}
-		return 0, errno
-	}
+	return rawIO(syscall.SYS_RECVFROM, fd, b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
 }
