@@ -194,13 +194,7 @@ func (c *conn) handleGreet(enhanced bool, arg string) {
 	if c.sess != nil {
 		c.reset()
 	} else {
-		sess, err := c.newSession()
-		if err != nil {
-			c.helo = ""
-			c.replyError(451, smtp.EnhancedCode{4, 0, 0}, err)
-			return
-		}
-		c.sess = sess
+		c.sess = c.newSession()
 	}
 	if !enhanced {
 		c.reply(250, smtp.EnhancedCode{2, 0, 0}, fmt.Sprintf("Hello %s", domain))

@@ -67,13 +67,13 @@ type session struct {
 }
 
 // newSession opens the session at the first HELO or EHLO.
-func (c *conn) newSession() (*session, error) {
+func (c *conn) newSession() *session {
 	sess := &session{s: c.s, c: c, tc: c.tc}
 	if tlsConn, ok := c.nc.(*tls.Conn); ok {
 		sess.tls = true
 		c.tc.setTLS(tlsConn.ConnectionState())
 	}
-	return sess, nil
+	return sess
 }
 
 func (ss *session) ctx() context.Context { return ss.s.ctx }
