@@ -176,9 +176,12 @@ func Run(ctx context.Context, client, upstream net.Conn, opts Options) Stats {
 // opts.Parker, a direction that has waited a while holds no goroutine
 // either (see Parker).
 func Start(ctx context.Context, client, upstream net.Conn, opts Options, done func(Stats)) {
-	upGet, upPut, dnGet, dnPut := ownBuffers()
+	var upGet, dnGet func() *[]byte
+	var upPut, dnPut func(*[]byte)
 	if b := opts.Buffers; b != nil {
 		upGet, upPut, dnGet, dnPut = b.get, b.put, b.get, b.put
+	} else {
+		upGet, upPut, dnGet, dnPut = ownBuffers()
 	}
 	r := &run{ctx: ctx, client: client, upstream: upstream, opts: opts, done: done, watchDone: make(chan struct{})}
 	r.left.Store(2)
