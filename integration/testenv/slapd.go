@@ -61,6 +61,10 @@ func (s *Slapd) UserDN(uid string) string {
 	return strings.Replace(s.UserTemplate, "{user}", uid, 1)
 }
 
+// Pid returns slapd's process ID (for benchmarks that read its resident
+// set from /proc).
+func (s *Slapd) Pid() int { return s.cmd.Process.Pid }
+
 // Log returns what slapd has logged so far (connections, binds, searches
 // with their DNs and result codes; never passwords).
 func (s *Slapd) Log() string {
