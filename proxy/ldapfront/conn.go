@@ -10,6 +10,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/passgate/passgate/backends/ldapwire"
@@ -87,6 +88,15 @@ type conn struct {
 	held []byte        // answers that hold keeps for the next write
 	wdl  deadline      // the write deadline, moved at most once per WriteTimeout
 	br   *bufio.Reader // reader goroutine only
+	// waitRaw is the plaintext socket's RawConn, through which the reader
+	// waits for the next message without a buffer (awaitMessage); nil
+	// once the connection is TLS, or when the socket cannot be waited on
+	// that way. Reader goroutine only.
+	waitRaw syscall.RawConn
+	// waitFn is waitRaw.Read's callback, made once; waitPeeked says
+	// whether this wait has looked at the socket yet.
+	waitFn     func(fd uintptr) bool
+	waitPeeked bool
 	// The read deadline, and whether it is the idle one the reader set
 	// after a bind; reader goroutine only.
 	rdl       deadline
@@ -176,9 +186,15 @@ func (c *conn) serve() {
 		if !c.handshake() {
 			return
 		}
+	} else if rc, ok := sockwire.RawConn(c.nc); ok {
+		c.waitRaw, c.waitFn = rc, c.readable
 	}
-	c.br = bufio.NewReaderSize(c.nc, 4096)
+	c.br = c.srv.reader(c.nc)
 	c.readLoop()
+	if c.br != nil {
+		c.srv.putReader(c.br)
+		c.br = nil
+	}
 }
 
 // stop ends the connection: the context is cancelled and the socket
@@ -414,6 +430,9 @@ func (c *conn) readLoop() {
 			c.rdl, c.rdlAuthed = deadline{}, true
 			c.setReadDeadline(nc, true) // a bind succeeded meanwhile
 		}
+		if !c.awaitMessage() {
+			return
+		}
 		// The cap is chosen once the next message has started to arrive,
 		// so that a message sent after a successful bind's response gets
 		// the bound cap. The message stays in the reader's buffer, where
@@ -610,7 +629,49 @@ func (c *conn) startTLS(id int64) bool {
 	if !c.handshake() {
 		return false
 	}
-	c.br = bufio.NewReaderSize(c.nc, 4096)
+	c.waitRaw = nil       // TLS may read ahead of what the socket shows
+	c.srv.putReader(c.br) // and with it whatever was pipelined in plaintext
+	c.br = c.srv.reader(c.nc)
+	return true
+}
+
+// readable is awaitMessage's wait callback. Its first call looks at the
+// socket (a message may have come already); once the socket has been
+// reported readable it says so without looking again, which saves a
+// system call per message. A rare readiness without bytes then costs a
+// read that waits holding the buffer, as every read did before.
+func (c *conn) readable(fd uintptr) bool {
+	if c.waitPeeked {
+		return true
+	}
+	c.waitPeeked = true
+	return sockwire.Readable(fd)
+}
+
+// awaitMessage lets an idle plaintext connection hold no read buffer: when
+// the reader's buffer is empty, it goes back to the server's pool while
+// the reader waits, on the socket itself, for the client's next bytes (or
+// the read deadline, or the socket's close), and a buffer is taken again
+// once they are there. Over TLS the reader keeps its buffer and waits in
+// its read: TLS may hold bytes it has read ahead, which a wait on the
+// socket would not see. It reports false when the wait failed and the
+// connection is done. The message read before is no longer in use here:
+// runInline has relayed it, and the executor has a copy.
+func (c *conn) awaitMessage() bool {
+	if c.waitRaw == nil || c.br.Buffered() > 0 {
+		return true
+	}
+	c.srv.putReader(c.br)
+	c.br = nil
+	c.waitPeeked = false
+	err := c.waitRaw.Read(c.waitFn)
+	c.br = c.srv.reader(c.nc)
+	if err != nil {
+		if c.ctx.Err() == nil {
+			c.Event(c.ctx, c.srv.log, slog.LevelDebug, "ldap read ended", slog.Any("err", err))
+		}
+		return false
+	}
 	return true
 }
 

@@ -1,6 +1,7 @@
 package ldapfront
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -174,6 +175,35 @@ type Server struct {
 	// nanoseconds). Answers on sessions already open do not count: a
 	// directory may serve those while it refuses new connections.
 	upstreamSeen atomic.Int64
+
+	// readers lends the connections' readers their buffers: a plaintext
+	// connection that waits for its client's next message holds none
+	// (conn.awaitMessage). lent counts the buffers out of the pool: one
+	// per connection that is reading a message, or that reads over TLS.
+	readers sync.Pool
+	lent    atomic.Int64
+}
+
+// readBufferSize is the size of a connection's read buffer.
+const readBufferSize = 4096
+
+// reader takes a read buffer from the pool, reading from nc.
+func (s *Server) reader(nc net.Conn) *bufio.Reader {
+	s.lent.Add(1)
+	br, ok := s.readers.Get().(*bufio.Reader)
+	if !ok {
+		return bufio.NewReaderSize(nc, readBufferSize)
+	}
+	br.Reset(nc)
+	return br
+}
+
+// putReader gives a read buffer back to the pool; what it held is
+// dropped.
+func (s *Server) putReader(br *bufio.Reader) {
+	s.lent.Add(-1)
+	br.Reset(nil)
+	s.readers.Put(br)
 }
 
 // Bounds of the resolve cache.

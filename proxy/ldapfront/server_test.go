@@ -1084,3 +1084,58 @@ func TestLoggedInReachesListenerConn(t *testing.T) {
 		})
 	}
 }
+
+// TestIdleConnectionsHoldNoReadBuffer: a plaintext connection that waits
+// for its client's next message has given its read buffer back to the
+// server's pool, takes one again when the message comes, and answers it;
+// a connection that reads over TLS keeps its buffer (TLS may hold bytes
+// read ahead, which a wait on the socket would not see). Every buffer is
+// back once the connections are gone.
+func TestIdleConnectionsHoldNoReadBuffer(t *testing.T) {
+	ts := startServer(t, nil)
+	lent := func() int64 { return ts.srv.lent.Load() }
+	var clients []*client
+	for range 5 {
+		c := ts.dial(t)
+		c.send(encodeBind(1, aliceDN, alicePW))
+		if m, _ := c.recv(); m.Op.Tag != opBindResponse {
+			t.Fatal("no bind response")
+		} else if code, _ := result(t, m); code != resultSuccess {
+			t.Fatalf("bind: %d", code)
+		}
+		clients = append(clients, c)
+	}
+	waitFor(t, "the idle connections to give their read buffers back", func() bool { return lent() == 0 })
+	for i, c := range clients {
+		c.send(encodeExtended(2, oidWhoAmI))
+		if m, _ := c.recv(); m.ID != 2 {
+			t.Fatalf("connection %d: no WhoAmI response after waiting without a buffer", i)
+		} else if code, _ := result(t, m); code != resultSuccess {
+			t.Fatalf("connection %d: WhoAmI: %d", i, code)
+		}
+	}
+	waitFor(t, "the connections to give their read buffers back after answering", func() bool { return lent() == 0 })
+
+	tc := clients[0]
+	tc.send(encodeExtended(3, oidStartTLS))
+	if m, _ := tc.recv(); m.ID != 3 {
+		t.Fatal("no StartTLS response")
+	} else if code, _ := result(t, m); code != resultSuccess {
+		t.Fatalf("StartTLS: %d", code)
+	}
+	conn := tls.Client(tc.nc, &tls.Config{InsecureSkipVerify: true})
+	if err := conn.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	tc.nc, tc.br = conn, bufio.NewReader(conn)
+	tc.send(encodeExtended(4, oidWhoAmI))
+	if m, _ := tc.recv(); m.ID != 4 {
+		t.Fatal("no WhoAmI response over TLS")
+	}
+	waitFor(t, "one read buffer, the TLS connection's", func() bool { return lent() == 1 })
+
+	for _, c := range clients {
+		c.nc.Close()
+	}
+	waitFor(t, "every read buffer back once the connections are gone", func() bool { return lent() == 0 })
+}
