@@ -190,11 +190,14 @@ func (c *conn) serve() {
 		c.waitRaw, c.waitFn = rc, c.readable
 	}
 	c.br = c.srv.reader(c.nc)
+	defer func() {
+		// Also after a panic in the loop, which recoverConn ends.
+		if c.br != nil {
+			c.srv.putReader(c.br)
+			c.br = nil
+		}
+	}()
 	c.readLoop()
-	if c.br != nil {
-		c.srv.putReader(c.br)
-		c.br = nil
-	}
 }
 
 // stop ends the connection: the context is cancelled and the socket
@@ -638,8 +641,10 @@ func (c *conn) startTLS(id int64) bool {
 // readable is awaitMessage's wait callback. Its first call looks at the
 // socket (a message may have come already); once the socket has been
 // reported readable it says so without looking again, which saves a
-// system call per message. A rare readiness without bytes then costs a
-// read that waits holding the buffer, as every read did before.
+// system call per message waited for. A rare readiness without bytes (an
+// event the runtime's poller delivers after the reader has already read
+// its bytes) then costs a read that waits holding the buffer, as every
+// read did before: memory, never correctness.
 func (c *conn) readable(fd uintptr) bool {
 	if c.waitPeeked {
 		return true

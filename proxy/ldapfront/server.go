@@ -179,7 +179,9 @@ type Server struct {
 	// readers lends the connections' readers their buffers: a plaintext
 	// connection that waits for its client's next message holds none
 	// (conn.awaitMessage). lent counts the buffers out of the pool: one
-	// per connection that is reading a message, or that reads over TLS.
+	// per connection that is reading a message, that reads over TLS, or
+	// whose socket cannot be waited on apart from its reads (a PROXY
+	// header that came in one segment with the first LDAP bytes).
 	readers sync.Pool
 	lent    atomic.Int64
 }

@@ -16,6 +16,7 @@ import (
 	"math/big"
 	"net"
 	"net/netip"
+	"os"
 	"runtime"
 	"strings"
 	"sync"
@@ -1138,4 +1139,36 @@ func TestIdleConnectionsHoldNoReadBuffer(t *testing.T) {
 		c.nc.Close()
 	}
 	waitFor(t, "every read buffer back once the connections are gone", func() bool { return lent() == 0 })
+}
+
+// TestIdleTimeoutWhileWaitingWithoutBuffer: a bound connection that waits
+// for its client without a read buffer is still closed by IdleTimeout,
+// not before it (the pre-bind timeout, here longer than the test's
+// patience, no longer applies once the bind has succeeded).
+func TestIdleTimeoutWhileWaitingWithoutBuffer(t *testing.T) {
+	const idle = 600 * time.Millisecond
+	ts := startServer(t, func(o *Options) {
+		o.IdleTimeout = idle
+		o.PreBindTimeout = 2 * patience
+	})
+	c := ts.dial(t)
+	c.send(encodeBind(1, aliceDN, alicePW))
+	if m, _ := c.recv(); m.Op.Tag != opBindResponse {
+		t.Fatal("no bind response")
+	} else if code, _ := result(t, m); code != resultSuccess {
+		t.Fatalf("bind: %d", code)
+	}
+	bound := time.Now()
+	waitFor(t, "the idle connection to give its read buffer back", func() bool { return ts.srv.lent.Load() == 0 })
+	c.nc.SetReadDeadline(time.Now().Add(patience))
+	var b [1]byte
+	if _, err := c.nc.Read(b[:]); err == nil {
+		// A notice of disconnection may come first; then the close.
+		io.Copy(io.Discard, c.nc)
+	} else if errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("still open %v after the bind, with an idle timeout of %v", patience, idle)
+	}
+	if d := time.Since(bound); d < idle/2 {
+		t.Fatalf("closed %v after the bind, want not before the idle timeout of %v", d, idle)
+	}
 }
