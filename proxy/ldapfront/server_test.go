@@ -427,6 +427,23 @@ func (c *client) recv() (message, []byte) {
 }
 
 // result returns the resultCode and diagnosticMessage of a response.
+// startTLS asks for StartTLS with message id and, once it is granted,
+// makes the client's connection TLS.
+func (c *client) startTLS(t *testing.T, id int64) {
+	t.Helper()
+	c.send(encodeExtended(id, oidStartTLS))
+	if m, _ := c.recv(); m.ID != id {
+		t.Fatal("no StartTLS response")
+	} else if code, _ := result(t, m); code != resultSuccess {
+		t.Fatalf("StartTLS: %d", code)
+	}
+	tc := tls.Client(c.nc, &tls.Config{InsecureSkipVerify: true})
+	if err := tc.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	c.nc, c.br = tc, bufio.NewReader(tc)
+}
+
 func result(t *testing.T, m message) (int, string) {
 	t.Helper()
 	code, b, err := ldapwire.NextElement(m.Op.Content)
@@ -665,17 +682,7 @@ func TestStartTLS(t *testing.T) {
 	} else if code, _ := result(t, m); code != resultConfidentialityRequired {
 		t.Fatalf("bind before TLS: %d", code)
 	}
-	c.send(encodeExtended(2, oidStartTLS))
-	if m, _ := c.recv(); m.ID != 2 {
-		t.Fatal("no StartTLS response")
-	} else if code, _ := result(t, m); code != resultSuccess {
-		t.Fatalf("StartTLS: %d", code)
-	}
-	tc := tls.Client(c.nc, &tls.Config{InsecureSkipVerify: true})
-	if err := tc.Handshake(); err != nil {
-		t.Fatal(err)
-	}
-	c.nc, c.br = tc, bufio.NewReader(tc)
+	c.startTLS(t, 2)
 	c.send(encodeBind(3, aliceDN, alicePW), encodeExtended(4, oidStartTLS))
 	if m, _ := c.recv(); m.ID != 3 {
 		t.Fatal("no bind response")
@@ -1097,11 +1104,8 @@ func TestIdleConnectionsHoldNoReadBuffer(t *testing.T) {
 	lent := func() int64 { return ts.srv.lent.Load() }
 	var clients []*client
 	for range 5 {
-		c := ts.dial(t)
-		c.send(encodeBind(1, aliceDN, alicePW))
-		if m, _ := c.recv(); m.Op.Tag != opBindResponse {
-			t.Fatal("no bind response")
-		} else if code, _ := result(t, m); code != resultSuccess {
+		code, c := ts.bindCode(t, 1, aliceDN, alicePW)
+		if code != resultSuccess {
 			t.Fatalf("bind: %d", code)
 		}
 		clients = append(clients, c)
@@ -1118,17 +1122,7 @@ func TestIdleConnectionsHoldNoReadBuffer(t *testing.T) {
 	waitFor(t, "the connections to give their read buffers back after answering", func() bool { return lent() == 0 })
 
 	tc := clients[0]
-	tc.send(encodeExtended(3, oidStartTLS))
-	if m, _ := tc.recv(); m.ID != 3 {
-		t.Fatal("no StartTLS response")
-	} else if code, _ := result(t, m); code != resultSuccess {
-		t.Fatalf("StartTLS: %d", code)
-	}
-	conn := tls.Client(tc.nc, &tls.Config{InsecureSkipVerify: true})
-	if err := conn.Handshake(); err != nil {
-		t.Fatal(err)
-	}
-	tc.nc, tc.br = conn, bufio.NewReader(conn)
+	tc.startTLS(t, 3)
 	tc.send(encodeExtended(4, oidWhoAmI))
 	if m, _ := tc.recv(); m.ID != 4 {
 		t.Fatal("no WhoAmI response over TLS")
@@ -1151,11 +1145,8 @@ func TestIdleTimeoutWhileWaitingWithoutBuffer(t *testing.T) {
 		o.IdleTimeout = idle
 		o.PreBindTimeout = 2 * patience
 	})
-	c := ts.dial(t)
-	c.send(encodeBind(1, aliceDN, alicePW))
-	if m, _ := c.recv(); m.Op.Tag != opBindResponse {
-		t.Fatal("no bind response")
-	} else if code, _ := result(t, m); code != resultSuccess {
+	code, c := ts.bindCode(t, 1, aliceDN, alicePW)
+	if code != resultSuccess {
 		t.Fatalf("bind: %d", code)
 	}
 	bound := time.Now()
