@@ -35,6 +35,17 @@ func (m *benchStore) RecordLogin(context.Context, int64, store.Usage, store.Audi
 }
 func (m *benchStore) Record(context.Context, store.AuditEvent) error { return nil }
 
+// benchLDAPAlice starts the LDAP benchmarks' passgate (in process,
+// plaintext trusted from loopback), enforces MFA for alice and gives her
+// an app password labelled label; it returns the servers, the gate, the
+// app password and alice's DN.
+func benchLDAPAlice(b *testing.B, label string) (*ldapServers, *ldapGate, string, string) {
+	e := ldapEnv(b)
+	g := startLDAPGate(b, ldapGateOptions{trusted: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}})
+	g.setMFA(b, "alice", store.MFAEnforced)
+	return e, g, g.appPassword(b, "alice", label), e.slapd.UserDN("alice")
+}
+
 // BenchmarkLDAPBind measures simple binds per second through passgate
 // (relay mode, SQLite store — PostgreSQL for the "postgres" rows —,
 // plaintext from a trusted network) and
@@ -49,11 +60,7 @@ func (m *benchStore) Record(context.Context, store.AuditEvent) error { return ni
 //
 //	go test ./integration -run '^$' -bench LDAPBind -benchtime 3s
 func BenchmarkLDAPBind(b *testing.B) {
-	e := ldapEnv(b)
-	g := startLDAPGate(b, ldapGateOptions{trusted: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}})
-	g.setMFA(b, "alice", store.MFAEnforced)
-	app := g.appPassword(b, "alice", "bench")
-	aliceDN := e.slapd.UserDN("alice")
+	e, g, app, aliceDN := benchLDAPAlice(b, "bench")
 
 	rates := map[string]float64{}
 	run := func(name, url, dn, pw string, newConn bool) {

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"fmt"
 	"net"
-	"net/netip"
 	"os"
 	"runtime"
 	"strings"
@@ -12,8 +11,6 @@ import (
 	"time"
 
 	ber "github.com/go-asn1-ber/asn1-ber"
-
-	"github.com/passgate/passgate/backends/store"
 )
 
 // ldapIdleConns is how many bound, idle connections BenchmarkLDAPIdleConnMemory
@@ -37,11 +34,7 @@ const ldapIdleConns = 200
 //
 //	go test ./integration -run '^$' -bench LDAPIdleConnMemory -benchtime 1x
 func BenchmarkLDAPIdleConnMemory(b *testing.B) {
-	e := ldapEnv(b)
-	g := startLDAPGate(b, ldapGateOptions{trusted: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}})
-	g.setMFA(b, "alice", store.MFAEnforced)
-	app := g.appPassword(b, "alice", "idle")
-	dn := e.slapd.UserDN("alice")
+	e, g, app, dn := benchLDAPAlice(b, "idle")
 	slapdAddr := strings.TrimPrefix(e.slapd.URL, "ldap://")
 
 	// open binds n connections to addr and leaves them open.
