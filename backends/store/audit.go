@@ -161,6 +161,16 @@ func recordArgs(ev AuditEvent) []any {
 		cleanText(ev.Label, maxAuditField), cleanText(ev.Reason, maxAuditDetail)}
 }
 
+// landedQuery counts the events that match recordArgs's values
+// (landedArgs) in every column but the nullable app_password_id.
+const landedQuery = `SELECT count(*) FROM audit_events WHERE time = ? AND is_login = ? AND actor = ? AND action = ?
+ AND subject = ? AND subject_key = ? AND outcome = ? AND detail = ? AND protocol = ? AND client_addr = ?
+ AND client_port = ? AND tls = ? AND client_name = ? AND credential = ? AND label = ? AND reason = ?`
+
+// landedArgs are landedQuery's arguments from recordArgs's a: all but
+// the app password's id (a[14]).
+func landedArgs(a []any) []any { return append(a[:14:14], a[15:]...) }
+
 // AuditCursor marks a place in the audit trail: the (time, id) of the
 // last event of a page. Its String form is what "passgate audit --after"
 // and an API's cursor parameter take; the zero cursor is the start.

@@ -57,9 +57,12 @@ const (
 // idle Journal holds no goroutine and a busy one starts none per commit.
 // The price of the batching is that a crash loses the writes of the last
 // moment, the same window as SQLite's synchronous=NORMAL, and that a
-// write that fails is reported in the log instead of to the login: a failed batch is retried once, then every
-// event in it is written to the log at level ERROR, so that the trail is
-// not silently short.
+// write that fails is reported in the log instead of to the login: a
+// failed batch is retried once, then every event in it is written to the
+// log at level ERROR, so that the trail is not silently short. A batch
+// whose COMMIT got no answer is looked for before the retry, and not
+// written again when the database has it, so that the trail does not
+// count a login twice either.
 //
 // Reads through the Journal see its queued writes (Audit and
 // ListAppPasswords flush first). Another process — the command line
@@ -270,7 +273,10 @@ func (j *Journal) flushLoop() {
 
 // commit writes batch in one transaction, retried once, each attempt
 // bounded by journalWriteWait; neither goes on once Close has cancelled
-// j.stop.
+// j.stop. When the first attempt's COMMIT got no answer (the connection
+// broke after it was sent), the database may have committed the batch:
+// the retry first looks for it (landed), so that the trail does not
+// count those logins twice.
 func (j *Journal) commit(batch []journalWrite) error {
 	var err error
 	for attempt := range 2 {
@@ -284,6 +290,18 @@ func (j *Journal) commit(batch []journalWrite) error {
 			}
 		}
 		ctx, cancel := context.WithTimeout(j.stop, journalWriteWait)
+		var unknown *commitUnknownError
+		if attempt > 0 && errors.As(err, &unknown) {
+			there, lerr := j.landed(ctx, batch)
+			if lerr == nil && there {
+				cancel()
+				j.log.LogAttrs(ctx, slog.LevelWarn, "audit journal: the database committed a batch whose commit failed to answer; not written again",
+					slog.Int("events", len(batch)), slog.Any("err", err))
+				return nil
+			}
+			// Not there, or unknown: written again. A duplicate row is
+			// better than a login missing from the trail.
+		}
 		err = j.write(ctx, batch)
 		cancel()
 		if err == nil {
@@ -291,6 +309,29 @@ func (j *Journal) commit(batch []journalWrite) error {
 		}
 	}
 	return err
+}
+
+// commitUnknownError is a COMMIT that failed without an answer from the
+// database: the transaction may have been committed or not.
+type commitUnknownError struct{ err error }
+
+func (e *commitUnknownError) Error() string {
+	return "store: write audit batch: commit (its outcome is unknown): " + e.err.Error()
+}
+
+func (e *commitUnknownError) Unwrap() error { return e.err }
+
+// landed reports whether batch, one transaction, is in the store: all of
+// it is or none, so its first event stands for it. An event is found by
+// everything it was written with but its app password's id: its time to
+// the microsecond, subject, address and port, protocol, outcome and the
+// rest, which no other event shares.
+func (j *Journal) landed(ctx context.Context, batch []journalWrite) (bool, error) {
+	var n int
+	if err := j.db.GetContext(ctx, &n, j.db.Rebind(landedQuery), landedArgs(recordArgs(batch[0].ev))...); err != nil {
+		return false, fmt.Errorf("store: look for an audit batch whose commit did not answer: %w", err)
+	}
+	return n > 0, nil
 }
 
 // logLost counts events that will not reach the store as lost and
@@ -390,7 +431,7 @@ func (j *Journal) write(ctx context.Context, batch []journalWrite) error {
 		return err
 	}
 	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("store: write audit batch: commit: %w", err)
+		return &commitUnknownError{err}
 	}
 	return nil
 }
