@@ -67,9 +67,12 @@ type pending struct {
 // messages and acts at once on Unbind, Abandon and StartTLS; everything
 // else goes, in order, to the executor goroutine, which runs binds one at a
 // time behind the operations before them and sends relayed operations to
-// the upstream session, whose reader writes the answers back. A Search or
-// Compare that can be sent upstream at once, with nothing before it
-// queued or running, the reader sends itself (runInline).
+// the upstream session, whose reader writes the answers back. The
+// executor runs only while it has requests: the reader starts it with
+// the first and it ends once the queue is empty, so that an idle
+// connection holds one goroutine, the reader. A Search or Compare that
+// can be sent upstream at once, with nothing before it queued or
+// running, the reader sends itself (runInline).
 type conn struct {
 	srv *Server
 	// The session log line: ConnID, Proto, RemoteAddr and Start are set
@@ -109,6 +112,11 @@ type conn struct {
 	// not finished: 0 means it has nothing queued or running, and then
 	// the reader may run a request itself (runInline).
 	unfinished atomic.Int64
+	// execOn says that an executor goroutine runs or is being started
+	// (startExecutor); execs waits for it at the connection's end. Only
+	// the reader starts one (execs.Add).
+	execOn atomic.Bool
+	execs  sync.WaitGroup
 
 	queue chan *request
 	slots chan struct{} // one token per operation in flight upstream
@@ -152,10 +160,9 @@ func (s *Server) newConn(nc net.Conn) *conn {
 // Close.
 func (c *conn) serve() {
 	defer c.srv.recoverConn(c)
-	execDone := make(chan struct{})
 	defer func() {
 		c.stop(nil)
-		<-execDone
+		c.execs.Wait()
 		c.mu.Lock()
 		sess, release := c.sess, c.release
 		c.sess, c.release = nil, nil
@@ -176,11 +183,6 @@ func (c *conn) serve() {
 		line.BytesIn, line.BytesOut, line.Ended = c.bytesIn.Load(), c.bytesOut.Load(), ended
 		line.Log(context.Background(), c.srv.log, c.srv.opts.Conns, "ldap session closed",
 			slog.String("listener", c.srv.opts.Listener), slog.Bool("tls", c.tls.Load()))
-	}()
-	go func() {
-		defer close(execDone)
-		defer c.srv.recoverConn(c)
-		c.executor()
 	}()
 	if c.srv.opts.ImplicitTLS {
 		if !c.handshake() {
@@ -528,6 +530,7 @@ func (c *conn) enqueue(r *request) bool {
 		}
 	}
 	c.unfinished.Add(1)
+	c.startExecutor()
 	select {
 	case c.queue <- r:
 		return true
@@ -680,9 +683,37 @@ func (c *conn) awaitMessage() bool {
 	return true
 }
 
-// executor runs queued requests in order.
+// startExecutor starts the executor goroutine for a request just
+// counted in unfinished, unless one runs: the one that runs has either
+// not yet looked at the count to end, and will see the request, or has
+// looked and set execOn false, which this sees.
+func (c *conn) startExecutor() {
+	if !c.execOn.CompareAndSwap(false, true) {
+		return
+	}
+	c.execs.Add(1)
+	c.srv.executors.Add(1)
+	go func() {
+		defer c.execs.Done()
+		defer c.srv.executors.Add(-1)
+		defer c.srv.recoverConn(c)
+		c.executor()
+	}()
+}
+
+// executor runs queued requests in order, and ends once none is left
+// (unfinished is 0), so that an idle connection holds no executor: the
+// reader starts one again with the next request (startExecutor). A
+// request counted after its last look starts a new one; one counted
+// before it, it runs itself, unless the new one took it over.
 func (c *conn) executor() {
 	for {
+		if c.unfinished.Load() == 0 {
+			c.execOn.Store(false)
+			if c.unfinished.Load() == 0 || !c.execOn.CompareAndSwap(false, true) {
+				return
+			}
+		}
 		select {
 		case <-c.ctx.Done():
 			return

@@ -184,6 +184,10 @@ type Server struct {
 	// header that came in one segment with the first LDAP bytes).
 	readers sync.Pool
 	lent    atomic.Int64
+	// executors counts the connections' executor goroutines: one per
+	// connection that has a request queued or running, none for an idle
+	// one (conn.startExecutor).
+	executors atomic.Int64
 }
 
 // readBufferSize is the size of a connection's read buffer.

@@ -11,6 +11,7 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"math/big"
@@ -1102,6 +1103,7 @@ func TestLoggedInReachesListenerConn(t *testing.T) {
 func TestIdleConnectionsHoldNoReadBuffer(t *testing.T) {
 	ts := startServer(t, nil)
 	lent := func() int64 { return ts.srv.lent.Load() }
+	idle := func() bool { return lent() == 0 && ts.srv.executors.Load() == 0 }
 	var clients []*client
 	for range 5 {
 		code, c := ts.bindCode(t, 1, aliceDN, alicePW)
@@ -1110,7 +1112,7 @@ func TestIdleConnectionsHoldNoReadBuffer(t *testing.T) {
 		}
 		clients = append(clients, c)
 	}
-	waitFor(t, "the idle connections to give their read buffers back", func() bool { return lent() == 0 })
+	waitFor(t, "the idle connections to give their read buffers back and end their executors", idle)
 	for i, c := range clients {
 		c.send(encodeExtended(2, oidWhoAmI))
 		if m, _ := c.recv(); m.ID != 2 {
@@ -1119,7 +1121,7 @@ func TestIdleConnectionsHoldNoReadBuffer(t *testing.T) {
 			t.Fatalf("connection %d: WhoAmI: %d", i, code)
 		}
 	}
-	waitFor(t, "the connections to give their read buffers back after answering", func() bool { return lent() == 0 })
+	waitFor(t, "the connections to give their read buffers back and end their executors after answering", idle)
 
 	tc := clients[0]
 	tc.startTLS(t, 3)
@@ -1133,6 +1135,62 @@ func TestIdleConnectionsHoldNoReadBuffer(t *testing.T) {
 		c.nc.Close()
 	}
 	waitFor(t, "every read buffer back once the connections are gone", func() bool { return lent() == 0 })
+}
+
+// TestExecutorComesAndGoes: the executor ends whenever its queue is
+// empty and the reader starts it again with the next request, so a
+// request that arrives while the last one ends must find one running.
+// Several clients send bursts of 1 to 5 pipelined WhoAmI requests (run
+// by the executor), each burst as soon as the one before is answered;
+// every request is answered, in order, and no executor is left once the
+// clients are idle.
+func TestExecutorComesAndGoes(t *testing.T) {
+	ts := startServer(t, nil)
+	const clients, bursts = 6, 150
+	var wg sync.WaitGroup
+	errs := make(chan error, clients)
+	for range clients {
+		code, c := ts.bindCode(t, 1, aliceDN, alicePW)
+		if code != resultSuccess {
+			t.Fatalf("bind: %d", code)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			id := int64(2)
+			for b := range bursts {
+				n := 1 + b%5
+				var msgs [][]byte
+				for i := range n {
+					msgs = append(msgs, encodeExtended(id+int64(i), oidWhoAmI))
+				}
+				if _, err := c.nc.Write(bytes.Join(msgs, nil)); err != nil {
+					errs <- err
+					return
+				}
+				for i := range n {
+					c.nc.SetReadDeadline(time.Now().Add(patience))
+					raw, err := ldapwire.ReadMessage(c.br, 1<<20)
+					if err != nil {
+						errs <- fmt.Errorf("burst %d, request %d of %d: %w", b, i+1, n, err)
+						return
+					}
+					m, err := ldapwire.ParseMessage(raw)
+					if err != nil || m.ID != id+int64(i) || m.Op.Tag != opExtendedResponse {
+						errs <- fmt.Errorf("burst %d: got id %d tag %d (%v), want the WhoAmI response %d", b, m.ID, m.Op.Tag, err, id+int64(i))
+						return
+					}
+				}
+				id += int64(n)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	waitFor(t, "no executor once the clients are idle", func() bool { return ts.srv.executors.Load() == 0 })
 }
 
 // TestIdleTimeoutWhileWaitingWithoutBuffer: a bound connection that waits
