@@ -289,34 +289,52 @@ func (j *Journal) commit(batch []journalWrite) error {
 				return fmt.Errorf("%w (then: %w)", err, context.Cause(j.stop))
 			}
 		}
-		ctx, cancel := context.WithTimeout(j.stop, journalWriteWait)
 		var unknown *commitUnknownError
-		if attempt > 0 && errors.As(err, &unknown) {
-			there, lerr := j.landed(ctx, batch)
-			if lerr == nil && there {
-				cancel()
-				j.log.LogAttrs(ctx, slog.LevelWarn, "audit journal: the database committed a batch whose commit failed to answer; not written again",
-					slog.Int("events", len(batch)), slog.Any("err", err))
+		mayBeThere := attempt > 0 && errors.As(err, &unknown)
+		if mayBeThere {
+			if there, lerr := j.lookForBatch(batch, err); lerr != nil || !there {
+				// Not there, or not known: written again. A duplicate
+				// row is better than a login missing from the trail.
+				j.log.LogAttrs(context.Background(), slog.LevelWarn, "audit journal: writing again a batch whose commit failed; if the database had committed it, its events are in the trail twice",
+					slog.Int("events", len(batch)), slog.Any("err", err), slog.Any("look_err", lerr))
+			} else {
 				return nil
 			}
-			// Not there, or unknown: written again. A duplicate row is
-			// better than a login missing from the trail.
 		}
+		ctx, cancel := context.WithTimeout(j.stop, journalWriteWait)
 		err = j.write(ctx, batch)
 		cancel()
 		if err == nil {
 			return nil
 		}
+		if mayBeThere {
+			err = fmt.Errorf("%w (an earlier commit of these events failed without an answer: they may be stored already)", err)
+		}
 	}
 	return err
 }
 
-// commitUnknownError is a COMMIT that failed without an answer from the
-// database: the transaction may have been committed or not.
+// lookForBatch runs landed with a wait of its own, and logs a batch
+// found committed.
+func (j *Journal) lookForBatch(batch []journalWrite, cause error) (bool, error) {
+	ctx, cancel := context.WithTimeout(j.stop, journalWriteWait)
+	defer cancel()
+	there, err := j.landed(ctx, batch)
+	if err == nil && there {
+		j.log.LogAttrs(context.Background(), slog.LevelWarn, "audit journal: the database had committed a batch whose commit failed; not written again",
+			slog.Int("events", len(batch)), slog.Any("err", cause))
+	}
+	return there, err
+}
+
+// commitUnknownError is a COMMIT that failed. When the database's answer
+// was lost (the connection broke after the COMMIT was sent), the
+// transaction may have been committed; the driver's error does not
+// always tell, so every failed COMMIT is treated as one that may have.
 type commitUnknownError struct{ err error }
 
 func (e *commitUnknownError) Error() string {
-	return "store: write audit batch: commit (its outcome is unknown): " + e.err.Error()
+	return "store: write audit batch: commit (the database may have committed it): " + e.err.Error()
 }
 
 func (e *commitUnknownError) Unwrap() error { return e.err }

@@ -2,7 +2,6 @@ package store_test
 
 import (
 	"bytes"
-	"github.com/passgate/passgate/backends/store"
 	"log/slog"
 	"net"
 	"net/url"
@@ -10,29 +9,33 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+
+	"github.com/passgate/passgate/backends/store"
 )
 
-// commitCutter relays TCP connections to PostgreSQL. Once armed, it lets
-// the next COMMIT through and drops the connection instead of passing
-// the database's answer back: the transaction is committed, and the
-// client cannot know it (what a network failure or a failover at the
-// wrong moment does). lib/pq sends COMMIT as a simple query ('Q', the
-// text, a NUL), alone in its write.
+// commitCutter relays TCP connections to PostgreSQL. Once armed, it
+// breaks the connection of the next COMMIT: after the database has
+// answered it, dropping the answer (the transaction is committed and
+// the client cannot know it: a network failure or a failover at the
+// wrong moment), or, with dropCommit, before the COMMIT reaches the
+// database (nothing is committed). lib/pq sends COMMIT as a simple
+// query ('Q', the text, a NUL), alone in its write.
 type commitCutter struct {
-	ln     net.Listener
-	target string
-	armed  atomic.Bool
-	cut    chan struct{} // closed once a connection was cut after its COMMIT
-	wg     sync.WaitGroup
+	ln         net.Listener
+	target     string
+	dropCommit bool
+	armed      atomic.Bool
+	cut        chan struct{} // closed once a connection was broken at its COMMIT
+	wg         sync.WaitGroup
 }
 
-func startCommitCutter(t *testing.T, target string) *commitCutter {
+func startCommitCutter(t *testing.T, target string, dropCommit bool) *commitCutter {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &commitCutter{ln: ln, target: target, cut: make(chan struct{})}
+	c := &commitCutter{ln: ln, target: target, dropCommit: dropCommit, cut: make(chan struct{})}
 	c.wg.Add(1)
 	go c.accept()
 	t.Cleanup(func() {
@@ -65,10 +68,17 @@ func (c *commitCutter) accept() {
 			buf := make([]byte, 64<<10)
 			for {
 				n, err := client.Read(buf)
-				if n > 0 {
-					if c.armed.Load() && bytes.Contains(buf[:n], []byte("COMMIT\x00")) {
+				if n > 0 && c.armed.Load() && bytes.Contains(buf[:n], []byte("COMMIT\x00")) {
+					if c.dropCommit {
+						if c.armed.CompareAndSwap(true, false) {
+							close(c.cut)
+							return // the COMMIT is not sent
+						}
+					} else {
 						sentCommit.Store(true) // before the database can answer
 					}
+				}
+				if n > 0 {
 					if _, werr := server.Write(buf[:n]); werr != nil {
 						return
 					}
@@ -85,8 +95,8 @@ func (c *commitCutter) accept() {
 			for {
 				n, err := server.Read(buf)
 				if n > 0 && sentCommit.Load() && c.armed.CompareAndSwap(true, false) {
-					close(c.cut) // the answer to COMMIT, dropped with the connection
-					return
+					close(c.cut)
+					return // the answer to COMMIT is not passed on
 				}
 				if n > 0 {
 					if _, werr := client.Write(buf[:n]); werr != nil {
@@ -101,64 +111,90 @@ func (c *commitCutter) accept() {
 	}
 }
 
-// TestJournalCommitWithoutAnswer: when the connection breaks after the
-// audit batch's COMMIT reached PostgreSQL, the Journal cannot know
-// whether the batch is stored; its retry finds the batch there and does
-// not write it again, so that each login is in the trail exactly once,
-// and nothing is reported lost.
+// TestJournalCommitWithoutAnswer: when the connection to PostgreSQL
+// breaks at an audit batch's COMMIT, the Journal cannot know whether the
+// batch is stored. Its retry looks for the batch first: one that the
+// database committed is not written again, one that it did not is; either
+// way each login is in the trail exactly once, nothing is reported lost,
+// and the log says which it was.
 func TestJournalCommitWithoutAnswer(t *testing.T) {
-	f := newFixture(t, store.DriverPostgres)
-	direct := f.migrated(t)
-	ctx := ctxT(t)
-	addUser(t, direct, "alice", store.MFAEnforced)
+	for _, tc := range []struct {
+		name       string
+		dropCommit bool
+		log        string
+	}{
+		{"answer-lost", false, "not written again"},
+		{"commit-lost", true, "writing again a batch whose commit failed"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t, store.DriverPostgres)
+			direct := f.migrated(t)
+			ctx := ctxT(t)
+			addUser(t, direct, "alice", store.MFAEnforced)
+			app, _ := create(t, direct, "alice", "phone")
 
-	u, err := url.Parse(f.dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cutter := startCommitCutter(t, u.Host)
-	u.Host = cutter.ln.Addr().String()
-	opts := f.options()
-	opts.DSN = u.String()
-	s, err := store.Open(ctx, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var logs lockedBuffer
-	j := store.NewJournal(s, slog.New(slog.NewTextHandler(&logs, nil)))
-	t.Cleanup(func() { j.Close() })
+			u, err := url.Parse(f.dsn)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cutter := startCommitCutter(t, u.Host, tc.dropCommit)
+			u.Host = cutter.ln.Addr().String()
+			opts := f.options()
+			opts.DSN = u.String()
+			s, err := store.Open(ctx, opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var logs lockedBuffer
+			j := store.NewJournal(s, slog.New(slog.NewTextHandler(&logs, nil)))
+			t.Cleanup(func() { j.Close() })
 
-	cutter.armed.Store(true)
-	for i := range 3 {
-		if err := j.Record(ctx, loginEvent("alice", "success", i)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := j.Flush(ctx); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-cutter.cut:
-	default:
-		t.Fatalf("no COMMIT was cut: the test did not test it (log:\n%s)", logs.String())
-	}
-	if lost := j.Lost(); lost != 0 {
-		t.Errorf("Lost %d after a commit that the database had made, want 0; log:\n%s", lost, logs.String())
-	}
-	evs, err := direct.Audit(ctx, store.AuditFilter{User: "alice"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	seen := map[string]int{}
-	for _, ev := range evs {
-		seen[ev.Detail]++
-	}
-	for i := range 3 {
-		if d := loginEvent("alice", "success", i).Detail; seen[d] != 1 {
-			t.Errorf("event %s is in the trail %d times, want once (log:\n%s)", d, seen[d], logs.String())
-		}
-	}
-	if !strings.Contains(logs.String(), "not written again") {
-		t.Errorf("the log does not say that the batch was found committed:\n%s", logs.String())
+			cutter.armed.Store(true)
+			// Two unstructured events and a structured app-password
+			// login (port 40002), whose look matches on every column.
+			for i := range 2 {
+				if err := j.Record(ctx, loginEvent("alice", "success", i)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			login := store.AuditEvent{Action: store.ActionLogin, Subject: "alice", Outcome: "success",
+				Protocol: "imap", ClientAddr: "192.0.2.7", ClientPort: 40002, TLS: true, ClientName: "Outlook",
+				Credential: store.CredentialAppPassword, AppPasswordID: app.ID, Label: "phone", Reason: "app password matched"}
+			if err := j.RecordLogin(ctx, app.ID, store.Usage{Addr: "192.0.2.7:40002", Proto: "imap"}, login); err != nil {
+				t.Fatal(err)
+			}
+			if err := j.Flush(ctx); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case <-cutter.cut:
+			default:
+				t.Fatalf("no connection was broken at a COMMIT: the test did not test it (log:\n%s)", logs.String())
+			}
+			if lost := j.Lost(); lost != 0 {
+				t.Errorf("Lost %d, want 0: the retry stores what the broken commit did not; log:\n%s", lost, logs.String())
+			}
+			evs, err := direct.Audit(ctx, store.AuditFilter{User: "alice"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			seen := map[string]int{}
+			for _, ev := range evs {
+				if ev.ClientPort == 40002 {
+					seen["port 40002"]++
+				} else if ev.Action == store.ActionLogin {
+					seen[ev.Detail]++
+				}
+			}
+			want := []string{loginEvent("alice", "", 0).Detail, loginEvent("alice", "", 1).Detail, "port 40002"}
+			for _, w := range want {
+				if seen[w] != 1 {
+					t.Errorf("event %s is in the trail %d times, want once (log:\n%s)", w, seen[w], logs.String())
+				}
+			}
+			if !strings.Contains(logs.String(), tc.log) {
+				t.Errorf("the log does not say %q:\n%s", tc.log, logs.String())
+			}
+		})
 	}
 }
