@@ -223,7 +223,7 @@ func (c *conn) stop(cause error) {
 // idle reports whether the connection has nothing queued, running or in
 // flight (Shutdown closes such connections).
 func (c *conn) idle() bool {
-	return len(c.slots) == 0 && len(c.queue) == 0 && !c.busy.Load()
+	return len(c.slots) == 0 && c.unfinished.Load() == 0 && len(c.queue) == 0 && !c.busy.Load()
 }
 
 // disconnectIfIdle sends a notice of disconnection and closes, as
@@ -684,9 +684,11 @@ func (c *conn) awaitMessage() bool {
 }
 
 // startExecutor starts the executor goroutine for a request just
-// counted in unfinished, unless one runs: the one that runs has either
-// not yet looked at the count to end, and will see the request, or has
-// looked and set execOn false, which this sees.
+// counted in unfinished, unless one runs. An executor that is ending
+// sets execOn false, then looks at the count once more: if this CAS
+// came before that store, the second look comes after the count and
+// sees the request (the executor stays); if it came after, it sees
+// false and starts a new executor.
 func (c *conn) startExecutor() {
 	if !c.execOn.CompareAndSwap(false, true) {
 		return
@@ -709,6 +711,9 @@ func (c *conn) startExecutor() {
 func (c *conn) executor() {
 	for {
 		if c.unfinished.Load() == 0 {
+			if hook := c.srv.executorEnding; hook != nil {
+				hook(c)
+			}
 			c.execOn.Store(false)
 			if c.unfinished.Load() == 0 || !c.execOn.CompareAndSwap(false, true) {
 				return

@@ -188,6 +188,9 @@ type Server struct {
 	// connection that has a request queued or running, none for an idle
 	// one (conn.startExecutor).
 	executors atomic.Int64
+	// executorEnding, set by tests before Serve, is called by an
+	// executor that has found nothing left to run, before it lets go.
+	executorEnding func(*conn)
 }
 
 // readBufferSize is the size of a connection's read buffer.
