@@ -44,6 +44,10 @@ import (
 // attacker who guesses at alice's account from elsewhere, or at many
 // accounts from an office's shared address, does not lock alice out of
 // her own devices.
+//
+// The portal's second factor counts apart from the password (its own
+// pairs, familiar addresses and per-user count): a right password
+// forgets the password's failures, never wrong codes.
 type Lockout struct {
 	// MaxFailures locks one (user, address) pair.
 	MaxFailures int
@@ -209,6 +213,11 @@ func lockKey(user string) string {
 	return u
 }
 
+// secondFactorKey is the name u's second-factor attempts count under.
+// Its prefix has capital letters, which lockKey never returns, so that
+// no user name typed at a login can count towards it.
+func secondFactorKey(u string) string { return "2FA:" + u }
+
 func pendingKeys(u, src string) (pair, addr, usr string) {
 	return "p\x00" + u + "\x00" + src, "a\x00" + src, "u\x00" + u
 }
@@ -239,8 +248,17 @@ func (l *limiter) full(c store.LockoutCounter, key string, limit int, now time.T
 //
 // With first set (see firstRead), the login state of its name is read in
 // the same statement as the counters and kept in first.
-func (l *limiter) admit(ctx context.Context, user string, addr netip.Addr, secret string, now time.Time, first *firstRead) (*admission, string, error) {
+//
+// A second factor's attempts count under the user's second-factor name
+// (secondFactorKey), apart from the password's: a right password clears
+// its own pair's failures and makes its address familiar, which must
+// not also clear wrong codes, or one who knows the password could sign
+// in again after each few wrong codes and guess on without end.
+func (l *limiter) admit(ctx context.Context, user string, addr netip.Addr, secret string, now time.Time, first *firstRead, factor Factor) (*admission, string, error) {
 	u, src := lockKey(user), source(addr)
+	if factor == SecondFactor && u != "" {
+		u = secondFactorKey(u)
+	}
 	s := src.String()
 	st, err := first.lockoutState(ctx, l.counters, u, s)
 	if err != nil {

@@ -552,3 +552,73 @@ func TestLockoutOneRead(t *testing.T) {
 		t.Fatalf("an invalid name: allow %v (%s)", d.Allow, d.Reason)
 	}
 }
+
+// TestLockoutSecondFactorApartFromPassword: wrong second-factor codes
+// count under the user's second-factor name, which a right password does
+// not clear. One who knows alice's password signs in to the portal
+// again after every 5 wrong codes (the portal ends a session there):
+// each sign-in clears the password's failures and makes the address
+// familiar for the password, and the wrong codes still add up to a
+// lockout of the second factor from that address. alice's own second
+// factor, from where she has used it before, is not locked by them, and
+// her password still signs her in from there.
+func TestLockoutSecondFactorApartFromPassword(t *testing.T) {
+	e, _ := lockoutEngine(Lockout{MaxFailures: 10, MaxAddressFailures: 50, MaxUserFailures: 100, Window: time.Hour, Duration: time.Minute})
+	web := func(factor Factor, from string, r Result) (bool, string) {
+		t.Helper()
+		a := Attempt{Proto: Web, Factor: factor, User: "alice", TLS: true, Client: netip.AddrPortFrom(netip.MustParseAddr(from), 40000)}
+		if factor == Password {
+			a.Secret = "alice's primary password"
+		}
+		l, err := e.Decide(context.Background(), a)
+		if err != nil {
+			t.Fatal(err)
+		}
+		allowed, why := l.Allowed(), l.Reason()
+		if !allowed {
+			r = NotAsked
+		}
+		l.Finish(context.Background(), r)
+		return allowed, why
+	}
+	const home, attacker = "192.0.2.10", "203.0.113.1"
+	if ok, why := web(Password, home, Accepted); !ok {
+		t.Fatal(why)
+	}
+	if ok, why := web(SecondFactor, home, Accepted); !ok {
+		t.Fatal(why)
+	}
+	codes := 0
+	for round := 0; ; round++ {
+		if round == 20 {
+			t.Fatalf("%d wrong codes in %d sign-ins with the right password, and the second factor is not locked out", codes, round)
+		}
+		if ok, why := web(Password, attacker, Accepted); !ok {
+			t.Fatalf("sign-in %d with the right password: %s", round, why)
+		}
+		locked := false
+		for range 5 {
+			ok, why := web(SecondFactor, attacker, Refused)
+			if !ok {
+				if !strings.Contains(why, "locked out") {
+					t.Fatalf("second factor refused for another reason: %s", why)
+				}
+				locked = true
+				break
+			}
+			codes++
+		}
+		if locked {
+			break
+		}
+	}
+	if codes > 10 {
+		t.Errorf("locked out after %d wrong codes, want at most MaxFailures (10)", codes)
+	}
+	if ok, why := web(SecondFactor, home, Accepted); !ok {
+		t.Errorf("alice's second factor from home, after the attacker's lockout: %s", why)
+	}
+	if ok, why := web(Password, home, Accepted); !ok {
+		t.Errorf("alice's password from home, after the attacker's lockout: %s", why)
+	}
+}
