@@ -571,6 +571,30 @@ func TestTimeoutsAndReauth(t *testing.T) {
 	}
 }
 
+// TestReauthReturnsOnlyToPortalPages: a link to a delete page with
+// escaped slashes and dot-dots (which ServeMux does not clean) makes a
+// stale session verify its identity, and then lands on Security info,
+// never on the path the link made up (a redirect cleans it into
+// /\evil.example, another site to a browser).
+func TestReauthReturnsOnlyToPortalPages(t *testing.T) {
+	h := newHarness(t, nil)
+	b := h.browser()
+	b.signIn("alice", "alice-pw")
+	seed, _ := b.registerTOTP()
+	h.clock.Add(6 * time.Minute)
+	if r := b.get("/delete/app-password/..%2F..%2F%5Cevil.example"); r.url != "/verify-identity" {
+		t.Fatalf("the crafted link of a stale session: at %s (%d), want /verify-identity", r.url, r.status)
+	}
+	if r := b.post("/verify-identity", url.Values{"password": {"alice-pw"}}); r.url != "/signin/verify" {
+		t.Fatalf("after the password: at %s", r.url)
+	}
+	h.clock.Add(31 * time.Second)
+	code, _ := totp.GenerateCode(seed, h.clock.Now())
+	if r := b.post("/signin/verify", url.Values{"code": {code}}); r.url != "/security-info" {
+		t.Fatalf("after verifying: at %q, want /security-info", r.url)
+	}
+}
+
 func TestSignOutEverywhereAndSessions(t *testing.T) {
 	h := newHarness(t, nil)
 	a, b := h.browser(), h.browser()

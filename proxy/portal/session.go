@@ -9,6 +9,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/go-webauthn/webauthn/webauthn"
@@ -196,15 +197,25 @@ func (s *Server) fresh(w http.ResponseWriter, r *http.Request, ss *sess, next st
 // stale reports whether the session's sign-in is older than ReauthAfter.
 func (s *Server) stale(ss *sess) bool { return s.now().Sub(ss.AuthAt) > s.opts.ReauthAfter }
 
-// safeNext returns next if it is one of the portal's own pages.
+// safeNext returns next if it is one of the portal's own pages, else
+// the Security info page. A delete page must be exactly
+// /delete/KIND/NUMBER: the path it came from is the request's as sent,
+// in which an escaped slash or dot-dot is not cleaned, and a redirect
+// to it would be (to /\evil.example, which a browser takes for
+// //evil.example).
 func safeNext(next string) string {
-	for _, p := range []string{"/add", "/add/authenticator-app", "/add/passkey", "/add/app-password"} {
-		if next == p {
-			return next
-		}
-	}
-	if len(next) > len("/delete/") && next[:len("/delete/")] == "/delete/" && len(next) < 80 {
+	switch next {
+	case "/add", "/add/authenticator-app", "/add/passkey", "/add/app-password":
 		return next
+	}
+	if rest, ok := strings.CutPrefix(next, "/delete/"); ok {
+		kind, id, _ := strings.Cut(rest, "/")
+		switch kind {
+		case "app-password", "authenticator-app", "passkey":
+			if len(id) > 0 && len(id) <= 19 && strings.Trim(id, "0123456789") == "" {
+				return next
+			}
+		}
 	}
 	return "/security-info"
 }
