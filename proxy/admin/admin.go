@@ -54,8 +54,12 @@ type Ops interface {
 }
 
 // Sessions tells the signed-in user of the portal (*portal.Server).
+// Reverify reports whether the session signed in or verified its
+// identity recently enough for a change; when not, it has sent the
+// browser to verify it and come back to next.
 type Sessions interface {
 	SignedIn(w http.ResponseWriter, r *http.Request) (user string, ok bool)
+	Reverify(w http.ResponseWriter, r *http.Request, next string) bool
 }
 
 // Options configures New.
@@ -159,7 +163,12 @@ func (s *Server) fault(w http.ResponseWriter, r *http.Request, err error) {
 }
 
 // guard lets only a signed-in admin with a second factor through: others
-// are sent to sign in, or get 403.
+// are sent to sign in, or get 403. A change (any method but GET and
+// HEAD) also needs a sign-in or "Verify it's you" of the last few
+// minutes (the portal's ReauthAfter), as a change of the user's own on
+// the portal does: an admin session left open cannot be used to change
+// others' accounts without the admin's password and second factor.
+// After verifying, the admin comes back to the page the form was on.
 func (s *Server) guard(h func(http.ResponseWriter, *http.Request, account.Actor)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		user, ok := s.o.Sessions.SignedIn(w, r)
@@ -177,12 +186,26 @@ func (s *Server) guard(h func(http.ResponseWriter, *http.Request, account.Actor)
 				Error: "These pages are for administrators. Ask an administrator if you need access; an administrator also needs a second sign-in method registered on the Security info page."})
 			return
 		}
+		if r.Method != http.MethodGet && r.Method != http.MethodHead && !s.o.Sessions.Reverify(w, r, formPage(r)) {
+			return
+		}
 		addr := ""
 		if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
 			addr = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()).String()
 		}
 		h(w, r, account.Actor{Kind: "admin", User: user, Addr: addr})
 	}
+}
+
+// formPage is the page whose form sent r: the same path (the bulk MFA
+// page, settings, the confirmation pages), or the user's page for a
+// user's MFA state. It keeps the path's escaping as sent.
+func formPage(r *http.Request) string {
+	p := r.URL.EscapedPath()
+	if rest, ok := strings.CutPrefix(p, "/admin/users/"); ok && strings.Count(rest, "/") == 1 {
+		return strings.TrimSuffix(p, "/mfa")
+	}
+	return p
 }
 
 // AdminChecker is what IsAdmin needs.

@@ -19,7 +19,8 @@ import (
 	"github.com/passgate/passgate/proxy/api"
 )
 
-// cookieSessions signs in whoever the "u" cookie names.
+// cookieSessions signs in whoever the "u" cookie names; with a "stale"
+// cookie, the sign-in is older than a change allows.
 type cookieSessions struct{}
 
 func (cookieSessions) SignedIn(_ http.ResponseWriter, r *http.Request) (string, bool) {
@@ -28,6 +29,19 @@ func (cookieSessions) SignedIn(_ http.ResponseWriter, r *http.Request) (string, 
 		return "", false
 	}
 	return c.Value, true
+}
+
+func (cs cookieSessions) Reverify(w http.ResponseWriter, r *http.Request, next string) bool {
+	if cs.Recent(w, r) {
+		return true
+	}
+	http.Redirect(w, r, "/verify-identity?next="+url.QueryEscape(next), http.StatusSeeOther)
+	return false
+}
+
+func (cookieSessions) Recent(_ http.ResponseWriter, r *http.Request) bool {
+	_, err := r.Cookie("stale")
+	return err != nil
 }
 
 type env struct {
@@ -141,6 +155,85 @@ func TestNonAdminForbidden(t *testing.T) {
 }
 
 // TestAdminPages walks the pages as an admin with a second factor.
+// doStale is do with the admin's sign-in older than a change allows.
+func (e *env) doStale(user, method, path string, form url.Values) (int, http.Header, string) {
+	e.t.Helper()
+	var body io.Reader
+	if form != nil {
+		body = strings.NewReader(form.Encode())
+	}
+	req, _ := http.NewRequest(method, e.srv.URL+path, body)
+	if form != nil {
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	}
+	req.AddCookie(&http.Cookie{Name: "u", Value: user})
+	req.AddCookie(&http.Cookie{Name: "stale", Value: "1"})
+	c := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	resp, err := c.Do(req)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, resp.Header, string(b)
+}
+
+// TestChangesNeedARecentSignIn: with a sign-in older than the portal's
+// ReauthAfter, an admin still reads every page and API path, but every
+// change is refused and changes nothing: a page's form sends the admin
+// to "Verify it's you" and back to the page it was on, the API answers
+// 403 reauthentication_required.
+func TestChangesNeedARecentSignIn(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	for _, u := range []string{"alice", "bob"} {
+		if _, err := e.st.AddUser(ctx, u, store.MFAEnabled); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := e.st.SetAdmin(ctx, "alice", true); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.st.SetTOTP(ctx, "alice", "JBSWY3DPEHPK3PXP"); err != nil {
+		t.Fatal(err)
+	}
+	back := map[string]string{"/admin/users/bob/mfa": "/admin/users/bob"}
+	for _, p := range adminPaths {
+		code, h, body := e.doStale("alice", p.method, p.path, url.Values{"action": {"enforce"}, "users": {"bob"}, "confirm": {"yes"}})
+		switch {
+		case p.method == "GET" && code != http.StatusOK && code != http.StatusNotFound && (code != http.StatusSeeOther || p.path != "/admin"):
+			t.Errorf("stale: %s %s = %d, want it readable: %.200s", p.method, p.path, code, body)
+		case p.method == "GET":
+		case strings.HasPrefix(p.path, "/api/"):
+			if code != http.StatusForbidden || !strings.Contains(body, `"reauthentication_required"`) {
+				t.Errorf("stale: %s %s = %d %.200s, want 403 reauthentication_required", p.method, p.path, code, body)
+			}
+		default:
+			want := p.path
+			if b, ok := back[p.path]; ok {
+				want = b
+			}
+			if loc := h.Get("Location"); code != http.StatusSeeOther || loc != "/verify-identity?next="+url.QueryEscape(want) {
+				t.Errorf("stale: %s %s = %d to %q, want 303 to verify and back to %s", p.method, p.path, code, loc, want)
+			}
+		}
+	}
+	u, err := e.st.GetUser(ctx, "bob")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u.MFA != store.MFAEnabled {
+		t.Errorf("bob's MFA state is %s after stale changes, want it unchanged (enabled)", u.MFA)
+	}
+	// A recent sign-in changes it.
+	if code, _ := e.do("alice", "POST", "/admin/users/bob/mfa", url.Values{"action": {"enforce"}}); code != http.StatusSeeOther {
+		t.Fatalf("recent: POST /admin/users/bob/mfa = %d", code)
+	}
+	if u, _ := e.st.GetUser(ctx, "bob"); u.MFA != store.MFAEnforced {
+		t.Errorf("bob's MFA state is %s after a recent admin's change, want enforced", u.MFA)
+	}
+}
+
 func TestAdminPages(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()

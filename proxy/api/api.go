@@ -67,8 +67,12 @@ type Tokens interface {
 }
 
 // Sessions tells the signed-in user of the portal, if any.
+//
+// Recent reports whether the session signed in or verified its identity
+// recently enough for a change (the portal's ReauthAfter).
 type Sessions interface {
 	SignedIn(w http.ResponseWriter, r *http.Request) (user string, ok bool)
+	Recent(w http.ResponseWriter, r *http.Request) bool
 }
 
 // AdminCheck reports whether a signed-in user may administer: the admin
@@ -228,6 +232,11 @@ func (s *Server) authenticate(w http.ResponseWriter, r *http.Request, writes boo
 			}
 			if !admin {
 				writeError(w, http.StatusForbidden, "forbidden", "Only administrators with a second factor registered may use the admin API.")
+				return account.Actor{}, false
+			}
+			if writes && !s.o.Sessions.Recent(w, r) {
+				writeError(w, http.StatusForbidden, "reauthentication_required",
+					"A change made with the portal's sign-in needs a recent one: verify your identity on the Security info page (or sign in again), then retry; or use an admin token.")
 				return account.Actor{}, false
 			}
 			return account.Actor{Kind: "admin", User: user, Addr: client.String()}, true

@@ -19,6 +19,15 @@ func TestSafeNext(t *testing.T) {
 		{"//evil.example", "/security-info"},
 		{"https://evil.example/delete/passkey/1", "/security-info"},
 		{"", "/security-info"},
+		// Admin center pages (Reverify), escaped as sent.
+		{"/admin/users/bob", "/admin/users/bob"},
+		{"/admin/users/a%2F..%2Fb/revoke-all", "/admin/users/a%2F..%2Fb/revoke-all"},
+		{"/admin/settings", "/admin/settings"},
+		{"/admin/../evil", "/security-info"},
+		{"/admin/users//evil.example", "/security-info"},
+		{`/admin/users/\evil.example`, "/security-info"},
+		{"/admin/users/bob?x=1", "/security-info"},
+		{"/admin/users/bob/", "/security-info"},
 	} {
 		if got := safeNext(tc.next); got != tc.want {
 			t.Errorf("safeNext(%q) = %q, want %q", tc.next, got, tc.want)

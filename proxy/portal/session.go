@@ -9,6 +9,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"path"
 	"strings"
 	"time"
 
@@ -197,8 +198,9 @@ func (s *Server) fresh(w http.ResponseWriter, r *http.Request, ss *sess, next st
 // stale reports whether the session's sign-in is older than ReauthAfter.
 func (s *Server) stale(ss *sess) bool { return s.now().Sub(ss.AuthAt) > s.opts.ReauthAfter }
 
-// safeNext returns next if it is one of the portal's own pages, else
-// the Security info page. A delete page must be exactly
+// safeNext returns next if it is one of the portal's own pages or an
+// admin center page (escaped as sent, already clean), else the Security
+// info page. A delete page must be exactly
 // /delete/KIND/NUMBER: the path it came from is the request's as sent,
 // in which an escaped slash or dot-dot is not cleaned, and a redirect
 // to it would be (to /\evil.example, which a browser takes for
@@ -206,6 +208,12 @@ func (s *Server) stale(ss *sess) bool { return s.now().Sub(ss.AuthAt) > s.opts.R
 func safeNext(next string) string {
 	switch next {
 	case "/add", "/add/authenticator-app", "/add/passkey", "/add/app-password":
+		return next
+	}
+	// An admin center page (Reverify): escaped as sent, with no dot or
+	// empty segment, no backslash, query or fragment.
+	if strings.HasPrefix(next, "/admin/") && len(next) <= 512 && !strings.ContainsAny(next, "\\?#") &&
+		path.Clean(next) == next {
 		return next
 	}
 	if rest, ok := strings.CutPrefix(next, "/delete/"); ok {
