@@ -18,6 +18,7 @@ import (
 
 	"github.com/passgate/passgate/backends/store"
 	"github.com/passgate/passgate/policy/account"
+	pgadmin "github.com/passgate/passgate/proxy/admin"
 	pgportal "github.com/passgate/passgate/proxy/portal"
 )
 
@@ -201,7 +202,17 @@ func TestPortalReauthentication(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv.Config.Handler = p
+	// The admin center beside it, as serve mounts it, for its changes'
+	// re-authentication.
+	pages, err := pgadmin.New(pgadmin.Options{Ops: account.NewAdmin(account.AdminOptions{Store: st}), Sessions: p, PublicURL: pub, Now: clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/admin", pages)
+	mux.Handle("/admin/", pages)
+	mux.Handle("/", p)
+	srv.Config.Handler = mux
 
 	tabCtx, b := tab(t)
 	w := &portal{t: t, ctx: tabCtx, b: b, base: pub.String()}
@@ -295,5 +306,29 @@ func TestPortalReauthentication(t *testing.T) {
 	}
 	if aps, err := st.ListAppPasswords(ctx, "alice"); err != nil || len(aps) != 0 {
 		t.Errorf("app passwords after the delete: %v, %v", aps, err)
+	}
+
+	// An admin change 6 minutes after the last verification: the admin
+	// center's pages still open, its forms send the admin to verify and
+	// back to the page, where the change then goes through.
+	if err := st.SetAdmin(ctx, "alice", true); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.AddUser(ctx, "bob", store.MFAEnabled); err != nil {
+		t.Fatal(err)
+	}
+	clock.advance(6 * time.Minute)
+	w.visit("/admin/users/bob")
+	w.see("button", "Enforce")
+	w.press("Enforce")
+	verify("an admin change")
+	w.see("button", "Enforce")
+	if u, err := st.GetUser(ctx, "bob"); err != nil || u.MFA != store.MFAEnabled {
+		t.Fatalf("bob before the admin presses Enforce again: %+v, %v; want enabled (the stale change is not made)", u, err)
+	}
+	w.press("Enforce")
+	w.seeText("now Enforced for bob")
+	if u, err := st.GetUser(ctx, "bob"); err != nil || u.MFA != store.MFAEnforced {
+		t.Errorf("bob after a verified admin's Enforce: %+v, %v; want enforced", u, err)
 	}
 }
