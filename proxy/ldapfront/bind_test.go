@@ -325,6 +325,54 @@ func TestQueuedBytesCapped(t *testing.T) {
 	}
 }
 
+// TestPreBindQueuedBytesCapped: before a bind has succeeded, a client
+// that pipelines large binds behind one that is being decided has at
+// most preBindQueuedBytes waiting in passgate (one message always fits);
+// the rest waits in the socket.
+func TestPreBindQueuedBytesCapped(t *testing.T) {
+	ts := startServer(t, nil)
+	block := make(chan struct{})
+	ts.dec.mu.Lock()
+	ts.dec.block = block
+	ts.dec.mu.Unlock()
+	defer close(block)
+	c := ts.dial(t)
+	pw := strings.Repeat("p", preBindMaxMessageBytes-200)
+	size := len(encodeBind(2, aliceDN, pw))
+	if size > preBindMaxMessageBytes {
+		t.Fatalf("a bind of %d bytes is over the pre-bind message cap", size)
+	}
+	go func() {
+		for i := int64(1); i <= 40; i++ {
+			if _, err := c.nc.Write(encodeBind(i, aliceDN, pw)); err != nil {
+				return // the connection was closed at the end of the test
+			}
+		}
+	}()
+	// The reader is stuck once it holds a message that does not fit:
+	// the first bind with the decider, the next ones queued up to the cap.
+	peak := 0
+	stuck := func() bool {
+		for _, sc := range ts.srv.set.Live() {
+			sc.mu.Lock()
+			peak = max(peak, sc.queuedBytes)
+			sc.mu.Unlock()
+		}
+		if peak > max(preBindQueuedBytes, size) {
+			t.Fatalf("%d bytes queued before a bind succeeded, cap %d", peak, preBindQueuedBytes)
+		}
+		return peak > 0 && peak+size > preBindQueuedBytes
+	}
+	for deadline := time.Now().Add(patience); !stuck(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d bytes ever queued: the test did not fill the queue", peak)
+		}
+	}
+	// Held there for a while, it queues nothing more.
+	time.Sleep(200 * time.Millisecond)
+	stuck()
+}
+
 // TestAbandonOfQueuedBindIsIgnored: a bind cannot be abandoned (RFC 4511
 // §4.11); it is answered.
 func TestAbandonOfQueuedBindIsIgnored(t *testing.T) {

@@ -508,13 +508,18 @@ func (c *conn) readLoop() {
 	}
 }
 
-// enqueue hands r to the executor. While more than maxQueuedBytes wait
-// for it, the reader waits too (and so reads nothing more from the
-// client); one message of any accepted size always fits.
+// enqueue hands r to the executor. While more than maxQueuedBytes
+// (preBindQueuedBytes before a bind has succeeded) wait for it, the
+// reader waits too (and so reads nothing more from the client); one
+// message of any accepted size always fits.
 func (c *conn) enqueue(r *request) bool {
+	limit := maxQueuedBytes
+	if !c.authed.Load() {
+		limit = preBindQueuedBytes
+	}
 	for {
 		c.mu.Lock()
-		if c.queuedBytes == 0 || c.queuedBytes+r.size <= maxQueuedBytes {
+		if c.queuedBytes == 0 || c.queuedBytes+r.size <= limit {
 			c.queuedBytes += r.size
 			if r.barrier == nil {
 				c.queued[r.msg.ID] = r

@@ -81,8 +81,9 @@
 //
 // Limits: a client that has not bound is closed PreBindTimeout after it
 // connected, however much it sends, and may send messages of at most 64
-// KiB; at most 4 MiB of messages wait for the executor per connection
-// (the reader stops reading beyond that), and relayed requests are not
+// KiB; at most 4 MiB of messages wait for the executor per connection,
+// 64 KiB before a bind has succeeded (the reader stops reading beyond
+// that; one message always fits), and relayed requests are not
 // kept in memory while their answers come.
 //
 // Several requests may be in flight on one connection: they are answered

@@ -92,6 +92,12 @@ const (
 	DefaultWriteTimeout    = 30 * time.Second
 	preBindMaxMessageBytes = 64 << 10 // largest message before a bind has succeeded
 	maxQueuedBytes         = 4 << 20  // bytes of messages waiting for the executor, per connection
+	// preBindQueuedBytes is maxQueuedBytes before a bind has succeeded:
+	// a client must wait for a bind's answer before it sends more (RFC
+	// 4511 §4.2.1), so that one that does not gets its messages read
+	// only as the ones before are done, and cannot make passgate hold
+	// megabytes for a connection that has proved nothing.
+	preBindQueuedBytes = 64 << 10
 	// At most maxHeldBytes of answers wait for the next write (conn.hold);
 	// a buffer of held answers larger than keptHeldBytes is not kept
 	// after the write.
