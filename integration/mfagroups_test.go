@@ -121,4 +121,9 @@ func TestMFAGroupsDirectoryDown(t *testing.T) {
 	if got := p.rawLoginFrom(t, "127.0.0.73", "dave", app); !strings.HasPrefix(got, "a OK") {
 		t.Errorf("dave's app password (enforced in the store) with the directory down: %q, want a OK", got)
 	}
+	// dave's primary password gets what bob's got: the answer must not
+	// tell that the store enforces dave.
+	if got := p.rawLoginFrom(t, "127.0.0.73", "dave", d.Users["dave"]); !strings.HasPrefix(got, "a NO [UNAVAILABLE]") {
+		t.Errorf("dave (enforced in the store) with his primary password and the directory down: %q, want a NO [UNAVAILABLE] as for bob", got)
+	}
 }

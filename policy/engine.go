@@ -281,10 +281,13 @@ func (e *Engine) Decide(ctx context.Context, a Attempt) (*Login, error) {
 			match = ls.AppPassword
 		}
 	}
-	// A member of an mfa group is enforced. The directory is asked only
-	// when its answer can change the decision: not for a user enforced
-	// already, nor for a usable app password of a user with MFA on.
-	if e.groups != nil && st != store.MFAEnforced && (match == nil || st == store.MFADisabled) {
+	// A member of an mfa group is enforced. The directory is not asked
+	// for an app password of a user with MFA on (its answer changes
+	// nothing there), and is asked for every other secret, also of a user
+	// enforced already: while the directory is down, every such login
+	// then fails alike, as a temporary failure, instead of telling by
+	// its answer which users the store enforces.
+	if e.groups != nil && (match == nil || st == store.MFADisabled) {
 		member, err := e.groupMember(ctx, names)
 		if err != nil {
 			// Fail closed, but not as a wrong password: the user may

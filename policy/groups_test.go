@@ -43,8 +43,15 @@ func TestDecideMFAGroups(t *testing.T) {
 			groups: fakeGroups{members: map[string]bool{"bob": true}}, allow: true, kind: Primary, asked: true},
 		{name: "ok/enforced-app-password-directory-down", attempt: Attempt{Proto: IMAP, User: "alice", Secret: goodApp, TLS: true, Client: tlsClient},
 			groups: fakeGroups{err: down}, allow: true, kind: AppPassword},
-		{name: "fail/enforced-primary-directory-down-is-a-deny", attempt: Attempt{Proto: IMAP, User: "alice", Secret: primaryPW, TLS: true, Client: tlsClient},
-			groups: fakeGroups{err: down}, reason: "enforced"},
+		{name: "fail/enforced-primary", attempt: Attempt{Proto: IMAP, User: "alice", Secret: primaryPW, TLS: true, Client: tlsClient},
+			groups: fakeGroups{members: map[string]bool{"bob": true}}, asked: true, reason: "enforced"},
+		// While the directory is down, an enforced user's wrong secret
+		// fails as everyone else's does (temporary), not as a refusal
+		// that would tell that the store enforces the user.
+		{name: "fault/enforced-primary-directory-down", attempt: Attempt{Proto: IMAP, User: "alice", Secret: primaryPW, TLS: true, Client: tlsClient},
+			groups: fakeGroups{err: down}, fault: true, asked: true, reason: "mfa groups"},
+		{name: "fault/enforced-wrong-app-password-directory-down", attempt: Attempt{Proto: IMAP, User: "alice", Secret: "zzzzzzzzzzzzzzzz", TLS: true, Client: tlsClient},
+			groups: fakeGroups{err: down}, fault: true, asked: true, reason: "mfa groups"},
 		{name: "fault/no-row-primary-directory-down", attempt: Attempt{Proto: IMAP, User: "zed", Secret: primaryPW, TLS: true, Client: tlsClient},
 			groups: fakeGroups{err: down}, fault: true, asked: true, reason: "mfa groups"},
 	}
