@@ -366,4 +366,35 @@ func TestSecurityHeaders(t *testing.T) {
 			t.Errorf("%s = %q, want %q", name, got, want)
 		}
 	}
+	// The API's answers, signed out (401) and as an admin (200).
+	if _, err := e.st.AddUser(context.Background(), "alice", store.MFAEnabled); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.st.SetAdmin(context.Background(), "alice", true); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.st.SetTOTP(context.Background(), "alice", "JBSWY3DPEHPK3PXP"); err != nil {
+		t.Fatal(err)
+	}
+	for _, user := range []string{"", "alice"} {
+		req, _ := http.NewRequest("GET", e.srv.URL+"/api/v1/users", nil)
+		if user != "" {
+			req.AddCookie(&http.Cookie{Name: "u", Value: user})
+		}
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		for name, want := range map[string]string{
+			"Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+			"X-Content-Type-Options":  "nosniff",
+			"Referrer-Policy":         "no-referrer",
+			"Cache-Control":           "no-store",
+		} {
+			if got := resp.Header.Get(name); got != want {
+				t.Errorf("API (%d, signed in %q): %s = %q, want %q", resp.StatusCode, user, name, got, want)
+			}
+		}
+	}
 }
