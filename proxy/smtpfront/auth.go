@@ -29,7 +29,7 @@ func (c *conn) handleAuth(arg string) {
 	if len(parts) > 1 {
 		var err error
 		if ir, err = decodeSASLResponse(parts[1]); err != nil {
-			c.reply(454, smtp.EnhancedCode{4, 7, 0}, "Invalid base64 data")
+			c.reply(501, smtp.EnhancedCode{5, 5, 2}, "Invalid base64 data") // RFC 4954 §4
 			return
 		}
 	}
@@ -64,7 +64,7 @@ func (c *conn) handleAuth(arg string) {
 			return
 		}
 		if response, err = decodeSASLResponse(encoded); err != nil {
-			c.reply(454, smtp.EnhancedCode{4, 7, 0}, "Invalid base64 data")
+			c.reply(501, smtp.EnhancedCode{5, 5, 2}, "Invalid base64 data") // RFC 4954 §4
 			return
 		}
 	}

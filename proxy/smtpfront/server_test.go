@@ -423,6 +423,10 @@ func TestAuthMechanismsAndWire(t *testing.T) {
 		{"mail-auth-param-dropped", []string{"AUTH PLAIN " + b64("\x00alice\x00"+appSecret), "<235 ", "MAIL FROM:<alice@example.test> AUTH=bob@example.test", "<250 "}},
 		{"unknown-mechanism", []string{"AUTH CRAM-MD5", "<504 "}},
 		{"cancel", []string{"AUTH LOGIN", "<334 ", "*", "<501 "}},
+		// Not base64: a permanent syntax error (RFC 4954 §4), not the
+		// temporary failure that makes a client try again.
+		{"bad-base64-initial-response", []string{"AUTH PLAIN !!!!", "<501 5.5.2 Invalid base64 data\r\n"}},
+		{"bad-base64-response", []string{"AUTH LOGIN", "<334 ", "!!!!", "<501 5.5.2 Invalid base64 data\r\n"}},
 		{"decision-error", []string{"AUTH PLAIN " + b64("\x00down\x00x"), "<454 4.7.0 Temporary authentication failure\r\n"}},
 		{"upstream-reply-passes", []string{"AUTH PLAIN " + b64("\x00alice\x00"+appSecret), "<235 ", "MAIL FROM:<alice@example.test>", "<250 ",
 			"RCPT TO:<unknown@example.test>", "<550 5.1.1 <unknown@example.test>: Recipient address rejected: User unknown\r\n",
