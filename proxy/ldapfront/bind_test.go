@@ -1,7 +1,9 @@
 package ldapfront
 
 import (
+	"bytes"
 	"errors"
+	"io"
 	"os"
 	"slices"
 	"strings"
@@ -371,6 +373,55 @@ func TestPreBindQueuedBytesCapped(t *testing.T) {
 	// Held there for a while, it queues nothing more.
 	time.Sleep(200 * time.Millisecond)
 	stuck()
+}
+
+// TestPreBindTimeoutWhileWaitingForTheExecutor: a client that has not
+// bound and pipelines behind a bind (against RFC 4511 §4.2.1) while the
+// bind waits for an anonymous search held by the directory makes the
+// reader wait for room in the queue, outside any read; the connection is
+// still closed at its pre-bind deadline, not left until the directory
+// answers. Two large searches fill the pre-bind queue, and 40 small ones
+// the executor's channel.
+func TestPreBindTimeoutWhileWaitingForTheExecutor(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		pad, n int
+	}{{"two-large", 40 << 10, 2}, {"many-small", 1, 2 * DefaultMaxInFlight}} {
+		t.Run(tc.name, func(t *testing.T) {
+			const preBind = 500 * time.Millisecond
+			ts := startServer(t, func(o *Options) { o.AllowAnonymous = true; o.PreBindTimeout = preBind })
+			ts.up.mu.Lock()
+			ts.up.hold = true
+			ts.up.mu.Unlock()
+			c := ts.dial(t)
+			start := time.Now()
+			c.send(encodeSearch(1, aliceDN, nil))
+			waitFor(t, "the anonymous search to be held by the directory", func() bool {
+				ts.up.mu.Lock()
+				defer ts.up.mu.Unlock()
+				if len(ts.up.sessions) == 0 {
+					return false
+				}
+				s := ts.up.sessions[0]
+				s.mu.Lock()
+				defer s.mu.Unlock()
+				return len(s.held) == 1
+			})
+			msgs := [][]byte{encodeBind(2, aliceDN, alicePW)}
+			for i := range tc.n {
+				msgs = append(msgs, encodeSearch(int64(3+i), "cn="+strings.Repeat("x", tc.pad)+","+aliceDN, nil))
+			}
+			go func() { _, _ = c.nc.Write(bytes.Join(msgs, nil)) }()
+			c.nc.SetReadDeadline(time.Now().Add(patience))
+			_, err := io.Copy(io.Discard, c.nc)
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Fatalf("still open %v after connecting, with a pre-bind timeout of %v", patience, preBind)
+			}
+			if d := time.Since(start); d < preBind {
+				t.Fatalf("closed %v after connecting, before the pre-bind timeout of %v", d, preBind)
+			}
+		})
+	}
 }
 
 // TestAbandonOfQueuedBindIsIgnored: a bind cannot be abandoned (RFC 4511

@@ -511,12 +511,17 @@ func (c *conn) readLoop() {
 // enqueue hands r to the executor. While more than maxQueuedBytes
 // (preBindQueuedBytes before a bind has succeeded) wait for it, the
 // reader waits too (and so reads nothing more from the client); one
-// message of any accepted size always fits.
+// message of any accepted size always fits. A connection that has not
+// bound is still ended at its pre-bind deadline while the reader waits
+// here (a client that pipelines behind a bind, against RFC 4511 §4.2.1,
+// may wait for a bind that waits for the directory).
 func (c *conn) enqueue(r *request) bool {
 	limit := maxQueuedBytes
 	if !c.authed.Load() {
 		limit = preBindQueuedBytes
 	}
+	var dl preBindWait
+	defer dl.stop()
 	for {
 		c.mu.Lock()
 		if c.queuedBytes == 0 || c.queuedBytes+r.size <= limit {
@@ -532,17 +537,61 @@ func (c *conn) enqueue(r *request) bool {
 		case <-c.spaceFreed:
 		case <-c.ctx.Done():
 			return false
+		case <-dl.expired(c):
+			if !c.authed.Load() {
+				c.preBindExpired()
+				return false
+			}
 		}
 	}
 	c.unfinished.Add(1)
 	c.startExecutor()
-	select {
-	case c.queue <- r:
-		return true
-	case <-c.ctx.Done():
-		c.unfinished.Add(-1)
-		return false
+	for {
+		select {
+		case c.queue <- r:
+			return true
+		case <-c.ctx.Done():
+			c.unfinished.Add(-1)
+			return false
+		case <-dl.expired(c):
+			if !c.authed.Load() {
+				c.unfinished.Add(-1)
+				c.preBindExpired()
+				return false
+			}
+		}
 	}
+}
+
+// preBindWait is the pre-bind deadline of a reader that waits outside a
+// read (enqueue), where the socket's read deadline cannot end the wait.
+// Its timer is made at the first wait of a connection that has not bound;
+// once fired, its channel is empty and never fires again.
+type preBindWait struct{ t *time.Timer }
+
+// expired returns a channel that fires at c's pre-bind deadline, or nil
+// (never) when c has bound.
+func (w *preBindWait) expired(c *conn) <-chan time.Time {
+	if w.t == nil {
+		if c.authed.Load() {
+			return nil
+		}
+		w.t = time.NewTimer(time.Until(c.Start.Add(c.srv.opts.PreBindTimeout)))
+	}
+	return w.t.C
+}
+
+func (w *preBindWait) stop() {
+	if w.t != nil {
+		w.t.Stop()
+	}
+}
+
+// preBindExpired ends a connection that has not bound by its pre-bind
+// deadline while its reader waited for the executor.
+func (c *conn) preBindExpired() {
+	c.Event(c.ctx, c.srv.log, slog.LevelDebug, "ldap pre-bind timeout while requests waited for the executor")
+	c.stop(errors.New("pre-bind timeout"))
 }
 
 // runInline relays m from the reader, without the hand-off to the
