@@ -223,7 +223,7 @@ func (e *Engine) Decide(ctx context.Context, a Attempt) (*Login, error) {
 	// secret, and its secret is not used (a login state read with the
 	// counters is dropped).
 	if e.lock != nil {
-		adm, why, err := e.lock.admit(ctx, e.lockName(user), a.Client.Addr(), string(a.Secret), e.now(), first, a.Factor)
+		adm, why, err := e.lock.admit(ctx, e.lockName(user), a.Client.Addr(), string(a.Secret), e.now(), first, a.lockKind())
 		if err != nil {
 			l.err = fmt.Errorf("policy: read the lockout of %q: %w", user, err)
 			l.reason = "temporary failure: " + l.err.Error()

@@ -2,6 +2,7 @@ package policy
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/hmac"
 	"crypto/rand"
@@ -45,9 +46,16 @@ import (
 // accounts from an office's shared address, does not lock alice out of
 // her own devices.
 //
-// The portal's second factor counts apart from the password (its own
-// pairs, familiar addresses and per-user count): a right password
-// forgets the password's failures, never wrong codes.
+// The portal's codes (authenticator app, recovery codes) count apart
+// from passwords, under the user's own second-factor name with its own
+// pairs and per-user count: a right password forgets the password's
+// failures, never wrong codes. Which addresses are familiar is one list
+// per user, written by every success that proves more than a password
+// (a login with an app password or a primary password on a protocol, a
+// code or a passkey at the portal), not by the portal's password step:
+// one who knows the password gains no familiar address by signing in
+// with it, while the user's own home or office, where her mail client
+// logs in every day, stays familiar for her codes too.
 type Lockout struct {
 	// MaxFailures locks one (user, address) pair.
 	MaxFailures int
@@ -145,16 +153,18 @@ const (
 // admission is what admit learnt and reserved for one attempt. The Login
 // holds it and settles it when it finishes.
 type admission struct {
-	user      string
-	src       netip.Prefix
-	srcKey    string    // src.String(), the counters' address
-	keys      [3]string // pendingKeys(user, srcKey)
-	addr, usr bool      // the address and user counters count this attempt
-	familiar  time.Time
-	pairDirty bool   // the pair has failures or lockouts to forget
-	repeat    bool   // the secret is one of the last wrong ones
-	tag       []byte // the secret's keyed hash
-	recent    []byte // the pair's remembered tags
+	user       string // the counters' user: the login's, or its second-factor name
+	famUser    string // the familiar addresses' user: the login's
+	noFamiliar bool   // a success makes the address familiar not (the portal's password step)
+	src        netip.Prefix
+	srcKey     string    // src.String(), the counters' address
+	keys       [3]string // pendingKeys(user, srcKey)
+	addr, usr  bool      // the address and user counters count this attempt
+	familiar   time.Time
+	pairDirty  bool   // the pair has failures or lockouts to forget
+	repeat     bool   // the secret is one of the last wrong ones
+	tag        []byte // the secret's keyed hash
+	recent     []byte // the pair's remembered tags
 }
 
 // limiter applies the lockout's rules to the counters, and keeps the
@@ -213,7 +223,18 @@ func lockKey(user string) string {
 	return u
 }
 
-// secondFactorKey is the name u's second-factor attempts count under.
+// lockKind is what an attempt is, for the lockout: a login (a protocol's,
+// an admin token, a passkey), the portal's password step, or a portal
+// code.
+type lockKind int
+
+const (
+	lockLogin lockKind = iota
+	lockPortalPassword
+	lockCode
+)
+
+// secondFactorKey is the name u's code attempts count under.
 // Its prefix has capital letters, which lockKey never returns, so that
 // no user name typed at a login can count towards it.
 func secondFactorKey(u string) string { return "2FA:" + u }
@@ -249,20 +270,30 @@ func (l *limiter) full(c store.LockoutCounter, key string, limit int, now time.T
 // With first set (see firstRead), the login state of its name is read in
 // the same statement as the counters and kept in first.
 //
-// A second factor's attempts count under the user's second-factor name
-// (secondFactorKey), apart from the password's: a right password clears
-// its own pair's failures and makes its address familiar, which must
-// not also clear wrong codes, or one who knows the password could sign
-// in again after each few wrong codes and guess on without end.
-func (l *limiter) admit(ctx context.Context, user string, addr netip.Addr, secret string, now time.Time, first *firstRead, factor Factor) (*admission, string, error) {
+// A portal code (kind lockCode) counts under the user's second-factor
+// name (secondFactorKey), apart from the password: a right password
+// clears its own pair's failures, which must not also clear wrong
+// codes, or one who knows the password could sign in again after each
+// few wrong codes and guess on without end. Its familiar addresses are
+// the user's own, which the portal's password step does not add to
+// (kind lockPortalPassword).
+func (l *limiter) admit(ctx context.Context, user string, addr netip.Addr, secret string, now time.Time, first *firstRead, kind lockKind) (*admission, string, error) {
 	u, src := lockKey(user), source(addr)
-	if factor == SecondFactor && u != "" {
+	s := src.String()
+	fam := u
+	if kind == lockCode && u != "" {
 		u = secondFactorKey(u)
 	}
-	s := src.String()
 	st, err := first.lockoutState(ctx, l.counters, u, s)
 	if err != nil {
 		return nil, "", err
+	}
+	if fam != u {
+		own, err := l.counters.LockoutState(ctx, fam, s)
+		if err != nil {
+			return nil, "", err
+		}
+		st.FamiliarSeen = own.FamiliarSeen
 	}
 	var tag []byte
 	if secret != "" {
@@ -289,7 +320,7 @@ func (l *limiter) admit(ctx context.Context, user string, addr netip.Addr, secre
 			return nil, "locked out: too many attempts at once from an unfamiliar address", nil
 		}
 	}
-	adm := &admission{user: u, src: src, srcKey: s, keys: [3]string{pk, ak, uk}, tag: tag, recent: st.Pair.Recent,
+	adm := &admission{user: u, famUser: fam, noFamiliar: kind == lockPortalPassword, src: src, srcKey: s, keys: [3]string{pk, ak, uk}, tag: tag, recent: st.Pair.Recent,
 		pairDirty: st.Pair.Failures > 0 || st.Pair.Locks > 0 || !st.Pair.LockedUntil.IsZero()}
 	if familiar {
 		adm.familiar = st.FamiliarSeen
@@ -411,14 +442,19 @@ func (l *limiter) count(ctx context.Context, user, addr string, limit int, now t
 
 // note is what a success changes: the pair's failures are forgotten
 // (only when there were some) and the address becomes, or stays,
-// familiar (written again at most once a day). nil: nothing to write.
+// familiar (written again at most once a day), unless the success is
+// the portal's password step. nil: nothing to write.
 func (l *limiter) note(adm *admission, now time.Time) *store.LockoutNote {
 	a := adm.src.Addr()
-	familiar := a.IsValid() && !a.IsUnspecified() && (adm.familiar.IsZero() || now.Sub(adm.familiar) >= refreshFamiliar)
+	familiar := !adm.noFamiliar && a.IsValid() && !a.IsUnspecified() && (adm.familiar.IsZero() || now.Sub(adm.familiar) >= refreshFamiliar)
 	if !adm.pairDirty && !familiar {
 		return nil
 	}
-	return &store.LockoutNote{User: adm.user, Addr: adm.srcKey, At: now, ClearPair: adm.pairDirty, Familiar: familiar}
+	n := &store.LockoutNote{User: adm.user, Addr: adm.srcKey, At: now, ClearPair: adm.pairDirty, Familiar: familiar}
+	if adm.famUser != adm.user {
+		n.FamiliarUser = adm.famUser
+	}
+	return n
 }
 
 // memCounters keeps the lockout's counters in this process's memory:
@@ -503,13 +539,14 @@ func (m *memCounters) apply(n store.LockoutNote) {
 	if !n.Familiar {
 		return
 	}
-	f := m.familiar[n.User]
+	fu := cmp.Or(n.FamiliarUser, n.User)
+	f := m.familiar[fu]
 	if f == nil {
 		if len(m.familiar) >= maxTracked {
 			evict(m.familiar, func(map[string]time.Time) bool { return true })
 		}
 		f = make(map[string]time.Time)
-		m.familiar[n.User] = f
+		m.familiar[fu] = f
 	}
 	if _, ok := f[n.Addr]; !ok && len(f) >= maxFamiliar {
 		var oldest string

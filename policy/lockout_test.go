@@ -420,6 +420,25 @@ func TestLockoutShared(t *testing.T) {
 	if d := try(t, c, "alice", goodApp, "192.0.2.10"); !d.Allow {
 		t.Fatalf("after a restart, alice from her familiar address (learnt by another instance): %s", d.Reason)
 	}
+	// A portal code's success makes its address familiar in erin's own
+	// list (the one her logins read), through the store; the portal's
+	// password step does not.
+	web := func(f Factor, from string) {
+		t.Helper()
+		l, err := c.Decide(ctx, Attempt{Proto: Web, Factor: f, User: "erin", Secret: "pw", TLS: true, Client: netip.AddrPortFrom(netip.MustParseAddr(from), 40000)})
+		if err != nil || !l.Allowed() {
+			t.Fatalf("%v from %s: %v %s", f, from, err, l.Reason())
+		}
+		l.Finish(ctx, Accepted)
+	}
+	web(Password, "198.51.100.50")
+	if ls, err := st.LockoutState(ctx, "erin", "198.51.100.50/32"); err != nil || !ls.FamiliarSeen.IsZero() {
+		t.Errorf("after the portal's password step: familiar %v, %v; want not familiar", ls.FamiliarSeen, err)
+	}
+	web(SecondFactor, "198.51.100.50")
+	if ls, err := st.LockoutState(ctx, "erin", "198.51.100.50/32"); err != nil || ls.FamiliarSeen.IsZero() {
+		t.Errorf("after a code's success: familiar %v, %v; want familiar for erin", ls.FamiliarSeen, err)
+	}
 }
 
 // auditTo is a Store whose audit writes go to a real store.
@@ -553,20 +572,22 @@ func TestLockoutOneRead(t *testing.T) {
 	}
 }
 
-// TestLockoutSecondFactorApartFromPassword: wrong second-factor codes
-// count under the user's second-factor name, which a right password does
-// not clear. One who knows alice's password signs in to the portal
-// again after every 5 wrong codes (the portal ends a session there):
-// each sign-in clears the password's failures and makes the address
-// familiar for the password, and the wrong codes still add up to a
-// lockout of the second factor from that address. alice's own second
-// factor, from where she has used it before, is not locked by them, and
-// her password still signs her in from there.
+// TestLockoutSecondFactorApartFromPassword: wrong codes count under the
+// user's second-factor name, which a right password does not clear, and
+// the portal's password step makes no address familiar. One who knows
+// alice's password signs in to the portal again after every 5 wrong
+// codes (the portal ends a session there), from one address and then
+// from many: the codes still add up to a lockout, of the pair and then
+// of alice's codes from every address she has not logged in from. Her
+// own codes from home, where her mail client logs in with an app
+// password, still work, and so do her passkeys (which cannot be
+// guessed) from anywhere.
 func TestLockoutSecondFactorApartFromPassword(t *testing.T) {
-	e, _ := lockoutEngine(Lockout{MaxFailures: 10, MaxAddressFailures: 50, MaxUserFailures: 100, Window: time.Hour, Duration: time.Minute})
-	web := func(factor Factor, from string, r Result) (bool, string) {
+	cfg := Lockout{MaxFailures: 10, MaxAddressFailures: 50, MaxUserFailures: 100, Window: time.Hour, Duration: time.Minute}
+	e, _ := lockoutEngine(cfg)
+	web := func(factor Factor, passkey bool, from string, r Result) (bool, string) {
 		t.Helper()
-		a := Attempt{Proto: Web, Factor: factor, User: "alice", TLS: true, Client: netip.AddrPortFrom(netip.MustParseAddr(from), 40000)}
+		a := Attempt{Proto: Web, Factor: factor, Passkey: passkey, User: "alice", TLS: true, Client: netip.AddrPortFrom(netip.MustParseAddr(from), 40000)}
 		if factor == Password {
 			a.Secret = "alice's primary password"
 		}
@@ -581,44 +602,60 @@ func TestLockoutSecondFactorApartFromPassword(t *testing.T) {
 		l.Finish(context.Background(), r)
 		return allowed, why
 	}
-	const home, attacker = "192.0.2.10", "203.0.113.1"
-	if ok, why := web(Password, home, Accepted); !ok {
-		t.Fatal(why)
-	}
-	if ok, why := web(SecondFactor, home, Accepted); !ok {
-		t.Fatal(why)
-	}
-	codes := 0
-	for round := 0; ; round++ {
-		if round == 20 {
-			t.Fatalf("%d wrong codes in %d sign-ins with the right password, and the second factor is not locked out", codes, round)
-		}
-		if ok, why := web(Password, attacker, Accepted); !ok {
-			t.Fatalf("sign-in %d with the right password: %s", round, why)
-		}
-		locked := false
-		for range 5 {
-			ok, why := web(SecondFactor, attacker, Refused)
-			if !ok {
-				if !strings.Contains(why, "locked out") {
-					t.Fatalf("second factor refused for another reason: %s", why)
-				}
-				locked = true
-				break
+	// guessCodes signs in with the password from addr and guesses codes,
+	// 5 per sign-in, until the codes are locked out (or 20 sign-ins).
+	guessCodes := func(addr string) (codes int, why string) {
+		t.Helper()
+		for round := range 20 {
+			if ok, why := web(Password, false, addr, Accepted); !ok {
+				t.Fatalf("sign-in %d with the right password from %s: %s", round, addr, why)
 			}
-			codes++
+			for range 5 {
+				ok, why := web(SecondFactor, false, addr, Refused)
+				if !ok {
+					return codes, why
+				}
+				codes++
+			}
 		}
-		if locked {
-			break
+		return codes, ""
+	}
+	const home = "192.0.2.10"
+	// alice's phone logs in from home with an app password every day.
+	if d := try(t, e, "alice", goodApp, home); !d.Allow {
+		t.Fatal(d.Reason)
+	}
+
+	codes, why := guessCodes("203.0.113.1")
+	if !strings.Contains(why, "locked out") {
+		t.Fatalf("%d wrong codes in 20 sign-ins with the right password from one address, and its codes are not locked out (%q)", codes, why)
+	}
+	if codes > cfg.MaxFailures {
+		t.Errorf("locked out after %d wrong codes from one address, want at most MaxFailures (%d)", codes, cfg.MaxFailures)
+	}
+	total := codes
+	for i := 2; total < cfg.MaxUserFailures; i++ {
+		n, _ := guessCodes("203.0.113." + strconv.Itoa(i))
+		total += n
+		if i > 20 {
+			t.Fatalf("%d wrong codes from %d addresses, past MaxUserFailures (%d), and still guessing", total, i, cfg.MaxUserFailures)
 		}
 	}
-	if codes > 10 {
-		t.Errorf("locked out after %d wrong codes, want at most MaxFailures (10)", codes)
+	// A new address, signed in from with the password: the password
+	// step does not make it familiar, so the per-user lockout holds.
+	if ok, why := web(Password, false, "198.51.100.1", Accepted); !ok {
+		t.Fatalf("the right password from a new address: %s", why)
 	}
-	if ok, why := web(SecondFactor, home, Accepted); !ok {
-		t.Errorf("alice's second factor from home, after the attacker's lockout: %s", why)
+	if ok, why := web(SecondFactor, false, "198.51.100.1", Refused); ok || !strings.Contains(why, "unfamiliar") {
+		t.Errorf("a code from a new address after %d wrong codes and a sign-in with the password there: allowed %v (%s), want the per-user lockout", total, ok, why)
 	}
-	if ok, why := web(Password, home, Accepted); !ok {
-		t.Errorf("alice's password from home, after the attacker's lockout: %s", why)
+	if ok, why := web(SecondFactor, false, home, Accepted); !ok {
+		t.Errorf("alice's code from home, where her phone logs in, after the guessing: %s", why)
+	}
+	if ok, why := web(SecondFactor, true, "198.51.100.2", Accepted); !ok {
+		t.Errorf("alice's passkey from a new address after the guessing: %s", why)
+	}
+	if ok, why := web(Password, false, home, Accepted); !ok {
+		t.Errorf("alice's password from home after the guessing: %s", why)
 	}
 }

@@ -102,6 +102,22 @@ type Attempt struct {
 	// through as it lets TLS, while the audit still says tls=no. It
 	// counts only when Client is a loopback address.
 	Local bool
+	// Passkey says that a Web SecondFactor is a passkey's assertion,
+	// which cannot be guessed (not a code): the lockout counts it as a
+	// login, not with the codes, so that guessed codes never lock a
+	// user's passkeys.
+	Passkey bool
+}
+
+// lockKind is what a counts as in the lockout.
+func (a Attempt) lockKind() lockKind {
+	switch {
+	case a.Proto == Web && a.Factor == Password:
+		return lockPortalPassword
+	case a.Factor == SecondFactor && !a.Passkey:
+		return lockCode
+	}
+	return lockLogin
 }
 
 // LogValue logs the attempt without its secret.

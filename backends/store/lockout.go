@@ -1,6 +1,7 @@
 package store
 
 import (
+	"cmp"
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
@@ -51,8 +52,10 @@ type LockoutNote struct {
 	// ClearPair forgets the pair's failures and lockouts (set only when
 	// there were some).
 	ClearPair bool
-	// Familiar records At as the last success from Addr.
-	Familiar bool
+	// Familiar records At as the last success from Addr, for
+	// FamiliarUser ("": User).
+	Familiar     bool
+	FamiliarUser string
 }
 
 func micros(t time.Time) int64 {
@@ -215,13 +218,14 @@ func applyNote(ctx context.Context, tx *sqlx.Tx, n *LockoutNote) error {
 		if at.IsZero() {
 			at = time.Now()
 		}
+		fu := cmp.Or(n.FamiliarUser, n.User)
 		if _, err := tx.ExecContext(ctx, tx.Rebind(`INSERT INTO familiar_addresses (user_key, addr, last_seen) VALUES (?, ?, ?)
-ON CONFLICT (user_key, addr) DO UPDATE SET last_seen = excluded.last_seen`), n.User, n.Addr, micros(at)); err != nil {
-			return fmt.Errorf("store: remember %s as familiar for %q: %w", n.Addr, n.User, err)
+ON CONFLICT (user_key, addr) DO UPDATE SET last_seen = excluded.last_seen`), fu, n.Addr, micros(at)); err != nil {
+			return fmt.Errorf("store: remember %s as familiar for %q: %w", n.Addr, fu, err)
 		}
 		if _, err := tx.ExecContext(ctx, tx.Rebind(`DELETE FROM familiar_addresses WHERE user_key = ? AND addr NOT IN
-(SELECT addr FROM familiar_addresses WHERE user_key = ? ORDER BY last_seen DESC LIMIT ?)`), n.User, n.User, maxFamiliar); err != nil {
-			return fmt.Errorf("store: forget old familiar addresses of %q: %w", n.User, err)
+(SELECT addr FROM familiar_addresses WHERE user_key = ? ORDER BY last_seen DESC LIMIT ?)`), fu, fu, maxFamiliar); err != nil {
+			return fmt.Errorf("store: forget old familiar addresses of %q: %w", fu, err)
 		}
 	}
 	return nil

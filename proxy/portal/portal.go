@@ -57,6 +57,9 @@ type Attempt struct {
 	// TLS-terminating proxy here): its credentials never crossed a
 	// network, though it is not TLS.
 	Local bool
+	// Passkey says that a second factor is a passkey's assertion, not a
+	// code: it cannot be guessed, and wrong codes do not lock it.
+	Passkey bool
 }
 
 // LogValue logs the attempt without its password.

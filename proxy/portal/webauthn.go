@@ -219,6 +219,7 @@ func (s *Server) handlePasskeyLoginFinish(w http.ResponseWriter, r *http.Request
 	body, _ := io.ReadAll(io.LimitReader(r.Body, maxCeremonyBody))
 	a := s.attempt(r, ss.User, "")
 	a.Started = started
+	a.Passkey = true
 	err := s.opts.SignIn.SecondFactor(r.Context(), a, func(ctx context.Context) (bool, error) {
 		if sd == nil {
 			return false, nil

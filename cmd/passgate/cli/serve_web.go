@@ -196,7 +196,7 @@ var _ portal.SignIn = (*webSignIn)(nil)
 
 func webAttempt(a portal.Attempt, f policy.Factor) policy.Attempt {
 	return policy.Attempt{Proto: policy.Web, Factor: f, User: a.User, Secret: policy.Secret(a.Password), Client: a.Client,
-		TLS: a.TLS, Local: a.Local, ClientName: a.ClientName, Received: a.Started}
+		TLS: a.TLS, Local: a.Local, ClientName: a.ClientName, Received: a.Started, Passkey: a.Passkey}
 }
 
 // finish ends l with r and maps the class of reply to the portal's:
