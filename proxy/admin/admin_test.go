@@ -85,6 +85,18 @@ func newEnv(t *testing.T) *env {
 
 func (e *env) do(user, method, path string, form url.Values) (int, string) {
 	e.t.Helper()
+	var cookies []*http.Cookie
+	if user != "" {
+		cookies = append(cookies, &http.Cookie{Name: "u", Value: user})
+	}
+	code, _, body := e.request(method, path, form, cookies...)
+	return code, body
+}
+
+// request sends a request with form (if not nil) and cookies, without
+// following a redirect.
+func (e *env) request(method, path string, form url.Values, cookies ...*http.Cookie) (int, http.Header, string) {
+	e.t.Helper()
 	var body io.Reader
 	if form != nil {
 		body = strings.NewReader(form.Encode())
@@ -93,8 +105,8 @@ func (e *env) do(user, method, path string, form url.Values) (int, string) {
 	if form != nil {
 		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	}
-	if user != "" {
-		req.AddCookie(&http.Cookie{Name: "u", Value: user})
+	for _, c := range cookies {
+		req.AddCookie(c)
 	}
 	c := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	resp, err := c.Do(req)
@@ -103,7 +115,7 @@ func (e *env) do(user, method, path string, form url.Values) (int, string) {
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
+	return resp.StatusCode, resp.Header, string(b)
 }
 
 var adminPaths = []struct{ method, path string }{
@@ -154,28 +166,25 @@ func TestNonAdminForbidden(t *testing.T) {
 	}
 }
 
-// TestAdminPages walks the pages as an admin with a second factor.
 // doStale is do with the admin's sign-in older than a change allows.
 func (e *env) doStale(user, method, path string, form url.Values) (int, http.Header, string) {
 	e.t.Helper()
-	var body io.Reader
-	if form != nil {
-		body = strings.NewReader(form.Encode())
-	}
-	req, _ := http.NewRequest(method, e.srv.URL+path, body)
-	if form != nil {
-		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-	}
-	req.AddCookie(&http.Cookie{Name: "u", Value: user})
-	req.AddCookie(&http.Cookie{Name: "stale", Value: "1"})
-	c := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
-	resp, err := c.Do(req)
-	if err != nil {
+	return e.request(method, path, form, &http.Cookie{Name: "u", Value: user}, &http.Cookie{Name: "stale", Value: "1"})
+}
+
+// makeAdmin makes name an admin with a second factor (an authenticator
+// app), a user with MFA enabled.
+func (e *env) makeAdmin(ctx context.Context, name string) {
+	e.t.Helper()
+	if _, err := e.st.AddUser(ctx, name, store.MFAEnabled); err != nil {
 		e.t.Fatal(err)
 	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, resp.Header, string(b)
+	if err := e.st.SetAdmin(ctx, name, true); err != nil {
+		e.t.Fatal(err)
+	}
+	if err := e.st.SetTOTP(ctx, name, "JBSWY3DPEHPK3PXP"); err != nil {
+		e.t.Fatal(err)
+	}
 }
 
 // TestChangesNeedARecentSignIn: with a sign-in older than the portal's
@@ -186,15 +195,8 @@ func (e *env) doStale(user, method, path string, form url.Values) (int, http.Hea
 func TestChangesNeedARecentSignIn(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
-	for _, u := range []string{"alice", "bob"} {
-		if _, err := e.st.AddUser(ctx, u, store.MFAEnabled); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := e.st.SetAdmin(ctx, "alice", true); err != nil {
-		t.Fatal(err)
-	}
-	if err := e.st.SetTOTP(ctx, "alice", "JBSWY3DPEHPK3PXP"); err != nil {
+	e.makeAdmin(ctx, "alice")
+	if _, err := e.st.AddUser(ctx, "bob", store.MFAEnabled); err != nil {
 		t.Fatal(err)
 	}
 	back := map[string]string{"/admin/users/bob/mfa": "/admin/users/bob"}
@@ -234,6 +236,7 @@ func TestChangesNeedARecentSignIn(t *testing.T) {
 	}
 }
 
+// TestAdminPages walks the pages as an admin with a second factor.
 func TestAdminPages(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
@@ -367,15 +370,7 @@ func TestSecurityHeaders(t *testing.T) {
 		}
 	}
 	// The API's answers, signed out (401) and as an admin (200).
-	if _, err := e.st.AddUser(context.Background(), "alice", store.MFAEnabled); err != nil {
-		t.Fatal(err)
-	}
-	if err := e.st.SetAdmin(context.Background(), "alice", true); err != nil {
-		t.Fatal(err)
-	}
-	if err := e.st.SetTOTP(context.Background(), "alice", "JBSWY3DPEHPK3PXP"); err != nil {
-		t.Fatal(err)
-	}
+	e.makeAdmin(context.Background(), "alice")
 	for _, user := range []string{"", "alice"} {
 		req, _ := http.NewRequest("GET", e.srv.URL+"/api/v1/users", nil)
 		if user != "" {

@@ -95,15 +95,8 @@ var stampRE = regexp.MustCompile(`\d{4}-\d\d-\d\d \d\d:\d\d UTC`)
 func TestTablesLabelled(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
-	for _, u := range []string{"alice", "carol"} {
-		if _, err := e.st.AddUser(ctx, u, store.MFAEnabled); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := e.st.SetAdmin(ctx, "alice", true); err != nil {
-		t.Fatal(err)
-	}
-	if err := e.st.SetTOTP(ctx, "alice", "JBSWY3DPEHPK3PXP"); err != nil {
+	e.makeAdmin(ctx, "alice")
+	if _, err := e.st.AddUser(ctx, "carol", store.MFAEnabled); err != nil {
 		t.Fatal(err)
 	}
 	ap, _, err := e.st.CreateAppPassword(ctx, store.NewAppPassword{User: "alice", Label: "Outlook 2010"})

@@ -7,6 +7,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -33,6 +34,15 @@ func (c *client) whoAmI(id int64) string {
 		b = rest
 	}
 	return ""
+}
+
+// holdDecisions makes every decision wait until release is called.
+func (ts *testServer) holdDecisions() (release func()) {
+	block := make(chan struct{})
+	ts.dec.mu.Lock()
+	ts.dec.block = block
+	ts.dec.mu.Unlock()
+	return sync.OnceFunc(func() { close(block) })
 }
 
 // bindCode binds on a new connection and returns the result code.
@@ -333,11 +343,8 @@ func TestQueuedBytesCapped(t *testing.T) {
 // the rest waits in the socket.
 func TestPreBindQueuedBytesCapped(t *testing.T) {
 	ts := startServer(t, nil)
-	block := make(chan struct{})
-	ts.dec.mu.Lock()
-	ts.dec.block = block
-	ts.dec.mu.Unlock()
-	defer close(block)
+	release := ts.holdDecisions()
+	defer release()
 	c := ts.dial(t)
 	pw := strings.Repeat("p", preBindMaxMessageBytes-200)
 	size := len(encodeBind(2, aliceDN, pw))
@@ -428,10 +435,7 @@ func TestPreBindTimeoutWhileWaitingForTheExecutor(t *testing.T) {
 // §4.11); it is answered.
 func TestAbandonOfQueuedBindIsIgnored(t *testing.T) {
 	ts := startServer(t, nil)
-	block := make(chan struct{})
-	ts.dec.mu.Lock()
-	ts.dec.block = block
-	ts.dec.mu.Unlock()
+	release := ts.holdDecisions()
 	c := ts.dial(t)
 	c.send(encodeBind(1, aliceDN, alicePW), encodeBind(2, aliceDN, alicePW))
 	waitFor(t, "the first bind reaching the decision", func() bool { return len(ts.dec.decidedUsers()) > 0 })
@@ -444,7 +448,7 @@ func TestAbandonOfQueuedBindIsIgnored(t *testing.T) {
 		defer cs.mu.Unlock()
 		return cs.queued[4] != nil
 	})
-	close(block)
+	release()
 	for _, want := range []int64{1, 2} {
 		m, _ := c.recv()
 		if code, _ := result(t, m); m.ID != want || m.Op.Tag != opBindResponse || code != resultSuccess {
