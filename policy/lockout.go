@@ -224,15 +224,20 @@ func lockKey(user string) string {
 }
 
 // lockKind is what an attempt is, for the lockout: a login (a protocol's,
-// an admin token, a passkey), the portal's password step, or a portal
-// code.
+// a passkey), the portal's password step, a portal code or an admin
+// token.
 type lockKind int
 
 const (
 	lockLogin lockKind = iota
 	lockPortalPassword
 	lockCode
+	lockToken // an admin token of the API: counted under tokenKey
 )
+
+// tokenKey is the name admin-token attempts count under (the API names
+// them all alike), apart from any user of that name.
+func tokenKey(u string) string { return "TOKEN:" + u }
 
 // secondFactorKey is the name u's code attempts count under.
 // Its prefix has capital letters, which lockKey never returns, so that
@@ -281,8 +286,12 @@ func (l *limiter) admit(ctx context.Context, user string, addr netip.Addr, secre
 	u, src := lockKey(user), source(addr)
 	s := src.String()
 	fam := u
-	if kind == lockCode && u != "" {
+	switch {
+	case kind == lockCode && u != "":
 		u = secondFactorKey(u)
+	case kind == lockToken:
+		u = tokenKey(u)
+		fam = u
 	}
 	st, err := first.lockoutState(ctx, l.counters, u, s)
 	if err != nil {

@@ -659,3 +659,29 @@ func TestLockoutSecondFactorApartFromPassword(t *testing.T) {
 		t.Errorf("alice's password from home after the guessing: %s", why)
 	}
 }
+
+// TestLockoutTokensApartFromUsers: the API's failed admin tokens count
+// under a name no user name can be, so that a user called "admin-token"
+// is not locked out by them (nor the tokens by her).
+func TestLockoutTokensApartFromUsers(t *testing.T) {
+	e, _ := lockoutEngine(Lockout{MaxFailures: 3, Window: time.Hour, Duration: time.Minute})
+	from := netip.MustParseAddrPort("203.0.113.5:40000")
+	for range 3 {
+		l, err := e.Decide(context.Background(), Attempt{Proto: API, Factor: Token, User: "admin-token", Secret: Secret("bad-" + rand.Text()), TLS: true, Client: from})
+		if err != nil || !l.Allowed() {
+			t.Fatalf("token attempt: %v %s", err, l.Reason())
+		}
+		l.Finish(context.Background(), Refused)
+	}
+	l, err := e.Decide(context.Background(), Attempt{Proto: API, Factor: Token, User: "admin-token", Secret: "another", TLS: true, Client: from})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l.Allowed() || !strings.Contains(l.Reason(), "locked out") {
+		t.Errorf("a fourth token from the address after 3 failures: allowed %v (%s), want locked out", l.Allowed(), l.Reason())
+	}
+	l.Finish(context.Background(), NotAsked)
+	if d := try(t, e, "admin-token", goodApp, from.Addr().String()); strings.Contains(d.Reason, "locked out") {
+		t.Errorf("a user called admin-token, from the address the tokens failed from: %s", d.Reason)
+	}
+}

@@ -116,6 +116,8 @@ func (a Attempt) lockKind() lockKind {
 		return lockPortalPassword
 	case a.Factor == SecondFactor && !a.Passkey:
 		return lockCode
+	case a.Factor == Token:
+		return lockToken
 	}
 	return lockLogin
 }
