@@ -319,6 +319,11 @@ func (e *Engine) Decide(ctx context.Context, a Attempt) (*Login, error) {
 		l.allowed = true
 		l.user = ap.User // the stored name, not the client's spelling
 		l.reason = "app password matched"
+		if l.adm != nil && l.adm.user != "" {
+			// An app password proves more than a password: its address
+			// is familiar to the user's codes too.
+			l.adm.alsoFamiliar = secondFactorKey(l.adm.user)
+		}
 		l.settle(ctx, Success) // the note rides on the event below
 		u := store.Usage{At: e.now(), Addr: a.Client.String(), Proto: string(a.Proto), Client: a.ClientName}
 		wctx, cancel := e.writeCtx(ctx)

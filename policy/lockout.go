@@ -2,7 +2,6 @@ package policy
 
 import (
 	"bytes"
-	"cmp"
 	"context"
 	"crypto/hmac"
 	"crypto/rand"
@@ -154,17 +153,21 @@ const (
 // holds it and settles it when it finishes.
 type admission struct {
 	user       string // the counters' user: the login's, or its second-factor name
-	famUser    string // the familiar addresses' user: the login's
 	noFamiliar bool   // a success makes the address familiar not (the portal's password step)
-	src        netip.Prefix
-	srcKey     string    // src.String(), the counters' address
-	keys       [3]string // pendingKeys(user, srcKey)
-	addr, usr  bool      // the address and user counters count this attempt
-	familiar   time.Time
-	pairDirty  bool   // the pair has failures or lockouts to forget
-	repeat     bool   // the secret is one of the last wrong ones
-	tag        []byte // the secret's keyed hash
-	recent     []byte // the pair's remembered tags
+	// alsoFamiliar is a second name whose familiar addresses a success
+	// adds the address to: the codes' name for a success that proved
+	// more than a password (an app password, a passkey), the login's
+	// name for a code's success.
+	alsoFamiliar string
+	src          netip.Prefix
+	srcKey       string    // src.String(), the counters' address
+	keys         [3]string // pendingKeys(user, srcKey)
+	addr, usr    bool      // the address and user counters count this attempt
+	familiar     time.Time
+	pairDirty    bool   // the pair has failures or lockouts to forget
+	repeat       bool   // the secret is one of the last wrong ones
+	tag          []byte // the secret's keyed hash
+	recent       []byte // the pair's remembered tags
 }
 
 // limiter applies the lockout's rules to the counters, and keeps the
@@ -223,16 +226,17 @@ func lockKey(user string) string {
 	return u
 }
 
-// lockKind is what an attempt is, for the lockout: a login (a protocol's,
-// a passkey), the portal's password step, a portal code or an admin
-// token.
+// lockKind is what an attempt is, for the lockout: a login (a
+// protocol's), the portal's password step, a portal code, a passkey or an
+// admin token.
 type lockKind int
 
 const (
 	lockLogin lockKind = iota
 	lockPortalPassword
 	lockCode
-	lockToken // an admin token of the API: counted under tokenKey
+	lockPasskey // a passkey at the portal: a login that also makes the address familiar to the codes
+	lockToken   // an admin token of the API: counted under tokenKey
 )
 
 // tokenKey is the name admin-token attempts count under (the API names
@@ -279,30 +283,26 @@ func (l *limiter) full(c store.LockoutCounter, key string, limit int, now time.T
 // name (secondFactorKey), apart from the password: a right password
 // clears its own pair's failures, which must not also clear wrong
 // codes, or one who knows the password could sign in again after each
-// few wrong codes and guess on without end. Its familiar addresses are
-// the user's own, which the portal's password step does not add to
-// (kind lockPortalPassword).
+// few wrong codes and guess on without end. The codes' familiar
+// addresses are their own too, added to only by successes that proved
+// more than a password: codes, passkeys and app-password logins (see
+// alsoFamiliar), never a password, which a guesser of codes has.
 func (l *limiter) admit(ctx context.Context, user string, addr netip.Addr, secret string, now time.Time, first *firstRead, kind lockKind) (*admission, string, error) {
 	u, src := lockKey(user), source(addr)
 	s := src.String()
-	fam := u
+	also := ""
 	switch {
 	case kind == lockCode && u != "":
+		also = u
 		u = secondFactorKey(u)
+	case kind == lockPasskey && u != "":
+		also = secondFactorKey(u)
 	case kind == lockToken:
 		u = tokenKey(u)
-		fam = u
 	}
 	st, err := first.lockoutState(ctx, l.counters, u, s)
 	if err != nil {
 		return nil, "", err
-	}
-	if fam != u {
-		own, err := l.counters.LockoutState(ctx, fam, s)
-		if err != nil {
-			return nil, "", err
-		}
-		st.FamiliarSeen = own.FamiliarSeen
 	}
 	var tag []byte
 	if secret != "" {
@@ -329,7 +329,7 @@ func (l *limiter) admit(ctx context.Context, user string, addr netip.Addr, secre
 			return nil, "locked out: too many attempts at once from an unfamiliar address", nil
 		}
 	}
-	adm := &admission{user: u, famUser: fam, noFamiliar: kind == lockPortalPassword, src: src, srcKey: s, keys: [3]string{pk, ak, uk}, tag: tag, recent: st.Pair.Recent,
+	adm := &admission{user: u, alsoFamiliar: also, noFamiliar: kind == lockPortalPassword, src: src, srcKey: s, keys: [3]string{pk, ak, uk}, tag: tag, recent: st.Pair.Recent,
 		pairDirty: st.Pair.Failures > 0 || st.Pair.Locks > 0 || !st.Pair.LockedUntil.IsZero()}
 	if familiar {
 		adm.familiar = st.FamiliarSeen
@@ -451,8 +451,9 @@ func (l *limiter) count(ctx context.Context, user, addr string, limit int, now t
 
 // note is what a success changes: the pair's failures are forgotten
 // (only when there were some) and the address becomes, or stays,
-// familiar (written again at most once a day), unless the success is
-// the portal's password step. nil: nothing to write.
+// familiar (written again at most once a day, for alsoFamiliar too),
+// unless the success is the portal's password step. nil: nothing to
+// write.
 func (l *limiter) note(adm *admission, now time.Time) *store.LockoutNote {
 	a := adm.src.Addr()
 	familiar := !adm.noFamiliar && a.IsValid() && !a.IsUnspecified() && (adm.familiar.IsZero() || now.Sub(adm.familiar) >= refreshFamiliar)
@@ -460,8 +461,8 @@ func (l *limiter) note(adm *admission, now time.Time) *store.LockoutNote {
 		return nil
 	}
 	n := &store.LockoutNote{User: adm.user, Addr: adm.srcKey, At: now, ClearPair: adm.pairDirty, Familiar: familiar}
-	if adm.famUser != adm.user {
-		n.FamiliarUser = adm.famUser
+	if familiar {
+		n.AlsoFamiliar = adm.alsoFamiliar
 	}
 	return n
 }
@@ -548,26 +549,34 @@ func (m *memCounters) apply(n store.LockoutNote) {
 	if !n.Familiar {
 		return
 	}
-	fu := cmp.Or(n.FamiliarUser, n.User)
-	f := m.familiar[fu]
+	m.familiarize(n.User, n.Addr, n.At)
+	if n.AlsoFamiliar != "" {
+		m.familiarize(n.AlsoFamiliar, n.Addr, n.At)
+	}
+}
+
+// familiarize records at as the last success of user from addr; m.mu is
+// held.
+func (m *memCounters) familiarize(user, addr string, at time.Time) {
+	f := m.familiar[user]
 	if f == nil {
 		if len(m.familiar) >= maxTracked {
 			evict(m.familiar, func(map[string]time.Time) bool { return true })
 		}
 		f = make(map[string]time.Time)
-		m.familiar[fu] = f
+		m.familiar[user] = f
 	}
-	if _, ok := f[n.Addr]; !ok && len(f) >= maxFamiliar {
+	if _, ok := f[addr]; !ok && len(f) >= maxFamiliar {
 		var oldest string
-		var at time.Time
+		var last time.Time
 		for a, t := range f {
-			if at.IsZero() || t.Before(at) {
-				oldest, at = a, t
+			if last.IsZero() || t.Before(last) {
+				oldest, last = a, t
 			}
 		}
 		delete(f, oldest)
 	}
-	f[n.Addr] = n.At
+	f[addr] = at
 }
 
 // sweep drops, every 1024 calls, what neither counts nor locks any more.

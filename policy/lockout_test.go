@@ -685,3 +685,52 @@ func TestLockoutTokensApartFromUsers(t *testing.T) {
 		t.Errorf("a user called admin-token, from the address the tokens failed from: %s", d.Reason)
 	}
 }
+
+// TestLockoutCodesFamiliarOnlyBeyondPasswords: the codes' familiar
+// addresses are added to only by successes that proved more than a
+// password. erin's MFA is enabled, so her primary password still opens
+// IMAP: one who knows it and has locked her codes out of unfamiliar
+// addresses logs in on IMAP from a new address, and his codes are still
+// locked there. erin's app-password login from home and her passkey from
+// a third address make those addresses familiar to her codes.
+func TestLockoutCodesFamiliarOnlyBeyondPasswords(t *testing.T) {
+	e, _ := lockoutEngine(Lockout{MaxFailures: 10, MaxUserFailures: 5, Window: time.Hour, Duration: time.Minute})
+	web := func(passkey bool, from string, r Result) (bool, string) {
+		t.Helper()
+		l, err := e.Decide(context.Background(), Attempt{Proto: Web, Factor: SecondFactor, Passkey: passkey, User: "erin", TLS: true,
+			Client: netip.AddrPortFrom(netip.MustParseAddr(from), 40000)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		allowed, why := l.Allowed(), l.Reason()
+		if !allowed {
+			r = NotAsked
+		}
+		l.Finish(context.Background(), r)
+		return allowed, why
+	}
+	const home, attacker, other, travel = "192.0.2.10", "203.0.113.1", "203.0.113.2", "198.51.100.7"
+	if d := try(t, e, "erin", goodApp, home); !d.Allow || d.Reason != "app password matched" {
+		t.Fatalf("erin's app password from home: %+v", d)
+	}
+	for i := range 5 {
+		if ok, why := web(false, attacker, Refused); !ok {
+			t.Fatalf("wrong code %d: refused before the per-user threshold: %s", i, why)
+		}
+	}
+	if d := try(t, e, "erin", primaryPW, other); !d.Allow {
+		t.Fatalf("erin's primary password on IMAP (MFA enabled): %s", d.Reason)
+	}
+	if ok, why := web(false, other, Refused); ok || !strings.Contains(why, "unfamiliar") {
+		t.Errorf("a code from where the primary password logged in on IMAP: allowed %v (%s), want the per-user lockout", ok, why)
+	}
+	if ok, why := web(false, home, Accepted); !ok {
+		t.Errorf("erin's code from home, where her app password logs in: %s", why)
+	}
+	if ok, why := web(true, travel, Accepted); !ok {
+		t.Fatalf("erin's passkey while traveling: %s", why)
+	}
+	if ok, why := web(false, travel, Accepted); !ok {
+		t.Errorf("erin's code from where her passkey signed in: %s", why)
+	}
+}

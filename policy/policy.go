@@ -105,7 +105,8 @@ type Attempt struct {
 	// Passkey says that a Web SecondFactor is a passkey's assertion,
 	// which cannot be guessed (not a code): the lockout counts it as a
 	// login, not with the codes, so that guessed codes never lock a
-	// user's passkeys.
+	// user's passkeys, and its success makes the address familiar to
+	// the codes too.
 	Passkey bool
 }
 
@@ -114,7 +115,9 @@ func (a Attempt) lockKind() lockKind {
 	switch {
 	case a.Proto == Web && a.Factor == Password:
 		return lockPortalPassword
-	case a.Factor == SecondFactor && !a.Passkey:
+	case a.Factor == SecondFactor && a.Passkey:
+		return lockPasskey
+	case a.Factor == SecondFactor:
 		return lockCode
 	case a.Factor == Token:
 		return lockToken

@@ -1,7 +1,6 @@
 package store
 
 import (
-	"cmp"
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
@@ -52,10 +51,11 @@ type LockoutNote struct {
 	// ClearPair forgets the pair's failures and lockouts (set only when
 	// there were some).
 	ClearPair bool
-	// Familiar records At as the last success from Addr, for
-	// FamiliarUser ("": User).
+	// Familiar records At as the last success from Addr, for User and,
+	// when set, AlsoFamiliar (a second name of the same user: the
+	// lockout's name for her portal codes).
 	Familiar     bool
-	FamiliarUser string
+	AlsoFamiliar string
 }
 
 func micros(t time.Time) int64 {
@@ -213,12 +213,17 @@ func applyNote(ctx context.Context, tx *sqlx.Tx, n *LockoutNote) error {
 			return fmt.Errorf("store: forget the failures of %q from %s: %w", n.User, n.Addr, err)
 		}
 	}
-	if n.Familiar {
-		at := n.At
-		if at.IsZero() {
-			at = time.Now()
+	if !n.Familiar {
+		return nil
+	}
+	at := n.At
+	if at.IsZero() {
+		at = time.Now()
+	}
+	for _, fu := range []string{n.User, n.AlsoFamiliar} {
+		if fu == "" {
+			continue
 		}
-		fu := cmp.Or(n.FamiliarUser, n.User)
 		if _, err := tx.ExecContext(ctx, tx.Rebind(`INSERT INTO familiar_addresses (user_key, addr, last_seen) VALUES (?, ?, ?)
 ON CONFLICT (user_key, addr) DO UPDATE SET last_seen = excluded.last_seen`), fu, n.Addr, micros(at)); err != nil {
 			return fmt.Errorf("store: remember %s as familiar for %q: %w", n.Addr, fu, err)

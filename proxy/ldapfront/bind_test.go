@@ -387,21 +387,21 @@ func TestPreBindQueuedBytesCapped(t *testing.T) {
 // bind waits for an anonymous search held by the directory makes the
 // reader wait for room in the queue, outside any read; the connection is
 // still closed at its pre-bind deadline, not left until the directory
-// answers. Two large searches fill the pre-bind queue, and 40 small ones
-// the executor's channel.
+// answers. Two large searches fill the pre-bind queue, and 64 small ones
+// the executor's channel; a StartTLS waits for what is before it.
 func TestPreBindTimeoutWhileWaitingForTheExecutor(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
 		pad, n int
-	}{{"two-large", 40 << 10, 2}, {"many-small", 1, 2 * DefaultMaxInFlight}} {
+	}{{"two-large", 40 << 10, 2}, {"many-small", 1, 2 * DefaultMaxInFlight}, {"starttls", 0, 0}} {
 		t.Run(tc.name, func(t *testing.T) {
 			const preBind = 500 * time.Millisecond
 			ts := startServer(t, func(o *Options) { o.AllowAnonymous = true; o.PreBindTimeout = preBind })
 			ts.up.mu.Lock()
 			ts.up.hold = true
 			ts.up.mu.Unlock()
+			start := time.Now() // before the server's accept, where its deadline counts from
 			c := ts.dial(t)
-			start := time.Now()
 			c.send(encodeSearch(1, aliceDN, nil))
 			waitFor(t, "the anonymous search to be held by the directory", func() bool {
 				ts.up.mu.Lock()
@@ -415,6 +415,11 @@ func TestPreBindTimeoutWhileWaitingForTheExecutor(t *testing.T) {
 				return len(s.held) == 1
 			})
 			msgs := [][]byte{encodeBind(2, aliceDN, alicePW)}
+			if tc.n == 0 {
+				// StartTLS waits for the search before it, outside
+				// enqueue.
+				msgs = [][]byte{encodeExtended(2, oidStartTLS)}
+			}
 			for i := range tc.n {
 				msgs = append(msgs, encodeSearch(int64(3+i), "cn="+strings.Repeat("x", tc.pad)+","+aliceDN, nil))
 			}

@@ -666,10 +666,22 @@ func (c *conn) startTLS(id int64) bool {
 	if !c.enqueue(r) {
 		return false
 	}
-	select {
-	case <-r.barrier:
-	case <-c.ctx.Done():
-		return false
+	// What is before it may wait for the directory: a connection that
+	// has not bound still ends at its pre-bind deadline.
+	var dl preBindWait
+	defer dl.stop()
+	for waiting := true; waiting; {
+		select {
+		case <-r.barrier:
+			waiting = false
+		case <-c.ctx.Done():
+			return false
+		case <-dl.expired(c):
+			if !c.authed.Load() {
+				c.preBindExpired()
+				return false
+			}
+		}
 	}
 	switch {
 	case c.tls.Load():
